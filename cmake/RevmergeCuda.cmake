@@ -1,0 +1,18 @@
+# The one place that decides whether the CUDA backend is built. Never `native` architectures:
+# build machines here have a toolkit but no GPU. "90" is sm_90 SASS plus compute_90 PTX.
+set(REVMERGE_HAVE_CUDA OFF)
+if(NOT REVMERGE_CUDA STREQUAL "OFF")
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES 90)
+    endif()
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    set(REVMERGE_HAVE_CUDA ON)
+  elseif(REVMERGE_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "revmerge: REVMERGE_CUDA=ON but no CUDA compiler was found")
+  endif()
+endif()
+message(STATUS "revmerge: CUDA backend ${REVMERGE_HAVE_CUDA}")

@@ -1,0 +1,10 @@
+#pragma once
+// Each subcommand registers its options and its action on the CLI11 app.
+#include <CLI/CLI.hpp>
+
+namespace revmerge::cli {
+
+void add_info_command(CLI::App& app);
+void add_devices_command(CLI::App& app);
+
+}  // namespace revmerge::cli

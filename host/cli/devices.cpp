@@ -1,0 +1,39 @@
+// `revmerge devices`: the backends this build has and the GPUs visible now.
+#include <fmt/format.h>
+
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "revmerge/devices.hpp"
+#include "text_format.hpp"
+
+namespace revmerge::cli {
+
+void add_devices_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("devices", "List compute backends and visible GPUs");
+  static bool as_json = false;
+  cmd->add_flag("--json", as_json, "print JSON instead of text");
+  cmd->callback([] {
+    const auto r = probe_devices();
+    if (as_json) {
+      nlohmann::ordered_json j;
+      j["backends"] = r.cuda_built ? nlohmann::ordered_json{"cpu", "cuda"}
+                                   : nlohmann::ordered_json{"cpu"};
+      j["gpus"] = nlohmann::ordered_json::array();
+      for (const auto& g : r.gpus)
+        j["gpus"].push_back({{"index", g.index}, {"name", g.name}, {"memory_bytes", g.memory_bytes},
+                             {"compute_capability", fmt::format("{}.{}", g.compute_major, g.compute_minor)}});
+      if (r.gpus.empty()) j["why_no_gpu"] = r.why_no_gpu;
+      std::cout << j.dump(2) << "\n";
+      return;
+    }
+    fmt::print("backends: cpu{}\n", r.cuda_built ? ", cuda" : "");
+    if (r.gpus.empty()) fmt::print("gpus: none ({})\n", r.why_no_gpu);
+    for (const auto& g : r.gpus)
+      fmt::print("gpu {}: {} ({}, sm_{}{})\n", g.index, g.name, human_bytes(g.memory_bytes),
+                 g.compute_major, g.compute_minor);
+  });
+}
+
+}  // namespace revmerge::cli

@@ -1,0 +1,33 @@
+// revmerge: reversible and classic merging of LoRA adapters and fine-tuned models.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+
+#include "commands.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/version.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"revmerge " REVMERGE_VERSION_STRING
+               ": reversible merging (RMM) and classic merging of LoRA adapters and fine-tuned "
+               "models"};
+  app.set_version_flag("--version", REVMERGE_VERSION_STRING);
+  app.require_subcommand(1);
+  revmerge::cli::add_info_command(app);
+  revmerge::cli::add_devices_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const revmerge::usage_error& e) {
+    std::fprintf(stderr, "revmerge: error: %s\n", e.what());
+    return 2;
+  } catch (const revmerge::error& e) {
+    std::fprintf(stderr, "revmerge: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "revmerge: internal error: %s\n", e.what());
+    return 3;
+  }
+  return 0;
+}

@@ -1,0 +1,132 @@
+#include "core/atomic_output.hpp"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <system_error>
+
+#include "revmerge/error.hpp"
+
+namespace fs = std::filesystem;
+
+namespace revmerge {
+namespace {
+
+[[noreturn]] void os_fail(const fs::path& p, std::string_view what, int err) {
+  throw io_error(p.string() + ": " + std::string(what) + ": " + std::strerror(err));
+}
+
+fs::path parent_or_dot(const fs::path& p) {
+  return p.has_parent_path() ? p.parent_path() : fs::path(".");
+}
+
+// "<dir>/.<name>.<tag>-XXXXXX", the template mkstemp / mkdtemp fill in.
+std::string temp_template(const fs::path& target, std::string_view tag) {
+  std::string name = ".";
+  name += target.filename().string();
+  name += '.';
+  name += tag;
+  name += "-XXXXXX";
+  return (parent_or_dot(target) / name).string();
+}
+
+}  // namespace
+
+void refuse_existing(const fs::path& target, bool overwrite) {
+  std::error_code ec;
+  if (!overwrite && fs::exists(fs::symlink_status(target, ec)))
+    throw io_error(target.string() + ": already exists (pass --force to replace it)");
+}
+
+AtomicFile::AtomicFile(fs::path target, bool overwrite)
+    : target_(std::move(target)), overwrite_(overwrite) {
+  refuse_existing(target_, overwrite_);
+  std::string tmpl = temp_template(target_, "revmerge-tmp");
+  fd_ = ::mkostemp(tmpl.data(), O_CLOEXEC);
+  if (fd_ < 0) os_fail(parent_or_dot(target_), "cannot create a file in this folder", errno);
+  temp_ = tmpl;
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!temp_.empty()) ::unlink(temp_.c_str());
+}
+
+void AtomicFile::write_at(std::uint64_t offset, const void* data, std::size_t size) {
+  const auto* p = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::pwrite(fd_, p, size, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      os_fail(target_, "write failed", errno);
+    }
+    p += n;
+    offset += static_cast<std::uint64_t>(n);
+    size -= static_cast<std::size_t>(n);
+  }
+}
+
+void AtomicFile::resize(std::uint64_t size) {
+  if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) os_fail(target_, "cannot size file", errno);
+}
+
+void AtomicFile::commit() {
+  if (::fsync(fd_) != 0) os_fail(target_, "fsync failed", errno);
+  const int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) os_fail(target_, "close failed", errno);
+  refuse_existing(target_, overwrite_);
+  if (::rename(temp_.c_str(), target_.c_str()) != 0) os_fail(target_, "cannot rename into place", errno);
+  temp_.clear();
+}
+
+void write_file_atomic(const fs::path& target, std::string_view content, bool overwrite) {
+  AtomicFile f(target, overwrite);
+  f.write_at(0, content.data(), content.size());
+  f.commit();
+}
+
+StagedDir::StagedDir(fs::path target, bool overwrite)
+    : target_(std::move(target)), overwrite_(overwrite) {
+  refuse_existing(target_, overwrite_);
+  std::error_code ec;
+  fs::create_directories(parent_or_dot(target_), ec);
+  if (ec) throw io_error(parent_or_dot(target_).string() + ": cannot create folder: " + ec.message());
+  std::string tmpl = temp_template(target_, "revmerge-tmp");
+  if (::mkdtemp(tmpl.data()) == nullptr)
+    os_fail(parent_or_dot(target_), "cannot create a folder here", errno);
+  temp_ = tmpl;
+}
+
+StagedDir::~StagedDir() {
+  if (!committed_) {
+    std::error_code ec;
+    fs::remove_all(temp_, ec);
+  }
+}
+
+void StagedDir::commit() {
+  refuse_existing(target_, overwrite_);
+  std::error_code ec;
+  fs::path old;
+  if (fs::exists(fs::symlink_status(target_, ec))) {
+    // Move the old output aside first, so a failure here leaves it intact under its name.
+    std::string tmpl = temp_template(target_, "revmerge-old");
+    if (::mkdtemp(tmpl.data()) == nullptr) os_fail(target_, "cannot replace", errno);
+    old = fs::path(tmpl) / "old";
+    if (::rename(target_.c_str(), old.c_str()) != 0) os_fail(target_, "cannot replace", errno);
+  }
+  if (::rename(temp_.c_str(), target_.c_str()) != 0) {
+    const int e = errno;
+    if (!old.empty()) ::rename(old.c_str(), target_.c_str());
+    os_fail(target_, "cannot rename into place", e);
+  }
+  committed_ = true;
+  if (!old.empty()) fs::remove_all(old.parent_path(), ec);
+}
+
+}  // namespace revmerge

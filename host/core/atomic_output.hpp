@@ -1,0 +1,62 @@
+#pragma once
+// Outputs that appear whole or not at all: everything is written under a temporary name beside
+// its target and renamed into place on commit(); an uncommitted object removes what it wrote.
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <string_view>
+
+namespace revmerge {
+
+/// Throws io_error naming `target` when it exists and `overwrite` is false.
+void refuse_existing(const std::filesystem::path& target, bool overwrite);
+
+/// One file written under a temporary name in the target's folder.
+class AtomicFile {
+ public:
+  AtomicFile(std::filesystem::path target, bool overwrite);
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  /// Writes all of `data` at byte `offset` (pwrite; any order).
+  void write_at(std::uint64_t offset, const void* data, std::size_t size);
+  /// Sets the file's length (the unwritten parts read as zeros).
+  void resize(std::uint64_t size);
+  /// fsync, close, rename onto the target (refusing an existing target unless overwrite).
+  void commit();
+  const std::filesystem::path& target() const noexcept { return target_; }
+
+ private:
+  std::filesystem::path target_;
+  std::filesystem::path temp_;
+  int fd_ = -1;
+  bool overwrite_;
+};
+
+/// Writes `content` to `target` atomically.
+void write_file_atomic(const std::filesystem::path& target, std::string_view content,
+                       bool overwrite);
+
+/// A folder built under a temporary name beside `target` and swapped in on commit(). With
+/// `overwrite`, an existing target is replaced only once the new folder is complete.
+class StagedDir {
+ public:
+  StagedDir(std::filesystem::path target, bool overwrite);
+  ~StagedDir();
+  StagedDir(const StagedDir&) = delete;
+  StagedDir& operator=(const StagedDir&) = delete;
+
+  /// The temporary folder to write into.
+  const std::filesystem::path& path() const noexcept { return temp_; }
+  const std::filesystem::path& target() const noexcept { return target_; }
+  void commit();
+
+ private:
+  std::filesystem::path target_;
+  std::filesystem::path temp_;
+  bool overwrite_;
+  bool committed_ = false;
+};
+
+}  // namespace revmerge

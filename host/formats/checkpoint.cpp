@@ -1,0 +1,163 @@
+#include "revmerge/checkpoint.hpp"
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "core/atomic_output.hpp"
+#include "core/json_file.hpp"
+#include "revmerge/error.hpp"
+
+namespace fs = std::filesystem;
+
+namespace revmerge {
+
+ShardIndex read_shard_index(const fs::path& path) {
+  const auto j = read_json_file(path);
+  const auto where = path.string();
+  if (!j.is_object()) throw format_error(where + ": index is not a JSON object");
+  const auto wm = j.find("weight_map");
+  if (wm == j.end() || !wm->is_object())
+    throw format_error(where + ": missing object 'weight_map'");
+  ShardIndex index;
+  for (const auto& [name, file] : wm->items()) {
+    if (!file.is_string())
+      throw format_error(where + ": weight_map['" + name + "'] is not a string");
+    const auto shard = file.get<std::string>();
+    if (shard.empty() || shard.find('/') != std::string::npos || shard == "." || shard == "..")
+      throw format_error(where + ": weight_map['" + name + "'] = '" + shard +
+                         "' is not a file name in the checkpoint's folder");
+    index.weight_map.emplace(name, shard);
+  }
+  if (const auto meta = j.find("metadata"); meta != j.end() && meta->is_object()) {
+    if (const auto ts = meta->find("total_size"); ts != meta->end()) {
+      if (!ts->is_number_unsigned())
+        throw format_error(where + ": metadata.total_size is not a non-negative integer");
+      index.total_size = ts->get<std::uint64_t>();
+    }
+  }
+  return index;
+}
+
+std::string shard_index_json(const ShardIndex& index) {
+  nlohmann::ordered_json j;
+  j["metadata"] = {{"total_size", index.total_size}};
+  j["weight_map"] = index.weight_map;
+  return j.dump(2) + "\n";
+}
+
+Checkpoint::Checkpoint(const fs::path& path) : path_(path) {
+  fs::path single;
+  if (fs::is_directory(path)) {
+    if (fs::exists(path / kShardIndexName))
+      index_path_ = path / kShardIndexName;
+    else if (fs::exists(path / "model.safetensors"))
+      single = path / "model.safetensors";
+    else
+      throw io_error(path.string() + ": neither model.safetensors nor " + kShardIndexName +
+                     " is in this folder");
+  } else if (path.string().ends_with(".index.json")) {
+    index_path_ = path;
+  } else {
+    single = path;
+  }
+
+  if (!single.empty()) {
+    files_.push_back(std::make_unique<SafetensorsFile>(single));
+  } else {
+    const auto index = read_shard_index(index_path_);
+    std::set<std::string> shard_names;
+    for (const auto& [_, shard] : index.weight_map) shard_names.insert(shard);
+    std::map<std::string, const SafetensorsFile*> by_shard;
+    for (const auto& shard : shard_names) {
+      files_.push_back(std::make_unique<SafetensorsFile>(index_path_.parent_path() / shard));
+      by_shard[shard] = files_.back().get();
+    }
+    for (const auto& [name, shard] : index.weight_map)
+      if (by_shard[shard]->find(name) == nullptr)
+        throw format_error(index_path_.string() + ": tensor '" + name + "' is mapped to " +
+                           shard + ", which does not hold it");
+    for (const auto& f : files_)
+      for (const auto& t : f->tensors())
+        if (auto it = index.weight_map.find(t.name);
+            it == index.weight_map.end() || by_shard[it->second] != f.get())
+          throw format_error(f->path().string() + ": tensor '" + t.name + "' is not listed for " +
+                             "this shard in " + index_path_.string());
+  }
+  for (const auto& f : files_) {
+    for (const auto& t : f->tensors()) {
+      if (!by_name_.emplace(t.name, tensors_.size()).second)
+        throw format_error(f->path().string() + ": tensor '" + t.name +
+                           "' also appears in another shard");
+      tensors_.push_back({f.get(), &t});
+    }
+  }
+}
+
+const CheckpointTensor* Checkpoint::find(const std::string& name) const noexcept {
+  const auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &tensors_[it->second];
+}
+
+const CheckpointTensor& Checkpoint::at(const std::string& name) const {
+  if (const auto* t = find(name)) return *t;
+  throw format_error(path_.string() + ": no tensor named '" + name + "'");
+}
+
+std::uint64_t Checkpoint::total_bytes() const noexcept {
+  std::uint64_t n = 0;
+  for (const auto& t : tensors_) n += t.info->nbytes();
+  return n;
+}
+
+ShardedWriter::ShardedWriter(const fs::path& dir, const std::vector<TensorSpec>& specs,
+                             std::uint64_t max_shard_bytes,
+                             const std::map<std::string, std::string>& metadata)
+    : dir_(dir) {
+  if (max_shard_bytes == 0) throw usage_error("shard size limit must be positive");
+  std::vector<std::vector<TensorSpec>> shards;
+  std::uint64_t in_shard = 0;
+  for (const auto& spec : specs) {
+    const auto bytes = spec.nbytes();
+    if (shards.empty() || (in_shard > 0 && in_shard + bytes > max_shard_bytes)) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    shards.back().push_back(spec);
+    in_shard += bytes;
+    index_.total_size += bytes;
+  }
+  if (shards.empty()) shards.emplace_back();
+  const auto n = shards.size();
+  for (std::size_t i = 0; i < n; ++i) {
+    shard_names_.push_back(n == 1 ? std::string("model.safetensors")
+                                  : fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, n));
+    for (const auto& spec : shards[i]) {
+      shard_of_[spec.name] = i;
+      index_.weight_map[spec.name] = shard_names_[i];
+    }
+    writers_.emplace_back(dir_ / shard_names_[i], shards[i], metadata, false);
+  }
+}
+
+void ShardedWriter::write(const std::string& name, std::span<const std::byte> data) {
+  const auto it = shard_of_.find(name);
+  if (it == shard_of_.end())
+    throw usage_error(dir_.string() + ": tensor '" + name + "' was not declared");
+  writers_[it->second].write(name, data);
+}
+
+void ShardedWriter::write_f32(const std::string& name, std::span<const float> values) {
+  const auto it = shard_of_.find(name);
+  if (it == shard_of_.end())
+    throw usage_error(dir_.string() + ": tensor '" + name + "' was not declared");
+  writers_[it->second].write_f32(name, values);
+}
+
+void ShardedWriter::commit() {
+  for (auto& w : writers_) w.commit();
+  if (writers_.size() > 1) write_file_atomic(dir_ / kShardIndexName, shard_index_json(index_), false);
+}
+
+}  // namespace revmerge

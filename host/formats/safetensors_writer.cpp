@@ -1,0 +1,123 @@
+#include <algorithm>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/atomic_output.hpp"
+#include "core/checked_math.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/safetensors.hpp"
+
+namespace revmerge {
+
+std::uint64_t TensorSpec::nbytes() const {
+  const auto numel = detail::checked_numel(shape);
+  const auto bytes = numel ? detail::checked_mul(*numel, dtype_size(dtype)) : std::nullopt;
+  if (!bytes) throw shape_error("tensor '" + name + "': shape is negative or its size overflows");
+  return *bytes;
+}
+
+struct SafetensorsWriter::Impl {
+  struct Slot {
+    TensorSpec spec;
+    std::uint64_t begin = 0;
+    bool written = false;
+  };
+  std::optional<AtomicFile> file;
+  std::vector<Slot> slots;  // in data order
+  std::uint64_t data_start = 0;
+  std::uint64_t size = 0;
+
+  Slot& slot(std::string_view name) {
+    for (auto& s : slots)
+      if (s.spec.name == name) return s;
+    throw usage_error(file->target().string() + ": tensor '" + std::string(name) +
+                      "' was not declared");
+  }
+};
+
+SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
+                                     std::vector<TensorSpec> specs,
+                                     const std::map<std::string, std::string>& metadata,
+                                     bool overwrite)
+    : impl_(std::make_unique<Impl>()) {
+  // Larger elements first keeps every tensor aligned to its element size without padding
+  // inside the data buffer (which the format forbids).
+  std::sort(specs.begin(), specs.end(), [](const TensorSpec& a, const TensorSpec& b) {
+    const auto sa = dtype_size(a.dtype), sb = dtype_size(b.dtype);
+    return sa != sb ? sa > sb : a.name < b.name;
+  });
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::uint64_t offset = 0;
+  for (auto& spec : specs) {
+    if (spec.name.empty() || spec.name == "__metadata__")
+      throw usage_error(path.string() + ": invalid tensor name '" + spec.name + "'");
+    if (header.contains(spec.name))
+      throw usage_error(path.string() + ": tensor '" + spec.name + "' declared twice");
+    const auto bytes = spec.nbytes();
+    header[spec.name] = {{"dtype", dtype_name(spec.dtype)},
+                         {"shape", spec.shape},
+                         {"data_offsets", {offset, offset + bytes}}};
+    impl_->slots.push_back({std::move(spec), offset, false});
+    offset += bytes;
+  }
+  std::string text = header.dump();
+  text.append((8 - (8 + text.size()) % 8) % 8, ' ');  // data buffer starts 8-byte aligned
+  impl_->data_start = 8 + text.size();
+  impl_->size = impl_->data_start + offset;
+
+  impl_->file.emplace(path, overwrite);
+  const std::uint64_t n = text.size();
+  impl_->file->write_at(0, &n, 8);
+  impl_->file->write_at(8, text.data(), text.size());
+  impl_->file->resize(impl_->size);
+}
+
+SafetensorsWriter::~SafetensorsWriter() = default;
+SafetensorsWriter::SafetensorsWriter(SafetensorsWriter&&) noexcept = default;
+SafetensorsWriter& SafetensorsWriter::operator=(SafetensorsWriter&&) noexcept = default;
+
+void SafetensorsWriter::write(std::string_view name, std::span<const std::byte> data) {
+  auto& s = impl_->slot(name);
+  const auto& target = impl_->file->target();
+  if (s.written)
+    throw usage_error(target.string() + ": tensor '" + std::string(name) + "' written twice");
+  if (data.size() != s.spec.nbytes())
+    throw shape_error(target.string() + ": tensor '" + std::string(name) + "' expects " +
+                      std::to_string(s.spec.nbytes()) + " bytes, got " +
+                      std::to_string(data.size()));
+  impl_->file->write_at(impl_->data_start + s.begin, data.data(), data.size());
+  s.written = true;
+}
+
+void SafetensorsWriter::write_f32(std::string_view name, std::span<const float> values) {
+  const auto& s = impl_->slot(name);
+  std::vector<std::byte> buf(values.size() * dtype_size(s.spec.dtype));
+  convert_from_f32(values.data(), s.spec.dtype, buf.data(), values.size());
+  write(name, buf);
+}
+
+void SafetensorsWriter::commit() {
+  for (const auto& s : impl_->slots)
+    if (!s.written)
+      throw usage_error(impl_->file->target().string() + ": tensor '" + s.spec.name +
+                        "' was declared but never written");
+  impl_->file->commit();
+}
+
+std::uint64_t SafetensorsWriter::file_size() const noexcept { return impl_->size; }
+
+void write_safetensors(const std::filesystem::path& path, const std::vector<TensorData>& tensors,
+                       const std::map<std::string, std::string>& metadata, bool overwrite) {
+  std::vector<TensorSpec> specs;
+  specs.reserve(tensors.size());
+  for (const auto& t : tensors) specs.push_back(t.spec);
+  SafetensorsWriter w(path, std::move(specs), metadata, overwrite);
+  for (const auto& t : tensors) w.write(t.spec.name, t.bytes);
+  w.commit();
+}
+
+}  // namespace revmerge

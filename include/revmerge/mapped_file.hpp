@@ -1,0 +1,32 @@
+#pragma once
+/// \file
+/// A read-only memory mapping of a whole file.
+#include <cstddef>
+#include <filesystem>
+#include <span>
+
+namespace revmerge {
+
+/// Maps a file read-only for the object's lifetime. Move-only. An empty file maps to an empty
+/// span. Throws io_error naming the path and the OS error.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::filesystem::path& path);
+  MappedFile(MappedFile&& other) noexcept;
+  MappedFile& operator=(MappedFile&& other) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  ~MappedFile();
+
+  /// The whole file's bytes; valid while this object lives.
+  std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
+  const std::filesystem::path& path() const noexcept { return path_; }
+
+ private:
+  void release() noexcept;
+  std::filesystem::path path_;
+  const std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+}  // namespace revmerge

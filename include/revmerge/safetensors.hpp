@@ -1,0 +1,136 @@
+#pragma once
+/// \file
+/// safetensors files: a validating mmap reader and an atomic, streaming writer.
+///
+/// Layout: 8-byte little-endian header length N, N bytes of a UTF-8 JSON object (name ->
+/// {dtype, shape, data_offsets} plus an optional "__metadata__" string map), then the data
+/// buffer. Offsets are relative to the data buffer and must tile it exactly.
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "revmerge/dtype.hpp"
+#include "revmerge/mapped_file.hpp"
+
+namespace revmerge {
+
+/// Largest header revmerge accepts (the reference implementation's limit too).
+inline constexpr std::uint64_t kMaxSafetensorsHeaderBytes = 100ull << 20;
+/// Largest number of dimensions of one tensor.
+inline constexpr std::size_t kMaxTensorRank = 16;
+
+/// One tensor's entry in a safetensors header.
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<std::int64_t> shape;
+  std::uint64_t begin = 0;  ///< offset of the first byte, relative to the data buffer
+  std::uint64_t end = 0;    ///< one past the last byte
+
+  std::uint64_t nbytes() const noexcept { return end - begin; }
+  std::uint64_t numel() const noexcept;
+};
+
+/// A parsed, fully validated header.
+struct SafetensorsHeader {
+  std::vector<TensorInfo> tensors;              ///< in data order (ascending offsets)
+  std::map<std::string, std::string> metadata;  ///< "__metadata__", empty when absent
+  std::uint64_t data_start = 0;                 ///< file offset of the data buffer (8 + N)
+};
+
+/// Parses and validates the header of a complete safetensors file held in `file`. `file_name`
+/// is only used in messages. Checks: header length within the file and the limit, valid UTF-8
+/// JSON object, no duplicate names, known dtypes, shapes non-negative and without overflow,
+/// byte counts equal to numel × dtype size, offsets in bounds, the data buffer tiled exactly
+/// (contiguous, no overlap, no gap, no trailing bytes). Throws format_error naming the file,
+/// the tensor and the rule broken.
+SafetensorsHeader parse_safetensors_header(std::span<const std::byte> file,
+                                           std::string_view file_name);
+
+/// A validated, memory-mapped safetensors file. Tensor data is read straight from the mapping.
+class SafetensorsFile {
+ public:
+  /// Maps and validates `path`; throws io_error or format_error.
+  explicit SafetensorsFile(const std::filesystem::path& path);
+
+  const std::filesystem::path& path() const noexcept { return map_.path(); }
+  const std::vector<TensorInfo>& tensors() const noexcept { return header_.tensors; }
+  const std::map<std::string, std::string>& metadata() const noexcept { return header_.metadata; }
+  std::uint64_t file_size() const noexcept { return map_.bytes().size(); }
+
+  /// The entry for `name`, or nullptr.
+  const TensorInfo* find(std::string_view name) const noexcept;
+  /// The entry for `name`; throws format_error naming the file when absent.
+  const TensorInfo& at(std::string_view name) const;
+  /// The raw little-endian bytes of a tensor.
+  std::span<const std::byte> bytes(const TensorInfo& t) const noexcept;
+
+  /// Reads a float tensor converted to f32 / f64; `out.size()` must equal numel (shape_error).
+  void read(const TensorInfo& t, std::span<float> out) const;
+  void read(const TensorInfo& t, std::span<double> out) const;
+  std::vector<float> read_f32(std::string_view name) const;
+  std::vector<double> read_f64(std::string_view name) const;
+
+ private:
+  MappedFile map_;
+  SafetensorsHeader header_;
+  std::map<std::string, std::size_t, std::less<>> index_;
+};
+
+/// Name, dtype and shape of a tensor to be written.
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<std::int64_t> shape;
+
+  std::uint64_t nbytes() const;  ///< numel × dtype size, overflow-checked
+};
+
+/// Writes one safetensors file atomically. All tensors are declared up front so the header
+/// carries final offsets; data may then be written tensor by tensor in any order (each exactly
+/// once). Data is laid out by descending element size, then name, so every tensor is aligned to
+/// its element size; the header is padded with spaces so the data buffer starts 8-byte aligned.
+/// The file appears at `path` only on commit(); destroying an uncommitted writer removes its
+/// temporary file. An existing `path` is refused unless `overwrite` is set.
+class SafetensorsWriter {
+ public:
+  SafetensorsWriter(const std::filesystem::path& path, std::vector<TensorSpec> specs,
+                    const std::map<std::string, std::string>& metadata = {},
+                    bool overwrite = false);
+  ~SafetensorsWriter();
+  SafetensorsWriter(SafetensorsWriter&&) noexcept;
+  SafetensorsWriter& operator=(SafetensorsWriter&&) noexcept;
+
+  /// Writes the whole data of tensor `name` (exactly its nbytes, in its dtype).
+  void write(std::string_view name, std::span<const std::byte> data);
+  /// Converts `values` (numel floats) to the tensor's dtype and writes them.
+  void write_f32(std::string_view name, std::span<const float> values);
+  /// Checks every tensor was written, syncs and renames into place.
+  void commit();
+
+  /// Total file size the writer will produce.
+  std::uint64_t file_size() const noexcept;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// A tensor with its data, for write_safetensors().
+struct TensorData {
+  TensorSpec spec;
+  std::span<const std::byte> bytes;
+};
+
+/// Writes a complete file in one call (atomically, as SafetensorsWriter).
+void write_safetensors(const std::filesystem::path& path, const std::vector<TensorData>& tensors,
+                       const std::map<std::string, std::string>& metadata = {},
+                       bool overwrite = false);
+
+}  // namespace revmerge

@@ -1,0 +1,74 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "revmerge/error.hpp"
+#include "revmerge/peft.hpp"
+
+namespace revmerge {
+namespace {
+
+LoraConfig parse(const std::string& json) { return parse_lora_config(json, "adapter_config.json"); }
+
+TEST(LoraConfig, ScalesFollowPeftRules) {
+  const auto c = parse(R"({"peft_type":"LORA","r":8,"lora_alpha":16,"target_modules":["q_proj"]})");
+  EXPECT_DOUBLE_EQ(c.scale_for("model.layers.0.self_attn.q_proj"), 2.0);
+  const auto rs = parse(R"({"r":16,"lora_alpha":8,"use_rslora":true})");
+  EXPECT_DOUBLE_EQ(rs.scale_for("x.q_proj"), 2.0);  // 8 / sqrt(16)
+}
+
+TEST(LoraConfig, PatternsMatchWholeComponentsFromTheEnd) {
+  const auto c = parse(R"({"r":4,"lora_alpha":8,
+    "rank_pattern":{"model.layers.1.self_attn.q_proj":2,"up_proj":6},
+    "alpha_pattern":{"up_proj":3}})");
+  EXPECT_EQ(c.rank_for("model.layers.1.self_attn.q_proj"), 2);
+  EXPECT_EQ(c.rank_for("model.layers.0.self_attn.q_proj"), 4);
+  EXPECT_EQ(c.rank_for("model.layers.11.self_attn.q_proj"), 4);
+  EXPECT_EQ(c.rank_for("model.layers.0.mlp.up_proj"), 6);
+  EXPECT_EQ(c.rank_for("model.layers.0.mlp.gate_up_proj"), 4);  // not a component match
+  EXPECT_DOUBLE_EQ(c.scale_for("model.layers.0.mlp.up_proj"), 0.5);
+  EXPECT_DOUBLE_EQ(c.scale_for("model.layers.1.self_attn.q_proj"), 4.0);
+}
+
+TEST(LoraConfig, TargetModulesAsListOrRegex) {
+  const auto list = parse(R"({"target_modules":["q_proj","mlp.up_proj"]})");
+  EXPECT_TRUE(list.targets("model.layers.0.self_attn.q_proj"));
+  EXPECT_TRUE(list.targets("model.layers.0.mlp.up_proj"));
+  EXPECT_FALSE(list.targets("model.layers.0.self_attn.k_proj"));
+  EXPECT_FALSE(list.targets("model.layers.0.self_attn.xq_proj"));
+  const auto re = parse(R"({"target_modules":".*\\.(q|v)_proj"})");
+  EXPECT_TRUE(re.targets("model.layers.0.self_attn.v_proj"));
+  EXPECT_FALSE(re.targets("model.layers.0.self_attn.k_proj"));
+  EXPECT_TRUE(parse(R"({"target_modules":"all-linear"})").targets("anything"));
+}
+
+TEST(LoraConfig, RefusesWhatIsNotSupportedNamingTheOption) {
+  const std::pair<const char*, const char*> cases[] = {
+      {R"({"peft_type":"IA3"})", "peft_type 'IA3'"},
+      {R"({"use_dora":true})", "DoRA"},
+      {R"({"lora_bias":true})", "lora_bias"},
+      {R"({"bias":"all"})", "bias = 'all'"},
+      {R"({"target_parameters":["experts.gate_up_proj"]})", "target_parameters"},
+  };
+  for (const auto& [json, fragment] : cases) {
+    try {
+      parse(json);
+      ADD_FAILURE() << json;
+    } catch (const unsupported_error& e) {
+      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("adapter_config.json"), std::string::npos);
+    }
+  }
+}
+
+TEST(LoraConfig, RejectsMalformedFields) {
+  EXPECT_THROW(parse(R"({"r":"eight"})"), format_error);
+  EXPECT_THROW(parse(R"({"r":0})"), format_error);
+  EXPECT_THROW(parse(R"({"rank_pattern":{"(":2}})"), format_error);
+  EXPECT_THROW(parse(R"({"r":4,"r":8})"), format_error);  // duplicate key
+  EXPECT_THROW(parse("[1]"), format_error);
+  EXPECT_THROW(parse("{"), format_error);
+}
+
+}  // namespace
+}  // namespace revmerge

@@ -1,0 +1,94 @@
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "revmerge/error.hpp"
+#include "revmerge/safetensors.hpp"
+#include "test_util.hpp"
+
+namespace revmerge {
+namespace {
+
+TEST(SafetensorsWriter, RoundTripsEveryFloatDtypeAlignedAndTiled) {
+  test::TempDir dir;
+  const std::vector<float> v = {1.0f, -2.5f, 0.125f, 3.0f, 7.0f, -0.5f};
+  {
+    SafetensorsWriter w(dir / "o.safetensors",
+                        {{"h", DType::F16, {2, 3}}, {"b", DType::BF16, {6}},
+                         {"d", DType::F64, {3, 2}}, {"f", DType::F32, {1, 6}}},
+                        {{"format", "pt"}});
+    for (const char* n : {"f", "b", "h", "d"}) w.write_f32(n, v);  // any order
+    w.commit();
+  }
+  const SafetensorsFile f(dir / "o.safetensors");
+  EXPECT_EQ(f.metadata().at("format"), "pt");
+  for (const char* n : {"f", "b", "h", "d"}) EXPECT_EQ(f.read_f32(n), v) << n;
+  // The data buffer starts 8-byte aligned and each tensor is aligned to its element size.
+  const auto bytes = test::read_bytes(dir / "o.safetensors");
+  std::uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  EXPECT_EQ((8 + n) % 8, 0u);
+  for (const auto& t : f.tensors()) EXPECT_EQ(t.begin % dtype_size(t.dtype), 0u) << t.name;
+  EXPECT_EQ(f.tensors().front().dtype, DType::F64);  // largest elements first
+}
+
+TEST(SafetensorsWriter, NothingAppearsUntilCommitAndAbandonedWritesLeaveNothing) {
+  test::TempDir dir;
+  {
+    SafetensorsWriter w(dir / "o.safetensors", {{"x", DType::F32, {2}}});
+    w.write_f32("x", std::vector<float>{1, 2});
+    EXPECT_FALSE(std::filesystem::exists(dir / "o.safetensors"));
+  }  // destroyed without commit
+  EXPECT_TRUE(test::list_dir(dir.path()).empty());
+  SafetensorsWriter w(dir / "o.safetensors", {{"x", DType::F32, {2}}, {"y", DType::F32, {1}}});
+  w.write_f32("x", std::vector<float>{1, 2});
+  EXPECT_THROW(w.commit(), usage_error);  // y never written
+  EXPECT_THROW(w.write_f32("x", std::vector<float>{1, 2}), usage_error);
+  EXPECT_THROW(w.write_f32("y", std::vector<float>{1, 2}), shape_error);
+}
+
+TEST(SafetensorsWriter, RefusesToReplaceAnExistingFileUnlessAsked) {
+  test::TempDir dir;
+  test::write_bytes(dir / "o.safetensors", "precious");
+  EXPECT_THROW(SafetensorsWriter(dir / "o.safetensors", {{"x", DType::F32, {1}}}), io_error);
+  EXPECT_EQ(test::read_bytes(dir / "o.safetensors"), "precious");
+  SafetensorsWriter w(dir / "o.safetensors", {{"x", DType::F32, {1}}}, {}, /*overwrite=*/true);
+  w.write_f32("x", std::vector<float>{4});
+  w.commit();
+  EXPECT_EQ(SafetensorsFile(dir / "o.safetensors").read_f32("x"), std::vector<float>{4});
+}
+
+TEST(SafetensorsWriter, RejectsBadDeclarations) {
+  test::TempDir dir;
+  EXPECT_THROW(SafetensorsWriter(dir / "o", {{"x", DType::F32, {1}}, {"x", DType::F32, {1}}}),
+               usage_error);
+  EXPECT_THROW(SafetensorsWriter(dir / "o", {{"__metadata__", DType::F32, {1}}}), usage_error);
+  EXPECT_THROW(SafetensorsWriter(dir / "o", {{"x", DType::F32, {-1}}}), shape_error);
+  EXPECT_TRUE(test::list_dir(dir.path()).empty());
+}
+
+// The Python safetensors package (the format's reference) reads what revmerge writes.
+TEST(SafetensorsWriter, ReferenceImplementationReadsOurFiles) {
+  if (!test::python_has("safetensors, numpy")) GTEST_SKIP() << "python3 with safetensors+numpy not installed";
+  test::TempDir dir;
+  const std::vector<float> v = {1.0f, -2.5f, 0.125f, 3.0f};
+  SafetensorsWriter w(dir / "o.safetensors",
+                      {{"a.weight", DType::BF16, {2, 2}}, {"b", DType::F32, {4}}, {"c", DType::F16, {1, 4}}},
+                      {{"format", "pt"}});
+  for (const char* n : {"a.weight", "b", "c"}) w.write_f32(n, v);
+  w.commit();
+  const std::string script =
+      "import numpy as np, sys\n"
+      "from safetensors import safe_open\n"
+      "f = safe_open(sys.argv[1], 'np')\n"
+      "assert f.metadata() == {'format': 'pt'}, f.metadata()\n"
+      "assert sorted(f.keys()) == ['a.weight', 'b', 'c']\n"
+      "assert f.get_tensor('b').tolist() == [1.0, -2.5, 0.125, 3.0]\n"
+      "assert f.get_tensor('c').astype('float32').tolist() == [[1.0, -2.5, 0.125, 3.0]]\n";
+  test::write_bytes(dir / "check.py", script);
+  const auto cmd = "python3 " + (dir / "check.py").string() + " " + (dir / "o.safetensors").string();
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+}
+
+}  // namespace
+}  // namespace revmerge

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what revmerge needs to build and test, from Debian packages and PyPI. Idempotent:
+# installs only what is missing. Run as root (or with sudo available).
+set -euo pipefail
+
+debs=(cmake ninja-build g++ pkg-config libfmt-dev nlohmann-json3-dev libcli11-dev
+      libopenblas-dev liblapacke-dev libgtest-dev python3 python3-pip)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "bootstrap: Debian packages present"
+fi
+
+# numpy + safetensors: the independent Python cross-checks in the test suite (small wheels).
+# PEFT/torch are only needed to regenerate fixtures (tools/make_fixtures.py); tests that need
+# them skip with a message when absent.
+if ! python3 -c 'import numpy, safetensors' 2>/dev/null; then
+  echo "bootstrap: installing numpy safetensors (pip)"
+  python3 -m pip install -q --disable-pip-version-check numpy safetensors ||
+    python3 -m pip install -q --disable-pip-version-check --break-system-packages numpy safetensors
+else
+  echo "bootstrap: numpy and safetensors present"
+fi

@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Loads two PEFT adapter folders onto the tiny test Llama with PEFT itself and checks that they
+apply the same delta to every module and give the same logits.
+
+    python3 tools/check_peft_load.py CANDIDATE REFERENCE [--tol 1e-5]
+
+Exit status 0 when they agree; prints the largest relative difference either way.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_fixtures import tiny_llama  # noqa: E402
+
+
+def deltas(model):
+    out = {}
+    for name, mod in model.named_modules():
+        if hasattr(mod, "lora_A") and "default" in mod.lora_A:
+            a = mod.lora_A["default"].weight.detach().double()
+            b = mod.lora_B["default"].weight.detach().double()
+            out[name] = float(mod.scaling["default"]) * (b @ a)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("candidate")
+    ap.add_argument("reference")
+    ap.add_argument("--tol", type=float, default=1e-5)
+    args = ap.parse_args()
+    cand = PeftModel.from_pretrained(tiny_llama(), args.candidate).eval()
+    ref = PeftModel.from_pretrained(tiny_llama(), args.reference).eval()
+    dc, dr = deltas(cand), deltas(ref)
+    if dc.keys() != dr.keys():
+        print(f"modules differ: {sorted(dc.keys() ^ dr.keys())}")
+        return 1
+    worst = max(float((dc[k] - dr[k]).norm() / max(dr[k].norm(), 1e-30)) for k in dr)
+    ids = torch.arange(12).reshape(1, 12) % 64
+    with torch.no_grad():
+        lc, lr = cand(ids).logits.double(), ref(ids).logits.double()
+    logit_rel = float((lc - lr).norm() / lr.norm())
+    print(f"modules: {len(dr)}  max relative delta difference: {worst:.3e}  "
+          f"relative logit difference: {logit_rel:.3e}")
+    return 0 if worst <= args.tol and logit_rel <= args.tol else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
