@@ -1,0 +1,150 @@
+#pragma once
+// The backend interface: the batched linear-algebra primitives the methods are written against.
+// The CPU backend implements it with OpenBLAS / LAPACKE and OpenMP; the CUDA backend with cuBLAS,
+// cuSOLVER and Thrust. Methods never see which one runs.
+//
+// Conventions: all compute is f32; matrices are row-major (the column-major translation for
+// BLAS happens once, inside each backend's gemm); every call is given the stream it runs on and
+// is ordered after earlier work on that stream. Memory passed in lives in the backend's space
+// (device memory for CUDA) unless a parameter says "host".
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "revmerge/dtype.hpp"
+
+namespace revmerge {
+
+enum class BackendKind { cpu, cuda };
+
+/// An execution queue: a cudaStream_t on CUDA; on the CPU, work runs when called.
+struct Stream {
+  void* handle = nullptr;
+};
+
+/// Memory owned by a backend; freed through the backend's deleter. Move-only.
+class DeviceBuffer {
+ public:
+  using Deleter = void (*)(void* ctx, void* ptr);
+  DeviceBuffer() = default;
+  DeviceBuffer(void* ptr, std::size_t bytes, Deleter deleter, void* ctx) noexcept
+      : ptr_(ptr), bytes_(bytes), deleter_(deleter), ctx_(ctx) {}
+  DeviceBuffer(DeviceBuffer&& o) noexcept { swap(o); }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    DeviceBuffer tmp(std::move(o));
+    swap(tmp);
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (ptr_ != nullptr) deleter_(ctx_, ptr_);
+  }
+
+  void* data() const noexcept { return ptr_; }
+  float* f32() const noexcept { return static_cast<float*>(ptr_); }
+  std::size_t bytes() const noexcept { return bytes_; }
+
+ private:
+  void swap(DeviceBuffer& o) noexcept {
+    std::swap(ptr_, o.ptr_);
+    std::swap(bytes_, o.bytes_);
+    std::swap(deleter_, o.deleter_);
+    std::swap(ctx_, o.ctx_);
+  }
+  void* ptr_ = nullptr;
+  std::size_t bytes_ = 0;
+  Deleter deleter_ = nullptr;
+  void* ctx_ = nullptr;
+};
+
+/// A batch of row-major f32 matrices in backend memory: element (b, i, j) is at
+/// data[b * stride + i * ld + j]. Non-owning.
+struct MatBatch {
+  float* data = nullptr;
+  std::int64_t batch = 1, rows = 0, cols = 0;
+  std::int64_t ld = 0;      ///< elements between consecutive rows, >= cols
+  std::int64_t stride = 0;  ///< elements between consecutive matrices
+
+  /// Densely packed batch × rows × cols.
+  static MatBatch packed(float* data, std::int64_t batch, std::int64_t rows, std::int64_t cols) {
+    return {data, batch, rows, cols, cols, rows * cols};
+  }
+};
+
+enum class Op { none, transpose };
+
+/// The primitives. Shapes are checked at this boundary (shape_error naming the operation);
+/// library failures throw device_error / solver_error naming the call and its sizes.
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual BackendKind kind() const noexcept = 0;
+  /// Human-readable: "cpu (OpenBLAS, 2 threads)", "cuda:0 NVIDIA H200".
+  virtual std::string name() const = 0;
+
+  // --- memory and ordering ---
+  virtual DeviceBuffer allocate(std::size_t bytes) = 0;
+  virtual void upload(void* dst, const void* host_src, std::size_t bytes, Stream s) = 0;
+  virtual void download(void* host_dst, const void* src, std::size_t bytes, Stream s) = 0;
+  /// Waits until all work on `s` is done.
+  virtual void synchronize(Stream s) = 0;
+
+  // --- linear algebra ---
+  /// C = alpha · op(A) · op(B) + beta · C for every matrix of the batch (A or B may have
+  /// batch 1 with stride 0 to broadcast). f32 inputs, f32 accumulation, no TF32.
+  virtual void gemm(Op op_a, Op op_b, float alpha, const MatBatch& a, const MatBatch& b,
+                    float beta, const MatBatch& c, Stream s) = 0;
+  /// Eigendecomposition of each symmetric n × n matrix of `a` (packed, ld = n). On return row k
+  /// of each matrix holds eigenvector k, and `eigenvalues` (batch × n) holds the eigenvalues in
+  /// ascending order. Throws solver_error when a matrix does not converge.
+  virtual void symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream s) = 0;
+
+  // --- element-wise kernels (host/kernels/*.hpp functors, shared by both backends) ---
+  /// dst (packed, shape d0 × d1 × d2) [i0, i1, i2] = src[i0 * s0 + i1 * s1 + i2 * s2].
+  virtual void permute3(const float* src, std::int64_t s0, std::int64_t s1, std::int64_t s2,
+                        float* dst, std::int64_t d0, std::int64_t d1, std::int64_t d2,
+                        Stream s) = 0;
+  /// For each of `rows` rows of length n: mean[row] = its mean; the row becomes centred.
+  virtual void center_rows(float* x, float* mean, std::int64_t rows, std::int64_t n, Stream s) = 0;
+  /// out (batch × rows × n)[b, i, :] = value[b * rows + i] for every column.
+  virtual void broadcast_rows(const float* value, float* out, std::int64_t rows, std::int64_t n,
+                              Stream s) = 0;
+  /// From eigenvectors (rows, ascending; batch × n × n) builds W_p (batch × n × p): column q is
+  /// the eigenvector of the (q+1)-th largest eigenvalue, projected orthogonal to the all-ones
+  /// vector (exact for the Gram of centred data, see kernels::SelectTop).
+  virtual void select_top(const float* eigvecs, float* wp, std::int64_t batch, std::int64_t n,
+                          std::int64_t p, Stream s) = 0;
+  /// v (batch × r × p) holds X̃ W_p. Scales each column to unit norm and writes the coefficients
+  /// c (batch × p × n) = norm · W_pᵀ; a column whose squared norm is at most
+  /// `rel_tol` × the largest eigenvalue of its position is dropped (zero in v and c).
+  virtual void normalize_basis(float* v, const float* wp, float* c, const float* eigenvalues,
+                               std::int64_t batch, std::int64_t r, std::int64_t n,
+                               std::int64_t p, float rel_tol, Stream s) = 0;
+  /// out[i] = x[i] − y[i].
+  virtual void subtract(const float* x, const float* y, float* out, std::int64_t count,
+                        Stream s) = 0;
+  /// out[b] = Σ_ij x[b, i, j] · y[b, i, j] in double, for packed batch × count blocks. Each block
+  /// is summed in a fixed order, so results do not depend on the thread count.
+  virtual void batched_dot(const float* x, const float* y, double* out, std::int64_t batch,
+                           std::int64_t count, Stream s) = 0;
+  /// out[k] = Σ_b x[b, k] (double), x packed batch × n, summed over b in order.
+  virtual void column_sums(const float* x, double* out, std::int64_t batch, std::int64_t n,
+                           Stream s) = 0;
+  /// Rounds each value to the nearest `dtype` value (F16 / BF16; F32 is a no-op), so later work
+  /// sees exactly what a file of that dtype stores.
+  virtual void round_to(float* x, std::int64_t count, DType dtype, Stream s) = 0;
+};
+
+/// Options for creating a backend.
+struct BackendOptions {
+  int threads = 0;  ///< CPU worker threads; 0 = all cores
+  int device = 0;   ///< CUDA device index
+};
+
+/// The CPU backend (always available).
+std::unique_ptr<Backend> make_cpu_backend(const BackendOptions& options = {});
+
+}  // namespace revmerge

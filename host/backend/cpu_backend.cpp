@@ -1,0 +1,107 @@
+#include "backend/cpu_backend.hpp"
+
+#include <cblas.h>
+#include <lapacke.h>
+#include <omp.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <vector>
+
+#include "backend/gemm_shapes.hpp"
+#include "revmerge/error.hpp"
+
+namespace revmerge {
+namespace {
+
+void free_host(void*, void* p) { std::free(p); }
+
+// Runs body(b) for b in [0, count) on `threads` threads; the first exception is rethrown after
+// the loop (none escapes the parallel region).
+template <class Body>
+void parallel_for(int threads, std::int64_t count, Body body) {
+  std::exception_ptr first;
+  std::mutex m;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (std::int64_t b = 0; b < count; ++b) {
+    try {
+      body(b);
+    } catch (...) {
+      std::lock_guard lock(m);
+      if (!first) first = std::current_exception();
+    }
+  }
+  if (first) std::rethrow_exception(first);
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(int threads) : threads_(threads > 0 ? threads : omp_get_num_procs()) {}
+
+std::string CpuBackend::name() const {
+  return "cpu (OpenBLAS + LAPACKE, " + std::to_string(threads_) + " threads)";
+}
+
+DeviceBuffer CpuBackend::allocate(std::size_t bytes) {
+  const std::size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = rounded == 0 ? nullptr : std::aligned_alloc(64, rounded);
+  if (rounded != 0 && p == nullptr)
+    throw device_error("cpu backend: cannot allocate " + std::to_string(bytes) + " bytes");
+  return DeviceBuffer(p, bytes, &free_host, nullptr);
+}
+
+void CpuBackend::upload(void* dst, const void* src, std::size_t bytes, Stream) {
+  if (bytes) std::memcpy(dst, src, bytes);
+}
+
+void CpuBackend::download(void* dst, const void* src, std::size_t bytes, Stream) {
+  if (bytes) std::memcpy(dst, src, bytes);
+}
+
+void CpuBackend::gemm(Op op_a, Op op_b, float alpha, const MatBatch& a, const MatBatch& b,
+                      float beta, const MatBatch& c, Stream) {
+  detail::check_gemm(op_a, op_b, a, b, c);
+  const auto ta = op_a == Op::none ? CblasNoTrans : CblasTrans;
+  const auto tb = op_b == Op::none ? CblasNoTrans : CblasTrans;
+  const auto k = detail::op_cols(op_a, a);
+  const std::int64_t sa = a.batch == 1 ? 0 : a.stride, sb = b.batch == 1 ? 0 : b.stride;
+  // Each matrix on one thread: OpenBLAS's OpenMP build runs single-threaded inside a parallel
+  // region, which keeps every product independent of the thread count.
+  parallel_for(threads_, c.batch, [&](std::int64_t i) {
+    cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(c.rows), static_cast<int>(c.cols),
+                static_cast<int>(k), alpha, a.data + i * sa, static_cast<int>(a.ld),
+                b.data + i * sb, static_cast<int>(b.ld), beta, c.data + i * c.stride,
+                static_cast<int>(c.ld));
+  });
+}
+
+void CpuBackend::symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream) {
+  const auto n = a.rows;
+  if (a.cols != n || a.ld != n)
+    throw shape_error("symmetric_eigen: expects packed square matrices, got " +
+                      std::to_string(a.rows) + "×" + std::to_string(a.cols) + " ld " +
+                      std::to_string(a.ld));
+  // Solved in double: n is small, and it keeps the small eigenvalues' directions accurate.
+  parallel_for(threads_, a.batch, [&](std::int64_t b) {
+    std::vector<double> m(static_cast<std::size_t>(n * n)), w(static_cast<std::size_t>(n));
+    float* src = a.data + b * a.stride;
+    for (std::int64_t i = 0; i < n * n; ++i) m[i] = src[i];
+    const lapack_int info = LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'V', 'U', static_cast<lapack_int>(n),
+                                           m.data(), static_cast<lapack_int>(n), w.data());
+    if (info != 0)
+      throw solver_error("LAPACKE_dsyevd failed (info " + std::to_string(info) + ") on matrix " +
+                         std::to_string(b) + " of " + std::to_string(a.batch) + ", n = " +
+                         std::to_string(n));
+    // Column-major eigenvectors are row-major rows: exactly the interface's layout.
+    for (std::int64_t i = 0; i < n * n; ++i) src[i] = static_cast<float>(m[i]);
+    for (std::int64_t i = 0; i < n; ++i) eigenvalues[b * n + i] = static_cast<float>(w[i]);
+  });
+}
+
+std::unique_ptr<Backend> make_cpu_backend(const BackendOptions& options) {
+  return std::make_unique<CpuBackend>(options.threads);
+}
+
+}  // namespace revmerge

@@ -1,0 +1,48 @@
+#pragma once
+// The CPU backend: OpenBLAS (OpenMP build) for GEMM, LAPACKE for the eigensolver, the shared
+// functors under Thrust's OpenMP system for element-wise work. Batches are split across
+// threads; each matrix is computed by one thread, so results do not depend on the thread count.
+#include "backend/backend.hpp"
+
+namespace revmerge {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads);
+
+  BackendKind kind() const noexcept override { return BackendKind::cpu; }
+  std::string name() const override;
+  int threads() const noexcept { return threads_; }
+
+  DeviceBuffer allocate(std::size_t bytes) override;
+  void upload(void* dst, const void* host_src, std::size_t bytes, Stream s) override;
+  void download(void* host_dst, const void* src, std::size_t bytes, Stream s) override;
+  void synchronize(Stream) override {}
+
+  void gemm(Op op_a, Op op_b, float alpha, const MatBatch& a, const MatBatch& b, float beta,
+            const MatBatch& c, Stream s) override;
+  void symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream s) override;
+
+  void permute3(const float* src, std::int64_t s0, std::int64_t s1, std::int64_t s2, float* dst,
+                std::int64_t d0, std::int64_t d1, std::int64_t d2, Stream s) override;
+  void center_rows(float* x, float* mean, std::int64_t rows, std::int64_t n, Stream s) override;
+  void broadcast_rows(const float* value, float* out, std::int64_t rows, std::int64_t n,
+                      Stream s) override;
+  void select_top(const float* eigvecs, float* wp, std::int64_t batch, std::int64_t n,
+                  std::int64_t p, Stream s) override;
+  void normalize_basis(float* v, const float* wp, float* c, const float* eigenvalues,
+                       std::int64_t batch, std::int64_t r, std::int64_t n, std::int64_t p,
+                       float rel_tol, Stream s) override;
+  void subtract(const float* x, const float* y, float* out, std::int64_t count,
+                Stream s) override;
+  void batched_dot(const float* x, const float* y, double* out, std::int64_t batch,
+                   std::int64_t count, Stream s) override;
+  void column_sums(const float* x, double* out, std::int64_t batch, std::int64_t n,
+                   Stream s) override;
+  void round_to(float* x, std::int64_t count, DType dtype, Stream s) override;
+
+ private:
+  int threads_;
+};
+
+}  // namespace revmerge

@@ -1,0 +1,170 @@
+#include "methods/rmm_module.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "revmerge/error.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+std::size_t floats(i64 count) { return static_cast<std::size_t>(count) * sizeof(float); }
+
+// Device-side work buffers of one side (A or B), m positions.
+struct SideBuffers {
+  DeviceBuffer x;      // m × r × n: the stacked vectors, centred in place
+  DeviceBuffer mean;   // m × r
+  DeviceBuffer gram;   // m × n × n, eigenvectors after the solve
+  DeviceBuffer eig;    // m × n
+  DeviceBuffer wp;     // m × n × p
+  DeviceBuffer basis;  // m × r × p
+  DeviceBuffer coef;   // m × p × n
+  DeviceBuffer recon;  // m × r × n: X̂
+  DeviceBuffer sums;   // n doubles: spectrum
+
+  SideBuffers(Backend& be, i64 m, const RmmShape& s)
+      : x(be.allocate(floats(m * s.r * s.n))),
+        mean(be.allocate(floats(m * s.r))),
+        gram(be.allocate(floats(m * s.n * s.n))),
+        eig(be.allocate(floats(m * s.n))),
+        wp(be.allocate(floats(m * s.n * s.p))),
+        basis(be.allocate(floats(m * s.r * s.p))),
+        coef(be.allocate(floats(m * s.p * s.n))),
+        recon(be.allocate(floats(m * s.r * s.n))),
+        sums(be.allocate(static_cast<std::size_t>(s.n) * sizeof(double))) {}
+};
+
+// Per position: centre, Gram, eigendecomposition, top-p basis and coefficients, rounding to the
+// storage dtype, reconstruction X̂ = V C + μ.
+void rmm_side(Backend& be, SideBuffers& sb, i64 m, const RmmShape& s, DType storage, Stream st) {
+  const i64 r = s.r, n = s.n, p = s.p;
+  be.center_rows(sb.x.f32(), sb.mean.f32(), m * r, n, st);
+  const auto x = MatBatch::packed(sb.x.f32(), m, r, n);
+  be.gemm(Op::transpose, Op::none, 1.0f, x, x, 0.0f, MatBatch::packed(sb.gram.f32(), m, n, n), st);
+  be.symmetric_eigen(MatBatch::packed(sb.gram.f32(), m, n, n), sb.eig.f32(), st);
+  be.column_sums(sb.eig.f32(), static_cast<double*>(sb.sums.data()), m, n, st);
+  be.select_top(sb.gram.f32(), sb.wp.f32(), m, n, p, st);
+  const auto basis = MatBatch::packed(sb.basis.f32(), m, r, p);
+  be.gemm(Op::none, Op::none, 1.0f, x, MatBatch::packed(sb.wp.f32(), m, n, p), 0.0f, basis, st);
+  be.normalize_basis(sb.basis.f32(), sb.wp.f32(), sb.coef.f32(), sb.eig.f32(), m, r, n, p,
+                     rmm_drop_tolerance(n), st);
+  be.round_to(sb.mean.f32(), m * r, storage, st);
+  be.round_to(sb.basis.f32(), m * r * p, storage, st);
+  be.round_to(sb.coef.f32(), m * p * n, storage, st);
+  be.broadcast_rows(sb.mean.f32(), sb.recon.f32(), m * r, n, st);
+  be.gemm(Op::none, Op::none, 1.0f, basis, MatBatch::packed(sb.coef.f32(), m, p, n), 1.0f,
+          MatBatch::packed(sb.recon.f32(), m, r, n), st);
+}
+
+std::vector<float> fetch(Backend& be, const DeviceBuffer& b, i64 count, Stream st) {
+  std::vector<float> out(static_cast<std::size_t>(count));
+  be.download(out.data(), b.data(), floats(count), st);
+  return out;
+}
+
+std::vector<double> fetch_doubles(Backend& be, const DeviceBuffer& b, i64 count, Stream st) {
+  std::vector<double> out(static_cast<std::size_t>(count));
+  be.download(out.data(), b.data(), static_cast<std::size_t>(count) * sizeof(double), st);
+  return out;
+}
+
+double safe_ratio(double num, double den) {
+  if (den > 0) return std::sqrt(std::max(num, 0.0) / den);
+  return num > 0 ? INFINITY : 0.0;  // both zero: the task's weights are exactly kept
+}
+
+}  // namespace
+
+float rmm_drop_tolerance(std::int64_t n) {
+  // A direction whose energy is within (n·ε_f32)² of the largest is rounding noise of the f32
+  // Gram; keeping it would only divide noise by noise.
+  const double eps = std::ldexp(1.0, -23);
+  return static_cast<float>(static_cast<double>(n * n) * eps * eps);
+}
+
+RmmModuleResult rmm_module(Backend& be, const RmmShape& s, const float* host_a,
+                           const float* host_b, DType storage, Stream st) {
+  if (s.n < 2 || s.p < 1 || s.p >= s.n || s.r < 1 || s.in < 1 || s.out < 1)
+    throw usage_error("rmm: invalid sizes n=" + std::to_string(s.n) + " p=" + std::to_string(s.p) +
+                      " r=" + std::to_string(s.r) + " (needs n ≥ 2 and 1 ≤ p ≤ n − 1)");
+  const i64 n = s.n, r = s.r, in = s.in, out = s.out;
+
+  // Originals, task-major as read: A n × r × in, B n × out × r.
+  DeviceBuffer a = be.allocate(floats(n * r * in)), b = be.allocate(floats(n * out * r));
+  be.upload(a.data(), host_a, floats(n * r * in), st);
+  be.upload(b.data(), host_b, floats(n * out * r), st);
+
+  // Position-major stacks: A's column j and B's row j become r × n matrices.
+  SideBuffers sa(be, in, s), sb(be, out, s);
+  be.permute3(a.f32(), 1, in, r * in, sa.x.f32(), in, r, n, st);
+  be.permute3(b.f32(), r, 1, out * r, sb.x.f32(), out, r, n, st);
+  rmm_side(be, sa, in, s, storage, st);
+  rmm_side(be, sb, out, s, storage, st);
+
+  // Back to task-major: Â (n × r × in), B̂ (n × out × r), and the differences D = X̂ − X.
+  DeviceBuffer ha = be.allocate(floats(n * r * in)), hb = be.allocate(floats(n * out * r));
+  DeviceBuffer da = be.allocate(floats(n * r * in)), db = be.allocate(floats(n * out * r));
+  be.permute3(sa.recon.f32(), 1, n, r * n, ha.f32(), n, r, in, st);
+  be.permute3(sb.recon.f32(), 1, r * n, n, hb.f32(), n, out, r, st);
+  be.subtract(ha.f32(), a.f32(), da.f32(), n * r * in, st);
+  be.subtract(hb.f32(), b.f32(), db.f32(), n * out * r, st);
+
+  // ‖B̂Â − BA‖² = ‖B̂ D_A + D_B A‖² through r × r Grams: no out × in matrix is formed, and every
+  // term is already of the size of the error (no cancellation of large numbers).
+  const auto A = MatBatch::packed(a.f32(), n, r, in), DA = MatBatch::packed(da.f32(), n, r, in);
+  const auto B = MatBatch::packed(b.f32(), n, out, r), HB = MatBatch::packed(hb.f32(), n, out, r);
+  const auto DB = MatBatch::packed(db.f32(), n, out, r);
+  DeviceBuffer grams = be.allocate(floats(7 * n * r * r));
+  auto gram = [&](int k) { return MatBatch::packed(grams.f32() + k * n * r * r, n, r, r); };
+  be.gemm(Op::none, Op::transpose, 1.0f, A, A, 0.0f, gram(0), st);     // A Aᵀ
+  be.gemm(Op::none, Op::transpose, 1.0f, DA, DA, 0.0f, gram(1), st);   // D_A D_Aᵀ
+  be.gemm(Op::none, Op::transpose, 1.0f, DA, A, 0.0f, gram(2), st);    // D_A Aᵀ
+  be.gemm(Op::transpose, Op::none, 1.0f, B, B, 0.0f, gram(3), st);     // Bᵀ B
+  be.gemm(Op::transpose, Op::none, 1.0f, HB, HB, 0.0f, gram(4), st);   // B̂ᵀ B̂
+  be.gemm(Op::transpose, Op::none, 1.0f, DB, DB, 0.0f, gram(5), st);   // D_Bᵀ D_B
+  be.gemm(Op::transpose, Op::none, 1.0f, HB, DB, 0.0f, gram(6), st);   // B̂ᵀ D_B
+
+  // Per-task inner products: 4 for the delta error, 4 for the factor errors.
+  DeviceBuffer dots = be.allocate(static_cast<std::size_t>(8 * n) * sizeof(double));
+  auto dot = [&](int k) { return static_cast<double*>(dots.data()) + k * n; };
+  const i64 rr = r * r;
+  be.batched_dot(gram(4).data, gram(1).data, dot(0), n, rr, st);  // ⟨B̂ᵀB̂, D_A D_Aᵀ⟩
+  be.batched_dot(gram(5).data, gram(0).data, dot(1), n, rr, st);  // ⟨D_BᵀD_B, A Aᵀ⟩
+  be.batched_dot(gram(6).data, gram(2).data, dot(2), n, rr, st);  // ⟨B̂ᵀD_B, D_A Aᵀ⟩
+  be.batched_dot(gram(3).data, gram(0).data, dot(3), n, rr, st);  // ⟨BᵀB, A Aᵀ⟩ = ‖BA‖²
+  be.batched_dot(da.f32(), da.f32(), dot(4), n, r * in, st);
+  be.batched_dot(a.f32(), a.f32(), dot(5), n, r * in, st);
+  be.batched_dot(db.f32(), db.f32(), dot(6), n, out * r, st);
+  be.batched_dot(b.f32(), b.f32(), dot(7), n, out * r, st);
+
+  RmmModuleResult res;
+  res.a.mean = fetch(be, sa.mean, in * r, st);
+  res.a.basis = fetch(be, sa.basis, in * r * s.p, st);
+  res.a.coef = fetch(be, sa.coef, in * s.p * n, st);
+  res.b.mean = fetch(be, sb.mean, out * r, st);
+  res.b.basis = fetch(be, sb.basis, out * r * s.p, st);
+  res.b.coef = fetch(be, sb.coef, out * s.p * n, st);
+  const auto d = fetch_doubles(be, dots, 8 * n, st);
+  res.a.spectrum = fetch_doubles(be, sa.sums, n, st);
+  res.b.spectrum = fetch_doubles(be, sb.sums, n, st);
+  be.synchronize(st);
+
+  for (auto* side : {&res.a, &res.b}) {
+    std::reverse(side->spectrum.begin(), side->spectrum.end());  // descending
+    for (auto& v : side->spectrum) v = std::max(v, 0.0);          // solver noise below zero
+  }
+  for (i64 i = 0; i < n; ++i) {
+    const double num = d[0 * n + i] + d[1 * n + i] + 2 * d[2 * n + i];
+    res.delta_error.push_back(safe_ratio(num, d[3 * n + i]));
+    res.delta_norm.push_back(std::sqrt(std::max(d[3 * n + i], 0.0)));
+    res.a.factor_error.push_back(safe_ratio(d[4 * n + i], d[5 * n + i]));
+    res.a.factor_sq_error.push_back(d[4 * n + i]);
+    res.b.factor_error.push_back(safe_ratio(d[6 * n + i], d[7 * n + i]));
+    res.b.factor_sq_error.push_back(d[6 * n + i]);
+  }
+  return res;
+}
+
+}  // namespace revmerge

@@ -1,0 +1,208 @@
+// RMM on one module against the plain double-precision reference, on every backend.
+#include "methods/rmm_module.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "backend/cpu_backend.hpp"
+#include "methods/rmm_fixtures.hpp"
+#include "reference/rmm_reference.hpp"
+#include "revmerge/dtype.hpp"
+#include "revmerge/error.hpp"
+#include <sstream>
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+struct Case {
+  i64 n, r, in, out, p;
+  unsigned seed;
+};
+
+std::ostream& operator<<(std::ostream& os, const Case& c) {
+  return os << "n" << c.n << "_r" << c.r << "_in" << c.in << "_out" << c.out << "_p" << c.p
+            << "_seed" << c.seed;
+}
+
+// Position j's r × n stack for side A (column j of every A_i) or B (row j of every B_i).
+std::vector<double> stack(const test::AdapterStack& s, bool side_a, i64 j) {
+  std::vector<double> x(static_cast<std::size_t>(s.r * s.n));
+  for (i64 k = 0; k < s.r; ++k)
+    for (i64 i = 0; i < s.n; ++i)
+      x[k * s.n + i] = side_a ? s.a[(i * s.r + k) * s.in + j] : s.b[(i * s.out + j) * s.r + k];
+  return x;
+}
+
+// x̂ for position j of a side, rebuilt in double from what rmm_module returned.
+std::vector<double> rebuild(const RmmSide& side, i64 j, i64 r, i64 n, i64 p) {
+  std::vector<double> x(static_cast<std::size_t>(r * n));
+  for (i64 k = 0; k < r; ++k)
+    for (i64 i = 0; i < n; ++i) {
+      double v = side.mean[j * r + k];
+      for (i64 q = 0; q < p; ++q)
+        v += double(side.basis[(j * r + k) * p + q]) * side.coef[(j * p + q) * n + i];
+      x[k * n + i] = v;
+    }
+  return x;
+}
+
+class RmmModule : public ::testing::TestWithParam<Case> {};
+
+TEST_P(RmmModule, MatchesTheDoublePrecisionReference) {
+  const auto c = GetParam();
+  const auto s = test::make_stack(c.n, c.r, c.in, c.out, c.seed);
+  CpuBackend be(2);
+  const auto res = rmm_module(be, {c.n, c.r, c.in, c.out, c.p}, s.a.data(), s.b.data(), DType::F32, {});
+
+  for (const bool side_a : {true, false}) {
+    SCOPED_TRACE(side_a ? "side A" : "side B");
+    const RmmSide& side = side_a ? res.a : res.b;
+    const i64 m = side_a ? c.in : c.out;
+    double tail = 0, total = 0, max_recon_diff = 0, scale = 0;
+    std::vector<double> spectrum(c.n, 0.0);
+    for (i64 j = 0; j < m; ++j) {
+      const auto x = stack(s, side_a, j);
+      const auto ref = reference::rmm_position(x, int(c.r), int(c.n), int(c.p));
+      for (i64 k = 0; k < c.n; ++k) {
+        spectrum[k] += std::max(ref.values[k], 0.0);
+        total += std::max(ref.values[k], 0.0);
+        if (k >= c.p) tail += std::max(ref.values[k], 0.0);
+      }
+      // The kept subspace is unique only with a gap after the p-th eigenvalue.
+      const bool gap = ref.values[c.p - 1] - ref.values[c.p] > 1e-2 * ref.values[0];
+      const auto got = rebuild(side, j, c.r, c.n, c.p);
+      for (std::size_t e = 0; e < got.size(); ++e) {
+        scale = std::max(scale, std::fabs(x[e]));
+        if (gap) max_recon_diff = std::max(max_recon_diff, std::fabs(got[e] - ref.recon[e]));
+      }
+      // Orthonormal basis: VᵀV = I over the kept (non-zero) columns.
+      for (i64 q1 = 0; q1 < c.p; ++q1)
+        for (i64 q2 = 0; q2 < c.p; ++q2) {
+          double d = 0, n1 = 0, n2 = 0;
+          for (i64 k = 0; k < c.r; ++k) {
+            const double v1 = side.basis[(j * c.r + k) * c.p + q1], v2 = side.basis[(j * c.r + k) * c.p + q2];
+            d += v1 * v2, n1 += v1 * v1, n2 += v2 * v2;
+          }
+          if (n1 == 0 || n2 == 0) continue;
+          ASSERT_NEAR(d, q1 == q2 ? 1.0 : 0.0, 2e-5) << "position " << j << " columns " << q1 << "," << q2;
+        }
+    }
+    // The error is exactly the discarded eigenvalues: Σ_i ‖X̂_i − X_i‖² = Σ_{k>p} λ_k.
+    double err = 0;
+    for (double e : side.factor_sq_error) err += e;
+    EXPECT_NEAR(err, tail, 2e-5 * total + 1e-9) << "measured vs Σ_{k>p} λ_k";
+    for (i64 k = 0; k < c.n; ++k) EXPECT_NEAR(side.spectrum[k], spectrum[k], 1e-5 * total + 1e-9) << k;
+    EXPECT_LE(max_recon_diff, 1e-4 * scale);
+  }
+
+  // Delta errors against dense out × in products in double, from the returned factors.
+  for (i64 i = 0; i < c.n; ++i) {
+    double num = 0, den = 0;
+    std::vector<double> ah(c.r * c.in), bh(c.out * c.r);
+    for (i64 j = 0; j < c.in; ++j) {
+      const auto x = rebuild(res.a, j, c.r, c.n, c.p);
+      for (i64 k = 0; k < c.r; ++k) ah[k * c.in + j] = x[k * c.n + i];
+    }
+    for (i64 j = 0; j < c.out; ++j) {
+      const auto x = rebuild(res.b, j, c.r, c.n, c.p);
+      for (i64 k = 0; k < c.r; ++k) bh[j * c.r + k] = x[k * c.n + i];
+    }
+    for (i64 o = 0; o < c.out; ++o)
+      for (i64 j = 0; j < c.in; ++j) {
+        double hat = 0, orig = 0;
+        for (i64 k = 0; k < c.r; ++k) {
+          hat += bh[o * c.r + k] * ah[k * c.in + j];
+          orig += double(s.b[(i * c.out + o) * c.r + k]) * s.a[(i * c.r + k) * c.in + j];
+        }
+        num += (hat - orig) * (hat - orig);
+        den += orig * orig;
+      }
+    const double ref = std::sqrt(num / den);
+    EXPECT_NEAR(res.delta_error[i], ref, 1e-3 * ref + 2e-6) << "task " << i;
+    EXPECT_NEAR(res.delta_norm[i], std::sqrt(den), 1e-5 * std::sqrt(den));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, RmmModule,
+    ::testing::Values(Case{2, 1, 5, 7, 1, 1}, Case{5, 4, 13, 7, 2, 2}, Case{8, 16, 64, 48, 3, 3},
+                      Case{8, 8, 33, 17, 7, 4}, Case{32, 8, 20, 12, 10, 5},
+                      Case{40, 16, 24, 10, 20, 6}, Case{3, 256, 16, 8, 1, 7},
+                      Case{13, 5, 1, 1, 6, 8}),
+    [](const auto& info) {
+      std::ostringstream os;
+      os << info.param;
+      return os.str();
+    });
+
+TEST(RmmModuleExact, BasisOfNMinusOneReconstructsEveryTask) {
+  for (const i64 n : {2, 3, 8, 32, 40}) {
+    for (const i64 r : {1, 7, 64}) {
+      const auto s = test::make_stack(n, r, 24, 16, unsigned(100 + n + r));
+      CpuBackend be(2);
+      const auto res = rmm_module(be, {n, r, 24, 16, n - 1}, s.a.data(), s.b.data(), DType::F32, {});
+      for (i64 i = 0; i < n; ++i) {
+        EXPECT_LE(res.a.factor_error[i], 1e-6) << "n " << n << " r " << r << " task " << i;
+        EXPECT_LE(res.b.factor_error[i], 1e-6) << "n " << n << " r " << r << " task " << i;
+        EXPECT_LE(res.delta_error[i], 1e-6) << "n " << n << " r " << r << " task " << i;
+      }
+    }
+  }
+}
+
+TEST(RmmModuleEdge, IdenticalTasksAndZeroAdaptersGiveNoNaN) {
+  const i64 n = 4, r = 3, in = 6, out = 5;
+  auto s = test::make_stack(n, r, in, out, 9);
+  for (i64 i = 1; i < n; ++i) {  // every task a copy of task 0
+    std::copy_n(s.a.begin(), r * in, s.a.begin() + i * r * in);
+    std::copy_n(s.b.begin(), out * r, s.b.begin() + i * out * r);
+  }
+  CpuBackend be(1);
+  auto res = rmm_module(be, {n, r, in, out, 2}, s.a.data(), s.b.data(), DType::F32, {});
+  for (i64 i = 0; i < n; ++i) EXPECT_EQ(res.delta_error[i], 0.0);
+  for (float v : res.a.basis) EXPECT_EQ(v, 0.0f);  // no direction to keep
+  std::fill(s.a.begin(), s.a.end(), 0.0f);
+  std::fill(s.b.begin(), s.b.end(), 0.0f);
+  res = rmm_module(be, {n, r, in, out, 2}, s.a.data(), s.b.data(), DType::F32, {});
+  for (i64 i = 0; i < n; ++i) {
+    EXPECT_EQ(res.delta_error[i], 0.0);
+    EXPECT_EQ(res.a.factor_error[i], 0.0);
+  }
+  for (float v : res.b.coef) EXPECT_FALSE(std::isnan(v));
+}
+
+TEST(RmmModuleEdge, ResultsAreBitwiseIdenticalForOneAndTwoThreads) {
+  const auto s = test::make_stack(8, 16, 96, 40, 11);
+  CpuBackend one(1), two(2);
+  const auto r1 = rmm_module(one, {8, 16, 96, 40, 3}, s.a.data(), s.b.data(), DType::F32, {});
+  const auto r2 = rmm_module(two, {8, 16, 96, 40, 3}, s.a.data(), s.b.data(), DType::F32, {});
+  EXPECT_EQ(r1.a.basis, r2.a.basis);
+  EXPECT_EQ(r1.b.coef, r2.b.coef);
+  EXPECT_EQ(r1.a.mean, r2.a.mean);
+  EXPECT_EQ(r1.delta_error, r2.delta_error);
+}
+
+TEST(RmmModuleEdge, Bf16StorageIsMeasuredAsStored) {
+  const auto s = test::make_stack(4, 8, 32, 16, 12);
+  CpuBackend be(2);
+  const auto res = rmm_module(be, {4, 8, 32, 16, 3}, s.a.data(), s.b.data(), DType::BF16, {});
+  for (float v : res.a.basis) EXPECT_EQ(bf16_to_f32(f32_to_bf16(v)), v);
+  for (float v : res.b.mean) EXPECT_EQ(bf16_to_f32(f32_to_bf16(v)), v);
+  // p = n − 1 would be exact in f32; bf16 storage leaves its own rounding error, ~2^-9.
+  EXPECT_GT(res.a.factor_error[0], 1e-5);
+  EXPECT_LT(res.a.factor_error[0], 1e-2);
+}
+
+TEST(RmmModuleEdge, RejectsBasisSizesOutsideOneToNMinusOne) {
+  const auto s = test::make_stack(3, 2, 4, 4, 13);
+  CpuBackend be(1);
+  EXPECT_THROW(rmm_module(be, {3, 2, 4, 4, 3}, s.a.data(), s.b.data(), DType::F32, {}), usage_error);
+  EXPECT_THROW(rmm_module(be, {3, 2, 4, 4, 0}, s.a.data(), s.b.data(), DType::F32, {}), usage_error);
+}
+
+}  // namespace
+}  // namespace revmerge
