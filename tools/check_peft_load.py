@@ -2,7 +2,9 @@
 """Loads two PEFT adapter folders onto the tiny test Llama with PEFT itself and checks that they
 apply the same delta to every module and give the same logits.
 
-    python3 tools/check_peft_load.py CANDIDATE REFERENCE [--tol 1e-5]
+    python3 tools/check_peft_load.py CANDIDATE REFERENCE [--base MODEL_DIR] [--tol 1e-5]
+
+Without --base the tiny Llama of tools/make_fixtures.py is built in code.
 
 Exit status 0 when they agree; prints the largest relative difference either way.
 """
@@ -31,16 +33,25 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("candidate")
     ap.add_argument("reference")
+    ap.add_argument("--base", help="Hugging Face model folder the adapters belong to")
     ap.add_argument("--tol", type=float, default=1e-5)
     args = ap.parse_args()
-    cand = PeftModel.from_pretrained(tiny_llama(), args.candidate).eval()
-    ref = PeftModel.from_pretrained(tiny_llama(), args.reference).eval()
+
+    def base():
+        if args.base is None:
+            return tiny_llama()
+        from transformers import AutoModelForCausalLM
+        return AutoModelForCausalLM.from_pretrained(args.base).eval()
+
+    cand = PeftModel.from_pretrained(base(), args.candidate).eval()
+    ref = PeftModel.from_pretrained(base(), args.reference).eval()
     dc, dr = deltas(cand), deltas(ref)
     if dc.keys() != dr.keys():
         print(f"modules differ: {sorted(dc.keys() ^ dr.keys())}")
         return 1
     worst = max(float((dc[k] - dr[k]).norm() / max(dr[k].norm(), 1e-30)) for k in dr)
-    ids = torch.arange(12).reshape(1, 12) % 64
+    vocab = cand.get_base_model().config.vocab_size
+    ids = (torch.arange(12).reshape(1, 12) * 7) % vocab
     with torch.no_grad():
         lc, lr = cand(ids).logits.double(), ref(ids).logits.double()
     logit_rel = float((lc - lr).norm() / lr.norm())

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the shipped example: a small Llama-shaped base model and four LoRA task adapters on
+"""Writes the shipped example: a small Llama-shaped base model and eight LoRA task adapters on
 it, all saved by transformers / PEFT themselves (no downloads).
 
 The adapters are built with the structure real task adapters show, so that merging them is a
@@ -17,8 +17,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 SEED = 7
-TASKS = ["sentiment", "topic", "qa", "summary"]
-RANK = 8
+TASKS = ["sentiment", "topic", "qa", "summary", "translate", "code", "math", "chat"]
+RANK = 16
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -37,7 +37,7 @@ def structured_factors(shape, gen, n_tasks):
     for t in range(n_tasks):
         own = torch.randn(shape, generator=gen)
         noise = torch.randn(shape, generator=gen)
-        out.append(shared + 0.6 * groups[t % 2] + 0.35 * own + 0.02 * noise)
+        out.append(shared + 0.6 * groups[t % 2] + 0.25 * own + 0.02 * noise)
     return out
 
 

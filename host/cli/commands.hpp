@@ -6,5 +6,8 @@ namespace revmerge::cli {
 
 void add_info_command(CLI::App& app);
 void add_devices_command(CLI::App& app);
+void add_merge_command(CLI::App& app);
+void add_revert_command(CLI::App& app);
+void add_inspect_command(CLI::App& app);
 
 }  // namespace revmerge::cli

@@ -14,6 +14,9 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", REVMERGE_VERSION_STRING);
   app.require_subcommand(1);
   revmerge::cli::add_info_command(app);
+  revmerge::cli::add_merge_command(app);
+  revmerge::cli::add_revert_command(app);
+  revmerge::cli::add_inspect_command(app);
   revmerge::cli::add_devices_command(app);
   try {
     app.parse(argc, argv);

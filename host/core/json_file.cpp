@@ -32,7 +32,7 @@ nlohmann::json parse_json_text(std::string_view text, std::string_view source, i
   }
 }
 
-nlohmann::json read_json_file(const std::filesystem::path& path) {
+std::string read_text_file(const std::filesystem::path& path) {
   std::error_code ec;
   const auto size = std::filesystem::file_size(path, ec);
   if (ec) throw io_error(path.string() + ": cannot read: " + ec.message());
@@ -43,7 +43,11 @@ nlohmann::json read_json_file(const std::filesystem::path& path) {
   if (!in) throw io_error(path.string() + ": cannot open");
   std::ostringstream buf;
   buf << in.rdbuf();
-  return parse_json_text(buf.str(), path.string());
+  return buf.str();
+}
+
+nlohmann::json read_json_file(const std::filesystem::path& path) {
+  return parse_json_text(read_text_file(path), path.string());
 }
 
 }  // namespace revmerge

@@ -9,6 +9,9 @@ namespace revmerge {
 /// Largest JSON side file revmerge reads.
 inline constexpr std::uintmax_t kMaxJsonFileBytes = 64u << 20;
 
+/// Reads a side file whole (at most kMaxJsonFileBytes); throws io_error / format_error.
+std::string read_text_file(const std::filesystem::path& path);
+
 /// Reads and parses `path`; throws io_error / format_error naming the file.
 nlohmann::json read_json_file(const std::filesystem::path& path);
 

@@ -1,11 +1,10 @@
 // Reading and writing PEFT LoRA adapter folders.
 #include <algorithm>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "core/atomic_output.hpp"
+#include "core/json_file.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
 
@@ -17,14 +16,6 @@ namespace {
 constexpr std::string_view kPrefix = "base_model.model.";
 constexpr std::string_view kSuffixA = ".lora_A.weight";
 constexpr std::string_view kSuffixB = ".lora_B.weight";
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) throw io_error(p.string() + ": cannot open");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 bool is_saved_module(const std::string& path, const std::vector<std::string>& modules_to_save) {
   for (const auto& m : modules_to_save)
@@ -56,7 +47,7 @@ PeftAdapter::PeftAdapter(const fs::path& dir) : dir_(dir) {
   const auto config_path = dir / kAdapterConfigName;
   if (!fs::exists(config_path))
     throw io_error(dir.string() + ": no " + kAdapterConfigName + " (not a PEFT adapter folder)");
-  config_ = parse_lora_config(read_text(config_path), config_path.string());
+  config_ = parse_lora_config(read_text_file(config_path), config_path.string());
   const auto weights_path = dir / kAdapterWeightsName;
   if (!fs::exists(weights_path)) {
     if (fs::exists(dir / "adapter_model.bin"))

@@ -1,0 +1,113 @@
+#include "bundle_report.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace revmerge::cli {
+
+std::vector<double> overall_delta_error(const BundleManifest& m) {
+  std::vector<double> num(m.tasks.size(), 0.0), den(m.tasks.size(), 0.0);
+  for (const auto& mod : m.modules)
+    for (std::size_t t = 0; t < m.tasks.size(); ++t) {
+      const double e = mod.delta_error[t] * mod.delta_norm[t];
+      num[t] += e * e;
+      den[t] += mod.delta_norm[t] * mod.delta_norm[t];
+    }
+  std::vector<double> out;
+  for (std::size_t t = 0; t < num.size(); ++t) out.push_back(den[t] > 0 ? std::sqrt(num[t] / den[t]) : 0.0);
+  return out;
+}
+
+double retained_energy(const std::vector<double>& s, std::int64_t p) {
+  const double total = std::accumulate(s.begin(), s.end(), 0.0);
+  const double kept = std::accumulate(s.begin(), s.begin() + std::min<std::size_t>(p, s.size()), 0.0);
+  return total > 0 ? kept / total : 1.0;
+}
+
+namespace {
+
+double max_of(const std::vector<double>& v) { return v.empty() ? 0.0 : *std::max_element(v.begin(), v.end()); }
+
+// Modules ordered by their worst task's delta error, worst first.
+std::vector<const BundleModule*> worst_first(const BundleManifest& m) {
+  std::vector<const BundleModule*> out;
+  for (const auto& mod : m.modules) out.push_back(&mod);
+  std::stable_sort(out.begin(), out.end(), [](auto* a, auto* b) {
+    return max_of(a->delta_error) > max_of(b->delta_error);
+  });
+  return out;
+}
+
+struct Spread {
+  double min = 0, median = 0, max = 0;
+};
+
+Spread spread(std::vector<double> v) {
+  if (v.empty()) return {};
+  std::sort(v.begin(), v.end());
+  return {v.front(), v[v.size() / 2], v.back()};
+}
+
+}  // namespace
+
+void print_bundle_report(const BundleManifest& m, const std::string& where, std::size_t top) {
+  const auto overall = overall_delta_error(m);
+  fmt::print("RMM bundle {}: {} tasks, basis {}, {} modules, stored as {}\n", where, m.tasks.size(),
+             m.basis, m.modules.size(), dtype_name(m.dtype));
+  fmt::print("storage: {:.4f} of the task adapters ({:.1f}% saved)\n", m.storage_ratio,
+             100.0 * (1.0 - m.storage_ratio));
+  fmt::print("\n{:<24} {:>14} {:>14} {:>14}\n", "task", "delta error", "worst module", "mean module");
+  for (std::size_t t = 0; t < m.tasks.size(); ++t) {
+    double worst = 0, sum = 0;
+    for (const auto& mod : m.modules) {
+      worst = std::max(worst, mod.delta_error[t]);
+      sum += mod.delta_error[t];
+    }
+    fmt::print("{:<24} {:>14.3e} {:>14.3e} {:>14.3e}\n", m.tasks[t].name, overall[t], worst,
+               m.modules.empty() ? 0.0 : sum / double(m.modules.size()));
+  }
+  std::vector<double> ea, eb;
+  for (const auto& mod : m.modules) {
+    ea.push_back(retained_energy(mod.spectrum_a, m.basis));
+    eb.push_back(retained_energy(mod.spectrum_b, m.basis));
+  }
+  const auto sa = spread(ea), sb = spread(eb);
+  fmt::print("\nenergy kept by the basis (top {} of {} eigenvalues), min / median / max over modules:\n",
+             m.basis, m.tasks.size());
+  fmt::print("  lora_A: {:.4f} / {:.4f} / {:.4f}\n  lora_B: {:.4f} / {:.4f} / {:.4f}\n", sa.min,
+             sa.median, sa.max, sb.min, sb.median, sb.max);
+  const auto order = worst_first(m);
+  const auto shown = std::min(top, order.size());
+  if (shown == 0) return;
+  fmt::print("\nworst modules (by their worst task's delta error):\n");
+  fmt::print("  {:<40} {:>5} {:>12} {:>10} {:>10}\n", "module", "rank", "delta error", "energy A",
+             "energy B");
+  for (std::size_t i = 0; i < shown; ++i) {
+    const auto* mod = order[i];
+    fmt::print("  {:<40} {:>5} {:>12.3e} {:>10.4f} {:>10.4f}\n", mod->path, mod->rank,
+               max_of(mod->delta_error), retained_energy(mod->spectrum_a, m.basis),
+               retained_energy(mod->spectrum_b, m.basis));
+  }
+}
+
+nlohmann::ordered_json bundle_report_json(const BundleManifest& m, const std::string& where) {
+  nlohmann::ordered_json j;
+  j["kind"] = "revmerge_bundle";
+  j["path"] = where;
+  const auto overall = overall_delta_error(m);
+  j["summary"] = nlohmann::ordered_json::object();
+  j["summary"]["storage_ratio"] = m.storage_ratio;
+  for (std::size_t t = 0; t < m.tasks.size(); ++t) j["summary"]["delta_error"][m.tasks[t].name] = overall[t];
+  j["summary"]["worst_modules"] = nlohmann::ordered_json::array();
+  for (const auto* mod : worst_first(m))
+    j["summary"]["worst_modules"].push_back({{"path", mod->path}, {"delta_error", max_of(mod->delta_error)},
+                                             {"energy_a", retained_energy(mod->spectrum_a, m.basis)},
+                                             {"energy_b", retained_energy(mod->spectrum_b, m.basis)}});
+  j["manifest"] = nlohmann::ordered_json::parse(manifest_to_json(m));
+  return j;
+}
+
+}  // namespace revmerge::cli

@@ -1,0 +1,50 @@
+// `revmerge revert`: rebuild one task (or all) from a bundle as PEFT adapter folders.
+#include <fmt/format.h>
+
+#include "commands.hpp"
+#include "core/atomic_output.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/rmm.hpp"
+
+namespace revmerge::cli {
+
+void add_revert_command(CLI::App& app) {
+  struct Args {
+    std::string bundle, task, out, dtype = "f32";
+    bool all = false, force = false, quiet = false;
+    int threads = 0;
+  };
+  static Args args;
+  auto* cmd = app.add_subcommand("revert", "Rebuild a task's adapter from an RMM bundle");
+  cmd->add_option("BUNDLE", args.bundle, "bundle folder written by `revmerge merge`")->required();
+  auto* task = cmd->add_option("--task,-t", args.task, "task to rebuild");
+  auto* all = cmd->add_flag("--all", args.all, "rebuild every task into OUT/<task name>");
+  task->excludes(all);
+  cmd->add_option("--out,-o", args.out, "adapter folder to create (with --all: parent folder)")->required();
+  cmd->add_option("--dtype", args.dtype, "adapter dtype: f32 (default), f16, bf16");
+  cmd->add_flag("--force", args.force, "replace an existing output folder");
+  cmd->add_option("--threads", args.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success");
+  cmd->callback([] {
+    if (args.task.empty() && !args.all) throw usage_error("give --task NAME or --all");
+    const Bundle bundle(args.bundle);
+    RevertOptions o;
+    o.dtype = parse_float_dtype_option(args.dtype, "--dtype");
+    o.overwrite = args.force;
+    o.threads = args.threads;
+    if (!args.all) {
+      revert_task(bundle, args.task, args.out, o);
+      if (!args.quiet) fmt::print("wrote task '{}' to {}\n", args.task, args.out);
+      return;
+    }
+    // Every task inside one staged folder: all of them appear, or none.
+    StagedDir staged(args.out, args.force);
+    o.overwrite = false;
+    for (const auto& t : bundle.manifest().tasks) revert_task(bundle, t.name, staged.path() / t.name, o);
+    staged.commit();
+    if (!args.quiet)
+      fmt::print("wrote {} tasks to {}\n", bundle.manifest().tasks.size(), args.out);
+  });
+}
+
+}  // namespace revmerge::cli

@@ -1,0 +1,151 @@
+#include "revmerge/bundle.hpp"
+
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "core/json_file.hpp"
+#include "revmerge/error.hpp"
+
+namespace fs = std::filesystem;
+using ojson = nlohmann::ordered_json;
+
+namespace revmerge {
+
+std::int64_t BundleManifest::task_index(const std::string& name) const {
+  for (std::size_t i = 0; i < tasks.size(); ++i)
+    if (tasks[i].name == name) return static_cast<std::int64_t>(i);
+  return -1;
+}
+
+std::string bundle_tensor_name(const std::string& module_path, const char* side, const char* part) {
+  return module_path + "." + side + "." + part;
+}
+
+std::string manifest_to_json(const BundleManifest& m) {
+  ojson j;
+  j["format"] = "revmerge-bundle";
+  j["format_version"] = m.format_version;
+  j["method"] = m.method;
+  j["basis"] = m.basis;
+  j["dtype"] = dtype_name(m.dtype);
+  j["storage_ratio"] = m.storage_ratio;
+  j["created_by"] = m.created_by;
+  j["tasks"] = ojson::array();
+  for (const auto& t : m.tasks)
+    j["tasks"].push_back({{"name", t.name}, {"source", t.source},
+                          {"base_model_name_or_path", t.base_model_name_or_path},
+                          {"task_type", t.task_type}});
+  j["modules"] = ojson::array();
+  for (const auto& mod : m.modules)
+    j["modules"].push_back({{"path", mod.path}, {"layer", mod.layer}, {"name", mod.name},
+                            {"in", mod.in}, {"out", mod.out}, {"rank", mod.rank},
+                            {"task_ranks", mod.task_ranks}, {"storage_ratio", mod.storage_ratio},
+                            {"factor_error_a", mod.factor_error_a},
+                            {"factor_error_b", mod.factor_error_b},
+                            {"delta_error", mod.delta_error}, {"delta_norm", mod.delta_norm},
+                            {"spectrum_a", mod.spectrum_a}, {"spectrum_b", mod.spectrum_b}});
+  return j.dump(1) + "\n";
+}
+
+namespace {
+
+template <class T>
+T field(const nlohmann::json& j, const char* key, const std::string& where) {
+  const auto it = j.find(key);
+  if (it == j.end()) throw format_error(where + ": missing field '" + key + "'");
+  try {
+    return it->get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw format_error(where + ": field '" + key + "' has the wrong type (" + it->type_name() + ")");
+  }
+}
+
+}  // namespace
+
+BundleManifest parse_manifest(const std::string& text, const std::string& file) {
+  const auto j = parse_json_text(text, file);
+  if (!j.is_object()) throw format_error(file + ": not a JSON object");
+  if (field<std::string>(j, "format", file) != "revmerge-bundle")
+    throw format_error(file + ": not a revmerge bundle manifest (format is not 'revmerge-bundle')");
+  BundleManifest m;
+  m.format_version = field<int>(j, "format_version", file);
+  if (m.format_version != kBundleFormatVersion)
+    throw unsupported_error(file + ": bundle format_version " + std::to_string(m.format_version) +
+                            " is not supported (this revmerge reads version " +
+                            std::to_string(kBundleFormatVersion) + ")");
+  m.method = field<std::string>(j, "method", file);
+  if (m.method != "rmm") throw unsupported_error(file + ": bundle method '" + m.method + "' is not supported");
+  m.basis = field<std::int64_t>(j, "basis", file);
+  const auto dt = parse_dtype(field<std::string>(j, "dtype", file));
+  if (!dt || !is_float_dtype(*dt)) throw format_error(file + ": field 'dtype' is not a float dtype");
+  m.dtype = *dt;
+  m.storage_ratio = field<double>(j, "storage_ratio", file);
+  m.created_by = field<std::string>(j, "created_by", file);
+  std::set<std::string> names;
+  for (const auto& t : field<nlohmann::json>(j, "tasks", file)) {
+    BundleTask task{field<std::string>(t, "name", file), field<std::string>(t, "source", file),
+                    field<std::string>(t, "base_model_name_or_path", file),
+                    field<std::string>(t, "task_type", file)};
+    if (!names.insert(task.name).second)
+      throw format_error(file + ": task '" + task.name + "' appears twice");
+    m.tasks.push_back(std::move(task));
+  }
+  const auto n = static_cast<std::int64_t>(m.tasks.size());
+  if (n < 2) throw format_error(file + ": a bundle holds at least 2 tasks, this one " + std::to_string(n));
+  if (m.basis < 1 || m.basis >= n)
+    throw format_error(file + ": basis " + std::to_string(m.basis) + " is outside 1 .. " + std::to_string(n - 1));
+  for (const auto& mj : field<nlohmann::json>(j, "modules", file)) {
+    BundleModule mod;
+    mod.path = field<std::string>(mj, "path", file);
+    const auto where = file + ": module '" + mod.path + "'";
+    mod.layer = field<int>(mj, "layer", where);
+    mod.name = field<std::string>(mj, "name", where);
+    mod.in = field<std::int64_t>(mj, "in", where);
+    mod.out = field<std::int64_t>(mj, "out", where);
+    mod.rank = field<std::int64_t>(mj, "rank", where);
+    mod.task_ranks = field<std::vector<std::int64_t>>(mj, "task_ranks", where);
+    mod.storage_ratio = field<double>(mj, "storage_ratio", where);
+    mod.factor_error_a = field<std::vector<double>>(mj, "factor_error_a", where);
+    mod.factor_error_b = field<std::vector<double>>(mj, "factor_error_b", where);
+    mod.delta_error = field<std::vector<double>>(mj, "delta_error", where);
+    mod.delta_norm = field<std::vector<double>>(mj, "delta_norm", where);
+    mod.spectrum_a = field<std::vector<double>>(mj, "spectrum_a", where);
+    mod.spectrum_b = field<std::vector<double>>(mj, "spectrum_b", where);
+    if (mod.in < 1 || mod.out < 1 || mod.rank < 1)
+      throw format_error(where + ": in, out and rank must be positive");
+    for (const auto* v : {&mod.factor_error_a, &mod.factor_error_b, &mod.delta_error,
+                          &mod.delta_norm, &mod.spectrum_a, &mod.spectrum_b})
+      if (static_cast<std::int64_t>(v->size()) != n)
+        throw format_error(where + ": per-task lists must have " + std::to_string(n) + " entries");
+    if (static_cast<std::int64_t>(mod.task_ranks.size()) != n)
+      throw format_error(where + ": task_ranks must have " + std::to_string(n) + " entries");
+    m.modules.push_back(std::move(mod));
+  }
+  return m;
+}
+
+Bundle::Bundle(const fs::path& dir) : dir_(dir) {
+  if (!fs::is_directory(dir)) throw io_error(dir.string() + ": not a folder");
+  const auto manifest_path = dir / kBundleManifestName;
+  if (!fs::exists(manifest_path))
+    throw io_error(dir.string() + ": no " + kBundleManifestName + " (not a revmerge bundle)");
+  manifest_ = parse_manifest(read_text_file(manifest_path), manifest_path.string());
+  tensors_ = std::make_unique<SafetensorsFile>(dir / kBundleTensorsName);
+  const auto n = static_cast<std::int64_t>(manifest_.tasks.size()), p = manifest_.basis;
+  for (const auto& mod : manifest_.modules)
+    for (const auto& [side, m] : {std::pair{"lora_A", mod.in}, std::pair{"lora_B", mod.out}}) {
+      const std::pair<const char*, std::vector<std::int64_t>> parts[] = {
+          {"mean", {m, mod.rank}}, {"basis", {m, mod.rank, p}}, {"coef", {m, p, n}}};
+      for (const auto& [part, shape] : parts) {
+        const auto name = bundle_tensor_name(mod.path, side, part);
+        const auto* t = tensors_->find(name);
+        if (t == nullptr)
+          throw format_error(tensors_->path().string() + ": tensor '" + name + "' is missing");
+        if (t->shape != shape || !is_float_dtype(t->dtype))
+          throw format_error(tensors_->path().string() + ": tensor '" + name +
+                             "' does not have the float shape the manifest implies");
+      }
+    }
+}
+
+}  // namespace revmerge

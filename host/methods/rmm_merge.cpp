@@ -1,0 +1,194 @@
+// revmerge merge --method rmm: plan the modules across adapters, run RMM module by module, and
+// write the bundle atomically.
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <memory>
+#include <set>
+
+#include "backend/backend.hpp"
+#include "core/atomic_output.hpp"
+#include "methods/rmm_module.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/peft.hpp"
+#include "revmerge/rmm.hpp"
+#include "revmerge/version.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+// One module across all tasks: the task's own module entries, in task order.
+struct PlannedModule {
+  std::string path;
+  int layer;
+  std::string name;
+  i64 in, out, rank;
+  std::vector<const LoraModule*> per_task;
+};
+
+void check_options(const RmmMergeOptions& o) {
+  const auto n = static_cast<i64>(o.tasks.size());
+  if (n < 2)
+    throw usage_error("RMM needs at least 2 adapters to merge, got " + std::to_string(n) +
+                      " (a single adapter is already its own reversible form)");
+  if (o.basis < 1 || o.basis > n - 1)
+    throw usage_error("--basis " + std::to_string(o.basis) + " is outside 1 .. n − 1 = " +
+                      std::to_string(n - 1) + " for " + std::to_string(n) + " adapters (" +
+                      std::to_string(n - 1) + " already reconstructs every task exactly)");
+  std::set<std::string> names;
+  for (const auto& t : o.tasks) {
+    if (t.name.empty()) throw usage_error(t.adapter.string() + ": task name is empty");
+    if (!names.insert(t.name).second)
+      throw usage_error("task name '" + t.name + "' is used twice; give each task its own name");
+  }
+  if (o.out.empty()) throw usage_error("--out: no bundle folder given");
+  if (!is_float_dtype(o.dtype) || o.dtype == DType::F64)
+    throw usage_error("--dtype: a bundle stores f32, f16 or bf16");
+}
+
+std::vector<PlannedModule> plan_modules(const std::vector<TaskSource>& tasks,
+                                        const std::vector<std::unique_ptr<PeftAdapter>>& adapters) {
+  std::vector<PlannedModule> plan;
+  for (const auto& m : adapters[0]->modules())
+    plan.push_back({m.path, m.layer, m.name, m.in, m.out, m.rank, {}});
+  for (std::size_t t = 0; t < adapters.size(); ++t) {
+    const auto& a = *adapters[t];
+    if (a.config().fan_in_fan_out != adapters[0]->config().fan_in_fan_out)
+      throw shape_error(a.dir().string() + ": fan_in_fan_out differs from " +
+                        adapters[0]->dir().string() + "; the adapters are for different bases");
+    for (const auto& m : a.modules())
+      if (!adapters[0]->find(m.path))
+        throw shape_error(a.dir().string() + ": module '" + m.path + "' of task '" + tasks[t].name +
+                          "' is missing from task '" + tasks[0].name + "' (" +
+                          adapters[0]->dir().string() + ")");
+    for (auto& p : plan) {
+      const auto* m = a.find(p.path);
+      if (!m)
+        throw shape_error(a.dir().string() + ": module '" + p.path + "' is missing from task '" +
+                          tasks[t].name + "'; every task must adapt the same modules");
+      if (m->in != p.in || m->out != p.out)
+        throw shape_error(a.dir().string() + ": module '" + p.path + "' is " +
+                          std::to_string(m->out) + " × " + std::to_string(m->in) + " in task '" +
+                          tasks[t].name + "' but " + std::to_string(p.out) + " × " +
+                          std::to_string(p.in) + " in task '" + tasks[0].name +
+                          "': adapters for different base shapes");
+      p.rank = std::max(p.rank, m->rank);
+      p.per_task.push_back(m);
+    }
+  }
+  return plan;
+}
+
+// Reads one factor as f32, refusing non-finite values by file, tensor and index.
+std::vector<float> read_finite(const PeftAdapter& a, const std::string& tensor) {
+  auto v = a.weights().read_f32(tensor);
+  for (std::size_t i = 0; i < v.size(); ++i)
+    if (!std::isfinite(v[i]))
+      throw format_error(a.weights().path().string() + ": tensor '" + tensor +
+                         "' holds a non-finite value (" + std::to_string(v[i]) + ") at element " +
+                         std::to_string(i));
+  return v;
+}
+
+// The module's stacks as rmm_module takes them: A n × r × in (rows past a task's rank zero),
+// B n × out × r with the task's scale folded in (columns past its rank zero).
+void load_stacks(const PlannedModule& pm, const std::vector<std::unique_ptr<PeftAdapter>>& adapters,
+                 std::vector<float>& a, std::vector<float>& b) {
+  const i64 n = static_cast<i64>(adapters.size()), r = pm.rank;
+  a.assign(static_cast<std::size_t>(n * r * pm.in), 0.0f);
+  b.assign(static_cast<std::size_t>(n * pm.out * r), 0.0f);
+  for (i64 t = 0; t < n; ++t) {
+    const auto& m = *pm.per_task[t];
+    const auto at = read_finite(*adapters[t], m.key_a);
+    const auto bt = read_finite(*adapters[t], m.key_b);
+    std::copy(at.begin(), at.end(), a.begin() + t * r * pm.in);
+    const auto scale = static_cast<float>(m.scale);
+    for (i64 o = 0; o < pm.out; ++o)
+      for (i64 k = 0; k < m.rank; ++k) b[(t * pm.out + o) * r + k] = scale * bt[o * m.rank + k];
+  }
+}
+
+BundleModule describe(const PlannedModule& pm, const RmmModuleResult& res, i64 n, i64 p) {
+  BundleModule bm;
+  bm.path = pm.path;
+  bm.layer = pm.layer;
+  bm.name = pm.name;
+  bm.in = pm.in;
+  bm.out = pm.out;
+  bm.rank = pm.rank;
+  double raw = 0;
+  for (const auto* m : pm.per_task) {
+    bm.task_ranks.push_back(m->rank);
+    raw += static_cast<double>(m->rank) * static_cast<double>(pm.in + pm.out);
+  }
+  const double stored = static_cast<double>(pm.in + pm.out) * double(p * (pm.rank + n) + pm.rank);
+  bm.storage_ratio = stored / raw;
+  bm.factor_error_a = res.a.factor_error;
+  bm.factor_error_b = res.b.factor_error;
+  bm.delta_error = res.delta_error;
+  bm.delta_norm = res.delta_norm;
+  bm.spectrum_a = res.a.spectrum;
+  bm.spectrum_b = res.b.spectrum;
+  return bm;
+}
+
+}  // namespace
+
+BundleManifest merge_rmm(const RmmMergeOptions& o) {
+  check_options(o);
+  std::vector<std::unique_ptr<PeftAdapter>> adapters;
+  for (const auto& t : o.tasks) adapters.push_back(std::make_unique<PeftAdapter>(t.adapter));
+  const auto plan = plan_modules(o.tasks, adapters);
+  const i64 n = static_cast<i64>(o.tasks.size()), p = o.basis;
+
+  BundleManifest manifest;
+  manifest.basis = p;
+  manifest.dtype = o.dtype;
+  manifest.created_by = std::string("revmerge ") + REVMERGE_VERSION_STRING;
+  for (std::size_t t = 0; t < o.tasks.size(); ++t)
+    manifest.tasks.push_back({o.tasks[t].name, o.tasks[t].adapter.string(),
+                              adapters[t]->config().base_model_name_or_path,
+                              adapters[t]->config().task_type});
+
+  StagedDir staged(o.out, o.overwrite);
+  std::vector<TensorSpec> specs;
+  for (const auto& pm : plan)
+    for (const auto& [side, m] : {std::pair{"lora_A", pm.in}, std::pair{"lora_B", pm.out}}) {
+      specs.push_back({bundle_tensor_name(pm.path, side, "mean"), o.dtype, {m, pm.rank}});
+      specs.push_back({bundle_tensor_name(pm.path, side, "basis"), o.dtype, {m, pm.rank, p}});
+      specs.push_back({bundle_tensor_name(pm.path, side, "coef"), o.dtype, {m, p, n}});
+    }
+  SafetensorsWriter writer(staged.path() / kBundleTensorsName, specs,
+                           {{"format", "revmerge-bundle"}, {"method", "rmm"}});
+
+  auto backend = make_cpu_backend({o.threads, 0});
+  std::vector<float> a, b;
+  double stored = 0, raw = 0;
+  for (std::size_t i = 0; i < plan.size(); ++i) {
+    const auto& pm = plan[i];
+    load_stacks(pm, adapters, a, b);
+    const auto res = rmm_module(*backend, {n, pm.rank, pm.in, pm.out, p}, a.data(), b.data(),
+                                o.dtype, {});
+    for (const auto& [side, part] : {std::pair{"lora_A", &res.a}, std::pair{"lora_B", &res.b}}) {
+      writer.write_f32(bundle_tensor_name(pm.path, side, "mean"), part->mean);
+      writer.write_f32(bundle_tensor_name(pm.path, side, "basis"), part->basis);
+      writer.write_f32(bundle_tensor_name(pm.path, side, "coef"), part->coef);
+    }
+    manifest.modules.push_back(describe(pm, res, n, p));
+    const auto& bm = manifest.modules.back();
+    double task_raw = 0;
+    for (auto rk : bm.task_ranks) task_raw += double(rk) * double(pm.in + pm.out);
+    raw += task_raw;
+    stored += bm.storage_ratio * task_raw;
+    if (o.progress) o.progress(i + 1, plan.size(), pm.path);
+  }
+  manifest.storage_ratio = raw > 0 ? stored / raw : 0;
+  writer.commit();
+  write_file_atomic(staged.path() / kBundleManifestName, manifest_to_json(manifest), false);
+  staged.commit();
+  return manifest;
+}
+
+}  // namespace revmerge

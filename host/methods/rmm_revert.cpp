@@ -1,0 +1,89 @@
+// revmerge revert: rebuild a task's factors from a bundle, x̂_i = μ + V c_i at every position,
+// as one batched GEMM per side on the backend.
+#include <memory>
+
+#include "backend/backend.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/peft.hpp"
+#include "revmerge/rmm.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+// Rebuilds one side: out (m × r) = mean + basis · coef[:, :, task].
+std::vector<float> revert_side(Backend& be, const SafetensorsFile& f, const std::string& path,
+                               const char* side, i64 m, i64 r, i64 p, i64 n, i64 task) {
+  const auto mean = f.read_f32(bundle_tensor_name(path, side, "mean"));
+  const auto basis = f.read_f32(bundle_tensor_name(path, side, "basis"));
+  const auto coef = f.read_f32(bundle_tensor_name(path, side, "coef"));
+  auto d_mean = be.allocate(mean.size() * 4), d_basis = be.allocate(basis.size() * 4);
+  auto d_coef = be.allocate(coef.size() * 4), d_out = be.allocate(mean.size() * 4);
+  be.upload(d_mean.data(), mean.data(), mean.size() * 4, {});
+  be.upload(d_basis.data(), basis.data(), basis.size() * 4, {});
+  be.upload(d_coef.data(), coef.data(), coef.size() * 4, {});
+  be.broadcast_rows(d_mean.f32(), d_out.f32(), m * r, 1, {});
+  // Column `task` of each p × n coefficient matrix, as a p × 1 matrix with row stride n.
+  const MatBatch c{d_coef.f32() + task, m, p, 1, n, p * n};
+  be.gemm(Op::none, Op::none, 1.0f, MatBatch::packed(d_basis.f32(), m, r, p), c, 1.0f,
+          MatBatch::packed(d_out.f32(), m, r, 1), {});
+  std::vector<float> out(static_cast<std::size_t>(m * r));
+  be.download(out.data(), d_out.data(), out.size() * 4, {});
+  be.synchronize({});
+  return out;
+}
+
+RevertedModule revert_with(Backend& be, const Bundle& bundle, std::size_t module_index, i64 task) {
+  const auto& man = bundle.manifest();
+  const auto& mod = man.modules.at(module_index);
+  const i64 n = static_cast<i64>(man.tasks.size()), p = man.basis, r = mod.rank;
+  RevertedModule out;
+  const auto a_pos = revert_side(be, bundle.tensors(), mod.path, "lora_A", mod.in, r, p, n, task);
+  out.a.resize(a_pos.size());  // position-major in × r  →  r × in
+  for (i64 j = 0; j < mod.in; ++j)
+    for (i64 k = 0; k < r; ++k) out.a[k * mod.in + j] = a_pos[j * r + k];
+  out.b = revert_side(be, bundle.tensors(), mod.path, "lora_B", mod.out, r, p, n, task);
+  return out;
+}
+
+i64 require_task(const Bundle& bundle, const std::string& task) {
+  const auto i = bundle.manifest().task_index(task);
+  if (i < 0) {
+    std::string names;
+    for (const auto& t : bundle.manifest().tasks) names += (names.empty() ? "" : ", ") + t.name;
+    throw usage_error("--task: '" + task + "' is not in " + bundle.dir().string() +
+                      " (tasks: " + names + ")");
+  }
+  return i;
+}
+
+}  // namespace
+
+RevertedModule revert_module(const Bundle& bundle, std::size_t module_index, i64 task_index,
+                             int threads) {
+  auto be = make_cpu_backend({threads, 0});
+  return revert_with(*be, bundle, module_index, task_index);
+}
+
+void revert_task(const Bundle& bundle, const std::string& task, const std::filesystem::path& out,
+                 const RevertOptions& options) {
+  const auto t = require_task(bundle, task);
+  auto be = make_cpu_backend({options.threads, 0});
+  const auto& man = bundle.manifest();
+  std::vector<LoraModuleData> modules;
+  for (std::size_t i = 0; i < man.modules.size(); ++i) {
+    const auto& mod = man.modules[i];
+    auto rm = revert_with(*be, bundle, i, t);
+    modules.push_back({mod.path, mod.rank, mod.in, mod.out, std::move(rm.a), std::move(rm.b)});
+  }
+  AdapterWriteOptions w;
+  w.base_model_name_or_path = man.tasks[t].base_model_name_or_path;
+  w.task_type = man.tasks[t].task_type;
+  w.dtype = options.dtype;
+  w.overwrite = options.overwrite;
+  w.metadata = {{"revmerge_bundle_task", task}};
+  write_peft_adapter(out, modules, w);
+}
+
+}  // namespace revmerge

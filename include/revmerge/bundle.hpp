@@ -1,0 +1,82 @@
+#pragma once
+/// \file
+/// The reversible bundle: a folder with `bundle.safetensors` (per module and side, the mean,
+/// basis and coefficients RMM stores) and `manifest.json` (what was merged, how, and how well).
+/// docs/bundle.md specifies both so that Python with `safetensors` alone can revert a task.
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "revmerge/safetensors.hpp"
+
+namespace revmerge {
+
+inline constexpr const char* kBundleTensorsName = "bundle.safetensors";
+inline constexpr const char* kBundleManifestName = "manifest.json";
+inline constexpr int kBundleFormatVersion = 1;
+
+/// One merged task.
+struct BundleTask {
+  std::string name;
+  std::string source;                   ///< the adapter folder it came from
+  std::string base_model_name_or_path;  ///< from its adapter_config.json
+  std::string task_type;
+};
+
+/// One merged module. Per-task vectors are in task order.
+struct BundleModule {
+  std::string path;   ///< "model.layers.0.self_attn.q_proj"
+  int layer = -1;
+  std::string name;   ///< "self_attn.q_proj"
+  std::int64_t in = 0, out = 0;
+  std::int64_t rank = 0;               ///< r: the largest task rank; smaller ones zero-padded
+  std::vector<std::int64_t> task_ranks;
+  double storage_ratio = 0;            ///< stored numbers / the tasks' own A and B numbers
+  std::vector<double> factor_error_a;  ///< ‖Â_i − A_i‖_F / ‖A_i‖_F
+  std::vector<double> factor_error_b;  ///< ‖B̂_i − B_i‖_F / ‖B_i‖_F (scale folded into B)
+  std::vector<double> delta_error;     ///< ‖B̂_iÂ_i − B_iA_i‖_F / ‖B_iA_i‖_F
+  std::vector<double> delta_norm;      ///< ‖B_iA_i‖_F (scale folded), to weigh modules
+  std::vector<double> spectrum_a;      ///< Σ over positions of each eigenvalue, descending
+  std::vector<double> spectrum_b;
+};
+
+/// The manifest: everything about a bundle except its tensors.
+struct BundleManifest {
+  int format_version = kBundleFormatVersion;
+  std::string method = "rmm";
+  std::int64_t basis = 0;  ///< p
+  DType dtype = DType::F32;
+  std::vector<BundleTask> tasks;
+  std::vector<BundleModule> modules;
+  double storage_ratio = 0;  ///< over all modules
+  std::string created_by;
+
+  std::int64_t task_index(const std::string& name) const;  ///< -1 when absent
+};
+
+/// Tensor names of a module's stored factors: side is "lora_A" or "lora_B", part is "mean",
+/// "basis" or "coef".
+std::string bundle_tensor_name(const std::string& module_path, const char* side, const char* part);
+
+std::string manifest_to_json(const BundleManifest& m);
+/// Parses and validates a manifest; throws format_error naming `file` and the field.
+BundleManifest parse_manifest(const std::string& text, const std::string& file);
+
+/// An opened bundle: manifest parsed, tensors mapped, every tensor present with the shape the
+/// manifest implies.
+class Bundle {
+ public:
+  explicit Bundle(const std::filesystem::path& dir);
+  const std::filesystem::path& dir() const noexcept { return dir_; }
+  const BundleManifest& manifest() const noexcept { return manifest_; }
+  const SafetensorsFile& tensors() const noexcept { return *tensors_; }
+
+ private:
+  std::filesystem::path dir_;
+  BundleManifest manifest_;
+  std::unique_ptr<SafetensorsFile> tensors_;
+};
+
+}  // namespace revmerge

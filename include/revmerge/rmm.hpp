@@ -1,0 +1,61 @@
+#pragma once
+/// \file
+/// Reversible Model Merging of LoRA adapters: merge n adapters into a bundle, revert any task
+/// from it. See docs/bundle.md for the stored format and DESIGN.md §2 for the mathematics.
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "revmerge/bundle.hpp"
+
+namespace revmerge {
+
+/// A task to merge: its name in the bundle and its PEFT adapter folder.
+struct TaskSource {
+  std::string name;
+  std::filesystem::path adapter;
+};
+
+/// Called after each module with (modules done, modules in all, module path).
+using ProgressFn = std::function<void(std::size_t, std::size_t, const std::string&)>;
+
+struct RmmMergeOptions {
+  std::vector<TaskSource> tasks;  ///< at least 2, unique names
+  std::int64_t basis = 0;         ///< p, 1 ≤ p ≤ n − 1
+  std::filesystem::path out;      ///< bundle folder to create
+  DType dtype = DType::F32;       ///< stored dtype of the bundle tensors
+  bool overwrite = false;         ///< replace an existing `out`
+  int threads = 0;                ///< CPU threads, 0 = all cores
+  ProgressFn progress;
+};
+
+/// Merges the adapters into a bundle at `options.out` and returns its manifest. Every module of
+/// every layer is merged; scales are folded into B; ranks are zero-padded to the largest.
+/// Nothing is written unless the whole merge succeeds. Throws usage_error (basis, names,
+/// counts), io_error / format_error / unsupported_error (inputs: names the folder, module and
+/// tensor), shape_error (adapters for different base shapes, a module missing from a task).
+BundleManifest merge_rmm(const RmmMergeOptions& options);
+
+struct RevertOptions {
+  DType dtype = DType::F32;  ///< dtype of the written adapter tensors
+  bool overwrite = false;
+  int threads = 0;
+};
+
+/// Rebuilds task `task` from a bundle and writes it as a PEFT adapter folder at `out` (scale
+/// folded into the factors, lora_alpha = r). Throws usage_error for an unknown task name.
+void revert_task(const Bundle& bundle, const std::string& task, const std::filesystem::path& out,
+                 const RevertOptions& options);
+
+/// The reconstructed factors of one task and module: A (rank × in) and B (out × rank), f32.
+struct RevertedModule {
+  std::vector<float> a, b;
+};
+
+/// Reconstructs one module of one task (the arithmetic revert_task writes out).
+RevertedModule revert_module(const Bundle& bundle, std::size_t module_index,
+                             std::int64_t task_index, int threads = 0);
+
+}  // namespace revmerge
