@@ -22,7 +22,27 @@ import time
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
+
+
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+
+
+def load_file(path):
+    """A safetensors file as float numpy arrays, BF16 included (numpy has no bfloat16: its bits
+    are the top half of a float32)."""
+    data = Path(path).read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    header.pop("__metadata__", None)
+    out = {}
+    for name, t in header.items():
+        begin, end = t["data_offsets"]
+        raw = np.frombuffer(data, dtype=_DTYPES[t["dtype"]], count=(end - begin) // np.dtype(_DTYPES[t["dtype"]]).itemsize,
+                            offset=8 + n + begin)
+        if t["dtype"] == "BF16":
+            raw = (raw.astype(np.uint32) << 16).view(np.float32)
+        out[name] = raw.reshape(t["shape"])
+    return out
 
 
 def pattern_value(patterns, path, default):

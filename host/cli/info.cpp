@@ -7,6 +7,7 @@
 #include <set>
 #include <nlohmann/json.hpp>
 
+#include "bundle_report.hpp"
 #include "commands.hpp"
 #include "revmerge/checkpoint.hpp"
 #include "revmerge/error.hpp"
@@ -178,11 +179,20 @@ void run_info(const fs::path& path, bool as_json, bool list_tensors) {
   if (!fs::exists(path)) throw io_error(path.string() + ": no such file or folder");
   if (fs::is_directory(path)) {
     if (fs::exists(path / kAdapterConfigName)) return info_adapter(path, as_json);
+    if (fs::exists(path / kBundleManifestName)) {
+      const Bundle b(path);
+      if (as_json) {
+        std::cout << bundle_report_json(b.manifest(), path.string()).dump(1) << "\n";
+        return;
+      }
+      return print_bundle_report(b.manifest(), path.string(), 5);
+    }
     if (fs::exists(path / "config.json")) return info_model(path, as_json, list_tensors);
     if (fs::exists(path / kShardIndexName) || fs::exists(path / "model.safetensors"))
       return info_checkpoint(path, as_json, list_tensors);
     throw format_error(path.string() + ": not a PEFT adapter (" + kAdapterConfigName +
-                       "), a model (config.json) or a safetensors checkpoint");
+                       "), a model (config.json), an RMM bundle (" + kBundleManifestName +
+                       ") or a safetensors checkpoint");
   }
   if (path.extension() == ".safetensors" || path.string().ends_with(".index.json"))
     return info_checkpoint(path, as_json, list_tensors);
@@ -194,7 +204,7 @@ void run_info(const fs::path& path, bool as_json, bool list_tensors) {
 
 void add_info_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
-      "info", "Describe a safetensors file, sharded checkpoint, PEFT adapter or model folder");
+      "info", "Describe a safetensors file, sharded checkpoint, PEFT adapter, model folder or RMM bundle");
   static fs::path path;
   static bool as_json = false, list_tensors = false;
   cmd->add_option("PATH", path, "file or folder to describe")->required();

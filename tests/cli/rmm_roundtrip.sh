@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The README's RMM flow through the CLI on the shipped example, with its failure modes.
+# Usage: rmm_roundtrip.sh REVMERGE SOURCE_DIR WORK_DIR
+set -euo pipefail
+revmerge=$1 src=$2 work=$3
+rm -rf "$work" && mkdir -p "$work"
+adapters=("$src"/examples/adapters/*)
+fail() { echo "FAIL: $*"; exit 1; }
+expect_error() {  # expect_error REGEX CMD...: non-zero exit and the message matches
+  local regex=$1; shift
+  if "$@" >"$work/out.txt" 2>&1; then fail "succeeded: $*"; fi
+  grep -Eq -e "$regex" "$work/out.txt" || { cat "$work/out.txt"; fail "message does not match '$regex'"; }
+}
+
+"$revmerge" merge --method rmm --basis 2 --out "$work/bundle" "${adapters[@]}" >"$work/merge.txt"
+grep -q "RMM bundle .*: 8 tasks, basis 2, 14 modules, stored as F32" "$work/merge.txt" || fail "merge header"
+grep -q "storage: 0.5000 of the task adapters" "$work/merge.txt" || fail "storage ratio"
+
+expect_error "bundle: already exists \(pass --force" "$revmerge" merge --basis 2 --out "$work/bundle" "${adapters[@]}"
+"$revmerge" merge --basis 3 --out "$work/bundle" --force -q "${adapters[@]}"
+"$revmerge" inspect "$work/bundle" | grep -q "basis 3" || fail "--force did not replace the bundle"
+expect_error "--basis 8 is outside 1 .. n − 1 = 7" "$revmerge" merge --basis 8 --out "$work/b8" "${adapters[@]}"
+expect_error "at least 2 adapters" "$revmerge" merge --basis 1 --out "$work/b1" "${adapters[0]}"
+expect_error "method: 'ties' is not available" "$revmerge" merge --method ties --basis 1 --out "$work/bt" "${adapters[@]}"
+expect_error "is missing from task" "$revmerge" merge --basis 1 --out "$work/bm" \
+  "$src/tests/fixtures/peft/plain" "$src/tests/fixtures/peft/rslora"
+for d in b8 b1 bt bm; do [ ! -e "$work/$d" ] || fail "output $d written after an error"; done
+
+# A config file naming the tasks (paths relative to it).
+cat >"$work/merge.yaml" <<YAML
+basis: 2
+dtype: bf16
+tasks:
+  - {name: first, adapter: $src/examples/adapters/qa}
+  - {name: second, adapter: $src/examples/adapters/code}
+  - adapter: $src/examples/adapters/math
+YAML
+"$revmerge" merge --config "$work/merge.yaml" --out "$work/cfg" >"$work/cfg.txt"
+grep -q "3 tasks, basis 2, 14 modules, stored as BF16" "$work/cfg.txt" || fail "config merge"
+"$revmerge" inspect --json "$work/cfg" | grep -q '"name": "math"' || fail "task named after its folder"
+echo "unknown: 1" >>"$work/merge.yaml"
+expect_error "merge.yaml: unknown key 'unknown'" "$revmerge" merge --config "$work/merge.yaml" --out "$work/c2"
+
+"$revmerge" revert "$work/bundle" --task qa --out "$work/qa" >/dev/null
+"$revmerge" info "$work/qa" | grep -q "r: 16   lora_alpha: 16" || fail "reverted adapter config"
+expect_error "--task: 'nope' is not in" "$revmerge" revert "$work/bundle" --task nope --out "$work/nope"
+"$revmerge" revert "$work/bundle" --all --out "$work/all" >/dev/null
+[ "$(ls "$work/all" | wc -l)" -eq 8 ] || fail "--all wrote $(ls "$work/all" | wc -l) tasks"
+"$revmerge" inspect "$work/bundle" --top 3 | grep -q "worst modules" || fail "inspect"
+echo "rmm round trip: ok"

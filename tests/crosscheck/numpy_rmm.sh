@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Merges the example adapters with revmerge and checks the bundles with the independent numpy
+# implementation (tools/rmm_numpy.py). Exit 77 (skipped) without numpy + safetensors.
+set -euo pipefail
+revmerge=$1 src=$2 work=$3
+if ! python3 -c 'import numpy, safetensors' 2>/dev/null; then
+  echo "SKIPPED: python3 with numpy and safetensors is not installed (tools/bootstrap.sh installs them)"
+  exit 77
+fi
+rm -rf "$work" && mkdir -p "$work"
+for p in 1 2 4 7; do
+  "$revmerge" merge -q --basis $p --out "$work/p$p" "$src"/examples/adapters/*
+  python3 "$src/tools/rmm_numpy.py" "$work/p$p"
+done
+# Mixed ranks and scale rules (real PEFT fixtures share no module set, so a bf16 bundle of the
+# examples stands in for dtype coverage; its rounding is measured against f64 numpy).
+"$revmerge" merge -q --basis 3 --dtype bf16 --out "$work/bf16" "$src"/examples/adapters/*
+python3 "$src/tools/rmm_numpy.py" "$work/bf16" --tol 2e-2
