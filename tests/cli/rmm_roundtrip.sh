@@ -2,6 +2,7 @@
 # The README's RMM flow through the CLI on the shipped example, with its failure modes.
 # Usage: rmm_roundtrip.sh REVMERGE SOURCE_DIR WORK_DIR
 set -euo pipefail
+# No `cmd | grep -q`: grep's early exit would fail the pipeline through SIGPIPE.
 revmerge=$1 src=$2 work=$3
 rm -rf "$work" && mkdir -p "$work"
 adapters=("$src"/examples/adapters/*)
@@ -18,7 +19,7 @@ grep -q "storage: 0.5000 of the task adapters" "$work/merge.txt" || fail "storag
 
 expect_error "bundle: already exists \(pass --force" "$revmerge" merge --basis 2 --out "$work/bundle" "${adapters[@]}"
 "$revmerge" merge --basis 3 --out "$work/bundle" --force -q "${adapters[@]}"
-"$revmerge" inspect "$work/bundle" | grep -q "basis 3" || fail "--force did not replace the bundle"
+grep -q "basis 3" <<<"$("$revmerge" inspect "$work/bundle")" || fail "--force did not replace the bundle"
 expect_error "--basis 8 is outside 1 .. n − 1 = 7" "$revmerge" merge --basis 8 --out "$work/b8" "${adapters[@]}"
 expect_error "at least 2 adapters" "$revmerge" merge --basis 1 --out "$work/b1" "${adapters[0]}"
 expect_error "method: 'ties' is not available" "$revmerge" merge --method ties --basis 1 --out "$work/bt" "${adapters[@]}"
@@ -37,14 +38,14 @@ tasks:
 YAML
 "$revmerge" merge --config "$work/merge.yaml" --out "$work/cfg" >"$work/cfg.txt"
 grep -q "3 tasks, basis 2, 14 modules, stored as BF16" "$work/cfg.txt" || fail "config merge"
-"$revmerge" inspect --json "$work/cfg" | grep -q '"name": "math"' || fail "task named after its folder"
+grep -q '"name": "math"' <<<"$("$revmerge" inspect --json "$work/cfg")" || fail "task named after its folder"
 echo "unknown: 1" >>"$work/merge.yaml"
 expect_error "merge.yaml: unknown key 'unknown'" "$revmerge" merge --config "$work/merge.yaml" --out "$work/c2"
 
 "$revmerge" revert "$work/bundle" --task qa --out "$work/qa" >/dev/null
-"$revmerge" info "$work/qa" | grep -q "r: 16   lora_alpha: 16" || fail "reverted adapter config"
+grep -q "r: 16   lora_alpha: 16" <<<"$("$revmerge" info "$work/qa")" || fail "reverted adapter config"
 expect_error "--task: 'nope' is not in" "$revmerge" revert "$work/bundle" --task nope --out "$work/nope"
 "$revmerge" revert "$work/bundle" --all --out "$work/all" >/dev/null
 [ "$(ls "$work/all" | wc -l)" -eq 8 ] || fail "--all wrote $(ls "$work/all" | wc -l) tasks"
-"$revmerge" inspect "$work/bundle" --top 3 | grep -q "worst modules" || fail "inspect"
+grep -q "worst modules" <<<"$("$revmerge" inspect "$work/bundle" --top 3)" || fail "inspect"
 echo "rmm round trip: ok"
