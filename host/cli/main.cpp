@@ -4,6 +4,7 @@
 #include <exception>
 
 #include "commands.hpp"
+#include "core/interrupt.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/version.hpp"
 
@@ -18,10 +19,14 @@ int main(int argc, char** argv) {
   revmerge::cli::add_revert_command(app);
   revmerge::cli::add_inspect_command(app);
   revmerge::cli::add_devices_command(app);
+  revmerge::install_interrupt_handlers();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const revmerge::interrupted& e) {
+    std::fprintf(stderr, "\nrevmerge: %s\n", e.what());
+    return 130;
   } catch (const revmerge::usage_error& e) {
     std::fprintf(stderr, "revmerge: error: %s\n", e.what());
     return 2;

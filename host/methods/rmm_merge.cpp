@@ -8,6 +8,7 @@
 
 #include "backend/backend.hpp"
 #include "core/atomic_output.hpp"
+#include "core/interrupt.hpp"
 #include "methods/rmm_module.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
@@ -167,6 +168,7 @@ BundleManifest merge_rmm(const RmmMergeOptions& o) {
   std::vector<float> a, b;
   double stored = 0, raw = 0;
   for (std::size_t i = 0; i < plan.size(); ++i) {
+    throw_if_interrupted("merge");
     const auto& pm = plan[i];
     load_stacks(pm, adapters, a, b);
     const auto res = rmm_module(*backend, {n, pm.rank, pm.in, pm.out, p}, a.data(), b.data(),
@@ -185,6 +187,7 @@ BundleManifest merge_rmm(const RmmMergeOptions& o) {
     if (o.progress) o.progress(i + 1, plan.size(), pm.path);
   }
   manifest.storage_ratio = raw > 0 ? stored / raw : 0;
+  throw_if_interrupted("merge");
   writer.commit();
   write_file_atomic(staged.path() / kBundleManifestName, manifest_to_json(manifest), false);
   staged.commit();

@@ -3,6 +3,7 @@
 #include <memory>
 
 #include "backend/backend.hpp"
+#include "core/interrupt.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
 #include "revmerge/rmm.hpp"
@@ -73,6 +74,7 @@ void revert_task(const Bundle& bundle, const std::string& task, const std::files
   const auto& man = bundle.manifest();
   std::vector<LoraModuleData> modules;
   for (std::size_t i = 0; i < man.modules.size(); ++i) {
+    throw_if_interrupted("revert");
     const auto& mod = man.modules[i];
     auto rm = revert_with(*be, bundle, i, t);
     modules.push_back({mod.path, mod.rank, mod.in, mod.out, std::move(rm.a), std::move(rm.b)});

@@ -56,4 +56,10 @@ class solver_error : public error {
   using error::error;
 };
 
+/// The user stopped the job (SIGINT / SIGTERM); temporary outputs have been removed.
+class interrupted : public error {
+ public:
+  using error::error;
+};
+
 }  // namespace revmerge

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "core/interrupt.hpp"
 #include "methods/adapter_writer.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/rmm.hpp"
@@ -187,6 +188,22 @@ TEST(RmmMerge, AnExistingOutputIsKeptUnlessOverwriteIsAsked) {
   merge_rmm(o);
   EXPECT_FALSE(std::filesystem::exists(o.out / "keep.txt"));
   EXPECT_EQ(Bundle(o.out).manifest().basis, 1);
+}
+
+TEST(RmmMerge, AnInterruptMidwayLeavesNoOutput) {
+  test::TempDir tmp;
+  const auto tasks = mixed_tasks(tmp);
+  RmmMergeOptions o;
+  for (const auto& t : tasks) o.tasks.push_back({t.dir.filename(), t.dir});
+  o.basis = 2;
+  o.out = tmp / "bundle";
+  o.progress = [](std::size_t done, std::size_t, const std::string&) {
+    if (done == 2) request_interrupt();  // what the SIGINT handler does
+  };
+  EXPECT_THROW(merge_rmm(o), interrupted);
+  clear_interrupt();
+  std::vector<std::string> left = test::list_dir(tmp.path());
+  for (const auto& name : left) EXPECT_EQ(name.find("bundle"), std::string::npos) << name;
 }
 
 TEST(RmmRevert, UnknownTaskAndDamagedBundlesAreReported) {
