@@ -1,0 +1,14 @@
+#pragma once
+// The CUDA backend's factory: plain C++, so the host registry can include it.
+#include <memory>
+
+#include "backend/backend.hpp"
+
+namespace revmerge {
+
+/// A backend on CUDA device `options.device`: cuBLAS, cuSOLVER and Thrust on its own stream,
+/// device memory from a caching pool (cudaMalloc; never managed memory). Buffers it hands out
+/// must be released before it is destroyed. Throws device_error when the device is unusable.
+std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& options);
+
+}  // namespace revmerge

@@ -1,0 +1,100 @@
+#pragma once
+// The CUDA backend's class, shared by its .cu files (one operation group per file).
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+
+#include <cstddef>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "backend/backend.hpp"
+
+namespace revmerge::cuda {
+
+/// Caching device allocator: freed blocks are kept by size and reused; everything goes back to
+/// the driver when the pool is destroyed. Thread-safe.
+class DevicePool {
+ public:
+  explicit DevicePool(int device) : device_(device) {}
+  ~DevicePool();
+  DeviceBuffer allocate(std::size_t bytes);
+  std::size_t bytes_in_use() const noexcept { return in_use_; }
+  std::size_t peak_bytes() const noexcept { return peak_; }
+
+ private:
+  static void release(void* ctx, void* ptr);
+  int device_;
+  std::mutex mutex_;
+  std::multimap<std::size_t, void*> free_;   // size class -> block
+  std::map<void*, std::size_t> sizes_;       // every block and its size class
+  std::size_t in_use_ = 0, peak_ = 0;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device);
+  ~CudaBackend() override;
+
+  BackendKind kind() const noexcept override { return BackendKind::cuda; }
+  std::string name() const override { return name_; }
+
+  DeviceBuffer allocate(std::size_t bytes) override { return pool_.allocate(bytes); }
+  void upload(void* dst, const void* host_src, std::size_t bytes, Stream s) override;
+  void download(void* host_dst, const void* src, std::size_t bytes, Stream s) override;
+  void synchronize(Stream s) override;
+
+  void gemm(Op op_a, Op op_b, float alpha, const MatBatch& a, const MatBatch& b, float beta,
+            const MatBatch& c, Stream s) override;
+  void symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream s) override;
+
+  void permute3(const float* src, std::int64_t s0, std::int64_t s1, std::int64_t s2, float* dst,
+                std::int64_t d0, std::int64_t d1, std::int64_t d2, Stream s) override;
+  void center_rows(float* x, float* mean, std::int64_t rows, std::int64_t n, Stream s) override;
+  void broadcast_rows(const float* value, float* out, std::int64_t rows, std::int64_t n,
+                      Stream s) override;
+  void select_top(const float* eigvecs, float* wp, std::int64_t batch, std::int64_t n,
+                  std::int64_t p, Stream s) override;
+  void normalize_basis(float* v, const float* wp, float* c, const float* eigenvalues,
+                       std::int64_t batch, std::int64_t r, std::int64_t n, std::int64_t p,
+                       float rel_tol, Stream s) override;
+  void subtract(const float* x, const float* y, float* out, std::int64_t count, Stream s) override;
+  void batched_dot(const float* x, const float* y, double* out, std::int64_t batch,
+                   std::int64_t count, Stream s) override;
+  void column_sums(const float* x, double* out, std::int64_t batch, std::int64_t n,
+                   Stream s) override;
+  void round_to(float* x, std::int64_t count, DType dtype, Stream s) override;
+
+  /// The stream a call runs on: the caller's, or the backend's own for Stream{}.
+  cudaStream_t stream(Stream s) const noexcept {
+    return s.handle ? static_cast<cudaStream_t>(s.handle) : stream_;
+  }
+
+ private:
+  // Solver status words are copied back asynchronously and checked at synchronize(), so a
+  // layer's work never waits on the host in the middle.
+  struct PendingInfo {
+    DeviceBuffer device_info;  // one int per matrix
+    int* host_info = nullptr;  // pinned copy, freed when checked
+    std::int64_t count = 0;
+    cudaStream_t stream = nullptr;
+    std::string call;
+  };
+  /// Queues the copy of a solver's info array; synchronize() checks it.
+  void defer_info_check(DeviceBuffer info, std::int64_t count, cudaStream_t st, std::string call);
+  void check_pending_infos(cudaStream_t st);
+
+  int device_;
+  std::string name_;
+  DevicePool pool_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  cusolverDnHandle_t cusolver_ = nullptr;
+  syevjInfo_t syevj_params_ = nullptr;
+  cusolverDnParams_t solver_params_ = nullptr;
+  std::vector<PendingInfo> pending_;
+};
+
+}  // namespace revmerge::cuda

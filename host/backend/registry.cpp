@@ -1,0 +1,41 @@
+#include "backend/registry.hpp"
+
+#include "revmerge/devices.hpp"
+#include "revmerge/error.hpp"
+
+#ifdef REVMERGE_HAVE_CUDA
+#include "cuda_backend.hpp"
+#endif
+
+namespace revmerge {
+
+DeviceChoice parse_device_option(std::string_view value, std::string_view option) {
+  if (value == "cpu") return DeviceChoice::cpu;
+  if (value == "cuda" || value == "gpu") return DeviceChoice::cuda;
+  if (value == "auto") return DeviceChoice::automatic;
+  throw usage_error(std::string(option) + ": unknown device '" + std::string(value) +
+                    "' (expected cpu, cuda or auto)");
+}
+
+std::string cuda_unavailable_reason() {
+  const auto report = probe_devices();
+  if (!report.cuda_built) return report.why_no_gpu;
+  if (report.gpus.empty()) return report.why_no_gpu;
+  return {};
+}
+
+std::unique_ptr<Backend> make_backend(DeviceChoice choice, const BackendOptions& options) {
+  if (choice == DeviceChoice::cpu) return make_cpu_backend(options);
+  const auto why = cuda_unavailable_reason();
+  if (!why.empty()) {
+    if (choice == DeviceChoice::automatic) return make_cpu_backend(options);
+    throw device_error("--device cuda: no usable GPU: " + why);
+  }
+#ifdef REVMERGE_HAVE_CUDA
+  return make_cuda_backend(options);
+#else
+  throw device_error("--device cuda: this build has no CUDA backend");
+#endif
+}
+
+}  // namespace revmerge

@@ -1,0 +1,44 @@
+#pragma once
+// Backend-parameterised tests: each case names a backend; where it cannot run here the case
+// is skipped with the reason (ctest reports it as skipped).
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/registry.hpp"
+
+namespace revmerge::test {
+
+inline std::vector<std::string> all_backend_names() { return {"cpu", "cuda"}; }
+
+/// The named backend, or nullptr after GTEST_SKIP-ing with the reason.
+inline std::unique_ptr<Backend> backend_or_skip(const std::string& name, int threads = 2) {
+  if (name == "cuda") {
+    const auto why = cuda_unavailable_reason();
+    if (!why.empty()) return nullptr;
+    return make_backend(DeviceChoice::cuda, {threads, 0});
+  }
+  return make_backend(DeviceChoice::cpu, {threads, 0});
+}
+
+#define REVMERGE_BACKEND_OR_SKIP(var, name)                                              \
+  auto var = ::revmerge::test::backend_or_skip(name);                                     \
+  if (!var) GTEST_SKIP() << "CUDA backend unavailable: " << ::revmerge::cuda_unavailable_reason()
+
+/// Copies host data to a new backend buffer.
+inline DeviceBuffer to_device(Backend& be, const std::vector<float>& v) {
+  auto b = be.allocate(v.size() * sizeof(float));
+  be.upload(b.data(), v.data(), v.size() * sizeof(float), {});
+  return b;
+}
+
+inline std::vector<float> to_host(Backend& be, const DeviceBuffer& b, std::size_t count) {
+  std::vector<float> v(count);
+  be.download(v.data(), b.data(), count * sizeof(float), {});
+  be.synchronize({});
+  return v;
+}
+
+}  // namespace revmerge::test
