@@ -9,10 +9,10 @@
 
 namespace revmerge {
 
-DeviceChoice parse_device_option(std::string_view value, std::string_view option) {
-  if (value == "cpu") return DeviceChoice::cpu;
-  if (value == "cuda" || value == "gpu") return DeviceChoice::cuda;
-  if (value == "auto") return DeviceChoice::automatic;
+Device parse_device_option(std::string_view value, std::string_view option) {
+  if (value == "cpu") return Device::cpu;
+  if (value == "cuda" || value == "gpu") return Device::cuda;
+  if (value == "auto") return Device::automatic;
   throw usage_error(std::string(option) + ": unknown device '" + std::string(value) +
                     "' (expected cpu, cuda or auto)");
 }
@@ -24,11 +24,11 @@ std::string cuda_unavailable_reason() {
   return {};
 }
 
-std::unique_ptr<Backend> make_backend(DeviceChoice choice, const BackendOptions& options) {
-  if (choice == DeviceChoice::cpu) return make_cpu_backend(options);
+std::unique_ptr<Backend> make_backend(Device choice, const BackendOptions& options) {
+  if (choice == Device::cpu) return make_cpu_backend(options);
   const auto why = cuda_unavailable_reason();
   if (!why.empty()) {
-    if (choice == DeviceChoice::automatic) return make_cpu_backend(options);
+    if (choice == Device::automatic) return make_cpu_backend(options);
     throw device_error("--device cuda: no usable GPU: " + why);
   }
 #ifdef REVMERGE_HAVE_CUDA

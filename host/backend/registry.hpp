@@ -5,20 +5,18 @@
 #include <string_view>
 
 #include "backend/backend.hpp"
+#include "revmerge/devices.hpp"
 
 namespace revmerge {
 
-/// What the user asked for with --device.
-enum class DeviceChoice { cpu, cuda, automatic };
-
 /// Parses "cpu", "cuda" or "auto"; throws usage_error naming `option` otherwise.
-DeviceChoice parse_device_option(std::string_view value, std::string_view option = "--device");
+Device parse_device_option(std::string_view value, std::string_view option = "--device");
 
 /// Why the CUDA backend cannot run here (not built, no driver, no GPU); empty when it can.
 std::string cuda_unavailable_reason();
 
 /// The backend for `choice`: `automatic` picks CUDA when a GPU is usable, else the CPU.
 /// Asking for `cuda` where it cannot run throws device_error with the reason.
-std::unique_ptr<Backend> make_backend(DeviceChoice choice, const BackendOptions& options);
+std::unique_ptr<Backend> make_backend(Device choice, const BackendOptions& options);
 
 }  // namespace revmerge

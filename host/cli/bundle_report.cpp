@@ -57,6 +57,7 @@ void print_bundle_report(const BundleManifest& m, const std::string& where, std:
   const auto overall = overall_delta_error(m);
   fmt::print("RMM bundle {}: {} tasks, basis {}, {} modules, stored as {}\n", where, m.tasks.size(),
              m.basis, m.modules.size(), dtype_name(m.dtype));
+  if (!m.backend.empty()) fmt::print("computed on: {}\n", m.backend);
   fmt::print("storage: {:.4f} of the task adapters ({:.1f}% saved)\n", m.storage_ratio,
              100.0 * (1.0 - m.storage_ratio));
   fmt::print("\n{:<24} {:>14} {:>14} {:>14}\n", "task", "delta error", "worst module", "mean module");

@@ -8,6 +8,7 @@
 #include "commands.hpp"
 #include "merge_config.hpp"
 #include "revmerge/error.hpp"
+#include "backend/registry.hpp"
 #include "revmerge/rmm.hpp"
 
 namespace revmerge::cli {
@@ -19,7 +20,8 @@ struct MergeArgs {
   std::int64_t basis = 0;
   std::string out;
   bool force = false, json = false, quiet = false;
-  int threads = 0;
+  int threads = 0, gpu = 0;
+  std::string device = "auto";
   CLI::Option* method_opt = nullptr;
   CLI::Option* basis_opt = nullptr;
   CLI::Option* out_opt = nullptr;
@@ -50,6 +52,8 @@ void run_merge(const MergeArgs& args) {
   o.dtype = parse_float_dtype_option(dtype, "--dtype");
   o.overwrite = args.force;
   o.threads = args.threads;
+  o.device = parse_device_option(args.device);
+  o.gpu = args.gpu;
   const bool show_progress = !args.quiet && !args.json && ::isatty(STDERR_FILENO);
   if (show_progress)
     o.progress = [](std::size_t done, std::size_t all, const std::string& path) {
@@ -77,6 +81,8 @@ void add_merge_command(CLI::App& app) {
   args.dtype_opt = cmd->add_option("--dtype", args.dtype, "stored dtype: f32 (default), f16, bf16");
   cmd->add_flag("--force", args.force, "replace an existing output folder");
   cmd->add_option("--threads", args.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--device", args.device, "cpu, cuda or auto (default: cuda when a GPU is usable)");
+  cmd->add_option("--gpu", args.gpu, "CUDA device index (default 0)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--json", args.json, "print the bundle report as JSON");
   cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success");
   cmd->callback([] { run_merge(args); });

@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include "commands.hpp"
+#include "backend/registry.hpp"
 #include "core/atomic_output.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/rmm.hpp"
@@ -12,7 +13,8 @@ void add_revert_command(CLI::App& app) {
   struct Args {
     std::string bundle, task, out, dtype = "f32";
     bool all = false, force = false, quiet = false;
-    int threads = 0;
+    int threads = 0, gpu = 0;
+    std::string device = "auto";
   };
   static Args args;
   auto* cmd = app.add_subcommand("revert", "Rebuild a task's adapter from an RMM bundle");
@@ -24,6 +26,8 @@ void add_revert_command(CLI::App& app) {
   cmd->add_option("--dtype", args.dtype, "adapter dtype: f32 (default), f16, bf16");
   cmd->add_flag("--force", args.force, "replace an existing output folder");
   cmd->add_option("--threads", args.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--device", args.device, "cpu, cuda or auto (default: cuda when a GPU is usable)");
+  cmd->add_option("--gpu", args.gpu, "CUDA device index (default 0)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success");
   cmd->callback([] {
     if (args.task.empty() && !args.all) throw usage_error("give --task NAME or --all");
@@ -32,6 +36,8 @@ void add_revert_command(CLI::App& app) {
     o.dtype = parse_float_dtype_option(args.dtype, "--dtype");
     o.overwrite = args.force;
     o.threads = args.threads;
+    o.device = parse_device_option(args.device);
+    o.gpu = args.gpu;
     if (!args.all) {
       revert_task(bundle, args.task, args.out, o);
       if (!args.quiet) fmt::print("wrote task '{}' to {}\n", args.task, args.out);

@@ -30,6 +30,7 @@ std::string manifest_to_json(const BundleManifest& m) {
   j["dtype"] = dtype_name(m.dtype);
   j["storage_ratio"] = m.storage_ratio;
   j["created_by"] = m.created_by;
+  j["backend"] = m.backend;
   j["tasks"] = ojson::array();
   for (const auto& t : m.tasks)
     j["tasks"].push_back({{"name", t.name}, {"source", t.source},
@@ -81,6 +82,7 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
   m.dtype = *dt;
   m.storage_ratio = field<double>(j, "storage_ratio", file);
   m.created_by = field<std::string>(j, "created_by", file);
+  if (const auto it = j.find("backend"); it != j.end() && it->is_string()) m.backend = it->get<std::string>();
   std::set<std::string> names;
   for (const auto& t : field<nlohmann::json>(j, "tasks", file)) {
     BundleTask task{field<std::string>(t, "name", file), field<std::string>(t, "source", file),

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "backend/backend.hpp"
+#include "backend/registry.hpp"
 #include "core/atomic_output.hpp"
 #include "core/interrupt.hpp"
 #include "methods/rmm_module.hpp"
@@ -111,6 +112,18 @@ void load_stacks(const PlannedModule& pm, const std::vector<std::unique_ptr<Peft
   }
 }
 
+// Library and solver failures name the module being merged.
+template <class F>
+auto with_module_context(const std::string& path, F f) {
+  try {
+    return f();
+  } catch (const device_error& e) {
+    throw device_error("module '" + path + "': " + e.what());
+  } catch (const solver_error& e) {
+    throw solver_error("module '" + path + "': " + e.what());
+  }
+}
+
 BundleModule describe(const PlannedModule& pm, const RmmModuleResult& res, i64 n, i64 p) {
   BundleModule bm;
   bm.path = pm.path;
@@ -136,6 +149,10 @@ BundleModule describe(const PlannedModule& pm, const RmmModuleResult& res, i64 n
 }
 
 }  // namespace
+
+std::string backend_description(Device device, int threads, int gpu) {
+  return make_backend(device, {threads, gpu})->name();
+}
 
 BundleManifest merge_rmm(const RmmMergeOptions& o) {
   check_options(o);
@@ -164,15 +181,17 @@ BundleManifest merge_rmm(const RmmMergeOptions& o) {
   SafetensorsWriter writer(staged.path() / kBundleTensorsName, specs,
                            {{"format", "revmerge-bundle"}, {"method", "rmm"}});
 
-  auto backend = make_cpu_backend({o.threads, 0});
+  auto backend = make_backend(o.device, {o.threads, o.gpu});
+  manifest.backend = backend->name();
   std::vector<float> a, b;
   double stored = 0, raw = 0;
   for (std::size_t i = 0; i < plan.size(); ++i) {
     throw_if_interrupted("merge");
     const auto& pm = plan[i];
     load_stacks(pm, adapters, a, b);
-    const auto res = rmm_module(*backend, {n, pm.rank, pm.in, pm.out, p}, a.data(), b.data(),
-                                o.dtype, {});
+    const auto res = with_module_context(pm.path, [&] {
+      return rmm_module(*backend, {n, pm.rank, pm.in, pm.out, p}, a.data(), b.data(), o.dtype, {});
+    });
     for (const auto& [side, part] : {std::pair{"lora_A", &res.a}, std::pair{"lora_B", &res.b}}) {
       writer.write_f32(bundle_tensor_name(pm.path, side, "mean"), part->mean);
       writer.write_f32(bundle_tensor_name(pm.path, side, "basis"), part->basis);

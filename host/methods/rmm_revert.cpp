@@ -3,6 +3,7 @@
 #include <memory>
 
 #include "backend/backend.hpp"
+#include "backend/registry.hpp"
 #include "core/interrupt.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
@@ -62,15 +63,15 @@ i64 require_task(const Bundle& bundle, const std::string& task) {
 }  // namespace
 
 RevertedModule revert_module(const Bundle& bundle, std::size_t module_index, i64 task_index,
-                             int threads) {
-  auto be = make_cpu_backend({threads, 0});
+                             Device device) {
+  auto be = make_backend(device, {});
   return revert_with(*be, bundle, module_index, task_index);
 }
 
 void revert_task(const Bundle& bundle, const std::string& task, const std::filesystem::path& out,
                  const RevertOptions& options) {
   const auto t = require_task(bundle, task);
-  auto be = make_cpu_backend({options.threads, 0});
+  auto be = make_backend(options.device, {options.threads, options.gpu});
   const auto& man = bundle.manifest();
   std::vector<LoraModuleData> modules;
   for (std::size_t i = 0; i < man.modules.size(); ++i) {

@@ -52,6 +52,7 @@ struct BundleManifest {
   std::vector<BundleModule> modules;
   double storage_ratio = 0;  ///< over all modules
   std::string created_by;
+  std::string backend;  ///< where it was computed, e.g. "cpu (OpenBLAS + LAPACKE, 2 threads)"
 
   std::int64_t task_index(const std::string& name) const;  ///< -1 when absent
 };

@@ -7,6 +7,9 @@
 
 namespace revmerge {
 
+/// Where compute runs, as chosen with --device: `automatic` takes CUDA when a GPU is usable.
+enum class Device { cpu, cuda, automatic };
+
 /// One visible CUDA device.
 struct GpuInfo {
   int index = 0;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "revmerge/bundle.hpp"
+#include "revmerge/devices.hpp"
 
 namespace revmerge {
 
@@ -28,6 +29,8 @@ struct RmmMergeOptions {
   DType dtype = DType::F32;       ///< stored dtype of the bundle tensors
   bool overwrite = false;         ///< replace an existing `out`
   int threads = 0;                ///< CPU threads, 0 = all cores
+  Device device = Device::automatic;
+  int gpu = 0;                    ///< CUDA device index
   ProgressFn progress;
 };
 
@@ -38,10 +41,16 @@ struct RmmMergeOptions {
 /// tensor), shape_error (adapters for different base shapes, a module missing from a task).
 BundleManifest merge_rmm(const RmmMergeOptions& options);
 
+/// The compute backend a merge or revert with these settings would use ("cpu (...)",
+/// "cuda:0 NVIDIA H200"); throws device_error when `device` is cuda and none is usable.
+std::string backend_description(Device device, int threads, int gpu);
+
 struct RevertOptions {
   DType dtype = DType::F32;  ///< dtype of the written adapter tensors
   bool overwrite = false;
   int threads = 0;
+  Device device = Device::automatic;
+  int gpu = 0;
 };
 
 /// Rebuilds task `task` from a bundle and writes it as a PEFT adapter folder at `out` (scale
@@ -56,6 +65,6 @@ struct RevertedModule {
 
 /// Reconstructs one module of one task (the arithmetic revert_task writes out).
 RevertedModule revert_module(const Bundle& bundle, std::size_t module_index,
-                             std::int64_t task_index, int threads = 0);
+                             std::int64_t task_index, Device device = Device::cpu);
 
 }  // namespace revmerge

@@ -18,9 +18,9 @@ inline std::unique_ptr<Backend> backend_or_skip(const std::string& name, int thr
   if (name == "cuda") {
     const auto why = cuda_unavailable_reason();
     if (!why.empty()) return nullptr;
-    return make_backend(DeviceChoice::cuda, {threads, 0});
+    return make_backend(Device::cuda, {threads, 0});
   }
-  return make_backend(DeviceChoice::cpu, {threads, 0});
+  return make_backend(Device::cpu, {threads, 0});
 }
 
 #define REVMERGE_BACKEND_OR_SKIP(var, name)                                              \

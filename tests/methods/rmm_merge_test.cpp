@@ -66,7 +66,7 @@ TEST(RmmMerge, ScalesAndRanksAreFoldedSoNMinusOneRevertsEveryDeltaExactly) {
       EXPECT_EQ(mod.task_ranks[t], r);
       const auto original = test::dense_delta(tasks[t].a.at(spec.path), tasks[t].b.at(spec.path), r,
                                               spec.in, spec.out, tasks[t].scale.at(spec.path));
-      const auto rm = revert_module(bundle, mi, static_cast<std::int64_t>(t), 1);
+      const auto rm = revert_module(bundle, mi, static_cast<std::int64_t>(t));
       const auto back = test::dense_delta(rm.a, rm.b, mod.rank, spec.in, spec.out, 1.0);
       EXPECT_LE(test::relative_difference(back, original), 1e-6) << spec.path << " task " << t;
       EXPECT_LE(mod.delta_error[t], 1e-6);

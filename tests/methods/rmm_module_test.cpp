@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/backend_cases.hpp"
 #include "backend/cpu_backend.hpp"
 #include "methods/rmm_fixtures.hpp"
 #include "reference/rmm_reference.hpp"
@@ -50,13 +51,13 @@ std::vector<double> rebuild(const RmmSide& side, i64 j, i64 r, i64 n, i64 p) {
   return x;
 }
 
-class RmmModule : public ::testing::TestWithParam<Case> {};
+class RmmModule : public ::testing::TestWithParam<std::tuple<Case, std::string>> {};
 
 TEST_P(RmmModule, MatchesTheDoublePrecisionReference) {
-  const auto c = GetParam();
+  const auto c = std::get<0>(GetParam());
+  REVMERGE_BACKEND_OR_SKIP(be, std::get<1>(GetParam()));
   const auto s = test::make_stack(c.n, c.r, c.in, c.out, c.seed);
-  CpuBackend be(2);
-  const auto res = rmm_module(be, {c.n, c.r, c.in, c.out, c.p}, s.a.data(), s.b.data(), DType::F32, {});
+  const auto res = rmm_module(*be, {c.n, c.r, c.in, c.out, c.p}, s.a.data(), s.b.data(), DType::F32, {});
 
   for (const bool side_a : {true, false}) {
     SCOPED_TRACE(side_a ? "side A" : "side B");
@@ -129,22 +130,26 @@ TEST_P(RmmModule, MatchesTheDoublePrecisionReference) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, RmmModule,
-    ::testing::Values(Case{2, 1, 5, 7, 1, 1}, Case{5, 4, 13, 7, 2, 2}, Case{8, 16, 64, 48, 3, 3},
-                      Case{8, 8, 33, 17, 7, 4}, Case{32, 8, 20, 12, 10, 5},
-                      Case{40, 16, 24, 10, 20, 6}, Case{3, 256, 16, 8, 1, 7},
-                      Case{13, 5, 1, 1, 6, 8}),
+    ::testing::Combine(
+        ::testing::Values(Case{2, 1, 5, 7, 1, 1}, Case{5, 4, 13, 7, 2, 2}, Case{8, 16, 64, 48, 3, 3},
+                          Case{8, 8, 33, 17, 7, 4}, Case{32, 8, 20, 12, 10, 5},
+                          Case{40, 16, 24, 10, 20, 6}, Case{3, 256, 16, 8, 1, 7},
+                          Case{13, 5, 1, 1, 6, 8}),
+        ::testing::ValuesIn(test::all_backend_names())),
     [](const auto& info) {
       std::ostringstream os;
-      os << info.param;
+      os << std::get<0>(info.param) << "_" << std::get<1>(info.param);
       return os.str();
     });
 
-TEST(RmmModuleExact, BasisOfNMinusOneReconstructsEveryTask) {
+class RmmModuleOn : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(RmmModuleOn, BasisOfNMinusOneReconstructsEveryTask) {
+  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
   for (const i64 n : {2, 3, 8, 32, 40}) {
     for (const i64 r : {1, 7, 64}) {
       const auto s = test::make_stack(n, r, 24, 16, unsigned(100 + n + r));
-      CpuBackend be(2);
-      const auto res = rmm_module(be, {n, r, 24, 16, n - 1}, s.a.data(), s.b.data(), DType::F32, {});
+      const auto res = rmm_module(*be, {n, r, 24, 16, n - 1}, s.a.data(), s.b.data(), DType::F32, {});
       for (i64 i = 0; i < n; ++i) {
         EXPECT_LE(res.a.factor_error[i], 1e-6) << "n " << n << " r " << r << " task " << i;
         EXPECT_LE(res.b.factor_error[i], 1e-6) << "n " << n << " r " << r << " task " << i;
@@ -154,20 +159,20 @@ TEST(RmmModuleExact, BasisOfNMinusOneReconstructsEveryTask) {
   }
 }
 
-TEST(RmmModuleEdge, IdenticalTasksAndZeroAdaptersGiveNoNaN) {
+TEST_P(RmmModuleOn, IdenticalTasksAndZeroAdaptersGiveNoNaN) {
+  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
   const i64 n = 4, r = 3, in = 6, out = 5;
   auto s = test::make_stack(n, r, in, out, 9);
   for (i64 i = 1; i < n; ++i) {  // every task a copy of task 0
     std::copy_n(s.a.begin(), r * in, s.a.begin() + i * r * in);
     std::copy_n(s.b.begin(), out * r, s.b.begin() + i * out * r);
   }
-  CpuBackend be(1);
-  auto res = rmm_module(be, {n, r, in, out, 2}, s.a.data(), s.b.data(), DType::F32, {});
+  auto res = rmm_module(*be, {n, r, in, out, 2}, s.a.data(), s.b.data(), DType::F32, {});
   for (i64 i = 0; i < n; ++i) EXPECT_EQ(res.delta_error[i], 0.0);
   for (float v : res.a.basis) EXPECT_EQ(v, 0.0f);  // no direction to keep
   std::fill(s.a.begin(), s.a.end(), 0.0f);
   std::fill(s.b.begin(), s.b.end(), 0.0f);
-  res = rmm_module(be, {n, r, in, out, 2}, s.a.data(), s.b.data(), DType::F32, {});
+  res = rmm_module(*be, {n, r, in, out, 2}, s.a.data(), s.b.data(), DType::F32, {});
   for (i64 i = 0; i < n; ++i) {
     EXPECT_EQ(res.delta_error[i], 0.0);
     EXPECT_EQ(res.a.factor_error[i], 0.0);
@@ -186,10 +191,10 @@ TEST(RmmModuleEdge, ResultsAreBitwiseIdenticalForOneAndTwoThreads) {
   EXPECT_EQ(r1.delta_error, r2.delta_error);
 }
 
-TEST(RmmModuleEdge, Bf16StorageIsMeasuredAsStored) {
+TEST_P(RmmModuleOn, Bf16StorageIsMeasuredAsStored) {
+  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
   const auto s = test::make_stack(4, 8, 32, 16, 12);
-  CpuBackend be(2);
-  const auto res = rmm_module(be, {4, 8, 32, 16, 3}, s.a.data(), s.b.data(), DType::BF16, {});
+  const auto res = rmm_module(*be, {4, 8, 32, 16, 3}, s.a.data(), s.b.data(), DType::BF16, {});
   for (float v : res.a.basis) EXPECT_EQ(bf16_to_f32(f32_to_bf16(v)), v);
   for (float v : res.b.mean) EXPECT_EQ(bf16_to_f32(f32_to_bf16(v)), v);
   // p = n − 1 would be exact in f32; bf16 storage leaves its own rounding error, ~2^-9.
@@ -203,6 +208,9 @@ TEST(RmmModuleEdge, RejectsBasisSizesOutsideOneToNMinusOne) {
   EXPECT_THROW(rmm_module(be, {3, 2, 4, 4, 3}, s.a.data(), s.b.data(), DType::F32, {}), usage_error);
   EXPECT_THROW(rmm_module(be, {3, 2, 4, 4, 0}, s.a.data(), s.b.data(), DType::F32, {}), usage_error);
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, RmmModuleOn, ::testing::ValuesIn(test::all_backend_names()),
+                         [](const auto& info) { return info.param; });
 
 }  // namespace
 }  // namespace revmerge
