@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The whole GPU check in one command, from a fresh checkout on a machine with an NVIDIA GPU:
+# configure and build for sm_90, run the CUDA tests, compare GPU against CPU on a 7B-shaped
+# synthetic adapter set, run compute-sanitizer memcheck over the CUDA tests, run the
+# benchmarks, keep every log in OUTDIR, and print a short table last.
+#
+#   tools/gpu-check.sh OUTDIR
+#
+# Debian libraries the build needs come from the system when present, else from .vendor/
+# (made by tools/vendor-debs.sh on a machine with apt, carried along with the checkout).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: tools/gpu-check.sh OUTDIR}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+build=build/gpu-check
+jobs=$(nproc)
+declare -A result
+t_start=$(date +%s)
+
+step() {  # step NAME LOGFILE CMD... : runs, logs, records PASS/FAIL
+  local name=$1 log=$out/$2; shift 2
+  local t0=$(date +%s)
+  echo "== $name" | tee -a "$out/summary.log"
+  if "$@" >"$log" 2>&1; then result[$name]="PASS ($(( $(date +%s) - t0 ))s)"; else result[$name]="FAIL ($(( $(date +%s) - t0 ))s, see $(basename "$log"))"; fi
+  tail -n 3 "$log" | sed 's/^/   /'
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$out/gpu.txt" 2>&1 || true
+cmake_args=(-S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DREVMERGE_CUDA=ON
+            -DCMAKE_CUDA_ARCHITECTURES=90)
+if ! [ -f /usr/include/lapacke.h ] || ! [ -d /usr/share/cmake/CLI11 ]; then
+  if [ -f .vendor/vendor.cmake ]; then
+    cmake_args+=(-C .vendor/vendor.cmake)
+    export LD_LIBRARY_PATH="$(tools/vendor-debs.sh --libpath)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "using the unpacked Debian packages in .vendor/" | tee -a "$out/summary.log"
+  else
+    echo "missing build dependencies and no .vendor/ (run tools/vendor-debs.sh where apt works)" | tee -a "$out/summary.log"
+  fi
+fi
+command -v ninja >/dev/null || cmake_args[3]="Unix Makefiles"
+
+step configure configure.log cmake "${cmake_args[@]}"
+step build build.log cmake --build "$build" -j "$jobs"
+revmerge=$build/host/cli/revmerge
+bench=$build/bench/revmerge_bench_rmm
+step devices devices.log "$revmerge" devices
+step cuda-tests cuda-tests.log ctest --test-dir "$build" -L gpu --output-on-failure -j 4
+step all-tests all-tests.log ctest --test-dir "$build" --output-on-failure -j "$jobs"
+if command -v compute-sanitizer >/dev/null; then
+  step memcheck memcheck.log compute-sanitizer --tool memcheck --error-exitcode 1 \
+    "$build/tests/revmerge_tests" --gtest_filter='*cuda*'
+else
+  result[memcheck]="NOT RUN (compute-sanitizer not found)"
+fi
+step gpu-vs-cpu-7b gpu-vs-cpu-7b.log "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 1 --device both
+step bench-7b-gpu bench-7b-gpu.log "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 4 --device cuda
+step bench-70b-gpu bench-70b-gpu.log "$bench" --model llama-70b --tasks 8 --rank 64 --basis 4 --layers 1 --device cuda
+step merge-example merge-example.log "$revmerge" merge --device cuda --basis 2 --force --out "$out/example-bundle" examples/adapters/chat examples/adapters/code examples/adapters/math examples/adapters/qa examples/adapters/sentiment examples/adapters/summary examples/adapters/topic examples/adapters/translate
+
+echo
+echo "GPU: $(cat "$out/gpu.txt" 2>/dev/null)"
+echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)   total: $(( $(date +%s) - t_start ))s   logs: $out"
+printf '%-16s %s\n' step result
+for s in configure build devices cuda-tests all-tests memcheck gpu-vs-cpu-7b bench-7b-gpu bench-70b-gpu merge-example; do
+  printf '%-16s %s\n' "$s" "${result[$s]:-NOT RUN}"
+done
+grep -hE "^(cpu|cuda)|speed-up|GPU vs CPU" "$out"/gpu-vs-cpu-7b.log "$out"/bench-*-gpu.log 2>/dev/null
+for s in "${!result[@]}"; do [[ ${result[$s]} == FAIL* ]] && exit 1; done
+exit 0
