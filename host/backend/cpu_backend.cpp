@@ -84,18 +84,29 @@ void CpuBackend::symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream) 
                       std::to_string(a.rows) + "×" + std::to_string(a.cols) + " ld " +
                       std::to_string(a.ld));
   // Solved in double: n is small, and it keeps the small eigenvalues' directions accurate.
+  // Workspaces are per thread and reused across the batch (sizes from LAPACK's dsyevd docs).
+  const std::size_t nn = static_cast<std::size_t>(n * n);
+  const lapack_int lwork = static_cast<lapack_int>(1 + 6 * n + 2 * n * n);
+  const lapack_int liwork = static_cast<lapack_int>(3 + 5 * n);
   parallel_for(threads_, a.batch, [&](std::int64_t b) {
-    std::vector<double> m(static_cast<std::size_t>(n * n)), w(static_cast<std::size_t>(n));
+    thread_local std::vector<double> m, w, work;
+    thread_local std::vector<lapack_int> iwork;
+    m.resize(nn);
+    w.resize(static_cast<std::size_t>(n));
+    work.resize(static_cast<std::size_t>(lwork));
+    iwork.resize(static_cast<std::size_t>(liwork));
     float* src = a.data + b * a.stride;
-    for (std::int64_t i = 0; i < n * n; ++i) m[i] = src[i];
-    const lapack_int info = LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'V', 'U', static_cast<lapack_int>(n),
-                                           m.data(), static_cast<lapack_int>(n), w.data());
+    for (std::size_t i = 0; i < nn; ++i) m[i] = src[i];
+    const lapack_int info =
+        LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'U', static_cast<lapack_int>(n), m.data(),
+                            static_cast<lapack_int>(n), w.data(), work.data(), lwork,
+                            iwork.data(), liwork);
     if (info != 0)
-      throw solver_error("LAPACKE_dsyevd failed (info " + std::to_string(info) + ") on matrix " +
-                         std::to_string(b) + " of " + std::to_string(a.batch) + ", n = " +
-                         std::to_string(n));
+      throw solver_error("LAPACKE_dsyevd_work failed (info " + std::to_string(info) +
+                         ") on matrix " + std::to_string(b) + " of " + std::to_string(a.batch) +
+                         ", n = " + std::to_string(n));
     // Column-major eigenvectors are row-major rows: exactly the interface's layout.
-    for (std::int64_t i = 0; i < n * n; ++i) src[i] = static_cast<float>(m[i]);
+    for (std::size_t i = 0; i < nn; ++i) src[i] = static_cast<float>(m[i]);
     for (std::int64_t i = 0; i < n; ++i) eigenvalues[b * n + i] = static_cast<float>(w[i]);
   });
 }

@@ -21,7 +21,7 @@ void run(std::int64_t count, const F& f) {
 
 void CpuBackend::permute3(const float* src, std::int64_t s0, std::int64_t s1, std::int64_t s2,
                           float* dst, std::int64_t d0, std::int64_t d1, std::int64_t d2, Stream) {
-  run(d0 * d1 * d2, kernels::Permute3{src, s0, s1, s2, d1, d2, dst});
+  run(d0 * d1, kernels::Permute3Rows{src, s0, s1, s2, d1, d2, dst});
 }
 
 void CpuBackend::center_rows(float* x, float* mean, std::int64_t rows, std::int64_t n, Stream) {

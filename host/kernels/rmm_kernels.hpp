@@ -17,7 +17,7 @@ namespace revmerge::kernels {
 
 using i64 = std::int64_t;
 
-/// One call per destination element.
+/// One call per destination element: the GPU form (enough threads even when d0 · d1 is small).
 struct Permute3 {
   const float* src;
   i64 s0, s1, s2, d1, d2;
@@ -25,6 +25,20 @@ struct Permute3 {
   REVMERGE_HD void operator()(i64 idx) const {
     const i64 i2 = idx % d2, i1 = (idx / d2) % d1, i0 = idx / (d1 * d2);
     dst[idx] = src[i0 * s0 + i1 * s1 + i2 * s2];
+  }
+};
+
+/// One call per destination row (i0, i1): the CPU form. Rows are written contiguously and the
+/// index arithmetic is paid once per row, which a CPU thread needs and a GPU thread does not.
+struct Permute3Rows {
+  const float* src;
+  i64 s0, s1, s2, d1, d2;
+  float* dst;
+  REVMERGE_HD void operator()(i64 row) const {
+    const i64 i1 = row % d1, i0 = row / d1;
+    const float* from = src + i0 * s0 + i1 * s1;
+    float* to = dst + row * d2;
+    for (i64 i2 = 0; i2 < d2; ++i2) to[i2] = from[i2 * s2];
   }
 };
 

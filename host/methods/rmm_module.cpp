@@ -126,18 +126,24 @@ RmmModuleResult rmm_module(Backend& be, const RmmShape& s, const float* host_a,
   be.gemm(Op::transpose, Op::none, 1.0f, DB, DB, 0.0f, gram(5), st);   // D_Bᵀ D_B
   be.gemm(Op::transpose, Op::none, 1.0f, HB, DB, 0.0f, gram(6), st);   // B̂ᵀ D_B
 
-  // Per-task inner products: 4 for the delta error, 4 for the factor errors.
+  // Per-task inner products of r × r blocks: 4 for the delta error, and the traces of the
+  // Grams (⟨G, I⟩ = ‖·‖²) for the factor errors, so no sum runs over a whole factor.
   DeviceBuffer dots = be.allocate(static_cast<std::size_t>(8 * n) * sizeof(double));
   auto dot = [&](int k) { return static_cast<double*>(dots.data()) + k * n; };
   const i64 rr = r * r;
+  std::vector<float> eye(static_cast<std::size_t>(n * rr), 0.0f);
+  for (i64 i = 0; i < n; ++i)
+    for (i64 k = 0; k < r; ++k) eye[i * rr + k * r + k] = 1.0f;
+  DeviceBuffer identity = be.allocate(floats(n * rr));
+  be.upload(identity.data(), eye.data(), floats(n * rr), st);
   be.batched_dot(gram(4).data, gram(1).data, dot(0), n, rr, st);  // ⟨B̂ᵀB̂, D_A D_Aᵀ⟩
   be.batched_dot(gram(5).data, gram(0).data, dot(1), n, rr, st);  // ⟨D_BᵀD_B, A Aᵀ⟩
   be.batched_dot(gram(6).data, gram(2).data, dot(2), n, rr, st);  // ⟨B̂ᵀD_B, D_A Aᵀ⟩
   be.batched_dot(gram(3).data, gram(0).data, dot(3), n, rr, st);  // ⟨BᵀB, A Aᵀ⟩ = ‖BA‖²
-  be.batched_dot(da.f32(), da.f32(), dot(4), n, r * in, st);
-  be.batched_dot(a.f32(), a.f32(), dot(5), n, r * in, st);
-  be.batched_dot(db.f32(), db.f32(), dot(6), n, out * r, st);
-  be.batched_dot(b.f32(), b.f32(), dot(7), n, out * r, st);
+  be.batched_dot(gram(1).data, identity.f32(), dot(4), n, rr, st);  // ‖D_A‖²
+  be.batched_dot(gram(0).data, identity.f32(), dot(5), n, rr, st);  // ‖A‖²
+  be.batched_dot(gram(5).data, identity.f32(), dot(6), n, rr, st);  // ‖D_B‖²
+  be.batched_dot(gram(3).data, identity.f32(), dot(7), n, rr, st);  // ‖B‖²
 
   RmmModuleResult res;
   res.a.mean = fetch(be, sa.mean, in * r, st);
