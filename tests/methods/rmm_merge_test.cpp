@@ -39,6 +39,16 @@ std::vector<test::WrittenAdapter> mixed_tasks(const test::TempDir& tmp) {
   };
 }
 
+// Options merging `tasks` (named after their folders) into `out` with basis `p`.
+RmmMergeOptions options_for(const std::vector<test::WrittenAdapter>& tasks, std::int64_t p,
+                            const std::filesystem::path& out) {
+  RmmMergeOptions o;
+  for (const auto& t : tasks) o.tasks.push_back({t.dir.filename(), t.dir});
+  o.basis = p;
+  o.out = out;
+  return o;
+}
+
 TEST(RmmMerge, ScalesAndRanksAreFoldedSoNMinusOneRevertsEveryDeltaExactly) {
   test::TempDir tmp;
   const auto tasks = mixed_tasks(tmp);
@@ -49,10 +59,7 @@ TEST(RmmMerge, ScalesAndRanksAreFoldedSoNMinusOneRevertsEveryDeltaExactly) {
   EXPECT_DOUBLE_EQ(tasks[2].scale.at(kModules[1].path), 0.375);  // 1.5 / 4
   EXPECT_DOUBLE_EQ(tasks[3].scale.at(kModules[0].path), 2.0);
 
-  RmmMergeOptions o;
-  for (const auto& t : tasks) o.tasks.push_back({t.dir.filename(), t.dir});
-  o.basis = 3;
-  o.out = tmp / "bundle";
+  auto o = options_for(tasks, 3, tmp / "bundle");
   const auto manifest = merge_rmm(o);
   const Bundle bundle(tmp / "bundle");
   ASSERT_EQ(bundle.manifest().modules.size(), 4u);
@@ -129,12 +136,8 @@ TEST(RmmMerge, BadInputNamesTheProblemAndWritesNothing) {
   test::TempDir tmp;
   const auto tasks = mixed_tasks(tmp);
   auto base = [&] {
-    RmmMergeOptions o;
-    for (const auto& t : tasks) o.tasks.push_back({t.dir.filename(), t.dir});
-    o.basis = 2;
-    o.out = tmp / "out" / "bundle";
     std::filesystem::create_directories(tmp / "out");
-    return o;
+    return options_for(tasks, 2, tmp / "out" / "bundle");
   };
   auto o = base();
   o.tasks.resize(1);
@@ -176,10 +179,7 @@ TEST(RmmMerge, BadInputNamesTheProblemAndWritesNothing) {
 TEST(RmmMerge, AnExistingOutputIsKeptUnlessOverwriteIsAsked) {
   test::TempDir tmp;
   const auto tasks = mixed_tasks(tmp);
-  RmmMergeOptions o;
-  for (const auto& t : tasks) o.tasks.push_back({t.dir.filename(), t.dir});
-  o.basis = 1;
-  o.out = tmp / "bundle";
+  auto o = options_for(tasks, 1, tmp / "bundle");
   std::filesystem::create_directories(o.out);
   test::write_bytes(o.out / "keep.txt", "mine");
   EXPECT_THROW(merge_rmm(o), io_error);
@@ -193,10 +193,7 @@ TEST(RmmMerge, AnExistingOutputIsKeptUnlessOverwriteIsAsked) {
 TEST(RmmMerge, AnInterruptMidwayLeavesNoOutput) {
   test::TempDir tmp;
   const auto tasks = mixed_tasks(tmp);
-  RmmMergeOptions o;
-  for (const auto& t : tasks) o.tasks.push_back({t.dir.filename(), t.dir});
-  o.basis = 2;
-  o.out = tmp / "bundle";
+  auto o = options_for(tasks, 2, tmp / "bundle");
   o.progress = [](std::size_t done, std::size_t, const std::string&) {
     if (done == 2) request_interrupt();  // what the SIGINT handler does
   };
@@ -209,10 +206,7 @@ TEST(RmmMerge, AnInterruptMidwayLeavesNoOutput) {
 TEST(RmmRevert, UnknownTaskAndDamagedBundlesAreReported) {
   test::TempDir tmp;
   const auto tasks = mixed_tasks(tmp);
-  RmmMergeOptions o;
-  for (const auto& t : tasks) o.tasks.push_back({t.dir.filename(), t.dir});
-  o.basis = 2;
-  o.out = tmp / "bundle";
+  auto o = options_for(tasks, 2, tmp / "bundle");
   merge_rmm(o);
   const Bundle bundle(o.out);
   try {
