@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Loads two PEFT adapter folders onto the tiny test Llama with PEFT itself and checks that they
-apply the same delta to every module and give the same logits.
+"""Loads pairs of PEFT adapter folders onto a base model with PEFT itself and checks that each
+pair applies the same delta to every module and gives the same logits.
 
-    python3 tools/check_peft_load.py CANDIDATE REFERENCE [--base MODEL_DIR] [--tol 1e-5]
+    python3 tools/check_peft_load.py [--base MODEL_DIR] [--tol 1e-5] CANDIDATE REFERENCE [CANDIDATE REFERENCE ...]
 
 Without --base the tiny Llama of tools/make_fixtures.py is built in code.
 
@@ -31,8 +31,7 @@ def deltas(model):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("candidate")
-    ap.add_argument("reference")
+    ap.add_argument("pairs", nargs="+", metavar="CANDIDATE REFERENCE")
     ap.add_argument("--base", help="Hugging Face model folder the adapters belong to")
     ap.add_argument("--tol", type=float, default=1e-5)
     args = ap.parse_args()
@@ -43,21 +42,28 @@ def main():
         from transformers import AutoModelForCausalLM
         return AutoModelForCausalLM.from_pretrained(args.base).eval()
 
-    cand = PeftModel.from_pretrained(base(), args.candidate).eval()
-    ref = PeftModel.from_pretrained(base(), args.reference).eval()
-    dc, dr = deltas(cand), deltas(ref)
-    if dc.keys() != dr.keys():
-        print(f"modules differ: {sorted(dc.keys() ^ dr.keys())}")
-        return 1
-    worst = max(float((dc[k] - dr[k]).norm() / max(dr[k].norm(), 1e-30)) for k in dr)
-    vocab = cand.get_base_model().config.vocab_size
-    ids = (torch.arange(12).reshape(1, 12) * 7) % vocab
-    with torch.no_grad():
-        lc, lr = cand(ids).logits.double(), ref(ids).logits.double()
-    logit_rel = float((lc - lr).norm() / lr.norm())
-    print(f"modules: {len(dr)}  max relative delta difference: {worst:.3e}  "
-          f"relative logit difference: {logit_rel:.3e}")
-    return 0 if worst <= args.tol and logit_rel <= args.tol else 1
+    if len(args.pairs) % 2:
+        ap.error("give CANDIDATE REFERENCE pairs")
+    status = 0
+    for candidate, reference in zip(args.pairs[::2], args.pairs[1::2]):
+        cand = PeftModel.from_pretrained(base(), candidate).eval()
+        ref = PeftModel.from_pretrained(base(), reference).eval()
+        dc, dr = deltas(cand), deltas(ref)
+        if dc.keys() != dr.keys():
+            print(f"{candidate}: modules differ from {reference}: {sorted(dc.keys() ^ dr.keys())}")
+            status = 1
+            continue
+        worst = max(float((dc[k] - dr[k]).norm() / max(dr[k].norm(), 1e-30)) for k in dr)
+        vocab = cand.get_base_model().config.vocab_size
+        ids = (torch.arange(12).reshape(1, 12) * 7) % vocab
+        with torch.no_grad():
+            lc, lr = cand(ids).logits.double(), ref(ids).logits.double()
+        logit_rel = float((lc - lr).norm() / lr.norm())
+        print(f"{candidate}: modules: {len(dr)}  max relative delta difference: {worst:.3e}  "
+              f"relative logit difference: {logit_rel:.3e}")
+        if not (worst <= args.tol and logit_rel <= args.tol):
+            status = 1
+    return status
 
 
 if __name__ == "__main__":

@@ -94,6 +94,18 @@ def main():
     write_adapter(None, root / "peft" / "regex-bf16",
                   LoraConfig(r=4, lora_alpha=4, target_modules=r".*\.mlp\.(gate|up)_proj",
                              **common), dtype=torch.bfloat16, seed=4)
+    # A mergeable set: the same modules, four different scale rules, one of them bf16.
+    qv = ["q_proj", "v_proj"]
+    write_adapter(None, root / "peft-set" / "plain", LoraConfig(r=4, lora_alpha=8, target_modules=qv, **common), seed=11)
+    write_adapter(None, root / "peft-set" / "rslora",
+                  LoraConfig(r=4, lora_alpha=8, use_rslora=True, target_modules=qv, **common), seed=12)
+    write_adapter(None, root / "peft-set" / "patterns",
+                  LoraConfig(r=4, lora_alpha=8, target_modules=qv,
+                             rank_pattern={"model.layers.1.self_attn.v_proj": 2},
+                             alpha_pattern={"v_proj": 3.0}, **common), seed=13)
+    write_adapter(None, root / "peft-set" / "rank6-bf16",
+                  LoraConfig(r=6, lora_alpha=12, target_modules=qv, **common),
+                  dtype=torch.bfloat16, seed=14)
     dora = root / "peft" / "dora"
     write_adapter(None, dora, LoraConfig(r=2, target_modules=["q_proj"], use_dora=True, **common),
                   seed=5)

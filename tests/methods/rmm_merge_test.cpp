@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/interrupt.hpp"
+#include "core/json_file.hpp"
 #include "methods/adapter_writer.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/rmm.hpp"
@@ -110,6 +111,39 @@ TEST(RmmMerge, ManifestErrorsMatchTheRevertedAdaptersPeftWrote) {
     const double measured = test::relative_difference(d1, d0);
     EXPECT_NEAR(mod.delta_error[t], measured, 1e-4 * measured) << mod.path;
     EXPECT_GT(measured, 1e-3);  // P = 2 of 8 is lossy: the comparison is not trivial
+  }
+}
+
+// Four adapters PEFT wrote on the same modules with four scale rules (plain, rslora,
+// rank_pattern + alpha_pattern, rank 6 in bf16): at P = n − 1 every reverted delta equals the
+// delta PEFT itself reports (expected.json: its scaling and ‖ΔW‖ in double).
+TEST(RmmMerge, RealPeftSetRevertsToPeftsOwnDeltas) {
+  test::TempDir tmp;
+  const auto set = std::filesystem::path(REVMERGE_FIXTURES) / "peft-set";
+  RmmMergeOptions o;
+  for (const char* t : {"plain", "rslora", "patterns", "rank6-bf16"}) o.tasks.push_back({t, set / t});
+  o.basis = 3;
+  o.out = tmp / "bundle";
+  merge_rmm(o);
+  const Bundle bundle(o.out);
+  for (std::size_t t = 0; t < o.tasks.size(); ++t) {
+    const PeftAdapter original(o.tasks[t].adapter);
+    const auto expected = read_json_file(o.tasks[t].adapter / "expected.json")["modules"];
+    for (std::size_t mi = 0; mi < bundle.manifest().modules.size(); ++mi) {
+      const auto& mod = bundle.manifest().modules[mi];
+      const auto& e = expected[mod.path];
+      const auto* m = original.find(mod.path);
+      ASSERT_NE(m, nullptr);
+      EXPECT_EQ(mod.task_ranks[t], e["rank"].get<std::int64_t>());
+      const auto d0 = test::dense_delta(original.read_a(*m), original.read_b(*m), m->rank, m->in,
+                                        m->out, e["scale"].get<double>());
+      const auto rm = revert_module(bundle, mi, static_cast<std::int64_t>(t));
+      const auto d1 = test::dense_delta(rm.a, rm.b, mod.rank, mod.in, mod.out, 1.0);
+      EXPECT_LE(test::relative_difference(d1, d0), 1e-6) << o.tasks[t].name << " " << mod.path;
+      double fro = 0;
+      for (double x : d1) fro += x * x;
+      EXPECT_NEAR(std::sqrt(fro), e["delta_fro"].get<double>(), 1e-5 * e["delta_fro"].get<double>());
+    }
   }
 }
 
