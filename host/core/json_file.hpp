@@ -17,6 +17,9 @@ nlohmann::json read_json_file(const std::filesystem::path& path);
 
 /// Parses `text` from `source` (a name for messages): invalid UTF-8, duplicate keys (which
 /// nlohmann would silently merge) and nesting deeper than `max_depth` are format_errors.
-nlohmann::json parse_json_text(std::string_view text, std::string_view source, int max_depth = 64);
+/// `max_keys` bounds the number of keys of the top-level object (checked while parsing, before
+/// the object is built).
+nlohmann::json parse_json_text(std::string_view text, std::string_view source, int max_depth = 64,
+                               std::size_t max_keys = SIZE_MAX);
 
 }  // namespace revmerge

@@ -14,8 +14,11 @@ namespace fs = std::filesystem;
 namespace revmerge {
 
 ShardIndex read_shard_index(const fs::path& path) {
-  const auto j = read_json_file(path);
-  const auto where = path.string();
+  return parse_shard_index(read_text_file(path), path.string());
+}
+
+ShardIndex parse_shard_index(const std::string& text, const std::string& where) {
+  const auto j = parse_json_text(text, where);
   if (!j.is_object()) throw format_error(where + ": index is not a JSON object");
   const auto wm = j.find("weight_map");
   if (wm == j.end() || !wm->is_object())

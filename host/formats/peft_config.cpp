@@ -33,7 +33,15 @@ T get_field(const json& j, const char* key, T fallback, const std::string& file)
   }
 }
 
+// libstdc++'s regex engine recurses per pattern element: a bounded length keeps a hostile
+// config from exhausting the stack. Real patterns are a few dozen characters.
+constexpr std::size_t kMaxPatternLength = 512;
+
 void check_regex(const std::string& pattern, const std::string& file, const char* field) {
+  if (pattern.size() > kMaxPatternLength)
+    throw format_error(file + ": " + field + " entry of " + std::to_string(pattern.size()) +
+                       " characters is longer than the " + std::to_string(kMaxPatternLength) +
+                       " allowed");
   try {
     std::regex re(pattern);
   } catch (const std::regex_error& e) {

@@ -98,7 +98,8 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::byte> file,
     fail(file_name, "header does not start with a JSON object ('{')");
 
   const std::string_view text(reinterpret_cast<const char*>(file.data() + 8), n);
-  const json header = parse_json_text(text, file_name, kMaxJsonDepth);
+  // +1: __metadata__ is not a tensor.
+  const json header = parse_json_text(text, file_name, kMaxJsonDepth, kMaxSafetensorsTensors + 1);
   if (!header.is_object()) fail(file_name, "header is not a JSON object");
 
   SafetensorsHeader out;

@@ -26,6 +26,9 @@ struct ShardIndex {
 /// names without path separators). Throws format_error naming the file.
 ShardIndex read_shard_index(const std::filesystem::path& path);
 
+/// The same from the index's text; `where` names the source in messages.
+ShardIndex parse_shard_index(const std::string& text, const std::string& where);
+
 /// Serialises an index the way transformers writes it.
 std::string shard_index_json(const ShardIndex& index);
 

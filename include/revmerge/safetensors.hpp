@@ -22,6 +22,8 @@ namespace revmerge {
 
 /// Largest header revmerge accepts (the reference implementation's limit too).
 inline constexpr std::uint64_t kMaxSafetensorsHeaderBytes = 100ull << 20;
+/// Most tensors one file may declare (real checkpoint shards hold a few thousand).
+inline constexpr std::size_t kMaxSafetensorsTensors = 1u << 18;
 /// Largest number of dimensions of one tensor.
 inline constexpr std::size_t kMaxTensorRank = 16;
 

@@ -65,6 +65,7 @@ TEST(LoraConfig, RejectsMalformedFields) {
   EXPECT_THROW(parse(R"({"r":"eight"})"), format_error);
   EXPECT_THROW(parse(R"({"r":0})"), format_error);
   EXPECT_THROW(parse(R"({"rank_pattern":{"(":2}})"), format_error);
+  EXPECT_THROW(parse(R"({"target_modules":")" + std::string(600, 'a') + R"("})"), format_error);
   EXPECT_THROW(parse(R"({"r":4,"r":8})"), format_error);  // duplicate key
   EXPECT_THROW(parse("[1]"), format_error);
   EXPECT_THROW(parse("{"), format_error);

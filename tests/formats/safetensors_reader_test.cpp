@@ -110,6 +110,15 @@ TEST(SafetensorsReader, DeepNestingIsRefusedBeforeParsingFurther) {
   EXPECT_NE(rejection(safetensors_bytes(header, "")).find("nests deeper"), std::string::npos);
 }
 
+TEST(SafetensorsReader, TooManyTensorsAreRefusedWhileParsing) {
+  std::string header = "{";
+  for (std::size_t i = 0; i <= kMaxSafetensorsTensors + 1; ++i)  // one past the limit + __metadata__
+    header += (i ? ",\"t" : "\"t") + std::to_string(i) + R"(":{"dtype":"U8","shape":[0],"data_offsets":[0,0]})";
+  header += "}";
+  const auto msg = rejection(safetensors_bytes(header, ""));
+  EXPECT_NE(msg.find("more than 262145 entries"), std::string::npos) << msg.substr(0, 200);
+}
+
 TEST(SafetensorsReader, OpensFilesAndConvertsOnRead) {
   test::TempDir dir;
   const float vals[2] = {1.5f, -2.0f};
