@@ -46,6 +46,17 @@ void CudaBackend::normalize_basis(float* v, const float* wp, float* c, const flo
   run(stream(s), batch * p, kernels::NormalizeBasis{v, wp, c, eigenvalues, r, n, p, rel_tol});
 }
 
+void CudaBackend::mask_nonfinite(float* gram, float* mark, std::int64_t batch, std::int64_t n,
+                                 Stream s) {
+  run(stream(s), batch, kernels::MaskNonfinite{gram, mark, n});
+}
+
+void CudaBackend::poison_marked(const float* mark, float* mean, float* basis, float* coef,
+                                std::int64_t batch, std::int64_t r, std::int64_t p, std::int64_t n,
+                                Stream s) {
+  run(stream(s), batch, kernels::PoisonMarked{mark, mean, basis, coef, r, p, n});
+}
+
 void CudaBackend::subtract(const float* x, const float* y, float* out, std::int64_t count, Stream s) {
   run(stream(s), count, kernels::Subtract{x, y, out});
 }

@@ -123,6 +123,14 @@ class Backend {
   virtual void normalize_basis(float* v, const float* wp, float* c, const float* eigenvalues,
                                std::int64_t batch, std::int64_t r, std::int64_t n,
                                std::int64_t p, float rel_tol, Stream s) = 0;
+  /// Replaces each n × n matrix holding NaN / Inf by the identity and sets mark[b] = 1 for it
+  /// (0 otherwise), so non-finite inputs never reach the eigensolver.
+  virtual void mask_nonfinite(float* gram, float* mark, std::int64_t batch, std::int64_t n,
+                              Stream s) = 0;
+  /// Sets mean (batch × r), basis (batch × r × p) and coef (batch × p × n) to NaN where marked.
+  virtual void poison_marked(const float* mark, float* mean, float* basis, float* coef,
+                             std::int64_t batch, std::int64_t r, std::int64_t p, std::int64_t n,
+                             Stream s) = 0;
   /// out[i] = x[i] − y[i].
   virtual void subtract(const float* x, const float* y, float* out, std::int64_t count,
                         Stream s) = 0;

@@ -38,7 +38,13 @@ void parallel_for(int threads, std::int64_t count, Body body) {
 
 }  // namespace
 
-CpuBackend::CpuBackend(int threads) : threads_(threads > 0 ? threads : omp_get_num_procs()) {}
+CpuBackend::CpuBackend(int threads) : threads_(threads > 0 ? threads : omp_get_num_procs()) {
+  // All parallelism is the backend's own (one matrix per thread). OpenBLAS must never split a
+  // call: a team of one thread does not count as "in parallel" for it, so with --threads 1 it
+  // would thread a large GEMM itself and change the summation order. This is OpenBLAS's
+  // process-wide setting; revmerge never wants anything else.
+  openblas_set_num_threads(1);
+}
 
 std::string CpuBackend::name() const {
   return "cpu (OpenBLAS + LAPACKE, " + std::to_string(threads_) + " threads)";

@@ -33,6 +33,10 @@ class CpuBackend final : public Backend {
   void normalize_basis(float* v, const float* wp, float* c, const float* eigenvalues,
                        std::int64_t batch, std::int64_t r, std::int64_t n, std::int64_t p,
                        float rel_tol, Stream s) override;
+  void mask_nonfinite(float* gram, float* mark, std::int64_t batch, std::int64_t n,
+                      Stream s) override;
+  void poison_marked(const float* mark, float* mean, float* basis, float* coef, std::int64_t batch,
+                     std::int64_t r, std::int64_t p, std::int64_t n, Stream s) override;
   void subtract(const float* x, const float* y, float* out, std::int64_t count,
                 Stream s) override;
   void batched_dot(const float* x, const float* y, double* out, std::int64_t batch,

@@ -44,6 +44,17 @@ void CpuBackend::normalize_basis(float* v, const float* wp, float* c, const floa
   run(batch * p, kernels::NormalizeBasis{v, wp, c, eigenvalues, r, n, p, rel_tol});
 }
 
+void CpuBackend::mask_nonfinite(float* gram, float* mark, std::int64_t batch, std::int64_t n,
+                                Stream) {
+  run(batch, kernels::MaskNonfinite{gram, mark, n});
+}
+
+void CpuBackend::poison_marked(const float* mark, float* mean, float* basis, float* coef,
+                               std::int64_t batch, std::int64_t r, std::int64_t p, std::int64_t n,
+                               Stream) {
+  run(batch, kernels::PoisonMarked{mark, mean, basis, coef, r, p, n});
+}
+
 void CpuBackend::subtract(const float* x, const float* y, float* out, std::int64_t count,
                           Stream) {
   run(count, kernels::Subtract{x, y, out});

@@ -17,7 +17,10 @@ std::vector<double> overall_delta_error(const BundleManifest& m) {
       den[t] += mod.delta_norm[t] * mod.delta_norm[t];
     }
   std::vector<double> out;
-  for (std::size_t t = 0; t < num.size(); ++t) out.push_back(den[t] > 0 ? std::sqrt(num[t] / den[t]) : 0.0);
+  for (std::size_t t = 0; t < num.size(); ++t)
+    out.push_back(std::isnan(num[t]) || std::isnan(den[t]) ? NAN
+                  : den[t] > 0                             ? std::sqrt(num[t] / den[t])
+                                                           : 0.0);
   return out;
 }
 
@@ -29,15 +32,26 @@ double retained_energy(const std::vector<double>& s, std::int64_t p) {
 
 namespace {
 
-double max_of(const std::vector<double>& v) { return v.empty() ? 0.0 : *std::max_element(v.begin(), v.end()); }
+// The largest entry; NaN when any entry is NaN (an error that could not be measured is the worst).
+double max_of(const std::vector<double>& v) {
+  double m = 0;
+  for (double x : v) {
+    if (std::isnan(x)) return x;
+    m = std::max(m, x);
+  }
+  return m;
+}
 
 // Modules ordered by their worst task's delta error, worst first.
 std::vector<const BundleModule*> worst_first(const BundleManifest& m) {
   std::vector<const BundleModule*> out;
   for (const auto& mod : m.modules) out.push_back(&mod);
-  std::stable_sort(out.begin(), out.end(), [](auto* a, auto* b) {
-    return max_of(a->delta_error) > max_of(b->delta_error);
-  });
+  // NaN (unmeasurable) sorts first, as the worst; the key keeps the order a strict weak one.
+  const auto key = [](const BundleModule* m) {
+    const double e = max_of(m->delta_error);
+    return std::isnan(e) ? INFINITY : e;
+  };
+  std::stable_sort(out.begin(), out.end(), [&](auto* a, auto* b) { return key(a) > key(b); });
   return out;
 }
 
@@ -62,11 +76,13 @@ void print_bundle_report(const BundleManifest& m, const std::string& where, std:
              100.0 * (1.0 - m.storage_ratio));
   fmt::print("\n{:<24} {:>14} {:>14} {:>14}\n", "task", "delta error", "worst module", "mean module");
   for (std::size_t t = 0; t < m.tasks.size(); ++t) {
-    double worst = 0, sum = 0;
+    double sum = 0;
+    std::vector<double> per_module;
     for (const auto& mod : m.modules) {
-      worst = std::max(worst, mod.delta_error[t]);
+      per_module.push_back(mod.delta_error[t]);
       sum += mod.delta_error[t];
     }
+    const double worst = max_of(per_module);
     fmt::print("{:<24} {:>14.3e} {:>14.3e} {:>14.3e}\n", m.tasks[t].name, overall[t], worst,
                m.modules.empty() ? 0.0 : sum / double(m.modules.size()));
   }

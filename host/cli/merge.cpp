@@ -19,7 +19,7 @@ struct MergeArgs {
   std::string method = "rmm", dtype, config;
   std::int64_t basis = 0;
   std::string out;
-  bool force = false, json = false, quiet = false;
+  bool force = false, json = false, quiet = false, allow_nonfinite = false;
   int threads = 0, gpu = 0;
   std::string device = "auto";
   CLI::Option* method_opt = nullptr;
@@ -54,6 +54,7 @@ void run_merge(const MergeArgs& args) {
   o.threads = args.threads;
   o.device = parse_device_option(args.device);
   o.gpu = args.gpu;
+  o.allow_nonfinite = args.allow_nonfinite;
   const bool show_progress = !args.quiet && !args.json && ::isatty(STDERR_FILENO);
   if (show_progress)
     o.progress = [](std::size_t done, std::size_t all, const std::string& path) {
@@ -83,6 +84,9 @@ void add_merge_command(CLI::App& app) {
   cmd->add_option("--threads", args.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--device", args.device, "cpu, cuda or auto (default: cuda when a GPU is usable)");
   cmd->add_option("--gpu", args.gpu, "CUDA device index (default 0)")->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--allow-nonfinite", args.allow_nonfinite,
+                "merge adapters holding NaN or Inf instead of refusing them (the affected "
+                "positions come out non-finite)");
   cmd->add_flag("--json", args.json, "print the bundle report as JSON");
   cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success");
   cmd->callback([] { run_merge(args); });

@@ -1,6 +1,7 @@
 #include "revmerge/bundle.hpp"
 
 #include <nlohmann/json.hpp>
+#include <cmath>
 #include <set>
 
 #include "core/json_file.hpp"
@@ -61,6 +62,23 @@ T field(const nlohmann::json& j, const char* key, const std::string& where) {
   }
 }
 
+// Per-task numbers; JSON has no NaN, so a non-finite error is written as null and read back
+// as NaN.
+std::vector<double> numbers(const nlohmann::json& j, const char* key, const std::string& where) {
+  const auto arr = field<nlohmann::json>(j, key, where);
+  if (!arr.is_array()) throw format_error(where + ": field '" + key + "' is not a list");
+  std::vector<double> out;
+  for (const auto& v : arr) {
+    if (v.is_null())
+      out.push_back(NAN);
+    else if (v.is_number())
+      out.push_back(v.get<double>());
+    else
+      throw format_error(where + ": field '" + key + "' holds a non-number");
+  }
+  return out;
+}
+
 }  // namespace
 
 BundleManifest parse_manifest(const std::string& text, const std::string& file) {
@@ -107,12 +125,12 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
     mod.rank = field<std::int64_t>(mj, "rank", where);
     mod.task_ranks = field<std::vector<std::int64_t>>(mj, "task_ranks", where);
     mod.storage_ratio = field<double>(mj, "storage_ratio", where);
-    mod.factor_error_a = field<std::vector<double>>(mj, "factor_error_a", where);
-    mod.factor_error_b = field<std::vector<double>>(mj, "factor_error_b", where);
-    mod.delta_error = field<std::vector<double>>(mj, "delta_error", where);
-    mod.delta_norm = field<std::vector<double>>(mj, "delta_norm", where);
-    mod.spectrum_a = field<std::vector<double>>(mj, "spectrum_a", where);
-    mod.spectrum_b = field<std::vector<double>>(mj, "spectrum_b", where);
+    mod.factor_error_a = numbers(mj, "factor_error_a", where);
+    mod.factor_error_b = numbers(mj, "factor_error_b", where);
+    mod.delta_error = numbers(mj, "delta_error", where);
+    mod.delta_norm = numbers(mj, "delta_norm", where);
+    mod.spectrum_a = numbers(mj, "spectrum_a", where);
+    mod.spectrum_b = numbers(mj, "spectrum_b", where);
     if (mod.in < 1 || mod.out < 1 || mod.rank < 1)
       throw format_error(where + ": in, out and rank must be positive");
     for (const auto* v : {&mod.factor_error_a, &mod.factor_error_b, &mod.delta_error,

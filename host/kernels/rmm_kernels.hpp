@@ -116,6 +116,40 @@ struct Subtract {
   REVMERGE_HD void operator()(i64 i) const { out[i] = x[i] - y[i]; }
 };
 
+/// One call per position: a Gram matrix holding NaN / Inf (possible only when non-finite inputs
+/// were allowed) becomes the identity, so the eigensolver sees a valid matrix, and the position
+/// is marked for PoisonMarked.
+struct MaskNonfinite {
+  float* gram;  // batch × n × n
+  float* mark;  // batch: 1 where non-finite
+  i64 n;
+  REVMERGE_HD void operator()(i64 b) const {
+    float* g = gram + b * n * n;
+    bool bad = false;
+    for (i64 i = 0; i < n * n; ++i) bad = bad || !(g[i] - g[i] == 0.0f);  // NaN or ±Inf
+    mark[b] = bad ? 1.0f : 0.0f;
+    if (bad)
+      for (i64 i = 0; i < n * n; ++i) g[i] = (i % (n + 1) == 0) ? 1.0f : 0.0f;
+  }
+};
+
+/// One call per position: a marked position's stored mean, basis and coefficients become NaN,
+/// so its reconstruction and every error it enters say so.
+struct PoisonMarked {
+  const float* mark;
+  float* mean;   // batch × r
+  float* basis;  // batch × r × p
+  float* coef;   // batch × p × n
+  i64 r, p, n;
+  REVMERGE_HD void operator()(i64 b) const {
+    if (mark[b] == 0.0f) return;
+    const float nan = NAN;
+    for (i64 i = 0; i < r; ++i) mean[b * r + i] = nan;
+    for (i64 i = 0; i < r * p; ++i) basis[b * r * p + i] = nan;
+    for (i64 i = 0; i < p * n; ++i) coef[b * p * n + i] = nan;
+  }
+};
+
 /// One call per block: out[b] = Σ x[b, :] · y[b, :].
 struct BatchedDot {
   const float* x;

@@ -83,28 +83,29 @@ std::vector<PlannedModule> plan_modules(const std::vector<TaskSource>& tasks,
   return plan;
 }
 
-// Reads one factor as f32, refusing non-finite values by file, tensor and index.
-std::vector<float> read_finite(const PeftAdapter& a, const std::string& tensor) {
+// Reads one factor as f32, refusing non-finite values by file, tensor and index unless allowed.
+std::vector<float> read_factor(const PeftAdapter& a, const std::string& tensor, bool allow_nonfinite) {
   auto v = a.weights().read_f32(tensor);
+  if (allow_nonfinite) return v;
   for (std::size_t i = 0; i < v.size(); ++i)
     if (!std::isfinite(v[i]))
       throw format_error(a.weights().path().string() + ": tensor '" + tensor +
                          "' holds a non-finite value (" + std::to_string(v[i]) + ") at element " +
-                         std::to_string(i));
+                         std::to_string(i) + " (pass --allow-nonfinite to merge it anyway)");
   return v;
 }
 
 // The module's stacks as rmm_module takes them: A n × r × in (rows past a task's rank zero),
 // B n × out × r with the task's scale folded in (columns past its rank zero).
 void load_stacks(const PlannedModule& pm, const std::vector<std::unique_ptr<PeftAdapter>>& adapters,
-                 std::vector<float>& a, std::vector<float>& b) {
+                 bool allow_nonfinite, std::vector<float>& a, std::vector<float>& b) {
   const i64 n = static_cast<i64>(adapters.size()), r = pm.rank;
   a.assign(static_cast<std::size_t>(n * r * pm.in), 0.0f);
   b.assign(static_cast<std::size_t>(n * pm.out * r), 0.0f);
   for (i64 t = 0; t < n; ++t) {
     const auto& m = *pm.per_task[t];
-    const auto at = read_finite(*adapters[t], m.key_a);
-    const auto bt = read_finite(*adapters[t], m.key_b);
+    const auto at = read_factor(*adapters[t], m.key_a, allow_nonfinite);
+    const auto bt = read_factor(*adapters[t], m.key_b, allow_nonfinite);
     std::copy(at.begin(), at.end(), a.begin() + t * r * pm.in);
     const auto scale = static_cast<float>(m.scale);
     for (i64 o = 0; o < pm.out; ++o)
@@ -188,7 +189,7 @@ BundleManifest merge_rmm(const RmmMergeOptions& o) {
   for (std::size_t i = 0; i < plan.size(); ++i) {
     throw_if_interrupted("merge");
     const auto& pm = plan[i];
-    load_stacks(pm, adapters, a, b);
+    load_stacks(pm, adapters, o.allow_nonfinite, a, b);
     const auto res = with_module_context(pm.path, [&] {
       return rmm_module(*backend, {n, pm.rank, pm.in, pm.out, p}, a.data(), b.data(), o.dtype, {});
     });

@@ -23,6 +23,7 @@ struct SideBuffers {
   DeviceBuffer coef;   // m × p × n
   DeviceBuffer recon;  // m × r × n: X̂
   DeviceBuffer sums;   // n doubles: spectrum
+  DeviceBuffer mark;   // m: 1 where the position holds non-finite values
 
   SideBuffers(Backend& be, i64 m, const RmmShape& s)
       : x(be.allocate(floats(m * s.r * s.n))),
@@ -33,7 +34,8 @@ struct SideBuffers {
         basis(be.allocate(floats(m * s.r * s.p))),
         coef(be.allocate(floats(m * s.p * s.n))),
         recon(be.allocate(floats(m * s.r * s.n))),
-        sums(be.allocate(static_cast<std::size_t>(s.n) * sizeof(double))) {}
+        sums(be.allocate(static_cast<std::size_t>(s.n) * sizeof(double))),
+        mark(be.allocate(floats(m))) {}
 };
 
 // Per position: centre, Gram, eigendecomposition, top-p basis and coefficients, rounding to the
@@ -43,6 +45,7 @@ void rmm_side(Backend& be, SideBuffers& sb, i64 m, const RmmShape& s, DType stor
   be.center_rows(sb.x.f32(), sb.mean.f32(), m * r, n, st);
   const auto x = MatBatch::packed(sb.x.f32(), m, r, n);
   be.gemm(Op::transpose, Op::none, 1.0f, x, x, 0.0f, MatBatch::packed(sb.gram.f32(), m, n, n), st);
+  be.mask_nonfinite(sb.gram.f32(), sb.mark.f32(), m, n, st);
   be.symmetric_eigen(MatBatch::packed(sb.gram.f32(), m, n, n), sb.eig.f32(), st);
   be.column_sums(sb.eig.f32(), static_cast<double*>(sb.sums.data()), m, n, st);
   be.select_top(sb.gram.f32(), sb.wp.f32(), m, n, p, st);
@@ -50,6 +53,7 @@ void rmm_side(Backend& be, SideBuffers& sb, i64 m, const RmmShape& s, DType stor
   be.gemm(Op::none, Op::none, 1.0f, x, MatBatch::packed(sb.wp.f32(), m, n, p), 0.0f, basis, st);
   be.normalize_basis(sb.basis.f32(), sb.wp.f32(), sb.coef.f32(), sb.eig.f32(), m, r, n, p,
                      rmm_drop_tolerance(n), st);
+  be.poison_marked(sb.mark.f32(), sb.mean.f32(), sb.basis.f32(), sb.coef.f32(), m, r, p, n, st);
   be.round_to(sb.mean.f32(), m * r, storage, st);
   be.round_to(sb.basis.f32(), m * r * p, storage, st);
   be.round_to(sb.coef.f32(), m * p * n, storage, st);
@@ -71,6 +75,7 @@ std::vector<double> fetch_doubles(Backend& be, const DeviceBuffer& b, i64 count,
 }
 
 double safe_ratio(double num, double den) {
+  if (std::isnan(num) || std::isnan(den)) return NAN;  // non-finite inputs were allowed
   if (den > 0) return std::sqrt(std::max(num, 0.0) / den);
   return num > 0 ? INFINITY : 0.0;  // both zero: the task's weights are exactly kept
 }

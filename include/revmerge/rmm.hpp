@@ -31,6 +31,7 @@ struct RmmMergeOptions {
   int threads = 0;                ///< CPU threads, 0 = all cores
   Device device = Device::automatic;
   int gpu = 0;                    ///< CUDA device index
+  bool allow_nonfinite = false;   ///< merge NaN / Inf inputs instead of refusing them
   ProgressFn progress;
 };
 

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Faults through the CLI: a full disk, SIGINT / SIGTERM mid-merge, non-finite inputs, and
+# bitwise-identical results across runs and thread counts. Each fault must leave the user's
+# files as they were and no temporary files behind.
+# Usage: faults.sh REVMERGE MAKE_ADAPTERS SOURCE_DIR WORK_DIR
+set -euo pipefail
+revmerge=$1 make_adapters=$2 src=$3 work=$4
+rm -rf "$work" && mkdir -p "$work"
+adapters=("$src"/examples/adapters/*)
+fail() { echo "FAIL: $*"; exit 1; }
+no_temps() { ! ls -a "$1" | grep -q "revmerge-tmp\|revmerge-old" || fail "temporary files left in $1: $(ls -a "$1")"; }
+
+# --- disk full: a file-size limit makes every write past 64 KiB fail with EFBIG ----------------
+"$revmerge" merge -q --basis 2 --out "$work/bundle" "${adapters[@]}"
+cp "$work/bundle/manifest.json" "$work/manifest.before"
+set +e
+( trap '' XFSZ; ulimit -f 64; exec "$revmerge" merge -q --basis 3 --force --out "$work/bundle" "${adapters[@]}" ) \
+  >"$work/full.txt" 2>&1
+rc=$?
+set -e
+[ $rc -ne 0 ] || fail "merge succeeded on a full disk"
+grep -q "bundle.safetensors.*File too large" "$work/full.txt" || { cat "$work/full.txt"; fail "message does not name the file and the OS error"; }
+cmp -s "$work/bundle/manifest.json" "$work/manifest.before" || fail "the earlier bundle changed"
+"$revmerge" inspect "$work/bundle" >/dev/null || fail "the earlier bundle no longer reads"
+no_temps "$work"
+echo "disk full: refused, earlier bundle intact"
+
+# --- SIGINT / SIGTERM while merging: exit 130, nothing written, no temporaries ----------------
+"$make_adapters" --model llama-7b --tasks 4 --rank 16 --layers 3 --out "$work/big" >/dev/null
+for sig in INT TERM; do
+  "$revmerge" merge -q --basis 2 --threads 1 --out "$work/sig" "$work"/big/task-* >"$work/sig.txt" 2>&1 &
+  pid=$!
+  for _ in $(seq 200); do  # wait until the merge has started writing its staged output
+    ls -a "$work" | grep -q "^\.sig\.revmerge-tmp" && break
+    sleep 0.05
+  done
+  kill -$sig $pid
+  set +e; wait $pid; rc=$?; set -e
+  [ $rc -eq 130 ] || { cat "$work/sig.txt"; fail "SIG$sig: exit $rc, expected 130"; }
+  grep -q "interrupted by SIG$sig; nothing was written" "$work/sig.txt" || fail "SIG$sig message"
+  [ ! -e "$work/sig" ] || fail "SIG$sig left an output"
+  no_temps "$work"
+  echo "SIG$sig: stopped cleanly"
+done
+
+# --- non-finite values: refused by name, or merged as NaN when allowed ------------------------
+mkdir -p "$work/nan" && cp -r "$src/examples/adapters/qa" "$work/nan/qa"
+python3 - "$work/nan/qa/adapter_model.safetensors" <<'PY' || { echo "SKIPPED non-finite (no python3)"; exit 0; }
+import json, struct, sys
+b = bytearray(open(sys.argv[1], "rb").read()); n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n]); k = next(k for k in h if k.endswith("layers.1.mlp.up_proj.lora_B.weight"))
+off = 8 + n + h[k]["data_offsets"][0] + 4 * 3
+b[off:off + 4] = struct.pack("<f", float("inf")); open(sys.argv[1], "wb").write(b)
+PY
+set +e
+"$revmerge" merge -q --basis 1 --out "$work/nanb" "${adapters[0]}" "$work/nan/qa" >"$work/nan.txt" 2>&1; rc=$?
+set -e
+[ $rc -ne 0 ] && grep -q "qa/adapter_model.safetensors: tensor '.*layers.1.mlp.up_proj.lora_B.weight' holds a non-finite value (inf) at element 3" "$work/nan.txt" \
+  || { cat "$work/nan.txt"; fail "non-finite input not refused by name"; }
+[ ! -e "$work/nanb" ] || fail "output written for non-finite input"
+"$revmerge" merge --basis 1 --allow-nonfinite --out "$work/nanb" "${adapters[0]}" "$work/nan/qa" >"$work/nan.txt"
+grep -Eq "^qa +nan" "$work/nan.txt" || { cat "$work/nan.txt"; fail "allowed non-finite input not reported as nan"; }
+echo "non-finite: refused by name, or carried as NaN with --allow-nonfinite"
+
+# --- determinism: the same bytes for repeated runs and any thread count -----------------------
+for t in 1 2 1; do
+  "$revmerge" merge -q --basis 3 --threads $t --force --out "$work/det-$t" "${adapters[@]}"
+done
+"$revmerge" merge -q --basis 3 --threads 2 --out "$work/det-again" "${adapters[@]}"
+for d in det-2 det-again; do
+  cmp "$work/det-1/bundle.safetensors" "$work/$d/bundle.safetensors" || fail "$d differs from det-1"
+done
+echo "determinism: identical bytes for 1 and 2 threads and across runs"
