@@ -4,7 +4,8 @@
 set -euo pipefail
 
 debs=(cmake ninja-build g++ pkg-config libfmt-dev nlohmann-json3-dev libcli11-dev
-      libopenblas-openmp-dev liblapacke-dev libthrust-dev libyaml-cpp-dev libgtest-dev python3 python3-pip)
+      libopenblas-openmp-dev liblapacke-dev libthrust-dev libyaml-cpp-dev libgtest-dev python3 python3-pip
+      clang libclang-rt-14-dev)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
