@@ -183,3 +183,24 @@ INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::ValuesIn(test::all_bac
 
 }  // namespace
 }  // namespace revmerge
+
+namespace revmerge {
+namespace {
+
+// A failing solve is reported with the call, the matrix and LAPACK's info, never ignored.
+TEST(CpuBackend, SolverFailureIsReportedWithItsInfo) {
+  auto be = make_cpu_backend({1, 0});
+  // A symmetric 3 × 3 with a NaN off the diagonal: the QL iteration cannot converge.
+  const float nan = std::nanf("");
+  std::vector<float> g = {2.0f, nan, 0.5f, nan, 1.0f, 0.25f, 0.5f, 0.25f, 3.0f};
+  auto dg = test::to_device(*be, g), dw = be->allocate(3 * sizeof(float));
+  try {
+    be->symmetric_eigen(MatBatch::packed(dg.f32(), 1, 3, 3), dw.f32(), {});
+    FAIL() << "a NaN matrix was solved";
+  } catch (const solver_error& e) {
+    EXPECT_NE(std::string(e.what()).find("LAPACKE_dsyevd_work failed (info"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace revmerge
