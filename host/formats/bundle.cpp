@@ -55,11 +55,7 @@ template <class T>
 T field(const nlohmann::json& j, const char* key, const std::string& where) {
   const auto it = j.find(key);
   if (it == j.end()) throw format_error(where + ": missing field '" + key + "'");
-  try {
-    return it->get<T>();
-  } catch (const nlohmann::json::exception&) {
-    throw format_error(where + ": field '" + key + "' has the wrong type (" + it->type_name() + ")");
-  }
+  return json_as<T>(*it, where + ": field '" + key + "'");
 }
 
 // Per-task numbers; JSON has no NaN, so a non-finite error is written as null and read back

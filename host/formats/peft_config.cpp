@@ -12,11 +12,27 @@ namespace {
 
 using nlohmann::json;
 
+// Patterns come from untrusted files: match them with libstdc++'s polynomial-time (BFS)
+// executor, so a pathological pattern such as (a*)*b cannot backtrack exponentially.
+#ifdef __GLIBCXX__
+constexpr auto kSyntax = std::regex::ECMAScript | std::regex_constants::__polynomial;
+#else
+constexpr auto kSyntax = std::regex::ECMAScript;
+#endif
+
+bool regex_full_match(const std::string& text, const std::string& pattern) {
+  try {
+    return std::regex_match(text, std::regex(pattern, kSyntax));
+  } catch (const std::regex_error&) {
+    return false;  // parse_lora_config has already rejected invalid patterns
+  }
+}
+
 // PEFT's get_pattern_key: `re.match(rf"(.*\.)?({key})$", path)`.
 bool pattern_matches(const std::string& key, const std::string& path) {
   if (key == path) return true;
   try {
-    return std::regex_match(path, std::regex("(.*\\.)?(" + key + ")"));
+    return std::regex_match(path, std::regex("(.*\\.)?(" + key + ")", kSyntax));
   } catch (const std::regex_error&) {
     return false;  // PEFT would raise; parse_lora_config has already rejected such keys
   }
@@ -26,11 +42,7 @@ template <class T>
 T get_field(const json& j, const char* key, T fallback, const std::string& file) {
   const auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
-  try {
-    return it->get<T>();
-  } catch (const json::exception&) {
-    throw format_error(file + ": field '" + key + "' has the wrong type (" + it->type_name() + ")");
-  }
+  return json_as<T>(*it, file + ": field '" + key + "'");
 }
 
 // libstdc++'s regex engine recurses per pattern element: a bounded length keeps a hostile
@@ -43,7 +55,7 @@ void check_regex(const std::string& pattern, const std::string& file, const char
                        " characters is longer than the " + std::to_string(kMaxPatternLength) +
                        " allowed");
   try {
-    std::regex re(pattern);
+    std::regex re(pattern, kSyntax);
   } catch (const std::regex_error& e) {
     throw format_error(file + ": " + field + " entry '" + pattern + "' is not a valid regex");
   }
@@ -71,11 +83,7 @@ double LoraConfig::scale_for(const std::string& path) const {
 bool LoraConfig::targets(const std::string& path) const {
   if (target_regex) {
     if (*target_regex == "all-linear") return true;
-    try {
-      return std::regex_match(path, std::regex(*target_regex));
-    } catch (const std::regex_error&) {
-      return false;
-    }
+    return regex_full_match(path, *target_regex);
   }
   if (target_modules.empty()) return true;  // PEFT's per-architecture defaults were used
   for (const auto& t : target_modules)

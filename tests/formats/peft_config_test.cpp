@@ -30,6 +30,16 @@ TEST(LoraConfig, PatternsMatchWholeComponentsFromTheEnd) {
   EXPECT_DOUBLE_EQ(c.scale_for("model.layers.1.self_attn.q_proj"), 4.0);
 }
 
+// Found by the fuzzer: a nested quantifier used to backtrack for minutes; matching is
+// polynomial now.
+TEST(LoraConfig, PathologicalPatternsMatchInPolynomialTime) {
+  const auto c = parse(R"({"r":4,"rank_pattern":{"(a+)+b":2},"target_modules":"(x*)*y"})");
+  const std::string path(40, 'a');
+  EXPECT_EQ(c.rank_for(path + "c"), 4);
+  EXPECT_EQ(c.rank_for(path + "b"), 2);
+  EXPECT_FALSE(c.targets(std::string(40, 'x') + "z"));
+}
+
 TEST(LoraConfig, TargetModulesAsListOrRegex) {
   const auto list = parse(R"({"target_modules":["q_proj","mlp.up_proj"]})");
   EXPECT_TRUE(list.targets("model.layers.0.self_attn.q_proj"));
@@ -64,6 +74,10 @@ TEST(LoraConfig, RefusesWhatIsNotSupportedNamingTheOption) {
 TEST(LoraConfig, RejectsMalformedFields) {
   EXPECT_THROW(parse(R"({"r":"eight"})"), format_error);
   EXPECT_THROW(parse(R"({"r":0})"), format_error);
+  EXPECT_THROW(parse(R"({"r":4.5})"), format_error);        // not an integer
+  EXPECT_THROW(parse(R"({"r":1e69})"), format_error);       // found by the fuzzer: was UB
+  EXPECT_THROW(parse(R"({"r":4294967300})"), format_error);  // out of range, not wrapped
+  EXPECT_THROW(parse(R"({"rank_pattern":{"q":2.5}})"), format_error);
   EXPECT_THROW(parse(R"({"rank_pattern":{"(":2}})"), format_error);
   EXPECT_THROW(parse(R"({"target_modules":")" + std::string(600, 'a') + R"("})"), format_error);
   EXPECT_THROW(parse(R"({"r":4,"r":8})"), format_error);  // duplicate key
