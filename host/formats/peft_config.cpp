@@ -54,6 +54,26 @@ void check_regex(const std::string& pattern, const std::string& file, const char
     throw format_error(file + ": " + field + " entry of " + std::to_string(pattern.size()) +
                        " characters is longer than the " + std::to_string(kMaxPatternLength) +
                        " allowed");
+  // libstdc++ parses repeat counts and backreference numbers into a long without an overflow
+  // check (undefined behaviour for "{99999999999999999999}" or "\\99999999999999999999"), and
+  // large counts multiply the automaton. Backreferences have no use in module patterns (and the
+  // polynomial matcher refuses them): refuse them, and counts above 1000, before compiling.
+  for (std::size_t i = 0; i + 1 < pattern.size(); ++i)
+    if (pattern[i] == '\\') {
+      if (pattern[i + 1] >= '1' && pattern[i + 1] <= '9')
+        throw format_error(file + ": " + field + " entry '" + pattern.substr(0, 80) +
+                           "' uses a backreference, which module patterns do not support");
+      ++i;  // skip the escaped character
+    }
+  for (std::size_t i = pattern.find('{'); i != std::string::npos; i = pattern.find('{', i + 1)) {
+    std::size_t digits = 0;
+    for (std::size_t j = i + 1; j < pattern.size() && pattern[j] != '}'; ++j) {
+      digits = (pattern[j] >= '0' && pattern[j] <= '9') ? digits + 1 : 0;
+      if (digits > 3 && std::stoul(pattern.substr(j - 3, 4)) > 1000)
+        throw format_error(file + ": " + field + " entry '" + pattern.substr(0, 80) +
+                           "' has a repeat count above 1000");
+    }
+  }
   try {
     std::regex re(pattern, kSyntax);
   } catch (const std::regex_error& e) {

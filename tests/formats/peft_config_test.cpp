@@ -78,6 +78,9 @@ TEST(LoraConfig, RejectsMalformedFields) {
   EXPECT_THROW(parse(R"({"r":1e69})"), format_error);       // found by the fuzzer: was UB
   EXPECT_THROW(parse(R"({"r":4294967300})"), format_error);  // out of range, not wrapped
   EXPECT_THROW(parse(R"({"rank_pattern":{"q":2.5}})"), format_error);
+  EXPECT_THROW(parse(R"({"target_modules":"a{99999999999999999999}"})"), format_error);  // fuzzer: UB in libstdc++
+  EXPECT_THROW(parse(R"({"target_modules":"(a)\\1111111111111111111111"})"), format_error);  // fuzzer: UB
+  EXPECT_NO_THROW(parse(R"({"target_modules":"a{2,1000}|layers[.]10000[.]q"})"));
   EXPECT_THROW(parse(R"({"rank_pattern":{"(":2}})"), format_error);
   EXPECT_THROW(parse(R"({"target_modules":")" + std::string(600, 'a') + R"("})"), format_error);
   EXPECT_THROW(parse(R"({"r":4,"r":8})"), format_error);  // duplicate key
