@@ -9,6 +9,7 @@
 #include <random>
 
 #include "llm_shapes.hpp"
+#include "synthetic.hpp"
 #include "revmerge/peft.hpp"
 
 namespace rb = revmerge::bench;
@@ -35,17 +36,11 @@ int main(int argc, char** argv) {
     const auto type = revmerge::parse_float_dtype_option(dtype, "--dtype");
     std::vector<std::vector<revmerge::LoraModuleData>> per_task(tasks);
     std::mt19937 rng(seed);
-    std::normal_distribution<float> g;
-    std::vector<float> shared, g0, g1;
+    std::vector<float> stack;
+    // Fills one factor of every task from one structured stack (bench/synthetic.hpp).
     auto fill = [&](i64 size, auto&& assign) {
-      shared.resize(size), g0.resize(size), g1.resize(size);
-      for (i64 i = 0; i < size; ++i) shared[i] = g(rng), g0[i] = g(rng), g1[i] = g(rng);
-      for (i64 t = 0; t < tasks; ++t) {
-        auto& v = assign(t);
-        v.resize(size);
-        const auto& grp = t % 2 ? g1 : g0;
-        for (i64 i = 0; i < size; ++i) v[i] = shared[i] + 0.6f * grp[i] + 0.3f * g(rng) + 0.02f * g(rng);
-      }
+      rb::structured_factors(stack, tasks, size, rng);
+      for (i64 t = 0; t < tasks; ++t) assign(t).assign(stack.begin() + t * size, stack.begin() + (t + 1) * size);
     };
     for (i64 layer = 0; layer < layers; ++layer)
       for (const auto& m : shape.modules()) {

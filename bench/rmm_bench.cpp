@@ -14,6 +14,7 @@
 
 #include "backend/registry.hpp"
 #include "llm_shapes.hpp"
+#include "synthetic.hpp"
 #include "methods/rmm_module.hpp"
 
 namespace rb = revmerge::bench;
@@ -22,17 +23,10 @@ using i64 = std::int64_t;
 
 namespace {
 
-// Stacks with the structure of real task adapters: shared part, two task groups, each task's
-// own part, noise. Generated quickly (one RNG stream per module, reused vectors).
+// Stacks scaled like trained factors (structure: bench/synthetic.hpp).
 void synth(std::vector<float>& v, i64 n, i64 size, std::mt19937& rng) {
-  std::normal_distribution<float> g;
-  std::vector<float> shared(size), g0(size), g1(size);
-  for (i64 i = 0; i < size; ++i) shared[i] = g(rng), g0[i] = g(rng), g1[i] = g(rng);
-  v.resize(n * size);
-  for (i64 t = 0; t < n; ++t) {
-    const auto& grp = t % 2 ? g1 : g0;
-    for (i64 i = 0; i < size; ++i) v[t * size + i] = 0.02f * (shared[i] + 0.6f * grp[i] + 0.3f * g(rng));
-  }
+  rb::structured_factors(v, n, size, rng);
+  for (auto& x : v) x *= 0.02f;
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
