@@ -1,4 +1,5 @@
-// `revmerge merge`: RMM of LoRA adapters into a reversible bundle.
+// `revmerge merge`: RMM of LoRA adapters into a reversible bundle, or a classic method (task
+// arithmetic, TIES, DARE, ...) into one adapter or model.
 #include <unistd.h>
 
 #include <cstdio>
@@ -7,60 +8,61 @@
 #include "bundle_report.hpp"
 #include "commands.hpp"
 #include "merge_config.hpp"
-#include "revmerge/error.hpp"
 #include "backend/registry.hpp"
+#include "revmerge/classic.hpp"
+#include "revmerge/error.hpp"
 #include "revmerge/rmm.hpp"
 
 namespace revmerge::cli {
 namespace {
 
 struct MergeArgs {
-  std::vector<std::string> adapters;
-  std::string method = "rmm", dtype, config;
-  std::int64_t basis = 0;
-  std::string out;
-  bool force = false, json = false, quiet = false, allow_nonfinite = false;
+  std::vector<std::string> inputs;
+  std::string method = "rmm", dtype, config, mode = "separate", majority_sign = "total";
+  std::int64_t basis = 0, rank = 0;
+  std::uint64_t seed = 0;
+  std::vector<double> weights, densities;
+  double lambda = 1;
+  std::string out, base;
+  bool force = false, json = false, quiet = false, allow_nonfinite = false, full_model = false;
+  bool normalize = false, no_normalize = false, rescale = false, no_rescale = false;
   int threads = 0, gpu = 0;
   std::string device = "auto";
-  CLI::Option* method_opt = nullptr;
-  CLI::Option* basis_opt = nullptr;
-  CLI::Option* out_opt = nullptr;
-  CLI::Option* dtype_opt = nullptr;
+  std::map<std::string, CLI::Option*> opt;
+  bool given(const std::string& name) const { return opt.at(name)->count() > 0; }
 };
 
-void run_merge(const MergeArgs& args) {
-  MergeConfig cfg;
-  if (!args.config.empty()) cfg = read_merge_config(args.config);
-  if (!cfg.tasks.empty() && !args.adapters.empty())
-    throw usage_error("give the tasks either in --config or as ADAPTER arguments, not both");
-  const auto method = args.method_opt->count() ? args.method : cfg.method.value_or(args.method);
-  if (method != "rmm")
-    throw usage_error("--method: '" + method + "' is not available in this version (available: rmm)");
+ProgressFn terminal_progress(const MergeArgs& args, const char* what) {
+  if (args.quiet || args.json || !::isatty(STDERR_FILENO)) return {};
+  return [what](std::size_t done, std::size_t all, const std::string& path) {
+    std::fprintf(stderr, "\r\033[K%s %zu/%zu %s", what, done, all, path.c_str());
+    if (done == all) std::fprintf(stderr, "\r\033[K");
+  };
+}
 
+std::filesystem::path output_folder(const MergeArgs& args, const MergeConfig& cfg) {
+  if (args.given("--out")) return args.out;
+  if (cfg.out) return *cfg.out;
+  throw usage_error("--out: required (the folder to create)");
+}
+
+void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSource> tasks) {
+  for (const char* o : {"--weights", "--density", "--lambda", "--mode", "--majority-sign",
+                        "--normalize", "--no-normalize", "--rescale", "--no-rescale", "--seed",
+                        "--rank", "--base", "--full-model"})
+    if (args.given(o)) throw usage_error(std::string(o) + ": not an option of --method rmm");
   RmmMergeOptions o;
-  o.tasks = cfg.tasks;
-  for (const auto& a : args.adapters) o.tasks.push_back({task_name_from_path(a), a});
-  o.basis = args.basis_opt->count() ? args.basis : cfg.basis.value_or(0);
+  o.tasks = std::move(tasks);
+  o.basis = args.given("--basis") ? args.basis : cfg.basis.value_or(0);
   if (o.basis == 0) throw usage_error("--basis: required for --method rmm (1 .. n − 1)");
-  if (args.out_opt->count())
-    o.out = args.out;
-  else if (cfg.out)
-    o.out = *cfg.out;
-  else
-    throw usage_error("--out: required (the bundle folder to create)");
-  const auto dtype = args.dtype_opt->count() ? args.dtype : cfg.dtype.value_or("f32");
-  o.dtype = parse_float_dtype_option(dtype, "--dtype");
+  o.out = output_folder(args, cfg);
+  o.dtype = parse_float_dtype_option(args.given("--dtype") ? args.dtype : cfg.dtype.value_or("f32"), "--dtype");
   o.overwrite = args.force;
   o.threads = args.threads;
   o.device = parse_device_option(args.device);
   o.gpu = args.gpu;
   o.allow_nonfinite = args.allow_nonfinite;
-  const bool show_progress = !args.quiet && !args.json && ::isatty(STDERR_FILENO);
-  if (show_progress)
-    o.progress = [](std::size_t done, std::size_t all, const std::string& path) {
-      std::fprintf(stderr, "\r\033[Kmerging %zu/%zu %s", done, all, path.c_str());
-      if (done == all) std::fprintf(stderr, "\r\033[K");
-    };
+  o.progress = terminal_progress(args, "merging");
   const auto manifest = merge_rmm(o);
   if (args.json)
     std::cout << bundle_report_json(manifest, o.out.string()).dump(1) << "\n";
@@ -68,26 +70,130 @@ void run_merge(const MergeArgs& args) {
     print_bundle_report(manifest, o.out.string(), 5);
 }
 
+template <class T>
+std::vector<double> per_task(const std::vector<std::optional<double>>& v, std::optional<T> all) {
+  bool any = all.has_value();
+  for (const auto& x : v) any = any || x.has_value();
+  if (!any) return {};
+  std::vector<double> r;
+  for (const auto& x : v) r.push_back(x.value_or(all.value_or(1.0)));
+  return r;
+}
+
+void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSource> tasks,
+                 const std::string& method) {
+  if (args.given("--basis") || cfg.basis) throw usage_error("--basis: an option of --method rmm only");
+  if (args.device != "auto" && args.device != "cpu")
+    throw usage_error("--device " + args.device +
+                      ": the classic methods run on the CPU in this version (RMM runs on the GPU)");
+  ClassicMergeOptions o;
+  o.method = parse_classic_method(method);
+  const auto mode = args.given("--mode") ? args.mode : cfg.mode.value_or(args.mode);
+  if (mode != "separate" && mode != "combined")
+    throw usage_error("--mode: '" + mode + "' is not separate or combined");
+  o.mode = mode == "combined" ? LoraMergeMode::combined : LoraMergeMode::separate;
+  o.tasks = std::move(tasks);
+  o.weights = args.given("--weights") ? args.weights : per_task(cfg.task_weights, cfg.weight);
+  o.densities = args.given("--density") ? args.densities : per_task(cfg.task_densities, cfg.density);
+  if (args.given("--lambda")) o.lambda = args.lambda; else o.lambda = cfg.lambda;
+  const auto sign = args.given("--majority-sign") ? args.majority_sign : cfg.majority_sign.value_or("total");
+  if (sign == "total" || sign == "sum") o.election = SignElection::sum;
+  else if (sign == "frequency" || sign == "count") o.election = SignElection::count;
+  else throw usage_error("--majority-sign: '" + sign + "' is not total (sum) or frequency (count)");
+  o.normalize = args.normalize ? std::optional(true) : args.no_normalize ? std::optional(false) : cfg.normalize;
+  o.rescale = args.rescale ? std::optional(true) : args.no_rescale ? std::optional(false) : cfg.rescale;
+  o.seed = args.given("--seed") ? args.seed : static_cast<std::uint64_t>(cfg.seed.value_or(0));
+  o.rank = args.given("--rank") ? args.rank : cfg.rank.value_or(0);
+  if (args.given("--base")) o.base = args.base; else if (cfg.base) o.base = *cfg.base;
+  o.full_model = args.full_model;
+  o.out = output_folder(args, cfg);
+  if (args.given("--dtype") || cfg.dtype)
+    o.dtype = parse_float_dtype_option(args.given("--dtype") ? args.dtype : *cfg.dtype, "--dtype");
+  o.overwrite = args.force;
+  o.allow_nonfinite = args.allow_nonfinite;
+  o.threads = args.threads;
+  o.progress = terminal_progress(args, "merging");
+  const auto r = merge_classic(o);
+  if (args.json) {
+    nlohmann::json j = {{"method", r.method}, {"mode", r.mode}, {"convention", r.convention},
+                        {"output", r.output}, {"path", o.out.string()}, {"merged", r.items}};
+    if (r.output == "adapter") j["rank"] = r.rank;
+    std::cout << j.dump(1) << "\n";
+  } else if (!args.quiet) {
+    std::cout << "merged " << r.items << (r.output == "adapter" ? " modules" : " tensors")
+              << " with " << r.method << " (" << r.mode << ", " << r.convention
+              << " definitions) into " << (r.output == "adapter" ? "adapter " : "model ")
+              << o.out.string();
+    if (r.output == "adapter") std::cout << " (rank " << r.rank << ")";
+    std::cout << "\n";
+  }
+}
+
+void run_merge(const MergeArgs& args) {
+  MergeConfig cfg;
+  if (!args.config.empty()) cfg = read_merge_config(args.config);
+  if (!cfg.tasks.empty() && !args.inputs.empty())
+    throw usage_error("give the tasks either in --config or as INPUT arguments, not both");
+  std::vector<TaskSource> tasks = cfg.tasks;
+  for (const auto& a : args.inputs) tasks.push_back({task_name_from_path(a), a});
+  const auto method = args.given("--method") ? args.method : cfg.method.value_or(args.method);
+  if (method == "rmm")
+    run_rmm(args, cfg, std::move(tasks));
+  else
+    run_classic(args, cfg, std::move(tasks), method);
+}
+
 }  // namespace
 
 void add_merge_command(CLI::App& app) {
   static MergeArgs args;
-  auto* cmd = app.add_subcommand("merge", "Merge LoRA adapters (RMM: into a reversible bundle)");
-  cmd->add_option("ADAPTER", args.adapters, "PEFT adapter folders; each task is named after its folder");
-  args.method_opt = cmd->add_option("--method", args.method, "merging method (rmm)");
-  args.basis_opt = cmd->add_option("--basis,-p", args.basis, "RMM basis size P, 1 .. n − 1");
-  args.out_opt = cmd->add_option("--out,-o", args.out, "bundle folder to create");
+  auto* cmd = app.add_subcommand(
+      "merge", "Merge LoRA adapters or fine-tuned models (RMM: into a reversible bundle; "
+               "classic methods: into one adapter or model)");
+  auto& opt = args.opt;
+  cmd->add_option("INPUT", args.inputs,
+                  "PEFT adapter folders (or, for the classic methods, full model folders); each "
+                  "task is named after its folder");
+  opt["--method"] = cmd->add_option("--method", args.method,
+      "rmm (default), linear, task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune, "
+      "cat, svd");
+  opt["--basis"] = cmd->add_option("--basis,-p", args.basis, "RMM basis size P, 1 .. n − 1");
+  opt["--out"] = cmd->add_option("--out,-o", args.out, "folder to create (bundle, adapter or model)");
   cmd->add_option("--config", args.config,
-                  "YAML/JSON file naming the tasks (tasks: [{name, adapter}]) and option defaults");
-  args.dtype_opt = cmd->add_option("--dtype", args.dtype, "stored dtype: f32 (default), f16, bf16");
+                  "YAML/JSON file naming the tasks (revmerge's tasks: [{name, adapter}] or "
+                  "mergekit's models: [{model, parameters}]) and option defaults");
+  opt["--dtype"] = cmd->add_option("--dtype", args.dtype,
+      "output dtype: f32, f16, bf16 (default f32; full models keep the base's)");
+  opt["--mode"] = cmd->add_option("--mode", args.mode,
+      "LoRA inputs: separate (merge the A's and the B's, as PEFT) or combined (merge the "
+      "products BA, then re-compress or write a full model)");
+  opt["--weights"] = cmd->add_option("--weights", args.weights, "one weight per task (default 1)")
+                         ->delimiter(',');
+  opt["--density"] = cmd->add_option("--density", args.densities,
+      "fraction kept by TIES / DARE / magnitude pruning: one value, or one per task")->delimiter(',');
+  opt["--lambda"] = cmd->add_option("--lambda", args.lambda, "scale of the merged delta (default 1)");
+  opt["--majority-sign"] = cmd->add_option("--majority-sign", args.majority_sign,
+      "TIES sign election: total (sum, default) or frequency (count)");
+  opt["--normalize"] = cmd->add_flag("--normalize", args.normalize,
+      "divide by the agreeing tasks (TIES) or the weights' sum (others)");
+  opt["--no-normalize"] = cmd->add_flag("--no-normalize", args.no_normalize, "do not divide");
+  opt["--rescale"] = cmd->add_flag("--rescale", args.rescale, "DARE: rescale after the drop (default)");
+  opt["--no-rescale"] = cmd->add_flag("--no-rescale", args.no_rescale, "DARE: do not rescale");
+  opt["--seed"] = cmd->add_option("--seed", args.seed, "DARE's mask seed (default 0)");
+  opt["--rank"] = cmd->add_option("--rank", args.rank,
+      "rank of a re-compressed adapter (svd, combined mode; default: the largest input rank)");
+  opt["--base"] = cmd->add_option("--base", args.base,
+      "base model folder: for full-model inputs, and for --full-model");
+  opt["--full-model"] = cmd->add_flag("--full-model", args.full_model,
+      "adapters: write base + merged delta as a full model instead of an adapter");
   cmd->add_flag("--force", args.force, "replace an existing output folder");
   cmd->add_option("--threads", args.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--device", args.device, "cpu, cuda or auto (default: cuda when a GPU is usable)");
   cmd->add_option("--gpu", args.gpu, "CUDA device index (default 0)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--allow-nonfinite", args.allow_nonfinite,
-                "merge adapters holding NaN or Inf instead of refusing them (the affected "
+                "RMM: merge adapters holding NaN or Inf instead of refusing them (the affected "
                 "positions come out non-finite)");
-  cmd->add_flag("--json", args.json, "print the bundle report as JSON");
+  cmd->add_flag("--json", args.json, "print the report as JSON");
   cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success");
   cmd->callback([] { run_merge(args); });
 }

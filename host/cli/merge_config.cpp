@@ -2,6 +2,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <map>
+
 #include "revmerge/error.hpp"
 
 namespace fs = std::filesystem;
@@ -11,12 +13,88 @@ namespace {
 
 template <class T>
 T scalar(const YAML::Node& node, const std::string& where) {
+  if (!node.IsScalar())
+    throw format_error(where + " must be a single value (per-layer gradients and tensor filters "
+                               "are not supported)");
   try {
     return node.as<T>();
   } catch (const YAML::Exception&) {
     throw format_error(where + " has the wrong type");
   }
 }
+
+// mergekit's dtype names and revmerge's.
+std::string dtype_name(const std::string& v) {
+  static const std::map<std::string, std::string> names = {
+      {"float32", "f32"}, {"float16", "f16"}, {"bfloat16", "bf16"}};
+  const auto it = names.find(v);
+  return it == names.end() ? v : it->second;
+}
+
+struct Reader {
+  std::string file;
+  fs::path dir;
+  MergeConfig c;
+
+  // Keys shared by the top level and mergekit's `parameters` block.
+  bool method_parameter(const std::string& key, const YAML::Node& v, const std::string& where) {
+    if (key == "weight") c.weight = scalar<double>(v, where);
+    else if (key == "density") c.density = scalar<double>(v, where);
+    else if (key == "lambda") c.lambda = scalar<double>(v, where);
+    else if (key == "normalize") c.normalize = scalar<bool>(v, where);
+    else if (key == "rescale") c.rescale = scalar<bool>(v, where);
+    else if (key == "int8_mask") scalar<bool>(v, where);  // a storage detail of mergekit's mask
+    else if (key == "majority_sign_method")
+      c.majority_sign = scalar<std::string>(v, where);
+    else return false;
+    return true;
+  }
+
+  void task_list(const YAML::Node& list, const std::string& key, bool mergekit) {
+    const auto where = file + ": '" + key + "'";
+    if (!list.IsSequence()) throw format_error(where + " must be a list");
+    const std::string path_key = mergekit ? "model" : "adapter";
+    std::size_t i = 0;
+    for (const auto& t : list) {
+      const auto tw = file + ": " + key + "[" + std::to_string(i++) + "]";
+      if (!t.IsMap()) throw format_error(tw + " must be a mapping with '" + path_key + "'");
+      TaskSource task;
+      std::optional<double> weight, density;
+      for (const auto& kv : t) {
+        const auto k = scalar<std::string>(kv.first, tw + " key");
+        if (k == "name" && !mergekit) {
+          task.name = scalar<std::string>(kv.second, tw + ".name");
+        } else if (k == path_key) {
+          task.adapter = dir / scalar<std::string>(kv.second, tw + "." + k);
+        } else if (k == "weight" && !mergekit) {
+          weight = scalar<double>(kv.second, tw + ".weight");
+        } else if (k == "density" && !mergekit) {
+          density = scalar<double>(kv.second, tw + ".density");
+        } else if (k == "parameters" && mergekit) {
+          if (!kv.second.IsMap()) throw format_error(tw + ".parameters must be a mapping");
+          for (const auto& p : kv.second) {
+            const auto pk = scalar<std::string>(p.first, tw + ".parameters key");
+            const auto pw = tw + ".parameters." + pk;
+            if (pk == "weight") weight = scalar<double>(p.second, pw);
+            else if (pk == "density") density = scalar<double>(p.second, pw);
+            else throw format_error(pw + ": unknown per-model parameter (expected weight, density)");
+          }
+        } else {
+          throw format_error(tw + ": unknown key '" + k + "' (expected " +
+                             (mergekit ? "model, parameters" : "name, adapter, weight, density") + ")");
+        }
+      }
+      if (task.adapter.empty()) throw format_error(tw + ": missing '" + path_key + "'");
+      // mergekit lists the base among the models; it is the base, not a task.
+      if (mergekit && c.base && fs::weakly_canonical(task.adapter) == fs::weakly_canonical(*c.base))
+        continue;
+      if (task.name.empty()) task.name = task_name_from_path(task.adapter);
+      c.tasks.push_back(std::move(task));
+      c.task_weights.push_back(weight);
+      c.task_densities.push_back(density);
+    }
+  }
+};
 
 }  // namespace
 
@@ -27,7 +105,8 @@ std::string task_name_from_path(const fs::path& adapter) {
 }
 
 MergeConfig read_merge_config(const fs::path& path) {
-  const auto file = path.string();
+  Reader r{path.string(), path.parent_path(), {}};
+  const auto& file = r.file;
   if (!fs::is_regular_file(path)) throw io_error(file + ": no such config file");
   YAML::Node root;
   try {
@@ -35,45 +114,55 @@ MergeConfig read_merge_config(const fs::path& path) {
   } catch (const YAML::Exception& e) {
     throw format_error(file + ": not valid YAML/JSON: " + e.what());
   }
-  if (!root.IsMap()) throw format_error(file + ": expected a mapping with a 'tasks' list");
-  MergeConfig c;
-  const auto base = path.parent_path();
+  if (!root.IsMap()) throw format_error(file + ": expected a mapping with a 'tasks' or 'models' list");
+  auto& c = r.c;
+  // The base first: mergekit's model list may name it.
+  if (root["base_model"]) c.base = r.dir / scalar<std::string>(root["base_model"], file + ": 'base_model'");
+  std::optional<std::string> out_dtype;
   for (const auto& kv : root) {
     const auto key = scalar<std::string>(kv.first, file + ": a key");
     const auto where = file + ": '" + key + "'";
-    if (key == "method") {
-      c.method = scalar<std::string>(kv.second, where);
+    const auto& v = kv.second;
+    if (key == "method" || key == "merge_method") {
+      c.method = scalar<std::string>(v, where);
     } else if (key == "basis") {
-      c.basis = scalar<std::int64_t>(kv.second, where);
+      c.basis = scalar<std::int64_t>(v, where);
     } else if (key == "dtype") {
-      c.dtype = scalar<std::string>(kv.second, where);
+      c.dtype = dtype_name(scalar<std::string>(v, where));
+    } else if (key == "out_dtype") {
+      out_dtype = dtype_name(scalar<std::string>(v, where));
     } else if (key == "out") {
-      c.out = base / scalar<std::string>(kv.second, where);
-    } else if (key == "tasks") {
-      if (!kv.second.IsSequence()) throw format_error(where + " must be a list");
-      std::size_t i = 0;
-      for (const auto& t : kv.second) {
-        const auto tw = file + ": tasks[" + std::to_string(i++) + "]";
-        if (!t.IsMap()) throw format_error(tw + " must be a mapping with 'adapter' (and 'name')");
-        TaskSource task;
-        for (const auto& tkv : t) {
-          const auto tk = scalar<std::string>(tkv.first, tw + " key");
-          if (tk == "name")
-            task.name = scalar<std::string>(tkv.second, tw + ".name");
-          else if (tk == "adapter")
-            task.adapter = base / scalar<std::string>(tkv.second, tw + ".adapter");
-          else
-            throw format_error(tw + ": unknown key '" + tk + "' (expected name, adapter)");
-        }
-        if (task.adapter.empty()) throw format_error(tw + ": missing 'adapter'");
-        if (task.name.empty()) task.name = task_name_from_path(task.adapter);
-        c.tasks.push_back(std::move(task));
+      c.out = r.dir / scalar<std::string>(v, where);
+    } else if (key == "base" || key == "base_model") {
+      c.base = r.dir / scalar<std::string>(v, where);
+    } else if (key == "mode") {
+      c.mode = scalar<std::string>(v, where);
+    } else if (key == "rank") {
+      c.rank = scalar<std::int64_t>(v, where);
+    } else if (key == "seed") {
+      c.seed = scalar<std::int64_t>(v, where);
+    } else if (key == "tasks" || key == "models") {
+      r.task_list(v, key, key == "models");
+    } else if (key == "parameters") {
+      if (!v.IsMap()) throw format_error(where + " must be a mapping");
+      for (const auto& p : v) {
+        const auto pk = scalar<std::string>(p.first, where + " key");
+        if (!r.method_parameter(pk, p.second, file + ": parameters." + pk))
+          throw format_error(file + ": parameters." + pk + ": unknown parameter (expected weight, "
+                             "density, lambda, normalize, rescale, int8_mask, majority_sign_method)");
       }
+    } else if (r.method_parameter(key, v, where)) {
+    } else if (key == "slices" || key == "tokenizer_source" || key == "tokenizer" ||
+               key == "chat_template" || key == "modules") {
+      throw unsupported_error(where + ": mergekit's '" + key + "' is not supported by revmerge");
     } else {
       throw format_error(file + ": unknown key '" + key +
-                         "' (expected method, basis, dtype, out, tasks)");
+                         "' (expected method, basis, dtype, out, tasks, base, mode, rank, seed, "
+                         "weight, density, lambda, normalize, rescale, majority_sign_method, or "
+                         "mergekit's merge_method, base_model, models, parameters, out_dtype)");
     }
   }
+  if (out_dtype) c.dtype = out_dtype;  // revmerge computes in f32; out_dtype is what is written
   return c;
 }
 

@@ -1,6 +1,11 @@
 #pragma once
-// The merge config file (YAML or JSON): tasks with their adapters, and optional defaults for
-// the command-line options.
+// The merge config file (YAML or JSON). Two spellings are accepted:
+//  - revmerge's own: method, basis, dtype, out, tasks: [{name, adapter}], and the options of
+//    the classic methods (weights via tasks[].weight, density, lambda, ...);
+//  - mergekit's: merge_method, base_model, models: [{model, parameters: {weight, density}}],
+//    parameters: {...}, dtype, out_dtype — for the methods both tools share.
+// Relative paths are resolved against the config file's folder. Unknown keys are errors.
+#include <cstdint>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -14,12 +19,18 @@ struct MergeConfig {
   std::optional<std::string> method;
   std::optional<std::int64_t> basis;
   std::optional<std::string> dtype;
-  std::optional<std::filesystem::path> out;
-  std::vector<TaskSource> tasks;  ///< adapter paths resolved against the config's folder
+  std::optional<std::filesystem::path> out, base;
+  std::vector<TaskSource> tasks;
+  std::vector<std::optional<double>> task_weights, task_densities;  ///< one per task
+  std::optional<double> weight, density, lambda;  ///< defaults for every task
+  std::optional<bool> normalize, rescale;
+  std::optional<std::string> majority_sign, mode;
+  std::optional<std::int64_t> rank, seed;
 };
 
-/// Reads `path`; unknown keys, missing names or adapters, and wrong types are format_errors
-/// naming the file and the key.
+/// Reads `path`; unknown keys, missing names or models, and wrong types are format_errors
+/// naming the file and the key; mergekit features revmerge does not have are
+/// unsupported_errors naming them.
 MergeConfig read_merge_config(const std::filesystem::path& path);
 
 /// Task name for an adapter given on the command line: its folder's name.

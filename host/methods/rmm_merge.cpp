@@ -10,6 +10,7 @@
 #include "backend/registry.hpp"
 #include "core/atomic_output.hpp"
 #include "core/interrupt.hpp"
+#include "methods/adapter_set.hpp"
 #include "methods/rmm_module.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
@@ -20,15 +21,6 @@ namespace revmerge {
 namespace {
 
 using i64 = std::int64_t;
-
-// One module across all tasks: the task's own module entries, in task order.
-struct PlannedModule {
-  std::string path;
-  int layer;
-  std::string name;
-  i64 in, out, rank;
-  std::vector<const LoraModule*> per_task;
-};
 
 void check_options(const RmmMergeOptions& o) {
   const auto n = static_cast<i64>(o.tasks.size());
@@ -48,81 +40,6 @@ void check_options(const RmmMergeOptions& o) {
   if (o.out.empty()) throw usage_error("--out: no bundle folder given");
   if (!is_float_dtype(o.dtype) || o.dtype == DType::F64)
     throw usage_error("--dtype: a bundle stores f32, f16 or bf16");
-}
-
-std::vector<PlannedModule> plan_modules(const std::vector<TaskSource>& tasks,
-                                        const std::vector<std::unique_ptr<PeftAdapter>>& adapters) {
-  std::vector<PlannedModule> plan;
-  for (const auto& m : adapters[0]->modules())
-    plan.push_back({m.path, m.layer, m.name, m.in, m.out, m.rank, {}});
-  for (std::size_t t = 0; t < adapters.size(); ++t) {
-    const auto& a = *adapters[t];
-    if (a.config().fan_in_fan_out != adapters[0]->config().fan_in_fan_out)
-      throw shape_error(a.dir().string() + ": fan_in_fan_out differs from " +
-                        adapters[0]->dir().string() + "; the adapters are for different bases");
-    for (const auto& m : a.modules())
-      if (!adapters[0]->find(m.path))
-        throw shape_error(a.dir().string() + ": module '" + m.path + "' of task '" + tasks[t].name +
-                          "' is missing from task '" + tasks[0].name + "' (" +
-                          adapters[0]->dir().string() + ")");
-    for (auto& p : plan) {
-      const auto* m = a.find(p.path);
-      if (!m)
-        throw shape_error(a.dir().string() + ": module '" + p.path + "' is missing from task '" +
-                          tasks[t].name + "'; every task must adapt the same modules");
-      if (m->in != p.in || m->out != p.out)
-        throw shape_error(a.dir().string() + ": module '" + p.path + "' is " +
-                          std::to_string(m->out) + " × " + std::to_string(m->in) + " in task '" +
-                          tasks[t].name + "' but " + std::to_string(p.out) + " × " +
-                          std::to_string(p.in) + " in task '" + tasks[0].name +
-                          "': adapters for different base shapes");
-      p.rank = std::max(p.rank, m->rank);
-      p.per_task.push_back(m);
-    }
-  }
-  return plan;
-}
-
-// Reads one factor as f32, refusing non-finite values by file, tensor and index unless allowed.
-std::vector<float> read_factor(const PeftAdapter& a, const std::string& tensor, bool allow_nonfinite) {
-  auto v = a.weights().read_f32(tensor);
-  if (allow_nonfinite) return v;
-  for (std::size_t i = 0; i < v.size(); ++i)
-    if (!std::isfinite(v[i]))
-      throw format_error(a.weights().path().string() + ": tensor '" + tensor +
-                         "' holds a non-finite value (" + std::to_string(v[i]) + ") at element " +
-                         std::to_string(i) + " (pass --allow-nonfinite to merge it anyway)");
-  return v;
-}
-
-// The module's stacks as rmm_module takes them: A n × r × in (rows past a task's rank zero),
-// B n × out × r with the task's scale folded in (columns past its rank zero).
-void load_stacks(const PlannedModule& pm, const std::vector<std::unique_ptr<PeftAdapter>>& adapters,
-                 bool allow_nonfinite, std::vector<float>& a, std::vector<float>& b) {
-  const i64 n = static_cast<i64>(adapters.size()), r = pm.rank;
-  a.assign(static_cast<std::size_t>(n * r * pm.in), 0.0f);
-  b.assign(static_cast<std::size_t>(n * pm.out * r), 0.0f);
-  for (i64 t = 0; t < n; ++t) {
-    const auto& m = *pm.per_task[t];
-    const auto at = read_factor(*adapters[t], m.key_a, allow_nonfinite);
-    const auto bt = read_factor(*adapters[t], m.key_b, allow_nonfinite);
-    std::copy(at.begin(), at.end(), a.begin() + t * r * pm.in);
-    const auto scale = static_cast<float>(m.scale);
-    for (i64 o = 0; o < pm.out; ++o)
-      for (i64 k = 0; k < m.rank; ++k) b[(t * pm.out + o) * r + k] = scale * bt[o * m.rank + k];
-  }
-}
-
-// Library and solver failures name the module being merged.
-template <class F>
-auto with_module_context(const std::string& path, F f) {
-  try {
-    return f();
-  } catch (const device_error& e) {
-    throw device_error("module '" + path + "': " + e.what());
-  } catch (const solver_error& e) {
-    throw solver_error("module '" + path + "': " + e.what());
-  }
 }
 
 BundleModule describe(const PlannedModule& pm, const RmmModuleResult& res, i64 n, i64 p) {
@@ -157,9 +74,9 @@ std::string backend_description(Device device, int threads, int gpu) {
 
 BundleManifest merge_rmm(const RmmMergeOptions& o) {
   check_options(o);
-  std::vector<std::unique_ptr<PeftAdapter>> adapters;
-  for (const auto& t : o.tasks) adapters.push_back(std::make_unique<PeftAdapter>(t.adapter));
-  const auto plan = plan_modules(o.tasks, adapters);
+  const auto set = open_adapter_set(o.tasks);
+  const auto& adapters = set.adapters;
+  const auto& plan = set.plan;
   const i64 n = static_cast<i64>(o.tasks.size()), p = o.basis;
 
   BundleManifest manifest;

@@ -1,0 +1,42 @@
+#pragma once
+// The counter-based random numbers behind DARE's drop mask. A draw is a pure function of
+// (seed, stream, index), so any thread, any device and any order draw the same mask, and a
+// user can reproduce it (docs/methods.md spells the arithmetic out; tools/classic_golden.py
+// implements it again in numpy).
+#include <cstdint>
+#include <string_view>
+
+#ifdef __CUDACC__
+#define REVMERGE_HD __host__ __device__
+#else
+#define REVMERGE_HD
+#endif
+
+namespace revmerge::kernels {
+
+/// SplitMix64's finaliser: a bijection of 64-bit words with full avalanche.
+REVMERGE_HD inline std::uint64_t mix64(std::uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+/// A uniform double in [0, 1) for element `index` of stream `stream` under `seed` (53 bits).
+REVMERGE_HD inline double counter_uniform(std::uint64_t seed, std::uint64_t stream,
+                                          std::uint64_t index) {
+  const std::uint64_t key = mix64(seed ^ mix64(stream));
+  return static_cast<double>(mix64(key ^ index) >> 11) * 0x1.0p-53;
+}
+
+/// FNV-1a over a tensor's name: the stream id of a named tensor (host only).
+inline std::uint64_t stream_id(std::string_view name) {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (const char c : name) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+}  // namespace revmerge::kernels

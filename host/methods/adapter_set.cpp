@@ -1,0 +1,80 @@
+#include "methods/adapter_set.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+std::vector<PlannedModule> plan_modules(const std::vector<TaskSource>& tasks,
+                                        const std::vector<std::unique_ptr<PeftAdapter>>& adapters) {
+  std::vector<PlannedModule> plan;
+  for (const auto& m : adapters[0]->modules())
+    plan.push_back({m.path, m.layer, m.name, m.in, m.out, m.rank, {}});
+  for (std::size_t t = 0; t < adapters.size(); ++t) {
+    const auto& a = *adapters[t];
+    if (a.config().fan_in_fan_out != adapters[0]->config().fan_in_fan_out)
+      throw shape_error(a.dir().string() + ": fan_in_fan_out differs from " +
+                        adapters[0]->dir().string() + "; the adapters are for different bases");
+    for (const auto& m : a.modules())
+      if (!adapters[0]->find(m.path))
+        throw shape_error(a.dir().string() + ": module '" + m.path + "' of task '" + tasks[t].name +
+                          "' is missing from task '" + tasks[0].name + "' (" +
+                          adapters[0]->dir().string() + ")");
+    for (auto& p : plan) {
+      const auto* m = a.find(p.path);
+      if (!m)
+        throw shape_error(a.dir().string() + ": module '" + p.path + "' is missing from task '" +
+                          tasks[t].name + "'; every task must adapt the same modules");
+      if (m->in != p.in || m->out != p.out)
+        throw shape_error(a.dir().string() + ": module '" + p.path + "' is " +
+                          std::to_string(m->out) + " × " + std::to_string(m->in) + " in task '" +
+                          tasks[t].name + "' but " + std::to_string(p.out) + " × " +
+                          std::to_string(p.in) + " in task '" + tasks[0].name +
+                          "': adapters for different base shapes");
+      p.rank = std::max(p.rank, m->rank);
+      p.per_task.push_back(m);
+    }
+  }
+  return plan;
+}
+
+}  // namespace
+
+std::vector<float> read_factor(const PeftAdapter& a, const std::string& tensor, bool allow_nonfinite) {
+  auto v = a.weights().read_f32(tensor);
+  if (allow_nonfinite) return v;
+  for (std::size_t i = 0; i < v.size(); ++i)
+    if (!std::isfinite(v[i]))
+      throw format_error(a.weights().path().string() + ": tensor '" + tensor +
+                         "' holds a non-finite value (" + std::to_string(v[i]) + ") at element " +
+                         std::to_string(i) + " (pass --allow-nonfinite to merge it anyway)");
+  return v;
+}
+
+void load_stacks(const PlannedModule& pm, const std::vector<std::unique_ptr<PeftAdapter>>& adapters,
+                 bool allow_nonfinite, std::vector<float>& a, std::vector<float>& b) {
+  const i64 n = static_cast<i64>(adapters.size()), r = pm.rank;
+  a.assign(static_cast<std::size_t>(n * r * pm.in), 0.0f);
+  b.assign(static_cast<std::size_t>(n * pm.out * r), 0.0f);
+  for (i64 t = 0; t < n; ++t) {
+    const auto& m = *pm.per_task[t];
+    const auto at = read_factor(*adapters[t], m.key_a, allow_nonfinite);
+    const auto bt = read_factor(*adapters[t], m.key_b, allow_nonfinite);
+    std::copy(at.begin(), at.end(), a.begin() + t * r * pm.in);
+    const auto scale = static_cast<float>(m.scale);
+    for (i64 o = 0; o < pm.out; ++o)
+      for (i64 k = 0; k < m.rank; ++k) b[(t * pm.out + o) * r + k] = scale * bt[o * m.rank + k];
+  }
+}
+
+AdapterSet open_adapter_set(const std::vector<TaskSource>& tasks) {
+  AdapterSet set;
+  for (const auto& t : tasks) set.adapters.push_back(std::make_unique<PeftAdapter>(t.adapter));
+  set.plan = plan_modules(tasks, set.adapters);
+  return set;
+}
+
+}  // namespace revmerge

@@ -1,0 +1,54 @@
+#pragma once
+// A set of PEFT adapters merged together: every task's folder opened and validated, and the
+// modules matched across tasks (same paths, same base shapes). Shared by every LoRA method.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "revmerge/error.hpp"
+#include "revmerge/peft.hpp"
+#include "revmerge/rmm.hpp"
+
+namespace revmerge {
+
+/// One module across all tasks: the task's own module entries, in task order; `rank` is the
+/// largest of the tasks' ranks (the padded rank).
+struct PlannedModule {
+  std::string path;
+  int layer;
+  std::string name;
+  std::int64_t in, out, rank;
+  std::vector<const LoraModule*> per_task;
+};
+
+struct AdapterSet {
+  std::vector<std::unique_ptr<PeftAdapter>> adapters;  ///< in task order
+  std::vector<PlannedModule> plan;                     ///< sorted by (layer, name)
+};
+
+/// Opens every task's adapter and matches the modules. Throws what PeftAdapter throws, and
+/// shape_error for a module missing from a task or with another base shape.
+AdapterSet open_adapter_set(const std::vector<TaskSource>& tasks);
+
+/// Reads one factor as f32, refusing non-finite values by file, tensor and index unless allowed.
+std::vector<float> read_factor(const PeftAdapter& a, const std::string& tensor, bool allow_nonfinite);
+
+/// The module's stacks as rmm_module takes them: A n × r × in (rows past a task's rank zero),
+/// B n × out × r with the task's scale folded in (columns past its rank zero).
+void load_stacks(const PlannedModule& pm, const std::vector<std::unique_ptr<PeftAdapter>>& adapters,
+                 bool allow_nonfinite, std::vector<float>& a, std::vector<float>& b);
+
+// Library and solver failures name the module being merged.
+template <class F>
+auto with_module_context(const std::string& path, F f) {
+  try {
+    return f();
+  } catch (const device_error& e) {
+    throw device_error("module '" + path + "': " + e.what());
+  } catch (const solver_error& e) {
+    throw solver_error("module '" + path + "': " + e.what());
+  }
+}
+
+}  // namespace revmerge

@@ -1,0 +1,247 @@
+// The classic methods on PEFT adapters, PEFT's definitions: separate (A's and B's merged on
+// their own, weights split as √|wᵢsᵢ| with the sign on A), combined (the products sᵢBᵢAᵢ),
+// cat, and svd. Output: one adapter (scale 1), or base + merged delta as a full model.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <memory>
+
+#include "core/interrupt.hpp"
+#include "methods/adapter_set.hpp"
+#include "methods/classic/classic_internal.hpp"
+#include "methods/classic/combine.hpp"
+#include "methods/classic/lowrank.hpp"
+#include "methods/classic/model_output.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/hf_model.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+struct Context {
+  const ClassicMergeOptions& o;
+  const AdapterSet& set;
+  TaskParameters p;
+  std::optional<CombineRecipe> recipe;
+  i64 target_rank = 0;
+  int threads = 1;
+};
+
+// A merged module: low-rank factors, or a dense out × in delta.
+struct ModuleDelta {
+  LowRankFactors factors;
+  std::vector<float> dense;
+  bool is_dense = false;
+};
+
+struct TaskFactors {
+  std::vector<float> a, b;
+  i64 rank;
+  double scale;
+};
+
+std::vector<TaskFactors> read_module(const Context& c, const PlannedModule& pm) {
+  std::vector<TaskFactors> f;
+  for (std::size_t t = 0; t < pm.per_task.size(); ++t) {
+    const auto& m = *pm.per_task[t];
+    f.push_back({read_factor(*c.set.adapters[t], m.key_a, false),
+                 read_factor(*c.set.adapters[t], m.key_b, false), m.rank, m.scale});
+  }
+  return f;
+}
+
+std::vector<float> dense_sum(const std::vector<TaskFactors>& f, const std::vector<double>& coef,
+                             i64 out, i64 in) {
+  std::vector<float> d(static_cast<std::size_t>(out * in), 0.0f);
+  for (std::size_t t = 0; t < f.size(); ++t)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, f[t].rank,
+                static_cast<float>(coef[t]), f[t].b.data(), f[t].rank, f[t].a.data(), in, 1.0f,
+                d.data(), in);
+  return d;
+}
+
+ModuleDelta merge_separate(const Context& c, const PlannedModule& pm,
+                           const std::vector<TaskFactors>& f) {
+  const i64 n = static_cast<i64>(f.size()), r = f[0].rank;
+  for (i64 t = 1; t < n; ++t)
+    if (f[t].rank != r)
+      throw shape_error("module '" + pm.path + "': rank " + std::to_string(f[t].rank) +
+                        " in task '" + c.o.tasks[t].name + "' but " + std::to_string(r) +
+                        " in task '" + c.o.tasks[0].name +
+                        "'; --mode separate pairs the rows of equal-rank factors (use --mode "
+                        "combined, --method svd or --method cat)");
+  std::vector<float> a(static_cast<std::size_t>(n * r * pm.in)), b(static_cast<std::size_t>(n * pm.out * r));
+  std::vector<double> wa(n), wb(n);
+  for (i64 t = 0; t < n; ++t) {
+    std::copy(f[t].a.begin(), f[t].a.end(), a.begin() + t * r * pm.in);
+    std::copy(f[t].b.begin(), f[t].b.end(), b.begin() + t * pm.out * r);
+    const double ws = c.p.weights[t] * f[t].scale;
+    wb[t] = std::sqrt(std::fabs(ws));
+    wa[t] = ws >= 0 ? wb[t] : -wb[t];  // the sign goes on one side only
+  }
+  ModuleDelta d;
+  d.factors.rank = r;
+  d.factors.a.resize(static_cast<std::size_t>(r * pm.in));
+  d.factors.b.resize(static_cast<std::size_t>(pm.out * r));
+  auto recipe_a = *c.recipe;
+  recipe_a.lambda = 1.0;  // λ scales the product once: it goes on B
+  combine_stack(recipe_a, {a, n, r * pm.in, wa, c.p.densities, pm.path + ".lora_A", c.o.seed},
+                d.factors.a, c.threads);
+  combine_stack(*c.recipe, {b, n, pm.out * r, wb, c.p.densities, pm.path + ".lora_B", c.o.seed},
+                d.factors.b, c.threads);
+  return d;
+}
+
+// Whether the recipe is a plain weighted sum (then Σ cᵢ BᵢAᵢ stays low-rank).
+bool is_linear(const CombineRecipe& r) {
+  return !r.magnitude_trim && !r.random_drop && !r.elect_sign;
+}
+
+ModuleDelta merge_module(const Context& c, const PlannedModule& pm, bool exact) {
+  const auto f = read_module(c, pm);
+  const i64 n = static_cast<i64>(f.size());
+  const auto method = c.o.method;
+  const double lambda = c.o.lambda.value_or(1.0);
+  ModuleDelta d;
+  if (method == ClassicMethod::cat) {
+    i64 total = 0;
+    for (const auto& t : f) total += t.rank;
+    d.factors.rank = total;
+    d.factors.a.assign(static_cast<std::size_t>(total * pm.in), 0.0f);
+    d.factors.b.assign(static_cast<std::size_t>(pm.out * total), 0.0f);
+    i64 at = 0;
+    for (i64 t = 0; t < n; ++t) {
+      const double coef = lambda * c.p.weights[t] * f[t].scale;  // on A, as PEFT does
+      for (i64 k = 0; k < f[t].rank; ++k, ++at) {
+        for (i64 x = 0; x < pm.in; ++x)
+          d.factors.a[at * pm.in + x] = static_cast<float>(coef * f[t].a[k * pm.in + x]);
+        for (i64 o = 0; o < pm.out; ++o)
+          d.factors.b[o * total + at] = f[t].b[o * f[t].rank + k];
+      }
+    }
+    return d;
+  }
+  if (method != ClassicMethod::svd && c.o.mode == LoraMergeMode::separate)
+    return merge_separate(c, pm, f);
+  std::vector<double> coef(n);
+  if (method == ClassicMethod::svd || is_linear(*c.recipe)) {
+    double divisor = 1;
+    if (c.recipe && c.recipe->normalize == Normalize::weight_sum) {
+      divisor = 0;
+      for (const auto w : c.p.weights) divisor += w;
+      if (std::fabs(divisor) < 1e-8) divisor = 1;  // the guard combine_stack applies
+    }
+    for (i64 t = 0; t < n; ++t) coef[t] = lambda * c.p.weights[t] * f[t].scale / divisor;
+    if (exact) {
+      d.is_dense = true;
+      d.dense = dense_sum(f, coef, pm.out, pm.in);
+      return d;
+    }
+    std::vector<LowRankTerm> terms;
+    for (i64 t = 0; t < n; ++t) terms.push_back({f[t].b, f[t].a, f[t].rank, coef[t]});
+    d.factors = refactor_sum(terms, pm.out, pm.in, c.target_rank);
+    return d;
+  }
+  // Combined TIES / DARE / magnitude pruning on the dense products sᵢBᵢAᵢ.
+  const i64 count = pm.out * pm.in;
+  std::vector<float> stack(static_cast<std::size_t>(n * count));
+  for (i64 t = 0; t < n; ++t) {
+    const auto one = dense_sum({f[t]}, {f[t].scale}, pm.out, pm.in);
+    std::copy(one.begin(), one.end(), stack.begin() + t * count);
+  }
+  std::vector<float> merged(static_cast<std::size_t>(count));
+  combine_stack(*c.recipe, {stack, n, count, c.p.weights, c.p.densities, pm.path, c.o.seed},
+                merged, c.threads);
+  if (exact) {
+    d.is_dense = true;
+    d.dense = std::move(merged);
+    return d;
+  }
+  d.factors = refactor_dense(merged, pm.out, pm.in, c.target_rank);
+  return d;
+}
+
+}  // namespace
+
+ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& o) {
+  Context c{o, open_adapter_set(o.tasks), {}, {}, 0, o.threads > 0 ? o.threads : omp_get_max_threads()};
+  c.p = task_parameters(o, o.tasks.size());
+  if (is_elementwise(o.method)) c.recipe = make_recipe(o, Convention::peft);
+  for (const auto& pm : c.set.plan) c.target_rank = std::max(c.target_rank, pm.rank);
+  if (o.rank < 0) throw usage_error("--rank: must be positive");
+  if (o.rank > 0) c.target_rank = o.rank;
+  ClassicMergeReport report;
+  report.method = to_string(o.method);
+  report.mode = (o.method == ClassicMethod::cat || o.method == ClassicMethod::svd ||
+                 o.mode == LoraMergeMode::combined)
+                    ? "combined"
+                    : "separate";
+  report.convention = "peft";
+  report.items = static_cast<i64>(c.set.plan.size());
+  if (!o.full_model) {
+    if (!o.base.empty())
+      throw usage_error("--base: an adapter merge writes an adapter; add --full-model to write "
+                        "base + merged delta as a full model");
+    report.output = "adapter";
+    std::vector<LoraModuleData> modules;
+    for (std::size_t i = 0; i < c.set.plan.size(); ++i) {
+      throw_if_interrupted("merge");
+      const auto& pm = c.set.plan[i];
+      auto d = with_module_context(pm.path, [&] { return merge_module(c, pm, false); });
+      report.rank = std::max(report.rank, d.factors.rank);
+      modules.push_back({pm.path, d.factors.rank, pm.in, pm.out, std::move(d.factors.a),
+                         std::move(d.factors.b)});
+      if (o.progress) o.progress(i + 1, c.set.plan.size(), pm.path);
+    }
+    const auto& first = c.set.adapters[0]->config();
+    AdapterWriteOptions w;
+    w.base_model_name_or_path = first.base_model_name_or_path;
+    w.task_type = first.task_type;
+    w.dtype = o.dtype.value_or(DType::F32);
+    w.overwrite = o.overwrite;
+    w.metadata = {{"revmerge.method", report.method}, {"revmerge.mode", report.mode}};
+    write_peft_adapter(o.out, modules, w);
+    return report;
+  }
+  if (o.base.empty()) throw usage_error("--full-model: give the base model with --base");
+  report.output = "model";
+  const HfModel base(o.base);
+  const bool fif = c.set.adapters[0]->config().fan_in_fan_out;
+  std::map<std::string, const PlannedModule*> by_tensor;
+  for (const auto& pm : c.set.plan) {
+    const auto name = pm.path + ".weight";
+    const auto* t = base.checkpoint().find(name);
+    const std::vector<i64> want = fif ? std::vector<i64>{pm.in, pm.out} : std::vector<i64>{pm.out, pm.in};
+    if (!t || t->info->shape != want)
+      throw shape_error(o.base.string() + ": " + (t ? "tensor '" + name + "' has another shape than" : "no tensor '" + name + "' for") +
+                        " the adapters' module '" + pm.path + "' (" + std::to_string(pm.out) +
+                        " × " + std::to_string(pm.in) + "); is this the adapters' base model?");
+    by_tensor[name] = &pm;
+  }
+  ModelOutputOptions mo;
+  mo.dtype = o.dtype;
+  mo.overwrite = o.overwrite;
+  mo.progress = o.progress;
+  const auto produce = [&](const std::string& name, std::vector<float>& values) {
+    const auto it = by_tensor.find(name);
+    if (it == by_tensor.end()) return false;
+    const auto& pm = *it->second;
+    auto d = with_module_context(pm.path, [&] { return merge_module(c, pm, true); });
+    if (!d.is_dense) d.dense = dense_sum({{d.factors.a, d.factors.b, d.factors.rank, 1.0}}, {1.0}, pm.out, pm.in);
+    const auto& t = base.checkpoint().at(name);
+    t.file->read(*t.info, values);
+    for (i64 o2 = 0; o2 < pm.out; ++o2)
+      for (i64 x = 0; x < pm.in; ++x)
+        values[fif ? x * pm.out + o2 : o2 * pm.in + x] += d.dense[o2 * pm.in + x];
+    return true;
+  };
+  write_full_model(base, o.out, produce, mo);
+  return report;
+}
+
+}  // namespace revmerge

@@ -1,0 +1,98 @@
+// Entry point of the classic methods: names, per-task parameters, and the choice between the
+// adapter driver and the checkpoint driver from what the input folders hold.
+#include <cmath>
+#include <set>
+
+#include "methods/classic/classic_internal.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/peft.hpp"
+
+namespace fs = std::filesystem;
+
+namespace revmerge {
+namespace {
+
+constexpr std::pair<ClassicMethod, const char*> kNames[] = {
+    {ClassicMethod::linear, "linear"},
+    {ClassicMethod::task_arithmetic, "task_arithmetic"},
+    {ClassicMethod::ties, "ties"},
+    {ClassicMethod::dare_linear, "dare_linear"},
+    {ClassicMethod::dare_ties, "dare_ties"},
+    {ClassicMethod::magnitude_prune, "magnitude_prune"},
+    {ClassicMethod::cat, "cat"},
+    {ClassicMethod::svd, "svd"},
+};
+
+}  // namespace
+
+ClassicMethod parse_classic_method(const std::string& name) {
+  for (const auto& [m, n] : kNames)
+    if (name == n) return m;
+  std::string all = "rmm";
+  for (const auto& [m, n] : kNames) all += std::string(", ") + n;
+  throw usage_error("--method: unknown method '" + name + "' (available: " + all + ")");
+}
+
+std::string to_string(ClassicMethod method) {
+  for (const auto& [m, n] : kNames)
+    if (m == method) return n;
+  return "?";
+}
+
+bool is_elementwise(ClassicMethod method) {
+  return method != ClassicMethod::cat && method != ClassicMethod::svd;
+}
+
+TaskParameters task_parameters(const ClassicMergeOptions& o, std::size_t n) {
+  TaskParameters p;
+  p.weights = o.weights.empty() ? std::vector<double>(n, 1.0) : o.weights;
+  if (p.weights.size() != n)
+    throw usage_error("--weights: " + std::to_string(p.weights.size()) + " weights for " +
+                      std::to_string(n) + " tasks (give one per task, in order)");
+  if (o.densities.empty())
+    p.densities.assign(n, 1.0);
+  else if (o.densities.size() == 1)
+    p.densities.assign(n, o.densities[0]);
+  else
+    p.densities = o.densities;
+  if (p.densities.size() != n)
+    throw usage_error("--density: " + std::to_string(p.densities.size()) + " densities for " +
+                      std::to_string(n) + " tasks (give one, or one per task)");
+  for (std::size_t t = 0; t < n; ++t) {
+    const auto& name = o.tasks[t].name;
+    if (!std::isfinite(p.weights[t]))
+      throw usage_error("--weights: the weight of task '" + name + "' is not finite");
+    if (!(p.densities[t] >= 0 && p.densities[t] <= 1))
+      throw usage_error("--density: " + std::to_string(p.densities[t]) + " for task '" + name +
+                        "' is outside [0, 1] (the fraction of each tensor that is kept)");
+  }
+  return p;
+}
+
+ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
+  if (o.tasks.empty()) throw usage_error("no tasks to merge");
+  if (o.out.empty()) throw usage_error("--out: no output folder given");
+  if (o.allow_nonfinite)
+    throw usage_error("--allow-nonfinite applies to --method rmm only; the classic methods "
+                      "refuse NaN and Inf inputs");
+  std::set<std::string> names;
+  for (const auto& t : o.tasks)
+    if (!names.insert(t.name).second)
+      throw usage_error("task name '" + t.name + "' is used twice; give each task its own name");
+  const bool prunes = o.method == ClassicMethod::ties || o.method == ClassicMethod::dare_ties ||
+                      o.method == ClassicMethod::dare_linear ||
+                      o.method == ClassicMethod::magnitude_prune;
+  if (!prunes && !o.densities.empty())
+    throw usage_error("--density: --method " + to_string(o.method) + " does not prune");
+  std::size_t adapters = 0;
+  for (const auto& t : o.tasks) {
+    if (!fs::is_directory(t.adapter))
+      throw io_error(t.adapter.string() + ": no such folder (task '" + t.name + "')");
+    adapters += fs::exists(t.adapter / kAdapterConfigName);
+  }
+  if (adapters == o.tasks.size()) return merge_classic_adapters(o);
+  if (adapters == 0) return merge_classic_checkpoints(o);
+  throw usage_error("the inputs mix PEFT adapters and full models; merge one kind at a time");
+}
+
+}  // namespace revmerge

@@ -1,0 +1,117 @@
+#include "methods/classic/lowrank.hpp"
+
+#include <lapacke.h>
+
+#include <algorithm>
+#include <string>
+
+#include "revmerge/error.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+void check_info(lapack_int info, const char* call, i64 rows, i64 cols) {
+  if (info != 0)
+    throw solver_error(std::string(call) + " failed on a " + std::to_string(rows) + " × " +
+                       std::to_string(cols) + " matrix (info " + std::to_string(info) + ")");
+}
+
+// Column-major m × k matrix `x` (m ≥ 1) replaced by its thin Q (m × min(m, k)); returns the
+// upper-triangular R (min(m, k) × k, column-major).
+std::vector<double> thin_qr(std::vector<double>& x, i64 m, i64 k) {
+  const i64 q = std::min(m, k);
+  std::vector<double> tau(static_cast<std::size_t>(std::max<i64>(q, 1)));
+  check_info(LAPACKE_dgeqrf(LAPACK_COL_MAJOR, m, k, x.data(), m, tau.data()), "dgeqrf", m, k);
+  std::vector<double> r(static_cast<std::size_t>(q * k), 0.0);
+  for (i64 c = 0; c < k; ++c)
+    for (i64 row = 0; row <= std::min(c, q - 1); ++row) r[c * q + row] = x[c * m + row];
+  check_info(LAPACKE_dorgqr(LAPACK_COL_MAJOR, m, q, q, x.data(), m, tau.data()), "dorgqr", m, q);
+  x.resize(static_cast<std::size_t>(m * q));
+  return r;
+}
+
+struct Svd {
+  std::vector<double> u, s, vt;  // column-major: u m × q, vt q × n
+  i64 q = 0;
+};
+
+Svd svd(std::vector<double> a, i64 m, i64 n) {
+  Svd r;
+  r.q = std::min(m, n);
+  r.u.resize(static_cast<std::size_t>(m * r.q));
+  r.s.resize(static_cast<std::size_t>(r.q));
+  r.vt.resize(static_cast<std::size_t>(r.q * n));
+  check_info(LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', m, n, a.data(), m, r.s.data(), r.u.data(), m,
+                            r.vt.data(), r.q),
+             "dgesdd", m, n);
+  return r;
+}
+
+}  // namespace
+
+LowRankFactors refactor_sum(const std::vector<LowRankTerm>& terms, i64 out, i64 in, i64 rank) {
+  i64 k = 0;
+  for (const auto& t : terms) k += t.rank;
+  LowRankFactors f;
+  f.rank = rank;
+  f.b.assign(static_cast<std::size_t>(out * rank), 0.0f);
+  f.a.assign(static_cast<std::size_t>(rank * in), 0.0f);
+  if (k == 0) return f;
+  // Stacked factors, column-major: Bs = [c₁B₁ … cₙBₙ] (out × k), Ats = [A₁; …; Aₙ]ᵀ (in × k).
+  std::vector<double> bs(static_cast<std::size_t>(out * k)), ats(static_cast<std::size_t>(in * k));
+  i64 col = 0;
+  for (const auto& t : terms) {
+    for (i64 c = 0; c < t.rank; ++c, ++col) {
+      for (i64 o = 0; o < out; ++o) bs[col * out + o] = t.coefficient * t.b[o * t.rank + c];
+      for (i64 i = 0; i < in; ++i) ats[col * in + i] = t.a[c * in + i];
+    }
+  }
+  const i64 qb = std::min(out, k), qa = std::min(in, k);
+  const auto rb = thin_qr(bs, out, k);   // qb × k
+  const auto ra = thin_qr(ats, in, k);   // qa × k
+  std::vector<double> core(static_cast<std::size_t>(qb * qa), 0.0);  // R_B R_Aᵀ, qb × qa
+  for (i64 j = 0; j < qa; ++j)
+    for (i64 c = 0; c < k; ++c) {
+      const double v = ra[c * qa + j];
+      if (v == 0) continue;
+      for (i64 i = 0; i < qb; ++i) core[j * qb + i] += rb[c * qb + i] * v;
+    }
+  const auto s = svd(std::move(core), qb, qa);
+  f.singular_values = s.s;
+  const i64 keep = std::min(rank, s.q);
+  // B' = Q_B U Σ (out × keep), A' = (Q_A V)ᵀ (keep × in).
+  for (i64 c = 0; c < keep; ++c) {
+    for (i64 o = 0; o < out; ++o) {
+      double v = 0;
+      for (i64 i = 0; i < qb; ++i) v += bs[i * out + o] * s.u[c * qb + i];
+      f.b[o * rank + c] = static_cast<float>(v * s.s[c]);
+    }
+    for (i64 x = 0; x < in; ++x) {
+      double v = 0;
+      for (i64 j = 0; j < qa; ++j) v += ats[j * in + x] * s.vt[j * s.q + c];
+      f.a[c * in + x] = static_cast<float>(v);
+    }
+  }
+  return f;
+}
+
+LowRankFactors refactor_dense(std::span<const float> dense, i64 out, i64 in, i64 rank) {
+  // Row-major out × in is column-major in × out: the SVD of Dᵀ = V Σ Uᵀ.
+  std::vector<double> dt(dense.begin(), dense.end());
+  const auto s = svd(std::move(dt), in, out);  // u: in × q (= V), vt: q × out (= Uᵀ)
+  LowRankFactors f;
+  f.rank = rank;
+  f.singular_values = s.s;
+  f.b.assign(static_cast<std::size_t>(out * rank), 0.0f);
+  f.a.assign(static_cast<std::size_t>(rank * in), 0.0f);
+  for (i64 c = 0; c < std::min(rank, s.q); ++c) {
+    for (i64 o = 0; o < out; ++o)
+      f.b[o * rank + c] = static_cast<float>(s.vt[o * s.q + c] * s.s[c]);
+    for (i64 x = 0; x < in; ++x) f.a[c * in + x] = static_cast<float>(s.u[c * in + x]);
+  }
+  return f;
+}
+
+}  // namespace revmerge

@@ -1,0 +1,33 @@
+#pragma once
+// A full Hugging Face model written from a base model: its config files copied, every tensor
+// written (merged ones replaced), sharded the way transformers shards, all in one staged
+// folder that appears only when complete.
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "revmerge/hf_model.hpp"
+#include "revmerge/rmm.hpp"
+
+namespace revmerge {
+
+/// Fills `values` (numel f32) with the output tensor `name` and returns true, or returns false
+/// to copy the base tensor unchanged.
+using TensorProducer = std::function<bool(const std::string& name, std::vector<float>& values)>;
+
+struct ModelOutputOptions {
+  std::optional<DType> dtype;  ///< float tensors' output dtype; default: the base tensor's
+  bool overwrite = false;
+  std::uint64_t max_shard_bytes = 5'000'000'000ull;  ///< transformers' default shard size
+  ProgressFn progress;
+};
+
+/// Writes the model at `out`. Non-float tensors are always copied. Returns the number of
+/// tensors `produce` replaced.
+std::int64_t write_full_model(const HfModel& base, const std::filesystem::path& out,
+                              const TensorProducer& produce, const ModelOutputOptions& options);
+
+}  // namespace revmerge

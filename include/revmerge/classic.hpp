@@ -1,0 +1,80 @@
+#pragma once
+/// \file
+/// The classic merging methods — task arithmetic, TIES, DARE, DARE-TIES, magnitude pruning,
+/// and for LoRA the exact `cat` and the `svd` re-factorisation — on PEFT adapters and on full
+/// Hugging Face checkpoints. Definitions follow PEFT on adapters and mergekit on checkpoints;
+/// docs/methods.md gives the arithmetic and every place the two tools differ.
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "revmerge/dtype.hpp"
+#include "revmerge/rmm.hpp"
+
+namespace revmerge {
+
+enum class ClassicMethod {
+  linear,           ///< adapters: Σ wᵢxᵢ (PEFT `linear`); checkpoints: Σ wᵢWᵢ / Σ wᵢ (mergekit)
+  task_arithmetic,  ///< base + λ Σ wᵢ δᵢ
+  ties,             ///< trim to density, elect a sign per element, disjoint mean
+  dare_linear,      ///< random drop with rescaling, then the weighted sum
+  dare_ties,        ///< random drop with rescaling, then TIES' election and disjoint mean
+  magnitude_prune,  ///< trim to density, then the weighted sum
+  cat,              ///< adapters only: the factors side by side (exact, rank Σ rᵢ)
+  svd,              ///< adapters only: Σ wᵢ sᵢ BᵢAᵢ exactly, re-factorised to a target rank
+};
+
+/// "ties", "dare_ties", "task_arithmetic", ... ; throws usage_error listing the names.
+ClassicMethod parse_classic_method(const std::string& name);
+std::string to_string(ClassicMethod method);
+
+/// How a method treats LoRA factors. `separate` merges the A's and the B's on their own (what
+/// PEFT's linear / ties / dare_* do and what the RMM paper compares against); `combined`
+/// merges the products sᵢBᵢAᵢ and re-compresses (PEFT's *_svd) or writes a full model.
+enum class LoraMergeMode { separate, combined };
+
+/// TIES' sign election: by the sum of the values (PEFT "total", mergekit "sum") or by the
+/// count of signs (PEFT "frequency", mergekit "count").
+enum class SignElection { sum, count };
+
+struct ClassicMergeOptions {
+  ClassicMethod method = ClassicMethod::task_arithmetic;
+  LoraMergeMode mode = LoraMergeMode::separate;
+  /// PEFT adapter folders, or Hugging Face model folders (full fine-tunes); not mixed.
+  std::vector<TaskSource> tasks;
+  std::vector<double> weights;    ///< one per task, or empty for all 1
+  std::vector<double> densities;  ///< one per task, or one for all, or empty for 1 (no pruning)
+  std::optional<double> lambda;   ///< final scale of the merged delta (default 1)
+  SignElection election = SignElection::sum;
+  std::optional<bool> normalize;  ///< divide by the agreeing tasks / weights (method default)
+  std::optional<bool> rescale;    ///< DARE's rescaling after the drop (default on)
+  std::uint64_t seed = 0;         ///< DARE's mask (counter-based, see docs/methods.md)
+  std::int64_t rank = 0;          ///< svd / combined → adapter: target rank, 0 = largest input
+  std::filesystem::path base;     ///< base model: needed by checkpoints and by full_model
+  bool full_model = false;        ///< adapters: write base + merged delta as a full model
+  std::filesystem::path out;
+  std::optional<DType> dtype;     ///< output dtype (default f32 adapters, base's dtype models)
+  bool overwrite = false;
+  bool allow_nonfinite = false;
+  int threads = 0;
+  ProgressFn progress;
+};
+
+/// What a classic merge wrote.
+struct ClassicMergeReport {
+  std::string method, mode;  ///< mode: "separate", "combined" or "checkpoint"
+  std::string convention;    ///< "peft" (adapters) or "mergekit" (checkpoints)
+  std::string output;        ///< "adapter" or "model"
+  std::int64_t items = 0;    ///< modules (adapters) or tensors (checkpoints) merged
+  std::int64_t rank = 0;     ///< rank of a written adapter (largest over modules)
+};
+
+/// Merges the tasks into one adapter or model at `options.out`; nothing is written unless the
+/// whole merge succeeds. Throws usage_error (options that do not fit the method or the inputs),
+/// io_error / format_error / unsupported_error (inputs, naming folder and tensor), shape_error
+/// (tasks for different bases, ranks the separate mode cannot pair).
+ClassicMergeReport merge_classic(const ClassicMergeOptions& options);
+
+}  // namespace revmerge

@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""Golden cases for the classic methods, computed by the real tools on small local fixtures:
+
+  golden/peft/      three LoRA adapters on a tiny Llama, and what PEFT's add_weighted_adapter
+                    writes for every combination type (out/<case>/), listed in cases.json;
+  golden/mergekit/  a tiny Llama base, three full fine-tunes, and what mergekit's run_merge
+                    writes for each YAML config (<case>.yml -> out/<case>/), in cases.json.
+
+DARE draws a random mask. To compare with the same mask, this script replaces the Bernoulli
+draw inside PEFT (merge_utils.random_pruning) and mergekit (sparsify.bernoulli) by revmerge's
+counter-based mask (counter_uniform below, the arithmetic of host/kernels/counter_rng.hpp);
+everything else — trimming, election, disjoint mean, weighting, rescaling, SVD — is the tools'
+own code.
+
+Run once (needs torch, transformers, peft, mergekit, numpy) and commit tests/fixtures/golden:
+    python3 tools/make_golden.py tests/fixtures/golden
+"""
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+M64 = (1 << 64) - 1
+
+
+def mix64(z):
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def stream_id(name: str) -> int:
+    h = 0xCBF29CE484222325
+    for byte in name.encode():
+        h = ((h ^ byte) * 0x100000001B3) & M64
+    return h
+
+
+def counter_uniform(seed: int, stream: int, count: int):
+    with np.errstate(over="ignore"):
+        key = mix64(np.array([seed], np.uint64) ^ mix64(np.array([stream], np.uint64)))
+        z = mix64(key ^ np.arange(count, dtype=np.uint64))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def keep_mask(name: str, task: int, shape, density: float, seed: int):
+    u = counter_uniform(seed, stream_id(f"{name}#{task}"), int(np.prod(shape)))
+    return torch.from_numpy((u < density).astype(np.float32)).reshape(shape)
+
+
+def tiny_llama(seed, hidden, inter, layers=2, heads=2, kv_heads=1, vocab=32):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
+                      num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=kv_heads, max_position_embeddings=32)
+    return LlamaForCausalLM(cfg).eval()
+
+
+class Identify:
+    """Finds which (tensor name, task) a tensor handed to the tools' drop function is."""
+
+    def __init__(self):
+        self.known = []
+
+    def add(self, name, task, tensor):
+        self.known.append((name, task, tensor.detach().clone().float()))
+
+    def __call__(self, tensor):
+        hits = [(n, t) for n, t, k in self.known
+                if k.shape == tensor.shape and torch.equal(k, tensor.detach().float())]
+        if len(hits) != 1:
+            raise RuntimeError(f"cannot tell which task a {tuple(tensor.shape)} tensor is ({hits})")
+        return hits[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# PEFT: add_weighted_adapter on three adapters of one tiny Llama.
+
+PEFT_WEIGHTS = [1.0, -0.5, 0.75]
+PEFT_CASES = [  # name, PEFT combination_type, revmerge method, mode, extra
+    ("linear", "linear", "linear", "separate", {}),
+    ("ties", "ties", "ties", "separate", {"density": 0.5}),
+    ("ties_frequency", "ties", "ties", "separate", {"density": 0.4, "majority_sign": "frequency"}),
+    ("dare_linear", "dare_linear", "dare_linear", "separate", {"density": 0.6, "seed": 7}),
+    ("dare_ties", "dare_ties", "dare_ties", "separate", {"density": 0.6, "seed": 7}),
+    ("magnitude_prune", "magnitude_prune", "magnitude_prune", "separate", {"density": 0.3}),
+    ("cat", "cat", "cat", "combined", {}),
+    ("svd", "svd", "svd", "combined", {}),
+    ("svd_rank6", "svd", "svd", "combined", {"rank": 6}),
+    ("ties_svd", "ties_svd", "ties", "combined", {"density": 0.5}),
+    ("dare_linear_svd", "dare_linear_svd", "dare_linear", "combined", {"density": 0.6, "seed": 3}),
+    ("dare_ties_svd", "dare_ties_svd", "dare_ties", "combined", {"density": 0.6, "seed": 3}),
+    ("magnitude_prune_svd", "magnitude_prune_svd", "magnitude_prune", "combined", {"density": 0.3}),
+]
+
+
+def make_peft(root: Path):
+    from peft import LoraConfig, get_peft_model
+    from peft.utils import merge_utils
+    import peft.tuners.lora.model as lora_model
+
+    targets = ["q_proj", "v_proj", "down_proj"]
+    configs = [LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False),
+               LoraConfig(r=4, lora_alpha=16, use_rslora=True, target_modules=targets,
+                          init_lora_weights=False),
+               LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights=False)]
+    model = tiny_llama(1234, hidden=32, inter=48)
+    names = ["t0", "t1", "t2"]
+    peft_model = get_peft_model(model, configs[0], adapter_name="t0")
+    for name, cfg in zip(names[1:], configs[1:]):
+        peft_model.add_adapter(name, cfg)
+    # Factors with a shared part, so signs agree in places and conflict in others.
+    gen = torch.Generator().manual_seed(99)
+    shared = {}
+    for mod_name, mod in peft_model.named_modules():
+        if not hasattr(mod, "lora_A") or "t0" not in mod.lora_A:
+            continue
+        for i, n in enumerate(names):
+            a, b = mod.lora_A[n].weight, mod.lora_B[n].weight
+            sa = shared.setdefault((mod_name, "A"), torch.randn(a.shape, generator=gen))
+            sb = shared.setdefault((mod_name, "B"), torch.randn(b.shape, generator=gen))
+            with torch.no_grad():
+                a.copy_(0.1 * (sa + torch.randn(a.shape, generator=gen)))
+                b.copy_(0.1 * (sb + torch.randn(b.shape, generator=gen)))
+    shutil.rmtree(root, ignore_errors=True)
+    peft_model.save_pretrained(root / "adapters", selected_adapters=names)
+    for n in names:
+        (root / "adapters" / n / "README.md").unlink(missing_ok=True)
+
+    # Every tensor the drop step may see: the factors (separate) and the deltas (combined).
+    ident = Identify()
+    for mod_name, mod in peft_model.named_modules():
+        if not hasattr(mod, "lora_A") or "t0" not in mod.lora_A:
+            continue
+        path = mod_name.removeprefix("base_model.model.")
+        for i, n in enumerate(names):
+            ident.add(path + ".lora_A", i, mod.lora_A[n].weight)
+            ident.add(path + ".lora_B", i, mod.lora_B[n].weight)
+            ident.add(path, i, mod.get_delta_weight(n))
+    seed_box = {}
+
+    def random_pruning(tensor, density, rescale):
+        name, task = ident(tensor)
+        pruned = tensor * keep_mask(name, task, tensor.shape, density, seed_box["seed"])
+        return pruned / density if rescale else pruned
+
+    merge_utils.random_pruning = random_pruning
+    cases = []
+    for case, ctype, method, mode, extra in PEFT_CASES:
+        seed_box["seed"] = extra.get("seed", 0)
+        peft_model.add_weighted_adapter(
+            adapters=names, weights=PEFT_WEIGHTS, adapter_name=case, combination_type=ctype,
+            svd_rank=extra.get("rank"), density=extra.get("density"),
+            majority_sign_method=extra.get("majority_sign", "total"))
+        peft_model.save_pretrained(root / "out", selected_adapters=[case])
+        (root / "out" / case / "README.md").unlink(missing_ok=True)
+        cases.append({"name": case, "peft_combination_type": ctype, "method": method,
+                      "mode": mode, "weights": PEFT_WEIGHTS, **extra})
+    assert lora_model is not None
+    (root / "cases.json").write_text(json.dumps({"tasks": names, "cases": cases}, indent=1) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# mergekit: run_merge on three full fine-tunes of a tiny Llama.
+
+MK_CASES = {
+    "task_arithmetic": {"merge_method": "task_arithmetic", "parameters": {"lambda": 0.8},
+                        "weights": [1.0, 0.5, -0.3]},
+    "linear": {"merge_method": "linear", "weights": [1.0, 2.0, 1.0], "no_base": True},
+    "ties": {"merge_method": "ties", "weights": [1.0, 0.7, 0.4], "densities": [0.5, 0.3, 0.7]},
+    "ties_lambda": {"merge_method": "ties", "parameters": {"lambda": 0.5},
+                    "weights": [1.0, 1.0, 1.0], "densities": [0.5, 0.5, 0.5]},
+    "ties_unnormalized": {"merge_method": "ties", "parameters": {"normalize": False},
+                          "weights": [1.0, 0.5, 0.5], "densities": [0.4, 0.4, 0.4]},
+    "dare_ties": {"merge_method": "dare_ties", "weights": [1.0, 0.7, 0.4],
+                  "densities": [0.6, 0.5, 0.7], "seed": 5},
+    "dare_linear": {"merge_method": "dare_linear", "weights": [0.6, 0.3, 0.3],
+                    "densities": [0.6, 0.6, 0.6], "seed": 11},
+    "dare_linear_norescale": {"merge_method": "dare_linear", "parameters": {"rescale": False},
+                              "weights": [1.0, 1.0, 1.0], "densities": [0.5, 0.5, 0.5], "seed": 2},
+}
+
+
+def make_mergekit(root: Path):
+    import mergekit.sparsify as sparsify
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import MergeOptions, run_merge
+
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    base = tiny_llama(4321, hidden=16, inter=24)
+    base.save_pretrained(root / "base", safe_serialization=True)
+    base_sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    gen = torch.Generator().manual_seed(5)
+    shared = {k: torch.randn(v.shape, generator=gen) for k, v in base_sd.items()}
+    ident = Identify()
+    names = ["ft0", "ft1", "ft2"]
+    for i, n in enumerate(names):
+        model = tiny_llama(4321, hidden=16, inter=24)
+        with torch.no_grad():
+            for k, p in model.state_dict().items():
+                own = torch.randn(p.shape, generator=gen)
+                p.add_(0.02 * (0.7 * shared[k] + own))
+        model.save_pretrained(root / n, safe_serialization=True)
+        for k, p in model.state_dict().items():
+            ident.add(k, i, p - base_sd[k])
+    seed_box = {}
+
+    def bernoulli(tensor, density, rescale_norm=None):
+        if density >= 1:
+            return tensor
+        name, task = ident(tensor)
+        mask = keep_mask(name, task, tensor.shape, density, seed_box["seed"])
+        return sparsify.rescaled_masked_tensor(tensor.float(), mask, rescale_norm).to(tensor.dtype)
+
+    sparsify.bernoulli = bernoulli
+    cases = []
+    cwd = os.getcwd()
+    os.chdir(root)  # mergekit resolves the YAML's relative paths against the working folder
+    try:
+        for case, spec in MK_CASES.items():
+            models = []
+            for i, n in enumerate(names):
+                params = {"weight": spec["weights"][i]}
+                if "densities" in spec:
+                    params["density"] = spec["densities"][i]
+                models.append({"model": n, "parameters": params})
+            cfg = {"merge_method": spec["merge_method"], "models": models, "dtype": "float32"}
+            if not spec.get("no_base"):
+                cfg["base_model"] = "base"
+            if "parameters" in spec:
+                cfg["parameters"] = spec["parameters"]
+            text = yaml.safe_dump(cfg, sort_keys=False)
+            Path(f"{case}.yml").write_text(text)
+            seed_box["seed"] = spec.get("seed", 0)
+            run_merge(MergeConfiguration.model_validate(cfg), out_path=f"out/{case}",
+                      options=MergeOptions(copy_tokenizer=False, write_model_card=False,
+                                           lazy_unpickle=False))
+            cases.append({"name": case, "config": f"{case}.yml", "seed": spec.get("seed", 0)})
+    finally:
+        os.chdir(cwd)
+    (root / "cases.json").write_text(json.dumps({"cases": cases}, indent=1) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("out", type=Path)
+    args = ap.parse_args()
+    make_peft(args.out / "peft")
+    make_mergekit(args.out / "mergekit")
+
+
+if __name__ == "__main__":
+    main()
