@@ -22,7 +22,7 @@ expect_error "bundle: already exists \(pass --force" "$revmerge" merge --basis 2
 grep -q "basis 3" <<<"$("$revmerge" inspect "$work/bundle")" || fail "--force did not replace the bundle"
 expect_error "--basis 8 is outside 1 .. n − 1 = 7" "$revmerge" merge --basis 8 --out "$work/b8" "${adapters[@]}"
 expect_error "at least 2 adapters" "$revmerge" merge --basis 1 --out "$work/b1" "${adapters[0]}"
-expect_error "method: 'ties' is not available" "$revmerge" merge --method ties --basis 1 --out "$work/bt" "${adapters[@]}"
+expect_error "--basis: an option of --method rmm only" "$revmerge" merge --method ties --basis 1 --out "$work/bt" "${adapters[@]}"
 expect_error "is missing from task" "$revmerge" merge --basis 1 --out "$work/bm" \
   "$src/tests/fixtures/peft/plain" "$src/tests/fixtures/peft/rslora"
 for d in b8 b1 bt bm; do [ ! -e "$work/$d" ] || fail "output $d written after an error"; done

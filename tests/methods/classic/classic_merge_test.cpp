@@ -1,0 +1,179 @@
+// merge_classic end to end: adapters written as a full model (checked against base + the
+// double-precision delta), and every bad option or input refused by name with nothing written.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "methods/adapter_writer.hpp"
+#include "reference/classic_reference.hpp"
+#include "revmerge/classic.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/hf_model.hpp"
+#include "test_util.hpp"
+
+namespace revmerge {
+namespace {
+
+namespace fs = std::filesystem;
+const fs::path kExamples = fs::path(REVMERGE_SOURCE_DIR) / "examples";
+
+std::vector<TaskSource> example_tasks(std::size_t n) {
+  std::vector<TaskSource> t;
+  for (const auto* name : {"chat", "code", "math", "qa", "sentiment"})
+    if (t.size() < n) t.push_back({name, kExamples / "adapters" / name});
+  return t;
+}
+
+ClassicMergeOptions full_model_options(const test::TempDir& tmp, ClassicMethod method) {
+  ClassicMergeOptions o;
+  o.method = method;
+  o.tasks = example_tasks(3);
+  o.weights = {0.5, -1.0, 1.5};
+  o.base = kExamples / "tiny-llama";
+  o.full_model = true;
+  o.out = tmp / "model";
+  return o;
+}
+
+std::vector<double> read_f64(const HfModel& m, const std::string& name) {
+  return m.checkpoint().at(name).file->read_f64(name);
+}
+
+TEST(ClassicMerge, CatAsFullModelIsBasePlusTheWeightedDeltas) {
+  test::TempDir tmp;
+  const auto o = full_model_options(tmp, ClassicMethod::cat);
+  const auto report = merge_classic(o);
+  EXPECT_EQ(report.output, "model");
+  const HfModel base(o.base), merged(o.out);
+  std::vector<std::unique_ptr<PeftAdapter>> adapters;
+  for (const auto& t : o.tasks) adapters.push_back(std::make_unique<PeftAdapter>(t.adapter));
+  std::size_t adapted = 0;
+  for (const auto& t : base.checkpoint().tensors()) {
+    const auto& name = t.info->name;
+    const auto want_base = read_f64(base, name);
+    const auto got = read_f64(merged, name);
+    const auto* m = adapters[0]->find(name.substr(0, name.size() - 7));  // drop ".weight"
+    if (!name.ends_with(".weight") || !m) {
+      EXPECT_EQ(got, want_base) << name << " is not adapted and must be copied unchanged";
+      continue;
+    }
+    ++adapted;
+    auto want = want_base;
+    for (std::size_t i = 0; i < adapters.size(); ++i) {
+      const auto& mi = *adapters[i]->find(m->path);
+      const auto d = test::dense_delta(adapters[i]->read_a(mi), adapters[i]->read_b(mi), mi.rank,
+                                       mi.in, mi.out, mi.scale * o.weights[i]);
+      for (std::size_t j = 0; j < want.size(); ++j) want[j] += d[j];
+    }
+    for (std::size_t j = 0; j < want.size(); ++j) ASSERT_NEAR(got[j], want[j], 1e-5) << name;
+  }
+  EXPECT_EQ(adapted, adapters[0]->modules().size());
+  EXPECT_TRUE(fs::exists(o.out / "config.json"));
+}
+
+TEST(ClassicMerge, CombinedTiesAsFullModelMatchesTheReference) {
+  test::TempDir tmp;
+  auto o = full_model_options(tmp, ClassicMethod::ties);
+  o.mode = LoraMergeMode::combined;
+  o.densities = {0.4};
+  merge_classic(o);
+  const HfModel base(o.base), merged(o.out);
+  const auto& path = std::string("model.layers.1.mlp.down_proj");
+  std::vector<std::vector<double>> deltas;
+  for (const auto& t : o.tasks) {
+    const PeftAdapter a(t.adapter);
+    const auto& m = *a.find(path);
+    deltas.push_back(test::dense_delta(a.read_a(m), a.read_b(m), m.rank, m.in, m.out, m.scale));
+  }
+  const reference::Recipe peft_ties{.trim = true, .elect = true, .normalize = 1};
+  const auto d = reference::combine(peft_ties, deltas, o.weights, {0.4, 0.4, 0.4}, path, 0);
+  const auto w = read_f64(base, path + ".weight"), got = read_f64(merged, path + ".weight");
+  double scale = 0;
+  for (const auto v : d) scale = std::max(scale, std::fabs(v));
+  for (std::size_t j = 0; j < d.size(); ++j) ASSERT_NEAR(got[j], w[j] + d[j], 1e-5 * scale + 1e-6);
+}
+
+void expect_refused(const ClassicMergeOptions& o, const std::string& needle) {
+  try {
+    merge_classic(o);
+    FAIL() << "accepted; expected an error containing: " << needle;
+  } catch (const error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(o.out)) << "output written after an error";
+}
+
+TEST(ClassicMerge, BadOptionsAreRefusedByName) {
+  test::TempDir tmp;
+  ClassicMergeOptions o;
+  o.method = ClassicMethod::ties;
+  o.tasks = example_tasks(3);
+  o.out = tmp / "out";
+  auto bad = o;
+  bad.weights = {1, 2};
+  expect_refused(bad, "--weights: 2 weights for 3 tasks");
+  bad = o;
+  bad.densities = {1.5};
+  expect_refused(bad, "--density: 1.500000 for task 'chat' is outside [0, 1]");
+  bad = o;
+  bad.method = ClassicMethod::task_arithmetic;
+  bad.densities = {0.5};
+  expect_refused(bad, "--method task_arithmetic does not prune");
+  bad = o;
+  bad.allow_nonfinite = true;
+  expect_refused(bad, "--allow-nonfinite applies to --method rmm only");
+  bad = o;
+  bad.base = kExamples / "tiny-llama";
+  expect_refused(bad, "add --full-model");
+  bad = o;
+  bad.full_model = true;
+  expect_refused(bad, "--full-model: give the base model with --base");
+  bad = o;
+  bad.tasks.push_back({"base", kExamples / "tiny-llama"});
+  expect_refused(bad, "the inputs mix PEFT adapters and full models");
+  bad = o;
+  bad.tasks[1].name = "chat";
+  expect_refused(bad, "task name 'chat' is used twice");
+  bad = o;
+  bad.full_model = true;
+  bad.base = fs::path(REVMERGE_FIXTURES) / "tiny-llama-sharded";
+  expect_refused(bad, "is this the adapters' base model?");
+}
+
+TEST(ClassicMerge, SeparateModeNeedsEqualRanks) {
+  test::TempDir tmp;
+  const std::vector<test::ModuleSpec> r4 = {{"model.layers.0.self_attn.q_proj", 4, 8, 8}};
+  const std::vector<test::ModuleSpec> r2 = {{"model.layers.0.self_attn.q_proj", 2, 8, 8}};
+  test::write_adapter(tmp / "a", 4, 8, r4, "", 1);
+  test::write_adapter(tmp / "b", 2, 4, r2, "", 2);
+  ClassicMergeOptions o;
+  o.method = ClassicMethod::ties;
+  o.tasks = {{"a", tmp / "a"}, {"b", tmp / "b"}};
+  o.out = tmp / "out";
+  expect_refused(o, "module 'model.layers.0.self_attn.q_proj': rank 2 in task 'b' but 4 in task 'a'");
+  o.mode = LoraMergeMode::combined;  // the products have no such constraint
+  EXPECT_NO_THROW(merge_classic(o));
+  const PeftAdapter merged(o.out);
+  EXPECT_EQ(merged.modules()[0].rank, 4);
+}
+
+TEST(ClassicMerge, CheckpointsNeedTheirBaseAndElementWiseMethods) {
+  test::TempDir tmp;
+  const auto golden = fs::path(REVMERGE_FIXTURES) / "golden" / "mergekit";
+  ClassicMergeOptions o;
+  o.method = ClassicMethod::ties;
+  o.tasks = {{"ft0", golden / "ft0"}, {"ft1", golden / "ft1"}};
+  o.out = tmp / "out";
+  expect_refused(o, "--base: --method ties merges task vectors");
+  o.method = ClassicMethod::svd;
+  o.base = golden / "base";
+  expect_refused(o, "--method svd re-factorises LoRA adapters");
+  o.method = ClassicMethod::linear;
+  expect_refused(o, "linear averages the models themselves");
+  o.method = ClassicMethod::task_arithmetic;
+  o.base = kExamples / "tiny-llama";  // another architecture
+  expect_refused(o, "has another shape in task 'ft0' than in the base");
+}
+
+}  // namespace
+}  // namespace revmerge

@@ -1,0 +1,149 @@
+// The element-wise methods against the double-precision reference, for every method under both
+// conventions (whose defaults are restated here from PEFT and mergekit), odd sizes, negative
+// weights and per-task densities; and the trim and drop steps on their own.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "kernels/counter_rng.hpp"
+#include "methods/classic/combine.hpp"
+#include "reference/classic_reference.hpp"
+#include "revmerge/error.hpp"
+
+namespace revmerge {
+namespace {
+
+struct Case {
+  ClassicMethod method;
+  Convention convention;
+  reference::Recipe expected;  // the convention's definition, stated independently
+  std::int64_t n, count;
+};
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  const auto& c = info.param;
+  return to_string(c.method) + (c.convention == Convention::peft ? "_peft_" : "_mergekit_") +
+         std::to_string(c.n) + "x" + std::to_string(c.count);
+}
+
+std::vector<Case> all_cases() {
+  using R = reference::Recipe;
+  const std::vector<std::tuple<ClassicMethod, Convention, R>> defs = {
+      {ClassicMethod::linear, Convention::peft, R{}},
+      {ClassicMethod::task_arithmetic, Convention::peft, R{}},
+      {ClassicMethod::magnitude_prune, Convention::peft, R{.trim = true}},
+      {ClassicMethod::ties, Convention::peft, R{.trim = true, .elect = true, .normalize = 1}},
+      {ClassicMethod::dare_linear, Convention::peft, R{.drop = true, .rescale = 1}},
+      {ClassicMethod::dare_ties, Convention::peft,
+       R{.drop = true, .rescale = 1, .elect = true, .normalize = 1}},
+      {ClassicMethod::linear, Convention::mergekit, R{.normalize = 3}},
+      {ClassicMethod::task_arithmetic, Convention::mergekit, R{}},
+      {ClassicMethod::magnitude_prune, Convention::mergekit, R{.trim = true, .keep_one = true}},
+      {ClassicMethod::ties, Convention::mergekit,
+       R{.trim = true, .keep_one = true, .elect = true, .elect_weighted = true, .normalize = 2}},
+      {ClassicMethod::dare_linear, Convention::mergekit, R{.drop = true, .rescale = 2}},
+      {ClassicMethod::dare_ties, Convention::mergekit,
+       R{.drop = true, .rescale = 2, .elect = true, .elect_weighted = true}},
+  };
+  std::vector<Case> cases;
+  for (const auto& [m, conv, r] : defs)
+    for (const auto& [n, count] : std::vector<std::pair<std::int64_t, std::int64_t>>{
+             {1, 7}, {2, 1}, {3, 13}, {5, 5}, {4, 1000}})
+      cases.push_back({m, conv, r, n, count});
+  return cases;
+}
+
+class CombineVsReference : public ::testing::TestWithParam<Case> {};
+
+TEST_P(CombineVsReference, MatchesDoubleReference) {
+  const auto& c = GetParam();
+  std::mt19937_64 rng(17 + c.n * 31 + c.count);
+  std::normal_distribution<float> normal;
+  std::uniform_real_distribution<double> unit(0.2, 1.0);
+  std::vector<float> stack(static_cast<std::size_t>(c.n * c.count));
+  for (auto& v : stack) v = normal(rng);
+  for (std::size_t j = 3; j < stack.size(); j += 11) stack[j] = 0.0f;                // zeros
+  for (std::size_t j = 5; j < stack.size(); j += 13) stack[j] = -stack[j - 1];       // equal |x|
+  std::vector<double> w(c.n), d(c.n);
+  for (std::int64_t t = 0; t < c.n; ++t) {
+    w[t] = (t % 3 == 1 ? -0.5 : 1.0) * unit(rng);
+    d[t] = unit(rng);
+  }
+  ClassicMergeOptions o;
+  o.method = c.method;
+  o.lambda = 0.75;
+  const auto recipe = make_recipe(o, c.convention);
+  auto expected_recipe = c.expected;
+  expected_recipe.lambda = 0.75;
+  expected_recipe.elect_weighted = c.convention == Convention::mergekit;
+  std::vector<std::vector<double>> tasks(c.n);
+  for (std::int64_t t = 0; t < c.n; ++t)
+    tasks[t].assign(stack.begin() + t * c.count, stack.begin() + (t + 1) * c.count);
+  const auto want = reference::combine(expected_recipe, tasks, w, d, "layer.x", 42);
+  std::vector<float> got(static_cast<std::size_t>(c.count));
+  combine_stack(recipe, {stack, c.n, c.count, w, d, "layer.x", 42}, got, 2);
+  double scale = 1e-6;
+  for (const auto v : want) scale = std::max(scale, std::fabs(v));
+  for (std::int64_t j = 0; j < c.count; ++j)
+    ASSERT_NEAR(got[j], want[j], 2e-6 * scale) << "element " << j << " (seed 17)";
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, CombineVsReference, ::testing::ValuesIn(all_cases()), case_name);
+
+TEST(Combine, OverridesChangeTheRecipe) {
+  ClassicMergeOptions o;
+  o.method = ClassicMethod::ties;
+  o.normalize = false;
+  EXPECT_EQ(make_recipe(o, Convention::peft).normalize, Normalize::none);
+  o.method = ClassicMethod::dare_ties;
+  o.normalize = true;
+  o.rescale = false;
+  const auto r = make_recipe(o, Convention::mergekit);
+  EXPECT_EQ(r.normalize, Normalize::agreeing_weight);
+  EXPECT_EQ(r.rescale, Rescale::none);
+  o.method = ClassicMethod::cat;
+  EXPECT_THROW(make_recipe(o, Convention::peft), usage_error);
+}
+
+TEST(Combine, TrimKeepsExactlyKWithTiesToTheLowerIndex) {
+  std::vector<float> x = {1, -3, 2, 3, -2, 3, 0.5f};
+  magnitude_trim(x, 0.5, false);  // k = 3: the three 3's
+  EXPECT_EQ(x, (std::vector<float>{0, -3, 0, 3, 0, 3, 0}));
+  std::vector<float> y = {1, -3, 2, 3, -2, 3, 0.5f};
+  magnitude_trim(y, 0.3, false);  // k = 2: ties at |3| go to the lower indices
+  EXPECT_EQ(y, (std::vector<float>{0, -3, 0, 3, 0, 0, 0}));
+  std::vector<float> z = {1, 2, 3};
+  magnitude_trim(z, 0.1, false);  // ⌊0.3⌋ = 0 (PEFT) ...
+  EXPECT_EQ(z, (std::vector<float>{0, 0, 0}));
+  z = {1, 2, 3};
+  magnitude_trim(z, 0.1, true);  // ... at least one (mergekit)
+  EXPECT_EQ(z, (std::vector<float>{0, 0, 3}));
+}
+
+TEST(Combine, DropKeepsTheDensityAndIsReproducible) {
+  const std::size_t m = 200000;
+  std::vector<float> a(m, 1.0f);
+  random_drop(a, 0.3, Rescale::inverse_density, 9, kernels::stream_id("t#0"));
+  std::size_t kept = 0;
+  for (const auto v : a) kept += v != 0;
+  // Binomial(m, 0.3): 5 standard deviations.
+  EXPECT_NEAR(double(kept) / m, 0.3, 5 * std::sqrt(0.3 * 0.7 / m));
+  EXPECT_FLOAT_EQ(a[std::find_if(a.begin(), a.end(), [](float v) { return v != 0; }) - a.begin()],
+                  float(1 / 0.3));
+  std::vector<float> b(m, 1.0f), c(m, 1.0f);
+  random_drop(b, 0.3, Rescale::inverse_density, 9, kernels::stream_id("t#0"));
+  random_drop(c, 0.3, Rescale::inverse_density, 10, kernels::stream_id("t#0"));
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  std::vector<float> l(m);
+  for (std::size_t j = 0; j < m; ++j) l[j] = float(j % 7) - 3;
+  double before = 0, after = 0;
+  for (const auto v : l) before += std::fabs(v);
+  random_drop(l, 0.5, Rescale::l1, 1, 2);
+  for (const auto v : l) after += std::fabs(v);
+  EXPECT_NEAR(after, before, 1e-6 * before);  // mergekit's l1 rescale keeps the L1 norm
+}
+
+}  // namespace
+}  // namespace revmerge
