@@ -1,0 +1,181 @@
+// revmerge compare: RMM at several P and the classic methods on one adapter set, measured per
+// task against the task's own adapter.
+#include "revmerge/compare.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <set>
+
+#include "core/atomic_output.hpp"
+#include "methods/adapter_set.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/peft.hpp"
+
+namespace fs = std::filesystem;
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+// One term c·B·A of a low-rank sum.
+struct Term {
+  const std::vector<float>* b;
+  const std::vector<float>* a;
+  i64 rank;
+  double c;
+};
+
+// ‖Σ c_k B_k A_k‖_F² = Σ_{k,l} c_k c_l ⟨B_kᵀB_l, A_kA_lᵀ⟩: Grams of the factors, never out × in.
+double lowrank_norm_sq(const std::vector<Term>& terms, i64 out, i64 in) {
+  double total = 0;
+  for (const auto& x : terms)
+    for (const auto& y : terms)
+      for (i64 p = 0; p < x.rank; ++p)
+        for (i64 q = 0; q < y.rank; ++q) {
+          double gb = 0, ga = 0;
+          for (i64 o = 0; o < out; ++o) gb += double((*x.b)[o * x.rank + p]) * (*y.b)[o * y.rank + q];
+          for (i64 i = 0; i < in; ++i) ga += double((*x.a)[p * in + i]) * (*y.a)[q * in + i];
+          total += x.c * y.c * gb * ga;
+        }
+  return std::max(total, 0.0);
+}
+
+struct TaskModule {
+  std::vector<float> a, b;
+  i64 rank;
+  double scale;
+};
+
+// The tasks' own factors, module by module (plan order).
+std::vector<std::vector<TaskModule>> read_tasks(const AdapterSet& set) {
+  std::vector<std::vector<TaskModule>> all;
+  for (const auto& pm : set.plan) {
+    auto& row = all.emplace_back();
+    for (std::size_t t = 0; t < pm.per_task.size(); ++t) {
+      const auto& m = *pm.per_task[t];
+      row.push_back({read_factor(*set.adapters[t], m.key_a, false),
+                     read_factor(*set.adapters[t], m.key_b, false), m.rank, m.scale});
+    }
+  }
+  return all;
+}
+
+CompareRow measure_adapter(const std::string& label, const fs::path& merged, const AdapterSet& set,
+                           const std::vector<std::vector<TaskModule>>& tasks) {
+  const PeftAdapter out(merged);
+  const auto n = set.adapters.size();
+  std::vector<double> num(n, 0.0), den(n, 0.0);
+  double stored = 0, raw = 0;
+  for (std::size_t m = 0; m < set.plan.size(); ++m) {
+    const auto& pm = set.plan[m];
+    const auto* om = out.find(pm.path);
+    if (!om) throw format_error(merged.string() + ": module '" + pm.path + "' missing");
+    const auto a = out.read_a(*om), b = out.read_b(*om);
+    stored += double(om->rank) * double(pm.in + pm.out);
+    for (std::size_t t = 0; t < n; ++t) {
+      const auto& tm = tasks[m][t];
+      raw += double(tm.rank) * double(pm.in + pm.out);
+      num[t] += lowrank_norm_sq({{&b, &a, om->rank, om->scale}, {&tm.b, &tm.a, tm.rank, -tm.scale}},
+                                pm.out, pm.in);
+      den[t] += lowrank_norm_sq({{&tm.b, &tm.a, tm.rank, tm.scale}}, pm.out, pm.in);
+    }
+  }
+  CompareRow row{label, stored / raw, {}, 0};
+  for (std::size_t t = 0; t < n; ++t) row.task_error.push_back(den[t] > 0 ? std::sqrt(num[t] / den[t]) : 0);
+  return row;
+}
+
+CompareRow measure_bundle(const std::string& label, const BundleManifest& m) {
+  const auto n = m.tasks.size();
+  std::vector<double> num(n, 0.0), den(n, 0.0);
+  for (const auto& mod : m.modules)
+    for (std::size_t t = 0; t < n; ++t) {
+      const double e = mod.delta_error[t] * mod.delta_norm[t];
+      num[t] += e * e;
+      den[t] += mod.delta_norm[t] * mod.delta_norm[t];
+    }
+  CompareRow row{label, m.storage_ratio, {}, 0};
+  for (std::size_t t = 0; t < n; ++t) row.task_error.push_back(den[t] > 0 ? std::sqrt(num[t] / den[t]) : 0);
+  return row;
+}
+
+std::string mode_name(const CompareMethod& m) {
+  if (m.method == ClassicMethod::cat || m.method == ClassicMethod::svd) return "";
+  return m.mode == LoraMergeMode::separate ? " (separate)" : " (combined)";
+}
+
+}  // namespace
+
+CompareReport compare_methods(const CompareOptions& o) {
+  const i64 n = static_cast<i64>(o.tasks.size());
+  if (n < 2) throw usage_error("compare needs at least 2 adapters");
+  auto basis = o.basis_sizes;
+  if (basis.empty()) basis = {1, std::max<i64>(1, n / 4), std::max<i64>(1, n / 2), n - 1};
+  std::sort(basis.begin(), basis.end());
+  basis.erase(std::unique(basis.begin(), basis.end()), basis.end());
+  auto methods = o.methods;
+  if (methods.empty()) {
+    for (const auto mode : {LoraMergeMode::separate, LoraMergeMode::combined})
+      for (const auto m : {ClassicMethod::task_arithmetic, ClassicMethod::ties,
+                           ClassicMethod::dare_linear, ClassicMethod::dare_ties,
+                           ClassicMethod::magnitude_prune})
+        methods.push_back({m, mode});
+    methods.push_back({ClassicMethod::svd, LoraMergeMode::combined});
+    methods.push_back({ClassicMethod::cat, LoraMergeMode::combined});
+  }
+  const auto set = open_adapter_set(o.tasks);
+  const auto tasks = read_tasks(set);
+
+  // Scratch space for the merged outputs, removed on the way out.
+  std::random_device rd;
+  const auto scratch = fs::temp_directory_path() / ("revmerge-compare-" + std::to_string(rd()));
+  struct Cleanup {
+    fs::path p;
+    ~Cleanup() { std::error_code ec; fs::remove_all(p, ec); }
+  } cleanup{scratch};
+  fs::create_directories(scratch);
+
+  CompareReport report;
+  for (const auto& t : o.tasks) report.tasks.push_back(t.name);
+  for (const auto p : basis) {
+    RmmMergeOptions r;
+    r.tasks = o.tasks;
+    r.basis = p;
+    r.out = scratch / ("rmm-" + std::to_string(p));
+    r.threads = o.threads;
+    r.device = o.device;
+    r.gpu = o.gpu;
+    report.rows.push_back(measure_bundle("rmm P=" + std::to_string(p), merge_rmm(r)));
+  }
+  for (std::size_t i = 0; i < methods.size(); ++i) {
+    const auto& m = methods[i];
+    ClassicMergeOptions c;
+    c.method = m.method;
+    c.mode = m.mode;
+    c.tasks = o.tasks;
+    const bool divides = m.method == ClassicMethod::ties || m.method == ClassicMethod::dare_ties;
+    const bool separate = m.mode == LoraMergeMode::separate && m.method != ClassicMethod::cat &&
+                          m.method != ClassicMethod::svd;
+    const double mean = divides ? 1.0 : separate ? 1.0 / double(n * n) : 1.0 / double(n);
+    c.weights = o.weights.empty() ? std::vector<double>(n, mean) : o.weights;
+    const bool prunes = divides || m.method == ClassicMethod::dare_linear ||
+                        m.method == ClassicMethod::magnitude_prune;
+    if (prunes) c.densities = {o.density};
+    c.seed = o.seed;
+    c.threads = o.threads;
+    c.out = scratch / ("classic-" + std::to_string(i));
+    merge_classic(c);
+    report.rows.push_back(measure_adapter(to_string(m.method) + mode_name(m), c.out, set, tasks));
+    report.rows.back().weights = c.weights;
+  }
+  for (auto& row : report.rows) {
+    double s = 0;
+    for (const auto e : row.task_error) s += e;
+    row.mean_error = s / double(n);
+  }
+  return report;
+}
+
+}  // namespace revmerge
