@@ -52,11 +52,22 @@ void print_table(const CompareReport& r) {
                            "storage relative to keeping all {} adapters\n",
                            r.tasks.size());
   std::cout << fmt::format("{:<{}}  {:>8}  {:>8}", "method", label, "storage", "mean");
-  for (const auto& t : r.tasks) std::cout << fmt::format("  {:>9.9}", t);
+  std::vector<std::size_t> width;
+  for (const auto& t : r.tasks) {
+    width.push_back(std::max<std::size_t>(9, t.size()));
+    std::cout << fmt::format("  {:>{}}", t, width.back());
+  }
   std::cout << "\n";
   for (const auto& row : r.rows) {
-    std::cout << fmt::format("{:<{}}  {:>8.4f}  {:>8.4f}", row.label, label, row.storage, row.mean_error);
-    for (const auto e : row.task_error) std::cout << fmt::format("  {:>9.4f}", e);
+    if (row.note.empty())
+      std::cout << fmt::format("{:<{}}  {:>8.4f}  {:>8.4f}", row.label, label, row.storage,
+                               row.mean_error);
+    if (!row.note.empty()) {
+      std::cout << fmt::format("{:<{}}  not applicable: {}\n", row.label, label, row.note);
+      continue;
+    }
+    for (std::size_t t = 0; t < row.task_error.size(); ++t)
+      std::cout << fmt::format("  {:>{}.4f}", row.task_error[t], width[t]);
     std::cout << "\n";
   }
 }
@@ -80,7 +91,7 @@ void run_compare(const CompareArgs& args) {
   for (const auto& row : r.rows)
     j["rows"].push_back({{"method", row.label}, {"storage", row.storage},
                          {"mean_delta_error", row.mean_error}, {"delta_error", row.task_error},
-                         {"weights", row.weights}});
+                         {"weights", row.weights}, {"note", row.note}});
   std::cout << j.dump(1) << "\n";
 }
 

@@ -42,6 +42,7 @@ struct CompareRow {
   std::vector<double> task_error;   ///< per task, in task order
   double mean_error = 0;
   std::vector<double> weights;      ///< classic methods: the weights used
+  std::string note;                 ///< why the row has no figures (e.g. ranks differ)
 };
 
 struct CompareReport {
