@@ -20,13 +20,14 @@ else
   echo "bootstrap: Debian packages present"
 fi
 
-# numpy + safetensors: the independent Python cross-checks in the test suite (small wheels).
-# PEFT/torch are only needed to regenerate fixtures (tools/make_fixtures.py); tests that need
-# them skip with a message when absent.
-if ! python3 -c 'import numpy, safetensors' 2>/dev/null; then
-  echo "bootstrap: installing numpy safetensors (pip)"
-  python3 -m pip install -q --disable-pip-version-check numpy safetensors ||
-    python3 -m pip install -q --disable-pip-version-check --break-system-packages numpy safetensors
+# numpy + safetensors: the independent Python cross-checks in the test suite; scikit-learn:
+# the digits data set of the fidelity test (tools/eval/). PEFT/torch/mergekit are only needed
+# to regenerate fixtures (tools/make_fixtures.py, tools/make_golden.py); tests that need them
+# skip with a message when absent.
+if ! python3 -c 'import numpy, safetensors, sklearn' 2>/dev/null; then
+  echo "bootstrap: installing numpy safetensors scikit-learn (pip)"
+  python3 -m pip install -q --disable-pip-version-check numpy safetensors scikit-learn ||
+    python3 -m pip install -q --disable-pip-version-check --break-system-packages numpy safetensors scikit-learn
 else
-  echo "bootstrap: numpy and safetensors present"
+  echo "bootstrap: numpy, safetensors and scikit-learn present"
 fi

@@ -10,14 +10,14 @@
 #include "merge_config.hpp"
 #include "revmerge/compare.hpp"
 #include "revmerge/error.hpp"
+#include "text_format.hpp"
 
 namespace revmerge::cli {
 namespace {
 
 struct CompareArgs {
-  std::vector<std::string> adapters, methods;
-  std::vector<std::int64_t> basis;
-  std::vector<double> weights;
+  std::vector<std::string> adapters;
+  std::string methods, basis, weights;
   double density = 0.5;
   std::uint64_t seed = 0;
   int threads = 0, gpu = 0;
@@ -75,9 +75,9 @@ void print_table(const CompareReport& r) {
 void run_compare(const CompareArgs& args) {
   CompareOptions o;
   for (const auto& a : args.adapters) o.tasks.push_back({task_name_from_path(a), a});
-  o.basis_sizes = args.basis;
-  o.methods = parse_methods(args.methods);
-  o.weights = args.weights;
+  if (!args.basis.empty()) o.basis_sizes = parse_integer_list(args.basis, "--basis");
+  if (!args.methods.empty()) o.methods = parse_methods(split_list(args.methods));
+  if (!args.weights.empty()) o.weights = parse_number_list(args.weights, "--weights");
   o.density = args.density;
   o.seed = args.seed;
   o.threads = args.threads;
@@ -103,15 +103,12 @@ void add_compare_command(CLI::App& app) {
       "compare", "Compare RMM at several basis sizes with the classic methods on one adapter set: "
                  "per-task delta error and storage");
   cmd->add_option("ADAPTER", args.adapters, "PEFT adapter folders (at least 2)")->required();
-  cmd->add_option("--basis", args.basis, "RMM basis sizes (default: 1, n/4, n/2, n − 1)")
-      ->delimiter(',');
+  cmd->add_option("--basis", args.basis, "RMM basis sizes, comma-separated (default: 1, n/4, n/2, n − 1)");
   cmd->add_option("--methods", args.methods,
-                  "classic methods, e.g. ties,dare_ties:separate,svd (default: all, both modes)")
-      ->delimiter(',');
+                  "classic methods, e.g. ties,dare_ties:separate,svd (default: all, both modes)");
   cmd->add_option("--weights", args.weights,
                   "classic methods' weights, one per task (default: each method averages: 1 for "
-                  "ties / dare_ties, 1/n combined, 1/n² separate)")
-      ->delimiter(',');
+                  "ties / dare_ties, 1/n combined, 1/n² separate)");
   cmd->add_option("--density", args.density, "fraction kept by TIES / DARE / magnitude pruning (0.5)");
   cmd->add_option("--seed", args.seed, "DARE's mask seed (default 0)");
   cmd->add_option("--threads", args.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);

@@ -12,6 +12,7 @@
 #include "revmerge/classic.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/rmm.hpp"
+#include "text_format.hpp"
 
 namespace revmerge::cli {
 namespace {
@@ -21,7 +22,7 @@ struct MergeArgs {
   std::string method = "rmm", dtype, config, mode = "separate", majority_sign = "total";
   std::int64_t basis = 0, rank = 0;
   std::uint64_t seed = 0;
-  std::vector<double> weights, densities;
+  std::string weights, densities;
   double lambda = 1;
   std::string out, base;
   bool force = false, json = false, quiet = false, allow_nonfinite = false, full_model = false;
@@ -93,8 +94,10 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
     throw usage_error("--mode: '" + mode + "' is not separate or combined");
   o.mode = mode == "combined" ? LoraMergeMode::combined : LoraMergeMode::separate;
   o.tasks = std::move(tasks);
-  o.weights = args.given("--weights") ? args.weights : per_task(cfg.task_weights, cfg.weight);
-  o.densities = args.given("--density") ? args.densities : per_task(cfg.task_densities, cfg.density);
+  o.weights = args.given("--weights") ? parse_number_list(args.weights, "--weights")
+                                       : per_task(cfg.task_weights, cfg.weight);
+  o.densities = args.given("--density") ? parse_number_list(args.densities, "--density")
+                                        : per_task(cfg.task_densities, cfg.density);
   if (args.given("--lambda")) o.lambda = args.lambda; else o.lambda = cfg.lambda;
   const auto sign = args.given("--majority-sign") ? args.majority_sign : cfg.majority_sign.value_or("total");
   if (sign == "total" || sign == "sum") o.election = SignElection::sum;
@@ -167,10 +170,11 @@ void add_merge_command(CLI::App& app) {
   opt["--mode"] = cmd->add_option("--mode", args.mode,
       "LoRA inputs: separate (merge the A's and the B's, as PEFT) or combined (merge the "
       "products BA, then re-compress or write a full model)");
-  opt["--weights"] = cmd->add_option("--weights", args.weights, "one weight per task (default 1)")
-                         ->delimiter(',');
+  opt["--weights"] = cmd->add_option("--weights", args.weights,
+                                     "one weight per task, comma-separated (default 1)");
   opt["--density"] = cmd->add_option("--density", args.densities,
-      "fraction kept by TIES / DARE / magnitude pruning: one value, or one per task")->delimiter(',');
+      "fraction kept by TIES / DARE / magnitude pruning: one value, or one per task "
+      "(comma-separated)");
   opt["--lambda"] = cmd->add_option("--lambda", args.lambda, "scale of the merged delta (default 1)");
   opt["--majority-sign"] = cmd->add_option("--majority-sign", args.majority_sign,
       "TIES sign election: total (sum, default) or frequency (count)");

@@ -12,3 +12,15 @@ std::string human_bytes(std::uint64_t bytes);
 std::string shape_string(std::span<const std::int64_t> shape);
 
 }  // namespace revmerge::cli
+
+#include <vector>
+
+namespace revmerge::cli {
+
+/// "1,0.5,-2" → {1, 0.5, -2}; a usage_error naming `option` for an empty or malformed item.
+/// (Comma lists are one argument, so positional inputs after them are not swallowed.)
+std::vector<double> parse_number_list(const std::string& text, const std::string& option);
+std::vector<std::int64_t> parse_integer_list(const std::string& text, const std::string& option);
+std::vector<std::string> split_list(const std::string& text);
+
+}  // namespace revmerge::cli
