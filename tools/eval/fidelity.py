@@ -161,7 +161,9 @@ def write_report(path: Path, plot: Path, rows, info, command):
         f"layers, {s['finetune_steps']} Adam steps, seed {s['seed']} + 1 + task index; written "
         "as PEFT adapter folders.",
         "- Every merge, revert and error figure comes from the revmerge binary (`merge`, "
-        "`revert --all`, `compare --json`); accuracy applies the written adapter files to the base.",
+        "`revert --all`, `compare --json`); accuracy applies the written adapter files to the base "
+        "in numpy (PEFT itself, loading a trained and a reverted adapter onto a torch copy of the "
+        "network, gave the same accuracies when checked by hand on 2026-11-28).",
         f"- Classic methods: density {DENSITY} for TIES / DARE, seed 0; weights average what is "
         "merged (TIES and DARE-TIES divide by the agreeing tasks, w = 1; the others w = 1/n on "
         "products, 1/n² in separate mode), as `revmerge compare` does.",
