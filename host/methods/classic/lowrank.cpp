@@ -1,5 +1,6 @@
 #include "methods/classic/lowrank.hpp"
 
+#include <cblas.h>
 #include <lapacke.h>
 
 #include <algorithm>
@@ -71,28 +72,27 @@ LowRankFactors refactor_sum(const std::vector<LowRankTerm>& terms, i64 out, i64 
   const i64 qb = std::min(out, k), qa = std::min(in, k);
   const auto rb = thin_qr(bs, out, k);   // qb × k
   const auto ra = thin_qr(ats, in, k);   // qa × k
-  std::vector<double> core(static_cast<std::size_t>(qb * qa), 0.0);  // R_B R_Aᵀ, qb × qa
-  for (i64 j = 0; j < qa; ++j)
-    for (i64 c = 0; c < k; ++c) {
-      const double v = ra[c * qa + j];
-      if (v == 0) continue;
-      for (i64 i = 0; i < qb; ++i) core[j * qb + i] += rb[c * qb + i] * v;
-    }
+  // Column-major throughout: core = R_B R_Aᵀ (qb × qa).
+  std::vector<double> core(static_cast<std::size_t>(qb * qa));
+  cblas_dgemm(CblasColMajor, CblasNoTrans, CblasTrans, qb, qa, k, 1.0, rb.data(), qb, ra.data(),
+              qa, 0.0, core.data(), qb);
   const auto s = svd(std::move(core), qb, qa);
   f.singular_values = s.s;
   const i64 keep = std::min(rank, s.q);
-  // B' = Q_B U Σ (out × keep), A' = (Q_A V)ᵀ (keep × in).
+  if (keep == 0) return f;
+  // B' = Q_B U_keep Σ_keep (out × keep) and A'ᵀ = Q_A V_keep (in × keep), both column-major.
+  std::vector<double> us(static_cast<std::size_t>(qb * keep));
+  for (i64 c = 0; c < keep; ++c)
+    for (i64 i = 0; i < qb; ++i) us[c * qb + i] = s.u[c * qb + i] * s.s[c];
+  std::vector<double> b(static_cast<std::size_t>(out * keep)), at(static_cast<std::size_t>(in * keep));
+  cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, out, keep, qb, 1.0, bs.data(), out,
+              us.data(), qb, 0.0, b.data(), out);
+  // V = vtᵀ: vt is s.q × qa with leading dimension s.q.
+  cblas_dgemm(CblasColMajor, CblasNoTrans, CblasTrans, in, keep, qa, 1.0, ats.data(), in,
+              s.vt.data(), s.q, 0.0, at.data(), in);
   for (i64 c = 0; c < keep; ++c) {
-    for (i64 o = 0; o < out; ++o) {
-      double v = 0;
-      for (i64 i = 0; i < qb; ++i) v += bs[i * out + o] * s.u[c * qb + i];
-      f.b[o * rank + c] = static_cast<float>(v * s.s[c]);
-    }
-    for (i64 x = 0; x < in; ++x) {
-      double v = 0;
-      for (i64 j = 0; j < qa; ++j) v += ats[j * in + x] * s.vt[j * s.q + c];
-      f.a[c * in + x] = static_cast<float>(v);
-    }
+    for (i64 o = 0; o < out; ++o) f.b[o * rank + c] = static_cast<float>(b[c * out + o]);
+    for (i64 x = 0; x < in; ++x) f.a[c * in + x] = static_cast<float>(at[c * in + x]);
   }
   return f;
 }
