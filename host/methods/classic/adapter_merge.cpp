@@ -13,7 +13,7 @@
 #include "methods/adapter_set.hpp"
 #include "methods/classic/classic_internal.hpp"
 #include "methods/classic/combine.hpp"
-#include "methods/classic/lowrank.hpp"
+#include "methods/lowrank/refactor.hpp"
 #include "methods/classic/model_output.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/hf_model.hpp"

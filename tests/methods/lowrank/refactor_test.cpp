@@ -6,7 +6,7 @@
 #include <cmath>
 #include <random>
 
-#include "methods/classic/lowrank.hpp"
+#include "methods/lowrank/refactor.hpp"
 #include "reference/rmm_reference.hpp"
 
 namespace revmerge {

@@ -1,4 +1,4 @@
-#include "methods/classic/lowrank.hpp"
+#include "methods/lowrank/refactor.hpp"
 
 #include <cblas.h>
 #include <lapacke.h>

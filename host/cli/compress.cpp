@@ -1,0 +1,79 @@
+// `revmerge compress`: a full fine-tune to a PEFT LoRA adapter by randomized SVD (PT-SVD).
+#include <fmt/format.h>
+
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "revmerge/compress.hpp"
+#include "revmerge/error.hpp"
+#include "text_format.hpp"
+
+namespace revmerge::cli {
+namespace {
+
+struct CompressArgs {
+  CompressOptions o;
+  std::string dtype = "f32", include, exclude;
+  bool json = false, quiet = false;
+};
+
+void run_compress(CompressArgs& args) {
+  auto o = args.o;
+  o.dtype = parse_float_dtype_option(args.dtype, "--dtype");
+  if (!args.include.empty()) o.include = split_list(args.include);
+  if (!args.exclude.empty()) o.exclude = split_list(args.exclude);
+  const auto r = compress_checkpoint(o);
+  if (args.quiet) return;
+  if (args.json) {
+    nlohmann::ordered_json j;
+    j["adapter"] = o.out.string();
+    j["relative_error"] = r.relative_error;
+    j["storage"] = r.storage;
+    for (const auto& m : r.modules)
+      j["modules"].push_back({{"path", m.path}, {"rank", m.rank}, {"relative_error", m.relative_error},
+                              {"delta_norm", m.delta_norm}});
+    std::cout << j.dump(1) << "\n";
+    return;
+  }
+  std::int64_t lo = r.modules[0].rank, hi = lo;
+  for (const auto& m : r.modules) lo = std::min(lo, m.rank), hi = std::max(hi, m.rank);
+  std::cout << fmt::format("compressed {} modules into {} (rank {}), {:.4f} of the weights' size; "
+                           "delta error ‖Δ − BA‖/‖Δ‖ = {:.4g} over all modules\n",
+                           r.modules.size(), o.out.string(),
+                           lo == hi ? std::to_string(hi) : fmt::format("{}–{}", lo, hi), r.storage,
+                           r.relative_error);
+  auto worst = r.modules;
+  std::sort(worst.begin(), worst.end(), [](auto& a, auto& b) { return a.relative_error > b.relative_error; });
+  for (std::size_t i = 0; i < std::min<std::size_t>(5, worst.size()); ++i)
+    std::cout << fmt::format("  {:<40} rank {:>4}  error {:.4g}\n", worst[i].path, worst[i].rank,
+                             worst[i].relative_error);
+}
+
+}  // namespace
+
+void add_compress_command(CLI::App& app) {
+  static CompressArgs args;
+  auto* cmd = app.add_subcommand(
+      "compress", "Compress a full fine-tune to a PEFT LoRA adapter (randomized SVD of W_ft − W_base)");
+  cmd->add_option("--base", args.o.base, "base model folder")->required();
+  cmd->add_option("--model", args.o.model, "fine-tuned model folder")->required();
+  cmd->add_option("--rank,-r", args.o.rank, "adapter rank (the largest, with --energy)")->required();
+  cmd->add_option("--out,-o", args.o.out, "adapter folder to create")->required();
+  cmd->add_option("--oversampling", args.o.oversampling, "sketch columns beyond the rank (default 8)");
+  cmd->add_option("--power-iterations", args.o.power_iterations, "power iterations (default 2)");
+  cmd->add_option("--energy", args.o.energy,
+                  "per-module rank: the smallest keeping this fraction of ‖Δ‖² (≤ --rank; written "
+                  "with rank_pattern)");
+  cmd->add_option("--include", args.include, "modules to compress, comma-separated (q_proj,v_proj)");
+  cmd->add_option("--exclude", args.exclude, "modules to skip, comma-separated");
+  cmd->add_option("--dtype", args.dtype, "adapter dtype: f32 (default), f16, bf16");
+  cmd->add_option("--seed", args.o.seed, "the sketch's seed (default 0)");
+  cmd->add_option("--threads", args.o.threads, "BLAS threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--force", args.o.overwrite, "replace an existing output folder");
+  cmd->add_flag("--json", args.json, "print the report as JSON");
+  cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success");
+  cmd->callback([] { run_compress(args); });
+}
+
+}  // namespace revmerge::cli

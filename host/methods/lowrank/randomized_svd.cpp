@@ -1,0 +1,80 @@
+#include "methods/lowrank/randomized_svd.hpp"
+
+#include <cblas.h>
+#include <lapacke.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "kernels/counter_rng.hpp"
+#include "revmerge/error.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+void check(lapack_int info, const char* call, i64 rows, i64 cols) {
+  if (info != 0)
+    throw solver_error(std::string(call) + " failed on a " + std::to_string(rows) + " × " +
+                       std::to_string(cols) + " matrix (info " + std::to_string(info) + ")");
+}
+
+// Replaces the column-major m × l matrix by an orthonormal basis of its range (Householder).
+void orthonormalize(std::vector<double>& y, i64 m, i64 l) {
+  std::vector<double> tau(static_cast<std::size_t>(l));
+  check(LAPACKE_dgeqrf(LAPACK_COL_MAJOR, m, l, y.data(), m, tau.data()), "dgeqrf", m, l);
+  check(LAPACKE_dorgqr(LAPACK_COL_MAJOR, m, l, l, y.data(), m, tau.data()), "dorgqr", m, l);
+}
+
+}  // namespace
+
+double counter_normal(std::uint64_t seed, std::uint64_t stream, std::uint64_t index) {
+  // Box–Muller on two uniforms of the stream; u1 is kept away from 0.
+  const double u1 = kernels::counter_uniform(seed, stream, 2 * index) + 0x1.0p-54;
+  const double u2 = kernels::counter_uniform(seed, stream, 2 * index + 1);
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+}
+
+TruncatedSvd randomized_svd(std::span<const double> a, i64 m, i64 n, const RandomizedSvdOptions& o) {
+  TruncatedSvd r;
+  const i64 small = std::min(m, n);
+  r.k = std::min(o.rank, small);
+  const i64 l = std::min(o.rank + std::max<i64>(o.oversampling, 0), small);
+  if (r.k <= 0 || l <= 0) return r;
+  // Ω: n × l Gaussian; Y = A Ω.
+  std::vector<double> omega(static_cast<std::size_t>(n * l));
+  for (std::size_t i = 0; i < omega.size(); ++i) omega[i] = counter_normal(o.seed, o.stream, i);
+  std::vector<double> y(static_cast<std::size_t>(m * l)), z(static_cast<std::size_t>(n * l));
+  cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, m, l, n, 1.0, a.data(), m, omega.data(),
+              n, 0.0, y.data(), m);
+  orthonormalize(y, m, l);
+  for (int q = 0; q < o.power_iterations; ++q) {
+    cblas_dgemm(CblasColMajor, CblasTrans, CblasNoTrans, n, l, m, 1.0, a.data(), m, y.data(), m,
+                0.0, z.data(), n);
+    orthonormalize(z, n, l);
+    cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, m, l, n, 1.0, a.data(), m, z.data(), n,
+                0.0, y.data(), m);
+    orthonormalize(y, m, l);
+  }
+  // B = Qᵀ A (l × n), its exact SVD, U = Q U_B.
+  std::vector<double> b(static_cast<std::size_t>(l * n));
+  cblas_dgemm(CblasColMajor, CblasTrans, CblasNoTrans, l, n, m, 1.0, y.data(), m, a.data(), m,
+              0.0, b.data(), l);
+  for (const double x : b) r.captured += x * x;
+  std::vector<double> ub(static_cast<std::size_t>(l * l)), s(static_cast<std::size_t>(l)),
+      vt(static_cast<std::size_t>(l * n));
+  check(LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', l, n, b.data(), l, s.data(), ub.data(), l, vt.data(), l),
+        "dgesdd", l, n);
+  r.u.resize(static_cast<std::size_t>(m * r.k));
+  cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, m, r.k, l, 1.0, y.data(), m, ub.data(), l,
+              0.0, r.u.data(), m);
+  r.s.assign(s.begin(), s.begin() + r.k);
+  r.v.resize(static_cast<std::size_t>(n * r.k));
+  for (i64 c = 0; c < r.k; ++c)
+    for (i64 j = 0; j < n; ++j) r.v[c * n + j] = vt[j * l + c];
+  return r;
+}
+
+}  // namespace revmerge

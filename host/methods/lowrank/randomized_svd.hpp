@@ -1,0 +1,34 @@
+#pragma once
+// Randomized truncated SVD (Halko, Martinsson & Tropp 2011, Algorithms 4.4 and 5.1): a Gaussian
+// sketch with oversampling, power iterations re-orthonormalised after every multiply
+// (Householder QR), and an exact SVD of the small projected matrix. Double precision, LAPACK.
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace revmerge {
+
+struct RandomizedSvdOptions {
+  std::int64_t rank = 0;         ///< k: singular triplets kept
+  std::int64_t oversampling = 8; ///< p: sketch width is k + p (capped at min(m, n))
+  int power_iterations = 2;      ///< q
+  std::uint64_t seed = 0;        ///< the sketch's counter-based Gaussian draws:
+  std::uint64_t stream = 0;      ///< counter_normal(seed, stream, element)
+};
+
+/// A ≈ U diag(s) Vᵀ with U m × k and V n × k (column-major), s descending.
+struct TruncatedSvd {
+  std::int64_t k = 0;
+  std::vector<double> u, s, v;
+  double captured = 0;  ///< ‖QᵀA‖_F², the energy of A inside the sketch's range
+};
+
+/// The randomized SVD of the column-major m × n matrix `a`. ‖A − U_k S_k V_kᵀ‖_F² equals
+/// ‖A‖_F² − Σ_{i≤k} s_i² exactly (both parts are orthogonal). Throws solver_error.
+TruncatedSvd randomized_svd(std::span<const double> a, std::int64_t m, std::int64_t n,
+                            const RandomizedSvdOptions& options);
+
+/// Standard normal numbers for (seed, stream, index), from the counter-based generator.
+double counter_normal(std::uint64_t seed, std::uint64_t stream, std::uint64_t index);
+
+}  // namespace revmerge

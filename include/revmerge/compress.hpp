@@ -1,0 +1,52 @@
+#pragma once
+/// \file
+/// Post-training SVD (PT-SVD): a full fine-tune compressed to a PEFT LoRA adapter. Per linear
+/// module Δ = W_ft − W_base is factorised by a randomized truncated SVD, ΔW ≈ B A with
+/// B = V_k S_k (out × k) and A = U_kᵀ (k × in) — the form `lora_B`, `lora_A` take — written with
+/// scale 1 (`lora_alpha = r`, per-module ranks in `rank_pattern`).
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "revmerge/dtype.hpp"
+#include "revmerge/rmm.hpp"
+
+namespace revmerge {
+
+struct CompressOptions {
+  std::filesystem::path base, model, out;
+  std::int64_t rank = 0;            ///< k, the largest rank written
+  std::int64_t oversampling = 8;    ///< sketch columns beyond k
+  int power_iterations = 2;
+  /// When in (0, 1]: each module's rank is the smallest k ≤ rank keeping this fraction of
+  /// ‖Δ‖_F²; 0 keeps `rank` everywhere.
+  double energy = 0;
+  std::vector<std::string> include;  ///< module names to compress ("q_proj"); empty: all linears
+  std::vector<std::string> exclude;  ///< module names to skip
+  DType dtype = DType::F32;
+  std::uint64_t seed = 0;
+  bool overwrite = false;
+  int threads = 0;                  ///< BLAS threads (0: OpenBLAS's default)
+  ProgressFn progress;
+};
+
+struct CompressedModule {
+  std::string path;
+  std::int64_t out = 0, in = 0, rank = 0;
+  double relative_error = 0;  ///< ‖Δ − BA‖_F / ‖Δ‖_F (0 for Δ = 0)
+  double delta_norm = 0;      ///< ‖Δ‖_F
+};
+
+struct CompressReport {
+  std::vector<CompressedModule> modules;
+  double relative_error = 0;  ///< over all modules
+  double storage = 0;         ///< adapter numbers / the compressed weights' numbers
+};
+
+/// Compresses `model` against `base` into an adapter at `out` (atomic; nothing on failure).
+/// Throws usage_error (options), io_error / format_error (inputs), shape_error (a module missing
+/// from the fine-tune or of another shape, named), solver_error.
+CompressReport compress_checkpoint(const CompressOptions& options);
+
+}  // namespace revmerge

@@ -1,0 +1,215 @@
+// The randomized SVD against matrices built with a known spectrum (so the best rank-k error is
+// known without any SVD): within 1.05 × Eckart–Young with power iterations, within the
+// Halko–Martinsson–Tropp expectation bound without, exact on exactly low-rank matrices; and
+// `revmerge compress` end to end (f32 and BF16 models, energy ranks, bad inputs).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "methods/lowrank/randomized_svd.hpp"
+#include "revmerge/compress.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/peft.hpp"
+#include "revmerge/safetensors.hpp"
+#include "test_util.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+// Orthonormal columns (m × k, column-major) by modified Gram–Schmidt on Gaussian columns.
+std::vector<double> orthonormal(i64 m, i64 k, std::mt19937_64& rng) {
+  std::normal_distribution<double> g;
+  std::vector<double> q(static_cast<std::size_t>(m * k));
+  for (auto& x : q) x = g(rng);
+  for (i64 c = 0; c < k; ++c) {
+    for (i64 p = 0; p < c; ++p) {
+      double d = 0;
+      for (i64 i = 0; i < m; ++i) d += q[p * m + i] * q[c * m + i];
+      for (i64 i = 0; i < m; ++i) q[c * m + i] -= d * q[p * m + i];
+    }
+    double n = 0;
+    for (i64 i = 0; i < m; ++i) n += q[c * m + i] * q[c * m + i];
+    for (i64 i = 0; i < m; ++i) q[c * m + i] /= std::sqrt(n);
+  }
+  return q;
+}
+
+// A = U diag(sigma) Vᵀ, column-major m × n.
+std::vector<double> with_spectrum(i64 m, i64 n, const std::vector<double>& sigma, unsigned seed) {
+  std::mt19937_64 rng(seed);
+  const i64 r = static_cast<i64>(sigma.size());
+  const auto u = orthonormal(m, r, rng), v = orthonormal(n, r, rng);
+  std::vector<double> a(static_cast<std::size_t>(m * n), 0.0);
+  for (i64 c = 0; c < r; ++c)
+    for (i64 j = 0; j < n; ++j)
+      for (i64 i = 0; i < m; ++i) a[j * m + i] += u[c * m + i] * sigma[c] * v[c * n + j];
+  return a;
+}
+
+double error_sq(const std::vector<double>& a, const TruncatedSvd& s, i64 m, i64 n) {
+  double e = 0;
+  for (i64 j = 0; j < n; ++j)
+    for (i64 i = 0; i < m; ++i) {
+      double v = a[j * m + i];
+      for (i64 c = 0; c < s.k; ++c) v -= s.u[c * m + i] * s.s[c] * s.v[c * n + j];
+      e += v * v;
+    }
+  return e;
+}
+
+double tail(const std::vector<double>& sigma, i64 k) {
+  double t = 0;
+  for (std::size_t j = static_cast<std::size_t>(k); j < sigma.size(); ++j) t += sigma[j] * sigma[j];
+  return t;
+}
+
+TEST(RandomizedSvd, DecayingSpectrumWithin105OfTheBest) {
+  const i64 m = 120, n = 80, k = 10;
+  for (const auto kind : {0, 1}) {
+    std::vector<double> sigma;
+    for (i64 j = 0; j < 80; ++j)
+      sigma.push_back(kind == 0 ? std::exp(-0.15 * double(j)) : 1.0 / double((j + 1) * (j + 1)) + 1e-3);
+    const auto a = with_spectrum(m, n, sigma, 7 + kind);
+    const auto s = randomized_svd(a, m, n, {k, 8, 2, 3, 4});
+    const double got = error_sq(a, s, m, n), best = tail(sigma, k);
+    EXPECT_LE(std::sqrt(got), 1.05 * std::sqrt(best)) << "spectrum " << kind << " (seed 7)";
+    double total = 0;
+    for (const auto x : a) total += x * x;
+    double kept = 0;
+    for (const auto x : s.s) kept += x * x;
+    EXPECT_NEAR(got, total - kept, 1e-9 * total) << "the reported error is the true one";
+    for (i64 c = 0; c < k; ++c) EXPECT_NEAR(s.s[c], sigma[c], 0.02 * sigma[0]) << c;
+  }
+}
+
+TEST(RandomizedSvd, WithinTheHalkoMartinssonTroppBound) {
+  // E ‖A − QQᵀA‖_F ≤ (1 + k / (p − 1))^{1/2} (Σ_{j>k} σ_j²)^{1/2} without power iterations
+  // (HMT 2011, Theorem 10.5); the mean over 20 sketches must meet it.
+  const i64 m = 100, n = 60, k = 8, p = 6;
+  std::vector<double> sigma;
+  for (i64 j = 0; j < 60; ++j) sigma.push_back(std::pow(0.85, double(j)));
+  const auto a = with_spectrum(m, n, sigma, 11);
+  double total = 0;
+  for (const auto x : a) total += x * x;
+  double mean = 0;
+  for (std::uint64_t seed = 0; seed < 20; ++seed) {
+    const auto s = randomized_svd(a, m, n, {k, p, 0, seed, 1});
+    mean += std::sqrt(std::max(total - s.captured, 0.0)) / 20;
+  }
+  const double bound = std::sqrt(1.0 + double(k) / double(p - 1)) * std::sqrt(tail(sigma, k));
+  RecordProperty("mean_projection_error_over_bound", std::to_string(mean / bound));
+  EXPECT_LE(mean, bound);
+}
+
+TEST(RandomizedSvd, ExactlyLowRankComesBackExactly) {
+  const auto a = with_spectrum(50, 70, {5, 3, 2, 1, 0.5}, 3);
+  const auto s = randomized_svd(a, 50, 70, {8, 4, 1, 0, 0});
+  double total = 0;
+  for (const auto x : a) total += x * x;
+  EXPECT_LE(error_sq(a, s, 50, 70), 1e-20 * total);
+}
+
+// A tiny Hugging Face folder with two blocks of one q_proj each (row-major out × in).
+void write_model(const std::filesystem::path& dir, const std::vector<std::vector<float>>& w,
+                 i64 out, i64 in, DType dtype) {
+  std::filesystem::create_directories(dir);
+  test::write_bytes(dir / "config.json", "{\"model_type\": \"llama\"}");
+  std::vector<std::vector<std::byte>> bytes;
+  std::vector<TensorData> tensors;
+  for (std::size_t l = 0; l < w.size(); ++l) {
+    auto& b = bytes.emplace_back(w[l].size() * dtype_size(dtype));
+    convert_from_f32(w[l].data(), dtype, b.data(), w[l].size());
+    tensors.push_back({{"model.layers." + std::to_string(l) + ".self_attn.q_proj.weight", dtype,
+                        {out, in}}, b});
+  }
+  write_safetensors(dir / "model.safetensors", tensors);
+}
+
+TEST(Compress, RecoversExactlyLowRankDeltasAndReportsTheError) {
+  test::TempDir tmp;
+  const i64 out = 24, in = 16;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g;
+  std::vector<std::vector<float>> base(2, std::vector<float>(out * in)), ft = base;
+  std::vector<std::vector<double>> delta(2, std::vector<double>(out * in, 0.0));
+  for (int l = 0; l < 2; ++l) {
+    for (auto& x : base[l]) x = g(rng);
+    // Δ of rank 3: a sum of three outer products of small integers (exact in f32).
+    for (int c = 0; c < 3; ++c) {
+      std::vector<int> u(out), v(in);
+      for (auto& x : u) x = int(rng() % 5) - 2;
+      for (auto& x : v) x = int(rng() % 5) - 2;
+      for (i64 o = 0; o < out; ++o)
+        for (i64 i = 0; i < in; ++i) delta[l][o * in + i] += 0.25 * u[o] * v[i];
+    }
+    for (i64 j = 0; j < out * in; ++j) ft[l][j] = base[l][j] + float(delta[l][j]);
+  }
+  write_model(tmp / "base", base, out, in, DType::F32);
+  write_model(tmp / "ft", ft, out, in, DType::F32);
+  CompressOptions o;
+  o.base = tmp / "base";
+  o.model = tmp / "ft";
+  o.rank = 4;
+  o.out = tmp / "adapter";
+  const auto r = compress_checkpoint(o);
+  EXPECT_LT(r.relative_error, 1e-5);
+  const PeftAdapter a(o.out);
+  ASSERT_EQ(a.modules().size(), 2u);
+  for (const auto& m : a.modules()) {
+    const int l = m.layer;
+    const auto fa = a.read_a(m), fb = a.read_b(m);
+    for (i64 y = 0; y < out; ++y)
+      for (i64 x = 0; x < in; ++x) {
+        double v = 0;
+        for (i64 k = 0; k < m.rank; ++k) v += m.scale * double(fb[y * m.rank + k]) * fa[k * in + x];
+        // The fine-tune holds base + Δ rounded to f32; compare with what the files hold.
+        ASSERT_NEAR(v, double(ft[l][y * in + x]) - double(base[l][y * in + x]), 1e-5);
+      }
+  }
+}
+
+TEST(Compress, Bf16ModelsAndEnergyRanks) {
+  test::TempDir tmp;
+  const i64 out = 32, in = 20;
+  std::mt19937 rng(9);
+  std::normal_distribution<float> g;
+  std::vector<std::vector<float>> base(2, std::vector<float>(out * in)), ft = base;
+  for (int l = 0; l < 2; ++l)
+    for (i64 j = 0; j < out * in; ++j) {
+      base[l][j] = g(rng);
+      ft[l][j] = base[l][j] + 0.05f * g(rng) * (l + 1);
+    }
+  write_model(tmp / "base", base, out, in, DType::BF16);
+  write_model(tmp / "ft", ft, out, in, DType::BF16);
+  CompressOptions o;
+  o.base = tmp / "base";
+  o.model = tmp / "ft";
+  o.rank = 12;
+  o.energy = 0.5;
+  o.out = tmp / "adapter";
+  const auto r = compress_checkpoint(o);
+  for (const auto& m : r.modules) {
+    EXPECT_LE(m.rank, 12);
+    EXPECT_GE(1 - m.relative_error * m.relative_error, 0.5 - 1e-9) << m.path << " keeps the energy";
+  }
+  const PeftAdapter a(o.out);
+  for (const auto& m : a.modules()) EXPECT_DOUBLE_EQ(m.scale, 1.0);
+  // Wrong shapes are refused by name, and nothing is written.
+  write_model(tmp / "other", {std::vector<float>(16 * 20), std::vector<float>(16 * 20)}, 16, 20, DType::F32);
+  o.model = tmp / "other";
+  o.out = tmp / "never";
+  try {
+    compress_checkpoint(o);
+    FAIL() << "accepted a model of another shape";
+  } catch (const shape_error& e) {
+    EXPECT_NE(std::string(e.what()).find("'model.layers.0.self_attn.q_proj.weight' is not 32 × 20"),
+              std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(o.out));
+}
+
+}  // namespace
+}  // namespace revmerge
