@@ -8,6 +8,8 @@
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
 #include "revmerge/rmm.hpp"
+#include "revmerge/hf_model.hpp"
+#include "methods/model_output.hpp"
 
 namespace revmerge {
 namespace {
@@ -87,6 +89,49 @@ void revert_task(const Bundle& bundle, const std::string& task, const std::files
   w.overwrite = options.overwrite;
   w.metadata = {{"revmerge_bundle_task", task}};
   write_peft_adapter(out, modules, w);
+}
+
+void revert_task_full(const Bundle& bundle, const std::string& task,
+                      const std::filesystem::path& base_dir, const std::filesystem::path& out,
+                      const RevertOptions& options, std::optional<DType> dtype) {
+  const auto t = require_task(bundle, task);
+  const HfModel base(base_dir);
+  const auto& man = bundle.manifest();
+  std::map<std::string, std::size_t> by_tensor;
+  for (std::size_t i = 0; i < man.modules.size(); ++i) {
+    const auto& mod = man.modules[i];
+    const auto name = mod.path + ".weight";
+    const auto* w = base.checkpoint().find(name);
+    if (!w || w->info->shape != std::vector<i64>{mod.out, mod.in})
+      throw shape_error(base_dir.string() + ": " +
+                        (w ? "tensor '" + name + "' is not " : "no tensor '" + name + "' of ") +
+                        std::to_string(mod.out) + " × " + std::to_string(mod.in) +
+                        " for the bundle's module '" + mod.path + "'; is this the tasks' base model?");
+    by_tensor[name] = i;
+  }
+  auto be = make_backend(options.device, {options.threads, options.gpu});
+  ModelOutputOptions mo;
+  mo.dtype = dtype;
+  mo.overwrite = options.overwrite;
+  const auto produce = [&](const std::string& name, std::vector<float>& values) {
+    const auto it = by_tensor.find(name);
+    if (it == by_tensor.end()) return false;
+    const auto& mod = man.modules[it->second];
+    const auto rm = revert_with(*be, bundle, it->second, t);
+    const auto& w = base.checkpoint().at(name);
+    std::vector<double> acc(values.size());
+    w.file->read(*w.info, std::span<double>(acc));
+    // W + B̂Â in double, rounded once.
+    for (i64 o = 0; o < mod.out; ++o)
+      for (i64 k = 0; k < mod.rank; ++k) {
+        const double b = rm.b[o * mod.rank + k];
+        if (b == 0) continue;
+        for (i64 x = 0; x < mod.in; ++x) acc[o * mod.in + x] += b * rm.a[k * mod.in + x];
+      }
+    std::copy(acc.begin(), acc.end(), values.begin());
+    return true;
+  };
+  write_full_model(base, out, produce, mo);
 }
 
 }  // namespace revmerge

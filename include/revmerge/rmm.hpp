@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,15 @@ struct RevertOptions {
 /// folded into the factors, lora_alpha = r). Throws usage_error for an unknown task name.
 void revert_task(const Bundle& bundle, const std::string& task, const std::filesystem::path& out,
                  const RevertOptions& options);
+
+/// Rebuilds task `task` as a full Hugging Face model at `out`: each bundle module's weight in
+/// `base` plus the task's reconstructed delta B̂Â, every other tensor of the base copied, the
+/// base's config files copied. `dtype` sets the float tensors' output dtype (default: the base
+/// tensor's). Throws usage_error (task), shape_error (a module without its weight in the base,
+/// named), and what the writers throw; nothing is written on failure.
+void revert_task_full(const Bundle& bundle, const std::string& task,
+                      const std::filesystem::path& base, const std::filesystem::path& out,
+                      const RevertOptions& options, std::optional<DType> dtype);
 
 /// The reconstructed factors of one task and module: A (rank × in) and B (out × rank), f32.
 struct RevertedModule {

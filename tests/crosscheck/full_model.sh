@@ -20,3 +20,12 @@ for method in ties dare_ties cat; do
   python3 "$src/tools/check_full_model.py" --base "$base" --adapter "$work/$method-adapter" \
     --model "$work/$method-model" --tol 1e-5
 done
+# An RMM bundle's task reverted straight to a full model (revert --full) equals PEFT's
+# merge_and_unload of the task's own adapter (P = n − 1 reconstructs it) and of its reverted adapter.
+"$revmerge" merge -q --basis 7 --out "$work/bundle" "$src"/examples/adapters/*
+"$revmerge" revert -q "$work/bundle" --task qa --full --base "$base" --out "$work/qa-model"
+"$revmerge" revert -q "$work/bundle" --task qa --out "$work/qa-adapter"
+for adapter in "$src/examples/adapters/qa" "$work/qa-adapter"; do
+  echo -n "revert --full against $(basename "$(dirname "$adapter")")/$(basename "$adapter"): "
+  python3 "$src/tools/check_full_model.py" --base "$base" --adapter "$adapter" --model "$work/qa-model" --tol 1e-5
+done

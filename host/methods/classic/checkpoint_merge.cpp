@@ -8,7 +8,7 @@
 
 #include "methods/classic/classic_internal.hpp"
 #include "methods/classic/combine.hpp"
-#include "methods/classic/model_output.hpp"
+#include "methods/model_output.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/hf_model.hpp"
 

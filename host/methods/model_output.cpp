@@ -1,4 +1,4 @@
-#include "methods/classic/model_output.hpp"
+#include "methods/model_output.hpp"
 
 #include "core/atomic_output.hpp"
 #include "core/interrupt.hpp"
