@@ -11,6 +11,7 @@
 #include "backend/registry.hpp"
 #include "revmerge/classic.hpp"
 #include "revmerge/error.hpp"
+#include "revmerge/peft.hpp"
 #include "revmerge/rmm.hpp"
 #include "text_format.hpp"
 
@@ -48,10 +49,23 @@ std::filesystem::path output_folder(const MergeArgs& args, const MergeConfig& cf
 }
 
 void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSource> tasks) {
+  // Full fine-tunes (model folders) are compressed to --rank against --base first.
+  std::size_t models = 0;
+  for (const auto& t : tasks)
+    models += !std::filesystem::exists(t.adapter / kAdapterConfigName) &&
+              std::filesystem::exists(t.adapter / "config.json");
+  if (models != 0 && models != tasks.size())
+    throw usage_error("the inputs mix PEFT adapters and full models; merge one kind at a time");
+  const bool full = models > 0;
   for (const char* o : {"--weights", "--density", "--lambda", "--mode", "--majority-sign",
                         "--normalize", "--no-normalize", "--rescale", "--no-rescale", "--seed",
-                        "--rank", "--base", "--full-model"})
+                        "--full-model"})
     if (args.given(o)) throw usage_error(std::string(o) + ": not an option of --method rmm");
+  if (!full)
+    for (const char* o : {"--rank", "--base"})
+      if (args.given(o))
+        throw usage_error(std::string(o) + ": RMM takes it for full fine-tunes only (the inputs "
+                          "are adapters)");
   RmmMergeOptions o;
   o.tasks = std::move(tasks);
   o.basis = args.given("--basis") ? args.basis : cfg.basis.value_or(0);
@@ -64,7 +78,15 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   o.gpu = args.gpu;
   o.allow_nonfinite = args.allow_nonfinite;
   o.progress = terminal_progress(args, "merging");
-  const auto manifest = merge_rmm(o);
+  BundleManifest manifest;
+  if (full) {
+    FullModelInputs in;
+    in.base = args.given("--base") ? std::filesystem::path(args.base) : cfg.base.value_or("");
+    in.rank = args.given("--rank") ? args.rank : cfg.rank.value_or(0);
+    manifest = merge_rmm_models(o, in);
+  } else {
+    manifest = merge_rmm(o);
+  }
   if (args.json)
     std::cout << bundle_report_json(manifest, o.out.string()).dump(1) << "\n";
   else if (!args.quiet)

@@ -15,6 +15,7 @@
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
 #include "revmerge/rmm.hpp"
+#include "revmerge/compress.hpp"
 #include "revmerge/version.hpp"
 
 namespace revmerge {
@@ -84,7 +85,8 @@ BundleManifest merge_rmm(const RmmMergeOptions& o) {
   manifest.dtype = o.dtype;
   manifest.created_by = std::string("revmerge ") + REVMERGE_VERSION_STRING;
   for (std::size_t t = 0; t < o.tasks.size(); ++t)
-    manifest.tasks.push_back({o.tasks[t].name, o.tasks[t].adapter.string(),
+    manifest.tasks.push_back({o.tasks[t].name,
+                              (o.tasks[t].origin.empty() ? o.tasks[t].adapter : o.tasks[t].origin).string(),
                               adapters[t]->config().base_model_name_or_path,
                               adapters[t]->config().task_type});
 
@@ -129,6 +131,28 @@ BundleManifest merge_rmm(const RmmMergeOptions& o) {
   write_file_atomic(staged.path() / kBundleManifestName, manifest_to_json(manifest), false);
   staged.commit();
   return manifest;
+}
+
+BundleManifest merge_rmm_models(RmmMergeOptions o, const FullModelInputs& in) {
+  check_options(o);
+  if (in.base.empty()) throw usage_error("--base: full fine-tunes are merged as task vectors; give the base model");
+  if (in.rank < 1) throw usage_error("--rank: full fine-tunes are compressed to this rank first; give it");
+  // Scratch beside the output (same file system), removed whatever happens.
+  StagedDir scratch(o.out.parent_path() / ("." + o.out.filename().string() + ".compress"), true);
+  for (auto& t : o.tasks) {
+    CompressOptions c;
+    c.base = in.base;
+    c.model = t.adapter;
+    c.rank = in.rank;
+    c.oversampling = in.oversampling;
+    c.power_iterations = in.power_iterations;
+    c.out = scratch.path() / t.name;
+    c.threads = o.threads;
+    compress_checkpoint(c);
+    t.origin = t.adapter;
+    t.adapter = c.out;
+  }
+  return merge_rmm(o);
 }
 
 }  // namespace revmerge

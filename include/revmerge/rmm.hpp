@@ -18,6 +18,9 @@ namespace revmerge {
 struct TaskSource {
   std::string name;
   std::filesystem::path adapter;
+  /// What the manifest records as the task's source when it is not `adapter` (a full
+  /// fine-tune compressed into a temporary adapter first).
+  std::filesystem::path origin = {};
 };
 
 /// Called after each module with (modules done, modules in all, module path).
@@ -35,6 +38,20 @@ struct RmmMergeOptions {
   bool allow_nonfinite = false;   ///< merge NaN / Inf inputs instead of refusing them
   ProgressFn progress;
 };
+
+/// Full fine-tunes for merge_rmm_models: compressed against `base` to rank `rank` (PT-SVD,
+/// see compress.hpp) before RMM.
+struct FullModelInputs {
+  std::filesystem::path base;
+  std::int64_t rank = 0;
+  std::int64_t oversampling = 8;
+  int power_iterations = 2;
+};
+
+/// RMM over full fine-tunes: `options.tasks` name model folders; each is compressed into a
+/// temporary adapter (beside the output, removed afterwards), then merged as merge_rmm does.
+/// The manifest records the model folders as the tasks' sources.
+BundleManifest merge_rmm_models(RmmMergeOptions options, const FullModelInputs& inputs);
 
 /// Merges the adapters into a bundle at `options.out` and returns its manifest. Every module of
 /// every layer is merged; scales are folded into B; ranks are zero-padded to the largest.

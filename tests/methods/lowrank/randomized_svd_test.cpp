@@ -8,7 +8,10 @@
 #include <random>
 
 #include "methods/lowrank/randomized_svd.hpp"
+#include "revmerge/bundle.hpp"
 #include "revmerge/compress.hpp"
+#include "revmerge/hf_model.hpp"
+#include "revmerge/rmm.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
 #include "revmerge/safetensors.hpp"
@@ -169,6 +172,58 @@ TEST(Compress, RecoversExactlyLowRankDeltasAndReportsTheError) {
         ASSERT_NEAR(v, double(ft[l][y * in + x]) - double(base[l][y * in + x]), 1e-5);
       }
   }
+}
+
+TEST(Compress, RmmOverFullFineTunesRevertsToEachFineTune) {
+  // Three fine-tunes with rank-2 deltas: compressed to rank 3 and merged with P = n − 1, each
+  // task reverted as a full model holds its fine-tune's weights.
+  test::TempDir tmp;
+  const i64 out = 12, in = 10;
+  std::mt19937 rng(21);
+  std::normal_distribution<float> g;
+  std::vector<std::vector<float>> base(2, std::vector<float>(out * in));
+  for (auto& w : base)
+    for (auto& x : w) x = g(rng);
+  write_model(tmp / "base", base, out, in, DType::F32);
+  std::vector<std::vector<std::vector<float>>> fts;
+  RmmMergeOptions o;
+  for (int t = 0; t < 3; ++t) {
+    auto ft = base;
+    for (auto& w : ft)
+      for (int c = 0; c < 2; ++c) {
+        std::vector<float> u(out), v(in);
+        for (auto& x : u) x = g(rng);
+        for (auto& x : v) x = g(rng);
+        for (i64 y = 0; y < out; ++y)
+          for (i64 x = 0; x < in; ++x) w[y * in + x] += 0.1f * u[y] * v[x];
+      }
+    const auto dir = tmp / ("ft" + std::to_string(t));
+    write_model(dir, ft, out, in, DType::F32);
+    fts.push_back(ft);
+    o.tasks.push_back({"ft" + std::to_string(t), dir});
+  }
+  o.basis = 2;
+  o.out = tmp / "bundle";
+  o.device = Device::cpu;
+  const auto manifest = merge_rmm_models(o, {tmp / "base", 3});
+  EXPECT_EQ(manifest.tasks[1].source, (tmp / "ft1").string());
+  const Bundle bundle(o.out);
+  for (int t = 0; t < 3; ++t) {
+    RevertOptions ro;
+    ro.device = Device::cpu;
+    const auto dir = tmp / ("model" + std::to_string(t));
+    revert_task_full(bundle, "ft" + std::to_string(t), tmp / "base", dir, ro, std::nullopt);
+    const HfModel m(dir);
+    for (int l = 0; l < 2; ++l) {
+      const auto name = "model.layers." + std::to_string(l) + ".self_attn.q_proj.weight";
+      const auto w = m.checkpoint().at(name).file->read_f64(name);
+      for (std::size_t j = 0; j < w.size(); ++j) ASSERT_NEAR(w[j], fts[t][l][j], 1e-5) << name;
+    }
+  }
+  int leftovers = 0;
+  for (const auto& e : std::filesystem::directory_iterator(tmp.path()))
+    leftovers += e.path().filename().string().find("compress") != std::string::npos;
+  EXPECT_EQ(leftovers, 0) << "the temporary adapters are removed";
 }
 
 TEST(Compress, Bf16ModelsAndEnergyRanks) {
