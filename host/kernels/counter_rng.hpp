@@ -1,16 +1,12 @@
 #pragma once
 // The counter-based random numbers behind DARE's drop mask. A draw is a pure function of
 // (seed, stream, index), so any thread, any device and any order draw the same mask, and a
-// user can reproduce it (docs/methods.md spells the arithmetic out; tools/classic_golden.py
+// user can reproduce it (docs/methods.md spells the arithmetic out; tools/make_golden.py
 // implements it again in numpy).
 #include <cstdint>
 #include <string_view>
 
-#ifdef __CUDACC__
-#define REVMERGE_HD __host__ __device__
-#else
-#define REVMERGE_HD
-#endif
+#include "kernels/host_device.hpp"
 
 namespace revmerge::kernels {
 

@@ -7,11 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
-#ifdef __CUDACC__
-#define REVMERGE_HD __host__ __device__
-#else
-#define REVMERGE_HD
-#endif
+#include "kernels/host_device.hpp"
 
 namespace revmerge::kernels {
 

@@ -70,6 +70,16 @@ void load_stacks(const PlannedModule& pm, const std::vector<std::unique_ptr<Peft
   }
 }
 
+std::vector<TaskFactors> read_module_factors(const AdapterSet& set, const PlannedModule& pm) {
+  std::vector<TaskFactors> f;
+  for (std::size_t t = 0; t < pm.per_task.size(); ++t) {
+    const auto& m = *pm.per_task[t];
+    f.push_back({read_factor(*set.adapters[t], m.key_a, false),
+                 read_factor(*set.adapters[t], m.key_b, false), m.rank, m.scale});
+  }
+  return f;
+}
+
 AdapterSet open_adapter_set(const std::vector<TaskSource>& tasks) {
   AdapterSet set;
   for (const auto& t : tasks) set.adapters.push_back(std::make_unique<PeftAdapter>(t.adapter));

@@ -34,6 +34,16 @@ AdapterSet open_adapter_set(const std::vector<TaskSource>& tasks);
 /// Reads one factor as f32, refusing non-finite values by file, tensor and index unless allowed.
 std::vector<float> read_factor(const PeftAdapter& a, const std::string& tensor, bool allow_nonfinite);
 
+/// One task's factors of one module as stored (A rank × in, B out × rank, unscaled) and its scale.
+struct TaskFactors {
+  std::vector<float> a, b;
+  std::int64_t rank;
+  double scale;
+};
+
+/// Every task's factors of module `pm`, in task order; non-finite values refused.
+std::vector<TaskFactors> read_module_factors(const AdapterSet& set, const PlannedModule& pm);
+
 /// The module's stacks as rmm_module takes them: A n × r × in (rows past a task's rank zero),
 /// B n × out × r with the task's scale folded in (columns past its rank zero).
 void load_stacks(const PlannedModule& pm, const std::vector<std::unique_ptr<PeftAdapter>>& adapters,

@@ -51,28 +51,26 @@ double lowrank_norm_sq(const std::vector<Term>& terms, i64 out, i64 in) {
   return std::max(total, 0.0);
 }
 
-struct TaskModule {
-  std::vector<float> a, b;
-  i64 rank;
-  double scale;
-};
-
-// The tasks' own factors, module by module (plan order).
-std::vector<std::vector<TaskModule>> read_tasks(const AdapterSet& set) {
-  std::vector<std::vector<TaskModule>> all;
-  for (const auto& pm : set.plan) {
-    auto& row = all.emplace_back();
-    for (std::size_t t = 0; t < pm.per_task.size(); ++t) {
-      const auto& m = *pm.per_task[t];
-      row.push_back({read_factor(*set.adapters[t], m.key_a, false),
-                     read_factor(*set.adapters[t], m.key_b, false), m.rank, m.scale});
-    }
-  }
+// The tasks' own factors, module by module (plan order), read once for every row.
+std::vector<std::vector<TaskFactors>> read_tasks(const AdapterSet& set) {
+  std::vector<std::vector<TaskFactors>> all;
+  for (const auto& pm : set.plan) all.push_back(read_module_factors(set, pm));
   return all;
 }
 
+// Per task √(Σ squared errors / Σ squared norms) over the modules.
+CompareRow make_row(const std::string& label, double storage, const std::vector<double>& num,
+                    const std::vector<double>& den) {
+  CompareRow row;
+  row.label = label;
+  row.storage = storage;
+  for (std::size_t t = 0; t < num.size(); ++t)
+    row.task_error.push_back(den[t] > 0 ? std::sqrt(num[t] / den[t]) : 0);
+  return row;
+}
+
 CompareRow measure_adapter(const std::string& label, const fs::path& merged, const AdapterSet& set,
-                           const std::vector<std::vector<TaskModule>>& tasks) {
+                           const std::vector<std::vector<TaskFactors>>& tasks) {
   const PeftAdapter out(merged);
   const auto n = set.adapters.size();
   std::vector<double> num(n, 0.0), den(n, 0.0);
@@ -91,9 +89,7 @@ CompareRow measure_adapter(const std::string& label, const fs::path& merged, con
       den[t] += lowrank_norm_sq({{&tm.b, &tm.a, tm.rank, tm.scale}}, pm.out, pm.in);
     }
   }
-  CompareRow row{label, stored / raw, {}, 0};
-  for (std::size_t t = 0; t < n; ++t) row.task_error.push_back(den[t] > 0 ? std::sqrt(num[t] / den[t]) : 0);
-  return row;
+  return make_row(label, stored / raw, num, den);
 }
 
 CompareRow measure_bundle(const std::string& label, const BundleManifest& m) {
@@ -105,9 +101,7 @@ CompareRow measure_bundle(const std::string& label, const BundleManifest& m) {
       num[t] += e * e;
       den[t] += mod.delta_norm[t] * mod.delta_norm[t];
     }
-  CompareRow row{label, m.storage_ratio, {}, 0};
-  for (std::size_t t = 0; t < n; ++t) row.task_error.push_back(den[t] > 0 ? std::sqrt(num[t] / den[t]) : 0);
-  return row;
+  return make_row(label, m.storage_ratio, num, den);
 }
 
 std::string mode_name(const CompareMethod& m) {

@@ -39,29 +39,17 @@ struct ModuleDelta {
   bool is_dense = false;
 };
 
-struct TaskFactors {
-  std::vector<float> a, b;
-  i64 rank;
-  double scale;
-};
-
-std::vector<TaskFactors> read_module(const Context& c, const PlannedModule& pm) {
-  std::vector<TaskFactors> f;
-  for (std::size_t t = 0; t < pm.per_task.size(); ++t) {
-    const auto& m = *pm.per_task[t];
-    f.push_back({read_factor(*c.set.adapters[t], m.key_a, false),
-                 read_factor(*c.set.adapters[t], m.key_b, false), m.rank, m.scale});
-  }
-  return f;
+// d (out × in) += coef · B A for B out × rank and A rank × in.
+void add_product(double coef, const std::vector<float>& b, const std::vector<float>& a, i64 rank,
+                 i64 out, i64 in, float* d) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, rank, static_cast<float>(coef),
+              b.data(), rank, a.data(), in, 1.0f, d, in);
 }
 
 std::vector<float> dense_sum(const std::vector<TaskFactors>& f, const std::vector<double>& coef,
                              i64 out, i64 in) {
   std::vector<float> d(static_cast<std::size_t>(out * in), 0.0f);
-  for (std::size_t t = 0; t < f.size(); ++t)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, f[t].rank,
-                static_cast<float>(coef[t]), f[t].b.data(), f[t].rank, f[t].a.data(), in, 1.0f,
-                d.data(), in);
+  for (std::size_t t = 0; t < f.size(); ++t) add_product(coef[t], f[t].b, f[t].a, f[t].rank, out, in, d.data());
   return d;
 }
 
@@ -103,7 +91,7 @@ bool is_linear(const CombineRecipe& r) {
 }
 
 ModuleDelta merge_module(const Context& c, const PlannedModule& pm, bool exact) {
-  const auto f = read_module(c, pm);
+  const auto f = read_module_factors(c.set, pm);
   const i64 n = static_cast<i64>(f.size());
   const auto method = c.o.method;
   const double lambda = c.o.lambda.value_or(1.0);
@@ -150,10 +138,8 @@ ModuleDelta merge_module(const Context& c, const PlannedModule& pm, bool exact) 
   // Combined TIES / DARE / magnitude pruning on the dense products sᵢBᵢAᵢ.
   const i64 count = pm.out * pm.in;
   std::vector<float> stack(static_cast<std::size_t>(n * count));
-  for (i64 t = 0; t < n; ++t) {
-    const auto one = dense_sum({f[t]}, {f[t].scale}, pm.out, pm.in);
-    std::copy(one.begin(), one.end(), stack.begin() + t * count);
-  }
+  for (i64 t = 0; t < n; ++t)
+    add_product(f[t].scale, f[t].b, f[t].a, f[t].rank, pm.out, pm.in, stack.data() + t * count);
   std::vector<float> merged(static_cast<std::size_t>(count));
   combine_stack(*c.recipe, {stack, n, count, c.p.weights, c.p.densities, pm.path, c.o.seed},
                 merged, c.threads);
@@ -232,7 +218,10 @@ ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& o) {
     if (it == by_tensor.end()) return false;
     const auto& pm = *it->second;
     auto d = with_module_context(pm.path, [&] { return merge_module(c, pm, true); });
-    if (!d.is_dense) d.dense = dense_sum({{d.factors.a, d.factors.b, d.factors.rank, 1.0}}, {1.0}, pm.out, pm.in);
+    if (!d.is_dense) {
+      d.dense.assign(static_cast<std::size_t>(pm.out * pm.in), 0.0f);
+      add_product(1.0, d.factors.b, d.factors.a, d.factors.rank, pm.out, pm.in, d.dense.data());
+    }
     const auto& t = base.checkpoint().at(name);
     t.file->read(*t.info, values);
     for (i64 o2 = 0; o2 < pm.out; ++o2)

@@ -8,24 +8,18 @@
 #include <string>
 
 #include "kernels/counter_rng.hpp"
-#include "revmerge/error.hpp"
+#include "methods/lowrank/lapack_check.hpp"
 
 namespace revmerge {
 namespace {
 
 using i64 = std::int64_t;
 
-void check(lapack_int info, const char* call, i64 rows, i64 cols) {
-  if (info != 0)
-    throw solver_error(std::string(call) + " failed on a " + std::to_string(rows) + " × " +
-                       std::to_string(cols) + " matrix (info " + std::to_string(info) + ")");
-}
-
 // Replaces the column-major m × l matrix by an orthonormal basis of its range (Householder).
 void orthonormalize(std::vector<double>& y, i64 m, i64 l) {
   std::vector<double> tau(static_cast<std::size_t>(l));
-  check(LAPACKE_dgeqrf(LAPACK_COL_MAJOR, m, l, y.data(), m, tau.data()), "dgeqrf", m, l);
-  check(LAPACKE_dorgqr(LAPACK_COL_MAJOR, m, l, l, y.data(), m, tau.data()), "dorgqr", m, l);
+  check_lapack(LAPACKE_dgeqrf(LAPACK_COL_MAJOR, m, l, y.data(), m, tau.data()), "dgeqrf", m, l);
+  check_lapack(LAPACKE_dorgqr(LAPACK_COL_MAJOR, m, l, l, y.data(), m, tau.data()), "dorgqr", m, l);
 }
 
 }  // namespace
@@ -65,7 +59,7 @@ TruncatedSvd randomized_svd(std::span<const double> a, i64 m, i64 n, const Rando
   for (const double x : b) r.captured += x * x;
   std::vector<double> ub(static_cast<std::size_t>(l * l)), s(static_cast<std::size_t>(l)),
       vt(static_cast<std::size_t>(l * n));
-  check(LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', l, n, b.data(), l, s.data(), ub.data(), l, vt.data(), l),
+  check_lapack(LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', l, n, b.data(), l, s.data(), ub.data(), l, vt.data(), l),
         "dgesdd", l, n);
   r.u.resize(static_cast<std::size_t>(m * r.k));
   cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, m, r.k, l, 1.0, y.data(), m, ub.data(), l,

@@ -6,29 +6,23 @@
 #include <algorithm>
 #include <string>
 
-#include "revmerge/error.hpp"
+#include "methods/lowrank/lapack_check.hpp"
 
 namespace revmerge {
 namespace {
 
 using i64 = std::int64_t;
 
-void check_info(lapack_int info, const char* call, i64 rows, i64 cols) {
-  if (info != 0)
-    throw solver_error(std::string(call) + " failed on a " + std::to_string(rows) + " × " +
-                       std::to_string(cols) + " matrix (info " + std::to_string(info) + ")");
-}
-
 // Column-major m × k matrix `x` (m ≥ 1) replaced by its thin Q (m × min(m, k)); returns the
 // upper-triangular R (min(m, k) × k, column-major).
 std::vector<double> thin_qr(std::vector<double>& x, i64 m, i64 k) {
   const i64 q = std::min(m, k);
   std::vector<double> tau(static_cast<std::size_t>(std::max<i64>(q, 1)));
-  check_info(LAPACKE_dgeqrf(LAPACK_COL_MAJOR, m, k, x.data(), m, tau.data()), "dgeqrf", m, k);
+  check_lapack(LAPACKE_dgeqrf(LAPACK_COL_MAJOR, m, k, x.data(), m, tau.data()), "dgeqrf", m, k);
   std::vector<double> r(static_cast<std::size_t>(q * k), 0.0);
   for (i64 c = 0; c < k; ++c)
     for (i64 row = 0; row <= std::min(c, q - 1); ++row) r[c * q + row] = x[c * m + row];
-  check_info(LAPACKE_dorgqr(LAPACK_COL_MAJOR, m, q, q, x.data(), m, tau.data()), "dorgqr", m, q);
+  check_lapack(LAPACKE_dorgqr(LAPACK_COL_MAJOR, m, q, q, x.data(), m, tau.data()), "dorgqr", m, q);
   x.resize(static_cast<std::size_t>(m * q));
   return r;
 }
@@ -44,7 +38,7 @@ Svd svd(std::vector<double> a, i64 m, i64 n) {
   r.u.resize(static_cast<std::size_t>(m * r.q));
   r.s.resize(static_cast<std::size_t>(r.q));
   r.vt.resize(static_cast<std::size_t>(r.q * n));
-  check_info(LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', m, n, a.data(), m, r.s.data(), r.u.data(), m,
+  check_lapack(LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', m, n, a.data(), m, r.s.data(), r.u.data(), m,
                             r.vt.data(), r.q),
              "dgesdd", m, n);
   return r;
