@@ -34,35 +34,34 @@ int main(int argc, char** argv) {
     const auto shape = rb::model_shape(model);
     if (layers <= 0 || layers > shape.layers) layers = shape.layers;
     const auto type = revmerge::parse_float_dtype_option(dtype, "--dtype");
-    std::vector<std::vector<revmerge::LoraModuleData>> per_task(tasks);
-    std::mt19937 rng(seed);
-    std::vector<float> stack;
-    // Fills one factor of every task from one structured stack (bench/synthetic.hpp).
-    auto fill = [&](i64 size, auto&& assign) {
-      rb::structured_factors(stack, tasks, size, rng);
-      for (i64 t = 0; t < tasks; ++t) assign(t).assign(stack.begin() + t * size, stack.begin() + (t + 1) * size);
-    };
+    // One streaming writer per task; one module of every task in memory at a time, so the
+    // 70b shape (GBs per adapter) is written with a few hundred MB.
+    std::vector<revmerge::LoraModuleShape> shapes;
     for (i64 layer = 0; layer < layers; ++layer)
-      for (const auto& m : shape.modules()) {
-        const auto path = fmt::format("model.layers.{}.{}", layer, m.name);
-        for (i64 t = 0; t < tasks; ++t) per_task[t].push_back({path, rank, m.in, m.out, {}, {}});
-        fill(rank * m.in, [&](i64 t) -> std::vector<float>& { return per_task[t].back().a; });
-        fill(m.out * rank, [&](i64 t) -> std::vector<float>& { return per_task[t].back().b; });
-        const float sa = 1.0f / std::sqrt(float(m.in)), sb = 0.01f;
-        for (i64 t = 0; t < tasks; ++t) {
-          for (auto& x : per_task[t].back().a) x *= sa;
-          for (auto& x : per_task[t].back().b) x *= sb;
-        }
-      }
-    for (i64 t = 0; t < tasks; ++t) {
-      revmerge::AdapterWriteOptions o;
-      o.base_model_name_or_path = "synthetic/" + model;
-      o.task_type = "CAUSAL_LM";
-      o.dtype = type;
-      o.overwrite = force;
-      revmerge::write_peft_adapter(std::filesystem::path(out) / fmt::format("task-{}", t), per_task[t], o);
-      per_task[t].clear();
+      for (const auto& m : shape.modules())
+        shapes.push_back({fmt::format("model.layers.{}.{}", layer, m.name), rank, m.in, m.out});
+    revmerge::AdapterWriteOptions o;
+    o.base_model_name_or_path = "synthetic/" + model;
+    o.task_type = "CAUSAL_LM";
+    o.dtype = type;
+    o.overwrite = force;
+    std::vector<revmerge::PeftAdapterWriter> writers;
+    for (i64 t = 0; t < tasks; ++t)
+      writers.emplace_back(std::filesystem::path(out) / fmt::format("task-{}", t), shapes, o);
+    std::mt19937 rng(seed);
+    std::vector<float> a, b;
+    for (const auto& ms : shapes) {
+      rb::structured_factors(a, tasks, rank * ms.in, rng);
+      rb::structured_factors(b, tasks, ms.out * rank, rng);
+      // Scaled like trained factors: A ~ 1/√in (Kaiming-like init), B small.
+      const float sa = 1.0f / std::sqrt(float(ms.in)), sb = 0.01f;
+      for (auto& x : a) x *= sa;
+      for (auto& x : b) x *= sb;
+      for (i64 t = 0; t < tasks; ++t)
+        writers[t].write(ms.path, std::span(a).subspan(t * rank * ms.in, rank * ms.in),
+                         std::span(b).subspan(t * ms.out * rank, ms.out * rank));
     }
+    for (auto& w : writers) w.commit();
     fmt::print("wrote {} {}-shaped adapters ({} layers, rank {}, {}) under {}\n", tasks, model,
                layers, rank, dtype, out);
   } catch (const std::exception& e) {

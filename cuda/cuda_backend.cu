@@ -8,53 +8,38 @@
 namespace revmerge {
 namespace cuda {
 
-DevicePool::~DevicePool() {
-  cudaSetDevice(device_);
-  for (auto& [ptr, size] : sizes_) cudaFree(ptr);  // no throw from a destructor
-}
+namespace {
 
-DeviceBuffer DevicePool::allocate(std::size_t bytes) {
-  // Size classes: 256-byte multiples up to 1 MiB, then 1 MiB multiples, so a layer's repeated
-  // requests for the same shapes are served from the cache.
-  const std::size_t unit = bytes <= (1u << 20) ? 256 : (1u << 20);
-  const std::size_t cls = std::max<std::size_t>(unit, (bytes + unit - 1) / unit * unit);
-  std::lock_guard lock(mutex_);
-  void* ptr = nullptr;
-  if (auto it = free_.find(cls); it != free_.end()) {
-    ptr = it->second;
-    free_.erase(it);
-  } else {
-    REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
-    cudaError_t st = cudaMalloc(&ptr, cls);
-    if (st == cudaErrorMemoryAllocation && !free_.empty()) {  // give cached blocks back, retry
-      cudaGetLastError();
-      for (auto& [c, p] : free_) {
-        cudaFree(p);
-        sizes_.erase(p);
-      }
-      free_.clear();
-      st = cudaMalloc(&ptr, cls);
-    }
-    if (st != cudaSuccess)
-      throw device_error("cudaMalloc of " + std::to_string(cls) + " bytes failed: " +
-                         cudaGetErrorString(st) + " (" + std::to_string(in_use_) +
-                         " bytes in use by revmerge)");
-    sizes_[ptr] = cls;
+// Raw allocators for the pools; ctx points at the device index.
+void* device_alloc(void* ctx, std::size_t bytes) {
+  if (cudaSetDevice(*static_cast<int*>(ctx)) != cudaSuccess) return nullptr;
+  void* p = nullptr;
+  if (cudaMalloc(&p, bytes) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free allocation error
+    return nullptr;
   }
-  in_use_ += cls;
-  peak_ = std::max(peak_, in_use_);
-  return DeviceBuffer(ptr, bytes, &DevicePool::release, this);
+  return p;
 }
-
-void DevicePool::release(void* ctx, void* ptr) {
-  auto* pool = static_cast<DevicePool*>(ctx);
-  std::lock_guard lock(pool->mutex_);
-  const auto cls = pool->sizes_.at(ptr);
-  pool->in_use_ -= cls;
-  pool->free_.emplace(cls, ptr);
+void device_free(void* ctx, void* p) {
+  cudaSetDevice(*static_cast<int*>(ctx));
+  cudaFree(p);
 }
+void* pinned_alloc(void*, std::size_t bytes) {
+  void* p = nullptr;
+  if (cudaHostAlloc(&p, bytes, cudaHostAllocPortable) != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  return p;
+}
+void pinned_free(void*, void* p) { cudaFreeHost(p); }
 
-CudaBackend::CudaBackend(int device) : device_(device), pool_(device) {
+}  // namespace
+
+CudaBackend::CudaBackend(int device)
+    : device_(device),
+      pool_("cuda:" + std::to_string(device), &device_alloc, &device_free, &device_),
+      staging_("pinned host memory", &pinned_alloc, &pinned_free, nullptr) {
   int count = 0;
   REVMERGE_CUDA_CHECK(cudaGetDeviceCount(&count));
   if (device < 0 || device >= count)
@@ -83,15 +68,36 @@ CudaBackend::~CudaBackend() {
   if (syevj_params_) cusolverDnDestroySyevjInfo(syevj_params_);
   if (cusolver_) cusolverDnDestroy(cusolver_);
   if (cublas_) cublasDestroy(cublas_);
+  for (auto st : extra_streams_) {
+    cudaStreamSynchronize(st);
+    cudaStreamDestroy(st);
+  }
   if (stream_) cudaStreamDestroy(stream_);
 }
 
+std::size_t CudaBackend::memory_available() const {
+  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
+  std::size_t free = 0, total = 0;
+  REVMERGE_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  return free + pool_.use().cached;
+}
+
+Stream CudaBackend::create_stream() {
+  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
+  cudaStream_t st = nullptr;
+  REVMERGE_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  extra_streams_.push_back(st);
+  return Stream{st};
+}
+
 void CudaBackend::upload(void* dst, const void* src, std::size_t bytes, Stream s) {
+  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));  // the calling thread may be a pipeline stage
   if (bytes)
     REVMERGE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream(s)));
 }
 
 void CudaBackend::download(void* dst, const void* src, std::size_t bytes, Stream s) {
+  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
   if (bytes)
     REVMERGE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream(s)));
 }
@@ -112,10 +118,12 @@ void CudaBackend::defer_info_check(DeviceBuffer info, std::int64_t count, cudaSt
     cudaFreeHost(p.host_info);
     REVMERGE_CUDA_CHECK(copy);
   }
+  std::lock_guard lock(pending_mutex_);
   pending_.push_back(std::move(p));
 }
 
 void CudaBackend::check_pending_infos(cudaStream_t st) {
+  std::lock_guard lock(pending_mutex_);
   std::string failure;
   for (auto it = pending_.begin(); it != pending_.end();) {
     if (it->stream != st) {

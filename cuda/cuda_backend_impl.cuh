@@ -11,27 +11,9 @@
 #include <vector>
 
 #include "backend/backend.hpp"
+#include "backend/caching_pool.hpp"
 
 namespace revmerge::cuda {
-
-/// Caching device allocator: freed blocks are kept by size and reused; everything goes back to
-/// the driver when the pool is destroyed. Thread-safe.
-class DevicePool {
- public:
-  explicit DevicePool(int device) : device_(device) {}
-  ~DevicePool();
-  DeviceBuffer allocate(std::size_t bytes);
-  std::size_t bytes_in_use() const noexcept { return in_use_; }
-  std::size_t peak_bytes() const noexcept { return peak_; }
-
- private:
-  static void release(void* ctx, void* ptr);
-  int device_;
-  std::mutex mutex_;
-  std::multimap<std::size_t, void*> free_;   // size class -> block
-  std::map<void*, std::size_t> sizes_;       // every block and its size class
-  std::size_t in_use_ = 0, peak_ = 0;
-};
 
 class CudaBackend final : public Backend {
  public:
@@ -42,6 +24,15 @@ class CudaBackend final : public Backend {
   std::string name() const override { return name_; }
 
   DeviceBuffer allocate(std::size_t bytes) override { return pool_.allocate(bytes); }
+  DeviceBuffer allocate_staging(std::size_t bytes) override { return staging_.allocate(bytes); }
+  bool shares_host_memory() const noexcept override { return false; }
+  MemoryUse memory_use() const override { return pool_.use(); }
+  std::size_t memory_available() const override;
+  void trim_cache() override {
+    pool_.trim();
+    staging_.trim();
+  }
+  Stream create_stream() override;
   void upload(void* dst, const void* host_src, std::size_t bytes, Stream s) override;
   void download(void* host_dst, const void* src, std::size_t bytes, Stream s) override;
   void synchronize(Stream s) override;
@@ -92,13 +83,16 @@ class CudaBackend final : public Backend {
 
   int device_;
   std::string name_;
-  DevicePool pool_;
+  CachingPool pool_;     // device memory (cudaMalloc)
+  CachingPool staging_;  // pinned host memory (cudaHostAlloc)
+  std::vector<cudaStream_t> extra_streams_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   cusolverDnHandle_t cusolver_ = nullptr;
   syevjInfo_t syevj_params_ = nullptr;
   cusolverDnParams_t solver_params_ = nullptr;
   std::vector<PendingInfo> pending_;
+  std::mutex pending_mutex_;  // the pipeline's copy thread synchronizes its own stream
 };
 
 }  // namespace revmerge::cuda

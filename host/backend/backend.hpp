@@ -75,6 +75,11 @@ struct MatBatch {
 
 enum class Op { none, transpose };
 
+/// Bytes a backend's memory pool holds: handed out, cached for reuse, and the most ever held.
+struct MemoryUse {
+  std::size_t in_use = 0, cached = 0, peak = 0;
+};
+
 /// The primitives. Shapes are checked at this boundary (shape_error naming the operation);
 /// library failures throw device_error / solver_error naming the call and its sizes.
 class Backend {
@@ -87,6 +92,20 @@ class Backend {
 
   // --- memory and ordering ---
   virtual DeviceBuffer allocate(std::size_t bytes) = 0;
+  /// Host memory the backend copies from and to fastest (pinned on CUDA), for staging buffers.
+  virtual DeviceBuffer allocate_staging(std::size_t bytes) = 0;
+  /// True when backend memory is host memory (the CPU): staged inputs need no upload.
+  virtual bool shares_host_memory() const noexcept = 0;
+  /// What the backend's pool holds (device memory; host memory for the CPU backend).
+  virtual MemoryUse memory_use() const = 0;
+  /// Memory the backend could still allocate: free device memory plus its cache (the CPU:
+  /// the host's MemAvailable plus the cache).
+  virtual std::size_t memory_available() const = 0;
+  /// Gives cached, unused blocks back to the system.
+  virtual void trim_cache() = 0;
+  /// A new execution queue owned by the backend, independent of the default one (a second
+  /// cudaStream_t for copies while the default stream computes; nothing on the CPU).
+  virtual Stream create_stream() = 0;
   virtual void upload(void* dst, const void* host_src, std::size_t bytes, Stream s) = 0;
   virtual void download(void* host_dst, const void* src, std::size_t bytes, Stream s) = 0;
   /// Waits until all work on `s` is done.

@@ -11,11 +11,13 @@
 #include <vector>
 
 #include "backend/gemm_shapes.hpp"
+#include "core/memory_info.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
 namespace {
 
+void* alloc_host(void*, std::size_t bytes) { return std::aligned_alloc(64, (bytes + 63) / 64 * 64); }
 void free_host(void*, void* p) { std::free(p); }
 
 // Runs body(b) for b in [0, count) on `threads` threads; the first exception is rethrown after
@@ -36,26 +38,34 @@ void parallel_for(int threads, std::int64_t count, Body body) {
   if (first) std::rethrow_exception(first);
 }
 
+// OpenBLAS's OpenMP build keeps its thread count in the calling thread's OpenMP settings, so a
+// pipeline stage thread starts with "all cores". Each thread that calls BLAS pins it once.
+void keep_blas_single_threaded() {
+  thread_local bool pinned = false;
+  if (!pinned) {
+    openblas_set_num_threads(1);
+    pinned = true;
+  }
+}
+
 }  // namespace
 
-CpuBackend::CpuBackend(int threads) : threads_(threads > 0 ? threads : omp_get_num_procs()) {
+CpuBackend::CpuBackend(int threads)
+    : threads_(threads > 0 ? threads : omp_get_num_procs()),
+      pool_("cpu backend", &alloc_host, &free_host, nullptr) {
   // All parallelism is the backend's own (one matrix per thread). OpenBLAS must never split a
   // call: a team of one thread does not count as "in parallel" for it, so with --threads 1 it
   // would thread a large GEMM itself and change the summation order. This is OpenBLAS's
   // process-wide setting; revmerge never wants anything else.
-  openblas_set_num_threads(1);
+  keep_blas_single_threaded();
 }
 
 std::string CpuBackend::name() const {
   return "cpu (OpenBLAS + LAPACKE, " + std::to_string(threads_) + " threads)";
 }
 
-DeviceBuffer CpuBackend::allocate(std::size_t bytes) {
-  const std::size_t rounded = (bytes + 63) / 64 * 64;
-  void* p = rounded == 0 ? nullptr : std::aligned_alloc(64, rounded);
-  if (rounded != 0 && p == nullptr)
-    throw device_error("cpu backend: cannot allocate " + std::to_string(bytes) + " bytes");
-  return DeviceBuffer(p, bytes, &free_host, nullptr);
+std::size_t CpuBackend::memory_available() const {
+  return host_memory_available() + pool_.use().cached;
 }
 
 void CpuBackend::upload(void* dst, const void* src, std::size_t bytes, Stream) {
@@ -69,6 +79,7 @@ void CpuBackend::download(void* dst, const void* src, std::size_t bytes, Stream)
 void CpuBackend::gemm(Op op_a, Op op_b, float alpha, const MatBatch& a, const MatBatch& b,
                       float beta, const MatBatch& c, Stream) {
   detail::check_gemm(op_a, op_b, a, b, c);
+  keep_blas_single_threaded();
   const auto ta = op_a == Op::none ? CblasNoTrans : CblasTrans;
   const auto tb = op_b == Op::none ? CblasNoTrans : CblasTrans;
   const auto k = detail::op_cols(op_a, a);
@@ -91,6 +102,7 @@ void CpuBackend::symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream) 
                       std::to_string(a.ld));
   // Solved in double: n is small, and it keeps the small eigenvalues' directions accurate.
   // Workspaces are per thread and reused across the batch (sizes from LAPACK's dsyevd docs).
+  keep_blas_single_threaded();
   const std::size_t nn = static_cast<std::size_t>(n * n);
   const lapack_int lwork = static_cast<lapack_int>(1 + 6 * n + 2 * n * n);
   const lapack_int liwork = static_cast<lapack_int>(3 + 5 * n);

@@ -3,6 +3,7 @@
 // functors under Thrust's OpenMP system for element-wise work. Batches are split across
 // threads; each matrix is computed by one thread, so results do not depend on the thread count.
 #include "backend/backend.hpp"
+#include "backend/caching_pool.hpp"
 
 namespace revmerge {
 
@@ -14,7 +15,13 @@ class CpuBackend final : public Backend {
   std::string name() const override;
   int threads() const noexcept { return threads_; }
 
-  DeviceBuffer allocate(std::size_t bytes) override;
+  DeviceBuffer allocate(std::size_t bytes) override { return pool_.allocate(bytes); }
+  DeviceBuffer allocate_staging(std::size_t bytes) override { return pool_.allocate(bytes); }
+  bool shares_host_memory() const noexcept override { return true; }
+  MemoryUse memory_use() const override { return pool_.use(); }
+  std::size_t memory_available() const override;
+  void trim_cache() override { pool_.trim(); }
+  Stream create_stream() override { return {}; }
   void upload(void* dst, const void* host_src, std::size_t bytes, Stream s) override;
   void download(void* host_dst, const void* src, std::size_t bytes, Stream s) override;
   void synchronize(Stream) override {}
@@ -47,6 +54,7 @@ class CpuBackend final : public Backend {
 
  private:
   int threads_;
+  CachingPool pool_;
 };
 
 }  // namespace revmerge

@@ -11,5 +11,6 @@ void add_revert_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
 void add_compare_command(CLI::App& app);
 void add_compress_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
 
 }  // namespace revmerge::cli

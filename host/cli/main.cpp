@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   revmerge::cli::add_inspect_command(app);
   revmerge::cli::add_compare_command(app);
   revmerge::cli::add_compress_command(app);
+  revmerge::cli::add_bench_command(app);
   revmerge::cli::add_devices_command(app);
   revmerge::install_interrupt_handlers();
   try {

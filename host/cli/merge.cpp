@@ -6,6 +6,8 @@
 #include <iostream>
 
 #include "bundle_report.hpp"
+#include "core/memory_info.hpp"
+#include "progress.hpp"
 #include "commands.hpp"
 #include "merge_config.hpp"
 #include "backend/registry.hpp"
@@ -29,7 +31,8 @@ struct MergeArgs {
   bool force = false, json = false, quiet = false, allow_nonfinite = false, full_model = false;
   bool normalize = false, no_normalize = false, rescale = false, no_rescale = false;
   int threads = 0, gpu = 0;
-  std::string device = "auto";
+  std::string device = "auto", memory_budget;
+  bool sequential = false;
   std::map<std::string, CLI::Option*> opt;
   bool given(const std::string& name) const { return opt.at(name)->count() > 0; }
 };
@@ -77,7 +80,9 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   o.device = parse_device_option(args.device);
   o.gpu = args.gpu;
   o.allow_nonfinite = args.allow_nonfinite;
-  o.progress = terminal_progress(args, "merging");
+  o.pipeline_progress = pipeline_progress(args.quiet, "merging");
+  if (args.given("--memory-budget")) o.memory_budget = parse_byte_size(args.memory_budget, "--memory-budget");
+  o.sequential = args.sequential;
   BundleManifest manifest;
   if (full) {
     FullModelInputs in;
@@ -106,6 +111,9 @@ std::vector<double> per_task(const std::vector<std::optional<double>>& v, std::o
 void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSource> tasks,
                  const std::string& method) {
   if (args.given("--basis") || cfg.basis) throw usage_error("--basis: an option of --method rmm only");
+  for (const char* opt : {"--memory-budget", "--sequential"})
+    if (args.given(opt))
+      throw usage_error(std::string(opt) + ": an option of --method rmm (the streamed pipeline) only");
   if (args.device != "auto" && args.device != "cpu")
     throw usage_error("--device " + args.device +
                       ": the classic methods run on the CPU in this version (RMM runs on the GPU)");
@@ -219,6 +227,11 @@ void add_merge_command(CLI::App& app) {
   cmd->add_flag("--allow-nonfinite", args.allow_nonfinite,
                 "RMM: merge adapters holding NaN or Inf instead of refusing them (the affected "
                 "positions come out non-finite)");
+  opt["--memory-budget"] = cmd->add_option("--memory-budget", args.memory_budget,
+      "RMM: host (and GPU) memory the merge may hold, e.g. 2GiB (default: half the free host "
+      "memory, 90% of the free GPU memory); too small for one module is an error naming it");
+  opt["--sequential"] = cmd->add_flag("--sequential", args.sequential,
+      "RMM: one module at a time on one thread instead of the overlapped pipeline (same output)");
   cmd->add_flag("--json", args.json, "print the report as JSON");
   cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success");
   cmd->callback([] { run_merge(args); });

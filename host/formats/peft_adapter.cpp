@@ -129,17 +129,23 @@ const LoraModule* PeftAdapter::find(const std::string& path) const noexcept {
 std::vector<float> PeftAdapter::read_a(const LoraModule& m) const { return weights_->read_f32(m.key_a); }
 std::vector<float> PeftAdapter::read_b(const LoraModule& m) const { return weights_->read_f32(m.key_b); }
 
-void write_peft_adapter(const fs::path& dir, const std::vector<LoraModuleData>& modules,
-                        const AdapterWriteOptions& options) {
+struct PeftAdapterWriter::Impl {
+  StagedDir staged;
+  nlohmann::ordered_json config;
+  SafetensorsWriter weights;
+  Impl(const fs::path& dir, bool overwrite, nlohmann::ordered_json cfg, std::vector<TensorSpec> specs,
+       std::map<std::string, std::string> metadata)
+      : staged(dir, overwrite),
+        config(std::move(cfg)),
+        weights(staged.path() / kAdapterWeightsName, std::move(specs), std::move(metadata)) {}
+};
+
+PeftAdapterWriter::PeftAdapterWriter(const fs::path& dir, const std::vector<LoraModuleShape>& modules,
+                                     const AdapterWriteOptions& options) {
   if (modules.empty()) throw usage_error(dir.string() + ": an adapter needs at least one module");
   std::map<std::int64_t, int> rank_count;
   std::vector<std::string> targets;
   for (const auto& m : modules) {
-    if (m.a.size() != static_cast<std::size_t>(m.rank * m.in) ||
-        m.b.size() != static_cast<std::size_t>(m.out * m.rank))
-      throw shape_error(dir.string() + ": module '" + m.path + "' factor sizes do not match " +
-                        "rank " + std::to_string(m.rank) + ", in " + std::to_string(m.in) +
-                        ", out " + std::to_string(m.out));
     ++rank_count[m.rank];
     const auto leaf = m.path.substr(m.path.rfind('.') + 1);
     if (std::find(targets.begin(), targets.end(), leaf) == targets.end()) targets.push_back(leaf);
@@ -177,7 +183,6 @@ void write_peft_adapter(const fs::path& dir, const std::vector<LoraModuleData>& 
   config["init_lora_weights"] = true;
   config["inference_mode"] = true;
 
-  StagedDir staged(dir, options.overwrite);
   std::vector<TensorSpec> specs;
   for (const auto& m : modules) {
     specs.push_back({std::string(kPrefix) + m.path + std::string(kSuffixA), options.dtype, {m.rank, m.in}});
@@ -185,14 +190,40 @@ void write_peft_adapter(const fs::path& dir, const std::vector<LoraModuleData>& 
   }
   auto metadata = options.metadata;
   metadata.emplace("format", "pt");
-  SafetensorsWriter w(staged.path() / kAdapterWeightsName, specs, metadata);
+  impl_ = std::make_unique<Impl>(dir, options.overwrite, std::move(config), std::move(specs),
+                                 std::move(metadata));
+}
+
+PeftAdapterWriter::~PeftAdapterWriter() = default;
+PeftAdapterWriter::PeftAdapterWriter(PeftAdapterWriter&&) noexcept = default;
+PeftAdapterWriter& PeftAdapterWriter::operator=(PeftAdapterWriter&&) noexcept = default;
+
+void PeftAdapterWriter::write(const std::string& path, std::span<const float> a,
+                              std::span<const float> b) {
+  impl_->weights.write_f32(std::string(kPrefix) + path + std::string(kSuffixA), a);
+  impl_->weights.write_f32(std::string(kPrefix) + path + std::string(kSuffixB), b);
+}
+
+void PeftAdapterWriter::commit() {
+  impl_->weights.commit();
+  write_file_atomic(impl_->staged.path() / kAdapterConfigName, impl_->config.dump(2) + "\n", false);
+  impl_->staged.commit();
+}
+
+void write_peft_adapter(const fs::path& dir, const std::vector<LoraModuleData>& modules,
+                        const AdapterWriteOptions& options) {
+  std::vector<LoraModuleShape> shapes;
   for (const auto& m : modules) {
-    w.write_f32(std::string(kPrefix) + m.path + std::string(kSuffixA), m.a);
-    w.write_f32(std::string(kPrefix) + m.path + std::string(kSuffixB), m.b);
+    if (m.a.size() != static_cast<std::size_t>(m.rank * m.in) ||
+        m.b.size() != static_cast<std::size_t>(m.out * m.rank))
+      throw shape_error(dir.string() + ": module '" + m.path + "' factor sizes do not match " +
+                        "rank " + std::to_string(m.rank) + ", in " + std::to_string(m.in) +
+                        ", out " + std::to_string(m.out));
+    shapes.push_back({m.path, m.rank, m.in, m.out});
   }
+  PeftAdapterWriter w(dir, shapes, options);
+  for (const auto& m : modules) w.write(m.path, m.a, m.b);
   w.commit();
-  write_file_atomic(staged.path() / kAdapterConfigName, config.dump(2) + "\n", false);
-  staged.commit();
 }
 
 }  // namespace revmerge

@@ -190,6 +190,11 @@ void SafetensorsFile::read(const TensorInfo& t, std::span<double> out) const {
   read_into(*this, t, out);
 }
 
+void SafetensorsFile::evict(const TensorInfo& t) const noexcept {
+  map_.drop_pages(static_cast<std::size_t>(header_.data_start + t.begin),
+                  static_cast<std::size_t>(t.end - t.begin));
+}
+
 std::vector<float> SafetensorsFile::read_f32(std::string_view name) const {
   const auto& t = at(name);
   std::vector<float> out(t.numel());

@@ -54,20 +54,64 @@ std::vector<float> read_factor(const PeftAdapter& a, const std::string& tensor, 
   return v;
 }
 
+namespace {
+
+// Converts a tensor into `out` (its numel floats) and refuses non-finite values by file, tensor
+// and index unless allowed; the tensor's pages leave the resident set afterwards.
+std::uint64_t read_into(const PeftAdapter& ad, const std::string& tensor, bool allow_nonfinite,
+                        std::span<float> out) {
+  const auto& file = ad.weights();
+  const auto& info = file.at(tensor);
+  file.read(info, out);
+  file.evict(info);
+  if (!allow_nonfinite)
+    for (std::size_t i = 0; i < out.size(); ++i)
+      if (!std::isfinite(out[i]))
+        throw format_error(file.path().string() + ": tensor '" + tensor +
+                           "' holds a non-finite value (" + std::to_string(out[i]) +
+                           ") at element " + std::to_string(i) +
+                           " (pass --allow-nonfinite to merge it anyway)");
+  return info.end - info.begin;
+}
+
+}  // namespace
+
+std::uint64_t load_stacks_into(const PlannedModule& pm,
+                               const std::vector<std::unique_ptr<PeftAdapter>>& adapters,
+                               bool allow_nonfinite, float* a, float* b) {
+  const i64 n = static_cast<i64>(adapters.size()), r = pm.rank;
+  std::uint64_t bytes = 0;
+  std::vector<float> narrow;  // a B of rank below r, before its columns are spread
+  for (i64 t = 0; t < n; ++t) {
+    const auto& m = *pm.per_task[t];
+    // A: the task's rank × in rows in place, zero rows below.
+    float* at = a + t * r * pm.in;
+    bytes += read_into(*adapters[t], m.key_a, allow_nonfinite,
+                       {at, static_cast<std::size_t>(m.rank * pm.in)});
+    std::fill(at + m.rank * pm.in, at + r * pm.in, 0.0f);
+    // B: out × rank with the scale folded in, zero columns past the rank.
+    float* bt = b + t * pm.out * r;
+    const auto scale = static_cast<float>(m.scale);
+    if (m.rank == r) {
+      bytes += read_into(*adapters[t], m.key_b, allow_nonfinite,
+                         {bt, static_cast<std::size_t>(pm.out * r)});
+      for (i64 i = 0; i < pm.out * r; ++i) bt[i] *= scale;
+    } else {
+      narrow.resize(static_cast<std::size_t>(pm.out * m.rank));
+      bytes += read_into(*adapters[t], m.key_b, allow_nonfinite, narrow);
+      for (i64 o = 0; o < pm.out; ++o)
+        for (i64 k = 0; k < r; ++k) bt[o * r + k] = k < m.rank ? scale * narrow[o * m.rank + k] : 0.0f;
+    }
+  }
+  return bytes;
+}
+
 void load_stacks(const PlannedModule& pm, const std::vector<std::unique_ptr<PeftAdapter>>& adapters,
                  bool allow_nonfinite, std::vector<float>& a, std::vector<float>& b) {
   const i64 n = static_cast<i64>(adapters.size()), r = pm.rank;
-  a.assign(static_cast<std::size_t>(n * r * pm.in), 0.0f);
-  b.assign(static_cast<std::size_t>(n * pm.out * r), 0.0f);
-  for (i64 t = 0; t < n; ++t) {
-    const auto& m = *pm.per_task[t];
-    const auto at = read_factor(*adapters[t], m.key_a, allow_nonfinite);
-    const auto bt = read_factor(*adapters[t], m.key_b, allow_nonfinite);
-    std::copy(at.begin(), at.end(), a.begin() + t * r * pm.in);
-    const auto scale = static_cast<float>(m.scale);
-    for (i64 o = 0; o < pm.out; ++o)
-      for (i64 k = 0; k < m.rank; ++k) b[(t * pm.out + o) * r + k] = scale * bt[o * m.rank + k];
-  }
+  a.resize(static_cast<std::size_t>(n * r * pm.in));
+  b.resize(static_cast<std::size_t>(n * pm.out * r));
+  load_stacks_into(pm, adapters, allow_nonfinite, a.data(), b.data());
 }
 
 std::vector<TaskFactors> read_module_factors(const AdapterSet& set, const PlannedModule& pm) {

@@ -49,6 +49,13 @@ std::vector<TaskFactors> read_module_factors(const AdapterSet& set, const Planne
 void load_stacks(const PlannedModule& pm, const std::vector<std::unique_ptr<PeftAdapter>>& adapters,
                  bool allow_nonfinite, std::vector<float>& a, std::vector<float>& b);
 
+/// load_stacks into caller-owned buffers (a pipeline's staging slot: n·r·in and n·out·r
+/// floats), converting each tensor in place; the tensors' file pages are dropped from the
+/// resident set once read. Returns the file bytes read.
+std::uint64_t load_stacks_into(const PlannedModule& pm,
+                               const std::vector<std::unique_ptr<PeftAdapter>>& adapters,
+                               bool allow_nonfinite, float* a, float* b);
+
 // Library and solver failures name the module being merged.
 template <class F>
 auto with_module_context(const std::string& path, F f) {

@@ -1,15 +1,22 @@
 // revmerge merge --method rmm: plan the modules across adapters, run RMM module by module, and
 // write the bundle atomically.
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <map>
 #include <memory>
 #include <set>
+#include <utility>
 
 #include "backend/backend.hpp"
 #include "backend/registry.hpp"
 #include "core/atomic_output.hpp"
 #include "core/interrupt.hpp"
+#include "core/memory_info.hpp"
+#include "scheduler/bounded_queue.hpp"
+#include "scheduler/memory_plan.hpp"
+#include "scheduler/stage_threads.hpp"
 #include "methods/adapter_set.hpp"
 #include "methods/rmm_module.hpp"
 #include "revmerge/error.hpp"
@@ -73,7 +80,231 @@ std::string backend_description(Device device, int threads, int gpu) {
   return make_backend(device, {threads, gpu})->name();
 }
 
+namespace {
+
+std::uint64_t largest_stack_floats(const AdapterSet& set, i64 n) {
+  std::uint64_t most = 0;
+  for (const auto& pm : set.plan)
+    most = std::max(most, static_cast<std::uint64_t>(n * pm.rank * (pm.in + pm.out)));
+  return most;
+}
+
+// The memory of the module that needs the most: staging slots are all sized for the largest
+// stacks; work and results are the module's own.
+ItemMemory largest_module_memory(const RmmMergeOptions& o, const AdapterSet& set, const Backend& be) {
+  const i64 n = static_cast<i64>(o.tasks.size());
+  ItemMemory worst;
+  for (const auto& pm : set.plan) {
+    const RmmShape s{n, pm.rank, pm.in, pm.out, o.basis};
+    ItemMemory m;
+    m.staging = 4 * largest_stack_floats(set, n);
+    m.device_inputs = be.shares_host_memory() ? 0 : 4 * static_cast<std::uint64_t>(n * pm.rank * (pm.in + pm.out));
+    m.work = rmm_module_work_bytes(s);
+    m.results = 4 * static_cast<std::uint64_t>((pm.in + pm.out) * (s.r + s.r * s.p + s.p * s.n));
+    m.name = pm.path;
+    m.layer = pm.layer;
+    if (m.work + m.results + m.device_inputs > worst.work + worst.results + worst.device_inputs)
+      worst = m;
+  }
+  return worst;
+}
+
+// One module on its way through the pipeline.
+struct ModuleJob {
+  std::size_t index = 0;
+  int slot = -1;             // staging slot holding its stacks (until uploaded, or computed on the CPU)
+  DeviceBuffer a, b;         // the stacks in device memory (GPU only)
+};
+
+struct ModuleDone {
+  std::size_t index = 0;
+  RmmModuleResult result;
+};
+
+// The stages of an RMM merge, one module per work item: read (convert into a staging slot),
+// upload (GPU: copy stream), compute (rmm_module_device on the default stream), write (bundle
+// tensors, manifest entry, progress). run_sequential calls them in turn; run_pipelined puts
+// each on its own thread with bounded queues between them. Both give the same bytes: each
+// module is computed by the same calls on the same inputs, and written in plan order.
+class RmmPipeline {
+ public:
+  RmmPipeline(const RmmMergeOptions& o, const AdapterSet& set, Backend& be,
+              SafetensorsWriter& writer, BundleManifest& manifest, PipelineStats& stats)
+      : o_(o), set_(set), be_(be), writer_(writer), manifest_(manifest), stats_(stats),
+        n_(static_cast<i64>(o.tasks.size())) {
+    max_stack_ = largest_stack_floats(set, n_);
+    for (const auto& pm : set.plan) {
+      for (std::size_t t = 0; t < pm.per_task.size(); ++t)
+        for (const auto* key : {&pm.per_task[t]->key_a, &pm.per_task[t]->key_b}) {
+          const auto& info = set.adapters[t]->weights().at(*key);
+          progress_.bytes_total += info.end - info.begin;
+        }
+      if (layer_ends_.empty() || set.plan[layer_ends_.back()].layer != pm.layer)
+        layer_ends_.push_back(0);
+      layer_ends_.back() = static_cast<std::size_t>(&pm - set.plan.data());
+    }
+    progress_.layers = layer_ends_.size();
+    stats_.modules = set.plan.size();
+    stats_.layers = layer_ends_.size();
+  }
+
+  void allocate_staging(int slots) {
+    for (int i = 0; i < slots; ++i) staging_.push_back(be_.allocate_staging(4 * max_stack_));
+  }
+
+  ModuleJob read(std::size_t index, int slot) {
+    throw_if_interrupted("merge");
+    BusyTimer t(stats_.read_seconds);
+    const auto& pm = set_.plan[index];
+    float* a = staging_[slot].f32();
+    float* b = a + n_ * pm.rank * pm.in;
+    const auto bytes = load_stacks_into(pm, set_.adapters, o_.allow_nonfinite, a, b);
+    bytes_read_ += bytes;
+    return {index, slot, {}, {}};
+  }
+
+  // GPU: stacks to device memory on the copy stream; the staging slot is free afterwards.
+  // Returns the slot to give back (-1 on the CPU, where compute reads the slot itself).
+  int upload(ModuleJob& job, Stream copy) {
+    if (be_.shares_host_memory()) return -1;
+    BusyTimer t(stats_.upload_seconds);
+    const auto& pm = set_.plan[job.index];
+    const std::size_t na = 4 * static_cast<std::size_t>(n_ * pm.rank * pm.in);
+    const std::size_t nb = 4 * static_cast<std::size_t>(n_ * pm.rank * pm.out);
+    job.a = be_.allocate(na);
+    job.b = be_.allocate(nb);
+    const float* a = staging_[job.slot].f32();
+    be_.upload(job.a.data(), a, na, copy);
+    be_.upload(job.b.data(), a + n_ * pm.rank * pm.in, nb, copy);
+    be_.synchronize(copy);
+    return std::exchange(job.slot, -1);
+  }
+
+  ModuleDone compute(ModuleJob& job) {
+    throw_if_interrupted("merge");
+    BusyTimer t(stats_.compute_seconds);
+    const auto& pm = set_.plan[job.index];
+    const float* a = job.slot >= 0 ? staging_[job.slot].f32() : job.a.f32();
+    const float* b = job.slot >= 0 ? a + n_ * pm.rank * pm.in : job.b.f32();
+    ModuleDone done{job.index, with_module_context(pm.path, [&] {
+                      return rmm_module_device(be_, shape(pm), a, b, o_.dtype, {});
+                    })};
+    job.a = {};
+    job.b = {};
+    // Keep the pool within what was planned: a module of another shape cannot reuse cached
+    // blocks, so they are given back before they add up.
+    const auto use = be_.memory_use();
+    if (use.cached > 0 && use.in_use + use.cached > work_allowance_) be_.trim_cache();
+    return done;
+  }
+
+  void write(ModuleDone& done) {
+    throw_if_interrupted("merge");
+    BusyTimer t(stats_.write_seconds);
+    const auto& pm = set_.plan[done.index];
+    const auto& res = done.result;
+    for (const auto& [side, part] : {std::pair{"lora_A", &res.a}, std::pair{"lora_B", &res.b}}) {
+      writer_.write_f32(bundle_tensor_name(pm.path, side, "mean"), part->mean);
+      writer_.write_f32(bundle_tensor_name(pm.path, side, "basis"), part->basis);
+      writer_.write_f32(bundle_tensor_name(pm.path, side, "coef"), part->coef);
+    }
+    manifest_.modules.push_back(describe(pm, res, n_, o_.basis));
+    if (o_.progress) o_.progress(done.index + 1, set_.plan.size(), pm.path);
+    if (layer_ends_[progress_.layers_done] == done.index) {
+      ++progress_.layers_done;
+      progress_.bytes_read = bytes_read_;
+      progress_.seconds = seconds_since(start_);
+      progress_.finished = progress_.layers_done == progress_.layers;
+      if (o_.pipeline_progress) o_.pipeline_progress(progress_);
+    }
+  }
+
+  void run_sequential() {
+    allocate_staging(1);
+    for (std::size_t i = 0; i < set_.plan.size(); ++i) {
+      auto job = read(i, 0);
+      upload(job, {});
+      auto done = compute(job);
+      write(done);
+    }
+  }
+
+  void run_pipelined(int slots, int result_slots) {
+    allocate_staging(slots);
+    BoundedQueue<int> free_slots(static_cast<std::size_t>(slots));
+    BoundedQueue<ModuleJob> staged(static_cast<std::size_t>(slots)), uploaded(1);
+    BoundedQueue<ModuleDone> results(static_cast<std::size_t>(result_slots));
+    StageThreads threads([&] {
+      free_slots.cancel();
+      staged.cancel();
+      uploaded.cancel();
+      results.cancel();
+    });
+    for (int i = 0; i < slots; ++i) free_slots.push(i);
+    const bool gpu = !be_.shares_host_memory();
+    threads.spawn([&] {  // read
+      for (std::size_t i = 0; i < set_.plan.size(); ++i) {
+        const auto slot = free_slots.pop();
+        if (!slot || !staged.push(read(i, *slot))) return;
+      }
+      staged.close();
+    });
+    if (gpu) {
+      const Stream copy = be_.create_stream();
+      threads.spawn([&, copy] {  // upload
+        while (auto job = staged.pop()) {
+          free_slots.push(upload(*job, copy));
+          if (!uploaded.push(std::move(*job))) return;
+        }
+        uploaded.close();
+      });
+    }
+    threads.spawn([&] {  // compute
+      auto& input = gpu ? uploaded : staged;
+      while (auto job = input.pop()) {
+        const int slot = job->slot;
+        auto done = compute(*job);
+        if (slot >= 0) free_slots.push(slot);
+        if (!results.push(std::move(done))) return;
+      }
+      results.close();
+    });
+    threads.spawn([&] {  // write
+      while (auto done = results.pop()) write(*done);
+    });
+    threads.join();
+    if (manifest_.modules.size() != set_.plan.size()) throw_if_interrupted("merge");
+  }
+
+  void set_work_allowance(std::uint64_t bytes) { work_allowance_ = bytes; }
+  std::uint64_t bytes_read() const { return bytes_read_; }
+
+ private:
+  RmmShape shape(const PlannedModule& pm) const { return {n_, pm.rank, pm.in, pm.out, o_.basis}; }
+  static double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+  const RmmMergeOptions& o_;
+  const AdapterSet& set_;
+  Backend& be_;
+  SafetensorsWriter& writer_;
+  BundleManifest& manifest_;
+  PipelineStats& stats_;
+  const i64 n_;
+  std::uint64_t max_stack_ = 0;  // floats of the largest module's A and B stacks
+  std::vector<DeviceBuffer> staging_;
+  std::vector<std::size_t> layer_ends_;  // index of each layer's last module
+  std::atomic<std::uint64_t> bytes_read_{0};
+  std::uint64_t work_allowance_ = ~std::uint64_t{0};
+  PipelineProgress progress_;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace
+
 BundleManifest merge_rmm(const RmmMergeOptions& o) {
+  const auto start = std::chrono::steady_clock::now();
   check_options(o);
   const auto set = open_adapter_set(o.tasks);
   const auto& adapters = set.adapters;
@@ -90,7 +321,14 @@ BundleManifest merge_rmm(const RmmMergeOptions& o) {
                               adapters[t]->config().base_model_name_or_path,
                               adapters[t]->config().task_type});
 
-  StagedDir staged(o.out, o.overwrite);
+  auto backend = make_backend(o.device, {o.threads, o.gpu});
+  manifest.backend = backend->name();
+  PipelineStats local;
+  PipelineStats& stats = o.stats ? *o.stats : local;
+  stats = {};
+
+  // The memory plan comes first: a budget too small for one module is refused before any
+  // output exists.
   std::vector<TensorSpec> specs;
   for (const auto& pm : plan)
     for (const auto& [side, m] : {std::pair{"lora_A", pm.in}, std::pair{"lora_B", pm.out}}) {
@@ -98,38 +336,47 @@ BundleManifest merge_rmm(const RmmMergeOptions& o) {
       specs.push_back({bundle_tensor_name(pm.path, side, "basis"), o.dtype, {m, pm.rank, p}});
       specs.push_back({bundle_tensor_name(pm.path, side, "coef"), o.dtype, {m, p, n}});
     }
+  const bool shared = backend->shares_host_memory();
+  const std::uint64_t host_budget =
+      o.memory_budget ? o.memory_budget : host_memory_available() / 2;
+  const std::uint64_t device_budget =
+      shared ? 0 : (o.memory_budget ? o.memory_budget : backend->memory_available() / 10 * 9);
+  const auto mem = plan_memory(largest_module_memory(o, set, *backend), host_budget,
+                               device_budget, "--memory-budget");
+  stats.host_budget = mem.host_budget;
+  stats.device_budget = mem.device_budget;
+  stats.planned_host_bytes = mem.host_bytes;
+  stats.planned_device_bytes = mem.device_bytes;
+  stats.staging_slots = o.sequential ? 1 : mem.staging_slots;
+  stats.pipelined = !o.sequential;
+
+  StagedDir staged(o.out, o.overwrite);
   SafetensorsWriter writer(staged.path() / kBundleTensorsName, specs,
                            {{"format", "revmerge-bundle"}, {"method", "rmm"}});
+  RmmPipeline pipeline(o, set, *backend, writer, manifest, stats);
+  pipeline.set_work_allowance(shared ? mem.host_bytes : mem.device_bytes);
+  if (o.sequential) pipeline.run_sequential();
+  else pipeline.run_pipelined(mem.staging_slots, mem.result_slots);
 
-  auto backend = make_backend(o.device, {o.threads, o.gpu});
-  manifest.backend = backend->name();
-  std::vector<float> a, b;
   double stored = 0, raw = 0;
-  for (std::size_t i = 0; i < plan.size(); ++i) {
-    throw_if_interrupted("merge");
-    const auto& pm = plan[i];
-    load_stacks(pm, adapters, o.allow_nonfinite, a, b);
-    const auto res = with_module_context(pm.path, [&] {
-      return rmm_module(*backend, {n, pm.rank, pm.in, pm.out, p}, a.data(), b.data(), o.dtype, {});
-    });
-    for (const auto& [side, part] : {std::pair{"lora_A", &res.a}, std::pair{"lora_B", &res.b}}) {
-      writer.write_f32(bundle_tensor_name(pm.path, side, "mean"), part->mean);
-      writer.write_f32(bundle_tensor_name(pm.path, side, "basis"), part->basis);
-      writer.write_f32(bundle_tensor_name(pm.path, side, "coef"), part->coef);
-    }
-    manifest.modules.push_back(describe(pm, res, n, p));
-    const auto& bm = manifest.modules.back();
+  for (const auto& bm : manifest.modules) {
     double task_raw = 0;
-    for (auto rk : bm.task_ranks) task_raw += double(rk) * double(pm.in + pm.out);
+    for (auto rk : bm.task_ranks) task_raw += double(rk) * double(bm.in + bm.out);
     raw += task_raw;
     stored += bm.storage_ratio * task_raw;
-    if (o.progress) o.progress(i + 1, plan.size(), pm.path);
   }
   manifest.storage_ratio = raw > 0 ? stored / raw : 0;
   throw_if_interrupted("merge");
-  writer.commit();
-  write_file_atomic(staged.path() / kBundleManifestName, manifest_to_json(manifest), false);
-  staged.commit();
+  {
+    BusyTimer t(stats.write_seconds);
+    writer.commit();
+    write_file_atomic(staged.path() / kBundleManifestName, manifest_to_json(manifest), false);
+    staged.commit();
+  }
+  stats.bytes_read = pipeline.bytes_read();
+  stats.bytes_written = writer.file_size();
+  stats.backend_peak_bytes = backend->memory_use().peak;
+  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return manifest;
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "backend/caching_pool.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -74,6 +75,12 @@ std::vector<double> fetch_doubles(Backend& be, const DeviceBuffer& b, i64 count,
   return out;
 }
 
+void check_shape(const RmmShape& s) {
+  if (s.n < 2 || s.p < 1 || s.p >= s.n || s.r < 1 || s.in < 1 || s.out < 1)
+    throw usage_error("rmm: invalid sizes n=" + std::to_string(s.n) + " p=" + std::to_string(s.p) +
+                      " r=" + std::to_string(s.r) + " (needs n ≥ 2 and 1 ≤ p ≤ n − 1)");
+}
+
 double safe_ratio(double num, double den) {
   if (std::isnan(num) || std::isnan(den)) return NAN;  // non-finite inputs were allowed
   if (den > 0) return std::sqrt(std::max(num, 0.0) / den);
@@ -91,20 +98,44 @@ float rmm_drop_tolerance(std::int64_t n) {
 
 RmmModuleResult rmm_module(Backend& be, const RmmShape& s, const float* host_a,
                            const float* host_b, DType storage, Stream st) {
-  if (s.n < 2 || s.p < 1 || s.p >= s.n || s.r < 1 || s.in < 1 || s.out < 1)
-    throw usage_error("rmm: invalid sizes n=" + std::to_string(s.n) + " p=" + std::to_string(s.p) +
-                      " r=" + std::to_string(s.r) + " (needs n ≥ 2 and 1 ≤ p ≤ n − 1)");
-  const i64 n = s.n, r = s.r, in = s.in, out = s.out;
-
+  check_shape(s);
   // Originals, task-major as read: A n × r × in, B n × out × r.
-  DeviceBuffer a = be.allocate(floats(n * r * in)), b = be.allocate(floats(n * out * r));
-  be.upload(a.data(), host_a, floats(n * r * in), st);
-  be.upload(b.data(), host_b, floats(n * out * r), st);
+  DeviceBuffer a = be.allocate(floats(s.n * s.r * s.in)), b = be.allocate(floats(s.n * s.out * s.r));
+  be.upload(a.data(), host_a, floats(s.n * s.r * s.in), st);
+  be.upload(b.data(), host_b, floats(s.n * s.out * s.r), st);
+  return rmm_module_device(be, s, a.f32(), b.f32(), storage, st);
+}
+
+std::uint64_t rmm_module_work_bytes(const RmmShape& s) {
+  const i64 n = s.n, r = s.r, p = s.p;
+  std::uint64_t total = 0;
+  auto add = [&](i64 count, std::size_t elem = sizeof(float)) {
+    total += pool_size_class(static_cast<std::size_t>(count) * elem);
+  };
+  for (const i64 m : {s.in, s.out}) {  // SideBuffers
+    for (const i64 c : {m * r * n, m * r, m * n * n, m * n, m * n * p, m * r * p, m * p * n, m * r * n, m})
+      add(c);
+    add(n, sizeof(double));
+  }
+  for (int i = 0; i < 4; ++i) add(i % 2 ? n * s.out * r : n * r * s.in);  // X̂ and D per side
+  add(7 * n * r * r);
+  add(8 * n, sizeof(double));
+  add(n * r * r);
+  return total;
+}
+
+RmmModuleResult rmm_module_device(Backend& be, const RmmShape& s, const float* a_in,
+                                  const float* b_in, DType storage, Stream st) {
+  check_shape(s);
+  const i64 n = s.n, r = s.r, in = s.in, out = s.out;
+  // The inputs are only read (permuted, subtracted from, multiplied); MatBatch is non-const.
+  float* a = const_cast<float*>(a_in);
+  float* b = const_cast<float*>(b_in);
 
   // Position-major stacks: A's column j and B's row j become r × n matrices.
   SideBuffers sa(be, in, s), sb(be, out, s);
-  be.permute3(a.f32(), 1, in, r * in, sa.x.f32(), in, r, n, st);
-  be.permute3(b.f32(), r, 1, out * r, sb.x.f32(), out, r, n, st);
+  be.permute3(a, 1, in, r * in, sa.x.f32(), in, r, n, st);
+  be.permute3(b, r, 1, out * r, sb.x.f32(), out, r, n, st);
   rmm_side(be, sa, in, s, storage, st);
   rmm_side(be, sb, out, s, storage, st);
 
@@ -113,13 +144,13 @@ RmmModuleResult rmm_module(Backend& be, const RmmShape& s, const float* host_a,
   DeviceBuffer da = be.allocate(floats(n * r * in)), db = be.allocate(floats(n * out * r));
   be.permute3(sa.recon.f32(), 1, n, r * n, ha.f32(), n, r, in, st);
   be.permute3(sb.recon.f32(), 1, r * n, n, hb.f32(), n, out, r, st);
-  be.subtract(ha.f32(), a.f32(), da.f32(), n * r * in, st);
-  be.subtract(hb.f32(), b.f32(), db.f32(), n * out * r, st);
+  be.subtract(ha.f32(), a, da.f32(), n * r * in, st);
+  be.subtract(hb.f32(), b, db.f32(), n * out * r, st);
 
   // ‖B̂Â − BA‖² = ‖B̂ D_A + D_B A‖² through r × r Grams: no out × in matrix is formed, and every
   // term is already of the size of the error (no cancellation of large numbers).
-  const auto A = MatBatch::packed(a.f32(), n, r, in), DA = MatBatch::packed(da.f32(), n, r, in);
-  const auto B = MatBatch::packed(b.f32(), n, out, r), HB = MatBatch::packed(hb.f32(), n, out, r);
+  const auto A = MatBatch::packed(a, n, r, in), DA = MatBatch::packed(da.f32(), n, r, in);
+  const auto B = MatBatch::packed(b, n, out, r), HB = MatBatch::packed(hb.f32(), n, out, r);
   const auto DB = MatBatch::packed(db.f32(), n, out, r);
   DeviceBuffer grams = be.allocate(floats(7 * n * r * r));
   auto gram = [&](int k) { return MatBatch::packed(grams.f32() + k * n * r * r, n, r, r); };

@@ -35,6 +35,15 @@ float rmm_drop_tolerance(std::int64_t n);
 /// rows past a task's rank), `host_b` their B factors with the scale folded in (n × out × r,
 /// zero-padded columns). `storage` is the dtype the bundle will store: the factors are rounded
 /// to it before the errors are measured, so the errors describe what is written.
+/// The same with the stacks already in backend memory (the pipeline uploads them beforehand,
+/// or on the CPU hands over its staging buffers); they are only read.
+RmmModuleResult rmm_module_device(Backend& backend, const RmmShape& shape, const float* a,
+                                  const float* b, DType storage, Stream stream);
+
+/// Backend memory rmm_module_device allocates for one module, inputs excluded (in the pool's
+/// size classes, so it bounds what the pool holds for the module).
+std::uint64_t rmm_module_work_bytes(const RmmShape& shape);
+
 RmmModuleResult rmm_module(Backend& backend, const RmmShape& shape, const float* host_a,
                            const float* host_b, DType storage, Stream stream);
 

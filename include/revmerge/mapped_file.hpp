@@ -21,6 +21,10 @@ class MappedFile {
   /// The whole file's bytes; valid while this object lives.
   std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
   const std::filesystem::path& path() const noexcept { return path_; }
+  /// Tells the kernel this process is done with bytes [offset, offset + length): the whole
+  /// pages inside leave the process's resident set (they stay in the page cache), so streaming
+  /// through a large file does not grow the RSS. Reading them again is still valid.
+  void drop_pages(std::size_t offset, std::size_t length) const noexcept;
 
  private:
   void release() noexcept;

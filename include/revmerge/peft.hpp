@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -109,6 +110,32 @@ struct AdapterWriteOptions {
   DType dtype = DType::F32;
   bool overwrite = false;
   std::map<std::string, std::string> metadata;  ///< extra safetensors __metadata__
+};
+
+/// One module's place in an adapter being written: its path, rank and base shape.
+struct LoraModuleShape {
+  std::string path;
+  std::int64_t rank = 0, in = 0, out = 0;
+};
+
+/// Writes a PEFT adapter folder module by module (for adapters too large to hold): every module
+/// is declared up front, written once each in any order, and the folder appears on commit()
+/// (staged beside `dir`; nothing is left behind when the writer is destroyed uncommitted).
+class PeftAdapterWriter {
+ public:
+  PeftAdapterWriter(const std::filesystem::path& dir, const std::vector<LoraModuleShape>& modules,
+                    const AdapterWriteOptions& options);
+  ~PeftAdapterWriter();
+  PeftAdapterWriter(PeftAdapterWriter&&) noexcept;
+  PeftAdapterWriter& operator=(PeftAdapterWriter&&) noexcept;
+
+  /// A (rank × in) and B (out × rank) of the module at `path`, already scaled.
+  void write(const std::string& path, std::span<const float> a, std::span<const float> b);
+  void commit();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 /// Writes a PEFT adapter folder atomically (staged beside `dir`, renamed when complete). The

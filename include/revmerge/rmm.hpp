@@ -26,6 +26,29 @@ struct TaskSource {
 /// Called after each module with (modules done, modules in all, module path).
 using ProgressFn = std::function<void(std::size_t, std::size_t, const std::string&)>;
 
+/// Where a streamed merge stands, reported after each layer is written.
+struct PipelineProgress {
+  std::size_t layers_done = 0, layers = 0;          ///< decoder layers (other modules: one group)
+  std::uint64_t bytes_read = 0, bytes_total = 0;    ///< input tensor bytes
+  double seconds = 0;                               ///< since the merge started
+  bool finished = false;                            ///< the last call
+};
+using PipelineProgressFn = std::function<void(const PipelineProgress&)>;
+
+/// What a streamed merge did: wall time, each stage's busy seconds (its work, not its waits),
+/// bytes, the memory plan and what the backend's pool held at most.
+struct PipelineStats {
+  bool pipelined = true;
+  double seconds = 0;
+  double read_seconds = 0, upload_seconds = 0, compute_seconds = 0, write_seconds = 0;
+  std::uint64_t bytes_read = 0, bytes_written = 0;
+  std::uint64_t host_budget = 0, device_budget = 0;  ///< bytes; device 0 on the CPU backend
+  std::uint64_t planned_host_bytes = 0, planned_device_bytes = 0;
+  int staging_slots = 0;
+  std::uint64_t backend_peak_bytes = 0;  ///< the backend pool's peak (device memory on CUDA)
+  std::size_t modules = 0, layers = 0;
+};
+
 struct RmmMergeOptions {
   std::vector<TaskSource> tasks;  ///< at least 2, unique names
   std::int64_t basis = 0;         ///< p, 1 ≤ p ≤ n − 1
@@ -37,6 +60,14 @@ struct RmmMergeOptions {
   int gpu = 0;                    ///< CUDA device index
   bool allow_nonfinite = false;   ///< merge NaN / Inf inputs instead of refusing them
   ProgressFn progress;
+  /// Bytes of host memory (and of device memory, on a GPU) the merge may hold; 0 = derived
+  /// from what is free now. Too small for one module is a usage_error naming it.
+  std::uint64_t memory_budget = 0;
+  /// One module at a time on one thread (read, upload, compute, write) instead of the
+  /// overlapped pipeline; the output is bitwise the same.
+  bool sequential = false;
+  PipelineProgressFn pipeline_progress;
+  PipelineStats* stats = nullptr;  ///< filled when set
 };
 
 /// Full fine-tunes for merge_rmm_models: compressed against `base` to rank `rank` (PT-SVD,

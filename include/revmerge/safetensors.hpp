@@ -77,6 +77,9 @@ class SafetensorsFile {
   void read(const TensorInfo& t, std::span<float> out) const;
   void read(const TensorInfo& t, std::span<double> out) const;
   std::vector<float> read_f32(std::string_view name) const;
+  /// Drops the tensor's pages from the process's resident set once it has been read
+  /// (MappedFile::drop_pages); the data stays readable.
+  void evict(const TensorInfo& t) const noexcept;
   std::vector<double> read_f64(std::string_view name) const;
 
  private:

@@ -1,0 +1,220 @@
+// `revmerge bench`: an RMM merge end to end through the streamed pipeline, reported against
+// the floor measured in the same run — the time to only read the same input bytes.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "core/memory_info.hpp"
+#include "backend/registry.hpp"
+#include "merge_config.hpp"
+#include "progress.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/mapped_file.hpp"
+#include "revmerge/peft.hpp"
+#include "revmerge/rmm.hpp"
+#include "text_format.hpp"
+
+namespace revmerge::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct BenchArgs {
+  std::vector<std::string> inputs;
+  std::int64_t basis = 0;
+  std::string out, dtype = "f32", device = "auto", memory_budget;
+  int threads = 0, gpu = 0;
+  bool json = false, quiet = false, keep = false, compare_sequential = false;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// The floor: every adapter's weights file read once into a small buffer (pread, no conversion,
+// nothing kept) — what any merge of these files must at least spend.
+std::pair<double, std::uint64_t> read_floor(const std::vector<TaskSource>& tasks) {
+  std::vector<char> buf(8u << 20);
+  std::uint64_t bytes = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (const auto& t : tasks) {
+    const auto path = t.adapter / kAdapterWeightsName;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw io_error(path.string() + ": cannot open: " + std::strerror(errno));
+    for (;;) {
+      const auto got = ::read(fd, buf.data(), buf.size());
+      if (got < 0) {
+        const int e = errno;
+        ::close(fd);
+        throw io_error(path.string() + ": read failed: " + std::strerror(e));
+      }
+      if (got == 0) break;
+      bytes += static_cast<std::uint64_t>(got);
+    }
+    ::close(fd);
+  }
+  return {seconds_since(t0), bytes};
+}
+
+bool same_file(const fs::path& a, const fs::path& b) {
+  MappedFile x(a), y(b);
+  return x.bytes().size() == y.bytes().size() &&
+         std::equal(x.bytes().begin(), x.bytes().end(), y.bytes().begin());
+}
+
+nlohmann::ordered_json stats_json(const PipelineStats& s) {
+  return {{"pipelined", s.pipelined},
+          {"seconds", s.seconds},
+          {"stage_seconds",
+           {{"read", s.read_seconds}, {"upload", s.upload_seconds}, {"compute", s.compute_seconds},
+            {"write", s.write_seconds}}},
+          {"bytes_read", s.bytes_read},
+          {"bytes_written", s.bytes_written},
+          {"host_budget", s.host_budget},
+          {"device_budget", s.device_budget},
+          {"planned_host_bytes", s.planned_host_bytes},
+          {"planned_device_bytes", s.planned_device_bytes},
+          {"staging_slots", s.staging_slots},
+          {"backend_peak_bytes", s.backend_peak_bytes},
+          {"modules", s.modules},
+          {"layers", s.layers}};
+}
+
+void run_bench(const BenchArgs& args) {
+  RmmMergeOptions o;
+  for (const auto& a : args.inputs) o.tasks.push_back({task_name_from_path(a), a});
+  o.basis = args.basis;
+  o.dtype = parse_float_dtype_option(args.dtype, "--dtype");
+  o.threads = args.threads;
+  o.device = parse_device_option(args.device);
+  o.gpu = args.gpu;
+  if (!args.memory_budget.empty()) o.memory_budget = parse_byte_size(args.memory_budget, "--memory-budget");
+  // The bundle goes to --out, or to a scratch folder removed afterwards.
+  const bool scratch = args.out.empty();
+  const fs::path out = scratch ? fs::temp_directory_path() / fmt::format("revmerge-bench-{}", ::getpid())
+                               : fs::path(args.out);
+  o.out = out;
+  o.overwrite = scratch || args.keep;  // --force (kept in `keep`) for a named --out
+  struct Cleanup {
+    fs::path dir;
+    bool on;
+    ~Cleanup() {
+      std::error_code ec;
+      if (on) fs::remove_all(dir, ec), fs::remove_all(dir.string() + ".sequential", ec);
+    }
+  } cleanup{out, scratch};
+
+  const auto [floor_seconds, floor_bytes] = read_floor(o.tasks);
+  PipelineStats stats;
+  o.stats = &stats;
+  o.pipeline_progress = pipeline_progress(args.quiet || args.json, "bench");
+  const auto manifest = merge_rmm(o);
+  const auto rss = peak_rss_bytes();
+
+  PipelineStats seq;
+  std::optional<bool> identical;
+  if (args.compare_sequential) {
+    auto s = o;
+    s.out = out.string() + ".sequential";
+    s.overwrite = true;
+    s.sequential = true;
+    s.stats = &seq;
+    s.pipeline_progress = pipeline_progress(args.quiet || args.json, "bench (sequential)");
+    merge_rmm(s);
+    identical = same_file(out / kBundleTensorsName, s.out / kBundleTensorsName);
+    std::error_code ec;
+    fs::remove_all(s.out, ec);
+  }
+
+  const double slowest = std::max({stats.read_seconds, stats.upload_seconds,
+                                   stats.compute_seconds, stats.write_seconds});
+  const double gb = static_cast<double>(stats.bytes_read) / 1e9;
+  if (args.json) {
+    nlohmann::ordered_json j;
+    j["backend"] = manifest.backend;
+    j["tasks"] = o.tasks.size();
+    j["basis"] = o.basis;
+    j["pipeline"] = stats_json(stats);
+    j["slowest_stage_seconds"] = slowest;
+    j["end_to_end_over_slowest_stage"] = stats.seconds / slowest;
+    j["gb_per_s"] = gb / stats.seconds;
+    j["floor"] = {{"what", "read the same adapter files once (read(2), 8 MiB buffer)"},
+                  {"seconds", floor_seconds},
+                  {"bytes", floor_bytes},
+                  {"gb_per_s", static_cast<double>(floor_bytes) / 1e9 / floor_seconds}};
+    j["end_to_end_over_floor"] = stats.seconds / floor_seconds;
+    j["peak_rss_bytes"] = rss;
+    if (args.compare_sequential) {
+      j["sequential"] = stats_json(seq);
+      j["pipelined_identical_to_sequential"] = *identical;
+    }
+    std::cout << j.dump(1) << "\n";
+    return;
+  }
+  if (args.quiet) return;
+  std::cout << fmt::format("revmerge bench: RMM of {} adapters, {} modules in {} layers, P = {}, {}\n",
+                           o.tasks.size(), stats.modules, stats.layers, o.basis, manifest.backend);
+  std::cout << fmt::format("memory plan: budget {} host{}, {} staging slots, planned {} host{}\n",
+                           format_bytes(stats.host_budget),
+                           stats.device_budget ? " / " + format_bytes(stats.device_budget) + " device" : "",
+                           stats.staging_slots, format_bytes(stats.planned_host_bytes),
+                           stats.device_budget ? " / " + format_bytes(stats.planned_device_bytes) + " device" : "");
+  std::cout << fmt::format("\n{:<26} {:>10} {:>10}\n", "stage (busy time)", "seconds", "GB/s in");
+  for (const auto& [name, sec] : {std::pair{"read + convert", stats.read_seconds},
+                                  std::pair{"upload", stats.upload_seconds},
+                                  std::pair{"compute", stats.compute_seconds},
+                                  std::pair{"write", stats.write_seconds}})
+    std::cout << fmt::format("{:<26} {:>10.3f} {:>10}\n", name, sec,
+                             sec > 0 ? fmt::format("{:.2f}", gb / sec) : "-");
+  std::cout << fmt::format("{:<26} {:>10.3f} {:>10.2f}   ({:.2f} × the slowest stage)\n",
+                           "end to end", stats.seconds, gb / stats.seconds, stats.seconds / slowest);
+  std::cout << fmt::format("{:<26} {:>10.3f} {:>10.2f}   (end to end is {:.1f} × this floor)\n",
+                           "floor: read the same bytes", floor_seconds,
+                           static_cast<double>(floor_bytes) / 1e9 / floor_seconds,
+                           stats.seconds / floor_seconds);
+  std::cout << fmt::format("\nbytes read {:.3f} GB, written {:.3f} GB; peak RSS {}; backend pool peak {}\n",
+                           gb, static_cast<double>(stats.bytes_written) / 1e9, format_bytes(rss),
+                           format_bytes(stats.backend_peak_bytes));
+  if (args.compare_sequential)
+    std::cout << fmt::format("sequential (one module at a time, one thread): {:.3f} s, {:.2f}× the "
+                             "pipelined time; outputs {}\n",
+                             seq.seconds, seq.seconds / stats.seconds,
+                             *identical ? "bitwise identical" : "DIFFER");
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  static BenchArgs args;
+  auto* cmd = app.add_subcommand(
+      "bench", "Time an RMM merge end to end through the streamed pipeline: stages, GB/s, peak "
+               "memory, against the time to only read the same files (measured in the same run)");
+  cmd->add_option("ADAPTER", args.inputs, "PEFT adapter folders (bench/ makes LLM-shaped ones)")
+      ->required();
+  cmd->add_option("--basis,-p", args.basis, "RMM basis size P, 1 .. n − 1")->required();
+  cmd->add_option("--out,-o", args.out, "keep the bundle here (default: a scratch folder, removed)");
+  cmd->add_option("--dtype", args.dtype, "stored dtype: f32 (default), f16, bf16");
+  cmd->add_option("--memory-budget", args.memory_budget, "as for merge, e.g. 1.5GiB");
+  cmd->add_option("--threads", args.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--device", args.device, "cpu, cuda or auto");
+  cmd->add_option("--gpu", args.gpu, "CUDA device index")->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--compare-sequential", args.compare_sequential,
+                "also run one module at a time without overlap; report its time and whether the "
+                "outputs are bitwise identical");
+  cmd->add_flag("--force", args.keep, "replace an existing --out");
+  cmd->add_flag("--json", args.json, "print the report as JSON");
+  cmd->add_flag("--quiet,-q", args.quiet, "no progress, no report");
+  cmd->callback([] { run_bench(args); });
+}
+
+}  // namespace revmerge::cli

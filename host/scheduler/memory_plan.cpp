@@ -1,0 +1,54 @@
+#include "scheduler/memory_plan.hpp"
+
+#include <algorithm>
+
+#include "core/memory_info.hpp"
+#include "revmerge/error.hpp"
+
+namespace revmerge {
+namespace {
+
+// Beyond four staging slots and two queued results nothing overlaps better: the stages are
+// one thread each.
+constexpr int kMaxStagingSlots = 4, kMaxResultSlots = 2;
+
+}  // namespace
+
+MemoryPlan plan_memory(const ItemMemory& item, std::uint64_t host_budget,
+                       std::uint64_t device_budget, const char* budget_option) {
+  const bool shared = device_budget == 0;
+  // Results alive: one being produced, `queued`, one being written. Device inputs alive: one
+  // computing, one queued, one being uploaded.
+  const std::uint64_t fixed = shared ? item.work : 0;
+  auto host_need = [&](int slots, int queued) {
+    return fixed + std::uint64_t(slots) * item.staging + std::uint64_t(queued + 2) * item.results;
+  };
+  const std::uint64_t host_min = host_need(1, 1);
+  const std::uint64_t device_min = shared ? 0 : item.work + 3 * item.device_inputs;
+  const auto refuse = [&](const char* where, std::uint64_t need, std::uint64_t budget) {
+    return usage_error(std::string(budget_option) + " " + format_bytes(budget) + " of " + where +
+                       " memory is too small: module '" + item.name + "'" +
+                       (item.layer >= 0 ? " (layer " + std::to_string(item.layer) + ")" : "") +
+                       " needs " + format_bytes(need) + " (" + std::to_string(need) +
+                       " bytes: staging " + format_bytes(item.staging) + ", work " +
+                       format_bytes(item.work) + ", results " + format_bytes(item.results) + ")");
+  };
+  if (host_min > host_budget) throw refuse(shared ? "host" : "host (staging and results)", host_min, host_budget);
+  if (!shared && device_min > device_budget) throw refuse("device", device_min, device_budget);
+
+  MemoryPlan plan;
+  plan.host_budget = host_budget;
+  plan.device_budget = device_budget;
+  plan.staging_slots = 1;
+  plan.result_slots = 1;
+  while (plan.result_slots < kMaxResultSlots && host_need(1, plan.result_slots + 1) <= host_budget)
+    ++plan.result_slots;
+  while (plan.staging_slots < kMaxStagingSlots &&
+         host_need(plan.staging_slots + 1, plan.result_slots) <= host_budget)
+    ++plan.staging_slots;
+  plan.host_bytes = host_need(plan.staging_slots, plan.result_slots);
+  plan.device_bytes = device_min;
+  return plan;
+}
+
+}  // namespace revmerge

@@ -1,0 +1,33 @@
+#pragma once
+// How much memory a streamed merge holds, decided before it starts: the staging ring's slots,
+// the backend's work memory for one module, results waiting for the writer. The budget bounds
+// the total; one module that cannot fit is refused by name, before anything is read.
+#include <cstdint>
+#include <string>
+
+namespace revmerge {
+
+/// The memory one work item needs (its largest instance in the plan).
+struct ItemMemory {
+  std::uint64_t staging = 0;  ///< converted inputs in host staging memory
+  std::uint64_t work = 0;     ///< backend memory while it computes (inputs on the device included)
+  std::uint64_t device_inputs = 0;  ///< inputs uploaded ahead of compute (0 when host memory is shared)
+  std::uint64_t results = 0;  ///< host memory of its results until written
+  std::string name;           ///< the item, for messages ("model.layers.3.mlp.up_proj")
+  int layer = -1;
+};
+
+struct MemoryPlan {
+  int staging_slots = 1;  ///< ring size
+  int result_slots = 1;   ///< results queued for the writer
+  std::uint64_t host_budget = 0, device_budget = 0;
+  std::uint64_t host_bytes = 0, device_bytes = 0;  ///< what the plan holds at most
+};
+
+/// Plans a pipeline for `item` under the budgets (device_budget 0: backend memory is host
+/// memory and counts against host_budget). Throws usage_error naming the item, its layer and
+/// the bytes it needs when even one slot of everything does not fit.
+MemoryPlan plan_memory(const ItemMemory& item, std::uint64_t host_budget,
+                       std::uint64_t device_budget, const char* budget_option);
+
+}  // namespace revmerge
