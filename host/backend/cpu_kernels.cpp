@@ -1,5 +1,7 @@
 // The CPU backend's element-wise work: the shared functors run by Thrust's OpenMP system.
 // Compiled with THRUST_DEVICE_SYSTEM=OMP by the host compiler (never by nvcc).
+#include <algorithm>
+
 #include <thrust/for_each.h>
 #include <thrust/iterator/counting_iterator.h>
 #include <thrust/system/omp/execution_policy.h>
@@ -21,7 +23,28 @@ void run(std::int64_t count, const F& f) {
 
 void CpuBackend::permute3(const float* src, std::int64_t s0, std::int64_t s1, std::int64_t s2,
                           float* dst, std::int64_t d0, std::int64_t d1, std::int64_t d2, Stream) {
-  run(d0 * d1, kernels::Permute3Rows{src, s0, s1, s2, d1, d2, dst});
+  if (s2 == 1 || d0 * d1 * d2 == 0) return run(d0 * d1, kernels::Permute3Rows{src, s0, s1, s2, d1, d2, dst});
+  // A transpose: the output's rows (i2) are strided in the source. Copied in T × T tiles of
+  // (f, i2), f being whichever of i0 / i1 runs along the source's shorter stride, so each
+  // tile reads and writes a few whole cache lines instead of one float per line.
+  using i64 = std::int64_t;
+  constexpr i64 T = 32;
+  const bool f_is_0 = s0 <= s1;
+  const i64 df = f_is_0 ? d0 : d1, dg = f_is_0 ? d1 : d0;
+  const i64 sf = f_is_0 ? s0 : s1, sg = f_is_0 ? s1 : s0;
+  const i64 dsf = f_is_0 ? d1 * d2 : d2, dsg = f_is_0 ? d2 : d1 * d2;
+  const i64 ftiles = (df + T - 1) / T;
+#pragma omp parallel for num_threads(threads_) schedule(static)
+  for (i64 w = 0; w < dg * ftiles; ++w) {
+    const i64 g = w / ftiles, f0 = (w % ftiles) * T, f1 = std::min(df, f0 + T);
+    const float* from = src + g * sg;
+    float* to = dst + g * dsg;
+    for (i64 c0 = 0; c0 < d2; c0 += T) {
+      const i64 c1 = std::min(d2, c0 + T);
+      for (i64 f = f0; f < f1; ++f)
+        for (i64 c = c0; c < c1; ++c) to[f * dsf + c] = from[f * sf + c * s2];
+    }
+  }
 }
 
 void CpuBackend::center_rows(float* x, float* mean, std::int64_t rows, std::int64_t n, Stream) {

@@ -113,6 +113,28 @@ TEST_P(BackendOps, SymmetricEigenReconstructsWithOrthonormalVectors) {
   }
 }
 
+TEST_P(BackendOps, PermutesOfEveryRmmLayoutMatchLoops) {
+  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
+  // The four permutes rmm_module runs (task-major A / B to position-major and back), on sizes
+  // that are not multiples of the CPU's 32 × 32 tiles.
+  const i64 n = 5, r = 7, m = 71;
+  struct Case {
+    i64 s0, s1, s2, d0, d1, d2;
+  };
+  for (const auto& c : {Case{1, m, r * m, m, r, n}, Case{r, 1, m * r, m, r, n},
+                        Case{1, n, r * n, n, r, m}, Case{1, r * n, n, n, m, r}}) {
+    const auto x = random_vector(n * r * m, 23);
+    auto dx = test::to_device(*be, x), dy = be->allocate(x.size() * 4);
+    be->permute3(dx.f32(), c.s0, c.s1, c.s2, dy.f32(), c.d0, c.d1, c.d2, {});
+    const auto y = test::to_host(*be, dy, x.size());
+    for (i64 i0 = 0; i0 < c.d0; ++i0)
+      for (i64 i1 = 0; i1 < c.d1; ++i1)
+        for (i64 i2 = 0; i2 < c.d2; ++i2)
+          ASSERT_EQ(y[(i0 * c.d1 + i1) * c.d2 + i2], x[i0 * c.s0 + i1 * c.s1 + i2 * c.s2])
+              << c.s0 << " " << c.s1 << " " << c.s2;
+  }
+}
+
 TEST_P(BackendOps, ElementwiseKernelsMatchLoops) {
   REVMERGE_BACKEND_OR_SKIP(be, GetParam());
   const i64 d0 = 5, d1 = 7, d2 = 3;
