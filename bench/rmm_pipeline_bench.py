@@ -40,7 +40,7 @@ def main():
     if not all((t / "adapter_config.json").exists() for t in tasks):
         subprocess.run([args.make_adapters, "--model", args.model, "--tasks", str(args.tasks), "--rank",
                         str(args.rank), "--layers", str(args.layers), "--dtype", "bf16", "--out",
-                        str(folder), "--force"], check=True)
+                        str(folder), "--force"], check=True, stdout=sys.stderr)
 
     out = subprocess.run([args.revmerge, "bench", "--basis", str(args.basis), "--memory-budget",
                           args.memory_budget, "--json", *map(str, tasks)],

@@ -4,12 +4,14 @@
 #include <lapacke.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <mutex>
 #include <vector>
 
+#include "backend/batched_jacobi.hpp"
 #include "backend/gemm_shapes.hpp"
 #include "core/memory_info.hpp"
 #include "revmerge/error.hpp"
@@ -101,11 +103,25 @@ void CpuBackend::symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream) 
                       std::to_string(a.rows) + "×" + std::to_string(a.cols) + " ld " +
                       std::to_string(a.ld));
   // Solved in double: n is small, and it keeps the small eigenvalues' directions accurate.
+  // Up to kJacobiMaxN by batched Jacobi rotations (backend/batched_jacobi.hpp says why), above
+  // by LAPACK's dsyevd.
   // Workspaces are per thread and reused across the batch (sizes from LAPACK's dsyevd docs).
   keep_blas_single_threaded();
   const std::size_t nn = static_cast<std::size_t>(n * n);
   const lapack_int lwork = static_cast<lapack_int>(1 + 6 * n + 2 * n * n);
   const lapack_int liwork = static_cast<lapack_int>(3 + 5 * n);
+  if (n <= kJacobiMaxN) {
+    // Chunks of 64 matrices per task: fixed boundaries, so results do not depend on threads.
+    const std::int64_t chunk = 64, chunks = (a.batch + chunk - 1) / chunk;
+    parallel_for(threads_, chunks, [&](std::int64_t c) {
+      const auto bad = batched_jacobi_eigen(a.data, eigenvalues, n, c * chunk,
+                                            std::min(a.batch, (c + 1) * chunk));
+      if (bad >= 0)
+        throw solver_error("Jacobi eigensolver did not converge on matrix " + std::to_string(bad) +
+                           " of " + std::to_string(a.batch) + ", n = " + std::to_string(n));
+    });
+    return;
+  }
   parallel_for(threads_, a.batch, [&](std::int64_t b) {
     thread_local std::vector<double> m, w, work;
     thread_local std::vector<lapack_int> iwork;

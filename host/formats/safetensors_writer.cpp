@@ -95,6 +95,8 @@ void SafetensorsWriter::write(std::string_view name, std::span<const std::byte> 
 
 void SafetensorsWriter::write_f32(std::string_view name, std::span<const float> values) {
   const auto& s = impl_->slot(name);
+  if (s.spec.dtype == DType::F32)  // already the file's bytes (little-endian: dtype.cpp asserts it)
+    return write(name, std::as_bytes(values));
   std::vector<std::byte> buf(values.size() * dtype_size(s.spec.dtype));
   convert_from_f32(values.data(), s.spec.dtype, buf.data(), values.size());
   write(name, buf);

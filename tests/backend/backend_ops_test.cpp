@@ -212,15 +212,24 @@ namespace {
 // A failing solve is reported with the call, the matrix and LAPACK's info, never ignored.
 TEST(CpuBackend, SolverFailureIsReportedWithItsInfo) {
   auto be = make_cpu_backend({1, 0});
-  // A symmetric 3 × 3 with a NaN off the diagonal: the QL iteration cannot converge.
+  // A symmetric matrix with a NaN off the diagonal cannot converge: n = 3 goes to the batched
+  // Jacobi solver, n = 17 to LAPACK.
   const float nan = std::nanf("");
-  std::vector<float> g = {2.0f, nan, 0.5f, nan, 1.0f, 0.25f, 0.5f, 0.25f, 3.0f};
-  auto dg = test::to_device(*be, g), dw = be->allocate(3 * sizeof(float));
-  try {
-    be->symmetric_eigen(MatBatch::packed(dg.f32(), 1, 3, 3), dw.f32(), {});
-    FAIL() << "a NaN matrix was solved";
-  } catch (const solver_error& e) {
-    EXPECT_NE(std::string(e.what()).find("LAPACKE_dsyevd_work failed (info"), std::string::npos) << e.what();
+  for (const std::int64_t n : {3, 17}) {
+    std::vector<float> g(static_cast<std::size_t>(n * n), 0.0f);
+    for (std::int64_t i = 0; i < n; ++i) g[i * n + i] = 1.0f + float(i);
+    g[1] = g[n] = nan;  // the pattern dsyevd reports as not converged
+    g[2] = g[2 * n] = 0.5f;
+    g[n + 2] = g[2 * n + 1] = 0.25f;
+    auto dg = test::to_device(*be, g), dw = be->allocate(static_cast<std::size_t>(n) * sizeof(float));
+    try {
+      be->symmetric_eigen(MatBatch::packed(dg.f32(), 1, n, n), dw.f32(), {});
+      FAIL() << "a NaN matrix was solved, n = " << n;
+    } catch (const solver_error& e) {
+      const std::string want = n == 3 ? "Jacobi eigensolver did not converge on matrix 0 of 1, n = 3"
+                                      : "LAPACKE_dsyevd_work failed (info";
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
   }
 }
 
