@@ -51,9 +51,21 @@ void CpuBackend::center_rows(float* x, float* mean, std::int64_t rows, std::int6
   run(rows, kernels::CenterRows{x, mean, n});
 }
 
+namespace {
+
+// One call per row (the GPU's functor takes one element each, with a division per element).
+struct BroadcastRowWise {
+  const float* value;
+  float* out;
+  std::int64_t n;
+  void operator()(std::int64_t row) const { std::fill(out + row * n, out + (row + 1) * n, value[row]); }
+};
+
+}  // namespace
+
 void CpuBackend::broadcast_rows(const float* value, float* out, std::int64_t rows, std::int64_t n,
                                 Stream) {
-  run(rows * n, kernels::BroadcastRows{value, out, n});
+  run(rows, BroadcastRowWise{value, out, n});
 }
 
 void CpuBackend::select_top(const float* eigvecs, float* wp, std::int64_t batch, std::int64_t n,

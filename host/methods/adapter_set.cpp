@@ -43,34 +43,32 @@ std::vector<PlannedModule> plan_modules(const std::vector<TaskSource>& tasks,
 
 }  // namespace
 
-std::vector<float> read_factor(const PeftAdapter& a, const std::string& tensor, bool allow_nonfinite) {
-  auto v = a.weights().read_f32(tensor);
-  if (allow_nonfinite) return v;
-  for (std::size_t i = 0; i < v.size(); ++i)
-    if (!std::isfinite(v[i]))
-      throw format_error(a.weights().path().string() + ": tensor '" + tensor +
-                         "' holds a non-finite value (" + std::to_string(v[i]) + ") at element " +
-                         std::to_string(i) + " (pass --allow-nonfinite to merge it anyway)");
-  return v;
-}
-
 namespace {
 
-// Converts a tensor into `out` (its numel floats) and refuses non-finite values by file, tensor
-// and index unless allowed; the tensor's pages leave the resident set afterwards.
+// Converts a tensor into `out` (its numel floats), multiplied by `scale`, and refuses
+// non-finite values by file, tensor and index unless allowed; the tensor's pages leave the
+// resident set afterwards. One vectorisable pass checks and scales: x · 0 is NaN exactly for
+// NaN and ±Inf, so the sum flags any; only then is the element searched for.
 std::uint64_t read_into(const PeftAdapter& ad, const std::string& tensor, bool allow_nonfinite,
-                        std::span<float> out) {
+                        std::span<float> out, float scale = 1.0f) {
   const auto& file = ad.weights();
   const auto& info = file.at(tensor);
   file.read(info, out);
   file.evict(info);
-  if (!allow_nonfinite)
+  float flag = 0.0f;
+  if (scale != 1.0f)
+    for (float& x : out) flag += x * 0.0f, x *= scale;
+  else
+    for (const float x : out) flag += x * 0.0f;
+  if (!allow_nonfinite && !std::isfinite(flag)) {
+    file.read(info, out);  // as stored, to name the element
     for (std::size_t i = 0; i < out.size(); ++i)
       if (!std::isfinite(out[i]))
         throw format_error(file.path().string() + ": tensor '" + tensor +
                            "' holds a non-finite value (" + std::to_string(out[i]) +
                            ") at element " + std::to_string(i) +
                            " (pass --allow-nonfinite to merge it anyway)");
+  }
   return info.end - info.begin;
 }
 
@@ -94,8 +92,7 @@ std::uint64_t load_stacks_into(const PlannedModule& pm,
     const auto scale = static_cast<float>(m.scale);
     if (m.rank == r) {
       bytes += read_into(*adapters[t], m.key_b, allow_nonfinite,
-                         {bt, static_cast<std::size_t>(pm.out * r)});
-      for (i64 i = 0; i < pm.out * r; ++i) bt[i] *= scale;
+                         {bt, static_cast<std::size_t>(pm.out * r)}, scale);
     } else {
       narrow.resize(static_cast<std::size_t>(pm.out * m.rank));
       bytes += read_into(*adapters[t], m.key_b, allow_nonfinite, narrow);
@@ -104,6 +101,12 @@ std::uint64_t load_stacks_into(const PlannedModule& pm,
     }
   }
   return bytes;
+}
+
+std::vector<float> read_factor(const PeftAdapter& a, const std::string& tensor, bool allow_nonfinite) {
+  std::vector<float> v(a.weights().at(tensor).numel());
+  read_into(a, tensor, allow_nonfinite, v);
+  return v;
 }
 
 void load_stacks(const PlannedModule& pm, const std::vector<std::unique_ptr<PeftAdapter>>& adapters,
