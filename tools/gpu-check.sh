@@ -56,15 +56,21 @@ fi
 step gpu-vs-cpu-7b gpu-vs-cpu-7b.log "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 1 --device both
 step bench-7b-gpu bench-7b-gpu.log "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 4 --device cuda
 step bench-70b-gpu bench-70b-gpu.log "$bench" --model llama-70b --tasks 8 --rank 64 --basis 4 --layers 1 --device cuda
+# The streamed pipeline on the GPU: pinned staging ring, copy stream, peak device memory, and
+# the pipelined bundle bitwise equal to the one-module-at-a-time one.
+step make-adapters make-adapters.log "$build/bench/revmerge_make_adapters" --model llama-7b --tasks 8 --rank 64 --layers 8 --out "$out/adapters-7b" --force
+step pipeline-7b-gpu pipeline-7b-gpu.log "$revmerge" bench --device cuda --basis 4 --compare-sequential "$out"/adapters-7b/task-*
+step pipeline-7b-cpu pipeline-7b-cpu.log "$revmerge" bench --device cpu --basis 4 "$out"/adapters-7b/task-*
 step merge-example merge-example.log "$revmerge" merge --device cuda --basis 2 --force --out "$out/example-bundle" examples/adapters/chat examples/adapters/code examples/adapters/math examples/adapters/qa examples/adapters/sentiment examples/adapters/summary examples/adapters/topic examples/adapters/translate
 
 echo
 echo "GPU: $(cat "$out/gpu.txt" 2>/dev/null)"
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)   total: $(( $(date +%s) - t_start ))s   logs: $out"
 printf '%-16s %s\n' step result
-for s in configure build devices cuda-tests all-tests memcheck gpu-vs-cpu-7b bench-7b-gpu bench-70b-gpu merge-example; do
+for s in configure build devices cuda-tests all-tests memcheck gpu-vs-cpu-7b bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-cpu merge-example; do
   printf '%-16s %s\n' "$s" "${result[$s]:-NOT RUN}"
 done
 grep -hE "^(cpu|cuda)|speed-up|GPU vs CPU" "$out"/gpu-vs-cpu-7b.log "$out"/bench-*-gpu.log 2>/dev/null
+grep -hE "^revmerge bench|^end to end|^floor|peak RSS|^sequential" "$out"/pipeline-7b-*.log 2>/dev/null
 for s in "${!result[@]}"; do [[ ${result[$s]} == FAIL* ]] && exit 1; done
 exit 0

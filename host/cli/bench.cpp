@@ -90,6 +90,10 @@ nlohmann::ordered_json stats_json(const PipelineStats& s) {
           {"layers", s.layers}};
 }
 
+void print_report(const RmmMergeOptions& o, const BundleManifest& manifest, const PipelineStats& stats,
+                  const PipelineStats& seq, std::optional<bool> identical, double floor_seconds,
+                  std::uint64_t floor_bytes, std::uint64_t rss);
+
 void run_bench(const BenchArgs& args) {
   RmmMergeOptions o;
   for (const auto& a : args.inputs) o.tasks.push_back({task_name_from_path(a), a});
@@ -159,9 +163,19 @@ void run_bench(const BenchArgs& args) {
       j["pipelined_identical_to_sequential"] = *identical;
     }
     std::cout << j.dump(1) << "\n";
-    return;
+  } else if (!args.quiet) {
+    print_report(o, manifest, stats, seq, identical, floor_seconds, floor_bytes, rss);
   }
-  if (args.quiet) return;
+  if (identical && !*identical)
+    throw solver_error("the pipelined and the sequential bundles differ: please report this");
+}
+
+void print_report(const RmmMergeOptions& o, const BundleManifest& manifest, const PipelineStats& stats,
+                  const PipelineStats& seq, std::optional<bool> identical, double floor_seconds,
+                  std::uint64_t floor_bytes, std::uint64_t rss) {
+  const double slowest = std::max({stats.read_seconds, stats.upload_seconds,
+                                   stats.compute_seconds, stats.write_seconds});
+  const double gb = static_cast<double>(stats.bytes_read) / 1e9;
   std::cout << fmt::format("revmerge bench: RMM of {} adapters, {} modules in {} layers, P = {}, {}\n",
                            o.tasks.size(), stats.modules, stats.layers, o.basis, manifest.backend);
   std::cout << fmt::format("memory plan: budget {} host{}, {} staging slots, planned {} host{}\n",
@@ -185,7 +199,7 @@ void run_bench(const BenchArgs& args) {
   std::cout << fmt::format("\nbytes read {:.3f} GB, written {:.3f} GB; peak RSS {}; backend pool peak {}\n",
                            gb, static_cast<double>(stats.bytes_written) / 1e9, format_bytes(rss),
                            format_bytes(stats.backend_peak_bytes));
-  if (args.compare_sequential)
+  if (identical)
     std::cout << fmt::format("sequential (one module at a time, one thread): {:.3f} s, {:.2f}× the "
                              "pipelined time; outputs {}\n",
                              seq.seconds, seq.seconds / stats.seconds,
