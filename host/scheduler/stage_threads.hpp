@@ -5,6 +5,7 @@
 #include <chrono>
 #include <exception>
 #include <functional>
+#include <stdexcept>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -16,7 +17,16 @@ class StageThreads {
  public:
   /// `cancel` is called once, on the first failure: it cancels the pipeline's queues.
   explicit StageThreads(std::function<void()> cancel) : cancel_(std::move(cancel)) {}
-  ~StageThreads() { join_all(); }
+  /// Leaving without join() (an exception on the calling thread) cancels the queues first, so
+  /// no stage is left waiting on one.
+  ~StageThreads() {
+    for (auto& t : threads_)
+      if (t.joinable()) {
+        fail(std::make_exception_ptr(std::runtime_error("pipeline abandoned")));
+        break;
+      }
+    join_all();
+  }
   StageThreads(const StageThreads&) = delete;
   StageThreads& operator=(const StageThreads&) = delete;
 

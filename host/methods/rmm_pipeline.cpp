@@ -1,0 +1,280 @@
+// The streamed RMM merge: the stages a module goes through (read into a staging slot, upload,
+// compute, write) and the threads and queues that overlap them. docs/pipeline.md describes it.
+#include "methods/rmm_pipeline.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "core/interrupt.hpp"
+#include "methods/rmm_module.hpp"
+#include "scheduler/bounded_queue.hpp"
+#include "scheduler/stage_threads.hpp"
+
+namespace revmerge {
+
+namespace {
+
+using i64 = std::int64_t;
+
+BundleModule describe(const PlannedModule& pm, const RmmModuleResult& res, i64 n, i64 p) {
+  BundleModule bm;
+  bm.path = pm.path;
+  bm.layer = pm.layer;
+  bm.name = pm.name;
+  bm.in = pm.in;
+  bm.out = pm.out;
+  bm.rank = pm.rank;
+  double raw = 0;
+  for (const auto* m : pm.per_task) {
+    bm.task_ranks.push_back(m->rank);
+    raw += static_cast<double>(m->rank) * static_cast<double>(pm.in + pm.out);
+  }
+  const double stored = static_cast<double>(pm.in + pm.out) * double(p * (pm.rank + n) + pm.rank);
+  bm.storage_ratio = stored / raw;
+  bm.factor_error_a = res.a.factor_error;
+  bm.factor_error_b = res.b.factor_error;
+  bm.delta_error = res.delta_error;
+  bm.delta_norm = res.delta_norm;
+  bm.spectrum_a = res.a.spectrum;
+  bm.spectrum_b = res.b.spectrum;
+  return bm;
+}
+
+std::uint64_t largest_stack_floats(const AdapterSet& set, i64 n) {
+  std::uint64_t most = 0;
+  for (const auto& pm : set.plan)
+    most = std::max(most, static_cast<std::uint64_t>(n * pm.rank * (pm.in + pm.out)));
+  return most;
+}
+
+// One module on its way through the pipeline.
+struct ModuleJob {
+  std::size_t index = 0;
+  int slot = -1;             // staging slot holding its stacks (until uploaded, or computed on the CPU)
+  DeviceBuffer a, b;         // the stacks in device memory (GPU only)
+};
+
+struct ModuleDone {
+  std::size_t index = 0;
+  RmmModuleResult result;
+};
+
+// The stages of an RMM merge, one module per work item: read (convert into a staging slot),
+// upload (GPU: copy stream), compute (rmm_module_device on the default stream), write (bundle
+// tensors, manifest entry, progress). run_sequential calls them in turn; run_pipelined puts
+// each on its own thread with bounded queues between them. Both give the same bytes: each
+// module is computed by the same calls on the same inputs, and written in plan order.
+class RmmPipeline {
+ public:
+  RmmPipeline(const RmmMergeOptions& o, const AdapterSet& set, Backend& be,
+              SafetensorsWriter& writer, BundleManifest& manifest, PipelineStats& stats)
+      : o_(o), set_(set), be_(be), writer_(writer), manifest_(manifest), stats_(stats),
+        n_(static_cast<i64>(o.tasks.size())) {
+    max_stack_ = largest_stack_floats(set, n_);
+    for (const auto& pm : set.plan) {
+      for (std::size_t t = 0; t < pm.per_task.size(); ++t)
+        for (const auto* key : {&pm.per_task[t]->key_a, &pm.per_task[t]->key_b}) {
+          const auto& info = set.adapters[t]->weights().at(*key);
+          progress_.bytes_total += info.end - info.begin;
+        }
+      if (layer_ends_.empty() || set.plan[layer_ends_.back()].layer != pm.layer)
+        layer_ends_.push_back(0);
+      layer_ends_.back() = static_cast<std::size_t>(&pm - set.plan.data());
+    }
+    progress_.layers = layer_ends_.size();
+    stats_.modules = set.plan.size();
+    stats_.layers = layer_ends_.size();
+  }
+
+  void allocate_staging(int slots) {
+    for (int i = 0; i < slots; ++i) staging_.push_back(be_.allocate_staging(4 * max_stack_));
+  }
+
+  ModuleJob read(std::size_t index, int slot) {
+    throw_if_interrupted("merge");
+    BusyTimer t(stats_.read_seconds);
+    const auto& pm = set_.plan[index];
+    float* a = staging_[slot].f32();
+    float* b = a + n_ * pm.rank * pm.in;
+    const auto bytes = load_stacks_into(pm, set_.adapters, o_.allow_nonfinite, a, b);
+    bytes_read_ += bytes;
+    return {index, slot, {}, {}};
+  }
+
+  // GPU: stacks to device memory on the copy stream; the staging slot is free afterwards.
+  // Returns the slot to give back (-1 on the CPU, where compute reads the slot itself).
+  int upload(ModuleJob& job, Stream copy) {
+    if (be_.shares_host_memory()) return -1;
+    BusyTimer t(stats_.upload_seconds);
+    const auto& pm = set_.plan[job.index];
+    const std::size_t na = 4 * static_cast<std::size_t>(n_ * pm.rank * pm.in);
+    const std::size_t nb = 4 * static_cast<std::size_t>(n_ * pm.rank * pm.out);
+    job.a = be_.allocate(na);
+    job.b = be_.allocate(nb);
+    const float* a = staging_[job.slot].f32();
+    be_.upload(job.a.data(), a, na, copy);
+    be_.upload(job.b.data(), a + n_ * pm.rank * pm.in, nb, copy);
+    be_.synchronize(copy);
+    return std::exchange(job.slot, -1);
+  }
+
+  ModuleDone compute(ModuleJob& job) {
+    throw_if_interrupted("merge");
+    BusyTimer t(stats_.compute_seconds);
+    const auto& pm = set_.plan[job.index];
+    const float* a = job.slot >= 0 ? staging_[job.slot].f32() : job.a.f32();
+    const float* b = job.slot >= 0 ? a + n_ * pm.rank * pm.in : job.b.f32();
+    ModuleDone done{job.index, with_module_context(pm.path, [&] {
+                      return rmm_module_device(be_, shape(pm), a, b, o_.dtype, {});
+                    })};
+    job.a = {};
+    job.b = {};
+    // Keep the pool within what was planned: a module of another shape cannot reuse cached
+    // blocks, so they are given back before they add up.
+    const auto use = be_.memory_use();
+    if (use.cached > 0 && use.in_use + use.cached > work_allowance_) be_.trim_cache();
+    return done;
+  }
+
+  void write(ModuleDone& done) {
+    throw_if_interrupted("merge");
+    BusyTimer t(stats_.write_seconds);
+    const auto& pm = set_.plan[done.index];
+    const auto& res = done.result;
+    for (const auto& [side, part] : {std::pair{"lora_A", &res.a}, std::pair{"lora_B", &res.b}}) {
+      writer_.write_f32(bundle_tensor_name(pm.path, side, "mean"), part->mean);
+      writer_.write_f32(bundle_tensor_name(pm.path, side, "basis"), part->basis);
+      writer_.write_f32(bundle_tensor_name(pm.path, side, "coef"), part->coef);
+    }
+    manifest_.modules.push_back(describe(pm, res, n_, o_.basis));
+    if (o_.progress) o_.progress(done.index + 1, set_.plan.size(), pm.path);
+    if (layer_ends_[progress_.layers_done] == done.index) {
+      ++progress_.layers_done;
+      progress_.bytes_read = bytes_read_;
+      progress_.seconds = seconds_since(start_);
+      progress_.finished = progress_.layers_done == progress_.layers;
+      if (o_.pipeline_progress) o_.pipeline_progress(progress_);
+    }
+  }
+
+  void run_sequential() {
+    allocate_staging(1);
+    for (std::size_t i = 0; i < set_.plan.size(); ++i) {
+      auto job = read(i, 0);
+      upload(job, {});
+      auto done = compute(job);
+      write(done);
+    }
+  }
+
+  void run_pipelined(int slots, int result_slots) {
+    allocate_staging(slots);
+    BoundedQueue<int> free_slots(static_cast<std::size_t>(slots));
+    BoundedQueue<ModuleJob> staged(static_cast<std::size_t>(slots)), uploaded(1);
+    BoundedQueue<ModuleDone> results(static_cast<std::size_t>(result_slots));
+    StageThreads threads([&] {
+      free_slots.cancel();
+      staged.cancel();
+      uploaded.cancel();
+      results.cancel();
+    });
+    for (int i = 0; i < slots; ++i) free_slots.push(i);
+    const bool gpu = !be_.shares_host_memory();
+    const Stream copy = gpu ? be_.create_stream() : Stream{};
+    threads.spawn([&] {  // read
+      for (std::size_t i = 0; i < set_.plan.size(); ++i) {
+        const auto slot = free_slots.pop();
+        if (!slot || !staged.push(read(i, *slot))) return;
+      }
+      staged.close();
+    });
+    if (gpu) {
+      threads.spawn([&] {  // upload
+        while (auto job = staged.pop()) {
+          free_slots.push(upload(*job, copy));
+          if (!uploaded.push(std::move(*job))) return;
+        }
+        uploaded.close();
+      });
+    }
+    threads.spawn([&] {  // compute
+      auto& input = gpu ? uploaded : staged;
+      while (auto job = input.pop()) {
+        const int slot = job->slot;
+        auto done = compute(*job);
+        if (slot >= 0) free_slots.push(slot);
+        if (!results.push(std::move(done))) return;
+      }
+      results.close();
+    });
+    threads.spawn([&] {  // write
+      while (auto done = results.pop()) write(*done);
+    });
+    threads.join();
+    if (manifest_.modules.size() != set_.plan.size())
+      throw std::logic_error("rmm pipeline: " + std::to_string(manifest_.modules.size()) + " of " +
+                             std::to_string(set_.plan.size()) + " modules written without an error");
+  }
+
+  void set_work_allowance(std::uint64_t bytes) { work_allowance_ = bytes; }
+  std::uint64_t bytes_read() const { return bytes_read_; }
+
+ private:
+  RmmShape shape(const PlannedModule& pm) const { return {n_, pm.rank, pm.in, pm.out, o_.basis}; }
+  static double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+  const RmmMergeOptions& o_;
+  const AdapterSet& set_;
+  Backend& be_;
+  SafetensorsWriter& writer_;
+  BundleManifest& manifest_;
+  PipelineStats& stats_;
+  const i64 n_;
+  std::uint64_t max_stack_ = 0;  // floats of the largest module's A and B stacks
+  std::vector<DeviceBuffer> staging_;
+  std::vector<std::size_t> layer_ends_;  // index of each layer's last module
+  std::atomic<std::uint64_t> bytes_read_{0};
+  std::uint64_t work_allowance_ = ~std::uint64_t{0};
+  PipelineProgress progress_;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace
+
+// The memory of the module that needs the most: staging slots are all sized for the largest
+// stacks; work and results are the module's own.
+ItemMemory largest_module_memory(const RmmMergeOptions& o, const AdapterSet& set, const Backend& be) {
+  const i64 n = static_cast<i64>(o.tasks.size());
+  ItemMemory worst;
+  for (const auto& pm : set.plan) {
+    const RmmShape s{n, pm.rank, pm.in, pm.out, o.basis};
+    ItemMemory m;
+    m.staging = 4 * largest_stack_floats(set, n);
+    m.device_inputs = be.shares_host_memory() ? 0 : 4 * static_cast<std::uint64_t>(n * pm.rank * (pm.in + pm.out));
+    m.work = rmm_module_work_bytes(s);
+    m.results = 4 * static_cast<std::uint64_t>((pm.in + pm.out) * (s.r + s.r * s.p + s.p * s.n));
+    m.name = pm.path;
+    m.layer = pm.layer;
+    if (m.work + m.results + m.device_inputs > worst.work + worst.results + worst.device_inputs)
+      worst = m;
+  }
+  return worst;
+}
+
+void run_rmm_modules(const RmmMergeOptions& o, const AdapterSet& set, Backend& be,
+                     const MemoryPlan& plan, SafetensorsWriter& writer, BundleManifest& manifest,
+                     PipelineStats& stats) {
+  RmmPipeline pipeline(o, set, be, writer, manifest, stats);
+  pipeline.set_work_allowance(be.shares_host_memory() ? plan.host_bytes : plan.device_bytes);
+  if (o.sequential) pipeline.run_sequential();
+  else pipeline.run_pipelined(plan.staging_slots, plan.result_slots);
+  stats.bytes_read = pipeline.bytes_read();
+}
+
+}  // namespace revmerge
