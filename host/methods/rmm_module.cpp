@@ -117,9 +117,10 @@ std::uint64_t rmm_module_work_bytes(const RmmShape& s) {
       add(c);
     add(n, sizeof(double));
   }
-  for (int i = 0; i < 4; ++i) add(i % 2 ? n * s.out * r : n * r * s.in);  // X̂ and D per side
-  add(7 * n * r * r);
-  add(8 * n, sizeof(double));
+  add(n * r * s.in);  // D_A
+  add(n * s.out * r);  // D_B
+  add(6 * n * r * r);
+  add(11 * n, sizeof(double));
   add(n * r * r);
   return total;
 }
@@ -139,32 +140,33 @@ RmmModuleResult rmm_module_device(Backend& be, const RmmShape& s, const float* a
   rmm_side(be, sa, in, s, storage, st);
   rmm_side(be, sb, out, s, storage, st);
 
-  // Back to task-major: Â (n × r × in), B̂ (n × out × r), and the differences D = X̂ − X.
-  DeviceBuffer ha = be.allocate(floats(n * r * in)), hb = be.allocate(floats(n * out * r));
+  // Back to task-major (Â n × r × in, B̂ n × out × r) and, in place, the differences D = X̂ − X.
   DeviceBuffer da = be.allocate(floats(n * r * in)), db = be.allocate(floats(n * out * r));
-  be.permute3(sa.recon.f32(), 1, n, r * n, ha.f32(), n, r, in, st);
-  be.permute3(sb.recon.f32(), 1, r * n, n, hb.f32(), n, out, r, st);
-  be.subtract(ha.f32(), a, da.f32(), n * r * in, st);
-  be.subtract(hb.f32(), b, db.f32(), n * out * r, st);
+  be.permute3(sa.recon.f32(), 1, n, r * n, da.f32(), n, r, in, st);
+  be.permute3(sb.recon.f32(), 1, r * n, n, db.f32(), n, out, r, st);
+  be.subtract(da.f32(), a, da.f32(), n * r * in, st);
+  be.subtract(db.f32(), b, db.f32(), n * out * r, st);
 
   // ‖B̂Â − BA‖² = ‖B̂ D_A + D_B A‖² through r × r Grams: no out × in matrix is formed, and every
-  // term is already of the size of the error (no cancellation of large numbers).
+  // term is already of the size of the error (no cancellation of large numbers). With
+  // B̂ = B + D_B, the terms in B̂ expand into Grams of B and D_B (D_A D_Aᵀ is symmetric):
+  //   ⟨B̂ᵀB̂, D_A D_Aᵀ⟩ = ⟨BᵀB + D_BᵀD_B, D_A D_Aᵀ⟩ + 2⟨BᵀD_B, D_A D_Aᵀ⟩,
+  //   ⟨B̂ᵀD_B, D_A Aᵀ⟩ = ⟨BᵀD_B + D_BᵀD_B, D_A Aᵀ⟩ — six products with K = in or out, not seven.
   const auto A = MatBatch::packed(a, n, r, in), DA = MatBatch::packed(da.f32(), n, r, in);
-  const auto B = MatBatch::packed(b, n, out, r), HB = MatBatch::packed(hb.f32(), n, out, r);
-  const auto DB = MatBatch::packed(db.f32(), n, out, r);
-  DeviceBuffer grams = be.allocate(floats(7 * n * r * r));
+  const auto B = MatBatch::packed(b, n, out, r), DB = MatBatch::packed(db.f32(), n, out, r);
+  DeviceBuffer grams = be.allocate(floats(6 * n * r * r));
   auto gram = [&](int k) { return MatBatch::packed(grams.f32() + k * n * r * r, n, r, r); };
   be.gemm(Op::none, Op::transpose, 1.0f, A, A, 0.0f, gram(0), st);     // A Aᵀ
   be.gemm(Op::none, Op::transpose, 1.0f, DA, DA, 0.0f, gram(1), st);   // D_A D_Aᵀ
   be.gemm(Op::none, Op::transpose, 1.0f, DA, A, 0.0f, gram(2), st);    // D_A Aᵀ
   be.gemm(Op::transpose, Op::none, 1.0f, B, B, 0.0f, gram(3), st);     // Bᵀ B
-  be.gemm(Op::transpose, Op::none, 1.0f, HB, HB, 0.0f, gram(4), st);   // B̂ᵀ B̂
-  be.gemm(Op::transpose, Op::none, 1.0f, DB, DB, 0.0f, gram(5), st);   // D_Bᵀ D_B
-  be.gemm(Op::transpose, Op::none, 1.0f, HB, DB, 0.0f, gram(6), st);   // B̂ᵀ D_B
+  be.gemm(Op::transpose, Op::none, 1.0f, DB, DB, 0.0f, gram(4), st);   // D_Bᵀ D_B
+  be.gemm(Op::transpose, Op::none, 1.0f, B, DB, 0.0f, gram(5), st);    // Bᵀ D_B
 
-  // Per-task inner products of r × r blocks: 4 for the delta error, and the traces of the
-  // Grams (⟨G, I⟩ = ‖·‖²) for the factor errors, so no sum runs over a whole factor.
-  DeviceBuffer dots = be.allocate(static_cast<std::size_t>(8 * n) * sizeof(double));
+  // Per-task inner products of r × r blocks for the delta error, and the traces of the Grams
+  // (⟨G, I⟩ = ‖·‖²) for the factor errors, so no sum runs over a whole factor.
+  constexpr int kDots = 11;
+  DeviceBuffer dots = be.allocate(static_cast<std::size_t>(kDots * n) * sizeof(double));
   auto dot = [&](int k) { return static_cast<double*>(dots.data()) + k * n; };
   const i64 rr = r * r;
   std::vector<float> eye(static_cast<std::size_t>(n * rr), 0.0f);
@@ -172,14 +174,17 @@ RmmModuleResult rmm_module_device(Backend& be, const RmmShape& s, const float* a
     for (i64 k = 0; k < r; ++k) eye[i * rr + k * r + k] = 1.0f;
   DeviceBuffer identity = be.allocate(floats(n * rr));
   be.upload(identity.data(), eye.data(), floats(n * rr), st);
-  be.batched_dot(gram(4).data, gram(1).data, dot(0), n, rr, st);  // ⟨B̂ᵀB̂, D_A D_Aᵀ⟩
-  be.batched_dot(gram(5).data, gram(0).data, dot(1), n, rr, st);  // ⟨D_BᵀD_B, A Aᵀ⟩
-  be.batched_dot(gram(6).data, gram(2).data, dot(2), n, rr, st);  // ⟨B̂ᵀD_B, D_A Aᵀ⟩
-  be.batched_dot(gram(3).data, gram(0).data, dot(3), n, rr, st);  // ⟨BᵀB, A Aᵀ⟩ = ‖BA‖²
-  be.batched_dot(gram(1).data, identity.f32(), dot(4), n, rr, st);  // ‖D_A‖²
-  be.batched_dot(gram(0).data, identity.f32(), dot(5), n, rr, st);  // ‖A‖²
-  be.batched_dot(gram(5).data, identity.f32(), dot(6), n, rr, st);  // ‖D_B‖²
-  be.batched_dot(gram(3).data, identity.f32(), dot(7), n, rr, st);  // ‖B‖²
+  be.batched_dot(gram(3).data, gram(1).data, dot(0), n, rr, st);   // ⟨BᵀB, D_A D_Aᵀ⟩
+  be.batched_dot(gram(4).data, gram(1).data, dot(1), n, rr, st);   // ⟨D_BᵀD_B, D_A D_Aᵀ⟩
+  be.batched_dot(gram(5).data, gram(1).data, dot(2), n, rr, st);   // ⟨BᵀD_B, D_A D_Aᵀ⟩
+  be.batched_dot(gram(4).data, gram(0).data, dot(3), n, rr, st);   // ⟨D_BᵀD_B, A Aᵀ⟩
+  be.batched_dot(gram(5).data, gram(2).data, dot(4), n, rr, st);   // ⟨BᵀD_B, D_A Aᵀ⟩
+  be.batched_dot(gram(4).data, gram(2).data, dot(5), n, rr, st);   // ⟨D_BᵀD_B, D_A Aᵀ⟩
+  be.batched_dot(gram(3).data, gram(0).data, dot(6), n, rr, st);   // ⟨BᵀB, A Aᵀ⟩ = ‖BA‖²
+  be.batched_dot(gram(1).data, identity.f32(), dot(7), n, rr, st);   // ‖D_A‖²
+  be.batched_dot(gram(0).data, identity.f32(), dot(8), n, rr, st);   // ‖A‖²
+  be.batched_dot(gram(4).data, identity.f32(), dot(9), n, rr, st);   // ‖D_B‖²
+  be.batched_dot(gram(3).data, identity.f32(), dot(10), n, rr, st);  // ‖B‖²
 
   RmmModuleResult res;
   res.a.mean = fetch(be, sa.mean, in * r, st);
@@ -188,7 +193,7 @@ RmmModuleResult rmm_module_device(Backend& be, const RmmShape& s, const float* a
   res.b.mean = fetch(be, sb.mean, out * r, st);
   res.b.basis = fetch(be, sb.basis, out * r * s.p, st);
   res.b.coef = fetch(be, sb.coef, out * s.p * n, st);
-  const auto d = fetch_doubles(be, dots, 8 * n, st);
+  const auto d = fetch_doubles(be, dots, kDots * n, st);
   res.a.spectrum = fetch_doubles(be, sa.sums, n, st);
   res.b.spectrum = fetch_doubles(be, sb.sums, n, st);
   be.synchronize(st);
@@ -198,13 +203,16 @@ RmmModuleResult rmm_module_device(Backend& be, const RmmShape& s, const float* a
     for (auto& v : side->spectrum) v = std::max(v, 0.0);          // solver noise below zero
   }
   for (i64 i = 0; i < n; ++i) {
-    const double num = d[0 * n + i] + d[1 * n + i] + 2 * d[2 * n + i];
-    res.delta_error.push_back(safe_ratio(num, d[3 * n + i]));
-    res.delta_norm.push_back(std::sqrt(std::max(d[3 * n + i], 0.0)));
-    res.a.factor_error.push_back(safe_ratio(d[4 * n + i], d[5 * n + i]));
-    res.a.factor_sq_error.push_back(d[4 * n + i]);
-    res.b.factor_error.push_back(safe_ratio(d[6 * n + i], d[7 * n + i]));
-    res.b.factor_sq_error.push_back(d[6 * n + i]);
+    auto at = [&](int k) { return d[k * n + i]; };
+    const double hb_da = at(0) + at(1) + 2 * at(2);  // ⟨B̂ᵀB̂, D_A D_Aᵀ⟩
+    const double hdb_daa = at(4) + at(5);            // ⟨B̂ᵀD_B, D_A Aᵀ⟩
+    const double num = hb_da + at(3) + 2 * hdb_daa;
+    res.delta_error.push_back(safe_ratio(num, at(6)));
+    res.delta_norm.push_back(std::sqrt(std::max(at(6), 0.0)));
+    res.a.factor_error.push_back(safe_ratio(at(7), at(8)));
+    res.a.factor_sq_error.push_back(at(7));
+    res.b.factor_error.push_back(safe_ratio(at(9), at(10)));
+    res.b.factor_sq_error.push_back(at(9));
   }
   return res;
 }
