@@ -24,27 +24,11 @@ import numpy as np
 from safetensors.numpy import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rmm_numpy import pattern_value  # noqa: E402  PEFT's rank_pattern / alpha_pattern lookup
-
-_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
-
+from rmm_numpy import load_file, pattern_value  # noqa: E402  (BF16-aware reader, PEFT's pattern lookup)
 
 def read_tensors(path):
-    """Every tensor of a safetensors file as float32 (BF16 widened by a shift)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    header.pop("__metadata__", None)
-    out = {}
-    for name, t in header.items():
-        begin, end = t["data_offsets"]
-        dt = np.dtype(_DTYPES[t["dtype"]])
-        raw = np.frombuffer(data, dtype=dt, count=(end - begin) // dt.itemsize, offset=8 + n + begin)
-        if t["dtype"] == "BF16":
-            raw = (raw.astype(np.uint32) << 16).view(np.float32)
-        out[name] = raw.astype(np.float32, copy=False).reshape(t["shape"])
-    return out, len(data)
+    """Every tensor of a safetensors file as float32, and the file's size."""
+    return {k: v.astype(np.float32, copy=False) for k, v in load_file(path).items()}, Path(path).stat().st_size
 
 
 def load_adapter(folder):
