@@ -94,6 +94,11 @@ void print_report(const RmmMergeOptions& o, const BundleManifest& manifest, cons
                   const PipelineStats& seq, std::optional<bool> identical, double floor_seconds,
                   std::uint64_t floor_bytes, std::uint64_t rss);
 
+// The slowest stage's busy seconds: what perfect overlap would take.
+double slowest_stage(const PipelineStats& s) {
+  return std::max({s.read_seconds, s.upload_seconds, s.compute_seconds, s.write_seconds});
+}
+
 void run_bench(const BenchArgs& args) {
   RmmMergeOptions o;
   for (const auto& a : args.inputs) o.tasks.push_back({task_name_from_path(a), a});
@@ -140,8 +145,7 @@ void run_bench(const BenchArgs& args) {
     fs::remove_all(s.out, ec);
   }
 
-  const double slowest = std::max({stats.read_seconds, stats.upload_seconds,
-                                   stats.compute_seconds, stats.write_seconds});
+  const double slowest = slowest_stage(stats);
   const double gb = static_cast<double>(stats.bytes_read) / 1e9;
   if (args.json) {
     nlohmann::ordered_json j;
@@ -173,8 +177,7 @@ void run_bench(const BenchArgs& args) {
 void print_report(const RmmMergeOptions& o, const BundleManifest& manifest, const PipelineStats& stats,
                   const PipelineStats& seq, std::optional<bool> identical, double floor_seconds,
                   std::uint64_t floor_bytes, std::uint64_t rss) {
-  const double slowest = std::max({stats.read_seconds, stats.upload_seconds,
-                                   stats.compute_seconds, stats.write_seconds});
+  const double slowest = slowest_stage(stats);
   const double gb = static_cast<double>(stats.bytes_read) / 1e9;
   std::cout << fmt::format("revmerge bench: RMM of {} adapters, {} modules in {} layers, P = {}, {}\n",
                            o.tasks.size(), stats.modules, stats.layers, o.basis, manifest.backend);

@@ -2,20 +2,12 @@
 
 #include <fmt/format.h>
 
+#include "core/memory_info.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge::cli {
 
-std::string human_bytes(std::uint64_t bytes) {
-  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(bytes);
-  int u = 0;
-  while (v >= 1024.0 && u < 4) {
-    v /= 1024.0;
-    ++u;
-  }
-  return u == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.1f} {}", v, kUnits[u]);
-}
+std::string human_bytes(std::uint64_t bytes) { return format_bytes(bytes, 1); }
 
 std::string shape_string(std::span<const std::int64_t> shape) {
   return fmt::format("[{}]", fmt::join(shape, ", "));
@@ -37,38 +29,39 @@ std::vector<std::string> split_list(const std::string& text) {
   return items;
 }
 
-std::vector<double> parse_number_list(const std::string& text, const std::string& option) {
-  std::vector<double> out;
+namespace {
+
+// Each comma-separated item of `text` through `convert` (std::stod / std::stoll), which must use
+// the whole item; anything else is a usage_error naming the option and the item.
+template <class T, class Convert>
+std::vector<T> parse_list(const std::string& text, const std::string& option, Convert convert,
+                          const char* what) {
+  std::vector<T> out;
   for (const auto& item : split_list(text)) {
     std::size_t used = 0;
-    double v = 0;
+    T v{};
     try {
-      v = std::stod(item, &used);
+      v = static_cast<T>(convert(item, &used));
     } catch (const std::exception&) {
       used = 0;
     }
     if (item.empty() || used != item.size())
-      throw usage_error(option + ": '" + item + "' in '" + text + "' is not a number");
+      throw usage_error(option + ": '" + item + "' in '" + text + "' is not " + what);
     out.push_back(v);
   }
   return out;
 }
 
+}  // namespace
+
+std::vector<double> parse_number_list(const std::string& text, const std::string& option) {
+  return parse_list<double>(
+      text, option, [](const std::string& x, std::size_t* u) { return std::stod(x, u); }, "a number");
+}
+
 std::vector<std::int64_t> parse_integer_list(const std::string& text, const std::string& option) {
-  std::vector<std::int64_t> out;
-  for (const auto& item : split_list(text)) {
-    std::size_t used = 0;
-    long long v = 0;
-    try {
-      v = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (item.empty() || used != item.size())
-      throw usage_error(option + ": '" + item + "' in '" + text + "' is not an integer");
-    out.push_back(v);
-  }
-  return out;
+  return parse_list<std::int64_t>(
+      text, option, [](const std::string& x, std::size_t* u) { return std::stoll(x, u); }, "an integer");
 }
 
 }  // namespace revmerge::cli

@@ -61,14 +61,14 @@ std::uint64_t parse_byte_size(std::string_view text, std::string_view option) {
   return static_cast<std::uint64_t>(std::llround(bytes));
 }
 
-std::string format_bytes(std::uint64_t bytes) {
+std::string format_bytes(std::uint64_t bytes, int decimals) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double v = static_cast<double>(bytes);
   int u = 0;
   while (v >= 1024 && u < 4) v /= 1024, ++u;
   char buf[32];
   if (u == 0) std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
-  else std::snprintf(buf, sizeof buf, v < 100 ? "%.2f %s" : "%.1f %s", v, units[u]);
+  else std::snprintf(buf, sizeof buf, "%.*f %s", decimals >= 0 ? decimals : (v < 100 ? 2 : 1), v, units[u]);
   return buf;
 }
 

@@ -72,6 +72,12 @@ std::uint64_t read_into(const PeftAdapter& ad, const std::string& tensor, bool a
   return info.end - info.begin;
 }
 
+std::vector<float> read_factor(const PeftAdapter& a, const std::string& tensor, bool allow_nonfinite) {
+  std::vector<float> v(a.weights().at(tensor).numel());
+  read_into(a, tensor, allow_nonfinite, v);
+  return v;
+}
+
 }  // namespace
 
 std::uint64_t load_stacks_into(const PlannedModule& pm,
@@ -103,19 +109,6 @@ std::uint64_t load_stacks_into(const PlannedModule& pm,
   return bytes;
 }
 
-std::vector<float> read_factor(const PeftAdapter& a, const std::string& tensor, bool allow_nonfinite) {
-  std::vector<float> v(a.weights().at(tensor).numel());
-  read_into(a, tensor, allow_nonfinite, v);
-  return v;
-}
-
-void load_stacks(const PlannedModule& pm, const std::vector<std::unique_ptr<PeftAdapter>>& adapters,
-                 bool allow_nonfinite, std::vector<float>& a, std::vector<float>& b) {
-  const i64 n = static_cast<i64>(adapters.size()), r = pm.rank;
-  a.resize(static_cast<std::size_t>(n * r * pm.in));
-  b.resize(static_cast<std::size_t>(n * pm.out * r));
-  load_stacks_into(pm, adapters, allow_nonfinite, a.data(), b.data());
-}
 
 std::vector<TaskFactors> read_module_factors(const AdapterSet& set, const PlannedModule& pm) {
   std::vector<TaskFactors> f;

@@ -31,9 +31,6 @@ struct AdapterSet {
 /// shape_error for a module missing from a task or with another base shape.
 AdapterSet open_adapter_set(const std::vector<TaskSource>& tasks);
 
-/// Reads one factor as f32, refusing non-finite values by file, tensor and index unless allowed.
-std::vector<float> read_factor(const PeftAdapter& a, const std::string& tensor, bool allow_nonfinite);
-
 /// One task's factors of one module as stored (A rank × in, B out × rank, unscaled) and its scale.
 struct TaskFactors {
   std::vector<float> a, b;
@@ -44,14 +41,11 @@ struct TaskFactors {
 /// Every task's factors of module `pm`, in task order; non-finite values refused.
 std::vector<TaskFactors> read_module_factors(const AdapterSet& set, const PlannedModule& pm);
 
-/// The module's stacks as rmm_module takes them: A n × r × in (rows past a task's rank zero),
-/// B n × out × r with the task's scale folded in (columns past its rank zero).
-void load_stacks(const PlannedModule& pm, const std::vector<std::unique_ptr<PeftAdapter>>& adapters,
-                 bool allow_nonfinite, std::vector<float>& a, std::vector<float>& b);
-
-/// load_stacks into caller-owned buffers (a pipeline's staging slot: n·r·in and n·out·r
-/// floats), converting each tensor in place; the tensors' file pages are dropped from the
-/// resident set once read. Returns the file bytes read.
+/// The module's stacks as rmm_module takes them — A n × r × in (rows past a task's rank zero),
+/// B n × out × r with the task's scale folded in (columns past its rank zero) — written into
+/// caller-owned buffers (a pipeline's staging slot), converting each tensor in place. Non-finite
+/// values are refused by file, tensor and element unless allowed; the tensors' file pages leave
+/// the resident set once read. Returns the file bytes read.
 std::uint64_t load_stacks_into(const PlannedModule& pm,
                                const std::vector<std::unique_ptr<PeftAdapter>>& adapters,
                                bool allow_nonfinite, float* a, float* b);

@@ -251,11 +251,12 @@ class RmmPipeline {
 // stacks; work and results are the module's own.
 ItemMemory largest_module_memory(const RmmMergeOptions& o, const AdapterSet& set, const Backend& be) {
   const i64 n = static_cast<i64>(o.tasks.size());
+  const std::uint64_t staging = 4 * largest_stack_floats(set, n);
   ItemMemory worst;
   for (const auto& pm : set.plan) {
     const RmmShape s{n, pm.rank, pm.in, pm.out, o.basis};
     ItemMemory m;
-    m.staging = 4 * largest_stack_floats(set, n);
+    m.staging = staging;
     m.device_inputs = be.shares_host_memory() ? 0 : 4 * static_cast<std::uint64_t>(n * pm.rank * (pm.in + pm.out));
     m.work = rmm_module_work_bytes(s);
     m.results = 4 * static_cast<std::uint64_t>((pm.in + pm.out) * (s.r + s.r * s.p + s.p * s.n));
