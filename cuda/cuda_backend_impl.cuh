@@ -69,16 +69,20 @@ class CudaBackend final : public Backend {
 
  private:
   // Solver status words are copied back asynchronously and checked at synchronize(), so a
-  // layer's work never waits on the host in the middle.
+  // layer's work never waits on the host in the middle. The solver's workspace is held here
+  // too: returned to the pool at once, another stream (the pipeline's copy stream) could be
+  // handed the block while the solver still writes to it.
   struct PendingInfo {
     DeviceBuffer device_info;  // one int per matrix
+    DeviceBuffer workspace;    // the solver's, released after its stream has finished
     int* host_info = nullptr;  // pinned copy, freed when checked
     std::int64_t count = 0;
     cudaStream_t stream = nullptr;
     std::string call;
   };
   /// Queues the copy of a solver's info array; synchronize() checks it.
-  void defer_info_check(DeviceBuffer info, std::int64_t count, cudaStream_t st, std::string call);
+  void defer_info_check(DeviceBuffer info, DeviceBuffer workspace, std::int64_t count,
+                        cudaStream_t st, std::string call);
   void check_pending_infos(cudaStream_t st);
 
   int device_;

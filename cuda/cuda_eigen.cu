@@ -27,7 +27,8 @@ void CudaBackend::symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream 
         cusolver_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, static_cast<int>(n), a.data,
         static_cast<int>(n), eigenvalues, work.f32(), lwork, static_cast<int*>(info.data()),
         syevj_params_, static_cast<int>(a.batch)));
-    defer_info_check(std::move(info), a.batch, st, "cusolverDnSsyevjBatched" + sizes);
+    defer_info_check(std::move(info), std::move(work), a.batch, st,
+                     "cusolverDnSsyevjBatched" + sizes);
     return;
   }
   std::size_t device_bytes = 0, host_bytes = 0;
@@ -40,7 +41,10 @@ void CudaBackend::symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream 
       cusolver_, solver_params_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, n, CUDA_R_32F,
       a.data, n, CUDA_R_32F, eigenvalues, CUDA_R_32F, work.data(), device_bytes,
       host_bytes ? host_work.data() : nullptr, host_bytes, static_cast<int*>(info.data()), a.batch));
-  defer_info_check(std::move(info), a.batch, st, "cusolverDnXsyevBatched" + sizes);
+  // A host workspace (none on current cuSOLVER) must outlive the call's use of it.
+  if (host_bytes) REVMERGE_CUDA_CHECK(cudaStreamSynchronize(st));
+  defer_info_check(std::move(info), std::move(work), a.batch, st,
+                   "cusolverDnXsyevBatched" + sizes);
 }
 
 }  // namespace revmerge::cuda

@@ -6,6 +6,10 @@
 #
 #   tools/gpu-check.sh OUTDIR
 #
+# GPU_CHECK_DEADLINE (seconds, default 540): steps that would start later are reported NOT RUN,
+# so the summary and the logs still come back from a lease with a hard time limit. Each step
+# has its own timeout too; the most telling steps run first, the whole suite and memcheck last.
+#
 # Debian libraries the build needs come from the system when present, else from .vendor/
 # (made by tools/vendor-debs.sh on a machine with apt, carried along with the checkout).
 set -uo pipefail
@@ -18,11 +22,18 @@ jobs=$(nproc)
 declare -A result
 t_start=$(date +%s)
 
-step() {  # step NAME LOGFILE CMD... : runs, logs, records PASS/FAIL
-  local name=$1 log=$out/$2; shift 2
+deadline=${GPU_CHECK_DEADLINE:-540}
+
+step() {  # step NAME LOGFILE TIMEOUT_S CMD... : runs, logs, records PASS/FAIL
+  local name=$1 log=$out/$2 limit=$3; shift 3
   local t0=$(date +%s)
-  echo "== $name" | tee -a "$out/summary.log"
-  if "$@" >"$log" 2>&1; then result[$name]="PASS ($(( $(date +%s) - t0 ))s)"; else result[$name]="FAIL ($(( $(date +%s) - t0 ))s, see $(basename "$log"))"; fi
+  if (( t0 - t_start > deadline )); then
+    result[$name]="NOT RUN (past the ${deadline}s deadline)"
+    return
+  fi
+  echo "== $name (at $(( t0 - t_start ))s)" | tee -a "$out/summary.log"
+  if timeout "$limit" "$@" >"$log" 2>&1; then result[$name]="PASS ($(( $(date +%s) - t0 ))s)"
+  else result[$name]="FAIL ($(( $(date +%s) - t0 ))s, see $(basename "$log"))"; fi
   tail -n 3 "$log" | sed 's/^/   /'
 }
 
@@ -40,34 +51,34 @@ if ! [ -f /usr/include/lapacke.h ] || ! [ -d /usr/share/cmake/CLI11 ]; then
 fi
 command -v ninja >/dev/null || cmake_args[3]="Unix Makefiles"
 
-step configure configure.log cmake "${cmake_args[@]}"
-step build build.log cmake --build "$build" -j "$jobs"
+step configure configure.log 120 cmake "${cmake_args[@]}"
+step build build.log 360 cmake --build "$build" -j "$jobs"
 revmerge=$build/host/cli/revmerge
 bench=$build/bench/revmerge_bench_rmm
-step devices devices.log "$revmerge" devices
-step cuda-tests cuda-tests.log ctest --test-dir "$build" -L gpu --output-on-failure -j 4
-step all-tests all-tests.log ctest --test-dir "$build" --output-on-failure -j "$jobs"
+step devices devices.log 30 "$revmerge" devices
+step cuda-tests cuda-tests.log 240 ctest --test-dir "$build" -L gpu --output-on-failure -j 4 --timeout 180
+step gpu-vs-cpu-7b gpu-vs-cpu-7b.log 90 "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 1 --device both
+step bench-7b-gpu bench-7b-gpu.log 60 "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 4 --device cuda
+step bench-70b-gpu bench-70b-gpu.log 60 "$bench" --model llama-70b --tasks 8 --rank 64 --basis 4 --layers 1 --device cuda
+# The streamed pipeline on the GPU: pinned staging ring, copy stream, peak device memory, and
+# the pipelined bundle bitwise equal to the one-module-at-a-time one.
+step make-adapters make-adapters.log 150 "$build/bench/revmerge_make_adapters" --model llama-7b --tasks 8 --rank 64 --layers 8 --out "$out/adapters-7b" --force
+step pipeline-7b-gpu pipeline-7b-gpu.log 150 "$revmerge" bench --device cuda --basis 4 --compare-sequential "$out"/adapters-7b/task-*
+step pipeline-7b-cpu pipeline-7b-cpu.log 120 "$revmerge" bench --device cpu --basis 4 "$out"/adapters-7b/task-*
+step merge-example merge-example.log 60 "$revmerge" merge --device cuda --basis 2 --force --out "$out/example-bundle" examples/adapters/chat examples/adapters/code examples/adapters/math examples/adapters/qa examples/adapters/sentiment examples/adapters/summary examples/adapters/topic examples/adapters/translate
+# The whole default suite: on a machine with a GPU, `--device auto` runs every RMM CLI test there.
+step all-tests all-tests.log 240 ctest --test-dir "$build" -LE slow --output-on-failure -j "$jobs" --timeout 120
 if command -v compute-sanitizer >/dev/null; then
-  step memcheck memcheck.log compute-sanitizer --tool memcheck --error-exitcode 1 \
+  step memcheck memcheck.log 150 compute-sanitizer --tool memcheck --error-exitcode 1 \
     "$build/tests/revmerge_tests" --gtest_filter='*cuda*'
 else
   result[memcheck]="NOT RUN (compute-sanitizer not found)"
 fi
-step gpu-vs-cpu-7b gpu-vs-cpu-7b.log "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 1 --device both
-step bench-7b-gpu bench-7b-gpu.log "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 4 --device cuda
-step bench-70b-gpu bench-70b-gpu.log "$bench" --model llama-70b --tasks 8 --rank 64 --basis 4 --layers 1 --device cuda
-# The streamed pipeline on the GPU: pinned staging ring, copy stream, peak device memory, and
-# the pipelined bundle bitwise equal to the one-module-at-a-time one.
-step make-adapters make-adapters.log "$build/bench/revmerge_make_adapters" --model llama-7b --tasks 8 --rank 64 --layers 8 --out "$out/adapters-7b" --force
-step pipeline-7b-gpu pipeline-7b-gpu.log "$revmerge" bench --device cuda --basis 4 --compare-sequential "$out"/adapters-7b/task-*
-step pipeline-7b-cpu pipeline-7b-cpu.log "$revmerge" bench --device cpu --basis 4 "$out"/adapters-7b/task-*
-step merge-example merge-example.log "$revmerge" merge --device cuda --basis 2 --force --out "$out/example-bundle" examples/adapters/chat examples/adapters/code examples/adapters/math examples/adapters/qa examples/adapters/sentiment examples/adapters/summary examples/adapters/topic examples/adapters/translate
-
 echo
 echo "GPU: $(cat "$out/gpu.txt" 2>/dev/null)"
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)   total: $(( $(date +%s) - t_start ))s   logs: $out"
 printf '%-16s %s\n' step result
-for s in configure build devices cuda-tests all-tests memcheck gpu-vs-cpu-7b bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-cpu merge-example; do
+for s in configure build devices cuda-tests gpu-vs-cpu-7b bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-cpu merge-example all-tests memcheck; do
   printf '%-16s %s\n' "$s" "${result[$s]:-NOT RUN}"
 done
 grep -hE "^(cpu|cuda)|speed-up|GPU vs CPU" "$out"/gpu-vs-cpu-7b.log "$out"/bench-*-gpu.log 2>/dev/null

@@ -2,9 +2,13 @@
 // a budget too small refused by name, progress by layer, interrupts leaving nothing behind.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "core/interrupt.hpp"
 #include "core/memory_info.hpp"
+#include "backend/registry.hpp"
 #include "methods/adapter_writer.hpp"
+#include "revmerge/bundle.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/rmm.hpp"
 #include "scheduler/memory_plan.hpp"
@@ -97,6 +101,71 @@ TEST(RmmPipeline, PipelinedOutputIsBitwiseTheOneModuleAtATimePath) {
       if (budget) EXPECT_EQ(stats.staging_slots, 1);
       if (budget) EXPECT_EQ(stats.planned_host_bytes, budget);
     }
+}
+
+// On a GPU: the pipeline (pinned staging ring, copy stream, compute stream sharing one device
+// pool) gives the bytes of the one-module-at-a-time path, and what it stores reverts to the
+// CPU's reconstructions within f32 rounding (bases may differ in sign, so factors are compared
+// after reconstruction). Named with `cuda` so ctest labels it `gpu`.
+TEST(RmmPipelineOnGpu, PipelinedIsBitwiseSequentialAndRevertsLikeTheCpu_cuda) {
+  if (const auto why = cuda_unavailable_reason(); !why.empty())
+    GTEST_SKIP() << "CUDA backend unavailable: " << why;
+  test::TempDir tmp;
+  const auto tasks = layered_tasks(tmp, 5);
+  auto cpu = options_for(tasks, 3, tmp / "cpu");
+  merge_rmm(cpu);
+  auto seq = options_for(tasks, 3, tmp / "gpu-sequential");
+  seq.device = Device::cuda;
+  seq.sequential = true;
+  merge_rmm(seq);
+  const auto want = test::read_bytes(seq.out / kBundleTensorsName);
+  // The default ring, and the smallest budget that both the host (one staging slot) and the
+  // device accept: each refusal names the bytes its side needs.
+  auto tight_opts = options_for(tasks, 3, tmp / "unused");
+  tight_opts.device = Device::cuda;
+  std::uint64_t tight = bytes_needed(tight_opts);
+  tight_opts.memory_budget = tight;
+  try {
+    merge_rmm(tight_opts);
+  } catch (const usage_error& e) {
+    const std::string msg = e.what();
+    ASSERT_NE(msg.find("of device memory is too small"), std::string::npos) << msg;
+    const auto at = msg.find(" bytes: staging");
+    const auto open = msg.rfind('(', at);
+    tight = std::stoull(msg.substr(open + 1, at - open - 1));
+  }
+  for (const std::uint64_t budget : {std::uint64_t{0}, tight}) {
+    auto o = options_for(tasks, 3, tmp / ("gpu" + std::to_string(budget)));
+    o.device = Device::cuda;
+    o.memory_budget = budget;
+    PipelineStats stats;
+    o.stats = &stats;
+    merge_rmm(o);
+    EXPECT_TRUE(stats.pipelined);
+    EXPECT_GT(stats.upload_seconds, 0.0);
+    EXPECT_GT(stats.backend_peak_bytes, 0u);
+    EXPECT_EQ(test::read_bytes(o.out / kBundleTensorsName), want) << budget;
+  }
+  const Bundle gpu_bundle(seq.out), cpu_bundle(cpu.out);
+  const auto& gm = gpu_bundle.manifest();
+  ASSERT_EQ(gm.modules.size(), cpu_bundle.manifest().modules.size());
+  for (std::size_t mi = 0; mi < gm.modules.size(); ++mi) {
+    const auto& cm = cpu_bundle.manifest().modules[mi];
+    for (std::size_t t = 0; t < tasks.size(); ++t) {
+      EXPECT_NEAR(gm.modules[mi].delta_error[t], cm.delta_error[t], 1e-4) << cm.path << " " << t;
+      const auto g = revert_module(gpu_bundle, mi, static_cast<std::int64_t>(t));
+      const auto c = revert_module(cpu_bundle, mi, static_cast<std::int64_t>(t));
+      for (const auto& [x, y] : {std::pair{&g.a, &c.a}, std::pair{&g.b, &c.b}}) {
+        ASSERT_EQ(x->size(), y->size());
+        double diff = 0, norm = 0;
+        for (std::size_t i = 0; i < x->size(); ++i) {
+          diff += std::pow(double((*x)[i]) - (*y)[i], 2);
+          norm += std::pow(double((*y)[i]), 2);
+        }
+        EXPECT_LE(std::sqrt(diff), 1e-5 * std::sqrt(norm) + 1e-6) << cm.path << " task " << t;
+      }
+    }
+  }
 }
 
 TEST(RmmPipeline, MemoryStaysWithinThePlanAndThePlanWithinTheBudget) {
