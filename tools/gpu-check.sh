@@ -40,7 +40,11 @@ step() {  # step NAME LOGFILE TIMEOUT_S CMD... : runs, logs, records PASS/FAIL
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$out/gpu.txt" 2>&1 || true
 cmake_args=(-S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DREVMERGE_CUDA=ON
             -DCMAKE_CUDA_ARCHITECTURES=90)
-if ! [ -f /usr/include/lapacke.h ] || ! [ -d /usr/share/cmake/CLI11 ]; then
+# Any one missing piece (a machine may have LAPACKE but not OpenBLAS's OpenMP build) sends the
+# whole build to .vendor/, so the libraries come from one distribution.
+if ! [ -f /usr/include/lapacke.h ] || ! [ -d /usr/share/cmake/CLI11 ] ||
+   ! [ -f /usr/include/x86_64-linux-gnu/openblas-openmp/cblas.h ] ||
+   ! [ -d /usr/lib/x86_64-linux-gnu/cmake/yaml-cpp ]; then
   if [ -f .vendor/vendor.cmake ]; then
     cmake_args+=(-C .vendor/vendor.cmake)
     export LD_LIBRARY_PATH="$(tools/vendor-debs.sh --libpath)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
