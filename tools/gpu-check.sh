@@ -55,6 +55,7 @@ if ! [ -f /usr/include/lapacke.h ] || ! [ -d /usr/share/cmake/CLI11 ] ||
 fi
 command -v ninja >/dev/null || cmake_args[3]="Unix Makefiles"
 
+rm -f "$build/CMakeCache.txt"  # a cache from another machine's libraries must not be reused
 step configure configure.log 120 cmake "${cmake_args[@]}"
 step build build.log 360 cmake --build "$build" -j "$jobs"
 revmerge=$build/host/cli/revmerge
@@ -71,9 +72,9 @@ step pipeline-7b-gpu pipeline-7b-gpu.log 150 "$revmerge" bench --device cuda --b
 step pipeline-7b-cpu pipeline-7b-cpu.log 120 "$revmerge" bench --device cpu --basis 4 "$out"/adapters-7b/task-*
 step merge-example merge-example.log 60 "$revmerge" merge --device cuda --basis 2 --force --out "$out/example-bundle" examples/adapters/chat examples/adapters/code examples/adapters/math examples/adapters/qa examples/adapters/sentiment examples/adapters/summary examples/adapters/topic examples/adapters/translate
 # The whole default suite: on a machine with a GPU, `--device auto` runs every RMM CLI test there.
-step all-tests all-tests.log 240 ctest --test-dir "$build" -LE slow --output-on-failure -j "$jobs" --timeout 120
+step all-tests all-tests.log 200 ctest --test-dir "$build" -LE slow --output-on-failure -j "$jobs" --timeout 120
 if command -v compute-sanitizer >/dev/null; then
-  step memcheck memcheck.log 150 compute-sanitizer --tool memcheck --error-exitcode 1 \
+  step memcheck memcheck.log 120 compute-sanitizer --tool memcheck --error-exitcode 1 \
     "$build/tests/revmerge_tests" --gtest_filter='*cuda*'
 else
   result[memcheck]="NOT RUN (compute-sanitizer not found)"
