@@ -107,9 +107,9 @@ void CudaBackend::synchronize(Stream s) {
   check_pending_infos(stream(s));
 }
 
-void CudaBackend::defer_info_check(DeviceBuffer info, DeviceBuffer workspace, std::int64_t count,
-                                   cudaStream_t st, std::string call) {
-  PendingInfo p{std::move(info), std::move(workspace), nullptr, count, st, std::move(call)};
+void CudaBackend::defer_info_check(DeviceBuffer info, std::vector<DeviceBuffer> in_flight,
+                                   std::int64_t count, cudaStream_t st, std::string call) {
+  PendingInfo p{std::move(info), std::move(in_flight), nullptr, count, st, std::move(call)};
   REVMERGE_CUDA_CHECK(cudaMallocHost(&p.host_info, static_cast<std::size_t>(count) * sizeof(int)));
   const cudaError_t copy = cudaMemcpyAsync(p.host_info, p.device_info.data(),
                                            static_cast<std::size_t>(count) * sizeof(int),

@@ -32,6 +32,7 @@ class CudaBackend final : public Backend {
     pool_.trim();
     staging_.trim();
   }
+  void limit_cache(std::size_t bytes) override { pool_.set_limit(bytes); }
   Stream create_stream() override;
   void upload(void* dst, const void* host_src, std::size_t bytes, Stream s) override;
   void download(void* host_dst, const void* src, std::size_t bytes, Stream s) override;
@@ -40,6 +41,7 @@ class CudaBackend final : public Backend {
   void gemm(Op op_a, Op op_b, float alpha, const MatBatch& a, const MatBatch& b, float beta,
             const MatBatch& c, Stream s) override;
   void symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream s) override;
+  std::size_t symmetric_eigen_work_bytes(std::int64_t batch, std::int64_t n) override;
 
   void permute3(const float* src, std::int64_t s0, std::int64_t s1, std::int64_t s2, float* dst,
                 std::int64_t d0, std::int64_t d1, std::int64_t d2, Stream s) override;
@@ -69,20 +71,20 @@ class CudaBackend final : public Backend {
 
  private:
   // Solver status words are copied back asynchronously and checked at synchronize(), so a
-  // layer's work never waits on the host in the middle. The solver's workspace is held here
+  // layer's work never waits on the host in the middle. The solver's workspaces are held here
   // too: returned to the pool at once, another stream (the pipeline's copy stream) could be
-  // handed the block while the solver still writes to it.
+  // handed a block while the solver still writes to it.
   struct PendingInfo {
-    DeviceBuffer device_info;  // one int per matrix
-    DeviceBuffer workspace;    // the solver's, released after its stream has finished
+    DeviceBuffer device_info;             // one int per matrix
+    std::vector<DeviceBuffer> in_flight;  // released after the stream has finished
     int* host_info = nullptr;  // pinned copy, freed when checked
     std::int64_t count = 0;
     cudaStream_t stream = nullptr;
     std::string call;
   };
   /// Queues the copy of a solver's info array; synchronize() checks it.
-  void defer_info_check(DeviceBuffer info, DeviceBuffer workspace, std::int64_t count,
-                        cudaStream_t st, std::string call);
+  void defer_info_check(DeviceBuffer info, std::vector<DeviceBuffer> in_flight,
+                        std::int64_t count, cudaStream_t st, std::string call);
   void check_pending_infos(cudaStream_t st);
 
   int device_;

@@ -9,6 +9,7 @@
 # GPU_CHECK_DEADLINE (seconds, default 540): steps that would start later are reported NOT RUN,
 # so the summary and the logs still come back from a lease with a hard time limit. Each step
 # has its own timeout too; the most telling steps run first, the whole suite and memcheck last.
+# GPU_CHECK_SKIP="all-tests memcheck" (step names, space-separated) leaves steps out.
 #
 # Debian libraries the build needs come from the system when present, else from .vendor/
 # (made by tools/vendor-debs.sh on a machine with apt, carried along with the checkout).
@@ -29,6 +30,10 @@ step() {  # step NAME LOGFILE TIMEOUT_S CMD... : runs, logs, records PASS/FAIL
   local t0=$(date +%s)
   if (( t0 - t_start > deadline )); then
     result[$name]="NOT RUN (past the ${deadline}s deadline)"
+    return
+  fi
+  if [[ " ${GPU_CHECK_SKIP:-} " == *" $name "* ]]; then
+    result[$name]="NOT RUN (GPU_CHECK_SKIP)"
     return
   fi
   echo "== $name (at $(( t0 - t_start ))s)" | tee -a "$out/summary.log"
@@ -70,6 +75,9 @@ step bench-70b-gpu bench-70b-gpu.log 60 "$bench" --model llama-70b --tasks 8 --r
 step make-adapters make-adapters.log 150 "$build/bench/revmerge_make_adapters" --model llama-7b --tasks 8 --rank 64 --layers 8 --out "$out/adapters-7b" --force
 step pipeline-7b-gpu pipeline-7b-gpu.log 150 "$revmerge" bench --device cuda --basis 4 --compare-sequential "$out"/adapters-7b/task-*
 step pipeline-7b-cpu pipeline-7b-cpu.log 120 "$revmerge" bench --device cpu --basis 4 "$out"/adapters-7b/task-*
+# The 70b shape through the pipeline on the GPU: device memory set by the plan, not the model.
+step make-adapters-70b make-adapters-70b.log 150 "$build/bench/revmerge_make_adapters" --model llama-70b --tasks 8 --rank 64 --layers 4 --out "$out/adapters-70b" --force
+step pipeline-70b-gpu pipeline-70b-gpu.log 150 "$revmerge" bench --device cuda --basis 4 "$out"/adapters-70b/task-*
 step merge-example merge-example.log 60 "$revmerge" merge --device cuda --basis 2 --force --out "$out/example-bundle" examples/adapters/chat examples/adapters/code examples/adapters/math examples/adapters/qa examples/adapters/sentiment examples/adapters/summary examples/adapters/topic examples/adapters/translate
 # The whole default suite: on a machine with a GPU, `--device auto` runs every RMM CLI test there.
 step all-tests all-tests.log 200 ctest --test-dir "$build" -LE slow --output-on-failure -j "$jobs" --timeout 120
@@ -83,10 +91,10 @@ echo
 echo "GPU: $(cat "$out/gpu.txt" 2>/dev/null)"
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)   total: $(( $(date +%s) - t_start ))s   logs: $out"
 printf '%-16s %s\n' step result
-for s in configure build devices cuda-tests gpu-vs-cpu-7b bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-cpu merge-example all-tests memcheck; do
+for s in configure build devices cuda-tests gpu-vs-cpu-7b bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-cpu make-adapters-70b pipeline-70b-gpu merge-example all-tests memcheck; do
   printf '%-16s %s\n' "$s" "${result[$s]:-NOT RUN}"
 done
 grep -hE "^(cpu|cuda)|speed-up|GPU vs CPU" "$out"/gpu-vs-cpu-7b.log "$out"/bench-*-gpu.log 2>/dev/null
-grep -hE "^revmerge bench|^end to end|^floor|peak RSS|^sequential" "$out"/pipeline-7b-*.log 2>/dev/null
+grep -hE "^revmerge bench|^memory plan|^read|^upload|^compute|^write|^end to end|^floor|peak RSS|^sequential" "$out"/pipeline-*.log 2>/dev/null
 for s in "${!result[@]}"; do [[ ${result[$s]} == FAIL* ]] && exit 1; done
 exit 0

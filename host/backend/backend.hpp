@@ -103,6 +103,9 @@ class Backend {
   virtual std::size_t memory_available() const = 0;
   /// Gives cached, unused blocks back to the system.
   virtual void trim_cache() = 0;
+  /// Keeps the pool (blocks in use plus cached) within `bytes` by freeing cached blocks before
+  /// a new block would pass it; what is in use is the caller's to plan.
+  virtual void limit_cache(std::size_t bytes) = 0;
   /// A new execution queue owned by the backend, independent of the default one (a second
   /// cudaStream_t for copies while the default stream computes; nothing on the CPU).
   virtual Stream create_stream() = 0;
@@ -120,6 +123,9 @@ class Backend {
   /// of each matrix holds eigenvector k, and `eigenvalues` (batch × n) holds the eigenvalues in
   /// ascending order. Throws solver_error when a matrix does not converge.
   virtual void symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream s) = 0;
+  /// Pool memory symmetric_eigen holds beyond its arguments until the stream is synchronized
+  /// (the CUDA solver's f64 copies and workspace; nothing on the CPU), for memory plans.
+  virtual std::size_t symmetric_eigen_work_bytes(std::int64_t batch, std::int64_t n) = 0;
 
   // --- element-wise kernels (host/kernels/*.hpp functors, shared by both backends) ---
   /// dst (packed, shape d0 × d1 × d2) [i0, i1, i2] = src[i0 * s0 + i1 * s1 + i2 * s2].

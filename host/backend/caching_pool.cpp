@@ -25,14 +25,11 @@ DeviceBuffer CachingPool::allocate(std::size_t bytes) {
     free_.erase(it);
     cached_ -= cls;
   } else {
+    // Blocks cached for another module's shapes give way before the pool passes its limit.
+    if (cached_ > 0 && in_use_ + cached_ + cls > limit_) free_cached_locked();
     ptr = alloc_(ctx_, cls);
     if (ptr == nullptr && !free_.empty()) {  // give the cache back and retry once
-      for (auto& [c, p] : free_) {
-        free_fn_(ctx_, p);
-        sizes_.erase(p);
-      }
-      free_.clear();
-      cached_ = 0;
+      free_cached_locked();
       ptr = alloc_(ctx_, cls);
     }
     if (ptr == nullptr)
@@ -54,14 +51,23 @@ void CachingPool::give_back(void* ctx, void* ptr) {
   pool->free_.emplace(cls, ptr);
 }
 
-void CachingPool::trim() {
-  std::lock_guard lock(mutex_);
+void CachingPool::free_cached_locked() {
   for (auto& [c, p] : free_) {
     free_fn_(ctx_, p);
     sizes_.erase(p);
   }
   free_.clear();
   cached_ = 0;
+}
+
+void CachingPool::trim() {
+  std::lock_guard lock(mutex_);
+  free_cached_locked();
+}
+
+void CachingPool::set_limit(std::size_t bytes) {
+  std::lock_guard lock(mutex_);
+  limit_ = bytes;
 }
 
 MemoryUse CachingPool::use() const {

@@ -33,6 +33,9 @@ class CachingPool {
   DeviceBuffer allocate(std::size_t bytes);
   /// Frees every cached (unused) block.
   void trim();
+  /// Holds blocks in use plus cached to `bytes` where caching is what would pass it: a new
+  /// block that would is preceded by freeing the cache. (Blocks in use are never touched.)
+  void set_limit(std::size_t bytes);
   MemoryUse use() const;
 
  private:
@@ -44,7 +47,9 @@ class CachingPool {
   mutable std::mutex mutex_;
   std::unordered_map<void*, std::size_t> sizes_;  // every block held, by address
   std::multimap<std::size_t, void*> free_;        // cached blocks by size class
+  void free_cached_locked();
   std::size_t in_use_ = 0, cached_ = 0, peak_ = 0;
+  std::size_t limit_ = ~std::size_t{0};
 };
 
 }  // namespace revmerge

@@ -21,6 +21,7 @@ class CpuBackend final : public Backend {
   MemoryUse memory_use() const override { return pool_.use(); }
   std::size_t memory_available() const override;
   void trim_cache() override { pool_.trim(); }
+  void limit_cache(std::size_t bytes) override { pool_.set_limit(bytes); }
   Stream create_stream() override { return {}; }
   void upload(void* dst, const void* host_src, std::size_t bytes, Stream s) override;
   void download(void* host_dst, const void* src, std::size_t bytes, Stream s) override;
@@ -29,6 +30,7 @@ class CpuBackend final : public Backend {
   void gemm(Op op_a, Op op_b, float alpha, const MatBatch& a, const MatBatch& b, float beta,
             const MatBatch& c, Stream s) override;
   void symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream s) override;
+  std::size_t symmetric_eigen_work_bytes(std::int64_t, std::int64_t) override { return 0; }
 
   void permute3(const float* src, std::int64_t s0, std::int64_t s1, std::int64_t s2, float* dst,
                 std::int64_t d0, std::int64_t d1, std::int64_t d2, Stream s) override;

@@ -106,7 +106,7 @@ RmmModuleResult rmm_module(Backend& be, const RmmShape& s, const float* host_a,
   return rmm_module_device(be, s, a.f32(), b.f32(), storage, st);
 }
 
-std::uint64_t rmm_module_work_bytes(const RmmShape& s) {
+std::uint64_t rmm_module_work_bytes(const RmmShape& s, Backend& be) {
   const i64 n = s.n, r = s.r, p = s.p;
   std::uint64_t total = 0;
   auto add = [&](i64 count, std::size_t elem = sizeof(float)) {
@@ -122,7 +122,8 @@ std::uint64_t rmm_module_work_bytes(const RmmShape& s) {
   add(6 * n * r * r);
   add(11 * n, sizeof(double));
   add(n * r * r);
-  return total;
+  // Each side's solver memory is held until the module's closing synchronize.
+  return total + be.symmetric_eigen_work_bytes(s.in, n) + be.symmetric_eigen_work_bytes(s.out, n);
 }
 
 RmmModuleResult rmm_module_device(Backend& be, const RmmShape& s, const float* a_in,

@@ -42,7 +42,7 @@ RmmModuleResult rmm_module_device(Backend& backend, const RmmShape& shape, const
 
 /// Backend memory rmm_module_device allocates for one module, inputs excluded (in the pool's
 /// size classes, so it bounds what the pool holds for the module).
-std::uint64_t rmm_module_work_bytes(const RmmShape& shape);
+std::uint64_t rmm_module_work_bytes(const RmmShape& shape, Backend& backend);
 
 RmmModuleResult rmm_module(Backend& backend, const RmmShape& shape, const float* host_a,
                            const float* host_b, DType storage, Stream stream);

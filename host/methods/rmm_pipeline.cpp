@@ -9,6 +9,7 @@
 #include <string>
 #include <utility>
 
+#include "backend/caching_pool.hpp"
 #include "core/interrupt.hpp"
 #include "methods/rmm_module.hpp"
 #include "scheduler/bounded_queue.hpp"
@@ -133,10 +134,6 @@ class RmmPipeline {
                     })};
     job.a = {};
     job.b = {};
-    // Keep the pool within what was planned: a module of another shape cannot reuse cached
-    // blocks, so they are given back before they add up.
-    const auto use = be_.memory_use();
-    if (use.cached > 0 && use.in_use + use.cached > work_allowance_) be_.trim_cache();
     return done;
   }
 
@@ -220,7 +217,6 @@ class RmmPipeline {
                              std::to_string(set_.plan.size()) + " modules written without an error");
   }
 
-  void set_work_allowance(std::uint64_t bytes) { work_allowance_ = bytes; }
   std::uint64_t bytes_read() const { return bytes_read_; }
 
  private:
@@ -240,7 +236,6 @@ class RmmPipeline {
   std::vector<DeviceBuffer> staging_;
   std::vector<std::size_t> layer_ends_;  // index of each layer's last module
   std::atomic<std::uint64_t> bytes_read_{0};
-  std::uint64_t work_allowance_ = ~std::uint64_t{0};
   PipelineProgress progress_;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
@@ -249,7 +244,7 @@ class RmmPipeline {
 
 // The memory of the module that needs the most: staging slots are all sized for the largest
 // stacks; work and results are the module's own.
-ItemMemory largest_module_memory(const RmmMergeOptions& o, const AdapterSet& set, const Backend& be) {
+ItemMemory largest_module_memory(const RmmMergeOptions& o, const AdapterSet& set, Backend& be) {
   const i64 n = static_cast<i64>(o.tasks.size());
   const std::uint64_t staging = 4 * largest_stack_floats(set, n);
   ItemMemory worst;
@@ -257,8 +252,12 @@ ItemMemory largest_module_memory(const RmmMergeOptions& o, const AdapterSet& set
     const RmmShape s{n, pm.rank, pm.in, pm.out, o.basis};
     ItemMemory m;
     m.staging = staging;
-    m.device_inputs = be.shares_host_memory() ? 0 : 4 * static_cast<std::uint64_t>(n * pm.rank * (pm.in + pm.out));
-    m.work = rmm_module_work_bytes(s);
+    m.device_inputs =
+        be.shares_host_memory()
+            ? 0
+            : pool_size_class(4 * static_cast<std::size_t>(n * pm.rank * pm.in)) +
+                  pool_size_class(4 * static_cast<std::size_t>(n * pm.rank * pm.out));
+    m.work = rmm_module_work_bytes(s, be);
     m.results = 4 * static_cast<std::uint64_t>((pm.in + pm.out) * (s.r + s.r * s.p + s.p * s.n));
     m.name = pm.path;
     m.layer = pm.layer;
@@ -272,7 +271,9 @@ void run_rmm_modules(const RmmMergeOptions& o, const AdapterSet& set, Backend& b
                      const MemoryPlan& plan, SafetensorsWriter& writer, BundleManifest& manifest,
                      PipelineStats& stats) {
   RmmPipeline pipeline(o, set, be, writer, manifest, stats);
-  pipeline.set_work_allowance(be.shares_host_memory() ? plan.host_bytes : plan.device_bytes);
+  // The pool stays within the plan: blocks cached for one module's shapes are freed before a
+  // module of other shapes would take the pool past it.
+  be.limit_cache(be.shares_host_memory() ? plan.host_bytes : plan.device_bytes);
   if (o.sequential) pipeline.run_sequential();
   else pipeline.run_pipelined(plan.staging_slots, plan.result_slots);
   stats.bytes_read = pipeline.bytes_read();

@@ -11,7 +11,7 @@
 namespace revmerge {
 
 /// The memory of the plan's most demanding module (staging sized for the largest stacks).
-ItemMemory largest_module_memory(const RmmMergeOptions& o, const AdapterSet& set, const Backend& be);
+ItemMemory largest_module_memory(const RmmMergeOptions& o, const AdapterSet& set, Backend& be);
 
 /// Merges every module of `set` on `be` under `plan` (pipelined, or one at a time with
 /// `o.sequential`), writing the bundle tensors into `writer` and the module entries into
