@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <utility>
 
 #include "backend/caching_pool.hpp"
@@ -248,6 +250,7 @@ ItemMemory largest_module_memory(const RmmMergeOptions& o, const AdapterSet& set
   const i64 n = static_cast<i64>(o.tasks.size());
   const std::uint64_t staging = 4 * largest_stack_floats(set, n);
   ItemMemory worst;
+  std::map<std::tuple<i64, i64, i64>, std::uint64_t> work_by_shape;
   for (const auto& pm : set.plan) {
     const RmmShape s{n, pm.rank, pm.in, pm.out, o.basis};
     ItemMemory m;
@@ -257,13 +260,16 @@ ItemMemory largest_module_memory(const RmmMergeOptions& o, const AdapterSet& set
             ? 0
             : pool_size_class(4 * static_cast<std::size_t>(n * pm.rank * pm.in)) +
                   pool_size_class(4 * static_cast<std::size_t>(n * pm.rank * pm.out));
-    m.work = rmm_module_work_bytes(s, be);
+    auto [shape_work, first] = work_by_shape.try_emplace({pm.rank, pm.in, pm.out}, 0);
+    if (first) shape_work->second = rmm_module_work_bytes(s, be);
+    m.work = shape_work->second;
     m.results = 4 * static_cast<std::uint64_t>((pm.in + pm.out) * (s.r + s.r * s.p + s.p * s.n));
     m.name = pm.path;
     m.layer = pm.layer;
     if (m.work + m.results + m.device_inputs > worst.work + worst.results + worst.device_inputs)
       worst = m;
   }
+  for (const auto& [shape, work] : work_by_shape) worst.work_all_shapes += work;
   return worst;
 }
 

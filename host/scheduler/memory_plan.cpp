@@ -48,6 +48,15 @@ MemoryPlan plan_memory(const ItemMemory& item, std::uint64_t host_budget,
     ++plan.staging_slots;
   plan.host_bytes = host_need(plan.staging_slots, plan.result_slots);
   plan.device_bytes = device_min;
+  // With room to spare, the pool keeps every shape's work blocks: allocating and freeing them
+  // per module costs page faults on the host and device-wide synchronisation on a GPU.
+  const std::uint64_t extra = item.work_all_shapes > item.work ? item.work_all_shapes - item.work : 0;
+  std::uint64_t& pool_side = shared ? plan.host_bytes : plan.device_bytes;
+  const std::uint64_t pool_budget = shared ? host_budget : device_budget;
+  if (extra > 0 && pool_side + extra <= pool_budget) {
+    pool_side += extra;
+    plan.caches_all_shapes = true;
+  }
   return plan;
 }
 

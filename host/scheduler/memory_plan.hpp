@@ -13,6 +13,9 @@ struct ItemMemory {
   std::uint64_t work = 0;     ///< backend memory while it computes (inputs on the device included)
   std::uint64_t device_inputs = 0;  ///< inputs uploaded ahead of compute (0 when host memory is shared)
   std::uint64_t results = 0;  ///< host memory of its results until written
+  /// Work memory of every distinct item shape together: with that much the backend's pool
+  /// keeps each shape's blocks cached and allocates nothing after the first layer.
+  std::uint64_t work_all_shapes = 0;
   std::string name;           ///< the item, for messages ("model.layers.3.mlp.up_proj")
   int layer = -1;
 };
@@ -22,6 +25,7 @@ struct MemoryPlan {
   int result_slots = 1;   ///< results queued for the writer
   std::uint64_t host_budget = 0, device_budget = 0;
   std::uint64_t host_bytes = 0, device_bytes = 0;  ///< what the plan holds at most
+  bool caches_all_shapes = false;  ///< the budget holds work_all_shapes: nothing is re-allocated
 };
 
 /// Plans a pipeline for `item` under the budgets (device_budget 0: backend memory is host
