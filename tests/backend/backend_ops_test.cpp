@@ -31,7 +31,12 @@ TEST_P(BackendOps, GemmMatchesLoopsForEveryTransposeAndOddSizes) {
   REVMERGE_BACKEND_OR_SKIP(be, GetParam());
   const GemmCase cases[] = {{Op::none, Op::none, 1, 1, 1, 1},     {Op::none, Op::transpose, 3, 5, 7, 13},
                             {Op::transpose, Op::none, 7, 13, 5, 7}, {Op::transpose, Op::transpose, 2, 8, 16, 32},
-                            {Op::none, Op::none, 13, 64, 5, 1},     {Op::transpose, Op::none, 5, 40, 40, 64}};
+                            {Op::none, Op::none, 13, 64, 5, 1},     {Op::transpose, Op::none, 5, 40, 40, 64},
+                            // RMM's per-position products (the CPU's small-product path) ...
+                            {Op::transpose, Op::none, 37, 8, 8, 64},  {Op::none, Op::none, 9, 64, 4, 8},
+                            {Op::none, Op::none, 9, 64, 8, 4},        {Op::none, Op::transpose, 3, 5, 16, 64},
+                            // ... and products past it (library GEMM): large, and wider than 64.
+                            {Op::none, Op::transpose, 2, 64, 64, 300}, {Op::transpose, Op::transpose, 1, 3, 70, 5}};
   unsigned seed = 1;
   for (const auto& c : cases) {
     SCOPED_TRACE(::testing::Message() << "batch " << c.batch << " m " << c.m << " n " << c.n << " k "
@@ -73,6 +78,11 @@ TEST_P(BackendOps, GemmHonoursLeadingDimensionsAndBroadcast) {
       const double want = double(a[i * 2]) * b[q * 10 + 3] + double(a[i * 2 + 1]) * b[q * 10 + 5 + 3];
       EXPECT_NEAR(got[q * 3 + i], want, 1e-6);
     }
+  // beta = 0 never reads C (BLAS's rule): NaN there does not reach the result.
+  auto poisoned = test::to_device(*be, std::vector<float>(12, std::nanf("")));
+  be->gemm(Op::none, Op::none, 1.0f, {da.f32(), 1, 3, 2, 2, 0}, {db.f32() + 3, 4, 2, 1, 5, 10}, 0.0f,
+           MatBatch::packed(poisoned.f32(), 4, 3, 1), {});
+  EXPECT_EQ(test::to_host(*be, poisoned, 12), got);
   EXPECT_THROW(be->gemm(Op::none, Op::none, 1.0f, MatBatch::packed(da.f32(), 1, 3, 2),
                         MatBatch::packed(db.f32(), 1, 3, 1), 0.0f, MatBatch::packed(dc.f32(), 1, 3, 1), {}),
                shape_error);
