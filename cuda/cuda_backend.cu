@@ -63,7 +63,6 @@ CudaBackend::CudaBackend(int device)
 CudaBackend::~CudaBackend() {
   cudaSetDevice(device_);
   if (stream_) cudaStreamSynchronize(stream_);
-  for (auto& p : pending_) cudaFreeHost(p.host_info);
   if (solver_params_) cusolverDnDestroyParams(solver_params_);
   if (syevj_params_) cusolverDnDestroySyevjInfo(syevj_params_);
   if (cusolver_) cusolverDnDestroy(cusolver_);
@@ -109,15 +108,12 @@ void CudaBackend::synchronize(Stream s) {
 
 void CudaBackend::defer_info_check(DeviceBuffer info, std::vector<DeviceBuffer> in_flight,
                                    std::int64_t count, cudaStream_t st, std::string call) {
-  PendingInfo p{std::move(info), std::move(in_flight), nullptr, count, st, std::move(call)};
-  REVMERGE_CUDA_CHECK(cudaMallocHost(&p.host_info, static_cast<std::size_t>(count) * sizeof(int)));
-  const cudaError_t copy = cudaMemcpyAsync(p.host_info, p.device_info.data(),
-                                           static_cast<std::size_t>(count) * sizeof(int),
-                                           cudaMemcpyDeviceToHost, st);
-  if (copy != cudaSuccess) {
-    cudaFreeHost(p.host_info);
-    REVMERGE_CUDA_CHECK(copy);
-  }
+  PendingInfo p{std::move(info), std::move(in_flight),
+                staging_.allocate(static_cast<std::size_t>(count) * sizeof(int)), count, st,
+                std::move(call)};
+  REVMERGE_CUDA_CHECK(cudaMemcpyAsync(p.host_info.data(), p.device_info.data(),
+                                      static_cast<std::size_t>(count) * sizeof(int),
+                                      cudaMemcpyDeviceToHost, st));
   std::lock_guard lock(pending_mutex_);
   pending_.push_back(std::move(p));
 }
@@ -130,12 +126,12 @@ void CudaBackend::check_pending_infos(cudaStream_t st) {
       ++it;
       continue;
     }
+    const auto* info = static_cast<const int*>(it->host_info.data());
     for (std::int64_t i = 0; i < it->count && failure.empty(); ++i)
-      if (it->host_info[i] != 0)
+      if (info[i] != 0)
         failure = it->call + ": matrix " + std::to_string(i) + " of " + std::to_string(it->count) +
-                  " reports info " + std::to_string(it->host_info[i]) +
-                  (it->host_info[i] > 0 ? " (did not converge)" : " (invalid argument)");
-    cudaFreeHost(it->host_info);
+                  " reports info " + std::to_string(info[i]) +
+                  (info[i] > 0 ? " (did not converge)" : " (invalid argument)");
     it = pending_.erase(it);
   }
   if (!failure.empty()) throw solver_error(failure);

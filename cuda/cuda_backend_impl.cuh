@@ -77,7 +77,8 @@ class CudaBackend final : public Backend {
   struct PendingInfo {
     DeviceBuffer device_info;             // one int per matrix
     std::vector<DeviceBuffer> in_flight;  // released after the stream has finished
-    int* host_info = nullptr;  // pinned copy, freed when checked
+    DeviceBuffer host_info;               // pinned copy, from the staging pool (a cudaMallocHost
+                                          // per solver call cost more than the solve)
     std::int64_t count = 0;
     cudaStream_t stream = nullptr;
     std::string call;

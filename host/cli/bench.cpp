@@ -78,6 +78,9 @@ nlohmann::ordered_json stats_json(const PipelineStats& s) {
           {"stage_seconds",
            {{"read", s.read_seconds}, {"upload", s.upload_seconds}, {"compute", s.compute_seconds},
             {"write", s.write_seconds}}},
+          {"stage_wait_seconds",
+           {{"read", s.read_wait_seconds}, {"upload", s.upload_wait_seconds},
+            {"compute", s.compute_wait_seconds}, {"write", s.write_wait_seconds}}},
           {"bytes_read", s.bytes_read},
           {"bytes_written", s.bytes_written},
           {"host_budget", s.host_budget},
@@ -186,13 +189,18 @@ void print_report(const RmmMergeOptions& o, const BundleManifest& manifest, cons
                            stats.device_budget ? " / " + format_bytes(stats.device_budget) + " device" : "",
                            stats.staging_slots, format_bytes(stats.planned_host_bytes),
                            stats.device_budget ? " / " + format_bytes(stats.planned_device_bytes) + " device" : "");
-  std::cout << fmt::format("\n{:<26} {:>10} {:>10}\n", "stage (busy time)", "seconds", "GB/s in");
-  for (const auto& [name, sec] : {std::pair{"read + convert", stats.read_seconds},
-                                  std::pair{"upload", stats.upload_seconds},
-                                  std::pair{"compute", stats.compute_seconds},
-                                  std::pair{"write", stats.write_seconds}})
-    std::cout << fmt::format("{:<26} {:>10.3f} {:>10}\n", name, sec,
-                             sec > 0 ? fmt::format("{:.2f}", gb / sec) : "-");
+  std::cout << fmt::format("\n{:<26} {:>10} {:>10} {:>10}\n", "stage (busy time)", "seconds",
+                           "GB/s in", "waiting");
+  struct Row {
+    const char* name;
+    double busy, wait;
+  };
+  for (const auto& [name, sec, wait] : {Row{"read + convert", stats.read_seconds, stats.read_wait_seconds},
+                                        Row{"upload", stats.upload_seconds, stats.upload_wait_seconds},
+                                        Row{"compute", stats.compute_seconds, stats.compute_wait_seconds},
+                                        Row{"write", stats.write_seconds, stats.write_wait_seconds}})
+    std::cout << fmt::format("{:<26} {:>10.3f} {:>10} {:>10.3f}\n", name, sec,
+                             sec > 0 ? fmt::format("{:.2f}", gb / sec) : "-", wait);
   std::cout << fmt::format("{:<26} {:>10.3f} {:>10.2f}   ({:.2f} × the slowest stage)\n",
                            "end to end", stats.seconds, gb / stats.seconds, stats.seconds / slowest);
   std::cout << fmt::format("{:<26} {:>10.3f} {:>10.2f}   (end to end is {:.1f} × this floor)\n",

@@ -170,6 +170,13 @@ class RmmPipeline {
     }
   }
 
+  // Runs a queue operation, adding the time it blocks to `wait`.
+  template <class F>
+  static auto waited(double& wait, F&& op) {
+    BusyTimer t(wait);
+    return op();
+  }
+
   void run_pipelined(int slots, int result_slots) {
     allocate_staging(slots);
     BoundedQueue<int> free_slots(static_cast<std::size_t>(slots));
@@ -184,34 +191,40 @@ class RmmPipeline {
     for (int i = 0; i < slots; ++i) free_slots.push(i);
     const bool gpu = !be_.shares_host_memory();
     const Stream copy = gpu ? be_.create_stream() : Stream{};
+    double& read_wait = stats_.read_wait_seconds;
+    double& upload_wait = stats_.upload_wait_seconds;
+    double& compute_wait = stats_.compute_wait_seconds;
+    double& write_wait = stats_.write_wait_seconds;
     threads.spawn([&] {  // read
       for (std::size_t i = 0; i < set_.plan.size(); ++i) {
-        const auto slot = free_slots.pop();
-        if (!slot || !staged.push(read(i, *slot))) return;
+        const auto slot = waited(read_wait, [&] { return free_slots.pop(); });
+        if (!slot) return;
+        auto job = read(i, *slot);
+        if (!waited(read_wait, [&] { return staged.push(std::move(job)); })) return;
       }
       staged.close();
     });
     if (gpu) {
       threads.spawn([&] {  // upload
-        while (auto job = staged.pop()) {
+        while (auto job = waited(upload_wait, [&] { return staged.pop(); })) {
           free_slots.push(upload(*job, copy));
-          if (!uploaded.push(std::move(*job))) return;
+          if (!waited(upload_wait, [&] { return uploaded.push(std::move(*job)); })) return;
         }
         uploaded.close();
       });
     }
     threads.spawn([&] {  // compute
       auto& input = gpu ? uploaded : staged;
-      while (auto job = input.pop()) {
+      while (auto job = waited(compute_wait, [&] { return input.pop(); })) {
         const int slot = job->slot;
         auto done = compute(*job);
         if (slot >= 0) free_slots.push(slot);
-        if (!results.push(std::move(done))) return;
+        if (!waited(compute_wait, [&] { return results.push(std::move(done)); })) return;
       }
       results.close();
     });
     threads.spawn([&] {  // write
-      while (auto done = results.pop()) write(*done);
+      while (auto done = waited(write_wait, [&] { return results.pop(); })) write(*done);
     });
     threads.join();
     if (manifest_.modules.size() != set_.plan.size())

@@ -41,6 +41,10 @@ struct PipelineStats {
   bool pipelined = true;
   double seconds = 0;
   double read_seconds = 0, upload_seconds = 0, compute_seconds = 0, write_seconds = 0;
+  /// Seconds each stage sat blocked on its queues (no input yet, or no room for its output):
+  /// where a pipeline does not overlap, these say which stage held the others up.
+  double read_wait_seconds = 0, upload_wait_seconds = 0, compute_wait_seconds = 0,
+         write_wait_seconds = 0;
   std::uint64_t bytes_read = 0, bytes_written = 0;
   std::uint64_t host_budget = 0, device_budget = 0;  ///< bytes; device 0 on the CPU backend
   std::uint64_t planned_host_bytes = 0, planned_device_bytes = 0;
