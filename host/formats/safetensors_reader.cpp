@@ -195,6 +195,12 @@ void SafetensorsFile::evict(const TensorInfo& t) const noexcept {
                   static_cast<std::size_t>(t.end - t.begin));
 }
 
+void SafetensorsFile::evict(const TensorInfo& a, const TensorInfo& b) const noexcept {
+  const auto begin = std::min(a.begin, b.begin), end = std::max(a.end, b.end);
+  map_.drop_pages(static_cast<std::size_t>(header_.data_start + begin),
+                  static_cast<std::size_t>(end - begin));
+}
+
 std::vector<float> SafetensorsFile::read_f32(std::string_view name) const {
   const auto& t = at(name);
   std::vector<float> out(t.numel());

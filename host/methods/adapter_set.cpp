@@ -46,15 +46,14 @@ std::vector<PlannedModule> plan_modules(const std::vector<TaskSource>& tasks,
 namespace {
 
 // Converts a tensor into `out` (its numel floats), multiplied by `scale`, and refuses
-// non-finite values by file, tensor and index unless allowed; the tensor's pages leave the
-// resident set afterwards. One vectorisable pass checks and scales: x · 0 is NaN exactly for
-// NaN and ±Inf, so the sum flags any; only then is the element searched for.
+// non-finite values by file, tensor and index unless allowed (the caller drops its pages from
+// the resident set). One vectorisable pass checks and scales: x · 0 is NaN exactly for NaN and
+// ±Inf, so the sum flags any; only then is the element searched for.
 std::uint64_t read_into(const PeftAdapter& ad, const std::string& tensor, bool allow_nonfinite,
                         std::span<float> out, float scale = 1.0f) {
   const auto& file = ad.weights();
   const auto& info = file.at(tensor);
   file.read(info, out);
-  file.evict(info);
   float flag = 0.0f;
   if (scale != 1.0f)
     for (float& x : out) flag += x * 0.0f, x *= scale;
@@ -73,8 +72,10 @@ std::uint64_t read_into(const PeftAdapter& ad, const std::string& tensor, bool a
 }
 
 std::vector<float> read_factor(const PeftAdapter& a, const std::string& tensor, bool allow_nonfinite) {
-  std::vector<float> v(a.weights().at(tensor).numel());
+  const auto& info = a.weights().at(tensor);
+  std::vector<float> v(info.numel());
   read_into(a, tensor, allow_nonfinite, v);
+  a.weights().evict(info);
   return v;
 }
 
@@ -105,6 +106,10 @@ std::uint64_t load_stacks_into(const PlannedModule& pm,
       for (i64 o = 0; o < pm.out; ++o)
         for (i64 k = 0; k < r; ++k) bt[o * r + k] = k < m.rank ? scale * narrow[o * m.rank + k] : 0.0f;
     }
+    // One madvise for the module's two tensors (adjacent in name order, so usually in the
+    // file): each call can interrupt every thread of the process to flush its mappings.
+    const auto& file = adapters[t]->weights();
+    file.evict(file.at(m.key_a), file.at(m.key_b));
   }
   return bytes;
 }

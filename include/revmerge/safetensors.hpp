@@ -80,6 +80,8 @@ class SafetensorsFile {
   /// Drops the tensor's pages from the process's resident set once it has been read
   /// (MappedFile::drop_pages); the data stays readable.
   void evict(const TensorInfo& t) const noexcept;
+  /// Drops the pages from the first byte of either tensor to the last of either, in one call.
+  void evict(const TensorInfo& a, const TensorInfo& b) const noexcept;
   std::vector<double> read_f64(std::string_view name) const;
 
  private:
