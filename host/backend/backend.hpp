@@ -101,8 +101,6 @@ class Backend {
   /// Memory the backend could still allocate: free device memory plus its cache (the CPU:
   /// the host's MemAvailable plus the cache).
   virtual std::size_t memory_available() const = 0;
-  /// Gives cached, unused blocks back to the system.
-  virtual void trim_cache() = 0;
   /// Keeps the pool (blocks in use plus cached) within `bytes` by freeing cached blocks before
   /// a new block would pass it; what is in use is the caller's to plan.
   virtual void limit_cache(std::size_t bytes) = 0;

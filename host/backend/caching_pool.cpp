@@ -60,11 +60,6 @@ void CachingPool::free_cached_locked() {
   cached_ = 0;
 }
 
-void CachingPool::trim() {
-  std::lock_guard lock(mutex_);
-  free_cached_locked();
-}
-
 void CachingPool::set_limit(std::size_t bytes) {
   std::lock_guard lock(mutex_);
   limit_ = bytes;

@@ -31,8 +31,6 @@ class CachingPool {
   /// A block of at least `bytes`; on exhaustion the cache is given back and the request retried
   /// once, then device_error names the size and what is in use.
   DeviceBuffer allocate(std::size_t bytes);
-  /// Frees every cached (unused) block.
-  void trim();
   /// Holds blocks in use plus cached to `bytes` where caching is what would pass it: a new
   /// block that would is preceded by freeing the cache. (Blocks in use are never touched.)
   void set_limit(std::size_t bytes);

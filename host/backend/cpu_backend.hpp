@@ -20,7 +20,6 @@ class CpuBackend final : public Backend {
   bool shares_host_memory() const noexcept override { return true; }
   MemoryUse memory_use() const override { return pool_.use(); }
   std::size_t memory_available() const override;
-  void trim_cache() override { pool_.trim(); }
   void limit_cache(std::size_t bytes) override { pool_.set_limit(bytes); }
   Stream create_stream() override { return {}; }
   void upload(void* dst, const void* host_src, std::size_t bytes, Stream s) override;
