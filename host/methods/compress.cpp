@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "core/interrupt.hpp"
 #include "kernels/counter_rng.hpp"
@@ -35,6 +36,75 @@ void check_options(const CompressOptions& o) {
     throw usage_error("--dtype: an adapter is written as f32, f16 or bf16");
 }
 
+// Δ = W_ft − W_base in f64: the fine-tune's tensor converted whole, the base's subtracted a
+// block at a time from its mapped bytes (no second model-sized f64 buffer).
+std::vector<double> read_delta(const HfModel& base, const HfModel& ft, const LinearWeight& w,
+                               const CompressOptions& o, double& squared_norm) {
+  const auto& ff = *ft.checkpoint().at(w.tensor).file;
+  auto delta = ff.read_f64(w.tensor);
+  ff.evict(ff.at(w.tensor));
+  const auto& bf = *base.checkpoint().at(w.tensor).file;
+  const auto& info = bf.at(w.tensor);
+  const auto raw = bf.bytes(info);
+  const std::size_t elem = dtype_size(info.dtype);
+  if (!is_float_dtype(info.dtype) || raw.size() != delta.size() * elem)
+    throw format_error(o.base.string() + ": tensor '" + w.tensor + "' is not a float tensor of " +
+                       std::to_string(delta.size()) + " elements");
+  constexpr std::size_t kBlock = 1 << 16;
+  std::vector<double> block(kBlock);
+  double sq = 0;
+  for (std::size_t at = 0; at < delta.size(); at += kBlock) {
+    const std::size_t count = std::min(kBlock, delta.size() - at);
+    convert_to_f64(info.dtype, raw.data() + at * elem, block.data(), count);
+    for (std::size_t j = 0; j < count; ++j) {
+      double& d = delta[at + j];
+      d -= block[j];
+      if (!std::isfinite(d))
+        throw format_error(o.model.string() + ": tensor '" + w.tensor + "' holds a non-finite "
+                           "value (or its difference to the base is) at element " +
+                           std::to_string(at + j));
+      sq += d * d;
+    }
+  }
+  bf.evict(info);
+  squared_norm = sq;
+  return delta;
+}
+
+// One module's PT-SVD: its LoRA factors (rank from the options, or from the energy kept), its
+// line of the report, and its squared error and squared norm added to the totals.
+LoraModuleData compress_module(const HfModel& base, const HfModel& ft, const LinearWeight& w,
+                               const CompressOptions& o, CompressReport& report, double& err,
+                               double& norm) {
+  double sq = 0;
+  const auto delta = read_delta(base, ft, w, o, sq);
+  // Row-major out × in is column-major in × out (M = Δᵀ); Δ = V S Uᵀ from M = U S Vᵀ.
+  const auto svd = randomized_svd(delta, w.in, w.out,
+                                  {o.rank, o.oversampling, o.power_iterations, o.seed,
+                                   kernels::stream_id(w.tensor)});
+  i64 k = svd.k;
+  if (o.energy > 0 && sq > 0) {
+    double kept = 0;
+    for (k = 0; k < svd.k && kept < o.energy * sq; ++k) kept += svd.s[k] * svd.s[k];
+    k = std::max<i64>(k, 1);
+  }
+  double kept = 0;
+  for (i64 c = 0; c < k; ++c) kept += svd.s[c] * svd.s[c];
+  LoraModuleData m{w.path, k, w.in, w.out, std::vector<float>(static_cast<std::size_t>(k * w.in)),
+                   std::vector<float>(static_cast<std::size_t>(w.out * k))};
+  for (i64 c = 0; c < k; ++c) {
+    for (i64 x = 0; x < w.in; ++x) m.a[c * w.in + x] = static_cast<float>(svd.u[c * w.in + x]);
+    for (i64 y = 0; y < w.out; ++y)
+      m.b[y * k + c] = static_cast<float>(svd.v[c * w.out + y] * svd.s[c]);
+  }
+  const double module_err = std::max(sq - kept, 0.0);
+  report.modules.push_back({w.path, w.out, w.in, k, sq > 0 ? std::sqrt(module_err / sq) : 0.0,
+                            std::sqrt(sq)});
+  err += module_err;
+  norm += sq;
+  return m;
+}
+
 }  // namespace
 
 CompressReport compress_checkpoint(const CompressOptions& o) {
@@ -60,60 +130,38 @@ CompressReport compress_checkpoint(const CompressOptions& o) {
                         " as in the base; the model is not a fine-tune of this base");
   }
   if (o.threads > 0) openblas_set_num_threads(o.threads);  // the BLAS calls are the work
-  std::vector<LoraModuleData> modules;
-  CompressReport report;
-  double err = 0, norm = 0, stored = 0, dense = 0;
-  for (std::size_t i = 0; i < chosen.size(); ++i) {
-    throw_if_interrupted("compress");
-    const auto& w = *chosen[i];
-    const auto wb = base.checkpoint().at(w.tensor).file->read_f64(w.tensor);
-    auto delta = ft.checkpoint().at(w.tensor).file->read_f64(w.tensor);
-    double sq = 0;
-    for (std::size_t j = 0; j < delta.size(); ++j) {
-      delta[j] -= wb[j];
-      if (!std::isfinite(delta[j]))
-        throw format_error(o.model.string() + ": tensor '" + w.tensor + "' holds a non-finite "
-                           "value (or its difference to the base is) at element " + std::to_string(j));
-      sq += delta[j] * delta[j];
-    }
-    // Row-major out × in is column-major in × out (M = Δᵀ); Δ = V S Uᵀ from M = U S Vᵀ.
-    const auto svd = randomized_svd(delta, w.in, w.out,
-                                    {o.rank, o.oversampling, o.power_iterations, o.seed,
-                                     kernels::stream_id(w.tensor)});
-    i64 k = svd.k;
-    if (o.energy > 0 && sq > 0) {
-      double kept = 0;
-      for (k = 0; k < svd.k && kept < o.energy * sq; ++k) kept += svd.s[k] * svd.s[k];
-      k = std::max<i64>(k, 1);
-    }
-    double kept = 0;
-    for (i64 c = 0; c < k; ++c) kept += svd.s[c] * svd.s[c];
-    LoraModuleData m{w.path, k, w.in, w.out, std::vector<float>(static_cast<std::size_t>(k * w.in)),
-                     std::vector<float>(static_cast<std::size_t>(w.out * k))};
-    for (i64 c = 0; c < k; ++c) {
-      for (i64 x = 0; x < w.in; ++x) m.a[c * w.in + x] = static_cast<float>(svd.u[c * w.in + x]);
-      for (i64 y = 0; y < w.out; ++y)
-        m.b[y * k + c] = static_cast<float>(svd.v[c * w.out + y] * svd.s[c]);
-    }
-    const double module_err = std::max(sq - kept, 0.0);
-    report.modules.push_back({w.path, w.out, w.in, k, sq > 0 ? std::sqrt(module_err / sq) : 0.0,
-                              std::sqrt(sq)});
-    err += module_err;
-    norm += sq;
-    stored += double(k) * double(w.in + w.out);
-    dense += double(w.in) * double(w.out);
-    modules.push_back(std::move(m));
-    if (o.progress) o.progress(i + 1, chosen.size(), w.path);
-  }
-  report.relative_error = norm > 0 ? std::sqrt(err / norm) : 0;
-  report.storage = stored / dense;
   AdapterWriteOptions wo;
   wo.base_model_name_or_path = o.base.string();
   wo.dtype = o.dtype;
   wo.overwrite = o.overwrite;
   wo.metadata = {{"revmerge.method", "pt-svd"}};
+  // With a fixed rank every module's shape is known up front, so each module's factors are
+  // written as soon as they exist (a 70b at rank 64 holds 3.3 GB of them otherwise); energy
+  // ranks are known only after each SVD, so those adapters are written at the end.
+  std::optional<PeftAdapterWriter> streamed;
+  if (o.energy == 0) {
+    std::vector<LoraModuleShape> shapes;
+    for (const auto* w : chosen) shapes.push_back({w->path, std::min({o.rank, w->in, w->out}), w->in, w->out});
+    streamed.emplace(o.out, shapes, wo);
+  }
+  std::vector<LoraModuleData> held;
+  CompressReport report;
+  double err = 0, norm = 0, stored = 0, dense = 0;
+  for (std::size_t i = 0; i < chosen.size(); ++i) {
+    throw_if_interrupted("compress");
+    const auto& w = *chosen[i];
+    auto m = compress_module(base, ft, w, o, report, err, norm);
+    stored += double(m.rank) * double(w.in + w.out);
+    dense += double(w.in) * double(w.out);
+    if (streamed) streamed->write(m.path, m.a, m.b);
+    else held.push_back(std::move(m));
+    if (o.progress) o.progress(i + 1, chosen.size(), w.path);
+  }
+  report.relative_error = norm > 0 ? std::sqrt(err / norm) : 0;
+  report.storage = stored / dense;
   throw_if_interrupted("compress");
-  write_peft_adapter(o.out, modules, wo);
+  if (streamed) streamed->commit();
+  else write_peft_adapter(o.out, held, wo);
   return report;
 }
 
