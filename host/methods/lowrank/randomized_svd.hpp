@@ -1,7 +1,8 @@
 #pragma once
 // Randomized truncated SVD (Halko, Martinsson & Tropp 2011, Algorithms 4.4 and 5.1): a Gaussian
 // sketch with oversampling, power iterations re-orthonormalised after every multiply
-// (Householder QR), and an exact SVD of the small projected matrix. Double precision, LAPACK.
+// (Householder QR), and an exact SVD of the small projected matrix. The power iterations run
+// in f32; the last multiply, its QR, the projection and its SVD in f64 (LAPACK).
 #include <cstdint>
 #include <span>
 #include <vector>
