@@ -25,14 +25,20 @@ void convert(cudaStream_t st, const From* src, To* dst, std::int64_t count) {
   REVMERGE_CUDA_CHECK(cudaGetLastError());
 }
 
-// Byte offset of the next 256-byte-aligned block after `bytes`.
-std::size_t aligned(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
+// The f64 copies symmetric_eigen solves on, one block: the matrices, then 256-byte aligned the
+// eigenvalues (the layout the memory plan counts too).
+std::size_t values_offset(std::int64_t batch, std::int64_t n) {
+  return (static_cast<std::size_t>(batch * n * n) * sizeof(double) + 255) / 256 * 256;
+}
+std::size_t f64_copy_bytes(std::int64_t batch, std::int64_t n) {
+  return values_offset(batch, n) + static_cast<std::size_t>(batch * n) * sizeof(double);
+}
 
 }  // namespace
 
 std::size_t CudaBackend::symmetric_eigen_work_bytes(std::int64_t batch, std::int64_t n) {
   if (batch == 0) return 0;
-  const std::int64_t mats = batch * n * n, vals = batch * n;
+  const std::int64_t mats = batch * n * n;
   std::size_t solver = 0;
   // The solver's workspace, asked of cuSOLVER (no data is read to size it); should it refuse,
   // twice the matrices is a generous stand-in.
@@ -53,7 +59,7 @@ std::size_t CudaBackend::symmetric_eigen_work_bytes(std::int64_t batch, std::int
                                           batch) != CUSOLVER_STATUS_SUCCESS)
       solver = 2 * static_cast<std::size_t>(mats) * sizeof(double);
   }
-  return pool_size_class(aligned(mats * sizeof(double)) + vals * sizeof(double)) +
+  return pool_size_class(f64_copy_bytes(batch, n)) +
          pool_size_class(static_cast<std::size_t>(batch) * sizeof(int)) +
          (solver ? pool_size_class(solver) : 0);
 }
@@ -68,11 +74,9 @@ void CudaBackend::symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream 
   const cudaStream_t st = stream(s);
   REVMERGE_CUSOLVER_CHECK(cusolverDnSetStream(cusolver_, st));
   const std::int64_t mat_count = a.batch * n * n, val_count = a.batch * n;
-  // The f64 copies of the matrices and eigenvalues, then the solver's workspace.
-  DeviceBuffer f64 = allocate(aligned(mat_count * sizeof(double)) + val_count * sizeof(double));
+  DeviceBuffer f64 = allocate(f64_copy_bytes(a.batch, n));
   auto* mats = static_cast<double*>(f64.data());
-  auto* vals = reinterpret_cast<double*>(static_cast<char*>(f64.data()) +
-                                         aligned(mat_count * sizeof(double)));
+  auto* vals = reinterpret_cast<double*>(static_cast<char*>(f64.data()) + values_offset(a.batch, n));
   convert(st, a.data, mats, mat_count);
   DeviceBuffer info = allocate(static_cast<std::size_t>(a.batch) * sizeof(int));
   const std::string sizes = " (n " + std::to_string(n) + ", batch " + std::to_string(a.batch) + ")";

@@ -38,6 +38,7 @@ class CachingPool {
 
  private:
   static void give_back(void* ctx, void* ptr);
+  void free_cached_locked();  // frees every cached block; mutex_ held
   std::string what_;
   RawAlloc alloc_;
   RawFree free_fn_;
@@ -45,7 +46,6 @@ class CachingPool {
   mutable std::mutex mutex_;
   std::unordered_map<void*, std::size_t> sizes_;  // every block held, by address
   std::multimap<std::size_t, void*> free_;        // cached blocks by size class
-  void free_cached_locked();
   std::size_t in_use_ = 0, cached_ = 0, peak_ = 0;
   std::size_t limit_ = ~std::size_t{0};
 };

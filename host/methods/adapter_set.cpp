@@ -114,7 +114,6 @@ std::uint64_t load_stacks_into(const PlannedModule& pm,
   return bytes;
 }
 
-
 std::vector<TaskFactors> read_module_factors(const AdapterSet& set, const PlannedModule& pm) {
   std::vector<TaskFactors> f;
   for (std::size_t t = 0; t < pm.per_task.size(); ++t) {

@@ -39,16 +39,20 @@ std::vector<test::WrittenAdapter> layered_tasks(const test::TempDir& tmp, int n)
   return tasks;
 }
 
+// The exact byte count a too-small --memory-budget refusal names ("... (123456 bytes: staging").
+std::uint64_t bytes_named(const std::string& msg) {
+  const auto at = msg.find(" bytes: staging");
+  const auto open = msg.rfind('(', at);
+  return std::stoull(msg.substr(open + 1, at - open - 1));
+}
+
 // The bytes a usage_error from a too-small --memory-budget says one module needs.
 std::uint64_t bytes_needed(RmmMergeOptions o) {
   o.memory_budget = 4096;
   try {
     merge_rmm(o);
   } catch (const usage_error& e) {
-    const std::string msg = e.what();
-    const auto at = msg.find(" bytes: staging");
-    const auto open = msg.rfind('(', at);
-    return std::stoull(msg.substr(open + 1, at - open - 1));
+    return bytes_named(e.what());
   }
   ADD_FAILURE() << "a 4 KiB budget was accepted";
   return 0;
@@ -130,9 +134,7 @@ TEST(RmmPipelineOnGpu, PipelinedIsBitwiseSequentialAndRevertsLikeTheCpu_cuda) {
   } catch (const usage_error& e) {
     const std::string msg = e.what();
     ASSERT_NE(msg.find("of device memory is too small"), std::string::npos) << msg;
-    const auto at = msg.find(" bytes: staging");
-    const auto open = msg.rfind('(', at);
-    tight = std::stoull(msg.substr(open + 1, at - open - 1));
+    tight = bytes_named(msg);
   }
   for (const std::uint64_t budget : {std::uint64_t{0}, tight}) {
     auto o = options_for(tasks, 3, tmp / ("gpu" + std::to_string(budget)));
