@@ -6,7 +6,9 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <random>
+#include <thread>
 
 #include "llm_shapes.hpp"
 #include "synthetic.hpp"
@@ -48,18 +50,38 @@ int main(int argc, char** argv) {
     std::vector<revmerge::PeftAdapterWriter> writers;
     for (i64 t = 0; t < tasks; ++t)
       writers.emplace_back(std::filesystem::path(out) / fmt::format("task-{}", t), shapes, o);
-    std::mt19937 rng(seed);
-    std::vector<float> a, b;
-    for (const auto& ms : shapes) {
-      rb::structured_factors(a, tasks, rank * ms.in, rng);
-      rb::structured_factors(b, tasks, ms.out * rank, rng);
-      // Scaled like trained factors: A ~ 1/√in (Kaiming-like init), B small.
-      const float sa = 1.0f / std::sqrt(float(ms.in)), sb = 0.01f;
-      for (auto& x : a) x *= sa;
-      for (auto& x : b) x *= sb;
-      for (i64 t = 0; t < tasks; ++t)
-        writers[t].write(ms.path, std::span(a).subspan(t * rank * ms.in, rank * ms.in),
-                         std::span(b).subspan(t * ms.out * rank, ms.out * rank));
+    // Modules are made in parallel, a chunk at a time (one per thread), each from its own
+    // generator seeded by (seed, module index), and written in order: the files do not depend
+    // on the thread count, and a 32-layer set takes seconds on a many-core machine.
+    const std::size_t chunk = std::max(1u, std::thread::hardware_concurrency());
+    struct Made {
+      std::vector<float> a, b;
+    };
+    std::vector<Made> made(chunk);
+    for (std::size_t first = 0; first < shapes.size(); first += chunk) {
+      const std::size_t count = std::min(chunk, shapes.size() - first);
+      std::vector<std::thread> threads;
+      for (std::size_t k = 0; k < count; ++k)
+        threads.emplace_back([&, k] {
+          const auto& ms = shapes[first + k];
+          std::seed_seq seq{seed, static_cast<unsigned>(first + k)};
+          std::mt19937 rng(seq);
+          auto& [a, b] = made[k];
+          rb::structured_factors(a, tasks, rank * ms.in, rng);
+          rb::structured_factors(b, tasks, ms.out * rank, rng);
+          // Scaled like trained factors: A ~ 1/√in (Kaiming-like init), B small.
+          const float sa = 1.0f / std::sqrt(float(ms.in)), sb = 0.01f;
+          for (auto& x : a) x *= sa;
+          for (auto& x : b) x *= sb;
+        });
+      for (auto& t : threads) t.join();
+      for (std::size_t k = 0; k < count; ++k) {
+        const auto& ms = shapes[first + k];
+        const auto& [a, b] = made[k];
+        for (i64 t = 0; t < tasks; ++t)
+          writers[t].write(ms.path, std::span(a).subspan(t * rank * ms.in, rank * ms.in),
+                           std::span(b).subspan(t * ms.out * rank, ms.out * rank));
+      }
     }
     for (auto& w : writers) w.commit();
     fmt::print("wrote {} {}-shaped adapters ({} layers, rank {}, {}) under {}\n", tasks, model,

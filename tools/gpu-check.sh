@@ -72,8 +72,31 @@ step bench-7b-gpu bench-7b-gpu.log 60 "$bench" --model llama-7b --tasks 8 --rank
 step bench-70b-gpu bench-70b-gpu.log 60 "$bench" --model llama-70b --tasks 8 --rank 64 --basis 4 --layers 1 --device cuda
 # The streamed pipeline on the GPU: pinned staging ring, copy stream, peak device memory, and
 # the pipelined bundle bitwise equal to the one-module-at-a-time one.
-step make-adapters make-adapters.log 150 "$build/bench/revmerge_make_adapters" --model llama-7b --tasks 8 --rank 64 --layers 8 --out "$out/adapters-7b" --force
+# All 32 layers of the 7b shape (2.6 GB of bf16 adapters), as the README's CPU benchmark.
+step make-adapters make-adapters.log 150 "$build/bench/revmerge_make_adapters" --model llama-7b --tasks 8 --rank 64 --out "$out/adapters-7b" --force
 step pipeline-7b-gpu pipeline-7b-gpu.log 150 "$revmerge" bench --device cuda --basis 4 --compare-sequential "$out"/adapters-7b/task-*
+# Three more runs as JSON, for medians (the machine is shared and noisy).
+repeat_bench() {
+  for i in 1 2 3; do "$revmerge" bench --device cuda --basis 4 --json "$out"/adapters-7b/task-* >"$out/pipeline-7b-gpu-$i.json" || return 1; done
+  command -v python3 >/dev/null || { echo "no python3: medians not computed, see the JSON files"; return 0; }
+  python3 - "$out"/pipeline-7b-gpu-?.json <<'PY'
+import json, statistics, sys
+runs = [json.load(open(f)) for f in sys.argv[1:]]
+def med(f): return statistics.median(f(r) for r in runs)
+print("median of %d: end to end %.3f s, pipeline %.3f s, setup %.3f s, finish %.3f s, "
+      "slowest stage %.3f s, pipeline/slowest %.2f, end to end/slowest %.2f" % (
+      len(runs), med(lambda r: r["pipeline"]["seconds"]), med(lambda r: r["pipeline"]["pipeline_seconds"]),
+      med(lambda r: r["pipeline"]["setup_seconds"]), med(lambda r: r["pipeline"]["finish_seconds"]),
+      med(lambda r: r["slowest_stage_seconds"]), med(lambda r: r["pipeline_over_slowest_stage"]),
+      med(lambda r: r["end_to_end_over_slowest_stage"])))
+for k in ("read", "upload", "compute", "write"):
+    print("  %-8s busy %.3f s, waiting %.3f s (medians)" % (k, med(lambda r: r["pipeline"]["stage_seconds"][k]),
+          med(lambda r: r["pipeline"]["stage_wait_seconds"][k])))
+PY
+}
+export -f repeat_bench
+export revmerge out
+step pipeline-7b-gpu-x3 pipeline-7b-gpu-x3.log 150 bash -c repeat_bench
 step pipeline-7b-cpu pipeline-7b-cpu.log 120 "$revmerge" bench --device cpu --basis 4 "$out"/adapters-7b/task-*
 # The 70b shape through the pipeline on the GPU: device memory set by the plan, not the model.
 step make-adapters-70b make-adapters-70b.log 150 "$build/bench/revmerge_make_adapters" --model llama-70b --tasks 8 --rank 64 --layers 4 --out "$out/adapters-70b" --force
@@ -91,10 +114,10 @@ echo
 echo "GPU: $(cat "$out/gpu.txt" 2>/dev/null)"
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)   total: $(( $(date +%s) - t_start ))s   logs: $out"
 printf '%-16s %s\n' step result
-for s in configure build devices cuda-tests gpu-vs-cpu-7b bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-cpu make-adapters-70b pipeline-70b-gpu merge-example all-tests memcheck; do
+for s in configure build devices cuda-tests gpu-vs-cpu-7b bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-gpu-x3 pipeline-7b-cpu make-adapters-70b pipeline-70b-gpu merge-example all-tests memcheck; do
   printf '%-16s %s\n' "$s" "${result[$s]:-NOT RUN}"
 done
 grep -hE "^(cpu|cuda)|speed-up|GPU vs CPU" "$out"/gpu-vs-cpu-7b.log "$out"/bench-*-gpu.log 2>/dev/null
-grep -hE "^revmerge bench|^memory plan|^read|^upload|^compute|^write|^end to end|^floor|peak RSS|^sequential" "$out"/pipeline-*.log 2>/dev/null
+grep -hE "^revmerge bench|^memory plan|^read|^upload|^compute|^write|^pipeline|^setup|^finish|^end to end|^floor|peak RSS|^sequential|^median|^  [a-z]+ +busy" "$out"/pipeline-*.log 2>/dev/null
 for s in "${!result[@]}"; do [[ ${result[$s]} == FAIL* ]] && exit 1; done
 exit 0

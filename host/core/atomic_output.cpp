@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -69,10 +70,17 @@ void AtomicFile::write_at(std::uint64_t offset, const void* data, std::size_t si
     offset += static_cast<std::uint64_t>(n);
     size -= static_cast<std::size_t>(n);
   }
-  // Large writes start their writeback now (a hint; errors surface at commit's fsync), so a
-  // multi-GB output does not pile up dirty pages for one long fsync at the end.
-  if (length >= (std::uint64_t{8} << 20))
-    ::sync_file_range(fd_, static_cast<off_t>(begin), static_cast<off_t>(length), SYNC_FILE_RANGE_WRITE);
+  // Every 8 MiB written start their writeback now (a hint; errors surface at commit's fsync),
+  // so a multi-GB output made of many small tensors does not pile up dirty pages for one long
+  // fsync at the end.
+  unsynced_begin_ = unsynced_ ? std::min(unsynced_begin_, begin) : begin;
+  unsynced_end_ = unsynced_ ? std::max(unsynced_end_, begin + length) : begin + length;
+  unsynced_ += length;
+  if (unsynced_ >= (std::uint64_t{8} << 20)) {
+    ::sync_file_range(fd_, static_cast<off_t>(unsynced_begin_),
+                      static_cast<off_t>(unsynced_end_ - unsynced_begin_), SYNC_FILE_RANGE_WRITE);
+    unsynced_ = 0;
+  }
 }
 
 void AtomicFile::resize(std::uint64_t size) {

@@ -19,7 +19,7 @@ class AtomicFile {
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
 
-  /// Writes all of `data` at byte `offset` (pwrite; any order).
+  /// Writes all of `data` at byte `offset` (pwrite; any order; one thread at a time).
   void write_at(std::uint64_t offset, const void* data, std::size_t size);
   /// Sets the file's length (the unwritten parts read as zeros).
   void resize(std::uint64_t size);
@@ -32,6 +32,8 @@ class AtomicFile {
   std::filesystem::path temp_;
   int fd_ = -1;
   bool overwrite_;
+  // Bytes written since writeback was last started, and the span they lie in.
+  std::uint64_t unsynced_ = 0, unsynced_begin_ = 0, unsynced_end_ = 0;
 };
 
 /// Writes `content` to `target` atomically.

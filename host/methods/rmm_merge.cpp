@@ -1,6 +1,7 @@
 // revmerge merge --method rmm: plan the modules across adapters, run RMM module by module, and
 // write the bundle atomically.
 #include <chrono>
+#include <future>
 #include <map>
 #include <set>
 
@@ -12,7 +13,6 @@
 #include "methods/adapter_set.hpp"
 #include "methods/rmm_pipeline.hpp"
 #include "scheduler/memory_plan.hpp"
-#include "scheduler/stage_threads.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
 #include "revmerge/rmm.hpp"
@@ -45,6 +45,10 @@ void check_options(const RmmMergeOptions& o) {
 }
 
 
+double seconds_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
 }  // namespace
 
 std::string backend_description(Device device, int threads, int gpu) {
@@ -54,6 +58,11 @@ std::string backend_description(Device device, int threads, int gpu) {
 BundleManifest merge_rmm(const RmmMergeOptions& o) {
   const auto start = std::chrono::steady_clock::now();
   check_options(o);
+  // A GPU backend takes a moment to start (context, cuBLAS, cuSOLVER): it starts while the
+  // adapters are opened and checked.
+  auto starting_backend = std::async(std::launch::async, [&] {
+    return make_backend(o.device, {o.threads, o.gpu});
+  });
   const auto set = open_adapter_set(o.tasks);
   const auto& adapters = set.adapters;
   const auto& plan = set.plan;
@@ -69,7 +78,7 @@ BundleManifest merge_rmm(const RmmMergeOptions& o) {
                               adapters[t]->config().base_model_name_or_path,
                               adapters[t]->config().task_type});
 
-  auto backend = make_backend(o.device, {o.threads, o.gpu});
+  auto backend = starting_backend.get();
   manifest.backend = backend->name();
   PipelineStats local;
   PipelineStats& stats = o.stats ? *o.stats : local;
@@ -101,7 +110,11 @@ BundleManifest merge_rmm(const RmmMergeOptions& o) {
   StagedDir staged(o.out, o.overwrite);
   SafetensorsWriter writer(staged.path() / kBundleTensorsName, specs,
                            {{"format", "revmerge-bundle"}, {"method", "rmm"}});
+  const auto pipeline_start = std::chrono::steady_clock::now();
+  stats.setup_seconds = seconds_between(start, pipeline_start);
   run_rmm_modules(o, set, *backend, mem, writer, manifest, stats);
+  const auto pipeline_end = std::chrono::steady_clock::now();
+  stats.pipeline_seconds = seconds_between(pipeline_start, pipeline_end);
 
   double stored = 0, raw = 0;
   for (const auto& bm : manifest.modules) {
@@ -112,15 +125,14 @@ BundleManifest merge_rmm(const RmmMergeOptions& o) {
   }
   manifest.storage_ratio = raw > 0 ? stored / raw : 0;
   throw_if_interrupted("merge");
-  {
-    BusyTimer t(stats.write_seconds);
-    writer.commit();
-    write_file_atomic(staged.path() / kBundleManifestName, manifest_to_json(manifest), false);
-    staged.commit();
-  }
+  writer.commit();
+  write_file_atomic(staged.path() / kBundleManifestName, manifest_to_json(manifest), false);
+  staged.commit();
   stats.bytes_written = writer.file_size();
   stats.backend_peak_bytes = backend->memory_use().peak;
-  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto end = std::chrono::steady_clock::now();
+  stats.finish_seconds = seconds_between(pipeline_end, end);
+  stats.seconds = seconds_between(start, end);
   return manifest;
 }
 

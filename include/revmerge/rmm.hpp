@@ -39,7 +39,10 @@ using PipelineProgressFn = std::function<void(const PipelineProgress&)>;
 /// bytes, the memory plan and what the backend's pool held at most.
 struct PipelineStats {
   bool pipelined = true;
-  double seconds = 0;
+  double seconds = 0;  ///< the whole merge: setup + pipeline + finish
+  /// Opening the adapters, starting the backend (a GPU context and its libraries), the memory
+  /// plan; the streamed stages; committing the output (the final fsync and renames).
+  double setup_seconds = 0, pipeline_seconds = 0, finish_seconds = 0;
   double read_seconds = 0, upload_seconds = 0, compute_seconds = 0, write_seconds = 0;
   /// Seconds each stage sat blocked on its queues (no input yet, or no room for its output):
   /// where a pipeline does not overlap, these say which stage held the others up.
