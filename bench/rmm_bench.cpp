@@ -67,6 +67,7 @@ int main(int argc, char** argv) {
   i64 tasks = 8, rank = 64, basis = 4, layers = 1;
   int threads = 0;
   unsigned seed = 2026;
+  bool both_schedules = false;
   app.add_option("--model", model, "llama-7b, llama-13b, llama-70b or tiny");
   app.add_option("--tasks,-n", tasks, "number of adapters");
   app.add_option("--rank,-r", rank, "LoRA rank");
@@ -75,17 +76,31 @@ int main(int argc, char** argv) {
   app.add_option("--device", device, "cpu, cuda or both (compares the two)");
   app.add_option("--threads", threads, "CPU threads (0 = all cores)");
   app.add_option("--seed", seed, "RNG seed");
+  app.add_flag("--both-schedules", both_schedules,
+               "on the CPU, also time the whole-batch schedule (the GPU's) beside position blocks, "
+               "interleaved module by module, and check the results are the same bits");
   CLI11_PARSE(app, argc, argv);
 
   const auto shape = rb::model_shape(model);
   std::vector<std::string> devices = device == "both" ? std::vector<std::string>{"cpu", "cuda"}
                                                        : std::vector<std::string>{device};
-  std::vector<std::unique_ptr<revmerge::Backend>> backends;
-  for (const auto& d : devices) backends.push_back(revmerge::make_backend(revmerge::parse_device_option(d), {threads, 0}));
+  std::vector<std::unique_ptr<revmerge::Backend>> owned;
+  for (const auto& d : devices) owned.push_back(revmerge::make_backend(revmerge::parse_device_option(d), {threads, 0}));
+  // What is timed: each backend with its own schedule, and with --both-schedules the CPU's
+  // whole-batch schedule too.
+  struct Run {
+    revmerge::Backend* backend;
+    revmerge::RmmSchedule schedule;
+    std::string name;
+  };
+  std::vector<Run> backends;
+  for (const auto& be : owned) backends.push_back({be.get(), revmerge::RmmSchedule::automatic, be->name()});
+  if (both_schedules && owned[0]->kind() == revmerge::BackendKind::cpu)
+    backends.push_back({owned[0].get(), revmerge::RmmSchedule::whole_batch, "  same, whole-batch schedule"});
 
   fmt::print("RMM bench: {} ({} of {} layers), n={} r={} p={}, seed {}\n", model, layers,
              shape.layers, tasks, rank, basis, seed);
-  for (const auto& be : backends) fmt::print("backend: {}\n", be->name());
+  for (const auto& be : owned) fmt::print("backend: {}\n", be->name());
   const double host_bw = memcpy_gbps();
 
   std::vector<double> total(backends.size(), 0.0);
@@ -103,11 +118,18 @@ int main(int argc, char** argv) {
       std::vector<RmmModuleResult> results;
       for (std::size_t d = 0; d < backends.size(); ++d) {
         const auto t0 = std::chrono::steady_clock::now();
-        results.push_back(revmerge::rmm_module(*backends[d], {tasks, rank, mod.in, mod.out, basis},
-                                               a.data(), b.data(), revmerge::DType::F32, {}));
+        results.push_back(revmerge::rmm_module(*backends[d].backend, {tasks, rank, mod.in, mod.out, basis},
+                                               a.data(), b.data(), revmerge::DType::F32, {},
+                                               backends[d].schedule));
         total[d] += seconds_since(t0);
       }
-      if (results.size() == 2) {
+      if (both_schedules && results.size() == 2 &&
+          (results[0].a.basis != results[1].a.basis || results[0].b.coef != results[1].b.coef ||
+           results[0].delta_error != results[1].delta_error)) {
+        fmt::print(stderr, "the two CPU schedules gave different results on {}\n", mod.name);
+        return 1;
+      }
+      if (!both_schedules && results.size() == 2) {
         worst_recon = std::max({worst_recon, recon_difference(results[1].a, results[0].a, mod.in, rank, basis, tasks),
                                 recon_difference(results[1].b, results[0].b, mod.out, rank, basis, tasks)});
         for (i64 t = 0; t < tasks; ++t)
@@ -117,13 +139,15 @@ int main(int argc, char** argv) {
     }
   fmt::print("\n{:<48} {:>10} {:>10} {:>10}\n", "backend", "seconds", "GB/s", "GFLOP/s");
   for (std::size_t d = 0; d < backends.size(); ++d)
-    fmt::print("{:<48} {:>10.3f} {:>10.2f} {:>10.1f}\n", backends[d]->name(), total[d],
+    fmt::print("{:<48} {:>10.3f} {:>10.2f} {:>10.1f}\n", backends[d].name, total[d],
                bytes / total[d] / 1e9, flops / total[d] / 1e9);
   fmt::print("\ninput stacks: {:.1f} MB; host memcpy bandwidth now: {:.1f} GB/s, so one pass over "
              "the inputs takes at least {:.4f} s\n",
              bytes / 1e6, host_bw, bytes / (host_bw * 1e9));
-  if (backends.size() == 2) {
-    fmt::print("speed-up of {} over {}: {:.1f}x\n", backends[1]->name(), backends[0]->name(), total[0] / total[1]);
+  if (both_schedules && backends.size() == 2)
+    fmt::print("position blocks: {:.2f}x the whole-batch schedule's speed, same bits\n", total[1] / total[0]);
+  if (!both_schedules && backends.size() == 2) {
+    fmt::print("speed-up of {} over {}: {:.1f}x\n", backends[1].name, backends[0].name, total[0] / total[1]);
     fmt::print("GPU vs CPU: largest reconstruction difference {:.2e} (relative to the largest "
                "factor entry), largest delta-error difference {:.2e} (relative)\n",
                worst_recon, worst_delta);

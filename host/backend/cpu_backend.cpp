@@ -23,19 +23,32 @@ void* alloc_host(void*, std::size_t bytes) { return std::aligned_alloc(64, (byte
 void free_host(void*, void* p) { std::free(p); }
 
 // Runs body(b) for b in [0, count) on `threads` threads; the first exception is rethrown after
-// the loop (none escapes the parallel region).
+// the loop (none escapes the parallel region). Inside a parallel region already (parallel_blocks)
+// the loop runs on the calling thread: each block is one thread's work. `dynamic` hands out
+// iterations as threads free up (for items of uneven cost); no result depends on which thread
+// runs an item.
 template <class Body>
-void parallel_for(int threads, std::int64_t count, Body body) {
+void parallel_for(int threads, std::int64_t count, Body body, bool dynamic = false) {
+  if (omp_in_parallel()) {
+    for (std::int64_t b = 0; b < count; ++b) body(b);
+    return;
+  }
   std::exception_ptr first;
   std::mutex m;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (std::int64_t b = 0; b < count; ++b) {
+  auto guarded = [&](std::int64_t b) {
     try {
       body(b);
     } catch (...) {
       std::lock_guard lock(m);
       if (!first) first = std::current_exception();
     }
+  };
+  if (dynamic) {
+#pragma omp parallel for num_threads(threads) schedule(dynamic)
+    for (std::int64_t b = 0; b < count; ++b) guarded(b);
+  } else {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (std::int64_t b = 0; b < count; ++b) guarded(b);
   }
   if (first) std::rethrow_exception(first);
 }
@@ -60,6 +73,10 @@ CpuBackend::CpuBackend(int threads)
   // would thread a large GEMM itself and change the summation order. This is OpenBLAS's
   // process-wide setting; revmerge never wants anything else.
   keep_blas_single_threaded();
+}
+
+void CpuBackend::parallel_blocks(std::int64_t blocks, const std::function<void(std::int64_t)>& body) {
+  parallel_for(threads_, blocks, body, /*dynamic=*/true);  // blocks differ in eigensolver sweeps
 }
 
 std::string CpuBackend::name() const {

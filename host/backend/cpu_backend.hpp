@@ -2,6 +2,8 @@
 // The CPU backend: OpenBLAS (OpenMP build) for GEMM, LAPACKE for the eigensolver, the shared
 // functors under Thrust's OpenMP system for element-wise work. Batches are split across
 // threads; each matrix is computed by one thread, so results do not depend on the thread count.
+#include <functional>
+
 #include "backend/backend.hpp"
 #include "backend/caching_pool.hpp"
 
@@ -14,6 +16,11 @@ class CpuBackend final : public Backend {
   BackendKind kind() const noexcept override { return BackendKind::cpu; }
   std::string name() const override;
   int threads() const noexcept { return threads_; }
+  /// Runs body(b) for every block b on the backend's threads, one block per thread at a time.
+  /// Inside the body every op of this backend runs on the calling thread: a block's work stays
+  /// in that core's cache instead of passing through memory between ops. The first exception is
+  /// rethrown.
+  void parallel_blocks(std::int64_t blocks, const std::function<void(std::int64_t)>& body);
 
   DeviceBuffer allocate(std::size_t bytes) override { return pool_.allocate(bytes); }
   DeviceBuffer allocate_staging(std::size_t bytes) override { return pool_.allocate(bytes); }

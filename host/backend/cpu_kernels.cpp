@@ -1,5 +1,7 @@
 // The CPU backend's element-wise work: the shared functors run by Thrust's OpenMP system.
 // Compiled with THRUST_DEVICE_SYSTEM=OMP by the host compiler (never by nvcc).
+#include <omp.h>
+
 #include <algorithm>
 
 #include <thrust/for_each.h>
@@ -15,6 +17,10 @@ namespace {
 
 template <class F>
 void run(std::int64_t count, const F& f) {
+  if (omp_in_parallel()) {  // one block of CpuBackend::parallel_blocks: this thread's work
+    for (std::int64_t i = 0; i < count; ++i) f(i);
+    return;
+  }
   if (count > 0)
     thrust::for_each_n(thrust::omp::par, thrust::counting_iterator<std::int64_t>(0), count, f);
 }
@@ -34,7 +40,7 @@ void CpuBackend::permute3(const float* src, std::int64_t s0, std::int64_t s1, st
   const i64 sf = f_is_0 ? s0 : s1, sg = f_is_0 ? s1 : s0;
   const i64 dsf = f_is_0 ? d1 * d2 : d2, dsg = f_is_0 ? d2 : d1 * d2;
   const i64 ftiles = (df + T - 1) / T;
-#pragma omp parallel for num_threads(threads_) schedule(static)
+#pragma omp parallel for num_threads(threads_) schedule(static) if (!omp_in_parallel())
   for (i64 w = 0; w < dg * ftiles; ++w) {
     const i64 g = w / ftiles, f0 = (w % ftiles) * T, f1 = std::min(df, f0 + T);
     const float* from = src + g * sg;

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "backend/caching_pool.hpp"
+#include "backend/cpu_backend.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -13,54 +14,120 @@ using i64 = std::int64_t;
 
 std::size_t floats(i64 count) { return static_cast<std::size_t>(count) * sizeof(float); }
 
-// Device-side work buffers of one side (A or B), m positions.
-struct SideBuffers {
-  DeviceBuffer x;      // m × r × n: the stacked vectors, centred in place
-  DeviceBuffer mean;   // m × r
-  DeviceBuffer gram;   // m × n × n, eigenvectors after the solve
-  DeviceBuffer eig;    // m × n
-  DeviceBuffer wp;     // m × n × p
-  DeviceBuffer basis;  // m × r × p
-  DeviceBuffer coef;   // m × p × n
-  DeviceBuffer recon;  // m × r × n: X̂
-  DeviceBuffer sums;   // n doubles: spectrum
-  DeviceBuffer mark;   // m: 1 where the position holds non-finite values
-
-  SideBuffers(Backend& be, i64 m, const RmmShape& s)
-      : x(be.allocate(floats(m * s.r * s.n))),
-        mean(be.allocate(floats(m * s.r))),
-        gram(be.allocate(floats(m * s.n * s.n))),
-        eig(be.allocate(floats(m * s.n))),
-        wp(be.allocate(floats(m * s.n * s.p))),
-        basis(be.allocate(floats(m * s.r * s.p))),
-        coef(be.allocate(floats(m * s.p * s.n))),
-        recon(be.allocate(floats(m * s.r * s.n))),
-        sums(be.allocate(static_cast<std::size_t>(s.n) * sizeof(double))),
-        mark(be.allocate(floats(m))) {}
+// A side's stacks as read, task-major: element (task t, row k, position j) at
+// src[t·task + k·row + j·pos]. A: n × r × in (pos 1, row in); B: n × out × r (pos r, row 1).
+struct SideInput {
+  const float* src;
+  i64 task, row, pos;
 };
 
-// Per position: centre, Gram, eigendecomposition, top-p basis and coefficients, rounding to the
-// storage dtype, reconstruction X̂ = V C + μ.
-void rmm_side(Backend& be, SideBuffers& sb, i64 m, const RmmShape& s, DType storage, Stream st) {
+// A side's results over all its m positions, position-major.
+struct SideOut {
+  float* mean;   // m × r
+  float* basis;  // m × r × p
+  float* coef;   // m × p × n
+  float* eig;    // m × n, ascending per position
+};
+
+// Work of a run of positions: the stacked vectors (centred in place), their Grams
+// (eigenvectors after the solve), the top-p eigenvectors, the reconstruction X̂ = V C + μ, and a
+// mark for positions holding non-finite values.
+struct SideWork {
+  float* x;      // count × r × n
+  float* gram;   // count × n × n
+  float* wp;     // count × n × p
+  float* recon;  // count × r × n
+  float* mark;   // count
+  static std::size_t floats_for(i64 count, const RmmShape& s) {
+    return static_cast<std::size_t>(count * (2 * s.r * s.n + s.n * s.n + s.n * s.p + 1));
+  }
+  static SideWork carve(float* base, i64 count, const RmmShape& s) {
+    SideWork w;
+    w.x = base;
+    w.gram = w.x + count * s.r * s.n;
+    w.wp = w.gram + count * s.n * s.n;
+    w.recon = w.wp + count * s.n * s.p;
+    w.mark = w.recon + count * s.r * s.n;
+    return w;
+  }
+};
+
+// Positions [j0, j0 + count) of one side: gather, centre, Gram, eigendecomposition, top-p
+// basis and coefficients, rounding to the storage dtype, reconstruction. Every step is per
+// position, so any split of the positions gives the same bits.
+void rmm_positions(Backend& be, const SideInput& in, i64 j0, i64 count, const SideWork& w,
+                   const SideOut& out, const RmmShape& s, DType storage, Stream st) {
   const i64 r = s.r, n = s.n, p = s.p;
-  be.center_rows(sb.x.f32(), sb.mean.f32(), m * r, n, st);
-  const auto x = MatBatch::packed(sb.x.f32(), m, r, n);
-  be.gemm(Op::transpose, Op::none, 1.0f, x, x, 0.0f, MatBatch::packed(sb.gram.f32(), m, n, n), st);
-  be.mask_nonfinite(sb.gram.f32(), sb.mark.f32(), m, n, st);
-  be.symmetric_eigen(MatBatch::packed(sb.gram.f32(), m, n, n), sb.eig.f32(), st);
-  be.column_sums(sb.eig.f32(), static_cast<double*>(sb.sums.data()), m, n, st);
-  be.select_top(sb.gram.f32(), sb.wp.f32(), m, n, p, st);
-  const auto basis = MatBatch::packed(sb.basis.f32(), m, r, p);
-  be.gemm(Op::none, Op::none, 1.0f, x, MatBatch::packed(sb.wp.f32(), m, n, p), 0.0f, basis, st);
-  be.normalize_basis(sb.basis.f32(), sb.wp.f32(), sb.coef.f32(), sb.eig.f32(), m, r, n, p,
-                     rmm_drop_tolerance(n), st);
-  be.poison_marked(sb.mark.f32(), sb.mean.f32(), sb.basis.f32(), sb.coef.f32(), m, r, p, n, st);
-  be.round_to(sb.mean.f32(), m * r, storage, st);
-  be.round_to(sb.basis.f32(), m * r * p, storage, st);
-  be.round_to(sb.coef.f32(), m * p * n, storage, st);
-  be.broadcast_rows(sb.mean.f32(), sb.recon.f32(), m * r, n, st);
-  be.gemm(Op::none, Op::none, 1.0f, basis, MatBatch::packed(sb.coef.f32(), m, p, n), 1.0f,
-          MatBatch::packed(sb.recon.f32(), m, r, n), st);
+  float* mean = out.mean + j0 * r;
+  float* basis_f = out.basis + j0 * r * p;
+  float* coef = out.coef + j0 * p * n;
+  float* eig = out.eig + j0 * n;
+  be.permute3(in.src + j0 * in.pos, in.pos, in.row, in.task, w.x, count, r, n, st);
+  be.center_rows(w.x, mean, count * r, n, st);
+  const auto x = MatBatch::packed(w.x, count, r, n);
+  be.gemm(Op::transpose, Op::none, 1.0f, x, x, 0.0f, MatBatch::packed(w.gram, count, n, n), st);
+  be.mask_nonfinite(w.gram, w.mark, count, n, st);
+  be.symmetric_eigen(MatBatch::packed(w.gram, count, n, n), eig, st);
+  be.select_top(w.gram, w.wp, count, n, p, st);
+  const auto basis = MatBatch::packed(basis_f, count, r, p);
+  be.gemm(Op::none, Op::none, 1.0f, x, MatBatch::packed(w.wp, count, n, p), 0.0f, basis, st);
+  be.normalize_basis(basis_f, w.wp, coef, eig, count, r, n, p, rmm_drop_tolerance(n), st);
+  be.poison_marked(w.mark, mean, basis_f, coef, count, r, p, n, st);
+  be.round_to(mean, count * r, storage, st);
+  be.round_to(basis_f, count * r * p, storage, st);
+  be.round_to(coef, count * p * n, storage, st);
+  be.broadcast_rows(mean, w.recon, count * r, n, st);
+  be.gemm(Op::none, Op::none, 1.0f, basis, MatBatch::packed(coef, count, p, n), 1.0f,
+          MatBatch::packed(w.recon, count, r, n), st);
+}
+
+// D = X̂ − X for positions [j0, j0 + count), written task-major beside the inputs (the same
+// subtraction the whole-batch path does after permuting X̂ back).
+void scatter_difference(const SideInput& in, i64 j0, i64 count, const float* recon,
+                        const RmmShape& s, float* d) {
+  const i64 r = s.r, n = s.n;
+  for (i64 t = 0; t < n; ++t)
+    for (i64 a = 0; a < (in.pos == 1 ? r : count); ++a)
+      for (i64 b = 0; b < (in.pos == 1 ? count : r); ++b) {
+        const i64 k = in.pos == 1 ? a : b, j = in.pos == 1 ? b : a;  // inner loop: unit stride
+        const i64 at = t * in.task + k * in.row + (j0 + j) * in.pos;
+        d[at] = recon[j * r * n + k * n + t] - in.src[at];
+      }
+}
+
+// Positions per block on the CPU: a block's stacks, Grams and reconstruction (~260 KB for
+// r = 64, n = 8) stay in one core's cache through every step.
+constexpr i64 kCpuBlock = 64;
+
+// One side, every position, and D = X̂ − X into `d`. On the CPU the positions go in blocks, one
+// thread each, every step of a block before the next block; elsewhere the whole side is one
+// batch per step (a GPU wants big launches). Both give the same bits.
+// `work` (whole batch only) holds SideWork::floats_for(m) floats; the caller keeps it until the
+// stream is synchronized, so no other stream is handed it while this one still works in it.
+void rmm_side(Backend& be, const SideInput& in, i64 m, const SideOut& out, double* sums,
+              float* d, const RmmShape& s, DType storage, RmmSchedule schedule, float* work,
+              Stream st) {
+  if (schedule == RmmSchedule::position_blocks) {
+    auto* cpu = dynamic_cast<CpuBackend*>(&be);
+    if (!cpu) throw usage_error("rmm: position blocks run on the CPU backend only");
+    const i64 blocks = (m + kCpuBlock - 1) / kCpuBlock;
+    cpu->parallel_blocks(blocks, [&](i64 blk) {
+      thread_local std::vector<float> scratch;
+      scratch.resize(SideWork::floats_for(kCpuBlock, s));
+      const i64 j0 = blk * kCpuBlock, count = std::min(kCpuBlock, m - j0);
+      const auto w = SideWork::carve(scratch.data(), count, s);
+      rmm_positions(be, in, j0, count, w, out, s, storage, st);
+      scatter_difference(in, j0, count, w.recon, s, d);
+    });
+  } else {
+    const auto w = SideWork::carve(work, m, s);
+    rmm_positions(be, in, 0, m, w, out, s, storage, st);
+    // Back to task-major, then D = X̂ − X in place.
+    if (in.pos == 1) be.permute3(w.recon, 1, s.n, s.r * s.n, d, s.n, s.r, m, st);
+    else be.permute3(w.recon, 1, s.r * s.n, s.n, d, s.n, m, s.r, st);
+    be.subtract(d, in.src, d, s.n * s.r * m, st);
+  }
+  be.column_sums(out.eig, sums, m, s.n, st);
 }
 
 std::vector<float> fetch(Backend& be, const DeviceBuffer& b, i64 count, Stream st) {
@@ -97,13 +164,18 @@ float rmm_drop_tolerance(std::int64_t n) {
 }
 
 RmmModuleResult rmm_module(Backend& be, const RmmShape& s, const float* host_a,
-                           const float* host_b, DType storage, Stream st) {
+                           const float* host_b, DType storage, Stream st, RmmSchedule schedule) {
   check_shape(s);
   // Originals, task-major as read: A n × r × in, B n × out × r.
   DeviceBuffer a = be.allocate(floats(s.n * s.r * s.in)), b = be.allocate(floats(s.n * s.out * s.r));
   be.upload(a.data(), host_a, floats(s.n * s.r * s.in), st);
   be.upload(b.data(), host_b, floats(s.n * s.out * s.r), st);
-  return rmm_module_device(be, s, a.f32(), b.f32(), storage, st);
+  return rmm_module_device(be, s, a.f32(), b.f32(), storage, st, schedule);
+}
+
+RmmSchedule resolve(RmmSchedule schedule, const Backend& be) {
+  if (schedule != RmmSchedule::automatic) return schedule;
+  return be.kind() == BackendKind::cpu ? RmmSchedule::position_blocks : RmmSchedule::whole_batch;
 }
 
 std::uint64_t rmm_module_work_bytes(const RmmShape& s, Backend& be) {
@@ -112,10 +184,15 @@ std::uint64_t rmm_module_work_bytes(const RmmShape& s, Backend& be) {
   auto add = [&](i64 count, std::size_t elem = sizeof(float)) {
     total += pool_size_class(static_cast<std::size_t>(count) * elem);
   };
-  for (const i64 m : {s.in, s.out}) {  // SideBuffers
-    for (const i64 c : {m * r * n, m * r, m * n * n, m * n, m * n * p, m * r * p, m * p * n, m * r * n, m})
-      add(c);
-    add(n, sizeof(double));
+  // As rmm_module_device allocates with the whole-batch schedule (position blocks take less:
+  // their work is per-thread scratch of one block).
+  for (const i64 m : {s.in, s.out}) {
+    add(m * r);                                              // mean
+    add(m * r * p);                                          // basis
+    add(m * p * n);                                          // coef
+    add(m * n);                                              // eigenvalues
+    add(n, sizeof(double));                                  // spectrum
+    add(static_cast<i64>(SideWork::floats_for(m, s)));       // SideWork
   }
   add(n * r * s.in);  // D_A
   add(n * s.out * r);  // D_B
@@ -126,27 +203,42 @@ std::uint64_t rmm_module_work_bytes(const RmmShape& s, Backend& be) {
   return total + be.symmetric_eigen_work_bytes(s.in, n) + be.symmetric_eigen_work_bytes(s.out, n);
 }
 
+// A side's results in backend memory.
+struct SideResults {
+  DeviceBuffer mean, basis, coef, eig, sums;
+  SideResults(Backend& be, i64 m, const RmmShape& s)
+      : mean(be.allocate(floats(m * s.r))),
+        basis(be.allocate(floats(m * s.r * s.p))),
+        coef(be.allocate(floats(m * s.p * s.n))),
+        eig(be.allocate(floats(m * s.n))),
+        sums(be.allocate(static_cast<std::size_t>(s.n) * sizeof(double))) {}
+  SideOut out() { return {mean.f32(), basis.f32(), coef.f32(), eig.f32()}; }
+  double* spectrum() { return static_cast<double*>(sums.data()); }
+};
+
 RmmModuleResult rmm_module_device(Backend& be, const RmmShape& s, const float* a_in,
-                                  const float* b_in, DType storage, Stream st) {
+                                  const float* b_in, DType storage, Stream st,
+                                  RmmSchedule schedule) {
   check_shape(s);
+  schedule = resolve(schedule, be);
   const i64 n = s.n, r = s.r, in = s.in, out = s.out;
-  // The inputs are only read (permuted, subtracted from, multiplied); MatBatch is non-const.
+  // The inputs are only read (gathered, subtracted from, multiplied); MatBatch is non-const.
   float* a = const_cast<float*>(a_in);
   float* b = const_cast<float*>(b_in);
 
-  // Position-major stacks: A's column j and B's row j become r × n matrices.
-  SideBuffers sa(be, in, s), sb(be, out, s);
-  be.permute3(a, 1, in, r * in, sa.x.f32(), in, r, n, st);
-  be.permute3(b, r, 1, out * r, sb.x.f32(), out, r, n, st);
-  rmm_side(be, sa, in, s, storage, st);
-  rmm_side(be, sb, out, s, storage, st);
-
-  // Back to task-major (Â n × r × in, B̂ n × out × r) and, in place, the differences D = X̂ − X.
+  // Each side's results and, task-major beside the inputs (Â n × r × in, B̂ n × out × r), the
+  // differences D = X̂ − X.
+  SideResults sa(be, in, s), sb(be, out, s);
   DeviceBuffer da = be.allocate(floats(n * r * in)), db = be.allocate(floats(n * out * r));
-  be.permute3(sa.recon.f32(), 1, n, r * n, da.f32(), n, r, in, st);
-  be.permute3(sb.recon.f32(), 1, r * n, n, db.f32(), n, out, r, st);
-  be.subtract(da.f32(), a, da.f32(), n * r * in, st);
-  be.subtract(db.f32(), b, db.f32(), n * out * r, st);
+  DeviceBuffer work_a, work_b;
+  if (schedule == RmmSchedule::whole_batch) {
+    work_a = be.allocate(floats(static_cast<i64>(SideWork::floats_for(in, s))));
+    work_b = be.allocate(floats(static_cast<i64>(SideWork::floats_for(out, s))));
+  }
+  rmm_side(be, {a, r * in, in, 1}, in, sa.out(), sa.spectrum(), da.f32(), s, storage, schedule,
+           work_a.f32(), st);
+  rmm_side(be, {b, out * r, 1, r}, out, sb.out(), sb.spectrum(), db.f32(), s, storage, schedule,
+           work_b.f32(), st);
 
   // ‖B̂Â − BA‖² = ‖B̂ D_A + D_B A‖² through r × r Grams: no out × in matrix is formed, and every
   // term is already of the size of the error (no cancellation of large numbers). With

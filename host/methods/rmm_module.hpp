@@ -28,6 +28,12 @@ struct RmmModuleResult {
   std::vector<double> delta_norm;   ///< per task: ‖BA‖_F
 };
 
+/// How the per-position steps of a side are run. whole_batch: each step over all positions at
+/// once (one launch per step: the GPU's way). position_blocks: blocks of positions, one thread
+/// each, every step of a block while it sits in that core's cache (the CPU's way; CPU backend
+/// only). Both give the same bits; automatic picks by the backend.
+enum class RmmSchedule { automatic, whole_batch, position_blocks };
+
 /// Relative threshold below which a basis direction counts as empty (see normalize_basis).
 float rmm_drop_tolerance(std::int64_t n);
 
@@ -38,13 +44,15 @@ float rmm_drop_tolerance(std::int64_t n);
 /// The same with the stacks already in backend memory (the pipeline uploads them beforehand,
 /// or on the CPU hands over its staging buffers); they are only read.
 RmmModuleResult rmm_module_device(Backend& backend, const RmmShape& shape, const float* a,
-                                  const float* b, DType storage, Stream stream);
+                                  const float* b, DType storage, Stream stream,
+                                  RmmSchedule schedule = RmmSchedule::automatic);
 
 /// Backend memory rmm_module_device allocates for one module, inputs excluded (in the pool's
 /// size classes, so it bounds what the pool holds for the module).
 std::uint64_t rmm_module_work_bytes(const RmmShape& shape, Backend& backend);
 
 RmmModuleResult rmm_module(Backend& backend, const RmmShape& shape, const float* host_a,
-                           const float* host_b, DType storage, Stream stream);
+                           const float* host_b, DType storage, Stream stream,
+                           RmmSchedule schedule = RmmSchedule::automatic);
 
 }  // namespace revmerge
