@@ -141,7 +141,10 @@ BundleManifest merge_rmm_models(RmmMergeOptions o, const FullModelInputs& in) {
   if (in.base.empty()) throw usage_error("--base: full fine-tunes are merged as task vectors; give the base model");
   if (in.rank < 1) throw usage_error("--rank: full fine-tunes are compressed to this rank first; give it");
   // Scratch beside the output (same file system), removed whatever happens.
-  StagedDir scratch(o.out.parent_path() / ("." + o.out.filename().string() + ".compress"), true);
+  std::string scratch_name = o.out.filename().string();  // ".NAME.compress"
+  scratch_name.insert(0, 1, '.');
+  scratch_name += ".compress";
+  StagedDir scratch(o.out.parent_path() / scratch_name, true);
   for (auto& t : o.tasks) {
     CompressOptions c;
     c.base = in.base;
