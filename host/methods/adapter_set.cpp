@@ -12,7 +12,7 @@ std::vector<PlannedModule> plan_modules(const std::vector<TaskSource>& tasks,
                                         const std::vector<std::unique_ptr<PeftAdapter>>& adapters) {
   std::vector<PlannedModule> plan;
   for (const auto& m : adapters[0]->modules())
-    plan.push_back({m.path, m.layer, m.name, m.in, m.out, m.rank, {}});
+    plan.push_back({m.path, m.layer, m.name, m.in, m.out, m.rank, {}, {}});
   for (std::size_t t = 0; t < adapters.size(); ++t) {
     const auto& a = *adapters[t];
     if (a.config().fan_in_fan_out != adapters[0]->config().fan_in_fan_out)
@@ -36,6 +36,7 @@ std::vector<PlannedModule> plan_modules(const std::vector<TaskSource>& tasks,
                           "': adapters for different base shapes");
       p.rank = std::max(p.rank, m->rank);
       p.per_task.push_back(m);
+      p.task_ranks.push_back(m->rank);
     }
   }
   return plan;

@@ -12,14 +12,15 @@
 
 namespace revmerge {
 
-/// One module across all tasks: the task's own module entries, in task order; `rank` is the
-/// largest of the tasks' ranks (the padded rank).
+/// One module across all tasks: the task's own module entries, in task order (adapters only);
+/// each task's rank; `rank` is the largest of them (the padded rank).
 struct PlannedModule {
   std::string path;
   int layer;
   std::string name;
   std::int64_t in, out, rank;
   std::vector<const LoraModule*> per_task;
+  std::vector<std::int64_t> task_ranks;
 };
 
 struct AdapterSet {

@@ -8,8 +8,7 @@
 #include <optional>
 
 #include "core/interrupt.hpp"
-#include "kernels/counter_rng.hpp"
-#include "methods/lowrank/randomized_svd.hpp"
+#include "methods/lowrank/pt_svd.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/hf_model.hpp"
 #include "revmerge/peft.hpp"
@@ -78,10 +77,7 @@ LoraModuleData compress_module(const HfModel& base, const HfModel& ft, const Lin
                                double& norm) {
   double sq = 0;
   const auto delta = read_delta(base, ft, w, o, sq);
-  // Row-major out × in is column-major in × out (M = Δᵀ); Δ = V S Uᵀ from M = U S Vᵀ.
-  const auto svd = randomized_svd(delta, w.in, w.out,
-                                  {o.rank, o.oversampling, o.power_iterations, o.seed,
-                                   kernels::stream_id(w.tensor)});
+  const auto svd = pt_svd(delta, w, o.rank, o.oversampling, o.power_iterations, o.seed);
   i64 k = svd.k;
   if (o.energy > 0 && sq > 0) {
     double kept = 0;
@@ -92,11 +88,7 @@ LoraModuleData compress_module(const HfModel& base, const HfModel& ft, const Lin
   for (i64 c = 0; c < k; ++c) kept += svd.s[c] * svd.s[c];
   LoraModuleData m{w.path, k, w.in, w.out, std::vector<float>(static_cast<std::size_t>(k * w.in)),
                    std::vector<float>(static_cast<std::size_t>(w.out * k))};
-  for (i64 c = 0; c < k; ++c) {
-    for (i64 x = 0; x < w.in; ++x) m.a[c * w.in + x] = static_cast<float>(svd.u[c * w.in + x]);
-    for (i64 y = 0; y < w.out; ++y)
-      m.b[y * k + c] = static_cast<float>(svd.v[c * w.out + y] * svd.s[c]);
-  }
+  lora_factors(svd, k, w, m.a.data(), m.b.data(), k);
   const double module_err = std::max(sq - kept, 0.0);
   report.modules.push_back({w.path, w.out, w.in, k, sq > 0 ? std::sqrt(module_err / sq) : 0.0,
                             std::sqrt(sq)});

@@ -1,5 +1,6 @@
-// revmerge merge --method rmm: plan the modules across adapters, run RMM module by module, and
-// write the bundle atomically.
+// revmerge merge --method rmm: plan the modules across adapters (or full fine-tunes, compressed
+// as they are read), run RMM module by module through the pipeline, and write the bundle
+// atomically.
 #include <chrono>
 #include <future>
 #include <map>
@@ -11,12 +12,12 @@
 #include "core/interrupt.hpp"
 #include "core/memory_info.hpp"
 #include "methods/adapter_set.hpp"
+#include "methods/full_model_source.hpp"
 #include "methods/rmm_pipeline.hpp"
 #include "scheduler/memory_plan.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
 #include "revmerge/rmm.hpp"
-#include "revmerge/compress.hpp"
 #include "revmerge/version.hpp"
 
 namespace revmerge {
@@ -44,46 +45,36 @@ void check_options(const RmmMergeOptions& o) {
     throw usage_error("--dtype: a bundle stores f32, f16 or bf16");
 }
 
+using Clock = std::chrono::steady_clock;
 
-double seconds_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+double seconds_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-}  // namespace
-
-std::string backend_description(Device device, int threads, int gpu) {
-  return make_backend(device, {threads, gpu})->name();
+// A GPU backend takes a moment to start (context, cuBLAS, cuSOLVER): it starts while the inputs
+// are opened and checked.
+std::future<std::unique_ptr<Backend>> start_backend(const RmmMergeOptions& o) {
+  return std::async(std::launch::async, [&o] { return make_backend(o.device, {o.threads, o.gpu}); });
 }
 
-BundleManifest merge_rmm(const RmmMergeOptions& o) {
-  const auto start = std::chrono::steady_clock::now();
-  check_options(o);
-  // A GPU backend takes a moment to start (context, cuBLAS, cuSOLVER): it starts while the
-  // adapters are opened and checked.
-  auto starting_backend = std::async(std::launch::async, [&] {
-    return make_backend(o.device, {o.threads, o.gpu});
-  });
-  const auto set = open_adapter_set(o.tasks);
-  const auto& adapters = set.adapters;
-  const auto& plan = set.plan;
-  const i64 n = static_cast<i64>(o.tasks.size()), p = o.basis;
-
+BundleManifest new_manifest(const RmmMergeOptions& o) {
   BundleManifest manifest;
-  manifest.basis = p;
+  manifest.basis = o.basis;
   manifest.dtype = o.dtype;
   manifest.created_by = std::string("revmerge ") + REVMERGE_VERSION_STRING;
-  for (std::size_t t = 0; t < o.tasks.size(); ++t)
-    manifest.tasks.push_back({o.tasks[t].name,
-                              (o.tasks[t].origin.empty() ? o.tasks[t].adapter : o.tasks[t].origin).string(),
-                              adapters[t]->config().base_model_name_or_path,
-                              adapters[t]->config().task_type});
+  return manifest;
+}
 
-  auto backend = starting_backend.get();
+// The merge of `source` into the bundle at o.out: memory plan, the streamed pipeline, commit.
+BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
+                            BundleManifest manifest, std::unique_ptr<Backend> backend,
+                            Clock::time_point start) {
+  const auto& plan = source.plan;
+  const i64 n = static_cast<i64>(o.tasks.size()), p = o.basis;
   manifest.backend = backend->name();
   PipelineStats local;
   PipelineStats& stats = o.stats ? *o.stats : local;
   stats = {};
-
   // The memory plan comes first: a budget too small for one module is refused before any
   // output exists.
   std::vector<TensorSpec> specs;
@@ -98,7 +89,7 @@ BundleManifest merge_rmm(const RmmMergeOptions& o) {
       o.memory_budget ? o.memory_budget : host_memory_available() / 2;
   const std::uint64_t device_budget =
       shared ? 0 : (o.memory_budget ? o.memory_budget : backend->memory_available() / 10 * 9);
-  const auto mem = plan_memory(largest_module_memory(o, set, *backend), host_budget,
+  const auto mem = plan_memory(largest_module_memory(o, source, *backend), host_budget,
                                device_budget, "--memory-budget");
   stats.host_budget = mem.host_budget;
   stats.device_budget = mem.device_budget;
@@ -110,10 +101,10 @@ BundleManifest merge_rmm(const RmmMergeOptions& o) {
   StagedDir staged(o.out, o.overwrite);
   SafetensorsWriter writer(staged.path() / kBundleTensorsName, specs,
                            {{"format", "revmerge-bundle"}, {"method", "rmm"}});
-  const auto pipeline_start = std::chrono::steady_clock::now();
+  const auto pipeline_start = Clock::now();
   stats.setup_seconds = seconds_between(start, pipeline_start);
-  run_rmm_modules(o, set, *backend, mem, writer, manifest, stats);
-  const auto pipeline_end = std::chrono::steady_clock::now();
+  run_rmm_modules(o, source, *backend, mem, writer, manifest, stats);
+  const auto pipeline_end = Clock::now();
   stats.pipeline_seconds = seconds_between(pipeline_start, pipeline_end);
 
   double stored = 0, raw = 0;
@@ -130,35 +121,42 @@ BundleManifest merge_rmm(const RmmMergeOptions& o) {
   staged.commit();
   stats.bytes_written = writer.file_size();
   stats.backend_peak_bytes = backend->memory_use().peak;
-  const auto end = std::chrono::steady_clock::now();
+  const auto end = Clock::now();
   stats.finish_seconds = seconds_between(pipeline_end, end);
   stats.seconds = seconds_between(start, end);
   return manifest;
 }
 
-BundleManifest merge_rmm_models(RmmMergeOptions o, const FullModelInputs& in) {
+
+}  // namespace
+
+std::string backend_description(Device device, int threads, int gpu) {
+  return make_backend(device, {threads, gpu})->name();
+}
+
+BundleManifest merge_rmm(const RmmMergeOptions& o) {
+  const auto start = Clock::now();
   check_options(o);
-  if (in.base.empty()) throw usage_error("--base: full fine-tunes are merged as task vectors; give the base model");
-  if (in.rank < 1) throw usage_error("--rank: full fine-tunes are compressed to this rank first; give it");
-  // Scratch beside the output (same file system), removed whatever happens.
-  std::string scratch_name = o.out.filename().string();  // ".NAME.compress"
-  scratch_name.insert(0, 1, '.');
-  scratch_name += ".compress";
-  StagedDir scratch(o.out.parent_path() / scratch_name, true);
-  for (auto& t : o.tasks) {
-    CompressOptions c;
-    c.base = in.base;
-    c.model = t.adapter;
-    c.rank = in.rank;
-    c.oversampling = in.oversampling;
-    c.power_iterations = in.power_iterations;
-    c.out = scratch.path() / t.name;
-    c.threads = o.threads;
-    compress_checkpoint(c);
-    t.origin = t.adapter;
-    t.adapter = c.out;
-  }
-  return merge_rmm(o);
+  auto backend = start_backend(o);
+  const auto set = open_adapter_set(o.tasks);
+  auto manifest = new_manifest(o);
+  for (std::size_t t = 0; t < o.tasks.size(); ++t)
+    manifest.tasks.push_back({o.tasks[t].name,
+                              (o.tasks[t].origin.empty() ? o.tasks[t].adapter : o.tasks[t].origin).string(),
+                              set.adapters[t]->config().base_model_name_or_path,
+                              set.adapters[t]->config().task_type});
+  return merge_source(o, adapter_source(set, o.allow_nonfinite), std::move(manifest),
+                      backend.get(), start);
+}
+
+BundleManifest merge_rmm_models(const RmmMergeOptions& o, const FullModelInputs& in) {
+  const auto start = Clock::now();
+  check_options(o);
+  auto backend = start_backend(o);
+  const auto set = open_full_model_set(o.tasks, in);
+  auto manifest = new_manifest(o);
+  for (const auto& t : o.tasks) manifest.tasks.push_back({t.name, t.adapter.string(), in.base.string(), ""});
+  return merge_source(o, set->source, std::move(manifest), backend.get(), start);
 }
 
 }  // namespace revmerge

@@ -32,9 +32,9 @@ BundleModule describe(const PlannedModule& pm, const RmmModuleResult& res, i64 n
   bm.out = pm.out;
   bm.rank = pm.rank;
   double raw = 0;
-  for (const auto* m : pm.per_task) {
-    bm.task_ranks.push_back(m->rank);
-    raw += static_cast<double>(m->rank) * static_cast<double>(pm.in + pm.out);
+  for (const auto rank : pm.task_ranks) {
+    bm.task_ranks.push_back(rank);
+    raw += static_cast<double>(rank) * static_cast<double>(pm.in + pm.out);
   }
   const double stored = static_cast<double>(pm.in + pm.out) * double(p * (pm.rank + n) + pm.rank);
   bm.storage_ratio = stored / raw;
@@ -47,9 +47,9 @@ BundleModule describe(const PlannedModule& pm, const RmmModuleResult& res, i64 n
   return bm;
 }
 
-std::uint64_t largest_stack_floats(const AdapterSet& set, i64 n) {
+std::uint64_t largest_stack_floats(const RmmSource& source, i64 n) {
   std::uint64_t most = 0;
-  for (const auto& pm : set.plan)
+  for (const auto& pm : source.plan)
     most = std::max(most, static_cast<std::uint64_t>(n * pm.rank * (pm.in + pm.out)));
   return most;
 }
@@ -73,23 +73,19 @@ struct ModuleDone {
 // module is computed by the same calls on the same inputs, and written in plan order.
 class RmmPipeline {
  public:
-  RmmPipeline(const RmmMergeOptions& o, const AdapterSet& set, Backend& be,
+  RmmPipeline(const RmmMergeOptions& o, const RmmSource& source, Backend& be,
               SafetensorsWriter& writer, BundleManifest& manifest, PipelineStats& stats)
-      : o_(o), set_(set), be_(be), writer_(writer), manifest_(manifest), stats_(stats),
+      : o_(o), source_(source), be_(be), writer_(writer), manifest_(manifest), stats_(stats),
         n_(static_cast<i64>(o.tasks.size())) {
-    max_stack_ = largest_stack_floats(set, n_);
-    for (const auto& pm : set.plan) {
-      for (std::size_t t = 0; t < pm.per_task.size(); ++t)
-        for (const auto* key : {&pm.per_task[t]->key_a, &pm.per_task[t]->key_b}) {
-          const auto& info = set.adapters[t]->weights().at(*key);
-          progress_.bytes_total += info.end - info.begin;
-        }
-      if (layer_ends_.empty() || set.plan[layer_ends_.back()].layer != pm.layer)
+    max_stack_ = largest_stack_floats(source, n_);
+    progress_.bytes_total = source.bytes_total;
+    for (const auto& pm : source.plan) {
+      if (layer_ends_.empty() || source.plan[layer_ends_.back()].layer != pm.layer)
         layer_ends_.push_back(0);
-      layer_ends_.back() = static_cast<std::size_t>(&pm - set.plan.data());
+      layer_ends_.back() = static_cast<std::size_t>(&pm - source.plan.data());
     }
     progress_.layers = layer_ends_.size();
-    stats_.modules = set.plan.size();
+    stats_.modules = source.plan.size();
     stats_.layers = layer_ends_.size();
   }
 
@@ -100,10 +96,10 @@ class RmmPipeline {
   ModuleJob read(std::size_t index, int slot) {
     throw_if_interrupted("merge");
     BusyTimer t(stats_.read_seconds);
-    const auto& pm = set_.plan[index];
+    const auto& pm = source_.plan[index];
     float* a = staging_[slot].f32();
     float* b = a + n_ * pm.rank * pm.in;
-    const auto bytes = load_stacks_into(pm, set_.adapters, o_.allow_nonfinite, a, b);
+    const auto bytes = source_.load(pm, a, b);
     bytes_read_ += bytes;
     return {index, slot, {}, {}};
   }
@@ -113,7 +109,7 @@ class RmmPipeline {
   int upload(ModuleJob& job, Stream copy) {
     if (be_.shares_host_memory()) return -1;
     BusyTimer t(stats_.upload_seconds);
-    const auto& pm = set_.plan[job.index];
+    const auto& pm = source_.plan[job.index];
     const std::size_t na = 4 * static_cast<std::size_t>(n_ * pm.rank * pm.in);
     const std::size_t nb = 4 * static_cast<std::size_t>(n_ * pm.rank * pm.out);
     job.a = be_.allocate(na);
@@ -128,7 +124,7 @@ class RmmPipeline {
   ModuleDone compute(ModuleJob& job) {
     throw_if_interrupted("merge");
     BusyTimer t(stats_.compute_seconds);
-    const auto& pm = set_.plan[job.index];
+    const auto& pm = source_.plan[job.index];
     const float* a = job.slot >= 0 ? staging_[job.slot].f32() : job.a.f32();
     const float* b = job.slot >= 0 ? a + n_ * pm.rank * pm.in : job.b.f32();
     ModuleDone done{job.index, with_module_context(pm.path, [&] {
@@ -142,7 +138,7 @@ class RmmPipeline {
   void write(ModuleDone& done) {
     throw_if_interrupted("merge");
     BusyTimer t(stats_.write_seconds);
-    const auto& pm = set_.plan[done.index];
+    const auto& pm = source_.plan[done.index];
     const auto& res = done.result;
     for (const auto& [side, part] : {std::pair{"lora_A", &res.a}, std::pair{"lora_B", &res.b}}) {
       writer_.write_f32(bundle_tensor_name(pm.path, side, "mean"), part->mean);
@@ -150,7 +146,7 @@ class RmmPipeline {
       writer_.write_f32(bundle_tensor_name(pm.path, side, "coef"), part->coef);
     }
     manifest_.modules.push_back(describe(pm, res, n_, o_.basis));
-    if (o_.progress) o_.progress(done.index + 1, set_.plan.size(), pm.path);
+    if (o_.progress) o_.progress(done.index + 1, source_.plan.size(), pm.path);
     if (layer_ends_[progress_.layers_done] == done.index) {
       ++progress_.layers_done;
       progress_.bytes_read = bytes_read_;
@@ -162,7 +158,7 @@ class RmmPipeline {
 
   void run_sequential() {
     allocate_staging(1);
-    for (std::size_t i = 0; i < set_.plan.size(); ++i) {
+    for (std::size_t i = 0; i < source_.plan.size(); ++i) {
       auto job = read(i, 0);
       upload(job, {});
       auto done = compute(job);
@@ -196,7 +192,7 @@ class RmmPipeline {
     double& compute_wait = stats_.compute_wait_seconds;
     double& write_wait = stats_.write_wait_seconds;
     threads.spawn([&] {  // read
-      for (std::size_t i = 0; i < set_.plan.size(); ++i) {
+      for (std::size_t i = 0; i < source_.plan.size(); ++i) {
         const auto slot = waited(read_wait, [&] { return free_slots.pop(); });
         if (!slot) return;
         auto job = read(i, *slot);
@@ -227,9 +223,9 @@ class RmmPipeline {
       while (auto done = waited(write_wait, [&] { return results.pop(); })) write(*done);
     });
     threads.join();
-    if (manifest_.modules.size() != set_.plan.size())
+    if (manifest_.modules.size() != source_.plan.size())
       throw std::logic_error("rmm pipeline: " + std::to_string(manifest_.modules.size()) + " of " +
-                             std::to_string(set_.plan.size()) + " modules written without an error");
+                             std::to_string(source_.plan.size()) + " modules written without an error");
   }
 
   std::uint64_t bytes_read() const { return bytes_read_; }
@@ -241,7 +237,7 @@ class RmmPipeline {
   }
 
   const RmmMergeOptions& o_;
-  const AdapterSet& set_;
+  const RmmSource& source_;
   Backend& be_;
   SafetensorsWriter& writer_;
   BundleManifest& manifest_;
@@ -259,12 +255,27 @@ class RmmPipeline {
 
 // The memory of the module that needs the most: staging slots are all sized for the largest
 // stacks; work and results are the module's own.
-ItemMemory largest_module_memory(const RmmMergeOptions& o, const AdapterSet& set, Backend& be) {
+RmmSource adapter_source(const AdapterSet& set, bool allow_nonfinite) {
+  RmmSource source;
+  source.plan = set.plan;
+  for (const auto& pm : set.plan)
+    for (std::size_t t = 0; t < pm.per_task.size(); ++t)
+      for (const auto* key : {&pm.per_task[t]->key_a, &pm.per_task[t]->key_b}) {
+        const auto& info = set.adapters[t]->weights().at(*key);
+        source.bytes_total += info.end - info.begin;
+      }
+  source.load = [&set, allow_nonfinite](const PlannedModule& pm, float* a, float* b) {
+    return load_stacks_into(pm, set.adapters, allow_nonfinite, a, b);
+  };
+  return source;
+}
+
+ItemMemory largest_module_memory(const RmmMergeOptions& o, const RmmSource& source, Backend& be) {
   const i64 n = static_cast<i64>(o.tasks.size());
-  const std::uint64_t staging = 4 * largest_stack_floats(set, n);
+  const std::uint64_t staging = 4 * largest_stack_floats(source, n);
   ItemMemory worst;
   std::map<std::tuple<i64, i64, i64>, std::uint64_t> work_by_shape;
-  for (const auto& pm : set.plan) {
+  for (const auto& pm : source.plan) {
     const RmmShape s{n, pm.rank, pm.in, pm.out, o.basis};
     ItemMemory m;
     m.staging = staging;
@@ -283,13 +294,14 @@ ItemMemory largest_module_memory(const RmmMergeOptions& o, const AdapterSet& set
       worst = m;
   }
   for (const auto& [shape, work] : work_by_shape) worst.work_all_shapes += work;
+  worst.read_work = source.load_bytes;
   return worst;
 }
 
-void run_rmm_modules(const RmmMergeOptions& o, const AdapterSet& set, Backend& be,
+void run_rmm_modules(const RmmMergeOptions& o, const RmmSource& source, Backend& be,
                      const MemoryPlan& plan, SafetensorsWriter& writer, BundleManifest& manifest,
                      PipelineStats& stats) {
-  RmmPipeline pipeline(o, set, be, writer, manifest, stats);
+  RmmPipeline pipeline(o, source, be, writer, manifest, stats);
   // The pool stays within the plan: blocks cached for one module's shapes are freed before a
   // module of other shapes would take the pool past it.
   be.limit_cache(be.shares_host_memory() ? plan.host_bytes : plan.device_bytes);

@@ -19,7 +19,7 @@ MemoryPlan plan_memory(const ItemMemory& item, std::uint64_t host_budget,
   const bool shared = device_budget == 0;
   // Results alive: one being produced, `queued`, one being written. Device inputs alive: one
   // computing, one queued, one being uploaded.
-  const std::uint64_t fixed = shared ? item.work : 0;
+  const std::uint64_t fixed = (shared ? item.work : 0) + item.read_work;
   auto host_need = [&](int slots, int queued) {
     return fixed + std::uint64_t(slots) * item.staging + std::uint64_t(queued + 2) * item.results;
   };
@@ -30,8 +30,10 @@ MemoryPlan plan_memory(const ItemMemory& item, std::uint64_t host_budget,
                        " memory is too small: module '" + item.name + "'" +
                        (item.layer >= 0 ? " (layer " + std::to_string(item.layer) + ")" : "") +
                        " needs " + format_bytes(need) + " (" + std::to_string(need) +
-                       " bytes: staging " + format_bytes(item.staging) + ", work " +
-                       format_bytes(item.work) + ", results " + format_bytes(item.results) + ")");
+                       " bytes: staging " + format_bytes(item.staging) +
+                       (item.read_work ? ", reading " + format_bytes(item.read_work) : "") +
+                       ", work " + format_bytes(item.work) + ", results " +
+                       format_bytes(item.results) + ")");
   };
   if (host_min > host_budget) throw refuse(shared ? "host" : "host (staging and results)", host_min, host_budget);
   if (!shared && device_min > device_budget) throw refuse("device", device_min, device_budget);

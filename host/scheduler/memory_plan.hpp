@@ -10,6 +10,9 @@ namespace revmerge {
 /// The memory one work item needs (its largest instance in the plan).
 struct ItemMemory {
   std::uint64_t staging = 0;  ///< converted inputs in host staging memory
+  /// Host memory the reader holds while it fills a slot, besides the slot (one reader: counted
+  /// once): full fine-tunes' deltas while they are compressed; 0 for adapters.
+  std::uint64_t read_work = 0;
   std::uint64_t work = 0;     ///< backend memory while it computes (inputs on the device included)
   std::uint64_t device_inputs = 0;  ///< inputs uploaded ahead of compute (0 when host memory is shared)
   std::uint64_t results = 0;  ///< host memory of its results until written

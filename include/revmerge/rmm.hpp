@@ -86,10 +86,12 @@ struct FullModelInputs {
   int power_iterations = 2;
 };
 
-/// RMM over full fine-tunes: `options.tasks` name model folders; each is compressed into a
-/// temporary adapter (beside the output, removed afterwards), then merged as merge_rmm does.
-/// The manifest records the model folders as the tasks' sources.
-BundleManifest merge_rmm_models(RmmMergeOptions options, const FullModelInputs& inputs);
+/// RMM over full fine-tunes: `options.tasks` name model folders. Each module streams through
+/// the pipeline as merge_rmm's do, its tasks' deltas W_t − W_base compressed to `inputs.rank`
+/// by randomized SVD as the module is read (the base's weight read once for all tasks; the
+/// factors are those `revmerge compress` would write, so the bundle is the one merging those
+/// adapters would give). The manifest records the model folders as the tasks' sources.
+BundleManifest merge_rmm_models(const RmmMergeOptions& options, const FullModelInputs& inputs);
 
 /// Merges the adapters into a bundle at `options.out` and returns its manifest. Every module of
 /// every layer is merged; scales are folded into B; ranks are zero-padded to the largest.

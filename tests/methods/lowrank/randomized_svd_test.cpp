@@ -11,6 +11,7 @@
 #include "revmerge/bundle.hpp"
 #include "revmerge/compress.hpp"
 #include "revmerge/hf_model.hpp"
+#include "revmerge/mapped_file.hpp"
 #include "revmerge/rmm.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
@@ -224,6 +225,75 @@ TEST(Compress, RmmOverFullFineTunesRevertsToEachFineTune) {
   for (const auto& e : std::filesystem::directory_iterator(tmp.path()))
     leftovers += e.path().filename().string().find("compress") != std::string::npos;
   EXPECT_EQ(leftovers, 0) << "the temporary adapters are removed";
+}
+
+// merge --method rmm over full fine-tunes compresses each module's deltas as the pipeline reads
+// them; the bundle must be the one `revmerge compress` of each fine-tune and an RMM merge of
+// those adapters give — the same factors, bit for bit. bf16 models; a fourth task of another
+// shape is refused by folder and tensor before anything is written.
+TEST(Compress, StreamedFullModelMergeIsCompressThenMergeBitwise) {
+  test::TempDir tmp;
+  const i64 out = 24, in = 18;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g;
+  std::vector<std::vector<float>> base(2, std::vector<float>(out * in));
+  for (auto& w : base)
+    for (auto& x : w) x = g(rng);
+  write_model(tmp / "base", base, out, in, DType::BF16);
+  RmmMergeOptions o;
+  for (int t = 0; t < 3; ++t) {
+    auto ft = base;
+    for (auto& w : ft)
+      for (auto& x : w) x += 0.05f * g(rng);
+    const auto dir = tmp / ("ft" + std::to_string(t));
+    write_model(dir, ft, out, in, DType::BF16);
+    o.tasks.push_back({"ft" + std::to_string(t), dir});
+  }
+  o.basis = 2;
+  o.device = Device::cpu;
+  o.out = tmp / "streamed";
+  const FullModelInputs inputs{tmp / "base", 5, 4, 1};
+  const auto streamed = merge_rmm_models(o, inputs);
+
+  auto through_adapters = o;
+  through_adapters.out = tmp / "adapters-bundle";
+  for (auto& t : through_adapters.tasks) {
+    CompressOptions c;
+    c.base = inputs.base;
+    c.model = t.adapter;
+    c.rank = inputs.rank;
+    c.oversampling = inputs.oversampling;
+    c.power_iterations = inputs.power_iterations;
+    c.out = tmp / ("adapter-" + t.name);
+    compress_checkpoint(c);
+    t.origin = t.adapter;
+    t.adapter = c.out;
+  }
+  const auto merged = merge_rmm(through_adapters);
+  const MappedFile x(o.out / kBundleTensorsName), y(through_adapters.out / kBundleTensorsName);
+  ASSERT_EQ(x.bytes().size(), y.bytes().size());
+  EXPECT_TRUE(std::equal(x.bytes().begin(), x.bytes().end(), y.bytes().begin()));
+  ASSERT_EQ(streamed.modules.size(), 2u);
+  for (std::size_t m = 0; m < 2; ++m) {
+    EXPECT_EQ(streamed.modules[m].task_ranks, (std::vector<i64>{5, 5, 5}));
+    EXPECT_EQ(streamed.modules[m].delta_error, merged.modules[m].delta_error);
+  }
+  EXPECT_EQ(streamed.tasks[2].source, (tmp / "ft2").string());
+  EXPECT_EQ(streamed.tasks[2].base_model_name_or_path, merged.tasks[2].base_model_name_or_path);
+
+  write_model(tmp / "other", {std::vector<float>(16 * in), std::vector<float>(16 * in)}, 16, in, DType::F32);
+  o.tasks.push_back({"other", tmp / "other"});
+  o.basis = 3;
+  o.out = tmp / "never";
+  try {
+    merge_rmm_models(o, inputs);
+    FAIL() << "accepted a fine-tune of another shape";
+  } catch (const shape_error& e) {
+    EXPECT_NE(std::string(e.what()).find((tmp / "other").string() +
+                                         ": tensor 'model.layers.0.self_attn.q_proj.weight' is not 24 × 18"),
+              std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(o.out));
 }
 
 TEST(Compress, Bf16ModelsAndEnergyRanks) {

@@ -1,0 +1,105 @@
+#include "methods/full_model_source.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <string>
+
+#include "core/interrupt.hpp"
+#include "methods/lowrank/pt_svd.hpp"
+#include "revmerge/error.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+std::uint64_t tensor_bytes(const HfModel& m, const std::string& tensor) {
+  const auto& t = m.checkpoint().at(tensor);
+  return t.info->end - t.info->begin;
+}
+
+// One module's stacks from the fine-tunes: the base's weight once, then per task Δ_t in f64,
+// its randomized SVD Δ_t ≈ V_k S_k U_kᵀ, A_t = U_kᵀ (k × in) and B_t = V_k S_k (out × k) — the
+// factors `revmerge compress` writes, with scale 1.
+std::uint64_t load_compressed(const FullModelSet& set, const FullModelInputs& in,
+                              const LinearWeight& w, i64 r, float* a, float* b) {
+  const auto& base_file = *set.base->checkpoint().at(w.tensor).file;
+  const auto base = base_file.read_f64(w.tensor);
+  base_file.evict(base_file.at(w.tensor));
+  std::uint64_t bytes = tensor_bytes(*set.base, w.tensor);
+  const i64 n = static_cast<i64>(set.models.size());
+  for (i64 t = 0; t < n; ++t) {
+    throw_if_interrupted("merge");
+    const auto& model = *set.models[t];
+    const auto& file = *model.checkpoint().at(w.tensor).file;
+    auto delta = file.read_f64(w.tensor);
+    file.evict(file.at(w.tensor));
+    bytes += tensor_bytes(model, w.tensor);
+    for (std::size_t j = 0; j < delta.size(); ++j) {
+      delta[j] -= base[j];
+      if (!std::isfinite(delta[j]))
+        throw format_error(model.dir().string() + ": tensor '" + w.tensor + "' holds a non-finite "
+                           "value (or its difference to the base is) at element " +
+                           std::to_string(j));
+    }
+    const auto svd = pt_svd(delta, w, in.rank, in.oversampling, in.power_iterations, 0);
+    float* at = a + t * r * w.in;
+    float* bt = b + t * w.out * r;
+    std::fill(at, at + r * w.in, 0.0f);
+    std::fill(bt, bt + w.out * r, 0.0f);
+    lora_factors(svd, svd.k, w, at, bt, r);
+  }
+  return bytes;
+}
+
+}  // namespace
+
+std::unique_ptr<FullModelSet> open_full_model_set(const std::vector<TaskSource>& tasks,
+                                                  const FullModelInputs& in) {
+  if (in.base.empty()) throw usage_error("--base: full fine-tunes are merged as task vectors; give the base model");
+  if (in.rank < 1) throw usage_error("--rank: full fine-tunes are compressed to this rank first; give it");
+  if (in.oversampling < 0) throw usage_error("--oversampling: must be ≥ 0");
+  if (in.power_iterations < 0) throw usage_error("--power-iterations: must be ≥ 0");
+  auto set = std::make_unique<FullModelSet>();
+  set->base = std::make_unique<HfModel>(in.base);
+  for (const auto& t : tasks) set->models.push_back(std::make_unique<HfModel>(t.adapter));
+  const auto& linears = set->base->linears();
+  if (linears.empty())
+    throw shape_error(in.base.string() + ": no linear module inside numbered blocks to merge");
+  std::map<std::string, const LinearWeight*> by_path;
+  auto& source = set->source;
+  std::uint64_t largest = 0;
+  for (const auto& w : linears) {
+    for (std::size_t t = 0; t < tasks.size(); ++t) {
+      const auto& model = *set->models[t];
+      const auto* found = model.checkpoint().find(w.tensor);
+      if (!found)
+        throw shape_error(model.dir().string() + ": tensor '" + w.tensor + "' of the base is "
+                          "missing from the fine-tune of task '" + tasks[t].name + "'");
+      if (found->info->shape != std::vector<i64>{w.out, w.in})
+        throw shape_error(model.dir().string() + ": tensor '" + w.tensor + "' is not " +
+                          std::to_string(w.out) + " × " + std::to_string(w.in) +
+                          " as in the base; the model is not a fine-tune of this base");
+      source.bytes_total += tensor_bytes(model, w.tensor);
+    }
+    source.bytes_total += tensor_bytes(*set->base, w.tensor);
+    const i64 k = std::min({in.rank, w.in, w.out});
+    PlannedModule pm{w.path, w.layer, w.name, w.in, w.out, k, {}, std::vector<i64>(tasks.size(), k)};
+    source.plan.push_back(std::move(pm));
+    by_path[w.path] = &w;
+    // The base and one delta in f64, the power iterations' f32 copy of the delta, and the
+    // sketch's f64 matrices (Ω, Y, Z, B = QᵀA and its SVD, each at most (in + out) × l).
+    const i64 l = std::min(in.rank + in.oversampling, std::min(w.in, w.out));
+    const auto bytes = static_cast<std::uint64_t>(20 * w.in * w.out + 8 * 6 * l * (w.in + w.out));
+    largest = std::max(largest, bytes);
+  }
+  source.load_bytes = largest;
+  const FullModelSet* self = set.get();
+  source.load = [self, in, by_path](const PlannedModule& pm, float* a, float* b) {
+    return load_compressed(*self, in, *by_path.at(pm.path), pm.rank, a, b);
+  };
+  return set;
+}
+
+}  // namespace revmerge

@@ -1,0 +1,25 @@
+#pragma once
+// Full fine-tunes as what an RMM merge streams: each module's task deltas Δ_t = W_t − W_base
+// are compressed by randomized SVD as the module is read — the base's weight read once for all
+// tasks — and the factors go straight into the staging slot; no adapter files in between.
+#include <memory>
+#include <vector>
+
+#include "methods/rmm_pipeline.hpp"
+#include "revmerge/hf_model.hpp"
+
+namespace revmerge {
+
+struct FullModelSet {
+  std::unique_ptr<HfModel> base;
+  std::vector<std::unique_ptr<HfModel>> models;  ///< in task order
+  RmmSource source;  ///< refers to this set: keep the set alive while it is used
+};
+
+/// Opens the base and every task's model folder and plans every linear module of the base.
+/// Throws usage_error (rank), io_error / format_error (folders), shape_error (a module missing
+/// from a fine-tune or of another shape, named with the folder and tensor).
+std::unique_ptr<FullModelSet> open_full_model_set(const std::vector<TaskSource>& tasks,
+                                                  const FullModelInputs& inputs);
+
+}  // namespace revmerge

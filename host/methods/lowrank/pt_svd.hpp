@@ -1,0 +1,32 @@
+#pragma once
+// PT-SVD of one linear module, shared by `revmerge compress` and the RMM merge of full
+// fine-tunes: the randomized SVD of Δ (row-major out × in) and the LoRA factors it gives.
+#include <cstdint>
+#include <span>
+
+#include "kernels/counter_rng.hpp"
+#include "methods/lowrank/randomized_svd.hpp"
+#include "revmerge/hf_model.hpp"
+
+namespace revmerge {
+
+/// Row-major out × in is column-major in × out (M = Δᵀ), so Δ = V S Uᵀ from M = U S Vᵀ. The
+/// sketch's stream is the tensor's name: every task's delta of a module gets the same sketch.
+inline TruncatedSvd pt_svd(std::span<const double> delta, const LinearWeight& w, std::int64_t rank,
+                           std::int64_t oversampling, int power_iterations, std::uint64_t seed) {
+  return randomized_svd(delta, w.in, w.out,
+                        {rank, oversampling, power_iterations, seed, kernels::stream_id(w.tensor)});
+}
+
+/// The first k triplets as LoRA factors with scale 1: A = U_kᵀ (k × in, rows `in` apart) and
+/// B = V_k S_k (out × k, rows `b_row` apart: k for an adapter, the padded rank for a stack).
+inline void lora_factors(const TruncatedSvd& svd, std::int64_t k, const LinearWeight& w, float* a,
+                         float* b, std::int64_t b_row) {
+  for (std::int64_t c = 0; c < k; ++c) {
+    for (std::int64_t x = 0; x < w.in; ++x) a[c * w.in + x] = static_cast<float>(svd.u[c * w.in + x]);
+    for (std::int64_t y = 0; y < w.out; ++y)
+      b[y * b_row + c] = static_cast<float>(svd.v[c * w.out + y] * svd.s[c]);
+  }
+}
+
+}  // namespace revmerge
