@@ -6,9 +6,12 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <span>
 
 #include "core/interrupt.hpp"
 #include "methods/lowrank/pt_svd.hpp"
+#include "scheduler/bounded_queue.hpp"
+#include "scheduler/stage_threads.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/hf_model.hpp"
 #include "revmerge/peft.hpp"
@@ -35,48 +38,54 @@ void check_options(const CompressOptions& o) {
     throw usage_error("--dtype: an adapter is written as f32, f16 or bf16");
 }
 
-// Δ = W_ft − W_base in f64: the fine-tune's tensor converted whole, the base's subtracted a
-// block at a time from its mapped bytes (no second model-sized f64 buffer).
-std::vector<double> read_delta(const HfModel& base, const HfModel& ft, const LinearWeight& w,
-                               const CompressOptions& o, double& squared_norm) {
+// Δ = W_ft − W_base in f64 into `delta` (in · out doubles), converted and subtracted a block at
+// a time from both files' mapped bytes; returns ‖Δ‖². One vectorisable pass flags non-finite
+// values (x · 0 is NaN exactly for NaN and ±Inf); only then is the element searched for.
+double read_delta_into(const HfModel& base, const HfModel& ft, const LinearWeight& w,
+                       const CompressOptions& o, std::span<double> delta) {
   const auto& ff = *ft.checkpoint().at(w.tensor).file;
-  auto delta = ff.read_f64(w.tensor);
-  ff.evict(ff.at(w.tensor));
   const auto& bf = *base.checkpoint().at(w.tensor).file;
-  const auto& info = bf.at(w.tensor);
-  const auto raw = bf.bytes(info);
-  const std::size_t elem = dtype_size(info.dtype);
-  if (!is_float_dtype(info.dtype) || raw.size() != delta.size() * elem)
-    throw format_error(o.base.string() + ": tensor '" + w.tensor + "' is not a float tensor of " +
-                       std::to_string(delta.size()) + " elements");
+  const auto& finfo = ff.at(w.tensor);
+  const auto& binfo = bf.at(w.tensor);
+  for (const auto& [info, path] : {std::pair{&finfo, &o.model}, std::pair{&binfo, &o.base}})
+    if (!is_float_dtype(info->dtype) || info->nbytes() != delta.size() * dtype_size(info->dtype))
+      throw format_error(path->string() + ": tensor '" + w.tensor + "' is not a float tensor of " +
+                         std::to_string(delta.size()) + " elements");
+  const auto fraw = ff.bytes(finfo), braw = bf.bytes(binfo);
+  const std::size_t felem = dtype_size(finfo.dtype), belem = dtype_size(binfo.dtype);
   constexpr std::size_t kBlock = 1 << 16;
   std::vector<double> block(kBlock);
   double sq = 0;
   for (std::size_t at = 0; at < delta.size(); at += kBlock) {
     const std::size_t count = std::min(kBlock, delta.size() - at);
-    convert_to_f64(info.dtype, raw.data() + at * elem, block.data(), count);
+    double* d = delta.data() + at;
+    convert_to_f64(finfo.dtype, fraw.data() + at * felem, d, count);
+    convert_to_f64(binfo.dtype, braw.data() + at * belem, block.data(), count);
+    double flag = 0, part = 0;
     for (std::size_t j = 0; j < count; ++j) {
-      double& d = delta[at + j];
-      d -= block[j];
-      if (!std::isfinite(d))
-        throw format_error(o.model.string() + ": tensor '" + w.tensor + "' holds a non-finite "
-                           "value (or its difference to the base is) at element " +
-                           std::to_string(at + j));
-      sq += d * d;
+      d[j] -= block[j];
+      flag += d[j] * 0.0;
+      part += d[j] * d[j];
     }
+    if (flag != 0)
+      for (std::size_t j = 0; j < count; ++j)
+        if (!std::isfinite(d[j]))
+          throw format_error(o.model.string() + ": tensor '" + w.tensor + "' holds a non-finite "
+                             "value (or its difference to the base is) at element " +
+                             std::to_string(at + j));
+    sq += part;
   }
-  bf.evict(info);
-  squared_norm = sq;
-  return delta;
+  ff.evict(finfo);
+  bf.evict(binfo);
+  return sq;
 }
 
-// One module's PT-SVD: its LoRA factors (rank from the options, or from the energy kept), its
-// line of the report, and its squared error and squared norm added to the totals.
-LoraModuleData compress_module(const HfModel& base, const HfModel& ft, const LinearWeight& w,
+// One module's PT-SVD of Δ (‖Δ‖² = sq): its LoRA factors (rank from the options, or from the
+// energy kept), its line of the report, and its squared error and squared norm added to the
+// totals.
+LoraModuleData compress_module(std::span<const double> delta, double sq, const LinearWeight& w,
                                const CompressOptions& o, CompressReport& report, double& err,
                                double& norm) {
-  double sq = 0;
-  const auto delta = read_delta(base, ft, w, o, sq);
   const auto svd = pt_svd(delta, w, o.rank, o.oversampling, o.power_iterations, o.seed);
   i64 k = svd.k;
   if (o.energy > 0 && sq > 0) {
@@ -139,16 +148,53 @@ CompressReport compress_checkpoint(const CompressOptions& o) {
   std::vector<LoraModuleData> held;
   CompressReport report;
   double err = 0, norm = 0, stored = 0, dense = 0;
-  for (std::size_t i = 0; i < chosen.size(); ++i) {
-    throw_if_interrupted("compress");
-    const auto& w = *chosen[i];
-    auto m = compress_module(base, ft, w, o, report, err, norm);
-    stored += double(m.rank) * double(w.in + w.out);
-    dense += double(w.in) * double(w.out);
-    if (streamed) streamed->write(m.path, m.a, m.b);
-    else held.push_back(std::move(m));
-    if (o.progress) o.progress(i + 1, chosen.size(), w.path);
+  // Forming Δ (conversion and subtraction, one core) overlaps the previous module's SVD (the
+  // BLAS threads): a reader thread fills one of two f64 buffers while the SVD reads the other.
+  std::size_t largest = 0;
+  for (const auto* w : chosen) largest = std::max(largest, static_cast<std::size_t>(w->in * w->out));
+  std::vector<std::vector<double>> buffers(2, std::vector<double>(largest));
+  struct Delta {
+    std::size_t index;
+    int buffer;
+    double sq;
+  };
+  BoundedQueue<int> free_buffers(2);
+  BoundedQueue<Delta> ready(2);
+  StageThreads threads([&] {
+    free_buffers.cancel();
+    ready.cancel();
+  });
+  free_buffers.push(0);
+  free_buffers.push(1);
+  auto span_of = [&](std::size_t i, int b) {
+    return std::span(buffers[b]).first(static_cast<std::size_t>(chosen[i]->in * chosen[i]->out));
+  };
+  threads.spawn([&] {
+    for (std::size_t i = 0; i < chosen.size(); ++i) {
+      throw_if_interrupted("compress");
+      const auto b = free_buffers.pop();
+      if (!b) return;
+      const double sq = read_delta_into(base, ft, *chosen[i], o, span_of(i, *b));
+      if (!ready.push({i, *b, sq})) return;
+    }
+    ready.close();
+  });
+  try {
+    while (const auto d = ready.pop()) {
+      throw_if_interrupted("compress");
+      const auto& w = *chosen[d->index];
+      auto m = compress_module(span_of(d->index, d->buffer), d->sq, w, o, report, err, norm);
+      free_buffers.push(d->buffer);
+      stored += double(m.rank) * double(w.in + w.out);
+      dense += double(w.in) * double(w.out);
+      if (streamed) streamed->write(m.path, m.a, m.b);
+      else held.push_back(std::move(m));
+      if (o.progress) o.progress(d->index + 1, chosen.size(), w.path);
+    }
+  } catch (...) {
+    threads.fail(std::current_exception());
   }
+  threads.join();
   report.relative_error = norm > 0 ? std::sqrt(err / norm) : 0;
   report.storage = stored / dense;
   throw_if_interrupted("compress");
