@@ -38,48 +38,6 @@ void check_options(const CompressOptions& o) {
     throw usage_error("--dtype: an adapter is written as f32, f16 or bf16");
 }
 
-// Δ = W_ft − W_base in f64 into `delta` (in · out doubles), converted and subtracted a block at
-// a time from both files' mapped bytes; returns ‖Δ‖². One vectorisable pass flags non-finite
-// values (x · 0 is NaN exactly for NaN and ±Inf); only then is the element searched for.
-double read_delta_into(const HfModel& base, const HfModel& ft, const LinearWeight& w,
-                       const CompressOptions& o, std::span<double> delta) {
-  const auto& ff = *ft.checkpoint().at(w.tensor).file;
-  const auto& bf = *base.checkpoint().at(w.tensor).file;
-  const auto& finfo = ff.at(w.tensor);
-  const auto& binfo = bf.at(w.tensor);
-  for (const auto& [info, path] : {std::pair{&finfo, &o.model}, std::pair{&binfo, &o.base}})
-    if (!is_float_dtype(info->dtype) || info->nbytes() != delta.size() * dtype_size(info->dtype))
-      throw format_error(path->string() + ": tensor '" + w.tensor + "' is not a float tensor of " +
-                         std::to_string(delta.size()) + " elements");
-  const auto fraw = ff.bytes(finfo), braw = bf.bytes(binfo);
-  const std::size_t felem = dtype_size(finfo.dtype), belem = dtype_size(binfo.dtype);
-  constexpr std::size_t kBlock = 1 << 16;
-  std::vector<double> block(kBlock);
-  double sq = 0;
-  for (std::size_t at = 0; at < delta.size(); at += kBlock) {
-    const std::size_t count = std::min(kBlock, delta.size() - at);
-    double* d = delta.data() + at;
-    convert_to_f64(finfo.dtype, fraw.data() + at * felem, d, count);
-    convert_to_f64(binfo.dtype, braw.data() + at * belem, block.data(), count);
-    double flag = 0, part = 0;
-    for (std::size_t j = 0; j < count; ++j) {
-      d[j] -= block[j];
-      flag += d[j] * 0.0;
-      part += d[j] * d[j];
-    }
-    if (flag != 0)
-      for (std::size_t j = 0; j < count; ++j)
-        if (!std::isfinite(d[j]))
-          throw format_error(o.model.string() + ": tensor '" + w.tensor + "' holds a non-finite "
-                             "value (or its difference to the base is) at element " +
-                             std::to_string(at + j));
-    sq += part;
-  }
-  ff.evict(finfo);
-  bf.evict(binfo);
-  return sq;
-}
-
 // One module's PT-SVD of Δ (‖Δ‖² = sq): its LoRA factors (rank from the options, or from the
 // energy kept), its line of the report, and its squared error and squared norm added to the
 // totals.
@@ -174,7 +132,7 @@ CompressReport compress_checkpoint(const CompressOptions& o) {
       throw_if_interrupted("compress");
       const auto b = free_buffers.pop();
       if (!b) return;
-      const double sq = read_delta_into(base, ft, *chosen[i], o, span_of(i, *b));
+      const double sq = read_delta_into(base, ft, *chosen[i], span_of(i, *b));
       if (!ready.push({i, *b, sq})) return;
     }
     ready.close();

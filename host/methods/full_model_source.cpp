@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <future>
 #include <map>
 #include <string>
 
@@ -19,31 +20,27 @@ std::uint64_t tensor_bytes(const HfModel& m, const std::string& tensor) {
   return t.info->end - t.info->begin;
 }
 
-// One module's stacks from the fine-tunes: the base's weight once, then per task Δ_t in f64,
-// its randomized SVD Δ_t ≈ V_k S_k U_kᵀ, A_t = U_kᵀ (k × in) and B_t = V_k S_k (out × k) — the
-// factors `revmerge compress` writes, with scale 1.
-std::uint64_t load_compressed(const FullModelSet& set, const FullModelInputs& in,
-                              const LinearWeight& w, i64 r, float* a, float* b) {
-  const auto& base_file = *set.base->checkpoint().at(w.tensor).file;
-  const auto base = base_file.read_f64(w.tensor);
-  base_file.evict(base_file.at(w.tensor));
-  std::uint64_t bytes = tensor_bytes(*set.base, w.tensor);
+// One module's stacks from the fine-tunes: per task Δ_t in f64, its randomized SVD
+// Δ_t ≈ V_k S_k U_kᵀ, A_t = U_kᵀ (k × in) and B_t = V_k S_k (out × k) — the factors
+// `revmerge compress` writes, with scale 1. The next task's Δ is formed (conversion and
+// subtraction, one core) on a helper thread while the SVD (the BLAS threads) works on this one.
+std::uint64_t load_compressed(FullModelSet& set, const FullModelInputs& in, const LinearWeight& w,
+                              i64 r, float* a, float* b) {
   const i64 n = static_cast<i64>(set.models.size());
-  for (i64 t = 0; t < n; ++t) {
+  const auto count = static_cast<std::size_t>(w.in * w.out);
+  for (auto& buffer : set.deltas) buffer.resize(std::max(buffer.size(), count));
+  auto form = [&](i64 t) {
     throw_if_interrupted("merge");
-    const auto& model = *set.models[t];
-    const auto& file = *model.checkpoint().at(w.tensor).file;
-    auto delta = file.read_f64(w.tensor);
-    file.evict(file.at(w.tensor));
-    bytes += tensor_bytes(model, w.tensor);
-    for (std::size_t j = 0; j < delta.size(); ++j) {
-      delta[j] -= base[j];
-      if (!std::isfinite(delta[j]))
-        throw format_error(model.dir().string() + ": tensor '" + w.tensor + "' holds a non-finite "
-                           "value (or its difference to the base is) at element " +
-                           std::to_string(j));
-    }
-    const auto svd = pt_svd(delta, w, in.rank, in.oversampling, in.power_iterations, 0);
+    return read_delta_into(*set.base, *set.models[t], w, std::span(set.deltas[t % 2]).first(count));
+  };
+  std::uint64_t bytes = tensor_bytes(*set.base, w.tensor);
+  auto next = std::async(std::launch::async, form, i64{0});
+  for (i64 t = 0; t < n; ++t) {
+    next.get();
+    if (t + 1 < n) next = std::async(std::launch::async, form, t + 1);
+    bytes += tensor_bytes(*set.models[t], w.tensor);
+    const auto svd = pt_svd(std::span(set.deltas[t % 2]).first(count), w, in.rank,
+                            in.oversampling, in.power_iterations, 0);
     float* at = a + t * r * w.in;
     float* bt = b + t * w.out * r;
     std::fill(at, at + r * w.in, 0.0f);
@@ -88,14 +85,14 @@ std::unique_ptr<FullModelSet> open_full_model_set(const std::vector<TaskSource>&
     PlannedModule pm{w.path, w.layer, w.name, w.in, w.out, k, {}, std::vector<i64>(tasks.size(), k)};
     source.plan.push_back(std::move(pm));
     by_path[w.path] = &w;
-    // The base and one delta in f64, the power iterations' f32 copy of the delta, and the
-    // sketch's f64 matrices (Ω, Y, Z, B = QᵀA and its SVD, each at most (in + out) × l).
+    // Two deltas in f64, the power iterations' f32 copy of one, and the sketch's f64 matrices
+    // (Ω, Y, Z, B = QᵀA and its SVD, each at most (in + out) × l).
     const i64 l = std::min(in.rank + in.oversampling, std::min(w.in, w.out));
     const auto bytes = static_cast<std::uint64_t>(20 * w.in * w.out + 8 * 6 * l * (w.in + w.out));
     largest = std::max(largest, bytes);
   }
   source.load_bytes = largest;
-  const FullModelSet* self = set.get();
+  FullModelSet* self = set.get();
   source.load = [self, in, by_path](const PlannedModule& pm, float* a, float* b) {
     return load_compressed(*self, in, *by_path.at(pm.path), pm.rank, a, b);
   };

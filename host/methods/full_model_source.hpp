@@ -14,6 +14,7 @@ struct FullModelSet {
   std::unique_ptr<HfModel> base;
   std::vector<std::unique_ptr<HfModel>> models;  ///< in task order
   RmmSource source;  ///< refers to this set: keep the set alive while it is used
+  std::vector<std::vector<double>> deltas = std::vector<std::vector<double>>(2);  ///< the reader's, reused
 };
 
 /// Opens the base and every task's model folder and plans every linear module of the base.

@@ -10,6 +10,13 @@
 
 namespace revmerge {
 
+/// Δ = W_ft − W_base of module `w` in f64 into `delta` (in · out doubles), converted and
+/// subtracted a block at a time from both files' mapped bytes (their pages leave the resident
+/// set afterwards); returns ‖Δ‖_F². Throws format_error naming the folder, tensor and element of
+/// a non-finite value, or a tensor that is not floats of that size.
+double read_delta_into(const HfModel& base, const HfModel& ft, const LinearWeight& w,
+                       std::span<double> delta);
+
 /// Row-major out × in is column-major in × out (M = Δᵀ), so Δ = V S Uᵀ from M = U S Vᵀ. The
 /// sketch's stream is the tensor's name: every task's delta of a module gets the same sketch.
 inline TruncatedSvd pt_svd(std::span<const double> delta, const LinearWeight& w, std::int64_t rank,
