@@ -52,7 +52,7 @@ std::filesystem::path output_folder(const MergeArgs& args, const MergeConfig& cf
 }
 
 void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSource> tasks) {
-  // Full fine-tunes (model folders) are compressed to --rank against --base first.
+  // Full fine-tunes (model folders) are compressed to --rank against --base as they are read.
   std::size_t models = 0;
   for (const auto& t : tasks)
     models += !std::filesystem::exists(t.adapter / kAdapterConfigName) &&
@@ -215,7 +215,8 @@ void add_merge_command(CLI::App& app) {
   opt["--no-rescale"] = cmd->add_flag("--no-rescale", args.no_rescale, "DARE: do not rescale");
   opt["--seed"] = cmd->add_option("--seed", args.seed, "DARE's mask seed (default 0)");
   opt["--rank"] = cmd->add_option("--rank", args.rank,
-      "rank of a re-compressed adapter (svd, combined mode; default: the largest input rank)");
+      "rank of a re-compressed adapter (svd, combined mode; default: the largest input rank); "
+      "rmm over full fine-tunes: the rank each task's delta is compressed to as it is read");
   opt["--base"] = cmd->add_option("--base", args.base,
       "base model folder: for full-model inputs, and for --full-model");
   opt["--full-model"] = cmd->add_flag("--full-model", args.full_model,
