@@ -9,6 +9,7 @@
 #include <span>
 
 #include "core/interrupt.hpp"
+#include "core/large_buffer.hpp"
 #include "methods/lowrank/pt_svd.hpp"
 #include "scheduler/bounded_queue.hpp"
 #include "scheduler/stage_threads.hpp"
@@ -110,7 +111,8 @@ CompressReport compress_checkpoint(const CompressOptions& o) {
   // BLAS threads): a reader thread fills one of two f64 buffers while the SVD reads the other.
   std::size_t largest = 0;
   for (const auto* w : chosen) largest = std::max(largest, static_cast<std::size_t>(w->in * w->out));
-  std::vector<std::vector<double>> buffers(2, std::vector<double>(largest));
+  std::vector<LargeBuffer<double>> buffers(2);
+  for (auto& b : buffers) b.reserve(largest);
   struct Delta {
     std::size_t index;
     int buffer;
@@ -125,7 +127,7 @@ CompressReport compress_checkpoint(const CompressOptions& o) {
   free_buffers.push(0);
   free_buffers.push(1);
   auto span_of = [&](std::size_t i, int b) {
-    return std::span(buffers[b]).first(static_cast<std::size_t>(chosen[i]->in * chosen[i]->out));
+    return buffers[b].first(static_cast<std::size_t>(chosen[i]->in * chosen[i]->out));
   };
   threads.spawn([&] {
     for (std::size_t i = 0; i < chosen.size(); ++i) {

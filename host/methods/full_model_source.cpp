@@ -28,10 +28,10 @@ std::uint64_t load_compressed(FullModelSet& set, const FullModelInputs& in, cons
                               i64 r, float* a, float* b) {
   const i64 n = static_cast<i64>(set.models.size());
   const auto count = static_cast<std::size_t>(w.in * w.out);
-  for (auto& buffer : set.deltas) buffer.resize(std::max(buffer.size(), count));
+  for (auto& buffer : set.deltas) buffer.reserve(count);
   auto form = [&](i64 t) {
     throw_if_interrupted("merge");
-    return read_delta_into(*set.base, *set.models[t], w, std::span(set.deltas[t % 2]).first(count));
+    return read_delta_into(*set.base, *set.models[t], w, set.deltas[t % 2].first(count));
   };
   std::uint64_t bytes = tensor_bytes(*set.base, w.tensor);
   auto next = std::async(std::launch::async, form, i64{0});
@@ -39,7 +39,7 @@ std::uint64_t load_compressed(FullModelSet& set, const FullModelInputs& in, cons
     next.get();
     if (t + 1 < n) next = std::async(std::launch::async, form, t + 1);
     bytes += tensor_bytes(*set.models[t], w.tensor);
-    const auto svd = pt_svd(std::span(set.deltas[t % 2]).first(count), w, in.rank,
+    const auto svd = pt_svd(set.deltas[t % 2].first(count), w, in.rank,
                             in.oversampling, in.power_iterations, 0);
     float* at = a + t * r * w.in;
     float* bt = b + t * w.out * r;

@@ -5,6 +5,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/large_buffer.hpp"
 #include "methods/rmm_pipeline.hpp"
 #include "revmerge/hf_model.hpp"
 
@@ -14,7 +15,7 @@ struct FullModelSet {
   std::unique_ptr<HfModel> base;
   std::vector<std::unique_ptr<HfModel>> models;  ///< in task order
   RmmSource source;  ///< refers to this set: keep the set alive while it is used
-  std::vector<std::vector<double>> deltas = std::vector<std::vector<double>>(2);  ///< the reader's, reused
+  LargeBuffer<double> deltas[2];  ///< the reader's, reused from module to module
 };
 
 /// Opens the base and every task's model folder and plans every linear module of the base.
