@@ -1,7 +1,8 @@
 #pragma once
 // Full fine-tunes as what an RMM merge streams: each module's task deltas Δ_t = W_t − W_base
-// are compressed by randomized SVD as the module is read — the base's weight read once for all
-// tasks — and the factors go straight into the staging slot; no adapter files in between.
+// are compressed by randomized SVD as the module is read, and the factors go straight into the
+// staging slot; no adapter files in between. The base's weight comes from its file once per
+// module (the page cache serves it again for each task's subtraction).
 #include <memory>
 #include <vector>
 

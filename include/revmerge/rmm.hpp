@@ -88,7 +88,7 @@ struct FullModelInputs {
 
 /// RMM over full fine-tunes: `options.tasks` name model folders. Each module streams through
 /// the pipeline as merge_rmm's do, its tasks' deltas W_t − W_base compressed to `inputs.rank`
-/// by randomized SVD as the module is read (the base's weight read once for all tasks; the
+/// by randomized SVD as the module is read (the base's weight from disk once per module; the
 /// factors are those `revmerge compress` would write, so the bundle is the one merging those
 /// adapters would give). The manifest records the model folders as the tasks' sources.
 BundleManifest merge_rmm_models(const RmmMergeOptions& options, const FullModelInputs& inputs);
