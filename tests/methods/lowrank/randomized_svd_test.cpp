@@ -296,6 +296,45 @@ TEST(Compress, StreamedFullModelMergeIsCompressThenMergeBitwise) {
   EXPECT_FALSE(std::filesystem::exists(o.out));
 }
 
+// A non-finite weight (or difference) in a fine-tune is refused by folder, tensor and element,
+// by compress and by the streamed full-model merge alike, and nothing is written.
+TEST(Compress, NonFiniteWeightsAreRefusedByFolderTensorAndElement) {
+  test::TempDir tmp;
+  const i64 out = 8, in = 6;
+  std::vector<std::vector<float>> base(2, std::vector<float>(out * in, 0.5f)), ft = base;
+  ft[1][13] = INFINITY;
+  write_model(tmp / "base", base, out, in, DType::F32);
+  write_model(tmp / "ft", ft, out, in, DType::F32);
+  write_model(tmp / "ft-ok", base, out, in, DType::F32);
+  const std::string where = (tmp / "ft").string() +
+                            ": tensor 'model.layers.1.self_attn.q_proj.weight' holds a non-finite "
+                            "value (or its difference to the base is) at element 13";
+  CompressOptions c;
+  c.base = tmp / "base";
+  c.model = tmp / "ft";
+  c.rank = 2;
+  c.out = tmp / "adapter";
+  try {
+    compress_checkpoint(c);
+    FAIL() << "compressed an infinite weight";
+  } catch (const format_error& e) {
+    EXPECT_EQ(std::string(e.what()), where);
+  }
+  EXPECT_FALSE(std::filesystem::exists(c.out));
+  RmmMergeOptions o;
+  o.tasks = {{"ok", tmp / "ft-ok"}, {"bad", tmp / "ft"}};
+  o.basis = 1;
+  o.device = Device::cpu;
+  o.out = tmp / "bundle";
+  try {
+    merge_rmm_models(o, {tmp / "base", 2});
+    FAIL() << "merged an infinite weight";
+  } catch (const format_error& e) {
+    EXPECT_EQ(std::string(e.what()), where);
+  }
+  EXPECT_FALSE(std::filesystem::exists(o.out));
+}
+
 TEST(Compress, Bf16ModelsAndEnergyRanks) {
   test::TempDir tmp;
   const i64 out = 32, in = 20;
