@@ -184,16 +184,22 @@ std::uint64_t rmm_module_work_bytes(const RmmShape& s, Backend& be) {
   auto add = [&](i64 count, std::size_t elem = sizeof(float)) {
     total += pool_size_class(static_cast<std::size_t>(count) * elem);
   };
-  // As rmm_module_device allocates with the whole-batch schedule (position blocks take less:
-  // their work is per-thread scratch of one block).
+  // As rmm_module_device allocates: the whole-batch schedule takes a SideWork for every
+  // position of a side from the pool; position blocks, one block's SideWork per thread (kept
+  // by the thread, outside the pool).
+  const auto* cpu = dynamic_cast<const CpuBackend*>(&be);
+  const bool blocks = resolve(RmmSchedule::automatic, be) == RmmSchedule::position_blocks && cpu;
   for (const i64 m : {s.in, s.out}) {
     add(m * r);                                              // mean
     add(m * r * p);                                          // basis
     add(m * p * n);                                          // coef
     add(m * n);                                              // eigenvalues
     add(n, sizeof(double));                                  // spectrum
-    add(static_cast<i64>(SideWork::floats_for(m, s)));       // SideWork
+    if (!blocks) add(static_cast<i64>(SideWork::floats_for(m, s)));  // SideWork
   }
+  if (blocks)
+    total += static_cast<std::uint64_t>(cpu->threads()) *
+             floats(static_cast<i64>(SideWork::floats_for(kCpuBlock, s)));
   add(n * r * s.in);  // D_A
   add(n * s.out * r);  // D_B
   add(6 * n * r * r);
