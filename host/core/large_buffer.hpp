@@ -8,7 +8,6 @@
 #include <cstdlib>
 #include <new>
 #include <span>
-#include <utility>
 
 namespace revmerge {
 
@@ -16,15 +15,7 @@ template <class T>
 class LargeBuffer {
  public:
   LargeBuffer() = default;
-  explicit LargeBuffer(std::size_t count) { reserve(count); }
   ~LargeBuffer() { std::free(data_); }
-  LargeBuffer(LargeBuffer&& o) noexcept
-      : data_(std::exchange(o.data_, nullptr)), capacity_(std::exchange(o.capacity_, 0)) {}
-  LargeBuffer& operator=(LargeBuffer&& o) noexcept {
-    std::swap(data_, o.data_);
-    std::swap(capacity_, o.capacity_);
-    return *this;
-  }
   LargeBuffer(const LargeBuffer&) = delete;
   LargeBuffer& operator=(const LargeBuffer&) = delete;
 

@@ -11,8 +11,7 @@
 #include "core/interrupt.hpp"
 #include "core/large_buffer.hpp"
 #include "methods/lowrank/pt_svd.hpp"
-#include "scheduler/bounded_queue.hpp"
-#include "scheduler/stage_threads.hpp"
+#include "scheduler/double_buffered.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/hf_model.hpp"
 #include "revmerge/peft.hpp"
@@ -79,16 +78,7 @@ CompressReport compress_checkpoint(const CompressOptions& o) {
   if (chosen.empty())
     throw usage_error(o.base.string() + ": no linear module left to compress (check --include / "
                       "--exclude against the names `revmerge info` lists)");
-  for (const auto* w : chosen) {
-    const auto* t = ft.checkpoint().find(w->tensor);
-    if (!t)
-      throw shape_error(o.model.string() + ": tensor '" + w->tensor + "' of the base is missing "
-                        "from the fine-tune");
-    if (t->info->shape != std::vector<i64>{w->out, w->in})
-      throw shape_error(o.model.string() + ": tensor '" + w->tensor + "' is not " +
-                        std::to_string(w->out) + " × " + std::to_string(w->in) +
-                        " as in the base; the model is not a fine-tune of this base");
-  }
+  for (const auto* w : chosen) check_fine_tune_tensor(ft, *w, "the fine-tune");
   if (o.threads > 0) openblas_set_num_threads(o.threads);  // the BLAS calls are the work
   AdapterWriteOptions wo;
   wo.base_model_name_or_path = o.base.string();
@@ -108,53 +98,29 @@ CompressReport compress_checkpoint(const CompressOptions& o) {
   CompressReport report;
   double err = 0, norm = 0, stored = 0, dense = 0;
   // Forming Δ (conversion and subtraction, one core) overlaps the previous module's SVD (the
-  // BLAS threads): a reader thread fills one of two f64 buffers while the SVD reads the other.
+  // BLAS threads): two f64 buffers in turn.
   std::size_t largest = 0;
   for (const auto* w : chosen) largest = std::max(largest, static_cast<std::size_t>(w->in * w->out));
-  std::vector<LargeBuffer<double>> buffers(2);
+  LargeBuffer<double> buffers[2];
   for (auto& b : buffers) b.reserve(largest);
-  struct Delta {
-    std::size_t index;
-    int buffer;
-    double sq;
-  };
-  BoundedQueue<int> free_buffers(2);
-  BoundedQueue<Delta> ready(2);
-  StageThreads threads([&] {
-    free_buffers.cancel();
-    ready.cancel();
-  });
-  free_buffers.push(0);
-  free_buffers.push(1);
   auto span_of = [&](std::size_t i, int b) {
     return buffers[b].first(static_cast<std::size_t>(chosen[i]->in * chosen[i]->out));
   };
-  threads.spawn([&] {
-    for (std::size_t i = 0; i < chosen.size(); ++i) {
-      throw_if_interrupted("compress");
-      const auto b = free_buffers.pop();
-      if (!b) return;
-      const double sq = read_delta_into(base, ft, *chosen[i], span_of(i, *b));
-      if (!ready.push({i, *b, sq})) return;
-    }
-    ready.close();
-  });
-  try {
-    while (const auto d = ready.pop()) {
-      throw_if_interrupted("compress");
-      const auto& w = *chosen[d->index];
-      auto m = compress_module(span_of(d->index, d->buffer), d->sq, w, o, report, err, norm);
-      free_buffers.push(d->buffer);
-      stored += double(m.rank) * double(w.in + w.out);
-      dense += double(w.in) * double(w.out);
-      if (streamed) streamed->write(m.path, m.a, m.b);
-      else held.push_back(std::move(m));
-      if (o.progress) o.progress(d->index + 1, chosen.size(), w.path);
-    }
-  } catch (...) {
-    threads.fail(std::current_exception());
-  }
-  threads.join();
+  double_buffered(
+      chosen.size(),
+      [&](std::size_t i, int b) {
+        throw_if_interrupted("compress");
+        return read_delta_into(base, ft, *chosen[i], span_of(i, b));
+      },
+      [&](std::size_t i, int b, double sq) {
+        const auto& w = *chosen[i];
+        auto m = compress_module(span_of(i, b), sq, w, o, report, err, norm);
+        stored += double(m.rank) * double(w.in + w.out);
+        dense += double(w.in) * double(w.out);
+        if (streamed) streamed->write(m.path, m.a, m.b);
+        else held.push_back(std::move(m));
+        if (o.progress) o.progress(i + 1, chosen.size(), w.path);
+      });
   report.relative_error = norm > 0 ? std::sqrt(err / norm) : 0;
   report.storage = stored / dense;
   throw_if_interrupted("compress");

@@ -2,13 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <future>
 #include <map>
 #include <string>
 
 #include "core/interrupt.hpp"
 #include "methods/lowrank/pt_svd.hpp"
 #include "revmerge/error.hpp"
+#include "scheduler/double_buffered.hpp"
 
 namespace revmerge {
 namespace {
@@ -16,8 +16,7 @@ namespace {
 using i64 = std::int64_t;
 
 std::uint64_t tensor_bytes(const HfModel& m, const std::string& tensor) {
-  const auto& t = m.checkpoint().at(tensor);
-  return t.info->end - t.info->begin;
+  return m.checkpoint().at(tensor).info->nbytes();
 }
 
 // One module's stacks from the fine-tunes: per task Δ_t in f64, its randomized SVD
@@ -26,27 +25,26 @@ std::uint64_t tensor_bytes(const HfModel& m, const std::string& tensor) {
 // subtraction, one core) on a helper thread while the SVD (the BLAS threads) works on this one.
 std::uint64_t load_compressed(FullModelSet& set, const FullModelInputs& in, const LinearWeight& w,
                               i64 r, float* a, float* b) {
-  const i64 n = static_cast<i64>(set.models.size());
   const auto count = static_cast<std::size_t>(w.in * w.out);
-  for (auto& buffer : set.deltas) buffer.reserve(count);
-  auto form = [&](i64 t) {
-    throw_if_interrupted("merge");
-    return read_delta_into(*set.base, *set.models[t], w, set.deltas[t % 2].first(count));
-  };
   std::uint64_t bytes = tensor_bytes(*set.base, w.tensor);
-  auto next = std::async(std::launch::async, form, i64{0});
-  for (i64 t = 0; t < n; ++t) {
-    next.get();
-    if (t + 1 < n) next = std::async(std::launch::async, form, t + 1);
-    bytes += tensor_bytes(*set.models[t], w.tensor);
-    const auto svd = pt_svd(set.deltas[t % 2].first(count), w, in.rank,
-                            in.oversampling, in.power_iterations, 0);
-    float* at = a + t * r * w.in;
-    float* bt = b + t * w.out * r;
-    std::fill(at, at + r * w.in, 0.0f);
-    std::fill(bt, bt + w.out * r, 0.0f);
-    lora_factors(svd, svd.k, w, at, bt, r);
-  }
+  double_buffered(
+      set.models.size(),
+      [&](std::size_t t, int buffer) {
+        throw_if_interrupted("merge");
+        return read_delta_into(*set.base, *set.models[t], w, set.deltas[buffer].first(count));
+      },
+      [&](std::size_t t, int buffer, double) {
+        bytes += tensor_bytes(*set.models[t], w.tensor);
+        const auto svd = pt_svd(set.deltas[buffer].first(count), w, in.rank, in.oversampling,
+                                in.power_iterations, 0);
+        float* at = a + static_cast<i64>(t) * r * w.in;
+        float* bt = b + static_cast<i64>(t) * w.out * r;
+        lora_factors(svd, svd.k, w, at, bt, r);
+        if (svd.k < r) {  // rows of A and columns of B past the rank are zero
+          std::fill(at + svd.k * w.in, at + r * w.in, 0.0f);
+          for (i64 y = 0; y < w.out; ++y) std::fill(bt + y * r + svd.k, bt + (y + 1) * r, 0.0f);
+        }
+      });
   return bytes;
 }
 
@@ -70,14 +68,7 @@ std::unique_ptr<FullModelSet> open_full_model_set(const std::vector<TaskSource>&
   for (const auto& w : linears) {
     for (std::size_t t = 0; t < tasks.size(); ++t) {
       const auto& model = *set->models[t];
-      const auto* found = model.checkpoint().find(w.tensor);
-      if (!found)
-        throw shape_error(model.dir().string() + ": tensor '" + w.tensor + "' of the base is "
-                          "missing from the fine-tune of task '" + tasks[t].name + "'");
-      if (found->info->shape != std::vector<i64>{w.out, w.in})
-        throw shape_error(model.dir().string() + ": tensor '" + w.tensor + "' is not " +
-                          std::to_string(w.out) + " × " + std::to_string(w.in) +
-                          " as in the base; the model is not a fine-tune of this base");
+      check_fine_tune_tensor(model, w, "the fine-tune of task '" + tasks[t].name + "'");
       source.bytes_total += tensor_bytes(model, w.tensor);
     }
     source.bytes_total += tensor_bytes(*set->base, w.tensor);

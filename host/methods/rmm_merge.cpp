@@ -127,7 +127,6 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
   return manifest;
 }
 
-
 }  // namespace
 
 std::string backend_description(Device device, int threads, int gpu) {

@@ -31,11 +31,9 @@ BundleModule describe(const PlannedModule& pm, const RmmModuleResult& res, i64 n
   bm.in = pm.in;
   bm.out = pm.out;
   bm.rank = pm.rank;
+  bm.task_ranks = pm.task_ranks;
   double raw = 0;
-  for (const auto rank : pm.task_ranks) {
-    bm.task_ranks.push_back(rank);
-    raw += static_cast<double>(rank) * static_cast<double>(pm.in + pm.out);
-  }
+  for (const auto rank : pm.task_ranks) raw += static_cast<double>(rank) * static_cast<double>(pm.in + pm.out);
   const double stored = static_cast<double>(pm.in + pm.out) * double(p * (pm.rank + n) + pm.rank);
   bm.storage_ratio = stored / raw;
   bm.factor_error_a = res.a.factor_error;

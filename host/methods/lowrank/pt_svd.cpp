@@ -9,6 +9,17 @@
 
 namespace revmerge {
 
+void check_fine_tune_tensor(const HfModel& ft, const LinearWeight& w, const std::string& whose) {
+  const auto* t = ft.checkpoint().find(w.tensor);
+  if (!t)
+    throw shape_error(ft.dir().string() + ": tensor '" + w.tensor + "' of the base is missing "
+                      "from " + whose);
+  if (t->info->shape != std::vector<std::int64_t>{w.out, w.in})
+    throw shape_error(ft.dir().string() + ": tensor '" + w.tensor + "' is not " +
+                      std::to_string(w.out) + " × " + std::to_string(w.in) +
+                      " as in the base; the model is not a fine-tune of this base");
+}
+
 double read_delta_into(const HfModel& base, const HfModel& ft, const LinearWeight& w,
                        std::span<double> delta) {
   const auto& ff = *ft.checkpoint().at(w.tensor).file;

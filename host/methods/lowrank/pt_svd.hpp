@@ -3,12 +3,17 @@
 // fine-tunes: the randomized SVD of Δ (row-major out × in) and the LoRA factors it gives.
 #include <cstdint>
 #include <span>
+#include <string>
 
 #include "kernels/counter_rng.hpp"
 #include "methods/lowrank/randomized_svd.hpp"
 #include "revmerge/hf_model.hpp"
 
 namespace revmerge {
+
+/// Refuses a fine-tune whose tensor for the base's module `w` is missing or of another shape:
+/// shape_error naming its folder and the tensor (`whose` says which fine-tune it is).
+void check_fine_tune_tensor(const HfModel& ft, const LinearWeight& w, const std::string& whose);
 
 /// Δ = W_ft − W_base of module `w` in f64 into `delta` (in · out doubles), converted and
 /// subtracted a block at a time from both files' mapped bytes (their pages leave the resident
