@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +17,16 @@ namespace fs = std::filesystem;
 
 namespace revmerge {
 namespace {
+
+// mkstemp and mkdtemp create 0600 files and 0700 folders; outputs get what an ordinary create
+// gives (0666 / 0777 less the umask), so a serving stack running as another user can read them.
+// Read once, while the library loads: umask() can only be read by setting it, which must not
+// race with threads creating files.
+const mode_t kUmask = [] {
+  const mode_t m = ::umask(022);
+  ::umask(m);
+  return m;
+}();
 
 [[noreturn]] void os_fail(const fs::path& p, std::string_view what, int err) {
   throw io_error(p.string() + ": " + std::string(what) + ": " + std::strerror(err));
@@ -50,6 +61,7 @@ AtomicFile::AtomicFile(fs::path target, bool overwrite)
   fd_ = ::mkostemp(tmpl.data(), O_CLOEXEC);
   if (fd_ < 0) os_fail(parent_or_dot(target_), "cannot create a file in this folder", errno);
   temp_ = tmpl;
+  if (::fchmod(fd_, 0666 & ~kUmask) != 0) os_fail(temp_, "cannot set its permissions", errno);
 }
 
 AtomicFile::~AtomicFile() {
@@ -113,6 +125,7 @@ StagedDir::StagedDir(fs::path target, bool overwrite)
   if (::mkdtemp(tmpl.data()) == nullptr)
     os_fail(parent_or_dot(target_), "cannot create a folder here", errno);
   temp_ = tmpl;
+  if (::chmod(temp_.c_str(), 0777 & ~kUmask) != 0) os_fail(temp_, "cannot set its permissions", errno);
 }
 
 StagedDir::~StagedDir() {

@@ -1,6 +1,7 @@
 #include "core/atomic_output.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include "revmerge/error.hpp"
 #include "test_util.hpp"
@@ -39,6 +40,22 @@ TEST(StagedDir, ReplacesAnExistingFolderOnlyWhenAskedAndOnlyOnceComplete) {
   s.commit();
   EXPECT_EQ(test::list_dir(dir / "out"), std::vector<std::string>{"new.txt"});
   EXPECT_EQ(test::list_dir(dir.path()), std::vector<std::string>{"out"});
+}
+
+// Outputs get the permissions an ordinary create gives (0666 / 0777 less the umask), not the
+// 0600 / 0700 of the temporary names they are written under.
+TEST(StagedDir, OutputsHaveTheUmasksPermissions) {
+  const mode_t mask = ::umask(022);
+  ::umask(mask);
+  test::TempDir dir;
+  StagedDir s(dir / "out", false);
+  write_file_atomic(s.path() / "a.json", "{}", false);
+  s.commit();
+  struct stat st{};
+  ASSERT_EQ(::stat((dir / "out").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0777 & ~mask);
+  ASSERT_EQ(::stat((dir / "out" / "a.json").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0666 & ~mask);
 }
 
 TEST(AtomicFile, MissingFolderIsAnIoErrorAndLeavesNothing) {
