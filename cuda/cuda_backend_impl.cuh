@@ -60,6 +60,7 @@ class CudaBackend final : public Backend {
                    Stream s) override;
   void round_to(float* x, std::int64_t count, DType dtype, Stream s) override;
 
+  int device() const noexcept { return device_; }
   /// The stream a call runs on: the caller's, or the backend's own for Stream{}.
   cudaStream_t stream(Stream s) const noexcept {
     return s.handle ? static_cast<cudaStream_t>(s.handle) : stream_;

@@ -4,6 +4,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "backend/registry.hpp"
 #include "commands.hpp"
 #include "revmerge/compress.hpp"
 #include "revmerge/error.hpp"
@@ -14,13 +15,14 @@ namespace {
 
 struct CompressArgs {
   CompressOptions o;
-  std::string dtype = "f32", include, exclude;
+  std::string dtype = "f32", include, exclude, device = "auto";
   bool json = false, quiet = false;
 };
 
 void run_compress(CompressArgs& args) {
   auto o = args.o;
   o.dtype = parse_float_dtype_option(args.dtype, "--dtype");
+  o.device = parse_device_option(args.device);
   if (!args.include.empty()) o.include = split_list(args.include);
   if (!args.exclude.empty()) o.exclude = split_list(args.exclude);
   const auto r = compress_checkpoint(o);
@@ -30,6 +32,7 @@ void run_compress(CompressArgs& args) {
     j["adapter"] = o.out.string();
     j["relative_error"] = r.relative_error;
     j["storage"] = r.storage;
+    j["device"] = r.device;
     for (const auto& m : r.modules)
       j["modules"].push_back({{"path", m.path}, {"rank", m.rank}, {"relative_error", m.relative_error},
                               {"delta_norm", m.delta_norm}});
@@ -38,11 +41,11 @@ void run_compress(CompressArgs& args) {
   }
   std::int64_t lo = r.modules[0].rank, hi = lo;
   for (const auto& m : r.modules) lo = std::min(lo, m.rank), hi = std::max(hi, m.rank);
-  std::cout << fmt::format("compressed {} modules into {} (rank {}), {:.4f} of the weights' size; "
-                           "delta error ‖Δ − BA‖/‖Δ‖ = {:.4g} over all modules\n",
+  std::cout << fmt::format("compressed {} modules into {} (rank {}) on {}, {:.4f} of the weights' "
+                           "size; delta error ‖Δ − BA‖/‖Δ‖ = {:.4g} over all modules\n",
                            r.modules.size(), o.out.string(),
-                           lo == hi ? std::to_string(hi) : fmt::format("{}–{}", lo, hi), r.storage,
-                           r.relative_error);
+                           lo == hi ? std::to_string(hi) : fmt::format("{}–{}", lo, hi), r.device,
+                           r.storage, r.relative_error);
   auto worst = r.modules;
   std::sort(worst.begin(), worst.end(), [](auto& a, auto& b) { return a.relative_error > b.relative_error; });
   for (std::size_t i = 0; i < std::min<std::size_t>(5, worst.size()); ++i)
@@ -70,6 +73,10 @@ void add_compress_command(CLI::App& app) {
   cmd->add_option("--dtype", args.dtype, "adapter dtype: f32 (default), f16, bf16");
   cmd->add_option("--seed", args.o.seed, "the sketch's seed (default 0)");
   cmd->add_option("--threads", args.o.threads, "BLAS threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--device", args.device,
+                  "cpu, cuda or auto (default: cuda when a GPU is usable; the deltas are formed "
+                  "and solved there in f64)");
+  cmd->add_option("--gpu", args.o.gpu, "CUDA device index (default 0)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--force", args.o.overwrite, "replace an existing output folder");
   cmd->add_flag("--json", args.json, "print the report as JSON");
   cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success");

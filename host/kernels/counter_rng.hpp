@@ -1,8 +1,9 @@
 #pragma once
-// The counter-based random numbers behind DARE's drop mask. A draw is a pure function of
-// (seed, stream, index), so any thread, any device and any order draw the same mask, and a
-// user can reproduce it (docs/methods.md spells the arithmetic out; tools/make_golden.py
-// implements it again in numpy).
+// The counter-based random numbers behind DARE's drop mask and the randomized SVD's sketch. A
+// draw is a pure function of (seed, stream, index), so any thread, any device and any order
+// draw the same numbers, and a user can reproduce them (docs/methods.md spells the arithmetic
+// out; tools/make_golden.py implements it again in numpy).
+#include <cmath>
 #include <cstdint>
 #include <string_view>
 
@@ -23,6 +24,16 @@ REVMERGE_HD inline double counter_uniform(std::uint64_t seed, std::uint64_t stre
                                           std::uint64_t index) {
   const std::uint64_t key = mix64(seed ^ mix64(stream));
   return static_cast<double>(mix64(key ^ index) >> 11) * 0x1.0p-53;
+}
+
+/// A standard normal number for (seed, stream, index): Box–Muller on two uniforms of the
+/// stream, u1 kept away from 0. The randomized SVD's sketch, drawn alike on the host and on a
+/// device (the global-namespace log / cos / sqrt are the CUDA math library's in device code).
+REVMERGE_HD inline double counter_normal(std::uint64_t seed, std::uint64_t stream,
+                                         std::uint64_t index) {
+  const double u1 = counter_uniform(seed, stream, 2 * index) + 0x1.0p-54;
+  const double u2 = counter_uniform(seed, stream, 2 * index + 1);
+  return ::sqrt(-2.0 * ::log(u1)) * ::cos(6.283185307179586 * u2);
 }
 
 /// FNV-1a over a tensor's name: the stream id of a named tensor (host only).

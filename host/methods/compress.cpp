@@ -9,6 +9,7 @@
 #include <span>
 
 #include "core/interrupt.hpp"
+#include "backend/registry.hpp"
 #include "core/large_buffer.hpp"
 #include "methods/lowrank/pt_svd.hpp"
 #include "scheduler/double_buffered.hpp"
@@ -38,13 +39,12 @@ void check_options(const CompressOptions& o) {
     throw usage_error("--dtype: an adapter is written as f32, f16 or bf16");
 }
 
-// One module's PT-SVD of Δ (‖Δ‖² = sq): its LoRA factors (rank from the options, or from the
-// energy kept), its line of the report, and its squared error and squared norm added to the
-// totals.
-LoraModuleData compress_module(std::span<const double> delta, double sq, const LinearWeight& w,
+// One module's LoRA factors from the PT-SVD of its Δ (‖Δ‖² = sq; rank from the options, or
+// from the energy kept), its line of the report, and its squared error and squared norm added
+// to the totals.
+LoraModuleData compress_module(const TruncatedSvd& svd, double sq, const LinearWeight& w,
                                const CompressOptions& o, CompressReport& report, double& err,
                                double& norm) {
-  const auto svd = pt_svd(delta, w, o.rank, o.oversampling, o.power_iterations, o.seed);
   i64 k = svd.k;
   if (o.energy > 0 && sq > 0) {
     double kept = 0;
@@ -62,6 +62,31 @@ LoraModuleData compress_module(std::span<const double> delta, double sq, const L
   err += module_err;
   norm += sq;
   return m;
+}
+
+// The CPU's PT-SVDs: forming Δ (conversion and subtraction, one core) overlaps the previous
+// module's SVD (the BLAS threads), two f64 buffers in turn.
+template <class Finish>
+void compress_on_cpu(const HfModel& base, const HfModel& ft,
+                     const std::vector<const LinearWeight*>& chosen, const CompressOptions& o,
+                     Finish& finish) {
+  std::size_t largest = 0;
+  for (const auto* w : chosen) largest = std::max(largest, static_cast<std::size_t>(w->in * w->out));
+  LargeBuffer<double> buffers[2];
+  for (auto& b : buffers) b.reserve(largest);
+  auto span_of = [&](std::size_t i, int b) {
+    return buffers[b].first(static_cast<std::size_t>(chosen[i]->in * chosen[i]->out));
+  };
+  double_buffered(
+      chosen.size(),
+      [&](std::size_t i, int b) {
+        throw_if_interrupted("compress");
+        return read_delta_into(base, ft, *chosen[i], span_of(i, b));
+      },
+      [&](std::size_t i, int b, double sq) {
+        const auto& w = *chosen[i];
+        finish(i, pt_svd(span_of(i, b), w, o.rank, o.oversampling, o.power_iterations, o.seed), sq);
+      });
 }
 
 }  // namespace
@@ -97,30 +122,30 @@ CompressReport compress_checkpoint(const CompressOptions& o) {
   std::vector<LoraModuleData> held;
   CompressReport report;
   double err = 0, norm = 0, stored = 0, dense = 0;
-  // Forming Δ (conversion and subtraction, one core) overlaps the previous module's SVD (the
-  // BLAS threads): two f64 buffers in turn.
-  std::size_t largest = 0;
-  for (const auto* w : chosen) largest = std::max(largest, static_cast<std::size_t>(w->in * w->out));
-  LargeBuffer<double> buffers[2];
-  for (auto& b : buffers) b.reserve(largest);
-  auto span_of = [&](std::size_t i, int b) {
-    return buffers[b].first(static_cast<std::size_t>(chosen[i]->in * chosen[i]->out));
+  auto finish_module = [&](std::size_t i, const TruncatedSvd& svd, double sq) {
+    const auto& w = *chosen[i];
+    auto m = compress_module(svd, sq, w, o, report, err, norm);
+    stored += double(m.rank) * double(w.in + w.out);
+    dense += double(w.in) * double(w.out);
+    if (streamed) streamed->write(m.path, m.a, m.b);
+    else held.push_back(std::move(m));
+    if (o.progress) o.progress(i + 1, chosen.size(), w.path);
   };
-  double_buffered(
-      chosen.size(),
-      [&](std::size_t i, int b) {
-        throw_if_interrupted("compress");
-        return read_delta_into(base, ft, *chosen[i], span_of(i, b));
-      },
-      [&](std::size_t i, int b, double sq) {
-        const auto& w = *chosen[i];
-        auto m = compress_module(span_of(i, b), sq, w, o, report, err, norm);
-        stored += double(m.rank) * double(w.in + w.out);
-        dense += double(w.in) * double(w.out);
-        if (streamed) streamed->write(m.path, m.a, m.b);
-        else held.push_back(std::move(m));
-        if (o.progress) o.progress(i + 1, chosen.size(), w.path);
-      });
+  const auto backend = o.device == Device::cpu ? nullptr : make_backend(o.device, {o.threads, o.gpu});
+  const auto engine = backend ? make_device_delta_svd(*backend) : nullptr;
+  report.device = engine ? backend->name() : "cpu";
+  if (engine) {
+    const HfModel* fine_tune = &ft;
+    for (std::size_t i = 0; i < chosen.size(); ++i) {
+      throw_if_interrupted("compress");
+      const auto& w = *chosen[i];
+      const auto r = device_pt_svd(*engine, base, {&fine_tune, 1}, w,
+                                   pt_svd_options(w, o.rank, o.oversampling, o.power_iterations, o.seed));
+      finish_module(i, r[0].svd, r[0].norm_sq);
+    }
+  } else {
+    compress_on_cpu(base, ft, chosen, o, finish_module);
+  }
   report.relative_error = norm > 0 ? std::sqrt(err / norm) : 0;
   report.storage = stored / dense;
   throw_if_interrupted("compress");

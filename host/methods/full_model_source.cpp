@@ -19,14 +19,37 @@ std::uint64_t tensor_bytes(const HfModel& m, const std::string& tensor) {
   return m.checkpoint().at(tensor).info->nbytes();
 }
 
-// One module's stacks from the fine-tunes: per task Δ_t in f64, its randomized SVD
-// Δ_t ≈ V_k S_k U_kᵀ, A_t = U_kᵀ (k × in) and B_t = V_k S_k (out × k) — the factors
-// `revmerge compress` writes, with scale 1. The next task's Δ is formed (conversion and
-// subtraction, one core) on a helper thread while the SVD (the BLAS threads) works on this one.
+// Task t's factors A_t = U_kᵀ (k × in) and B_t = V_k S_k (out × k) into the module's stacks
+// (A n × r × in, B n × out × r), rows of A and columns of B past the rank zero.
+void place_factors(const TruncatedSvd& svd, const LinearWeight& w, std::size_t t, i64 r, float* a,
+                   float* b) {
+  float* at = a + static_cast<i64>(t) * r * w.in;
+  float* bt = b + static_cast<i64>(t) * w.out * r;
+  lora_factors(svd, svd.k, w, at, bt, r);
+  if (svd.k < r) {
+    std::fill(at + svd.k * w.in, at + r * w.in, 0.0f);
+    for (i64 y = 0; y < w.out; ++y) std::fill(bt + y * r + svd.k, bt + (y + 1) * r, 0.0f);
+  }
+}
+
+// One module's stacks from the fine-tunes: per task Δ_t, its randomized SVD Δ_t ≈ V_k S_k U_kᵀ,
+// and the factors `revmerge compress` writes, with scale 1. On the CPU the next task's Δ is
+// formed (conversion and subtraction, one core) on a helper thread while the SVD (the BLAS
+// threads) works on this one; on a GPU all tasks go to the device at once.
 std::uint64_t load_compressed(FullModelSet& set, const FullModelInputs& in, const LinearWeight& w,
                               i64 r, float* a, float* b) {
   const auto count = static_cast<std::size_t>(w.in * w.out);
   std::uint64_t bytes = tensor_bytes(*set.base, w.tensor);
+  for (const auto& m : set.models) bytes += tensor_bytes(*m, w.tensor);
+  if (set.device_svd) {
+    throw_if_interrupted("merge");
+    std::vector<const HfModel*> models;
+    for (const auto& m : set.models) models.push_back(m.get());
+    const auto results = device_pt_svd(*set.device_svd, *set.base, models, w,
+                                       pt_svd_options(w, in.rank, in.oversampling, in.power_iterations, 0));
+    for (std::size_t t = 0; t < results.size(); ++t) place_factors(results[t].svd, w, t, r, a, b);
+    return bytes;
+  }
   double_buffered(
       set.models.size(),
       [&](std::size_t t, int buffer) {
@@ -34,16 +57,9 @@ std::uint64_t load_compressed(FullModelSet& set, const FullModelInputs& in, cons
         return read_delta_into(*set.base, *set.models[t], w, set.deltas[buffer].first(count));
       },
       [&](std::size_t t, int buffer, double) {
-        bytes += tensor_bytes(*set.models[t], w.tensor);
         const auto svd = pt_svd(set.deltas[buffer].first(count), w, in.rank, in.oversampling,
                                 in.power_iterations, 0);
-        float* at = a + static_cast<i64>(t) * r * w.in;
-        float* bt = b + static_cast<i64>(t) * w.out * r;
-        lora_factors(svd, svd.k, w, at, bt, r);
-        if (svd.k < r) {  // rows of A and columns of B past the rank are zero
-          std::fill(at + svd.k * w.in, at + r * w.in, 0.0f);
-          for (i64 y = 0; y < w.out; ++y) std::fill(bt + y * r + svd.k, bt + (y + 1) * r, 0.0f);
-        }
+        place_factors(svd, w, t, r, a, b);
       });
   return bytes;
 }
@@ -57,6 +73,7 @@ std::unique_ptr<FullModelSet> open_full_model_set(const std::vector<TaskSource>&
   if (in.oversampling < 0) throw usage_error("--oversampling: must be ≥ 0");
   if (in.power_iterations < 0) throw usage_error("--power-iterations: must be ≥ 0");
   auto set = std::make_unique<FullModelSet>();
+  set->inputs = in;
   set->base = std::make_unique<HfModel>(in.base);
   for (const auto& t : tasks) set->models.push_back(std::make_unique<HfModel>(t.adapter));
   const auto& linears = set->base->linears();
@@ -88,6 +105,30 @@ std::unique_ptr<FullModelSet> open_full_model_set(const std::vector<TaskSource>&
     return load_compressed(*self, in, *by_path.at(pm.path), pm.rank, a, b);
   };
   return set;
+}
+
+void attach_device_svd(FullModelSet& set, DeviceDeltaSvd& engine) {
+  set.device_svd = &engine;
+  // The module whose batch needs the most device memory, the widest element of the files, and
+  // the host side of a load's results (U and V in f64 for every task).
+  const auto tasks = static_cast<std::uint64_t>(set.models.size());
+  const LinearWeight* largest = nullptr;
+  std::size_t element = 1;
+  std::uint64_t host = 0;
+  for (const auto& w : set.base->linears()) {
+    if (!largest || w.in * w.out > largest->in * largest->out) largest = &w;
+    element = std::max(element, dtype_size(set.base->checkpoint().at(w.tensor).info->dtype));
+    for (const auto& m : set.models)
+      element = std::max(element, dtype_size(m->checkpoint().at(w.tensor).info->dtype));
+    host = std::max(host, 16 * tasks * static_cast<std::uint64_t>((w.in + w.out) * set.inputs.rank));
+  }
+  set.source.load_bytes = host;
+  const auto options = pt_svd_options(*largest, set.inputs.rank, set.inputs.oversampling,
+                                      set.inputs.power_iterations, 0);
+  set.source.device_load_bytes = [&engine, largest, options, element](i64 batch) {
+    return static_cast<std::uint64_t>(engine.work_bytes(batch, largest->in, largest->out, options, element));
+  };
+  set.source.limit_device_load = [&engine](std::uint64_t bytes) { engine.limit_memory(bytes); };
 }
 
 }  // namespace revmerge

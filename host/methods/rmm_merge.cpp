@@ -13,6 +13,7 @@
 #include "core/memory_info.hpp"
 #include "methods/adapter_set.hpp"
 #include "methods/full_model_source.hpp"
+#include "methods/lowrank/device_svd.hpp"
 #include "methods/rmm_pipeline.hpp"
 #include "scheduler/memory_plan.hpp"
 #include "revmerge/error.hpp"
@@ -67,11 +68,10 @@ BundleManifest new_manifest(const RmmMergeOptions& o) {
 
 // The merge of `source` into the bundle at o.out: memory plan, the streamed pipeline, commit.
 BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
-                            BundleManifest manifest, std::unique_ptr<Backend> backend,
-                            Clock::time_point start) {
+                            BundleManifest manifest, Backend& backend, Clock::time_point start) {
   const auto& plan = source.plan;
   const i64 n = static_cast<i64>(o.tasks.size()), p = o.basis;
-  manifest.backend = backend->name();
+  manifest.backend = backend.name();
   PipelineStats local;
   PipelineStats& stats = o.stats ? *o.stats : local;
   stats = {};
@@ -84,13 +84,22 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
       specs.push_back({bundle_tensor_name(pm.path, side, "basis"), o.dtype, {m, pm.rank, p}});
       specs.push_back({bundle_tensor_name(pm.path, side, "coef"), o.dtype, {m, p, n}});
     }
-  const bool shared = backend->shares_host_memory();
+  const bool shared = backend.shares_host_memory();
   const std::uint64_t host_budget =
       o.memory_budget ? o.memory_budget : host_memory_available() / 2;
   const std::uint64_t device_budget =
-      shared ? 0 : (o.memory_budget ? o.memory_budget : backend->memory_available() / 10 * 9);
-  const auto mem = plan_memory(largest_module_memory(o, source, *backend), host_budget,
-                               device_budget, "--memory-budget");
+      shared ? 0 : (o.memory_budget ? o.memory_budget : backend.memory_available() / 10 * 9);
+  auto item = largest_module_memory(o, source, backend);
+  if (!shared && source.device_load_bytes) {
+    // Full fine-tunes compressed on the device: as many tasks per batch as leave the merge
+    // itself its minimum (one task at least; the plan refuses what even that cannot fit).
+    const std::uint64_t rest = item.work + 3 * item.device_inputs;
+    i64 tasks = n;
+    while (tasks > 1 && rest + source.device_load_bytes(tasks) > device_budget) --tasks;
+    item.device_read_work = source.device_load_bytes(tasks);
+    source.limit_device_load(item.device_read_work);
+  }
+  const auto mem = plan_memory(item, host_budget, device_budget, "--memory-budget");
   stats.host_budget = mem.host_budget;
   stats.device_budget = mem.device_budget;
   stats.planned_host_bytes = mem.host_bytes;
@@ -103,7 +112,7 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
                            {{"format", "revmerge-bundle"}, {"method", "rmm"}});
   const auto pipeline_start = Clock::now();
   stats.setup_seconds = seconds_between(start, pipeline_start);
-  run_rmm_modules(o, source, *backend, mem, writer, manifest, stats);
+  run_rmm_modules(o, source, backend, mem, writer, manifest, stats);
   const auto pipeline_end = Clock::now();
   stats.pipeline_seconds = seconds_between(pipeline_start, pipeline_end);
 
@@ -120,7 +129,7 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
   write_file_atomic(staged.path() / kBundleManifestName, manifest_to_json(manifest), false);
   staged.commit();
   stats.bytes_written = writer.file_size();
-  stats.backend_peak_bytes = backend->memory_use().peak;
+  stats.backend_peak_bytes = backend.memory_use().peak;
   const auto end = Clock::now();
   stats.finish_seconds = seconds_between(pipeline_end, end);
   stats.seconds = seconds_between(start, end);
@@ -144,8 +153,8 @@ BundleManifest merge_rmm(const RmmMergeOptions& o) {
                               (o.tasks[t].origin.empty() ? o.tasks[t].adapter : o.tasks[t].origin).string(),
                               set.adapters[t]->config().base_model_name_or_path,
                               set.adapters[t]->config().task_type});
-  return merge_source(o, adapter_source(set, o.allow_nonfinite), std::move(manifest),
-                      backend.get(), start);
+  const auto be = backend.get();
+  return merge_source(o, adapter_source(set, o.allow_nonfinite), std::move(manifest), *be, start);
 }
 
 BundleManifest merge_rmm_models(const RmmMergeOptions& o, const FullModelInputs& in) {
@@ -155,7 +164,11 @@ BundleManifest merge_rmm_models(const RmmMergeOptions& o, const FullModelInputs&
   const auto set = open_full_model_set(o.tasks, in);
   auto manifest = new_manifest(o);
   for (const auto& t : o.tasks) manifest.tasks.push_back({t.name, t.adapter.string(), in.base.string(), ""});
-  return merge_source(o, set->source, std::move(manifest), backend.get(), start);
+  const auto be = backend.get();
+  // On a GPU the deltas are compressed there too; the engine goes before the backend.
+  const auto engine = make_device_delta_svd(*be);
+  if (engine) attach_device_svd(*set, *engine);
+  return merge_source(o, set->source, std::move(manifest), *be, start);
 }
 
 }  // namespace revmerge

@@ -20,6 +20,11 @@ struct RmmSource {
   std::uint64_t bytes_total = 0;    ///< input file bytes the merge reads (progress)
   /// Host memory one load holds besides its staging slot, at most (a full fine-tune's deltas).
   std::uint64_t load_bytes = 0;
+  /// Device memory one load holds for a batch of `tasks` deltas, at most (full fine-tunes
+  /// compressed on the GPU); empty where loads use host memory only.
+  std::function<std::uint64_t(std::int64_t tasks)> device_load_bytes;
+  /// Holds the loads' device memory to the plan's share (set with device_load_bytes).
+  std::function<void(std::uint64_t bytes)> limit_device_load;
   /// Writes module `pm`'s stacks, A n × r × in (rows past a task's rank zero) and B n × out × r
   /// (scale folded in, columns past the rank zero), into caller-owned memory; returns the file
   /// bytes read. Called by one thread at a time.

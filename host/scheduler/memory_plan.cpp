@@ -24,7 +24,8 @@ MemoryPlan plan_memory(const ItemMemory& item, std::uint64_t host_budget,
     return fixed + std::uint64_t(slots) * item.staging + std::uint64_t(queued + 2) * item.results;
   };
   const std::uint64_t host_min = host_need(1, 1);
-  const std::uint64_t device_min = shared ? 0 : item.work + 3 * item.device_inputs;
+  const std::uint64_t device_min =
+      shared ? 0 : item.work + 3 * item.device_inputs + item.device_read_work;
   const auto refuse = [&](const char* where, std::uint64_t need, std::uint64_t budget) {
     return usage_error(std::string(budget_option) + " " + format_bytes(budget) + " of " + where +
                        " memory is too small: module '" + item.name + "'" +
@@ -32,6 +33,9 @@ MemoryPlan plan_memory(const ItemMemory& item, std::uint64_t host_budget,
                        " needs " + format_bytes(need) + " (" + std::to_string(need) +
                        " bytes: staging " + format_bytes(item.staging) +
                        (item.read_work ? ", reading " + format_bytes(item.read_work) : "") +
+                       (item.device_read_work && !shared
+                            ? ", compressing on the device " + format_bytes(item.device_read_work)
+                            : "") +
                        ", work " + format_bytes(item.work) + ", results " +
                        format_bytes(item.results) + ")");
   };

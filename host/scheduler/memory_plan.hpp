@@ -13,6 +13,9 @@ struct ItemMemory {
   /// Host memory the reader holds while it fills a slot, besides the slot (one reader: counted
   /// once): full fine-tunes' deltas while they are compressed; 0 for adapters.
   std::uint64_t read_work = 0;
+  /// Device memory the reader holds while it fills a slot (full fine-tunes compressed on the
+  /// GPU: their deltas and the sketch's matrices); 0 when it reads on the host only.
+  std::uint64_t device_read_work = 0;
   std::uint64_t work = 0;     ///< backend memory while it computes (inputs on the device included)
   std::uint64_t device_inputs = 0;  ///< inputs uploaded ahead of compute (0 when host memory is shared)
   std::uint64_t results = 0;  ///< host memory of its results until written

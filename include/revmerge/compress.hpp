@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "revmerge/devices.hpp"
 #include "revmerge/dtype.hpp"
 #include "revmerge/rmm.hpp"
 
@@ -28,6 +29,10 @@ struct CompressOptions {
   std::uint64_t seed = 0;
   bool overwrite = false;
   int threads = 0;                  ///< BLAS threads (0: OpenBLAS's default)
+  /// Where the SVDs run: on a GPU the deltas are formed there from the files' bytes and solved
+  /// in f64 (CholeskyQR2 re-orthonormalisation); on the CPU with OpenBLAS / LAPACK.
+  Device device = Device::automatic;
+  int gpu = 0;                      ///< CUDA device index
   ProgressFn progress;
 };
 
@@ -42,6 +47,7 @@ struct CompressReport {
   std::vector<CompressedModule> modules;
   double relative_error = 0;  ///< over all modules
   double storage = 0;         ///< adapter numbers / the compressed weights' numbers
+  std::string device;         ///< where the SVDs ran ("cpu", "cuda:0 NVIDIA H200")
 };
 
 /// Compresses `model` against `base` into an adapter at `out` (atomic; nothing on failure).

@@ -20,26 +20,42 @@ void check_fine_tune_tensor(const HfModel& ft, const LinearWeight& w, const std:
                       " as in the base; the model is not a fine-tune of this base");
 }
 
+namespace {
+
+[[noreturn]] void throw_nonfinite(const HfModel& ft, const LinearWeight& w, std::size_t element) {
+  throw format_error(ft.dir().string() + ": tensor '" + w.tensor + "' holds a non-finite value (or "
+                     "its difference to the base is) at element " + std::to_string(element));
+}
+
+void evict(const HfModel& model, const LinearWeight& w) {
+  const auto& file = *model.checkpoint().at(w.tensor).file;
+  file.evict(file.at(w.tensor));
+}
+
+}  // namespace
+
+RawWeight raw_weight(const HfModel& model, const LinearWeight& w) {
+  const auto& file = *model.checkpoint().at(w.tensor).file;
+  const auto& info = file.at(w.tensor);
+  const auto count = static_cast<std::uint64_t>(w.in * w.out);
+  if (!is_float_dtype(info.dtype) || info.nbytes() != count * dtype_size(info.dtype))
+    throw format_error(model.dir().string() + ": tensor '" + w.tensor + "' is not a float tensor of " +
+                       std::to_string(count) + " elements");
+  return {file.bytes(info).data(), info.dtype};
+}
+
 double read_delta_into(const HfModel& base, const HfModel& ft, const LinearWeight& w,
                        std::span<double> delta) {
-  const auto& ff = *ft.checkpoint().at(w.tensor).file;
-  const auto& bf = *base.checkpoint().at(w.tensor).file;
-  const auto& finfo = ff.at(w.tensor);
-  const auto& binfo = bf.at(w.tensor);
-  for (const auto& [info, model] : {std::pair{&finfo, &ft}, std::pair{&binfo, &base}})
-    if (!is_float_dtype(info->dtype) || info->nbytes() != delta.size() * dtype_size(info->dtype))
-      throw format_error(model->dir().string() + ": tensor '" + w.tensor + "' is not a float tensor of " +
-                         std::to_string(delta.size()) + " elements");
-  const auto fraw = ff.bytes(finfo), braw = bf.bytes(binfo);
-  const std::size_t felem = dtype_size(finfo.dtype), belem = dtype_size(binfo.dtype);
+  const auto fraw = raw_weight(ft, w), braw = raw_weight(base, w);
+  const std::size_t felem = dtype_size(fraw.dtype), belem = dtype_size(braw.dtype);
   constexpr std::size_t kBlock = 1 << 16;
   std::vector<double> block(kBlock);
   double sq = 0;
   for (std::size_t at = 0; at < delta.size(); at += kBlock) {
     const std::size_t count = std::min(kBlock, delta.size() - at);
     double* d = delta.data() + at;
-    convert_to_f64(finfo.dtype, fraw.data() + at * felem, d, count);
-    convert_to_f64(binfo.dtype, braw.data() + at * belem, block.data(), count);
+    convert_to_f64(fraw.dtype, fraw.data + at * felem, d, count);
+    convert_to_f64(braw.dtype, braw.data + at * belem, block.data(), count);
     double flag = 0, part = 0;
     for (std::size_t j = 0; j < count; ++j) {
       d[j] -= block[j];
@@ -48,15 +64,26 @@ double read_delta_into(const HfModel& base, const HfModel& ft, const LinearWeigh
     }
     if (flag != 0)
       for (std::size_t j = 0; j < count; ++j)
-        if (!std::isfinite(d[j]))
-          throw format_error(ft.dir().string() + ": tensor '" + w.tensor + "' holds a non-finite "
-                             "value (or its difference to the base is) at element " +
-                             std::to_string(at + j));
+        if (!std::isfinite(d[j])) throw_nonfinite(ft, w, at + j);
     sq += part;
   }
-  ff.evict(finfo);
-  bf.evict(binfo);
+  evict(ft, w);
+  evict(base, w);
   return sq;
+}
+
+std::vector<DeltaSvd> device_pt_svd(DeviceDeltaSvd& engine, const HfModel& base,
+                                    std::span<const HfModel* const> fine_tunes,
+                                    const LinearWeight& w, const RandomizedSvdOptions& options) {
+  std::vector<RawWeight> raws;
+  for (const auto* ft : fine_tunes) raws.push_back(raw_weight(*ft, w));
+  auto results = engine.run(raw_weight(base, w), raws, w.in, w.out, options);
+  for (std::size_t t = 0; t < results.size(); ++t)
+    if (results[t].nonfinite_at >= 0)
+      throw_nonfinite(*fine_tunes[t], w, static_cast<std::size_t>(results[t].nonfinite_at));
+  for (const auto* ft : fine_tunes) evict(*ft, w);
+  evict(base, w);
+  return results;
 }
 
 }  // namespace revmerge

@@ -5,7 +5,10 @@
 #include <span>
 #include <string>
 
+#include <vector>
+
 #include "kernels/counter_rng.hpp"
+#include "methods/lowrank/device_svd.hpp"
 #include "methods/lowrank/randomized_svd.hpp"
 #include "revmerge/hf_model.hpp"
 
@@ -22,13 +25,32 @@ void check_fine_tune_tensor(const HfModel& ft, const LinearWeight& w, const std:
 double read_delta_into(const HfModel& base, const HfModel& ft, const LinearWeight& w,
                        std::span<double> delta);
 
+/// The mapped bytes of module `w`'s tensor in `model`, for a device to read. Throws
+/// format_error naming the folder and tensor when it is not a float tensor of in · out values.
+RawWeight raw_weight(const HfModel& model, const LinearWeight& w);
+
+/// The sketch settings of module `w`'s PT-SVD: the stream is the tensor's name, so every task's
+/// delta of a module gets the same sketch.
+inline RandomizedSvdOptions pt_svd_options(const LinearWeight& w, std::int64_t rank,
+                                           std::int64_t oversampling, int power_iterations,
+                                           std::uint64_t seed) {
+  return {rank, oversampling, power_iterations, seed, kernels::stream_id(w.tensor)};
+}
+
 /// Row-major out × in is column-major in × out (M = Δᵀ), so Δ = V S Uᵀ from M = U S Vᵀ. The
 /// sketch's stream is the tensor's name: every task's delta of a module gets the same sketch.
 inline TruncatedSvd pt_svd(std::span<const double> delta, const LinearWeight& w, std::int64_t rank,
                            std::int64_t oversampling, int power_iterations, std::uint64_t seed) {
-  return randomized_svd(delta, w.in, w.out,
-                        {rank, oversampling, power_iterations, seed, kernels::stream_id(w.tensor)});
+  return randomized_svd(delta, w.in, w.out, pt_svd_options(w, rank, oversampling, power_iterations, seed));
 }
+
+/// The PT-SVDs of module `w` for every fine-tune on a GPU engine: Δ_t formed there from the
+/// files' bytes, all tasks in batches (the same algorithm as pt_svd, in f64 throughout). Throws
+/// format_error naming the fine-tune's folder, the tensor and the element of a non-finite delta.
+/// The tensors' pages leave the resident set afterwards.
+std::vector<DeltaSvd> device_pt_svd(DeviceDeltaSvd& engine, const HfModel& base,
+                                    std::span<const HfModel* const> fine_tunes,
+                                    const LinearWeight& w, const RandomizedSvdOptions& options);
 
 /// The first k triplets as LoRA factors with scale 1: A = U_kᵀ (k × in, rows `in` apart) and
 /// B = V_k S_k (out × k, rows `b_row` apart: k for an adapter, the padded rank for a stack).

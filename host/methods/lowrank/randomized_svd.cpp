@@ -54,13 +54,6 @@ std::vector<double> power_iterations_f32(std::span<const double> a, i64 m, i64 n
 
 }  // namespace
 
-double counter_normal(std::uint64_t seed, std::uint64_t stream, std::uint64_t index) {
-  // Box–Muller on two uniforms of the stream; u1 is kept away from 0.
-  const double u1 = kernels::counter_uniform(seed, stream, 2 * index) + 0x1.0p-54;
-  const double u2 = kernels::counter_uniform(seed, stream, 2 * index + 1);
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
-}
-
 TruncatedSvd randomized_svd(std::span<const double> a, i64 m, i64 n, const RandomizedSvdOptions& o) {
   TruncatedSvd r;
   const i64 small = std::min(m, n);
@@ -69,7 +62,7 @@ TruncatedSvd randomized_svd(std::span<const double> a, i64 m, i64 n, const Rando
   if (r.k <= 0 || l <= 0) return r;
   // Ω: n × l Gaussian; Y = A Ω.
   std::vector<double> omega(static_cast<std::size_t>(n * l));
-  for (std::size_t i = 0; i < omega.size(); ++i) omega[i] = counter_normal(o.seed, o.stream, i);
+  for (std::size_t i = 0; i < omega.size(); ++i) omega[i] = kernels::counter_normal(o.seed, o.stream, i);
   // Z: Ω, or Ω after q power iterations (f32); then Y = A Z in f64 and Q = orth(Y).
   const std::vector<double> z =
       o.power_iterations > 0 ? power_iterations_f32(a, m, n, l, omega, o.power_iterations) : omega;
@@ -94,6 +87,18 @@ TruncatedSvd randomized_svd(std::span<const double> a, i64 m, i64 n, const Rando
   for (i64 c = 0; c < r.k; ++c)
     for (i64 j = 0; j < n; ++j) r.v[c * n + j] = vt[j * l + c];
   return r;
+}
+
+void leading_svd(std::span<const double> a, i64 l, i64 k, double* u, double* s, double* v) {
+  std::vector<double> copy(a.begin(), a.end()), sv(static_cast<std::size_t>(l)),
+      ul(static_cast<std::size_t>(l * l)), vt(static_cast<std::size_t>(l * l));
+  check_lapack(LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', l, l, copy.data(), l, sv.data(), ul.data(), l,
+                              vt.data(), l),
+               "dgesdd", l, l);
+  std::copy(ul.begin(), ul.begin() + l * k, u);
+  std::copy(sv.begin(), sv.begin() + k, s);
+  for (i64 c = 0; c < k; ++c)
+    for (i64 i = 0; i < l; ++i) v[c * l + i] = vt[i * l + c];
 }
 
 }  // namespace revmerge

@@ -29,7 +29,10 @@ struct TruncatedSvd {
 TruncatedSvd randomized_svd(std::span<const double> a, std::int64_t m, std::int64_t n,
                             const RandomizedSvdOptions& options);
 
-/// Standard normal numbers for (seed, stream, index), from the counter-based generator.
-double counter_normal(std::uint64_t seed, std::uint64_t stream, std::uint64_t index);
+
+/// The exact SVD of the column-major l × l matrix `a` (LAPACK), its first k triplets: u and v
+/// l × k column-major, s descending. The GPU engine's last step, on the host.
+void leading_svd(std::span<const double> a, std::int64_t l, std::int64_t k, double* u, double* s,
+                 double* v);
 
 }  // namespace revmerge

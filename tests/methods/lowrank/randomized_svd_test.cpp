@@ -7,6 +7,7 @@
 #include <cmath>
 #include <random>
 
+#include "methods/lowrank/lowrank_fixtures.hpp"
 #include "methods/lowrank/randomized_svd.hpp"
 #include "revmerge/bundle.hpp"
 #include "revmerge/compress.hpp"
@@ -22,53 +23,10 @@ namespace revmerge {
 namespace {
 
 using i64 = std::int64_t;
-
-// Orthonormal columns (m × k, column-major) by modified Gram–Schmidt on Gaussian columns.
-std::vector<double> orthonormal(i64 m, i64 k, std::mt19937_64& rng) {
-  std::normal_distribution<double> g;
-  std::vector<double> q(static_cast<std::size_t>(m * k));
-  for (auto& x : q) x = g(rng);
-  for (i64 c = 0; c < k; ++c) {
-    for (i64 p = 0; p < c; ++p) {
-      double d = 0;
-      for (i64 i = 0; i < m; ++i) d += q[p * m + i] * q[c * m + i];
-      for (i64 i = 0; i < m; ++i) q[c * m + i] -= d * q[p * m + i];
-    }
-    double n = 0;
-    for (i64 i = 0; i < m; ++i) n += q[c * m + i] * q[c * m + i];
-    for (i64 i = 0; i < m; ++i) q[c * m + i] /= std::sqrt(n);
-  }
-  return q;
-}
-
-// A = U diag(sigma) Vᵀ, column-major m × n.
-std::vector<double> with_spectrum(i64 m, i64 n, const std::vector<double>& sigma, unsigned seed) {
-  std::mt19937_64 rng(seed);
-  const i64 r = static_cast<i64>(sigma.size());
-  const auto u = orthonormal(m, r, rng), v = orthonormal(n, r, rng);
-  std::vector<double> a(static_cast<std::size_t>(m * n), 0.0);
-  for (i64 c = 0; c < r; ++c)
-    for (i64 j = 0; j < n; ++j)
-      for (i64 i = 0; i < m; ++i) a[j * m + i] += u[c * m + i] * sigma[c] * v[c * n + j];
-  return a;
-}
-
-double error_sq(const std::vector<double>& a, const TruncatedSvd& s, i64 m, i64 n) {
-  double e = 0;
-  for (i64 j = 0; j < n; ++j)
-    for (i64 i = 0; i < m; ++i) {
-      double v = a[j * m + i];
-      for (i64 c = 0; c < s.k; ++c) v -= s.u[c * m + i] * s.s[c] * s.v[c * n + j];
-      e += v * v;
-    }
-  return e;
-}
-
-double tail(const std::vector<double>& sigma, i64 k) {
-  double t = 0;
-  for (std::size_t j = static_cast<std::size_t>(k); j < sigma.size(); ++j) t += sigma[j] * sigma[j];
-  return t;
-}
+using test::error_sq;
+using test::tail;
+using test::with_spectrum;
+using test::write_model;
 
 TEST(RandomizedSvd, DecayingSpectrumWithin105OfTheBest) {
   const i64 m = 120, n = 80, k = 10;
@@ -114,22 +72,6 @@ TEST(RandomizedSvd, ExactlyLowRankComesBackExactly) {
   double total = 0;
   for (const auto x : a) total += x * x;
   EXPECT_LE(error_sq(a, s, 50, 70), 1e-20 * total);
-}
-
-// A tiny Hugging Face folder with two blocks of one q_proj each (row-major out × in).
-void write_model(const std::filesystem::path& dir, const std::vector<std::vector<float>>& w,
-                 i64 out, i64 in, DType dtype) {
-  std::filesystem::create_directories(dir);
-  test::write_bytes(dir / "config.json", "{\"model_type\": \"llama\"}");
-  std::vector<std::vector<std::byte>> bytes;
-  std::vector<TensorData> tensors;
-  for (std::size_t l = 0; l < w.size(); ++l) {
-    auto& b = bytes.emplace_back(w[l].size() * dtype_size(dtype));
-    convert_from_f32(w[l].data(), dtype, b.data(), w[l].size());
-    tensors.push_back({{"model.layers." + std::to_string(l) + ".self_attn.q_proj.weight", dtype,
-                        {out, in}}, b});
-  }
-  write_safetensors(dir / "model.safetensors", tensors);
 }
 
 TEST(Compress, RecoversExactlyLowRankDeltasAndReportsTheError) {
@@ -265,6 +207,7 @@ TEST(Compress, StreamedFullModelMergeIsCompressThenMergeBitwise) {
     c.oversampling = inputs.oversampling;
     c.power_iterations = inputs.power_iterations;
     c.out = tmp / ("adapter-" + t.name);
+    c.device = Device::cpu;  // the merge above ran on the CPU (a GPU's f64 SVD rounds otherwise)
     compress_checkpoint(c);
     t.origin = t.adapter;
     t.adapter = c.out;

@@ -1,0 +1,239 @@
+// The GPU's PT-SVD engine against the CPU's randomized SVD and against matrices of known
+// spectrum: the same error bounds, the same singular values to rounding, batches equal to one
+// task at a time, Householder where CholeskyQR2 cannot hold (exactly low-rank and zero deltas),
+// deltas formed from BF16 bytes, non-finite elements found; and `revmerge compress` on the GPU
+// beside the CPU. Every case needs a GPU (named `cuda`: ctest labels them `gpu` and reports
+// them skipped, with the reason, where none is usable).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "backend/registry.hpp"
+#include "methods/lowrank/device_svd.hpp"
+#include "methods/lowrank/lowrank_fixtures.hpp"
+#include "methods/lowrank/randomized_svd.hpp"
+#include "revmerge/compress.hpp"
+#include "revmerge/rmm.hpp"
+#include "revmerge/peft.hpp"
+#include "test_util.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+#define GPU_OR_SKIP(backend)                                               \
+  if (const auto why = cuda_unavailable_reason(); !why.empty())            \
+    GTEST_SKIP() << "CUDA backend unavailable: " << why;                   \
+  const auto backend = make_backend(Device::cuda, {2, 0})
+
+RawWeight f64_weight(const std::vector<double>& v) {
+  return {reinterpret_cast<const std::byte*>(v.data()), DType::F64};
+}
+
+double sum_sq(const std::vector<double>& a) {
+  double s = 0;
+  for (const auto x : a) s += x * x;
+  return s;
+}
+
+// max |UᵀU − I| over the k columns of the column-major m × k matrix u.
+double orthonormality_error(const std::vector<double>& u, i64 m, i64 k) {
+  double worst = 0;
+  for (i64 a = 0; a < k; ++a)
+    for (i64 b = 0; b < k; ++b) {
+      double d = 0;
+      for (i64 i = 0; i < m; ++i) d += u[a * m + i] * u[b * m + i];
+      worst = std::max(worst, std::abs(d - (a == b ? 1.0 : 0.0)));
+    }
+  return worst;
+}
+
+TEST(DeviceSvd, DecayingSpectraMatchTheCpuInOneBatchOrMany_cuda) {
+  GPU_OR_SKIP(backend);
+  const auto engine = make_device_delta_svd(*backend);
+  ASSERT_NE(engine, nullptr);
+  const i64 m = 120, n = 80, k = 10;
+  const RandomizedSvdOptions o{k, 8, 2, 3, 4};
+  std::vector<std::vector<double>> sigmas(3), deltas;
+  for (i64 j = 0; j < 80; ++j) {
+    sigmas[0].push_back(std::exp(-0.15 * double(j)));
+    sigmas[1].push_back(1.0 / double((j + 1) * (j + 1)) + 1e-3);
+    sigmas[2].push_back(std::pow(0.9, double(j)));
+  }
+  std::vector<RawWeight> raws;
+  for (std::size_t t = 0; t < 3; ++t) deltas.push_back(test::with_spectrum(m, n, sigmas[t], 7 + unsigned(t)));
+  for (const auto& d : deltas) raws.push_back(f64_weight(d));
+  const std::vector<double> zeros(static_cast<std::size_t>(m * n), 0.0);
+  const auto batched = engine->run(f64_weight(zeros), raws, m, n, o);
+  engine->limit_memory(engine->work_bytes(1, m, n, o, 8));  // one task per batch
+  const auto single = engine->run(f64_weight(zeros), raws, m, n, o);
+  ASSERT_EQ(batched.size(), 3u);
+  for (std::size_t t = 0; t < 3; ++t) {
+    const auto& g = batched[t].svd;
+    const double total = sum_sq(deltas[t]);
+    EXPECT_EQ(batched[t].nonfinite_at, -1);
+    EXPECT_NEAR(batched[t].norm_sq, total, 1e-12 * total);
+    ASSERT_EQ(g.k, k);
+    const double got = test::error_sq(deltas[t], g, m, n), best = test::tail(sigmas[t], k);
+    EXPECT_LE(std::sqrt(got), 1.05 * std::sqrt(best)) << "task " << t;
+    double kept = 0;
+    for (const auto s : g.s) kept += s * s;
+    EXPECT_NEAR(got, total - kept, 1e-9 * total) << "the reported error is the true one";
+    EXPECT_LT(orthonormality_error(g.u, m, k), 1e-12);
+    const auto cpu = randomized_svd(deltas[t], m, n, o);
+    for (i64 c = 0; c < k; ++c) {
+      EXPECT_NEAR(g.s[c], cpu.s[c], 1e-6 * g.s[0]) << "task " << t << ", σ" << c;
+      EXPECT_NEAR(single[t].svd.s[c], g.s[c], 1e-12 * g.s[0]) << "task " << t << ", σ" << c;
+    }
+    EXPECT_NEAR(g.captured, cpu.captured, 1e-6 * total);
+  }
+}
+
+TEST(DeviceSvd, ExactlyLowRankAndZeroDeltasComeBackExactly_cuda) {
+  GPU_OR_SKIP(backend);
+  const auto engine = make_device_delta_svd(*backend);
+  // Rank 5 under a sketch of 12 columns: every sketch is rank-deficient, so each
+  // re-orthonormalisation is Householder's.
+  const i64 m = 50, n = 70;
+  const auto a = test::with_spectrum(m, n, {5, 3, 2, 1, 0.5}, 3);
+  const std::vector<double> zeros(static_cast<std::size_t>(m * n), 0.0);
+  const std::vector<RawWeight> raws{f64_weight(a), f64_weight(zeros)};
+  const auto r = engine->run(f64_weight(zeros), raws, m, n, {8, 4, 1, 0, 0});
+  EXPECT_LE(test::error_sq(a, r[0].svd, m, n), 1e-20 * sum_sq(a));
+  EXPECT_LT(orthonormality_error(r[0].svd.u, m, 8), 1e-12);
+  EXPECT_EQ(r[1].norm_sq, 0.0);
+  for (const auto s : r[1].svd.s) EXPECT_EQ(s, 0.0);
+  EXPECT_LT(orthonormality_error(r[1].svd.u, m, 8), 1e-12);
+}
+
+TEST(DeviceSvd, Bf16BytesAndNonFiniteElements_cuda) {
+  GPU_OR_SKIP(backend);
+  const auto engine = make_device_delta_svd(*backend);
+  const i64 m = 40, n = 30;
+  std::mt19937 rng(2);
+  std::normal_distribution<float> g;
+  std::vector<float> base(static_cast<std::size_t>(m * n)), ft(base.size());
+  for (auto& x : base) x = g(rng);
+  for (std::size_t i = 0; i < ft.size(); ++i) ft[i] = base[i] + 0.01f * g(rng);
+  std::vector<std::byte> base16(base.size() * 2), ft16(ft.size() * 2), bad16(ft.size() * 2);
+  convert_from_f32(base.data(), DType::BF16, base16.data(), base.size());
+  convert_from_f32(ft.data(), DType::BF16, ft16.data(), ft.size());
+  auto bad = ft;
+  bad[777] = NAN;
+  bad[901] = INFINITY;
+  convert_from_f32(bad.data(), DType::BF16, bad16.data(), bad.size());
+  // The delta the host forms from the same bytes.
+  std::vector<double> b64(base.size()), f64(ft.size()), delta(ft.size());
+  convert_to_f64(DType::BF16, base16.data(), b64.data(), b64.size());
+  convert_to_f64(DType::BF16, ft16.data(), f64.data(), f64.size());
+  for (std::size_t i = 0; i < delta.size(); ++i) delta[i] = f64[i] - b64[i];
+  const std::vector<RawWeight> raws{{ft16.data(), DType::BF16}, {bad16.data(), DType::BF16}};
+  const auto r = engine->run({base16.data(), DType::BF16}, raws, m, n, {6, 4, 2, 1, 2});
+  EXPECT_EQ(r[0].nonfinite_at, -1);
+  EXPECT_NEAR(r[0].norm_sq, sum_sq(delta), 1e-12 * sum_sq(delta));
+  EXPECT_EQ(r[1].nonfinite_at, 777);
+  const auto only_good = engine->run({base16.data(), DType::BF16}, {raws.data(), 1}, m, n, {6, 4, 2, 1, 2});
+  const auto cpu = randomized_svd(delta, m, n, {6, 4, 2, 1, 2});
+  for (i64 c = 0; c < 6; ++c) EXPECT_NEAR(only_good[0].svd.s[c], cpu.s[c], 1e-6 * cpu.s[0]) << c;
+}
+
+TEST(Compress, OnTheGpuAsOnTheCpu_cuda) {
+  GPU_OR_SKIP(backend);
+  test::TempDir tmp;
+  const i64 out = 48, in = 40;
+  std::mt19937 rng(9);
+  std::normal_distribution<float> g;
+  std::vector<double> sigma;  // a fine-tune's decaying spectrum
+  for (i64 j = 0; j < in; ++j) sigma.push_back(std::pow(0.8, double(j)));
+  std::vector<std::vector<float>> base(2, std::vector<float>(out * in)), ft = base;
+  for (std::size_t l = 0; l < 2; ++l) {
+    const auto delta = test::with_spectrum(in, out, sigma, 20 + unsigned(l));  // row-major out × in
+    for (std::size_t i = 0; i < ft[l].size(); ++i) {
+      base[l][i] = g(rng);
+      ft[l][i] = base[l][i] + float(delta[i]);
+    }
+  }
+  test::write_model(tmp / "base", base, out, in, DType::F32);
+  test::write_model(tmp / "ft", ft, out, in, DType::F32);
+  CompressOptions o;
+  o.base = tmp / "base";
+  o.model = tmp / "ft";
+  o.rank = 8;
+  o.device = Device::cpu;
+  o.out = tmp / "cpu";
+  const auto on_cpu = compress_checkpoint(o);
+  o.device = Device::cuda;
+  o.out = tmp / "gpu";
+  const auto on_gpu = compress_checkpoint(o);
+  EXPECT_EQ(on_cpu.device, "cpu");
+  EXPECT_NE(on_gpu.device.find("cuda:0"), std::string::npos) << on_gpu.device;
+  ASSERT_EQ(on_gpu.modules.size(), 2u);
+  EXPECT_NEAR(on_gpu.relative_error, on_cpu.relative_error, 1e-5 * on_cpu.relative_error);
+  const PeftAdapter a(tmp / "cpu"), b(tmp / "gpu");
+  for (std::size_t mi = 0; mi < 2; ++mi) {
+    EXPECT_NEAR(on_gpu.modules[mi].delta_norm, on_cpu.modules[mi].delta_norm, 1e-12 * on_cpu.modules[mi].delta_norm);
+    // The products B A agree (the factors may differ by the signs of singular vectors).
+    const auto& ma = a.modules()[mi];
+    const auto& mb = b.modules()[mi];
+    const auto aa = a.read_a(ma), ab = a.read_b(ma), ba = b.read_a(mb), bb = b.read_b(mb);
+    double diff = 0, norm = 0;
+    for (i64 y = 0; y < out; ++y)
+      for (i64 x = 0; x < in; ++x) {
+        double p = 0, q = 0;
+        for (i64 c = 0; c < 8; ++c) {
+          p += double(ab[y * 8 + c]) * aa[c * in + x];
+          q += double(bb[y * 8 + c]) * ba[c * in + x];
+        }
+        diff += (p - q) * (p - q);
+        norm += p * p;
+      }
+    EXPECT_LT(std::sqrt(diff / norm), 1e-5) << ma.path;
+  }
+}
+
+// The streamed merge of full fine-tunes with the SVDs on the GPU (all tasks of a module in one
+// batch) beside the same merge on the CPU: the same bundle up to rounding, as far as the
+// merge's own errors show it.
+TEST(Compress, FullModelMergeOnTheGpuAsOnTheCpu_cuda) {
+  GPU_OR_SKIP(backend);
+  test::TempDir tmp;
+  const i64 out = 40, in = 32;
+  std::mt19937 rng(4);
+  std::normal_distribution<float> g;
+  std::vector<std::vector<float>> base(2, std::vector<float>(out * in));
+  for (auto& w : base)
+    for (auto& x : w) x = g(rng);
+  test::write_model(tmp / "base", base, out, in, DType::BF16);
+  std::vector<double> sigma;
+  for (i64 j = 0; j < in; ++j) sigma.push_back(0.5 * std::pow(0.7, double(j)));
+  RmmMergeOptions o;
+  for (unsigned t = 0; t < 3; ++t) {
+    auto ft = base;
+    for (std::size_t l = 0; l < 2; ++l) {
+      const auto delta = test::with_spectrum(in, out, sigma, 40 + 2 * t + unsigned(l));
+      for (std::size_t i = 0; i < ft[l].size(); ++i) ft[l][i] += float(delta[i]);
+    }
+    const auto dir = tmp / ("ft" + std::to_string(t));
+    test::write_model(dir, ft, out, in, DType::BF16);
+    o.tasks.push_back({"ft" + std::to_string(t), dir});
+  }
+  o.basis = 2;
+  o.device = Device::cpu;
+  o.out = tmp / "cpu";
+  const FullModelInputs inputs{tmp / "base", 6, 4, 2};
+  const auto on_cpu = merge_rmm_models(o, inputs);
+  o.device = Device::cuda;
+  o.out = tmp / "gpu";
+  const auto on_gpu = merge_rmm_models(o, inputs);
+  ASSERT_EQ(on_gpu.modules.size(), on_cpu.modules.size());
+  for (std::size_t m = 0; m < on_cpu.modules.size(); ++m)
+    for (std::size_t t = 0; t < 3; ++t)
+      EXPECT_NEAR(on_gpu.modules[m].delta_error[t], on_cpu.modules[m].delta_error[t],
+                  1e-4 * on_cpu.modules[m].delta_error[t] + 1e-7)
+          << on_cpu.modules[m].path << ", task " << t;
+}
+
+}  // namespace
+}  // namespace revmerge
