@@ -5,7 +5,7 @@ against numpy's exact SVD, on the same matrices, side by side in one run, beside
 time to read the two models' bytes).
 
     python3 bench/compress_bench.py --revmerge build/release/host/cli/revmerge \
-        [--model llama-7b] [--rank 64] [--exact q_proj,up_proj] [--json OUT]
+        [--model llama-7b] [--rank 64] [--exact q_proj,up_proj] [--device cpu] [--json OUT]
 
 One transformer layer of the chosen shape is written as a base and a fine-tune (f32) whose
 deltas have a decaying spectrum plus noise. numpy's exact SVD is timed on the modules named by
@@ -72,6 +72,8 @@ def main():
     ap.add_argument("--oversampling", type=int, default=8)
     ap.add_argument("--power-iterations", type=int, default=2)
     ap.add_argument("--exact", default="q_proj,up_proj", help="modules numpy's exact SVD runs on")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                    help="where revmerge's SVDs run (numpy's always run on the CPU)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="revmerge-compress-bench-"))
@@ -89,7 +91,8 @@ def main():
         report = json.loads(subprocess.run(
             [args.revmerge, "compress", "--base", work / "base", "--model", work / "ft",
              "--rank", str(args.rank), "--oversampling", str(args.oversampling),
-             "--power-iterations", str(args.power_iterations), "--out", work / "adapter", "--json"],
+             "--power-iterations", str(args.power_iterations), "--device", args.device,
+             "--out", work / "adapter", "--json"],
             check=True, capture_output=True, text=True).stdout)
         ours = time.perf_counter() - t0
         ours_err = {m["path"].split(".", 3)[-1]: m["relative_error"] for m in report["modules"]}
@@ -112,11 +115,11 @@ def main():
                 exact_rows.append({"module": name, "shape": list(d.shape), "exact_svd_s": te,
                                    "exact_error": best, "revmerge_error": ours_err[name],
                                    "ratio": ours_err[name] / best})
-        result = {"model": args.model, "rank": args.rank, "oversampling": args.oversampling,
+        result = {"model": args.model, "device": report["device"], "rank": args.rank, "oversampling": args.oversampling,
                   "power_iterations": args.power_iterations, "bytes_read": nbytes,
                   "read_floor_s": floor, "revmerge_s": ours, "numpy_rsvd_s": numpy_time,
                   "revmerge_relative_error": report["relative_error"], "exact": exact_rows}
-        print(f"{args.model} layer, rank {args.rank}: revmerge compress {ours:.2f} s (file to file) | "
+        print(f"{args.model} layer, rank {args.rank}: revmerge compress on {report['device']} {ours:.2f} s (file to file) | "
               f"numpy randomized SVD {numpy_time:.2f} s (compute only) | read floor {floor:.2f} s "
               f"for {nbytes / 1e9:.2f} GB")
         for r in exact_rows:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole GPU check in one command, from a fresh checkout on a machine with an NVIDIA GPU:
 # configure and build for sm_90, run the CUDA tests, compare GPU against CPU on a 7B-shaped
-# synthetic adapter set, run compute-sanitizer memcheck over the CUDA tests, run the
-# benchmarks, keep every log in OUTDIR, and print a short table last.
+# synthetic adapter set, compress and merge 7B-shaped full fine-tunes on the GPU beside the CPU,
+# run compute-sanitizer memcheck over the CUDA tests, run the benchmarks, keep every log in
+# OUTDIR, and print a short table last.
 #
 #   tools/gpu-check.sh OUTDIR
 #
@@ -97,6 +98,30 @@ PY
 export -f repeat_bench
 export revmerge out
 step pipeline-7b-gpu-x3 pipeline-7b-gpu-x3.log 150 bash -c repeat_bench
+# Full fine-tunes (issue: PT-SVD on the GPU): one 7b layer, base and 8 fine-tunes in bf16;
+# compress one on the GPU and on the CPU, then the streamed RMM merge of all 8 on each.
+step make-models make-models.log 120 "$build/bench/revmerge_make_models" --model llama-7b --tasks 8 --layers 1 --out "$out/models-7b" --force
+full_models() {
+  local m=$out/models-7b dev t0 ms
+  for dev in cuda cpu; do
+    t0=$(date +%s%N)
+    "$revmerge" compress --device $dev --base "$m/base" --model "$m/ft-0" --rank 64 --force --json \
+      --out "$out/compress-$dev" >"$out/compress-7b-$dev.json" || return 1
+    ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+    echo "compress 7b layer on $dev: $ms ms file to file, $(grep -m1 '"relative_error"' "$out/compress-7b-$dev.json" | tr -d ' ,')"
+  done
+  for dev in cuda cpu; do
+    t0=$(date +%s%N)
+    "$revmerge" merge --device $dev --basis 4 --base "$m/base" --rank 64 --force --quiet \
+      --out "$out/full-merge-$dev" "$m"/ft-? || return 1
+    ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+    echo "full merge 7b layer, 8 fine-tunes, rank 64, P = 4 on $dev: $ms ms file to file"
+  done
+  "$revmerge" info "$out/full-merge-cuda" | sed -n "2p;6,8p"  # the device and tasks' delta errors
+  "$revmerge" info "$out/full-merge-cpu" | sed -n "2p;6,8p"
+}
+export -f full_models
+step full-models full-models.log 240 bash -c full_models
 step pipeline-7b-cpu pipeline-7b-cpu.log 120 "$revmerge" bench --device cpu --basis 4 "$out"/adapters-7b/task-*
 # The 70b shape through the pipeline on the GPU: device memory set by the plan, not the model.
 step make-adapters-70b make-adapters-70b.log 150 "$build/bench/revmerge_make_adapters" --model llama-70b --tasks 8 --rank 64 --layers 4 --out "$out/adapters-70b" --force
@@ -114,10 +139,11 @@ echo
 echo "GPU: $(cat "$out/gpu.txt" 2>/dev/null)"
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)   total: $(( $(date +%s) - t_start ))s   logs: $out"
 printf '%-16s %s\n' step result
-for s in configure build devices cuda-tests gpu-vs-cpu-7b bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-gpu-x3 pipeline-7b-cpu make-adapters-70b pipeline-70b-gpu merge-example all-tests memcheck; do
+for s in configure build devices cuda-tests gpu-vs-cpu-7b bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-gpu-x3 make-models full-models pipeline-7b-cpu make-adapters-70b pipeline-70b-gpu merge-example all-tests memcheck; do
   printf '%-16s %s\n' "$s" "${result[$s]:-NOT RUN}"
 done
 grep -hE "^(cpu|cuda)|speed-up|GPU vs CPU" "$out"/gpu-vs-cpu-7b.log "$out"/bench-*-gpu.log 2>/dev/null
+cat "$out"/full-models.log 2>/dev/null
 grep -hE "^revmerge bench|^memory plan|^read|^upload|^compute|^write|^pipeline|^setup|^finish|^end to end|^floor|peak RSS|^sequential|^median|^  [a-z]+ +busy" "$out"/pipeline-*.log 2>/dev/null
 for s in "${!result[@]}"; do [[ ${result[$s]} == FAIL* ]] && exit 1; done
 exit 0
