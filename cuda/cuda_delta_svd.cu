@@ -395,8 +395,19 @@ std::size_t CudaDeltaSvd::work_bytes(i64 tasks, i64 in, i64 out, const Randomize
   const BatchShape s{tasks, in, out, l, std::min(o.rank, small), element_bytes};
   std::size_t total = 0;
   for (const auto bytes : s.blocks()) total += pool_size_class(bytes);
-  // Householder's workspace for a matrix CholeskyQR2 does not hold: a few panels of l columns.
-  return total + pool_size_class(doubles(std::max(in, out) * 2 * l));
+  // Householder QR for a matrix CholeskyQR2 does not hold: τ, two status words and cuSOLVER's
+  // workspace for the taller shape, asked of cuSOLVER (no data is read to size it); should it
+  // refuse, two l-column panels of the matrix are a generous stand-in.
+  const int rows = static_cast<int>(std::max(in, out)), cols = static_cast<int>(l);
+  int lwork_qr = 0, lwork_q = 0;
+  std::size_t work = doubles(2 * i64{rows} * l);
+  if (cusolverDnDgeqrf_bufferSize(solver_, rows, cols, nullptr, rows, &lwork_qr) ==
+          CUSOLVER_STATUS_SUCCESS &&
+      cusolverDnDorgqr_bufferSize(solver_, rows, cols, cols, nullptr, rows, nullptr, &lwork_q) ==
+          CUSOLVER_STATUS_SUCCESS)
+    work = doubles(std::max({lwork_qr, lwork_q, 1}));
+  return total + pool_size_class(doubles(l)) + pool_size_class(2 * sizeof(int)) +
+         pool_size_class(work);
 }
 
 std::vector<DeltaSvd> CudaDeltaSvd::run(const RawWeight& base, std::span<const RawWeight> fine_tunes,
