@@ -105,6 +105,12 @@ CompressReport compress_checkpoint(const CompressOptions& o) {
                       "--exclude against the names `revmerge info` lists)");
   for (const auto* w : chosen) check_fine_tune_tensor(ft, *w, "the fine-tune");
   if (o.threads > 0) openblas_set_num_threads(o.threads);  // the BLAS calls are the work
+  // A GPU when asked for or, by default, when one is usable (before any output exists: asked
+  // for where none is usable, make_backend says why).
+  const bool on_gpu = o.device == Device::cuda ||
+                      (o.device == Device::automatic && cuda_unavailable_reason().empty());
+  const auto backend = on_gpu ? make_backend(Device::cuda, {o.threads, o.gpu}) : nullptr;
+  const auto engine = backend ? make_device_delta_svd(*backend) : nullptr;
   AdapterWriteOptions wo;
   wo.base_model_name_or_path = o.base.string();
   wo.dtype = o.dtype;
@@ -121,6 +127,7 @@ CompressReport compress_checkpoint(const CompressOptions& o) {
   }
   std::vector<LoraModuleData> held;
   CompressReport report;
+  report.device = engine ? backend->name() : "cpu";
   double err = 0, norm = 0, stored = 0, dense = 0;
   auto finish_module = [&](std::size_t i, const TruncatedSvd& svd, double sq) {
     const auto& w = *chosen[i];
@@ -131,9 +138,6 @@ CompressReport compress_checkpoint(const CompressOptions& o) {
     else held.push_back(std::move(m));
     if (o.progress) o.progress(i + 1, chosen.size(), w.path);
   };
-  const auto backend = o.device == Device::cpu ? nullptr : make_backend(o.device, {o.threads, o.gpu});
-  const auto engine = backend ? make_device_delta_svd(*backend) : nullptr;
-  report.device = engine ? backend->name() : "cpu";
   if (engine) {
     const HfModel* fine_tune = &ft;
     for (std::size_t i = 0; i < chosen.size(); ++i) {
