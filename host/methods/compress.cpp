@@ -8,8 +8,8 @@
 #include <optional>
 #include <span>
 
-#include "core/interrupt.hpp"
 #include "backend/registry.hpp"
+#include "core/interrupt.hpp"
 #include "core/large_buffer.hpp"
 #include "methods/lowrank/pt_svd.hpp"
 #include "scheduler/double_buffered.hpp"
