@@ -63,6 +63,11 @@ CudaBackend::CudaBackend(int device)
 CudaBackend::~CudaBackend() {
   cudaSetDevice(device_);
   if (stream_) cudaStreamSynchronize(stream_);
+  for (auto& [st, h] : f64_handles_) {
+    cudaStreamSynchronize(st);
+    if (h.solver) cusolverDnDestroy(h.solver);
+    if (h.blas) cublasDestroy(h.blas);
+  }
   if (solver_params_) cusolverDnDestroyParams(solver_params_);
   if (syevj_params_) cusolverDnDestroySyevjInfo(syevj_params_);
   if (cusolver_) cusolverDnDestroy(cusolver_);
@@ -114,6 +119,12 @@ void CudaBackend::defer_info_check(DeviceBuffer info, std::vector<DeviceBuffer> 
   REVMERGE_CUDA_CHECK(cudaMemcpyAsync(p.host_info.data(), p.device_info.data(),
                                       static_cast<std::size_t>(count) * sizeof(int),
                                       cudaMemcpyDeviceToHost, st));
+  std::lock_guard lock(pending_mutex_);
+  pending_.push_back(std::move(p));
+}
+
+void CudaBackend::keep_until_synchronized(std::vector<DeviceBuffer> blocks, cudaStream_t st) {
+  PendingInfo p{DeviceBuffer{}, std::move(blocks), DeviceBuffer{}, 0, st, {}};
   std::lock_guard lock(pending_mutex_);
   pending_.push_back(std::move(p));
 }

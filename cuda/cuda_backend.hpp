@@ -11,8 +11,4 @@ namespace revmerge {
 /// must be released before it is destroyed. Throws device_error when the device is unusable.
 std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& options);
 
-class DeviceDeltaSvd;
-/// The PT-SVD engine (methods/lowrank/device_svd.hpp) on a backend make_cuda_backend made.
-std::unique_ptr<DeviceDeltaSvd> make_cuda_delta_svd(Backend& backend);
-
 }  // namespace revmerge

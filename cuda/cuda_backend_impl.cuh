@@ -60,6 +60,23 @@ class CudaBackend final : public Backend {
                    Stream s) override;
   void round_to(float* x, std::int64_t count, DType dtype, Stream s) override;
 
+  // cuda_dense_f64.cu
+  void gemm_f64(Op op_a, std::int64_t rows, std::int64_t cols, std::int64_t inner,
+                const double* a, std::int64_t lda, std::int64_t stride_a, const double* b,
+                std::int64_t ldb, std::int64_t stride_b, double* c, std::int64_t ldc,
+                std::int64_t stride_c, std::int64_t batch, Stream s) override;
+  void cholesky_inverse_f64(double* g, double* inverse, std::int64_t n, std::int64_t batch,
+                            int* info, Stream s) override;
+  void householder_qr_f64(double* x, std::int64_t rows, std::int64_t cols, double* r_host,
+                          Stream s) override;
+  std::size_t householder_qr_f64_work_bytes(std::int64_t rows, std::int64_t cols) override;
+  void sum_squares_f64(const double* x, std::int64_t count, std::int64_t batch, double* out,
+                       Stream s) override;
+  void delta_f64(const void* ft, DType ft_type, const void* base, DType base_type, double* delta,
+                 std::int64_t count, std::uint64_t* first_bad, Stream s) override;
+  void gaussian_f64(double* out, std::int64_t count, std::uint64_t seed, std::uint64_t stream_id,
+                    Stream s) override;
+
   int device() const noexcept { return device_; }
   /// The stream a call runs on: the caller's, or the backend's own for Stream{}.
   cudaStream_t stream(Stream s) const noexcept {
@@ -84,6 +101,19 @@ class CudaBackend final : public Backend {
   void defer_info_check(DeviceBuffer info, std::vector<DeviceBuffer> in_flight,
                         std::int64_t count, cudaStream_t st, std::string call);
   void check_pending_infos(cudaStream_t st);
+  /// Holds blocks a queued call still uses (the solvers' pointer arrays) until synchronize().
+  void keep_until_synchronized(std::vector<DeviceBuffer> blocks, cudaStream_t st);
+
+  // The f64 group's library handles, one pair per stream and made on first use: a handle's
+  // stream is its state, so calls on two streams from two threads (the pipeline's reader
+  // compressing while the compute stage merges) must not share one.
+  struct Handles {
+    cublasHandle_t blas = nullptr;
+    cusolverDnHandle_t solver = nullptr;
+  };
+  Handles f64_handles(cudaStream_t st);
+  std::map<cudaStream_t, Handles> f64_handles_;
+  std::mutex f64_handles_mutex_;
 
   int device_;
   std::string name_;

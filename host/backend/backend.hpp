@@ -3,10 +3,12 @@
 // The CPU backend implements it with OpenBLAS / LAPACKE and OpenMP; the CUDA backend with cuBLAS,
 // cuSOLVER and Thrust. Methods never see which one runs.
 //
-// Conventions: all compute is f32; matrices are row-major (the column-major translation for
-// BLAS happens once, inside each backend's gemm); every call is given the stream it runs on and
-// is ordered after earlier work on that stream. Memory passed in lives in the backend's space
-// (device memory for CUDA) unless a parameter says "host".
+// Conventions: the RMM primitives compute in f32 on row-major matrices (the column-major
+// translation for BLAS happens once, inside each backend's gemm); the f64 group, for the PT-SVD
+// of full fine-tunes, takes column-major matrices as BLAS does. Every call is given the stream it
+// runs on and is ordered after earlier work on that stream; calls on different streams may come
+// from different threads. Memory passed in lives in the backend's space (device memory for
+// CUDA) unless a parameter says "host".
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -167,6 +169,37 @@ class Backend {
   /// Rounds each value to the nearest `dtype` value (F16 / BF16; F32 is a no-op), so later work
   /// sees exactly what a file of that dtype stores.
   virtual void round_to(float* x, std::int64_t count, DType dtype, Stream s) = 0;
+
+  // --- f64, column-major: the PT-SVD of full fine-tunes (methods/lowrank/batched_pt_svd.hpp) ---
+  /// C = op(A) · B for every matrix of the batch; a stride of 0 broadcasts A or B.
+  virtual void gemm_f64(Op op_a, std::int64_t rows, std::int64_t cols, std::int64_t inner,
+                        const double* a, std::int64_t lda, std::int64_t stride_a, const double* b,
+                        std::int64_t ldb, std::int64_t stride_b, double* c, std::int64_t ldc,
+                        std::int64_t stride_c, std::int64_t batch, Stream s) = 0;
+  /// For each symmetric n × n matrix G of `g` (packed): its Cholesky factor R (upper, RᵀR = G)
+  /// over G's upper triangle, and R⁻¹ (packed, zeros below the diagonal) in `inverse`. info[b]
+  /// is 0, or the order of the first leading minor that is not positive definite (R and R⁻¹
+  /// are then meaningless). No error is raised for such a matrix: the caller decides.
+  virtual void cholesky_inverse_f64(double* g, double* inverse, std::int64_t n,
+                                    std::int64_t batch, int* info, Stream s) = 0;
+  /// Householder QR of one rows × cols matrix in place: Q's columns replace it, and R (cols ×
+  /// cols, zeros below the diagonal) goes to `r_host` when given. Waits for the stream.
+  virtual void householder_qr_f64(double* x, std::int64_t rows, std::int64_t cols,
+                                  double* r_host, Stream s) = 0;
+  /// Pool memory householder_qr_f64 takes while it runs.
+  virtual std::size_t householder_qr_f64_work_bytes(std::int64_t rows, std::int64_t cols) = 0;
+  /// out[b] = Σ_i x[b · count + i]², for packed batch × count values.
+  virtual void sum_squares_f64(const double* x, std::int64_t count, std::int64_t batch,
+                               double* out, Stream s) = 0;
+  /// delta[i] = ft[i] − base[i] in f64 from two arrays of F64, F32, F16 or BF16 values; where a
+  /// difference is not finite, *first_bad becomes the smallest such i if that is less than it.
+  virtual void delta_f64(const void* ft, DType ft_type, const void* base, DType base_type,
+                         double* delta, std::int64_t count, std::uint64_t* first_bad,
+                         Stream s) = 0;
+  /// out[i] = kernels::counter_normal(seed, stream_id, i) for i < count: a Gaussian sketch that
+  /// is the same numbers on every backend (to the last ulp of log and cos).
+  virtual void gaussian_f64(double* out, std::int64_t count, std::uint64_t seed,
+                            std::uint64_t stream_id, Stream s) = 0;
 };
 
 /// Options for creating a backend.

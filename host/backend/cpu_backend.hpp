@@ -60,6 +60,23 @@ class CpuBackend final : public Backend {
                    Stream s) override;
   void round_to(float* x, std::int64_t count, DType dtype, Stream s) override;
 
+  // cpu_dense_f64.cpp
+  void gemm_f64(Op op_a, std::int64_t rows, std::int64_t cols, std::int64_t inner,
+                const double* a, std::int64_t lda, std::int64_t stride_a, const double* b,
+                std::int64_t ldb, std::int64_t stride_b, double* c, std::int64_t ldc,
+                std::int64_t stride_c, std::int64_t batch, Stream s) override;
+  void cholesky_inverse_f64(double* g, double* inverse, std::int64_t n, std::int64_t batch,
+                            int* info, Stream s) override;
+  void householder_qr_f64(double* x, std::int64_t rows, std::int64_t cols, double* r_host,
+                          Stream s) override;
+  std::size_t householder_qr_f64_work_bytes(std::int64_t, std::int64_t) override { return 0; }
+  void sum_squares_f64(const double* x, std::int64_t count, std::int64_t batch, double* out,
+                       Stream s) override;
+  void delta_f64(const void* ft, DType ft_type, const void* base, DType base_type, double* delta,
+                 std::int64_t count, std::uint64_t* first_bad, Stream s) override;
+  void gaussian_f64(double* out, std::int64_t count, std::uint64_t seed, std::uint64_t stream_id,
+                    Stream s) override;
+
  private:
   int threads_;
   CachingPool pool_;

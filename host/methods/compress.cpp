@@ -110,7 +110,7 @@ CompressReport compress_checkpoint(const CompressOptions& o) {
   const bool on_gpu = o.device == Device::cuda ||
                       (o.device == Device::automatic && cuda_unavailable_reason().empty());
   const auto backend = on_gpu ? make_backend(Device::cuda, {o.threads, o.gpu}) : nullptr;
-  const auto engine = backend ? make_device_delta_svd(*backend) : nullptr;
+  const auto engine = backend ? make_device_pt_svd(*backend) : nullptr;
   AdapterWriteOptions wo;
   wo.base_model_name_or_path = o.base.string();
   wo.dtype = o.dtype;
@@ -143,7 +143,7 @@ CompressReport compress_checkpoint(const CompressOptions& o) {
     for (std::size_t i = 0; i < chosen.size(); ++i) {
       throw_if_interrupted("compress");
       const auto& w = *chosen[i];
-      const auto r = device_pt_svd(*engine, base, {&fine_tune, 1}, w,
+      const auto r = batched_pt_svd(*engine, base, {&fine_tune, 1}, w,
                                    pt_svd_options(w, o.rank, o.oversampling, o.power_iterations, o.seed));
       finish_module(i, r[0].svd, r[0].norm_sq);
     }

@@ -45,7 +45,7 @@ std::uint64_t load_compressed(FullModelSet& set, const FullModelInputs& in, cons
     throw_if_interrupted("merge");
     std::vector<const HfModel*> models;
     for (const auto& m : set.models) models.push_back(m.get());
-    const auto results = device_pt_svd(*set.device_svd, *set.base, models, w,
+    const auto results = batched_pt_svd(*set.device_svd, *set.base, models, w,
                                        pt_svd_options(w, in.rank, in.oversampling, in.power_iterations, 0));
     for (std::size_t t = 0; t < results.size(); ++t) place_factors(results[t].svd, w, t, r, a, b);
     return bytes;
@@ -107,7 +107,7 @@ std::unique_ptr<FullModelSet> open_full_model_set(const std::vector<TaskSource>&
   return set;
 }
 
-void attach_device_svd(FullModelSet& set, DeviceDeltaSvd& engine) {
+void attach_device_svd(FullModelSet& set, BatchedPtSvd& engine) {
   set.device_svd = &engine;
   // The module whose batch needs the most device memory, the widest element of the files, and
   // the host side of a load's results (U and V in f64 for every task).

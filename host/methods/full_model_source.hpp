@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "core/large_buffer.hpp"
-#include "methods/lowrank/device_svd.hpp"
+#include "methods/lowrank/batched_pt_svd.hpp"
 #include "methods/rmm_pipeline.hpp"
 #include "revmerge/hf_model.hpp"
 
@@ -19,7 +19,7 @@ struct FullModelSet {
   std::vector<std::unique_ptr<HfModel>> models;  ///< in task order
   RmmSource source;  ///< refers to this set: keep the set alive while it is used
   LargeBuffer<double> deltas[2];  ///< the reader's, reused from module to module
-  DeviceDeltaSvd* device_svd = nullptr;  ///< where the SVDs run when not on the CPU
+  BatchedPtSvd* device_svd = nullptr;  ///< where the SVDs run when not on the CPU
 };
 
 /// Opens the base and every task's model folder and plans every linear module of the base.
@@ -31,6 +31,6 @@ std::unique_ptr<FullModelSet> open_full_model_set(const std::vector<TaskSource>&
 /// Compresses on `engine` (a GPU) from now on: each module's deltas are formed and solved there,
 /// all tasks in one batch as far as the memory plan allows (the source's device_load_bytes and
 /// limit_device_load). `engine` must outlive the set's use and go before its backend.
-void attach_device_svd(FullModelSet& set, DeviceDeltaSvd& engine);
+void attach_device_svd(FullModelSet& set, BatchedPtSvd& engine);
 
 }  // namespace revmerge

@@ -13,7 +13,7 @@
 #include "core/memory_info.hpp"
 #include "methods/adapter_set.hpp"
 #include "methods/full_model_source.hpp"
-#include "methods/lowrank/device_svd.hpp"
+#include "methods/lowrank/batched_pt_svd.hpp"
 #include "methods/rmm_pipeline.hpp"
 #include "scheduler/memory_plan.hpp"
 #include "revmerge/error.hpp"
@@ -166,7 +166,7 @@ BundleManifest merge_rmm_models(const RmmMergeOptions& o, const FullModelInputs&
   for (const auto& t : o.tasks) manifest.tasks.push_back({t.name, t.adapter.string(), in.base.string(), ""});
   const auto be = backend.get();
   // On a GPU the deltas are compressed there too; the engine goes before the backend.
-  const auto engine = make_device_delta_svd(*be);
+  const auto engine = make_device_pt_svd(*be);
   if (engine) attach_device_svd(*set, *engine);
   return merge_source(o, set->source, std::move(manifest), *be, start);
 }

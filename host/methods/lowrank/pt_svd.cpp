@@ -72,7 +72,7 @@ double read_delta_into(const HfModel& base, const HfModel& ft, const LinearWeigh
   return sq;
 }
 
-std::vector<DeltaSvd> device_pt_svd(DeviceDeltaSvd& engine, const HfModel& base,
+std::vector<DeltaSvd> batched_pt_svd(BatchedPtSvd& engine, const HfModel& base,
                                     std::span<const HfModel* const> fine_tunes,
                                     const LinearWeight& w, const RandomizedSvdOptions& options) {
   std::vector<RawWeight> raws;

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "kernels/counter_rng.hpp"
-#include "methods/lowrank/device_svd.hpp"
+#include "methods/lowrank/batched_pt_svd.hpp"
 #include "methods/lowrank/randomized_svd.hpp"
 #include "revmerge/hf_model.hpp"
 
@@ -44,11 +44,11 @@ inline TruncatedSvd pt_svd(std::span<const double> delta, const LinearWeight& w,
   return randomized_svd(delta, w.in, w.out, pt_svd_options(w, rank, oversampling, power_iterations, seed));
 }
 
-/// The PT-SVDs of module `w` for every fine-tune on a GPU engine: Δ_t formed there from the
-/// files' bytes, all tasks in batches (the same algorithm as pt_svd, in f64 throughout). Throws
-/// format_error naming the fine-tune's folder, the tensor and the element of a non-finite delta.
-/// The tensors' pages leave the resident set afterwards.
-std::vector<DeltaSvd> device_pt_svd(DeviceDeltaSvd& engine, const HfModel& base,
+/// The PT-SVDs of module `w` for every fine-tune on the batched engine: Δ_t formed in backend
+/// memory from the files' bytes, all tasks in batches (pt_svd's algorithm, in f64 throughout).
+/// Throws format_error naming the fine-tune's folder, the tensor and the element of a non-finite
+/// delta. The tensors' pages leave the resident set afterwards.
+std::vector<DeltaSvd> batched_pt_svd(BatchedPtSvd& engine, const HfModel& base,
                                     std::span<const HfModel* const> fine_tunes,
                                     const LinearWeight& w, const RandomizedSvdOptions& options);
 

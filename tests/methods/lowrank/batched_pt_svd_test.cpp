@@ -1,21 +1,23 @@
-// The GPU's PT-SVD engine against the CPU's randomized SVD and against matrices of known
-// spectrum: the same error bounds, the same singular values to rounding, batches equal to one
-// task at a time, Householder where CholeskyQR2 cannot hold (exactly low-rank and zero deltas),
-// deltas formed from BF16 bytes, non-finite elements found; and `revmerge compress` on the GPU
-// beside the CPU. Every case needs a GPU (named `cuda`: ctest labels them `gpu` and reports
-// them skipped, with the reason, where none is usable).
+// The batched PT-SVD engine on every backend (the CPU's always; the GPU's where one is usable)
+// against the CPU's randomized SVD and against matrices of known spectrum: the same error
+// bounds, the same singular values to rounding, batches equal to one task at a time, CholeskyQR2
+// holding on decaying spectra and Householder taking over where it cannot (exactly low-rank and
+// zero deltas), deltas formed from BF16 bytes, non-finite elements found; and `revmerge
+// compress` and the full-model merge on the GPU beside the CPU. Cases named `cuda` need a GPU:
+// ctest labels them `gpu` and reports them skipped, with the reason, where none is usable.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <random>
 
+#include "backend/backend_cases.hpp"
 #include "backend/registry.hpp"
-#include "methods/lowrank/device_svd.hpp"
+#include "methods/lowrank/batched_pt_svd.hpp"
 #include "methods/lowrank/lowrank_fixtures.hpp"
 #include "methods/lowrank/randomized_svd.hpp"
 #include "revmerge/compress.hpp"
-#include "revmerge/rmm.hpp"
 #include "revmerge/peft.hpp"
+#include "revmerge/rmm.hpp"
 #include "test_util.hpp"
 
 namespace revmerge {
@@ -50,10 +52,11 @@ double orthonormality_error(const std::vector<double>& u, i64 m, i64 k) {
   return worst;
 }
 
-TEST(DeviceSvd, DecayingSpectraMatchTheCpuInOneBatchOrMany_cuda) {
-  GPU_OR_SKIP(backend);
-  const auto engine = make_device_delta_svd(*backend);
-  ASSERT_NE(engine, nullptr);
+class BatchedPtSvdOn : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(BatchedPtSvdOn, DecayingSpectraMatchTheCpuInOneBatchOrMany) {
+  REVMERGE_BACKEND_OR_SKIP(backend, GetParam());
+  BatchedPtSvd engine(*backend);
   const i64 m = 120, n = 80, k = 10;
   const RandomizedSvdOptions o{k, 8, 2, 3, 4};
   std::vector<std::vector<double>> sigmas(3), deltas;
@@ -66,9 +69,12 @@ TEST(DeviceSvd, DecayingSpectraMatchTheCpuInOneBatchOrMany_cuda) {
   for (std::size_t t = 0; t < 3; ++t) deltas.push_back(test::with_spectrum(m, n, sigmas[t], 7 + unsigned(t)));
   for (const auto& d : deltas) raws.push_back(f64_weight(d));
   const std::vector<double> zeros(static_cast<std::size_t>(m * n), 0.0);
-  const auto batched = engine->run(f64_weight(zeros), raws, m, n, o);
-  engine->limit_memory(engine->work_bytes(1, m, n, o, 8));  // one task per batch
-  const auto single = engine->run(f64_weight(zeros), raws, m, n, o);
+  const auto batched = engine.run(f64_weight(zeros), raws, m, n, o);
+  // Full rank everywhere: CholeskyQR2 holds for every task and multiply (2q + 2 of them).
+  EXPECT_EQ(engine.counts().orthonormalized, 3 * (2 * 2 + 2));
+  EXPECT_EQ(engine.counts().householder, 0);
+  engine.limit_memory(engine.work_bytes(1, m, n, o, 8));  // one task per batch
+  const auto single = engine.run(f64_weight(zeros), raws, m, n, o);
   ASSERT_EQ(batched.size(), 3u);
   for (std::size_t t = 0; t < 3; ++t) {
     const auto& g = batched[t].svd;
@@ -82,6 +88,7 @@ TEST(DeviceSvd, DecayingSpectraMatchTheCpuInOneBatchOrMany_cuda) {
     for (const auto s : g.s) kept += s * s;
     EXPECT_NEAR(got, total - kept, 1e-9 * total) << "the reported error is the true one";
     EXPECT_LT(orthonormality_error(g.u, m, k), 1e-12);
+    EXPECT_LT(orthonormality_error(g.v, n, k), 1e-12);
     const auto cpu = randomized_svd(deltas[t], m, n, o);
     for (i64 c = 0; c < k; ++c) {
       EXPECT_NEAR(g.s[c], cpu.s[c], 1e-6 * g.s[0]) << "task " << t << ", σ" << c;
@@ -91,16 +98,20 @@ TEST(DeviceSvd, DecayingSpectraMatchTheCpuInOneBatchOrMany_cuda) {
   }
 }
 
-TEST(DeviceSvd, ExactlyLowRankAndZeroDeltasComeBackExactly_cuda) {
-  GPU_OR_SKIP(backend);
-  const auto engine = make_device_delta_svd(*backend);
-  // Rank 5 under a sketch of 12 columns: every sketch is rank-deficient, so each
-  // re-orthonormalisation is Householder's.
+TEST_P(BatchedPtSvdOn, ExactlyLowRankAndZeroDeltasComeBackExactly) {
+  REVMERGE_BACKEND_OR_SKIP(backend, GetParam());
+  BatchedPtSvd engine(*backend);
+  // Rank 5 under a sketch of 12 columns: every sketch is rank-deficient. CholeskyQR2 may still
+  // hold there (its trailing columns are orthonormalised rounding, and the range of the sketch
+  // is kept) or fail, whichever the rounding gives; a zero Δ fails the first Cholesky factor of
+  // each of its four re-orthonormalisations outright, and Householder QR takes those.
   const i64 m = 50, n = 70;
   const auto a = test::with_spectrum(m, n, {5, 3, 2, 1, 0.5}, 3);
   const std::vector<double> zeros(static_cast<std::size_t>(m * n), 0.0);
   const std::vector<RawWeight> raws{f64_weight(a), f64_weight(zeros)};
-  const auto r = engine->run(f64_weight(zeros), raws, m, n, {8, 4, 1, 0, 0});
+  const auto r = engine.run(f64_weight(zeros), raws, m, n, {8, 4, 1, 0, 0});
+  EXPECT_EQ(engine.counts().orthonormalized, 2 * (2 * 1 + 2));
+  EXPECT_GE(engine.counts().householder, 4);
   EXPECT_LE(test::error_sq(a, r[0].svd, m, n), 1e-20 * sum_sq(a));
   EXPECT_LT(orthonormality_error(r[0].svd.u, m, 8), 1e-12);
   EXPECT_EQ(r[1].norm_sq, 0.0);
@@ -108,9 +119,9 @@ TEST(DeviceSvd, ExactlyLowRankAndZeroDeltasComeBackExactly_cuda) {
   EXPECT_LT(orthonormality_error(r[1].svd.u, m, 8), 1e-12);
 }
 
-TEST(DeviceSvd, Bf16BytesAndNonFiniteElements_cuda) {
-  GPU_OR_SKIP(backend);
-  const auto engine = make_device_delta_svd(*backend);
+TEST_P(BatchedPtSvdOn, Bf16BytesAndNonFiniteElements) {
+  REVMERGE_BACKEND_OR_SKIP(backend, GetParam());
+  BatchedPtSvd engine(*backend);
   const i64 m = 40, n = 30;
   std::mt19937 rng(2);
   std::normal_distribution<float> g;
@@ -121,8 +132,8 @@ TEST(DeviceSvd, Bf16BytesAndNonFiniteElements_cuda) {
   convert_from_f32(base.data(), DType::BF16, base16.data(), base.size());
   convert_from_f32(ft.data(), DType::BF16, ft16.data(), ft.size());
   auto bad = ft;
-  bad[777] = NAN;
   bad[901] = INFINITY;
+  bad[777] = NAN;
   convert_from_f32(bad.data(), DType::BF16, bad16.data(), bad.size());
   // The delta the host forms from the same bytes.
   std::vector<double> b64(base.size()), f64(ft.size()), delta(ft.size());
@@ -130,14 +141,18 @@ TEST(DeviceSvd, Bf16BytesAndNonFiniteElements_cuda) {
   convert_to_f64(DType::BF16, ft16.data(), f64.data(), f64.size());
   for (std::size_t i = 0; i < delta.size(); ++i) delta[i] = f64[i] - b64[i];
   const std::vector<RawWeight> raws{{ft16.data(), DType::BF16}, {bad16.data(), DType::BF16}};
-  const auto r = engine->run({base16.data(), DType::BF16}, raws, m, n, {6, 4, 2, 1, 2});
+  const RandomizedSvdOptions o{6, 4, 2, 1, 2};
+  const auto r = engine.run({base16.data(), DType::BF16}, raws, m, n, o);
   EXPECT_EQ(r[0].nonfinite_at, -1);
   EXPECT_NEAR(r[0].norm_sq, sum_sq(delta), 1e-12 * sum_sq(delta));
   EXPECT_EQ(r[1].nonfinite_at, 777);
-  const auto only_good = engine->run({base16.data(), DType::BF16}, {raws.data(), 1}, m, n, {6, 4, 2, 1, 2});
-  const auto cpu = randomized_svd(delta, m, n, {6, 4, 2, 1, 2});
+  const auto only_good = engine.run({base16.data(), DType::BF16}, {raws.data(), 1}, m, n, o);
+  const auto cpu = randomized_svd(delta, m, n, o);
   for (i64 c = 0; c < 6; ++c) EXPECT_NEAR(only_good[0].svd.s[c], cpu.s[c], 1e-6 * cpu.s[0]) << c;
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, BatchedPtSvdOn, ::testing::ValuesIn(test::all_backend_names()),
+                         [](const auto& info) { return info.param; });
 
 TEST(Compress, OnTheGpuAsOnTheCpu_cuda) {
   GPU_OR_SKIP(backend);

@@ -1,0 +1,206 @@
+// The CUDA backend's f64 group (the PT-SVD of full fine-tunes): cuBLAS and cuSOLVER on library
+// handles of the caller's stream, and the element-wise kernels. f64 GEMMs run on the FP64
+// tensor cores where the GPU has them: cuBLAS's default math mode keeps them IEEE double (TF32
+// concerns f32 only).
+#include <cuda_fp16.h>
+#include <thrust/for_each.h>
+#include <thrust/iterator/counting_iterator.h>
+#include <thrust/system/cuda/execution_policy.h>
+
+#include <algorithm>
+
+#include "cuda_backend_impl.cuh"
+#include "cuda_check.hpp"
+#include "kernels/counter_rng.hpp"
+
+namespace revmerge::cuda {
+namespace {
+
+using i64 = std::int64_t;
+
+template <class F>
+void for_each_index(cudaStream_t st, i64 count, const F& f) {
+  if (count <= 0) return;
+  thrust::for_each_n(thrust::cuda::par_nosync.on(st), thrust::counting_iterator<i64>(0), count, f);
+  REVMERGE_CUDA_CHECK(cudaGetLastError());
+}
+
+__device__ double load_value(const void* p, DType dtype, i64 i) {
+  switch (dtype) {
+    case DType::F64: return static_cast<const double*>(p)[i];
+    case DType::F32: return static_cast<const float*>(p)[i];
+    case DType::BF16:
+      return __uint_as_float(static_cast<unsigned>(static_cast<const unsigned short*>(p)[i]) << 16);
+    default: return __half2float(static_cast<const __half*>(p)[i]);  // F16
+  }
+}
+
+struct FormDelta {
+  const void* ft;
+  DType ft_dtype;
+  const void* base;
+  DType base_dtype;
+  double* delta;
+  unsigned long long* first_bad;
+  __device__ void operator()(i64 i) const {
+    const double d = load_value(ft, ft_dtype, i) - load_value(base, base_dtype, i);
+    delta[i] = d;
+    if (!isfinite(d)) atomicMin(first_bad, static_cast<unsigned long long>(i));
+  }
+};
+
+struct FillGaussian {
+  double* out;
+  std::uint64_t seed, stream;
+  __device__ void operator()(i64 i) const {
+    out[i] = kernels::counter_normal(seed, stream, static_cast<std::uint64_t>(i));
+  }
+};
+
+struct FillIdentity {  // a batch of packed n × n identities
+  double* out;
+  i64 n;
+  __device__ void operator()(i64 i) const {
+    const i64 e = i % (n * n);
+    out[i] = e % n == e / n ? 1.0 : 0.0;
+  }
+};
+
+struct FillPointers {  // ptrs[i] = base + i · stride: the batched solvers' matrix arguments
+  double** ptrs;
+  double* base;
+  i64 stride;
+  __device__ void operator()(i64 i) const { ptrs[i] = base + i * stride; }
+};
+
+void check_dtype(DType t, const char* which) {
+  if (t != DType::F64 && t != DType::F32 && t != DType::F16 && t != DType::BF16)
+    throw unsupported_error(std::string("delta_f64: the ") + which + " is " +
+                            std::string(dtype_name(t)) + ", not a float type");
+}
+
+}  // namespace
+
+CudaBackend::Handles CudaBackend::f64_handles(cudaStream_t st) {
+  std::lock_guard lock(f64_handles_mutex_);
+  auto [it, fresh] = f64_handles_.try_emplace(st);
+  if (fresh) {
+    Handles& h = it->second;
+    REVMERGE_CUBLAS_CHECK(cublasCreate(&h.blas));
+    REVMERGE_CUBLAS_CHECK(cublasSetMathMode(h.blas, CUBLAS_DEFAULT_MATH));
+    REVMERGE_CUBLAS_CHECK(cublasSetStream(h.blas, st));
+    REVMERGE_CUSOLVER_CHECK(cusolverDnCreate(&h.solver));
+    REVMERGE_CUSOLVER_CHECK(cusolverDnSetStream(h.solver, st));
+  }
+  return it->second;
+}
+
+void CudaBackend::gemm_f64(Op op_a, i64 rows, i64 cols, i64 inner, const double* a, i64 lda,
+                           i64 stride_a, const double* b, i64 ldb, i64 stride_b, double* c,
+                           i64 ldc, i64 stride_c, i64 batch, Stream s) {
+  if (batch == 0 || rows == 0 || cols == 0) return;
+  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));  // the caller may be a pipeline stage
+  const auto h = f64_handles(stream(s));
+  const double one = 1.0, zero = 0.0;
+  REVMERGE_CUBLAS_CHECK(cublasDgemmStridedBatched_64(
+      h.blas, op_a == Op::none ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, rows, cols, inner, &one,
+      a, lda, stride_a, b, ldb, stride_b, &zero, c, ldc, stride_c, batch));
+}
+
+void CudaBackend::cholesky_inverse_f64(double* g, double* inverse, i64 n, i64 batch, int* info,
+                                       Stream s) {
+  if (batch == 0) return;
+  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
+  const cudaStream_t st = stream(s);
+  const auto h = f64_handles(st);
+  DeviceBuffer pointers = allocate(2 * static_cast<std::size_t>(batch) * sizeof(double*));
+  auto** g_ptrs = static_cast<double**>(pointers.data());
+  double** inv_ptrs = g_ptrs + batch;
+  for_each_index(st, batch, FillPointers{g_ptrs, g, n * n});
+  for_each_index(st, batch, FillPointers{inv_ptrs, inverse, n * n});
+  REVMERGE_CUSOLVER_CHECK(cusolverDnDpotrfBatched(h.solver, CUBLAS_FILL_MODE_UPPER,
+                                                  static_cast<int>(n), g_ptrs, static_cast<int>(n),
+                                                  info, static_cast<int>(batch)));
+  // R⁻¹ = I · R⁻¹, by triangular solves of the l × l identities (exact zeros below the diagonal).
+  for_each_index(st, batch * n * n, FillIdentity{inverse, n});
+  const double one = 1.0;
+  REVMERGE_CUBLAS_CHECK(cublasDtrsmBatched(h.blas, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER,
+                                           CUBLAS_OP_N, CUBLAS_DIAG_NON_UNIT, static_cast<int>(n),
+                                           static_cast<int>(n), &one, g_ptrs, static_cast<int>(n),
+                                           inv_ptrs, static_cast<int>(n), static_cast<int>(batch)));
+  std::vector<DeviceBuffer> held;
+  held.push_back(std::move(pointers));
+  keep_until_synchronized(std::move(held), st);
+}
+
+std::size_t CudaBackend::householder_qr_f64_work_bytes(i64 rows, i64 cols) {
+  // cuSOLVER's workspace taken as two copies of the matrix, a generous stand-in for the size it
+  // reports (which needs a handle, and this may be called from any thread); plus τ and two
+  // status words.
+  return pool_size_class(2 * static_cast<std::size_t>(rows * cols) * sizeof(double)) +
+         pool_size_class(static_cast<std::size_t>(cols) * sizeof(double)) +
+         pool_size_class(2 * sizeof(int));
+}
+
+void CudaBackend::householder_qr_f64(double* x, i64 rows, i64 cols, double* r_host, Stream s) {
+  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
+  const cudaStream_t st = stream(s);
+  const auto h = f64_handles(st);
+  const int m = static_cast<int>(rows), n = static_cast<int>(cols);
+  DeviceBuffer tau = allocate(static_cast<std::size_t>(cols) * sizeof(double));
+  DeviceBuffer info = allocate(2 * sizeof(int));
+  auto* tau_d = static_cast<double*>(tau.data());
+  int lwork_qr = 0, lwork_q = 0;
+  REVMERGE_CUSOLVER_CHECK(cusolverDnDgeqrf_bufferSize(h.solver, m, n, x, m, &lwork_qr));
+  REVMERGE_CUSOLVER_CHECK(cusolverDnDorgqr_bufferSize(h.solver, m, n, n, x, m, tau_d, &lwork_q));
+  const int lwork = std::max({lwork_qr, lwork_q, 1});
+  DeviceBuffer work = allocate(static_cast<std::size_t>(lwork) * sizeof(double));
+  auto* work_d = static_cast<double*>(work.data());
+  auto* infos = static_cast<int*>(info.data());
+  REVMERGE_CUSOLVER_CHECK(cusolverDnDgeqrf(h.solver, m, n, x, m, tau_d, work_d, lwork, infos));
+  if (r_host)  // R: the top cols × cols of each column (the strict lower part is zeroed below)
+    REVMERGE_CUDA_CHECK(cudaMemcpy2DAsync(r_host, static_cast<std::size_t>(cols) * sizeof(double),
+                                          x, static_cast<std::size_t>(rows) * sizeof(double),
+                                          static_cast<std::size_t>(cols) * sizeof(double),
+                                          static_cast<std::size_t>(cols), cudaMemcpyDeviceToHost, st));
+  REVMERGE_CUSOLVER_CHECK(cusolverDnDorgqr(h.solver, m, n, n, x, m, tau_d, work_d, lwork, infos + 1));
+  int host_infos[2] = {0, 0};
+  REVMERGE_CUDA_CHECK(cudaMemcpyAsync(host_infos, infos, sizeof host_infos, cudaMemcpyDeviceToHost, st));
+  REVMERGE_CUDA_CHECK(cudaStreamSynchronize(st));
+  if (host_infos[0] != 0 || host_infos[1] != 0)
+    throw solver_error("cusolverDnDgeqrf / cusolverDnDorgqr (" + std::to_string(rows) + " × " +
+                       std::to_string(cols) + ") report info " + std::to_string(host_infos[0]) +
+                       " / " + std::to_string(host_infos[1]));
+  if (r_host)
+    for (i64 j = 0; j < cols; ++j)
+      for (i64 i = j + 1; i < cols; ++i) r_host[j * cols + i] = 0.0;
+}
+
+void CudaBackend::sum_squares_f64(const double* x, i64 count, i64 batch, double* out, Stream s) {
+  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
+  const auto h = f64_handles(stream(s));
+  // Results stay on the device: no wait for the host between the dots.
+  REVMERGE_CUBLAS_CHECK(cublasSetPointerMode(h.blas, CUBLAS_POINTER_MODE_DEVICE));
+  for (i64 b = 0; b < batch; ++b)
+    REVMERGE_CUBLAS_CHECK(cublasDdot_64(h.blas, count, x + b * count, 1, x + b * count, 1, out + b));
+  REVMERGE_CUBLAS_CHECK(cublasSetPointerMode(h.blas, CUBLAS_POINTER_MODE_HOST));
+}
+
+void CudaBackend::delta_f64(const void* ft, DType ft_type, const void* base, DType base_type,
+                            double* delta, i64 count, std::uint64_t* first_bad, Stream s) {
+  check_dtype(ft_type, "fine-tune");
+  check_dtype(base_type, "base");
+  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
+  static_assert(sizeof(std::uint64_t) == sizeof(unsigned long long));
+  for_each_index(stream(s), count,
+                 FormDelta{ft, ft_type, base, base_type, delta,
+                           reinterpret_cast<unsigned long long*>(first_bad)});
+}
+
+void CudaBackend::gaussian_f64(double* out, i64 count, std::uint64_t seed, std::uint64_t stream_id,
+                               Stream s) {
+  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
+  for_each_index(stream(s), count, FillGaussian{out, seed, stream_id});
+}
+
+}  // namespace revmerge::cuda

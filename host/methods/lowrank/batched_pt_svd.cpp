@@ -1,0 +1,283 @@
+// The batched PT-SVD (batched_pt_svd.hpp) on the backend's f64 group. Layout: Δ row-major
+// out × in is M = Δᵀ column-major m × n (m = in, n = out), BLAS's own order; every batch is
+// strided, task t's matrix at t · stride.
+#include "methods/lowrank/batched_pt_svd.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "backend/caching_pool.hpp"
+
+namespace revmerge {
+
+using i64 = std::int64_t;
+
+namespace {
+
+std::size_t doubles(i64 count) { return static_cast<std::size_t>(count) * sizeof(double); }
+
+}  // namespace
+
+// A batch's sizes: T tasks of m × n, sketch width l, rank k, file elements of at most
+// `element_bytes`.
+struct BatchedPtSvd::Shape {
+  i64 tasks, m, n, l, k;
+  std::size_t element_bytes;
+
+  // The blocks of one batch, in the order run_batch allocates them (work_bytes sums the same
+  // list, so the two cannot drift apart); the pointer arrays are the backend's, per solve.
+  std::vector<std::size_t> blocks() const {
+    const i64 T = tasks, ll = l * l;
+    return {static_cast<std::size_t>(m * n) * element_bytes,  // the base's bytes
+            static_cast<std::size_t>(m * n) * element_bytes,  // one fine-tune's bytes
+            doubles(T * m * n),                               // Δ
+            static_cast<std::size_t>(T) * (3 * sizeof(double) + 2 * sizeof(int)),  // scalars
+            doubles(n * l),                                   // Ω
+            doubles(T * m * l),                               // Y, then Q
+            doubles(T * std::max(m, n) * l),                  // CholeskyQR's first pass
+            doubles(T * n * l),                               // Z, then Bᵀ, then Q₂
+            doubles(3 * T * ll),                              // two Cholesky factors, R⁻¹
+            2 * static_cast<std::size_t>(T) * sizeof(double*),  // the solvers' pointer arrays
+            doubles(2 * T * l * k),                           // U_R, V_R
+            doubles(T * m * k),                               // U
+            doubles(T * n * k)};                              // V
+  }
+};
+
+struct BatchedPtSvd::Batch {
+  DeviceBuffer ft_raw, delta, scalars, omega, y, w, z, factors, small_factors, u, v;
+};
+
+BatchedPtSvd::BatchedPtSvd(Backend& backend) : be_(backend), stream_(backend.create_stream()) {}
+
+BatchedPtSvd::~BatchedPtSvd() {
+  try {
+    be_.synchronize(stream_);
+  } catch (...) {  // a failure was reported by the run that queued the work
+  }
+}
+
+void BatchedPtSvd::gemm(Op op_a, i64 rows, i64 cols, i64 inner, const double* a, i64 lda,
+                        i64 stride_a, const double* b, i64 ldb, i64 stride_b, double* c, i64 ldc,
+                        i64 stride_c, i64 batch) {
+  be_.gemm_f64(op_a, rows, cols, inner, a, lda, stride_a, b, ldb, stride_b, c, ldc, stride_c,
+               batch, stream_);
+}
+
+void BatchedPtSvd::to_host(void* dst, const void* src, std::size_t bytes) {
+  be_.download(dst, src, bytes, stream_);
+}
+
+// Replaces each rows × l matrix of the batch at `x` by an orthonormal basis of its range.
+// CholeskyQR2: R₁ = chol(XᵀX), X₁ = X R₁⁻¹, R₂ = chol(X₁ᵀX₁), Q = X₁ R₂⁻¹ — GEMMs and l × l
+// factorizations, batched. It holds while X is conditioned well enough that X₁ is nearly
+// orthonormal, which R₂ shows (R₂ ≈ I, and then Q is orthonormal to rounding); a matrix where a
+// factorization fails (a zero Δ) or R₂ strays from I by 0.1 or more (a rank-deficient sketch
+// may) is redone by Householder QR from its untouched X. Where it holds on a rank-deficient X,
+// its trailing columns are orthonormalised rounding and the range of X is still kept: as good
+// a basis for the randomized SVD. With `r_out`, each task's R (X = Q R, l × l
+// column-major) comes back to the host.
+void BatchedPtSvd::orthonormalize(Batch& b, double* x, const Shape& s, i64 rows,
+                                  std::vector<double>* r_out) {
+  const i64 T = s.tasks, l = s.l, ll = l * l;
+  auto* factors = static_cast<double*>(b.factors.data());  // R₁ (T), R₂ (T), R⁻¹ (T)
+  double* inverse = factors + 2 * T * ll;
+  auto* infos = reinterpret_cast<int*>(static_cast<char*>(b.scalars.data()) + doubles(3 * T));
+  auto* w = static_cast<double*>(b.w.data());
+  for (int pass = 0; pass < 2; ++pass) {
+    const double* src = pass == 0 ? x : w;
+    double* g = factors + pass * T * ll;
+    gemm(Op::transpose, l, l, rows, src, rows, rows * l, src, rows, rows * l, g, l, ll, T);
+    be_.cholesky_inverse_f64(g, inverse, l, T, infos + pass * T, stream_);
+    if (pass == 0) gemm(Op::none, rows, l, l, x, rows, rows * l, inverse, l, ll, w, rows, rows * l, T);
+  }
+  // Both factors and the verdicts to the host; X is still untouched.
+  std::vector<double> h_factors(static_cast<std::size_t>(2 * T * ll));
+  std::vector<int> h_infos(static_cast<std::size_t>(2 * T));
+  to_host(h_factors.data(), factors, doubles(2 * T * ll));
+  to_host(h_infos.data(), infos, h_infos.size() * sizeof(int));
+  be_.synchronize(stream_);
+  std::vector<char> held(static_cast<std::size_t>(T));
+  bool all_held = true;
+  for (i64 t = 0; t < T; ++t) {
+    const double* r2 = h_factors.data() + (T + t) * ll;
+    bool ok = h_infos[t] == 0 && h_infos[T + t] == 0;
+    for (i64 j = 0; j < l && ok; ++j)
+      for (i64 i = 0; i <= j && ok; ++i) ok = std::abs(r2[j * l + i] - (i == j ? 1.0 : 0.0)) < 0.1;
+    held[t] = ok;
+    all_held = all_held && ok;
+  }
+  // Q = X₁ R₂⁻¹ where CholeskyQR2 held: one batched GEMM when it held everywhere.
+  if (all_held) {
+    gemm(Op::none, rows, l, l, w, rows, rows * l, inverse, l, ll, x, rows, rows * l, T);
+  } else {
+    for (i64 t = 0; t < T; ++t)
+      if (held[t])
+        gemm(Op::none, rows, l, l, w + t * rows * l, rows, 0, inverse + t * ll, l, 0,
+             x + t * rows * l, rows, 0, 1);
+  }
+  if (r_out) r_out->assign(static_cast<std::size_t>(T * ll), 0.0);
+  counts_.orthonormalized += T;
+  for (i64 t = 0; t < T; ++t) {
+    double* r = r_out ? r_out->data() + t * ll : nullptr;
+    if (!held[t]) {
+      be_.householder_qr_f64(x + t * rows * l, rows, l, r, stream_);
+      ++counts_.householder;
+      continue;
+    }
+    if (!r) continue;
+    // R = R₂ R₁, both upper triangular (below the diagonal the factors hold the Grams).
+    const double* r1 = h_factors.data() + t * ll;
+    const double* r2 = h_factors.data() + (T + t) * ll;
+    for (i64 j = 0; j < l; ++j)
+      for (i64 i = 0; i <= j; ++i) {
+        double sum = 0;
+        for (i64 p = i; p <= j; ++p) sum += r2[p * l + i] * r1[j * l + p];
+        r[j * l + i] = sum;
+      }
+  }
+}
+
+void BatchedPtSvd::run_batch(const DeviceBuffer& base_raw, DType base_dtype,
+                             std::span<const RawWeight> fine_tunes, std::span<DeltaSvd> results,
+                             const Shape& s, const RandomizedSvdOptions& o) {
+  const i64 T = s.tasks, m = s.m, n = s.n, l = s.l, k = s.k, mn = m * n;
+  const auto sizes = s.blocks();
+  Batch b;
+  b.ft_raw = be_.allocate(sizes[1]);
+  b.delta = be_.allocate(sizes[2]);
+  b.scalars = be_.allocate(sizes[3]);
+  auto* delta = static_cast<double*>(b.delta.data());
+  auto* norms = static_cast<double*>(b.scalars.data());
+  double* captured = norms + T;
+  auto* bad = reinterpret_cast<std::uint64_t*>(norms + 2 * T);
+  // Δ_t, ‖Δ_t‖² and the first non-finite element, one fine-tune's bytes in backend memory at a
+  // time.
+  const std::vector<std::uint64_t> none(static_cast<std::size_t>(T), ~std::uint64_t{0});
+  be_.upload(bad, none.data(), none.size() * sizeof(std::uint64_t), stream_);
+  for (i64 t = 0; t < T; ++t) {
+    const auto& f = fine_tunes[t];
+    be_.upload(b.ft_raw.data(), f.data, static_cast<std::size_t>(mn) * dtype_size(f.dtype), stream_);
+    be_.delta_f64(b.ft_raw.data(), f.dtype, base_raw.data(), base_dtype, delta + t * mn, mn,
+                  bad + t, stream_);
+  }
+  be_.sum_squares_f64(delta, mn, T, norms, stream_);
+  std::vector<double> h_norms(static_cast<std::size_t>(T));
+  std::vector<std::uint64_t> h_bad(static_cast<std::size_t>(T));
+  to_host(h_norms.data(), norms, doubles(T));
+  to_host(h_bad.data(), bad, h_bad.size() * sizeof(std::uint64_t));
+  be_.synchronize(stream_);
+  bool any_bad = false;
+  for (i64 t = 0; t < T; ++t) {
+    results[t].norm_sq = h_norms[t];
+    if (h_bad[t] != ~std::uint64_t{0}) {
+      results[t].nonfinite_at = static_cast<i64>(h_bad[t]);
+      any_bad = true;
+    }
+  }
+  if (any_bad || k <= 0 || l <= 0) return;
+
+  b.omega = be_.allocate(sizes[4]);
+  b.y = be_.allocate(sizes[5]);
+  b.w = be_.allocate(sizes[6]);
+  b.z = be_.allocate(sizes[7]);
+  b.factors = be_.allocate(sizes[8]);
+  auto* omega = static_cast<double*>(b.omega.data());
+  auto* y = static_cast<double*>(b.y.data());
+  auto* z = static_cast<double*>(b.z.data());
+  be_.gaussian_f64(omega, n * l, o.seed, o.stream, stream_);  // randomized_svd's Ω, n × l
+
+  // Power iterations, each product re-orthonormalised; the first multiplies Ω, shared (stride 0).
+  const double* sketch = omega;
+  i64 sketch_stride = 0;
+  for (int it = 0; it < o.power_iterations; ++it) {
+    gemm(Op::none, m, l, n, delta, m, mn, sketch, n, sketch_stride, y, m, m * l, T);  // Y = M Z
+    orthonormalize(b, y, s, m, nullptr);
+    gemm(Op::transpose, n, l, m, delta, m, mn, y, m, m * l, z, n, n * l, T);  // Z = Mᵀ Y
+    orthonormalize(b, z, s, n, nullptr);
+    sketch = z;
+    sketch_stride = n * l;
+  }
+  gemm(Op::none, m, l, n, delta, m, mn, sketch, n, sketch_stride, y, m, m * l, T);
+  orthonormalize(b, y, s, m, nullptr);                                       // Q
+  gemm(Op::transpose, n, l, m, delta, m, mn, y, m, m * l, z, n, n * l, T);  // Bᵀ = Mᵀ Q
+  be_.sum_squares_f64(z, n * l, T, captured, stream_);                       // ‖QᵀM‖²
+  std::vector<double> r;
+  orthonormalize(b, z, s, n, &r);  // Bᵀ = Q₂ R
+
+  // B = Rᵀ Q₂ᵀ, and Rᵀ = U_R S V_Rᵀ (LAPACK, l × l, on the host) gives B = U_R S (Q₂ V_R)ᵀ:
+  // U = Q U_R and V = Q₂ V_R, their first k columns.
+  std::vector<double> small(static_cast<std::size_t>(2 * T * l * k)), rt(static_cast<std::size_t>(l * l));
+  double* ur = small.data();
+  double* vr = ur + T * l * k;
+  for (i64 t = 0; t < T; ++t) {
+    for (i64 j = 0; j < l; ++j)
+      for (i64 i = 0; i < l; ++i) rt[j * l + i] = r[t * l * l + i * l + j];
+    auto& svd = results[t].svd;
+    svd.k = k;
+    svd.s.resize(static_cast<std::size_t>(k));
+    leading_svd(rt, l, k, ur + t * l * k, svd.s.data(), vr + t * l * k);
+  }
+  b.small_factors = be_.allocate(sizes[10]);
+  b.u = be_.allocate(sizes[11]);
+  b.v = be_.allocate(sizes[12]);
+  auto* d_ur = static_cast<double*>(b.small_factors.data());
+  double* d_vr = d_ur + T * l * k;
+  auto* u = static_cast<double*>(b.u.data());
+  auto* v = static_cast<double*>(b.v.data());
+  be_.upload(d_ur, small.data(), doubles(2 * T * l * k), stream_);
+  gemm(Op::none, m, k, l, y, m, m * l, d_ur, l, l * k, u, m, m * k, T);
+  gemm(Op::none, n, k, l, z, n, n * l, d_vr, l, l * k, v, n, n * k, T);
+  std::vector<double> h_captured(static_cast<std::size_t>(T));
+  for (i64 t = 0; t < T; ++t) {
+    results[t].svd.u.resize(static_cast<std::size_t>(m * k));
+    results[t].svd.v.resize(static_cast<std::size_t>(n * k));
+    to_host(results[t].svd.u.data(), u + t * m * k, doubles(m * k));
+    to_host(results[t].svd.v.data(), v + t * n * k, doubles(n * k));
+  }
+  to_host(h_captured.data(), captured, doubles(T));
+  be_.synchronize(stream_);
+  for (i64 t = 0; t < T; ++t) results[t].svd.captured = h_captured[t];
+}
+
+std::size_t BatchedPtSvd::work_bytes(i64 tasks, i64 in, i64 out, const RandomizedSvdOptions& o,
+                                     std::size_t element_bytes) const {
+  const i64 small = std::min(in, out);
+  const i64 l = std::min(o.rank + std::max<i64>(o.oversampling, 0), small);
+  const Shape s{tasks, in, out, l, std::min(o.rank, small), element_bytes};
+  std::size_t total = 0;
+  for (const auto bytes : s.blocks()) total += pool_size_class(bytes);
+  // Householder QR for a matrix CholeskyQR2 does not hold (one at a time).
+  return total + be_.householder_qr_f64_work_bytes(std::max(in, out), l);
+}
+
+std::vector<DeltaSvd> BatchedPtSvd::run(const RawWeight& base, std::span<const RawWeight> fine_tunes,
+                                        i64 in, i64 out, const RandomizedSvdOptions& o) {
+  std::vector<DeltaSvd> results(fine_tunes.size());
+  if (fine_tunes.empty() || in == 0 || out == 0) return results;
+  std::size_t element = dtype_size(base.dtype);
+  for (const auto& f : fine_tunes) element = std::max(element, dtype_size(f.dtype));
+  const std::size_t budget = std::min(limit_, be_.memory_available());
+  auto tasks = static_cast<i64>(fine_tunes.size());
+  while (tasks > 1 && work_bytes(tasks, in, out, o, element) > budget) --tasks;
+  const i64 small = std::min(in, out);
+  DeviceBuffer base_raw = be_.allocate(static_cast<std::size_t>(in * out) * element);
+  be_.upload(base_raw.data(), base.data, static_cast<std::size_t>(in * out) * dtype_size(base.dtype),
+             stream_);
+  for (i64 first = 0; first < static_cast<i64>(fine_tunes.size()); first += tasks) {
+    const i64 count = std::min<i64>(tasks, static_cast<i64>(fine_tunes.size()) - first);
+    const Shape shape{count, in, out, std::min(o.rank + std::max<i64>(o.oversampling, 0), small),
+                      std::min(o.rank, small), element};
+    run_batch(base_raw, base.dtype, fine_tunes.subspan(first, count),
+              std::span(results).subspan(first, count), shape, o);
+  }
+  be_.synchronize(stream_);  // every block goes back to the pool with nothing left to run on it
+  return results;
+}
+
+std::unique_ptr<BatchedPtSvd> make_device_pt_svd(Backend& backend) {
+  if (backend.kind() != BackendKind::cuda) return nullptr;
+  return std::make_unique<BatchedPtSvd>(backend);
+}
+
+}  // namespace revmerge
