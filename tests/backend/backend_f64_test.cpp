@@ -1,0 +1,203 @@
+// The backends' f64 group (the PT-SVD's primitives) on every backend against plain loops:
+// column-major batched GEMM with transposes and broadcasts, Cholesky factors and their inverses
+// (and the verdict on a matrix that is not positive definite), Householder QR, sums of squares,
+// deltas from every float dtype's bytes with the first non-finite element, and the Gaussian
+// sketch drawn as the host draws it.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "backend/backend_cases.hpp"
+#include "kernels/counter_rng.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+std::vector<double> random_doubles(std::size_t n, unsigned seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> g;
+  std::vector<double> v(n);
+  for (auto& x : v) x = g(rng);
+  return v;
+}
+
+DeviceBuffer put(Backend& be, const void* data, std::size_t bytes) {
+  auto b = be.allocate(bytes);
+  be.upload(b.data(), data, bytes, {});
+  return b;
+}
+
+template <class T>
+std::vector<T> get(Backend& be, const DeviceBuffer& b, std::size_t count) {
+  std::vector<T> v(count);
+  be.download(v.data(), b.data(), count * sizeof(T), {});
+  be.synchronize({});
+  return v;
+}
+
+DeviceBuffer put(Backend& be, const std::vector<double>& v) {
+  return put(be, v.data(), v.size() * sizeof(double));
+}
+
+class BackendF64 : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(BackendF64, GemmTransposesAndBroadcastsLikeLoops) {
+  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
+  struct Case {
+    Op op;
+    i64 batch, rows, cols, inner, lda_pad;
+    bool broadcast_b;
+  };
+  for (const auto& c : {Case{Op::none, 3, 7, 5, 11, 0, false}, Case{Op::transpose, 2, 6, 4, 9, 3, false},
+                        Case{Op::none, 4, 10, 3, 8, 2, true}, Case{Op::transpose, 1, 1, 1, 1, 0, false}}) {
+    SCOPED_TRACE(::testing::Message() << "op " << (c.op == Op::none ? "N" : "T") << " batch " << c.batch);
+    const i64 ar = c.op == Op::none ? c.rows : c.inner, ac = c.op == Op::none ? c.inner : c.rows;
+    const i64 lda = ar + c.lda_pad, sa = lda * ac, sb = c.broadcast_b ? 0 : c.inner * c.cols;
+    const auto a = random_doubles(static_cast<std::size_t>(c.batch * sa), 1);
+    const auto b = random_doubles(static_cast<std::size_t>((c.broadcast_b ? 1 : c.batch) * c.inner * c.cols), 2);
+    const auto da = put(*be, a), db = put(*be, b);
+    auto dc = be->allocate(static_cast<std::size_t>(c.batch * c.rows * c.cols) * sizeof(double));
+    be->gemm_f64(c.op, c.rows, c.cols, c.inner, static_cast<const double*>(da.data()), lda, sa,
+                 static_cast<const double*>(db.data()), c.inner, sb, static_cast<double*>(dc.data()),
+                 c.rows, c.rows * c.cols, c.batch, {});
+    const auto got = get<double>(*be, dc, static_cast<std::size_t>(c.batch * c.rows * c.cols));
+    for (i64 t = 0; t < c.batch; ++t)
+      for (i64 j = 0; j < c.cols; ++j)
+        for (i64 i = 0; i < c.rows; ++i) {
+          double want = 0;
+          for (i64 p = 0; p < c.inner; ++p) {
+            const double x = c.op == Op::none ? a[t * sa + p * lda + i] : a[t * sa + i * lda + p];
+            want += x * b[t * sb + j * c.inner + p];
+          }
+          ASSERT_NEAR(got[(t * c.cols + j) * c.rows + i], want, 1e-12 * (1 + std::abs(want)));
+        }
+  }
+}
+
+TEST_P(BackendF64, CholeskyFactorsTheirInversesAndAFailure) {
+  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
+  const i64 n = 9, batch = 3;
+  // Two Grams XᵀX (positive definite) and one with a negative eigenvalue in its leading 4 × 4.
+  std::vector<double> g(static_cast<std::size_t>(batch * n * n));
+  for (i64 t = 0; t < 2; ++t) {
+    const auto x = random_doubles(static_cast<std::size_t>(20 * n), 10 + unsigned(t));
+    for (i64 j = 0; j < n; ++j)
+      for (i64 i = 0; i < n; ++i) {
+        double s = 0;
+        for (i64 r = 0; r < 20; ++r) s += x[i * 20 + r] * x[j * 20 + r];
+        g[(t * n + j) * n + i] = s;
+      }
+  }
+  for (i64 i = 0; i < n; ++i) g[(2 * n + i) * n + i] = i == 3 ? -1.0 : 1.0;
+  const auto original = g;
+  auto dg = put(*be, g);
+  auto dinv = be->allocate(g.size() * sizeof(double));
+  auto dinfo = be->allocate(static_cast<std::size_t>(batch) * sizeof(int));
+  be->cholesky_inverse_f64(static_cast<double*>(dg.data()), static_cast<double*>(dinv.data()), n,
+                           batch, static_cast<int*>(dinfo.data()), {});
+  const auto r = get<double>(*be, dg, g.size()), inv = get<double>(*be, dinv, g.size());
+  const auto info = get<int>(*be, dinfo, static_cast<std::size_t>(batch));
+  EXPECT_EQ(info[0], 0);
+  EXPECT_EQ(info[1], 0);
+  EXPECT_EQ(info[2], 4) << "the first leading minor that is not positive definite";
+  for (i64 t = 0; t < 2; ++t)
+    for (i64 j = 0; j < n; ++j)
+      for (i64 i = 0; i < n; ++i) {
+        double rtr = 0, rrinv = 0;  // (RᵀR)(i, j) and (R R⁻¹)(i, j), upper triangles only
+        for (i64 p = 0; p <= std::min(i, j); ++p) rtr += r[(t * n + i) * n + p] * r[(t * n + j) * n + p];
+        for (i64 p = i; p <= j; ++p) rrinv += r[(t * n + p) * n + i] * inv[(t * n + j) * n + p];
+        ASSERT_NEAR(rtr, original[(t * n + j) * n + i], 1e-10 * original[(t * n + i) * n + i]);
+        ASSERT_NEAR(j >= i ? rrinv : 0.0, i == j ? 1.0 : 0.0, 1e-10);
+        if (i > j) ASSERT_EQ(inv[(t * n + j) * n + i], 0.0) << "zeros below the diagonal";
+      }
+}
+
+TEST_P(BackendF64, HouseholderGivesOrthonormalQAndR) {
+  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
+  const i64 rows = 37, cols = 6;
+  const auto x = random_doubles(static_cast<std::size_t>(rows * cols), 5);
+  auto dx = put(*be, x);
+  std::vector<double> r(static_cast<std::size_t>(cols * cols), -1.0);
+  be->householder_qr_f64(static_cast<double*>(dx.data()), rows, cols, r.data(), {});
+  const auto q = get<double>(*be, dx, x.size());
+  for (i64 a = 0; a < cols; ++a)
+    for (i64 b = 0; b < cols; ++b) {
+      double d = 0;
+      for (i64 i = 0; i < rows; ++i) d += q[a * rows + i] * q[b * rows + i];
+      EXPECT_NEAR(d, a == b ? 1.0 : 0.0, 1e-13);
+      if (a > b) EXPECT_EQ(r[b * cols + a], 0.0);
+    }
+  for (i64 j = 0; j < cols; ++j)
+    for (i64 i = 0; i < rows; ++i) {
+      double qr = 0;
+      for (i64 p = 0; p <= j; ++p) qr += q[p * rows + i] * r[j * cols + p];
+      EXPECT_NEAR(qr, x[j * rows + i], 1e-12);
+    }
+}
+
+TEST_P(BackendF64, SumsOfSquaresAndTheSketch) {
+  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
+  const auto x = random_doubles(3 * 1000, 6);
+  auto dx = put(*be, x);
+  auto dsum = be->allocate(3 * sizeof(double));
+  be->sum_squares_f64(static_cast<const double*>(dx.data()), 1000, 3, static_cast<double*>(dsum.data()), {});
+  const auto sums = get<double>(*be, dsum, 3);
+  for (i64 b = 0; b < 3; ++b) {
+    double want = 0;
+    for (i64 i = 0; i < 1000; ++i) want += x[b * 1000 + i] * x[b * 1000 + i];
+    EXPECT_NEAR(sums[b], want, 1e-12 * want);
+  }
+  const i64 count = 70001;  // past one block of the CPU's loop
+  auto dg = be->allocate(static_cast<std::size_t>(count) * sizeof(double));
+  be->gaussian_f64(static_cast<double*>(dg.data()), count, 42, 7, {});
+  const auto drawn = get<double>(*be, dg, static_cast<std::size_t>(count));
+  for (i64 i = 0; i < count; i += 997)  // the device's log and cos may differ in the last ulp
+    ASSERT_NEAR(drawn[i], kernels::counter_normal(42, 7, static_cast<std::uint64_t>(i)), 1e-14) << i;
+  ASSERT_NEAR(drawn[count - 1], kernels::counter_normal(42, 7, count - 1), 1e-14);
+}
+
+TEST_P(BackendF64, DeltasFromEveryFloatTypeAndTheFirstNonFiniteElement) {
+  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
+  const i64 count = 70001;
+  std::vector<float> base(static_cast<std::size_t>(count)), ft(base.size());
+  std::mt19937 rng(3);
+  std::normal_distribution<float> g;
+  for (std::size_t i = 0; i < base.size(); ++i) base[i] = g(rng), ft[i] = base[i] + 0.01f * g(rng);
+  ft[69000] = INFINITY;  // in the CPU's second block
+  ft[68000] = NAN;
+  for (const auto ft_type : {DType::F32, DType::F16, DType::BF16, DType::F64})
+    for (const auto base_type : {DType::BF16, DType::F32}) {
+      SCOPED_TRACE(::testing::Message() << dtype_name(ft_type) << " − " << dtype_name(base_type));
+      std::vector<std::byte> fb(ft.size() * dtype_size(ft_type)), bb(base.size() * dtype_size(base_type));
+      if (ft_type == DType::F64) {
+        std::vector<double> w(ft.begin(), ft.end());
+        std::memcpy(fb.data(), w.data(), fb.size());
+      } else {
+        convert_from_f32(ft.data(), ft_type, fb.data(), ft.size());
+      }
+      convert_from_f32(base.data(), base_type, bb.data(), base.size());
+      std::vector<double> fd(ft.size()), bd(base.size());
+      convert_to_f64(ft_type, fb.data(), fd.data(), fd.size());
+      convert_to_f64(base_type, bb.data(), bd.data(), bd.size());
+      const auto df = put(*be, fb.data(), fb.size()), db = put(*be, bb.data(), bb.size());
+      const std::uint64_t none = ~std::uint64_t{0};
+      auto dbad = put(*be, &none, sizeof none);
+      auto dd = be->allocate(static_cast<std::size_t>(count) * sizeof(double));
+      be->delta_f64(df.data(), ft_type, db.data(), base_type, static_cast<double*>(dd.data()), count,
+                    static_cast<std::uint64_t*>(dbad.data()), {});
+      const auto got = get<double>(*be, dd, static_cast<std::size_t>(count));
+      EXPECT_EQ(get<std::uint64_t>(*be, dbad, 1)[0], 68000u);
+      for (i64 i = 0; i < count; ++i)
+        if (std::isfinite(fd[i])) ASSERT_EQ(got[i], fd[i] - bd[i]) << i;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, BackendF64, ::testing::ValuesIn(test::all_backend_names()),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace revmerge
