@@ -98,6 +98,9 @@ PY
 export -f repeat_bench
 export revmerge out
 step pipeline-7b-gpu-x3 pipeline-7b-gpu-x3.log 150 bash -c repeat_bench
+# PT-SVD alone: a 7b layer's 8 fine-tunes from BF16 bytes in memory, the batched engine on the
+# GPU against the CPU's pt_svd (singular values compared), beside the upload floor.
+step pt-svd-7b pt-svd-7b.log 180 "$build/bench/revmerge_bench_pt_svd" --model llama-7b --tasks 8 --rank 64 --device cuda
 # Full fine-tunes (issue: PT-SVD on the GPU): one 7b layer, base and 8 fine-tunes in bf16;
 # compress one on the GPU and on the CPU, then the streamed RMM merge of all 8 on each.
 step make-models make-models.log 120 "$build/bench/revmerge_make_models" --model llama-7b --tasks 8 --layers 1 --out "$out/models-7b" --force
@@ -139,11 +142,11 @@ echo
 echo "GPU: $(cat "$out/gpu.txt" 2>/dev/null)"
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)   total: $(( $(date +%s) - t_start ))s   logs: $out"
 printf '%-16s %s\n' step result
-for s in configure build devices cuda-tests gpu-vs-cpu-7b bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-gpu-x3 make-models full-models pipeline-7b-cpu make-adapters-70b pipeline-70b-gpu merge-example all-tests memcheck; do
+for s in configure build devices cuda-tests gpu-vs-cpu-7b bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-gpu-x3 pt-svd-7b make-models full-models pipeline-7b-cpu make-adapters-70b pipeline-70b-gpu merge-example all-tests memcheck; do
   printf '%-16s %s\n' "$s" "${result[$s]:-NOT RUN}"
 done
 grep -hE "^(cpu|cuda)|speed-up|GPU vs CPU" "$out"/gpu-vs-cpu-7b.log "$out"/bench-*-gpu.log 2>/dev/null
-cat "$out"/full-models.log 2>/dev/null
+cat "$out"/pt-svd-7b.log "$out"/full-models.log 2>/dev/null
 grep -hE "^revmerge bench|^memory plan|^read|^upload|^compute|^write|^pipeline|^setup|^finish|^end to end|^floor|peak RSS|^sequential|^median|^  [a-z]+ +busy" "$out"/pipeline-*.log 2>/dev/null
 for s in "${!result[@]}"; do [[ ${result[$s]} == FAIL* ]] && exit 1; done
 exit 0
