@@ -110,7 +110,8 @@ std::unique_ptr<FullModelSet> open_full_model_set(const std::vector<TaskSource>&
 void attach_device_svd(FullModelSet& set, BatchedPtSvd& engine) {
   set.device_svd = &engine;
   // The module whose batch needs the most device memory, the widest element of the files, and
-  // the host side of a load's results (U and V in f64 for every task).
+  // the host memory of a load: U and V in f64 for every task, and the two pinned buffers the
+  // weights pass through.
   const auto tasks = static_cast<std::uint64_t>(set.models.size());
   const LinearWeight* largest = nullptr;
   std::size_t element = 1;
@@ -122,6 +123,7 @@ void attach_device_svd(FullModelSet& set, BatchedPtSvd& engine) {
       element = std::max(element, dtype_size(m->checkpoint().at(w.tensor).info->dtype));
     host = std::max(host, 16 * tasks * static_cast<std::uint64_t>((w.in + w.out) * set.inputs.rank));
   }
+  host += 2 * static_cast<std::uint64_t>(largest->in * largest->out) * element;  // pinned staging
   set.source.load_bytes = host;
   const auto options = pt_svd_options(*largest, set.inputs.rank, set.inputs.oversampling,
                                       set.inputs.power_iterations, 0);

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <exception>
 
 #include "backend/caching_pool.hpp"
 
@@ -15,6 +17,26 @@ using i64 = std::int64_t;
 namespace {
 
 std::size_t doubles(i64 count) { return static_cast<std::size_t>(count) * sizeof(double); }
+
+// Declared after the buffers a stream's queued work uses, so it runs before they go back to the
+// pool: when an exception unwinds, waits for that work first.
+class WaitOnUnwind {
+ public:
+  WaitOnUnwind(Backend& be, Stream s) : be_(be), s_(s) {}
+  ~WaitOnUnwind() {
+    if (std::uncaught_exceptions() > entered_) try {
+        be_.synchronize(s_);
+      } catch (...) {  // the exception in flight is the one to report
+      }
+  }
+  WaitOnUnwind(const WaitOnUnwind&) = delete;
+  WaitOnUnwind& operator=(const WaitOnUnwind&) = delete;
+
+ private:
+  Backend& be_;
+  Stream s_;
+  int entered_ = std::uncaught_exceptions();
+};
 
 }  // namespace
 
@@ -44,6 +66,15 @@ struct BatchedPtSvd::Shape {
   }
 };
 
+// Two pinned host buffers the weights pass through on a GPU, in turn: one is filled while the
+// other's upload runs (a pageable copy from the mapped file would run at a fraction of the
+// link's rate, faulting pages in on one thread).
+struct BatchedPtSvd::Staging {
+  DeviceBuffer buffer[2];
+  bool busy[2] = {false, false};
+  int next = 0;
+};
+
 struct BatchedPtSvd::Batch {
   DeviceBuffer ft_raw, delta, scalars, omega, y, w, z, factors, small_factors, u, v;
 };
@@ -66,6 +97,28 @@ void BatchedPtSvd::gemm(Op op_a, i64 rows, i64 cols, i64 inner, const double* a,
 
 void BatchedPtSvd::to_host(void* dst, const void* src, std::size_t bytes) {
   be_.download(dst, src, bytes, stream_);
+}
+
+void BatchedPtSvd::upload_weight(void* dst, const RawWeight& w, std::size_t count, Staging& staging) {
+  const std::size_t bytes = count * dtype_size(w.dtype);
+  if (be_.shares_host_memory()) {  // the CPU: one copy, straight from the file's pages
+    be_.upload(dst, w.data, bytes, stream_);
+    return;
+  }
+  const int i = staging.next;
+  if (staging.busy[i]) be_.synchronize(stream_);  // its previous upload has finished
+  // Filled by all host threads, a few MiB each: the file's pages fault in in parallel.
+  constexpr std::size_t kChunk = std::size_t{4} << 20;
+  auto* out = static_cast<std::byte*>(staging.buffer[i].data());
+  const auto chunks = static_cast<i64>((bytes + kChunk - 1) / kChunk);
+#pragma omp parallel for schedule(dynamic)
+  for (i64 c = 0; c < chunks; ++c) {
+    const std::size_t at = static_cast<std::size_t>(c) * kChunk;
+    std::memcpy(out + at, w.data + at, std::min(kChunk, bytes - at));
+  }
+  be_.upload(dst, out, bytes, stream_);
+  staging.busy[i] = true;
+  staging.next = 1 - i;
 }
 
 // Replaces each rows × l matrix of the batch at `x` by an orthonormal basis of its range.
@@ -140,10 +193,11 @@ void BatchedPtSvd::orthonormalize(Batch& b, double* x, const Shape& s, i64 rows,
 
 void BatchedPtSvd::run_batch(const DeviceBuffer& base_raw, DType base_dtype,
                              std::span<const RawWeight> fine_tunes, std::span<DeltaSvd> results,
-                             const Shape& s, const RandomizedSvdOptions& o) {
+                             const Shape& s, const RandomizedSvdOptions& o, Staging& staging) {
   const i64 T = s.tasks, m = s.m, n = s.n, l = s.l, k = s.k, mn = m * n;
   const auto sizes = s.blocks();
   Batch b;
+  const WaitOnUnwind wait(be_, stream_);
   b.ft_raw = be_.allocate(sizes[1]);
   b.delta = be_.allocate(sizes[2]);
   b.scalars = be_.allocate(sizes[3]);
@@ -157,7 +211,7 @@ void BatchedPtSvd::run_batch(const DeviceBuffer& base_raw, DType base_dtype,
   be_.upload(bad, none.data(), none.size() * sizeof(std::uint64_t), stream_);
   for (i64 t = 0; t < T; ++t) {
     const auto& f = fine_tunes[t];
-    be_.upload(b.ft_raw.data(), f.data, static_cast<std::size_t>(mn) * dtype_size(f.dtype), stream_);
+    upload_weight(b.ft_raw.data(), f, static_cast<std::size_t>(mn), staging);
     be_.delta_f64(b.ft_raw.data(), f.dtype, base_raw.data(), base_dtype, delta + t * mn, mn,
                   bad + t, stream_);
   }
@@ -261,15 +315,19 @@ std::vector<DeltaSvd> BatchedPtSvd::run(const RawWeight& base, std::span<const R
   auto tasks = static_cast<i64>(fine_tunes.size());
   while (tasks > 1 && work_bytes(tasks, in, out, o, element) > budget) --tasks;
   const i64 small = std::min(in, out);
-  DeviceBuffer base_raw = be_.allocate(static_cast<std::size_t>(in * out) * element);
-  be_.upload(base_raw.data(), base.data, static_cast<std::size_t>(in * out) * dtype_size(base.dtype),
-             stream_);
+  const auto count = static_cast<std::size_t>(in * out);
+  Staging staging;
+  if (!be_.shares_host_memory())
+    for (auto& buffer : staging.buffer) buffer = be_.allocate_staging(count * element);
+  DeviceBuffer base_raw = be_.allocate(count * element);
+  const WaitOnUnwind wait(be_, stream_);
+  upload_weight(base_raw.data(), base, count, staging);
   for (i64 first = 0; first < static_cast<i64>(fine_tunes.size()); first += tasks) {
-    const i64 count = std::min<i64>(tasks, static_cast<i64>(fine_tunes.size()) - first);
-    const Shape shape{count, in, out, std::min(o.rank + std::max<i64>(o.oversampling, 0), small),
+    const i64 batch = std::min<i64>(tasks, static_cast<i64>(fine_tunes.size()) - first);
+    const Shape shape{batch, in, out, std::min(o.rank + std::max<i64>(o.oversampling, 0), small),
                       std::min(o.rank, small), element};
-    run_batch(base_raw, base.dtype, fine_tunes.subspan(first, count),
-              std::span(results).subspan(first, count), shape, o);
+    run_batch(base_raw, base.dtype, fine_tunes.subspan(first, batch),
+              std::span(results).subspan(first, batch), shape, o, staging);
   }
   be_.synchronize(stream_);  // every block goes back to the pool with nothing left to run on it
   return results;

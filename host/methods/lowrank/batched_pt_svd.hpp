@@ -70,9 +70,11 @@ class BatchedPtSvd {
  private:
   struct Shape;
   struct Batch;
+  struct Staging;
   void run_batch(const DeviceBuffer& base_raw, DType base_dtype,
                  std::span<const RawWeight> fine_tunes, std::span<DeltaSvd> results,
-                 const Shape& shape, const RandomizedSvdOptions& options);
+                 const Shape& shape, const RandomizedSvdOptions& options, Staging& staging);
+  void upload_weight(void* dst, const RawWeight& w, std::size_t count, Staging& staging);
   void orthonormalize(Batch& b, double* x, const Shape& s, std::int64_t rows,
                       std::vector<double>* r_out);
   void gemm(Op op_a, std::int64_t rows, std::int64_t cols, std::int64_t inner, const double* a,
