@@ -73,8 +73,8 @@ double read_delta_into(const HfModel& base, const HfModel& ft, const LinearWeigh
 }
 
 std::vector<DeltaSvd> batched_pt_svd(BatchedPtSvd& engine, const HfModel& base,
-                                    std::span<const HfModel* const> fine_tunes,
-                                    const LinearWeight& w, const RandomizedSvdOptions& options) {
+                                     std::span<const HfModel* const> fine_tunes,
+                                     const LinearWeight& w, const RandomizedSvdOptions& options) {
   std::vector<RawWeight> raws;
   for (const auto* ft : fine_tunes) raws.push_back(raw_weight(*ft, w));
   auto results = engine.run(raw_weight(base, w), raws, w.in, w.out, options);

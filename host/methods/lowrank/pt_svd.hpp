@@ -49,8 +49,8 @@ inline TruncatedSvd pt_svd(std::span<const double> delta, const LinearWeight& w,
 /// Throws format_error naming the fine-tune's folder, the tensor and the element of a non-finite
 /// delta. The tensors' pages leave the resident set afterwards.
 std::vector<DeltaSvd> batched_pt_svd(BatchedPtSvd& engine, const HfModel& base,
-                                    std::span<const HfModel* const> fine_tunes,
-                                    const LinearWeight& w, const RandomizedSvdOptions& options);
+                                     std::span<const HfModel* const> fine_tunes,
+                                     const LinearWeight& w, const RandomizedSvdOptions& options);
 
 /// The first k triplets as LoRA factors with scale 1: A = U_kᵀ (k × in, rows `in` apart) and
 /// B = V_k S_k (out × k, rows `b_row` apart: k for an adapter, the padded rank for a stack).
