@@ -6,6 +6,7 @@
 
 #include "backend/registry.hpp"
 #include "commands.hpp"
+#include "progress.hpp"
 #include "revmerge/compress.hpp"
 #include "revmerge/error.hpp"
 #include "text_format.hpp"
@@ -23,6 +24,7 @@ void run_compress(CompressArgs& args) {
   auto o = args.o;
   o.dtype = parse_float_dtype_option(args.dtype, "--dtype");
   o.device = parse_device_option(args.device);
+  o.progress = module_progress(args.quiet || args.json, "compressing");
   if (!args.include.empty()) o.include = split_list(args.include);
   if (!args.exclude.empty()) o.exclude = split_list(args.exclude);
   const auto r = compress_checkpoint(o);

@@ -1,8 +1,5 @@
 // `revmerge merge`: RMM of LoRA adapters into a reversible bundle, or a classic method (task
 // arithmetic, TIES, DARE, ...) into one adapter or model.
-#include <unistd.h>
-
-#include <cstdio>
 #include <iostream>
 
 #include "bundle_report.hpp"
@@ -36,14 +33,6 @@ struct MergeArgs {
   std::map<std::string, CLI::Option*> opt;
   bool given(const std::string& name) const { return opt.at(name)->count() > 0; }
 };
-
-ProgressFn terminal_progress(const MergeArgs& args, const char* what) {
-  if (args.quiet || args.json || !::isatty(STDERR_FILENO)) return {};
-  return [what](std::size_t done, std::size_t all, const std::string& path) {
-    std::fprintf(stderr, "\r\033[K%s %zu/%zu %s", what, done, all, path.c_str());
-    if (done == all) std::fprintf(stderr, "\r\033[K");
-  };
-}
 
 std::filesystem::path output_folder(const MergeArgs& args, const MergeConfig& cfg) {
   if (args.given("--out")) return args.out;
@@ -145,7 +134,7 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   o.overwrite = args.force;
   o.allow_nonfinite = args.allow_nonfinite;
   o.threads = args.threads;
-  o.progress = terminal_progress(args, "merging");
+  o.progress = module_progress(args.quiet || args.json, "merging");
   const auto r = merge_classic(o);
   if (args.json) {
     nlohmann::json j = {{"method", r.method}, {"mode", r.mode}, {"convention", r.convention},

@@ -61,4 +61,12 @@ PipelineProgressFn pipeline_progress(bool quiet, const char* what) {
   };
 }
 
+ProgressFn module_progress(bool quiet, const char* what) {
+  if (quiet || !::isatty(STDERR_FILENO)) return {};
+  return [what](std::size_t done, std::size_t all, const std::string& path) {
+    std::fprintf(stderr, "\r\033[K%s %zu/%zu %s", what, done, all, path.c_str());
+    if (done == all) std::fprintf(stderr, "\r\033[K");
+  };
+}
+
 }  // namespace revmerge::cli
