@@ -269,6 +269,17 @@ TEST(MemoryPlan, SlotsGrowWithTheBudgetUpToTheirCap) {
   p = plan_memory(item, 130, 1150, "--memory-budget");
   EXPECT_EQ(p.device_bytes, 1150u);
   EXPECT_EQ(p.host_bytes, 130u);
+  // Full fine-tunes compressed on the device: the reader's deltas there too, named when short.
+  item.device_read_work = 500;
+  try {
+    plan_memory(item, 130, 1649, "--memory-budget");
+    FAIL() << "planned 1650 bytes of device work into 1649";
+  } catch (const usage_error& e) {
+    EXPECT_NE(std::string(e.what()).find("compressing on the device 500 B"), std::string::npos)
+        << e.what();
+  }
+  p = plan_memory(item, 130, 1650, "--memory-budget");
+  EXPECT_EQ(p.device_bytes, 1650u);
 }
 
 TEST(MemoryInfo, ByteSizesParseInBinaryAndDecimalUnits) {
