@@ -20,16 +20,8 @@ struct CompressArgs {
   bool json = false, quiet = false;
 };
 
-void run_compress(CompressArgs& args) {
-  auto o = args.o;
-  o.dtype = parse_float_dtype_option(args.dtype, "--dtype");
-  o.device = parse_device_option(args.device);
-  o.progress = module_progress(args.quiet || args.json, "compressing");
-  if (!args.include.empty()) o.include = split_list(args.include);
-  if (!args.exclude.empty()) o.exclude = split_list(args.exclude);
-  const auto r = compress_checkpoint(o);
-  if (args.quiet) return;
-  if (args.json) {
+void print_report(const CompressOptions& o, const CompressReport& r, bool json) {
+  if (json) {
     nlohmann::ordered_json j;
     j["adapter"] = o.out.string();
     j["relative_error"] = r.relative_error;
@@ -53,6 +45,29 @@ void run_compress(CompressArgs& args) {
   for (std::size_t i = 0; i < std::min<std::size_t>(5, worst.size()); ++i)
     std::cout << fmt::format("  {:<40} rank {:>4}  error {:.4g}\n", worst[i].path, worst[i].rank,
                              worst[i].relative_error);
+}
+
+void run_compress(CompressArgs& args) {
+  auto o = args.o;
+  o.dtype = parse_float_dtype_option(args.dtype, "--dtype");
+  o.device = parse_device_option(args.device);
+  o.progress = module_progress(args.quiet || args.json, "compressing");
+  if (!args.include.empty()) o.include = split_list(args.include);
+  if (!args.exclude.empty()) o.exclude = split_list(args.exclude);
+  const auto r = compress_checkpoint(o);
+  if (args.quiet) return;
+  print_report(o, r, args.json);
+  // What the report would leave a user to notice: modules the fine-tune did not change (their
+  // factors are zero), and a rank at which the adapter outweighs the weights it stands for.
+  std::cout.flush();
+  std::size_t unchanged = 0;
+  for (const auto& m : r.modules) unchanged += m.delta_norm == 0;
+  if (unchanged > 0)
+    std::cerr << fmt::format("note: {} of {} modules are identical in the fine-tune and the base; "
+                             "their factors are zero\n", unchanged, r.modules.size());
+  if (r.storage > 1)
+    std::cerr << fmt::format("note: at this rank the adapter holds {:.2f}× the numbers of the "
+                             "weights it compresses\n", r.storage);
 }
 
 }  // namespace
