@@ -179,11 +179,15 @@ void CudaBackend::householder_qr_f64(double* x, i64 rows, i64 cols, double* r_ho
 void CudaBackend::sum_squares_f64(const double* x, i64 count, i64 batch, double* out, Stream s) {
   REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
   const auto h = f64_handles(stream(s));
-  // Results stay on the device: no wait for the host between the dots.
+  // Results stay on the device: no wait for the host between the dots. The handle goes back to
+  // host scalars however this ends (the GEMMs pass α and β from the host).
   REVMERGE_CUBLAS_CHECK(cublasSetPointerMode(h.blas, CUBLAS_POINTER_MODE_DEVICE));
+  struct HostScalarsAgain {
+    cublasHandle_t blas;
+    ~HostScalarsAgain() { cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_HOST); }
+  } restore{h.blas};
   for (i64 b = 0; b < batch; ++b)
     REVMERGE_CUBLAS_CHECK(cublasDdot_64(h.blas, count, x + b * count, 1, x + b * count, 1, out + b));
-  REVMERGE_CUBLAS_CHECK(cublasSetPointerMode(h.blas, CUBLAS_POINTER_MODE_HOST));
 }
 
 void CudaBackend::delta_f64(const void* ft, DType ft_type, const void* base, DType base_type,
