@@ -8,7 +8,6 @@
 //
 //   revmerge_bench_pt_svd --model llama-7b --tasks 8 --rank 64 --device both [--modules q_proj]
 #include <CLI/CLI.hpp>
-#include <cblas.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -19,6 +18,7 @@
 #include "backend/registry.hpp"
 #include "kernels/counter_rng.hpp"
 #include "llm_shapes.hpp"
+#include "synthetic_models.hpp"
 #include "methods/lowrank/batched_pt_svd.hpp"
 #include "methods/lowrank/randomized_svd.hpp"
 #include "revmerge/dtype.hpp"
@@ -33,8 +33,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// One module's base and fine-tunes as BF16 bytes (make_models' recipe: W ~ 0.02·N(0, 1), each
-// fine-tune W + U diag(10⁻³·0.9ʲ) V over 96 directions + 10⁻⁵·N(0, 1)).
+// One module's base and fine-tunes as BF16 bytes (synthetic_models.hpp's recipe).
 struct ModuleData {
   rb::ModuleShape shape;
   std::vector<std::byte> base;
@@ -42,29 +41,15 @@ struct ModuleData {
 };
 
 ModuleData make_module(const rb::ModuleShape& m, i64 tasks) {
-  const i64 rows = m.out, cols = m.in, k = 96, count = rows * cols;
   const auto stream = kr::stream_id(m.name);
-  std::vector<float> w(static_cast<std::size_t>(count)), d(w.size()), u(static_cast<std::size_t>(rows * k)),
-      v(static_cast<std::size_t>(k * cols));
-  auto normal = [](std::vector<float>& x, std::uint64_t seed, std::uint64_t s, float scale) {
-#pragma omp parallel for schedule(static)
-    for (i64 i = 0; i < static_cast<i64>(x.size()); ++i)
-      x[i] = scale * static_cast<float>(kr::counter_normal(seed, s, static_cast<std::uint64_t>(i)));
-  };
-  ModuleData out{m, std::vector<std::byte>(static_cast<std::size_t>(count) * 2), {}};
-  normal(w, 0, stream, 0.02f);
+  std::vector<float> w, ft;
+  rb::synthetic_base(w, m.out, m.in, 0, stream);
+  ModuleData out{m, std::vector<std::byte>(w.size() * 2), {}};
   revmerge::convert_from_f32(w.data(), revmerge::DType::BF16, out.base.data(), w.size());
   for (i64 t = 0; t < tasks; ++t) {
-    normal(u, 1000 + t, stream, 1.0f);
-    normal(v, 1000 + t, stream + 1, 1.0f);
-    for (i64 r = 0; r < rows; ++r)
-      for (i64 j = 0; j < k; ++j) u[r * k + j] *= 1e-3f * static_cast<float>(std::pow(0.9, double(j)));
-    normal(d, 1000 + t, stream + 2, 1e-5f);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, k, 1.0f, u.data(), k,
-                v.data(), cols, 1.0f, d.data(), cols);
-    for (i64 i = 0; i < count; ++i) d[i] += w[i];
-    auto& bytes = out.fts.emplace_back(static_cast<std::size_t>(count) * 2);
-    revmerge::convert_from_f32(d.data(), revmerge::DType::BF16, bytes.data(), d.size());
+    rb::synthetic_fine_tune(w, ft, m.out, m.in, 0, stream, t);
+    auto& bytes = out.fts.emplace_back(ft.size() * 2);
+    revmerge::convert_from_f32(ft.data(), revmerge::DType::BF16, bytes.data(), ft.size());
   }
   return out;
 }

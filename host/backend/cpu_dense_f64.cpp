@@ -6,26 +6,17 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <string>
 #include <vector>
 
 #include "backend/cpu_backend.hpp"
 #include "backend/cpu_parallel.hpp"
+#include "backend/lapack_check.hpp"
 #include "kernels/counter_rng.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
-namespace {
 
 using i64 = std::int64_t;
-
-void check_lapack(int info, const char* call, i64 rows, i64 cols) {
-  if (info != 0)
-    throw solver_error(std::string(call) + " (" + std::to_string(rows) + " × " +
-                       std::to_string(cols) + ") reports info " + std::to_string(info));
-}
-
-}  // namespace
 
 void CpuBackend::gemm_f64(Op op_a, i64 rows, i64 cols, i64 inner, const double* a, i64 lda,
                           i64 stride_a, const double* b, i64 ldb, i64 stride_b, double* c,

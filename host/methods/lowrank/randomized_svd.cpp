@@ -10,7 +10,7 @@
 
 #include "core/large_buffer.hpp"
 #include "kernels/counter_rng.hpp"
-#include "methods/lowrank/lapack_check.hpp"
+#include "backend/lapack_check.hpp"
 
 namespace revmerge {
 namespace {

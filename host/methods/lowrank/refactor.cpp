@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <string>
 
-#include "methods/lowrank/lapack_check.hpp"
+#include "backend/lapack_check.hpp"
 
 namespace revmerge {
 namespace {
