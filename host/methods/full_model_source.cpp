@@ -36,8 +36,8 @@ void place_factors(const TruncatedSvd& svd, const LinearWeight& w, std::size_t t
 // and the factors `revmerge compress` writes, with scale 1. On the CPU the next task's Δ is
 // formed (conversion and subtraction, one core) on a helper thread while the SVD (the BLAS
 // threads) works on this one; on a GPU all tasks go to the device at once.
-std::uint64_t load_compressed(FullModelSet& set, const FullModelInputs& in, const LinearWeight& w,
-                              i64 r, float* a, float* b) {
+std::uint64_t load_compressed(FullModelSet& set, const LinearWeight& w, i64 r, float* a, float* b) {
+  const auto& in = set.inputs;
   const auto count = static_cast<std::size_t>(w.in * w.out);
   std::uint64_t bytes = tensor_bytes(*set.base, w.tensor);
   for (const auto& m : set.models) bytes += tensor_bytes(*m, w.tensor);
@@ -101,8 +101,8 @@ std::unique_ptr<FullModelSet> open_full_model_set(const std::vector<TaskSource>&
   }
   source.load_bytes = largest;
   FullModelSet* self = set.get();
-  source.load = [self, in, by_path](const PlannedModule& pm, float* a, float* b) {
-    return load_compressed(*self, in, *by_path.at(pm.path), pm.rank, a, b);
+  source.load = [self, by_path](const PlannedModule& pm, float* a, float* b) {
+    return load_compressed(*self, *by_path.at(pm.path), pm.rank, a, b);
   };
   return set;
 }
