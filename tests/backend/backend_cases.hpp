@@ -28,15 +28,18 @@ inline std::unique_ptr<Backend> backend_or_skip(const std::string& name, int thr
   if (!var) GTEST_SKIP() << "CUDA backend unavailable: " << ::revmerge::cuda_unavailable_reason()
 
 /// Copies host data to a new backend buffer.
-inline DeviceBuffer to_device(Backend& be, const std::vector<float>& v) {
-  auto b = be.allocate(v.size() * sizeof(float));
-  be.upload(b.data(), v.data(), v.size() * sizeof(float), {});
+template <class T>
+DeviceBuffer to_device(Backend& be, const std::vector<T>& v) {
+  auto b = be.allocate(v.size() * sizeof(T));
+  be.upload(b.data(), v.data(), v.size() * sizeof(T), {});
   return b;
 }
 
-inline std::vector<float> to_host(Backend& be, const DeviceBuffer& b, std::size_t count) {
-  std::vector<float> v(count);
-  be.download(v.data(), b.data(), count * sizeof(float), {});
+/// The first `count` values of a backend buffer, once all work before has finished.
+template <class T = float>
+std::vector<T> to_host(Backend& be, const DeviceBuffer& b, std::size_t count) {
+  std::vector<T> v(count);
+  be.download(v.data(), b.data(), count * sizeof(T), {});
   be.synchronize({});
   return v;
 }

@@ -25,23 +25,8 @@ std::vector<double> random_doubles(std::size_t n, unsigned seed) {
   return v;
 }
 
-DeviceBuffer put(Backend& be, const void* data, std::size_t bytes) {
-  auto b = be.allocate(bytes);
-  be.upload(b.data(), data, bytes, {});
-  return b;
-}
-
-template <class T>
-std::vector<T> get(Backend& be, const DeviceBuffer& b, std::size_t count) {
-  std::vector<T> v(count);
-  be.download(v.data(), b.data(), count * sizeof(T), {});
-  be.synchronize({});
-  return v;
-}
-
-DeviceBuffer put(Backend& be, const std::vector<double>& v) {
-  return put(be, v.data(), v.size() * sizeof(double));
-}
+using test::to_device;
+using test::to_host;
 
 class BackendF64 : public ::testing::TestWithParam<std::string> {};
 
@@ -59,12 +44,12 @@ TEST_P(BackendF64, GemmTransposesAndBroadcastsLikeLoops) {
     const i64 lda = ar + c.lda_pad, sa = lda * ac, sb = c.broadcast_b ? 0 : c.inner * c.cols;
     const auto a = random_doubles(static_cast<std::size_t>(c.batch * sa), 1);
     const auto b = random_doubles(static_cast<std::size_t>((c.broadcast_b ? 1 : c.batch) * c.inner * c.cols), 2);
-    const auto da = put(*be, a), db = put(*be, b);
+    const auto da = to_device(*be, a), db = to_device(*be, b);
     auto dc = be->allocate(static_cast<std::size_t>(c.batch * c.rows * c.cols) * sizeof(double));
     be->gemm_f64(c.op, c.rows, c.cols, c.inner, static_cast<const double*>(da.data()), lda, sa,
                  static_cast<const double*>(db.data()), c.inner, sb, static_cast<double*>(dc.data()),
                  c.rows, c.rows * c.cols, c.batch, {});
-    const auto got = get<double>(*be, dc, static_cast<std::size_t>(c.batch * c.rows * c.cols));
+    const auto got = to_host<double>(*be, dc, static_cast<std::size_t>(c.batch * c.rows * c.cols));
     for (i64 t = 0; t < c.batch; ++t)
       for (i64 j = 0; j < c.cols; ++j)
         for (i64 i = 0; i < c.rows; ++i) {
@@ -94,13 +79,13 @@ TEST_P(BackendF64, CholeskyFactorsTheirInversesAndAFailure) {
   }
   for (i64 i = 0; i < n; ++i) g[(2 * n + i) * n + i] = i == 3 ? -1.0 : 1.0;
   const auto original = g;
-  auto dg = put(*be, g);
+  auto dg = to_device(*be, g);
   auto dinv = be->allocate(g.size() * sizeof(double));
   auto dinfo = be->allocate(static_cast<std::size_t>(batch) * sizeof(int));
   be->cholesky_inverse_f64(static_cast<double*>(dg.data()), static_cast<double*>(dinv.data()), n,
                            batch, static_cast<int*>(dinfo.data()), {});
-  const auto r = get<double>(*be, dg, g.size()), inv = get<double>(*be, dinv, g.size());
-  const auto info = get<int>(*be, dinfo, static_cast<std::size_t>(batch));
+  const auto r = to_host<double>(*be, dg, g.size()), inv = to_host<double>(*be, dinv, g.size());
+  const auto info = to_host<int>(*be, dinfo, static_cast<std::size_t>(batch));
   EXPECT_EQ(info[0], 0);
   EXPECT_EQ(info[1], 0);
   EXPECT_EQ(info[2], 4) << "the first leading minor that is not positive definite";
@@ -120,10 +105,10 @@ TEST_P(BackendF64, HouseholderGivesOrthonormalQAndR) {
   REVMERGE_BACKEND_OR_SKIP(be, GetParam());
   const i64 rows = 37, cols = 6;
   const auto x = random_doubles(static_cast<std::size_t>(rows * cols), 5);
-  auto dx = put(*be, x);
+  auto dx = to_device(*be, x);
   std::vector<double> r(static_cast<std::size_t>(cols * cols), -1.0);
   be->householder_qr_f64(static_cast<double*>(dx.data()), rows, cols, r.data(), {});
-  const auto q = get<double>(*be, dx, x.size());
+  const auto q = to_host<double>(*be, dx, x.size());
   for (i64 a = 0; a < cols; ++a)
     for (i64 b = 0; b < cols; ++b) {
       double d = 0;
@@ -142,10 +127,10 @@ TEST_P(BackendF64, HouseholderGivesOrthonormalQAndR) {
 TEST_P(BackendF64, SumsOfSquaresAndTheSketch) {
   REVMERGE_BACKEND_OR_SKIP(be, GetParam());
   const auto x = random_doubles(3 * 1000, 6);
-  auto dx = put(*be, x);
+  auto dx = to_device(*be, x);
   auto dsum = be->allocate(3 * sizeof(double));
   be->sum_squares_f64(static_cast<const double*>(dx.data()), 1000, 3, static_cast<double*>(dsum.data()), {});
-  const auto sums = get<double>(*be, dsum, 3);
+  const auto sums = to_host<double>(*be, dsum, 3);
   for (i64 b = 0; b < 3; ++b) {
     double want = 0;
     for (i64 i = 0; i < 1000; ++i) want += x[b * 1000 + i] * x[b * 1000 + i];
@@ -154,7 +139,7 @@ TEST_P(BackendF64, SumsOfSquaresAndTheSketch) {
   const i64 count = 70001;  // past one block of the CPU's loop
   auto dg = be->allocate(static_cast<std::size_t>(count) * sizeof(double));
   be->gaussian_f64(static_cast<double*>(dg.data()), count, 42, 7, {});
-  const auto drawn = get<double>(*be, dg, static_cast<std::size_t>(count));
+  const auto drawn = to_host<double>(*be, dg, static_cast<std::size_t>(count));
   for (i64 i = 0; i < count; i += 997)  // the device's log and cos may differ in the last ulp
     ASSERT_NEAR(drawn[i], kernels::counter_normal(42, 7, static_cast<std::uint64_t>(i)), 1e-14) << i;
   ASSERT_NEAR(drawn[count - 1], kernels::counter_normal(42, 7, count - 1), 1e-14);
@@ -183,14 +168,13 @@ TEST_P(BackendF64, DeltasFromEveryFloatTypeAndTheFirstNonFiniteElement) {
       std::vector<double> fd(ft.size()), bd(base.size());
       convert_to_f64(ft_type, fb.data(), fd.data(), fd.size());
       convert_to_f64(base_type, bb.data(), bd.data(), bd.size());
-      const auto df = put(*be, fb.data(), fb.size()), db = put(*be, bb.data(), bb.size());
-      const std::uint64_t none = ~std::uint64_t{0};
-      auto dbad = put(*be, &none, sizeof none);
+      const auto df = to_device(*be, fb), db = to_device(*be, bb);
+      auto dbad = to_device(*be, std::vector<std::uint64_t>{~std::uint64_t{0}});
       auto dd = be->allocate(static_cast<std::size_t>(count) * sizeof(double));
       be->delta_f64(df.data(), ft_type, db.data(), base_type, static_cast<double*>(dd.data()), count,
                     static_cast<std::uint64_t*>(dbad.data()), {});
-      const auto got = get<double>(*be, dd, static_cast<std::size_t>(count));
-      EXPECT_EQ(get<std::uint64_t>(*be, dbad, 1)[0], 68000u);
+      const auto got = to_host<double>(*be, dd, static_cast<std::size_t>(count));
+      EXPECT_EQ(to_host<std::uint64_t>(*be, dbad, 1)[0], 68000u);
       for (i64 i = 0; i < count; ++i)
         if (std::isfinite(fd[i])) ASSERT_EQ(got[i], fd[i] - bd[i]) << i;
     }

@@ -25,11 +25,6 @@ namespace {
 
 using i64 = std::int64_t;
 
-#define GPU_OR_SKIP(backend)                                               \
-  if (const auto why = cuda_unavailable_reason(); !why.empty())            \
-    GTEST_SKIP() << "CUDA backend unavailable: " << why;                   \
-  const auto backend = make_backend(Device::cuda, {2, 0})
-
 RawWeight f64_weight(const std::vector<double>& v) {
   return {reinterpret_cast<const std::byte*>(v.data()), DType::F64};
 }
@@ -155,7 +150,7 @@ INSTANTIATE_TEST_SUITE_P(Backends, BatchedPtSvdOn, ::testing::ValuesIn(test::all
                          [](const auto& info) { return info.param; });
 
 TEST(Compress, OnTheGpuAsOnTheCpu_cuda) {
-  GPU_OR_SKIP(backend);
+  REVMERGE_BACKEND_OR_SKIP(backend, "cuda");  // the case needs a GPU
   test::TempDir tmp;
   const i64 out = 48, in = 40;
   std::mt19937 rng(9);
@@ -212,7 +207,7 @@ TEST(Compress, OnTheGpuAsOnTheCpu_cuda) {
 // batch) beside the same merge on the CPU: the same bundle up to rounding, as far as the
 // merge's own errors show it.
 TEST(Compress, FullModelMergeOnTheGpuAsOnTheCpu_cuda) {
-  GPU_OR_SKIP(backend);
+  REVMERGE_BACKEND_OR_SKIP(backend, "cuda");  // the case needs a GPU
   test::TempDir tmp;
   const i64 out = 40, in = 32;
   std::mt19937 rng(4);
