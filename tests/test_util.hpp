@@ -56,6 +56,13 @@ inline std::vector<std::string> list_dir(const std::filesystem::path& p) {
   return out;
 }
 
+/// The exact byte count a too-small --memory-budget refusal names ("... (123456 bytes: staging").
+inline std::uint64_t budget_bytes_named(const std::string& msg) {
+  const auto at = msg.find(" bytes: staging");
+  const auto open = msg.rfind('(', at);
+  return std::stoull(msg.substr(open + 1, at - open - 1));
+}
+
 /// True when `python3 -c "<code>"` succeeds (used to skip cross-checks that need packages).
 inline bool python_has(const std::string& modules) {
   const std::string cmd = "python3 -c 'import " + modules + "' >/dev/null 2>&1";

@@ -12,10 +12,11 @@
 #include "core/interrupt.hpp"
 #include "core/large_buffer.hpp"
 #include "methods/lowrank/pt_svd.hpp"
-#include "scheduler/double_buffered.hpp"
+#include "methods/on_backend.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/hf_model.hpp"
 #include "revmerge/peft.hpp"
+#include "scheduler/double_buffered.hpp"
 
 namespace revmerge {
 namespace {
@@ -92,6 +93,16 @@ void compress_on_cpu(const HfModel& base, const HfModel& ft,
 }  // namespace
 
 CompressReport compress_checkpoint(const CompressOptions& o) {
+  // A GPU when asked for or, by default, when one is usable (before any output exists: asked
+  // for where none is usable, make_backend says why).
+  const bool on_gpu = o.device == Device::cuda ||
+                      (o.device == Device::automatic && cuda_unavailable_reason().empty());
+  check_options(o);  // a bad option is reported before a GPU is started
+  const auto backend = on_gpu ? make_backend(Device::cuda, {o.threads, o.gpu}) : nullptr;
+  return compress_checkpoint_on(o, backend.get());
+}
+
+CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device) {
   check_options(o);
   const HfModel base(o.base), ft(o.model);
   std::vector<const LinearWeight*> chosen;
@@ -105,12 +116,7 @@ CompressReport compress_checkpoint(const CompressOptions& o) {
                       "--exclude against the names `revmerge info` lists)");
   for (const auto* w : chosen) check_fine_tune_tensor(ft, *w, "the fine-tune");
   if (o.threads > 0) openblas_set_num_threads(o.threads);  // the BLAS calls are the work
-  // A GPU when asked for or, by default, when one is usable (before any output exists: asked
-  // for where none is usable, make_backend says why).
-  const bool on_gpu = o.device == Device::cuda ||
-                      (o.device == Device::automatic && cuda_unavailable_reason().empty());
-  const auto backend = on_gpu ? make_backend(Device::cuda, {o.threads, o.gpu}) : nullptr;
-  const auto engine = backend ? make_device_pt_svd(*backend) : nullptr;
+  const auto engine = device ? make_device_pt_svd(*device) : nullptr;
   AdapterWriteOptions wo;
   wo.base_model_name_or_path = o.base.string();
   wo.dtype = o.dtype;
@@ -127,7 +133,7 @@ CompressReport compress_checkpoint(const CompressOptions& o) {
   }
   std::vector<LoraModuleData> held;
   CompressReport report;
-  report.device = engine ? backend->name() : "cpu";
+  report.device = engine ? device->name() : "cpu";
   double err = 0, norm = 0, stored = 0, dense = 0;
   auto finish_module = [&](std::size_t i, const TruncatedSvd& svd, double sq) {
     const auto& w = *chosen[i];

@@ -14,12 +14,13 @@
 #include "methods/adapter_set.hpp"
 #include "methods/full_model_source.hpp"
 #include "methods/lowrank/batched_pt_svd.hpp"
+#include "methods/on_backend.hpp"
 #include "methods/rmm_pipeline.hpp"
-#include "scheduler/memory_plan.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
 #include "revmerge/rmm.hpp"
 #include "revmerge/version.hpp"
+#include "scheduler/memory_plan.hpp"
 
 namespace revmerge {
 namespace {
@@ -54,8 +55,12 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
 
 // A GPU backend takes a moment to start (context, cuBLAS, cuSOLVER): it starts while the inputs
 // are opened and checked.
-std::future<std::unique_ptr<Backend>> start_backend(const RmmMergeOptions& o) {
-  return std::async(std::launch::async, [&o] { return make_backend(o.device, {o.threads, o.gpu}); });
+std::future<std::unique_ptr<Backend>> start_backend(const BackendFactory& make) {
+  return std::async(std::launch::async, make);
+}
+
+BackendFactory backend_of(const RmmMergeOptions& o) {
+  return [&o] { return make_backend(o.device, {o.threads, o.gpu}); };
 }
 
 BundleManifest new_manifest(const RmmMergeOptions& o) {
@@ -142,10 +147,16 @@ std::string backend_description(Device device, int threads, int gpu) {
   return make_backend(device, {threads, gpu})->name();
 }
 
-BundleManifest merge_rmm(const RmmMergeOptions& o) {
+BundleManifest merge_rmm(const RmmMergeOptions& o) { return merge_rmm_on(o, backend_of(o)); }
+
+BundleManifest merge_rmm_models(const RmmMergeOptions& o, const FullModelInputs& in) {
+  return merge_rmm_models_on(o, in, backend_of(o));
+}
+
+BundleManifest merge_rmm_on(const RmmMergeOptions& o, const BackendFactory& make) {
   const auto start = Clock::now();
   check_options(o);
-  auto backend = start_backend(o);
+  auto backend = start_backend(make);
   const auto set = open_adapter_set(o.tasks);
   auto manifest = new_manifest(o);
   for (std::size_t t = 0; t < o.tasks.size(); ++t)
@@ -157,15 +168,17 @@ BundleManifest merge_rmm(const RmmMergeOptions& o) {
   return merge_source(o, adapter_source(set, o.allow_nonfinite), std::move(manifest), *be, start);
 }
 
-BundleManifest merge_rmm_models(const RmmMergeOptions& o, const FullModelInputs& in) {
+BundleManifest merge_rmm_models_on(const RmmMergeOptions& o, const FullModelInputs& in,
+                                   const BackendFactory& make) {
   const auto start = Clock::now();
   check_options(o);
-  auto backend = start_backend(o);
+  auto backend = start_backend(make);
   const auto set = open_full_model_set(o.tasks, in);
   auto manifest = new_manifest(o);
   for (const auto& t : o.tasks) manifest.tasks.push_back({t.name, t.adapter.string(), in.base.string(), ""});
   const auto be = backend.get();
-  // On a GPU the deltas are compressed there too; the engine goes before the backend.
+  // On a GPU the deltas are compressed there too (all tasks of a module in one batch); the
+  // engine goes before the backend.
   const auto engine = make_device_pt_svd(*be);
   if (engine) attach_device_svd(*set, *engine);
   return merge_source(o, set->source, std::move(manifest), *be, start);

@@ -175,7 +175,8 @@ RmmModuleResult rmm_module(Backend& be, const RmmShape& s, const float* host_a,
 
 RmmSchedule resolve(RmmSchedule schedule, const Backend& be) {
   if (schedule != RmmSchedule::automatic) return schedule;
-  return be.kind() == BackendKind::cpu ? RmmSchedule::position_blocks : RmmSchedule::whole_batch;
+  return dynamic_cast<const CpuBackend*>(&be) ? RmmSchedule::position_blocks
+                                              : RmmSchedule::whole_batch;
 }
 
 std::uint64_t rmm_module_work_bytes(const RmmShape& s, Backend& be) {

@@ -1,17 +1,20 @@
 #pragma once
 // Backend-parameterised tests: each case names a backend; where it cannot run here the case
-// is skipped with the reason (ctest reports it as skipped).
+// is skipped with the reason (ctest reports it as skipped). "deferred" is the CPU's arithmetic
+// behaving like a discrete, asynchronous device (deferred_backend.hpp): the device code paths,
+// and their waits, tested on every machine.
 #include <gtest/gtest.h>
 
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "backend/deferred_backend.hpp"
 #include "backend/registry.hpp"
 
 namespace revmerge::test {
 
-inline std::vector<std::string> all_backend_names() { return {"cpu", "cuda"}; }
+inline std::vector<std::string> all_backend_names() { return {"cpu", "deferred", "cuda"}; }
 
 /// The named backend, or nullptr after GTEST_SKIP-ing with the reason.
 inline std::unique_ptr<Backend> backend_or_skip(const std::string& name, int threads = 2) {
@@ -20,6 +23,7 @@ inline std::unique_ptr<Backend> backend_or_skip(const std::string& name, int thr
     if (!why.empty()) return nullptr;
     return make_backend(Device::cuda, {threads, 0});
   }
+  if (name == "deferred") return make_deferred_backend(threads);
   return make_backend(Device::cpu, {threads, 0});
 }
 

@@ -83,9 +83,15 @@ TEST_P(BackendOps, GemmHonoursLeadingDimensionsAndBroadcast) {
   be->gemm(Op::none, Op::none, 1.0f, {da.f32(), 1, 3, 2, 2, 0}, {db.f32() + 3, 4, 2, 1, 5, 10}, 0.0f,
            MatBatch::packed(poisoned.f32(), 4, 3, 1), {});
   EXPECT_EQ(test::to_host(*be, poisoned, 12), got);
-  EXPECT_THROW(be->gemm(Op::none, Op::none, 1.0f, MatBatch::packed(da.f32(), 1, 3, 2),
-                        MatBatch::packed(db.f32(), 1, 3, 1), 0.0f, MatBatch::packed(dc.f32(), 1, 3, 1), {}),
-               shape_error);
+  // Reported by the call, or at the latest by the stream's synchronize.
+  EXPECT_THROW(
+      {
+        be->gemm(Op::none, Op::none, 1.0f, MatBatch::packed(da.f32(), 1, 3, 2),
+                 MatBatch::packed(db.f32(), 1, 3, 1), 0.0f, MatBatch::packed(dc.f32(), 1, 3, 1),
+                 {});
+        be->synchronize({});
+      },
+      shape_error);
 }
 
 TEST_P(BackendOps, SymmetricEigenReconstructsWithOrthonormalVectors) {

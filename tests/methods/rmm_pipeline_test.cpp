@@ -4,10 +4,12 @@
 
 #include <cmath>
 
+#include "backend/deferred_backend.hpp"
+#include "backend/registry.hpp"
 #include "core/interrupt.hpp"
 #include "core/memory_info.hpp"
-#include "backend/registry.hpp"
 #include "methods/adapter_writer.hpp"
+#include "methods/on_backend.hpp"
 #include "revmerge/bundle.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/rmm.hpp"
@@ -39,20 +41,24 @@ std::vector<test::WrittenAdapter> layered_tasks(const test::TempDir& tmp, int n)
   return tasks;
 }
 
-// The exact byte count a too-small --memory-budget refusal names ("... (123456 bytes: staging").
-std::uint64_t bytes_named(const std::string& msg) {
-  const auto at = msg.find(" bytes: staging");
-  const auto open = msg.rfind('(', at);
-  return std::stoull(msg.substr(open + 1, at - open - 1));
+// merge_rmm on the named device: "cuda" through the options, "deferred" (a CPU backend that
+// behaves like a discrete device, backend/deferred_backend.hpp) through merge_rmm_on.
+BundleManifest merge_on(const std::string& device, RmmMergeOptions o) {
+  if (device == "cuda") {
+    o.device = Device::cuda;
+    return merge_rmm(o);
+  }
+  if (device == "deferred") return merge_rmm_on(o, [] { return test::make_deferred_backend(); });
+  return merge_rmm(o);
 }
 
 // The bytes a usage_error from a too-small --memory-budget says one module needs.
-std::uint64_t bytes_needed(RmmMergeOptions o) {
+std::uint64_t bytes_needed(RmmMergeOptions o, const std::string& device = "cpu") {
   o.memory_budget = 4096;
   try {
-    merge_rmm(o);
+    merge_on(device, o);
   } catch (const usage_error& e) {
-    return bytes_named(e.what());
+    return test::budget_bytes_named(e.what());
   }
   ADD_FAILURE() << "a 4 KiB budget was accepted";
   return 0;
@@ -108,42 +114,43 @@ TEST(RmmPipeline, PipelinedOutputIsBitwiseTheOneModuleAtATimePath) {
     }
 }
 
-// On a GPU: the pipeline (pinned staging ring, copy stream, compute stream sharing one device
-// pool) gives the bytes of the one-module-at-a-time path, and what it stores reverts to the
-// CPU's reconstructions within f32 rounding (bases may differ in sign, so factors are compared
-// after reconstruction). Named with `cuda` so ctest labels it `gpu`.
-TEST(RmmPipelineOnGpu, PipelinedIsBitwiseSequentialAndRevertsLikeTheCpu_cuda) {
-  if (const auto why = cuda_unavailable_reason(); !why.empty())
+// On a device (a GPU, or the deferred backend that behaves like one): the pipeline (pinned
+// staging ring, copy stream, compute stream sharing one device pool) gives the bytes of the
+// one-module-at-a-time path, and what it stores reverts to the CPU's reconstructions within f32
+// rounding (bases may differ in sign, so factors are compared after reconstruction). The `cuda`
+// case is labelled `gpu` by ctest.
+class RmmPipelineOn : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(RmmPipelineOn, PipelinedIsBitwiseSequentialAndRevertsLikeTheCpu) {
+  const std::string device = GetParam();
+  if (const auto why = cuda_unavailable_reason(); device == "cuda" && !why.empty())
     GTEST_SKIP() << "CUDA backend unavailable: " << why;
   test::TempDir tmp;
   const auto tasks = layered_tasks(tmp, 5);
   auto cpu = options_for(tasks, 3, tmp / "cpu");
   merge_rmm(cpu);
   auto seq = options_for(tasks, 3, tmp / "gpu-sequential");
-  seq.device = Device::cuda;
   seq.sequential = true;
-  merge_rmm(seq);
+  merge_on(device, seq);
   const auto want = test::read_bytes(seq.out / kBundleTensorsName);
   // The default ring, and the smallest budget that both the host (one staging slot) and the
   // device accept: each refusal names the bytes its side needs.
   auto tight_opts = options_for(tasks, 3, tmp / "unused");
-  tight_opts.device = Device::cuda;
-  std::uint64_t tight = bytes_needed(tight_opts);
+  std::uint64_t tight = bytes_needed(tight_opts, device);
   tight_opts.memory_budget = tight;
   try {
-    merge_rmm(tight_opts);
+    merge_on(device, tight_opts);
   } catch (const usage_error& e) {
     const std::string msg = e.what();
     ASSERT_NE(msg.find("of device memory is too small"), std::string::npos) << msg;
-    tight = bytes_named(msg);
+    tight = test::budget_bytes_named(msg);
   }
   for (const std::uint64_t budget : {std::uint64_t{0}, tight}) {
     auto o = options_for(tasks, 3, tmp / ("gpu" + std::to_string(budget)));
-    o.device = Device::cuda;
     o.memory_budget = budget;
     PipelineStats stats;
     o.stats = &stats;
-    merge_rmm(o);
+    merge_on(device, o);
     EXPECT_TRUE(stats.pipelined);
     EXPECT_GT(stats.upload_seconds, 0.0);
     EXPECT_GT(stats.backend_peak_bytes, 0u);
@@ -173,6 +180,9 @@ TEST(RmmPipelineOnGpu, PipelinedIsBitwiseSequentialAndRevertsLikeTheCpu_cuda) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Devices, RmmPipelineOn, ::testing::Values("deferred", "cuda"),
+                         [](const auto& info) { return info.param; });
 
 TEST(RmmPipeline, MemoryStaysWithinThePlanAndThePlanWithinTheBudget) {
   test::TempDir tmp;

@@ -334,7 +334,7 @@ std::vector<DeltaSvd> BatchedPtSvd::run(const RawWeight& base, std::span<const R
 }
 
 std::unique_ptr<BatchedPtSvd> make_device_pt_svd(Backend& backend) {
-  if (backend.kind() != BackendKind::cuda) return nullptr;
+  if (backend.shares_host_memory()) return nullptr;
   return std::make_unique<BatchedPtSvd>(backend);
 }
 

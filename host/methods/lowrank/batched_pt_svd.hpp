@@ -89,7 +89,8 @@ class BatchedPtSvd {
   Counts counts_;
 };
 
-/// The engine where it is the faster way — a GPU backend — or nullptr for the CPU backend.
+/// The engine where it is the faster way — a backend with memory of its own, a GPU — or nullptr
+/// where backend memory is host memory (the CPU backend, where pt_svd is faster).
 std::unique_ptr<BatchedPtSvd> make_device_pt_svd(Backend& backend);
 
 }  // namespace revmerge

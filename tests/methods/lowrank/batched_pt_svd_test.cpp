@@ -3,11 +3,13 @@
 // bounds, the same singular values to rounding, batches equal to one task at a time, CholeskyQR2
 // holding on decaying spectra and Householder taking over where it cannot (exactly low-rank and
 // zero deltas), deltas formed from BF16 bytes, non-finite elements found; and `revmerge
-// compress` and the full-model merge on the GPU beside the CPU. Cases named `cuda` need a GPU:
-// ctest labels them `gpu` and reports them skipped, with the reason, where none is usable.
+// compress` and the full-model merge on a device (the GPU, and the deferred backend that
+// behaves like one) beside the CPU. Cases named `cuda` need a GPU: ctest labels them `gpu` and
+// reports them skipped, with the reason, where none is usable.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <optional>
 #include <random>
 
 #include "backend/backend_cases.hpp"
@@ -15,7 +17,9 @@
 #include "methods/lowrank/batched_pt_svd.hpp"
 #include "methods/lowrank/lowrank_fixtures.hpp"
 #include "methods/lowrank/randomized_svd.hpp"
+#include "methods/on_backend.hpp"
 #include "revmerge/compress.hpp"
+#include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
 #include "revmerge/rmm.hpp"
 #include "test_util.hpp"
@@ -149,8 +153,18 @@ TEST_P(BatchedPtSvdOn, Bf16BytesAndNonFiniteElements) {
 INSTANTIATE_TEST_SUITE_P(Backends, BatchedPtSvdOn, ::testing::ValuesIn(test::all_backend_names()),
                          [](const auto& info) { return info.param; });
 
-TEST(Compress, OnTheGpuAsOnTheCpu_cuda) {
-  REVMERGE_BACKEND_OR_SKIP(backend, "cuda");  // the case needs a GPU
+// The device cases: the GPU through the public entry points (its device option), the deferred
+// backend through their _on seams.
+class OnDevice : public ::testing::TestWithParam<std::string> {
+ protected:
+  bool gpu() const { return GetParam() == "cuda"; }
+  BackendFactory factory() const {
+    return [] { return test::make_deferred_backend(); };
+  }
+};
+
+TEST_P(OnDevice, CompressAsOnTheCpu) {
+  REVMERGE_BACKEND_OR_SKIP(backend, GetParam());
   test::TempDir tmp;
   const i64 out = 48, in = 40;
   std::mt19937 rng(9);
@@ -176,9 +190,9 @@ TEST(Compress, OnTheGpuAsOnTheCpu_cuda) {
   const auto on_cpu = compress_checkpoint(o);
   o.device = Device::cuda;
   o.out = tmp / "gpu";
-  const auto on_gpu = compress_checkpoint(o);
+  const auto on_gpu = gpu() ? compress_checkpoint(o) : compress_checkpoint_on(o, backend.get());
   EXPECT_EQ(on_cpu.device, "cpu");
-  EXPECT_NE(on_gpu.device.find("cuda:0"), std::string::npos) << on_gpu.device;
+  EXPECT_EQ(on_gpu.device, backend->name());
   ASSERT_EQ(on_gpu.modules.size(), 2u);
   EXPECT_NEAR(on_gpu.relative_error, on_cpu.relative_error, 1e-5 * on_cpu.relative_error);
   const PeftAdapter a(tmp / "cpu"), b(tmp / "gpu");
@@ -203,11 +217,11 @@ TEST(Compress, OnTheGpuAsOnTheCpu_cuda) {
   }
 }
 
-// The streamed merge of full fine-tunes with the SVDs on the GPU (all tasks of a module in one
-// batch) beside the same merge on the CPU: the same bundle up to rounding, as far as the
+// The streamed merge of full fine-tunes with the SVDs on the device (all tasks of a module in
+// one batch) beside the same merge on the CPU: the same bundle up to rounding, as far as the
 // merge's own errors show it.
-TEST(Compress, FullModelMergeOnTheGpuAsOnTheCpu_cuda) {
-  REVMERGE_BACKEND_OR_SKIP(backend, "cuda");  // the case needs a GPU
+TEST_P(OnDevice, FullModelMergeAsOnTheCpu) {
+  REVMERGE_BACKEND_OR_SKIP(backend, GetParam());
   test::TempDir tmp;
   const i64 out = 40, in = 32;
   std::mt19937 rng(4);
@@ -236,7 +250,35 @@ TEST(Compress, FullModelMergeOnTheGpuAsOnTheCpu_cuda) {
   const auto on_cpu = merge_rmm_models(o, inputs);
   o.device = Device::cuda;
   o.out = tmp / "gpu";
-  const auto on_gpu = merge_rmm_models(o, inputs);
+  PipelineStats stats;
+  o.stats = &stats;
+  const auto on_gpu =
+      gpu() ? merge_rmm_models(o, inputs) : merge_rmm_models_on(o, inputs, factory());
+  EXPECT_NE(on_gpu.backend, on_cpu.backend);
+  // The engine's batches are in the device memory plan.
+  EXPECT_GT(stats.backend_peak_bytes, 0u);
+  EXPECT_LE(stats.backend_peak_bytes, stats.planned_device_bytes);
+  // At the smallest budget the merge accepts (each refusal names what host, then device, need)
+  // the tasks go through the engine one at a time: the same results, still within the plan.
+  auto run = [&](RmmMergeOptions x) {
+    return gpu() ? merge_rmm_models(x, inputs) : merge_rmm_models_on(x, inputs, factory());
+  };
+  o.out = tmp / "tight";
+  o.memory_budget = 4096;
+  std::optional<BundleManifest> tight;
+  for (int attempt = 0; attempt < 3 && !tight; ++attempt) try {
+      tight = run(o);
+    } catch (const usage_error& e) {
+      o.memory_budget = test::budget_bytes_named(e.what());
+    }
+  ASSERT_TRUE(tight) << "no budget was accepted";
+  EXPECT_LE(stats.backend_peak_bytes, stats.planned_device_bytes);
+  EXPECT_LE(stats.planned_device_bytes, o.memory_budget);
+  for (std::size_t m = 0; m < on_gpu.modules.size(); ++m)
+    for (std::size_t t = 0; t < 3; ++t)
+      EXPECT_NEAR(tight->modules[m].delta_error[t], on_gpu.modules[m].delta_error[t],
+                  1e-9 * on_gpu.modules[m].delta_error[t])
+          << on_gpu.modules[m].path << ", task " << t;
   ASSERT_EQ(on_gpu.modules.size(), on_cpu.modules.size());
   for (std::size_t m = 0; m < on_cpu.modules.size(); ++m)
     for (std::size_t t = 0; t < 3; ++t)
@@ -244,6 +286,9 @@ TEST(Compress, FullModelMergeOnTheGpuAsOnTheCpu_cuda) {
                   1e-4 * on_cpu.modules[m].delta_error[t] + 1e-7)
           << on_cpu.modules[m].path << ", task " << t;
 }
+
+INSTANTIATE_TEST_SUITE_P(Devices, OnDevice, ::testing::Values("deferred", "cuda"),
+                         [](const auto& info) { return info.param; });
 
 }  // namespace
 }  // namespace revmerge

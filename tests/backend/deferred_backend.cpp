@@ -1,0 +1,258 @@
+// The deferred backend (deferred_backend.hpp): the CPU backend's arithmetic behind per-stream
+// queues that run at synchronize, with memory of its own.
+#include "backend/deferred_backend.hpp"
+
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <vector>
+
+namespace revmerge::test {
+namespace {
+
+using i64 = std::int64_t;
+
+class DeferredBackend final : public Backend {
+ public:
+  explicit DeferredBackend(int threads) : cpu_(make_cpu_backend({threads, 0})) {}
+
+  ~DeferredBackend() override {
+    // Work nobody waited for is dropped (it may use memory that is gone); then every block,
+    // quarantined or still held by a leaked buffer, is freed.
+    streams_.clear();
+    for (auto& [p, block] : blocks_) std::free(p);
+  }
+
+  BackendKind kind() const noexcept override { return BackendKind::cpu; }
+  std::string name() const override { return "deferred (" + cpu_->name() + ")"; }
+
+  DeviceBuffer allocate(std::size_t bytes) override { return allocate_block(bytes, false); }
+  DeviceBuffer allocate_staging(std::size_t bytes) override { return allocate_block(bytes, true); }
+  bool shares_host_memory() const noexcept override { return false; }
+  MemoryUse memory_use() const override {
+    std::lock_guard lock(mutex_);
+    return {in_use_, 0, peak_};
+  }
+  std::size_t memory_available() const override { return cpu_->memory_available(); }
+  void limit_cache(std::size_t) override {}  // nothing is cached
+  Stream create_stream() override {
+    std::lock_guard lock(mutex_);
+    return {reinterpret_cast<void*>(++last_stream_)};
+  }
+
+  void upload(void* dst, const void* src, std::size_t bytes, Stream s) override {
+    if (is_staging(src, bytes)) {  // pinned: read when the copy runs
+      enqueue(s, [=] { std::memcpy(dst, src, bytes); });
+      return;
+    }
+    // Pageable: CUDA stages the bytes before the call returns.
+    auto copy = std::make_shared<std::vector<std::byte>>(
+        static_cast<const std::byte*>(src), static_cast<const std::byte*>(src) + bytes);
+    enqueue(s, [=] { std::memcpy(dst, copy->data(), bytes); });
+  }
+  void download(void* dst, const void* src, std::size_t bytes, Stream s) override {
+    enqueue(s, [=] { std::memcpy(dst, src, bytes); });
+  }
+  void synchronize(Stream s) override { drain(queue(s)); }
+
+  void gemm(Op op_a, Op op_b, float alpha, const MatBatch& a, const MatBatch& b, float beta,
+            const MatBatch& c, Stream s) override {
+    enqueue(s, [=, this] { cpu_->gemm(op_a, op_b, alpha, a, b, beta, c, {}); });
+  }
+  void symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream s) override {
+    enqueue(s, [=, this] { cpu_->symmetric_eigen(a, eigenvalues, {}); });
+  }
+  std::size_t symmetric_eigen_work_bytes(i64 batch, i64 n) override {
+    return cpu_->symmetric_eigen_work_bytes(batch, n);
+  }
+  void permute3(const float* src, i64 s0, i64 s1, i64 s2, float* dst, i64 d0, i64 d1, i64 d2,
+                Stream s) override {
+    enqueue(s, [=, this] { cpu_->permute3(src, s0, s1, s2, dst, d0, d1, d2, {}); });
+  }
+  void center_rows(float* x, float* mean, i64 rows, i64 n, Stream s) override {
+    enqueue(s, [=, this] { cpu_->center_rows(x, mean, rows, n, {}); });
+  }
+  void broadcast_rows(const float* value, float* out, i64 rows, i64 n, Stream s) override {
+    enqueue(s, [=, this] { cpu_->broadcast_rows(value, out, rows, n, {}); });
+  }
+  void select_top(const float* eigvecs, float* wp, i64 batch, i64 n, i64 p, Stream s) override {
+    enqueue(s, [=, this] { cpu_->select_top(eigvecs, wp, batch, n, p, {}); });
+  }
+  void normalize_basis(float* v, const float* wp, float* c, const float* eigenvalues, i64 batch,
+                       i64 r, i64 n, i64 p, float rel_tol, Stream s) override {
+    enqueue(s, [=, this] {
+      cpu_->normalize_basis(v, wp, c, eigenvalues, batch, r, n, p, rel_tol, {});
+    });
+  }
+  void mask_nonfinite(float* gram, float* mark, i64 batch, i64 n, Stream s) override {
+    enqueue(s, [=, this] { cpu_->mask_nonfinite(gram, mark, batch, n, {}); });
+  }
+  void poison_marked(const float* mark, float* mean, float* basis, float* coef, i64 batch, i64 r,
+                     i64 p, i64 n, Stream s) override {
+    enqueue(s, [=, this] { cpu_->poison_marked(mark, mean, basis, coef, batch, r, p, n, {}); });
+  }
+  void subtract(const float* x, const float* y, float* out, i64 count, Stream s) override {
+    enqueue(s, [=, this] { cpu_->subtract(x, y, out, count, {}); });
+  }
+  void batched_dot(const float* x, const float* y, double* out, i64 batch, i64 count,
+                   Stream s) override {
+    enqueue(s, [=, this] { cpu_->batched_dot(x, y, out, batch, count, {}); });
+  }
+  void column_sums(const float* x, double* out, i64 batch, i64 n, Stream s) override {
+    enqueue(s, [=, this] { cpu_->column_sums(x, out, batch, n, {}); });
+  }
+  void round_to(float* x, i64 count, DType dtype, Stream s) override {
+    enqueue(s, [=, this] { cpu_->round_to(x, count, dtype, {}); });
+  }
+
+  void gemm_f64(Op op_a, i64 rows, i64 cols, i64 inner, const double* a, i64 lda, i64 stride_a,
+                const double* b, i64 ldb, i64 stride_b, double* c, i64 ldc, i64 stride_c, i64 batch,
+                Stream s) override {
+    enqueue(s, [=, this] {
+      cpu_->gemm_f64(op_a, rows, cols, inner, a, lda, stride_a, b, ldb, stride_b, c, ldc, stride_c,
+                     batch, {});
+    });
+  }
+  void cholesky_inverse_f64(double* g, double* inverse, i64 n, i64 batch, int* info,
+                            Stream s) override {
+    enqueue(s, [=, this] { cpu_->cholesky_inverse_f64(g, inverse, n, batch, info, {}); });
+  }
+  void householder_qr_f64(double* x, i64 rows, i64 cols, double* r_host, Stream s) override {
+    synchronize(s);  // documented to wait for the stream
+    cpu_->householder_qr_f64(x, rows, cols, r_host, {});
+  }
+  std::size_t householder_qr_f64_work_bytes(i64 rows, i64 cols) override {
+    return cpu_->householder_qr_f64_work_bytes(rows, cols);
+  }
+  void sum_squares_f64(const double* x, i64 count, i64 batch, double* out, Stream s) override {
+    enqueue(s, [=, this] { cpu_->sum_squares_f64(x, count, batch, out, {}); });
+  }
+  void delta_f64(const void* ft, DType ft_type, const void* base, DType base_type, double* delta,
+                 i64 count, std::uint64_t* first_bad, Stream s) override {
+    enqueue(s, [=, this] {
+      cpu_->delta_f64(ft, ft_type, base, base_type, delta, count, first_bad, {});
+    });
+  }
+  void gaussian_f64(double* out, i64 count, std::uint64_t seed, std::uint64_t stream_id,
+                    Stream s) override {
+    enqueue(s, [=, this] { cpu_->gaussian_f64(out, count, seed, stream_id, {}); });
+  }
+
+ private:
+  struct Queue {
+    std::mutex run;    // one drain at a time
+    std::mutex mutex;  // ops and pending
+    std::deque<std::function<void()>> ops;
+    std::size_t pending = 0;  // queued or running
+  };
+  struct Block {
+    std::size_t bytes;
+    bool staging, freed;
+  };
+
+  Queue& queue(Stream s) {
+    std::lock_guard lock(mutex_);
+    auto& q = streams_[s.handle];
+    if (!q) q = std::make_unique<Queue>();
+    return *q;
+  }
+
+  void enqueue(Stream s, std::function<void()> op) {
+    Queue& q = queue(s);
+    std::lock_guard lock(q.mutex);
+    q.ops.push_back(std::move(op));
+    ++q.pending;
+  }
+
+  void drain(Queue& q) {
+    std::lock_guard run(q.run);
+    for (;;) {
+      std::function<void()> op;
+      {
+        std::lock_guard lock(q.mutex);
+        if (q.ops.empty()) break;
+        op = std::move(q.ops.front());
+        q.ops.pop_front();
+      }
+      try {
+        op();
+      } catch (...) {  // a failed stream drops what was queued after the failure
+        std::lock_guard lock(q.mutex);
+        q.pending -= 1 + q.ops.size();
+        q.ops.clear();
+        throw;
+      }
+      std::lock_guard lock(q.mutex);
+      --q.pending;
+    }
+    std::lock_guard lock(mutex_);
+    release_quarantine_if_idle();
+  }
+
+  // With no work queued or running anywhere, no op can still reach a freed block.
+  void release_quarantine_if_idle() {
+    for (auto& [handle, q] : streams_) {
+      std::lock_guard lock(q->mutex);
+      if (q->pending) return;
+    }
+    for (auto it = blocks_.begin(); it != blocks_.end();)
+      if (it->second.freed) {
+        std::free(it->first);
+        it = blocks_.erase(it);
+      } else {
+        ++it;
+      }
+  }
+
+  DeviceBuffer allocate_block(std::size_t bytes, bool staging) {
+    const std::size_t size = (std::max<std::size_t>(bytes, 1) + 255) / 256 * 256;
+    void* p = std::aligned_alloc(256, size);
+    if (!p) throw std::bad_alloc();
+    std::memset(p, 0xff, size);  // NaN in every float type: unwritten memory shows
+    std::lock_guard lock(mutex_);
+    blocks_[p] = {size, staging, false};
+    if (!staging) {  // device memory; staging buffers are host memory, as on a GPU
+      in_use_ += size;
+      peak_ = std::max(peak_, in_use_);
+    }
+    return DeviceBuffer(p, bytes, &DeferredBackend::release, this);
+  }
+
+  static void release(void* ctx, void* p) {
+    auto* self = static_cast<DeferredBackend*>(ctx);
+    std::lock_guard lock(self->mutex_);
+    auto& block = self->blocks_.at(p);
+    std::memset(p, 0xff, block.bytes);  // what queued work still reads of it is NaN
+    block.freed = true;
+    if (!block.staging) self->in_use_ -= block.bytes;
+    self->release_quarantine_if_idle();
+  }
+
+  bool is_staging(const void* p, std::size_t bytes) const {
+    std::lock_guard lock(mutex_);
+    auto it = blocks_.upper_bound(const_cast<void*>(p));
+    if (it == blocks_.begin()) return false;
+    --it;
+    const auto* begin = static_cast<const std::byte*>(it->first);
+    const auto* at = static_cast<const std::byte*>(p);
+    return it->second.staging && !it->second.freed && at + bytes <= begin + it->second.bytes;
+  }
+
+  std::unique_ptr<Backend> cpu_;
+  mutable std::mutex mutex_;  // blocks_, streams_, counters
+  std::map<void*, Block> blocks_;
+  std::map<void*, std::unique_ptr<Queue>> streams_;
+  std::size_t in_use_ = 0, peak_ = 0;
+  std::uintptr_t last_stream_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_deferred_backend(int threads) {
+  return std::make_unique<DeferredBackend>(threads);
+}
+
+}  // namespace revmerge::test
