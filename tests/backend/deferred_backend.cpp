@@ -2,13 +2,17 @@
 // queues that run at synchronize, with memory of its own.
 #include "backend/deferred_backend.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
 #include <map>
 #include <mutex>
+#include <utility>
 #include <vector>
+
+#include "revmerge/error.hpp"
 
 namespace revmerge::test {
 namespace {
@@ -190,9 +194,17 @@ class DeferredBackend final : public Backend {
     }
     std::lock_guard lock(mutex_);
     release_quarantine_if_idle();
+    if (const auto bytes = std::exchange(written_after_free_, 0))
+      throw device_error(
+          "deferred backend: work queued before a buffer was freed wrote into it "
+          "afterwards (" +
+          std::to_string(bytes) + " bytes)");
   }
 
-  // With no work queued or running anywhere, no op can still reach a freed block.
+  // With no work queued or running anywhere, no op can still reach a freed block. A block
+  // freed while work was queued must still hold its NaN: had that work written into it after
+  // the free, a GPU's pool could have handed it to another stream in between: such blocks
+  // are counted in written_after_free_, for the next synchronize to report.
   void release_quarantine_if_idle() {
     for (auto& [handle, q] : streams_) {
       std::lock_guard lock(q->mutex);
@@ -200,6 +212,9 @@ class DeferredBackend final : public Backend {
     }
     for (auto it = blocks_.begin(); it != blocks_.end();)
       if (it->second.freed) {
+        const auto* b = static_cast<const unsigned char*>(it->first);
+        if (std::any_of(b, b + it->second.bytes, [](unsigned char x) { return x != 0xff; }))
+          written_after_free_ += it->second.bytes;
         std::free(it->first);
         it = blocks_.erase(it);
       } else {
@@ -245,7 +260,7 @@ class DeferredBackend final : public Backend {
   mutable std::mutex mutex_;  // blocks_, streams_, counters
   std::map<void*, Block> blocks_;
   std::map<void*, std::unique_ptr<Queue>> streams_;
-  std::size_t in_use_ = 0, peak_ = 0;
+  std::size_t in_use_ = 0, peak_ = 0, written_after_free_ = 0;
   std::uintptr_t last_stream_ = 0;
 };
 

@@ -11,7 +11,9 @@
 //   from ordinary pageable memory is copied when called, as CUDA does);
 // - backend memory is NaN when allocated (CUDA's is whatever was there) and NaN again once
 //   freed, and a freed block is not handed out again while any stream has work queued: work
-//   that reads a buffer freed before it ran, or memory nobody wrote, produces NaN.
+//   that reads a buffer freed before it ran, or memory nobody wrote, produces NaN; work that
+//   writes into a buffer freed before it ran (which a GPU's pool may meanwhile have handed to
+//   another stream) makes the next synchronize throw device_error.
 #include <memory>
 
 #include "backend/backend.hpp"
