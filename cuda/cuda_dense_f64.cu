@@ -12,6 +12,7 @@
 #include "cuda_backend_impl.cuh"
 #include "cuda_check.hpp"
 #include "kernels/counter_rng.hpp"
+#include "kernels/lowrank_kernels.hpp"
 
 namespace revmerge::cuda {
 namespace {
@@ -205,6 +206,13 @@ void CudaBackend::gaussian_f64(double* out, i64 count, std::uint64_t seed, std::
                                Stream s) {
   REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
   for_each_index(stream(s), count, FillGaussian{out, seed, stream_id});
+}
+
+void CudaBackend::lora_stacks_f64(const double* u, const double* v, const double* s, i64 tasks,
+                                  i64 in, i64 out, i64 k, i64 r, float* a, float* b, Stream st) {
+  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
+  for_each_index(stream(st), tasks * r * in, kernels::LoraStackA{u, in, k, r, a});
+  for_each_index(stream(st), tasks * out * r, kernels::LoraStackB{v, s, out, k, r, b});
 }
 
 }  // namespace revmerge::cuda

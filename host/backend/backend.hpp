@@ -200,6 +200,12 @@ class Backend {
   /// is the same numbers on every backend (to the last ulp of log and cos).
   virtual void gaussian_f64(double* out, std::int64_t count, std::uint64_t seed,
                             std::uint64_t stream_id, Stream s) = 0;
+  /// The LoRA stacks of `tasks` truncated SVDs Δ_t ≈ V S Uᵀ (u: tasks × in × k, v: tasks × out
+  /// × k, column-major; s: tasks × k): A (tasks × r × in, f32) holds Uᵀ and B (tasks × out × r)
+  /// holds V S, rows of A and columns of B from k to r zero (kernels::LoraStackA / B).
+  virtual void lora_stacks_f64(const double* u, const double* v, const double* s,
+                               std::int64_t tasks, std::int64_t in, std::int64_t out,
+                               std::int64_t k, std::int64_t r, float* a, float* b, Stream st) = 0;
 };
 
 /// Options for creating a backend.

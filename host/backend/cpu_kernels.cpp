@@ -9,6 +9,7 @@
 #include <thrust/system/omp/execution_policy.h>
 
 #include "backend/cpu_backend.hpp"
+#include "kernels/lowrank_kernels.hpp"
 #include "kernels/rmm_kernels.hpp"
 #include "revmerge/error.hpp"
 
@@ -123,6 +124,13 @@ void CpuBackend::round_to(float* x, std::int64_t count, DType dtype, Stream) {
       throw unsupported_error("round_to: results are stored as F32, F16 or BF16, not " +
                               std::string(dtype_name(dtype)));
   }
+}
+
+void CpuBackend::lora_stacks_f64(const double* u, const double* v, const double* s,
+                                 std::int64_t tasks, std::int64_t in, std::int64_t out,
+                                 std::int64_t k, std::int64_t r, float* a, float* b, Stream) {
+  run(tasks * r * in, kernels::LoraStackA{u, in, k, r, a});
+  run(tasks * out * r, kernels::LoraStackB{v, s, out, k, r, b});
 }
 
 }  // namespace revmerge

@@ -1,8 +1,8 @@
 // The backends' f64 group (the PT-SVD's primitives) on every backend against plain loops:
 // column-major batched GEMM with transposes and broadcasts, Cholesky factors and their inverses
 // (and the verdict on a matrix that is not positive definite), Householder QR, sums of squares,
-// deltas from every float dtype's bytes with the first non-finite element, and the Gaussian
-// sketch drawn as the host draws it.
+// deltas from every float dtype's bytes with the first non-finite element, the Gaussian
+// sketch drawn as the host draws it, and the LoRA stacks of truncated SVDs.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -37,18 +37,21 @@ TEST_P(BackendF64, GemmTransposesAndBroadcastsLikeLoops) {
     i64 batch, rows, cols, inner, lda_pad;
     bool broadcast_b;
   };
-  for (const auto& c : {Case{Op::none, 3, 7, 5, 11, 0, false}, Case{Op::transpose, 2, 6, 4, 9, 3, false},
-                        Case{Op::none, 4, 10, 3, 8, 2, true}, Case{Op::transpose, 1, 1, 1, 1, 0, false}}) {
-    SCOPED_TRACE(::testing::Message() << "op " << (c.op == Op::none ? "N" : "T") << " batch " << c.batch);
+  for (const auto& c :
+       {Case{Op::none, 3, 7, 5, 11, 0, false}, Case{Op::transpose, 2, 6, 4, 9, 3, false},
+        Case{Op::none, 4, 10, 3, 8, 2, true}, Case{Op::transpose, 1, 1, 1, 1, 0, false}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "op " << (c.op == Op::none ? "N" : "T") << " batch " << c.batch);
     const i64 ar = c.op == Op::none ? c.rows : c.inner, ac = c.op == Op::none ? c.inner : c.rows;
     const i64 lda = ar + c.lda_pad, sa = lda * ac, sb = c.broadcast_b ? 0 : c.inner * c.cols;
     const auto a = random_doubles(static_cast<std::size_t>(c.batch * sa), 1);
-    const auto b = random_doubles(static_cast<std::size_t>((c.broadcast_b ? 1 : c.batch) * c.inner * c.cols), 2);
+    const auto b = random_doubles(
+        static_cast<std::size_t>((c.broadcast_b ? 1 : c.batch) * c.inner * c.cols), 2);
     const auto da = to_device(*be, a), db = to_device(*be, b);
     auto dc = be->allocate(static_cast<std::size_t>(c.batch * c.rows * c.cols) * sizeof(double));
     be->gemm_f64(c.op, c.rows, c.cols, c.inner, static_cast<const double*>(da.data()), lda, sa,
-                 static_cast<const double*>(db.data()), c.inner, sb, static_cast<double*>(dc.data()),
-                 c.rows, c.rows * c.cols, c.batch, {});
+                 static_cast<const double*>(db.data()), c.inner, sb,
+                 static_cast<double*>(dc.data()), c.rows, c.rows * c.cols, c.batch, {});
     const auto got = to_host<double>(*be, dc, static_cast<std::size_t>(c.batch * c.rows * c.cols));
     for (i64 t = 0; t < c.batch; ++t)
       for (i64 j = 0; j < c.cols; ++j)
@@ -93,7 +96,8 @@ TEST_P(BackendF64, CholeskyFactorsTheirInversesAndAFailure) {
     for (i64 j = 0; j < n; ++j)
       for (i64 i = 0; i < n; ++i) {
         double rtr = 0, rrinv = 0;  // (RᵀR)(i, j) and (R R⁻¹)(i, j), upper triangles only
-        for (i64 p = 0; p <= std::min(i, j); ++p) rtr += r[(t * n + i) * n + p] * r[(t * n + j) * n + p];
+        for (i64 p = 0; p <= std::min(i, j); ++p)
+          rtr += r[(t * n + i) * n + p] * r[(t * n + j) * n + p];
         for (i64 p = i; p <= j; ++p) rrinv += r[(t * n + p) * n + i] * inv[(t * n + j) * n + p];
         ASSERT_NEAR(rtr, original[(t * n + j) * n + i], 1e-10 * original[(t * n + i) * n + i]);
         ASSERT_NEAR(j >= i ? rrinv : 0.0, i == j ? 1.0 : 0.0, 1e-10);
@@ -129,7 +133,8 @@ TEST_P(BackendF64, SumsOfSquaresAndTheSketch) {
   const auto x = random_doubles(3 * 1000, 6);
   auto dx = to_device(*be, x);
   auto dsum = be->allocate(3 * sizeof(double));
-  be->sum_squares_f64(static_cast<const double*>(dx.data()), 1000, 3, static_cast<double*>(dsum.data()), {});
+  be->sum_squares_f64(static_cast<const double*>(dx.data()), 1000, 3,
+                      static_cast<double*>(dsum.data()), {});
   const auto sums = to_host<double>(*be, dsum, 3);
   for (i64 b = 0; b < 3; ++b) {
     double want = 0;
@@ -141,7 +146,8 @@ TEST_P(BackendF64, SumsOfSquaresAndTheSketch) {
   be->gaussian_f64(static_cast<double*>(dg.data()), count, 42, 7, {});
   const auto drawn = to_host<double>(*be, dg, static_cast<std::size_t>(count));
   for (i64 i = 0; i < count; i += 997)  // the device's log and cos may differ in the last ulp
-    ASSERT_NEAR(drawn[i], kernels::counter_normal(42, 7, static_cast<std::uint64_t>(i)), 1e-14) << i;
+    ASSERT_NEAR(drawn[i], kernels::counter_normal(42, 7, static_cast<std::uint64_t>(i)), 1e-14)
+        << i;
   ASSERT_NEAR(drawn[count - 1], kernels::counter_normal(42, 7, count - 1), 1e-14);
 }
 
@@ -157,7 +163,8 @@ TEST_P(BackendF64, DeltasFromEveryFloatTypeAndTheFirstNonFiniteElement) {
   for (const auto ft_type : {DType::F32, DType::F16, DType::BF16, DType::F64})
     for (const auto base_type : {DType::BF16, DType::F32}) {
       SCOPED_TRACE(::testing::Message() << dtype_name(ft_type) << " − " << dtype_name(base_type));
-      std::vector<std::byte> fb(ft.size() * dtype_size(ft_type)), bb(base.size() * dtype_size(base_type));
+      std::vector<std::byte> fb(ft.size() * dtype_size(ft_type)),
+          bb(base.size() * dtype_size(base_type));
       if (ft_type == DType::F64) {
         std::vector<double> w(ft.begin(), ft.end());
         std::memcpy(fb.data(), w.data(), fb.size());
@@ -171,13 +178,39 @@ TEST_P(BackendF64, DeltasFromEveryFloatTypeAndTheFirstNonFiniteElement) {
       const auto df = to_device(*be, fb), db = to_device(*be, bb);
       auto dbad = to_device(*be, std::vector<std::uint64_t>{~std::uint64_t{0}});
       auto dd = be->allocate(static_cast<std::size_t>(count) * sizeof(double));
-      be->delta_f64(df.data(), ft_type, db.data(), base_type, static_cast<double*>(dd.data()), count,
-                    static_cast<std::uint64_t*>(dbad.data()), {});
+      be->delta_f64(df.data(), ft_type, db.data(), base_type, static_cast<double*>(dd.data()),
+                    count, static_cast<std::uint64_t*>(dbad.data()), {});
       const auto got = to_host<double>(*be, dd, static_cast<std::size_t>(count));
       EXPECT_EQ(to_host<std::uint64_t>(*be, dbad, 1)[0], 68000u);
       for (i64 i = 0; i < count; ++i)
         if (std::isfinite(fd[i])) ASSERT_EQ(got[i], fd[i] - bd[i]) << i;
     }
+}
+
+// The stacks a truncated SVD gives are lora_factors' numbers, to the bit, zero past the rank.
+TEST_P(BackendF64, LoraStacksAreTheFactorsCompressWrites) {
+  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
+  const i64 tasks = 3, in = 7, out = 5, k = 2, r = 4;
+  const auto u = random_doubles(tasks * in * k, 8), v = random_doubles(tasks * out * k, 9),
+             s = random_doubles(tasks * k, 10);
+  const auto du = to_device(*be, u), dv = to_device(*be, v), ds = to_device(*be, s);
+  auto da = be->allocate(tasks * r * in * sizeof(float)),
+       db = be->allocate(tasks * out * r * sizeof(float));
+  be->lora_stacks_f64(static_cast<const double*>(du.data()), static_cast<const double*>(dv.data()),
+                      static_cast<const double*>(ds.data()), tasks, in, out, k, r, da.f32(),
+                      db.f32(), {});
+  const auto a = to_host(*be, da, tasks * r * in), b = to_host(*be, db, tasks * out * r);
+  for (i64 t = 0; t < tasks; ++t) {
+    for (i64 c = 0; c < r; ++c)
+      for (i64 x = 0; x < in; ++x)
+        ASSERT_EQ(a[(t * r + c) * in + x], c < k ? float(u[(t * k + c) * in + x]) : 0.0f)
+            << t << c << x;
+    for (i64 y = 0; y < out; ++y)
+      for (i64 c = 0; c < r; ++c)
+        ASSERT_EQ(b[(t * out + y) * r + c],
+                  c < k ? float(v[(t * k + c) * out + y] * s[t * k + c]) : 0.0f)
+            << t << y << c;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BackendF64, ::testing::ValuesIn(test::all_backend_names()),

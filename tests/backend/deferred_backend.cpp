@@ -144,6 +144,10 @@ class DeferredBackend final : public Backend {
                     Stream s) override {
     enqueue(s, [=, this] { cpu_->gaussian_f64(out, count, seed, stream_id, {}); });
   }
+  void lora_stacks_f64(const double* u, const double* v, const double* s, i64 tasks, i64 in,
+                       i64 out, i64 k, i64 r, float* a, float* b, Stream st) override {
+    enqueue(st, [=, this] { cpu_->lora_stacks_f64(u, v, s, tasks, in, out, k, r, a, b, {}); });
+  }
 
  private:
   struct Queue {

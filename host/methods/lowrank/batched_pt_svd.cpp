@@ -9,6 +9,7 @@
 #include <exception>
 
 #include "backend/caching_pool.hpp"
+#include "revmerge/error.hpp"
 
 namespace revmerge {
 
@@ -54,15 +55,15 @@ struct BatchedPtSvd::Shape {
             static_cast<std::size_t>(m * n) * element_bytes,  // one fine-tune's bytes
             doubles(T * m * n),                               // Δ
             static_cast<std::size_t>(T) * (3 * sizeof(double) + 2 * sizeof(int)),  // scalars
-            doubles(n * l),                                   // Ω
-            doubles(T * m * l),                               // Y, then Q
-            doubles(T * std::max(m, n) * l),                  // CholeskyQR's first pass
-            doubles(T * n * l),                               // Z, then Bᵀ, then Q₂
-            doubles(3 * T * ll),                              // two Cholesky factors, R⁻¹
+            doubles(n * l),                                                        // Ω
+            doubles(T * m * l),                                                    // Y, then Q
+            doubles(T * std::max(m, n) * l),                    // CholeskyQR's first pass
+            doubles(T * n * l),                                 // Z, then Bᵀ, then Q₂
+            doubles(3 * T * ll),                                // two Cholesky factors, R⁻¹
             2 * static_cast<std::size_t>(T) * sizeof(double*),  // the solvers' pointer arrays
-            doubles(2 * T * l * k),                           // U_R, V_R
-            doubles(T * m * k),                               // U
-            doubles(T * n * k)};                              // V
+            doubles(2 * T * l * k + T * k),                     // U_R, V_R, S
+            doubles(T * m * k),                                 // U
+            doubles(T * n * k)};                                // V
   }
 };
 
@@ -193,7 +194,8 @@ void BatchedPtSvd::orthonormalize(Batch& b, double* x, const Shape& s, i64 rows,
 
 void BatchedPtSvd::run_batch(const DeviceBuffer& base_raw, DType base_dtype,
                              std::span<const RawWeight> fine_tunes, std::span<DeltaSvd> results,
-                             const Shape& s, const RandomizedSvdOptions& o, Staging& staging) {
+                             const Shape& s, const RandomizedSvdOptions& o, Staging& staging,
+                             const Stacks* stacks) {
   const i64 T = s.tasks, m = s.m, n = s.n, l = s.l, k = s.k, mn = m * n;
   const auto sizes = s.blocks();
   Batch b;
@@ -261,9 +263,11 @@ void BatchedPtSvd::run_batch(const DeviceBuffer& base_raw, DType base_dtype,
 
   // B = Rᵀ Q₂ᵀ, and Rᵀ = U_R S V_Rᵀ (LAPACK, l × l, on the host) gives B = U_R S (Q₂ V_R)ᵀ:
   // U = Q U_R and V = Q₂ V_R, their first k columns.
-  std::vector<double> small(static_cast<std::size_t>(2 * T * l * k)), rt(static_cast<std::size_t>(l * l));
+  std::vector<double> small(static_cast<std::size_t>(2 * T * l * k + T * k)),
+      rt(static_cast<std::size_t>(l * l));
   double* ur = small.data();
   double* vr = ur + T * l * k;
+  double* sv = vr + T * l * k;
   for (i64 t = 0; t < T; ++t) {
     for (i64 j = 0; j < l; ++j)
       for (i64 i = 0; i < l; ++i) rt[j * l + i] = r[t * l * l + i * l + j];
@@ -271,6 +275,7 @@ void BatchedPtSvd::run_batch(const DeviceBuffer& base_raw, DType base_dtype,
     svd.k = k;
     svd.s.resize(static_cast<std::size_t>(k));
     leading_svd(rt, l, k, ur + t * l * k, svd.s.data(), vr + t * l * k);
+    std::copy(svd.s.begin(), svd.s.end(), sv + t * k);
   }
   b.small_factors = be_.allocate(sizes[10]);
   b.u = be_.allocate(sizes[11]);
@@ -279,15 +284,20 @@ void BatchedPtSvd::run_batch(const DeviceBuffer& base_raw, DType base_dtype,
   double* d_vr = d_ur + T * l * k;
   auto* u = static_cast<double*>(b.u.data());
   auto* v = static_cast<double*>(b.v.data());
-  be_.upload(d_ur, small.data(), doubles(2 * T * l * k), stream_);
+  be_.upload(d_ur, small.data(), small.size() * sizeof(double), stream_);
   gemm(Op::none, m, k, l, y, m, m * l, d_ur, l, l * k, u, m, m * k, T);
   gemm(Op::none, n, k, l, z, n, n * l, d_vr, l, l * k, v, n, n * k, T);
   std::vector<double> h_captured(static_cast<std::size_t>(T));
-  for (i64 t = 0; t < T; ++t) {
-    results[t].svd.u.resize(static_cast<std::size_t>(m * k));
-    results[t].svd.v.resize(static_cast<std::size_t>(n * k));
-    to_host(results[t].svd.u.data(), u + t * m * k, doubles(m * k));
-    to_host(results[t].svd.v.data(), v + t * n * k, doubles(n * k));
+  if (stacks) {  // the factors stay in backend memory, in the merge's stacks
+    be_.lora_stacks_f64(u, v, d_vr + T * l * k, T, m, n, k, stacks->r, stacks->a, stacks->b,
+                        stream_);
+  } else {
+    for (i64 t = 0; t < T; ++t) {
+      results[t].svd.u.resize(static_cast<std::size_t>(m * k));
+      results[t].svd.v.resize(static_cast<std::size_t>(n * k));
+      to_host(results[t].svd.u.data(), u + t * m * k, doubles(m * k));
+      to_host(results[t].svd.v.data(), v + t * n * k, doubles(n * k));
+    }
   }
   to_host(h_captured.data(), captured, doubles(T));
   be_.synchronize(stream_);
@@ -307,6 +317,23 @@ std::size_t BatchedPtSvd::work_bytes(i64 tasks, i64 in, i64 out, const Randomize
 
 std::vector<DeltaSvd> BatchedPtSvd::run(const RawWeight& base, std::span<const RawWeight> fine_tunes,
                                         i64 in, i64 out, const RandomizedSvdOptions& o) {
+  return run_batches(base, fine_tunes, in, out, o, nullptr);
+}
+
+std::vector<DeltaSvd> BatchedPtSvd::run_into_stacks(const RawWeight& base,
+                                                    std::span<const RawWeight> fine_tunes, i64 in,
+                                                    i64 out, const RandomizedSvdOptions& o,
+                                                    const Stacks& stacks) {
+  if (stacks.r < std::min({o.rank, in, out}))
+    throw usage_error("run_into_stacks: stacks of rank " + std::to_string(stacks.r) +
+                      " cannot hold rank " + std::to_string(std::min({o.rank, in, out})));
+  return run_batches(base, fine_tunes, in, out, o, &stacks);
+}
+
+std::vector<DeltaSvd> BatchedPtSvd::run_batches(const RawWeight& base,
+                                                std::span<const RawWeight> fine_tunes, i64 in,
+                                                i64 out, const RandomizedSvdOptions& o,
+                                                const Stacks* stacks) {
   std::vector<DeltaSvd> results(fine_tunes.size());
   if (fine_tunes.empty() || in == 0 || out == 0) return results;
   std::size_t element = dtype_size(base.dtype);
@@ -326,8 +353,12 @@ std::vector<DeltaSvd> BatchedPtSvd::run(const RawWeight& base, std::span<const R
     const i64 batch = std::min<i64>(tasks, static_cast<i64>(fine_tunes.size()) - first);
     const Shape shape{batch, in, out, std::min(o.rank + std::max<i64>(o.oversampling, 0), small),
                       std::min(o.rank, small), element};
+    Stacks part;  // this batch's tasks' slices of the stacks
+    if (stacks)
+      part = {stacks->a + first * stacks->r * in, stacks->b + first * out * stacks->r, stacks->r};
     run_batch(base_raw, base.dtype, fine_tunes.subspan(first, batch),
-              std::span(results).subspan(first, batch), shape, o, staging);
+              std::span(results).subspan(first, batch), shape, o, staging,
+              stacks ? &part : nullptr);
   }
   be_.synchronize(stream_);  // every block goes back to the pool with nothing left to run on it
   return results;

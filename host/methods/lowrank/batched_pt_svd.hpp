@@ -53,6 +53,22 @@ class BatchedPtSvd {
   /// solver_error.
   std::vector<DeltaSvd> run(const RawWeight& base, std::span<const RawWeight> fine_tunes,
                             std::int64_t in, std::int64_t out, const RandomizedSvdOptions& options);
+  /// Where run_into_stacks writes the factors: RMM stacks in backend memory, A tasks × r × in
+  /// and B tasks × out × r (f32, row-major), task t's at t · r · in and t · out · r.
+  struct Stacks {
+    float* a = nullptr;
+    float* b = nullptr;
+    std::int64_t r = 0;  ///< the stacks' rank, ≥ the SVDs' (rows of A, columns of B past it zero)
+  };
+  /// run, with each task's factors A = U_kᵀ and B = V_k S_k (the ones `revmerge compress`
+  /// writes) put straight into `stacks` instead of U and V coming back to the host: the factors
+  /// of a merge never leave the device. The results hold norm_sq, nonfinite_at, the singular
+  /// values and the captured energy; u and v stay empty. The stacks are complete when it
+  /// returns (its stream is synchronized), for any stream to read.
+  std::vector<DeltaSvd> run_into_stacks(const RawWeight& base,
+                                        std::span<const RawWeight> fine_tunes, std::int64_t in,
+                                        std::int64_t out, const RandomizedSvdOptions& options,
+                                        const Stacks& stacks);
   /// Backend memory run() holds for a batch of `tasks` deltas of one in × out module whose files
   /// hold at most `element_bytes` per value.
   std::size_t work_bytes(std::int64_t tasks, std::int64_t in, std::int64_t out,
@@ -71,9 +87,13 @@ class BatchedPtSvd {
   struct Shape;
   struct Batch;
   struct Staging;
+  std::vector<DeltaSvd> run_batches(const RawWeight& base, std::span<const RawWeight> fine_tunes,
+                                    std::int64_t in, std::int64_t out,
+                                    const RandomizedSvdOptions& options, const Stacks* stacks);
   void run_batch(const DeviceBuffer& base_raw, DType base_dtype,
                  std::span<const RawWeight> fine_tunes, std::span<DeltaSvd> results,
-                 const Shape& shape, const RandomizedSvdOptions& options, Staging& staging);
+                 const Shape& shape, const RandomizedSvdOptions& options, Staging& staging,
+                 const Stacks* stacks);
   void upload_weight(void* dst, const RawWeight& w, std::size_t count, Staging& staging);
   void orthonormalize(Batch& b, double* x, const Shape& s, std::int64_t rows,
                       std::vector<double>* r_out);

@@ -16,6 +16,7 @@
 #include "backend/registry.hpp"
 #include "methods/lowrank/batched_pt_svd.hpp"
 #include "methods/lowrank/lowrank_fixtures.hpp"
+#include "methods/lowrank/pt_svd.hpp"
 #include "methods/lowrank/randomized_svd.hpp"
 #include "methods/on_backend.hpp"
 #include "revmerge/compress.hpp"
@@ -95,6 +96,47 @@ TEST_P(BatchedPtSvdOn, DecayingSpectraMatchTheCpuInOneBatchOrMany) {
     }
     EXPECT_NEAR(g.captured, cpu.captured, 1e-6 * total);
   }
+}
+
+// Into the merge's stacks: the factors lora_factors makes of run()'s U, S, V, to the bit (the
+// same arithmetic on the same numbers), zero past the rank; in one batch and in one per task.
+TEST_P(BatchedPtSvdOn, IntoStacksAreTheFactorsOfRun) {
+  REVMERGE_BACKEND_OR_SKIP(backend, GetParam());
+  BatchedPtSvd engine(*backend);
+  const i64 m = 60, n = 44, k = 6, r = 9, tasks = 3;
+  const RandomizedSvdOptions o{k, 4, 1, 5, 6};
+  std::vector<double> sigma;
+  for (i64 j = 0; j < n; ++j) sigma.push_back(std::pow(0.8, double(j)));
+  std::vector<std::vector<double>> deltas;
+  std::vector<RawWeight> raws;
+  for (unsigned t = 0; t < tasks; ++t) deltas.push_back(test::with_spectrum(m, n, sigma, 30 + t));
+  for (const auto& d : deltas) raws.push_back(f64_weight(d));
+  const std::vector<double> zeros(static_cast<std::size_t>(m * n), 0.0);
+  LinearWeight w;
+  w.in = m;
+  w.out = n;
+  for (const bool one_per_batch : {false, true}) {
+    SCOPED_TRACE(one_per_batch ? "one task per batch" : "one batch");
+    if (one_per_batch) engine.limit_memory(engine.work_bytes(1, m, n, o, 8));
+    const auto want = engine.run(f64_weight(zeros), raws, m, n, o);
+    std::vector<float> a_want(static_cast<std::size_t>(tasks * r * m), 0.0f),
+        b_want(static_cast<std::size_t>(tasks * n * r), 0.0f);
+    for (i64 t = 0; t < tasks; ++t)
+      lora_factors(want[t].svd, k, w, a_want.data() + t * r * m, b_want.data() + t * n * r, r);
+    auto da = backend->allocate(a_want.size() * sizeof(float));
+    auto db = backend->allocate(b_want.size() * sizeof(float));
+    const auto got =
+        engine.run_into_stacks(f64_weight(zeros), raws, m, n, o, {da.f32(), db.f32(), r});
+    EXPECT_EQ(test::to_host(*backend, da, a_want.size()), a_want);
+    EXPECT_EQ(test::to_host(*backend, db, b_want.size()), b_want);
+    for (i64 t = 0; t < tasks; ++t) {
+      EXPECT_EQ(got[t].svd.s, want[t].svd.s);
+      EXPECT_EQ(got[t].norm_sq, want[t].norm_sq);
+      EXPECT_TRUE(got[t].svd.u.empty() && got[t].svd.v.empty());
+    }
+  }
+  EXPECT_THROW(engine.run_into_stacks(f64_weight(zeros), raws, m, n, o, {nullptr, nullptr, k - 1}),
+               usage_error);
 }
 
 TEST_P(BatchedPtSvdOn, ExactlyLowRankAndZeroDeltasComeBackExactly) {
