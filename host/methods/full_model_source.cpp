@@ -32,24 +32,20 @@ void place_factors(const TruncatedSvd& svd, const LinearWeight& w, std::size_t t
   }
 }
 
+// The file bytes one module's load reads: the base's tensor and every fine-tune's.
+std::uint64_t module_bytes(const FullModelSet& set, const LinearWeight& w) {
+  std::uint64_t bytes = tensor_bytes(*set.base, w.tensor);
+  for (const auto& m : set.models) bytes += tensor_bytes(*m, w.tensor);
+  return bytes;
+}
+
 // One module's stacks from the fine-tunes: per task Δ_t, its randomized SVD Δ_t ≈ V_k S_k U_kᵀ,
-// and the factors `revmerge compress` writes, with scale 1. On the CPU the next task's Δ is
-// formed (conversion and subtraction, one core) on a helper thread while the SVD (the BLAS
-// threads) works on this one; on a GPU all tasks go to the device at once.
+// and the factors `revmerge compress` writes, with scale 1. The next task's Δ is formed
+// (conversion and subtraction, one core) on a helper thread while the SVD (the BLAS threads)
+// works on this one.
 std::uint64_t load_compressed(FullModelSet& set, const LinearWeight& w, i64 r, float* a, float* b) {
   const auto& in = set.inputs;
   const auto count = static_cast<std::size_t>(w.in * w.out);
-  std::uint64_t bytes = tensor_bytes(*set.base, w.tensor);
-  for (const auto& m : set.models) bytes += tensor_bytes(*m, w.tensor);
-  if (set.device_svd) {
-    throw_if_interrupted("merge");
-    std::vector<const HfModel*> models;
-    for (const auto& m : set.models) models.push_back(m.get());
-    const auto results = batched_pt_svd(*set.device_svd, *set.base, models, w,
-                                       pt_svd_options(w, in.rank, in.oversampling, in.power_iterations, 0));
-    for (std::size_t t = 0; t < results.size(); ++t) place_factors(results[t].svd, w, t, r, a, b);
-    return bytes;
-  }
   double_buffered(
       set.models.size(),
       [&](std::size_t t, int buffer) {
@@ -61,7 +57,20 @@ std::uint64_t load_compressed(FullModelSet& set, const LinearWeight& w, i64 r, f
                                 in.power_iterations, 0);
         place_factors(svd, w, t, r, a, b);
       });
-  return bytes;
+  return module_bytes(set, w);
+}
+
+// The same on the device engine, all tasks at once, into stacks in device memory: the deltas,
+// their SVDs and the factors never pass through the host.
+std::uint64_t load_on_device(FullModelSet& set, const LinearWeight& w, i64 r, float* a, float* b) {
+  throw_if_interrupted("merge");
+  const auto& in = set.inputs;
+  std::vector<const HfModel*> models;
+  for (const auto& m : set.models) models.push_back(m.get());
+  const BatchedPtSvd::Stacks stacks{a, b, r};
+  batched_pt_svd(*set.device_svd, *set.base, models, w,
+                 pt_svd_options(w, in.rank, in.oversampling, in.power_iterations, 0), &stacks);
+  return module_bytes(set, w);
 }
 
 }  // namespace
@@ -100,31 +109,31 @@ std::unique_ptr<FullModelSet> open_full_model_set(const std::vector<TaskSource>&
     largest = std::max(largest, bytes);
   }
   source.load_bytes = largest;
+  set->by_path = std::move(by_path);
   FullModelSet* self = set.get();
-  source.load = [self, by_path](const PlannedModule& pm, float* a, float* b) {
-    return load_compressed(*self, *by_path.at(pm.path), pm.rank, a, b);
+  source.load = [self](const PlannedModule& pm, float* a, float* b) {
+    return load_compressed(*self, *self->by_path.at(pm.path), pm.rank, a, b);
   };
   return set;
 }
 
 void attach_device_svd(FullModelSet& set, BatchedPtSvd& engine) {
   set.device_svd = &engine;
+  FullModelSet* self = &set;
+  set.source.load_device = [self](const PlannedModule& pm, float* a, float* b) {
+    return load_on_device(*self, *self->by_path.at(pm.path), pm.rank, a, b);
+  };
   // The module whose batch needs the most device memory, the widest element of the files, and
-  // the host memory of a load: U and V in f64 for every task, and the two pinned buffers the
-  // weights pass through.
-  const auto tasks = static_cast<std::uint64_t>(set.models.size());
+  // the host memory of a load: the two pinned buffers the weights pass through.
   const LinearWeight* largest = nullptr;
   std::size_t element = 1;
-  std::uint64_t host = 0;
   for (const auto& w : set.base->linears()) {
     if (!largest || w.in * w.out > largest->in * largest->out) largest = &w;
     element = std::max(element, dtype_size(set.base->checkpoint().at(w.tensor).info->dtype));
     for (const auto& m : set.models)
       element = std::max(element, dtype_size(m->checkpoint().at(w.tensor).info->dtype));
-    host = std::max(host, 16 * tasks * static_cast<std::uint64_t>((w.in + w.out) * set.inputs.rank));
   }
-  host += 2 * static_cast<std::uint64_t>(largest->in * largest->out) * element;  // pinned staging
-  set.source.load_bytes = host;
+  set.source.load_bytes = 2 * static_cast<std::uint64_t>(largest->in * largest->out) * element;
   const auto options = pt_svd_options(*largest, set.inputs.rank, set.inputs.oversampling,
                                       set.inputs.power_iterations, 0);
   set.source.device_load_bytes = [&engine, largest, options, element](i64 batch) {

@@ -73,8 +73,14 @@ class RmmPipeline {
  public:
   RmmPipeline(const RmmMergeOptions& o, const RmmSource& source, Backend& be,
               SafetensorsWriter& writer, BundleManifest& manifest, PipelineStats& stats)
-      : o_(o), source_(source), be_(be), writer_(writer), manifest_(manifest), stats_(stats),
-        n_(static_cast<i64>(o.tasks.size())) {
+      : o_(o),
+        source_(source),
+        be_(be),
+        writer_(writer),
+        manifest_(manifest),
+        stats_(stats),
+        n_(static_cast<i64>(o.tasks.size())),
+        device_loads_(!be.shares_host_memory() && source.load_device) {
     max_stack_ = largest_stack_floats(source, n_);
     progress_.bytes_total = source.bytes_total;
     for (const auto& pm : source.plan) {
@@ -88,13 +94,21 @@ class RmmPipeline {
   }
 
   void allocate_staging(int slots) {
+    if (device_loads_) return;  // the stacks are made in device memory
     for (int i = 0; i < slots; ++i) staging_.push_back(be_.allocate_staging(4 * max_stack_));
   }
 
+  // Into staging slot `slot`, or with device loads straight into the job's device buffers.
   ModuleJob read(std::size_t index, int slot) {
     throw_if_interrupted("merge");
     BusyTimer t(stats_.read_seconds);
     const auto& pm = source_.plan[index];
+    if (device_loads_) {
+      ModuleJob job{index, -1, be_.allocate(stack_bytes(pm.rank * pm.in)),
+                    be_.allocate(stack_bytes(pm.rank * pm.out))};
+      bytes_read_ += source_.load_device(pm, job.a.f32(), job.b.f32());
+      return job;
+    }
     float* a = staging_[slot].f32();
     float* b = a + n_ * pm.rank * pm.in;
     const auto bytes = source_.load(pm, a, b);
@@ -105,11 +119,10 @@ class RmmPipeline {
   // GPU: stacks to device memory on the copy stream; the staging slot is free afterwards.
   // Returns the slot to give back (-1 on the CPU, where compute reads the slot itself).
   int upload(ModuleJob& job, Stream copy) {
-    if (be_.shares_host_memory()) return -1;
+    if (be_.shares_host_memory() || device_loads_) return -1;
     BusyTimer t(stats_.upload_seconds);
     const auto& pm = source_.plan[job.index];
-    const std::size_t na = 4 * static_cast<std::size_t>(n_ * pm.rank * pm.in);
-    const std::size_t nb = 4 * static_cast<std::size_t>(n_ * pm.rank * pm.out);
+    const std::size_t na = stack_bytes(pm.rank * pm.in), nb = stack_bytes(pm.rank * pm.out);
     job.a = be_.allocate(na);
     job.b = be_.allocate(nb);
     const float* a = staging_[job.slot].f32();
@@ -184,21 +197,33 @@ class RmmPipeline {
     });
     for (int i = 0; i < slots; ++i) free_slots.push(i);
     const bool gpu = !be_.shares_host_memory();
-    const Stream copy = gpu ? be_.create_stream() : Stream{};
+    const Stream copy = gpu && !device_loads_ ? be_.create_stream() : Stream{};
     double& read_wait = stats_.read_wait_seconds;
     double& upload_wait = stats_.upload_wait_seconds;
     double& compute_wait = stats_.compute_wait_seconds;
     double& write_wait = stats_.write_wait_seconds;
-    threads.spawn([&] {  // read
-      for (std::size_t i = 0; i < source_.plan.size(); ++i) {
-        const auto slot = waited(read_wait, [&] { return free_slots.pop(); });
-        if (!slot) return;
-        auto job = read(i, *slot);
-        if (!waited(read_wait, [&] { return staged.push(std::move(job)); })) return;
-      }
-      staged.close();
-    });
-    if (gpu) {
+    if (device_loads_) {
+      // The reader makes each module's stacks on the device: it hands them to compute directly
+      // (three modules' stacks at most: being made, queued, computing, as the plan counts).
+      threads.spawn([&] {  // read
+        for (std::size_t i = 0; i < source_.plan.size(); ++i) {
+          auto job = read(i, -1);
+          if (!waited(read_wait, [&] { return uploaded.push(std::move(job)); })) return;
+        }
+        uploaded.close();
+      });
+    } else {
+      threads.spawn([&] {  // read
+        for (std::size_t i = 0; i < source_.plan.size(); ++i) {
+          const auto slot = waited(read_wait, [&] { return free_slots.pop(); });
+          if (!slot) return;
+          auto job = read(i, *slot);
+          if (!waited(read_wait, [&] { return staged.push(std::move(job)); })) return;
+        }
+        staged.close();
+      });
+    }
+    if (gpu && !device_loads_) {
       threads.spawn([&] {  // upload
         while (auto job = waited(upload_wait, [&] { return staged.pop(); })) {
           free_slots.push(upload(*job, copy));
@@ -230,6 +255,10 @@ class RmmPipeline {
 
  private:
   RmmShape shape(const PlannedModule& pm) const { return {n_, pm.rank, pm.in, pm.out, o_.basis}; }
+  // Bytes of one side's stack: n tasks of `per_task` floats.
+  std::size_t stack_bytes(i64 per_task) const {
+    return sizeof(float) * static_cast<std::size_t>(n_ * per_task);
+  }
   static double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
@@ -241,6 +270,7 @@ class RmmPipeline {
   BundleManifest& manifest_;
   PipelineStats& stats_;
   const i64 n_;
+  const bool device_loads_;      // the source makes the stacks in device memory (load_device)
   std::uint64_t max_stack_ = 0;  // floats of the largest module's A and B stacks
   std::vector<DeviceBuffer> staging_;
   std::vector<std::size_t> layer_ends_;  // index of each layer's last module

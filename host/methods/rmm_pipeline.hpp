@@ -29,6 +29,11 @@ struct RmmSource {
   /// (scale folded in, columns past the rank zero), into caller-owned memory; returns the file
   /// bytes read. Called by one thread at a time.
   std::function<std::uint64_t(const PlannedModule& pm, float* a, float* b)> load;
+  /// As `load`, into backend memory (`a`, `b`: n · r · in and n · out · r floats there), the
+  /// stacks complete on return; set where a source makes its stacks on the device (full
+  /// fine-tunes compressed on a GPU). On a backend with memory of its own the pipeline then
+  /// loads into device buffers, and nothing passes through staging or the copy stream.
+  std::function<std::uint64_t(const PlannedModule& pm, float* a, float* b)> load_device;
 };
 
 /// The adapters of `set` as a source (`set` must outlive it).

@@ -74,10 +74,13 @@ double read_delta_into(const HfModel& base, const HfModel& ft, const LinearWeigh
 
 std::vector<DeltaSvd> batched_pt_svd(BatchedPtSvd& engine, const HfModel& base,
                                      std::span<const HfModel* const> fine_tunes,
-                                     const LinearWeight& w, const RandomizedSvdOptions& options) {
+                                     const LinearWeight& w, const RandomizedSvdOptions& options,
+                                     const BatchedPtSvd::Stacks* stacks) {
   std::vector<RawWeight> raws;
   for (const auto* ft : fine_tunes) raws.push_back(raw_weight(*ft, w));
-  auto results = engine.run(raw_weight(base, w), raws, w.in, w.out, options);
+  const auto b = raw_weight(base, w);
+  auto results = stacks ? engine.run_into_stacks(b, raws, w.in, w.out, options, *stacks)
+                        : engine.run(b, raws, w.in, w.out, options);
   for (std::size_t t = 0; t < results.size(); ++t)
     if (results[t].nonfinite_at >= 0)
       throw_nonfinite(*fine_tunes[t], w, static_cast<std::size_t>(results[t].nonfinite_at));

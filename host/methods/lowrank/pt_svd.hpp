@@ -46,11 +46,13 @@ inline TruncatedSvd pt_svd(std::span<const double> delta, const LinearWeight& w,
 
 /// The PT-SVDs of module `w` for every fine-tune on the batched engine: Δ_t formed in backend
 /// memory from the files' bytes, all tasks in batches (pt_svd's algorithm, in f64 throughout).
-/// Throws format_error naming the fine-tune's folder, the tensor and the element of a non-finite
-/// delta. The tensors' pages leave the resident set afterwards.
+/// With `stacks`, the factors go into those RMM stacks in backend memory (run_into_stacks)
+/// instead of U and V coming back. Throws format_error naming the fine-tune's folder, the tensor
+/// and the element of a non-finite delta. The tensors' pages leave the resident set afterwards.
 std::vector<DeltaSvd> batched_pt_svd(BatchedPtSvd& engine, const HfModel& base,
                                      std::span<const HfModel* const> fine_tunes,
-                                     const LinearWeight& w, const RandomizedSvdOptions& options);
+                                     const LinearWeight& w, const RandomizedSvdOptions& options,
+                                     const BatchedPtSvd::Stacks* stacks = nullptr);
 
 /// The first k triplets as LoRA factors with scale 1: A = U_kᵀ (k × in, rows `in` apart) and
 /// B = V_k S_k (out × k, rows `b_row` apart: k for an adapter, the padded rank for a stack).

@@ -260,8 +260,8 @@ TEST_P(OnDevice, CompressAsOnTheCpu) {
 }
 
 // The streamed merge of full fine-tunes with the SVDs on the device (all tasks of a module in
-// one batch) beside the same merge on the CPU: the same bundle up to rounding, as far as the
-// merge's own errors show it.
+// one batch, the factors put into the merge's stacks there) beside the same merge on the CPU:
+// the same bundle up to rounding, as far as the merge's own errors show it.
 TEST_P(OnDevice, FullModelMergeAsOnTheCpu) {
   REVMERGE_BACKEND_OR_SKIP(backend, GetParam());
   test::TempDir tmp;
@@ -297,6 +297,8 @@ TEST_P(OnDevice, FullModelMergeAsOnTheCpu) {
   const auto on_gpu =
       gpu() ? merge_rmm_models(o, inputs) : merge_rmm_models_on(o, inputs, factory());
   EXPECT_NE(on_gpu.backend, on_cpu.backend);
+  // The factors are made in device memory: nothing goes through staging and the copy stream.
+  EXPECT_EQ(stats.upload_seconds, 0.0);
   // The engine's batches are in the device memory plan.
   EXPECT_GT(stats.backend_peak_bytes, 0u);
   EXPECT_LE(stats.backend_peak_bytes, stats.planned_device_bytes);
