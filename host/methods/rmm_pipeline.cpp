@@ -300,7 +300,9 @@ RmmSource adapter_source(const AdapterSet& set, bool allow_nonfinite) {
 
 ItemMemory largest_module_memory(const RmmMergeOptions& o, const RmmSource& source, Backend& be) {
   const i64 n = static_cast<i64>(o.tasks.size());
-  const std::uint64_t staging = 4 * largest_stack_floats(source, n);
+  // Sources that make their stacks in device memory use no staging slot there.
+  const bool device_loads = !be.shares_host_memory() && source.load_device;
+  const std::uint64_t staging = device_loads ? 0 : 4 * largest_stack_floats(source, n);
   ItemMemory worst;
   std::map<std::tuple<i64, i64, i64>, std::uint64_t> work_by_shape;
   for (const auto& pm : source.plan) {
