@@ -302,11 +302,18 @@ TEST_P(OnDevice, FullModelMergeAsOnTheCpu) {
   // The engine's batches are in the device memory plan.
   EXPECT_GT(stats.backend_peak_bytes, 0u);
   EXPECT_LE(stats.backend_peak_bytes, stats.planned_device_bytes);
-  // At the smallest budget the merge accepts (each refusal names what host, then device, need)
-  // the tasks go through the engine one at a time: the same results, still within the plan.
   auto run = [&](RmmMergeOptions x) {
     return gpu() ? merge_rmm_models(x, inputs) : merge_rmm_models_on(x, inputs, factory());
   };
+  // One module at a time: the same bytes.
+  o.out = tmp / "gpu-sequential";
+  o.sequential = true;
+  run(o);
+  o.sequential = false;
+  EXPECT_EQ(test::read_bytes(tmp / "gpu-sequential" / kBundleTensorsName),
+            test::read_bytes(tmp / "gpu" / kBundleTensorsName));
+  // At the smallest budget the merge accepts (each refusal names what host, then device, need)
+  // the tasks go through the engine one at a time: the same results, still within the plan.
   o.out = tmp / "tight";
   o.memory_budget = 4096;
   std::optional<BundleManifest> tight;
