@@ -1,0 +1,164 @@
+// The C interface (include/revmerge/revmerge.h) over the C++ API: every call catches what the
+// C++ side throws and turns it into a status and a per-thread message.
+#include "revmerge/revmerge.h"
+
+#include <algorithm>
+#include <exception>
+#include <memory>
+#include <new>
+#include <string>
+
+#include "revmerge/bundle.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/rmm.hpp"
+#include "revmerge/version.hpp"
+
+struct revmerge_bundle {
+  revmerge::Bundle bundle;
+};
+
+namespace {
+
+thread_local std::string last_error;
+
+revmerge_status fail(revmerge_status status, std::string message) {
+  last_error = std::move(message);
+  return status;
+}
+
+// The status of the exception being handled, its message kept for revmerge_last_error.
+revmerge_status current_failure() {
+  try {
+    throw;
+  } catch (const revmerge::usage_error& e) {
+    return fail(REVMERGE_USAGE_ERROR, e.what());
+  } catch (const revmerge::io_error& e) {
+    return fail(REVMERGE_IO_ERROR, e.what());
+  } catch (const revmerge::format_error& e) {
+    return fail(REVMERGE_FORMAT_ERROR, e.what());
+  } catch (const revmerge::shape_error& e) {
+    return fail(REVMERGE_SHAPE_ERROR, e.what());
+  } catch (const revmerge::unsupported_error& e) {
+    return fail(REVMERGE_UNSUPPORTED, e.what());
+  } catch (const revmerge::device_error& e) {
+    return fail(REVMERGE_DEVICE_ERROR, e.what());
+  } catch (const revmerge::solver_error& e) {
+    return fail(REVMERGE_SOLVER_ERROR, e.what());
+  } catch (const revmerge::interrupted& e) {
+    return fail(REVMERGE_INTERRUPTED, e.what());
+  } catch (const std::bad_alloc&) {
+    return fail(REVMERGE_INTERNAL_ERROR, "out of memory");
+  } catch (const std::exception& e) {
+    return fail(REVMERGE_INTERNAL_ERROR, e.what());
+  } catch (...) {
+    return fail(REVMERGE_INTERNAL_ERROR, "unknown failure");
+  }
+}
+
+template <class F>
+revmerge_status guarded(F&& body) {
+  try {
+    body();
+    return REVMERGE_OK;
+  } catch (...) {
+    return current_failure();
+  }
+}
+
+revmerge::Device device_of(int d) {
+  switch (d) {
+    case REVMERGE_DEVICE_CPU:
+      return revmerge::Device::cpu;
+    case REVMERGE_DEVICE_CUDA:
+      return revmerge::Device::cuda;
+    case REVMERGE_DEVICE_AUTO:
+      return revmerge::Device::automatic;
+    default:
+      throw revmerge::usage_error("device: " + std::to_string(d) +
+                                  " is not REVMERGE_DEVICE_AUTO, _CPU or _CUDA");
+  }
+}
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw revmerge::usage_error(message);
+}
+
+// A module or task index of the bundle, checked.
+std::size_t index_in(int64_t i, std::size_t count, const char* what) {
+  require(i >= 0 && static_cast<std::size_t>(i) < count,
+          std::string(what) + " " + std::to_string(i) + " is outside 0 .. " +
+              std::to_string(static_cast<long long>(count) - 1));
+  return static_cast<std::size_t>(i);
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* revmerge_version(void) { return REVMERGE_VERSION_STRING; }
+
+const char* revmerge_last_error(void) { return last_error.c_str(); }
+
+revmerge_status revmerge_bundle_open(const char* dir, revmerge_bundle** bundle) {
+  return guarded([&] {
+    require(dir && bundle, "revmerge_bundle_open: dir and bundle must not be null");
+    *bundle = nullptr;
+    *bundle = new revmerge_bundle{revmerge::Bundle(dir)};
+  });
+}
+
+void revmerge_bundle_close(revmerge_bundle* bundle) { delete bundle; }
+
+int64_t revmerge_bundle_task_count(const revmerge_bundle* bundle) {
+  return bundle ? static_cast<int64_t>(bundle->bundle.manifest().tasks.size()) : 0;
+}
+
+const char* revmerge_bundle_task_name(const revmerge_bundle* bundle, int64_t task) {
+  if (!bundle || task < 0 || task >= revmerge_bundle_task_count(bundle)) return nullptr;
+  return bundle->bundle.manifest().tasks[static_cast<std::size_t>(task)].name.c_str();
+}
+
+int64_t revmerge_bundle_task_index(const revmerge_bundle* bundle, const char* name) {
+  return bundle && name ? bundle->bundle.manifest().task_index(name) : -1;
+}
+
+int64_t revmerge_bundle_module_count(const revmerge_bundle* bundle) {
+  return bundle ? static_cast<int64_t>(bundle->bundle.manifest().modules.size()) : 0;
+}
+
+revmerge_status revmerge_bundle_module(const revmerge_bundle* bundle, int64_t module,
+                                       revmerge_module_info* info) {
+  return guarded([&] {
+    require(bundle && info, "revmerge_bundle_module: bundle and info must not be null");
+    const auto& modules = bundle->bundle.manifest().modules;
+    const auto& m = modules[index_in(module, modules.size(), "module")];
+    *info = {m.path.c_str(), m.layer, m.in, m.out, m.rank};
+  });
+}
+
+revmerge_status revmerge_revert_module(const revmerge_bundle* bundle, int64_t module, int64_t task,
+                                       int device, float* a, float* b) {
+  return guarded([&] {
+    require(bundle && a && b, "revmerge_revert_module: bundle, a and b must not be null");
+    const auto& man = bundle->bundle.manifest();
+    const auto mi = index_in(module, man.modules.size(), "module");
+    index_in(task, man.tasks.size(), "task");
+    const auto r = revmerge::revert_module(bundle->bundle, mi, task, device_of(device));
+    std::copy(r.a.begin(), r.a.end(), a);
+    std::copy(r.b.begin(), r.b.end(), b);
+  });
+}
+
+revmerge_status revmerge_revert_task(const revmerge_bundle* bundle, const char* task,
+                                     const char* out_dir, int overwrite, int device) {
+  return guarded([&] {
+    require(bundle && task && out_dir,
+            "revmerge_revert_task: bundle, task and out_dir must not be null");
+    revmerge::RevertOptions options;
+    options.overwrite = overwrite != 0;
+    options.device = device_of(device);
+    revmerge::revert_task(bundle->bundle, task, out_dir, options);
+  });
+}
+
+}  // extern "C"

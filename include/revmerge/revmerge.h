@@ -1,0 +1,85 @@
+#ifndef REVMERGE_REVMERGE_H
+#define REVMERGE_REVMERGE_H
+/* The C interface, for programs that embed revmerge without C++: a serving stack that switches
+ * tasks, a binding for another language. It opens an RMM bundle, lists its tasks and modules,
+ * rebuilds one task's LoRA factors of a module into the caller's memory, and writes a task as a
+ * PEFT adapter folder (the arithmetic of `revmerge revert`; the C++ API is revmerge/rmm.hpp).
+ *
+ * Every call that can fail returns a revmerge_status; revmerge_last_error() then gives the
+ * message, naming the file, tensor, task or argument (per thread, until the thread's next failing
+ * call). No C++ exception crosses this interface. */
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum revmerge_status {
+  REVMERGE_OK = 0,
+  REVMERGE_USAGE_ERROR = 1,   /* an argument wrong by itself: null, out of range, unknown task */
+  REVMERGE_IO_ERROR = 2,      /* an operating-system call failed (open, write, rename, ...) */
+  REVMERGE_FORMAT_ERROR = 3,  /* a file breaks its format (safetensors, JSON, the bundle's) */
+  REVMERGE_SHAPE_ERROR = 4,   /* tensors whose shapes do not fit together */
+  REVMERGE_UNSUPPORTED = 5,   /* valid input revmerge does not handle */
+  REVMERGE_DEVICE_ERROR = 6,  /* a GPU call failed, or a GPU was asked for and none is usable */
+  REVMERGE_SOLVER_ERROR = 7,
+  REVMERGE_INTERRUPTED = 8,   /* SIGINT / SIGTERM */
+  REVMERGE_INTERNAL_ERROR = 9 /* anything else (out of memory, a bug) */
+} revmerge_status;
+
+/* Where to compute; passed as an int (any other value is a usage error). */
+typedef enum revmerge_device {
+  REVMERGE_DEVICE_AUTO = 0, /* a GPU when one is usable, else the CPU */
+  REVMERGE_DEVICE_CPU = 1,
+  REVMERGE_DEVICE_CUDA = 2
+} revmerge_device;
+
+typedef struct revmerge_bundle revmerge_bundle;
+
+typedef struct revmerge_module_info {
+  const char* path; /* "model.layers.0.self_attn.q_proj"; valid while the bundle is open */
+  int64_t layer;    /* decoder block, -1 outside the numbered blocks */
+  int64_t in, out;  /* the base weight is out × in */
+  int64_t rank;     /* of the rebuilt factors: A is rank × in, B is out × rank */
+} revmerge_module_info;
+
+/* "0.1.0". */
+const char* revmerge_version(void);
+/* The message of this thread's last failing call ("" when none failed). */
+const char* revmerge_last_error(void);
+
+/* Opens the bundle folder `dir` (manifest.json + bundle.safetensors, mapped, validated). */
+revmerge_status revmerge_bundle_open(const char* dir, revmerge_bundle** bundle);
+/* Closes it (null is allowed); the strings it gave out go with it. */
+void revmerge_bundle_close(revmerge_bundle* bundle);
+
+/* The tasks, in bundle order; a name is null for an index out of range. */
+int64_t revmerge_bundle_task_count(const revmerge_bundle* bundle);
+const char* revmerge_bundle_task_name(const revmerge_bundle* bundle, int64_t task);
+/* The index of the task named `name`, or -1. */
+int64_t revmerge_bundle_task_index(const revmerge_bundle* bundle, const char* name);
+
+/* The merged modules, in bundle order. */
+int64_t revmerge_bundle_module_count(const revmerge_bundle* bundle);
+revmerge_status revmerge_bundle_module(const revmerge_bundle* bundle, int64_t module,
+                                       revmerge_module_info* info);
+
+/* Task `task`'s LoRA factors of module `module`, rebuilt (x̂ = μ + V c) with the scale folded
+ * into B, so the task's weight delta is B A: A (rank × in) and B (out × rank), row-major f32,
+ * written to the caller's host memory `a` and `b`. Each call sets up its compute backend: on
+ * a GPU that costs more than rebuilding one module, so the CPU is the device for single
+ * modules. */
+revmerge_status revmerge_revert_module(const revmerge_bundle* bundle, int64_t module,
+                                       int64_t task, int device, float* a, float* b);
+
+/* Task `task` (by name) as a PEFT adapter folder at `out_dir` (f32, lora_alpha = r), as
+ * `revmerge revert --task`; an existing folder is refused unless `overwrite` is non-zero, and
+ * nothing is left behind on failure. */
+revmerge_status revmerge_revert_task(const revmerge_bundle* bundle, const char* task,
+                                     const char* out_dir, int overwrite, int device);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* REVMERGE_REVMERGE_H */

@@ -1,0 +1,124 @@
+// The C interface (revmerge/revmerge.h) against the C++ API on the same bundle: the same
+// tasks, modules and rebuilt factors, the same adapter written, and failures as statuses with
+// messages naming what is wrong.
+#include "revmerge/revmerge.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "methods/adapter_writer.hpp"
+#include "revmerge/bundle.hpp"
+#include "revmerge/peft.hpp"
+#include "revmerge/rmm.hpp"
+#include "revmerge/version.hpp"
+#include "test_util.hpp"
+
+namespace revmerge {
+namespace {
+
+// Three adapters of two layers, merged with P = 2 on the CPU.
+std::filesystem::path merged_bundle(const test::TempDir& tmp) {
+  std::vector<test::ModuleSpec> modules;
+  for (int l = 0; l < 2; ++l)
+    for (const auto& [name, in, out] :
+         {std::tuple{"self_attn.q_proj", 12, 10}, std::tuple{"self_attn.v_proj", 16, 12}})
+      modules.push_back({"model.layers." + std::to_string(l) + "." + name, 4, in, out});
+  RmmMergeOptions o;
+  for (int t = 0; t < 3; ++t) {
+    const auto a =
+        test::write_adapter(tmp / ("task" + std::to_string(t)), 4, 8, modules, "", 50 + t);
+    o.tasks.push_back({a.dir.filename(), a.dir});
+  }
+  o.basis = 2;
+  o.out = tmp / "bundle";
+  o.device = Device::cpu;
+  merge_rmm(o);
+  return o.out;
+}
+
+TEST(CApi, ListsAndRevertsAsTheCppApi) {
+  test::TempDir tmp;
+  const auto dir = merged_bundle(tmp);
+  const Bundle cpp(dir);
+  revmerge_bundle* b = nullptr;
+  ASSERT_EQ(revmerge_bundle_open(dir.c_str(), &b), REVMERGE_OK) << revmerge_last_error();
+  EXPECT_STREQ(revmerge_version(), REVMERGE_VERSION_STRING);
+  ASSERT_EQ(revmerge_bundle_task_count(b), 3);
+  for (int64_t t = 0; t < 3; ++t) {
+    EXPECT_EQ(revmerge_bundle_task_name(b, t), cpp.manifest().tasks[t].name);
+    EXPECT_EQ(revmerge_bundle_task_index(b, revmerge_bundle_task_name(b, t)), t);
+  }
+  EXPECT_EQ(revmerge_bundle_task_name(b, 3), nullptr);
+  EXPECT_EQ(revmerge_bundle_task_index(b, "nobody"), -1);
+  ASSERT_EQ(revmerge_bundle_module_count(b), 4);
+  for (int64_t m = 0; m < 4; ++m) {
+    revmerge_module_info info{};
+    ASSERT_EQ(revmerge_bundle_module(b, m, &info), REVMERGE_OK);
+    const auto& want = cpp.manifest().modules[m];
+    EXPECT_EQ(info.path, want.path);
+    EXPECT_EQ(info.layer, want.layer);
+    EXPECT_EQ(info.in, want.in);
+    EXPECT_EQ(info.out, want.out);
+    EXPECT_EQ(info.rank, want.rank);
+    for (int64_t t = 0; t < 3; ++t) {
+      std::vector<float> a(info.rank * info.in), bb(info.out * info.rank);
+      ASSERT_EQ(revmerge_revert_module(b, m, t, REVMERGE_DEVICE_CPU, a.data(), bb.data()),
+                REVMERGE_OK);
+      const auto r = revert_module(cpp, m, t);
+      EXPECT_EQ(a, r.a) << info.path << " task " << t;
+      EXPECT_EQ(bb, r.b) << info.path << " task " << t;
+    }
+  }
+  // A task as an adapter: the bytes `revert_task` writes.
+  ASSERT_EQ(revmerge_revert_task(b, "task1", (tmp / "c").c_str(), 0, REVMERGE_DEVICE_CPU),
+            REVMERGE_OK)
+      << revmerge_last_error();
+  revert_task(cpp, "task1", tmp / "cpp", {});
+  EXPECT_EQ(test::read_bytes(tmp / "c" / "adapter_model.safetensors"),
+            test::read_bytes(tmp / "cpp" / "adapter_model.safetensors"));
+  EXPECT_EQ(PeftAdapter(tmp / "c").modules().size(), 4u);
+  revmerge_bundle_close(b);
+  revmerge_bundle_close(nullptr);
+}
+
+TEST(CApi, FailuresAreStatusesWithMessagesAndLeaveNothing) {
+  test::TempDir tmp;
+  const auto dir = merged_bundle(tmp);
+  revmerge_bundle* b = nullptr;
+  // Not a bundle: a PEFT adapter folder.
+  EXPECT_NE(revmerge_bundle_open((tmp / "task0").c_str(), &b), REVMERGE_OK);
+  EXPECT_EQ(b, nullptr);
+  EXPECT_NE(std::string(revmerge_last_error()).find("task0"), std::string::npos)
+      << revmerge_last_error();
+  EXPECT_EQ(revmerge_bundle_open(nullptr, &b), REVMERGE_USAGE_ERROR);
+  ASSERT_EQ(revmerge_bundle_open(dir.c_str(), &b), REVMERGE_OK);
+  revmerge_module_info info{};
+  EXPECT_EQ(revmerge_bundle_module(b, 4, &info), REVMERGE_USAGE_ERROR);
+  EXPECT_NE(std::string(revmerge_last_error()).find("module 4"), std::string::npos)
+      << revmerge_last_error();
+  std::vector<float> a(64), bb(64);
+  EXPECT_EQ(revmerge_revert_module(b, 0, 3, REVMERGE_DEVICE_CPU, a.data(), bb.data()),
+            REVMERGE_USAGE_ERROR);
+  EXPECT_EQ(revmerge_revert_module(b, 0, 0, REVMERGE_DEVICE_CPU, nullptr, bb.data()),
+            REVMERGE_USAGE_ERROR);
+  EXPECT_EQ(revmerge_revert_module(b, 0, 0, 7, a.data(), bb.data()), REVMERGE_USAGE_ERROR);
+  // An unknown task names the bundle's tasks; an existing output is kept without `overwrite`.
+  EXPECT_EQ(revmerge_revert_task(b, "nobody", (tmp / "x").c_str(), 0, REVMERGE_DEVICE_CPU),
+            REVMERGE_USAGE_ERROR);
+  EXPECT_NE(std::string(revmerge_last_error()).find("task0, task1, task2"), std::string::npos)
+      << revmerge_last_error();
+  EXPECT_FALSE(std::filesystem::exists(tmp / "x"));
+  std::filesystem::create_directories(tmp / "kept");
+  test::write_bytes(tmp / "kept" / "mine.txt", "mine");
+  EXPECT_NE(revmerge_revert_task(b, "task0", (tmp / "kept").c_str(), 0, REVMERGE_DEVICE_CPU),
+            REVMERGE_OK);
+  EXPECT_EQ(test::list_dir(tmp / "kept"), std::vector<std::string>{"mine.txt"});
+  EXPECT_EQ(revmerge_revert_task(b, "task0", (tmp / "kept").c_str(), 1, REVMERGE_DEVICE_CPU),
+            REVMERGE_OK);
+  revmerge_bundle_close(b);
+}
+
+}  // namespace
+}  // namespace revmerge
