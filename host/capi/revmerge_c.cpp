@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <filesystem>
 #include <memory>
 #include <new>
 #include <string>
@@ -98,6 +99,27 @@ extern "C" {
 const char* revmerge_version(void) { return REVMERGE_VERSION_STRING; }
 
 const char* revmerge_last_error(void) { return last_error.c_str(); }
+
+revmerge_status revmerge_merge_rmm(const char* const* adapters, const char* const* names, int64_t n,
+                                   int64_t basis, const char* out_dir, int overwrite, int device) {
+  return guarded([&] {
+    require(adapters && out_dir && n >= 0,
+            "revmerge_merge_rmm: adapters and out_dir must not be null");
+    revmerge::RmmMergeOptions o;
+    for (int64_t t = 0; t < n; ++t) {
+      require(adapters[t] && (!names || names[t]),
+              "revmerge_merge_rmm: adapter or name " + std::to_string(t) + " is null");
+      std::filesystem::path dir(adapters[t]);
+      if (dir.filename().empty()) dir = dir.parent_path();  // "adapters/qa/"
+      o.tasks.push_back({names ? names[t] : dir.filename().string(), adapters[t]});
+    }
+    o.basis = basis;
+    o.out = out_dir;
+    o.overwrite = overwrite != 0;
+    o.device = device_of(device);
+    revmerge::merge_rmm(o);
+  });
+}
 
 revmerge_status revmerge_bundle_open(const char* dir, revmerge_bundle** bundle) {
   return guarded([&] {

@@ -1,9 +1,10 @@
 #ifndef REVMERGE_REVMERGE_H
 #define REVMERGE_REVMERGE_H
 /* The C interface, for programs that embed revmerge without C++: a serving stack that switches
- * tasks, a binding for another language. It opens an RMM bundle, lists its tasks and modules,
- * rebuilds one task's LoRA factors of a module into the caller's memory, and writes a task as a
- * PEFT adapter folder (the arithmetic of `revmerge revert`; the C++ API is revmerge/rmm.hpp).
+ * tasks, a binding for another language. It merges PEFT adapters into an RMM bundle, opens a
+ * bundle, lists its tasks and modules, rebuilds one task's LoRA factors of a module into the
+ * caller's memory, and writes a task as a PEFT adapter folder (the arithmetic of `revmerge
+ * merge` and `revmerge revert`; the C++ API is revmerge/rmm.hpp).
  *
  * Every call that can fail returns a revmerge_status; revmerge_last_error() then gives the
  * message, naming the file, tensor, task or argument (per thread, until the thread's next failing
@@ -47,6 +48,15 @@ typedef struct revmerge_module_info {
 const char* revmerge_version(void);
 /* The message of this thread's last failing call ("" when none failed). */
 const char* revmerge_last_error(void);
+
+/* Reversible Model Merging of the `n` PEFT adapter folders `adapters` (n ≥ 2) into a bundle
+ * folder at `out_dir` with basis size `basis` (1 ≤ basis ≤ n − 1), f32, as `revmerge merge
+ * --method rmm`: streamed under the default memory budget, nothing written on failure, an
+ * existing folder refused unless `overwrite` is non-zero. `names` gives the tasks' names, or is
+ * null for the adapters' folder names. */
+revmerge_status revmerge_merge_rmm(const char* const* adapters, const char* const* names,
+                                   int64_t n, int64_t basis, const char* out_dir, int overwrite,
+                                   int device);
 
 /* Opens the bundle folder `dir` (manifest.json + bundle.safetensors, mapped, validated). */
 revmerge_status revmerge_bundle_open(const char* dir, revmerge_bundle** bundle);

@@ -1,6 +1,6 @@
-// The C interface (revmerge/revmerge.h) against the C++ API on the same bundle: the same
-// tasks, modules and rebuilt factors, the same adapter written, and failures as statuses with
-// messages naming what is wrong.
+// The C interface (revmerge/revmerge.h) against the C++ API on the same inputs: the same bundle
+// merged, the same tasks, modules and rebuilt factors, the same adapter written, and failures
+// as statuses with messages naming what is wrong.
 #include "revmerge/revmerge.h"
 
 #include <gtest/gtest.h>
@@ -81,6 +81,41 @@ TEST(CApi, ListsAndRevertsAsTheCppApi) {
   EXPECT_EQ(PeftAdapter(tmp / "c").modules().size(), 4u);
   revmerge_bundle_close(b);
   revmerge_bundle_close(nullptr);
+}
+
+TEST(CApi, MergesAsTheCppApi) {
+  test::TempDir tmp;
+  const auto dir = merged_bundle(tmp);  // task0..2 merged with P = 2 by merge_rmm
+  std::vector<std::string> paths;
+  for (int t = 0; t < 3; ++t) paths.push_back((tmp / ("task" + std::to_string(t)) / "").string());
+  const char* adapters[] = {paths[0].c_str(), paths[1].c_str(), paths[2].c_str()};
+  ASSERT_EQ(
+      revmerge_merge_rmm(adapters, nullptr, 3, 2, (tmp / "c").c_str(), 0, REVMERGE_DEVICE_CPU),
+      REVMERGE_OK)
+      << revmerge_last_error();
+  EXPECT_EQ(test::read_bytes(tmp / "c" / kBundleTensorsName),
+            test::read_bytes(dir / kBundleTensorsName));
+  EXPECT_EQ(Bundle(tmp / "c").manifest().tasks[2].name, "task2");
+  const char* names[] = {"a", "b", "c"};
+  ASSERT_EQ(
+      revmerge_merge_rmm(adapters, names, 3, 1, (tmp / "named").c_str(), 0, REVMERGE_DEVICE_CPU),
+      REVMERGE_OK);
+  EXPECT_EQ(Bundle(tmp / "named").manifest().tasks[1].name, "b");
+  // A basis outside 1 .. n − 1 is refused by name, and nothing is written.
+  EXPECT_EQ(
+      revmerge_merge_rmm(adapters, nullptr, 3, 3, (tmp / "bad").c_str(), 0, REVMERGE_DEVICE_CPU),
+      REVMERGE_USAGE_ERROR);
+  EXPECT_NE(std::string(revmerge_last_error()).find("--basis 3"), std::string::npos)
+      << revmerge_last_error();
+  EXPECT_FALSE(std::filesystem::exists(tmp / "bad"));
+  // An existing output is kept.
+  const auto before = test::read_bytes(tmp / "c" / kBundleTensorsName);
+  EXPECT_NE(
+      revmerge_merge_rmm(adapters, nullptr, 3, 1, (tmp / "c").c_str(), 0, REVMERGE_DEVICE_CPU),
+      REVMERGE_OK);
+  EXPECT_NE(std::string(revmerge_last_error()).find((tmp / "c").string()), std::string::npos)
+      << revmerge_last_error();
+  EXPECT_EQ(test::read_bytes(tmp / "c" / kBundleTensorsName), before);
 }
 
 TEST(CApi, FailuresAreStatusesWithMessagesAndLeaveNothing) {
