@@ -8,8 +8,8 @@
 namespace revmerge::kernels {
 
 // Δ_t ≈ V S Uᵀ (U in × k, V out × k, column-major, task after task; S k values per task) as
-// the factors `revmerge compress` writes (lora_factors in methods/lowrank/pt_svd.hpp, the same
-// arithmetic): A_t = Uᵀ (r × in, row-major) and B_t = V S (out × r), rows of A and columns of B
+// the factors `revmerge compress` writes (lora_factors in methods/lowrank/pt_svd.hpp runs these
+// on the host): A_t = Uᵀ (r × in, row-major) and B_t = V S (out × r), rows of A and columns of B
 // from k to r zero. One index per element of the A stack (tasks × r × in) ...
 struct LoraStackA {
   const double* u;

@@ -19,17 +19,12 @@ std::uint64_t tensor_bytes(const HfModel& m, const std::string& tensor) {
   return m.checkpoint().at(tensor).info->nbytes();
 }
 
-// Task t's factors A_t = U_kᵀ (k × in) and B_t = V_k S_k (out × k) into the module's stacks
-// (A n × r × in, B n × out × r), rows of A and columns of B past the rank zero.
+// Task t's factors A_t = U_kᵀ and B_t = V_k S_k into the module's stacks (A n × r × in,
+// B n × out × r), rows of A and columns of B past the rank zero.
 void place_factors(const TruncatedSvd& svd, const LinearWeight& w, std::size_t t, i64 r, float* a,
                    float* b) {
-  float* at = a + static_cast<i64>(t) * r * w.in;
-  float* bt = b + static_cast<i64>(t) * w.out * r;
-  lora_factors(svd, svd.k, w, at, bt, r);
-  if (svd.k < r) {
-    std::fill(at + svd.k * w.in, at + r * w.in, 0.0f);
-    for (i64 y = 0; y < w.out; ++y) std::fill(bt + y * r + svd.k, bt + (y + 1) * r, 0.0f);
-  }
+  lora_factors(svd, svd.k, w, a + static_cast<i64>(t) * r * w.in,
+               b + static_cast<i64>(t) * w.out * r, r);
 }
 
 // The file bytes one module's load reads: the base's tensor and every fine-tune's.

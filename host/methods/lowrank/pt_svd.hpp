@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/counter_rng.hpp"
+#include "kernels/lowrank_kernels.hpp"
 #include "methods/lowrank/batched_pt_svd.hpp"
 #include "methods/lowrank/randomized_svd.hpp"
 #include "revmerge/hf_model.hpp"
@@ -54,15 +55,16 @@ std::vector<DeltaSvd> batched_pt_svd(BatchedPtSvd& engine, const HfModel& base,
                                      const LinearWeight& w, const RandomizedSvdOptions& options,
                                      const BatchedPtSvd::Stacks* stacks = nullptr);
 
-/// The first k triplets as LoRA factors with scale 1: A = U_kᵀ (k × in, rows `in` apart) and
-/// B = V_k S_k (out × k, rows `b_row` apart: k for an adapter, the padded rank for a stack).
+/// The first k triplets as LoRA factors with scale 1: A = U_kᵀ (r × in) and B = V_k S_k
+/// (out × r), rows of A and columns of B from k to r zero — r = k for an adapter, the padded
+/// rank for a merge's stack. The arithmetic is the backends' (kernels::LoraStackA / B), so the
+/// factors made on a device are these, to the bit.
 inline void lora_factors(const TruncatedSvd& svd, std::int64_t k, const LinearWeight& w, float* a,
-                         float* b, std::int64_t b_row) {
-  for (std::int64_t c = 0; c < k; ++c) {
-    for (std::int64_t x = 0; x < w.in; ++x) a[c * w.in + x] = static_cast<float>(svd.u[c * w.in + x]);
-    for (std::int64_t y = 0; y < w.out; ++y)
-      b[y * b_row + c] = static_cast<float>(svd.v[c * w.out + y] * svd.s[c]);
-  }
+                         float* b, std::int64_t r) {
+  const kernels::LoraStackA to_a{svd.u.data(), w.in, k, r, a};
+  const kernels::LoraStackB to_b{svd.v.data(), svd.s.data(), w.out, k, r, b};
+  for (std::int64_t i = 0; i < r * w.in; ++i) to_a(i);
+  for (std::int64_t i = 0; i < w.out * r; ++i) to_b(i);
 }
 
 }  // namespace revmerge
