@@ -1,6 +1,8 @@
-// RMM compute throughput on LLM-shaped synthetic adapter stacks, per backend, with the CPU and
-// GPU results compared on the same inputs. File I/O is not part of this benchmark (see the
-// scheduler benchmark); it times rmm_module from host stacks to host results.
+// RMM compute on LLM-shaped synthetic adapters, per backend: each module's BF16 factors are put
+// in backend memory first (not timed), then the module's whole RMM — the per-position routine,
+// the error Grams, the error terms — is queued and waited for (timed). With `--device both` the
+// CPU's and the GPU's stored tensors are compared byte for byte (the routine's promise) and
+// their error terms to a tolerance (different GEMM libraries sum in different orders).
 //
 //   revmerge_bench_rmm --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 1 --device both
 #include <CLI/CLI.hpp>
@@ -14,43 +16,35 @@
 
 #include "backend/registry.hpp"
 #include "llm_shapes.hpp"
-#include "synthetic.hpp"
 #include "methods/rmm_module.hpp"
+#include "synthetic.hpp"
 
 namespace rb = revmerge::bench;
-using revmerge::RmmModuleResult;
 using i64 = std::int64_t;
+using revmerge::DType;
 
 namespace {
-
-// Stacks scaled like trained factors (structure: bench/synthetic.hpp).
-void synth(std::vector<float>& v, i64 n, i64 size, std::mt19937& rng) {
-  rb::structured_factors(v, n, size, rng);
-  for (auto& x : v) x *= 0.02f;
-}
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Largest |x̂_gpu − x̂_cpu| / max|x̂| over every position of one side (invariant to basis signs).
-double recon_difference(const revmerge::RmmSide& x, const revmerge::RmmSide& y, i64 m, i64 r, i64 p, i64 n) {
-  double worst = 0, scale = 1e-30;
-  for (i64 j = 0; j < m; ++j)
-    for (i64 k = 0; k < r; ++k)
-      for (i64 i = 0; i < n; ++i) {
-        double a = x.mean[j * r + k], b = y.mean[j * r + k];
-        for (i64 q = 0; q < p; ++q) {
-          a += double(x.basis[(j * r + k) * p + q]) * x.coef[(j * p + q) * n + i];
-          b += double(y.basis[(j * r + k) * p + q]) * y.coef[(j * p + q) * n + i];
-        }
-        worst = std::max(worst, std::fabs(a - b));
-        scale = std::max(scale, std::fabs(b));
-      }
-  return worst / scale;
+// One module's factors as a file holds them: per task A (r × in) then B (out × r), BF16,
+// scaled like trained factors (structure: bench/synthetic.hpp).
+std::vector<std::uint16_t> bf16_module(i64 n, i64 r, i64 in, i64 out, std::mt19937& rng) {
+  std::vector<float> a, b;
+  rb::structured_factors(a, n, r * in, rng);
+  rb::structured_factors(b, n, out * r, rng);
+  std::vector<std::uint16_t> bytes(static_cast<std::size_t>(n * r * (in + out)));
+  for (i64 t = 0; t < n; ++t) {
+    auto* at = bytes.data() + t * r * (in + out);
+    for (i64 i = 0; i < r * in; ++i) at[i] = revmerge::f32_to_bf16(0.02f * a[t * r * in + i]);
+    for (i64 i = 0; i < out * r; ++i) at[r * in + i] = revmerge::f32_to_bf16(0.02f * b[t * out * r + i]);
+  }
+  return bytes;
 }
 
-// Host memory bandwidth measured now: the floor for moving the stacks once.
+// Host memory bandwidth measured now: the floor for moving the inputs once.
 double memcpy_gbps() {
   std::vector<char> a(256 << 20, 1), b(256 << 20);
   std::memcpy(b.data(), a.data(), a.size());
@@ -59,99 +53,107 @@ double memcpy_gbps() {
   return 4.0 * 2 * a.size() / seconds_since(t0) / 1e9;  // read + write
 }
 
+struct Run {
+  std::unique_ptr<revmerge::Backend> backend;
+  std::vector<double> layer_seconds;
+  std::vector<unsigned char> packed;  // the last module's results
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"RMM throughput on LLM-shaped synthetic adapter stacks"};
-  std::string model = "llama-7b", device = "cpu";
+  CLI::App app{"RMM compute on LLM-shaped synthetic adapters, per backend"};
+  std::string model = "llama-7b", device = "cpu", storage_name = "bf16";
   i64 tasks = 8, rank = 64, basis = 4, layers = 1;
   int threads = 0;
   unsigned seed = 2026;
-  bool both_schedules = false;
   app.add_option("--model", model, "llama-7b, llama-13b, llama-70b or tiny");
   app.add_option("--tasks,-n", tasks, "number of adapters");
   app.add_option("--rank,-r", rank, "LoRA rank");
   app.add_option("--basis,-p", basis, "RMM basis size");
   app.add_option("--layers", layers, "layers to run (each layer has the same shapes)");
   app.add_option("--device", device, "cpu, cuda or both (compares the two)");
+  app.add_option("--dtype", storage_name, "stored dtype: bf16 (default, as the inputs), f16, f32");
   app.add_option("--threads", threads, "CPU threads (0 = all cores)");
   app.add_option("--seed", seed, "RNG seed");
-  app.add_flag("--both-schedules", both_schedules,
-               "on the CPU, also time the whole-batch schedule (the GPU's) beside position blocks, "
-               "interleaved module by module, and check the results are the same bits");
   CLI11_PARSE(app, argc, argv);
+  const DType storage = revmerge::parse_float_dtype_option(storage_name, "--dtype");
 
   const auto shape = rb::model_shape(model);
-  std::vector<std::string> devices = device == "both" ? std::vector<std::string>{"cpu", "cuda"}
-                                                       : std::vector<std::string>{device};
-  std::vector<std::unique_ptr<revmerge::Backend>> owned;
-  for (const auto& d : devices) owned.push_back(revmerge::make_backend(revmerge::parse_device_option(d), {threads, 0}));
-  // What is timed: each backend with its own schedule, and with --both-schedules the CPU's
-  // whole-batch schedule too.
-  struct Run {
-    revmerge::Backend* backend;
-    revmerge::RmmSchedule schedule;
-    std::string name;
-  };
-  std::vector<Run> backends;
-  for (const auto& be : owned) backends.push_back({be.get(), revmerge::RmmSchedule::automatic, be->name()});
-  if (both_schedules && owned[0]->kind() == revmerge::BackendKind::cpu)
-    backends.push_back({owned[0].get(), revmerge::RmmSchedule::whole_batch, "  same, whole-batch schedule"});
+  std::vector<Run> runs;
+  for (const auto* d : device == "both" ? std::vector<const char*>{"cpu", "cuda"}
+                                        : std::vector<const char*>{device.c_str()})
+    runs.push_back({revmerge::make_backend(revmerge::parse_device_option(d), {threads, 0}), {}, {}});
+  fmt::print("RMM compute: {} ({} of {} layers), n={} r={} p={}, BF16 inputs, {} stored, seed {}\n",
+             model, layers, shape.layers, tasks, rank, basis, revmerge::dtype_name(storage), seed);
+  for (const auto& run : runs) fmt::print("backend: {}\n", run.backend->name());
 
-  fmt::print("RMM bench: {} ({} of {} layers), n={} r={} p={}, seed {}\n", model, layers,
-             shape.layers, tasks, rank, basis, seed);
-  for (const auto& be : owned) fmt::print("backend: {}\n", be->name());
-  const double host_bw = memcpy_gbps();
-
-  std::vector<double> total(backends.size(), 0.0);
-  double bytes = 0, flops = 0, worst_recon = 0, worst_delta = 0;
+  double bytes = 0, flops = 0, worst_terms = 0;
+  std::size_t bitwise_differ = 0;
   std::mt19937 rng(seed);
-  std::vector<float> a, b;
-  for (i64 layer = 0; layer < layers; ++layer)
+  for (i64 layer = 0; layer < layers; ++layer) {
+    for (auto& run : runs) run.layer_seconds.push_back(0);
     for (const auto& mod : shape.modules()) {
-      synth(a, tasks, rank * mod.in, rng);
-      synth(b, tasks, mod.out * rank, rng);
+      const revmerge::RmmShape s{tasks, rank, mod.in, mod.out, basis};
+      const auto host = bf16_module(tasks, rank, mod.in, mod.out, rng);
       const i64 m = mod.in + mod.out;
-      bytes += 4.0 * tasks * rank * m;
-      // Gram, basis, reconstruction per position; the r × r Grams of the delta error.
-      flops += 2.0 * m * (rank * tasks * tasks + 2.0 * rank * tasks * basis) + 2.0 * 7 * tasks * rank * rank * m;
-      std::vector<RmmModuleResult> results;
-      for (std::size_t d = 0; d < backends.size(); ++d) {
+      bytes += 2.0 * tasks * rank * m;
+      // Per position: Gram, basis, reconstruction; per module: the six r × r error Grams.
+      flops += 2.0 * m * (rank * tasks * tasks + 2.0 * rank * tasks * basis) + 2.0 * 3 * tasks * rank * rank * m;
+      const auto layout = revmerge::RmmPacked::layout(s, storage);
+      for (auto& run : runs) {
+        auto& be = *run.backend;
+        auto input = be.allocate(host.size() * 2), packed = be.allocate(layout.bytes);
+        be.upload(input.data(), host.data(), host.size() * 2, {});
+        std::vector<revmerge::kernels::RmmTaskFactors> factors;
+        for (i64 t = 0; t < tasks; ++t) {
+          const auto* at = static_cast<const std::uint16_t*>(input.data()) + t * rank * m;
+          factors.push_back({at, at + rank * mod.in, revmerge::kernels::ElemType::bf16,
+                             static_cast<std::int32_t>(rank), 1.0f});
+        }
+        be.synchronize({});
         const auto t0 = std::chrono::steady_clock::now();
-        results.push_back(revmerge::rmm_module(*backends[d].backend, {tasks, rank, mod.in, mod.out, basis},
-                                               a.data(), b.data(), revmerge::DType::F32, {},
-                                               backends[d].schedule));
-        total[d] += seconds_since(t0);
+        auto work = revmerge::rmm_module_enqueue(be, s, factors, storage, packed.data(), {});
+        be.synchronize({});
+        run.layer_seconds.back() += seconds_since(t0);
+        run.packed.resize(layout.bytes);
+        be.download(run.packed.data(), packed.data(), layout.bytes, {});
+        be.synchronize({});
       }
-      if (both_schedules && results.size() == 2 &&
-          (results[0].a.basis != results[1].a.basis || results[0].b.coef != results[1].b.coef ||
-           results[0].delta_error != results[1].delta_error)) {
-        fmt::print(stderr, "the two CPU schedules gave different results on {}\n", mod.name);
-        return 1;
-      }
-      if (!both_schedules && results.size() == 2) {
-        worst_recon = std::max({worst_recon, recon_difference(results[1].a, results[0].a, mod.in, rank, basis, tasks),
-                                recon_difference(results[1].b, results[0].b, mod.out, rank, basis, tasks)});
+      if (runs.size() == 2) {
+        // The stored tensors: everything before the error terms.
+        if (std::memcmp(runs[0].packed.data(), runs[1].packed.data(), layout.terms) != 0) ++bitwise_differ;
+        const auto r0 = revmerge::rmm_module_report(s, storage, runs[0].packed.data());
+        const auto r1 = revmerge::rmm_module_report(s, storage, runs[1].packed.data());
         for (i64 t = 0; t < tasks; ++t)
-          worst_delta = std::max(worst_delta, std::fabs(results[1].delta_error[t] - results[0].delta_error[t]) /
-                                                  std::max(results[0].delta_error[t], 1e-6));
+          worst_terms = std::max(worst_terms, std::fabs(r1.delta_error[t] - r0.delta_error[t]) /
+                                                  std::max(r0.delta_error[t], 1e-6));
       }
     }
-  fmt::print("\n{:<48} {:>10} {:>10} {:>10}\n", "backend", "seconds", "GB/s", "GFLOP/s");
-  for (std::size_t d = 0; d < backends.size(); ++d)
-    fmt::print("{:<48} {:>10.3f} {:>10.2f} {:>10.1f}\n", backends[d].name, total[d],
-               bytes / total[d] / 1e9, flops / total[d] / 1e9);
-  fmt::print("\ninput stacks: {:.1f} MB; host memcpy bandwidth now: {:.1f} GB/s, so one pass over "
-             "the inputs takes at least {:.4f} s\n",
+  }
+  const double host_bw = memcpy_gbps();
+  fmt::print("\n{:<44} {:>10} {:>12} {:>8} {:>9}\n", "backend", "seconds", "median/layer", "GB/s", "GFLOP/s");
+  for (auto& run : runs) {
+    double total = 0;
+    for (const double x : run.layer_seconds) total += x;
+    auto sorted = run.layer_seconds;
+    std::sort(sorted.begin(), sorted.end());
+    fmt::print("{:<44} {:>10.3f} {:>12.4f} {:>8.2f} {:>9.1f}\n", run.backend->name(), total,
+               sorted[sorted.size() / 2], bytes / total / 1e9, flops / total / 1e9);
+  }
+  fmt::print("\ninputs: {:.1f} MB of BF16 factors; host memcpy bandwidth now {:.1f} GB/s, so one "
+             "pass over them takes at least {:.4f} s on the host\n",
              bytes / 1e6, host_bw, bytes / (host_bw * 1e9));
-  if (both_schedules && backends.size() == 2)
-    fmt::print("position blocks: {:.2f}x the whole-batch schedule's speed, same bits\n", total[1] / total[0]);
-  if (!both_schedules && backends.size() == 2) {
-    fmt::print("speed-up of {} over {}: {:.1f}x\n", backends[1].name, backends[0].name, total[0] / total[1]);
-    fmt::print("GPU vs CPU: largest reconstruction difference {:.2e} (relative to the largest "
-               "factor entry), largest delta-error difference {:.2e} (relative)\n",
-               worst_recon, worst_delta);
-    if (!(worst_recon < 1e-4 && worst_delta < 1e-3)) {
+  if (runs.size() == 2) {
+    double t0 = 0, t1 = 0;
+    for (const double x : runs[0].layer_seconds) t0 += x;
+    for (const double x : runs[1].layer_seconds) t1 += x;
+    fmt::print("speed-up of {} over {}: {:.1f}x\n", runs[1].backend->name(), runs[0].backend->name(), t0 / t1);
+    fmt::print("GPU vs CPU: stored tensors {} ({} of {} modules differ); largest delta-error "
+               "difference {:.2e} (relative)\n",
+               bitwise_differ ? "DIFFER" : "bitwise identical", bitwise_differ,
+               static_cast<std::size_t>(layers) * shape.modules().size(), worst_terms);
+    if (bitwise_differ || !(worst_terms < 1e-4)) {
       fmt::print("GPU and CPU DISAGREE\n");
       return 1;
     }

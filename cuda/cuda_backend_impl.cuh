@@ -1,5 +1,10 @@
 #pragma once
 // The CUDA backend's class, shared by its .cu files (one operation group per file).
+//
+// Resources as RAFT keeps them: the device id, a default stream, library handles made per
+// stream on first use (a handle's stream is its state, so two threads working on two streams
+// never share one), a caching pool of device memory and one of pinned host memory. Every entry
+// point makes the backend's device current first (the caller may be any pipeline thread).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cusolverDn.h>
@@ -34,31 +39,21 @@ class CudaBackend final : public Backend {
   void download(void* host_dst, const void* src, std::size_t bytes, Stream s) override;
   void synchronize(Stream s) override;
 
+  Event record_event(Stream s) override;
+  void wait_event(Stream s, const Event& e) override;
+  void synchronize_event(const Event& e) override;
+  bool query_event(const Event& e) override;
+  void copy(void* dst, const void* src, std::size_t bytes, Stream s) override;
+  void fill(void* dst, unsigned char value, std::size_t bytes, Stream s) override;
+
   void gemm(Op op_a, Op op_b, float alpha, const MatBatch& a, const MatBatch& b, float beta,
             const MatBatch& c, Stream s) override;
-  void symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream s) override;
-  std::size_t symmetric_eigen_work_bytes(std::int64_t batch, std::int64_t n) override;
+  std::int64_t split_k_hint(std::int64_t batch, std::int64_t rows, std::int64_t cols,
+                            std::int64_t inner) const override;
 
-  void permute3(const float* src, std::int64_t s0, std::int64_t s1, std::int64_t s2, float* dst,
-                std::int64_t d0, std::int64_t d1, std::int64_t d2, Stream s) override;
-  void center_rows(float* x, float* mean, std::int64_t rows, std::int64_t n, Stream s) override;
-  void broadcast_rows(const float* value, float* out, std::int64_t rows, std::int64_t n,
-                      Stream s) override;
-  void select_top(const float* eigvecs, float* wp, std::int64_t batch, std::int64_t n,
-                  std::int64_t p, Stream s) override;
-  void normalize_basis(float* v, const float* wp, float* c, const float* eigenvalues,
-                       std::int64_t batch, std::int64_t r, std::int64_t n, std::int64_t p,
-                       float rel_tol, Stream s) override;
-  void mask_nonfinite(float* gram, float* mark, std::int64_t batch, std::int64_t n,
-                      Stream s) override;
-  void poison_marked(const float* mark, float* mean, float* basis, float* coef, std::int64_t batch,
-                     std::int64_t r, std::int64_t p, std::int64_t n, Stream s) override;
-  void subtract(const float* x, const float* y, float* out, std::int64_t count, Stream s) override;
-  void batched_dot(const float* x, const float* y, double* out, std::int64_t batch,
-                   std::int64_t count, Stream s) override;
-  void column_sums(const float* x, double* out, std::int64_t batch, std::int64_t n,
-                   Stream s) override;
-  void round_to(float* x, std::int64_t count, DType dtype, Stream s) override;
+  // cuda_rmm.cu
+  void rmm_positions(const kernels::RmmModuleArgs& args, Stream s) override;
+  void rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) override;
 
   // cuda_dense_f64.cu
   void gemm_f64(Op op_a, std::int64_t rows, std::int64_t cols, std::int64_t inner,
@@ -85,49 +80,59 @@ class CudaBackend final : public Backend {
   cudaStream_t stream(Stream s) const noexcept {
     return s.handle ? static_cast<cudaStream_t>(s.handle) : stream_;
   }
+  /// Makes the backend's device the calling thread's current one.
+  void use_device() const;
+  int sm_count() const noexcept { return sm_count_; }
+  /// Dynamic shared memory one block may use (the device's opt-in maximum).
+  std::size_t max_shared_bytes() const noexcept { return max_shared_bytes_; }
+
+  /// The library handles of one stream: cuBLAS for f32 (pedantic: never TF32) and for f64
+  /// (default math: the FP64 tensor cores are IEEE double), cuSOLVER.
+  struct Handles {
+    cublasHandle_t blas32 = nullptr;
+    cublasHandle_t blas64 = nullptr;
+    cusolverDnHandle_t solver = nullptr;
+  };
+  Handles handles(cudaStream_t st);
 
  private:
   // Solver status words are copied back asynchronously and checked at synchronize(), so a
   // layer's work never waits on the host in the middle. The solver's workspaces are held here
-  // too: returned to the pool at once, another stream (the pipeline's copy stream) could be
-  // handed a block while the solver still writes to it.
+  // too: returned to the pool at once, another stream could be handed a block while the solver
+  // still writes to it.
   struct PendingInfo {
     DeviceBuffer device_info;             // one int per matrix
     std::vector<DeviceBuffer> in_flight;  // released after the stream has finished
-    DeviceBuffer host_info;               // pinned copy, from the staging pool (a cudaMallocHost
-                                          // per solver call cost more than the solve)
+    DeviceBuffer host_info;               // pinned copy, from the staging pool
     std::int64_t count = 0;
     cudaStream_t stream = nullptr;
     std::string call;
+    Event done;  // recorded after the call: once complete, the entry can be checked and freed
   };
+
+ public:
   /// Queues the copy of a solver's info array; synchronize() checks it.
   void defer_info_check(DeviceBuffer info, std::vector<DeviceBuffer> in_flight,
                         std::int64_t count, cudaStream_t st, std::string call);
-  void check_pending_infos(cudaStream_t st);
   /// Holds blocks a queued call still uses (the solvers' pointer arrays) until synchronize().
   void keep_until_synchronized(std::vector<DeviceBuffer> blocks, cudaStream_t st);
 
-  // The f64 group's library handles, one pair per stream and made on first use: a handle's
-  // stream is its state, so calls on two streams from two threads (the pipeline's reader
-  // compressing while the compute stage merges) must not share one.
-  struct Handles {
-    cublasHandle_t blas = nullptr;
-    cusolverDnHandle_t solver = nullptr;
-  };
-  Handles f64_handles(cudaStream_t st);
-  std::map<cudaStream_t, Handles> f64_handles_;
-  std::mutex f64_handles_mutex_;
+ private:
+  /// Checks and frees the pending entries of stream `st` (after it was synchronized), or with
+  /// `completed_only` those whose work has completed, whatever their stream.
+  void check_pending_infos(cudaStream_t st, bool completed_only = false);
 
   int device_;
+  int sm_count_ = 1;
+  std::size_t max_shared_bytes_ = 48 << 10;  // dynamic shared memory one block may opt in to
   std::string name_;
   CachingPool pool_;     // device memory (cudaMalloc)
   CachingPool staging_;  // pinned host memory (cudaHostAlloc)
   std::vector<cudaStream_t> extra_streams_;
+  std::mutex streams_mutex_;
   cudaStream_t stream_ = nullptr;
-  cublasHandle_t cublas_ = nullptr;
-  cusolverDnHandle_t cusolver_ = nullptr;
-  syevjInfo_t syevj_params_ = nullptr;
-  cusolverDnParams_t solver_params_ = nullptr;
+  std::map<cudaStream_t, Handles> handles_;
+  std::mutex handles_mutex_;
   std::vector<PendingInfo> pending_;
   std::mutex pending_mutex_;  // the pipeline's copy thread synchronizes its own stream
 };

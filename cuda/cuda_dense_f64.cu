@@ -82,38 +82,24 @@ void check_dtype(DType t, const char* which) {
 
 }  // namespace
 
-CudaBackend::Handles CudaBackend::f64_handles(cudaStream_t st) {
-  std::lock_guard lock(f64_handles_mutex_);
-  auto [it, fresh] = f64_handles_.try_emplace(st);
-  if (fresh) {
-    Handles& h = it->second;
-    REVMERGE_CUBLAS_CHECK(cublasCreate(&h.blas));
-    REVMERGE_CUBLAS_CHECK(cublasSetMathMode(h.blas, CUBLAS_DEFAULT_MATH));
-    REVMERGE_CUBLAS_CHECK(cublasSetStream(h.blas, st));
-    REVMERGE_CUSOLVER_CHECK(cusolverDnCreate(&h.solver));
-    REVMERGE_CUSOLVER_CHECK(cusolverDnSetStream(h.solver, st));
-  }
-  return it->second;
-}
-
 void CudaBackend::gemm_f64(Op op_a, i64 rows, i64 cols, i64 inner, const double* a, i64 lda,
                            i64 stride_a, const double* b, i64 ldb, i64 stride_b, double* c,
                            i64 ldc, i64 stride_c, i64 batch, Stream s) {
   if (batch == 0 || rows == 0 || cols == 0) return;
-  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));  // the caller may be a pipeline stage
-  const auto h = f64_handles(stream(s));
+  use_device();  // the caller may be a pipeline stage
+  const auto h = handles(stream(s));
   const double one = 1.0, zero = 0.0;
   REVMERGE_CUBLAS_CHECK(cublasDgemmStridedBatched_64(
-      h.blas, op_a == Op::none ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, rows, cols, inner, &one,
+      h.blas64, op_a == Op::none ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, rows, cols, inner, &one,
       a, lda, stride_a, b, ldb, stride_b, &zero, c, ldc, stride_c, batch));
 }
 
 void CudaBackend::cholesky_inverse_f64(double* g, double* inverse, i64 n, i64 batch, int* info,
                                        Stream s) {
   if (batch == 0) return;
-  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
+  use_device();
   const cudaStream_t st = stream(s);
-  const auto h = f64_handles(st);
+  const auto h = handles(st);
   DeviceBuffer pointers = allocate(2 * static_cast<std::size_t>(batch) * sizeof(double*));
   auto** g_ptrs = static_cast<double**>(pointers.data());
   double** inv_ptrs = g_ptrs + batch;
@@ -125,7 +111,7 @@ void CudaBackend::cholesky_inverse_f64(double* g, double* inverse, i64 n, i64 ba
   // R⁻¹ = I · R⁻¹, by triangular solves of the l × l identities (exact zeros below the diagonal).
   for_each_index(st, batch * n * n, FillIdentity{inverse, n});
   const double one = 1.0;
-  REVMERGE_CUBLAS_CHECK(cublasDtrsmBatched(h.blas, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER,
+  REVMERGE_CUBLAS_CHECK(cublasDtrsmBatched(h.blas64, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER,
                                            CUBLAS_OP_N, CUBLAS_DIAG_NON_UNIT, static_cast<int>(n),
                                            static_cast<int>(n), &one, g_ptrs, static_cast<int>(n),
                                            inv_ptrs, static_cast<int>(n), static_cast<int>(batch)));
@@ -144,9 +130,9 @@ std::size_t CudaBackend::householder_qr_f64_work_bytes(i64 rows, i64 cols) {
 }
 
 void CudaBackend::householder_qr_f64(double* x, i64 rows, i64 cols, double* r_host, Stream s) {
-  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
+  use_device();
   const cudaStream_t st = stream(s);
-  const auto h = f64_handles(st);
+  const auto h = handles(st);
   const int m = static_cast<int>(rows), n = static_cast<int>(cols);
   DeviceBuffer tau = allocate(static_cast<std::size_t>(cols) * sizeof(double));
   DeviceBuffer info = allocate(2 * sizeof(int));
@@ -178,24 +164,24 @@ void CudaBackend::householder_qr_f64(double* x, i64 rows, i64 cols, double* r_ho
 }
 
 void CudaBackend::sum_squares_f64(const double* x, i64 count, i64 batch, double* out, Stream s) {
-  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
-  const auto h = f64_handles(stream(s));
+  use_device();
+  const auto h = handles(stream(s));
   // Results stay on the device: no wait for the host between the dots. The handle goes back to
   // host scalars however this ends (the GEMMs pass α and β from the host).
-  REVMERGE_CUBLAS_CHECK(cublasSetPointerMode(h.blas, CUBLAS_POINTER_MODE_DEVICE));
+  REVMERGE_CUBLAS_CHECK(cublasSetPointerMode(h.blas64, CUBLAS_POINTER_MODE_DEVICE));
   struct HostScalarsAgain {
     cublasHandle_t blas;
     ~HostScalarsAgain() { cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_HOST); }
-  } restore{h.blas};
+  } restore{h.blas64};
   for (i64 b = 0; b < batch; ++b)
-    REVMERGE_CUBLAS_CHECK(cublasDdot_64(h.blas, count, x + b * count, 1, x + b * count, 1, out + b));
+    REVMERGE_CUBLAS_CHECK(cublasDdot_64(h.blas64, count, x + b * count, 1, x + b * count, 1, out + b));
 }
 
 void CudaBackend::delta_f64(const void* ft, DType ft_type, const void* base, DType base_type,
                             double* delta, i64 count, std::uint64_t* first_bad, Stream s) {
   check_dtype(ft_type, "fine-tune");
   check_dtype(base_type, "base");
-  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
+  use_device();
   static_assert(sizeof(std::uint64_t) == sizeof(unsigned long long));
   for_each_index(stream(s), count,
                  FormDelta{ft, ft_type, base, base_type, delta,
@@ -204,13 +190,13 @@ void CudaBackend::delta_f64(const void* ft, DType ft_type, const void* base, DTy
 
 void CudaBackend::gaussian_f64(double* out, i64 count, std::uint64_t seed, std::uint64_t stream_id,
                                Stream s) {
-  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
+  use_device();
   for_each_index(stream(s), count, FillGaussian{out, seed, stream_id});
 }
 
 void CudaBackend::lora_stacks_f64(const double* u, const double* v, const double* s, i64 tasks,
                                   i64 in, i64 out, i64 k, i64 r, float* a, float* b, Stream st) {
-  REVMERGE_CUDA_CHECK(cudaSetDevice(device_));
+  use_device();
   for_each_index(stream(st), tasks * r * in, kernels::LoraStackA{u, in, k, r, a});
   for_each_index(stream(st), tasks * out * r, kernels::LoraStackB{v, s, out, k, r, b});
 }

@@ -12,12 +12,12 @@ void CudaBackend::gemm(Op op_a, Op op_b, float alpha, const MatBatch& a, const M
   if (c.batch == 0 || c.rows == 0 || c.cols == 0) return;
   const auto k = detail::op_cols(op_a, a);
   const auto to_cublas = [](Op op) { return op == Op::none ? CUBLAS_OP_N : CUBLAS_OP_T; };
-  REVMERGE_CUBLAS_CHECK(cublasSetStream(cublas_, stream(s)));
-  REVMERGE_CUBLAS_CHECK(cublasSgemmStridedBatched(
-      cublas_, to_cublas(op_b), to_cublas(op_a), static_cast<int>(c.cols), static_cast<int>(c.rows),
-      static_cast<int>(k), &alpha, b.data, static_cast<int>(b.ld), b.batch == 1 ? 0 : b.stride,
-      a.data, static_cast<int>(a.ld), a.batch == 1 ? 0 : a.stride, &beta, c.data,
-      static_cast<int>(c.ld), c.stride, static_cast<int>(c.batch)));
+  use_device();
+  const auto h = handles(stream(s));
+  REVMERGE_CUBLAS_CHECK(cublasSgemmStridedBatched_64(
+      h.blas32, to_cublas(op_b), to_cublas(op_a), c.cols, c.rows, k, &alpha, b.data, b.ld,
+      b.batch == 1 ? 0 : b.stride, a.data, a.ld, a.batch == 1 ? 0 : a.stride, &beta, c.data,
+      c.ld, c.stride, c.batch));
 }
 
 }  // namespace revmerge::cuda

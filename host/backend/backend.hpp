@@ -3,17 +3,21 @@
 // The CPU backend implements it with OpenBLAS / LAPACKE and OpenMP; the CUDA backend with cuBLAS,
 // cuSOLVER and Thrust. Methods never see which one runs.
 //
-// Conventions: the RMM primitives compute in f32 on row-major matrices (the column-major
-// translation for BLAS happens once, inside each backend's gemm); the f64 group, for the PT-SVD
-// of full fine-tunes, takes column-major matrices as BLAS does. Every call is given the stream it
-// runs on and is ordered after earlier work on that stream; calls on different streams may come
-// from different threads. Memory passed in lives in the backend's space (device memory for
+// Conventions: gemm computes in f32 on row-major matrices (the column-major translation for BLAS
+// happens once, inside each backend's gemm); the f64 group, for the PT-SVD of full fine-tunes,
+// takes column-major matrices as BLAS does. Per-position work is not a chain of primitives but
+// one routine per method (host/kernels/) that every backend runs with the same bits. Every call
+// is given the stream it runs on and is ordered after earlier work on that stream; calls on
+// different streams may come from different threads. Memory passed in lives in the backend's space (device memory for
 // CUDA) unless a parameter says "host".
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 
+#include "kernels/rmm_errors.hpp"
+#include "kernels/rmm_position.hpp"
 #include "revmerge/dtype.hpp"
 
 namespace revmerge {
@@ -57,6 +61,38 @@ class DeviceBuffer {
   }
   void* ptr_ = nullptr;
   std::size_t bytes_ = 0;
+  Deleter deleter_ = nullptr;
+  void* ctx_ = nullptr;
+};
+
+/// A point in a stream's work (a cudaEvent_t on CUDA; nothing on the CPU, where work runs when
+/// called). Move-only; released through the backend's deleter.
+class Event {
+ public:
+  using Deleter = void (*)(void* ctx, void* handle);
+  Event() = default;
+  Event(void* handle, Deleter deleter, void* ctx) noexcept
+      : handle_(handle), deleter_(deleter), ctx_(ctx) {}
+  Event(Event&& o) noexcept { swap(o); }
+  Event& operator=(Event&& o) noexcept {
+    Event tmp(std::move(o));
+    swap(tmp);
+    return *this;
+  }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  ~Event() {
+    if (handle_ != nullptr && deleter_ != nullptr) deleter_(ctx_, handle_);
+  }
+  void* handle() const noexcept { return handle_; }
+
+ private:
+  void swap(Event& o) noexcept {
+    std::swap(handle_, o.handle_);
+    std::swap(deleter_, o.deleter_);
+    std::swap(ctx_, o.ctx_);
+  }
+  void* handle_ = nullptr;
   Deleter deleter_ = nullptr;
   void* ctx_ = nullptr;
 };
@@ -114,61 +150,38 @@ class Backend {
   /// Waits until all work on `s` is done.
   virtual void synchronize(Stream s) = 0;
 
+  // --- ordering between streams and with the host ---
+  /// An event recorded on `s`: it completes when the work queued on `s` before it has run.
+  virtual Event record_event(Stream s) = 0;
+  /// Work queued on `s` after this call runs only once `e` has completed (no host wait).
+  virtual void wait_event(Stream s, const Event& e) = 0;
+  /// Waits on the host until `e` has completed.
+  virtual void synchronize_event(const Event& e) = 0;
+  /// True when `e` has completed; never waits.
+  virtual bool query_event(const Event& e) = 0;
+  /// dst = src, `bytes` bytes of backend memory, ordered on `s`.
+  virtual void copy(void* dst, const void* src, std::size_t bytes, Stream s) = 0;
+  /// Sets `bytes` bytes of backend memory at `dst` to `value`, ordered on `s`.
+  virtual void fill(void* dst, unsigned char value, std::size_t bytes, Stream s) = 0;
+
   // --- linear algebra ---
   /// C = alpha · op(A) · op(B) + beta · C for every matrix of the batch (A or B may have
   /// batch 1 with stride 0 to broadcast). f32 inputs, f32 accumulation, no TF32.
   virtual void gemm(Op op_a, Op op_b, float alpha, const MatBatch& a, const MatBatch& b,
                     float beta, const MatBatch& c, Stream s) = 0;
-  /// Eigendecomposition of each symmetric n × n matrix of `a` (packed, ld = n). On return row k
-  /// of each matrix holds eigenvector k, and `eigenvalues` (batch × n) holds the eigenvalues in
-  /// ascending order. Throws solver_error when a matrix does not converge.
-  virtual void symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream s) = 0;
-  /// Pool memory symmetric_eigen holds beyond its arguments until the stream is synchronized
-  /// (the CUDA solver's f64 copies and workspace; nothing on the CPU), for memory plans.
-  virtual std::size_t symmetric_eigen_work_bytes(std::int64_t batch, std::int64_t n) = 0;
+  /// Into how many pieces a batch of `batch` products of rows × cols over `inner` should be
+  /// split along `inner` (split-K, the pieces summed by the caller in a fixed order) to keep
+  /// the backend busy: 1 on the CPU, where the batch alone fills the threads.
+  virtual std::int64_t split_k_hint(std::int64_t batch, std::int64_t rows, std::int64_t cols,
+                                    std::int64_t inner) const = 0;
 
-  // --- element-wise kernels (host/kernels/*.hpp functors, shared by both backends) ---
-  /// dst (packed, shape d0 × d1 × d2) [i0, i1, i2] = src[i0 * s0 + i1 * s1 + i2 * s2].
-  virtual void permute3(const float* src, std::int64_t s0, std::int64_t s1, std::int64_t s2,
-                        float* dst, std::int64_t d0, std::int64_t d1, std::int64_t d2,
-                        Stream s) = 0;
-  /// For each of `rows` rows of length n: mean[row] = its mean; the row becomes centred.
-  virtual void center_rows(float* x, float* mean, std::int64_t rows, std::int64_t n, Stream s) = 0;
-  /// out (batch × rows × n)[b, i, :] = value[b * rows + i] for every column.
-  virtual void broadcast_rows(const float* value, float* out, std::int64_t rows, std::int64_t n,
-                              Stream s) = 0;
-  /// From eigenvectors (rows, ascending; batch × n × n) builds W_p (batch × n × p): column q is
-  /// the eigenvector of the (q+1)-th largest eigenvalue, projected orthogonal to the all-ones
-  /// vector (exact for the Gram of centred data, see kernels::SelectTop).
-  virtual void select_top(const float* eigvecs, float* wp, std::int64_t batch, std::int64_t n,
-                          std::int64_t p, Stream s) = 0;
-  /// v (batch × r × p) holds X̃ W_p. Scales each column to unit norm and writes the coefficients
-  /// c (batch × p × n) = norm · W_pᵀ; a column whose squared norm is at most
-  /// `rel_tol` × the largest eigenvalue of its position is dropped (zero in v and c).
-  virtual void normalize_basis(float* v, const float* wp, float* c, const float* eigenvalues,
-                               std::int64_t batch, std::int64_t r, std::int64_t n,
-                               std::int64_t p, float rel_tol, Stream s) = 0;
-  /// Replaces each n × n matrix holding NaN / Inf by the identity and sets mark[b] = 1 for it
-  /// (0 otherwise), so non-finite inputs never reach the eigensolver.
-  virtual void mask_nonfinite(float* gram, float* mark, std::int64_t batch, std::int64_t n,
-                              Stream s) = 0;
-  /// Sets mean (batch × r), basis (batch × r × p) and coef (batch × p × n) to NaN where marked.
-  virtual void poison_marked(const float* mark, float* mean, float* basis, float* coef,
-                             std::int64_t batch, std::int64_t r, std::int64_t p, std::int64_t n,
-                             Stream s) = 0;
-  /// out[i] = x[i] − y[i].
-  virtual void subtract(const float* x, const float* y, float* out, std::int64_t count,
-                        Stream s) = 0;
-  /// out[b] = Σ_ij x[b, i, j] · y[b, i, j] in double, for packed batch × count blocks. Each block
-  /// is summed in a fixed order, so results do not depend on the thread count.
-  virtual void batched_dot(const float* x, const float* y, double* out, std::int64_t batch,
-                           std::int64_t count, Stream s) = 0;
-  /// out[k] = Σ_b x[b, k] (double), x packed batch × n, summed over b in order.
-  virtual void column_sums(const float* x, double* out, std::int64_t batch, std::int64_t n,
-                           Stream s) = 0;
-  /// Rounds each value to the nearest `dtype` value (F16 / BF16; F32 is a no-op), so later work
-  /// sees exactly what a file of that dtype stores.
-  virtual void round_to(float* x, std::int64_t count, DType dtype, Stream s) = 0;
+  // --- the per-position routines (host/kernels/), the same arithmetic on every backend ---
+  /// kernels::rmm_position for every position of both sides of `args` (in + out of them; all
+  /// pointers in backend memory). The CPU runs positions in blocks, one thread and one
+  /// position at a time; the GPU a warp or a block of threads per position. Same bits.
+  virtual void rmm_positions(const kernels::RmmModuleArgs& args, Stream s) = 0;
+  /// kernels::RmmChunkSums over every element, then kernels::RmmErrorDots over every term.
+  virtual void rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) = 0;
 
   // --- f64, column-major: the PT-SVD of full fine-tunes (methods/lowrank/batched_pt_svd.hpp) ---
   /// C = op(A) · B for every matrix of the batch; a stride of 0 broadcasts A or B.

@@ -1,7 +1,6 @@
 #include "backend/cpu_backend.hpp"
 
 #include <cblas.h>
-#include <lapacke.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -11,7 +10,6 @@
 #include <mutex>
 #include <vector>
 
-#include "backend/batched_jacobi.hpp"
 #include "backend/cpu_parallel.hpp"
 #include "backend/gemm_shapes.hpp"
 #include "core/memory_info.hpp"
@@ -38,10 +36,6 @@ CpuBackend::CpuBackend(int threads)
   keep_blas_single_threaded();
 }
 
-void CpuBackend::parallel_blocks(std::int64_t blocks, const std::function<void(std::int64_t)>& body) {
-  parallel_for(threads_, blocks, body, /*dynamic=*/true);  // blocks differ in eigensolver sweeps
-}
-
 std::string CpuBackend::name() const {
   return "cpu (OpenBLAS + LAPACKE, " + std::to_string(threads_) + " threads)";
 }
@@ -56,6 +50,14 @@ void CpuBackend::upload(void* dst, const void* src, std::size_t bytes, Stream) {
 
 void CpuBackend::download(void* dst, const void* src, std::size_t bytes, Stream) {
   if (bytes) std::memcpy(dst, src, bytes);
+}
+
+void CpuBackend::copy(void* dst, const void* src, std::size_t bytes, Stream) {
+  if (bytes) std::memmove(dst, src, bytes);
+}
+
+void CpuBackend::fill(void* dst, unsigned char value, std::size_t bytes, Stream) {
+  if (bytes) std::memset(dst, value, bytes);
 }
 
 void CpuBackend::gemm(Op op_a, Op op_b, float alpha, const MatBatch& a, const MatBatch& b,
@@ -73,55 +75,6 @@ void CpuBackend::gemm(Op op_a, Op op_b, float alpha, const MatBatch& a, const Ma
                 static_cast<int>(k), alpha, a.data + i * sa, static_cast<int>(a.ld),
                 b.data + i * sb, static_cast<int>(b.ld), beta, c.data + i * c.stride,
                 static_cast<int>(c.ld));
-  });
-}
-
-void CpuBackend::symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream) {
-  const auto n = a.rows;
-  if (a.cols != n || a.ld != n)
-    throw shape_error("symmetric_eigen: expects packed square matrices, got " +
-                      std::to_string(a.rows) + "×" + std::to_string(a.cols) + " ld " +
-                      std::to_string(a.ld));
-  // Solved in double: n is small, and it keeps the small eigenvalues' directions accurate.
-  // Up to kJacobiMaxN by batched Jacobi rotations (backend/batched_jacobi.hpp says why), above
-  // by LAPACK's dsyevd.
-  // Workspaces are per thread and reused across the batch (sizes from LAPACK's dsyevd docs).
-  keep_blas_single_threaded();
-  const std::size_t nn = static_cast<std::size_t>(n * n);
-  const lapack_int lwork = static_cast<lapack_int>(1 + 6 * n + 2 * n * n);
-  const lapack_int liwork = static_cast<lapack_int>(3 + 5 * n);
-  if (n <= kJacobiMaxN) {
-    // Chunks of 64 matrices per task: fixed boundaries, so results do not depend on threads.
-    const std::int64_t chunk = 64, chunks = (a.batch + chunk - 1) / chunk;
-    parallel_for(threads_, chunks, [&](std::int64_t c) {
-      const auto bad = batched_jacobi_eigen(a.data, eigenvalues, n, c * chunk,
-                                            std::min(a.batch, (c + 1) * chunk));
-      if (bad >= 0)
-        throw solver_error("Jacobi eigensolver did not converge on matrix " + std::to_string(bad) +
-                           " of " + std::to_string(a.batch) + ", n = " + std::to_string(n));
-    });
-    return;
-  }
-  parallel_for(threads_, a.batch, [&](std::int64_t b) {
-    thread_local std::vector<double> m, w, work;
-    thread_local std::vector<lapack_int> iwork;
-    m.resize(nn);
-    w.resize(static_cast<std::size_t>(n));
-    work.resize(static_cast<std::size_t>(lwork));
-    iwork.resize(static_cast<std::size_t>(liwork));
-    float* src = a.data + b * a.stride;
-    for (std::size_t i = 0; i < nn; ++i) m[i] = src[i];
-    const lapack_int info =
-        LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'U', static_cast<lapack_int>(n), m.data(),
-                            static_cast<lapack_int>(n), w.data(), work.data(), lwork,
-                            iwork.data(), liwork);
-    if (info != 0)
-      throw solver_error("LAPACKE_dsyevd_work failed (info " + std::to_string(info) +
-                         ") on matrix " + std::to_string(b) + " of " + std::to_string(a.batch) +
-                         ", n = " + std::to_string(n));
-    // Column-major eigenvectors are row-major rows: exactly the interface's layout.
-    for (std::size_t i = 0; i < nn; ++i) src[i] = static_cast<float>(m[i]);
-    for (std::int64_t i = 0; i < n; ++i) eigenvalues[b * n + i] = static_cast<float>(w[i]);
   });
 }
 

@@ -1,9 +1,9 @@
 #pragma once
-// The CPU backend: OpenBLAS (OpenMP build) for GEMM, LAPACKE for the eigensolver, the shared
-// functors under Thrust's OpenMP system for element-wise work. Batches are split across
-// threads; each matrix is computed by one thread, so results do not depend on the thread count.
-#include <functional>
-
+// The CPU backend: OpenBLAS (OpenMP build) for GEMM, LAPACKE for the f64 group's
+// factorisations, the per-position routines (host/kernels/) one position per thread at a time,
+// the shared functors under Thrust's OpenMP system for element-wise work. Batches are split
+// across threads; each matrix or position is computed by one thread, so results do not depend
+// on the thread count.
 #include "backend/backend.hpp"
 #include "backend/caching_pool.hpp"
 
@@ -16,11 +16,6 @@ class CpuBackend final : public Backend {
   BackendKind kind() const noexcept override { return BackendKind::cpu; }
   std::string name() const override;
   int threads() const noexcept { return threads_; }
-  /// Runs body(b) for every block b on the backend's threads, one block per thread at a time.
-  /// Inside the body every op of this backend runs on the calling thread: a block's work stays
-  /// in that core's cache instead of passing through memory between ops. The first exception is
-  /// rethrown.
-  void parallel_blocks(std::int64_t blocks, const std::function<void(std::int64_t)>& body);
 
   DeviceBuffer allocate(std::size_t bytes) override { return pool_.allocate(bytes); }
   DeviceBuffer allocate_staging(std::size_t bytes) override { return pool_.allocate(bytes); }
@@ -33,32 +28,22 @@ class CpuBackend final : public Backend {
   void download(void* host_dst, const void* src, std::size_t bytes, Stream s) override;
   void synchronize(Stream) override {}
 
+  Event record_event(Stream) override { return {}; }  // work has run when the call returns
+  void wait_event(Stream, const Event&) override {}
+  void synchronize_event(const Event&) override {}
+  bool query_event(const Event&) override { return true; }
+  void copy(void* dst, const void* src, std::size_t bytes, Stream s) override;
+  void fill(void* dst, unsigned char value, std::size_t bytes, Stream s) override;
+
   void gemm(Op op_a, Op op_b, float alpha, const MatBatch& a, const MatBatch& b, float beta,
             const MatBatch& c, Stream s) override;
-  void symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream s) override;
-  std::size_t symmetric_eigen_work_bytes(std::int64_t, std::int64_t) override { return 0; }
+  std::int64_t split_k_hint(std::int64_t, std::int64_t, std::int64_t, std::int64_t) const override {
+    return 1;
+  }
 
-  void permute3(const float* src, std::int64_t s0, std::int64_t s1, std::int64_t s2, float* dst,
-                std::int64_t d0, std::int64_t d1, std::int64_t d2, Stream s) override;
-  void center_rows(float* x, float* mean, std::int64_t rows, std::int64_t n, Stream s) override;
-  void broadcast_rows(const float* value, float* out, std::int64_t rows, std::int64_t n,
-                      Stream s) override;
-  void select_top(const float* eigvecs, float* wp, std::int64_t batch, std::int64_t n,
-                  std::int64_t p, Stream s) override;
-  void normalize_basis(float* v, const float* wp, float* c, const float* eigenvalues,
-                       std::int64_t batch, std::int64_t r, std::int64_t n, std::int64_t p,
-                       float rel_tol, Stream s) override;
-  void mask_nonfinite(float* gram, float* mark, std::int64_t batch, std::int64_t n,
-                      Stream s) override;
-  void poison_marked(const float* mark, float* mean, float* basis, float* coef, std::int64_t batch,
-                     std::int64_t r, std::int64_t p, std::int64_t n, Stream s) override;
-  void subtract(const float* x, const float* y, float* out, std::int64_t count,
-                Stream s) override;
-  void batched_dot(const float* x, const float* y, double* out, std::int64_t batch,
-                   std::int64_t count, Stream s) override;
-  void column_sums(const float* x, double* out, std::int64_t batch, std::int64_t n,
-                   Stream s) override;
-  void round_to(float* x, std::int64_t count, DType dtype, Stream s) override;
+  // cpu_rmm.cpp
+  void rmm_positions(const kernels::RmmModuleArgs& args, Stream s) override;
+  void rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) override;
 
   // cpu_dense_f64.cpp
   void gemm_f64(Op op_a, std::int64_t rows, std::int64_t cols, std::int64_t inner,

@@ -32,7 +32,7 @@ namespace fs = std::filesystem;
 struct BenchArgs {
   std::vector<std::string> inputs;
   std::int64_t basis = 0;
-  std::string out, dtype = "f32", device = "auto", memory_budget;
+  std::string out, dtype, device = "auto", memory_budget;
   int threads = 0, gpu = 0;
   bool json = false, quiet = false, keep = false, compare_sequential = false;
 };
@@ -109,7 +109,7 @@ void run_bench(const BenchArgs& args) {
   RmmMergeOptions o;
   for (const auto& a : args.inputs) o.tasks.push_back({task_name_from_path(a), a});
   o.basis = args.basis;
-  o.dtype = parse_float_dtype_option(args.dtype, "--dtype");
+  if (!args.dtype.empty()) o.dtype = parse_float_dtype_option(args.dtype, "--dtype");
   o.threads = args.threads;
   o.device = parse_device_option(args.device);
   o.gpu = args.gpu;
@@ -239,7 +239,7 @@ void add_bench_command(CLI::App& app) {
       ->required();
   cmd->add_option("--basis,-p", args.basis, "RMM basis size P, 1 .. n − 1")->required();
   cmd->add_option("--out,-o", args.out, "keep the bundle here (default: a scratch folder, removed)");
-  cmd->add_option("--dtype", args.dtype, "stored dtype: f32 (default), f16, bf16");
+  cmd->add_option("--dtype", args.dtype, "stored dtype: f32, f16, bf16 (default: the inputs')");
   cmd->add_option("--memory-budget", args.memory_budget, "as for merge, e.g. 1.5GiB");
   cmd->add_option("--threads", args.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--device", args.device, "cpu, cuda or auto");

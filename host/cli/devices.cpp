@@ -1,9 +1,11 @@
 // `revmerge devices`: the backends this build has and the GPUs visible now.
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "backend/blas_core.hpp"
 #include "commands.hpp"
 #include "revmerge/devices.hpp"
 #include "text_format.hpp"
@@ -25,10 +27,13 @@ void add_devices_command(CLI::App& app) {
         j["gpus"].push_back({{"index", g.index}, {"name", g.name}, {"memory_bytes", g.memory_bytes},
                              {"compute_capability", fmt::format("{}.{}", g.compute_major, g.compute_minor)}});
       if (r.gpus.empty()) j["why_no_gpu"] = r.why_no_gpu;
+      j["blas_kernels"] = blas_core_name();
       std::cout << j.dump(2) << "\n";
       return;
     }
     fmt::print("backends: cpu{}\n", r.cuda_built ? ", cuda" : "");
+    fmt::print("cpu: OpenBLAS {} kernels{}\n", blas_core_name(),
+               std::getenv("REVMERGE_BLAS_RESTARTED") ? " (chosen by revmerge: OpenBLAS picked generic ones)" : "");
     if (r.gpus.empty()) fmt::print("gpus: none ({})\n", r.why_no_gpu);
     for (const auto& g : r.gpus)
       fmt::print("gpu {}: {} ({}, sm_{}{})\n", g.index, g.name, human_bytes(g.memory_bytes),

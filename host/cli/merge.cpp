@@ -63,7 +63,8 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   o.basis = args.given("--basis") ? args.basis : cfg.basis.value_or(0);
   if (o.basis == 0) throw usage_error("--basis: required for --method rmm (1 .. n − 1)");
   o.out = output_folder(args, cfg);
-  o.dtype = parse_float_dtype_option(args.given("--dtype") ? args.dtype : cfg.dtype.value_or("f32"), "--dtype");
+  if (args.given("--dtype") || cfg.dtype)
+    o.dtype = parse_float_dtype_option(args.given("--dtype") ? args.dtype : *cfg.dtype, "--dtype");
   o.overwrite = args.force;
   o.threads = args.threads;
   o.device = parse_device_option(args.device);
@@ -185,7 +186,8 @@ void add_merge_command(CLI::App& app) {
                   "YAML/JSON file naming the tasks (revmerge's tasks: [{name, adapter}] or "
                   "mergekit's models: [{model, parameters}]) and option defaults");
   opt["--dtype"] = cmd->add_option("--dtype", args.dtype,
-      "output dtype: f32, f16, bf16 (default f32; full models keep the base's)");
+      "output dtype: f32, f16, bf16 (default: RMM bundles and full models the inputs', "
+      "other adapters f32)");
   opt["--mode"] = cmd->add_option("--mode", args.mode,
       "LoRA inputs: separate (merge the A's and the B's, as PEFT) or combined (merge the "
       "products BA, then re-compress or write a full model)");

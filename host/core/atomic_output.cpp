@@ -85,6 +85,7 @@ void AtomicFile::write_at(std::uint64_t offset, const void* data, std::size_t si
   // Every 8 MiB written start their writeback now (a hint; errors surface at commit's fsync),
   // so a multi-GB output made of many small tensors does not pile up dirty pages for one long
   // fsync at the end.
+  std::lock_guard lock(unsynced_mutex_);
   unsynced_begin_ = unsynced_ ? std::min(unsynced_begin_, begin) : begin;
   unsynced_end_ = unsynced_ ? std::max(unsynced_end_, begin + length) : begin + length;
   unsynced_ += length;

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <mutex>
 #include <string_view>
 
 namespace revmerge {
@@ -19,7 +20,8 @@ class AtomicFile {
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
 
-  /// Writes all of `data` at byte `offset` (pwrite; any order; one thread at a time).
+  /// Writes all of `data` at byte `offset` (pwrite; any order; several threads may write
+  /// disjoint ranges at once).
   void write_at(std::uint64_t offset, const void* data, std::size_t size);
   /// Sets the file's length (the unwritten parts read as zeros).
   void resize(std::uint64_t size);
@@ -33,6 +35,7 @@ class AtomicFile {
   int fd_ = -1;
   bool overwrite_;
   // Bytes written since writeback was last started, and the span they lie in.
+  std::mutex unsynced_mutex_;
   std::uint64_t unsynced_ = 0, unsynced_begin_ = 0, unsynced_end_ = 0;
 };
 

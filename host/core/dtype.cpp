@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 
+#include "kernels/float_bits.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -125,47 +126,11 @@ void convert_from_f32(const float* src, DType dst_type, void* dst, std::size_t c
   }
 }
 
-float bf16_to_f32(std::uint16_t bits) noexcept {
-  return std::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16);
-}
-
-std::uint16_t f32_to_bf16(float value) noexcept {
-  const auto x = std::bit_cast<std::uint32_t>(value);
-  if ((x & 0x7fffffffu) > 0x7f800000u)  // NaN: keep it a (quiet) NaN
-    return static_cast<std::uint16_t>((x >> 16) | 0x0040u);
-  const std::uint32_t bias = 0x7fffu + ((x >> 16) & 1u);
-  return static_cast<std::uint16_t>((x + bias) >> 16);
-}
-
-float f16_to_f32(std::uint16_t h) noexcept {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-  const std::uint32_t exp = (h >> 10) & 0x1fu;
-  const std::uint32_t mant = h & 0x3ffu;
-  if (exp == 0) {  // zero or subnormal: mant * 2^-24
-    const float mag = std::ldexp(static_cast<float>(mant), -24);
-    return sign ? -mag : mag;
-  }
-  if (exp == 31) return std::bit_cast<float>(sign | 0x7f800000u | (mant << 13));
-  return std::bit_cast<float>(sign | ((exp + 112u) << 23) | (mant << 13));
-}
-
-std::uint16_t f32_to_f16(float value) noexcept {
-  const auto x = std::bit_cast<std::uint32_t>(value);
-  const auto sign = static_cast<std::uint16_t>((x >> 16) & 0x8000u);
-  const std::uint32_t absx = x & 0x7fffffffu;
-  if (absx >= 0x7f800000u)  // Inf stays Inf, NaN stays a quiet NaN
-    return static_cast<std::uint16_t>(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0u));
-  if (absx >= 0x477ff000u)  // >= 65520 rounds past the largest half (65504)
-    return static_cast<std::uint16_t>(sign | 0x7c00u);
-  if (absx < 0x38800000u) {  // below 2^-14: a half subnormal in units of 2^-24
-    // Exact scaling by a power of two, then round-half-even (the default rounding mode).
-    const float scaled = std::bit_cast<float>(absx) * 16777216.0f;
-    return static_cast<std::uint16_t>(sign | static_cast<std::uint32_t>(std::nearbyint(scaled)));
-  }
-  std::uint32_t h = (absx >> 13) - (112u << 10);  // rebias the exponent 127 -> 15
-  const std::uint32_t rest = absx & 0x1fffu;
-  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
-  return static_cast<std::uint16_t>(sign | h);
-}
+// The scalar conversions are the kernels' (kernels/float_bits.hpp), so what the host writes and
+// what a device rounds are the same bits.
+float bf16_to_f32(std::uint16_t bits) noexcept { return kernels::bf16_bits_to_f32(bits); }
+std::uint16_t f32_to_bf16(float value) noexcept { return kernels::f32_to_bf16_bits(value); }
+float f16_to_f32(std::uint16_t h) noexcept { return kernels::f16_bits_to_f32(h); }
+std::uint16_t f32_to_f16(float value) noexcept { return kernels::f32_to_f16_bits(value); }
 
 }  // namespace revmerge

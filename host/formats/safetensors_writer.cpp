@@ -1,4 +1,7 @@
 #include <algorithm>
+#include <atomic>
+#include <deque>
+#include <unordered_map>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -23,18 +26,21 @@ struct SafetensorsWriter::Impl {
   struct Slot {
     TensorSpec spec;
     std::uint64_t begin = 0;
-    bool written = false;
+    std::atomic<bool> written = false;
+    Slot(TensorSpec s, std::uint64_t b) : spec(std::move(s)), begin(b) {}
   };
   std::optional<AtomicFile> file;
-  std::vector<Slot> slots;  // in data order
+  std::deque<Slot> slots;  // in data order
+  std::unordered_map<std::string_view, Slot*> by_name;  // keys view the slots' names
   std::uint64_t data_start = 0;
   std::uint64_t size = 0;
 
   Slot& slot(std::string_view name) {
-    for (auto& s : slots)
-      if (s.spec.name == name) return s;
-    throw usage_error(file->target().string() + ": tensor '" + std::string(name) +
-                      "' was not declared");
+    const auto it = by_name.find(name);
+    if (it == by_name.end())
+      throw usage_error(file->target().string() + ": tensor '" + std::string(name) +
+                        "' was not declared");
+    return *it->second;
   }
 };
 
@@ -61,7 +67,8 @@ SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
     header[spec.name] = {{"dtype", dtype_name(spec.dtype)},
                          {"shape", spec.shape},
                          {"data_offsets", {offset, offset + bytes}}};
-    impl_->slots.push_back({std::move(spec), offset, false});
+    impl_->slots.emplace_back(std::move(spec), offset);
+    impl_->by_name.emplace(impl_->slots.back().spec.name, &impl_->slots.back());
     offset += bytes;
   }
   std::string text = header.dump();
@@ -83,14 +90,13 @@ SafetensorsWriter& SafetensorsWriter::operator=(SafetensorsWriter&&) noexcept = 
 void SafetensorsWriter::write(std::string_view name, std::span<const std::byte> data) {
   auto& s = impl_->slot(name);
   const auto& target = impl_->file->target();
-  if (s.written)
-    throw usage_error(target.string() + ": tensor '" + std::string(name) + "' written twice");
   if (data.size() != s.spec.nbytes())
     throw shape_error(target.string() + ": tensor '" + std::string(name) + "' expects " +
                       std::to_string(s.spec.nbytes()) + " bytes, got " +
                       std::to_string(data.size()));
+  if (s.written.exchange(true))  // atomically: several writer threads may write at once
+    throw usage_error(target.string() + ": tensor '" + std::string(name) + "' written twice");
   impl_->file->write_at(impl_->data_start + s.begin, data.data(), data.size());
-  s.written = true;
 }
 
 void SafetensorsWriter::write_f32(std::string_view name, std::span<const float> values) {

@@ -82,39 +82,6 @@ std::vector<float> read_factor(const PeftAdapter& a, const std::string& tensor, 
 
 }  // namespace
 
-std::uint64_t load_stacks_into(const PlannedModule& pm,
-                               const std::vector<std::unique_ptr<PeftAdapter>>& adapters,
-                               bool allow_nonfinite, float* a, float* b) {
-  const i64 n = static_cast<i64>(adapters.size()), r = pm.rank;
-  std::uint64_t bytes = 0;
-  std::vector<float> narrow;  // a B of rank below r, before its columns are spread
-  for (i64 t = 0; t < n; ++t) {
-    const auto& m = *pm.per_task[t];
-    // A: the task's rank × in rows in place, zero rows below.
-    float* at = a + t * r * pm.in;
-    bytes += read_into(*adapters[t], m.key_a, allow_nonfinite,
-                       {at, static_cast<std::size_t>(m.rank * pm.in)});
-    std::fill(at + m.rank * pm.in, at + r * pm.in, 0.0f);
-    // B: out × rank with the scale folded in, zero columns past the rank.
-    float* bt = b + t * pm.out * r;
-    const auto scale = static_cast<float>(m.scale);
-    if (m.rank == r) {
-      bytes += read_into(*adapters[t], m.key_b, allow_nonfinite,
-                         {bt, static_cast<std::size_t>(pm.out * r)}, scale);
-    } else {
-      narrow.resize(static_cast<std::size_t>(pm.out * m.rank));
-      bytes += read_into(*adapters[t], m.key_b, allow_nonfinite, narrow);
-      for (i64 o = 0; o < pm.out; ++o)
-        for (i64 k = 0; k < r; ++k) bt[o * r + k] = k < m.rank ? scale * narrow[o * m.rank + k] : 0.0f;
-    }
-    // One madvise for the module's two tensors (adjacent in name order, so usually in the
-    // file): each call can interrupt every thread of the process to flush its mappings.
-    const auto& file = adapters[t]->weights();
-    file.evict(file.at(m.key_a), file.at(m.key_b));
-  }
-  return bytes;
-}
-
 std::vector<TaskFactors> read_module_factors(const AdapterSet& set, const PlannedModule& pm) {
   std::vector<TaskFactors> f;
   for (std::size_t t = 0; t < pm.per_task.size(); ++t) {

@@ -42,15 +42,6 @@ struct TaskFactors {
 /// Every task's factors of module `pm`, in task order; non-finite values refused.
 std::vector<TaskFactors> read_module_factors(const AdapterSet& set, const PlannedModule& pm);
 
-/// The module's stacks as rmm_module takes them — A n × r × in (rows past a task's rank zero),
-/// B n × out × r with the task's scale folded in (columns past its rank zero) — written into
-/// caller-owned buffers (a pipeline's staging slot), converting each tensor in place. Non-finite
-/// values are refused by file, tensor and element unless allowed; the tensors' file pages leave
-/// the resident set once read. Returns the file bytes read.
-std::uint64_t load_stacks_into(const PlannedModule& pm,
-                               const std::vector<std::unique_ptr<PeftAdapter>>& adapters,
-                               bool allow_nonfinite, float* a, float* b);
-
 // Library and solver failures name the module being merged.
 template <class F>
 auto with_module_context(const std::string& path, F f) {

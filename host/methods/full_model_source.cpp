@@ -106,8 +106,22 @@ std::unique_ptr<FullModelSet> open_full_model_set(const std::vector<TaskSource>&
   source.load_bytes = largest;
   set->by_path = std::move(by_path);
   FullModelSet* self = set.get();
-  source.load = [self](const PlannedModule& pm, float* a, float* b) {
-    return load_compressed(*self, *self->by_path.at(pm.path), pm.rank, a, b);
+  const auto n = static_cast<i64>(tasks.size());
+  // The factors come as padded f32 stacks (scale 1), computed where they are staged.
+  source.input_dtype = linears.front().dtype;
+  source.staged_bytes = [n](const PlannedModule& pm) {
+    return f32_stacks_layout(n, pm.rank, pm.in, pm.out).bytes;
+  };
+  source.load = [self, n](const PlannedModule& pm, std::byte* block) {
+    auto staged = f32_stacks_layout(n, pm.rank, pm.in, pm.out);
+    auto* a = reinterpret_cast<float*>(block);
+    staged.file_bytes = load_compressed(*self, *self->by_path.at(pm.path), pm.rank, a,
+                                        reinterpret_cast<float*>(block + staged.tasks[0].b));
+    return staged;
+  };
+  source.nonfinite_message = [self](const PlannedModule& pm, unsigned long long key) {
+    return self->inputs.base.string() + ": module '" + pm.path + "': the compressed delta of task " +
+           std::to_string(key >> 49) + " is not finite";
   };
   return set;
 }
@@ -115,8 +129,13 @@ std::unique_ptr<FullModelSet> open_full_model_set(const std::vector<TaskSource>&
 void attach_device_svd(FullModelSet& set, BatchedPtSvd& engine) {
   set.device_svd = &engine;
   FullModelSet* self = &set;
-  set.source.load_device = [self](const PlannedModule& pm, float* a, float* b) {
-    return load_on_device(*self, *self->by_path.at(pm.path), pm.rank, a, b);
+  const auto n = static_cast<i64>(set.models.size());
+  set.source.load_device = [self, n](const PlannedModule& pm, std::byte* block) {
+    auto staged = f32_stacks_layout(n, pm.rank, pm.in, pm.out);
+    staged.file_bytes = load_on_device(*self, *self->by_path.at(pm.path), pm.rank,
+                                       reinterpret_cast<float*>(block),
+                                       reinterpret_cast<float*>(block + staged.tasks[0].b));
+    return staged;
   };
   // The module whose batch needs the most device memory, the widest element of the files, and
   // the host memory of a load: the two pinned buffers the weights pass through.

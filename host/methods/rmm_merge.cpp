@@ -43,7 +43,7 @@ void check_options(const RmmMergeOptions& o) {
       throw usage_error("task name '" + t.name + "' is used twice; give each task its own name");
   }
   if (o.out.empty()) throw usage_error("--out: no bundle folder given");
-  if (!is_float_dtype(o.dtype) || o.dtype == DType::F64)
+  if (o.dtype && (!is_float_dtype(*o.dtype) || *o.dtype == DType::F64))
     throw usage_error("--dtype: a bundle stores f32, f16 or bf16");
 }
 
@@ -66,16 +66,23 @@ BackendFactory backend_of(const RmmMergeOptions& o) {
 BundleManifest new_manifest(const RmmMergeOptions& o) {
   BundleManifest manifest;
   manifest.basis = o.basis;
-  manifest.dtype = o.dtype;
   manifest.created_by = std::string("revmerge ") + REVMERGE_VERSION_STRING;
   return manifest;
 }
 
 // The merge of `source` into the bundle at o.out: memory plan, the streamed pipeline, commit.
+// The stored dtype: the option, or the inputs' (F64 inputs are stored as F32).
+DType storage_dtype(const RmmMergeOptions& o, const RmmSource& source) {
+  if (o.dtype) return *o.dtype;
+  return source.input_dtype == DType::F64 ? DType::F32 : source.input_dtype;
+}
+
 BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
                             BundleManifest manifest, Backend& backend, Clock::time_point start) {
   const auto& plan = source.plan;
   const i64 n = static_cast<i64>(o.tasks.size()), p = o.basis;
+  const DType storage = storage_dtype(o, source);
+  manifest.dtype = storage;
   manifest.backend = backend.name();
   PipelineStats local;
   PipelineStats& stats = o.stats ? *o.stats : local;
@@ -85,20 +92,21 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
   std::vector<TensorSpec> specs;
   for (const auto& pm : plan)
     for (const auto& [side, m] : {std::pair{"lora_A", pm.in}, std::pair{"lora_B", pm.out}}) {
-      specs.push_back({bundle_tensor_name(pm.path, side, "mean"), o.dtype, {m, pm.rank}});
-      specs.push_back({bundle_tensor_name(pm.path, side, "basis"), o.dtype, {m, pm.rank, p}});
-      specs.push_back({bundle_tensor_name(pm.path, side, "coef"), o.dtype, {m, p, n}});
+      specs.push_back({bundle_tensor_name(pm.path, side, "mean"), storage, {m, pm.rank}});
+      specs.push_back({bundle_tensor_name(pm.path, side, "basis"), storage, {m, pm.rank, p}});
+      specs.push_back({bundle_tensor_name(pm.path, side, "coef"), storage, {m, p, n}});
     }
   const bool shared = backend.shares_host_memory();
   const std::uint64_t host_budget =
       o.memory_budget ? o.memory_budget : host_memory_available() / 2;
   const std::uint64_t device_budget =
       shared ? 0 : (o.memory_budget ? o.memory_budget : backend.memory_available() / 10 * 9);
-  auto item = largest_module_memory(o, source, backend);
+  auto item = largest_module_memory(o, storage, source, backend);
   if (!shared && source.device_load_bytes) {
     // Full fine-tunes compressed on the device: as many tasks per batch as leave the merge
     // itself its minimum (one task at least; the plan refuses what even that cannot fit).
-    const std::uint64_t rest = item.work + 3 * item.device_inputs;
+    const std::uint64_t rest =
+        std::uint64_t(item.in_flight) * (item.work + item.device_inputs) + 2 * item.device_inputs;
     i64 tasks = n;
     while (tasks > 1 && rest + source.device_load_bytes(tasks) > device_budget) --tasks;
     item.device_read_work = source.device_load_bytes(tasks);
@@ -117,7 +125,7 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
                            {{"format", "revmerge-bundle"}, {"method", "rmm"}});
   const auto pipeline_start = Clock::now();
   stats.setup_seconds = seconds_between(start, pipeline_start);
-  run_rmm_modules(o, source, backend, mem, writer, manifest, stats);
+  run_rmm_modules(o, storage, source, backend, mem, writer, manifest, stats);
   const auto pipeline_end = Clock::now();
   stats.pipeline_seconds = seconds_between(pipeline_start, pipeline_end);
 
@@ -165,7 +173,7 @@ BundleManifest merge_rmm_on(const RmmMergeOptions& o, const BackendFactory& make
                               set.adapters[t]->config().base_model_name_or_path,
                               set.adapters[t]->config().task_type});
   const auto be = backend.get();
-  return merge_source(o, adapter_source(set, o.allow_nonfinite), std::move(manifest), *be, start);
+  return merge_source(o, adapter_source(set), std::move(manifest), *be, start);
 }
 
 BundleManifest merge_rmm_models_on(const RmmMergeOptions& o, const FullModelInputs& in,

@@ -1,10 +1,13 @@
+// RMM of one module: the per-position routine over both sides, the error Grams, the error
+// terms, all queued on one stream into one packed result buffer (rmm_module.hpp).
 #include "methods/rmm_module.hpp"
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <string>
 
 #include "backend/caching_pool.hpp"
-#include "backend/cpu_backend.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -12,141 +15,47 @@ namespace {
 
 using i64 = std::int64_t;
 
-std::size_t floats(i64 count) { return static_cast<std::size_t>(count) * sizeof(float); }
-
-// A side's stacks as read, task-major: element (task t, row k, position j) at
-// src[t·task + k·row + j·pos]. A: n × r × in (pos 1, row in); B: n × out × r (pos r, row 1).
-struct SideInput {
-  const float* src;
-  i64 task, row, pos;
-};
-
-// A side's results over all its m positions, position-major.
-struct SideOut {
-  float* mean;   // m × r
-  float* basis;  // m × r × p
-  float* coef;   // m × p × n
-  float* eig;    // m × n, ascending per position
-};
-
-// Work of a run of positions: the stacked vectors (centred in place), their Grams
-// (eigenvectors after the solve), the top-p eigenvectors, the reconstruction X̂ = V C + μ, and a
-// mark for positions holding non-finite values.
-struct SideWork {
-  float* x;      // count × r × n
-  float* gram;   // count × n × n
-  float* wp;     // count × n × p
-  float* recon;  // count × r × n
-  float* mark;   // count
-  static std::size_t floats_for(i64 count, const RmmShape& s) {
-    return static_cast<std::size_t>(count * (2 * s.r * s.n + s.n * s.n + s.n * s.p + 1));
+kernels::ElemType elem_type(DType t) {
+  switch (t) {
+    case DType::F32: return kernels::ElemType::f32;
+    case DType::F16: return kernels::ElemType::f16;
+    case DType::BF16: return kernels::ElemType::bf16;
+    default:
+      throw unsupported_error("rmm: results are stored as F32, F16 or BF16, not " +
+                              std::string(dtype_name(t)));
   }
-  static SideWork carve(float* base, i64 count, const RmmShape& s) {
-    SideWork w;
-    w.x = base;
-    w.gram = w.x + count * s.r * s.n;
-    w.wp = w.gram + count * s.n * s.n;
-    w.recon = w.wp + count * s.n * s.p;
-    w.mark = w.recon + count * s.r * s.n;
-    return w;
+}
+
+std::size_t round_up(std::size_t x, std::size_t to) { return (x + to - 1) / to * to; }
+
+i64 positions(const RmmShape& s, int side) { return side == 0 ? s.in : s.out; }
+
+// Split-K pieces of a side's error Grams: the largest divisor of the position count that is
+// not above what the backend asks for, so every piece is whole (no padding to zero).
+i64 gram_chunks(const Backend& be, const RmmShape& s, int side) {
+  const i64 m = positions(s, side);
+  const i64 hint = std::clamp<i64>(be.split_k_hint(s.n, 2 * s.r, 2 * s.r, m), 1, m);
+  for (i64 c = hint; c > 1; --c)
+    if (m % c == 0) return c;
+  return 1;
+}
+
+// The module's work buffers, in the order rmm_module_enqueue carves them.
+struct WorkSizes {
+  std::size_t ext[2], eig[2], gram[2], sums;
+  WorkSizes(const Backend& be, const RmmShape& s) {
+    const auto r = static_cast<std::size_t>(s.r), n = static_cast<std::size_t>(s.n);
+    for (int side = 0; side < 2; ++side) {
+      const auto m = static_cast<std::size_t>(positions(s, side));
+      ext[side] = sizeof(float) * n * 2 * r * m;
+      eig[side] = sizeof(double) * m * n;
+      gram[side] = sizeof(float) * n * static_cast<std::size_t>(gram_chunks(be, s, side)) * 4 * r * r;
+    }
+    sums = sizeof(double) * (2 * n * 4 * r * r +
+                             n * static_cast<std::size_t>(kernels::rmm_spectrum_parts(s.in) +
+                                                          kernels::rmm_spectrum_parts(s.out)));
   }
 };
-
-// Positions [j0, j0 + count) of one side: gather, centre, Gram, eigendecomposition, top-p
-// basis and coefficients, rounding to the storage dtype, reconstruction. Every step is per
-// position, so any split of the positions gives the same bits.
-void rmm_positions(Backend& be, const SideInput& in, i64 j0, i64 count, const SideWork& w,
-                   const SideOut& out, const RmmShape& s, DType storage, Stream st) {
-  const i64 r = s.r, n = s.n, p = s.p;
-  float* mean = out.mean + j0 * r;
-  float* basis_f = out.basis + j0 * r * p;
-  float* coef = out.coef + j0 * p * n;
-  float* eig = out.eig + j0 * n;
-  be.permute3(in.src + j0 * in.pos, in.pos, in.row, in.task, w.x, count, r, n, st);
-  be.center_rows(w.x, mean, count * r, n, st);
-  const auto x = MatBatch::packed(w.x, count, r, n);
-  be.gemm(Op::transpose, Op::none, 1.0f, x, x, 0.0f, MatBatch::packed(w.gram, count, n, n), st);
-  be.mask_nonfinite(w.gram, w.mark, count, n, st);
-  be.symmetric_eigen(MatBatch::packed(w.gram, count, n, n), eig, st);
-  be.select_top(w.gram, w.wp, count, n, p, st);
-  const auto basis = MatBatch::packed(basis_f, count, r, p);
-  be.gemm(Op::none, Op::none, 1.0f, x, MatBatch::packed(w.wp, count, n, p), 0.0f, basis, st);
-  be.normalize_basis(basis_f, w.wp, coef, eig, count, r, n, p, rmm_drop_tolerance(n), st);
-  be.poison_marked(w.mark, mean, basis_f, coef, count, r, p, n, st);
-  be.round_to(mean, count * r, storage, st);
-  be.round_to(basis_f, count * r * p, storage, st);
-  be.round_to(coef, count * p * n, storage, st);
-  be.broadcast_rows(mean, w.recon, count * r, n, st);
-  be.gemm(Op::none, Op::none, 1.0f, basis, MatBatch::packed(coef, count, p, n), 1.0f,
-          MatBatch::packed(w.recon, count, r, n), st);
-}
-
-// D = X̂ − X for positions [j0, j0 + count), written task-major beside the inputs (the same
-// subtraction the whole-batch path does after permuting X̂ back).
-void scatter_difference(const SideInput& in, i64 j0, i64 count, const float* recon,
-                        const RmmShape& s, float* d) {
-  const i64 r = s.r, n = s.n;
-  for (i64 t = 0; t < n; ++t)
-    for (i64 a = 0; a < (in.pos == 1 ? r : count); ++a)
-      for (i64 b = 0; b < (in.pos == 1 ? count : r); ++b) {
-        const i64 k = in.pos == 1 ? a : b, j = in.pos == 1 ? b : a;  // inner loop: unit stride
-        const i64 at = t * in.task + k * in.row + (j0 + j) * in.pos;
-        d[at] = recon[j * r * n + k * n + t] - in.src[at];
-      }
-}
-
-// Positions per block on the CPU: a block's stacks, Grams and reconstruction (~260 KB for
-// r = 64, n = 8) stay in one core's cache through every step.
-constexpr i64 kCpuBlock = 64;
-
-// One side, every position, and D = X̂ − X into `d`. On the CPU the positions go in blocks, one
-// thread each, every step of a block before the next block; elsewhere the whole side is one
-// batch per step (a GPU wants big launches). Both give the same bits.
-// `work` (whole batch only) holds SideWork::floats_for(m) floats; the caller keeps it until the
-// stream is synchronized, so no other stream is handed it while this one still works in it.
-void rmm_side(Backend& be, const SideInput& in, i64 m, const SideOut& out, double* sums,
-              float* d, const RmmShape& s, DType storage, RmmSchedule schedule, float* work,
-              Stream st) {
-  if (schedule == RmmSchedule::position_blocks) {
-    auto* cpu = dynamic_cast<CpuBackend*>(&be);
-    if (!cpu) throw usage_error("rmm: position blocks run on the CPU backend only");
-    const i64 blocks = (m + kCpuBlock - 1) / kCpuBlock;
-    cpu->parallel_blocks(blocks, [&](i64 blk) {
-      thread_local std::vector<float> scratch;
-      scratch.resize(SideWork::floats_for(kCpuBlock, s));
-      const i64 j0 = blk * kCpuBlock, count = std::min(kCpuBlock, m - j0);
-      const auto w = SideWork::carve(scratch.data(), count, s);
-      rmm_positions(be, in, j0, count, w, out, s, storage, st);
-      scatter_difference(in, j0, count, w.recon, s, d);
-    });
-  } else {
-    const auto w = SideWork::carve(work, m, s);
-    rmm_positions(be, in, 0, m, w, out, s, storage, st);
-    // Back to task-major, then D = X̂ − X in place.
-    if (in.pos == 1) be.permute3(w.recon, 1, s.n, s.r * s.n, d, s.n, s.r, m, st);
-    else be.permute3(w.recon, 1, s.r * s.n, s.n, d, s.n, m, s.r, st);
-    be.subtract(d, in.src, d, s.n * s.r * m, st);
-  }
-  be.column_sums(out.eig, sums, m, s.n, st);
-}
-
-std::vector<float> fetch(Backend& be, const DeviceBuffer& b, i64 count, Stream st) {
-  std::vector<float> out(static_cast<std::size_t>(count));
-  be.download(out.data(), b.data(), floats(count), st);
-  return out;
-}
-
-std::vector<double> fetch_doubles(Backend& be, const DeviceBuffer& b, i64 count, Stream st) {
-  std::vector<double> out(static_cast<std::size_t>(count));
-  be.download(out.data(), b.data(), static_cast<std::size_t>(count) * sizeof(double), st);
-  return out;
-}
-
-void check_shape(const RmmShape& s) {
-  if (s.n < 2 || s.p < 1 || s.p >= s.n || s.r < 1 || s.in < 1 || s.out < 1)
-    throw usage_error("rmm: invalid sizes n=" + std::to_string(s.n) + " p=" + std::to_string(s.p) +
-                      " r=" + std::to_string(s.r) + " (needs n ≥ 2 and 1 ≤ p ≤ n − 1)");
-}
 
 double safe_ratio(double num, double den) {
   if (std::isnan(num) || std::isnan(den)) return NAN;  // non-finite inputs were allowed
@@ -156,164 +65,191 @@ double safe_ratio(double num, double den) {
 
 }  // namespace
 
+void check_rmm_shape(const RmmShape& s) {
+  if (s.n < 2 || s.n > kernels::kRmmMaxTasks || s.p < 1 || s.p >= s.n || s.r < 1 ||
+      s.r > kernels::kRmmMaxRank || s.in < 1 || s.out < 1)
+    throw usage_error("rmm: invalid sizes n=" + std::to_string(s.n) + " p=" + std::to_string(s.p) +
+                      " r=" + std::to_string(s.r) + " (needs 2 ≤ n ≤ " +
+                      std::to_string(kernels::kRmmMaxTasks) + ", 1 ≤ p ≤ n − 1, r ≤ " +
+                      std::to_string(kernels::kRmmMaxRank) + ")");
+}
+
 float rmm_drop_tolerance(std::int64_t n) {
-  // A direction whose energy is within (n·ε_f32)² of the largest is rounding noise of the f32
-  // Gram; keeping it would only divide noise by noise.
   const double eps = std::ldexp(1.0, -23);
   return static_cast<float>(static_cast<double>(n * n) * eps * eps);
 }
 
-RmmModuleResult rmm_module(Backend& be, const RmmShape& s, const float* host_a,
-                           const float* host_b, DType storage, Stream st, RmmSchedule schedule) {
-  check_shape(s);
-  // Originals, task-major as read: A n × r × in, B n × out × r.
-  DeviceBuffer a = be.allocate(floats(s.n * s.r * s.in)), b = be.allocate(floats(s.n * s.out * s.r));
-  be.upload(a.data(), host_a, floats(s.n * s.r * s.in), st);
-  be.upload(b.data(), host_b, floats(s.n * s.out * s.r), st);
-  return rmm_module_device(be, s, a.f32(), b.f32(), storage, st, schedule);
+RmmPacked RmmPacked::layout(const RmmShape& s, DType storage) {
+  RmmPacked l;
+  std::size_t at = 0;
+  for (int side = 0; side < 2; ++side)
+    for (int part = 0; part < 3; ++part) {
+      at = round_up(at, 16);
+      (part == 0 ? l.mean : part == 1 ? l.basis : l.coef)[side] = at;
+      at += l.tensor_bytes(s, storage, side, part);
+    }
+  l.terms = round_up(at, 16);
+  l.status = l.terms + sizeof(double) * static_cast<std::size_t>(s.n * (kernels::kRmmErrorTerms + 2));
+  l.bytes = l.status + 2 * sizeof(unsigned long long);
+  return l;
 }
 
-RmmSchedule resolve(RmmSchedule schedule, const Backend& be) {
-  if (schedule != RmmSchedule::automatic) return schedule;
-  return dynamic_cast<const CpuBackend*>(&be) ? RmmSchedule::position_blocks
-                                              : RmmSchedule::whole_batch;
+std::size_t RmmPacked::tensor_bytes(const RmmShape& s, DType storage, int side, int part) const {
+  const auto m = static_cast<std::size_t>(positions(s, side)), r = static_cast<std::size_t>(s.r),
+             p = static_cast<std::size_t>(s.p), n = static_cast<std::size_t>(s.n);
+  return dtype_size(storage) * m * (part == 0 ? r : part == 1 ? r * p : p * n);
 }
 
-std::uint64_t rmm_module_work_bytes(const RmmShape& s, Backend& be) {
-  const i64 n = s.n, r = s.r, p = s.p;
-  std::uint64_t total = 0;
-  auto add = [&](i64 count, std::size_t elem = sizeof(float)) {
-    total += pool_size_class(static_cast<std::size_t>(count) * elem);
+RmmModuleWork rmm_module_enqueue(Backend& be, const RmmShape& s,
+                                 const std::vector<kernels::RmmTaskFactors>& tasks, DType storage,
+                                 void* packed, Stream st) {
+  check_rmm_shape(s);
+  if (static_cast<i64>(tasks.size()) != s.n)
+    throw usage_error("rmm: " + std::to_string(tasks.size()) + " task inputs for n = " +
+                      std::to_string(s.n));
+  const i64 n = s.n, r = s.r;
+  const auto layout = RmmPacked::layout(s, storage);
+  auto* out = static_cast<unsigned char*>(packed);
+  const WorkSizes sizes(be, s);
+  RmmModuleWork work;
+  auto take = [&](std::size_t bytes) {
+    work.buffers.push_back(be.allocate(bytes));
+    return work.buffers.back().data();
   };
-  // As rmm_module_device allocates: the whole-batch schedule takes a SideWork for every
-  // position of a side from the pool; position blocks, one block's SideWork per thread (kept
-  // by the thread, outside the pool).
-  const auto* cpu = dynamic_cast<const CpuBackend*>(&be);
-  const bool blocks = resolve(RmmSchedule::automatic, be) == RmmSchedule::position_blocks && cpu;
-  for (const i64 m : {s.in, s.out}) {
-    add(m * r);                                              // mean
-    add(m * r * p);                                          // basis
-    add(m * p * n);                                          // coef
-    add(m * n);                                              // eigenvalues
-    add(n, sizeof(double));                                  // spectrum
-    if (!blocks) add(static_cast<i64>(SideWork::floats_for(m, s)));  // SideWork
+
+  kernels::RmmModuleArgs args;
+  std::copy(tasks.begin(), tasks.end(), args.tasks);
+  args.n = n, args.r = r, args.in = s.in, args.out = s.out, args.p = s.p;
+  args.storage = elem_type(storage);
+  args.drop_tol = rmm_drop_tolerance(n);
+  i64 chunks[2];
+  for (int side = 0; side < 2; ++side) {
+    args.mean[side] = out + layout.mean[side];
+    args.basis[side] = out + layout.basis[side];
+    args.coef[side] = out + layout.coef[side];
+    args.ext[side] = static_cast<float*>(take(sizes.ext[side]));
+    args.eigenvalues[side] = static_cast<double*>(take(sizes.eig[side]));
+    chunks[side] = gram_chunks(be, s, side);
   }
-  if (blocks)
-    total += static_cast<std::uint64_t>(cpu->threads()) *
-             floats(static_cast<i64>(SideWork::floats_for(kCpuBlock, s)));
-  add(n * r * s.in);  // D_A
-  add(n * s.out * r);  // D_B
-  add(6 * n * r * r);
-  add(11 * n, sizeof(double));
-  add(n * r * r);
-  // Each side's solver memory is held until the module's closing synchronize.
-  return total + be.symmetric_eigen_work_bytes(s.in, n) + be.symmetric_eigen_work_bytes(s.out, n);
+  args.status = reinterpret_cast<unsigned long long*>(out + layout.status);
+  be.fill(args.status, 0xff, 2 * sizeof(unsigned long long), st);  // kRmmNoKey
+  be.rmm_positions(args, st);
+
+  // The error Grams per task and chunk: G_A = E_A E_Aᵀ with E_A = [A; D_A] and G_B = E_BᵀE_B
+  // with E_B = [B, D_B], both stored position-major (C × 2r pieces, a position's x then D):
+  // the three r × r blocks the terms need.
+  kernels::RmmErrorArgs e;
+  e.n = n, e.r = r;
+  for (int side = 0; side < 2; ++side) {
+    const i64 C = positions(s, side) / chunks[side], batch = n * chunks[side], blk = 2 * r * C,
+              g = 4 * r * r;
+    auto* gram = static_cast<float*>(take(sizes.gram[side]));
+    float* ext = args.ext[side];
+    // Both sides position-major (C × 2r pieces): the Grams are ExᵀEx-type products.
+    const MatBatch g00{gram, batch, r, r, 2 * r, g}, g11{gram + r * 2 * r + r, batch, r, r, 2 * r, g};
+    const MatBatch x{ext, batch, C, r, 2 * r, blk}, d{ext + r, batch, C, r, 2 * r, blk};
+    be.gemm(Op::transpose, Op::none, 1.0f, x, x, 0.0f, g00, st);  // A Aᵀ, BᵀB
+    be.gemm(Op::transpose, Op::none, 1.0f, d, d, 0.0f, g11, st);  // D_A D_Aᵀ, D_BᵀD_B
+    if (side == 0)
+      be.gemm(Op::transpose, Op::none, 1.0f, d, x, 0.0f, {gram + r * 2 * r, batch, r, r, 2 * r, g},
+              st);  // D_A Aᵀ
+    else
+      be.gemm(Op::transpose, Op::none, 1.0f, x, d, 0.0f, {gram + r, batch, r, r, 2 * r, g},
+              st);  // BᵀD_B
+    e.gram[side] = gram;
+    e.chunks[side] = chunks[side];
+    e.eigenvalues[side] = args.eigenvalues[side];
+    e.m[side] = positions(s, side);
+  }
+  e.sums = static_cast<double*>(take(sizes.sums));
+  e.out = reinterpret_cast<double*>(out + layout.terms);
+  be.rmm_error_terms(e, st);
+  return work;
 }
 
-// A side's results in backend memory.
-struct SideResults {
-  DeviceBuffer mean, basis, coef, eig, sums;
-  SideResults(Backend& be, i64 m, const RmmShape& s)
-      : mean(be.allocate(floats(m * s.r))),
-        basis(be.allocate(floats(m * s.r * s.p))),
-        coef(be.allocate(floats(m * s.p * s.n))),
-        eig(be.allocate(floats(m * s.n))),
-        sums(be.allocate(static_cast<std::size_t>(s.n) * sizeof(double))) {}
-  SideOut out() { return {mean.f32(), basis.f32(), coef.f32(), eig.f32()}; }
-  double* spectrum() { return static_cast<double*>(sums.data()); }
-};
+std::uint64_t rmm_module_work_bytes(const RmmShape& s, const Backend& be) {
+  const WorkSizes w(be, s);
+  std::uint64_t total = pool_size_class(w.sums);
+  for (int side = 0; side < 2; ++side)
+    total += pool_size_class(w.ext[side]) + pool_size_class(w.eig[side]) +
+             pool_size_class(w.gram[side]);
+  return total;
+}
 
-RmmModuleResult rmm_module_device(Backend& be, const RmmShape& s, const float* a_in,
-                                  const float* b_in, DType storage, Stream st,
-                                  RmmSchedule schedule) {
-  check_shape(s);
-  schedule = resolve(schedule, be);
-  const i64 n = s.n, r = s.r, in = s.in, out = s.out;
-  // The inputs are only read (gathered, subtracted from, multiplied); MatBatch is non-const.
-  float* a = const_cast<float*>(a_in);
-  float* b = const_cast<float*>(b_in);
-
-  // Each side's results and, task-major beside the inputs (Â n × r × in, B̂ n × out × r), the
-  // differences D = X̂ − X.
-  SideResults sa(be, in, s), sb(be, out, s);
-  DeviceBuffer da = be.allocate(floats(n * r * in)), db = be.allocate(floats(n * out * r));
-  DeviceBuffer work_a, work_b;
-  if (schedule == RmmSchedule::whole_batch) {
-    work_a = be.allocate(floats(static_cast<i64>(SideWork::floats_for(in, s))));
-    work_b = be.allocate(floats(static_cast<i64>(SideWork::floats_for(out, s))));
-  }
-  rmm_side(be, {a, r * in, in, 1}, in, sa.out(), sa.spectrum(), da.f32(), s, storage, schedule,
-           work_a.f32(), st);
-  rmm_side(be, {b, out * r, 1, r}, out, sb.out(), sb.spectrum(), db.f32(), s, storage, schedule,
-           work_b.f32(), st);
-
-  // ‖B̂Â − BA‖² = ‖B̂ D_A + D_B A‖² through r × r Grams: no out × in matrix is formed, and every
-  // term is already of the size of the error (no cancellation of large numbers). With
-  // B̂ = B + D_B, the terms in B̂ expand into Grams of B and D_B (D_A D_Aᵀ is symmetric):
-  //   ⟨B̂ᵀB̂, D_A D_Aᵀ⟩ = ⟨BᵀB + D_BᵀD_B, D_A D_Aᵀ⟩ + 2⟨BᵀD_B, D_A D_Aᵀ⟩,
-  //   ⟨B̂ᵀD_B, D_A Aᵀ⟩ = ⟨BᵀD_B + D_BᵀD_B, D_A Aᵀ⟩ — six products with K = in or out, not seven.
-  const auto A = MatBatch::packed(a, n, r, in), DA = MatBatch::packed(da.f32(), n, r, in);
-  const auto B = MatBatch::packed(b, n, out, r), DB = MatBatch::packed(db.f32(), n, out, r);
-  DeviceBuffer grams = be.allocate(floats(6 * n * r * r));
-  auto gram = [&](int k) { return MatBatch::packed(grams.f32() + k * n * r * r, n, r, r); };
-  be.gemm(Op::none, Op::transpose, 1.0f, A, A, 0.0f, gram(0), st);     // A Aᵀ
-  be.gemm(Op::none, Op::transpose, 1.0f, DA, DA, 0.0f, gram(1), st);   // D_A D_Aᵀ
-  be.gemm(Op::none, Op::transpose, 1.0f, DA, A, 0.0f, gram(2), st);    // D_A Aᵀ
-  be.gemm(Op::transpose, Op::none, 1.0f, B, B, 0.0f, gram(3), st);     // Bᵀ B
-  be.gemm(Op::transpose, Op::none, 1.0f, DB, DB, 0.0f, gram(4), st);   // D_Bᵀ D_B
-  be.gemm(Op::transpose, Op::none, 1.0f, B, DB, 0.0f, gram(5), st);    // Bᵀ D_B
-
-  // Per-task inner products of r × r blocks for the delta error, and the traces of the Grams
-  // (⟨G, I⟩ = ‖·‖²) for the factor errors, so no sum runs over a whole factor.
-  constexpr int kDots = 11;
-  DeviceBuffer dots = be.allocate(static_cast<std::size_t>(kDots * n) * sizeof(double));
-  auto dot = [&](int k) { return static_cast<double*>(dots.data()) + k * n; };
-  const i64 rr = r * r;
-  std::vector<float> eye(static_cast<std::size_t>(n * rr), 0.0f);
-  for (i64 i = 0; i < n; ++i)
-    for (i64 k = 0; k < r; ++k) eye[i * rr + k * r + k] = 1.0f;
-  DeviceBuffer identity = be.allocate(floats(n * rr));
-  be.upload(identity.data(), eye.data(), floats(n * rr), st);
-  be.batched_dot(gram(3).data, gram(1).data, dot(0), n, rr, st);   // ⟨BᵀB, D_A D_Aᵀ⟩
-  be.batched_dot(gram(4).data, gram(1).data, dot(1), n, rr, st);   // ⟨D_BᵀD_B, D_A D_Aᵀ⟩
-  be.batched_dot(gram(5).data, gram(1).data, dot(2), n, rr, st);   // ⟨BᵀD_B, D_A D_Aᵀ⟩
-  be.batched_dot(gram(4).data, gram(0).data, dot(3), n, rr, st);   // ⟨D_BᵀD_B, A Aᵀ⟩
-  be.batched_dot(gram(5).data, gram(2).data, dot(4), n, rr, st);   // ⟨BᵀD_B, D_A Aᵀ⟩
-  be.batched_dot(gram(4).data, gram(2).data, dot(5), n, rr, st);   // ⟨D_BᵀD_B, D_A Aᵀ⟩
-  be.batched_dot(gram(3).data, gram(0).data, dot(6), n, rr, st);   // ⟨BᵀB, A Aᵀ⟩ = ‖BA‖²
-  be.batched_dot(gram(1).data, identity.f32(), dot(7), n, rr, st);   // ‖D_A‖²
-  be.batched_dot(gram(0).data, identity.f32(), dot(8), n, rr, st);   // ‖A‖²
-  be.batched_dot(gram(4).data, identity.f32(), dot(9), n, rr, st);   // ‖D_B‖²
-  be.batched_dot(gram(3).data, identity.f32(), dot(10), n, rr, st);  // ‖B‖²
-
-  RmmModuleResult res;
-  res.a.mean = fetch(be, sa.mean, in * r, st);
-  res.a.basis = fetch(be, sa.basis, in * r * s.p, st);
-  res.a.coef = fetch(be, sa.coef, in * s.p * n, st);
-  res.b.mean = fetch(be, sb.mean, out * r, st);
-  res.b.basis = fetch(be, sb.basis, out * r * s.p, st);
-  res.b.coef = fetch(be, sb.coef, out * s.p * n, st);
-  const auto d = fetch_doubles(be, dots, kDots * n, st);
-  res.a.spectrum = fetch_doubles(be, sa.sums, n, st);
-  res.b.spectrum = fetch_doubles(be, sb.sums, n, st);
-  be.synchronize(st);
-
-  for (auto* side : {&res.a, &res.b}) {
-    std::reverse(side->spectrum.begin(), side->spectrum.end());  // descending
-    for (auto& v : side->spectrum) v = std::max(v, 0.0);          // solver noise below zero
-  }
+RmmModuleReport rmm_module_report(const RmmShape& s, DType storage, const void* packed) {
+  const auto layout = RmmPacked::layout(s, storage);
+  const auto* bytes = static_cast<const unsigned char*>(packed);
+  const i64 n = s.n, T = kernels::kRmmErrorTerms;
+  std::vector<double> d(static_cast<std::size_t>(n * (T + 2)));
+  std::memcpy(d.data(), bytes + layout.terms, d.size() * sizeof(double));
+  unsigned long long status[2];
+  std::memcpy(status, bytes + layout.status, sizeof(status));
+  RmmModuleReport rep;
+  rep.first_nonfinite = status[0];
+  rep.first_unconverged = status[1];
   for (i64 i = 0; i < n; ++i) {
-    auto at = [&](int k) { return d[k * n + i]; };
-    const double hb_da = at(0) + at(1) + 2 * at(2);  // ⟨B̂ᵀB̂, D_A D_Aᵀ⟩
-    const double hdb_daa = at(4) + at(5);            // ⟨B̂ᵀD_B, D_A Aᵀ⟩
-    const double num = hb_da + at(3) + 2 * hdb_daa;
-    res.delta_error.push_back(safe_ratio(num, at(6)));
-    res.delta_norm.push_back(std::sqrt(std::max(at(6), 0.0)));
-    res.a.factor_error.push_back(safe_ratio(at(7), at(8)));
-    res.a.factor_sq_error.push_back(at(7));
-    res.b.factor_error.push_back(safe_ratio(at(9), at(10)));
-    res.b.factor_sq_error.push_back(at(9));
+    auto at = [&](int k) { return d[static_cast<std::size_t>(i * T + k)]; };
+    using namespace kernels;
+    // ‖B̂Â − BA‖² = ‖B̂ D_A + D_B A‖², and with B̂ = B + D_B the terms in B̂ expand into Grams
+    // of B and D_B: ⟨B̂ᵀB̂, D_A D_Aᵀ⟩ = ⟨BᵀB + D_BᵀD_B, D_A D_Aᵀ⟩ + 2⟨BᵀD_B, D_A D_Aᵀ⟩ and
+    // ⟨B̂ᵀD_B, D_A Aᵀ⟩ = ⟨BᵀD_B + D_BᵀD_B, D_A Aᵀ⟩. Every term is of the size of the error:
+    // no large numbers cancel.
+    const double hb_da = at(kBtB_DaDa) + at(kDbDb_DaDa) + 2 * at(kBDb_DaDa);
+    const double hdb_daa = at(kBDb_DaA) + at(kDbDb_DaA);
+    const double num = hb_da + at(kDbDb_AA) + 2 * hdb_daa;
+    rep.delta_error.push_back(safe_ratio(num, at(kBtB_AA)));
+    rep.delta_norm.push_back(std::sqrt(std::max(at(kBtB_AA), 0.0)));
+    rep.factor_error[0].push_back(safe_ratio(at(kDaSq), at(kASq)));
+    rep.factor_sq_error[0].push_back(at(kDaSq));
+    rep.factor_error[1].push_back(safe_ratio(at(kDbSq), at(kBSq)));
+    rep.factor_sq_error[1].push_back(at(kDbSq));
   }
+  for (int side = 0; side < 2; ++side)
+    for (i64 q = 0; q < n; ++q)  // solver noise below zero is no energy
+      rep.spectrum[side].push_back(std::max(d[static_cast<std::size_t>(n * T + side * n + q)], 0.0));
+  return rep;
+}
+
+RmmModuleResult rmm_module(Backend& be, const RmmShape& s, const float* host_a,
+                           const float* host_b, DType storage, Stream st) {
+  check_rmm_shape(s);
+  const i64 n = s.n, r = s.r;
+  const std::size_t a_bytes = sizeof(float) * static_cast<std::size_t>(n * r * s.in),
+                    b_bytes = sizeof(float) * static_cast<std::size_t>(n * s.out * r);
+  DeviceBuffer a = be.allocate(a_bytes), b = be.allocate(b_bytes);
+  be.upload(a.data(), host_a, a_bytes, st);
+  be.upload(b.data(), host_b, b_bytes, st);
+  std::vector<kernels::RmmTaskFactors> tasks(static_cast<std::size_t>(n));
+  for (i64 t = 0; t < n; ++t)
+    tasks[t] = {a.f32() + t * r * s.in, b.f32() + t * s.out * r, kernels::ElemType::f32,
+                static_cast<std::int32_t>(r), 1.0f};
+  const auto layout = RmmPacked::layout(s, storage);
+  DeviceBuffer packed = be.allocate(layout.bytes);
+  auto work = rmm_module_enqueue(be, s, tasks, storage, packed.data(), st);
+  std::vector<unsigned char> host(layout.bytes);
+  be.download(host.data(), packed.data(), layout.bytes, st);
+  be.synchronize(st);
+  const auto rep = rmm_module_report(s, storage, host.data());
+  if (rep.first_unconverged != kernels::kRmmNoKey)
+    throw solver_error("rmm: the Jacobi eigensolver did not converge at position " +
+                       std::to_string(rep.first_unconverged & ((1ull << 48) - 1)) + " of side " +
+                       (rep.first_unconverged >> 48 ? "B" : "A"));
+  RmmModuleResult res;
+  for (int side = 0; side < 2; ++side) {
+    RmmSide& out = side == 0 ? res.a : res.b;
+    for (int part = 0; part < 3; ++part) {
+      const std::size_t offset = part == 0 ? layout.mean[side] : part == 1 ? layout.basis[side] : layout.coef[side];
+      const std::size_t count = layout.tensor_bytes(s, storage, side, part) / dtype_size(storage);
+      auto& v = part == 0 ? out.mean : part == 1 ? out.basis : out.coef;
+      v.resize(count);
+      convert_to_f32(storage, host.data() + offset, v.data(), count);
+    }
+    out.spectrum = rep.spectrum[side];
+    out.factor_error = rep.factor_error[side];
+    out.factor_sq_error = rep.factor_sq_error[side];
+  }
+  res.delta_error = rep.delta_error;
+  res.delta_norm = rep.delta_norm;
   return res;
 }
 

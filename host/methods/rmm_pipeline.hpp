@@ -1,10 +1,14 @@
 #pragma once
-// The streamed RMM merge (docs/pipeline.md): modules read into a ring of staging buffers,
-// uploaded on a copy stream, computed, and written in order, each stage on its own thread.
+// The streamed RMM merge (docs/pipeline.md): each module's input bytes staged (as the files
+// store them), uploaded on a copy stream, computed on the compute stream, its packed results
+// brought down on a third stream and written by several writer threads; each stage on its own
+// thread, the streams ordered by events, no host wait inside a module.
 #include <functional>
+#include <optional>
+#include <string>
 
-#include "methods/adapter_set.hpp"
 #include "backend/backend.hpp"
+#include "methods/adapter_set.hpp"
 #include "revmerge/bundle.hpp"
 #include "revmerge/rmm.hpp"
 #include "revmerge/safetensors.hpp"
@@ -12,42 +16,72 @@
 
 namespace revmerge {
 
-/// What an RMM merge streams: its modules, and how one module's stacks are loaded — from PEFT
-/// adapters (factors read and converted) or from full fine-tunes (each task's Δ against the
-/// base compressed by randomized SVD as it is read).
+/// Where one task's factors of a module lie in the module's staged input block: byte offsets
+/// from the block's start (A: rank × in, B: out × rank), their element type, the task's rank
+/// and the scale B is multiplied by (kernels::RmmTaskFactors once the block has an address).
+struct StagedFactors {
+  std::uint64_t a = 0, b = 0;
+  kernels::ElemType type = kernels::ElemType::f32;
+  std::int32_t rank = 0;
+  float scale = 1.0f;
+};
+
+/// One module's staged inputs.
+struct StagedModule {
+  std::vector<StagedFactors> tasks;  ///< in task order
+  std::uint64_t bytes = 0;           ///< of the block that holds them
+  std::uint64_t file_bytes = 0;      ///< input file bytes read for them
+};
+
+/// The layout of padded f32 stacks in a block — A n × r × in (rows past a rank zero), then
+/// B n × out × r (the scale folded in) — as sources that compute their factors write them.
+StagedModule f32_stacks_layout(std::int64_t n, std::int64_t r, std::int64_t in, std::int64_t out);
+
+/// What an RMM merge streams: its modules, and how one module's inputs are staged — from PEFT
+/// adapters (the tensors' bytes as stored) or from full fine-tunes (each task's Δ against the
+/// base compressed by randomized SVD as it is read, into f32 stacks).
 struct RmmSource {
   std::vector<PlannedModule> plan;  ///< sorted by (layer, name); `rank` is the padded rank
   std::uint64_t bytes_total = 0;    ///< input file bytes the merge reads (progress)
-  /// Host memory one load holds besides its staging slot, at most (a full fine-tune's deltas).
+  /// The dtype of the inputs' factors (the widest, when they differ): the bundle's default.
+  DType input_dtype = DType::F32;
+  /// Host memory one load holds besides its staging block, at most (a full fine-tune's deltas).
   std::uint64_t load_bytes = 0;
   /// Device memory one load holds for a batch of `tasks` deltas, at most (full fine-tunes
   /// compressed on the GPU); empty where loads use host memory only.
   std::function<std::uint64_t(std::int64_t tasks)> device_load_bytes;
   /// Holds the loads' device memory to the plan's share (set with device_load_bytes).
   std::function<void(std::uint64_t bytes)> limit_device_load;
-  /// Writes module `pm`'s stacks, A n × r × in (rows past a task's rank zero) and B n × out × r
-  /// (scale folded in, columns past the rank zero), into caller-owned memory; returns the file
-  /// bytes read. Called by one thread at a time.
-  std::function<std::uint64_t(const PlannedModule& pm, float* a, float* b)> load;
-  /// As `load`, into backend memory (`a`, `b`: n · r · in and n · out · r floats there), the
-  /// stacks complete on return; set where a source makes its stacks on the device (full
-  /// fine-tunes compressed on a GPU). On a backend with memory of its own the pipeline then
-  /// loads into device buffers, and nothing passes through staging or the copy stream.
-  std::function<std::uint64_t(const PlannedModule& pm, float* a, float* b)> load_device;
+  /// Bytes of module `pm`'s staged block.
+  std::function<std::uint64_t(const PlannedModule& pm)> staged_bytes;
+  /// Stages module `pm`'s inputs into `block` (host memory of staged_bytes(pm) bytes). Called
+  /// by one thread at a time.
+  std::function<StagedModule(const PlannedModule& pm, std::byte* block)> load;
+  /// As `load`, into backend memory, complete on return; set where a source makes its inputs
+  /// on the device (full fine-tunes compressed on a GPU). On a backend with memory of its own
+  /// the pipeline then loads into device buffers: nothing passes through staging or the copy
+  /// stream.
+  std::function<StagedModule(const PlannedModule& pm, std::byte* block)> load_device;
+  /// The message for a non-finite input of module `pm` (its kernels::rmm_input_key): file,
+  /// tensor, element and value.
+  std::function<std::string(const PlannedModule& pm, unsigned long long key)> nonfinite_message;
 };
 
-/// The adapters of `set` as a source (`set` must outlive it).
-RmmSource adapter_source(const AdapterSet& set, bool allow_nonfinite);
+/// The adapters of `set` as a source (`set` must outlive it): each module's A and B tensors
+/// copied as stored, B's scale and the padding to the largest rank left to the routine.
+RmmSource adapter_source(const AdapterSet& set);
 
-/// The memory of the plan's most demanding module (staging sized for the largest stacks).
-ItemMemory largest_module_memory(const RmmMergeOptions& o, const RmmSource& source, Backend& be);
+/// The memory of the plan's most demanding module (staging sized for the largest block).
+ItemMemory largest_module_memory(const RmmMergeOptions& o, DType storage, const RmmSource& source,
+                                 const Backend& be);
 
 /// Merges every module of `source` on `be` under `plan` (pipelined, or one at a time with
-/// `o.sequential`), writing the bundle tensors into `writer` and the module entries into
-/// `manifest` in plan order; fills the stage times and bytes of `stats`. Throws what the stages
-/// throw (interrupted on Ctrl-C), after every stage thread has stopped.
-void run_rmm_modules(const RmmMergeOptions& o, const RmmSource& source, Backend& be,
-                     const MemoryPlan& plan, SafetensorsWriter& writer, BundleManifest& manifest,
-                     PipelineStats& stats);
+/// `o.sequential`), storing `storage`, writing the bundle tensors into `writer` and the module
+/// entries into `manifest` in plan order; fills the stage times and bytes of `stats`. Throws
+/// what the stages throw (interrupted on Ctrl-C; format_error for a non-finite input unless
+/// allowed), after every stage thread has stopped.
+void run_rmm_modules(const RmmMergeOptions& o, DType storage, const RmmSource& source,
+                     Backend& be, const MemoryPlan& plan, SafetensorsWriter& writer,
+                     BundleManifest& manifest, PipelineStats& stats);
 
 }  // namespace revmerge

@@ -27,7 +27,7 @@ std::vector<float> revert_side(Backend& be, const SafetensorsFile& f, const std:
   be.upload(d_mean.data(), mean.data(), mean.size() * 4, {});
   be.upload(d_basis.data(), basis.data(), basis.size() * 4, {});
   be.upload(d_coef.data(), coef.data(), coef.size() * 4, {});
-  be.broadcast_rows(d_mean.f32(), d_out.f32(), m * r, 1, {});
+  be.copy(d_out.data(), d_mean.data(), mean.size() * 4, {});
   // Column `task` of each p × n coefficient matrix, as a p × 1 matrix with row stride n.
   const MatBatch c{d_coef.f32() + task, m, p, 1, n, p * n};
   be.gemm(Op::none, Op::none, 1.0f, MatBatch::packed(d_basis.f32(), m, r, p), c, 1.0f,

@@ -8,24 +8,27 @@
 namespace revmerge {
 namespace {
 
-// Beyond four staging slots and two queued results nothing overlaps better: the stages are
-// one thread each.
-constexpr int kMaxStagingSlots = 4, kMaxResultSlots = 2;
+// Beyond four staging slots and four result slots nothing overlaps better: reading is one
+// thread, and at most two writers run.
+constexpr int kMaxStagingSlots = 4, kMaxResultSlots = 4;
 
 }  // namespace
 
 MemoryPlan plan_memory(const ItemMemory& item, std::uint64_t host_budget,
                        std::uint64_t device_budget, const char* budget_option) {
   const bool shared = device_budget == 0;
-  // Results alive: one being produced, `queued`, one being written. Device inputs alive: one
-  // computing, one queued, one being uploaded.
+  // Results alive: the result ring (one being filled, one being written at least). Device
+  // memory alive: the work and inputs of the items in flight, and two more items' inputs (one
+  // queued, one being uploaded or made).
   const std::uint64_t fixed = (shared ? item.work : 0) + item.read_work;
-  auto host_need = [&](int slots, int queued) {
-    return fixed + std::uint64_t(slots) * item.staging + std::uint64_t(queued + 2) * item.results;
+  auto host_need = [&](int slots, int results) {
+    return fixed + std::uint64_t(slots) * item.staging + std::uint64_t(results) * item.results;
   };
-  const std::uint64_t host_min = host_need(1, 1);
+  const std::uint64_t host_min = host_need(1, 2);
   const std::uint64_t device_min =
-      shared ? 0 : item.work + 3 * item.device_inputs + item.device_read_work;
+      shared ? 0
+             : std::uint64_t(item.in_flight) * (item.work + item.device_inputs) +
+                   2 * item.device_inputs + item.device_read_work;
   const auto refuse = [&](const char* where, std::uint64_t need, std::uint64_t budget) {
     return usage_error(std::string(budget_option) + " " + format_bytes(budget) + " of " + where +
                        " memory is too small: module '" + item.name + "'" +
@@ -46,7 +49,7 @@ MemoryPlan plan_memory(const ItemMemory& item, std::uint64_t host_budget,
   plan.host_budget = host_budget;
   plan.device_budget = device_budget;
   plan.staging_slots = 1;
-  plan.result_slots = 1;
+  plan.result_slots = 2;
   while (plan.result_slots < kMaxResultSlots && host_need(1, plan.result_slots + 1) <= host_budget)
     ++plan.result_slots;
   while (plan.staging_slots < kMaxStagingSlots &&

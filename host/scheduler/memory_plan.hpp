@@ -18,7 +18,10 @@ struct ItemMemory {
   std::uint64_t device_read_work = 0;
   std::uint64_t work = 0;     ///< backend memory while it computes (inputs on the device included)
   std::uint64_t device_inputs = 0;  ///< inputs uploaded ahead of compute (0 when host memory is shared)
-  std::uint64_t results = 0;  ///< host memory of its results until written
+  std::uint64_t results = 0;  ///< host memory of one result slot (results come down into it)
+  /// Items whose work (and inputs) a device holds at once: queued work is released only once
+  /// it has run. 1 where work runs when it is called (the CPU).
+  int in_flight = 1;
   /// Work memory of every distinct item shape together: with that much the backend's pool
   /// keeps each shape's blocks cached and allocates nothing after the first layer.
   std::uint64_t work_all_shapes = 0;
@@ -28,7 +31,7 @@ struct ItemMemory {
 
 struct MemoryPlan {
   int staging_slots = 1;  ///< ring size
-  int result_slots = 1;   ///< results queued for the writer
+  int result_slots = 2;   ///< result ring size: one being filled, one being written, more queued
   std::uint64_t host_budget = 0, device_budget = 0;
   std::uint64_t host_bytes = 0, device_bytes = 0;  ///< what the plan holds at most
   bool caches_all_shapes = false;  ///< the budget holds work_all_shapes: nothing is re-allocated

@@ -60,7 +60,9 @@ struct RmmMergeOptions {
   std::vector<TaskSource> tasks;  ///< at least 2, unique names
   std::int64_t basis = 0;         ///< p, 1 ≤ p ≤ n − 1
   std::filesystem::path out;      ///< bundle folder to create
-  DType dtype = DType::F32;       ///< stored dtype of the bundle tensors
+  /// Stored dtype of the bundle tensors (F32, F16 or BF16); empty: the inputs' (BF16 adapters
+  /// give a BF16 bundle; the widest when they differ, F64 stored as F32).
+  std::optional<DType> dtype;
   bool overwrite = false;         ///< replace an existing `out`
   int threads = 0;                ///< CPU threads, 0 = all cores
   Device device = Device::automatic;

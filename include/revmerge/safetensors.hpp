@@ -114,7 +114,8 @@ class SafetensorsWriter {
   SafetensorsWriter(SafetensorsWriter&&) noexcept;
   SafetensorsWriter& operator=(SafetensorsWriter&&) noexcept;
 
-  /// Writes the whole data of tensor `name` (exactly its nbytes, in its dtype).
+  /// Writes the whole data of tensor `name` (exactly its nbytes, in its dtype). Threads may
+  /// write different tensors at once.
   void write(std::string_view name, std::span<const std::byte> data);
   /// Converts `values` (numel floats) to the tensor's dtype and writes them.
   void write_f32(std::string_view name, std::span<const float> values);

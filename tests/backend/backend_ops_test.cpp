@@ -1,4 +1,5 @@
-// Every backend primitive on every backend against plain double-precision loops.
+// Every backend primitive on every backend against plain double-precision loops (the
+// per-position routines have their own tests: tests/kernels/).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -94,126 +95,19 @@ TEST_P(BackendOps, GemmHonoursLeadingDimensionsAndBroadcast) {
       shape_error);
 }
 
-TEST_P(BackendOps, SymmetricEigenReconstructsWithOrthonormalVectors) {
+TEST_P(BackendOps, CopyAndFillTouchExactlyTheirBytes) {
   REVMERGE_BACKEND_OR_SKIP(be, GetParam());
-  for (const i64 n : {1, 2, 5, 7, 13, 32, 33, 40}) {
-    SCOPED_TRACE(::testing::Message() << "n " << n);
-    const i64 batch = 9;
-    const auto x = random_vector(batch * n * (n + 3), unsigned(n));
-    std::vector<float> g(batch * n * n, 0.0f);  // Gram matrices: symmetric, PSD
-    for (i64 q = 0; q < batch; ++q)
-      for (i64 i = 0; i < n; ++i)
-        for (i64 j = 0; j < n; ++j) {
-          double s = 0;
-          for (i64 l = 0; l < n + 3; ++l) s += double(x[(q * (n + 3) + l) * n + i]) * x[(q * (n + 3) + l) * n + j];
-          g[(q * n + i) * n + j] = float(s);
-        }
-    auto dg = test::to_device(*be, g), dw = be->allocate(batch * n * sizeof(float));
-    be->symmetric_eigen(MatBatch::packed(dg.f32(), batch, n, n), dw.f32(), {});
-    const auto vecs = test::to_host(*be, dg, g.size()), vals = test::to_host(*be, dw, batch * n);
-    for (i64 q = 0; q < batch; ++q) {
-      double scale = 0;
-      for (i64 k = 0; k < n; ++k) scale = std::max(scale, std::fabs(double(vals[q * n + k])));
-      for (i64 k = 1; k < n; ++k) EXPECT_LE(vals[q * n + k - 1], vals[q * n + k]);  // ascending
-      for (i64 i = 0; i < n; ++i)
-        for (i64 j = 0; j < n; ++j) {
-          double rec = 0, dot = 0;
-          for (i64 k = 0; k < n; ++k) {
-            rec += double(vecs[(q * n + k) * n + i]) * vals[q * n + k] * vecs[(q * n + k) * n + j];
-            dot += double(vecs[(q * n + i) * n + k]) * vecs[(q * n + j) * n + k];
-          }
-          ASSERT_NEAR(rec, g[(q * n + i) * n + j], 2e-5 * scale) << q << " " << i << " " << j;
-          ASSERT_NEAR(dot, i == j ? 1.0 : 0.0, 2e-5);
-        }
-    }
-  }
-}
-
-TEST_P(BackendOps, PermutesOfEveryRmmLayoutMatchLoops) {
-  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
-  // The four permutes rmm_module runs (task-major A / B to position-major and back), on sizes
-  // that are not multiples of the CPU's 32 × 32 tiles.
-  const i64 n = 5, r = 7, m = 71;
-  struct Case {
-    i64 s0, s1, s2, d0, d1, d2;
-  };
-  for (const auto& c : {Case{1, m, r * m, m, r, n}, Case{r, 1, m * r, m, r, n},
-                        Case{1, n, r * n, n, r, m}, Case{1, r * n, n, n, m, r}}) {
-    const auto x = random_vector(n * r * m, 23);
-    auto dx = test::to_device(*be, x), dy = be->allocate(x.size() * 4);
-    be->permute3(dx.f32(), c.s0, c.s1, c.s2, dy.f32(), c.d0, c.d1, c.d2, {});
-    const auto y = test::to_host(*be, dy, x.size());
-    for (i64 i0 = 0; i0 < c.d0; ++i0)
-      for (i64 i1 = 0; i1 < c.d1; ++i1)
-        for (i64 i2 = 0; i2 < c.d2; ++i2)
-          ASSERT_EQ(y[(i0 * c.d1 + i1) * c.d2 + i2], x[i0 * c.s0 + i1 * c.s1 + i2 * c.s2])
-              << c.s0 << " " << c.s1 << " " << c.s2;
-  }
-}
-
-TEST_P(BackendOps, ElementwiseKernelsMatchLoops) {
-  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
-  const i64 d0 = 5, d1 = 7, d2 = 3;
-  const auto x = random_vector(d0 * d1 * d2, 21);
-  auto dx = test::to_device(*be, x), dy = be->allocate(x.size() * 4);
-  // dst[i0, i1, i2] = src[i2, i0, i1] with src shaped d2 × d0 × d1.
-  be->permute3(dx.f32(), d1, 1, d0 * d1, dy.f32(), d0, d1, d2, {});
-  auto y = test::to_host(*be, dy, x.size());
-  for (i64 i0 = 0; i0 < d0; ++i0)
-    for (i64 i1 = 0; i1 < d1; ++i1)
-      for (i64 i2 = 0; i2 < d2; ++i2) EXPECT_EQ(y[(i0 * d1 + i1) * d2 + i2], x[(i2 * d0 + i0) * d1 + i1]);
-
-  auto dm = be->allocate(d0 * d1 * 4);
-  be->center_rows(dx.f32(), dm.f32(), d0 * d1, d2, {});
-  const auto centred = test::to_host(*be, dx, x.size()), mean = test::to_host(*be, dm, d0 * d1);
-  for (i64 r = 0; r < d0 * d1; ++r) {
-    const double m = (double(x[r * 3]) + x[r * 3 + 1] + x[r * 3 + 2]) / 3;
-    EXPECT_NEAR(mean[r], m, 1e-6);
-    for (i64 i = 0; i < 3; ++i) EXPECT_NEAR(centred[r * 3 + i], x[r * 3 + i] - m, 1e-6);
-  }
-  be->broadcast_rows(dm.f32(), dy.f32(), d0 * d1, d2, {});
-  y = test::to_host(*be, dy, x.size());
-  for (i64 i = 0; i < i64(x.size()); ++i) EXPECT_EQ(y[i], mean[i / d2]);
-
-  be->subtract(dx.f32(), dy.f32(), dy.f32(), i64(x.size()), {});
-  y = test::to_host(*be, dy, x.size());
-  for (i64 i = 0; i < i64(x.size()); ++i) EXPECT_EQ(y[i], centred[i] - mean[i / d2]);
-
-  DeviceBuffer dd = be->allocate(d0 * sizeof(double)), dcs = be->allocate(d2 * sizeof(double));
-  be->batched_dot(dx.f32(), dx.f32(), static_cast<double*>(dd.data()), d0, d1 * d2, {});
-  be->column_sums(dx.f32(), static_cast<double*>(dcs.data()), d0 * d1, d2, {});
-  std::vector<double> dots(d0), sums(d2);
-  be->download(dots.data(), dd.data(), d0 * sizeof(double), {});
-  be->download(sums.data(), dcs.data(), d2 * sizeof(double), {});
-  be->synchronize({});
-  for (i64 b = 0; b < d0; ++b) {
-    double s = 0;
-    for (i64 i = 0; i < d1 * d2; ++i) s += double(centred[b * d1 * d2 + i]) * centred[b * d1 * d2 + i];
-    EXPECT_NEAR(dots[b], s, 1e-9 * s);
-  }
-  for (i64 k = 0; k < d2; ++k) {
-    double s = 0;
-    for (i64 r = 0; r < d0 * d1; ++r) s += centred[r * d2 + k];
-    EXPECT_NEAR(sums[k], s, 1e-9);
-  }
-}
-
-TEST_P(BackendOps, RoundingMatchesTheFileConversions) {
-  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
-  auto x = random_vector(4096, 31);
-  for (i64 i = 0; i < 4096; i += 7) x[i] *= std::pow(2.0f, float(i % 60) - 40.0f);  // wide range
-  x[1] = 65519.0f, x[2] = 65520.0f, x[3] = 1e-7f, x[4] = -0.0f;
-  for (const DType t : {DType::BF16, DType::F16, DType::F32}) {
-    auto dx = test::to_device(*be, x);
-    be->round_to(dx.f32(), i64(x.size()), t, {});
-    const auto got = test::to_host(*be, dx, x.size());
-    for (std::size_t i = 0; i < x.size(); ++i) {
-      const float want = t == DType::BF16 ? bf16_to_f32(f32_to_bf16(x[i]))
-                       : t == DType::F16  ? f16_to_f32(f32_to_f16(x[i]))
-                                          : x[i];
-      ASSERT_EQ(got[i], want) << dtype_name(t) << " value " << x[i];
-    }
-  }
+  const auto x = random_vector(37, 5);
+  auto src = test::to_device(*be, x), dst = test::to_device(*be, std::vector<float>(41, 7.0f));
+  be->copy(dst.f32() + 2, src.f32() + 1, 35 * sizeof(float), {});
+  be->fill(dst.f32() + 38, 0xff, sizeof(float), {});
+  const auto got = test::to_host(*be, dst, 41);
+  EXPECT_EQ(got[0], 7.0f);
+  EXPECT_EQ(got[1], 7.0f);
+  for (int i = 0; i < 35; ++i) ASSERT_EQ(got[2 + i], x[1 + i]) << i;
+  EXPECT_EQ(got[37], 7.0f);
+  EXPECT_TRUE(std::isnan(got[38]));  // all bits set
+  EXPECT_EQ(got[39], 7.0f);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::ValuesIn(test::all_backend_names()),
@@ -222,32 +116,3 @@ INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::ValuesIn(test::all_bac
 }  // namespace
 }  // namespace revmerge
 
-namespace revmerge {
-namespace {
-
-// A failing solve is reported with the call, the matrix and LAPACK's info, never ignored.
-TEST(CpuBackend, SolverFailureIsReportedWithItsInfo) {
-  auto be = make_cpu_backend({1, 0});
-  // A symmetric matrix with a NaN off the diagonal cannot converge: n = 3 goes to the batched
-  // Jacobi solver, n = 17 to LAPACK.
-  const float nan = std::nanf("");
-  for (const std::int64_t n : {3, 17}) {
-    std::vector<float> g(static_cast<std::size_t>(n * n), 0.0f);
-    for (std::int64_t i = 0; i < n; ++i) g[i * n + i] = 1.0f + float(i);
-    g[1] = g[n] = nan;  // the pattern dsyevd reports as not converged
-    g[2] = g[2 * n] = 0.5f;
-    g[n + 2] = g[2 * n + 1] = 0.25f;
-    auto dg = test::to_device(*be, g), dw = be->allocate(static_cast<std::size_t>(n) * sizeof(float));
-    try {
-      be->symmetric_eigen(MatBatch::packed(dg.f32(), 1, n, n), dw.f32(), {});
-      FAIL() << "a NaN matrix was solved, n = " << n;
-    } catch (const solver_error& e) {
-      const std::string want = n == 3 ? "Jacobi eigensolver did not converge on matrix 0 of 1, n = 3"
-                                      : "LAPACKE_dsyevd_work failed (info";
-      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
-    }
-  }
-}
-
-}  // namespace
-}  // namespace revmerge

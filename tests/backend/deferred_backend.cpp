@@ -62,54 +62,44 @@ class DeferredBackend final : public Backend {
   }
   void synchronize(Stream s) override { drain(queue(s)); }
 
+  // An event is a point in its stream's queue: the number of ops queued there before it.
+  Event record_event(Stream s) override {
+    Queue& q = queue(s);
+    std::lock_guard lock(q.mutex);
+    return Event(new Mark{&q, q.queued}, [](void*, void* h) { delete static_cast<Mark*>(h); },
+                 nullptr);
+  }
+  void wait_event(Stream s, const Event& e) override {
+    const Mark mark = *static_cast<const Mark*>(e.handle());
+    enqueue(s, [this, mark] { drain(*mark.queue, mark.count); });
+  }
+  void synchronize_event(const Event& e) override {
+    const Mark& mark = *static_cast<const Mark*>(e.handle());
+    drain(*mark.queue, mark.count);
+  }
+  bool query_event(const Event& e) override {  // nothing runs before someone waits for it
+    const Mark& mark = *static_cast<const Mark*>(e.handle());
+    std::lock_guard lock(mark.queue->mutex);
+    return mark.queue->done >= mark.count;
+  }
+  void copy(void* dst, const void* src, std::size_t bytes, Stream s) override {
+    enqueue(s, [=] { std::memmove(dst, src, bytes); });
+  }
+  void fill(void* dst, unsigned char value, std::size_t bytes, Stream s) override {
+    enqueue(s, [=] { std::memset(dst, value, bytes); });
+  }
+
   void gemm(Op op_a, Op op_b, float alpha, const MatBatch& a, const MatBatch& b, float beta,
             const MatBatch& c, Stream s) override {
     enqueue(s, [=, this] { cpu_->gemm(op_a, op_b, alpha, a, b, beta, c, {}); });
   }
-  void symmetric_eigen(const MatBatch& a, float* eigenvalues, Stream s) override {
-    enqueue(s, [=, this] { cpu_->symmetric_eigen(a, eigenvalues, {}); });
+  // Split-K as a GPU would ask for it, so the chunked error Grams run on every machine.
+  i64 split_k_hint(i64, i64, i64, i64 inner) const override { return inner >= 16 ? 4 : 1; }
+  void rmm_positions(const kernels::RmmModuleArgs& args, Stream s) override {
+    enqueue(s, [args, this] { cpu_->rmm_positions(args, {}); });
   }
-  std::size_t symmetric_eigen_work_bytes(i64 batch, i64 n) override {
-    return cpu_->symmetric_eigen_work_bytes(batch, n);
-  }
-  void permute3(const float* src, i64 s0, i64 s1, i64 s2, float* dst, i64 d0, i64 d1, i64 d2,
-                Stream s) override {
-    enqueue(s, [=, this] { cpu_->permute3(src, s0, s1, s2, dst, d0, d1, d2, {}); });
-  }
-  void center_rows(float* x, float* mean, i64 rows, i64 n, Stream s) override {
-    enqueue(s, [=, this] { cpu_->center_rows(x, mean, rows, n, {}); });
-  }
-  void broadcast_rows(const float* value, float* out, i64 rows, i64 n, Stream s) override {
-    enqueue(s, [=, this] { cpu_->broadcast_rows(value, out, rows, n, {}); });
-  }
-  void select_top(const float* eigvecs, float* wp, i64 batch, i64 n, i64 p, Stream s) override {
-    enqueue(s, [=, this] { cpu_->select_top(eigvecs, wp, batch, n, p, {}); });
-  }
-  void normalize_basis(float* v, const float* wp, float* c, const float* eigenvalues, i64 batch,
-                       i64 r, i64 n, i64 p, float rel_tol, Stream s) override {
-    enqueue(s, [=, this] {
-      cpu_->normalize_basis(v, wp, c, eigenvalues, batch, r, n, p, rel_tol, {});
-    });
-  }
-  void mask_nonfinite(float* gram, float* mark, i64 batch, i64 n, Stream s) override {
-    enqueue(s, [=, this] { cpu_->mask_nonfinite(gram, mark, batch, n, {}); });
-  }
-  void poison_marked(const float* mark, float* mean, float* basis, float* coef, i64 batch, i64 r,
-                     i64 p, i64 n, Stream s) override {
-    enqueue(s, [=, this] { cpu_->poison_marked(mark, mean, basis, coef, batch, r, p, n, {}); });
-  }
-  void subtract(const float* x, const float* y, float* out, i64 count, Stream s) override {
-    enqueue(s, [=, this] { cpu_->subtract(x, y, out, count, {}); });
-  }
-  void batched_dot(const float* x, const float* y, double* out, i64 batch, i64 count,
-                   Stream s) override {
-    enqueue(s, [=, this] { cpu_->batched_dot(x, y, out, batch, count, {}); });
-  }
-  void column_sums(const float* x, double* out, i64 batch, i64 n, Stream s) override {
-    enqueue(s, [=, this] { cpu_->column_sums(x, out, batch, n, {}); });
-  }
-  void round_to(float* x, i64 count, DType dtype, Stream s) override {
-    enqueue(s, [=, this] { cpu_->round_to(x, count, dtype, {}); });
+  void rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) override {
+    enqueue(s, [args, this] { cpu_->rmm_error_terms(args, {}); });
   }
 
   void gemm_f64(Op op_a, i64 rows, i64 cols, i64 inner, const double* a, i64 lda, i64 stride_a,
@@ -151,10 +141,16 @@ class DeferredBackend final : public Backend {
 
  private:
   struct Queue {
-    std::mutex run;    // one drain at a time
-    std::mutex mutex;  // ops and pending
+    std::recursive_mutex run;  // one drain at a time (an op may wait on an event of its own queue)
+    std::mutex mutex;          // ops and counters
     std::deque<std::function<void()>> ops;
-    std::size_t pending = 0;  // queued or running
+    std::size_t pending = 0;   // queued or running
+    std::size_t queued = 0;    // ever queued
+    std::size_t done = 0;      // ever finished (or dropped after a failure)
+  };
+  struct Mark {
+    Queue* queue;
+    std::size_t count;
   };
   struct Block {
     std::size_t bytes;
@@ -173,15 +169,17 @@ class DeferredBackend final : public Backend {
     std::lock_guard lock(q.mutex);
     q.ops.push_back(std::move(op));
     ++q.pending;
+    ++q.queued;
   }
 
-  void drain(Queue& q) {
+  // Runs the queue's ops until `until` of them have ever finished (all by default).
+  void drain(Queue& q, std::size_t until = ~std::size_t{0}) {
     std::lock_guard run(q.run);
     for (;;) {
       std::function<void()> op;
       {
         std::lock_guard lock(q.mutex);
-        if (q.ops.empty()) break;
+        if (q.ops.empty() || q.done >= until) break;
         op = std::move(q.ops.front());
         q.ops.pop_front();
       }
@@ -190,11 +188,13 @@ class DeferredBackend final : public Backend {
       } catch (...) {  // a failed stream drops what was queued after the failure
         std::lock_guard lock(q.mutex);
         q.pending -= 1 + q.ops.size();
+        q.done += 1 + q.ops.size();
         q.ops.clear();
         throw;
       }
       std::lock_guard lock(q.mutex);
       --q.pending;
+      ++q.done;
     }
     std::lock_guard lock(mutex_);
     release_quarantine_if_idle();

@@ -18,7 +18,9 @@ TEST(DeferredBackend, WorkRunsAtSynchronizeAndADownloadShowsOnlyThen) {
   const std::vector<float> x = {1, 2, 3};
   auto d = be->allocate(3 * sizeof(float));
   be->upload(d.data(), x.data(), 3 * sizeof(float), {});
-  be->round_to(d.f32(), 3, DType::BF16, {});
+  auto e = be->allocate(3 * sizeof(float));
+  be->copy(e.data(), d.data(), 3 * sizeof(float), {});
+  be->copy(d.data(), e.data(), 3 * sizeof(float), {});
   std::vector<float> got(3, -1.0f);
   be->download(got.data(), d.data(), 3 * sizeof(float), {});
   EXPECT_EQ(got, std::vector<float>(3, -1.0f)) << "nothing ran before the synchronize";
@@ -63,7 +65,7 @@ TEST(DeferredBackend, MemoryIsNanUnwrittenAndOnceFreedAndAWriteAfterFreeThrows) 
   auto src = be->allocate(sizeof(float)), dst = be->allocate(sizeof(float));
   be->upload(src.data(), one.data(), sizeof(float), {});
   be->synchronize({});
-  be->subtract(src.f32(), src.f32(), dst.f32(), 1, {});  // reads src after it is freed below
+  be->copy(dst.data(), src.data(), sizeof(float), {});  // reads src after it is freed below
   be->download(&got, dst.data(), sizeof(float), {});
   src = DeviceBuffer{};
   be->synchronize({});
@@ -73,9 +75,44 @@ TEST(DeferredBackend, MemoryIsNanUnwrittenAndOnceFreedAndAWriteAfterFreeThrows) 
   auto in = be->allocate(sizeof(float));
   be->upload(in.data(), one.data(), sizeof(float), {});
   be->synchronize({});
-  be->subtract(in.f32(), in.f32(), out.f32(), 1, {});  // writes out after it is freed below
+  be->copy(out.data(), in.data(), sizeof(float), {});  // writes out after it is freed below
   out = DeviceBuffer{};
   EXPECT_THROW(be->synchronize({}), device_error);
+}
+
+// Events order streams as CUDA's do: a stream that waits on an event runs the other stream's
+// work up to it first (and no further); a host wait on an event runs just that far; an event
+// nobody waited for has not completed.
+TEST(DeferredBackend, EventsOrderStreamsAndTheHostUpToTheirPointOnly) {
+  auto be = test::make_deferred_backend();
+  const Stream copy = be->create_stream(), compute = be->create_stream();
+  const std::vector<float> x = {1, 2};
+  auto a = be->allocate(2 * sizeof(float)), b = be->allocate(2 * sizeof(float));
+  be->upload(a.data(), x.data(), sizeof(float), copy);
+  const Event first = be->record_event(copy);
+  be->upload(a.f32() + 1, x.data() + 1, sizeof(float), copy);  // after the event
+  EXPECT_FALSE(be->query_event(first));
+  be->wait_event(compute, first);
+  be->copy(b.data(), a.data(), 2 * sizeof(float), compute);
+  std::vector<float> got(2, -1.0f);
+  be->download(got.data(), b.data(), 2 * sizeof(float), compute);
+  const Event done = be->record_event(compute);
+  be->synchronize_event(done);
+  EXPECT_EQ(got[0], 1.0f) << "the upload before the event ran first";
+  EXPECT_TRUE(std::isnan(got[1])) << "the upload after the event had not run";
+  EXPECT_TRUE(be->query_event(first));
+  EXPECT_TRUE(be->query_event(done));
+}
+
+TEST(DeferredBackend, AFillRunsInOrderAndSetsEveryByte) {
+  auto be = test::make_deferred_backend();
+  auto d = be->allocate(16);
+  be->fill(d.data(), 0xff, 16, {});
+  std::vector<unsigned long long> got(2, 0);
+  be->download(got.data(), d.data(), 16, {});
+  EXPECT_EQ(got[0], 0u);
+  be->synchronize({});
+  EXPECT_EQ(got, std::vector<unsigned long long>(2, ~0ull));
 }
 
 }  // namespace

@@ -260,20 +260,21 @@ TEST(RmmPipeline, AnInterruptInAnyStageLeavesNoOutputAndNoThreadBehind) {
 TEST(MemoryPlan, SlotsGrowWithTheBudgetUpToTheirCap) {
   ItemMemory item;
   item.staging = 100, item.work = 1000, item.results = 10, item.name = "m", item.layer = 3;
-  // Minimum: work + one slot + three results (one produced, one queued, one written).
-  EXPECT_THROW(plan_memory(item, 1129, 0, "--memory-budget"), usage_error);
-  auto p = plan_memory(item, 1130, 0, "--memory-budget");
+  // Minimum: work + one staging slot + two result slots (one filled, one written).
+  EXPECT_THROW(plan_memory(item, 1119, 0, "--memory-budget"), usage_error);
+  auto p = plan_memory(item, 1120, 0, "--memory-budget");
   EXPECT_EQ(p.staging_slots, 1);
-  EXPECT_EQ(p.result_slots, 1);
-  EXPECT_EQ(p.host_bytes, 1130u);
-  p = plan_memory(item, 1240, 0, "--memory-budget");
   EXPECT_EQ(p.result_slots, 2);
+  EXPECT_EQ(p.host_bytes, 1120u);
+  p = plan_memory(item, 1240, 0, "--memory-budget");  // result slots first, up to four
+  EXPECT_EQ(p.result_slots, 4);
   EXPECT_EQ(p.staging_slots, 2);
   EXPECT_LE(p.host_bytes, 1240u);
   p = plan_memory(item, 1u << 30, 0, "--memory-budget");
   EXPECT_EQ(p.staging_slots, 4);
-  EXPECT_EQ(p.result_slots, 2);
-  // A device: work and three uploaded inputs there; staging and results on the host.
+  EXPECT_EQ(p.result_slots, 4);
+  // A device: the work and inputs of the modules in flight (one here) and two more modules'
+  // inputs there; staging and results on the host.
   item.device_inputs = 50;
   EXPECT_THROW(plan_memory(item, 1u << 30, 1149, "--memory-budget"), usage_error);
   p = plan_memory(item, 130, 1150, "--memory-budget");

@@ -193,6 +193,7 @@ TEST(Compress, StreamedFullModelMergeIsCompressThenMergeBitwise) {
   }
   o.basis = 2;
   o.device = Device::cpu;
+  o.dtype = DType::F32;  // as stored from the f32 adapters compress writes (BF16 would follow the models)
   o.out = tmp / "streamed";
   const FullModelInputs inputs{tmp / "base", 5, 4, 1};
   const auto streamed = merge_rmm_models(o, inputs);

@@ -1,0 +1,121 @@
+// The per-position routine on the GPU (host/kernels/rmm_position.hpp): a warp per position,
+// several positions per block, each warp's scratch in shared memory; or, where one position's
+// scratch does not leave room for several (many tasks, a large rank), a block of threads per
+// position, its scratch in shared memory or, past the device's shared memory, in global memory.
+// The file is compiled with --fmad=false and IEEE division and square root (cuda/CMakeLists.txt):
+// the same operations as the CPU's, so the same bits.
+#include <thrust/for_each.h>
+#include <thrust/iterator/counting_iterator.h>
+#include <thrust/system/cuda/execution_policy.h>
+
+#include <algorithm>
+
+#include "cuda_backend_impl.cuh"
+#include "cuda_check.hpp"
+#include "kernels/rmm_errors.hpp"
+#include "kernels/rmm_position.hpp"
+
+namespace revmerge::cuda {
+namespace {
+
+using i64 = std::int64_t;
+
+// A warp: lanes 0..31, synchronised and voting with the warp intrinsics.
+struct WarpTeam {
+  static constexpr bool serial = false;
+  int lane_;
+  __device__ int lane() const { return lane_; }
+  __device__ int lanes() const { return 32; }
+  __device__ void sync() const { __syncwarp(); }
+  __device__ bool any(bool pred) const { return __any_sync(0xffffffffu, pred) != 0; }
+};
+
+// A block: every thread of it.
+struct BlockTeam {
+  static constexpr bool serial = false;
+  __device__ int lane() const { return static_cast<int>(threadIdx.x); }
+  __device__ int lanes() const { return static_cast<int>(blockDim.x); }
+  __device__ void sync() const { __syncthreads(); }
+  __device__ bool any(bool pred) const { return __syncthreads_or(pred) != 0; }
+};
+
+constexpr int kWarp = 32, kMaxWarpsPerBlock = 8, kBlockThreads = 128;
+
+__global__ void rmm_by_warps(const __grid_constant__ kernels::RmmModuleArgs args,
+                             i64 scratch_doubles, i64 total) {
+  extern __shared__ double shared[];
+  const int warp = static_cast<int>(threadIdx.x) / kWarp;
+  const i64 g = static_cast<i64>(blockIdx.x) * (blockDim.x / kWarp) + warp;
+  if (g >= total) return;  // the whole warp: the routine syncs within its warp only
+  const int side = g < args.in ? 0 : 1;
+  kernels::rmm_position(WarpTeam{static_cast<int>(threadIdx.x) % kWarp}, args, side,
+                        side == 0 ? g : g - args.in, shared + warp * scratch_doubles);
+}
+
+// Positions blockIdx.x, blockIdx.x + gridDim.x, …: with global scratch the grid is only as
+// large as the scratch allocated for it.
+__global__ void rmm_by_blocks(const __grid_constant__ kernels::RmmModuleArgs args,
+                              double* global_scratch, i64 scratch_doubles, i64 total) {
+  extern __shared__ double shared[];
+  double* scratch = global_scratch ? global_scratch + blockIdx.x * scratch_doubles : shared;
+  for (i64 g = blockIdx.x; g < total; g += gridDim.x) {
+    const int side = g < args.in ? 0 : 1;
+    kernels::rmm_position(BlockTeam{}, args, side, side == 0 ? g : g - args.in, scratch);
+    __syncthreads();  // the next position reuses the scratch
+  }
+}
+
+template <class F>
+void for_each_index(cudaStream_t st, i64 count, const F& f) {
+  if (count <= 0) return;
+  thrust::for_each_n(thrust::cuda::par_nosync.on(st), thrust::counting_iterator<i64>(0), count, f);
+  REVMERGE_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+void CudaBackend::rmm_positions(const kernels::RmmModuleArgs& args, Stream s) {
+  use_device();
+  const cudaStream_t st = stream(s);
+  const i64 total = args.in + args.out;
+  const auto bytes = static_cast<std::size_t>(kernels::rmm_scratch_bytes(args.n, args.r));
+  const i64 doubles = static_cast<i64>(bytes / 8);
+  // Up to 32 tasks a warp per position (one Jacobi step's rotations fit its lanes) when at
+  // least two positions' scratch fits a block's shared memory.
+  const int warps = static_cast<int>(std::min<std::size_t>(kMaxWarpsPerBlock, max_shared_bytes() / bytes));
+  if (args.n <= 32 && warps >= 2) {
+    const std::size_t shared = static_cast<std::size_t>(warps) * bytes;
+    REVMERGE_CUDA_CHECK(cudaFuncSetAttribute(rmm_by_warps, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(shared)));
+    const i64 blocks = (total + warps - 1) / warps;
+    rmm_by_warps<<<static_cast<unsigned>(blocks), warps * kWarp, shared, st>>>(args, doubles, total);
+    REVMERGE_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  if (bytes <= max_shared_bytes()) {
+    REVMERGE_CUDA_CHECK(cudaFuncSetAttribute(rmm_by_blocks, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(bytes)));
+    rmm_by_blocks<<<static_cast<unsigned>(total), kBlockThreads, bytes, st>>>(args, nullptr, doubles, total);
+    REVMERGE_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  // Scratch in global memory for a grid of a few blocks per SM, held until the stream is
+  // synchronized (the pool must not hand it to another stream while the kernel runs).
+  const i64 grid = std::min<i64>(total, 4 * static_cast<i64>(sm_count()));
+  DeviceBuffer scratch = allocate(static_cast<std::size_t>(grid) * bytes);
+  rmm_by_blocks<<<static_cast<unsigned>(grid), kBlockThreads, 0, st>>>(
+      args, static_cast<double*>(scratch.data()), doubles, total);
+  REVMERGE_CUDA_CHECK(cudaGetLastError());
+  std::vector<DeviceBuffer> held;
+  held.push_back(std::move(scratch));
+  keep_until_synchronized(std::move(held), st);
+}
+
+void CudaBackend::rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) {
+  use_device();
+  const cudaStream_t st = stream(s);
+  for_each_index(st, kernels::rmm_error_sums_size(args), kernels::RmmChunkSums{args});
+  for_each_index(st, args.n * (kernels::kRmmErrorTerms + 2), kernels::RmmErrorDots{args});
+}
+
+}  // namespace revmerge::cuda

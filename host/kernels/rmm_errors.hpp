@@ -1,0 +1,137 @@
+#pragma once
+// The per-task error terms of an RMM module from its error Grams, for the host and the device
+// alike (cuda/ launches them, the CPU backend runs them per index).
+//
+// For task t, with E_A = [A; D_A] (2r × in) and E_B = [B, D_B] (out × 2r), the backends' GEMMs
+// give G_A = E_A E_Aᵀ and G_B = E_Bᵀ E_B in `chunks` pieces each (split-K over the positions).
+// ‖B̂Â − BA‖² = ‖B̂ D_A + D_B A‖² then comes from r × r blocks of them, with no out × in matrix
+// (rmm_module.cpp spells the expansion out), and the factor errors from their traces.
+// RmmChunkSums adds the pieces in a fixed order, RmmErrorDots forms the terms; every sum runs
+// in one thread in a fixed order, so the results do not depend on the thread count.
+#include <cstdint>
+
+#include "kernels/host_device.hpp"
+
+namespace revmerge::kernels {
+
+/// The terms RmmErrorDots writes per task, in this order.
+enum RmmErrorTerm : int {
+  kBtB_DaDa,    ///< ⟨BᵀB, D_A D_Aᵀ⟩
+  kDbDb_DaDa,   ///< ⟨D_BᵀD_B, D_A D_Aᵀ⟩
+  kBDb_DaDa,    ///< ⟨BᵀD_B, D_A D_Aᵀ⟩
+  kDbDb_AA,     ///< ⟨D_BᵀD_B, A Aᵀ⟩
+  kBDb_DaA,     ///< ⟨BᵀD_B, D_A Aᵀ⟩
+  kDbDb_DaA,    ///< ⟨D_BᵀD_B, D_A Aᵀ⟩
+  kBtB_AA,      ///< ⟨BᵀB, A Aᵀ⟩ = ‖BA‖²
+  kDaSq,        ///< ‖D_A‖²
+  kASq,         ///< ‖A‖²
+  kDbSq,        ///< ‖D_B‖²
+  kBSq,         ///< ‖B‖²
+  kRmmErrorTerms
+};
+
+/// Positions per partial sum of the spectrum: fixed, so the sums do not depend on the device.
+inline constexpr std::int64_t kSpectrumChunk = 256;
+
+struct RmmErrorArgs {
+  const float* gram[2] = {};  ///< side s: n × chunks[s] Grams of 2r × 2r, f32, packed
+  std::int64_t chunks[2] = {};
+  std::int64_t n = 0, r = 0;
+  /// 2 × n × 2r × 2r: the Grams summed over chunks; then, per side, n × ⌈m / kSpectrumChunk⌉
+  /// partial sums of each eigenvalue over kSpectrumChunk positions (rmm_error_sums_size).
+  double* sums = nullptr;
+  const double* eigenvalues[2] = {};     ///< side s: m[s] × n
+  std::int64_t m[2] = {};
+  /// n × kRmmErrorTerms terms, then the spectrum: 2 × n sums of each eigenvalue over the
+  /// positions (side A, then side B; largest first).
+  double* out = nullptr;
+};
+
+REVMERGE_HD inline std::int64_t rmm_spectrum_parts(std::int64_t m) {
+  return (m + kSpectrumChunk - 1) / kSpectrumChunk;
+}
+
+/// Doubles of RmmErrorArgs::sums, and the calls RmmChunkSums takes: one per element.
+REVMERGE_HD inline std::int64_t rmm_error_sums_size(const RmmErrorArgs& a) {
+  return 2 * a.n * 4 * a.r * a.r + a.n * (rmm_spectrum_parts(a.m[0]) + rmm_spectrum_parts(a.m[1]));
+}
+
+/// One call per element of `sums`. Of each Gram only the three blocks the terms use are
+/// written by the GEMMs (A: [0, r)², [r, 2r)², rows [r, 2r) × columns [0, r); B: the same with
+/// rows [0, r) × columns [r, 2r)); the fourth is left alone here.
+struct RmmChunkSums {
+  RmmErrorArgs a;
+  REVMERGE_HD void operator()(std::int64_t idx) const {
+    const std::int64_t r = a.r, per = 4 * r * r, grams = 2 * a.n * per;
+    if (idx >= grams) {  // a partial sum of the spectrum
+      std::int64_t k = idx - grams;
+      const std::int64_t parts0 = a.n * rmm_spectrum_parts(a.m[0]);
+      const int side = k < parts0 ? 0 : 1;
+      if (side == 1) k -= parts0;
+      const std::int64_t parts = rmm_spectrum_parts(a.m[side]), q = k / parts, c = k % parts;
+      const std::int64_t j1 = (c + 1) * kSpectrumChunk < a.m[side] ? (c + 1) * kSpectrumChunk : a.m[side];
+      double sum = 0;
+      for (std::int64_t j = c * kSpectrumChunk; j < j1; ++j) sum += a.eigenvalues[side][j * a.n + q];
+      a.sums[idx] = sum;
+      return;
+    }
+    const std::int64_t side = idx / (a.n * per), t = idx / per % a.n, e = idx % per,
+                       row = e / (2 * r), col = e % (2 * r), chunks = a.chunks[side];
+    if (side == 0 ? (row < r && col >= r) : (row >= r && col < r)) return;
+    const float* g = a.gram[side] + t * chunks * per + e;
+    double sum = 0;
+    for (std::int64_t c = 0; c < chunks; ++c) sum += g[c * per];
+    a.sums[idx] = sum;
+  }
+};
+
+/// One call per (task, term), then one per (side, eigenvalue index): n · kRmmErrorTerms + 2n.
+struct RmmErrorDots {
+  RmmErrorArgs a;
+  REVMERGE_HD void operator()(std::int64_t idx) const {
+    const std::int64_t n = a.n, r = a.r, ld = 2 * r;
+    if (idx >= n * kRmmErrorTerms) {  // spectrum: the partial sums in order
+      const std::int64_t side = (idx - n * kRmmErrorTerms) / n, q = (idx - n * kRmmErrorTerms) % n;
+      const std::int64_t parts = rmm_spectrum_parts(a.m[side]);
+      const double* part = a.sums + 2 * n * 4 * r * r +
+                           (side == 0 ? 0 : n * rmm_spectrum_parts(a.m[0])) + q * parts;
+      double sum = 0;
+      for (std::int64_t c = 0; c < parts; ++c) sum += part[c];
+      a.out[idx] = sum;
+      return;
+    }
+    const std::int64_t t = idx / kRmmErrorTerms, term = idx % kRmmErrorTerms;
+    const double* ga = a.sums + t * 4 * r * r;            // side A's Gram of task t
+    const double* gb = a.sums + (n + t) * 4 * r * r;      // side B's
+    // r × r blocks, by their first element: rows × columns of the 2r × 2r Gram.
+    const double* aa = ga;                 // A Aᵀ
+    const double* dada = ga + r * ld + r;  // D_A D_Aᵀ
+    const double* daa = ga + r * ld;       // D_A Aᵀ
+    const double* bb = gb;                 // BᵀB
+    const double* dbdb = gb + r * ld + r;  // D_BᵀD_B
+    const double* bdb = gb + r;            // BᵀD_B
+    const double* x = nullptr;
+    const double* y = nullptr;
+    switch (term) {
+      case kBtB_DaDa: x = bb, y = dada; break;
+      case kDbDb_DaDa: x = dbdb, y = dada; break;
+      case kBDb_DaDa: x = bdb, y = dada; break;
+      case kDbDb_AA: x = dbdb, y = aa; break;
+      case kBDb_DaA: x = bdb, y = daa; break;
+      case kDbDb_DaA: x = dbdb, y = daa; break;
+      case kBtB_AA: x = bb, y = aa; break;
+      default: break;
+    }
+    double sum = 0;
+    if (x) {
+      for (std::int64_t i = 0; i < r; ++i)
+        for (std::int64_t k = 0; k < r; ++k) sum += x[i * ld + k] * y[i * ld + k];
+    } else {  // a trace
+      const double* d = term == kDaSq ? dada : term == kASq ? aa : term == kDbSq ? dbdb : bb;
+      for (std::int64_t i = 0; i < r; ++i) sum += d[i * ld + i];
+    }
+    a.out[idx] = sum;
+  }
+};
+
+}  // namespace revmerge::kernels

@@ -1,0 +1,55 @@
+#pragma once
+// Teams: the lanes that run one per-position routine together. On a CPU thread a team is one
+// lane (SerialTeam); on a GPU a warp or a block of threads (cuda/), and in the tests a set of
+// host threads (tests/kernels/thread_team.hpp). A routine written against a team computes each
+// value on exactly one lane with the same operations whatever the team's size, so every team
+// gives the same bits.
+#include <cstdint>
+
+#include "kernels/host_device.hpp"
+
+namespace revmerge::kernels {
+
+using i64 = std::int64_t;
+
+/// A lane on its own: the CPU's team. `serial` lets a routine run loops in another order where
+/// that gives the same sums (faster on a CPU, with whole rows in vectors).
+struct SerialTeam {
+  static constexpr bool serial = true;
+  REVMERGE_HD int lane() const { return 0; }
+  REVMERGE_HD int lanes() const { return 1; }
+  REVMERGE_HD void sync() const {}
+  REVMERGE_HD bool any(bool pred) const { return pred; }
+};
+
+/// f(i) for i in [0, count), split over the team's lanes.
+template <class Team, class F>
+REVMERGE_HD_INLINE void team_for(const Team& team, i64 count, F&& f) {
+  for (i64 i = team.lane(); i < count; i += team.lanes()) f(i);
+}
+
+/// f(a, b) for a in [0, rows), b in [0, cols), split over the team's lanes (a lane alone runs
+/// plain nested loops: no index division).
+template <class Team, class F>
+REVMERGE_HD_INLINE void team_for2(const Team& team, i64 rows, i64 cols, F&& f) {
+  if constexpr (Team::serial) {
+    for (i64 a = 0; a < rows; ++a)
+      for (i64 b = 0; b < cols; ++b) f(a, b);
+  } else {
+    for (i64 i = team.lane(); i < rows * cols; i += team.lanes()) f(i / cols, i % cols);
+  }
+}
+
+/// *at = min(*at, v), atomically: the result does not depend on which lane or thread came first.
+REVMERGE_HD inline void atomic_min_u64(unsigned long long* at, unsigned long long v) {
+#ifdef __CUDA_ARCH__
+  atomicMin(at, v);
+#else
+  unsigned long long cur = __atomic_load_n(at, __ATOMIC_RELAXED);
+  while (v < cur &&
+         !__atomic_compare_exchange_n(at, &cur, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+  }
+#endif
+}
+
+}  // namespace revmerge::kernels
