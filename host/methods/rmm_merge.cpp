@@ -173,7 +173,7 @@ BundleManifest merge_rmm_on(const RmmMergeOptions& o, const BackendFactory& make
                               set.adapters[t]->config().base_model_name_or_path,
                               set.adapters[t]->config().task_type});
   const auto be = backend.get();
-  return merge_source(o, adapter_source(set), std::move(manifest), *be, start);
+  return merge_source(o, adapter_source(set, o.reader_threads), std::move(manifest), *be, start);
 }
 
 BundleManifest merge_rmm_models_on(const RmmMergeOptions& o, const FullModelInputs& in,

@@ -86,9 +86,11 @@ struct InFlight {
   std::vector<DeviceBuffer> buffers;
 };
 
-int writer_threads() {
-  // Writing is page-cache copies; a second thread helps where cores are plenty.
-  return std::thread::hardware_concurrency() >= 8 ? 2 : 1;
+// Writing is page-cache copies and reading memcpy from mapped files: more threads help where
+// cores are plenty, and take cores from compute where they are not.
+int helper_threads(int asked, int plenty) {
+  if (asked > 0) return asked;
+  return std::thread::hardware_concurrency() >= 8 ? plenty : 1;
 }
 
 // The stages of an RMM merge, one module per work item: read (stage the input bytes), upload
@@ -268,7 +270,7 @@ class RmmPipeline {
   }
 
   void run_pipelined(int slots, int result_slots) {
-    const int writers = std::min(writer_threads(), result_slots);
+    const int writers = std::min(helper_threads(o_.writer_threads, 2), result_slots);
     allocate(slots, result_slots);
     BoundedQueue<int> free_slots(static_cast<std::size_t>(slots)),
         free_results(static_cast<std::size_t>(result_slots));
@@ -420,7 +422,8 @@ StagedModule f32_stacks_layout(i64 n, i64 r, i64 in, i64 out) {
   return m;
 }
 
-RmmSource adapter_source(const AdapterSet& set) {
+RmmSource adapter_source(const AdapterSet& set, int reader_threads) {
+  reader_threads = helper_threads(reader_threads, 4);
   RmmSource source;
   source.plan = set.plan;
   bool first = true;
@@ -460,20 +463,26 @@ RmmSource adapter_source(const AdapterSet& set) {
     return m;
   };
   source.staged_bytes = [layout](const PlannedModule& pm) { return layout(pm, nullptr).bytes; };
-  source.load = [&set, layout](const PlannedModule& pm, std::byte* block) {
+  source.load = [&set, layout, reader_threads](const PlannedModule& pm, std::byte* block) {
     std::vector<const TensorInfo*> infos;
     auto m = layout(pm, &infos);
-    for (std::size_t t = 0; t < pm.per_task.size(); ++t) {
+    const auto n = static_cast<std::int64_t>(pm.per_task.size());
+    std::uint64_t bytes_read = 0;
+    // A memcpy per tensor from the mapped file (the routine widens the bytes where it uses
+    // them), the tasks shared among the reader threads.
+#pragma omp parallel for num_threads(reader_threads) schedule(dynamic) reduction(+ : bytes_read) if (reader_threads > 1)
+    for (std::int64_t t = 0; t < n; ++t) {
       const auto& file = set.adapters[t]->weights();
       for (int side = 0; side < 2; ++side) {
         const auto bytes = file.bytes(*infos[2 * t + side]);
         std::memcpy(block + (side == 0 ? m.tasks[t].a : m.tasks[t].b), bytes.data(), bytes.size());
-        m.file_bytes += bytes.size();
+        bytes_read += bytes.size();
       }
       // One madvise for the module's two tensors (adjacent in name order, so usually in the
       // file): each call can interrupt every thread of the process to flush its mappings.
       file.evict(*infos[2 * t], *infos[2 * t + 1]);
     }
+    m.file_bytes = bytes_read;
     return m;
   };
   source.nonfinite_message = [&set](const PlannedModule& pm, unsigned long long key) {

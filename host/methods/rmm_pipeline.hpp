@@ -68,8 +68,9 @@ struct RmmSource {
 };
 
 /// The adapters of `set` as a source (`set` must outlive it): each module's A and B tensors
-/// copied as stored, B's scale and the padding to the largest rank left to the routine.
-RmmSource adapter_source(const AdapterSet& set);
+/// copied as stored, by `reader_threads` threads (0: by the core count), B's scale and the
+/// padding to the largest rank left to the routine.
+RmmSource adapter_source(const AdapterSet& set, int reader_threads = 0);
 
 /// The memory of the plan's most demanding module (staging sized for the largest block).
 ItemMemory largest_module_memory(const RmmMergeOptions& o, DType storage, const RmmSource& source,

@@ -75,6 +75,9 @@ struct RmmMergeOptions {
   /// One module at a time on one thread (read, upload, compute, write) instead of the
   /// overlapped pipeline; the output is bitwise the same.
   bool sequential = false;
+  /// Threads that write finished modules (each its own byte ranges) and threads that copy a
+  /// module's input bytes into staging; 0 = chosen by the core count (1 on small machines).
+  int writer_threads = 0, reader_threads = 0;
   PipelineProgressFn pipeline_progress;
   PipelineStats* stats = nullptr;  ///< filled when set
 };

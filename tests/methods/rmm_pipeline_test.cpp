@@ -114,6 +114,30 @@ TEST(RmmPipeline, PipelinedOutputIsBitwiseTheOneModuleAtATimePath) {
     }
 }
 
+// Several writer threads (each module's tensors at their own offsets, modules finishing in any
+// order) and several reader threads: the same bytes and manifest as one module at a time.
+TEST(RmmPipeline, SeveralWritersAndReadersWriteTheSameBytes) {
+  test::TempDir tmp;
+  const auto tasks = layered_tasks(tmp, 5);
+  for (const std::string device : {"cpu", "deferred"}) {
+    // (The device's error Grams are split as a GPU's are: its manifest is its own.)
+    auto seq = options_for(tasks, 3, tmp / ("sequential-" + device));
+    seq.sequential = true;
+    merge_on(device, seq);
+    auto o = options_for(tasks, 3, tmp / ("many-" + device));
+    o.writer_threads = 3;
+    o.reader_threads = 3;
+    std::vector<std::size_t> done;
+    o.progress = [&](std::size_t k, std::size_t, const std::string&) { done.push_back(k); };
+    merge_on(device, o);
+    EXPECT_EQ(test::read_bytes(o.out / kBundleTensorsName),
+              test::read_bytes(seq.out / kBundleTensorsName)) << device;
+    EXPECT_EQ(manifest_without_backend(o.out), manifest_without_backend(seq.out)) << device;
+    ASSERT_EQ(done.size(), 18u);  // progress counts modules written, one call each
+    for (std::size_t k = 0; k < done.size(); ++k) EXPECT_EQ(done[k], k + 1);
+  }
+}
+
 // On a device (a GPU, or the deferred backend that behaves like one): the pipeline (pinned
 // staging ring, copy stream, compute stream sharing one device pool) gives the bytes of the
 // one-module-at-a-time path, and what it stores reverts to the CPU's reconstructions within f32
