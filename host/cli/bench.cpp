@@ -199,7 +199,7 @@ void print_report(const RmmMergeOptions& o, const BundleManifest& manifest, cons
     const char* name;
     double busy, wait;
   };
-  for (const auto& [name, sec, wait] : {Row{"read + convert", stats.read_seconds, stats.read_wait_seconds},
+  for (const auto& [name, sec, wait] : {Row{"read", stats.read_seconds, stats.read_wait_seconds},
                                         Row{"upload", stats.upload_seconds, stats.upload_wait_seconds},
                                         Row{"compute", stats.compute_seconds, stats.compute_wait_seconds},
                                         Row{"write", stats.write_seconds, stats.write_wait_seconds}})

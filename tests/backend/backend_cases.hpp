@@ -5,6 +5,7 @@
 // and their waits, tested on every machine.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,9 +28,24 @@ inline std::unique_ptr<Backend> backend_or_skip(const std::string& name, int thr
   return make_backend(Device::cpu, {threads, 0});
 }
 
-#define REVMERGE_BACKEND_OR_SKIP(var, name)                                              \
-  auto var = ::revmerge::test::backend_or_skip(name);                                     \
-  if (!var) GTEST_SKIP() << "CUDA backend unavailable: " << ::revmerge::cuda_unavailable_reason()
+/// True where a GPU must be there (REVMERGE_REQUIRE_GPU=1, set by tools/gpu-check.sh): a GPU
+/// check whose cases all skipped would prove nothing, so there a missing GPU fails them.
+inline bool gpu_required() {
+  const char* v = std::getenv("REVMERGE_REQUIRE_GPU");
+  return v && std::string(v) == "1";
+}
+
+/// Skips the case with the reason there is no GPU — or fails it where one is required.
+#define REVMERGE_SKIP_WITHOUT_GPU(why)                                                         \
+  do {                                                                                         \
+    if (::revmerge::test::gpu_required())                                                      \
+      GTEST_FAIL() << "REVMERGE_REQUIRE_GPU=1 but the CUDA backend is unavailable: " << (why); \
+    GTEST_SKIP() << "CUDA backend unavailable: " << (why);                                     \
+  } while (0)
+
+#define REVMERGE_BACKEND_OR_SKIP(var, name)                    \
+  auto var = ::revmerge::test::backend_or_skip(name);           \
+  if (!var) REVMERGE_SKIP_WITHOUT_GPU(::revmerge::cuda_unavailable_reason())
 
 /// Copies host data to a new backend buffer.
 template <class T>

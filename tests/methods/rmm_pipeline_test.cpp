@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "backend/backend_cases.hpp"
 #include "backend/deferred_backend.hpp"
 #include "backend/registry.hpp"
 #include "core/interrupt.hpp"
@@ -148,7 +149,7 @@ class RmmPipelineOn : public ::testing::TestWithParam<std::string> {};
 TEST_P(RmmPipelineOn, PipelinedIsBitwiseSequentialAndRevertsLikeTheCpu) {
   const std::string device = GetParam();
   if (const auto why = cuda_unavailable_reason(); device == "cuda" && !why.empty())
-    GTEST_SKIP() << "CUDA backend unavailable: " << why;
+    REVMERGE_SKIP_WITHOUT_GPU(why);
   test::TempDir tmp;
   const auto tasks = layered_tasks(tmp, 5);
   auto cpu = options_for(tasks, 3, tmp / "cpu");
