@@ -1,5 +1,7 @@
 #include "methods/model_output.hpp"
 
+#include <nlohmann/json.hpp>
+
 #include "core/atomic_output.hpp"
 #include "core/interrupt.hpp"
 #include "core/json_file.hpp"
@@ -9,6 +11,24 @@
 namespace fs = std::filesystem;
 
 namespace revmerge {
+namespace {
+
+// The base's config.json with the dtype the weights are written in: transformers loads a model
+// in its config's dtype, so a bf16 model whose config says float32 takes twice the memory.
+// Both spellings are set where present ("dtype" since transformers 4.56, "torch_dtype" before).
+std::string config_with_dtype(const fs::path& config, DType dtype) {
+  auto j = nlohmann::ordered_json::parse(read_text_file(config), nullptr, false);
+  if (!j.is_object())
+    throw format_error(config.string() + ": not a JSON object; cannot record the dtype written");
+  const char* name = dtype == DType::BF16 ? "bfloat16" : dtype == DType::F16 ? "float16" : "float32";
+  bool set = false;
+  for (const char* key : {"dtype", "torch_dtype"})
+    if (j.contains(key)) j[key] = name, set = true;
+  if (!set) j["torch_dtype"] = name;
+  return j.dump(2) + "\n";
+}
+
+}  // namespace
 
 std::int64_t write_full_model(const HfModel& base, const fs::path& out,
                               const TensorProducer& produce, const ModelOutputOptions& o) {
@@ -21,7 +41,9 @@ std::int64_t write_full_model(const HfModel& base, const fs::path& out,
     if (!entry.is_regular_file() || name.ends_with(".safetensors") || name == kShardIndexName ||
         name.ends_with(".bin") || name.ends_with(".pt"))
       continue;
-    if (name.ends_with(".json") || name.ends_with(".txt") || name.ends_with(".model"))
+    if (name == "config.json" && o.dtype)
+      write_file_atomic(staged.path() / name, config_with_dtype(entry.path(), *o.dtype), false);
+    else if (name.ends_with(".json") || name.ends_with(".txt") || name.ends_with(".model"))
       write_file_atomic(staged.path() / name, read_text_file(entry.path()), false);
   }
   const auto& tensors = base.checkpoint().tensors();

@@ -58,5 +58,31 @@ TEST(RevertFull, IsBasePlusTheReconstructedDelta) {
   EXPECT_FALSE(fs::exists(tmp / "never"));
 }
 
+// A model written in another dtype than its base says so in its config.json (transformers
+// loads a model in the config's dtype: a bf16 model labelled float32 takes twice the memory).
+TEST(RevertFull, TheConfigNamesTheDtypeWritten) {
+  test::TempDir tmp;
+  const auto ex = fs::path(REVMERGE_SOURCE_DIR) / "examples";
+  RmmMergeOptions m;
+  for (const auto* t : {"chat", "code"}) m.tasks.push_back({t, ex / "adapters" / t});
+  m.basis = 1;
+  m.out = tmp / "bundle";
+  m.device = Device::cpu;
+  merge_rmm(m);
+  const Bundle bundle(m.out);
+  RevertOptions o;
+  o.device = Device::cpu;
+  for (const auto& [dtype, name] : {std::pair{DType::BF16, "bfloat16"}, std::pair{DType::F16, "float16"}}) {
+    const auto out = tmp / ("model-" + std::string(name));
+    revert_task_full(bundle, "code", ex / "tiny-llama", out, o, dtype);
+    const auto config = test::read_bytes(out / "config.json");
+    EXPECT_NE(config.find("\"dtype\": \"" + std::string(name) + "\""), std::string::npos) << config;
+    EXPECT_EQ(config.find("float32"), std::string::npos) << config;
+    const HfModel got(out);
+    for (const auto& t : got.checkpoint().tensors())
+      if (is_float_dtype(t.info->dtype)) EXPECT_EQ(t.info->dtype, dtype) << t.info->name;
+  }
+}
+
 }  // namespace
 }  // namespace revmerge
