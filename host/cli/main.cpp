@@ -48,7 +48,9 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);  // --help
+    std::fprintf(stderr, "revmerge: error: %s\n", revmerge::cli::parse_error_message(app, e, argc, argv).c_str());
+    return 2;
   } catch (const revmerge::interrupted& e) {
     std::fprintf(stderr, "\nrevmerge: %s\n", e.what());
     return 130;
