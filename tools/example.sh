@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/bootstrap.sh
 cmake --preset release >/dev/null
-cmake --build --preset release -j "$(nproc)"
+cmake --build --preset release -j "$(nproc)" --target revmerge  # only what the example runs
 revmerge=build/release/host/cli/revmerge
 out=build/example
 rm -rf "$out" && mkdir -p "$out"

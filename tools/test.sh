@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
 # The README's test command; .ci/run runs exactly this:
-#  1. release build (CUDA backend too when a toolkit is found) and the whole default suite;
+#  1. release build (CUDA backend too when a toolkit is found), the whole default suite, then the
+#     LLM-sized cases (label `slow`);
 #  2. the same suite under AddressSanitizer + UBSan (CPU only; Python cross-checks excluded);
 #  3. a short libFuzzer smoke run over every parser (tools/fuzz.sh).
-# REVMERGE_TEST_QUICK=1 runs step 1 only.
+# Every skipped test is listed with its reason at the end.
+# REVMERGE_TEST_QUICK=1 runs step 1 only (and says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/bootstrap.sh
 cmake --preset release
 cmake --build --preset release -j "$(nproc)"
-ctest --preset release -j "$(nproc)"
-[ "${REVMERGE_TEST_QUICK:-0}" = 1 ] && exit 0
+junits=()
+ctest --preset release -j "$(nproc)" --output-junit "$PWD/build/release/junit-default.xml"
+junits+=(build/release/junit-default.xml)
+ctest --test-dir build/release -L slow --output-on-failure --no-tests=error \
+      --output-junit "$PWD/build/release/junit-slow.xml"
+junits+=(build/release/junit-slow.xml)
+report_skipped() { python3 tools/skipped_tests.py "${junits[@]}"; }
+if [ "${REVMERGE_TEST_QUICK:-0}" = 1 ]; then
+  echo "REVMERGE_TEST_QUICK=1: the sanitizer build and the fuzz run were NOT run"
+  report_skipped
+  exit 0
+fi
 
 cmake --preset asan
 cmake --build --preset asan -j "$(nproc)"
-ctest --preset asan -j "$(nproc)"
+ctest --preset asan -j "$(nproc)" --output-junit "$PWD/build/asan/junit.xml"
+junits+=(build/asan/junit.xml)
 
 tools/fuzz.sh 10
+report_skipped
