@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/blas_core.hpp"
 #include "backend/registry.hpp"
 #include "kernels/counter_rng.hpp"
 #include "llm_shapes.hpp"
@@ -71,6 +72,7 @@ std::vector<revmerge::TruncatedSvd> cpu_path(const ModuleData& md, const revmerg
 }  // namespace
 
 int main(int argc, char** argv) {
+  revmerge::restart_for_blas_kernels(argv);  // the kernels revmerge itself would run
   CLI::App app{"PT-SVD throughput on LLM-shaped full fine-tunes"};
   std::string model = "llama-7b", device = "cpu", only;
   i64 tasks = 8, rank = 64, oversampling = 8;

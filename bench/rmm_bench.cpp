@@ -14,6 +14,7 @@
 #include <cstring>
 #include <random>
 
+#include "backend/blas_core.hpp"
 #include "backend/registry.hpp"
 #include "llm_shapes.hpp"
 #include "methods/rmm_module.hpp"
@@ -62,6 +63,7 @@ struct Run {
 }  // namespace
 
 int main(int argc, char** argv) {
+  revmerge::restart_for_blas_kernels(argv);  // the kernels revmerge itself would run
   CLI::App app{"RMM compute on LLM-shaped synthetic adapters, per backend"};
   std::string model = "llama-7b", device = "cpu", storage_name = "bf16";
   i64 tasks = 8, rank = 64, basis = 4, layers = 1;

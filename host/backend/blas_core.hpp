@@ -19,4 +19,9 @@ std::string blas_core_name();
 /// empty otherwise.
 std::string blas_core_upgrade();
 
+/// Where blas_core_upgrade() names better kernels and OPENBLAS_CORETYPE is not set, sets it and
+/// starts the program again (execv of /proc/self/exe with `argv`), once; returns otherwise (and
+/// if the restart fails). For a program's main, before anything else has run.
+void restart_for_blas_kernels(char** argv);
+
 }  // namespace revmerge

@@ -35,14 +35,26 @@ i64 work_doubles(i64 n, i64 r) {
 
 // Side A's positions [j0, j1) read together: for each task and row k the block's neighbouring
 // columns are one run of memory (one position alone would read each row from another page, and
-// rows a power of two apart fall into the same cache sets). tile[(j − j0) · n · r + t · r + k].
+// rows a power of two apart fall into the same cache sets), widened into
+// tile[(t · r + k) · kBlock + (j − j0)]: runs in, runs out.
 void stage_a_columns(const kernels::RmmModuleArgs& args, i64 n, i64 j0, i64 j1, float* tile) {
   const i64 r = args.r, width = j1 - j0;
   for (i64 t = 0; t < n; ++t) {
     const auto& f = args.tasks[t];
-    for (i64 k = 0; k < f.rank; ++k)
-      for (i64 jj = 0; jj < width; ++jj)
-        tile[jj * n * r + t * r + k] = kernels::load_as_f32(f.a, k * args.in + j0 + jj, f.type);
+    for (i64 k = 0; k < f.rank; ++k) {
+      float* to = tile + (t * r + k) * kBlock;
+      const i64 from = k * args.in + j0;
+      switch (f.type) {  // one loop per element type, over contiguous values
+        case kernels::ElemType::bf16:
+          for (i64 jj = 0; jj < width; ++jj) to[jj] = kernels::load_as_f32(f.a, from + jj, kernels::ElemType::bf16);
+          break;
+        case kernels::ElemType::f32:
+          for (i64 jj = 0; jj < width; ++jj) to[jj] = kernels::load_as_f32(f.a, from + jj, kernels::ElemType::f32);
+          break;
+        default:
+          for (i64 jj = 0; jj < width; ++jj) to[jj] = kernels::load_as_f32(f.a, from + jj, f.type);
+      }
+    }
   }
 }
 
@@ -69,7 +81,7 @@ template <int kTasks>
         const int side = g < args.in ? 0 : 1;
         active[l] = !kernels::rmm_prepare<kernels::SerialTeam, kTasks>(
             team, args, side, side == 0 ? g : g - args.in, work + l * scratch,
-            side == 0 ? tile + (g - first) * n * args.r : nullptr);
+            side == 0 ? tile + (g - first) : nullptr, kBlock);
       }
       const auto s = kernels::RmmScratch::carve(work + l * scratch, n, args.r);
       for (i64 i = 0; i < N * N; ++i) {

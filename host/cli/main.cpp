@@ -1,9 +1,6 @@
 // revmerge: reversible and classic merging of LoRA adapters and fine-tuned models.
 #include <CLI/CLI.hpp>
-#include <unistd.h>
-
 #include <cstdio>
-#include <cstdlib>
 #include <exception>
 
 #include "backend/blas_core.hpp"
@@ -12,25 +9,8 @@
 #include "revmerge/error.hpp"
 #include "revmerge/version.hpp"
 
-namespace {
-
-// OpenBLAS picked its kernels when it loaded; where it fell back to generic ones on a CPU with
-// AVX2 or AVX-512 (backend/blas_core.hpp), start again with the right ones. Once only, and
-// never against a choice the user made.
-void restart_for_blas_kernels(char** argv) {
-  if (std::getenv("OPENBLAS_CORETYPE") || std::getenv("REVMERGE_BLAS_RESTARTED")) return;
-  const std::string core = revmerge::blas_core_upgrade();
-  if (core.empty()) return;
-  ::setenv("OPENBLAS_CORETYPE", core.c_str(), 1);
-  ::setenv("REVMERGE_BLAS_RESTARTED", "1", 1);
-  ::execv("/proc/self/exe", argv);  // returns only on failure: then carry on as we are
-  ::unsetenv("OPENBLAS_CORETYPE");
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
-  restart_for_blas_kernels(argv);
+  revmerge::restart_for_blas_kernels(argv);
   CLI::App app{"revmerge " REVMERGE_VERSION_STRING
                ": reversible merging (RMM) and classic merging of LoRA adapters and fine-tuned "
                "models"};

@@ -2,8 +2,8 @@
 // The per-task error terms of an RMM module from its error Grams, for the host and the device
 // alike (cuda/ launches them, the CPU backend runs them per index).
 //
-// For task t, with E_A = [A; D_A] (2r × in) and E_B = [B, D_B] (out × 2r), the backends' GEMMs
-// give G_A = E_A E_Aᵀ and G_B = E_Bᵀ E_B in `chunks` pieces each (split-K over the positions).
+// For task t, with E_A = [A; D_A] (2r × in) and E_B = [B, D_B] (out × 2r), one GEMM per side
+// gives G_A = E_A E_Aᵀ and G_B = E_Bᵀ E_B in `chunks` pieces each (split-K over the positions).
 // ‖B̂Â − BA‖² = ‖B̂ D_A + D_B A‖² then comes from r × r blocks of them, with no out × in matrix
 // (rmm_module.cpp spells the expansion out), and the factor errors from their traces.
 // RmmChunkSums adds the pieces in a fixed order, RmmErrorDots forms the terms; every sum runs
@@ -56,9 +56,7 @@ REVMERGE_HD inline std::int64_t rmm_error_sums_size(const RmmErrorArgs& a) {
   return 2 * a.n * 4 * a.r * a.r + a.n * (rmm_spectrum_parts(a.m[0]) + rmm_spectrum_parts(a.m[1]));
 }
 
-/// One call per element of `sums`. Of each Gram only the three blocks the terms use are
-/// written by the GEMMs (A: [0, r)², [r, 2r)², rows [r, 2r) × columns [0, r); B: the same with
-/// rows [0, r) × columns [r, 2r)); the fourth is left alone here.
+/// One call per element of `sums`.
 struct RmmChunkSums {
   RmmErrorArgs a;
   REVMERGE_HD void operator()(std::int64_t idx) const {
@@ -76,8 +74,7 @@ struct RmmChunkSums {
       return;
     }
     const std::int64_t side = idx / (a.n * per), t = idx / per % a.n, e = idx % per,
-                       row = e / (2 * r), col = e % (2 * r), chunks = a.chunks[side];
-    if (side == 0 ? (row < r && col >= r) : (row >= r && col < r)) return;
+                       chunks = a.chunks[side];
     const float* g = a.gram[side] + t * chunks * per + e;
     double sum = 0;
     for (std::int64_t c = 0; c < chunks; ++c) sum += g[c * per];

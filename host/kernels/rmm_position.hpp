@@ -163,12 +163,14 @@ struct RmmPositionView {
 /// `kTasks`, when not 0, is n known at compile time (it must equal args.n): the same
 /// arithmetic, with loops of fixed length the compiler can unroll and vectorise.
 ///
-/// `staged_a`, for a lane alone on side A: this position's A values already widened to f32
-/// (n × r, task t's at t · r), which the caller read for a block of positions at once — the
-/// columns of A lie a row apart, and one position alone reads each from a different page.
+/// `staged_a`, for a lane alone on side A: this position's A values already widened to f32,
+/// task t's row k at staged_a[(t · r + k) · staged_stride], which the caller read for a block of
+/// positions at once — the columns of A lie a row apart, and one position alone reads each from
+/// a different page.
 template <class Team, int kTasks = 0>
 REVMERGE_HD_INLINE bool rmm_prepare(const Team& team, const RmmModuleArgs& args, int side, i64 j,
-                                    void* scratch, const float* staged_a = nullptr) {
+                                    void* scratch, const float* staged_a = nullptr,
+                                    i64 staged_stride = 1) {
   const RmmPositionView pos(args, kTasks ? kTasks : args.n, side, j, scratch);
   const i64 n = pos.n, r = pos.r, N = pos.N, np = pos.np;
   const RmmScratch& s = pos.s;
@@ -210,8 +212,8 @@ REVMERGE_HD_INLINE bool rmm_prepare(const Team& team, const RmmModuleArgs& args,
       };
       const void* src = side == 0 ? f.a : f.b;
       if (staged_a && side == 0) {  // already widened by the caller (a tile of A's columns)
-        const float* from = staged_a + t * r;
-        run([&](i64 k) { return from[k]; });
+        const float* from = staged_a + t * r * staged_stride;
+        run([&](i64 k) { return from[k * staged_stride]; });
       } else switch (f.type) {  // one loop per element type
         case ElemType::bf16: run([&](i64 k) { return load_as_f32(src, first + k * stride, ElemType::bf16); }); break;
         case ElemType::f16: run([&](i64 k) { return load_as_f32(src, first + k * stride, ElemType::f16); }); break;
