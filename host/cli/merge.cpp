@@ -64,7 +64,8 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   if (o.basis == 0) throw usage_error("--basis: required for --method rmm (1 .. n − 1)");
   o.out = output_folder(args, cfg);
   if (args.given("--dtype") || cfg.dtype)
-    o.dtype = parse_float_dtype_option(args.given("--dtype") ? args.dtype : *cfg.dtype, "--dtype");
+    o.dtype = parse_float_dtype_option(args.given("--dtype") ? args.dtype : *cfg.dtype,
+                                       args.given("--dtype") ? "--dtype" : cfg.file + ": 'dtype'");
   o.overwrite = args.force;
   o.threads = args.threads;
   o.device = parse_device_option(args.device);
@@ -131,7 +132,8 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   o.full_model = args.full_model;
   o.out = output_folder(args, cfg);
   if (args.given("--dtype") || cfg.dtype)
-    o.dtype = parse_float_dtype_option(args.given("--dtype") ? args.dtype : *cfg.dtype, "--dtype");
+    o.dtype = parse_float_dtype_option(args.given("--dtype") ? args.dtype : *cfg.dtype,
+                                       args.given("--dtype") ? "--dtype" : cfg.file + ": 'dtype'");
   o.overwrite = args.force;
   o.allow_nonfinite = args.allow_nonfinite;
   o.threads = args.threads;

@@ -24,13 +24,6 @@ T scalar(const YAML::Node& node, const std::string& where) {
 }
 
 // mergekit's dtype names and revmerge's.
-std::string dtype_name(const std::string& v) {
-  static const std::map<std::string, std::string> names = {
-      {"float32", "f32"}, {"float16", "f16"}, {"bfloat16", "bf16"}};
-  const auto it = names.find(v);
-  return it == names.end() ? v : it->second;
-}
-
 struct Reader {
   std::string file;
   fs::path dir;
@@ -116,6 +109,7 @@ MergeConfig read_merge_config(const fs::path& path) {
   }
   if (!root.IsMap()) throw format_error(file + ": expected a mapping with a 'tasks' or 'models' list");
   auto& c = r.c;
+  c.file = file;
   // The base first: mergekit's model list may name it.
   if (root["base_model"]) c.base = r.dir / scalar<std::string>(root["base_model"], file + ": 'base_model'");
   std::optional<std::string> out_dtype;
@@ -128,9 +122,9 @@ MergeConfig read_merge_config(const fs::path& path) {
     } else if (key == "basis") {
       c.basis = scalar<std::int64_t>(v, where);
     } else if (key == "dtype") {
-      c.dtype = dtype_name(scalar<std::string>(v, where));
+      c.dtype = scalar<std::string>(v, where);
     } else if (key == "out_dtype") {
-      out_dtype = dtype_name(scalar<std::string>(v, where));
+      out_dtype = scalar<std::string>(v, where);
     } else if (key == "out") {
       c.out = r.dir / scalar<std::string>(v, where);
     } else if (key == "base" || key == "base_model") {

@@ -1,6 +1,8 @@
 #include "revmerge/dtype.hpp"
 
+#include <algorithm>
 #include <bit>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -80,13 +82,32 @@ std::optional<DType> parse_dtype(std::string_view name) noexcept {
   return std::nullopt;
 }
 
-DType parse_float_dtype_option(std::string_view value, std::string_view option) {
-  if (value == "f32" || value == "float32" || value == "F32") return DType::F32;
-  if (value == "f16" || value == "float16" || value == "F16") return DType::F16;
-  if (value == "bf16" || value == "bfloat16" || value == "BF16") return DType::BF16;
-  if (value == "f64" || value == "float64" || value == "F64") return DType::F64;
+DType parse_float_dtype_option(std::string_view value, std::string_view option,
+                               std::initializer_list<DType> allowed) {
+  // Every spelling users bring from PyTorch, mergekit, transformers and safetensors headers.
+  static constexpr std::pair<std::string_view, DType> kNames[] = {
+      {"f32", DType::F32},      {"fp32", DType::F32},      {"float32", DType::F32},
+      {"float", DType::F32},    {"f16", DType::F16},       {"fp16", DType::F16},
+      {"float16", DType::F16},  {"half", DType::F16},      {"bf16", DType::BF16},
+      {"bfloat16", DType::BF16}, {"f64", DType::F64},      {"fp64", DType::F64},
+      {"float64", DType::F64},  {"double", DType::F64}};
+  std::string lower(value);
+  for (auto& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  if (lower.starts_with("torch.")) lower.erase(0, 6);  // "torch.bfloat16", as configs write it
+  std::string expected;
+  for (const DType t : allowed) {
+    if (!expected.empty()) expected += t == *(allowed.end() - 1) ? " or " : ", ";
+    expected += t == DType::F32 ? "f32" : t == DType::F16 ? "f16" : t == DType::BF16 ? "bf16" : "f64";
+  }
+  for (const auto& [name, type] : kNames)
+    if (lower == name) {
+      if (std::find(allowed.begin(), allowed.end(), type) == allowed.end())
+        throw usage_error(std::string(option) + ": " + std::string(value) +
+                          " is not written here (expected " + expected + ")");
+      return type;
+    }
   throw usage_error(std::string(option) + ": unknown dtype '" + std::string(value) +
-                    "' (expected f32, f16, bf16 or f64)");
+                    "' (expected " + expected + "; fp32, float32, half, bfloat16 … are understood too)");
 }
 
 bool is_float_dtype(DType t) noexcept {

@@ -4,6 +4,7 @@
 /// ones. Conversion to a narrower type rounds to nearest, ties to even, like PyTorch.
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <string_view>
 
@@ -26,9 +27,12 @@ std::size_t dtype_size(DType t) noexcept;
 /// Parses a safetensors dtype name; std::nullopt when the name is not one of the format's.
 std::optional<DType> parse_dtype(std::string_view name) noexcept;
 
-/// Parses a user-facing dtype option ("f32", "float32", "bf16", "bfloat16", "f16", "float16",
-/// "f64"); throws usage_error naming `option` otherwise.
-DType parse_float_dtype_option(std::string_view value, std::string_view option);
+/// Parses a user-facing dtype option — f32 / fp32 / float32 / float, f16 / fp16 / float16 /
+/// half, bf16 / bfloat16, f64 / fp64 / float64 / double, any case, "torch." allowed in front —
+/// as one of `allowed`; throws usage_error naming `option` and listing only what it accepts.
+DType parse_float_dtype_option(std::string_view value, std::string_view option,
+                               std::initializer_list<DType> allowed = {DType::F32, DType::F16,
+                                                                       DType::BF16});
 
 /// True for F64, F32, F16 and BF16: the types the conversions below accept.
 bool is_float_dtype(DType t) noexcept;

@@ -143,6 +143,18 @@ TEST(DType, NamesParseAndNonFloatTypesAreRefused) {
   EXPECT_THROW(convert_to_f32(DType::I32, &i, &out, 1), unsupported_error);
   EXPECT_EQ(parse_float_dtype_option("bfloat16", "--dtype"), DType::BF16);
   EXPECT_THROW(parse_float_dtype_option("int8", "--dtype"), usage_error);
+  // Every spelling, any case, and torch's prefix; the message lists what this option takes.
+  for (const auto* name : {"fp16", "half", "HALF", "float16", "torch.float16", "F16"})
+    EXPECT_EQ(parse_float_dtype_option(name, "--dtype"), DType::F16) << name;
+  for (const auto* name : {"fp32", "float", "float32", "F32"})
+    EXPECT_EQ(parse_float_dtype_option(name, "--dtype"), DType::F32) << name;
+  EXPECT_EQ(parse_float_dtype_option("double", "x", {DType::F64}), DType::F64);
+  try {
+    parse_float_dtype_option("double", "--dtype");
+    FAIL() << "f64 accepted where only f32, f16 and bf16 are written";
+  } catch (const usage_error& e) {
+    EXPECT_NE(std::string(e.what()).find("expected f32, f16 or bf16)"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
