@@ -7,6 +7,7 @@
 
 #include "backend/registry.hpp"
 #include "commands.hpp"
+#include "progress.hpp"
 #include "merge_config.hpp"
 #include "revmerge/compare.hpp"
 #include "revmerge/error.hpp"
@@ -83,6 +84,7 @@ void run_compare(const CompareArgs& args) {
   o.threads = args.threads;
   o.device = parse_device_option(args.device);
   o.gpu = args.gpu;
+  o.progress = module_progress(false, "comparing");
   const auto r = compare_methods(o);
   if (!args.json) return print_table(r);
   nlohmann::ordered_json j;

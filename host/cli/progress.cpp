@@ -1,5 +1,7 @@
 #include "progress.hpp"
 
+#include "text_format.hpp"
+
 #include <unistd.h>
 
 #include <cstdio>
@@ -38,11 +40,12 @@ PipelineProgressFn pipeline_progress(bool quiet, const char* what) {
       const int filled = p.layers ? static_cast<int>(width * p.layers_done / p.layers) : width;
       std::string bar(static_cast<std::size_t>(filled), '#');
       bar.resize(width, '.');
-      std::fprintf(stderr, "\r\033[K%s [%s] %zu/%zu layers  %.2f GB/s  ETA %s", what, bar.c_str(),
-                   p.layers_done, p.layers, r.gbps, clock_text(r.eta).c_str());
+      const auto rate = human_bytes(static_cast<std::uint64_t>(r.gbps * 1e9)) + "/s";
+      std::fprintf(stderr, "\r\033[K%s [%s] %zu/%zu layers  %s  ETA %s", what, bar.c_str(),
+                   p.layers_done, p.layers, rate.c_str(), clock_text(r.eta).c_str());
       if (p.finished)
-        std::fprintf(stderr, "\r\033[K%s: %zu layers in %s (%.2f GB/s)\n", what, p.layers,
-                     clock_text(p.seconds).c_str(), r.gbps);
+        std::fprintf(stderr, "\r\033[K%s: %zu layers in %s (%s)\n", what, p.layers,
+                     clock_text(p.seconds).c_str(), rate.c_str());
       std::fflush(stderr);
     };
   }
@@ -52,9 +55,10 @@ PipelineProgressFn pipeline_progress(bool quiet, const char* what) {
     if (tenth < next && !p.finished) return;
     next = tenth + 1;
     const Rate r(p);
-    std::fprintf(stderr, "%s: %zu/%zu layers, %.2f of %.2f GB read, %.2f GB/s, %s, %s\n", what,
-                 p.layers_done, p.layers, static_cast<double>(p.bytes_read) / 1e9,
-                 static_cast<double>(p.bytes_total) / 1e9, r.gbps,
+    std::fprintf(stderr, "%s: %zu/%zu layers, %s of %s read, %s/s, %s, %s\n", what,
+                 p.layers_done, p.layers, human_bytes(p.bytes_read).c_str(),
+                 human_bytes(p.bytes_total).c_str(),
+                 human_bytes(static_cast<std::uint64_t>(r.gbps * 1e9)).c_str(),
                  p.finished ? "done" : ("ETA " + clock_text(r.eta)).c_str(),
                  ("elapsed " + clock_text(p.seconds)).c_str());
     std::fflush(stderr);

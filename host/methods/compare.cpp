@@ -142,7 +142,12 @@ CompareReport compare_methods(const CompareOptions& o) {
 
   CompareReport report;
   for (const auto& t : o.tasks) report.tasks.push_back(t.name);
+  const std::size_t rows = basis.size() + methods.size();
+  auto starting = [&](const std::string& label) {
+    if (o.progress) o.progress(report.rows.size(), rows, label);
+  };
   for (const auto p : basis) {
+    starting("rmm P=" + std::to_string(p));
     RmmMergeOptions r;
     r.tasks = o.tasks;
     r.basis = p;
@@ -170,6 +175,7 @@ CompareReport compare_methods(const CompareOptions& o) {
     c.threads = o.threads;
     c.out = scratch / ("classic-" + std::to_string(i));
     const auto label = to_string(m.method) + mode_name(m);
+    starting(label);
     try {
       merge_classic(c);
     } catch (const shape_error&) {
@@ -181,6 +187,7 @@ CompareReport compare_methods(const CompareOptions& o) {
     report.rows.push_back(measure_adapter(label, c.out, set, tasks));
     report.rows.back().weights = c.weights;
   }
+  if (o.progress) o.progress(rows, rows, "");
   for (auto& row : report.rows) {
     if (!row.note.empty()) continue;
     double s = 0;

@@ -34,6 +34,8 @@ struct CompareOptions {
   int threads = 0;
   Device device = Device::automatic;      ///< RMM's backend
   int gpu = 0;
+  /// Called before each row is measured with (rows done, rows in all, the row's label).
+  ProgressFn progress;
 };
 
 struct CompareRow {
