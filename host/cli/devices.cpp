@@ -25,7 +25,9 @@ void add_devices_command(CLI::App& app) {
       j["gpus"] = nlohmann::ordered_json::array();
       for (const auto& g : r.gpus)
         j["gpus"].push_back({{"index", g.index}, {"name", g.name}, {"memory_bytes", g.memory_bytes},
-                             {"compute_capability", fmt::format("{}.{}", g.compute_major, g.compute_minor)}});
+                             {"compute_capability", fmt::format("{}.{}", g.compute_major, g.compute_minor)},
+                             {"has_kernels", g.has_kernels}});
+      if (r.cuda_built) j["cuda_kernels"] = r.kernels;
       if (r.gpus.empty()) j["why_no_gpu"] = r.why_no_gpu;
       j["blas_kernels"] = blas_core_name();
       std::cout << j.dump(2) << "\n";
@@ -36,8 +38,10 @@ void add_devices_command(CLI::App& app) {
                std::getenv("REVMERGE_BLAS_RESTARTED") ? " (chosen by revmerge: OpenBLAS picked generic ones)" : "");
     if (r.gpus.empty()) fmt::print("gpus: none ({})\n", r.why_no_gpu);
     for (const auto& g : r.gpus)
-      fmt::print("gpu {}: {} ({}, sm_{}{})\n", g.index, g.name, human_bytes(g.memory_bytes),
-                 g.compute_major, g.compute_minor);
+      fmt::print("gpu {}: {} ({}, sm_{}{}){}\n", g.index, g.name, human_bytes(g.memory_bytes),
+                 g.compute_major, g.compute_minor,
+                 g.has_kernels ? "" : " — no kernels in this build for it, not used");
+    if (r.cuda_built) fmt::print("cuda kernels: {}\n", r.kernels);
   });
 }
 
