@@ -1,6 +1,7 @@
 #pragma once
 // Helpers shared by the tests: scratch folders and hand-made safetensors bytes.
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -68,5 +69,23 @@ inline bool python_has(const std::string& modules) {
   const std::string cmd = "python3 -c 'import " + modules + "' >/dev/null 2>&1";
   return std::system(cmd.c_str()) == 0;
 }
+
+/// True where the Python peers must be there (REVMERGE_REQUIRE_PYTHON_PEERS=1, set by
+/// tools/test.sh): a cross-check that cannot find them fails instead of skipping.
+inline bool python_peers_required() {
+  const char* v = std::getenv("REVMERGE_REQUIRE_PYTHON_PEERS");
+  return v && std::string(v) == "1";
+}
+
+/// Skips the case when python3 cannot import `modules` — or fails it where they are required.
+#define REVMERGE_PYTHON_OR_SKIP(modules)                                                         \
+  do {                                                                                           \
+    if (!::revmerge::test::python_has(modules)) {                                                \
+      if (::revmerge::test::python_peers_required())                                             \
+        GTEST_FAIL() << "python3 cannot import " << (modules)                                    \
+                     << " (REVMERGE_REQUIRE_PYTHON_PEERS=1: tools/bootstrap.sh installs them)";  \
+      GTEST_SKIP() << "python3 cannot import " << (modules);                                    \
+    }                                                                                            \
+  } while (0)
 
 }  // namespace revmerge::test

@@ -2,9 +2,11 @@
 # Installs what revmerge needs to build and test, from Debian packages and PyPI. Idempotent:
 # installs only what is missing. Run as root (or with sudo available).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 debs=(cmake ninja-build g++ pkg-config libfmt-dev nlohmann-json3-dev libcli11-dev
       libopenblas-openmp-dev liblapacke-dev libthrust-dev libyaml-cpp-dev libgtest-dev python3 python3-pip
+      python3-venv
       clang libclang-rt-14-dev)
 missing=()
 for p in "${debs[@]}"; do
@@ -20,24 +22,25 @@ else
   echo "bootstrap: Debian packages present"
 fi
 
-# numpy + safetensors: the independent Python cross-checks in the test suite; scikit-learn:
-# the digits data set of the fidelity test (tools/eval/). PEFT/torch/mergekit are only needed
-# to regenerate fixtures (tools/make_fixtures.py, tools/make_golden.py); tests that need them
-# skip with a message when absent.
-pip_install() {
-  python3 -m pip install -q --disable-pip-version-check "$@" ||
-    python3 -m pip install -q --disable-pip-version-check --break-system-packages "$@"
-}
-if ! python3 -c 'import numpy, safetensors' 2>/dev/null; then
-  echo "bootstrap: installing numpy safetensors (pip)"
-  pip_install numpy safetensors
+# The Python peers (numpy, safetensors, scikit-learn, torch, transformers, PEFT: the cross-checks
+# and the fidelity test) live in the project's virtual environment, .venv, at the versions
+# tools/requirements.txt pins; it is made once and reused, and remade when that file changes.
+# tools/test.sh and tools/example.sh put .venv/bin first on PATH. (torch from PyPI brings its
+# CUDA libraries: ~5.6 GB, a few minutes the first time.)
+venv=.venv
+stamp=$venv/.requirements.sha256
+want=$(sha256sum tools/requirements.txt | cut -d' ' -f1)
+if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+  echo "bootstrap: Python peers present in $venv"
 else
-  echo "bootstrap: numpy and safetensors present"
-fi
-if ! python3 -c 'import sklearn' 2>/dev/null; then
-  echo "bootstrap: installing scikit-learn (pip)"
-  # Without it only the fidelity test skips (with its reason), so a failure is not fatal here.
-  pip_install scikit-learn || echo "bootstrap: WARNING: scikit-learn did not install; eval.fidelity_quick will skip"
-else
-  echo "bootstrap: scikit-learn present"
+  echo "bootstrap: installing the Python peers into $venv (tools/requirements.txt)"
+  python3 -m venv "$venv" 2>/dev/null || {
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends python3-venv
+    python3 -m venv "$venv"
+  }
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r tools/requirements.txt
+  echo "$want" >"$stamp"
 fi

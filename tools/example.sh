@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/bootstrap.sh
+export PATH="$PWD/.venv/bin:$PATH"  # the pinned Python peers (tools/requirements.txt)
 cmake --preset release >/dev/null
 cmake --build --preset release -j "$(nproc)" --target revmerge  # only what the example runs
 revmerge=build/release/host/cli/revmerge

@@ -9,6 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/bootstrap.sh
+export PATH="$PWD/.venv/bin:$PATH"  # the pinned Python peers (tools/requirements.txt)
+# Here the cross-checks against numpy, PEFT and transformers must run: a missing package fails
+# them instead of skipping them.
+export REVMERGE_REQUIRE_PYTHON_PEERS=1
 cmake --preset release
 cmake --build --preset release -j "$(nproc)"
 junits=()

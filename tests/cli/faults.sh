@@ -46,7 +46,7 @@ done
 # --- non-finite values: refused by name, or merged as NaN when allowed ------------------------
 mkdir -p "$work/nan" && cp -r "$src/examples/adapters/qa" "$work/nan/qa"
 # Skipped (ctest's skip code) only without an interpreter; a script that fails is a failure.
-command -v python3 >/dev/null || { echo "SKIPPED: no python3 for the non-finite and determinism checks"; exit 77; }
+command -v python3 >/dev/null || { echo "SKIPPED: no python3 for the non-finite and determinism checks"; [ "${REVMERGE_REQUIRE_PYTHON_PEERS:-0}" = 1 ] && { echo "FAIL: required here (REVMERGE_REQUIRE_PYTHON_PEERS=1)"; exit 1; }; exit 77; }
 python3 - "$work/nan/qa/adapter_model.safetensors" <<'PY' || fail "could not write the non-finite fixture"
 import json, struct, sys
 b = bytearray(open(sys.argv[1], "rb").read()); n = struct.unpack("<Q", b[:8])[0]

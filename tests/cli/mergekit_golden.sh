@@ -5,7 +5,7 @@
 # Usage: mergekit_golden.sh REVMERGE SOURCE_DIR WORK_DIR
 set -euo pipefail
 revmerge=$1 src=$2 work=$3
-python3 -c "import numpy, safetensors" 2>/dev/null || { echo "SKIP: needs numpy and safetensors"; exit 77; }
+python3 -c "import numpy, safetensors" 2>/dev/null || { echo "SKIP: needs numpy and safetensors"; [ "${REVMERGE_REQUIRE_PYTHON_PEERS:-0}" = 1 ] && { echo "FAIL: required here (REVMERGE_REQUIRE_PYTHON_PEERS=1)"; exit 1; }; exit 77; }
 rm -rf "$work" && mkdir -p "$work"
 golden=$src/tests/fixtures/golden/mergekit
 cases=$(python3 -c "import json,sys; [print(c['name'], c['seed']) for c in json.load(open(sys.argv[1]))['cases']]" "$golden/cases.json")

@@ -6,7 +6,7 @@ set -euo pipefail
 revmerge=$1 src=$2 work=$3
 if ! python3 -c 'import torch, peft, transformers' 2>/dev/null; then
   echo "SKIPPED: python3 with torch, transformers and peft is not installed"
-  exit 77
+  [ "${REVMERGE_REQUIRE_PYTHON_PEERS:-0}" = 1 ] && { echo "FAIL: required here (REVMERGE_REQUIRE_PYTHON_PEERS=1)"; exit 1; }; exit 77
 fi
 rm -rf "$work" && mkdir -p "$work"
 base=$src/examples/tiny-llama

@@ -5,7 +5,7 @@ set -euo pipefail
 revmerge=$1 src=$2 work=$3
 if ! python3 -c 'import numpy, safetensors' 2>/dev/null; then
   echo "SKIPPED: python3 with numpy and safetensors is not installed (tools/bootstrap.sh installs them)"
-  exit 77
+  [ "${REVMERGE_REQUIRE_PYTHON_PEERS:-0}" = 1 ] && { echo "FAIL: required here (REVMERGE_REQUIRE_PYTHON_PEERS=1)"; exit 1; }; exit 77
 fi
 rm -rf "$work" && mkdir -p "$work"
 for p in 1 2 4 7; do

@@ -135,7 +135,7 @@ TEST(PeftAdapter, WrittenAdaptersReadBackWithUnitScaleAndMixedRanks) {
 
 // PEFT itself loads an adapter revmerge wrote onto the tiny model and applies the same delta.
 TEST(PeftAdapter, PeftLoadsWhatRevmergeWrites) {
-  if (!test::python_has("peft, torch, transformers")) GTEST_SKIP() << "python3 with peft/torch/transformers not installed";
+  REVMERGE_PYTHON_OR_SKIP("peft, torch, transformers");
   test::TempDir tmp;
   const PeftAdapter src(kPeft / "rank-pattern");
   std::vector<LoraModuleData> mods;

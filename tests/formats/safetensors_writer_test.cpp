@@ -69,7 +69,7 @@ TEST(SafetensorsWriter, RejectsBadDeclarations) {
 
 // The Python safetensors package (the format's reference) reads what revmerge writes.
 TEST(SafetensorsWriter, ReferenceImplementationReadsOurFiles) {
-  if (!test::python_has("safetensors, numpy")) GTEST_SKIP() << "python3 with safetensors+numpy not installed";
+  REVMERGE_PYTHON_OR_SKIP("safetensors, numpy");
   test::TempDir dir;
   const std::vector<float> v = {1.0f, -2.5f, 0.125f, 3.0f};
   SafetensorsWriter w(dir / "o.safetensors",

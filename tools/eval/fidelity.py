@@ -15,6 +15,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import os
 import sys
 import time
 from pathlib import Path
@@ -256,7 +257,8 @@ def main():
         import sklearn  # noqa: F401
     except ImportError:
         print("SKIPPED: scikit-learn is not installed (tools/bootstrap.sh installs it)")
-        sys.exit(77)
+        # Where the Python peers are required (tools/test.sh), a missing one is a failure.
+        sys.exit(1 if os.environ.get("REVMERGE_REQUIRE_PYTHON_PEERS") == "1" else 77)
     settings = QUICK if args.quick else FULL
     root, info = build_setting(args.work, settings)
     rows = evaluate(args.revmerge, root, info["tasks"], args.work / "merged")
