@@ -107,7 +107,7 @@ double slowest_stage(const PipelineStats& s) {
 
 void run_bench(const BenchArgs& args) {
   RmmMergeOptions o;
-  for (const auto& a : args.inputs) o.tasks.push_back({task_name_from_path(a), a});
+  for (const auto& a : args.inputs) o.tasks.push_back(task_from_argument(a));
   o.basis = args.basis;
   if (!args.dtype.empty()) o.dtype = parse_float_dtype_option(args.dtype, "--dtype");
   o.threads = args.threads;

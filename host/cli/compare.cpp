@@ -75,7 +75,7 @@ void print_table(const CompareReport& r) {
 
 void run_compare(const CompareArgs& args) {
   CompareOptions o;
-  for (const auto& a : args.adapters) o.tasks.push_back({task_name_from_path(a), a});
+  for (const auto& a : args.adapters) o.tasks.push_back(task_from_argument(a));
   if (!args.basis.empty()) o.basis_sizes = parse_integer_list(args.basis, "--basis");
   if (!args.methods.empty()) o.methods = parse_methods(split_list(args.methods));
   if (!args.weights.empty()) o.weights = parse_number_list(args.weights, "--weights");

@@ -58,10 +58,16 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
       if (args.given(o))
         throw usage_error(std::string(o) + ": RMM takes it for full fine-tunes only (the inputs "
                           "are adapters)");
+  if (tasks.size() < 2)
+    throw usage_error(tasks.empty() ? "no inputs: give the adapter folders to merge (or a --config "
+                                      "naming them)"
+                                    : "RMM needs at least 2 adapters to merge, got 1");
+  if (!args.given("--basis") && !cfg.basis)
+    throw usage_error("--basis: required for --method rmm (1 .. n − 1 = " +
+                      std::to_string(tasks.size() - 1) + " here)");
   RmmMergeOptions o;
   o.tasks = std::move(tasks);
-  o.basis = args.given("--basis") ? args.basis : cfg.basis.value_or(0);
-  if (o.basis == 0) throw usage_error("--basis: required for --method rmm (1 .. n − 1)");
+  o.basis = args.given("--basis") ? args.basis : *cfg.basis;
   o.out = output_folder(args, cfg);
   if (args.given("--dtype") || cfg.dtype)
     o.dtype = parse_float_dtype_option(args.given("--dtype") ? args.dtype : *cfg.dtype,
@@ -160,7 +166,7 @@ void run_merge(const MergeArgs& args) {
   if (!cfg.tasks.empty() && !args.inputs.empty())
     throw usage_error("give the tasks either in --config or as INPUT arguments, not both");
   std::vector<TaskSource> tasks = cfg.tasks;
-  for (const auto& a : args.inputs) tasks.push_back({task_name_from_path(a), a});
+  for (const auto& a : args.inputs) tasks.push_back(task_from_argument(a));
   const auto method = args.given("--method") ? args.method : cfg.method.value_or(args.method);
   if (method == "rmm")
     run_rmm(args, cfg, std::move(tasks));

@@ -78,6 +78,9 @@ struct Reader {
         }
       }
       if (task.adapter.empty()) throw format_error(tw + ": missing '" + path_key + "'");
+      if (std::error_code ec; !fs::exists(task.adapter, ec))
+        throw io_error(tw + "." + path_key + ": " + task.adapter.string() +
+                       " does not exist (paths in a config are relative to its folder)");
       // mergekit lists the base among the models; it is the base, not a task.
       if (mergekit && c.base && fs::weakly_canonical(task.adapter) == fs::weakly_canonical(*c.base))
         continue;
@@ -95,6 +98,15 @@ std::string task_name_from_path(const fs::path& adapter) {
   auto p = adapter;
   if (p.filename().empty()) p = p.parent_path();  // "adapters/qa/"
   return p.filename().string();
+}
+
+TaskSource task_from_argument(const std::string& argument) {
+  const auto eq = argument.find('=');
+  std::error_code ec;
+  if (eq == std::string::npos || eq == 0 || fs::exists(argument, ec) ||
+      argument.substr(0, eq).find('/') != std::string::npos)
+    return {task_name_from_path(argument), argument};
+  return {argument.substr(0, eq), argument.substr(eq + 1)};
 }
 
 MergeConfig read_merge_config(const fs::path& path) {

@@ -37,4 +37,8 @@ MergeConfig read_merge_config(const std::filesystem::path& path);
 /// Task name for an adapter given on the command line: its folder's name.
 std::string task_name_from_path(const std::filesystem::path& adapter);
 
+/// A task given on the command line: `PATH` (named after its folder) or `NAME=PATH` (a path
+/// that exists as written is always a path, even with an '=' in it).
+TaskSource task_from_argument(const std::string& argument);
+
 }  // namespace revmerge::cli

@@ -45,8 +45,22 @@ std::pair<int, std::string> split_module_path(const std::string& path) {
 PeftAdapter::PeftAdapter(const fs::path& dir) : dir_(dir) {
   if (!fs::is_directory(dir)) throw io_error(dir.string() + ": not a folder");
   const auto config_path = dir / kAdapterConfigName;
-  if (!fs::exists(config_path))
+  if (!fs::exists(config_path)) {
+    // A folder of adapter folders is the likeliest slip: say so, with what to pass instead.
+    std::vector<std::string> inner;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec))
+      if (e.is_directory(ec) && fs::exists(e.path() / kAdapterConfigName, ec))
+        inner.push_back(e.path().filename().string());
+    if (!inner.empty()) {
+      std::sort(inner.begin(), inner.end());
+      throw io_error(dir.string() + ": holds " + std::to_string(inner.size()) + " adapter folder" +
+                     (inner.size() == 1 ? "" : "s") + " (" + inner.front() +
+                     (inner.size() > 1 ? ", …" : "") + "), not an adapter; pass them, e.g. " +
+                     (dir / "*").string());
+    }
     throw io_error(dir.string() + ": no " + kAdapterConfigName + " (not a PEFT adapter folder)");
+  }
   config_ = parse_lora_config(read_text_file(config_path), config_path.string());
   const auto weights_path = dir / kAdapterWeightsName;
   if (!fs::exists(weights_path)) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 namespace revmerge {
 namespace {
@@ -90,6 +91,19 @@ std::vector<TaskFactors> read_module_factors(const AdapterSet& set, const Planne
                  read_factor(*set.adapters[t], m.key_b, false), m.rank, m.scale});
   }
   return f;
+}
+
+void check_task_names(const std::vector<TaskSource>& tasks) {
+  std::map<std::string, const TaskSource*> names;
+  for (const auto& t : tasks) {
+    if (t.name.empty()) throw usage_error(t.adapter.string() + ": task name is empty");
+    const auto [it, fresh] = names.emplace(t.name, &t);
+    if (!fresh)
+      throw usage_error("task name '" + t.name + "' is used twice (" + it->second->adapter.string() +
+                        " and " + t.adapter.string() + "); give each task its own name: NAME=PATH " +
+                        "on the command line (e.g. " + t.name + "2=" + t.adapter.string() +
+                        "), or 'name' in --config");
+  }
 }
 
 AdapterSet open_adapter_set(const std::vector<TaskSource>& tasks) {

@@ -28,6 +28,10 @@ struct AdapterSet {
   std::vector<PlannedModule> plan;                     ///< sorted by (layer, name)
 };
 
+/// Throws usage_error for an empty task name, or one used twice (naming both sources and how to
+/// name them apart).
+void check_task_names(const std::vector<TaskSource>& tasks);
+
 /// Opens every task's adapter and matches the modules. Throws what PeftAdapter throws, and
 /// shape_error for a module missing from a task or with another base shape.
 AdapterSet open_adapter_set(const std::vector<TaskSource>& tasks);

@@ -36,12 +36,7 @@ void check_options(const RmmMergeOptions& o) {
     throw usage_error("--basis " + std::to_string(o.basis) + " is outside 1 .. n − 1 = " +
                       std::to_string(n - 1) + " for " + std::to_string(n) + " adapters (" +
                       std::to_string(n - 1) + " already reconstructs every task exactly)");
-  std::set<std::string> names;
-  for (const auto& t : o.tasks) {
-    if (t.name.empty()) throw usage_error(t.adapter.string() + ": task name is empty");
-    if (!names.insert(t.name).second)
-      throw usage_error("task name '" + t.name + "' is used twice; give each task its own name");
-  }
+  check_task_names(o.tasks);
   if (o.out.empty()) throw usage_error("--out: no bundle folder given");
   if (o.dtype && (!is_float_dtype(*o.dtype) || *o.dtype == DType::F64))
     throw usage_error("--dtype: a bundle stores f32, f16 or bf16");

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "methods/classic/classic_internal.hpp"
+#include "methods/adapter_set.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
 
@@ -75,10 +76,7 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
   if (o.allow_nonfinite)
     throw usage_error("--allow-nonfinite applies to --method rmm only; the classic methods "
                       "refuse NaN and Inf inputs");
-  std::set<std::string> names;
-  for (const auto& t : o.tasks)
-    if (!names.insert(t.name).second)
-      throw usage_error("task name '" + t.name + "' is used twice; give each task its own name");
+  check_task_names(o.tasks);
   const bool prunes = o.method == ClassicMethod::ties || o.method == ClassicMethod::dare_ties ||
                       o.method == ClassicMethod::dare_linear ||
                       o.method == ClassicMethod::magnitude_prune;
