@@ -6,6 +6,9 @@
 #include <cmath>
 #include <numeric>
 
+#include "methods/adapter_set.hpp"
+#include "text_format.hpp"
+
 namespace revmerge::cli {
 
 std::vector<double> overall_delta_error(const BundleManifest& m) {
@@ -67,13 +70,43 @@ Spread spread(std::vector<double> v) {
 
 }  // namespace
 
+std::vector<std::string> bundle_warnings(const BundleManifest& m) {
+  std::vector<std::string> out;
+  std::vector<std::string> names, bases;
+  for (const auto& t : m.tasks) names.push_back(t.name), bases.push_back(t.base_model_name_or_path);
+  if (auto text = differing_base_models(names, bases); !text.empty()) out.push_back(std::move(text));
+  if (m.input_bytes != 0 && m.stored_bytes > m.input_bytes)
+    out.push_back(fmt::format(
+        "the bundle's tensors take {} in {}, {:.2f}× the {} of the tasks' own factors: a basis of "
+        "{} for {} tasks stores more than keeping every adapter (a smaller --basis, or --dtype bf16 "
+        "where the inputs are 16-bit, stores less)",
+        human_bytes(m.stored_bytes), dtype_name(m.dtype), double(m.stored_bytes) / double(m.input_bytes),
+        human_bytes(m.input_bytes), m.basis, m.tasks.size()));
+  return out;
+}
+
+namespace {
+
+// "storage: …" — bytes on disk beside the tasks' own factors where the bundle records them.
+std::string storage_line(const BundleManifest& m) {
+  if (m.input_bytes == 0)
+    return fmt::format("storage: {:.4f} of the task adapters' numbers ({:.1f}% saved)", m.storage_ratio,
+                       100.0 * (1.0 - m.storage_ratio));
+  const double ratio = double(m.stored_bytes) / double(m.input_bytes);
+  return fmt::format("storage: {} in {} against {} in the tasks' own factors ({:.3f}×, {})",
+                     human_bytes(m.stored_bytes), dtype_name(m.dtype), human_bytes(m.input_bytes), ratio,
+                     ratio <= 1 ? fmt::format("{:.1f}% saved", 100.0 * (1.0 - ratio))
+                                : fmt::format("{:.1f}% larger than the inputs", 100.0 * (ratio - 1.0)));
+}
+
+}  // namespace
+
 void print_bundle_report(const BundleManifest& m, const std::string& where, std::size_t top) {
   const auto overall = overall_delta_error(m);
   fmt::print("RMM bundle {}: {} tasks, basis {}, {} modules, stored as {}\n", where, m.tasks.size(),
              m.basis, m.modules.size(), dtype_name(m.dtype));
   if (!m.backend.empty()) fmt::print("computed on: {}\n", m.backend);
-  fmt::print("storage: {:.4f} of the task adapters ({:.1f}% saved)\n", m.storage_ratio,
-             100.0 * (1.0 - m.storage_ratio));
+  fmt::print("{}\n", storage_line(m));
   fmt::print("\n{:<24} {:>14} {:>14} {:>14}\n", "task", "delta error", "worst module", "mean module");
   for (std::size_t t = 0; t < m.tasks.size(); ++t) {
     double sum = 0;
@@ -117,6 +150,11 @@ nlohmann::ordered_json bundle_report_json(const BundleManifest& m, const std::st
   const auto overall = overall_delta_error(m);
   j["summary"] = nlohmann::ordered_json::object();
   j["summary"]["storage_ratio"] = m.storage_ratio;
+  if (m.input_bytes != 0) {
+    j["summary"]["stored_bytes"] = m.stored_bytes;
+    j["summary"]["input_bytes"] = m.input_bytes;
+  }
+  j["summary"]["warnings"] = bundle_warnings(m);
   for (std::size_t t = 0; t < m.tasks.size(); ++t) j["summary"]["delta_error"][m.tasks[t].name] = overall[t];
   j["summary"]["worst_modules"] = nlohmann::ordered_json::array();
   for (const auto* mod : worst_first(m))

@@ -13,6 +13,10 @@ std::vector<double> overall_delta_error(const BundleManifest& m);
 /// Fraction of the spectrum's energy in the top `p` eigenvalues.
 double retained_energy(const std::vector<double>& spectrum, std::int64_t p);
 
+/// What a new bundle's user may not expect: tasks naming different base models; a bundle that
+/// takes more bytes than the tasks' own factors.
+std::vector<std::string> bundle_warnings(const BundleManifest& m);
+
 /// Text report: header, per-task errors, spectrum summary, `top` worst modules.
 void print_bundle_report(const BundleManifest& m, const std::string& where, std::size_t top);
 

@@ -65,6 +65,20 @@ void run_compress(CompressArgs& args) {
   if (unchanged > 0)
     std::cerr << fmt::format("note: {} of {} modules are identical in the fine-tune and the base; "
                              "their factors are zero\n", unchanged, r.modules.size());
+  // A rank above a module's smaller dimension is capped to it (the factors are exact there).
+  std::size_t capped = 0;
+  std::int64_t lo = 0, hi = 0;
+  for (const auto& m : r.modules)
+    if (m.rank < o.rank && m.rank == std::min(m.in, m.out)) {
+      lo = capped == 0 ? m.rank : std::min(lo, m.rank);
+      hi = std::max(hi, m.rank);
+      ++capped;
+    }
+  if (capped > 0)
+    std::cerr << fmt::format("note: --rank {} is above the smaller dimension of {} of {} modules; "
+                             "they are stored at that rank ({}), exactly\n",
+                             o.rank, capped, r.modules.size(),
+                             lo == hi ? std::to_string(lo) : fmt::format("{}–{}", lo, hi));
   if (r.storage > 1)
     std::cerr << fmt::format("note: at this rank the adapter holds {:.2f}× the numbers of the "
                              "weights it compresses\n", r.storage);

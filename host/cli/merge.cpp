@@ -89,6 +89,7 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   } else {
     manifest = merge_rmm(o);
   }
+  for (const auto& w : bundle_warnings(manifest)) print_warning(w);
   if (args.json)
     std::cout << bundle_report_json(manifest, o.out.string()).dump(1) << "\n";
   else if (!args.quiet)
@@ -145,10 +146,14 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   o.threads = args.threads;
   o.progress = module_progress(args.quiet || args.json, "merging");
   const auto r = merge_classic(o);
+  for (const auto& w : r.warnings) print_warning(w);
   if (args.json) {
-    nlohmann::json j = {{"method", r.method}, {"mode", r.mode}, {"convention", r.convention},
-                        {"output", r.output}, {"path", o.out.string()}, {"merged", r.items}};
+    nlohmann::ordered_json j = {{"method", r.method}, {"mode", r.mode}, {"convention", r.convention},
+                                {"output", r.output}, {"path", o.out.string()}, {"merged", r.items}};
     if (r.output == "adapter") j["rank"] = r.rank;
+    j["parameters"] = nlohmann::ordered_json::object();
+    for (const auto& [name, value] : r.parameters) j["parameters"][name] = value;
+    j["warnings"] = r.warnings;
     std::cout << j.dump(1) << "\n";
   } else if (!args.quiet) {
     std::cout << "merged " << r.items << (r.output == "adapter" ? " modules" : " tensors")
@@ -156,7 +161,8 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
               << " definitions) into " << (r.output == "adapter" ? "adapter " : "model ")
               << o.out.string();
     if (r.output == "adapter") std::cout << " (rank " << r.rank << ")";
-    std::cout << "\n";
+    std::cout << "\nparameters:\n";
+    for (const auto& [name, value] : r.parameters) std::cout << "  " << name << ": " << value << "\n";
   }
 }
 

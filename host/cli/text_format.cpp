@@ -13,6 +13,8 @@ std::string shape_string(std::span<const std::int64_t> shape) {
   return fmt::format("[{}]", fmt::join(shape, ", "));
 }
 
+void print_warning(const std::string& text) { fmt::print(stderr, "revmerge: warning: {}\n", text); }
+
 }  // namespace revmerge::cli
 
 namespace revmerge::cli {

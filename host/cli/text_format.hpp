@@ -10,6 +10,8 @@ namespace revmerge::cli {
 std::string human_bytes(std::uint64_t bytes);
 /// "[4096, 11008]"-style shape.
 std::string shape_string(std::span<const std::int64_t> shape);
+/// "revmerge: warning: <text>" on stderr (shown with --quiet and --json too).
+void print_warning(const std::string& text);
 
 }  // namespace revmerge::cli
 

@@ -30,6 +30,8 @@ std::string manifest_to_json(const BundleManifest& m) {
   j["basis"] = m.basis;
   j["dtype"] = dtype_name(m.dtype);
   j["storage_ratio"] = m.storage_ratio;
+  j["input_bytes"] = m.input_bytes;
+  j["stored_bytes"] = m.stored_bytes;
   j["created_by"] = m.created_by;
   j["backend"] = m.backend;
   j["tasks"] = ojson::array();
@@ -95,6 +97,8 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
   if (!dt || !is_float_dtype(*dt)) throw format_error(file + ": field 'dtype' is not a float dtype");
   m.dtype = *dt;
   m.storage_ratio = field<double>(j, "storage_ratio", file);
+  for (auto [key, to] : {std::pair{"input_bytes", &m.input_bytes}, std::pair{"stored_bytes", &m.stored_bytes}})
+    if (j.contains(key)) *to = field<std::uint64_t>(j, key, file);
   m.created_by = field<std::string>(j, "created_by", file);
   if (const auto it = j.find("backend"); it != j.end() && it->is_string()) m.backend = it->get<std::string>();
   std::set<std::string> names;
@@ -135,6 +139,10 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
         throw format_error(where + ": per-task lists must have " + std::to_string(n) + " entries");
     if (static_cast<std::int64_t>(mod.task_ranks.size()) != n)
       throw format_error(where + ": task_ranks must have " + std::to_string(n) + " entries");
+    for (const auto rank : mod.task_ranks)
+      if (rank < 1 || rank > mod.rank)
+        throw format_error(where + ": task rank " + std::to_string(rank) + " is outside 1 .. " +
+                           std::to_string(mod.rank) + " (the module's rank)");
     m.modules.push_back(std::move(mod));
   }
   return m;

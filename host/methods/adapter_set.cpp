@@ -1,5 +1,8 @@
 #include "methods/adapter_set.hpp"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -9,35 +12,44 @@ namespace {
 
 using i64 = std::int64_t;
 
+// Every module any task adapts, sorted by (layer, name), matched across the tasks.
 std::vector<PlannedModule> plan_modules(const std::vector<TaskSource>& tasks,
-                                        const std::vector<std::unique_ptr<PeftAdapter>>& adapters) {
+                                        const std::vector<std::unique_ptr<PeftAdapter>>& adapters,
+                                        MissingModules missing) {
+  std::map<std::string, std::size_t> first_task;  // module path → the first task adapting it
   std::vector<PlannedModule> plan;
-  for (const auto& m : adapters[0]->modules())
-    plan.push_back({m.path, m.layer, m.name, m.in, m.out, m.rank, {}, {}});
   for (std::size_t t = 0; t < adapters.size(); ++t) {
     const auto& a = *adapters[t];
     if (a.config().fan_in_fan_out != adapters[0]->config().fan_in_fan_out)
       throw shape_error(a.dir().string() + ": fan_in_fan_out differs from " +
                         adapters[0]->dir().string() + "; the adapters are for different bases");
     for (const auto& m : a.modules())
-      if (!adapters[0]->find(m.path))
-        throw shape_error(a.dir().string() + ": module '" + m.path + "' of task '" + tasks[t].name +
-                          "' is missing from task '" + tasks[0].name + "' (" +
-                          adapters[0]->dir().string() + ")");
-    for (auto& p : plan) {
+      if (first_task.emplace(m.path, t).second)
+        plan.push_back({m.path, m.layer, m.name, m.in, m.out, 0, {}, {}});
+  }
+  std::stable_sort(plan.begin(), plan.end(), [](const PlannedModule& x, const PlannedModule& y) {
+    return x.layer != y.layer ? x.layer < y.layer : x.name < y.name;
+  });
+  for (auto& p : plan) {
+    const auto first = first_task.at(p.path);
+    for (std::size_t t = 0; t < adapters.size(); ++t) {
+      const auto& a = *adapters[t];
       const auto* m = a.find(p.path);
-      if (!m)
-        throw shape_error(a.dir().string() + ": module '" + p.path + "' is missing from task '" +
-                          tasks[t].name + "'; every task must adapt the same modules");
-      if (m->in != p.in || m->out != p.out)
+      if (!m && missing == MissingModules::refuse)
+        throw shape_error(a.dir().string() + ": module '" + p.path + "' of task '" +
+                          tasks[first].name + "' (" + adapters[first]->dir().string() +
+                          ") is missing from task '" + tasks[t].name +
+                          "'; RMM merges tasks that adapt the same modules (the classic methods "
+                          "take a missing module as a zero delta)");
+      if (m && (m->in != p.in || m->out != p.out))
         throw shape_error(a.dir().string() + ": module '" + p.path + "' is " +
                           std::to_string(m->out) + " × " + std::to_string(m->in) + " in task '" +
                           tasks[t].name + "' but " + std::to_string(p.out) + " × " +
-                          std::to_string(p.in) + " in task '" + tasks[0].name +
+                          std::to_string(p.in) + " in task '" + tasks[first].name +
                           "': adapters for different base shapes");
-      p.rank = std::max(p.rank, m->rank);
+      p.rank = std::max(p.rank, m ? m->rank : 0);
       p.per_task.push_back(m);
-      p.task_ranks.push_back(m->rank);
+      p.task_ranks.push_back(m ? m->rank : 0);
     }
   }
   return plan;
@@ -86,6 +98,11 @@ std::vector<float> read_factor(const PeftAdapter& a, const std::string& tensor, 
 std::vector<TaskFactors> read_module_factors(const AdapterSet& set, const PlannedModule& pm) {
   std::vector<TaskFactors> f;
   for (std::size_t t = 0; t < pm.per_task.size(); ++t) {
+    if (pm.per_task[t] == nullptr) {
+      f.push_back({std::vector<float>(static_cast<std::size_t>(pm.rank * pm.in), 0.0f),
+                   std::vector<float>(static_cast<std::size_t>(pm.out * pm.rank), 0.0f), pm.rank, 1.0});
+      continue;
+    }
     const auto& m = *pm.per_task[t];
     f.push_back({read_factor(*set.adapters[t], m.key_a, false),
                  read_factor(*set.adapters[t], m.key_b, false), m.rank, m.scale});
@@ -106,11 +123,48 @@ void check_task_names(const std::vector<TaskSource>& tasks) {
   }
 }
 
-AdapterSet open_adapter_set(const std::vector<TaskSource>& tasks) {
+AdapterSet open_adapter_set(const std::vector<TaskSource>& tasks, MissingModules missing) {
   AdapterSet set;
   for (const auto& t : tasks) set.adapters.push_back(std::make_unique<PeftAdapter>(t.adapter));
-  set.plan = plan_modules(tasks, set.adapters);
+  set.plan = plan_modules(tasks, set.adapters, missing);
+  set.missing.assign(tasks.size(), 0);
+  for (const auto& pm : set.plan)
+    for (std::size_t t = 0; t < pm.per_task.size(); ++t) set.missing[t] += pm.per_task[t] == nullptr;
   return set;
+}
+
+std::string differing_base_models(const std::vector<std::string>& names, const std::vector<std::string>& bases) {
+  // Base name → the tasks naming it, in the order first seen.
+  std::vector<std::pair<std::string, std::vector<std::string>>> groups;
+  for (std::size_t t = 0; t < bases.size(); ++t) {
+    auto base = bases[t];
+    while (base.size() > 1 && base.back() == '/') base.pop_back();
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == base; });
+    if (it == groups.end()) it = groups.insert(groups.end(), {base, {}});
+    it->second.push_back(names[t]);
+  }
+  if (groups.size() < 2) return {};
+  std::string text = "the tasks name different base models:";
+  for (std::size_t g = 0; g < groups.size(); ++g) {
+    text += g == 0 ? " " : g + 1 == groups.size() ? " and " : ", ";
+    text += fmt::format("'{}' ({})", groups[g].first.empty() ? "(none)" : groups[g].first,
+                        fmt::join(groups[g].second, ", "));
+  }
+  return text + "; merged anyway, as their modules have the same shapes";
+}
+
+std::vector<std::string> adapter_set_warnings(const std::vector<TaskSource>& tasks, const AdapterSet& set) {
+  std::vector<std::string> out;
+  std::vector<std::string> names, bases;
+  for (const auto& t : tasks) names.push_back(t.name);
+  for (const auto& a : set.adapters) bases.push_back(a->config().base_model_name_or_path);
+  if (auto text = differing_base_models(names, bases); !text.empty()) out.push_back(std::move(text));
+  for (std::size_t t = 0; t < tasks.size(); ++t)
+    if (set.missing[t] != 0)
+      out.push_back("task '" + tasks[t].name + "' does not adapt " + std::to_string(set.missing[t]) +
+                    " of the " + std::to_string(set.plan.size()) +
+                    " modules the tasks adapt; merged as a zero delta there");
+  return out;
 }
 
 }  // namespace revmerge

@@ -109,6 +109,9 @@ std::unique_ptr<FullModelSet> open_full_model_set(const std::vector<TaskSource>&
   const auto n = static_cast<i64>(tasks.size());
   // The factors come as padded f32 stacks (scale 1), computed where they are staged.
   source.input_dtype = linears.front().dtype;
+  for (const auto& pm : source.plan)
+    source.factor_bytes += static_cast<std::uint64_t>(n * pm.rank * (pm.in + pm.out)) *
+                           dtype_size(source.input_dtype);
   source.staged_bytes = [n](const PlannedModule& pm) {
     return f32_stacks_layout(n, pm.rank, pm.in, pm.out).bytes;
   };

@@ -132,6 +132,8 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
     stored += bm.storage_ratio * task_raw;
   }
   manifest.storage_ratio = raw > 0 ? stored / raw : 0;
+  manifest.input_bytes = source.factor_bytes;
+  for (const auto& spec : specs) manifest.stored_bytes += spec.nbytes();
   throw_if_interrupted("merge");
   writer.commit();
   write_file_atomic(staged.path() / kBundleManifestName, manifest_to_json(manifest), false);

@@ -432,6 +432,7 @@ RmmSource adapter_source(const AdapterSet& set, int reader_threads) {
       for (const auto* key : {&pm.per_task[t]->key_a, &pm.per_task[t]->key_b}) {
         const auto& info = set.adapters[t]->weights().at(*key);
         source.bytes_total += info.nbytes();
+        source.factor_bytes += info.nbytes();
         source.input_dtype = first ? info.dtype : wider(source.input_dtype, info.dtype);
         first = false;
       }

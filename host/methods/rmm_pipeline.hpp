@@ -43,6 +43,9 @@ StagedModule f32_stacks_layout(std::int64_t n, std::int64_t r, std::int64_t in, 
 struct RmmSource {
   std::vector<PlannedModule> plan;  ///< sorted by (layer, name); `rank` is the padded rank
   std::uint64_t bytes_total = 0;    ///< input file bytes the merge reads (progress)
+  /// Bytes of the tasks' own A and B factors as the inputs hold them (full fine-tunes: the
+  /// factors of their compression, in the models' dtype): the storage report's reference.
+  std::uint64_t factor_bytes = 0;
   /// The dtype of the inputs' factors (the widest, when they differ): the bundle's default.
   DType input_dtype = DType::F32;
   /// Host memory one load holds besides its staging block, at most (a full fine-tune's deltas).

@@ -51,6 +51,10 @@ struct BundleManifest {
   std::vector<BundleTask> tasks;
   std::vector<BundleModule> modules;
   double storage_ratio = 0;  ///< over all modules
+  /// Bytes of the tasks' own A and B factors in their own dtypes (what keeping every adapter
+  /// takes), and of the bundle's tensors in the stored dtype; 0 where a bundle does not record
+  /// them (written before they were).
+  std::uint64_t input_bytes = 0, stored_bytes = 0;
   std::string created_by;
   std::string backend;  ///< where it was computed, e.g. "cpu (OpenBLAS + LAPACKE, 2 threads)"
 

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "revmerge/dtype.hpp"
@@ -69,6 +70,12 @@ struct ClassicMergeReport {
   std::string output;        ///< "adapter" or "model"
   std::int64_t items = 0;    ///< modules (adapters) or tensors (checkpoints) merged
   std::int64_t rank = 0;     ///< rank of a written adapter (largest over modules)
+  /// Every parameter the merge ran with, defaults included ("density", "1 (not given: nothing
+  /// trimmed)"), in a fixed order; the output's recipe records the same.
+  std::vector<std::pair<std::string, std::string>> parameters;
+  /// What the user may not expect: tasks naming different base models, modules merged as zero
+  /// deltas in tasks that do not adapt them.
+  std::vector<std::string> warnings;
 };
 
 /// Merges the tasks into one adapter or model at `options.out`; nothing is written unless the

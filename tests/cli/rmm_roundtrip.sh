@@ -15,7 +15,13 @@ expect_error() {  # expect_error REGEX CMD...: non-zero exit and the message mat
 
 "$revmerge" merge --method rmm --basis 2 --out "$work/bundle" "${adapters[@]}" >"$work/merge.txt"
 grep -q "RMM bundle .*: 8 tasks, basis 2, 14 modules, stored as F32" "$work/merge.txt" || fail "merge header"
-grep -q "storage: 0.5000 of the task adapters" "$work/merge.txt" || fail "storage ratio"
+grep -q "storage: .* in F32 against .* in the tasks' own factors (0.500×, 50.0% saved)" "$work/merge.txt" ||
+  fail "storage in bytes"
+# A basis of 7 for 8 tasks stores more than the adapters: said, with what to do.
+"$revmerge" merge --basis 7 --out "$work/b7" "${adapters[@]}" >"$work/b7.txt" 2>"$work/b7.err"
+grep -q "storage: .* (1.438×, 43.8% larger than the inputs)" "$work/b7.txt" || fail "storage above the inputs"
+grep -q "revmerge: warning: the bundle's tensors take .* 1.44× the .* of the tasks' own factors: a basis of 7 for 8 tasks" \
+  "$work/b7.err" || { cat "$work/b7.err"; fail "no warning for a bundle larger than its inputs"; }
 
 expect_error "bundle: already exists \(pass --force" "$revmerge" merge --basis 2 --out "$work/bundle" "${adapters[@]}"
 "$revmerge" merge --basis 3 --out "$work/bundle" --force -q "${adapters[@]}"
@@ -38,6 +44,8 @@ tasks:
 YAML
 "$revmerge" merge --config "$work/merge.yaml" --out "$work/cfg" >"$work/cfg.txt"
 grep -q "3 tasks, basis 2, 14 modules, stored as BF16" "$work/cfg.txt" || fail "config merge"
+# 1.125× the inputs' numbers, in half their bytes.
+grep -q "(0.562×, 43.8% saved)" "$work/cfg.txt" || fail "bf16 bundle of f32 inputs: storage in bytes"
 grep -q '"name": "math"' <<<"$("$revmerge" inspect --json "$work/cfg")" || fail "task named after its folder"
 echo "unknown: 1" >>"$work/merge.yaml"
 expect_error "merge.yaml: unknown key 'unknown'" "$revmerge" merge --config "$work/merge.yaml" --out "$work/c2"

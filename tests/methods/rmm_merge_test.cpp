@@ -84,6 +84,19 @@ TEST(RmmMerge, ScalesAndRanksAreFoldedSoNMinusOneRevertsEveryDeltaExactly) {
     for (auto rk : mod.task_ranks) raw += double(rk);
     EXPECT_NEAR(mod.storage_ratio, (p * (r + n) + r) / raw, 1e-12);
   }
+  // Bytes: the tasks' own f32 factors against the bundle's tensors, as the files hold them.
+  std::uint64_t inputs = 0, stored = 0;
+  for (const auto& mod : bundle.manifest().modules) {
+    for (auto rk : mod.task_ranks) inputs += 4 * rk * (mod.in + mod.out);
+    stored += 4 * (mod.in + mod.out) * (3 * (mod.rank + 4) + mod.rank);
+  }
+  EXPECT_EQ(manifest.input_bytes, inputs);
+  EXPECT_EQ(manifest.stored_bytes, stored);
+  std::uint64_t tensor_bytes = 0;
+  for (const auto& t : bundle.tensors().tensors()) tensor_bytes += t.nbytes();
+  EXPECT_EQ(manifest.stored_bytes, tensor_bytes);
+  EXPECT_EQ(bundle.manifest().input_bytes, inputs);  // written and read back
+  EXPECT_EQ(bundle.manifest().stored_bytes, stored);
 }
 
 TEST(RmmMerge, ManifestErrorsMatchTheRevertedAdaptersPeftWrote) {
@@ -188,8 +201,9 @@ TEST(RmmMerge, BadInputNamesTheProblemAndWritesNothing) {
   test::write_adapter(tmp / "missing", 4, 8, missing, "", 5);
   o = base();
   o.tasks.push_back({"missing", tmp / "missing"});
-  EXPECT_NE(merge_error<shape_error>(o).find("module 'model.layers.1.self_attn.v_proj' is missing from task 'missing'"),
-            std::string::npos);
+  const auto missing_msg = merge_error<shape_error>(o);
+  EXPECT_NE(missing_msg.find("module 'model.layers.1.self_attn.v_proj' of task"), std::string::npos) << missing_msg;
+  EXPECT_NE(missing_msg.find("is missing from task 'missing'"), std::string::npos) << missing_msg;
 
   auto wider = kModules;
   wider[0].in = 11;
@@ -261,6 +275,31 @@ TEST(RmmRevert, UnknownTaskAndDamagedBundlesAreReported) {
   } catch (const format_error& e) {
     EXPECT_NE(std::string(e.what()).find("does not have the float shape the manifest implies"), std::string::npos)
         << e.what();
+  }
+}
+
+// A manifest's task ranks index the stored factors' rows on revert: one past the module's rank
+// (or below 1) is refused by module, not read out of bounds.
+TEST(RmmMerge, TaskRanksOutsideTheModulesRankAreRefused) {
+  test::TempDir tmp;
+  const auto tasks = mixed_tasks(tmp);
+  auto o = options_for(tasks, 2, tmp / "bundle");
+  merge_rmm(o);
+  const auto original = test::read_bytes(o.out / kBundleManifestName);
+  for (const std::int64_t bad : {5, 0, -1}) {
+    auto j = nlohmann::json::parse(original);
+    j["modules"][1]["task_ranks"][2] = bad;  // the module's rank is 4
+    test::write_bytes(o.out / kBundleManifestName, j.dump(1));
+    try {
+      Bundle b(o.out);
+      FAIL() << bad;
+    } catch (const format_error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("module '" + kModules[1].path + "': task rank " + std::to_string(bad) +
+                          " is outside 1 .. 4"),
+                std::string::npos)
+          << what;
+    }
   }
 }
 

@@ -155,7 +155,8 @@ ModuleDelta merge_module(const Context& c, const PlannedModule& pm, bool exact) 
 }  // namespace
 
 ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& o) {
-  Context c{o, open_adapter_set(o.tasks), {}, {}, 0, o.threads > 0 ? o.threads : omp_get_max_threads()};
+  Context c{o, open_adapter_set(o.tasks, MissingModules::zero), {}, {}, 0,
+            o.threads > 0 ? o.threads : omp_get_max_threads()};
   c.p = task_parameters(o, o.tasks.size());
   if (is_elementwise(o.method)) c.recipe = make_recipe(o, Convention::peft);
   for (const auto& pm : c.set.plan) c.target_rank = std::max(c.target_rank, pm.rank);
@@ -169,6 +170,14 @@ ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& o) {
                     : "separate";
   report.convention = "peft";
   report.items = static_cast<i64>(c.set.plan.size());
+  report.warnings = adapter_set_warnings(o.tasks, c.set);
+  // The target rank matters where the merged delta is re-factorised: svd, and combined
+  // element-wise merges written as an adapter.
+  const bool refactors = !o.full_model && o.method != ClassicMethod::cat &&
+                         (o.method == ClassicMethod::svd || o.mode == LoraMergeMode::combined);
+  report.parameters = classic_parameters(
+      o, c.p, c.recipe ? &*c.recipe : nullptr, refactors ? c.target_rank : 0,
+      o.dtype ? std::string(dtype_name(*o.dtype)) : o.full_model ? "the base model's" : "F32");
   if (!o.full_model) {
     if (!o.base.empty())
       throw usage_error("--base: an adapter merge writes an adapter; add --full-model to write "

@@ -104,8 +104,11 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
       for (i64 j = 0; j < count; ++j) values[j] += base_values[j];
     return true;
   };
-  const auto items = write_full_model(layout, o.out, produce, mo);
-  return {to_string(o.method), "checkpoint", "mergekit", "model", items, 0};
+  ClassicMergeReport report{to_string(o.method), "checkpoint", "mergekit", "model", 0, 0, {}, {}};
+  report.parameters = classic_parameters(o, p, &recipe, 0,
+                                         o.dtype ? std::string(dtype_name(*o.dtype)) : linear ? "the first model's" : "the base model's");
+  report.items = write_full_model(layout, o.out, produce, mo);
+  return report;
 }
 
 }  // namespace revmerge

@@ -1,8 +1,13 @@
 // Entry point of the classic methods: names, per-task parameters, and the choice between the
 // adapter driver and the checkpoint driver from what the input folders hold.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
 #include <cmath>
 #include <set>
 
+#include "methods/classic/combine.hpp"
 #include "methods/classic/classic_internal.hpp"
 #include "methods/adapter_set.hpp"
 #include "revmerge/error.hpp"
@@ -68,6 +73,51 @@ TaskParameters task_parameters(const ClassicMergeOptions& o, std::size_t n) {
                         "' is outside [0, 1] (the fraction of each tensor that is kept)");
   }
   return p;
+}
+
+namespace {
+
+std::string number_list(const std::vector<double>& v) {
+  if (std::all_of(v.begin(), v.end(), [&](double x) { return x == v.front(); }))
+    return fmt::format("{}", v.front()) + (v.size() > 1 ? " each" : "");
+  return fmt::format("{}", fmt::join(v, ", "));
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> classic_parameters(const ClassicMergeOptions& o,
+                                                                    const TaskParameters& p,
+                                                                    const CombineRecipe* r,
+                                                                    std::int64_t rank,
+                                                                    const std::string& dtype) {
+  std::vector<std::pair<std::string, std::string>> out;
+  const auto unless = [](bool given, const char* what) { return given ? std::string() : std::string(" (") + what + ")"; };
+  out.emplace_back("weights", number_list(p.weights) + unless(!o.weights.empty(), "not given"));
+  if (r && (r->magnitude_trim || r->random_drop))
+    out.emplace_back("density", number_list(p.densities) +
+                                    unless(!o.densities.empty(), r->random_drop ? "not given: nothing dropped"
+                                                                                : "not given: nothing trimmed"));
+  out.emplace_back("lambda", fmt::format("{}", o.lambda.value_or(1.0)) + unless(o.lambda.has_value(), "not given"));
+  if (r && r->elect_sign)
+    out.emplace_back("majority_sign", r->election == SignElection::sum ? "total (sum)" : "frequency (count)");
+  if (r) {
+    const char* how = r->normalize == Normalize::none             ? "no"
+                      : r->normalize == Normalize::weight_sum     ? "by the sum of the weights"
+                      : r->normalize == Normalize::agreeing_count ? "by the count of agreeing tasks"
+                                                                  : "by the weights of agreeing tasks";
+    out.emplace_back("normalize", how + unless(o.normalize.has_value(), "the method's default"));
+  }
+  if (r && r->random_drop) {
+    out.emplace_back("rescale", std::string(r->rescale == Rescale::none             ? "no"
+                                            : r->rescale == Rescale::inverse_density ? "by 1 / density"
+                                                                                     : "to the L1 norm") +
+                                    unless(o.rescale.has_value(), "the method's default"));
+    out.emplace_back("seed", std::to_string(o.seed));
+  }
+  if (rank > 0) out.emplace_back("rank", std::to_string(rank) + unless(o.rank > 0, "not given: the largest input rank"));
+  out.emplace_back("dtype", dtype + unless(o.dtype.has_value(), "not given"));
+  if (!o.base.empty()) out.emplace_back("base", o.base.string());
+  return out;
 }
 
 ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {

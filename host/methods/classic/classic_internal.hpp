@@ -1,6 +1,8 @@
 #pragma once
 // Shared pieces of the classic-method drivers (adapters and checkpoints).
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "revmerge/classic.hpp"
@@ -13,6 +15,17 @@ struct TaskParameters {
   std::vector<double> weights, densities;
 };
 TaskParameters task_parameters(const ClassicMergeOptions& options, std::size_t n);
+
+struct CombineRecipe;
+
+/// The parameters in effect, defaults included and said to be (ClassicMergeReport::parameters):
+/// `recipe` null for cat and svd; `rank` the written adapter's target rank (0: a model);
+/// `dtype` the output dtype as written.
+std::vector<std::pair<std::string, std::string>> classic_parameters(const ClassicMergeOptions& options,
+                                                                    const TaskParameters& p,
+                                                                    const CombineRecipe* recipe,
+                                                                    std::int64_t rank,
+                                                                    const std::string& dtype);
 
 /// Whether the method works element by element (everything but cat and svd).
 bool is_elementwise(ClassicMethod method);

@@ -157,6 +157,118 @@ TEST(ClassicMerge, SeparateModeNeedsEqualRanks) {
   EXPECT_EQ(merged.modules()[0].rank, 4);
 }
 
+// A task that does not adapt a module is merged as if it held zero factors there (PEFT's
+// add_weighted_adapter skips it, which the zero delta equals for every method): the same
+// bytes as an explicit zero module, for every kind of method, and said in the report.
+TEST(ClassicMerge, AMissingModuleIsAZeroDelta) {
+  test::TempDir tmp;
+  const std::vector<test::ModuleSpec> all = {{"model.layers.0.self_attn.q_proj", 4, 12, 10},
+                                             {"model.layers.0.self_attn.v_proj", 4, 12, 6},
+                                             {"model.layers.1.self_attn.q_proj", 4, 12, 10}};
+  auto partial_modules = all;
+  partial_modules.erase(partial_modules.begin() + 1);
+  // alpha = r: scale 1, so the explicit zero adapter is the same numbers written again.
+  test::write_adapter(tmp / "a", 4, 4, all, "", 1);
+  test::write_adapter(tmp / "b", 4, 4, all, "", 2);
+  const auto partial = test::write_adapter(tmp / "partial", 4, 4, partial_modules, "", 3);
+  test::write_adapter(tmp / "zeroed", 4, 4, all, "", 3);
+  {
+    std::vector<TensorData> tensors;
+    const std::vector<float> za(4 * 12, 0.0f), zb(6 * 4, 0.0f);
+    for (const auto& m : all) {
+      const bool gone = m.path == all[1].path;
+      const auto& a = gone ? za : partial.a.at(m.path);
+      const auto& b = gone ? zb : partial.b.at(m.path);
+      tensors.push_back({{"base_model.model." + m.path + ".lora_A.weight", DType::F32, {m.rank, m.in}},
+                         std::as_bytes(std::span(a))});
+      tensors.push_back({{"base_model.model." + m.path + ".lora_B.weight", DType::F32, {m.out, m.rank}},
+                         std::as_bytes(std::span(b))});
+    }
+    write_safetensors(tmp / "zeroed" / kAdapterWeightsName, tensors, {}, true);
+  }
+  struct Case {
+    ClassicMethod method;
+    LoraMergeMode mode;
+    std::vector<double> densities;
+  };
+  const Case cases[] = {{ClassicMethod::linear, LoraMergeMode::separate, {}},
+                        {ClassicMethod::ties, LoraMergeMode::separate, {0.5}},
+                        {ClassicMethod::dare_ties, LoraMergeMode::separate, {0.7}},
+                        {ClassicMethod::magnitude_prune, LoraMergeMode::combined, {0.5}},
+                        {ClassicMethod::task_arithmetic, LoraMergeMode::combined, {}},
+                        {ClassicMethod::cat, LoraMergeMode::separate, {}},
+                        {ClassicMethod::svd, LoraMergeMode::separate, {}}};
+  int k = 0;
+  for (const auto& c : cases) {
+    ClassicMergeOptions o;
+    o.method = c.method;
+    o.mode = c.mode;
+    o.densities = c.densities;
+    o.weights = {0.5, -1.0, 1.5};
+    o.seed = 9;
+    o.tasks = {{"a", tmp / "a"}, {"b", tmp / "b"}, {"partial", tmp / "partial"}};
+    o.out = tmp / ("missing" + std::to_string(k));
+    const auto report = merge_classic(o);
+    ASSERT_EQ(report.warnings.size(), 1u) << to_string(c.method);
+    EXPECT_EQ(report.warnings[0],
+              "task 'partial' does not adapt 1 of the 3 modules the tasks adapt; merged as a zero delta there");
+    EXPECT_EQ(report.items, 3);
+    auto explicit_zero = o;
+    explicit_zero.tasks[2].adapter = tmp / "zeroed";
+    explicit_zero.out = tmp / ("zeroed" + std::to_string(k++));
+    EXPECT_TRUE(merge_classic(explicit_zero).warnings.empty());
+    EXPECT_EQ(test::read_bytes(o.out / kAdapterWeightsName),
+              test::read_bytes(explicit_zero.out / kAdapterWeightsName))
+        << to_string(c.method);
+  }
+}
+
+// What the merge ran with is reported, defaults included; tasks for differently named bases
+// are merged with a warning naming both.
+TEST(ClassicMerge, TheReportShowsEveryParameterAndDifferingBases) {
+  test::TempDir tmp;
+  const std::vector<test::ModuleSpec> mods = {{"model.layers.0.self_attn.q_proj", 4, 8, 8}};
+  test::write_adapter(tmp / "a", 4, 8, mods, "\"base_model_name_or_path\": \"org/base\"", 1);
+  test::write_adapter(tmp / "b", 4, 8, mods, "\"base_model_name_or_path\": \"org/base/\"", 2);
+  test::write_adapter(tmp / "c", 4, 8, mods, "\"base_model_name_or_path\": \"org/other\"", 3);
+  ClassicMergeOptions o;
+  o.method = ClassicMethod::ties;
+  o.tasks = {{"a", tmp / "a"}, {"b", tmp / "b"}, {"c", tmp / "c"}};
+  o.out = tmp / "ties";
+  const auto r = merge_classic(o);
+  const std::vector<std::pair<std::string, std::string>> want = {
+      {"weights", "1 each (not given)"},
+      {"density", "1 each (not given: nothing trimmed)"},
+      {"lambda", "1 (not given)"},
+      {"majority_sign", "total (sum)"},
+      {"normalize", "by the count of agreeing tasks (the method's default)"},
+      {"dtype", "F32 (not given)"}};
+  EXPECT_EQ(r.parameters, want);
+  ASSERT_EQ(r.warnings.size(), 1u);
+  EXPECT_EQ(r.warnings[0],
+            "the tasks name different base models: 'org/base' (a, b) and 'org/other' (c); merged "
+            "anyway, as their modules have the same shapes");
+  o.method = ClassicMethod::dare_linear;
+  o.densities = {0.25, 0.5, 1};
+  o.lambda = 2;
+  o.rescale = false;
+  o.seed = 7;
+  o.mode = LoraMergeMode::combined;
+  o.rank = 3;
+  o.dtype = DType::BF16;
+  o.out = tmp / "dare";
+  const std::vector<std::pair<std::string, std::string>> dare = {
+      {"weights", "1 each (not given)"},
+      {"density", "0.25, 0.5, 1"},
+      {"lambda", "2"},
+      {"normalize", "no (the method's default)"},
+      {"rescale", "no"},
+      {"seed", "7"},
+      {"rank", "3"},
+      {"dtype", "BF16"}};
+  EXPECT_EQ(merge_classic(o).parameters, dare);
+}
+
 TEST(ClassicMerge, CheckpointsNeedTheirBaseAndElementWiseMethods) {
   test::TempDir tmp;
   const auto golden = fs::path(REVMERGE_FIXTURES) / "golden" / "mergekit";
