@@ -1,6 +1,7 @@
 #include "core/atomic_output.hpp"
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -46,12 +47,52 @@ std::string temp_template(const fs::path& target, std::string_view tag) {
   return (parent_or_dot(target) / name).string();
 }
 
+[[noreturn]] void already_exists(const fs::path& target) {
+  throw io_error(target.string() + ": already exists (pass --force to replace it)");
+}
+
+// Makes a rename in `folder` durable: until the folder itself is synced, a power loss can undo
+// the rename and the output vanishes although its bytes were synced.
+void sync_folder(const fs::path& folder) {
+  const int fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) os_fail(folder, "cannot open the folder to sync it", errno);
+  const int rc = ::fsync(fd);
+  const int e = errno;
+  ::close(fd);
+  // Some file systems cannot sync a folder (EINVAL); their renames are as durable as they get.
+  if (rc != 0 && e != EINVAL) os_fail(folder, "fsync of the folder failed", e);
+}
+
+// renameat2 with flags; false when this file system (or kernel) does not take them, so the
+// caller falls back to a check and a plain rename.
+bool rename_with(const fs::path& from, const fs::path& to, unsigned flags, int& err) {
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), flags) == 0) {
+    err = 0;
+    return true;
+  }
+  err = errno;
+  return err != EINVAL && err != ENOSYS && err != ENOTSUP;
+}
+
+// Gives `from` the name `to`, refusing an existing `to` in the same step (no window in which
+// another writer's output could appear and be overwritten).
+void rename_no_replace(const fs::path& from, const fs::path& to) {
+  int err = 0;
+  if (!rename_with(from, to, RENAME_NOREPLACE, err)) {
+    refuse_existing(to, false);
+    if (::rename(from.c_str(), to.c_str()) == 0) return;
+    err = errno;
+  }
+  if (err == EEXIST || err == ENOTEMPTY) already_exists(to);
+  if (err != 0) os_fail(to, "cannot rename into place", err);
+}
+
 }  // namespace
 
 void refuse_existing(const fs::path& target, bool overwrite) {
   std::error_code ec;
   if (!overwrite && fs::exists(fs::symlink_status(target, ec)))
-    throw io_error(target.string() + ": already exists (pass --force to replace it)");
+    already_exists(target);
 }
 
 AtomicFile::AtomicFile(fs::path target, bool overwrite)
@@ -105,9 +146,14 @@ void AtomicFile::commit() {
   const int fd = fd_;
   fd_ = -1;
   if (::close(fd) != 0) os_fail(target_, "close failed", errno);
-  refuse_existing(target_, overwrite_);
-  if (::rename(temp_.c_str(), target_.c_str()) != 0) os_fail(target_, "cannot rename into place", errno);
+  // A file is replaced by rename() in one step: readers see the old file or the new one.
+  if (!overwrite_) {
+    rename_no_replace(temp_, target_);
+  } else if (::rename(temp_.c_str(), target_.c_str()) != 0) {
+    os_fail(target_, "cannot rename into place", errno);
+  }
   temp_.clear();
+  sync_folder(parent_or_dot(target_));
 }
 
 void write_file_atomic(const fs::path& target, std::string_view content, bool overwrite) {
@@ -137,7 +183,30 @@ StagedDir::~StagedDir() {
 }
 
 void StagedDir::commit() {
-  refuse_existing(target_, overwrite_);
+  std::error_code ec;
+  if (!overwrite_) {
+    rename_no_replace(temp_, target_);
+  } else {
+    // Swap the new folder and the old output in one step, so the target's name never points at
+    // nothing; the old output then lies under the temporary name and is removed.
+    int err = 0;
+    if (rename_with(temp_, target_, RENAME_EXCHANGE, err) && err == 0) {
+      committed_ = true;
+      fs::remove_all(temp_, ec);
+      sync_folder(parent_or_dot(target_));
+      return;
+    }
+    if (err == ENOENT && !fs::exists(fs::symlink_status(target_, ec))) {
+      rename_no_replace(temp_, target_);  // nothing to replace (a racing writer is refused)
+    } else {
+      replace_in_two_steps();  // a file system without RENAME_EXCHANGE
+    }
+  }
+  committed_ = true;
+  sync_folder(parent_or_dot(target_));
+}
+
+void StagedDir::replace_in_two_steps() {
   std::error_code ec;
   fs::path old;
   if (fs::exists(fs::symlink_status(target_, ec))) {
@@ -152,7 +221,6 @@ void StagedDir::commit() {
     if (!old.empty()) ::rename(old.c_str(), target_.c_str());
     os_fail(target_, "cannot rename into place", e);
   }
-  committed_ = true;
   if (!old.empty()) fs::remove_all(old.parent_path(), ec);
 }
 

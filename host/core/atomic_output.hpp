@@ -25,7 +25,8 @@ class AtomicFile {
   void write_at(std::uint64_t offset, const void* data, std::size_t size);
   /// Sets the file's length (the unwritten parts read as zeros).
   void resize(std::uint64_t size);
-  /// fsync, close, rename onto the target (refusing an existing target unless overwrite).
+  /// fsync, close, rename onto the target (refusing an existing target in the same step unless
+  /// overwrite), fsync the folder.
   void commit();
   const std::filesystem::path& target() const noexcept { return target_; }
 
@@ -44,7 +45,9 @@ void write_file_atomic(const std::filesystem::path& target, std::string_view con
                        bool overwrite);
 
 /// A folder built under a temporary name beside `target` and swapped in on commit(). With
-/// `overwrite`, an existing target is replaced only once the new folder is complete.
+/// `overwrite`, an existing target is replaced only once the new folder is complete, in one
+/// step (RENAME_EXCHANGE); without, an existing target is refused in the same step as the
+/// rename (RENAME_NOREPLACE). The parent folder is synced after.
 class StagedDir {
  public:
   StagedDir(std::filesystem::path target, bool overwrite);
@@ -58,6 +61,8 @@ class StagedDir {
   void commit();
 
  private:
+  void replace_in_two_steps();
+
   std::filesystem::path target_;
   std::filesystem::path temp_;
   bool overwrite_;

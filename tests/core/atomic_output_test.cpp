@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <atomic>
+#include <thread>
+
 #include "revmerge/error.hpp"
 #include "test_util.hpp"
 
@@ -56,6 +59,49 @@ TEST(StagedDir, OutputsHaveTheUmasksPermissions) {
   EXPECT_EQ(st.st_mode & 0777, 0777 & ~mask);
   ASSERT_EQ(::stat((dir / "out" / "a.json").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0666 & ~mask);
+}
+
+// --force swaps the new folder in with one rename: a reader polling the target's name never
+// finds it missing (with a rename aside and a rename in, it does within a few hundred tries).
+TEST(StagedDir, AReplacedFolderIsNeverMissing) {
+  test::TempDir dir;
+  std::filesystem::create_directories(dir / "out");
+  std::atomic<bool> done = false;
+  std::atomic<int> missing = 0;
+  std::thread reader([&] {
+    struct stat st{};
+    while (!done)
+      if (::stat((dir / "out").c_str(), &st) != 0) ++missing;
+  });
+  for (int i = 0; i < 400 && missing == 0; ++i) {
+    StagedDir s(dir / "out", true);
+    write_file_atomic(s.path() / "n.txt", std::to_string(i), false);
+    s.commit();
+  }
+  done = true;
+  reader.join();
+  EXPECT_EQ(missing, 0);
+  EXPECT_EQ(test::list_dir(dir.path()), std::vector<std::string>{"out"});
+  EXPECT_EQ(test::read_bytes(dir / "out" / "n.txt"), "399");
+}
+
+// Without overwrite, an output that appears between the start and the commit is kept and named.
+TEST(StagedDir, AnOutputThatAppearsMeanwhileIsKept) {
+  test::TempDir dir;
+  StagedDir s(dir / "out", false);
+  AtomicFile f(dir / "file", false);
+  std::filesystem::create_directories(dir / "out");
+  test::write_bytes(dir / "out" / "theirs.txt", "theirs");
+  test::write_bytes(dir / "file", "theirs");
+  try {
+    s.commit();
+    ADD_FAILURE() << "the folder that appeared was replaced";
+  } catch (const io_error& e) {
+    EXPECT_NE(std::string(e.what()).find("out: already exists"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(f.commit(), io_error);
+  EXPECT_EQ(test::list_dir(dir / "out"), std::vector<std::string>{"theirs.txt"});
+  EXPECT_EQ(test::read_bytes(dir / "file"), "theirs");
 }
 
 TEST(AtomicFile, MissingFolderIsAnIoErrorAndLeavesNothing) {
