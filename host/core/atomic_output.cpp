@@ -12,6 +12,7 @@
 #include <string>
 #include <system_error>
 
+#include "core/mapping_guard.hpp"
 #include "revmerge/error.hpp"
 
 namespace fs = std::filesystem;
@@ -146,6 +147,7 @@ void AtomicFile::commit() {
   const int fd = fd_;
   fd_ = -1;
   if (::close(fd) != 0) os_fail(target_, "close failed", errno);
+  check_mapped_inputs_intact();  // never an output made from an input that shrank meanwhile
   // A file is replaced by rename() in one step: readers see the old file or the new one.
   if (!overwrite_) {
     rename_no_replace(temp_, target_);
@@ -183,6 +185,7 @@ StagedDir::~StagedDir() {
 }
 
 void StagedDir::commit() {
+  check_mapped_inputs_intact();
   std::error_code ec;
   if (!overwrite_) {
     rename_no_replace(temp_, target_);

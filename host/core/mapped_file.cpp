@@ -10,6 +10,7 @@
 #include <cstring>
 #include <utility>
 
+#include "core/mapping_guard.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -36,6 +37,7 @@ MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
       throw io_error(path.string() + ": cannot mmap: " + std::strerror(e));
     }
     data_ = static_cast<const std::byte*>(p);
+    guard_slot_ = guard_mapping(data_, size_, path_);
   }
   ::close(fd);  // the mapping stays valid without the descriptor
 }
@@ -43,7 +45,8 @@ MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
 MappedFile::MappedFile(MappedFile&& other) noexcept
     : path_(std::move(other.path_)),
       data_(std::exchange(other.data_, nullptr)),
-      size_(std::exchange(other.size_, 0)) {}
+      size_(std::exchange(other.size_, 0)),
+      guard_slot_(std::exchange(other.guard_slot_, -1)) {}
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
@@ -51,6 +54,7 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
     path_ = std::move(other.path_);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    guard_slot_ = std::exchange(other.guard_slot_, -1);
   }
   return *this;
 }
@@ -66,7 +70,12 @@ void MappedFile::drop_pages(std::size_t offset, std::size_t length) const noexce
   if (end > begin) ::madvise(const_cast<std::byte*>(data_) + begin, end - begin, MADV_DONTNEED);
 }
 
+void MappedFile::check_intact() const {
+  if (mapping_faulted(guard_slot_)) throw_truncated(path_);
+}
+
 void MappedFile::release() noexcept {
+  unguard_mapping(std::exchange(guard_slot_, -1));
   if (data_ != nullptr) ::munmap(const_cast<std::byte*>(data_), size_);
   data_ = nullptr;
   size_ = 0;

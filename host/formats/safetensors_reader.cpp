@@ -147,6 +147,7 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::byte> file,
 
 SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
     : map_(path), header_(parse_safetensors_header(map_.bytes(), path.string())) {
+  map_.check_intact();
   for (std::size_t i = 0; i < header_.tensors.size(); ++i)
     index_.emplace(header_.tensors[i].name, i);
 }
@@ -180,6 +181,7 @@ void read_into(const SafetensorsFile& f, const TensorInfo& t, std::span<T> out) 
     convert_to_f32(t.dtype, f.bytes(t).data(), out.data(), out.size());
   else
     convert_to_f64(t.dtype, f.bytes(t).data(), out.data(), out.size());
+  f.check_intact();
 }
 }  // namespace
 

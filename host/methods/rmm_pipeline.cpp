@@ -483,6 +483,7 @@ RmmSource adapter_source(const AdapterSet& set, int reader_threads) {
       // file): each call can interrupt every thread of the process to flush its mappings.
       file.evict(*infos[2 * t], *infos[2 * t + 1]);
     }
+    for (std::int64_t t = 0; t < n; ++t) set.adapters[t]->weights().check_intact();
     m.file_bytes = bytes_read;
     return m;
   };

@@ -70,8 +70,10 @@ class SafetensorsFile {
   const TensorInfo* find(std::string_view name) const noexcept;
   /// The entry for `name`; throws format_error naming the file when absent.
   const TensorInfo& at(std::string_view name) const;
-  /// The raw little-endian bytes of a tensor.
+  /// The raw little-endian bytes of a tensor. Callers that read them call check_intact() after.
   std::span<const std::byte> bytes(const TensorInfo& t) const noexcept;
+  /// Throws io_error naming the file when it shrank while its bytes were read (MappedFile).
+  void check_intact() const { map_.check_intact(); }
 
   /// Reads a float tensor converted to f32 / f64; `out.size()` must equal numel (shape_error).
   void read(const TensorInfo& t, std::span<float> out) const;

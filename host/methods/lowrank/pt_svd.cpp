@@ -27,8 +27,10 @@ namespace {
                      "its difference to the base is) at element " + std::to_string(element));
 }
 
+// Done with a weight's bytes: throws if its file shrank while they were read, then drops them.
 void evict(const HfModel& model, const LinearWeight& w) {
   const auto& file = *model.checkpoint().at(w.tensor).file;
+  file.check_intact();
   file.evict(file.at(w.tensor));
 }
 
