@@ -18,6 +18,9 @@ find_library(REVMERGE_OPENBLAS_LIBRARY NAMES openblas
   PATH_SUFFIXES openblas-openmp x86_64-linux-gnu/openblas-openmp NO_CMAKE_SYSTEM_PATH)
 find_library(REVMERGE_OPENBLAS_LIBRARY NAMES openblas
   PATHS /usr/lib/x86_64-linux-gnu/openblas-openmp NO_DEFAULT_PATH)
+# RE2 for the patterns in adapter configs (linear-time matching of untrusted regexes).
+find_path(REVMERGE_RE2_INCLUDE_DIR re2/re2.h)
+find_library(REVMERGE_RE2_LIBRARY NAMES re2)
 find_path(REVMERGE_LAPACKE_INCLUDE_DIR lapacke.h)
 find_library(REVMERGE_LAPACKE_LIBRARY NAMES lapacke)
 # Thrust for the CPU backend's element-wise kernels (OpenMP system): the CUDA toolkit's CCCL
@@ -25,10 +28,11 @@ find_library(REVMERGE_LAPACKE_LIBRARY NAMES lapacke)
 find_path(REVMERGE_THRUST_INCLUDE_DIR thrust/version.h
   HINTS /usr/local/cuda/include/cccl $ENV{CUDA_HOME}/include/cccl)
 foreach(var REVMERGE_CBLAS_INCLUDE_DIR REVMERGE_OPENBLAS_LIBRARY REVMERGE_LAPACKE_INCLUDE_DIR
-            REVMERGE_LAPACKE_LIBRARY REVMERGE_THRUST_INCLUDE_DIR)
+            REVMERGE_LAPACKE_LIBRARY REVMERGE_THRUST_INCLUDE_DIR REVMERGE_RE2_INCLUDE_DIR
+            REVMERGE_RE2_LIBRARY)
   if(NOT ${var})
     message(FATAL_ERROR "revmerge: ${var} not found; run tools/bootstrap.sh "
-                        "(Debian: libopenblas-openmp-dev liblapacke-dev libthrust-dev)")
+                        "(Debian: libopenblas-openmp-dev liblapacke-dev libthrust-dev libre2-dev)")
   endif()
 endforeach()
 add_library(revmerge_blas INTERFACE)
@@ -36,6 +40,10 @@ target_include_directories(revmerge_blas SYSTEM INTERFACE
   ${REVMERGE_CBLAS_INCLUDE_DIR} ${REVMERGE_LAPACKE_INCLUDE_DIR})
 target_link_libraries(revmerge_blas INTERFACE
   ${REVMERGE_LAPACKE_LIBRARY} ${REVMERGE_OPENBLAS_LIBRARY})
+
+add_library(revmerge_re2 INTERFACE)
+target_include_directories(revmerge_re2 SYSTEM INTERFACE ${REVMERGE_RE2_INCLUDE_DIR})
+target_link_libraries(revmerge_re2 INTERFACE ${REVMERGE_RE2_LIBRARY} Threads::Threads)
 
 if(REVMERGE_BUILD_TESTS)
   find_package(GTest REQUIRED)

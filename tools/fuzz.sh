@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-20}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(safetensors_header shard_index adapter_config bundle_manifest)
+[ ${#targets[@]} -gt 0 ] || targets=(safetensors_header shard_index adapter_config bundle_manifest merge_config)
 build=build/fuzz
 CXX=clang++ cmake -S tests/fuzz -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$build" -j "$(nproc)" >/dev/null

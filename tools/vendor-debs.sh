@@ -16,7 +16,7 @@ fi
 
 pkgs=(libfmt-dev libfmt9 nlohmann-json3-dev libcli11-dev libyaml-cpp-dev libyaml-cpp0.7
       libopenblas-openmp-dev libopenblas0-openmp liblapacke-dev liblapacke libtmglib3
-      libgfortran5 libquadmath0 libgtest-dev)
+      libgfortran5 libquadmath0 libgtest-dev libre2-dev libre2-9)
 rm -rf "$vendor" && mkdir -p "$vendor/debs" "$vendor/root"
 (cd "$vendor/debs" && apt-get download "${pkgs[@]}" >/dev/null)
 for deb in "$vendor"/debs/*.deb; do dpkg -x "$deb" "$vendor/root"; done

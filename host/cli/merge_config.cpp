@@ -1,8 +1,11 @@
 #include "merge_config.hpp"
 
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
+#include <fstream>
 #include <map>
+#include <sstream>
 
 #include "revmerge/error.hpp"
 
@@ -92,6 +95,30 @@ struct Reader {
   }
 };
 
+// What a merge config can hold: a list of tasks with a few keys each. A file beyond these is
+// not a merge config (or is made to exhaust the reader), and is refused before it is parsed
+// (size) or before it is used (depth, node count: aliases can make a small file a huge tree).
+constexpr std::uintmax_t kMaxConfigBytes = std::uintmax_t{1} << 20;
+constexpr int kMaxConfigDepth = 8;
+constexpr std::size_t kMaxConfigNodes = 200000;
+
+void check_shape(const YAML::Node& node, int depth, std::size_t& nodes, const std::string& file) {
+  if (depth > kMaxConfigDepth)
+    throw format_error(file + ": nested more than " + std::to_string(kMaxConfigDepth) +
+                       " levels deep; a merge config needs 4 (tasks, a task, its parameters, a value)");
+  if (++nodes > kMaxConfigNodes)
+    throw format_error(file + ": holds more than " + std::to_string(kMaxConfigNodes) +
+                       " values (counting each use of an alias); not a merge config");
+  if (node.IsSequence()) {
+    for (const auto& v : node) check_shape(v, depth + 1, nodes, file);
+  } else if (node.IsMap()) {
+    for (const auto& kv : node) {
+      check_shape(kv.first, depth + 1, nodes, file);
+      check_shape(kv.second, depth + 1, nodes, file);
+    }
+  }
+}
+
 }  // namespace
 
 std::string task_name_from_path(const fs::path& adapter) {
@@ -110,15 +137,39 @@ TaskSource task_from_argument(const std::string& argument) {
 }
 
 MergeConfig read_merge_config(const fs::path& path) {
+  const auto file = path.string();
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) throw io_error(file + ": no such config file");
+  const auto size = fs::file_size(path, ec);
+  if (ec) throw io_error(file + ": cannot read: " + ec.message());
+  if (size > kMaxConfigBytes)
+    throw format_error(file + ": " + std::to_string(size) + " bytes; a merge config is at most " +
+                       std::to_string(kMaxConfigBytes) + " bytes (is this the right file?)");
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (!in) throw io_error(file + ": cannot read");
+  return parse_merge_config(text.str(), path);
+}
+
+MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
   Reader r{path.string(), path.parent_path(), {}};
   const auto& file = r.file;
-  if (!fs::is_regular_file(path)) throw io_error(file + ": no such config file");
+  if (text.size() > kMaxConfigBytes)
+    throw format_error(file + ": " + std::to_string(text.size()) +
+                       " bytes; a merge config is at most " + std::to_string(kMaxConfigBytes) + " bytes");
   YAML::Node root;
   try {
-    root = YAML::LoadFile(file);
+    root = YAML::Load(text);
+  } catch (const YAML::DeepRecursion& e) {
+    throw format_error(file + ": nested more than 2000 levels deep (line " +
+                       std::to_string(e.mark.line + 1) +
+                       "); a merge config needs 4 (tasks, a task, its parameters, a value)");
   } catch (const YAML::Exception& e) {
     throw format_error(file + ": not valid YAML/JSON: " + e.what());
   }
+  std::size_t nodes = 0;
+  check_shape(root, 0, nodes, file);
   if (!root.IsMap()) throw format_error(file + ": expected a mapping with a 'tasks' or 'models' list");
   auto& c = r.c;
   c.file = file;

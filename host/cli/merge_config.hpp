@@ -32,7 +32,11 @@ struct MergeConfig {
 /// Reads `path`; unknown keys, missing names or models, and wrong types are format_errors
 /// naming the file and the key; mergekit features revmerge does not have are
 /// unsupported_errors naming them.
+/// A config over 1 MiB, nested more than 8 levels or holding more than 200000 values (aliases
+/// counted at each use) is refused as not a merge config.
 MergeConfig read_merge_config(const std::filesystem::path& path);
+/// The same for a config's text; `path` names it in messages and anchors relative paths.
+MergeConfig parse_merge_config(const std::string& text, const std::filesystem::path& path);
 
 /// Task name for an adapter given on the command line: its folder's name.
 std::string task_name_from_path(const std::filesystem::path& adapter);

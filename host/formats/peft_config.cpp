@@ -1,41 +1,62 @@
 // adapter_config.json: the LoRA fields revmerge reads, the ones it refuses, and PEFT's rules
 // for matching rank_pattern / alpha_pattern / target_modules against module paths.
+#include <re2/re2.h>
+
+#include <algorithm>
 #include <cmath>
-#include <regex>
+#include <memory>
+#include <utility>
 
 #include "core/json_file.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
 
 namespace revmerge {
+
+// The patterns of one config, compiled once (RE2: linear-time matching, no recursion, memory
+// bounded, so a hostile pattern costs nothing; the syntax is Python's `re` less backreferences
+// and lookaround, which RE2 refuses at parse time).
+struct LoraPatterns {
+  struct Keyed {
+    std::string key;
+    std::unique_ptr<RE2> re;
+  };
+  std::unique_ptr<RE2> target;     // PEFT: re.fullmatch(target_modules, path)
+  std::vector<Keyed> rank, alpha;  // PEFT: re.match(rf"(.*\.)?({key})$", path), first key wins
+};
+
 namespace {
 
 using nlohmann::json;
 
-// Patterns come from untrusted files: match them with libstdc++'s polynomial-time (BFS)
-// executor, so a pathological pattern such as (a*)*b cannot backtrack exponentially.
-#ifdef __GLIBCXX__
-constexpr auto kSyntax = std::regex::ECMAScript | std::regex_constants::__polynomial;
-#else
-constexpr auto kSyntax = std::regex::ECMAScript;
-#endif
+// Real patterns are a few dozen characters; generated alternations of module names reach a few
+// thousand. RE2 bounds the memory of any pattern; this bounds what a message quotes.
+constexpr std::size_t kMaxPatternLength = 1 << 16;
 
-bool regex_full_match(const std::string& text, const std::string& pattern) {
-  try {
-    return std::regex_match(text, std::regex(pattern, kSyntax));
-  } catch (const std::regex_error&) {
-    return false;  // parse_lora_config has already rejected invalid patterns
-  }
+RE2::Options pattern_options() {
+  RE2::Options o;
+  o.set_log_errors(false);
+  return o;
+}
+
+std::unique_ptr<RE2> compile(const std::string& regex, const std::string& shown,
+                             const std::string& file, const char* field) {
+  if (shown.size() > kMaxPatternLength)
+    throw format_error(file + ": " + field + " entry of " + std::to_string(shown.size()) +
+                       " characters is longer than the " + std::to_string(kMaxPatternLength) +
+                       " allowed");
+  auto re = std::make_unique<RE2>(regex, pattern_options());
+  if (!re->ok())
+    throw format_error(file + ": " + field + " entry '" + shown.substr(0, 120) +
+                       "' is not a pattern revmerge can match: " + re->error() +
+                       " (module patterns are Python regular expressions without backreferences "
+                       "or lookaround)");
+  return re;
 }
 
 // PEFT's get_pattern_key: `re.match(rf"(.*\.)?({key})$", path)`.
-bool pattern_matches(const std::string& key, const std::string& path) {
-  if (key == path) return true;
-  try {
-    return std::regex_match(path, std::regex("(.*\\.)?(" + key + ")", kSyntax));
-  } catch (const std::regex_error&) {
-    return false;  // PEFT would raise; parse_lora_config has already rejected such keys
-  }
+std::unique_ptr<RE2> compile_key(const std::string& key, const std::string& file, const char* field) {
+  return compile("(.*\\.)?(" + key + ")", key, file, field);
 }
 
 template <class T>
@@ -45,54 +66,67 @@ T get_field(const json& j, const char* key, T fallback, const std::string& file)
   return json_as<T>(*it, file + ": field '" + key + "'");
 }
 
-// libstdc++'s regex engine recurses per pattern element: a bounded length keeps a hostile
-// config from exhausting the stack. Real patterns are a few dozen characters.
-constexpr std::size_t kMaxPatternLength = 512;
+// The keys of an object field in the file's order (PEFT takes the first key that matches; the
+// parsed json's objects are sorted).
+template <class Map>
+std::vector<std::string> map_keys(const Map& m) {
+  std::vector<std::string> keys;
+  for (const auto& [k, _] : m) keys.push_back(k);
+  return keys;
+}
 
-void check_regex(const std::string& pattern, const std::string& file, const char* field) {
-  if (pattern.size() > kMaxPatternLength)
-    throw format_error(file + ": " + field + " entry of " + std::to_string(pattern.size()) +
-                       " characters is longer than the " + std::to_string(kMaxPatternLength) +
-                       " allowed");
-  // libstdc++ parses repeat counts and backreference numbers into a long without an overflow
-  // check (undefined behaviour for "{99999999999999999999}" or "\\99999999999999999999"), and
-  // large counts multiply the automaton. Backreferences have no use in module patterns (and the
-  // polynomial matcher refuses them): refuse them, and counts above 1000, before compiling.
-  for (std::size_t i = 0; i + 1 < pattern.size(); ++i)
-    if (pattern[i] == '\\') {
-      if (pattern[i + 1] >= '1' && pattern[i + 1] <= '9')
-        throw format_error(file + ": " + field + " entry '" + pattern.substr(0, 80) +
-                           "' uses a backreference, which module patterns do not support");
-      ++i;  // skip the escaped character
-    }
-  for (std::size_t i = pattern.find('{'); i != std::string::npos; i = pattern.find('{', i + 1)) {
-    std::size_t digits = 0;
-    for (std::size_t j = i + 1; j < pattern.size() && pattern[j] != '}'; ++j) {
-      digits = (pattern[j] >= '0' && pattern[j] <= '9') ? digits + 1 : 0;
-      if (digits > 3 && std::stoul(pattern.substr(j - 3, 4)) > 1000)
-        throw format_error(file + ": " + field + " entry '" + pattern.substr(0, 80) +
-                           "' has a repeat count above 1000");
-    }
-  }
-  try {
-    std::regex re(pattern, kSyntax);
-  } catch (const std::regex_error& e) {
-    throw format_error(file + ": " + field + " entry '" + pattern + "' is not a valid regex");
-  }
+template <class Map>
+std::vector<std::string> keys_in_file_order(const std::string& json_text, const char* field,
+                                            const Map& parsed) {
+  const auto ordered = nlohmann::ordered_json::parse(json_text, nullptr, false);
+  std::vector<std::string> keys;
+  if (ordered.is_object())
+    if (const auto it = ordered.find(field); it != ordered.end() && it->is_object())
+      for (const auto& [key, _] : it->items()) keys.push_back(key);
+  auto sorted = keys;
+  std::sort(sorted.begin(), sorted.end());
+  sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+  return sorted == map_keys(parsed) ? keys : map_keys(parsed);  // the same keys, or no order
+}
+
+std::shared_ptr<const LoraPatterns> compile_patterns(const LoraConfig& c,
+                                                     const std::vector<std::string>& rank_order,
+                                                     const std::vector<std::string>& alpha_order,
+                                                     const std::string& file) {
+  auto p = std::make_shared<LoraPatterns>();
+  if (c.target_regex && *c.target_regex != "all-linear")
+    p->target = compile(*c.target_regex, *c.target_regex, file, "target_modules");
+  for (const auto& key : rank_order) p->rank.push_back({key, compile_key(key, file, "rank_pattern")});
+  for (const auto& key : alpha_order) p->alpha.push_back({key, compile_key(key, file, "alpha_pattern")});
+  return p;
+}
+
+// The config's compiled patterns; a config built by hand (not parsed) compiles them here, its
+// keys in the map's order.
+std::shared_ptr<const LoraPatterns> patterns_of(const LoraConfig& c) {
+  if (c.patterns) return c.patterns;
+  return compile_patterns(c, map_keys(c.rank_pattern), map_keys(c.alpha_pattern), "LoraConfig");
+}
+
+// The first key whose pattern matches `path` as PEFT matches it, or nullptr.
+const std::string* first_match(const std::vector<LoraPatterns::Keyed>& keyed, const std::string& path) {
+  for (const auto& k : keyed)
+    if (k.key == path || RE2::FullMatch(path, *k.re)) return &k.key;
+  return nullptr;
 }
 
 }  // namespace
 
 int LoraConfig::rank_for(const std::string& path) const {
-  for (const auto& [key, r_] : rank_pattern)
-    if (pattern_matches(key, path)) return r_;
-  return r;
+  if (rank_pattern.empty()) return r;
+  const auto* key = first_match(patterns_of(*this)->rank, path);
+  return key ? rank_pattern.at(*key) : r;
 }
 
 double LoraConfig::alpha_for(const std::string& path) const {
-  for (const auto& [key, a] : alpha_pattern)
-    if (pattern_matches(key, path)) return a;
-  return lora_alpha;
+  if (alpha_pattern.empty()) return lora_alpha;
+  const auto* key = first_match(patterns_of(*this)->alpha, path);
+  return key ? alpha_pattern.at(*key) : lora_alpha;
 }
 
 double LoraConfig::scale_for(const std::string& path) const {
@@ -103,7 +137,7 @@ double LoraConfig::scale_for(const std::string& path) const {
 bool LoraConfig::targets(const std::string& path) const {
   if (target_regex) {
     if (*target_regex == "all-linear") return true;
-    return regex_full_match(path, *target_regex);
+    return RE2::FullMatch(path, *patterns_of(*this)->target);
   }
   if (target_modules.empty()) return true;  // PEFT's per-architecture defaults were used
   for (const auto& t : target_modules)
@@ -143,18 +177,16 @@ LoraConfig parse_lora_config(const std::string& json_text, const std::string& fi
   if (const auto it = j.find("target_modules"); it != j.end() && !it->is_null()) {
     if (it->is_string()) {
       c.target_regex = it->get<std::string>();
-      if (*c.target_regex != "all-linear") check_regex(*c.target_regex, file, "target_modules");
     } else {
       c.target_modules = get_field<std::vector<std::string>>(j, "target_modules", {}, file);
     }
   }
   c.rank_pattern = get_field<std::map<std::string, int>>(j, "rank_pattern", {}, file);
   c.alpha_pattern = get_field<std::map<std::string, double>>(j, "alpha_pattern", {}, file);
-  for (const auto& [key, r] : c.rank_pattern) {
-    check_regex(key, file, "rank_pattern");
+  for (const auto& [key, r] : c.rank_pattern)
     if (r <= 0) throw format_error(file + ": rank_pattern['" + key + "'] must be positive");
-  }
-  for (const auto& [key, _] : c.alpha_pattern) check_regex(key, file, "alpha_pattern");
+  c.patterns = compile_patterns(c, keys_in_file_order(json_text, "rank_pattern", c.rank_pattern),
+                                keys_in_file_order(json_text, "alpha_pattern", c.alpha_pattern), file);
   return c;
 }
 

@@ -21,6 +21,8 @@ namespace revmerge {
 inline constexpr const char* kAdapterConfigName = "adapter_config.json";
 inline constexpr const char* kAdapterWeightsName = "adapter_model.safetensors";
 
+struct LoraPatterns;  // the config's patterns, compiled (host/formats/peft_config.cpp)
+
 /// The fields of adapter_config.json revmerge reads.
 struct LoraConfig {
   int r = 8;
@@ -34,6 +36,10 @@ struct LoraConfig {
   std::vector<std::string> modules_to_save;
   std::string base_model_name_or_path;
   std::string task_type;
+  /// target_regex, rank_pattern and alpha_pattern compiled once by parse_lora_config, the
+  /// pattern keys in the file's order (PEFT takes the first that matches). A config built by
+  /// hand leaves it empty; its patterns are then compiled per call, keys in sorted order.
+  std::shared_ptr<const LoraPatterns> patterns;
 
   /// Rank / alpha / scale for a module path (e.g. "model.layers.0.self_attn.q_proj"), with the
   /// patterns applied as PEFT applies them: a pattern key matches a path that equals it or
