@@ -4,6 +4,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "command_line.hpp"
 #include "backend/registry.hpp"
 #include "commands.hpp"
 #include "progress.hpp"
@@ -49,6 +50,7 @@ void print_report(const CompressOptions& o, const CompressReport& r, bool json) 
 
 void run_compress(CompressArgs& args) {
   auto o = args.o;
+  o.recipe = output_recipe();
   o.dtype = parse_float_dtype_option(args.dtype, "--dtype");
   o.device = parse_device_option(args.device);
   o.progress = module_progress(args.quiet || args.json, "compressing");

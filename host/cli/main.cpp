@@ -4,6 +4,7 @@
 #include <exception>
 
 #include "backend/blas_core.hpp"
+#include "command_line.hpp"
 #include "commands.hpp"
 #include "core/interrupt.hpp"
 #include "revmerge/error.hpp"
@@ -11,6 +12,7 @@
 
 int main(int argc, char** argv) {
   revmerge::restart_for_blas_kernels(argv);
+  revmerge::cli::record_command_line(argc, argv);
   CLI::App app{"revmerge " REVMERGE_VERSION_STRING
                ": reversible merging (RMM) and classic merging of LoRA adapters and fine-tuned "
                "models"};

@@ -6,6 +6,7 @@
 #include "core/memory_info.hpp"
 #include "progress.hpp"
 #include "commands.hpp"
+#include "command_line.hpp"
 #include "merge_config.hpp"
 #include "backend/registry.hpp"
 #include "revmerge/classic.hpp"
@@ -73,6 +74,7 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
     o.dtype = parse_float_dtype_option(args.given("--dtype") ? args.dtype : *cfg.dtype,
                                        args.given("--dtype") ? "--dtype" : cfg.file + ": 'dtype'");
   o.overwrite = args.force;
+  o.recipe = output_recipe(cfg.file, cfg.text);
   o.threads = args.threads;
   o.device = parse_device_option(args.device);
   o.gpu = args.gpu;
@@ -142,6 +144,7 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
     o.dtype = parse_float_dtype_option(args.given("--dtype") ? args.dtype : *cfg.dtype,
                                        args.given("--dtype") ? "--dtype" : cfg.file + ": 'dtype'");
   o.overwrite = args.force;
+  o.recipe = output_recipe(cfg.file, cfg.text);
   o.allow_nonfinite = args.allow_nonfinite;
   o.threads = args.threads;
   o.progress = module_progress(args.quiet || args.json, "merging");

@@ -173,6 +173,7 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
   if (!root.IsMap()) throw format_error(file + ": expected a mapping with a 'tasks' or 'models' list");
   auto& c = r.c;
   c.file = file;
+  c.text = text;
   // The base first: mergekit's model list may name it.
   if (root["base_model"]) c.base = r.dir / scalar<std::string>(root["base_model"], file + ": 'base_model'");
   std::optional<std::string> out_dtype;

@@ -17,6 +17,7 @@ namespace revmerge::cli {
 
 struct MergeConfig {
   std::string file;  ///< the config file as given (empty without one), for messages
+  std::string text;  ///< its text as read (kept in the output's recipe)
   std::optional<std::string> method;
   std::optional<std::int64_t> basis;
   std::optional<std::string> dtype;

@@ -1,6 +1,7 @@
 // `revmerge revert`: rebuild one task (or all) from a bundle as PEFT adapter folders.
 #include <fmt/format.h>
 
+#include "command_line.hpp"
 #include "commands.hpp"
 #include "backend/registry.hpp"
 #include "core/atomic_output.hpp"
@@ -43,6 +44,7 @@ void add_revert_command(CLI::App& app) {
     o.threads = args.threads;
     o.device = parse_device_option(args.device);
     o.gpu = args.gpu;
+    o.recipe = output_recipe();
     if (args.full && args.base.empty()) throw usage_error("--full: give the base model with --base");
     if (!args.full && !args.base.empty()) throw usage_error("--base: only with --full");
     const auto one = [&](const std::string& task, const std::filesystem::path& out) {

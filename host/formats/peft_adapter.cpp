@@ -147,11 +147,13 @@ struct PeftAdapterWriter::Impl {
   StagedDir staged;
   nlohmann::ordered_json config;
   SafetensorsWriter weights;
+  std::vector<std::pair<std::string, std::string>> extra_files;
   Impl(const fs::path& dir, bool overwrite, nlohmann::ordered_json cfg, std::vector<TensorSpec> specs,
-       std::map<std::string, std::string> metadata)
+       std::map<std::string, std::string> metadata, std::vector<std::pair<std::string, std::string>> extra)
       : staged(dir, overwrite),
         config(std::move(cfg)),
-        weights(staged.path() / kAdapterWeightsName, std::move(specs), std::move(metadata)) {}
+        weights(staged.path() / kAdapterWeightsName, std::move(specs), std::move(metadata)),
+        extra_files(std::move(extra)) {}
 };
 
 PeftAdapterWriter::PeftAdapterWriter(const fs::path& dir, const std::vector<LoraModuleShape>& modules,
@@ -205,7 +207,7 @@ PeftAdapterWriter::PeftAdapterWriter(const fs::path& dir, const std::vector<Lora
   auto metadata = options.metadata;
   metadata.emplace("format", "pt");
   impl_ = std::make_unique<Impl>(dir, options.overwrite, std::move(config), std::move(specs),
-                                 std::move(metadata));
+                                 std::move(metadata), options.extra_files);
 }
 
 PeftAdapterWriter::~PeftAdapterWriter() = default;
@@ -221,6 +223,8 @@ void PeftAdapterWriter::write(const std::string& path, std::span<const float> a,
 void PeftAdapterWriter::commit() {
   impl_->weights.commit();
   write_file_atomic(impl_->staged.path() / kAdapterConfigName, impl_->config.dump(2) + "\n", false);
+  for (const auto& [name, text] : impl_->extra_files)
+    write_file_atomic(impl_->staged.path() / name, text, false);
   impl_->staged.commit();
 }
 

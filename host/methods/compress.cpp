@@ -13,6 +13,7 @@
 #include "core/large_buffer.hpp"
 #include "methods/lowrank/pt_svd.hpp"
 #include "methods/on_backend.hpp"
+#include "methods/recipe.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/hf_model.hpp"
 #include "revmerge/peft.hpp"
@@ -90,6 +91,25 @@ void compress_on_cpu(const HfModel& base, const HfModel& ft,
       });
 }
 
+// The adapter's recipe: PT-SVD with every option, the base and the fine-tune.
+RecipeRecord compress_record(const CompressOptions& o) {
+  const auto names = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+    return s.empty() ? std::string("(none)") : s;
+  };
+  return {"pt-svd",
+          {{"rank", std::to_string(o.rank)},
+           {"energy", o.energy > 0 ? std::to_string(o.energy) : "0 (not given: the rank everywhere)"},
+           {"oversampling", std::to_string(o.oversampling)},
+           {"power_iterations", std::to_string(o.power_iterations)},
+           {"include", o.include.empty() ? "(all linear modules)" : names(o.include)},
+           {"exclude", names(o.exclude)},
+           {"dtype", std::string(dtype_name(o.dtype))},
+           {"seed", std::to_string(o.seed)}},
+          {{"base", o.base}, {"model", o.model}}};
+}
+
 }  // namespace
 
 CompressReport compress_checkpoint(const CompressOptions& o) {
@@ -122,6 +142,7 @@ CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device)
   wo.dtype = o.dtype;
   wo.overwrite = o.overwrite;
   wo.metadata = {{"revmerge.method", "pt-svd"}};
+  wo.extra_files = {recipe_file(o.recipe, compress_record(o))};
   // With a fixed rank every module's shape is known up front, so each module's factors are
   // written as soon as they exist (a 70b at rank 64 holds 3.3 GB of them otherwise); energy
   // ranks are known only after each SVD, so those adapters are written at the end.

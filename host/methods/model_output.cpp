@@ -46,6 +46,8 @@ std::int64_t write_full_model(const HfModel& base, const fs::path& out,
     else if (name.ends_with(".json") || name.ends_with(".txt") || name.ends_with(".model"))
       write_file_atomic(staged.path() / name, read_text_file(entry.path()), false);
   }
+  for (const auto& [name, text] : o.extra_files)
+    write_file_atomic(staged.path() / name, text, /*overwrite=*/true);  // replaces a base's copy
   const auto& tensors = base.checkpoint().tensors();
   std::vector<TensorSpec> specs;
   for (const auto& t : tensors) {

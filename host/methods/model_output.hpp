@@ -23,6 +23,8 @@ struct ModelOutputOptions {
   bool overwrite = false;
   std::uint64_t max_shard_bytes = 5'000'000'000ull;  ///< transformers' default shard size
   ProgressFn progress;
+  /// Small files written into the folder beside the model: (name, text), e.g. the recipe.
+  std::vector<std::pair<std::string, std::string>> extra_files;
 };
 
 /// Writes the model at `out`. Non-float tensors are always copied. Returns the number of

@@ -15,6 +15,7 @@
 #include "methods/full_model_source.hpp"
 #include "methods/lowrank/batched_pt_svd.hpp"
 #include "methods/on_backend.hpp"
+#include "methods/recipe.hpp"
 #include "methods/rmm_pipeline.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
@@ -72,8 +73,24 @@ DType storage_dtype(const RmmMergeOptions& o, const RmmSource& source) {
   return source.input_dtype == DType::F64 ? DType::F32 : source.input_dtype;
 }
 
+// The method and parameters for the bundle's recipe; full fine-tunes add their compression.
+RecipeRecord rmm_record(const RmmMergeOptions& o, DType storage, const FullModelInputs* full) {
+  RecipeRecord r{"rmm", {{"basis", std::to_string(o.basis)}}, recipe_inputs(o.tasks)};
+  r.parameters.emplace_back("dtype", std::string(dtype_name(storage)) +
+                                         (o.dtype ? "" : " (not given: the inputs')"));
+  r.parameters.emplace_back("allow_nonfinite", o.allow_nonfinite ? "true" : "false");
+  if (full) {
+    r.parameters.emplace_back("base", full->base.string());
+    r.parameters.emplace_back("rank", std::to_string(full->rank));
+    r.parameters.emplace_back("oversampling", std::to_string(full->oversampling));
+    r.parameters.emplace_back("power_iterations", std::to_string(full->power_iterations));
+  }
+  return r;
+}
+
 BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
-                            BundleManifest manifest, Backend& backend, Clock::time_point start) {
+                            BundleManifest manifest, Backend& backend, Clock::time_point start,
+                            const FullModelInputs* full) {
   const auto& plan = source.plan;
   const i64 n = static_cast<i64>(o.tasks.size()), p = o.basis;
   const DType storage = storage_dtype(o, source);
@@ -137,6 +154,7 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
   throw_if_interrupted("merge");
   writer.commit();
   write_file_atomic(staged.path() / kBundleManifestName, manifest_to_json(manifest), false);
+  write_file_atomic(staged.path() / kRecipeName, recipe_text(o.recipe, rmm_record(o, storage, full)), false);
   staged.commit();
   stats.bytes_written = writer.file_size();
   stats.backend_peak_bytes = backend.memory_use().peak;
@@ -170,7 +188,8 @@ BundleManifest merge_rmm_on(const RmmMergeOptions& o, const BackendFactory& make
                               set.adapters[t]->config().base_model_name_or_path,
                               set.adapters[t]->config().task_type});
   const auto be = backend.get();
-  return merge_source(o, adapter_source(set, o.reader_threads), std::move(manifest), *be, start);
+  return merge_source(o, adapter_source(set, o.reader_threads), std::move(manifest), *be, start,
+                      nullptr);
 }
 
 BundleManifest merge_rmm_models_on(const RmmMergeOptions& o, const FullModelInputs& in,
@@ -186,7 +205,7 @@ BundleManifest merge_rmm_models_on(const RmmMergeOptions& o, const FullModelInpu
   // engine goes before the backend.
   const auto engine = make_device_pt_svd(*be);
   if (engine) attach_device_svd(*set, *engine);
-  return merge_source(o, set->source, std::move(manifest), *be, start);
+  return merge_source(o, set->source, std::move(manifest), *be, start, &in);
 }
 
 }  // namespace revmerge

@@ -10,6 +10,7 @@
 #include "revmerge/rmm.hpp"
 #include "revmerge/hf_model.hpp"
 #include "methods/model_output.hpp"
+#include "methods/recipe.hpp"
 
 namespace revmerge {
 namespace {
@@ -88,6 +89,12 @@ void revert_task(const Bundle& bundle, const std::string& task, const std::files
   w.dtype = options.dtype;
   w.overwrite = options.overwrite;
   w.metadata = {{"revmerge_bundle_task", task}};
+  w.extra_files = {recipe_file(options.recipe, {"revert",
+                                                {{"task", task},
+                                                 {"task source", man.tasks[t].source},
+                                                 {"output", "adapter"},
+                                                 {"dtype", std::string(dtype_name(options.dtype))}},
+                                                {{"bundle", bundle.dir()}}})};
   write_peft_adapter(out, modules, w);
 }
 
@@ -113,6 +120,13 @@ void revert_task_full(const Bundle& bundle, const std::string& task,
   ModelOutputOptions mo;
   mo.dtype = dtype;
   mo.overwrite = options.overwrite;
+  mo.extra_files = {recipe_file(
+      options.recipe, {"revert",
+                       {{"task", task},
+                        {"task source", man.tasks[t].source},
+                        {"output", "full model"},
+                        {"dtype", dtype ? std::string(dtype_name(*dtype)) : "the base model's (not given)"}},
+                       {{"bundle", bundle.dir()}, {"base", base_dir}}})};
   const auto produce = [&](const std::string& name, std::vector<float>& values) {
     const auto it = by_tensor.find(name);
     if (it == by_tensor.end()) return false;

@@ -61,6 +61,7 @@ struct ClassicMergeOptions {
   bool allow_nonfinite = false;
   int threads = 0;
   ProgressFn progress;
+  OutputRecipe recipe;            ///< the command / config recorded in the output's recipe
 };
 
 /// What a classic merge wrote.

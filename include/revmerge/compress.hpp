@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "revmerge/recipe.hpp"
+
 #include "revmerge/devices.hpp"
 #include "revmerge/dtype.hpp"
 #include "revmerge/rmm.hpp"
@@ -34,6 +36,7 @@ struct CompressOptions {
   Device device = Device::automatic;
   int gpu = 0;                      ///< CUDA device index
   ProgressFn progress;
+  OutputRecipe recipe;              ///< the command recorded in the adapter's recipe
 };
 
 struct CompressedModule {

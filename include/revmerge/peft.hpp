@@ -116,6 +116,8 @@ struct AdapterWriteOptions {
   DType dtype = DType::F32;
   bool overwrite = false;
   std::map<std::string, std::string> metadata;  ///< extra safetensors __metadata__
+  /// Small files written into the folder beside the adapter: (name, text), e.g. the recipe.
+  std::vector<std::pair<std::string, std::string>> extra_files;
 };
 
 /// One module's place in an adapter being written: its path, rank and base shape.

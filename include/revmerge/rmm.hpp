@@ -11,6 +11,7 @@
 
 #include "revmerge/bundle.hpp"
 #include "revmerge/devices.hpp"
+#include "revmerge/recipe.hpp"
 
 namespace revmerge {
 
@@ -80,6 +81,7 @@ struct RmmMergeOptions {
   int writer_threads = 0, reader_threads = 0;
   PipelineProgressFn pipeline_progress;
   PipelineStats* stats = nullptr;  ///< filled when set
+  OutputRecipe recipe;             ///< the command / config recorded in the bundle's recipe
 };
 
 /// Full fine-tunes for merge_rmm_models: compressed against `base` to rank `rank` (PT-SVD,
@@ -115,6 +117,7 @@ struct RevertOptions {
   int threads = 0;
   Device device = Device::automatic;
   int gpu = 0;
+  OutputRecipe recipe;  ///< the command recorded in the output's recipe
 };
 
 /// Rebuilds task `task` from a bundle and writes it as a PEFT adapter folder at `out` (scale

@@ -16,3 +16,12 @@ while read -r name seed; do
 done <<<"$cases"
 # The config and the model files travel with the model.
 cmp "$golden/base/config.json" "$work/ties/config.json"
+# The recipe holds the config as read and the command with its seed (mergekit keeps the config).
+python3 - "$work/dare_ties/revmerge_recipe.json" "$golden/dare_ties.yml" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["config"] == open(sys.argv[2]).read(), "the recipe's config is not the file's text"
+assert r["method"] == "dare_ties" and "--seed" in r["command"], r
+assert r["parameters"]["seed"] == r["command"][r["command"].index("--seed") + 1], r["parameters"]
+print("recipe: config, command and seed recorded")
+PY

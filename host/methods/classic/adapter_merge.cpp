@@ -200,6 +200,7 @@ ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& o) {
     w.dtype = o.dtype.value_or(DType::F32);
     w.overwrite = o.overwrite;
     w.metadata = {{"revmerge.method", report.method}, {"revmerge.mode", report.mode}};
+    w.extra_files = {classic_recipe_file(o, report)};
     write_peft_adapter(o.out, modules, w);
     return report;
   }
@@ -222,6 +223,7 @@ ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& o) {
   mo.dtype = o.dtype;
   mo.overwrite = o.overwrite;
   mo.progress = o.progress;
+  mo.extra_files = {classic_recipe_file(o, report)};
   const auto produce = [&](const std::string& name, std::vector<float>& values) {
     const auto it = by_tensor.find(name);
     if (it == by_tensor.end()) return false;

@@ -107,6 +107,7 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
   ClassicMergeReport report{to_string(o.method), "checkpoint", "mergekit", "model", 0, 0, {}, {}};
   report.parameters = classic_parameters(o, p, &recipe, 0,
                                          o.dtype ? std::string(dtype_name(*o.dtype)) : linear ? "the first model's" : "the base model's");
+  mo.extra_files = {classic_recipe_file(o, report)};
   report.items = write_full_model(layout, o.out, produce, mo);
   return report;
 }

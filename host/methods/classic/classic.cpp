@@ -9,6 +9,7 @@
 
 #include "methods/classic/combine.hpp"
 #include "methods/classic/classic_internal.hpp"
+#include "methods/recipe.hpp"
 #include "methods/adapter_set.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
@@ -141,6 +142,13 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
   if (adapters == o.tasks.size()) return merge_classic_adapters(o);
   if (adapters == 0) return merge_classic_checkpoints(o);
   throw usage_error("the inputs mix PEFT adapters and full models; merge one kind at a time");
+}
+
+std::pair<std::string, std::string> classic_recipe_file(const ClassicMergeOptions& o,
+                                                        const ClassicMergeReport& report) {
+  RecipeRecord record{report.method, {{"mode", report.mode}}, recipe_inputs(o.tasks)};
+  record.parameters.insert(record.parameters.end(), report.parameters.begin(), report.parameters.end());
+  return recipe_file(o.recipe, record);
 }
 
 }  // namespace revmerge

@@ -30,6 +30,10 @@ std::vector<std::pair<std::string, std::string>> classic_parameters(const Classi
 /// Whether the method works element by element (everything but cat and svd).
 bool is_elementwise(ClassicMethod method);
 
+/// The output's recipe file: the method, its mode and every parameter of the report, the tasks.
+std::pair<std::string, std::string> classic_recipe_file(const ClassicMergeOptions& options,
+                                                        const ClassicMergeReport& report);
+
 ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& options);
 ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& options);
 

@@ -1,0 +1,27 @@
+#pragma once
+// revmerge_recipe.json: the caller's OutputRecipe plus what the method records about itself.
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "revmerge/recipe.hpp"
+#include "revmerge/rmm.hpp"
+
+namespace revmerge {
+
+struct RecipeRecord {
+  std::string method;  ///< as the user names it: "rmm", "ties", "pt-svd", "revert"
+  std::vector<std::pair<std::string, std::string>> parameters;  ///< every one in effect, in order
+  std::vector<std::pair<std::string, std::filesystem::path>> inputs;  ///< (name, path)
+};
+
+/// The recipe's JSON text (paths made absolute).
+std::string recipe_text(const OutputRecipe& given, const RecipeRecord& record);
+
+/// The (name, path) inputs of a task list.
+std::vector<std::pair<std::string, std::filesystem::path>> recipe_inputs(const std::vector<TaskSource>& tasks);
+
+/// The recipe as the (file name, text) a writer's extra_files takes.
+std::pair<std::string, std::string> recipe_file(const OutputRecipe& given, const RecipeRecord& record);
+
+}  // namespace revmerge
