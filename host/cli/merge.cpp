@@ -24,7 +24,7 @@ struct MergeArgs {
   std::int64_t basis = 0, rank = 0;
   std::uint64_t seed = 0;
   std::string weights, densities;
-  double lambda = 1;
+  double lambda = 1, t = 0;
   std::string out, base;
   bool force = false, json = false, quiet = false, allow_nonfinite = false, full_model = false;
   bool normalize = false, no_normalize = false, rescale = false, no_rescale = false;
@@ -50,7 +50,7 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   if (models != 0 && models != tasks.size())
     throw usage_error("the inputs mix PEFT adapters and full models; merge one kind at a time");
   const bool full = models > 0;
-  for (const char* o : {"--weights", "--density", "--lambda", "--mode", "--majority-sign",
+  for (const char* o : {"--weights", "--density", "--lambda", "--t", "--mode", "--majority-sign",
                         "--normalize", "--no-normalize", "--rescale", "--no-rescale", "--seed",
                         "--full-model"})
     if (args.given(o)) throw usage_error(std::string(o) + ": not an option of --method rmm");
@@ -129,6 +129,7 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   o.densities = args.given("--density") ? parse_number_list(args.densities, "--density")
                                         : per_task(cfg.task_densities, cfg.density);
   if (args.given("--lambda")) o.lambda = args.lambda; else o.lambda = cfg.lambda;
+  if (args.given("--t")) o.t = args.t; else o.t = cfg.t;
   const auto sign = args.given("--majority-sign") ? args.majority_sign : cfg.majority_sign.value_or("total");
   if (sign == "total" || sign == "sum") o.election = SignElection::sum;
   else if (sign == "frequency" || sign == "count") o.election = SignElection::count;
@@ -196,7 +197,7 @@ void add_merge_command(CLI::App& app) {
                   "task is named after its folder");
   opt["--method"] = cmd->add_option("--method", args.method,
       "rmm (default), linear, task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune, "
-      "cat, svd");
+      "cat, svd, slerp");
   opt["--basis"] = cmd->add_option("--basis,-p", args.basis, "RMM basis size P, 1 .. n − 1");
   opt["--out"] = cmd->add_option("--out,-o", args.out, "folder to create (bundle, adapter or model)");
   cmd->add_option("--config", args.config,
@@ -214,6 +215,8 @@ void add_merge_command(CLI::App& app) {
       "fraction kept by TIES / DARE / magnitude pruning: one value, or one per task "
       "(comma-separated)");
   opt["--lambda"] = cmd->add_option("--lambda", args.lambda, "scale of the merged delta (default 1)");
+  opt["--t"] = cmd->add_option("--t", args.t,
+      "slerp: where between the base (0) and the fine-tune (1) the merge lies");
   opt["--majority-sign"] = cmd->add_option("--majority-sign", args.majority_sign,
       "TIES sign election: total (sum, default) or frequency (count)");
   opt["--normalize"] = cmd->add_flag("--normalize", args.normalize,

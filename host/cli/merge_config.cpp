@@ -37,6 +37,7 @@ struct Reader {
     if (key == "weight") c.weight = scalar<double>(v, where);
     else if (key == "density") c.density = scalar<double>(v, where);
     else if (key == "lambda") c.lambda = scalar<double>(v, where);
+    else if (key == "t") c.t = scalar<double>(v, where);
     else if (key == "normalize") c.normalize = scalar<bool>(v, where);
     else if (key == "rescale") c.rescale = scalar<bool>(v, where);
     else if (key == "int8_mask") scalar<bool>(v, where);  // a storage detail of mergekit's mask
@@ -207,7 +208,7 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
         const auto pk = scalar<std::string>(p.first, where + " key");
         if (!r.method_parameter(pk, p.second, file + ": parameters." + pk))
           throw format_error(file + ": parameters." + pk + ": unknown parameter (expected weight, "
-                             "density, lambda, normalize, rescale, int8_mask, majority_sign_method)");
+                             "density, lambda, t, normalize, rescale, int8_mask, majority_sign_method)");
       }
     } else if (r.method_parameter(key, v, where)) {
     } else if (key == "slices" || key == "tokenizer_source" || key == "tokenizer" ||
@@ -216,7 +217,7 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
     } else {
       throw format_error(file + ": unknown key '" + key +
                          "' (expected method, basis, dtype, out, tasks, base, mode, rank, seed, "
-                         "weight, density, lambda, normalize, rescale, majority_sign_method, or "
+                         "weight, density, lambda, t, normalize, rescale, majority_sign_method, or "
                          "mergekit's merge_method, base_model, models, parameters, out_dtype)");
     }
   }

@@ -25,6 +25,7 @@ struct MergeConfig {
   std::vector<TaskSource> tasks;
   std::vector<std::optional<double>> task_weights, task_densities;  ///< one per task
   std::optional<double> weight, density, lambda;  ///< defaults for every task
+  std::optional<double> t;                        ///< slerp's interpolation parameter
   std::optional<bool> normalize, rescale;
   std::optional<std::string> majority_sign, mode;
   std::optional<std::int64_t> rank, seed;

@@ -25,6 +25,8 @@ enum class ClassicMethod {
   magnitude_prune,  ///< trim to density, then the weighted sum
   cat,              ///< adapters only: the factors side by side (exact, rank Σ rᵢ)
   svd,              ///< adapters only: Σ wᵢ sᵢ BᵢAᵢ exactly, re-factorised to a target rank
+  slerp,            ///< full models only: spherical interpolation from the base toward one
+                    ///< fine-tune by t, each tensor as one vector (mergekit's slerp)
 };
 
 /// "ties", "dare_ties", "task_arithmetic", ... ; throws usage_error listing the names.
@@ -48,6 +50,7 @@ struct ClassicMergeOptions {
   std::vector<double> weights;    ///< one per task, or empty for all 1
   std::vector<double> densities;  ///< one per task, or one for all, or empty for 1 (no pruning)
   std::optional<double> lambda;   ///< final scale of the merged delta (default 1)
+  std::optional<double> t;        ///< slerp: 0 gives the base, 1 the fine-tune (required)
   SignElection election = SignElection::sum;
   std::optional<bool> normalize;  ///< divide by the agreeing tasks / weights (method default)
   std::optional<bool> rescale;    ///< DARE's rescaling after the drop (default on)

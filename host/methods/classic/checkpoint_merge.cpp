@@ -13,11 +13,9 @@
 #include "revmerge/hf_model.hpp"
 
 namespace revmerge {
-namespace {
 
 using i64 = std::int64_t;
 
-// Every model holds exactly the base's tensors, with the base's shapes.
 void check_same_tensors(const HfModel& base, const std::vector<std::unique_ptr<HfModel>>& models,
                         const std::vector<TaskSource>& tasks) {
   for (std::size_t t = 0; t < models.size(); ++t) {
@@ -51,9 +49,8 @@ std::vector<float> read_finite(const CheckpointTensor& t, const std::string& whe
   return v;
 }
 
-}  // namespace
-
 ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
+  if (o.method == ClassicMethod::slerp) return merge_slerp_checkpoints(o);
   if (!is_elementwise(o.method))
     throw usage_error("--method " + to_string(o.method) +
                       " re-factorises LoRA adapters; the inputs are full models");

@@ -28,6 +28,7 @@ constexpr std::pair<ClassicMethod, const char*> kNames[] = {
     {ClassicMethod::magnitude_prune, "magnitude_prune"},
     {ClassicMethod::cat, "cat"},
     {ClassicMethod::svd, "svd"},
+    {ClassicMethod::slerp, "slerp"},
 };
 
 }  // namespace
@@ -47,7 +48,7 @@ std::string to_string(ClassicMethod method) {
 }
 
 bool is_elementwise(ClassicMethod method) {
-  return method != ClassicMethod::cat && method != ClassicMethod::svd;
+  return method != ClassicMethod::cat && method != ClassicMethod::svd && method != ClassicMethod::slerp;
 }
 
 TaskParameters task_parameters(const ClassicMergeOptions& o, std::size_t n) {
@@ -93,6 +94,12 @@ std::vector<std::pair<std::string, std::string>> classic_parameters(const Classi
                                                                     const std::string& dtype) {
   std::vector<std::pair<std::string, std::string>> out;
   const auto unless = [](bool given, const char* what) { return given ? std::string() : std::string(" (") + what + ")"; };
+  if (o.method == ClassicMethod::slerp) {
+    out.emplace_back("t", fmt::format("{}", o.t.value_or(0)));
+    out.emplace_back("dtype", dtype + unless(o.dtype.has_value(), "not given"));
+    out.emplace_back("base", o.base.string());
+    return out;
+  }
   out.emplace_back("weights", number_list(p.weights) + unless(!o.weights.empty(), "not given"));
   if (r && (r->magnitude_trim || r->random_drop))
     out.emplace_back("density", number_list(p.densities) +
@@ -133,6 +140,8 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
                       o.method == ClassicMethod::magnitude_prune;
   if (!prunes && !o.densities.empty())
     throw usage_error("--density: --method " + to_string(o.method) + " does not prune");
+  if (o.t && o.method != ClassicMethod::slerp)
+    throw usage_error("--t: an option of --method slerp only");
   std::size_t adapters = 0;
   for (const auto& t : o.tasks) {
     if (!fs::is_directory(t.adapter))

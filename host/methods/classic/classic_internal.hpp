@@ -1,11 +1,14 @@
 #pragma once
 // Shared pieces of the classic-method drivers (adapters and checkpoints).
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "revmerge/checkpoint.hpp"
 #include "revmerge/classic.hpp"
+#include "revmerge/hf_model.hpp"
 
 namespace revmerge {
 
@@ -34,7 +37,15 @@ bool is_elementwise(ClassicMethod method);
 std::pair<std::string, std::string> classic_recipe_file(const ClassicMergeOptions& options,
                                                         const ClassicMergeReport& report);
 
+/// Full models: every model holds exactly the base's tensors, with the base's shapes (shape_error
+/// naming the task and tensor otherwise).
+void check_same_tensors(const HfModel& base, const std::vector<std::unique_ptr<HfModel>>& models,
+                        const std::vector<TaskSource>& tasks);
+/// A tensor as f32, refusing non-finite values (format_error naming file, tensor, element, `where`).
+std::vector<float> read_finite(const CheckpointTensor& tensor, const std::string& where);
+
 ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& options);
+ClassicMergeReport merge_slerp_checkpoints(const ClassicMergeOptions& options);
 ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& options);
 
 }  // namespace revmerge

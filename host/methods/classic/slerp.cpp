@@ -1,0 +1,78 @@
+// mergekit's slerp on full models: each floating-point tensor of the base (v0) and of the one
+// fine-tune (v1), taken as a single vector, interpolated along the great circle between their
+// directions by t:
+//   cos θ = (v0 / ‖v0‖) · (v1 / ‖v1‖),  W = sin((1 − t) θ) / sin θ · v0 + sin(t θ) / sin θ · v1,
+// and linearly, W = (1 − t) v0 + t v1, where |cos θ| > 0.9995 (nearly parallel: the sines
+// vanish). Norms at or below 1e-8 are not divided by (mergekit's normalize). mergekit computes
+// in f32; revmerge in f64, rounded once.
+#include <cmath>
+
+#include "methods/classic/classic_internal.hpp"
+#include "methods/model_output.hpp"
+#include "revmerge/error.hpp"
+
+namespace revmerge {
+namespace {
+
+constexpr double kDotThreshold = 0.9995;  // mergekit's DOT_THRESHOLD
+constexpr double kNormEps = 1e-8;         // mergekit's eps
+
+// The two coefficients (s0, s1) of W = s0 v0 + s1 v1.
+std::pair<double, double> slerp_coefficients(double t, std::span<const float> v0, std::span<const float> v1) {
+  double n0 = 0, n1 = 0, d = 0;
+  for (std::size_t i = 0; i < v0.size(); ++i) {
+    n0 += double(v0[i]) * v0[i];
+    n1 += double(v1[i]) * v1[i];
+    d += double(v0[i]) * v1[i];
+  }
+  n0 = std::sqrt(n0);
+  n1 = std::sqrt(n1);
+  const double dot = d / (n0 > kNormEps ? n0 : 1.0) / (n1 > kNormEps ? n1 : 1.0);
+  if (std::fabs(dot) > kDotThreshold) return {1 - t, t};
+  const double theta = std::acos(dot), s = std::sin(theta);
+  return {std::sin(theta - theta * t) / s, std::sin(theta * t) / s};
+}
+
+}  // namespace
+
+ClassicMergeReport merge_slerp_checkpoints(const ClassicMergeOptions& o) {
+  if (o.tasks.size() != 1)
+    throw usage_error("--method slerp interpolates the base and one fine-tune; got " +
+                      std::to_string(o.tasks.size()) + " models besides the base");
+  if (o.base.empty()) throw usage_error("--base: --method slerp interpolates from the base model; give it");
+  if (!o.t) throw usage_error("--t: --method slerp needs t (0 gives the base, 1 the fine-tune)");
+  if (!std::isfinite(*o.t)) throw usage_error("--t: must be a finite number");
+  for (const auto& [given, name] : {std::pair{!o.weights.empty(), "--weights"},
+                                    std::pair{o.lambda.has_value(), "--lambda"},
+                                    std::pair{o.normalize.has_value(), "--normalize"},
+                                    std::pair{o.rescale.has_value(), "--rescale"}})
+    if (given) throw usage_error(std::string(name) + ": not an option of --method slerp (it takes --t)");
+  if (o.full_model) throw usage_error("--full-model: the inputs are full models; the output is one already");
+  if (o.rank != 0) throw usage_error("--rank: full models merge into a full model, not to a rank");
+
+  const HfModel base(o.base);
+  std::vector<std::unique_ptr<HfModel>> models;
+  models.push_back(std::make_unique<HfModel>(o.tasks[0].adapter));
+  check_same_tensors(base, models, o.tasks);
+  const double t = *o.t;
+  ModelOutputOptions mo;
+  mo.dtype = o.dtype;
+  mo.overwrite = o.overwrite;
+  mo.progress = o.progress;
+  const auto produce = [&](const std::string& name, std::vector<float>& values) {
+    const auto v0 = read_finite(base.checkpoint().at(name), "the base");
+    const auto v1 = read_finite(models[0]->checkpoint().at(name), "task '" + o.tasks[0].name + "'");
+    const auto [s0, s1] = slerp_coefficients(t, v0, v1);
+    for (std::size_t i = 0; i < values.size(); ++i)
+      values[i] = static_cast<float>(s0 * v0[i] + s1 * v1[i]);
+    return true;
+  };
+  ClassicMergeReport report{"slerp", "checkpoint", "mergekit", "model", 0, 0, {}, {}};
+  report.parameters = classic_parameters(o, task_parameters(o, 1), nullptr, 0,
+                                         o.dtype ? std::string(dtype_name(*o.dtype)) : "the base model's");
+  mo.extra_files = {classic_recipe_file(o, report)};
+  report.items = write_full_model(base, o.out, produce, mo);
+  return report;
+}
+
+}  // namespace revmerge

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Checks a model revmerge merged with --method slerp against mergekit's slerp computed as
+mergekit computes it: each tensor flattened to one float32 vector, normalised where its norm
+exceeds 1e-8, the dot product summed in float32, the linear formula where |dot| > 0.9995, else
+sin((1 - t) theta) / sin(theta) * v0 + sin(t theta) / sin(theta) * v1.
+
+    slerp_numpy.py BASE FINE_TUNE T MERGED [--tol 1e-5] [--expect-linear]
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+
+def tensors(folder):
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def as_f32(v):
+    return v.astype(np.float32)
+
+
+def mergekit_slerp(t, v0, v1, dot_threshold=0.9995, eps=1e-8):
+    c0, c1 = v0.copy(), v1.copy()
+    n0, n1 = np.linalg.norm(v0), np.linalg.norm(v1)
+    if n0 > eps:
+        v0 = v0 / n0
+    if n1 > eps:
+        v1 = v1 / n1
+    dot = np.sum(v0 * v1)
+    if np.abs(dot) > dot_threshold:
+        return (1 - t) * c0 + t * c1, True
+    theta0 = np.arccos(dot)
+    s = np.sin(theta0)
+    theta_t = theta0 * t
+    return np.sin(theta0 - theta_t) / s * c0 + np.sin(theta_t) / s * c1, False
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("base")
+    ap.add_argument("fine_tune")
+    ap.add_argument("t", type=float)
+    ap.add_argument("merged")
+    ap.add_argument("--tol", type=float, default=1e-5)
+    ap.add_argument("--expect-linear", action="store_true")
+    a = ap.parse_args()
+    base, ft, got = tensors(a.base), tensors(a.fine_tune), tensors(a.merged)
+    assert set(got) == set(base), f"tensor names differ: {sorted(set(got) ^ set(base))}"
+    worst, linear = 0.0, 0
+    for name, v in base.items():
+        want, lin = mergekit_slerp(np.float32(a.t), as_f32(v).ravel(), as_f32(ft[name]).ravel())
+        linear += lin
+        g = as_f32(got[name]).ravel()
+        rel = np.max(np.abs(g - want)) / max(np.max(np.abs(want)), 1e-30)
+        worst = max(worst, float(rel))
+        if rel > a.tol:
+            sys.exit(f"FAIL: {name}: largest difference {rel:.3g} of the largest value (tolerance {a.tol})")
+    if a.expect_linear and linear != len(base):
+        sys.exit(f"FAIL: {len(base) - linear} tensors did not take the linear branch")
+    print(f"slerp t={a.t}: {len(base)} tensors within {worst:.2e} of mergekit's formula "
+          f"({linear} by its linear branch)")
+
+
+if __name__ == "__main__":
+    main()
