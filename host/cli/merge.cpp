@@ -197,7 +197,7 @@ void add_merge_command(CLI::App& app) {
                   "task is named after its folder");
   opt["--method"] = cmd->add_option("--method", args.method,
       "rmm (default), linear, task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune, "
-      "cat, svd, slerp");
+      "cat, svd, slerp, nearswap");
   opt["--basis"] = cmd->add_option("--basis,-p", args.basis, "RMM basis size P, 1 .. n − 1");
   opt["--out"] = cmd->add_option("--out,-o", args.out, "folder to create (bundle, adapter or model)");
   cmd->add_option("--config", args.config,
@@ -216,7 +216,8 @@ void add_merge_command(CLI::App& app) {
       "(comma-separated)");
   opt["--lambda"] = cmd->add_option("--lambda", args.lambda, "scale of the merged delta (default 1)");
   opt["--t"] = cmd->add_option("--t", args.t,
-      "slerp: where between the base (0) and the fine-tune (1) the merge lies");
+      "slerp: where between the base (0) and the fine-tune (1) the merge lies; nearswap: the "
+      "difference below which an element takes the fine-tune's value");
   opt["--majority-sign"] = cmd->add_option("--majority-sign", args.majority_sign,
       "TIES sign election: total (sum, default) or frequency (count)");
   opt["--normalize"] = cmd->add_flag("--normalize", args.normalize,

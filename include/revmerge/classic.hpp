@@ -27,6 +27,8 @@ enum class ClassicMethod {
   svd,              ///< adapters only: Σ wᵢ sᵢ BᵢAᵢ exactly, re-factorised to a target rank
   slerp,            ///< full models only: spherical interpolation from the base toward one
                     ///< fine-tune by t, each tensor as one vector (mergekit's slerp)
+  nearswap,         ///< full models only: each element of the base moved toward one fine-tune
+                    ///< by min(1, t / |difference|) (mergekit's nearswap)
 };
 
 /// "ties", "dare_ties", "task_arithmetic", ... ; throws usage_error listing the names.
@@ -50,7 +52,9 @@ struct ClassicMergeOptions {
   std::vector<double> weights;    ///< one per task, or empty for all 1
   std::vector<double> densities;  ///< one per task, or one for all, or empty for 1 (no pruning)
   std::optional<double> lambda;   ///< final scale of the merged delta (default 1)
-  std::optional<double> t;        ///< slerp: 0 gives the base, 1 the fine-tune (required)
+  /// slerp: 0 gives the base, 1 the fine-tune; nearswap: the difference below which an
+  /// element takes the fine-tune's value (required by both)
+  std::optional<double> t;
   SignElection election = SignElection::sum;
   std::optional<bool> normalize;  ///< divide by the agreeing tasks / weights (method default)
   std::optional<bool> rescale;    ///< DARE's rescaling after the drop (default on)

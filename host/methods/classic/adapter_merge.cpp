@@ -155,9 +155,10 @@ ModuleDelta merge_module(const Context& c, const PlannedModule& pm, bool exact) 
 }  // namespace
 
 ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& o) {
-  if (o.method == ClassicMethod::slerp)
-    throw usage_error("--method slerp interpolates two full models (mergekit's slerp); the inputs "
-                      "are LoRA adapters (merge them with linear, or --mode combined)");
+  if (blends_two_models(o.method))
+    throw usage_error("--method " + to_string(o.method) + " blends two full models (mergekit's " +
+                      to_string(o.method) + "); the inputs are LoRA adapters (merge them with "
+                      "linear, or --mode combined)");
   Context c{o, open_adapter_set(o.tasks, MissingModules::zero), {}, {}, 0,
             o.threads > 0 ? o.threads : omp_get_max_threads()};
   c.p = task_parameters(o, o.tasks.size());

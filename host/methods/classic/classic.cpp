@@ -29,6 +29,7 @@ constexpr std::pair<ClassicMethod, const char*> kNames[] = {
     {ClassicMethod::cat, "cat"},
     {ClassicMethod::svd, "svd"},
     {ClassicMethod::slerp, "slerp"},
+    {ClassicMethod::nearswap, "nearswap"},
 };
 
 }  // namespace
@@ -48,7 +49,11 @@ std::string to_string(ClassicMethod method) {
 }
 
 bool is_elementwise(ClassicMethod method) {
-  return method != ClassicMethod::cat && method != ClassicMethod::svd && method != ClassicMethod::slerp;
+  return method != ClassicMethod::cat && method != ClassicMethod::svd && !blends_two_models(method);
+}
+
+bool blends_two_models(ClassicMethod method) {
+  return method == ClassicMethod::slerp || method == ClassicMethod::nearswap;
 }
 
 TaskParameters task_parameters(const ClassicMergeOptions& o, std::size_t n) {
@@ -94,7 +99,7 @@ std::vector<std::pair<std::string, std::string>> classic_parameters(const Classi
                                                                     const std::string& dtype) {
   std::vector<std::pair<std::string, std::string>> out;
   const auto unless = [](bool given, const char* what) { return given ? std::string() : std::string(" (") + what + ")"; };
-  if (o.method == ClassicMethod::slerp) {
+  if (blends_two_models(o.method)) {
     out.emplace_back("t", fmt::format("{}", o.t.value_or(0)));
     out.emplace_back("dtype", dtype + unless(o.dtype.has_value(), "not given"));
     out.emplace_back("base", o.base.string());
@@ -140,8 +145,8 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
                       o.method == ClassicMethod::magnitude_prune;
   if (!prunes && !o.densities.empty())
     throw usage_error("--density: --method " + to_string(o.method) + " does not prune");
-  if (o.t && o.method != ClassicMethod::slerp)
-    throw usage_error("--t: an option of --method slerp only");
+  if (o.t && !blends_two_models(o.method))
+    throw usage_error("--t: an option of --method slerp and nearswap only");
   std::size_t adapters = 0;
   for (const auto& t : o.tasks) {
     if (!fs::is_directory(t.adapter))

@@ -30,7 +30,10 @@ std::vector<std::pair<std::string, std::string>> classic_parameters(const Classi
                                                                     std::int64_t rank,
                                                                     const std::string& dtype);
 
-/// Whether the method works element by element (everything but cat and svd).
+/// slerp and nearswap: the base and one fine-tune blended by t (merge_two_model_checkpoints).
+bool blends_two_models(ClassicMethod method);
+/// Whether the method works element by element in the combine recipe (not cat, svd, or the
+/// two-model blends).
 bool is_elementwise(ClassicMethod method);
 
 /// The output's recipe file: the method, its mode and every parameter of the report, the tasks.
@@ -45,7 +48,7 @@ void check_same_tensors(const HfModel& base, const std::vector<std::unique_ptr<H
 std::vector<float> read_finite(const CheckpointTensor& tensor, const std::string& where);
 
 ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& options);
-ClassicMergeReport merge_slerp_checkpoints(const ClassicMergeOptions& options);
+ClassicMergeReport merge_two_model_checkpoints(const ClassicMergeOptions& options);
 ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& options);
 
 }  // namespace revmerge

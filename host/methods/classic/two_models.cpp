@@ -1,10 +1,16 @@
-// mergekit's slerp on full models: each floating-point tensor of the base (v0) and of the one
-// fine-tune (v1), taken as a single vector, interpolated along the great circle between their
-// directions by t:
-//   cos θ = (v0 / ‖v0‖) · (v1 / ‖v1‖),  W = sin((1 − t) θ) / sin θ · v0 + sin(t θ) / sin θ · v1,
-// and linearly, W = (1 − t) v0 + t v1, where |cos θ| > 0.9995 (nearly parallel: the sines
-// vanish). Norms at or below 1e-8 are not divided by (mergekit's normalize). mergekit computes
-// in f32; revmerge in f64, rounded once.
+// mergekit's methods that blend the base (v0) with one fine-tune (v1) by a parameter t, on full
+// models, each floating-point tensor on its own:
+//  - slerp: the tensor taken as a single vector, interpolated along the great circle between
+//    the two directions: cos θ = (v0 / ‖v0‖) · (v1 / ‖v1‖),
+//    W = sin((1 − t) θ) / sin θ · v0 + sin(t θ) / sin θ · v1, and linearly,
+//    W = (1 − t) v0 + t v1, where |cos θ| > 0.9995 (nearly parallel: the sines vanish). Norms at
+//    or below 1e-8 are not divided by (mergekit's normalize).
+//  - nearswap: element by element, w = clamp(t / |v0 − v1|, 0, 1) (1 where they are equal),
+//    W = w v1 + (1 − w) v0: elements that differ by less than t take the fine-tune's value,
+//    the others move toward it by t / |v0 − v1|.
+// mergekit computes in f32 (slerp) or the tensors' dtype (nearswap); revmerge in f64, rounded
+// once.
+#include <algorithm>
 #include <cmath>
 
 #include "methods/classic/classic_internal.hpp"
@@ -33,20 +39,33 @@ std::pair<double, double> slerp_coefficients(double t, std::span<const float> v0
   return {std::sin(theta - theta * t) / s, std::sin(theta * t) / s};
 }
 
+void nearswap(double t, std::span<const float> v0, std::span<const float> v1, std::span<float> out) {
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    const double d = std::fabs(double(v0[i]) - v1[i]);
+    const double w = d == 0 ? 1.0 : std::min(1.0, t / d);
+    out[i] = static_cast<float>(w * v1[i] + (1 - w) * v0[i]);
+  }
+}
+
 }  // namespace
 
-ClassicMergeReport merge_slerp_checkpoints(const ClassicMergeOptions& o) {
+ClassicMergeReport merge_two_model_checkpoints(const ClassicMergeOptions& o) {
+  const bool slerp = o.method == ClassicMethod::slerp;
+  const std::string method = "--method " + to_string(o.method);
   if (o.tasks.size() != 1)
-    throw usage_error("--method slerp interpolates the base and one fine-tune; got " +
+    throw usage_error(method + " blends the base and one fine-tune; got " +
                       std::to_string(o.tasks.size()) + " models besides the base");
-  if (o.base.empty()) throw usage_error("--base: --method slerp interpolates from the base model; give it");
-  if (!o.t) throw usage_error("--t: --method slerp needs t (0 gives the base, 1 the fine-tune)");
+  if (o.base.empty()) throw usage_error("--base: " + method + " blends the base model with a fine-tune; give it");
+  if (!o.t)
+    throw usage_error("--t: " + method + (slerp ? " needs t (0 gives the base, 1 the fine-tune)"
+                                                : " needs t (the difference below which an element takes the fine-tune's value)"));
   if (!std::isfinite(*o.t)) throw usage_error("--t: must be a finite number");
+  if (!slerp && *o.t <= 0) throw usage_error("--t: nearswap's threshold must be above 0");
   for (const auto& [given, name] : {std::pair{!o.weights.empty(), "--weights"},
                                     std::pair{o.lambda.has_value(), "--lambda"},
                                     std::pair{o.normalize.has_value(), "--normalize"},
                                     std::pair{o.rescale.has_value(), "--rescale"}})
-    if (given) throw usage_error(std::string(name) + ": not an option of --method slerp (it takes --t)");
+    if (given) throw usage_error(std::string(name) + ": not an option of " + method + " (it takes --t)");
   if (o.full_model) throw usage_error("--full-model: the inputs are full models; the output is one already");
   if (o.rank != 0) throw usage_error("--rank: full models merge into a full model, not to a rank");
 
@@ -62,12 +81,16 @@ ClassicMergeReport merge_slerp_checkpoints(const ClassicMergeOptions& o) {
   const auto produce = [&](const std::string& name, std::vector<float>& values) {
     const auto v0 = read_finite(base.checkpoint().at(name), "the base");
     const auto v1 = read_finite(models[0]->checkpoint().at(name), "task '" + o.tasks[0].name + "'");
+    if (!slerp) {
+      nearswap(t, v0, v1, values);
+      return true;
+    }
     const auto [s0, s1] = slerp_coefficients(t, v0, v1);
     for (std::size_t i = 0; i < values.size(); ++i)
       values[i] = static_cast<float>(s0 * v0[i] + s1 * v1[i]);
     return true;
   };
-  ClassicMergeReport report{"slerp", "checkpoint", "mergekit", "model", 0, 0, {}, {}};
+  ClassicMergeReport report{to_string(o.method), "checkpoint", "mergekit", "model", 0, 0, {}, {}};
   report.parameters = classic_parameters(o, task_parameters(o, 1), nullptr, 0,
                                          o.dtype ? std::string(dtype_name(*o.dtype)) : "the base model's");
   mo.extra_files = {classic_recipe_file(o, report)};

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Checks a model revmerge merged with --method slerp against mergekit's slerp computed as
-mergekit computes it: each tensor flattened to one float32 vector, normalised where its norm
-exceeds 1e-8, the dot product summed in float32, the linear formula where |dot| > 0.9995, else
-sin((1 - t) theta) / sin(theta) * v0 + sin(t theta) / sin(theta) * v1.
+"""Checks a model revmerge merged with --method slerp or nearswap against mergekit's method
+computed as mergekit computes it, in float32:
+  slerp: each tensor flattened to one vector, normalised where its norm exceeds 1e-8, the dot
+  product summed in float32, the linear formula where |dot| > 0.9995, else
+  sin((1 - t) theta) / sin(theta) * v0 + sin(t theta) / sin(theta) * v1;
+  nearswap: w = clamp(t / |v0 - v1|, 0, 1) with NaN and infinities as 1, w * v1 + (1 - w) * v0.
 
-    slerp_numpy.py BASE FINE_TUNE T MERGED [--tol 1e-5] [--expect-linear]
+    blend_numpy.py {slerp,nearswap} BASE FINE_TUNE T MERGED [--tol 1e-5] [--expect-linear]
 """
 import argparse
 import sys
@@ -41,8 +43,16 @@ def mergekit_slerp(t, v0, v1, dot_threshold=0.9995, eps=1e-8):
     return np.sin(theta0 - theta_t) / s * c0 + np.sin(theta_t) / s * c1, False
 
 
+def mergekit_nearswap(t, v0, v1):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = t / np.abs(v0 - v1)
+    w = np.clip(np.nan_to_num(w, nan=1.0, posinf=1.0, neginf=1.0), 0.0, 1.0).astype(np.float32)
+    return w * v1 + (np.float32(1) - w) * v0
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("method", choices=["slerp", "nearswap"])
     ap.add_argument("base")
     ap.add_argument("fine_tune")
     ap.add_argument("t", type=float)
@@ -54,7 +64,11 @@ def main():
     assert set(got) == set(base), f"tensor names differ: {sorted(set(got) ^ set(base))}"
     worst, linear = 0.0, 0
     for name, v in base.items():
-        want, lin = mergekit_slerp(np.float32(a.t), as_f32(v).ravel(), as_f32(ft[name]).ravel())
+        v0, v1 = as_f32(v).ravel(), as_f32(ft[name]).ravel()
+        if a.method == "slerp":
+            want, lin = mergekit_slerp(np.float32(a.t), v0, v1)
+        else:
+            want, lin = mergekit_nearswap(np.float32(a.t), v0, v1), False
         linear += lin
         g = as_f32(got[name]).ravel()
         rel = np.max(np.abs(g - want)) / max(np.max(np.abs(want)), 1e-30)
@@ -63,8 +77,8 @@ def main():
             sys.exit(f"FAIL: {name}: largest difference {rel:.3g} of the largest value (tolerance {a.tol})")
     if a.expect_linear and linear != len(base):
         sys.exit(f"FAIL: {len(base) - linear} tensors did not take the linear branch")
-    print(f"slerp t={a.t}: {len(base)} tensors within {worst:.2e} of mergekit's formula "
-          f"({linear} by its linear branch)")
+    what = f" ({linear} by its linear branch)" if a.method == "slerp" else ""
+    print(f"{a.method} t={a.t}: {len(base)} tensors within {worst:.2e} of mergekit's formula{what}")
 
 
 if __name__ == "__main__":
