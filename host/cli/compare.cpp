@@ -32,8 +32,9 @@ std::vector<CompareMethod> parse_methods(const std::vector<std::string>& names) 
   for (const auto& name : names) {
     const auto colon = name.find(':');
     const auto method = parse_classic_method(name.substr(0, colon));
-    if (method == ClassicMethod::slerp || method == ClassicMethod::nearswap)
-      throw usage_error("--methods: " + name + " blends two full models; compare measures methods on adapters");
+    if (method == ClassicMethod::slerp || method == ClassicMethod::nearswap ||
+        method == ClassicMethod::model_stock)
+      throw usage_error("--methods: " + name + " merges full models; compare measures methods on adapters");
     const auto mode = colon == std::string::npos ? "" : name.substr(colon + 1);
     if (!mode.empty() && mode != "separate" && mode != "combined")
       throw usage_error("--methods: '" + name + "': the mode after ':' is separate or combined");

@@ -197,7 +197,7 @@ void add_merge_command(CLI::App& app) {
                   "task is named after its folder");
   opt["--method"] = cmd->add_option("--method", args.method,
       "rmm (default), linear, task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune, "
-      "cat, svd, slerp, nearswap");
+      "cat, svd, slerp, nearswap, model_stock");
   opt["--basis"] = cmd->add_option("--basis,-p", args.basis, "RMM basis size P, 1 .. n − 1");
   opt["--out"] = cmd->add_option("--out,-o", args.out, "folder to create (bundle, adapter or model)");
   cmd->add_option("--config", args.config,

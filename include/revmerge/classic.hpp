@@ -29,6 +29,8 @@ enum class ClassicMethod {
                     ///< fine-tune by t, each tensor as one vector (mergekit's slerp)
   nearswap,         ///< full models only: each element of the base moved toward one fine-tune
                     ///< by min(1, t / |difference|) (mergekit's nearswap)
+  model_stock,      ///< full models only: the base moved toward the fine-tunes' average by a
+                    ///< factor from their task vectors' mean angle (mergekit's model_stock)
 };
 
 /// "ties", "dare_ties", "task_arithmetic", ... ; throws usage_error listing the names.

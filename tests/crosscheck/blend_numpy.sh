@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# revmerge's slerp and nearswap against mergekit's formulas written in numpy the way mergekit
+# revmerge's slerp, nearswap and model_stock against mergekit's formulas written in numpy the way mergekit
 # computes them (f32; slerp's DOT_THRESHOLD and eps; tools/blend_numpy.py), on the committed tiny
 # models, from the CLI and from a mergekit config: several t, and for slerp a fine-tune parallel
 # to its base (the linear branch). Exit 77 (skipped) without numpy + safetensors.
@@ -55,3 +55,17 @@ parameters:
 YML
 "$revmerge" merge -q --config "$work/nearswap.yml" --out "$work/near-config"
 python3 "$src/tools/blend_numpy.py" nearswap "$golden/base" "$golden/ft2" 0.02 "$work/near-config" --tol 1e-6
+# model_stock: two and three fine-tunes, from the CLI and from a mergekit config.
+"$revmerge" merge -q --method model_stock --base "$golden/base" --out "$work/stock2" "$golden/ft0" "$golden/ft1"
+python3 "$src/tools/blend_numpy.py" model_stock "$golden/base" "$golden/ft0,$golden/ft1" 0 "$work/stock2" --tol 1e-5
+cat >"$work/stock.yml" <<YML
+merge_method: model_stock
+base_model: $golden/base
+models:
+  - model: $golden/ft0
+  - model: $golden/ft1
+  - model: $golden/ft2
+dtype: float32
+YML
+"$revmerge" merge -q --config "$work/stock.yml" --out "$work/stock3"
+python3 "$src/tools/blend_numpy.py" model_stock "$golden/base" "$golden/ft0,$golden/ft1,$golden/ft2" 0 "$work/stock3" --tol 1e-5

@@ -51,6 +51,7 @@ std::vector<float> read_finite(const CheckpointTensor& t, const std::string& whe
 
 ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
   if (blends_two_models(o.method)) return merge_two_model_checkpoints(o);
+  if (o.method == ClassicMethod::model_stock) return merge_model_stock_checkpoints(o);
   if (!is_elementwise(o.method))
     throw usage_error("--method " + to_string(o.method) +
                       " re-factorises LoRA adapters; the inputs are full models");

@@ -30,6 +30,7 @@ constexpr std::pair<ClassicMethod, const char*> kNames[] = {
     {ClassicMethod::svd, "svd"},
     {ClassicMethod::slerp, "slerp"},
     {ClassicMethod::nearswap, "nearswap"},
+    {ClassicMethod::model_stock, "model_stock"},
 };
 
 }  // namespace
@@ -49,7 +50,8 @@ std::string to_string(ClassicMethod method) {
 }
 
 bool is_elementwise(ClassicMethod method) {
-  return method != ClassicMethod::cat && method != ClassicMethod::svd && !blends_two_models(method);
+  return method != ClassicMethod::cat && method != ClassicMethod::svd && !blends_two_models(method) &&
+         method != ClassicMethod::model_stock;
 }
 
 bool blends_two_models(ClassicMethod method) {
@@ -99,8 +101,8 @@ std::vector<std::pair<std::string, std::string>> classic_parameters(const Classi
                                                                     const std::string& dtype) {
   std::vector<std::pair<std::string, std::string>> out;
   const auto unless = [](bool given, const char* what) { return given ? std::string() : std::string(" (") + what + ")"; };
-  if (blends_two_models(o.method)) {
-    out.emplace_back("t", fmt::format("{}", o.t.value_or(0)));
+  if (blends_two_models(o.method) || o.method == ClassicMethod::model_stock) {
+    if (o.t) out.emplace_back("t", fmt::format("{}", *o.t));
     out.emplace_back("dtype", dtype + unless(o.dtype.has_value(), "not given"));
     out.emplace_back("base", o.base.string());
     return out;

@@ -49,6 +49,7 @@ std::vector<float> read_finite(const CheckpointTensor& tensor, const std::string
 
 ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& options);
 ClassicMergeReport merge_two_model_checkpoints(const ClassicMergeOptions& options);
+ClassicMergeReport merge_model_stock_checkpoints(const ClassicMergeOptions& options);
 ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& options);
 
 }  // namespace revmerge

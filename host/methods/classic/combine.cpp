@@ -55,6 +55,7 @@ CombineRecipe make_recipe(const ClassicMergeOptions& o, Convention convention) {
     case ClassicMethod::svd:
     case ClassicMethod::slerp:
     case ClassicMethod::nearswap:
+    case ClassicMethod::model_stock:
       throw usage_error("--method " + to_string(o.method) + " is not an element-wise method");
   }
   if (r.random_drop) r.rescale = o.rescale.value_or(true) ? dare_rescale : Rescale::none;

@@ -1,0 +1,84 @@
+// mergekit's model_stock on full models (Model Stock, arXiv 2403.19522, as mergekit reads it):
+// for each floating-point tensor, with the base w0 and N ≥ 2 fine-tunes wᵢ taken as vectors and
+// their task vectors δᵢ = wᵢ − w0,
+//   cos θ = the mean over pairs i < j of clamp(δᵢ·δⱼ / max(‖δᵢ‖‖δⱼ‖, 1e-6), −1, 1),
+//   t = N cos θ / (1 + (N − 1) cos θ),   W = t · mean(wᵢ) + (1 − t) · w0.
+// Fine-tunes that agree (cos θ → 1) give t → 1, the average; orthogonal ones give t = 0, the
+// base. mergekit computes in the tensors' dtype; revmerge in f64, rounded once. (mergekit's
+// filter_wise, one angle per row, is not built: the config reader refuses it by name.)
+#include <algorithm>
+#include <cmath>
+
+#include "methods/classic/classic_internal.hpp"
+#include "methods/model_output.hpp"
+#include "revmerge/error.hpp"
+
+namespace revmerge {
+
+ClassicMergeReport merge_model_stock_checkpoints(const ClassicMergeOptions& o) {
+  const auto n = o.tasks.size();
+  if (n < 2)
+    throw usage_error("--method model_stock needs at least 2 fine-tunes besides the base; got " +
+                      std::to_string(n));
+  if (o.base.empty()) throw usage_error("--base: --method model_stock moves the base toward the fine-tunes; give it");
+  for (const auto& [given, name] : {std::pair{!o.weights.empty(), "--weights"},
+                                    std::pair{o.lambda.has_value(), "--lambda"},
+                                    std::pair{o.normalize.has_value(), "--normalize"},
+                                    std::pair{o.rescale.has_value(), "--rescale"}})
+    if (given) throw usage_error(std::string(name) + ": not an option of --method model_stock");
+  if (o.full_model) throw usage_error("--full-model: the inputs are full models; the output is one already");
+  if (o.rank != 0) throw usage_error("--rank: full models merge into a full model, not to a rank");
+
+  const HfModel base(o.base);
+  std::vector<std::unique_ptr<HfModel>> models;
+  for (const auto& t : o.tasks) models.push_back(std::make_unique<HfModel>(t.adapter));
+  check_same_tensors(base, models, o.tasks);
+  ModelOutputOptions mo;
+  mo.dtype = o.dtype;
+  mo.overwrite = o.overwrite;
+  mo.progress = o.progress;
+  std::vector<std::vector<double>> deltas(n);
+  const auto produce = [&](const std::string& name, std::vector<float>& values) {
+    const auto w0 = read_finite(base.checkpoint().at(name), "the base");
+    std::vector<double> norms(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto w = read_finite(models[i]->checkpoint().at(name), "task '" + o.tasks[i].name + "'");
+      deltas[i].resize(w.size());
+      double sq = 0;
+      for (std::size_t k = 0; k < w.size(); ++k) {
+        deltas[i][k] = double(w[k]) - w0[k];
+        sq += deltas[i][k] * deltas[i][k];
+      }
+      norms[i] = std::sqrt(sq);
+    }
+    double cos_sum = 0;
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = i + 1; j < n; ++j) {
+        double dot = 0;
+        for (std::size_t k = 0; k < w0.size(); ++k) dot += deltas[i][k] * deltas[j][k];
+        cos_sum += std::clamp(dot / std::max(norms[i] * norms[j], 1e-6), -1.0, 1.0);
+      }
+    const double cos = cos_sum / double(n * (n - 1) / 2), nd = double(n);
+    const double denominator = 1 + (nd - 1) * cos;
+    if (denominator == 0)
+      throw format_error("tensor '" + name + "': the fine-tunes' task vectors have a mean cos θ of "
+                         "−1/(N − 1), where model_stock's t = N cos θ / (1 + (N − 1) cos θ) is "
+                         "infinite; model_stock cannot merge these models");
+    const double t = nd * cos / denominator;
+    // W = t · mean(w) + (1 − t) · w0 = w0 + t · mean(δ).
+    for (std::size_t k = 0; k < values.size(); ++k) {
+      double mean = 0;
+      for (std::size_t i = 0; i < n; ++i) mean += deltas[i][k];
+      values[k] = static_cast<float>(w0[k] + t * (mean / nd));
+    }
+    return true;
+  };
+  ClassicMergeReport report{"model_stock", "checkpoint", "mergekit", "model", 0, 0, {}, {}};
+  report.parameters = classic_parameters(o, task_parameters(o, n), nullptr, 0,
+                                         o.dtype ? std::string(dtype_name(*o.dtype)) : "the base model's");
+  mo.extra_files = {classic_recipe_file(o, report)};
+  report.items = write_full_model(base, o.out, produce, mo);
+  return report;
+}
+
+}  // namespace revmerge
