@@ -32,8 +32,7 @@ std::vector<CompareMethod> parse_methods(const std::vector<std::string>& names) 
   for (const auto& name : names) {
     const auto colon = name.find(':');
     const auto method = parse_classic_method(name.substr(0, colon));
-    if (method == ClassicMethod::slerp || method == ClassicMethod::nearswap ||
-        method == ClassicMethod::model_stock)
+    if (full_models_only(method))
       throw usage_error("--methods: " + name + " merges full models; compare measures methods on adapters");
     const auto mode = colon == std::string::npos ? "" : name.substr(colon + 1);
     if (!mode.empty() && mode != "separate" && mode != "combined")

@@ -76,9 +76,9 @@ std::vector<std::string> map_keys(const Map& m) {
 }
 
 template <class Map>
-std::vector<std::string> keys_in_file_order(const std::string& json_text, const char* field,
+std::vector<std::string> keys_in_file_order(const nlohmann::ordered_json& ordered, const char* field,
                                             const Map& parsed) {
-  const auto ordered = nlohmann::ordered_json::parse(json_text, nullptr, false);
+  if (parsed.empty()) return {};
   std::vector<std::string> keys;
   if (ordered.is_object())
     if (const auto it = ordered.find(field); it != ordered.end() && it->is_object())
@@ -185,8 +185,12 @@ LoraConfig parse_lora_config(const std::string& json_text, const std::string& fi
   c.alpha_pattern = get_field<std::map<std::string, double>>(j, "alpha_pattern", {}, file);
   for (const auto& [key, r] : c.rank_pattern)
     if (r <= 0) throw format_error(file + ": rank_pattern['" + key + "'] must be positive");
-  c.patterns = compile_patterns(c, keys_in_file_order(json_text, "rank_pattern", c.rank_pattern),
-                                keys_in_file_order(json_text, "alpha_pattern", c.alpha_pattern), file);
+  // The text again, keeping its key order, only where there are pattern keys to order.
+  const auto ordered = c.rank_pattern.empty() && c.alpha_pattern.empty()
+                           ? nlohmann::ordered_json()
+                           : nlohmann::ordered_json::parse(json_text, nullptr, false);
+  c.patterns = compile_patterns(c, keys_in_file_order(ordered, "rank_pattern", c.rank_pattern),
+                                keys_in_file_order(ordered, "alpha_pattern", c.alpha_pattern), file);
   return c;
 }
 

@@ -7,6 +7,16 @@
 namespace fs = std::filesystem;
 
 namespace revmerge {
+namespace {
+
+// The path made absolute (what a recipe read from elsewhere needs), or as given if that fails.
+std::string absolute_text(const fs::path& p) {
+  std::error_code ec;
+  const auto absolute = fs::absolute(p, ec);
+  return (ec ? p : absolute.lexically_normal()).string();
+}
+
+}  // namespace
 
 std::string recipe_text(const OutputRecipe& given, const RecipeRecord& record) {
   nlohmann::ordered_json j;
@@ -15,20 +25,14 @@ std::string recipe_text(const OutputRecipe& given, const RecipeRecord& record) {
   auto& parameters = j["parameters"] = nlohmann::ordered_json::object();
   for (const auto& [key, value] : record.parameters) parameters[key] = value;
   auto& inputs = j["inputs"] = nlohmann::ordered_json::array();
-  for (const auto& [name, path] : record.inputs) {
-    std::error_code ec;
-    const auto absolute = fs::absolute(path, ec);
-    inputs.push_back({{"name", name}, {"path", (ec ? path : absolute.lexically_normal()).string()}});
-  }
+  for (const auto& [name, path] : record.inputs) inputs.push_back({{"name", name}, {"path", absolute_text(path)}});
   if (!given.command.empty()) {
     j["command"] = given.command;
     std::error_code ec;
     j["working_folder"] = fs::current_path(ec).string();  // the command's relative paths
   }
   if (!given.config_file.empty()) {
-    std::error_code ec;
-    const auto absolute = fs::absolute(given.config_file, ec);
-    j["config_file"] = (ec ? given.config_file : absolute.lexically_normal()).string();
+    j["config_file"] = absolute_text(given.config_file);
     j["config"] = given.config_text;
   }
   return j.dump(2) + "\n";

@@ -36,6 +36,8 @@ enum class ClassicMethod {
 /// "ties", "dare_ties", "task_arithmetic", ... ; throws usage_error listing the names.
 ClassicMethod parse_classic_method(const std::string& name);
 std::string to_string(ClassicMethod method);
+/// Whether the method merges full models only (slerp, nearswap, model_stock): no LoRA form.
+bool full_models_only(ClassicMethod method);
 
 /// How a method treats LoRA factors. `separate` merges the A's and the B's on their own (what
 /// PEFT's linear / ties / dare_* do and what the RMM paper compares against); `combined`

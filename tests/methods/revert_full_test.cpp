@@ -15,16 +15,21 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// The named example adapters merged at basis 1 on the CPU into `out`.
+Bundle example_bundle(const fs::path& out, std::initializer_list<const char*> tasks) {
+  RmmMergeOptions m;
+  for (const auto* t : tasks) m.tasks.push_back({t, fs::path(REVMERGE_SOURCE_DIR) / "examples" / "adapters" / t});
+  m.basis = 1;
+  m.out = out;
+  m.device = Device::cpu;
+  merge_rmm(m);
+  return Bundle(out);
+}
+
 TEST(RevertFull, IsBasePlusTheReconstructedDelta) {
   test::TempDir tmp;
   const auto ex = fs::path(REVMERGE_SOURCE_DIR) / "examples";
-  RmmMergeOptions m;
-  for (const auto* t : {"chat", "code", "qa"}) m.tasks.push_back({t, ex / "adapters" / t});
-  m.basis = 1;
-  m.out = tmp / "bundle";
-  m.device = Device::cpu;
-  merge_rmm(m);
-  const Bundle bundle(m.out);
+  const Bundle bundle = example_bundle(tmp / "bundle", {"chat", "code", "qa"});
   RevertOptions o;
   o.device = Device::cpu;
   revert_task_full(bundle, "code", ex / "tiny-llama", tmp / "model", o, std::nullopt);
@@ -63,13 +68,7 @@ TEST(RevertFull, IsBasePlusTheReconstructedDelta) {
 TEST(RevertFull, TheConfigNamesTheDtypeWritten) {
   test::TempDir tmp;
   const auto ex = fs::path(REVMERGE_SOURCE_DIR) / "examples";
-  RmmMergeOptions m;
-  for (const auto* t : {"chat", "code"}) m.tasks.push_back({t, ex / "adapters" / t});
-  m.basis = 1;
-  m.out = tmp / "bundle";
-  m.device = Device::cpu;
-  merge_rmm(m);
-  const Bundle bundle(m.out);
+  const Bundle bundle = example_bundle(tmp / "bundle", {"chat", "code"});
   RevertOptions o;
   o.device = Device::cpu;
   for (const auto& [dtype, name] : {std::pair{DType::BF16, "bfloat16"}, std::pair{DType::F16, "float16"}}) {

@@ -155,7 +155,7 @@ ModuleDelta merge_module(const Context& c, const PlannedModule& pm, bool exact) 
 }  // namespace
 
 ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& o) {
-  if (blends_two_models(o.method) || o.method == ClassicMethod::model_stock)
+  if (full_models_only(o.method))
     throw usage_error("--method " + to_string(o.method) + " merges full models (mergekit's " +
                       to_string(o.method) + "); the inputs are LoRA adapters (merge them with "
                       "linear, or --mode combined)");

@@ -50,14 +50,14 @@ std::vector<float> read_finite(const CheckpointTensor& t, const std::string& whe
 }
 
 ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
+  if (o.full_model)
+    throw usage_error("--full-model: the inputs are full models; the output is one already");
+  if (o.rank != 0) throw usage_error("--rank: full models merge into a full model, not to a rank");
   if (blends_two_models(o.method)) return merge_two_model_checkpoints(o);
   if (o.method == ClassicMethod::model_stock) return merge_model_stock_checkpoints(o);
   if (!is_elementwise(o.method))
     throw usage_error("--method " + to_string(o.method) +
                       " re-factorises LoRA adapters; the inputs are full models");
-  if (o.full_model)
-    throw usage_error("--full-model: the inputs are full models; the output is one already");
-  if (o.rank != 0) throw usage_error("--rank: full models merge into a full model, not to a rank");
   const bool linear = o.method == ClassicMethod::linear;
   if (linear && !o.base.empty())
     throw usage_error("--base: linear averages the models themselves and does not use a base "

@@ -50,8 +50,21 @@ std::string to_string(ClassicMethod method) {
 }
 
 bool is_elementwise(ClassicMethod method) {
-  return method != ClassicMethod::cat && method != ClassicMethod::svd && !blends_two_models(method) &&
-         method != ClassicMethod::model_stock;
+  return method != ClassicMethod::cat && method != ClassicMethod::svd && !full_models_only(method);
+}
+
+bool full_models_only(ClassicMethod method) {
+  return blends_two_models(method) || method == ClassicMethod::model_stock;
+}
+
+void refuse_weighting_options(const ClassicMergeOptions& o) {
+  for (const auto& [given, name] : {std::pair{!o.weights.empty(), "--weights"},
+                                    std::pair{o.lambda.has_value(), "--lambda"},
+                                    std::pair{o.normalize.has_value(), "--normalize"},
+                                    std::pair{o.rescale.has_value(), "--rescale"}})
+    if (given)
+      throw usage_error(std::string(name) + ": not an option of --method " + to_string(o.method) +
+                        (blends_two_models(o.method) ? " (it takes --t)" : ""));
 }
 
 bool blends_two_models(ClassicMethod method) {
@@ -101,7 +114,7 @@ std::vector<std::pair<std::string, std::string>> classic_parameters(const Classi
                                                                     const std::string& dtype) {
   std::vector<std::pair<std::string, std::string>> out;
   const auto unless = [](bool given, const char* what) { return given ? std::string() : std::string(" (") + what + ")"; };
-  if (blends_two_models(o.method) || o.method == ClassicMethod::model_stock) {
+  if (full_models_only(o.method)) {
     if (o.t) out.emplace_back("t", fmt::format("{}", *o.t));
     out.emplace_back("dtype", dtype + unless(o.dtype.has_value(), "not given"));
     out.emplace_back("base", o.base.string());

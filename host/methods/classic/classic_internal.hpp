@@ -32,6 +32,8 @@ std::vector<std::pair<std::string, std::string>> classic_parameters(const Classi
 
 /// slerp and nearswap: the base and one fine-tune blended by t (merge_two_model_checkpoints).
 bool blends_two_models(ClassicMethod method);
+/// Refuses --weights, --lambda, --normalize and --rescale for a method that has none of them.
+void refuse_weighting_options(const ClassicMergeOptions& options);
 /// Whether the method works element by element in the combine recipe (not cat, svd, or the
 /// two-model blends).
 bool is_elementwise(ClassicMethod method);

@@ -21,13 +21,7 @@ ClassicMergeReport merge_model_stock_checkpoints(const ClassicMergeOptions& o) {
     throw usage_error("--method model_stock needs at least 2 fine-tunes besides the base; got " +
                       std::to_string(n));
   if (o.base.empty()) throw usage_error("--base: --method model_stock moves the base toward the fine-tunes; give it");
-  for (const auto& [given, name] : {std::pair{!o.weights.empty(), "--weights"},
-                                    std::pair{o.lambda.has_value(), "--lambda"},
-                                    std::pair{o.normalize.has_value(), "--normalize"},
-                                    std::pair{o.rescale.has_value(), "--rescale"}})
-    if (given) throw usage_error(std::string(name) + ": not an option of --method model_stock");
-  if (o.full_model) throw usage_error("--full-model: the inputs are full models; the output is one already");
-  if (o.rank != 0) throw usage_error("--rank: full models merge into a full model, not to a rank");
+  refuse_weighting_options(o);
 
   const HfModel base(o.base);
   std::vector<std::unique_ptr<HfModel>> models;

@@ -61,13 +61,7 @@ ClassicMergeReport merge_two_model_checkpoints(const ClassicMergeOptions& o) {
                                                 : " needs t (the difference below which an element takes the fine-tune's value)"));
   if (!std::isfinite(*o.t)) throw usage_error("--t: must be a finite number");
   if (!slerp && *o.t <= 0) throw usage_error("--t: nearswap's threshold must be above 0");
-  for (const auto& [given, name] : {std::pair{!o.weights.empty(), "--weights"},
-                                    std::pair{o.lambda.has_value(), "--lambda"},
-                                    std::pair{o.normalize.has_value(), "--normalize"},
-                                    std::pair{o.rescale.has_value(), "--rescale"}})
-    if (given) throw usage_error(std::string(name) + ": not an option of " + method + " (it takes --t)");
-  if (o.full_model) throw usage_error("--full-model: the inputs are full models; the output is one already");
-  if (o.rank != 0) throw usage_error("--rank: full models merge into a full model, not to a rank");
+  refuse_weighting_options(o);
 
   const HfModel base(o.base);
   std::vector<std::unique_ptr<HfModel>> models;
