@@ -4,7 +4,7 @@ computed as mergekit computes it, in float32:
   slerp: each tensor flattened to one vector, normalised where its norm exceeds 1e-8, the dot
   product summed in float32, the linear formula where |dot| > 0.9995, else
   sin((1 - t) theta) / sin(theta) * v0 + sin(t theta) / sin(theta) * v1;
-  nearswap: w = clamp(t / |v0 - v1|, 0, 1) with NaN and infinities as 1, w * v1 + (1 - w) * v0;
+  nearswap: w = clamp(t / max(|v0 - v1|, 1e-6), 0, 1), w * v1 + (1 - w) * v0;
   model_stock: offsets d_i = w_i - w0, cos = mean over pairs of clamp(d_i.d_j / max(|d_i||d_j|,
   1e-6), -1, 1), t = N cos / (1 + (N - 1) cos), t * mean(w_i) + (1 - t) * w0 (FINE_TUNE is a
   comma-separated list, T is not used).
@@ -47,9 +47,7 @@ def mergekit_slerp(t, v0, v1, dot_threshold=0.9995, eps=1e-8):
 
 
 def mergekit_nearswap(t, v0, v1):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        w = t / np.abs(v0 - v1)
-    w = np.clip(np.nan_to_num(w, nan=1.0, posinf=1.0, neginf=1.0), 0.0, 1.0).astype(np.float32)
+    w = np.clip(np.float32(t) / np.maximum(np.abs(v0 - v1), np.float32(1e-6)), 0.0, 1.0).astype(np.float32)
     return w * v1 + (np.float32(1) - w) * v0
 
 

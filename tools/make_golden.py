@@ -6,14 +6,18 @@
   golden/mergekit/  a tiny Llama base, three full fine-tunes, and what mergekit's run_merge
                     writes for each YAML config (<case>.yml -> out/<case>/), in cases.json.
 
-DARE draws a random mask. To compare with the same mask, this script replaces the Bernoulli
-draw inside PEFT (merge_utils.random_pruning) and mergekit (sparsify.bernoulli) by revmerge's
-counter-based mask (counter_uniform below, the arithmetic of host/kernels/counter_rng.hpp);
+DARE and DELLA draw a random mask. To compare with the same mask, this script replaces the
+Bernoulli draw inside PEFT (merge_utils.random_pruning) and mergekit (sparsify.bernoulli, and
+the draw inside sparsify.della_magprune) by revmerge's counter-based mask (counter_uniform below, the arithmetic of host/kernels/counter_rng.hpp);
 everything else — trimming, election, disjoint mean, weighting, rescaling, SVD — is the tools'
 own code.
 
-Run once (needs torch, transformers, peft, mergekit, numpy) and commit tests/fixtures/golden:
-    python3 tools/make_golden.py tests/fixtures/golden
+Run once (needs torch, transformers, peft, mergekit 0.1.5, numpy) and commit
+tests/fixtures/golden; the fixtures are the same bytes on every run:
+    python3 tools/make_golden.py tests/fixtures/golden [--only peft|mergekit]
+mergekit pins its own torch; its package alone, beside the project's .venv, is enough:
+    pip install --target /tmp/mk --no-deps mergekit==0.1.5 immutables sentencepiece protobuf
+    PYTHONPATH=/tmp/mk .venv/bin/python tools/make_golden.py tests/fixtures/golden --only mergekit
 """
 import argparse
 import json
@@ -185,6 +189,28 @@ MK_CASES = {
                     "densities": [0.6, 0.6, 0.6], "seed": 11},
     "dare_linear_norescale": {"merge_method": "dare_linear", "parameters": {"rescale": False},
                               "weights": [1.0, 1.0, 1.0], "densities": [0.5, 0.5, 0.5], "seed": 2},
+    "ties_rescale": {"merge_method": "ties", "parameters": {"rescale": True},
+                     "weights": [1.0, 0.7, 0.4], "densities": [0.5, 0.3, 0.7]},
+    "breadcrumbs": {"merge_method": "breadcrumbs", "weights": [1.0, 0.5, 0.8],
+                    "densities": [0.6, 0.5, 0.7], "extra": {"gamma": [0.05, 0.1, 0.02]}},
+    "breadcrumbs_dense": {"merge_method": "breadcrumbs", "weights": [1.0, 1.0, 1.0],
+                          "densities": [0.95, 0.95, 0.95], "extra": {"gamma": [0.1, 0.1, 0.1]}},
+    "breadcrumbs_ties": {"merge_method": "breadcrumbs_ties", "parameters": {"lambda": 0.9},
+                         "weights": [1.0, 0.7, 0.4], "densities": [0.5, 0.4, 0.6],
+                         "extra": {"gamma": [0.05, 0.05, 0.05]}},
+    "della": {"merge_method": "della", "weights": [1.0, 0.7, 0.4], "densities": [0.5, 0.4, 0.6],
+              "extra": {"epsilon": [0.1, 0.2, 0.15]}, "seed": 3},
+    "della_norescale": {"merge_method": "della", "parameters": {"rescale": False},
+                        "weights": [1.0, 1.0, 1.0], "densities": [0.5, 0.5, 0.5],
+                        "extra": {"epsilon": [0.3, 0.3, 0.3]}, "seed": 8},
+    "della_linear": {"merge_method": "della_linear", "parameters": {"lambda": 1.2},
+                     "weights": [0.6, 0.3, 0.3], "densities": [0.6, 0.6, 0.6],
+                     "extra": {"epsilon": [0.1, 0.1, 0.1]}, "seed": 13},
+    "sce": {"merge_method": "sce"},
+    "sce_topk": {"merge_method": "sce", "parameters": {"select_topk": 0.4}},
+    "slerp": {"merge_method": "slerp", "models": ["ft0"], "parameters": {"t": 0.3}},
+    "nearswap": {"merge_method": "nearswap", "models": ["ft1"], "parameters": {"t": 0.01}},
+    "model_stock": {"merge_method": "model_stock"},
 }
 
 
@@ -220,7 +246,29 @@ def make_mergekit(root: Path):
         mask = keep_mask(name, task, tensor.shape, density, seed_box["seed"])
         return sparsify.rescaled_masked_tensor(tensor.float(), mask, rescale_norm).to(tensor.dtype)
 
+    della_magprune = sparsify.della_magprune
+
+    def della(tensor, density, epsilon, rescale_norm=None):
+        # mergekit's own ranks and probabilities; only the draw is revmerge's: element j is
+        # kept when counter_uniform(j) < its probability (compared in double).
+        if density >= 1 or density <= 0:
+            return della_magprune(tensor, density, epsilon, rescale_norm)
+        name, task = ident(tensor)
+        u = counter_uniform(seed_box["seed"], stream_id(f"{name}#{task}"), tensor.numel())
+        draw = torch.bernoulli
+
+        def counter_bernoulli(probs):
+            keep = u.reshape(probs.shape) < probs.double().numpy()
+            return torch.from_numpy(keep).to(probs.dtype)
+
+        torch.bernoulli = counter_bernoulli
+        try:
+            return della_magprune(tensor, density, epsilon, rescale_norm)
+        finally:
+            torch.bernoulli = draw
+
     sparsify.bernoulli = bernoulli
+    sparsify.della_magprune = della
     cases = []
     cwd = os.getcwd()
     os.chdir(root)  # mergekit resolves the YAML's relative paths against the working folder
@@ -228,10 +276,14 @@ def make_mergekit(root: Path):
         for case, spec in MK_CASES.items():
             models = []
             for i, n in enumerate(names):
-                params = {"weight": spec["weights"][i]}
+                if n not in spec.get("models", names):
+                    continue
+                params = {"weight": spec["weights"][i]} if "weights" in spec else {}
                 if "densities" in spec:
                     params["density"] = spec["densities"][i]
-                models.append({"model": n, "parameters": params})
+                for key, values in spec.get("extra", {}).items():
+                    params[key] = values[i]
+                models.append({"model": n, "parameters": params} if params else {"model": n})
             cfg = {"merge_method": spec["merge_method"], "models": models, "dtype": "float32"}
             if not spec.get("no_base"):
                 cfg["base_model"] = "base"
@@ -252,9 +304,13 @@ def make_mergekit(root: Path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("out", type=Path)
+    ap.add_argument("--only", choices=["peft", "mergekit"],
+                    help="make one tool's cases (the other's folder is left as it is)")
     args = ap.parse_args()
-    make_peft(args.out / "peft")
-    make_mergekit(args.out / "mergekit")
+    if args.only != "mergekit":
+        make_peft(args.out / "peft")
+    if args.only != "peft":
+        make_mergekit(args.out / "mergekit")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ struct MergeArgs {
   std::string method = "rmm", dtype, config, mode = "separate", majority_sign = "total";
   std::int64_t basis = 0, rank = 0;
   std::uint64_t seed = 0;
-  std::string weights, densities;
-  double lambda = 1, t = 0;
+  std::string weights, densities, gammas, epsilons;
+  double lambda = 1, t = 0, select_topk = 1;
   std::string out, base;
   bool force = false, json = false, quiet = false, allow_nonfinite = false, full_model = false;
   bool normalize = false, no_normalize = false, rescale = false, no_rescale = false;
@@ -50,7 +50,8 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   if (models != 0 && models != tasks.size())
     throw usage_error("the inputs mix PEFT adapters and full models; merge one kind at a time");
   const bool full = models > 0;
-  for (const char* o : {"--weights", "--density", "--lambda", "--t", "--mode", "--majority-sign",
+  for (const char* o : {"--weights", "--density", "--gamma", "--epsilon", "--select-topk",
+                        "--lambda", "--t", "--mode", "--majority-sign",
                         "--normalize", "--no-normalize", "--rescale", "--no-rescale", "--seed",
                         "--full-model"})
     if (args.given(o)) throw usage_error(std::string(o) + ": not an option of --method rmm");
@@ -98,13 +99,15 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
     print_bundle_report(manifest, o.out.string(), 5);
 }
 
-template <class T>
-std::vector<double> per_task(const std::vector<std::optional<double>>& v, std::optional<T> all) {
+// A per-task parameter from a config: each task's own value, else the config's value for all,
+// else `fallback` (the method's default); empty when the config gives none at all.
+std::vector<double> per_task(const std::vector<std::optional<double>>& v, std::optional<double> all,
+                             double fallback = 1.0) {
   bool any = all.has_value();
   for (const auto& x : v) any = any || x.has_value();
   if (!any) return {};
   std::vector<double> r;
-  for (const auto& x : v) r.push_back(x.value_or(all.value_or(1.0)));
+  for (const auto& x : v) r.push_back(x.value_or(all.value_or(fallback)));
   return r;
 }
 
@@ -128,6 +131,11 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
                                        : per_task(cfg.task_weights, cfg.weight);
   o.densities = args.given("--density") ? parse_number_list(args.densities, "--density")
                                         : per_task(cfg.task_densities, cfg.density);
+  o.gammas = args.given("--gamma") ? parse_number_list(args.gammas, "--gamma")
+                                   : per_task(cfg.task_gammas, cfg.gamma, 0.01);
+  o.epsilons = args.given("--epsilon") ? parse_number_list(args.epsilons, "--epsilon")
+                                       : per_task(cfg.task_epsilons, cfg.epsilon, 0.15);
+  if (args.given("--select-topk")) o.select_topk = args.select_topk; else o.select_topk = cfg.select_topk;
   if (args.given("--lambda")) o.lambda = args.lambda; else o.lambda = cfg.lambda;
   if (args.given("--t")) o.t = args.t; else o.t = cfg.t;
   const auto sign = args.given("--majority-sign") ? args.majority_sign : cfg.majority_sign.value_or("total");
@@ -197,7 +205,8 @@ void add_merge_command(CLI::App& app) {
                   "task is named after its folder");
   opt["--method"] = cmd->add_option("--method", args.method,
       "rmm (default), linear, task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune, "
-      "cat, svd, slerp, nearswap, model_stock");
+      "cat, svd, slerp, nearswap, model_stock, breadcrumbs, breadcrumbs_ties, della, "
+      "della_linear, sce");
   opt["--basis"] = cmd->add_option("--basis,-p", args.basis, "RMM basis size P, 1 .. n − 1");
   opt["--out"] = cmd->add_option("--out,-o", args.out, "folder to create (bundle, adapter or model)");
   cmd->add_option("--config", args.config,
@@ -212,8 +221,16 @@ void add_merge_command(CLI::App& app) {
   opt["--weights"] = cmd->add_option("--weights", args.weights,
                                      "one weight per task, comma-separated (default 1)");
   opt["--density"] = cmd->add_option("--density", args.densities,
-      "fraction kept by TIES / DARE / magnitude pruning: one value, or one per task "
-      "(comma-separated)");
+      "fraction kept by TIES / DARE / DELLA / breadcrumbs / magnitude pruning: one value, or "
+      "one per task (comma-separated)");
+  opt["--gamma"] = cmd->add_option("--gamma", args.gammas,
+      "breadcrumbs: fraction of largest magnitudes dropped as outliers: one value, or one per "
+      "task (default 0.01)");
+  opt["--epsilon"] = cmd->add_option("--epsilon", args.epsilons,
+      "della: keep probabilities run from density − epsilon (smallest magnitude in a row) to "
+      "density + epsilon (largest): one value, or one per task (default 0.15)");
+  opt["--select-topk"] = cmd->add_option("--select-topk", args.select_topk,
+      "sce: fraction of elements kept by their variance across the tasks (default 1: all)");
   opt["--lambda"] = cmd->add_option("--lambda", args.lambda, "scale of the merged delta (default 1)");
   opt["--t"] = cmd->add_option("--t", args.t,
       "slerp: where between the base (0) and the fine-tune (1) the merge lies; nearswap: the "
@@ -223,9 +240,11 @@ void add_merge_command(CLI::App& app) {
   opt["--normalize"] = cmd->add_flag("--normalize", args.normalize,
       "divide by the agreeing tasks (TIES) or the weights' sum (others)");
   opt["--no-normalize"] = cmd->add_flag("--no-normalize", args.no_normalize, "do not divide");
-  opt["--rescale"] = cmd->add_flag("--rescale", args.rescale, "DARE: rescale after the drop (default)");
-  opt["--no-rescale"] = cmd->add_flag("--no-rescale", args.no_rescale, "DARE: do not rescale");
-  opt["--seed"] = cmd->add_option("--seed", args.seed, "DARE's mask seed (default 0)");
+  opt["--rescale"] = cmd->add_flag("--rescale", args.rescale,
+      "rescale each task after its drop or trim (default for DARE and DELLA; full models: to "
+      "the task's L1 norm, adapters: by 1 / density)");
+  opt["--no-rescale"] = cmd->add_flag("--no-rescale", args.no_rescale, "do not rescale");
+  opt["--seed"] = cmd->add_option("--seed", args.seed, "DARE's and DELLA's mask seed (default 0)");
   opt["--rank"] = cmd->add_option("--rank", args.rank,
       "rank of a re-compressed adapter (svd, combined mode; default: the largest input rank); "
       "rmm over full fine-tunes: the rank each task's delta is compressed to as it is read");

@@ -36,6 +36,9 @@ struct Reader {
   bool method_parameter(const std::string& key, const YAML::Node& v, const std::string& where) {
     if (key == "weight") c.weight = scalar<double>(v, where);
     else if (key == "density") c.density = scalar<double>(v, where);
+    else if (key == "gamma") c.gamma = scalar<double>(v, where);
+    else if (key == "epsilon") c.epsilon = scalar<double>(v, where);
+    else if (key == "select_topk") c.select_topk = scalar<double>(v, where);
     else if (key == "lambda") c.lambda = scalar<double>(v, where);
     else if (key == "t") c.t = scalar<double>(v, where);
     else if (key == "normalize") c.normalize = scalar<bool>(v, where);
@@ -56,7 +59,7 @@ struct Reader {
       const auto tw = file + ": " + key + "[" + std::to_string(i++) + "]";
       if (!t.IsMap()) throw format_error(tw + " must be a mapping with '" + path_key + "'");
       TaskSource task;
-      std::optional<double> weight, density;
+      std::optional<double> weight, density, gamma, epsilon;
       for (const auto& kv : t) {
         const auto k = scalar<std::string>(kv.first, tw + " key");
         if (k == "name" && !mergekit) {
@@ -74,7 +77,10 @@ struct Reader {
             const auto pw = tw + ".parameters." + pk;
             if (pk == "weight") weight = scalar<double>(p.second, pw);
             else if (pk == "density") density = scalar<double>(p.second, pw);
-            else throw format_error(pw + ": unknown per-model parameter (expected weight, density)");
+            else if (pk == "gamma") gamma = scalar<double>(p.second, pw);
+            else if (pk == "epsilon") epsilon = scalar<double>(p.second, pw);
+            else throw format_error(pw + ": unknown per-model parameter (expected weight, density, "
+                                         "gamma, epsilon)");
           }
         } else {
           throw format_error(tw + ": unknown key '" + k + "' (expected " +
@@ -92,6 +98,8 @@ struct Reader {
       c.tasks.push_back(std::move(task));
       c.task_weights.push_back(weight);
       c.task_densities.push_back(density);
+      c.task_gammas.push_back(gamma);
+      c.task_epsilons.push_back(epsilon);
     }
   }
 };
@@ -208,7 +216,8 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
         const auto pk = scalar<std::string>(p.first, where + " key");
         if (!r.method_parameter(pk, p.second, file + ": parameters." + pk))
           throw format_error(file + ": parameters." + pk + ": unknown parameter (expected weight, "
-                             "density, lambda, t, normalize, rescale, int8_mask, majority_sign_method)");
+                             "density, gamma, epsilon, select_topk, lambda, t, normalize, rescale, int8_mask, "
+                             "majority_sign_method)");
       }
     } else if (r.method_parameter(key, v, where)) {
     } else if (key == "slices" || key == "tokenizer_source" || key == "tokenizer" ||
@@ -217,7 +226,8 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
     } else {
       throw format_error(file + ": unknown key '" + key +
                          "' (expected method, basis, dtype, out, tasks, base, mode, rank, seed, "
-                         "weight, density, lambda, t, normalize, rescale, majority_sign_method, or "
+                         "weight, density, gamma, epsilon, select_topk, lambda, t, normalize, "
+                         "rescale, majority_sign_method, or "
                          "mergekit's merge_method, base_model, models, parameters, out_dtype)");
     }
   }

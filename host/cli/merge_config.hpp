@@ -23,8 +23,10 @@ struct MergeConfig {
   std::optional<std::string> dtype;
   std::optional<std::filesystem::path> out, base;
   std::vector<TaskSource> tasks;
-  std::vector<std::optional<double>> task_weights, task_densities;  ///< one per task
-  std::optional<double> weight, density, lambda;  ///< defaults for every task
+  /// one per task
+  std::vector<std::optional<double>> task_weights, task_densities, task_gammas, task_epsilons;
+  std::optional<double> weight, density, gamma, epsilon, lambda;  ///< defaults for every task
+  std::optional<double> select_topk;                              ///< SCE's selection
   std::optional<double> t;                        ///< slerp's interpolation parameter
   std::optional<bool> normalize, rescale;
   std::optional<std::string> majority_sign, mode;

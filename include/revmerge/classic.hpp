@@ -31,12 +31,22 @@ enum class ClassicMethod {
                     ///< by min(1, t / |difference|) (mergekit's nearswap)
   model_stock,      ///< full models only: the base moved toward the fine-tunes' average by a
                     ///< factor from their task vectors' mean angle (mergekit's model_stock)
+  breadcrumbs,      ///< full models only: each task vector without its largest γ and its
+                    ///< smallest values, then the weighted sum (mergekit's breadcrumbs)
+  breadcrumbs_ties, ///< breadcrumbs' trim, then TIES' sign election (no division by default)
+  della,            ///< full models only: a random drop whose keep probability grows with the
+                    ///< magnitude's rank in its row (density ± ε), rescaled, TIES' election
+                    ///< and disjoint mean (mergekit's della)
+  della_linear,     ///< DELLA's drop, rescaled, then the weighted sum
+  sce,              ///< full models only: elements of high variance across the tasks, task
+                    ///< weights from their mean squares, TIES' election (mergekit's sce)
 };
 
 /// "ties", "dare_ties", "task_arithmetic", ... ; throws usage_error listing the names.
 ClassicMethod parse_classic_method(const std::string& name);
 std::string to_string(ClassicMethod method);
-/// Whether the method merges full models only (slerp, nearswap, model_stock): no LoRA form.
+/// Whether the method merges full models only (mergekit's methods that PEFT does not have:
+/// slerp, nearswap, model_stock, breadcrumbs, della, sce and their variants).
 bool full_models_only(ClassicMethod method);
 
 /// How a method treats LoRA factors. `separate` merges the A's and the B's on their own (what
@@ -55,6 +65,14 @@ struct ClassicMergeOptions {
   std::vector<TaskSource> tasks;
   std::vector<double> weights;    ///< one per task, or empty for all 1
   std::vector<double> densities;  ///< one per task, or one for all, or empty for 1 (no pruning)
+  /// breadcrumbs: the fraction of largest magnitudes dropped as outliers (one, one per task, or
+  /// empty for mergekit's 0.01)
+  std::vector<double> gammas;
+  /// della: the spread of the keep probability around the density (one, one per task, or empty
+  /// for mergekit's 0.15); density ± ε must lie inside (0, 1)
+  std::vector<double> epsilons;
+  /// sce: the fraction of elements kept by their variance across the tasks (default 1: all)
+  std::optional<double> select_topk;
   std::optional<double> lambda;   ///< final scale of the merged delta (default 1)
   /// slerp: 0 gives the base, 1 the fine-tune; nearswap: the difference below which an
   /// element takes the fine-tune's value (required by both)

@@ -14,6 +14,21 @@ while read -r name seed; do
   echo -n "$name: "
   python3 "$src/tools/compare_models.py" "$work/$name" "$golden/out/$name" --tol 1e-5
 done <<<"$cases"
+# The same merges from command-line options instead of the config.
+g=$golden
+flags() {
+  case $1 in
+    della) echo "--method della --weights 1,0.7,0.4 --density 0.5,0.4,0.6 --epsilon 0.1,0.2,0.15 --seed 3" ;;
+    breadcrumbs) echo "--method breadcrumbs --weights 1,0.5,0.8 --density 0.6,0.5,0.7 --gamma 0.05,0.1,0.02" ;;
+    sce_topk) echo "--method sce --select-topk 0.4" ;;
+  esac
+}
+for name in della breadcrumbs sce_topk; do
+  # shellcheck disable=SC2046
+  "$revmerge" merge $(flags $name) --base "$g/base" "$g/ft0" "$g/ft1" "$g/ft2" --out "$work/cli_$name" -q
+  echo -n "$name from options: "
+  python3 "$src/tools/compare_models.py" "$work/cli_$name" "$golden/out/$name" --tol 1e-5
+done
 # The config and the model files travel with the model.
 cmp "$golden/base/config.json" "$work/ties/config.json"
 # The recipe holds the config as read and the command with its seed (mergekit keeps the config).

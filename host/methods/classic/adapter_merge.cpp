@@ -87,7 +87,7 @@ ModuleDelta merge_separate(const Context& c, const PlannedModule& pm,
 
 // Whether the recipe is a plain weighted sum (then Σ cᵢ BᵢAᵢ stays low-rank).
 bool is_linear(const CombineRecipe& r) {
-  return !r.magnitude_trim && !r.random_drop && !r.elect_sign;
+  return r.sparsify == Sparsify::none && !r.elect_sign && !r.select_by_variance;
 }
 
 ModuleDelta merge_module(const Context& c, const PlannedModule& pm, bool exact) {

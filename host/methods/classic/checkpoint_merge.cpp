@@ -97,7 +97,12 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
       for (i64 j = 0; j < count; ++j)
         stack[t * count + j] = linear ? w[j] : w[j] - base_values[j];
     }
-    combine_stack(recipe, {stack, n, count, p.weights, p.densities, name, o.seed}, values, threads);
+    CombineInput in{stack, n, count, p.weights, p.densities, name, o.seed};
+    in.gammas = p.gammas;
+    in.epsilons = p.epsilons;
+    in.shape = lt.info->shape;
+    in.select_topk = o.select_topk.value_or(1.0);
+    combine_stack(recipe, in, values, threads);
     if (!linear)
       for (i64 j = 0; j < count; ++j) values[j] += base_values[j];
     return true;

@@ -31,6 +31,11 @@ constexpr std::pair<ClassicMethod, const char*> kNames[] = {
     {ClassicMethod::slerp, "slerp"},
     {ClassicMethod::nearswap, "nearswap"},
     {ClassicMethod::model_stock, "model_stock"},
+    {ClassicMethod::breadcrumbs, "breadcrumbs"},
+    {ClassicMethod::breadcrumbs_ties, "breadcrumbs_ties"},
+    {ClassicMethod::della, "della"},
+    {ClassicMethod::della_linear, "della_linear"},
+    {ClassicMethod::sce, "sce"},
 };
 
 }  // namespace
@@ -50,11 +55,31 @@ std::string to_string(ClassicMethod method) {
 }
 
 bool is_elementwise(ClassicMethod method) {
-  return method != ClassicMethod::cat && method != ClassicMethod::svd && !full_models_only(method);
+  return method != ClassicMethod::cat && method != ClassicMethod::svd &&
+         !blends_two_models(method) && method != ClassicMethod::model_stock;
 }
 
 bool full_models_only(ClassicMethod method) {
-  return blends_two_models(method) || method == ClassicMethod::model_stock;
+  switch (method) {
+    case ClassicMethod::slerp:
+    case ClassicMethod::nearswap:
+    case ClassicMethod::model_stock:
+    case ClassicMethod::breadcrumbs:
+    case ClassicMethod::breadcrumbs_ties:
+    case ClassicMethod::della:
+    case ClassicMethod::della_linear:
+    case ClassicMethod::sce:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool prunes(ClassicMethod m) {
+  return m == ClassicMethod::ties || m == ClassicMethod::dare_ties || m == ClassicMethod::dare_linear ||
+         m == ClassicMethod::magnitude_prune || m == ClassicMethod::breadcrumbs ||
+         m == ClassicMethod::breadcrumbs_ties || m == ClassicMethod::della ||
+         m == ClassicMethod::della_linear;
 }
 
 void refuse_weighting_options(const ClassicMergeOptions& o) {
@@ -64,8 +89,26 @@ void refuse_weighting_options(const ClassicMergeOptions& o) {
                                     std::pair{o.rescale.has_value(), "--rescale"}})
     if (given)
       throw usage_error(std::string(name) + ": not an option of --method " + to_string(o.method) +
-                        (blends_two_models(o.method) ? " (it takes --t)" : ""));
+                        (blends_two_models(o.method) ? " (it takes --t)"
+                         : o.method == ClassicMethod::sce ? " (it weighs the tasks by their mean squares)"
+                                                          : ""));
 }
+
+namespace {
+
+// One value for all tasks, one per task, or the default for all.
+std::vector<double> per_task_values(const std::vector<double>& given, std::size_t n, double fallback,
+                                    const char* option, const char* plural) {
+  std::vector<double> v = given.empty() ? std::vector<double>(n, fallback)
+                          : given.size() == 1 ? std::vector<double>(n, given[0])
+                                              : given;
+  if (v.size() != n)
+    throw usage_error(std::string(option) + ": " + std::to_string(given.size()) + " " + plural +
+                      " for " + std::to_string(n) + " tasks (give one, or one per task)");
+  return v;
+}
+
+}  // namespace
 
 bool blends_two_models(ClassicMethod method) {
   return method == ClassicMethod::slerp || method == ClassicMethod::nearswap;
@@ -77,22 +120,27 @@ TaskParameters task_parameters(const ClassicMergeOptions& o, std::size_t n) {
   if (p.weights.size() != n)
     throw usage_error("--weights: " + std::to_string(p.weights.size()) + " weights for " +
                       std::to_string(n) + " tasks (give one per task, in order)");
-  if (o.densities.empty())
-    p.densities.assign(n, 1.0);
-  else if (o.densities.size() == 1)
-    p.densities.assign(n, o.densities[0]);
-  else
-    p.densities = o.densities;
-  if (p.densities.size() != n)
-    throw usage_error("--density: " + std::to_string(p.densities.size()) + " densities for " +
-                      std::to_string(n) + " tasks (give one, or one per task)");
+  p.densities = per_task_values(o.densities, n, 1.0, "--density", "densities");
+  p.gammas = per_task_values(o.gammas, n, 0.01, "--gamma", "gammas");
+  p.epsilons = per_task_values(o.epsilons, n, 0.15, "--epsilon", "epsilons");
+  const bool della = o.method == ClassicMethod::della || o.method == ClassicMethod::della_linear;
   for (std::size_t t = 0; t < n; ++t) {
     const auto& name = o.tasks[t].name;
     if (!std::isfinite(p.weights[t]))
       throw usage_error("--weights: the weight of task '" + name + "' is not finite");
     if (!(p.densities[t] >= 0 && p.densities[t] <= 1))
-      throw usage_error("--density: " + std::to_string(p.densities[t]) + " for task '" + name +
+      throw usage_error("--density: " + fmt::format("{}", p.densities[t]) + " for task '" + name +
                         "' is outside [0, 1] (the fraction of each tensor that is kept)");
+    if (!(p.gammas[t] >= 0 && p.gammas[t] <= 1))
+      throw usage_error("--gamma: " + fmt::format("{}", p.gammas[t]) + " for task '" + name +
+                        "' is outside [0, 1] (the fraction of largest magnitudes dropped)");
+    const double d = p.densities[t], e = p.epsilons[t];
+    if (!std::isfinite(e))
+      throw usage_error("--epsilon: the epsilon of task '" + name + "' is not finite");
+    if (della && d > 0 && d < 1 && !(d - e > 0 && d + e < 1))
+      throw usage_error(fmt::format("--epsilon: {} for task '{}' with density {}: DELLA's keep "
+                                    "probabilities density ± epsilon must lie inside (0, 1)",
+                                    e, name, d));
   }
   return p;
 }
@@ -114,17 +162,30 @@ std::vector<std::pair<std::string, std::string>> classic_parameters(const Classi
                                                                     const std::string& dtype) {
   std::vector<std::pair<std::string, std::string>> out;
   const auto unless = [](bool given, const char* what) { return given ? std::string() : std::string(" (") + what + ")"; };
-  if (full_models_only(o.method)) {
+  if (full_models_only(o.method) && !is_elementwise(o.method)) {
     if (o.t) out.emplace_back("t", fmt::format("{}", *o.t));
     out.emplace_back("dtype", dtype + unless(o.dtype.has_value(), "not given"));
     out.emplace_back("base", o.base.string());
     return out;
   }
+  if (r && r->select_by_variance) {
+    out.emplace_back("select_topk", fmt::format("{}", o.select_topk.value_or(1.0)) +
+                                        unless(o.select_topk.has_value(), "not given: every element"));
+    out.emplace_back("weights", "from each task's mean square (SCE)");
+    out.emplace_back("dtype", dtype + unless(o.dtype.has_value(), "not given"));
+    out.emplace_back("base", o.base.string());
+    return out;
+  }
   out.emplace_back("weights", number_list(p.weights) + unless(!o.weights.empty(), "not given"));
-  if (r && (r->magnitude_trim || r->random_drop))
+  const bool drops = r && (r->sparsify == Sparsify::random || r->sparsify == Sparsify::della);
+  if (r && r->sparsify != Sparsify::none)
     out.emplace_back("density", number_list(p.densities) +
-                                    unless(!o.densities.empty(), r->random_drop ? "not given: nothing dropped"
-                                                                                : "not given: nothing trimmed"));
+                                    unless(!o.densities.empty(), drops ? "not given: nothing dropped"
+                                                                       : "not given: nothing trimmed"));
+  if (r && r->sparsify == Sparsify::outliers)
+    out.emplace_back("gamma", number_list(p.gammas) + unless(!o.gammas.empty(), "not given"));
+  if (r && r->sparsify == Sparsify::della)
+    out.emplace_back("epsilon", number_list(p.epsilons) + unless(!o.epsilons.empty(), "not given"));
   out.emplace_back("lambda", fmt::format("{}", o.lambda.value_or(1.0)) + unless(o.lambda.has_value(), "not given"));
   if (r && r->elect_sign)
     out.emplace_back("majority_sign", r->election == SignElection::sum ? "total (sum)" : "frequency (count)");
@@ -135,13 +196,14 @@ std::vector<std::pair<std::string, std::string>> classic_parameters(const Classi
                                                                   : "by the weights of agreeing tasks";
     out.emplace_back("normalize", how + unless(o.normalize.has_value(), "the method's default"));
   }
-  if (r && r->random_drop) {
+  // Every sparsification of mergekit's can be rescaled; of PEFT's, DARE's drop only.
+  if (r && r->sparsify != Sparsify::none &&
+      (r->convention == Convention::mergekit || r->sparsify == Sparsify::random))
     out.emplace_back("rescale", std::string(r->rescale == Rescale::none             ? "no"
                                             : r->rescale == Rescale::inverse_density ? "by 1 / density"
                                                                                      : "to the L1 norm") +
                                     unless(o.rescale.has_value(), "the method's default"));
-    out.emplace_back("seed", std::to_string(o.seed));
-  }
+  if (drops) out.emplace_back("seed", std::to_string(o.seed));
   if (rank > 0) out.emplace_back("rank", std::to_string(rank) + unless(o.rank > 0, "not given: the largest input rank"));
   out.emplace_back("dtype", dtype + unless(o.dtype.has_value(), "not given"));
   if (!o.base.empty()) out.emplace_back("base", o.base.string());
@@ -155,11 +217,21 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
     throw usage_error("--allow-nonfinite applies to --method rmm only; the classic methods "
                       "refuse NaN and Inf inputs");
   check_task_names(o.tasks);
-  const bool prunes = o.method == ClassicMethod::ties || o.method == ClassicMethod::dare_ties ||
-                      o.method == ClassicMethod::dare_linear ||
-                      o.method == ClassicMethod::magnitude_prune;
-  if (!prunes && !o.densities.empty())
+  if (!prunes(o.method) && !o.densities.empty())
     throw usage_error("--density: --method " + to_string(o.method) + " does not prune");
+  const auto only = [&](bool given, bool fits, const char* option, const char* methods) {
+    if (given && !fits)
+      throw usage_error(std::string(option) + ": an option of --method " + methods + " only");
+  };
+  only(!o.gammas.empty(), o.method == ClassicMethod::breadcrumbs || o.method == ClassicMethod::breadcrumbs_ties,
+       "--gamma", "breadcrumbs and breadcrumbs_ties");
+  only(!o.epsilons.empty(), o.method == ClassicMethod::della || o.method == ClassicMethod::della_linear,
+       "--epsilon", "della and della_linear");
+  only(o.select_topk.has_value(), o.method == ClassicMethod::sce, "--select-topk", "sce");
+  if (o.select_topk && !(*o.select_topk >= 0 && *o.select_topk <= 1))
+    throw usage_error(fmt::format("--select-topk: {} is outside [0, 1] (the fraction of elements "
+                                  "kept by their variance across the tasks)", *o.select_topk));
+  if (o.method == ClassicMethod::sce) refuse_weighting_options(o);
   if (o.t && !blends_two_models(o.method))
     throw usage_error("--t: an option of --method slerp and nearswap only");
   std::size_t adapters = 0;

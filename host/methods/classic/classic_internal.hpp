@@ -12,10 +12,11 @@
 
 namespace revmerge {
 
-/// The per-task weights (default 1) and densities (default 1; one value for all) of a merge of
-/// n tasks, checked: counts, finiteness, densities in [0, 1].
+/// The per-task weights (default 1), densities (default 1), gammas (default 0.01) and epsilons
+/// (default 0.15) of a merge of n tasks — one value for all or one per task — checked: counts,
+/// finiteness, densities and gammas in [0, 1], DELLA's density ± ε inside (0, 1).
 struct TaskParameters {
-  std::vector<double> weights, densities;
+  std::vector<double> weights, densities, gammas, epsilons;
 };
 TaskParameters task_parameters(const ClassicMergeOptions& options, std::size_t n);
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "kernels/counter_rng.hpp"
 #include "revmerge/error.hpp"
@@ -11,13 +12,6 @@ namespace {
 
 using i64 = std::int64_t;
 
-// Number of elements a trim keeps: ⌊density · count⌋ as Python's int() computes it.
-i64 trim_count(double density, i64 count, bool keep_at_least_one) {
-  auto k = static_cast<i64>(density * static_cast<double>(count));
-  if (keep_at_least_one) k = std::max<i64>(k, 1);
-  return std::min(k, count);
-}
-
 int sign_of(double v) { return (v > 0) - (v < 0); }
 
 }  // namespace
@@ -25,12 +19,12 @@ int sign_of(double v) { return (v > 0) - (v < 0); }
 CombineRecipe make_recipe(const ClassicMergeOptions& o, Convention convention) {
   const bool mk = convention == Convention::mergekit;
   CombineRecipe r;
+  r.convention = convention;
   r.lambda = o.lambda.value_or(1.0);
   r.election = o.election;
   r.elect_on_weighted = mk;
   r.keep_at_least_one = mk;
-  const auto dare_rescale = mk ? Rescale::l1 : Rescale::inverse_density;
-  bool normalize_default = false;
+  bool normalize_default = false, rescale_default = false;
   switch (o.method) {
     case ClassicMethod::linear:
       normalize_default = mk;  // mergekit's linear is a weighted average of the weights
@@ -38,19 +32,42 @@ CombineRecipe make_recipe(const ClassicMergeOptions& o, Convention convention) {
     case ClassicMethod::task_arithmetic:
       break;
     case ClassicMethod::magnitude_prune:
-      r.magnitude_trim = true;
+      r.sparsify = Sparsify::magnitude;
       break;
     case ClassicMethod::ties:
-      r.magnitude_trim = r.elect_sign = true;
-      normalize_default = true;
+      r.sparsify = Sparsify::magnitude;
+      r.elect_sign = normalize_default = true;
       break;
     case ClassicMethod::dare_linear:
-      r.random_drop = true;
+      r.sparsify = Sparsify::random;
+      rescale_default = true;
       break;
     case ClassicMethod::dare_ties:
-      r.random_drop = r.elect_sign = true;
+      r.sparsify = Sparsify::random;
+      r.elect_sign = rescale_default = true;
       normalize_default = !mk;  // PEFT's disjoint mean; mergekit's dare_ties does not divide
       break;
+    case ClassicMethod::breadcrumbs:
+      r.sparsify = Sparsify::outliers;
+      break;
+    case ClassicMethod::breadcrumbs_ties:
+      r.sparsify = Sparsify::outliers;
+      r.elect_sign = true;  // mergekit's breadcrumbs_ties elects but does not divide
+      break;
+    case ClassicMethod::della:
+      r.sparsify = Sparsify::della;
+      r.elect_sign = normalize_default = rescale_default = true;
+      break;
+    case ClassicMethod::della_linear:
+      r.sparsify = Sparsify::della;
+      rescale_default = true;
+      break;
+    case ClassicMethod::sce:
+      r.select_by_variance = r.weights_from_energy = r.elect_sign = true;
+      r.elect_on_weighted = false;  // SCE elects on the task vectors themselves
+      r.election = SignElection::sum;
+      r.normalize = Normalize::agreeing_weight_floor;
+      return r;
     case ClassicMethod::cat:
     case ClassicMethod::svd:
     case ClassicMethod::slerp:
@@ -58,7 +75,13 @@ CombineRecipe make_recipe(const ClassicMergeOptions& o, Convention convention) {
     case ClassicMethod::model_stock:
       throw usage_error("--method " + to_string(o.method) + " is not an element-wise method");
   }
-  if (r.random_drop) r.rescale = o.rescale.value_or(true) ? dare_rescale : Rescale::none;
+  // mergekit rescales after any sparsification, to the task's L1 norm; PEFT only after DARE's
+  // drop, by 1 / density.
+  if (r.sparsify != Sparsify::none && o.rescale.value_or(rescale_default)) {
+    if (mk) r.rescale = Rescale::l1;
+    else if (r.sparsify == Sparsify::random) r.rescale = Rescale::inverse_density;
+    else throw usage_error("--rescale: PEFT's " + to_string(o.method) + " does not rescale (only DARE does)");
+  }
   if (o.normalize.value_or(normalize_default))
     r.normalize = !r.elect_sign ? Normalize::weight_sum
                   : mk          ? Normalize::agreeing_weight
@@ -66,61 +89,65 @@ CombineRecipe make_recipe(const ClassicMergeOptions& o, Convention convention) {
   return r;
 }
 
-void magnitude_trim(std::span<float> x, double density, bool keep_at_least_one) {
-  if (density >= 1) return;
-  const i64 count = static_cast<i64>(x.size());
-  if (density <= 0 || count == 0) {
-    std::fill(x.begin(), x.end(), 0.0f);
-    return;
-  }
-  const i64 k = trim_count(density, count, keep_at_least_one);
-  if (k == count) return;
-  if (k == 0) {
-    std::fill(x.begin(), x.end(), 0.0f);
-    return;
-  }
-  // The k-th largest magnitude; everything above it stays, and of the elements equal to it
-  // the ones with the lowest indices fill the remaining places.
-  std::vector<float> mag(x.size());
-  std::transform(x.begin(), x.end(), mag.begin(), [](float v) { return std::fabs(v); });
-  std::nth_element(mag.begin(), mag.begin() + (k - 1), mag.end(), std::greater<float>());
-  const float threshold = mag[static_cast<std::size_t>(k - 1)];
-  i64 above = 0;
-  for (const float v : x) above += std::fabs(v) > threshold;
-  i64 equal_left = k - above;
-  for (auto& v : x) {
-    const float m = std::fabs(v);
-    if (m > threshold) continue;
-    if (m == threshold && equal_left > 0) {
-      --equal_left;
-      continue;
-    }
-    v = 0.0f;
+namespace {
+
+void sparsify_task(const CombineRecipe& r, const CombineInput& in, i64 t, std::span<float> x) {
+  const auto stream = [&] { return kernels::stream_id(in.name + "#" + std::to_string(t)); };
+  const double density = in.densities[t];
+  switch (r.sparsify) {
+    case Sparsify::none: break;
+    case Sparsify::magnitude: magnitude_trim(x, density, r.keep_at_least_one, r.rescale); break;
+    case Sparsify::random: random_drop(x, density, r.rescale, in.seed, stream()); break;
+    case Sparsify::outliers: outlier_trim(x, density, in.gammas[t], r.rescale); break;
+    case Sparsify::della:
+      della_drop(x, in.shape, density, in.epsilons[t], r.rescale, in.seed, stream());
+      break;
   }
 }
 
-void random_drop(std::span<float> x, double density, Rescale rescale, std::uint64_t seed,
-                 std::uint64_t stream) {
-  if (density >= 1) return;
-  if (density <= 0) {
-    std::fill(x.begin(), x.end(), 0.0f);
-    return;
+// SCE's selection: the top ⌊select_topk · m⌋ elements by their (population) variance across
+// the tasks, m the number of elements whose variance is not zero; the others are zeroed in
+// every task. Equal variances go to the lower index.
+void select_by_variance(std::span<float> stack, i64 n, i64 count, double topk, int threads) {
+  if (topk >= 1) return;
+  std::vector<double> var(static_cast<std::size_t>(count));
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (i64 j = 0; j < count; ++j) {
+    double mean = 0, sq = 0;
+    for (i64 t = 0; t < n; ++t) mean += stack[t * count + j];
+    mean /= static_cast<double>(n);
+    for (i64 t = 0; t < n; ++t) {
+      const double d = stack[t * count + j] - mean;
+      sq += d * d;
+    }
+    var[j] = sq / static_cast<double>(n);
   }
-  double before = 0, after = 0;
-  for (std::size_t j = 0; j < x.size(); ++j) {
-    before += std::fabs(x[j]);
-    if (kernels::counter_uniform(seed, stream, j) < density)
-      after += std::fabs(x[j]);
-    else
-      x[j] = 0.0f;
-  }
-  double factor = 1.0;
-  if (rescale == Rescale::inverse_density) factor = 1.0 / density;
-  // mergekit's l1 rescale leaves the tensor as it is when either norm is below 1e-7.
-  if (rescale == Rescale::l1 && before >= 1e-7 && after >= 1e-7) factor = before / after;
-  if (factor != 1.0)
-    for (auto& v : x) v = static_cast<float>(v * factor);
+  const i64 nonzero = std::count_if(var.begin(), var.end(), [](double v) { return v != 0; });
+  const i64 k = topk <= 0 ? 0 : static_cast<i64>(static_cast<double>(nonzero) * topk);
+  std::vector<i64> order(static_cast<std::size_t>(count));
+  std::iota(order.begin(), order.end(), i64{0});
+  const auto larger = [&](i64 a, i64 b) { return var[a] > var[b] || (var[a] == var[b] && a < b); };
+  if (k < count) std::nth_element(order.begin(), order.begin() + k, order.end(), larger);
+  for (i64 i = k; i < count; ++i)
+    for (i64 t = 0; t < n; ++t) stack[t * count + order[i]] = 0.0f;
 }
+
+// SCE's task weights: each task's mean square, over the sum of them (equal where that sum is
+// below 1e-6).
+std::vector<double> energy_weights(std::span<const float> stack, i64 n, i64 count) {
+  std::vector<double> w(static_cast<std::size_t>(n));
+  double sum = 0;
+  for (i64 t = 0; t < n; ++t) {
+    double sq = 0;
+    for (i64 j = 0; j < count; ++j) sq += double(stack[t * count + j]) * stack[t * count + j];
+    w[t] = count > 0 ? sq / static_cast<double>(count) : 0.0;
+    sum += w[t];
+  }
+  for (auto& v : w) v = std::fabs(sum) < 1e-6 ? 1.0 / static_cast<double>(n) : v / sum;
+  return w;
+}
+
+}  // namespace
 
 void combine_stack(const CombineRecipe& r, const CombineInput& in, std::span<float> out,
                    int threads) {
@@ -128,18 +155,18 @@ void combine_stack(const CombineRecipe& r, const CombineInput& in, std::span<flo
   if (static_cast<i64>(in.stack.size()) != n * count || static_cast<i64>(out.size()) != count ||
       static_cast<i64>(in.weights.size()) != n || static_cast<i64>(in.densities.size()) != n)
     throw std::logic_error("combine_stack: sizes do not match");
+  if ((r.sparsify == Sparsify::outliers && static_cast<i64>(in.gammas.size()) != n) ||
+      (r.sparsify == Sparsify::della && static_cast<i64>(in.epsilons.size()) != n))
+    throw std::logic_error("combine_stack: gammas or epsilons missing");
   const auto task = [&](i64 t) { return in.stack.subspan(t * count, count); };
-  if (r.magnitude_trim || r.random_drop) {
+  if (r.sparsify != Sparsify::none) {
 #pragma omp parallel for num_threads(threads) schedule(dynamic)
-    for (i64 t = 0; t < n; ++t) {
-      if (r.magnitude_trim) magnitude_trim(task(t), in.densities[t], r.keep_at_least_one);
-      if (r.random_drop)
-        random_drop(task(t), in.densities[t], r.rescale, in.seed,
-                    kernels::stream_id(in.name + "#" + std::to_string(t)));
-    }
+    for (i64 t = 0; t < n; ++t) sparsify_task(r, in, t, task(t));
   }
+  if (r.select_by_variance) select_by_variance(in.stack, n, count, in.select_topk, threads);
+  const auto energy = r.weights_from_energy ? energy_weights(in.stack, n, count) : std::vector<double>{};
   const float* x = in.stack.data();
-  const double* w = in.weights.data();
+  const double* w = r.weights_from_energy ? energy.data() : in.weights.data();
   double weight_sum = 0;
   for (i64 t = 0; t < n; ++t) weight_sum += w[t];
   if (std::fabs(weight_sum) < 1e-8) weight_sum = 1;  // mergekit's guard
@@ -171,6 +198,7 @@ void combine_stack(const CombineRecipe& r, const CombineInput& in, std::span<flo
       case Normalize::agreeing_count: divisor = std::max(agreeing, 1.0); break;
       case Normalize::agreeing_weight: divisor = agreeing_weight == 0 ? 1 : agreeing_weight; break;
       case Normalize::weight_sum: divisor = weight_sum; break;
+      case Normalize::agreeing_weight_floor: divisor = std::max(agreeing_weight, 1e-6); break;
     }
     out[j] = static_cast<float>(sum / divisor * r.lambda);
   }

@@ -12,19 +12,28 @@
 namespace revmerge {
 
 enum class Rescale { none, inverse_density, l1 };
-enum class Normalize { none, agreeing_count, agreeing_weight, weight_sum };
+enum class Normalize { none, agreeing_count, agreeing_weight, weight_sum, agreeing_weight_floor };
 enum class Convention { peft, mergekit };
+/// How each task's own values are thinned before they are combined (docs/methods.md):
+/// magnitude keeps the top ⌊density · count⌋ by |x|; random (DARE) keeps each element with
+/// probability density; outliers (breadcrumbs) drops the top ⌊γ · count⌋ and keeps the next
+/// ⌊density · count⌋; della keeps each element with a probability that grows with its
+/// magnitude's rank in its row, from density − ε to density + ε.
+enum class Sparsify { none, magnitude, random, outliers, della };
 
-/// The switches of one merge. Order of steps: trim or drop each task (on the task's own
-/// values), weight, elect, sum, divide, scale by λ.
+/// The switches of one merge. Order of steps: sparsify each task (on the task's own values)
+/// and rescale it, select elements by their variance across tasks (SCE), weight, elect, sum,
+/// divide, scale by λ.
 struct CombineRecipe {
-  bool magnitude_trim = false;     ///< keep each task's top ⌊density · count⌋ by |x|
-  bool keep_at_least_one = false;  ///< mergekit: at least one element survives a trim
-  bool random_drop = false;        ///< DARE: keep each element with probability density
+  Convention convention = Convention::peft;
+  Sparsify sparsify = Sparsify::none;
+  bool keep_at_least_one = false;  ///< mergekit: at least one element survives a magnitude trim
   Rescale rescale = Rescale::none;
+  bool select_by_variance = false;  ///< SCE: keep the elements whose values vary most
+  bool weights_from_energy = false;  ///< SCE: task weights ∝ mean(δᵢ²), summing to 1
   bool elect_sign = false;
   SignElection election = SignElection::sum;
-  bool elect_on_weighted = false;  ///< mergekit elects on wᵢxᵢ, PEFT on xᵢ
+  bool elect_on_weighted = false;  ///< mergekit elects on wᵢxᵢ, PEFT and SCE on xᵢ
   Normalize normalize = Normalize::none;
   double lambda = 1.0;
 };
@@ -33,14 +42,19 @@ struct CombineRecipe {
 /// usage_error for cat / svd (not element-wise).
 CombineRecipe make_recipe(const ClassicMergeOptions& options, Convention convention);
 
-/// One tensor of every task: `stack` is n × count (task-major), `weights` and `densities` n
-/// each. `name` keys DARE's mask streams (stream_id(name + "#" + task index)).
+/// One tensor of every task: `stack` is n × count (task-major), `weights`, `densities`,
+/// `gammas` and `epsilons` n each (the last two only where the recipe uses them). `name` keys
+/// the random masks' streams (stream_id(name + "#" + task index)); `shape` gives DELLA its rows
+/// (empty: one row).
 struct CombineInput {
   std::span<float> stack;
   std::int64_t n = 0, count = 0;
   std::span<const double> weights, densities;
   std::string name;
   std::uint64_t seed = 0;
+  std::span<const double> gammas = {}, epsilons = {};
+  std::span<const std::int64_t> shape = {};
+  double select_topk = 1.0;
 };
 
 /// Writes the merged tensor (count elements) into `out`; sums in double, in task order, so the
@@ -48,11 +62,22 @@ struct CombineInput {
 void combine_stack(const CombineRecipe& recipe, const CombineInput& input, std::span<float> out,
                    int threads);
 
-/// The tasks' own steps, exposed for tests: the trim keeps the k largest |x| (ties broken
-/// towards the lower index); the drop keeps element j when counter_uniform(seed, stream, j)
-/// < density.
-void magnitude_trim(std::span<float> x, double density, bool keep_at_least_one);
+/// The tasks' own steps, exposed for tests. Every ranking by magnitude orders equal magnitudes
+/// by index, the lower index counting as the larger. The trim keeps the k largest |x|; the
+/// drop keeps element j when counter_uniform(seed, stream, j) < density; the outlier trim
+/// keeps the elements ranked γN .. γN + density·N − 1 from the top (fewer dropped from the top
+/// where the two do not fit); the DELLA drop keeps element j when counter_uniform(seed, stream,
+/// j) < its probability. `rescale` is applied to the kept values (l1: back to the task's L1
+/// norm, unless either norm is below 1e-7).
+void magnitude_trim(std::span<float> x, double density, bool keep_at_least_one,
+                    Rescale rescale = Rescale::none);
 void random_drop(std::span<float> x, double density, Rescale rescale, std::uint64_t seed,
                  std::uint64_t stream);
+void outlier_trim(std::span<float> x, double density, double gamma, Rescale rescale);
+void della_drop(std::span<float> x, std::span<const std::int64_t> shape, double density,
+                double epsilon, Rescale rescale, std::uint64_t seed, std::uint64_t stream);
+/// DELLA's keep probability for the element of ascending magnitude rank `rank` (1-based) in a
+/// row of `length`, in f32 as mergekit computes it; a row of one element gets density.
+float della_probability(std::int64_t rank, std::int64_t length, double density, double epsilon);
 
 }  // namespace revmerge

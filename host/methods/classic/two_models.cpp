@@ -5,7 +5,7 @@
 //    W = sin((1 − t) θ) / sin θ · v0 + sin(t θ) / sin θ · v1, and linearly,
 //    W = (1 − t) v0 + t v1, where |cos θ| > 0.9995 (nearly parallel: the sines vanish). Norms at
 //    or below 1e-8 are not divided by (mergekit's normalize).
-//  - nearswap: element by element, w = clamp(t / |v0 − v1|, 0, 1) (1 where they are equal),
+//  - nearswap: element by element, w = clamp(t / max(|v0 − v1|, 1e-6), 0, 1),
 //    W = w v1 + (1 − w) v0: elements that differ by less than t take the fine-tune's value,
 //    the others move toward it by t / |v0 − v1|.
 // mergekit computes in f32 (slerp) or the tensors' dtype (nearswap); revmerge in f64, rounded
@@ -22,6 +22,7 @@ namespace {
 
 constexpr double kDotThreshold = 0.9995;  // mergekit's DOT_THRESHOLD
 constexpr double kNormEps = 1e-8;         // mergekit's eps
+constexpr double kDifferenceFloor = 1e-6; // mergekit's nearswap clamp
 
 // The two coefficients (s0, s1) of W = s0 v0 + s1 v1.
 std::pair<double, double> slerp_coefficients(double t, std::span<const float> v0, std::span<const float> v1) {
@@ -41,8 +42,10 @@ std::pair<double, double> slerp_coefficients(double t, std::span<const float> v0
 
 void nearswap(double t, std::span<const float> v0, std::span<const float> v1, std::span<float> out) {
   for (std::size_t i = 0; i < out.size(); ++i) {
-    const double d = std::fabs(double(v0[i]) - v1[i]);
-    const double w = d == 0 ? 1.0 : std::min(1.0, t / d);
+    // mergekit divides by the difference floored at 1e-6 (so equal elements take v1 for any
+    // t ≥ 1e-6).
+    const double d = std::max(std::fabs(double(v0[i]) - v1[i]), kDifferenceFloor);
+    const double w = std::min(1.0, t / d);
     out[i] = static_cast<float>(w * v1[i] + (1 - w) * v0[i]);
   }
 }

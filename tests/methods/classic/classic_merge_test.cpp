@@ -114,7 +114,7 @@ TEST(ClassicMerge, BadOptionsAreRefusedByName) {
   expect_refused(bad, "--weights: 2 weights for 3 tasks");
   bad = o;
   bad.densities = {1.5};
-  expect_refused(bad, "--density: 1.500000 for task 'chat' is outside [0, 1]");
+  expect_refused(bad, "--density: 1.5 for task 'chat' is outside [0, 1]");
   bad = o;
   bad.method = ClassicMethod::task_arithmetic;
   bad.densities = {0.5};
@@ -285,6 +285,60 @@ TEST(ClassicMerge, CheckpointsNeedTheirBaseAndElementWiseMethods) {
   o.method = ClassicMethod::task_arithmetic;
   o.base = kExamples / "tiny-llama";  // another architecture
   expect_refused(o, "has another shape in task 'ft0' than in the base");
+}
+
+TEST(ClassicMerge, MergekitOnlyParametersAreCheckedByName) {
+  test::TempDir tmp;
+  const auto golden = fs::path(REVMERGE_FIXTURES) / "golden" / "mergekit";
+  ClassicMergeOptions o;
+  o.tasks = {{"ft0", golden / "ft0"}, {"ft1", golden / "ft1"}};
+  o.base = golden / "base";
+  o.out = tmp / "out";
+  auto bad = o;
+  bad.method = ClassicMethod::ties;
+  bad.gammas = {0.1};
+  expect_refused(bad, "--gamma: an option of --method breadcrumbs and breadcrumbs_ties only");
+  bad = o;
+  bad.method = ClassicMethod::breadcrumbs;
+  bad.epsilons = {0.1};
+  expect_refused(bad, "--epsilon: an option of --method della and della_linear only");
+  bad = o;
+  bad.method = ClassicMethod::ties;
+  bad.select_topk = 0.5;
+  expect_refused(bad, "--select-topk: an option of --method sce only");
+  bad = o;
+  bad.method = ClassicMethod::sce;
+  bad.select_topk = 1.5;
+  expect_refused(bad, "--select-topk: 1.5 is outside [0, 1]");
+  bad.select_topk = 0.5;
+  bad.weights = {1, 2};
+  expect_refused(bad, "--weights: not an option of --method sce (it weighs the tasks by their mean squares)");
+  bad = o;
+  bad.method = ClassicMethod::breadcrumbs;
+  bad.densities = {0.5};
+  bad.gammas = {0.1, -0.2};
+  expect_refused(bad, "--gamma: -0.2 for task 'ft1' is outside [0, 1]");
+  bad = o;
+  bad.method = ClassicMethod::della;
+  bad.densities = {0.5, 0.9};
+  bad.epsilons = {0.1};
+  expect_refused(bad, "--epsilon: 0.1 for task 'ft1' with density 0.9: DELLA's keep probabilities "
+                      "density ± epsilon must lie inside (0, 1)");
+  bad.densities = {0.5, 1.0};  // density 1 keeps everything: no probabilities to bound
+  bad.epsilons = {0.1};
+  bad.out = tmp / "della_dense";
+  EXPECT_NO_THROW(merge_classic(bad));
+  bad = o;
+  bad.method = ClassicMethod::della;
+  bad.tasks = example_tasks(2);
+  bad.base.clear();
+  expect_refused(bad, "--method della merges full models");
+  bad = o;
+  bad.method = ClassicMethod::ties;
+  bad.tasks = example_tasks(2);
+  bad.base.clear();
+  bad.rescale = true;
+  expect_refused(bad, "--rescale: PEFT's ties does not rescale (only DARE does)");
 }
 
 }  // namespace

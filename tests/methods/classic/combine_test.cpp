@@ -145,5 +145,107 @@ TEST(Combine, DropKeepsTheDensityAndIsReproducible) {
   EXPECT_NEAR(after, before, 1e-6 * before);  // mergekit's l1 rescale keeps the L1 norm
 }
 
+TEST(Combine, OutlierTrimKeepsTheRanksBelowTheOutliers) {
+  // Ranks from the top (ties to the lower index): 9(0) -8(1) 7(2) 7(3) 6(4) -5(5) 4(6) 3(7)
+  // 2(8) 1(9) as indices 0..9 below. γ = 0.2 drops two, density 0.5 keeps the next five.
+  const std::vector<float> x0 = {9, -8, 7, 7, 6, -5, 4, 3, 2, 1};
+  auto x = x0;
+  outlier_trim(x, 0.5, 0.2, Rescale::none);
+  EXPECT_EQ(x, (std::vector<float>{0, 0, 7, 7, 6, -5, 4, 0, 0, 0}));
+  // density + γ above 1: mergekit drops fewer outliers so that `density` is kept.
+  x = x0;
+  outlier_trim(x, 0.9, 0.3, Rescale::none);
+  EXPECT_EQ(x, (std::vector<float>{0, -8, 7, 7, 6, -5, 4, 3, 2, 1}));
+  // Equal magnitudes: the lower index ranks higher, so it is the one dropped as an outlier.
+  std::vector<float> y = {3, 3, 3, 1};
+  outlier_trim(y, 0.5, 0.25, Rescale::none);
+  EXPECT_EQ(y, (std::vector<float>{0, 3, 3, 0}));
+  // γ·N below one element: nothing dropped from the top.
+  y = {3, 2, 1, 0.5f};
+  outlier_trim(y, 0.5, 0.1, Rescale::l1);
+  const double f = 6.5 / 5.0;  // back to the L1 norm
+  EXPECT_EQ(y, (std::vector<float>{float(3 * f), float(2 * f), 0, 0}));
+}
+
+TEST(Combine, DellaProbabilitiesRunFromDensityMinusToPlusEpsilon) {
+  EXPECT_FLOAT_EQ(della_probability(1, 5, 0.5, 0.1), 0.4f);   // smallest magnitude
+  EXPECT_FLOAT_EQ(della_probability(5, 5, 0.5, 0.1), 0.6f);   // largest
+  EXPECT_FLOAT_EQ(della_probability(3, 5, 0.5, 0.1), 0.5f);   // the middle
+  EXPECT_FLOAT_EQ(della_probability(1, 1, 0.3, 0.2), 0.3f);   // a row of one
+  // Rows along the second axis: a 4 × 50000 tensor whose magnitudes grow along each row.
+  const std::int64_t rows = 4, cols = 50000;
+  std::vector<float> x(rows * cols);
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c) x[r * cols + c] = (c % 2 ? -1.0f : 1.0f) * float(c + 1);
+  const std::vector<std::int64_t> shape = {rows, cols};
+  auto a = x, b = x;
+  della_drop(a, shape, 0.5, 0.2, Rescale::none, 4, kernels::stream_id("w#0"));
+  della_drop(b, shape, 0.5, 0.2, Rescale::none, 4, kernels::stream_id("w#0"));
+  EXPECT_EQ(a, b);  // the same seed and stream, the same mask
+  // Kept fraction in each row's lowest and highest tenth: about 0.32 and 0.68 (5 σ bounds).
+  const double m = rows * cols / 10.0;
+  double low = 0, high = 0;
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols / 10; ++c) {
+      low += a[r * cols + c] != 0;
+      high += a[r * cols + cols - 1 - c] != 0;
+    }
+  EXPECT_NEAR(low / m, 0.32, 5 * std::sqrt(0.32 * 0.68 / m));
+  EXPECT_NEAR(high / m, 0.68, 5 * std::sqrt(0.32 * 0.68 / m));
+  for (std::size_t j = 0; j < x.size(); ++j) ASSERT_TRUE(a[j] == 0 || a[j] == x[j]) << j;
+}
+
+// SCE against a plain statement of its definition: the top ⌊k · m⌋ elements by variance
+// across tasks (m of them non-zero), weights ∝ mean squares, an election by sum, and the
+// agreeing values averaged with those weights.
+TEST(Combine, SceMatchesItsDefinition) {
+  const std::int64_t n = 3, count = 40;
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal;
+  std::vector<float> stack(n * count);
+  for (auto& v : stack) v = normal(rng);
+  for (std::int64_t t = 0; t < n; ++t) stack[t * count + 7] = 0.25f;  // variance 0
+  const auto input = stack;
+  ClassicMergeOptions o;
+  o.method = ClassicMethod::sce;
+  const auto recipe = make_recipe(o, Convention::mergekit);
+  const std::vector<double> ones(n, 1.0);
+  std::vector<float> got(count);
+  CombineInput in{stack, n, count, ones, ones, "sce", 0};
+  in.select_topk = 0.5;
+  combine_stack(recipe, in, got, 2);
+
+  std::vector<double> var(count);
+  for (std::int64_t j = 0; j < count; ++j) {
+    double mean = 0, sq = 0;
+    for (std::int64_t t = 0; t < n; ++t) mean += input[t * count + j] / double(n);
+    for (std::int64_t t = 0; t < n; ++t) sq += std::pow(input[t * count + j] - mean, 2);
+    var[j] = sq / n;
+  }
+  std::vector<double> sorted = var;
+  std::sort(sorted.rbegin(), sorted.rend());
+  const double cut = sorted[static_cast<std::size_t>(0.5 * 39) - 1];  // 39 non-zero variances
+  std::vector<std::vector<double>> kept(n, std::vector<double>(count, 0.0));
+  std::vector<double> w(n, 0.0);
+  for (std::int64_t t = 0; t < n; ++t)
+    for (std::int64_t j = 0; j < count; ++j)
+      if (var[j] >= cut) {
+        kept[t][j] = input[t * count + j];
+        w[t] += kept[t][j] * kept[t][j] / count;
+      }
+  const double wsum = w[0] + w[1] + w[2];
+  for (std::int64_t j = 0; j < count; ++j) {
+    double vote = 0, num = 0, den = 0;
+    for (std::int64_t t = 0; t < n; ++t) vote += kept[t][j];
+    const double sign = vote >= 0 ? 1 : -1;
+    for (std::int64_t t = 0; t < n; ++t)
+      if (kept[t][j] * sign > 0) {
+        num += w[t] / wsum * kept[t][j];
+        den += w[t] / wsum;
+      }
+    ASSERT_NEAR(got[j], num / std::max(den, 1e-6), 1e-6) << "element " << j;
+  }
+}
+
 }  // namespace
 }  // namespace revmerge
