@@ -211,6 +211,22 @@ MK_CASES = {
     "slerp": {"merge_method": "slerp", "models": ["ft0"], "parameters": {"t": 0.3}},
     "nearswap": {"merge_method": "nearswap", "models": ["ft1"], "parameters": {"t": 0.01}},
     "model_stock": {"merge_method": "model_stock"},
+    "nuslerp": {"merge_method": "nuslerp", "models": ["ft0", "ft2"], "weights": [1.0, None, 0.6]},
+    "nuslerp_rows": {"merge_method": "nuslerp", "models": ["ft1", "ft2"], "no_base": True,
+                     "weights": [None, 0.3, 0.7], "parameters": {"nuslerp_flatten": False}},
+    "nuslerp_row_wise": {"merge_method": "nuslerp", "models": ["ft0", "ft1"],
+                         "weights": [0.5, 0.5, None],
+                         "parameters": {"nuslerp_flatten": False, "nuslerp_row_wise": True}},
+    "multislerp": {"merge_method": "multislerp", "weights": [1.0, 0.5, 0.8]},
+    "multislerp_nobase": {"merge_method": "multislerp", "no_base": True, "weights": [0.2, 0.3, 0.5],
+                          "parameters": {"normalize_weights": False}},
+    "karcher": {"merge_method": "karcher"},
+    "karcher_nobase": {"merge_method": "karcher", "no_base": True,
+                       "parameters": {"max_iter": 4, "tol": 1e-6}},
+    "ram": {"merge_method": "ram", "parameters": {"epsilon": 0.02}},
+    "ram_default": {"merge_method": "ram"},
+    "ramplus_tl": {"merge_method": "ramplus_tl", "parameters": {"epsilon": 0.025, "r": 0.5, "alpha": 0.9}},
+    "arcee_fusion": {"merge_method": "arcee_fusion", "models": ["ft2"]},
 }
 
 

@@ -28,6 +28,9 @@ struct MergeArgs {
   std::string out, base;
   bool force = false, json = false, quiet = false, allow_nonfinite = false, full_model = false;
   bool normalize = false, no_normalize = false, rescale = false, no_rescale = false;
+  bool no_flatten = false, row_wise = false;
+  double eps = 1e-8, tol = 1e-5, ram_r = 0.1, ram_alpha = 0.2;
+  std::int64_t max_iter = 10;
   int threads = 0, gpu = 0;
   std::string device = "auto", memory_budget;
   bool sequential = false;
@@ -51,6 +54,8 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
     throw usage_error("the inputs mix PEFT adapters and full models; merge one kind at a time");
   const bool full = models > 0;
   for (const char* o : {"--weights", "--density", "--gamma", "--epsilon", "--select-topk",
+                        "--no-flatten", "--row-wise", "--eps", "--tol", "--max-iter",
+                        "--ram-r", "--ram-alpha",
                         "--lambda", "--t", "--mode", "--majority-sign",
                         "--normalize", "--no-normalize", "--rescale", "--no-rescale", "--seed",
                         "--full-model"})
@@ -136,13 +141,21 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   o.epsilons = args.given("--epsilon") ? parse_number_list(args.epsilons, "--epsilon")
                                        : per_task(cfg.task_epsilons, cfg.epsilon, 0.15);
   if (args.given("--select-topk")) o.select_topk = args.select_topk; else o.select_topk = cfg.select_topk;
+  o.nuslerp_flatten = args.no_flatten ? std::optional(false) : cfg.nuslerp_flatten;
+  o.nuslerp_row_wise = args.row_wise ? std::optional(true) : cfg.nuslerp_row_wise;
+  if (args.given("--eps")) o.eps = args.eps; else o.eps = cfg.eps;
+  if (args.given("--tol")) o.tol = args.tol; else o.tol = cfg.tol;
+  if (args.given("--max-iter")) o.max_iter = args.max_iter; else o.max_iter = cfg.max_iter;
+  if (args.given("--ram-r")) o.ram_r = args.ram_r; else o.ram_r = cfg.ram_r;
+  if (args.given("--ram-alpha")) o.ram_alpha = args.ram_alpha; else o.ram_alpha = cfg.ram_alpha;
   if (args.given("--lambda")) o.lambda = args.lambda; else o.lambda = cfg.lambda;
   if (args.given("--t")) o.t = args.t; else o.t = cfg.t;
   const auto sign = args.given("--majority-sign") ? args.majority_sign : cfg.majority_sign.value_or("total");
   if (sign == "total" || sign == "sum") o.election = SignElection::sum;
   else if (sign == "frequency" || sign == "count") o.election = SignElection::count;
   else throw usage_error("--majority-sign: '" + sign + "' is not total (sum) or frequency (count)");
-  o.normalize = args.normalize ? std::optional(true) : args.no_normalize ? std::optional(false) : cfg.normalize;
+  o.normalize = args.normalize ? std::optional(true) : args.no_normalize ? std::optional(false)
+                : cfg.normalize ? cfg.normalize : cfg.normalize_weights;
   o.rescale = args.rescale ? std::optional(true) : args.no_rescale ? std::optional(false) : cfg.rescale;
   o.seed = args.given("--seed") ? args.seed : static_cast<std::uint64_t>(cfg.seed.value_or(0));
   o.rank = args.given("--rank") ? args.rank : cfg.rank.value_or(0);
@@ -206,7 +219,7 @@ void add_merge_command(CLI::App& app) {
   opt["--method"] = cmd->add_option("--method", args.method,
       "rmm (default), linear, task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune, "
       "cat, svd, slerp, nearswap, model_stock, breadcrumbs, breadcrumbs_ties, della, "
-      "della_linear, sce");
+      "della_linear, sce, nuslerp, multislerp, karcher, ram, ramplus_tl, arcee_fusion");
   opt["--basis"] = cmd->add_option("--basis,-p", args.basis, "RMM basis size P, 1 .. n − 1");
   opt["--out"] = cmd->add_option("--out,-o", args.out, "folder to create (bundle, adapter or model)");
   cmd->add_option("--config", args.config,
@@ -228,9 +241,21 @@ void add_merge_command(CLI::App& app) {
       "task (default 0.01)");
   opt["--epsilon"] = cmd->add_option("--epsilon", args.epsilons,
       "della: keep probabilities run from density − epsilon (smallest magnitude in a row) to "
-      "density + epsilon (largest): one value, or one per task (default 0.15)");
+      "density + epsilon (largest): one value, or one per task (default 0.15); ram, ramplus_tl: "
+      "the change below which an element counts as unchanged (default 1e-5)");
   opt["--select-topk"] = cmd->add_option("--select-topk", args.select_topk,
       "sce: fraction of elements kept by their variance across the tasks (default 1: all)");
+  opt["--no-flatten"] = cmd->add_flag("--no-flatten", args.no_flatten,
+      "nuslerp: interpolate each vector along the last axis instead of the whole tensor");
+  opt["--row-wise"] = cmd->add_flag("--row-wise", args.row_wise,
+      "nuslerp with --no-flatten: vectors along the first axis instead (mergekit's nuslerp_row_wise)");
+  opt["--eps"] = cmd->add_option("--eps", args.eps, "multislerp: norm guard (default 1e-8)");
+  opt["--tol"] = cmd->add_option("--tol", args.tol, "karcher: convergence tolerance (default 1e-5)");
+  opt["--max-iter"] = cmd->add_option("--max-iter", args.max_iter, "karcher: most iterations (default 10)");
+  opt["--ram-r"] = cmd->add_option("--ram-r", args.ram_r,
+      "ramplus_tl: boost of each task's unique changes (mergekit's r, default 0.1)");
+  opt["--ram-alpha"] = cmd->add_option("--ram-alpha", args.ram_alpha,
+      "ramplus_tl: cap of the shared-to-unique ratio (mergekit's alpha, default 0.2)");
   opt["--lambda"] = cmd->add_option("--lambda", args.lambda, "scale of the merged delta (default 1)");
   opt["--t"] = cmd->add_option("--t", args.t,
       "slerp: where between the base (0) and the fine-tune (1) the merge lies; nearswap: the "
@@ -238,7 +263,8 @@ void add_merge_command(CLI::App& app) {
   opt["--majority-sign"] = cmd->add_option("--majority-sign", args.majority_sign,
       "TIES sign election: total (sum, default) or frequency (count)");
   opt["--normalize"] = cmd->add_flag("--normalize", args.normalize,
-      "divide by the agreeing tasks (TIES) or the weights' sum (others)");
+      "divide by the agreeing tasks (TIES) or the weights' sum (others; multislerp: weights "
+      "normalised to sum 1, the default)");
   opt["--no-normalize"] = cmd->add_flag("--no-normalize", args.no_normalize, "do not divide");
   opt["--rescale"] = cmd->add_flag("--rescale", args.rescale,
       "rescale each task after its drop or trim (default for DARE and DELLA; full models: to "

@@ -39,6 +39,14 @@ struct Reader {
     else if (key == "gamma") c.gamma = scalar<double>(v, where);
     else if (key == "epsilon") c.epsilon = scalar<double>(v, where);
     else if (key == "select_topk") c.select_topk = scalar<double>(v, where);
+    else if (key == "nuslerp_flatten") c.nuslerp_flatten = scalar<bool>(v, where);
+    else if (key == "nuslerp_row_wise") c.nuslerp_row_wise = scalar<bool>(v, where);
+    else if (key == "normalize_weights") c.normalize_weights = scalar<bool>(v, where);
+    else if (key == "eps") c.eps = scalar<double>(v, where);
+    else if (key == "tol") c.tol = scalar<double>(v, where);
+    else if (key == "max_iter") c.max_iter = scalar<std::int64_t>(v, where);
+    else if (key == "r") c.ram_r = scalar<double>(v, where);
+    else if (key == "alpha") c.ram_alpha = scalar<double>(v, where);
     else if (key == "lambda") c.lambda = scalar<double>(v, where);
     else if (key == "t") c.t = scalar<double>(v, where);
     else if (key == "normalize") c.normalize = scalar<bool>(v, where);
@@ -217,7 +225,8 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
         if (!r.method_parameter(pk, p.second, file + ": parameters." + pk))
           throw format_error(file + ": parameters." + pk + ": unknown parameter (expected weight, "
                              "density, gamma, epsilon, select_topk, lambda, t, normalize, rescale, int8_mask, "
-                             "majority_sign_method)");
+                             "majority_sign_method, nuslerp_flatten, nuslerp_row_wise, "
+                             "normalize_weights, eps, max_iter, tol, r, alpha)");
       }
     } else if (r.method_parameter(key, v, where)) {
     } else if (key == "slices" || key == "tokenizer_source" || key == "tokenizer" ||

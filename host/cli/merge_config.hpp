@@ -27,6 +27,9 @@ struct MergeConfig {
   std::vector<std::optional<double>> task_weights, task_densities, task_gammas, task_epsilons;
   std::optional<double> weight, density, gamma, epsilon, lambda;  ///< defaults for every task
   std::optional<double> select_topk;                              ///< SCE's selection
+  std::optional<bool> nuslerp_flatten, nuslerp_row_wise, normalize_weights;
+  std::optional<double> eps, tol, ram_r, ram_alpha;
+  std::optional<std::int64_t> max_iter;
   std::optional<double> t;                        ///< slerp's interpolation parameter
   std::optional<bool> normalize, rescale;
   std::optional<std::string> majority_sign, mode;

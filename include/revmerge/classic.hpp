@@ -40,6 +40,18 @@ enum class ClassicMethod {
   della_linear,     ///< DELLA's drop, rescaled, then the weighted sum
   sce,              ///< full models only: elements of high variance across the tasks, task
                     ///< weights from their mean squares, TIES' election (mergekit's sce)
+  nuslerp,          ///< full models only: slerp between two models (or their task vectors) at
+                    ///< t = w₂ / (w₁ + w₂), per tensor or per row (mergekit's nuslerp)
+  multislerp,       ///< full models only: barycentric interpolation of n models on the sphere
+                    ///< (mergekit's multislerp)
+  karcher,          ///< full models only: the Karcher mean of every model's direction, scaled
+                    ///< by their mean norm (mergekit's karcher)
+  ram,              ///< full models only: changes made by one task kept, changes made by
+                    ///< several averaged (mergekit's ram)
+  ramplus_tl,       ///< ram with each task's unique changes scaled up by its share of shared
+                    ///< ones (mergekit's ramplus_tl)
+  arcee_fusion,     ///< full models only: the base and one fine-tune, the fine-tune's changes
+                    ///< kept where their importance is an outlier (mergekit's arcee_fusion)
 };
 
 /// "ties", "dare_ties", "task_arithmetic", ... ; throws usage_error listing the names.
@@ -73,12 +85,22 @@ struct ClassicMergeOptions {
   std::vector<double> epsilons;
   /// sce: the fraction of elements kept by their variance across the tasks (default 1: all)
   std::optional<double> select_topk;
+  /// nuslerp: the whole tensor as one vector (default), or else vectors along the last axis —
+  /// along the first with nuslerp_row_wise (mergekit's names and defaults)
+  std::optional<bool> nuslerp_flatten, nuslerp_row_wise;
+  std::optional<double> eps;           ///< multislerp: the norm guard (default 1e-8)
+  std::optional<double> tol;           ///< karcher: convergence tolerance (default 1e-5)
+  std::optional<std::int64_t> max_iter;  ///< karcher: most iterations (default 10)
+  /// ramplus_tl: the boost r of unique changes (default 0.1) and its cap α (default 0.2); ram's
+  /// and ramplus_tl's threshold ε comes from `epsilons` (one value, default 1e-5)
+  std::optional<double> ram_r, ram_alpha;
   std::optional<double> lambda;   ///< final scale of the merged delta (default 1)
   /// slerp: 0 gives the base, 1 the fine-tune; nearswap: the difference below which an
   /// element takes the fine-tune's value (required by both)
   std::optional<double> t;
   SignElection election = SignElection::sum;
-  std::optional<bool> normalize;  ///< divide by the agreeing tasks / weights (method default)
+  /// divide by the agreeing tasks / weights (method default); multislerp: weights summing to 1
+  std::optional<bool> normalize;
   std::optional<bool> rescale;    ///< DARE's rescaling after the drop (default on)
   std::uint64_t seed = 0;         ///< DARE's mask (counter-based, see docs/methods.md)
   std::int64_t rank = 0;          ///< svd / combined → adapter: target rank, 0 = largest input

@@ -20,12 +20,17 @@ flags() {
   case $1 in
     della) echo "--method della --weights 1,0.7,0.4 --density 0.5,0.4,0.6 --epsilon 0.1,0.2,0.15 --seed 3" ;;
     breadcrumbs) echo "--method breadcrumbs --weights 1,0.5,0.8 --density 0.6,0.5,0.7 --gamma 0.05,0.1,0.02" ;;
-    sce_topk) echo "--method sce --select-topk 0.4" ;;
+    sce_topk) echo "--method sce --select-topk 0.4 --base $g/base $g/ft0 $g/ft1 $g/ft2" ;;
+    nuslerp_rows) echo "--method nuslerp --no-flatten --weights 0.3,0.7 $g/ft1 $g/ft2" ;;
+    karcher_nobase) echo "--method karcher --max-iter 4 --tol 1e-6 $g/ft0 $g/ft1 $g/ft2" ;;
+    ramplus_tl) echo "--method ramplus_tl --epsilon 0.025 --ram-r 0.5 --ram-alpha 0.9 --base $g/base $g/ft0 $g/ft1 $g/ft2" ;;
   esac
 }
-for name in della breadcrumbs sce_topk; do
-  # shellcheck disable=SC2046
-  "$revmerge" merge $(flags $name) --base "$g/base" "$g/ft0" "$g/ft1" "$g/ft2" --out "$work/cli_$name" -q
+for name in della breadcrumbs sce_topk nuslerp_rows karcher_nobase ramplus_tl; do
+  args=$(flags "$name")
+  case $name in della|breadcrumbs) args="$args --base $g/base $g/ft0 $g/ft1 $g/ft2" ;; esac
+  # shellcheck disable=SC2086
+  "$revmerge" merge $args --out "$work/cli_$name" -q
   echo -n "$name from options: "
   python3 "$src/tools/compare_models.py" "$work/cli_$name" "$golden/out/$name" --tol 1e-5
 done

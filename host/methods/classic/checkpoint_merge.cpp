@@ -38,6 +38,21 @@ void check_same_tensors(const HfModel& base, const std::vector<std::unique_ptr<H
   }
 }
 
+std::vector<std::unique_ptr<HfModel>> open_task_models(const ClassicMergeOptions& o) {
+  std::vector<std::unique_ptr<HfModel>> models;
+  for (const auto& t : o.tasks) models.push_back(std::make_unique<HfModel>(t.adapter));
+  return models;
+}
+
+ModelOutputOptions model_output_options(const ClassicMergeOptions& o, const ClassicMergeReport& report) {
+  ModelOutputOptions mo;
+  mo.dtype = o.dtype;
+  mo.overwrite = o.overwrite;
+  mo.progress = o.progress;
+  mo.extra_files = {classic_recipe_file(o, report)};
+  return mo;
+}
+
 std::vector<float> read_finite(const CheckpointTensor& t, const std::string& where) {
   std::vector<float> v(static_cast<std::size_t>(t.info->numel()));
   t.file->read(*t.info, v);
@@ -55,6 +70,8 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
   if (o.rank != 0) throw usage_error("--rank: full models merge into a full model, not to a rank");
   if (blends_two_models(o.method)) return merge_two_model_checkpoints(o);
   if (o.method == ClassicMethod::model_stock) return merge_model_stock_checkpoints(o);
+  if (is_spherical(o.method)) return merge_spherical_checkpoints(o);
+  if (is_selective(o.method)) return merge_selective_checkpoints(o);
   if (!is_elementwise(o.method))
     throw usage_error("--method " + to_string(o.method) +
                       " re-factorises LoRA adapters; the inputs are full models");
@@ -67,8 +84,7 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
                       " merges task vectors (fine-tune − base); give the base model");
   const auto p = task_parameters(o, o.tasks.size());
   const auto recipe = make_recipe(o, Convention::mergekit);
-  std::vector<std::unique_ptr<HfModel>> models;
-  for (const auto& t : o.tasks) models.push_back(std::make_unique<HfModel>(t.adapter));
+  const auto models = open_task_models(o);
   const auto base = linear ? nullptr : std::make_unique<HfModel>(o.base);
   const HfModel& layout = linear ? *models[0] : *base;
   check_same_tensors(layout, models, o.tasks);
@@ -81,11 +97,6 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
   }
   const int threads = o.threads > 0 ? o.threads : omp_get_max_threads();
   const i64 n = static_cast<i64>(models.size());
-
-  ModelOutputOptions mo;
-  mo.dtype = o.dtype;
-  mo.overwrite = o.overwrite;
-  mo.progress = o.progress;
   std::vector<float> stack;
   const auto produce = [&](const std::string& name, std::vector<float>& values) {
     const auto& lt = layout.checkpoint().at(name);
@@ -110,8 +121,7 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
   ClassicMergeReport report{to_string(o.method), "checkpoint", "mergekit", "model", 0, 0, {}, {}};
   report.parameters = classic_parameters(o, p, &recipe, 0,
                                          o.dtype ? std::string(dtype_name(*o.dtype)) : linear ? "the first model's" : "the base model's");
-  mo.extra_files = {classic_recipe_file(o, report)};
-  report.items = write_full_model(layout, o.out, produce, mo);
+  report.items = write_full_model(layout, o.out, produce, model_output_options(o, report));
   return report;
 }
 

@@ -36,6 +36,12 @@ constexpr std::pair<ClassicMethod, const char*> kNames[] = {
     {ClassicMethod::della, "della"},
     {ClassicMethod::della_linear, "della_linear"},
     {ClassicMethod::sce, "sce"},
+    {ClassicMethod::nuslerp, "nuslerp"},
+    {ClassicMethod::multislerp, "multislerp"},
+    {ClassicMethod::karcher, "karcher"},
+    {ClassicMethod::ram, "ram"},
+    {ClassicMethod::ramplus_tl, "ramplus_tl"},
+    {ClassicMethod::arcee_fusion, "arcee_fusion"},
 };
 
 }  // namespace
@@ -56,7 +62,8 @@ std::string to_string(ClassicMethod method) {
 
 bool is_elementwise(ClassicMethod method) {
   return method != ClassicMethod::cat && method != ClassicMethod::svd &&
-         !blends_two_models(method) && method != ClassicMethod::model_stock;
+         !blends_two_models(method) && method != ClassicMethod::model_stock && !is_spherical(method) &&
+         !is_selective(method);
 }
 
 bool full_models_only(ClassicMethod method) {
@@ -69,6 +76,12 @@ bool full_models_only(ClassicMethod method) {
     case ClassicMethod::della:
     case ClassicMethod::della_linear:
     case ClassicMethod::sce:
+    case ClassicMethod::nuslerp:
+    case ClassicMethod::multislerp:
+    case ClassicMethod::karcher:
+    case ClassicMethod::ram:
+    case ClassicMethod::ramplus_tl:
+    case ClassicMethod::arcee_fusion:
       return true;
     default:
       return false;
@@ -122,7 +135,8 @@ TaskParameters task_parameters(const ClassicMergeOptions& o, std::size_t n) {
                       std::to_string(n) + " tasks (give one per task, in order)");
   p.densities = per_task_values(o.densities, n, 1.0, "--density", "densities");
   p.gammas = per_task_values(o.gammas, n, 0.01, "--gamma", "gammas");
-  p.epsilons = per_task_values(o.epsilons, n, 0.15, "--epsilon", "epsilons");
+  const bool ram = o.method == ClassicMethod::ram || o.method == ClassicMethod::ramplus_tl;
+  p.epsilons = per_task_values(o.epsilons, n, ram ? 1e-5 : 0.15, "--epsilon", "epsilons");
   const bool della = o.method == ClassicMethod::della || o.method == ClassicMethod::della_linear;
   for (std::size_t t = 0; t < n; ++t) {
     const auto& name = o.tasks[t].name;
@@ -162,10 +176,38 @@ std::vector<std::pair<std::string, std::string>> classic_parameters(const Classi
                                                                     const std::string& dtype) {
   std::vector<std::pair<std::string, std::string>> out;
   const auto unless = [](bool given, const char* what) { return given ? std::string() : std::string(" (") + what + ")"; };
+  if (is_spherical(o.method)) {
+    if (o.method != ClassicMethod::karcher)
+      out.emplace_back("weights", number_list(p.weights) + unless(!o.weights.empty(), "not given"));
+    if (o.method == ClassicMethod::nuslerp) {
+      out.emplace_back("nuslerp_flatten", fmt::format("{}", o.nuslerp_flatten.value_or(true)) +
+                                              unless(o.nuslerp_flatten.has_value(), "not given"));
+      out.emplace_back("nuslerp_row_wise", fmt::format("{}", o.nuslerp_row_wise.value_or(false)) +
+                                               unless(o.nuslerp_row_wise.has_value(), "not given"));
+    }
+    if (o.method == ClassicMethod::multislerp) {
+      out.emplace_back("normalize_weights", fmt::format("{}", o.normalize.value_or(true)) +
+                                                unless(o.normalize.has_value(), "not given"));
+      out.emplace_back("eps", fmt::format("{}", o.eps.value_or(1e-8)) + unless(o.eps.has_value(), "not given"));
+    }
+    if (o.method == ClassicMethod::karcher) {
+      out.emplace_back("max_iter", fmt::format("{}", o.max_iter.value_or(10)) + unless(o.max_iter.has_value(), "not given"));
+      out.emplace_back("tol", fmt::format("{}", o.tol.value_or(1e-5)) + unless(o.tol.has_value(), "not given"));
+    }
+  }
+  if (o.method == ClassicMethod::ram || o.method == ClassicMethod::ramplus_tl) {
+    out.emplace_back("epsilon", fmt::format("{}", p.epsilons.empty() ? 1e-5 : p.epsilons[0]) +
+                                    unless(!o.epsilons.empty(), "not given"));
+    if (o.method == ClassicMethod::ramplus_tl) {
+      out.emplace_back("r", fmt::format("{}", o.ram_r.value_or(0.1)) + unless(o.ram_r.has_value(), "not given"));
+      out.emplace_back("alpha", fmt::format("{}", o.ram_alpha.value_or(0.2)) +
+                                    unless(o.ram_alpha.has_value(), "not given"));
+    }
+  }
   if (full_models_only(o.method) && !is_elementwise(o.method)) {
     if (o.t) out.emplace_back("t", fmt::format("{}", *o.t));
     out.emplace_back("dtype", dtype + unless(o.dtype.has_value(), "not given"));
-    out.emplace_back("base", o.base.string());
+    out.emplace_back("base", o.base.empty() ? "none (the models themselves are interpolated)" : o.base.string());
     return out;
   }
   if (r && r->select_by_variance) {
@@ -225,13 +267,21 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
   };
   only(!o.gammas.empty(), o.method == ClassicMethod::breadcrumbs || o.method == ClassicMethod::breadcrumbs_ties,
        "--gamma", "breadcrumbs and breadcrumbs_ties");
-  only(!o.epsilons.empty(), o.method == ClassicMethod::della || o.method == ClassicMethod::della_linear,
-       "--epsilon", "della and della_linear");
+  only(!o.epsilons.empty(), o.method == ClassicMethod::della || o.method == ClassicMethod::della_linear ||
+                                o.method == ClassicMethod::ram || o.method == ClassicMethod::ramplus_tl,
+       "--epsilon", "della, della_linear, ram and ramplus_tl");
+  only(o.ram_r.has_value() || o.ram_alpha.has_value(), o.method == ClassicMethod::ramplus_tl,
+       "--ram-r / --ram-alpha", "ramplus_tl");
   only(o.select_topk.has_value(), o.method == ClassicMethod::sce, "--select-topk", "sce");
   if (o.select_topk && !(*o.select_topk >= 0 && *o.select_topk <= 1))
     throw usage_error(fmt::format("--select-topk: {} is outside [0, 1] (the fraction of elements "
                                   "kept by their variance across the tasks)", *o.select_topk));
   if (o.method == ClassicMethod::sce) refuse_weighting_options(o);
+  only(o.nuslerp_flatten.has_value() || o.nuslerp_row_wise.has_value(),
+       o.method == ClassicMethod::nuslerp, "--no-flatten / --row-wise", "nuslerp");
+  only(o.eps.has_value(), o.method == ClassicMethod::multislerp, "--eps", "multislerp");
+  only(o.tol.has_value() || o.max_iter.has_value(), o.method == ClassicMethod::karcher,
+       "--tol / --max-iter", "karcher");
   if (o.t && !blends_two_models(o.method))
     throw usage_error("--t: an option of --method slerp and nearswap only");
   std::size_t adapters = 0;

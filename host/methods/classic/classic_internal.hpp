@@ -47,12 +47,25 @@ std::pair<std::string, std::string> classic_recipe_file(const ClassicMergeOption
 /// naming the task and tensor otherwise).
 void check_same_tensors(const HfModel& base, const std::vector<std::unique_ptr<HfModel>>& models,
                         const std::vector<TaskSource>& tasks);
+/// The tasks' model folders, opened in order.
+std::vector<std::unique_ptr<HfModel>> open_task_models(const ClassicMergeOptions& options);
+/// How a full model is written for these options: their dtype, --force and progress, the recipe
+/// file (`report` as it will be returned).
+struct ModelOutputOptions;
+ModelOutputOptions model_output_options(const ClassicMergeOptions& options,
+                                        const ClassicMergeReport& report);
 /// A tensor as f32, refusing non-finite values (format_error naming file, tensor, element, `where`).
 std::vector<float> read_finite(const CheckpointTensor& tensor, const std::string& where);
 
 ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& options);
 ClassicMergeReport merge_two_model_checkpoints(const ClassicMergeOptions& options);
 ClassicMergeReport merge_model_stock_checkpoints(const ClassicMergeOptions& options);
+/// nuslerp, multislerp and karcher (spherical.cpp); the base is optional.
+bool is_spherical(ClassicMethod method);
+ClassicMergeReport merge_spherical_checkpoints(const ClassicMergeOptions& options);
+/// ram, ramplus_tl and arcee_fusion (selective.cpp).
+bool is_selective(ClassicMethod method);
+ClassicMergeReport merge_selective_checkpoints(const ClassicMergeOptions& options);
 ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& options);
 
 }  // namespace revmerge

@@ -24,13 +24,8 @@ ClassicMergeReport merge_model_stock_checkpoints(const ClassicMergeOptions& o) {
   refuse_weighting_options(o);
 
   const HfModel base(o.base);
-  std::vector<std::unique_ptr<HfModel>> models;
-  for (const auto& t : o.tasks) models.push_back(std::make_unique<HfModel>(t.adapter));
+  const auto models = open_task_models(o);
   check_same_tensors(base, models, o.tasks);
-  ModelOutputOptions mo;
-  mo.dtype = o.dtype;
-  mo.overwrite = o.overwrite;
-  mo.progress = o.progress;
   std::vector<std::vector<double>> deltas(n);
   const auto produce = [&](const std::string& name, std::vector<float>& values) {
     const auto w0 = read_finite(base.checkpoint().at(name), "the base");
@@ -70,8 +65,7 @@ ClassicMergeReport merge_model_stock_checkpoints(const ClassicMergeOptions& o) {
   ClassicMergeReport report{"model_stock", "checkpoint", "mergekit", "model", 0, 0, {}, {}};
   report.parameters = classic_parameters(o, task_parameters(o, n), nullptr, 0,
                                          o.dtype ? std::string(dtype_name(*o.dtype)) : "the base model's");
-  mo.extra_files = {classic_recipe_file(o, report)};
-  report.items = write_full_model(base, o.out, produce, mo);
+  report.items = write_full_model(base, o.out, produce, model_output_options(o, report));
   return report;
 }
 

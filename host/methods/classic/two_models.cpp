@@ -71,10 +71,6 @@ ClassicMergeReport merge_two_model_checkpoints(const ClassicMergeOptions& o) {
   models.push_back(std::make_unique<HfModel>(o.tasks[0].adapter));
   check_same_tensors(base, models, o.tasks);
   const double t = *o.t;
-  ModelOutputOptions mo;
-  mo.dtype = o.dtype;
-  mo.overwrite = o.overwrite;
-  mo.progress = o.progress;
   const auto produce = [&](const std::string& name, std::vector<float>& values) {
     const auto v0 = read_finite(base.checkpoint().at(name), "the base");
     const auto v1 = read_finite(models[0]->checkpoint().at(name), "task '" + o.tasks[0].name + "'");
@@ -90,8 +86,7 @@ ClassicMergeReport merge_two_model_checkpoints(const ClassicMergeOptions& o) {
   ClassicMergeReport report{to_string(o.method), "checkpoint", "mergekit", "model", 0, 0, {}, {}};
   report.parameters = classic_parameters(o, task_parameters(o, 1), nullptr, 0,
                                          o.dtype ? std::string(dtype_name(*o.dtype)) : "the base model's");
-  mo.extra_files = {classic_recipe_file(o, report)};
-  report.items = write_full_model(base, o.out, produce, mo);
+  report.items = write_full_model(base, o.out, produce, model_output_options(o, report));
   return report;
 }
 

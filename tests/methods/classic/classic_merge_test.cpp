@@ -301,7 +301,7 @@ TEST(ClassicMerge, MergekitOnlyParametersAreCheckedByName) {
   bad = o;
   bad.method = ClassicMethod::breadcrumbs;
   bad.epsilons = {0.1};
-  expect_refused(bad, "--epsilon: an option of --method della and della_linear only");
+  expect_refused(bad, "--epsilon: an option of --method della, della_linear, ram and ramplus_tl only");
   bad = o;
   bad.method = ClassicMethod::ties;
   bad.select_topk = 0.5;
@@ -339,6 +339,31 @@ TEST(ClassicMerge, MergekitOnlyParametersAreCheckedByName) {
   bad.base.clear();
   bad.rescale = true;
   expect_refused(bad, "--rescale: PEFT's ties does not rescale (only DARE does)");
+  bad = o;
+  bad.method = ClassicMethod::nuslerp;
+  bad.tol = 1e-4;
+  expect_refused(bad, "--tol / --max-iter: an option of --method karcher only");
+  bad.tol.reset();
+  bad.tasks.push_back({"ft2", golden / "ft2"});
+  expect_refused(bad, "--method nuslerp interpolates between exactly 2 models besides the base; got 3");
+  bad = o;
+  bad.method = ClassicMethod::karcher;
+  bad.weights = {1, 2};
+  expect_refused(bad, "--weights: not an option of --method karcher");
+  bad = o;
+  bad.method = ClassicMethod::multislerp;
+  bad.weights = {1, -1};
+  expect_refused(bad, "--weights: they sum to 0, and multislerp divides by their sum");
+  bad = o;
+  bad.method = ClassicMethod::ram;
+  bad.epsilons = {1e-5, 1e-4};
+  expect_refused(bad, "--epsilon: --method ram takes one epsilon for all tasks");
+  bad.epsilons.clear();
+  bad.ram_r = 0.3;
+  expect_refused(bad, "--ram-r / --ram-alpha: an option of --method ramplus_tl only");
+  bad = o;
+  bad.method = ClassicMethod::arcee_fusion;
+  expect_refused(bad, "--method arcee_fusion fuses the base and one fine-tune; got 2");
 }
 
 }  // namespace

@@ -1,0 +1,243 @@
+// mergekit's interpolations on the sphere, on full models, each floating-point tensor on its own
+// (task vectors δᵢ = Wᵢ − W_base where a base is given, the weights themselves otherwise):
+//  - nuslerp: two models, t = w₂ / (w₁ + w₂) (½ where |w₁ + w₂| < 1e-6), slerp between them —
+//    the whole tensor as one vector (nuslerp_flatten, the default), or each vector along the last
+//    axis, or along the first (nuslerp_row_wise); with cos θ of the vectors normalised by
+//    max(‖v‖, 1e-7), linear where 1 − cos²θ ≤ 1e-16;
+//  - multislerp: n models with weights (normalised to sum 1 by default): the unit vectors'
+//    weighted mean m on the sphere, the weighted tangent vectors at m mapped back by the
+//    exponential map, scaled by the weighted mean norm;
+//  - karcher: every model (the base too, when given) with equal weights: the Karcher mean of the
+//    unit vectors by at most max_iter Riemannian steps (stopping below tol), scaled by the mean
+//    norm.
+// mergekit computes in f32; revmerge in f64, rounded once.
+#include <algorithm>
+#include <cmath>
+#include <fmt/format.h>
+#include <functional>
+#include <numeric>
+
+#include "methods/classic/classic_internal.hpp"
+#include "methods/model_output.hpp"
+#include "revmerge/error.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+using Vec = std::vector<double>;
+
+double dot(const Vec& a, const Vec& b) {
+  double s = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+double norm(const Vec& a) { return std::sqrt(dot(a, a)); }
+
+// One vector of nuslerp: v0, v1 gathered along the chosen axis, the result written back.
+Vec nuslerp_vector(double t, const Vec& v0, const Vec& v1) {
+  const double n0 = std::max(norm(v0), 1e-7), n1 = std::max(norm(v1), 1e-7);
+  const double cos = std::clamp(dot(v0, v1) / (n0 * n1), -1.0, 1.0);
+  Vec out(v0.size());
+  if (1 - cos * cos <= 1e-16) {
+    for (std::size_t i = 0; i < out.size(); ++i) out[i] = (1 - t) * v0[i] + t * v1[i];
+    return out;
+  }
+  const double theta = std::acos(cos), s = std::sin(theta);
+  const double c0 = std::sin((1 - t) * theta), c1 = std::sin(t * theta);
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = (c0 * v0[i] + c1 * v1[i]) / s;
+  return out;
+}
+
+// How nuslerp cuts a tensor into vectors: `vectors` of `length` elements, element j of
+// vector k at flat offset base(k) + j · stride.
+struct VectorLayout {
+  i64 vectors = 1, length = 0, stride = 1;
+  std::function<i64(i64)> base;
+};
+
+VectorLayout nuslerp_layout(const std::vector<i64>& shape, i64 count, bool flatten, bool row_wise) {
+  if (flatten || shape.size() < 2) return {1, count, 1, [](i64) { return i64{0}; }};
+  if (!row_wise) {  // along the last axis
+    const i64 length = shape.back();
+    return {length ? count / length : 0, length, 1, [length](i64 k) { return k * length; }};
+  }
+  const i64 length = shape.front(), stride = length ? count / length : 0;  // along the first axis
+  return {stride, length, stride, [](i64 k) { return k; }};
+}
+
+Vec multislerp(const std::vector<Vec>& x, const std::vector<double>& w, double eps,
+               const std::string& name) {
+  const std::size_t n = x.size(), m = x[0].size();
+  std::vector<double> norms(n);
+  std::vector<Vec> unit(n, Vec(m));
+  Vec mean(m, 0.0);
+  for (std::size_t i = 0; i < n; ++i) {
+    norms[i] = norm(x[i]);
+    for (std::size_t k = 0; k < m; ++k) {
+      unit[i][k] = x[i][k] / (norms[i] + eps);
+      mean[k] += w[i] * unit[i][k];
+    }
+  }
+  const double mean_norm = norm(mean);
+  if (mean_norm < eps) {
+    if (n != 2)
+      throw format_error("tensor '" + name + "': the weighted mean of the models' directions is 0 "
+                         "(antipodal models whose weights balance); multislerp cannot merge it — "
+                         "try other weights");
+    Vec out(m);
+    for (std::size_t k = 0; k < m; ++k) out[k] = w[0] * x[0][k] + w[1] * x[1][k];
+    return out;
+  }
+  for (auto& v : mean) v /= mean_norm;
+  Vec tangent(m, 0.0);
+  for (std::size_t i = 0; i < n; ++i) {
+    const double d = dot(unit[i], mean);
+    for (std::size_t k = 0; k < m; ++k) tangent[k] += w[i] * (unit[i][k] - d * mean[k]);
+  }
+  const double tn = norm(tangent) + eps;
+  double scale = 0;
+  for (std::size_t i = 0; i < n; ++i) scale += norms[i] * w[i];
+  Vec out(m);
+  for (std::size_t k = 0; k < m; ++k)
+    out[k] = (mean[k] * std::cos(tn) + tangent[k] * (std::sin(tn) / tn)) * scale;
+  return out;
+}
+
+Vec karcher(const std::vector<Vec>& x, i64 max_iter, double tol) {
+  const std::size_t n = x.size(), m = x[0].size();
+  const double alpha = 1.0 / double(n);
+  std::vector<double> norms(n);
+  std::vector<std::size_t> valid;
+  for (std::size_t i = 0; i < n; ++i) {
+    norms[i] = norm(x[i]);
+    if (norms[i] > tol) valid.push_back(i);
+  }
+  if (valid.empty()) return Vec(m, 0.0);
+  std::vector<Vec> unit;
+  for (const auto i : valid) {
+    Vec u(m);
+    for (std::size_t k = 0; k < m; ++k) u[k] = x[i][k] / norms[i];
+    unit.push_back(std::move(u));
+  }
+  const double a = 1.0 / double(valid.size());  // the valid models' weights, normalised
+  Vec mean(m, 0.0);
+  for (const auto& u : unit)
+    for (std::size_t k = 0; k < m; ++k) mean[k] += a * u[k];
+  const double mn = norm(mean);
+  if (mn < tol) mean = unit[0];
+  else
+    for (auto& v : mean) v /= mn;
+  for (i64 it = 0; it < max_iter; ++it) {
+    Vec tangent(m, 0.0);
+    for (const auto& u : unit) {
+      const double d = std::clamp(dot(mean, u), -1.0, 1.0), theta = std::acos(d);
+      if (theta < tol) continue;
+      const double f = a * theta / std::sin(theta);
+      for (std::size_t k = 0; k < m; ++k) tangent[k] += f * (u[k] - d * mean[k]);
+    }
+    const double tn = norm(tangent);
+    if (tn < tol) break;
+    for (std::size_t k = 0; k < m; ++k)
+      mean[k] = std::cos(tn) * mean[k] + std::sin(tn) * (tangent[k] / tn);
+    const double un = norm(mean);
+    if (un > tol)
+      for (auto& v : mean) v /= un;
+  }
+  double scale = 0;  // every model's norm counts here, the vanishing ones too (as mergekit)
+  for (std::size_t i = 0; i < n; ++i) scale += alpha * norms[i];
+  for (auto& v : mean) v *= scale;
+  return mean;
+}
+
+}  // namespace
+
+bool is_spherical(ClassicMethod method) {
+  return method == ClassicMethod::nuslerp || method == ClassicMethod::multislerp ||
+         method == ClassicMethod::karcher;
+}
+
+ClassicMergeReport merge_spherical_checkpoints(const ClassicMergeOptions& o) {
+  const std::string method = "--method " + to_string(o.method);
+  const std::size_t n = o.tasks.size();
+  const bool has_base = !o.base.empty();
+  if (o.method == ClassicMethod::nuslerp && n != 2)
+    throw usage_error(method + " interpolates between exactly 2 models besides the base; got " + std::to_string(n));
+  if (o.method != ClassicMethod::nuslerp && n + has_base < 2)
+    throw usage_error(method + " needs at least 2 models; got " + std::to_string(n + has_base));
+  if (o.method == ClassicMethod::karcher && !o.weights.empty())
+    throw usage_error("--weights: not an option of --method karcher (every model counts equally)");
+  for (const auto& [given, name] : {std::pair{o.lambda.has_value(), "--lambda"},
+                                    std::pair{o.rescale.has_value(), "--rescale"}})
+    if (given) throw usage_error(std::string(name) + ": not an option of " + method);
+  if (o.normalize && o.method != ClassicMethod::multislerp)
+    throw usage_error("--normalize: not an option of " + method);
+  const auto p = task_parameters(o, n);
+  const double eps = o.eps.value_or(1e-8), tol = o.tol.value_or(1e-5);
+  const i64 max_iter = o.max_iter.value_or(10);
+  if (!(eps > 0) || !(tol > 0) || max_iter < 1)
+    throw usage_error("--eps, --tol and --max-iter must be above 0");
+
+  const auto models = open_task_models(o);
+  const auto base = has_base ? std::make_unique<HfModel>(o.base) : nullptr;
+  const HfModel& layout = has_base ? *base : *models[0];
+  check_same_tensors(layout, models, o.tasks);
+  std::vector<double> weights = p.weights;
+  if (o.method == ClassicMethod::multislerp && o.normalize.value_or(true)) {
+    const double sum = std::accumulate(weights.begin(), weights.end(), 0.0);
+    if (sum == 0) throw usage_error("--weights: they sum to 0, and multislerp divides by their sum");
+    for (auto& w : weights) w /= sum;
+  }
+  // nuslerp's position between its two models.
+  const double total = n == 2 ? p.weights[0] + p.weights[1] : 0;
+  const double t = std::fabs(total) < 1e-6 ? 0.5 : p.weights[1] / total;
+
+  const auto produce = [&](const std::string& name, std::vector<float>& values) {
+    const auto& info = *layout.checkpoint().at(name).info;
+    const auto b = has_base ? read_finite(base->checkpoint().at(name), "the base") : std::vector<float>{};
+    std::vector<Vec> x;
+    if (o.method == ClassicMethod::karcher && has_base) x.emplace_back(b.begin(), b.end());
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto w = read_finite(models[i]->checkpoint().at(name), "task '" + o.tasks[i].name + "'");
+      Vec v(w.begin(), w.end());
+      if (has_base && o.method != ClassicMethod::karcher)
+        for (std::size_t k = 0; k < v.size(); ++k) v[k] -= b[k];
+      x.push_back(std::move(v));
+    }
+    Vec out;
+    if (o.method == ClassicMethod::nuslerp) {
+      out.resize(values.size());
+      const auto l = nuslerp_layout(info.shape, static_cast<i64>(values.size()),
+                                    o.nuslerp_flatten.value_or(true), o.nuslerp_row_wise.value_or(false));
+      Vec v0(l.length), v1(l.length);
+      for (i64 k = 0; k < l.vectors; ++k) {
+        const i64 at = l.base(k);
+        for (i64 j = 0; j < l.length; ++j) {
+          v0[j] = x[0][at + j * l.stride];
+          v1[j] = x[1][at + j * l.stride];
+        }
+        const auto r = nuslerp_vector(t, v0, v1);
+        for (i64 j = 0; j < l.length; ++j) out[at + j * l.stride] = r[j];
+      }
+    } else if (o.method == ClassicMethod::multislerp) {
+      out = x.size() == 1 ? x[0] : multislerp(x, weights, eps, name);
+      if (x.size() == 1 && has_base)  // mergekit returns the one model itself
+        for (std::size_t k = 0; k < out.size(); ++k) out[k] += b[k];
+    } else {
+      out = x.size() == 1 ? x[0] : karcher(x, max_iter, tol);
+    }
+    const bool add_base = has_base && o.method != ClassicMethod::karcher && x.size() > 1;
+    for (std::size_t k = 0; k < values.size(); ++k)
+      values[k] = static_cast<float>(add_base ? out[k] + b[k] : out[k]);
+    return true;
+  };
+  ClassicMergeReport report{to_string(o.method), "checkpoint", "mergekit", "model", 0, 0, {}, {}};
+  report.parameters = classic_parameters(o, p, nullptr, 0,
+                                         o.dtype ? std::string(dtype_name(*o.dtype))
+                                         : has_base ? "the base model's" : "the first model's");
+  report.items = write_full_model(layout, o.out, produce, model_output_options(o, report));
+  return report;
+}
+
+}  // namespace revmerge
