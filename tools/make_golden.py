@@ -229,6 +229,27 @@ MK_CASES = {
     "arcee_fusion": {"merge_method": "arcee_fusion", "models": ["ft2"]},
 }
 
+# Per-tensor parameters (gradients over the layers, filters on the tensor name), on a five-layer
+# set in deep/ so that gradients fall between their values. `model_params` are each model's.
+MK_DEEP_CASES = {
+    "ties_gradient": {
+        "merge_method": "ties",
+        "model_params": {"ft0": {"weight": [1.0, 0.2]}, "ft1": {"weight": 0.7, "density": 0.6},
+                         "ft2": {"weight": [0.1, 0.5, 0.9]}},
+        "parameters": {"density": [{"filter": "mlp", "value": 0.3}, {"value": [0.8, 0.4]}],
+                       "lambda": [1.0, 0.7]}},
+    "slerp_filters": {
+        "merge_method": "slerp", "models": ["ft0"],
+        "parameters": {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+                             {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]},
+                             {"value": 0.5}]}},
+    "della_gradient": {
+        "merge_method": "della", "seed": 4,
+        "model_params": {"ft0": {"weight": 1.0, "epsilon": [0.05, 0.2]},
+                         "ft1": {"weight": 0.5, "epsilon": 0.1}, "ft2": {"weight": 0.8}},
+        "parameters": {"density": 0.5}},
+}
+
 
 def make_mergekit(root: Path):
     import mergekit.sparsify as sparsify
@@ -253,6 +274,20 @@ def make_mergekit(root: Path):
         model.save_pretrained(root / n, safe_serialization=True)
         for k, p in model.state_dict().items():
             ident.add(k, i, p - base_sd[k])
+    # The five-layer set, drawn after the first so that the first stays as it was.
+    deep_gen = torch.Generator().manual_seed(6)
+    deep_base = tiny_llama(8765, hidden=16, inter=24, layers=5)
+    deep_base.save_pretrained(root / "deep" / "base", safe_serialization=True)
+    deep_sd = {k: v.detach().clone() for k, v in deep_base.state_dict().items()}
+    deep_shared = {k: torch.randn(v.shape, generator=deep_gen) for k, v in deep_sd.items()}
+    for i, n in enumerate(names):
+        model = tiny_llama(8765, hidden=16, inter=24, layers=5)
+        with torch.no_grad():
+            for k, p in model.state_dict().items():
+                p.add_(0.02 * (0.7 * deep_shared[k] + torch.randn(p.shape, generator=deep_gen)))
+        model.save_pretrained(root / "deep" / n, safe_serialization=True)
+        for k, p in model.state_dict().items():
+            ident.add(k, i, p - deep_sd[k])
     seed_box = {}
 
     def bernoulli(tensor, density, rescale_norm=None):
@@ -307,6 +342,20 @@ def make_mergekit(root: Path):
                 cfg["parameters"] = spec["parameters"]
             text = yaml.safe_dump(cfg, sort_keys=False)
             Path(f"{case}.yml").write_text(text)
+            seed_box["seed"] = spec.get("seed", 0)
+            run_merge(MergeConfiguration.model_validate(cfg), out_path=f"out/{case}",
+                      options=MergeOptions(copy_tokenizer=False, write_model_card=False,
+                                           lazy_unpickle=False))
+            cases.append({"name": case, "config": f"{case}.yml", "seed": spec.get("seed", 0)})
+        for case, spec in MK_DEEP_CASES.items():
+            models = []
+            for n in spec.get("models", names):
+                params = spec.get("model_params", {}).get(n)
+                models.append({"model": f"deep/{n}", "parameters": params} if params
+                              else {"model": f"deep/{n}"})
+            cfg = {"merge_method": spec["merge_method"], "base_model": "deep/base",
+                   "models": models, "parameters": spec["parameters"], "dtype": "float32"}
+            Path(f"{case}.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
             seed_box["seed"] = spec.get("seed", 0)
             run_merge(MergeConfiguration.model_validate(cfg), out_path=f"out/{case}",
                       options=MergeOptions(copy_tokenizer=False, write_model_card=False,

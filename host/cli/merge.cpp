@@ -65,6 +65,9 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
       if (args.given(o))
         throw usage_error(std::string(o) + ": RMM takes it for full fine-tunes only (the inputs "
                           "are adapters)");
+  if (!cfg.tensor_parameters.empty())
+    throw usage_error(cfg.file + ": parameter '" + cfg.tensor_parameters.begin()->first +
+                      "' set per tensor: not an option of --method rmm");
   if (tasks.size() < 2)
     throw usage_error(tasks.empty() ? "no inputs: give the adapter folders to merge (or a --config "
                                       "naming them)"
@@ -149,6 +152,17 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   if (args.given("--ram-r")) o.ram_r = args.ram_r; else o.ram_r = cfg.ram_r;
   if (args.given("--ram-alpha")) o.ram_alpha = args.ram_alpha; else o.ram_alpha = cfg.ram_alpha;
   if (args.given("--lambda")) o.lambda = args.lambda; else o.lambda = cfg.lambda;
+  // The config's per-tensor values, except where a command-line option sets the parameter.
+  o.tensor_parameters = cfg.tensor_parameters;
+  o.task_tensor_parameters = cfg.task_tensor_parameters;
+  for (const auto& [option, key] : {std::pair{"--weights", "weight"}, std::pair{"--density", "density"},
+                                    std::pair{"--gamma", "gamma"}, std::pair{"--epsilon", "epsilon"},
+                                    std::pair{"--lambda", "lambda"}, std::pair{"--t", "t"},
+                                    std::pair{"--select-topk", "select_topk"}})
+    if (args.given(option)) {
+      o.tensor_parameters.erase(key);
+      for (auto& m : o.task_tensor_parameters) m.erase(key);
+    }
   if (args.given("--t")) o.t = args.t; else o.t = cfg.t;
   const auto sign = args.given("--majority-sign") ? args.majority_sign : cfg.majority_sign.value_or("total");
   if (sign == "total" || sign == "sum") o.election = SignElection::sum;

@@ -17,13 +17,62 @@ namespace {
 template <class T>
 T scalar(const YAML::Node& node, const std::string& where) {
   if (!node.IsScalar())
-    throw format_error(where + " must be a single value (per-layer gradients and tensor filters "
-                               "are not supported)");
+    throw format_error(where + " must be a single value (gradients and filters are accepted for "
+                               "weight, density, gamma, epsilon, lambda, t and select_topk only)");
   try {
     return node.as<T>();
   } catch (const YAML::Exception&) {
     throw format_error(where + " has the wrong type");
   }
+}
+
+// One number, a gradient [a, b, ...], or filters: {filter, value} or a list of them, each value
+// a number or a gradient (mergekit's ParameterSetting, for numeric parameters).
+ParameterSetting setting(const YAML::Node& node, const std::string& where) {
+  const auto values = [&](const YAML::Node& v, const std::string& w) {
+    std::vector<double> out;
+    if (v.IsScalar()) {
+      out.push_back(scalar<double>(v, w));
+    } else if (v.IsSequence() && v.size() > 0) {
+      for (std::size_t i = 0; i < v.size(); ++i) {
+        if (!v[i].IsScalar()) throw format_error(w + "[" + std::to_string(i) + "] must be a number");
+        out.push_back(scalar<double>(v[i], w + "[" + std::to_string(i) + "]"));
+      }
+    } else {
+      throw format_error(w + " must be a number or a non-empty list of numbers (a gradient)");
+    }
+    return out;
+  };
+  const auto condition = [&](const YAML::Node& m, const std::string& w) {
+    ParameterSetting::Condition c;
+    bool has_value = false;
+    for (const auto& kv : m) {
+      const auto k = scalar<std::string>(kv.first, w + " key");
+      if (k == "filter") c.filter = scalar<std::string>(kv.second, w + ".filter");
+      else if (k == "value") c.values = values(kv.second, w + ".value"), has_value = true;
+      else throw format_error(w + ": unknown key '" + k + "' (expected filter, value)");
+    }
+    if (!has_value) throw format_error(w + ": missing 'value'");
+    return c;
+  };
+  ParameterSetting s;
+  if (node.IsMap()) {
+    s.conditions.push_back(condition(node, where));
+  } else if (node.IsSequence() && node.size() > 0 && node[0].IsMap()) {
+    for (std::size_t i = 0; i < node.size(); ++i) {
+      const auto w = where + "[" + std::to_string(i) + "]";
+      if (!node[i].IsMap()) throw format_error(w + " must be a mapping {filter, value} like the others");
+      s.conditions.push_back(condition(node[i], w));
+    }
+  } else {
+    s.conditions.push_back({"", values(node, where)});
+  }
+  return s;
+}
+
+bool is_numeric_parameter(const std::string& key) {
+  return key == "weight" || key == "density" || key == "gamma" || key == "epsilon" ||
+         key == "lambda" || key == "t" || key == "select_topk";
 }
 
 // mergekit's dtype names and revmerge's.
@@ -34,7 +83,8 @@ struct Reader {
 
   // Keys shared by the top level and mergekit's `parameters` block.
   bool method_parameter(const std::string& key, const YAML::Node& v, const std::string& where) {
-    if (key == "weight") c.weight = scalar<double>(v, where);
+    if (is_numeric_parameter(key) && !v.IsScalar()) c.tensor_parameters[key] = setting(v, where);
+    else if (key == "weight") c.weight = scalar<double>(v, where);
     else if (key == "density") c.density = scalar<double>(v, where);
     else if (key == "gamma") c.gamma = scalar<double>(v, where);
     else if (key == "epsilon") c.epsilon = scalar<double>(v, where);
@@ -68,6 +118,7 @@ struct Reader {
       if (!t.IsMap()) throw format_error(tw + " must be a mapping with '" + path_key + "'");
       TaskSource task;
       std::optional<double> weight, density, gamma, epsilon;
+      ParameterSettings varying;
       for (const auto& kv : t) {
         const auto k = scalar<std::string>(kv.first, tw + " key");
         if (k == "name" && !mergekit) {
@@ -83,7 +134,9 @@ struct Reader {
           for (const auto& p : kv.second) {
             const auto pk = scalar<std::string>(p.first, tw + ".parameters key");
             const auto pw = tw + ".parameters." + pk;
-            if (pk == "weight") weight = scalar<double>(p.second, pw);
+            if ((pk == "weight" || pk == "density" || pk == "gamma" || pk == "epsilon") && !p.second.IsScalar())
+              varying[pk] = setting(p.second, pw);
+            else if (pk == "weight") weight = scalar<double>(p.second, pw);
             else if (pk == "density") density = scalar<double>(p.second, pw);
             else if (pk == "gamma") gamma = scalar<double>(p.second, pw);
             else if (pk == "epsilon") epsilon = scalar<double>(p.second, pw);
@@ -108,6 +161,7 @@ struct Reader {
       c.task_densities.push_back(density);
       c.task_gammas.push_back(gamma);
       c.task_epsilons.push_back(epsilon);
+      c.task_tensor_parameters.push_back(std::move(varying));
     }
   }
 };
@@ -122,7 +176,8 @@ constexpr std::size_t kMaxConfigNodes = 200000;
 void check_shape(const YAML::Node& node, int depth, std::size_t& nodes, const std::string& file) {
   if (depth > kMaxConfigDepth)
     throw format_error(file + ": nested more than " + std::to_string(kMaxConfigDepth) +
-                       " levels deep; a merge config needs 4 (tasks, a task, its parameters, a value)");
+                       " levels deep; a merge config needs at most 7 (models, a model, its "
+                       "parameters, a parameter's filters, a filter, its value, a gradient's numbers)");
   if (++nodes > kMaxConfigNodes)
     throw format_error(file + ": holds more than " + std::to_string(kMaxConfigNodes) +
                        " values (counting each use of an alias); not a merge config");
@@ -134,6 +189,29 @@ void check_shape(const YAML::Node& node, int depth, std::size_t& nodes, const st
       check_shape(kv.second, depth + 1, nodes, file);
     }
   }
+}
+
+// Where a parameter varies by tensor anywhere, its plain values join the per-tensor settings, so
+// that a model's own value keeps its precedence over the config's value for all.
+void move_plain_values_of_varying_parameters(MergeConfig& c) {
+  const auto plain = [](double v) { return ParameterSetting{{{"", {v}}}}; };
+  for (const auto& [key, all, own] :
+       {std::tuple{"weight", &c.weight, &c.task_weights}, std::tuple{"density", &c.density, &c.task_densities},
+        std::tuple{"gamma", &c.gamma, &c.task_gammas}, std::tuple{"epsilon", &c.epsilon, &c.task_epsilons}}) {
+    bool varies = c.tensor_parameters.count(key) > 0;
+    for (const auto& s : c.task_tensor_parameters) varies = varies || s.count(key) > 0;
+    if (!varies) continue;
+    if (*all && !c.tensor_parameters.count(key)) c.tensor_parameters[key] = plain(**all);
+    all->reset();
+    for (std::size_t i = 0; i < own->size(); ++i)
+      if ((*own)[i]) {
+        c.task_tensor_parameters[i][key] = plain(*(*own)[i]);
+        (*own)[i].reset();
+      }
+  }
+  for (const auto& [key, field] : {std::pair{"lambda", &c.lambda}, std::pair{"t", &c.t},
+                                   std::pair{"select_topk", &c.select_topk}})
+    if (c.tensor_parameters.count(key)) field->reset();
 }
 
 }  // namespace
@@ -241,6 +319,7 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
     }
   }
   if (out_dtype) c.dtype = out_dtype;  // revmerge computes in f32; out_dtype is what is written
+  move_plain_values_of_varying_parameters(c);
   return c;
 }
 

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "revmerge/classic.hpp"
 #include "revmerge/rmm.hpp"
 
 namespace revmerge::cli {
@@ -30,6 +31,11 @@ struct MergeConfig {
   std::optional<bool> nuslerp_flatten, nuslerp_row_wise, normalize_weights;
   std::optional<double> eps, tol, ram_r, ram_alpha;
   std::optional<std::int64_t> max_iter;
+  /// mergekit's per-tensor values (gradients, filters) of numeric parameters: for all tasks and
+  /// per task (one map per task). Where a parameter varies anywhere, all its values, plain ones
+  /// too, are here (so a model's own value still outranks the config's), not in the fields above.
+  ParameterSettings tensor_parameters;
+  std::vector<ParameterSettings> task_tensor_parameters;
   std::optional<double> t;                        ///< slerp's interpolation parameter
   std::optional<bool> normalize, rescale;
   std::optional<std::string> majority_sign, mode;

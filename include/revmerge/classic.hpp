@@ -6,6 +6,7 @@
 /// docs/methods.md gives the arithmetic and every place the two tools differ.
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -70,6 +71,25 @@ enum class LoraMergeMode { separate, combined };
 /// count of signs (PEFT "frequency", mergekit "count").
 enum class SignElection { sum, count };
 
+/// A numeric parameter that varies by tensor, as mergekit configs write it: conditions tried in
+/// order, the first whose `filter` is empty, "*" or a substring of the tensor's name applies.
+/// Its values are one number, or a gradient of several spread evenly over the layers (layer i
+/// of L sits at t = i / (L − 1); tensors outside the layers at t = 0) and interpolated linearly.
+struct ParameterSetting {
+  struct Condition {
+    std::string filter;
+    std::vector<double> values;
+  };
+  std::vector<Condition> conditions;
+
+  /// The value for `tensor` at layer position t, or none where no condition applies.
+  std::optional<double> at(const std::string& tensor, double t) const;
+  bool is_scalar() const { return conditions.size() == 1 && conditions[0].filter.empty() && conditions[0].values.size() == 1; }
+};
+/// Settings by parameter name: "weight", "density", "gamma", "epsilon" (per task or for all),
+/// "lambda", "t", "select_topk" (for all).
+using ParameterSettings = std::map<std::string, ParameterSetting>;
+
 struct ClassicMergeOptions {
   ClassicMethod method = ClassicMethod::task_arithmetic;
   LoraMergeMode mode = LoraMergeMode::separate;
@@ -94,6 +114,11 @@ struct ClassicMergeOptions {
   /// ramplus_tl: the boost r of unique changes (default 0.1) and its cap α (default 0.2); ram's
   /// and ramplus_tl's threshold ε comes from `epsilons` (one value, default 1e-5)
   std::optional<double> ram_r, ram_alpha;
+  /// Parameters set per tensor (mergekit's gradients and filters): for all tasks, and per task
+  /// (empty, or one map per task, which takes precedence). A parameter named here replaces the
+  /// option of the same name for every tensor; where no condition applies, the method's default.
+  ParameterSettings tensor_parameters;
+  std::vector<ParameterSettings> task_tensor_parameters;
   std::optional<double> lambda;   ///< final scale of the merged delta (default 1)
   /// slerp: 0 gives the base, 1 the fine-tune; nearswap: the difference below which an
   /// element takes the fine-tune's value (required by both)

@@ -68,6 +68,7 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
   if (o.full_model)
     throw usage_error("--full-model: the inputs are full models; the output is one already");
   if (o.rank != 0) throw usage_error("--rank: full models merge into a full model, not to a rank");
+  check_tensor_parameters(o, HfModel(o.base.empty() ? o.tasks[0].adapter : o.base));
   if (blends_two_models(o.method)) return merge_two_model_checkpoints(o);
   if (o.method == ClassicMethod::model_stock) return merge_model_stock_checkpoints(o);
   if (is_spherical(o.method)) return merge_spherical_checkpoints(o);
@@ -98,6 +99,7 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
   const int threads = o.threads > 0 ? o.threads : omp_get_max_threads();
   const i64 n = static_cast<i64>(models.size());
   std::vector<float> stack;
+  const auto layers = layout.config().num_hidden_layers;
   const auto produce = [&](const std::string& name, std::vector<float>& values) {
     const auto& lt = layout.checkpoint().at(name);
     const i64 count = static_cast<i64>(lt.info->numel());
@@ -108,12 +110,17 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
       for (i64 j = 0; j < count; ++j)
         stack[t * count + j] = linear ? w[j] : w[j] - base_values[j];
     }
-    CombineInput in{stack, n, count, p.weights, p.densities, name, o.seed};
-    in.gammas = p.gammas;
-    in.epsilons = p.epsilons;
+    // Per-tensor parameters (mergekit's gradients and filters) give this tensor its own.
+    const bool own = has_tensor_parameters(o);
+    const auto to = options_for_tensor(o, name, layer_position(name, layers));
+    const auto tp = own ? task_parameters(to, to.tasks.size()) : p;
+    const auto tr = own ? make_recipe(to, Convention::mergekit) : recipe;
+    CombineInput in{stack, n, count, tp.weights, tp.densities, name, o.seed};
+    in.gammas = tp.gammas;
+    in.epsilons = tp.epsilons;
     in.shape = lt.info->shape;
-    in.select_topk = o.select_topk.value_or(1.0);
-    combine_stack(recipe, in, values, threads);
+    in.select_topk = to.select_topk.value_or(1.0);
+    combine_stack(tr, in, values, threads);
     if (!linear)
       for (i64 j = 0; j < count; ++j) values[j] += base_values[j];
     return true;

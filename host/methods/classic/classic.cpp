@@ -169,11 +169,13 @@ std::string number_list(const std::vector<double>& v) {
 
 }  // namespace
 
-std::vector<std::pair<std::string, std::string>> classic_parameters(const ClassicMergeOptions& o,
-                                                                    const TaskParameters& p,
-                                                                    const CombineRecipe* r,
-                                                                    std::int64_t rank,
-                                                                    const std::string& dtype) {
+namespace {
+
+std::vector<std::pair<std::string, std::string>> plain_parameters(const ClassicMergeOptions& o,
+                                                                  const TaskParameters& p,
+                                                                  const CombineRecipe* r,
+                                                                  std::int64_t rank,
+                                                                  const std::string& dtype) {
   std::vector<std::pair<std::string, std::string>> out;
   const auto unless = [](bool given, const char* what) { return given ? std::string() : std::string(" (") + what + ")"; };
   if (is_spherical(o.method)) {
@@ -252,6 +254,47 @@ std::vector<std::pair<std::string, std::string>> classic_parameters(const Classi
   return out;
 }
 
+// "[0, 0.5, 1] over the layers where 'self_attn'; 0.3 elsewhere"
+std::string describe(const ParameterSetting& s) {
+  std::vector<std::string> parts;
+  for (const auto& c : s.conditions) {
+    auto v = c.values.size() == 1 ? fmt::format("{}", c.values[0])
+                                  : fmt::format("[{}] over the layers", fmt::join(c.values, ", "));
+    parts.push_back(c.filter.empty() || c.filter == "*" ? v + (parts.empty() ? "" : " elsewhere")
+                                                        : v + " where '" + c.filter + "'");
+  }
+  return fmt::format("{}", fmt::join(parts, "; "));
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> classic_parameters(const ClassicMergeOptions& o,
+                                                                    const TaskParameters& p,
+                                                                    const CombineRecipe* r,
+                                                                    std::int64_t rank,
+                                                                    const std::string& dtype) {
+  auto out = plain_parameters(o, p, r, rank, dtype);
+  // Parameters the config sets per tensor: what it says, not one value.
+  for (const auto& [shown, key] : {std::pair{"weights", "weight"}, std::pair{"density", "density"},
+                                   std::pair{"gamma", "gamma"}, std::pair{"epsilon", "epsilon"},
+                                   std::pair{"lambda", "lambda"}, std::pair{"t", "t"},
+                                   std::pair{"select_topk", "select_topk"}}) {
+    if (!is_set_per_tensor(o, key)) continue;
+    const auto it = o.tensor_parameters.find(key);
+    bool per_task = false;
+    for (const auto& s : o.task_tensor_parameters) per_task = per_task || s.count(key) > 0;
+    const auto text = std::string("per tensor: ") +
+                      (it != o.tensor_parameters.end() ? describe(it->second) : std::string()) +
+                      (per_task ? std::string(it != o.tensor_parameters.end() ? "; " : "") +
+                                      "per task as the config sets it"
+                                : std::string());
+    auto at = std::find_if(out.begin(), out.end(), [&](const auto& kv) { return kv.first == shown; });
+    if (at != out.end()) at->second = text;
+    else out.insert(out.begin(), {shown, text});
+  }
+  return out;
+}
+
 ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
   if (o.tasks.empty()) throw usage_error("no tasks to merge");
   if (o.out.empty()) throw usage_error("--out: no output folder given");
@@ -259,20 +302,20 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
     throw usage_error("--allow-nonfinite applies to --method rmm only; the classic methods "
                       "refuse NaN and Inf inputs");
   check_task_names(o.tasks);
-  if (!prunes(o.method) && !o.densities.empty())
+  if (!prunes(o.method) && (!o.densities.empty() || is_set_per_tensor(o, "density")))
     throw usage_error("--density: --method " + to_string(o.method) + " does not prune");
   const auto only = [&](bool given, bool fits, const char* option, const char* methods) {
     if (given && !fits)
       throw usage_error(std::string(option) + ": an option of --method " + methods + " only");
   };
-  only(!o.gammas.empty(), o.method == ClassicMethod::breadcrumbs || o.method == ClassicMethod::breadcrumbs_ties,
+  only(!o.gammas.empty() || is_set_per_tensor(o, "gamma"), o.method == ClassicMethod::breadcrumbs || o.method == ClassicMethod::breadcrumbs_ties,
        "--gamma", "breadcrumbs and breadcrumbs_ties");
-  only(!o.epsilons.empty(), o.method == ClassicMethod::della || o.method == ClassicMethod::della_linear ||
+  only(!o.epsilons.empty() || is_set_per_tensor(o, "epsilon"), o.method == ClassicMethod::della || o.method == ClassicMethod::della_linear ||
                                 o.method == ClassicMethod::ram || o.method == ClassicMethod::ramplus_tl,
        "--epsilon", "della, della_linear, ram and ramplus_tl");
   only(o.ram_r.has_value() || o.ram_alpha.has_value(), o.method == ClassicMethod::ramplus_tl,
        "--ram-r / --ram-alpha", "ramplus_tl");
-  only(o.select_topk.has_value(), o.method == ClassicMethod::sce, "--select-topk", "sce");
+  only(o.select_topk.has_value() || is_set_per_tensor(o, "select_topk"), o.method == ClassicMethod::sce, "--select-topk", "sce");
   if (o.select_topk && !(*o.select_topk >= 0 && *o.select_topk <= 1))
     throw usage_error(fmt::format("--select-topk: {} is outside [0, 1] (the fraction of elements "
                                   "kept by their variance across the tasks)", *o.select_topk));
@@ -282,7 +325,7 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
   only(o.eps.has_value(), o.method == ClassicMethod::multislerp, "--eps", "multislerp");
   only(o.tol.has_value() || o.max_iter.has_value(), o.method == ClassicMethod::karcher,
        "--tol / --max-iter", "karcher");
-  if (o.t && !blends_two_models(o.method))
+  if ((o.t || is_set_per_tensor(o, "t")) && !blends_two_models(o.method))
     throw usage_error("--t: an option of --method slerp and nearswap only");
   std::size_t adapters = 0;
   for (const auto& t : o.tasks) {
@@ -290,7 +333,12 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
       throw io_error(t.adapter.string() + ": no such folder (task '" + t.name + "')");
     adapters += fs::exists(t.adapter / kAdapterConfigName);
   }
-  if (adapters == o.tasks.size()) return merge_classic_adapters(o);
+  if (adapters == o.tasks.size()) {
+    if (has_tensor_parameters(o))
+      throw usage_error("per-tensor parameters (a config's gradients and filters) apply to full "
+                        "models; the inputs are LoRA adapters");
+    return merge_classic_adapters(o);
+  }
   if (adapters == 0) return merge_classic_checkpoints(o);
   throw usage_error("the inputs mix PEFT adapters and full models; merge one kind at a time");
 }

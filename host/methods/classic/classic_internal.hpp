@@ -57,6 +57,17 @@ ModelOutputOptions model_output_options(const ClassicMergeOptions& options,
 /// A tensor as f32, refusing non-finite values (format_error naming file, tensor, element, `where`).
 std::vector<float> read_finite(const CheckpointTensor& tensor, const std::string& where);
 
+/// mergekit's per-tensor parameters (tensor_parameters.cpp): whether any are set, and whether
+/// `key` is; a tensor's position among the layers (layer i of L at i / (L − 1), 0 outside the
+/// layers); the options with every per-tensor parameter resolved for one tensor (the options
+/// themselves where none is set); and a check of every tensor's values before a merge starts
+/// (usage_error naming the tensor).
+bool has_tensor_parameters(const ClassicMergeOptions& options);
+bool is_set_per_tensor(const ClassicMergeOptions& options, const std::string& key);
+double layer_position(const std::string& tensor, std::int64_t layers);
+ClassicMergeOptions options_for_tensor(const ClassicMergeOptions& options, const std::string& tensor, double t);
+void check_tensor_parameters(const ClassicMergeOptions& options, const HfModel& layout);
+
 ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& options);
 ClassicMergeReport merge_two_model_checkpoints(const ClassicMergeOptions& options);
 ClassicMergeReport merge_model_stock_checkpoints(const ClassicMergeOptions& options);

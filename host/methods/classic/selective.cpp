@@ -117,12 +117,17 @@ ClassicMergeReport merge_selective_checkpoints(const ClassicMergeOptions& o) {
   check_same_tensors(base, models, o.tasks);
   const auto produce = [&](const std::string& name, std::vector<float>& values) {
     const auto& info = *base.checkpoint().at(name).info;
+    auto trp = rp;  // ε per tensor where the config sets it so
+    if (is_set_per_tensor(o, "epsilon")) {
+      const auto to = options_for_tensor(o, name, layer_position(name, base.config().num_hidden_layers));
+      if (!to.epsilons.empty()) trp.epsilon = to.epsilons[0];
+    }
     const auto b = read_finite(base.checkpoint().at(name), "the base");
     std::vector<std::vector<float>> x;
     for (std::size_t i = 0; i < models.size(); ++i)
       x.push_back(read_finite(models[i]->checkpoint().at(name), "task '" + o.tasks[i].name + "'"));
     if (!fusion) {
-      ram(x, b, rp, values);
+      ram(x, b, trp, values);
       return true;
     }
     if (b.empty()) return true;

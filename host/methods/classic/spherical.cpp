@@ -183,18 +183,28 @@ ClassicMergeReport merge_spherical_checkpoints(const ClassicMergeOptions& o) {
   const auto base = has_base ? std::make_unique<HfModel>(o.base) : nullptr;
   const HfModel& layout = has_base ? *base : *models[0];
   check_same_tensors(layout, models, o.tasks);
-  std::vector<double> weights = p.weights;
-  if (o.method == ClassicMethod::multislerp && o.normalize.value_or(true)) {
-    const double sum = std::accumulate(weights.begin(), weights.end(), 0.0);
-    if (sum == 0) throw usage_error("--weights: they sum to 0, and multislerp divides by their sum");
-    for (auto& w : weights) w /= sum;
-  }
-  // nuslerp's position between its two models.
-  const double total = n == 2 ? p.weights[0] + p.weights[1] : 0;
-  const double t = std::fabs(total) < 1e-6 ? 0.5 : p.weights[1] / total;
+  // The weights, per tensor where the config sets them so (mergekit's gradients and filters).
+  const auto tensor_weights = [&](const std::string& name) {
+    auto weights = has_tensor_parameters(o)
+                       ? task_parameters(options_for_tensor(o, name, layer_position(name, layout.config().num_hidden_layers)), n).weights
+                       : p.weights;
+    if (o.method == ClassicMethod::multislerp && o.normalize.value_or(true)) {
+      const double sum = std::accumulate(weights.begin(), weights.end(), 0.0);
+      if (sum == 0)
+        throw usage_error("--weights: they sum to 0, and multislerp divides by their sum" +
+                          (name.empty() ? std::string() : " (tensor '" + name + "')"));
+      for (auto& w : weights) w /= sum;
+    }
+    return weights;
+  };
+  if (!has_tensor_parameters(o)) tensor_weights("");
 
   const auto produce = [&](const std::string& name, std::vector<float>& values) {
     const auto& info = *layout.checkpoint().at(name).info;
+    const auto weights = tensor_weights(name);
+    // nuslerp's position between its two models.
+    const double total = n == 2 ? weights[0] + weights[1] : 0;
+    const double t = std::fabs(total) < 1e-6 ? 0.5 : weights[1] / total;
     const auto b = has_base ? read_finite(base->checkpoint().at(name), "the base") : std::vector<float>{};
     std::vector<Vec> x;
     if (o.method == ClassicMethod::karcher && has_base) x.emplace_back(b.begin(), b.end());

@@ -59,19 +59,27 @@ ClassicMergeReport merge_two_model_checkpoints(const ClassicMergeOptions& o) {
     throw usage_error(method + " blends the base and one fine-tune; got " +
                       std::to_string(o.tasks.size()) + " models besides the base");
   if (o.base.empty()) throw usage_error("--base: " + method + " blends the base model with a fine-tune; give it");
-  if (!o.t)
-    throw usage_error("--t: " + method + (slerp ? " needs t (0 gives the base, 1 the fine-tune)"
-                                                : " needs t (the difference below which an element takes the fine-tune's value)"));
-  if (!std::isfinite(*o.t)) throw usage_error("--t: must be a finite number");
-  if (!slerp && *o.t <= 0) throw usage_error("--t: nearswap's threshold must be above 0");
+  const auto need_t = [&](const ClassicMergeOptions& to, const std::string& where) {
+    if (!to.t)
+      throw usage_error("--t: " + method + (slerp ? " needs t (0 gives the base, 1 the fine-tune)"
+                                                  : " needs t (the difference below which an element takes the fine-tune's value)") + where);
+    if (!std::isfinite(*to.t)) throw usage_error("--t: must be a finite number" + where);
+    if (!slerp && *to.t <= 0) throw usage_error("--t: nearswap's threshold must be above 0" + where);
+    return *to.t;
+  };
+  const bool t_per_tensor = is_set_per_tensor(o, "t");
+  if (!t_per_tensor) need_t(o, "");
   refuse_weighting_options(o);
 
   const HfModel base(o.base);
   std::vector<std::unique_ptr<HfModel>> models;
   models.push_back(std::make_unique<HfModel>(o.tasks[0].adapter));
   check_same_tensors(base, models, o.tasks);
-  const double t = *o.t;
+  const auto layers = base.config().num_hidden_layers;
   const auto produce = [&](const std::string& name, std::vector<float>& values) {
+    const double t = t_per_tensor ? need_t(options_for_tensor(o, name, layer_position(name, layers)),
+                                           " (tensor '" + name + "')")
+                                  : *o.t;
     const auto v0 = read_finite(base.checkpoint().at(name), "the base");
     const auto v1 = read_finite(models[0]->checkpoint().at(name), "task '" + o.tasks[0].name + "'");
     if (!slerp) {

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "methods/adapter_writer.hpp"
+#include "methods/classic/classic_internal.hpp"
 #include "reference/classic_reference.hpp"
 #include "revmerge/classic.hpp"
 #include "revmerge/error.hpp"
@@ -364,6 +365,39 @@ TEST(ClassicMerge, MergekitOnlyParametersAreCheckedByName) {
   bad = o;
   bad.method = ClassicMethod::arcee_fusion;
   expect_refused(bad, "--method arcee_fusion fuses the base and one fine-tune; got 2");
+}
+
+TEST(TensorParameters, FiltersInOrderAndGradientsAcrossTheLayers) {
+  ParameterSetting s{{{"self_attn", {0, 0.5, 0.3, 0.7, 1}}, {"mlp", {2}}, {"", {9}}}};
+  EXPECT_EQ(s.at("model.layers.0.self_attn.q_proj.weight", 0.0), 0.0);
+  EXPECT_DOUBLE_EQ(*s.at("model.layers.1.self_attn.q_proj.weight", 0.25), 0.5);
+  // t = 0.3 → position 1.2 of 4: 0.8 · 0.5 + 0.2 · 0.3
+  EXPECT_DOUBLE_EQ(*s.at("x.self_attn.y", 0.3), 0.8 * 0.5 + 0.2 * 0.3);
+  EXPECT_EQ(s.at("x.self_attn.y", 1.0), 1.0);
+  EXPECT_EQ(s.at("model.layers.2.mlp.up_proj.weight", 0.7), 2.0);
+  EXPECT_EQ(s.at("model.norm.weight", 0.0), 9.0);
+  ParameterSetting only_mlp{{{"mlp", {1}}}};
+  EXPECT_FALSE(only_mlp.at("model.norm.weight", 0.0).has_value());
+  EXPECT_DOUBLE_EQ(layer_position("model.layers.3.mlp.up_proj.weight", 5), 0.75);
+  EXPECT_EQ(layer_position("model.embed_tokens.weight", 5), 0.0);
+  EXPECT_EQ(layer_position("model.layers.0.mlp.up_proj.weight", 1), 1.0);
+}
+
+TEST(TensorParameters, AModelsOwnValueOutranksTheConfigsAndDefaultsFillTheRest) {
+  ClassicMergeOptions o;
+  o.method = ClassicMethod::ties;
+  o.tasks = {{"a", "a"}, {"b", "b"}, {"c", "c"}};
+  o.tensor_parameters["density"] = ParameterSetting{{{"mlp", {0.3}}}};
+  o.task_tensor_parameters.resize(3);
+  o.task_tensor_parameters[1]["density"] = ParameterSetting{{{"", {0.6}}}};
+  o.task_tensor_parameters[2]["weight"] = ParameterSetting{{{"", {1.0, 0.0}}}};
+  const auto mlp = options_for_tensor(o, "model.layers.1.mlp.up_proj.weight", 0.5);
+  EXPECT_EQ(mlp.densities, (std::vector<double>{0.3, 0.6, 0.3}));
+  EXPECT_EQ(mlp.weights, (std::vector<double>{1.0, 1.0, 0.5}));
+  const auto attn = options_for_tensor(o, "model.layers.1.self_attn.q_proj.weight", 1.0);
+  EXPECT_EQ(attn.densities, (std::vector<double>{1.0, 0.6, 1.0}));  // no filter applies: the default
+  EXPECT_EQ(attn.weights, (std::vector<double>{1.0, 1.0, 0.0}));
+  EXPECT_TRUE(attn.tensor_parameters.empty());
 }
 
 }  // namespace
