@@ -64,70 +64,105 @@ std::vector<float> read_finite(const CheckpointTensor& t, const std::string& whe
   return v;
 }
 
-ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
-  if (o.full_model)
-    throw usage_error("--full-model: the inputs are full models; the output is one already");
-  if (o.rank != 0) throw usage_error("--rank: full models merge into a full model, not to a rank");
-  check_tensor_parameters(o, HfModel(o.base.empty() ? o.tasks[0].adapter : o.base));
-  if (blends_two_models(o.method)) return merge_two_model_checkpoints(o);
-  if (o.method == ClassicMethod::model_stock) return merge_model_stock_checkpoints(o);
-  if (is_spherical(o.method)) return merge_spherical_checkpoints(o);
-  if (is_selective(o.method)) return merge_selective_checkpoints(o);
+std::optional<bool> needs_base(ClassicMethod method) {
+  if (method == ClassicMethod::linear) return false;
+  if (is_spherical(method)) return std::nullopt;
+  return true;
+}
+
+namespace {
+
+void check_combine_options(const ClassicMergeOptions& o) {
   if (!is_elementwise(o.method))
     throw usage_error("--method " + to_string(o.method) +
                       " re-factorises LoRA adapters; the inputs are full models");
-  const bool linear = o.method == ClassicMethod::linear;
-  if (linear && !o.base.empty())
-    throw usage_error("--base: linear averages the models themselves and does not use a base "
-                      "(list the base as a task to include it)");
-  if (!linear && o.base.empty())
-    throw usage_error("--base: --method " + to_string(o.method) +
-                      " merges task vectors (fine-tune − base); give the base model");
-  const auto p = task_parameters(o, o.tasks.size());
   const auto recipe = make_recipe(o, Convention::mergekit);
-  const auto models = open_task_models(o);
-  const auto base = linear ? nullptr : std::make_unique<HfModel>(o.base);
-  const HfModel& layout = linear ? *models[0] : *base;
-  check_same_tensors(layout, models, o.tasks);
-  if (linear) {
+  if (o.method == ClassicMethod::linear && !is_set_per_tensor(o, "weight")) {
     double sum = 0;
-    for (const auto w : p.weights) sum += w;
+    for (const auto w : task_parameters(o, o.tasks.size()).weights) sum += w;
     if (recipe.normalize == Normalize::weight_sum && std::fabs(sum) < 1e-8)
       throw usage_error("--weights: they sum to 0, and linear divides by their sum (pass "
                         "--no-normalize for a plain weighted sum)");
   }
+}
+
+// The element-wise methods: the task vectors (linear: the weights) stacked and combined.
+void combine_tensor(const ClassicMergeOptions& o, TensorInputs& in, std::span<float> out, int threads) {
+  const auto p = task_parameters(o, o.tasks.size());
+  const auto recipe = make_recipe(o, Convention::mergekit);
+  const i64 n = static_cast<i64>(in.models.size()), count = static_cast<i64>(out.size());
+  std::vector<float> stack(static_cast<std::size_t>(n * count));
+  for (i64 t = 0; t < n; ++t) {
+    auto& w = in.models[t];
+    for (i64 j = 0; j < count; ++j) stack[t * count + j] = in.base.empty() ? w[j] : w[j] - in.base[j];
+    std::vector<float>().swap(w);  // read once: the stack holds it now
+  }
+  CombineInput ci{stack, n, count, p.weights, p.densities, in.name, o.seed};
+  ci.gammas = p.gammas;
+  ci.epsilons = p.epsilons;
+  ci.shape = in.shape;
+  ci.select_topk = o.select_topk.value_or(1.0);
+  combine_stack(recipe, ci, out, threads);
+  if (!in.base.empty())
+    for (i64 j = 0; j < count; ++j) out[j] += in.base[j];
+}
+
+}  // namespace
+
+void check_checkpoint_options(const ClassicMergeOptions& o) {
+  const std::string method = "--method " + to_string(o.method);
+  const auto base = needs_base(o.method);
+  if (base == false && !o.base.empty())
+    throw usage_error("--base: linear averages the models themselves and does not use a base "
+                      "(list the base as a task to include it)");
+  if (base == true && o.base.empty())
+    throw usage_error("--base: " + method +
+                      (blends_two_models(o.method) ? " blends the base model with a fine-tune; give it"
+                       : o.method == ClassicMethod::model_stock ? " moves the base toward the fine-tunes; give it"
+                       : is_selective(o.method) ? " keeps or drops each change to the base; give it"
+                                                : " merges task vectors (fine-tune − base); give the base model"));
+  if (blends_two_models(o.method)) check_two_model_options(o);
+  else if (o.method == ClassicMethod::model_stock) check_model_stock_options(o);
+  else if (is_spherical(o.method)) check_spherical_options(o);
+  else if (is_selective(o.method)) check_selective_options(o);
+  else check_combine_options(o);
+}
+
+void merge_tensor(const ClassicMergeOptions& o, TensorInputs& in, std::span<float> out, int threads) {
+  if (blends_two_models(o.method)) two_model_tensor(o, in, out);
+  else if (o.method == ClassicMethod::model_stock) model_stock_tensor(in, out);
+  else if (is_spherical(o.method)) spherical_tensor(o, in, out);
+  else if (is_selective(o.method)) selective_tensor(o, in, out);
+  else combine_tensor(o, in, out, threads);
+}
+
+ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
+  if (o.full_model)
+    throw usage_error("--full-model: the inputs are full models; the output is one already");
+  if (o.rank != 0) throw usage_error("--rank: full models merge into a full model, not to a rank");
+  check_checkpoint_options(o);
+  const auto models = open_task_models(o);
+  const auto base = o.base.empty() ? nullptr : std::make_unique<HfModel>(o.base);
+  const HfModel& layout = base ? *base : *models[0];
+  check_same_tensors(layout, models, o.tasks);
+  check_tensor_parameters(o, layout);
   const int threads = o.threads > 0 ? o.threads : omp_get_max_threads();
-  const i64 n = static_cast<i64>(models.size());
-  std::vector<float> stack;
   const auto layers = layout.config().num_hidden_layers;
   const auto produce = [&](const std::string& name, std::vector<float>& values) {
-    const auto& lt = layout.checkpoint().at(name);
-    const i64 count = static_cast<i64>(lt.info->numel());
-    const auto base_values = linear ? std::vector<float>{} : read_finite(lt, "the base");
-    stack.resize(static_cast<std::size_t>(n * count));
-    for (i64 t = 0; t < n; ++t) {
-      const auto w = read_finite(models[t]->checkpoint().at(name), "task '" + o.tasks[t].name + "'");
-      for (i64 j = 0; j < count; ++j)
-        stack[t * count + j] = linear ? w[j] : w[j] - base_values[j];
-    }
+    TensorInputs in{name, layout.checkpoint().at(name).info->shape, {}, {}};
+    if (base) in.base = read_finite(base->checkpoint().at(name), "the base");
+    for (std::size_t t = 0; t < models.size(); ++t)
+      in.models.push_back(read_finite(models[t]->checkpoint().at(name), "task '" + o.tasks[t].name + "'"));
     // Per-tensor parameters (mergekit's gradients and filters) give this tensor its own.
-    const bool own = has_tensor_parameters(o);
-    const auto to = options_for_tensor(o, name, layer_position(name, layers));
-    const auto tp = own ? task_parameters(to, to.tasks.size()) : p;
-    const auto tr = own ? make_recipe(to, Convention::mergekit) : recipe;
-    CombineInput in{stack, n, count, tp.weights, tp.densities, name, o.seed};
-    in.gammas = tp.gammas;
-    in.epsilons = tp.epsilons;
-    in.shape = lt.info->shape;
-    in.select_topk = to.select_topk.value_or(1.0);
-    combine_stack(tr, in, values, threads);
-    if (!linear)
-      for (i64 j = 0; j < count; ++j) values[j] += base_values[j];
+    merge_tensor(options_for_tensor(o, name, layer_position(name, layers)), in, values, threads);
     return true;
   };
   ClassicMergeReport report{to_string(o.method), "checkpoint", "mergekit", "model", 0, 0, {}, {}};
-  report.parameters = classic_parameters(o, p, &recipe, 0,
-                                         o.dtype ? std::string(dtype_name(*o.dtype)) : linear ? "the first model's" : "the base model's");
+  const std::optional<CombineRecipe> recipe =
+      is_elementwise(o.method) ? std::optional(make_recipe(o, Convention::mergekit)) : std::nullopt;
+  report.parameters = classic_parameters(o, task_parameters(o, o.tasks.size()), recipe ? &*recipe : nullptr, 0,
+                                         o.dtype ? std::string(dtype_name(*o.dtype))
+                                         : base ? "the base model's" : "the first model's");
   report.items = write_full_model(layout, o.out, produce, model_output_options(o, report));
   return report;
 }

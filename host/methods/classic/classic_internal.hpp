@@ -2,6 +2,8 @@
 // Shared pieces of the classic-method drivers (adapters and checkpoints).
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -69,14 +71,40 @@ ClassicMergeOptions options_for_tensor(const ClassicMergeOptions& options, const
 void check_tensor_parameters(const ClassicMergeOptions& options, const HfModel& layout);
 
 ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& options);
-ClassicMergeReport merge_two_model_checkpoints(const ClassicMergeOptions& options);
-ClassicMergeReport merge_model_stock_checkpoints(const ClassicMergeOptions& options);
-/// nuslerp, multislerp and karcher (spherical.cpp); the base is optional.
-bool is_spherical(ClassicMethod method);
-ClassicMergeReport merge_spherical_checkpoints(const ClassicMergeOptions& options);
-/// ram, ramplus_tl and arcee_fusion (selective.cpp).
-bool is_selective(ClassicMethod method);
-ClassicMergeReport merge_selective_checkpoints(const ClassicMergeOptions& options);
 ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& options);
+
+// Full models are merged one output tensor at a time: the driver (checkpoint_merge.cpp) checks
+// the options once, gathers each tensor's inputs, resolves its per-tensor parameters and hands
+// it to the method's per-tensor arithmetic below.
+
+/// One output tensor's inputs: its name (in messages, and keying DARE's and DELLA's masks), its
+/// shape, the base's values (empty without a base) and each task's, in task order.
+struct TensorInputs {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::vector<float> base;
+  std::vector<std::vector<float>> models;
+};
+
+/// Whether the method needs a base (true), refuses one (false: linear), or takes either
+/// (nuslerp, multislerp, karcher).
+std::optional<bool> needs_base(ClassicMethod method);
+/// The method's checks of the options, before any file is read (usage_error naming the option).
+void check_checkpoint_options(const ClassicMergeOptions& options);
+/// The merged tensor from `in` under `options` (per-tensor parameters resolved); `in` may be
+/// consumed.
+void merge_tensor(const ClassicMergeOptions& options, TensorInputs& in, std::span<float> out, int threads);
+
+/// Each method family's part (its own file).
+bool is_spherical(ClassicMethod method);  ///< nuslerp, multislerp, karcher
+bool is_selective(ClassicMethod method);  ///< ram, ramplus_tl, arcee_fusion
+void check_two_model_options(const ClassicMergeOptions& options);
+void check_model_stock_options(const ClassicMergeOptions& options);
+void check_spherical_options(const ClassicMergeOptions& options);
+void check_selective_options(const ClassicMergeOptions& options);
+void two_model_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
+void model_stock_tensor(const TensorInputs& in, std::span<float> out);
+void spherical_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
+void selective_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
 
 }  // namespace revmerge

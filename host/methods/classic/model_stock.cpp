@@ -10,63 +10,50 @@
 #include <cmath>
 
 #include "methods/classic/classic_internal.hpp"
-#include "methods/model_output.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
 
-ClassicMergeReport merge_model_stock_checkpoints(const ClassicMergeOptions& o) {
-  const auto n = o.tasks.size();
-  if (n < 2)
+void check_model_stock_options(const ClassicMergeOptions& o) {
+  if (o.tasks.size() < 2)
     throw usage_error("--method model_stock needs at least 2 fine-tunes besides the base; got " +
-                      std::to_string(n));
-  if (o.base.empty()) throw usage_error("--base: --method model_stock moves the base toward the fine-tunes; give it");
+                      std::to_string(o.tasks.size()));
   refuse_weighting_options(o);
+}
 
-  const HfModel base(o.base);
-  const auto models = open_task_models(o);
-  check_same_tensors(base, models, o.tasks);
-  std::vector<std::vector<double>> deltas(n);
-  const auto produce = [&](const std::string& name, std::vector<float>& values) {
-    const auto w0 = read_finite(base.checkpoint().at(name), "the base");
-    std::vector<double> norms(n);
-    for (std::size_t i = 0; i < n; ++i) {
-      const auto w = read_finite(models[i]->checkpoint().at(name), "task '" + o.tasks[i].name + "'");
-      deltas[i].resize(w.size());
-      double sq = 0;
-      for (std::size_t k = 0; k < w.size(); ++k) {
-        deltas[i][k] = double(w[k]) - w0[k];
-        sq += deltas[i][k] * deltas[i][k];
-      }
-      norms[i] = std::sqrt(sq);
+void model_stock_tensor(const TensorInputs& in, std::span<float> out) {
+  const auto& w0 = in.base;
+  const std::size_t n = in.models.size(), m = w0.size();
+  std::vector<std::vector<double>> deltas(n, std::vector<double>(m));
+  std::vector<double> norms(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    double sq = 0;
+    for (std::size_t k = 0; k < m; ++k) {
+      deltas[i][k] = double(in.models[i][k]) - w0[k];
+      sq += deltas[i][k] * deltas[i][k];
     }
-    double cos_sum = 0;
-    for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t j = i + 1; j < n; ++j) {
-        double dot = 0;
-        for (std::size_t k = 0; k < w0.size(); ++k) dot += deltas[i][k] * deltas[j][k];
-        cos_sum += std::clamp(dot / std::max(norms[i] * norms[j], 1e-6), -1.0, 1.0);
-      }
-    const double cos = cos_sum / double(n * (n - 1) / 2), nd = double(n);
-    const double denominator = 1 + (nd - 1) * cos;
-    if (denominator == 0)
-      throw format_error("tensor '" + name + "': the fine-tunes' task vectors have a mean cos θ of "
-                         "−1/(N − 1), where model_stock's t = N cos θ / (1 + (N − 1) cos θ) is "
-                         "infinite; model_stock cannot merge these models");
-    const double t = nd * cos / denominator;
-    // W = t · mean(w) + (1 − t) · w0 = w0 + t · mean(δ).
-    for (std::size_t k = 0; k < values.size(); ++k) {
-      double mean = 0;
-      for (std::size_t i = 0; i < n; ++i) mean += deltas[i][k];
-      values[k] = static_cast<float>(w0[k] + t * (mean / nd));
+    norms[i] = std::sqrt(sq);
+  }
+  double cos_sum = 0;
+  for (std::size_t i = 0; i < n; ++i)
+    for (std::size_t j = i + 1; j < n; ++j) {
+      double dot = 0;
+      for (std::size_t k = 0; k < m; ++k) dot += deltas[i][k] * deltas[j][k];
+      cos_sum += std::clamp(dot / std::max(norms[i] * norms[j], 1e-6), -1.0, 1.0);
     }
-    return true;
-  };
-  ClassicMergeReport report{"model_stock", "checkpoint", "mergekit", "model", 0, 0, {}, {}};
-  report.parameters = classic_parameters(o, task_parameters(o, n), nullptr, 0,
-                                         o.dtype ? std::string(dtype_name(*o.dtype)) : "the base model's");
-  report.items = write_full_model(base, o.out, produce, model_output_options(o, report));
-  return report;
+  const double cos = cos_sum / double(n * (n - 1) / 2), nd = double(n);
+  const double denominator = 1 + (nd - 1) * cos;
+  if (denominator == 0)
+    throw format_error("tensor '" + in.name + "': the fine-tunes' task vectors have a mean cos θ of "
+                       "−1/(N − 1), where model_stock's t = N cos θ / (1 + (N − 1) cos θ) is "
+                       "infinite; model_stock cannot merge these models");
+  const double t = nd * cos / denominator;
+  // W = t · mean(w) + (1 − t) · w0 = w0 + t · mean(δ).
+  for (std::size_t k = 0; k < m; ++k) {
+    double mean = 0;
+    for (std::size_t i = 0; i < n; ++i) mean += deltas[i][k];
+    out[k] = static_cast<float>(w0[k] + t * (mean / nd));
+  }
 }
 
 }  // namespace revmerge

@@ -14,7 +14,6 @@
 #include <cmath>
 
 #include "methods/classic/classic_internal.hpp"
-#include "methods/model_output.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -27,8 +26,26 @@ struct RamParameters {
   bool plus = false;
 };
 
+// ram's and ramplus_tl's parameters, checked (`tensor` names where they were resolved).
+RamParameters ram_parameters(const ClassicMergeOptions& o, const std::string& tensor) {
+  const std::string where = tensor.empty() ? std::string() : " (tensor '" + tensor + "')";
+  RamParameters rp;
+  rp.plus = o.method == ClassicMethod::ramplus_tl;
+  if (!o.epsilons.empty()) {
+    const auto p = task_parameters(o, o.tasks.size());
+    if (std::any_of(p.epsilons.begin(), p.epsilons.end(), [&](double e) { return e != p.epsilons[0]; }))
+      throw usage_error("--epsilon: --method " + to_string(o.method) + " takes one epsilon for all tasks" + where);
+    rp.epsilon = p.epsilons[0];
+  }
+  rp.r = o.ram_r.value_or(rp.r);
+  rp.alpha = o.ram_alpha.value_or(rp.alpha);
+  if (!(rp.epsilon >= 0) || !std::isfinite(rp.r) || !(rp.alpha >= 0))
+    throw usage_error("--epsilon, --ram-r, --ram-alpha: epsilon and alpha must be 0 or above, r finite" + where);
+  return rp;
+}
+
 void ram(const std::vector<std::vector<float>>& x, const std::vector<float>& base,
-         const RamParameters& p, std::vector<float>& out) {
+         const RamParameters& p, std::span<float> out) {
   const std::size_t n = x.size(), m = base.size();
   const auto changed = [&](std::size_t i, std::size_t k) {
     return std::fabs(double(x[i][k]) - base[k]) > p.epsilon;
@@ -91,58 +108,26 @@ bool is_selective(ClassicMethod method) {
          method == ClassicMethod::arcee_fusion;
 }
 
-ClassicMergeReport merge_selective_checkpoints(const ClassicMergeOptions& o) {
+void check_selective_options(const ClassicMergeOptions& o) {
   const std::string method = "--method " + to_string(o.method);
-  const bool fusion = o.method == ClassicMethod::arcee_fusion;
-  if (o.base.empty()) throw usage_error("--base: " + method + " keeps or drops each change to the base; give it");
-  if (fusion && o.tasks.size() != 1)
+  if (o.method == ClassicMethod::arcee_fusion && o.tasks.size() != 1)
     throw usage_error(method + " fuses the base and one fine-tune; got " +
                       std::to_string(o.tasks.size()) + " models besides the base");
   refuse_weighting_options(o);
-  RamParameters rp;
-  rp.plus = o.method == ClassicMethod::ramplus_tl;
-  const auto p = task_parameters(o, o.tasks.size());
-  if (!o.epsilons.empty()) {
-    if (std::any_of(p.epsilons.begin(), p.epsilons.end(), [&](double e) { return e != p.epsilons[0]; }))
-      throw usage_error("--epsilon: " + method + " takes one epsilon for all tasks");
-    rp.epsilon = p.epsilons[0];
-  }
-  rp.r = o.ram_r.value_or(rp.r);
-  rp.alpha = o.ram_alpha.value_or(rp.alpha);
-  if (!(rp.epsilon >= 0) || !std::isfinite(rp.r) || !(rp.alpha >= 0))
-    throw usage_error("--epsilon, --ram-r, --ram-alpha: epsilon and alpha must be 0 or above, r finite");
+  if (!is_set_per_tensor(o, "epsilon")) ram_parameters(o, "");
+}
 
-  const HfModel base(o.base);
-  const auto models = open_task_models(o);
-  check_same_tensors(base, models, o.tasks);
-  const auto produce = [&](const std::string& name, std::vector<float>& values) {
-    const auto& info = *base.checkpoint().at(name).info;
-    auto trp = rp;  // ε per tensor where the config sets it so
-    if (is_set_per_tensor(o, "epsilon")) {
-      const auto to = options_for_tensor(o, name, layer_position(name, base.config().num_hidden_layers));
-      if (!to.epsilons.empty()) trp.epsilon = to.epsilons[0];
-    }
-    const auto b = read_finite(base.checkpoint().at(name), "the base");
-    std::vector<std::vector<float>> x;
-    for (std::size_t i = 0; i < models.size(); ++i)
-      x.push_back(read_finite(models[i]->checkpoint().at(name), "task '" + o.tasks[i].name + "'"));
-    if (!fusion) {
-      ram(x, b, trp, values);
-      return true;
-    }
-    if (b.empty()) return true;
-    const i64 row = info.shape.empty() ? 1 : info.shape.back();
-    const auto importance = fusion_importance(x[0], b, std::max<i64>(row, 1));
-    const double threshold = fusion_threshold(importance);
-    for (std::size_t k = 0; k < values.size(); ++k)
-      values[k] = importance[k] >= threshold ? x[0][k] : b[k];
-    return true;
-  };
-  ClassicMergeReport report{to_string(o.method), "checkpoint", "mergekit", "model", 0, 0, {}, {}};
-  report.parameters = classic_parameters(o, p, nullptr, 0,
-                                         o.dtype ? std::string(dtype_name(*o.dtype)) : "the base model's");
-  report.items = write_full_model(base, o.out, produce, model_output_options(o, report));
-  return report;
+void selective_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std::span<float> out) {
+  const auto& b = in.base;
+  if (o.method != ClassicMethod::arcee_fusion) {
+    ram(in.models, b, ram_parameters(o, in.name), out);
+    return;
+  }
+  if (b.empty()) return;
+  const i64 row = in.shape.empty() ? 1 : in.shape.back();
+  const auto importance = fusion_importance(in.models[0], b, std::max<i64>(row, 1));
+  const double threshold = fusion_threshold(importance);
+  for (std::size_t k = 0; k < out.size(); ++k) out[k] = importance[k] >= threshold ? in.models[0][k] : b[k];
 }
 
 }  // namespace revmerge

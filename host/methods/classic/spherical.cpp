@@ -18,7 +18,6 @@
 #include <numeric>
 
 #include "methods/classic/classic_internal.hpp"
-#include "methods/model_output.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -151,6 +150,19 @@ Vec karcher(const std::vector<Vec>& x, i64 max_iter, double tol) {
   return mean;
 }
 
+// The models' weights; for multislerp normalised to sum 1 (unless normalize_weights is off).
+std::vector<double> spherical_weights(const ClassicMergeOptions& o, const std::string& tensor) {
+  auto weights = task_parameters(o, o.tasks.size()).weights;
+  if (o.method == ClassicMethod::multislerp && o.normalize.value_or(true)) {
+    const double sum = std::accumulate(weights.begin(), weights.end(), 0.0);
+    if (sum == 0)
+      throw usage_error("--weights: they sum to 0, and multislerp divides by their sum" +
+                        (tensor.empty() ? std::string() : " (tensor '" + tensor + "')"));
+    for (auto& w : weights) w /= sum;
+  }
+  return weights;
+}
+
 }  // namespace
 
 bool is_spherical(ClassicMethod method) {
@@ -158,7 +170,7 @@ bool is_spherical(ClassicMethod method) {
          method == ClassicMethod::karcher;
 }
 
-ClassicMergeReport merge_spherical_checkpoints(const ClassicMergeOptions& o) {
+void check_spherical_options(const ClassicMergeOptions& o) {
   const std::string method = "--method " + to_string(o.method);
   const std::size_t n = o.tasks.size();
   const bool has_base = !o.base.empty();
@@ -166,88 +178,57 @@ ClassicMergeReport merge_spherical_checkpoints(const ClassicMergeOptions& o) {
     throw usage_error(method + " interpolates between exactly 2 models besides the base; got " + std::to_string(n));
   if (o.method != ClassicMethod::nuslerp && n + has_base < 2)
     throw usage_error(method + " needs at least 2 models; got " + std::to_string(n + has_base));
-  if (o.method == ClassicMethod::karcher && !o.weights.empty())
+  if (o.method == ClassicMethod::karcher && (!o.weights.empty() || is_set_per_tensor(o, "weight")))
     throw usage_error("--weights: not an option of --method karcher (every model counts equally)");
   for (const auto& [given, name] : {std::pair{o.lambda.has_value(), "--lambda"},
                                     std::pair{o.rescale.has_value(), "--rescale"}})
     if (given) throw usage_error(std::string(name) + ": not an option of " + method);
   if (o.normalize && o.method != ClassicMethod::multislerp)
     throw usage_error("--normalize: not an option of " + method);
-  const auto p = task_parameters(o, n);
-  const double eps = o.eps.value_or(1e-8), tol = o.tol.value_or(1e-5);
-  const i64 max_iter = o.max_iter.value_or(10);
-  if (!(eps > 0) || !(tol > 0) || max_iter < 1)
+  if (!(o.eps.value_or(1e-8) > 0) || !(o.tol.value_or(1e-5) > 0) || o.max_iter.value_or(10) < 1)
     throw usage_error("--eps, --tol and --max-iter must be above 0");
+  if (!is_set_per_tensor(o, "weight")) spherical_weights(o, "");
+}
 
-  const auto models = open_task_models(o);
-  const auto base = has_base ? std::make_unique<HfModel>(o.base) : nullptr;
-  const HfModel& layout = has_base ? *base : *models[0];
-  check_same_tensors(layout, models, o.tasks);
-  // The weights, per tensor where the config sets them so (mergekit's gradients and filters).
-  const auto tensor_weights = [&](const std::string& name) {
-    auto weights = has_tensor_parameters(o)
-                       ? task_parameters(options_for_tensor(o, name, layer_position(name, layout.config().num_hidden_layers)), n).weights
-                       : p.weights;
-    if (o.method == ClassicMethod::multislerp && o.normalize.value_or(true)) {
-      const double sum = std::accumulate(weights.begin(), weights.end(), 0.0);
-      if (sum == 0)
-        throw usage_error("--weights: they sum to 0, and multislerp divides by their sum" +
-                          (name.empty() ? std::string() : " (tensor '" + name + "')"));
-      for (auto& w : weights) w /= sum;
-    }
-    return weights;
-  };
-  if (!has_tensor_parameters(o)) tensor_weights("");
-
-  const auto produce = [&](const std::string& name, std::vector<float>& values) {
-    const auto& info = *layout.checkpoint().at(name).info;
-    const auto weights = tensor_weights(name);
-    // nuslerp's position between its two models.
-    const double total = n == 2 ? weights[0] + weights[1] : 0;
+void spherical_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std::span<float> out) {
+  const bool has_base = !in.base.empty();
+  const auto& b = in.base;
+  std::vector<Vec> x;
+  if (o.method == ClassicMethod::karcher && has_base) x.emplace_back(b.begin(), b.end());
+  for (const auto& w : in.models) {
+    Vec v(w.begin(), w.end());
+    if (has_base && o.method != ClassicMethod::karcher)
+      for (std::size_t k = 0; k < v.size(); ++k) v[k] -= b[k];
+    x.push_back(std::move(v));
+  }
+  Vec r;
+  if (o.method == ClassicMethod::nuslerp) {
+    const auto weights = spherical_weights(o, in.name);
+    // The position between the two models.
+    const double total = weights[0] + weights[1];
     const double t = std::fabs(total) < 1e-6 ? 0.5 : weights[1] / total;
-    const auto b = has_base ? read_finite(base->checkpoint().at(name), "the base") : std::vector<float>{};
-    std::vector<Vec> x;
-    if (o.method == ClassicMethod::karcher && has_base) x.emplace_back(b.begin(), b.end());
-    for (std::size_t i = 0; i < n; ++i) {
-      const auto w = read_finite(models[i]->checkpoint().at(name), "task '" + o.tasks[i].name + "'");
-      Vec v(w.begin(), w.end());
-      if (has_base && o.method != ClassicMethod::karcher)
-        for (std::size_t k = 0; k < v.size(); ++k) v[k] -= b[k];
-      x.push_back(std::move(v));
-    }
-    Vec out;
-    if (o.method == ClassicMethod::nuslerp) {
-      out.resize(values.size());
-      const auto l = nuslerp_layout(info.shape, static_cast<i64>(values.size()),
-                                    o.nuslerp_flatten.value_or(true), o.nuslerp_row_wise.value_or(false));
-      Vec v0(l.length), v1(l.length);
-      for (i64 k = 0; k < l.vectors; ++k) {
-        const i64 at = l.base(k);
-        for (i64 j = 0; j < l.length; ++j) {
-          v0[j] = x[0][at + j * l.stride];
-          v1[j] = x[1][at + j * l.stride];
-        }
-        const auto r = nuslerp_vector(t, v0, v1);
-        for (i64 j = 0; j < l.length; ++j) out[at + j * l.stride] = r[j];
+    r.resize(out.size());
+    const auto l = nuslerp_layout(in.shape, static_cast<i64>(out.size()),
+                                  o.nuslerp_flatten.value_or(true), o.nuslerp_row_wise.value_or(false));
+    Vec v0(l.length), v1(l.length);
+    for (i64 k = 0; k < l.vectors; ++k) {
+      const i64 at = l.base(k);
+      for (i64 j = 0; j < l.length; ++j) {
+        v0[j] = x[0][at + j * l.stride];
+        v1[j] = x[1][at + j * l.stride];
       }
-    } else if (o.method == ClassicMethod::multislerp) {
-      out = x.size() == 1 ? x[0] : multislerp(x, weights, eps, name);
-      if (x.size() == 1 && has_base)  // mergekit returns the one model itself
-        for (std::size_t k = 0; k < out.size(); ++k) out[k] += b[k];
-    } else {
-      out = x.size() == 1 ? x[0] : karcher(x, max_iter, tol);
+      const auto v = nuslerp_vector(t, v0, v1);
+      for (i64 j = 0; j < l.length; ++j) r[at + j * l.stride] = v[j];
     }
-    const bool add_base = has_base && o.method != ClassicMethod::karcher && x.size() > 1;
-    for (std::size_t k = 0; k < values.size(); ++k)
-      values[k] = static_cast<float>(add_base ? out[k] + b[k] : out[k]);
-    return true;
-  };
-  ClassicMergeReport report{to_string(o.method), "checkpoint", "mergekit", "model", 0, 0, {}, {}};
-  report.parameters = classic_parameters(o, p, nullptr, 0,
-                                         o.dtype ? std::string(dtype_name(*o.dtype))
-                                         : has_base ? "the base model's" : "the first model's");
-  report.items = write_full_model(layout, o.out, produce, model_output_options(o, report));
-  return report;
+  } else if (o.method == ClassicMethod::multislerp) {
+    r = x.size() == 1 ? x[0] : multislerp(x, spherical_weights(o, in.name), o.eps.value_or(1e-8), in.name);
+    if (x.size() == 1 && has_base)  // mergekit returns the one model itself
+      for (std::size_t k = 0; k < r.size(); ++k) r[k] += b[k];
+  } else {
+    r = x.size() == 1 ? x[0] : karcher(x, o.max_iter.value_or(10), o.tol.value_or(1e-5));
+  }
+  const bool add_base = has_base && o.method != ClassicMethod::karcher && x.size() > 1;
+  for (std::size_t k = 0; k < out.size(); ++k) out[k] = static_cast<float>(add_base ? r[k] + b[k] : r[k]);
 }
 
 }  // namespace revmerge

@@ -14,7 +14,6 @@
 #include <cmath>
 
 #include "methods/classic/classic_internal.hpp"
-#include "methods/model_output.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -52,50 +51,39 @@ void nearswap(double t, std::span<const float> v0, std::span<const float> v1, st
 
 }  // namespace
 
-ClassicMergeReport merge_two_model_checkpoints(const ClassicMergeOptions& o) {
-  const bool slerp = o.method == ClassicMethod::slerp;
-  const std::string method = "--method " + to_string(o.method);
-  if (o.tasks.size() != 1)
-    throw usage_error(method + " blends the base and one fine-tune; got " +
-                      std::to_string(o.tasks.size()) + " models besides the base");
-  if (o.base.empty()) throw usage_error("--base: " + method + " blends the base model with a fine-tune; give it");
-  const auto need_t = [&](const ClassicMergeOptions& to, const std::string& where) {
-    if (!to.t)
-      throw usage_error("--t: " + method + (slerp ? " needs t (0 gives the base, 1 the fine-tune)"
-                                                  : " needs t (the difference below which an element takes the fine-tune's value)") + where);
-    if (!std::isfinite(*to.t)) throw usage_error("--t: must be a finite number" + where);
-    if (!slerp && *to.t <= 0) throw usage_error("--t: nearswap's threshold must be above 0" + where);
-    return *to.t;
-  };
-  const bool t_per_tensor = is_set_per_tensor(o, "t");
-  if (!t_per_tensor) need_t(o, "");
-  refuse_weighting_options(o);
+namespace {
 
-  const HfModel base(o.base);
-  std::vector<std::unique_ptr<HfModel>> models;
-  models.push_back(std::make_unique<HfModel>(o.tasks[0].adapter));
-  check_same_tensors(base, models, o.tasks);
-  const auto layers = base.config().num_hidden_layers;
-  const auto produce = [&](const std::string& name, std::vector<float>& values) {
-    const double t = t_per_tensor ? need_t(options_for_tensor(o, name, layer_position(name, layers)),
-                                           " (tensor '" + name + "')")
-                                  : *o.t;
-    const auto v0 = read_finite(base.checkpoint().at(name), "the base");
-    const auto v1 = read_finite(models[0]->checkpoint().at(name), "task '" + o.tasks[0].name + "'");
-    if (!slerp) {
-      nearswap(t, v0, v1, values);
-      return true;
-    }
-    const auto [s0, s1] = slerp_coefficients(t, v0, v1);
-    for (std::size_t i = 0; i < values.size(); ++i)
-      values[i] = static_cast<float>(s0 * v0[i] + s1 * v1[i]);
-    return true;
-  };
-  ClassicMergeReport report{to_string(o.method), "checkpoint", "mergekit", "model", 0, 0, {}, {}};
-  report.parameters = classic_parameters(o, task_parameters(o, 1), nullptr, 0,
-                                         o.dtype ? std::string(dtype_name(*o.dtype)) : "the base model's");
-  report.items = write_full_model(base, o.out, produce, model_output_options(o, report));
-  return report;
+double checked_t(ClassicMethod m, std::optional<double> t, const std::string& where) {
+  const bool slerp = m == ClassicMethod::slerp;
+  const std::string method = "--method " + to_string(m);
+  if (!t)
+    throw usage_error("--t: " + method + (slerp ? " needs t (0 gives the base, 1 the fine-tune)"
+                                                : " needs t (the difference below which an element takes the fine-tune's value)") + where);
+  if (!std::isfinite(*t)) throw usage_error("--t: must be a finite number" + where);
+  if (!slerp && *t <= 0) throw usage_error("--t: nearswap's threshold must be above 0" + where);
+  return *t;
+}
+
+}  // namespace
+
+void check_two_model_options(const ClassicMergeOptions& o) {
+  if (o.tasks.size() != 1)
+    throw usage_error("--method " + to_string(o.method) + " blends the base and one fine-tune; got " +
+                      std::to_string(o.tasks.size()) + " models besides the base");
+  if (!is_set_per_tensor(o, "t")) checked_t(o.method, o.t, "");
+  refuse_weighting_options(o);
+}
+
+void two_model_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std::span<float> out) {
+  const double t = checked_t(o.method, o.t, " (tensor '" + in.name + "')");
+  const auto& v0 = in.base;
+  const auto& v1 = in.models[0];
+  if (o.method == ClassicMethod::nearswap) {
+    nearswap(t, v0, v1, out);
+    return;
+  }
+  const auto [s0, s1] = slerp_coefficients(t, v0, v1);
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(s0 * v0[i] + s1 * v1[i]);
 }
 
 }  // namespace revmerge
