@@ -243,6 +243,29 @@ MK_DEEP_CASES = {
         "parameters": {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
                              {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]},
                              {"value": 0.5}]}},
+    "passthrough_stack": {
+        "merge_method": "passthrough",
+        "slices": [{"sources": [{"model": "ft0", "layer_range": [0, 3]}]},
+                   {"sources": [{"model": "ft1", "layer_range": [2, 5],
+                                 "parameters": {"scale": [{"filter": "o_proj", "value": 0.5},
+                                                          {"value": 1.0}]}}]}]},
+    "slerp_slices": {
+        "merge_method": "slerp", "base_model": "ft0",
+        "slices": [{"sources": [{"model": "ft0", "layer_range": [0, 5]},
+                                {"model": "ft2", "layer_range": [0, 5]}]}],
+        "parameters": {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+                             {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]},
+                             {"value": 0.5}]}},
+    "ties_slices": {
+        "merge_method": "ties", "base_model": "base",
+        "slices": [{"sources": [{"model": "base", "layer_range": [0, 3]},
+                                {"model": "ft0", "layer_range": [0, 3], "parameters": {"weight": 1.0}},
+                                {"model": "ft1", "layer_range": [1, 4], "parameters": {"weight": [0.2, 0.9]}}]},
+                   {"sources": [{"model": "base", "layer_range": [3, 5]},
+                                {"model": "ft1", "layer_range": [3, 5], "parameters": {"weight": 0.5}},
+                                {"model": "ft2", "layer_range": [3, 5], "parameters": {"weight": 0.8}}],
+                    "parameters": {"density": 0.4}}],
+        "parameters": {"density": 0.7}},
     "della_gradient": {
         "merge_method": "della", "seed": 4,
         "model_params": {"ft0": {"weight": 1.0, "epsilon": [0.05, 0.2]},
@@ -348,13 +371,24 @@ def make_mergekit(root: Path):
                                            lazy_unpickle=False))
             cases.append({"name": case, "config": f"{case}.yml", "seed": spec.get("seed", 0)})
         for case, spec in MK_DEEP_CASES.items():
-            models = []
-            for n in spec.get("models", names):
-                params = spec.get("model_params", {}).get(n)
-                models.append({"model": f"deep/{n}", "parameters": params} if params
-                              else {"model": f"deep/{n}"})
-            cfg = {"merge_method": spec["merge_method"], "base_model": "deep/base",
-                   "models": models, "parameters": spec["parameters"], "dtype": "float32"}
+            cfg = {"merge_method": spec["merge_method"]}
+            if "slices" in spec:
+                slices = [dict(sl, sources=[dict(src, model=f"deep/{src['model']}")
+                                            for src in sl["sources"]]) for sl in spec["slices"]]
+                cfg["slices"] = slices
+                if "base_model" in spec:
+                    cfg["base_model"] = f"deep/{spec['base_model']}"
+            else:
+                models = []
+                for n in spec.get("models", names):
+                    params = spec.get("model_params", {}).get(n)
+                    models.append({"model": f"deep/{n}", "parameters": params} if params
+                                  else {"model": f"deep/{n}"})
+                cfg["base_model"] = "deep/base"
+                cfg["models"] = models
+            if "parameters" in spec:
+                cfg["parameters"] = spec["parameters"]
+            cfg["dtype"] = "float32"
             Path(f"{case}.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
             seed_box["seed"] = spec.get("seed", 0)
             run_merge(MergeConfiguration.model_validate(cfg), out_path=f"out/{case}",

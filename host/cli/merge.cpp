@@ -23,7 +23,7 @@ struct MergeArgs {
   std::string method = "rmm", dtype, config, mode = "separate", majority_sign = "total";
   std::int64_t basis = 0, rank = 0;
   std::uint64_t seed = 0;
-  std::string weights, densities, gammas, epsilons;
+  std::string weights, densities, gammas, epsilons, scales;
   double lambda = 1, t = 0, select_topk = 1;
   std::string out, base;
   bool force = false, json = false, quiet = false, allow_nonfinite = false, full_model = false;
@@ -55,7 +55,7 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   const bool full = models > 0;
   for (const char* o : {"--weights", "--density", "--gamma", "--epsilon", "--select-topk",
                         "--no-flatten", "--row-wise", "--eps", "--tol", "--max-iter",
-                        "--ram-r", "--ram-alpha",
+                        "--ram-r", "--ram-alpha", "--scale",
                         "--lambda", "--t", "--mode", "--majority-sign",
                         "--normalize", "--no-normalize", "--rescale", "--no-rescale", "--seed",
                         "--full-model"})
@@ -65,6 +65,8 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
       if (args.given(o))
         throw usage_error(std::string(o) + ": RMM takes it for full fine-tunes only (the inputs "
                           "are adapters)");
+  if (!cfg.slices.empty())
+    throw usage_error(cfg.file + ": 'slices': layer stacking is for mergekit's methods, not --method rmm");
   if (!cfg.tensor_parameters.empty())
     throw usage_error(cfg.file + ": parameter '" + cfg.tensor_parameters.begin()->first +
                       "' set per tensor: not an option of --method rmm");
@@ -139,6 +141,9 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
                                        : per_task(cfg.task_weights, cfg.weight);
   o.densities = args.given("--density") ? parse_number_list(args.densities, "--density")
                                         : per_task(cfg.task_densities, cfg.density);
+  o.scales = args.given("--scale") ? parse_number_list(args.scales, "--scale")
+                                   : per_task(cfg.task_scales, cfg.scale, 1.0);
+  o.slices = cfg.slices;
   o.gammas = args.given("--gamma") ? parse_number_list(args.gammas, "--gamma")
                                    : per_task(cfg.task_gammas, cfg.gamma, 0.01);
   o.epsilons = args.given("--epsilon") ? parse_number_list(args.epsilons, "--epsilon")
@@ -158,7 +163,7 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   for (const auto& [option, key] : {std::pair{"--weights", "weight"}, std::pair{"--density", "density"},
                                     std::pair{"--gamma", "gamma"}, std::pair{"--epsilon", "epsilon"},
                                     std::pair{"--lambda", "lambda"}, std::pair{"--t", "t"},
-                                    std::pair{"--select-topk", "select_topk"}})
+                                    std::pair{"--select-topk", "select_topk"}, std::pair{"--scale", "scale"}})
     if (args.given(option)) {
       o.tensor_parameters.erase(key);
       for (auto& m : o.task_tensor_parameters) m.erase(key);
@@ -233,7 +238,8 @@ void add_merge_command(CLI::App& app) {
   opt["--method"] = cmd->add_option("--method", args.method,
       "rmm (default), linear, task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune, "
       "cat, svd, slerp, nearswap, model_stock, breadcrumbs, breadcrumbs_ties, della, "
-      "della_linear, sce, nuslerp, multislerp, karcher, ram, ramplus_tl, arcee_fusion");
+      "della_linear, sce, nuslerp, multislerp, karcher, ram, ramplus_tl, arcee_fusion, "
+      "passthrough");
   opt["--basis"] = cmd->add_option("--basis,-p", args.basis, "RMM basis size P, 1 .. n − 1");
   opt["--out"] = cmd->add_option("--out,-o", args.out, "folder to create (bundle, adapter or model)");
   cmd->add_option("--config", args.config,
@@ -266,6 +272,8 @@ void add_merge_command(CLI::App& app) {
   opt["--eps"] = cmd->add_option("--eps", args.eps, "multislerp: norm guard (default 1e-8)");
   opt["--tol"] = cmd->add_option("--tol", args.tol, "karcher: convergence tolerance (default 1e-5)");
   opt["--max-iter"] = cmd->add_option("--max-iter", args.max_iter, "karcher: most iterations (default 10)");
+  opt["--scale"] = cmd->add_option("--scale", args.scales,
+      "passthrough: multiply the model's tensors by this (default 1)");
   opt["--ram-r"] = cmd->add_option("--ram-r", args.ram_r,
       "ramplus_tl: boost of each task's unique changes (mergekit's r, default 0.1)");
   opt["--ram-alpha"] = cmd->add_option("--ram-alpha", args.ram_alpha,

@@ -70,9 +70,28 @@ ParameterSetting setting(const YAML::Node& node, const std::string& where) {
   return s;
 }
 
+bool is_per_model_parameter(const std::string& key) {
+  return key == "weight" || key == "density" || key == "gamma" || key == "epsilon" || key == "scale";
+}
+
 bool is_numeric_parameter(const std::string& key) {
-  return key == "weight" || key == "density" || key == "gamma" || key == "epsilon" ||
-         key == "lambda" || key == "t" || key == "select_topk";
+  return is_per_model_parameter(key) || key == "lambda" || key == "t" || key == "select_topk";
+}
+
+// A slice's or a source's parameters: numeric ones only, each as a per-tensor setting.
+ParameterSettings numeric_settings(const YAML::Node& node, const std::string& where, bool per_model) {
+  if (!node.IsMap()) throw format_error(where + " must be a mapping");
+  ParameterSettings out;
+  for (const auto& kv : node) {
+    const auto k = scalar<std::string>(kv.first, where + " key");
+    if (per_model ? !is_per_model_parameter(k) : !is_numeric_parameter(k))
+      throw format_error(where + "." + k + ": not a " + (per_model ? "per-model" : "per-slice") +
+                         " parameter revmerge takes (" +
+                         (per_model ? "weight, density, gamma, epsilon, scale"
+                                    : "weight, density, gamma, epsilon, scale, lambda, t, select_topk") + ")");
+    out[k] = setting(kv.second, where + "." + k);
+  }
+  return out;
 }
 
 // mergekit's dtype names and revmerge's.
@@ -88,6 +107,7 @@ struct Reader {
     else if (key == "density") c.density = scalar<double>(v, where);
     else if (key == "gamma") c.gamma = scalar<double>(v, where);
     else if (key == "epsilon") c.epsilon = scalar<double>(v, where);
+    else if (key == "scale") c.scale = scalar<double>(v, where);
     else if (key == "select_topk") c.select_topk = scalar<double>(v, where);
     else if (key == "nuslerp_flatten") c.nuslerp_flatten = scalar<bool>(v, where);
     else if (key == "nuslerp_row_wise") c.nuslerp_row_wise = scalar<bool>(v, where);
@@ -108,6 +128,63 @@ struct Reader {
     return true;
   }
 
+  void slice_list(const YAML::Node& list) {
+    const auto where = file + ": 'slices'";
+    if (!list.IsSequence() || list.size() == 0) throw format_error(where + " must be a non-empty list");
+    for (std::size_t s = 0; s < list.size(); ++s) {
+      const auto sw = file + ": slices[" + std::to_string(s) + "]";
+      if (!list[s].IsMap()) throw format_error(sw + " must be a mapping with 'sources'");
+      LayerSlice slice;
+      for (const auto& kv : list[s]) {
+        const auto k = scalar<std::string>(kv.first, sw + " key");
+        if (k == "sources") {
+          if (!kv.second.IsSequence() || kv.second.size() == 0)
+            throw format_error(sw + ".sources must be a non-empty list");
+          for (std::size_t i = 0; i < kv.second.size(); ++i)
+            slice.sources.push_back(source(kv.second[i], sw + ".sources[" + std::to_string(i) + "]"));
+        } else if (k == "base_model") {
+          slice.base = dir / scalar<std::string>(kv.second, sw + ".base_model");
+        } else if (k == "parameters") {
+          slice.parameters = numeric_settings(kv.second, sw + ".parameters", false);
+        } else if (k == "residual_weight") {
+          throw unsupported_error(sw + ".residual_weight: mergekit's residual_weight is not supported by revmerge");
+        } else {
+          throw format_error(sw + ": unknown key '" + k + "' (expected sources, base_model, parameters)");
+        }
+      }
+      if (slice.sources.empty()) throw format_error(sw + ": missing 'sources'");
+      c.slices.push_back(std::move(slice));
+    }
+  }
+
+  SliceSource source(const YAML::Node& node, const std::string& where) {
+    if (!node.IsMap()) throw format_error(where + " must be a mapping with 'model' and 'layer_range'");
+    SliceSource src;
+    bool range = false;
+    for (const auto& kv : node) {
+      const auto k = scalar<std::string>(kv.first, where + " key");
+      if (k == "model") {
+        src.model = dir / scalar<std::string>(kv.second, where + ".model");
+      } else if (k == "layer_range") {
+        if (!kv.second.IsSequence() || kv.second.size() != 2)
+          throw format_error(where + ".layer_range must be [first, end]");
+        src.first = scalar<std::int64_t>(kv.second[0], where + ".layer_range[0]");
+        src.end = scalar<std::int64_t>(kv.second[1], where + ".layer_range[1]");
+        range = true;
+      } else if (k == "parameters") {
+        src.parameters = numeric_settings(kv.second, where + ".parameters", true);
+      } else {
+        throw format_error(where + ": unknown key '" + k + "' (expected model, layer_range, parameters)");
+      }
+    }
+    if (src.model.empty()) throw format_error(where + ": missing 'model'");
+    if (!range) throw format_error(where + ": missing 'layer_range'");
+    if (std::error_code ec; !fs::exists(src.model, ec))
+      throw io_error(where + ".model: " + src.model.string() +
+                     " does not exist (paths in a config are relative to its folder)");
+    return src;
+  }
+
   void task_list(const YAML::Node& list, const std::string& key, bool mergekit) {
     const auto where = file + ": '" + key + "'";
     if (!list.IsSequence()) throw format_error(where + " must be a list");
@@ -117,7 +194,7 @@ struct Reader {
       const auto tw = file + ": " + key + "[" + std::to_string(i++) + "]";
       if (!t.IsMap()) throw format_error(tw + " must be a mapping with '" + path_key + "'");
       TaskSource task;
-      std::optional<double> weight, density, gamma, epsilon;
+      std::optional<double> weight, density, gamma, epsilon, scale;
       ParameterSettings varying;
       for (const auto& kv : t) {
         const auto k = scalar<std::string>(kv.first, tw + " key");
@@ -134,14 +211,15 @@ struct Reader {
           for (const auto& p : kv.second) {
             const auto pk = scalar<std::string>(p.first, tw + ".parameters key");
             const auto pw = tw + ".parameters." + pk;
-            if ((pk == "weight" || pk == "density" || pk == "gamma" || pk == "epsilon") && !p.second.IsScalar())
+            if (is_per_model_parameter(pk) && !p.second.IsScalar())
               varying[pk] = setting(p.second, pw);
             else if (pk == "weight") weight = scalar<double>(p.second, pw);
             else if (pk == "density") density = scalar<double>(p.second, pw);
             else if (pk == "gamma") gamma = scalar<double>(p.second, pw);
             else if (pk == "epsilon") epsilon = scalar<double>(p.second, pw);
+            else if (pk == "scale") scale = scalar<double>(p.second, pw);
             else throw format_error(pw + ": unknown per-model parameter (expected weight, density, "
-                                         "gamma, epsilon)");
+                                         "gamma, epsilon, scale)");
           }
         } else {
           throw format_error(tw + ": unknown key '" + k + "' (expected " +
@@ -162,6 +240,7 @@ struct Reader {
       c.task_gammas.push_back(gamma);
       c.task_epsilons.push_back(epsilon);
       c.task_tensor_parameters.push_back(std::move(varying));
+      c.task_scales.push_back(scale);
     }
   }
 };
@@ -170,14 +249,15 @@ struct Reader {
 // not a merge config (or is made to exhaust the reader), and is refused before it is parsed
 // (size) or before it is used (depth, node count: aliases can make a small file a huge tree).
 constexpr std::uintmax_t kMaxConfigBytes = std::uintmax_t{1} << 20;
-constexpr int kMaxConfigDepth = 8;
+constexpr int kMaxConfigDepth = 10;
 constexpr std::size_t kMaxConfigNodes = 200000;
 
 void check_shape(const YAML::Node& node, int depth, std::size_t& nodes, const std::string& file) {
   if (depth > kMaxConfigDepth)
     throw format_error(file + ": nested more than " + std::to_string(kMaxConfigDepth) +
-                       " levels deep; a merge config needs at most 7 (models, a model, its "
-                       "parameters, a parameter's filters, a filter, its value, a gradient's numbers)");
+                       " levels deep; a merge config needs at most 9 (slices, a slice, its "
+                       "sources, a source, its parameters, a parameter's filters, a filter, its "
+                       "value, a gradient's numbers)");
   if (++nodes > kMaxConfigNodes)
     throw format_error(file + ": holds more than " + std::to_string(kMaxConfigNodes) +
                        " values (counting each use of an alias); not a merge config");
@@ -197,7 +277,8 @@ void move_plain_values_of_varying_parameters(MergeConfig& c) {
   const auto plain = [](double v) { return ParameterSetting{{{"", {v}}}}; };
   for (const auto& [key, all, own] :
        {std::tuple{"weight", &c.weight, &c.task_weights}, std::tuple{"density", &c.density, &c.task_densities},
-        std::tuple{"gamma", &c.gamma, &c.task_gammas}, std::tuple{"epsilon", &c.epsilon, &c.task_epsilons}}) {
+        std::tuple{"gamma", &c.gamma, &c.task_gammas}, std::tuple{"epsilon", &c.epsilon, &c.task_epsilons},
+        std::tuple{"scale", &c.scale, &c.task_scales}}) {
     bool varies = c.tensor_parameters.count(key) > 0;
     for (const auto& s : c.task_tensor_parameters) varies = varies || s.count(key) > 0;
     if (!varies) continue;
@@ -307,7 +388,9 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
                              "normalize_weights, eps, max_iter, tol, r, alpha)");
       }
     } else if (r.method_parameter(key, v, where)) {
-    } else if (key == "slices" || key == "tokenizer_source" || key == "tokenizer" ||
+    } else if (key == "slices") {
+      r.slice_list(v);
+    } else if (key == "tokenizer_source" || key == "tokenizer" ||
                key == "chat_template" || key == "modules") {
       throw unsupported_error(where + ": mergekit's '" + key + "' is not supported by revmerge");
     } else {
@@ -319,6 +402,19 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
     }
   }
   if (out_dtype) c.dtype = out_dtype;  // revmerge computes in f32; out_dtype is what is written
+  if (!c.slices.empty() && !c.tasks.empty())
+    throw format_error(file + ": 'slices' and '" + (root["models"] ? "models" : "tasks") +
+                       "' both given; mergekit takes one of them");
+  // With slices the tasks are each slice's sources: the config's values for all of them are
+  // settings beneath the sources' and the slices' own.
+  if (!c.slices.empty())
+    for (const auto& [key, value] : {std::pair{"weight", &c.weight}, std::pair{"density", &c.density},
+                                     std::pair{"gamma", &c.gamma}, std::pair{"epsilon", &c.epsilon},
+                                     std::pair{"scale", &c.scale}})
+      if (*value) {
+        c.tensor_parameters[key] = ParameterSetting{{{"", {**value}}}};
+        value->reset();
+      }
   move_plain_values_of_varying_parameters(c);
   return c;
 }

@@ -26,7 +26,7 @@ struct MergeConfig {
   std::vector<TaskSource> tasks;
   /// one per task
   std::vector<std::optional<double>> task_weights, task_densities, task_gammas, task_epsilons;
-  std::optional<double> weight, density, gamma, epsilon, lambda;  ///< defaults for every task
+  std::optional<double> weight, density, gamma, epsilon, scale, lambda;  ///< defaults for every task
   std::optional<double> select_topk;                              ///< SCE's selection
   std::optional<bool> nuslerp_flatten, nuslerp_row_wise, normalize_weights;
   std::optional<double> eps, tol, ram_r, ram_alpha;
@@ -36,6 +36,8 @@ struct MergeConfig {
   /// too, are here (so a model's own value still outranks the config's), not in the fields above.
   ParameterSettings tensor_parameters;
   std::vector<ParameterSettings> task_tensor_parameters;
+  std::vector<std::optional<double>> task_scales;  ///< passthrough, one per task
+  std::vector<LayerSlice> slices;                  ///< mergekit's layer slices (instead of models)
   std::optional<double> t;                        ///< slerp's interpolation parameter
   std::optional<bool> normalize, rescale;
   std::optional<std::string> majority_sign, mode;
@@ -45,7 +47,7 @@ struct MergeConfig {
 /// Reads `path`; unknown keys, missing names or models, and wrong types are format_errors
 /// naming the file and the key; mergekit features revmerge does not have are
 /// unsupported_errors naming them.
-/// A config over 1 MiB, nested more than 8 levels or holding more than 200000 values (aliases
+/// A config over 1 MiB, nested more than 10 levels or holding more than 200000 values (aliases
 /// counted at each use) is refused as not a merge config.
 MergeConfig read_merge_config(const std::filesystem::path& path);
 /// The same for a config's text; `path` names it in messages and anchors relative paths.

@@ -25,7 +25,26 @@ struct ModelOutputOptions {
   ProgressFn progress;
   /// Small files written into the folder beside the model: (name, text), e.g. the recipe.
   std::vector<std::pair<std::string, std::string>> extra_files;
+  /// Layer stacking: config.json's num_hidden_layers, and the input layer each output layer
+  /// comes from (its `layer_types` entry, where the config lists one per layer).
+  std::optional<std::int64_t> num_hidden_layers;
+  std::vector<std::int64_t> layer_sources;
 };
+
+/// One tensor of a written model: its name, dtype and shape as written, and the input tensor
+/// copied where `produce` declines it (null: `produce` must give it).
+struct OutputTensor {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<std::int64_t> shape;
+  const CheckpointTensor* source = nullptr;
+};
+
+/// Writes a model of `tensors` at `out`, with the small files of `config_from`'s folder.
+/// Returns the number of tensors `produce` gave.
+std::int64_t write_model(const HfModel& config_from, const std::vector<OutputTensor>& tensors,
+                         const std::filesystem::path& out, const TensorProducer& produce,
+                         const ModelOutputOptions& options);
 
 /// Writes the model at `out`. Non-float tensors are always copied. Returns the number of
 /// tensors `produce` replaced.

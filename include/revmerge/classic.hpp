@@ -53,6 +53,8 @@ enum class ClassicMethod {
                     ///< ones (mergekit's ramplus_tl)
   arcee_fusion,     ///< full models only: the base and one fine-tune, the fine-tune's changes
                     ///< kept where their importance is an outlier (mergekit's arcee_fusion)
+  passthrough,      ///< full models only: one model's tensors as they are (times a scale), for
+                    ///< stacking layer slices (mergekit's passthrough)
 };
 
 /// "ties", "dare_ties", "task_arithmetic", ... ; throws usage_error listing the names.
@@ -86,9 +88,24 @@ struct ParameterSetting {
   std::optional<double> at(const std::string& tensor, double t) const;
   bool is_scalar() const { return conditions.size() == 1 && conditions[0].filter.empty() && conditions[0].values.size() == 1; }
 };
-/// Settings by parameter name: "weight", "density", "gamma", "epsilon" (per task or for all),
-/// "lambda", "t", "select_topk" (for all).
+/// Settings by parameter name: "weight", "density", "gamma", "epsilon", "scale" (per task or for
+/// all), "lambda", "t", "select_topk" (for all).
 using ParameterSettings = std::map<std::string, ParameterSetting>;
+
+/// One input of a layer slice (mergekit's `slices[].sources[]`): a model's blocks
+/// [first, end), and its own parameters.
+struct SliceSource {
+  std::filesystem::path model;
+  std::int64_t first = 0, end = 0;
+  ParameterSettings parameters;
+};
+/// One output slice: its sources (the same number of blocks each), merged block by block with
+/// the method; the slices' blocks are stacked in order.
+struct LayerSlice {
+  std::vector<SliceSource> sources;
+  std::filesystem::path base;  ///< this slice's base (empty: the merge's)
+  ParameterSettings parameters;
+};
 
 struct ClassicMergeOptions {
   ClassicMethod method = ClassicMethod::task_arithmetic;
@@ -119,6 +136,12 @@ struct ClassicMergeOptions {
   /// option of the same name for every tensor; where no condition applies, the method's default.
   ParameterSettings tensor_parameters;
   std::vector<ParameterSettings> task_tensor_parameters;
+  /// Layer stacking (mergekit's `slices`): the output's blocks from these slices, in order,
+  /// instead of `tasks`; embeddings come from the first slice's sources, the final norm and the
+  /// head from the last one's.
+  std::vector<LayerSlice> slices;
+  /// passthrough: each model's tensors multiplied by this (default: as they are)
+  std::vector<double> scales;
   std::optional<double> lambda;   ///< final scale of the merged delta (default 1)
   /// slerp: 0 gives the base, 1 the fine-tune; nearswap: the difference below which an
   /// element takes the fine-tune's value (required by both)

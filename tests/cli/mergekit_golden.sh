@@ -34,6 +34,15 @@ for name in della breadcrumbs sce_topk nuslerp_rows karcher_nobase ramplus_tl; d
   echo -n "$name from options: "
   python3 "$src/tools/compare_models.py" "$work/cli_$name" "$golden/out/$name" --tol 1e-5
 done
+# Stacked layers: the layer count in config.json is the stacked one, as mergekit writes it.
+for name in passthrough_stack slerp_slices ties_slices; do
+  python3 - "$work/$name/config.json" "$golden/out/$name/config.json" <<'PY'
+import json, sys
+got, want = (json.load(open(p))["num_hidden_layers"] for p in sys.argv[1:])
+assert got == want, f"num_hidden_layers {got}, mergekit wrote {want}"
+PY
+done
+echo "stacked layer counts as mergekit's"
 # The config and the model files travel with the model.
 cmp "$golden/base/config.json" "$work/ties/config.json"
 # The recipe holds the config as read and the command with its seed (mergekit keeps the config).

@@ -65,7 +65,7 @@ std::vector<float> read_finite(const CheckpointTensor& t, const std::string& whe
 }
 
 std::optional<bool> needs_base(ClassicMethod method) {
-  if (method == ClassicMethod::linear) return false;
+  if (method == ClassicMethod::linear || method == ClassicMethod::passthrough) return false;
   if (is_spherical(method)) return std::nullopt;
   return true;
 }
@@ -113,8 +113,10 @@ void check_checkpoint_options(const ClassicMergeOptions& o) {
   const std::string method = "--method " + to_string(o.method);
   const auto base = needs_base(o.method);
   if (base == false && !o.base.empty())
-    throw usage_error("--base: linear averages the models themselves and does not use a base "
-                      "(list the base as a task to include it)");
+    throw usage_error(o.method == ClassicMethod::linear
+                          ? "--base: linear averages the models themselves and does not use a base "
+                            "(list the base as a task to include it)"
+                          : "--base: passthrough copies one model and does not use a base");
   if (base == true && o.base.empty())
     throw usage_error("--base: " + method +
                       (blends_two_models(o.method) ? " blends the base model with a fine-tune; give it"
@@ -125,6 +127,7 @@ void check_checkpoint_options(const ClassicMergeOptions& o) {
   else if (o.method == ClassicMethod::model_stock) check_model_stock_options(o);
   else if (is_spherical(o.method)) check_spherical_options(o);
   else if (is_selective(o.method)) check_selective_options(o);
+  else if (o.method == ClassicMethod::passthrough) check_passthrough_options(o);
   else check_combine_options(o);
 }
 
@@ -133,6 +136,7 @@ void merge_tensor(const ClassicMergeOptions& o, TensorInputs& in, std::span<floa
   else if (o.method == ClassicMethod::model_stock) model_stock_tensor(in, out);
   else if (is_spherical(o.method)) spherical_tensor(o, in, out);
   else if (is_selective(o.method)) selective_tensor(o, in, out);
+  else if (o.method == ClassicMethod::passthrough) passthrough_tensor(o, in, out);
   else combine_tensor(o, in, out, threads);
 }
 
@@ -140,6 +144,7 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
   if (o.full_model)
     throw usage_error("--full-model: the inputs are full models; the output is one already");
   if (o.rank != 0) throw usage_error("--rank: full models merge into a full model, not to a rank");
+  if (!o.slices.empty()) return merge_layer_slices(o);
   check_checkpoint_options(o);
   const auto models = open_task_models(o);
   const auto base = o.base.empty() ? nullptr : std::make_unique<HfModel>(o.base);

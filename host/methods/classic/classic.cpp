@@ -42,6 +42,7 @@ constexpr std::pair<ClassicMethod, const char*> kNames[] = {
     {ClassicMethod::ram, "ram"},
     {ClassicMethod::ramplus_tl, "ramplus_tl"},
     {ClassicMethod::arcee_fusion, "arcee_fusion"},
+    {ClassicMethod::passthrough, "passthrough"},
 };
 
 }  // namespace
@@ -63,7 +64,7 @@ std::string to_string(ClassicMethod method) {
 bool is_elementwise(ClassicMethod method) {
   return method != ClassicMethod::cat && method != ClassicMethod::svd &&
          !blends_two_models(method) && method != ClassicMethod::model_stock && !is_spherical(method) &&
-         !is_selective(method);
+         !is_selective(method) && method != ClassicMethod::passthrough;
 }
 
 bool full_models_only(ClassicMethod method) {
@@ -82,6 +83,7 @@ bool full_models_only(ClassicMethod method) {
     case ClassicMethod::ram:
     case ClassicMethod::ramplus_tl:
     case ClassicMethod::arcee_fusion:
+    case ClassicMethod::passthrough:
       return true;
     default:
       return false;
@@ -137,11 +139,14 @@ TaskParameters task_parameters(const ClassicMergeOptions& o, std::size_t n) {
   p.gammas = per_task_values(o.gammas, n, 0.01, "--gamma", "gammas");
   const bool ram = o.method == ClassicMethod::ram || o.method == ClassicMethod::ramplus_tl;
   p.epsilons = per_task_values(o.epsilons, n, ram ? 1e-5 : 0.15, "--epsilon", "epsilons");
+  p.scales = per_task_values(o.scales, n, 1.0, "--scale", "scales");
   const bool della = o.method == ClassicMethod::della || o.method == ClassicMethod::della_linear;
   for (std::size_t t = 0; t < n; ++t) {
     const auto& name = o.tasks[t].name;
     if (!std::isfinite(p.weights[t]))
       throw usage_error("--weights: the weight of task '" + name + "' is not finite");
+    if (!std::isfinite(p.scales[t]))
+      throw usage_error("--scale: the scale of task '" + name + "' is not finite");
     if (!(p.densities[t] >= 0 && p.densities[t] <= 1))
       throw usage_error("--density: " + fmt::format("{}", p.densities[t]) + " for task '" + name +
                         "' is outside [0, 1] (the fraction of each tensor that is kept)");
@@ -209,7 +214,8 @@ std::vector<std::pair<std::string, std::string>> plain_parameters(const ClassicM
   if (full_models_only(o.method) && !is_elementwise(o.method)) {
     if (o.t) out.emplace_back("t", fmt::format("{}", *o.t));
     out.emplace_back("dtype", dtype + unless(o.dtype.has_value(), "not given"));
-    out.emplace_back("base", o.base.empty() ? "none (the models themselves are interpolated)" : o.base.string());
+    if (!o.base.empty()) out.emplace_back("base", o.base.string());
+    else if (is_spherical(o.method)) out.emplace_back("base", "none (the models themselves are interpolated)");
     return out;
   }
   if (r && r->select_by_variance) {
@@ -295,13 +301,7 @@ std::vector<std::pair<std::string, std::string>> classic_parameters(const Classi
   return out;
 }
 
-ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
-  if (o.tasks.empty()) throw usage_error("no tasks to merge");
-  if (o.out.empty()) throw usage_error("--out: no output folder given");
-  if (o.allow_nonfinite)
-    throw usage_error("--allow-nonfinite applies to --method rmm only; the classic methods "
-                      "refuse NaN and Inf inputs");
-  check_task_names(o.tasks);
+void check_options_fit_method(const ClassicMergeOptions& o) {
   if (!prunes(o.method) && (!o.densities.empty() || is_set_per_tensor(o, "density")))
     throw usage_error("--density: --method " + to_string(o.method) + " does not prune");
   const auto only = [&](bool given, bool fits, const char* option, const char* methods) {
@@ -315,6 +315,8 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
        "--epsilon", "della, della_linear, ram and ramplus_tl");
   only(o.ram_r.has_value() || o.ram_alpha.has_value(), o.method == ClassicMethod::ramplus_tl,
        "--ram-r / --ram-alpha", "ramplus_tl");
+  only(!o.scales.empty() || is_set_per_tensor(o, "scale"), o.method == ClassicMethod::passthrough,
+       "--scale", "passthrough");
   only(o.select_topk.has_value() || is_set_per_tensor(o, "select_topk"), o.method == ClassicMethod::sce, "--select-topk", "sce");
   if (o.select_topk && !(*o.select_topk >= 0 && *o.select_topk <= 1))
     throw usage_error(fmt::format("--select-topk: {} is outside [0, 1] (the fraction of elements "
@@ -327,6 +329,19 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
        "--tol / --max-iter", "karcher");
   if ((o.t || is_set_per_tensor(o, "t")) && !blends_two_models(o.method))
     throw usage_error("--t: an option of --method slerp and nearswap only");
+}
+
+ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
+  if (!o.slices.empty() && !o.tasks.empty())
+    throw usage_error("layer slices name their models; give no other inputs");
+  if (o.tasks.empty() && o.slices.empty()) throw usage_error("no tasks to merge");
+  if (o.out.empty()) throw usage_error("--out: no output folder given");
+  if (o.allow_nonfinite)
+    throw usage_error("--allow-nonfinite applies to --method rmm only; the classic methods "
+                      "refuse NaN and Inf inputs");
+  check_task_names(o.tasks);
+  check_options_fit_method(o);
+  if (!o.slices.empty()) return merge_classic_checkpoints(o);
   std::size_t adapters = 0;
   for (const auto& t : o.tasks) {
     if (!fs::is_directory(t.adapter))

@@ -18,7 +18,7 @@ namespace revmerge {
 /// (default 0.15) of a merge of n tasks — one value for all or one per task — checked: counts,
 /// finiteness, densities and gammas in [0, 1], DELLA's density ± ε inside (0, 1).
 struct TaskParameters {
-  std::vector<double> weights, densities, gammas, epsilons;
+  std::vector<double> weights, densities, gammas, epsilons, scales;
 };
 TaskParameters task_parameters(const ClassicMergeOptions& options, std::size_t n);
 
@@ -33,7 +33,9 @@ std::vector<std::pair<std::string, std::string>> classic_parameters(const Classi
                                                                     std::int64_t rank,
                                                                     const std::string& dtype);
 
-/// slerp and nearswap: the base and one fine-tune blended by t (merge_two_model_checkpoints).
+/// Refuses options (and per-tensor parameters) the method does not take, naming the option.
+void check_options_fit_method(const ClassicMergeOptions& options);
+/// slerp and nearswap: the base and one fine-tune blended by t.
 bool blends_two_models(ClassicMethod method);
 /// Refuses --weights, --lambda, --normalize and --rescale for a method that has none of them.
 void refuse_weighting_options(const ClassicMergeOptions& options);
@@ -102,9 +104,14 @@ void check_two_model_options(const ClassicMergeOptions& options);
 void check_model_stock_options(const ClassicMergeOptions& options);
 void check_spherical_options(const ClassicMergeOptions& options);
 void check_selective_options(const ClassicMergeOptions& options);
+void check_passthrough_options(const ClassicMergeOptions& options);
 void two_model_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
 void model_stock_tensor(const TensorInputs& in, std::span<float> out);
 void spherical_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
 void selective_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
+void passthrough_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
+
+/// Layer stacking (slices.cpp): the output's blocks from `options.slices`.
+ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& options);
 
 }  // namespace revmerge

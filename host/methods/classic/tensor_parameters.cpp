@@ -58,7 +58,8 @@ ClassicMergeOptions options_for_tensor(const ClassicMergeOptions& o, const std::
   const bool ram = o.method == ClassicMethod::ram || o.method == ClassicMethod::ramplus_tl;
   for (const auto& [key, field, fallback] :
        {std::tuple{"weight", &r.weights, 1.0}, std::tuple{"density", &r.densities, 1.0},
-        std::tuple{"gamma", &r.gammas, 0.01}, std::tuple{"epsilon", &r.epsilons, ram ? 1e-5 : 0.15}}) {
+        std::tuple{"gamma", &r.gammas, 0.01}, std::tuple{"epsilon", &r.epsilons, ram ? 1e-5 : 0.15},
+        std::tuple{"scale", &r.scales, 1.0}}) {
     if (!is_set_per_tensor(o, key)) continue;
     std::vector<std::optional<double>> v(n);
     bool any = false;
@@ -78,11 +79,11 @@ ClassicMergeOptions options_for_tensor(const ClassicMergeOptions& o, const std::
 void check_tensor_parameters(const ClassicMergeOptions& o, const HfModel& layout) {
   for (const auto& [key, setting] : o.tensor_parameters)
     if (key != "weight" && key != "density" && key != "gamma" && key != "epsilon" &&
-        key != "lambda" && key != "t" && key != "select_topk")
+        key != "scale" && key != "lambda" && key != "t" && key != "select_topk")
       throw usage_error("parameter '" + key + "' cannot vary by tensor");
   for (const auto& s : o.task_tensor_parameters)
     for (const auto& [key, setting] : s)
-      if (key != "weight" && key != "density" && key != "gamma" && key != "epsilon")
+      if (key != "weight" && key != "density" && key != "gamma" && key != "epsilon" && key != "scale")
         throw usage_error("parameter '" + key + "' is not a per-model parameter");
   if (!has_tensor_parameters(o)) return;
   // Every tensor's values are checked before anything is merged.

@@ -1,0 +1,223 @@
+// mergekit's layer slices and passthrough: a model whose blocks are stacked from ranges of the
+// inputs' blocks, each output block merged from its slice's sources with the method (or, with
+// passthrough, copied from the one source). As mergekit plans it:
+//  - a slice's sources have the same number of blocks; block k of the slice merges block
+//    first + k of every source, at layer position t = k / (length − 1) within the slice (1 for a
+//    slice of one block) for parameter gradients;
+//  - the tensors outside the blocks come from the first slice's sources (embeddings: names with
+//    "embed") or the last slice's (the final norm, the head), at t = 0;
+//  - parameters: a source's own, then its slice's, then the config's;
+//  - the base of a slice (its own, or the merge's) is the source naming that model; the others
+//    are its tasks;
+//  - config.json comes from the base (or the first slice's first source) with num_hidden_layers
+//    the stacked count (and `layer_types`, where present, taken from each block's source: mergekit
+//    leaves it as it was).
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <omp.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+
+#include "methods/classic/classic_internal.hpp"
+#include "methods/classic/combine.hpp"
+#include "methods/model_output.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/peft.hpp"
+
+namespace fs = std::filesystem;
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+// The tensor name with its block index replaced (the first all-digit component, as
+// split_module_path finds it).
+std::string with_layer(const std::string& name, i64 layer) {
+  const auto [old, rest] = split_module_path(name);
+  const auto prefix = name.substr(0, name.size() - rest.size() - std::to_string(old).size() - 1);
+  return prefix + std::to_string(layer) + "." + rest;
+}
+
+bool same_model(const fs::path& a, const fs::path& b) {
+  std::error_code ea, eb;
+  return fs::weakly_canonical(a, ea) == fs::weakly_canonical(b, eb);
+}
+
+// One output tensor: which slice's options merge it, at which t, from which input tensors
+// (index into the slice's sources, name in that source).
+struct PlannedTensor {
+  std::size_t slice = 0;
+  double t = 0;
+  std::vector<std::int64_t> shape;
+  std::vector<std::string> source_names;
+};
+
+}  // namespace
+
+void check_passthrough_options(const ClassicMergeOptions& o) {
+  if (o.tasks.size() != 1)
+    throw usage_error("--method passthrough copies one model; got " + std::to_string(o.tasks.size()) +
+                      " (stack several with a config's slices)");
+  refuse_weighting_options(o);
+}
+
+void passthrough_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std::span<float> out) {
+  const double scale = task_parameters(o, 1).scales[0];
+  for (std::size_t k = 0; k < out.size(); ++k)
+    out[k] = scale == 1.0 ? in.models[0][k] : static_cast<float>(in.models[0][k] * scale);
+}
+
+ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& o) {
+  // The models, each opened once.
+  std::map<std::string, std::unique_ptr<HfModel>> opened;
+  const auto model = [&](const fs::path& p) -> const HfModel& {
+    auto& m = opened[fs::weakly_canonical(p).string()];
+    if (!m) m = std::make_unique<HfModel>(p);
+    return *m;
+  };
+  // Each slice's own options: its tasks, base and parameters.
+  std::vector<ClassicMergeOptions> slice_options;
+  std::vector<std::vector<std::size_t>> task_source;  // slice → source index of each task
+  std::vector<std::optional<std::size_t>> base_source;
+  i64 layers = 0;
+  std::vector<i64> layer_sources;
+  for (std::size_t s = 0; s < o.slices.size(); ++s) {
+    const auto& sl = o.slices[s];
+    const auto where = fmt::format("slices[{}]", s);
+    if (sl.sources.empty()) throw usage_error(where + ": no sources");
+    const i64 length = sl.sources[0].end - sl.sources[0].first;
+    for (std::size_t i = 0; i < sl.sources.size(); ++i) {
+      const auto& src = sl.sources[i];
+      const auto sw = fmt::format("{}.sources[{}] ({})", where, i, src.model.string());
+      const auto available = model(src.model).config().num_hidden_layers;
+      if (src.first < 0 || src.end <= src.first || src.end > available)
+        throw usage_error(fmt::format("{}: layer_range [{}, {}) is not inside its {} layers", sw,
+                                      src.first, src.end, available));
+      if (src.end - src.first != length)
+        throw usage_error(fmt::format("{}: {} layers, but the slice's first source has {}; a "
+                                      "slice's sources have the same number of layers", sw,
+                                      src.end - src.first, length));
+    }
+    ClassicMergeOptions so = o;
+    so.slices.clear();
+    so.tasks.clear();
+    so.base = sl.base.empty() ? o.base : sl.base;
+    so.task_tensor_parameters.clear();
+    for (const auto& [key, setting] : sl.parameters) so.tensor_parameters[key] = setting;  // the slice's first
+    std::vector<std::size_t> tasks;
+    std::optional<std::size_t> base;
+    for (std::size_t i = 0; i < sl.sources.size(); ++i) {
+      const auto& src = sl.sources[i];
+      if (!so.base.empty() && needs_base(o.method) != false && same_model(src.model, so.base) && !base) {
+        base = i;
+        continue;
+      }
+      tasks.push_back(i);
+      so.tasks.push_back({fmt::format("{}[{}]", src.model.filename().string(), i), src.model});
+      so.task_tensor_parameters.push_back(src.parameters);
+    }
+    if (needs_base(o.method) == true && !base)
+      throw usage_error(where + ": --method " + to_string(o.method) +
+                        " needs the base among the slice's sources (" +
+                        (so.base.empty() ? "no base_model given" : "'" + so.base.string() + "' is not one") + ")");
+    if (!base) so.base.clear();
+    try {
+      check_options_fit_method(so);
+      check_checkpoint_options(so);
+    } catch (const usage_error& e) {
+      throw usage_error(where + ": " + e.what());
+    }
+    for (i64 k = 0; k < length; ++k) layer_sources.push_back(sl.sources[0].first + k);
+    layers += length;
+    slice_options.push_back(std::move(so));
+    task_source.push_back(std::move(tasks));
+    base_source.push_back(base);
+  }
+
+  // The output's tensors, planned from each slice's first source.
+  const HfModel& first = model(o.slices.front().sources[0].model);
+  const HfModel& last = model(o.slices.back().sources[0].model);
+  std::vector<OutputTensor> tensors;
+  std::map<std::string, PlannedTensor> plan;
+  const auto add = [&](const CheckpointTensor& t, const std::string& out_name, std::size_t s,
+                       double pos, const std::function<std::string(std::size_t)>& input_name) {
+    PlannedTensor p{s, pos, t.info->shape, {}};
+    for (std::size_t i = 0; i < o.slices[s].sources.size(); ++i) {
+      const auto& src = o.slices[s].sources[i];
+      const auto name = input_name(i);
+      const auto* it = model(src.model).checkpoint().find(name);
+      if (!it || it->info->shape != t.info->shape)
+        throw shape_error(src.model.string() + ": " + (it ? "tensor '" + name + "' has another shape than" : "no tensor '" + name + "' for") +
+                          " the output's '" + out_name + "'");
+      p.source_names.push_back(name);
+    }
+    auto dtype = t.info->dtype;
+    if (o.dtype && is_float_dtype(dtype)) dtype = *o.dtype;
+    tensors.push_back({out_name, dtype, t.info->shape, &t});
+    plan.emplace(out_name, std::move(p));
+  };
+  const auto outside_blocks = [](const CheckpointTensor& t) { return split_module_path(t.info->name).first < 0; };
+  for (const auto& t : first.checkpoint().tensors())
+    if (outside_blocks(t) && t.info->name.find("embed") != std::string::npos)
+      add(t, t.info->name, 0, 0.0, [&](std::size_t) { return t.info->name; });
+  i64 out_layer = 0;
+  for (std::size_t s = 0; s < o.slices.size(); ++s) {
+    const auto& sl = o.slices[s];
+    const i64 length = sl.sources[0].end - sl.sources[0].first;
+    const auto& head = model(sl.sources[0].model);
+    for (i64 k = 0; k < length; ++k, ++out_layer) {
+      const double pos = length > 1 ? double(k) / double(length - 1) : 1.0;
+      for (const auto& t : head.checkpoint().tensors())
+        if (split_module_path(t.info->name).first == sl.sources[0].first + k)
+          add(t, with_layer(t.info->name, out_layer), s, pos,
+              [&](std::size_t i) { return with_layer(t.info->name, sl.sources[i].first + k); });
+    }
+  }
+  for (const auto& t : last.checkpoint().tensors())
+    if (outside_blocks(t) && t.info->name.find("embed") == std::string::npos)
+      add(t, t.info->name, o.slices.size() - 1, 0.0, [&](std::size_t) { return t.info->name; });
+
+  const int threads = o.threads > 0 ? o.threads : omp_get_max_threads();
+  const auto produce = [&](const std::string& name, std::vector<float>& values) {
+    const auto& p = plan.at(name);
+    const auto& sl = o.slices[p.slice];
+    const auto read = [&](std::size_t i) {
+      const auto& src = sl.sources[i];
+      return read_finite(model(src.model).checkpoint().at(p.source_names[i]), src.model.string());
+    };
+    TensorInputs in{name, p.shape, {}, {}};
+    if (base_source[p.slice]) in.base = read(*base_source[p.slice]);
+    for (const auto i : task_source[p.slice]) in.models.push_back(read(i));
+    const auto& so = slice_options[p.slice];
+    merge_tensor(options_for_tensor(so, name, p.t), in, values, threads);
+    return true;
+  };
+
+  ClassicMergeReport report{to_string(o.method), "slices", "mergekit", "model", 0, 0, {}, {}};
+  const auto& so = slice_options.front();
+  const std::optional<CombineRecipe> recipe =
+      is_elementwise(o.method) ? std::optional(make_recipe(so, Convention::mergekit)) : std::nullopt;
+  report.parameters = classic_parameters(so, task_parameters(so, so.tasks.size()),
+                                         recipe ? &*recipe : nullptr, 0,
+                                         o.dtype ? std::string(dtype_name(*o.dtype)) : "the inputs'");
+  std::vector<std::string> parts;
+  for (const auto& sl : o.slices) {
+    std::vector<std::string> srcs;
+    for (const auto& src : sl.sources)
+      srcs.push_back(fmt::format("{} [{}, {})", src.model.string(), src.first, src.end));
+    parts.push_back(fmt::format("{}", fmt::join(srcs, " + ")));
+  }
+  report.parameters.insert(report.parameters.begin(),
+                           {"slices", fmt::format("{} layers from {}", layers, fmt::join(parts, "; "))});
+  auto mo = model_output_options(o, report);
+  mo.num_hidden_layers = layers;
+  mo.layer_sources = layer_sources;
+  const HfModel& config_from = o.base.empty() ? first : model(o.base);
+  report.items = write_model(config_from, tensors, o.out, produce, mo);
+  return report;
+}
+
+}  // namespace revmerge
