@@ -39,6 +39,9 @@ T load(const void* base, std::size_t i) noexcept {
   return v;
 }
 
+// Conversions of large tensors split into chunks of this many elements, one thread each.
+constexpr std::size_t kConvertChunk = std::size_t{1} << 20;
+
 template <class Out>
 void convert_to(DType src_type, const void* src, Out* dst, std::size_t count) {
   switch (src_type) {
@@ -134,10 +137,15 @@ void convert_from_f32(const float* src, DType dst_type, void* dst, std::size_t c
         std::memcpy(out + i * 8, &v, 8);
       }
       return;
-    case DType::F16:
+    case DType::F16:  // the kernels' inline rounding, one loop per type so that it vectorises
+      for (std::size_t i = 0; i < count; ++i) {
+        const std::uint16_t v = kernels::f32_to_f16_bits(src[i]);
+        std::memcpy(out + i * 2, &v, 2);
+      }
+      return;
     case DType::BF16:
       for (std::size_t i = 0; i < count; ++i) {
-        const std::uint16_t v = dst_type == DType::F16 ? f32_to_f16(src[i]) : f32_to_bf16(src[i]);
+        const std::uint16_t v = kernels::f32_to_bf16_bits(src[i]);
         std::memcpy(out + i * 2, &v, 2);
       }
       return;
@@ -150,6 +158,33 @@ void convert_from_f32(const float* src, DType dst_type, void* dst, std::size_t c
 // The scalar conversions are the kernels' (kernels/float_bits.hpp), so what the host writes and
 // what a device rounds are the same bits.
 float bf16_to_f32(std::uint16_t bits) noexcept { return kernels::bf16_bits_to_f32(bits); }
+void convert_to_f32(DType src_type, const void* src, float* dst, std::size_t count, int threads) {
+  const std::size_t size = dtype_size(src_type);
+  const auto chunks = static_cast<std::int64_t>((count + kConvertChunk - 1) / kConvertChunk);
+  if (threads <= 1 || chunks <= 1 || !is_float_dtype(src_type))  // unknown types throw here
+    return convert_to_f32(src_type, src, dst, count);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    const std::size_t at = static_cast<std::size_t>(c) * kConvertChunk;
+    convert_to(src_type, static_cast<const unsigned char*>(src) + at * size, dst + at,
+               std::min(kConvertChunk, count - at));
+  }
+}
+
+void convert_from_f32(const float* src, DType dst_type, void* dst, std::size_t count, int threads) {
+  const std::size_t size = dtype_size(dst_type);
+  const auto chunks = static_cast<std::int64_t>((count + kConvertChunk - 1) / kConvertChunk);
+  if (threads <= 1 || chunks <= 1) return convert_from_f32(src, dst_type, dst, count);
+  // Unknown types throw before the parallel loop (an exception must not leave it).
+  if (!is_float_dtype(dst_type)) return convert_from_f32(src, dst_type, dst, count);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    const std::size_t at = static_cast<std::size_t>(c) * kConvertChunk;
+    convert_from_f32(src + at, dst_type, static_cast<unsigned char*>(dst) + at * size,
+                     std::min(kConvertChunk, count - at));
+  }
+}
+
 std::uint16_t f32_to_bf16(float value) noexcept { return kernels::f32_to_bf16_bits(value); }
 float f16_to_f32(std::uint16_t h) noexcept { return kernels::f16_bits_to_f32(h); }
 std::uint16_t f32_to_f16(float value) noexcept { return kernels::f32_to_f16_bits(value); }

@@ -151,11 +151,11 @@ void ShardedWriter::write(const std::string& name, std::span<const std::byte> da
   writers_[it->second].write(name, data);
 }
 
-void ShardedWriter::write_f32(const std::string& name, std::span<const float> values) {
+void ShardedWriter::write_f32(const std::string& name, std::span<const float> values, int threads) {
   const auto it = shard_of_.find(name);
   if (it == shard_of_.end())
     throw usage_error(dir_.string() + ": tensor '" + name + "' was not declared");
-  writers_[it->second].write_f32(name, values);
+  writers_[it->second].write_f32(name, values, threads);
 }
 
 void ShardedWriter::commit() {

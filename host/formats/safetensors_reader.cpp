@@ -168,7 +168,7 @@ std::span<const std::byte> SafetensorsFile::bytes(const TensorInfo& t) const noe
 
 namespace {
 template <class T>
-void read_into(const SafetensorsFile& f, const TensorInfo& t, std::span<T> out) {
+void read_into(const SafetensorsFile& f, const TensorInfo& t, std::span<T> out, int threads = 1) {
   if (out.size() != t.numel())
     throw shape_error(f.path().string() + ": tensor '" + t.name + "' has " +
                       std::to_string(t.numel()) + " elements, caller expected " +
@@ -178,7 +178,7 @@ void read_into(const SafetensorsFile& f, const TensorInfo& t, std::span<T> out) 
                             std::string(dtype_name(t.dtype)) +
                             "; revmerge computes on F64, F32, F16 and BF16");
   if constexpr (std::is_same_v<T, float>)
-    convert_to_f32(t.dtype, f.bytes(t).data(), out.data(), out.size());
+    convert_to_f32(t.dtype, f.bytes(t).data(), out.data(), out.size(), threads);
   else
     convert_to_f64(t.dtype, f.bytes(t).data(), out.data(), out.size());
   f.check_intact();
@@ -187,6 +187,9 @@ void read_into(const SafetensorsFile& f, const TensorInfo& t, std::span<T> out) 
 
 void SafetensorsFile::read(const TensorInfo& t, std::span<float> out) const {
   read_into(*this, t, out);
+}
+void SafetensorsFile::read(const TensorInfo& t, std::span<float> out, int threads) const {
+  read_into(*this, t, out, threads);
 }
 void SafetensorsFile::read(const TensorInfo& t, std::span<double> out) const {
   read_into(*this, t, out);

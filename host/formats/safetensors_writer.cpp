@@ -4,6 +4,7 @@
 #include <unordered_map>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -99,13 +100,15 @@ void SafetensorsWriter::write(std::string_view name, std::span<const std::byte> 
   impl_->file->write_at(impl_->data_start + s.begin, data.data(), data.size());
 }
 
-void SafetensorsWriter::write_f32(std::string_view name, std::span<const float> values) {
+void SafetensorsWriter::write_f32(std::string_view name, std::span<const float> values, int threads) {
   const auto& s = impl_->slot(name);
   if (s.spec.dtype == DType::F32)  // already the file's bytes (little-endian: dtype.cpp asserts it)
     return write(name, std::as_bytes(values));
-  std::vector<std::byte> buf(values.size() * dtype_size(s.spec.dtype));
-  convert_from_f32(values.data(), s.spec.dtype, buf.data(), values.size());
-  write(name, buf);
+  // Not zero-filled first: the conversion writes every byte.
+  const std::size_t bytes = values.size() * dtype_size(s.spec.dtype);
+  const std::unique_ptr<std::byte[]> buf(new std::byte[bytes]);
+  convert_from_f32(values.data(), s.spec.dtype, buf.get(), values.size(), threads);
+  write(name, std::span<const std::byte>(buf.get(), bytes));
 }
 
 void SafetensorsWriter::commit() {

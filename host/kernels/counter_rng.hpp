@@ -26,6 +26,20 @@ REVMERGE_HD inline double counter_uniform(std::uint64_t seed, std::uint64_t stre
   return static_cast<double>(mix64(key ^ index) >> 11) * 0x1.0p-53;
 }
 
+/// The draws of a stream compared with a probability without forming the doubles:
+/// counter_uniform(seed, stream, i) < p exactly when below(i) holds (the 53-bit integer under
+/// ⌈p · 2⁵³⌉, a product exact in double).
+struct CounterThreshold {
+  std::uint64_t key;
+  REVMERGE_HD CounterThreshold(std::uint64_t seed, std::uint64_t stream) : key(mix64(seed ^ mix64(stream))) {}
+  REVMERGE_HD static std::uint64_t limit(double p) {
+    return p <= 0 ? 0 : p >= 1 ? (std::uint64_t{1} << 53) : static_cast<std::uint64_t>(::ceil(p * 0x1.0p53));
+  }
+  REVMERGE_HD bool below(std::uint64_t index, std::uint64_t limit) const {
+    return (mix64(key ^ index) >> 11) < limit;
+  }
+};
+
 /// A standard normal number for (seed, stream, index): Box–Muller on two uniforms of the
 /// stream, u1 kept away from 0. The randomized SVD's sketch, drawn alike on the host and on a
 /// device (the global-namespace log / cos / sqrt are the CUDA math library's in device code).

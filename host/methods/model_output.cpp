@@ -87,15 +87,15 @@ std::int64_t write_model(const HfModel& config_from, const std::vector<OutputTen
     const bool is_float = is_float_dtype(t.dtype);
     std::int64_t numel = 1;
     for (const auto d : t.shape) numel *= d;
-    values.assign(is_float ? static_cast<std::size_t>(numel) : 0, 0.0f);
+    values.resize(is_float ? static_cast<std::size_t>(numel) : 0);  // reused: no fresh pages
     if (is_float && produce(t.name, values)) {
-      writer.write_f32(t.name, values);
+      writer.write_f32(t.name, values, o.threads);
       ++replaced;
     } else if (!t.source) {
       throw std::logic_error("write_model: no values for tensor '" + t.name + "'");
     } else if (is_float && t.dtype != t.source->info->dtype) {
       t.source->file->read(*t.source->info, values);
-      writer.write_f32(t.name, values);
+      writer.write_f32(t.name, values, o.threads);
     } else {
       writer.write(t.name, t.source->file->bytes(*t.source->info));
     }

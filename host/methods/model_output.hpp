@@ -14,13 +14,14 @@
 
 namespace revmerge {
 
-/// Fills `values` (numel f32) with the output tensor `name` and returns true, or returns false
-/// to copy the base tensor unchanged.
+/// Fills `values` (numel f32, contents unspecified on entry) with the output tensor `name` and
+/// returns true, or returns false to copy the base tensor unchanged.
 using TensorProducer = std::function<bool(const std::string& name, std::vector<float>& values)>;
 
 struct ModelOutputOptions {
   std::optional<DType> dtype;  ///< float tensors' output dtype; default: the base tensor's
   bool overwrite = false;
+  int threads = 1;  ///< for converting whole tensors to their written dtype
   std::uint64_t max_shard_bytes = 5'000'000'000ull;  ///< transformers' default shard size
   ProgressFn progress;
   /// Small files written into the folder beside the model: (name, text), e.g. the recipe.

@@ -75,7 +75,8 @@ class ShardedWriter {
                 std::uint64_t max_shard_bytes,
                 const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
   void write(const std::string& name, std::span<const std::byte> data);
-  void write_f32(const std::string& name, std::span<const float> values);
+  /// `threads`: the conversion to the declared dtype on that many OpenMP threads.
+  void write_f32(const std::string& name, std::span<const float> values, int threads = 1);
   void commit();
   std::size_t shard_count() const noexcept { return writers_.size(); }
 

@@ -45,6 +45,11 @@ void convert_to_f64(DType src_type, const void* src, double* dst, std::size_t co
 /// Converts `count` floats into `dst_type` at `dst` (rounding to nearest even for F16/BF16).
 void convert_from_f32(const float* src, DType dst_type, void* dst, std::size_t count);
 
+/// The same on `threads` OpenMP threads, in chunks of 2²⁰ elements (for whole tensors read or
+/// written outside other parallel work; the results are the same bytes).
+void convert_to_f32(DType src_type, const void* src, float* dst, std::size_t count, int threads);
+void convert_from_f32(const float* src, DType dst_type, void* dst, std::size_t count, int threads);
+
 /// Scalar conversions, exposed for tests and kernels.
 float bf16_to_f32(std::uint16_t bits) noexcept;
 std::uint16_t f32_to_bf16(float value) noexcept;

@@ -77,6 +77,8 @@ class SafetensorsFile {
 
   /// Reads a float tensor converted to f32 / f64; `out.size()` must equal numel (shape_error).
   void read(const TensorInfo& t, std::span<float> out) const;
+  /// The same, converting on `threads` OpenMP threads (a whole tensor, outside other parallel work).
+  void read(const TensorInfo& t, std::span<float> out, int threads) const;
   void read(const TensorInfo& t, std::span<double> out) const;
   std::vector<float> read_f32(std::string_view name) const;
   /// Drops the tensor's pages from the process's resident set once it has been read
@@ -120,7 +122,7 @@ class SafetensorsWriter {
   /// write different tensors at once.
   void write(std::string_view name, std::span<const std::byte> data);
   /// Converts `values` (numel floats) to the tensor's dtype and writes them.
-  void write_f32(std::string_view name, std::span<const float> values);
+  void write_f32(std::string_view name, std::span<const float> values, int threads = 1);
   /// Checks every tensor was written, syncs and renames into place.
   void commit();
 

@@ -3,6 +3,7 @@
 // themselves), written as a full model beside the base's config.
 #include <omp.h>
 
+#include <bit>
 #include <cmath>
 #include <memory>
 
@@ -53,14 +54,34 @@ ModelOutputOptions model_output_options(const ClassicMergeOptions& o, const Clas
   return mo;
 }
 
+void read_finite(const CheckpointTensor& t, const std::string& where, std::span<float> v, int threads) {
+  t.file->read(*t.info, v, threads);
+  // The first non-finite element, found in parallel chunks (an exponent of all ones).
+  const auto count = static_cast<i64>(v.size());
+  constexpr i64 kChunk = i64{1} << 20;
+  i64 first = count;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(min : first)
+  for (i64 c = 0; c < (count + kChunk - 1) / kChunk; ++c) {
+    const i64 end = std::min(count, (c + 1) * kChunk);
+    std::uint32_t any = 0;
+    for (i64 i = c * kChunk; i < end; ++i)
+      any |= (std::bit_cast<std::uint32_t>(v[i]) & 0x7f800000u) == 0x7f800000u;
+    if (any)
+      for (i64 i = c * kChunk; i < end; ++i)
+        if (!std::isfinite(v[i])) {
+          first = std::min(first, i);
+          break;
+        }
+  }
+  if (first < count)
+    throw format_error(t.file->path().string() + ": tensor '" + t.info->name +
+                       "' holds a non-finite value at element " + std::to_string(first) + " (" +
+                       where + ")");
+}
+
 std::vector<float> read_finite(const CheckpointTensor& t, const std::string& where) {
   std::vector<float> v(static_cast<std::size_t>(t.info->numel()));
-  t.file->read(*t.info, v);
-  for (std::size_t i = 0; i < v.size(); ++i)
-    if (!std::isfinite(v[i]))
-      throw format_error(t.file->path().string() + ": tensor '" + t.info->name +
-                         "' holds a non-finite value at element " + std::to_string(i) + " (" +
-                         where + ")");
+  read_finite(t, where, v, 1);
   return v;
 }
 
@@ -90,12 +111,12 @@ void check_combine_options(const ClassicMergeOptions& o) {
 void combine_tensor(const ClassicMergeOptions& o, TensorInputs& in, std::span<float> out, int threads) {
   const auto p = task_parameters(o, o.tasks.size());
   const auto recipe = make_recipe(o, Convention::mergekit);
-  const i64 n = static_cast<i64>(in.models.size()), count = static_cast<i64>(out.size());
-  std::vector<float> stack(static_cast<std::size_t>(n * count));
-  for (i64 t = 0; t < n; ++t) {
-    auto& w = in.models[t];
-    for (i64 j = 0; j < count; ++j) stack[t * count + j] = in.base.empty() ? w[j] : w[j] - in.base[j];
-    std::vector<float>().swap(w);  // read once: the stack holds it now
+  const i64 n = static_cast<i64>(in.n), count = static_cast<i64>(out.size());
+  const std::span<float> stack(in.stacked.data(), static_cast<std::size_t>(n * count));
+  if (!in.base.empty()) {  // task vectors, where the tasks' values lie
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (i64 j = 0; j < count; ++j)
+      for (i64 t = 0; t < n; ++t) stack[t * count + j] -= in.base[j];
   }
   CombineInput ci{stack, n, count, p.weights, p.densities, in.name, o.seed};
   ci.gammas = p.gammas;
@@ -103,8 +124,10 @@ void combine_tensor(const ClassicMergeOptions& o, TensorInputs& in, std::span<fl
   ci.shape = in.shape;
   ci.select_topk = o.select_topk.value_or(1.0);
   combine_stack(recipe, ci, out, threads);
-  if (!in.base.empty())
+  if (!in.base.empty()) {
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (i64 j = 0; j < count; ++j) out[j] += in.base[j];
+  }
 }
 
 }  // namespace
@@ -153,11 +176,18 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
   check_tensor_parameters(o, layout);
   const int threads = o.threads > 0 ? o.threads : omp_get_max_threads();
   const auto layers = layout.config().num_hidden_layers;
+  TensorInputs in;  // its memory reused from tensor to tensor
   const auto produce = [&](const std::string& name, std::vector<float>& values) {
-    TensorInputs in{name, layout.checkpoint().at(name).info->shape, {}, {}};
-    if (base) in.base = read_finite(base->checkpoint().at(name), "the base");
+    const auto& info = *layout.checkpoint().at(name).info;
+    in.name = name;
+    in.shape = info.shape;
+    in.n = models.size();
+    in.count = static_cast<std::size_t>(info.numel());
+    in.base.resize(base ? in.count : 0);
+    in.stacked.resize(in.n * in.count);
+    if (base) read_finite(base->checkpoint().at(name), "the base", in.base, threads);
     for (std::size_t t = 0; t < models.size(); ++t)
-      in.models.push_back(read_finite(models[t]->checkpoint().at(name), "task '" + o.tasks[t].name + "'"));
+      read_finite(models[t]->checkpoint().at(name), "task '" + o.tasks[t].name + "'", in.model(t), threads);
     // Per-tensor parameters (mergekit's gradients and filters) give this tensor its own.
     merge_tensor(options_for_tensor(o, name, layer_position(name, layers)), in, values, threads);
     return true;
@@ -168,7 +198,9 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
   report.parameters = classic_parameters(o, task_parameters(o, o.tasks.size()), recipe ? &*recipe : nullptr, 0,
                                          o.dtype ? std::string(dtype_name(*o.dtype))
                                          : base ? "the base model's" : "the first model's");
-  report.items = write_full_model(layout, o.out, produce, model_output_options(o, report));
+  auto mo = model_output_options(o, report);
+  mo.threads = threads;
+  report.items = write_full_model(layout, o.out, produce, mo);
   return report;
 }
 

@@ -60,6 +60,9 @@ ModelOutputOptions model_output_options(const ClassicMergeOptions& options,
                                         const ClassicMergeReport& report);
 /// A tensor as f32, refusing non-finite values (format_error naming file, tensor, element, `where`).
 std::vector<float> read_finite(const CheckpointTensor& tensor, const std::string& where);
+/// The same into `out` (resized; its memory reused), converted and checked on `threads` threads.
+void read_finite(const CheckpointTensor& tensor, const std::string& where, std::span<float> out,
+                 int threads);
 
 /// mergekit's per-tensor parameters (tensor_parameters.cpp): whether any are set, and whether
 /// `key` is; a tensor's position among the layers (layer i of L at i / (L − 1), 0 outside the
@@ -80,12 +83,18 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& options)
 // it to the method's per-tensor arithmetic below.
 
 /// One output tensor's inputs: its name (in messages, and keying DARE's and DELLA's masks), its
-/// shape, the base's values (empty without a base) and each task's, in task order.
+/// shape, the base's values (empty without a base) and the tasks', one after another in task
+/// order (n × count: the element-wise methods combine them where they lie). A driver keeps one
+/// and reuses its memory from tensor to tensor.
 struct TensorInputs {
   std::string name;
   std::vector<std::int64_t> shape;
   std::vector<float> base;
-  std::vector<std::vector<float>> models;
+  std::vector<float> stacked;
+  std::size_t n = 0, count = 0;
+
+  std::span<float> model(std::size_t i) { return {stacked.data() + i * count, count}; }
+  std::span<const float> model(std::size_t i) const { return {stacked.data() + i * count, count}; }
 };
 
 /// Whether the method needs a base (true), refuses one (false: linear), or takes either

@@ -12,8 +12,6 @@ namespace {
 
 using i64 = std::int64_t;
 
-int sign_of(double v) { return (v > 0) - (v < 0); }
-
 }  // namespace
 
 CombineRecipe make_recipe(const ClassicMergeOptions& o, Convention convention) {
@@ -73,6 +71,13 @@ CombineRecipe make_recipe(const ClassicMergeOptions& o, Convention convention) {
     case ClassicMethod::slerp:
     case ClassicMethod::nearswap:
     case ClassicMethod::model_stock:
+    case ClassicMethod::nuslerp:
+    case ClassicMethod::multislerp:
+    case ClassicMethod::karcher:
+    case ClassicMethod::ram:
+    case ClassicMethod::ramplus_tl:
+    case ClassicMethod::arcee_fusion:
+    case ClassicMethod::passthrough:
       throw usage_error("--method " + to_string(o.method) + " is not an element-wise method");
   }
   // mergekit rescales after any sparsification, to the task's L1 norm; PEFT only after DARE's
@@ -91,16 +96,17 @@ CombineRecipe make_recipe(const ClassicMergeOptions& o, Convention convention) {
 
 namespace {
 
-void sparsify_task(const CombineRecipe& r, const CombineInput& in, i64 t, std::span<float> x) {
+void sparsify_task(const CombineRecipe& r, const CombineInput& in, i64 t, std::span<float> x,
+                   int threads) {
   const auto stream = [&] { return kernels::stream_id(in.name + "#" + std::to_string(t)); };
   const double density = in.densities[t];
   switch (r.sparsify) {
     case Sparsify::none: break;
-    case Sparsify::magnitude: magnitude_trim(x, density, r.keep_at_least_one, r.rescale); break;
-    case Sparsify::random: random_drop(x, density, r.rescale, in.seed, stream()); break;
-    case Sparsify::outliers: outlier_trim(x, density, in.gammas[t], r.rescale); break;
+    case Sparsify::magnitude: magnitude_trim(x, density, r.keep_at_least_one, r.rescale, threads); break;
+    case Sparsify::random: random_drop(x, density, r.rescale, in.seed, stream(), threads); break;
+    case Sparsify::outliers: outlier_trim(x, density, in.gammas[t], r.rescale, threads); break;
     case Sparsify::della:
-      della_drop(x, in.shape, density, in.epsilons[t], r.rescale, in.seed, stream());
+      della_drop(x, in.shape, density, in.epsilons[t], r.rescale, in.seed, stream(), threads);
       break;
   }
 }
@@ -159,10 +165,9 @@ void combine_stack(const CombineRecipe& r, const CombineInput& in, std::span<flo
       (r.sparsify == Sparsify::della && static_cast<i64>(in.epsilons.size()) != n))
     throw std::logic_error("combine_stack: gammas or epsilons missing");
   const auto task = [&](i64 t) { return in.stack.subspan(t * count, count); };
-  if (r.sparsify != Sparsify::none) {
-#pragma omp parallel for num_threads(threads) schedule(dynamic)
-    for (i64 t = 0; t < n; ++t) sparsify_task(r, in, t, task(t));
-  }
+  // One task at a time, each on every thread (a task's tensor is the large dimension).
+  if (r.sparsify != Sparsify::none)
+    for (i64 t = 0; t < n; ++t) sparsify_task(r, in, t, task(t), threads);
   if (r.select_by_variance) select_by_variance(in.stack, n, count, in.select_topk, threads);
   const auto energy = r.weights_from_energy ? energy_weights(in.stack, n, count) : std::vector<double>{};
   const float* x = in.stack.data();
@@ -170,37 +175,61 @@ void combine_stack(const CombineRecipe& r, const CombineInput& in, std::span<flo
   double weight_sum = 0;
   for (i64 t = 0; t < n; ++t) weight_sum += w[t];
   if (std::fabs(weight_sum) < 1e-8) weight_sum = 1;  // mergekit's guard
+  // Blocks of elements, each step a loop over the block (vectorised), the tasks in order: every
+  // element's vote and sums are added in task order, as one element at a time would.
+  constexpr i64 kBlock = 512;
+  const bool elect = r.elect_sign, weighted = r.elect_on_weighted, by_count = r.election == SignElection::count;
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (i64 j = 0; j < count; ++j) {
-    int majority = 1;
-    if (r.elect_sign) {
-      double vote = 0;
+  for (i64 b = 0; b < count; b += kBlock) {
+    const i64 m = std::min(kBlock, count - b);
+    double vote[kBlock], sum[kBlock], agreeing[kBlock], agreeing_weight[kBlock];
+    for (i64 j = 0; j < m; ++j) vote[j] = sum[j] = agreeing[j] = agreeing_weight[j] = 0;
+    if (elect)
       for (i64 t = 0; t < n; ++t) {
-        const double e = r.elect_on_weighted ? w[t] * x[t * count + j] : x[t * count + j];
-        vote += r.election == SignElection::sum ? e : sign_of(e);
+        const float* xt = x + t * count + b;
+        const double wt = weighted ? w[t] : 1.0;
+        for (i64 j = 0; j < m; ++j) {
+          const double e = wt * xt[j];
+          vote[j] += by_count ? double((e > 0) - (e < 0)) : e;
+        }
       }
-      majority = vote >= 0 ? 1 : -1;
-    }
-    double sum = 0, agreeing = 0, agreeing_weight = 0;
+    // The majority's sign, + where the vote is 0; a value agrees when e · majority > 0 (so a
+    // zero never does). Branch-free, so that each loop vectorises.
+    for (i64 j = 0; j < m; ++j) vote[j] = vote[j] >= 0 ? 1.0 : -1.0;
     for (i64 t = 0; t < n; ++t) {
-      const double v = x[t * count + j];
-      if (r.elect_sign) {
-        const double e = r.elect_on_weighted ? w[t] * v : v;
-        if (sign_of(e) != majority) continue;
-        agreeing += 1;
-        agreeing_weight += w[t];
+      const float* xt = x + t * count + b;
+      const double wt = w[t], we = weighted ? w[t] : 1.0;
+      if (!elect) {
+        for (i64 j = 0; j < m; ++j) sum[j] += wt * double(xt[j]);
+        continue;
       }
-      sum += w[t] * v;
+      for (i64 j = 0; j < m; ++j) {
+        const double v = xt[j];
+        const double ok = static_cast<double>(we * v * vote[j] > 0);
+        sum[j] += ok * (wt * v);  // ±0 where it disagrees: the sum is never −0, so unchanged
+        agreeing[j] += ok;
+        agreeing_weight[j] += ok * wt;
+      }
     }
-    double divisor = 1;
+    const double lambda = r.lambda;
     switch (r.normalize) {
-      case Normalize::none: break;
-      case Normalize::agreeing_count: divisor = std::max(agreeing, 1.0); break;
-      case Normalize::agreeing_weight: divisor = agreeing_weight == 0 ? 1 : agreeing_weight; break;
-      case Normalize::weight_sum: divisor = weight_sum; break;
-      case Normalize::agreeing_weight_floor: divisor = std::max(agreeing_weight, 1e-6); break;
+      case Normalize::none:
+        for (i64 j = 0; j < m; ++j) out[b + j] = static_cast<float>(sum[j] / 1.0 * lambda);
+        break;
+      case Normalize::agreeing_count:
+        for (i64 j = 0; j < m; ++j) out[b + j] = static_cast<float>(sum[j] / std::max(agreeing[j], 1.0) * lambda);
+        break;
+      case Normalize::agreeing_weight:
+        for (i64 j = 0; j < m; ++j)
+          out[b + j] = static_cast<float>(sum[j] / (agreeing_weight[j] == 0 ? 1.0 : agreeing_weight[j]) * lambda);
+        break;
+      case Normalize::weight_sum:
+        for (i64 j = 0; j < m; ++j) out[b + j] = static_cast<float>(sum[j] / weight_sum * lambda);
+        break;
+      case Normalize::agreeing_weight_floor:
+        for (i64 j = 0; j < m; ++j) out[b + j] = static_cast<float>(sum[j] / std::max(agreeing_weight[j], 1e-6) * lambda);
+        break;
     }
-    out[j] = static_cast<float>(sum / divisor * r.lambda);
   }
 }
 

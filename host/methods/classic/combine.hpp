@@ -69,13 +69,16 @@ void combine_stack(const CombineRecipe& recipe, const CombineInput& input, std::
 /// where the two do not fit); the DELLA drop keeps element j when counter_uniform(seed, stream,
 /// j) < its probability. `rescale` is applied to the kept values (l1: back to the task's L1
 /// norm, unless either norm is below 1e-7).
+/// Each runs on `threads` OpenMP threads with the same result for any count (sums per fixed
+/// chunk, added in order).
 void magnitude_trim(std::span<float> x, double density, bool keep_at_least_one,
-                    Rescale rescale = Rescale::none);
+                    Rescale rescale = Rescale::none, int threads = 1);
 void random_drop(std::span<float> x, double density, Rescale rescale, std::uint64_t seed,
-                 std::uint64_t stream);
-void outlier_trim(std::span<float> x, double density, double gamma, Rescale rescale);
+                 std::uint64_t stream, int threads = 1);
+void outlier_trim(std::span<float> x, double density, double gamma, Rescale rescale, int threads = 1);
 void della_drop(std::span<float> x, std::span<const std::int64_t> shape, double density,
-                double epsilon, Rescale rescale, std::uint64_t seed, std::uint64_t stream);
+                double epsilon, Rescale rescale, std::uint64_t seed, std::uint64_t stream,
+                int threads = 1);
 /// DELLA's keep probability for the element of ascending magnitude rank `rank` (1-based) in a
 /// row of `length`, in f32 as mergekit computes it; a row of one element gets density.
 float della_probability(std::int64_t rank, std::int64_t length, double density, double epsilon);

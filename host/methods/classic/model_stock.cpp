@@ -23,13 +23,13 @@ void check_model_stock_options(const ClassicMergeOptions& o) {
 
 void model_stock_tensor(const TensorInputs& in, std::span<float> out) {
   const auto& w0 = in.base;
-  const std::size_t n = in.models.size(), m = w0.size();
+  const std::size_t n = in.n, m = w0.size();
   std::vector<std::vector<double>> deltas(n, std::vector<double>(m));
   std::vector<double> norms(n);
   for (std::size_t i = 0; i < n; ++i) {
     double sq = 0;
     for (std::size_t k = 0; k < m; ++k) {
-      deltas[i][k] = double(in.models[i][k]) - w0[k];
+      deltas[i][k] = double(in.model(i)[k]) - w0[k];
       sq += deltas[i][k] * deltas[i][k];
     }
     norms[i] = std::sqrt(sq);

@@ -44,11 +44,12 @@ RamParameters ram_parameters(const ClassicMergeOptions& o, const std::string& te
   return rp;
 }
 
-void ram(const std::vector<std::vector<float>>& x, const std::vector<float>& base,
-         const RamParameters& p, std::span<float> out) {
-  const std::size_t n = x.size(), m = base.size();
+void ram(const TensorInputs& in, const RamParameters& p, std::span<float> out) {
+  const auto& base = in.base;
+  const std::size_t n = in.n, m = base.size();
+  const auto x = [&](std::size_t i, std::size_t k) { return double(in.model(i)[k]); };
   const auto changed = [&](std::size_t i, std::size_t k) {
-    return std::fabs(double(x[i][k]) - base[k]) > p.epsilon;
+    return std::fabs(x(i, k) - base[k]) > p.epsilon;
   };
   std::vector<int> count(m, 0);
   for (std::size_t i = 0; i < n; ++i)
@@ -64,14 +65,14 @@ void ram(const std::vector<std::vector<float>>& x, const std::vector<float>& bas
   for (std::size_t k = 0; k < m; ++k) {
     double sum = 0;
     for (std::size_t i = 0; i < n; ++i)
-      if (changed(i, k)) sum += (double(x[i][k]) - base[k]) * (count[k] == 1 ? scale[i] : 1.0);
+      if (changed(i, k)) sum += (x(i, k) - base[k]) * (count[k] == 1 ? scale[i] : 1.0);
     out[k] = static_cast<float>(base[k] + (count[k] > 1 ? sum / count[k] : sum));
   }
 }
 
 // Arcee Fusion's importance of each element: |w − b| times the KL divergence of the softmaxes of
 // its row (the last axis; a 1-D tensor is one row), each with 1e-8 added.
-std::vector<double> fusion_importance(const std::vector<float>& w, const std::vector<float>& b,
+std::vector<double> fusion_importance(std::span<const float> w, const std::vector<float>& b,
                                       i64 row) {
   std::vector<double> importance(w.size());
   std::vector<double> p(static_cast<std::size_t>(row)), q(p.size());
@@ -120,14 +121,15 @@ void check_selective_options(const ClassicMergeOptions& o) {
 void selective_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std::span<float> out) {
   const auto& b = in.base;
   if (o.method != ClassicMethod::arcee_fusion) {
-    ram(in.models, b, ram_parameters(o, in.name), out);
+    ram(in, ram_parameters(o, in.name), out);
     return;
   }
   if (b.empty()) return;
   const i64 row = in.shape.empty() ? 1 : in.shape.back();
-  const auto importance = fusion_importance(in.models[0], b, std::max<i64>(row, 1));
+  const auto w = in.model(0);
+  const auto importance = fusion_importance(w, b, std::max<i64>(row, 1));
   const double threshold = fusion_threshold(importance);
-  for (std::size_t k = 0; k < out.size(); ++k) out[k] = importance[k] >= threshold ? in.models[0][k] : b[k];
+  for (std::size_t k = 0; k < out.size(); ++k) out[k] = importance[k] >= threshold ? w[k] : b[k];
 }
 
 }  // namespace revmerge

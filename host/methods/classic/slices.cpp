@@ -67,7 +67,7 @@ void check_passthrough_options(const ClassicMergeOptions& o) {
 void passthrough_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std::span<float> out) {
   const double scale = task_parameters(o, 1).scales[0];
   for (std::size_t k = 0; k < out.size(); ++k)
-    out[k] = scale == 1.0 ? in.models[0][k] : static_cast<float>(in.models[0][k] * scale);
+    out[k] = scale == 1.0 ? in.model(0)[k] : static_cast<float>(in.model(0)[k] * scale);
 }
 
 ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& o) {
@@ -181,16 +181,22 @@ ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& o) {
       add(t, t.info->name, o.slices.size() - 1, 0.0, [&](std::size_t) { return t.info->name; });
 
   const int threads = o.threads > 0 ? o.threads : omp_get_max_threads();
+  TensorInputs in;  // its memory reused from tensor to tensor
   const auto produce = [&](const std::string& name, std::vector<float>& values) {
     const auto& p = plan.at(name);
     const auto& sl = o.slices[p.slice];
-    const auto read = [&](std::size_t i) {
+    const auto read = [&](std::size_t i, std::span<float> into) {
       const auto& src = sl.sources[i];
-      return read_finite(model(src.model).checkpoint().at(p.source_names[i]), src.model.string());
+      read_finite(model(src.model).checkpoint().at(p.source_names[i]), src.model.string(), into, threads);
     };
-    TensorInputs in{name, p.shape, {}, {}};
-    if (base_source[p.slice]) in.base = read(*base_source[p.slice]);
-    for (const auto i : task_source[p.slice]) in.models.push_back(read(i));
+    in.name = name;
+    in.shape = p.shape;
+    in.n = task_source[p.slice].size();
+    in.count = values.size();
+    in.base.resize(base_source[p.slice] ? in.count : 0);
+    in.stacked.resize(in.n * in.count);
+    if (base_source[p.slice]) read(*base_source[p.slice], in.base);
+    for (std::size_t t = 0; t < in.n; ++t) read(task_source[p.slice][t], in.model(t));
     const auto& so = slice_options[p.slice];
     merge_tensor(options_for_tensor(so, name, p.t), in, values, threads);
     return true;
@@ -213,6 +219,7 @@ ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& o) {
   report.parameters.insert(report.parameters.begin(),
                            {"slices", fmt::format("{} layers from {}", layers, fmt::join(parts, "; "))});
   auto mo = model_output_options(o, report);
+  mo.threads = threads;
   mo.num_hidden_layers = layers;
   mo.layer_sources = layer_sources;
   const HfModel& config_from = o.base.empty() ? first : model(o.base);

@@ -4,6 +4,7 @@
 // lower index counting as the larger (mergekit leaves that order to torch's sort, which does
 // not specify it; PEFT's topk likewise).
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <functional>
 #include <numeric>
@@ -18,75 +19,157 @@ namespace {
 
 using i64 = std::int64_t;
 
-// Membership of the k largest magnitudes: everything above `threshold`, and of the elements
-// equal to it the first `equal_left` by index.
+// Work on a tensor is split into chunks of this many elements; sums are taken per chunk and
+// the chunks' sums added in order, so that results do not depend on the thread count.
+constexpr i64 kChunk = i64{1} << 16;
+
+i64 chunk_count(i64 count) { return (count + kChunk - 1) / kChunk; }
+
+// |v| as ordered bits: for finite floats the order of these integers is the order of |v|.
+std::uint32_t magnitude_bits(float v) { return std::bit_cast<std::uint32_t>(v) & 0x7fffffffu; }
+
+// Membership of the k largest magnitudes: everything above `threshold` (bits), and of the
+// elements equal to it the first `equal_left` by index. k = 0 keeps nothing (a threshold above
+// every finite magnitude), k = count everything.
 struct TopRule {
-  float threshold = 0;
+  std::uint32_t threshold = 0;
   i64 equal_left = 0;
 };
 
-TopRule top_rule(std::span<const float> x, i64 k) {
+// Histogram of 16 bits of the magnitudes (`shift` 16: the high half; 0: the low half of those
+// whose high half is `high`), counted per thread and added.
+std::vector<i64> histogram(std::span<const float> x, int shift, std::uint32_t high, int threads) {
+  std::vector<i64> total(65536, 0);
   const i64 count = static_cast<i64>(x.size());
-  if (k <= 0) return {INFINITY, 0};
-  if (k >= count) return {-1.0f, 0};  // every magnitude is above −1
-  std::vector<float> mag(x.size());
-  std::transform(x.begin(), x.end(), mag.begin(), [](float v) { return std::fabs(v); });
-  std::nth_element(mag.begin(), mag.begin() + (k - 1), mag.end(), std::greater<float>());
-  const float threshold = mag[static_cast<std::size_t>(k - 1)];
-  i64 above = 0;
-  for (const float v : x) above += std::fabs(v) > threshold;
-  return {threshold, k - above};
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<i64> local(65536, 0);
+#pragma omp for schedule(static)
+    for (i64 i = 0; i < count; ++i) {
+      const std::uint32_t b = magnitude_bits(x[i]);
+      if (shift == 16) ++local[b >> 16];
+      else if ((b >> 16) == high) ++local[b & 0xffffu];
+    }
+#pragma omp critical
+    for (std::size_t j = 0; j < total.size(); ++j) total[j] += local[j];
+  }
+  return total;
 }
 
-// Walks x in index order, telling whether each element is within the rule's top set.
-struct TopWalk {
+// The rule for the k largest magnitudes, by a radix selection on their bits (two histogram
+// passes, no copy, no sort).
+TopRule top_rule(std::span<const float> x, i64 k, int threads) {
+  const i64 count = static_cast<i64>(x.size());
+  if (k <= 0) return {0xffffffffu, 0};
+  if (k >= count) return {0, count};
+  const auto high = histogram(x, 16, 0, threads);
+  i64 above = 0;
+  std::uint32_t hi = 65535;
+  while (above + high[hi] < k) above += high[hi--];
+  const auto low = histogram(x, 0, hi, threads);
+  std::uint32_t lo = 65535;
+  while (above + low[lo] < k) above += low[lo--];
+  return {(hi << 16) | lo, k - above};
+}
+
+// A rule applied chunk by chunk: how many of each chunk's elements equal to the threshold are
+// inside (the first ones by index overall).
+struct TopSet {
   TopRule rule;
-  bool next(float v) {
-    const float m = std::fabs(v);
-    if (m > rule.threshold) return true;
-    if (m == rule.threshold && rule.equal_left > 0) {
-      --rule.equal_left;
-      return true;
+  std::vector<i64> allowance;
+
+  TopSet(std::span<const float> x, TopRule r, int threads) : rule(r) {
+    const i64 count = static_cast<i64>(x.size()), chunks = chunk_count(count);
+    std::vector<i64> equal(static_cast<std::size_t>(chunks), 0);
+    const std::uint32_t threshold = rule.threshold;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (i64 c = 0; c < chunks; ++c) {
+      i64 e = 0;
+      const i64 end = std::min(count, (c + 1) * kChunk);
+      for (i64 i = c * kChunk; i < end; ++i) e += magnitude_bits(x[i]) == threshold;
+      equal[c] = e;
     }
-    return false;
+    allowance.resize(equal.size());
+    i64 before = 0;
+    for (std::size_t c = 0; c < equal.size(); ++c) {
+      allowance[c] = std::clamp<i64>(rule.equal_left - before, 0, equal[c]);
+      before += equal[c];
+    }
   }
+
+  // Walks chunk c in index order, telling whether each element is inside.
+  struct Walk {
+    std::uint32_t threshold;
+    i64 left;
+    bool next(float v) {
+      const std::uint32_t b = magnitude_bits(v);
+      if (b > threshold) return true;
+      if (b == threshold && left > 0) {
+        --left;
+        return true;
+      }
+      return false;
+    }
+  };
+  Walk walk(i64 c) const { return {rule.threshold, allowance[static_cast<std::size_t>(c)]}; }
 };
 
-double l1_norm(std::span<const float> x) {
+double l1_norm(std::span<const float> x, int threads) {
+  const i64 count = static_cast<i64>(x.size()), chunks = chunk_count(count);
+  std::vector<double> part(static_cast<std::size_t>(chunks), 0.0);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (i64 c = 0; c < chunks; ++c)
+    for (i64 i = c * kChunk; i < std::min(count, (c + 1) * kChunk); ++i) part[c] += std::fabs(x[i]);
   double s = 0;
-  for (const float v : x) s += std::fabs(v);
+  for (const double p : part) s += p;
   return s;
 }
 
 // Brings the kept values back to the task's L1 norm (mergekit's rescale: skipped when either
 // norm is below 1e-7) or divides by the density (PEFT's DARE).
-void apply_rescale(std::span<float> x, Rescale rescale, double before, double density) {
+void apply_rescale(std::span<float> x, Rescale rescale, double before, double density, int threads) {
   double factor = 1.0;
   if (rescale == Rescale::inverse_density) factor = 1.0 / density;
   if (rescale == Rescale::l1) {
-    const double after = l1_norm(x);
+    const double after = l1_norm(x, threads);
     if (before >= 1e-7 && after >= 1e-7) factor = before / after;
   }
-  if (factor != 1.0)
-    for (auto& v : x) v = static_cast<float>(v * factor);
+  if (factor == 1.0) return;
+  const i64 count = static_cast<i64>(x.size());
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (i64 i = 0; i < count; ++i) x[i] = static_cast<float>(x[i] * factor);
 }
 
 }  // namespace
 
-void magnitude_trim(std::span<float> x, double density, bool keep_at_least_one, Rescale rescale) {
+void magnitude_trim(std::span<float> x, double density, bool keep_at_least_one, Rescale rescale,
+                    int threads) {
   if (density >= 1) return;
   const i64 count = static_cast<i64>(x.size());
   // ⌊density · count⌋ as Python's int() computes it.
   i64 k = density <= 0 ? 0 : static_cast<i64>(density * static_cast<double>(count));
   if (keep_at_least_one && density > 0) k = std::max<i64>(k, 1);
-  const double before = rescale == Rescale::l1 ? l1_norm(x) : 0;
-  TopWalk keep{top_rule(x, k)};
-  for (auto& v : x)
-    if (!keep.next(v)) v = 0.0f;
-  apply_rescale(x, rescale, before, density);
+  const double before = rescale == Rescale::l1 ? l1_norm(x, threads) : 0;
+  const TopSet keep(x, top_rule(x, k, threads), threads);
+  const std::uint32_t threshold = keep.rule.threshold;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (i64 c = 0; c < chunk_count(count); ++c) {
+    i64 left = keep.allowance[static_cast<std::size_t>(c)];
+    const i64 end = std::min(count, (c + 1) * kChunk);
+    for (i64 i = c * kChunk; i < end; ++i) {
+      const std::uint32_t b = magnitude_bits(x[i]);
+      if (b > threshold) continue;
+      if (b == threshold && left > 0) {
+        --left;
+        continue;
+      }
+      x[i] = 0.0f;
+    }
+  }
+  apply_rescale(x, rescale, before, density, threads);
 }
 
-void outlier_trim(std::span<float> x, double density, double gamma, Rescale rescale) {
+void outlier_trim(std::span<float> x, double density, double gamma, Rescale rescale, int threads) {
   if (density >= 1) return;
   const i64 count = static_cast<i64>(x.size());
   const i64 target = density <= 0 ? 0 : static_cast<i64>(density * static_cast<double>(count));
@@ -94,26 +177,35 @@ void outlier_trim(std::span<float> x, double density, double gamma, Rescale resc
   // mergekit: n_bot = max(0, N − target − n_top) dropped from the bottom, `target` kept above
   // them; in ranks from the top that is [N − n_bot − target, N − n_bot).
   const i64 bottom = std::max<i64>(0, count - target - top);
-  const double before = rescale == Rescale::l1 ? l1_norm(x) : 0;
-  TopWalk outer{top_rule(x, count - bottom)}, outliers{top_rule(x, count - bottom - target)};
-  for (auto& v : x) {
-    const bool within = outer.next(v), dropped_top = outliers.next(v);
-    if (!within || dropped_top) v = 0.0f;
+  const double before = rescale == Rescale::l1 ? l1_norm(x, threads) : 0;
+  const TopSet outer(x, top_rule(x, count - bottom, threads), threads);
+  const TopSet outliers(x, top_rule(x, count - bottom - target, threads), threads);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (i64 c = 0; c < chunk_count(count); ++c) {
+    auto within = outer.walk(c), dropped = outliers.walk(c);
+    for (i64 i = c * kChunk; i < std::min(count, (c + 1) * kChunk); ++i) {
+      const bool in = within.next(x[i]), out = dropped.next(x[i]);
+      if (!in || out) x[i] = 0.0f;
+    }
   }
-  apply_rescale(x, rescale, before, density);
+  apply_rescale(x, rescale, before, density, threads);
 }
 
 void random_drop(std::span<float> x, double density, Rescale rescale, std::uint64_t seed,
-                 std::uint64_t stream) {
+                 std::uint64_t stream, int threads) {
   if (density >= 1) return;
   if (density <= 0) {
     std::fill(x.begin(), x.end(), 0.0f);
     return;
   }
-  const double before = l1_norm(x);
-  for (std::size_t j = 0; j < x.size(); ++j)
-    if (!(kernels::counter_uniform(seed, stream, j) < density)) x[j] = 0.0f;
-  apply_rescale(x, rescale, before, density);
+  const double before = l1_norm(x, threads);
+  const i64 count = static_cast<i64>(x.size());
+  const kernels::CounterThreshold draw(seed, stream);
+  const std::uint64_t limit = kernels::CounterThreshold::limit(density);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (i64 j = 0; j < count; ++j)
+    if (!draw.below(static_cast<std::uint64_t>(j), limit)) x[j] = 0.0f;
+  apply_rescale(x, rescale, before, density, threads);
 }
 
 float della_probability(i64 rank, i64 length, double density, double epsilon) {
@@ -127,7 +219,7 @@ float della_probability(i64 rank, i64 length, double density, double epsilon) {
 }
 
 void della_drop(std::span<float> x, std::span<const i64> shape, double density, double epsilon,
-                Rescale rescale, std::uint64_t seed, std::uint64_t stream) {
+                Rescale rescale, std::uint64_t seed, std::uint64_t stream, int threads) {
   if (density >= 1) return;
   if (density <= 0) {
     std::fill(x.begin(), x.end(), 0.0f);
@@ -139,11 +231,15 @@ void della_drop(std::span<float> x, std::span<const i64> shape, double density, 
   const i64 inner = shape.size() >= 2 ? std::accumulate(shape.begin() + 2, shape.end(), i64{1}, std::multiplies<>()) : 1;
   if (length == 0 || inner == 0) return;
   const i64 outer = count / (length * inner);
-  const double before = l1_norm(x);
-  std::vector<i64> order(static_cast<std::size_t>(length));
-  std::vector<float> keep_p(static_cast<std::size_t>(length));
-  for (i64 o = 0; o < outer; ++o)
-    for (i64 in = 0; in < inner; ++in) {
+  const double before = l1_norm(x, threads);
+  const kernels::CounterThreshold draw(seed, stream);
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<i64> order(static_cast<std::size_t>(length));
+    std::vector<float> keep_p(static_cast<std::size_t>(length));
+#pragma omp for schedule(dynamic, 16)
+    for (i64 row = 0; row < outer * inner; ++row) {
+      const i64 o = row / inner, in = row % inner;
       const auto at = [&](i64 j) { return (o * length + j) * inner + in; };
       std::iota(order.begin(), order.end(), i64{0});
       std::stable_sort(order.begin(), order.end(), [&](i64 a, i64 b) {
@@ -154,11 +250,11 @@ void della_drop(std::span<float> x, std::span<const i64> shape, double density, 
         keep_p[order[p]] = della_probability(length - p, length, density, epsilon);
       for (i64 j = 0; j < length; ++j) {
         const i64 e = at(j);
-        if (!(kernels::counter_uniform(seed, stream, static_cast<std::uint64_t>(e)) < double(keep_p[j])))
-          x[e] = 0.0f;
+        if (!draw.below(static_cast<std::uint64_t>(e), kernels::CounterThreshold::limit(keep_p[j]))) x[e] = 0.0f;
       }
     }
-  apply_rescale(x, rescale, before, density);
+  }
+  apply_rescale(x, rescale, before, density, threads);
 }
 
 }  // namespace revmerge

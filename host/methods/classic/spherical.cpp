@@ -195,7 +195,8 @@ void spherical_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std:
   const auto& b = in.base;
   std::vector<Vec> x;
   if (o.method == ClassicMethod::karcher && has_base) x.emplace_back(b.begin(), b.end());
-  for (const auto& w : in.models) {
+  for (std::size_t i = 0; i < in.n; ++i) {
+    const auto w = in.model(i);
     Vec v(w.begin(), w.end());
     if (has_base && o.method != ClassicMethod::karcher)
       for (std::size_t k = 0; k < v.size(); ++k) v[k] -= b[k];

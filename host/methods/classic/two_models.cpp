@@ -77,7 +77,7 @@ void check_two_model_options(const ClassicMergeOptions& o) {
 void two_model_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std::span<float> out) {
   const double t = checked_t(o.method, o.t, " (tensor '" + in.name + "')");
   const auto& v0 = in.base;
-  const auto& v1 = in.models[0];
+  const auto v1 = in.model(0);
   if (o.method == ClassicMethod::nearswap) {
     nearswap(t, v0, v1, out);
     return;

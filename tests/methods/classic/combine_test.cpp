@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <numeric>
 #include <random>
 
 #include "kernels/counter_rng.hpp"
@@ -244,6 +245,61 @@ TEST(Combine, SceMatchesItsDefinition) {
         den += w[t] / wsum;
       }
     ASSERT_NEAR(got[j], num / std::max(den, 1e-6), 1e-6) << "element " << j;
+  }
+}
+
+// The parallel trims against a plain statement of them (a stable sort by magnitude), on a
+// tensor spanning several chunks with many equal magnitudes, and the same bytes for any thread
+// count.
+TEST(Combine, ParallelTrimsMatchASortAndDoNotDependOnThreads) {
+  const std::size_t m = 300007;
+  std::mt19937_64 rng(3);
+  std::uniform_int_distribution<int> level(-40, 40);
+  std::vector<float> x(m);
+  for (auto& v : x) v = 0.125f * float(level(rng));  // 81 magnitudes: ties everywhere
+  std::vector<std::size_t> order(m);
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](auto a, auto b) { return std::fabs(x[a]) > std::fabs(x[b]); });
+  const auto keep_ranks = [&](std::size_t from, std::size_t to) {
+    std::vector<float> want(m, 0.0f);
+    for (std::size_t r = from; r < to; ++r) want[order[r]] = x[order[r]];
+    return want;
+  };
+  for (const int threads : {1, 3}) {
+    auto a = x;
+    magnitude_trim(a, 0.37, true, Rescale::none, threads);
+    EXPECT_EQ(a, keep_ranks(0, static_cast<std::size_t>(0.37 * m))) << threads << " threads";
+    auto b = x;
+    outlier_trim(b, 0.5, 0.05, Rescale::none, threads);
+    const auto top = static_cast<std::size_t>(0.05 * m), target = static_cast<std::size_t>(0.5 * m);
+    EXPECT_EQ(b, keep_ranks(top, top + target)) << threads << " threads";
+  }
+  // The random drops and an L1 rescale: the same bytes on one thread and on three.
+  const auto thinned = [&](int threads) {
+    auto d = x, f = x;
+    std::vector<float> e(x.begin(), x.begin() + 300000);  // 1000 rows of 300
+    random_drop(d, 0.4, Rescale::l1, 5, 6, threads);
+    della_drop(e, std::vector<std::int64_t>{1000, 300}, 0.4, 0.2, Rescale::l1, 5, 6, threads);
+    magnitude_trim(f, 0.2, true, Rescale::l1, threads);
+    d.insert(d.end(), e.begin(), e.end());
+    d.insert(d.end(), f.begin(), f.end());
+    return d;
+  };
+  const auto one = thinned(1), three = thinned(3);
+  EXPECT_EQ(one, three);
+}
+
+TEST(Combine, IntegerDrawComparisonIsTheUniformComparison) {
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  const kernels::CounterThreshold draw(9, 123);
+  for (int i = 0; i < 200000; ++i) {
+    const double p = i % 4 == 0 ? double(float(unit(rng))) : i % 4 == 1 ? 0.5 : unit(rng);
+    const std::uint64_t j = rng() % 1000000;
+    // Also exactly at a draw: p equal to the uniform itself.
+    const double q = i % 7 == 0 ? kernels::counter_uniform(9, 123, j) : p;
+    ASSERT_EQ(draw.below(j, kernels::CounterThreshold::limit(q)), kernels::counter_uniform(9, 123, j) < q)
+        << "p " << q << " index " << j;
   }
 }
 

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""revmerge against mergekit on the same full-model files, in one run: TIES, DARE-TIES, SLERP and
+task arithmetic from one mergekit YAML config each, run by `mergekit-yaml` (mergekit 0.1.5,
+installed from PyPI into WORK/mergekit-pkg by this script) and by `revmerge merge --config`,
+beside the read floor (the inputs' bytes read once from the page cache, measured here).
+
+    python3 bench/mergekit_bench.py --revmerge build/release/host/cli/revmerge \\
+        [--layers 2] [--vocab 32000] [--repeats 3] [--threads N] [--work DIR] [--cuda] [--json OUT]
+
+The models: a llama-7b-shaped base (hidden 4096, intermediate 11008, 32 heads) with --layers
+blocks, the embedding and the head, in bf16, and three fine-tunes (base + a small random delta
+sharing a common part, one seed each). --work keeps them between runs. Each merge writes bf16.
+Both tools get the same thread count (mergekit: --num-threads; revmerge: --threads). DARE's mask
+differs between the tools (torch's Bernoulli against revmerge's counter-based one): the same
+work, not the same bytes. Times are wall-clock medians of --repeats runs, outputs removed between.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+HIDDEN, INTER, HEADS, KV_HEADS = 4096, 11008, 32, 32
+MERGEKIT = "mergekit==0.1.5"
+# mergekit's own dependencies the project's .venv does not already hold (it has torch,
+# transformers, peft, safetensors, accelerate, pydantic, click, scipy, tqdm, yaml).
+MERGEKIT_EXTRAS = ["immutables==0.21", "sentencepiece==0.2.3", "protobuf==7.36.2"]
+
+
+def bf16_bytes(a: np.ndarray) -> bytes:
+    """float32 → bfloat16 (round to nearest even), as raw little-endian bytes."""
+    u = a.astype(np.float32).view(np.uint32)
+    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    return rounded.astype(np.uint16).tobytes()
+
+
+def write_safetensors(path: Path, tensors: dict):
+    header, offset, blobs = {}, 0, []
+    for name, (shape, blob) in tensors.items():
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+        blobs.append(blob)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for b in blobs:
+            f.write(b)
+
+
+def shapes(layers: int, vocab: int):
+    out = {"model.embed_tokens.weight": (vocab, HIDDEN)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        out.update({p + "input_layernorm.weight": (HIDDEN,), p + "post_attention_layernorm.weight": (HIDDEN,),
+                    p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN), p + "self_attn.k_proj.weight": (HIDDEN, HIDDEN),
+                    p + "self_attn.v_proj.weight": (HIDDEN, HIDDEN), p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+                    p + "mlp.gate_proj.weight": (INTER, HIDDEN), p + "mlp.up_proj.weight": (INTER, HIDDEN),
+                    p + "mlp.down_proj.weight": (HIDDEN, INTER)})
+    out.update({"model.norm.weight": (HIDDEN,), "lm_head.weight": (vocab, HIDDEN)})
+    return out
+
+
+def write_models(root: Path, layers: int, vocab: int):
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
+              "intermediate_size": INTER, "num_hidden_layers": layers, "num_attention_heads": HEADS,
+              "num_key_value_heads": KV_HEADS, "vocab_size": vocab, "rms_norm_eps": 1e-5,
+              "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}
+    sh = shapes(layers, vocab)
+    for model, seed in [("base", 0), ("ft0", 1), ("ft1", 2), ("ft2", 3)]:
+        folder = root / model
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for name, shape in sh.items():
+            rng = np.random.default_rng([0, zlib.crc32(name.encode())])
+            w = np.ones(shape, np.float32) if len(shape) == 1 else rng.standard_normal(shape, np.float32) * 0.02
+            if seed:
+                shared = np.random.default_rng([7, zlib.crc32(name.encode())]).standard_normal(shape, np.float32)
+                own = np.random.default_rng([seed, zlib.crc32(name.encode())]).standard_normal(shape, np.float32)
+                w += 1e-3 * (0.7 * shared + own)
+            tensors[name] = (shape, bf16_bytes(w))
+        write_safetensors(folder / "model.safetensors", tensors)
+        (folder / "config.json").write_text(json.dumps(config, indent=1))
+
+
+CONFIGS = {
+    "ties": {"merge_method": "ties", "params": lambda i: {"weight": [1.0, 0.7, 0.5][i], "density": 0.3}},
+    "dare_ties": {"merge_method": "dare_ties", "params": lambda i: {"weight": [1.0, 0.7, 0.5][i], "density": 0.5}},
+    "task_arithmetic": {"merge_method": "task_arithmetic", "params": lambda i: {"weight": [1.0, 0.5, 0.5][i]}},
+    "slerp": {"merge_method": "slerp", "models": 1, "parameters": {"t": 0.4}},
+}
+
+
+def write_config(root: Path, method: str) -> Path:
+    spec = CONFIGS[method]
+    models = [{"model": str(root / f"ft{i}")} | ({"parameters": spec["params"](i)} if "params" in spec else {})
+              for i in range(spec.get("models", 3))]
+    text = "\n".join([f"merge_method: {spec['merge_method']}", f"base_model: {root / 'base'}",
+                      "dtype: bfloat16", "models:"] +
+                     [f"  - {json.dumps(m)}" for m in models] +
+                     ([f"parameters: {json.dumps(spec['parameters'])}"] if "parameters" in spec else []))
+    path = root / f"{method}.yml"
+    path.write_text(text + "\n")
+    return path
+
+
+def install_mergekit(work: Path) -> Path:
+    target = work / "mergekit-pkg"
+    if not (target / "mergekit").exists():
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+                        str(target), MERGEKIT, *MERGEKIT_EXTRAS], check=True)
+    return target
+
+
+def read_floor(root: Path) -> tuple[float, int]:
+    files = [root / m / "model.safetensors" for m in ["base", "ft0", "ft1", "ft2"]]
+    total = sum(f.stat().st_size for f in files)
+    for _ in range(2):  # the second pass is the one measured: the page cache is warm
+        t0 = time.perf_counter()
+        for f in files:
+            with open(f, "rb", buffering=0) as fh:
+                while fh.read(64 << 20):
+                    pass
+        took = time.perf_counter() - t0
+    return took, total
+
+
+def timed(cmd, env=None):
+    t0 = time.perf_counter()
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(map(str, cmd))}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--revmerge", required=True)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--methods", default="ties,dare_ties,slerp,task_arithmetic")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/revmerge-mergekit-bench"))
+    ap.add_argument("--cuda", action="store_true", help="mergekit --cuda against revmerge --device cuda")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    root = a.work / f"llama7b-{a.layers}l-v{a.vocab}"
+    if not (root / "ft2" / "model.safetensors").exists():
+        print(f"writing the models to {root} ...", flush=True)
+        write_models(root, a.layers, a.vocab)
+    pkg = install_mergekit(a.work)
+    env = dict(os.environ, PYTHONPATH=str(pkg) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    floor, total = read_floor(root)
+    print(f"inputs: 4 models × {a.layers} llama-7b layers + embedding and head (vocab {a.vocab}), bf16, "
+          f"{total / 1e9:.2f} GB; read floor {floor:.2f} s ({total / floor / 1e9:.1f} GB/s from the page cache)")
+    print(f"threads {a.threads}, {a.repeats} runs each, medians")
+    out = a.work / "out"
+    rows = []
+    for method in a.methods.split(","):
+        cfg = write_config(root, method)
+        mk_cmd = [sys.executable, "-c", "import sys; from mergekit.scripts.run_yaml import main; "
+                  "sys.argv[0] = 'mergekit-yaml'; main()", cfg, out, "--num-threads", a.threads,
+                  "--no-copy-tokenizer"] + (["--cuda"] if a.cuda else [])
+        rm_cmd = [a.revmerge, "merge", "--config", cfg, "--out", out, "--threads", a.threads, "-q"] + \
+                 (["--device", "cuda"] if a.cuda else [])
+        times = {"mergekit": [], "revmerge": []}
+        for _ in range(a.repeats):
+            for tool, cmd in [("mergekit", mk_cmd), ("revmerge", rm_cmd)]:
+                shutil.rmtree(out, ignore_errors=True)
+                times[tool].append(timed(cmd, env))
+        shutil.rmtree(out, ignore_errors=True)
+        mk, rm = statistics.median(times["mergekit"]), statistics.median(times["revmerge"])
+        rows.append({"method": method, "mergekit_s": mk, "revmerge_s": rm, "speedup": mk / rm,
+                     "revmerge_over_floor": rm / floor, "runs": times})
+        print(f"{method:16} mergekit {mk:7.2f} s   revmerge {rm:7.2f} s   {mk / rm:5.1f}× faster   "
+              f"{rm / floor:5.1f}× the read floor", flush=True)
+    if a.json:
+        a.json.write_text(json.dumps({"layers": a.layers, "vocab": a.vocab, "bytes": total, "floor_s": floor,
+                                      "threads": a.threads, "cuda": a.cuda, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
