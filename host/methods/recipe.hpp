@@ -24,4 +24,10 @@ std::vector<std::pair<std::string, std::filesystem::path>> recipe_inputs(const s
 /// The recipe as the (file name, text) a writer's extra_files takes.
 std::pair<std::string, std::string> recipe_file(const OutputRecipe& given, const RecipeRecord& record);
 
+/// A merged model's README.md, a Hugging Face model card as mergekit writes one: front matter
+/// naming the merged models (`base_model`) with the `merge` tag, then the method, the base, the
+/// models and the config (or command) that made it.
+std::pair<std::string, std::string> model_card(const OutputRecipe& given, const RecipeRecord& record,
+                                               const std::filesystem::path& base);
+
 }  // namespace revmerge

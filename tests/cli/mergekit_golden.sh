@@ -43,6 +43,16 @@ assert got == want, f"num_hidden_layers {got}, mergekit wrote {want}"
 PY
 done
 echo "stacked layer counts as mergekit's"
+# A model card as mergekit writes one: the merged models as base_model, the merge tag, the config.
+python3 - "$work/ties/README.md" "$golden/ties.yml" "$golden" <<'PY'
+import os, sys
+card, config, golden = open(sys.argv[1]).read(), open(sys.argv[2]).read(), sys.argv[3]
+front = card.split("---\n")[1]
+for model in ["base", "ft0", "ft1", "ft2"]:
+    assert f'- "{os.path.normpath(os.path.abspath(os.path.join(golden, model)))}"' in front, (model, front)
+assert "tags:\n- merge\n" in front and "`ties` method" in card and config in card, card
+print("model card: base_model, tags and config")
+PY
 # The config and the model files travel with the model.
 cmp "$golden/base/config.json" "$work/ties/config.json"
 # The recipe holds the config as read and the command with its seed (mergekit keeps the config).

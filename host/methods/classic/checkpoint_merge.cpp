@@ -50,7 +50,7 @@ ModelOutputOptions model_output_options(const ClassicMergeOptions& o, const Clas
   mo.dtype = o.dtype;
   mo.overwrite = o.overwrite;
   mo.progress = o.progress;
-  mo.extra_files = {classic_recipe_file(o, report)};
+  mo.extra_files = {classic_recipe_file(o, report), classic_model_card(o, report)};
   return mo;
 }
 

@@ -358,11 +358,27 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
   throw usage_error("the inputs mix PEFT adapters and full models; merge one kind at a time");
 }
 
+namespace {
+
+RecipeRecord classic_record(const ClassicMergeOptions& o, const ClassicMergeReport& report) {
+  RecipeRecord record{report.method, {{"mode", report.mode}}, recipe_inputs(o.tasks)};
+  for (std::size_t s = 0; s < o.slices.size(); ++s)  // layer slices: their sources are the inputs
+    for (std::size_t i = 0; i < o.slices[s].sources.size(); ++i)
+      record.inputs.emplace_back(fmt::format("slices[{}].sources[{}]", s, i), o.slices[s].sources[i].model);
+  record.parameters.insert(record.parameters.end(), report.parameters.begin(), report.parameters.end());
+  return record;
+}
+
+}  // namespace
+
 std::pair<std::string, std::string> classic_recipe_file(const ClassicMergeOptions& o,
                                                         const ClassicMergeReport& report) {
-  RecipeRecord record{report.method, {{"mode", report.mode}}, recipe_inputs(o.tasks)};
-  record.parameters.insert(record.parameters.end(), report.parameters.begin(), report.parameters.end());
-  return recipe_file(o.recipe, record);
+  return recipe_file(o.recipe, classic_record(o, report));
+}
+
+std::pair<std::string, std::string> classic_model_card(const ClassicMergeOptions& o,
+                                                       const ClassicMergeReport& report) {
+  return model_card(o.recipe, classic_record(o, report), o.base);
 }
 
 }  // namespace revmerge

@@ -46,6 +46,9 @@ bool is_elementwise(ClassicMethod method);
 /// The output's recipe file: the method, its mode and every parameter of the report, the tasks.
 std::pair<std::string, std::string> classic_recipe_file(const ClassicMergeOptions& options,
                                                         const ClassicMergeReport& report);
+/// A merged full model's README.md model card (as mergekit writes one).
+std::pair<std::string, std::string> classic_model_card(const ClassicMergeOptions& options,
+                                                       const ClassicMergeReport& report);
 
 /// Full models: every model holds exactly the base's tensors, with the base's shapes (shape_error
 /// naming the task and tensor otherwise).
