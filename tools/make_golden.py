@@ -229,6 +229,17 @@ MK_CASES = {
     "arcee_fusion": {"merge_method": "arcee_fusion", "models": ["ft2"]},
 }
 
+# bf16 checkpoints merged with mergekit's `dtype: bfloat16` (its compute dtype): compared by a
+# statistic, not element by element (tests/cli/mergekit_golden.sh says which and why).
+MK_BF16_CASES = {
+    "ties_bf16": {"merge_method": "ties", "weights": [1.0, 0.7, 0.4], "density": 0.3,
+                  "dtype": "float32", "out_dtype": "bfloat16"},
+    "ties_bf16_compute": {"merge_method": "ties", "weights": [1.0, 0.7, 0.4], "density": 0.3,
+                          "dtype": "bfloat16"},
+    "task_arithmetic_bf16": {"merge_method": "task_arithmetic", "weights": [1.0, 0.5, -0.3],
+                             "dtype": "bfloat16"},
+}
+
 # Per-tensor parameters (gradients over the layers, filters on the tensor name), on a five-layer
 # set in deep/ so that gradients fall between their values. `model_params` are each model's.
 MK_DEEP_CASES = {
@@ -311,6 +322,18 @@ def make_mergekit(root: Path):
         model.save_pretrained(root / "deep" / n, safe_serialization=True)
         for k, p in model.state_dict().items():
             ident.add(k, i, p - deep_sd[k])
+    # A bf16 set (what people merge): the same recipe, stored in bfloat16.
+    bf_gen = torch.Generator().manual_seed(7)
+    bf_base = tiny_llama(2468, hidden=16, inter=24).to(torch.bfloat16)
+    bf_base.save_pretrained(root / "bf16" / "base", safe_serialization=True)
+    bf_sd = {k: v.detach().clone() for k, v in bf_base.state_dict().items()}
+    bf_shared = {k: torch.randn(v.shape, generator=bf_gen) for k, v in bf_sd.items()}
+    for i, n in enumerate(names):
+        model = tiny_llama(2468, hidden=16, inter=24)
+        with torch.no_grad():
+            for k, p in model.state_dict().items():
+                p.copy_(bf_sd[k].float() + 0.02 * (0.7 * bf_shared[k] + torch.randn(p.shape, generator=bf_gen)))
+        model.to(torch.bfloat16).save_pretrained(root / "bf16" / n, safe_serialization=True)
     seed_box = {}
 
     def bernoulli(tensor, density, rescale_norm=None):
@@ -370,6 +393,20 @@ def make_mergekit(root: Path):
                       options=MergeOptions(copy_tokenizer=False, write_model_card=False,
                                            lazy_unpickle=False))
             cases.append({"name": case, "config": f"{case}.yml", "seed": spec.get("seed", 0)})
+        for case, spec in MK_BF16_CASES.items():
+            models = [{"model": f"bf16/{n}", "parameters": {"weight": w} | (
+                          {"density": spec["density"]} if "density" in spec else {})}
+                      for n, w in zip(names, spec["weights"])]
+            cfg = {"merge_method": spec["merge_method"], "base_model": "bf16/base", "models": models,
+                   "dtype": spec["dtype"]}
+            if "out_dtype" in spec:
+                cfg["out_dtype"] = spec["out_dtype"]
+            Path(f"{case}.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            seed_box["seed"] = 0
+            run_merge(MergeConfiguration.model_validate(cfg), out_path=f"out/{case}",
+                      options=MergeOptions(copy_tokenizer=False, write_model_card=False,
+                                           lazy_unpickle=False))
+            cases.append({"name": case, "config": f"{case}.yml", "seed": 0, "bf16": True})
         for case, spec in MK_DEEP_CASES.items():
             cfg = {"merge_method": spec["merge_method"]}
             if "slices" in spec:
