@@ -144,6 +144,9 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   o.scales = args.given("--scale") ? parse_number_list(args.scales, "--scale")
                                    : per_task(cfg.task_scales, cfg.scale, 1.0);
   o.slices = cfg.slices;
+  if (cfg.tokenizer_source)
+    o.tokenizer_source = *cfg.tokenizer_source == "base" ? std::filesystem::path() : std::filesystem::path(*cfg.tokenizer_source);
+  o.chat_template = cfg.chat_template;
   o.gammas = args.given("--gamma") ? parse_number_list(args.gammas, "--gamma")
                                    : per_task(cfg.task_gammas, cfg.gamma, 0.01);
   o.epsilons = args.given("--epsilon") ? parse_number_list(args.epsilons, "--epsilon")

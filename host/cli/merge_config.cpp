@@ -390,8 +390,15 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
     } else if (r.method_parameter(key, v, where)) {
     } else if (key == "slices") {
       r.slice_list(v);
-    } else if (key == "tokenizer_source" || key == "tokenizer" ||
-               key == "chat_template" || key == "modules") {
+    } else if (key == "tokenizer_source") {
+      const auto v = scalar<std::string>(kv.second, where);
+      if (v == "union")
+        throw unsupported_error(where + ": 'union' (a vocabulary merged from the models, embeddings "
+                                "remapped) is not supported by revmerge; give 'base' or a model folder");
+      c.tokenizer_source = v == "base" ? v : (r.dir / v).string();
+    } else if (key == "chat_template") {
+      c.chat_template = scalar<std::string>(kv.second, where);
+    } else if (key == "tokenizer" || key == "modules") {
       throw unsupported_error(where + ": mergekit's '" + key + "' is not supported by revmerge");
     } else {
       throw format_error(file + ": unknown key '" + key +

@@ -38,6 +38,8 @@ struct MergeConfig {
   std::vector<ParameterSettings> task_tensor_parameters;
   std::vector<std::optional<double>> task_scales;  ///< passthrough, one per task
   std::vector<LayerSlice> slices;                  ///< mergekit's layer slices (instead of models)
+  /// mergekit's tokenizer_source ("base" or a model folder, resolved) and chat_template
+  std::optional<std::string> tokenizer_source, chat_template;
   std::optional<double> t;                        ///< slerp's interpolation parameter
   std::optional<bool> normalize, rescale;
   std::optional<std::string> majority_sign, mode;

@@ -45,7 +45,35 @@ std::string edited_config(const fs::path& config, const ModelOutputOptions& o) {
   return j.dump(2) + "\n";
 }
 
+bool is_tokenizer_file(const std::string& name) {
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                        "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt",
+                        "added_tokens.json", "chat_template.jinja", "spiece.model"})
+    if (name == f) return true;
+  return false;
+}
+
+// The vocabulary a folder's tokenizer.json maps tokens to (null without one).
+nlohmann::json vocabulary(const fs::path& dir) {
+  const auto path = dir / "tokenizer.json";
+  if (!fs::exists(path)) return nullptr;
+  const auto j = nlohmann::json::parse(read_text_file(path), nullptr, false);
+  if (j.is_discarded()) throw format_error(path.string() + ": not valid JSON");
+  const auto model = j.find("model");
+  if (model == j.end() || !model->is_object() || !model->contains("vocab")) return nullptr;
+  return (*model)["vocab"];
+}
+
 }  // namespace
+
+std::string model_chat_template(const fs::path& dir) {
+  if (fs::exists(dir / "chat_template.jinja")) return read_text_file(dir / "chat_template.jinja");
+  if (!fs::exists(dir / "tokenizer_config.json")) return {};
+  const auto j = nlohmann::json::parse(read_text_file(dir / "tokenizer_config.json"), nullptr, false);
+  if (j.is_object() && j.contains("chat_template") && j["chat_template"].is_string())
+    return j["chat_template"].get<std::string>();
+  return {};
+}
 
 std::int64_t write_full_model(const HfModel& base, const fs::path& out,
                               const TensorProducer& produce, const ModelOutputOptions& o) {
@@ -69,10 +97,39 @@ std::int64_t write_model(const HfModel& config_from, const std::vector<OutputTen
     if (!entry.is_regular_file() || name.ends_with(".safetensors") || name == kShardIndexName ||
         name.ends_with(".bin") || name.ends_with(".pt"))
       continue;
+    if (!o.tokenizer_from.empty() && is_tokenizer_file(name)) continue;  // from there instead
     if (name == "config.json" && (o.dtype || o.num_hidden_layers))
       write_file_atomic(staged.path() / name, edited_config(entry.path(), o), false);
-    else if (name.ends_with(".json") || name.ends_with(".txt") || name.ends_with(".model"))
+    else if (name.ends_with(".json") || name.ends_with(".txt") || name.ends_with(".model") ||
+             name.ends_with(".jinja"))
       write_file_atomic(staged.path() / name, read_text_file(entry.path()), false);
+  }
+  if (!o.tokenizer_from.empty()) {
+    if (!fs::is_directory(o.tokenizer_from))
+      throw io_error(o.tokenizer_from.string() + ": no such folder (tokenizer_source)");
+    if (vocabulary(o.tokenizer_from) != vocabulary(config_from.dir()))
+      throw format_error(o.tokenizer_from.string() + ": its tokenizer's vocabulary is not " +
+                         config_from.dir().string() + "'s; revmerge copies a tokenizer but does "
+                         "not remap embeddings to another vocabulary (tokenizer_source)");
+    bool any = false;
+    for (const auto& entry : fs::directory_iterator(o.tokenizer_from)) {
+      const auto name = entry.path().filename().string();
+      if (!entry.is_regular_file() || !is_tokenizer_file(name)) continue;
+      write_file_atomic(staged.path() / name, read_text_file(entry.path()), true);
+      any = true;
+    }
+    if (!any) throw io_error(o.tokenizer_from.string() + ": holds no tokenizer files (tokenizer_source)");
+  }
+  if (o.chat_template) {
+    write_file_atomic(staged.path() / "chat_template.jinja", *o.chat_template, true);
+    const auto tc = staged.path() / "tokenizer_config.json";
+    if (fs::exists(tc)) {
+      auto j = nlohmann::ordered_json::parse(read_text_file(tc), nullptr, false);
+      if (j.is_object()) {
+        j["chat_template"] = *o.chat_template;
+        write_file_atomic(tc, j.dump(2) + "\n", true);
+      }
+    }
   }
   for (const auto& [name, text] : o.extra_files)
     write_file_atomic(staged.path() / name, text, /*overwrite=*/true);  // replaces a base's copy

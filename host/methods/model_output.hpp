@@ -30,7 +30,16 @@ struct ModelOutputOptions {
   /// comes from (its `layer_types` entry, where the config lists one per layer).
   std::optional<std::int64_t> num_hidden_layers;
   std::vector<std::int64_t> layer_sources;
+  /// The folder the tokenizer files come from (empty: the config's folder); its vocabulary must
+  /// be that folder's (format_error otherwise: embeddings are not remapped).
+  std::filesystem::path tokenizer_from;
+  /// A chat template (Jinja text) written into the output's tokenizer.
+  std::optional<std::string> chat_template;
 };
+
+/// A model folder's chat template: chat_template.jinja, or tokenizer_config.json's
+/// "chat_template" string (empty when it has none).
+std::string model_chat_template(const std::filesystem::path& dir);
 
 /// One tensor of a written model: its name, dtype and shape as written, and the input tensor
 /// copied where `produce` declines it (null: `produce` must give it).

@@ -142,6 +142,13 @@ struct ClassicMergeOptions {
   std::vector<LayerSlice> slices;
   /// passthrough: each model's tensors multiplied by this (default: as they are)
   std::vector<double> scales;
+  /// Full models: the folder whose tokenizer files the output gets (empty: the base's, or the
+  /// first model's without a base) — mergekit's tokenizer_source; its vocabulary must be the
+  /// base's (revmerge does not remap embeddings)
+  std::filesystem::path tokenizer_source;
+  /// Full models: the chat template written into the output's tokenizer (a Jinja text, or
+  /// "auto": the one most of the inputs carry) — mergekit's chat_template
+  std::optional<std::string> chat_template;
   std::optional<double> lambda;   ///< final scale of the merged delta (default 1)
   /// slerp: 0 gives the base, 1 the fine-tune; nearswap: the difference below which an
   /// element takes the fine-tune's value (required by both)

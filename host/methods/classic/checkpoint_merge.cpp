@@ -3,6 +3,7 @@
 // themselves), written as a full model beside the base's config.
 #include <omp.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <memory>
@@ -45,8 +46,44 @@ std::vector<std::unique_ptr<HfModel>> open_task_models(const ClassicMergeOptions
   return models;
 }
 
+namespace {
+
+// mergekit's chat_template: a Jinja text, or "auto" (the template most of the inputs carry, the
+// first seen among equals); its named templates ship with mergekit and are not repeated here.
+std::optional<std::string> chat_template(const ClassicMergeOptions& o) {
+  if (!o.chat_template) return std::nullopt;
+  const auto& t = *o.chat_template;
+  if (t == "auto") {
+    std::vector<std::filesystem::path> inputs;
+    if (!o.base.empty()) inputs.push_back(o.base);
+    for (const auto& task : o.tasks) inputs.push_back(task.adapter);
+    for (const auto& sl : o.slices)
+      for (const auto& src : sl.sources) inputs.push_back(src.model);
+    std::vector<std::pair<std::string, int>> seen;
+    for (const auto& dir : inputs)
+      if (const auto text = model_chat_template(dir); !text.empty()) {
+        auto it = std::find_if(seen.begin(), seen.end(), [&](const auto& s) { return s.first == text; });
+        if (it == seen.end()) seen.emplace_back(text, 1);
+        else ++it->second;
+      }
+    if (seen.empty()) throw usage_error("chat_template: auto, but no input carries a chat template");
+    return std::max_element(seen.begin(), seen.end(),
+                            [](const auto& a, const auto& b) { return a.second < b.second; })->first;
+  }
+  if (t.size() < 256 && t.find('\n') == std::string::npos && t.find('{') == std::string::npos)
+    throw usage_error("chat_template: '" + t + "' names one of mergekit's bundled templates; give "
+                      "the template's text (or auto)");
+  if (t.size() < 20 || t.find('{') == std::string::npos)
+    throw usage_error("chat_template: not a Jinja template");
+  return t;
+}
+
+}  // namespace
+
 ModelOutputOptions model_output_options(const ClassicMergeOptions& o, const ClassicMergeReport& report) {
   ModelOutputOptions mo;
+  mo.tokenizer_from = o.tokenizer_source;
+  mo.chat_template = chat_template(o);
   mo.dtype = o.dtype;
   mo.overwrite = o.overwrite;
   mo.progress = o.progress;

@@ -349,6 +349,9 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
     adapters += fs::exists(t.adapter / kAdapterConfigName);
   }
   if (adapters == o.tasks.size()) {
+    if (!o.tokenizer_source.empty() || o.chat_template)
+      throw usage_error("tokenizer_source, chat_template: they apply to a merged full model; the "
+                        "inputs are LoRA adapters");
     if (has_tensor_parameters(o))
       throw usage_error("per-tensor parameters (a config's gradients and filters) apply to full "
                         "models; the inputs are LoRA adapters");

@@ -1,8 +1,10 @@
 // merge_classic end to end: adapters written as a full model (checked against base + the
 // double-precision delta), and every bad option or input refused by name with nothing written.
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <fstream>
 
 #include "methods/adapter_writer.hpp"
 #include "methods/classic/classic_internal.hpp"
@@ -398,6 +400,51 @@ TEST(TensorParameters, AModelsOwnValueOutranksTheConfigsAndDefaultsFillTheRest) 
   EXPECT_EQ(attn.densities, (std::vector<double>{1.0, 0.6, 1.0}));  // no filter applies: the default
   EXPECT_EQ(attn.weights, (std::vector<double>{1.0, 1.0, 0.0}));
   EXPECT_TRUE(attn.tensor_parameters.empty());
+}
+
+// mergekit's tokenizer_source and chat_template on copies of the golden models given tokenizers.
+TEST(ClassicMerge, TokenizerSourceAndChatTemplate) {
+  test::TempDir tmp;
+  const auto golden = fs::path(REVMERGE_FIXTURES) / "golden" / "mergekit";
+  const auto write = [](const fs::path& p, const std::string& text) { std::ofstream(p) << text; };
+  const auto read = [](const fs::path& p) {
+    std::ifstream in(p);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string vocab = R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}}})";
+  const std::string base_t = "{% for m in messages %}base {{ m.content }}{% endfor %}";
+  const std::string ft_t = "{% for m in messages %}tuned {{ m.content }}{% endfor %}";
+  for (const auto* m : {"base", "ft0", "ft1"}) {
+    fs::create_directories(tmp / m);
+    for (const auto* f : {"config.json", "model.safetensors"}) fs::copy_file(golden / m / f, tmp / m / f);
+    write(tmp / m / "tokenizer.json", vocab);
+    write(tmp / m / "tokenizer_config.json",
+          nlohmann::json{{"chat_template", std::string(m) == "base" ? base_t : ft_t}}.dump());
+  }
+  write(tmp / "ft0" / "special_tokens_map.json", R"({"bos_token": "a"})");
+  ClassicMergeOptions o;
+  o.method = ClassicMethod::task_arithmetic;
+  o.tasks = {{"ft0", tmp / "ft0"}, {"ft1", tmp / "ft1"}};
+  o.base = tmp / "base";
+  o.out = tmp / "from_ft0";
+  o.tokenizer_source = tmp / "ft0";
+  merge_classic(o);
+  EXPECT_EQ(read(tmp / "from_ft0" / "special_tokens_map.json"), R"({"bos_token": "a"})");
+  EXPECT_EQ(read(tmp / "from_ft0" / "tokenizer_config.json"), read(tmp / "ft0" / "tokenizer_config.json"));
+  // auto: the template two of the three inputs carry, in both places transformers reads it.
+  o.tokenizer_source.clear();
+  o.chat_template = "auto";
+  o.out = tmp / "auto";
+  merge_classic(o);
+  EXPECT_EQ(read(tmp / "auto" / "chat_template.jinja"), ft_t);
+  EXPECT_EQ(nlohmann::json::parse(read(tmp / "auto" / "tokenizer_config.json"))["chat_template"], ft_t);
+  o.chat_template = "chatml";
+  o.out = tmp / "never";
+  expect_refused(o, "chat_template: 'chatml' names one of mergekit's bundled templates");
+  o.chat_template.reset();
+  write(tmp / "ft1" / "tokenizer.json", R"({"model": {"type": "BPE", "vocab": {"a": 0, "c": 1}}})");
+  o.tokenizer_source = tmp / "ft1";
+  expect_refused(o, "its tokenizer's vocabulary is not");
 }
 
 }  // namespace
