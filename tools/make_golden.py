@@ -211,6 +211,7 @@ MK_CASES = {
     "slerp": {"merge_method": "slerp", "models": ["ft0"], "parameters": {"t": 0.3}},
     "nearswap": {"merge_method": "nearswap", "models": ["ft1"], "parameters": {"t": 0.01}},
     "model_stock": {"merge_method": "model_stock"},
+    "model_stock_filter_wise": {"merge_method": "model_stock", "parameters": {"filter_wise": True}},
     "nuslerp": {"merge_method": "nuslerp", "models": ["ft0", "ft2"], "weights": [1.0, None, 0.6]},
     "nuslerp_rows": {"merge_method": "nuslerp", "models": ["ft1", "ft2"], "no_base": True,
                      "weights": [None, 0.3, 0.7], "parameters": {"nuslerp_flatten": False}},

@@ -28,7 +28,7 @@ struct MergeArgs {
   std::string out, base;
   bool force = false, json = false, quiet = false, allow_nonfinite = false, full_model = false;
   bool normalize = false, no_normalize = false, rescale = false, no_rescale = false;
-  bool no_flatten = false, row_wise = false;
+  bool no_flatten = false, row_wise = false, filter_wise = false;
   double eps = 1e-8, tol = 1e-5, ram_r = 0.1, ram_alpha = 0.2;
   std::int64_t max_iter = 10;
   int threads = 0, gpu = 0;
@@ -55,7 +55,7 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   const bool full = models > 0;
   for (const char* o : {"--weights", "--density", "--gamma", "--epsilon", "--select-topk",
                         "--no-flatten", "--row-wise", "--eps", "--tol", "--max-iter",
-                        "--ram-r", "--ram-alpha", "--scale",
+                        "--ram-r", "--ram-alpha", "--scale", "--filter-wise",
                         "--lambda", "--t", "--mode", "--majority-sign",
                         "--normalize", "--no-normalize", "--rescale", "--no-rescale", "--seed",
                         "--full-model"})
@@ -154,6 +154,7 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   if (args.given("--select-topk")) o.select_topk = args.select_topk; else o.select_topk = cfg.select_topk;
   o.nuslerp_flatten = args.no_flatten ? std::optional(false) : cfg.nuslerp_flatten;
   o.nuslerp_row_wise = args.row_wise ? std::optional(true) : cfg.nuslerp_row_wise;
+  o.filter_wise = args.filter_wise ? std::optional(true) : cfg.filter_wise;
   if (args.given("--eps")) o.eps = args.eps; else o.eps = cfg.eps;
   if (args.given("--tol")) o.tol = args.tol; else o.tol = cfg.tol;
   if (args.given("--max-iter")) o.max_iter = args.max_iter; else o.max_iter = cfg.max_iter;
@@ -272,6 +273,8 @@ void add_merge_command(CLI::App& app) {
       "nuslerp: interpolate each vector along the last axis instead of the whole tensor");
   opt["--row-wise"] = cmd->add_flag("--row-wise", args.row_wise,
       "nuslerp with --no-flatten: vectors along the first axis instead (mergekit's nuslerp_row_wise)");
+  opt["--filter-wise"] = cmd->add_flag("--filter-wise", args.filter_wise,
+      "model_stock: one angle per row (each vector along the last axis) instead of per tensor");
   opt["--eps"] = cmd->add_option("--eps", args.eps, "multislerp: norm guard (default 1e-8)");
   opt["--tol"] = cmd->add_option("--tol", args.tol, "karcher: convergence tolerance (default 1e-5)");
   opt["--max-iter"] = cmd->add_option("--max-iter", args.max_iter, "karcher: most iterations (default 10)");

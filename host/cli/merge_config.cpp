@@ -112,6 +112,7 @@ struct Reader {
     else if (key == "nuslerp_flatten") c.nuslerp_flatten = scalar<bool>(v, where);
     else if (key == "nuslerp_row_wise") c.nuslerp_row_wise = scalar<bool>(v, where);
     else if (key == "normalize_weights") c.normalize_weights = scalar<bool>(v, where);
+    else if (key == "filter_wise") c.filter_wise = scalar<bool>(v, where);
     else if (key == "eps") c.eps = scalar<double>(v, where);
     else if (key == "tol") c.tol = scalar<double>(v, where);
     else if (key == "max_iter") c.max_iter = scalar<std::int64_t>(v, where);
@@ -385,7 +386,7 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
           throw format_error(file + ": parameters." + pk + ": unknown parameter (expected weight, "
                              "density, gamma, epsilon, select_topk, lambda, t, normalize, rescale, int8_mask, "
                              "majority_sign_method, nuslerp_flatten, nuslerp_row_wise, "
-                             "normalize_weights, eps, max_iter, tol, r, alpha)");
+                             "normalize_weights, eps, max_iter, tol, r, alpha, filter_wise)");
       }
     } else if (r.method_parameter(key, v, where)) {
     } else if (key == "slices") {

@@ -28,7 +28,7 @@ struct MergeConfig {
   std::vector<std::optional<double>> task_weights, task_densities, task_gammas, task_epsilons;
   std::optional<double> weight, density, gamma, epsilon, scale, lambda;  ///< defaults for every task
   std::optional<double> select_topk;                              ///< SCE's selection
-  std::optional<bool> nuslerp_flatten, nuslerp_row_wise, normalize_weights;
+  std::optional<bool> nuslerp_flatten, nuslerp_row_wise, normalize_weights, filter_wise;
   std::optional<double> eps, tol, ram_r, ram_alpha;
   std::optional<std::int64_t> max_iter;
   /// mergekit's per-tensor values (gradients, filters) of numeric parameters: for all tasks and

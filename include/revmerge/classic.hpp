@@ -126,6 +126,7 @@ struct ClassicMergeOptions {
   /// along the first with nuslerp_row_wise (mergekit's names and defaults)
   std::optional<bool> nuslerp_flatten, nuslerp_row_wise;
   std::optional<double> eps;           ///< multislerp: the norm guard (default 1e-8)
+  std::optional<bool> filter_wise;     ///< model_stock: an angle per row (default: per tensor)
   std::optional<double> tol;           ///< karcher: convergence tolerance (default 1e-5)
   std::optional<std::int64_t> max_iter;  ///< karcher: most iterations (default 10)
   /// ramplus_tl: the boost r of unique changes (default 0.1) and its cap α (default 0.2); ram's

@@ -193,7 +193,7 @@ void check_checkpoint_options(const ClassicMergeOptions& o) {
 
 void merge_tensor(const ClassicMergeOptions& o, TensorInputs& in, std::span<float> out, int threads) {
   if (blends_two_models(o.method)) two_model_tensor(o, in, out);
-  else if (o.method == ClassicMethod::model_stock) model_stock_tensor(in, out);
+  else if (o.method == ClassicMethod::model_stock) model_stock_tensor(o, in, out);
   else if (is_spherical(o.method)) spherical_tensor(o, in, out);
   else if (is_selective(o.method)) selective_tensor(o, in, out);
   else if (o.method == ClassicMethod::passthrough) passthrough_tensor(o, in, out);

@@ -325,6 +325,7 @@ void check_options_fit_method(const ClassicMergeOptions& o) {
   only(o.nuslerp_flatten.has_value() || o.nuslerp_row_wise.has_value(),
        o.method == ClassicMethod::nuslerp, "--no-flatten / --row-wise", "nuslerp");
   only(o.eps.has_value(), o.method == ClassicMethod::multislerp, "--eps", "multislerp");
+  only(o.filter_wise.has_value(), o.method == ClassicMethod::model_stock, "--filter-wise", "model_stock");
   only(o.tol.has_value() || o.max_iter.has_value(), o.method == ClassicMethod::karcher,
        "--tol / --max-iter", "karcher");
   if ((o.t || is_set_per_tensor(o, "t")) && !blends_two_models(o.method))

@@ -118,7 +118,7 @@ void check_spherical_options(const ClassicMergeOptions& options);
 void check_selective_options(const ClassicMergeOptions& options);
 void check_passthrough_options(const ClassicMergeOptions& options);
 void two_model_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
-void model_stock_tensor(const TensorInputs& in, std::span<float> out);
+void model_stock_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
 void spherical_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
 void selective_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
 void passthrough_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
