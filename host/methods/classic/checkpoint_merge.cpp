@@ -116,12 +116,6 @@ void read_finite(const CheckpointTensor& t, const std::string& where, std::span<
                        where + ")");
 }
 
-std::vector<float> read_finite(const CheckpointTensor& t, const std::string& where) {
-  std::vector<float> v(static_cast<std::size_t>(t.info->numel()));
-  read_finite(t, where, v, 1);
-  return v;
-}
-
 std::optional<bool> needs_base(ClassicMethod method) {
   if (method == ClassicMethod::linear || method == ClassicMethod::passthrough) return false;
   if (is_spherical(method)) return std::nullopt;

@@ -61,9 +61,8 @@ std::vector<std::unique_ptr<HfModel>> open_task_models(const ClassicMergeOptions
 struct ModelOutputOptions;
 ModelOutputOptions model_output_options(const ClassicMergeOptions& options,
                                         const ClassicMergeReport& report);
-/// A tensor as f32, refusing non-finite values (format_error naming file, tensor, element, `where`).
-std::vector<float> read_finite(const CheckpointTensor& tensor, const std::string& where);
-/// The same into `out` (resized; its memory reused), converted and checked on `threads` threads.
+/// A tensor as f32 into `out`, converted and checked on `threads` threads, refusing non-finite
+/// values (format_error naming file, tensor, element, `where`).
 void read_finite(const CheckpointTensor& tensor, const std::string& where, std::span<float> out,
                  int threads);
 

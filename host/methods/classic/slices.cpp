@@ -36,9 +36,10 @@ using i64 = std::int64_t;
 // The tensor name with its block index replaced (the first all-digit component, as
 // split_module_path finds it).
 std::string with_layer(const std::string& name, i64 layer) {
-  const auto [old, rest] = split_module_path(name);
-  const auto prefix = name.substr(0, name.size() - rest.size() - std::to_string(old).size() - 1);
-  return prefix + std::to_string(layer) + "." + rest;
+  const auto rest = split_module_path(name).second;
+  const auto dot = name.size() - rest.size() - 1;  // the '.' after the index
+  const auto start = name.rfind('.', dot - 1);     // the '.' before it, if any
+  return name.substr(0, start == std::string::npos ? 0 : start + 1) + std::to_string(layer) + "." + rest;
 }
 
 bool same_model(const fs::path& a, const fs::path& b) {

@@ -151,20 +151,12 @@ void magnitude_trim(std::span<float> x, double density, bool keep_at_least_one, 
   if (keep_at_least_one && density > 0) k = std::max<i64>(k, 1);
   const double before = rescale == Rescale::l1 ? l1_norm(x, threads) : 0;
   const TopSet keep(x, top_rule(x, k, threads), threads);
-  const std::uint32_t threshold = keep.rule.threshold;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (i64 c = 0; c < chunk_count(count); ++c) {
-    i64 left = keep.allowance[static_cast<std::size_t>(c)];
+    auto walk = keep.walk(c);
     const i64 end = std::min(count, (c + 1) * kChunk);
-    for (i64 i = c * kChunk; i < end; ++i) {
-      const std::uint32_t b = magnitude_bits(x[i]);
-      if (b > threshold) continue;
-      if (b == threshold && left > 0) {
-        --left;
-        continue;
-      }
-      x[i] = 0.0f;
-    }
+    for (i64 i = c * kChunk; i < end; ++i)
+      if (!walk.next(x[i])) x[i] = 0.0f;
   }
   apply_rescale(x, rescale, before, density, threads);
 }
@@ -183,7 +175,8 @@ void outlier_trim(std::span<float> x, double density, double gamma, Rescale resc
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (i64 c = 0; c < chunk_count(count); ++c) {
     auto within = outer.walk(c), dropped = outliers.walk(c);
-    for (i64 i = c * kChunk; i < std::min(count, (c + 1) * kChunk); ++i) {
+    const i64 end = std::min(count, (c + 1) * kChunk);
+    for (i64 i = c * kChunk; i < end; ++i) {
       const bool in = within.next(x[i]), out = dropped.next(x[i]);
       if (!in || out) x[i] = 0.0f;
     }
@@ -198,7 +191,7 @@ void random_drop(std::span<float> x, double density, Rescale rescale, std::uint6
     std::fill(x.begin(), x.end(), 0.0f);
     return;
   }
-  const double before = l1_norm(x, threads);
+  const double before = rescale == Rescale::l1 ? l1_norm(x, threads) : 0;
   const i64 count = static_cast<i64>(x.size());
   const kernels::CounterThreshold draw(seed, stream);
   const std::uint64_t limit = kernels::CounterThreshold::limit(density);
@@ -231,7 +224,7 @@ void della_drop(std::span<float> x, std::span<const i64> shape, double density, 
   const i64 inner = shape.size() >= 2 ? std::accumulate(shape.begin() + 2, shape.end(), i64{1}, std::multiplies<>()) : 1;
   if (length == 0 || inner == 0) return;
   const i64 outer = count / (length * inner);
-  const double before = l1_norm(x, threads);
+  const double before = rescale == Rescale::l1 ? l1_norm(x, threads) : 0;
   const kernels::CounterThreshold draw(seed, stream);
 #pragma omp parallel num_threads(threads)
   {

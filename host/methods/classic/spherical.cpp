@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <cmath>
 #include <fmt/format.h>
-#include <functional>
 #include <numeric>
 
 #include "methods/classic/classic_internal.hpp"
@@ -50,20 +49,19 @@ Vec nuslerp_vector(double t, const Vec& v0, const Vec& v1) {
 }
 
 // How nuslerp cuts a tensor into vectors: `vectors` of `length` elements, element j of
-// vector k at flat offset base(k) + j · stride.
+// vector k at flat offset k · step + j · stride.
 struct VectorLayout {
-  i64 vectors = 1, length = 0, stride = 1;
-  std::function<i64(i64)> base;
+  i64 vectors = 1, length = 0, stride = 1, step = 0;
 };
 
 VectorLayout nuslerp_layout(const std::vector<i64>& shape, i64 count, bool flatten, bool row_wise) {
-  if (flatten || shape.size() < 2) return {1, count, 1, [](i64) { return i64{0}; }};
+  if (flatten || shape.size() < 2) return {1, count, 1, 0};
   if (!row_wise) {  // along the last axis
     const i64 length = shape.back();
-    return {length ? count / length : 0, length, 1, [length](i64 k) { return k * length; }};
+    return {length ? count / length : 0, length, 1, length};
   }
   const i64 length = shape.front(), stride = length ? count / length : 0;  // along the first axis
-  return {stride, length, stride, [](i64 k) { return k; }};
+  return {stride, length, stride, 1};
 }
 
 Vec multislerp(const std::vector<Vec>& x, const std::vector<double>& w, double eps,
@@ -213,7 +211,7 @@ void spherical_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std:
                                   o.nuslerp_flatten.value_or(true), o.nuslerp_row_wise.value_or(false));
     Vec v0(l.length), v1(l.length);
     for (i64 k = 0; k < l.vectors; ++k) {
-      const i64 at = l.base(k);
+      const i64 at = k * l.step;
       for (i64 j = 0; j < l.length; ++j) {
         v0[j] = x[0][at + j * l.stride];
         v1[j] = x[1][at + j * l.stride];
