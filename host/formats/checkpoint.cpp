@@ -145,17 +145,27 @@ ShardedWriter::ShardedWriter(const fs::path& dir, const std::vector<TensorSpec>&
 }
 
 void ShardedWriter::write(const std::string& name, std::span<const std::byte> data) {
-  const auto it = shard_of_.find(name);
-  if (it == shard_of_.end())
-    throw usage_error(dir_.string() + ": tensor '" + name + "' was not declared");
-  writers_[it->second].write(name, data);
+  writers_[shard(name)].write(name, data);
 }
 
 void ShardedWriter::write_f32(const std::string& name, std::span<const float> values, int threads) {
+  writers_[shard(name)].write_f32(name, values, threads);
+}
+
+void ShardedWriter::write_part(const std::string& name, std::uint64_t offset, std::span<const std::byte> data) {
+  writers_[shard(name)].write_part(name, offset, data);
+}
+
+void ShardedWriter::write_f32_part(const std::string& name, std::uint64_t first,
+                                   std::span<const float> values, int threads) {
+  writers_[shard(name)].write_f32_part(name, first, values, threads);
+}
+
+std::size_t ShardedWriter::shard(const std::string& name) const {
   const auto it = shard_of_.find(name);
   if (it == shard_of_.end())
     throw usage_error(dir_.string() + ": tensor '" + name + "' was not declared");
-  writers_[it->second].write_f32(name, values, threads);
+  return it->second;
 }
 
 void ShardedWriter::commit() {

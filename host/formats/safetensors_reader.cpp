@@ -168,36 +168,58 @@ std::span<const std::byte> SafetensorsFile::bytes(const TensorInfo& t) const noe
 
 namespace {
 template <class T>
-void read_into(const SafetensorsFile& f, const TensorInfo& t, std::span<T> out, int threads = 1) {
-  if (out.size() != t.numel())
+void read_into(const SafetensorsFile& f, const TensorInfo& t, std::uint64_t first, std::span<T> out,
+               int threads = 1) {
+  if (first > t.numel() || out.size() > t.numel() - first)
     throw shape_error(f.path().string() + ": tensor '" + t.name + "' has " +
                       std::to_string(t.numel()) + " elements, caller expected " +
-                      std::to_string(out.size()));
+                      (first == 0 ? std::to_string(out.size())
+                                  : std::to_string(out.size()) + " from element " + std::to_string(first)));
   if (!is_float_dtype(t.dtype))
     throw unsupported_error(f.path().string() + ": tensor '" + t.name + "' has dtype " +
                             std::string(dtype_name(t.dtype)) +
                             "; revmerge computes on F64, F32, F16 and BF16");
+  const auto* src = f.bytes(t).data() + first * dtype_size(t.dtype);
   if constexpr (std::is_same_v<T, float>)
-    convert_to_f32(t.dtype, f.bytes(t).data(), out.data(), out.size(), threads);
+    convert_to_f32(t.dtype, src, out.data(), out.size(), threads);
   else
-    convert_to_f64(t.dtype, f.bytes(t).data(), out.data(), out.size());
+    convert_to_f64(t.dtype, src, out.data(), out.size());
   f.check_intact();
+}
+
+template <class T>
+void read_whole(const SafetensorsFile& f, const TensorInfo& t, std::span<T> out, int threads = 1) {
+  if (out.size() != t.numel())
+    throw shape_error(f.path().string() + ": tensor '" + t.name + "' has " +
+                      std::to_string(t.numel()) + " elements, caller expected " +
+                      std::to_string(out.size()));
+  read_into(f, t, 0, out, threads);
 }
 }  // namespace
 
 void SafetensorsFile::read(const TensorInfo& t, std::span<float> out) const {
-  read_into(*this, t, out);
+  read_whole(*this, t, out);
 }
 void SafetensorsFile::read(const TensorInfo& t, std::span<float> out, int threads) const {
-  read_into(*this, t, out, threads);
+  read_whole(*this, t, out, threads);
 }
 void SafetensorsFile::read(const TensorInfo& t, std::span<double> out) const {
-  read_into(*this, t, out);
+  read_whole(*this, t, out);
+}
+void SafetensorsFile::read_part(const TensorInfo& t, std::uint64_t first, std::span<float> out,
+                                int threads) const {
+  read_into(*this, t, first, out, threads);
 }
 
 void SafetensorsFile::evict(const TensorInfo& t) const noexcept {
   map_.drop_pages(static_cast<std::size_t>(header_.data_start + t.begin),
                   static_cast<std::size_t>(t.end - t.begin));
+}
+
+void SafetensorsFile::evict_part(const TensorInfo& t, std::uint64_t first, std::uint64_t count) const noexcept {
+  const auto size = dtype_size(t.dtype);
+  map_.drop_pages(static_cast<std::size_t>(header_.data_start + t.begin + first * size),
+                  static_cast<std::size_t>(count * size));
 }
 
 void SafetensorsFile::evict(const TensorInfo& a, const TensorInfo& b) const noexcept {

@@ -27,7 +27,8 @@ struct SafetensorsWriter::Impl {
   struct Slot {
     TensorSpec spec;
     std::uint64_t begin = 0;
-    std::atomic<bool> written = false;
+    std::atomic<std::uint64_t> written = 0;  // bytes; several threads may write at once
+    std::atomic<bool> touched = false;        // any write, empty tensors included
     Slot(TensorSpec s, std::uint64_t b) : spec(std::move(s)), begin(b) {}
   };
   std::optional<AtomicFile> file;
@@ -89,33 +90,58 @@ SafetensorsWriter::SafetensorsWriter(SafetensorsWriter&&) noexcept = default;
 SafetensorsWriter& SafetensorsWriter::operator=(SafetensorsWriter&&) noexcept = default;
 
 void SafetensorsWriter::write(std::string_view name, std::span<const std::byte> data) {
+  const auto& s = impl_->slot(name);
+  if (data.size() != s.spec.nbytes())
+    throw shape_error(impl_->file->target().string() + ": tensor '" + std::string(name) + "' expects " +
+                      std::to_string(s.spec.nbytes()) + " bytes, got " + std::to_string(data.size()));
+  write_part(name, 0, data);
+}
+
+void SafetensorsWriter::write_part(std::string_view name, std::uint64_t offset,
+                                   std::span<const std::byte> data) {
   auto& s = impl_->slot(name);
   const auto& target = impl_->file->target();
-  if (data.size() != s.spec.nbytes())
-    throw shape_error(target.string() + ": tensor '" + std::string(name) + "' expects " +
-                      std::to_string(s.spec.nbytes()) + " bytes, got " +
-                      std::to_string(data.size()));
-  if (s.written.exchange(true))  // atomically: several writer threads may write at once
+  const auto nbytes = s.spec.nbytes();
+  if (offset > nbytes || data.size() > nbytes - offset)
+    throw shape_error(target.string() + ": tensor '" + std::string(name) + "' holds " +
+                      std::to_string(nbytes) + " bytes; a write of " + std::to_string(data.size()) +
+                      " at byte " + std::to_string(offset) + " goes past its end");
+  // Parts never overlap when every byte is written once: more bytes than the tensor holds means
+  // some were written twice.
+  const bool again = nbytes == 0 ? s.touched.exchange(true) : s.written.fetch_add(data.size()) + data.size() > nbytes;
+  s.touched = true;
+  if (again)
     throw usage_error(target.string() + ": tensor '" + std::string(name) + "' written twice");
-  impl_->file->write_at(impl_->data_start + s.begin, data.data(), data.size());
+  impl_->file->write_at(impl_->data_start + s.begin + offset, data.data(), data.size());
 }
 
 void SafetensorsWriter::write_f32(std::string_view name, std::span<const float> values, int threads) {
   const auto& s = impl_->slot(name);
+  const auto numel = s.spec.nbytes() / dtype_size(s.spec.dtype);
+  if (values.size() != numel)
+    throw shape_error(impl_->file->target().string() + ": tensor '" + std::string(name) + "' has " +
+                      std::to_string(numel) + " elements, got " + std::to_string(values.size()));
+  write_f32_part(name, 0, values, threads);
+}
+
+void SafetensorsWriter::write_f32_part(std::string_view name, std::uint64_t first,
+                                       std::span<const float> values, int threads) {
+  const auto& s = impl_->slot(name);
+  const auto size = dtype_size(s.spec.dtype);
   if (s.spec.dtype == DType::F32)  // already the file's bytes (little-endian: dtype.cpp asserts it)
-    return write(name, std::as_bytes(values));
+    return write_part(name, first * size, std::as_bytes(values));
   // Not zero-filled first: the conversion writes every byte.
-  const std::size_t bytes = values.size() * dtype_size(s.spec.dtype);
+  const std::size_t bytes = values.size() * size;
   const std::unique_ptr<std::byte[]> buf(new std::byte[bytes]);
   convert_from_f32(values.data(), s.spec.dtype, buf.get(), values.size(), threads);
-  write(name, std::span<const std::byte>(buf.get(), bytes));
+  write_part(name, first * size, std::span<const std::byte>(buf.get(), bytes));
 }
 
 void SafetensorsWriter::commit() {
   for (const auto& s : impl_->slots)
-    if (!s.written)
-      throw usage_error(impl_->file->target().string() + ": tensor '" + s.spec.name +
-                        "' was declared but never written");
+    if (!s.touched || s.written != s.spec.nbytes())
+      throw usage_error(impl_->file->target().string() + ": tensor '" + s.spec.name + "' was declared but " +
+                        (s.touched ? "only partly written" : "never written"));
   impl_->file->commit();
 }
 

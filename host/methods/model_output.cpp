@@ -75,19 +75,71 @@ std::string model_chat_template(const fs::path& dir) {
   return {};
 }
 
-std::int64_t write_full_model(const HfModel& base, const fs::path& out,
-                              const TensorProducer& produce, const ModelOutputOptions& o) {
+std::vector<OutputTensor> full_model_tensors(const HfModel& base, const ModelOutputOptions& o) {
   std::vector<OutputTensor> tensors;
   for (const auto& t : base.checkpoint().tensors()) {
     auto dtype = t.info->dtype;
     if (o.dtype && is_float_dtype(dtype)) dtype = *o.dtype;
     tensors.push_back({t.info->name, dtype, t.info->shape, &t});
   }
-  return write_model(base, tensors, out, produce, o);
+  return tensors;
+}
+
+std::int64_t write_full_model(const HfModel& base, const fs::path& out,
+                              const TensorProducer& produce, const ModelOutputOptions& o) {
+  return write_model(base, full_model_tensors(base, o), out, produce, o);
+}
+
+std::int64_t write_full_model(const HfModel& base, const fs::path& out,
+                              const PieceProducer& produce, const ModelOutputOptions& o) {
+  return write_model(base, full_model_tensors(base, o), out, produce, o);
 }
 
 std::int64_t write_model(const HfModel& config_from, const std::vector<OutputTensor>& tensors,
                          const fs::path& out, const TensorProducer& produce, const ModelOutputOptions& o) {
+  std::vector<float> values;  // reused from tensor to tensor: no fresh pages
+  const PieceProducer whole = [&](const std::string& name, std::uint64_t numel, const PieceSink& sink) {
+    values.resize(numel);
+    if (!produce(name, values)) return false;
+    sink(0, values);
+    return true;
+  };
+  return write_model(config_from, tensors, out, whole, o);
+}
+
+namespace {
+
+// An input tensor copied into the output in parts of about `piece_bytes`, each part's pages
+// dropped from the resident set once written (the bytes as they are, or converted to `dtype`).
+void copy_tensor(ShardedWriter& writer, const OutputTensor& t, const ModelOutputOptions& o,
+                 std::vector<float>& values) {
+  const auto& file = *t.source->file;
+  const auto& info = *t.source->info;
+  const auto numel = info.numel();
+  const bool convert = is_float_dtype(t.dtype) && t.dtype != info.dtype;
+  const std::uint64_t per = std::max<std::uint64_t>(
+      1, o.piece_bytes / (convert ? sizeof(float) + dtype_size(t.dtype) : dtype_size(info.dtype)));
+  const auto bytes = file.bytes(info);
+  if (numel == 0) return writer.write(t.name, bytes);
+  for (std::uint64_t first = 0; first < numel; first += per) {
+    const auto count = std::min(per, numel - first);
+    if (convert) {
+      values.resize(count);
+      file.read_part(info, first, values, o.threads);
+      writer.write_f32_part(t.name, first, values, o.threads);
+    } else {
+      const auto size = dtype_size(info.dtype);
+      writer.write_part(t.name, first * size, bytes.subspan(first * size, count * size));
+      file.check_intact();
+    }
+    file.evict_part(info, first, count);
+  }
+}
+
+}  // namespace
+
+std::int64_t write_model(const HfModel& config_from, const std::vector<OutputTensor>& tensors,
+                         const fs::path& out, const PieceProducer& produce, const ModelOutputOptions& o) {
   if (o.dtype && (!is_float_dtype(*o.dtype) || *o.dtype == DType::F64))
     throw usage_error("--dtype: a model is written as f32, f16 or bf16");
   StagedDir staged(out, o.overwrite);
@@ -136,25 +188,23 @@ std::int64_t write_model(const HfModel& config_from, const std::vector<OutputTen
   std::vector<TensorSpec> specs;
   for (const auto& t : tensors) specs.push_back({t.name, t.dtype, t.shape});
   ShardedWriter writer(staged.path(), specs, o.max_shard_bytes);
-  std::vector<float> values;
+  std::vector<float> values;  // the copies' conversions, reused
   std::int64_t replaced = 0;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     throw_if_interrupted("merge");
     const auto& t = tensors[i];
     const bool is_float = is_float_dtype(t.dtype);
-    std::int64_t numel = 1;
-    for (const auto d : t.shape) numel *= d;
-    values.resize(is_float ? static_cast<std::size_t>(numel) : 0);  // reused: no fresh pages
-    if (is_float && produce(t.name, values)) {
-      writer.write_f32(t.name, values, o.threads);
+    std::uint64_t numel = 1;
+    for (const auto d : t.shape) numel *= static_cast<std::uint64_t>(d);
+    const PieceSink sink = [&](std::uint64_t first, std::span<const float> part) {
+      writer.write_f32_part(t.name, first, part, o.threads);
+    };
+    if (is_float && produce(t.name, numel, sink)) {
       ++replaced;
     } else if (!t.source) {
       throw std::logic_error("write_model: no values for tensor '" + t.name + "'");
-    } else if (is_float && t.dtype != t.source->info->dtype) {
-      t.source->file->read(*t.source->info, values);
-      writer.write_f32(t.name, values, o.threads);
     } else {
-      writer.write(t.name, t.source->file->bytes(*t.source->info));
+      copy_tensor(writer, t, o, values);
     }
     if (o.progress) o.progress(i + 1, tensors.size(), t.name);
   }

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -17,11 +18,19 @@ namespace revmerge {
 /// Fills `values` (numel f32, contents unspecified on entry) with the output tensor `name` and
 /// returns true, or returns false to copy the base tensor unchanged.
 using TensorProducer = std::function<bool(const std::string& name, std::vector<float>& values)>;
+/// Takes part of an output tensor: its elements [first, first + values.size()).
+using PieceSink = std::function<void(std::uint64_t first, std::span<const float> values)>;
+/// Gives the output tensor `name` (numel elements) to `sink` in parts, each element exactly
+/// once, and returns true; or returns false, having given nothing, to copy the input tensor.
+using PieceProducer = std::function<bool(const std::string& name, std::uint64_t numel, const PieceSink& sink)>;
 
 struct ModelOutputOptions {
   std::optional<DType> dtype;  ///< float tensors' output dtype; default: the base tensor's
   bool overwrite = false;
-  int threads = 1;  ///< for converting whole tensors to their written dtype
+  int threads = 1;  ///< for converting tensors to their written dtype
+  /// Tensors copied from an input go in parts of about this many bytes, each part's pages
+  /// dropped from the resident set once written (bounded memory for a 70B embedding).
+  std::uint64_t piece_bytes = std::uint64_t{64} << 20;
   std::uint64_t max_shard_bytes = 5'000'000'000ull;  ///< transformers' default shard size
   ProgressFn progress;
   /// Small files written into the folder beside the model: (name, text), e.g. the recipe.
@@ -55,10 +64,16 @@ struct OutputTensor {
 std::int64_t write_model(const HfModel& config_from, const std::vector<OutputTensor>& tensors,
                          const std::filesystem::path& out, const TensorProducer& produce,
                          const ModelOutputOptions& options);
+/// The same with tensors produced in parts.
+std::int64_t write_model(const HfModel& config_from, const std::vector<OutputTensor>& tensors,
+                         const std::filesystem::path& out, const PieceProducer& produce,
+                         const ModelOutputOptions& options);
 
 /// Writes the model at `out`. Non-float tensors are always copied. Returns the number of
 /// tensors `produce` replaced.
 std::int64_t write_full_model(const HfModel& base, const std::filesystem::path& out,
                               const TensorProducer& produce, const ModelOutputOptions& options);
+std::int64_t write_full_model(const HfModel& base, const std::filesystem::path& out,
+                              const PieceProducer& produce, const ModelOutputOptions& options);
 
 }  // namespace revmerge

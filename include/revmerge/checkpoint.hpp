@@ -77,6 +77,10 @@ class ShardedWriter {
   void write(const std::string& name, std::span<const std::byte> data);
   /// `threads`: the conversion to the declared dtype on that many OpenMP threads.
   void write_f32(const std::string& name, std::span<const float> values, int threads = 1);
+  /// Part of a tensor (SafetensorsWriter::write_part / write_f32_part).
+  void write_part(const std::string& name, std::uint64_t offset, std::span<const std::byte> data);
+  void write_f32_part(const std::string& name, std::uint64_t first, std::span<const float> values,
+                      int threads = 1);
   void commit();
   std::size_t shard_count() const noexcept { return writers_.size(); }
 
@@ -86,6 +90,8 @@ class ShardedWriter {
   std::vector<std::string> shard_names_;
   std::vector<SafetensorsWriter> writers_;
   std::map<std::string, std::size_t> shard_of_;
+
+  std::size_t shard(const std::string& name) const;  ///< usage_error for an undeclared tensor
 };
 
 }  // namespace revmerge

@@ -80,12 +80,16 @@ class SafetensorsFile {
   /// The same, converting on `threads` OpenMP threads (a whole tensor, outside other parallel work).
   void read(const TensorInfo& t, std::span<float> out, int threads) const;
   void read(const TensorInfo& t, std::span<double> out) const;
+  /// Elements [first, first + out.size()) of a float tensor as f32 (shape_error past its end).
+  void read_part(const TensorInfo& t, std::uint64_t first, std::span<float> out, int threads = 1) const;
   std::vector<float> read_f32(std::string_view name) const;
   /// Drops the tensor's pages from the process's resident set once it has been read
   /// (MappedFile::drop_pages); the data stays readable.
   void evict(const TensorInfo& t) const noexcept;
   /// Drops the pages from the first byte of either tensor to the last of either, in one call.
   void evict(const TensorInfo& a, const TensorInfo& b) const noexcept;
+  /// The whole pages inside elements [first, first + count) of a tensor.
+  void evict_part(const TensorInfo& t, std::uint64_t first, std::uint64_t count) const noexcept;
   std::vector<double> read_f64(std::string_view name) const;
 
  private:
@@ -123,6 +127,12 @@ class SafetensorsWriter {
   void write(std::string_view name, std::span<const std::byte> data);
   /// Converts `values` (numel floats) to the tensor's dtype and writes them.
   void write_f32(std::string_view name, std::span<const float> values, int threads = 1);
+  /// Part of a tensor: `data` at byte `offset` of its data, or `values` converted from element
+  /// `first` on. A tensor may be written in parts, each byte exactly once (commit() checks the
+  /// total; more bytes than the tensor holds is refused as written twice).
+  void write_part(std::string_view name, std::uint64_t offset, std::span<const std::byte> data);
+  void write_f32_part(std::string_view name, std::uint64_t first, std::span<const float> values,
+                      int threads = 1);
   /// Checks every tensor was written, syncs and renames into place.
   void commit();
 

@@ -1,17 +1,18 @@
-// Each task's own thinning before the tasks are combined: TIES' magnitude trim, DARE's random
+// Each task's thinning before the tasks are combined: TIES' magnitude trim, DARE's random
 // drop, breadcrumbs' outlier trim and DELLA's magnitude-ranked drop, with the rescaling that
-// follows them. Every ranking by magnitude is total: equal magnitudes are ordered by index, the
-// lower index counting as the larger (mergekit leaves that order to torch's sort, which does
-// not specify it; PEFT's topk likewise).
+// follows them (thinning.hpp: in passes over pieces of the tensor). Every ranking by magnitude
+// is total: equal magnitudes are ordered by index, the lower index counting as the larger
+// (mergekit leaves that order to torch's sort, which does not specify it; PEFT's topk likewise).
 #include <algorithm>
 #include <bit>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <numeric>
 #include <vector>
 
 #include "kernels/counter_rng.hpp"
-#include "methods/classic/combine.hpp"
+#include "methods/classic/thinning.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -19,29 +20,33 @@ namespace {
 
 using i64 = std::int64_t;
 
-// Work on a tensor is split into chunks of this many elements; sums are taken per chunk and
-// the chunks' sums added in order, so that results do not depend on the thread count.
-constexpr i64 kChunk = i64{1} << 16;
+// Statistics are kept per block of this many elements of the tensor, each block's sum taken in
+// index order (carried from piece to piece), the blocks' sums added in order: results do not
+// depend on the piece sizes or the thread count.
+constexpr i64 kBlock = i64{1} << 16;
+constexpr i64 kEveryone = std::numeric_limits<i64>::max();
 
-i64 chunk_count(i64 count) { return (count + kChunk - 1) / kChunk; }
+i64 block_count(i64 count) { return (count + kBlock - 1) / kBlock; }
 
 // |v| as ordered bits: for finite floats the order of these integers is the order of |v|.
 std::uint32_t magnitude_bits(float v) { return std::bit_cast<std::uint32_t>(v) & 0x7fffffffu; }
 
-// Membership of the k largest magnitudes: everything above `threshold` (bits), and of the
-// elements equal to it the first `equal_left` by index. k = 0 keeps nothing (a threshold above
-// every finite magnitude), k = count everything.
-struct TopRule {
-  std::uint32_t threshold = 0;
-  i64 equal_left = 0;
-};
+// f(block, begin, end) for every block meeting elements [first, first + size), with begin and
+// end the block's part of them (tensor indices), blocks in parallel.
+template <class F>
+void for_blocks(i64 first, i64 size, int threads, F f) {
+  if (size <= 0) return;
+  const i64 b0 = first / kBlock, b1 = (first + size - 1) / kBlock;
+#pragma omp parallel for num_threads(b1 > b0 ? threads : 1) schedule(static)
+  for (i64 c = b0; c <= b1; ++c) f(c, std::max(first, c * kBlock), std::min(first + size, (c + 1) * kBlock));
+}
 
-// Histogram of 16 bits of the magnitudes (`shift` 16: the high half; 0: the low half of those
-// whose high half is `high`), counted per thread and added.
-std::vector<i64> histogram(std::span<const float> x, int shift, std::uint32_t high, int threads) {
-  std::vector<i64> total(65536, 0);
+// Adds to `total` the histogram of 16 bits of the magnitudes (`shift` 16: the high half; 0: the
+// low half of those whose high half is `high`), counted per thread.
+void add_histogram(std::vector<i64>& total, std::span<const float> x, int shift, std::uint32_t high,
+                   int threads) {
   const i64 count = static_cast<i64>(x.size());
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(count >= kBlock ? threads : 1)
   {
     std::vector<i64> local(65536, 0);
 #pragma omp for schedule(static)
@@ -53,179 +58,124 @@ std::vector<i64> histogram(std::span<const float> x, int shift, std::uint32_t hi
 #pragma omp critical
     for (std::size_t j = 0; j < total.size(); ++j) total[j] += local[j];
   }
-  return total;
 }
 
-// The rule for the k largest magnitudes, by a radix selection on their bits (two histogram
-// passes, no copy, no sort).
-TopRule top_rule(std::span<const float> x, i64 k, int threads) {
-  const i64 count = static_cast<i64>(x.size());
-  if (k <= 0) return {0xffffffffu, 0};
-  if (k >= count) return {0, count};
-  const auto high = histogram(x, 16, 0, threads);
-  i64 above = 0;
-  std::uint32_t hi = 65535;
-  while (above + high[hi] < k) above += high[hi--];
-  const auto low = histogram(x, 0, hi, threads);
-  std::uint32_t lo = 65535;
-  while (above + low[lo] < k) above += low[lo--];
-  return {(hi << 16) | lo, k - above};
+// Σ|x| of a piece into the blocks' sums.
+void add_abs(std::vector<double>& sums, i64 first, std::span<const float> x, int threads) {
+  for_blocks(first, static_cast<i64>(x.size()), threads, [&](i64 c, i64 b, i64 e) {
+    double s = sums[c];
+    for (i64 i = b; i < e; ++i) s += std::fabs(x[i - first]);
+    sums[c] = s;
+  });
 }
 
-// A rule applied chunk by chunk: how many of each chunk's elements equal to the threshold are
-// inside (the first ones by index overall).
-struct TopSet {
-  TopRule rule;
-  std::vector<i64> allowance;
-
-  TopSet(std::span<const float> x, TopRule r, int threads) : rule(r) {
-    const i64 count = static_cast<i64>(x.size()), chunks = chunk_count(count);
-    std::vector<i64> equal(static_cast<std::size_t>(chunks), 0);
-    const std::uint32_t threshold = rule.threshold;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (i64 c = 0; c < chunks; ++c) {
-      i64 e = 0;
-      const i64 end = std::min(count, (c + 1) * kChunk);
-      for (i64 i = c * kChunk; i < end; ++i) e += magnitude_bits(x[i]) == threshold;
-      equal[c] = e;
-    }
-    allowance.resize(equal.size());
-    i64 before = 0;
-    for (std::size_t c = 0; c < equal.size(); ++c) {
-      allowance[c] = std::clamp<i64>(rule.equal_left - before, 0, equal[c]);
-      before += equal[c];
-    }
-  }
-
-  // Walks chunk c in index order, telling whether each element is inside.
-  struct Walk {
-    std::uint32_t threshold;
-    i64 left;
-    bool next(float v) {
-      const std::uint32_t b = magnitude_bits(v);
-      if (b > threshold) return true;
-      if (b == threshold && left > 0) {
-        --left;
-        return true;
-      }
-      return false;
-    }
-  };
-  Walk walk(i64 c) const { return {rule.threshold, allowance[static_cast<std::size_t>(c)]}; }
-};
-
-double l1_norm(std::span<const float> x, int threads) {
-  const i64 count = static_cast<i64>(x.size()), chunks = chunk_count(count);
-  std::vector<double> part(static_cast<std::size_t>(chunks), 0.0);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (i64 c = 0; c < chunks; ++c)
-    for (i64 i = c * kChunk; i < std::min(count, (c + 1) * kChunk); ++i) part[c] += std::fabs(x[i]);
+double total(const std::vector<double>& sums) {
   double s = 0;
-  for (const double p : part) s += p;
+  for (const double v : sums) s += v;
   return s;
 }
 
-// Brings the kept values back to the task's L1 norm (mergekit's rescale: skipped when either
-// norm is below 1e-7) or divides by the density (PEFT's DARE).
-void apply_rescale(std::span<float> x, Rescale rescale, double before, double density, int threads) {
-  double factor = 1.0;
-  if (rescale == Rescale::inverse_density) factor = 1.0 / density;
-  if (rescale == Rescale::l1) {
-    const double after = l1_norm(x, threads);
-    if (before >= 1e-7 && after >= 1e-7) factor = before / after;
+// Whether a value is in a rule's set, walking its block in index order (`left`: how many of
+// the block's elements at the threshold are still inside).
+bool inside(bool trivial, i64 k, std::uint32_t threshold, float v, i64& left) {
+  if (trivial) return k > 0;
+  const std::uint32_t b = magnitude_bits(v);
+  if (b > threshold) return true;
+  if (b == threshold && left > 0) {
+    --left;
+    return true;
   }
-  if (factor == 1.0) return;
-  const i64 count = static_cast<i64>(x.size());
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (i64 i = 0; i < count; ++i) x[i] = static_cast<float>(x[i] * factor);
+  return false;
 }
 
 }  // namespace
 
-void magnitude_trim(std::span<float> x, double density, bool keep_at_least_one, Rescale rescale,
-                    int threads) {
-  if (density >= 1) return;
-  const i64 count = static_cast<i64>(x.size());
-  // ⌊density · count⌋ as Python's int() computes it.
-  i64 k = density <= 0 ? 0 : static_cast<i64>(density * static_cast<double>(count));
-  if (keep_at_least_one && density > 0) k = std::max<i64>(k, 1);
-  const double before = rescale == Rescale::l1 ? l1_norm(x, threads) : 0;
-  const TopSet keep(x, top_rule(x, k, threads), threads);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (i64 c = 0; c < chunk_count(count); ++c) {
-    auto walk = keep.walk(c);
-    const i64 end = std::min(count, (c + 1) * kChunk);
-    for (i64 i = c * kChunk; i < end; ++i)
-      if (!walk.next(x[i])) x[i] = 0.0f;
-  }
-  apply_rescale(x, rescale, before, density, threads);
-}
-
-void outlier_trim(std::span<float> x, double density, double gamma, Rescale rescale, int threads) {
-  if (density >= 1) return;
-  const i64 count = static_cast<i64>(x.size());
-  const i64 target = density <= 0 ? 0 : static_cast<i64>(density * static_cast<double>(count));
-  const i64 top = static_cast<i64>(gamma * static_cast<double>(count));
-  // mergekit: n_bot = max(0, N − target − n_top) dropped from the bottom, `target` kept above
-  // them; in ranks from the top that is [N − n_bot − target, N − n_bot).
-  const i64 bottom = std::max<i64>(0, count - target - top);
-  const double before = rescale == Rescale::l1 ? l1_norm(x, threads) : 0;
-  const TopSet outer(x, top_rule(x, count - bottom, threads), threads);
-  const TopSet outliers(x, top_rule(x, count - bottom - target, threads), threads);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (i64 c = 0; c < chunk_count(count); ++c) {
-    auto within = outer.walk(c), dropped = outliers.walk(c);
-    const i64 end = std::min(count, (c + 1) * kChunk);
-    for (i64 i = c * kChunk; i < end; ++i) {
-      const bool in = within.next(x[i]), out = dropped.next(x[i]);
-      if (!in || out) x[i] = 0.0f;
+Thinning::Thinning(const ThinningSpec& spec, i64 count) : spec_(spec), count_(count) {
+  const double d = spec.density;
+  if (spec.kind == Sparsify::none || d >= 1 || count == 0) return;
+  active_ = true;
+  granule_ = 1;
+  const i64 blocks = block_count(count);
+  const bool l1 = spec.rescale == Rescale::l1;
+  if (spec.rescale == Rescale::inverse_density) factor_ = 1.0 / d;
+  const auto rule = [&](i64 k) {
+    Rule r;
+    r.k = k;
+    r.trivial = k <= 0 || k >= count;
+    if (r.trivial) r.left.assign(static_cast<std::size_t>(blocks), k > 0 ? kEveryone : 0);
+    else {
+      r.low.assign(65536, 0);
+      r.equal.assign(static_cast<std::size_t>(blocks), 0);
+      r.above_sum.assign(static_cast<std::size_t>(blocks), 0.0);
     }
+    return r;
+  };
+  switch (spec.kind) {
+    case Sparsify::none: break;
+    case Sparsify::magnitude: {
+      // ⌊density · count⌋ as Python's int() computes it.
+      i64 k = d <= 0 ? 0 : static_cast<i64>(d * static_cast<double>(count));
+      if (spec.keep_at_least_one && d > 0) k = std::max<i64>(k, 1);
+      rules_.push_back(rule(k));
+      break;
+    }
+    case Sparsify::outliers: {
+      const i64 target = d <= 0 ? 0 : static_cast<i64>(d * static_cast<double>(count));
+      const i64 top = static_cast<i64>(spec.gamma * static_cast<double>(count));
+      // mergekit: n_bot = max(0, N − target − n_top) dropped from the bottom, `target` kept
+      // above them; in ranks from the top that is [N − n_bot − target, N − n_bot).
+      const i64 bottom = std::max<i64>(0, count - target - top);
+      rules_.push_back(rule(count - bottom));
+      rules_.push_back(rule(count - bottom - target));
+      break;
+    }
+    case Sparsify::random:
+    case Sparsify::della:
+      if (d <= 0) {
+        zero_all_ = true;
+        return;
+      }
+      if (spec.kind == Sparsify::della) {
+        // Rows along the second axis, as mergekit ranks (dim 1; a 1-D tensor is one row): a
+        // piece holds whole groups of (row length × the inner axes).
+        const auto& shape = spec.shape;
+        granule_ = shape.size() >= 2 ? std::accumulate(shape.begin() + 1, shape.end(), i64{1}, std::multiplies<>())
+                                     : count;
+      }
+      if (l1) {
+        stages_ = {Stage::norms};
+        before_.assign(static_cast<std::size_t>(blocks), 0.0);
+        after_.assign(static_cast<std::size_t>(blocks), 0.0);
+      }
+      return;
   }
-  apply_rescale(x, rescale, before, density, threads);
+  const bool selects = std::any_of(rules_.begin(), rules_.end(), [](const Rule& r) { return !r.trivial; });
+  if (selects) {
+    stages_ = {Stage::high_bits, Stage::low_bits, Stage::equal_counts};
+    high_.assign(65536, 0);
+  } else if (l1) {
+    stages_ = {Stage::norms};
+  }
+  if (l1) before_.assign(static_cast<std::size_t>(blocks), 0.0);
 }
 
-void random_drop(std::span<float> x, double density, Rescale rescale, std::uint64_t seed,
-                 std::uint64_t stream, int threads) {
-  if (density >= 1) return;
-  if (density <= 0) {
-    std::fill(x.begin(), x.end(), 0.0f);
-    return;
-  }
-  const double before = rescale == Rescale::l1 ? l1_norm(x, threads) : 0;
+double Thinning::Rule::kept_l1() const {
+  if (trivial) return 0;  // the caller counts a rule that keeps everything
+  double s = 0;
+  for (const double v : above_sum) s += v;
+  return s + static_cast<double>(equal_left) * std::bit_cast<float>(threshold);
+}
+
+void Thinning::della_keep(i64 first, std::span<const float> x, std::vector<unsigned char>& keep,
+                          int threads) const {
+  const auto& shape = spec_.shape;
   const i64 count = static_cast<i64>(x.size());
-  const kernels::CounterThreshold draw(seed, stream);
-  const std::uint64_t limit = kernels::CounterThreshold::limit(density);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (i64 j = 0; j < count; ++j)
-    if (!draw.below(static_cast<std::uint64_t>(j), limit)) x[j] = 0.0f;
-  apply_rescale(x, rescale, before, density, threads);
-}
-
-float della_probability(i64 rank, i64 length, double density, double epsilon) {
-  // mergekit: rank_norm = (rank − 1) / (length − 1) clamped to [0, 1], then
-  // (density − ε) + rank_norm · 2 · ε, each step in f32 (−ffp-contract=off keeps them apart).
-  // A row of one element divides 0 by 0 there; here it sits in the middle.
-  const float norm = length > 1 ? std::clamp(static_cast<float>(rank - 1) / static_cast<float>(length - 1), 0.0f, 1.0f)
-                                : 0.5f;
-  const float spread = norm * 2.0f * static_cast<float>(epsilon);
-  return static_cast<float>(density - epsilon) + spread;
-}
-
-void della_drop(std::span<float> x, std::span<const i64> shape, double density, double epsilon,
-                Rescale rescale, std::uint64_t seed, std::uint64_t stream, int threads) {
-  if (density >= 1) return;
-  if (density <= 0) {
-    std::fill(x.begin(), x.end(), 0.0f);
-    return;
-  }
-  // Rows along the second axis, as mergekit ranks (dim 1; a 1-D tensor is one row).
-  const i64 count = static_cast<i64>(x.size());
-  const i64 length = shape.size() >= 2 ? shape[1] : count;
-  const i64 inner = shape.size() >= 2 ? std::accumulate(shape.begin() + 2, shape.end(), i64{1}, std::multiplies<>()) : 1;
+  const i64 length = shape.size() >= 2 ? shape[1] : count_;
+  const i64 inner = granule_ / std::max<i64>(length, 1);
   if (length == 0 || inner == 0) return;
+  keep.resize(x.size());
+  const kernels::CounterThreshold draw(spec_.seed, spec_.stream);
   const i64 outer = count / (length * inner);
-  const double before = rescale == Rescale::l1 ? l1_norm(x, threads) : 0;
-  const kernels::CounterThreshold draw(seed, stream);
 #pragma omp parallel num_threads(threads)
   {
     std::vector<i64> order(static_cast<std::size_t>(length));
@@ -240,14 +190,210 @@ void della_drop(std::span<float> x, std::span<const i64> shape, double density, 
       });
       // Position p from the top is ascending rank length − p.
       for (i64 p = 0; p < length; ++p)
-        keep_p[order[p]] = della_probability(length - p, length, density, epsilon);
+        keep_p[order[p]] = della_probability(length - p, length, spec_.density, spec_.epsilon);
       for (i64 j = 0; j < length; ++j) {
         const i64 e = at(j);
-        if (!draw.below(static_cast<std::uint64_t>(e), kernels::CounterThreshold::limit(keep_p[j]))) x[e] = 0.0f;
+        keep[e] = draw.below(static_cast<std::uint64_t>(first + e), kernels::CounterThreshold::limit(keep_p[j]));
       }
     }
   }
-  apply_rescale(x, rescale, before, density, threads);
+}
+
+void Thinning::observe(i64 first, std::span<const float> x, int threads) {
+  const i64 size = static_cast<i64>(x.size());
+  switch (stages_.at(pass_)) {
+    case Stage::high_bits:
+      add_histogram(high_, x, 16, 0, threads);
+      if (!before_.empty()) add_abs(before_, first, x, threads);
+      break;
+    case Stage::low_bits:
+      for (auto& r : rules_)
+        if (!r.trivial) add_histogram(r.low, x, 0, r.hi, threads);
+      break;
+    case Stage::equal_counts:
+      for (auto& r : rules_) {
+        if (r.trivial) continue;
+        for_blocks(first, size, threads, [&](i64 c, i64 b, i64 e) {
+          i64 equal = 0;
+          double above = r.above_sum[c];
+          for (i64 i = b; i < e; ++i) {
+            const std::uint32_t bits = magnitude_bits(x[i - first]);
+            equal += bits == r.threshold;
+            if (bits > r.threshold) above += std::fabs(x[i - first]);
+          }
+          r.equal[c] += equal;
+          r.above_sum[c] = above;
+        });
+      }
+      break;
+    case Stage::norms:
+      if (spec_.kind == Sparsify::random) {
+        const kernels::CounterThreshold draw(spec_.seed, spec_.stream);
+        const std::uint64_t limit = kernels::CounterThreshold::limit(spec_.density);
+        for_blocks(first, size, threads, [&](i64 c, i64 b, i64 e) {
+          double before = before_[c], after = after_[c];
+          for (i64 i = b; i < e; ++i) {
+            const double v = std::fabs(x[i - first]);
+            before += v;
+            if (draw.below(static_cast<std::uint64_t>(i), limit)) after += v;
+          }
+          before_[c] = before;
+          after_[c] = after;
+        });
+      } else if (spec_.kind == Sparsify::della) {
+        std::vector<unsigned char> keep;
+        della_keep(first, x, keep, threads);
+        for_blocks(first, size, threads, [&](i64 c, i64 b, i64 e) {
+          double before = before_[c], after = after_[c];
+          for (i64 i = b; i < e; ++i) {
+            const double v = std::fabs(x[i - first]);
+            before += v;
+            if (keep[i - first]) after += v;
+          }
+          before_[c] = before;
+          after_[c] = after;
+        });
+      } else {
+        add_abs(before_, first, x, threads);  // trims that keep all or nothing
+      }
+      break;
+  }
+}
+
+void Thinning::end_pass() {
+  switch (stages_.at(pass_)) {
+    case Stage::high_bits:
+      for (auto& r : rules_) {
+        if (r.trivial) continue;
+        i64 above = 0;
+        std::uint32_t hi = 65535;
+        while (above + high_[hi] < r.k) above += high_[hi--];
+        r.hi = hi;
+        r.above = above;
+      }
+      break;
+    case Stage::low_bits:
+      for (auto& r : rules_) {
+        if (r.trivial) continue;
+        i64 above = r.above;
+        std::uint32_t lo = 65535;
+        while (above + r.low[lo] < r.k) above += r.low[lo--];
+        r.threshold = (r.hi << 16) | lo;
+        r.equal_left = r.k - above;
+      }
+      break;
+    case Stage::equal_counts:
+      for (auto& r : rules_) {
+        if (r.trivial) continue;
+        r.left.resize(r.equal.size());
+        i64 before = 0;
+        for (std::size_t c = 0; c < r.equal.size(); ++c) {
+          r.left[c] = std::clamp<i64>(r.equal_left - before, 0, r.equal[c]);
+          before += r.equal[c];
+        }
+      }
+      break;
+    case Stage::norms: break;
+  }
+  ++pass_;
+  if (wants_pass() || spec_.rescale != Rescale::l1) return;
+  // Back to the task's L1 norm (mergekit's rescale: skipped when either norm is below 1e-7).
+  const double before = total(before_);
+  const auto kept = [&](const Rule& r) { return r.trivial ? (r.k > 0 ? before : 0.0) : r.kept_l1(); };
+  double after = 0;
+  if (spec_.kind == Sparsify::magnitude) after = kept(rules_[0]);
+  else if (spec_.kind == Sparsify::outliers) after = kept(rules_[0]) - kept(rules_[1]);
+  else after = total(after_);
+  if (before >= 1e-7 && after >= 1e-7) factor_ = before / after;
+}
+
+void Thinning::apply(i64 first, std::span<float> x, int threads) {
+  if (!active_) return;
+  if (wants_pass()) throw std::logic_error("Thinning::apply before its passes");
+  if (zero_all_) {
+    std::fill(x.begin(), x.end(), 0.0f);
+    return;
+  }
+  const i64 size = static_cast<i64>(x.size());
+  const double factor = factor_;
+  const auto scaled = [factor](float v) { return factor == 1.0 ? v : static_cast<float>(v * factor); };
+  switch (spec_.kind) {
+    case Sparsify::none: break;
+    case Sparsify::magnitude:
+    case Sparsify::outliers:
+      for_blocks(first, size, threads, [&](i64 c, i64 b, i64 e) {
+        Rule& outer = rules_[0];
+        Rule* dropped = rules_.size() > 1 ? &rules_[1] : nullptr;
+        i64 left = outer.left[c], left_dropped = dropped ? dropped->left[c] : 0;
+        for (i64 i = b; i < e; ++i) {
+          float& v = x[i - first];
+          const bool in = inside(outer.trivial, outer.k, outer.threshold, v, left);
+          const bool out = dropped && inside(dropped->trivial, dropped->k, dropped->threshold, v, left_dropped);
+          v = in && !out ? scaled(v) : 0.0f;
+        }
+        outer.left[c] = left;
+        if (dropped) dropped->left[c] = left_dropped;
+      });
+      break;
+    case Sparsify::random: {
+      const kernels::CounterThreshold draw(spec_.seed, spec_.stream);
+      const std::uint64_t limit = kernels::CounterThreshold::limit(spec_.density);
+#pragma omp parallel for num_threads(threads) schedule(static)
+      for (i64 j = 0; j < size; ++j)
+        x[j] = draw.below(static_cast<std::uint64_t>(first + j), limit) ? scaled(x[j]) : 0.0f;
+      break;
+    }
+    case Sparsify::della: {
+      std::vector<unsigned char> keep;
+      della_keep(first, x, keep, threads);
+      if (keep.empty()) return;
+#pragma omp parallel for num_threads(threads) schedule(static)
+      for (i64 j = 0; j < size; ++j) x[j] = keep[j] ? scaled(x[j]) : 0.0f;
+      break;
+    }
+  }
+}
+
+void Thinning::run(std::span<float> x, int threads) {
+  while (wants_pass()) {
+    observe(0, x, threads);
+    end_pass();
+  }
+  apply(0, x, threads);
+}
+
+void magnitude_trim(std::span<float> x, double density, bool keep_at_least_one, Rescale rescale,
+                    int threads) {
+  ThinningSpec s{Sparsify::magnitude, density, 0, 0, rescale, keep_at_least_one, 0, 0, {}};
+  Thinning(s, static_cast<i64>(x.size())).run(x, threads);
+}
+
+void outlier_trim(std::span<float> x, double density, double gamma, Rescale rescale, int threads) {
+  ThinningSpec s{Sparsify::outliers, density, gamma, 0, rescale, false, 0, 0, {}};
+  Thinning(s, static_cast<i64>(x.size())).run(x, threads);
+}
+
+void random_drop(std::span<float> x, double density, Rescale rescale, std::uint64_t seed,
+                 std::uint64_t stream, int threads) {
+  ThinningSpec s{Sparsify::random, density, 0, 0, rescale, false, seed, stream, {}};
+  Thinning(s, static_cast<i64>(x.size())).run(x, threads);
+}
+
+float della_probability(i64 rank, i64 length, double density, double epsilon) {
+  // mergekit: rank_norm = (rank − 1) / (length − 1) clamped to [0, 1], then
+  // (density − ε) + rank_norm · 2 · ε, each step in f32 (−ffp-contract=off keeps them apart).
+  // A row of one element divides 0 by 0 there; here it sits in the middle.
+  const float norm = length > 1 ? std::clamp(static_cast<float>(rank - 1) / static_cast<float>(length - 1), 0.0f, 1.0f)
+                                : 0.5f;
+  const float spread = norm * 2.0f * static_cast<float>(epsilon);
+  return static_cast<float>(density - epsilon) + spread;
+}
+
+void della_drop(std::span<float> x, std::span<const i64> shape, double density, double epsilon,
+                Rescale rescale, std::uint64_t seed, std::uint64_t stream, int threads) {
+  ThinningSpec s{Sparsify::della, density, 0, epsilon, rescale, false, seed, stream,
+                 std::vector<i64>(shape.begin(), shape.end())};
+  Thinning(s, static_cast<i64>(x.size())).run(x, threads);
 }
 
 }  // namespace revmerge

@@ -1,0 +1,74 @@
+#pragma once
+// One task's thinning of one tensor (TIES' magnitude trim, DARE's random drop, breadcrumbs'
+// outlier trim, DELLA's ranked drop, and the rescale after them), run over the tensor in pieces
+// so that a tensor never needs to be in memory whole: the statistics it needs (the trim
+// thresholds by exact radix selection, the L1 norms) are gathered in passes over the pieces
+// first, then each piece is thinned. Everything summed or counted is kept per fixed block of
+// the tensor's elements and accumulated in index order, so the result is bitwise the same for
+// any piece sizes and any thread count; a whole tensor is simply one piece.
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "methods/classic/combine.hpp"
+
+namespace revmerge {
+
+struct ThinningSpec {
+  Sparsify kind = Sparsify::none;
+  double density = 1, gamma = 0, epsilon = 0;
+  Rescale rescale = Rescale::none;
+  bool keep_at_least_one = false;
+  std::uint64_t seed = 0, stream = 0;  ///< the random drops' counter streams
+  std::vector<std::int64_t> shape;     ///< DELLA's rows (empty: one row)
+};
+
+class Thinning {
+ public:
+  /// Thinning of a tensor of `count` elements.
+  Thinning(const ThinningSpec& spec, std::int64_t count);
+
+  /// Pieces hold whole multiples of this many elements (DELLA: a row; others: 1).
+  std::int64_t granule() const noexcept { return granule_; }
+  /// Whether another pass over every piece (observe, then end_pass) is needed before apply.
+  bool wants_pass() const noexcept { return pass_ < stages_.size(); }
+  /// The piece of the task's values at elements [first, first + x.size()), pieces in order.
+  void observe(std::int64_t first, std::span<const float> x, int threads);
+  void end_pass();
+  /// Thins the piece at `first` in place; every piece once, in order, after the passes.
+  void apply(std::int64_t first, std::span<float> x, int threads);
+
+  /// The whole tensor as one piece: passes, then apply.
+  void run(std::span<float> x, int threads);
+
+ private:
+  enum class Stage { high_bits, low_bits, equal_counts, norms };
+  // The k largest magnitudes: those above `threshold` (as ordered bits), and of the elements
+  // equal to it the first `equal_left` by index.
+  struct Rule {
+    std::int64_t k = 0;
+    bool trivial = false;  // k ≤ 0 or k ≥ count: decided without looking
+    std::uint32_t threshold = 0, hi = 0;
+    std::int64_t equal_left = 0, above = 0;
+    std::vector<std::int64_t> low;            // histogram of the low 16 bits under `hi`
+    std::vector<std::int64_t> equal;          // per block: elements at the threshold
+    std::vector<std::int64_t> left;           // per block: of those, how many are inside
+    std::vector<double> above_sum;            // per block: Σ|x| above the threshold
+    double kept_l1() const;                   // Σ|x| over the rule's set
+  };
+
+  void della_keep(std::int64_t first, std::span<const float> x, std::vector<unsigned char>& keep, int threads) const;
+
+  ThinningSpec spec_;
+  std::int64_t count_ = 0, granule_ = 1;
+  bool active_ = false;  // false: the thinning leaves the tensor as it is
+  bool zero_all_ = false;
+  std::vector<Stage> stages_;
+  std::size_t pass_ = 0;
+  std::vector<Rule> rules_;  // magnitude: one; outliers: the outer set, then the outliers in it
+  std::vector<std::int64_t> high_;  // histogram of the high 16 bits
+  std::vector<double> before_, after_;  // per block: Σ|x| before and (drops) after thinning
+  double factor_ = 1.0;
+};
+
+}  // namespace revmerge
