@@ -124,9 +124,8 @@ std::vector<double> per_task(const std::vector<std::optional<double>>& v, std::o
 void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSource> tasks,
                  const std::string& method) {
   if (args.given("--basis") || cfg.basis) throw usage_error("--basis: an option of --method rmm only");
-  for (const char* opt : {"--memory-budget", "--sequential"})
-    if (args.given(opt))
-      throw usage_error(std::string(opt) + ": an option of --method rmm (the streamed pipeline) only");
+  if (args.given("--sequential"))
+    throw usage_error("--sequential: an option of --method rmm (the streamed pipeline) only");
   if (args.device != "auto" && args.device != "cpu")
     throw usage_error("--device " + args.device +
                       ": the classic methods run on the CPU in this version (RMM runs on the GPU)");
@@ -192,6 +191,7 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   o.recipe = output_recipe(cfg.file, cfg.text);
   o.allow_nonfinite = args.allow_nonfinite;
   o.threads = args.threads;
+  if (args.given("--memory-budget")) o.memory_budget = parse_byte_size(args.memory_budget, "--memory-budget");
   o.progress = module_progress(args.quiet || args.json, "merging");
   const auto r = merge_classic(o);
   for (const auto& w : r.warnings) print_warning(w);
@@ -314,8 +314,9 @@ void add_merge_command(CLI::App& app) {
                 "RMM: merge adapters holding NaN or Inf instead of refusing them (the affected "
                 "positions come out non-finite)");
   opt["--memory-budget"] = cmd->add_option("--memory-budget", args.memory_budget,
-      "RMM: host (and GPU) memory the merge may hold, e.g. 2GiB (default: half the free host "
-      "memory, 90% of the free GPU memory); too small for one module is an error naming it");
+      "host (and GPU) memory the merge may hold, e.g. 2GiB (default: half the free host "
+      "memory, 90% of the free GPU memory). RMM: too small for one module is an error naming it; "
+      "full models: tensors are merged in pieces that fit it");
   opt["--sequential"] = cmd->add_flag("--sequential", args.sequential,
       "RMM: one module at a time on one thread instead of the overlapped pipeline (same output)");
   cmd->add_flag("--json", args.json, "print the report as JSON");

@@ -167,6 +167,9 @@ struct ClassicMergeOptions {
   bool overwrite = false;
   bool allow_nonfinite = false;
   int threads = 0;
+  /// Full models: the memory a merge may hold (0: half of what is available); tensors are
+  /// merged in pieces that fit it (--memory-budget).
+  std::uint64_t memory_budget = 0;
   ProgressFn progress;
   OutputRecipe recipe;            ///< the command / config recorded in the output's recipe
 };

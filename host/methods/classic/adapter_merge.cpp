@@ -159,6 +159,9 @@ ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& o) {
     throw usage_error("--method " + to_string(o.method) + " merges full models (mergekit's " +
                       to_string(o.method) + "); the inputs are LoRA adapters (merge them with "
                       "linear, or --mode combined)");
+  if (o.memory_budget != 0)
+    throw usage_error("--memory-budget: LoRA adapters are merged module by module, each whole (they "
+                      "are small); the budget bounds full-model merges and --method rmm");
   Context c{o, open_adapter_set(o.tasks, MissingModules::zero), {}, {}, 0,
             o.threads > 0 ? o.threads : omp_get_max_threads()};
   c.p = task_parameters(o, o.tasks.size());

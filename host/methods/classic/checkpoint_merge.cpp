@@ -10,6 +10,8 @@
 
 #include "methods/classic/classic_internal.hpp"
 #include "methods/classic/combine.hpp"
+#include "methods/classic/piece_merge.hpp"
+#include "methods/classic/thinning.hpp"
 #include "methods/model_output.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/hf_model.hpp"
@@ -92,7 +94,16 @@ ModelOutputOptions model_output_options(const ClassicMergeOptions& o, const Clas
 }
 
 void read_finite(const CheckpointTensor& t, const std::string& where, std::span<float> v, int threads) {
-  t.file->read(*t.info, v, threads);
+  if (v.size() != t.info->numel())
+    throw shape_error(t.file->path().string() + ": tensor '" + t.info->name + "' has " +
+                      std::to_string(t.info->numel()) + " elements, caller expected " + std::to_string(v.size()));
+  read_finite_part(t, where, 0, v, threads);
+}
+
+void read_finite_part(const CheckpointTensor& t, const std::string& where, std::int64_t offset,
+                      std::span<float> v, int threads) {
+  t.file->read_part(*t.info, static_cast<std::uint64_t>(offset), v, threads);
+  t.file->evict_part(*t.info, static_cast<std::uint64_t>(offset), v.size());
   // The first non-finite element, found in parallel chunks (an exponent of all ones).
   const auto count = static_cast<i64>(v.size());
   constexpr i64 kChunk = i64{1} << 20;
@@ -112,7 +123,7 @@ void read_finite(const CheckpointTensor& t, const std::string& where, std::span<
   }
   if (first < count)
     throw format_error(t.file->path().string() + ": tensor '" + t.info->name +
-                       "' holds a non-finite value at element " + std::to_string(first) + " (" +
+                       "' holds a non-finite value at element " + std::to_string(offset + first) + " (" +
                        where + ")");
 }
 
@@ -161,7 +172,71 @@ void combine_tensor(const ClassicMergeOptions& o, TensorInputs& in, std::span<fl
   }
 }
 
+// The same in pieces: each task's thinning gathers its statistics in passes (thinning.hpp),
+// then every piece is thinned and combined. SCE's selection needs the tensor whole.
+class CombinePieces final : public PieceMerger {
+ public:
+  CombinePieces(const ClassicMergeOptions& o, const std::string& name, const std::vector<i64>& shape,
+                std::size_t n, bool has_base)
+      : recipe_(make_recipe(o, Convention::mergekit)), params_(task_parameters(o, n)), has_base_(has_base) {
+    i64 numel = 1;
+    for (const auto d : shape) numel *= d;
+    const CombineInput ci{{}, static_cast<i64>(n), numel, params_.weights, params_.densities, name, o.seed,
+                          params_.gammas, params_.epsilons, shape};
+    for (std::size_t t = 0; t < n; ++t) thinning_.emplace_back(thinning_spec(recipe_, ci, static_cast<i64>(t)), numel);
+  }
+  i64 granule() const override {
+    i64 g = 1;
+    for (const auto& th : thinning_) g = std::max(g, th.granule());
+    return g;
+  }
+  std::uint64_t extra_bytes_per_element() const override {
+    return recipe_.sparsify == Sparsify::della ? 1 : 0;  // the keep mask of a piece
+  }
+  bool wants_pass() const override {
+    return std::any_of(thinning_.begin(), thinning_.end(), [](const Thinning& th) { return th.wants_pass(); });
+  }
+  void prepare(TensorInputs& in, int threads) override {
+    if (!has_base_) return;  // linear: the weights themselves
+    const i64 n = static_cast<i64>(in.n), count = static_cast<i64>(in.count);
+    float* x = in.stacked.data();
+    const float* base = in.base.data();
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (i64 j = 0; j < count; ++j)
+      for (i64 t = 0; t < n; ++t) x[t * count + j] -= base[j];  // task vectors
+  }
+  void observe(const TensorInputs& in, int threads) override {
+    for (std::size_t t = 0; t < thinning_.size(); ++t)
+      if (thinning_[t].wants_pass()) thinning_[t].observe(in.first, in.model(t), threads);
+  }
+  void end_pass() override {
+    for (auto& th : thinning_)
+      if (th.wants_pass()) th.end_pass();
+  }
+  void produce(TensorInputs& in, std::span<float> out, int threads) override {
+    for (std::size_t t = 0; t < thinning_.size(); ++t) thinning_[t].apply(in.first, in.model(t), threads);
+    const i64 count = static_cast<i64>(in.count);
+    combine_tasks(recipe_, in.stacked.data(), static_cast<i64>(in.n), count, params_.weights.data(), out, threads);
+    if (!has_base_) return;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (i64 j = 0; j < count; ++j) out[j] += in.base[j];
+  }
+
+ private:
+  CombineRecipe recipe_;
+  TaskParameters params_;
+  bool has_base_;
+  std::vector<Thinning> thinning_;
+};
+
 }  // namespace
+
+std::unique_ptr<PieceMerger> combine_merger(const ClassicMergeOptions& o, const std::string& name,
+                                            const std::vector<i64>& shape, std::size_t n, bool has_base) {
+  const auto recipe = make_recipe(o, Convention::mergekit);
+  if (recipe.select_by_variance || recipe.weights_from_energy) return nullptr;
+  return std::make_unique<CombinePieces>(o, name, shape, n, has_base);
+}
 
 void check_checkpoint_options(const ClassicMergeOptions& o) {
   const std::string method = "--method " + to_string(o.method);
@@ -185,13 +260,11 @@ void check_checkpoint_options(const ClassicMergeOptions& o) {
   else check_combine_options(o);
 }
 
-void merge_tensor(const ClassicMergeOptions& o, TensorInputs& in, std::span<float> out, int threads) {
-  if (blends_two_models(o.method)) two_model_tensor(o, in, out);
-  else if (o.method == ClassicMethod::model_stock) model_stock_tensor(o, in, out);
-  else if (is_spherical(o.method)) spherical_tensor(o, in, out);
+void merge_whole_tensor(const ClassicMergeOptions& o, TensorInputs& in, std::span<float> out, int threads) {
+  if (is_spherical(o.method)) spherical_tensor(o, in, out);
   else if (is_selective(o.method)) selective_tensor(o, in, out);
-  else if (o.method == ClassicMethod::passthrough) passthrough_tensor(o, in, out);
-  else combine_tensor(o, in, out, threads);
+  else if (is_elementwise(o.method)) combine_tensor(o, in, out, threads);
+  else throw std::logic_error("merge_whole_tensor: --method " + to_string(o.method) + " merges in pieces");
 }
 
 ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
@@ -207,20 +280,29 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
   check_tensor_parameters(o, layout);
   const int threads = o.threads > 0 ? o.threads : omp_get_max_threads();
   const auto layers = layout.config().num_hidden_layers;
+  const auto plan = plan_pieces(models.size(), base != nullptr, o.memory_budget, o.memory_budget != 0);
+  const auto merger = [&](const CheckpointTensor& t) {
+    // Per-tensor parameters (mergekit's gradients and filters) give each tensor its own.
+    const auto& name = t.info->name;
+    return piece_merger(options_for_tensor(o, name, layer_position(name, layers)), name, t.info->shape,
+                        models.size(), base != nullptr);
+  };
+  // Every tensor's pieces fitted to the budget before anything is read.
+  for (const auto& t : layout.checkpoint().tensors())
+    if (is_float_dtype(t.info->dtype))
+      check_fits(plan, *merger(t), to_string(o.method), t.info->name, static_cast<std::int64_t>(t.info->numel()));
   TensorInputs in;  // its memory reused from tensor to tensor
-  const auto produce = [&](const std::string& name, std::vector<float>& values) {
-    const auto& info = *layout.checkpoint().at(name).info;
-    in.name = name;
-    in.shape = info.shape;
-    in.n = models.size();
-    in.count = static_cast<std::size_t>(info.numel());
-    in.base.resize(base ? in.count : 0);
-    in.stacked.resize(in.n * in.count);
-    if (base) read_finite(base->checkpoint().at(name), "the base", in.base, threads);
-    for (std::size_t t = 0; t < models.size(); ++t)
-      read_finite(models[t]->checkpoint().at(name), "task '" + o.tasks[t].name + "'", in.model(t), threads);
-    // Per-tensor parameters (mergekit's gradients and filters) give this tensor its own.
-    merge_tensor(options_for_tensor(o, name, layer_position(name, layers)), in, values, threads);
+  std::vector<float> merged;
+  const PieceProducer produce = [&](const std::string& name, std::uint64_t, const PieceSink& sink) {
+    const auto& t = layout.checkpoint().at(name);
+    TensorSources src;
+    if (base) src = {&base->checkpoint().at(name), "the base", {}, {}};
+    for (std::size_t i = 0; i < models.size(); ++i) {
+      src.models.push_back(&models[i]->checkpoint().at(name));
+      src.model_where.push_back("task '" + o.tasks[i].name + "'");
+    }
+    auto m = merger(t);
+    merge_in_pieces(*m, name, t.info->shape, src, plan, in, merged, sink, threads);
     return true;
   };
   ClassicMergeReport report{to_string(o.method), "checkpoint", "mergekit", "model", 0, 0, {}, {}};
@@ -231,6 +313,7 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
                                          : base ? "the base model's" : "the first model's");
   auto mo = model_output_options(o, report);
   mo.threads = threads;
+  mo.piece_bytes = copy_piece_bytes(plan);
   report.items = write_full_model(layout, o.out, produce, mo);
   return report;
 }

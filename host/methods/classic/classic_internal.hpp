@@ -65,6 +65,10 @@ ModelOutputOptions model_output_options(const ClassicMergeOptions& options,
 /// values (format_error naming file, tensor, element, `where`).
 void read_finite(const CheckpointTensor& tensor, const std::string& where, std::span<float> out,
                  int threads);
+/// The same for elements [first, first + out.size()), their pages dropped from the resident set
+/// once read.
+void read_finite_part(const CheckpointTensor& tensor, const std::string& where, std::int64_t first,
+                      std::span<float> out, int threads);
 
 /// mergekit's per-tensor parameters (tensor_parameters.cpp): whether any are set, and whether
 /// `key` is; a tensor's position among the layers (layer i of L at i / (L − 1), 0 outside the
@@ -87,13 +91,15 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& options)
 /// One output tensor's inputs: its name (in messages, and keying DARE's and DELLA's masks), its
 /// shape, the base's values (empty without a base) and the tasks', one after another in task
 /// order (n × count: the element-wise methods combine them where they lie). A driver keeps one
-/// and reuses its memory from tensor to tensor.
+/// and reuses its memory from tensor to tensor. Merged in pieces (piece_merge.hpp), it holds
+/// elements [first, first + count) of the tensor.
 struct TensorInputs {
   std::string name;
   std::vector<std::int64_t> shape;
   std::vector<float> base;
   std::vector<float> stacked;
   std::size_t n = 0, count = 0;
+  std::int64_t first = 0;
 
   std::span<float> model(std::size_t i) { return {stacked.data() + i * count, count}; }
   std::span<const float> model(std::size_t i) const { return {stacked.data() + i * count, count}; }
@@ -104,9 +110,11 @@ struct TensorInputs {
 std::optional<bool> needs_base(ClassicMethod method);
 /// The method's checks of the options, before any file is read (usage_error naming the option).
 void check_checkpoint_options(const ClassicMergeOptions& options);
-/// The merged tensor from `in` under `options` (per-tensor parameters resolved); `in` may be
+/// The merged tensor from `in` (the whole tensor) under `options` (per-tensor parameters
+/// resolved), for the methods that need a tensor whole (nuslerp, multislerp, karcher, ram,
+/// ramplus_tl, arcee_fusion, sce); the others merge in pieces (piece_merge.hpp). `in` may be
 /// consumed.
-void merge_tensor(const ClassicMergeOptions& options, TensorInputs& in, std::span<float> out, int threads);
+void merge_whole_tensor(const ClassicMergeOptions& options, TensorInputs& in, std::span<float> out, int threads);
 
 /// Each method family's part (its own file).
 bool is_spherical(ClassicMethod method);  ///< nuslerp, multislerp, karcher
@@ -116,11 +124,8 @@ void check_model_stock_options(const ClassicMergeOptions& options);
 void check_spherical_options(const ClassicMergeOptions& options);
 void check_selective_options(const ClassicMergeOptions& options);
 void check_passthrough_options(const ClassicMergeOptions& options);
-void two_model_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
-void model_stock_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
 void spherical_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
 void selective_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
-void passthrough_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
 
 /// Layer stacking (slices.cpp): the output's blocks from `options.slices`.
 ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& options);

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "kernels/counter_rng.hpp"
+#include "methods/classic/thinning.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -94,22 +95,22 @@ CombineRecipe make_recipe(const ClassicMergeOptions& o, Convention convention) {
   return r;
 }
 
-namespace {
-
-void sparsify_task(const CombineRecipe& r, const CombineInput& in, i64 t, std::span<float> x,
-                   int threads) {
-  const auto stream = [&] { return kernels::stream_id(in.name + "#" + std::to_string(t)); };
-  const double density = in.densities[t];
-  switch (r.sparsify) {
-    case Sparsify::none: break;
-    case Sparsify::magnitude: magnitude_trim(x, density, r.keep_at_least_one, r.rescale, threads); break;
-    case Sparsify::random: random_drop(x, density, r.rescale, in.seed, stream(), threads); break;
-    case Sparsify::outliers: outlier_trim(x, density, in.gammas[t], r.rescale, threads); break;
-    case Sparsify::della:
-      della_drop(x, in.shape, density, in.epsilons[t], r.rescale, in.seed, stream(), threads);
-      break;
-  }
+ThinningSpec thinning_spec(const CombineRecipe& r, const CombineInput& in, i64 t) {
+  ThinningSpec s;
+  s.kind = r.sparsify;
+  s.density = in.densities[t];
+  s.gamma = r.sparsify == Sparsify::outliers ? in.gammas[t] : 0.0;
+  s.epsilon = r.sparsify == Sparsify::della ? in.epsilons[t] : 0.0;
+  s.rescale = r.rescale;
+  s.keep_at_least_one = r.keep_at_least_one;
+  s.seed = in.seed;
+  if (r.sparsify == Sparsify::random || r.sparsify == Sparsify::della)
+    s.stream = kernels::stream_id(in.name + "#" + std::to_string(t));
+  s.shape.assign(in.shape.begin(), in.shape.end());
+  return s;
 }
+
+namespace {
 
 // SCE's selection: the top ⌊select_topk · m⌋ elements by their (population) variance across
 // the tasks, m the number of elements whose variance is not zero; the others are zeroed in
@@ -155,23 +156,10 @@ std::vector<double> energy_weights(std::span<const float> stack, i64 n, i64 coun
 
 }  // namespace
 
-void combine_stack(const CombineRecipe& r, const CombineInput& in, std::span<float> out,
-                   int threads) {
-  const i64 n = in.n, count = in.count;
-  if (static_cast<i64>(in.stack.size()) != n * count || static_cast<i64>(out.size()) != count ||
-      static_cast<i64>(in.weights.size()) != n || static_cast<i64>(in.densities.size()) != n)
-    throw std::logic_error("combine_stack: sizes do not match");
-  if ((r.sparsify == Sparsify::outliers && static_cast<i64>(in.gammas.size()) != n) ||
-      (r.sparsify == Sparsify::della && static_cast<i64>(in.epsilons.size()) != n))
-    throw std::logic_error("combine_stack: gammas or epsilons missing");
-  const auto task = [&](i64 t) { return in.stack.subspan(t * count, count); };
-  // One task at a time, each on every thread (a task's tensor is the large dimension).
-  if (r.sparsify != Sparsify::none)
-    for (i64 t = 0; t < n; ++t) sparsify_task(r, in, t, task(t), threads);
-  if (r.select_by_variance) select_by_variance(in.stack, n, count, in.select_topk, threads);
-  const auto energy = r.weights_from_energy ? energy_weights(in.stack, n, count) : std::vector<double>{};
-  const float* x = in.stack.data();
-  const double* w = r.weights_from_energy ? energy.data() : in.weights.data();
+// The tasks' (thinned) values combined element by element: weighted, sign-elected, summed and
+// divided (combine.hpp's steps after the thinning and SCE's selection). `x` is n × count.
+void combine_tasks(const CombineRecipe& r, const float* x, i64 n, i64 count, const double* w,
+                   std::span<float> out, int threads) {
   double weight_sum = 0;
   for (i64 t = 0; t < n; ++t) weight_sum += w[t];
   if (std::fabs(weight_sum) < 1e-8) weight_sum = 1;  // mergekit's guard
@@ -231,6 +219,25 @@ void combine_stack(const CombineRecipe& r, const CombineInput& in, std::span<flo
         break;
     }
   }
+}
+
+void combine_stack(const CombineRecipe& r, const CombineInput& in, std::span<float> out,
+                   int threads) {
+  const i64 n = in.n, count = in.count;
+  if (static_cast<i64>(in.stack.size()) != n * count || static_cast<i64>(out.size()) != count ||
+      static_cast<i64>(in.weights.size()) != n || static_cast<i64>(in.densities.size()) != n)
+    throw std::logic_error("combine_stack: sizes do not match");
+  if ((r.sparsify == Sparsify::outliers && static_cast<i64>(in.gammas.size()) != n) ||
+      (r.sparsify == Sparsify::della && static_cast<i64>(in.epsilons.size()) != n))
+    throw std::logic_error("combine_stack: gammas or epsilons missing");
+  const auto task = [&](i64 t) { return in.stack.subspan(t * count, count); };
+  // One task at a time, each on every thread (a task's tensor is the large dimension).
+  if (r.sparsify != Sparsify::none)
+    for (i64 t = 0; t < n; ++t) Thinning(thinning_spec(r, in, t), count).run(task(t), threads);
+  if (r.select_by_variance) select_by_variance(in.stack, n, count, in.select_topk, threads);
+  const auto energy = r.weights_from_energy ? energy_weights(in.stack, n, count) : std::vector<double>{};
+  combine_tasks(r, in.stack.data(), n, count, r.weights_from_energy ? energy.data() : in.weights.data(), out,
+                threads);
 }
 
 }  // namespace revmerge

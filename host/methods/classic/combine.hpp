@@ -62,6 +62,11 @@ struct CombineInput {
 void combine_stack(const CombineRecipe& recipe, const CombineInput& input, std::span<float> out,
                    int threads);
 
+/// The tasks' values (after thinning and SCE's selection), n × count, combined element by
+/// element with the task weights `w` (n): weighted, sign-elected, summed, divided, scaled by λ.
+void combine_tasks(const CombineRecipe& recipe, const float* x, std::int64_t n, std::int64_t count,
+                   const double* w, std::span<float> out, int threads);
+
 /// The tasks' own steps, exposed for tests. Every ranking by magnitude orders equal magnitudes
 /// by index, the lower index counting as the larger. The trim keeps the k largest |x|; the
 /// drop keeps element j when counter_uniform(seed, stream, j) < density; the outlier trim

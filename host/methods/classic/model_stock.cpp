@@ -10,7 +10,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "methods/classic/classic_internal.hpp"
+#include "methods/classic/piece_merge.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -22,43 +22,86 @@ void check_model_stock_options(const ClassicMergeOptions& o) {
   refuse_weighting_options(o);
 }
 
-void model_stock_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std::span<float> out) {
-  const auto& w0 = in.base;
-  const std::size_t n = in.n, m = w0.size();
-  // One angle for the whole tensor, or (filter_wise) one per vector along the last axis.
-  const bool rows = o.filter_wise.value_or(false) && !in.shape.empty();
-  const std::size_t length = rows ? static_cast<std::size_t>(in.shape.back()) : m;
-  if (length == 0) return;
-  std::vector<std::vector<double>> deltas(n, std::vector<double>(length));
-  std::vector<double> norms(n);
-  const double nd = double(n);
-  for (std::size_t at = 0; at < m; at += length) {
-    for (std::size_t i = 0; i < n; ++i) {
-      double sq = 0;
-      for (std::size_t k = 0; k < length; ++k) {
-        deltas[i][k] = double(in.model(i)[at + k]) - w0[at + k];
-        sq += deltas[i][k] * deltas[i][k];
+namespace {
+
+// The angle's sums over one vector (the tensor, or a row): each task vector's squared norm and
+// every pair's dot product, in f64, added in index order (piece after piece).
+struct AngleSums {
+  std::size_t n = 0;
+  std::vector<double> sq, dot;  // dot: pairs i < j in order
+  std::vector<double> delta;    // one element's task vectors (scratch)
+
+  explicit AngleSums(std::size_t tasks) : n(tasks), sq(tasks, 0.0), dot(tasks * (tasks - 1) / 2, 0.0), delta(tasks) {}
+  void clear() {
+    std::fill(sq.begin(), sq.end(), 0.0);
+    std::fill(dot.begin(), dot.end(), 0.0);
+  }
+  void add(const TensorInputs& in, std::size_t from, std::size_t to) {
+    for (std::size_t k = from; k < to; ++k) {
+      for (std::size_t i = 0; i < n; ++i) {
+        delta[i] = double(in.model(i)[k]) - in.base[k];
+        sq[i] += delta[i] * delta[i];
       }
-      norms[i] = std::sqrt(sq);
+      std::size_t p = 0;
+      for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = i + 1; j < n; ++j) dot[p++] += delta[i] * delta[j];
     }
+  }
+  // t of W = w0 + t · mean(δ).
+  double t() const {
     double cos_sum = 0;
+    std::size_t p = 0;
     for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t j = i + 1; j < n; ++j) {
-        double dot = 0;
-        for (std::size_t k = 0; k < length; ++k) dot += deltas[i][k] * deltas[j][k];
-        cos_sum += std::clamp(dot / std::max(norms[i] * norms[j], 1e-6), -1.0, 1.0);
-      }
+      for (std::size_t j = i + 1; j < n; ++j)
+        cos_sum += std::clamp(dot[p++] / std::max(std::sqrt(sq[i]) * std::sqrt(sq[j]), 1e-6), -1.0, 1.0);
+    const double nd = double(n);
     const double cos = cos_sum / double(n * (n - 1) / 2);
     const double denominator = 1 + (nd - 1) * cos;
     // Where the denominator vanishes there is no finite estimate: mergekit keeps the base there.
-    const double t = std::fabs(denominator) < 1e-6 ? 0.0 : nd * cos / denominator;
-    // W = t · mean(w) + (1 − t) · w0 = w0 + t · mean(δ).
-    for (std::size_t k = 0; k < length; ++k) {
-      double mean = 0;
-      for (std::size_t i = 0; i < n; ++i) mean += deltas[i][k];
-      out[at + k] = static_cast<float>(w0[at + k] + t * (mean / nd));
+    return std::fabs(denominator) < 1e-6 ? 0.0 : nd * cos / denominator;
+  }
+};
+
+void move_toward_mean(const TensorInputs& in, double t, std::size_t from, std::size_t to, std::span<float> out) {
+  const double nd = double(in.n);
+  for (std::size_t k = from; k < to; ++k) {
+    double mean = 0;
+    for (std::size_t i = 0; i < in.n; ++i) mean += double(in.model(i)[k]) - in.base[k];
+    out[k] = static_cast<float>(in.base[k] + t * (mean / nd));
+  }
+}
+
+// One angle for the whole tensor (a pass over its pieces first), or with filter_wise one per
+// row (pieces of whole rows).
+class ModelStockPieces final : public PieceMerger {
+ public:
+  ModelStockPieces(std::size_t n, std::int64_t row) : sums_(n), row_(row) {}
+  std::int64_t granule() const override { return std::max<std::int64_t>(row_, 1); }
+  bool wants_pass() const override { return row_ == 0 && !summed_; }
+  void observe(const TensorInputs& in, int) override { sums_.add(in, 0, in.count); }
+  void end_pass() override { summed_ = true; }
+  void produce(TensorInputs& in, std::span<float> out, int) override {
+    if (row_ == 0) return move_toward_mean(in, sums_.t(), 0, in.count, out);
+    const auto length = static_cast<std::size_t>(row_);
+    for (std::size_t at = 0; at < in.count; at += length) {
+      sums_.clear();
+      sums_.add(in, at, at + length);
+      move_toward_mean(in, sums_.t(), at, at + length, out);
     }
   }
+
+ private:
+  AngleSums sums_;
+  std::int64_t row_;  // 0: one angle for the tensor
+  bool summed_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<PieceMerger> model_stock_merger(const ClassicMergeOptions& o, const std::vector<std::int64_t>& shape,
+                                                std::size_t n) {
+  const bool rows = o.filter_wise.value_or(false) && !shape.empty();
+  return std::make_unique<ModelStockPieces>(n, rows ? shape.back() : 0);
 }
 
 }  // namespace revmerge

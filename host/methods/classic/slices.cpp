@@ -22,6 +22,7 @@
 
 #include "methods/classic/classic_internal.hpp"
 #include "methods/classic/combine.hpp"
+#include "methods/classic/piece_merge.hpp"
 #include "methods/model_output.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
@@ -65,10 +66,26 @@ void check_passthrough_options(const ClassicMergeOptions& o) {
   refuse_weighting_options(o);
 }
 
-void passthrough_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std::span<float> out) {
-  const double scale = task_parameters(o, 1).scales[0];
-  for (std::size_t k = 0; k < out.size(); ++k)
-    out[k] = scale == 1.0 ? in.model(0)[k] : static_cast<float>(in.model(0)[k] * scale);
+namespace {
+
+// The one model's values, scaled.
+class PassthroughPieces final : public PieceMerger {
+ public:
+  explicit PassthroughPieces(double scale) : scale_(scale) {}
+  void produce(TensorInputs& in, std::span<float> out, int) override {
+    const auto v = in.model(0);
+    for (std::size_t k = 0; k < out.size(); ++k)
+      out[k] = scale_ == 1.0 ? v[k] : static_cast<float>(v[k] * scale_);
+  }
+
+ private:
+  double scale_;
+};
+
+}  // namespace
+
+std::unique_ptr<PieceMerger> passthrough_merger(const ClassicMergeOptions& o) {
+  return std::make_unique<PassthroughPieces>(task_parameters(o, 1).scales[0]);
 }
 
 ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& o) {
@@ -182,24 +199,39 @@ ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& o) {
       add(t, t.info->name, o.slices.size() - 1, 0.0, [&](std::size_t) { return t.info->name; });
 
   const int threads = o.threads > 0 ? o.threads : omp_get_max_threads();
+  // Pieces sized for the slice with the most inputs.
+  std::size_t most = 0;
+  bool any_base = false;
+  for (std::size_t s = 0; s < o.slices.size(); ++s) {
+    most = std::max(most, task_source[s].size());
+    any_base = any_base || base_source[s].has_value();
+  }
+  const auto pieces = plan_pieces(most, any_base, o.memory_budget, o.memory_budget != 0);
+  const auto merger = [&](const std::string& name) {
+    const auto& p = plan.at(name);
+    return piece_merger(options_for_tensor(slice_options[p.slice], name, p.t), name, p.shape,
+                        task_source[p.slice].size(), base_source[p.slice].has_value());
+  };
+  for (const auto& t : tensors)
+    if (is_float_dtype(t.dtype)) {
+      std::int64_t numel = 1;
+      for (const auto d : t.shape) numel *= d;
+      check_fits(pieces, *merger(t.name), to_string(o.method), t.name, numel);
+    }
   TensorInputs in;  // its memory reused from tensor to tensor
-  const auto produce = [&](const std::string& name, std::vector<float>& values) {
+  std::vector<float> merged;
+  const PieceProducer produce = [&](const std::string& name, std::uint64_t, const PieceSink& sink) {
     const auto& p = plan.at(name);
     const auto& sl = o.slices[p.slice];
-    const auto read = [&](std::size_t i, std::span<float> into) {
-      const auto& src = sl.sources[i];
-      read_finite(model(src.model).checkpoint().at(p.source_names[i]), src.model.string(), into, threads);
-    };
-    in.name = name;
-    in.shape = p.shape;
-    in.n = task_source[p.slice].size();
-    in.count = values.size();
-    in.base.resize(base_source[p.slice] ? in.count : 0);
-    in.stacked.resize(in.n * in.count);
-    if (base_source[p.slice]) read(*base_source[p.slice], in.base);
-    for (std::size_t t = 0; t < in.n; ++t) read(task_source[p.slice][t], in.model(t));
-    const auto& so = slice_options[p.slice];
-    merge_tensor(options_for_tensor(so, name, p.t), in, values, threads);
+    const auto source = [&](std::size_t i) { return &model(sl.sources[i].model).checkpoint().at(p.source_names[i]); };
+    TensorSources src;
+    if (const auto b = base_source[p.slice]) src = {source(*b), sl.sources[*b].model.string(), {}, {}};
+    for (const auto i : task_source[p.slice]) {
+      src.models.push_back(source(i));
+      src.model_where.push_back(sl.sources[i].model.string());
+    }
+    auto m = merger(name);
+    merge_in_pieces(*m, name, p.shape, src, pieces, in, merged, sink, threads);
     return true;
   };
 
@@ -221,6 +253,7 @@ ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& o) {
                            {"slices", fmt::format("{} layers from {}", layers, fmt::join(parts, "; "))});
   auto mo = model_output_options(o, report);
   mo.threads = threads;
+  mo.piece_bytes = copy_piece_bytes(pieces);
   mo.num_hidden_layers = layers;
   mo.layer_sources = layer_sources;
   const HfModel& config_from = o.base.empty() ? first : model(o.base);

@@ -46,7 +46,15 @@ void for_blocks(i64 first, i64 size, int threads, F f) {
 void add_histogram(std::vector<i64>& total, std::span<const float> x, int shift, std::uint32_t high,
                    int threads) {
   const i64 count = static_cast<i64>(x.size());
-#pragma omp parallel num_threads(count >= kBlock ? threads : 1)
+  if (count < kBlock) {  // a small piece: straight into the total
+    for (const float v : x) {
+      const std::uint32_t b = magnitude_bits(v);
+      if (shift == 16) ++total[b >> 16];
+      else if ((b >> 16) == high) ++total[b & 0xffffu];
+    }
+    return;
+  }
+#pragma omp parallel num_threads(threads)
   {
     std::vector<i64> local(65536, 0);
 #pragma omp for schedule(static)

@@ -23,6 +23,9 @@ struct ThinningSpec {
   std::vector<std::int64_t> shape;     ///< DELLA's rows (empty: one row)
 };
 
+/// Task t's thinning in a combine.
+ThinningSpec thinning_spec(const CombineRecipe& recipe, const CombineInput& input, std::int64_t t);
+
 class Thinning {
  public:
   /// Thinning of a tensor of `count` elements.

@@ -13,7 +13,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "methods/classic/classic_internal.hpp"
+#include "methods/classic/piece_merge.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -23,21 +23,25 @@ constexpr double kDotThreshold = 0.9995;  // mergekit's DOT_THRESHOLD
 constexpr double kNormEps = 1e-8;         // mergekit's eps
 constexpr double kDifferenceFloor = 1e-6; // mergekit's nearswap clamp
 
-// The two coefficients (s0, s1) of W = s0 v0 + s1 v1.
-std::pair<double, double> slerp_coefficients(double t, std::span<const float> v0, std::span<const float> v1) {
+// SLERP's sums over the tensor, added in index order (piece after piece).
+struct SlerpSums {
   double n0 = 0, n1 = 0, d = 0;
-  for (std::size_t i = 0; i < v0.size(); ++i) {
-    n0 += double(v0[i]) * v0[i];
-    n1 += double(v1[i]) * v1[i];
-    d += double(v0[i]) * v1[i];
+  void add(std::span<const float> v0, std::span<const float> v1) {
+    for (std::size_t i = 0; i < v0.size(); ++i) {
+      n0 += double(v0[i]) * v0[i];
+      n1 += double(v1[i]) * v1[i];
+      d += double(v0[i]) * v1[i];
+    }
   }
-  n0 = std::sqrt(n0);
-  n1 = std::sqrt(n1);
-  const double dot = d / (n0 > kNormEps ? n0 : 1.0) / (n1 > kNormEps ? n1 : 1.0);
-  if (std::fabs(dot) > kDotThreshold) return {1 - t, t};
-  const double theta = std::acos(dot), s = std::sin(theta);
-  return {std::sin(theta - theta * t) / s, std::sin(theta * t) / s};
-}
+  // The two coefficients (s0, s1) of W = s0 v0 + s1 v1.
+  std::pair<double, double> coefficients(double t) const {
+    const double r0 = std::sqrt(n0), r1 = std::sqrt(n1);
+    const double dot = d / (r0 > kNormEps ? r0 : 1.0) / (r1 > kNormEps ? r1 : 1.0);
+    if (std::fabs(dot) > kDotThreshold) return {1 - t, t};
+    const double theta = std::acos(dot), s = std::sin(theta);
+    return {std::sin(theta - theta * t) / s, std::sin(theta * t) / s};
+  }
+};
 
 void nearswap(double t, std::span<const float> v0, std::span<const float> v1, std::span<float> out) {
   for (std::size_t i = 0; i < out.size(); ++i) {
@@ -74,16 +78,36 @@ void check_two_model_options(const ClassicMergeOptions& o) {
   refuse_weighting_options(o);
 }
 
-void two_model_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std::span<float> out) {
-  const double t = checked_t(o.method, o.t, " (tensor '" + in.name + "')");
-  const auto& v0 = in.base;
-  const auto v1 = in.model(0);
-  if (o.method == ClassicMethod::nearswap) {
-    nearswap(t, v0, v1, out);
-    return;
+namespace {
+
+// slerp in pieces: one pass for the norms and the dot product, then the blend; nearswap
+// element by element.
+class TwoModelPieces final : public PieceMerger {
+ public:
+  TwoModelPieces(ClassicMethod method, double t) : method_(method), t_(t) {}
+  bool wants_pass() const override { return method_ == ClassicMethod::slerp && !summed_; }
+  void observe(const TensorInputs& in, int) override { sums_.add(in.base, in.model(0)); }
+  void end_pass() override { summed_ = true; }
+  void produce(TensorInputs& in, std::span<float> out, int threads) override {
+    const std::span<const float> v0 = in.base, v1 = in.model(0);
+    if (method_ == ClassicMethod::nearswap) return nearswap(t_, v0, v1, out);
+    const auto [s0, s1] = sums_.coefficients(t_);
+    const auto count = static_cast<std::int64_t>(out.size());
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (std::int64_t i = 0; i < count; ++i) out[i] = static_cast<float>(s0 * v0[i] + s1 * v1[i]);
   }
-  const auto [s0, s1] = slerp_coefficients(t, v0, v1);
-  for (std::size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(s0 * v0[i] + s1 * v1[i]);
+
+ private:
+  ClassicMethod method_;
+  double t_;
+  SlerpSums sums_;
+  bool summed_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<PieceMerger> two_model_merger(const ClassicMergeOptions& o, const std::string& name) {
+  return std::make_unique<TwoModelPieces>(o.method, checked_t(o.method, o.t, " (tensor '" + name + "')"));
 }
 
 }  // namespace revmerge

@@ -1,0 +1,130 @@
+// The piece-by-piece driver of full-model merges (piece_merge.hpp) and the merger of the
+// methods that need a tensor whole.
+#include "methods/classic/piece_merge.hpp"
+
+#include <algorithm>
+
+#include "core/memory_info.hpp"
+#include "revmerge/error.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+// What the process holds besides the pieces: its code and libraries, the open files' headers,
+// the writer's parts of copied tensors.
+constexpr std::uint64_t kReserve = std::uint64_t{96} << 20;
+
+// The methods without a piece merger yet (nuslerp, multislerp, karcher, ram, ramplus_tl,
+// arcee_fusion, sce): the whole tensor as one piece.
+class WholeTensor final : public PieceMerger {
+ public:
+  WholeTensor(ClassicMergeOptions options, i64 numel, std::size_t n)
+      : options_(std::move(options)), numel_(numel), n_(n) {}
+  i64 granule() const override { return std::max<i64>(numel_, 1); }
+  // Their f64 work copies of the inputs, or SCE's variances and order.
+  std::uint64_t extra_bytes_per_element() const override { return 8 * (n_ + 2); }
+  void produce(TensorInputs& in, std::span<float> out, int threads) override {
+    merge_whole_tensor(options_, in, out, threads);
+  }
+
+ private:
+  ClassicMergeOptions options_;
+  i64 numel_;
+  std::size_t n_;
+};
+
+}  // namespace
+
+std::unique_ptr<PieceMerger> piece_merger(const ClassicMergeOptions& o, const std::string& name,
+                                          const std::vector<i64>& shape, std::size_t n, bool has_base) {
+  std::unique_ptr<PieceMerger> m;
+  if (blends_two_models(o.method)) m = two_model_merger(o, name);
+  else if (o.method == ClassicMethod::model_stock) m = model_stock_merger(o, shape, n);
+  else if (o.method == ClassicMethod::passthrough) m = passthrough_merger(o);
+  else if (is_elementwise(o.method)) m = combine_merger(o, name, shape, n, has_base);
+  if (m) return m;
+  i64 numel = 1;
+  for (const auto d : shape) numel *= d;
+  return std::make_unique<WholeTensor>(o, numel, n);
+}
+
+PiecePlan plan_pieces(std::size_t n, bool has_base, std::uint64_t budget, bool budget_given) {
+  PiecePlan p;
+  p.budget = budget_given ? budget : 0;
+  if (!budget_given) budget = host_memory_available() / 2;
+  // f32 inputs and output, the output's conversion to 16 bits, one input's mapped bytes (each
+  // input's pages are dropped once its piece is read).
+  p.bytes_per_element = 4 * (n + (has_base ? 1 : 0) + 1) + 4 + 4;
+  const std::uint64_t room = budget > kReserve ? budget - kReserve : 0;
+  p.max_elements = static_cast<i64>(std::max<std::uint64_t>(room / p.bytes_per_element, 1));
+  return p;
+}
+
+std::uint64_t copy_piece_bytes(const PiecePlan& plan) {
+  const std::uint64_t cap = std::uint64_t{64} << 20;
+  return plan.budget == 0 ? cap : std::clamp<std::uint64_t>(plan.budget / 16, std::uint64_t{1} << 20, cap);
+}
+
+void check_fits(const PiecePlan& plan, const PieceMerger& merger, const std::string& method,
+                const std::string& tensor, i64 numel) {
+  if (plan.budget == 0) return;  // no budget given: a piece at least as large as the merger needs
+  const auto per = plan.bytes_per_element + merger.extra_bytes_per_element();
+  const i64 smallest = std::min(std::max<i64>(merger.granule(), 1), std::max<i64>(numel, 1));
+  const std::uint64_t need = static_cast<std::uint64_t>(smallest) * per + kReserve;
+  if (need <= plan.budget) return;
+  const bool whole = smallest >= numel;
+  throw usage_error("--memory-budget " + format_bytes(plan.budget) + ": --method " + method + " needs tensor '" +
+                    tensor + "' " + (whole ? "whole" : "in rows of " + std::to_string(smallest) + " elements") +
+                    ", about " + format_bytes(need) + " with every input; raise the budget to at least that" +
+                    (whole ? " (docs/methods.md lists the methods that merge in pieces)" : ""));
+}
+
+void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::vector<i64>& shape,
+                     const TensorSources& src, const PiecePlan& plan, TensorInputs& in,
+                     std::vector<float>& out,
+                     const std::function<void(std::uint64_t, std::span<const float>)>& sink, int threads) {
+  i64 numel = 1;
+  for (const auto d : shape) numel *= d;
+  const i64 granule = std::max<i64>(merger.granule(), 1);
+  const auto per = plan.bytes_per_element + merger.extra_bytes_per_element();
+  const i64 fit = std::max<i64>(plan.max_elements * static_cast<i64>(plan.bytes_per_element) / static_cast<i64>(per), 1);
+  const i64 piece = std::min(numel, std::max(granule, fit / granule * granule));
+  in.name = name;
+  in.shape = shape;
+  in.n = src.models.size();
+  const auto read = [&](i64 first) {
+    in.first = first;
+    in.count = static_cast<std::size_t>(std::min(piece, numel - first));
+    in.base.resize(src.base ? in.count : 0);
+    in.stacked.resize(in.n * in.count);
+    if (src.base) read_finite_part(*src.base, src.base_where, first, in.base, threads);
+    for (std::size_t t = 0; t < in.n; ++t)
+      read_finite_part(*src.models[t], src.model_where[t], first, in.model(t), threads);
+    merger.prepare(in, threads);
+  };
+  // A tensor in one piece is read once for all passes (observe leaves the piece as it is).
+  const bool one_piece = piece >= numel;
+  if (one_piece) read(0);
+  if (numel == 0) {  // nothing to merge; the writer still takes the empty tensor
+    out.clear();
+    sink(0, out);
+    return;
+  }
+  while (merger.wants_pass()) {
+    for (i64 first = 0; first < numel; first += piece) {
+      if (!one_piece) read(first);
+      merger.observe(in, threads);
+    }
+    merger.end_pass();
+  }
+  for (i64 first = 0; first < numel; first += piece) {
+    if (!one_piece) read(first);
+    out.resize(in.count);
+    merger.produce(in, out, threads);
+    sink(static_cast<std::uint64_t>(first), out);
+  }
+}
+
+}  // namespace revmerge

@@ -1,0 +1,89 @@
+#pragma once
+// Full-model merges under a memory budget: each output tensor is merged in pieces (runs of
+// whole rows), read, merged and written one piece at a time, so that a 70B embedding costs no
+// more memory than the budget allows. A method that needs statistics of the whole tensor (trim
+// thresholds, L1 norms, SLERP's angle, model_stock's cosines) gathers them in passes over the
+// pieces first, exactly (selection by radix histograms, not sampling), and its output is
+// bitwise the same for any piece size: one piece is the whole tensor.
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "methods/classic/classic_internal.hpp"
+
+namespace revmerge {
+
+/// One tensor's merge, piece by piece. The driver calls, for every pass the merger wants, each
+/// piece's prepare then observe, then end_pass; then each piece's prepare then produce. Pieces
+/// come in order, cover the tensor once per pass, and hold a multiple of granule() elements.
+/// `in` holds the piece (TensorInputs::first, count) of the base and of every task.
+class PieceMerger {
+ public:
+  virtual ~PieceMerger() = default;
+  /// Elements a piece holds a multiple of: 1, a row, or the whole tensor (no pieces).
+  virtual std::int64_t granule() const { return 1; }
+  /// Memory per element of a piece the merger holds besides the driver's buffers.
+  virtual std::uint64_t extra_bytes_per_element() const { return 0; }
+  virtual bool wants_pass() const { return false; }
+  /// The piece as read (e.g. the task vectors formed); called once per read.
+  virtual void prepare(TensorInputs&, int /*threads*/) {}
+  virtual void observe(const TensorInputs&, int /*threads*/) {}
+  virtual void end_pass() {}
+  /// The merged piece into `out` (count elements); `in` may be consumed.
+  virtual void produce(TensorInputs& in, std::span<float> out, int threads) = 0;
+};
+
+/// The merger of one tensor (`options` with its per-tensor parameters resolved), `n` tasks.
+std::unique_ptr<PieceMerger> piece_merger(const ClassicMergeOptions& options, const std::string& name,
+                                          const std::vector<std::int64_t>& shape, std::size_t n,
+                                          bool has_base);
+
+/// The methods' own mergers (their files); null where a method has none yet and needs the
+/// whole tensor.
+std::unique_ptr<PieceMerger> combine_merger(const ClassicMergeOptions& options, const std::string& name,
+                                            const std::vector<std::int64_t>& shape, std::size_t n,
+                                            bool has_base);
+std::unique_ptr<PieceMerger> two_model_merger(const ClassicMergeOptions& options, const std::string& name);
+std::unique_ptr<PieceMerger> model_stock_merger(const ClassicMergeOptions& options,
+                                                const std::vector<std::int64_t>& shape, std::size_t n);
+std::unique_ptr<PieceMerger> passthrough_merger(const ClassicMergeOptions& options);
+
+/// Where one output tensor's inputs are: the base's (null without one) and each task's, with
+/// the words that name them in messages ("the base", "task 'a'").
+struct TensorSources {
+  const CheckpointTensor* base = nullptr;
+  std::string base_where;
+  std::vector<const CheckpointTensor*> models;
+  std::vector<std::string> model_where;
+};
+
+/// How a merge's tensors are cut: at most `max_elements` per piece; `budget` (0: none given)
+/// for the message when a tensor cannot be cut that small.
+struct PiecePlan {
+  std::int64_t max_elements = 0;
+  std::uint64_t budget = 0;
+  std::uint64_t bytes_per_element = 0;  ///< the driver's buffers and one input's mapped pages
+};
+
+/// The plan for merging n tasks (and a base) under `budget` bytes (0: half the memory available).
+PiecePlan plan_pieces(std::size_t n, bool has_base, std::uint64_t budget, bool budget_given);
+
+/// The parts tensors copied unchanged are written in (ModelOutputOptions::piece_bytes).
+std::uint64_t copy_piece_bytes(const PiecePlan& plan);
+
+/// Refuses (usage_error naming the option, method, tensor and the memory it needs) a tensor whose
+/// merger cannot be cut to the plan's pieces, when a budget was given.
+void check_fits(const PiecePlan& plan, const PieceMerger& merger, const std::string& method,
+                const std::string& tensor, std::int64_t numel);
+
+/// Merges one tensor from `sources` in pieces, giving each merged piece to `sink(first, values)`.
+/// `buffers` keeps its memory from tensor to tensor.
+void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::vector<std::int64_t>& shape,
+                     const TensorSources& sources, const PiecePlan& plan, TensorInputs& buffers,
+                     std::vector<float>& out,
+                     const std::function<void(std::uint64_t, std::span<const float>)>& sink, int threads);
+
+}  // namespace revmerge

@@ -1,0 +1,176 @@
+// Full-model merges in pieces (piece_merge.hpp): every method that merges in pieces gives the
+// same bits for any piece size as for the whole tensor in one piece, and the budget check
+// refuses a tensor a method needs whole when it does not fit.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "methods/classic/piece_merge.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/safetensors.hpp"
+#include "test_util.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+// A base and three fine-tunes of one tensor, in one file. The changes are multiples of 1/64, so
+// that magnitudes tie often (as bf16 checkpoints' do) and the trims' tie rule is exercised.
+struct TensorSet {
+  test::TempDir dir;
+  std::vector<i64> shape;
+  std::unique_ptr<SafetensorsFile> file;
+  std::vector<CheckpointTensor> tensors;  // base, t0, t1, t2
+
+  explicit TensorSet(std::vector<i64> s) : shape(std::move(s)) {
+    i64 numel = 1;
+    for (const auto d : shape) numel *= d;
+    std::mt19937 rng(5);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<std::vector<float>> values(4, std::vector<float>(static_cast<std::size_t>(numel)));
+    for (auto& v : values[0]) v = normal(rng);
+    for (int t = 1; t < 4; ++t)
+      for (i64 j = 0; j < numel; ++j) values[t][j] = values[0][j] + std::round(normal(rng) * 8.0f) / 64.0f;
+    std::vector<TensorData> data;
+    const char* names[] = {"base", "t0", "t1", "t2"};
+    for (int t = 0; t < 4; ++t)
+      data.push_back({{names[t], DType::F32, shape}, std::as_bytes(std::span<const float>(values[t]))});
+    write_safetensors(dir / "set.safetensors", data);
+    file = std::make_unique<SafetensorsFile>(dir / "set.safetensors");
+    for (const char* name : names) tensors.push_back({file.get(), &file->at(name)});
+  }
+
+  i64 numel() const {
+    i64 n = 1;
+    for (const auto d : shape) n *= d;
+    return n;
+  }
+
+  // The merged tensor, in pieces of at most `max_elements` (rounded to the merger's rows).
+  std::vector<float> merge(const ClassicMergeOptions& o, std::size_t n, bool base, i64 max_elements,
+                           int threads) const {
+    TensorSources src;
+    if (base) src = {&tensors[0], "the base", {}, {}};
+    for (std::size_t t = 0; t < n; ++t) {
+      src.models.push_back(&tensors[1 + t]);
+      src.model_where.push_back("task " + std::to_string(t));
+    }
+    const PiecePlan plan{max_elements, 0, 24};
+    auto merger = piece_merger(o, "w", shape, n, base);
+    std::vector<float> result(static_cast<std::size_t>(numel()), std::nanf("")), out;
+    std::vector<int> written(result.size(), 0);
+    TensorInputs in;
+    merge_in_pieces(*merger, "w", shape, src, plan, in, out,
+                    [&](std::uint64_t first, std::span<const float> part) {
+                      std::memcpy(result.data() + first, part.data(), part.size_bytes());
+                      for (std::size_t k = 0; k < part.size(); ++k) ++written[first + k];
+                    },
+                    threads);
+    for (std::size_t k = 0; k < written.size(); ++k)
+      if (written[k] != 1) ADD_FAILURE() << "element " << k << " written " << written[k] << " times";
+    return result;
+  }
+};
+
+struct Case {
+  const char* name;
+  ClassicMethod method;
+  std::size_t n;
+  bool base;
+  void (*set)(ClassicMergeOptions&);
+};
+
+const Case kCases[] = {
+    {"linear", ClassicMethod::linear, 3, false, [](ClassicMergeOptions& o) { o.weights = {0.5, 0.3, 0.2}; }},
+    {"task_arithmetic", ClassicMethod::task_arithmetic, 3, true, [](ClassicMergeOptions& o) { o.weights = {1, 0.5, -0.3}; }},
+    {"ties", ClassicMethod::ties, 3, true, [](ClassicMergeOptions& o) { o.densities = {0.3, 0.5, 0.2}; }},
+    {"ties_rescaled", ClassicMethod::ties, 3, true,
+     [](ClassicMergeOptions& o) { o.densities = {0.3, 0.5, 0.2}; o.rescale = true; }},
+    {"dare_ties", ClassicMethod::dare_ties, 3, true,
+     [](ClassicMergeOptions& o) { o.densities = {0.3, 0.5, 0.2}; o.seed = 7; }},
+    {"dare_linear", ClassicMethod::dare_linear, 3, true,
+     [](ClassicMergeOptions& o) { o.densities = {0.4}; o.rescale = false; o.seed = 3; }},
+    {"breadcrumbs_ties", ClassicMethod::breadcrumbs_ties, 3, true,
+     [](ClassicMergeOptions& o) { o.densities = {0.5}; o.gammas = {0.05, 0.1, 0.02}; o.rescale = true; }},
+    {"della", ClassicMethod::della, 3, true,
+     [](ClassicMergeOptions& o) { o.densities = {0.5}; o.epsilons = {0.1}; o.seed = 2; }},
+    {"della_linear", ClassicMethod::della_linear, 2, true,
+     [](ClassicMergeOptions& o) { o.densities = {0.4}; o.epsilons = {0.2}; o.seed = 1; }},
+    {"slerp", ClassicMethod::slerp, 1, true, [](ClassicMergeOptions& o) { o.t = 0.3; }},
+    {"nearswap", ClassicMethod::nearswap, 1, true, [](ClassicMergeOptions& o) { o.t = 0.01; }},
+    {"model_stock", ClassicMethod::model_stock, 3, true, [](ClassicMergeOptions&) {}},
+    {"model_stock_rows", ClassicMethod::model_stock, 3, true, [](ClassicMergeOptions& o) { o.filter_wise = true; }},
+    {"passthrough", ClassicMethod::passthrough, 1, false, [](ClassicMergeOptions& o) { o.scales = {0.5}; }},
+};
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
+class PieceMerge : public ::testing::TestWithParam<Case> {};
+
+TEST_P(PieceMerge, AnyPieceSizeGivesTheWholeTensorsBits) {
+  const auto& c = GetParam();
+  // 210 000 elements: four of the statistics' blocks (65 536), pieces cutting them anywhere.
+  static const TensorSet set({300, 700});
+  ClassicMergeOptions o;
+  o.method = c.method;
+  for (std::size_t t = 0; t < c.n; ++t) o.tasks.push_back({"t" + std::to_string(t), "unused"});
+  c.set(o);
+  const auto whole = set.merge(o, c.n, c.base, set.numel(), 1);
+  for (const i64 piece : {i64{333}, i64{4999}, i64{65536}, i64{100000}}) {
+    const auto parts = set.merge(o, c.n, c.base, piece, 2);
+    ASSERT_EQ(0, std::memcmp(whole.data(), parts.data(), whole.size() * sizeof(float)))
+        << c.name << ": pieces of " << piece << " differ from the whole tensor";
+  }
+  // The merge changed something (a broken merger copying an input would pass the comparison).
+  std::vector<float> base(whole.size());
+  set.file->read(*set.tensors[0].info, base);
+  EXPECT_NE(0, std::memcmp(whole.data(), base.data(), whole.size() * sizeof(float))) << c.name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, PieceMerge, ::testing::ValuesIn(kCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(PieceMerge, ThinningGathersTheRightThresholdAcrossPieces) {
+  // TIES at density 0.3 on one task: exactly ⌊0.3 · N⌋ elements survive, whatever the pieces.
+  const TensorSet set({300, 700});
+  ClassicMergeOptions o;
+  o.method = ClassicMethod::ties;
+  o.tasks = {{"t0", "unused"}};
+  o.densities = {0.3};
+  const auto merged = set.merge(o, 1, true, 7777, 2);
+  std::vector<float> base(merged.size());
+  set.file->read(*set.tensors[0].info, base);
+  i64 changed = 0;
+  for (std::size_t k = 0; k < merged.size(); ++k) changed += merged[k] != base[k];
+  EXPECT_EQ(changed, static_cast<i64>(0.3 * 210000));
+}
+
+TEST(PieceMerge, BudgetRefusesATensorAMethodNeedsWhole) {
+  ClassicMergeOptions o;
+  o.method = ClassicMethod::karcher;
+  o.tasks = {{"a", "x"}, {"b", "y"}};
+  const std::vector<i64> embedding{32000, 4096};
+  const auto plan = plan_pieces(2, false, std::uint64_t{256} << 20, true);
+  const auto whole = piece_merger(o, "model.embed_tokens.weight", embedding, 2, false);
+  try {
+    check_fits(plan, *whole, "karcher", "model.embed_tokens.weight", 32000 * 4096);
+    FAIL() << "a 131M-element tensor merged whole fits 256 MiB";
+  } catch (const usage_error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("--memory-budget"), std::string::npos) << m;
+    EXPECT_NE(m.find("'model.embed_tokens.weight' whole"), std::string::npos) << m;
+  }
+  // A method that merges in pieces fits the same budget, in pieces under it.
+  o.method = ClassicMethod::ties;
+  o.densities = {0.3};
+  const auto pieces = piece_merger(o, "model.embed_tokens.weight", embedding, 2, true);
+  const auto ties_plan = plan_pieces(2, true, std::uint64_t{256} << 20, true);
+  EXPECT_NO_THROW(check_fits(ties_plan, *pieces, "ties", "model.embed_tokens.weight", 32000 * 4096));
+  EXPECT_LT(ties_plan.max_elements * static_cast<i64>(ties_plan.bytes_per_element), i64{256} << 20);
+}
+
+}  // namespace
+}  // namespace revmerge
