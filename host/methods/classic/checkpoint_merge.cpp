@@ -201,9 +201,11 @@ class CombinePieces final : public PieceMerger {
     const i64 n = static_cast<i64>(in.n), count = static_cast<i64>(in.count);
     float* x = in.stacked.data();
     const float* base = in.base.data();
+    for (i64 t = 0; t < n; ++t) {  // task vectors, a task at a time (contiguous: vectorised)
+      float* xt = x + t * count;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (i64 j = 0; j < count; ++j)
-      for (i64 t = 0; t < n; ++t) x[t * count + j] -= base[j];  // task vectors
+      for (i64 j = 0; j < count; ++j) xt[j] -= base[j];
+    }
   }
   void observe(const TensorInputs& in, int threads) override {
     for (std::size_t t = 0; t < thinning_.size(); ++t)

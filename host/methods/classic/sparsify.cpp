@@ -84,16 +84,22 @@ double total(const std::vector<double>& sums) {
 }
 
 // Whether a value is in a rule's set, walking its block in index order (`left`: how many of
-// the block's elements at the threshold are still inside).
+// the block's elements at the threshold are still inside). Branch-free: which elements are
+// kept is as unpredictable as the data.
 bool inside(bool trivial, i64 k, std::uint32_t threshold, float v, i64& left) {
   if (trivial) return k > 0;
   const std::uint32_t b = magnitude_bits(v);
-  if (b > threshold) return true;
-  if (b == threshold && left > 0) {
-    --left;
-    return true;
-  }
-  return false;
+  const bool at = (b == threshold) & (left > 0);
+  left -= at;
+  return (b > threshold) | at;
+}
+
+// v where `keep`, else +0 (by a mask, not a branch).
+float kept_or_zero(bool keep, float v) {
+  return std::bit_cast<float>(std::bit_cast<std::uint32_t>(v) & (0u - static_cast<std::uint32_t>(keep)));
+}
+double kept_or_zero(bool keep, double v) {
+  return std::bit_cast<double>(std::bit_cast<std::uint64_t>(v) & (std::uint64_t{0} - static_cast<std::uint64_t>(keep)));
 }
 
 }  // namespace
@@ -221,42 +227,39 @@ void Thinning::observe(i64 first, std::span<const float> x, int threads) {
     case Stage::equal_counts:
       for (auto& r : rules_) {
         if (r.trivial) continue;
+        const bool l1 = spec_.rescale == Rescale::l1;  // the sum above is an ordered chain: only when needed
         for_blocks(first, size, threads, [&](i64 c, i64 b, i64 e) {
           i64 equal = 0;
-          double above = r.above_sum[c];
-          for (i64 i = b; i < e; ++i) {
-            const std::uint32_t bits = magnitude_bits(x[i - first]);
-            equal += bits == r.threshold;
-            if (bits > r.threshold) above += std::fabs(x[i - first]);
-          }
+          for (i64 i = b; i < e; ++i) equal += magnitude_bits(x[i - first]) == r.threshold;
           r.equal[c] += equal;
+          if (!l1) return;
+          double above = r.above_sum[c];
+          for (i64 i = b; i < e; ++i)
+            if (magnitude_bits(x[i - first]) > r.threshold) above += std::fabs(x[i - first]);
           r.above_sum[c] = above;
         });
       }
       break;
     case Stage::norms:
-      if (spec_.kind == Sparsify::random) {
+      if (spec_.kind == Sparsify::random || spec_.kind == Sparsify::della) {
+        // The drop's decisions (the draws, DELLA's ranking) are the costly part: for a tensor in
+        // one piece they are kept, a bit each, for apply.
+        const bool whole = first == 0 && size == count_;
+        if (whole) kept_.assign(static_cast<std::size_t>((count_ + 63) / 64), 0);
+        std::vector<unsigned char> della;
+        if (spec_.kind == Sparsify::della) della_keep(first, x, della, threads);
         const kernels::CounterThreshold draw(spec_.seed, spec_.stream);
         const std::uint64_t limit = kernels::CounterThreshold::limit(spec_.density);
         for_blocks(first, size, threads, [&](i64 c, i64 b, i64 e) {
           double before = before_[c], after = after_[c];
           for (i64 i = b; i < e; ++i) {
             const double v = std::fabs(x[i - first]);
+            const bool keep = spec_.kind == Sparsify::della ? della[i - first] != 0
+                                                            : draw.below(static_cast<std::uint64_t>(i), limit);
             before += v;
-            if (draw.below(static_cast<std::uint64_t>(i), limit)) after += v;
-          }
-          before_[c] = before;
-          after_[c] = after;
-        });
-      } else if (spec_.kind == Sparsify::della) {
-        std::vector<unsigned char> keep;
-        della_keep(first, x, keep, threads);
-        for_blocks(first, size, threads, [&](i64 c, i64 b, i64 e) {
-          double before = before_[c], after = after_[c];
-          for (i64 i = b; i < e; ++i) {
-            const double v = std::fabs(x[i - first]);
-            before += v;
-            if (keep[i - first]) after += v;
+            after += kept_or_zero(keep, v);
+            // Blocks hold whole words: no two threads write one.
+            if (whole) kept_[static_cast<std::size_t>(i / 64)] |= static_cast<std::uint64_t>(keep) << (i % 64);
           }
           before_[c] = before;
           after_[c] = after;
@@ -337,26 +340,36 @@ void Thinning::apply(i64 first, std::span<float> x, int threads) {
           float& v = x[i - first];
           const bool in = inside(outer.trivial, outer.k, outer.threshold, v, left);
           const bool out = dropped && inside(dropped->trivial, dropped->k, dropped->threshold, v, left_dropped);
-          v = in && !out ? scaled(v) : 0.0f;
+          v = kept_or_zero(in & !out, scaled(v));
         }
         outer.left[c] = left;
         if (dropped) dropped->left[c] = left_dropped;
       });
       break;
-    case Sparsify::random: {
+    case Sparsify::random:
+    case Sparsify::della: {
+      std::vector<unsigned char> della;
+      if (kept_.empty() && spec_.kind == Sparsify::della) della_keep(first, x, della, threads);
       const kernels::CounterThreshold draw(spec_.seed, spec_.stream);
       const std::uint64_t limit = kernels::CounterThreshold::limit(spec_.density);
+      // Three plain loops rather than one with a three-way choice, which the compiler may turn
+      // into computing every draw.
+      if (!kept_.empty()) {  // decided in the norms pass (a tensor in one piece)
+        const std::uint64_t* kept = kept_.data();
 #pragma omp parallel for num_threads(threads) schedule(static)
-      for (i64 j = 0; j < size; ++j)
-        x[j] = draw.below(static_cast<std::uint64_t>(first + j), limit) ? scaled(x[j]) : 0.0f;
-      break;
-    }
-    case Sparsify::della: {
-      std::vector<unsigned char> keep;
-      della_keep(first, x, keep, threads);
-      if (keep.empty()) return;
+        for (i64 j = 0; j < size; ++j) {
+          const i64 i = first + j;
+          x[j] = kept_or_zero(((kept[i / 64] >> (i % 64)) & 1u) != 0, scaled(x[j]));
+        }
+      } else if (spec_.kind == Sparsify::della) {
 #pragma omp parallel for num_threads(threads) schedule(static)
-      for (i64 j = 0; j < size; ++j) x[j] = keep[j] ? scaled(x[j]) : 0.0f;
+        for (i64 j = 0; j < size; ++j) x[j] = kept_or_zero(della[j] != 0, scaled(x[j]));
+      } else {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (i64 j = 0; j < size; ++j)
+          x[j] = kept_or_zero(draw.below(static_cast<std::uint64_t>(first + j), limit), scaled(x[j]));
+      }
+      kept_ = {};
       break;
     }
   }

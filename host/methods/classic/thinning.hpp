@@ -72,6 +72,7 @@ class Thinning {
   std::vector<std::int64_t> high_;  // histogram of the high 16 bits
   std::vector<double> before_, after_;  // per block: Σ|x| before and (drops) after thinning
   double factor_ = 1.0;
+  std::vector<std::uint64_t> kept_;  // the drops' decisions, a bit per element (one piece only)
 };
 
 }  // namespace revmerge
