@@ -5,14 +5,17 @@ installed from PyPI into WORK/mergekit-pkg by this script) and by `revmerge merg
 beside the read floor (the inputs' bytes read once from the page cache, measured here).
 
     python3 bench/mergekit_bench.py --revmerge build/release/host/cli/revmerge \\
-        [--layers 2] [--vocab 32000] [--repeats 3] [--threads N] [--work DIR] [--cuda] [--json OUT]
+        [--layers 2] [--vocab 32000] [--repeats 3] [--threads N] [--work DIR] [--cuda] \\
+        [--memory-budget 1.5GiB] [--json OUT]
 
 The models: a llama-7b-shaped base (hidden 4096, intermediate 11008, 32 heads) with --layers
 blocks, the embedding and the head, in bf16, and three fine-tunes (base + a small random delta
 sharing a common part, one seed each). --work keeps them between runs. Each merge writes bf16.
 Both tools get the same thread count (mergekit: --num-threads; revmerge: --threads). DARE's mask
 differs between the tools (torch's Bernoulli against revmerge's counter-based one): the same
-work, not the same bytes. Times are wall-clock medians of --repeats runs, outputs removed between.
+work, not the same bytes. Times are wall-clock medians of --repeats runs, outputs removed between;
+peak resident memory (the most of any run, from the kernel's accounting of each process) beside
+them. --memory-budget passes revmerge's.
 """
 import argparse
 import json
@@ -21,6 +24,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -134,11 +138,17 @@ def read_floor(root: Path) -> tuple[float, int]:
 
 
 def timed(cmd, env=None):
-    t0 = time.perf_counter()
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(map(str, cmd))}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    return time.perf_counter() - t0
+    """Wall seconds and peak resident bytes of one run (the child's own rusage, from wait4)."""
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: nothing blocks the child
+        t0 = time.perf_counter()
+        p = subprocess.Popen([str(c) for c in cmd], stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(p.pid, 0)
+        took = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode != 0:
+            log.seek(0)
+            raise SystemExit(f"failed: {' '.join(map(str, cmd))}\n{log.read()[-4000:].decode(errors='replace')}")
+    return took, usage.ru_maxrss * 1024
 
 
 def main():
@@ -151,6 +161,7 @@ def main():
     ap.add_argument("--methods", default="ties,dare_ties,slerp,task_arithmetic")
     ap.add_argument("--work", type=Path, default=Path("/tmp/revmerge-mergekit-bench"))
     ap.add_argument("--cuda", action="store_true", help="mergekit --cuda against revmerge --device cuda")
+    ap.add_argument("--memory-budget", help="revmerge's --memory-budget (e.g. 1.5GiB; default: its own)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     root = a.work / f"llama7b-{a.layers}l-v{a.vocab}"
@@ -171,21 +182,29 @@ def main():
                   "sys.argv[0] = 'mergekit-yaml'; main()", cfg, out, "--num-threads", a.threads,
                   "--no-copy-tokenizer"] + (["--cuda"] if a.cuda else [])
         rm_cmd = [a.revmerge, "merge", "--config", cfg, "--out", out, "--threads", a.threads, "-q"] + \
-                 (["--device", "cuda"] if a.cuda else [])
+                 (["--device", "cuda"] if a.cuda else []) + \
+                 (["--memory-budget", a.memory_budget] if a.memory_budget else [])
         times = {"mergekit": [], "revmerge": []}
+        peaks = {"mergekit": [], "revmerge": []}
         for _ in range(a.repeats):
             for tool, cmd in [("mergekit", mk_cmd), ("revmerge", rm_cmd)]:
                 shutil.rmtree(out, ignore_errors=True)
-                times[tool].append(timed(cmd, env))
+                took, peak = timed(cmd, env)
+                times[tool].append(took)
+                peaks[tool].append(peak)
         shutil.rmtree(out, ignore_errors=True)
         mk, rm = statistics.median(times["mergekit"]), statistics.median(times["revmerge"])
+        mk_rss, rm_rss = max(peaks["mergekit"]), max(peaks["revmerge"])
         rows.append({"method": method, "mergekit_s": mk, "revmerge_s": rm, "speedup": mk / rm,
-                     "revmerge_over_floor": rm / floor, "runs": times})
-        print(f"{method:16} mergekit {mk:7.2f} s   revmerge {rm:7.2f} s   {mk / rm:5.1f}× faster   "
-              f"{rm / floor:5.1f}× the read floor", flush=True)
+                     "revmerge_over_floor": rm / floor, "mergekit_peak_rss": mk_rss,
+                     "revmerge_peak_rss": rm_rss, "runs": times})
+        print(f"{method:16} mergekit {mk:7.2f} s {mk_rss / 2**30:5.2f} GiB   revmerge {rm:7.2f} s "
+              f"{rm_rss / 2**30:5.2f} GiB   {mk / rm:5.1f}× faster   {rm / floor:5.1f}× the read floor",
+              flush=True)
     if a.json:
         a.json.write_text(json.dumps({"layers": a.layers, "vocab": a.vocab, "bytes": total, "floor_s": floor,
-                                      "threads": a.threads, "cuda": a.cuda, "rows": rows}, indent=1))
+                                      "threads": a.threads, "cuda": a.cuda, "memory_budget": a.memory_budget,
+                                      "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ using i64 = std::int64_t;
 // the writer's parts of copied tensors.
 constexpr std::uint64_t kReserve = std::uint64_t{96} << 20;
 
-// The methods without a piece merger yet (nuslerp, multislerp, karcher, ram, ramplus_tl,
-// arcee_fusion, sce): the whole tensor as one piece.
+// The merges without a piece merger yet (karcher, sce, nuslerp along the first axis,
+// multislerp of one model beside the base): the whole tensor as one piece.
 class WholeTensor final : public PieceMerger {
  public:
   WholeTensor(ClassicMergeOptions options, i64 numel, std::size_t n)
@@ -43,6 +43,8 @@ std::unique_ptr<PieceMerger> piece_merger(const ClassicMergeOptions& o, const st
   if (blends_two_models(o.method)) m = two_model_merger(o, name);
   else if (o.method == ClassicMethod::model_stock) m = model_stock_merger(o, shape, n);
   else if (o.method == ClassicMethod::passthrough) m = passthrough_merger(o);
+  else if (is_spherical(o.method)) m = spherical_merger(o, name, shape, n, has_base);
+  else if (is_selective(o.method)) m = selective_merger(o, name, shape, n);
   else if (is_elementwise(o.method)) m = combine_merger(o, name, shape, n, has_base);
   if (m) return m;
   i64 numel = 1;

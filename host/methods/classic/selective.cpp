@@ -13,7 +13,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "methods/classic/classic_internal.hpp"
+#include "methods/classic/piece_merge.hpp"
+#include "methods/classic/rank_select.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -130,6 +131,96 @@ void selective_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std:
   const auto importance = fusion_importance(w, b, std::max<i64>(row, 1));
   const double threshold = fusion_threshold(importance);
   for (std::size_t k = 0; k < out.size(); ++k) out[k] = importance[k] >= threshold ? w[k] : b[k];
+}
+
+namespace {
+
+// ram and ramplus_tl in pieces: ramplus_tl counts each task's shared and unique changes in one
+// pass (exact integers, so the order of pieces does not matter), then every element is merged
+// as ram() does.
+class RamPieces final : public PieceMerger {
+ public:
+  RamPieces(RamParameters p, std::size_t n) : p_(p), shared_(n, 0.0), unique_(n, 0.0), scale_(n, 1.0) {}
+  bool wants_pass() const override { return p_.plus && !counted_; }
+  void observe(const TensorInputs& in, int) override {
+    for (std::size_t k = 0; k < in.count; ++k) {
+      const int c = changes(in, k);
+      for (std::size_t i = 0; i < in.n; ++i)
+        if (changed(in, i, k)) (c > 1 ? shared_ : unique_)[i] += 1;
+    }
+  }
+  void end_pass() override {
+    for (std::size_t i = 0; i < scale_.size(); ++i)
+      scale_[i] = 1 + p_.r * std::clamp(shared_[i] / std::max(unique_[i], p_.epsilon), 0.0, p_.alpha);
+    counted_ = true;
+  }
+  void produce(TensorInputs& in, std::span<float> out, int) override {
+    for (std::size_t k = 0; k < in.count; ++k) {
+      const int c = changes(in, k);
+      double sum = 0;
+      for (std::size_t i = 0; i < in.n; ++i)
+        if (changed(in, i, k)) sum += (double(in.model(i)[k]) - in.base[k]) * (c == 1 ? scale_[i] : 1.0);
+      out[k] = static_cast<float>(in.base[k] + (c > 1 ? sum / c : sum));
+    }
+  }
+
+ private:
+  bool changed(const TensorInputs& in, std::size_t i, std::size_t k) const {
+    return std::fabs(double(in.model(i)[k]) - in.base[k]) > p_.epsilon;
+  }
+  int changes(const TensorInputs& in, std::size_t k) const {
+    int c = 0;
+    for (std::size_t i = 0; i < in.n; ++i) c += changed(in, i, k);
+    return c;
+  }
+
+  RamParameters p_;
+  std::vector<double> shared_, unique_, scale_;
+  bool counted_ = false;
+};
+
+// arcee_fusion in pieces of whole rows: the importances' quartiles by an exact radix selection
+// over four passes, then each change kept or dropped.
+class FusionPieces final : public PieceMerger {
+ public:
+  FusionPieces(i64 row, i64 numel)
+      : row_(std::max<i64>(row, 1)), select_([numel] {
+          const auto at = [numel](double q) { return static_cast<i64>(q * static_cast<double>(numel - 1)); };
+          return std::vector<i64>{at(0.25), at(0.5), at(0.75)};
+        }()) {}
+  i64 granule() const override { return row_; }
+  std::uint64_t extra_bytes_per_element() const override { return 8; }  // a piece's importances
+  bool wants_pass() const override { return select_.wants_pass(); }
+  void observe(const TensorInputs& in, int) override {
+    select_.add(fusion_importance(in.model(0), in.base, row_));
+  }
+  void end_pass() override {
+    select_.end_pass();
+    if (!select_.wants_pass())
+      threshold_ = select_.value(1) + 1.5 * (select_.value(2) - select_.value(0));
+  }
+  void produce(TensorInputs& in, std::span<float> out, int) override {
+    const auto w = in.model(0);
+    const auto importance = fusion_importance(w, in.base, row_);
+    for (std::size_t k = 0; k < out.size(); ++k) out[k] = importance[k] >= threshold_ ? w[k] : in.base[k];
+  }
+
+ private:
+  i64 row_;
+  RankSelect select_;
+  double threshold_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<PieceMerger> selective_merger(const ClassicMergeOptions& o, const std::string& name,
+                                              const std::vector<i64>& shape, std::size_t n) {
+  if (o.method == ClassicMethod::arcee_fusion) {
+    i64 numel = 1;
+    for (const auto d : shape) numel *= d;
+    return std::make_unique<FusionPieces>(shape.empty() ? 1 : shape.back(), numel);
+  }
+  return std::make_unique<RamPieces>(ram_parameters(o, name), n);
 }
 
 }  // namespace revmerge

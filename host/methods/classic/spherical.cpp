@@ -16,7 +16,7 @@
 #include <fmt/format.h>
 #include <numeric>
 
-#include "methods/classic/classic_internal.hpp"
+#include "methods/classic/piece_merge.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -228,6 +228,173 @@ void spherical_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std:
   }
   const bool add_base = has_base && o.method != ClassicMethod::karcher && x.size() > 1;
   for (std::size_t k = 0; k < out.size(); ++k) out[k] = static_cast<float>(add_base ? r[k] + b[k] : r[k]);
+}
+
+namespace {
+
+// A model's value at element k of a piece: its task vector where there is a base.
+double value(const TensorInputs& in, std::size_t i, std::size_t k) {
+  return in.base.empty() ? double(in.model(i)[k]) : double(in.model(i)[k]) - in.base[k];
+}
+
+// nuslerp in pieces: the whole tensor as one vector (one pass for its norms and dot product),
+// or vectors along the last axis (pieces of whole rows). Along the first axis: whole tensors.
+class NuslerpPieces final : public PieceMerger {
+ public:
+  NuslerpPieces(double t, i64 row) : t_(t), row_(row) {}
+  i64 granule() const override { return std::max<i64>(row_, 1); }
+  bool wants_pass() const override { return row_ == 0 && !summed_; }
+  void observe(const TensorInputs& in, int) override {
+    for (std::size_t k = 0; k < in.count; ++k) {
+      const double a = value(in, 0, k), b = value(in, 1, k);
+      s00_ += a * a;
+      s11_ += b * b;
+      s01_ += a * b;
+    }
+  }
+  void end_pass() override { summed_ = true; }
+  void produce(TensorInputs& in, std::span<float> out, int) override {
+    if (row_ == 0) return blend(in, 0, in.count, s00_, s11_, s01_, out);
+    const auto length = static_cast<std::size_t>(row_);
+    for (std::size_t at = 0; at < in.count; at += length) {
+      double s00 = 0, s11 = 0, s01 = 0;
+      for (std::size_t k = at; k < at + length; ++k) {
+        const double a = value(in, 0, k), b = value(in, 1, k);
+        s00 += a * a;
+        s11 += b * b;
+        s01 += a * b;
+      }
+      blend(in, at, at + length, s00, s11, s01, out);
+    }
+  }
+
+ private:
+  // nuslerp_vector's arithmetic on elements [from, to), from the vector's sums.
+  void blend(const TensorInputs& in, std::size_t from, std::size_t to, double s00, double s11, double s01,
+             std::span<float> out) const {
+    const double n0 = std::max(std::sqrt(s00), 1e-7), n1 = std::max(std::sqrt(s11), 1e-7);
+    const double cos = std::clamp(s01 / (n0 * n1), -1.0, 1.0);
+    const bool linear = 1 - cos * cos <= 1e-16;
+    const double theta = linear ? 0.0 : std::acos(cos), s = std::sin(theta);
+    const double c0 = std::sin((1 - t_) * theta), c1 = std::sin(t_ * theta);
+    for (std::size_t k = from; k < to; ++k) {
+      const double a = value(in, 0, k), b = value(in, 1, k);
+      const double r = linear ? (1 - t_) * a + t_ * b : (c0 * a + c1 * b) / s;
+      out[k] = static_cast<float>(in.base.empty() ? r : r + in.base[k]);
+    }
+  }
+
+  double t_;
+  i64 row_;  // 0: the tensor as one vector
+  double s00_ = 0, s11_ = 0, s01_ = 0;
+  bool summed_ = false;
+};
+
+// multislerp in pieces: four passes (the models' norms; their directions' weighted mean and its
+// norm; each direction's dot product with the mean; the tangent's norm), then the map back.
+// Each pass recomputes an element's directions from its values and the sums so far, in the
+// order multislerp() takes them.
+class MultislerpPieces final : public PieceMerger {
+ public:
+  MultislerpPieces(std::vector<double> w, double eps, std::string name)
+      : w_(std::move(w)), eps_(eps), name_(std::move(name)), sq_(w_.size(), 0.0), d_(w_.size(), 0.0),
+        unit_(w_.size()) {}
+  bool wants_pass() const override { return pass_ < 4 && !degenerate_; }
+  void observe(const TensorInputs& in, int) override {
+    for (std::size_t k = 0; k < in.count; ++k) {
+      if (pass_ == 0) {
+        for (std::size_t i = 0; i < w_.size(); ++i) {
+          const double v = value(in, i, k);
+          sq_[i] += v * v;
+        }
+        continue;
+      }
+      const double m = mean(in, k);
+      if (pass_ == 1) {
+        msq_ += m * m;
+      } else if (pass_ == 2) {
+        for (std::size_t i = 0; i < w_.size(); ++i) d_[i] += unit_[i] * (m / mean_norm_);
+      } else {
+        const double t = tangent(m / mean_norm_);
+        tsq_ += t * t;
+      }
+    }
+  }
+  void end_pass() override {
+    if (pass_ == 0) {
+      norms_.resize(w_.size());
+      for (std::size_t i = 0; i < w_.size(); ++i) norms_[i] = std::sqrt(sq_[i]);
+    } else if (pass_ == 1) {
+      mean_norm_ = std::sqrt(msq_);
+      if (mean_norm_ < eps_) {
+        if (w_.size() != 2)
+          throw format_error("tensor '" + name_ + "': the weighted mean of the models' directions is 0 "
+                             "(antipodal models whose weights balance); multislerp cannot merge it — "
+                             "try other weights");
+        degenerate_ = true;
+      }
+    } else if (pass_ == 3) {
+      tn_ = std::sqrt(tsq_) + eps_;
+      for (std::size_t i = 0; i < w_.size(); ++i) scale_ += norms_[i] * w_[i];
+    }
+    ++pass_;
+  }
+  void produce(TensorInputs& in, std::span<float> out, int) override {
+    const bool base = !in.base.empty();
+    for (std::size_t k = 0; k < in.count; ++k) {
+      double r;
+      if (degenerate_) {
+        r = w_[0] * value(in, 0, k) + w_[1] * value(in, 1, k);
+      } else {
+        const double m = mean(in, k) / mean_norm_;
+        r = (m * std::cos(tn_) + tangent(m) * (std::sin(tn_) / tn_)) * scale_;
+      }
+      out[k] = static_cast<float>(base ? r + in.base[k] : r);
+    }
+  }
+
+ private:
+  // The element's weighted mean of the directions (unit_ left holding the directions).
+  double mean(const TensorInputs& in, std::size_t k) {
+    double m = 0;
+    for (std::size_t i = 0; i < w_.size(); ++i) {
+      unit_[i] = value(in, i, k) / (norms_[i] + eps_);
+      m += w_[i] * unit_[i];
+    }
+    return m;
+  }
+  // The element's weighted tangent at the normalised mean `m` (after mean()).
+  double tangent(double m) const {
+    double t = 0;
+    for (std::size_t i = 0; i < w_.size(); ++i) t += w_[i] * (unit_[i] - d_[i] * m);
+    return t;
+  }
+
+  std::vector<double> w_;
+  double eps_;
+  std::string name_;
+  std::vector<double> sq_, norms_, d_, unit_;
+  double msq_ = 0, mean_norm_ = 0, tsq_ = 0, tn_ = 0, scale_ = 0;
+  int pass_ = 0;
+  bool degenerate_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<PieceMerger> spherical_merger(const ClassicMergeOptions& o, const std::string& name,
+                                              const std::vector<i64>& shape, std::size_t n, bool has_base) {
+  if (o.method == ClassicMethod::nuslerp) {
+    const bool flatten = o.nuslerp_flatten.value_or(true) || shape.size() < 2;
+    if (!flatten && o.nuslerp_row_wise.value_or(false)) return nullptr;  // columns: the whole tensor
+    const auto weights = spherical_weights(o, name);
+    const double total = weights[0] + weights[1];
+    const double t = std::fabs(total) < 1e-6 ? 0.5 : weights[1] / total;
+    return std::make_unique<NuslerpPieces>(t, flatten ? 0 : shape.back());
+  }
+  if (o.method == ClassicMethod::multislerp && n >= 2)
+    return std::make_unique<MultislerpPieces>(spherical_weights(o, name), o.eps.value_or(1e-8), name);
+  (void)has_base;
+  return nullptr;  // karcher's iterations, and multislerp of one model beside the base
 }
 
 }  // namespace revmerge

@@ -1,6 +1,7 @@
 // Full-model merges in pieces (piece_merge.hpp): every method that merges in pieces gives the
-// same bits for any piece size as for the whole tensor in one piece, and the budget check
-// refuses a tensor a method needs whole when it does not fit.
+// same bits for any piece size as for the whole tensor in one piece — and, where a method also
+// has a whole-tensor implementation (merge_whole_tensor), the same bits as that — and the budget
+// check refuses a tensor a method needs whole when it does not fit.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,6 +9,7 @@
 #include <random>
 
 #include "methods/classic/piece_merge.hpp"
+#include "methods/classic/rank_select.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/safetensors.hpp"
 #include "test_util.hpp"
@@ -75,6 +77,24 @@ struct TensorSet {
   }
 };
 
+// The same merge by the whole-tensor implementation, where the method has one.
+std::vector<float> merge_whole(const TensorSet& set, const ClassicMergeOptions& o, std::size_t n, bool base) {
+  TensorInputs in;
+  in.name = "w";
+  in.shape = set.shape;
+  in.n = n;
+  in.count = static_cast<std::size_t>(set.numel());
+  if (base) {
+    in.base.resize(in.count);
+    set.file->read(*set.tensors[0].info, in.base);
+  }
+  in.stacked.resize(n * in.count);
+  for (std::size_t t = 0; t < n; ++t) set.file->read(*set.tensors[1 + t].info, in.model(t));
+  std::vector<float> out(in.count);
+  merge_whole_tensor(o, in, out, 2);
+  return out;
+}
+
 struct Case {
   const char* name;
   ClassicMethod method;
@@ -104,6 +124,15 @@ const Case kCases[] = {
     {"model_stock", ClassicMethod::model_stock, 3, true, [](ClassicMergeOptions&) {}},
     {"model_stock_rows", ClassicMethod::model_stock, 3, true, [](ClassicMergeOptions& o) { o.filter_wise = true; }},
     {"passthrough", ClassicMethod::passthrough, 1, false, [](ClassicMergeOptions& o) { o.scales = {0.5}; }},
+    {"nuslerp", ClassicMethod::nuslerp, 2, true, [](ClassicMergeOptions& o) { o.weights = {0.3, 0.7}; }},
+    {"nuslerp_rows", ClassicMethod::nuslerp, 2, false,
+     [](ClassicMergeOptions& o) { o.weights = {0.6, 0.4}; o.nuslerp_flatten = false; }},
+    {"multislerp", ClassicMethod::multislerp, 3, true, [](ClassicMergeOptions& o) { o.weights = {1, 2, 3}; }},
+    {"multislerp_nobase", ClassicMethod::multislerp, 3, false, [](ClassicMergeOptions&) {}},
+    {"arcee_fusion", ClassicMethod::arcee_fusion, 1, true, [](ClassicMergeOptions&) {}},
+    {"ram", ClassicMethod::ram, 3, true, [](ClassicMergeOptions& o) { o.epsilons = {0.01}; }},
+    {"ramplus_tl", ClassicMethod::ramplus_tl, 3, true,
+     [](ClassicMergeOptions& o) { o.epsilons = {0.01}; o.ram_r = 0.5; o.ram_alpha = 0.9; }},
 };
 
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
@@ -124,6 +153,11 @@ TEST_P(PieceMerge, AnyPieceSizeGivesTheWholeTensorsBits) {
     ASSERT_EQ(0, std::memcmp(whole.data(), parts.data(), whole.size() * sizeof(float)))
         << c.name << ": pieces of " << piece << " differ from the whole tensor";
   }
+  if (is_spherical(c.method) || is_selective(c.method) || is_elementwise(c.method)) {
+    const auto reference = merge_whole(set, o, c.n, c.base);
+    ASSERT_EQ(0, std::memcmp(whole.data(), reference.data(), whole.size() * sizeof(float)))
+        << c.name << ": the piece merger differs from the whole-tensor implementation";
+  }
   // The merge changed something (a broken merger copying an input would pass the comparison).
   std::vector<float> base(whole.size());
   set.file->read(*set.tensors[0].info, base);
@@ -132,6 +166,28 @@ TEST_P(PieceMerge, AnyPieceSizeGivesTheWholeTensorsBits) {
 
 INSTANTIATE_TEST_SUITE_P(Methods, PieceMerge, ::testing::ValuesIn(kCases),
                          [](const auto& info) { return std::string(info.param.name); });
+
+TEST(PieceMerge, RankSelectionIsExactOverPieces) {
+  // Negative and positive values, zeros of both signs, many duplicates.
+  std::mt19937 rng(11);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<double> v(100003);
+  for (auto& x : v) x = std::round(normal(rng) * 50.0) / 7.0;
+  v[5] = -0.0;
+  v[6] = 1e-300;
+  v[7] = -1e300;
+  const std::vector<i64> ranks{0, 1, 25000, 50001, 75000, 100002};
+  RankSelect select(ranks);
+  while (select.wants_pass()) {
+    for (std::size_t at = 0; at < v.size(); at += 9973)
+      select.add(std::span<const double>(v).subspan(at, std::min<std::size_t>(9973, v.size() - at)));
+    select.end_pass();
+  }
+  auto sorted = v;
+  std::sort(sorted.begin(), sorted.end());
+  for (std::size_t r = 0; r < ranks.size(); ++r)
+    EXPECT_EQ(select.value(r), sorted[static_cast<std::size_t>(ranks[r])]) << "rank " << ranks[r];
+}
 
 TEST(PieceMerge, ThinningGathersTheRightThresholdAcrossPieces) {
   // TIES at density 0.3 on one task: exactly ⌊0.3 · N⌋ elements survive, whatever the pieces.
