@@ -173,7 +173,7 @@ void combine_tensor(const ClassicMergeOptions& o, TensorInputs& in, std::span<fl
 }
 
 // The same in pieces: each task's thinning gathers its statistics in passes (thinning.hpp),
-// then every piece is thinned and combined. SCE's selection needs the tensor whole.
+// then every piece is thinned and combined (SCE: sce.cpp).
 class CombinePieces final : public PieceMerger {
  public:
   CombinePieces(const ClassicMergeOptions& o, const std::string& name, const std::vector<i64>& shape,
@@ -197,15 +197,7 @@ class CombinePieces final : public PieceMerger {
     return std::any_of(thinning_.begin(), thinning_.end(), [](const Thinning& th) { return th.wants_pass(); });
   }
   void prepare(TensorInputs& in, int threads) override {
-    if (!has_base_) return;  // linear: the weights themselves
-    const i64 n = static_cast<i64>(in.n), count = static_cast<i64>(in.count);
-    float* x = in.stacked.data();
-    const float* base = in.base.data();
-    for (i64 t = 0; t < n; ++t) {  // task vectors, a task at a time (contiguous: vectorised)
-      float* xt = x + t * count;
-#pragma omp parallel for num_threads(threads) schedule(static)
-      for (i64 j = 0; j < count; ++j) xt[j] -= base[j];
-    }
+    if (has_base_) subtract_base(in, threads);  // linear: the weights themselves
   }
   void observe(const TensorInputs& in, int threads) override {
     for (std::size_t t = 0; t < thinning_.size(); ++t)
@@ -236,7 +228,7 @@ class CombinePieces final : public PieceMerger {
 std::unique_ptr<PieceMerger> combine_merger(const ClassicMergeOptions& o, const std::string& name,
                                             const std::vector<i64>& shape, std::size_t n, bool has_base) {
   const auto recipe = make_recipe(o, Convention::mergekit);
-  if (recipe.select_by_variance || recipe.weights_from_energy) return nullptr;
+  if (recipe.select_by_variance || recipe.weights_from_energy) return sce_merger(o, shape, n, has_base);
   return std::make_unique<CombinePieces>(o, name, shape, n, has_base);
 }
 

@@ -111,9 +111,10 @@ std::optional<bool> needs_base(ClassicMethod method);
 /// The method's checks of the options, before any file is read (usage_error naming the option).
 void check_checkpoint_options(const ClassicMergeOptions& options);
 /// The merged tensor from `in` (the whole tensor) under `options` (per-tensor parameters
-/// resolved), for the methods that need a tensor whole (nuslerp, multislerp, karcher, ram,
-/// ramplus_tl, arcee_fusion, sce); the others merge in pieces (piece_merge.hpp). `in` may be
-/// consumed.
+/// resolved): the whole-tensor definitions of the element-wise, spherical and selective methods,
+/// straight from their formulas. Merges run the piece mergers (piece_merge.hpp); these are the
+/// reference the mergers are checked against bit for bit (tests/methods/classic/
+/// piece_merge_test.cpp). `in` may be consumed.
 void merge_whole_tensor(const ClassicMergeOptions& options, TensorInputs& in, std::span<float> out, int threads);
 
 /// Each method family's part (its own file).

@@ -1,5 +1,4 @@
-// The piece-by-piece driver of full-model merges (piece_merge.hpp) and the merger of the
-// methods that need a tensor whole.
+// The piece-by-piece driver of full-model merges (piece_merge.hpp).
 #include "methods/classic/piece_merge.hpp"
 
 #include <algorithm>
@@ -16,25 +15,6 @@ using i64 = std::int64_t;
 // the writer's parts of copied tensors.
 constexpr std::uint64_t kReserve = std::uint64_t{96} << 20;
 
-// The merges without a piece merger yet (karcher, sce, nuslerp along the first axis,
-// multislerp of one model beside the base): the whole tensor as one piece.
-class WholeTensor final : public PieceMerger {
- public:
-  WholeTensor(ClassicMergeOptions options, i64 numel, std::size_t n)
-      : options_(std::move(options)), numel_(numel), n_(n) {}
-  i64 granule() const override { return std::max<i64>(numel_, 1); }
-  // Their f64 work copies of the inputs, or SCE's variances and order.
-  std::uint64_t extra_bytes_per_element() const override { return 8 * (n_ + 2); }
-  void produce(TensorInputs& in, std::span<float> out, int threads) override {
-    merge_whole_tensor(options_, in, out, threads);
-  }
-
- private:
-  ClassicMergeOptions options_;
-  i64 numel_;
-  std::size_t n_;
-};
-
 }  // namespace
 
 std::unique_ptr<PieceMerger> piece_merger(const ClassicMergeOptions& o, const std::string& name,
@@ -46,10 +26,19 @@ std::unique_ptr<PieceMerger> piece_merger(const ClassicMergeOptions& o, const st
   else if (is_spherical(o.method)) m = spherical_merger(o, name, shape, n, has_base);
   else if (is_selective(o.method)) m = selective_merger(o, name, shape, n);
   else if (is_elementwise(o.method)) m = combine_merger(o, name, shape, n, has_base);
-  if (m) return m;
-  i64 numel = 1;
-  for (const auto d : shape) numel *= d;
-  return std::make_unique<WholeTensor>(o, numel, n);
+  if (!m) throw std::logic_error("piece_merger: no merger for --method " + to_string(o.method));
+  return m;
+}
+
+void subtract_base(TensorInputs& in, int threads) {
+  const i64 n = static_cast<i64>(in.n), count = static_cast<i64>(in.count);
+  float* x = in.stacked.data();
+  const float* base = in.base.data();
+  for (i64 t = 0; t < n; ++t) {  // a task at a time (contiguous: vectorised)
+    float* xt = x + t * count;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (i64 j = 0; j < count; ++j) xt[j] -= base[j];
+  }
 }
 
 PiecePlan plan_pieces(std::size_t n, bool has_base, std::uint64_t budget, bool budget_given) {

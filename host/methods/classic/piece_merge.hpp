@@ -50,11 +50,16 @@ std::unique_ptr<PieceMerger> two_model_merger(const ClassicMergeOptions& options
 std::unique_ptr<PieceMerger> model_stock_merger(const ClassicMergeOptions& options,
                                                 const std::vector<std::int64_t>& shape, std::size_t n);
 std::unique_ptr<PieceMerger> passthrough_merger(const ClassicMergeOptions& options);
+std::unique_ptr<PieceMerger> sce_merger(const ClassicMergeOptions& options, const std::vector<std::int64_t>& shape,
+                                        std::size_t n, bool has_base);
 std::unique_ptr<PieceMerger> spherical_merger(const ClassicMergeOptions& options, const std::string& name,
                                               const std::vector<std::int64_t>& shape, std::size_t n,
                                               bool has_base);
 std::unique_ptr<PieceMerger> selective_merger(const ClassicMergeOptions& options, const std::string& name,
                                               const std::vector<std::int64_t>& shape, std::size_t n);
+
+/// The task vectors: the base's piece subtracted from each task's.
+void subtract_base(TensorInputs& in, int threads);
 
 /// Where one output tensor's inputs are: the base's (null without one) and each task's, with
 /// the words that name them in messages ("the base", "task 'a'").

@@ -238,46 +238,63 @@ double value(const TensorInputs& in, std::size_t i, std::size_t k) {
 }
 
 // nuslerp in pieces: the whole tensor as one vector (one pass for its norms and dot product),
-// or vectors along the last axis (pieces of whole rows). Along the first axis: whole tensors.
+// vectors along the last axis (pieces of whole rows), or along the first axis (one pass for
+// every column's sums, pieces of whole rows).
 class NuslerpPieces final : public PieceMerger {
  public:
-  NuslerpPieces(double t, i64 row) : t_(t), row_(row) {}
-  i64 granule() const override { return std::max<i64>(row_, 1); }
-  bool wants_pass() const override { return row_ == 0 && !summed_; }
+  enum class Layout { flat, rows, columns };
+  NuslerpPieces(double t, Layout layout, i64 row) : t_(t), layout_(layout), row_(std::max<i64>(row, 1)) {
+    const std::size_t sums = layout == Layout::columns ? static_cast<std::size_t>(row_) : 1;
+    s00_.assign(sums, 0.0);
+    s11_.assign(sums, 0.0);
+    s01_.assign(sums, 0.0);
+  }
+  i64 granule() const override { return layout_ == Layout::flat ? 1 : row_; }
+  bool wants_pass() const override { return layout_ != Layout::rows && !summed_; }
   void observe(const TensorInputs& in, int) override {
+    const bool columns = layout_ == Layout::columns;
     for (std::size_t k = 0; k < in.count; ++k) {
+      const std::size_t c = columns ? k % static_cast<std::size_t>(row_) : 0;
       const double a = value(in, 0, k), b = value(in, 1, k);
-      s00_ += a * a;
-      s11_ += b * b;
-      s01_ += a * b;
+      s00_[c] += a * a;
+      s11_[c] += b * b;
+      s01_[c] += a * b;
     }
   }
   void end_pass() override { summed_ = true; }
   void produce(TensorInputs& in, std::span<float> out, int) override {
-    if (row_ == 0) return blend(in, 0, in.count, s00_, s11_, s01_, out);
     const auto length = static_cast<std::size_t>(row_);
+    if (layout_ == Layout::flat) return blend(in, 0, in.count, 1, Sums{s00_[0], s11_[0], s01_[0]}, out);
+    if (layout_ == Layout::columns) {
+      for (std::size_t c = 0; c < length; ++c) blend(in, c, in.count, length, Sums{s00_[c], s11_[c], s01_[c]}, out);
+      return;
+    }
     for (std::size_t at = 0; at < in.count; at += length) {
-      double s00 = 0, s11 = 0, s01 = 0;
+      Sums v;
       for (std::size_t k = at; k < at + length; ++k) {
         const double a = value(in, 0, k), b = value(in, 1, k);
-        s00 += a * a;
-        s11 += b * b;
-        s01 += a * b;
+        v.s00 += a * a;
+        v.s11 += b * b;
+        v.s01 += a * b;
       }
-      blend(in, at, at + length, s00, s11, s01, out);
+      blend(in, at, at + length, 1, v, out);
     }
   }
 
  private:
-  // nuslerp_vector's arithmetic on elements [from, to), from the vector's sums.
-  void blend(const TensorInputs& in, std::size_t from, std::size_t to, double s00, double s11, double s01,
+  struct Sums {
+    double s00 = 0, s11 = 0, s01 = 0;
+  };
+
+  // nuslerp_vector's arithmetic on elements from, from + step, … below `to`, from the vector's sums.
+  void blend(const TensorInputs& in, std::size_t from, std::size_t to, std::size_t step, Sums v,
              std::span<float> out) const {
-    const double n0 = std::max(std::sqrt(s00), 1e-7), n1 = std::max(std::sqrt(s11), 1e-7);
-    const double cos = std::clamp(s01 / (n0 * n1), -1.0, 1.0);
+    const double n0 = std::max(std::sqrt(v.s00), 1e-7), n1 = std::max(std::sqrt(v.s11), 1e-7);
+    const double cos = std::clamp(v.s01 / (n0 * n1), -1.0, 1.0);
     const bool linear = 1 - cos * cos <= 1e-16;
     const double theta = linear ? 0.0 : std::acos(cos), s = std::sin(theta);
     const double c0 = std::sin((1 - t_) * theta), c1 = std::sin(t_ * theta);
-    for (std::size_t k = from; k < to; ++k) {
+    for (std::size_t k = from; k < to; k += step) {
       const double a = value(in, 0, k), b = value(in, 1, k);
       const double r = linear ? (1 - t_) * a + t_ * b : (c0 * a + c1 * b) / s;
       out[k] = static_cast<float>(in.base.empty() ? r : r + in.base[k]);
@@ -285,9 +302,19 @@ class NuslerpPieces final : public PieceMerger {
   }
 
   double t_;
-  i64 row_;  // 0: the tensor as one vector
-  double s00_ = 0, s11_ = 0, s01_ = 0;
+  Layout layout_;
+  i64 row_;  // rows: the row's length; columns: how many columns
+  std::vector<double> s00_, s11_, s01_;
   bool summed_ = false;
+};
+
+// multislerp of one model beside the base: the model itself (as mergekit returns it).
+class OneModelPieces final : public PieceMerger {
+ public:
+  void produce(TensorInputs& in, std::span<float> out, int) override {
+    for (std::size_t k = 0; k < in.count; ++k)
+      out[k] = static_cast<float>(in.base.empty() ? value(in, 0, k) : value(in, 0, k) + in.base[k]);
+  }
 };
 
 // multislerp in pieces: four passes (the models' norms; their directions' weighted mean and its
@@ -379,22 +406,203 @@ class MultislerpPieces final : public PieceMerger {
   bool degenerate_ = false;
 };
 
+// karcher in pieces: the models' norms, the first mean's norm, then per iteration three passes
+// (each direction's dot product with the mean; the tangent's norm; the moved mean's norm). An
+// element's mean after some iterations is replayed from its values and the iterations' scalars
+// — or, for a tensor in one piece, kept from the pass before (8 bytes an element) — in the
+// order karcher() takes every step, so the bits are karcher()'s.
+class KarcherPieces final : public PieceMerger {
+ public:
+  KarcherPieces(std::size_t models, bool base_first, i64 max_iter, double tol, i64 numel)
+      : models_(models), base_first_(base_first), max_iter_(max_iter), tol_(tol), numel_(numel),
+        sq_(models, 0.0), x_(models), u_(models) {}
+  std::uint64_t extra_bytes_per_element() const override { return 16; }  // one piece's means
+  bool wants_pass() const override { return stage_ != Stage::done; }
+  void observe(const TensorInputs& in, int) override {
+    const bool whole = in.first == 0 && static_cast<i64>(in.count) == numel_;
+    if (whole && stage_ == Stage::dots && cached_ != iteration_) refresh_cache(in);
+    if (whole && stage_ == Stage::moved) moved_.resize(in.count);
+    for (std::size_t k = 0; k < in.count; ++k) {
+      load(in, k);
+      if (stage_ == Stage::norms) {
+        for (std::size_t i = 0; i < models_; ++i) sq_[i] += x_[i] * x_[i];
+        continue;
+      }
+      if (stage_ == Stage::first_mean) {
+        const double m = first_mean();
+        msq_ += m * m;
+        continue;
+      }
+      const double m = whole && cached_ == iteration_ ? cache_[k] : mean_after(iteration_);
+      if (stage_ == Stage::dots) {
+        for (std::size_t v = 0; v < valid_.size(); ++v) dots_[v] += m * u_[v];
+      } else {
+        const double t = tangent(steps_.back(), m);
+        if (stage_ == Stage::tangent) {
+          tsq_ += t * t;
+        } else {
+          const double moved = std::cos(steps_.back().tn) * m + std::sin(steps_.back().tn) * (t / steps_.back().tn);
+          usq_ += moved * moved;
+          if (whole) moved_[k] = moved;
+        }
+      }
+    }
+  }
+  void end_pass() override {
+    switch (stage_) {
+      case Stage::norms: {
+        for (std::size_t i = 0; i < models_; ++i) {
+          norms_.push_back(std::sqrt(sq_[i]));
+          if (norms_[i] > tol_) valid_.push_back(i);
+        }
+        for (std::size_t i = 0; i < models_; ++i) scale_ += (1.0 / double(models_)) * norms_[i];
+        a_ = valid_.empty() ? 0.0 : 1.0 / double(valid_.size());
+        stage_ = valid_.empty() ? Stage::done : Stage::first_mean;
+        break;
+      }
+      case Stage::first_mean:
+        mn_ = std::sqrt(msq_);
+        start_iteration();
+        break;
+      case Stage::dots: {
+        Step st;
+        for (const double d0 : dots_) {
+          const double d = std::clamp(d0, -1.0, 1.0), theta = std::acos(d);
+          st.d.push_back(d);
+          st.f.push_back(theta < tol_ ? 0.0 : a_ * theta / std::sin(theta));
+          st.skip.push_back(theta < tol_);
+        }
+        steps_.push_back(std::move(st));
+        stage_ = Stage::tangent;
+        break;
+      }
+      case Stage::tangent:
+        steps_.back().tn = std::sqrt(tsq_);
+        if (steps_.back().tn < tol_) {  // converged: this step is not taken
+          steps_.pop_back();
+          stage_ = Stage::done;
+        } else {
+          stage_ = Stage::moved;
+        }
+        break;
+      case Stage::moved:
+        steps_.back().un = std::sqrt(usq_);
+        if (!moved_.empty()) {  // a tensor in one piece: its next means, kept
+          cache_.swap(moved_);
+          if (steps_.back().un > tol_)
+            for (auto& m : cache_) m /= steps_.back().un;
+          moved_.clear();
+          cached_ = iteration_ + 1;
+        }
+        ++iteration_;
+        start_iteration();
+        break;
+      case Stage::done: break;
+    }
+  }
+  void produce(TensorInputs& in, std::span<float> out, int) override {
+    const bool whole = in.first == 0 && static_cast<i64>(in.count) == numel_;
+    for (std::size_t k = 0; k < in.count; ++k) {
+      if (valid_.empty()) {
+        out[k] = 0.0f;
+        continue;
+      }
+      load(in, k);
+      const double m = whole && cached_ == iteration_ ? cache_[k] : mean_after(iteration_);
+      out[k] = static_cast<float>(m * scale_);
+    }
+  }
+
+ private:
+  enum class Stage { norms, first_mean, dots, tangent, moved, done };
+  struct Step {  // one iteration's scalars
+    std::vector<double> d, f;
+    std::vector<bool> skip;
+    double tn = 0, un = 0;
+  };
+
+  void start_iteration() {
+    stage_ = static_cast<i64>(iteration_) < max_iter_ ? Stage::dots : Stage::done;
+    dots_.assign(valid_.size(), 0.0);
+    tsq_ = usq_ = 0;
+  }
+  // An element's values (the base first, for karcher, then the models) and directions.
+  void load(const TensorInputs& in, std::size_t k) {
+    for (std::size_t i = 0; i < models_; ++i)
+      x_[i] = base_first_ ? (i == 0 ? double(in.base[k]) : double(in.model(i - 1)[k])) : double(in.model(i)[k]);
+    if (norms_.empty()) return;
+    for (std::size_t v = 0; v < valid_.size(); ++v) u_[v] = x_[valid_[v]] / norms_[valid_[v]];
+  }
+  double first_mean() const {
+    double m = 0;
+    for (std::size_t v = 0; v < valid_.size(); ++v) m += a_ * u_[v];
+    return m;
+  }
+  double tangent(const Step& st, double m) const {
+    double t = 0;
+    for (std::size_t v = 0; v < valid_.size(); ++v)
+      if (!st.skip[v]) t += st.f[v] * (u_[v] - st.d[v] * m);
+    return t;
+  }
+  // The element's mean after `iterations` steps, replayed (after load()).
+  double mean_after(std::size_t iterations) const {
+    double m = mn_ < tol_ ? u_[0] : first_mean() / mn_;
+    for (std::size_t j = 0; j < iterations; ++j) {
+      const auto& st = steps_[j];
+      m = std::cos(st.tn) * m + std::sin(st.tn) * (tangent(st, m) / st.tn);
+      if (st.un > tol_) m /= st.un;
+    }
+    return m;
+  }
+  // A tensor in one piece: the means after the iterations so far, kept.
+  void refresh_cache(const TensorInputs& in) {
+    cache_.resize(in.count);
+    for (std::size_t k = 0; k < in.count; ++k) {
+      load(in, k);
+      cache_[k] = mean_after(iteration_);
+    }
+    cached_ = iteration_;
+  }
+
+  std::size_t models_;
+  bool base_first_;
+  i64 max_iter_;
+  double tol_;
+  i64 numel_;
+  Stage stage_ = Stage::norms;
+  std::vector<double> sq_, norms_, x_, u_, dots_;
+  std::vector<std::size_t> valid_;
+  double scale_ = 0, a_ = 0, msq_ = 0, mn_ = 0, tsq_ = 0, usq_ = 0;
+  std::vector<Step> steps_;
+  std::size_t iteration_ = 0;
+  std::vector<double> cache_, moved_;
+  std::size_t cached_ = static_cast<std::size_t>(-1);  // the iteration cache_ holds means after
+};
+
 }  // namespace
 
 std::unique_ptr<PieceMerger> spherical_merger(const ClassicMergeOptions& o, const std::string& name,
                                               const std::vector<i64>& shape, std::size_t n, bool has_base) {
   if (o.method == ClassicMethod::nuslerp) {
-    const bool flatten = o.nuslerp_flatten.value_or(true) || shape.size() < 2;
-    if (!flatten && o.nuslerp_row_wise.value_or(false)) return nullptr;  // columns: the whole tensor
     const auto weights = spherical_weights(o, name);
     const double total = weights[0] + weights[1];
     const double t = std::fabs(total) < 1e-6 ? 0.5 : weights[1] / total;
-    return std::make_unique<NuslerpPieces>(t, flatten ? 0 : shape.back());
+    i64 numel = 1;
+    for (const auto d : shape) numel *= d;
+    using L = NuslerpPieces::Layout;
+    if (o.nuslerp_flatten.value_or(true) || shape.size() < 2) return std::make_unique<NuslerpPieces>(t, L::flat, 0);
+    if (!o.nuslerp_row_wise.value_or(false)) return std::make_unique<NuslerpPieces>(t, L::rows, shape.back());
+    // Along the first axis: each of the numel / shape[0] columns of the (shape[0], rest) view.
+    return std::make_unique<NuslerpPieces>(t, L::columns, shape.front() ? numel / shape.front() : 1);
   }
-  if (o.method == ClassicMethod::multislerp && n >= 2)
+  if (o.method == ClassicMethod::multislerp) {
+    if (n == 1) return std::make_unique<OneModelPieces>();
     return std::make_unique<MultislerpPieces>(spherical_weights(o, name), o.eps.value_or(1e-8), name);
-  (void)has_base;
-  return nullptr;  // karcher's iterations, and multislerp of one model beside the base
+  }
+  i64 numel = 1;
+  for (const auto d : shape) numel *= d;
+  return std::make_unique<KarcherPieces>(n + (has_base ? 1 : 0), has_base, o.max_iter.value_or(10),
+                                         o.tol.value_or(1e-5), numel);
 }
 
 }  // namespace revmerge

@@ -1,7 +1,7 @@
 // Full-model merges in pieces (piece_merge.hpp): every method that merges in pieces gives the
 // same bits for any piece size as for the whole tensor in one piece — and, where a method also
-// has a whole-tensor implementation (merge_whole_tensor), the same bits as that — and the budget
-// check refuses a tensor a method needs whole when it does not fit.
+// has a whole-tensor definition (merge_whole_tensor), the same bits as that — and the budget
+// check refuses a tensor whose row a method needs whole when it does not fit.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -127,9 +127,16 @@ const Case kCases[] = {
     {"nuslerp", ClassicMethod::nuslerp, 2, true, [](ClassicMergeOptions& o) { o.weights = {0.3, 0.7}; }},
     {"nuslerp_rows", ClassicMethod::nuslerp, 2, false,
      [](ClassicMergeOptions& o) { o.weights = {0.6, 0.4}; o.nuslerp_flatten = false; }},
+    {"nuslerp_columns", ClassicMethod::nuslerp, 2, true,
+     [](ClassicMergeOptions& o) { o.weights = {0.5, 0.2}; o.nuslerp_flatten = false; o.nuslerp_row_wise = true; }},
+    {"multislerp_one", ClassicMethod::multislerp, 1, true, [](ClassicMergeOptions&) {}},
     {"multislerp", ClassicMethod::multislerp, 3, true, [](ClassicMergeOptions& o) { o.weights = {1, 2, 3}; }},
     {"multislerp_nobase", ClassicMethod::multislerp, 3, false, [](ClassicMergeOptions&) {}},
+    {"sce", ClassicMethod::sce, 3, true, [](ClassicMergeOptions& o) { o.select_topk = 0.3; }},
+    {"sce_all", ClassicMethod::sce, 3, true, [](ClassicMergeOptions&) {}},
     {"arcee_fusion", ClassicMethod::arcee_fusion, 1, true, [](ClassicMergeOptions&) {}},
+    {"karcher", ClassicMethod::karcher, 3, true, [](ClassicMergeOptions& o) { o.max_iter = 4; o.tol = 1e-9; }},
+    {"karcher_nobase", ClassicMethod::karcher, 3, false, [](ClassicMergeOptions&) {}},
     {"ram", ClassicMethod::ram, 3, true, [](ClassicMergeOptions& o) { o.epsilons = {0.01}; }},
     {"ramplus_tl", ClassicMethod::ramplus_tl, 3, true,
      [](ClassicMergeOptions& o) { o.epsilons = {0.01}; o.ram_r = 0.5; o.ram_alpha = 0.9; }},
@@ -204,28 +211,28 @@ TEST(PieceMerge, ThinningGathersTheRightThresholdAcrossPieces) {
   EXPECT_EQ(changed, static_cast<i64>(0.3 * 210000));
 }
 
-TEST(PieceMerge, BudgetRefusesATensorAMethodNeedsWhole) {
+TEST(PieceMerge, BudgetRefusesATensorWhoseRowDoesNotFit) {
+  // DELLA ranks within rows: a row of 50M elements for 3 tasks and a base does not fit 512 MiB.
   ClassicMergeOptions o;
-  o.method = ClassicMethod::karcher;
-  o.tasks = {{"a", "x"}, {"b", "y"}};
-  const std::vector<i64> embedding{32000, 4096};
-  const auto plan = plan_pieces(2, false, std::uint64_t{256} << 20, true);
-  const auto whole = piece_merger(o, "model.embed_tokens.weight", embedding, 2, false);
+  o.method = ClassicMethod::della;
+  o.tasks = {{"a", "x"}, {"b", "y"}, {"c", "z"}};
+  o.densities = {0.5};
+  const std::vector<i64> shape{4, 50'000'000};
+  const auto plan = plan_pieces(3, true, std::uint64_t{512} << 20, true);
+  const auto della = piece_merger(o, "w", shape, 3, true);
   try {
-    check_fits(plan, *whole, "karcher", "model.embed_tokens.weight", 32000 * 4096);
-    FAIL() << "a 131M-element tensor merged whole fits 256 MiB";
+    check_fits(plan, *della, "della", "w", 200'000'000);
+    FAIL() << "a 50M-element row for 4 inputs fits 512 MiB";
   } catch (const usage_error& e) {
     const std::string m = e.what();
-    EXPECT_NE(m.find("--memory-budget"), std::string::npos) << m;
-    EXPECT_NE(m.find("'model.embed_tokens.weight' whole"), std::string::npos) << m;
+    EXPECT_NE(m.find("--memory-budget 512"), std::string::npos) << m;
+    EXPECT_NE(m.find("'w' in rows of 50000000 elements"), std::string::npos) << m;
   }
-  // A method that merges in pieces fits the same budget, in pieces under it.
+  // TIES cuts the same tensor anywhere: it fits, in pieces under the budget.
   o.method = ClassicMethod::ties;
-  o.densities = {0.3};
-  const auto pieces = piece_merger(o, "model.embed_tokens.weight", embedding, 2, true);
-  const auto ties_plan = plan_pieces(2, true, std::uint64_t{256} << 20, true);
-  EXPECT_NO_THROW(check_fits(ties_plan, *pieces, "ties", "model.embed_tokens.weight", 32000 * 4096));
-  EXPECT_LT(ties_plan.max_elements * static_cast<i64>(ties_plan.bytes_per_element), i64{256} << 20);
+  const auto ties = piece_merger(o, "w", shape, 3, true);
+  EXPECT_NO_THROW(check_fits(plan, *ties, "ties", "w", 200'000'000));
+  EXPECT_LT(plan.max_elements * static_cast<i64>(plan.bytes_per_element), i64{512} << 20);
 }
 
 }  // namespace

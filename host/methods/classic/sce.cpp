@@ -1,0 +1,153 @@
+// mergekit's sce on full models, in pieces (piece_merge.hpp): the elements whose task vectors
+// vary most across the tasks are kept — the top ⌊select_topk · m⌋ by population variance, m the
+// elements whose variance is not 0, equal variances to the lower index — the others zeroed in
+// every task; each task weighted by its mean square over the tensor (summing to 1); then signs
+// elected and the agreeing values averaged (combine.hpp). The variance threshold is found by
+// an exact radix selection over four passes (RankSelect), the ties at it counted per block in a
+// fifth, the tasks' mean squares summed in a sixth; the same bits as combine_stack's whole-tensor
+// SCE for any piece size.
+#include <algorithm>
+#include <cmath>
+
+#include "methods/classic/combine.hpp"
+#include "methods/classic/piece_merge.hpp"
+#include "methods/classic/rank_select.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+constexpr i64 kBlock = i64{1} << 16;  // the ties at the threshold are counted per block
+
+// An element's population variance across the tasks, as select_by_variance computes it.
+double variance(const float* x, i64 n, i64 count, i64 j) {
+  double mean = 0, sq = 0;
+  for (i64 t = 0; t < n; ++t) mean += x[t * count + j];
+  mean /= static_cast<double>(n);
+  for (i64 t = 0; t < n; ++t) {
+    const double d = x[t * count + j] - mean;
+    sq += d * d;
+  }
+  return sq / static_cast<double>(n);
+}
+
+class ScePieces final : public PieceMerger {
+ public:
+  ScePieces(const ClassicMergeOptions& o, i64 numel, std::size_t n, bool has_base)
+      : recipe_(make_recipe(o, Convention::mergekit)), topk_(o.select_topk.value_or(1.0)), numel_(numel),
+        has_base_(has_base), sq_(n, 0.0) {
+    const i64 blocks = (numel + kBlock - 1) / kBlock;
+    equal_.assign(static_cast<std::size_t>(blocks), 0);
+    stage_ = topk_ < 1 ? Stage::select : Stage::energy;
+  }
+  std::uint64_t extra_bytes_per_element() const override { return 8; }  // a piece's variances
+  bool wants_pass() const override { return stage_ != Stage::done; }
+  void prepare(TensorInputs& in, int threads) override {
+    if (has_base_) subtract_base(in, threads);
+  }
+  void observe(const TensorInputs& in, int) override {
+    const i64 n = static_cast<i64>(in.n), count = static_cast<i64>(in.count);
+    const float* x = in.stacked.data();
+    if (stage_ == Stage::select) {
+      var_.resize(in.count);
+      for (i64 j = 0; j < count; ++j) var_[j] = variance(x, n, count, j);
+      if (first_pass_) nonzero_ += std::count_if(var_.begin(), var_.end(), [](double v) { return v != 0; });
+      select_.add(var_);
+    } else if (stage_ == Stage::ties) {
+      for (i64 j = 0; j < count; ++j)
+        equal_[static_cast<std::size_t>((in.first + j) / kBlock)] += variance(x, n, count, j) == threshold_;
+    } else {  // energy: each task's sum of squares over the kept elements, in index order
+      for (i64 j = 0; j < count; ++j)
+        if (kept(in.first + j, variance(x, n, count, j), energy_left_))
+          for (i64 t = 0; t < n; ++t) sq_[t] += double(x[t * count + j]) * x[t * count + j];
+    }
+  }
+  void end_pass() override {
+    if (stage_ == Stage::select) {
+      if (first_pass_) {
+        first_pass_ = false;
+        keep_ = topk_ <= 0 ? 0 : static_cast<i64>(static_cast<double>(nonzero_) * topk_);
+        if (keep_ <= 0 || keep_ >= numel_) {  // none or all: nothing to select
+          stage_ = Stage::energy;
+          return;
+        }
+        select_.ranks({numel_ - keep_});  // the k-th largest, in ascending order
+      }
+      select_.end_pass();
+      if (select_.wants_pass()) return;
+      threshold_ = select_.value(0);
+      equal_left_ = keep_ - (numel_ - select_.below(0) - select_.equal(0));
+      stage_ = Stage::ties;
+    } else if (stage_ == Stage::ties) {
+      i64 before = 0;
+      for (auto& e : equal_) {  // how many of each block's ties are kept
+        const i64 here = e;
+        e = std::clamp<i64>(equal_left_ - before, 0, here);
+        before += here;
+      }
+      energy_left_ = equal_;
+      stage_ = Stage::energy;
+    } else {
+      const auto n = sq_.size();
+      double sum = 0;
+      weights_.resize(n);
+      for (std::size_t t = 0; t < n; ++t) {
+        weights_[t] = numel_ > 0 ? sq_[t] / static_cast<double>(numel_) : 0.0;
+        sum += weights_[t];
+      }
+      for (auto& w : weights_) w = std::fabs(sum) < 1e-6 ? 1.0 / static_cast<double>(n) : w / sum;
+      stage_ = Stage::done;
+    }
+  }
+  void produce(TensorInputs& in, std::span<float> out, int threads) override {
+    const i64 n = static_cast<i64>(in.n), count = static_cast<i64>(in.count);
+    float* x = in.stacked.data();
+    for (i64 j = 0; j < count; ++j)
+      if (!kept(in.first + j, variance(x, n, count, j), equal_))
+        for (i64 t = 0; t < n; ++t) x[t * count + j] = 0.0f;
+    combine_tasks(recipe_, x, n, count, weights_.data(), out, threads);
+    if (!has_base_) return;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (i64 j = 0; j < count; ++j) out[j] += in.base[j];
+  }
+
+ private:
+  enum class Stage { select, ties, energy, done };
+
+  // Whether element i (of variance v) is kept, walking the ties' allowance `left` in order.
+  bool kept(i64 i, double v, std::vector<i64>& left) const {
+    if (topk_ >= 1 || keep_ >= numel_) return true;
+    if (keep_ <= 0) return false;
+    if (v > threshold_) return true;
+    auto& l = left[static_cast<std::size_t>(i / kBlock)];
+    if (v == threshold_ && l > 0) {
+      --l;
+      return true;
+    }
+    return false;
+  }
+
+  CombineRecipe recipe_;
+  double topk_;
+  i64 numel_;
+  bool has_base_;
+  Stage stage_;
+  bool first_pass_ = true;
+  i64 nonzero_ = 0, keep_ = 0, equal_left_ = 0;
+  double threshold_ = 0;
+  RankSelect select_;
+  std::vector<double> var_, sq_, weights_;
+  std::vector<i64> equal_, energy_left_;  // per block: ties at the threshold, then those kept
+};
+
+}  // namespace
+
+std::unique_ptr<PieceMerger> sce_merger(const ClassicMergeOptions& o, const std::vector<i64>& shape,
+                                        std::size_t n, bool has_base) {
+  i64 numel = 1;
+  for (const auto d : shape) numel *= d;
+  return std::make_unique<ScePieces>(o, numel, n, has_base);
+}
+
+}  // namespace revmerge
