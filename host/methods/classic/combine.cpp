@@ -95,6 +95,17 @@ CombineRecipe make_recipe(const ClassicMergeOptions& o, Convention convention) {
   return r;
 }
 
+double element_variance(const float* x, i64 n, i64 count, i64 j) {
+  double mean = 0, sq = 0;
+  for (i64 t = 0; t < n; ++t) mean += x[t * count + j];
+  mean /= static_cast<double>(n);
+  for (i64 t = 0; t < n; ++t) {
+    const double d = x[t * count + j] - mean;
+    sq += d * d;
+  }
+  return sq / static_cast<double>(n);
+}
+
 ThinningSpec thinning_spec(const CombineRecipe& r, const CombineInput& in, i64 t) {
   ThinningSpec s;
   s.kind = r.sparsify;
@@ -119,16 +130,7 @@ void select_by_variance(std::span<float> stack, i64 n, i64 count, double topk, i
   if (topk >= 1) return;
   std::vector<double> var(static_cast<std::size_t>(count));
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (i64 j = 0; j < count; ++j) {
-    double mean = 0, sq = 0;
-    for (i64 t = 0; t < n; ++t) mean += stack[t * count + j];
-    mean /= static_cast<double>(n);
-    for (i64 t = 0; t < n; ++t) {
-      const double d = stack[t * count + j] - mean;
-      sq += d * d;
-    }
-    var[j] = sq / static_cast<double>(n);
-  }
+  for (i64 j = 0; j < count; ++j) var[j] = element_variance(stack.data(), n, count, j);
   const i64 nonzero = std::count_if(var.begin(), var.end(), [](double v) { return v != 0; });
   const i64 k = topk <= 0 ? 0 : static_cast<i64>(static_cast<double>(nonzero) * topk);
   std::vector<i64> order(static_cast<std::size_t>(count));

@@ -67,6 +67,9 @@ void combine_stack(const CombineRecipe& recipe, const CombineInput& input, std::
 void combine_tasks(const CombineRecipe& recipe, const float* x, std::int64_t n, std::int64_t count,
                    const double* w, std::span<float> out, int threads);
 
+/// SCE's population variance of element j across the n tasks of `x` (n × count), in f64.
+double element_variance(const float* x, std::int64_t n, std::int64_t count, std::int64_t j);
+
 /// The tasks' own steps, exposed for tests. Every ranking by magnitude orders equal magnitudes
 /// by index, the lower index counting as the larger. The trim keeps the k largest |x|; the
 /// drop keeps element j when counter_uniform(seed, stream, j) < density; the outlier trim

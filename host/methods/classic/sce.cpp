@@ -20,18 +20,6 @@ using i64 = std::int64_t;
 
 constexpr i64 kBlock = i64{1} << 16;  // the ties at the threshold are counted per block
 
-// An element's population variance across the tasks, as select_by_variance computes it.
-double variance(const float* x, i64 n, i64 count, i64 j) {
-  double mean = 0, sq = 0;
-  for (i64 t = 0; t < n; ++t) mean += x[t * count + j];
-  mean /= static_cast<double>(n);
-  for (i64 t = 0; t < n; ++t) {
-    const double d = x[t * count + j] - mean;
-    sq += d * d;
-  }
-  return sq / static_cast<double>(n);
-}
-
 class ScePieces final : public PieceMerger {
  public:
   ScePieces(const ClassicMergeOptions& o, i64 numel, std::size_t n, bool has_base)
@@ -51,15 +39,15 @@ class ScePieces final : public PieceMerger {
     const float* x = in.stacked.data();
     if (stage_ == Stage::select) {
       var_.resize(in.count);
-      for (i64 j = 0; j < count; ++j) var_[j] = variance(x, n, count, j);
+      for (i64 j = 0; j < count; ++j) var_[j] = element_variance(x, n, count, j);
       if (first_pass_) nonzero_ += std::count_if(var_.begin(), var_.end(), [](double v) { return v != 0; });
       select_.add(var_);
     } else if (stage_ == Stage::ties) {
       for (i64 j = 0; j < count; ++j)
-        equal_[static_cast<std::size_t>((in.first + j) / kBlock)] += variance(x, n, count, j) == threshold_;
+        equal_[static_cast<std::size_t>((in.first + j) / kBlock)] += element_variance(x, n, count, j) == threshold_;
     } else {  // energy: each task's sum of squares over the kept elements, in index order
       for (i64 j = 0; j < count; ++j)
-        if (kept(in.first + j, variance(x, n, count, j), energy_left_))
+        if (kept(in.first + j, element_variance(x, n, count, j), energy_left_))
           for (i64 t = 0; t < n; ++t) sq_[t] += double(x[t * count + j]) * x[t * count + j];
     }
   }
@@ -104,7 +92,7 @@ class ScePieces final : public PieceMerger {
     const i64 n = static_cast<i64>(in.n), count = static_cast<i64>(in.count);
     float* x = in.stacked.data();
     for (i64 j = 0; j < count; ++j)
-      if (!kept(in.first + j, variance(x, n, count, j), equal_))
+      if (!kept(in.first + j, element_variance(x, n, count, j), equal_))
         for (i64 t = 0; t < n; ++t) x[t * count + j] = 0.0f;
     combine_tasks(recipe_, x, n, count, weights_.data(), out, threads);
     if (!has_base_) return;
