@@ -44,6 +44,10 @@ void subtract_base(TensorInputs& in, int threads) {
 PiecePlan plan_pieces(std::size_t n, bool has_base, std::uint64_t budget, bool budget_given) {
   PiecePlan p;
   p.budget = budget_given ? budget : 0;
+  if (budget_given && budget < kReserve + (std::uint64_t{1} << 20))
+    throw usage_error("--memory-budget " + format_bytes(budget) + ": a full-model merge needs at least " +
+                      format_bytes(kReserve + (std::uint64_t{1} << 20)) + " (" + format_bytes(kReserve) +
+                      " for the process itself, the rest for pieces of the tensors)");
   if (!budget_given) budget = host_memory_available() / 2;
   // f32 inputs and output, the output's conversion to 16 bits, one input's mapped bytes (each
   // input's pages are dropped once its piece is read).
