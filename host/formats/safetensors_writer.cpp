@@ -130,9 +130,16 @@ void SafetensorsWriter::write_f32_part(std::string_view name, std::uint64_t firs
   const auto size = dtype_size(s.spec.dtype);
   if (s.spec.dtype == DType::F32)  // already the file's bytes (little-endian: dtype.cpp asserts it)
     return write_part(name, first * size, std::as_bytes(values));
-  // Not zero-filled first: the conversion writes every byte.
+  // One conversion buffer per thread, kept: a fresh one per part would be fresh pages (a fault
+  // and a zeroing per 4 KiB) for every tensor written. Not zero-filled: the conversion writes
+  // every byte.
+  thread_local std::unique_ptr<std::byte[]> buf;
+  thread_local std::size_t capacity = 0;
   const std::size_t bytes = values.size() * size;
-  const std::unique_ptr<std::byte[]> buf(new std::byte[bytes]);
+  if (bytes > capacity) {
+    buf.reset(new std::byte[bytes]);
+    capacity = bytes;
+  }
   convert_from_f32(values.data(), s.spec.dtype, buf.get(), values.size(), threads);
   write_part(name, first * size, std::span<const std::byte>(buf.get(), bytes));
 }

@@ -102,29 +102,34 @@ void read_finite(const CheckpointTensor& t, const std::string& where, std::span<
 
 void read_finite_part(const CheckpointTensor& t, const std::string& where, std::int64_t offset,
                       std::span<float> v, int threads) {
-  t.file->read_part(*t.info, static_cast<std::uint64_t>(offset), v, threads);
-  t.file->evict_part(*t.info, static_cast<std::uint64_t>(offset), v.size());
-  // The first non-finite element, found in parallel chunks (an exponent of all ones).
+  const auto& info = *t.info;
+  if (!is_float_dtype(info.dtype) || offset < 0 || static_cast<std::uint64_t>(offset) + v.size() > info.numel())
+    return t.file->read_part(info, static_cast<std::uint64_t>(offset), v, threads);  // its message
+  // Converted and checked a chunk at a time, each checked while it is in cache (an exponent of
+  // all ones: the first non-finite element is then looked for).
+  const auto size = dtype_size(info.dtype);
+  const auto* src = t.file->bytes(info).data() + static_cast<std::size_t>(offset) * size;
   const auto count = static_cast<i64>(v.size());
-  constexpr i64 kChunk = i64{1} << 20;
+  constexpr i64 kChunk = i64{1} << 16;
   i64 first = count;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(min : first)
+#pragma omp parallel for num_threads(count > kChunk ? threads : 1) schedule(static) reduction(min : first)
   for (i64 c = 0; c < (count + kChunk - 1) / kChunk; ++c) {
-    const i64 end = std::min(count, (c + 1) * kChunk);
+    const i64 begin = c * kChunk, end = std::min(count, begin + kChunk);
+    convert_to_f32(info.dtype, src + begin * size, v.data() + begin, static_cast<std::size_t>(end - begin));
     std::uint32_t any = 0;
-    for (i64 i = c * kChunk; i < end; ++i)
-      any |= (std::bit_cast<std::uint32_t>(v[i]) & 0x7f800000u) == 0x7f800000u;
+    for (i64 i = begin; i < end; ++i) any |= (std::bit_cast<std::uint32_t>(v[i]) & 0x7f800000u) == 0x7f800000u;
     if (any)
-      for (i64 i = c * kChunk; i < end; ++i)
+      for (i64 i = begin; i < end; ++i)
         if (!std::isfinite(v[i])) {
           first = std::min(first, i);
           break;
         }
   }
+  t.file->check_intact();
+  t.file->evict_part(info, static_cast<std::uint64_t>(offset), v.size());
   if (first < count)
-    throw format_error(t.file->path().string() + ": tensor '" + t.info->name +
-                       "' holds a non-finite value at element " + std::to_string(offset + first) + " (" +
-                       where + ")");
+    throw format_error(t.file->path().string() + ": tensor '" + info.name + "' holds a non-finite value at element " +
+                       std::to_string(offset + first) + " (" + where + ")");
 }
 
 std::optional<bool> needs_base(ClassicMethod method) {
@@ -286,7 +291,7 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
     if (is_float_dtype(t.info->dtype))
       check_fits(plan, *merger(t), to_string(o.method), t.info->name, static_cast<std::int64_t>(t.info->numel()));
   TensorInputs in;  // its memory reused from tensor to tensor
-  std::vector<float> merged;
+  FloatBuffer merged;
   const PieceProducer produce = [&](const std::string& name, std::uint64_t, const PieceSink& sink) {
     const auto& t = layout.checkpoint().at(name);
     TensorSources src;

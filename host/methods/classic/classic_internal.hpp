@@ -88,6 +88,23 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& options)
 // the options once, gathers each tensor's inputs, resolves its per-tensor parameters and hands
 // it to the method's per-tensor arithmetic below.
 
+/// A vector whose growth leaves the new elements uninitialised: the drivers' buffers are written
+/// before they are read, and zeroing hundreds of MB whenever a tensor is larger than the last
+/// would cost a pass over memory.
+template <class T>
+struct UninitializedAllocator : std::allocator<T> {
+  template <class U>
+  struct rebind {
+    using other = UninitializedAllocator<U>;
+  };
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    if constexpr (sizeof...(Args) == 0) ::new (static_cast<void*>(p)) U;
+    else ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+using FloatBuffer = std::vector<float, UninitializedAllocator<float>>;
+
 /// One output tensor's inputs: its name (in messages, and keying DARE's and DELLA's masks), its
 /// shape, the base's values (empty without a base) and the tasks', one after another in task
 /// order (n × count: the element-wise methods combine them where they lie). A driver keeps one
@@ -96,8 +113,8 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& options)
 struct TensorInputs {
   std::string name;
   std::vector<std::int64_t> shape;
-  std::vector<float> base;
-  std::vector<float> stacked;
+  FloatBuffer base;
+  FloatBuffer stacked;
   std::size_t n = 0, count = 0;
   std::int64_t first = 0;
 

@@ -78,7 +78,7 @@ void check_fits(const PiecePlan& plan, const PieceMerger& merger, const std::str
 
 void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::vector<i64>& shape,
                      const TensorSources& src, const PiecePlan& plan, TensorInputs& in,
-                     std::vector<float>& out,
+                     FloatBuffer& out,
                      const std::function<void(std::uint64_t, std::span<const float>)>& sink, int threads) {
   i64 numel = 1;
   for (const auto d : shape) numel *= d;

@@ -93,7 +93,7 @@ void check_fits(const PiecePlan& plan, const PieceMerger& merger, const std::str
 /// `buffers` keeps its memory from tensor to tensor.
 void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::vector<std::int64_t>& shape,
                      const TensorSources& sources, const PiecePlan& plan, TensorInputs& buffers,
-                     std::vector<float>& out,
+                     FloatBuffer& out,
                      const std::function<void(std::uint64_t, std::span<const float>)>& sink, int threads);
 
 }  // namespace revmerge

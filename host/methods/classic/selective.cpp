@@ -73,7 +73,7 @@ void ram(const TensorInputs& in, const RamParameters& p, std::span<float> out) {
 
 // Arcee Fusion's importance of each element: |w − b| times the KL divergence of the softmaxes of
 // its row (the last axis; a 1-D tensor is one row), each with 1e-8 added.
-std::vector<double> fusion_importance(std::span<const float> w, const std::vector<float>& b,
+std::vector<double> fusion_importance(std::span<const float> w, std::span<const float> b,
                                       i64 row) {
   std::vector<double> importance(w.size());
   std::vector<double> p(static_cast<std::size_t>(row)), q(p.size());

@@ -219,7 +219,7 @@ ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& o) {
       check_fits(pieces, *merger(t.name), to_string(o.method), t.name, numel);
     }
   TensorInputs in;  // its memory reused from tensor to tensor
-  std::vector<float> merged;
+  FloatBuffer merged;
   const PieceProducer produce = [&](const std::string& name, std::uint64_t, const PieceSink& sink) {
     const auto& p = plan.at(name);
     const auto& sl = o.slices[p.slice];

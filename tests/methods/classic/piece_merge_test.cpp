@@ -62,7 +62,8 @@ struct TensorSet {
     }
     const PiecePlan plan{max_elements, 0, 24};
     auto merger = piece_merger(o, "w", shape, n, base);
-    std::vector<float> result(static_cast<std::size_t>(numel()), std::nanf("")), out;
+    std::vector<float> result(static_cast<std::size_t>(numel()), std::nanf(""));
+    FloatBuffer out;
     std::vector<int> written(result.size(), 0);
     TensorInputs in;
     merge_in_pieces(*merger, "w", shape, src, plan, in, out,
