@@ -101,12 +101,12 @@ void read_finite(const CheckpointTensor& t, const std::string& where, std::span<
 }
 
 void read_finite_part(const CheckpointTensor& t, const std::string& where, std::int64_t offset,
-                      std::span<float> v, int threads) {
+                      std::span<float> v, int threads, std::span<const float> minus) {
   const auto& info = *t.info;
   if (!is_float_dtype(info.dtype) || offset < 0 || static_cast<std::uint64_t>(offset) + v.size() > info.numel())
     return t.file->read_part(info, static_cast<std::uint64_t>(offset), v, threads);  // its message
-  // Converted and checked a chunk at a time, each checked while it is in cache (an exponent of
-  // all ones: the first non-finite element is then looked for).
+  // Converted and checked a chunk at a time, each checked (an exponent of all ones: the first
+  // non-finite element is then looked for) and `minus` taken from it while it is in cache.
   const auto size = dtype_size(info.dtype);
   const auto* src = t.file->bytes(info).data() + static_cast<std::size_t>(offset) * size;
   const auto count = static_cast<i64>(v.size());
@@ -124,6 +124,8 @@ void read_finite_part(const CheckpointTensor& t, const std::string& where, std::
           first = std::min(first, i);
           break;
         }
+    if (!minus.empty())
+      for (i64 i = begin; i < end; ++i) v[i] -= minus[i];
   }
   t.file->check_intact();
   t.file->evict_part(info, static_cast<std::uint64_t>(offset), v.size());
@@ -201,9 +203,7 @@ class CombinePieces final : public PieceMerger {
   bool wants_pass() const override {
     return std::any_of(thinning_.begin(), thinning_.end(), [](const Thinning& th) { return th.wants_pass(); });
   }
-  void prepare(TensorInputs& in, int threads) override {
-    if (has_base_) subtract_base(in, threads);  // linear: the weights themselves
-  }
+  bool task_vectors() const override { return has_base_; }  // linear: the weights themselves
   void observe(const TensorInputs& in, int threads) override {
     for (std::size_t t = 0; t < thinning_.size(); ++t)
       if (thinning_[t].wants_pass()) thinning_[t].observe(in.first, in.model(t), threads);

@@ -66,9 +66,9 @@ ModelOutputOptions model_output_options(const ClassicMergeOptions& options,
 void read_finite(const CheckpointTensor& tensor, const std::string& where, std::span<float> out,
                  int threads);
 /// The same for elements [first, first + out.size()), their pages dropped from the resident set
-/// once read.
+/// once read; `minus` (empty, or out.size() values) subtracted from them once checked.
 void read_finite_part(const CheckpointTensor& tensor, const std::string& where, std::int64_t first,
-                      std::span<float> out, int threads);
+                      std::span<float> out, int threads, std::span<const float> minus = {});
 
 /// mergekit's per-tensor parameters (tensor_parameters.cpp): whether any are set, and whether
 /// `key` is; a tensor's position among the layers (layer i of L at i / (L − 1), 0 outside the

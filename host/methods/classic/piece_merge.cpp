@@ -30,17 +30,6 @@ std::unique_ptr<PieceMerger> piece_merger(const ClassicMergeOptions& o, const st
   return m;
 }
 
-void subtract_base(TensorInputs& in, int threads) {
-  const i64 n = static_cast<i64>(in.n), count = static_cast<i64>(in.count);
-  float* x = in.stacked.data();
-  const float* base = in.base.data();
-  for (i64 t = 0; t < n; ++t) {  // a task at a time (contiguous: vectorised)
-    float* xt = x + t * count;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (i64 j = 0; j < count; ++j) xt[j] -= base[j];
-  }
-}
-
 PiecePlan plan_pieces(std::size_t n, bool has_base, std::uint64_t budget, bool budget_given) {
   PiecePlan p;
   p.budget = budget_given ? budget : 0;
@@ -95,9 +84,9 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
     in.base.resize(src.base ? in.count : 0);
     in.stacked.resize(in.n * in.count);
     if (src.base) read_finite_part(*src.base, src.base_where, first, in.base, threads);
+    const std::span<const float> minus = merger.task_vectors() ? std::span<const float>(in.base) : std::span<const float>();
     for (std::size_t t = 0; t < in.n; ++t)
-      read_finite_part(*src.models[t], src.model_where[t], first, in.model(t), threads);
-    merger.prepare(in, threads);
+      read_finite_part(*src.models[t], src.model_where[t], first, in.model(t), threads, minus);
   };
   // A tensor in one piece is read once for all passes (observe leaves the piece as it is).
   const bool one_piece = piece >= numel;

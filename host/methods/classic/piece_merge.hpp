@@ -17,7 +17,7 @@
 namespace revmerge {
 
 /// One tensor's merge, piece by piece. The driver calls, for every pass the merger wants, each
-/// piece's prepare then observe, then end_pass; then each piece's prepare then produce. Pieces
+/// piece's observe, then end_pass; then each piece's produce. Pieces
 /// come in order, cover the tensor once per pass, and hold a multiple of granule() elements.
 /// `in` holds the piece (TensorInputs::first, count) of the base and of every task.
 class PieceMerger {
@@ -28,8 +28,9 @@ class PieceMerger {
   /// Memory per element of a piece the merger holds besides the driver's buffers.
   virtual std::uint64_t extra_bytes_per_element() const { return 0; }
   virtual bool wants_pass() const { return false; }
-  /// The piece as read (e.g. the task vectors formed); called once per read.
-  virtual void prepare(TensorInputs&, int /*threads*/) {}
+  /// Whether the tasks' pieces are wanted as task vectors: the base's piece subtracted (in f32)
+  /// as each is read.
+  virtual bool task_vectors() const { return false; }
   virtual void observe(const TensorInputs&, int /*threads*/) {}
   virtual void end_pass() {}
   /// The merged piece into `out` (count elements); `in` may be consumed.
@@ -57,9 +58,6 @@ std::unique_ptr<PieceMerger> spherical_merger(const ClassicMergeOptions& options
                                               bool has_base);
 std::unique_ptr<PieceMerger> selective_merger(const ClassicMergeOptions& options, const std::string& name,
                                               const std::vector<std::int64_t>& shape, std::size_t n);
-
-/// The task vectors: the base's piece subtracted from each task's.
-void subtract_base(TensorInputs& in, int threads);
 
 /// Where one output tensor's inputs are: the base's (null without one) and each task's, with
 /// the words that name them in messages ("the base", "task 'a'").

@@ -31,9 +31,7 @@ class ScePieces final : public PieceMerger {
   }
   std::uint64_t extra_bytes_per_element() const override { return 8; }  // a piece's variances
   bool wants_pass() const override { return stage_ != Stage::done; }
-  void prepare(TensorInputs& in, int threads) override {
-    if (has_base_) subtract_base(in, threads);
-  }
+  bool task_vectors() const override { return has_base_; }
   void observe(const TensorInputs& in, int) override {
     const i64 n = static_cast<i64>(in.n), count = static_cast<i64>(in.count);
     const float* x = in.stacked.data();
