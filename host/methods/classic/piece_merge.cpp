@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "core/interrupt.hpp"
 #include "core/memory_info.hpp"
 #include "revmerge/error.hpp"
 
@@ -79,6 +80,7 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
   in.shape = shape;
   in.n = src.models.size();
   const auto read = [&](i64 first) {
+    throw_if_interrupted("merge");  // a 70B embedding is many pieces: Ctrl-C need not wait for all
     in.first = first;
     in.count = static_cast<std::size_t>(std::min(piece, numel - first));
     in.base.resize(src.base ? in.count : 0);
