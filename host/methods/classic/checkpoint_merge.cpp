@@ -93,13 +93,6 @@ ModelOutputOptions model_output_options(const ClassicMergeOptions& o, const Clas
   return mo;
 }
 
-void read_finite(const CheckpointTensor& t, const std::string& where, std::span<float> v, int threads) {
-  if (v.size() != t.info->numel())
-    throw shape_error(t.file->path().string() + ": tensor '" + t.info->name + "' has " +
-                      std::to_string(t.info->numel()) + " elements, caller expected " + std::to_string(v.size()));
-  read_finite_part(t, where, 0, v, threads);
-}
-
 void read_finite_part(const CheckpointTensor& t, const std::string& where, std::int64_t offset,
                       std::span<float> v, int threads, std::span<const float> minus) {
   const auto& info = *t.info;

@@ -61,12 +61,10 @@ std::vector<std::unique_ptr<HfModel>> open_task_models(const ClassicMergeOptions
 struct ModelOutputOptions;
 ModelOutputOptions model_output_options(const ClassicMergeOptions& options,
                                         const ClassicMergeReport& report);
-/// A tensor as f32 into `out`, converted and checked on `threads` threads, refusing non-finite
-/// values (format_error naming file, tensor, element, `where`).
-void read_finite(const CheckpointTensor& tensor, const std::string& where, std::span<float> out,
-                 int threads);
-/// The same for elements [first, first + out.size()), their pages dropped from the resident set
-/// once read; `minus` (empty, or out.size() values) subtracted from them once checked.
+/// Elements [first, first + out.size()) of a tensor as f32 into `out`, converted and checked on
+/// `threads` threads, refusing non-finite values (format_error naming file, tensor, element,
+/// `where`), their pages dropped from the resident set once read; `minus` (empty, or out.size()
+/// values) subtracted from them once checked.
 void read_finite_part(const CheckpointTensor& tensor, const std::string& where, std::int64_t first,
                       std::span<float> out, int threads, std::span<const float> minus = {});
 

@@ -62,8 +62,7 @@ void check_fits(const PiecePlan& plan, const PieceMerger& merger, const std::str
   const bool whole = smallest >= numel;
   throw usage_error("--memory-budget " + format_bytes(plan.budget) + ": --method " + method + " needs tensor '" +
                     tensor + "' " + (whole ? "whole" : "in rows of " + std::to_string(smallest) + " elements") +
-                    ", about " + format_bytes(need) + " with every input; raise the budget to at least that" +
-                    (whole ? " (docs/methods.md lists the methods that merge in pieces)" : ""));
+                    ", about " + format_bytes(need) + " with every input; raise the budget to at least that");
 }
 
 void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::vector<i64>& shape,

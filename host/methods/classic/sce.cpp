@@ -12,6 +12,7 @@
 #include "methods/classic/combine.hpp"
 #include "methods/classic/piece_merge.hpp"
 #include "methods/classic/rank_select.hpp"
+#include "methods/classic/thinning.hpp"
 
 namespace revmerge {
 namespace {
@@ -66,12 +67,7 @@ class ScePieces final : public PieceMerger {
       equal_left_ = keep_ - (numel_ - select_.below(0) - select_.equal(0));
       stage_ = Stage::ties;
     } else if (stage_ == Stage::ties) {
-      i64 before = 0;
-      for (auto& e : equal_) {  // how many of each block's ties are kept
-        const i64 here = e;
-        e = std::clamp<i64>(equal_left_ - before, 0, here);
-        before += here;
-      }
+      equal_ = tie_allowances(equal_, equal_left_);  // how many of each block's ties are kept
       energy_left_ = equal_;
       stage_ = Stage::energy;
     } else {

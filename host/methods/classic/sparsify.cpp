@@ -104,6 +104,16 @@ double kept_or_zero(bool keep, double v) {
 
 }  // namespace
 
+std::vector<i64> tie_allowances(const std::vector<i64>& equal, i64 equal_left) {
+  std::vector<i64> left(equal.size());
+  i64 before = 0;
+  for (std::size_t c = 0; c < equal.size(); ++c) {
+    left[c] = std::clamp<i64>(equal_left - before, 0, equal[c]);
+    before += equal[c];
+  }
+  return left;
+}
+
 Thinning::Thinning(const ThinningSpec& spec, i64 count) : spec_(spec), count_(count) {
   const double d = spec.density;
   if (spec.kind == Sparsify::none || d >= 1 || count == 0) return;
@@ -296,12 +306,7 @@ void Thinning::end_pass() {
     case Stage::equal_counts:
       for (auto& r : rules_) {
         if (r.trivial) continue;
-        r.left.resize(r.equal.size());
-        i64 before = 0;
-        for (std::size_t c = 0; c < r.equal.size(); ++c) {
-          r.left[c] = std::clamp<i64>(r.equal_left - before, 0, r.equal[c]);
-          before += r.equal[c];
-        }
+        r.left = tie_allowances(r.equal, r.equal_left);
       }
       break;
     case Stage::norms: break;

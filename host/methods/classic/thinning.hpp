@@ -23,6 +23,10 @@ struct ThinningSpec {
   std::vector<std::int64_t> shape;     ///< DELLA's rows (empty: one row)
 };
 
+/// A selection's ties walked in index order: of `equal_left` elements at the threshold to keep,
+/// how many fall in each block, given how many each block holds (`equal`).
+std::vector<std::int64_t> tie_allowances(const std::vector<std::int64_t>& equal, std::int64_t equal_left);
+
 /// Task t's thinning in a combine.
 ThinningSpec thinning_spec(const CombineRecipe& recipe, const CombineInput& input, std::int64_t t);
 
