@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
 #include <cmath>
 #include <numeric>
 
@@ -75,7 +76,7 @@ std::vector<std::string> bundle_warnings(const BundleManifest& m) {
   std::vector<std::string> names, bases;
   for (const auto& t : m.tasks) names.push_back(t.name), bases.push_back(t.base_model_name_or_path);
   if (auto text = differing_base_models(names, bases); !text.empty()) out.push_back(std::move(text));
-  if (m.input_bytes != 0 && m.stored_bytes > m.input_bytes)
+  if (m.format_version == 1 && m.input_bytes != 0 && m.stored_bytes > m.input_bytes)
     out.push_back(fmt::format(
         "the bundle's tensors take {} in {}, {:.2f}× the {} of the tasks' own factors: a basis of "
         "{} for {} tasks stores more than keeping every adapter (a smaller --basis, or --dtype bf16 "
@@ -86,6 +87,42 @@ std::vector<std::string> bundle_warnings(const BundleManifest& m) {
 }
 
 namespace {
+
+// "rmm P=2" or "rank 4+0+3".
+std::string representation_text(const BundleModule& mod) {
+  if (mod.representation == Representation::rmm) return fmt::format("rmm P={}", mod.basis);
+  std::string kept;
+  for (const auto k : mod.kept_ranks) {
+    if (!kept.empty()) kept += '+';
+    kept += std::to_string(k);
+  }
+  return "rank " + kept;
+}
+
+// "2 rmm (P=1: 1, P=2: 1), 5 rank" — how many modules took each representation.
+std::string representation_counts(const BundleManifest& m) {
+  std::map<std::int64_t, std::size_t> rmm;
+  std::size_t rank = 0, rmm_total = 0;
+  for (const auto& mod : m.modules)
+    if (mod.representation == Representation::rank)
+      ++rank;
+    else
+      ++rmm[mod.basis], ++rmm_total;
+  std::string out;
+  if (rmm_total) {
+    out = fmt::format("{} rmm (", rmm_total);
+    bool first = true;
+    for (const auto& [p, count] : rmm) out += fmt::format("{}P={}: {}", first ? "" : ", ", p, count), first = false;
+    out += ")";
+  }
+  if (rank) out += fmt::format("{}{} rank", out.empty() ? "" : ", ", rank);
+  return out;
+}
+
+// Energy kept by an rmm module's basis; NaN for a rank module (no per-position basis).
+double energy(const BundleModule& mod, const std::vector<double>& spectrum) {
+  return mod.representation == Representation::rmm ? retained_energy(spectrum, mod.basis) : NAN;
+}
 
 // "storage: …" — bytes on disk beside the tasks' own factors where the bundle records them.
 std::string storage_line(const BundleManifest& m) {
@@ -103,8 +140,12 @@ std::string storage_line(const BundleManifest& m) {
 
 void print_bundle_report(const BundleManifest& m, const std::string& where, std::size_t top) {
   const auto overall = overall_delta_error(m);
-  fmt::print("RMM bundle {}: {} tasks, basis {}, {} modules, stored as {}\n", where, m.tasks.size(),
-             m.basis, m.modules.size(), dtype_name(m.dtype));
+  if (m.format_version == 1)
+    fmt::print("RMM bundle {}: {} tasks, basis {}, {} modules, stored as {}\n", where, m.tasks.size(),
+               m.basis, m.modules.size(), dtype_name(m.dtype));
+  else
+    fmt::print("bundle {} (method {}): {} tasks, {} modules: {}; stored as {}\n", where, m.method,
+               m.tasks.size(), m.modules.size(), representation_counts(m), dtype_name(m.dtype));
   if (!m.backend.empty()) fmt::print("computed on: {}\n", m.backend);
   fmt::print("{}\n", storage_line(m));
   fmt::print("\n{:<24} {:>14} {:>14} {:>14}\n", "task", "delta error", "worst module", "mean module");
@@ -120,26 +161,41 @@ void print_bundle_report(const BundleManifest& m, const std::string& where, std:
                m.modules.empty() ? 0.0 : sum / double(m.modules.size()));
   }
   std::vector<double> ea, eb;
-  for (const auto& mod : m.modules) {
-    ea.push_back(retained_energy(mod.spectrum_a, m.basis));
-    eb.push_back(retained_energy(mod.spectrum_b, m.basis));
+  for (const auto& mod : m.modules)
+    if (mod.representation == Representation::rmm) {
+      ea.push_back(energy(mod, mod.spectrum_a));
+      eb.push_back(energy(mod, mod.spectrum_b));
+    }
+  if (!ea.empty()) {
+    const auto sa = spread(ea), sb = spread(eb);
+    if (m.format_version == 1)
+      fmt::print("\nenergy kept by the basis (top {} of {} eigenvalues), min / median / max over modules:\n",
+                 m.basis, m.tasks.size());
+    else
+      fmt::print("\nenergy kept by the rmm modules' bases, min / median / max over those modules:\n");
+    fmt::print("  lora_A: {:.4f} / {:.4f} / {:.4f}\n  lora_B: {:.4f} / {:.4f} / {:.4f}\n", sa.min,
+               sa.median, sa.max, sb.min, sb.median, sb.max);
   }
-  const auto sa = spread(ea), sb = spread(eb);
-  fmt::print("\nenergy kept by the basis (top {} of {} eigenvalues), min / median / max over modules:\n",
-             m.basis, m.tasks.size());
-  fmt::print("  lora_A: {:.4f} / {:.4f} / {:.4f}\n  lora_B: {:.4f} / {:.4f} / {:.4f}\n", sa.min,
-             sa.median, sa.max, sb.min, sb.median, sb.max);
   const auto order = worst_first(m);
   const auto shown = std::min(top, order.size());
   if (shown == 0) return;
   fmt::print("\nworst modules (by their worst task's delta error):\n");
-  fmt::print("  {:<40} {:>5} {:>12} {:>10} {:>10}\n", "module", "rank", "delta error", "energy A",
-             "energy B");
+  if (m.format_version == 1) {
+    fmt::print("  {:<40} {:>5} {:>12} {:>10} {:>10}\n", "module", "rank", "delta error", "energy A",
+               "energy B");
+    for (std::size_t i = 0; i < shown; ++i) {
+      const auto* mod = order[i];
+      fmt::print("  {:<40} {:>5} {:>12.3e} {:>10.4f} {:>10.4f}\n", mod->path, mod->rank,
+                 max_of(mod->delta_error), energy(*mod, mod->spectrum_a), energy(*mod, mod->spectrum_b));
+    }
+    return;
+  }
+  fmt::print("  {:<40} {:>5} {:>12} {:>8}  {}\n", "module", "rank", "delta error", "storage",
+             "stored as");
   for (std::size_t i = 0; i < shown; ++i) {
     const auto* mod = order[i];
-    fmt::print("  {:<40} {:>5} {:>12.3e} {:>10.4f} {:>10.4f}\n", mod->path, mod->rank,
-               max_of(mod->delta_error), retained_energy(mod->spectrum_a, m.basis),
-               retained_energy(mod->spectrum_b, m.basis));
+    fmt::print("  {:<40} {:>5} {:>12.3e} {:>8.4f}  {}\n", mod->path, mod->rank, max_of(mod->delta_error),
+               mod->storage_ratio, representation_text(*mod));
   }
 }
 
@@ -157,10 +213,18 @@ nlohmann::ordered_json bundle_report_json(const BundleManifest& m, const std::st
   j["summary"]["warnings"] = bundle_warnings(m);
   for (std::size_t t = 0; t < m.tasks.size(); ++t) j["summary"]["delta_error"][m.tasks[t].name] = overall[t];
   j["summary"]["worst_modules"] = nlohmann::ordered_json::array();
-  for (const auto* mod : worst_first(m))
-    j["summary"]["worst_modules"].push_back({{"path", mod->path}, {"delta_error", max_of(mod->delta_error)},
-                                             {"energy_a", retained_energy(mod->spectrum_a, m.basis)},
-                                             {"energy_b", retained_energy(mod->spectrum_b, m.basis)}});
+  for (const auto* mod : worst_first(m)) {
+    nlohmann::ordered_json e{{"path", mod->path}, {"delta_error", max_of(mod->delta_error)},
+                             {"representation", representation_name(mod->representation)}};
+    if (mod->representation == Representation::rmm) {
+      e["basis"] = mod->basis;
+      e["energy_a"] = energy(*mod, mod->spectrum_a);
+      e["energy_b"] = energy(*mod, mod->spectrum_b);
+    } else {
+      e["kept_ranks"] = mod->kept_ranks;
+    }
+    j["summary"]["worst_modules"].push_back(std::move(e));
+  }
   j["manifest"] = nlohmann::ordered_json::parse(manifest_to_json(m));
   return j;
 }

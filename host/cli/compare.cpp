@@ -23,7 +23,7 @@ struct CompareArgs {
   std::uint64_t seed = 0;
   int threads = 0, gpu = 0;
   std::string device = "auto";
-  bool json = false;
+  bool json = false, no_stores = false;
 };
 
 // "ties" (both modes), "ties:separate", "svd", ...
@@ -86,6 +86,7 @@ void run_compare(const CompareArgs& args) {
   o.threads = args.threads;
   o.device = parse_device_option(args.device);
   o.gpu = args.gpu;
+  o.stores = !args.no_stores;
   o.progress = module_progress(false, "comparing");
   const auto r = compare_methods(o);
   if (!args.json) return print_table(r);
@@ -104,8 +105,9 @@ void run_compare(const CompareArgs& args) {
 void add_compare_command(CLI::App& app) {
   static CompareArgs args;
   auto* cmd = app.add_subcommand(
-      "compare", "Compare RMM at several basis sizes with the classic methods on one adapter set: "
-                 "per-task delta error and storage");
+      "compare", "Compare RMM at several basis sizes with the classic methods and the budgeted "
+                 "store (rank, auto at each RMM row's storage) on one adapter set: per-task delta "
+                 "error and storage");
   cmd->add_option("ADAPTER", args.adapters, "PEFT adapter folders (at least 2)")->required();
   cmd->add_option("--basis", args.basis, "RMM basis sizes, comma-separated (default: 1, n/4, n/2, n − 1)");
   cmd->add_option("--methods", args.methods,
@@ -118,6 +120,8 @@ void add_compare_command(CLI::App& app) {
   cmd->add_option("--threads", args.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--device", args.device, "RMM's device: cpu, cuda or auto");
   cmd->add_option("--gpu", args.gpu, "CUDA device index (default 0)")->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--no-stores", args.no_stores,
+                "leave out the rank and auto rows (each costs a store merge per RMM row)");
   cmd->add_flag("--json", args.json, "print the comparison as JSON");
   cmd->callback([] { run_compare(args); });
 }

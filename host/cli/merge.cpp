@@ -13,6 +13,7 @@
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
 #include "revmerge/rmm.hpp"
+#include "revmerge/store.hpp"
 #include "text_format.hpp"
 
 namespace revmerge::cli {
@@ -32,7 +33,8 @@ struct MergeArgs {
   double eps = 1e-8, tol = 1e-5, ram_r = 0.1, ram_alpha = 0.2;
   std::int64_t max_iter = 10;
   int threads = 0, gpu = 0;
-  std::string device = "auto", memory_budget;
+  std::string device = "auto", memory_budget, storage;
+  double max_error = 0;
   bool sequential = false;
   std::map<std::string, CLI::Option*> opt;
   bool given(const std::string& name) const { return opt.at(name)->count() > 0; }
@@ -44,6 +46,28 @@ std::filesystem::path output_folder(const MergeArgs& args, const MergeConfig& cf
   throw usage_error("--out: required (the folder to create)");
 }
 
+// Options the classic methods take and the bundle methods refuse.
+constexpr const char* kClassicOnly[] = {
+    "--weights", "--density", "--gamma", "--epsilon", "--select-topk", "--no-flatten", "--row-wise",
+    "--eps", "--tol", "--max-iter", "--ram-r", "--ram-alpha", "--scale", "--filter-wise",
+    "--lambda", "--t", "--mode", "--majority-sign", "--normalize", "--no-normalize", "--rescale",
+    "--no-rescale", "--seed", "--full-model"};
+
+// The output dtype: --dtype, else the config's, else none (the method's default).
+std::optional<DType> output_dtype(const MergeArgs& args, const MergeConfig& cfg) {
+  if (!args.given("--dtype") && !cfg.dtype) return std::nullopt;
+  return parse_float_dtype_option(args.given("--dtype") ? args.dtype : *cfg.dtype,
+                                  args.given("--dtype") ? "--dtype" : cfg.file + ": 'dtype'");
+}
+
+void report_bundle(const MergeArgs& args, const BundleManifest& manifest, const std::filesystem::path& out) {
+  for (const auto& w : bundle_warnings(manifest)) print_warning(w);
+  if (args.json)
+    std::cout << bundle_report_json(manifest, out.string()).dump(1) << "\n";
+  else if (!args.quiet)
+    print_bundle_report(manifest, out.string(), 5);
+}
+
 void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSource> tasks) {
   // Full fine-tunes (model folders) are compressed to --rank against --base as they are read.
   std::size_t models = 0;
@@ -53,13 +77,12 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   if (models != 0 && models != tasks.size())
     throw usage_error("the inputs mix PEFT adapters and full models; merge one kind at a time");
   const bool full = models > 0;
-  for (const char* o : {"--weights", "--density", "--gamma", "--epsilon", "--select-topk",
-                        "--no-flatten", "--row-wise", "--eps", "--tol", "--max-iter",
-                        "--ram-r", "--ram-alpha", "--scale", "--filter-wise",
-                        "--lambda", "--t", "--mode", "--majority-sign",
-                        "--normalize", "--no-normalize", "--rescale", "--no-rescale", "--seed",
-                        "--full-model"})
+  for (const char* o : kClassicOnly)
     if (args.given(o)) throw usage_error(std::string(o) + ": not an option of --method rmm");
+  for (const char* o : {"--storage", "--max-error"})
+    if (args.given(o))
+      throw usage_error(std::string(o) + ": not an option of --method rmm (it is one of --method "
+                        "auto's and rank's)");
   if (!full)
     for (const char* o : {"--rank", "--base"})
       if (args.given(o))
@@ -81,9 +104,7 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   o.tasks = std::move(tasks);
   o.basis = args.given("--basis") ? args.basis : *cfg.basis;
   o.out = output_folder(args, cfg);
-  if (args.given("--dtype") || cfg.dtype)
-    o.dtype = parse_float_dtype_option(args.given("--dtype") ? args.dtype : *cfg.dtype,
-                                       args.given("--dtype") ? "--dtype" : cfg.file + ": 'dtype'");
+  o.dtype = output_dtype(args, cfg);
   o.overwrite = args.force;
   o.recipe = output_recipe(cfg.file, cfg.text);
   o.threads = args.threads;
@@ -102,11 +123,38 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   } else {
     manifest = merge_rmm(o);
   }
-  for (const auto& w : bundle_warnings(manifest)) print_warning(w);
-  if (args.json)
-    std::cout << bundle_report_json(manifest, o.out.string()).dump(1) << "\n";
-  else if (!args.quiet)
-    print_bundle_report(manifest, o.out.string(), 5);
+  report_bundle(args, manifest, o.out);
+}
+
+// --method auto | rank: the budgeted store (bundle version 2).
+void run_store(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSource> tasks,
+               const std::string& method) {
+  for (const char* o : kClassicOnly)
+    if (args.given(o)) throw usage_error(std::string(o) + ": not an option of --method " + method);
+  for (const char* o : {"--rank", "--base", "--sequential", "--memory-budget", "--allow-nonfinite"})
+    if (args.given(o)) throw usage_error(std::string(o) + ": not an option of --method " + method);
+  if (!cfg.slices.empty() || !cfg.tensor_parameters.empty())
+    throw usage_error(cfg.file + ": per-tensor parameters and 'slices' are not options of --method " + method);
+  for (const auto& t : tasks)
+    if (!std::filesystem::exists(t.adapter / kAdapterConfigName))
+      throw usage_error(t.adapter.string() + ": --method " + method +
+                        " stores PEFT adapters (no adapter_config.json here)");
+  StoreMergeOptions o;
+  o.method = method == "rank" ? StoreMethod::rank : StoreMethod::automatic;
+  o.tasks = std::move(tasks);
+  if (args.given("--storage")) o.storage = parse_storage_budget(args.storage, "--storage");
+  if (args.given("--max-error")) o.max_error = args.max_error;
+  if (args.given("--basis") || cfg.basis) o.rmm_basis = {args.given("--basis") ? args.basis : *cfg.basis};
+  o.out = output_folder(args, cfg);
+  o.dtype = output_dtype(args, cfg);
+  o.overwrite = args.force;
+  o.recipe = output_recipe(cfg.file, cfg.text);
+  o.threads = args.threads;
+  o.device = parse_device_option(args.device);
+  o.gpu = args.gpu;
+  o.progress = module_progress(args.quiet || args.json, "storing");
+  const auto manifest = merge_store(o);
+  report_bundle(args, manifest, o.out);
 }
 
 // A per-task parameter from a config: each task's own value, else the config's value for all,
@@ -126,6 +174,8 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   if (args.given("--basis") || cfg.basis) throw usage_error("--basis: an option of --method rmm only");
   if (args.given("--sequential"))
     throw usage_error("--sequential: an option of --method rmm (the streamed pipeline) only");
+  for (const char* o : {"--storage", "--max-error"})
+    if (args.given(o)) throw usage_error(std::string(o) + ": an option of --method auto and rank only");
   if (args.device != "auto" && args.device != "cpu")
     throw usage_error("--device " + args.device +
                       ": the classic methods run on the CPU in this version (RMM runs on the GPU)");
@@ -184,9 +234,7 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   if (args.given("--base")) o.base = args.base; else if (cfg.base) o.base = *cfg.base;
   o.full_model = args.full_model;
   o.out = output_folder(args, cfg);
-  if (args.given("--dtype") || cfg.dtype)
-    o.dtype = parse_float_dtype_option(args.given("--dtype") ? args.dtype : *cfg.dtype,
-                                       args.given("--dtype") ? "--dtype" : cfg.file + ": 'dtype'");
+  o.dtype = output_dtype(args, cfg);
   o.overwrite = args.force;
   o.recipe = output_recipe(cfg.file, cfg.text);
   o.allow_nonfinite = args.allow_nonfinite;
@@ -224,6 +272,8 @@ void run_merge(const MergeArgs& args) {
   const auto method = args.given("--method") ? args.method : cfg.method.value_or(args.method);
   if (method == "rmm")
     run_rmm(args, cfg, std::move(tasks));
+  else if (method == "auto" || method == "rank")
+    run_store(args, cfg, std::move(tasks), method);
   else
     run_classic(args, cfg, std::move(tasks), method);
 }
@@ -240,11 +290,19 @@ void add_merge_command(CLI::App& app) {
                   "PEFT adapter folders (or, for the classic methods, full model folders); each "
                   "task is named after its folder");
   opt["--method"] = cmd->add_option("--method", args.method,
-      "rmm (default), linear, task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune, "
-      "cat, svd, slerp, nearswap, model_stock, breadcrumbs, breadcrumbs_ties, della, "
+      "rmm (default), auto (per module the best of RMM and each task's own truncation under "
+      "--storage), rank (truncations only), linear, task_arithmetic, ties, dare_linear, "
+      "dare_ties, magnitude_prune, cat, svd, slerp, nearswap, model_stock, breadcrumbs, breadcrumbs_ties, della, "
       "della_linear, sce, nuslerp, multislerp, karcher, ram, ramplus_tl, arcee_fusion, "
       "passthrough");
-  opt["--basis"] = cmd->add_option("--basis,-p", args.basis, "RMM basis size P, 1 .. n − 1");
+  opt["--basis"] = cmd->add_option("--basis,-p", args.basis,
+      "RMM basis size P, 1 .. n − 1 (auto: the one P it weighs; default 1, 2, 4, … below n)");
+  opt["--storage"] = cmd->add_option("--storage", args.storage,
+      "auto, rank: what the bundle may store, as a fraction of the adapters' numbers (0.25, "
+      "25%) or a size in the stored dtype (2GiB)");
+  opt["--max-error"] = cmd->add_option("--max-error", args.max_error,
+      "auto, rank instead of --storage: the largest relative delta error any task may have in "
+      "any module; each module stored as cheaply as that allows");
   opt["--out"] = cmd->add_option("--out,-o", args.out, "folder to create (bundle, adapter or model)");
   cmd->add_option("--config", args.config,
                   "YAML/JSON file naming the tasks (revmerge's tasks: [{name, adapter}] or "
@@ -310,7 +368,7 @@ void add_merge_command(CLI::App& app) {
   cmd->add_option("--threads", args.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--device", args.device, "cpu, cuda or auto (default: cuda when a GPU is usable)");
   cmd->add_option("--gpu", args.gpu, "CUDA device index (default 0)")->check(CLI::NonNegativeNumber);
-  cmd->add_flag("--allow-nonfinite", args.allow_nonfinite,
+  opt["--allow-nonfinite"] = cmd->add_flag("--allow-nonfinite", args.allow_nonfinite,
                 "RMM: merge adapters holding NaN or Inf instead of refusing them (the affected "
                 "positions come out non-finite)");
   opt["--memory-budget"] = cmd->add_option("--memory-budget", args.memory_budget,

@@ -18,6 +18,19 @@ std::int64_t BundleManifest::task_index(const std::string& name) const {
   return -1;
 }
 
+const char* representation_name(Representation r) noexcept {
+  return r == Representation::rank ? "rank" : "rmm";
+}
+
+std::int64_t BundleModule::stored_numbers(std::int64_t n) const {
+  if (representation == Representation::rank) {
+    std::int64_t k = 0;
+    for (const auto x : kept_ranks) k += x;
+    return k * (in + out);
+  }
+  return (in + out) * (basis * (rank + n) + rank);
+}
+
 std::string bundle_tensor_name(const std::string& module_path, const char* side, const char* part) {
   return module_path + "." + side + "." + part;
 }
@@ -40,14 +53,30 @@ std::string manifest_to_json(const BundleManifest& m) {
                           {"base_model_name_or_path", t.base_model_name_or_path},
                           {"task_type", t.task_type}});
   j["modules"] = ojson::array();
-  for (const auto& mod : m.modules)
-    j["modules"].push_back({{"path", mod.path}, {"layer", mod.layer}, {"name", mod.name},
-                            {"in", mod.in}, {"out", mod.out}, {"rank", mod.rank},
-                            {"task_ranks", mod.task_ranks}, {"storage_ratio", mod.storage_ratio},
-                            {"factor_error_a", mod.factor_error_a},
-                            {"factor_error_b", mod.factor_error_b},
-                            {"delta_error", mod.delta_error}, {"delta_norm", mod.delta_norm},
-                            {"spectrum_a", mod.spectrum_a}, {"spectrum_b", mod.spectrum_b}});
+  for (const auto& mod : m.modules) {
+    ojson e{{"path", mod.path}, {"layer", mod.layer}, {"name", mod.name},
+            {"in", mod.in}, {"out", mod.out}, {"rank", mod.rank},
+            {"task_ranks", mod.task_ranks}};
+    if (m.format_version >= 2) {
+      e["representation"] = representation_name(mod.representation);
+      if (mod.representation == Representation::rmm)
+        e["basis"] = mod.basis;
+      else
+        e["kept_ranks"] = mod.kept_ranks;
+    }
+    e["storage_ratio"] = mod.storage_ratio;
+    if (mod.representation == Representation::rmm) {
+      e["factor_error_a"] = mod.factor_error_a;
+      e["factor_error_b"] = mod.factor_error_b;
+    }
+    e["delta_error"] = mod.delta_error;
+    e["delta_norm"] = mod.delta_norm;
+    if (mod.representation == Representation::rmm) {
+      e["spectrum_a"] = mod.spectrum_a;
+      e["spectrum_b"] = mod.spectrum_b;
+    }
+    j["modules"].push_back(std::move(e));
+  }
   return j.dump(1) + "\n";
 }
 
@@ -86,12 +115,14 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
     throw format_error(file + ": not a revmerge bundle manifest (format is not 'revmerge-bundle')");
   BundleManifest m;
   m.format_version = field<int>(j, "format_version", file);
-  if (m.format_version != kBundleFormatVersion)
+  if (m.format_version < 1 || m.format_version > kBundleFormatVersion)
     throw unsupported_error(file + ": bundle format_version " + std::to_string(m.format_version) +
-                            " is not supported (this revmerge reads version " +
+                            " is not supported (this revmerge reads versions 1 to " +
                             std::to_string(kBundleFormatVersion) + ")");
+  const bool v1 = m.format_version == 1;
   m.method = field<std::string>(j, "method", file);
-  if (m.method != "rmm") throw unsupported_error(file + ": bundle method '" + m.method + "' is not supported");
+  if (m.method != "rmm" && (v1 || (m.method != "auto" && m.method != "rank")))
+    throw unsupported_error(file + ": bundle method '" + m.method + "' is not supported");
   m.basis = field<std::int64_t>(j, "basis", file);
   const auto dt = parse_dtype(field<std::string>(j, "dtype", file));
   if (!dt || !is_float_dtype(*dt)) throw format_error(file + ": field 'dtype' is not a float dtype");
@@ -112,7 +143,7 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
   }
   const auto n = static_cast<std::int64_t>(m.tasks.size());
   if (n < 2) throw format_error(file + ": a bundle holds at least 2 tasks, this one " + std::to_string(n));
-  if (m.basis < 1 || m.basis >= n)
+  if (v1 && (m.basis < 1 || m.basis >= n))
     throw format_error(file + ": basis " + std::to_string(m.basis) + " is outside 1 .. " + std::to_string(n - 1));
   for (const auto& mj : field<nlohmann::json>(j, "modules", file)) {
     BundleModule mod;
@@ -125,17 +156,35 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
     mod.rank = field<std::int64_t>(mj, "rank", where);
     mod.task_ranks = field<std::vector<std::int64_t>>(mj, "task_ranks", where);
     mod.storage_ratio = field<double>(mj, "storage_ratio", where);
-    mod.factor_error_a = numbers(mj, "factor_error_a", where);
-    mod.factor_error_b = numbers(mj, "factor_error_b", where);
+    mod.basis = m.basis;
+    if (!v1) {
+      const auto rep = field<std::string>(mj, "representation", where);
+      if (rep == "rank")
+        mod.representation = Representation::rank;
+      else if (rep != "rmm")
+        throw unsupported_error(where + ": representation '" + rep + "' is not supported (rmm, rank)");
+    }
+    const bool rmm = mod.representation == Representation::rmm;
+    if (rmm) {
+      if (!v1) mod.basis = field<std::int64_t>(mj, "basis", where);
+      if (mod.basis < 1 || mod.basis >= n)
+        throw format_error(where + ": basis " + std::to_string(mod.basis) + " is outside 1 .. " +
+                           std::to_string(n - 1));
+      mod.factor_error_a = numbers(mj, "factor_error_a", where);
+      mod.factor_error_b = numbers(mj, "factor_error_b", where);
+      mod.spectrum_a = numbers(mj, "spectrum_a", where);
+      mod.spectrum_b = numbers(mj, "spectrum_b", where);
+    } else {
+      mod.basis = 0;
+      mod.kept_ranks = field<std::vector<std::int64_t>>(mj, "kept_ranks", where);
+    }
     mod.delta_error = numbers(mj, "delta_error", where);
     mod.delta_norm = numbers(mj, "delta_norm", where);
-    mod.spectrum_a = numbers(mj, "spectrum_a", where);
-    mod.spectrum_b = numbers(mj, "spectrum_b", where);
     if (mod.in < 1 || mod.out < 1 || mod.rank < 1)
       throw format_error(where + ": in, out and rank must be positive");
     for (const auto* v : {&mod.factor_error_a, &mod.factor_error_b, &mod.delta_error,
                           &mod.delta_norm, &mod.spectrum_a, &mod.spectrum_b})
-      if (static_cast<std::int64_t>(v->size()) != n)
+      if ((rmm || !v->empty()) && static_cast<std::int64_t>(v->size()) != n)
         throw format_error(where + ": per-task lists must have " + std::to_string(n) + " entries");
     if (static_cast<std::int64_t>(mod.task_ranks.size()) != n)
       throw format_error(where + ": task_ranks must have " + std::to_string(n) + " entries");
@@ -143,6 +192,15 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
       if (rank < 1 || rank > mod.rank)
         throw format_error(where + ": task rank " + std::to_string(rank) + " is outside 1 .. " +
                            std::to_string(mod.rank) + " (the module's rank)");
+    if (!rmm) {
+      if (static_cast<std::int64_t>(mod.kept_ranks.size()) != n)
+        throw format_error(where + ": kept_ranks must have " + std::to_string(n) + " entries");
+      for (std::int64_t t = 0; t < n; ++t)
+        if (mod.kept_ranks[t] < 0 || mod.kept_ranks[t] > mod.task_ranks[t])
+          throw format_error(where + ": kept rank " + std::to_string(mod.kept_ranks[t]) +
+                             " of task " + std::to_string(t) + " is outside 0 .. " +
+                             std::to_string(mod.task_ranks[t]) + " (its rank)");
+    }
     m.modules.push_back(std::move(mod));
   }
   return m;
@@ -155,21 +213,31 @@ Bundle::Bundle(const fs::path& dir) : dir_(dir) {
     throw io_error(dir.string() + ": no " + kBundleManifestName + " (not a revmerge bundle)");
   manifest_ = parse_manifest(read_text_file(manifest_path), manifest_path.string());
   tensors_ = std::make_unique<SafetensorsFile>(dir / kBundleTensorsName);
-  const auto n = static_cast<std::int64_t>(manifest_.tasks.size()), p = manifest_.basis;
-  for (const auto& mod : manifest_.modules)
+  const auto n = static_cast<std::int64_t>(manifest_.tasks.size());
+  const auto check = [&](const std::string& name, const std::vector<std::int64_t>& shape) {
+    const auto* t = tensors_->find(name);
+    if (t == nullptr)
+      throw format_error(tensors_->path().string() + ": tensor '" + name + "' is missing");
+    if (t->shape != shape || !is_float_dtype(t->dtype))
+      throw format_error(tensors_->path().string() + ": tensor '" + name +
+                         "' does not have the float shape the manifest implies");
+  };
+  for (const auto& mod : manifest_.modules) {
+    if (mod.representation == Representation::rank) {
+      std::int64_t k = 0;
+      for (const auto x : mod.kept_ranks) k += x;
+      if (k == 0) continue;  // every task's delta dropped: nothing stored
+      check(bundle_tensor_name(mod.path, "lora_A", "factors"), {k, mod.in});
+      check(bundle_tensor_name(mod.path, "lora_B", "factors"), {mod.out, k});
+      continue;
+    }
+    const auto p = mod.basis;
     for (const auto& [side, m] : {std::pair{"lora_A", mod.in}, std::pair{"lora_B", mod.out}}) {
       const std::pair<const char*, std::vector<std::int64_t>> parts[] = {
           {"mean", {m, mod.rank}}, {"basis", {m, mod.rank, p}}, {"coef", {m, p, n}}};
-      for (const auto& [part, shape] : parts) {
-        const auto name = bundle_tensor_name(mod.path, side, part);
-        const auto* t = tensors_->find(name);
-        if (t == nullptr)
-          throw format_error(tensors_->path().string() + ": tensor '" + name + "' is missing");
-        if (t->shape != shape || !is_float_dtype(t->dtype))
-          throw format_error(tensors_->path().string() + ": tensor '" + name +
-                             "' does not have the float shape the manifest implies");
-      }
+      for (const auto& [part, shape] : parts) check(bundle_tensor_name(mod.path, side, part), shape);
     }
+  }
 }
 
 }  // namespace revmerge

@@ -2,8 +2,6 @@
 // task against the task's own adapter.
 #include "revmerge/compare.hpp"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <random>
@@ -11,8 +9,10 @@
 
 #include "core/atomic_output.hpp"
 #include "methods/adapter_set.hpp"
+#include "methods/lowrank/refactor.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
+#include "revmerge/store.hpp"
 
 namespace fs = std::filesystem;
 
@@ -20,36 +20,6 @@ namespace revmerge {
 namespace {
 
 using i64 = std::int64_t;
-
-// One term c·B·A of a low-rank sum.
-struct Term {
-  const std::vector<float>* b;
-  const std::vector<float>* a;
-  i64 rank;
-  double c;
-};
-
-// ‖Σ c_k B_k A_k‖_F² = ⟨UᵀU, VVᵀ⟩ for U = [c_1B_1 …] (out × K) and V = [A_1; …] (K × in):
-// two K × K Grams, never an out × in matrix.
-double lowrank_norm_sq(const std::vector<Term>& terms, i64 out, i64 in) {
-  i64 k = 0;
-  for (const auto& t : terms) k += t.rank;
-  std::vector<double> u(static_cast<std::size_t>(out * k)), v(static_cast<std::size_t>(k * in));
-  i64 at = 0;
-  for (const auto& t : terms)
-    for (i64 p = 0; p < t.rank; ++p, ++at) {
-      for (i64 o = 0; o < out; ++o) u[o * k + at] = t.c * (*t.b)[o * t.rank + p];
-      for (i64 i = 0; i < in; ++i) v[at * in + i] = (*t.a)[p * in + i];
-    }
-  std::vector<double> gu(static_cast<std::size_t>(k * k)), gv(static_cast<std::size_t>(k * k));
-  cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, k, out, 1.0, u.data(), k, u.data(), k,
-              0.0, gu.data(), k);
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, k, k, in, 1.0, v.data(), in, v.data(), in,
-              0.0, gv.data(), k);
-  double total = 0;
-  for (std::size_t j = 0; j < gu.size(); ++j) total += gu[j] * gv[j];
-  return std::max(total, 0.0);
-}
 
 // The tasks' own factors, module by module (plan order), read once for every row.
 std::vector<std::vector<TaskFactors>> read_tasks(const AdapterSet& set) {
@@ -84,9 +54,9 @@ CompareRow measure_adapter(const std::string& label, const fs::path& merged, con
     for (std::size_t t = 0; t < n; ++t) {
       const auto& tm = tasks[m][t];
       raw += double(tm.rank) * double(pm.in + pm.out);
-      num[t] += lowrank_norm_sq({{&b, &a, om->rank, om->scale}, {&tm.b, &tm.a, tm.rank, -tm.scale}},
+      num[t] += lowrank_norm_sq({{b, a, om->rank, om->scale}, {tm.b, tm.a, tm.rank, -tm.scale}},
                                 pm.out, pm.in);
-      den[t] += lowrank_norm_sq({{&tm.b, &tm.a, tm.rank, tm.scale}}, pm.out, pm.in);
+      den[t] += lowrank_norm_sq({{tm.b, tm.a, tm.rank, tm.scale}}, pm.out, pm.in);
     }
   }
   return make_row(label, stored / raw, num, den);
@@ -142,7 +112,7 @@ CompareReport compare_methods(const CompareOptions& o) {
 
   CompareReport report;
   for (const auto& t : o.tasks) report.tasks.push_back(t.name);
-  const std::size_t rows = basis.size() + methods.size();
+  const std::size_t rows = basis.size() + methods.size() + (o.stores ? 2 * basis.size() : 0);
   auto starting = [&](const std::string& label) {
     if (o.progress) o.progress(report.rows.size(), rows, label);
   };
@@ -187,6 +157,25 @@ CompareReport compare_methods(const CompareOptions& o) {
     report.rows.push_back(measure_adapter(label, c.out, set, tasks));
     report.rows.back().weights = c.weights;
   }
+  // The budgeted store at each RMM row's storage: each task's own truncation alone, and auto.
+  if (o.stores)
+    for (std::size_t b = 0; b < basis.size(); ++b) {
+      const double storage = std::min(report.rows[b].storage, 1.0);
+      for (const auto method : {StoreMethod::rank, StoreMethod::automatic}) {
+        const std::string label = std::string(method == StoreMethod::rank ? "rank" : "auto") +
+                                  " at rmm P=" + std::to_string(basis[b]) + "'s storage";
+        starting(label);
+        StoreMergeOptions s;
+        s.tasks = o.tasks;
+        s.method = method;
+        s.storage.fraction = storage;
+        s.out = scratch / ("store-" + std::to_string(b) + (method == StoreMethod::rank ? "-rank" : "-auto"));
+        s.threads = o.threads;
+        s.device = o.device;
+        s.gpu = o.gpu;
+        report.rows.push_back(measure_bundle(label, merge_store(s)));
+      }
+    }
   if (o.progress) o.progress(rows, rows, "");
   for (auto& row : report.rows) {
     if (!row.note.empty()) continue;

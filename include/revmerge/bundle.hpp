@@ -1,8 +1,9 @@
 #pragma once
 /// \file
-/// The reversible bundle: a folder with `bundle.safetensors` (per module and side, the mean,
-/// basis and coefficients RMM stores) and `manifest.json` (what was merged, how, and how well).
-/// docs/bundle.md specifies both so that Python with `safetensors` alone can revert a task.
+/// The reversible bundle: a folder with `bundle.safetensors` (per module, the tensors of the
+/// module's representation: RMM's mean, basis and coefficients per side, or each task's own
+/// truncated factors) and `manifest.json` (what was merged, how, and how well). docs/bundle.md
+/// specifies both so that Python with `safetensors` alone can revert a task.
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -15,7 +16,14 @@ namespace revmerge {
 
 inline constexpr const char* kBundleTensorsName = "bundle.safetensors";
 inline constexpr const char* kBundleManifestName = "manifest.json";
-inline constexpr int kBundleFormatVersion = 1;
+/// Version 1: every module RMM with the bundle's one p. Version 2: a representation per module
+/// (written by `--method auto` and `rank`; `--method rmm` still writes version 1).
+inline constexpr int kBundleFormatVersion = 2;
+
+/// How one module keeps its n tasks: RMM per position (mean, basis, coefficients per side), or
+/// each task's ΔW_i = B_iA_i truncated to its own rank k_i (B'_i = U Σ, A'_i = Vᵀ).
+enum class Representation { rmm, rank };
+const char* representation_name(Representation r) noexcept;
 
 /// One merged task.
 struct BundleTask {
@@ -34,19 +42,26 @@ struct BundleModule {
   std::int64_t rank = 0;               ///< r: the largest task rank; smaller ones zero-padded
   std::vector<std::int64_t> task_ranks;
   double storage_ratio = 0;            ///< stored numbers / the tasks' own A and B numbers
+  Representation representation = Representation::rmm;
+  std::int64_t basis = 0;                ///< rmm: this module's p
+  std::vector<std::int64_t> kept_ranks;  ///< rank: per task k_i (0: the task's delta dropped)
+  /// rmm only (empty for rank modules, whose factors live in another basis than the task's):
   std::vector<double> factor_error_a;  ///< ‖Â_i − A_i‖_F / ‖A_i‖_F
   std::vector<double> factor_error_b;  ///< ‖B̂_i − B_i‖_F / ‖B_i‖_F (scale folded into B)
   std::vector<double> delta_error;     ///< ‖B̂_iÂ_i − B_iA_i‖_F / ‖B_iA_i‖_F
   std::vector<double> delta_norm;      ///< ‖B_iA_i‖_F (scale folded), to weigh modules
   std::vector<double> spectrum_a;      ///< Σ over positions of each eigenvalue, descending
   std::vector<double> spectrum_b;
+
+  /// Numbers stored for this module: rmm (in + out)(p(r + n) + r), rank Σ k_i (in + out).
+  std::int64_t stored_numbers(std::int64_t tasks) const;
 };
 
 /// The manifest: everything about a bundle except its tensors.
 struct BundleManifest {
-  int format_version = kBundleFormatVersion;
-  std::string method = "rmm";
-  std::int64_t basis = 0;  ///< p
+  int format_version = 1;
+  std::string method = "rmm";  ///< "rmm" (version 1), "auto" or "rank" (version 2)
+  std::int64_t basis = 0;  ///< p of a version 1 bundle (every module's); 0 in version 2
   DType dtype = DType::F32;
   std::vector<BundleTask> tasks;
   std::vector<BundleModule> modules;
@@ -62,7 +77,8 @@ struct BundleManifest {
 };
 
 /// Tensor names of a module's stored factors: side is "lora_A" or "lora_B", part is "mean",
-/// "basis" or "coef".
+/// "basis" or "coef" (rmm), or "factors" (rank: the tasks' truncated factors stacked, A' as
+/// Σk × in, B' as out × Σk, task i's at offset Σ_{j<i} k_j).
 std::string bundle_tensor_name(const std::string& module_path, const char* side, const char* part);
 
 std::string manifest_to_json(const BundleManifest& m);

@@ -1,7 +1,7 @@
 #pragma once
 /// \file
 /// The comparison behind the RMM paper's argument: on one set of adapters, RMM at several basis
-/// sizes against every classic method, per task — how far each task's delta moves
+/// sizes against every classic method and the budgeted store at RMM's storage, per task — how far each task's delta moves
 /// (‖ΔŴ_i − ΔW_i‖_F / ‖ΔW_i‖_F over all modules) and what is stored relative to keeping all
 /// adapters.
 #include <cstdint>
@@ -31,6 +31,8 @@ struct CompareOptions {
   std::vector<double> weights;
   double density = 0.5;                   ///< TIES, DARE, magnitude pruning
   std::uint64_t seed = 0;                 ///< DARE
+  /// Also the budgeted store (store.hpp) at each RMM row's storage: `rank` and `auto` rows.
+  bool stores = true;
   int threads = 0;
   Device device = Device::automatic;      ///< RMM's backend
   int gpu = 0;
@@ -39,7 +41,7 @@ struct CompareOptions {
 };
 
 struct CompareRow {
-  std::string label;                ///< "rmm P=2", "ties (separate)", ...
+  std::string label;                ///< "rmm P=2", "ties (separate)", "auto at rmm P=2's storage", ...
   double storage = 0;               ///< stored numbers / all the tasks' adapter numbers
   std::vector<double> task_error;   ///< per task, in task order
   double mean_error = 0;

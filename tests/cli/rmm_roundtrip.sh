@@ -56,4 +56,19 @@ expect_error "--task: 'nope' is not in" "$revmerge" revert "$work/bundle" --task
 "$revmerge" revert "$work/bundle" --all --out "$work/all" >/dev/null
 [ "$(ls "$work/all" | wc -l)" -eq 8 ] || fail "--all wrote $(ls "$work/all" | wc -l) tasks"
 grep -q "worst modules" <<<"$("$revmerge" inspect "$work/bundle" --top 3)" || fail "inspect"
+
+# The budgeted store: auto under a quarter of the numbers, reverted and inspected.
+"$revmerge" merge --method auto --storage 25% --device cpu --out "$work/auto" "${adapters[@]}" >"$work/auto.txt"
+grep -Eq "bundle .* \(method auto\): 8 tasks, 14 modules: .*; stored as F32" "$work/auto.txt" || { cat "$work/auto.txt"; fail "auto header"; }
+grep -q '"format_version": 2' "$work/auto/manifest.json" || fail "auto writes format version 2"
+ratio=$(python3 -c "import json; print(json.load(open('$work/auto/manifest.json'))['storage_ratio'])")
+python3 -c "import sys; sys.exit(0 if $ratio <= 0.25 else 1)" || fail "auto stored $ratio of the numbers, above 0.25"
+"$revmerge" revert "$work/auto" --task qa --out "$work/auto-qa" >/dev/null
+grep -q "r: 16   lora_alpha: 16" <<<"$("$revmerge" info "$work/auto-qa")" || fail "reverted rank-module adapter config"
+grep -q "stored as" <<<"$("$revmerge" inspect "$work/auto" --top 3)" || fail "inspect of a version 2 bundle"
+expect_error "--storage '2 parsecs'" "$revmerge" merge --method auto --storage "2 parsecs" --out "$work/a2" "${adapters[@]}"
+expect_error "--storage '1.5': a fraction above 1" "$revmerge" merge --method rank --storage 1.5 --out "$work/a2" "${adapters[@]}"
+expect_error "give either --storage .a budget. or --max-error" "$revmerge" merge --method auto --out "$work/a2" "${adapters[@]}"
+expect_error "--storage: not an option of --method rmm" "$revmerge" merge --basis 1 --storage 0.5 --out "$work/a2" "${adapters[@]}"
+[ ! -e "$work/a2" ] || fail "output written after a bad budget"
 echo "rmm round trip: ok"

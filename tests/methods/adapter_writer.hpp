@@ -60,6 +60,26 @@ inline WrittenAdapter write_adapter(const std::filesystem::path& dir, int r, dou
   return w;
 }
 
+/// An adapter folder holding the given factors (A rank × in, B out × rank per module path),
+/// lora_alpha = r so that every scale is 1.
+inline void write_adapter_factors(const std::filesystem::path& dir, int r,
+                                  const std::vector<ModuleSpec>& modules,
+                                  const std::map<std::string, std::vector<float>>& a,
+                                  const std::map<std::string, std::vector<float>>& b) {
+  std::filesystem::create_directories(dir);
+  std::vector<TensorData> tensors;
+  for (const auto& m : modules) {
+    tensors.push_back({{"base_model.model." + m.path + ".lora_A.weight", DType::F32, {m.rank, m.in}},
+                       std::as_bytes(std::span(a.at(m.path)))});
+    tensors.push_back({{"base_model.model." + m.path + ".lora_B.weight", DType::F32, {m.out, m.rank}},
+                       std::as_bytes(std::span(b.at(m.path)))});
+  }
+  write_safetensors(dir / kAdapterWeightsName, tensors);
+  write_bytes(dir / kAdapterConfigName,
+              "{\"peft_type\": \"LORA\", \"r\": " + std::to_string(r) + ", \"lora_alpha\": " +
+                  std::to_string(r) + ", \"target_modules\": [\"q_proj\", \"v_proj\"]}");
+}
+
 /// ΔW = s · B A in double.
 inline std::vector<double> dense_delta(const std::vector<float>& a, const std::vector<float>& b,
                                        std::int64_t r, std::int64_t in, std::int64_t out, double s) {

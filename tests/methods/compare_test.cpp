@@ -23,7 +23,7 @@ TEST(Compare, RowsMatchDenseArithmetic) {
                {ClassicMethod::task_arithmetic, LoraMergeMode::combined}};
   o.device = Device::cpu;
   const auto r = compare_methods(o);
-  ASSERT_EQ(r.rows.size(), 5u);
+  ASSERT_EQ(r.rows.size(), 9u);
   EXPECT_EQ(r.rows[0].label, "rmm P=1");
   EXPECT_EQ(r.rows[1].label, "rmm P=2");
   for (const auto e : r.rows[1].task_error) EXPECT_LT(e, 1e-5);  // P = n − 1 is exact
@@ -53,6 +53,16 @@ TEST(Compare, RowsMatchDenseArithmetic) {
   // Task arithmetic on the products, re-compressed, is the svd method.
   for (int t = 0; t < 3; ++t) EXPECT_NEAR(r.rows[3].task_error[t], r.rows[4].task_error[t], 1e-6);
   EXPECT_NEAR(r.rows[3].storage, 1.0 / 3, 1e-12);
+  // The budgeted store at each RMM row's storage (P = 2 stores more than the adapters: 1).
+  EXPECT_EQ(r.rows[5].label, "rank at rmm P=1's storage");
+  EXPECT_EQ(r.rows[6].label, "auto at rmm P=1's storage");
+  EXPECT_EQ(r.rows[8].label, "auto at rmm P=2's storage");
+  for (int i = 5; i < 9; ++i) EXPECT_LE(r.rows[i].storage, std::min(r.rows[(i - 5) / 2].storage, 1.0) + 1e-12);
+  // auto weighs RMM at P = 1 among its options, so it is no worse at that storage.
+  double rmm = 0, aut = 0;
+  for (int t = 0; t < 3; ++t) rmm += std::pow(r.rows[0].task_error[t], 2), aut += std::pow(r.rows[6].task_error[t], 2);
+  EXPECT_LE(aut, rmm * 1.01);
+  for (const auto e : r.rows[8].task_error) EXPECT_LT(e, 1e-5);  // everything stored: exact
 }
 
 }  // namespace

@@ -46,6 +46,28 @@ Svd svd(std::vector<double> a, i64 m, i64 n) {
 
 }  // namespace
 
+// ‖Σ c_k B_k A_k‖_F² = ⟨UᵀU, VVᵀ⟩ for U = [c_1B_1 …] (out × K) and V = [A_1; …] (K × in).
+double lowrank_norm_sq(const std::vector<LowRankTerm>& terms, i64 out, i64 in) {
+  i64 k = 0;
+  for (const auto& t : terms) k += t.rank;
+  if (k == 0) return 0;
+  std::vector<double> u(static_cast<std::size_t>(out * k)), v(static_cast<std::size_t>(k * in));
+  i64 at = 0;
+  for (const auto& t : terms)
+    for (i64 p = 0; p < t.rank; ++p, ++at) {
+      for (i64 o = 0; o < out; ++o) u[o * k + at] = t.coefficient * t.b[o * t.rank + p];
+      for (i64 i = 0; i < in; ++i) v[at * in + i] = t.a[p * in + i];
+    }
+  std::vector<double> gu(static_cast<std::size_t>(k * k)), gv(static_cast<std::size_t>(k * k));
+  cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, k, out, 1.0, u.data(), k, u.data(), k,
+              0.0, gu.data(), k);
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, k, k, in, 1.0, v.data(), in, v.data(), in,
+              0.0, gv.data(), k);
+  double total = 0;
+  for (std::size_t j = 0; j < gu.size(); ++j) total += gu[j] * gv[j];
+  return std::max(total, 0.0);
+}
+
 LowRankFactors refactor_sum(const std::vector<LowRankTerm>& terms, i64 out, i64 in, i64 rank) {
   i64 k = 0;
   for (const auto& t : terms) k += t.rank;

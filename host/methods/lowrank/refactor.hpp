@@ -23,6 +23,10 @@ struct LowRankFactors {
   std::vector<double> singular_values;  ///< all of them, descending (the dropped ones too)
 };
 
+/// ‖Σ cᵢ BᵢAᵢ‖_F² through the two K × K Grams of the stacked factors (K = Σ rankᵢ), never an
+/// out × in matrix; in double precision.
+double lowrank_norm_sq(const std::vector<LowRankTerm>& terms, std::int64_t out, std::int64_t in);
+
 /// The best rank-`rank` approximation of Σ cᵢ BᵢAᵢ, through QR of the stacked B's and of the
 /// stacked Aᵀ's and an SVD of the small core R_B R_Aᵀ. Directions past the sum's own rank
 /// come out as zeros. Throws solver_error when LAPACK fails.

@@ -1,0 +1,192 @@
+#include "methods/store/allocation.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <queue>
+#include <tuple>
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+// Σ_{k ≥ from} of a descending list, summed from the small end (no cancellation).
+double tail(const std::vector<double>& v, i64 from) {
+  double s = 0;
+  for (i64 k = static_cast<i64>(v.size()) - 1; k >= from; --k) s += v[k];
+  return s;
+}
+
+// The truncation a module takes at multiplier λ: every direction worth more than λ per number.
+ModuleChoice truncate_at(const ModuleOptions& m, double lambda) {
+  ModuleChoice c;
+  const double threshold = lambda * m.rank_unit;
+  for (std::size_t i = 0; i < m.sigma_sq.size(); ++i) {
+    const auto& s = m.sigma_sq[i];
+    const double w = m.task_weight[i];
+    i64 k = 0;
+    while (k < static_cast<i64>(s.size()) && w * s[k] > threshold && s[k] > 0) ++k;
+    c.kept.push_back(k);
+    c.numbers += double(k) * m.rank_unit;
+    c.error += w * tail(s, k);
+  }
+  return c;
+}
+
+// A module's own best choice at multiplier λ: its truncation, or a fixed option that costs less
+// in error + λ · numbers.
+ModuleChoice choose_at(const ModuleOptions& m, double lambda) {
+  auto best = truncate_at(m, lambda);
+  double value = best.error + lambda * best.numbers;
+  for (std::size_t f = 0; f < m.fixed.size(); ++f) {
+    const auto& o = m.fixed[f];
+    const double v = o.error + lambda * o.numbers;
+    if (v < value) {
+      value = v;
+      best = {static_cast<int>(f), {}, o.numbers, o.error};
+    }
+  }
+  return best;
+}
+
+double total_numbers(const std::vector<ModuleChoice>& c) {
+  double s = 0;
+  for (const auto& x : c) s += x.numbers;
+  return s;
+}
+
+std::vector<ModuleChoice> choose_all(const std::vector<ModuleOptions>& modules, double lambda) {
+  std::vector<ModuleChoice> out;
+  for (const auto& m : modules) out.push_back(choose_at(m, lambda));
+  return out;
+}
+
+// Directions not yet kept, most valuable per number first, added while they fit.
+void fill_leftover(const std::vector<ModuleOptions>& modules, std::vector<ModuleChoice>& choice,
+                   double budget) {
+  double used = total_numbers(choice);
+  // (gain per number, module, task): ties go to the earlier module and task.
+  using Entry = std::tuple<double, i64, i64>;
+  const auto worse = [](const Entry& a, const Entry& b) {
+    if (std::get<0>(a) != std::get<0>(b)) return std::get<0>(a) < std::get<0>(b);
+    return std::tie(std::get<1>(a), std::get<2>(a)) > std::tie(std::get<1>(b), std::get<2>(b));
+  };
+  std::priority_queue<Entry, std::vector<Entry>, decltype(worse)> next(worse);
+  const auto push = [&](i64 m, i64 t) {
+    const auto& mo = modules[m];
+    const auto k = choice[m].kept[t];
+    const auto& s = mo.sigma_sq[t];
+    if (k < static_cast<i64>(s.size()) && s[k] > 0 && mo.rank_unit > 0)
+      next.emplace(mo.task_weight[t] * s[k] / mo.rank_unit, m, t);
+  };
+  for (i64 m = 0; m < static_cast<i64>(modules.size()); ++m)
+    if (choice[m].fixed < 0)
+      for (i64 t = 0; t < static_cast<i64>(choice[m].kept.size()); ++t) push(m, t);
+  while (!next.empty()) {
+    const auto [gain, m, t] = next.top();
+    next.pop();
+    const auto& mo = modules[m];
+    if (used + mo.rank_unit > budget) continue;  // a smaller module's direction may still fit
+    auto& c = choice[m];
+    c.error -= gain * mo.rank_unit;
+    c.numbers += mo.rank_unit;
+    used += mo.rank_unit;
+    ++c.kept[t];
+    push(m, t);
+  }
+  // Errors recomputed from the tails, not from the running differences.
+  for (std::size_t m = 0; m < modules.size(); ++m) {
+    auto& c = choice[m];
+    if (c.fixed >= 0) continue;
+    c.error = 0;
+    for (std::size_t t = 0; t < c.kept.size(); ++t)
+      c.error += modules[m].task_weight[t] * tail(modules[m].sigma_sq[t], c.kept[t]);
+  }
+}
+
+// What the multiplier leaves unspent (less than one module's step between options): modules move
+// to a larger fixed option where it lowers their error and fits, the best error saved per
+// number first, and the rest goes to directions again.
+void upgrade_with_leftover(const std::vector<ModuleOptions>& modules, std::vector<ModuleChoice>& choice,
+                           double budget) {
+  for (;;) {
+    const double left = budget - total_numbers(choice);
+    double best_ratio = 0;
+    std::size_t best_m = 0;
+    int best_f = -1;
+    for (std::size_t m = 0; m < modules.size(); ++m)
+      for (std::size_t f = 0; f < modules[m].fixed.size(); ++f) {
+        const auto& o = modules[m].fixed[f];
+        const double extra = o.numbers - choice[m].numbers, saved = choice[m].error - o.error;
+        if (extra <= 0 || extra > left || saved <= 0) continue;
+        if (saved / extra > best_ratio) best_ratio = saved / extra, best_m = m, best_f = static_cast<int>(f);
+      }
+    if (best_f < 0) return;
+    const auto& o = modules[best_m].fixed[best_f];
+    choice[best_m] = {best_f, {}, o.numbers, o.error};
+    fill_leftover(modules, choice, budget);
+  }
+}
+
+}  // namespace
+
+std::vector<ModuleChoice> allocate_budget(const std::vector<ModuleOptions>& modules, double budget) {
+  auto best = choose_all(modules, 0.0);
+  if (total_numbers(best) <= budget) return best;
+  // λ large enough that every module keeps nothing: above any direction's gain per number and
+  // above what any fixed option could save per number it stores.
+  double hi = 0;
+  for (const auto& m : modules) {
+    double none = 0;
+    for (std::size_t t = 0; t < m.sigma_sq.size(); ++t) {
+      none += m.task_weight[t] * tail(m.sigma_sq[t], 0);
+      if (!m.sigma_sq[t].empty() && m.rank_unit > 0)
+        hi = std::max(hi, m.task_weight[t] * m.sigma_sq[t][0] / m.rank_unit);
+    }
+    for (const auto& f : m.fixed)
+      if (f.numbers > 0) hi = std::max(hi, (none - f.error) / f.numbers);
+  }
+  hi = hi * 2 + 1e-300;
+  double lo = 0;
+  best = choose_all(modules, hi);
+  for (int it = 0; it < 200 && hi - lo > 1e-15 * hi; ++it) {
+    const double mid = 0.5 * (lo + hi);
+    auto c = choose_all(modules, mid);
+    if (total_numbers(c) <= budget) {
+      hi = mid;
+      best = std::move(c);
+    } else {
+      lo = mid;
+    }
+  }
+  fill_leftover(modules, best, budget);
+  upgrade_with_leftover(modules, best, budget);
+  return best;
+}
+
+std::vector<ModuleChoice> allocate_max_error(const std::vector<ModuleOptions>& modules,
+                                             double max_error) {
+  std::vector<ModuleChoice> out;
+  for (const auto& m : modules) {
+    ModuleChoice c;
+    for (std::size_t t = 0; t < m.sigma_sq.size(); ++t) {
+      const auto& s = m.sigma_sq[t];
+      const double norm_sq = tail(s, 0), allowed = max_error * max_error * norm_sq;
+      i64 k = 0;
+      while (k < static_cast<i64>(s.size()) && tail(s, k) > allowed) ++k;
+      c.kept.push_back(k);
+      c.numbers += double(k) * m.rank_unit;
+      c.error += m.task_weight[t] * tail(s, k);
+    }
+    for (std::size_t f = 0; f < m.fixed.size(); ++f) {
+      const auto& o = m.fixed[f];
+      if (o.worst_relative <= max_error && o.numbers < c.numbers)
+        c = {static_cast<int>(f), {}, o.numbers, o.error};
+    }
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+}  // namespace revmerge

@@ -1,0 +1,407 @@
+// revmerge merge --method auto | rank: measure every module's options (each task's singular
+// values; RMM at a few basis sizes), allocate the storage budget across modules, then read the
+// adapters again and write each module in the representation it was given (bundle version 2).
+#include "revmerge/store.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <string>
+
+#include "backend/backend.hpp"
+#include "backend/registry.hpp"
+#include "core/atomic_output.hpp"
+#include "core/interrupt.hpp"
+#include "core/memory_info.hpp"
+#include "methods/adapter_set.hpp"
+#include "methods/lowrank/refactor.hpp"
+#include "methods/recipe.hpp"
+#include "methods/rmm_module.hpp"
+#include "methods/store/allocation.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/version.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+const char* method_name(StoreMethod m) { return m == StoreMethod::rank ? "rank" : "auto"; }
+
+void check_options(const StoreMergeOptions& o) {
+  const auto n = static_cast<i64>(o.tasks.size());
+  const std::string method = std::string("--method ") + method_name(o.method);
+  if (n < 2)
+    throw usage_error(method + " needs at least 2 adapters to store together, got " + std::to_string(n));
+  check_task_names(o.tasks);
+  if (o.out.empty()) throw usage_error("--out: no bundle folder given");
+  if (o.dtype && (!is_float_dtype(*o.dtype) || *o.dtype == DType::F64))
+    throw usage_error("--dtype: a bundle stores f32, f16 or bf16");
+  const bool budget = o.storage.fraction || o.storage.bytes;
+  if (budget == o.max_error.has_value())
+    throw usage_error(method + ": give either --storage (a budget) or --max-error (an error bound)");
+  if (o.storage.fraction && !(*o.storage.fraction > 0 && *o.storage.fraction <= 1))
+    throw usage_error("--storage " + std::to_string(*o.storage.fraction) +
+                      ": a fraction of the adapters' numbers is in (0, 1] (1 keeps every task exactly)");
+  if (o.storage.bytes && *o.storage.bytes == 0) throw usage_error("--storage: 0 bytes stores nothing");
+  if (o.max_error && !(*o.max_error >= 0 && *o.max_error < 1))
+    throw usage_error("--max-error " + std::to_string(*o.max_error) +
+                      ": a relative delta error is in [0, 1) (1 is what storing nothing gives)");
+  if (o.method == StoreMethod::rank && !o.rmm_basis.empty())
+    throw usage_error("--basis: --method rank stores no RMM modules (use --method auto)");
+  for (const auto p : o.rmm_basis)
+    if (p < 1 || p > n - 1)
+      throw usage_error("--basis " + std::to_string(p) + " is outside 1 .. n − 1 = " + std::to_string(n - 1));
+}
+
+std::vector<i64> rmm_candidates(const StoreMergeOptions& o) {
+  if (o.method == StoreMethod::rank) return {};
+  const auto n = static_cast<i64>(o.tasks.size());
+  auto p = o.rmm_basis;
+  if (p.empty())
+    for (i64 q = 1; q < n; q *= 2) p.push_back(q);
+  std::sort(p.begin(), p.end());
+  p.erase(std::unique(p.begin(), p.end()), p.end());
+  return p;
+}
+
+// RMM's shape limits (check_rmm_shape): a module outside them is only ever truncated.
+bool rmm_fits(const PlannedModule& pm, i64 n) { return n <= 64 && pm.rank <= 256; }
+
+// Values rounded to the stored dtype and widened back: what the bundle will hold.
+std::vector<float> rounded(std::vector<float> v, DType storage) {
+  if (storage == DType::F32 || v.empty()) return v;
+  std::vector<std::byte> bytes(v.size() * dtype_size(storage));
+  convert_from_f32(v.data(), storage, bytes.data(), v.size());
+  convert_to_f32(storage, bytes.data(), v.data(), v.size());
+  return v;
+}
+
+// RMM of one module at basis p from the tasks' factors (padded stacks, scale folded into B).
+RmmModuleResult run_rmm(Backend& be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                        i64 p, DType storage) {
+  const i64 n = static_cast<i64>(f.size()), r = pm.rank;
+  std::vector<float> a(static_cast<std::size_t>(n * r * pm.in), 0.0f);
+  std::vector<float> b(static_cast<std::size_t>(n * pm.out * r), 0.0f);
+  for (i64 t = 0; t < n; ++t) {
+    const auto& tf = f[t];
+    std::copy(tf.a.begin(), tf.a.end(), a.begin() + t * r * pm.in);
+    for (i64 o = 0; o < pm.out; ++o)
+      for (i64 k = 0; k < tf.rank; ++k)
+        b[(t * pm.out + o) * r + k] = static_cast<float>(tf.scale * tf.b[o * tf.rank + k]);
+  }
+  return with_module_context(pm.path, [&] {
+    return rmm_module(be, {n, r, pm.in, pm.out, p}, a.data(), b.data(), storage, {});
+  });
+}
+
+// Squared singular values of task t's delta s·B·A, descending.
+std::vector<double> delta_sigma_sq(const PlannedModule& pm, const TaskFactors& f) {
+  const auto s = with_module_context(pm.path, [&] {
+    return refactor_sum({{f.b, f.a, f.rank, f.scale}}, pm.out, pm.in, 0).singular_values;
+  });
+  std::vector<double> out;
+  for (const double x : s) out.push_back(x * x);
+  return out;
+}
+
+double raw_numbers(const PlannedModule& pm) {
+  double raw = 0;
+  for (const auto r : pm.task_ranks) raw += double(r) * double(pm.in + pm.out);
+  return raw;
+}
+
+// What pass 1 keeps of a module: each task's spectrum, and each RMM candidate's per-task
+// squared absolute errors and worst relative error.
+struct Measured {
+  std::vector<std::vector<double>> sigma_sq;
+  struct Rmm {
+    i64 p;
+    double numbers;
+    std::vector<double> error_sq;
+    double worst;
+  };
+  std::vector<Rmm> rmm;
+};
+
+Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                 const std::vector<i64>& candidates, DType storage) {
+  Measured m;
+  for (const auto& tf : f) m.sigma_sq.push_back(delta_sigma_sq(pm, tf));
+  const i64 n = static_cast<i64>(f.size());
+  if (!be || !rmm_fits(pm, n)) return m;
+  for (const auto p : candidates) {
+    // An RMM storing as much as the tasks' own factors loses to keeping them (exact).
+    const double numbers = double(pm.in + pm.out) * double(p * (pm.rank + n) + pm.rank);
+    if (numbers >= raw_numbers(pm)) continue;
+    const auto res = run_rmm(*be, pm, f, p, storage);
+    Measured::Rmm c{p, numbers, {}, 0};
+    for (i64 t = 0; t < n; ++t) {
+      const double e = res.delta_error[t] * res.delta_norm[t];
+      c.error_sq.push_back(e * e);
+      c.worst = std::max(c.worst, res.delta_error[t]);
+    }
+    m.rmm.push_back(std::move(c));
+  }
+  return m;
+}
+
+BundleModule module_entry(const PlannedModule& pm) {
+  BundleModule bm;
+  bm.path = pm.path;
+  bm.layer = pm.layer;
+  bm.name = pm.name;
+  bm.in = pm.in;
+  bm.out = pm.out;
+  bm.rank = pm.rank;
+  bm.task_ranks = pm.task_ranks;
+  return bm;
+}
+
+
+// Writes module pm as RMM at basis p and returns its manifest entry.
+BundleModule store_rmm(Backend& be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                       i64 p, DType storage, SafetensorsWriter& writer) {
+  const auto res = run_rmm(be, pm, f, p, storage);
+  for (const auto& [side, s] : {std::pair{"lora_A", &res.a}, std::pair{"lora_B", &res.b}}) {
+    writer.write_f32(bundle_tensor_name(pm.path, side, "mean"), s->mean);
+    writer.write_f32(bundle_tensor_name(pm.path, side, "basis"), s->basis);
+    writer.write_f32(bundle_tensor_name(pm.path, side, "coef"), s->coef);
+  }
+  auto bm = module_entry(pm);
+  bm.representation = Representation::rmm;
+  bm.basis = p;
+  bm.factor_error_a = res.a.factor_error;
+  bm.factor_error_b = res.b.factor_error;
+  bm.spectrum_a = res.a.spectrum;
+  bm.spectrum_b = res.b.spectrum;
+  bm.delta_error = res.delta_error;
+  bm.delta_norm = res.delta_norm;
+  bm.storage_ratio = double(bm.stored_numbers(static_cast<i64>(f.size()))) / raw_numbers(pm);
+  return bm;
+}
+
+// Writes module pm as each task's own truncation to kept[t] directions: A' stacked as Σk × in,
+// B' as out × Σk. The errors are measured on the rounded factors through small Grams.
+BundleModule store_rank(const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                        const std::vector<i64>& kept, DType storage, SafetensorsWriter& writer) {
+  const i64 n = static_cast<i64>(f.size());
+  i64 total = 0;
+  for (const auto k : kept) total += k;
+  auto bm = module_entry(pm);
+  bm.representation = Representation::rank;
+  bm.kept_ranks = kept;
+  std::vector<float> a_all(static_cast<std::size_t>(total * pm.in));
+  std::vector<float> b_all(static_cast<std::size_t>(pm.out * total));
+  i64 at = 0;
+  for (i64 t = 0; t < n; ++t) {
+    const auto& tf = f[t];
+    const i64 k = kept[t];
+    const auto lf = with_module_context(pm.path, [&] {
+      return refactor_sum({{tf.b, tf.a, tf.rank, tf.scale}}, pm.out, pm.in, k);
+    });
+    const auto a = rounded(lf.a, storage), b = rounded(lf.b, storage);
+    double norm_sq = 0;
+    for (const double s : lf.singular_values) norm_sq += s * s;
+    const double err_sq = lowrank_norm_sq({{b, a, k, 1.0}, {tf.b, tf.a, tf.rank, -tf.scale}}, pm.out, pm.in);
+    bm.delta_norm.push_back(std::sqrt(norm_sq));
+    bm.delta_error.push_back(norm_sq > 0 ? std::sqrt(err_sq / norm_sq) : 0.0);
+    std::copy(a.begin(), a.end(), a_all.begin() + at * pm.in);
+    for (i64 o = 0; o < pm.out; ++o)
+      std::copy(b.begin() + o * k, b.begin() + (o + 1) * k, b_all.begin() + o * total + at);
+    at += k;
+  }
+  if (total > 0) {
+    writer.write_f32(bundle_tensor_name(pm.path, "lora_A", "factors"), a_all);
+    writer.write_f32(bundle_tensor_name(pm.path, "lora_B", "factors"), b_all);
+  }
+  bm.storage_ratio = double(bm.stored_numbers(n)) / raw_numbers(pm);
+  return bm;
+}
+
+std::vector<TensorSpec> tensor_specs(const std::vector<PlannedModule>& plan,
+                                     const std::vector<ModuleChoice>& choice,
+                                     const std::vector<Measured>& measured, i64 n, DType storage) {
+  std::vector<TensorSpec> specs;
+  for (std::size_t m = 0; m < plan.size(); ++m) {
+    const auto& pm = plan[m];
+    if (choice[m].fixed >= 0) {
+      const i64 p = measured[m].rmm[choice[m].fixed].p;
+      for (const auto& [side, rows] : {std::pair{"lora_A", pm.in}, std::pair{"lora_B", pm.out}}) {
+        specs.push_back({bundle_tensor_name(pm.path, side, "mean"), storage, {rows, pm.rank}});
+        specs.push_back({bundle_tensor_name(pm.path, side, "basis"), storage, {rows, pm.rank, p}});
+        specs.push_back({bundle_tensor_name(pm.path, side, "coef"), storage, {rows, p, n}});
+      }
+      continue;
+    }
+    i64 total = 0;
+    for (const auto k : choice[m].kept) total += k;
+    if (total == 0) continue;
+    specs.push_back({bundle_tensor_name(pm.path, "lora_A", "factors"), storage, {total, pm.in}});
+    specs.push_back({bundle_tensor_name(pm.path, "lora_B", "factors"), storage, {pm.out, total}});
+  }
+  return specs;
+}
+
+// The inputs' factor bytes and their dtype (the widest: bf16 < f16 < f32 < f64), as merge_rmm
+// reports them.
+std::pair<std::uint64_t, DType> input_factors(const AdapterSet& set) {
+  const auto order = [](DType t) { return t == DType::F64 ? 3 : t == DType::F32 ? 2 : t == DType::F16 ? 1 : 0; };
+  std::uint64_t bytes = 0;
+  DType widest = DType::BF16;
+  for (const auto& pm : set.plan)
+    for (std::size_t t = 0; t < pm.per_task.size(); ++t)
+      for (const auto* key : {&pm.per_task[t]->key_a, &pm.per_task[t]->key_b}) {
+        const auto& info = set.adapters[t]->weights().at(*key);
+        bytes += info.nbytes();
+        if (order(info.dtype) > order(widest)) widest = info.dtype;
+      }
+  return {bytes, widest};
+}
+
+RecipeRecord store_record(const StoreMergeOptions& o, DType storage, const std::vector<i64>& candidates) {
+  RecipeRecord r{method_name(o.method), {}, recipe_inputs(o.tasks)};
+  if (o.storage.fraction) r.parameters.emplace_back("storage", std::to_string(*o.storage.fraction));
+  if (o.storage.bytes) r.parameters.emplace_back("storage", std::to_string(*o.storage.bytes) + " bytes");
+  if (o.max_error) r.parameters.emplace_back("max_error", std::to_string(*o.max_error));
+  std::string ps;
+  for (const auto p : candidates) {
+    if (!ps.empty()) ps += ',';
+    ps += std::to_string(p);
+  }
+  if (!candidates.empty()) r.parameters.emplace_back("basis", ps);
+  r.parameters.emplace_back("objective", "mean");
+  r.parameters.emplace_back("dtype", std::string(dtype_name(storage)) + (o.dtype ? "" : " (not given: the inputs')"));
+  return r;
+}
+
+}  // namespace
+
+StorageBudget parse_storage_budget(const std::string& text, const std::string& option) {
+  StorageBudget b;
+  const auto bad = [&](const std::string& why) {
+    return usage_error(option + " '" + text + "': " + why +
+                       " (write a fraction of the adapters' numbers such as 0.25 or 25%, or a size "
+                       "such as 2GiB)");
+  };
+  if (text.empty()) throw bad("empty");
+  const bool percent = text.back() == '%';
+  const auto number = percent ? text.substr(0, text.size() - 1) : text;
+  const bool plain = !number.empty() && number.find_first_not_of("0123456789.") == std::string::npos;
+  if (!plain) {
+    b.bytes = parse_byte_size(text, option);
+    return b;
+  }
+  double v = 0;
+  try {
+    std::size_t used = 0;
+    v = std::stod(number, &used);
+    if (used != number.size()) throw bad("not a number");
+  } catch (const std::logic_error&) {
+    throw bad("not a number");
+  }
+  if (percent) v /= 100;
+  if (!(v > 0 && v <= 1))
+    throw bad(v > 1 ? "a fraction above 1 (storing every task exactly costs 1; a size needs a unit)"
+                    : "not above 0");
+  b.fraction = v;
+  return b;
+}
+
+BundleManifest merge_store(const StoreMergeOptions& o) {
+  check_options(o);
+  const auto set = open_adapter_set(o.tasks);
+  const i64 n = static_cast<i64>(o.tasks.size());
+  const auto [input_bytes, input_dtype] = input_factors(set);
+  const DType storage = o.dtype ? *o.dtype : input_dtype == DType::F64 ? DType::F32 : input_dtype;
+  const auto candidates = rmm_candidates(o);
+  std::unique_ptr<Backend> be;
+  if (!candidates.empty()) be = make_backend(o.device, {o.threads, o.gpu});
+
+  double all_numbers = 0;
+  for (const auto& pm : set.plan) all_numbers += raw_numbers(pm);
+  double budget = 0;
+  if (o.storage.fraction) budget = *o.storage.fraction * all_numbers;
+  if (o.storage.bytes) {
+    const double everything = all_numbers * double(dtype_size(storage));
+    if (double(*o.storage.bytes) > everything)
+      throw usage_error("--storage " + std::to_string(*o.storage.bytes) + " bytes: more than storing every " +
+                        "task exactly takes (" + std::to_string(std::uint64_t(everything)) + " bytes in " +
+                        std::string(dtype_name(storage)) + ")");
+    budget = double(*o.storage.bytes) / double(dtype_size(storage));
+  }
+
+  // Pass 1: every module's options.
+  const std::size_t steps = 2 * set.plan.size();
+  std::vector<Measured> measured;
+  std::vector<double> task_norm_sq(static_cast<std::size_t>(n), 0.0);
+  for (std::size_t m = 0; m < set.plan.size(); ++m) {
+    throw_if_interrupted("merge");
+    const auto& pm = set.plan[m];
+    if (o.progress) o.progress(m, steps, pm.path);
+    const auto f = read_module_factors(set, pm);
+    measured.push_back(measure(be.get(), pm, f, candidates, storage));
+    for (i64 t = 0; t < n; ++t)
+      for (const double s : measured.back().sigma_sq[t]) task_norm_sq[t] += s;
+  }
+  // Each task's squared errors count relative to its whole delta (all modules), so the
+  // objective is the mean over tasks of the squared relative delta error.
+  std::vector<double> weight;
+  for (const double d : task_norm_sq) weight.push_back(d > 0 ? 1.0 / d : 0.0);
+  std::vector<ModuleOptions> options;
+  for (std::size_t m = 0; m < set.plan.size(); ++m) {
+    ModuleOptions mo;
+    mo.sigma_sq = measured[m].sigma_sq;
+    mo.task_weight = weight;
+    mo.rank_unit = double(set.plan[m].in + set.plan[m].out);
+    for (const auto& c : measured[m].rmm) {
+      double e = 0;
+      for (i64 t = 0; t < n; ++t) e += weight[t] * c.error_sq[t];
+      mo.fixed.push_back({c.numbers, e, c.worst});
+    }
+    options.push_back(std::move(mo));
+  }
+  const auto choice = o.max_error ? allocate_max_error(options, *o.max_error) : allocate_budget(options, budget);
+
+  // Pass 2: store each module as chosen.
+  BundleManifest manifest;
+  manifest.format_version = 2;
+  manifest.method = method_name(o.method);
+  manifest.basis = 0;
+  manifest.dtype = storage;
+  manifest.created_by = std::string("revmerge ") + REVMERGE_VERSION_STRING;
+  manifest.backend = be ? be->name() + "; truncations on the host (LAPACK, f64)" : "host (LAPACK, f64)";
+  for (std::size_t t = 0; t < o.tasks.size(); ++t)
+    manifest.tasks.push_back({o.tasks[t].name,
+                              (o.tasks[t].origin.empty() ? o.tasks[t].adapter : o.tasks[t].origin).string(),
+                              set.adapters[t]->config().base_model_name_or_path,
+                              set.adapters[t]->config().task_type});
+  const auto specs = tensor_specs(set.plan, choice, measured, n, storage);
+  StagedDir staged(o.out, o.overwrite);
+  SafetensorsWriter writer(staged.path() / kBundleTensorsName, specs,
+                           {{"format", "revmerge-bundle"}, {"method", manifest.method}});
+  double stored = 0;
+  for (std::size_t m = 0; m < set.plan.size(); ++m) {
+    throw_if_interrupted("merge");
+    const auto& pm = set.plan[m];
+    if (o.progress) o.progress(set.plan.size() + m, steps, pm.path);
+    const auto f = read_module_factors(set, pm);
+    auto bm = choice[m].fixed >= 0
+                  ? store_rmm(*be, pm, f, measured[m].rmm[choice[m].fixed].p, storage, writer)
+                  : store_rank(pm, f, choice[m].kept, storage, writer);
+    stored += double(bm.stored_numbers(n));
+    manifest.modules.push_back(std::move(bm));
+  }
+  if (o.progress) o.progress(steps, steps, "");
+  manifest.storage_ratio = all_numbers > 0 ? stored / all_numbers : 0;
+  manifest.input_bytes = input_bytes;
+  for (const auto& spec : specs) manifest.stored_bytes += spec.nbytes();
+  throw_if_interrupted("merge");
+  writer.commit();
+  write_file_atomic(staged.path() / kBundleManifestName, manifest_to_json(manifest), false);
+  write_file_atomic(staged.path() / kRecipeName, recipe_text(o.recipe, store_record(o, storage, candidates)), false);
+  staged.commit();
+  return manifest;
+}
+
+}  // namespace revmerge

@@ -1,0 +1,62 @@
+#pragma once
+/// \file
+/// The budgeted reversible store: n adapters kept in one bundle (format version 2) where each
+/// module takes the representation that serves it best under one storage budget — RMM at a
+/// basis size p, or each task's own delta truncated to a rank of its own — and records what it
+/// chose. `--method auto` chooses among both, `--method rank` truncations only.
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "revmerge/bundle.hpp"
+#include "revmerge/devices.hpp"
+#include "revmerge/recipe.hpp"
+#include "revmerge/rmm.hpp"
+
+namespace revmerge {
+
+enum class StoreMethod { automatic, rank };
+
+/// The storage budget: a fraction of the numbers all adapters hold (0 < fraction ≤ 1), or bytes
+/// of stored tensors in the bundle's dtype. Exactly one is set.
+struct StorageBudget {
+  std::optional<double> fraction;
+  std::optional<std::uint64_t> bytes;
+};
+
+struct StoreMergeOptions {
+  std::vector<TaskSource> tasks;  ///< PEFT adapters, at least 2, unique names
+  StoreMethod method = StoreMethod::automatic;
+  /// One of the two: the budget the whole bundle stays within, or the largest relative delta
+  /// error ‖ΔŴ_i − ΔW_i‖_F / ‖ΔW_i‖_F any task may have in any module (the cheapest choice
+  /// per module that keeps it).
+  StorageBudget storage;
+  std::optional<double> max_error;
+  /// RMM basis sizes `auto` weighs per module (each costs one RMM of the module to measure;
+  /// one storing as much as the adapters is skipped); empty: the powers of 2 below n.
+  std::vector<std::int64_t> rmm_basis;
+  std::filesystem::path out;
+  std::optional<DType> dtype;  ///< stored dtype; empty: the inputs' (as merge_rmm)
+  bool overwrite = false;
+  int threads = 0;
+  Device device = Device::automatic;  ///< where RMM candidates are computed
+  int gpu = 0;
+  ProgressFn progress;  ///< called per module of each pass (2 passes: measure, then store)
+  OutputRecipe recipe;
+};
+
+/// Measures every module's options (each task's singular values; RMM at each candidate p for
+/// `auto`), allocates the budget across modules minimising the mean over tasks of the squared
+/// relative delta error Σ_m ‖ΔŴ_{m,i} − ΔW_{m,i}‖² / Σ_m ‖ΔW_{m,i}‖², then reads the
+/// adapters again and writes the bundle (atomically). The manifest's errors are measured after
+/// rounding to the stored dtype. Throws usage_error (budget or bound out of range, naming the
+/// option), and what merge_rmm throws for its inputs.
+BundleManifest merge_store(const StoreMergeOptions& options);
+
+/// "0.25" or "25%" as a fraction, or a size ("2GiB", "512MB") as bytes; `option` names the
+/// option in the usage_error a bad value gives.
+StorageBudget parse_storage_budget(const std::string& text, const std::string& option);
+
+}  // namespace revmerge

@@ -1,0 +1,388 @@
+// merge_store (--method auto | rank) → bundle version 2 → revert: each representation exact at
+// full size, the manifest's errors equal to dense ones, the budget kept, auto no worse than
+// either representation alone, and bad budgets refused by name.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <iostream>
+#include <random>
+
+#include "methods/adapter_writer.hpp"
+#include "methods/store/allocation.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/store.hpp"
+#include "test_util.hpp"
+
+namespace revmerge {
+namespace {
+
+using test::ModuleSpec;
+using i64 = std::int64_t;
+
+constexpr int kRank = 16;
+constexpr i64 kTasks = 4;
+
+// q_proj modules like trained adapters (each task's delta has a fast-decaying spectrum, its
+// own directions); v_proj modules like LoRA tasks from one initialisation (A moved a little
+// from a shared init, B mostly shared, the shared product's spectrum flat): the first suit a
+// truncation, the second RMM.
+const std::vector<ModuleSpec> kModules = {{"model.layers.0.self_attn.q_proj", kRank, 32, 24},
+                                          {"model.layers.0.self_attn.v_proj", kRank, 32, 20},
+                                          {"model.layers.1.self_attn.q_proj", kRank, 32, 24},
+                                          {"model.layers.1.self_attn.v_proj", kRank, 32, 20}};
+
+bool shared_init(const ModuleSpec& m) { return m.path.find("v_proj") != std::string::npos; }
+
+// `count` orthogonal vectors of length `len` (Gram–Schmidt on Gaussians), each of norm √len,
+// as rows of a count × len matrix.
+std::vector<float> orthogonal_rows(i64 count, i64 len, std::mt19937& rng) {
+  std::normal_distribution<double> g;
+  std::vector<double> q(static_cast<std::size_t>(count * len));
+  for (i64 r = 0; r < count; ++r) {
+    double* v = &q[r * len];
+    for (i64 i = 0; i < len; ++i) v[i] = g(rng);
+    for (i64 p = 0; p < r; ++p) {
+      double d = 0;
+      for (i64 i = 0; i < len; ++i) d += v[i] * q[p * len + i];
+      for (i64 i = 0; i < len; ++i) v[i] -= d * q[p * len + i];
+    }
+    double n = 0;
+    for (i64 i = 0; i < len; ++i) n += v[i] * v[i];
+    for (i64 i = 0; i < len; ++i) v[i] /= std::sqrt(n);
+  }
+  std::vector<float> out;
+  for (const double x : q) out.push_back(static_cast<float>(x * std::sqrt(double(len))));
+  return out;
+}
+
+std::vector<TaskSource> write_family(const test::TempDir& tmp, unsigned seed = 7) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g;
+  std::map<std::string, std::vector<float>> a0, b0;
+  for (const auto& m : kModules) {
+    a0[m.path] = orthogonal_rows(m.rank, m.in, rng);
+    const auto bt = orthogonal_rows(m.rank, m.out, rng);  // B0's columns
+    for (i64 o = 0; o < m.out; ++o)
+      for (i64 k = 0; k < m.rank; ++k) b0[m.path].push_back(bt[k * m.out + o]);
+  }
+  std::vector<TaskSource> tasks;
+  for (i64 t = 0; t < kTasks; ++t) {
+    std::map<std::string, std::vector<float>> a, b;
+    for (const auto& m : kModules) {
+      auto& at = a[m.path];
+      auto& bt = b[m.path];
+      for (i64 i = 0; i < m.rank * m.in; ++i)
+        at.push_back(shared_init(m) ? a0[m.path][i] + 0.15f * g(rng) : g(rng));
+      for (i64 o = 0; o < m.out; ++o)
+        for (i64 k = 0; k < m.rank; ++k)
+          bt.push_back(shared_init(m) ? b0[m.path][o * m.rank + k] + 0.2f * g(rng)
+                                      : float(3 * std::pow(0.45, double(k))) * g(rng));
+    }
+    const auto dir = tmp / ("task" + std::to_string(t));
+    test::write_adapter_factors(dir, kRank, kModules, a, b);
+    tasks.push_back({"task" + std::to_string(t), dir});
+  }
+  return tasks;
+}
+
+StoreMergeOptions store_options(const std::vector<TaskSource>& tasks, StoreMethod method,
+                                const std::filesystem::path& out) {
+  StoreMergeOptions o;
+  o.tasks = tasks;
+  o.method = method;
+  o.out = out;
+  o.device = Device::cpu;
+  return o;
+}
+
+// Mean over tasks of the squared relative delta error over all modules: the allocation's
+// objective, read from a manifest.
+double objective(const BundleManifest& m) {
+  double sum = 0;
+  for (std::size_t t = 0; t < m.tasks.size(); ++t) {
+    double num = 0, den = 0;
+    for (const auto& mod : m.modules) {
+      const double e = mod.delta_error[t] * mod.delta_norm[t];
+      num += e * e;
+      den += mod.delta_norm[t] * mod.delta_norm[t];
+    }
+    sum += num / den;
+  }
+  return sum / double(m.tasks.size());
+}
+
+double stored_numbers(const BundleManifest& m) {
+  double s = 0;
+  for (const auto& mod : m.modules) s += double(mod.stored_numbers(static_cast<i64>(m.tasks.size())));
+  return s;
+}
+
+double all_numbers(const BundleManifest& m) {
+  double s = 0;
+  for (const auto& mod : m.modules)
+    for (const auto r : mod.task_ranks) s += double(r) * double(mod.in + mod.out);
+  return s;
+}
+
+// The dense delta of task t, module `spec`, from its adapter folder (scale 1).
+std::vector<double> task_delta(const std::filesystem::path& dir, const ModuleSpec& spec) {
+  const PeftAdapter ad(dir);
+  const auto* m = ad.find(spec.path);
+  return test::dense_delta(ad.read_a(*m), ad.read_b(*m), m->rank, spec.in, spec.out, m->scale);
+}
+
+// Every module and task: the reverted dense delta's error against the task's own equals the
+// manifest's; returns the largest relative error.
+double check_errors_are_dense_errors(const std::filesystem::path& dir, const std::vector<TaskSource>& tasks) {
+  const Bundle bundle(dir);
+  const auto& man = bundle.manifest();
+  double worst = 0;
+  for (std::size_t mi = 0; mi < man.modules.size(); ++mi) {
+    const auto& mod = man.modules[mi];
+    const ModuleSpec spec{mod.path, mod.rank, mod.in, mod.out};
+    for (i64 t = 0; t < kTasks; ++t) {
+      const auto rm = revert_module(bundle, mi, t, Device::cpu);
+      const auto got = test::dense_delta(rm.a, rm.b, mod.rank, mod.in, mod.out, 1.0);
+      const auto want = task_delta(tasks[t].adapter, spec);
+      const double e = test::relative_difference(got, want);
+      EXPECT_NEAR(e, mod.delta_error[t], 1e-6 + 1e-5 * e) << mod.path << " task " << t;
+      worst = std::max(worst, e);
+    }
+  }
+  return worst;
+}
+
+TEST(StoreMerge, RankAtFullStorageRevertsEveryDeltaExactly) {
+  test::TempDir tmp;
+  const auto tasks = write_family(tmp);
+  auto o = store_options(tasks, StoreMethod::rank, tmp / "bundle");
+  o.storage.fraction = 1.0;
+  const auto man = merge_store(o);
+  EXPECT_EQ(man.format_version, 2);
+  EXPECT_EQ(man.method, "rank");
+  for (const auto& mod : man.modules) {
+    EXPECT_EQ(mod.representation, Representation::rank);
+    for (const auto e : mod.delta_error) EXPECT_LT(e, 1e-5) << mod.path;
+  }
+  EXPECT_LT(check_errors_are_dense_errors(tmp / "bundle", tasks), 1e-5);
+}
+
+TEST(StoreMerge, ManifestErrorsAreTheDenseErrorsOfTheRevertedTasks) {
+  test::TempDir tmp;
+  const auto tasks = write_family(tmp);
+  for (const auto method : {StoreMethod::rank, StoreMethod::automatic})
+    for (const double b : {0.2, 0.45}) {
+      const auto out = tmp / ("b" + std::to_string(int(method)) + "-" + std::to_string(b));
+      auto o = store_options(tasks, method, out);
+      o.storage.fraction = b;
+      merge_store(o);
+      const double worst = check_errors_are_dense_errors(out, tasks);
+      EXPECT_GT(worst, 1e-3);  // truncated: the comparison measured something
+    }
+}
+
+TEST(StoreMerge, Bf16StorageErrorsDescribeTheRoundedFactors) {
+  test::TempDir tmp;
+  const auto tasks = write_family(tmp);
+  auto o = store_options(tasks, StoreMethod::automatic, tmp / "bundle");
+  o.storage.fraction = 0.6;
+  o.dtype = DType::BF16;
+  const auto man = merge_store(o);
+  EXPECT_EQ(Bundle(tmp / "bundle").tensors().find(bundle_tensor_name(man.modules[0].path, "lora_A",
+                                                                     man.modules[0].representation == Representation::rank ? "factors" : "mean"))->dtype,
+            DType::BF16);
+  check_errors_are_dense_errors(tmp / "bundle", tasks);
+}
+
+TEST(StoreMerge, StorageNeverExceedsTheBudget) {
+  test::TempDir tmp;
+  const auto tasks = write_family(tmp);
+  for (const auto method : {StoreMethod::rank, StoreMethod::automatic})
+    for (const double b : {0.05, 0.3, 0.56, 0.9}) {
+      auto o = store_options(tasks, method, tmp / "out");
+      o.storage.fraction = b;
+      o.overwrite = true;
+      const auto man = merge_store(o);
+      EXPECT_LE(stored_numbers(man), b * all_numbers(man) + 1e-9) << b;
+      EXPECT_NEAR(man.storage_ratio, stored_numbers(man) / all_numbers(man), 1e-12);
+      // The greedy fill leaves less than one direction of the largest module unused.
+      if (method == StoreMethod::rank) EXPECT_GT(stored_numbers(man), b * all_numbers(man) - 56);
+    }
+  // A budget in bytes: of the stored dtype (f32 here).
+  auto o = store_options(tasks, StoreMethod::automatic, tmp / "bytes");
+  o.storage.bytes = 6000;
+  const auto man = merge_store(o);
+  EXPECT_LE(man.stored_bytes, 6000u);
+  EXPECT_LE(stored_numbers(man) * 4, 6000);
+}
+
+TEST(StoreMerge, AutoIsNoWorseThanEitherRepresentationAloneAndChoosesPerModule) {
+  test::TempDir tmp;
+  const auto tasks = write_family(tmp);
+  // RMM at P = 1 everywhere stores (p(r + n) + r) / (n r) = 36 / 64 of the numbers.
+  RmmMergeOptions r;
+  r.tasks = tasks;
+  r.basis = 1;
+  r.out = tmp / "rmm";
+  r.device = Device::cpu;
+  const auto rmm = merge_rmm(r);
+  const double b = rmm.storage_ratio;
+  EXPECT_NEAR(b, 36.0 / 64.0, 1e-12);
+  auto o = store_options(tasks, StoreMethod::rank, tmp / "rank");
+  o.storage.fraction = b;
+  const auto rank = merge_store(o);
+  o = store_options(tasks, StoreMethod::automatic, tmp / "auto");
+  o.storage.fraction = b;
+  const auto aut = merge_store(o);
+  const double e_rmm = objective(rmm), e_rank = objective(rank), e_auto = objective(aut);
+  EXPECT_LE(e_auto, 1.01 * std::min(e_rmm, e_rank)) << e_auto << " rmm " << e_rmm << " rank " << e_rank;
+  // Both representations lose somewhere: the family is mixed, so auto beats both clearly.
+  EXPECT_LT(e_auto, 0.9 * std::min(e_rmm, e_rank));
+  // The trained-like modules are truncated; RMM serves at least one shared-init module.
+  int rmm_modules = 0;
+  for (const auto& mod : aut.modules) {
+    const bool v = mod.path.find("v_proj") != std::string::npos;
+    if (!v) EXPECT_EQ(mod.representation, Representation::rank) << mod.path;
+    rmm_modules += mod.representation == Representation::rmm;
+  }
+  EXPECT_GE(rmm_modules, 1);
+  std::cout << "objective at storage " << b << ": auto " << e_auto << ", rmm P=1 " << e_rmm
+            << ", rank " << e_rank << "\n";
+  EXPECT_LE(stored_numbers(aut), b * all_numbers(aut) + 1e-9);
+}
+
+TEST(StoreMerge, MaxErrorBoundsEveryTaskInEveryModule) {
+  test::TempDir tmp;
+  const auto tasks = write_family(tmp);
+  for (const double bound : {0.05, 0.3}) {
+    auto o = store_options(tasks, StoreMethod::automatic, tmp / "out");
+    o.max_error = bound;
+    o.overwrite = true;
+    const auto man = merge_store(o);
+    for (const auto& mod : man.modules)
+      for (const auto e : mod.delta_error) EXPECT_LE(e, bound * (1 + 1e-6) + 1e-6) << mod.path;
+    EXPECT_LT(man.storage_ratio, 1.0);
+  }
+}
+
+TEST(StoreMerge, BadBudgetsAreRefusedNamingTheOption) {
+  test::TempDir tmp;
+  const auto tasks = write_family(tmp);
+  const auto refused = [&](StoreMergeOptions o, const std::string& needle) {
+    try {
+      merge_store(o);
+      ADD_FAILURE() << "accepted: " << needle;
+    } catch (const usage_error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(std::filesystem::exists(o.out));
+  };
+  auto o = store_options(tasks, StoreMethod::automatic, tmp / "out");
+  refused(o, "--storage");  // neither budget nor bound
+  o.storage.fraction = 0.5;
+  o.max_error = 0.1;
+  refused(o, "either --storage");
+  o.max_error.reset();
+  o.storage.fraction = 1.5;
+  refused(o, "--storage");
+  o.storage.fraction = 0.0;
+  refused(o, "--storage");
+  o.storage = {};
+  o.storage.bytes = 1ull << 40;
+  refused(o, "more than storing every task");
+  o.storage = {};
+  o.max_error = -0.1;
+  refused(o, "--max-error");
+  o = store_options(tasks, StoreMethod::rank, tmp / "out");
+  o.storage.fraction = 0.5;
+  o.rmm_basis = {1};
+  refused(o, "--basis");
+  o = store_options(tasks, StoreMethod::automatic, tmp / "out");
+  o.storage.fraction = 0.5;
+  o.rmm_basis = {4};
+  refused(o, "--basis 4");
+
+  EXPECT_EQ(*parse_storage_budget("0.25", "--storage").fraction, 0.25);
+  EXPECT_EQ(*parse_storage_budget("25%", "--storage").fraction, 0.25);
+  EXPECT_EQ(*parse_storage_budget("2KiB", "--storage").bytes, 2048u);
+  for (const char* bad : {"", "0", "1.5", "150%", "2 parsecs", "-0.5", "abc"})
+    EXPECT_THROW(parse_storage_budget(bad, "--storage"), usage_error) << bad;
+}
+
+TEST(StoreMerge, ManifestVersion2RoundTripsAndRefusesBadKeptRanks) {
+  test::TempDir tmp;
+  const auto tasks = write_family(tmp);
+  auto o = store_options(tasks, StoreMethod::automatic, tmp / "bundle");
+  o.storage.fraction = 0.5;
+  const auto man = merge_store(o);
+  const auto text = manifest_to_json(man);
+  const auto back = parse_manifest(text, "m.json");
+  EXPECT_EQ(manifest_to_json(back), text);
+  // A kept rank above the task's own rank is refused by name.
+  auto broken = man;
+  for (auto& mod : broken.modules)
+    if (mod.representation == Representation::rank) {
+      mod.kept_ranks[0] = mod.task_ranks[0] + 1;
+      break;
+    }
+  EXPECT_THROW(parse_manifest(manifest_to_json(broken), "m.json"), format_error);
+}
+
+// The allocation against every combination of choices on a small case.
+TEST(StoreAllocation, BudgetChoiceMatchesExhaustiveSearchOnConvexOptions) {
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<double> u(0.1, 1.0);
+  std::vector<ModuleOptions> modules(3);
+  for (auto& m : modules) {
+    m.rank_unit = 10 + 5 * (&m - modules.data());
+    m.task_weight = {1.0, 0.5};
+    for (int t = 0; t < 2; ++t) {
+      std::vector<double> s;
+      double v = u(rng);
+      for (int k = 0; k < 3; ++k) s.push_back(v), v *= u(rng);
+      m.sigma_sq.push_back(s);
+    }
+  }
+  for (const double budget : {0.0, 15.0, 40.0, 75.0, 120.0, 500.0}) {
+    const auto got = allocate_budget(modules, budget);
+    double used = 0, err = 0;
+    for (const auto& c : got) used += c.numbers, err += c.error;
+    EXPECT_LE(used, budget + 1e-9);
+    // Exhaustive: each of 6 tasks keeps 0..3 directions.
+    double best = INFINITY;
+    for (int code = 0; code < 4096; ++code) {
+      double n = 0, e = 0;
+      int c = code;
+      for (int m = 0; m < 3; ++m)
+        for (int t = 0; t < 2; ++t) {
+          const int k = c % 4;
+          c /= 4;
+          n += k * modules[m].rank_unit;
+          for (int j = k; j < 3; ++j) e += modules[m].task_weight[t] * modules[m].sigma_sq[t][j];
+        }
+      if (n <= budget) best = std::min(best, e);
+    }
+    // Greedy by value per number is optimal up to the last direction that does not fit.
+    EXPECT_LE(err, best + 0.35) << budget;
+    if (budget == 0.0 || budget == 500.0) EXPECT_NEAR(err, best, 1e-12);
+  }
+}
+
+TEST(StoreAllocation, FixedOptionTakenWhereItIsWorthItsNumbers) {
+  ModuleOptions m;
+  m.rank_unit = 10;
+  m.task_weight = {1.0};
+  m.sigma_sq = {{1.0, 1.0, 1.0, 1.0}};  // flat: truncation loses 1 per 10 numbers saved
+  m.fixed = {{20, 0.1, 0.1}};           // 20 numbers for error 0.1
+  const auto c = allocate_budget({m}, 20);
+  EXPECT_EQ(c[0].fixed, 0);
+  EXPECT_DOUBLE_EQ(c[0].error, 0.1);
+  const auto d = allocate_budget({m}, 19);
+  EXPECT_EQ(d[0].fixed, -1);
+  EXPECT_EQ(d[0].kept, std::vector<i64>{1});
+  const auto e = allocate_max_error({m}, 0.5);  // √(0.1 / 4) ≤ 0.5 → the fixed option
+  EXPECT_EQ(e[0].fixed, 0);
+}
+
+}  // namespace
+}  // namespace revmerge
