@@ -99,6 +99,19 @@ def evaluate(revmerge, root: Path, tasks, out: Path):
         rows.append({"method": f"rmm P={p}", "kind": "rmm", "storage": e["storage"],
                      "delta_error": e["delta_error"],
                      "accuracy": [acc(t, dt.read_deltas(out / f"rmm-{p}-tasks" / t)) for t in tasks]})
+    # The budgeted store at each RMM row's storage: each task's own truncation, and auto.
+    for p in basis:
+        storage = min(errors[f"rmm P={p}"]["storage"], 1.0)
+        for method in ("rank", "auto"):
+            label = f"{method} at rmm P={p}'s storage"
+            folder = out / f"{method}-{p}"
+            run([revmerge, "merge", "-q", "--device", "cpu", "--method", method, "--storage", storage,
+                 "--out", folder, *adapters])
+            run([revmerge, "revert", "-q", "--device", "cpu", folder, "--all", "--out", f"{folder}-tasks"])
+            e = errors[label]
+            rows.append({"method": label, "kind": method, "storage": e["storage"],
+                         "delta_error": e["delta_error"],
+                         "accuracy": [acc(t, dt.read_deltas(Path(f"{folder}-tasks") / t)) for t in tasks]})
     for mode in ("separate", "combined"):
         for method in CLASSIC:
             folder = out / f"{method}-{mode}"
@@ -131,11 +144,29 @@ def check(rows, tasks, tolerance=0.02):
             failures.append(f"{exact['method']} (P = n − 1) gives task {t} accuracy {a}, its own adapter {b}")
     if max(exact["delta_error"]) > 1e-5:
         failures.append(f"{exact['method']} delta error {max(exact['delta_error'])} is not ~0")
+    # auto weighs RMM at P = 1, 2, 4, ... and every truncation: at each RMM row's storage it is no
+    # worse (mean squared delta error, its objective) than RMM at that P or truncations alone.
+    msq = lambda r: float(np.mean(np.square(r["delta_error"])))  # noqa: E731
+    for r in rmm:
+        p = r["method"].split("=")[1]
+        auto, rank = by[f"auto at rmm P={p}'s storage"], by[f"rank at rmm P={p}'s storage"]
+        if (p in ("1", "2", "4") or r["storage"] > 1) and msq(auto) > 1.01 * msq(r) + 1e-12:
+            failures.append(f"{auto['method']}: mean squared delta error {msq(auto):.4g} above {r['method']}'s {msq(r):.4g}")
+        if msq(auto) > 1.01 * msq(rank) + 1e-12:
+            failures.append(f"{auto['method']}: mean squared delta error {msq(auto):.4g} above {rank['method']}'s {msq(rank):.4g}")
     for lo, hi in zip(rmm, rmm[1:]):
         if hi["mean_accuracy"] < lo["mean_accuracy"] - tolerance:
             failures.append(f"mean accuracy falls from {lo['method']} ({lo['mean_accuracy']:.4f}) "
                             f"to {hi['method']} ({hi['mean_accuracy']:.4f}) by more than {tolerance}")
     return failures
+
+
+def store_summary(by, rmm_row):
+    """'at 0.312: auto 0.10 / 0.88, rank 0.12 / 0.86, rmm P=1 0.81 / 0.28'."""
+    at = lambda kind: by[f"{kind} at {rmm_row['method']}'s storage"]  # noqa: E731
+    fig = lambda r: f"{r['mean_delta_error']:.3f} / {r['mean_accuracy']:.3f}"  # noqa: E731
+    return (f"at {rmm_row['storage']:.3f} auto {fig(at('auto'))}, rank {fig(at('rank'))}, "
+            f"{rmm_row['method']} {fig(rmm_row)}")
 
 
 def write_report(path: Path, plot: Path, rows, info, command):
@@ -195,6 +226,10 @@ def write_report(path: Path, plot: Path, rows, info, command):
         f"- RMM: " + "; ".join(f"{r['method']} keeps {r['mean_accuracy']:.3f} at storage "
                                 f"{r['storage']:.3f}" for r in rmm) +
         f". At P = n − 1 every task's accuracy equals its own adapter's.",
+        "- The budgeted store at the same storage (`merge --method auto --storage B`, per module "
+        "the better of RMM at P = 1, 2, 4 and each task's own truncation; `rank`: truncations "
+        "only), mean delta error / mean accuracy: " + "; ".join(store_summary(by, r) for r in rmm
+                                                                if r["storage"] <= 1) + ".",
         f"- The best classic method here is {best['method']} at {best['mean_accuracy']:.3f} "
         f"(storage {best['storage']:.3f}); the classic methods range "
         f"{min(r['mean_accuracy'] for r in classic):.3f}–{max(r['mean_accuracy'] for r in classic):.3f}.",
@@ -224,6 +259,10 @@ def write_plot(path: Path, rows):
     rmm = [r for r in rows if r["kind"] == "rmm"]
     ax.plot([r["storage"] for r in rmm], [r["mean_accuracy"] for r in rmm], "o-", color="C0",
             label="RMM (P = " + ", ".join(r["method"].split("=")[1] for r in rmm) + ")")
+    for kind, color, name in (("auto", "C3", "auto (budgeted store)"), ("rank", "C4", "rank (per-task truncation)")):
+        pts = sorted((r["storage"], r["mean_accuracy"]) for r in rows if r["kind"] == kind)
+        if pts:
+            ax.plot(*zip(*pts), "s-" if kind == "auto" else "^--", color=color, label=name)
     markers = {"task_arithmetic": "s", "ties": "^", "dare_linear": "D", "dare_ties": "v"}
     for r in rows:
         if r["kind"] in ("separate", "combined"):
