@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Independent cross-check of a revmerge RMM bundle, in float64 numpy.
+"""Independent cross-check of a revmerge bundle (format version 1 or 2), in float64 numpy.
 
-From the adapter files alone it recomputes RMM (scale folding, rank padding, per-position
-centring, Gram eigendecomposition, top-P projection) and compares with what the bundle stores:
-  * every task's reconstructed factors (bundle: mean + basis @ coef) against the numpy
-    projection, as the largest difference relative to the module's largest factor entry;
-  * the manifest's per-task delta errors against dense ||B^A^ - BA||_F / ||BA||_F in numpy;
-  * the manifest's storage ratio against (P(r+n)+r)/(n r).
+From the adapter files alone it recomputes each module's representation and compares with what
+the bundle stores:
+  * rmm modules (scale folding, rank padding, per-position centring, Gram eigendecomposition,
+    top-P projection): every task's reconstructed factors (bundle: mean + basis @ coef) against
+    the numpy projection, as the largest difference relative to the module's largest factor
+    entry; storage ratio against (P(r+n)+r)/(n r);
+  * rank modules (version 2): every task's stored product B'A' against numpy's SVD of the dense
+    delta s·B·A truncated to the kept rank, relative to ||BA||_F; storage ratio against
+    sum(k)/sum(r);
+  * for both, the manifest's per-task delta errors against dense ||B^A^ - BA||_F / ||BA||_F.
 
     python3 tools/rmm_numpy.py BUNDLE [--adapters DIR ...] [--tol 1e-4]
 
@@ -87,6 +91,32 @@ def bundle_positions(tensors, path, side):
     return mean[:, :, None] + basis @ coef                      # m x r x n
 
 
+def check_rank_module(mod, tensors, adapters):
+    """A version 2 rank module: each task's stored B'A' against numpy's truncated SVD of its
+    dense delta; returns (reconstruction, delta error, storage ratio) differences."""
+    path, kept = mod["path"], mod["kept_ranks"]
+    total = sum(kept)
+    if total:
+        a_all = tensors[f"{path}.lora_A.factors"].astype(np.float64)   # total x in
+        b_all = tensors[f"{path}.lora_B.factors"].astype(np.float64)   # out x total
+    recon = delta = 0.0
+    off = 0
+    for i, ad in enumerate(adapters):
+        a, b = ad[path]                 # scale already folded into b
+        dense = b @ a
+        norm = max(np.linalg.norm(dense), 1e-300)
+        u, s, vt = np.linalg.svd(dense, full_matrices=False)
+        k = kept[i]
+        ref = (u[:, :k] * s[:k]) @ vt[:k]
+        got = b_all[:, off:off + k] @ a_all[off:off + k] if k else np.zeros_like(dense)
+        off += k
+        recon = max(recon, float(np.linalg.norm(got - ref) / norm))
+        err = np.linalg.norm(got - dense) / norm
+        delta = max(delta, abs(err - mod["delta_error"][i]) / max(err, 1e-3))
+    storage = abs(total / sum(mod["task_ranks"]) - mod["storage_ratio"])
+    return recon, delta, storage
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
@@ -98,11 +128,20 @@ def main():
     tensors = load_file(str(args.bundle / "bundle.safetensors"))
     sources = args.adapters or [t["source"] for t in manifest["tasks"]]
     adapters = [load_adapter(s) for s in sources]
-    n, p = len(adapters), manifest["basis"]
+    n = len(adapters)
     worst_recon = worst_delta = worst_storage = 0.0
     t0 = time.perf_counter()
+    kinds = {}
     for mod in manifest["modules"]:
         path, r = mod["path"], mod["rank"]
+        kind = mod.get("representation", "rmm")
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if kind == "rank":
+            recon, delta, storage = check_rank_module(mod, tensors, adapters)
+            worst_recon, worst_delta = max(worst_recon, recon), max(worst_delta, delta)
+            worst_storage = max(worst_storage, storage)
+            continue
+        p = mod.get("basis", manifest["basis"])
         stacks = {}
         for side, m in (("lora_A", mod["in"]), ("lora_B", mod["out"])):
             x = np.zeros((m, r, n))
@@ -127,7 +166,8 @@ def main():
         expected_storage = (p * (r + n) + r) * (mod["in"] + mod["out"]) / (sum(mod["task_ranks"]) * (mod["in"] + mod["out"]))
         worst_storage = max(worst_storage, abs(expected_storage - mod["storage_ratio"]))
     seconds = time.perf_counter() - t0
-    print(f"numpy cross-check of {args.bundle}: {len(manifest['modules'])} modules, {n} tasks, P={p}, "
+    what = ", ".join(f"{c} {k}" for k, c in sorted(kinds.items()))
+    print(f"numpy cross-check of {args.bundle}: {len(manifest['modules'])} modules ({what}), {n} tasks, "
           f"{seconds:.3f} s")
     print(f"  largest relative difference, reconstructed factors: {worst_recon:.3e}")
     print(f"  largest relative difference, delta errors:          {worst_delta:.3e}  (absolute/1e-3 below 1e-3)")

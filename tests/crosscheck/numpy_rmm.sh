@@ -16,3 +16,10 @@ done
 # examples stands in for dtype coverage; its rounding is measured against f64 numpy).
 "$revmerge" merge -q --basis 3 --dtype bf16 --out "$work/bf16" "$src"/examples/adapters/*
 python3 "$src/tools/rmm_numpy.py" "$work/bf16" --tol 2e-2
+# Format version 2: the budgeted store (rmm and rank modules) against numpy's truncated SVDs.
+for b in 0.2 0.5; do
+  "$revmerge" merge -q --method auto --storage $b --device cpu --out "$work/auto$b" "$src"/examples/adapters/*
+  python3 "$src/tools/rmm_numpy.py" "$work/auto$b"
+done
+"$revmerge" merge -q --method rank --storage 0.3 --out "$work/rank" "$src"/examples/adapters/*
+python3 "$src/tools/rmm_numpy.py" "$work/rank"
