@@ -8,10 +8,12 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "revmerge/bundle.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/rmm.hpp"
+#include "revmerge/store.hpp"
 #include "revmerge/version.hpp"
 
 struct revmerge_bundle {
@@ -92,6 +94,21 @@ std::size_t index_in(int64_t i, std::size_t count, const char* what) {
   return static_cast<std::size_t>(i);
 }
 
+// The tasks of a merge call: each adapter named by `names`, or by its folder.
+std::vector<revmerge::TaskSource> task_list(const char* call, const char* const* adapters,
+                                            const char* const* names, int64_t n, const char* out_dir) {
+  require(adapters && out_dir && n >= 0, std::string(call) + ": adapters and out_dir must not be null");
+  std::vector<revmerge::TaskSource> tasks;
+  for (int64_t t = 0; t < n; ++t) {
+    require(adapters[t] && (!names || names[t]),
+            std::string(call) + ": adapter or name " + std::to_string(t) + " is null");
+    std::filesystem::path dir(adapters[t]);
+    if (dir.filename().empty()) dir = dir.parent_path();  // "adapters/qa/"
+    tasks.push_back({names ? names[t] : dir.filename().string(), adapters[t]});
+  }
+  return tasks;
+}
+
 }  // namespace
 
 extern "C" {
@@ -103,21 +120,28 @@ const char* revmerge_last_error(void) { return last_error.c_str(); }
 revmerge_status revmerge_merge_rmm(const char* const* adapters, const char* const* names, int64_t n,
                                    int64_t basis, const char* out_dir, int overwrite, int device) {
   return guarded([&] {
-    require(adapters && out_dir && n >= 0,
-            "revmerge_merge_rmm: adapters and out_dir must not be null");
     revmerge::RmmMergeOptions o;
-    for (int64_t t = 0; t < n; ++t) {
-      require(adapters[t] && (!names || names[t]),
-              "revmerge_merge_rmm: adapter or name " + std::to_string(t) + " is null");
-      std::filesystem::path dir(adapters[t]);
-      if (dir.filename().empty()) dir = dir.parent_path();  // "adapters/qa/"
-      o.tasks.push_back({names ? names[t] : dir.filename().string(), adapters[t]});
-    }
+    o.tasks = task_list("revmerge_merge_rmm", adapters, names, n, out_dir);
     o.basis = basis;
     o.out = out_dir;
     o.overwrite = overwrite != 0;
     o.device = device_of(device);
     revmerge::merge_rmm(o);
+  });
+}
+
+revmerge_status revmerge_merge_auto(const char* const* adapters, const char* const* names,
+                                    int64_t n, double storage, int truncations_only,
+                                    const char* out_dir, int overwrite, int device) {
+  return guarded([&] {
+    revmerge::StoreMergeOptions o;
+    o.tasks = task_list("revmerge_merge_auto", adapters, names, n, out_dir);
+    o.method = truncations_only ? revmerge::StoreMethod::rank : revmerge::StoreMethod::automatic;
+    o.storage.fraction = storage;
+    o.out = out_dir;
+    o.overwrite = overwrite != 0;
+    o.device = device_of(device);
+    revmerge::merge_store(o);
   });
 }
 

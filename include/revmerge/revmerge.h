@@ -58,6 +58,15 @@ revmerge_status revmerge_merge_rmm(const char* const* adapters, const char* cons
                                    int64_t n, int64_t basis, const char* out_dir, int overwrite,
                                    int device);
 
+/* The budgeted store, as `revmerge merge --method auto --storage FRACTION` (or `--method rank`
+ * when `truncations_only` is non-zero): a bundle of format version 2 storing at most `storage`
+ * (0 < storage ≤ 1) of the numbers in all adapters, each module kept as RMM or as every task's
+ * own truncation, whichever serves it best; stored in the inputs' dtype. Other arguments as
+ * revmerge_merge_rmm. Bundles it writes open, list and revert with the functions below. */
+revmerge_status revmerge_merge_auto(const char* const* adapters, const char* const* names,
+                                    int64_t n, double storage, int truncations_only,
+                                    const char* out_dir, int overwrite, int device);
+
 /* Opens the bundle folder `dir` (manifest.json + bundle.safetensors, mapped, validated). */
 revmerge_status revmerge_bundle_open(const char* dir, revmerge_bundle** bundle);
 /* Closes it (null is allowed); the strings it gave out go with it. */

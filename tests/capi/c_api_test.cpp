@@ -118,6 +118,45 @@ TEST(CApi, MergesAsTheCppApi) {
   EXPECT_EQ(test::read_bytes(tmp / "c" / kBundleTensorsName), before);
 }
 
+TEST(CApi, StoresUnderABudgetAndRevertsEveryRepresentation) {
+  test::TempDir tmp;
+  merged_bundle(tmp);  // writes task0..2
+  std::vector<std::string> paths;
+  for (int t = 0; t < 3; ++t) paths.push_back((tmp / ("task" + std::to_string(t))).string());
+  const char* adapters[] = {paths[0].c_str(), paths[1].c_str(), paths[2].c_str()};
+  ASSERT_EQ(revmerge_merge_auto(adapters, nullptr, 3, 0.5, 0, (tmp / "auto").c_str(), 0,
+                                REVMERGE_DEVICE_CPU),
+            REVMERGE_OK)
+      << revmerge_last_error();
+  ASSERT_EQ(revmerge_merge_auto(adapters, nullptr, 3, 0.5, 1, (tmp / "rank").c_str(), 0,
+                                REVMERGE_DEVICE_CPU),
+            REVMERGE_OK)
+      << revmerge_last_error();
+  EXPECT_EQ(Bundle(tmp / "rank").manifest().method, "rank");
+  for (const auto* name : {"auto", "rank"}) {
+    const Bundle cpp(tmp / name);
+    EXPECT_EQ(cpp.manifest().format_version, 2);
+    EXPECT_LE(cpp.manifest().storage_ratio, 0.5);
+    revmerge_bundle* b = nullptr;
+    ASSERT_EQ(revmerge_bundle_open((tmp / name).c_str(), &b), REVMERGE_OK) << revmerge_last_error();
+    for (int64_t m = 0; m < revmerge_bundle_module_count(b); ++m) {
+      const auto& mod = cpp.manifest().modules[m];
+      std::vector<float> a(mod.rank * mod.in), bb(mod.out * mod.rank);
+      ASSERT_EQ(revmerge_revert_module(b, m, 1, REVMERGE_DEVICE_CPU, a.data(), bb.data()), REVMERGE_OK);
+      const auto want = revert_module(cpp, m, 1, Device::cpu);
+      EXPECT_EQ(a, want.a);
+      EXPECT_EQ(bb, want.b);
+    }
+    revmerge_bundle_close(b);
+  }
+  // A budget outside (0, 1] is refused by name, and nothing is written.
+  EXPECT_EQ(revmerge_merge_auto(adapters, nullptr, 3, 1.5, 0, (tmp / "bad").c_str(), 0,
+                                REVMERGE_DEVICE_CPU),
+            REVMERGE_USAGE_ERROR);
+  EXPECT_NE(std::string(revmerge_last_error()).find("--storage"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(tmp / "bad"));
+}
+
 TEST(CApi, FailuresAreStatusesWithMessagesAndLeaveNothing) {
   test::TempDir tmp;
   const auto dir = merged_bundle(tmp);
