@@ -4,9 +4,10 @@
 From the adapter files alone it recomputes each module's representation and compares with what
 the bundle stores:
   * rmm modules (scale folding, rank padding, per-position centring, Gram eigendecomposition,
-    top-P projection): every task's reconstructed factors (bundle: mean + basis @ coef) against
-    the numpy projection, as the largest difference relative to the module's largest factor
-    entry; storage ratio against (P(r+n)+r)/(n r);
+    top-P projection, P per side in version 2, 0 for the mean alone): every task's
+    reconstructed factors (bundle: mean + basis @ coef) against the numpy projection, as the
+    largest difference relative to the module's largest factor entry; storage ratio against
+    (P(r+n)+r)/(n r) per side;
   * rank modules (version 2): every task's stored product B'A' against numpy's SVD of the dense
     delta s·B·A truncated to the kept rank, relative to ||BA||_F; storage ratio against
     sum(k)/sum(r);
@@ -84,8 +85,10 @@ def rmm_projection(x, p):
     return mu + np.einsum("mrn,mnq,mkq->mrk", xc, wp, wp)
 
 
-def bundle_positions(tensors, path, side):
+def bundle_positions(tensors, path, side, n):
     mean = tensors[f"{path}.{side}.mean"].astype(np.float64)    # m x r
+    if f"{path}.{side}.basis" not in tensors:                   # version 2, P = 0: the mean alone
+        return np.repeat(mean[:, :, None], n, axis=2)
     basis = tensors[f"{path}.{side}.basis"].astype(np.float64)  # m x r x p
     coef = tensors[f"{path}.{side}.coef"].astype(np.float64)    # m x p x n
     return mean[:, :, None] + basis @ coef                      # m x r x n
@@ -141,9 +144,11 @@ def main():
             worst_recon, worst_delta = max(worst_recon, recon), max(worst_delta, delta)
             worst_storage = max(worst_storage, storage)
             continue
-        p = mod.get("basis", manifest["basis"])
+        # Version 1: the bundle's one P; version 2: a P per side (0: the mean alone).
+        p_side = {"lora_A": mod.get("basis_a", manifest["basis"]), "lora_B": mod.get("basis_b", manifest["basis"])}
         stacks = {}
         for side, m in (("lora_A", mod["in"]), ("lora_B", mod["out"])):
+            p = p_side[side]
             x = np.zeros((m, r, n))
             for i, ad in enumerate(adapters):
                 a, b = ad[path]
@@ -152,7 +157,7 @@ def main():
                 else:
                     x[:, : b.shape[1], i] = b         # row j of B_i
             ref = rmm_projection(x, p)
-            got = bundle_positions(tensors, path, side)
+            got = bundle_positions(tensors, path, side, n)
             scale = max(np.abs(x).max(), 1e-30)
             worst_recon = max(worst_recon, float(np.abs(got - ref).max() / scale))
             stacks[side] = (x, got)
@@ -163,7 +168,8 @@ def main():
             err = np.linalg.norm(bhh @ ah - orig) / max(np.linalg.norm(orig), 1e-300)
             # Relative where the error is sizeable; below 1e-3 it is f32 rounding, compared absolutely.
             worst_delta = max(worst_delta, abs(err - mod["delta_error"][i]) / max(err, 1e-3))
-        expected_storage = (p * (r + n) + r) * (mod["in"] + mod["out"]) / (sum(mod["task_ranks"]) * (mod["in"] + mod["out"]))
+        stored = ((p_side["lora_A"] * (r + n) + r) * mod["in"] + (p_side["lora_B"] * (r + n) + r) * mod["out"])
+        expected_storage = stored / (sum(mod["task_ranks"]) * (mod["in"] + mod["out"]))
         worst_storage = max(worst_storage, abs(expected_storage - mod["storage_ratio"]))
     seconds = time.perf_counter() - t0
     what = ", ".join(f"{c} {k}" for k, c in sorted(kinds.items()))

@@ -90,7 +90,9 @@ namespace {
 
 // "rmm P=2" or "rank 4+0+3".
 std::string representation_text(const BundleModule& mod) {
-  if (mod.representation == Representation::rmm) return fmt::format("rmm P={}", mod.basis);
+  if (mod.representation == Representation::rmm)
+    return mod.basis[0] == mod.basis[1] ? fmt::format("rmm P={}", mod.basis[0])
+                                        : fmt::format("rmm P={}/{}", mod.basis[0], mod.basis[1]);
   std::string kept;
   for (const auto k : mod.kept_ranks) {
     if (!kept.empty()) kept += '+';
@@ -99,29 +101,32 @@ std::string representation_text(const BundleModule& mod) {
   return "rank " + kept;
 }
 
-// "2 rmm (P=1: 1, P=2: 1), 5 rank" — how many modules took each representation.
+// "2 rmm (P=1: 1, P=2/1: 1), 5 rank" — how many modules took each representation (P per side
+// A/B where they differ).
 std::string representation_counts(const BundleManifest& m) {
-  std::map<std::int64_t, std::size_t> rmm;
+  std::map<std::string, std::size_t> rmm;
   std::size_t rank = 0, rmm_total = 0;
   for (const auto& mod : m.modules)
     if (mod.representation == Representation::rank)
       ++rank;
     else
-      ++rmm[mod.basis], ++rmm_total;
+      ++rmm[representation_text(mod).substr(4)], ++rmm_total;
   std::string out;
   if (rmm_total) {
     out = fmt::format("{} rmm (", rmm_total);
     bool first = true;
-    for (const auto& [p, count] : rmm) out += fmt::format("{}P={}: {}", first ? "" : ", ", p, count), first = false;
+    for (const auto& [p, count] : rmm) out += fmt::format("{}{}: {}", first ? "" : ", ", p, count), first = false;
     out += ")";
   }
   if (rank) out += fmt::format("{}{} rank", out.empty() ? "" : ", ", rank);
   return out;
 }
 
-// Energy kept by an rmm module's basis; NaN for a rank module (no per-position basis).
-double energy(const BundleModule& mod, const std::vector<double>& spectrum) {
-  return mod.representation == Representation::rmm ? retained_energy(spectrum, mod.basis) : NAN;
+// Energy kept by an rmm module's basis on side s (0: A, 1: B); NaN for a rank module (no
+// per-position basis).
+double energy(const BundleModule& mod, int s) {
+  if (mod.representation != Representation::rmm) return NAN;
+  return retained_energy(s == 0 ? mod.spectrum_a : mod.spectrum_b, mod.basis[s]);
 }
 
 // "storage: …" — bytes on disk beside the tasks' own factors where the bundle records them.
@@ -163,8 +168,8 @@ void print_bundle_report(const BundleManifest& m, const std::string& where, std:
   std::vector<double> ea, eb;
   for (const auto& mod : m.modules)
     if (mod.representation == Representation::rmm) {
-      ea.push_back(energy(mod, mod.spectrum_a));
-      eb.push_back(energy(mod, mod.spectrum_b));
+      ea.push_back(energy(mod, 0));
+      eb.push_back(energy(mod, 1));
     }
   if (!ea.empty()) {
     const auto sa = spread(ea), sb = spread(eb);
@@ -186,7 +191,7 @@ void print_bundle_report(const BundleManifest& m, const std::string& where, std:
     for (std::size_t i = 0; i < shown; ++i) {
       const auto* mod = order[i];
       fmt::print("  {:<40} {:>5} {:>12.3e} {:>10.4f} {:>10.4f}\n", mod->path, mod->rank,
-                 max_of(mod->delta_error), energy(*mod, mod->spectrum_a), energy(*mod, mod->spectrum_b));
+                 max_of(mod->delta_error), energy(*mod, 0), energy(*mod, 1));
     }
     return;
   }
@@ -217,9 +222,10 @@ nlohmann::ordered_json bundle_report_json(const BundleManifest& m, const std::st
     nlohmann::ordered_json e{{"path", mod->path}, {"delta_error", max_of(mod->delta_error)},
                              {"representation", representation_name(mod->representation)}};
     if (mod->representation == Representation::rmm) {
-      e["basis"] = mod->basis;
-      e["energy_a"] = energy(*mod, mod->spectrum_a);
-      e["energy_b"] = energy(*mod, mod->spectrum_b);
+      e["basis_a"] = mod->basis[0];
+      e["basis_b"] = mod->basis[1];
+      e["energy_a"] = energy(*mod, 0);
+      e["energy_b"] = energy(*mod, 1);
     } else {
       e["kept_ranks"] = mod->kept_ranks;
     }

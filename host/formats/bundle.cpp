@@ -28,7 +28,7 @@ std::int64_t BundleModule::stored_numbers(std::int64_t n) const {
     for (const auto x : kept_ranks) k += x;
     return k * (in + out);
   }
-  return (in + out) * (basis * (rank + n) + rank);
+  return in * (basis[0] * (rank + n) + rank) + out * (basis[1] * (rank + n) + rank);
 }
 
 std::string bundle_tensor_name(const std::string& module_path, const char* side, const char* part) {
@@ -59,9 +59,10 @@ std::string manifest_to_json(const BundleManifest& m) {
             {"task_ranks", mod.task_ranks}};
     if (m.format_version >= 2) {
       e["representation"] = representation_name(mod.representation);
-      if (mod.representation == Representation::rmm)
-        e["basis"] = mod.basis;
-      else
+      if (mod.representation == Representation::rmm) {
+        e["basis_a"] = mod.basis[0];
+        e["basis_b"] = mod.basis[1];
+      } else
         e["kept_ranks"] = mod.kept_ranks;
     }
     e["storage_ratio"] = mod.storage_ratio;
@@ -156,7 +157,7 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
     mod.rank = field<std::int64_t>(mj, "rank", where);
     mod.task_ranks = field<std::vector<std::int64_t>>(mj, "task_ranks", where);
     mod.storage_ratio = field<double>(mj, "storage_ratio", where);
-    mod.basis = m.basis;
+    mod.basis = {m.basis, m.basis};
     if (!v1) {
       const auto rep = field<std::string>(mj, "representation", where);
       if (rep == "rank")
@@ -166,16 +167,18 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
     }
     const bool rmm = mod.representation == Representation::rmm;
     if (rmm) {
-      if (!v1) mod.basis = field<std::int64_t>(mj, "basis", where);
-      if (mod.basis < 1 || mod.basis >= n)
-        throw format_error(where + ": basis " + std::to_string(mod.basis) + " is outside 1 .. " +
-                           std::to_string(n - 1));
+      if (!v1)
+        mod.basis = {field<std::int64_t>(mj, "basis_a", where), field<std::int64_t>(mj, "basis_b", where)};
+      for (const auto p : mod.basis)
+        if (p < (v1 ? 1 : 0) || p >= n)
+          throw format_error(where + ": basis " + std::to_string(p) + " is outside " +
+                             (v1 ? "1" : "0") + " .. " + std::to_string(n - 1));
       mod.factor_error_a = numbers(mj, "factor_error_a", where);
       mod.factor_error_b = numbers(mj, "factor_error_b", where);
       mod.spectrum_a = numbers(mj, "spectrum_a", where);
       mod.spectrum_b = numbers(mj, "spectrum_b", where);
     } else {
-      mod.basis = 0;
+      mod.basis = {0, 0};
       mod.kept_ranks = field<std::vector<std::int64_t>>(mj, "kept_ranks", where);
     }
     mod.delta_error = numbers(mj, "delta_error", where);
@@ -231,11 +234,13 @@ Bundle::Bundle(const fs::path& dir) : dir_(dir) {
       check(bundle_tensor_name(mod.path, "lora_B", "factors"), {mod.out, k});
       continue;
     }
-    const auto p = mod.basis;
-    for (const auto& [side, m] : {std::pair{"lora_A", mod.in}, std::pair{"lora_B", mod.out}}) {
-      const std::pair<const char*, std::vector<std::int64_t>> parts[] = {
-          {"mean", {m, mod.rank}}, {"basis", {m, mod.rank, p}}, {"coef", {m, p, n}}};
-      for (const auto& [part, shape] : parts) check(bundle_tensor_name(mod.path, side, part), shape);
+    for (int s = 0; s < 2; ++s) {
+      const char* side = s == 0 ? "lora_A" : "lora_B";
+      const auto m = s == 0 ? mod.in : mod.out, p = mod.basis[s];
+      check(bundle_tensor_name(mod.path, side, "mean"), {m, mod.rank});
+      if (p == 0) continue;  // the mean alone
+      check(bundle_tensor_name(mod.path, side, "basis"), {m, mod.rank, p});
+      check(bundle_tensor_name(mod.path, side, "coef"), {m, p, n});
     }
   }
 }

@@ -42,7 +42,7 @@ BundleModule describe(const PlannedModule& pm, const RmmModuleReport& rep, i64 n
   bm.out = pm.out;
   bm.rank = pm.rank;
   bm.task_ranks = pm.task_ranks;
-  bm.basis = p;
+  bm.basis = {p, p};
   double raw = 0;
   for (const auto rank : pm.task_ranks) raw += static_cast<double>(rank) * static_cast<double>(pm.in + pm.out);
   const double stored = static_cast<double>(pm.in + pm.out) * double(p * (pm.rank + n) + pm.rank);

@@ -18,10 +18,11 @@ namespace {
 
 using i64 = std::int64_t;
 
-// Rebuilds one side: out (m × r) = mean + basis · coef[:, :, task].
+// Rebuilds one side: out (m × r) = mean + basis · coef[:, :, task] (the mean alone for p = 0).
 std::vector<float> revert_side(Backend& be, const SafetensorsFile& f, const std::string& path,
                                const char* side, i64 m, i64 r, i64 p, i64 n, i64 task) {
-  const auto mean = f.read_f32(bundle_tensor_name(path, side, "mean"));
+  auto mean = f.read_f32(bundle_tensor_name(path, side, "mean"));
+  if (p == 0) return mean;
   const auto basis = f.read_f32(bundle_tensor_name(path, side, "basis"));
   const auto coef = f.read_f32(bundle_tensor_name(path, side, "coef"));
   auto d_mean = be.allocate(mean.size() * 4), d_basis = be.allocate(basis.size() * 4);
@@ -66,13 +67,13 @@ RevertedModule revert_with(Backend& be, const Bundle& bundle, std::size_t module
   const auto& man = bundle.manifest();
   const auto& mod = man.modules.at(module_index);
   if (mod.representation == Representation::rank) return revert_rank(bundle, mod, task);
-  const i64 n = static_cast<i64>(man.tasks.size()), p = mod.basis, r = mod.rank;
+  const i64 n = static_cast<i64>(man.tasks.size()), r = mod.rank;
   RevertedModule out;
-  const auto a_pos = revert_side(be, bundle.tensors(), mod.path, "lora_A", mod.in, r, p, n, task);
+  const auto a_pos = revert_side(be, bundle.tensors(), mod.path, "lora_A", mod.in, r, mod.basis[0], n, task);
   out.a.resize(a_pos.size());  // position-major in × r  →  r × in
   for (i64 j = 0; j < mod.in; ++j)
     for (i64 k = 0; k < r; ++k) out.a[k * mod.in + j] = a_pos[j * r + k];
-  out.b = revert_side(be, bundle.tensors(), mod.path, "lora_B", mod.out, r, p, n, task);
+  out.b = revert_side(be, bundle.tensors(), mod.path, "lora_B", mod.out, r, mod.basis[1], n, task);
   return out;
 }
 

@@ -4,6 +4,7 @@
 /// module's representation: RMM's mean, basis and coefficients per side, or each task's own
 /// truncated factors) and `manifest.json` (what was merged, how, and how well). docs/bundle.md
 /// specifies both so that Python with `safetensors` alone can revert a task.
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -16,8 +17,9 @@ namespace revmerge {
 
 inline constexpr const char* kBundleTensorsName = "bundle.safetensors";
 inline constexpr const char* kBundleManifestName = "manifest.json";
-/// Version 1: every module RMM with the bundle's one p. Version 2: a representation per module
-/// (written by `--method auto` and `rank`; `--method rmm` still writes version 1).
+/// Version 1: every module RMM with the bundle's one p. Version 2: a representation per module,
+/// RMM with a p per side (written by `--method auto` and `rank`; `--method rmm` still writes
+/// version 1).
 inline constexpr int kBundleFormatVersion = 2;
 
 /// How one module keeps its n tasks: RMM per position (mean, basis, coefficients per side), or
@@ -43,7 +45,8 @@ struct BundleModule {
   std::vector<std::int64_t> task_ranks;
   double storage_ratio = 0;            ///< stored numbers / the tasks' own A and B numbers
   Representation representation = Representation::rmm;
-  std::int64_t basis = 0;                ///< rmm: this module's p
+  /// rmm: this module's p per side (A, B); 0 keeps the mean alone (no basis or coefficients).
+  std::array<std::int64_t, 2> basis = {0, 0};
   std::vector<std::int64_t> kept_ranks;  ///< rank: per task k_i (0: the task's delta dropped)
   /// rmm only (empty for rank modules, whose factors live in another basis than the task's):
   std::vector<double> factor_error_a;  ///< ‖Â_i − A_i‖_F / ‖A_i‖_F
@@ -53,7 +56,8 @@ struct BundleModule {
   std::vector<double> spectrum_a;      ///< Σ over positions of each eigenvalue, descending
   std::vector<double> spectrum_b;
 
-  /// Numbers stored for this module: rmm (in + out)(p(r + n) + r), rank Σ k_i (in + out).
+  /// Numbers stored for this module: rmm in(p_A(r + n) + r) + out(p_B(r + n) + r), rank
+  /// Σ k_i (in + out).
   std::int64_t stored_numbers(std::int64_t tasks) const;
 };
 

@@ -17,7 +17,7 @@ done
 "$revmerge" merge -q --basis 3 --dtype bf16 --out "$work/bf16" "$src"/examples/adapters/*
 python3 "$src/tools/rmm_numpy.py" "$work/bf16" --tol 2e-2
 # Format version 2: the budgeted store (rmm and rank modules) against numpy's truncated SVDs.
-for b in 0.2 0.5; do
+for b in 0.15 0.3 0.5; do
   "$revmerge" merge -q --method auto --storage $b --device cpu --out "$work/auto$b" "$src"/examples/adapters/*
   python3 "$src/tools/rmm_numpy.py" "$work/auto$b"
 done

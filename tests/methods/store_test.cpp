@@ -251,6 +251,43 @@ TEST(StoreMerge, AutoIsNoWorseThanEitherRepresentationAloneAndChoosesPerModule) 
   EXPECT_LE(stored_numbers(aut), b * all_numbers(aut) + 1e-9);
 }
 
+// Tasks that share their A almost exactly and differ in B: RMM keeps A's mean alone (P = 0) and
+// spends on B — a P per side — and the errors of such pairs are still the dense ones.
+TEST(StoreMerge, RmmTakesABasisSizePerSide) {
+  test::TempDir tmp;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> g;
+  std::map<std::string, std::vector<float>> a0;
+  for (const auto& m : kModules) a0[m.path] = orthogonal_rows(m.rank, m.in, rng);
+  std::vector<TaskSource> tasks;
+  for (i64 t = 0; t < kTasks; ++t) {
+    std::map<std::string, std::vector<float>> a, b;
+    for (const auto& m : kModules) {
+      for (const float v : a0[m.path]) a[m.path].push_back(v + 0.001f * g(rng));
+      const auto bt = orthogonal_rows(m.rank, m.out, rng);
+      for (i64 o = 0; o < m.out; ++o)
+        for (i64 k = 0; k < m.rank; ++k) b[m.path].push_back(bt[k * m.out + o]);
+    }
+    const auto dir = tmp / ("task" + std::to_string(t));
+    test::write_adapter_factors(dir, kRank, kModules, a, b);
+    tasks.push_back({"task" + std::to_string(t), dir});
+  }
+  auto o = store_options(tasks, StoreMethod::automatic, tmp / "bundle");
+  o.storage.fraction = 0.62;
+  const auto man = merge_store(o);
+  int per_side = 0;  // modules keeping A's mean alone
+  for (const auto& mod : man.modules) {
+    ASSERT_EQ(mod.representation, Representation::rmm) << mod.path;
+    EXPECT_LT(mod.basis[0], mod.basis[1]) << mod.path;  // B's basis is where the budget goes
+    per_side += mod.basis[0] == 0;  // A's mean alone is every task's A
+    for (const auto e : mod.delta_error) EXPECT_LT(e, 0.6) << mod.path;
+  }
+  EXPECT_GT(per_side, 0);
+  EXPECT_FALSE(Bundle(tmp / "bundle").tensors().find(bundle_tensor_name(man.modules[0].path, "lora_A", "basis")));
+  check_errors_are_dense_errors(tmp / "bundle", tasks);
+  EXPECT_EQ(parse_manifest(manifest_to_json(man), "m.json").modules[0].basis, man.modules[0].basis);
+}
+
 TEST(StoreMerge, MaxErrorBoundsEveryTaskInEveryModule) {
   test::TempDir tmp;
   const auto tasks = write_family(tmp);

@@ -4,6 +4,7 @@
 #include "revmerge/store.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <string>
@@ -18,6 +19,7 @@
 #include "methods/recipe.hpp"
 #include "methods/rmm_module.hpp"
 #include "methods/store/allocation.hpp"
+#include "methods/store/rmm_sides.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/version.hpp"
 
@@ -111,12 +113,12 @@ double raw_numbers(const PlannedModule& pm) {
   return raw;
 }
 
-// What pass 1 keeps of a module: each task's spectrum, and each RMM candidate's per-task
-// squared absolute errors and worst relative error.
+// What pass 1 keeps of a module: each task's spectrum, and for each RMM pair (p_A, p_B) its
+// numbers, per-task squared absolute errors and worst relative error.
 struct Measured {
   std::vector<std::vector<double>> sigma_sq;
   struct Rmm {
-    i64 p;
+    std::array<i64, 2> p;
     double numbers;
     std::vector<double> error_sq;
     double worst;
@@ -124,25 +126,41 @@ struct Measured {
   std::vector<Rmm> rmm;
 };
 
+// Every side at every basis size in {0} ∪ candidates, from one RMM run per candidate; then every
+// pair of them, its errors in closed form (rmm_sides.hpp). Pairs storing as much as the tasks'
+// own factors are left out (keeping the factors is exact at that size).
 Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
                  const std::vector<i64>& candidates, DType storage) {
   Measured m;
   for (const auto& tf : f) m.sigma_sq.push_back(delta_sigma_sq(pm, tf));
-  const i64 n = static_cast<i64>(f.size());
-  if (!be || !rmm_fits(pm, n)) return m;
-  for (const auto p : candidates) {
-    // An RMM storing as much as the tasks' own factors loses to keeping them (exact).
-    const double numbers = double(pm.in + pm.out) * double(p * (pm.rank + n) + pm.rank);
-    if (numbers >= raw_numbers(pm)) continue;
+  const i64 n = static_cast<i64>(f.size()), r = pm.rank;
+  if (!be || !rmm_fits(pm, n) || candidates.empty()) return m;
+  const auto x = side_grams(pm, f);
+  std::vector<SideDifference> sides[2];
+  for (std::size_t c = 0; c < candidates.size(); ++c) {
+    const i64 p = candidates[c];
     const auto res = run_rmm(*be, pm, f, p, storage);
-    Measured::Rmm c{p, numbers, {}, 0};
-    for (i64 t = 0; t < n; ++t) {
-      const double e = res.delta_error[t] * res.delta_norm[t];
-      c.error_sq.push_back(e * e);
-      c.worst = std::max(c.worst, res.delta_error[t]);
+    for (int s = 0; s < 2; ++s) {
+      const auto& stored = s == 0 ? res.a : res.b;
+      if (c == 0) sides[s].push_back(side_difference(pm, f, s, stored, p, 0));  // the mean alone
+      sides[s].push_back(side_difference(pm, f, s, stored, p, p));
     }
-    m.rmm.push_back(std::move(c));
   }
+  std::vector<double> norm_sq;
+  for (const auto& s : m.sigma_sq) {
+    double v = 0;
+    for (const double x2 : s) v += x2;
+    norm_sq.push_back(v);
+  }
+  for (const auto& a : sides[0])
+    for (const auto& b : sides[1]) {
+      const double numbers = side_numbers(pm.in, r, n, a.p) + side_numbers(pm.out, r, n, b.p);
+      if (numbers >= raw_numbers(pm)) continue;
+      Measured::Rmm c{{a.p, b.p}, numbers, delta_error_sq(x, a, b, r), 0};
+      for (i64 t = 0; t < n; ++t)
+        c.worst = std::max(c.worst, norm_sq[t] > 0 ? std::sqrt(c.error_sq[t] / norm_sq[t]) : 0.0);
+      m.rmm.push_back(std::move(c));
+    }
   return m;
 }
 
@@ -159,25 +177,42 @@ BundleModule module_entry(const PlannedModule& pm) {
 }
 
 
-// Writes module pm as RMM at basis p and returns its manifest entry.
+// Writes module pm as RMM at basis sizes p (A, B side; 0: the mean alone) and returns its
+// manifest entry: each side from an RMM run at its own p (at 1 for the mean alone), the errors
+// measured on what is stored.
 BundleModule store_rmm(Backend& be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
-                       i64 p, DType storage, SafetensorsWriter& writer) {
-  const auto res = run_rmm(be, pm, f, p, storage);
-  for (const auto& [side, s] : {std::pair{"lora_A", &res.a}, std::pair{"lora_B", &res.b}}) {
-    writer.write_f32(bundle_tensor_name(pm.path, side, "mean"), s->mean);
-    writer.write_f32(bundle_tensor_name(pm.path, side, "basis"), s->basis);
-    writer.write_f32(bundle_tensor_name(pm.path, side, "coef"), s->coef);
-  }
+                       std::array<i64, 2> p, DType storage, SafetensorsWriter& writer) {
+  const i64 n = static_cast<i64>(f.size()), r = pm.rank;
+  const i64 run_a = std::max<i64>(p[0], 1), run_b = std::max<i64>(p[1], 1);
+  const auto res_a = run_rmm(be, pm, f, run_a, storage);
+  const auto res_b = run_b == run_a ? res_a : run_rmm(be, pm, f, run_b, storage);
+  const RmmSide* side[2] = {&res_a.a, &res_b.b};
+  const i64 run[2] = {run_a, run_b};
+  const auto x = side_grams(pm, f);
+  SideDifference d[2];
   auto bm = module_entry(pm);
   bm.representation = Representation::rmm;
   bm.basis = p;
-  bm.factor_error_a = res.a.factor_error;
-  bm.factor_error_b = res.b.factor_error;
-  bm.spectrum_a = res.a.spectrum;
-  bm.spectrum_b = res.b.spectrum;
-  bm.delta_error = res.delta_error;
-  bm.delta_norm = res.delta_norm;
-  bm.storage_ratio = double(bm.stored_numbers(static_cast<i64>(f.size()))) / raw_numbers(pm);
+  for (int s = 0; s < 2; ++s) {
+    const char* name = s == 0 ? "lora_A" : "lora_B";
+    writer.write_f32(bundle_tensor_name(pm.path, name, "mean"), side[s]->mean);
+    if (p[s] > 0) {
+      writer.write_f32(bundle_tensor_name(pm.path, name, "basis"), side[s]->basis);
+      writer.write_f32(bundle_tensor_name(pm.path, name, "coef"), side[s]->coef);
+    }
+    d[s] = side_difference(pm, f, s, *side[s], run[s], p[s]);
+    auto& fe = s == 0 ? bm.factor_error_a : bm.factor_error_b;
+    for (i64 t = 0; t < n; ++t)
+      fe.push_back(x.x_sq[s][t] > 0 ? std::sqrt(d[s].d_sq[t] / x.x_sq[s][t]) : 0.0);
+  }
+  bm.spectrum_a = res_a.a.spectrum;
+  bm.spectrum_b = res_b.b.spectrum;
+  const auto err = delta_error_sq(x, d[0], d[1], r), norm = delta_norm_sq(x);
+  for (i64 t = 0; t < n; ++t) {
+    bm.delta_norm.push_back(std::sqrt(norm[t]));
+    bm.delta_error.push_back(norm[t] > 0 ? std::sqrt(err[t] / norm[t]) : 0.0);
+  }
+  bm.storage_ratio = double(bm.stored_numbers(n)) / raw_numbers(pm);
   return bm;
 }
 
@@ -226,11 +261,14 @@ std::vector<TensorSpec> tensor_specs(const std::vector<PlannedModule>& plan,
   for (std::size_t m = 0; m < plan.size(); ++m) {
     const auto& pm = plan[m];
     if (choice[m].fixed >= 0) {
-      const i64 p = measured[m].rmm[choice[m].fixed].p;
-      for (const auto& [side, rows] : {std::pair{"lora_A", pm.in}, std::pair{"lora_B", pm.out}}) {
+      const auto p = measured[m].rmm[choice[m].fixed].p;
+      for (int s = 0; s < 2; ++s) {
+        const char* side = s == 0 ? "lora_A" : "lora_B";
+        const i64 rows = s == 0 ? pm.in : pm.out;
         specs.push_back({bundle_tensor_name(pm.path, side, "mean"), storage, {rows, pm.rank}});
-        specs.push_back({bundle_tensor_name(pm.path, side, "basis"), storage, {rows, pm.rank, p}});
-        specs.push_back({bundle_tensor_name(pm.path, side, "coef"), storage, {rows, p, n}});
+        if (p[s] == 0) continue;
+        specs.push_back({bundle_tensor_name(pm.path, side, "basis"), storage, {rows, pm.rank, p[s]}});
+        specs.push_back({bundle_tensor_name(pm.path, side, "coef"), storage, {rows, p[s], n}});
       }
       continue;
     }

@@ -1,0 +1,48 @@
+#pragma once
+// RMM with a basis size per side, measured on the host from RMM's stored results: for any
+// p_A, p_B (0: the mean alone) every task's delta error in closed form from r × r Grams of the
+// sides' differences D = X̂ − X, so the pairs cost no RMM runs beyond one per candidate p.
+#include <cstdint>
+#include <vector>
+
+#include "methods/adapter_set.hpp"
+#include "methods/rmm_module.hpp"
+
+namespace revmerge {
+
+/// Per task, the Gram XᵀX of each side's positions (X: m × r, A's columns or B's rows with the
+/// scale folded in, zero-padded to r) and its trace.
+struct SideGrams {
+  std::vector<std::vector<double>> xx[2];
+  std::vector<double> x_sq[2];
+};
+
+SideGrams side_grams(const PlannedModule& pm, const std::vector<TaskFactors>& f);
+
+/// One side stored at basis size p (0: the mean alone): per task the Grams DᵀD and DᵀX of its
+/// differences D = X̂ − X (m × r), and ‖D‖².
+struct SideDifference {
+  std::int64_t p = 0;
+  std::vector<std::vector<double>> dd, dx;
+  std::vector<double> d_sq;
+};
+
+/// Side `side` (0: A, 1: B) as `stored` holds it (an RMM result at basis size `stored_p` ≥ p;
+/// only its first p directions are used, and p = 0 uses the mean alone).
+SideDifference side_difference(const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                               int side, const RmmSide& stored, std::int64_t stored_p,
+                               std::int64_t p);
+
+/// Per task ‖B̂Â − BA‖_F² for the sides a and b:
+/// ⟨BᵀB, D_AD_Aᵀ⟩ + ⟨D_BᵀD_B, AAᵀ⟩ + ⟨D_BᵀD_B, D_AD_Aᵀ⟩ + 2⟨BᵀD_B, D_AAᵀ⟩ + 2⟨BᵀD_B, D_AD_Aᵀ⟩
+/// + 2⟨D_BᵀD_B, AD_Aᵀ⟩.
+std::vector<double> delta_error_sq(const SideGrams& x, const SideDifference& a,
+                                   const SideDifference& b, std::int64_t r);
+
+/// Per task ‖BA‖_F² = ⟨BᵀB, AAᵀ⟩.
+std::vector<double> delta_norm_sq(const SideGrams& x);
+
+/// Numbers one side stores: m (p(r + n) + r).
+double side_numbers(std::int64_t m, std::int64_t r, std::int64_t n, std::int64_t p);
+
+}  // namespace revmerge
