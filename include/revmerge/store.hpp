@@ -34,8 +34,9 @@ struct StoreMergeOptions {
   /// per module that keeps it).
   StorageBudget storage;
   std::optional<double> max_error;
-  /// RMM basis sizes `auto` weighs per module (each costs one RMM of the module to measure;
-  /// one storing as much as the adapters is skipped); empty: the powers of 2 below n.
+  /// RMM basis sizes `auto` weighs per module and side, besides 0 (the mean alone): measured
+  /// from one RMM of the module at the largest; a pair storing as much as the adapters is
+  /// skipped. Empty: every P up to 8, then the powers of 2, below n.
   std::vector<std::int64_t> rmm_basis;
   std::filesystem::path out;
   std::optional<DType> dtype;  ///< stored dtype; empty: the inputs' (as merge_rmm)

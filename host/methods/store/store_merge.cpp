@@ -60,8 +60,9 @@ std::vector<i64> rmm_candidates(const StoreMergeOptions& o) {
   if (o.method == StoreMethod::rank) return {};
   const auto n = static_cast<i64>(o.tasks.size());
   auto p = o.rmm_basis;
+  // Every P up to 8, then powers of 2: each costs the Grams of its differences, not an RMM.
   if (p.empty())
-    for (i64 q = 1; q < n; q *= 2) p.push_back(q);
+    for (i64 q = 1; q < n; q = q < 8 ? q + 1 : 2 * q) p.push_back(q);
   std::sort(p.begin(), p.end());
   p.erase(std::unique(p.begin(), p.end()), p.end());
   return p;
@@ -126,9 +127,10 @@ struct Measured {
   std::vector<Rmm> rmm;
 };
 
-// Every side at every basis size in {0} ∪ candidates, from one RMM run per candidate; then every
-// pair of them, its errors in closed form (rmm_sides.hpp). Pairs storing as much as the tasks'
-// own factors are left out (keeping the factors is exact at that size).
+// Every side at every basis size in {0} ∪ candidates, from one RMM run at the largest (its first
+// p directions are RMM at p: the same eigenvectors, kept in descending order); then every pair of
+// them, its errors in closed form (rmm_sides.hpp). Pairs storing as much as the tasks' own
+// factors are left out (keeping the factors is exact at that size).
 Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
                  const std::vector<i64>& candidates, DType storage) {
   Measured m;
@@ -136,15 +138,13 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
   const i64 n = static_cast<i64>(f.size()), r = pm.rank;
   if (!be || !rmm_fits(pm, n) || candidates.empty()) return m;
   const auto x = side_grams(pm, f);
+  const i64 largest = candidates.back();
+  const auto res = run_rmm(*be, pm, f, largest, storage);
   std::vector<SideDifference> sides[2];
-  for (std::size_t c = 0; c < candidates.size(); ++c) {
-    const i64 p = candidates[c];
-    const auto res = run_rmm(*be, pm, f, p, storage);
-    for (int s = 0; s < 2; ++s) {
-      const auto& stored = s == 0 ? res.a : res.b;
-      if (c == 0) sides[s].push_back(side_difference(pm, f, s, stored, p, 0));  // the mean alone
-      sides[s].push_back(side_difference(pm, f, s, stored, p, p));
-    }
+  for (int s = 0; s < 2; ++s) {
+    const auto& stored = s == 0 ? res.a : res.b;
+    sides[s].push_back(side_difference(pm, f, s, stored, largest, 0));  // the mean alone
+    for (const auto p : candidates) sides[s].push_back(side_difference(pm, f, s, stored, largest, p));
   }
   std::vector<double> norm_sq;
   for (const auto& s : m.sigma_sq) {
