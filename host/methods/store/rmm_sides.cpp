@@ -4,6 +4,8 @@
 
 #include <cstddef>
 
+#include "methods/store/parallel_tasks.hpp"
+
 namespace revmerge {
 namespace {
 
@@ -19,6 +21,15 @@ std::vector<double> positions(const PlannedModule& pm, const TaskFactors& tf, in
     for (i64 k = 0; k < tf.rank; ++k)
       x[j * r + k] = side == 0 ? double(tf.a[k * pm.in + j]) : tf.scale * double(tf.b[j * tf.rank + k]);
   return x;
+}
+
+// uᵀu for an m × r row-major u (half the work of gram(u, u)).
+std::vector<double> self_gram(const std::vector<double>& u, i64 m, i64 r) {
+  std::vector<double> g(static_cast<std::size_t>(r * r));
+  cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, r, m, 1.0, u.data(), r, 0.0, g.data(), r);
+  for (i64 i = 0; i < r; ++i)
+    for (i64 j = 0; j < i; ++j) g[i * r + j] = g[j * r + i];
+  return g;
 }
 
 // uᵀv for m × r row-major u and v: an r × r matrix.
@@ -52,24 +63,34 @@ double dot_transposed(const std::vector<double>& x, const std::vector<double>& y
 
 double side_numbers(i64 m, i64 r, i64 n, i64 p) { return double(m) * double(p * (r + n) + r); }
 
-SideGrams side_grams(const PlannedModule& pm, const std::vector<TaskFactors>& f) {
+SideGrams side_grams(const PlannedModule& pm, const std::vector<TaskFactors>& f, int threads) {
+  const auto n = static_cast<long>(f.size());
   SideGrams g;
-  for (int side = 0; side < 2; ++side)
-    for (const auto& tf : f) {
-      const auto x = positions(pm, tf, side);
-      g.xx[side].push_back(gram(x, x, side_rows(pm, side), pm.rank));
-      g.x_sq[side].push_back(trace(g.xx[side].back(), pm.rank));
-    }
+  for (int side = 0; side < 2; ++side) {
+    g.x[side].resize(f.size());
+    g.xx[side].resize(f.size());
+    g.x_sq[side].resize(f.size());
+  }
+  parallel_tasks(2 * n, threads, [&](long i) {
+    const int side = static_cast<int>(i / n);
+    const auto t = static_cast<std::size_t>(i % n);
+    g.x[side][t] = positions(pm, f[t], side);
+    g.xx[side][t] = self_gram(g.x[side][t], side_rows(pm, side), pm.rank);
+    g.x_sq[side][t] = trace(g.xx[side][t], pm.rank);
+  });
   return g;
 }
 
-SideDifference side_difference(const PlannedModule& pm, const std::vector<TaskFactors>& f, int side,
-                               const RmmSide& stored, i64 stored_p, i64 p) {
-  const i64 r = pm.rank, m = side_rows(pm, side), n = static_cast<i64>(f.size());
+SideDifference side_difference(const PlannedModule& pm, const SideGrams& grams, int side,
+                               const RmmSide& stored, i64 stored_p, i64 p, int threads) {
+  const i64 r = pm.rank, m = side_rows(pm, side), n = static_cast<i64>(grams.x[side].size());
   SideDifference out;
   out.p = p;
-  for (i64 t = 0; t < n; ++t) {
-    const auto x = positions(pm, f[t], side);
+  out.dd.resize(static_cast<std::size_t>(n));
+  out.dx.resize(static_cast<std::size_t>(n));
+  out.d_sq.resize(static_cast<std::size_t>(n));
+  parallel_tasks(n, threads, [&](long t) {
+    const auto& x = grams.x[side][t];
     std::vector<double> d(x.size());
     for (i64 j = 0; j < m; ++j)
       for (i64 k = 0; k < r; ++k) {
@@ -78,10 +99,10 @@ SideDifference side_difference(const PlannedModule& pm, const std::vector<TaskFa
           v += double(stored.basis[(j * r + k) * stored_p + q]) * double(stored.coef[(j * stored_p + q) * n + t]);
         d[j * r + k] = v - x[j * r + k];
       }
-    out.dd.push_back(gram(d, d, m, r));
-    out.dx.push_back(gram(d, x, m, r));
-    out.d_sq.push_back(trace(out.dd.back(), r));
-  }
+    out.dd[t] = self_gram(d, m, r);
+    out.dx[t] = gram(d, x, m, r);
+    out.d_sq[t] = trace(out.dd[t], r);
+  });
   return out;
 }
 

@@ -10,14 +10,14 @@
 
 namespace revmerge {
 
-/// Per task, the Gram XᵀX of each side's positions (X: m × r, A's columns or B's rows with the
-/// scale folded in, zero-padded to r) and its trace.
+/// Per task, each side's positions X (m × r row-major, f64: A's columns or B's rows with the
+/// scale folded in, zero-padded to r), their Gram XᵀX and its trace.
 struct SideGrams {
-  std::vector<std::vector<double>> xx[2];
+  std::vector<std::vector<double>> x[2], xx[2];
   std::vector<double> x_sq[2];
 };
 
-SideGrams side_grams(const PlannedModule& pm, const std::vector<TaskFactors>& f);
+SideGrams side_grams(const PlannedModule& pm, const std::vector<TaskFactors>& f, int threads);
 
 /// One side stored at basis size p (0: the mean alone): per task the Grams DᵀD and DᵀX of its
 /// differences D = X̂ − X (m × r), and ‖D‖².
@@ -28,10 +28,11 @@ struct SideDifference {
 };
 
 /// Side `side` (0: A, 1: B) as `stored` holds it (an RMM result at basis size `stored_p` ≥ p;
-/// only its first p directions are used, and p = 0 uses the mean alone).
-SideDifference side_difference(const PlannedModule& pm, const std::vector<TaskFactors>& f,
-                               int side, const RmmSide& stored, std::int64_t stored_p,
-                               std::int64_t p);
+/// only its first p directions are used, and p = 0 uses the mean alone). Tasks on `threads`
+/// threads (0: all cores).
+SideDifference side_difference(const PlannedModule& pm, const SideGrams& x, int side,
+                               const RmmSide& stored, std::int64_t stored_p, std::int64_t p,
+                               int threads);
 
 /// Per task ‖B̂Â − BA‖_F² for the sides a and b:
 /// ⟨BᵀB, D_AD_Aᵀ⟩ + ⟨D_BᵀD_B, AAᵀ⟩ + ⟨D_BᵀD_B, D_AD_Aᵀ⟩ + 2⟨BᵀD_B, D_AAᵀ⟩ + 2⟨BᵀD_B, D_AD_Aᵀ⟩

@@ -15,11 +15,12 @@
 #include "core/interrupt.hpp"
 #include "core/memory_info.hpp"
 #include "methods/adapter_set.hpp"
-#include "methods/lowrank/refactor.hpp"
 #include "methods/recipe.hpp"
 #include "methods/rmm_module.hpp"
 #include "methods/store/allocation.hpp"
+#include "methods/store/parallel_tasks.hpp"
 #include "methods/store/rmm_sides.hpp"
+#include "methods/store/truncation.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/version.hpp"
 
@@ -100,14 +101,10 @@ RmmModuleResult run_rmm(Backend& be, const PlannedModule& pm, const std::vector<
 
 // Squared singular values of task t's delta s·B·A, descending.
 std::vector<double> delta_sigma_sq(const PlannedModule& pm, const TaskFactors& f) {
-  const auto s = with_module_context(pm.path, [&] {
-    return refactor_sum({{f.b, f.a, f.rank, f.scale}}, pm.out, pm.in, 0).singular_values;
-  });
-  std::vector<double> out;
-  for (const double x : s) out.push_back(x * x);
-  return out;
+  return with_module_context(pm.path, [&] { return task_truncation(f, pm.out, pm.in).sigma_sq; });
 }
 
+// Numbers the tasks' own factors of a module hold.
 double raw_numbers(const PlannedModule& pm) {
   double raw = 0;
   for (const auto r : pm.task_ranks) raw += double(r) * double(pm.in + pm.out);
@@ -132,19 +129,20 @@ struct Measured {
 // them, its errors in closed form (rmm_sides.hpp). Pairs storing as much as the tasks' own
 // factors are left out (keeping the factors is exact at that size).
 Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
-                 const std::vector<i64>& candidates, DType storage) {
+                 const std::vector<i64>& candidates, DType storage, int threads) {
   Measured m;
-  for (const auto& tf : f) m.sigma_sq.push_back(delta_sigma_sq(pm, tf));
+  m.sigma_sq.resize(f.size());
+  parallel_tasks(static_cast<long>(f.size()), threads, [&](long t) { m.sigma_sq[t] = delta_sigma_sq(pm, f[t]); });
   const i64 n = static_cast<i64>(f.size()), r = pm.rank;
   if (!be || !rmm_fits(pm, n) || candidates.empty()) return m;
-  const auto x = side_grams(pm, f);
+  const auto x = side_grams(pm, f, threads);
   const i64 largest = candidates.back();
   const auto res = run_rmm(*be, pm, f, largest, storage);
   std::vector<SideDifference> sides[2];
   for (int s = 0; s < 2; ++s) {
     const auto& stored = s == 0 ? res.a : res.b;
-    sides[s].push_back(side_difference(pm, f, s, stored, largest, 0));  // the mean alone
-    for (const auto p : candidates) sides[s].push_back(side_difference(pm, f, s, stored, largest, p));
+    sides[s].push_back(side_difference(pm, x, s, stored, largest, 0, threads));  // the mean alone
+    for (const auto p : candidates) sides[s].push_back(side_difference(pm, x, s, stored, largest, p, threads));
   }
   std::vector<double> norm_sq;
   for (const auto& s : m.sigma_sq) {
@@ -181,14 +179,14 @@ BundleModule module_entry(const PlannedModule& pm) {
 // manifest entry: each side from an RMM run at its own p (at 1 for the mean alone), the errors
 // measured on what is stored.
 BundleModule store_rmm(Backend& be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
-                       std::array<i64, 2> p, DType storage, SafetensorsWriter& writer) {
+                       std::array<i64, 2> p, DType storage, SafetensorsWriter& writer, int threads) {
   const i64 n = static_cast<i64>(f.size()), r = pm.rank;
   const i64 run_a = std::max<i64>(p[0], 1), run_b = std::max<i64>(p[1], 1);
   const auto res_a = run_rmm(be, pm, f, run_a, storage);
   const auto res_b = run_b == run_a ? res_a : run_rmm(be, pm, f, run_b, storage);
   const RmmSide* side[2] = {&res_a.a, &res_b.b};
   const i64 run[2] = {run_a, run_b};
-  const auto x = side_grams(pm, f);
+  const auto x = side_grams(pm, f, threads);
   SideDifference d[2];
   auto bm = module_entry(pm);
   bm.representation = Representation::rmm;
@@ -200,7 +198,7 @@ BundleModule store_rmm(Backend& be, const PlannedModule& pm, const std::vector<T
       writer.write_f32(bundle_tensor_name(pm.path, name, "basis"), side[s]->basis);
       writer.write_f32(bundle_tensor_name(pm.path, name, "coef"), side[s]->coef);
     }
-    d[s] = side_difference(pm, f, s, *side[s], run[s], p[s]);
+    d[s] = side_difference(pm, x, s, *side[s], run[s], p[s], threads);
     auto& fe = s == 0 ? bm.factor_error_a : bm.factor_error_b;
     for (i64 t = 0; t < n; ++t)
       fe.push_back(x.x_sq[s][t] > 0 ? std::sqrt(d[s].d_sq[t] / x.x_sq[s][t]) : 0.0);
@@ -219,33 +217,34 @@ BundleModule store_rmm(Backend& be, const PlannedModule& pm, const std::vector<T
 // Writes module pm as each task's own truncation to kept[t] directions: A' stacked as Σk × in,
 // B' as out × Σk. The errors are measured on the rounded factors through small Grams.
 BundleModule store_rank(const PlannedModule& pm, const std::vector<TaskFactors>& f,
-                        const std::vector<i64>& kept, DType storage, SafetensorsWriter& writer) {
+                        const std::vector<i64>& kept, DType storage, SafetensorsWriter& writer,
+                        int threads) {
   const i64 n = static_cast<i64>(f.size());
+  std::vector<i64> first(f.size(), 0);  // task t's rows / columns start at first[t]
   i64 total = 0;
-  for (const auto k : kept) total += k;
+  for (i64 t = 0; t < n; ++t) first[t] = total, total += kept[t];
   auto bm = module_entry(pm);
   bm.representation = Representation::rank;
   bm.kept_ranks = kept;
+  bm.delta_norm.resize(f.size());
+  bm.delta_error.resize(f.size());
   std::vector<float> a_all(static_cast<std::size_t>(total * pm.in));
   std::vector<float> b_all(static_cast<std::size_t>(pm.out * total));
-  i64 at = 0;
-  for (i64 t = 0; t < n; ++t) {
+  parallel_tasks(n, threads, [&](long t) {
     const auto& tf = f[t];
-    const i64 k = kept[t];
-    const auto lf = with_module_context(pm.path, [&] {
-      return refactor_sum({{tf.b, tf.a, tf.rank, tf.scale}}, pm.out, pm.in, k);
-    });
-    const auto a = rounded(lf.a, storage), b = rounded(lf.b, storage);
-    double norm_sq = 0;
-    for (const double s : lf.singular_values) norm_sq += s * s;
-    const double err_sq = lowrank_norm_sq({{b, a, k, 1.0}, {tf.b, tf.a, tf.rank, -tf.scale}}, pm.out, pm.in);
-    bm.delta_norm.push_back(std::sqrt(norm_sq));
-    bm.delta_error.push_back(norm_sq > 0 ? std::sqrt(err_sq / norm_sq) : 0.0);
+    const i64 k = kept[t], at = first[t];
+    const auto tt = with_module_context(pm.path, [&] { return task_truncation(tf, pm.out, pm.in); });
+    std::vector<float> a, b;
+    truncated_factors(tt, tf, k, b, a);
+    a = rounded(std::move(a), storage);
+    b = rounded(std::move(b), storage);
+    const double norm_sq = tt.norm_sq, err_sq = truncation_error_sq(tt, tf, b, a, k);
+    bm.delta_norm[t] = std::sqrt(norm_sq);
+    bm.delta_error[t] = norm_sq > 0 ? std::sqrt(err_sq / norm_sq) : 0.0;
     std::copy(a.begin(), a.end(), a_all.begin() + at * pm.in);
     for (i64 o = 0; o < pm.out; ++o)
       std::copy(b.begin() + o * k, b.begin() + (o + 1) * k, b_all.begin() + o * total + at);
-    at += k;
-  }
+  });
   if (total > 0) {
     writer.write_f32(bundle_tensor_name(pm.path, "lora_A", "factors"), a_all);
     writer.write_f32(bundle_tensor_name(pm.path, "lora_B", "factors"), b_all);
@@ -378,7 +377,7 @@ BundleManifest merge_store(const StoreMergeOptions& o) {
     const auto& pm = set.plan[m];
     if (o.progress) o.progress(m, steps, pm.path);
     const auto f = read_module_factors(set, pm);
-    measured.push_back(measure(be.get(), pm, f, candidates, storage));
+    measured.push_back(measure(be.get(), pm, f, candidates, storage, o.threads));
     for (i64 t = 0; t < n; ++t)
       for (const double s : measured.back().sigma_sq[t]) task_norm_sq[t] += s;
   }
@@ -408,7 +407,8 @@ BundleManifest merge_store(const StoreMergeOptions& o) {
   manifest.basis = 0;
   manifest.dtype = storage;
   manifest.created_by = std::string("revmerge ") + REVMERGE_VERSION_STRING;
-  manifest.backend = be ? be->name() + "; truncations on the host (LAPACK, f64)" : "host (LAPACK, f64)";
+  manifest.backend = be ? be->name() + "; truncations on the host (BLAS / LAPACK, f64)"
+                      : "host (BLAS / LAPACK, f64)";
   for (std::size_t t = 0; t < o.tasks.size(); ++t)
     manifest.tasks.push_back({o.tasks[t].name,
                               (o.tasks[t].origin.empty() ? o.tasks[t].adapter : o.tasks[t].origin).string(),
@@ -425,8 +425,8 @@ BundleManifest merge_store(const StoreMergeOptions& o) {
     if (o.progress) o.progress(set.plan.size() + m, steps, pm.path);
     const auto f = read_module_factors(set, pm);
     auto bm = choice[m].fixed >= 0
-                  ? store_rmm(*be, pm, f, measured[m].rmm[choice[m].fixed].p, storage, writer)
-                  : store_rank(pm, f, choice[m].kept, storage, writer);
+                  ? store_rmm(*be, pm, f, measured[m].rmm[choice[m].fixed].p, storage, writer, o.threads)
+                  : store_rank(pm, f, choice[m].kept, storage, writer, o.threads);
     stored += double(bm.stored_numbers(n));
     manifest.modules.push_back(std::move(bm));
   }
