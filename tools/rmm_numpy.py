@@ -94,14 +94,14 @@ def bundle_positions(tensors, path, side, n):
     return mean[:, :, None] + basis @ coef                      # m x r x n
 
 
-def check_rank_module(mod, tensors, adapters):
-    """A version 2 rank module: each task's stored B'A' against numpy's truncated SVD of its
-    dense delta; returns (reconstruction, delta error, storage ratio) differences."""
-    path, kept = mod["path"], mod["kept_ranks"]
+def check_truncations(path, part, kept, tensors, adapters, delta_errors):
+    """Stacked truncations (a version 2 rank module's "factors", or the "added" tasks'): each
+    task's stored B'A' against numpy's SVD of its dense delta truncated to its kept rank; returns
+    the (reconstruction, delta error) differences."""
     total = sum(kept)
     if total:
-        a_all = tensors[f"{path}.lora_A.factors"].astype(np.float64)   # total x in
-        b_all = tensors[f"{path}.lora_B.factors"].astype(np.float64)   # out x total
+        a_all = tensors[f"{path}.lora_A.{part}"].astype(np.float64)   # total x in
+        b_all = tensors[f"{path}.lora_B.{part}"].astype(np.float64)   # out x total
     recon = delta = 0.0
     off = 0
     for i, ad in enumerate(adapters):
@@ -115,9 +115,8 @@ def check_rank_module(mod, tensors, adapters):
         off += k
         recon = max(recon, float(np.linalg.norm(got - ref) / norm))
         err = np.linalg.norm(got - dense) / norm
-        delta = max(delta, abs(err - mod["delta_error"][i]) / max(err, 1e-3))
-    storage = abs(total / sum(mod["task_ranks"]) - mod["storage_ratio"])
-    return recon, delta, storage
+        delta = max(delta, abs(err - delta_errors[i]) / max(err, 1e-3))
+    return recon, delta
 
 
 def main():
@@ -131,7 +130,10 @@ def main():
     tensors = load_file(str(args.bundle / "bundle.safetensors"))
     sources = args.adapters or [t["source"] for t in manifest["tasks"]]
     adapters = [load_adapter(s) for s in sources]
-    n = len(adapters)
+    # Version 2 after `revmerge add`: the representations cover the first base_tasks tasks, the
+    # rest are stacked truncations of their own ("added").
+    n_all = len(adapters)
+    n = manifest.get("base_tasks", n_all)
     worst_recon = worst_delta = worst_storage = 0.0
     t0 = time.perf_counter()
     kinds = {}
@@ -139,10 +141,17 @@ def main():
         path, r = mod["path"], mod["rank"]
         kind = mod.get("representation", "rmm")
         kinds[kind] = kinds.get(kind, 0) + 1
-        if kind == "rank":
-            recon, delta, storage = check_rank_module(mod, tensors, adapters)
+        added = mod.get("added_kept_ranks", [])
+        if added:
+            recon, delta = check_truncations(path, "added", added, tensors, adapters[n:], mod["delta_error"][n:])
             worst_recon, worst_delta = max(worst_recon, recon), max(worst_delta, delta)
-            worst_storage = max(worst_storage, storage)
+        raw = sum(mod["task_ranks"]) * (mod["in"] + mod["out"])
+        if kind == "rank":
+            recon, delta = check_truncations(path, "factors", mod["kept_ranks"], tensors, adapters[:n],
+                                             mod["delta_error"][:n])
+            worst_recon, worst_delta = max(worst_recon, recon), max(worst_delta, delta)
+            stored = (sum(mod["kept_ranks"]) + sum(added)) * (mod["in"] + mod["out"])
+            worst_storage = max(worst_storage, abs(stored / raw - mod["storage_ratio"]))
             continue
         # Version 1: the bundle's one P; version 2: a P per side (0: the mean alone).
         p_side = {"lora_A": mod.get("basis_a", manifest["basis"]), "lora_B": mod.get("basis_b", manifest["basis"])}
@@ -150,7 +159,7 @@ def main():
         for side, m in (("lora_A", mod["in"]), ("lora_B", mod["out"])):
             p = p_side[side]
             x = np.zeros((m, r, n))
-            for i, ad in enumerate(adapters):
+            for i, ad in enumerate(adapters[:n]):
                 a, b = ad[path]
                 if side == "lora_A":
                     x[:, : a.shape[0], i] = a.T       # column j of A_i
@@ -168,12 +177,13 @@ def main():
             err = np.linalg.norm(bhh @ ah - orig) / max(np.linalg.norm(orig), 1e-300)
             # Relative where the error is sizeable; below 1e-3 it is f32 rounding, compared absolutely.
             worst_delta = max(worst_delta, abs(err - mod["delta_error"][i]) / max(err, 1e-3))
-        stored = ((p_side["lora_A"] * (r + n) + r) * mod["in"] + (p_side["lora_B"] * (r + n) + r) * mod["out"])
-        expected_storage = stored / (sum(mod["task_ranks"]) * (mod["in"] + mod["out"]))
+        stored = ((p_side["lora_A"] * (r + n) + r) * mod["in"] + (p_side["lora_B"] * (r + n) + r) * mod["out"]
+                  + sum(added) * (mod["in"] + mod["out"]))
+        expected_storage = stored / raw
         worst_storage = max(worst_storage, abs(expected_storage - mod["storage_ratio"]))
     seconds = time.perf_counter() - t0
     what = ", ".join(f"{c} {k}" for k, c in sorted(kinds.items()))
-    print(f"numpy cross-check of {args.bundle}: {len(manifest['modules'])} modules ({what}), {n} tasks, "
+    print(f"numpy cross-check of {args.bundle}: {len(manifest['modules'])} modules ({what}), {n_all} tasks, "
           f"{seconds:.3f} s")
     print(f"  largest relative difference, reconstructed factors: {worst_recon:.3e}")
     print(f"  largest relative difference, delta errors:          {worst_delta:.3e}  (absolute/1e-3 below 1e-3)")

@@ -88,17 +88,23 @@ std::vector<std::string> bundle_warnings(const BundleManifest& m) {
 
 namespace {
 
-// "rmm P=2" or "rank 4+0+3".
-std::string representation_text(const BundleModule& mod) {
-  if (mod.representation == Representation::rmm)
-    return mod.basis[0] == mod.basis[1] ? fmt::format("rmm P={}", mod.basis[0])
-                                        : fmt::format("rmm P={}/{}", mod.basis[0], mod.basis[1]);
-  std::string kept;
-  for (const auto k : mod.kept_ranks) {
-    if (!kept.empty()) kept += '+';
-    kept += std::to_string(k);
+// "4+0+3".
+std::string ranks_text(const std::vector<std::int64_t>& kept) {
+  std::string out;
+  for (const auto k : kept) {
+    if (!out.empty()) out += '+';
+    out += std::to_string(k);
   }
-  return "rank " + kept;
+  return out;
+}
+
+// "rmm P=2", "rmm P=1/0" (A/B) or "rank 4+0+3"; tasks added later follow as "; added 2+1".
+std::string representation_text(const BundleModule& mod) {
+  std::string out = mod.representation == Representation::rank ? "rank " + ranks_text(mod.kept_ranks)
+                    : mod.basis[0] == mod.basis[1] ? fmt::format("rmm P={}", mod.basis[0])
+                                                   : fmt::format("rmm P={}/{}", mod.basis[0], mod.basis[1]);
+  if (!mod.added_kept_ranks.empty()) out += "; added " + ranks_text(mod.added_kept_ranks);
+  return out;
 }
 
 // "2 rmm (P=1: 1, P=2/1: 1), 5 rank" — how many modules took each representation (P per side
@@ -110,7 +116,9 @@ std::string representation_counts(const BundleManifest& m) {
     if (mod.representation == Representation::rank)
       ++rank;
     else
-      ++rmm[representation_text(mod).substr(4)], ++rmm_total;
+      ++rmm[mod.basis[0] == mod.basis[1] ? fmt::format("P={}", mod.basis[0])
+                                         : fmt::format("P={}/{}", mod.basis[0], mod.basis[1])],
+          ++rmm_total;
   std::string out;
   if (rmm_total) {
     out = fmt::format("{} rmm (", rmm_total);
@@ -151,6 +159,9 @@ void print_bundle_report(const BundleManifest& m, const std::string& where, std:
   else
     fmt::print("bundle {} (method {}): {} tasks, {} modules: {}; stored as {}\n", where, m.method,
                m.tasks.size(), m.modules.size(), representation_counts(m), dtype_name(m.dtype));
+  if (m.represented_tasks() != static_cast<std::int64_t>(m.tasks.size()))
+    fmt::print("tasks added later (each its own truncation per module): {} after the first {}\n",
+               m.tasks.size() - m.represented_tasks(), m.represented_tasks());
   if (!m.backend.empty()) fmt::print("computed on: {}\n", m.backend);
   fmt::print("{}\n", storage_line(m));
   fmt::print("\n{:<24} {:>14} {:>14} {:>14}\n", "task", "delta error", "worst module", "mean module");

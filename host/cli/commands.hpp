@@ -8,6 +8,7 @@ void add_info_command(CLI::App& app);
 void add_devices_command(CLI::App& app);
 void add_merge_command(CLI::App& app);
 void add_revert_command(CLI::App& app);
+void add_add_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
 void add_compare_command(CLI::App& app);
 void add_compress_command(CLI::App& app);

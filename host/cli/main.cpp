@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   revmerge::cli::add_info_command(app);
   revmerge::cli::add_merge_command(app);
   revmerge::cli::add_revert_command(app);
+  revmerge::cli::add_add_command(app);
   revmerge::cli::add_inspect_command(app);
   revmerge::cli::add_compare_command(app);
   revmerge::cli::add_compress_command(app);

@@ -23,12 +23,15 @@ const char* representation_name(Representation r) noexcept {
 }
 
 std::int64_t BundleModule::stored_numbers(std::int64_t n) const {
+  std::int64_t added = 0;
+  for (const auto x : added_kept_ranks) added += x;
+  added *= in + out;
   if (representation == Representation::rank) {
     std::int64_t k = 0;
     for (const auto x : kept_ranks) k += x;
-    return k * (in + out);
+    return k * (in + out) + added;
   }
-  return in * (basis[0] * (rank + n) + rank) + out * (basis[1] * (rank + n) + rank);
+  return in * (basis[0] * (rank + n) + rank) + out * (basis[1] * (rank + n) + rank) + added;
 }
 
 std::string bundle_tensor_name(const std::string& module_path, const char* side, const char* part) {
@@ -47,6 +50,8 @@ std::string manifest_to_json(const BundleManifest& m) {
   j["stored_bytes"] = m.stored_bytes;
   j["created_by"] = m.created_by;
   j["backend"] = m.backend;
+  if (m.base_tasks != 0 && m.base_tasks != static_cast<std::int64_t>(m.tasks.size()))
+    j["base_tasks"] = m.base_tasks;
   j["tasks"] = ojson::array();
   for (const auto& t : m.tasks)
     j["tasks"].push_back({{"name", t.name}, {"source", t.source},
@@ -65,6 +70,7 @@ std::string manifest_to_json(const BundleManifest& m) {
       } else
         e["kept_ranks"] = mod.kept_ranks;
     }
+    if (!mod.added_kept_ranks.empty()) e["added_kept_ranks"] = mod.added_kept_ranks;
     e["storage_ratio"] = mod.storage_ratio;
     if (mod.representation == Representation::rmm) {
       e["factor_error_a"] = mod.factor_error_a;
@@ -142,8 +148,12 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
       throw format_error(file + ": task '" + task.name + "' appears twice");
     m.tasks.push_back(std::move(task));
   }
-  const auto n = static_cast<std::int64_t>(m.tasks.size());
-  if (n < 2) throw format_error(file + ": a bundle holds at least 2 tasks, this one " + std::to_string(n));
+  const auto all = static_cast<std::int64_t>(m.tasks.size());
+  if (!v1 && j.contains("base_tasks")) m.base_tasks = field<std::int64_t>(j, "base_tasks", file);
+  const auto n = m.represented_tasks();  // the tasks the representations cover
+  if (n < 2 || n > all)
+    throw format_error(file + ": a bundle's representations cover 2 .. " + std::to_string(all) +
+                       " tasks, this one " + std::to_string(n));
   if (v1 && (m.basis < 1 || m.basis >= n))
     throw format_error(file + ": basis " + std::to_string(m.basis) + " is outside 1 .. " + std::to_string(n - 1));
   for (const auto& mj : field<nlohmann::json>(j, "modules", file)) {
@@ -181,16 +191,28 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
       mod.basis = {0, 0};
       mod.kept_ranks = field<std::vector<std::int64_t>>(mj, "kept_ranks", where);
     }
+    if (mj.contains("added_kept_ranks"))
+      mod.added_kept_ranks = field<std::vector<std::int64_t>>(mj, "added_kept_ranks", where);
     mod.delta_error = numbers(mj, "delta_error", where);
     mod.delta_norm = numbers(mj, "delta_norm", where);
     if (mod.in < 1 || mod.out < 1 || mod.rank < 1)
       throw format_error(where + ": in, out and rank must be positive");
-    for (const auto* v : {&mod.factor_error_a, &mod.factor_error_b, &mod.delta_error,
-                          &mod.delta_norm, &mod.spectrum_a, &mod.spectrum_b})
-      if ((rmm || !v->empty()) && static_cast<std::int64_t>(v->size()) != n)
-        throw format_error(where + ": per-task lists must have " + std::to_string(n) + " entries");
-    if (static_cast<std::int64_t>(mod.task_ranks.size()) != n)
-      throw format_error(where + ": task_ranks must have " + std::to_string(n) + " entries");
+    for (const auto* v : {&mod.factor_error_a, &mod.factor_error_b, &mod.spectrum_a, &mod.spectrum_b})
+      if (rmm && static_cast<std::int64_t>(v->size()) != n)
+        throw format_error(where + ": factor errors and spectra must have " + std::to_string(n) + " entries");
+    for (const auto* v : {&mod.delta_error, &mod.delta_norm})
+      if (static_cast<std::int64_t>(v->size()) != all)
+        throw format_error(where + ": per-task lists must have " + std::to_string(all) + " entries");
+    if (static_cast<std::int64_t>(mod.task_ranks.size()) != all)
+      throw format_error(where + ": task_ranks must have " + std::to_string(all) + " entries");
+    if (static_cast<std::int64_t>(mod.added_kept_ranks.size()) != all - n)
+      throw format_error(where + ": added_kept_ranks must have " + std::to_string(all - n) +
+                         " entries (one per added task)");
+    for (std::int64_t t = n; t < all; ++t)
+      if (mod.added_kept_ranks[t - n] < 0 || mod.added_kept_ranks[t - n] > mod.task_ranks[t])
+        throw format_error(where + ": kept rank " + std::to_string(mod.added_kept_ranks[t - n]) +
+                           " of added task " + std::to_string(t) + " is outside 0 .. " +
+                           std::to_string(mod.task_ranks[t]) + " (its rank)");
     for (const auto rank : mod.task_ranks)
       if (rank < 1 || rank > mod.rank)
         throw format_error(where + ": task rank " + std::to_string(rank) + " is outside 1 .. " +
@@ -216,7 +238,7 @@ Bundle::Bundle(const fs::path& dir) : dir_(dir) {
     throw io_error(dir.string() + ": no " + kBundleManifestName + " (not a revmerge bundle)");
   manifest_ = parse_manifest(read_text_file(manifest_path), manifest_path.string());
   tensors_ = std::make_unique<SafetensorsFile>(dir / kBundleTensorsName);
-  const auto n = static_cast<std::int64_t>(manifest_.tasks.size());
+  const auto n = manifest_.represented_tasks();
   const auto check = [&](const std::string& name, const std::vector<std::int64_t>& shape) {
     const auto* t = tensors_->find(name);
     if (t == nullptr)
@@ -226,6 +248,12 @@ Bundle::Bundle(const fs::path& dir) : dir_(dir) {
                          "' does not have the float shape the manifest implies");
   };
   for (const auto& mod : manifest_.modules) {
+    std::int64_t added = 0;
+    for (const auto x : mod.added_kept_ranks) added += x;
+    if (added > 0) {
+      check(bundle_tensor_name(mod.path, "lora_A", "added"), {added, mod.in});
+      check(bundle_tensor_name(mod.path, "lora_B", "added"), {mod.out, added});
+    }
     if (mod.representation == Representation::rank) {
       std::int64_t k = 0;
       for (const auto x : mod.kept_ranks) k += x;

@@ -1,6 +1,6 @@
 // revmerge revert: rebuild a task's factors from a bundle — for an rmm module x̂_i = μ + V c_i at
-// every position, as one batched GEMM per side on the backend; for a rank module the task's own
-// truncated factors, zero-padded to the module's rank.
+// every position, as one batched GEMM per side on the backend; for a rank module, or a task added
+// later, the task's own truncated factors, zero-padded to the module's rank.
 #include <memory>
 
 #include "backend/backend.hpp"
@@ -41,22 +41,24 @@ std::vector<float> revert_side(Backend& be, const SafetensorsFile& f, const std:
   return out;
 }
 
-// Task `task`'s rows of the stacked A' (Σk × in) and columns of B' (out × Σk), padded with
-// zeros to the module's rank r.
-RevertedModule revert_rank(const Bundle& bundle, const BundleModule& mod, i64 task) {
+// Entry `index` of a stack of truncated factors (tensors `M.lora_A.<part>`, Σk × in, and
+// `M.lora_B.<part>`, out × Σk; entry i holds kept[i] directions), padded with zeros to the
+// module's rank r.
+RevertedModule revert_stacked(const Bundle& bundle, const BundleModule& mod, const char* part,
+                              const std::vector<i64>& kept, i64 index) {
   const i64 r = mod.rank;
   RevertedModule out;
   out.a.assign(static_cast<std::size_t>(r * mod.in), 0.0f);
   out.b.assign(static_cast<std::size_t>(mod.out * r), 0.0f);
   i64 total = 0, first = 0;
-  for (i64 t = 0; t < static_cast<i64>(mod.kept_ranks.size()); ++t) {
-    if (t == task) first = total;
-    total += mod.kept_ranks[t];
+  for (i64 t = 0; t < static_cast<i64>(kept.size()); ++t) {
+    if (t == index) first = total;
+    total += kept[t];
   }
-  const i64 k = mod.kept_ranks.at(task);
+  const i64 k = kept.at(index);
   if (k == 0) return out;
-  const auto a = bundle.tensors().read_f32(bundle_tensor_name(mod.path, "lora_A", "factors"));
-  const auto b = bundle.tensors().read_f32(bundle_tensor_name(mod.path, "lora_B", "factors"));
+  const auto a = bundle.tensors().read_f32(bundle_tensor_name(mod.path, "lora_A", part));
+  const auto b = bundle.tensors().read_f32(bundle_tensor_name(mod.path, "lora_B", part));
   std::copy(a.begin() + first * mod.in, a.begin() + (first + k) * mod.in, out.a.begin());
   for (i64 o = 0; o < mod.out; ++o)
     std::copy(b.begin() + o * total + first, b.begin() + o * total + first + k, out.b.begin() + o * r);
@@ -66,8 +68,9 @@ RevertedModule revert_rank(const Bundle& bundle, const BundleModule& mod, i64 ta
 RevertedModule revert_with(Backend& be, const Bundle& bundle, std::size_t module_index, i64 task) {
   const auto& man = bundle.manifest();
   const auto& mod = man.modules.at(module_index);
-  if (mod.representation == Representation::rank) return revert_rank(bundle, mod, task);
-  const i64 n = static_cast<i64>(man.tasks.size()), r = mod.rank;
+  const i64 n = man.represented_tasks(), r = mod.rank;
+  if (task >= n) return revert_stacked(bundle, mod, "added", mod.added_kept_ranks, task - n);
+  if (mod.representation == Representation::rank) return revert_stacked(bundle, mod, "factors", mod.kept_ranks, task);
   RevertedModule out;
   const auto a_pos = revert_side(be, bundle.tensors(), mod.path, "lora_A", mod.in, r, mod.basis[0], n, task);
   out.a.resize(a_pos.size());  // position-major in × r  →  r × in

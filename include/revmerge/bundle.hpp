@@ -48,6 +48,9 @@ struct BundleModule {
   /// rmm: this module's p per side (A, B); 0 keeps the mean alone (no basis or coefficients).
   std::array<std::int64_t, 2> basis = {0, 0};
   std::vector<std::int64_t> kept_ranks;  ///< rank: per task k_i (0: the task's delta dropped)
+  /// Tasks added later (`revmerge add`), each kept as its own truncation to k_i directions in
+  /// the "added" tensors, whatever the module's representation of the first tasks.
+  std::vector<std::int64_t> added_kept_ranks;
   /// rmm only (empty for rank modules, whose factors live in another basis than the task's):
   std::vector<double> factor_error_a;  ///< ‖Â_i − A_i‖_F / ‖A_i‖_F
   std::vector<double> factor_error_b;  ///< ‖B̂_i − B_i‖_F / ‖B_i‖_F (scale folded into B)
@@ -57,8 +60,9 @@ struct BundleModule {
   std::vector<double> spectrum_b;
 
   /// Numbers stored for this module: rmm in(p_A(r + n) + r) + out(p_B(r + n) + r), rank
-  /// Σ k_i (in + out).
-  std::int64_t stored_numbers(std::int64_t tasks) const;
+  /// Σ k_i (in + out), for the n tasks its representation covers; plus Σ k_i (in + out) of the
+  /// added tasks.
+  std::int64_t stored_numbers(std::int64_t represented_tasks) const;
 };
 
 /// The manifest: everything about a bundle except its tensors.
@@ -68,6 +72,9 @@ struct BundleManifest {
   std::int64_t basis = 0;  ///< p of a version 1 bundle (every module's); 0 in version 2
   DType dtype = DType::F32;
   std::vector<BundleTask> tasks;
+  /// How many of the first tasks the modules' representations cover (0: all); the tasks after
+  /// them were added by `revmerge add` (version 2).
+  std::int64_t base_tasks = 0;
   std::vector<BundleModule> modules;
   double storage_ratio = 0;  ///< over all modules
   /// Bytes of the tasks' own A and B factors in their own dtypes (what keeping every adapter
@@ -78,11 +85,15 @@ struct BundleManifest {
   std::string backend;  ///< where it was computed, e.g. "cpu (OpenBLAS + LAPACKE, 2 threads)"
 
   std::int64_t task_index(const std::string& name) const;  ///< -1 when absent
+  std::int64_t represented_tasks() const noexcept {
+    return base_tasks ? base_tasks : static_cast<std::int64_t>(tasks.size());
+  }
 };
 
 /// Tensor names of a module's stored factors: side is "lora_A" or "lora_B", part is "mean",
 /// "basis" or "coef" (rmm), or "factors" (rank: the tasks' truncated factors stacked, A' as
-/// Σk × in, B' as out × Σk, task i's at offset Σ_{j<i} k_j).
+/// Σk × in, B' as out × Σk, task i's at offset Σ_{j<i} k_j), or "added" (the added tasks'
+/// truncated factors, stacked the same way).
 std::string bundle_tensor_name(const std::string& module_path, const char* side, const char* part);
 
 std::string manifest_to_json(const BundleManifest& m);

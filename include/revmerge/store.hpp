@@ -56,6 +56,27 @@ struct StoreMergeOptions {
 /// option), and what merge_rmm throws for its inputs.
 BundleManifest merge_store(const StoreMergeOptions& options);
 
+struct AddTasksOptions {
+  std::filesystem::path bundle;   ///< the bundle to extend (format version 1 or 2)
+  std::vector<TaskSource> tasks;  ///< PEFT adapters of the bundle's modules, at least 1
+  std::filesystem::path out;      ///< the new bundle (refused if it exists unless overwrite)
+  /// The largest relative delta error a new task may have in any module; empty: per module, the
+  /// worst delta error the bundle's tasks have there (new tasks no worse than the old ones).
+  std::optional<double> max_error;
+  bool overwrite = false;
+  int threads = 0;
+  ProgressFn progress;
+  OutputRecipe recipe;
+};
+
+/// `revmerge add`: a copy of the bundle with more tasks, each new task stored per module as its
+/// own truncation within the error target (the "added" tensors); the existing tasks' tensors
+/// are copied byte for byte and need no adapters. The result is format version 2 (base_tasks
+/// says how many tasks the modules' representations cover). Throws usage_error (names in use,
+/// a bad bound), shape_error (a module the bundle lacks or has with another shape, or a rank
+/// above the module's), and what reading the adapters throws; nothing is written on failure.
+BundleManifest add_tasks(const AddTasksOptions& options);
+
 /// "0.25" or "25%" as a fraction, or a size ("2GiB", "512MB") as bytes; `option` names the
 /// option in the usage_error a bad value gives.
 StorageBudget parse_storage_budget(const std::string& text, const std::string& option);

@@ -71,4 +71,12 @@ expect_error "--storage '1.5': a fraction above 1" "$revmerge" merge --method ra
 expect_error "give either --storage .a budget. or --max-error" "$revmerge" merge --method auto --out "$work/a2" "${adapters[@]}"
 expect_error "--storage: not an option of --method rmm" "$revmerge" merge --basis 1 --storage 0.5 --out "$work/a2" "${adapters[@]}"
 [ ! -e "$work/a2" ] || fail "output written after a bad budget"
+# More tasks into a bundle without the old tasks' adapters.
+"$revmerge" merge -q --method auto --storage 0.3 --device cpu --out "$work/four" "${adapters[@]:0:4}"
+"$revmerge" add "$work/four" "${adapters[@]:4:2}" --out "$work/six" >"$work/add.txt"
+grep -q "tasks added later (each its own truncation per module): 2 after the first 4" "$work/add.txt" || { cat "$work/add.txt"; fail "add report"; }
+"$revmerge" revert -q "$work/six" --all --out "$work/six-tasks"
+[ "$(ls "$work/six-tasks" | wc -l)" -eq 6 ] || fail "add: --all wrote $(ls "$work/six-tasks" | wc -l) tasks"
+expect_error "task name 'chat' is used twice" "$revmerge" add "$work/six" "${adapters[0]}" --out "$work/seven"
+[ ! -e "$work/seven" ] || fail "add wrote an output after an error"
 echo "rmm round trip: ok"

@@ -23,3 +23,8 @@ for b in 0.15 0.3 0.5; do
 done
 "$revmerge" merge -q --method rank --storage 0.3 --out "$work/rank" "$src"/examples/adapters/*
 python3 "$src/tools/rmm_numpy.py" "$work/rank"
+# Tasks added to a bundle: their truncations against numpy's, the old tasks as before.
+"$revmerge" add -q "$work/auto0.3" "$src"/examples/adapters/chat --out "$work/added" 2>/dev/null && exit 1  # name in use
+"$revmerge" merge -q --method auto --storage 0.3 --device cpu --out "$work/first4" $(ls -d "$src"/examples/adapters/* | head -4)
+"$revmerge" add -q "$work/first4" $(ls -d "$src"/examples/adapters/* | tail -4) --out "$work/added"
+python3 "$src/tools/rmm_numpy.py" "$work/added"

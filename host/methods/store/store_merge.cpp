@@ -72,15 +72,6 @@ std::vector<i64> rmm_candidates(const StoreMergeOptions& o) {
 // RMM's shape limits (check_rmm_shape): a module outside them is only ever truncated.
 bool rmm_fits(const PlannedModule& pm, i64 n) { return n <= 64 && pm.rank <= 256; }
 
-// Values rounded to the stored dtype and widened back: what the bundle will hold.
-std::vector<float> rounded(std::vector<float> v, DType storage) {
-  if (storage == DType::F32 || v.empty()) return v;
-  std::vector<std::byte> bytes(v.size() * dtype_size(storage));
-  convert_from_f32(v.data(), storage, bytes.data(), v.size());
-  convert_to_f32(storage, bytes.data(), v.data(), v.size());
-  return v;
-}
-
 // RMM of one module at basis p from the tasks' factors (padded stacks, scale folded into B).
 RmmModuleResult run_rmm(Backend& be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
                         i64 p, DType storage) {
@@ -236,8 +227,8 @@ BundleModule store_rank(const PlannedModule& pm, const std::vector<TaskFactors>&
     const auto tt = with_module_context(pm.path, [&] { return task_truncation(tf, pm.out, pm.in); });
     std::vector<float> a, b;
     truncated_factors(tt, tf, k, b, a);
-    a = rounded(std::move(a), storage);
-    b = rounded(std::move(b), storage);
+    round_to_storage(a, storage);
+    round_to_storage(b, storage);
     const double norm_sq = tt.norm_sq, err_sq = truncation_error_sq(tt, tf, b, a, k);
     bm.delta_norm[t] = std::sqrt(norm_sq);
     bm.delta_error[t] = norm_sq > 0 ? std::sqrt(err_sq / norm_sq) : 0.0;

@@ -105,6 +105,13 @@ void truncated_factors(const TaskTruncation& t, const TaskFactors& tf, i64 k, st
   std::copy(ak.begin(), ak.end(), a.begin());
 }
 
+void round_to_storage(std::vector<float>& v, DType storage) {
+  if (storage == DType::F32 || v.empty()) return;
+  std::vector<std::byte> bytes(v.size() * dtype_size(storage));
+  convert_from_f32(v.data(), storage, bytes.data(), v.size());
+  convert_to_f32(storage, bytes.data(), v.data(), v.size());
+}
+
 double truncation_error_sq(const TaskTruncation& t, const TaskFactors& tf, const std::vector<float>& b,
                            const std::vector<float>& a, i64 k) {
   if (k == 0) return t.norm_sq;

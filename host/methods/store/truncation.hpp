@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "methods/adapter_set.hpp"
+#include "revmerge/dtype.hpp"
 
 namespace revmerge {
 
@@ -27,6 +28,9 @@ TaskTruncation task_truncation(const TaskFactors& tf, std::int64_t out, std::int
 /// The truncation to k ≤ r directions: B' (out × k) and A' (k × in), f32.
 void truncated_factors(const TaskTruncation& t, const TaskFactors& tf, std::int64_t k,
                        std::vector<float>& b, std::vector<float>& a);
+
+/// Rounds `values` to the stored dtype in place (widened back to f32): what the bundle holds.
+void round_to_storage(std::vector<float>& values, DType storage);
 
 /// ‖B'A' − s·B·A‖_F² for factors `b` (out × k) and `a` (k × in) as they will be stored, through
 /// k × k and k × r Grams: ‖B'A'‖² − 2⟨s B'ᵀB, A'Aᵀ⟩ + ‖ΔW‖².
