@@ -144,7 +144,7 @@ def check(rows, tasks, tolerance=0.02):
             failures.append(f"{exact['method']} (P = n − 1) gives task {t} accuracy {a}, its own adapter {b}")
     if max(exact["delta_error"]) > 1e-5:
         failures.append(f"{exact['method']} delta error {max(exact['delta_error'])} is not ~0")
-    # auto weighs RMM at P = 1, 2, 4, ... and every truncation: at each RMM row's storage it is no
+    # auto weighs RMM at every P (per side) and every truncation: at each RMM row's storage it is no
     # worse (mean squared delta error, its objective) than RMM at that P or truncations alone.
     msq = lambda r: float(np.mean(np.square(r["delta_error"])))  # noqa: E731
     for r in rmm:
@@ -227,7 +227,7 @@ def write_report(path: Path, plot: Path, rows, info, command):
                                 f"{r['storage']:.3f}" for r in rmm) +
         f". At P = n − 1 every task's accuracy equals its own adapter's.",
         "- The budgeted store at the same storage (`merge --method auto --storage B`, per module "
-        "the better of RMM at P = 1, 2, 4 and each task's own truncation; `rank`: truncations "
+        "the better of RMM with a P per side and each task's own truncation; `rank`: truncations "
         "only), mean delta error / mean accuracy: " + "; ".join(store_summary(by, r) for r in rmm
                                                                 if r["storage"] <= 1) + ".",
         f"- The best classic method here is {best['method']} at {best['mean_accuracy']:.3f} "
