@@ -81,27 +81,57 @@ SideGrams side_grams(const PlannedModule& pm, const std::vector<TaskFactors>& f,
   return g;
 }
 
-SideDifference side_difference(const PlannedModule& pm, const SideGrams& grams, int side,
-                               const RmmSide& stored, i64 stored_p, i64 p, int threads) {
+// f32 Grams of the differences (single-precision BLAS, twice the rate): the candidates' errors
+// the allocation weighs. Every term of the delta error is of the error's own size (no
+// cancellation against ‖ΔW‖²), so f32 sums keep about 6 digits of each.
+void estimate_grams(const std::vector<double>& d, const std::vector<float>& xf, i64 m, i64 r,
+                    std::vector<double>& dd, std::vector<double>& dx) {
+  const std::vector<float> df(d.begin(), d.end());
+  std::vector<float> g(static_cast<std::size_t>(r * r)), h(g.size());
+  cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, r, m, 1.0f, df.data(), r, 0.0f, g.data(), r);
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, r, m, 1.0f, df.data(), r, xf.data(), r, 0.0f,
+              h.data(), r);
+  dd.assign(static_cast<std::size_t>(r * r), 0.0);
+  for (i64 i = 0; i < r; ++i)
+    for (i64 j = i; j < r; ++j) dd[i * r + j] = dd[j * r + i] = g[i * r + j];
+  dx.assign(h.begin(), h.end());
+}
+
+std::vector<SideDifference> side_differences(const PlannedModule& pm, const SideGrams& grams, int side,
+                                             const RmmSide& stored, i64 stored_p,
+                                             const std::vector<i64>& ps, int threads, bool estimate) {
   const i64 r = pm.rank, m = side_rows(pm, side), n = static_cast<i64>(grams.x[side].size());
-  SideDifference out;
-  out.p = p;
-  out.dd.resize(static_cast<std::size_t>(n));
-  out.dx.resize(static_cast<std::size_t>(n));
-  out.d_sq.resize(static_cast<std::size_t>(n));
+  std::vector<SideDifference> out(ps.size());
+  for (std::size_t i = 0; i < ps.size(); ++i) {
+    out[i].p = ps[i];
+    out[i].dd.resize(static_cast<std::size_t>(n));
+    out[i].dx.resize(static_cast<std::size_t>(n));
+    out[i].d_sq.resize(static_cast<std::size_t>(n));
+  }
   parallel_tasks(n, threads, [&](long t) {
     const auto& x = grams.x[side][t];
+    // D starts as the mean's difference; each basis direction q is added as the sweep passes it.
     std::vector<double> d(x.size());
-    for (i64 j = 0; j < m; ++j)
-      for (i64 k = 0; k < r; ++k) {
-        double v = stored.mean[j * r + k];
-        for (i64 q = 0; q < p; ++q)
-          v += double(stored.basis[(j * r + k) * stored_p + q]) * double(stored.coef[(j * stored_p + q) * n + t]);
-        d[j * r + k] = v - x[j * r + k];
+    for (std::size_t i = 0; i < d.size(); ++i) d[i] = double(stored.mean[i]) - x[i];
+    std::vector<float> xf;
+    if (estimate) xf.assign(x.begin(), x.end());
+    i64 q = 0;
+    for (std::size_t i = 0; i < ps.size(); ++i) {
+      for (; q < ps[i]; ++q)
+        for (i64 j = 0; j < m; ++j) {
+          const double c = stored.coef[(j * stored_p + q) * n + t];
+          const float* basis = stored.basis.data() + j * r * stored_p + q;
+          for (i64 k = 0; k < r; ++k) d[j * r + k] += double(basis[k * stored_p]) * c;
+        }
+      auto& o = out[i];
+      if (estimate) {
+        estimate_grams(d, xf, m, r, o.dd[t], o.dx[t]);
+      } else {
+        o.dd[t] = self_gram(d, m, r);
+        o.dx[t] = gram(d, x, m, r);
       }
-    out.dd[t] = self_gram(d, m, r);
-    out.dx[t] = gram(d, x, m, r);
-    out.d_sq[t] = trace(out.dd[t], r);
+      o.d_sq[t] = trace(o.dd[t], r);
+    }
   });
   return out;
 }

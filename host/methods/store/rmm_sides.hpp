@@ -27,12 +27,14 @@ struct SideDifference {
   std::vector<double> d_sq;
 };
 
-/// Side `side` (0: A, 1: B) as `stored` holds it (an RMM result at basis size `stored_p` ≥ p;
-/// only its first p directions are used, and p = 0 uses the mean alone). Tasks on `threads`
-/// threads (0: all cores).
-SideDifference side_difference(const PlannedModule& pm, const SideGrams& x, int side,
-                               const RmmSide& stored, std::int64_t stored_p, std::int64_t p,
-                               int threads);
+/// Side `side` (0: A, 1: B) as `stored` holds it (an RMM result at basis size `stored_p`) at
+/// each basis size of `ps` (ascending, each ≤ stored_p; only the first p directions are used, 0:
+/// the mean alone), in one sweep over the directions. Tasks on `threads` threads (0: all cores).
+/// `estimate`: the Grams summed in f32 (to weigh candidates; what is reported is measured in f64).
+std::vector<SideDifference> side_differences(const PlannedModule& pm, const SideGrams& x, int side,
+                                             const RmmSide& stored, std::int64_t stored_p,
+                                             const std::vector<std::int64_t>& ps, int threads,
+                                             bool estimate);
 
 /// Per task ‖B̂Â − BA‖_F² for the sides a and b:
 /// ⟨BᵀB, D_AD_Aᵀ⟩ + ⟨D_BᵀD_B, AAᵀ⟩ + ⟨D_BᵀD_B, D_AD_Aᵀ⟩ + 2⟨BᵀD_B, D_AAᵀ⟩ + 2⟨BᵀD_B, D_AD_Aᵀ⟩

@@ -129,12 +129,11 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
   const auto x = side_grams(pm, f, threads);
   const i64 largest = candidates.back();
   const auto res = run_rmm(*be, pm, f, largest, storage);
+  std::vector<i64> ps{0};  // 0: the mean alone
+  ps.insert(ps.end(), candidates.begin(), candidates.end());
   std::vector<SideDifference> sides[2];
-  for (int s = 0; s < 2; ++s) {
-    const auto& stored = s == 0 ? res.a : res.b;
-    sides[s].push_back(side_difference(pm, x, s, stored, largest, 0, threads));  // the mean alone
-    for (const auto p : candidates) sides[s].push_back(side_difference(pm, x, s, stored, largest, p, threads));
-  }
+  for (int s = 0; s < 2; ++s)
+    sides[s] = side_differences(pm, x, s, s == 0 ? res.a : res.b, largest, ps, threads, true);
   std::vector<double> norm_sq;
   for (const auto& s : m.sigma_sq) {
     double v = 0;
@@ -189,7 +188,7 @@ BundleModule store_rmm(Backend& be, const PlannedModule& pm, const std::vector<T
       writer.write_f32(bundle_tensor_name(pm.path, name, "basis"), side[s]->basis);
       writer.write_f32(bundle_tensor_name(pm.path, name, "coef"), side[s]->coef);
     }
-    d[s] = side_difference(pm, x, s, *side[s], run[s], p[s], threads);
+    d[s] = std::move(side_differences(pm, x, s, *side[s], run[s], {p[s]}, threads, false).front());
     auto& fe = s == 0 ? bm.factor_error_a : bm.factor_error_b;
     for (i64 t = 0; t < n; ++t)
       fe.push_back(x.x_sq[s][t] > 0 ? std::sqrt(d[s].d_sq[t] / x.x_sq[s][t]) : 0.0);
