@@ -161,6 +161,17 @@ export -f full_models
 step full-models full-models.log 240 bash -c full_models
 step merge-example merge-example.log 60 "$revmerge" merge --device cuda --basis 2 --force --out "$out/example-bundle" examples/adapters/chat examples/adapters/code examples/adapters/math examples/adapters/qa examples/adapters/sentiment examples/adapters/summary examples/adapters/topic examples/adapters/translate
 # The whole default suite: on a machine with a GPU, `--device auto` runs every RMM CLI test there.
+# The budgeted store on the 7b set: its RMM candidates on the GPU (the Grams stay on the host),
+# against RMM at the same storage; auto's choices should match the CPU's (bitwise RMM).
+store_auto() {
+  /usr/bin/time -f "rmm P=4 cuda: %e s" "$revmerge" merge --device cuda --basis 4 --force --quiet \
+    --out "$out/store-rmm" "$out"/adapters-7b/task-* || return 1
+  /usr/bin/time -f "auto cuda: %e s" "$revmerge" merge --device cuda --method auto --storage 0.6875 \
+    --force --quiet --out "$out/store-auto" "$out"/adapters-7b/task-* || return 1
+  grep -c '"representation": "rmm"' "$out/store-auto/manifest.json"
+}
+export -f store_auto
+step store-auto-7b store-auto-7b.log 150 bash -c store_auto
 step all-tests all-tests.log 200 ctest --test-dir "$build" -LE slow --output-on-failure -j "$jobs" --timeout 120
 if command -v compute-sanitizer >/dev/null; then
   step memcheck memcheck.log 120 compute-sanitizer --tool memcheck --error-exitcode 1 \
