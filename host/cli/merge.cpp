@@ -83,6 +83,9 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
     if (args.given(o))
       throw usage_error(std::string(o) + ": not an option of --method rmm (it is one of --method "
                         "auto's and rank's)");
+  if (cfg.storage || cfg.max_error)
+    throw usage_error(cfg.file + ": '" + (cfg.storage ? "storage" : "max_error") +
+                      "': not a setting of --method rmm (it is one of --method auto's and rank's)");
   if (!full)
     for (const char* o : {"--rank", "--base"})
       if (args.given(o))
@@ -142,8 +145,14 @@ void run_store(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSo
   StoreMergeOptions o;
   o.method = method == "rank" ? StoreMethod::rank : StoreMethod::automatic;
   o.tasks = std::move(tasks);
-  if (args.given("--storage")) o.storage = parse_storage_budget(args.storage, "--storage");
-  if (args.given("--max-error")) o.max_error = args.max_error;
+  if (args.given("--storage"))
+    o.storage = parse_storage_budget(args.storage, "--storage");
+  else if (cfg.storage)
+    o.storage = parse_storage_budget(*cfg.storage, cfg.file + ": 'storage'");
+  if (args.given("--max-error"))
+    o.max_error = args.max_error;
+  else if (cfg.max_error && !args.given("--storage"))
+    o.max_error = cfg.max_error;
   if (args.given("--basis") || cfg.basis) o.rmm_basis = {args.given("--basis") ? args.basis : *cfg.basis};
   o.out = output_folder(args, cfg);
   o.dtype = output_dtype(args, cfg);
@@ -176,6 +185,9 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
     throw usage_error("--sequential: an option of --method rmm (the streamed pipeline) only");
   for (const char* o : {"--storage", "--max-error"})
     if (args.given(o)) throw usage_error(std::string(o) + ": an option of --method auto and rank only");
+  if (cfg.storage || cfg.max_error)
+    throw usage_error(cfg.file + ": '" + (cfg.storage ? "storage" : "max_error") +
+                      "': a setting of --method auto and rank only");
   if (args.device != "auto" && args.device != "cpu")
     throw usage_error("--device " + args.device +
                       ": the classic methods run on the CPU in this version (RMM runs on the GPU)");

@@ -376,6 +376,10 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
       c.rank = scalar<std::int64_t>(v, where);
     } else if (key == "seed") {
       c.seed = scalar<std::int64_t>(v, where);
+    } else if (key == "storage") {
+      c.storage = scalar<std::string>(v, where);
+    } else if (key == "max_error") {
+      c.max_error = scalar<double>(v, where);
     } else if (key == "tasks" || key == "models") {
       r.task_list(v, key, key == "models");
     } else if (key == "parameters") {

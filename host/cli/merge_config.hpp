@@ -44,6 +44,9 @@ struct MergeConfig {
   std::optional<bool> normalize, rescale;
   std::optional<std::string> majority_sign, mode;
   std::optional<std::int64_t> rank, seed;
+  /// --method auto / rank: the storage budget as written ("0.25", "25%", "2GiB") or the bound
+  std::optional<std::string> storage;
+  std::optional<double> max_error;
 };
 
 /// Reads `path`; unknown keys, missing names or models, and wrong types are format_errors

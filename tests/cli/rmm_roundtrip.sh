@@ -71,6 +71,14 @@ expect_error "--storage '1.5': a fraction above 1" "$revmerge" merge --method ra
 expect_error "give either --storage .a budget. or --max-error" "$revmerge" merge --method auto --out "$work/a2" "${adapters[@]}"
 expect_error "--storage: not an option of --method rmm" "$revmerge" merge --basis 1 --storage 0.5 --out "$work/a2" "${adapters[@]}"
 [ ! -e "$work/a2" ] || fail "output written after a bad budget"
+# A config naming the method and budget.
+printf 'method: auto\nstorage: 30%%\ntasks:\n  - {name: a, adapter: %s}\n  - {name: b, adapter: %s}\n' \
+  "${adapters[0]}" "${adapters[1]}" >"$work/auto.yaml"
+"$revmerge" merge -q --config "$work/auto.yaml" --device cpu --out "$work/cfg-auto"
+grep -q '"method": "auto"' "$work/cfg-auto/manifest.json" || fail "config with method auto"
+sed -i 's/method: auto/method: ties/' "$work/auto.yaml"
+expect_error "auto.yaml: 'storage': a setting of --method auto and rank only" \
+  "$revmerge" merge --config "$work/auto.yaml" --out "$work/cfg-ties"
 # More tasks into a bundle without the old tasks' adapters.
 "$revmerge" merge -q --method auto --storage 0.3 --device cpu --out "$work/four" "${adapters[@]:0:4}"
 "$revmerge" add "$work/four" "${adapters[@]:4:2}" --out "$work/six" >"$work/add.txt"
