@@ -11,7 +11,9 @@ the bundle stores:
   * rank modules (version 2): every task's stored product B'A' against numpy's SVD of the dense
     delta s·B·A truncated to the kept rank, relative to ||BA||_F; storage ratio against
     sum(k)/sum(r);
-  * for both, the manifest's per-task delta errors against dense ||B^A^ - BA||_F / ||BA||_F.
+  * shared_rows modules (version 2): every task's stored B~_i V^T against numpy's projection of
+    its dense delta on the top K right singular vectors of the stacked deltas;
+  * for all, the manifest's per-task delta errors against dense ||B^A^ - BA||_F / ||BA||_F.
 
     python3 tools/rmm_numpy.py BUNDLE [--adapters DIR ...] [--tol 1e-4]
 
@@ -119,6 +121,26 @@ def check_truncations(path, part, kept, tensors, adapters, delta_errors):
     return recon, delta
 
 
+def check_shared_rows(mod, tensors, adapters):
+    """A version 2 shared_rows module: each task's stored B~_i V^T against numpy's projection of
+    its dense delta onto the top K right singular vectors of all tasks' stacked deltas; returns
+    the (reconstruction, delta error) differences."""
+    path, k = mod["path"], mod["shared_rank"]
+    dense = [b @ a for a, b in (ad[path] for ad in adapters)]
+    _, _, vt = np.linalg.svd(np.vstack(dense), full_matrices=False)
+    v = vt[:k].T                                                    # in x K
+    vs = tensors[f"{path}.lora_A.shared"].astype(np.float64)        # K x in
+    bs = tensors[f"{path}.lora_B.shared"].astype(np.float64)        # out x (n K)
+    recon = delta = 0.0
+    for i, d in enumerate(dense):
+        norm = max(np.linalg.norm(d), 1e-300)
+        got = bs[:, i * k:(i + 1) * k] @ vs
+        recon = max(recon, float(np.linalg.norm(got - d @ v @ v.T) / norm))
+        err = np.linalg.norm(got - d) / norm
+        delta = max(delta, abs(err - mod["delta_error"][i]) / max(err, 1e-3))
+    return recon, delta
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
@@ -146,6 +168,12 @@ def main():
             recon, delta = check_truncations(path, "added", added, tensors, adapters[n:], mod["delta_error"][n:])
             worst_recon, worst_delta = max(worst_recon, recon), max(worst_delta, delta)
         raw = sum(mod["task_ranks"]) * (mod["in"] + mod["out"])
+        if kind == "shared_rows":
+            recon, delta = check_shared_rows(mod, tensors, adapters[:n])
+            worst_recon, worst_delta = max(worst_recon, recon), max(worst_delta, delta)
+            stored = mod["shared_rank"] * (mod["in"] + n * mod["out"]) + sum(added) * (mod["in"] + mod["out"])
+            worst_storage = max(worst_storage, abs(stored / raw - mod["storage_ratio"]))
+            continue
         if kind == "rank":
             recon, delta = check_truncations(path, "factors", mod["kept_ranks"], tensors, adapters[:n],
                                              mod["delta_error"][:n])

@@ -98,23 +98,28 @@ std::string ranks_text(const std::vector<std::int64_t>& kept) {
   return out;
 }
 
-// "rmm P=2", "rmm P=1/0" (A/B) or "rank 4+0+3"; tasks added later follow as "; added 2+1".
+// "rmm P=2", "rmm P=1/0" (A/B), "rank 4+0+3" or "shared rows K=16"; tasks added later follow
+// as "; added 2+1".
 std::string representation_text(const BundleModule& mod) {
   std::string out = mod.representation == Representation::rank ? "rank " + ranks_text(mod.kept_ranks)
+                    : mod.representation == Representation::shared_rows
+                        ? fmt::format("shared rows K={}", mod.shared_rank)
                     : mod.basis[0] == mod.basis[1] ? fmt::format("rmm P={}", mod.basis[0])
                                                    : fmt::format("rmm P={}/{}", mod.basis[0], mod.basis[1]);
   if (!mod.added_kept_ranks.empty()) out += "; added " + ranks_text(mod.added_kept_ranks);
   return out;
 }
 
-// "2 rmm (P=1: 1, P=2/1: 1), 5 rank" — how many modules took each representation (P per side
-// A/B where they differ).
+// "2 rmm (P=1: 1, P=2/1: 1), 5 rank, 1 shared rows" — how many modules took each
+// representation (P per side A/B where they differ).
 std::string representation_counts(const BundleManifest& m) {
   std::map<std::string, std::size_t> rmm;
-  std::size_t rank = 0, rmm_total = 0;
+  std::size_t rank = 0, shared = 0, rmm_total = 0;
   for (const auto& mod : m.modules)
     if (mod.representation == Representation::rank)
       ++rank;
+    else if (mod.representation == Representation::shared_rows)
+      ++shared;
     else
       ++rmm[mod.basis[0] == mod.basis[1] ? fmt::format("P={}", mod.basis[0])
                                          : fmt::format("P={}/{}", mod.basis[0], mod.basis[1])],
@@ -127,6 +132,7 @@ std::string representation_counts(const BundleManifest& m) {
     out += ")";
   }
   if (rank) out += fmt::format("{}{} rank", out.empty() ? "" : ", ", rank);
+  if (shared) out += fmt::format("{}{} shared rows", out.empty() ? "" : ", ", shared);
   return out;
 }
 
@@ -237,8 +243,10 @@ nlohmann::ordered_json bundle_report_json(const BundleManifest& m, const std::st
       e["basis_b"] = mod->basis[1];
       e["energy_a"] = energy(*mod, 0);
       e["energy_b"] = energy(*mod, 1);
-    } else {
+    } else if (mod->representation == Representation::rank) {
       e["kept_ranks"] = mod->kept_ranks;
+    } else {
+      e["shared_rank"] = mod->shared_rank;
     }
     j["summary"]["worst_modules"].push_back(std::move(e));
   }

@@ -33,7 +33,7 @@ struct MergeArgs {
   double eps = 1e-8, tol = 1e-5, ram_r = 0.1, ram_alpha = 0.2;
   std::int64_t max_iter = 10;
   int threads = 0, gpu = 0;
-  std::string device = "auto", memory_budget, storage;
+  std::string device = "auto", memory_budget, storage, representations;
   double max_error = 0;
   bool sequential = false;
   std::map<std::string, CLI::Option*> opt;
@@ -79,10 +79,10 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   const bool full = models > 0;
   for (const char* o : kClassicOnly)
     if (args.given(o)) throw usage_error(std::string(o) + ": not an option of --method rmm");
-  for (const char* o : {"--storage", "--max-error"})
+  for (const char* o : {"--storage", "--max-error", "--representations"})
     if (args.given(o))
       throw usage_error(std::string(o) + ": not an option of --method rmm (it is one of --method "
-                        "auto's and rank's)");
+                        "auto's)");
   if (cfg.storage || cfg.max_error)
     throw usage_error(cfg.file + ": '" + (cfg.storage ? "storage" : "max_error") +
                       "': not a setting of --method rmm (it is one of --method auto's and rank's)");
@@ -154,6 +154,8 @@ void run_store(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSo
   else if (cfg.max_error && !args.given("--storage"))
     o.max_error = cfg.max_error;
   if (args.given("--basis") || cfg.basis) o.rmm_basis = {args.given("--basis") ? args.basis : *cfg.basis};
+  if (args.given("--representations"))
+    o.representations = parse_representations(args.representations, "--representations");
   o.out = output_folder(args, cfg);
   o.dtype = output_dtype(args, cfg);
   o.overwrite = args.force;
@@ -183,7 +185,7 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   if (args.given("--basis") || cfg.basis) throw usage_error("--basis: an option of --method rmm only");
   if (args.given("--sequential"))
     throw usage_error("--sequential: an option of --method rmm (the streamed pipeline) only");
-  for (const char* o : {"--storage", "--max-error"})
+  for (const char* o : {"--storage", "--max-error", "--representations"})
     if (args.given(o)) throw usage_error(std::string(o) + ": an option of --method auto and rank only");
   if (cfg.storage || cfg.max_error)
     throw usage_error(cfg.file + ": '" + (cfg.storage ? "storage" : "max_error") +
@@ -312,6 +314,9 @@ void add_merge_command(CLI::App& app) {
   opt["--storage"] = cmd->add_option("--storage", args.storage,
       "auto, rank: what the bundle may store, as a fraction of the adapters' numbers (0.25, "
       "25%) or a size in the stored dtype (2GiB)");
+  opt["--representations"] = cmd->add_option("--representations", args.representations,
+      "auto: the representations it weighs per module, comma-separated: rmm, rank, shared_rows "
+      "(default all; rank, each task's own truncation, always)");
   opt["--max-error"] = cmd->add_option("--max-error", args.max_error,
       "auto, rank instead of --storage: the largest relative delta error any task may have in "
       "any module; each module stored as cheaply as that allows");

@@ -19,7 +19,7 @@ std::int64_t BundleManifest::task_index(const std::string& name) const {
 }
 
 const char* representation_name(Representation r) noexcept {
-  return r == Representation::rank ? "rank" : "rmm";
+  return r == Representation::rank ? "rank" : r == Representation::shared_rows ? "shared_rows" : "rmm";
 }
 
 std::int64_t BundleModule::stored_numbers(std::int64_t n) const {
@@ -31,6 +31,7 @@ std::int64_t BundleModule::stored_numbers(std::int64_t n) const {
     for (const auto x : kept_ranks) k += x;
     return k * (in + out) + added;
   }
+  if (representation == Representation::shared_rows) return shared_rank * (in + n * out) + added;
   return in * (basis[0] * (rank + n) + rank) + out * (basis[1] * (rank + n) + rank) + added;
 }
 
@@ -67,8 +68,11 @@ std::string manifest_to_json(const BundleManifest& m) {
       if (mod.representation == Representation::rmm) {
         e["basis_a"] = mod.basis[0];
         e["basis_b"] = mod.basis[1];
-      } else
+      } else if (mod.representation == Representation::rank) {
         e["kept_ranks"] = mod.kept_ranks;
+      } else {
+        e["shared_rank"] = mod.shared_rank;
+      }
     }
     if (!mod.added_kept_ranks.empty()) e["added_kept_ranks"] = mod.added_kept_ranks;
     e["storage_ratio"] = mod.storage_ratio;
@@ -172,8 +176,11 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
       const auto rep = field<std::string>(mj, "representation", where);
       if (rep == "rank")
         mod.representation = Representation::rank;
+      else if (rep == "shared_rows")
+        mod.representation = Representation::shared_rows;
       else if (rep != "rmm")
-        throw unsupported_error(where + ": representation '" + rep + "' is not supported (rmm, rank)");
+        throw unsupported_error(where + ": representation '" + rep +
+                                "' is not supported (rmm, rank, shared_rows)");
     }
     const bool rmm = mod.representation == Representation::rmm;
     if (rmm) {
@@ -187,9 +194,12 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
       mod.factor_error_b = numbers(mj, "factor_error_b", where);
       mod.spectrum_a = numbers(mj, "spectrum_a", where);
       mod.spectrum_b = numbers(mj, "spectrum_b", where);
-    } else {
+    } else if (mod.representation == Representation::rank) {
       mod.basis = {0, 0};
       mod.kept_ranks = field<std::vector<std::int64_t>>(mj, "kept_ranks", where);
+    } else {
+      mod.basis = {0, 0};
+      mod.shared_rank = field<std::int64_t>(mj, "shared_rank", where);
     }
     if (mj.contains("added_kept_ranks"))
       mod.added_kept_ranks = field<std::vector<std::int64_t>>(mj, "added_kept_ranks", where);
@@ -217,7 +227,11 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
       if (rank < 1 || rank > mod.rank)
         throw format_error(where + ": task rank " + std::to_string(rank) + " is outside 1 .. " +
                            std::to_string(mod.rank) + " (the module's rank)");
-    if (!rmm) {
+    if (mod.representation == Representation::shared_rows &&
+        (mod.shared_rank < 1 || mod.shared_rank > mod.rank))
+      throw format_error(where + ": shared_rank " + std::to_string(mod.shared_rank) + " is outside 1 .. " +
+                         std::to_string(mod.rank) + " (the module's rank)");
+    if (mod.representation == Representation::rank) {
       if (static_cast<std::int64_t>(mod.kept_ranks.size()) != n)
         throw format_error(where + ": kept_ranks must have " + std::to_string(n) + " entries");
       for (std::int64_t t = 0; t < n; ++t)
@@ -253,6 +267,11 @@ Bundle::Bundle(const fs::path& dir) : dir_(dir) {
     if (added > 0) {
       check(bundle_tensor_name(mod.path, "lora_A", "added"), {added, mod.in});
       check(bundle_tensor_name(mod.path, "lora_B", "added"), {mod.out, added});
+    }
+    if (mod.representation == Representation::shared_rows) {
+      check(bundle_tensor_name(mod.path, "lora_A", "shared"), {mod.shared_rank, mod.in});
+      check(bundle_tensor_name(mod.path, "lora_B", "shared"), {mod.out, n * mod.shared_rank});
+      continue;
     }
     if (mod.representation == Representation::rank) {
       std::int64_t k = 0;

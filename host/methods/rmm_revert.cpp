@@ -65,12 +65,27 @@ RevertedModule revert_stacked(const Bundle& bundle, const BundleModule& mod, con
   return out;
 }
 
+// A shared_rows module: A = Vᵀ (K × in), B = task's B̃ (out × K), padded to rank r.
+RevertedModule revert_shared(const Bundle& bundle, const BundleModule& mod, i64 n, i64 task) {
+  const i64 r = mod.rank, k = mod.shared_rank;
+  RevertedModule out;
+  out.a.assign(static_cast<std::size_t>(r * mod.in), 0.0f);
+  out.b.assign(static_cast<std::size_t>(mod.out * r), 0.0f);
+  const auto a = bundle.tensors().read_f32(bundle_tensor_name(mod.path, "lora_A", "shared"));
+  const auto b = bundle.tensors().read_f32(bundle_tensor_name(mod.path, "lora_B", "shared"));
+  std::copy(a.begin(), a.end(), out.a.begin());
+  for (i64 o = 0; o < mod.out; ++o)
+    std::copy(b.begin() + o * n * k + task * k, b.begin() + o * n * k + (task + 1) * k, out.b.begin() + o * r);
+  return out;
+}
+
 RevertedModule revert_with(Backend& be, const Bundle& bundle, std::size_t module_index, i64 task) {
   const auto& man = bundle.manifest();
   const auto& mod = man.modules.at(module_index);
   const i64 n = man.represented_tasks(), r = mod.rank;
   if (task >= n) return revert_stacked(bundle, mod, "added", mod.added_kept_ranks, task - n);
   if (mod.representation == Representation::rank) return revert_stacked(bundle, mod, "factors", mod.kept_ranks, task);
+  if (mod.representation == Representation::shared_rows) return revert_shared(bundle, mod, n, task);
   RevertedModule out;
   const auto a_pos = revert_side(be, bundle.tensors(), mod.path, "lora_A", mod.in, r, mod.basis[0], n, task);
   out.a.resize(a_pos.size());  // position-major in × r  →  r × in

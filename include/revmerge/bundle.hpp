@@ -22,9 +22,10 @@ inline constexpr const char* kBundleManifestName = "manifest.json";
 /// version 1).
 inline constexpr int kBundleFormatVersion = 2;
 
-/// How one module keeps its n tasks: RMM per position (mean, basis, coefficients per side), or
-/// each task's ΔW_i = B_iA_i truncated to its own rank k_i (B'_i = U Σ, A'_i = Vᵀ).
-enum class Representation { rmm, rank };
+/// How one module keeps its n tasks: RMM per position (mean, basis, coefficients per side),
+/// each task's ΔW_i = B_iA_i truncated to its own rank k_i (B'_i = U Σ, A'_i = Vᵀ), or one
+/// row basis V (in × K) shared by all tasks with B̃_i = ΔW_i V (ΔŴ_i = B̃_i Vᵀ).
+enum class Representation { rmm, rank, shared_rows };
 const char* representation_name(Representation r) noexcept;
 
 /// One merged task.
@@ -48,6 +49,7 @@ struct BundleModule {
   /// rmm: this module's p per side (A, B); 0 keeps the mean alone (no basis or coefficients).
   std::array<std::int64_t, 2> basis = {0, 0};
   std::vector<std::int64_t> kept_ranks;  ///< rank: per task k_i (0: the task's delta dropped)
+  std::int64_t shared_rank = 0;          ///< shared_rows: K, 1 ≤ K ≤ rank
   /// Tasks added later (`revmerge add`), each kept as its own truncation to k_i directions in
   /// the "added" tensors, whatever the module's representation of the first tasks.
   std::vector<std::int64_t> added_kept_ranks;
@@ -92,8 +94,9 @@ struct BundleManifest {
 
 /// Tensor names of a module's stored factors: side is "lora_A" or "lora_B", part is "mean",
 /// "basis" or "coef" (rmm), or "factors" (rank: the tasks' truncated factors stacked, A' as
-/// Σk × in, B' as out × Σk, task i's at offset Σ_{j<i} k_j), or "added" (the added tasks'
-/// truncated factors, stacked the same way).
+/// Σk × in, B' as out × Σk, task i's at offset Σ_{j<i} k_j), "shared" (shared_rows: Vᵀ as
+/// K × in, the B̃_i side by side as out × nK), or "added" (the added tasks' truncated factors,
+/// stacked as rank's).
 std::string bundle_tensor_name(const std::string& module_path, const char* side, const char* part);
 
 std::string manifest_to_json(const BundleManifest& m);

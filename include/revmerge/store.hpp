@@ -34,6 +34,9 @@ struct StoreMergeOptions {
   /// per module that keeps it).
   StorageBudget storage;
   std::optional<double> max_error;
+  /// The representations `auto` weighs per module (rank: each task's truncation, always); empty:
+  /// all of them.
+  std::vector<Representation> representations;
   /// RMM basis sizes `auto` weighs per module and side, besides 0 (the mean alone): measured
   /// from one RMM of the module at the largest; a pair storing as much as the adapters is
   /// skipped. Empty: every P up to 8, then the powers of 2, below n.
@@ -76,6 +79,10 @@ struct AddTasksOptions {
 /// a bad bound), shape_error (a module the bundle lacks or has with another shape, or a rank
 /// above the module's), and what reading the adapters throws; nothing is written on failure.
 BundleManifest add_tasks(const AddTasksOptions& options);
+
+/// "rmm,rank,shared_rows" as representations; `option` names the option in the usage_error
+/// a bad name gives.
+std::vector<Representation> parse_representations(const std::string& text, const std::string& option);
 
 /// "0.25" or "25%" as a fraction, or a size ("2GiB", "512MB") as bytes; `option` names the
 /// option in the usage_error a bad value gives.

@@ -9,6 +9,7 @@
 
 #include "methods/adapter_writer.hpp"
 #include "methods/store/allocation.hpp"
+#include "methods/store/shared_rows.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/store.hpp"
 #include "test_util.hpp"
@@ -238,23 +239,29 @@ TEST(StoreMerge, AutoIsNoWorseThanEitherRepresentationAloneAndChoosesPerModule) 
   EXPECT_LE(e_auto, 1.01 * std::min(e_rmm, e_rank)) << e_auto << " rmm " << e_rmm << " rank " << e_rank;
   // Both representations lose somewhere: the family is mixed, so auto beats both clearly.
   EXPECT_LT(e_auto, 0.9 * std::min(e_rmm, e_rank));
-  // The trained-like modules are truncated; RMM serves at least one shared-init module.
-  int rmm_modules = 0;
+  // The trained-like modules are truncated; a shared basis (RMM or shared rows) serves at least
+  // one shared-init module.
+  int shared_modules = 0;
   for (const auto& mod : aut.modules) {
     const bool v = mod.path.find("v_proj") != std::string::npos;
     if (!v) EXPECT_EQ(mod.representation, Representation::rank) << mod.path;
-    rmm_modules += mod.representation == Representation::rmm;
+    shared_modules += mod.representation != Representation::rank;
   }
-  EXPECT_GE(rmm_modules, 1);
+  EXPECT_GE(shared_modules, 1);
+  // RMM and truncations alone: still no worse than either.
+  o = store_options(tasks, StoreMethod::automatic, tmp / "auto-rmm");
+  o.storage.fraction = b;
+  o.representations = {Representation::rmm};
+  const auto rmm_rank = merge_store(o);
+  EXPECT_LE(objective(rmm_rank), 1.01 * std::min(e_rmm, e_rank));
+  EXPECT_LE(e_auto, 1.01 * objective(rmm_rank));
   std::cout << "objective at storage " << b << ": auto " << e_auto << ", rmm P=1 " << e_rmm
             << ", rank " << e_rank << "\n";
   EXPECT_LE(stored_numbers(aut), b * all_numbers(aut) + 1e-9);
 }
 
-// Tasks that share their A almost exactly and differ in B: RMM keeps A's mean alone (P = 0) and
-// spends on B — a P per side — and the errors of such pairs are still the dense ones.
-TEST(StoreMerge, RmmTakesABasisSizePerSide) {
-  test::TempDir tmp;
+// Tasks that share their A almost exactly and differ in B.
+std::vector<TaskSource> write_shared_a_family(const test::TempDir& tmp) {
   std::mt19937 rng(11);
   std::normal_distribution<float> g;
   std::map<std::string, std::vector<float>> a0;
@@ -272,8 +279,17 @@ TEST(StoreMerge, RmmTakesABasisSizePerSide) {
     test::write_adapter_factors(dir, kRank, kModules, a, b);
     tasks.push_back({"task" + std::to_string(t), dir});
   }
+  return tasks;
+}
+
+// Tasks that share their A almost exactly and differ in B: RMM keeps A's mean alone (P = 0) and
+// spends on B — a P per side — and the errors of such pairs are still the dense ones.
+TEST(StoreMerge, RmmTakesABasisSizePerSide) {
+  test::TempDir tmp;
+  const auto tasks = write_shared_a_family(tmp);
   auto o = store_options(tasks, StoreMethod::automatic, tmp / "bundle");
   o.storage.fraction = 0.62;
+  o.representations = {Representation::rmm};  // a shared row basis would serve these best
   const auto man = merge_store(o);
   int per_side = 0;  // modules keeping A's mean alone
   for (const auto& mod : man.modules) {
@@ -286,6 +302,42 @@ TEST(StoreMerge, RmmTakesABasisSizePerSide) {
   EXPECT_FALSE(Bundle(tmp / "bundle").tensors().find(bundle_tensor_name(man.modules[0].path, "lora_A", "basis")));
   check_errors_are_dense_errors(tmp / "bundle", tasks);
   EXPECT_EQ(parse_manifest(manifest_to_json(man), "m.json").modules[0].basis, man.modules[0].basis);
+}
+
+// One row basis for all tasks' deltas where their A's share an initialisation: exact errors in
+// closed form, and against dense arithmetic after revert.
+TEST(StoreMerge, SharedRowBasisServesTasksFromOneInitialisation) {
+  test::TempDir tmp;
+  const auto tasks = write_shared_a_family(tmp);
+  // Closed-form errors of every K against the dense projection ΔW_i (I − V_K V_Kᵀ).
+  AdapterSet set = open_adapter_set(tasks);
+  const auto& pm = set.plan[0];
+  const auto f = read_module_factors(set, pm);
+  const auto s = shared_rows(f, pm.out, pm.in);
+  ASSERT_EQ(s.total_rank, kTasks * kRank);
+  for (const i64 k : {1, 8, 16}) {
+    std::vector<float> vt;
+    std::vector<std::vector<float>> tb;
+    shared_rows_factors(s, f, k, DType::F32, vt, tb);
+    for (i64 t = 0; t < kTasks; ++t) {
+      const auto want = test::dense_delta(f[t].a, f[t].b, f[t].rank, pm.in, pm.out, f[t].scale);
+      const auto got = test::dense_delta(vt, tb[t], k, pm.in, pm.out, 1.0);
+      double e = 0;
+      for (std::size_t i = 0; i < want.size(); ++i) e += (got[i] - want[i]) * (got[i] - want[i]);
+      EXPECT_NEAR(e, s.error_sq[t][k - 1], 1e-6 * s.norm_sq[t]) << "K " << k << " task " << t;
+    }
+  }
+  auto o = store_options(tasks, StoreMethod::automatic, tmp / "bundle");
+  o.storage.fraction = 0.6;
+  o.representations = {Representation::shared_rows};
+  const auto man = merge_store(o);
+  for (const auto& mod : man.modules) {
+    EXPECT_EQ(mod.representation, Representation::shared_rows) << mod.path;
+    EXPECT_EQ(mod.shared_rank, kRank) << mod.path;  // A0's rows span every task's row space
+    for (const auto e : mod.delta_error) EXPECT_LT(e, 0.01) << mod.path;
+  }
+  check_errors_are_dense_errors(tmp / "bundle", tasks);
+  EXPECT_EQ(manifest_to_json(parse_manifest(manifest_to_json(man), "m.json")), manifest_to_json(man));
 }
 
 TEST(StoreMerge, MaxErrorBoundsEveryTaskInEveryModule) {

@@ -20,6 +20,7 @@
 #include "methods/store/allocation.hpp"
 #include "methods/store/parallel_tasks.hpp"
 #include "methods/store/rmm_sides.hpp"
+#include "methods/store/shared_rows.hpp"
 #include "methods/store/truncation.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/version.hpp"
@@ -52,13 +53,22 @@ void check_options(const StoreMergeOptions& o) {
                       ": a relative delta error is in [0, 1) (1 is what storing nothing gives)");
   if (o.method == StoreMethod::rank && !o.rmm_basis.empty())
     throw usage_error("--basis: --method rank stores no RMM modules (use --method auto)");
+  if (o.method == StoreMethod::rank && !o.representations.empty())
+    throw usage_error("--representations: --method rank stores truncations only (use --method auto)");
   for (const auto p : o.rmm_basis)
     if (p < 1 || p > n - 1)
       throw usage_error("--basis " + std::to_string(p) + " is outside 1 .. n − 1 = " + std::to_string(n - 1));
 }
 
+// Whether `auto` weighs representation r (a task's own truncation always).
+bool weighs(const StoreMergeOptions& o, Representation r) {
+  if (o.method == StoreMethod::rank) return r == Representation::rank;
+  return o.representations.empty() || r == Representation::rank ||
+         std::find(o.representations.begin(), o.representations.end(), r) != o.representations.end();
+}
+
 std::vector<i64> rmm_candidates(const StoreMergeOptions& o) {
-  if (o.method == StoreMethod::rank) return {};
+  if (!weighs(o, Representation::rmm)) return {};
   const auto n = static_cast<i64>(o.tasks.size());
   auto p = o.rmm_basis;
   // Every P up to 8, then powers of 2: each costs the Grams of its differences, not an RMM.
@@ -102,29 +112,59 @@ double raw_numbers(const PlannedModule& pm) {
   return raw;
 }
 
-// What pass 1 keeps of a module: each task's spectrum, and for each RMM pair (p_A, p_B) its
-// numbers, per-task squared absolute errors and worst relative error.
+// What pass 1 keeps of a module: each task's spectrum, and for each fixed-size option — RMM at
+// a pair (p_A, p_B), or a shared row basis of K directions — its numbers, per-task squared
+// absolute errors and worst relative error.
 struct Measured {
   std::vector<std::vector<double>> sigma_sq;
-  struct Rmm {
-    std::array<i64, 2> p;
+  struct Option {
+    Representation kind;
+    std::array<i64, 2> p;  // rmm
+    i64 k;                 // shared_rows
     double numbers;
     std::vector<double> error_sq;
     double worst;
   };
-  std::vector<Rmm> rmm;
+  std::vector<Option> options;
 };
+
+// The largest relative error among the tasks.
+double worst_relative(const std::vector<double>& error_sq, const std::vector<double>& norm_sq) {
+  double w = 0;
+  for (std::size_t t = 0; t < error_sq.size(); ++t)
+    w = std::max(w, norm_sq[t] > 0 ? std::sqrt(error_sq[t] / norm_sq[t]) : 0.0);
+  return w;
+}
 
 // Every side at every basis size in {0} ∪ candidates, from one RMM run at the largest (its first
 // p directions are RMM at p: the same eigenvectors, kept in descending order); then every pair of
 // them, its errors in closed form (rmm_sides.hpp). Pairs storing as much as the tasks' own
 // factors are left out (keeping the factors is exact at that size).
+
 Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
-                 const std::vector<i64>& candidates, DType storage, int threads) {
+                 const std::vector<i64>& candidates, DType storage, int threads, bool shared_basis) {
   Measured m;
   m.sigma_sq.resize(f.size());
   parallel_tasks(static_cast<long>(f.size()), threads, [&](long t) { m.sigma_sq[t] = delta_sigma_sq(pm, f[t]); });
   const i64 n = static_cast<i64>(f.size()), r = pm.rank;
+  std::vector<double> norm_sq;
+  for (const auto& s : m.sigma_sq) {
+    double v = 0;
+    for (const double x2 : s) v += x2;
+    norm_sq.push_back(v);
+  }
+  if (shared_basis) {
+    // A row basis shared by the tasks, K ≤ r directions (a task reverts at rank r).
+    const auto shared = with_module_context(pm.path, [&] { return shared_rows(f, pm.out, pm.in); });
+    for (i64 k = 1; k <= std::min(r, shared.total_rank); ++k) {
+    const double numbers = double(k) * double(pm.in + n * pm.out);
+    if (numbers >= raw_numbers(pm)) break;
+    Measured::Option c{Representation::shared_rows, {0, 0}, k, numbers, {}, 0};
+      for (i64 t = 0; t < n; ++t) c.error_sq.push_back(shared.error_sq[t][k - 1]);
+      c.worst = worst_relative(c.error_sq, norm_sq);
+      m.options.push_back(std::move(c));
+    }
+  }
   if (!be || !rmm_fits(pm, n) || candidates.empty()) return m;
   const auto x = side_grams(pm, f, threads);
   const i64 largest = candidates.back();
@@ -134,20 +174,13 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
   std::vector<SideDifference> sides[2];
   for (int s = 0; s < 2; ++s)
     sides[s] = side_differences(pm, x, s, s == 0 ? res.a : res.b, largest, ps, threads, true);
-  std::vector<double> norm_sq;
-  for (const auto& s : m.sigma_sq) {
-    double v = 0;
-    for (const double x2 : s) v += x2;
-    norm_sq.push_back(v);
-  }
   for (const auto& a : sides[0])
     for (const auto& b : sides[1]) {
       const double numbers = side_numbers(pm.in, r, n, a.p) + side_numbers(pm.out, r, n, b.p);
       if (numbers >= raw_numbers(pm)) continue;
-      Measured::Rmm c{{a.p, b.p}, numbers, delta_error_sq(x, a, b, r), 0};
-      for (i64 t = 0; t < n; ++t)
-        c.worst = std::max(c.worst, norm_sq[t] > 0 ? std::sqrt(c.error_sq[t] / norm_sq[t]) : 0.0);
-      m.rmm.push_back(std::move(c));
+      Measured::Option c{Representation::rmm, {a.p, b.p}, 0, numbers, delta_error_sq(x, a, b, r), 0};
+      c.worst = worst_relative(c.error_sq, norm_sq);
+      m.options.push_back(std::move(c));
     }
   return m;
 }
@@ -243,14 +276,49 @@ BundleModule store_rank(const PlannedModule& pm, const std::vector<TaskFactors>&
   return bm;
 }
 
+// Writes module pm as a row basis of k directions shared by its tasks (Vᵀ, then the B̃_i side
+// by side); the errors measured on the rounded factors.
+BundleModule store_shared(const PlannedModule& pm, const std::vector<TaskFactors>& f, i64 k,
+                          DType storage, SafetensorsWriter& writer, int threads) {
+  const i64 n = static_cast<i64>(f.size());
+  const auto shared = with_module_context(pm.path, [&] { return shared_rows(f, pm.out, pm.in); });
+  std::vector<float> basis_t;
+  std::vector<std::vector<float>> task_b;
+  shared_rows_factors(shared, f, k, storage, basis_t, task_b);
+  auto bm = module_entry(pm);
+  bm.representation = Representation::shared_rows;
+  bm.shared_rank = k;
+  bm.delta_norm.resize(f.size());
+  bm.delta_error.resize(f.size());
+  std::vector<float> b_all(static_cast<std::size_t>(pm.out * n * k));
+  parallel_tasks(n, threads, [&](long t) {
+    const auto tt = task_truncation(f[t], pm.out, pm.in);
+    const double err_sq = truncation_error_sq(tt, f[t], task_b[t], basis_t, k);
+    bm.delta_norm[t] = std::sqrt(tt.norm_sq);
+    bm.delta_error[t] = tt.norm_sq > 0 ? std::sqrt(err_sq / tt.norm_sq) : 0.0;
+    for (i64 o = 0; o < pm.out; ++o)
+      std::copy(task_b[t].begin() + o * k, task_b[t].begin() + (o + 1) * k, b_all.begin() + (o * n + t) * k);
+  });
+  writer.write_f32(bundle_tensor_name(pm.path, "lora_A", "shared"), basis_t);
+  writer.write_f32(bundle_tensor_name(pm.path, "lora_B", "shared"), b_all);
+  bm.storage_ratio = double(bm.stored_numbers(n)) / raw_numbers(pm);
+  return bm;
+}
+
 std::vector<TensorSpec> tensor_specs(const std::vector<PlannedModule>& plan,
                                      const std::vector<ModuleChoice>& choice,
                                      const std::vector<Measured>& measured, i64 n, DType storage) {
   std::vector<TensorSpec> specs;
   for (std::size_t m = 0; m < plan.size(); ++m) {
     const auto& pm = plan[m];
+    if (choice[m].fixed >= 0 && measured[m].options[choice[m].fixed].kind == Representation::shared_rows) {
+      const i64 k = measured[m].options[choice[m].fixed].k;
+      specs.push_back({bundle_tensor_name(pm.path, "lora_A", "shared"), storage, {k, pm.in}});
+      specs.push_back({bundle_tensor_name(pm.path, "lora_B", "shared"), storage, {pm.out, n * k}});
+      continue;
+    }
     if (choice[m].fixed >= 0) {
-      const auto p = measured[m].rmm[choice[m].fixed].p;
+      const auto p = measured[m].options[choice[m].fixed].p;
       for (int s = 0; s < 2; ++s) {
         const char* side = s == 0 ? "lora_A" : "lora_B";
         const i64 rows = s == 0 ? pm.in : pm.out;
@@ -303,6 +371,22 @@ RecipeRecord store_record(const StoreMergeOptions& o, DType storage, const std::
 }
 
 }  // namespace
+
+std::vector<Representation> parse_representations(const std::string& text, const std::string& option) {
+  std::vector<Representation> out;
+  std::size_t at = 0;
+  while (at <= text.size()) {
+    const auto comma = text.find(',', at);
+    const auto name = text.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+    if (name == "rmm") out.push_back(Representation::rmm);
+    else if (name == "rank") out.push_back(Representation::rank);
+    else if (name == "shared_rows") out.push_back(Representation::shared_rows);
+    else throw usage_error(option + ": '" + name + "' is not a representation (rmm, rank, shared_rows)");
+    if (comma == std::string::npos) break;
+    at = comma + 1;
+  }
+  return out;
+}
 
 StorageBudget parse_storage_budget(const std::string& text, const std::string& option) {
   StorageBudget b;
@@ -367,7 +451,8 @@ BundleManifest merge_store(const StoreMergeOptions& o) {
     const auto& pm = set.plan[m];
     if (o.progress) o.progress(m, steps, pm.path);
     const auto f = read_module_factors(set, pm);
-    measured.push_back(measure(be.get(), pm, f, candidates, storage, o.threads));
+    measured.push_back(measure(be.get(), pm, f, candidates, storage, o.threads,
+                               weighs(o, Representation::shared_rows)));
     for (i64 t = 0; t < n; ++t)
       for (const double s : measured.back().sigma_sq[t]) task_norm_sq[t] += s;
   }
@@ -381,7 +466,7 @@ BundleManifest merge_store(const StoreMergeOptions& o) {
     mo.sigma_sq = measured[m].sigma_sq;
     mo.task_weight = weight;
     mo.rank_unit = double(set.plan[m].in + set.plan[m].out);
-    for (const auto& c : measured[m].rmm) {
+    for (const auto& c : measured[m].options) {
       double e = 0;
       for (i64 t = 0; t < n; ++t) e += weight[t] * c.error_sq[t];
       mo.fixed.push_back({c.numbers, e, c.worst});
@@ -414,9 +499,11 @@ BundleManifest merge_store(const StoreMergeOptions& o) {
     const auto& pm = set.plan[m];
     if (o.progress) o.progress(set.plan.size() + m, steps, pm.path);
     const auto f = read_module_factors(set, pm);
-    auto bm = choice[m].fixed >= 0
-                  ? store_rmm(*be, pm, f, measured[m].rmm[choice[m].fixed].p, storage, writer, o.threads)
-                  : store_rank(pm, f, choice[m].kept, storage, writer, o.threads);
+    const auto* option = choice[m].fixed >= 0 ? &measured[m].options[choice[m].fixed] : nullptr;
+    auto bm = !option ? store_rank(pm, f, choice[m].kept, storage, writer, o.threads)
+              : option->kind == Representation::shared_rows
+                  ? store_shared(pm, f, option->k, storage, writer, o.threads)
+                  : store_rmm(*be, pm, f, option->p, storage, writer, o.threads);
     stored += double(bm.stored_numbers(n));
     manifest.modules.push_back(std::move(bm));
   }

@@ -15,22 +15,6 @@ using i64 = std::int64_t;
 
 std::vector<double> widen(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 
-// Symmetric eigendecomposition of the r × r row-major `m`: eigenvalues ascending, eigenvectors
-// in m's columns.
-std::vector<double> eigen(std::vector<double>& m, i64 r) {
-  std::vector<double> w(static_cast<std::size_t>(r));
-  check_lapack(LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', static_cast<int>(r), m.data(),
-                              static_cast<int>(r), w.data()),
-               "dsyevd", r, r);
-  return w;
-}
-
-// The upper triangle dsyrk wrote, mirrored into the lower one.
-void symmetrize(std::vector<double>& m, i64 r) {
-  for (i64 i = 0; i < r; ++i)
-    for (i64 j = 0; j < i; ++j) m[i * r + j] = m[j * r + i];
-}
-
 double dot(const std::vector<double>& x, const std::vector<double>& y) {
   double s = 0;
   for (std::size_t i = 0; i < x.size(); ++i) s += x[i] * y[i];
@@ -38,6 +22,20 @@ double dot(const std::vector<double>& x, const std::vector<double>& y) {
 }
 
 }  // namespace
+
+std::vector<double> symmetric_eigen(std::vector<double>& m, i64 r) {
+  std::vector<double> w(static_cast<std::size_t>(r));
+  if (r == 0) return w;
+  check_lapack(LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', static_cast<int>(r), m.data(),
+                              static_cast<int>(r), w.data()),
+               "dsyevd", r, r);
+  return w;
+}
+
+void mirror_upper(std::vector<double>& m, i64 r) {
+  for (i64 i = 0; i < r; ++i)
+    for (i64 j = 0; j < i; ++j) m[i * r + j] = m[j * r + i];
+}
 
 TaskTruncation task_truncation(const TaskFactors& tf, i64 out, i64 in) {
   const i64 r = tf.rank;
@@ -53,11 +51,11 @@ TaskTruncation task_truncation(const TaskFactors& tf, i64 out, i64 in) {
   cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, r, in, 1.0, a.data(), in, 0.0, t.aat.data(), r);
   cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, r, out, tf.scale * tf.scale, b.data(), r, 0.0,
               t.btb.data(), r);
-  symmetrize(t.aat, r);
-  symmetrize(t.btb, r);
+  mirror_upper(t.aat, r);
+  mirror_upper(t.btb, r);
   t.norm_sq = std::max(dot(t.aat, t.btb), 0.0);
   auto u = t.aat;
-  const auto lambda = eigen(u, r);
+  const auto lambda = symmetric_eigen(u, r);
   const double floor = lambda.back() * 1e-14;
   std::vector<double> root(static_cast<std::size_t>(r), 0.0), inv_root(root);
   for (i64 i = 0; i < r; ++i)
@@ -71,7 +69,7 @@ TaskTruncation task_truncation(const TaskFactors& tf, i64 out, i64 in) {
   for (i64 i = 0; i < r; ++i)
     for (i64 j = 0; j < r; ++j) s[i * r + j] *= root[i] * root[j];
   auto w = s;
-  const auto sigma = eigen(w, r);
+  const auto sigma = symmetric_eigen(w, r);
   // Descending order: column c of the transforms is eigenvector r − 1 − c of S.
   for (i64 c = 0; c < r; ++c) t.sigma_sq[c] = std::max(sigma[r - 1 - c], 0.0);
   // left = s U Λ^½ W (columns reversed), right = Wᵀ Λ^-½ Uᵀ (rows reversed).
@@ -121,8 +119,8 @@ double truncation_error_sq(const TaskTruncation& t, const TaskFactors& tf, const
   std::vector<double> gb(static_cast<std::size_t>(k * k)), ga(gb.size());
   cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, k, out, 1.0, bk.data(), k, 0.0, gb.data(), k);
   cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, k, in, 1.0, ak.data(), in, 0.0, ga.data(), k);
-  symmetrize(gb, k);
-  symmetrize(ga, k);
+  mirror_upper(gb, k);
+  mirror_upper(ga, k);
   // ⟨B'A', sBA⟩ = ⟨s B'ᵀB, A'Aᵀ⟩ (k × r each).
   std::vector<double> cb(static_cast<std::size_t>(k * r)), ca(cb.size());
   cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, r, out, tf.scale, bk.data(), k, bw.data(), r, 0.0,

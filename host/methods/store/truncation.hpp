@@ -29,6 +29,13 @@ TaskTruncation task_truncation(const TaskFactors& tf, std::int64_t out, std::int
 void truncated_factors(const TaskTruncation& t, const TaskFactors& tf, std::int64_t k,
                        std::vector<float>& b, std::vector<float>& a);
 
+/// Eigendecomposition of the symmetric r × r row-major `m`: eigenvalues ascending, returned;
+/// eigenvectors left in m's columns. Throws solver_error naming dsyevd.
+std::vector<double> symmetric_eigen(std::vector<double>& m, std::int64_t r);
+
+/// The upper triangle a dsyrk wrote, mirrored into the lower one (r × r row-major).
+void mirror_upper(std::vector<double>& m, std::int64_t r);
+
 /// Rounds `values` to the stored dtype in place (widened back to f32): what the bundle holds.
 void round_to_storage(std::vector<float>& values, DType storage);
 

@@ -1,0 +1,34 @@
+#pragma once
+// The shared row basis: one orthonormal basis V (in × K) for the row spaces of all tasks' deltas,
+// and per task B̃_i = ΔW_i V (out × K), so ΔŴ_i = B̃_i Vᵀ. It pays where the tasks' A factors
+// share one initialisation. V is the top K right singular vectors of the stacked deltas
+// [ΔW_1; …; ΔW_n], found from R × R Grams (R = Σ r_i) of the stacked factors, never an in × in
+// or out × in matrix; each K's errors follow in closed form.
+#include <cstdint>
+#include <vector>
+
+#include "methods/adapter_set.hpp"
+#include "revmerge/dtype.hpp"
+
+namespace revmerge {
+
+struct SharedRows {
+  std::int64_t in = 0, out = 0, total_rank = 0;  ///< R = Σ r_i
+  /// Per task and K = 1 … R: ‖ΔW_i − ΔW_i V_K V_Kᵀ‖² (index K − 1).
+  std::vector<std::vector<double>> error_sq;
+  std::vector<double> norm_sq;       ///< per task ‖ΔW_i‖²
+  std::vector<double> lambda;        ///< the stacked deltas' squared singular values, descending
+  /// R × R: V = Aᵀ · to_basis, A the tasks' A_i stacked (R × in); column k gives direction k.
+  std::vector<double> to_basis;
+};
+
+/// The basis and every K's errors for tasks `f` (scale folded into B).
+SharedRows shared_rows(const std::vector<TaskFactors>& f, std::int64_t out, std::int64_t in);
+
+/// The stored parts for K directions, rounded to `storage`: Vᵀ (K × in) and each task's
+/// B̃_i = s_iB_i (A_i V) (out × K), formed with V as rounded (what the bundle holds).
+void shared_rows_factors(const SharedRows& s, const std::vector<TaskFactors>& f, std::int64_t k,
+                         DType storage, std::vector<float>& basis_t,
+                         std::vector<std::vector<float>>& task_b);
+
+}  // namespace revmerge
