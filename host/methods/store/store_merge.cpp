@@ -1,6 +1,7 @@
 // revmerge merge --method auto | rank: measure every module's options (each task's singular
-// values; RMM at a few basis sizes), allocate the storage budget across modules, then read the
-// adapters again and write each module in the representation it was given (bundle version 2).
+// values; RMM with a basis size per side; a row basis shared by the tasks), allocate the storage
+// budget across modules, then read the adapters again and write each module in the
+// representation it was given (bundle version 2).
 #include "revmerge/store.hpp"
 
 #include <algorithm>
