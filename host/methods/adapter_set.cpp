@@ -95,6 +95,18 @@ std::vector<float> read_factor(const PeftAdapter& a, const std::string& tensor, 
 
 }  // namespace
 
+BundleModule module_entry(const PlannedModule& pm) {
+  BundleModule bm;
+  bm.path = pm.path;
+  bm.layer = pm.layer;
+  bm.name = pm.name;
+  bm.in = pm.in;
+  bm.out = pm.out;
+  bm.rank = pm.rank;
+  bm.task_ranks = pm.task_ranks;
+  return bm;
+}
+
 std::vector<TaskFactors> read_module_factors(const AdapterSet& set, const PlannedModule& pm) {
   std::vector<TaskFactors> f;
   for (std::size_t t = 0; t < pm.per_task.size(); ++t) {

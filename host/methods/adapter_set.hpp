@@ -53,6 +53,10 @@ std::vector<std::string> adapter_set_warnings(const std::vector<TaskSource>& tas
 /// (names differing only in a trailing slash agree); `names` and `bases` in task order.
 std::string differing_base_models(const std::vector<std::string>& names, const std::vector<std::string>& bases);
 
+/// A bundle manifest entry with the module's identity and shape filled in (path, layer, name,
+/// in, out, the padded rank, each task's rank); its representation and errors left to the merge.
+BundleModule module_entry(const PlannedModule& pm);
+
 /// One task's factors of one module as stored (A rank × in, B out × rank, unscaled) and its scale.
 struct TaskFactors {
   std::vector<float> a, b;

@@ -34,14 +34,7 @@ using i64 = std::int64_t;
 constexpr int kModulesInFlight = 2;
 
 BundleModule describe(const PlannedModule& pm, const RmmModuleReport& rep, i64 n, i64 p) {
-  BundleModule bm;
-  bm.path = pm.path;
-  bm.layer = pm.layer;
-  bm.name = pm.name;
-  bm.in = pm.in;
-  bm.out = pm.out;
-  bm.rank = pm.rank;
-  bm.task_ranks = pm.task_ranks;
+  auto bm = module_entry(pm);
   bm.basis = {p, p};
   double raw = 0;
   for (const auto rank : pm.task_ranks) raw += static_cast<double>(rank) * static_cast<double>(pm.in + pm.out);

@@ -1,0 +1,254 @@
+// The budgeted store's work on one module: measuring its options (pass 1) and writing it in the
+// representation it was given (pass 2).
+#include "methods/store/store_modules.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "methods/rmm_module.hpp"
+#include "methods/store/parallel_tasks.hpp"
+#include "methods/store/rmm_sides.hpp"
+#include "methods/store/shared_rows.hpp"
+#include "methods/store/truncation.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+// RMM's shape limits (check_rmm_shape): a module outside them is only ever truncated.
+bool rmm_fits(const PlannedModule& pm, i64 n) { return n <= 64 && pm.rank <= 256; }
+
+// RMM of one module at basis p from the tasks' factors (padded stacks, scale folded into B).
+RmmModuleResult run_rmm(Backend& be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                        i64 p, DType storage) {
+  const i64 n = static_cast<i64>(f.size()), r = pm.rank;
+  std::vector<float> a(static_cast<std::size_t>(n * r * pm.in), 0.0f);
+  std::vector<float> b(static_cast<std::size_t>(n * pm.out * r), 0.0f);
+  for (i64 t = 0; t < n; ++t) {
+    const auto& tf = f[t];
+    std::copy(tf.a.begin(), tf.a.end(), a.begin() + t * r * pm.in);
+    for (i64 o = 0; o < pm.out; ++o)
+      for (i64 k = 0; k < tf.rank; ++k)
+        b[(t * pm.out + o) * r + k] = static_cast<float>(tf.scale * tf.b[o * tf.rank + k]);
+  }
+  return with_module_context(pm.path, [&] {
+    return rmm_module(be, {n, r, pm.in, pm.out, p}, a.data(), b.data(), storage, {});
+  });
+}
+
+// Squared singular values of task t's delta s·B·A, descending.
+std::vector<double> delta_sigma_sq(const PlannedModule& pm, const TaskFactors& f) {
+  return with_module_context(pm.path, [&] { return task_truncation(f, pm.out, pm.in).sigma_sq; });
+}
+
+
+// The largest relative error among the tasks.
+double worst_relative(const std::vector<double>& error_sq, const std::vector<double>& norm_sq) {
+  double w = 0;
+  for (std::size_t t = 0; t < error_sq.size(); ++t)
+    w = std::max(w, norm_sq[t] > 0 ? std::sqrt(error_sq[t] / norm_sq[t]) : 0.0);
+  return w;
+}
+
+
+}  // namespace
+
+double raw_numbers(const PlannedModule& pm) {
+  double raw = 0;
+  for (const auto r : pm.task_ranks) raw += double(r) * double(pm.in + pm.out);
+  return raw;
+}
+
+// Every side at every basis size in {0} ∪ candidates, from one RMM run at the largest (its first
+// p directions are RMM at p: the same eigenvectors, kept in descending order); then every pair of
+// them, its errors in closed form (rmm_sides.hpp). Pairs storing as much as the tasks' own
+// factors are left out (keeping the factors is exact at that size).
+
+Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                 const std::vector<i64>& candidates, DType storage, int threads, bool shared_basis) {
+  Measured m;
+  m.sigma_sq.resize(f.size());
+  parallel_tasks(static_cast<long>(f.size()), threads, [&](long t) { m.sigma_sq[t] = delta_sigma_sq(pm, f[t]); });
+  const i64 n = static_cast<i64>(f.size()), r = pm.rank;
+  std::vector<double> norm_sq;
+  for (const auto& s : m.sigma_sq) {
+    double v = 0;
+    for (const double x2 : s) v += x2;
+    norm_sq.push_back(v);
+  }
+  if (shared_basis) {
+    // A row basis shared by the tasks, K ≤ r directions (a task reverts at rank r).
+    const auto shared = with_module_context(pm.path, [&] { return shared_rows(f, pm.out, pm.in); });
+    for (i64 k = 1; k <= std::min(r, shared.total_rank); ++k) {
+    const double numbers = double(k) * double(pm.in + n * pm.out);
+    if (numbers >= raw_numbers(pm)) break;
+    Measured::Option c{Representation::shared_rows, {0, 0}, k, numbers, {}, 0};
+      for (i64 t = 0; t < n; ++t) c.error_sq.push_back(shared.error_sq[t][k - 1]);
+      c.worst = worst_relative(c.error_sq, norm_sq);
+      m.options.push_back(std::move(c));
+    }
+  }
+  if (!be || !rmm_fits(pm, n) || candidates.empty()) return m;
+  const auto x = side_grams(pm, f, threads);
+  const i64 largest = candidates.back();
+  const auto res = run_rmm(*be, pm, f, largest, storage);
+  std::vector<i64> ps{0};  // 0: the mean alone
+  ps.insert(ps.end(), candidates.begin(), candidates.end());
+  std::vector<SideDifference> sides[2];
+  for (int s = 0; s < 2; ++s)
+    sides[s] = side_differences(pm, x, s, s == 0 ? res.a : res.b, largest, ps, threads, true);
+  for (const auto& a : sides[0])
+    for (const auto& b : sides[1]) {
+      const double numbers = side_numbers(pm.in, r, n, a.p) + side_numbers(pm.out, r, n, b.p);
+      if (numbers >= raw_numbers(pm)) continue;
+      Measured::Option c{Representation::rmm, {a.p, b.p}, 0, numbers, delta_error_sq(x, a, b, r), 0};
+      c.worst = worst_relative(c.error_sq, norm_sq);
+      m.options.push_back(std::move(c));
+    }
+  return m;
+}
+
+
+
+// Writes module pm as RMM at basis sizes p (A, B side; 0: the mean alone) and returns its
+// manifest entry: each side from an RMM run at its own p (at 1 for the mean alone), the errors
+// measured on what is stored.
+BundleModule store_rmm(Backend& be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                       std::array<i64, 2> p, DType storage, SafetensorsWriter& writer, int threads) {
+  const i64 n = static_cast<i64>(f.size()), r = pm.rank;
+  const i64 run_a = std::max<i64>(p[0], 1), run_b = std::max<i64>(p[1], 1);
+  const auto res_a = run_rmm(be, pm, f, run_a, storage);
+  const auto res_b = run_b == run_a ? res_a : run_rmm(be, pm, f, run_b, storage);
+  const RmmSide* side[2] = {&res_a.a, &res_b.b};
+  const i64 run[2] = {run_a, run_b};
+  const auto x = side_grams(pm, f, threads);
+  SideDifference d[2];
+  auto bm = module_entry(pm);
+  bm.representation = Representation::rmm;
+  bm.basis = p;
+  for (int s = 0; s < 2; ++s) {
+    const char* name = s == 0 ? "lora_A" : "lora_B";
+    writer.write_f32(bundle_tensor_name(pm.path, name, "mean"), side[s]->mean);
+    if (p[s] > 0) {
+      writer.write_f32(bundle_tensor_name(pm.path, name, "basis"), side[s]->basis);
+      writer.write_f32(bundle_tensor_name(pm.path, name, "coef"), side[s]->coef);
+    }
+    d[s] = std::move(side_differences(pm, x, s, *side[s], run[s], {p[s]}, threads, false).front());
+    auto& fe = s == 0 ? bm.factor_error_a : bm.factor_error_b;
+    for (i64 t = 0; t < n; ++t)
+      fe.push_back(x.x_sq[s][t] > 0 ? std::sqrt(d[s].d_sq[t] / x.x_sq[s][t]) : 0.0);
+  }
+  bm.spectrum_a = res_a.a.spectrum;
+  bm.spectrum_b = res_b.b.spectrum;
+  const auto err = delta_error_sq(x, d[0], d[1], r), norm = delta_norm_sq(x);
+  for (i64 t = 0; t < n; ++t) {
+    bm.delta_norm.push_back(std::sqrt(norm[t]));
+    bm.delta_error.push_back(norm[t] > 0 ? std::sqrt(err[t] / norm[t]) : 0.0);
+  }
+  bm.storage_ratio = double(bm.stored_numbers(n)) / raw_numbers(pm);
+  return bm;
+}
+
+// Writes module pm as each task's own truncation to kept[t] directions: A' stacked as Σk × in,
+// B' as out × Σk. The errors are measured on the rounded factors through small Grams.
+BundleModule store_rank(const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                        const std::vector<i64>& kept, DType storage, SafetensorsWriter& writer,
+                        int threads) {
+  const i64 n = static_cast<i64>(f.size());
+  std::vector<i64> first(f.size(), 0);  // task t's rows / columns start at first[t]
+  i64 total = 0;
+  for (i64 t = 0; t < n; ++t) first[t] = total, total += kept[t];
+  auto bm = module_entry(pm);
+  bm.representation = Representation::rank;
+  bm.kept_ranks = kept;
+  bm.delta_norm.resize(f.size());
+  bm.delta_error.resize(f.size());
+  std::vector<float> a_all(static_cast<std::size_t>(total * pm.in));
+  std::vector<float> b_all(static_cast<std::size_t>(pm.out * total));
+  parallel_tasks(n, threads, [&](long t) {
+    const auto& tf = f[t];
+    const i64 k = kept[t], at = first[t];
+    const auto tt = with_module_context(pm.path, [&] { return task_truncation(tf, pm.out, pm.in); });
+    std::vector<float> a, b;
+    truncated_factors(tt, tf, k, b, a);
+    round_to_storage(a, storage);
+    round_to_storage(b, storage);
+    const double norm_sq = tt.norm_sq, err_sq = truncation_error_sq(tt, tf, b, a, k);
+    bm.delta_norm[t] = std::sqrt(norm_sq);
+    bm.delta_error[t] = norm_sq > 0 ? std::sqrt(err_sq / norm_sq) : 0.0;
+    std::copy(a.begin(), a.end(), a_all.begin() + at * pm.in);
+    for (i64 o = 0; o < pm.out; ++o)
+      std::copy(b.begin() + o * k, b.begin() + (o + 1) * k, b_all.begin() + o * total + at);
+  });
+  if (total > 0) {
+    writer.write_f32(bundle_tensor_name(pm.path, "lora_A", "factors"), a_all);
+    writer.write_f32(bundle_tensor_name(pm.path, "lora_B", "factors"), b_all);
+  }
+  bm.storage_ratio = double(bm.stored_numbers(n)) / raw_numbers(pm);
+  return bm;
+}
+
+// Writes module pm as a row basis of k directions shared by its tasks (Vᵀ, then the B̃_i side
+// by side); the errors measured on the rounded factors.
+BundleModule store_shared(const PlannedModule& pm, const std::vector<TaskFactors>& f, i64 k,
+                          DType storage, SafetensorsWriter& writer, int threads) {
+  const i64 n = static_cast<i64>(f.size());
+  const auto shared = with_module_context(pm.path, [&] { return shared_rows(f, pm.out, pm.in); });
+  std::vector<float> basis_t;
+  std::vector<std::vector<float>> task_b;
+  shared_rows_factors(shared, f, k, storage, basis_t, task_b);
+  auto bm = module_entry(pm);
+  bm.representation = Representation::shared_rows;
+  bm.shared_rank = k;
+  bm.delta_norm.resize(f.size());
+  bm.delta_error.resize(f.size());
+  std::vector<float> b_all(static_cast<std::size_t>(pm.out * n * k));
+  parallel_tasks(n, threads, [&](long t) {
+    const auto tt = task_truncation(f[t], pm.out, pm.in);
+    const double err_sq = truncation_error_sq(tt, f[t], task_b[t], basis_t, k);
+    bm.delta_norm[t] = std::sqrt(tt.norm_sq);
+    bm.delta_error[t] = tt.norm_sq > 0 ? std::sqrt(err_sq / tt.norm_sq) : 0.0;
+    for (i64 o = 0; o < pm.out; ++o)
+      std::copy(task_b[t].begin() + o * k, task_b[t].begin() + (o + 1) * k, b_all.begin() + (o * n + t) * k);
+  });
+  writer.write_f32(bundle_tensor_name(pm.path, "lora_A", "shared"), basis_t);
+  writer.write_f32(bundle_tensor_name(pm.path, "lora_B", "shared"), b_all);
+  bm.storage_ratio = double(bm.stored_numbers(n)) / raw_numbers(pm);
+  return bm;
+}
+
+std::vector<TensorSpec> tensor_specs(const std::vector<PlannedModule>& plan,
+                                     const std::vector<ModuleChoice>& choice,
+                                     const std::vector<Measured>& measured, i64 n, DType storage) {
+  std::vector<TensorSpec> specs;
+  for (std::size_t m = 0; m < plan.size(); ++m) {
+    const auto& pm = plan[m];
+    if (choice[m].fixed >= 0 && measured[m].options[choice[m].fixed].kind == Representation::shared_rows) {
+      const i64 k = measured[m].options[choice[m].fixed].k;
+      specs.push_back({bundle_tensor_name(pm.path, "lora_A", "shared"), storage, {k, pm.in}});
+      specs.push_back({bundle_tensor_name(pm.path, "lora_B", "shared"), storage, {pm.out, n * k}});
+      continue;
+    }
+    if (choice[m].fixed >= 0) {
+      const auto p = measured[m].options[choice[m].fixed].p;
+      for (int s = 0; s < 2; ++s) {
+        const char* side = s == 0 ? "lora_A" : "lora_B";
+        const i64 rows = s == 0 ? pm.in : pm.out;
+        specs.push_back({bundle_tensor_name(pm.path, side, "mean"), storage, {rows, pm.rank}});
+        if (p[s] == 0) continue;
+        specs.push_back({bundle_tensor_name(pm.path, side, "basis"), storage, {rows, pm.rank, p[s]}});
+        specs.push_back({bundle_tensor_name(pm.path, side, "coef"), storage, {rows, p[s], n}});
+      }
+      continue;
+    }
+    i64 total = 0;
+    for (const auto k : choice[m].kept) total += k;
+    if (total == 0) continue;
+    specs.push_back({bundle_tensor_name(pm.path, "lora_A", "factors"), storage, {total, pm.in}});
+    specs.push_back({bundle_tensor_name(pm.path, "lora_B", "factors"), storage, {pm.out, total}});
+  }
+  return specs;
+}
+
+}  // namespace revmerge

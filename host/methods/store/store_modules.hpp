@@ -1,0 +1,57 @@
+#pragma once
+// The budgeted store's work on one module (store_merge.cpp runs it for every module): pass 1
+// measures what each representation would store and lose, pass 2 writes the chosen one with its
+// errors measured on the stored values.
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "backend/backend.hpp"
+#include "methods/adapter_set.hpp"
+#include "methods/store/allocation.hpp"
+#include "revmerge/bundle.hpp"
+#include "revmerge/safetensors.hpp"
+
+namespace revmerge {
+
+/// Numbers the tasks' own factors of a module hold.
+double raw_numbers(const PlannedModule& pm);
+
+// What pass 1 keeps of a module: each task's spectrum, and for each fixed-size option — RMM at
+// a pair (p_A, p_B), or a shared row basis of K directions — its numbers, per-task squared
+// absolute errors and worst relative error.
+struct Measured {
+  std::vector<std::vector<double>> sigma_sq;
+  struct Option {
+    Representation kind;
+    std::array<std::int64_t, 2> p;  // rmm
+    std::int64_t k;                 // shared_rows
+    double numbers;
+    std::vector<double> error_sq;
+    double worst;
+  };
+  std::vector<Option> options;
+};
+
+/// Pass 1 of one module: every task's spectrum; with a backend, RMM with each P of `candidates`
+/// per side (one run at the largest); with `shared_basis`, the shared row basis at every K.
+Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                 const std::vector<std::int64_t>& candidates, DType storage, int threads,
+                 bool shared_basis);
+
+/// Pass 2: module pm written as RMM at basis sizes p (A, B), as each task's truncation to
+/// kept[t] directions, or as a shared row basis of k directions; each returns the manifest entry.
+BundleModule store_rmm(Backend& be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                       std::array<std::int64_t, 2> p, DType storage, SafetensorsWriter& writer, int threads);
+BundleModule store_rank(const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                        const std::vector<std::int64_t>& kept, DType storage, SafetensorsWriter& writer,
+                        int threads);
+BundleModule store_shared(const PlannedModule& pm, const std::vector<TaskFactors>& f, std::int64_t k,
+                          DType storage, SafetensorsWriter& writer, int threads);
+
+/// The bundle's tensors for the modules' choices.
+std::vector<TensorSpec> tensor_specs(const std::vector<PlannedModule>& plan,
+                                     const std::vector<ModuleChoice>& choice,
+                                     const std::vector<Measured>& measured, std::int64_t n, DType storage);
+
+}  // namespace revmerge
