@@ -304,13 +304,13 @@ void add_merge_command(CLI::App& app) {
                   "PEFT adapter folders (or, for the classic methods, full model folders); each "
                   "task is named after its folder");
   opt["--method"] = cmd->add_option("--method", args.method,
-      "rmm (default), auto (per module the best of RMM and each task's own truncation under "
-      "--storage), rank (truncations only), linear, task_arithmetic, ties, dare_linear, "
+      "rmm (default), auto (per module the best of RMM per side, each task's own truncation "
+      "and a shared row basis under --storage), rank (truncations only), linear, task_arithmetic, ties, dare_linear, "
       "dare_ties, magnitude_prune, cat, svd, slerp, nearswap, model_stock, breadcrumbs, breadcrumbs_ties, della, "
       "della_linear, sce, nuslerp, multislerp, karcher, ram, ramplus_tl, arcee_fusion, "
       "passthrough");
   opt["--basis"] = cmd->add_option("--basis,-p", args.basis,
-      "RMM basis size P, 1 .. n − 1 (auto: the one P it weighs; default 1, 2, 4, … below n)");
+      "RMM basis size P, 1 .. n − 1 (auto: the one P it weighs; default every P up to 8, then powers of 2, below n)");
   opt["--storage"] = cmd->add_option("--storage", args.storage,
       "auto, rank: what the bundle may store, as a fraction of the adapters' numbers (0.25, "
       "25%) or a size in the stored dtype (2GiB)");

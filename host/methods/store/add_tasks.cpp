@@ -10,6 +10,7 @@
 #include "core/interrupt.hpp"
 #include "methods/adapter_set.hpp"
 #include "methods/recipe.hpp"
+#include "methods/rmm_pipeline.hpp"
 #include "methods/store/parallel_tasks.hpp"
 #include "methods/store/truncation.hpp"
 #include "revmerge/error.hpp"
@@ -120,7 +121,7 @@ BundleManifest add_tasks(const AddTasksOptions& o) {
       round_to_storage(nf.a[t], storage);
       round_to_storage(nf.b[t], storage);
       norm[t] = std::sqrt(tt.norm_sq);
-      const double e = truncation_error_sq(tt, f[t], nf.b[t], nf.a[t], kept[t]);
+      const double e = truncation_error_sq(f[t], pm.out, pm.in, tt.norm_sq, nf.b[t], nf.a[t], kept[t]);
       error[t] = tt.norm_sq > 0 ? std::sqrt(e / tt.norm_sq) : 0.0;
     });
     for (std::size_t t = 0; t < n; ++t) {
@@ -190,10 +191,7 @@ BundleManifest add_tasks(const AddTasksOptions& o) {
     raw += mod_raw;
   }
   man.storage_ratio = raw > 0 ? stored / raw : 0;
-  for (const auto& pm : set.plan)
-    for (std::size_t t = 0; t < pm.per_task.size(); ++t)
-      for (const auto* key : {&pm.per_task[t]->key_a, &pm.per_task[t]->key_b})
-        man.input_bytes += set.adapters[t]->weights().at(*key).nbytes();
+  man.input_bytes += adapter_source(set).factor_bytes;
   man.stored_bytes = 0;
   for (const auto& spec : specs) man.stored_bytes += spec.nbytes();
   if (o.progress) o.progress(steps, steps, "");

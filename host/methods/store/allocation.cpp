@@ -84,18 +84,17 @@ void fill_leftover(const std::vector<ModuleOptions>& modules, std::vector<Module
     if (choice[m].fixed < 0)
       for (i64 t = 0; t < static_cast<i64>(choice[m].kept.size()); ++t) push(m, t);
   while (!next.empty()) {
-    const auto [gain, m, t] = next.top();
+    const i64 m = std::get<1>(next.top()), t = std::get<2>(next.top());
     next.pop();
     const auto& mo = modules[m];
     if (used + mo.rank_unit > budget) continue;  // a smaller module's direction may still fit
     auto& c = choice[m];
-    c.error -= gain * mo.rank_unit;
     c.numbers += mo.rank_unit;
     used += mo.rank_unit;
     ++c.kept[t];
     push(m, t);
   }
-  // Errors recomputed from the tails, not from the running differences.
+  // The error of each truncated module, from its tails.
   for (std::size_t m = 0; m < modules.size(); ++m) {
     auto& c = choice[m];
     if (c.fixed >= 0) continue;

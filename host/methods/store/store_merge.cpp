@@ -17,6 +17,7 @@
 #include "core/memory_info.hpp"
 #include "methods/adapter_set.hpp"
 #include "methods/recipe.hpp"
+#include "methods/rmm_pipeline.hpp"
 #include "methods/store/allocation.hpp"
 #include "methods/store/store_modules.hpp"
 #include "revmerge/error.hpp"
@@ -74,22 +75,6 @@ std::vector<i64> rmm_candidates(const StoreMergeOptions& o) {
   std::sort(p.begin(), p.end());
   p.erase(std::unique(p.begin(), p.end()), p.end());
   return p;
-}
-
-// The inputs' factor bytes and their dtype (the widest: bf16 < f16 < f32 < f64), as merge_rmm
-// reports them.
-std::pair<std::uint64_t, DType> input_factors(const AdapterSet& set) {
-  const auto order = [](DType t) { return t == DType::F64 ? 3 : t == DType::F32 ? 2 : t == DType::F16 ? 1 : 0; };
-  std::uint64_t bytes = 0;
-  DType widest = DType::BF16;
-  for (const auto& pm : set.plan)
-    for (std::size_t t = 0; t < pm.per_task.size(); ++t)
-      for (const auto* key : {&pm.per_task[t]->key_a, &pm.per_task[t]->key_b}) {
-        const auto& info = set.adapters[t]->weights().at(*key);
-        bytes += info.nbytes();
-        if (order(info.dtype) > order(widest)) widest = info.dtype;
-      }
-  return {bytes, widest};
 }
 
 RecipeRecord store_record(const StoreMergeOptions& o, DType storage, const std::vector<i64>& candidates) {
@@ -161,7 +146,10 @@ BundleManifest merge_store(const StoreMergeOptions& o) {
   check_options(o);
   const auto set = open_adapter_set(o.tasks);
   const i64 n = static_cast<i64>(o.tasks.size());
-  const auto [input_bytes, input_dtype] = input_factors(set);
+  // The inputs' factor bytes and widest dtype, as merge_rmm reports them.
+  const auto source = adapter_source(set);
+  const std::uint64_t input_bytes = source.factor_bytes;
+  const DType input_dtype = source.input_dtype;
   const DType storage = o.dtype ? *o.dtype : input_dtype == DType::F64 ? DType::F32 : input_dtype;
   const auto candidates = rmm_candidates(o);
   std::unique_ptr<Backend> be;

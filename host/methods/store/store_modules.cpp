@@ -174,7 +174,7 @@ BundleModule store_rank(const PlannedModule& pm, const std::vector<TaskFactors>&
     truncated_factors(tt, tf, k, b, a);
     round_to_storage(a, storage);
     round_to_storage(b, storage);
-    const double norm_sq = tt.norm_sq, err_sq = truncation_error_sq(tt, tf, b, a, k);
+    const double norm_sq = tt.norm_sq, err_sq = truncation_error_sq(tf, pm.out, pm.in, norm_sq, b, a, k);
     bm.delta_norm[t] = std::sqrt(norm_sq);
     bm.delta_error[t] = norm_sq > 0 ? std::sqrt(err_sq / norm_sq) : 0.0;
     std::copy(a.begin(), a.end(), a_all.begin() + at * pm.in);
@@ -205,10 +205,11 @@ BundleModule store_shared(const PlannedModule& pm, const std::vector<TaskFactors
   bm.delta_error.resize(f.size());
   std::vector<float> b_all(static_cast<std::size_t>(pm.out * n * k));
   parallel_tasks(n, threads, [&](long t) {
-    const auto tt = task_truncation(f[t], pm.out, pm.in);
-    const double err_sq = truncation_error_sq(tt, f[t], task_b[t], basis_t, k);
-    bm.delta_norm[t] = std::sqrt(tt.norm_sq);
-    bm.delta_error[t] = tt.norm_sq > 0 ? std::sqrt(err_sq / tt.norm_sq) : 0.0;
+    // The shared basis already has ‖ΔW_i‖²: no truncation of the task is needed here.
+    const double norm_sq = shared.norm_sq[t];
+    const double err_sq = truncation_error_sq(f[t], pm.out, pm.in, norm_sq, task_b[t], basis_t, k);
+    bm.delta_norm[t] = std::sqrt(norm_sq);
+    bm.delta_error[t] = norm_sq > 0 ? std::sqrt(err_sq / norm_sq) : 0.0;
     for (i64 o = 0; o < pm.out; ++o)
       std::copy(task_b[t].begin() + o * k, task_b[t].begin() + (o + 1) * k, b_all.begin() + (o * n + t) * k);
   });

@@ -110,10 +110,10 @@ void round_to_storage(std::vector<float>& v, DType storage) {
   convert_to_f32(storage, bytes.data(), v.data(), v.size());
 }
 
-double truncation_error_sq(const TaskTruncation& t, const TaskFactors& tf, const std::vector<float>& b,
-                           const std::vector<float>& a, i64 k) {
-  if (k == 0) return t.norm_sq;
-  const i64 r = t.r, in = t.in, out = t.out;
+double truncation_error_sq(const TaskFactors& tf, i64 out, i64 in, double norm_sq,
+                           const std::vector<float>& b, const std::vector<float>& a, i64 k) {
+  if (k == 0) return norm_sq;
+  const i64 r = tf.rank;
   const auto bk = widen(b), ak = widen(a), bw = widen(tf.b), aw = widen(tf.a);
   // ‖B'A'‖² = ⟨B'ᵀB', A'A'ᵀ⟩.
   std::vector<double> gb(static_cast<std::size_t>(k * k)), ga(gb.size());
@@ -127,7 +127,7 @@ double truncation_error_sq(const TaskTruncation& t, const TaskFactors& tf, const
               cb.data(), r);
   cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, k, r, in, 1.0, ak.data(), in, aw.data(), in, 0.0,
               ca.data(), r);
-  return std::max(dot(gb, ga) - 2 * dot(cb, ca) + t.norm_sq, 0.0);
+  return std::max(dot(gb, ga) - 2 * dot(cb, ca) + norm_sq, 0.0);
 }
 
 }  // namespace revmerge

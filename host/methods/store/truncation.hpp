@@ -40,8 +40,8 @@ void mirror_upper(std::vector<double>& m, std::int64_t r);
 void round_to_storage(std::vector<float>& values, DType storage);
 
 /// ‖B'A' − s·B·A‖_F² for factors `b` (out × k) and `a` (k × in) as they will be stored, through
-/// k × k and k × r Grams: ‖B'A'‖² − 2⟨s B'ᵀB, A'Aᵀ⟩ + ‖ΔW‖².
-double truncation_error_sq(const TaskTruncation& t, const TaskFactors& tf, const std::vector<float>& b,
-                           const std::vector<float>& a, std::int64_t k);
+/// k × k and k × r Grams: ‖B'A'‖² − 2⟨s B'ᵀB, A'Aᵀ⟩ + ‖ΔW‖² (`norm_sq`, already known).
+double truncation_error_sq(const TaskFactors& tf, std::int64_t out, std::int64_t in, double norm_sq,
+                           const std::vector<float>& b, const std::vector<float>& a, std::int64_t k);
 
 }  // namespace revmerge
