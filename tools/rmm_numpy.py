@@ -13,6 +13,9 @@ the bundle stores:
     sum(k)/sum(r);
   * shared_rows modules (version 2): every task's stored B~_i V^T against numpy's projection of
     its dense delta on the top K right singular vectors of the stacked deltas;
+  * shared modules (version 2): every task's stored U (U^T s B_i)(A_i V) V^T against numpy's
+    two-sided projection U U^T dW_i V V^T, U the top Ku left singular vectors of the deltas side
+    by side, V the top Kv right singular vectors of the deltas stacked;
   * for all, the manifest's per-task delta errors against dense ||B^A^ - BA||_F / ||BA||_F.
 
     python3 tools/rmm_numpy.py BUNDLE [--adapters DIR ...] [--tol 1e-4]
@@ -141,6 +144,32 @@ def check_shared_rows(mod, tensors, adapters):
     return recon, delta
 
 
+def check_shared(mod, tensors, adapters):
+    """A version 2 shared module: each task's factors as stored, U core_b_i and core_a_i V^T,
+    multiplied out, against numpy's two-sided projection of its dense delta; returns the
+    (reconstruction, delta error) differences."""
+    path, (kv, ku) = mod["path"], mod["shared_basis"]
+    dense = [b @ a for a, b in (ad[path] for ad in adapters)]
+    _, _, vt = np.linalg.svd(np.vstack(dense), full_matrices=False)
+    u, _, _ = np.linalg.svd(np.hstack(dense), full_matrices=False)
+    v, u = vt[:kv].T, u[:, :ku]                                     # in x Kv, out x Ku
+    vs = tensors[f"{path}.lora_A.shared"].astype(np.float64)        # Kv x in
+    us = tensors[f"{path}.lora_B.shared"].astype(np.float64)        # out x Ku
+    ca = tensors[f"{path}.lora_A.cores"].astype(np.float64)         # sum(r) x Kv
+    cb = tensors[f"{path}.lora_B.cores"].astype(np.float64)         # Ku x sum(r)
+    recon = delta = 0.0
+    off = 0
+    for i, d in enumerate(dense):
+        r = mod["task_ranks"][i]
+        norm = max(np.linalg.norm(d), 1e-300)
+        got = (us @ cb[:, off:off + r]) @ (ca[off:off + r] @ vs)
+        off += r
+        recon = max(recon, float(np.linalg.norm(got - u @ u.T @ d @ v @ v.T) / norm))
+        err = np.linalg.norm(got - d) / norm
+        delta = max(delta, abs(err - mod["delta_error"][i]) / max(err, 1e-3))
+    return recon, delta
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
@@ -172,6 +201,14 @@ def main():
             recon, delta = check_shared_rows(mod, tensors, adapters[:n])
             worst_recon, worst_delta = max(worst_recon, recon), max(worst_delta, delta)
             stored = mod["shared_rank"] * (mod["in"] + n * mod["out"]) + sum(added) * (mod["in"] + mod["out"])
+            worst_storage = max(worst_storage, abs(stored / raw - mod["storage_ratio"]))
+            continue
+        if kind == "shared":
+            recon, delta = check_shared(mod, tensors, adapters[:n])
+            worst_recon, worst_delta = max(worst_recon, recon), max(worst_delta, delta)
+            kv, ku = mod["shared_basis"]
+            r_all = sum(mod["task_ranks"][:n])
+            stored = kv * (mod["in"] + r_all) + ku * (mod["out"] + r_all) + sum(added) * (mod["in"] + mod["out"])
             worst_storage = max(worst_storage, abs(stored / raw - mod["storage_ratio"]))
             continue
         if kind == "rank":

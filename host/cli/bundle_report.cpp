@@ -98,28 +98,32 @@ std::string ranks_text(const std::vector<std::int64_t>& kept) {
   return out;
 }
 
-// "rmm P=2", "rmm P=1/0" (A/B), "rank 4+0+3" or "shared rows K=16"; tasks added later follow
-// as "; added 2+1".
+// "rmm P=2", "rmm P=1/0" (A/B), "rank 4+0+3", "shared rows K=16" or "shared Kv=40 Ku=72";
+// tasks added later follow as "; added 2+1".
 std::string representation_text(const BundleModule& mod) {
   std::string out = mod.representation == Representation::rank ? "rank " + ranks_text(mod.kept_ranks)
                     : mod.representation == Representation::shared_rows
                         ? fmt::format("shared rows K={}", mod.shared_rank)
+                    : mod.representation == Representation::shared
+                        ? fmt::format("shared Kv={} Ku={}", mod.shared_basis[0], mod.shared_basis[1])
                     : mod.basis[0] == mod.basis[1] ? fmt::format("rmm P={}", mod.basis[0])
                                                    : fmt::format("rmm P={}/{}", mod.basis[0], mod.basis[1]);
   if (!mod.added_kept_ranks.empty()) out += "; added " + ranks_text(mod.added_kept_ranks);
   return out;
 }
 
-// "2 rmm (P=1: 1, P=2/1: 1), 5 rank, 1 shared rows" — how many modules took each
+// "2 rmm (P=1: 1, P=2/1: 1), 5 rank, 1 shared rows, 2 shared" — how many modules took each
 // representation (P per side A/B where they differ).
 std::string representation_counts(const BundleManifest& m) {
   std::map<std::string, std::size_t> rmm;
-  std::size_t rank = 0, shared = 0, rmm_total = 0;
+  std::size_t rank = 0, shared = 0, both = 0, rmm_total = 0;
   for (const auto& mod : m.modules)
     if (mod.representation == Representation::rank)
       ++rank;
     else if (mod.representation == Representation::shared_rows)
       ++shared;
+    else if (mod.representation == Representation::shared)
+      ++both;
     else
       ++rmm[mod.basis[0] == mod.basis[1] ? fmt::format("P={}", mod.basis[0])
                                          : fmt::format("P={}/{}", mod.basis[0], mod.basis[1])],
@@ -133,6 +137,7 @@ std::string representation_counts(const BundleManifest& m) {
   }
   if (rank) out += fmt::format("{}{} rank", out.empty() ? "" : ", ", rank);
   if (shared) out += fmt::format("{}{} shared rows", out.empty() ? "" : ", ", shared);
+  if (both) out += fmt::format("{}{} shared", out.empty() ? "" : ", ", both);
   return out;
 }
 
@@ -245,8 +250,10 @@ nlohmann::ordered_json bundle_report_json(const BundleManifest& m, const std::st
       e["energy_b"] = energy(*mod, 1);
     } else if (mod->representation == Representation::rank) {
       e["kept_ranks"] = mod->kept_ranks;
-    } else {
+    } else if (mod->representation == Representation::shared_rows) {
       e["shared_rank"] = mod->shared_rank;
+    } else {
+      e["shared_basis"] = mod->shared_basis;
     }
     j["summary"]["worst_modules"].push_back(std::move(e));
   }

@@ -305,7 +305,7 @@ void add_merge_command(CLI::App& app) {
                   "task is named after its folder");
   opt["--method"] = cmd->add_option("--method", args.method,
       "rmm (default), auto (per module the best of RMM per side, each task's own truncation "
-      "and a shared row basis under --storage), rank (truncations only), linear, task_arithmetic, ties, dare_linear, "
+      "and bases shared by the tasks under --storage), rank (truncations only), linear, task_arithmetic, ties, dare_linear, "
       "dare_ties, magnitude_prune, cat, svd, slerp, nearswap, model_stock, breadcrumbs, breadcrumbs_ties, della, "
       "della_linear, sce, nuslerp, multislerp, karcher, ram, ramplus_tl, arcee_fusion, "
       "passthrough");
@@ -316,7 +316,8 @@ void add_merge_command(CLI::App& app) {
       "25%) or a size in the stored dtype (2GiB)");
   opt["--representations"] = cmd->add_option("--representations", args.representations,
       "auto: the representations it weighs per module, comma-separated: rmm, rank, shared_rows "
-      "(default all; rank, each task's own truncation, always)");
+      "(a row basis), shared (row and column bases) (default all; rank, each task's own "
+      "truncation, always)");
   opt["--max-error"] = cmd->add_option("--max-error", args.max_error,
       "auto, rank instead of --storage: the largest relative delta error any task may have in "
       "any module; each module stored as cheaply as that allows");

@@ -19,7 +19,13 @@ std::int64_t BundleManifest::task_index(const std::string& name) const {
 }
 
 const char* representation_name(Representation r) noexcept {
-  return r == Representation::rank ? "rank" : r == Representation::shared_rows ? "shared_rows" : "rmm";
+  switch (r) {
+    case Representation::rank: return "rank";
+    case Representation::shared_rows: return "shared_rows";
+    case Representation::shared: return "shared";
+    case Representation::rmm: break;
+  }
+  return "rmm";
 }
 
 std::int64_t BundleModule::stored_numbers(std::int64_t n) const {
@@ -32,6 +38,11 @@ std::int64_t BundleModule::stored_numbers(std::int64_t n) const {
     return k * (in + out) + added;
   }
   if (representation == Representation::shared_rows) return shared_rank * (in + n * out) + added;
+  if (representation == Representation::shared) {
+    std::int64_t r = 0;  // Σ r_i over the tasks the representation covers
+    for (std::int64_t t = 0; t < n && t < static_cast<std::int64_t>(task_ranks.size()); ++t) r += task_ranks[t];
+    return shared_basis[0] * (in + r) + shared_basis[1] * (out + r) + added;
+  }
   return in * (basis[0] * (rank + n) + rank) + out * (basis[1] * (rank + n) + rank) + added;
 }
 
@@ -70,8 +81,10 @@ std::string manifest_to_json(const BundleManifest& m) {
         e["basis_b"] = mod.basis[1];
       } else if (mod.representation == Representation::rank) {
         e["kept_ranks"] = mod.kept_ranks;
-      } else {
+      } else if (mod.representation == Representation::shared_rows) {
         e["shared_rank"] = mod.shared_rank;
+      } else {
+        e["shared_basis"] = mod.shared_basis;
       }
     }
     if (!mod.added_kept_ranks.empty()) e["added_kept_ranks"] = mod.added_kept_ranks;
@@ -178,9 +191,11 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
         mod.representation = Representation::rank;
       else if (rep == "shared_rows")
         mod.representation = Representation::shared_rows;
+      else if (rep == "shared")
+        mod.representation = Representation::shared;
       else if (rep != "rmm")
         throw unsupported_error(where + ": representation '" + rep +
-                                "' is not supported (rmm, rank, shared_rows)");
+                                "' is not supported (rmm, rank, shared_rows, shared)");
     }
     const bool rmm = mod.representation == Representation::rmm;
     if (rmm) {
@@ -197,9 +212,14 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
     } else if (mod.representation == Representation::rank) {
       mod.basis = {0, 0};
       mod.kept_ranks = field<std::vector<std::int64_t>>(mj, "kept_ranks", where);
-    } else {
+    } else if (mod.representation == Representation::shared_rows) {
       mod.basis = {0, 0};
       mod.shared_rank = field<std::int64_t>(mj, "shared_rank", where);
+    } else {
+      mod.basis = {0, 0};
+      const auto k = field<std::vector<std::int64_t>>(mj, "shared_basis", where);
+      if (k.size() != 2) throw format_error(where + ": shared_basis must be [Kv, Ku] (two sizes)");
+      mod.shared_basis = {k[0], k[1]};
     }
     if (mj.contains("added_kept_ranks"))
       mod.added_kept_ranks = field<std::vector<std::int64_t>>(mj, "added_kept_ranks", where);
@@ -231,6 +251,12 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
         (mod.shared_rank < 1 || mod.shared_rank > mod.rank))
       throw format_error(where + ": shared_rank " + std::to_string(mod.shared_rank) + " is outside 1 .. " +
                          std::to_string(mod.rank) + " (the module's rank)");
+    if (mod.representation == Representation::shared &&
+        (mod.shared_basis[0] < 1 || mod.shared_basis[0] > mod.in || mod.shared_basis[1] < 1 ||
+         mod.shared_basis[1] > mod.out))
+      throw format_error(where + ": shared_basis [" + std::to_string(mod.shared_basis[0]) + ", " +
+                         std::to_string(mod.shared_basis[1]) + "] is outside [1 .. in, 1 .. out] = [1 .. " +
+                         std::to_string(mod.in) + ", 1 .. " + std::to_string(mod.out) + "]");
     if (mod.representation == Representation::rank) {
       if (static_cast<std::int64_t>(mod.kept_ranks.size()) != n)
         throw format_error(where + ": kept_ranks must have " + std::to_string(n) + " entries");
@@ -271,6 +297,16 @@ Bundle::Bundle(const fs::path& dir) : dir_(dir) {
     if (mod.representation == Representation::shared_rows) {
       check(bundle_tensor_name(mod.path, "lora_A", "shared"), {mod.shared_rank, mod.in});
       check(bundle_tensor_name(mod.path, "lora_B", "shared"), {mod.out, n * mod.shared_rank});
+      continue;
+    }
+    if (mod.representation == Representation::shared) {
+      std::int64_t r = 0;
+      for (std::int64_t t = 0; t < n; ++t) r += mod.task_ranks[t];
+      const auto [kv, ku] = mod.shared_basis;
+      check(bundle_tensor_name(mod.path, "lora_A", "shared"), {kv, mod.in});
+      check(bundle_tensor_name(mod.path, "lora_B", "shared"), {mod.out, ku});
+      check(bundle_tensor_name(mod.path, "lora_A", "cores"), {r, kv});
+      check(bundle_tensor_name(mod.path, "lora_B", "cores"), {ku, r});
       continue;
     }
     if (mod.representation == Representation::rank) {

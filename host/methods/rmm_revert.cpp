@@ -12,6 +12,7 @@
 #include "revmerge/hf_model.hpp"
 #include "methods/model_output.hpp"
 #include "methods/recipe.hpp"
+#include "methods/store/shared_basis.hpp"
 
 namespace revmerge {
 namespace {
@@ -79,6 +80,30 @@ RevertedModule revert_shared(const Bundle& bundle, const BundleModule& mod, i64 
   return out;
 }
 
+// A shared module: A' = (A_i V) Vᵀ and B' = U (Uᵀ s_iB_i) at the task's own rank, padded to r.
+RevertedModule revert_shared_basis(const Bundle& bundle, const BundleModule& mod, i64 n, i64 task) {
+  const i64 r = mod.rank, rt = mod.task_ranks.at(task);
+  i64 first = 0, total = 0;
+  for (i64 t = 0; t < n; ++t) {
+    if (t == task) first = total;
+    total += mod.task_ranks[t];
+  }
+  const auto& tf = bundle.tensors();
+  const auto vt = tf.read_f32(bundle_tensor_name(mod.path, "lora_A", "shared"));
+  const auto u = tf.read_f32(bundle_tensor_name(mod.path, "lora_B", "shared"));
+  const auto ca = tf.read_f32(bundle_tensor_name(mod.path, "lora_A", "cores"));
+  const auto cb = tf.read_f32(bundle_tensor_name(mod.path, "lora_B", "cores"));
+  std::vector<float> a, b;
+  shared_basis_task(vt.data(), u.data(), ca.data(), cb.data(), mod.in, mod.out, mod.shared_basis[0],
+                    mod.shared_basis[1], total, first, rt, a, b);
+  RevertedModule out;
+  out.a.assign(static_cast<std::size_t>(r * mod.in), 0.0f);
+  out.b.assign(static_cast<std::size_t>(mod.out * r), 0.0f);
+  std::copy(a.begin(), a.end(), out.a.begin());
+  for (i64 o = 0; o < mod.out; ++o) std::copy(b.begin() + o * rt, b.begin() + (o + 1) * rt, out.b.begin() + o * r);
+  return out;
+}
+
 RevertedModule revert_with(Backend& be, const Bundle& bundle, std::size_t module_index, i64 task) {
   const auto& man = bundle.manifest();
   const auto& mod = man.modules.at(module_index);
@@ -86,6 +111,7 @@ RevertedModule revert_with(Backend& be, const Bundle& bundle, std::size_t module
   if (task >= n) return revert_stacked(bundle, mod, "added", mod.added_kept_ranks, task - n);
   if (mod.representation == Representation::rank) return revert_stacked(bundle, mod, "factors", mod.kept_ranks, task);
   if (mod.representation == Representation::shared_rows) return revert_shared(bundle, mod, n, task);
+  if (mod.representation == Representation::shared) return revert_shared_basis(bundle, mod, n, task);
   RevertedModule out;
   const auto a_pos = revert_side(be, bundle.tensors(), mod.path, "lora_A", mod.in, r, mod.basis[0], n, task);
   out.a.resize(a_pos.size());  // position-major in × r  →  r × in

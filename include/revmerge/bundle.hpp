@@ -23,9 +23,11 @@ inline constexpr const char* kBundleManifestName = "manifest.json";
 inline constexpr int kBundleFormatVersion = 2;
 
 /// How one module keeps its n tasks: RMM per position (mean, basis, coefficients per side),
-/// each task's ΔW_i = B_iA_i truncated to its own rank k_i (B'_i = U Σ, A'_i = Vᵀ), or one
-/// row basis V (in × K) shared by all tasks with B̃_i = ΔW_i V (ΔŴ_i = B̃_i Vᵀ).
-enum class Representation { rmm, rank, shared_rows };
+/// each task's ΔW_i = B_iA_i truncated to its own rank k_i (B'_i = U Σ, A'_i = Vᵀ), one row
+/// basis V (in × K) shared by all tasks with B̃_i = ΔW_i V (ΔŴ_i = B̃_i Vᵀ), or a row basis V
+/// (in × Kv) and a column basis U (out × Ku) shared by all tasks, each task's factors in their
+/// coordinates (ΔŴ_i = U (Uᵀ s_iB_i)(A_i V) Vᵀ, at the task's own rank).
+enum class Representation { rmm, rank, shared_rows, shared };
 const char* representation_name(Representation r) noexcept;
 
 /// One merged task.
@@ -50,6 +52,8 @@ struct BundleModule {
   std::array<std::int64_t, 2> basis = {0, 0};
   std::vector<std::int64_t> kept_ranks;  ///< rank: per task k_i (0: the task's delta dropped)
   std::int64_t shared_rank = 0;          ///< shared_rows: K, 1 ≤ K ≤ rank
+  /// shared: the bases' sizes (Kv of the row basis, A side; Ku of the column basis, B side).
+  std::array<std::int64_t, 2> shared_basis = {0, 0};
   /// Tasks added later (`revmerge add`), each kept as its own truncation to k_i directions in
   /// the "added" tensors, whatever the module's representation of the first tasks.
   std::vector<std::int64_t> added_kept_ranks;
@@ -95,8 +99,9 @@ struct BundleManifest {
 /// Tensor names of a module's stored factors: side is "lora_A" or "lora_B", part is "mean",
 /// "basis" or "coef" (rmm), or "factors" (rank: the tasks' truncated factors stacked, A' as
 /// Σk × in, B' as out × Σk, task i's at offset Σ_{j<i} k_j), "shared" (shared_rows: Vᵀ as
-/// K × in, the B̃_i side by side as out × nK), or "added" (the added tasks' truncated factors,
-/// stacked as rank's).
+/// K × in, the B̃_i side by side as out × nK; shared: Vᵀ as Kv × in and U as out × Ku), "cores"
+/// (shared: the A_i V stacked as Σr_i × Kv, the Uᵀ s_iB_i side by side as Ku × Σr_i), or "added"
+/// (the added tasks' truncated factors, stacked as rank's).
 std::string bundle_tensor_name(const std::string& module_path, const char* side, const char* part);
 
 std::string manifest_to_json(const BundleManifest& m);

@@ -80,7 +80,7 @@ struct AddTasksOptions {
 /// above the module's), and what reading the adapters throws; nothing is written on failure.
 BundleManifest add_tasks(const AddTasksOptions& options);
 
-/// "rmm,rank,shared_rows" as representations; `option` names the option in the usage_error
+/// "rmm,rank,shared_rows,shared" as representations; `option` names the option in the usage_error
 /// a bad name gives.
 std::vector<Representation> parse_representations(const std::string& text, const std::string& option);
 

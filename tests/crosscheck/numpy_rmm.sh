@@ -28,8 +28,14 @@ python3 "$src/tools/rmm_numpy.py" "$work/rank"
 "$revmerge" merge -q --method auto --storage 0.3 --device cpu --out "$work/first4" $(ls -d "$src"/examples/adapters/* | head -4)
 "$revmerge" add -q "$work/first4" $(ls -d "$src"/examples/adapters/* | tail -4) --out "$work/added"
 python3 "$src/tools/rmm_numpy.py" "$work/added"
-# Tasks from one initialisation: auto keeps a row basis shared by the tasks (shared_rows).
+# Tasks from one initialisation: auto keeps a row basis shared by the tasks (shared_rows) …
 python3 "$src/tools/eval/lora_like.py" --out "$work/lora-like" --tasks 4 --rank 8 --dim 128 >/dev/null
-"$revmerge" merge -q --method auto --storage 0.5 --device cpu --out "$work/shared" "$work"/lora-like/*
+"$revmerge" merge -q --method auto --storage 0.5 --device cpu --representations rmm,shared_rows \
+  --out "$work/shared" "$work"/lora-like/*
 grep -q '"representation": "shared_rows"' "$work/shared/manifest.json" || { echo "FAIL: no shared_rows module"; exit 1; }
 python3 "$src/tools/rmm_numpy.py" "$work/shared"
+# … and, where half of B's columns are shared too, row and column bases (shared).
+python3 "$src/tools/eval/lora_like.py" --out "$work/lora-cols" --tasks 4 --rank 8 --dim 128 --b-shared columns >/dev/null
+"$revmerge" merge -q --method auto --storage 0.5 --device cpu --out "$work/both" "$work"/lora-cols/*
+grep -q '"representation": "shared"' "$work/both/manifest.json" || { echo "FAIL: no shared module"; exit 1; }
+python3 "$src/tools/rmm_numpy.py" "$work/both"

@@ -9,6 +9,7 @@
 
 #include "methods/adapter_writer.hpp"
 #include "methods/store/allocation.hpp"
+#include "methods/store/shared_basis.hpp"
 #include "methods/store/shared_rows.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/store.hpp"
@@ -338,6 +339,85 @@ TEST(StoreMerge, SharedRowBasisServesTasksFromOneInitialisation) {
   }
   check_errors_are_dense_errors(tmp / "bundle", tasks);
   EXPECT_EQ(manifest_to_json(parse_manifest(manifest_to_json(man), "m.json")), manifest_to_json(man));
+}
+
+// Tasks whose A's share one initialisation and whose B's share half their columns (rank 8,
+// 96 → 80): their row spaces lie in A0's 8 directions, their column spaces in 4 + 4·4 = 20.
+const std::vector<ModuleSpec> kWideModules = {{"model.layers.0.self_attn.q_proj", 8, 96, 80},
+                                              {"model.layers.0.self_attn.v_proj", 8, 96, 80}};
+
+std::vector<TaskSource> write_shared_columns_family(const test::TempDir& tmp) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g;
+  std::map<std::string, std::vector<float>> a0, b0;
+  for (const auto& m : kWideModules) {
+    a0[m.path] = orthogonal_rows(m.rank, m.in, rng);
+    for (i64 i = 0; i < m.out * m.rank; ++i) b0[m.path].push_back(g(rng));
+  }
+  std::vector<TaskSource> tasks;
+  for (i64 t = 0; t < kTasks; ++t) {
+    std::map<std::string, std::vector<float>> a, b;
+    for (const auto& m : kWideModules) {
+      for (const float v : a0[m.path]) a[m.path].push_back(v + 0.001f * g(rng));
+      for (i64 o = 0; o < m.out; ++o)
+        for (i64 k = 0; k < m.rank; ++k) b[m.path].push_back(k < m.rank / 2 ? b0[m.path][o * m.rank + k] : g(rng));
+    }
+    const auto dir = tmp / ("task" + std::to_string(t));
+    test::write_adapter_factors(dir, 8, kWideModules, a, b);
+    tasks.push_back({"task" + std::to_string(t), dir});
+  }
+  return tasks;
+}
+
+// Row and column bases shared by the tasks: every (Kv, Ku)'s closed-form errors are the dense
+// errors of the factors a task reverts to, full size is exact, and auto stores these tasks in
+// A0's 8 rows and their 20 columns.
+TEST(StoreMerge, SharedBasesServeTasksSharingAnInitAndColumns) {
+  test::TempDir tmp;
+  const auto tasks = write_shared_columns_family(tmp);
+  AdapterSet set = open_adapter_set(tasks);
+  const auto& pm = set.plan[0];
+  const auto f = read_module_factors(set, pm);
+  const auto s = shared_basis(f, pm.out, pm.in);
+  const i64 R = kTasks * 8;
+  ASSERT_EQ(s.rows.total_rank, R);
+  const std::vector<i64> kv = {1, 8, 20, R}, ku = {3, 20, R};
+  const auto closed = shared_basis_errors(s, f, kv, ku);
+  for (std::size_t x = 0; x < kv.size(); ++x)
+    for (std::size_t y = 0; y < ku.size(); ++y) {
+      const auto parts = shared_basis_parts(s, f, kv[x], ku[y], DType::F32);
+      i64 first = 0;
+      for (i64 t = 0; t < kTasks; ++t) {
+        std::vector<float> a, b;
+        shared_basis_task(parts.vt.data(), parts.u.data(), parts.core_a.data(), parts.core_b.data(), pm.in, pm.out,
+                          kv[x], ku[y], R, first, f[t].rank, a, b);
+        first += f[t].rank;
+        const auto want = test::dense_delta(f[t].a, f[t].b, f[t].rank, pm.in, pm.out, f[t].scale);
+        const auto got = test::dense_delta(a, b, f[t].rank, pm.in, pm.out, 1.0);
+        double e = 0;
+        for (std::size_t i = 0; i < want.size(); ++i) e += (got[i] - want[i]) * (got[i] - want[i]);
+        const double norm_sq = s.rows.norm_sq[t];
+        EXPECT_NEAR(e, closed[x * ku.size() + y][t], 1e-6 * norm_sq) << "Kv " << kv[x] << " Ku " << ku[y];
+        if (kv[x] == R && ku[y] == R) EXPECT_LT(std::sqrt(e / norm_sq), 1e-5);  // exact at full size
+      }
+    }
+  auto o = store_options(tasks, StoreMethod::automatic, tmp / "bundle");
+  o.storage.fraction = 0.6;
+  o.representations = {Representation::shared};
+  const auto man = merge_store(o);
+  for (const auto& mod : man.modules) {
+    ASSERT_EQ(mod.representation, Representation::shared) << mod.path;
+    EXPECT_GE(mod.shared_basis[0], 8) << mod.path;  // A0's rows, then what budget is left
+    EXPECT_GE(mod.shared_basis[1], 20) << mod.path;
+    for (const auto e : mod.delta_error) EXPECT_LT(e, 0.01) << mod.path;
+  }
+  EXPECT_LE(stored_numbers(man), 0.6 * all_numbers(man));
+  check_errors_are_dense_errors(tmp / "bundle", tasks);
+  EXPECT_EQ(manifest_to_json(parse_manifest(manifest_to_json(man), "m.json")), manifest_to_json(man));
+  // Under auto with every representation, these tasks take the shared bases too.
+  auto every = store_options(tasks, StoreMethod::automatic, tmp / "every");
+  every.storage.fraction = 0.6;
+  for (const auto& mod : merge_store(every).modules) EXPECT_EQ(mod.representation, Representation::shared);
 }
 
 TEST(StoreMerge, MaxErrorBoundsEveryTaskInEveryModule) {

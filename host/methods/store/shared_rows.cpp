@@ -39,6 +39,7 @@ SharedRows shared_rows(const std::vector<TaskFactors>& f, i64 out, i64 in) {
   std::vector<double> S(static_cast<std::size_t>(R * R));
   cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, R, in, 1.0, a.data(), in, 0.0, S.data(), R);
   mirror_upper(S, R);
+  s.gram = S;
   std::vector<double> L(static_cast<std::size_t>(R * R), 0.0);  // block diagonal
   std::vector<std::vector<double>> M(n);
   for (std::size_t i = 0; i < n; ++i) {

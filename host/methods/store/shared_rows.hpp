@@ -20,6 +20,7 @@ struct SharedRows {
   std::vector<double> lambda;        ///< the stacked deltas' squared singular values, descending
   /// R × R: V = Aᵀ · to_basis, A the tasks' A_i stacked (R × in); column k gives direction k.
   std::vector<double> to_basis;
+  std::vector<double> gram;          ///< R × R: A Aᵀ, the stacked A's Gram
 };
 
 /// The basis and every K's errors for tasks `f` (scale folded into B).

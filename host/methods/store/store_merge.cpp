@@ -1,5 +1,6 @@
 // revmerge merge --method auto | rank: measure every module's options (each task's singular
-// values; RMM with a basis size per side; a row basis shared by the tasks), allocate the storage
+// values; RMM with a basis size per side; a row basis shared by the tasks; row and column bases
+// shared by the tasks), allocate the storage
 // budget across modules, then read the adapters again and write each module in the
 // representation it was given (bundle version 2).
 #include "revmerge/store.hpp"
@@ -104,7 +105,8 @@ std::vector<Representation> parse_representations(const std::string& text, const
     if (name == "rmm") out.push_back(Representation::rmm);
     else if (name == "rank") out.push_back(Representation::rank);
     else if (name == "shared_rows") out.push_back(Representation::shared_rows);
-    else throw usage_error(option + ": '" + name + "' is not a representation (rmm, rank, shared_rows)");
+    else if (name == "shared") out.push_back(Representation::shared);
+    else throw usage_error(option + ": '" + name + "' is not a representation (rmm, rank, shared_rows, shared)");
     if (comma == std::string::npos) break;
     at = comma + 1;
   }
@@ -178,7 +180,7 @@ BundleManifest merge_store(const StoreMergeOptions& o) {
     if (o.progress) o.progress(m, steps, pm.path);
     const auto f = read_module_factors(set, pm);
     measured.push_back(measure(be.get(), pm, f, candidates, storage, o.threads,
-                               weighs(o, Representation::shared_rows)));
+                               weighs(o, Representation::shared_rows), weighs(o, Representation::shared)));
     for (i64 t = 0; t < n; ++t)
       for (const double s : measured.back().sigma_sq[t]) task_norm_sq[t] += s;
   }
@@ -229,6 +231,8 @@ BundleManifest merge_store(const StoreMergeOptions& o) {
     auto bm = !option ? store_rank(pm, f, choice[m].kept, storage, writer, o.threads)
               : option->kind == Representation::shared_rows
                   ? store_shared(pm, f, option->k, storage, writer, o.threads)
+              : option->kind == Representation::shared
+                  ? store_shared_basis(pm, f, option->p, storage, writer, o.threads)
                   : store_rmm(*be, pm, f, option->p, storage, writer, o.threads);
     stored += double(bm.stored_numbers(n));
     manifest.modules.push_back(std::move(bm));

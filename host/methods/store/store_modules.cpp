@@ -8,6 +8,7 @@
 #include "methods/rmm_module.hpp"
 #include "methods/store/parallel_tasks.hpp"
 #include "methods/store/rmm_sides.hpp"
+#include "methods/store/shared_basis.hpp"
 #include "methods/store/shared_rows.hpp"
 #include "methods/store/truncation.hpp"
 
@@ -52,6 +53,16 @@ double worst_relative(const std::vector<double>& error_sq, const std::vector<dou
 }
 
 
+// The basis sizes weighed for a shared basis of at most `limit` directions: every size up to 16,
+// then steps of about 1/8 (each size's errors are closed-form, but every pair is an option the
+// allocation weighs).
+std::vector<i64> basis_sizes(i64 limit) {
+  std::vector<i64> k;
+  for (i64 x = 1; x <= limit; x += x < 16 ? 1 : x / 8) k.push_back(x);
+  if (!k.empty() && k.back() != limit) k.push_back(limit);
+  return k;
+}
+
 }  // namespace
 
 double raw_numbers(const PlannedModule& pm) {
@@ -66,7 +77,8 @@ double raw_numbers(const PlannedModule& pm) {
 // factors are left out (keeping the factors is exact at that size).
 
 Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
-                 const std::vector<i64>& candidates, DType storage, int threads, bool shared_basis) {
+                 const std::vector<i64>& candidates, DType storage, int threads, bool shared_rows_on,
+                 bool shared_on) {
   Measured m;
   m.sigma_sq.resize(f.size());
   parallel_tasks(static_cast<long>(f.size()), threads, [&](long t) { m.sigma_sq[t] = delta_sigma_sq(pm, f[t]); });
@@ -77,16 +89,34 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
     for (const double x2 : s) v += x2;
     norm_sq.push_back(v);
   }
-  if (shared_basis) {
+  if (shared_rows_on || shared_on) {
+    const auto shared = with_module_context(pm.path, [&] {
+      return shared_on ? shared_basis(f, pm.out, pm.in) : SharedBasis{shared_rows(f, pm.out, pm.in), {}};
+    });
     // A row basis shared by the tasks, K ≤ r directions (a task reverts at rank r).
-    const auto shared = with_module_context(pm.path, [&] { return shared_rows(f, pm.out, pm.in); });
-    for (i64 k = 1; k <= std::min(r, shared.total_rank); ++k) {
-    const double numbers = double(k) * double(pm.in + n * pm.out);
-    if (numbers >= raw_numbers(pm)) break;
-    Measured::Option c{Representation::shared_rows, {0, 0}, k, numbers, {}, 0};
-      for (i64 t = 0; t < n; ++t) c.error_sq.push_back(shared.error_sq[t][k - 1]);
+    const auto& rows = shared.rows;
+    for (i64 k = 1; shared_rows_on && k <= std::min(r, rows.total_rank); ++k) {
+      const double numbers = double(k) * double(pm.in + n * pm.out);
+      if (numbers >= raw_numbers(pm)) break;
+      Measured::Option c{Representation::shared_rows, {0, 0}, k, numbers, {}, 0};
+      for (i64 t = 0; t < n; ++t) c.error_sq.push_back(rows.error_sq[t][k - 1]);
       c.worst = worst_relative(c.error_sq, norm_sq);
       m.options.push_back(std::move(c));
+    }
+    // Both bases, (Kv, Ku) on a grid; each task keeps its rank in their coordinates.
+    if (shared_on) {
+      i64 total = 0;
+      for (const auto& tf : f) total += tf.rank;
+      const auto kv = basis_sizes(std::min(total, pm.in)), ku = basis_sizes(std::min(total, pm.out));
+      const auto errors = with_module_context(pm.path, [&] { return shared_basis_errors(shared, f, kv, ku); });
+      for (std::size_t x = 0; x < kv.size(); ++x)
+        for (std::size_t y = 0; y < ku.size(); ++y) {
+          const double numbers = double(kv[x]) * double(pm.in + total) + double(ku[y]) * double(pm.out + total);
+          if (numbers >= raw_numbers(pm)) continue;
+          Measured::Option c{Representation::shared, {kv[x], ku[y]}, 0, numbers, errors[x * ku.size() + y], 0};
+          c.worst = worst_relative(c.error_sq, norm_sq);
+          m.options.push_back(std::move(c));
+        }
     }
   }
   if (!be || !rmm_fits(pm, n) || candidates.empty()) return m;
@@ -219,6 +249,38 @@ BundleModule store_shared(const PlannedModule& pm, const std::vector<TaskFactors
   return bm;
 }
 
+// Writes module pm as shared bases of k = (Kv, Ku) directions (Vᵀ, U, then the tasks' cores);
+// the errors measured on the factors a task reverts to.
+BundleModule store_shared_basis(const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                                std::array<i64, 2> k, DType storage, SafetensorsWriter& writer, int threads) {
+  const i64 n = static_cast<i64>(f.size());
+  const auto parts = with_module_context(pm.path, [&] {
+    return shared_basis_parts(shared_basis(f, pm.out, pm.in), f, k[0], k[1], storage);
+  });
+  std::vector<i64> first(f.size(), 0);
+  for (i64 t = 1; t < n; ++t) first[t] = first[t - 1] + f[t - 1].rank;
+  auto bm = module_entry(pm);
+  bm.representation = Representation::shared;
+  bm.shared_basis = k;
+  bm.delta_norm.resize(f.size());
+  bm.delta_error.resize(f.size());
+  parallel_tasks(n, threads, [&](long t) {
+    std::vector<float> a, b;
+    shared_basis_task(parts.vt.data(), parts.u.data(), parts.core_a.data(), parts.core_b.data(), pm.in, pm.out,
+                      k[0], k[1], parts.total_rank, first[t], f[t].rank, a, b);
+    const auto tt = with_module_context(pm.path, [&] { return task_truncation(f[t], pm.out, pm.in); });
+    const double err_sq = truncation_error_sq(f[t], pm.out, pm.in, tt.norm_sq, b, a, f[t].rank);
+    bm.delta_norm[t] = std::sqrt(tt.norm_sq);
+    bm.delta_error[t] = tt.norm_sq > 0 ? std::sqrt(err_sq / tt.norm_sq) : 0.0;
+  });
+  writer.write_f32(bundle_tensor_name(pm.path, "lora_A", "shared"), parts.vt);
+  writer.write_f32(bundle_tensor_name(pm.path, "lora_B", "shared"), parts.u);
+  writer.write_f32(bundle_tensor_name(pm.path, "lora_A", "cores"), parts.core_a);
+  writer.write_f32(bundle_tensor_name(pm.path, "lora_B", "cores"), parts.core_b);
+  bm.storage_ratio = double(bm.stored_numbers(n)) / raw_numbers(pm);
+  return bm;
+}
+
 std::vector<TensorSpec> tensor_specs(const std::vector<PlannedModule>& plan,
                                      const std::vector<ModuleChoice>& choice,
                                      const std::vector<Measured>& measured, i64 n, DType storage) {
@@ -229,6 +291,16 @@ std::vector<TensorSpec> tensor_specs(const std::vector<PlannedModule>& plan,
       const i64 k = measured[m].options[choice[m].fixed].k;
       specs.push_back({bundle_tensor_name(pm.path, "lora_A", "shared"), storage, {k, pm.in}});
       specs.push_back({bundle_tensor_name(pm.path, "lora_B", "shared"), storage, {pm.out, n * k}});
+      continue;
+    }
+    if (choice[m].fixed >= 0 && measured[m].options[choice[m].fixed].kind == Representation::shared) {
+      const auto [kv, ku] = measured[m].options[choice[m].fixed].p;
+      i64 total = 0;
+      for (const auto r : pm.task_ranks) total += r;
+      specs.push_back({bundle_tensor_name(pm.path, "lora_A", "shared"), storage, {kv, pm.in}});
+      specs.push_back({bundle_tensor_name(pm.path, "lora_B", "shared"), storage, {pm.out, ku}});
+      specs.push_back({bundle_tensor_name(pm.path, "lora_A", "cores"), storage, {total, kv}});
+      specs.push_back({bundle_tensor_name(pm.path, "lora_B", "cores"), storage, {ku, total}});
       continue;
     }
     if (choice[m].fixed >= 0) {

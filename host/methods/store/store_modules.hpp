@@ -18,13 +18,13 @@ namespace revmerge {
 double raw_numbers(const PlannedModule& pm);
 
 // What pass 1 keeps of a module: each task's spectrum, and for each fixed-size option — RMM at
-// a pair (p_A, p_B), or a shared row basis of K directions — its numbers, per-task squared
-// absolute errors and worst relative error.
+// a pair (p_A, p_B), a shared row basis of K directions, or shared row and column bases of
+// (Kv, Ku) directions — its numbers, per-task squared absolute errors and worst relative error.
 struct Measured {
   std::vector<std::vector<double>> sigma_sq;
   struct Option {
     Representation kind;
-    std::array<std::int64_t, 2> p;  // rmm
+    std::array<std::int64_t, 2> p;  // rmm: (p_A, p_B); shared: (Kv, Ku)
     std::int64_t k;                 // shared_rows
     double numbers;
     std::vector<double> error_sq;
@@ -34,13 +34,15 @@ struct Measured {
 };
 
 /// Pass 1 of one module: every task's spectrum; with a backend, RMM with each P of `candidates`
-/// per side (one run at the largest); with `shared_basis`, the shared row basis at every K.
+/// per side (one run at the largest); with `shared_rows`, the shared row basis at every K; with
+/// `shared`, both shared bases at a grid of (Kv, Ku).
 Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
                  const std::vector<std::int64_t>& candidates, DType storage, int threads,
-                 bool shared_basis);
+                 bool shared_rows, bool shared);
 
 /// Pass 2: module pm written as RMM at basis sizes p (A, B), as each task's truncation to
-/// kept[t] directions, or as a shared row basis of k directions; each returns the manifest entry.
+/// kept[t] directions, as a shared row basis of k directions, or as shared bases of k = (Kv, Ku)
+/// directions; each returns the manifest entry.
 BundleModule store_rmm(Backend& be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
                        std::array<std::int64_t, 2> p, DType storage, SafetensorsWriter& writer, int threads);
 BundleModule store_rank(const PlannedModule& pm, const std::vector<TaskFactors>& f,
@@ -48,6 +50,9 @@ BundleModule store_rank(const PlannedModule& pm, const std::vector<TaskFactors>&
                         int threads);
 BundleModule store_shared(const PlannedModule& pm, const std::vector<TaskFactors>& f, std::int64_t k,
                           DType storage, SafetensorsWriter& writer, int threads);
+BundleModule store_shared_basis(const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                                std::array<std::int64_t, 2> k, DType storage, SafetensorsWriter& writer,
+                                int threads);
 
 /// The bundle's tensors for the modules' choices.
 std::vector<TensorSpec> tensor_specs(const std::vector<PlannedModule>& plan,

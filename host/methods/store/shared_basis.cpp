@@ -1,0 +1,155 @@
+#include "methods/store/shared_basis.hpp"
+
+#include <cblas.h>
+
+#include <algorithm>
+
+#include "methods/store/truncation.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+std::vector<i64> first_rows(const std::vector<TaskFactors>& f) {
+  std::vector<i64> first;
+  i64 total = 0;
+  for (const auto& tf : f) first.push_back(total), total += tf.rank;
+  return first;
+}
+
+// The tasks' A_i stacked (R × in) and B_iᵀ stacked (R × out), f64; B scaled by s_i if asked.
+std::vector<double> stacked(const std::vector<TaskFactors>& f, i64 cols, bool b_side, bool scaled) {
+  std::vector<double> x;
+  for (const auto& tf : f) {
+    const i64 r = tf.rank, at = static_cast<i64>(x.size());
+    x.resize(static_cast<std::size_t>(at + r * cols));
+    for (i64 k = 0; k < r; ++k)
+      for (i64 c = 0; c < cols; ++c)
+        x[at + k * cols + c] = b_side ? (scaled ? tf.scale : 1.0) * tf.b[c * r + k] : tf.a[k * cols + c];
+  }
+  return x;
+}
+
+std::vector<double> widen(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+}  // namespace
+
+SharedBasis shared_basis(const std::vector<TaskFactors>& f, i64 out, i64 in) {
+  SharedBasis s;
+  s.rows = shared_rows(f, out, in);
+  // The transposed tasks ΔW_iᵀ = s_i A_iᵀ B_iᵀ: their row basis is the deltas' column basis.
+  std::vector<TaskFactors> ft(f.size());
+  for (std::size_t i = 0; i < f.size(); ++i) {
+    const i64 r = f[i].rank;
+    ft[i].rank = r;
+    ft[i].scale = f[i].scale;
+    ft[i].a.resize(static_cast<std::size_t>(r * out));
+    ft[i].b.resize(static_cast<std::size_t>(in * r));
+    for (i64 k = 0; k < r; ++k) {
+      for (i64 o = 0; o < out; ++o) ft[i].a[k * out + o] = f[i].b[o * r + k];
+      for (i64 c = 0; c < in; ++c) ft[i].b[c * r + k] = f[i].a[k * in + c];
+    }
+  }
+  s.cols = shared_rows(ft, in, out);
+  return s;
+}
+
+std::vector<std::vector<double>> shared_basis_errors(const SharedBasis& s, const std::vector<TaskFactors>& f,
+                                                     const std::vector<i64>& kv, const std::vector<i64>& ku) {
+  const i64 R = s.rows.total_rank, n = static_cast<i64>(f.size());
+  std::vector<std::vector<double>> out(kv.size() * ku.size(), std::vector<double>(f.size(), 0.0));
+  if (R == 0 || kv.empty() || ku.empty()) return out;
+  const i64 mv = *std::max_element(kv.begin(), kv.end()), mu = *std::max_element(ku.begin(), ku.end());
+  const auto first = first_rows(f);
+  const auto& sa = s.rows.gram;  // A Aᵀ
+  const auto& sb = s.cols.gram;  // Bs Bsᵀ, Bs = the B_iᵀ stacked
+  std::vector<double> prefix(static_cast<std::size_t>((mu + 1) * (mv + 1)));
+  for (i64 i = 0; i < n; ++i) {
+    const i64 r = f[i].rank, o = first[i];
+    std::vector<double> t(static_cast<std::size_t>(mu * mv), 0.0);
+    if (r > 0) {
+      // T_i[:mu, :mv] = (C_uᵀ Sb[:, i]) (s_i Sa[i, :] C_v), C the to_basis maps.
+      std::vector<double> x(static_cast<std::size_t>(mu * r)), y(static_cast<std::size_t>(r * mv));
+      cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, mu, r, R, 1.0, s.cols.to_basis.data(), R,
+                  sb.data() + o, R, 0.0, x.data(), r);
+      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, mv, R, f[i].scale, sa.data() + o * R, R,
+                  s.rows.to_basis.data(), R, 0.0, y.data(), mv);
+      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, mu, mv, r, 1.0, x.data(), r, y.data(), mv, 0.0,
+                  t.data(), mv);
+    }
+    // prefix[j][l] = Σ_{j' < j, l' < l} T_i[j', l']²
+    std::fill(prefix.begin(), prefix.end(), 0.0);
+    for (i64 j = 0; j < mu; ++j) {
+      double row = 0;
+      for (i64 l = 0; l < mv; ++l) {
+        row += t[j * mv + l] * t[j * mv + l];
+        prefix[(j + 1) * (mv + 1) + l + 1] = prefix[j * (mv + 1) + l + 1] + row;
+      }
+    }
+    const double norm_sq = s.rows.norm_sq[i];
+    for (std::size_t x = 0; x < kv.size(); ++x)
+      for (std::size_t y = 0; y < ku.size(); ++y)
+        out[x * ku.size() + y][i] = std::max(norm_sq - prefix[ku[y] * (mv + 1) + kv[x]], 0.0);
+  }
+  return out;
+}
+
+SharedBasisParts shared_basis_parts(const SharedBasis& s, const std::vector<TaskFactors>& f, i64 kv, i64 ku,
+                                    DType storage) {
+  const i64 R = s.rows.total_rank, in = s.rows.in, out = s.rows.out;
+  SharedBasisParts p;
+  p.kv = kv, p.ku = ku, p.total_rank = R;
+  const auto a = stacked(f, in, false, false);
+  const auto b = stacked(f, out, true, false);
+  // Vᵀ = C_v[:, :kv]ᵀ A and Uᵀ = C_u[:, :ku]ᵀ Bs, rounded as stored.
+  std::vector<double> vt(static_cast<std::size_t>(kv * in)), ut(static_cast<std::size_t>(ku * out));
+  cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, kv, in, R, 1.0, s.rows.to_basis.data(), R, a.data(), in,
+              0.0, vt.data(), in);
+  cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ku, out, R, 1.0, s.cols.to_basis.data(), R, b.data(), out,
+              0.0, ut.data(), out);
+  p.vt.assign(vt.begin(), vt.end());
+  round_to_storage(p.vt, storage);
+  p.u.resize(static_cast<std::size_t>(out * ku));
+  for (i64 k = 0; k < ku; ++k)
+    for (i64 o = 0; o < out; ++o) p.u[o * ku + k] = static_cast<float>(ut[k * out + o]);
+  round_to_storage(p.u, storage);
+  vt = widen(p.vt);
+  for (i64 k = 0; k < ku; ++k)
+    for (i64 o = 0; o < out; ++o) ut[k * out + o] = p.u[o * ku + k];
+  // The cores from the bases as stored: A V (R × kv) and Uᵀ [s_iB_i] (ku × R).
+  std::vector<double> ca(static_cast<std::size_t>(R * kv)), cb(static_cast<std::size_t>(ku * R));
+  const auto bs = stacked(f, out, true, true);
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, kv, in, 1.0, a.data(), in, vt.data(), in, 0.0,
+              ca.data(), kv);
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ku, R, out, 1.0, ut.data(), out, bs.data(), out, 0.0,
+              cb.data(), R);
+  p.core_a.assign(ca.begin(), ca.end());
+  p.core_b.assign(cb.begin(), cb.end());
+  round_to_storage(p.core_a, storage);
+  round_to_storage(p.core_b, storage);
+  return p;
+}
+
+void shared_basis_task(const float* vt, const float* u, const float* core_a, const float* core_b, i64 in,
+                       i64 out, i64 kv, i64 ku, i64 total_rank, i64 first, i64 r, std::vector<float>& a,
+                       std::vector<float>& b) {
+  a.assign(static_cast<std::size_t>(r * in), 0.0f);
+  b.assign(static_cast<std::size_t>(out * r), 0.0f);
+  if (r == 0) return;
+  const std::vector<double> v(vt, vt + kv * in), uu(u, u + out * ku);
+  std::vector<double> ca(static_cast<std::size_t>(r * kv)), cb(static_cast<std::size_t>(ku * r));
+  for (i64 k = 0; k < r; ++k)
+    for (i64 c = 0; c < kv; ++c) ca[k * kv + c] = core_a[(first + k) * kv + c];
+  for (i64 j = 0; j < ku; ++j)
+    for (i64 k = 0; k < r; ++k) cb[j * r + k] = core_b[j * total_rank + first + k];
+  std::vector<double> a64(a.size()), b64(b.size());
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, in, kv, 1.0, ca.data(), kv, v.data(), in, 0.0,
+              a64.data(), in);
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, r, ku, 1.0, uu.data(), ku, cb.data(), r, 0.0,
+              b64.data(), r);
+  std::copy(a64.begin(), a64.end(), a.begin());
+  std::copy(b64.begin(), b64.end(), b.begin());
+}
+
+}  // namespace revmerge

@@ -1,0 +1,51 @@
+#pragma once
+// A row basis V (in × Kv) and a column basis U (out × Ku) shared by a module's tasks, each task
+// kept as its own factors in their coordinates: A_i V (r_i × Kv) and Uᵀ s_iB_i (Ku × r_i), so
+// ΔŴ_i = U (Uᵀ s_iB_i)(A_i V) Vᵀ = U Uᵀ ΔW_i V Vᵀ at the task's own rank. It pays where the tasks'
+// A's share an initialisation and their B's share columns: a task costs r_i (Kv + Ku) numbers
+// instead of r_i (in + out). V and U are the top singular vectors of the stacked deltas on each
+// side (shared_rows.hpp, on the ΔW_i and on the ΔW_iᵀ); every (Kv, Ku)'s errors then follow in
+// closed form from the R × R matrices T_i = Uᵀ ΔW_i V (R = Σ r_i):
+// ‖ΔW_i − ΔŴ_i‖² = ‖ΔW_i‖² − Σ_{j<Ku, l<Kv} T_i[j, l]².
+#include <cstdint>
+#include <vector>
+
+#include "methods/adapter_set.hpp"
+#include "methods/store/shared_rows.hpp"
+#include "revmerge/dtype.hpp"
+
+namespace revmerge {
+
+struct SharedBasis {
+  SharedRows rows;  ///< V = Aᵀ · rows.to_basis
+  SharedRows cols;  ///< U = Bᵀ · cols.to_basis, B the tasks' B_iᵀ stacked (R × out)
+};
+
+/// Both bases of a module's tasks `f` (scale folded into B).
+SharedBasis shared_basis(const std::vector<TaskFactors>& f, std::int64_t out, std::int64_t in);
+
+/// Per task, ‖ΔW_i − ΔŴ_i‖² at every (Kv, Ku) of `kv` × `ku` (each in 1 … R): entry
+/// [x * ku.size() + y][i] for (kv[x], ku[y]).
+std::vector<std::vector<double>> shared_basis_errors(const SharedBasis& s, const std::vector<TaskFactors>& f,
+                                                     const std::vector<std::int64_t>& kv,
+                                                     const std::vector<std::int64_t>& ku);
+
+/// What the bundle stores for (kv, ku), rounded to `storage`: Vᵀ (kv × in), U (out × ku), the
+/// A_i V stacked (R × kv) and the Uᵀ s_iB_i side by side (ku × R), each formed from the bases as
+/// rounded.
+struct SharedBasisParts {
+  std::int64_t kv = 0, ku = 0, total_rank = 0;
+  std::vector<float> vt, u, core_a, core_b;
+};
+SharedBasisParts shared_basis_parts(const SharedBasis& s, const std::vector<TaskFactors>& f, std::int64_t kv,
+                                    std::int64_t ku, DType storage);
+
+/// Task factors from stored parts (what `revert` gives): A' = core_a[first:first+r] · Vᵀ
+/// (r × in) and B' = U · core_b[:, first:first+r] (out × r), formed in f64, returned in f32.
+/// `vt` is kv × in, `u` out × ku, `core_a` R × kv, `core_b` ku × R.
+void shared_basis_task(const float* vt, const float* u, const float* core_a, const float* core_b,
+                       std::int64_t in, std::int64_t out, std::int64_t kv, std::int64_t ku,
+                       std::int64_t total_rank, std::int64_t first, std::int64_t r, std::vector<float>& a,
+                       std::vector<float>& b);
+
+}  // namespace revmerge
