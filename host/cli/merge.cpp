@@ -33,7 +33,7 @@ struct MergeArgs {
   double eps = 1e-8, tol = 1e-5, ram_r = 0.1, ram_alpha = 0.2;
   std::int64_t max_iter = 10;
   int threads = 0, gpu = 0;
-  std::string device = "auto", memory_budget, storage, representations;
+  std::string device = "auto", memory_budget, storage, representations, objective = "mean";
   double max_error = 0;
   bool sequential = false;
   std::map<std::string, CLI::Option*> opt;
@@ -79,12 +79,12 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   const bool full = models > 0;
   for (const char* o : kClassicOnly)
     if (args.given(o)) throw usage_error(std::string(o) + ": not an option of --method rmm");
-  for (const char* o : {"--storage", "--max-error", "--representations"})
+  for (const char* o : {"--storage", "--max-error", "--representations", "--objective"})
     if (args.given(o))
       throw usage_error(std::string(o) + ": not an option of --method rmm (it is one of --method "
                         "auto's)");
-  if (cfg.storage || cfg.max_error)
-    throw usage_error(cfg.file + ": '" + (cfg.storage ? "storage" : "max_error") +
+  if (cfg.storage || cfg.max_error || cfg.objective)
+    throw usage_error(cfg.file + ": '" + (cfg.storage ? "storage" : cfg.max_error ? "max_error" : "objective") +
                       "': not a setting of --method rmm (it is one of --method auto's and rank's)");
   if (!full)
     for (const char* o : {"--rank", "--base"})
@@ -156,6 +156,10 @@ void run_store(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSo
   if (args.given("--basis") || cfg.basis) o.rmm_basis = {args.given("--basis") ? args.basis : *cfg.basis};
   if (args.given("--representations"))
     o.representations = parse_representations(args.representations, "--representations");
+  if (args.given("--objective"))
+    o.objective = parse_store_objective(args.objective, "--objective");
+  else if (cfg.objective)
+    o.objective = parse_store_objective(*cfg.objective, cfg.file + ": 'objective'");
   o.out = output_folder(args, cfg);
   o.dtype = output_dtype(args, cfg);
   o.overwrite = args.force;
@@ -185,10 +189,10 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   if (args.given("--basis") || cfg.basis) throw usage_error("--basis: an option of --method rmm only");
   if (args.given("--sequential"))
     throw usage_error("--sequential: an option of --method rmm (the streamed pipeline) only");
-  for (const char* o : {"--storage", "--max-error", "--representations"})
+  for (const char* o : {"--storage", "--max-error", "--representations", "--objective"})
     if (args.given(o)) throw usage_error(std::string(o) + ": an option of --method auto and rank only");
-  if (cfg.storage || cfg.max_error)
-    throw usage_error(cfg.file + ": '" + (cfg.storage ? "storage" : "max_error") +
+  if (cfg.storage || cfg.max_error || cfg.objective)
+    throw usage_error(cfg.file + ": '" + (cfg.storage ? "storage" : cfg.max_error ? "max_error" : "objective") +
                       "': a setting of --method auto and rank only");
   if (args.device != "auto" && args.device != "cpu")
     throw usage_error("--device " + args.device +
@@ -318,6 +322,9 @@ void add_merge_command(CLI::App& app) {
       "auto: the representations it weighs per module, comma-separated: rmm, rank, shared_rows "
       "(a row basis), shared (row and column bases) (default all; rank, each task's own "
       "truncation, always)");
+  opt["--objective"] = cmd->add_option("--objective", args.objective,
+      "auto, rank under --storage: what the budget lowers, mean (the mean task's relative delta "
+      "error, default) or max (the worst task's)");
   opt["--max-error"] = cmd->add_option("--max-error", args.max_error,
       "auto, rank instead of --storage: the largest relative delta error any task may have in "
       "any module; each module stored as cheaply as that allows");

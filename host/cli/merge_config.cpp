@@ -380,6 +380,8 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
       c.storage = scalar<std::string>(v, where);
     } else if (key == "max_error") {
       c.max_error = scalar<double>(v, where);
+    } else if (key == "objective") {
+      c.objective = scalar<std::string>(v, where);
     } else if (key == "tasks" || key == "models") {
       r.task_list(v, key, key == "models");
     } else if (key == "parameters") {
@@ -408,6 +410,7 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
     } else {
       throw format_error(file + ": unknown key '" + key +
                          "' (expected method, basis, dtype, out, tasks, base, mode, rank, seed, "
+                         "storage, max_error, objective, "
                          "weight, density, gamma, epsilon, select_topk, lambda, t, normalize, "
                          "rescale, majority_sign_method, or "
                          "mergekit's merge_method, base_model, models, parameters, out_dtype)");

@@ -47,6 +47,7 @@ struct MergeConfig {
   /// --method auto / rank: the storage budget as written ("0.25", "25%", "2GiB") or the bound
   std::optional<std::string> storage;
   std::optional<double> max_error;
+  std::optional<std::string> objective;  ///< "mean" or "max"
 };
 
 /// Reads `path`; unknown keys, missing names or models, and wrong types are format_errors

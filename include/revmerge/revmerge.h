@@ -60,8 +60,9 @@ revmerge_status revmerge_merge_rmm(const char* const* adapters, const char* cons
 
 /* The budgeted store, as `revmerge merge --method auto --storage FRACTION` (or `--method rank`
  * when `truncations_only` is non-zero): a bundle of format version 2 storing at most `storage`
- * (0 < storage ≤ 1) of the numbers in all adapters, each module kept as RMM or as every task's
- * own truncation, whichever serves it best; stored in the inputs' dtype. Other arguments as
+ * (0 < storage ≤ 1) of the numbers in all adapters, each module kept as RMM, as every task's
+ * own truncation or in bases shared by the tasks, whichever serves it best (the mean task's
+ * error lowest); stored in the inputs' dtype. Other arguments as
  * revmerge_merge_rmm. Bundles it writes open, list and revert with the functions below. */
 revmerge_status revmerge_merge_auto(const char* const* adapters, const char* const* names,
                                     int64_t n, double storage, int truncations_only,

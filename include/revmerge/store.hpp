@@ -19,6 +19,10 @@ namespace revmerge {
 
 enum class StoreMethod { automatic, rank };
 
+/// What a storage budget is spent to lower: the mean over tasks of the squared relative delta
+/// error, or the largest task's.
+enum class StoreObjective { mean, max };
+
 /// The storage budget: a fraction of the numbers all adapters hold (0 < fraction ≤ 1), or bytes
 /// of stored tensors in the bundle's dtype. Exactly one is set.
 struct StorageBudget {
@@ -34,6 +38,8 @@ struct StoreMergeOptions {
   /// per module that keeps it).
   StorageBudget storage;
   std::optional<double> max_error;
+  /// Under a storage budget: minimise the mean task error (default) or the worst task's.
+  StoreObjective objective = StoreObjective::mean;
   /// The representations `auto` weighs per module (rank: each task's truncation, always); empty:
   /// all of them.
   std::vector<Representation> representations;
@@ -52,8 +58,9 @@ struct StoreMergeOptions {
 };
 
 /// Measures every module's options (each task's singular values; RMM at each candidate p for
-/// `auto`), allocates the budget across modules minimising the mean over tasks of the squared
-/// relative delta error Σ_m ‖ΔŴ_{m,i} − ΔW_{m,i}‖² / Σ_m ‖ΔW_{m,i}‖², then reads the
+/// `auto`), allocates the budget across modules minimising the mean over tasks (or, with
+/// StoreObjective::max, the largest) of the squared relative delta error
+/// Σ_m ‖ΔŴ_{m,i} − ΔW_{m,i}‖² / Σ_m ‖ΔW_{m,i}‖², then reads the
 /// adapters again and writes the bundle (atomically). The manifest's errors are measured after
 /// rounding to the stored dtype. Throws usage_error (budget or bound out of range, naming the
 /// option), and what merge_rmm throws for its inputs.
@@ -79,6 +86,9 @@ struct AddTasksOptions {
 /// a bad bound), shape_error (a module the bundle lacks or has with another shape, or a rank
 /// above the module's), and what reading the adapters throws; nothing is written on failure.
 BundleManifest add_tasks(const AddTasksOptions& options);
+
+/// "mean" or "max" as an objective; `option` names the option in the usage_error.
+StoreObjective parse_store_objective(const std::string& text, const std::string& option);
 
 /// "rmm,rank,shared_rows,shared" as representations; `option` names the option in the usage_error
 /// a bad name gives.

@@ -420,6 +420,59 @@ TEST(StoreMerge, SharedBasesServeTasksSharingAnInitAndColumns) {
   for (const auto& mod : merge_store(every).modules) EXPECT_EQ(mod.representation, Representation::shared);
 }
 
+// Task 0's deltas have a flat spectrum, the others' decay fast: the mean objective spends on
+// the easy tasks, the max objective evens out the worst task's error.
+TEST(StoreMerge, MaxObjectiveLowersTheWorstTask) {
+  test::TempDir tmp;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> g;
+  std::vector<TaskSource> tasks;
+  for (i64 t = 0; t < kTasks; ++t) {
+    std::map<std::string, std::vector<float>> a, b;
+    const double decay = t == 0 ? 0.95 : 0.5;
+    for (const auto& m : kModules) {
+      for (i64 i = 0; i < m.rank * m.in; ++i) a[m.path].push_back(g(rng));
+      for (i64 o = 0; o < m.out; ++o)
+        for (i64 k = 0; k < m.rank; ++k) b[m.path].push_back(float(std::pow(decay, double(k))) * g(rng));
+    }
+    const auto dir = tmp / ("task" + std::to_string(t));
+    test::write_adapter_factors(dir, kRank, kModules, a, b);
+    tasks.push_back({"task" + std::to_string(t), dir});
+  }
+  const auto task_errors = [](const BundleManifest& m) {
+    std::vector<double> e;
+    for (std::size_t t = 0; t < m.tasks.size(); ++t) {
+      double num = 0, den = 0;
+      for (const auto& mod : m.modules)
+        num += std::pow(mod.delta_error[t] * mod.delta_norm[t], 2), den += std::pow(mod.delta_norm[t], 2);
+      e.push_back(std::sqrt(num / den));
+    }
+    return e;
+  };
+  for (const auto method : {StoreMethod::rank, StoreMethod::automatic}) {
+    auto o = store_options(tasks, method, tmp / "mean");
+    o.storage.fraction = 0.3;
+    const auto mean = merge_store(o);
+    o.out = tmp / "max";
+    o.objective = StoreObjective::max;
+    const auto max = merge_store(o);
+    const auto em = task_errors(mean), ex = task_errors(max);
+    const double worst_mean = *std::max_element(em.begin(), em.end());
+    const double worst_max = *std::max_element(ex.begin(), ex.end());
+    EXPECT_LT(worst_max, 0.9 * worst_mean);
+    EXPECT_LE(objective(mean), objective(max) * (1 + 1e-9));  // each wins its own objective
+    EXPECT_LE(stored_numbers(max), 0.3 * all_numbers(max) + 1e-9);
+    std::cout << "worst task error at storage 0.3: objective mean " << worst_mean << ", max " << worst_max << "\n";
+    std::filesystem::remove_all(tmp / "mean");
+    std::filesystem::remove_all(tmp / "max");
+  }
+  auto bad = store_options(tasks, StoreMethod::automatic, tmp / "bad");
+  bad.max_error = 0.1;
+  bad.objective = StoreObjective::max;
+  EXPECT_THROW(merge_store(bad), usage_error);
+  EXPECT_THROW(parse_store_objective("median", "--objective"), usage_error);
+}
+
 TEST(StoreMerge, MaxErrorBoundsEveryTaskInEveryModule) {
   test::TempDir tmp;
   const auto tasks = write_family(tmp);

@@ -50,6 +50,9 @@ void check_options(const StoreMergeOptions& o) {
   if (o.max_error && !(*o.max_error >= 0 && *o.max_error < 1))
     throw usage_error("--max-error " + std::to_string(*o.max_error) +
                       ": a relative delta error is in [0, 1) (1 is what storing nothing gives)");
+  if (o.objective == StoreObjective::max && o.max_error)
+    throw usage_error("--objective max: --max-error bounds every task already (the objective "
+                      "chooses how a --storage budget is spent)");
   if (o.method == StoreMethod::rank && !o.rmm_basis.empty())
     throw usage_error("--basis: --method rank stores no RMM modules (use --method auto)");
   if (o.method == StoreMethod::rank && !o.representations.empty())
@@ -89,12 +92,82 @@ RecipeRecord store_record(const StoreMergeOptions& o, DType storage, const std::
     ps += std::to_string(p);
   }
   if (!candidates.empty()) r.parameters.emplace_back("basis", ps);
-  r.parameters.emplace_back("objective", "mean");
+  if (!o.max_error) r.parameters.emplace_back("objective", o.objective == StoreObjective::max ? "max" : "mean");
   r.parameters.emplace_back("dtype", std::string(dtype_name(storage)) + (o.dtype ? "" : " (not given: the inputs')"));
   return r;
 }
 
+// The allocation's view of every module, each task's squared errors weighed by `weight`.
+std::vector<ModuleOptions> module_options(const std::vector<PlannedModule>& plan,
+                                          const std::vector<Measured>& measured,
+                                          const std::vector<double>& weight) {
+  std::vector<ModuleOptions> options;
+  for (std::size_t m = 0; m < plan.size(); ++m) {
+    ModuleOptions mo;
+    mo.sigma_sq = measured[m].sigma_sq;
+    mo.task_weight = weight;
+    mo.rank_unit = double(plan[m].in + plan[m].out);
+    for (const auto& c : measured[m].options) {
+      double e = 0;
+      for (std::size_t t = 0; t < weight.size(); ++t) e += weight[t] * c.error_sq[t];
+      mo.fixed.push_back({c.numbers, e, c.worst});
+    }
+    options.push_back(std::move(mo));
+  }
+  return options;
+}
+
+// Each task's squared delta error over all modules under `choice`, relative to its whole delta.
+std::vector<double> task_relative_sq(const std::vector<Measured>& measured, const std::vector<ModuleChoice>& choice,
+                                     const std::vector<double>& norm_sq) {
+  std::vector<double> e(norm_sq.size(), 0.0);
+  for (std::size_t m = 0; m < measured.size(); ++m)
+    for (std::size_t t = 0; t < e.size(); ++t) {
+      if (choice[m].fixed >= 0) {
+        e[t] += measured[m].options[choice[m].fixed].error_sq[t];
+        continue;
+      }
+      const auto& s = measured[m].sigma_sq[t];
+      for (auto k = static_cast<std::size_t>(choice[m].kept[t]); k < s.size(); ++k) e[t] += s[k];
+    }
+  for (std::size_t t = 0; t < e.size(); ++t) e[t] = norm_sq[t] > 0 ? e[t] / norm_sq[t] : 0.0;
+  return e;
+}
+
+// The largest task's error under a budget: the mean objective re-weighed towards the tasks that
+// lose most (each weight times the square root of its error over the mean), keeping the
+// allocation whose worst task is best. The first round is the mean objective's own, so the
+// result is never worse than it in its worst task.
+std::vector<ModuleChoice> allocate_for_worst(const std::vector<PlannedModule>& plan,
+                                             const std::vector<Measured>& measured,
+                                             const std::vector<double>& norm_sq, double budget) {
+  const std::size_t n = norm_sq.size();
+  std::vector<double> lift(n, 1.0), weight(n);
+  std::vector<ModuleChoice> best;
+  double best_worst = 0;
+  for (int round = 0; round < 40; ++round) {
+    for (std::size_t t = 0; t < n; ++t) weight[t] = norm_sq[t] > 0 ? lift[t] / norm_sq[t] : 0.0;
+    auto choice = allocate_budget(module_options(plan, measured, weight), budget);
+    const auto rel = task_relative_sq(measured, choice, norm_sq);
+    const double worst = *std::max_element(rel.begin(), rel.end());
+    double mean = 0, least = worst;
+    for (const double x : rel) mean += x / double(n), least = std::min(least, x);
+    if (best.empty() || worst < best_worst) best = std::move(choice), best_worst = worst;
+    if (mean <= 0 || worst - least <= 1e-3 * worst) break;
+    double total = 0;
+    for (std::size_t t = 0; t < n; ++t) total += lift[t] *= std::sqrt(rel[t] / mean);
+    for (auto& l : lift) l *= double(n) / total;
+  }
+  return best;
+}
+
 }  // namespace
+
+StoreObjective parse_store_objective(const std::string& text, const std::string& option) {
+  if (text == "mean") return StoreObjective::mean;
+  if (text == "max") return StoreObjective::max;
+  throw usage_error(option + ": '" + text + "' is not an objective (mean: the mean task error, max: the worst task's)");
+}
 
 std::vector<Representation> parse_representations(const std::string& text, const std::string& option) {
   std::vector<Representation> out;
@@ -188,20 +261,10 @@ BundleManifest merge_store(const StoreMergeOptions& o) {
   // objective is the mean over tasks of the squared relative delta error.
   std::vector<double> weight;
   for (const double d : task_norm_sq) weight.push_back(d > 0 ? 1.0 / d : 0.0);
-  std::vector<ModuleOptions> options;
-  for (std::size_t m = 0; m < set.plan.size(); ++m) {
-    ModuleOptions mo;
-    mo.sigma_sq = measured[m].sigma_sq;
-    mo.task_weight = weight;
-    mo.rank_unit = double(set.plan[m].in + set.plan[m].out);
-    for (const auto& c : measured[m].options) {
-      double e = 0;
-      for (i64 t = 0; t < n; ++t) e += weight[t] * c.error_sq[t];
-      mo.fixed.push_back({c.numbers, e, c.worst});
-    }
-    options.push_back(std::move(mo));
-  }
-  const auto choice = o.max_error ? allocate_max_error(options, *o.max_error) : allocate_budget(options, budget);
+  const auto choice = o.max_error ? allocate_max_error(module_options(set.plan, measured, weight), *o.max_error)
+                      : o.objective == StoreObjective::max
+                          ? allocate_for_worst(set.plan, measured, task_norm_sq, budget)
+                          : allocate_budget(module_options(set.plan, measured, weight), budget);
 
   // Pass 2: store each module as chosen.
   BundleManifest manifest;
