@@ -79,15 +79,16 @@ SharedRows shared_rows(const std::vector<TaskFactors>& f, i64 out, i64 in) {
               P.data(), R);
   for (std::size_t i = 0; i < n; ++i) {
     const i64 r = f[i].rank, o = first[i];
+    if (r == 0) continue;
+    std::vector<double> mp(static_cast<std::size_t>(r * R));  // M_i (A_i V)
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, R, r, 1.0, M[i].data(), r, P.data() + o * R, R, 0.0,
+                mp.data(), R);
+    std::vector<double> share(static_cast<std::size_t>(R), 0.0);
+    for (i64 x = 0; x < r; ++x)
+      for (i64 k = 0; k < R; ++k) share[k] += P[(o + x) * R + k] * mp[x * R + k];
     double kept = 0;
     for (i64 k = 0; k < R; ++k) {
-      double c = 0;
-      for (i64 x = 0; x < r; ++x) {
-        double mp = 0;
-        for (i64 y = 0; y < r; ++y) mp += M[i][x * r + y] * P[(o + y) * R + k];
-        c += P[(o + x) * R + k] * mp;
-      }
-      kept += c;
+      kept += share[k];
       s.error_sq[i][k] = std::max(s.norm_sq[i] - kept, 0.0);
     }
   }
