@@ -118,4 +118,9 @@ void CudaBackend::rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) {
   for_each_index(st, args.n * (kernels::kRmmErrorTerms + 2), kernels::RmmErrorDots{args});
 }
 
+void CudaBackend::materialize(const kernels::MaterializeArgs& args, Stream s) {
+  use_device();
+  for_each_index(stream(s), args.elements, kernels::MaterializeElements{args});
+}
+
 }  // namespace revmerge::cuda

@@ -16,6 +16,7 @@
 #include <string>
 #include <utility>
 
+#include "kernels/materialize.hpp"
 #include "kernels/rmm_errors.hpp"
 #include "kernels/rmm_position.hpp"
 #include "revmerge/dtype.hpp"
@@ -182,6 +183,10 @@ class Backend {
   virtual void rmm_positions(const kernels::RmmModuleArgs& args, Stream s) = 0;
   /// kernels::RmmChunkSums over every element, then kernels::RmmErrorDots over every term.
   virtual void rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) = 0;
+  /// Every output element of `args` (kernels::materialize_element, rounded to each part's
+  /// dtype); the parts table, the stored tensors and the outputs in backend memory. The CPU
+  /// runs a row per step, the GPU an element per thread, in one launch. Same bits.
+  virtual void materialize(const kernels::MaterializeArgs& args, Stream s) = 0;
 
   // --- f64, column-major: the PT-SVD of full fine-tunes (methods/lowrank/batched_pt_svd.hpp) ---
   /// C = op(A) · B for every matrix of the batch; a stride of 0 broadcasts A or B.

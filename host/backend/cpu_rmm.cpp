@@ -141,4 +141,9 @@ void CpuBackend::rmm_error_terms(const kernels::RmmErrorArgs& args, Stream) {
   cpu::parallel_for(threads_, args.n * (kernels::kRmmErrorTerms + 2), [&](i64 i) { dots(i); });
 }
 
+void CpuBackend::materialize(const kernels::MaterializeArgs& args, Stream) {
+  const kernels::MaterializeRows rows{args};
+  cpu::parallel_for(threads_, args.rows, [&](i64 row) { rows(row); });
+}
+
 }  // namespace revmerge

@@ -1,6 +1,7 @@
 // revmerge revert: rebuild a task's factors from a bundle — for an rmm module x̂_i = μ + V c_i at
-// every position, as one batched GEMM per side on the backend; for a rank module, or a task added
-// later, the task's own truncated factors, zero-padded to the module's rank.
+// every position; for a rank module, or a task added later, the task's own truncated factors,
+// zero-padded to the module's rank; for the shared bases, the task's cores times the bases — all
+// through kernels::materialize on the backend (methods/materialize_parts.hpp).
 #include <memory>
 
 #include "backend/backend.hpp"
@@ -12,112 +13,51 @@
 #include "revmerge/hf_model.hpp"
 #include "methods/model_output.hpp"
 #include "methods/recipe.hpp"
-#include "methods/store/shared_basis.hpp"
+#include "methods/materialize_parts.hpp"
 
 namespace revmerge {
 namespace {
 
 using i64 = std::int64_t;
 
-// Rebuilds one side: out (m × r) = mean + basis · coef[:, :, task] (the mean alone for p = 0).
-std::vector<float> revert_side(Backend& be, const SafetensorsFile& f, const std::string& path,
-                               const char* side, i64 m, i64 r, i64 p, i64 n, i64 task) {
-  auto mean = f.read_f32(bundle_tensor_name(path, side, "mean"));
-  if (p == 0) return mean;
-  const auto basis = f.read_f32(bundle_tensor_name(path, side, "basis"));
-  const auto coef = f.read_f32(bundle_tensor_name(path, side, "coef"));
-  auto d_mean = be.allocate(mean.size() * 4), d_basis = be.allocate(basis.size() * 4);
-  auto d_coef = be.allocate(coef.size() * 4), d_out = be.allocate(mean.size() * 4);
-  be.upload(d_mean.data(), mean.data(), mean.size() * 4, {});
-  be.upload(d_basis.data(), basis.data(), basis.size() * 4, {});
-  be.upload(d_coef.data(), coef.data(), coef.size() * 4, {});
-  be.copy(d_out.data(), d_mean.data(), mean.size() * 4, {});
-  // Column `task` of each p × n coefficient matrix, as a p × 1 matrix with row stride n.
-  const MatBatch c{d_coef.f32() + task, m, p, 1, n, p * n};
-  be.gemm(Op::none, Op::none, 1.0f, MatBatch::packed(d_basis.f32(), m, r, p), c, 1.0f,
-          MatBatch::packed(d_out.f32(), m, r, 1), {});
-  std::vector<float> out(static_cast<std::size_t>(m * r));
-  be.download(out.data(), d_out.data(), out.size() * 4, {});
-  be.synchronize({});
-  return out;
-}
-
-// Entry `index` of a stack of truncated factors (tensors `M.lora_A.<part>`, Σk × in, and
-// `M.lora_B.<part>`, out × Σk; entry i holds kept[i] directions), padded with zeros to the
-// module's rank r.
-RevertedModule revert_stacked(const Bundle& bundle, const BundleModule& mod, const char* part,
-                              const std::vector<i64>& kept, i64 index) {
-  const i64 r = mod.rank;
-  RevertedModule out;
-  out.a.assign(static_cast<std::size_t>(r * mod.in), 0.0f);
-  out.b.assign(static_cast<std::size_t>(mod.out * r), 0.0f);
-  i64 total = 0, first = 0;
-  for (i64 t = 0; t < static_cast<i64>(kept.size()); ++t) {
-    if (t == index) first = total;
-    total += kept[t];
-  }
-  const i64 k = kept.at(index);
-  if (k == 0) return out;
-  const auto a = bundle.tensors().read_f32(bundle_tensor_name(mod.path, "lora_A", part));
-  const auto b = bundle.tensors().read_f32(bundle_tensor_name(mod.path, "lora_B", part));
-  std::copy(a.begin() + first * mod.in, a.begin() + (first + k) * mod.in, out.a.begin());
-  for (i64 o = 0; o < mod.out; ++o)
-    std::copy(b.begin() + o * total + first, b.begin() + o * total + first + k, out.b.begin() + o * r);
-  return out;
-}
-
-// A shared_rows module: A = Vᵀ (K × in), B = task's B̃ (out × K), padded to rank r.
-RevertedModule revert_shared(const Bundle& bundle, const BundleModule& mod, i64 n, i64 task) {
-  const i64 r = mod.rank, k = mod.shared_rank;
-  RevertedModule out;
-  out.a.assign(static_cast<std::size_t>(r * mod.in), 0.0f);
-  out.b.assign(static_cast<std::size_t>(mod.out * r), 0.0f);
-  const auto a = bundle.tensors().read_f32(bundle_tensor_name(mod.path, "lora_A", "shared"));
-  const auto b = bundle.tensors().read_f32(bundle_tensor_name(mod.path, "lora_B", "shared"));
-  std::copy(a.begin(), a.end(), out.a.begin());
-  for (i64 o = 0; o < mod.out; ++o)
-    std::copy(b.begin() + o * n * k + task * k, b.begin() + o * n * k + (task + 1) * k, out.b.begin() + o * r);
-  return out;
-}
-
-// A shared module: A' = (A_i V) Vᵀ and B' = U (Uᵀ s_iB_i) at the task's own rank, padded to r.
-RevertedModule revert_shared_basis(const Bundle& bundle, const BundleModule& mod, i64 n, i64 task) {
-  const i64 r = mod.rank, rt = mod.task_ranks.at(task);
-  i64 first = 0, total = 0;
-  for (i64 t = 0; t < n; ++t) {
-    if (t == task) first = total;
-    total += mod.task_ranks[t];
-  }
-  const auto& tf = bundle.tensors();
-  const auto vt = tf.read_f32(bundle_tensor_name(mod.path, "lora_A", "shared"));
-  const auto u = tf.read_f32(bundle_tensor_name(mod.path, "lora_B", "shared"));
-  const auto ca = tf.read_f32(bundle_tensor_name(mod.path, "lora_A", "cores"));
-  const auto cb = tf.read_f32(bundle_tensor_name(mod.path, "lora_B", "cores"));
-  std::vector<float> a, b;
-  shared_basis_task(vt.data(), u.data(), ca.data(), cb.data(), mod.in, mod.out, mod.shared_basis[0],
-                    mod.shared_basis[1], total, first, rt, a, b);
-  RevertedModule out;
-  out.a.assign(static_cast<std::size_t>(r * mod.in), 0.0f);
-  out.b.assign(static_cast<std::size_t>(mod.out * r), 0.0f);
-  std::copy(a.begin(), a.end(), out.a.begin());
-  for (i64 o = 0; o < mod.out; ++o) std::copy(b.begin() + o * rt, b.begin() + (o + 1) * rt, out.b.begin() + o * r);
-  return out;
-}
-
+// Task `task` of module `module_index` rebuilt on `be` (kernels::materialize, as the C interface
+// and a resident bundle rebuild it): the module's stored tensors read where they are mapped on a
+// backend that shares host memory, uploaded otherwise.
 RevertedModule revert_with(Backend& be, const Bundle& bundle, std::size_t module_index, i64 task) {
   const auto& man = bundle.manifest();
   const auto& mod = man.modules.at(module_index);
-  const i64 n = man.represented_tasks(), r = mod.rank;
-  if (task >= n) return revert_stacked(bundle, mod, "added", mod.added_kept_ranks, task - n);
-  if (mod.representation == Representation::rank) return revert_stacked(bundle, mod, "factors", mod.kept_ranks, task);
-  if (mod.representation == Representation::shared_rows) return revert_shared(bundle, mod, n, task);
-  if (mod.representation == Representation::shared) return revert_shared_basis(bundle, mod, n, task);
+  const auto& file = bundle.tensors();
+  const bool host = be.shares_host_memory();
   RevertedModule out;
-  const auto a_pos = revert_side(be, bundle.tensors(), mod.path, "lora_A", mod.in, r, mod.basis[0], n, task);
-  out.a.resize(a_pos.size());  // position-major in × r  →  r × in
-  for (i64 j = 0; j < mod.in; ++j)
-    for (i64 k = 0; k < r; ++k) out.a[k * mod.in + j] = a_pos[j * r + k];
-  out.b = revert_side(be, bundle.tensors(), mod.path, "lora_B", mod.out, r, mod.basis[1], n, task);
+  out.a.resize(static_cast<std::size_t>(mod.rank * mod.in));
+  out.b.resize(static_cast<std::size_t>(mod.out * mod.rank));
+  std::vector<DeviceBuffer> held;
+  const auto on_backend = [&](const void* src, std::size_t bytes) {
+    held.push_back(be.allocate(bytes));
+    if (src) be.upload(held.back().data(), src, bytes, {});
+    return held.back().data();
+  };
+  const StoredTensorLookup lookup = [&](const std::string& name) {
+    const auto& info = file.at(name);
+    const auto bytes = file.bytes(info);
+    const StoredTensor s{bytes.data(), kernel_type(info.dtype, file.path().string() + ": tensor '" + name + "'")};
+    return host ? s : StoredTensor{on_backend(bytes.data(), bytes.size()), s.type};
+  };
+  void* a = host ? out.a.data() : on_backend(nullptr, out.a.size() * 4);
+  void* b = host ? out.b.data() : on_backend(nullptr, out.b.size() * 4);
+  const auto two = materialize_parts(mod, man.represented_tasks(), task, lookup, a, b, kernels::ElemType::f32);
+  std::vector<kernels::MaterializePart> parts(two.begin(), two.end());
+  auto args = number_parts(parts, parts.data());
+  if (!host)
+    args.parts = static_cast<const kernels::MaterializePart*>(
+        on_backend(parts.data(), parts.size() * sizeof(kernels::MaterializePart)));
+  be.materialize(args, {});
+  if (!host) {
+    be.download(out.a.data(), a, out.a.size() * 4, {});
+    be.download(out.b.data(), b, out.b.size() * 4, {});
+  }
+  be.synchronize({});
+  file.check_intact();
   return out;
 }
 

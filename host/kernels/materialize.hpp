@@ -1,0 +1,107 @@
+#pragma once
+// One task's LoRA factors rebuilt from a bundle's stored tensors, for the host and the device
+// alike: every element of every output (a module's A, rank × in, or B, out × rank) is one call
+// of materialize_element, which reads the stored tensors in their own dtype, sums in a fixed
+// order and rounds once to the output's dtype. `revert`, the C interface and a resident bundle
+// all go through it (methods/materialize_parts.hpp builds the parts), so every route gives the
+// same bits on a backend, and the CPU runs the arithmetic the GPU runs.
+#include <cstdint>
+
+#include "kernels/float_bits.hpp"
+#include "kernels/host_device.hpp"
+
+namespace revmerge::kernels {
+
+enum class PartKind : std::int32_t {
+  /// RMM: out[i, j] = mean[x] + Σ_{c<p} basis[x·p + c] · coef[(q·p + c)·n + task], with
+  /// x = q·r + k the position q's component k; (q, k) = (j, i) when `transposed` (A, r × in),
+  /// else (i, j) (B, out × r). The sum runs over c in order, in f32, then adds the mean.
+  position_sum,
+  /// A block of a stored matrix: out[i, j] = src0[(row0 + i)·ld + col0 + j] inside
+  /// valid_rows × valid_cols, 0 outside (the rank padding).
+  block,
+  /// A product of two stored matrices: out[i, j] = Σ_{c<inner} src0[(row0 + i)·ld0 + c] ·
+  /// src1[c·ld + col0 + j] inside valid_rows × valid_cols (summed in f64 in order of c), 0
+  /// outside.
+  product,
+};
+
+struct MaterializePart {
+  PartKind kind = PartKind::block;
+  ElemType out_type = ElemType::f32;
+  void* out = nullptr;
+  std::int64_t rows = 0, cols = 0;           ///< the output, row-major
+  std::int64_t first = 0, first_row = 0;     ///< its first element and row in the call
+  const void* src[3] = {};                   ///< position_sum: mean, basis, coef; else src0, src1
+  ElemType src_type[3] = {ElemType::f32, ElemType::f32, ElemType::f32};
+  std::int64_t r = 0, p = 0, n = 0, task = 0;  ///< position_sum
+  bool transposed = false;                     ///< position_sum
+  std::int64_t row0 = 0, col0 = 0, ld = 0, ld0 = 0, inner = 0, valid_rows = 0, valid_cols = 0;
+};
+
+/// Element (i, j) of a part, before rounding to its output dtype.
+REVMERGE_HD_INLINE float materialize_element(const MaterializePart& t, std::int64_t i, std::int64_t j) {
+  switch (t.kind) {
+    case PartKind::position_sum: {
+      const std::int64_t q = t.transposed ? j : i, k = t.transposed ? i : j, x = q * t.r + k;
+      float acc = 0.0f;
+      for (std::int64_t c = 0; c < t.p; ++c)
+        acc += load_as_f32(t.src[1], x * t.p + c, t.src_type[1]) *
+               load_as_f32(t.src[2], (q * t.p + c) * t.n + t.task, t.src_type[2]);
+      return load_as_f32(t.src[0], x, t.src_type[0]) + acc;
+    }
+    case PartKind::block:
+      if (i >= t.valid_rows || j >= t.valid_cols) return 0.0f;
+      return load_as_f32(t.src[0], (t.row0 + i) * t.ld + t.col0 + j, t.src_type[0]);
+    case PartKind::product: {
+      if (i >= t.valid_rows || j >= t.valid_cols) return 0.0f;
+      double acc = 0.0;
+      for (std::int64_t c = 0; c < t.inner; ++c)
+        acc += static_cast<double>(load_as_f32(t.src[0], (t.row0 + i) * t.ld0 + c, t.src_type[0])) *
+               static_cast<double>(load_as_f32(t.src[1], c * t.ld + t.col0 + j, t.src_type[1]));
+      return static_cast<float>(acc);
+    }
+  }
+  return 0.0f;
+}
+
+/// The call's parts, ordered by `first` (and `first_row`); what the backends launch.
+struct MaterializeArgs {
+  const MaterializePart* parts = nullptr;
+  std::int64_t count = 0;
+  std::int64_t elements = 0, rows = 0;  ///< totals over the parts
+};
+
+/// The last part whose `first` (by_row: `first_row`) is at most e.
+REVMERGE_HD_INLINE std::int64_t materialize_part_of(const MaterializeArgs& a, std::int64_t e, bool by_row) {
+  std::int64_t lo = 0, hi = a.count - 1;
+  while (lo < hi) {
+    const std::int64_t mid = (lo + hi + 1) / 2;
+    if ((by_row ? a.parts[mid].first_row : a.parts[mid].first) <= e) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+/// One call per output element of the whole call (the device's layout: one thread each).
+struct MaterializeElements {
+  MaterializeArgs a;
+  REVMERGE_HD void operator()(std::int64_t e) const {
+    const auto& t = a.parts[materialize_part_of(a, e, false)];
+    const std::int64_t local = e - t.first, i = local / t.cols, j = local % t.cols;
+    store_rounded(t.out, local, t.out_type, materialize_element(t, i, j));
+  }
+};
+
+/// One call per output row (the host's layout: a row per step, its elements in order).
+struct MaterializeRows {
+  MaterializeArgs a;
+  REVMERGE_HD void operator()(std::int64_t row) const {
+    const auto& t = a.parts[materialize_part_of(a, row, true)];
+    const std::int64_t i = row - t.first_row;
+    for (std::int64_t j = 0; j < t.cols; ++j)
+      store_rounded(t.out, i * t.cols + j, t.out_type, materialize_element(t, i, j));
+  }
+};
+
+}  // namespace revmerge::kernels
