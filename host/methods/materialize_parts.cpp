@@ -53,7 +53,7 @@ kernels::ElemType kernel_type(DType t, const std::string& where) {
     case DType::BF16: return kernels::ElemType::bf16;
     case DType::F64: return kernels::ElemType::f64;
     default:
-      throw unsupported_error(where + ": dtype " + std::string(dtype_name(t)) + " is not a float type");
+      throw unsupported_error(where + ": dtype " + std::string(dtype_name(t)) + " is not a float type revmerge merges");
   }
 }
 

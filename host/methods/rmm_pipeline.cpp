@@ -19,6 +19,7 @@
 
 #include "backend/caching_pool.hpp"
 #include "core/interrupt.hpp"
+#include "methods/materialize_parts.hpp"
 #include "methods/rmm_module.hpp"
 #include "scheduler/bounded_queue.hpp"
 #include "scheduler/stage_threads.hpp"
@@ -385,18 +386,6 @@ class RmmPipeline {
 
 std::uint64_t align16(std::uint64_t x) { return (x + 15) / 16 * 16; }
 
-kernels::ElemType elem_type_of(DType t, const std::string& where) {
-  switch (t) {
-    case DType::F32: return kernels::ElemType::f32;
-    case DType::F16: return kernels::ElemType::f16;
-    case DType::BF16: return kernels::ElemType::bf16;
-    case DType::F64: return kernels::ElemType::f64;
-    default:
-      throw unsupported_error(where + ": dtype " + std::string(dtype_name(t)) +
-                              " is not a float type revmerge merges");
-  }
-}
-
 // Wider first: the dtype a bundle of these inputs stores by default.
 DType wider(DType a, DType b) {
   auto rank = [](DType t) { return t == DType::F64 ? 3 : t == DType::F32 ? 2 : t == DType::F16 ? 1 : 0; };
@@ -444,7 +433,7 @@ RmmSource adapter_source(const AdapterSet& set, int reader_threads) {
                            std::string(dtype_name(ia.dtype)) + ") and '" + mod.key_b + "' (" +
                            std::string(dtype_name(ib.dtype)) + ") of one module differ in dtype");
       StagedFactors f;
-      f.type = elem_type_of(ia.dtype, file.path().string() + ": tensor '" + mod.key_a + "'");
+      f.type = kernel_type(ia.dtype, file.path().string() + ": tensor '" + mod.key_a + "'");
       f.rank = static_cast<std::int32_t>(mod.rank);
       f.scale = static_cast<float>(mod.scale);
       f.a = at;
