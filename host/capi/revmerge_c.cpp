@@ -12,12 +12,17 @@
 
 #include "revmerge/bundle.hpp"
 #include "revmerge/error.hpp"
+#include "revmerge/resident.hpp"
 #include "revmerge/rmm.hpp"
 #include "revmerge/store.hpp"
 #include "revmerge/version.hpp"
 
 struct revmerge_bundle {
   revmerge::Bundle bundle;
+};
+
+struct revmerge_device_bundle {
+  revmerge::ResidentBundle resident;
 };
 
 namespace {
@@ -92,6 +97,24 @@ std::size_t index_in(int64_t i, std::size_t count, const char* what) {
           std::string(what) + " " + std::to_string(i) + " is outside 0 .. " +
               std::to_string(static_cast<long long>(count) - 1));
   return static_cast<std::size_t>(i);
+}
+
+// Module `module`'s identity and shape, for both bundle handles.
+void module_info(const revmerge::BundleManifest& man, int64_t module, revmerge_module_info* info) {
+  require(info != nullptr, "module info must not be null");
+  const auto& m = man.modules[index_in(module, man.modules.size(), "module")];
+  *info = {m.path.c_str(), m.layer, m.in, m.out, m.rank};
+}
+
+revmerge::DType dtype_of(int d) {
+  switch (d) {
+    case REVMERGE_DTYPE_F32: return revmerge::DType::F32;
+    case REVMERGE_DTYPE_F16: return revmerge::DType::F16;
+    case REVMERGE_DTYPE_BF16: return revmerge::DType::BF16;
+    default:
+      throw revmerge::usage_error("dtype: " + std::to_string(d) +
+                                  " is not REVMERGE_DTYPE_F32, _F16 or _BF16");
+  }
 }
 
 // The tasks of a merge call: each adapter named by `names`, or by its folder.
@@ -175,10 +198,8 @@ int64_t revmerge_bundle_module_count(const revmerge_bundle* bundle) {
 revmerge_status revmerge_bundle_module(const revmerge_bundle* bundle, int64_t module,
                                        revmerge_module_info* info) {
   return guarded([&] {
-    require(bundle && info, "revmerge_bundle_module: bundle and info must not be null");
-    const auto& modules = bundle->bundle.manifest().modules;
-    const auto& m = modules[index_in(module, modules.size(), "module")];
-    *info = {m.path.c_str(), m.layer, m.in, m.out, m.rank};
+    require(bundle != nullptr, "revmerge_bundle_module: bundle must not be null");
+    module_info(bundle->bundle.manifest(), module, info);
   });
 }
 
@@ -204,6 +225,64 @@ revmerge_status revmerge_revert_task(const revmerge_bundle* bundle, const char* 
     options.overwrite = overwrite != 0;
     options.device = device_of(device);
     revmerge::revert_task(bundle->bundle, task, out_dir, options);
+  });
+}
+
+revmerge_status revmerge_device_bundle_open(const char* dir, int device, revmerge_device_bundle** bundle) {
+  return guarded([&] {
+    require(dir && bundle, "revmerge_device_bundle_open: dir and bundle must not be null");
+    *bundle = nullptr;
+    *bundle = new revmerge_device_bundle{revmerge::ResidentBundle(dir, device_of(device))};
+  });
+}
+
+void revmerge_device_bundle_close(revmerge_device_bundle* bundle) { delete bundle; }
+
+int64_t revmerge_device_bundle_task_count(const revmerge_device_bundle* bundle) {
+  return bundle ? static_cast<int64_t>(bundle->resident.manifest().tasks.size()) : 0;
+}
+
+int64_t revmerge_device_bundle_task_index(const revmerge_device_bundle* bundle, const char* name) {
+  return bundle && name ? bundle->resident.manifest().task_index(name) : -1;
+}
+
+int64_t revmerge_device_bundle_module_count(const revmerge_device_bundle* bundle) {
+  return bundle ? static_cast<int64_t>(bundle->resident.manifest().modules.size()) : 0;
+}
+
+revmerge_status revmerge_device_bundle_module(const revmerge_device_bundle* bundle, int64_t module,
+                                              revmerge_module_info* info) {
+  return guarded([&] {
+    require(bundle != nullptr, "revmerge_device_bundle_module: bundle must not be null");
+    module_info(bundle->resident.manifest(), module, info);
+  });
+}
+
+uint64_t revmerge_device_bundle_memory(const revmerge_device_bundle* bundle) {
+  return bundle ? bundle->resident.memory_bytes() : 0;
+}
+
+int revmerge_device_bundle_on_host(const revmerge_device_bundle* bundle) {
+  return bundle && bundle->resident.on_host() ? 1 : 0;
+}
+
+revmerge_status revmerge_materialize(revmerge_device_bundle* bundle, int64_t task, const int64_t* modules,
+                                     int64_t count, int dtype, int fold_scale, void* const* a,
+                                     void* const* b, void* /*stream*/) {
+  return guarded([&] {
+    require(bundle && a && b, "revmerge_materialize: bundle, a and b must not be null");
+    require(count >= 0 && (modules || count == 0), "revmerge_materialize: modules is null but count is " +
+                                                       std::to_string(count));
+    if (!fold_scale)
+      throw revmerge::unsupported_error(
+          "revmerge_materialize: fold_scale 0: bundles store B with the task's scale folded in "
+          "(lora_alpha = rank) and do not record the scale itself");
+    const auto all = static_cast<int64_t>(bundle->resident.manifest().modules.size());
+    const auto n = count > 0 ? count : all;
+    bundle->resident.materialize(task, std::span<const int64_t>(modules, static_cast<std::size_t>(count)),
+                                 dtype_of(dtype),
+                                 std::span<void* const>(a, static_cast<std::size_t>(n)),
+                                 std::span<void* const>(b, static_cast<std::size_t>(n)));
   });
 }
 

@@ -3,8 +3,9 @@
 /* The C interface, for programs that embed revmerge without C++: a serving stack that switches
  * tasks, a binding for another language. It merges PEFT adapters into an RMM bundle, opens a
  * bundle, lists its tasks and modules, rebuilds one task's LoRA factors of a module into the
- * caller's memory, and writes a task as a PEFT adapter folder (the arithmetic of `revmerge
- * merge` and `revmerge revert`; the C++ API is revmerge/rmm.hpp).
+ * caller's memory, writes a task as a PEFT adapter folder (the arithmetic of `revmerge merge`
+ * and `revmerge revert`; the C++ API is revmerge/rmm.hpp), and keeps a bundle resident on a
+ * device to rebuild any task into the caller's buffers (revmerge/resident.hpp).
  *
  * Every call that can fail returns a revmerge_status; revmerge_last_error() then gives the
  * message, naming the file, tensor, task or argument (per thread, until the thread's next failing
@@ -36,6 +37,14 @@ typedef enum revmerge_device {
 } revmerge_device;
 
 typedef struct revmerge_bundle revmerge_bundle;
+typedef struct revmerge_device_bundle revmerge_device_bundle;
+
+/* The element type of rebuilt factors; passed as an int. */
+typedef enum revmerge_dtype {
+  REVMERGE_DTYPE_F32 = 0,
+  REVMERGE_DTYPE_F16 = 1,
+  REVMERGE_DTYPE_BF16 = 2
+} revmerge_dtype;
 
 typedef struct revmerge_module_info {
   const char* path; /* "model.layers.0.self_attn.q_proj"; valid while the bundle is open */
@@ -97,6 +106,35 @@ revmerge_status revmerge_revert_module(const revmerge_bundle* bundle, int64_t mo
  * nothing is left behind on failure. */
 revmerge_status revmerge_revert_task(const revmerge_bundle* bundle, const char* task,
                                      const char* out_dir, int overwrite, int device);
+
+/* A bundle resident on a device, for serving: `dir` opened once onto `device`
+ * (REVMERGE_DEVICE_CPU: host memory; _CUDA: the first GPU; _AUTO), every stored tensor
+ * uploaded once and kept until revmerge_device_bundle_close. */
+revmerge_status revmerge_device_bundle_open(const char* dir, int device, revmerge_device_bundle** bundle);
+void revmerge_device_bundle_close(revmerge_device_bundle* bundle);
+/* Its tasks and modules, as for revmerge_bundle; a module's info gives the sizes to allocate
+ * (A: rank × in, B: out × rank elements). */
+int64_t revmerge_device_bundle_task_count(const revmerge_device_bundle* bundle);
+int64_t revmerge_device_bundle_task_index(const revmerge_device_bundle* bundle, const char* name);
+int64_t revmerge_device_bundle_module_count(const revmerge_device_bundle* bundle);
+revmerge_status revmerge_device_bundle_module(const revmerge_device_bundle* bundle, int64_t module,
+                                              revmerge_module_info* info);
+/* Bytes it holds on its device; non-zero when its buffers are host memory (the CPU). */
+uint64_t revmerge_device_bundle_memory(const revmerge_device_bundle* bundle);
+int revmerge_device_bundle_on_host(const revmerge_device_bundle* bundle);
+
+/* Task `task`'s factors of the `count` modules `modules` (indices; count 0: every module, in
+ * order) rebuilt into the caller's buffers: module modules[i]'s A (rank × in) into a[i] and B
+ * (out × rank) into b[i], row-major, as `dtype` (a revmerge_dtype), in the device's memory (host
+ * memory for the CPU), all modules in one launch, the same bits as revmerge_revert_module on the
+ * device for F32. `fold_scale` must be non-zero: bundles store B with the task's scale folded
+ * in (lora_alpha = rank) and do not record the scale itself (0 is REVMERGE_UNSUPPORTED). The
+ * call returns when the factors are written; `stream` (a cudaStream_t) is not used yet, so work
+ * the caller queues on its stream afterwards sees them. Several threads may call at once (they
+ * take turns). */
+revmerge_status revmerge_materialize(revmerge_device_bundle* bundle, int64_t task, const int64_t* modules,
+                                     int64_t count, int dtype, int fold_scale, void* const* a,
+                                     void* const* b, void* stream);
 
 #ifdef __cplusplus
 }

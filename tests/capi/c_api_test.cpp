@@ -157,6 +157,61 @@ TEST(CApi, StoresUnderABudgetAndRevertsEveryRepresentation) {
   EXPECT_FALSE(std::filesystem::exists(tmp / "bad"));
 }
 
+// A resident bundle through the C interface: every task's modules in one call, the bits of
+// revmerge_revert_module; a subset; refusals with messages.
+TEST(CApi, DeviceBundleMaterializesAsRevert) {
+  test::TempDir tmp;
+  const auto dir = merged_bundle(tmp);
+  revmerge_bundle* b = nullptr;
+  revmerge_device_bundle* d = nullptr;
+  ASSERT_EQ(revmerge_bundle_open(dir.c_str(), &b), REVMERGE_OK);
+  ASSERT_EQ(revmerge_device_bundle_open(dir.c_str(), REVMERGE_DEVICE_CPU, &d), REVMERGE_OK) << revmerge_last_error();
+  EXPECT_EQ(revmerge_device_bundle_on_host(d), 1);
+  EXPECT_GT(revmerge_device_bundle_memory(d), 0u);
+  ASSERT_EQ(revmerge_device_bundle_task_count(d), 3);
+  EXPECT_EQ(revmerge_device_bundle_task_index(d, "task1"), 1);
+  const int64_t nm = revmerge_device_bundle_module_count(d);
+  ASSERT_EQ(nm, 4);
+  std::vector<std::vector<float>> a(nm), bb(nm);
+  std::vector<void*> pa, pb;
+  for (int64_t m = 0; m < nm; ++m) {
+    revmerge_module_info info{};
+    ASSERT_EQ(revmerge_device_bundle_module(d, m, &info), REVMERGE_OK);
+    a[m].resize(info.rank * info.in), bb[m].resize(info.out * info.rank);
+    pa.push_back(a[m].data()), pb.push_back(bb[m].data());
+  }
+  for (int64_t t = 0; t < 3; ++t) {
+    ASSERT_EQ(revmerge_materialize(d, t, nullptr, 0, REVMERGE_DTYPE_F32, 1, pa.data(), pb.data(), nullptr),
+              REVMERGE_OK)
+        << revmerge_last_error();
+    for (int64_t m = 0; m < nm; ++m) {
+      std::vector<float> ra(a[m].size()), rb(bb[m].size());
+      ASSERT_EQ(revmerge_revert_module(b, m, t, REVMERGE_DEVICE_CPU, ra.data(), rb.data()), REVMERGE_OK);
+      EXPECT_EQ(a[m], ra);
+      EXPECT_EQ(bb[m], rb);
+    }
+  }
+  const int64_t second[] = {1};
+  std::vector<float> sa(a[1].size()), sb(bb[1].size());
+  void* one_a[] = {sa.data()};
+  void* one_b[] = {sb.data()};
+  ASSERT_EQ(revmerge_materialize(d, 2, second, 1, REVMERGE_DTYPE_F32, 1, one_a, one_b, nullptr), REVMERGE_OK);
+  EXPECT_EQ(sa, a[1]);  // task 2, the last materialised above
+  EXPECT_EQ(revmerge_materialize(d, 0, second, 1, REVMERGE_DTYPE_F32, 0, one_a, one_b, nullptr),
+            REVMERGE_UNSUPPORTED);
+  EXPECT_NE(std::string(revmerge_last_error()).find("fold_scale"), std::string::npos);
+  EXPECT_EQ(revmerge_materialize(d, 0, second, 1, 9, 1, one_a, one_b, nullptr), REVMERGE_USAGE_ERROR);
+  EXPECT_NE(std::string(revmerge_last_error()).find("dtype: 9"), std::string::npos);
+  EXPECT_EQ(revmerge_materialize(d, 3, second, 1, REVMERGE_DTYPE_F32, 1, one_a, one_b, nullptr),
+            REVMERGE_USAGE_ERROR);
+  EXPECT_NE(std::string(revmerge_last_error()).find("task 3"), std::string::npos);
+  revmerge_device_bundle* none = nullptr;
+  EXPECT_NE(revmerge_device_bundle_open((tmp / "task0").c_str(), REVMERGE_DEVICE_CPU, &none), REVMERGE_OK);
+  EXPECT_EQ(none, nullptr);
+  revmerge_device_bundle_close(d);
+  revmerge_bundle_close(b);
+}
+
 TEST(CApi, FailuresAreStatusesWithMessagesAndLeaveNothing) {
   test::TempDir tmp;
   const auto dir = merged_bundle(tmp);

@@ -20,3 +20,9 @@ foreach(program consumer c_consumer)
     message(FATAL_ERROR "${program} printed '${out}', which does not match '${want}'")
   endif()
 endforeach()
+# A resident bundle from C: two example adapters merged, every task rebuilt as revert does.
+execute_process(COMMAND ${WORK}/build/c_resident ${EXAMPLES}/qa ${EXAMPLES}/chat ${WORK}/bundle
+                OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0 OR NOT out MATCHES "2 tasks x [0-9]+ modules materialized, [0-9]+ bytes resident, equal to revert")
+  message(FATAL_ERROR "c_resident exited ${rc} and printed '${out}'")
+endif()

@@ -6,12 +6,15 @@
 #include <cmath>
 #include <iostream>
 #include <random>
+#include <set>
 
 #include "methods/adapter_writer.hpp"
 #include "methods/store/allocation.hpp"
 #include "methods/store/shared_basis.hpp"
 #include "methods/store/shared_rows.hpp"
+#include "kernels/float_bits.hpp"
 #include "revmerge/error.hpp"
+#include "revmerge/resident.hpp"
 #include "revmerge/store.hpp"
 #include "test_util.hpp"
 
@@ -57,7 +60,7 @@ std::vector<float> orthogonal_rows(i64 count, i64 len, std::mt19937& rng) {
   return out;
 }
 
-std::vector<TaskSource> write_family(const test::TempDir& tmp, unsigned seed = 7) {
+std::vector<TaskSource> write_family(const std::filesystem::path& tmp, unsigned seed = 7) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> g;
   std::map<std::string, std::vector<float>> a0, b0;
@@ -156,7 +159,7 @@ double check_errors_are_dense_errors(const std::filesystem::path& dir, const std
 
 TEST(StoreMerge, RankAtFullStorageRevertsEveryDeltaExactly) {
   test::TempDir tmp;
-  const auto tasks = write_family(tmp);
+  const auto tasks = write_family(tmp.path());
   auto o = store_options(tasks, StoreMethod::rank, tmp / "bundle");
   o.storage.fraction = 1.0;
   const auto man = merge_store(o);
@@ -171,7 +174,7 @@ TEST(StoreMerge, RankAtFullStorageRevertsEveryDeltaExactly) {
 
 TEST(StoreMerge, ManifestErrorsAreTheDenseErrorsOfTheRevertedTasks) {
   test::TempDir tmp;
-  const auto tasks = write_family(tmp);
+  const auto tasks = write_family(tmp.path());
   for (const auto method : {StoreMethod::rank, StoreMethod::automatic})
     for (const double b : {0.2, 0.45}) {
       const auto out = tmp / ("b" + std::to_string(int(method)) + "-" + std::to_string(b));
@@ -185,7 +188,7 @@ TEST(StoreMerge, ManifestErrorsAreTheDenseErrorsOfTheRevertedTasks) {
 
 TEST(StoreMerge, Bf16StorageErrorsDescribeTheRoundedFactors) {
   test::TempDir tmp;
-  const auto tasks = write_family(tmp);
+  const auto tasks = write_family(tmp.path());
   auto o = store_options(tasks, StoreMethod::automatic, tmp / "bundle");
   o.storage.fraction = 0.6;
   o.dtype = DType::BF16;
@@ -198,7 +201,7 @@ TEST(StoreMerge, Bf16StorageErrorsDescribeTheRoundedFactors) {
 
 TEST(StoreMerge, StorageNeverExceedsTheBudget) {
   test::TempDir tmp;
-  const auto tasks = write_family(tmp);
+  const auto tasks = write_family(tmp.path());
   for (const auto method : {StoreMethod::rank, StoreMethod::automatic})
     for (const double b : {0.05, 0.3, 0.56, 0.9}) {
       auto o = store_options(tasks, method, tmp / "out");
@@ -220,7 +223,7 @@ TEST(StoreMerge, StorageNeverExceedsTheBudget) {
 
 TEST(StoreMerge, AutoIsNoWorseThanEitherRepresentationAloneAndChoosesPerModule) {
   test::TempDir tmp;
-  const auto tasks = write_family(tmp);
+  const auto tasks = write_family(tmp.path());
   // RMM at P = 1 everywhere stores (p(r + n) + r) / (n r) = 36 / 64 of the numbers.
   RmmMergeOptions r;
   r.tasks = tasks;
@@ -262,7 +265,7 @@ TEST(StoreMerge, AutoIsNoWorseThanEitherRepresentationAloneAndChoosesPerModule) 
 }
 
 // Tasks that share their A almost exactly and differ in B.
-std::vector<TaskSource> write_shared_a_family(const test::TempDir& tmp) {
+std::vector<TaskSource> write_shared_a_family(const std::filesystem::path& tmp) {
   std::mt19937 rng(11);
   std::normal_distribution<float> g;
   std::map<std::string, std::vector<float>> a0;
@@ -287,7 +290,7 @@ std::vector<TaskSource> write_shared_a_family(const test::TempDir& tmp) {
 // spends on B — a P per side — and the errors of such pairs are still the dense ones.
 TEST(StoreMerge, RmmTakesABasisSizePerSide) {
   test::TempDir tmp;
-  const auto tasks = write_shared_a_family(tmp);
+  const auto tasks = write_shared_a_family(tmp.path());
   auto o = store_options(tasks, StoreMethod::automatic, tmp / "bundle");
   o.storage.fraction = 0.62;
   o.representations = {Representation::rmm};  // a shared row basis would serve these best
@@ -309,7 +312,7 @@ TEST(StoreMerge, RmmTakesABasisSizePerSide) {
 // closed form, and against dense arithmetic after revert.
 TEST(StoreMerge, SharedRowBasisServesTasksFromOneInitialisation) {
   test::TempDir tmp;
-  const auto tasks = write_shared_a_family(tmp);
+  const auto tasks = write_shared_a_family(tmp.path());
   // Closed-form errors of every K against the dense projection ΔW_i (I − V_K V_Kᵀ).
   AdapterSet set = open_adapter_set(tasks);
   const auto& pm = set.plan[0];
@@ -346,7 +349,7 @@ TEST(StoreMerge, SharedRowBasisServesTasksFromOneInitialisation) {
 const std::vector<ModuleSpec> kWideModules = {{"model.layers.0.self_attn.q_proj", 8, 96, 80},
                                               {"model.layers.0.self_attn.v_proj", 8, 96, 80}};
 
-std::vector<TaskSource> write_shared_columns_family(const test::TempDir& tmp) {
+std::vector<TaskSource> write_shared_columns_family(const std::filesystem::path& tmp) {
   std::mt19937 rng(5);
   std::normal_distribution<float> g;
   std::map<std::string, std::vector<float>> a0, b0;
@@ -374,7 +377,7 @@ std::vector<TaskSource> write_shared_columns_family(const test::TempDir& tmp) {
 // A0's 8 rows and their 20 columns.
 TEST(StoreMerge, SharedBasesServeTasksSharingAnInitAndColumns) {
   test::TempDir tmp;
-  const auto tasks = write_shared_columns_family(tmp);
+  const auto tasks = write_shared_columns_family(tmp.path());
   AdapterSet set = open_adapter_set(tasks);
   const auto& pm = set.plan[0];
   const auto f = read_module_factors(set, pm);
@@ -475,7 +478,7 @@ TEST(StoreMerge, MaxObjectiveLowersTheWorstTask) {
 
 TEST(StoreMerge, MaxErrorBoundsEveryTaskInEveryModule) {
   test::TempDir tmp;
-  const auto tasks = write_family(tmp);
+  const auto tasks = write_family(tmp.path());
   for (const double bound : {0.05, 0.3}) {
     auto o = store_options(tasks, StoreMethod::automatic, tmp / "out");
     o.max_error = bound;
@@ -489,7 +492,7 @@ TEST(StoreMerge, MaxErrorBoundsEveryTaskInEveryModule) {
 
 TEST(StoreMerge, BadBudgetsAreRefusedNamingTheOption) {
   test::TempDir tmp;
-  const auto tasks = write_family(tmp);
+  const auto tasks = write_family(tmp.path());
   const auto refused = [&](StoreMergeOptions o, const std::string& needle) {
     try {
       merge_store(o);
@@ -533,7 +536,7 @@ TEST(StoreMerge, BadBudgetsAreRefusedNamingTheOption) {
 
 TEST(StoreMerge, ManifestVersion2RoundTripsAndRefusesBadKeptRanks) {
   test::TempDir tmp;
-  const auto tasks = write_family(tmp);
+  const auto tasks = write_family(tmp.path());
   auto o = store_options(tasks, StoreMethod::automatic, tmp / "bundle");
   o.storage.fraction = 0.5;
   const auto man = merge_store(o);
@@ -554,7 +557,7 @@ TEST(StoreMerge, ManifestVersion2RoundTripsAndRefusesBadKeptRanks) {
 // and again, from either format version.
 TEST(StoreAdd, NewTasksJoinWithoutTouchingTheOldOnes) {
   test::TempDir tmp;
-  const auto tasks = write_family(tmp);
+  const auto tasks = write_family(tmp.path());
   const std::vector<TaskSource> first(tasks.begin(), tasks.begin() + 2);
   auto o = store_options(first, StoreMethod::automatic, tmp / "two");
   o.storage.fraction = 0.5;
@@ -613,7 +616,7 @@ TEST(StoreAdd, NewTasksJoinWithoutTouchingTheOldOnes) {
 
 TEST(StoreAdd, BadAdditionsAreRefusedAndWriteNothing) {
   test::TempDir tmp;
-  const auto tasks = write_family(tmp);
+  const auto tasks = write_family(tmp.path());
   auto o = store_options({tasks[0], tasks[1]}, StoreMethod::rank, tmp / "b");
   o.storage.fraction = 0.5;
   merge_store(o);
@@ -644,6 +647,97 @@ TEST(StoreAdd, BadAdditionsAreRefusedAndWriteNothing) {
 }
 
 // The allocation against every combination of choices on a small case.
+// A resident bundle rebuilds every task of every representation with revert's bits: rmm
+// (version 1 and a P per side), rank, shared rows, shared bases and tasks added later; in bf16
+// and f16 as the one rounding of those; any subset of modules in any order; bad calls refused.
+TEST(ResidentBundle, RebuildsEveryRepresentationAsRevertDoes) {
+  test::TempDir tmp;
+  const auto family = write_family(tmp / "family");
+  std::vector<std::filesystem::path> bundles;
+  RmmMergeOptions r;
+  r.tasks = family, r.basis = 2, r.out = tmp / "v1", r.device = Device::cpu;
+  merge_rmm(r);
+  bundles.push_back(r.out);
+  auto o = store_options(family, StoreMethod::automatic, tmp / "auto");
+  o.storage.fraction = 0.5;
+  merge_store(o);
+  bundles.push_back(o.out);
+  o = store_options(write_shared_a_family(tmp / "rows"), StoreMethod::automatic, tmp / "shared_rows");
+  o.storage.fraction = 0.6, o.representations = {Representation::shared_rows};
+  merge_store(o);
+  bundles.push_back(o.out);
+  o = store_options(write_shared_columns_family(tmp / "columns"), StoreMethod::automatic, tmp / "shared");
+  o.storage.fraction = 0.6, o.representations = {Representation::shared};
+  merge_store(o);
+  bundles.push_back(o.out);
+  o = store_options({family.begin(), family.begin() + 3}, StoreMethod::automatic, tmp / "three");
+  o.storage.fraction = 0.5;
+  merge_store(o);
+  AddTasksOptions add;
+  add.bundle = o.out, add.tasks = {family[3]}, add.out = tmp / "added";
+  add_tasks(add);
+  bundles.push_back(add.out);
+  std::set<Representation> seen;
+  for (const auto& dir : bundles) {
+    const Bundle bundle(dir);
+    const auto& man = bundle.manifest();
+    ResidentBundle rb(dir, Device::cpu);
+    EXPECT_TRUE(rb.on_host());
+    EXPECT_GE(rb.memory_bytes(), std::filesystem::file_size(dir / kBundleTensorsName) - 8192);
+    const std::size_t nm = man.modules.size();
+    for (i64 t = 0; t < static_cast<i64>(man.tasks.size()); ++t) {
+      std::vector<std::vector<float>> a(nm), b(nm);
+      std::vector<std::vector<std::uint16_t>> a16(nm), b16(nm), ah(nm), bh(nm);
+      std::vector<void*> pa, pb, pa16, pb16, pah, pbh;
+      for (std::size_t m = 0; m < nm; ++m) {
+        const auto& mod = man.modules[m];
+        seen.insert(mod.representation);
+        a[m].resize(mod.rank * mod.in), b[m].resize(mod.out * mod.rank);
+        a16[m].resize(a[m].size()), b16[m].resize(b[m].size()), ah[m].resize(a[m].size()), bh[m].resize(b[m].size());
+        pa.push_back(a[m].data()), pb.push_back(b[m].data());
+        pa16.push_back(a16[m].data()), pb16.push_back(b16[m].data());
+        pah.push_back(ah[m].data()), pbh.push_back(bh[m].data());
+      }
+      rb.materialize(t, {}, DType::F32, pa, pb);
+      rb.materialize(t, {}, DType::BF16, pa16, pb16);
+      rb.materialize(t, {}, DType::F16, pah, pbh);
+      for (std::size_t m = 0; m < nm; ++m) {
+        const auto want = revert_module(bundle, m, t, Device::cpu);
+        ASSERT_EQ(a[m], want.a) << dir << " module " << m << " task " << t;
+        ASSERT_EQ(b[m], want.b) << dir << " module " << m << " task " << t;
+        for (std::size_t i = 0; i < a[m].size(); ++i) {
+          ASSERT_EQ(a16[m][i], kernels::f32_to_bf16_bits(a[m][i]));
+          ASSERT_EQ(ah[m][i], kernels::f32_to_f16_bits(a[m][i]));
+        }
+        for (std::size_t i = 0; i < b[m].size(); ++i) {
+          ASSERT_EQ(b16[m][i], kernels::f32_to_bf16_bits(b[m][i]));
+          ASSERT_EQ(bh[m][i], kernels::f32_to_f16_bits(b[m][i]));
+        }
+      }
+      // The last module and the first, in that order, into other buffers.
+      const std::vector<i64> some = {static_cast<i64>(nm) - 1, 0};
+      std::vector<float> la(a.back().size()), lb(b.back().size()), fa(a[0].size()), fb(b[0].size());
+      const std::vector<void*> sa = {la.data(), fa.data()}, sb = {lb.data(), fb.data()};
+      rb.materialize(t, some, DType::F32, sa, sb);
+      EXPECT_EQ(la, a.back());
+      EXPECT_EQ(lb, b.back());
+      EXPECT_EQ(fa, a[0]);
+      EXPECT_EQ(fb, b[0]);
+    }
+  }
+  EXPECT_EQ(seen.size(), 4u);  // rmm, rank, shared_rows, shared
+  ResidentBundle rb(bundles[0], Device::cpu);
+  std::vector<float> x(4096), y(4096);
+  const std::vector<void*> one = {x.data()}, two = {y.data()}, none = {nullptr};
+  const std::vector<i64> first = {0}, outside = {99};
+  EXPECT_THROW(rb.materialize(4, first, DType::F32, one, two), usage_error);
+  EXPECT_THROW(rb.materialize(0, outside, DType::F32, one, two), usage_error);
+  EXPECT_THROW(rb.materialize(0, first, DType::F64, one, two), usage_error);
+  EXPECT_THROW(rb.materialize(0, first, DType::F32, none, two), usage_error);
+  EXPECT_THROW(rb.materialize(0, {}, DType::F32, one, two), usage_error);  // every module, one buffer
+  EXPECT_THROW(ResidentBundle(tmp / "family" / "task0", Device::cpu), io_error);
+}
+
 TEST(StoreAllocation, BudgetChoiceMatchesExhaustiveSearchOnConvexOptions) {
   std::mt19937 rng(3);
   std::uniform_real_distribution<double> u(0.1, 1.0);

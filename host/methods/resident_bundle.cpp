@@ -1,0 +1,104 @@
+// A bundle resident on a backend: its tensors uploaded once at open, a task rebuilt per call by
+// kernels::materialize over the parts methods/materialize_parts.hpp gives (revert's arithmetic).
+#include "revmerge/resident.hpp"
+
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "backend/backend.hpp"
+#include "backend/registry.hpp"
+#include "methods/materialize_parts.hpp"
+#include "revmerge/error.hpp"
+
+namespace revmerge {
+
+using i64 = std::int64_t;
+
+struct ResidentBundle::State {
+  BundleManifest manifest;
+  std::unique_ptr<Backend> be;
+  std::map<std::string, StoredTensor> tensors;
+  std::vector<DeviceBuffer> buffers;
+  DeviceBuffer table;  // room for two parts per module
+  std::vector<kernels::MaterializePart> parts;
+  std::vector<i64> all_modules;
+  std::uint64_t bytes = 0;
+  std::mutex call;
+};
+
+ResidentBundle::ResidentBundle(const std::filesystem::path& dir, Device device, int gpu, int threads)
+    : s_(std::make_unique<State>()) {
+  const Bundle bundle(dir);
+  s_->manifest = bundle.manifest();
+  s_->be = make_backend(device, {threads, gpu});
+  auto& be = *s_->be;
+  const auto& file = bundle.tensors();
+  for (const auto& info : file.tensors()) {
+    const auto bytes = file.bytes(info);
+    auto buffer = be.allocate(bytes.size());
+    be.upload(buffer.data(), bytes.data(), bytes.size(), {});
+    s_->tensors[info.name] = {buffer.data(), kernel_type(info.dtype, file.path().string() + ": tensor '" + info.name + "'")};
+    s_->bytes += bytes.size();
+    s_->buffers.push_back(std::move(buffer));
+  }
+  const auto modules = s_->manifest.modules.size();
+  s_->table = be.allocate(2 * std::max<std::size_t>(modules, 1) * sizeof(kernels::MaterializePart));
+  s_->bytes += s_->table.bytes();
+  s_->parts.reserve(2 * modules);
+  for (std::size_t m = 0; m < modules; ++m) s_->all_modules.push_back(static_cast<i64>(m));
+  be.synchronize({});
+  file.check_intact();
+}
+
+ResidentBundle::~ResidentBundle() = default;
+
+const BundleManifest& ResidentBundle::manifest() const noexcept { return s_->manifest; }
+std::string ResidentBundle::device_name() const { return s_->be->name(); }
+bool ResidentBundle::on_host() const noexcept { return s_->be->shares_host_memory(); }
+std::uint64_t ResidentBundle::memory_bytes() const noexcept { return s_->bytes; }
+
+void ResidentBundle::materialize(i64 task, std::span<const i64> modules, DType dtype, std::span<void* const> a,
+                                 std::span<void* const> b) {
+  const auto& man = s_->manifest;
+  const auto tasks = static_cast<i64>(man.tasks.size());
+  if (task < 0 || task >= tasks)
+    throw usage_error("materialize: task " + std::to_string(task) + " is outside 0 .. " + std::to_string(tasks - 1));
+  if (dtype != DType::F32 && dtype != DType::F16 && dtype != DType::BF16)
+    throw usage_error("materialize: dtype " + std::string(dtype_name(dtype)) + " is not F32, F16 or BF16");
+  if (modules.empty()) modules = s_->all_modules;
+  if (a.size() != modules.size() || b.size() != modules.size())
+    throw usage_error("materialize: " + std::to_string(modules.size()) + " modules but " +
+                      std::to_string(a.size()) + " A and " + std::to_string(b.size()) + " B buffers");
+  const auto lookup = [&](const std::string& name) {
+    const auto it = s_->tensors.find(name);
+    if (it == s_->tensors.end()) throw format_error("materialize: the bundle has no tensor '" + name + "'");
+    return it->second;
+  };
+  const std::lock_guard<std::mutex> hold(s_->call);
+  auto& parts = s_->parts;
+  parts.clear();
+  for (std::size_t i = 0; i < modules.size(); ++i) {
+    const i64 m = modules[i];
+    if (m < 0 || m >= static_cast<i64>(man.modules.size()))
+      throw usage_error("materialize: module " + std::to_string(m) + " is outside 0 .. " +
+                        std::to_string(static_cast<i64>(man.modules.size()) - 1));
+    if (!a[i] || !b[i]) throw usage_error("materialize: the buffers of module " + std::to_string(m) + " are null");
+    if (parts.size() + 2 > 2 * man.modules.size())
+      throw usage_error("materialize: more modules asked for than the bundle has (" +
+                        std::to_string(man.modules.size()) + ")");
+    const auto two = materialize_parts(man.modules[m], man.represented_tasks(), task, lookup, a[i], b[i],
+                                       kernel_type(dtype, "materialize"));
+    parts.insert(parts.end(), two.begin(), two.end());
+  }
+  auto& be = *s_->be;
+  auto args = number_parts(parts, parts.data());
+  if (!be.shares_host_memory()) {
+    be.upload(s_->table.data(), parts.data(), parts.size() * sizeof(kernels::MaterializePart), {});
+    args.parts = static_cast<const kernels::MaterializePart*>(s_->table.data());
+  }
+  be.materialize(args, {});
+  be.synchronize({});
+}
+
+}  // namespace revmerge

@@ -1,0 +1,50 @@
+#pragma once
+/// \file
+/// A bundle resident on a device, for serving stacks that switch tasks: opened once, every
+/// stored tensor uploaded once in its stored dtype and kept until the object goes; any task's
+/// LoRA factors then rebuilt into buffers the caller owns, all the modules asked for in one
+/// launch, with the same bits as `revmerge revert` on that device.
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "revmerge/bundle.hpp"
+#include "revmerge/devices.hpp"
+
+namespace revmerge {
+
+class ResidentBundle {
+ public:
+  /// Opens bundle folder `dir` (format version 1 or 2) onto `device` — Device::cpu (host
+  /// memory), Device::cuda (GPU `gpu`), or Device::automatic — and uploads its tensors. Throws
+  /// what Bundle throws for the folder, device_error where the GPU cannot be used.
+  ResidentBundle(const std::filesystem::path& dir, Device device, int gpu = 0, int threads = 0);
+  ~ResidentBundle();
+  ResidentBundle(const ResidentBundle&) = delete;
+  ResidentBundle& operator=(const ResidentBundle&) = delete;
+
+  const BundleManifest& manifest() const noexcept;
+  /// The backend it lives on ("cpu (…)", "cuda:0 (…)"), and whether its buffers are host memory.
+  std::string device_name() const;
+  bool on_host() const noexcept;
+  /// Bytes it holds on its device: the stored tensors and the call table.
+  std::uint64_t memory_bytes() const noexcept;
+
+  /// Rebuilds task `task`'s factors of `modules` (indices into manifest().modules; empty: every
+  /// module, in order): module modules[i]'s A (rank × in) into `a[i]` and B (out × rank) into
+  /// `b[i]`, row-major, as `dtype` (F32, F16 or BF16, rounded to nearest even once), the
+  /// scale folded into B as the bundle stores it (an adapter of lora_alpha = rank), zero-padded
+  /// to the module's rank. The buffers live in the device's memory (host memory when on_host()).
+  /// Returns when they are written. Calls from several threads are safe (they take turns).
+  /// Throws usage_error for a task, module or dtype out of range or a null or missing buffer.
+  void materialize(std::int64_t task, std::span<const std::int64_t> modules, DType dtype,
+                   std::span<void* const> a, std::span<void* const> b);
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
+
+}  // namespace revmerge
