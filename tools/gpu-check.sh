@@ -172,6 +172,22 @@ store_auto() {
 }
 export -f store_auto
 step store-auto-7b store-auto-7b.log 150 bash -c store_auto
+# A resident bundle on the GPU: one task of the 8-layer 7b bundles (RMM P = 4, and auto's)
+# materialised into device buffers, against the device copy floor; then every representation
+# reverted on the GPU and on the CPU, byte for byte (kernels::materialize on both).
+materialize_7b() {
+  for b in store-rmm store-auto; do
+    "$build/bench/revmerge_bench_materialize" --device cuda --bundle "$out/$b" --task task-3 --dtype bf16 \
+      --repeats 21 || return 1
+  done
+  for dev in cuda cpu; do
+    "$revmerge" revert --device $dev --task task-3 --force --quiet --out "$out/revert-$dev" "$out/store-auto" || return 1
+  done
+  cmp "$out/revert-cuda/adapter_model.safetensors" "$out/revert-cpu/adapter_model.safetensors" &&
+    echo "revert on the GPU and the CPU: byte-identical"
+}
+export -f materialize_7b
+step materialize-7b materialize-7b.log 90 bash -c materialize_7b
 step all-tests all-tests.log 200 ctest --test-dir "$build" -LE slow --output-on-failure -j "$jobs" --timeout 120
 if command -v compute-sanitizer >/dev/null; then
   step memcheck memcheck.log 120 compute-sanitizer --tool memcheck --error-exitcode 1 \
@@ -183,11 +199,11 @@ echo
 echo "GPU: $(cat "$out/gpu.txt" 2>/dev/null)"
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)   total: $(( $(date +%s) - t_start ))s   logs: $out"
 printf '%-18s %s\n' step result
-for s in configure build devices cuda-tests gpu-vs-cpu-7b nsys-7b-layer bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-gpu-x3 bitwise-7b racecheck make-adapters-70b pipeline-70b-gpu pt-svd-7b make-models full-models merge-example all-tests memcheck; do
+for s in configure build devices cuda-tests gpu-vs-cpu-7b nsys-7b-layer bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-gpu-x3 bitwise-7b racecheck make-adapters-70b pipeline-70b-gpu pt-svd-7b make-models full-models merge-example store-auto-7b materialize-7b all-tests memcheck; do
   printf '%-18s %s\n' "$s" "${result[$s]:-NOT RUN}"
 done
 grep -hE "^(cpu|cuda)|speed-up|GPU vs CPU|median/layer" "$out"/gpu-vs-cpu-7b.log "$out"/bench-*-gpu.log 2>/dev/null
-cat "$out"/bitwise-7b.log "$out"/pt-svd-7b.log "$out"/full-models.log 2>/dev/null
+cat "$out"/bitwise-7b.log "$out"/pt-svd-7b.log "$out"/full-models.log "$out"/store-auto-7b.log "$out"/materialize-7b.log 2>/dev/null
 grep -hE "^revmerge bench|^memory plan|^read|^upload|^compute|^write|^pipeline|^setup|^finish|^end to end|^floor|peak RSS|^sequential|^median|^  [a-z]+ +busy" "$out"/pipeline-*.log 2>/dev/null
 for s in "${!result[@]}"; do [[ ${result[$s]} == FAIL* ]] && exit 1; done
 exit 0

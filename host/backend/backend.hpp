@@ -185,7 +185,8 @@ class Backend {
   virtual void rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) = 0;
   /// Every output element of `args` (kernels::materialize_element, rounded to each part's
   /// dtype); the parts table, the stored tensors and the outputs in backend memory. The CPU
-  /// runs a row per step, the GPU an element per thread, in one launch. Same bits.
+  /// runs a tile of rows × columns per step, the GPU an element per thread, in one launch.
+  /// Same bits.
   virtual void materialize(const kernels::MaterializeArgs& args, Stream s) = 0;
 
   // --- f64, column-major: the PT-SVD of full fine-tunes (methods/lowrank/batched_pt_svd.hpp) ---

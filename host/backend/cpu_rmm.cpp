@@ -142,8 +142,20 @@ void CpuBackend::rmm_error_terms(const kernels::RmmErrorArgs& args, Stream) {
 }
 
 void CpuBackend::materialize(const kernels::MaterializeArgs& args, Stream) {
-  const kernels::MaterializeRows rows{args};
-  cpu::parallel_for(threads_, args.rows, [&](i64 row) { rows(row); });
+  // Tiles of 256 rows × 64 columns: a transposed RMM part (A, r × in) then reads 64 positions'
+  // mean, basis and coefficients from cache for every row.
+  constexpr i64 kRows = 256, kCols = 64;
+  const auto tiles_across = [](const kernels::MaterializePart& p) { return (p.cols + kCols - 1) / kCols; };
+  std::vector<i64> first(static_cast<std::size_t>(args.count) + 1, 0);
+  for (i64 p = 0; p < args.count; ++p)
+    first[p + 1] = first[p] + (args.parts[p].rows + kRows - 1) / kRows * tiles_across(args.parts[p]);
+  cpu::parallel_for(threads_, first.back(), [&](i64 u) {
+    const i64 p = std::upper_bound(first.begin(), first.end(), u) - first.begin() - 1;
+    const auto& part = args.parts[p];
+    const i64 across = tiles_across(part), local = u - first[p];
+    const i64 i0 = local / across * kRows, j0 = local % across * kCols;
+    kernels::materialize_tile(part, i0, std::min(part.rows, i0 + kRows), j0, std::min(part.cols, j0 + kCols));
+  }, true);
 }
 
 }  // namespace revmerge

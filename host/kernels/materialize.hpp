@@ -39,30 +39,57 @@ struct MaterializePart {
   std::int64_t row0 = 0, col0 = 0, ld = 0, ld0 = 0, inner = 0, valid_rows = 0, valid_cols = 0;
 };
 
-/// Element (i, j) of a part, before rounding to its output dtype.
-REVMERGE_HD_INLINE float materialize_element(const MaterializePart& t, std::int64_t i, std::int64_t j) {
+/// Element i of an array of the compile-time type S, widened to f32 (load_as_f32's values).
+template <ElemType S>
+REVMERGE_HD_INLINE float load_typed(const void* base, std::int64_t i) {
+  if constexpr (S == ElemType::f32) {
+    return static_cast<const float*>(base)[i];
+  } else if constexpr (S == ElemType::bf16) {
+    return bf16_bits_to_f32(static_cast<const std::uint16_t*>(base)[i]);
+  } else if constexpr (S == ElemType::f16) {
+    return f16_bits_to_f32(static_cast<const std::uint16_t*>(base)[i]);
+  } else {
+    return static_cast<float>(static_cast<const double*>(base)[i]);
+  }
+}
+
+/// Element (i, j) of a part whose stored tensors are all of type S, before rounding.
+template <ElemType S>
+REVMERGE_HD_INLINE float materialize_element_typed(const MaterializePart& t, std::int64_t i, std::int64_t j) {
   switch (t.kind) {
     case PartKind::position_sum: {
       const std::int64_t q = t.transposed ? j : i, k = t.transposed ? i : j, x = q * t.r + k;
       float acc = 0.0f;
       for (std::int64_t c = 0; c < t.p; ++c)
-        acc += load_as_f32(t.src[1], x * t.p + c, t.src_type[1]) *
-               load_as_f32(t.src[2], (q * t.p + c) * t.n + t.task, t.src_type[2]);
-      return load_as_f32(t.src[0], x, t.src_type[0]) + acc;
+        acc += load_typed<S>(t.src[1], x * t.p + c) * load_typed<S>(t.src[2], (q * t.p + c) * t.n + t.task);
+      return load_typed<S>(t.src[0], x) + acc;
     }
     case PartKind::block:
       if (i >= t.valid_rows || j >= t.valid_cols) return 0.0f;
-      return load_as_f32(t.src[0], (t.row0 + i) * t.ld + t.col0 + j, t.src_type[0]);
+      return load_typed<S>(t.src[0], (t.row0 + i) * t.ld + t.col0 + j);
     case PartKind::product: {
       if (i >= t.valid_rows || j >= t.valid_cols) return 0.0f;
       double acc = 0.0;
       for (std::int64_t c = 0; c < t.inner; ++c)
-        acc += static_cast<double>(load_as_f32(t.src[0], (t.row0 + i) * t.ld0 + c, t.src_type[0])) *
-               static_cast<double>(load_as_f32(t.src[1], c * t.ld + t.col0 + j, t.src_type[1]));
+        acc += static_cast<double>(load_typed<S>(t.src[0], (t.row0 + i) * t.ld0 + c)) *
+               static_cast<double>(load_typed<S>(t.src[1], c * t.ld + t.col0 + j));
       return static_cast<float>(acc);
     }
   }
   return 0.0f;
+}
+
+/// The stored type a part's sources share (a bundle stores one dtype); parts are made so.
+REVMERGE_HD_INLINE ElemType source_type(const MaterializePart& t) { return t.src_type[0]; }
+
+/// Element (i, j) of a part, before rounding to its output dtype.
+REVMERGE_HD_INLINE float materialize_element(const MaterializePart& t, std::int64_t i, std::int64_t j) {
+  switch (source_type(t)) {
+    case ElemType::f32: return materialize_element_typed<ElemType::f32>(t, i, j);
+    case ElemType::bf16: return materialize_element_typed<ElemType::bf16>(t, i, j);
+    case ElemType::f16: return materialize_element_typed<ElemType::f16>(t, i, j);
+    default: return materialize_element_typed<ElemType::f64>(t, i, j);
+  }
 }
 
 /// The call's parts, ordered by `first` (and `first_row`); what the backends launch.
@@ -93,15 +120,39 @@ struct MaterializeElements {
   }
 };
 
-/// One call per output row (the host's layout: a row per step, its elements in order).
-struct MaterializeRows {
-  MaterializeArgs a;
-  REVMERGE_HD void operator()(std::int64_t row) const {
-    const auto& t = a.parts[materialize_part_of(a, row, true)];
-    const std::int64_t i = row - t.first_row;
-    for (std::int64_t j = 0; j < t.cols; ++j)
-      store_rounded(t.out, i * t.cols + j, t.out_type, materialize_element(t, i, j));
+template <ElemType S, ElemType O>
+REVMERGE_HD_INLINE void materialize_tile_typed(const MaterializePart& t, std::int64_t i0, std::int64_t i1,
+                                               std::int64_t j0, std::int64_t j1) {
+  for (std::int64_t i = i0; i < i1; ++i)
+    for (std::int64_t j = j0; j < j1; ++j) {
+      const float v = materialize_element_typed<S>(t, i, j);
+      if constexpr (O == ElemType::f32) static_cast<float*>(t.out)[i * t.cols + j] = v;
+      else if constexpr (O == ElemType::bf16) static_cast<std::uint16_t*>(t.out)[i * t.cols + j] = f32_to_bf16_bits(v);
+      else static_cast<std::uint16_t*>(t.out)[i * t.cols + j] = f32_to_f16_bits(v);
+    }
+}
+
+template <ElemType S>
+REVMERGE_HD_INLINE void materialize_tile_from(const MaterializePart& t, std::int64_t i0, std::int64_t i1,
+                                              std::int64_t j0, std::int64_t j1) {
+  switch (t.out_type) {
+    case ElemType::bf16: return materialize_tile_typed<S, ElemType::bf16>(t, i0, i1, j0, j1);
+    case ElemType::f16: return materialize_tile_typed<S, ElemType::f16>(t, i0, i1, j0, j1);
+    default: return materialize_tile_typed<S, ElemType::f32>(t, i0, i1, j0, j1);
   }
-};
+}
+
+/// Rows [i0, i1) × columns [j0, j1) of a part, row by row (the host's layout: a tile per step,
+/// so a transposed part reads its positions' stored values from cache), the types chosen once
+/// per tile; each element's value and rounding are materialize_element's and store_rounded's.
+REVMERGE_HD_INLINE void materialize_tile(const MaterializePart& t, std::int64_t i0, std::int64_t i1,
+                                         std::int64_t j0, std::int64_t j1) {
+  switch (source_type(t)) {
+    case ElemType::f32: return materialize_tile_from<ElemType::f32>(t, i0, i1, j0, j1);
+    case ElemType::bf16: return materialize_tile_from<ElemType::bf16>(t, i0, i1, j0, j1);
+    case ElemType::f16: return materialize_tile_from<ElemType::f16>(t, i0, i1, j0, j1);
+    default: return materialize_tile_from<ElemType::f64>(t, i0, i1, j0, j1);
+  }
+}
 
 }  // namespace revmerge::kernels

@@ -67,9 +67,41 @@ std::vector<std::string> module_tensor_names(const Bundle& bundle, const BundleM
   return names;
 }
 
+namespace {
+
+// The kernel reads a part's sources as one type (a bundle stores one dtype): a module whose
+// tensors differ is refused.
+void check_one_type(const BundleModule& mod, std::array<MaterializePart, 2>& parts) {
+  for (auto& p : parts)
+    for (int s = 1; s < 3; ++s) {
+      if (!p.src[s]) {
+        p.src_type[s] = p.src_type[0];
+        continue;
+      }
+      if (p.src_type[s] != p.src_type[0])
+        throw format_error("module '" + mod.path + "': its stored tensors have different dtypes");
+    }
+}
+
+std::array<MaterializePart, 2> build_parts(const BundleModule& mod, i64 n, i64 task,
+                                           const StoredTensorLookup& lookup, void* a, void* b,
+                                           kernels::ElemType out_type);
+
+}  // namespace
+
 std::array<MaterializePart, 2> materialize_parts(const BundleModule& mod, i64 n, i64 task,
                                                  const StoredTensorLookup& lookup, void* a, void* b,
                                                  kernels::ElemType out_type) {
+  auto parts = build_parts(mod, n, task, lookup, a, b, out_type);
+  check_one_type(mod, parts);
+  return parts;
+}
+
+namespace {
+
+std::array<MaterializePart, 2> build_parts(const BundleModule& mod, i64 n, i64 task,
+                                           const StoredTensorLookup& lookup, void* a, void* b,
+                                           kernels::ElemType out_type) {
   const i64 r = mod.rank;
   std::array<MaterializePart, 2> p{output(a, r, mod.in, out_type), output(b, mod.out, r, out_type)};
   if (task >= n) {
@@ -122,6 +154,8 @@ std::array<MaterializePart, 2> materialize_parts(const BundleModule& mod, i64 n,
   }
   return p;
 }
+
+}  // namespace
 
 kernels::MaterializeArgs number_parts(std::vector<MaterializePart>& parts, const MaterializePart* table) {
   kernels::MaterializeArgs args;
