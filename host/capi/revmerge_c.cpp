@@ -268,7 +268,7 @@ int revmerge_device_bundle_on_host(const revmerge_device_bundle* bundle) {
 
 revmerge_status revmerge_materialize(revmerge_device_bundle* bundle, int64_t task, const int64_t* modules,
                                      int64_t count, int dtype, int fold_scale, void* const* a,
-                                     void* const* b, void* /*stream*/) {
+                                     void* const* b, void* stream) {
   return guarded([&] {
     require(bundle && a && b, "revmerge_materialize: bundle, a and b must not be null");
     require(count >= 0 && (modules || count == 0), "revmerge_materialize: modules is null but count is " +
@@ -282,7 +282,7 @@ revmerge_status revmerge_materialize(revmerge_device_bundle* bundle, int64_t tas
     bundle->resident.materialize(task, std::span<const int64_t>(modules, static_cast<std::size_t>(count)),
                                  dtype_of(dtype),
                                  std::span<void* const>(a, static_cast<std::size_t>(n)),
-                                 std::span<void* const>(b, static_cast<std::size_t>(n)));
+                                 std::span<void* const>(b, static_cast<std::size_t>(n)), stream);
   });
 }
 

@@ -25,6 +25,7 @@ struct ResidentBundle::State {
   std::vector<i64> all_modules;
   std::uint64_t bytes = 0;
   std::mutex call;
+  Event last;  // the previous call's launch: the table is rewritten only after it ran
 };
 
 ResidentBundle::ResidentBundle(const std::filesystem::path& dir, Device device, int gpu, int threads)
@@ -51,7 +52,9 @@ ResidentBundle::ResidentBundle(const std::filesystem::path& dir, Device device, 
   file.check_intact();
 }
 
-ResidentBundle::~ResidentBundle() = default;
+ResidentBundle::~ResidentBundle() {
+  if (s_ && s_->last.handle()) s_->be->synchronize_event(s_->last);  // nothing freed under a kernel
+}
 
 const BundleManifest& ResidentBundle::manifest() const noexcept { return s_->manifest; }
 std::string ResidentBundle::device_name() const { return s_->be->name(); }
@@ -59,7 +62,7 @@ bool ResidentBundle::on_host() const noexcept { return s_->be->shares_host_memor
 std::uint64_t ResidentBundle::memory_bytes() const noexcept { return s_->bytes; }
 
 void ResidentBundle::materialize(i64 task, std::span<const i64> modules, DType dtype, std::span<void* const> a,
-                                 std::span<void* const> b) {
+                                 std::span<void* const> b, void* stream) {
   const auto& man = s_->manifest;
   const auto tasks = static_cast<i64>(man.tasks.size());
   if (task < 0 || task >= tasks)
@@ -93,12 +96,19 @@ void ResidentBundle::materialize(i64 task, std::span<const i64> modules, DType d
   }
   auto& be = *s_->be;
   auto args = number_parts(parts, parts.data());
-  if (!be.shares_host_memory()) {
-    be.upload(s_->table.data(), parts.data(), parts.size() * sizeof(kernels::MaterializePart), {});
-    args.parts = static_cast<const kernels::MaterializePart*>(s_->table.data());
+  if (be.shares_host_memory()) {
+    be.materialize(args, {});
+    be.synchronize({});
+    return;
   }
-  be.materialize(args, {});
-  be.synchronize({});
+  // On the caller's stream: the table is uploaded (from pageable memory, so `parts` may change
+  // once the call returns) after the previous launch has read it, then the one launch.
+  const Stream s{stream};
+  if (s_->last.handle()) be.synchronize_event(s_->last);
+  be.upload(s_->table.data(), parts.data(), parts.size() * sizeof(kernels::MaterializePart), s);
+  args.parts = static_cast<const kernels::MaterializePart*>(s_->table.data());
+  be.materialize(args, s);
+  s_->last = be.record_event(s);
 }
 
 }  // namespace revmerge

@@ -37,10 +37,13 @@ class ResidentBundle {
   /// `b[i]`, row-major, as `dtype` (F32, F16 or BF16, rounded to nearest even once), the
   /// scale folded into B as the bundle stores it (an adapter of lora_alpha = rank), zero-padded
   /// to the module's rank. The buffers live in the device's memory (host memory when on_host()).
-  /// Returns when they are written. Calls from several threads are safe (they take turns).
-  /// Throws usage_error for a task, module or dtype out of range or a null or missing buffer.
+  /// On the CPU it returns when they are written; on a GPU when the work is queued on `stream`
+  /// (a cudaStream_t; null: the backend's own), so what the caller queues there next sees them.
+  /// Calls from several threads are safe (they take turns; a call waits for the previous one's
+  /// launch to have started reading its table). Throws usage_error for a task, module or dtype
+  /// out of range or a null or missing buffer.
   void materialize(std::int64_t task, std::span<const std::int64_t> modules, DType dtype,
-                   std::span<void* const> a, std::span<void* const> b);
+                   std::span<void* const> a, std::span<void* const> b, void* stream = nullptr);
 
  private:
   struct State;

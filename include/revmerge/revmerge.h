@@ -128,10 +128,10 @@ int revmerge_device_bundle_on_host(const revmerge_device_bundle* bundle);
  * (out × rank) into b[i], row-major, as `dtype` (a revmerge_dtype), in the device's memory (host
  * memory for the CPU), all modules in one launch, the same bits as revmerge_revert_module on the
  * device for F32. `fold_scale` must be non-zero: bundles store B with the task's scale folded
- * in (lora_alpha = rank) and do not record the scale itself (0 is REVMERGE_UNSUPPORTED). The
- * call returns when the factors are written; `stream` (a cudaStream_t) is not used yet, so work
- * the caller queues on its stream afterwards sees them. Several threads may call at once (they
- * take turns). */
+ * in (lora_alpha = rank) and do not record the scale itself (0 is REVMERGE_UNSUPPORTED). On
+ * the CPU the call returns when the factors are written; on a GPU when the work is queued on
+ * `stream` (a cudaStream_t; null: revmerge's own), so what the caller queues there next sees
+ * them. Several threads may call at once (they take turns). */
 revmerge_status revmerge_materialize(revmerge_device_bundle* bundle, int64_t task, const int64_t* modules,
                                      int64_t count, int dtype, int fold_scale, void* const* a,
                                      void* const* b, void* stream);
