@@ -8,6 +8,7 @@
 
 #include "backend/cpu_backend.hpp"
 #include "backend/cpu_parallel.hpp"
+#include "kernels/materialize.hpp"
 #include "kernels/rmm_errors.hpp"
 #include "backend/cpu_jacobi_lanes.hpp"
 #include "kernels/rmm_jacobi.hpp"
@@ -115,6 +116,85 @@ void run_positions(const kernels::RmmModuleArgs& args, i64 first, i64 last, doub
   }
 }
 
+// The CPU's materialisation: tiles of blocks and of RMM's sums in loops the compiler vectorises,
+// each element's operations those of kernels::materialize_element (tests compare the two).
+// RMM's sum over a tile, vectorised across the tile: per element the same operations in the
+// same order as kernels::materialize_element (acc = 0; acc += basis·coef for c = 0 … p − 1; mean
+// + acc), so the same bits, with each position's coefficients read once.
+template <kernels::ElemType S, kernels::ElemType O>
+void position_sum_tile(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
+  using kernels::load_typed;
+  constexpr i64 kMax = 256;
+  float w[64], acc[kMax];
+  const auto store = [&](i64 at, float v) {
+    if constexpr (O == kernels::ElemType::f32) static_cast<float*>(t.out)[at] = v;
+    else if constexpr (O == kernels::ElemType::bf16) static_cast<std::uint16_t*>(t.out)[at] = kernels::f32_to_bf16_bits(v);
+    else static_cast<std::uint16_t*>(t.out)[at] = kernels::f32_to_f16_bits(v);
+  };
+  // Position q's components [k0, k1) summed in acc[0 …), then stored where out_index says.
+  const auto position = [&](i64 q, i64 k0, i64 k1, auto&& out_index) {
+    for (i64 c = 0; c < t.p; ++c) w[c] = load_typed<S>(t.src[2], (q * t.p + c) * t.n + t.task);
+    const i64 width = k1 - k0, x0 = q * t.r + k0;
+    for (i64 k = 0; k < width; ++k) acc[k] = 0.0f;
+    for (i64 c = 0; c < t.p; ++c)
+      for (i64 k = 0; k < width; ++k) acc[k] += load_typed<S>(t.src[1], (x0 + k) * t.p + c) * w[c];
+    for (i64 k = 0; k < width; ++k) store(out_index(k0 + k), load_typed<S>(t.src[0], x0 + k) + acc[k]);
+  };
+  if (t.transposed) {  // A: rows are components, columns positions
+    for (i64 k0 = i0; k0 < i1; k0 += kMax)
+      for (i64 q = j0; q < j1; ++q)
+        position(q, k0, std::min(i1, k0 + kMax), [&](i64 k) { return k * t.cols + q; });
+  } else {  // B: rows are positions
+    for (i64 q = i0; q < i1; ++q)
+      for (i64 k0 = j0; k0 < j1; k0 += kMax)
+        position(q, k0, std::min(j1, k0 + kMax), [&](i64 k) { return q * t.cols + k; });
+  }
+}
+
+// A block of a stored matrix (zero outside its valid rows and columns): each element loaded and
+// rounded as kernels::materialize_element and store_rounded do, a row segment at a time.
+template <kernels::ElemType S, kernels::ElemType O>
+void block_tile(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
+  for (i64 i = i0; i < i1; ++i) {
+    const i64 valid = i < t.valid_rows ? std::clamp<i64>(t.valid_cols, j0, j1) : j0;
+    const i64 from = (t.row0 + i) * t.ld + t.col0;
+    for (i64 j = j0; j < j1; ++j) {
+      const float v = j < valid ? kernels::load_typed<S>(t.src[0], from + j) : 0.0f;
+      if constexpr (O == kernels::ElemType::f32) static_cast<float*>(t.out)[i * t.cols + j] = v;
+      else if constexpr (O == kernels::ElemType::bf16) static_cast<std::uint16_t*>(t.out)[i * t.cols + j] = kernels::f32_to_bf16_bits(v);
+      else static_cast<std::uint16_t*>(t.out)[i * t.cols + j] = kernels::f32_to_f16_bits(v);
+    }
+  }
+}
+
+template <kernels::ElemType S, kernels::ElemType O>
+void fast_tile(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
+  if (t.kind == kernels::PartKind::block) return block_tile<S, O>(t, i0, i1, j0, j1);
+  position_sum_tile<S, O>(t, i0, i1, j0, j1);
+}
+
+template <kernels::ElemType S>
+void fast_tile_from(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
+  switch (t.out_type) {
+    case kernels::ElemType::bf16: return fast_tile<S, kernels::ElemType::bf16>(t, i0, i1, j0, j1);
+    case kernels::ElemType::f16: return fast_tile<S, kernels::ElemType::f16>(t, i0, i1, j0, j1);
+    default: return fast_tile<S, kernels::ElemType::f32>(t, i0, i1, j0, j1);
+  }
+}
+
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+void cpu_materialize_tile(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
+  // Products (the shared bases) take the element routine; so does RMM past 64 directions.
+  if (t.kind == kernels::PartKind::product || (t.kind == kernels::PartKind::position_sum && t.p > 64))
+    return kernels::materialize_tile(t, i0, i1, j0, j1);
+  switch (kernels::source_type(t)) {
+    case kernels::ElemType::f32: return fast_tile_from<kernels::ElemType::f32>(t, i0, i1, j0, j1);
+    case kernels::ElemType::bf16: return fast_tile_from<kernels::ElemType::bf16>(t, i0, i1, j0, j1);
+    case kernels::ElemType::f16: return fast_tile_from<kernels::ElemType::f16>(t, i0, i1, j0, j1);
+    default: return fast_tile_from<kernels::ElemType::f64>(t, i0, i1, j0, j1);
+  }
+}
+
 }  // namespace
 
 void CpuBackend::rmm_positions(const kernels::RmmModuleArgs& args, Stream) {
@@ -154,7 +234,7 @@ void CpuBackend::materialize(const kernels::MaterializeArgs& args, Stream) {
     const auto& part = args.parts[p];
     const i64 across = tiles_across(part), local = u - first[p];
     const i64 i0 = local / across * kRows, j0 = local % across * kCols;
-    kernels::materialize_tile(part, i0, std::min(part.rows, i0 + kRows), j0, std::min(part.cols, j0 + kCols));
+    cpu_materialize_tile(part, i0, std::min(part.rows, i0 + kRows), j0, std::min(part.cols, j0 + kCols));
   }, true);
 }
 

@@ -13,6 +13,7 @@
 #include "methods/store/shared_basis.hpp"
 #include "methods/store/shared_rows.hpp"
 #include "kernels/float_bits.hpp"
+#include "methods/materialize_parts.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/resident.hpp"
 #include "revmerge/store.hpp"
@@ -660,8 +661,12 @@ TEST(ResidentBundle, RebuildsEveryRepresentationAsRevertDoes) {
   bundles.push_back(r.out);
   auto o = store_options(family, StoreMethod::automatic, tmp / "auto");
   o.storage.fraction = 0.5;
+  o.dtype = DType::BF16;  // the stored type the tiles read most
   merge_store(o);
   bundles.push_back(o.out);
+  r.dtype = DType::F16, r.out = tmp / "v1-f16";
+  merge_rmm(r);
+  bundles.push_back(r.out);
   o = store_options(write_shared_a_family(tmp / "rows"), StoreMethod::automatic, tmp / "shared_rows");
   o.storage.fraction = 0.6, o.representations = {Representation::shared_rows};
   merge_store(o);
@@ -705,6 +710,19 @@ TEST(ResidentBundle, RebuildsEveryRepresentationAsRevertDoes) {
         const auto want = revert_module(bundle, m, t, Device::cpu);
         ASSERT_EQ(a[m], want.a) << dir << " module " << m << " task " << t;
         ASSERT_EQ(b[m], want.b) << dir << " module " << m << " task " << t;
+        // The CPU's tiles against the element routine the GPU runs, element by element.
+        std::vector<float> ea(a[m].size()), eb(b[m].size());
+        const auto lookup = [&](const std::string& name) {
+          const auto& info = bundle.tensors().at(name);
+          return StoredTensor{bundle.tensors().bytes(info).data(), kernel_type(info.dtype, name)};
+        };
+        for (const auto& part : materialize_parts(man.modules[m], man.represented_tasks(), t, lookup, ea.data(),
+                                                  eb.data(), kernels::ElemType::f32))
+          for (i64 i = 0; i < part.rows; ++i)
+            for (i64 j = 0; j < part.cols; ++j)
+              kernels::store_rounded(part.out, i * part.cols + j, part.out_type, kernels::materialize_element(part, i, j));
+        ASSERT_EQ(a[m], ea) << dir << " module " << m << " task " << t;
+        ASSERT_EQ(b[m], eb) << dir << " module " << m << " task " << t;
         for (std::size_t i = 0; i < a[m].size(); ++i) {
           ASSERT_EQ(a16[m][i], kernels::f32_to_bf16_bits(a[m][i]));
           ASSERT_EQ(ah[m][i], kernels::f32_to_f16_bits(a[m][i]));
