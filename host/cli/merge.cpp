@@ -320,8 +320,8 @@ void add_merge_command(CLI::App& app) {
       "25%) or a size in the stored dtype (2GiB)");
   opt["--representations"] = cmd->add_option("--representations", args.representations,
       "auto: the representations it weighs per module, comma-separated: rmm, rank, shared_rows "
-      "(a row basis), shared (row and column bases) (default all; rank, each task's own "
-      "truncation, always)");
+      "(a row basis), shared (row and column bases) (default all; without rank, truncations "
+      "only where nothing listed fits)");
   opt["--objective"] = cmd->add_option("--objective", args.objective,
       "auto, rank under --storage: what the budget lowers, mean (the mean task's relative delta "
       "error, default) or max (the worst task's)");

@@ -40,7 +40,8 @@ struct StoreMergeOptions {
   std::optional<double> max_error;
   /// Under a storage budget: minimise the mean task error (default) or the worst task's.
   StoreObjective objective = StoreObjective::mean;
-  /// The representations `auto` weighs per module (rank: each task's truncation, always); empty:
+  /// The representations `auto` weighs per module (without rank, each task's truncation is kept
+  /// only in modules none of the others fits, or that no other keeps within --max-error); empty:
   /// all of them.
   std::vector<Representation> representations;
   /// RMM basis sizes `auto` weighs per module and side, besides 0 (the mean alone): measured

@@ -256,7 +256,7 @@ TEST(StoreMerge, AutoIsNoWorseThanEitherRepresentationAloneAndChoosesPerModule) 
   // RMM and truncations alone: still no worse than either.
   o = store_options(tasks, StoreMethod::automatic, tmp / "auto-rmm");
   o.storage.fraction = b;
-  o.representations = {Representation::rmm};
+  o.representations = {Representation::rmm, Representation::rank};
   const auto rmm_rank = merge_store(o);
   EXPECT_LE(objective(rmm_rank), 1.01 * std::min(e_rmm, e_rank));
   EXPECT_LE(e_auto, 1.01 * objective(rmm_rank));

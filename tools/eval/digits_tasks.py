@@ -32,6 +32,12 @@ TASKS = {
 }
 
 
+# Related tasks: the digits shifted sideways by a few pixels (wrapping), labels kept — one
+# transformation at eight strengths, so the tasks' adapters share structure.
+RELATED = {f"roll{k:+d}": (lambda x, k=k: np.roll(_img(x), k, axis=2).reshape(-1, 64), lambda y: y)
+           for k in (-4, -3, -2, -1, 1, 2, 3, 4)}
+
+
 def load_data(seed=0):
     from sklearn.datasets import load_digits
     d = load_digits()
@@ -43,7 +49,7 @@ def load_data(seed=0):
 
 
 def task_data(name, split):
-    fx, fy = TASKS[name]
+    fx, fy = TASKS[name] if name in TASKS else RELATED[name]
     x, y = split
     return np.ascontiguousarray(fx(x)), fy(y)
 

@@ -26,7 +26,7 @@ ModuleChoice truncate_at(const ModuleOptions& m, double lambda) {
     const auto& s = m.sigma_sq[i];
     const double w = m.task_weight[i];
     i64 k = 0;
-    while (k < static_cast<i64>(s.size()) && w * s[k] > threshold && s[k] > 0) ++k;
+    while (m.truncations && k < static_cast<i64>(s.size()) && w * s[k] > threshold && s[k] > 0) ++k;
     c.kept.push_back(k);
     c.numbers += double(k) * m.rank_unit;
     c.error += w * tail(s, k);
@@ -77,7 +77,7 @@ void fill_leftover(const std::vector<ModuleOptions>& modules, std::vector<Module
     const auto& mo = modules[m];
     const auto k = choice[m].kept[t];
     const auto& s = mo.sigma_sq[t];
-    if (k < static_cast<i64>(s.size()) && s[k] > 0 && mo.rank_unit > 0)
+    if (mo.truncations && k < static_cast<i64>(s.size()) && s[k] > 0 && mo.rank_unit > 0)
       next.emplace(mo.task_weight[t] * s[k] / mo.rank_unit, m, t);
   };
   for (i64 m = 0; m < static_cast<i64>(modules.size()); ++m)
@@ -140,7 +140,7 @@ std::vector<ModuleChoice> allocate_budget(const std::vector<ModuleOptions>& modu
     double none = 0;
     for (std::size_t t = 0; t < m.sigma_sq.size(); ++t) {
       none += m.task_weight[t] * tail(m.sigma_sq[t], 0);
-      if (!m.sigma_sq[t].empty() && m.rank_unit > 0)
+      if (m.truncations && !m.sigma_sq[t].empty() && m.rank_unit > 0)
         hi = std::max(hi, m.task_weight[t] * m.sigma_sq[t][0] / m.rank_unit);
     }
     for (const auto& f : m.fixed)
@@ -168,6 +168,8 @@ std::vector<ModuleChoice> allocate_max_error(const std::vector<ModuleOptions>& m
                                              double max_error) {
   std::vector<ModuleChoice> out;
   for (const auto& m : modules) {
+    // The truncation that keeps the bound; without truncations, only a fallback where no fixed
+    // option keeps it.
     ModuleChoice c;
     for (std::size_t t = 0; t < m.sigma_sq.size(); ++t) {
       const auto& s = m.sigma_sq[t];
@@ -178,11 +180,15 @@ std::vector<ModuleChoice> allocate_max_error(const std::vector<ModuleOptions>& m
       c.numbers += double(k) * m.rank_unit;
       c.error += m.task_weight[t] * tail(s, k);
     }
+    int best = -1;
     for (std::size_t f = 0; f < m.fixed.size(); ++f) {
       const auto& o = m.fixed[f];
-      if (o.worst_relative <= max_error && o.numbers < c.numbers)
-        c = {static_cast<int>(f), {}, o.numbers, o.error};
+      if (o.worst_relative <= max_error && (m.truncations ? o.numbers < c.numbers : true) &&
+          (best < 0 || o.numbers < m.fixed[best].numbers))
+        best = static_cast<int>(f);
     }
+    if (best >= 0 && (!m.truncations || m.fixed[best].numbers < c.numbers))
+      c = {best, {}, m.fixed[best].numbers, m.fixed[best].error};
     out.push_back(std::move(c));
   }
   return out;

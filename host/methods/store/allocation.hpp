@@ -23,6 +23,8 @@ struct ModuleOptions {
   std::vector<double> task_weight;  ///< w_i ≥ 0
   double rank_unit = 0;
   std::vector<FixedOption> fixed;
+  /// Whether the tasks' own truncations may be kept; false: a fixed option or nothing.
+  bool truncations = true;
 };
 
 /// A module's choice: `fixed` ≥ 0 names the fixed option taken; otherwise `kept[i]` directions

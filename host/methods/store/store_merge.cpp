@@ -62,10 +62,10 @@ void check_options(const StoreMergeOptions& o) {
       throw usage_error("--basis " + std::to_string(p) + " is outside 1 .. n − 1 = " + std::to_string(n - 1));
 }
 
-// Whether `auto` weighs representation r (a task's own truncation always).
+// Whether `auto` weighs representation r.
 bool weighs(const StoreMergeOptions& o, Representation r) {
   if (o.method == StoreMethod::rank) return r == Representation::rank;
-  return o.representations.empty() || r == Representation::rank ||
+  return o.representations.empty() ||
          std::find(o.representations.begin(), o.representations.end(), r) != o.representations.end();
 }
 
@@ -98,12 +98,14 @@ RecipeRecord store_record(const StoreMergeOptions& o, DType storage, const std::
 }
 
 // The allocation's view of every module, each task's squared errors weighed by `weight`.
+// Truncations are weighed where `truncations` says, and in any module no other option fits.
 std::vector<ModuleOptions> module_options(const std::vector<PlannedModule>& plan,
                                           const std::vector<Measured>& measured,
-                                          const std::vector<double>& weight) {
+                                          const std::vector<double>& weight, bool truncations) {
   std::vector<ModuleOptions> options;
   for (std::size_t m = 0; m < plan.size(); ++m) {
     ModuleOptions mo;
+    mo.truncations = truncations || measured[m].options.empty();
     mo.sigma_sq = measured[m].sigma_sq;
     mo.task_weight = weight;
     mo.rank_unit = double(plan[m].in + plan[m].out);
@@ -140,14 +142,14 @@ std::vector<double> task_relative_sq(const std::vector<Measured>& measured, cons
 // result is never worse than it in its worst task.
 std::vector<ModuleChoice> allocate_for_worst(const std::vector<PlannedModule>& plan,
                                              const std::vector<Measured>& measured,
-                                             const std::vector<double>& norm_sq, double budget) {
+                                             const std::vector<double>& norm_sq, double budget, bool truncations) {
   const std::size_t n = norm_sq.size();
   std::vector<double> lift(n, 1.0), weight(n);
   std::vector<ModuleChoice> best;
   double best_worst = 0;
   for (int round = 0; round < 40; ++round) {
     for (std::size_t t = 0; t < n; ++t) weight[t] = norm_sq[t] > 0 ? lift[t] / norm_sq[t] : 0.0;
-    auto choice = allocate_budget(module_options(plan, measured, weight), budget);
+    auto choice = allocate_budget(module_options(plan, measured, weight, truncations), budget);
     const auto rel = task_relative_sq(measured, choice, norm_sq);
     const double worst = *std::max_element(rel.begin(), rel.end());
     double mean = 0, least = worst;
@@ -261,10 +263,11 @@ BundleManifest merge_store(const StoreMergeOptions& o) {
   // objective is the mean over tasks of the squared relative delta error.
   std::vector<double> weight;
   for (const double d : task_norm_sq) weight.push_back(d > 0 ? 1.0 / d : 0.0);
-  const auto choice = o.max_error ? allocate_max_error(module_options(set.plan, measured, weight), *o.max_error)
+  const bool truncations = weighs(o, Representation::rank);
+  const auto choice = o.max_error ? allocate_max_error(module_options(set.plan, measured, weight, truncations), *o.max_error)
                       : o.objective == StoreObjective::max
-                          ? allocate_for_worst(set.plan, measured, task_norm_sq, budget)
-                          : allocate_budget(module_options(set.plan, measured, weight), budget);
+                          ? allocate_for_worst(set.plan, measured, task_norm_sq, budget, truncations)
+                          : allocate_budget(module_options(set.plan, measured, weight, truncations), budget);
 
   // Pass 2: store each module as chosen.
   BundleManifest manifest;
