@@ -117,12 +117,13 @@ void run_positions(const kernels::RmmModuleArgs& args, i64 first, i64 last, doub
 }
 
 // The CPU's materialisation: tiles of blocks and of RMM's sums in loops the compiler vectorises,
-// each element's operations those of kernels::materialize_element (tests compare the two).
+// each element's operations those of kernels::materialize_element (tests compare the two). All
+// inlined into cpu_materialize_tile, so its target clones vectorise them for the wider units.
 // RMM's sum over a tile, vectorised across the tile: per element the same operations in the
 // same order as kernels::materialize_element (acc = 0; acc += basis·coef for c = 0 … p − 1; mean
 // + acc), so the same bits, with each position's coefficients read once.
 template <kernels::ElemType S, kernels::ElemType O>
-void position_sum_tile(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
+[[gnu::always_inline]] inline void position_sum_tile(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
   using kernels::load_typed;
   constexpr i64 kMax = 256;
   float w[64], acc[kMax];
@@ -140,10 +141,26 @@ void position_sum_tile(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0
       for (i64 k = 0; k < width; ++k) acc[k] += load_typed<S>(t.src[1], (x0 + k) * t.p + c) * w[c];
     for (i64 k = 0; k < width; ++k) store(out_index(k0 + k), load_typed<S>(t.src[0], x0 + k) + acc[k]);
   };
-  if (t.transposed) {  // A: rows are components, columns positions
-    for (i64 k0 = i0; k0 < i1; k0 += kMax)
-      for (i64 q = j0; q < j1; ++q)
-        position(q, k0, std::min(i1, k0 + kMax), [&](i64 k) { return k * t.cols + q; });
+  if (t.transposed) {  // A: rows are components, columns positions; a tile's columns gathered
+    constexpr i64 kCols = 64;  // in a buffer first, so its rows are written whole
+    float tile[kMax * kCols];
+    for (i64 q0 = j0; q0 < j1; q0 += kCols) {
+      const i64 q1 = std::min(j1, q0 + kCols), width = q1 - q0;
+      for (i64 k0 = i0; k0 < i1; k0 += kMax) {
+        const i64 k1 = std::min(i1, k0 + kMax);
+        for (i64 q = q0; q < q1; ++q) {
+          float* column = tile + (q - q0);
+          for (i64 c = 0; c < t.p; ++c) w[c] = load_typed<S>(t.src[2], (q * t.p + c) * t.n + t.task);
+          const i64 x0 = q * t.r + k0;
+          for (i64 k = 0; k < k1 - k0; ++k) acc[k] = 0.0f;
+          for (i64 c = 0; c < t.p; ++c)
+            for (i64 k = 0; k < k1 - k0; ++k) acc[k] += load_typed<S>(t.src[1], (x0 + k) * t.p + c) * w[c];
+          for (i64 k = 0; k < k1 - k0; ++k) column[k * kCols] = load_typed<S>(t.src[0], x0 + k) + acc[k];
+        }
+        for (i64 k = k0; k < k1; ++k)
+          for (i64 q = 0; q < width; ++q) store(k * t.cols + q0 + q, tile[(k - k0) * kCols + q]);
+      }
+    }
   } else {  // B: rows are positions
     for (i64 q = i0; q < i1; ++q)
       for (i64 k0 = j0; k0 < j1; k0 += kMax)
@@ -154,27 +171,28 @@ void position_sum_tile(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0
 // A block of a stored matrix (zero outside its valid rows and columns): each element loaded and
 // rounded as kernels::materialize_element and store_rounded do, a row segment at a time.
 template <kernels::ElemType S, kernels::ElemType O>
-void block_tile(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
+[[gnu::always_inline]] inline void block_tile(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
+  const auto store = [&](i64 at, float v) {
+    if constexpr (O == kernels::ElemType::f32) static_cast<float*>(t.out)[at] = v;
+    else if constexpr (O == kernels::ElemType::bf16) static_cast<std::uint16_t*>(t.out)[at] = kernels::f32_to_bf16_bits(v);
+    else static_cast<std::uint16_t*>(t.out)[at] = kernels::f32_to_f16_bits(v);
+  };
   for (i64 i = i0; i < i1; ++i) {
     const i64 valid = i < t.valid_rows ? std::clamp<i64>(t.valid_cols, j0, j1) : j0;
-    const i64 from = (t.row0 + i) * t.ld + t.col0;
-    for (i64 j = j0; j < j1; ++j) {
-      const float v = j < valid ? kernels::load_typed<S>(t.src[0], from + j) : 0.0f;
-      if constexpr (O == kernels::ElemType::f32) static_cast<float*>(t.out)[i * t.cols + j] = v;
-      else if constexpr (O == kernels::ElemType::bf16) static_cast<std::uint16_t*>(t.out)[i * t.cols + j] = kernels::f32_to_bf16_bits(v);
-      else static_cast<std::uint16_t*>(t.out)[i * t.cols + j] = kernels::f32_to_f16_bits(v);
-    }
+    const i64 from = (t.row0 + i) * t.ld + t.col0, to = i * t.cols;
+    for (i64 j = j0; j < valid; ++j) store(to + j, kernels::load_typed<S>(t.src[0], from + j));
+    for (i64 j = valid; j < j1; ++j) store(to + j, 0.0f);
   }
 }
 
 template <kernels::ElemType S, kernels::ElemType O>
-void fast_tile(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
+[[gnu::always_inline]] inline void fast_tile(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
   if (t.kind == kernels::PartKind::block) return block_tile<S, O>(t, i0, i1, j0, j1);
   position_sum_tile<S, O>(t, i0, i1, j0, j1);
 }
 
 template <kernels::ElemType S>
-void fast_tile_from(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
+[[gnu::always_inline]] inline void fast_tile_from(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
   switch (t.out_type) {
     case kernels::ElemType::bf16: return fast_tile<S, kernels::ElemType::bf16>(t, i0, i1, j0, j1);
     case kernels::ElemType::f16: return fast_tile<S, kernels::ElemType::f16>(t, i0, i1, j0, j1);
