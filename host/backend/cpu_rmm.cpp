@@ -128,9 +128,7 @@ template <kernels::ElemType S, kernels::ElemType O>
   constexpr i64 kMax = 256;
   float w[64], acc[kMax];
   const auto store = [&](i64 at, float v) {
-    if constexpr (O == kernels::ElemType::f32) static_cast<float*>(t.out)[at] = v;
-    else if constexpr (O == kernels::ElemType::bf16) static_cast<std::uint16_t*>(t.out)[at] = kernels::f32_to_bf16_bits(v);
-    else static_cast<std::uint16_t*>(t.out)[at] = kernels::f32_to_f16_bits(v);
+    kernels::store_typed<O>(t.out, at, v);
   };
   // Position q's components [k0, k1) summed in acc[0 …), then stored where out_index says.
   const auto position = [&](i64 q, i64 k0, i64 k1, auto&& out_index) {
@@ -173,9 +171,7 @@ template <kernels::ElemType S, kernels::ElemType O>
 template <kernels::ElemType S, kernels::ElemType O>
 [[gnu::always_inline]] inline void block_tile(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
   const auto store = [&](i64 at, float v) {
-    if constexpr (O == kernels::ElemType::f32) static_cast<float*>(t.out)[at] = v;
-    else if constexpr (O == kernels::ElemType::bf16) static_cast<std::uint16_t*>(t.out)[at] = kernels::f32_to_bf16_bits(v);
-    else static_cast<std::uint16_t*>(t.out)[at] = kernels::f32_to_f16_bits(v);
+    kernels::store_typed<O>(t.out, at, v);
   };
   for (i64 i = i0; i < i1; ++i) {
     const i64 valid = i < t.valid_rows ? std::clamp<i64>(t.valid_cols, j0, j1) : j0;

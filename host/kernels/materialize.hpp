@@ -40,17 +40,33 @@ struct MaterializePart {
 };
 
 /// Element i of an array of the compile-time type S, widened to f32 (load_as_f32's values).
+/// Read through memcpy: a mapped file's tensors need not be aligned to their type.
 template <ElemType S>
 REVMERGE_HD_INLINE float load_typed(const void* base, std::int64_t i) {
+  const auto* p = static_cast<const unsigned char*>(base);
   if constexpr (S == ElemType::f32) {
-    return static_cast<const float*>(base)[i];
-  } else if constexpr (S == ElemType::bf16) {
-    return bf16_bits_to_f32(static_cast<const std::uint16_t*>(base)[i]);
-  } else if constexpr (S == ElemType::f16) {
-    return f16_bits_to_f32(static_cast<const std::uint16_t*>(base)[i]);
+    float v;
+    memcpy(&v, p + i * 4, 4);
+    return v;
+  } else if constexpr (S == ElemType::bf16 || S == ElemType::f16) {
+    std::uint16_t v;
+    memcpy(&v, p + i * 2, 2);
+    return S == ElemType::bf16 ? bf16_bits_to_f32(v) : f16_bits_to_f32(v);
   } else {
-    return static_cast<float>(static_cast<const double*>(base)[i]);
+    double v;
+    memcpy(&v, p + i * 8, 8);
+    return static_cast<float>(v);
   }
+}
+
+/// Stores v as element i of an array of the compile-time type O (store_rounded's bits). Through
+/// a typed pointer, not memcpy, so the loops that call it vectorise: outputs are the caller's
+/// buffers, aligned to their element type.
+template <ElemType O>
+REVMERGE_HD_INLINE void store_typed(void* base, std::int64_t i, float v) {
+  if constexpr (O == ElemType::f32) static_cast<float*>(base)[i] = v;
+  else if constexpr (O == ElemType::bf16) static_cast<std::uint16_t*>(base)[i] = f32_to_bf16_bits(v);
+  else static_cast<std::uint16_t*>(base)[i] = f32_to_f16_bits(v);
 }
 
 /// Element (i, j) of a part whose stored tensors are all of type S, before rounding.
@@ -126,9 +142,7 @@ REVMERGE_HD_INLINE void materialize_tile_typed(const MaterializePart& t, std::in
   for (std::int64_t i = i0; i < i1; ++i)
     for (std::int64_t j = j0; j < j1; ++j) {
       const float v = materialize_element_typed<S>(t, i, j);
-      if constexpr (O == ElemType::f32) static_cast<float*>(t.out)[i * t.cols + j] = v;
-      else if constexpr (O == ElemType::bf16) static_cast<std::uint16_t*>(t.out)[i * t.cols + j] = f32_to_bf16_bits(v);
-      else static_cast<std::uint16_t*>(t.out)[i * t.cols + j] = f32_to_f16_bits(v);
+      store_typed<O>(t.out, i * t.cols + j, v);
     }
 }
 
