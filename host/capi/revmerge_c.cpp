@@ -286,4 +286,14 @@ revmerge_status revmerge_materialize(revmerge_device_bundle* bundle, int64_t tas
   });
 }
 
+revmerge_status revmerge_device_bundle_save(revmerge_device_bundle* bundle, const char* task, const char* out_dir,
+                                            int overwrite) {
+  return guarded([&] {
+    require(bundle && task && out_dir, "revmerge_device_bundle_save: bundle, task and out_dir must not be null");
+    revmerge::RevertOptions options;
+    options.overwrite = overwrite != 0;
+    bundle->resident.save_adapter(task, out_dir, options);
+  });
+}
+
 }  // extern "C"

@@ -9,6 +9,7 @@
 #include "backend/backend.hpp"
 #include "backend/registry.hpp"
 #include "methods/materialize_parts.hpp"
+#include "methods/task_adapter.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -16,6 +17,7 @@ namespace revmerge {
 using i64 = std::int64_t;
 
 struct ResidentBundle::State {
+  std::filesystem::path dir;
   BundleManifest manifest;
   std::unique_ptr<Backend> be;
   std::map<std::string, StoredTensor> tensors;
@@ -31,6 +33,7 @@ struct ResidentBundle::State {
 ResidentBundle::ResidentBundle(const std::filesystem::path& dir, Device device, int gpu, int threads)
     : s_(std::make_unique<State>()) {
   const Bundle bundle(dir);
+  s_->dir = dir;
   s_->manifest = bundle.manifest();
   s_->be = make_backend(device, {threads, gpu});
   auto& be = *s_->be;
@@ -109,6 +112,36 @@ void ResidentBundle::materialize(i64 task, std::span<const i64> modules, DType d
   args.parts = static_cast<const kernels::MaterializePart*>(s_->table.data());
   be.materialize(args, s);
   s_->last = be.record_event(s);
+}
+
+void ResidentBundle::save_adapter(const std::string& task, const std::filesystem::path& out,
+                                  const RevertOptions& options) {
+  const auto& man = s_->manifest;
+  const auto t = require_task(man, s_->dir, task);
+  std::vector<LoraModuleData> modules;
+  std::vector<void*> a, b;
+  std::vector<DeviceBuffer> held;  // device outputs, downloaded once the launch ran
+  for (const auto& mod : man.modules) {
+    modules.push_back({mod.path, mod.rank, mod.in, mod.out, std::vector<float>(static_cast<std::size_t>(mod.rank * mod.in)),
+                       std::vector<float>(static_cast<std::size_t>(mod.out * mod.rank))});
+    for (auto* v : {&modules.back().a, &modules.back().b}) {
+      if (on_host()) {
+        (v == &modules.back().a ? a : b).push_back(v->data());
+        continue;
+      }
+      held.push_back(s_->be->allocate(v->size() * 4));
+      (v == &modules.back().a ? a : b).push_back(held.back().data());
+    }
+  }
+  materialize(t, {}, DType::F32, a, b, nullptr);
+  if (!on_host()) {
+    for (std::size_t m = 0; m < modules.size(); ++m) {
+      s_->be->download(modules[m].a.data(), a[m], modules[m].a.size() * 4, {});
+      s_->be->download(modules[m].b.data(), b[m], modules[m].b.size() * 4, {});
+    }
+    s_->be->synchronize({});
+  }
+  write_task_adapter(man, s_->dir, t, modules, out, options);
 }
 
 }  // namespace revmerge

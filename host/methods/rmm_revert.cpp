@@ -14,6 +14,7 @@
 #include "methods/model_output.hpp"
 #include "methods/recipe.hpp"
 #include "methods/materialize_parts.hpp"
+#include "methods/task_adapter.hpp"
 
 namespace revmerge {
 namespace {
@@ -61,17 +62,6 @@ RevertedModule revert_with(Backend& be, const Bundle& bundle, std::size_t module
   return out;
 }
 
-i64 require_task(const Bundle& bundle, const std::string& task) {
-  const auto i = bundle.manifest().task_index(task);
-  if (i < 0) {
-    std::string names;
-    for (const auto& t : bundle.manifest().tasks) names += (names.empty() ? "" : ", ") + t.name;
-    throw usage_error("--task: '" + task + "' is not in " + bundle.dir().string() +
-                      " (tasks: " + names + ")");
-  }
-  return i;
-}
-
 }  // namespace
 
 RevertedModule revert_module(const Bundle& bundle, std::size_t module_index, i64 task_index,
@@ -80,11 +70,41 @@ RevertedModule revert_module(const Bundle& bundle, std::size_t module_index, i64
   return revert_with(*be, bundle, module_index, task_index);
 }
 
+i64 require_task(const BundleManifest& man, const std::filesystem::path& bundle_dir, const std::string& name,
+                 const std::string& option) {
+  const auto i = man.task_index(name);
+  if (i < 0) {
+    std::string names;
+    for (const auto& t : man.tasks) names += (names.empty() ? "" : ", ") + t.name;
+    throw usage_error(option + ": '" + name + "' is not in " + bundle_dir.string() + " (tasks: " + names + ")");
+  }
+  return i;
+}
+
+void write_task_adapter(const BundleManifest& man, const std::filesystem::path& bundle_dir, i64 t,
+                        const std::vector<LoraModuleData>& modules, const std::filesystem::path& out,
+                        const RevertOptions& options) {
+  const auto& task = man.tasks.at(t);
+  AdapterWriteOptions w;
+  w.base_model_name_or_path = task.base_model_name_or_path;
+  w.task_type = task.task_type;
+  w.dtype = options.dtype;
+  w.overwrite = options.overwrite;
+  w.metadata = {{"revmerge_bundle_task", task.name}};
+  w.extra_files = {recipe_file(options.recipe, {"revert",
+                                                {{"task", task.name},
+                                                 {"task source", task.source},
+                                                 {"output", "adapter"},
+                                                 {"dtype", std::string(dtype_name(options.dtype))}},
+                                                {{"bundle", bundle_dir}}})};
+  write_peft_adapter(out, modules, w);
+}
+
 void revert_task(const Bundle& bundle, const std::string& task, const std::filesystem::path& out,
                  const RevertOptions& options) {
-  const auto t = require_task(bundle, task);
-  auto be = make_backend(options.device, {options.threads, options.gpu});
   const auto& man = bundle.manifest();
+  const auto t = require_task(man, bundle.dir(), task);
+  auto be = make_backend(options.device, {options.threads, options.gpu});
   std::vector<LoraModuleData> modules;
   for (std::size_t i = 0; i < man.modules.size(); ++i) {
     throw_if_interrupted("revert");
@@ -92,25 +112,13 @@ void revert_task(const Bundle& bundle, const std::string& task, const std::files
     auto rm = revert_with(*be, bundle, i, t);
     modules.push_back({mod.path, mod.rank, mod.in, mod.out, std::move(rm.a), std::move(rm.b)});
   }
-  AdapterWriteOptions w;
-  w.base_model_name_or_path = man.tasks[t].base_model_name_or_path;
-  w.task_type = man.tasks[t].task_type;
-  w.dtype = options.dtype;
-  w.overwrite = options.overwrite;
-  w.metadata = {{"revmerge_bundle_task", task}};
-  w.extra_files = {recipe_file(options.recipe, {"revert",
-                                                {{"task", task},
-                                                 {"task source", man.tasks[t].source},
-                                                 {"output", "adapter"},
-                                                 {"dtype", std::string(dtype_name(options.dtype))}},
-                                                {{"bundle", bundle.dir()}}})};
-  write_peft_adapter(out, modules, w);
+  write_task_adapter(man, bundle.dir(), t, modules, out, options);
 }
 
 void revert_task_full(const Bundle& bundle, const std::string& task,
                       const std::filesystem::path& base_dir, const std::filesystem::path& out,
                       const RevertOptions& options, std::optional<DType> dtype) {
-  const auto t = require_task(bundle, task);
+  const auto t = require_task(bundle.manifest(), bundle.dir(), task);
   const HfModel base(base_dir);
   const auto& man = bundle.manifest();
   std::map<std::string, std::size_t> by_tensor;

@@ -12,6 +12,7 @@
 
 #include "revmerge/bundle.hpp"
 #include "revmerge/devices.hpp"
+#include "revmerge/rmm.hpp"
 
 namespace revmerge {
 
@@ -44,6 +45,13 @@ class ResidentBundle {
   /// out of range or a null or missing buffer.
   void materialize(std::int64_t task, std::span<const std::int64_t> modules, DType dtype,
                    std::span<void* const> a, std::span<void* const> b, void* stream = nullptr);
+
+  /// Task `task` (by name) written as a PEFT adapter folder at `out` — what `revmerge revert
+  /// --task` writes, byte for byte, from the resident tensors (options.dtype, overwrite and
+  /// recipe apply; its device and threads are the bundle's). For a server that loads folders, a
+  /// path under /dev/shm keeps it in memory. Throws usage_error for an unknown task, and what
+  /// writing an adapter throws.
+  void save_adapter(const std::string& task, const std::filesystem::path& out, const RevertOptions& options = {});
 
  private:
   struct State;

@@ -136,6 +136,13 @@ revmerge_status revmerge_materialize(revmerge_device_bundle* bundle, int64_t tas
                                      int64_t count, int dtype, int fold_scale, void* const* a,
                                      void* const* b, void* stream);
 
+/* Task `task` (by name) as a PEFT adapter folder at `out_dir`, rebuilt from the resident tensors:
+ * the folder revmerge_revert_task writes, byte for byte (f32; a path under /dev/shm keeps it in
+ * memory for a server that loads folders). An existing folder is refused unless `overwrite` is
+ * non-zero; nothing is left behind on failure. */
+revmerge_status revmerge_device_bundle_save(revmerge_device_bundle* bundle, const char* task, const char* out_dir,
+                                            int overwrite);
+
 #ifdef __cplusplus
 }
 #endif

@@ -205,6 +205,16 @@ TEST(CApi, DeviceBundleMaterializesAsRevert) {
   EXPECT_EQ(revmerge_materialize(d, 3, second, 1, REVMERGE_DTYPE_F32, 1, one_a, one_b, nullptr),
             REVMERGE_USAGE_ERROR);
   EXPECT_NE(std::string(revmerge_last_error()).find("task 3"), std::string::npos);
+  // A folder from the resident tensors: revert's folder, byte for byte.
+  ASSERT_EQ(revmerge_device_bundle_save(d, "task1", (tmp / "saved").c_str(), 0), REVMERGE_OK) << revmerge_last_error();
+  ASSERT_EQ(revmerge_revert_task(b, "task1", (tmp / "reverted").c_str(), 0, REVMERGE_DEVICE_CPU), REVMERGE_OK);
+  for (const auto& entry : std::filesystem::directory_iterator(tmp / "reverted"))
+    EXPECT_EQ(test::read_bytes(entry.path()), test::read_bytes(tmp / "saved" / entry.path().filename()))
+        << entry.path().filename();
+  EXPECT_EQ(revmerge_device_bundle_save(d, "task1", (tmp / "saved").c_str(), 0), REVMERGE_IO_ERROR);  // exists
+  EXPECT_EQ(revmerge_device_bundle_save(d, "nobody", (tmp / "x").c_str(), 0), REVMERGE_USAGE_ERROR);
+  EXPECT_NE(std::string(revmerge_last_error()).find("task0, task1, task2"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(tmp / "x"));
   revmerge_device_bundle* none = nullptr;
   EXPECT_NE(revmerge_device_bundle_open((tmp / "task0").c_str(), REVMERGE_DEVICE_CPU, &none), REVMERGE_OK);
   EXPECT_EQ(none, nullptr);
