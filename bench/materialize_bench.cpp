@@ -19,26 +19,17 @@
 #include "backend/registry.hpp"
 #include "revmerge/dtype.hpp"
 #include "revmerge/resident.hpp"
+#include "timing.hpp"
 
 using i64 = std::int64_t;
+using revmerge::bench::memcpy_gbps;
+using revmerge::bench::seconds_since;
 
 namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
-}
-
-double memcpy_gbps() {
-  std::vector<char> a(256 << 20, 1), b(256 << 20);
-  std::memcpy(b.data(), a.data(), a.size());
-  const auto t0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < 4; ++i) std::memcpy(b.data(), a.data(), a.size());
-  return 4.0 * 2 * double(a.size()) / seconds_since(t0) / 1e9;  // read + write
 }
 
 // The device's copy bandwidth measured now (read + write of 1 GiB, device to device).

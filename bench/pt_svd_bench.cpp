@@ -20,19 +20,17 @@
 #include "kernels/counter_rng.hpp"
 #include "llm_shapes.hpp"
 #include "synthetic_models.hpp"
+#include "timing.hpp"
 #include "methods/lowrank/batched_pt_svd.hpp"
 #include "methods/lowrank/randomized_svd.hpp"
 #include "revmerge/dtype.hpp"
 
 namespace rb = revmerge::bench;
 namespace kr = revmerge::kernels;
+using rb::seconds_since;
 using i64 = std::int64_t;
 
 namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // One module's base and fine-tunes as BF16 bytes (synthetic_models.hpp's recipe).
 struct ModuleData {

@@ -19,16 +19,15 @@
 #include "llm_shapes.hpp"
 #include "methods/rmm_module.hpp"
 #include "synthetic.hpp"
+#include "timing.hpp"
 
 namespace rb = revmerge::bench;
+using rb::memcpy_gbps;
+using rb::seconds_since;
 using i64 = std::int64_t;
 using revmerge::DType;
 
 namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // One module's factors as a file holds them: per task A (r × in) then B (out × r), BF16,
 // scaled like trained factors (structure: bench/synthetic.hpp).
@@ -43,15 +42,6 @@ std::vector<std::uint16_t> bf16_module(i64 n, i64 r, i64 in, i64 out, std::mt199
     for (i64 i = 0; i < out * r; ++i) at[r * in + i] = revmerge::f32_to_bf16(0.02f * b[t * out * r + i]);
   }
   return bytes;
-}
-
-// Host memory bandwidth measured now: the floor for moving the inputs once.
-double memcpy_gbps() {
-  std::vector<char> a(256 << 20, 1), b(256 << 20);
-  std::memcpy(b.data(), a.data(), a.size());
-  const auto t0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < 4; ++i) std::memcpy(b.data(), a.data(), a.size());
-  return 4.0 * 2 * a.size() / seconds_since(t0) / 1e9;  // read + write
 }
 
 struct Run {

@@ -44,31 +44,6 @@ void stacked(std::array<MaterializePart, 2>& p, const BundleModule& mod, const c
   p[1].col0 = first, p[1].ld = total, p[1].valid_rows = mod.out, p[1].valid_cols = k;
 }
 
-}  // namespace
-
-kernels::ElemType kernel_type(DType t, const std::string& where) {
-  switch (t) {
-    case DType::F32: return kernels::ElemType::f32;
-    case DType::F16: return kernels::ElemType::f16;
-    case DType::BF16: return kernels::ElemType::bf16;
-    case DType::F64: return kernels::ElemType::f64;
-    default:
-      throw unsupported_error(where + ": dtype " + std::string(dtype_name(t)) + " is not a float type revmerge merges");
-  }
-}
-
-std::vector<std::string> module_tensor_names(const Bundle& bundle, const BundleModule& mod) {
-  std::vector<std::string> names;
-  for (const char* side : {"lora_A", "lora_B"})
-    for (const char* part : {"mean", "basis", "coef", "factors", "shared", "cores", "added"}) {
-      auto name = bundle_tensor_name(mod.path, side, part);
-      if (bundle.tensors().find(name)) names.push_back(std::move(name));
-    }
-  return names;
-}
-
-namespace {
-
 // The kernel reads a part's sources as one type (a bundle stores one dtype): a module whose
 // tensors differ is refused.
 void check_one_type(const BundleModule& mod, std::array<MaterializePart, 2>& parts) {
@@ -82,22 +57,6 @@ void check_one_type(const BundleModule& mod, std::array<MaterializePart, 2>& par
         throw format_error("module '" + mod.path + "': its stored tensors have different dtypes");
     }
 }
-
-std::array<MaterializePart, 2> build_parts(const BundleModule& mod, i64 n, i64 task,
-                                           const StoredTensorLookup& lookup, void* a, void* b,
-                                           kernels::ElemType out_type);
-
-}  // namespace
-
-std::array<MaterializePart, 2> materialize_parts(const BundleModule& mod, i64 n, i64 task,
-                                                 const StoredTensorLookup& lookup, void* a, void* b,
-                                                 kernels::ElemType out_type) {
-  auto parts = build_parts(mod, n, task, lookup, a, b, out_type);
-  check_one_type(mod, parts);
-  return parts;
-}
-
-namespace {
 
 std::array<MaterializePart, 2> build_parts(const BundleModule& mod, i64 n, i64 task,
                                            const StoredTensorLookup& lookup, void* a, void* b,
@@ -156,6 +115,25 @@ std::array<MaterializePart, 2> build_parts(const BundleModule& mod, i64 n, i64 t
 }
 
 }  // namespace
+
+kernels::ElemType kernel_type(DType t, const std::string& where) {
+  switch (t) {
+    case DType::F32: return kernels::ElemType::f32;
+    case DType::F16: return kernels::ElemType::f16;
+    case DType::BF16: return kernels::ElemType::bf16;
+    case DType::F64: return kernels::ElemType::f64;
+    default:
+      throw unsupported_error(where + ": dtype " + std::string(dtype_name(t)) + " is not a float type revmerge merges");
+  }
+}
+
+std::array<MaterializePart, 2> materialize_parts(const BundleModule& mod, i64 n, i64 task,
+                                                 const StoredTensorLookup& lookup, void* a, void* b,
+                                                 kernels::ElemType out_type) {
+  auto parts = build_parts(mod, n, task, lookup, a, b, out_type);
+  check_one_type(mod, parts);
+  return parts;
+}
 
 kernels::MaterializeArgs number_parts(std::vector<MaterializePart>& parts, const MaterializePart* table) {
   kernels::MaterializeArgs args;

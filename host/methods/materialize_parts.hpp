@@ -26,9 +26,6 @@ using StoredTensorLookup = std::function<StoredTensor(const std::string& name)>;
 /// The bundle dtype as a kernel element type (f32, f16, bf16, f64); unsupported_error otherwise.
 kernels::ElemType kernel_type(DType t, const std::string& where);
 
-/// The names of the stored tensors module `mod` rebuilds from (those the bundle holds).
-std::vector<std::string> module_tensor_names(const Bundle& bundle, const BundleModule& mod);
-
 /// The A and B parts of task `task` (0 … tasks − 1) of module `mod` of a bundle with `n`
 /// represented tasks, written to `a` and `b` as `out_type`.
 std::array<kernels::MaterializePart, 2> materialize_parts(const BundleModule& mod, std::int64_t n,

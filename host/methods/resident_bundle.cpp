@@ -2,6 +2,7 @@
 // kernels::materialize over the parts methods/materialize_parts.hpp gives (revert's arithmetic).
 #include "revmerge/resident.hpp"
 
+#include <array>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -20,8 +21,10 @@ struct ResidentBundle::State {
   std::filesystem::path dir;
   BundleManifest manifest;
   std::unique_ptr<Backend> be;
-  std::map<std::string, StoredTensor> tensors;
   std::vector<DeviceBuffer> buffers;
+  /// Per module and task (m · tasks + t), its two parts over the resident tensors, made at open
+  /// so a call only fills in the outputs (no tensor names built or looked up per call).
+  std::vector<std::array<kernels::MaterializePart, 2>> prepared;
   DeviceBuffer table;  // room for two parts per module
   std::vector<kernels::MaterializePart> parts;
   std::vector<i64> all_modules;
@@ -38,14 +41,25 @@ ResidentBundle::ResidentBundle(const std::filesystem::path& dir, Device device, 
   s_->be = make_backend(device, {threads, gpu});
   auto& be = *s_->be;
   const auto& file = bundle.tensors();
+  std::map<std::string, StoredTensor> tensors;
   for (const auto& info : file.tensors()) {
     const auto bytes = file.bytes(info);
     auto buffer = be.allocate(bytes.size());
     be.upload(buffer.data(), bytes.data(), bytes.size(), {});
-    s_->tensors[info.name] = {buffer.data(), kernel_type(info.dtype, file.path().string() + ": tensor '" + info.name + "'")};
+    tensors[info.name] = {buffer.data(), kernel_type(info.dtype, file.path().string() + ": tensor '" + info.name + "'")};
     s_->bytes += bytes.size();
     s_->buffers.push_back(std::move(buffer));
   }
+  const auto lookup = [&](const std::string& name) {
+    const auto it = tensors.find(name);
+    if (it == tensors.end()) throw format_error(file.path().string() + ": the bundle has no tensor '" + name + "'");
+    return it->second;
+  };
+  const auto& man = s_->manifest;
+  for (const auto& mod : man.modules)
+    for (i64 t = 0; t < static_cast<i64>(man.tasks.size()); ++t)
+      s_->prepared.push_back(
+          materialize_parts(mod, man.represented_tasks(), t, lookup, nullptr, nullptr, kernels::ElemType::f32));
   const auto modules = s_->manifest.modules.size();
   s_->table = be.allocate(2 * std::max<std::size_t>(modules, 1) * sizeof(kernels::MaterializePart));
   s_->bytes += s_->table.bytes();
@@ -76,11 +90,7 @@ void ResidentBundle::materialize(i64 task, std::span<const i64> modules, DType d
   if (a.size() != modules.size() || b.size() != modules.size())
     throw usage_error("materialize: " + std::to_string(modules.size()) + " modules but " +
                       std::to_string(a.size()) + " A and " + std::to_string(b.size()) + " B buffers");
-  const auto lookup = [&](const std::string& name) {
-    const auto it = s_->tensors.find(name);
-    if (it == s_->tensors.end()) throw format_error("materialize: the bundle has no tensor '" + name + "'");
-    return it->second;
-  };
+  const auto out_type = kernel_type(dtype, "materialize");
   const std::lock_guard<std::mutex> hold(s_->call);
   auto& parts = s_->parts;
   parts.clear();
@@ -93,8 +103,9 @@ void ResidentBundle::materialize(i64 task, std::span<const i64> modules, DType d
     if (parts.size() + 2 > 2 * man.modules.size())
       throw usage_error("materialize: more modules asked for than the bundle has (" +
                         std::to_string(man.modules.size()) + ")");
-    const auto two = materialize_parts(man.modules[m], man.represented_tasks(), task, lookup, a[i], b[i],
-                                       kernel_type(dtype, "materialize"));
+    auto two = s_->prepared[m * tasks + task];
+    two[0].out = a[i], two[1].out = b[i];
+    two[0].out_type = two[1].out_type = out_type;
     parts.insert(parts.end(), two.begin(), two.end());
   }
   auto& be = *s_->be;
@@ -121,17 +132,17 @@ void ResidentBundle::save_adapter(const std::string& task, const std::filesystem
   std::vector<LoraModuleData> modules;
   std::vector<void*> a, b;
   std::vector<DeviceBuffer> held;  // device outputs, downloaded once the launch ran
+  const auto output = [&](std::vector<float>& host) -> void* {
+    if (on_host()) return host.data();
+    held.push_back(s_->be->allocate(host.size() * 4));
+    return held.back().data();
+  };
+  modules.reserve(man.modules.size());
   for (const auto& mod : man.modules) {
     modules.push_back({mod.path, mod.rank, mod.in, mod.out, std::vector<float>(static_cast<std::size_t>(mod.rank * mod.in)),
                        std::vector<float>(static_cast<std::size_t>(mod.out * mod.rank))});
-    for (auto* v : {&modules.back().a, &modules.back().b}) {
-      if (on_host()) {
-        (v == &modules.back().a ? a : b).push_back(v->data());
-        continue;
-      }
-      held.push_back(s_->be->allocate(v->size() * 4));
-      (v == &modules.back().a ? a : b).push_back(held.back().data());
-    }
+    a.push_back(output(modules.back().a));
+    b.push_back(output(modules.back().b));
   }
   materialize(t, {}, DType::F32, a, b, nullptr);
   if (!on_host()) {
