@@ -34,7 +34,7 @@ void run_add(const AddArgs& args) {
   const auto manifest = add_tasks(o);
   for (const auto& w : bundle_warnings(manifest)) print_warning(w);
   if (args.json)
-    std::cout << bundle_report_json(manifest, o.out.string()).dump(1) << "\n";
+    report_out() << bundle_report_json(manifest, o.out.string()).dump(1) << "\n";
   else if (!args.quiet)
     print_bundle_report(manifest, o.out.string(), 5);
 }
@@ -43,6 +43,7 @@ void run_add(const AddArgs& args) {
 
 void add_add_command(CLI::App& app) {
   static AddArgs args;
+  args = {};  // each command line starts from the defaults (the Python package runs many)
   auto* cmd = app.add_subcommand(
       "add", "Add tasks to a bundle without its tasks' adapters: each new task kept per module as "
              "its own truncation within the module's error, the existing tasks' bytes copied");

@@ -23,6 +23,7 @@
 #include "revmerge/peft.hpp"
 #include "revmerge/rmm.hpp"
 #include "text_format.hpp"
+#include "command_line.hpp"
 
 namespace revmerge::cli {
 namespace {
@@ -173,7 +174,7 @@ void run_bench(const BenchArgs& args) {
       j["sequential"] = stats_json(seq);
       j["pipelined_identical_to_sequential"] = *identical;
     }
-    std::cout << j.dump(1) << "\n";
+    report_out() << j.dump(1) << "\n";
   } else if (!args.quiet) {
     print_report(o, manifest, stats, seq, identical, floor_seconds, floor_bytes, rss);
   }
@@ -186,14 +187,14 @@ void print_report(const RmmMergeOptions& o, const BundleManifest& manifest, cons
                   std::uint64_t floor_bytes, std::uint64_t rss) {
   const double slowest = slowest_stage(stats);
   const double gb = static_cast<double>(stats.bytes_read) / 1e9;
-  std::cout << fmt::format("revmerge bench: RMM of {} adapters, {} modules in {} layers, P = {}, {}\n",
+  report_out() << fmt::format("revmerge bench: RMM of {} adapters, {} modules in {} layers, P = {}, {}\n",
                            o.tasks.size(), stats.modules, stats.layers, o.basis, manifest.backend);
-  std::cout << fmt::format("memory plan: budget {} host{}, {} staging slots, planned {} host{}\n",
+  report_out() << fmt::format("memory plan: budget {} host{}, {} staging slots, planned {} host{}\n",
                            format_bytes(stats.host_budget),
                            stats.device_budget ? " / " + format_bytes(stats.device_budget) + " device" : "",
                            stats.staging_slots, format_bytes(stats.planned_host_bytes),
                            stats.device_budget ? " / " + format_bytes(stats.planned_device_bytes) + " device" : "");
-  std::cout << fmt::format("\n{:<26} {:>10} {:>10} {:>10}\n", "stage (busy time)", "seconds",
+  report_out() << fmt::format("\n{:<26} {:>10} {:>10} {:>10}\n", "stage (busy time)", "seconds",
                            "GB/s in", "waiting");
   struct Row {
     const char* name;
@@ -203,26 +204,26 @@ void print_report(const RmmMergeOptions& o, const BundleManifest& manifest, cons
                                         Row{"upload", stats.upload_seconds, stats.upload_wait_seconds},
                                         Row{"compute", stats.compute_seconds, stats.compute_wait_seconds},
                                         Row{"write", stats.write_seconds, stats.write_wait_seconds}})
-    std::cout << fmt::format("{:<26} {:>10.3f} {:>10} {:>10.3f}\n", name, sec,
+    report_out() << fmt::format("{:<26} {:>10.3f} {:>10} {:>10.3f}\n", name, sec,
                              sec > 0 ? fmt::format("{:.2f}", gb / sec) : "-", wait);
   // The stages overlap inside the pipeline; setup and finish happen once per merge, before
   // and after it (a GPU context, the final fsync), so both ratios are shown.
-  std::cout << fmt::format("{:<26} {:>10.3f} {:>10.2f}   ({:.2f} × the slowest stage)\n",
+  report_out() << fmt::format("{:<26} {:>10.3f} {:>10.2f}   ({:.2f} × the slowest stage)\n",
                            "pipeline (stages overlap)", stats.pipeline_seconds,
                            gb / stats.pipeline_seconds, stats.pipeline_seconds / slowest);
-  std::cout << fmt::format("{:<26} {:>10.3f}\n", "setup (open, backend, plan)", stats.setup_seconds);
-  std::cout << fmt::format("{:<26} {:>10.3f}\n", "finish (fsync, rename)", stats.finish_seconds);
-  std::cout << fmt::format("{:<26} {:>10.3f} {:>10.2f}   ({:.2f} × the slowest stage)\n",
+  report_out() << fmt::format("{:<26} {:>10.3f}\n", "setup (open, backend, plan)", stats.setup_seconds);
+  report_out() << fmt::format("{:<26} {:>10.3f}\n", "finish (fsync, rename)", stats.finish_seconds);
+  report_out() << fmt::format("{:<26} {:>10.3f} {:>10.2f}   ({:.2f} × the slowest stage)\n",
                            "end to end", stats.seconds, gb / stats.seconds, stats.seconds / slowest);
-  std::cout << fmt::format("{:<26} {:>10.3f} {:>10.2f}   (end to end is {:.1f} × this floor)\n",
+  report_out() << fmt::format("{:<26} {:>10.3f} {:>10.2f}   (end to end is {:.1f} × this floor)\n",
                            "floor: read the same bytes", floor_seconds,
                            static_cast<double>(floor_bytes) / 1e9 / floor_seconds,
                            stats.seconds / floor_seconds);
-  std::cout << fmt::format("\nbytes read {:.3f} GB, written {:.3f} GB; peak RSS {}; backend pool peak {}\n",
+  report_out() << fmt::format("\nbytes read {:.3f} GB, written {:.3f} GB; peak RSS {}; backend pool peak {}\n",
                            gb, static_cast<double>(stats.bytes_written) / 1e9, format_bytes(rss),
                            format_bytes(stats.backend_peak_bytes));
   if (identical)
-    std::cout << fmt::format("sequential (one module at a time, one thread): {:.3f} s, {:.2f}× the "
+    report_out() << fmt::format("sequential (one module at a time, one thread): {:.3f} s, {:.2f}× the "
                              "pipelined time; outputs {}\n",
                              seq.seconds, seq.seconds / stats.seconds,
                              *identical ? "bitwise identical" : "DIFFER");
@@ -232,6 +233,7 @@ void print_report(const RmmMergeOptions& o, const BundleManifest& manifest, cons
 
 void add_bench_command(CLI::App& app) {
   static BenchArgs args;
+  args = {};  // each command line starts from the defaults (the Python package runs many)
   auto* cmd = app.add_subcommand(
       "bench", "Time an RMM merge end to end through the streamed pipeline: stages, GB/s, peak "
                "memory, against the time to only read the same files (measured in the same run)");

@@ -1,6 +1,7 @@
 #include "bundle_report.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ostream.h>
 
 #include <algorithm>
 #include <map>
@@ -9,6 +10,7 @@
 
 #include "methods/adapter_set.hpp"
 #include "text_format.hpp"
+#include "command_line.hpp"
 
 namespace revmerge::cli {
 
@@ -165,17 +167,17 @@ std::string storage_line(const BundleManifest& m) {
 void print_bundle_report(const BundleManifest& m, const std::string& where, std::size_t top) {
   const auto overall = overall_delta_error(m);
   if (m.format_version == 1)
-    fmt::print("RMM bundle {}: {} tasks, basis {}, {} modules, stored as {}\n", where, m.tasks.size(),
+    fmt::print(report_out(), "RMM bundle {}: {} tasks, basis {}, {} modules, stored as {}\n", where, m.tasks.size(),
                m.basis, m.modules.size(), dtype_name(m.dtype));
   else
-    fmt::print("bundle {} (method {}): {} tasks, {} modules: {}; stored as {}\n", where, m.method,
+    fmt::print(report_out(), "bundle {} (method {}): {} tasks, {} modules: {}; stored as {}\n", where, m.method,
                m.tasks.size(), m.modules.size(), representation_counts(m), dtype_name(m.dtype));
   if (m.represented_tasks() != static_cast<std::int64_t>(m.tasks.size()))
-    fmt::print("tasks added later (each its own truncation per module): {} after the first {}\n",
+    fmt::print(report_out(), "tasks added later (each its own truncation per module): {} after the first {}\n",
                m.tasks.size() - m.represented_tasks(), m.represented_tasks());
-  if (!m.backend.empty()) fmt::print("computed on: {}\n", m.backend);
-  fmt::print("{}\n", storage_line(m));
-  fmt::print("\n{:<24} {:>14} {:>14} {:>14}\n", "task", "delta error", "worst module", "mean module");
+  if (!m.backend.empty()) fmt::print(report_out(), "computed on: {}\n", m.backend);
+  fmt::print(report_out(), "{}\n", storage_line(m));
+  fmt::print(report_out(), "\n{:<24} {:>14} {:>14} {:>14}\n", "task", "delta error", "worst module", "mean module");
   for (std::size_t t = 0; t < m.tasks.size(); ++t) {
     double sum = 0;
     std::vector<double> per_module;
@@ -184,7 +186,7 @@ void print_bundle_report(const BundleManifest& m, const std::string& where, std:
       sum += mod.delta_error[t];
     }
     const double worst = max_of(per_module);
-    fmt::print("{:<24} {:>14.3e} {:>14.3e} {:>14.3e}\n", m.tasks[t].name, overall[t], worst,
+    fmt::print(report_out(), "{:<24} {:>14.3e} {:>14.3e} {:>14.3e}\n", m.tasks[t].name, overall[t], worst,
                m.modules.empty() ? 0.0 : sum / double(m.modules.size()));
   }
   std::vector<double> ea, eb;
@@ -196,32 +198,32 @@ void print_bundle_report(const BundleManifest& m, const std::string& where, std:
   if (!ea.empty()) {
     const auto sa = spread(ea), sb = spread(eb);
     if (m.format_version == 1)
-      fmt::print("\nenergy kept by the basis (top {} of {} eigenvalues), min / median / max over modules:\n",
+      fmt::print(report_out(), "\nenergy kept by the basis (top {} of {} eigenvalues), min / median / max over modules:\n",
                  m.basis, m.tasks.size());
     else
-      fmt::print("\nenergy kept by the rmm modules' bases, min / median / max over those modules:\n");
-    fmt::print("  lora_A: {:.4f} / {:.4f} / {:.4f}\n  lora_B: {:.4f} / {:.4f} / {:.4f}\n", sa.min,
+      fmt::print(report_out(), "\nenergy kept by the rmm modules' bases, min / median / max over those modules:\n");
+    fmt::print(report_out(), "  lora_A: {:.4f} / {:.4f} / {:.4f}\n  lora_B: {:.4f} / {:.4f} / {:.4f}\n", sa.min,
                sa.median, sa.max, sb.min, sb.median, sb.max);
   }
   const auto order = worst_first(m);
   const auto shown = std::min(top, order.size());
   if (shown == 0) return;
-  fmt::print("\nworst modules (by their worst task's delta error):\n");
+  fmt::print(report_out(), "\nworst modules (by their worst task's delta error):\n");
   if (m.format_version == 1) {
-    fmt::print("  {:<40} {:>5} {:>12} {:>10} {:>10}\n", "module", "rank", "delta error", "energy A",
+    fmt::print(report_out(), "  {:<40} {:>5} {:>12} {:>10} {:>10}\n", "module", "rank", "delta error", "energy A",
                "energy B");
     for (std::size_t i = 0; i < shown; ++i) {
       const auto* mod = order[i];
-      fmt::print("  {:<40} {:>5} {:>12.3e} {:>10.4f} {:>10.4f}\n", mod->path, mod->rank,
+      fmt::print(report_out(), "  {:<40} {:>5} {:>12.3e} {:>10.4f} {:>10.4f}\n", mod->path, mod->rank,
                  max_of(mod->delta_error), energy(*mod, 0), energy(*mod, 1));
     }
     return;
   }
-  fmt::print("  {:<40} {:>5} {:>12} {:>8}  {}\n", "module", "rank", "delta error", "storage",
+  fmt::print(report_out(), "  {:<40} {:>5} {:>12} {:>8}  {}\n", "module", "rank", "delta error", "storage",
              "stored as");
   for (std::size_t i = 0; i < shown; ++i) {
     const auto* mod = order[i];
-    fmt::print("  {:<40} {:>5} {:>12.3e} {:>8.4f}  {}\n", mod->path, mod->rank, max_of(mod->delta_error),
+    fmt::print(report_out(), "  {:<40} {:>5} {:>12.3e} {:>8.4f}  {}\n", mod->path, mod->rank, max_of(mod->delta_error),
                mod->storage_ratio, representation_text(*mod));
   }
 }

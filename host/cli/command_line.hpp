@@ -1,10 +1,15 @@
 #pragma once
 // The command line as run, kept for the recipe every output records (revmerge_recipe.json).
+#include <ostream>
 #include <string>
 
 #include "revmerge/recipe.hpp"
 
 namespace revmerge::cli {
+
+/// Where the commands print their results: std::cout, or the stream run_command_line was given.
+std::ostream& report_out();
+void set_report_out(std::ostream* stream);
 
 /// Keeps argv (called once, by main).
 void record_command_line(int argc, char** argv);

@@ -12,6 +12,7 @@
 #include "revmerge/compare.hpp"
 #include "revmerge/error.hpp"
 #include "text_format.hpp"
+#include "command_line.hpp"
 
 namespace revmerge::cli {
 namespace {
@@ -51,27 +52,27 @@ std::vector<CompareMethod> parse_methods(const std::vector<std::string>& names) 
 void print_table(const CompareReport& r) {
   std::size_t label = 6;
   for (const auto& row : r.rows) label = std::max(label, row.label.size());
-  std::cout << fmt::format("delta error per task (‖ΔŴ_i − ΔW_i‖_F / ‖ΔW_i‖_F over all modules); "
+  report_out() << fmt::format("delta error per task (‖ΔŴ_i − ΔW_i‖_F / ‖ΔW_i‖_F over all modules); "
                            "storage relative to keeping all {} adapters\n",
                            r.tasks.size());
-  std::cout << fmt::format("{:<{}}  {:>8}  {:>8}", "method", label, "storage", "mean");
+  report_out() << fmt::format("{:<{}}  {:>8}  {:>8}", "method", label, "storage", "mean");
   std::vector<std::size_t> width;
   for (const auto& t : r.tasks) {
     width.push_back(std::max<std::size_t>(9, t.size()));
-    std::cout << fmt::format("  {:>{}}", t, width.back());
+    report_out() << fmt::format("  {:>{}}", t, width.back());
   }
-  std::cout << "\n";
+  report_out() << "\n";
   for (const auto& row : r.rows) {
     if (row.note.empty())
-      std::cout << fmt::format("{:<{}}  {:>8.4f}  {:>8.4f}", row.label, label, row.storage,
+      report_out() << fmt::format("{:<{}}  {:>8.4f}  {:>8.4f}", row.label, label, row.storage,
                                row.mean_error);
     if (!row.note.empty()) {
-      std::cout << fmt::format("{:<{}}  not applicable: {}\n", row.label, label, row.note);
+      report_out() << fmt::format("{:<{}}  not applicable: {}\n", row.label, label, row.note);
       continue;
     }
     for (std::size_t t = 0; t < row.task_error.size(); ++t)
-      std::cout << fmt::format("  {:>{}.4f}", row.task_error[t], width[t]);
-    std::cout << "\n";
+      report_out() << fmt::format("  {:>{}.4f}", row.task_error[t], width[t]);
+    report_out() << "\n";
   }
 }
 
@@ -97,13 +98,14 @@ void run_compare(const CompareArgs& args) {
     j["rows"].push_back({{"method", row.label}, {"storage", row.storage},
                          {"mean_delta_error", row.mean_error}, {"delta_error", row.task_error},
                          {"weights", row.weights}, {"note", row.note}});
-  std::cout << j.dump(1) << "\n";
+  report_out() << j.dump(1) << "\n";
 }
 
 }  // namespace
 
 void add_compare_command(CLI::App& app) {
   static CompareArgs args;
+  args = {};  // each command line starts from the defaults (the Python package runs many)
   auto* cmd = app.add_subcommand(
       "compare", "Compare RMM at several basis sizes with the classic methods and the budgeted "
                  "store (rank, auto at each RMM row's storage) on one adapter set: per-task delta "

@@ -31,12 +31,12 @@ void print_report(const CompressOptions& o, const CompressReport& r, bool json) 
     for (const auto& m : r.modules)
       j["modules"].push_back({{"path", m.path}, {"rank", m.rank}, {"relative_error", m.relative_error},
                               {"delta_norm", m.delta_norm}});
-    std::cout << j.dump(1) << "\n";
+    report_out() << j.dump(1) << "\n";
     return;
   }
   std::int64_t lo = r.modules[0].rank, hi = lo;
   for (const auto& m : r.modules) lo = std::min(lo, m.rank), hi = std::max(hi, m.rank);
-  std::cout << fmt::format("compressed {} modules into {} (rank {}) on {}, {:.4f} of the weights' "
+  report_out() << fmt::format("compressed {} modules into {} (rank {}) on {}, {:.4f} of the weights' "
                            "size; delta error ‖Δ − BA‖/‖Δ‖ = {:.4g} over all modules\n",
                            r.modules.size(), o.out.string(),
                            lo == hi ? std::to_string(hi) : fmt::format("{}–{}", lo, hi), r.device,
@@ -44,7 +44,7 @@ void print_report(const CompressOptions& o, const CompressReport& r, bool json) 
   auto worst = r.modules;
   std::sort(worst.begin(), worst.end(), [](auto& a, auto& b) { return a.relative_error > b.relative_error; });
   for (std::size_t i = 0; i < std::min<std::size_t>(5, worst.size()); ++i)
-    std::cout << fmt::format("  {:<40} rank {:>4}  error {:.4g}\n", worst[i].path, worst[i].rank,
+    report_out() << fmt::format("  {:<40} rank {:>4}  error {:.4g}\n", worst[i].path, worst[i].rank,
                              worst[i].relative_error);
 }
 
@@ -61,7 +61,7 @@ void run_compress(CompressArgs& args) {
   print_report(o, r, args.json);
   // What the report would leave a user to notice: modules the fine-tune did not change (their
   // factors are zero), and a rank at which the adapter outweighs the weights it stands for.
-  std::cout.flush();
+  report_out().flush();
   std::size_t unchanged = 0;
   for (const auto& m : r.modules) unchanged += m.delta_norm == 0;
   if (unchanged > 0)
@@ -90,6 +90,7 @@ void run_compress(CompressArgs& args) {
 
 void add_compress_command(CLI::App& app) {
   static CompressArgs args;
+  args = {};  // each command line starts from the defaults (the Python package runs many)
   auto* cmd = app.add_subcommand(
       "compress", "Compress a full fine-tune to a PEFT LoRA adapter (randomized SVD of W_ft − W_base)");
   cmd->add_option("--base", args.o.base, "base model folder")->required();

@@ -1,5 +1,6 @@
 // `revmerge devices`: the backends this build has and the GPUs visible now.
 #include <fmt/format.h>
+#include <fmt/ostream.h>
 
 #include <cstdlib>
 #include <iostream>
@@ -9,6 +10,7 @@
 #include "commands.hpp"
 #include "revmerge/devices.hpp"
 #include "text_format.hpp"
+#include "command_line.hpp"
 
 namespace revmerge::cli {
 
@@ -30,18 +32,18 @@ void add_devices_command(CLI::App& app) {
       if (r.cuda_built) j["cuda_kernels"] = r.kernels;
       if (r.gpus.empty()) j["why_no_gpu"] = r.why_no_gpu;
       j["blas_kernels"] = blas_core_name();
-      std::cout << j.dump(2) << "\n";
+      report_out() << j.dump(2) << "\n";
       return;
     }
-    fmt::print("backends: cpu{}\n", r.cuda_built ? ", cuda" : "");
-    fmt::print("cpu: OpenBLAS {} kernels{}\n", blas_core_name(),
+    fmt::print(report_out(), "backends: cpu{}\n", r.cuda_built ? ", cuda" : "");
+    fmt::print(report_out(), "cpu: OpenBLAS {} kernels{}\n", blas_core_name(),
                std::getenv("REVMERGE_BLAS_RESTARTED") ? " (chosen by revmerge: OpenBLAS picked generic ones)" : "");
-    if (r.gpus.empty()) fmt::print("gpus: none ({})\n", r.why_no_gpu);
+    if (r.gpus.empty()) fmt::print(report_out(), "gpus: none ({})\n", r.why_no_gpu);
     for (const auto& g : r.gpus)
-      fmt::print("gpu {}: {} ({}, sm_{}{}){}\n", g.index, g.name, human_bytes(g.memory_bytes),
+      fmt::print(report_out(), "gpu {}: {} ({}, sm_{}{}){}\n", g.index, g.name, human_bytes(g.memory_bytes),
                  g.compute_major, g.compute_minor,
                  g.has_kernels ? "" : " — no kernels in this build for it, not used");
-    if (r.cuda_built) fmt::print("cuda kernels: {}\n", r.kernels);
+    if (r.cuda_built) fmt::print(report_out(), "cuda kernels: {}\n", r.kernels);
   });
 }
 

@@ -1,5 +1,6 @@
 // `revmerge info PATH`: what a safetensors file, checkpoint, adapter or model folder holds.
 #include <fmt/format.h>
+#include <fmt/ostream.h>
 
 #include <filesystem>
 #include <iostream>
@@ -14,6 +15,7 @@
 #include "revmerge/hf_model.hpp"
 #include "revmerge/peft.hpp"
 #include "text_format.hpp"
+#include "command_line.hpp"
 
 namespace fs = std::filesystem;
 using ojson = nlohmann::ordered_json;
@@ -51,13 +53,13 @@ ojson checkpoint_json(const Checkpoint& c, bool with_tensors) {
 }
 
 void print_checkpoint(const Checkpoint& c, bool list_tensors) {
-  fmt::print("  files: {}{}\n", c.files().size(),
+  fmt::print(report_out(), "  files: {}{}\n", c.files().size(),
              c.index_path().empty() ? "" : fmt::format(" (index {})", c.index_path().filename().string()));
-  fmt::print("  tensors: {} ({}), {}\n", c.tensors().size(), dtype_summary(c.tensors()),
+  fmt::print(report_out(), "  tensors: {} ({}), {}\n", c.tensors().size(), dtype_summary(c.tensors()),
              human_bytes(c.total_bytes()));
   if (!list_tensors) return;
   for (const auto& t : c.tensors())
-    fmt::print("    {:<56} {:<5} {:<18} {}\n", t.info->name, dtype_name(t.info->dtype),
+    fmt::print(report_out(), "    {:<56} {:<5} {:<18} {}\n", t.info->name, dtype_name(t.info->dtype),
                shape_string(t.info->shape), human_bytes(t.info->nbytes()));
 }
 
@@ -89,26 +91,26 @@ void info_adapter(const fs::path& dir, bool as_json) {
     }
     j["modules_to_save_tensors"] = a.saved_module_tensors();
     j["file_bytes"] = a.weights().file_size();
-    std::cout << j.dump(2) << "\n";
+    report_out() << j.dump(2) << "\n";
     return;
   }
-  fmt::print("PEFT LoRA adapter: {}\n", dir.string());
-  fmt::print("  base model: {}\n", c.base_model_name_or_path.empty() ? "(not recorded)"
+  fmt::print(report_out(), "PEFT LoRA adapter: {}\n", dir.string());
+  fmt::print(report_out(), "  base model: {}\n", c.base_model_name_or_path.empty() ? "(not recorded)"
                                                                       : c.base_model_name_or_path);
-  fmt::print("  r: {}   lora_alpha: {}   rslora: {}   fan_in_fan_out: {}\n", c.r, c.lora_alpha,
+  fmt::print(report_out(), "  r: {}   lora_alpha: {}   rslora: {}   fan_in_fan_out: {}\n", c.r, c.lora_alpha,
              c.use_rslora ? "yes" : "no", c.fan_in_fan_out ? "yes" : "no");
-  fmt::print("  target_modules: {}\n",
+  fmt::print(report_out(), "  target_modules: {}\n",
              c.target_regex ? *c.target_regex : fmt::format("{}", fmt::join(c.target_modules, ", ")));
   std::set<int> layers;
   for (const auto& m : a.modules()) layers.insert(m.layer);
-  fmt::print("  modules: {} in {} layer(s); {} in {}\n", a.modules().size(), layers.size(),
+  fmt::print(report_out(), "  modules: {} in {} layer(s); {} in {}\n", a.modules().size(), layers.size(),
              human_bytes(a.weights().file_size()), kAdapterWeightsName);
   if (!a.saved_module_tensors().empty())
-    fmt::print("  modules_to_save tensors: {}\n", a.saved_module_tensors().size());
-  fmt::print("  {:>5}  {:<28} {:>5} {:>14} {:>10}  {}\n", "layer", "module", "rank", "out × in",
+    fmt::print(report_out(), "  modules_to_save tensors: {}\n", a.saved_module_tensors().size());
+  fmt::print(report_out(), "  {:>5}  {:<28} {:>5} {:>14} {:>10}  {}\n", "layer", "module", "rank", "out × in",
              "scale", "dtype");
   for (const auto& m : a.modules())
-    fmt::print("  {:>5}  {:<28} {:>5} {:>14} {:>10.6g}  {}\n", m.layer, m.name, m.rank,
+    fmt::print(report_out(), "  {:>5}  {:<28} {:>5} {:>14} {:>10.6g}  {}\n", m.layer, m.name, m.rank,
                fmt::format("{} × {}", m.out, m.in), m.scale,
                dtype_name(a.weights().at(m.key_a).dtype));
 }
@@ -139,19 +141,19 @@ void info_model(const fs::path& dir, bool as_json, bool list_tensors) {
       j["linear_modules"].push_back({{"name", name}, {"layers", k.second},
                                      {"out", k.first->out}, {"in", k.first->in},
                                      {"dtype", dtype_name(k.first->dtype)}});
-    std::cout << j.dump(2) << "\n";
+    report_out() << j.dump(2) << "\n";
     return;
   }
-  fmt::print("Hugging Face model: {}\n", dir.string());
-  fmt::print("  model_type: {}   architectures: {}   dtype: {}\n", c.model_type,
+  fmt::print(report_out(), "Hugging Face model: {}\n", dir.string());
+  fmt::print(report_out(), "  model_type: {}   architectures: {}   dtype: {}\n", c.model_type,
              fmt::join(c.architectures, ", "), c.torch_dtype);
-  fmt::print("  layers: {}   hidden: {}   intermediate: {}   heads: {} (kv {})   vocab: {}\n",
+  fmt::print(report_out(), "  layers: {}   hidden: {}   intermediate: {}   heads: {} (kv {})   vocab: {}\n",
              c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
              c.num_key_value_heads, c.vocab_size);
   print_checkpoint(m.checkpoint(), list_tensors);
-  fmt::print("  linear modules in blocks:\n");
+  fmt::print(report_out(), "  linear modules in blocks:\n");
   for (const auto& [name, k] : kinds)
-    fmt::print("    {:<28} × {:>3} layers  {:>6} × {:<6} {}\n", name, k.second, k.first->out,
+    fmt::print(report_out(), "    {:<28} × {:>3} layers  {:>6} × {:<6} {}\n", name, k.second, k.first->out,
                k.first->in, dtype_name(k.first->dtype));
 }
 
@@ -165,13 +167,13 @@ void info_checkpoint(const fs::path& path, bool as_json, bool list_tensors) {
     j.update(body);
     if (c.files().size() == 1 && !c.files()[0]->metadata().empty())
       j["metadata"] = c.files()[0]->metadata();
-    std::cout << j.dump(2) << "\n";
+    report_out() << j.dump(2) << "\n";
     return;
   }
-  fmt::print("{}: {}\n", c.index_path().empty() ? "safetensors file" : "sharded safetensors",
+  fmt::print(report_out(), "{}: {}\n", c.index_path().empty() ? "safetensors file" : "sharded safetensors",
              path.string());
   if (c.files().size() == 1)
-    for (const auto& [k, v] : c.files()[0]->metadata()) fmt::print("  metadata {} = {}\n", k, v);
+    for (const auto& [k, v] : c.files()[0]->metadata()) fmt::print(report_out(), "  metadata {} = {}\n", k, v);
   print_checkpoint(c, list_tensors || c.tensors().size() <= 64);
 }
 
@@ -182,7 +184,7 @@ void run_info(const fs::path& path, bool as_json, bool list_tensors) {
     if (fs::exists(path / kBundleManifestName)) {
       const Bundle b(path);
       if (as_json) {
-        std::cout << bundle_report_json(b.manifest(), path.string()).dump(1) << "\n";
+        report_out() << bundle_report_json(b.manifest(), path.string()).dump(1) << "\n";
         return;
       }
       return print_bundle_report(b.manifest(), path.string(), 5);
@@ -207,6 +209,7 @@ void add_info_command(CLI::App& app) {
       "info", "Describe a safetensors file, sharded checkpoint, PEFT adapter, model folder or RMM bundle");
   static fs::path path;
   static bool as_json = false, list_tensors = false;
+  path.clear(), as_json = false, list_tensors = false;  // each command line starts from the defaults
   cmd->add_option("PATH", path, "file or folder to describe")->required();
   cmd->add_flag("--json", as_json, "print JSON instead of text");
   cmd->add_flag("--tensors", list_tensors, "list every tensor (models and large files)");

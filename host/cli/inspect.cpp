@@ -4,6 +4,7 @@
 #include "bundle_report.hpp"
 #include "commands.hpp"
 #include "revmerge/bundle.hpp"
+#include "command_line.hpp"
 
 namespace revmerge::cli {
 
@@ -14,6 +15,7 @@ void add_inspect_command(CLI::App& app) {
     std::size_t top = 10;
   };
   static Args args;
+  args = {};  // each command line starts from the defaults (the Python package runs many)
   auto* cmd = app.add_subcommand("inspect", "Report a bundle's storage, errors and spectra");
   cmd->add_option("BUNDLE", args.bundle, "bundle folder")->required();
   cmd->add_flag("--json", args.json, "print JSON (summary and full manifest)");
@@ -21,7 +23,7 @@ void add_inspect_command(CLI::App& app) {
   cmd->callback([] {
     const Bundle b(args.bundle);
     if (args.json)
-      std::cout << bundle_report_json(b.manifest(), args.bundle).dump(1) << "\n";
+      report_out() << bundle_report_json(b.manifest(), args.bundle).dump(1) << "\n";
     else
       print_bundle_report(b.manifest(), args.bundle, args.top);
   });

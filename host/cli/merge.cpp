@@ -63,7 +63,7 @@ std::optional<DType> output_dtype(const MergeArgs& args, const MergeConfig& cfg)
 void report_bundle(const MergeArgs& args, const BundleManifest& manifest, const std::filesystem::path& out) {
   for (const auto& w : bundle_warnings(manifest)) print_warning(w);
   if (args.json)
-    std::cout << bundle_report_json(manifest, out.string()).dump(1) << "\n";
+    report_out() << bundle_report_json(manifest, out.string()).dump(1) << "\n";
   else if (!args.quiet)
     print_bundle_report(manifest, out.string(), 5);
 }
@@ -268,15 +268,15 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
     j["parameters"] = nlohmann::ordered_json::object();
     for (const auto& [name, value] : r.parameters) j["parameters"][name] = value;
     j["warnings"] = r.warnings;
-    std::cout << j.dump(1) << "\n";
+    report_out() << j.dump(1) << "\n";
   } else if (!args.quiet) {
-    std::cout << "merged " << r.items << (r.output == "adapter" ? " modules" : " tensors")
+    report_out() << "merged " << r.items << (r.output == "adapter" ? " modules" : " tensors")
               << " with " << r.method << " (" << r.mode << ", " << r.convention
               << " definitions) into " << (r.output == "adapter" ? "adapter " : "model ")
               << o.out.string();
-    if (r.output == "adapter") std::cout << " (rank " << r.rank << ")";
-    std::cout << "\nparameters:\n";
-    for (const auto& [name, value] : r.parameters) std::cout << "  " << name << ": " << value << "\n";
+    if (r.output == "adapter") report_out() << " (rank " << r.rank << ")";
+    report_out() << "\nparameters:\n";
+    for (const auto& [name, value] : r.parameters) report_out() << "  " << name << ": " << value << "\n";
   }
 }
 
@@ -300,6 +300,7 @@ void run_merge(const MergeArgs& args) {
 
 void add_merge_command(CLI::App& app) {
   static MergeArgs args;
+  args = {};  // each command line starts from the defaults (the Python package runs many)
   auto* cmd = app.add_subcommand(
       "merge", "Merge LoRA adapters or fine-tuned models (RMM: into a reversible bundle; "
                "classic methods: into one adapter or model)");

@@ -1,5 +1,6 @@
 // `revmerge revert`: rebuild one task (or all) from a bundle as PEFT adapter folders.
 #include <fmt/format.h>
+#include <fmt/ostream.h>
 
 #include "command_line.hpp"
 #include "commands.hpp"
@@ -20,6 +21,7 @@ void add_revert_command(CLI::App& app) {
     std::string device = "auto";
   };
   static Args args;
+  args = {};  // each command line starts from the defaults (the Python package runs many)
   auto* cmd = app.add_subcommand("revert", "Rebuild a task's adapter (or full model) from an RMM bundle");
   cmd->add_option("BUNDLE", args.bundle, "bundle folder written by `revmerge merge`")->required();
   auto* task = cmd->add_option("--task,-t", args.task, "task to rebuild");
@@ -55,7 +57,7 @@ void add_revert_command(CLI::App& app) {
     };
     if (!args.all) {
       one(args.task, args.out);
-      if (!args.quiet) fmt::print("wrote task '{}' to {}\n", args.task, args.out);
+      if (!args.quiet) fmt::print(report_out(), "wrote task '{}' to {}\n", args.task, args.out);
       return;
     }
     // Every task inside one staged folder: all of them appear, or none.
@@ -64,7 +66,7 @@ void add_revert_command(CLI::App& app) {
     for (const auto& t : bundle.manifest().tasks) one(t.name, staged.path() / t.name);
     staged.commit();
     if (!args.quiet)
-      fmt::print("wrote {} tasks to {}\n", bundle.manifest().tasks.size(), args.out);
+      fmt::print(report_out(), "wrote {} tasks to {}\n", bundle.manifest().tasks.size(), args.out);
   });
 }
 

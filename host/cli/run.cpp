@@ -1,0 +1,55 @@
+#include "run.hpp"
+
+#include <mutex>
+
+#include "command_line.hpp"
+#include "commands.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/version.hpp"
+
+namespace revmerge::cli {
+
+void add_commands(CLI::App& app) {
+  app.description("revmerge " REVMERGE_VERSION_STRING
+                  ": reversible merging (RMM) and classic merging of LoRA adapters and fine-tuned models");
+  app.set_version_flag("--version", REVMERGE_VERSION_STRING);
+  app.require_subcommand(1);
+  add_info_command(app);
+  add_merge_command(app);
+  add_revert_command(app);
+  add_add_command(app);
+  add_inspect_command(app);
+  add_compare_command(app);
+  add_compress_command(app);
+  add_bench_command(app);
+  add_devices_command(app);
+}
+
+void run_command_line(const std::vector<std::string>& args, std::ostream& stream) {
+  static std::mutex one_at_a_time;
+  const std::lock_guard<std::mutex> hold(one_at_a_time);
+  struct Restore {
+    ~Restore() { set_report_out(nullptr); }
+  } restore;
+  set_report_out(&stream);
+  std::vector<std::string> owned{"revmerge"};
+  owned.insert(owned.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : owned) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const int argc = static_cast<int>(owned.size());
+  record_command_line(argc, argv.data());
+  CLI::App app;
+  add_commands(app);
+  try {
+    app.parse(argc, argv.data());
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) {  // --help, --version
+      app.exit(e, report_out(), report_out());
+      return;
+    }
+    throw usage_error(parse_error_message(app, e, argc, argv.data()));
+  }
+}
+
+}  // namespace revmerge::cli

@@ -1,0 +1,21 @@
+#pragma once
+// One revmerge command line run in-process: what `main` does, and what the Python package's
+// merge / revert / compare / run call, so both take the same options with the same messages.
+#include <CLI/CLI.hpp>
+#include <iostream>
+#include <string>
+#include <vector>
+
+namespace revmerge::cli {
+
+/// The app with every subcommand registered.
+void add_commands(CLI::App& app);
+
+/// Parses and runs `args` (without the program name) as `revmerge args…`, what the command
+/// prints (reports, --json, --help, --version) going to `out`; progress still goes to stderr. A
+/// command line CLI11 refuses becomes usage_error with the message `main` prints; everything
+/// else the command throws passes through. Calls from several threads take turns (the commands
+/// keep their parsed options in statics).
+void run_command_line(const std::vector<std::string>& args, std::ostream& out = std::cout);
+
+}  // namespace revmerge::cli
