@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 debs=(cmake ninja-build g++ pkg-config libfmt-dev nlohmann-json3-dev libcli11-dev
-      libopenblas-openmp-dev liblapacke-dev libthrust-dev libyaml-cpp-dev libre2-dev libgtest-dev python3 python3-pip
+      libopenblas-openmp-dev liblapacke-dev libthrust-dev libyaml-cpp-dev libre2-dev libgtest-dev python3 python3-dev python3-pip
       python3-venv strace
       clang libclang-rt-14-dev)
 missing=()

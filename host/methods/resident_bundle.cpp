@@ -20,7 +20,8 @@ using i64 = std::int64_t;
 struct ResidentBundle::State {
   std::filesystem::path dir;
   BundleManifest manifest;
-  std::unique_ptr<Backend> be;
+  std::shared_ptr<Backend> be;  // shared with the outputs allocate() hands out
+  int gpu = -1;
   std::vector<DeviceBuffer> buffers;
   /// Per module and task (m · tasks + t), its two parts over the resident tensors, made at open
   /// so a call only fills in the outputs (no tensor names built or looked up per call).
@@ -40,6 +41,7 @@ ResidentBundle::ResidentBundle(const std::filesystem::path& dir, Device device, 
   s_->manifest = bundle.manifest();
   s_->be = make_backend(device, {threads, gpu});
   auto& be = *s_->be;
+  if (!be.shares_host_memory()) s_->gpu = gpu;
   const auto& file = bundle.tensors();
   std::map<std::string, StoredTensor> tensors;
   for (const auto& info : file.tensors()) {
@@ -77,6 +79,18 @@ const BundleManifest& ResidentBundle::manifest() const noexcept { return s_->man
 std::string ResidentBundle::device_name() const { return s_->be->name(); }
 bool ResidentBundle::on_host() const noexcept { return s_->be->shares_host_memory(); }
 std::uint64_t ResidentBundle::memory_bytes() const noexcept { return s_->bytes; }
+int ResidentBundle::gpu() const noexcept { return s_->gpu; }
+
+std::shared_ptr<void> ResidentBundle::allocate(std::size_t bytes) {
+  auto buffer = std::make_shared<DeviceBuffer>(s_->be->allocate(bytes));
+  void* data = buffer->data();
+  // The deleter holds the buffer and the backend that frees it.
+  return {data, [buffer = std::move(buffer), be = s_->be](void*) mutable { buffer.reset(); }};
+}
+
+void ResidentBundle::synchronize(void* stream) {
+  if (!on_host()) s_->be->synchronize(Stream{stream});
+}
 
 void ResidentBundle::materialize(i64 task, std::span<const i64> modules, DType dtype, std::span<void* const> a,
                                  std::span<void* const> b, void* stream) {

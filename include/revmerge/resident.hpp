@@ -32,6 +32,16 @@ class ResidentBundle {
   bool on_host() const noexcept;
   /// Bytes it holds on its device: the stored tensors and the call table.
   std::uint64_t memory_bytes() const noexcept;
+  /// The CUDA device index its buffers live on (-1 when on_host()).
+  int gpu() const noexcept;
+
+  /// `bytes` of memory on its device (host memory when on_host()), for outputs the caller
+  /// wants revmerge to own: freed when the last copy of the pointer goes, which may outlive
+  /// this object (the backend stays until then).
+  std::shared_ptr<void> allocate(std::size_t bytes);
+  /// Waits until the work queued on `stream` (null: the backend's own) has run; returns at once
+  /// on the CPU.
+  void synchronize(void* stream = nullptr);
 
   /// Rebuilds task `task`'s factors of `modules` (indices into manifest().modules; empty: every
   /// module, in order): module modules[i]'s A (rank × in) into `a[i]` and B (out × rank) into

@@ -1,0 +1,49 @@
+// revmerge._revmerge: the engine for Python. The command lines run in-process through the same
+// code as the executable (host/cli/run.hpp); errors become the exceptions below with the
+// engine's message; the resident bundle is bound in bundle.cpp.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <sstream>
+
+#include "bindings.hpp"
+#include "cli/run.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/version.hpp"
+
+namespace nb = nanobind;
+
+namespace {
+
+// Runs `revmerge args…` and returns what it printed; the GIL is released while it runs.
+std::string run_cli(const std::vector<std::string>& args) {
+  std::ostringstream printed;
+  {
+    nb::gil_scoped_release unlocked;
+    revmerge::cli::run_command_line(args, printed);
+  }
+  return printed.str();
+}
+
+}  // namespace
+
+NB_MODULE(_revmerge, m) {
+  m.doc() = "revmerge's engine (use the `revmerge` package, not this module)";
+  m.attr("__version__") = REVMERGE_VERSION_STRING;
+  // The engine's error family, most derived first when translated (the order of registration
+  // below is the reverse of the order nanobind tries them).
+  static nb::exception<revmerge::error> error(m, "Error", PyExc_RuntimeError);
+  static nb::exception<revmerge::io_error> io(m, "IoError", error.ptr());
+  static nb::exception<revmerge::format_error> format(m, "FormatError", error.ptr());
+  static nb::exception<revmerge::shape_error> shape(m, "ShapeError", error.ptr());
+  static nb::exception<revmerge::unsupported_error> unsupported(m, "UnsupportedError", error.ptr());
+  static nb::exception<revmerge::usage_error> usage(m, "UsageError", error.ptr());
+  static nb::exception<revmerge::device_error> device(m, "DeviceError", error.ptr());
+  static nb::exception<revmerge::solver_error> solver(m, "SolverError", error.ptr());
+  static nb::exception<revmerge::interrupted> interrupted(m, "Interrupted", error.ptr());
+  m.def("run_cli", &run_cli, nb::arg("args"),
+        "Runs `revmerge ARGS…` in this process and returns what it printed (its progress goes to "
+        "stderr). Raises the command's error as one of this module's exceptions.");
+  revmerge::python::bind_bundle(m);
+}
