@@ -17,6 +17,7 @@ namespace revmerge::cli {
 void add_devices_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("devices", "List compute backends and visible GPUs");
   static bool as_json = false;
+  as_json = false;  // each command line starts from the defaults
   cmd->add_flag("--json", as_json, "print JSON instead of text");
   cmd->callback([] {
     const auto r = probe_devices();

@@ -21,7 +21,38 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, Union
 
-from ._revmerge import (
+
+
+def _blas_kernels_for_this_cpu() -> str | None:
+    """The OPENBLAS_CORETYPE the revmerge program would choose (host/backend/blas_core.hpp):
+    Debian's OpenBLAS falls back to generic SSE3 kernels on x86 CPUs it does not know, ~1.7×
+    slower at single-precision GEMM. OpenBLAS reads the variable once, when it loads — while
+    the extension below is imported — and its single- and double-precision kernels for these
+    two names are those it would pick on the CPUs that have the features."""
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        return None
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= set(flags):
+        return "SkylakeX"
+    if {"avx2", "fma"} <= set(flags):
+        return "Haswell"
+    return None
+
+
+_kernels = _blas_kernels_for_this_cpu()
+if _kernels:  # for the import only: other libraries loaded later choose for themselves
+    os.environ["OPENBLAS_CORETYPE"] = _kernels
+try:
+    from ._revmerge import Bundle as _Bundle  # noqa: E402
+finally:
+    if _kernels:
+        del os.environ["OPENBLAS_CORETYPE"]
+
+from ._revmerge import (  # noqa: E402
     DeviceError,
     Error,
     FormatError,
@@ -33,13 +64,13 @@ from ._revmerge import (
     UsageError,
     __version__,
 )
-from ._revmerge import Bundle as _Bundle
-from ._revmerge import run_cli as _run_cli
+from ._revmerge import blas_kernels  # noqa: E402
+from ._revmerge import run_cli as _run_cli  # noqa: E402
 
 __all__ = [
     "Bundle", "merge", "revert", "compare", "add", "inspect", "run", "__version__",
     "Error", "IoError", "FormatError", "ShapeError", "UnsupportedError", "UsageError",
-    "DeviceError", "SolverError", "Interrupted",
+    "DeviceError", "SolverError", "Interrupted", "blas_kernels",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]

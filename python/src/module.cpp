@@ -7,6 +7,7 @@
 
 #include <sstream>
 
+#include "backend/blas_core.hpp"
 #include "bindings.hpp"
 #include "cli/run.hpp"
 #include "revmerge/error.hpp"
@@ -45,5 +46,8 @@ NB_MODULE(_revmerge, m) {
   m.def("run_cli", &run_cli, nb::arg("args"),
         "Runs `revmerge ARGS…` in this process and returns what it printed (its progress goes to "
         "stderr). Raises the command's error as one of this module's exceptions.");
+  m.def("blas_kernels", &revmerge::blas_core_name,
+        "The OpenBLAS kernel set the CPU backend runs (\"SkylakeX\", \"Haswell\", …): chosen when the "
+        "package was imported, as the revmerge program chooses it.");
   revmerge::python::bind_bundle(m);
 }

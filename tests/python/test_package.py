@@ -83,6 +83,17 @@ class CommandLine(unittest.TestCase):
         self.assertIn("did you mean 'merge'", r.stderr)
 
 
+    def test_the_blas_kernels_are_chosen_as_the_program_chooses(self):
+        # Chosen for the CPU at import, the choice not left in the environment for other libraries.
+        self.assertNotIn("OPENBLAS_CORETYPE", os.environ)
+        flags = pathlib.Path("/proc/cpuinfo").read_text().split()
+        if "avx2" in flags and "fma" in flags:
+            self.assertNotEqual(revmerge.blas_kernels().lower(), "prescott")
+        self.assertIn(revmerge.blas_kernels(), revmerge.run("devices"))
+        self.assertIn('"cpu"', revmerge.run("devices", "--json"))
+        self.assertNotIn('"cpu"', revmerge.run("devices"))  # --json did not stick
+
+
 class ResidentBundle(unittest.TestCase):
     def test_every_task_bitwise_equal_to_revert(self):
         for kind, path in BUNDLES.items():
