@@ -2,8 +2,10 @@
 # The README's test command; .ci/run runs exactly this:
 #  1. release build (CUDA backend too when a toolkit is found), the whole default suite, then the
 #     LLM-sized cases (label `slow`);
-#  2. the same suite under AddressSanitizer + UBSan (CPU only; Python cross-checks excluded);
-#  3. a short libFuzzer smoke run over every parser (tools/fuzz.sh).
+#  2. `pip install .` into a scratch folder and the Python package's tests against it
+#     (tools/pip-check.sh);
+#  3. the same suite under AddressSanitizer + UBSan (CPU only; Python cross-checks excluded);
+#  4. a short libFuzzer smoke run over every parser (tools/fuzz.sh).
 # Every skipped test is listed with its reason at the end.
 # REVMERGE_TEST_QUICK=1 runs step 1 only (and says so).
 set -euo pipefail
@@ -23,10 +25,12 @@ ctest --test-dir build/release -L slow --output-on-failure --no-tests=error \
 junits+=(build/release/junit-slow.xml)
 report_skipped() { python3 tools/skipped_tests.py "${junits[@]}"; }
 if [ "${REVMERGE_TEST_QUICK:-0}" = 1 ]; then
-  echo "REVMERGE_TEST_QUICK=1: the sanitizer build and the fuzz run were NOT run"
+  echo "REVMERGE_TEST_QUICK=1: pip install ., the sanitizer build and the fuzz run were NOT run"
   report_skipped
   exit 0
 fi
+
+tools/pip-check.sh
 
 cmake --preset asan
 cmake --build --preset asan -j "$(nproc)"
