@@ -198,8 +198,10 @@ template <kernels::ElemType S>
 
 [[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
 void cpu_materialize_tile(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
-  // Products (the shared bases) take the element routine; so does RMM past 64 directions.
-  if (t.kind == kernels::PartKind::product || (t.kind == kernels::PartKind::position_sum && t.p > 64))
+  // Products (the shared bases) take the element routine; so do RMM past 64 directions and parts
+  // with a divisor (B with the scale taken out: the loops below store the values as they are).
+  if (t.kind == kernels::PartKind::product || (t.kind == kernels::PartKind::position_sum && t.p > 64) ||
+      t.divisor != 1.0f)
     return kernels::materialize_tile(t, i0, i1, j0, j1);
   switch (kernels::source_type(t)) {
     case kernels::ElemType::f32: return fast_tile_from<kernels::ElemType::f32>(t, i0, i1, j0, j1);

@@ -273,16 +273,13 @@ revmerge_status revmerge_materialize(revmerge_device_bundle* bundle, int64_t tas
     require(bundle && a && b, "revmerge_materialize: bundle, a and b must not be null");
     require(count >= 0 && (modules || count == 0), "revmerge_materialize: modules is null but count is " +
                                                        std::to_string(count));
-    if (!fold_scale)
-      throw revmerge::unsupported_error(
-          "revmerge_materialize: fold_scale 0: bundles store B with the task's scale folded in "
-          "(lora_alpha = rank) and do not record the scale itself");
     const auto all = static_cast<int64_t>(bundle->resident.manifest().modules.size());
     const auto n = count > 0 ? count : all;
     bundle->resident.materialize(task, std::span<const int64_t>(modules, static_cast<std::size_t>(count)),
                                  dtype_of(dtype),
                                  std::span<void* const>(a, static_cast<std::size_t>(n)),
-                                 std::span<void* const>(b, static_cast<std::size_t>(n)), stream);
+                                 std::span<void* const>(b, static_cast<std::size_t>(n)), stream,
+                                 fold_scale != 0);
   });
 }
 

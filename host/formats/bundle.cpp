@@ -74,6 +74,7 @@ std::string manifest_to_json(const BundleManifest& m) {
     ojson e{{"path", mod.path}, {"layer", mod.layer}, {"name", mod.name},
             {"in", mod.in}, {"out", mod.out}, {"rank", mod.rank},
             {"task_ranks", mod.task_ranks}};
+    if (!mod.task_scales.empty()) e["task_scales"] = mod.task_scales;
     if (m.format_version >= 2) {
       e["representation"] = representation_name(mod.representation);
       if (mod.representation == Representation::rmm) {
@@ -183,6 +184,7 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
     mod.out = field<std::int64_t>(mj, "out", where);
     mod.rank = field<std::int64_t>(mj, "rank", where);
     mod.task_ranks = field<std::vector<std::int64_t>>(mj, "task_ranks", where);
+    if (mj.contains("task_scales")) mod.task_scales = field<std::vector<double>>(mj, "task_scales", where);
     mod.storage_ratio = field<double>(mj, "storage_ratio", where);
     mod.basis = {m.basis, m.basis};
     if (!v1) {
@@ -235,6 +237,11 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
         throw format_error(where + ": per-task lists must have " + std::to_string(all) + " entries");
     if (static_cast<std::int64_t>(mod.task_ranks.size()) != all)
       throw format_error(where + ": task_ranks must have " + std::to_string(all) + " entries");
+    if (!mod.task_scales.empty() && static_cast<std::int64_t>(mod.task_scales.size()) != all)
+      throw format_error(where + ": task_scales must have " + std::to_string(all) + " entries");
+    for (const double s : mod.task_scales)
+      if (!std::isfinite(s) || s == 0)
+        throw format_error(where + ": task_scales must be finite and non-zero");
     if (static_cast<std::int64_t>(mod.added_kept_ranks.size()) != all - n)
       throw format_error(where + ": added_kept_ranks must have " + std::to_string(all - n) +
                          " entries (one per added task)");

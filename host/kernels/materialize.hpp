@@ -37,6 +37,9 @@ struct MaterializePart {
   std::int64_t r = 0, p = 0, n = 0, task = 0;  ///< position_sum
   bool transposed = false;                     ///< position_sum
   std::int64_t row0 = 0, col0 = 0, ld = 0, ld0 = 0, inner = 0, valid_rows = 0, valid_cols = 0;
+  /// Every element is divided by it before rounding: a task's scale taken back out of B (1: the
+  /// stored values as they are — x / 1 is x, bit for bit).
+  float divisor = 1.0f;
 };
 
 /// Element i of an array of the compile-time type S, widened to f32 (load_as_f32's values).
@@ -132,7 +135,7 @@ struct MaterializeElements {
   REVMERGE_HD void operator()(std::int64_t e) const {
     const auto& t = a.parts[materialize_part_of(a, e, false)];
     const std::int64_t local = e - t.first, i = local / t.cols, j = local % t.cols;
-    store_rounded(t.out, local, t.out_type, materialize_element(t, i, j));
+    store_rounded(t.out, local, t.out_type, materialize_element(t, i, j) / t.divisor);
   }
 };
 
@@ -141,7 +144,7 @@ REVMERGE_HD_INLINE void materialize_tile_typed(const MaterializePart& t, std::in
                                                std::int64_t j0, std::int64_t j1) {
   for (std::int64_t i = i0; i < i1; ++i)
     for (std::int64_t j = j0; j < j1; ++j) {
-      const float v = materialize_element_typed<S>(t, i, j);
+      const float v = materialize_element_typed<S>(t, i, j) / t.divisor;
       store_typed<O>(t.out, i * t.cols + j, v);
     }
 }

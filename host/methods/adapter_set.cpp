@@ -104,6 +104,7 @@ BundleModule module_entry(const PlannedModule& pm) {
   bm.out = pm.out;
   bm.rank = pm.rank;
   bm.task_ranks = pm.task_ranks;
+  for (const auto* m : pm.per_task) bm.task_scales.push_back(m ? m->scale : 1.0);
   return bm;
 }
 

@@ -93,7 +93,7 @@ void ResidentBundle::synchronize(void* stream) {
 }
 
 void ResidentBundle::materialize(i64 task, std::span<const i64> modules, DType dtype, std::span<void* const> a,
-                                 std::span<void* const> b, void* stream) {
+                                 std::span<void* const> b, void* stream, bool fold_scale) {
   const auto& man = s_->manifest;
   const auto tasks = static_cast<i64>(man.tasks.size());
   if (task < 0 || task >= tasks)
@@ -119,6 +119,13 @@ void ResidentBundle::materialize(i64 task, std::span<const i64> modules, DType d
                         std::to_string(man.modules.size()) + ")");
     auto two = s_->prepared[m * tasks + task];
     two[0].out = a[i], two[1].out = b[i];
+    if (!fold_scale) {
+      const auto& scales = man.modules[m].task_scales;
+      if (scales.empty())
+        throw unsupported_error("materialize: " + s_->dir.string() + " does not record the tasks' scales (written "
+                                "by an older revmerge; merge again to rebuild B without the scale)");
+      two[1].divisor = static_cast<float>(scales[task]);  // as the merge folded it (a float)
+    }
     two[0].out_type = two[1].out_type = out_type;
     parts.insert(parts.end(), two.begin(), two.end());
   }

@@ -46,6 +46,10 @@ struct BundleModule {
   std::int64_t in = 0, out = 0;
   std::int64_t rank = 0;               ///< r: the largest task rank; smaller ones zero-padded
   std::vector<std::int64_t> task_ranks;
+  /// Per task, the scale folded into what the bundle stores (alpha / r, or alpha / √r with
+  /// rslora; 1 for a task without the module): B̂ / scale is the task's factor before scaling.
+  /// Empty in bundles written before revmerge recorded it.
+  std::vector<double> task_scales;
   double storage_ratio = 0;            ///< stored numbers / the tasks' own A and B numbers
   Representation representation = Representation::rmm;
   /// rmm: this module's p per side (A, B); 0 keeps the mean alone (no basis or coefficients).

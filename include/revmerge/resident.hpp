@@ -45,16 +45,19 @@ class ResidentBundle {
 
   /// Rebuilds task `task`'s factors of `modules` (indices into manifest().modules; empty: every
   /// module, in order): module modules[i]'s A (rank × in) into `a[i]` and B (out × rank) into
-  /// `b[i]`, row-major, as `dtype` (F32, F16 or BF16, rounded to nearest even once), the
-  /// scale folded into B as the bundle stores it (an adapter of lora_alpha = rank), zero-padded
-  /// to the module's rank. The buffers live in the device's memory (host memory when on_host()).
+  /// `b[i]`, row-major, as `dtype` (F32, F16 or BF16, rounded to nearest even once), zero-padded
+  /// to the module's rank. With `fold_scale`, the scale folded into B as the bundle stores it
+  /// (an adapter of lora_alpha = rank); without, B divided by the task's scale (the module's
+  /// task_scales) before rounding, for a model that applies the task's own alpha / r — throws
+  /// unsupported_error for a bundle that does not record the scales. The buffers live in the device's memory (host memory when on_host()).
   /// On the CPU it returns when they are written; on a GPU when the work is queued on `stream`
   /// (a cudaStream_t; null: the backend's own), so what the caller queues there next sees them.
   /// Calls from several threads are safe (they take turns; a call waits for the previous one's
   /// launch to have started reading its table). Throws usage_error for a task, module or dtype
   /// out of range or a null or missing buffer.
   void materialize(std::int64_t task, std::span<const std::int64_t> modules, DType dtype,
-                   std::span<void* const> a, std::span<void* const> b, void* stream = nullptr);
+                   std::span<void* const> a, std::span<void* const> b, void* stream = nullptr,
+                   bool fold_scale = true);
 
   /// Task `task` (by name) written as a PEFT adapter folder at `out` — what `revmerge revert
   /// --task` writes, byte for byte, from the resident tensors (options.dtype, overwrite and

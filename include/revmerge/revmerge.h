@@ -127,8 +127,10 @@ int revmerge_device_bundle_on_host(const revmerge_device_bundle* bundle);
  * order) rebuilt into the caller's buffers: module modules[i]'s A (rank × in) into a[i] and B
  * (out × rank) into b[i], row-major, as `dtype` (a revmerge_dtype), in the device's memory (host
  * memory for the CPU), all modules in one launch, the same bits as revmerge_revert_module on the
- * device for F32. `fold_scale` must be non-zero: bundles store B with the task's scale folded
- * in (lora_alpha = rank) and do not record the scale itself (0 is REVMERGE_UNSUPPORTED). On
+ * device for F32. With `fold_scale` non-zero B carries the task's scale, as the bundle stores it
+ * (the adapter of lora_alpha = rank that revert writes); with 0, B is divided by the task's scale
+ * (alpha / r, or alpha / √r with rslora) before rounding, for a model that applies the task's own
+ * scale — REVMERGE_UNSUPPORTED for a bundle written before revmerge recorded the scales. On
  * the CPU the call returns when the factors are written; on a GPU when the work is queued on
  * `stream` (a cudaStream_t; null: revmerge's own), so what the caller queues there next sees
  * them. Several threads may call at once (they take turns). */

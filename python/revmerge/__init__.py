@@ -182,8 +182,14 @@ class Bundle:
         """``(rank, in_features, out_features)`` of a module: A is rank × in, B out × rank."""
         return self._b.shape(module)
 
+    def scale(self, task: str | int, module: str) -> float:
+        """The scale folded into task ``task``'s B of ``module`` (its adapter's alpha / r, or
+        alpha / √r with rslora; 1 where the task lacks the module)."""
+        return self._b.scale(task, module)
+
     def state_dict(self, task: str | int, dtype: str = "bfloat16", *, modules: Sequence[str] | None = None,
-                   adapter_name: str | None = None, framework: Framework = "dlpack") -> dict[str, Any]:
+                   adapter_name: str | None = None, fold_scale: bool = True,
+                   framework: Framework = "dlpack") -> dict[str, Any]:
         """Task ``task`` (name or index) as a dict keyed by PEFT's names
         (``base_model.model.<module>.lora_A.weight`` …; with ``adapter_name``,
         ``…lora_A.<adapter_name>.weight``, the names of a loaded model's parameters).
@@ -194,8 +200,13 @@ class Bundle:
         bfloat16); ``"torch"``, ``"numpy"`` or ``"cupy"`` makes that conversion here. ``dtype``:
         ``"bfloat16"``, ``"float16"`` or ``"float32"`` (a ``torch.dtype`` too). On a GPU the
         arrays are ready when this returns.
+
+        ``fold_scale=False`` gives B divided by the task's :meth:`scale` before rounding: the
+        factors for a model loaded with the task's own adapter config (its alpha and r), which
+        applies that scale itself.
         """
-        sd = self._b.state_dict(task, _dtype_name(dtype), None if modules is None else list(modules), adapter_name)
+        sd = self._b.state_dict(task, _dtype_name(dtype), None if modules is None else list(modules), adapter_name,
+                                fold_scale)
         if framework == "dlpack":
             return sd
         if framework == "torch":
@@ -211,7 +222,8 @@ class Bundle:
             raise UsageError(f"framework: '{framework}' is not dlpack, torch, numpy or cupy")
         return {k: convert(v) for k, v in sd.items()}
 
-    def materialize(self, task: str | int, targets: Mapping[str, Any], stream: int | None = None) -> None:
+    def materialize(self, task: str | int, targets: Mapping[str, Any], stream: int | None = None,
+                    fold_scale: bool = True) -> None:
         """Rebuilds task ``task`` into arrays the caller owns, without allocating: ``targets``
         maps PEFT names (with or without the adapter name, with or without
         ``base_model.model.``) to C-contiguous float32 / float16 / bfloat16 arrays of the
@@ -220,10 +232,11 @@ class Bundle:
         given, all of one dtype; torch tensors that require grad are written through
         ``detach()``. On a GPU the work is queued on ``stream`` (a ``cudaStream_t`` as an int,
         e.g. ``torch.cuda.current_stream().cuda_stream``; None: the bundle's own) and this
-        returns at once; on the CPU it returns when the arrays are written.
+        returns at once; on the CPU it returns when the arrays are written. ``fold_scale`` as for
+        :meth:`state_dict`.
         """
         detached = {k: (v.detach() if getattr(v, "requires_grad", False) else v) for k, v in targets.items()}
-        self._b.materialize(task, detached, 0 if stream is None else int(stream))
+        self._b.materialize(task, detached, 0 if stream is None else int(stream), fold_scale)
 
     def save_adapter(self, task: str | int, out: PathLike, dtype: str = "float32", force: bool = False) -> None:
         """Task ``task`` written as a PEFT adapter folder at ``out`` — byte for byte what

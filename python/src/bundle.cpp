@@ -93,9 +93,18 @@ class PyBundle {
     return nb::make_tuple(mod.rank, mod.in, mod.out);
   }
 
+  // The scale folded into the task's B of a module (alpha / r), as the bundle records it.
+  double scale(const TaskRef& task, const std::string& module) {
+    const auto& mod = open().manifest().modules[module_of(module, "scale")];
+    const auto t = task_of(task);
+    if (mod.task_scales.empty())
+      throw unsupported_error(path_ + " does not record the tasks' scales (written by an older revmerge)");
+    return mod.task_scales[static_cast<std::size_t>(t)];
+  }
+
   nb::dict state_dict(const TaskRef& task, const std::string& dtype_name,
                       const std::optional<std::vector<std::string>>& names,
-                      const std::optional<std::string>& adapter_name) {
+                      const std::optional<std::string>& adapter_name, bool fold_scale) {
     auto& rb = open();
     const i64 t = task_of(task);
     const DType dtype = parse_float_dtype_option(dtype_name, "dtype");
@@ -127,7 +136,7 @@ class PyBundle {
         b.push_back(at);
         at += round(static_cast<std::size_t>(mod.out * mod.rank) * dtype_size(dtype));
       }
-      rb.materialize(t, modules, dtype, a, b, nullptr);
+      rb.materialize(t, modules, dtype, a, b, nullptr, fold_scale);
       rb.synchronize(nullptr);
     }
     // Every array keeps the one allocation alive through this capsule.
@@ -150,7 +159,7 @@ class PyBundle {
     return out;
   }
 
-  void materialize(const TaskRef& task, const nb::dict& targets, std::uintptr_t stream) {
+  void materialize(const TaskRef& task, const nb::dict& targets, std::uintptr_t stream, bool fold_scale) {
     auto& rb = open();
     const i64 t = task_of(task);
     const auto& man = rb.manifest();
@@ -194,7 +203,7 @@ class PyBundle {
       b.push_back(slot[1]);
     }
     nb::gil_scoped_release unlocked;
-    rb.materialize(t, modules, *dtype, a, b, reinterpret_cast<void*>(stream));
+    rb.materialize(t, modules, *dtype, a, b, reinterpret_cast<void*>(stream), fold_scale);
   }
 
   void save_adapter(const TaskRef& task, const std::string& out, const std::string& dtype, bool force) {
@@ -278,8 +287,10 @@ void bind_bundle(nb::module_& m) {
       .def_prop_ro("backend", &PyBundle::backend)
       .def("shape", &PyBundle::shape, nb::arg("module"))
       .def("state_dict", &PyBundle::state_dict, nb::arg("task"), nb::arg("dtype") = "bfloat16",
-           nb::arg("modules") = nb::none(), nb::arg("adapter_name") = nb::none())
-      .def("materialize", &PyBundle::materialize, nb::arg("task"), nb::arg("targets"), nb::arg("stream") = 0)
+           nb::arg("modules") = nb::none(), nb::arg("adapter_name") = nb::none(), nb::arg("fold_scale") = true)
+      .def("materialize", &PyBundle::materialize, nb::arg("task"), nb::arg("targets"), nb::arg("stream") = 0,
+           nb::arg("fold_scale") = true)
+      .def("scale", &PyBundle::scale, nb::arg("task"), nb::arg("module"))
       .def("save_adapter", &PyBundle::save_adapter, nb::arg("task"), nb::arg("out"), nb::arg("dtype") = "float32",
            nb::arg("force") = false)
       .def("synchronize", &PyBundle::synchronize, nb::arg("stream") = 0)

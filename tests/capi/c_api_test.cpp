@@ -4,6 +4,7 @@
 #include "revmerge/revmerge.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <string>
 #include <vector>
@@ -197,9 +198,27 @@ TEST(CApi, DeviceBundleMaterializesAsRevert) {
   void* one_b[] = {sb.data()};
   ASSERT_EQ(revmerge_materialize(d, 2, second, 1, REVMERGE_DTYPE_F32, 1, one_a, one_b, nullptr), REVMERGE_OK);
   EXPECT_EQ(sa, a[1]);  // task 2, the last materialised above
-  EXPECT_EQ(revmerge_materialize(d, 0, second, 1, REVMERGE_DTYPE_F32, 0, one_a, one_b, nullptr),
-            REVMERGE_UNSUPPORTED);
-  EXPECT_NE(std::string(revmerge_last_error()).find("fold_scale"), std::string::npos);
+  // Without the scale (the tasks' alpha 8, rank 4: scale 2): A as it was, B halved before rounding.
+  ASSERT_EQ(revmerge_materialize(d, 2, second, 1, REVMERGE_DTYPE_F32, 0, one_a, one_b, nullptr), REVMERGE_OK)
+      << revmerge_last_error();
+  EXPECT_EQ(sa, a[1]);
+  ASSERT_EQ(sb.size(), bb[1].size());
+  for (std::size_t i = 0; i < sb.size(); ++i) EXPECT_EQ(sb[i], bb[1][i] / 2.0f) << i;
+  EXPECT_NE(sb, bb[1]);
+  {  // A bundle from before the scales were recorded: refused by name.
+    const auto old = tmp / "old-bundle";
+    std::filesystem::copy(dir, old);
+    auto manifest = nlohmann::json::parse(test::read_bytes(old / kBundleManifestName));
+    for (auto& mod : manifest["modules"]) mod.erase("task_scales");
+    test::write_bytes(old / kBundleManifestName, manifest.dump());
+    revmerge_device_bundle* o = nullptr;
+    ASSERT_EQ(revmerge_device_bundle_open(old.c_str(), REVMERGE_DEVICE_CPU, &o), REVMERGE_OK) << revmerge_last_error();
+    EXPECT_EQ(revmerge_materialize(o, 0, second, 1, REVMERGE_DTYPE_F32, 0, one_a, one_b, nullptr),
+              REVMERGE_UNSUPPORTED);
+    EXPECT_NE(std::string(revmerge_last_error()).find("scales"), std::string::npos);
+    EXPECT_EQ(revmerge_materialize(o, 0, second, 1, REVMERGE_DTYPE_F32, 1, one_a, one_b, nullptr), REVMERGE_OK);
+    revmerge_device_bundle_close(o);
+  }
   EXPECT_EQ(revmerge_materialize(d, 0, second, 1, 9, 1, one_a, one_b, nullptr), REVMERGE_USAGE_ERROR);
   EXPECT_NE(std::string(revmerge_last_error()).find("dtype: 9"), std::string::npos);
   EXPECT_EQ(revmerge_materialize(d, 3, second, 1, REVMERGE_DTYPE_F32, 1, one_a, one_b, nullptr),

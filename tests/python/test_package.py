@@ -189,6 +189,38 @@ class ResidentBundle(unittest.TestCase):
         with self.assertRaisesRegex(revmerge.Error, "nowhere"):
             revmerge.Bundle(WORK / "nowhere")
 
+    def test_without_the_scale_for_a_model_loaded_with_the_tasks_own_config(self):
+        import torch
+        from peft import PeftModel, set_peft_model_state_dict
+        from transformers import AutoModelForCausalLM
+
+        # Two example tasks, one given lora_alpha 32 at rank 16: its scale is 2.
+        scaled = WORK / "scaled-qa"
+        shutil.copytree(ADAPTERS[ADAPTERS.index(ROOT / "examples/adapters/qa")], scaled)
+        config = json.loads((scaled / "adapter_config.json").read_text())
+        config["lora_alpha"] = 2 * config["r"]
+        (scaled / "adapter_config.json").write_text(json.dumps(config))
+        bundle = WORK / "scaled"
+        revmerge.merge(scaled, ROOT / "examples/adapters/math", out=bundle, basis=1, device="cpu", quiet=True)
+        with revmerge.Bundle(bundle) as b:
+            module = b.modules[0]
+            self.assertEqual(b.scale("scaled-qa", module), 2.0)
+            self.assertEqual(b.scale("math", module), 1.0)
+            folded = b.state_dict("scaled-qa", dtype="float32", framework="torch")
+            unfolded = b.state_dict("scaled-qa", dtype="float32", fold_scale=False, framework="torch")
+            for k, v in folded.items():
+                want = v / 2 if ".lora_B." in k else v
+                self.assertTrue(torch.equal(unfolded[k], want), k)
+            # The model a server loaded from the task's own folder applies the scale itself.
+            base = lambda: AutoModelForCausalLM.from_pretrained(ROOT / "examples/tiny-llama", dtype=torch.float32)
+            tokens = torch.arange(24).reshape(2, 12)
+            model = PeftModel.from_pretrained(base(), scaled).eval()
+            set_peft_model_state_dict(model, unfolded)
+            revmerge.revert(bundle, task="scaled-qa", out=WORK / "scaled-qa-reverted", quiet=True)
+            reference = PeftModel.from_pretrained(base(), WORK / "scaled-qa-reverted").eval()
+            with torch.no_grad():
+                self.assertTrue(torch.equal(model(tokens).logits, reference(tokens).logits))
+
     def test_a_subset_of_modules(self):
         with revmerge.Bundle(BUNDLES["rmm"]) as b:
             names = b.modules[:2]

@@ -126,6 +126,7 @@ BundleManifest add_tasks(const AddTasksOptions& o) {
     });
     for (std::size_t t = 0; t < n; ++t) {
       mod.task_ranks.push_back(f[t].rank);
+      if (!mod.task_scales.empty()) mod.task_scales.push_back(f[t].scale);
       mod.added_kept_ranks.push_back(kept[t]);
       mod.delta_error.push_back(error[t]);
       mod.delta_norm.push_back(norm[t]);
