@@ -12,7 +12,9 @@ and a bundle stays resident on a device, any task's LoRA factors rebuilt on dema
     sd = b.state_dict("math", dtype="bfloat16", framework="torch")   # PEFT's key names
     set_peft_model_state_dict(model, sd)
 
-Errors are raised as :class:`Error` (or a subclass) carrying the engine's message.
+Errors are raised as :class:`Error` (or a subclass) carrying the engine's message. Ctrl-C stops
+a running command as it stops the program — its temporary outputs removed — and raises
+KeyboardInterrupt.
 """
 from __future__ import annotations
 

@@ -5,11 +5,17 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
 #include <sstream>
+#include <thread>
 
 #include "backend/blas_core.hpp"
 #include "bindings.hpp"
 #include "cli/run.hpp"
+#include "core/interrupt.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/version.hpp"
 
@@ -17,13 +23,48 @@ namespace nb = nanobind;
 
 namespace {
 
-// Runs `revmerge args…` and returns what it printed; the GIL is released while it runs.
+// Runs `revmerge args…` and returns what it printed. The command runs on a thread of its own
+// while this one, the GIL released between looks, watches for Ctrl-C: Python only notes a
+// signal, so a KeyboardInterrupt becomes the engine's interrupt request (the command stops at
+// its next check and removes its temporary outputs, as the program does on SIGINT), then is
+// raised here.
 std::string run_cli(const std::vector<std::string>& args) {
   std::ostringstream printed;
+  std::exception_ptr failure;
+  std::mutex m;
+  std::condition_variable finished;
+  bool done = false;
+  std::thread worker([&] {
+    try {
+      revmerge::cli::run_command_line(args, printed);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    const std::lock_guard<std::mutex> hold(m);
+    done = true;
+    finished.notify_all();
+  });
+  bool interrupted = false;
+  for (;;) {
+    {
+      nb::gil_scoped_release unlocked;
+      std::unique_lock<std::mutex> hold(m);
+      if (finished.wait_for(hold, std::chrono::milliseconds(50), [&] { return done; })) break;
+    }
+    if (!interrupted && PyErr_CheckSignals() != 0) {  // the KeyboardInterrupt stays pending
+      interrupted = true;
+      revmerge::request_interrupt();
+    }
+  }
   {
     nb::gil_scoped_release unlocked;
-    revmerge::cli::run_command_line(args, printed);
+    worker.join();
   }
+  if (interrupted) {
+    revmerge::clear_interrupt();
+    throw nb::python_error();
+  }
+  if (failure) std::rethrow_exception(failure);
   return printed.str();
 }
 
