@@ -188,6 +188,14 @@ materialize_7b() {
 }
 export -f materialize_7b
 step materialize-7b materialize-7b.log 90 bash -c materialize_7b
+# The Python package's CUDA path (DLPack device arrays, materialize on a stream) where the build
+# made the package (a Python with nanobind on PATH) and torch imports; otherwise reported NOT RUN.
+if compgen -G "$build/python/revmerge/_revmerge*.so" >/dev/null && python3 -c "import torch" 2>/dev/null; then
+  step python-materialize-7b python-materialize-7b.log 90 env PYTHONPATH="$build/python" python3 \
+    bench/materialize_python.py --device cuda:0 --bundle "$out/store-rmm" --task task-3 --adapter "$out/adapters-7b/task-3"
+else
+  result[python-materialize-7b]="NOT RUN (no Python package in this build, or no torch)"
+fi
 step all-tests all-tests.log 200 ctest --test-dir "$build" -LE slow --output-on-failure -j "$jobs" --timeout 120
 if command -v compute-sanitizer >/dev/null; then
   step memcheck memcheck.log 120 compute-sanitizer --tool memcheck --error-exitcode 1 \
@@ -198,12 +206,12 @@ fi
 echo
 echo "GPU: $(cat "$out/gpu.txt" 2>/dev/null)"
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)   total: $(( $(date +%s) - t_start ))s   logs: $out"
-printf '%-18s %s\n' step result
-for s in configure build devices cuda-tests gpu-vs-cpu-7b nsys-7b-layer bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-gpu-x3 bitwise-7b racecheck make-adapters-70b pipeline-70b-gpu pt-svd-7b make-models full-models merge-example store-auto-7b materialize-7b all-tests memcheck; do
-  printf '%-18s %s\n' "$s" "${result[$s]:-NOT RUN}"
+printf '%-22s %s\n' step result
+for s in configure build devices cuda-tests gpu-vs-cpu-7b nsys-7b-layer bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-gpu-x3 bitwise-7b racecheck make-adapters-70b pipeline-70b-gpu pt-svd-7b make-models full-models merge-example store-auto-7b materialize-7b python-materialize-7b all-tests memcheck; do
+  printf '%-22s %s\n' "$s" "${result[$s]:-NOT RUN}"
 done
 grep -hE "^(cpu|cuda)|speed-up|GPU vs CPU|median/layer" "$out"/gpu-vs-cpu-7b.log "$out"/bench-*-gpu.log 2>/dev/null
-cat "$out"/bitwise-7b.log "$out"/pt-svd-7b.log "$out"/full-models.log "$out"/store-auto-7b.log "$out"/materialize-7b.log 2>/dev/null
+cat "$out"/bitwise-7b.log "$out"/pt-svd-7b.log "$out"/full-models.log "$out"/store-auto-7b.log "$out"/materialize-7b.log "$out"/python-materialize-7b.log 2>/dev/null
 grep -hE "^revmerge bench|^memory plan|^read|^upload|^compute|^write|^pipeline|^setup|^finish|^end to end|^floor|peak RSS|^sequential|^median|^  [a-z]+ +busy" "$out"/pipeline-*.log 2>/dev/null
 for s in "${!result[@]}"; do [[ ${result[$s]} == FAIL* ]] && exit 1; done
 exit 0
