@@ -70,7 +70,8 @@ from ._revmerge import blas_kernels  # noqa: E402
 from ._revmerge import run_cli as _run_cli  # noqa: E402
 
 __all__ = [
-    "Bundle", "merge", "revert", "compare", "add", "inspect", "run", "__version__",
+    "Bundle", "merge", "revert", "add", "compress", "compare", "inspect", "info", "devices", "run",
+    "__version__",
     "Error", "IoError", "FormatError", "ShapeError", "UnsupportedError", "UsageError",
     "DeviceError", "SolverError", "Interrupted", "blas_kernels",
 ]
@@ -130,6 +131,25 @@ def revert(bundle: PathLike, *, out: PathLike, task: str | None = None, **option
 def add(bundle: PathLike, *adapters: PathLike, out: PathLike, **options: Any) -> str:
     """``revmerge add BUNDLE ADAPTER… --out OUT [options]``: a new bundle with more tasks."""
     return _run_cli(["add", os.fspath(bundle), *_paths(adapters), "--out", os.fspath(out), *_options(options)])
+
+
+def compress(*, base: PathLike, model: PathLike, rank: int, out: PathLike, **options: Any) -> dict[str, Any]:
+    """``revmerge compress --base BASE --model FT --rank R --out OUT --json [options]``: a full
+    fine-tune compressed to a PEFT LoRA adapter (randomized SVD of the delta); returns the report
+    (per module the error against the exact truncation) as a dict."""
+    return _json.loads(_run_cli(["compress", *_options({"base": base, "model": model, "rank": rank, "out": out}),
+                                 "--json", *_options(options)]))
+
+
+def info(path: PathLike) -> dict[str, Any]:
+    """``revmerge info PATH --json``: what a safetensors file, checkpoint, adapter, model folder
+    or bundle holds, as a dict."""
+    return _json.loads(_run_cli(["info", os.fspath(path), "--json"]))
+
+
+def devices() -> dict[str, Any]:
+    """``revmerge devices --json``: the backends built in and the GPUs visible, as a dict."""
+    return _json.loads(_run_cli(["devices", "--json"]))
 
 
 def compare(*adapters: PathLike, **options: Any) -> dict[str, Any]:

@@ -48,6 +48,16 @@ class CommandLine(unittest.TestCase):
             report = revmerge.inspect(path)
             self.assertEqual(len(report["manifest"]["tasks"]), len(ADAPTERS), kind)
 
+    def test_info_devices_and_compress_return_the_json_reports(self):
+        self.assertEqual(revmerge.info(ADAPTERS[0])["config"]["r"], 16)
+        self.assertIn("cpu", revmerge.devices()["backends"])
+        # A "fine-tune": the tiny model with one task's delta folded in (revert --full).
+        tiny = ROOT / "examples" / "tiny-llama"
+        revmerge.revert(BUNDLES["rmm"], task="qa", out=WORK / "qa-full", full=True, base=tiny, quiet=True)
+        report = revmerge.compress(base=tiny, model=WORK / "qa-full", rank=16, out=WORK / "qa-compressed")
+        self.assertTrue((WORK / "qa-compressed" / "adapter_config.json").exists())
+        self.assertGreater(len(report["modules"]), 0)
+
     def test_compare_returns_the_json_report(self):
         report = revmerge.compare(*ADAPTERS[:3], basis=[1, 2], methods="ties", device="cpu")
         self.assertEqual(report["tasks"], [p.name for p in ADAPTERS[:3]])
