@@ -274,4 +274,4 @@ class ResidentBundle(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main()
+    unittest.main(verbosity=2)
