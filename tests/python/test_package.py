@@ -85,6 +85,9 @@ class CommandLine(unittest.TestCase):
         subprocess.run([make, "--model", "llama-7b", "-n", "8", "-r", "64", "--layers", "2", "--out", str(inputs)],
                        check=True, capture_output=True)
         out = WORK / "b7-bundle"
+        # Python's own handler, whatever this process inherited (a shell's background job ignores SIGINT).
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.addCleanup(signal.signal, signal.SIGINT, previous)
         timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
         t0 = time.perf_counter()
         timer.start()
