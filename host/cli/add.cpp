@@ -1,5 +1,4 @@
 // `revmerge add`: more tasks in an existing bundle, the existing tasks' bytes untouched.
-#include <iostream>
 
 #include "bundle_report.hpp"
 #include "command_line.hpp"

@@ -1,7 +1,6 @@
 // `revmerge compare`: RMM at several basis sizes against the classic methods on one adapter set.
 #include <fmt/format.h>
 
-#include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 

@@ -3,7 +3,6 @@
 #include <fmt/ostream.h>
 
 #include <cstdlib>
-#include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "backend/blas_core.hpp"

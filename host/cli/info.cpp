@@ -3,7 +3,6 @@
 #include <fmt/ostream.h>
 
 #include <filesystem>
-#include <iostream>
 #include <map>
 #include <set>
 #include <nlohmann/json.hpp>

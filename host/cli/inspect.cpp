@@ -1,5 +1,4 @@
 // `revmerge inspect`: storage, per-task and per-module errors, spectrum summary of a bundle.
-#include <iostream>
 
 #include "bundle_report.hpp"
 #include "commands.hpp"

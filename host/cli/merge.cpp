@@ -1,6 +1,5 @@
 // `revmerge merge`: RMM of LoRA adapters into a reversible bundle, or a classic method (task
 // arithmetic, TIES, DARE, ...) into one adapter or model.
-#include <iostream>
 
 #include "bundle_report.hpp"
 #include "core/memory_info.hpp"

@@ -163,10 +163,6 @@ def inspect(bundle: PathLike) -> dict[str, Any]:
     return _json.loads(_run_cli(["inspect", os.fspath(bundle), "--json"]))
 
 
-_DTYPES = {"float32": "float32", "f32": "float32", "float16": "float16", "f16": "float16",
-           "bfloat16": "bfloat16", "bf16": "bfloat16"}
-
-
 class Bundle:
     """A bundle opened once onto a device, its stored tensors kept there until :meth:`close`.
 
@@ -227,7 +223,7 @@ class Bundle:
         factors for a model loaded with the task's own adapter config (its alpha and r), which
         applies that scale itself.
         """
-        sd = self._b.state_dict(task, _dtype_name(dtype), None if modules is None else list(modules), adapter_name,
+        sd = self._b.state_dict(task, str(dtype), None if modules is None else list(modules), adapter_name,
                                 fold_scale)
         if framework == "dlpack":
             return sd
@@ -264,7 +260,7 @@ class Bundle:
         """Task ``task`` written as a PEFT adapter folder at ``out`` — byte for byte what
         ``revmerge revert`` writes. A folder under ``/dev/shm`` keeps it in memory for servers
         that load adapters from a path (vLLM, SGLang)."""
-        self._b.save_adapter(task, os.fspath(out), _dtype_name(dtype), force)
+        self._b.save_adapter(task, os.fspath(out), str(dtype), force)
 
     def synchronize(self, stream: int | None = None) -> None:
         """Waits for the work queued on ``stream`` (None: the bundle's own); nothing on the CPU."""
@@ -282,8 +278,3 @@ class Bundle:
 
     def __repr__(self) -> str:
         return f"revmerge.Bundle({self._b.path!r}, device={self.device!r}: {len(self.tasks)} tasks, {len(self.modules)} modules)"
-
-
-def _dtype_name(dtype: Any) -> str:
-    text = str(dtype).removeprefix("torch.")
-    return _DTYPES.get(text.lower(), text)
