@@ -10,20 +10,6 @@ namespace cuda {
 
 namespace {
 
-// Raw allocators for the pools; ctx points at the device index.
-void* device_alloc(void* ctx, std::size_t bytes) {
-  if (cudaSetDevice(*static_cast<int*>(ctx)) != cudaSuccess) return nullptr;
-  void* p = nullptr;
-  if (cudaMalloc(&p, bytes) != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky-free allocation error
-    return nullptr;
-  }
-  return p;
-}
-void device_free(void* ctx, void* p) {
-  cudaSetDevice(*static_cast<int*>(ctx));
-  cudaFree(p);
-}
 void* pinned_alloc(void*, std::size_t bytes) {
   void* p = nullptr;
   if (cudaHostAlloc(&p, bytes, cudaHostAllocPortable) != cudaSuccess) {
@@ -36,10 +22,56 @@ void pinned_free(void*, void* p) { cudaFreeHost(p); }
 
 }  // namespace
 
+void* CudaBackend::device_alloc(void* ctx, std::size_t bytes) {
+  auto* self = static_cast<CudaBackend*>(ctx);
+  if (cudaSetDevice(self->device_) != cudaSuccess) return nullptr;
+  void* p = nullptr;
+  // The allocation is complete before any stream is handed it: its own stream is synchronized
+  // (it carries nothing but allocations and frees of blocks no work touches any more).
+  const cudaError_t st = self->async_alloc_ ? cudaMallocAsync(&p, bytes, self->alloc_stream_)
+                                            : cudaMalloc(&p, bytes);
+  if (st != cudaSuccess || (self->async_alloc_ && cudaStreamSynchronize(self->alloc_stream_) != cudaSuccess)) {
+    cudaGetLastError();  // clear the sticky-free allocation error
+    return nullptr;
+  }
+  return p;
+}
+
+void CudaBackend::device_free(void* ctx, void* p) {
+  auto* self = static_cast<CudaBackend*>(ctx);
+  cudaSetDevice(self->device_);
+  if (!self->async_alloc_) {
+    cudaFree(p);
+    return;
+  }
+  // The pool frees only blocks whose fences completed: nothing queued touches `p`. Synchronizing
+  // the allocation stream hands the memory back to the device at once (release threshold 0),
+  // so cudaMemGetInfo and other libraries see it.
+  cudaFreeAsync(p, self->alloc_stream_);
+  cudaStreamSynchronize(self->alloc_stream_);
+}
+
+PoolFences CudaBackend::fences(CudaBackend* self) {
+  PoolFences f;
+  f.ctx = self;
+  f.record = [](void* c) -> void* { return static_cast<CudaBackend*>(c)->record_fence(); };
+  f.done = [](void* c, void* fence) {
+    return static_cast<CudaBackend*>(c)->fence_done(static_cast<Fence*>(fence));
+  };
+  f.wait = [](void* c, void* fence) {
+    static_cast<CudaBackend*>(c)->wait_fence(static_cast<Fence*>(fence));
+  };
+  f.drop = [](void* c, void* fence) {
+    static_cast<CudaBackend*>(c)->drop_fence(static_cast<Fence*>(fence));
+  };
+  return f;
+}
+
 CudaBackend::CudaBackend(int device)
     : device_(device),
-      pool_("cuda:" + std::to_string(device), &device_alloc, &device_free, &device_),
-      staging_("pinned host memory", &pinned_alloc, &pinned_free, nullptr) {
+      pool_("cuda:" + std::to_string(device), &CudaBackend::device_alloc, &CudaBackend::device_free, this,
+            fences(this)),
+      staging_("pinned host memory", &pinned_alloc, &pinned_free, nullptr, fences(this)) {
   int count = 0;
   REVMERGE_CUDA_CHECK(cudaGetDeviceCount(&count));
   if (device < 0 || device >= count)
@@ -52,10 +84,29 @@ CudaBackend::CudaBackend(int device)
   sm_count_ = prop.multiProcessorCount;
   max_shared_bytes_ = prop.sharedMemPerBlockOptin;
   REVMERGE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  int pools = 0;
+  REVMERGE_CUDA_CHECK(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device));
+  if (pools != 0) {
+    REVMERGE_CUDA_CHECK(cudaStreamCreateWithFlags(&alloc_stream_, cudaStreamNonBlocking));
+    async_alloc_ = true;
+  }
 }
 
 CudaBackend::~CudaBackend() {
   cudaSetDevice(device_);
+  // Cached blocks go while the streams their fences and frees use still exist.
+  try {
+    pool_.release_cached();
+    staging_.release_cached();
+  } catch (...) {  // a failed device: its memory goes with the context
+  }
+  if (alloc_stream_) {
+    cudaStreamSynchronize(alloc_stream_);
+    cudaStreamDestroy(alloc_stream_);
+    alloc_stream_ = nullptr;  // what is still in use is freed on the legacy stream
+  }
+  for (auto e : spare_events_) cudaEventDestroy(e);
+  spare_events_.clear();
   if (stream_) cudaStreamSynchronize(stream_);
   for (auto& [st, h] : handles_) {
     cudaStreamSynchronize(st);
@@ -132,7 +183,6 @@ void CudaBackend::fill(void* dst, unsigned char value, std::size_t bytes, Stream
 void CudaBackend::synchronize(Stream s) {
   use_device();
   REVMERGE_CUDA_CHECK(cudaStreamSynchronize(stream(s)));
-  check_pending_infos(stream(s));
 }
 
 Event CudaBackend::record_event(Stream s) {
@@ -152,7 +202,6 @@ void CudaBackend::wait_event(Stream s, const Event& e) {
 void CudaBackend::synchronize_event(const Event& e) {
   use_device();
   REVMERGE_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(e.handle())));
-  check_pending_infos(nullptr, /*completed_only=*/true);  // what has run by now: checked, freed
 }
 
 bool CudaBackend::query_event(const Event& e) {
@@ -172,47 +221,64 @@ std::int64_t CudaBackend::split_k_hint(std::int64_t batch, std::int64_t rows, st
   return std::clamp<std::int64_t>(want, 1, std::max<std::int64_t>(inner / 256, 1));
 }
 
-void CudaBackend::defer_info_check(DeviceBuffer info, std::vector<DeviceBuffer> in_flight,
-                                   std::int64_t count, cudaStream_t st, std::string call) {
-  PendingInfo p{std::move(info), std::move(in_flight),
-                staging_.allocate(static_cast<std::size_t>(count) * sizeof(int)), count, st,
-                std::move(call), {}};
-  REVMERGE_CUDA_CHECK(cudaMemcpyAsync(p.host_info.data(), p.device_info.data(),
-                                      static_cast<std::size_t>(count) * sizeof(int),
-                                      cudaMemcpyDeviceToHost, st));
-  p.done = record_event(Stream{st});
-  std::lock_guard lock(pending_mutex_);
-  pending_.push_back(std::move(p));
-}
-
-void CudaBackend::keep_until_synchronized(std::vector<DeviceBuffer> blocks, cudaStream_t st) {
-  PendingInfo p{DeviceBuffer{}, std::move(blocks), DeviceBuffer{}, 0, st, {}, {}};
-  p.done = record_event(Stream{st});
-  std::lock_guard lock(pending_mutex_);
-  pending_.push_back(std::move(p));
-}
-
-void CudaBackend::check_pending_infos(cudaStream_t st, bool completed_only) {
-  std::lock_guard lock(pending_mutex_);
-  std::string failure;
-  for (auto it = pending_.begin(); it != pending_.end();) {
-    const bool due = completed_only
-                         ? cudaEventQuery(static_cast<cudaEvent_t>(it->done.handle())) == cudaSuccess
-                         : it->stream == st;
-    if (!due) {
-      ++it;
+CudaBackend::Fence* CudaBackend::record_fence() noexcept {
+  std::vector<cudaStream_t> streams{stream_};
+  {
+    std::lock_guard lock(streams_mutex_);
+    streams.insert(streams.end(), extra_streams_.begin(), extra_streams_.end());
+  }
+  auto* fence = new (std::nothrow) Fence;
+  if (fence == nullptr) return nullptr;
+  cudaSetDevice(device_);
+  for (cudaStream_t st : streams) {
+    cudaEvent_t e = nullptr;
+    {
+      std::lock_guard lock(events_mutex_);
+      if (!spare_events_.empty()) {
+        e = spare_events_.back();
+        spare_events_.pop_back();
+      }
+    }
+    if (e == nullptr && cudaEventCreateWithFlags(&e, cudaEventDisableTiming) != cudaSuccess) e = nullptr;
+    // A device that cannot record an event has failed; the next checked call reports it.
+    if (e == nullptr || cudaEventRecord(e, st) != cudaSuccess) {
+      if (e) cudaEventDestroy(e);
+      cudaGetLastError();
       continue;
     }
-    const auto* info = static_cast<const int*>(it->host_info.data());
-    for (std::int64_t i = 0; i < it->count && failure.empty(); ++i)
-      if (info[i] != 0)
-        failure = it->call + ": matrix " + std::to_string(i) + " of " + std::to_string(it->count) +
-                  " reports info " + std::to_string(info[i]) +
-                  (info[i] > 0 ? " (did not converge)" : " (invalid argument)");
-    it = pending_.erase(it);
+    fence->events.push_back(e);
   }
-  cudaGetLastError();  // a query of a pending event is not an error to keep
-  if (!failure.empty()) throw solver_error(failure);
+  return fence;
+}
+
+bool CudaBackend::fence_done(Fence* f) {
+  use_device();
+  while (!f->events.empty()) {
+    const cudaError_t st = cudaEventQuery(f->events.back());
+    if (st == cudaErrorNotReady) {
+      cudaGetLastError();  // a pending query is not an error to keep
+      return false;
+    }
+    REVMERGE_CUDA_CHECK(st);
+    recycle_event(f->events.back());
+    f->events.pop_back();
+  }
+  return true;
+}
+
+void CudaBackend::wait_fence(Fence* f) {
+  use_device();
+  for (cudaEvent_t e : f->events) REVMERGE_CUDA_CHECK(cudaEventSynchronize(e));
+}
+
+void CudaBackend::drop_fence(Fence* f) noexcept {
+  for (cudaEvent_t e : f->events) recycle_event(e);
+  delete f;
+}
+
+void CudaBackend::recycle_event(cudaEvent_t e) noexcept {
+  std::lock_guard lock(events_mutex_);
+  spare_events_.push_back(e);
 }
 
 }  // namespace cuda

@@ -97,45 +97,38 @@ class CudaBackend final : public Backend {
   Handles handles(cudaStream_t st);
 
  private:
-  // Solver status words are copied back asynchronously and checked at synchronize(), so a
-  // layer's work never waits on the host in the middle. The solver's workspaces are held here
-  // too: returned to the pool at once, another stream could be handed a block while the solver
-  // still writes to it.
-  struct PendingInfo {
-    DeviceBuffer device_info;             // one int per matrix
-    std::vector<DeviceBuffer> in_flight;  // released after the stream has finished
-    DeviceBuffer host_info;               // pinned copy, from the staging pool
-    std::int64_t count = 0;
-    cudaStream_t stream = nullptr;
-    std::string call;
-    Event done;  // recorded after the call: once complete, the entry can be checked and freed
+  // The pools' fences (caching_pool.hpp): an event on each of the backend's streams, so a block
+  // is handed out again only after everything queued on any of them before its release has run.
+  struct Fence {
+    std::vector<cudaEvent_t> events;
   };
-
- public:
-  /// Queues the copy of a solver's info array; synchronize() checks it.
-  void defer_info_check(DeviceBuffer info, std::vector<DeviceBuffer> in_flight,
-                        std::int64_t count, cudaStream_t st, std::string call);
-  /// Holds blocks a queued call still uses (the solvers' pointer arrays) until synchronize().
-  void keep_until_synchronized(std::vector<DeviceBuffer> blocks, cudaStream_t st);
-
- private:
-  /// Checks and frees the pending entries of stream `st` (after it was synchronized), or with
-  /// `completed_only` those whose work has completed, whatever their stream.
-  void check_pending_infos(cudaStream_t st, bool completed_only = false);
+  static PoolFences fences(CudaBackend* self);
+  static void* device_alloc(void* self, std::size_t bytes);
+  static void device_free(void* self, void* p);
+  Fence* record_fence() noexcept;
+  bool fence_done(Fence* f);
+  void wait_fence(Fence* f);
+  void drop_fence(Fence* f) noexcept;
+  void recycle_event(cudaEvent_t e) noexcept;
 
   int device_;
   int sm_count_ = 1;
   std::size_t max_shared_bytes_ = 48 << 10;  // dynamic shared memory one block may opt in to
   std::string name_;
-  CachingPool pool_;     // device memory (cudaMalloc)
-  CachingPool staging_;  // pinned host memory (cudaHostAlloc)
+  // Raw device allocations are stream-ordered too (cudaMallocAsync / cudaFreeAsync on a stream
+  // of their own, where the device has memory pools): freeing the cache never runs cudaFree,
+  // which would wait for the whole device, on a pipeline thread.
+  bool async_alloc_ = false;
+  cudaStream_t alloc_stream_ = nullptr;
+  std::vector<cudaEvent_t> spare_events_;  // recycled fence events
+  std::mutex events_mutex_;
   std::vector<cudaStream_t> extra_streams_;
   std::mutex streams_mutex_;
   cudaStream_t stream_ = nullptr;
   std::map<cudaStream_t, Handles> handles_;
   std::mutex handles_mutex_;
-  std::vector<PendingInfo> pending_;
-  std::mutex pending_mutex_;  // the pipeline's copy thread synchronizes its own stream
+  CachingPool pool_;     // device memory; declared last, so torn down first
+  CachingPool staging_;  // pinned host memory (cudaHostAlloc)
 };
 
 }  // namespace revmerge::cuda

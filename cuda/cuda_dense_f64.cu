@@ -115,9 +115,7 @@ void CudaBackend::cholesky_inverse_f64(double* g, double* inverse, i64 n, i64 ba
                                            CUBLAS_OP_N, CUBLAS_DIAG_NON_UNIT, static_cast<int>(n),
                                            static_cast<int>(n), &one, g_ptrs, static_cast<int>(n),
                                            inv_ptrs, static_cast<int>(n), static_cast<int>(batch)));
-  std::vector<DeviceBuffer> held;
-  held.push_back(std::move(pointers));
-  keep_until_synchronized(std::move(held), st);
+  // `pointers` goes back to the pool behind a fence: no other call gets it before these ran.
 }
 
 std::size_t CudaBackend::householder_qr_f64_work_bytes(i64 rows, i64 cols) {

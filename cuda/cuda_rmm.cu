@@ -99,16 +99,13 @@ void CudaBackend::rmm_positions(const kernels::RmmModuleArgs& args, Stream s) {
     REVMERGE_CUDA_CHECK(cudaGetLastError());
     return;
   }
-  // Scratch in global memory for a grid of a few blocks per SM, held until the stream is
-  // synchronized (the pool must not hand it to another stream while the kernel runs).
+  // Scratch in global memory for a grid of a few blocks per SM, released as the launch is queued
+  // (the pool's fence keeps it from another stream until the kernel has run).
   const i64 grid = std::min<i64>(total, 4 * static_cast<i64>(sm_count()));
   DeviceBuffer scratch = allocate(static_cast<std::size_t>(grid) * bytes);
   rmm_by_blocks<<<static_cast<unsigned>(grid), kBlockThreads, 0, st>>>(
       args, static_cast<double*>(scratch.data()), doubles, total);
   REVMERGE_CUDA_CHECK(cudaGetLastError());
-  std::vector<DeviceBuffer> held;
-  held.push_back(std::move(scratch));
-  keep_until_synchronized(std::move(held), st);
 }
 
 void CudaBackend::rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) {

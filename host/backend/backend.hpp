@@ -130,6 +130,11 @@ class Backend {
   virtual std::string name() const = 0;
 
   // --- memory and ordering ---
+  /// Backend memory from the backend's pool. Methods keep a buffer until the work that uses it
+  /// has run (synchronize, or an event waited on): the deferred test backend makes an early
+  /// release show as NaN or an error. The GPU's pool is stream-ordered besides — a block given
+  /// back with work still queued on the backend's streams is not handed out again before that
+  /// work has run — which the backend's own calls rely on for their scratch.
   virtual DeviceBuffer allocate(std::size_t bytes) = 0;
   /// Host memory the backend copies from and to fastest (pinned on CUDA), for staging buffers.
   virtual DeviceBuffer allocate_staging(std::size_t bytes) = 0;

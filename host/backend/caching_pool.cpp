@@ -12,6 +12,11 @@ std::size_t pool_size_class(std::size_t bytes) {
 }
 
 CachingPool::~CachingPool() {
+  try {
+    std::lock_guard lock(mutex_);
+    reap_locked(/*wait=*/true);
+  } catch (...) {  // a device that failed: its work will not run any more
+  }
   for (auto& [ptr, size] : sizes_) free_fn_(ctx_, ptr);
 }
 
@@ -19,6 +24,7 @@ DeviceBuffer CachingPool::allocate(std::size_t bytes) {
   if (bytes == 0) return {};
   const std::size_t cls = pool_size_class(bytes);
   std::lock_guard lock(mutex_);
+  reap_locked(/*wait=*/false);
   void* ptr = nullptr;
   if (auto it = free_.find(cls); it != free_.end()) {
     ptr = it->second;
@@ -26,9 +32,13 @@ DeviceBuffer CachingPool::allocate(std::size_t bytes) {
     cached_ -= cls;
   } else {
     // Blocks cached for another module's shapes give way before the pool passes its limit.
-    if (cached_ > 0 && in_use_ + cached_ + cls > limit_) free_cached_locked();
+    if (cached_ > 0 && in_use_ + cached_ + cls > limit_) {
+      reap_locked(/*wait=*/true);
+      free_cached_locked();
+    }
     ptr = alloc_(ctx_, cls);
-    if (ptr == nullptr && !free_.empty()) {  // give the cache back and retry once
+    if (ptr == nullptr && cached_ > 0) {  // give the cache back and retry once
+      reap_locked(/*wait=*/true);
       free_cached_locked();
       ptr = alloc_(ctx_, cls);
     }
@@ -44,20 +54,45 @@ DeviceBuffer CachingPool::allocate(std::size_t bytes) {
 
 void CachingPool::give_back(void* ctx, void* ptr) {
   auto* pool = static_cast<CachingPool*>(ctx);
+  // Recorded before taking the lock: the fence covers all work queued up to the release.
+  void* fence = pool->fences_.record ? pool->fences_.record(pool->fences_.ctx) : nullptr;
   std::lock_guard lock(pool->mutex_);
   const auto cls = pool->sizes_.at(ptr);
   pool->in_use_ -= cls;
   pool->cached_ += cls;
-  pool->free_.emplace(cls, ptr);
+  if (fence != nullptr)
+    pool->in_flight_.push_back({cls, ptr, fence});
+  else
+    pool->free_.emplace(cls, ptr);
+}
+
+void CachingPool::reap_locked(bool wait) {
+  // Oldest first; a fence not yet complete means the later ones are not either.
+  while (!in_flight_.empty()) {
+    auto& f = in_flight_.front();
+    if (wait)
+      fences_.wait(fences_.ctx, f.fence);
+    else if (!fences_.done(fences_.ctx, f.fence))
+      break;
+    fences_.drop(fences_.ctx, f.fence);
+    free_.emplace(f.cls, f.ptr);
+    in_flight_.pop_front();
+  }
 }
 
 void CachingPool::free_cached_locked() {
   for (auto& [c, p] : free_) {
     free_fn_(ctx_, p);
     sizes_.erase(p);
+    cached_ -= c;
   }
   free_.clear();
-  cached_ = 0;
+}
+
+void CachingPool::release_cached() {
+  std::lock_guard lock(mutex_);
+  reap_locked(/*wait=*/true);
+  free_cached_locked();
 }
 
 void CachingPool::set_limit(std::size_t bytes) {
