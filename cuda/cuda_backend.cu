@@ -84,11 +84,16 @@ CudaBackend::CudaBackend(int device)
   sm_count_ = prop.multiProcessorCount;
   max_shared_bytes_ = prop.sharedMemPerBlockOptin;
   REVMERGE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  int pools = 0;
-  REVMERGE_CUDA_CHECK(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device));
-  if (pools != 0) {
-    REVMERGE_CUDA_CHECK(cudaStreamCreateWithFlags(&alloc_stream_, cudaStreamNonBlocking));
-    async_alloc_ = true;
+  try {  // no destructor runs for a constructor that throws: what was made goes here
+    int pools = 0;
+    REVMERGE_CUDA_CHECK(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device));
+    if (pools != 0) {
+      REVMERGE_CUDA_CHECK(cudaStreamCreateWithFlags(&alloc_stream_, cudaStreamNonBlocking));
+      async_alloc_ = true;
+    }
+  } catch (...) {
+    cudaStreamDestroy(stream_);
+    throw;
   }
 }
 
