@@ -2,6 +2,7 @@
 #include "revmerge/compress.hpp"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -17,7 +18,6 @@
 #include "revmerge/error.hpp"
 #include "revmerge/hf_model.hpp"
 #include "revmerge/peft.hpp"
-#include "scheduler/double_buffered.hpp"
 
 namespace revmerge {
 namespace {
@@ -66,29 +66,33 @@ LoraModuleData compress_module(const TruncatedSvd& svd, double sq, const LinearW
   return m;
 }
 
-// The CPU's PT-SVDs: forming Δ (conversion and subtraction, one core) overlaps the previous
-// module's SVD (the BLAS threads), two f64 buffers in turn.
+// The CPU's PT-SVDs, one module after the other, each step on all the threads: Δ formed in
+// f64 and in f32 (the power iterations' copy) in one pass, then the SVD on the BLAS threads,
+// its scratch kept from module to module. (Forming the next Δ on a helper thread while the SVD
+// runs, as before, put one thread more on the cores than there are: the BLAS threads waited for
+// the one the helper displaced, and the whole run took as long.)
 template <class Finish>
 void compress_on_cpu(const HfModel& base, const HfModel& ft,
                      const std::vector<const LinearWeight*>& chosen, const CompressOptions& o,
                      Finish& finish) {
   std::size_t largest = 0;
   for (const auto* w : chosen) largest = std::max(largest, static_cast<std::size_t>(w->in * w->out));
-  LargeBuffer<double> buffers[2];
-  for (auto& b : buffers) b.reserve(largest);
-  auto span_of = [&](std::size_t i, int b) {
-    return buffers[b].first(static_cast<std::size_t>(chosen[i]->in * chosen[i]->out));
-  };
-  double_buffered(
-      chosen.size(),
-      [&](std::size_t i, int b) {
-        throw_if_interrupted("compress");
-        return read_delta_into(base, ft, *chosen[i], span_of(i, b));
-      },
-      [&](std::size_t i, int b, double sq) {
-        const auto& w = *chosen[i];
-        finish(i, pt_svd(span_of(i, b), w, o.rank, o.oversampling, o.power_iterations, o.seed), sq);
-      });
+  LargeBuffer<double> delta;
+  LargeBuffer<float> delta32;
+  delta.reserve(largest);
+  const bool f32_copy = o.power_iterations > 0;
+  if (f32_copy) delta32.reserve(largest);
+  RandomizedSvdWork work;
+  const int threads = o.threads > 0 ? o.threads : omp_get_max_threads();
+  for (std::size_t i = 0; i < chosen.size(); ++i) {
+    throw_if_interrupted("compress");
+    const auto& w = *chosen[i];
+    const auto count = static_cast<std::size_t>(w.in * w.out);
+    const auto d = delta.first(count);
+    const auto d32 = f32_copy ? delta32.first(count) : std::span<float>{};
+    const double sq = read_delta_into(base, ft, w, d, d32, threads);
+    finish(i, pt_svd(d, w, o.rank, o.oversampling, o.power_iterations, o.seed, &work, d32), sq);
+  }
 }
 
 // The adapter's recipe: PT-SVD with every option, the base and the fine-tune.

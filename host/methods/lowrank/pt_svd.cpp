@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cpu_parallel.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -47,27 +48,38 @@ RawWeight raw_weight(const HfModel& model, const LinearWeight& w) {
 }
 
 double read_delta_into(const HfModel& base, const HfModel& ft, const LinearWeight& w,
-                       std::span<double> delta) {
+                       std::span<double> delta, std::span<float> delta32, int threads) {
   const auto fraw = raw_weight(ft, w), braw = raw_weight(base, w);
   const std::size_t felem = dtype_size(fraw.dtype), belem = dtype_size(braw.dtype);
   constexpr std::size_t kBlock = 1 << 16;
-  std::vector<double> block(kBlock);
-  double sq = 0;
-  for (std::size_t at = 0; at < delta.size(); at += kBlock) {
+  const auto blocks = static_cast<std::int64_t>((delta.size() + kBlock - 1) / kBlock);
+  std::vector<double> parts(static_cast<std::size_t>(blocks));
+  std::vector<char> bad(static_cast<std::size_t>(blocks), 0);
+  cpu::parallel_for(std::max(threads, 1), blocks, [&](std::int64_t blk) {
+    thread_local std::vector<double> base_part;
+    base_part.resize(kBlock);
+    const std::size_t at = static_cast<std::size_t>(blk) * kBlock;
     const std::size_t count = std::min(kBlock, delta.size() - at);
     double* d = delta.data() + at;
     convert_to_f64(fraw.dtype, fraw.data + at * felem, d, count);
-    convert_to_f64(braw.dtype, braw.data + at * belem, block.data(), count);
+    convert_to_f64(braw.dtype, braw.data + at * belem, base_part.data(), count);
     double flag = 0, part = 0;
     for (std::size_t j = 0; j < count; ++j) {
-      d[j] -= block[j];
+      d[j] -= base_part[j];
       flag += d[j] * 0.0;
       part += d[j] * d[j];
     }
-    if (flag != 0)
-      for (std::size_t j = 0; j < count; ++j)
-        if (!std::isfinite(d[j])) throw_nonfinite(ft, w, at + j);
-    sq += part;
+    if (!delta32.empty()) std::copy(d, d + count, delta32.data() + at);  // still in cache
+    parts[static_cast<std::size_t>(blk)] = part;
+    bad[static_cast<std::size_t>(blk)] = flag != 0;
+  });
+  double sq = 0;
+  for (std::int64_t blk = 0; blk < blocks; ++blk) {
+    const std::size_t at = static_cast<std::size_t>(blk) * kBlock;
+    if (bad[static_cast<std::size_t>(blk)])
+      for (std::size_t j = at; j < std::min(at + kBlock, delta.size()); ++j)
+        if (!std::isfinite(delta[j])) throw_nonfinite(ft, w, j);
+    sq += parts[static_cast<std::size_t>(blk)];
   }
   evict(ft, w);
   evict(base, w);

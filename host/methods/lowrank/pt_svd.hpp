@@ -21,10 +21,12 @@ void check_fine_tune_tensor(const HfModel& ft, const LinearWeight& w, const std:
 
 /// Δ = W_ft − W_base of module `w` in f64 into `delta` (in · out doubles), converted and
 /// subtracted a block at a time from both files' mapped bytes (their pages leave the resident
-/// set afterwards); returns ‖Δ‖_F². Throws format_error naming the folder, tensor and element of
-/// a non-finite value, or a tensor that is not floats of that size.
+/// set afterwards); returns ‖Δ‖_F² (summed by block in order: the same for any thread count).
+/// With `delta32` (in · out floats), Δ rounded to f32 there too, in the same pass (the power
+/// iterations' copy). Blocks on `threads` OpenMP threads. Throws format_error naming the folder,
+/// tensor and first element of a non-finite value, or a tensor that is not floats of that size.
 double read_delta_into(const HfModel& base, const HfModel& ft, const LinearWeight& w,
-                       std::span<double> delta);
+                       std::span<double> delta, std::span<float> delta32 = {}, int threads = 1);
 
 /// The mapped bytes of module `w`'s tensor in `model`, for a device to read. Throws
 /// format_error naming the folder and tensor when it is not a float tensor of in · out values.
@@ -40,9 +42,12 @@ inline RandomizedSvdOptions pt_svd_options(const LinearWeight& w, std::int64_t r
 
 /// Row-major out × in is column-major in × out (M = Δᵀ), so Δ = V S Uᵀ from M = U S Vᵀ. The
 /// sketch's stream is the tensor's name: every task's delta of a module gets the same sketch.
+/// `work` and `delta32` as randomized_svd's `work` and `a32`.
 inline TruncatedSvd pt_svd(std::span<const double> delta, const LinearWeight& w, std::int64_t rank,
-                           std::int64_t oversampling, int power_iterations, std::uint64_t seed) {
-  return randomized_svd(delta, w.in, w.out, pt_svd_options(w, rank, oversampling, power_iterations, seed));
+                           std::int64_t oversampling, int power_iterations, std::uint64_t seed,
+                           RandomizedSvdWork* work = nullptr, std::span<const float> delta32 = {}) {
+  return randomized_svd(delta, w.in, w.out, pt_svd_options(w, rank, oversampling, power_iterations, seed),
+                        work, delta32);
 }
 
 /// The PT-SVDs of module `w` for every fine-tune on the batched engine: Δ_t formed in backend

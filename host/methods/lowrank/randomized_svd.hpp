@@ -7,6 +7,8 @@
 #include <span>
 #include <vector>
 
+#include "core/large_buffer.hpp"
+
 namespace revmerge {
 
 struct RandomizedSvdOptions {
@@ -24,10 +26,22 @@ struct TruncatedSvd {
   double captured = 0;  ///< ‖QᵀA‖_F², the energy of A inside the sketch's range
 };
 
+/// Scratch a run of SVDs keeps from one call to the next: the same memory again instead of
+/// fresh pages (which the kernel zeroes, on the critical path) for every module.
+struct RandomizedSvdWork {
+  LargeBuffer<float> a32;  ///< A's f32 copy for the power iterations (unless the caller has one)
+  std::vector<float> y32, z32, tau32;
+  std::vector<double> omega, z, y, b, ub, s, vt, tau;
+};
+
 /// The randomized SVD of the column-major m × n matrix `a`. ‖A − U_k S_k V_kᵀ‖_F² equals
-/// ‖A‖_F² − Σ_{i≤k} s_i² exactly (both parts are orthogonal). Throws solver_error.
+/// ‖A‖_F² − Σ_{i≤k} s_i² exactly (both parts are orthogonal). `work` (optional) is scratch
+/// kept between calls; `a32` (optional, m · n) is A rounded to f32 when the caller made it
+/// already (the power iterations' copy). Its own loops run on the OpenMP threads the BLAS has.
+/// Throws solver_error.
 TruncatedSvd randomized_svd(std::span<const double> a, std::int64_t m, std::int64_t n,
-                            const RandomizedSvdOptions& options);
+                            const RandomizedSvdOptions& options, RandomizedSvdWork* work = nullptr,
+                            std::span<const float> a32 = {});
 
 
 /// The exact SVD of the column-major l × l matrix `a` (LAPACK), its first k triplets: u and v
