@@ -71,6 +71,35 @@ void power_iterations_f32(std::span<const double> a, std::span<const float> give
 
 }  // namespace
 
+bool cholesky_qr2(double* x, i64 rows, i64 cols, double* r, std::vector<double>& g,
+                  std::vector<double>& first) {
+  const auto n = static_cast<std::size_t>(cols * cols);
+  g.resize(n);
+  first.resize(n);
+  for (int round = 0; round < 2; ++round) {
+    std::fill(g.begin(), g.end(), 0.0);
+    cblas_dsyrk(CblasColMajor, CblasUpper, CblasTrans, cols, rows, 1.0, x, rows, 0.0, g.data(), cols);
+    if (LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'U', cols, g.data(), cols) != 0) return false;
+    for (i64 j = 0; j < cols; ++j)  // dpotrf leaves the strict lower triangle as it found it
+      for (i64 i = j + 1; i < cols; ++i) g[static_cast<std::size_t>(j * cols + i)] = 0;
+    cblas_dtrsm(CblasColMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, rows, cols, 1.0,
+                g.data(), cols, x, rows);
+    if (round == 0) {
+      first = g;
+      continue;
+    }
+    for (i64 j = 0; j < cols; ++j)
+      for (i64 i = 0; i <= j; ++i)
+        if (std::abs(g[static_cast<std::size_t>(j * cols + i)] - (i == j ? 1.0 : 0.0)) >= 0.1) return false;
+  }
+  if (r != nullptr) {  // R = R₂ R₁
+    std::copy(first.begin(), first.end(), r);
+    cblas_dtrmm(CblasColMajor, CblasLeft, CblasUpper, CblasNoTrans, CblasNonUnit, cols, cols, 1.0, g.data(),
+                cols, r, cols);
+  }
+  return true;
+}
+
 TruncatedSvd randomized_svd(std::span<const double> a, i64 m, i64 n, const RandomizedSvdOptions& o,
                             RandomizedSvdWork* work, std::span<const float> a32) {
   TruncatedSvd r;
@@ -90,25 +119,48 @@ TruncatedSvd randomized_svd(std::span<const double> a, i64 m, i64 n, const Rando
   w.y.resize(size(m * l));
   cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, m, l, n, 1.0, a.data(), m, z.data(), n,
               0.0, w.y.data(), m);
-  orthonormalize(w.y, m, l, w.tau);
-  // B = Qᵀ A (l × n), its exact SVD, U = Q U_B.
-  w.b.resize(size(l * n));
-  cblas_dgemm(CblasColMajor, CblasTrans, CblasNoTrans, l, n, m, 1.0, w.y.data(), m, a.data(), m,
-              0.0, w.b.data(), l);
+  w.copy.assign(w.y.begin(), w.y.end());
+  if (!cholesky_qr2(w.y.data(), m, l, nullptr, w.g, w.first)) {
+    w.y.swap(w.copy);
+    orthonormalize(w.y, m, l, w.tau);
+  }
+  // Bᵀ = Aᵀ Q (n × l; B = Qᵀ A), then B's SVD: from Bᵀ = Q_B R and R = U_R S V_Rᵀ, B = V_R S (Q_B U_R)ᵀ,
+  // so U_B = V_R and B's right singular vectors are Q_B U_R (LAPACK's SVD of a wide l × n
+  // matrix spends most of its time in a level-2 LQ). Where CholeskyQR2 cannot hold, dgesdd of B.
+  w.b.resize(size(n * l));
+  cblas_dgemm(CblasColMajor, CblasTrans, CblasNoTrans, n, l, m, 1.0, a.data(), m, w.y.data(), m,
+              0.0, w.b.data(), n);
   for (const double x : w.b) r.captured += x * x;
+  w.copy.assign(w.b.begin(), w.b.end());
   w.ub.resize(size(l * l));
   w.s.resize(size(l));
-  w.vt.resize(size(l * n));
-  check_lapack(LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', l, n, w.b.data(), l, w.s.data(), w.ub.data(), l,
-                              w.vt.data(), l),
-               "dgesdd", l, n);
+  w.vt.resize(size(std::max(l * n, l * l)));
+  w.rb.resize(size(l * l));
   r.u.resize(size(m * r.k));
-  cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, m, r.k, l, 1.0, w.y.data(), m, w.ub.data(), l,
-              0.0, r.u.data(), m);
-  r.s.assign(w.s.begin(), w.s.begin() + r.k);
   r.v.resize(size(n * r.k));
-  for (i64 c = 0; c < r.k; ++c)
-    for (i64 j = 0; j < n; ++j) r.v[c * n + j] = w.vt[j * l + c];
+  if (cholesky_qr2(w.b.data(), n, l, w.rb.data(), w.g, w.first)) {
+    // R = U_R S V_Rᵀ: U_R into ub, V_Rᵀ into vt (l × l).
+    check_lapack(LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', l, l, w.rb.data(), l, w.s.data(), w.ub.data(), l,
+                                w.vt.data(), l),
+                 "dgesdd", l, l);
+    // U = Q V_R[:, :k] (V_R = (V_Rᵀ)ᵀ); V = Q_B U_R[:, :k].
+    cblas_dgemm(CblasColMajor, CblasNoTrans, CblasTrans, m, r.k, l, 1.0, w.y.data(), m, w.vt.data(), l,
+                0.0, r.u.data(), m);
+    cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, r.k, l, 1.0, w.b.data(), n, w.ub.data(), l,
+                0.0, r.v.data(), n);
+  } else {
+    // B (l × n) from Bᵀ, its SVD by LAPACK, U = Q U_B.
+    for (i64 j = 0; j < n; ++j)
+      for (i64 i = 0; i < l; ++i) w.b[size(j * l + i)] = w.copy[size(i * n + j)];
+    check_lapack(LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', l, n, w.b.data(), l, w.s.data(), w.ub.data(), l,
+                                w.vt.data(), l),
+                 "dgesdd", l, n);
+    cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, m, r.k, l, 1.0, w.y.data(), m, w.ub.data(), l,
+                0.0, r.u.data(), m);
+    for (i64 c = 0; c < r.k; ++c)
+      for (i64 j = 0; j < n; ++j) r.v[size(c * n + j)] = w.vt[size(j * l + c)];
+  }
+  r.s.assign(w.s.begin(), w.s.begin() + r.k);
   return r;
 }
 

@@ -2,7 +2,8 @@
 // Randomized truncated SVD (Halko, Martinsson & Tropp 2011, Algorithms 4.4 and 5.1): a Gaussian
 // sketch with oversampling, power iterations re-orthonormalised after every multiply
 // (Householder QR), and an exact SVD of the small projected matrix. The power iterations run
-// in f32; the last multiply, its QR, the projection and its SVD in f64 (LAPACK).
+// in f32; the last multiply, its QR, the projection and its SVD in f64 — the last two through
+// CholeskyQR2 (level-3 BLAS) where it holds, Householder / LAPACK's SVD where it does not.
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -31,7 +32,7 @@ struct TruncatedSvd {
 struct RandomizedSvdWork {
   LargeBuffer<float> a32;  ///< A's f32 copy for the power iterations (unless the caller has one)
   std::vector<float> y32, z32, tau32;
-  std::vector<double> omega, z, y, b, ub, s, vt, tau;
+  std::vector<double> omega, z, y, b, ub, s, vt, tau, copy, g, first, rb;
 };
 
 /// The randomized SVD of the column-major m × n matrix `a`. ‖A − U_k S_k V_kᵀ‖_F² equals
@@ -43,6 +44,16 @@ TruncatedSvd randomized_svd(std::span<const double> a, std::int64_t m, std::int6
                             const RandomizedSvdOptions& options, RandomizedSvdWork* work = nullptr,
                             std::span<const float> a32 = {});
 
+
+/// CholeskyQR2 of the column-major rows × cols matrix `x` (rows ≥ cols), in place: X = Q R with
+/// Q orthonormal, from two rounds of Gram (dsyrk), Cholesky and a triangular solve — all
+/// level-3 BLAS, where Householder's panels of a few dozen columns run at level-2 speed. It
+/// holds while κ(X) is well below 1/√ε (≈ 10⁸); the second round's R must be within 0.1 of I
+/// (then the first round's Q was nearly orthonormal and the second's is to ε). Returns false
+/// where it does not hold — `x` is then garbage: the caller redoes it by Householder from its own
+/// copy. `r` (optional) gets R, cols × cols, upper, column-major; `g` and `first` are scratch.
+bool cholesky_qr2(double* x, std::int64_t rows, std::int64_t cols, double* r, std::vector<double>& g,
+                  std::vector<double>& first);
 
 /// The exact SVD of the column-major l × l matrix `a` (LAPACK), its first k triplets: u and v
 /// l × k column-major, s descending. The GPU engine's last step, on the host.

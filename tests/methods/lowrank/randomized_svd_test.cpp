@@ -74,6 +74,71 @@ TEST(RandomizedSvd, ExactlyLowRankComesBackExactly) {
   EXPECT_LE(error_sq(a, s, 50, 70), 1e-20 * total);
 }
 
+// CholeskyQR2 itself: orthonormal to ε and X = QR up to κ(X) = 10⁷ (where one round alone
+// leaves Q ~10⁻² from orthonormal), and a refusal where it cannot hold.
+TEST(RandomizedSvd, CholeskyQr2HoldsToTenToTheSevenAndRefusesBeyond) {
+  const i64 rows = 400, cols = 24;
+  for (const double kappa : {1.0, 1e4, 1e7, 3e8, 1e12}) {
+    std::vector<double> sigma;
+    for (i64 j = 0; j < cols; ++j) sigma.push_back(std::pow(kappa, -double(j) / (cols - 1)));
+    const auto x = with_spectrum(rows, cols, sigma, 9);
+    auto q = x;
+    std::vector<double> r(static_cast<std::size_t>(cols * cols)), g, first;
+    const bool held = cholesky_qr2(q.data(), rows, cols, r.data(), g, first);
+    if (kappa > 1e8) {  // at 3·10⁸ Cholesky still succeeds: the check on R₂ refuses
+      EXPECT_FALSE(held) << "κ " << kappa;
+      continue;
+    }
+    ASSERT_TRUE(held) << "κ " << kappa;
+    double worst_orth = 0, worst_fit = 0;
+    for (i64 c = 0; c < cols; ++c)
+      for (i64 d = 0; d < cols; ++d) {
+        double dot = 0;
+        for (i64 i = 0; i < rows; ++i) dot += q[c * rows + i] * q[d * rows + i];
+        worst_orth = std::max(worst_orth, std::abs(dot - (c == d ? 1.0 : 0.0)));
+      }
+    for (i64 j = 0; j < cols; ++j)
+      for (i64 i = 0; i < rows; ++i) {
+        double qr = 0;
+        for (i64 c = 0; c <= j; ++c) qr += q[c * rows + i] * r[j * cols + c];
+        worst_fit = std::max(worst_fit, std::abs(qr - x[j * rows + i]));
+      }
+    EXPECT_LT(worst_orth, 1e-13) << "κ " << kappa;
+    EXPECT_LT(worst_fit, 1e-13) << "κ " << kappa;
+  }
+}
+
+// B's SVD goes through CholeskyQR2 where the projection is well conditioned and through
+// Householder / LAPACK where it is not (κ past ~10⁸, or rank-deficient): every case must give
+// orthonormal factors, the true singular values and the error it reports.
+TEST(RandomizedSvd, OrthonormalFactorsAndTheExactErrorAtAnyConditioning) {
+  const i64 m = 300, n = 200, k = 12, l = 20;
+  for (const double floor : {1e-2, 1e-6, 1e-9, 1e-12, 0.0}) {  // κ(B) = 1 / floor
+    std::vector<double> sigma;
+    for (i64 j = 0; j < n; ++j) sigma.push_back(j < l ? std::pow(floor > 0 ? floor : 1e-3, double(j) / (l - 1)) : 0.0);
+    if (floor == 0.0) std::fill(sigma.begin() + 6, sigma.end(), 0.0);  // rank 6 < l
+    const auto a = with_spectrum(m, n, sigma, 5);
+    const auto s = randomized_svd(a, m, n, {k, l - k, 2, 1, 2});
+    double total = 0, kept = 0;
+    for (const auto x : a) total += x * x;
+    for (const auto x : s.s) kept += x * x;
+    EXPECT_NEAR(error_sq(a, s, m, n), total - kept, 1e-12 * total) << "floor " << floor;
+    for (i64 c = 0; c < k; ++c) {
+      EXPECT_NEAR(s.s[c], sigma[c], 1e-10 * sigma[0]) << "floor " << floor << ", σ" << c;
+      for (i64 d = 0; d <= c; ++d) {
+        double uu = 0, vv = 0;
+        for (i64 i = 0; i < m; ++i) uu += s.u[c * m + i] * s.u[d * m + i];
+        for (i64 j = 0; j < n; ++j) vv += s.v[c * n + j] * s.v[d * n + j];
+        const double want = c == d && s.s[c] > 0 ? 1.0 : 0.0;
+        if (s.s[c] > 0) {  // a zero singular value's vectors are arbitrary
+          EXPECT_NEAR(uu, want, 1e-12) << "floor " << floor << ", u" << c << "·u" << d;
+          EXPECT_NEAR(vv, want, 1e-12) << "floor " << floor << ", v" << c << "·v" << d;
+        }
+      }
+    }
+  }
+}
+
 TEST(Compress, RecoversExactlyLowRankDeltasAndReportsTheError) {
   test::TempDir tmp;
   const i64 out = 24, in = 16;
