@@ -177,6 +177,9 @@ def main():
     if not (root / "ft" / "model.safetensors").exists():
         print(f"writing the models to {root} ...", flush=True)
         write_models(root, a.shape, a.layers, a.vocab)
+        # Again in a fresh process: the children's peak resident memory would count this one's
+        # (a fork shares the parent's pages), grown by the models just written.
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     pkg = install_mergekit(a.work)
     env = dict(os.environ, PYTHONPATH=str(pkg) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     read_s, total = read_floor(root)

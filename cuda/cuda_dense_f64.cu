@@ -192,6 +192,12 @@ void CudaBackend::gaussian_f64(double* out, i64 count, std::uint64_t seed, std::
   for_each_index(stream(s), count, FillGaussian{out, seed, stream_id});
 }
 
+void CudaBackend::cholesky_qr_verdict_f64(const double* r2, const int* infos, i64 n, i64 batch,
+                                          double tolerance, int* held, Stream s) {
+  use_device();
+  for_each_index(stream(s), batch, kernels::CholeskyQrVerdict{r2, infos, n, batch, tolerance, held});
+}
+
 void CudaBackend::lora_stacks_f64(const double* u, const double* v, const double* s, i64 tasks,
                                   i64 in, i64 out, i64 k, i64 r, float* a, float* b, Stream st) {
   use_device();

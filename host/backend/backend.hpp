@@ -206,6 +206,12 @@ class Backend {
   /// are then meaningless). No error is raised for such a matrix: the caller decides.
   virtual void cholesky_inverse_f64(double* g, double* inverse, std::int64_t n,
                                     std::int64_t batch, int* info, Stream s) = 0;
+  /// kernels::CholeskyQrVerdict for each of `batch` second-round factors r2 (n × n, packed) with
+  /// the two rounds' info words (`infos`, 2 · batch): clears held[b] where CholeskyQR2 did not
+  /// hold. On the stream, for the host to read once per module instead of once per step.
+  virtual void cholesky_qr_verdict_f64(const double* r2, const int* infos, std::int64_t n,
+                                       std::int64_t batch, double tolerance, int* held,
+                                       Stream s) = 0;
   /// Householder QR of one rows × cols matrix in place: Q's columns replace it, and R (cols ×
   /// cols, zeros below the diagonal) goes to `r_host` when given. Waits for the stream.
   virtual void householder_qr_f64(double* x, std::int64_t rows, std::int64_t cols,

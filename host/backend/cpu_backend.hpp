@@ -62,6 +62,8 @@ class CpuBackend final : public Backend {
                  std::int64_t count, std::uint64_t* first_bad, Stream s) override;
   void gaussian_f64(double* out, std::int64_t count, std::uint64_t seed, std::uint64_t stream_id,
                     Stream s) override;
+  void cholesky_qr_verdict_f64(const double* r2, const int* infos, std::int64_t n, std::int64_t batch,
+                               double tolerance, int* held, Stream s) override;
   void lora_stacks_f64(const double* u, const double* v, const double* s, std::int64_t tasks,
                        std::int64_t in, std::int64_t out, std::int64_t k, std::int64_t r, float* a,
                        float* b, Stream st) override;

@@ -25,6 +25,11 @@ void run(std::int64_t count, const F& f) {
 
 }  // namespace
 
+void CpuBackend::cholesky_qr_verdict_f64(const double* r2, const int* infos, std::int64_t n,
+                                         std::int64_t batch, double tolerance, int* held, Stream) {
+  run(batch, kernels::CholeskyQrVerdict{r2, infos, n, batch, tolerance, held});
+}
+
 void CpuBackend::lora_stacks_f64(const double* u, const double* v, const double* s,
                                  std::int64_t tasks, std::int64_t in, std::int64_t out,
                                  std::int64_t k, std::int64_t r, float* a, float* b, Stream) {

@@ -1,6 +1,7 @@
 #pragma once
 // Element-wise work of the batched PT-SVD shared by the CPU backend (Thrust's OpenMP system) and
-// the CUDA backend: a truncated SVD's LoRA factors written into the RMM merge's stacks.
+// the CUDA backend: CholeskyQR2's verdict, and a truncated SVD's LoRA factors written into the
+// RMM merge's stacks.
 #include <cstdint>
 
 #include "kernels/host_device.hpp"
@@ -30,6 +31,30 @@ struct LoraStackB {
   REVMERGE_HD void operator()(std::int64_t i) const {
     const std::int64_t per = out * r, t = i / per, y = i % per / r, c = i % r;
     b[i] = c < k ? static_cast<float>(v[(t * k + c) * out + y] * s[t * k + c]) : 0.0f;
+  }
+};
+
+// Whether CholeskyQR2 held for matrix b of a batch (one index per matrix): both rounds'
+// Cholesky factorizations succeeded (info words `infos[b]` and `infos[batch + b]`) and the second
+// round's factor R₂ (n × n, column-major, upper triangle) is within `tolerance` of I everywhere
+// (then the first round's Q was nearly orthonormal and the second's is to rounding). Where it
+// did not, held[b] becomes 0; it is never set, so one flag gathers every step of a module. A
+// NaN anywhere fails it.
+struct CholeskyQrVerdict {
+  const double* r2;
+  const int* infos;
+  std::int64_t n, batch;
+  double tolerance;
+  int* held;
+  REVMERGE_HD void operator()(std::int64_t b) const {
+    bool ok = infos[b] == 0 && infos[batch + b] == 0;
+    const double* m = r2 + b * n * n;
+    for (std::int64_t j = 0; j < n && ok; ++j)
+      for (std::int64_t i = 0; i <= j && ok; ++i) {
+        const double d = m[j * n + i] - (i == j ? 1.0 : 0.0);
+        ok = d < tolerance && -d < tolerance;
+      }
+    if (!ok) held[b] = 0;
   }
 };
 

@@ -187,6 +187,30 @@ TEST_P(BackendF64, DeltasFromEveryFloatTypeAndTheFirstNonFiniteElement) {
     }
 }
 
+// CholeskyQR2's verdict clears a task's flag for a failed factorization in either round, an
+// entry of R₂ 0.1 or more from I, or a NaN; it keeps a flag that is set, and never sets one.
+TEST_P(BackendF64, CholeskyQrVerdictClearsOnlyWhatFailed) {
+  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
+  const i64 n = 3, batch = 7;
+  std::vector<double> r2(static_cast<std::size_t>(batch * n * n), 0.0);
+  for (i64 b = 0; b < batch; ++b)
+    for (i64 i = 0; i < n; ++i) r2[b * n * n + i * n + i] = 1.0 + 0.01 * double(b);  // near I
+  r2[2 * n * n + 2 * n + 0] = 0.1;    // task 2: an off-diagonal entry at the tolerance
+  r2[3 * n * n + 1 * n + 1] = 0.899;  // task 3: a diagonal entry too far
+  r2[4 * n * n + 2 * n + 1] = std::nan("");
+  r2[5 * n * n + 0 * n + 1] = 5.0;  // task 5: below the diagonal (the Gram's leftovers): ignored
+  std::vector<int> infos(static_cast<std::size_t>(2 * batch), 0);
+  infos[0] = 2;          // task 0: the first round failed
+  infos[batch + 1] = 1;  // task 1: the second
+  const std::vector<int> held{1, 1, 1, 1, 1, 1, 0};  // task 6 was cleared by an earlier step
+  const auto dr = to_device(*be, r2);
+  const auto di = to_device(*be, infos);
+  auto dh = to_device(*be, held);
+  be->cholesky_qr_verdict_f64(static_cast<const double*>(dr.data()), static_cast<const int*>(di.data()), n,
+                              batch, 0.1, static_cast<int*>(dh.data()), {});
+  EXPECT_EQ(to_host<int>(*be, dh, batch), (std::vector<int>{0, 0, 0, 0, 0, 1, 0}));
+}
+
 // The stacks a truncated SVD gives are lora_factors' numbers, to the bit, zero past the rank.
 TEST_P(BackendF64, LoraStacksAreTheFactorsCompressWrites) {
   REVMERGE_BACKEND_OR_SKIP(be, GetParam());

@@ -137,6 +137,10 @@ class DeferredBackend final : public Backend {
                     Stream s) override {
     enqueue(s, [=, this] { cpu_->gaussian_f64(out, count, seed, stream_id, {}); });
   }
+  void cholesky_qr_verdict_f64(const double* r2, const int* infos, i64 n, i64 batch, double tolerance,
+                               int* held, Stream st) override {
+    enqueue(st, [=, this] { cpu_->cholesky_qr_verdict_f64(r2, infos, n, batch, tolerance, held, {}); });
+  }
   void lora_stacks_f64(const double* u, const double* v, const double* s, i64 tasks, i64 in,
                        i64 out, i64 k, i64 r, float* a, float* b, Stream st) override {
     enqueue(st, [=, this] { cpu_->lora_stacks_f64(u, v, s, tasks, in, out, k, r, a, b, {}); });

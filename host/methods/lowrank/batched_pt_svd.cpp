@@ -54,7 +54,7 @@ struct BatchedPtSvd::Shape {
     return {static_cast<std::size_t>(m * n) * element_bytes,  // the base's bytes
             static_cast<std::size_t>(m * n) * element_bytes,  // one fine-tune's bytes
             doubles(T * m * n),                               // Δ
-            static_cast<std::size_t>(T) * (3 * sizeof(double) + 2 * sizeof(int)),  // scalars
+            static_cast<std::size_t>(T) * (3 * sizeof(double) + 3 * sizeof(int)),  // scalars
             doubles(n * l),                                                        // Ω
             doubles(T * m * l),                                                    // Y, then Q
             doubles(T * std::max(m, n) * l),                    // CholeskyQR's first pass
@@ -122,153 +122,189 @@ void BatchedPtSvd::upload_weight(void* dst, const RawWeight& w, std::size_t coun
   staging.next = 1 - i;
 }
 
-// Replaces each rows × l matrix of the batch at `x` by an orthonormal basis of its range.
-// CholeskyQR2: R₁ = chol(XᵀX), X₁ = X R₁⁻¹, R₂ = chol(X₁ᵀX₁), Q = X₁ R₂⁻¹ — GEMMs and l × l
-// factorizations, batched. It holds while X is conditioned well enough that X₁ is nearly
-// orthonormal, which R₂ shows (R₂ ≈ I, and then Q is orthonormal to rounding); a matrix where a
-// factorization fails (a zero Δ) or R₂ strays from I by 0.1 or more (a rank-deficient sketch
-// may) is redone by Householder QR from its untouched X. Where it holds on a rank-deficient X,
-// its trailing columns are orthonormalised rounding and the range of X is still kept: as good
-// a basis for the randomized SVD. With `r_out`, each task's R (X = Q R, l × l
-// column-major) comes back to the host.
-void BatchedPtSvd::orthonormalize(Batch& b, double* x, const Shape& s, i64 rows,
-                                  std::vector<double>* r_out) {
+namespace {
+
+// R = R₂ R₁ (both l × l upper triangular, column-major; below the diagonal the factors hold the
+// Grams, which are not read).
+void r_of_rounds(const double* r1, const double* r2, i64 l, double* r) {
+  for (i64 j = 0; j < l; ++j)
+    for (i64 i = 0; i < l; ++i) {
+      double sum = 0;
+      if (i <= j)
+        for (i64 p = i; p <= j; ++p) sum += r2[p * l + i] * r1[j * l + p];
+      r[j * l + i] = sum;
+    }
+}
+
+}  // namespace
+
+// The batch's scalars block: ‖Δ_t‖², the captured energy, the first non-finite element, both
+// rounds' Cholesky info words, and whether CholeskyQR2 held at every step.
+struct BatchedPtSvd::Scalars {
+  double* norms;
+  double* captured;
+  std::uint64_t* bad;
+  int* infos;
+  int* held;
+  Scalars(const DeviceBuffer& block, i64 T)
+      : norms(static_cast<double*>(block.data())),
+        captured(norms + T),
+        bad(reinterpret_cast<std::uint64_t*>(norms + 2 * T)),
+        infos(reinterpret_cast<int*>(norms + 3 * T)),
+        held(infos + 2 * T) {}
+};
+
+// CholeskyQR2's two rounds for every rows × l matrix of the batch at `x`, which stays untouched:
+// R₁ = chol(XᵀX), X₁ = X R₁⁻¹ (into b.w), R₂ = chol(X₁ᵀX₁) and R₂⁻¹ — GEMMs and l × l
+// factorizations, batched. R₁ and R₂ stay in b.factors (then R₂⁻¹), the info words in the
+// scalars. Q = X₁ R₂⁻¹ where it held: R₂ ≈ I (then Q is orthonormal to rounding).
+void BatchedPtSvd::cholesky_rounds(Batch& b, const double* x, const Shape& s, i64 rows) {
   const i64 T = s.tasks, l = s.l, ll = l * l;
   auto* factors = static_cast<double*>(b.factors.data());  // R₁ (T), R₂ (T), R⁻¹ (T)
   double* inverse = factors + 2 * T * ll;
-  auto* infos = reinterpret_cast<int*>(static_cast<char*>(b.scalars.data()) + doubles(3 * T));
+  const Scalars sc(b.scalars, T);
   auto* w = static_cast<double*>(b.w.data());
   for (int pass = 0; pass < 2; ++pass) {
     const double* src = pass == 0 ? x : w;
     double* g = factors + pass * T * ll;
     gemm(Op::transpose, l, l, rows, src, rows, rows * l, src, rows, rows * l, g, l, ll, T);
-    be_.cholesky_inverse_f64(g, inverse, l, T, infos + pass * T, stream_);
+    be_.cholesky_inverse_f64(g, inverse, l, T, sc.infos + pass * T, stream_);
     if (pass == 0) gemm(Op::none, rows, l, l, x, rows, rows * l, inverse, l, ll, w, rows, rows * l, T);
   }
+  counts_.orthonormalized += T;
+}
+
+// The module's pass with no host decision: every step's CholeskyQR2 verdict goes into the
+// device's held flags, and Q = X₁ R₂⁻¹ is taken for every task. A task whose flag is cleared
+// anywhere is redone afterwards on its own (run_batch_checked).
+void BatchedPtSvd::orthonormalize_on_device(Batch& b, double* x, const Shape& s, i64 rows) {
+  const i64 T = s.tasks, l = s.l, ll = l * l;
+  cholesky_rounds(b, x, s, rows);
+  auto* factors = static_cast<double*>(b.factors.data());
+  const Scalars sc(b.scalars, T);
+  be_.cholesky_qr_verdict_f64(factors + T * ll, sc.infos, l, T, 0.1, sc.held, stream_);
+  gemm(Op::none, rows, l, l, static_cast<const double*>(b.w.data()), rows, rows * l, factors + 2 * T * ll, l,
+       ll, x, rows, rows * l, T);
+}
+
+// Replaces each rows × l matrix of the batch at `x` by an orthonormal basis of its range,
+// deciding on the host after each step: CholeskyQR2 (cholesky_rounds) where it holds, and
+// where a factorization fails (a zero Δ) or R₂ strays from I by 0.1 or more (a rank-deficient
+// sketch may), Householder QR from the untouched X. Where it holds on a rank-deficient X, its
+// trailing columns are orthonormalised rounding and the range of X is still kept: as good a
+// basis for the randomized SVD. With `r_out`, each task's R (X = Q R, l × l column-major)
+// comes back to the host.
+void BatchedPtSvd::orthonormalize(Batch& b, double* x, const Shape& s, i64 rows,
+                                  std::vector<double>* r_out) {
+  const i64 T = s.tasks, l = s.l, ll = l * l;
+  cholesky_rounds(b, x, s, rows);
+  auto* factors = static_cast<double*>(b.factors.data());
+  double* inverse = factors + 2 * T * ll;
+  const Scalars sc(b.scalars, T);
+  auto* w = static_cast<double*>(b.w.data());
   // Both factors and the verdicts to the host; X is still untouched.
   std::vector<double> h_factors(static_cast<std::size_t>(2 * T * ll));
-  std::vector<int> h_infos(static_cast<std::size_t>(2 * T));
+  std::vector<int> h_held(static_cast<std::size_t>(T), 1);
+  auto* held_flags = sc.held;
+  be_.upload(held_flags, h_held.data(), h_held.size() * sizeof(int), stream_);
+  be_.cholesky_qr_verdict_f64(factors + T * ll, sc.infos, l, T, 0.1, held_flags, stream_);
   to_host(h_factors.data(), factors, doubles(2 * T * ll));
-  to_host(h_infos.data(), infos, h_infos.size() * sizeof(int));
+  to_host(h_held.data(), held_flags, h_held.size() * sizeof(int));
   be_.synchronize(stream_);
-  std::vector<char> held(static_cast<std::size_t>(T));
-  bool all_held = true;
-  for (i64 t = 0; t < T; ++t) {
-    const double* r2 = h_factors.data() + (T + t) * ll;
-    bool ok = h_infos[t] == 0 && h_infos[T + t] == 0;
-    for (i64 j = 0; j < l && ok; ++j)
-      for (i64 i = 0; i <= j && ok; ++i) ok = std::abs(r2[j * l + i] - (i == j ? 1.0 : 0.0)) < 0.1;
-    held[t] = ok;
-    all_held = all_held && ok;
-  }
+  const bool all_held = std::all_of(h_held.begin(), h_held.end(), [](int h) { return h != 0; });
   // Q = X₁ R₂⁻¹ where CholeskyQR2 held: one batched GEMM when it held everywhere.
   if (all_held) {
     gemm(Op::none, rows, l, l, w, rows, rows * l, inverse, l, ll, x, rows, rows * l, T);
   } else {
     for (i64 t = 0; t < T; ++t)
-      if (held[t])
+      if (h_held[t])
         gemm(Op::none, rows, l, l, w + t * rows * l, rows, 0, inverse + t * ll, l, 0,
              x + t * rows * l, rows, 0, 1);
   }
   if (r_out) r_out->assign(static_cast<std::size_t>(T * ll), 0.0);
-  counts_.orthonormalized += T;
   for (i64 t = 0; t < T; ++t) {
     double* r = r_out ? r_out->data() + t * ll : nullptr;
-    if (!held[t]) {
+    if (!h_held[t]) {
       be_.householder_qr_f64(x + t * rows * l, rows, l, r, stream_);
       ++counts_.householder;
       continue;
     }
-    if (!r) continue;
-    // R = R₂ R₁, both upper triangular (below the diagonal the factors hold the Grams).
-    const double* r1 = h_factors.data() + t * ll;
-    const double* r2 = h_factors.data() + (T + t) * ll;
-    for (i64 j = 0; j < l; ++j)
-      for (i64 i = 0; i <= j; ++i) {
-        double sum = 0;
-        for (i64 p = i; p <= j; ++p) sum += r2[p * l + i] * r1[j * l + p];
-        r[j * l + i] = sum;
-      }
+    if (r) r_of_rounds(h_factors.data() + t * ll, h_factors.data() + (T + t) * ll, l, r);
   }
 }
 
-void BatchedPtSvd::run_batch(const DeviceBuffer& base_raw, DType base_dtype,
-                             std::span<const RawWeight> fine_tunes, std::span<DeltaSvd> results,
-                             const Shape& s, const RandomizedSvdOptions& o, Staging& staging,
-                             const Stacks* stacks) {
-  const i64 T = s.tasks, m = s.m, n = s.n, l = s.l, k = s.k, mn = m * n;
+// Δ_t, ‖Δ_t‖² and the first non-finite element of each task, one fine-tune's bytes in backend
+// memory at a time; then Ω. Nothing waits.
+void BatchedPtSvd::form_deltas(Batch& b, const DeviceBuffer& base_raw, DType base_dtype,
+                               std::span<const RawWeight> fine_tunes, const Shape& s,
+                               const RandomizedSvdOptions& o, Staging& staging) {
+  const i64 T = s.tasks, mn = s.m * s.n;
   const auto sizes = s.blocks();
-  Batch b;
-  const WaitOnUnwind wait(be_, stream_);
   b.ft_raw = be_.allocate(sizes[1]);
   b.delta = be_.allocate(sizes[2]);
   b.scalars = be_.allocate(sizes[3]);
   auto* delta = static_cast<double*>(b.delta.data());
-  auto* norms = static_cast<double*>(b.scalars.data());
-  double* captured = norms + T;
-  auto* bad = reinterpret_cast<std::uint64_t*>(norms + 2 * T);
-  // Δ_t, ‖Δ_t‖² and the first non-finite element, one fine-tune's bytes in backend memory at a
-  // time.
+  const Scalars sc(b.scalars, T);
   const std::vector<std::uint64_t> none(static_cast<std::size_t>(T), ~std::uint64_t{0});
-  be_.upload(bad, none.data(), none.size() * sizeof(std::uint64_t), stream_);
+  const std::vector<int> held(static_cast<std::size_t>(T), 1);
+  be_.upload(sc.bad, none.data(), none.size() * sizeof(std::uint64_t), stream_);
+  be_.upload(sc.held, held.data(), held.size() * sizeof(int), stream_);
   for (i64 t = 0; t < T; ++t) {
     const auto& f = fine_tunes[t];
     upload_weight(b.ft_raw.data(), f, static_cast<std::size_t>(mn), staging);
-    be_.delta_f64(b.ft_raw.data(), f.dtype, base_raw.data(), base_dtype, delta + t * mn, mn,
-                  bad + t, stream_);
+    be_.delta_f64(b.ft_raw.data(), f.dtype, base_raw.data(), base_dtype, delta + t * mn, mn, sc.bad + t,
+                  stream_);
   }
-  be_.sum_squares_f64(delta, mn, T, norms, stream_);
-  std::vector<double> h_norms(static_cast<std::size_t>(T));
-  std::vector<std::uint64_t> h_bad(static_cast<std::size_t>(T));
-  to_host(h_norms.data(), norms, doubles(T));
-  to_host(h_bad.data(), bad, h_bad.size() * sizeof(std::uint64_t));
-  be_.synchronize(stream_);
-  bool any_bad = false;
-  for (i64 t = 0; t < T; ++t) {
-    results[t].norm_sq = h_norms[t];
-    if (h_bad[t] != ~std::uint64_t{0}) {
-      results[t].nonfinite_at = static_cast<i64>(h_bad[t]);
-      any_bad = true;
-    }
-  }
-  if (any_bad || k <= 0 || l <= 0) return;
-
+  be_.sum_squares_f64(delta, mn, T, sc.norms, stream_);
   b.omega = be_.allocate(sizes[4]);
   b.y = be_.allocate(sizes[5]);
   b.w = be_.allocate(sizes[6]);
   b.z = be_.allocate(sizes[7]);
   b.factors = be_.allocate(sizes[8]);
-  auto* omega = static_cast<double*>(b.omega.data());
+  be_.gaussian_f64(static_cast<double*>(b.omega.data()), s.n * s.l, o.seed, o.stream, stream_);  // Ω, n × l
+}
+
+// The subspace iteration: Y = M Ω, then q times Z = Mᵀ Y, Y = M Z, each product
+// re-orthonormalised by `orth`; the first multiply's Ω is shared (stride 0). Leaves Q in b.y,
+// Bᵀ = Mᵀ Q in b.z and ‖QᵀM‖² in the captured scalars (Bᵀ not yet orthonormalised).
+template <class Orth>
+void BatchedPtSvd::subspace_iteration(Batch& b, const Shape& s, const RandomizedSvdOptions& o, Orth orth) {
+  const i64 T = s.tasks, m = s.m, n = s.n, l = s.l, mn = m * n;
+  const auto* delta = static_cast<const double*>(b.delta.data());
   auto* y = static_cast<double*>(b.y.data());
   auto* z = static_cast<double*>(b.z.data());
-  be_.gaussian_f64(omega, n * l, o.seed, o.stream, stream_);  // randomized_svd's Ω, n × l
-
-  // Power iterations, each product re-orthonormalised; the first multiplies Ω, shared (stride 0).
-  const double* sketch = omega;
+  const double* sketch = static_cast<const double*>(b.omega.data());
   i64 sketch_stride = 0;
   for (int it = 0; it < o.power_iterations; ++it) {
     gemm(Op::none, m, l, n, delta, m, mn, sketch, n, sketch_stride, y, m, m * l, T);  // Y = M Z
-    orthonormalize(b, y, s, m, nullptr);
+    orth(y, m);
     gemm(Op::transpose, n, l, m, delta, m, mn, y, m, m * l, z, n, n * l, T);  // Z = Mᵀ Y
-    orthonormalize(b, z, s, n, nullptr);
+    orth(z, n);
     sketch = z;
     sketch_stride = n * l;
   }
   gemm(Op::none, m, l, n, delta, m, mn, sketch, n, sketch_stride, y, m, m * l, T);
-  orthonormalize(b, y, s, m, nullptr);                                       // Q
+  orth(y, m);                                                                 // Q
   gemm(Op::transpose, n, l, m, delta, m, mn, y, m, m * l, z, n, n * l, T);  // Bᵀ = Mᵀ Q
-  be_.sum_squares_f64(z, n * l, T, captured, stream_);                       // ‖QᵀM‖²
-  std::vector<double> r;
-  orthonormalize(b, z, s, n, &r);  // Bᵀ = Q₂ R
+  be_.sum_squares_f64(z, n * l, T, Scalars(b.scalars, T).captured, stream_);  // ‖QᵀM‖²
+}
 
-  // B = Rᵀ Q₂ᵀ, and Rᵀ = U_R S V_Rᵀ (LAPACK, l × l, on the host) gives B = U_R S (Q₂ V_R)ᵀ:
-  // U = Q U_R and V = Q₂ V_R, their first k columns.
-  std::vector<double> small(static_cast<std::size_t>(2 * T * l * k + T * k)),
+// From Bᵀ = Q₂ R (Q₂ in b.z) and each task's R on the host: B = Rᵀ Q₂ᵀ, and Rᵀ = U_R S V_Rᵀ
+// (LAPACK, l × l, on the host) gives B = U_R S (Q₂ V_R)ᵀ: U = Q U_R and V = Q₂ V_R, their first k
+// columns, on the device — into the stacks, or back to the host. Tasks not in `tasks` are left
+// as they are. Ends with the stream synchronized.
+void BatchedPtSvd::finish_factors(Batch& b, const Shape& s, const std::vector<double>& r,
+                                  std::span<DeltaSvd> results, const std::vector<char>& tasks,
+                                  const Stacks* stacks) {
+  const i64 T = s.tasks, m = s.m, n = s.n, l = s.l, k = s.k;
+  const auto sizes = s.blocks();
+  std::vector<double> small(static_cast<std::size_t>(2 * T * l * k + T * k), 0.0),
       rt(static_cast<std::size_t>(l * l));
   double* ur = small.data();
   double* vr = ur + T * l * k;
   double* sv = vr + T * l * k;
   for (i64 t = 0; t < T; ++t) {
+    if (!tasks[t]) continue;
     for (i64 j = 0; j < l; ++j)
       for (i64 i = 0; i < l; ++i) rt[j * l + i] = r[t * l * l + i * l + j];
     auto& svd = results[t].svd;
@@ -285,22 +321,108 @@ void BatchedPtSvd::run_batch(const DeviceBuffer& base_raw, DType base_dtype,
   auto* u = static_cast<double*>(b.u.data());
   auto* v = static_cast<double*>(b.v.data());
   be_.upload(d_ur, small.data(), small.size() * sizeof(double), stream_);
-  gemm(Op::none, m, k, l, y, m, m * l, d_ur, l, l * k, u, m, m * k, T);
-  gemm(Op::none, n, k, l, z, n, n * l, d_vr, l, l * k, v, n, n * k, T);
-  std::vector<double> h_captured(static_cast<std::size_t>(T));
+  gemm(Op::none, m, k, l, static_cast<const double*>(b.y.data()), m, m * l, d_ur, l, l * k, u, m, m * k, T);
+  gemm(Op::none, n, k, l, static_cast<const double*>(b.z.data()), n, n * l, d_vr, l, l * k, v, n, n * k, T);
   if (stacks) {  // the factors stay in backend memory, in the merge's stacks
-    be_.lora_stacks_f64(u, v, d_vr + T * l * k, T, m, n, k, stacks->r, stacks->a, stacks->b,
-                        stream_);
+    be_.lora_stacks_f64(u, v, d_vr + T * l * k, T, m, n, k, stacks->r, stacks->a, stacks->b, stream_);
   } else {
     for (i64 t = 0; t < T; ++t) {
+      if (!tasks[t]) continue;
       results[t].svd.u.resize(static_cast<std::size_t>(m * k));
       results[t].svd.v.resize(static_cast<std::size_t>(n * k));
       to_host(results[t].svd.u.data(), u + t * m * k, doubles(m * k));
       to_host(results[t].svd.v.data(), v + t * n * k, doubles(n * k));
     }
   }
-  to_host(h_captured.data(), captured, doubles(T));
   be_.synchronize(stream_);
+}
+
+// One batch with no host decision inside: Δ, the whole subspace iteration with CholeskyQR2 at
+// every step and its verdicts gathered on the device, then one download (norms, non-finite
+// elements, verdicts, captured energies, the last step's factors) before the l × l SVDs on the
+// host, and one at the end. Returns the tasks whose CholeskyQR2 failed somewhere: the caller
+// redoes each on its own (their factors here, and in the stacks, are meaningless until then).
+std::vector<i64> BatchedPtSvd::run_batch(const DeviceBuffer& base_raw, DType base_dtype,
+                                         std::span<const RawWeight> fine_tunes, std::span<DeltaSvd> results,
+                                         const Shape& s, const RandomizedSvdOptions& o, Staging& staging,
+                                         const Stacks* stacks) {
+  const i64 T = s.tasks, l = s.l, ll = l * l;
+  Batch b;
+  const WaitOnUnwind wait(be_, stream_);
+  form_deltas(b, base_raw, base_dtype, fine_tunes, s, o, staging);
+  const bool solve = s.k > 0 && l > 0;
+  if (solve) subspace_iteration(b, s, o, [&](double* x, i64 rows) { orthonormalize_on_device(b, x, s, rows); });
+  if (solve) orthonormalize_on_device(b, static_cast<double*>(b.z.data()), s, s.n);  // Bᵀ = Q₂ R
+  const Scalars sc(b.scalars, T);
+  std::vector<double> h_norms(static_cast<std::size_t>(T)), h_captured(static_cast<std::size_t>(T)),
+      h_factors(static_cast<std::size_t>(solve ? 2 * T * ll : 0));
+  std::vector<std::uint64_t> h_bad(static_cast<std::size_t>(T));
+  std::vector<int> h_held(static_cast<std::size_t>(T));
+  to_host(h_norms.data(), sc.norms, doubles(T));
+  to_host(h_bad.data(), sc.bad, h_bad.size() * sizeof(std::uint64_t));
+  if (solve) {
+    to_host(h_captured.data(), sc.captured, doubles(T));
+    to_host(h_held.data(), sc.held, h_held.size() * sizeof(int));
+    to_host(h_factors.data(), b.factors.data(), doubles(2 * T * ll));
+  }
+  be_.synchronize(stream_);
+  bool any_bad = false;
+  for (i64 t = 0; t < T; ++t) {
+    results[t].norm_sq = h_norms[t];
+    if (h_bad[t] != ~std::uint64_t{0}) {
+      results[t].nonfinite_at = static_cast<i64>(h_bad[t]);
+      any_bad = true;
+    }
+  }
+  if (any_bad || !solve) return {};
+  std::vector<i64> redo;
+  std::vector<char> held(static_cast<std::size_t>(T));
+  std::vector<double> r(static_cast<std::size_t>(T * ll), 0.0);
+  for (i64 t = 0; t < T; ++t) {
+    held[t] = h_held[t] != 0;
+    if (!held[t]) {
+      redo.push_back(t);
+      continue;
+    }
+    results[t].svd.captured = h_captured[t];
+    r_of_rounds(h_factors.data() + t * ll, h_factors.data() + (T + t) * ll, l, r.data() + t * ll);
+  }
+  if (redo.size() < static_cast<std::size_t>(T)) finish_factors(b, s, r, results, held, stacks);
+  return redo;
+}
+
+// One batch deciding on the host after every step (orthonormalize): Householder QR where
+// CholeskyQR2 does not hold. The path of the tasks run_batch gives back.
+void BatchedPtSvd::run_batch_checked(const DeviceBuffer& base_raw, DType base_dtype,
+                                     std::span<const RawWeight> fine_tunes, std::span<DeltaSvd> results,
+                                     const Shape& s, const RandomizedSvdOptions& o, Staging& staging,
+                                     const Stacks* stacks) {
+  const i64 T = s.tasks;
+  Batch b;
+  const WaitOnUnwind wait(be_, stream_);
+  form_deltas(b, base_raw, base_dtype, fine_tunes, s, o, staging);
+  const Scalars sc(b.scalars, T);
+  std::vector<double> h_norms(static_cast<std::size_t>(T));
+  std::vector<std::uint64_t> h_bad(static_cast<std::size_t>(T));
+  to_host(h_norms.data(), sc.norms, doubles(T));
+  to_host(h_bad.data(), sc.bad, h_bad.size() * sizeof(std::uint64_t));
+  be_.synchronize(stream_);
+  bool any_bad = false;
+  for (i64 t = 0; t < T; ++t) {
+    results[t] = {};
+    results[t].norm_sq = h_norms[t];
+    if (h_bad[t] != ~std::uint64_t{0}) {
+      results[t].nonfinite_at = static_cast<i64>(h_bad[t]);
+      any_bad = true;
+    }
+  }
+  if (any_bad || s.k <= 0 || s.l <= 0) return;
+  subspace_iteration(b, s, o, [&](double* x, i64 rows) { orthonormalize(b, x, s, rows, nullptr); });
+  std::vector<double> r;
+  orthonormalize(b, static_cast<double*>(b.z.data()), s, s.n, &r);  // Bᵀ = Q₂ R
+  std::vector<double> h_captured(static_cast<std::size_t>(T));
+  to_host(h_captured.data(), sc.captured, doubles(T));
+  finish_factors(b, s, r, results, std::vector<char>(static_cast<std::size_t>(T), 1), stacks);
   for (i64 t = 0; t < T; ++t) results[t].svd.captured = h_captured[t];
 }
 
@@ -338,9 +460,10 @@ std::vector<DeltaSvd> BatchedPtSvd::run_batches(const RawWeight& base,
   if (fine_tunes.empty() || in == 0 || out == 0) return results;
   std::size_t element = dtype_size(base.dtype);
   for (const auto& f : fine_tunes) element = std::max(element, dtype_size(f.dtype));
-  const std::size_t budget = std::min(limit_, be_.memory_available());
+  // Batches from the plan's limit alone, never from what happens to be free at run time: a batch's
+  // composition changes the GEMMs' kernels, and the outputs must be the same from run to run.
   auto tasks = static_cast<i64>(fine_tunes.size());
-  while (tasks > 1 && work_bytes(tasks, in, out, o, element) > budget) --tasks;
+  while (tasks > 1 && work_bytes(tasks, in, out, o, element) > limit_) --tasks;
   const i64 small = std::min(in, out);
   const auto count = static_cast<std::size_t>(in * out);
   Staging staging;
@@ -356,9 +479,21 @@ std::vector<DeltaSvd> BatchedPtSvd::run_batches(const RawWeight& base,
     Stacks part;  // this batch's tasks' slices of the stacks
     if (stacks)
       part = {stacks->a + first * stacks->r * in, stacks->b + first * out * stacks->r, stacks->r};
-    run_batch(base_raw, base.dtype, fine_tunes.subspan(first, batch),
-              std::span(results).subspan(first, batch), shape, o, staging,
-              stacks ? &part : nullptr);
+    const auto redo = run_batch(base_raw, base.dtype, fine_tunes.subspan(first, batch),
+                                std::span(results).subspan(first, batch), shape, o, staging,
+                                stacks ? &part : nullptr);
+    // Where CholeskyQR2 failed at some step (a zero Δ, a rank-deficient sketch): that task
+    // again on its own, deciding after every step (the batch's memory is free again by now).
+    counts_.redone += static_cast<i64>(redo.size());
+    for (const i64 t : redo) {
+      Shape one = shape;
+      one.tasks = 1;
+      const i64 at = first + t;
+      Stacks own;
+      if (stacks) own = {stacks->a + at * stacks->r * in, stacks->b + at * out * stacks->r, stacks->r};
+      run_batch_checked(base_raw, base.dtype, fine_tunes.subspan(at, 1), std::span(results).subspan(at, 1), one,
+                        o, staging, stacks ? &own : nullptr);
+    }
   }
   be_.synchronize(stream_);  // every block goes back to the pool with nothing left to run on it
   return results;

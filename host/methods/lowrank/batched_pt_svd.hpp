@@ -48,7 +48,7 @@ class BatchedPtSvd {
 
   /// For each fine-tune t, Δ_t = fine_tunes[t] − base and its randomized SVD with `options`
   /// (rank, oversampling, power iterations, the sketch's seed and stream). Tasks go in batches
-  /// as large as the memory limit allows, one at least. When a Δ_t holds a non-finite value its
+  /// as large as limit_memory allows, one at least. When a Δ_t holds a non-finite value its
   /// `nonfinite_at` is set and no SVD of its batch is computed. Throws device_error /
   /// solver_error.
   std::vector<DeltaSvd> run(const RawWeight& base, std::span<const RawWeight> fine_tunes,
@@ -73,13 +73,16 @@ class BatchedPtSvd {
   /// hold at most `element_bytes` per value.
   std::size_t work_bytes(std::int64_t tasks, std::int64_t in, std::int64_t out,
                          const RandomizedSvdOptions& options, std::size_t element_bytes) const;
-  /// Keeps run()'s batches within `bytes` (and within what the backend has free).
+  /// Keeps run()'s batches within `bytes` (the memory plan's share; without one, all tasks go in
+  /// one batch). Never sized from what the device has free at the time, so that the same inputs
+  /// give the same batches, and the same bytes, on every run.
   void limit_memory(std::size_t bytes) { limit_ = bytes; }
 
-  /// Re-orthonormalisations so far (one per task and multiply), and how many of them fell back
-  /// to Householder QR.
+  /// Re-orthonormalisations so far (one per task and multiply, a redone task's counted again),
+  /// how many of them fell back to Householder QR, and the tasks redone on their own because
+  /// CholeskyQR2 failed for them somewhere in their batch's pass.
   struct Counts {
-    std::int64_t orthonormalized = 0, householder = 0;
+    std::int64_t orthonormalized = 0, householder = 0, redone = 0;
   };
   Counts counts() const { return counts_; }
 
@@ -87,14 +90,28 @@ class BatchedPtSvd {
   struct Shape;
   struct Batch;
   struct Staging;
+  struct Scalars;
   std::vector<DeltaSvd> run_batches(const RawWeight& base, std::span<const RawWeight> fine_tunes,
                                     std::int64_t in, std::int64_t out,
                                     const RandomizedSvdOptions& options, const Stacks* stacks);
-  void run_batch(const DeviceBuffer& base_raw, DType base_dtype,
-                 std::span<const RawWeight> fine_tunes, std::span<DeltaSvd> results,
-                 const Shape& shape, const RandomizedSvdOptions& options, Staging& staging,
-                 const Stacks* stacks);
+  std::vector<std::int64_t> run_batch(const DeviceBuffer& base_raw, DType base_dtype,
+                                      std::span<const RawWeight> fine_tunes, std::span<DeltaSvd> results,
+                                      const Shape& shape, const RandomizedSvdOptions& options,
+                                      Staging& staging, const Stacks* stacks);
+  void run_batch_checked(const DeviceBuffer& base_raw, DType base_dtype,
+                         std::span<const RawWeight> fine_tunes, std::span<DeltaSvd> results,
+                         const Shape& shape, const RandomizedSvdOptions& options, Staging& staging,
+                         const Stacks* stacks);
+  void form_deltas(Batch& b, const DeviceBuffer& base_raw, DType base_dtype,
+                   std::span<const RawWeight> fine_tunes, const Shape& s,
+                   const RandomizedSvdOptions& options, Staging& staging);
+  template <class Orth>
+  void subspace_iteration(Batch& b, const Shape& s, const RandomizedSvdOptions& options, Orth orth);
+  void finish_factors(Batch& b, const Shape& s, const std::vector<double>& r,
+                      std::span<DeltaSvd> results, const std::vector<char>& tasks, const Stacks* stacks);
   void upload_weight(void* dst, const RawWeight& w, std::size_t count, Staging& staging);
+  void cholesky_rounds(Batch& b, const double* x, const Shape& s, std::int64_t rows);
+  void orthonormalize_on_device(Batch& b, double* x, const Shape& s, std::int64_t rows);
   void orthonormalize(Batch& b, double* x, const Shape& s, std::int64_t rows,
                       std::vector<double>* r_out);
   void gemm(Op op_a, std::int64_t rows, std::int64_t cols, std::int64_t inner, const double* a,
