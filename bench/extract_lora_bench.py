@@ -5,7 +5,7 @@ beside the read floor (both models' bytes read once from the page cache, measure
 
     python3 bench/extract_lora_bench.py --revmerge build/release/host/cli/revmerge \\
         [--shape mid|llama-7b] [--layers 2] [--rank 32] [--repeats 3] [--threads N] \\
-        [--work DIR] [--cuda] [--json OUT]
+        [--work DIR] [--cuda] [--mergekit-pkg DIR] [--json OUT]
 
 The models: a Llama-shaped base (`mid`: hidden 2048, intermediate 5632, 4 KV heads of 64, the
 shape of the 1B class; `llama-7b`: 4096 / 11008 / 32 heads) with --layers blocks, in bf16, and one
@@ -171,6 +171,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--work", type=Path, default=Path("/tmp/revmerge-extract-bench"))
     ap.add_argument("--cuda", action="store_true", help="mergekit --cuda against revmerge --device cuda")
+    ap.add_argument("--mergekit-pkg", type=Path, help="mergekit already installed (pip --target) there: "
+                    "no install (a machine without network)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     root = a.work / f"{a.shape}-{a.layers}l-v{a.vocab}"
@@ -180,7 +182,7 @@ def main():
         # Again in a fresh process: the children's peak resident memory would count this one's
         # (a fork shares the parent's pages), grown by the models just written.
         os.execv(sys.executable, [sys.executable, *sys.argv])
-    pkg = install_mergekit(a.work)
+    pkg = a.mergekit_pkg or install_mergekit(a.work)
     env = dict(os.environ, PYTHONPATH=str(pkg) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     read_s, total = read_floor(root)
     device = "cuda" if a.cuda else "cpu"

@@ -159,6 +159,23 @@ full_models() {
 }
 export -f full_models
 step full-models full-models.log 240 bash -c full_models
+# compress on the GPU, traced (issue 23 asks for the trace first), then against mergekit-extract-lora
+# --cuda on the same files where the machine's Python has torch and transformers and mergekit
+# was carried along (build/mergekit-pkg: `pip install --target build/mergekit-pkg --no-deps
+# mergekit==0.1.5 immutables==0.21 sentencepiece==0.2.3 protobuf==7.36.2` where pip works).
+if command -v nsys >/dev/null; then
+  step nsys-compress-7b nsys-compress-7b.log 90 nsys profile --force-overwrite true -o "$out/compress-7b" \
+    --stats=true "$revmerge" compress --device cuda --base "$out/models-7b/base" --model "$out/models-7b/ft-0" \
+    --rank 64 --force --quiet --out "$out/compress-nsys"
+else
+  result[nsys-compress-7b]="NOT RUN (nsys not found)"
+fi
+if [ -d build/mergekit-pkg/mergekit ] && python3 -c "import torch, transformers, safetensors, numpy" 2>/dev/null; then
+  step extract-lora-7b extract-lora-7b.log 240 python3 bench/extract_lora_bench.py --revmerge "$revmerge" --cuda \
+    --shape llama-7b --layers 1 --repeats 1 --mergekit-pkg build/mergekit-pkg --work "$out/extract"
+else
+  result[extract-lora-7b]="NOT RUN (no build/mergekit-pkg carried, or no torch / transformers)"
+fi
 step merge-example merge-example.log 60 "$revmerge" merge --device cuda --basis 2 --force --out "$out/example-bundle" examples/adapters/chat examples/adapters/code examples/adapters/math examples/adapters/qa examples/adapters/sentiment examples/adapters/summary examples/adapters/topic examples/adapters/translate
 # The whole default suite: on a machine with a GPU, `--device auto` runs every RMM CLI test there.
 # The budgeted store on the 7b set: its RMM candidates on the GPU (the Grams stay on the host),
@@ -207,11 +224,11 @@ echo
 echo "GPU: $(cat "$out/gpu.txt" 2>/dev/null)"
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)   total: $(( $(date +%s) - t_start ))s   logs: $out"
 printf '%-22s %s\n' step result
-for s in configure build devices cuda-tests gpu-vs-cpu-7b nsys-7b-layer bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-gpu-x3 bitwise-7b racecheck make-adapters-70b pipeline-70b-gpu pt-svd-7b make-models full-models merge-example store-auto-7b materialize-7b python-materialize-7b all-tests memcheck; do
+for s in configure build devices cuda-tests gpu-vs-cpu-7b nsys-7b-layer bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-gpu-x3 bitwise-7b racecheck make-adapters-70b pipeline-70b-gpu pt-svd-7b make-models full-models nsys-compress-7b extract-lora-7b merge-example store-auto-7b materialize-7b python-materialize-7b all-tests memcheck; do
   printf '%-22s %s\n' "$s" "${result[$s]:-NOT RUN}"
 done
 grep -hE "^(cpu|cuda)|speed-up|GPU vs CPU|median/layer" "$out"/gpu-vs-cpu-7b.log "$out"/bench-*-gpu.log 2>/dev/null
-cat "$out"/bitwise-7b.log "$out"/pt-svd-7b.log "$out"/full-models.log "$out"/store-auto-7b.log "$out"/materialize-7b.log "$out"/python-materialize-7b.log 2>/dev/null
+cat "$out"/bitwise-7b.log "$out"/pt-svd-7b.log "$out"/full-models.log "$out"/extract-lora-7b.log "$out"/store-auto-7b.log "$out"/materialize-7b.log "$out"/python-materialize-7b.log 2>/dev/null
 grep -hE "^revmerge bench|^memory plan|^read|^upload|^compute|^write|^pipeline|^setup|^finish|^end to end|^floor|peak RSS|^sequential|^median|^  [a-z]+ +busy" "$out"/pipeline-*.log 2>/dev/null
 for s in "${!result[@]}"; do [[ ${result[$s]} == FAIL* ]] && exit 1; done
 exit 0
