@@ -216,6 +216,10 @@ void SafetensorsFile::evict(const TensorInfo& t) const noexcept {
                   static_cast<std::size_t>(t.end - t.begin));
 }
 
+void SafetensorsFile::prefetch(const TensorInfo& t) const noexcept {
+  map_.prefetch(static_cast<std::size_t>(header_.data_start + t.begin), static_cast<std::size_t>(t.end - t.begin));
+}
+
 void SafetensorsFile::evict_part(const TensorInfo& t, std::uint64_t first, std::uint64_t count) const noexcept {
   const auto size = dtype_size(t.dtype);
   map_.drop_pages(static_cast<std::size_t>(header_.data_start + t.begin + first * size),

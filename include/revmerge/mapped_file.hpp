@@ -27,6 +27,10 @@ class MappedFile {
   /// pages inside leave the process's resident set (they stay in the page cache), so streaming
   /// through a large file does not grow the RSS. Reading them again is still valid.
   void drop_pages(std::size_t offset, std::size_t length) const noexcept;
+  /// Maps bytes [offset, offset + length) into the process ahead of their use (the kernel reads
+  /// what is not in the page cache), so a later copy of them runs without page faults — for a
+  /// helper thread while the device works on the previous piece. A hint: failure is ignored.
+  void prefetch(std::size_t offset, std::size_t length) const noexcept;
   /// Throws io_error naming the file when a read of its bytes went past the file's end (it
   /// shrank after it was mapped); call after using bytes() and before trusting what was read.
   void check_intact() const;

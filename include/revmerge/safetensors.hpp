@@ -88,6 +88,8 @@ class SafetensorsFile {
   void evict(const TensorInfo& t) const noexcept;
   /// Drops the pages from the first byte of either tensor to the last of either, in one call.
   void evict(const TensorInfo& a, const TensorInfo& b) const noexcept;
+  /// Maps the tensor's bytes ahead of their use (MappedFile::prefetch).
+  void prefetch(const TensorInfo& t) const noexcept;
   /// The whole pages inside elements [first, first + count) of a tensor.
   void evict_part(const TensorInfo& t, std::uint64_t first, std::uint64_t count) const noexcept;
   std::vector<double> read_f64(std::string_view name) const;

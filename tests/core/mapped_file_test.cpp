@@ -54,6 +54,27 @@ TEST(MappedFile, AFileThatShrinksIsAnErrorNamingItNotACrash) {
   EXPECT_EQ(test::read_bytes(dir / "out.txt"), "y");
 }
 
+// Prefetching maps pages in without changing what is read, and a range past a shrunken file's
+// end (or past the mapping) is neither a crash nor an error: the reads report it, as before.
+TEST(MappedFile, PrefetchIsAHintThatNeverFails) {
+  test::TempDir dir;
+  std::string bytes(4 * kPage, 'a');
+  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>('a' + i % 23);
+  test::write_bytes(dir / "in.bin", bytes);
+  const MappedFile m(dir / "in.bin");
+  m.prefetch(kPage / 2, 2 * kPage);  // not page-aligned
+  m.prefetch(3 * kPage, 10 * kPage);  // past the end: clamped
+  m.prefetch(9 * kPage, kPage);       // wholly past it: nothing
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(m.bytes().data()), m.bytes().size()), bytes);
+  std::filesystem::resize_file(dir / "in.bin", kPage);
+  m.prefetch(0, 4 * kPage);  // the pages beyond the new end cannot be mapped: no SIGBUS
+  EXPECT_NO_THROW(m.check_intact());
+  const volatile std::byte* q = m.bytes().data();
+  const std::byte past = q[3 * kPage];
+  EXPECT_EQ(past, std::byte{0});  // read past the end: zeros, and now an error
+  EXPECT_THROW(m.check_intact(), io_error);
+}
+
 TEST(MappedFile, ATruncatedTensorIsAnErrorOnRead) {
   test::TempDir dir;
   const std::vector<float> values(4 * kPage, 1.0f);
