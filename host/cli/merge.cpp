@@ -67,15 +67,29 @@ void report_bundle(const MergeArgs& args, const BundleManifest& manifest, const 
     print_bundle_report(manifest, out.string(), 5);
 }
 
-void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSource> tasks) {
-  // Full fine-tunes (model folders) are compressed to --rank against --base as they are read.
+// Whether the inputs are full fine-tunes (model folders: a config.json, no adapter_config.json)
+// rather than PEFT adapters; a mix of the two is refused.
+bool full_models(const std::vector<TaskSource>& tasks) {
   std::size_t models = 0;
   for (const auto& t : tasks)
     models += !std::filesystem::exists(t.adapter / kAdapterConfigName) &&
               std::filesystem::exists(t.adapter / "config.json");
   if (models != 0 && models != tasks.size())
     throw usage_error("the inputs mix PEFT adapters and full models; merge one kind at a time");
-  const bool full = models > 0;
+  return models > 0;
+}
+
+// --base / --rank (or the config's) for full fine-tunes.
+FullModelInputs full_model_inputs(const MergeArgs& args, const MergeConfig& cfg) {
+  FullModelInputs in;
+  in.base = args.given("--base") ? std::filesystem::path(args.base) : cfg.base.value_or("");
+  in.rank = args.given("--rank") ? args.rank : cfg.rank.value_or(0);
+  return in;
+}
+
+void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSource> tasks) {
+  // Full fine-tunes (model folders) are compressed to --rank against --base as they are read.
+  const bool full = full_models(tasks);
   for (const char* o : kClassicOnly)
     if (args.given(o)) throw usage_error(std::string(o) + ": not an option of --method rmm");
   for (const char* o : {"--storage", "--max-error", "--representations", "--objective"})
@@ -118,10 +132,7 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   o.sequential = args.sequential;
   BundleManifest manifest;
   if (full) {
-    FullModelInputs in;
-    in.base = args.given("--base") ? std::filesystem::path(args.base) : cfg.base.value_or("");
-    in.rank = args.given("--rank") ? args.rank : cfg.rank.value_or(0);
-    manifest = merge_rmm_models(o, in);
+    manifest = merge_rmm_models(o, full_model_inputs(args, cfg));
   } else {
     manifest = merge_rmm(o);
   }
@@ -133,15 +144,28 @@ void run_store(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSo
                const std::string& method) {
   for (const char* o : kClassicOnly)
     if (args.given(o)) throw usage_error(std::string(o) + ": not an option of --method " + method);
-  for (const char* o : {"--rank", "--base", "--sequential", "--memory-budget", "--allow-nonfinite"})
+  for (const char* o : {"--sequential", "--memory-budget", "--allow-nonfinite"})
     if (args.given(o)) throw usage_error(std::string(o) + ": not an option of --method " + method);
   if (!cfg.slices.empty() || !cfg.tensor_parameters.empty())
     throw usage_error(cfg.file + ": per-tensor parameters and 'slices' are not options of --method " + method);
-  for (const auto& t : tasks)
-    if (!std::filesystem::exists(t.adapter / kAdapterConfigName))
-      throw usage_error(t.adapter.string() + ": --method " + method +
-                        " stores PEFT adapters (no adapter_config.json here)");
+  // Full fine-tunes are compressed to --rank against --base first, then stored as adapters.
+  const bool full = full_models(tasks);
+  if (!full) {
+    for (const char* o : {"--rank", "--base"})
+      if (args.given(o))
+        throw usage_error(std::string(o) + ": --method " + method + " takes it for full fine-tunes only (the "
+                          "inputs are adapters)");
+    for (const auto& t : tasks)
+      if (!std::filesystem::exists(t.adapter / kAdapterConfigName))
+        throw usage_error(t.adapter.string() + ": --method " + method +
+                          " stores PEFT adapters or full fine-tunes (neither adapter_config.json nor "
+                          "config.json here)");
+  }
   StoreMergeOptions o;
+  if (full) {
+    o.full_models = full_model_inputs(args, cfg);
+    o.compress_progress = module_progress(args.quiet || args.json, "compressing");
+  }
   o.method = method == "rank" ? StoreMethod::rank : StoreMethod::automatic;
   o.tasks = std::move(tasks);
   if (args.given("--storage"))
@@ -384,7 +408,7 @@ void add_merge_command(CLI::App& app) {
   opt["--seed"] = cmd->add_option("--seed", args.seed, "DARE's and DELLA's mask seed (default 0)");
   opt["--rank"] = cmd->add_option("--rank", args.rank,
       "rank of a re-compressed adapter (svd, combined mode; default: the largest input rank); "
-      "rmm over full fine-tunes: the rank each task's delta is compressed to as it is read");
+      "rmm, auto and rank over full fine-tunes: the rank each task's delta is compressed to first");
   opt["--base"] = cmd->add_option("--base", args.base,
       "base model folder: for full-model inputs, and for --full-model");
   opt["--full-model"] = cmd->add_flag("--full-model", args.full_model,

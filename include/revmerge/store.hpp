@@ -56,6 +56,13 @@ struct StoreMergeOptions {
   int gpu = 0;
   ProgressFn progress;  ///< called per module of each pass (2 passes: measure, then store)
   OutputRecipe recipe;
+  /// Set when `tasks` name full fine-tunes (model folders) instead of adapters: each is first
+  /// compressed against `full_models->base` at `full_models->rank` — the adapter `revmerge
+  /// compress` writes, in f32, on `device` — into a temporary folder beside `out` that goes
+  /// whatever happens; the manifest and the recipe name the model folders. Without `dtype`,
+  /// the bundle takes the base's dtype (bf16 models give a bf16 bundle).
+  std::optional<FullModelInputs> full_models;
+  ProgressFn compress_progress;  ///< with full_models: per module of each fine-tune's compression
 };
 
 /// Measures every module's options (each task's singular values; RMM at each candidate p for

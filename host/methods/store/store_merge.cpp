@@ -21,7 +21,9 @@
 #include "methods/rmm_pipeline.hpp"
 #include "methods/store/allocation.hpp"
 #include "methods/store/store_modules.hpp"
+#include "revmerge/compress.hpp"
 #include "revmerge/error.hpp"
+#include "revmerge/hf_model.hpp"
 #include "revmerge/version.hpp"
 
 namespace revmerge {
@@ -94,6 +96,12 @@ RecipeRecord store_record(const StoreMergeOptions& o, DType storage, const std::
   if (!candidates.empty()) r.parameters.emplace_back("basis", ps);
   if (!o.max_error) r.parameters.emplace_back("objective", o.objective == StoreObjective::max ? "max" : "mean");
   r.parameters.emplace_back("dtype", std::string(dtype_name(storage)) + (o.dtype ? "" : " (not given: the inputs')"));
+  if (o.full_models) {  // the fine-tunes were compressed first
+    r.parameters.emplace_back("base", o.full_models->base.string());
+    r.parameters.emplace_back("rank", std::to_string(o.full_models->rank));
+    r.parameters.emplace_back("oversampling", std::to_string(o.full_models->oversampling));
+    r.parameters.emplace_back("power_iterations", std::to_string(o.full_models->power_iterations));
+  }
   return r;
 }
 
@@ -219,8 +227,59 @@ StorageBudget parse_storage_budget(const std::string& text, const std::string& o
   return b;
 }
 
+namespace {
+
+// Full fine-tunes compressed into adapters under `scratch` (what `revmerge compress` writes, in
+// f32), the tasks pointed at them with their model folders kept as their origin.
+StoreMergeOptions compressed_tasks(const StoreMergeOptions& given, const std::filesystem::path& scratch) {
+  const auto& in = *given.full_models;
+  if (in.base.empty()) throw usage_error("--base: full fine-tunes are stored as task vectors; give the base model");
+  if (in.rank < 1) throw usage_error("--rank: full fine-tunes are compressed to this rank first; give it");
+  StoreMergeOptions o = given;
+  for (auto& t : o.tasks) {
+    throw_if_interrupted("merge");
+    CompressOptions c;
+    c.base = in.base;
+    c.model = t.adapter;
+    c.out = scratch / t.name;
+    c.rank = in.rank;
+    c.oversampling = in.oversampling;
+    c.power_iterations = in.power_iterations;
+    c.dtype = DType::F32;
+    c.threads = o.threads;
+    c.device = o.device;
+    c.gpu = o.gpu;
+    if (given.compress_progress)
+      c.progress = [&](std::size_t done, std::size_t all, const std::string& path) {
+        given.compress_progress(done, all, t.name + " " + path);
+      };
+    compress_checkpoint(c);
+    t.origin = t.adapter;
+    t.adapter = c.out;
+  }
+  if (!o.dtype) {  // the base's dtype, as a merge of the models themselves would write
+    const HfModel base(in.base);
+    const DType d = base.linears().empty() ? DType::F32 : base.checkpoint().at(base.linears().front().tensor).info->dtype;
+    o.dtype = d == DType::BF16 || d == DType::F16 ? d : DType::F32;
+  }
+  return o;
+}
+
+BundleManifest store_adapters(const StoreMergeOptions& o);
+
+}  // namespace
+
 BundleManifest merge_store(const StoreMergeOptions& o) {
   check_options(o);
+  if (!o.full_models) return store_adapters(o);
+  refuse_existing(o.out, o.overwrite);  // before minutes of compression
+  const StagedDir scratch(o.out.string() + ".compressing", /*overwrite=*/true);  // never committed: removed
+  return store_adapters(compressed_tasks(o, scratch.path()));
+}
+
+namespace {
+
+BundleManifest store_adapters(const StoreMergeOptions& o) {
   const auto set = open_adapter_set(o.tasks);
   const i64 n = static_cast<i64>(o.tasks.size());
   // The inputs' factor bytes and widest dtype, as merge_rmm reports them.
@@ -314,5 +373,7 @@ BundleManifest merge_store(const StoreMergeOptions& o) {
   staged.commit();
   return manifest;
 }
+
+}  // namespace
 
 }  // namespace revmerge

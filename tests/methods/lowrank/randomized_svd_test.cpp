@@ -17,6 +17,7 @@
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
 #include "revmerge/safetensors.hpp"
+#include "revmerge/store.hpp"
 #include "test_util.hpp"
 
 namespace revmerge {
@@ -238,6 +239,67 @@ TEST(Compress, RmmOverFullFineTunesRevertsToEachFineTune) {
 // them; the bundle must be the one `revmerge compress` of each fine-tune and an RMM merge of
 // those adapters give — the same factors, bit for bit. bf16 models; a fourth task of another
 // shape is refused by folder and tensor before anything is written.
+// --method rank / auto over full fine-tunes: the bundle is the one storing the adapters
+// `compress` writes gives, byte for byte; the manifest names the model folders, the default
+// dtype is the base's, nothing temporary is left, and an existing output is refused before
+// anything is compressed.
+TEST(Compress, StoreOverFullFineTunesIsCompressThenStoreBitwise) {
+  test::TempDir tmp;
+  const i64 out = 12, in = 10;
+  std::mt19937 rng(33);
+  std::normal_distribution<float> g;
+  std::vector<std::vector<float>> base(2, std::vector<float>(out * in));
+  for (auto& w : base)
+    for (auto& x : w) x = g(rng);
+  write_model(tmp / "base", base, out, in, DType::BF16);
+  StoreMergeOptions direct, two_step;
+  for (int t = 0; t < 3; ++t) {
+    auto ft = base;
+    for (auto& w : ft)
+      for (int c = 0; c < 3; ++c) {
+        std::vector<float> u(out), v(in);
+        for (auto& x : u) x = g(rng);
+        for (auto& x : v) x = g(rng);
+        for (i64 y = 0; y < out; ++y)
+          for (i64 x = 0; x < in; ++x) w[y * in + x] += (0.2f - 0.05f * float(c)) * u[y] * v[x];
+      }
+    const std::string name = "ft" + std::to_string(t);
+    write_model(tmp / name, ft, out, in, DType::BF16);
+    direct.tasks.push_back({name, tmp / name});
+    CompressOptions c;
+    c.base = tmp / "base";
+    c.model = tmp / name;
+    c.rank = 4;
+    c.out = tmp / ("adapter-" + name);
+    compress_checkpoint(c);
+    two_step.tasks.push_back({name, c.out});
+  }
+  for (const auto method : {StoreMethod::rank, StoreMethod::automatic}) {
+    SCOPED_TRACE(method == StoreMethod::rank ? "rank" : "auto");
+    for (auto* o : {&direct, &two_step}) {
+      o->method = method;
+      o->storage.fraction = 0.6;
+      o->threads = 2;
+      o->device = Device::cpu;
+      o->overwrite = true;
+    }
+    direct.full_models = FullModelInputs{tmp / "base", 4};
+    direct.out = tmp / "direct";
+    two_step.out = tmp / "two-step";
+    two_step.dtype = DType::BF16;  // what the direct path takes from the base
+    const auto manifest = merge_store(direct);
+    merge_store(two_step);
+    EXPECT_EQ(test::read_bytes(tmp / "direct" / "bundle.safetensors"),
+              test::read_bytes(tmp / "two-step" / "bundle.safetensors"));
+    EXPECT_EQ(manifest.tasks[2].source, (tmp / "ft2").string());
+    std::size_t entries = 0;
+    for (const auto& e : std::filesystem::directory_iterator(tmp.path())) entries += e.path().filename().string().starts_with("direct");
+    EXPECT_EQ(entries, 1u) << "a temporary folder was left beside the output";
+  }
+  direct.overwrite = false;
+  EXPECT_THROW(merge_store(direct), io_error);
+}
+
 TEST(Compress, StreamedFullModelMergeIsCompressThenMergeBitwise) {
   test::TempDir tmp;
   const i64 out = 24, in = 18;
