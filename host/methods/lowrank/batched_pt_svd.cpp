@@ -63,27 +63,35 @@ struct BatchedPtSvd::Shape {
             2 * static_cast<std::size_t>(T) * sizeof(double*),  // the solvers' pointer arrays
             doubles(2 * T * l * k + T * k),                     // U_R, V_R, S
             doubles(T * m * k),                                 // U
-            doubles(T * n * k)};                                // V
+            doubles(T * n * k),                                 // V
+            T > 1 ? static_cast<std::size_t>(m * n) * element_bytes : 0};  // the next fine-tune's bytes
   }
 };
 
 // Two pinned host buffers the weights pass through on a GPU, in turn: one is filled while the
 // other's upload runs (a pageable copy from the mapped file would run at a fraction of the
-// link's rate, faulting pages in on one thread).
+// link's rate, faulting pages in on one thread). The uploads run on the engine's copy stream,
+// so a buffer is refilled once its own upload has run, not once the compute has caught up.
 struct BatchedPtSvd::Staging {
   DeviceBuffer buffer[2];
-  bool busy[2] = {false, false};
+  Event uploaded[2];  // each buffer's last upload, on the copy stream
   int next = 0;
 };
 
+// A batch's device memory. The fine-tunes' bytes go to two buffers in turn: the next task's
+// upload (copy stream) overlaps this task's Δ (compute stream), and a buffer is written again
+// only after the Δ that reads it (`consumed`).
 struct BatchedPtSvd::Batch {
-  DeviceBuffer ft_raw, delta, scalars, omega, y, w, z, factors, small_factors, u, v;
+  DeviceBuffer ft_raw[2], delta, scalars, omega, y, w, z, factors, small_factors, u, v;
+  Event consumed[2];
 };
 
-BatchedPtSvd::BatchedPtSvd(Backend& backend) : be_(backend), stream_(backend.create_stream()) {}
+BatchedPtSvd::BatchedPtSvd(Backend& backend)
+    : be_(backend), stream_(backend.create_stream()), copy_(backend.create_stream()) {}
 
 BatchedPtSvd::~BatchedPtSvd() {
   try {
+    be_.synchronize(copy_);
     be_.synchronize(stream_);
   } catch (...) {  // a failure was reported by the run that queued the work
   }
@@ -100,14 +108,15 @@ void BatchedPtSvd::to_host(void* dst, const void* src, std::size_t bytes) {
   be_.download(dst, src, bytes, stream_);
 }
 
-void BatchedPtSvd::upload_weight(void* dst, const RawWeight& w, std::size_t count, Staging& staging) {
+void BatchedPtSvd::upload_weight(void* dst, const RawWeight& w, std::size_t count, Staging& staging,
+                                 const Event* dst_free) {
   const std::size_t bytes = count * dtype_size(w.dtype);
   if (be_.shares_host_memory()) {  // the CPU: one copy, straight from the file's pages
     be_.upload(dst, w.data, bytes, stream_);
     return;
   }
   const int i = staging.next;
-  if (staging.busy[i]) be_.synchronize(stream_);  // its previous upload has finished
+  if (staging.uploaded[i].handle()) be_.synchronize_event(staging.uploaded[i]);  // its last upload ran
   // Filled by all host threads, a few MiB each: the file's pages fault in in parallel.
   constexpr std::size_t kChunk = std::size_t{4} << 20;
   auto* out = static_cast<std::byte*>(staging.buffer[i].data());
@@ -117,8 +126,10 @@ void BatchedPtSvd::upload_weight(void* dst, const RawWeight& w, std::size_t coun
     const std::size_t at = static_cast<std::size_t>(c) * kChunk;
     std::memcpy(out + at, w.data + at, std::min(kChunk, bytes - at));
   }
-  be_.upload(dst, out, bytes, stream_);
-  staging.busy[i] = true;
+  if (dst_free && dst_free->handle()) be_.wait_event(copy_, *dst_free);  // nothing reads dst any more
+  be_.upload(dst, out, bytes, copy_);
+  staging.uploaded[i] = be_.record_event(copy_);
+  be_.wait_event(stream_, staging.uploaded[i]);  // the compute that reads dst comes after it
   staging.next = 1 - i;
 }
 
@@ -240,7 +251,8 @@ void BatchedPtSvd::form_deltas(Batch& b, const DeviceBuffer& base_raw, DType bas
                                const RandomizedSvdOptions& o, Staging& staging) {
   const i64 T = s.tasks, mn = s.m * s.n;
   const auto sizes = s.blocks();
-  b.ft_raw = be_.allocate(sizes[1]);
+  b.ft_raw[0] = be_.allocate(sizes[1]);
+  if (T > 1) b.ft_raw[1] = be_.allocate(sizes[13]);
   b.delta = be_.allocate(sizes[2]);
   b.scalars = be_.allocate(sizes[3]);
   auto* delta = static_cast<double*>(b.delta.data());
@@ -251,9 +263,11 @@ void BatchedPtSvd::form_deltas(Batch& b, const DeviceBuffer& base_raw, DType bas
   be_.upload(sc.held, held.data(), held.size() * sizeof(int), stream_);
   for (i64 t = 0; t < T; ++t) {
     const auto& f = fine_tunes[t];
-    upload_weight(b.ft_raw.data(), f, static_cast<std::size_t>(mn), staging);
-    be_.delta_f64(b.ft_raw.data(), f.dtype, base_raw.data(), base_dtype, delta + t * mn, mn, sc.bad + t,
+    const int j = static_cast<int>(t % 2);
+    upload_weight(b.ft_raw[j].data(), f, static_cast<std::size_t>(mn), staging, &b.consumed[j]);
+    be_.delta_f64(b.ft_raw[j].data(), f.dtype, base_raw.data(), base_dtype, delta + t * mn, mn, sc.bad + t,
                   stream_);
+    if (!be_.shares_host_memory()) b.consumed[j] = be_.record_event(stream_);
   }
   be_.sum_squares_f64(delta, mn, T, sc.norms, stream_);
   b.omega = be_.allocate(sizes[4]);
@@ -470,7 +484,7 @@ std::vector<DeltaSvd> BatchedPtSvd::run_batches(const RawWeight& base,
   if (!be_.shares_host_memory())
     for (auto& buffer : staging.buffer) buffer = be_.allocate_staging(count * element);
   DeviceBuffer base_raw = be_.allocate(count * element);
-  const WaitOnUnwind wait(be_, stream_);
+  const WaitOnUnwind wait(be_, stream_), wait_copies(be_, copy_);
   upload_weight(base_raw.data(), base, count, staging);
   for (i64 first = 0; first < static_cast<i64>(fine_tunes.size()); first += tasks) {
     const i64 batch = std::min<i64>(tasks, static_cast<i64>(fine_tunes.size()) - first);

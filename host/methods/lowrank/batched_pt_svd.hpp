@@ -109,7 +109,10 @@ class BatchedPtSvd {
   void subspace_iteration(Batch& b, const Shape& s, const RandomizedSvdOptions& options, Orth orth);
   void finish_factors(Batch& b, const Shape& s, const std::vector<double>& r,
                       std::span<DeltaSvd> results, const std::vector<char>& tasks, const Stacks* stacks);
-  void upload_weight(void* dst, const RawWeight& w, std::size_t count, Staging& staging);
+  /// Fills a pinned staging buffer from the file's bytes and uploads it to `dst` on the copy
+  /// stream, after `dst_free` (the compute that last read `dst`); the compute stream waits for it.
+  void upload_weight(void* dst, const RawWeight& w, std::size_t count, Staging& staging,
+                     const Event* dst_free = nullptr);
   void cholesky_rounds(Batch& b, const double* x, const Shape& s, std::int64_t rows);
   void orthonormalize_on_device(Batch& b, double* x, const Shape& s, std::int64_t rows);
   void orthonormalize(Batch& b, double* x, const Shape& s, std::int64_t rows,
@@ -121,7 +124,8 @@ class BatchedPtSvd {
   void to_host(void* dst, const void* src, std::size_t bytes);
 
   Backend& be_;
-  Stream stream_;
+  Stream stream_;  ///< the compute
+  Stream copy_;    ///< the weights' uploads
   std::size_t limit_ = std::numeric_limits<std::size_t>::max();
   Counts counts_;
 };

@@ -99,6 +99,33 @@ TEST_P(BatchedPtSvdOn, DecayingSpectraMatchTheCpuInOneBatchOrMany) {
   }
 }
 
+// Six tasks in one batch: the fine-tunes' bytes pass through two staging buffers and two device
+// buffers in turn on the copy stream, so a buffer written again before the Δ that reads it ran
+// (or read before its upload ran) gives a task another task's delta — on the deferred backend,
+// whose copies run as soon as the host waits for a staging buffer.
+TEST_P(BatchedPtSvdOn, SixTasksInOneBatchEachGetTheirOwnDelta) {
+  REVMERGE_BACKEND_OR_SKIP(backend, GetParam());
+  BatchedPtSvd engine(*backend);
+  const i64 m = 40, n = 30, k = 4;
+  const RandomizedSvdOptions o{k, 4, 1, 5, 6};
+  std::vector<std::vector<double>> deltas;
+  std::vector<RawWeight> raws;
+  for (unsigned t = 0; t < 6; ++t) {
+    std::vector<double> sigma;
+    for (i64 j = 0; j < 30; ++j) sigma.push_back(double(t + 1) * std::pow(0.7, double(j)));
+    deltas.push_back(test::with_spectrum(m, n, sigma, 40 + t));
+  }
+  for (const auto& d : deltas) raws.push_back(f64_weight(d));
+  const std::vector<double> zeros(static_cast<std::size_t>(m * n), 0.0);
+  const auto r = engine.run(f64_weight(zeros), raws, m, n, o);
+  for (std::size_t t = 0; t < 6; ++t) {
+    const double total = sum_sq(deltas[t]);
+    EXPECT_NEAR(r[t].norm_sq, total, 1e-12 * total) << "task " << t;
+    const auto cpu = randomized_svd(deltas[t], m, n, o);
+    for (i64 c = 0; c < k; ++c) EXPECT_NEAR(r[t].svd.s[c], cpu.s[c], 1e-6 * cpu.s[0]) << "task " << t << ", σ" << c;
+  }
+}
+
 // Into the merge's stacks: the factors lora_factors makes of run()'s U, S, V, to the bit (the
 // same arithmetic on the same numbers), zero past the rank; in one batch and in one per task.
 TEST_P(BatchedPtSvdOn, IntoStacksAreTheFactorsOfRun) {
