@@ -87,6 +87,14 @@ FullModelInputs full_model_inputs(const MergeArgs& args, const MergeConfig& cfg)
   return in;
 }
 
+// --base and --rank where the inputs are adapters: `who` ("RMM", "--method auto") takes them for
+// full fine-tunes only.
+void refuse_full_model_options(const MergeArgs& args, const std::string& who) {
+  for (const char* o : {"--rank", "--base"})
+    if (args.given(o))
+      throw usage_error(std::string(o) + ": " + who + " takes it for full fine-tunes only (the inputs are adapters)");
+}
+
 void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSource> tasks) {
   // Full fine-tunes (model folders) are compressed to --rank against --base as they are read.
   const bool full = full_models(tasks);
@@ -99,11 +107,7 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   if (cfg.storage || cfg.max_error || cfg.objective)
     throw usage_error(cfg.file + ": '" + (cfg.storage ? "storage" : cfg.max_error ? "max_error" : "objective") +
                       "': not a setting of --method rmm (it is one of --method auto's and rank's)");
-  if (!full)
-    for (const char* o : {"--rank", "--base"})
-      if (args.given(o))
-        throw usage_error(std::string(o) + ": RMM takes it for full fine-tunes only (the inputs "
-                          "are adapters)");
+  if (!full) refuse_full_model_options(args, "RMM");
   if (!cfg.slices.empty())
     throw usage_error(cfg.file + ": 'slices': layer stacking is for mergekit's methods, not --method rmm");
   if (!cfg.tensor_parameters.empty())
@@ -151,10 +155,7 @@ void run_store(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSo
   // Full fine-tunes are compressed to --rank against --base first, then stored as adapters.
   const bool full = full_models(tasks);
   if (!full) {
-    for (const char* o : {"--rank", "--base"})
-      if (args.given(o))
-        throw usage_error(std::string(o) + ": --method " + method + " takes it for full fine-tunes only (the "
-                          "inputs are adapters)");
+    refuse_full_model_options(args, "--method " + method);
     for (const auto& t : tasks)
       if (!std::filesystem::exists(t.adapter / kAdapterConfigName))
         throw usage_error(t.adapter.string() + ": --method " + method +

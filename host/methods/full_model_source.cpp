@@ -70,12 +70,16 @@ std::uint64_t load_on_device(FullModelSet& set, const LinearWeight& w, i64 r, fl
 
 }  // namespace
 
-std::unique_ptr<FullModelSet> open_full_model_set(const std::vector<TaskSource>& tasks,
-                                                  const FullModelInputs& in) {
+void check_full_model_inputs(const FullModelInputs& in) {
   if (in.base.empty()) throw usage_error("--base: full fine-tunes are merged as task vectors; give the base model");
   if (in.rank < 1) throw usage_error("--rank: full fine-tunes are compressed to this rank first; give it");
   if (in.oversampling < 0) throw usage_error("--oversampling: must be ≥ 0");
   if (in.power_iterations < 0) throw usage_error("--power-iterations: must be ≥ 0");
+}
+
+std::unique_ptr<FullModelSet> open_full_model_set(const std::vector<TaskSource>& tasks,
+                                                  const FullModelInputs& in) {
+  check_full_model_inputs(in);
   auto set = std::make_unique<FullModelSet>();
   set->inputs = in;
   set->base = std::make_unique<HfModel>(in.base);

@@ -26,6 +26,10 @@ struct FullModelSet {
   std::map<std::string, const LinearWeight*> by_path;  ///< the base's linear modules
 };
 
+/// Refuses full-model inputs without a base or a rank ≥ 1, or with negative sketch settings
+/// (usage_error naming the option).
+void check_full_model_inputs(const FullModelInputs& in);
+
 /// Opens the base and every task's model folder and plans every linear module of the base.
 /// Throws usage_error (rank), io_error / format_error (folders), shape_error (a module missing
 /// from a fine-tune or of another shape, named with the folder and tensor).

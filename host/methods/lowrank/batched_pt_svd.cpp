@@ -147,6 +147,22 @@ void r_of_rounds(const double* r1, const double* r2, i64 l, double* r) {
     }
 }
 
+// Each task's ‖Δ‖² and first non-finite element as downloaded (~0: none) into its fresh result;
+// whether any task has a non-finite element.
+bool take_norms(const std::vector<double>& norms, const std::vector<std::uint64_t>& bad,
+                std::span<DeltaSvd> results) {
+  bool any_bad = false;
+  for (std::size_t t = 0; t < results.size(); ++t) {
+    results[t] = {};
+    results[t].norm_sq = norms[t];
+    if (bad[t] != ~std::uint64_t{0}) {
+      results[t].nonfinite_at = static_cast<i64>(bad[t]);
+      any_bad = true;
+    }
+  }
+  return any_bad;
+}
+
 }  // namespace
 
 // The batch's scalars block: ‖Δ_t‖², the captured energy, the first non-finite element, both
@@ -380,15 +396,7 @@ std::vector<i64> BatchedPtSvd::run_batch(const DeviceBuffer& base_raw, DType bas
     to_host(h_factors.data(), b.factors.data(), doubles(2 * T * ll));
   }
   be_.synchronize(stream_);
-  bool any_bad = false;
-  for (i64 t = 0; t < T; ++t) {
-    results[t].norm_sq = h_norms[t];
-    if (h_bad[t] != ~std::uint64_t{0}) {
-      results[t].nonfinite_at = static_cast<i64>(h_bad[t]);
-      any_bad = true;
-    }
-  }
-  if (any_bad || !solve) return {};
+  if (take_norms(h_norms, h_bad, results) || !solve) return {};
   std::vector<i64> redo;
   std::vector<char> held(static_cast<std::size_t>(T));
   std::vector<double> r(static_cast<std::size_t>(T * ll), 0.0);
@@ -421,16 +429,7 @@ void BatchedPtSvd::run_batch_checked(const DeviceBuffer& base_raw, DType base_dt
   to_host(h_norms.data(), sc.norms, doubles(T));
   to_host(h_bad.data(), sc.bad, h_bad.size() * sizeof(std::uint64_t));
   be_.synchronize(stream_);
-  bool any_bad = false;
-  for (i64 t = 0; t < T; ++t) {
-    results[t] = {};
-    results[t].norm_sq = h_norms[t];
-    if (h_bad[t] != ~std::uint64_t{0}) {
-      results[t].nonfinite_at = static_cast<i64>(h_bad[t]);
-      any_bad = true;
-    }
-  }
-  if (any_bad || s.k <= 0 || s.l <= 0) return;
+  if (take_norms(h_norms, h_bad, results) || s.k <= 0 || s.l <= 0) return;
   subspace_iteration(b, s, o, [&](double* x, i64 rows) { orthonormalize(b, x, s, rows, nullptr); });
   std::vector<double> r;
   orthonormalize(b, static_cast<double*>(b.z.data()), s, s.n, &r);  // Bᵀ = Q₂ R

@@ -77,7 +77,6 @@ bool cholesky_qr2(double* x, i64 rows, i64 cols, double* r, std::vector<double>&
   g.resize(n);
   first.resize(n);
   for (int round = 0; round < 2; ++round) {
-    std::fill(g.begin(), g.end(), 0.0);
     cblas_dsyrk(CblasColMajor, CblasUpper, CblasTrans, cols, rows, 1.0, x, rows, 0.0, g.data(), cols);
     if (LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'U', cols, g.data(), cols) != 0) return false;
     for (i64 j = 0; j < cols; ++j)  // dpotrf leaves the strict lower triangle as it found it

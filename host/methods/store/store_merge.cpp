@@ -17,6 +17,7 @@
 #include "core/interrupt.hpp"
 #include "core/memory_info.hpp"
 #include "methods/adapter_set.hpp"
+#include "methods/full_model_source.hpp"
 #include "methods/recipe.hpp"
 #include "methods/rmm_pipeline.hpp"
 #include "methods/store/allocation.hpp"
@@ -233,8 +234,7 @@ namespace {
 // f32), the tasks pointed at them with their model folders kept as their origin.
 StoreMergeOptions compressed_tasks(const StoreMergeOptions& given, const std::filesystem::path& scratch) {
   const auto& in = *given.full_models;
-  if (in.base.empty()) throw usage_error("--base: full fine-tunes are stored as task vectors; give the base model");
-  if (in.rank < 1) throw usage_error("--rank: full fine-tunes are compressed to this rank first; give it");
+  check_full_model_inputs(in);
   StoreMergeOptions o = given;
   for (auto& t : o.tasks) {
     throw_if_interrupted("merge");
