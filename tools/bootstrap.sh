@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 debs=(cmake ninja-build g++ pkg-config libfmt-dev nlohmann-json3-dev libcli11-dev
       libopenblas-openmp-dev liblapacke-dev libthrust-dev libyaml-cpp-dev libre2-dev libgtest-dev python3 python3-dev python3-pip
-      python3-venv strace
+      python3-venv strace openmpi-bin libopenmpi-dev
       clang libclang-rt-14-dev)
 missing=()
 for p in "${debs[@]}"; do

@@ -13,6 +13,7 @@
 #include "revmerge/peft.hpp"
 #include "revmerge/rmm.hpp"
 #include "revmerge/store.hpp"
+#include "run.hpp"
 #include "text_format.hpp"
 
 namespace revmerge::cli {
@@ -134,6 +135,7 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   o.pipeline_progress = pipeline_progress(args.quiet, "merging");
   if (args.given("--memory-budget")) o.memory_budget = parse_byte_size(args.memory_budget, "--memory-budget");
   o.sequential = args.sequential;
+  o.peers = command_peers();
   BundleManifest manifest;
   if (full) {
     manifest = merge_rmm_models(o, full_model_inputs(args, cfg));
@@ -312,6 +314,9 @@ void run_merge(const MergeArgs& args) {
   std::vector<TaskSource> tasks = cfg.tasks;
   for (const auto& a : args.inputs) tasks.push_back(task_from_argument(a));
   const auto method = args.given("--method") ? args.method : cfg.method.value_or(args.method);
+  if (const auto* peers = command_peers(); peers && peers->size() > 1 && method != "rmm")
+    throw usage_error("--method " + method + ": runs in one process (start it without mpirun; " +
+                      "under an MPI launcher only --method rmm splits its modules across the ranks)");
   if (method == "rmm")
     run_rmm(args, cfg, std::move(tasks));
   else if (method == "auto" || method == "rank")

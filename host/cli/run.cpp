@@ -25,6 +25,13 @@ void add_commands(CLI::App& app) {
   add_devices_command(app);
 }
 
+namespace {
+Peers* peers_of_commands = nullptr;
+}  // namespace
+
+void set_command_peers(Peers* peers) { peers_of_commands = peers; }
+Peers* command_peers() { return peers_of_commands; }
+
 void run_command_line(const std::vector<std::string>& args, std::ostream& stream) {
   static std::mutex one_at_a_time;
   const std::lock_guard<std::mutex> hold(one_at_a_time);
@@ -38,6 +45,11 @@ void run_command_line(const std::vector<std::string>& args, std::ostream& stream
   for (auto& a : owned) argv.push_back(a.data());
   argv.push_back(nullptr);
   const int argc = static_cast<int>(owned.size());
+  if (peers_of_commands && peers_of_commands->size() > 1 && !args.empty() && args[0] != "merge" &&
+      args[0].rfind('-', 0) != 0)
+    throw usage_error("revmerge " + args[0] + " runs in one process: start it without mpirun (under " +
+                      "an MPI launcher only `revmerge merge --method rmm` runs, its modules split " +
+                      "across the ranks)");
   record_command_line(argc, argv.data());
   CLI::App app;
   add_commands(app);

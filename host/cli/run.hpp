@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "revmerge/peers.hpp"
+
 namespace revmerge::cli {
 
 /// The app with every subcommand registered.
@@ -17,5 +19,11 @@ void add_commands(CLI::App& app);
 /// else the command throws passes through. Calls from several threads take turns (the commands
 /// keep their parsed options in statics).
 void run_command_line(const std::vector<std::string>& args, std::ostream& out = std::cout);
+
+/// The workers the commands run on (the MPI ranks `main` joined); null: this process alone.
+/// Under several, `merge --method rmm` splits its modules across them and every other command
+/// is refused (it would run once per worker).
+void set_command_peers(Peers* peers);
+Peers* command_peers();
 
 }  // namespace revmerge::cli

@@ -106,9 +106,15 @@ AtomicFile::AtomicFile(fs::path target, bool overwrite)
   if (::fchmod(fd_, 0666 & ~kUmask) != 0) os_fail(temp_, "cannot set its permissions", errno);
 }
 
+AtomicFile::AtomicFile(Join, fs::path temp, fs::path target)
+    : target_(std::move(target)), temp_(std::move(temp)), joined_(true) {
+  fd_ = ::open(temp_.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd_ < 0) os_fail(temp_, "cannot open the output being written to join it", errno);
+}
+
 AtomicFile::~AtomicFile() {
   if (fd_ >= 0) ::close(fd_);
-  if (!temp_.empty()) ::unlink(temp_.c_str());
+  if (!temp_.empty() && !joined_) ::unlink(temp_.c_str());
 }
 
 void AtomicFile::write_at(std::uint64_t offset, const void* data, std::size_t size) {
@@ -147,6 +153,7 @@ void AtomicFile::commit() {
   const int fd = fd_;
   fd_ = -1;
   if (::close(fd) != 0) os_fail(target_, "close failed", errno);
+  if (joined_) return;
   check_mapped_inputs_intact();  // never an output made from an input that shrank meanwhile
   // A file is replaced by rename() in one step: readers see the old file or the new one.
   if (!overwrite_) {

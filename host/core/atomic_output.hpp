@@ -16,6 +16,11 @@ void refuse_existing(const std::filesystem::path& target, bool overwrite);
 class AtomicFile {
  public:
   AtomicFile(std::filesystem::path target, bool overwrite);
+  /// Joins a file another process (or object) is writing under its temporary name `temp`:
+  /// writes go to it, commit() only syncs and closes it (the one that created it renames it),
+  /// and nothing is removed here on failure.
+  enum class Join { existing };
+  AtomicFile(Join, std::filesystem::path temp, std::filesystem::path target);
   ~AtomicFile();
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
@@ -29,12 +34,15 @@ class AtomicFile {
   /// overwrite), fsync the folder.
   void commit();
   const std::filesystem::path& target() const noexcept { return target_; }
+  /// The temporary name the file is written under until commit().
+  const std::filesystem::path& temp() const noexcept { return temp_; }
 
  private:
   std::filesystem::path target_;
   std::filesystem::path temp_;
   int fd_ = -1;
-  bool overwrite_;
+  bool overwrite_ = false;
+  bool joined_ = false;  // written by others too; theirs to rename and to remove
   // Bytes written since writeback was last started, and the span they lie in.
   std::mutex unsynced_mutex_;
   std::uint64_t unsynced_ = 0, unsynced_begin_ = 0, unsynced_end_ = 0;

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <atomic>
 #include <deque>
+#include <fstream>
 #include <unordered_map>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -36,6 +37,10 @@ struct SafetensorsWriter::Impl {
   std::unordered_map<std::string_view, Slot*> by_name;  // keys view the slots' names
   std::uint64_t data_start = 0;
   std::uint64_t size = 0;
+  bool joined = false;  // one of several writers of the file: answers for its own tensors only
+
+  std::string lay_out(const std::filesystem::path& path, std::vector<TensorSpec> specs,
+                      const std::map<std::string, std::string>& metadata);
 
   Slot& slot(std::string_view name) {
     const auto it = by_name.find(name);
@@ -46,11 +51,11 @@ struct SafetensorsWriter::Impl {
   }
 };
 
-SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
-                                     std::vector<TensorSpec> specs,
-                                     const std::map<std::string, std::string>& metadata,
-                                     bool overwrite)
-    : impl_(std::make_unique<Impl>()) {
+// Declares `specs` in `impl` and returns the file's header (length prefix excluded), padded so
+// the data buffer starts 8-byte aligned.
+std::string SafetensorsWriter::Impl::lay_out(const std::filesystem::path& path, std::vector<TensorSpec> specs,
+                                             const std::map<std::string, std::string>& metadata) {
+  auto& impl = *this;
   // Larger elements first keeps every tensor aligned to its element size without padding
   // inside the data buffer (which the format forbids).
   std::sort(specs.begin(), specs.end(), [](const TensorSpec& a, const TensorSpec& b) {
@@ -69,20 +74,48 @@ SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
     header[spec.name] = {{"dtype", dtype_name(spec.dtype)},
                          {"shape", spec.shape},
                          {"data_offsets", {offset, offset + bytes}}};
-    impl_->slots.emplace_back(std::move(spec), offset);
-    impl_->by_name.emplace(impl_->slots.back().spec.name, &impl_->slots.back());
+    impl.slots.emplace_back(std::move(spec), offset);
+    impl.by_name.emplace(impl.slots.back().spec.name, &impl.slots.back());
     offset += bytes;
   }
   std::string text = header.dump();
   text.append((8 - (8 + text.size()) % 8) % 8, ' ');  // data buffer starts 8-byte aligned
-  impl_->data_start = 8 + text.size();
-  impl_->size = impl_->data_start + offset;
+  impl.data_start = 8 + text.size();
+  impl.size = impl.data_start + offset;
+  return text;
+}
 
+SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
+                                     std::vector<TensorSpec> specs,
+                                     const std::map<std::string, std::string>& metadata,
+                                     bool overwrite)
+    : impl_(std::make_unique<Impl>()) {
+  const auto text = impl_->lay_out(path, std::move(specs), metadata);
   impl_->file.emplace(path, overwrite);
   const std::uint64_t n = text.size();
   impl_->file->write_at(0, &n, 8);
   impl_->file->write_at(8, text.data(), text.size());
   impl_->file->resize(impl_->size);
+}
+
+SafetensorsWriter::SafetensorsWriter(Join, const std::filesystem::path& writing, const std::filesystem::path& path,
+                                     std::vector<TensorSpec> specs,
+                                     const std::map<std::string, std::string>& metadata)
+    : impl_(std::make_unique<Impl>()) {
+  const auto text = impl_->lay_out(path, std::move(specs), metadata);
+  // The file's own header must be these specs' (another layout would put our bytes into
+  // someone else's tensors).
+  std::string there(8 + text.size(), '\0');
+  std::ifstream in(writing, std::ios::binary);
+  in.read(there.data(), static_cast<std::streamsize>(there.size()));
+  std::uint64_t n = 0;
+  std::memcpy(&n, there.data(), 8);
+  if (!in || n != text.size() || there.compare(8, text.size(), text) != 0 ||
+      std::filesystem::file_size(writing) != impl_->size)
+    throw usage_error(writing.string() + ": the output being written was laid out for other tensors "
+                      "than this writer's (every writer of a shared file must declare the same ones)");
+  impl_->file.emplace(AtomicFile::Join::existing, writing, path);
+  impl_->joined = true;
 }
 
 SafetensorsWriter::~SafetensorsWriter() = default;
@@ -144,15 +177,24 @@ void SafetensorsWriter::write_f32_part(std::string_view name, std::uint64_t firs
   write_part(name, first * size, std::span<const std::byte>(buf.get(), bytes));
 }
 
+void SafetensorsWriter::written_elsewhere(std::string_view name) {
+  auto& s = impl_->slot(name);
+  if (s.touched.exchange(true) || s.written.exchange(s.spec.nbytes()) != 0)
+    throw usage_error(impl_->file->target().string() + ": tensor '" + std::string(name) +
+                      "' written here and by another writer");
+}
+
 void SafetensorsWriter::commit() {
   for (const auto& s : impl_->slots)
-    if (!s.touched || s.written != s.spec.nbytes())
+    if ((!s.touched && !impl_->joined) || (s.touched && s.written != s.spec.nbytes()))
       throw usage_error(impl_->file->target().string() + ": tensor '" + s.spec.name + "' was declared but " +
                         (s.touched ? "only partly written" : "never written"));
   impl_->file->commit();
 }
 
 std::uint64_t SafetensorsWriter::file_size() const noexcept { return impl_->size; }
+
+const std::filesystem::path& SafetensorsWriter::writing_path() const noexcept { return impl_->file->temp(); }
 
 void write_safetensors(const std::filesystem::path& path, const std::vector<TensorData>& tensors,
                        const std::map<std::string, std::string>& metadata, bool overwrite) {

@@ -1,7 +1,9 @@
 // revmerge merge --method rmm: plan the modules across adapters (or full fine-tunes, compressed
 // as they are read), run RMM module by module through the pipeline, and write the bundle
 // atomically.
+#include <algorithm>
 #include <chrono>
+#include <optional>
 #include <future>
 #include <map>
 #include <set>
@@ -11,6 +13,7 @@
 #include "core/atomic_output.hpp"
 #include "core/interrupt.hpp"
 #include "core/memory_info.hpp"
+#include "distributed/agreement.hpp"
 #include "methods/adapter_set.hpp"
 #include "methods/full_model_source.hpp"
 #include "methods/lowrank/batched_pt_svd.hpp"
@@ -88,9 +91,39 @@ RecipeRecord rmm_record(const RmmMergeOptions& o, DType storage, const FullModel
   return r;
 }
 
+// The workers of o.peers when there are several (null: the merge is this process's alone).
+Peers* workers(const RmmMergeOptions& o) { return o.peers && o.peers->size() > 1 ? o.peers : nullptr; }
+
+// This worker's modules of `source` (all of them without peers), balanced by staged bytes.
+RmmSource share_of_source(const RmmSource& source, Peers* peers) {
+  if (!peers) return source;
+  std::vector<std::uint64_t> bytes;
+  for (const auto& pm : source.plan) bytes.push_back(source.staged_bytes(pm));
+  const auto [first, last] = share_of(bytes, peers->rank(), peers->size());
+  RmmSource mine = source;
+  mine.plan.assign(source.plan.begin() + static_cast<std::ptrdiff_t>(first),
+                   source.plan.begin() + static_cast<std::ptrdiff_t>(last));
+  mine.bytes_total = 0;
+  for (std::size_t i = first; i < last; ++i) mine.bytes_total += bytes[i];
+  return mine;
+}
+
+// Every worker's module entries, in rank order (the plan's: each worker's share is contiguous),
+// into `manifest` on every worker.
+void gather_modules(Peers& peers, BundleManifest& manifest) {
+  const auto all = peers.all_gather(manifest_to_json(manifest));
+  manifest.modules.clear();
+  for (std::size_t r = 0; r < all.size(); ++r) {
+    auto part = parse_manifest(all[r], "the module entries of worker " + std::to_string(r));
+    for (auto& bm : part.modules) manifest.modules.push_back(std::move(bm));
+  }
+}
+
 BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
                             BundleManifest manifest, Backend& backend, Clock::time_point start,
                             const FullModelInputs* full) {
+  Peers* const peers = workers(o);
+  const bool first = !peers || peers->rank() == 0;  // creates and commits the output
   const auto& plan = source.plan;
   const i64 n = static_cast<i64>(o.tasks.size()), p = o.basis;
   const DType storage = storage_dtype(o, source);
@@ -99,8 +132,7 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
   PipelineStats local;
   PipelineStats& stats = o.stats ? *o.stats : local;
   stats = {};
-  // The memory plan comes first: a budget too small for one module is refused before any
-  // output exists.
+  // Every tensor of the bundle, whichever worker writes it: the file's layout.
   std::vector<TensorSpec> specs;
   for (const auto& pm : plan)
     for (const auto& [side, m] : {std::pair{"lora_A", pm.in}, std::pair{"lora_B", pm.out}}) {
@@ -108,38 +140,58 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
       specs.push_back({bundle_tensor_name(pm.path, side, "basis"), storage, {m, pm.rank, p}});
       specs.push_back({bundle_tensor_name(pm.path, side, "coef"), storage, {m, p, n}});
     }
-  const bool shared = backend.shares_host_memory();
-  const std::uint64_t host_budget =
-      o.memory_budget ? o.memory_budget : host_memory_available() / 2;
-  const std::uint64_t device_budget =
-      shared ? 0 : (o.memory_budget ? o.memory_budget : backend.memory_available() / 10 * 9);
-  auto item = largest_module_memory(o, storage, source, backend);
-  if (!shared && source.device_load_bytes) {
-    // Full fine-tunes compressed on the device: as many tasks per batch as leave the merge
-    // itself its minimum (one task at least; the plan refuses what even that cannot fit).
-    const std::uint64_t rest =
-        std::uint64_t(item.in_flight) * (item.work + item.device_inputs) + 2 * item.device_inputs;
-    i64 tasks = n;
-    while (tasks > 1 && rest + source.device_load_bytes(tasks) > device_budget) --tasks;
-    item.device_read_work = source.device_load_bytes(tasks);
-    source.limit_device_load(item.device_read_work);
-  }
-  const auto mem = plan_memory(item, host_budget, device_budget, "--memory-budget");
-  stats.host_budget = mem.host_budget;
-  stats.device_budget = mem.device_budget;
-  stats.planned_host_bytes = mem.host_bytes;
-  stats.planned_device_bytes = mem.device_bytes;
-  stats.staging_slots = o.sequential ? 1 : mem.staging_slots;
+  const std::map<std::string, std::string> metadata{{"format", "revmerge-bundle"}, {"method", "rmm"}};
+  const RmmSource mine = share_of_source(source, peers);
+  std::optional<MemoryPlan> mem;
+  std::optional<StagedDir> staged;
+  std::optional<SafetensorsWriter> writer;
+  // The memory plan comes first: a budget too small for one module is refused before any
+  // output exists.
+  agree_on(peers, [&] {
+    const bool shared = backend.shares_host_memory();
+    const std::uint64_t host_budget = o.memory_budget ? o.memory_budget : host_memory_available() / 2;
+    const std::uint64_t device_budget =
+        shared ? 0 : (o.memory_budget ? o.memory_budget : backend.memory_available() / 10 * 9);
+    auto item = largest_module_memory(o, storage, source, backend);
+    if (!shared && source.device_load_bytes) {
+      // Full fine-tunes compressed on the device: as many tasks per batch as leave the merge
+      // itself its minimum (one task at least; the plan refuses what even that cannot fit).
+      const std::uint64_t rest =
+          std::uint64_t(item.in_flight) * (item.work + item.device_inputs) + 2 * item.device_inputs;
+      i64 tasks = n;
+      while (tasks > 1 && rest + source.device_load_bytes(tasks) > device_budget) --tasks;
+      item.device_read_work = source.device_load_bytes(tasks);
+      source.limit_device_load(item.device_read_work);
+    }
+    mem = plan_memory(item, host_budget, device_budget, "--memory-budget");
+    if (first) {
+      staged.emplace(o.out, o.overwrite);
+      writer.emplace(staged->path() / kBundleTensorsName, specs, metadata);
+    }
+  });
+  stats.host_budget = mem->host_budget;
+  stats.device_budget = mem->device_budget;
+  stats.planned_host_bytes = mem->host_bytes;
+  stats.planned_device_bytes = mem->device_bytes;
+  stats.staging_slots = o.sequential ? 1 : mem->staging_slots;
   stats.pipelined = !o.sequential;
+  if (peers) {  // the others write into the file worker 0 made, under its temporary name
+    const auto where = peers->all_gather(first ? writer->writing_path().string() : std::string());
+    agree_on(peers, [&] {
+      if (!first)
+        writer.emplace(SafetensorsWriter::Join{}, where[0], o.out / kBundleTensorsName, specs, metadata);
+    });
+  }
 
-  StagedDir staged(o.out, o.overwrite);
-  SafetensorsWriter writer(staged.path() / kBundleTensorsName, specs,
-                           {{"format", "revmerge-bundle"}, {"method", "rmm"}});
   const auto pipeline_start = Clock::now();
   stats.setup_seconds = seconds_between(start, pipeline_start);
-  run_rmm_modules(o, storage, source, backend, mem, writer, manifest, stats);
+  agree_on(peers, [&] {
+    run_rmm_modules(o, storage, mine, backend, *mem, *writer, manifest, stats);
+    if (!first) writer->commit();  // this worker's tensors synced; worker 0 renames the file
+  });
   const auto pipeline_end = Clock::now();
   stats.pipeline_seconds = seconds_between(pipeline_start, pipeline_end);
+  if (peers) gather_modules(*peers, manifest);
 
   double stored = 0, raw = 0;
   for (const auto& bm : manifest.modules) {
@@ -151,12 +203,19 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
   manifest.storage_ratio = raw > 0 ? stored / raw : 0;
   manifest.input_bytes = source.factor_bytes;
   for (const auto& spec : specs) manifest.stored_bytes += spec.nbytes();
-  throw_if_interrupted("merge");
-  writer.commit();
-  write_file_atomic(staged.path() / kBundleManifestName, manifest_to_json(manifest), false);
-  write_file_atomic(staged.path() / kRecipeName, recipe_text(o.recipe, rmm_record(o, storage, full)), false);
-  staged.commit();
-  stats.bytes_written = writer.file_size();
+  agree_on(peers, [&] {
+    throw_if_interrupted("merge");
+    if (!first) return;
+    for (const auto& pm : plan)
+      if (std::none_of(mine.plan.begin(), mine.plan.end(), [&](const PlannedModule& m) { return m.path == pm.path; }))
+        for (const char* side : {"lora_A", "lora_B"})
+          for (const char* part : {"mean", "basis", "coef"}) writer->written_elsewhere(bundle_tensor_name(pm.path, side, part));
+    writer->commit();
+    write_file_atomic(staged->path() / kBundleManifestName, manifest_to_json(manifest), false);
+    write_file_atomic(staged->path() / kRecipeName, recipe_text(o.recipe, rmm_record(o, storage, full)), false);
+    staged->commit();
+  });
+  stats.bytes_written = writer->file_size();
   stats.backend_peak_bytes = backend.memory_use().peak;
   const auto end = Clock::now();
   stats.finish_seconds = seconds_between(pipeline_end, end);
@@ -176,35 +235,45 @@ BundleManifest merge_rmm_models(const RmmMergeOptions& o, const FullModelInputs&
   return merge_rmm_models_on(o, in, backend_of(o));
 }
 
+// Each worker opens every input (the plan is everyone's); one that cannot fails them all.
 BundleManifest merge_rmm_on(const RmmMergeOptions& o, const BackendFactory& make) {
   const auto start = Clock::now();
-  check_options(o);
-  auto backend = start_backend(make);
-  const auto set = open_adapter_set(o.tasks);
-  auto manifest = new_manifest(o);
-  for (std::size_t t = 0; t < o.tasks.size(); ++t)
-    manifest.tasks.push_back({o.tasks[t].name,
-                              (o.tasks[t].origin.empty() ? o.tasks[t].adapter : o.tasks[t].origin).string(),
-                              set.adapters[t]->config().base_model_name_or_path,
-                              set.adapters[t]->config().task_type});
-  const auto be = backend.get();
-  return merge_source(o, adapter_source(set, o.reader_threads), std::move(manifest), *be, start,
+  std::unique_ptr<Backend> be;
+  std::optional<AdapterSet> set;
+  BundleManifest manifest = new_manifest(o);
+  agree_on(workers(o), [&] {
+    check_options(o);
+    auto backend = start_backend(make);
+    set.emplace(open_adapter_set(o.tasks));
+    for (std::size_t t = 0; t < o.tasks.size(); ++t)
+      manifest.tasks.push_back({o.tasks[t].name,
+                                (o.tasks[t].origin.empty() ? o.tasks[t].adapter : o.tasks[t].origin).string(),
+                                set->adapters[t]->config().base_model_name_or_path,
+                                set->adapters[t]->config().task_type});
+    be = backend.get();
+  });
+  return merge_source(o, adapter_source(*set, o.reader_threads), std::move(manifest), *be, start,
                       nullptr);
 }
 
 BundleManifest merge_rmm_models_on(const RmmMergeOptions& o, const FullModelInputs& in,
                                    const BackendFactory& make) {
   const auto start = Clock::now();
-  check_options(o);
-  auto backend = start_backend(make);
-  const auto set = open_full_model_set(o.tasks, in);
-  auto manifest = new_manifest(o);
-  for (const auto& t : o.tasks) manifest.tasks.push_back({t.name, t.adapter.string(), in.base.string(), ""});
-  const auto be = backend.get();
-  // On a GPU the deltas are compressed there too (all tasks of a module in one batch); the
-  // engine goes before the backend.
-  const auto engine = make_device_pt_svd(*be);
-  if (engine) attach_device_svd(*set, *engine);
+  std::unique_ptr<Backend> be;
+  std::unique_ptr<FullModelSet> set;
+  std::unique_ptr<BatchedPtSvd> engine;
+  BundleManifest manifest = new_manifest(o);
+  agree_on(workers(o), [&] {
+    check_options(o);
+    auto backend = start_backend(make);
+    set = open_full_model_set(o.tasks, in);
+    for (const auto& t : o.tasks) manifest.tasks.push_back({t.name, t.adapter.string(), in.base.string(), ""});
+    be = backend.get();
+    // On a GPU the deltas are compressed there too (all tasks of a module in one batch); the
+    // engine goes before the backend.
+    engine = make_device_pt_svd(*be);
+    if (engine) attach_device_svd(*set, *engine);
+  });
   return merge_source(o, set->source, std::move(manifest), *be, start, &in);
 }
 

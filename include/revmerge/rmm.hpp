@@ -11,6 +11,7 @@
 
 #include "revmerge/bundle.hpp"
 #include "revmerge/devices.hpp"
+#include "revmerge/peers.hpp"
 #include "revmerge/recipe.hpp"
 
 namespace revmerge {
@@ -82,6 +83,13 @@ struct RmmMergeOptions {
   PipelineProgressFn pipeline_progress;
   PipelineStats* stats = nullptr;  ///< filled when set
   OutputRecipe recipe;             ///< the command / config recorded in the bundle's recipe
+  /// The workers this merge is split across (MPI ranks, or threads with a backend each), every
+  /// one calling merge_rmm with the same options but its own peers: each merges a contiguous
+  /// share of the modules (balanced by bytes) and writes its tensors into the one bundle file;
+  /// worker 0 gathers the module entries and commits. The bundle is byte for byte the one a
+  /// single worker writes; a failure on any worker fails every worker with its message and
+  /// leaves nothing. Null (or one worker): the whole merge here.
+  Peers* peers = nullptr;
 };
 
 /// Full fine-tunes for merge_rmm_models: compressed against `base` to rank `rank` (PT-SVD,

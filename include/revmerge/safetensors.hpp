@@ -120,6 +120,14 @@ class SafetensorsWriter {
   SafetensorsWriter(const std::filesystem::path& path, std::vector<TensorSpec> specs,
                     const std::map<std::string, std::string>& metadata = {},
                     bool overwrite = false);
+  /// Joins the file that a writer with the same specs and metadata is writing, under its
+  /// writing_path() `writing` (a file shared by several processes, each writing its own
+  /// tensors). The header already there must be the one these specs give. commit() then checks
+  /// that the tensors this writer touched are whole and syncs them; the file's creator renames
+  /// it into place, and nothing is removed here on failure.
+  struct Join {};
+  SafetensorsWriter(Join, const std::filesystem::path& writing, const std::filesystem::path& path,
+                    std::vector<TensorSpec> specs, const std::map<std::string, std::string>& metadata = {});
   ~SafetensorsWriter();
   SafetensorsWriter(SafetensorsWriter&&) noexcept;
   SafetensorsWriter& operator=(SafetensorsWriter&&) noexcept;
@@ -135,11 +143,16 @@ class SafetensorsWriter {
   void write_part(std::string_view name, std::uint64_t offset, std::span<const std::byte> data);
   void write_f32_part(std::string_view name, std::uint64_t first, std::span<const float> values,
                       int threads = 1);
+  /// Counts tensor `name` as written by another writer of the same file (commit() does not
+  /// ask for its bytes here).
+  void written_elsewhere(std::string_view name);
   /// Checks every tensor was written, syncs and renames into place.
   void commit();
 
   /// Total file size the writer will produce.
   std::uint64_t file_size() const noexcept;
+  /// The name the file is written under until commit() (what other writers join).
+  const std::filesystem::path& writing_path() const noexcept;
 
  private:
   struct Impl;

@@ -418,10 +418,20 @@ TEST(StoreMerge, SharedBasesServeTasksSharingAnInitAndColumns) {
   EXPECT_LE(stored_numbers(man), 0.6 * all_numbers(man));
   check_errors_are_dense_errors(tmp / "bundle", tasks);
   EXPECT_EQ(manifest_to_json(parse_manifest(manifest_to_json(man), "m.json")), manifest_to_json(man));
-  // Under auto with every representation, these tasks take the shared bases too.
+  // Under auto with every representation these tasks lose no more than with the shared bases
+  // alone (it takes them, or an option as good: which one can turn on the BLAS kernels'
+  // rounding, the two being within a fraction of a percent here).
   auto every = store_options(tasks, StoreMethod::automatic, tmp / "every");
   every.storage.fraction = 0.6;
-  for (const auto& mod : merge_store(every).modules) EXPECT_EQ(mod.representation, Representation::shared);
+  const auto chosen = merge_store(every);
+  const auto mean_error = [](const BundleManifest& m) {
+    double e = 0, count = 0;
+    for (const auto& mod : m.modules)
+      for (const auto x : mod.delta_error) e += x * x, ++count;
+    return std::sqrt(e / count);
+  };
+  EXPECT_LE(mean_error(chosen), 1.01 * mean_error(man));
+  EXPECT_LE(stored_numbers(chosen), 0.6 * all_numbers(chosen));
 }
 
 // Task 0's deltas have a flat spectrum, the others' decay fast: the mean objective spends on

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# `mpirun -n N revmerge merge`: the example adapters merged by 2 and 3 ranks give the single
+# process's bytes; a truncated input fails every rank with the file named and leaves nothing;
+# what does not split across ranks is refused by name.
+# Usage: mpi_merge.sh REVMERGE MPIEXEC SOURCE_DIR WORK_DIR
+set -euo pipefail
+revmerge=$1 mpiexec=$2 src=$3 work=$4
+rm -rf "$work" && mkdir -p "$work"
+fail() { echo "FAIL: $*"; exit 1; }
+# Open MPI refuses root without the first two, and more ranks than cores without the third
+# (other MPIs ignore them).
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+ranks() { local n=$1; shift; "$mpiexec" -n "$n" "$@"; }
+adapters=("$src"/examples/adapters/*)
+
+"$revmerge" merge --basis 2 --threads 1 --device cpu -q --out "$work/one" "${adapters[@]}"
+for n in 1 2 3; do
+  ranks "$n" "$revmerge" merge --basis 2 --threads 1 --device cpu --out "$work/n$n" "${adapters[@]}" \
+    >"$work/n$n.txt" 2>"$work/n$n.err" || { cat "$work/n$n.err"; fail "$n ranks: the merge failed"; }
+  for f in bundle.safetensors manifest.json; do
+    cmp -s "$work/one/$f" "$work/n$n/$f" || fail "$n ranks: $f differs from the single process's"
+  done
+  # Rank 0 reports for all, once.
+  [ "$(grep -c "RMM bundle" "$work/n$n.txt")" = 1 ] || { cat "$work/n$n.txt"; fail "$n ranks: not one report"; }
+done
+
+# A truncated input: every rank fails, the file is named, no bundle and no temporary folder.
+cp -r "$src/examples/adapters" "$work/inputs"
+truncate -s -4096 "$work/inputs/topic/adapter_model.safetensors"
+if ranks 3 "$revmerge" merge --basis 2 --threads 1 --device cpu --out "$work/bad" "$work"/inputs/* \
+     >"$work/bad.txt" 2>&1; then
+  fail "a truncated input was merged"
+fi
+grep -q "topic/adapter_model.safetensors" "$work/bad.txt" || { cat "$work/bad.txt"; fail "the file is not named"; }
+[ ! -e "$work/bad" ] || fail "a bundle was left behind"
+if compgen -G "$work/.bad.*" >/dev/null; then fail "a temporary output was left behind"; fi
+
+# Only --method rmm is split across ranks; anything else would run once per rank.
+if ranks 2 "$revmerge" merge --method ties --density 0.5 --out "$work/ties" "${adapters[@]}" >"$work/ties.txt" 2>&1; then
+  fail "--method ties ran under 2 ranks"
+fi
+grep -q -- "--method ties: runs in one process" "$work/ties.txt" || { cat "$work/ties.txt"; fail "ties message"; }
+if ranks 2 "$revmerge" info "${adapters[0]}" >"$work/info.txt" 2>&1; then fail "info ran under 2 ranks"; fi
+grep -q "revmerge info runs in one process" "$work/info.txt" || { cat "$work/info.txt"; fail "info message"; }
+echo "mpi merges: OK"

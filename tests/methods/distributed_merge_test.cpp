@@ -1,0 +1,169 @@
+// One merge split across workers (revmerge/peers.hpp): the shares of the modules, the workers'
+// collectives, and merges by 2 and 3 workers (threads standing in for MPI ranks, each with its
+// own backend) that write the single worker's bytes, or fail together and leave nothing.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <thread>
+
+#include "distributed/agreement.hpp"
+#include "methods/adapter_writer.hpp"
+#include "revmerge/bundle.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/peers.hpp"
+#include "revmerge/rmm.hpp"
+#include "test_util.hpp"
+
+namespace revmerge {
+namespace {
+
+TEST(ShareOf, ContiguousInOrderCoveringEveryModuleOnceAndBalancedByBytes) {
+  const std::vector<std::uint64_t> bytes{10, 10, 40, 10, 10, 10, 5, 5, 30, 70, 1, 1};
+  std::uint64_t total = 0, largest = 0;
+  for (const auto b : bytes) total += b, largest = std::max(largest, b);
+  for (int size = 1; size <= 5; ++size) {
+    std::size_t next = 0;
+    for (int rank = 0; rank < size; ++rank) {
+      const auto [first, last] = share_of(bytes, rank, size);
+      ASSERT_LE(first, last);
+      if (first == last) continue;
+      EXPECT_EQ(first, next) << size << " workers, worker " << rank;
+      next = last;
+      std::uint64_t mine = 0;
+      for (auto i = first; i < last; ++i) mine += bytes[i];
+      // Within one module of the even share.
+      EXPECT_LE(double(mine), double(total) / size + double(largest)) << size << " workers, worker " << rank;
+    }
+    EXPECT_EQ(next, bytes.size()) << size << " workers";
+  }
+  // More workers than modules: some take none, every module is still taken once.
+  std::size_t taken = 0;
+  for (int rank = 0; rank < 7; ++rank) {
+    const auto [first, last] = share_of({3, 3, 3}, rank, 7);
+    taken += last - first;
+  }
+  EXPECT_EQ(taken, 3u);
+}
+
+TEST(LocalPeers, EveryRoundGivesEveryWorkerEveryonesValueInRankOrder) {
+  auto peers = local_peers(3);
+  std::vector<std::vector<std::string>> got(3);
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 3; ++w)
+    threads.emplace_back([&, w] {
+      for (int round = 0; round < 50; ++round) {
+        const auto all = peers[w]->all_gather(std::to_string(round) + ":" + std::to_string(w));
+        got[w].push_back(all[0] + "," + all[1] + "," + all[2]);
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int w = 0; w < 3; ++w)
+    for (int round = 0; round < 50; ++round) {
+      const auto r = std::to_string(round);
+      EXPECT_EQ(got[w][round], r + ":0," + r + ":1," + r + ":2");
+    }
+}
+
+TEST(AgreeOn, EveryWorkerThrowsTheFirstFailingWorkersErrorWithItsClass) {
+  auto peers = local_peers(3);
+  std::vector<std::string> what(3);
+  std::vector<int> kind(3, 0);
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 3; ++w)
+    threads.emplace_back([&, w] {
+      try {
+        agree_on(peers[w].get(), [&] {
+          if (w == 1) throw io_error("task-1/adapter_model.safetensors: truncated");
+          if (w == 2) throw shape_error("a later failure");
+        });
+      } catch (const io_error& e) {
+        kind[w] = 1, what[w] = e.what();
+      } catch (const std::exception& e) {
+        kind[w] = 2, what[w] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int w = 0; w < 3; ++w) {
+    EXPECT_EQ(kind[w], 1) << "worker " << w << ": " << what[w];
+    EXPECT_EQ(what[w], "task-1/adapter_model.safetensors: truncated");
+  }
+}
+
+// Six layers of two modules of two shapes, 4 tasks of rank 4.
+std::vector<test::ModuleSpec> six_layers() {
+  std::vector<test::ModuleSpec> modules;
+  for (int l = 0; l < 6; ++l) {
+    modules.push_back({"model.layers." + std::to_string(l) + ".self_attn.q_proj", 4, 24, 16});
+    modules.push_back({"model.layers." + std::to_string(l) + ".self_attn.v_proj", 4, 24, 40});
+  }
+  return modules;
+}
+
+RmmMergeOptions options(const test::TempDir& tmp, int n, const std::filesystem::path& out) {
+  RmmMergeOptions o;
+  for (int t = 0; t < n; ++t) o.tasks.push_back({"task" + std::to_string(t), tmp / ("task" + std::to_string(t))});
+  o.basis = 2;
+  o.out = out;
+  o.device = Device::cpu;
+  o.threads = 1;
+  o.dtype = DType::BF16;
+  return o;
+}
+
+// merge_rmm by `workers` threads, each with its own peers and backend; what each one threw.
+std::vector<std::string> merge_by(int workers, const RmmMergeOptions& o) {
+  auto peers = local_peers(workers);
+  std::vector<std::string> failed(static_cast<std::size_t>(workers));
+  std::vector<std::thread> threads;
+  for (int w = 0; w < workers; ++w)
+    threads.emplace_back([&, w] {
+      auto mine = o;
+      mine.peers = peers[w].get();
+      try {
+        merge_rmm(mine);
+      } catch (const std::exception& e) {
+        failed[w] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  return failed;
+}
+
+TEST(DistributedMerge, TwoAndThreeWorkersWriteTheSingleWorkersBytes) {
+  test::TempDir tmp;
+  for (int t = 0; t < 4; ++t) test::write_adapter(tmp / ("task" + std::to_string(t)), 4, 8, six_layers(), "", 40 + t);
+  const auto one = options(tmp, 4, tmp / "one");
+  merge_rmm(one);
+  for (const int workers : {2, 3, 5}) {
+    const auto out = tmp / ("by" + std::to_string(workers));
+    const auto failed = merge_by(workers, options(tmp, 4, out));
+    for (int w = 0; w < workers; ++w) EXPECT_EQ(failed[w], "") << workers << " workers, worker " << w;
+    for (const char* file : {kBundleTensorsName, kBundleManifestName, kRecipeName})
+      EXPECT_EQ(test::read_bytes(out / file), test::read_bytes(one.out / file)) << workers << " workers: " << file;
+  }
+}
+
+TEST(DistributedMerge, ABadInputOfOneWorkersShareFailsEveryWorkerWithItsNameAndLeavesNothing) {
+  test::TempDir tmp;
+  const auto modules = six_layers();
+  for (int t = 0; t < 4; ++t) {
+    auto w = test::write_adapter(tmp / ("task" + std::to_string(t)), 4, 4, modules, "", 40 + t);
+    if (t != 2) continue;
+    // A NaN in the last module of task2, which the last worker merges.
+    w.a[modules.back().path][5] = std::nanf("");
+    std::filesystem::remove(w.dir / kAdapterWeightsName);
+    test::write_adapter_factors(w.dir, 4, modules, w.a, w.b);
+  }
+  const auto out = tmp / "bundle";
+  const auto failed = merge_by(3, options(tmp, 4, out));
+  for (int w = 0; w < 3; ++w) {
+    EXPECT_NE(failed[w].find("task2/adapter_model.safetensors"), std::string::npos) << "worker " << w << ": " << failed[w];
+    EXPECT_EQ(failed[w], failed[2]);
+  }
+  EXPECT_FALSE(std::filesystem::exists(out));
+  for (const auto& e : std::filesystem::directory_iterator(tmp.path()))
+    EXPECT_EQ(e.path().filename().string().find(".bundle"), std::string::npos) << e.path() << " left behind";
+}
+
+}  // namespace
+}  // namespace revmerge
