@@ -123,6 +123,22 @@ bitwise_bundle() {
 }
 export -f bitwise_bundle
 step bitwise-7b bitwise-7b.log 150 bash -c bitwise_bundle
+# Two workers on the one GPU (--gpus 0,0: the multi-GPU path on a one-GPU machine) against one:
+# the same bytes, and the time of each.
+two_workers() {
+  local t0 t1 t2
+  t0=$(date +%s.%N)
+  "$revmerge" merge --device cuda --gpu 0 --threads 4 --basis 4 --force --quiet --out "$out/bundle-7b-gpu0" "$out"/adapters-7b/task-* || return 1
+  t1=$(date +%s.%N)
+  "$revmerge" merge --gpus 0,0 --threads 4 --basis 4 --force --quiet --out "$out/bundle-7b-gpus00" "$out"/adapters-7b/task-* || return 1
+  t2=$(date +%s.%N)
+  awk -v a="$t0" -v b="$t1" -v c="$t2" 'BEGIN { printf "one worker: %.2f s; --gpus 0,0: %.2f s\n", b - a, c - b }'
+  cmp "$out/bundle-7b-gpu0/bundle.safetensors" "$out/bundle-7b-gpus00/bundle.safetensors" &&
+    cmp "$out/bundle-7b-gpu0/manifest.json" "$out/bundle-7b-gpus00/manifest.json" &&
+    echo "--gpus 0,0: the one worker's bundle byte for byte"
+}
+export -f two_workers
+step gpus-0-0 gpus-0-0.log 120 bash -c two_workers
 if command -v compute-sanitizer >/dev/null; then
   step racecheck racecheck.log 120 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 1 \
     "$build/tests/revmerge_tests" --gtest_filter='*RmmModule*cuda*'
@@ -224,11 +240,11 @@ echo
 echo "GPU: $(cat "$out/gpu.txt" 2>/dev/null)"
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)   total: $(( $(date +%s) - t_start ))s   logs: $out"
 printf '%-22s %s\n' step result
-for s in configure build devices cuda-tests gpu-vs-cpu-7b nsys-7b-layer bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-gpu-x3 bitwise-7b racecheck make-adapters-70b pipeline-70b-gpu pt-svd-7b make-models full-models nsys-compress-7b extract-lora-7b merge-example store-auto-7b materialize-7b python-materialize-7b all-tests memcheck; do
+for s in configure build devices cuda-tests gpu-vs-cpu-7b nsys-7b-layer bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-gpu-x3 bitwise-7b gpus-0-0 racecheck make-adapters-70b pipeline-70b-gpu pt-svd-7b make-models full-models nsys-compress-7b extract-lora-7b merge-example store-auto-7b materialize-7b python-materialize-7b all-tests memcheck; do
   printf '%-22s %s\n' "$s" "${result[$s]:-NOT RUN}"
 done
 grep -hE "^(cpu|cuda)|speed-up|GPU vs CPU|median/layer" "$out"/gpu-vs-cpu-7b.log "$out"/bench-*-gpu.log 2>/dev/null
-cat "$out"/bitwise-7b.log "$out"/pt-svd-7b.log "$out"/full-models.log "$out"/extract-lora-7b.log "$out"/store-auto-7b.log "$out"/materialize-7b.log "$out"/python-materialize-7b.log 2>/dev/null
+cat "$out"/bitwise-7b.log "$out"/gpus-0-0.log "$out"/pt-svd-7b.log "$out"/full-models.log "$out"/extract-lora-7b.log "$out"/store-auto-7b.log "$out"/materialize-7b.log "$out"/python-materialize-7b.log 2>/dev/null
 grep -hE "^revmerge bench|^memory plan|^read|^upload|^compute|^write|^pipeline|^setup|^finish|^end to end|^floor|peak RSS|^sequential|^median|^  [a-z]+ +busy" "$out"/pipeline-*.log 2>/dev/null
 for s in "${!result[@]}"; do [[ ${result[$s]} == FAIL* ]] && exit 1; done
 exit 0

@@ -9,6 +9,7 @@
 #include "merge_config.hpp"
 #include "backend/registry.hpp"
 #include "revmerge/classic.hpp"
+#include "revmerge/devices.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
 #include "revmerge/rmm.hpp"
@@ -33,7 +34,7 @@ struct MergeArgs {
   double eps = 1e-8, tol = 1e-5, ram_r = 0.1, ram_alpha = 0.2;
   std::int64_t max_iter = 10;
   int threads = 0, gpu = 0;
-  std::string device = "auto", memory_budget, storage, representations, objective = "mean";
+  std::string device = "auto", gpus, memory_budget, storage, representations, objective = "mean";
   double max_error = 0;
   bool sequential = false;
   std::map<std::string, CLI::Option*> opt;
@@ -96,6 +97,31 @@ void refuse_full_model_options(const MergeArgs& args, const std::string& who) {
       throw usage_error(std::string(o) + ": " + who + " takes it for full fine-tunes only (the inputs are adapters)");
 }
 
+// --gpus LIST | all into the options: one entry is --gpu, several are workers.
+void use_gpus(const MergeArgs& args, RmmMergeOptions& o) {
+  if (args.given("--gpu")) throw usage_error("--gpus and --gpu: give one of them");
+  if (o.device == Device::cpu) throw usage_error("--gpus: GPUs for a merge on --device cpu");
+  std::vector<int> gpus;
+  if (args.gpus == "all") {
+    for (const auto& g : probe_devices().gpus) gpus.push_back(g.index);
+    if (gpus.empty()) throw device_error("--gpus all: " + probe_devices().why_no_gpu);
+  } else {
+    std::size_t at = 0;
+    while (at <= args.gpus.size()) {
+      const auto comma = args.gpus.find(',', at);
+      const auto item = args.gpus.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+      if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 4)
+        throw usage_error("--gpus '" + args.gpus + "': '" + item + "' is not a GPU index (write 0,1,2,3 or all)");
+      gpus.push_back(std::stoi(item));
+      if (comma == std::string::npos) break;
+      at = comma + 1;
+    }
+  }
+  o.device = Device::cuda;
+  if (gpus.size() == 1) o.gpu = gpus.front();
+  else o.gpus = std::move(gpus);
+}
+
 void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSource> tasks) {
   // Full fine-tunes (model folders) are compressed to --rank against --base as they are read.
   const bool full = full_models(tasks);
@@ -136,6 +162,12 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   if (args.given("--memory-budget")) o.memory_budget = parse_byte_size(args.memory_budget, "--memory-budget");
   o.sequential = args.sequential;
   o.peers = command_peers();
+  if (args.given("--gpus")) use_gpus(args, o);
+  // Under mpirun each rank of a machine takes its own GPU unless --gpu names one for all.
+  if (o.peers && o.peers->size() > 1 && !args.given("--gpu") && o.device != Device::cpu) {
+    const auto gpus = probe_devices().gpus.size();
+    if (gpus > 0) o.gpu = o.peers->node_rank() % static_cast<int>(gpus);
+  }
   BundleManifest manifest;
   if (full) {
     manifest = merge_rmm_models(o, full_model_inputs(args, cfg));
@@ -317,6 +349,8 @@ void run_merge(const MergeArgs& args) {
   if (const auto* peers = command_peers(); peers && peers->size() > 1 && method != "rmm")
     throw usage_error("--method " + method + ": runs in one process (start it without mpirun; " +
                       "under an MPI launcher only --method rmm splits its modules across the ranks)");
+  if (method != "rmm" && args.given("--gpus"))
+    throw usage_error("--gpus: only --method rmm runs on several GPUs so far (give one with --gpu)");
   if (method == "rmm")
     run_rmm(args, cfg, std::move(tasks));
   else if (method == "auto" || method == "rank")
@@ -422,7 +456,13 @@ void add_merge_command(CLI::App& app) {
   cmd->add_flag("--force", args.force, "replace an existing output folder");
   cmd->add_option("--threads", args.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--device", args.device, "cpu, cuda or auto (default: cuda when a GPU is usable)");
-  cmd->add_option("--gpu", args.gpu, "CUDA device index (default 0)")->check(CLI::NonNegativeNumber);
+  opt["--gpu"] = cmd->add_option("--gpu", args.gpu,
+      "CUDA device index (default 0; under mpirun each rank of a machine its own: its rank there "
+      "modulo the GPUs)")->check(CLI::NonNegativeNumber);
+  opt["--gpus"] = cmd->add_option("--gpus", args.gpus,
+      "RMM: several GPUs, e.g. 0,1,2,3 or all: one worker per entry (an index may repeat), each "
+      "with its share of the modules and of --memory-budget / --threads; the bundle is the one "
+      "GPU's bytes");
   opt["--allow-nonfinite"] = cmd->add_flag("--allow-nonfinite", args.allow_nonfinite,
                 "RMM: merge adapters holding NaN or Inf instead of refusing them (the affected "
                 "positions come out non-finite)");

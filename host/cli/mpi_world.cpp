@@ -48,10 +48,17 @@ class MpiWorld final : public Peers {
     check_mpi(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    // The ranks that share this machine's memory: their order picks the GPUs.
+    MPI_Comm node;
+    check_mpi(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node),
+              "MPI_Comm_split_type");
+    MPI_Comm_rank(node, &node_rank_);
+    MPI_Comm_free(&node);
   }
   ~MpiWorld() override { MPI_Finalize(); }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
+  int node_rank() const override { return node_rank_; }
 
   std::vector<std::string> all_gather(const std::string& mine) override {
     const auto n = static_cast<std::size_t>(size_);
@@ -71,7 +78,7 @@ class MpiWorld final : public Peers {
   }
 
  private:
-  int rank_ = 0, size_ = 1;
+  int rank_ = 0, size_ = 1, node_rank_ = 0;
 };
 #endif
 

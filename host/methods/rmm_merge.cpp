@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <optional>
+#include <thread>
 #include <future>
 #include <map>
 #include <set>
@@ -229,14 +230,59 @@ std::string backend_description(Device device, int threads, int gpu) {
   return make_backend(device, {threads, gpu})->name();
 }
 
-BundleManifest merge_rmm(const RmmMergeOptions& o) { return merge_rmm_on(o, backend_of(o)); }
+namespace {
+
+// o.gpus: one worker thread per entry, each running `run` with its own options (GPU, peers,
+// its share of the memory and threads); worker 0's manifest, or the error they agreed on.
+BundleManifest on_gpus(const RmmMergeOptions& o, const std::function<BundleManifest(const RmmMergeOptions&)>& run) {
+  if (o.peers && o.peers->size() > 1)
+    throw usage_error("--gpus: under mpirun each rank takes one GPU (start one rank per GPU instead)");
+  if (o.device == Device::cpu) throw usage_error("--gpus: GPUs for a merge on --device cpu");
+  const auto n = static_cast<int>(o.gpus.size());
+  auto peers = local_peers(n);
+  const std::uint64_t memory = o.memory_budget ? o.memory_budget : host_memory_available() / 2 / std::uint64_t(n);
+  const int threads = o.threads ? o.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / n);
+  std::vector<BundleManifest> manifests(static_cast<std::size_t>(n));
+  std::vector<std::exception_ptr> failed(static_cast<std::size_t>(n));
+  std::vector<std::thread> workers;
+  for (int i = 0; i < n; ++i)
+    workers.emplace_back([&, i] {
+      RmmMergeOptions w = o;
+      w.gpus.clear();
+      w.device = Device::cuda;
+      w.gpu = o.gpus[static_cast<std::size_t>(i)];
+      w.peers = peers[static_cast<std::size_t>(i)].get();
+      w.memory_budget = memory;
+      w.threads = threads;
+      if (i > 0) w.progress = {}, w.pipeline_progress = {}, w.stats = nullptr;  // worker 0 reports
+      try {
+        manifests[static_cast<std::size_t>(i)] = run(w);
+      } catch (...) {
+        failed[static_cast<std::size_t>(i)] = std::current_exception();
+      }
+    });
+  for (auto& t : workers) t.join();
+  for (const auto& e : failed)  // the workers agreed: worker 0's error is every worker's
+    if (e) std::rethrow_exception(e);
+  return manifests.front();
+}
+
+}  // namespace
+
+BundleManifest merge_rmm(const RmmMergeOptions& o) {
+  if (o.gpus.size() > 1) return on_gpus(o, [](const RmmMergeOptions& w) { return merge_rmm_on(w, backend_of(w)); });
+  return merge_rmm_on(o, backend_of(o));
+}
 
 BundleManifest merge_rmm_models(const RmmMergeOptions& o, const FullModelInputs& in) {
+  if (o.gpus.size() > 1)
+    return on_gpus(o, [&](const RmmMergeOptions& w) { return merge_rmm_models_on(w, in, backend_of(w)); });
   return merge_rmm_models_on(o, in, backend_of(o));
 }
 
 // Each worker opens every input (the plan is everyone's); one that cannot fails them all.
 BundleManifest merge_rmm_on(const RmmMergeOptions& o, const BackendFactory& make) {
+  if (o.gpus.size() > 1) return on_gpus(o, [&](const RmmMergeOptions& w) { return merge_rmm_on(w, make); });
   const auto start = Clock::now();
   std::unique_ptr<Backend> be;
   std::optional<AdapterSet> set;

@@ -18,6 +18,9 @@ class Peers {
   /// This worker's number, 0 .. size() − 1; worker 0 commits the output.
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  /// This worker's number among the workers on its machine (which GPU it takes when none is
+  /// named: node_rank modulo the GPUs it sees).
+  virtual int node_rank() const { return rank(); }
   /// Every worker's `mine`, in rank order, on every worker (a barrier as well).
   virtual std::vector<std::string> all_gather(const std::string& mine) = 0;
 };

@@ -90,6 +90,12 @@ struct RmmMergeOptions {
   /// single worker writes; a failure on any worker fails every worker with its message and
   /// leaves nothing. Null (or one worker): the whole merge here.
   Peers* peers = nullptr;
+  /// Several GPUs of this process (`--gpus 0,1,2,3`; an index may repeat: two workers on one
+  /// GPU): one worker thread per entry, each with its own CUDA backend, pipeline and share of
+  /// the modules, as `peers` would split them; each worker holds `memory_budget` (0: half the
+  /// free host memory divided among the workers) and `threads` CPU threads (0: the cores divided
+  /// among them). Empty: `device` and `gpu` alone. Not with peers of several workers.
+  std::vector<int> gpus;
 };
 
 /// Full fine-tunes for merge_rmm_models: compressed against `base` to rank `rank` (PT-SVD,

@@ -3,10 +3,13 @@
 // own backend) that write the single worker's bytes, or fail together and leave nothing.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <thread>
 
+#include "backend/deferred_backend.hpp"
 #include "distributed/agreement.hpp"
+#include "methods/on_backend.hpp"
 #include "methods/adapter_writer.hpp"
 #include "revmerge/bundle.hpp"
 #include "revmerge/error.hpp"
@@ -141,6 +144,32 @@ TEST(DistributedMerge, TwoAndThreeWorkersWriteTheSingleWorkersBytes) {
     for (const char* file : {kBundleTensorsName, kBundleManifestName, kRecipeName})
       EXPECT_EQ(test::read_bytes(out / file), test::read_bytes(one.out / file)) << workers << " workers: " << file;
   }
+}
+
+// --gpus 0,0,0: three workers of one process, each with its own backend (here the test backend
+// that behaves like a GPU), give the one backend's bytes; only worker 0 reports progress.
+TEST(DistributedMerge, WorkersOnSeveralDevicesOfOneProcessWriteTheOneDevicesBytes) {
+  test::TempDir tmp;
+  for (int t = 0; t < 4; ++t) test::write_adapter(tmp / ("task" + std::to_string(t)), 4, 8, six_layers(), "", 40 + t);
+  const auto deferred = [] { return test::make_deferred_backend(); };
+  auto one = options(tmp, 4, tmp / "one");
+  one.device = Device::automatic;
+  merge_rmm_on(one, deferred);
+  auto three = options(tmp, 4, tmp / "three");
+  three.device = Device::automatic;
+  three.gpus = {0, 0, 0};
+  std::atomic<int> reports = 0;
+  three.pipeline_progress = [&](const PipelineProgress& p) { reports += p.finished; };
+  PipelineStats stats;
+  three.stats = &stats;
+  const auto manifest = merge_rmm_on(three, deferred);
+  EXPECT_EQ(manifest.modules.size(), 12u);
+  EXPECT_EQ(reports.load(), 1);
+  EXPECT_LT(stats.modules, 12u);  // worker 0's share
+  for (const char* file : {kBundleTensorsName, kBundleManifestName})
+    EXPECT_EQ(test::read_bytes(three.out / file), test::read_bytes(one.out / file)) << file;
+  three.device = Device::cpu;
+  EXPECT_THROW(merge_rmm_on(three, deferred), usage_error);
 }
 
 TEST(DistributedMerge, ABadInputOfOneWorkersShareFailsEveryWorkerWithItsNameAndLeavesNothing) {
