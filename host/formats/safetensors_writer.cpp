@@ -184,6 +184,13 @@ void SafetensorsWriter::written_elsewhere(std::string_view name) {
                       "' written here and by another writer");
 }
 
+std::vector<std::string> SafetensorsWriter::written_names() const {
+  std::vector<std::string> names;
+  for (const auto& s : impl_->slots)
+    if (s.touched) names.push_back(s.spec.name);
+  return names;
+}
+
 void SafetensorsWriter::commit() {
   for (const auto& s : impl_->slots)
     if ((!s.touched && !impl_->joined) || (s.touched && s.written != s.spec.nbytes()))

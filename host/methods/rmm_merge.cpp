@@ -15,6 +15,7 @@
 #include "core/interrupt.hpp"
 #include "core/memory_info.hpp"
 #include "distributed/agreement.hpp"
+#include "distributed/shared_bundle.hpp"
 #include "methods/adapter_set.hpp"
 #include "methods/full_model_source.hpp"
 #include "methods/lowrank/batched_pt_svd.hpp"
@@ -109,22 +110,10 @@ RmmSource share_of_source(const RmmSource& source, Peers* peers) {
   return mine;
 }
 
-// Every worker's module entries, in rank order (the plan's: each worker's share is contiguous),
-// into `manifest` on every worker.
-void gather_modules(Peers& peers, BundleManifest& manifest) {
-  const auto all = peers.all_gather(manifest_to_json(manifest));
-  manifest.modules.clear();
-  for (std::size_t r = 0; r < all.size(); ++r) {
-    auto part = parse_manifest(all[r], "the module entries of worker " + std::to_string(r));
-    for (auto& bm : part.modules) manifest.modules.push_back(std::move(bm));
-  }
-}
-
 BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
                             BundleManifest manifest, Backend& backend, Clock::time_point start,
                             const FullModelInputs* full) {
   Peers* const peers = workers(o);
-  const bool first = !peers || peers->rank() == 0;  // creates and commits the output
   const auto& plan = source.plan;
   const i64 n = static_cast<i64>(o.tasks.size()), p = o.basis;
   const DType storage = storage_dtype(o, source);
@@ -141,14 +130,11 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
       specs.push_back({bundle_tensor_name(pm.path, side, "basis"), storage, {m, pm.rank, p}});
       specs.push_back({bundle_tensor_name(pm.path, side, "coef"), storage, {m, p, n}});
     }
-  const std::map<std::string, std::string> metadata{{"format", "revmerge-bundle"}, {"method", "rmm"}};
   const RmmSource mine = share_of_source(source, peers);
   std::optional<MemoryPlan> mem;
-  std::optional<StagedDir> staged;
-  std::optional<SafetensorsWriter> writer;
   // The memory plan comes first: a budget too small for one module is refused before any
   // output exists.
-  agree_on(peers, [&] {
+  SharedBundle bundle(peers, o.out, o.overwrite, specs, {{"format", "revmerge-bundle"}, {"method", "rmm"}}, [&] {
     const bool shared = backend.shares_host_memory();
     const std::uint64_t host_budget = o.memory_budget ? o.memory_budget : host_memory_available() / 2;
     const std::uint64_t device_budget =
@@ -165,10 +151,6 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
       source.limit_device_load(item.device_read_work);
     }
     mem = plan_memory(item, host_budget, device_budget, "--memory-budget");
-    if (first) {
-      staged.emplace(o.out, o.overwrite);
-      writer.emplace(staged->path() / kBundleTensorsName, specs, metadata);
-    }
   });
   stats.host_budget = mem->host_budget;
   stats.device_budget = mem->device_budget;
@@ -176,23 +158,13 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
   stats.planned_device_bytes = mem->device_bytes;
   stats.staging_slots = o.sequential ? 1 : mem->staging_slots;
   stats.pipelined = !o.sequential;
-  if (peers) {  // the others write into the file worker 0 made, under its temporary name
-    const auto where = peers->all_gather(first ? writer->writing_path().string() : std::string());
-    agree_on(peers, [&] {
-      if (!first)
-        writer.emplace(SafetensorsWriter::Join{}, where[0], o.out / kBundleTensorsName, specs, metadata);
-    });
-  }
 
   const auto pipeline_start = Clock::now();
   stats.setup_seconds = seconds_between(start, pipeline_start);
-  agree_on(peers, [&] {
-    run_rmm_modules(o, storage, mine, backend, *mem, *writer, manifest, stats);
-    if (!first) writer->commit();  // this worker's tensors synced; worker 0 renames the file
-  });
+  bundle.write_share([&] { run_rmm_modules(o, storage, mine, backend, *mem, bundle.writer(), manifest, stats); });
   const auto pipeline_end = Clock::now();
   stats.pipeline_seconds = seconds_between(pipeline_start, pipeline_end);
-  if (peers) gather_modules(*peers, manifest);
+  manifest = bundle.gather_modules(manifest);
 
   double stored = 0, raw = 0;
   for (const auto& bm : manifest.modules) {
@@ -204,19 +176,8 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
   manifest.storage_ratio = raw > 0 ? stored / raw : 0;
   manifest.input_bytes = source.factor_bytes;
   for (const auto& spec : specs) manifest.stored_bytes += spec.nbytes();
-  agree_on(peers, [&] {
-    throw_if_interrupted("merge");
-    if (!first) return;
-    for (const auto& pm : plan)
-      if (std::none_of(mine.plan.begin(), mine.plan.end(), [&](const PlannedModule& m) { return m.path == pm.path; }))
-        for (const char* side : {"lora_A", "lora_B"})
-          for (const char* part : {"mean", "basis", "coef"}) writer->written_elsewhere(bundle_tensor_name(pm.path, side, part));
-    writer->commit();
-    write_file_atomic(staged->path() / kBundleManifestName, manifest_to_json(manifest), false);
-    write_file_atomic(staged->path() / kRecipeName, recipe_text(o.recipe, rmm_record(o, storage, full)), false);
-    staged->commit();
-  });
-  stats.bytes_written = writer->file_size();
+  bundle.commit(manifest, recipe_text(o.recipe, rmm_record(o, storage, full)));
+  stats.bytes_written = bundle.writer().file_size();
   stats.backend_peak_bytes = backend.memory_use().peak;
   const auto end = Clock::now();
   stats.finish_seconds = seconds_between(pipeline_end, end);

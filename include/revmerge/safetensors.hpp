@@ -146,6 +146,8 @@ class SafetensorsWriter {
   /// Counts tensor `name` as written by another writer of the same file (commit() does not
   /// ask for its bytes here).
   void written_elsewhere(std::string_view name);
+  /// The tensors written here so far (any part of them), in the file's order.
+  std::vector<std::string> written_names() const;
   /// Checks every tensor was written, syncs and renames into place.
   void commit();
 
