@@ -226,6 +226,7 @@ void run_store(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSo
   o.device = parse_device_option(args.device);
   o.gpu = args.gpu;
   o.progress = module_progress(args.quiet || args.json, "storing");
+  o.peers = command_peers();
   const auto manifest = merge_store(o);
   report_bundle(args, manifest, o.out);
 }
@@ -346,9 +347,10 @@ void run_merge(const MergeArgs& args) {
   std::vector<TaskSource> tasks = cfg.tasks;
   for (const auto& a : args.inputs) tasks.push_back(task_from_argument(a));
   const auto method = args.given("--method") ? args.method : cfg.method.value_or(args.method);
-  if (const auto* peers = command_peers(); peers && peers->size() > 1 && method != "rmm")
+  if (const auto* peers = command_peers(); peers && peers->size() > 1 && method != "rmm" && method != "auto" &&
+                                            method != "rank")
     throw usage_error("--method " + method + ": runs in one process (start it without mpirun; " +
-                      "under an MPI launcher only --method rmm splits its modules across the ranks)");
+                      "under an MPI launcher --method rmm, auto and rank split their modules across the ranks)");
   if (method != "rmm" && args.given("--gpus"))
     throw usage_error("--gpus: only --method rmm runs on several GPUs so far (give one with --gpu)");
   if (method == "rmm")

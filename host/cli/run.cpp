@@ -48,8 +48,8 @@ void run_command_line(const std::vector<std::string>& args, std::ostream& stream
   if (peers_of_commands && peers_of_commands->size() > 1 && !args.empty() && args[0] != "merge" &&
       args[0].rfind('-', 0) != 0)
     throw usage_error("revmerge " + args[0] + " runs in one process: start it without mpirun (under " +
-                      "an MPI launcher only `revmerge merge --method rmm` runs, its modules split " +
-                      "across the ranks)");
+                      "an MPI launcher only `revmerge merge` runs, its modules split across the " +
+                      "ranks)");
   record_command_line(argc, argv.data());
   CLI::App app;
   add_commands(app);

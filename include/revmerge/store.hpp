@@ -63,6 +63,12 @@ struct StoreMergeOptions {
   /// the bundle takes the base's dtype (bf16 models give a bf16 bundle).
   std::optional<FullModelInputs> full_models;
   ProgressFn compress_progress;  ///< with full_models: per module of each fine-tune's compression
+  /// The workers the store is split across (as RmmMergeOptions::peers: MPI ranks, or threads),
+  /// each calling merge_store with the same options and its own peers: each measures and writes
+  /// its contiguous share of the modules, the measurements are exchanged so every worker makes
+  /// the same allocation, worker 0 commits; the bundle is byte for byte one worker's. Not with
+  /// full_models (their compression runs in one process).
+  Peers* peers = nullptr;
 };
 
 /// Measures every module's options (each task's singular values; RMM at each candidate p for

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `mpirun -n N revmerge merge`: the example adapters merged by 2 and 3 ranks give the single
-# process's bytes; a truncated input fails every rank with the file named and leaves nothing;
+# `mpirun -n N revmerge merge`: the example adapters merged by 2 and 3 ranks (RMM) and stored by
+# 2 (--method auto) give the single process's bytes; a truncated input fails every rank with the file named and leaves nothing;
 # what does not split across ranks is refused by name.
 # Usage: mpi_merge.sh REVMERGE MPIEXEC SOURCE_DIR WORK_DIR
 set -euo pipefail
@@ -24,6 +24,23 @@ for n in 1 2 3; do
   [ "$(grep -c "RMM bundle" "$work/n$n.txt")" = 1 ] || { cat "$work/n$n.txt"; fail "$n ranks: not one report"; }
 done
 
+# The budgeted store: measured by shares, one allocation everywhere, stored by shares.
+"$revmerge" merge --method auto --storage 0.4 --threads 1 --device cpu -q --out "$work/auto1" "${adapters[@]}"
+ranks 2 "$revmerge" merge --method auto --storage 0.4 --threads 1 --device cpu -q --out "$work/auto2" "${adapters[@]}" ||
+  fail "--method auto under 2 ranks failed"
+for f in bundle.safetensors manifest.json; do
+  cmp -s "$work/auto1/$f" "$work/auto2/$f" || fail "--method auto, 2 ranks: $f differs from the single process's"
+done
+
+# RMM over full fine-tunes: each rank compresses and merges its own modules.
+mk=$src/tests/fixtures/golden/mergekit
+"$revmerge" merge --basis 1 --base "$mk/base" --rank 4 --threads 1 --device cpu -q --out "$work/full1" "$mk/ft0" "$mk/ft1" 2>/dev/null
+ranks 2 "$revmerge" merge --basis 1 --base "$mk/base" --rank 4 --threads 1 --device cpu -q --out "$work/full2" \
+  "$mk/ft0" "$mk/ft1" 2>/dev/null || fail "RMM over full fine-tunes under 2 ranks failed"
+for f in bundle.safetensors manifest.json; do
+  cmp -s "$work/full1/$f" "$work/full2/$f" || fail "full fine-tunes, 2 ranks: $f differs from the single process's"
+done
+
 # A truncated input: every rank fails, the file is named, no bundle and no temporary folder.
 cp -r "$src/examples/adapters" "$work/inputs"
 truncate -s -4096 "$work/inputs/topic/adapter_model.safetensors"
@@ -35,7 +52,7 @@ grep -q "topic/adapter_model.safetensors" "$work/bad.txt" || { cat "$work/bad.tx
 [ ! -e "$work/bad" ] || fail "a bundle was left behind"
 if compgen -G "$work/.bad.*" >/dev/null; then fail "a temporary output was left behind"; fi
 
-# Only --method rmm is split across ranks; anything else would run once per rank.
+# The classic methods are not split across ranks; they would run once per rank.
 if ranks 2 "$revmerge" merge --method ties --density 0.5 --out "$work/ties" "${adapters[@]}" >"$work/ties.txt" 2>&1; then
   fail "--method ties ran under 2 ranks"
 fi

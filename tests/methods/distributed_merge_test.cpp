@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <cmath>
+#include <functional>
+#include <set>
 #include <thread>
 
 #include "backend/deferred_backend.hpp"
@@ -15,6 +17,7 @@
 #include "revmerge/error.hpp"
 #include "revmerge/peers.hpp"
 #include "revmerge/rmm.hpp"
+#include "revmerge/store.hpp"
 #include "test_util.hpp"
 
 namespace revmerge {
@@ -113,23 +116,30 @@ RmmMergeOptions options(const test::TempDir& tmp, int n, const std::filesystem::
   return o;
 }
 
-// merge_rmm by `workers` threads, each with its own peers and backend; what each one threw.
-std::vector<std::string> merge_by(int workers, const RmmMergeOptions& o) {
+// run(peers) on `workers` threads, each with its own view of the workers; what each one threw.
+std::vector<std::string> run_workers(int workers, const std::function<void(Peers*)>& run) {
   auto peers = local_peers(workers);
   std::vector<std::string> failed(static_cast<std::size_t>(workers));
   std::vector<std::thread> threads;
   for (int w = 0; w < workers; ++w)
     threads.emplace_back([&, w] {
-      auto mine = o;
-      mine.peers = peers[w].get();
       try {
-        merge_rmm(mine);
+        run(peers[w].get());
       } catch (const std::exception& e) {
         failed[w] = e.what();
       }
     });
   for (auto& t : threads) t.join();
   return failed;
+}
+
+// merge_rmm by `workers` threads, each with its own peers and backend.
+std::vector<std::string> merge_by(int workers, const RmmMergeOptions& o) {
+  return run_workers(workers, [&](Peers* peers) {
+    auto mine = o;
+    mine.peers = peers;
+    merge_rmm(mine);
+  });
 }
 
 TEST(DistributedMerge, TwoAndThreeWorkersWriteTheSingleWorkersBytes) {
@@ -144,6 +154,45 @@ TEST(DistributedMerge, TwoAndThreeWorkersWriteTheSingleWorkersBytes) {
     for (const char* file : {kBundleTensorsName, kBundleManifestName, kRecipeName})
       EXPECT_EQ(test::read_bytes(out / file), test::read_bytes(one.out / file)) << workers << " workers: " << file;
   }
+}
+
+// The budgeted store (pass 1 measured by shares and exchanged, one allocation everywhere,
+// pass 2 by shares): 2 and 3 workers give one worker's bytes, RMM, truncations and shared bases
+// among the choices.
+TEST(DistributedMerge, TheBudgetedStoreByTwoAndThreeWorkersWritesOneWorkersBytes) {
+  test::TempDir tmp;
+  for (int t = 0; t < 4; ++t) test::write_adapter(tmp / ("task" + std::to_string(t)), 4, 8, six_layers(), "", 70 + t);
+  // Every representation stored somewhere: auto (truncations here), RMM alone, the shared bases.
+  const std::vector<std::vector<Representation>> weighed{
+      {}, {Representation::rmm}, {Representation::shared_rows, Representation::shared}};
+  std::set<Representation> stored;
+  for (std::size_t c = 0; c < weighed.size(); ++c) {
+    const auto store = [&](const std::filesystem::path& out) {
+      StoreMergeOptions o;
+      for (int t = 0; t < 4; ++t) o.tasks.push_back({"task" + std::to_string(t), tmp / ("task" + std::to_string(t))});
+      o.method = StoreMethod::automatic;
+      o.storage.fraction = 0.5;
+      o.representations = weighed[c];
+      o.out = out;
+      o.device = Device::cpu;
+      o.threads = 1;
+      return o;
+    };
+    const auto one = tmp / ("one" + std::to_string(c));
+    for (const auto& m : merge_store(store(one)).modules) stored.insert(m.representation);
+    for (const int workers : {2, 3}) {
+      const auto out = tmp / ("by" + std::to_string(workers) + "-" + std::to_string(c));
+      const auto failed = run_workers(workers, [&](Peers* peers) {
+        auto o = store(out);
+        o.peers = peers;
+        merge_store(o);
+      });
+      for (int w = 0; w < workers; ++w) EXPECT_EQ(failed[w], "") << workers << " workers, worker " << w;
+      for (const char* file : {kBundleTensorsName, kBundleManifestName, kRecipeName})
+        EXPECT_EQ(test::read_bytes(out / file), test::read_bytes(one / file)) << workers << " workers: " << file;
+    }
+  }
+  EXPECT_GE(stored.size(), 3u) << "rank, rmm, and a shared basis";
 }
 
 // --gpus 0,0,0: three workers of one process, each with its own backend (here the test backend

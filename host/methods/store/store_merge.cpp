@@ -9,6 +9,7 @@
 #include <array>
 #include <cmath>
 #include <cstddef>
+#include <optional>
 #include <string>
 
 #include "backend/backend.hpp"
@@ -16,6 +17,8 @@
 #include "core/atomic_output.hpp"
 #include "core/interrupt.hpp"
 #include "core/memory_info.hpp"
+#include "distributed/agreement.hpp"
+#include "distributed/shared_bundle.hpp"
 #include "methods/adapter_set.hpp"
 #include "methods/full_model_source.hpp"
 #include "methods/recipe.hpp"
@@ -272,6 +275,9 @@ BundleManifest store_adapters(const StoreMergeOptions& o);
 BundleManifest merge_store(const StoreMergeOptions& o) {
   check_options(o);
   if (!o.full_models) return store_adapters(o);
+  if (o.peers && o.peers->size() > 1)
+    throw usage_error("--base: full fine-tunes are compressed in one process (run this store without "
+                      "mpirun, or compress them first and store the adapters across the ranks)");
   refuse_existing(o.out, o.overwrite);  // before minutes of compression
   const StagedDir scratch(o.out.string() + ".compressing", /*overwrite=*/true);  // never committed: removed
   return store_adapters(compressed_tasks(o, scratch.path()));
@@ -280,19 +286,25 @@ BundleManifest merge_store(const StoreMergeOptions& o) {
 namespace {
 
 BundleManifest store_adapters(const StoreMergeOptions& o) {
-  const auto set = open_adapter_set(o.tasks);
+  Peers* const peers = o.peers && o.peers->size() > 1 ? o.peers : nullptr;
+  std::optional<AdapterSet> opened;
+  std::unique_ptr<Backend> be;
+  const auto candidates = rmm_candidates(o);
+  agree_on(peers, [&] {  // every worker opens every input: one that cannot fails them all
+    opened.emplace(open_adapter_set(o.tasks));
+    if (!candidates.empty()) be = make_backend(o.device, {o.threads, o.gpu});
+  });
+  const auto& set = *opened;
   const i64 n = static_cast<i64>(o.tasks.size());
   // The inputs' factor bytes and widest dtype, as merge_rmm reports them.
   const auto source = adapter_source(set);
   const std::uint64_t input_bytes = source.factor_bytes;
   const DType input_dtype = source.input_dtype;
   const DType storage = o.dtype ? *o.dtype : input_dtype == DType::F64 ? DType::F32 : input_dtype;
-  const auto candidates = rmm_candidates(o);
-  std::unique_ptr<Backend> be;
-  if (!candidates.empty()) be = make_backend(o.device, {o.threads, o.gpu});
 
   double all_numbers = 0;
-  for (const auto& pm : set.plan) all_numbers += raw_numbers(pm);
+  std::vector<std::uint64_t> module_bytes;
+  for (const auto& pm : set.plan) all_numbers += raw_numbers(pm), module_bytes.push_back(source.staged_bytes(pm));
   double budget = 0;
   if (o.storage.fraction) budget = *o.storage.fraction * all_numbers;
   if (o.storage.bytes) {
@@ -303,23 +315,35 @@ BundleManifest store_adapters(const StoreMergeOptions& o) {
                         std::string(dtype_name(storage)) + ")");
     budget = double(*o.storage.bytes) / double(dtype_size(storage));
   }
+  // This worker's modules (all of them without peers).
+  const auto [first, last] = peers ? share_of(module_bytes, peers->rank(), peers->size())
+                                   : std::pair<std::size_t, std::size_t>{0, set.plan.size()};
 
-  // Pass 1: every module's options.
+  // Pass 1: the options of this worker's modules, then everyone's.
   const std::size_t steps = 2 * set.plan.size();
   std::vector<Measured> measured;
-  std::vector<double> task_norm_sq(static_cast<std::size_t>(n), 0.0);
-  for (std::size_t m = 0; m < set.plan.size(); ++m) {
-    throw_if_interrupted("merge");
-    const auto& pm = set.plan[m];
-    if (o.progress) o.progress(m, steps, pm.path);
-    const auto f = read_module_factors(set, pm);
-    measured.push_back(measure(be.get(), pm, f, candidates, storage, o.threads,
-                               weighs(o, Representation::shared_rows), weighs(o, Representation::shared)));
-    for (i64 t = 0; t < n; ++t)
-      for (const double s : measured.back().sigma_sq[t]) task_norm_sq[t] += s;
+  agree_on(peers, [&] {
+    for (std::size_t m = first; m < last; ++m) {
+      throw_if_interrupted("merge");
+      const auto& pm = set.plan[m];
+      if (o.progress) o.progress(m, steps, pm.path);
+      const auto f = read_module_factors(set, pm);
+      measured.push_back(measure(be.get(), pm, f, candidates, storage, o.threads,
+                                 weighs(o, Representation::shared_rows), weighs(o, Representation::shared)));
+    }
+  });
+  if (peers) {
+    const auto parts = peers->all_gather(measured_bytes(measured));
+    measured.clear();
+    for (const auto& part : parts)
+      for (auto& m : measured_from_bytes(part)) measured.push_back(std::move(m));
   }
   // Each task's squared errors count relative to its whole delta (all modules), so the
   // objective is the mean over tasks of the squared relative delta error.
+  std::vector<double> task_norm_sq(static_cast<std::size_t>(n), 0.0);
+  for (const auto& mm : measured)
+    for (i64 t = 0; t < n; ++t)
+      for (const double s : mm.sigma_sq[t]) task_norm_sq[t] += s;
   std::vector<double> weight;
   for (const double d : task_norm_sq) weight.push_back(d > 0 ? 1.0 / d : 0.0);
   const bool truncations = weighs(o, Representation::rank);
@@ -328,7 +352,7 @@ BundleManifest store_adapters(const StoreMergeOptions& o) {
                           ? allocate_for_worst(set.plan, measured, task_norm_sq, budget, truncations)
                           : allocate_budget(module_options(set.plan, measured, weight, truncations), budget);
 
-  // Pass 2: store each module as chosen.
+  // Pass 2: each module of this worker's share stored as chosen.
   BundleManifest manifest;
   manifest.format_version = 2;
   manifest.method = method_name(o.method);
@@ -343,34 +367,32 @@ BundleManifest store_adapters(const StoreMergeOptions& o) {
                               set.adapters[t]->config().base_model_name_or_path,
                               set.adapters[t]->config().task_type});
   const auto specs = tensor_specs(set.plan, choice, measured, n, storage);
-  StagedDir staged(o.out, o.overwrite);
-  SafetensorsWriter writer(staged.path() / kBundleTensorsName, specs,
-                           {{"format", "revmerge-bundle"}, {"method", manifest.method}});
-  double stored = 0;
-  for (std::size_t m = 0; m < set.plan.size(); ++m) {
-    throw_if_interrupted("merge");
-    const auto& pm = set.plan[m];
-    if (o.progress) o.progress(set.plan.size() + m, steps, pm.path);
-    const auto f = read_module_factors(set, pm);
-    const auto* option = choice[m].fixed >= 0 ? &measured[m].options[choice[m].fixed] : nullptr;
-    auto bm = !option ? store_rank(pm, f, choice[m].kept, storage, writer, o.threads)
-              : option->kind == Representation::shared_rows
-                  ? store_shared(pm, f, option->k, storage, writer, o.threads)
-              : option->kind == Representation::shared
-                  ? store_shared_basis(pm, f, option->p, storage, writer, o.threads)
-                  : store_rmm(*be, pm, f, option->p, storage, writer, o.threads);
-    stored += double(bm.stored_numbers(n));
-    manifest.modules.push_back(std::move(bm));
-  }
+  SharedBundle bundle(peers, o.out, o.overwrite, specs, {{"format", "revmerge-bundle"}, {"method", manifest.method}});
+  bundle.write_share([&] {
+    for (std::size_t m = first; m < last; ++m) {
+      throw_if_interrupted("merge");
+      const auto& pm = set.plan[m];
+      if (o.progress) o.progress(set.plan.size() + m, steps, pm.path);
+      const auto f = read_module_factors(set, pm);
+      const auto* option = choice[m].fixed >= 0 ? &measured[m].options[choice[m].fixed] : nullptr;
+      auto& writer = bundle.writer();
+      auto bm = !option ? store_rank(pm, f, choice[m].kept, storage, writer, o.threads)
+                : option->kind == Representation::shared_rows
+                    ? store_shared(pm, f, option->k, storage, writer, o.threads)
+                : option->kind == Representation::shared
+                    ? store_shared_basis(pm, f, option->p, storage, writer, o.threads)
+                    : store_rmm(*be, pm, f, option->p, storage, writer, o.threads);
+      manifest.modules.push_back(std::move(bm));
+    }
+  });
   if (o.progress) o.progress(steps, steps, "");
+  manifest = bundle.gather_modules(manifest);
+  double stored = 0;
+  for (const auto& bm : manifest.modules) stored += double(bm.stored_numbers(n));
   manifest.storage_ratio = all_numbers > 0 ? stored / all_numbers : 0;
   manifest.input_bytes = input_bytes;
   for (const auto& spec : specs) manifest.stored_bytes += spec.nbytes();
-  throw_if_interrupted("merge");
-  writer.commit();
-  write_file_atomic(staged.path() / kBundleManifestName, manifest_to_json(manifest), false);
-  write_file_atomic(staged.path() / kRecipeName, recipe_text(o.recipe, store_record(o, storage, candidates)), false);
-  staged.commit();
+  bundle.commit(manifest, recipe_text(o.recipe, store_record(o, storage, candidates)));
   return manifest;
 }
 

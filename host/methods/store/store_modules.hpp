@@ -4,6 +4,7 @@
 // errors measured on the stored values.
 #include <array>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "backend/backend.hpp"
@@ -32,6 +33,11 @@ struct Measured {
   };
   std::vector<Option> options;
 };
+
+/// Measurements as bytes and back, exactly (what workers of one store exchange, so every one
+/// allocates from the same numbers).
+std::string measured_bytes(const std::vector<Measured>& measured);
+std::vector<Measured> measured_from_bytes(const std::string& bytes);
 
 /// Pass 1 of one module: every task's spectrum; with a backend, RMM with each P of `candidates`
 /// per side (one run at the largest); with `shared_rows`, the shared row basis at every K; with
