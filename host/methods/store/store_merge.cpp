@@ -10,7 +10,9 @@
 #include <cmath>
 #include <cstddef>
 #include <optional>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "backend/backend.hpp"
 #include "backend/registry.hpp"
@@ -26,6 +28,7 @@
 #include "methods/store/allocation.hpp"
 #include "methods/store/store_modules.hpp"
 #include "revmerge/compress.hpp"
+#include "revmerge/devices.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/hf_model.hpp"
 #include "revmerge/version.hpp"
@@ -285,14 +288,15 @@ BundleManifest merge_store(const StoreMergeOptions& o) {
 
 namespace {
 
-BundleManifest store_adapters(const StoreMergeOptions& o) {
-  Peers* const peers = o.peers && o.peers->size() > 1 ? o.peers : nullptr;
+// The store of o.tasks by this worker of `peers` (null: the only one), computing on `threads`
+// CPU threads (o.threads is what the manifest reports).
+BundleManifest store_share(const StoreMergeOptions& o, Peers* peers, int threads) {
   std::optional<AdapterSet> opened;
   std::unique_ptr<Backend> be;
   const auto candidates = rmm_candidates(o);
   agree_on(peers, [&] {  // every worker opens every input: one that cannot fails them all
     opened.emplace(open_adapter_set(o.tasks));
-    if (!candidates.empty()) be = make_backend(o.device, {o.threads, o.gpu});
+    if (!candidates.empty()) be = make_backend(o.device, {threads, o.gpu});
   });
   const auto& set = *opened;
   const i64 n = static_cast<i64>(o.tasks.size());
@@ -328,7 +332,7 @@ BundleManifest store_adapters(const StoreMergeOptions& o) {
       const auto& pm = set.plan[m];
       if (o.progress) o.progress(m, steps, pm.path);
       const auto f = read_module_factors(set, pm);
-      measured.push_back(measure(be.get(), pm, f, candidates, storage, o.threads,
+      measured.push_back(measure(be.get(), pm, f, candidates, storage, threads,
                                  weighs(o, Representation::shared_rows), weighs(o, Representation::shared)));
     }
   });
@@ -359,7 +363,9 @@ BundleManifest store_adapters(const StoreMergeOptions& o) {
   manifest.basis = 0;
   manifest.dtype = storage;
   manifest.created_by = std::string("revmerge ") + REVMERGE_VERSION_STRING;
-  manifest.backend = be ? be->name() + "; truncations on the host (BLAS / LAPACK, f64)"
+  const auto backend_name = !be ? std::string() : threads == o.threads ? be->name()
+                                                  : backend_description(o.device, o.threads, o.gpu);
+  manifest.backend = be ? backend_name + "; truncations on the host (BLAS / LAPACK, f64)"
                       : "host (BLAS / LAPACK, f64)";
   for (std::size_t t = 0; t < o.tasks.size(); ++t)
     manifest.tasks.push_back({o.tasks[t].name,
@@ -376,12 +382,12 @@ BundleManifest store_adapters(const StoreMergeOptions& o) {
       const auto f = read_module_factors(set, pm);
       const auto* option = choice[m].fixed >= 0 ? &measured[m].options[choice[m].fixed] : nullptr;
       auto& writer = bundle.writer();
-      auto bm = !option ? store_rank(pm, f, choice[m].kept, storage, writer, o.threads)
+      auto bm = !option ? store_rank(pm, f, choice[m].kept, storage, writer, threads)
                 : option->kind == Representation::shared_rows
-                    ? store_shared(pm, f, option->k, storage, writer, o.threads)
+                    ? store_shared(pm, f, option->k, storage, writer, threads)
                 : option->kind == Representation::shared
-                    ? store_shared_basis(pm, f, option->p, storage, writer, o.threads)
-                    : store_rmm(*be, pm, f, option->p, storage, writer, o.threads);
+                    ? store_shared_basis(pm, f, option->p, storage, writer, threads)
+                    : store_rmm(*be, pm, f, option->p, storage, writer, threads);
       manifest.modules.push_back(std::move(bm));
     }
   });
@@ -394,6 +400,50 @@ BundleManifest store_adapters(const StoreMergeOptions& o) {
   for (const auto& spec : specs) manifest.stored_bytes += spec.nbytes();
   bundle.commit(manifest, recipe_text(o.recipe, store_record(o, storage, candidates)));
   return manifest;
+}
+
+// On the CPU a module's store work is mostly small single-threaded pieces (Grams, r × r
+// eigenproblems, an RMM run, the shared bases' Grams on one thread), so the cores idle; the
+// modules run side by side instead, each core a worker of this process with its share of them
+// (as ranks would split them). The bundle is the same bytes: a module's arithmetic does not
+// depend on the thread count.
+int cpu_workers(const StoreMergeOptions& o) {
+  if (o.peers && o.peers->size() > 1) return 1;
+  if (o.device == Device::cuda || (o.device == Device::automatic && !probe_devices().gpus.empty())) return 1;
+  const int cores = o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency());
+  return std::max(1, cores);
+}
+
+BundleManifest store_adapters(const StoreMergeOptions& o) {
+  const int n = cpu_workers(o);
+  if (n < 2) return store_share(o, o.peers && o.peers->size() > 1 ? o.peers : nullptr, o.threads);
+  auto peers = local_peers(n);
+  // One progress for all: each module counted once, whichever worker did it.
+  std::mutex progress_mutex;
+  std::size_t done = 0;
+  StoreMergeOptions w = o;
+  if (o.progress)
+    w.progress = [&](std::size_t, std::size_t steps, const std::string& path) {
+      if (path.empty()) return;  // a worker's last call; the last one is made below
+      const std::lock_guard lock(progress_mutex);
+      o.progress(done++, steps, path);
+    };
+  std::vector<BundleManifest> manifests(static_cast<std::size_t>(n));
+  std::vector<std::exception_ptr> failed(static_cast<std::size_t>(n));
+  std::vector<std::thread> workers;
+  for (int i = 0; i < n; ++i)
+    workers.emplace_back([&, i] {
+      try {
+        manifests[static_cast<std::size_t>(i)] = store_share(w, peers[static_cast<std::size_t>(i)].get(), 1);
+      } catch (...) {
+        failed[static_cast<std::size_t>(i)] = std::current_exception();
+      }
+    });
+  for (auto& t : workers) t.join();
+  for (const auto& e : failed)  // the workers agreed: worker 0's error is every worker's
+    if (e) std::rethrow_exception(e);
+  if (o.progress) o.progress(done, done, "");
+  return manifests.front();
 }
 
 }  // namespace
