@@ -1,8 +1,7 @@
 #pragma once
-// A bundle written by several workers at once (revmerge/peers.hpp): worker 0 stages the folder
-// and lays out the tensors file; every worker writes its own tensors into that one file; worker
-// 0 commits once all have synced theirs. Every call is collective (all workers make it, in the
-// same order) and agreed: a failure on any worker fails all, and nothing is committed.
+// A bundle written by several workers at once (distributed/shared_output.hpp): worker 0 stages
+// the folder and lays out the tensors file; every worker writes its own tensors into that one
+// file; worker 0 commits once all have synced theirs.
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -11,6 +10,7 @@
 #include <vector>
 
 #include "core/atomic_output.hpp"
+#include "distributed/shared_output.hpp"
 #include "revmerge/bundle.hpp"
 #include "revmerge/peers.hpp"
 #include "revmerge/safetensors.hpp"
@@ -27,7 +27,7 @@ class SharedBundle {
 
   SafetensorsWriter& writer() { return *writer_; }
   /// This worker creates and commits the output (worker 0, or the only one).
-  bool first() const { return first_; }
+  bool first() const { return steps_.first(); }
 
   /// Runs `write` (this worker's share of the tensors), then syncs them; agreed.
   void write_share(const std::function<void()>& write);
@@ -39,8 +39,7 @@ class SharedBundle {
   void commit(const BundleManifest& manifest, const std::string& recipe);
 
  private:
-  Peers* peers_;
-  bool first_;
+  SharedOutput steps_;
   std::optional<StagedDir> staged_;
   std::optional<SafetensorsWriter> writer_;
   std::vector<std::string> others_wrote_;  // worker 0: the tensors the other workers wrote

@@ -114,10 +114,8 @@ std::uint64_t Checkpoint::total_bytes() const noexcept {
   return n;
 }
 
-ShardedWriter::ShardedWriter(const fs::path& dir, const std::vector<TensorSpec>& specs,
-                             std::uint64_t max_shard_bytes,
-                             const std::map<std::string, std::string>& metadata)
-    : dir_(dir) {
+std::vector<std::vector<TensorSpec>> ShardedWriter::lay_out(const std::vector<TensorSpec>& specs,
+                                                             std::uint64_t max_shard_bytes) {
   if (max_shard_bytes == 0) throw usage_error("shard size limit must be positive");
   std::vector<std::vector<TensorSpec>> shards;
   std::uint64_t in_shard = 0;
@@ -140,9 +138,45 @@ ShardedWriter::ShardedWriter(const fs::path& dir, const std::vector<TensorSpec>&
       shard_of_[spec.name] = i;
       index_.weight_map[spec.name] = shard_names_[i];
     }
-    writers_.emplace_back(dir_ / shard_names_[i], shards[i], metadata, false);
   }
+  return shards;
 }
+
+ShardedWriter::ShardedWriter(const fs::path& dir, const std::vector<TensorSpec>& specs,
+                             std::uint64_t max_shard_bytes,
+                             const std::map<std::string, std::string>& metadata)
+    : dir_(dir) {
+  const auto shards = lay_out(specs, max_shard_bytes);
+  for (std::size_t i = 0; i < shards.size(); ++i)
+    writers_.emplace_back(dir_ / shard_names_[i], shards[i], metadata, false);
+}
+
+ShardedWriter::ShardedWriter(Join, const fs::path& dir, const std::vector<TensorSpec>& specs,
+                             std::uint64_t max_shard_bytes, const std::vector<fs::path>& writing,
+                             const std::map<std::string, std::string>& metadata)
+    : joined_(true), dir_(dir) {
+  const auto shards = lay_out(specs, max_shard_bytes);
+  if (writing.size() != shards.size())
+    throw usage_error(dir.string() + ": " + std::to_string(writing.size()) + " shards being written, " +
+                      std::to_string(shards.size()) + " laid out here");
+  for (std::size_t i = 0; i < shards.size(); ++i)
+    writers_.emplace_back(SafetensorsWriter::Join{}, writing[i], dir_ / shard_names_[i], shards[i], metadata);
+}
+
+std::vector<fs::path> ShardedWriter::writing_paths() const {
+  std::vector<fs::path> paths;
+  for (const auto& w : writers_) paths.push_back(w.writing_path());
+  return paths;
+}
+
+std::vector<std::string> ShardedWriter::written_names() const {
+  std::vector<std::string> names;
+  for (const auto& w : writers_)
+    for (auto& n : w.written_names()) names.push_back(std::move(n));
+  return names;
+}
+
+void ShardedWriter::written_elsewhere(const std::string& name) { writers_[shard(name)].written_elsewhere(name); }
 
 void ShardedWriter::write(const std::string& name, std::span<const std::byte> data) {
   writers_[shard(name)].write(name, data);
@@ -170,7 +204,7 @@ std::size_t ShardedWriter::shard(const std::string& name) const {
 
 void ShardedWriter::commit() {
   for (auto& w : writers_) w.commit();
-  if (writers_.size() > 1) write_file_atomic(dir_ / kShardIndexName, shard_index_json(index_), false);
+  if (writers_.size() > 1 && !joined_) write_file_atomic(dir_ / kShardIndexName, shard_index_json(index_), false);
 }
 
 }  // namespace revmerge

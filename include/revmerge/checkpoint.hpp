@@ -84,7 +84,24 @@ class ShardedWriter {
   void commit();
   std::size_t shard_count() const noexcept { return writers_.size(); }
 
+  /// Joins the shards another writer with the same arguments is writing (in another process:
+  /// its writing_paths()), to write some of the tensors (SafetensorsWriter's Join); commit()
+  /// then syncs what this writer wrote and writes no index.
+  struct Join {};
+  ShardedWriter(Join, const std::filesystem::path& dir, const std::vector<TensorSpec>& specs,
+                std::uint64_t max_shard_bytes, const std::vector<std::filesystem::path>& writing,
+                const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+  /// Each shard's name while it is written.
+  std::vector<std::filesystem::path> writing_paths() const;
+  /// The tensors written here so far; tensor `name` counted as written by another writer.
+  std::vector<std::string> written_names() const;
+  void written_elsewhere(const std::string& name);
+
  private:
+  // The shards' layout: their names, which tensors each holds, the index; the specs per shard.
+  std::vector<std::vector<TensorSpec>> lay_out(const std::vector<TensorSpec>& specs, std::uint64_t max_shard_bytes);
+
+  bool joined_ = false;
   std::filesystem::path dir_;
   ShardIndex index_;
   std::vector<std::string> shard_names_;
