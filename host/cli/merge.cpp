@@ -318,6 +318,7 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   o.threads = args.threads;
   if (args.given("--memory-budget")) o.memory_budget = parse_byte_size(args.memory_budget, "--memory-budget");
   o.progress = module_progress(args.quiet || args.json, "merging");
+  o.peers = command_peers();
   const auto r = merge_classic(o);
   for (const auto& w : r.warnings) print_warning(w);
   if (args.json) {
@@ -347,10 +348,6 @@ void run_merge(const MergeArgs& args) {
   std::vector<TaskSource> tasks = cfg.tasks;
   for (const auto& a : args.inputs) tasks.push_back(task_from_argument(a));
   const auto method = args.given("--method") ? args.method : cfg.method.value_or(args.method);
-  if (const auto* peers = command_peers(); peers && peers->size() > 1 && method != "rmm" && method != "auto" &&
-                                            method != "rank")
-    throw usage_error("--method " + method + ": runs in one process (start it without mpirun; " +
-                      "under an MPI launcher --method rmm, auto and rank split their modules across the ranks)");
   if (method != "rmm" && args.given("--gpus"))
     throw usage_error("--gpus: only --method rmm runs on several GPUs so far (give one with --gpu)");
   if (method == "rmm")

@@ -1,8 +1,11 @@
 #include "methods/model_output.hpp"
 
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "core/atomic_output.hpp"
+#include "distributed/agreement.hpp"
+#include "distributed/shared_output.hpp"
 #include "core/interrupt.hpp"
 #include "core/json_file.hpp"
 #include "revmerge/checkpoint.hpp"
@@ -138,12 +141,11 @@ void copy_tensor(ShardedWriter& writer, const OutputTensor& t, const ModelOutput
 
 }  // namespace
 
-std::int64_t write_model(const HfModel& config_from, const std::vector<OutputTensor>& tensors,
-                         const fs::path& out, const PieceProducer& produce, const ModelOutputOptions& o) {
-  if (o.dtype && (!is_float_dtype(*o.dtype) || *o.dtype == DType::F64))
-    throw usage_error("--dtype: a model is written as f32, f16 or bf16");
-  StagedDir staged(out, o.overwrite);
-  // config.json and the small files that travel with it (not the weights, not the index).
+namespace {
+
+// The staged folder's small files: config.json and what travels with it (not the weights, not
+// the index), the tokenizer's from tokenizer_from, the chat template, the extra files.
+void write_model_files(const HfModel& config_from, const fs::path& folder, const ModelOutputOptions& o) {
   for (const auto& entry : fs::directory_iterator(config_from.dir())) {
     const auto name = entry.path().filename().string();
     if (!entry.is_regular_file() || name.ends_with(".safetensors") || name == kShardIndexName ||
@@ -151,10 +153,10 @@ std::int64_t write_model(const HfModel& config_from, const std::vector<OutputTen
       continue;
     if (!o.tokenizer_from.empty() && is_tokenizer_file(name)) continue;  // from there instead
     if (name == "config.json" && (o.dtype || o.num_hidden_layers))
-      write_file_atomic(staged.path() / name, edited_config(entry.path(), o), false);
+      write_file_atomic(folder / name, edited_config(entry.path(), o), false);
     else if (name.ends_with(".json") || name.ends_with(".txt") || name.ends_with(".model") ||
              name.ends_with(".jinja"))
-      write_file_atomic(staged.path() / name, read_text_file(entry.path()), false);
+      write_file_atomic(folder / name, read_text_file(entry.path()), false);
   }
   if (!o.tokenizer_from.empty()) {
     if (!fs::is_directory(o.tokenizer_from))
@@ -167,14 +169,14 @@ std::int64_t write_model(const HfModel& config_from, const std::vector<OutputTen
     for (const auto& entry : fs::directory_iterator(o.tokenizer_from)) {
       const auto name = entry.path().filename().string();
       if (!entry.is_regular_file() || !is_tokenizer_file(name)) continue;
-      write_file_atomic(staged.path() / name, read_text_file(entry.path()), true);
+      write_file_atomic(folder / name, read_text_file(entry.path()), true);
       any = true;
     }
     if (!any) throw io_error(o.tokenizer_from.string() + ": holds no tokenizer files (tokenizer_source)");
   }
   if (o.chat_template) {
-    write_file_atomic(staged.path() / "chat_template.jinja", *o.chat_template, true);
-    const auto tc = staged.path() / "tokenizer_config.json";
+    write_file_atomic(folder / "chat_template.jinja", *o.chat_template, true);
+    const auto tc = folder / "tokenizer_config.json";
     if (fs::exists(tc)) {
       auto j = nlohmann::ordered_json::parse(read_text_file(tc), nullptr, false);
       if (j.is_object()) {
@@ -184,34 +186,70 @@ std::int64_t write_model(const HfModel& config_from, const std::vector<OutputTen
     }
   }
   for (const auto& [name, text] : o.extra_files)
-    write_file_atomic(staged.path() / name, text, /*overwrite=*/true);  // replaces a base's copy
+    write_file_atomic(folder / name, text, /*overwrite=*/true);  // replaces a base's copy
+}
+
+}  // namespace
+
+std::int64_t write_model(const HfModel& config_from, const std::vector<OutputTensor>& tensors,
+                         const fs::path& out, const PieceProducer& produce, const ModelOutputOptions& o) {
+  if (o.dtype && (!is_float_dtype(*o.dtype) || *o.dtype == DType::F64))
+    throw usage_error("--dtype: a model is written as f32, f16 or bf16");
   std::vector<TensorSpec> specs;
-  for (const auto& t : tensors) specs.push_back({t.name, t.dtype, t.shape});
-  ShardedWriter writer(staged.path(), specs, o.max_shard_bytes);
+  std::vector<std::uint64_t> bytes;
+  for (const auto& t : tensors) specs.push_back({t.name, t.dtype, t.shape}), bytes.push_back(specs.back().nbytes());
+  SharedOutput steps(o.peers);
+  std::optional<StagedDir> staged;
+  std::optional<ShardedWriter> writer;
+  steps.open(
+      {},
+      [&] {
+        staged.emplace(out, o.overwrite);
+        write_model_files(config_from, staged->path(), o);
+        writer.emplace(staged->path(), specs, o.max_shard_bytes);
+        std::vector<std::string> files;
+        for (const auto& f : writer->writing_paths()) files.push_back(f.string());
+        return files;
+      },
+      [&](const std::vector<std::string>& files) {
+        writer.emplace(ShardedWriter::Join{}, out, specs, o.max_shard_bytes,
+                       std::vector<fs::path>(files.begin(), files.end()));
+      });
+  // This worker's tensors (all of them alone).
+  const auto [first, last] = steps.peers() ? share_of(bytes, steps.peers()->rank(), steps.peers()->size())
+                                           : std::pair<std::size_t, std::size_t>{0, tensors.size()};
   std::vector<float> values;  // the copies' conversions, reused
   std::int64_t replaced = 0;
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    throw_if_interrupted("merge");
-    const auto& t = tensors[i];
-    const bool is_float = is_float_dtype(t.dtype);
-    std::uint64_t numel = 1;
-    for (const auto d : t.shape) numel *= static_cast<std::uint64_t>(d);
-    const PieceSink sink = [&](std::uint64_t first, std::span<const float> part) {
-      writer.write_f32_part(t.name, first, part, o.threads);
-    };
-    if (is_float && produce(t.name, numel, sink)) {
-      ++replaced;
-    } else if (!t.source) {
-      throw std::logic_error("write_model: no values for tensor '" + t.name + "'");
-    } else {
-      copy_tensor(writer, t, o, values);
-    }
-    if (o.progress) o.progress(i + 1, tensors.size(), t.name);
-  }
-  throw_if_interrupted("merge");
-  writer.commit();
-  staged.commit();
-  return replaced;
+  const auto others = steps.write_share(
+      [&] {
+        for (std::size_t i = first; i < last; ++i) {
+          throw_if_interrupted("merge");
+          const auto& t = tensors[i];
+          const bool is_float = is_float_dtype(t.dtype);
+          std::uint64_t numel = 1;
+          for (const auto d : t.shape) numel *= static_cast<std::uint64_t>(d);
+          const PieceSink sink = [&](std::uint64_t at, std::span<const float> part) {
+            writer->write_f32_part(t.name, at, part, o.threads);
+          };
+          if (is_float && produce(t.name, numel, sink)) {
+            ++replaced;
+          } else if (!t.source) {
+            throw std::logic_error("write_model: no values for tensor '" + t.name + "'");
+          } else {
+            copy_tensor(*writer, t, o, values);
+          }
+          if (o.progress) o.progress(i + 1, tensors.size(), t.name);
+        }
+      },
+      [&] { writer->commit(); }, [&] { return writer->written_names(); });
+  std::int64_t all_replaced = 0;
+  for (const auto& count : steps.gather(std::to_string(replaced))) all_replaced += std::stoll(count);
+  steps.commit([&] {
+    for (const auto& name : others) writer->written_elsewhere(name);
+    writer->commit();
+    staged->commit();
+  });
+  return all_replaced;
 }
 
 }  // namespace revmerge

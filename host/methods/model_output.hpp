@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "revmerge/hf_model.hpp"
+#include "revmerge/peers.hpp"
 #include "revmerge/rmm.hpp"
 
 namespace revmerge {
@@ -44,6 +45,10 @@ struct ModelOutputOptions {
   std::filesystem::path tokenizer_from;
   /// A chat template (Jinja text) written into the output's tokenizer.
   std::optional<std::string> chat_template;
+  /// The workers writing this model together (revmerge/peers.hpp): each produces a contiguous
+  /// share of the tensors (balanced by bytes) into the shards worker 0 laid out; write_model is
+  /// then collective and returns the count over all of them. Null: this process alone.
+  Peers* peers = nullptr;
 };
 
 /// A model folder's chat template: chat_template.jinja, or tokenizer_config.json's

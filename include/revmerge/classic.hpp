@@ -172,6 +172,10 @@ struct ClassicMergeOptions {
   std::uint64_t memory_budget = 0;
   ProgressFn progress;
   OutputRecipe recipe;            ///< the command / config recorded in the output's recipe
+  /// Full models: the workers the merge is split across (as RmmMergeOptions::peers), each
+  /// merging a contiguous share of the tensors into the one output's shards; the same bytes as
+  /// one worker. Not for adapters, nor layer slices (one process).
+  Peers* peers = nullptr;
 };
 
 /// What a classic merge wrote.

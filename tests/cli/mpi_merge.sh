@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `mpirun -n N revmerge merge`: the example adapters merged by 2 and 3 ranks (RMM) and stored by
-# 2 (--method auto) give the single process's bytes; a truncated input fails every rank with the file named and leaves nothing;
+# 2 (--method auto), full fine-tunes (RMM, TIES) give the single process's bytes; a truncated input fails every rank with the file named and leaves nothing;
 # what does not split across ranks is refused by name.
 # Usage: mpi_merge.sh REVMERGE MPIEXEC SOURCE_DIR WORK_DIR
 set -euo pipefail
@@ -52,11 +52,17 @@ grep -q "topic/adapter_model.safetensors" "$work/bad.txt" || { cat "$work/bad.tx
 [ ! -e "$work/bad" ] || fail "a bundle was left behind"
 if compgen -G "$work/.bad.*" >/dev/null; then fail "a temporary output was left behind"; fi
 
-# The classic methods are not split across ranks; they would run once per rank.
+# The classic methods on full models: each rank merges its share of the tensors into the shards.
+"$revmerge" merge --config "$mk/ties.yml" --threads 1 -q --out "$work/ties1"
+ranks 3 "$revmerge" merge --config "$mk/ties.yml" --threads 1 -q --out "$work/ties3" || fail "TIES under 3 ranks failed"
+for f in model.safetensors config.json; do
+  cmp -s "$work/ties1/$f" "$work/ties3/$f" || fail "TIES, 3 ranks: $f differs from the single process's"
+done
+# On adapters they are not split across ranks; they would run once per rank.
 if ranks 2 "$revmerge" merge --method ties --density 0.5 --out "$work/ties" "${adapters[@]}" >"$work/ties.txt" 2>&1; then
-  fail "--method ties ran under 2 ranks"
+  fail "--method ties of adapters ran under 2 ranks"
 fi
-grep -q -- "--method ties: runs in one process" "$work/ties.txt" || { cat "$work/ties.txt"; fail "ties message"; }
+grep -q -- "--method ties of LoRA adapters runs in one process" "$work/ties.txt" || { cat "$work/ties.txt"; fail "ties message"; }
 if ranks 2 "$revmerge" info "${adapters[0]}" >"$work/info.txt" 2>&1; then fail "info ran under 2 ranks"; fi
 grep -q "revmerge info runs in one process" "$work/info.txt" || { cat "$work/info.txt"; fail "info message"; }
 echo "mpi merges: OK"

@@ -11,7 +11,10 @@
 
 #include "backend/deferred_backend.hpp"
 #include "distributed/agreement.hpp"
+#include "methods/model_output.hpp"
 #include "methods/on_backend.hpp"
+#include "revmerge/classic.hpp"
+#include "revmerge/hf_model.hpp"
 #include "methods/adapter_writer.hpp"
 #include "revmerge/bundle.hpp"
 #include "revmerge/error.hpp"
@@ -193,6 +196,84 @@ TEST(DistributedMerge, TheBudgetedStoreByTwoAndThreeWorkersWritesOneWorkersBytes
     }
   }
   EXPECT_GE(stored.size(), 3u) << "rank, rmm, and a shared basis";
+}
+
+// Every file of two output folders, byte for byte (the recipe, which names the output, aside).
+void expect_same_folders(const std::filesystem::path& a, const std::filesystem::path& b, const std::string& what) {
+  std::set<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(a)) names.insert(e.path().filename().string());
+  for (const auto& e : std::filesystem::directory_iterator(b)) names.insert(e.path().filename().string());
+  for (const auto& n : names) {
+    if (n == kRecipeName) continue;
+    ASSERT_TRUE(std::filesystem::exists(a / n) && std::filesystem::exists(b / n)) << what << ": " << n;
+    EXPECT_EQ(test::read_bytes(a / n), test::read_bytes(b / n)) << what << ": " << n;
+  }
+}
+
+// A full model written by workers into shards of a few kilobytes (several shards, the index):
+// every worker's tensors land in the shards worker 0 laid out, the same bytes as one writer.
+TEST(DistributedMerge, AModelWrittenByWorkersIntoSeveralShardsIsOneWritersBytes) {
+  test::TempDir tmp;
+  const HfModel base(std::filesystem::path(REVMERGE_FIXTURES) / "golden/mergekit/base");
+  ModelOutputOptions mo;
+  mo.max_shard_bytes = 6000;
+  mo.dtype = DType::F32;
+  // Every float tensor scaled by 2 (a produced tensor), the rest copied.
+  const TensorProducer produce = [&](const std::string& name, std::vector<float>& v) {
+    base.checkpoint().at(name).file->read_part(*base.checkpoint().at(name).info, 0, v, 1);
+    for (auto& x : v) x *= 2;
+    return true;
+  };
+  const auto produced = write_full_model(base, tmp / "one", produce, mo);
+  ASSERT_TRUE(std::filesystem::exists(tmp / "one" / kShardIndexName)) << "one shard only: make them smaller";
+  for (const int workers : {2, 3}) {
+    const auto out = tmp / ("by" + std::to_string(workers));
+    std::vector<std::int64_t> counts(static_cast<std::size_t>(workers));
+    const auto failed = run_workers(workers, [&](Peers* peers) {
+      auto w = mo;
+      w.peers = peers;
+      counts[static_cast<std::size_t>(peers->rank())] = write_full_model(base, out, produce, w);
+    });
+    for (int w = 0; w < workers; ++w) {
+      EXPECT_EQ(failed[w], "") << workers << " workers, worker " << w;
+      EXPECT_EQ(counts[w], produced) << "every worker returns the count over all";
+    }
+    expect_same_folders(tmp / "one", out, std::to_string(workers) + " workers");
+  }
+}
+
+// The classic methods on full models (mergekit's fixtures): TIES by 3 workers, the one
+// process's model; adapters are refused across workers.
+TEST(DistributedMerge, TiesOfFullModelsByThreeWorkersIsOneProcesssModel) {
+  test::TempDir tmp;
+  const auto mk = std::filesystem::path(REVMERGE_FIXTURES) / "golden/mergekit";
+  const auto ties = [&](const std::filesystem::path& out) {
+    ClassicMergeOptions o;
+    o.method = ClassicMethod::ties;
+    o.base = mk / "base";
+    o.tasks = {{"ft0", mk / "ft0"}, {"ft1", mk / "ft1"}, {"ft2", mk / "ft2"}};
+    o.densities = {0.5};
+    o.out = out;
+    o.threads = 1;
+    return o;
+  };
+  merge_classic(ties(tmp / "one"));
+  const auto failed = run_workers(3, [&](Peers* peers) {
+    auto o = ties(tmp / "three");
+    o.peers = peers;
+    merge_classic(o);
+  });
+  for (int w = 0; w < 3; ++w) EXPECT_EQ(failed[w], "") << "worker " << w;
+  expect_same_folders(tmp / "one", tmp / "three", "ties");
+  const auto refused = run_workers(2, [&](Peers* peers) {
+    ClassicMergeOptions o;
+    o.method = ClassicMethod::task_arithmetic;
+    o.tasks = {{"qa", std::filesystem::path(REVMERGE_SOURCE_DIR) / "examples/adapters/qa"}, {"chat", std::filesystem::path(REVMERGE_SOURCE_DIR) / "examples/adapters/chat"}};
+    o.out = tmp / "adapters";
+    o.peers = peers;
+    merge_classic(o);
+  });
+  EXPECT_NE(refused[0].find("runs in one process"), std::string::npos) << refused[0];
 }
 
 // --gpus 0,0,0: three workers of one process, each with its own backend (here the test backend

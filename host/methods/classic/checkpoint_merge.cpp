@@ -12,6 +12,7 @@
 #include "methods/classic/combine.hpp"
 #include "methods/classic/piece_merge.hpp"
 #include "methods/classic/thinning.hpp"
+#include "distributed/agreement.hpp"
 #include "methods/model_output.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/hf_model.hpp"
@@ -90,6 +91,7 @@ ModelOutputOptions model_output_options(const ClassicMergeOptions& o, const Clas
   mo.overwrite = o.overwrite;
   mo.progress = o.progress;
   mo.extra_files = {classic_recipe_file(o, report), classic_model_card(o, report)};
+  mo.peers = o.peers;
   return mo;
 }
 
@@ -263,10 +265,19 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
   if (o.full_model)
     throw usage_error("--full-model: the inputs are full models; the output is one already");
   if (o.rank != 0) throw usage_error("--rank: full models merge into a full model, not to a rank");
-  if (!o.slices.empty()) return merge_layer_slices(o);
+  if (!o.slices.empty()) {
+    if (o.peers && o.peers->size() > 1)
+      throw usage_error("slices: layer stacking runs in one process (start it without mpirun)");
+    return merge_layer_slices(o);
+  }
   check_checkpoint_options(o);
-  const auto models = open_task_models(o);
-  const auto base = o.base.empty() ? nullptr : std::make_unique<HfModel>(o.base);
+  // Every worker opens every input; one that cannot fails them all.
+  std::vector<std::unique_ptr<HfModel>> models;
+  std::unique_ptr<HfModel> base;
+  agree_on(o.peers && o.peers->size() > 1 ? o.peers : nullptr, [&] {
+    models = open_task_models(o);
+    if (!o.base.empty()) base = std::make_unique<HfModel>(o.base);
+  });
   const HfModel& layout = base ? *base : *models[0];
   check_same_tensors(layout, models, o.tasks);
   check_tensor_parameters(o, layout);
