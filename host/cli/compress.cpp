@@ -8,6 +8,7 @@
 #include "backend/registry.hpp"
 #include "commands.hpp"
 #include "progress.hpp"
+#include "run.hpp"
 #include "revmerge/compress.hpp"
 #include "revmerge/error.hpp"
 #include "text_format.hpp"
@@ -19,6 +20,7 @@ struct CompressArgs {
   CompressOptions o;
   std::string dtype = "f32", include, exclude, device = "auto";
   bool json = false, quiet = false;
+  CLI::Option* gpu = nullptr;
 };
 
 void print_report(const CompressOptions& o, const CompressReport& r, bool json) {
@@ -56,6 +58,9 @@ void run_compress(CompressArgs& args) {
   o.progress = module_progress(args.quiet || args.json, "compressing");
   if (!args.include.empty()) o.include = split_list(args.include);
   if (!args.exclude.empty()) o.exclude = split_list(args.exclude);
+  o.peers = command_peers();
+  if (args.gpu->count() == 0 && o.device != Device::cpu)
+    if (const auto gpu = gpu_of_this_rank()) o.gpu = *gpu;
   const auto r = compress_checkpoint(o);
   if (args.quiet) return;
   print_report(o, r, args.json);
@@ -110,7 +115,9 @@ void add_compress_command(CLI::App& app) {
   cmd->add_option("--device", args.device,
                   "cpu, cuda or auto (default: cuda when a GPU is usable; the deltas are formed "
                   "and solved there in f64)");
-  cmd->add_option("--gpu", args.o.gpu, "CUDA device index (default 0)")->check(CLI::NonNegativeNumber);
+  args.gpu = cmd->add_option("--gpu", args.o.gpu,
+                             "CUDA device index (default 0; under mpirun each rank of a machine its own)")
+                 ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--force", args.o.overwrite, "replace an existing output folder");
   cmd->add_flag("--json", args.json, "print the report as JSON");
   cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success");

@@ -164,10 +164,8 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   o.peers = command_peers();
   if (args.given("--gpus")) use_gpus(args, o);
   // Under mpirun each rank of a machine takes its own GPU unless --gpu names one for all.
-  if (o.peers && o.peers->size() > 1 && !args.given("--gpu") && o.device != Device::cpu) {
-    const auto gpus = probe_devices().gpus.size();
-    if (gpus > 0) o.gpu = o.peers->node_rank() % static_cast<int>(gpus);
-  }
+  if (!args.given("--gpu") && o.device != Device::cpu)
+    if (const auto gpu = gpu_of_this_rank()) o.gpu = *gpu;
   BundleManifest manifest;
   if (full) {
     manifest = merge_rmm_models(o, full_model_inputs(args, cfg));

@@ -4,6 +4,7 @@
 
 #include "command_line.hpp"
 #include "commands.hpp"
+#include "revmerge/devices.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/version.hpp"
 
@@ -32,6 +33,13 @@ Peers* peers_of_commands = nullptr;
 void set_command_peers(Peers* peers) { peers_of_commands = peers; }
 Peers* command_peers() { return peers_of_commands; }
 
+std::optional<int> gpu_of_this_rank() {
+  if (!peers_of_commands || peers_of_commands->size() < 2) return std::nullopt;
+  const auto gpus = probe_devices().gpus.size();
+  if (gpus == 0) return std::nullopt;
+  return peers_of_commands->node_rank() % static_cast<int>(gpus);
+}
+
 void run_command_line(const std::vector<std::string>& args, std::ostream& stream) {
   static std::mutex one_at_a_time;
   const std::lock_guard<std::mutex> hold(one_at_a_time);
@@ -46,10 +54,10 @@ void run_command_line(const std::vector<std::string>& args, std::ostream& stream
   argv.push_back(nullptr);
   const int argc = static_cast<int>(owned.size());
   if (peers_of_commands && peers_of_commands->size() > 1 && !args.empty() && args[0] != "merge" &&
-      args[0].rfind('-', 0) != 0)
+      args[0] != "compress" && args[0].rfind('-', 0) != 0)
     throw usage_error("revmerge " + args[0] + " runs in one process: start it without mpirun (under " +
-                      "an MPI launcher only `revmerge merge` runs, its modules split across the " +
-                      "ranks)");
+                      "an MPI launcher `revmerge merge` and `revmerge compress` run, their work split " +
+                      "across the ranks)");
   record_command_line(argc, argv.data());
   CLI::App app;
   add_commands(app);

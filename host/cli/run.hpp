@@ -3,6 +3,7 @@
 // merge / revert / compare / run call, so both take the same options with the same messages.
 #include <CLI/CLI.hpp>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,5 +26,8 @@ void run_command_line(const std::vector<std::string>& args, std::ostream& out = 
 /// is refused (it would run once per worker).
 void set_command_peers(Peers* peers);
 Peers* command_peers();
+/// Under several ranks, the GPU this rank takes where the command line names none: its rank
+/// among its machine's ranks, modulo the GPUs it sees. Empty with one rank or no GPU.
+std::optional<int> gpu_of_this_rank();
 
 }  // namespace revmerge::cli

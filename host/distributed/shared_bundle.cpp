@@ -1,5 +1,6 @@
 #include "distributed/shared_bundle.hpp"
 
+#include "core/interrupt.hpp"
 #include "revmerge/recipe.hpp"
 
 namespace revmerge {
@@ -39,6 +40,7 @@ BundleManifest SharedBundle::gather_modules(const BundleManifest& part) {
 
 void SharedBundle::commit(const BundleManifest& manifest, const std::string& recipe) {
   steps_.commit([&] {
+    throw_if_interrupted("merge");
     for (const auto& n : others_wrote_) writer_->written_elsewhere(n);
     writer_->commit();
     write_file_atomic(staged_->path() / kBundleManifestName, manifest_to_json(manifest), false);

@@ -1,6 +1,5 @@
 #include "distributed/shared_output.hpp"
 
-#include "core/interrupt.hpp"
 #include "distributed/agreement.hpp"
 
 namespace revmerge {
@@ -59,7 +58,6 @@ std::vector<std::string> SharedOutput::gather(const std::string& mine) {
 
 void SharedOutput::commit(const std::function<void()>& commit) {
   agree_on(peers_, [&] {
-    throw_if_interrupted("merge");
     if (first()) commit();
   });
 }

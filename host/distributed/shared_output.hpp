@@ -34,7 +34,7 @@ class SharedOutput {
                                        const std::function<std::vector<std::string>()>& written);
   /// Every worker's `mine`, in rank order (this worker's alone without peers).
   std::vector<std::string> gather(const std::string& mine);
-  /// `commit` on worker 0; agreed.
+  /// `commit` on worker 0 (which checks for an interrupt first, naming its command); agreed.
   void commit(const std::function<void()>& commit);
 
  private:

@@ -1,5 +1,6 @@
 // Reading and writing PEFT LoRA adapter folders.
 #include <algorithm>
+#include <optional>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -144,20 +145,14 @@ std::vector<float> PeftAdapter::read_a(const LoraModule& m) const { return weigh
 std::vector<float> PeftAdapter::read_b(const LoraModule& m) const { return weights_->read_f32(m.key_b); }
 
 struct PeftAdapterWriter::Impl {
-  StagedDir staged;
+  std::optional<StagedDir> staged;  // none where the weights file is another writer's
   nlohmann::ordered_json config;
-  SafetensorsWriter weights;
+  std::optional<SafetensorsWriter> weights;
   std::vector<std::pair<std::string, std::string>> extra_files;
-  Impl(const fs::path& dir, bool overwrite, nlohmann::ordered_json cfg, std::vector<TensorSpec> specs,
-       std::map<std::string, std::string> metadata, std::vector<std::pair<std::string, std::string>> extra)
-      : staged(dir, overwrite),
-        config(std::move(cfg)),
-        weights(staged.path() / kAdapterWeightsName, std::move(specs), std::move(metadata)),
-        extra_files(std::move(extra)) {}
 };
 
-PeftAdapterWriter::PeftAdapterWriter(const fs::path& dir, const std::vector<LoraModuleShape>& modules,
-                                     const AdapterWriteOptions& options) {
+PeftAdapterWriter::PeftAdapterWriter(Join, const fs::path& dir, const std::vector<LoraModuleShape>& modules,
+                                     const AdapterWriteOptions& options, const fs::path& joining) {
   if (modules.empty()) throw usage_error(dir.string() + ": an adapter needs at least one module");
   std::map<std::int64_t, int> rank_count;
   std::vector<std::string> targets;
@@ -206,9 +201,25 @@ PeftAdapterWriter::PeftAdapterWriter(const fs::path& dir, const std::vector<Lora
   }
   auto metadata = options.metadata;
   metadata.emplace("format", "pt");
-  impl_ = std::make_unique<Impl>(dir, options.overwrite, std::move(config), std::move(specs),
-                                 std::move(metadata), options.extra_files);
+  impl_ = std::make_unique<Impl>();
+  impl_->config = std::move(config);
+  impl_->extra_files = options.extra_files;
+  if (joining.empty()) {
+    impl_->staged.emplace(dir, options.overwrite);
+    impl_->weights.emplace(impl_->staged->path() / kAdapterWeightsName, std::move(specs), std::move(metadata));
+  } else {
+    impl_->weights.emplace(SafetensorsWriter::Join{}, joining, dir / kAdapterWeightsName, std::move(specs),
+                           std::move(metadata));
+  }
 }
+
+PeftAdapterWriter::PeftAdapterWriter(const fs::path& dir, const std::vector<LoraModuleShape>& modules,
+                                     const AdapterWriteOptions& options)
+    : PeftAdapterWriter(Join{}, dir, modules, options, {}) {}
+
+const fs::path& PeftAdapterWriter::writing_path() const noexcept { return impl_->weights->writing_path(); }
+std::vector<std::string> PeftAdapterWriter::written_names() const { return impl_->weights->written_names(); }
+void PeftAdapterWriter::written_elsewhere(const std::string& name) { impl_->weights->written_elsewhere(name); }
 
 PeftAdapterWriter::~PeftAdapterWriter() = default;
 PeftAdapterWriter::PeftAdapterWriter(PeftAdapterWriter&&) noexcept = default;
@@ -216,16 +227,17 @@ PeftAdapterWriter& PeftAdapterWriter::operator=(PeftAdapterWriter&&) noexcept = 
 
 void PeftAdapterWriter::write(const std::string& path, std::span<const float> a,
                               std::span<const float> b) {
-  impl_->weights.write_f32(std::string(kPrefix) + path + std::string(kSuffixA), a);
-  impl_->weights.write_f32(std::string(kPrefix) + path + std::string(kSuffixB), b);
+  impl_->weights->write_f32(std::string(kPrefix) + path + std::string(kSuffixA), a);
+  impl_->weights->write_f32(std::string(kPrefix) + path + std::string(kSuffixB), b);
 }
 
 void PeftAdapterWriter::commit() {
-  impl_->weights.commit();
-  write_file_atomic(impl_->staged.path() / kAdapterConfigName, impl_->config.dump(2) + "\n", false);
+  impl_->weights->commit();
+  if (!impl_->staged) return;  // joined: this writer's weights synced, the rest is the creator's
+  write_file_atomic(impl_->staged->path() / kAdapterConfigName, impl_->config.dump(2) + "\n", false);
   for (const auto& [name, text] : impl_->extra_files)
-    write_file_atomic(impl_->staged.path() / name, text, false);
-  impl_->staged.commit();
+    write_file_atomic(impl_->staged->path() / name, text, false);
+  impl_->staged->commit();
 }
 
 void write_peft_adapter(const fs::path& dir, const std::vector<LoraModuleData>& modules,

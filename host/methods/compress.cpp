@@ -7,12 +7,15 @@
 #include <algorithm>
 #include <future>
 #include <cmath>
+#include <cstring>
 #include <optional>
 #include <span>
 
 #include "backend/registry.hpp"
 #include "core/interrupt.hpp"
 #include "core/large_buffer.hpp"
+#include "distributed/agreement.hpp"
+#include "distributed/shared_output.hpp"
 #include "methods/lowrank/pt_svd.hpp"
 #include "methods/on_backend.hpp"
 #include "methods/recipe.hpp"
@@ -127,9 +130,67 @@ CompressReport compress_checkpoint(const CompressOptions& o) {
   return compress_checkpoint_on(o, backend.get());
 }
 
+namespace {
+
+// A worker's report lines with each module's squared error and norm, as bytes and back (what
+// the workers of one compression exchange; exact, so the totals are summed as one worker would).
+struct ModuleLine {
+  CompressedModule line;
+  double err_sq = 0, norm_sq = 0;
+};
+
+template <class T>
+void put(std::string& out, const T& v) {
+  out.append(reinterpret_cast<const char*>(&v), sizeof v);
+}
+
+std::string lines_bytes(const std::vector<ModuleLine>& lines) {
+  std::string out;
+  for (const auto& l : lines) {
+    put<std::uint64_t>(out, l.line.path.size());
+    out += l.line.path;
+    put(out, l.line.out), put(out, l.line.in), put(out, l.line.rank);
+    put(out, l.line.relative_error), put(out, l.line.delta_norm), put(out, l.err_sq), put(out, l.norm_sq);
+  }
+  return out;
+}
+
+std::vector<ModuleLine> lines_from_bytes(const std::string& in) {
+  std::vector<ModuleLine> lines;
+  std::size_t at = 0;
+  const auto get = [&](auto& v) {
+    if (in.size() - at < sizeof v) throw error("a worker's report lines ended early");
+    std::memcpy(&v, in.data() + at, sizeof v);
+    at += sizeof v;
+  };
+  while (at < in.size()) {
+    ModuleLine l;
+    std::uint64_t length = 0;
+    get(length);
+    if (in.size() - at < length) throw error("a worker's report lines ended early");
+    l.line.path = in.substr(at, length);
+    at += length;
+    get(l.line.out), get(l.line.in), get(l.line.rank);
+    get(l.line.relative_error), get(l.line.delta_norm), get(l.err_sq), get(l.norm_sq);
+    lines.push_back(std::move(l));
+  }
+  return lines;
+}
+
+}  // namespace
+
 CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device) {
   check_options(o);
-  const HfModel base(o.base), ft(o.model);
+  Peers* const peers = o.peers && o.peers->size() > 1 ? o.peers : nullptr;
+  if (peers && o.energy > 0)
+    throw usage_error("--energy: ranks chosen by energy are known only after each SVD; across ranks "
+                      "compress with --rank (or in one process)");
+  std::unique_ptr<HfModel> base_model, ft_model;
+  agree_on(peers, [&] {  // every worker opens both; one that cannot fails them all
+    base_model = std::make_unique<HfModel>(o.base);
+    ft_model = std::make_unique<HfModel>(o.model);
+  });
+  const HfModel &base = *base_model, &ft = *ft_model;
   std::vector<const LinearWeight*> chosen;
   for (const auto& w : base.linears()) {
     if (!o.include.empty() && !listed(o.include, w)) continue;
@@ -148,56 +209,89 @@ CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device)
   wo.overwrite = o.overwrite;
   wo.metadata = {{"revmerge.method", "pt-svd"}};
   wo.extra_files = {recipe_file(o.recipe, compress_record(o))};
+  // This worker's modules (all of them alone), balanced by the weights' sizes.
+  std::vector<std::uint64_t> sizes;
+  for (const auto* w : chosen) sizes.push_back(static_cast<std::uint64_t>(w->in * w->out));
+  const auto [first, last] = peers ? share_of(sizes, peers->rank(), peers->size())
+                                   : std::pair<std::size_t, std::size_t>{0, chosen.size()};
+  const std::vector<const LinearWeight*> mine(chosen.begin() + static_cast<std::ptrdiff_t>(first),
+                                              chosen.begin() + static_cast<std::ptrdiff_t>(last));
   // With a fixed rank every module's shape is known up front, so each module's factors are
   // written as soon as they exist (a 70b at rank 64 holds 3.3 GB of them otherwise); energy
   // ranks are known only after each SVD, so those adapters are written at the end.
+  SharedOutput steps(peers);
   std::optional<PeftAdapterWriter> streamed;
   if (o.energy == 0) {
     std::vector<LoraModuleShape> shapes;
     for (const auto* w : chosen) shapes.push_back({w->path, std::min({o.rank, w->in, w->out}), w->in, w->out});
-    streamed.emplace(o.out, shapes, wo);
+    steps.open(
+        {},
+        [&] {
+          streamed.emplace(o.out, shapes, wo);
+          return std::vector<std::string>{streamed->writing_path().string()};
+        },
+        [&](const std::vector<std::string>& files) {
+          streamed.emplace(PeftAdapterWriter::Join{}, o.out, shapes, wo, files.at(0));
+        });
   }
   std::vector<LoraModuleData> held;
   CompressReport report;
   report.device = engine ? device->name() : "cpu";
-  double err = 0, norm = 0, stored = 0, dense = 0;
+  std::vector<ModuleLine> lines;  // this worker's, in module order
   auto finish_module = [&](std::size_t i, const TruncatedSvd& svd, double sq) {
-    const auto& w = *chosen[i];
-    auto m = compress_module(svd, sq, w, o, report, err, norm);
-    stored += double(m.rank) * double(w.in + w.out);
-    dense += double(w.in) * double(w.out);
+    const auto& w = *mine[i];
+    ModuleLine line;
+    CompressReport one;
+    auto m = compress_module(svd, sq, w, o, one, line.err_sq, line.norm_sq);
+    line.line = one.modules.front();
+    lines.push_back(std::move(line));
     if (streamed) streamed->write(m.path, m.a, m.b);
     else held.push_back(std::move(m));
-    if (o.progress) o.progress(i + 1, chosen.size(), w.path);
+    if (o.progress) o.progress(first + i + 1, chosen.size(), w.path);
   };
-  if (engine) {
-    const HfModel* fine_tune = &ft;
-    // While the device works on a module, a helper thread maps the next one's bytes in, so the
-    // engine's copy into pinned memory runs at memory speed instead of faulting page by page.
-    const auto prefetch = [&](std::size_t i) {
-      for (const HfModel* m : {&base, fine_tune}) {
-        const auto& t = m->checkpoint().at(chosen[i]->tensor);
-        t.file->prefetch(*t.info);
-      }
-    };
-    std::future<void> next;
-    for (std::size_t i = 0; i < chosen.size(); ++i) {
-      throw_if_interrupted("compress");
-      if (next.valid()) next.get();
-      if (i + 1 < chosen.size()) next = std::async(std::launch::async, prefetch, i + 1);
-      const auto& w = *chosen[i];
-      const auto r = batched_pt_svd(*engine, base, {&fine_tune, 1}, w,
-                                   pt_svd_options(w, o.rank, o.oversampling, o.power_iterations, o.seed));
-      finish_module(i, r[0].svd, r[0].norm_sq);
+  const auto others = steps.write_share(
+      [&] {
+        if (!engine) return compress_on_cpu(base, ft, mine, o, finish_module);
+        const HfModel* fine_tune = &ft;
+        // While the device works on a module, a helper thread maps the next one's bytes in, so
+        // the engine's copy into pinned memory runs at memory speed instead of faulting page by
+        // page.
+        const auto prefetch = [&](std::size_t i) {
+          for (const HfModel* m : {&base, fine_tune}) {
+            const auto& t = m->checkpoint().at(mine[i]->tensor);
+            t.file->prefetch(*t.info);
+          }
+        };
+        std::future<void> next;
+        for (std::size_t i = 0; i < mine.size(); ++i) {
+          throw_if_interrupted("compress");
+          if (next.valid()) next.get();
+          if (i + 1 < mine.size()) next = std::async(std::launch::async, prefetch, i + 1);
+          const auto& w = *mine[i];
+          const auto r = batched_pt_svd(*engine, base, {&fine_tune, 1}, w,
+                                       pt_svd_options(w, o.rank, o.oversampling, o.power_iterations, o.seed));
+          finish_module(i, r[0].svd, r[0].norm_sq);
+        }
+      },
+      [&] { streamed->commit(); }, [&] { return streamed->written_names(); });
+  // Every worker's lines, then the totals summed in module order (as one worker sums them).
+  double err = 0, norm = 0, stored = 0, dense = 0;
+  for (const auto& part : steps.gather(lines_bytes(lines)))
+    for (auto& l : lines_from_bytes(part)) {
+      err += l.err_sq;
+      norm += l.norm_sq;
+      stored += double(l.line.rank) * double(l.line.in + l.line.out);
+      dense += double(l.line.in) * double(l.line.out);
+      report.modules.push_back(std::move(l.line));
     }
-  } else {
-    compress_on_cpu(base, ft, chosen, o, finish_module);
-  }
   report.relative_error = norm > 0 ? std::sqrt(err / norm) : 0;
   report.storage = stored / dense;
-  throw_if_interrupted("compress");
-  if (streamed) streamed->commit();
-  else write_peft_adapter(o.out, held, wo);
+  steps.commit([&] {
+    throw_if_interrupted("compress");
+    if (!streamed) return write_peft_adapter(o.out, held, wo);
+    for (const auto& name : others) streamed->written_elsewhere(name);
+    streamed->commit();
+  });
   return report;
 }
 

@@ -245,6 +245,7 @@ std::int64_t write_model(const HfModel& config_from, const std::vector<OutputTen
   std::int64_t all_replaced = 0;
   for (const auto& count : steps.gather(std::to_string(replaced))) all_replaced += std::stoll(count);
   steps.commit([&] {
+    throw_if_interrupted("merge");
     for (const auto& name : others) writer->written_elsewhere(name);
     writer->commit();
     staged->commit();

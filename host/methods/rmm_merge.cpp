@@ -3,11 +3,11 @@
 // atomically.
 #include <algorithm>
 #include <chrono>
-#include <optional>
-#include <thread>
 #include <future>
 #include <map>
+#include <optional>
 #include <set>
+#include <thread>
 
 #include "backend/backend.hpp"
 #include "backend/registry.hpp"

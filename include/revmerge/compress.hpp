@@ -37,6 +37,11 @@ struct CompressOptions {
   int gpu = 0;                      ///< CUDA device index
   ProgressFn progress;
   OutputRecipe recipe;              ///< the command recorded in the adapter's recipe
+  /// The workers the compression is split across (as RmmMergeOptions::peers): each compresses
+  /// a contiguous share of the modules into the one adapter file; worker 0 commits; the adapter
+  /// and the report are one worker's, byte for byte. Fixed ranks only (energy ranks are known
+  /// after each SVD).
+  Peers* peers = nullptr;
 };
 
 struct CompressedModule {

@@ -137,9 +137,21 @@ class PeftAdapterWriter {
   PeftAdapterWriter(PeftAdapterWriter&&) noexcept;
   PeftAdapterWriter& operator=(PeftAdapterWriter&&) noexcept;
 
+  /// Joins the weights file another writer with the same arguments is writing under
+  /// `writing` (its writing_path(), in another process), to write some of the modules; commit()
+  /// then syncs them, and the creator writes the config and renames the folder.
+  struct Join {};
+  PeftAdapterWriter(Join, const std::filesystem::path& dir, const std::vector<LoraModuleShape>& modules,
+                    const AdapterWriteOptions& options, const std::filesystem::path& writing);
+
   /// A (rank × in) and B (out × rank) of the module at `path`, already scaled.
   void write(const std::string& path, std::span<const float> a, std::span<const float> b);
   void commit();
+  /// The weights file's name while it is written; the tensors written here; a tensor counted
+  /// as written by another writer of the same file.
+  const std::filesystem::path& writing_path() const noexcept;
+  std::vector<std::string> written_names() const;
+  void written_elsewhere(const std::string& name);
 
  private:
   struct Impl;

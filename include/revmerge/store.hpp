@@ -66,8 +66,8 @@ struct StoreMergeOptions {
   /// The workers the store is split across (as RmmMergeOptions::peers: MPI ranks, or threads),
   /// each calling merge_store with the same options and its own peers: each measures and writes
   /// its contiguous share of the modules, the measurements are exchanged so every worker makes
-  /// the same allocation, worker 0 commits; the bundle is byte for byte one worker's. Not with
-  /// full_models (their compression runs in one process).
+  /// the same allocation, worker 0 commits; the bundle is byte for byte one worker's. With
+  /// full_models each fine-tune's compression is split across them first.
   Peers* peers = nullptr;
 };
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `mpirun -n N revmerge merge`: the example adapters merged by 2 and 3 ranks (RMM) and stored by
-# 2 (--method auto), full fine-tunes (RMM, TIES) give the single process's bytes; a truncated input fails every rank with the file named and leaves nothing;
+# 2 (--method auto), full fine-tunes (RMM, TIES, compress) give the single process's bytes; a truncated input fails every rank with the file named and leaves nothing;
 # what does not split across ranks is refused by name.
 # Usage: mpi_merge.sh REVMERGE MPIEXEC SOURCE_DIR WORK_DIR
 set -euo pipefail
@@ -40,6 +40,25 @@ ranks 2 "$revmerge" merge --basis 1 --base "$mk/base" --rank 4 --threads 1 --dev
 for f in bundle.safetensors manifest.json; do
   cmp -s "$work/full1/$f" "$work/full2/$f" || fail "full fine-tunes, 2 ranks: $f differs from the single process's"
 done
+
+# compress: each rank its share of the modules into the one adapter; the report is one process's.
+"$revmerge" compress --base "$mk/base" --model "$mk/ft0" --rank 4 --threads 1 --device cpu --json --out "$work/k1" >"$work/k1.json"
+ranks 3 "$revmerge" compress --base "$mk/base" --model "$mk/ft0" --rank 4 --threads 1 --device cpu --json \
+  --out "$work/k3" >"$work/k3.json" || fail "compress under 3 ranks failed"
+for f in adapter_model.safetensors adapter_config.json; do
+  cmp -s "$work/k1/$f" "$work/k3/$f" || fail "compress, 3 ranks: $f differs from the single process's"
+done
+[ "$(sed 's/k1/kN/' "$work/k1.json")" = "$(sed 's/k3/kN/' "$work/k3.json")" ] || fail "compress, 3 ranks: the report differs"
+
+# The budgeted store of full fine-tunes: each compressed across the ranks, then stored across them.
+"$revmerge" merge --method auto --storage 0.5 --base "$mk/base" --rank 4 --threads 1 --device cpu -q \
+  --out "$work/store1" "$mk/ft0" "$mk/ft1" "$mk/ft2"
+ranks 3 "$revmerge" merge --method auto --storage 0.5 --base "$mk/base" --rank 4 --threads 1 --device cpu -q \
+  --out "$work/store3" "$mk/ft0" "$mk/ft1" "$mk/ft2" || fail "the store of full fine-tunes under 3 ranks failed"
+for f in bundle.safetensors manifest.json; do
+  cmp -s "$work/store1/$f" "$work/store3/$f" || fail "store of full fine-tunes, 3 ranks: $f differs"
+done
+if compgen -G "$work/store3.compressing*" >/dev/null; then fail "the compressed adapters were left behind"; fi
 
 # A truncated input: every rank fails, the file is named, no bundle and no temporary folder.
 cp -r "$src/examples/adapters" "$work/inputs"

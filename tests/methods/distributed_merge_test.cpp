@@ -14,6 +14,7 @@
 #include "methods/model_output.hpp"
 #include "methods/on_backend.hpp"
 #include "revmerge/classic.hpp"
+#include "revmerge/compress.hpp"
 #include "revmerge/hf_model.hpp"
 #include "methods/adapter_writer.hpp"
 #include "revmerge/bundle.hpp"
@@ -274,6 +275,40 @@ TEST(DistributedMerge, TiesOfFullModelsByThreeWorkersIsOneProcesssModel) {
     merge_classic(o);
   });
   EXPECT_NE(refused[0].find("runs in one process"), std::string::npos) << refused[0];
+}
+
+// compress by 3 workers: the one process's adapter and report (its totals summed alike).
+TEST(DistributedMerge, CompressByThreeWorkersIsOneProcesssAdapterAndReport) {
+  test::TempDir tmp;
+  const auto mk = std::filesystem::path(REVMERGE_FIXTURES) / "golden/mergekit";
+  const auto options = [&](const std::filesystem::path& out) {
+    CompressOptions o;
+    o.base = mk / "base";
+    o.model = mk / "ft1";
+    o.rank = 4;
+    o.out = out;
+    o.device = Device::cpu;
+    o.threads = 1;
+    return o;
+  };
+  const auto one = compress_checkpoint(options(tmp / "one"));
+  std::vector<CompressReport> reports(3);
+  const auto failed = run_workers(3, [&](Peers* peers) {
+    auto o = options(tmp / "three");
+    o.peers = peers;
+    reports[static_cast<std::size_t>(peers->rank())] = compress_checkpoint(o);
+  });
+  for (int w = 0; w < 3; ++w) {
+    EXPECT_EQ(failed[w], "") << "worker " << w;
+    EXPECT_EQ(reports[w].relative_error, one.relative_error) << "worker " << w;
+    EXPECT_EQ(reports[w].storage, one.storage) << "worker " << w;
+    ASSERT_EQ(reports[w].modules.size(), one.modules.size());
+    for (std::size_t m = 0; m < one.modules.size(); ++m) {
+      EXPECT_EQ(reports[w].modules[m].path, one.modules[m].path);
+      EXPECT_EQ(reports[w].modules[m].relative_error, one.modules[m].relative_error);
+    }
+  }
+  expect_same_folders(tmp / "one", tmp / "three", "compress");
 }
 
 // --gpus 0,0,0: three workers of one process, each with its own backend (here the test backend

@@ -255,6 +255,7 @@ StoreMergeOptions compressed_tasks(const StoreMergeOptions& given, const std::fi
     c.threads = o.threads;
     c.device = o.device;
     c.gpu = o.gpu;
+    c.peers = o.peers;
     if (given.compress_progress)
       c.progress = [&](std::size_t done, std::size_t all, const std::string& path) {
         given.compress_progress(done, all, t.name + " " + path);
@@ -278,12 +279,18 @@ BundleManifest store_adapters(const StoreMergeOptions& o);
 BundleManifest merge_store(const StoreMergeOptions& o) {
   check_options(o);
   if (!o.full_models) return store_adapters(o);
-  if (o.peers && o.peers->size() > 1)
-    throw usage_error("--base: full fine-tunes are compressed in one process (run this store without "
-                      "mpirun, or compress them first and store the adapters across the ranks)");
   refuse_existing(o.out, o.overwrite);  // before minutes of compression
-  const StagedDir scratch(o.out.string() + ".compressing", /*overwrite=*/true);  // never committed: removed
-  return store_adapters(compressed_tasks(o, scratch.path()));
+  // The compressed adapters' folder, never committed: removed. Worker 0's, where there are
+  // several (each compression is split across them too).
+  Peers* const peers = o.peers && o.peers->size() > 1 ? o.peers : nullptr;
+  std::optional<StagedDir> scratch;
+  agree_on(peers, [&] {
+    if (!peers || peers->rank() == 0) scratch.emplace(o.out.string() + ".compressing", /*overwrite=*/true);
+  });
+  const std::filesystem::path where =
+      peers ? std::filesystem::path(peers->all_gather(scratch ? scratch->path().string() : std::string())[0])
+            : scratch->path();
+  return store_adapters(compressed_tasks(o, where));
 }
 
 namespace {
