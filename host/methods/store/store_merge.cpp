@@ -1,16 +1,17 @@
 // revmerge merge --method auto | rank: measure every module's options (each task's singular
 // values; RMM with a basis size per side; a row basis shared by the tasks; row and column bases
-// shared by the tasks), allocate the storage
-// budget across modules, then read the adapters again and write each module in the
-// representation it was given (bundle version 2).
+// shared by the tasks), allocate the storage budget across modules, then read the adapters
+// again and write each module in the representation it was given (bundle version 2). The
+// modules are split among workers — MPI ranks, or on the CPU one thread per core — which
+// exchange their measurements so every one allocates alike.
 #include "revmerge/store.hpp"
 
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstddef>
-#include <optional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
