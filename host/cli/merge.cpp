@@ -458,8 +458,8 @@ void add_merge_command(CLI::App& app) {
       "modulo the GPUs)")->check(CLI::NonNegativeNumber);
   opt["--gpus"] = cmd->add_option("--gpus", args.gpus,
       "RMM: several GPUs, e.g. 0,1,2,3 or all: one worker per entry (an index may repeat), each "
-      "with its share of the modules and of --memory-budget / --threads; the bundle is the one "
-      "GPU's bytes");
+      "with its share of the modules and of --threads, --memory-budget being each worker's "
+      "(default: half the free host memory divided among them); the bundle is the one GPU's bytes");
   opt["--allow-nonfinite"] = cmd->add_flag("--allow-nonfinite", args.allow_nonfinite,
                 "RMM: merge adapters holding NaN or Inf instead of refusing them (the affected "
                 "positions come out non-finite)");
