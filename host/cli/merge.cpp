@@ -103,8 +103,9 @@ void use_gpus(const MergeArgs& args, RmmMergeOptions& o) {
   if (o.device == Device::cpu) throw usage_error("--gpus: GPUs for a merge on --device cpu");
   std::vector<int> gpus;
   if (args.gpus == "all") {
-    for (const auto& g : probe_devices().gpus) gpus.push_back(g.index);
-    if (gpus.empty()) throw device_error("--gpus all: " + probe_devices().why_no_gpu);
+    const auto report = probe_devices();
+    for (const auto& g : report.gpus) gpus.push_back(g.index);
+    if (gpus.empty()) throw device_error("--gpus all: " + report.why_no_gpu);
   } else {
     std::size_t at = 0;
     while (at <= args.gpus.size()) {

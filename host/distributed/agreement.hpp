@@ -1,13 +1,41 @@
 #pragma once
 // How the workers of one merge (revmerge/peers.hpp) split the modules and agree on failures.
 #include <cstdint>
+#include <exception>
 #include <functional>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "revmerge/peers.hpp"
 
 namespace revmerge {
+
+/// `peers` when they are several workers, else null (one worker is this process alone).
+inline Peers* several(Peers* peers) { return peers && peers->size() > 1 ? peers : nullptr; }
+
+/// Runs `work` on `count` threads, each a worker of local_peers(count) (its peers passed in),
+/// and returns worker 0's result; where they failed (together, having agreed), the first
+/// worker's error is rethrown once all have stopped.
+template <class Result>
+Result on_local_workers(int count, const std::function<Result(Peers&)>& work) {
+  auto peers = local_peers(count);
+  std::vector<Result> results(static_cast<std::size_t>(count));
+  std::vector<std::exception_ptr> failed(static_cast<std::size_t>(count));
+  std::vector<std::thread> threads;
+  for (std::size_t i = 0; i < peers.size(); ++i)
+    threads.emplace_back([&, i] {
+      try {
+        results[i] = work(*peers[i]);
+      } catch (...) {
+        failed[i] = std::current_exception();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (const auto& e : failed)
+    if (e) std::rethrow_exception(e);
+  return std::move(results.front());
+}
 
 /// Runs `step` on this worker, then agrees with the others on how it went: where any worker's
 /// step threw, every worker throws the error of the lowest-ranked one that failed (the same

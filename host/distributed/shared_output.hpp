@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "distributed/agreement.hpp"
 #include "revmerge/peers.hpp"
 
 namespace revmerge {
@@ -15,7 +16,7 @@ namespace revmerge {
 class SharedOutput {
  public:
   /// Null peers, or one worker: every step runs here alone.
-  explicit SharedOutput(Peers* peers) : peers_(peers && peers->size() > 1 ? peers : nullptr) {}
+  explicit SharedOutput(Peers* peers) : peers_(several(peers)) {}
 
   /// The workers when there are several, else null.
   Peers* peers() const { return peers_; }

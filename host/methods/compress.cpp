@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <future>
 #include <cmath>
-#include <cstring>
 #include <optional>
 #include <span>
 
@@ -15,6 +14,7 @@
 #include "core/interrupt.hpp"
 #include "core/large_buffer.hpp"
 #include "distributed/agreement.hpp"
+#include "distributed/bytes.hpp"
 #include "distributed/shared_output.hpp"
 #include "methods/lowrank/pt_svd.hpp"
 #include "methods/on_backend.hpp"
@@ -139,39 +139,25 @@ struct ModuleLine {
   double err_sq = 0, norm_sq = 0;
 };
 
-template <class T>
-void put(std::string& out, const T& v) {
-  out.append(reinterpret_cast<const char*>(&v), sizeof v);
-}
-
 std::string lines_bytes(const std::vector<ModuleLine>& lines) {
-  std::string out;
+  ByteWriter out;
   for (const auto& l : lines) {
-    put<std::uint64_t>(out, l.line.path.size());
-    out += l.line.path;
-    put(out, l.line.out), put(out, l.line.in), put(out, l.line.rank);
-    put(out, l.line.relative_error), put(out, l.line.delta_norm), put(out, l.err_sq), put(out, l.norm_sq);
+    out.put_string(l.line.path);
+    out.put(l.line.out), out.put(l.line.in), out.put(l.line.rank);
+    out.put(l.line.relative_error), out.put(l.line.delta_norm), out.put(l.err_sq), out.put(l.norm_sq);
   }
-  return out;
+  return std::move(out.bytes());
 }
 
 std::vector<ModuleLine> lines_from_bytes(const std::string& in) {
   std::vector<ModuleLine> lines;
-  std::size_t at = 0;
-  const auto get = [&](auto& v) {
-    if (in.size() - at < sizeof v) throw error("a worker's report lines ended early");
-    std::memcpy(&v, in.data() + at, sizeof v);
-    at += sizeof v;
-  };
-  while (at < in.size()) {
+  ByteReader r(in, "a worker's report lines");
+  while (!r.done()) {
     ModuleLine l;
-    std::uint64_t length = 0;
-    get(length);
-    if (in.size() - at < length) throw error("a worker's report lines ended early");
-    l.line.path = in.substr(at, length);
-    at += length;
-    get(l.line.out), get(l.line.in), get(l.line.rank);
-    get(l.line.relative_error), get(l.line.delta_norm), get(l.err_sq), get(l.norm_sq);
+    l.line.path = r.get_string();
+    l.line.out = r.get<i64>(), l.line.in = r.get<i64>(), l.line.rank = r.get<i64>();
+    l.line.relative_error = r.get<double>(), l.line.delta_norm = r.get<double>();
+    l.err_sq = r.get<double>(), l.norm_sq = r.get<double>();
     lines.push_back(std::move(l));
   }
   return lines;
@@ -181,7 +167,7 @@ std::vector<ModuleLine> lines_from_bytes(const std::string& in) {
 
 CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device) {
   check_options(o);
-  Peers* const peers = o.peers && o.peers->size() > 1 ? o.peers : nullptr;
+  Peers* const peers = several(o.peers);
   if (peers && o.energy > 0)
     throw usage_error("--energy: ranks chosen by energy are known only after each SVD; across ranks "
                       "compress with --rank (or in one process)");

@@ -93,9 +93,6 @@ RecipeRecord rmm_record(const RmmMergeOptions& o, DType storage, const FullModel
   return r;
 }
 
-// The workers of o.peers when there are several (null: the merge is this process's alone).
-Peers* workers(const RmmMergeOptions& o) { return o.peers && o.peers->size() > 1 ? o.peers : nullptr; }
-
 // This worker's modules of `source` (all of them without peers), balanced by staged bytes.
 RmmSource share_of_source(const RmmSource& source, Peers* peers) {
   if (!peers) return source;
@@ -113,7 +110,7 @@ RmmSource share_of_source(const RmmSource& source, Peers* peers) {
 BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
                             BundleManifest manifest, Backend& backend, Clock::time_point start,
                             const FullModelInputs* full) {
-  Peers* const peers = workers(o);
+  Peers* const peers = several(o.peers);
   const auto& plan = source.plan;
   const i64 n = static_cast<i64>(o.tasks.size()), p = o.basis;
   const DType storage = storage_dtype(o, source);
@@ -196,36 +193,23 @@ namespace {
 // o.gpus: one worker thread per entry, each running `run` with its own options (GPU, peers,
 // its share of the memory and threads); worker 0's manifest, or the error they agreed on.
 BundleManifest on_gpus(const RmmMergeOptions& o, const std::function<BundleManifest(const RmmMergeOptions&)>& run) {
-  if (o.peers && o.peers->size() > 1)
+  if (several(o.peers))
     throw usage_error("--gpus: under mpirun each rank takes one GPU (start one rank per GPU instead)");
   if (o.device == Device::cpu) throw usage_error("--gpus: GPUs for a merge on --device cpu");
   const auto n = static_cast<int>(o.gpus.size());
-  auto peers = local_peers(n);
   const std::uint64_t memory = o.memory_budget ? o.memory_budget : host_memory_available() / 2 / std::uint64_t(n);
   const int threads = o.threads ? o.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / n);
-  std::vector<BundleManifest> manifests(static_cast<std::size_t>(n));
-  std::vector<std::exception_ptr> failed(static_cast<std::size_t>(n));
-  std::vector<std::thread> workers;
-  for (int i = 0; i < n; ++i)
-    workers.emplace_back([&, i] {
-      RmmMergeOptions w = o;
-      w.gpus.clear();
-      w.device = Device::cuda;
-      w.gpu = o.gpus[static_cast<std::size_t>(i)];
-      w.peers = peers[static_cast<std::size_t>(i)].get();
-      w.memory_budget = memory;
-      w.threads = threads;
-      if (i > 0) w.progress = {}, w.pipeline_progress = {}, w.stats = nullptr;  // worker 0 reports
-      try {
-        manifests[static_cast<std::size_t>(i)] = run(w);
-      } catch (...) {
-        failed[static_cast<std::size_t>(i)] = std::current_exception();
-      }
-    });
-  for (auto& t : workers) t.join();
-  for (const auto& e : failed)  // the workers agreed: worker 0's error is every worker's
-    if (e) std::rethrow_exception(e);
-  return manifests.front();
+  return on_local_workers<BundleManifest>(n, [&](Peers& peers) {
+    RmmMergeOptions w = o;
+    w.gpus.clear();
+    w.device = Device::cuda;
+    w.gpu = o.gpus[static_cast<std::size_t>(peers.rank())];
+    w.peers = &peers;
+    w.memory_budget = memory;
+    w.threads = threads;
+    if (peers.rank() > 0) w.progress = {}, w.pipeline_progress = {}, w.stats = nullptr;  // worker 0 reports
+    return run(w);
+  });
 }
 
 }  // namespace
@@ -248,7 +232,7 @@ BundleManifest merge_rmm_on(const RmmMergeOptions& o, const BackendFactory& make
   std::unique_ptr<Backend> be;
   std::optional<AdapterSet> set;
   BundleManifest manifest = new_manifest(o);
-  agree_on(workers(o), [&] {
+  agree_on(several(o.peers), [&] {
     check_options(o);
     auto backend = start_backend(make);
     set.emplace(open_adapter_set(o.tasks));
@@ -270,7 +254,7 @@ BundleManifest merge_rmm_models_on(const RmmMergeOptions& o, const FullModelInpu
   std::unique_ptr<FullModelSet> set;
   std::unique_ptr<BatchedPtSvd> engine;
   BundleManifest manifest = new_manifest(o);
-  agree_on(workers(o), [&] {
+  agree_on(several(o.peers), [&] {
     check_options(o);
     auto backend = start_backend(make);
     set = open_full_model_set(o.tasks, in);

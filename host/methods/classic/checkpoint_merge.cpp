@@ -266,7 +266,7 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
     throw usage_error("--full-model: the inputs are full models; the output is one already");
   if (o.rank != 0) throw usage_error("--rank: full models merge into a full model, not to a rank");
   if (!o.slices.empty()) {
-    if (o.peers && o.peers->size() > 1)
+    if (several(o.peers))
       throw usage_error("slices: layer stacking runs in one process (start it without mpirun)");
     return merge_layer_slices(o);
   }
@@ -274,7 +274,7 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
   // Every worker opens every input; one that cannot fails them all.
   std::vector<std::unique_ptr<HfModel>> models;
   std::unique_ptr<HfModel> base;
-  agree_on(o.peers && o.peers->size() > 1 ? o.peers : nullptr, [&] {
+  agree_on(several(o.peers), [&] {
     models = open_task_models(o);
     if (!o.base.empty()) base = std::make_unique<HfModel>(o.base);
   });

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "methods/classic/combine.hpp"
+#include "distributed/agreement.hpp"
 #include "methods/classic/classic_internal.hpp"
 #include "methods/recipe.hpp"
 #include "methods/adapter_set.hpp"
@@ -356,7 +357,7 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
     if (has_tensor_parameters(o))
       throw usage_error("per-tensor parameters (a config's gradients and filters) apply to full "
                         "models; the inputs are LoRA adapters");
-    if (o.peers && o.peers->size() > 1)
+    if (several(o.peers))
       throw usage_error("--method " + to_string(o.method) + " of LoRA adapters runs in one process (start it "
                         "without mpirun; full models split across the ranks)");
     return merge_classic_adapters(o);

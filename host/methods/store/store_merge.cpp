@@ -283,7 +283,7 @@ BundleManifest merge_store(const StoreMergeOptions& o) {
   refuse_existing(o.out, o.overwrite);  // before minutes of compression
   // The compressed adapters' folder, never committed: removed. Worker 0's, where there are
   // several (each compression is split across them too).
-  Peers* const peers = o.peers && o.peers->size() > 1 ? o.peers : nullptr;
+  Peers* const peers = several(o.peers);
   std::optional<StagedDir> scratch;
   agree_on(peers, [&] {
     if (!peers || peers->rank() == 0) scratch.emplace(o.out.string() + ".compressing", /*overwrite=*/true);
@@ -416,7 +416,7 @@ BundleManifest store_share(const StoreMergeOptions& o, Peers* peers, int threads
 // (as ranks would split them). The bundle is the same bytes: a module's arithmetic does not
 // depend on the thread count.
 int cpu_workers(const StoreMergeOptions& o) {
-  if (o.peers && o.peers->size() > 1) return 1;
+  if (several(o.peers)) return 1;
   if (o.device == Device::cuda || (o.device == Device::automatic && !probe_devices().gpus.empty())) return 1;
   const int cores = o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency());
   return std::max(1, cores);
@@ -424,8 +424,7 @@ int cpu_workers(const StoreMergeOptions& o) {
 
 BundleManifest store_adapters(const StoreMergeOptions& o) {
   const int n = cpu_workers(o);
-  if (n < 2) return store_share(o, o.peers && o.peers->size() > 1 ? o.peers : nullptr, o.threads);
-  auto peers = local_peers(n);
+  if (n < 2) return store_share(o, several(o.peers), o.threads);
   // One progress for all: each module counted once, whichever worker did it.
   std::mutex progress_mutex;
   std::size_t done = 0;
@@ -436,22 +435,9 @@ BundleManifest store_adapters(const StoreMergeOptions& o) {
       const std::lock_guard lock(progress_mutex);
       o.progress(done++, steps, path);
     };
-  std::vector<BundleManifest> manifests(static_cast<std::size_t>(n));
-  std::vector<std::exception_ptr> failed(static_cast<std::size_t>(n));
-  std::vector<std::thread> workers;
-  for (int i = 0; i < n; ++i)
-    workers.emplace_back([&, i] {
-      try {
-        manifests[static_cast<std::size_t>(i)] = store_share(w, peers[static_cast<std::size_t>(i)].get(), 1);
-      } catch (...) {
-        failed[static_cast<std::size_t>(i)] = std::current_exception();
-      }
-    });
-  for (auto& t : workers) t.join();
-  for (const auto& e : failed)  // the workers agreed: worker 0's error is every worker's
-    if (e) std::rethrow_exception(e);
+  auto manifest = on_local_workers<BundleManifest>(n, [&](Peers& peers) { return store_share(w, &peers, 1); });
   if (o.progress) o.progress(done, done, "");
-  return manifests.front();
+  return manifest;
 }
 
 }  // namespace

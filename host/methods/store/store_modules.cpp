@@ -4,8 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
+#include "distributed/bytes.hpp"
 #include "methods/rmm_module.hpp"
 #include "revmerge/error.hpp"
 #include "methods/store/parallel_tasks.hpp"
@@ -67,68 +67,34 @@ std::vector<i64> basis_sizes(i64 limit) {
 
 }  // namespace
 
-namespace {
-
-// Little-endian host values appended to / read from a byte string.
-template <class T>
-void put(std::string& out, T v) {
-  out.append(reinterpret_cast<const char*>(&v), sizeof v);
-}
-void put_doubles(std::string& out, const std::vector<double>& v) {
-  put<std::uint64_t>(out, v.size());
-  out.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(double));
-}
-
-struct Reader {
-  const std::string& in;
-  std::size_t at = 0;
-  template <class T>
-  T get() {
-    if (in.size() - at < sizeof(T)) throw error("a worker's measurements ended early");
-    T v;
-    std::memcpy(&v, in.data() + at, sizeof v);
-    at += sizeof v;
-    return v;
-  }
-  std::vector<double> doubles() {
-    std::vector<double> v(get<std::uint64_t>());
-    if ((in.size() - at) / sizeof(double) < v.size()) throw error("a worker's measurements ended early");
-    std::memcpy(v.data(), in.data() + at, v.size() * sizeof(double));
-    at += v.size() * sizeof(double);
-    return v;
-  }
-};
-
-}  // namespace
-
 std::string measured_bytes(const std::vector<Measured>& measured) {
-  std::string out;
-  put<std::uint64_t>(out, measured.size());
+  ByteWriter out;
+  out.put<std::uint64_t>(measured.size());
   for (const auto& m : measured) {
-    put<std::uint64_t>(out, m.sigma_sq.size());
-    for (const auto& s : m.sigma_sq) put_doubles(out, s);
-    put<std::uint64_t>(out, m.options.size());
+    out.put<std::uint64_t>(m.sigma_sq.size());
+    for (const auto& s : m.sigma_sq) out.put_doubles(s);
+    out.put<std::uint64_t>(m.options.size());
     for (const auto& c : m.options) {
-      put<std::int32_t>(out, static_cast<std::int32_t>(c.kind));
-      put(out, c.p[0]), put(out, c.p[1]), put(out, c.k), put(out, c.numbers), put(out, c.worst);
-      put_doubles(out, c.error_sq);
+      out.put(static_cast<std::int32_t>(c.kind));
+      out.put(c.p[0]), out.put(c.p[1]), out.put(c.k), out.put(c.numbers), out.put(c.worst);
+      out.put_doubles(c.error_sq);
     }
   }
-  return out;
+  return std::move(out.bytes());
 }
 
 std::vector<Measured> measured_from_bytes(const std::string& bytes) {
-  Reader r{bytes};
+  ByteReader r(bytes, "a worker's measurements");
   std::vector<Measured> out(r.get<std::uint64_t>());
   for (auto& m : out) {
     m.sigma_sq.resize(r.get<std::uint64_t>());
-    for (auto& s : m.sigma_sq) s = r.doubles();
+    for (auto& s : m.sigma_sq) s = r.get_doubles();
     m.options.resize(r.get<std::uint64_t>());
     for (auto& c : m.options) {
       c.kind = static_cast<Representation>(r.get<std::int32_t>());
       c.p[0] = r.get<i64>(), c.p[1] = r.get<i64>(), c.k = r.get<i64>();
       c.numbers = r.get<double>(), c.worst = r.get<double>();
-      c.error_sq = r.doubles();
+      c.error_sq = r.get_doubles();
     }
   }
   return out;
