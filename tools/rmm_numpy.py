@@ -170,6 +170,17 @@ def check_shared(mod, tensors, adapters):
     return recon, delta
 
 
+def load_bundle_tensors(bundle):
+    """The bundle's tensors: one file, or the shards its index lists (merge --shard-per-rank)."""
+    index = bundle / "bundle.safetensors.index.json"
+    if not index.exists():
+        return load_file(str(bundle / "bundle.safetensors"))
+    tensors = {}
+    for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+        tensors.update(load_file(str(bundle / shard)))
+    return tensors
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
@@ -178,7 +189,7 @@ def main():
     args = ap.parse_args()
 
     manifest = json.loads((args.bundle / "manifest.json").read_text())
-    tensors = load_file(str(args.bundle / "bundle.safetensors"))
+    tensors = load_bundle_tensors(args.bundle)
     sources = args.adapters or [t["source"] for t in manifest["tasks"]]
     adapters = [load_adapter(s) for s in sources]
     # Version 2 after `revmerge add`: the representations cover the first base_tasks tasks, the

@@ -36,7 +36,7 @@ struct MergeArgs {
   int threads = 0, gpu = 0;
   std::string device = "auto", gpus, memory_budget, storage, representations, objective = "mean";
   double max_error = 0;
-  bool sequential = false;
+  bool sequential = false, shard_per_rank = false;
   std::map<std::string, CLI::Option*> opt;
   bool given(const std::string& name) const { return opt.at(name)->count() > 0; }
 };
@@ -163,6 +163,7 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   if (args.given("--memory-budget")) o.memory_budget = parse_byte_size(args.memory_budget, "--memory-budget");
   o.sequential = args.sequential;
   o.peers = command_peers();
+  o.shard_per_rank = args.shard_per_rank;
   if (args.given("--gpus")) use_gpus(args, o);
   // Under mpirun each rank of a machine takes its own GPU unless --gpu names one for all.
   if (!args.given("--gpu") && o.device != Device::cpu)
@@ -226,6 +227,7 @@ void run_store(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSo
   o.gpu = args.gpu;
   o.progress = module_progress(args.quiet || args.json, "storing");
   o.peers = command_peers();
+  o.shard_per_rank = args.shard_per_rank;
   const auto manifest = merge_store(o);
   report_bundle(args, manifest, o.out);
 }
@@ -347,6 +349,9 @@ void run_merge(const MergeArgs& args) {
   std::vector<TaskSource> tasks = cfg.tasks;
   for (const auto& a : args.inputs) tasks.push_back(task_from_argument(a));
   const auto method = args.given("--method") ? args.method : cfg.method.value_or(args.method);
+  if (method != "rmm" && method != "auto" && method != "rank" && args.given("--shard-per-rank"))
+    throw usage_error("--shard-per-rank: a bundle's option (--method rmm, auto or rank); a merged model is "
+                      "sharded by size");
   if (method != "rmm" && args.given("--gpus"))
     throw usage_error("--gpus: only --method rmm runs on several GPUs so far (give one with --gpu)");
   if (method == "rmm")
@@ -461,6 +466,10 @@ void add_merge_command(CLI::App& app) {
       "RMM: several GPUs, e.g. 0,1,2,3 or all: one worker per entry (an index may repeat), each "
       "with its share of the modules and of --threads, --memory-budget being each worker's "
       "(default: half the free host memory divided among them); the bundle is the one GPU's bytes");
+  opt["--shard-per-rank"] = cmd->add_flag("--shard-per-rank", args.shard_per_rank,
+      "bundles under mpirun (or --gpus): each worker writes its own tensors into a shard of its "
+      "own, listed by bundle.safetensors.index.json, instead of all writing the one file (no file "
+      "shared between machines; the same tensors, byte for byte). One worker: one file");
   opt["--allow-nonfinite"] = cmd->add_flag("--allow-nonfinite", args.allow_nonfinite,
                 "RMM: merge adapters holding NaN or Inf instead of refusing them (the affected "
                 "positions come out non-finite)");

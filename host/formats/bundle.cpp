@@ -1,5 +1,7 @@
 #include "revmerge/bundle.hpp"
 
+#include <fmt/format.h>
+
 #include <nlohmann/json.hpp>
 #include <cmath>
 #include <set>
@@ -278,20 +280,31 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
   return m;
 }
 
+std::string bundle_shard_name(int k, int count) {
+  return fmt::format("bundle-{:05d}-of-{:05d}.safetensors", k, count);
+}
+
 Bundle::Bundle(const fs::path& dir) : dir_(dir) {
   if (!fs::is_directory(dir)) throw io_error(dir.string() + ": not a folder");
   const auto manifest_path = dir / kBundleManifestName;
   if (!fs::exists(manifest_path))
     throw io_error(dir.string() + ": no " + kBundleManifestName + " (not a revmerge bundle)");
   manifest_ = parse_manifest(read_text_file(manifest_path), manifest_path.string());
-  tensors_ = std::make_unique<SafetensorsFile>(dir / kBundleTensorsName);
+  const bool single = fs::exists(dir / kBundleTensorsName), sharded = fs::exists(dir / kBundleIndexName);
+  if (single && sharded)
+    throw format_error(dir.string() + ": holds both " + kBundleTensorsName + " and " + kBundleIndexName +
+                       " (a bundle's tensors are in one or the other)");
+  if (!single && !sharded)
+    throw io_error(dir.string() + ": neither " + kBundleTensorsName + " nor " + kBundleIndexName +
+                   " is in this folder (its tensors are missing)");
+  tensors_ = std::make_unique<Checkpoint>(dir / (single ? kBundleTensorsName : kBundleIndexName));
   const auto n = manifest_.represented_tasks();
   const auto check = [&](const std::string& name, const std::vector<std::int64_t>& shape) {
     const auto* t = tensors_->find(name);
     if (t == nullptr)
       throw format_error(tensors_->path().string() + ": tensor '" + name + "' is missing");
-    if (t->shape != shape || !is_float_dtype(t->dtype))
-      throw format_error(tensors_->path().string() + ": tensor '" + name +
+    if (t->info->shape != shape || !is_float_dtype(t->info->dtype))
+      throw format_error(t->file->path().string() + ": tensor '" + name +
                          "' does not have the float shape the manifest implies");
   };
   for (const auto& mod : manifest_.modules) {

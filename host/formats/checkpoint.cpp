@@ -114,6 +114,10 @@ std::uint64_t Checkpoint::total_bytes() const noexcept {
   return n;
 }
 
+void Checkpoint::check_intact() const {
+  for (const auto& f : files_) f->check_intact();
+}
+
 std::vector<std::vector<TensorSpec>> ShardedWriter::lay_out(const std::vector<TensorSpec>& specs,
                                                              std::uint64_t max_shard_bytes) {
   if (max_shard_bytes == 0) throw usage_error("shard size limit must be positive");

@@ -42,19 +42,20 @@ ResidentBundle::ResidentBundle(const std::filesystem::path& dir, Device device, 
   s_->be = make_backend(device, {threads, gpu});
   auto& be = *s_->be;
   if (!be.shares_host_memory()) s_->gpu = gpu;
-  const auto& file = bundle.tensors();
+  const auto& stored = bundle.tensors();
   std::map<std::string, StoredTensor> tensors;
-  for (const auto& info : file.tensors()) {
-    const auto bytes = file.bytes(info);
+  for (const auto& [file, info] : stored.tensors()) {
+    const auto bytes = file->bytes(*info);
     auto buffer = be.allocate(bytes.size());
     be.upload(buffer.data(), bytes.data(), bytes.size(), {});
-    tensors[info.name] = {buffer.data(), kernel_type(info.dtype, file.path().string() + ": tensor '" + info.name + "'")};
+    tensors[info->name] = {buffer.data(),
+                           kernel_type(info->dtype, file->path().string() + ": tensor '" + info->name + "'")};
     s_->bytes += bytes.size();
     s_->buffers.push_back(std::move(buffer));
   }
   const auto lookup = [&](const std::string& name) {
     const auto it = tensors.find(name);
-    if (it == tensors.end()) throw format_error(file.path().string() + ": the bundle has no tensor '" + name + "'");
+    if (it == tensors.end()) throw format_error(stored.path().string() + ": the bundle has no tensor '" + name + "'");
     return it->second;
   };
   const auto& man = s_->manifest;
@@ -68,7 +69,7 @@ ResidentBundle::ResidentBundle(const std::filesystem::path& dir, Device device, 
   s_->parts.reserve(2 * modules);
   for (std::size_t m = 0; m < modules; ++m) s_->all_modules.push_back(static_cast<i64>(m));
   be.synchronize({});
-  file.check_intact();
+  stored.check_intact();
 }
 
 ResidentBundle::~ResidentBundle() {

@@ -128,6 +128,11 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
       specs.push_back({bundle_tensor_name(pm.path, side, "coef"), storage, {m, p, n}});
     }
   const RmmSource mine = share_of_source(source, peers);
+  std::optional<BundleShards> shards;
+  if (o.shard_per_rank) {
+    shards.emplace();
+    for (const auto& pm : plan) shards->module_paths.push_back(pm.path), shards->module_bytes.push_back(source.staged_bytes(pm));
+  }
   std::optional<MemoryPlan> mem;
   // The memory plan comes first: a budget too small for one module is refused before any
   // output exists.
@@ -148,7 +153,7 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
       source.limit_device_load(item.device_read_work);
     }
     mem = plan_memory(item, host_budget, device_budget, "--memory-budget");
-  });
+  }, shards);
   stats.host_budget = mem->host_budget;
   stats.device_budget = mem->device_budget;
   stats.planned_host_bytes = mem->host_bytes;
@@ -158,7 +163,9 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
 
   const auto pipeline_start = Clock::now();
   stats.setup_seconds = seconds_between(start, pipeline_start);
-  bundle.write_share([&] { run_rmm_modules(o, storage, mine, backend, *mem, bundle.writer(), manifest, stats); });
+  bundle.write_share([&] {
+    if (!mine.plan.empty()) run_rmm_modules(o, storage, mine, backend, *mem, bundle.writer(), manifest, stats);
+  });
   const auto pipeline_end = Clock::now();
   stats.pipeline_seconds = seconds_between(pipeline_start, pipeline_end);
   manifest = bundle.gather_modules(manifest);
@@ -174,7 +181,7 @@ BundleManifest merge_source(const RmmMergeOptions& o, const RmmSource& source,
   manifest.input_bytes = source.factor_bytes;
   for (const auto& spec : specs) manifest.stored_bytes += spec.nbytes();
   bundle.commit(manifest, recipe_text(o.recipe, rmm_record(o, storage, full)));
-  stats.bytes_written = bundle.writer().file_size();
+  stats.bytes_written = bundle.bytes_written();
   stats.backend_peak_bytes = backend.memory_use().peak;
   const auto end = Clock::now();
   stats.finish_seconds = seconds_between(pipeline_end, end);

@@ -39,9 +39,9 @@ RevertedModule revert_with(Backend& be, const Bundle& bundle, std::size_t module
     return held.back().data();
   };
   const StoredTensorLookup lookup = [&](const std::string& name) {
-    const auto& info = file.at(name);
-    const auto bytes = file.bytes(info);
-    const StoredTensor s{bytes.data(), kernel_type(info.dtype, file.path().string() + ": tensor '" + name + "'")};
+    const auto& [in, info] = file.at(name);
+    const auto bytes = in->bytes(*info);
+    const StoredTensor s{bytes.data(), kernel_type(info->dtype, in->path().string() + ": tensor '" + name + "'")};
     return host ? s : StoredTensor{on_backend(bytes.data(), bytes.size()), s.type};
   };
   void* a = host ? out.a.data() : on_backend(nullptr, out.a.size() * 4);

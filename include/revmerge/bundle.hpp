@@ -2,7 +2,9 @@
 /// \file
 /// The reversible bundle: a folder with `bundle.safetensors` (per module, the tensors of the
 /// module's representation: RMM's mean, basis and coefficients per side, or each task's own
-/// truncated factors) and `manifest.json` (what was merged, how, and how well). docs/bundle.md
+/// truncated factors) — or those tensors in shards, `bundle-0000k-of-0000n.safetensors`, listed
+/// by `bundle.safetensors.index.json` (`merge --shard-per-rank`: one shard per worker) — and
+/// `manifest.json` (what was merged, how, and how well). docs/bundle.md
 /// specifies both so that Python with `safetensors` alone can revert a task.
 #include <array>
 #include <cstdint>
@@ -11,12 +13,17 @@
 #include <string>
 #include <vector>
 
+#include "revmerge/checkpoint.hpp"
 #include "revmerge/safetensors.hpp"
 
 namespace revmerge {
 
 inline constexpr const char* kBundleTensorsName = "bundle.safetensors";
 inline constexpr const char* kBundleManifestName = "manifest.json";
+/// A sharded bundle's index (the Hugging Face layout: tensor name -> shard file).
+inline constexpr const char* kBundleIndexName = "bundle.safetensors.index.json";
+/// Shard `k` (1-based) of `count`: bundle-0000k-of-0000n.safetensors.
+std::string bundle_shard_name(int k, int count);
 /// Version 1: every module RMM with the bundle's one p. Version 2: a representation per module,
 /// RMM with a p per side (written by `--method auto` and `rank`; `--method rmm` still writes
 /// version 1).
@@ -112,19 +119,20 @@ std::string manifest_to_json(const BundleManifest& m);
 /// Parses and validates a manifest; throws format_error naming `file` and the field.
 BundleManifest parse_manifest(const std::string& text, const std::string& file);
 
-/// An opened bundle: manifest parsed, tensors mapped, every tensor present with the shape the
-/// manifest implies.
+/// An opened bundle: manifest parsed, tensors mapped (one file or the index's shards), every
+/// tensor present with the shape the manifest implies.
 class Bundle {
  public:
   explicit Bundle(const std::filesystem::path& dir);
   const std::filesystem::path& dir() const noexcept { return dir_; }
   const BundleManifest& manifest() const noexcept { return manifest_; }
-  const SafetensorsFile& tensors() const noexcept { return *tensors_; }
+  const Checkpoint& tensors() const noexcept { return *tensors_; }
+  bool sharded() const noexcept { return !tensors_->index_path().empty(); }
 
  private:
   std::filesystem::path dir_;
   BundleManifest manifest_;
-  std::unique_ptr<SafetensorsFile> tensors_;
+  std::unique_ptr<Checkpoint> tensors_;
 };
 
 }  // namespace revmerge

@@ -47,6 +47,8 @@ class Checkpoint {
   explicit Checkpoint(const std::filesystem::path& path);
 
   const std::vector<std::unique_ptr<SafetensorsFile>>& files() const noexcept { return files_; }
+  /// What it was opened from (a folder, a file or an index), for messages.
+  const std::filesystem::path& path() const noexcept { return path_; }
   /// The index file when sharded, empty otherwise.
   const std::filesystem::path& index_path() const noexcept { return index_path_; }
   /// Every tensor, in shard order then data order.
@@ -55,6 +57,8 @@ class Checkpoint {
   /// Throws format_error naming the checkpoint when absent.
   const CheckpointTensor& at(const std::string& name) const;
   std::uint64_t total_bytes() const noexcept;
+  /// SafetensorsFile::check_intact() of every file: after reading their bytes.
+  void check_intact() const;
 
  private:
   std::filesystem::path path_;

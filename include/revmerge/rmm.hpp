@@ -90,6 +90,10 @@ struct RmmMergeOptions {
   /// single worker writes; a failure on any worker fails every worker with its message and
   /// leaves nothing. Null (or one worker): the whole merge here.
   Peers* peers = nullptr;
+  /// With several workers: each writes its tensors into a shard of its own, listed by the
+  /// bundle's index (`--shard-per-rank`: no file shared between machines), rather than into the
+  /// one file. The tensors' bytes are the single worker's.
+  bool shard_per_rank = false;
   /// Several GPUs of this process (`--gpus 0,1,2,3`; an index may repeat: two workers on one
   /// GPU): one worker thread per entry, each with its own CUDA backend, pipeline and share of
   /// the modules, as `peers` would split them; each worker holds `memory_budget` (0: half the

@@ -69,6 +69,7 @@ struct StoreMergeOptions {
   /// the same allocation, worker 0 commits; the bundle is byte for byte one worker's. With
   /// full_models each fine-tune's compression is split across them first.
   Peers* peers = nullptr;
+  bool shard_per_rank = false;  ///< as RmmMergeOptions::shard_per_rank
 };
 
 /// Measures every module's options (each task's singular values; RMM at each candidate p for

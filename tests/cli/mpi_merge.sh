@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `mpirun -n N revmerge merge`: the example adapters merged by 2 and 3 ranks (RMM) and stored by
-# 2 (--method auto), full fine-tunes (RMM, TIES, compress) give the single process's bytes; a truncated input fails every rank with the file named and leaves nothing;
+# `mpirun -n N revmerge merge`: the example adapters merged by 2 and 3 ranks (RMM; also a shard per
+# rank, reverted) and stored by 2 (--method auto), full fine-tunes (RMM, TIES, compress) give the single process's bytes; a truncated input fails every rank with the file named and leaves nothing;
 # what does not split across ranks is refused by name.
 # Usage: mpi_merge.sh REVMERGE MPIEXEC SOURCE_DIR WORK_DIR
 set -euo pipefail
@@ -24,6 +24,19 @@ for n in 1 2 3; do
   # Rank 0 reports for all, once.
   [ "$(grep -c "RMM bundle" "$work/n$n.txt")" = 1 ] || { cat "$work/n$n.txt"; fail "$n ranks: not one report"; }
 done
+
+# --shard-per-rank: a shard per rank and the index; reverting a task gives the one file's adapter.
+ranks 3 "$revmerge" merge --basis 2 --threads 1 --device cpu -q --shard-per-rank --out "$work/s3" "${adapters[@]}" ||
+  fail "--shard-per-rank under 3 ranks failed"
+[ ! -e "$work/s3/bundle.safetensors" ] && [ -e "$work/s3/bundle.safetensors.index.json" ] ||
+  fail "--shard-per-rank: no index, or the one file"
+[ "$(ls "$work/s3"/bundle-0000?-of-00003.safetensors | wc -l)" = 3 ] || { ls "$work/s3"; fail "--shard-per-rank: not 3 shards"; }
+cmp -s "$work/one/manifest.json" "$work/s3/manifest.json" || fail "--shard-per-rank: the manifest differs"
+task=$(basename "${adapters[0]}")
+"$revmerge" revert --task "$task" --device cpu -q --out "$work/s3-$task" "$work/s3" || fail "revert of a sharded bundle failed"
+"$revmerge" revert --task "$task" --device cpu -q --out "$work/one-$task" "$work/one"
+cmp -s "$work/one-$task/adapter_model.safetensors" "$work/s3-$task/adapter_model.safetensors" ||
+  fail "the sharded bundle's $task differs from the one file's"
 
 # The budgeted store: measured by shares, one allocation everywhere, stored by shares.
 "$revmerge" merge --method auto --storage 0.4 --threads 1 --device cpu -q --out "$work/auto1" "${adapters[@]}"

@@ -199,6 +199,86 @@ TEST(DistributedMerge, TheBudgetedStoreByTwoAndThreeWorkersWritesOneWorkersBytes
   EXPECT_GE(stored.size(), 3u) << "rank, rmm, and a shared basis";
 }
 
+// A bundle sharded by workers (--shard-per-rank) against the one file: the same manifest, every
+// tensor's bytes, a module's tensors all in one shard, and each task reverted to the same adapter.
+void expect_shards_hold_the_single_bundle(const std::filesystem::path& sharded, const std::filesystem::path& one,
+                                          std::size_t shards, const std::string& what) {
+  EXPECT_FALSE(std::filesystem::exists(sharded / kBundleTensorsName)) << what;
+  EXPECT_EQ(test::read_bytes(sharded / kBundleManifestName), test::read_bytes(one / kBundleManifestName)) << what;
+  const Bundle a(sharded), b(one);
+  ASSERT_TRUE(a.sharded()) << what;
+  EXPECT_EQ(a.tensors().files().size(), shards) << what;
+  for (std::size_t k = 0; k < shards; ++k)
+    EXPECT_TRUE(std::filesystem::exists(sharded / bundle_shard_name(static_cast<int>(k) + 1, static_cast<int>(shards))))
+        << what << ": shard " << k + 1;
+  ASSERT_EQ(a.tensors().tensors().size(), b.tensors().tensors().size()) << what;
+  for (const auto& [file, info] : b.tensors().tensors()) {
+    const auto* t = a.tensors().find(info->name);
+    ASSERT_NE(t, nullptr) << what << ": " << info->name;
+    const auto x = file->bytes(*info), y = t->file->bytes(*t->info);
+    EXPECT_TRUE(std::equal(x.begin(), x.end(), y.begin(), y.end())) << what << ": " << info->name;
+  }
+  for (const auto& mod : a.manifest().modules) {
+    std::set<const SafetensorsFile*> holding;
+    for (const auto& [file, info] : a.tensors().tensors())
+      if (info->name.starts_with(mod.path + ".lora_")) holding.insert(file);
+    EXPECT_EQ(holding.size(), 1u) << what << ": " << mod.path;
+  }
+  test::TempDir tmp;
+  RevertOptions ro;
+  ro.device = Device::cpu;
+  ro.threads = 1;
+  for (const auto& task : b.manifest().tasks) {
+    revert_task(a, task.name, tmp / ("a-" + task.name), ro);
+    revert_task(b, task.name, tmp / ("b-" + task.name), ro);
+    EXPECT_EQ(test::read_bytes(tmp / ("a-" + task.name) / kAdapterWeightsName),
+              test::read_bytes(tmp / ("b-" + task.name) / kAdapterWeightsName))
+        << what << ": " << task.name;
+  }
+}
+
+// --shard-per-rank: RMM by 3 workers and by more workers than modules (the ones without modules
+// write no shard), the store by 2; one worker writes the one file.
+TEST(DistributedMerge, ShardPerRankGivesEachWorkerAShardHoldingTheSingleBundlesTensors) {
+  test::TempDir tmp;
+  for (int t = 0; t < 4; ++t) test::write_adapter(tmp / ("task" + std::to_string(t)), 4, 8, six_layers(), "", 40 + t);
+  const auto one = options(tmp, 4, tmp / "one");
+  merge_rmm(one);
+  for (const auto& [workers, shards] : {std::pair{3, 3u}, std::pair{14, 12u}}) {
+    auto o = options(tmp, 4, tmp / ("shards" + std::to_string(workers)));
+    o.shard_per_rank = true;
+    const auto failed = merge_by(workers, o);
+    for (int w = 0; w < workers; ++w) EXPECT_EQ(failed[w], "") << workers << " workers, worker " << w;
+    expect_shards_hold_the_single_bundle(o.out, one.out, shards, std::to_string(workers) + " workers");
+  }
+  auto alone = options(tmp, 4, tmp / "alone");
+  alone.shard_per_rank = true;
+  merge_rmm(alone);
+  EXPECT_EQ(test::read_bytes(alone.out / kBundleTensorsName), test::read_bytes(one.out / kBundleTensorsName));
+  EXPECT_FALSE(std::filesystem::exists(alone.out / kBundleIndexName));
+
+  const auto store = [&](const std::filesystem::path& out) {
+    StoreMergeOptions o;
+    for (int t = 0; t < 4; ++t) o.tasks.push_back({"task" + std::to_string(t), tmp / ("task" + std::to_string(t))});
+    o.method = StoreMethod::automatic;
+    o.storage.fraction = 0.5;
+    o.out = out;
+    o.device = Device::cpu;
+    o.threads = 2;  // the store's CPU workers: the one file all the same
+    o.shard_per_rank = true;
+    return o;
+  };
+  merge_store(store(tmp / "store-one"));
+  EXPECT_TRUE(std::filesystem::exists(tmp / "store-one" / kBundleTensorsName));
+  const auto failed = run_workers(2, [&](Peers* peers) {
+    auto o = store(tmp / "store-two");
+    o.peers = peers;
+    merge_store(o);
+  });
+  for (int w = 0; w < 2; ++w) EXPECT_EQ(failed[w], "") << "worker " << w;
+  expect_shards_hold_the_single_bundle(tmp / "store-two", tmp / "store-one", 2, "store");
+}
+
 // Every file of two output folders, byte for byte (the recipe, which names the output, aside).
 void expect_same_folders(const std::filesystem::path& a, const std::filesystem::path& b, const std::string& what) {
   std::set<std::string> names;
@@ -349,12 +429,17 @@ TEST(DistributedMerge, ABadInputOfOneWorkersShareFailsEveryWorkerWithItsNameAndL
     test::write_adapter_factors(w.dir, 4, modules, w.a, w.b);
   }
   const auto out = tmp / "bundle";
-  const auto failed = merge_by(3, options(tmp, 4, out));
-  for (int w = 0; w < 3; ++w) {
-    EXPECT_NE(failed[w].find("task2/adapter_model.safetensors"), std::string::npos) << "worker " << w << ": " << failed[w];
-    EXPECT_EQ(failed[w], failed[2]);
+  for (const bool shards : {false, true}) {
+    auto o = options(tmp, 4, out);
+    o.shard_per_rank = shards;
+    const auto failed = merge_by(3, o);
+    for (int w = 0; w < 3; ++w) {
+      EXPECT_NE(failed[w].find("task2/adapter_model.safetensors"), std::string::npos)
+          << "worker " << w << (shards ? ", shards" : "") << ": " << failed[w];
+      EXPECT_EQ(failed[w], failed[2]);
+    }
+    EXPECT_FALSE(std::filesystem::exists(out)) << shards;
   }
-  EXPECT_FALSE(std::filesystem::exists(out));
   for (const auto& e : std::filesystem::directory_iterator(tmp.path()))
     EXPECT_EQ(e.path().filename().string().find(".bundle"), std::string::npos) << e.path() << " left behind";
 }

@@ -93,7 +93,7 @@ TEST(RmmMerge, ScalesAndRanksAreFoldedSoNMinusOneRevertsEveryDeltaExactly) {
   EXPECT_EQ(manifest.input_bytes, inputs);
   EXPECT_EQ(manifest.stored_bytes, stored);
   std::uint64_t tensor_bytes = 0;
-  for (const auto& t : bundle.tensors().tensors()) tensor_bytes += t.nbytes();
+  for (const auto& t : bundle.tensors().tensors()) tensor_bytes += t.info->nbytes();
   EXPECT_EQ(manifest.stored_bytes, tensor_bytes);
   EXPECT_EQ(bundle.manifest().input_bytes, inputs);  // written and read back
   EXPECT_EQ(bundle.manifest().stored_bytes, stored);
@@ -276,6 +276,32 @@ TEST(RmmRevert, UnknownTaskAndDamagedBundlesAreReported) {
     EXPECT_NE(std::string(e.what()).find("does not have the float shape the manifest implies"), std::string::npos)
         << e.what();
   }
+}
+
+// A bundle's tensors are one file or an index of shards: both, neither, or an index naming a
+// shard that is not there are refused, naming the folder or the file.
+TEST(RmmRevert, ABundleHoldsOneFileOrAnIndexOfShards) {
+  test::TempDir tmp;
+  const auto tasks = mixed_tasks(tmp);
+  auto o = options_for(tasks, 2, tmp / "bundle");
+  merge_rmm(o);
+  const auto message = [&] {
+    try {
+      Bundle b(o.out);
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("opened");
+  };
+  ShardIndex index;
+  index.weight_map["x"] = bundle_shard_name(1, 1);
+  test::write_bytes(o.out / kBundleIndexName, shard_index_json(index));
+  EXPECT_NE(message().find("holds both"), std::string::npos) << message();
+  const auto file = o.out / kBundleTensorsName;
+  std::filesystem::rename(file, o.out / bundle_shard_name(1, 1));
+  EXPECT_NE(message().find(bundle_shard_name(1, 1) + ", which does not hold it"), std::string::npos) << message();
+  std::filesystem::remove(o.out / kBundleIndexName);
+  EXPECT_NE(message().find("neither bundle.safetensors nor"), std::string::npos) << message();
 }
 
 // A manifest's task ranks index the stored factors' rows on revert: one past the module's rank

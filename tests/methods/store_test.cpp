@@ -195,7 +195,7 @@ TEST(StoreMerge, Bf16StorageErrorsDescribeTheRoundedFactors) {
   o.dtype = DType::BF16;
   const auto man = merge_store(o);
   EXPECT_EQ(Bundle(tmp / "bundle").tensors().find(bundle_tensor_name(man.modules[0].path, "lora_A",
-                                                                     man.modules[0].representation == Representation::rank ? "factors" : "mean"))->dtype,
+                                                                     man.modules[0].representation == Representation::rank ? "factors" : "mean"))->info->dtype,
             DType::BF16);
   check_errors_are_dense_errors(tmp / "bundle", tasks);
 }
@@ -586,11 +586,11 @@ TEST(StoreAdd, NewTasksJoinWithoutTouchingTheOldOnes) {
   ASSERT_EQ(four.tasks.size(), 4u);
   const Bundle b2(tmp / "two"), b3(tmp / "three"), b4(tmp / "four");
   // Every tensor of the first bundle is in the last one, byte for byte.
-  for (const auto& info : b2.tensors().tensors()) {
-    const auto* later = b4.tensors().find(info.name);
-    ASSERT_NE(later, nullptr) << info.name;
-    const auto x = b2.tensors().bytes(info), y = b4.tensors().bytes(*later);
-    EXPECT_TRUE(std::equal(x.begin(), x.end(), y.begin(), y.end())) << info.name;
+  for (const auto& [file, info] : b2.tensors().tensors()) {
+    const auto* later = b4.tensors().find(info->name);
+    ASSERT_NE(later, nullptr) << info->name;
+    const auto x = file->bytes(*info), y = later->file->bytes(*later->info);
+    EXPECT_TRUE(std::equal(x.begin(), x.end(), y.begin(), y.end())) << info->name;
   }
   for (std::size_t m = 0; m < four.modules.size(); ++m) {
     const auto& mod = four.modules[m];
@@ -723,8 +723,8 @@ TEST(ResidentBundle, RebuildsEveryRepresentationAsRevertDoes) {
         // The CPU's tiles against the element routine the GPU runs, element by element.
         std::vector<float> ea(a[m].size()), eb(b[m].size());
         const auto lookup = [&](const std::string& name) {
-          const auto& info = bundle.tensors().at(name);
-          return StoredTensor{bundle.tensors().bytes(info).data(), kernel_type(info.dtype, name)};
+          const auto& [file, info] = bundle.tensors().at(name);
+          return StoredTensor{file->bytes(*info).data(), kernel_type(info->dtype, name)};
         };
         for (const auto& part : materialize_parts(man.modules[m], man.represented_tasks(), t, lookup, ea.data(),
                                                   eb.data(), kernels::ElemType::f32))

@@ -21,6 +21,11 @@ namespace {
 
 using i64 = std::int64_t;
 
+// A stored tensor of `bundle` as f32, from whichever of its files holds it.
+std::vector<float> read_f32(const Bundle& bundle, const std::string& name) {
+  return bundle.tensors().at(name).file->read_f32(name);
+}
+
 // Every bundle module in the adapters with the same shape, and no adapter module outside the
 // bundle; the new tasks' ranks at most the module's.
 void check_modules(const BundleManifest& man, const AdapterSet& set, const std::filesystem::path& bundle) {
@@ -148,14 +153,14 @@ BundleManifest add_tasks(const AddTasksOptions& o) {
     grown.insert(specs[specs.size() - 2].name);
     grown.insert(specs.back().name);
   }
-  for (const auto& info : old.tensors().tensors())
-    if (!grown.count(info.name)) specs.push_back({info.name, info.dtype, info.shape});
+  for (const auto& [_, info] : old.tensors().tensors())
+    if (!grown.count(info->name)) specs.push_back({info->name, info->dtype, info->shape});
 
   StagedDir staged(o.out, o.overwrite);
   SafetensorsWriter writer(staged.path() / kBundleTensorsName, specs,
                            {{"format", "revmerge-bundle"}, {"method", man.method}});
-  for (const auto& info : old.tensors().tensors())
-    if (!grown.count(info.name)) writer.write(info.name, old.tensors().bytes(info));
+  for (const auto& [file, info] : old.tensors().tensors())
+    if (!grown.count(info->name)) writer.write(info->name, file->bytes(*info));
   for (std::size_t m = 0; m < man.modules.size(); ++m) {
     const auto& mod = man.modules[m];
     const auto& was = before.modules[m];
@@ -166,10 +171,10 @@ BundleManifest add_tasks(const AddTasksOptions& o) {
     const auto& nf = fresh[m];
     // A: the old rows, then each new task's; B: each row's old columns, then the new ones.
     std::vector<float> a, b(static_cast<std::size_t>(mod.out * k_new));
-    if (k_old) a = old.tensors().read_f32(added_name(was, "lora_A"));
+    if (k_old) a = read_f32(old, added_name(was, "lora_A"));
     for (const auto& rows : nf.a) a.insert(a.end(), rows.begin(), rows.end());
     std::vector<float> b_old;
-    if (k_old) b_old = old.tensors().read_f32(added_name(was, "lora_B"));
+    if (k_old) b_old = read_f32(old, added_name(was, "lora_B"));
     for (i64 row = 0; row < mod.out; ++row) {
       auto* dst = b.data() + row * k_new;
       if (k_old) dst = std::copy(b_old.begin() + row * k_old, b_old.begin() + (row + 1) * k_old, dst);

@@ -381,7 +381,13 @@ BundleManifest store_share(const StoreMergeOptions& o, Peers* peers, int threads
                               set.adapters[t]->config().base_model_name_or_path,
                               set.adapters[t]->config().task_type});
   const auto specs = tensor_specs(set.plan, choice, measured, n, storage);
-  SharedBundle bundle(peers, o.out, o.overwrite, specs, {{"format", "revmerge-bundle"}, {"method", manifest.method}});
+  std::optional<BundleShards> shards;
+  if (o.shard_per_rank) {
+    shards.emplace(BundleShards{{}, module_bytes});
+    for (const auto& pm : set.plan) shards->module_paths.push_back(pm.path);
+  }
+  SharedBundle bundle(peers, o.out, o.overwrite, specs, {{"format", "revmerge-bundle"}, {"method", manifest.method}},
+                      {}, shards);
   bundle.write_share([&] {
     for (std::size_t m = first; m < last; ++m) {
       throw_if_interrupted("merge");
@@ -429,6 +435,7 @@ BundleManifest store_adapters(const StoreMergeOptions& o) {
   std::mutex progress_mutex;
   std::size_t done = 0;
   StoreMergeOptions w = o;
+  w.shard_per_rank = false;  // these workers are the cores of one rank: its one file
   if (o.progress)
     w.progress = [&](std::size_t, std::size_t steps, const std::string& path) {
       if (path.empty()) return;  // a worker's last call; the last one is made below
