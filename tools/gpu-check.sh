@@ -139,6 +139,20 @@ two_workers() {
 }
 export -f two_workers
 step gpus-0-0 gpus-0-0.log 120 bash -c two_workers
+# The budgeted store on two workers of the one GPU, one with a shard of its own: the one GPU's
+# manifest, and the same tensors as reverting shows (a task reverted from each, compared).
+store_two_workers() {
+  "$revmerge" merge --method auto --representations rmm --storage 0.3 --gpu 0 --threads 4 --force --quiet --out "$out/store-7b-gpu0" "$out"/adapters-7b/task-* || return 1
+  "$revmerge" merge --method auto --representations rmm --storage 0.3 --gpus 0,0 --threads 4 --shard-per-rank --force --quiet \
+    --out "$out/store-7b-gpus00" "$out"/adapters-7b/task-* || return 1
+  cmp "$out/store-7b-gpu0/manifest.json" "$out/store-7b-gpus00/manifest.json" || return 1
+  "$revmerge" revert --task task-3 --device cuda --force --quiet --out "$out/store-7b-gpu0-t3" "$out/store-7b-gpu0" || return 1
+  "$revmerge" revert --task task-3 --device cuda --force --quiet --out "$out/store-7b-gpus00-t3" "$out/store-7b-gpus00" || return 1
+  cmp "$out/store-7b-gpu0-t3/adapter_model.safetensors" "$out/store-7b-gpus00-t3/adapter_model.safetensors" &&
+    echo "--method auto --gpus 0,0 --shard-per-rank: the one worker's manifest and task-3"
+}
+export -f store_two_workers
+step store-gpus-0-0 store-gpus-0-0.log 150 bash -c store_two_workers
 if command -v compute-sanitizer >/dev/null; then
   step racecheck racecheck.log 120 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 1 \
     "$build/tests/revmerge_tests" --gtest_filter='*RmmModule*cuda*'

@@ -97,8 +97,10 @@ void refuse_full_model_options(const MergeArgs& args, const std::string& who) {
       throw usage_error(std::string(o) + ": " + who + " takes it for full fine-tunes only (the inputs are adapters)");
 }
 
-// --gpus LIST | all into the options: one entry is --gpu, several are workers.
-void use_gpus(const MergeArgs& args, RmmMergeOptions& o) {
+// --gpus LIST | all into the options (RMM's or the store's): one entry is --gpu, several are
+// workers.
+template <class Options>
+void use_gpus(const MergeArgs& args, Options& o) {
   if (args.given("--gpu")) throw usage_error("--gpus and --gpu: give one of them");
   if (o.device == Device::cpu) throw usage_error("--gpus: GPUs for a merge on --device cpu");
   std::vector<int> gpus;
@@ -228,6 +230,9 @@ void run_store(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSo
   o.progress = module_progress(args.quiet || args.json, "storing");
   o.peers = command_peers();
   o.shard_per_rank = args.shard_per_rank;
+  if (args.given("--gpus")) use_gpus(args, o);
+  if (!args.given("--gpu") && o.device != Device::cpu)
+    if (const auto gpu = gpu_of_this_rank()) o.gpu = *gpu;
   const auto manifest = merge_store(o);
   report_bundle(args, manifest, o.out);
 }
@@ -352,8 +357,8 @@ void run_merge(const MergeArgs& args) {
   if (method != "rmm" && method != "auto" && method != "rank" && args.given("--shard-per-rank"))
     throw usage_error("--shard-per-rank: a bundle's option (--method rmm, auto or rank); a merged model is "
                       "sharded by size");
-  if (method != "rmm" && args.given("--gpus"))
-    throw usage_error("--gpus: only --method rmm runs on several GPUs so far (give one with --gpu)");
+  if (method != "rmm" && method != "auto" && method != "rank" && args.given("--gpus"))
+    throw usage_error("--gpus: --method " + method + " runs on the CPU (several GPUs take rmm, auto or rank)");
   if (method == "rmm")
     run_rmm(args, cfg, std::move(tasks));
   else if (method == "auto" || method == "rank")
@@ -463,9 +468,10 @@ void add_merge_command(CLI::App& app) {
       "CUDA device index (default 0; under mpirun each rank of a machine its own: its rank there "
       "modulo the GPUs)")->check(CLI::NonNegativeNumber);
   opt["--gpus"] = cmd->add_option("--gpus", args.gpus,
-      "RMM: several GPUs, e.g. 0,1,2,3 or all: one worker per entry (an index may repeat), each "
-      "with its share of the modules and of --threads, --memory-budget being each worker's "
-      "(default: half the free host memory divided among them); the bundle is the one GPU's bytes");
+      "rmm, auto, rank: several GPUs, e.g. 0,1,2,3 or all: one worker per entry (an index may "
+      "repeat), each with its share of the modules and of --threads, --memory-budget being each "
+      "worker's (default: half the free host memory divided among them); the bundle is the one "
+      "GPU's bytes");
   opt["--shard-per-rank"] = cmd->add_flag("--shard-per-rank", args.shard_per_rank,
       "bundles under mpirun (or --gpus): each worker writes its own tensors into a shard of its "
       "own, listed by bundle.safetensors.index.json, instead of all writing the one file (no file "

@@ -70,6 +70,10 @@ struct StoreMergeOptions {
   /// full_models each fine-tune's compression is split across them first.
   Peers* peers = nullptr;
   bool shard_per_rank = false;  ///< as RmmMergeOptions::shard_per_rank
+  /// Several GPUs of this process (as RmmMergeOptions::gpus): one worker per entry, each
+  /// computing its share's RMM candidates (and full fine-tunes' compressions) on its GPU with
+  /// `threads` CPU threads (0: the cores divided among them). Not with peers of several workers.
+  std::vector<int> gpus;
 };
 
 /// Measures every module's options (each task's singular values; RMM at each candidate p for

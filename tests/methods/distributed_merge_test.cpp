@@ -18,6 +18,7 @@
 #include "revmerge/hf_model.hpp"
 #include "methods/adapter_writer.hpp"
 #include "revmerge/bundle.hpp"
+#include "revmerge/devices.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peers.hpp"
 #include "revmerge/rmm.hpp"
@@ -415,6 +416,46 @@ TEST(DistributedMerge, WorkersOnSeveralDevicesOfOneProcessWriteTheOneDevicesByte
     EXPECT_EQ(test::read_bytes(three.out / file), test::read_bytes(one.out / file)) << file;
   three.device = Device::cpu;
   EXPECT_THROW(merge_rmm_on(three, deferred), usage_error);
+}
+
+// The store on several GPUs of this process (--method auto --gpus 0,0): the one GPU's bundle;
+// without a GPU every worker fails with the device's reason and nothing is left. Refused on the
+// CPU and under peers of several workers.
+TEST(DistributedMerge, TheStoreOnTwoWorkersOfOneGpuIsTheOneGpusBundle) {
+  test::TempDir tmp;
+  for (int t = 0; t < 4; ++t) test::write_adapter(tmp / ("task" + std::to_string(t)), 4, 8, six_layers(), "", 40 + t);
+  const auto store = [&](const std::filesystem::path& out) {
+    StoreMergeOptions o;
+    for (int t = 0; t < 4; ++t) o.tasks.push_back({"task" + std::to_string(t), tmp / ("task" + std::to_string(t))});
+    o.method = StoreMethod::automatic;
+    o.storage.fraction = 0.5;
+    o.representations = {Representation::rmm};
+    o.out = out;
+    o.device = Device::cuda;
+    o.threads = 1;
+    return o;
+  };
+  auto two = store(tmp / "two");
+  two.gpus = {0, 0};
+  if (probe_devices().gpus.empty()) {
+    EXPECT_THROW(merge_store(two), device_error);
+    EXPECT_FALSE(std::filesystem::exists(two.out));
+    GTEST_LOG_(INFO) << "no GPU: the two workers' bundle against one GPU's is tools/gpu-check.sh's";
+  } else {
+    merge_store(store(tmp / "one"));
+    merge_store(two);
+    for (const char* file : {kBundleTensorsName, kBundleManifestName})
+      EXPECT_EQ(test::read_bytes(two.out / file), test::read_bytes(tmp / "one" / file)) << file;
+  }
+  auto cpu = two;
+  cpu.device = Device::cpu;
+  EXPECT_THROW(merge_store(cpu), usage_error);
+  const auto failed = run_workers(2, [&](Peers* peers) {
+    auto o = two;
+    o.peers = peers;
+    merge_store(o);
+  });
+  EXPECT_NE(failed[0].find("under mpirun each rank takes one GPU"), std::string::npos) << failed[0];
 }
 
 TEST(DistributedMerge, ABadInputOfOneWorkersShareFailsEveryWorkerWithItsNameAndLeavesNothing) {

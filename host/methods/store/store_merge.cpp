@@ -274,11 +274,13 @@ StoreMergeOptions compressed_tasks(const StoreMergeOptions& given, const std::fi
 }
 
 BundleManifest store_adapters(const StoreMergeOptions& o);
+BundleManifest on_gpus(const StoreMergeOptions& o);
 
 }  // namespace
 
 BundleManifest merge_store(const StoreMergeOptions& o) {
   check_options(o);
+  if (o.gpus.size() > 1) return on_gpus(o);
   if (!o.full_models) return store_adapters(o);
   refuse_existing(o.out, o.overwrite);  // before minutes of compression
   // The compressed adapters' folder, never committed: removed. Worker 0's, where there are
@@ -428,22 +430,62 @@ int cpu_workers(const StoreMergeOptions& o) {
   return std::max(1, cores);
 }
 
+// One progress for the workers of this process: each module counted once, whichever worker did
+// it. `progress` is what the workers call; finish() makes the last call.
+class SharedProgress {
+ public:
+  explicit SharedProgress(const ProgressFn& whole) : whole_(whole) {}
+  ProgressFn progress() {
+    if (!whole_) return {};
+    return [this](std::size_t, std::size_t steps, const std::string& path) {
+      if (path.empty()) return;  // a worker's last call
+      const std::lock_guard lock(mutex_);
+      whole_(done_++, steps, path);
+    };
+  }
+  void finish() {
+    if (whole_) whole_(done_, done_, "");
+  }
+
+ private:
+  const ProgressFn& whole_;
+  std::mutex mutex_;
+  std::size_t done_ = 0;
+};
+
 BundleManifest store_adapters(const StoreMergeOptions& o) {
   const int n = cpu_workers(o);
   if (n < 2) return store_share(o, several(o.peers), o.threads);
-  // One progress for all: each module counted once, whichever worker did it.
-  std::mutex progress_mutex;
-  std::size_t done = 0;
+  SharedProgress progress(o.progress);
   StoreMergeOptions w = o;
   w.shard_per_rank = false;  // these workers are the cores of one rank: its one file
-  if (o.progress)
-    w.progress = [&](std::size_t, std::size_t steps, const std::string& path) {
-      if (path.empty()) return;  // a worker's last call; the last one is made below
-      const std::lock_guard lock(progress_mutex);
-      o.progress(done++, steps, path);
-    };
+  w.progress = progress.progress();
   auto manifest = on_local_workers<BundleManifest>(n, [&](Peers& peers) { return store_share(w, &peers, 1); });
-  if (o.progress) o.progress(done, done, "");
+  progress.finish();
+  return manifest;
+}
+
+// o.gpus: one worker thread per entry, each the whole store (full fine-tunes compressed first)
+// with its own GPU, peers and share of the CPU threads, as ranks would split it.
+BundleManifest on_gpus(const StoreMergeOptions& o) {
+  if (several(o.peers))
+    throw usage_error("--gpus: under mpirun each rank takes one GPU (start one rank per GPU instead)");
+  if (o.device == Device::cpu) throw usage_error("--gpus: GPUs for a merge on --device cpu");
+  const auto n = static_cast<int>(o.gpus.size());
+  SharedProgress progress(o.progress);
+  StoreMergeOptions w = o;
+  w.gpus.clear();
+  w.device = Device::cuda;
+  w.threads = o.threads ? o.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / n);
+  w.progress = progress.progress();
+  auto manifest = on_local_workers<BundleManifest>(n, [&](Peers& peers) {
+    StoreMergeOptions mine = w;
+    mine.gpu = o.gpus[static_cast<std::size_t>(peers.rank())];
+    mine.peers = &peers;
+    if (peers.rank() > 0) mine.compress_progress = {};  // worker 0 reports the compression
+    return merge_store(mine);
+  });
+  progress.finish();
   return manifest;
 }
 
