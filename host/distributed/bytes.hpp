@@ -22,10 +22,13 @@ class ByteWriter {
     put<std::uint64_t>(s.size());
     bytes_ += s;
   }
-  void put_doubles(const std::vector<double>& v) {
+  template <class T>
+  void put_values(const std::vector<T>& v) {
+    static_assert(std::is_trivially_copyable_v<T>);
     put<std::uint64_t>(v.size());
-    bytes_.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(double));
+    bytes_.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
   }
+  void put_doubles(const std::vector<double>& v) { put_values(v); }
   std::string& bytes() { return bytes_; }
 
  private:
@@ -47,11 +50,15 @@ class ByteReader {
     const auto n = get<std::uint64_t>();
     return std::string(take(n), n);
   }
-  std::vector<double> get_doubles() {
-    std::vector<double> v(get<std::uint64_t>());
-    std::memcpy(v.data(), take(v.size() * sizeof(double)), v.size() * sizeof(double));
+  template <class T>
+  std::vector<T> get_values() {
+    const auto n = get<std::uint64_t>();
+    if (n > (in_.size() - at_) / sizeof(T)) throw error(what_ + " ended early");
+    std::vector<T> v(n);
+    std::memcpy(v.data(), take(n * sizeof(T)), n * sizeof(T));
     return v;
   }
+  std::vector<double> get_doubles() { return get_values<double>(); }
 
  private:
   const char* take(std::uint64_t n) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `mpirun -n N revmerge merge`: the example adapters merged by 2 and 3 ranks (RMM; also a shard per
-# rank, reverted) and stored by 2 (--method auto), full fine-tunes (RMM, TIES, compress) give the single process's bytes; a truncated input fails every rank with the file named and leaves nothing;
-# what does not split across ranks is refused by name.
+# rank, reverted) and stored by 2 (--method auto), full fine-tunes (RMM, TIES, compress) and
+# adapters merged by DARE-TIES give the single process's bytes; a truncated input fails every rank
+# with the file named and leaves nothing; what does not split across ranks is refused by name.
 # Usage: mpi_merge.sh REVMERGE MPIEXEC SOURCE_DIR WORK_DIR
 set -euo pipefail
 revmerge=$1 mpiexec=$2 src=$3 work=$4
@@ -91,11 +92,13 @@ ranks 3 "$revmerge" merge --config "$mk/ties.yml" --threads 1 -q --out "$work/ti
 for f in model.safetensors config.json; do
   cmp -s "$work/ties1/$f" "$work/ties3/$f" || fail "TIES, 3 ranks: $f differs from the single process's"
 done
-# On adapters they are not split across ranks; they would run once per rank.
-if ranks 2 "$revmerge" merge --method ties --density 0.5 --out "$work/ties" "${adapters[@]}" >"$work/ties.txt" 2>&1; then
-  fail "--method ties of adapters ran under 2 ranks"
-fi
-grep -q -- "--method ties of LoRA adapters runs in one process" "$work/ties.txt" || { cat "$work/ties.txt"; fail "ties message"; }
+# On adapters: each rank merges its share of the modules, rank 0 writes the adapter.
+"$revmerge" merge --method dare_ties --density 0.5 --threads 1 -q --out "$work/dt1" "${adapters[@]}"
+ranks 2 "$revmerge" merge --method dare_ties --density 0.5 --threads 1 -q --out "$work/dt2" "${adapters[@]}" ||
+  fail "--method dare_ties of adapters under 2 ranks failed"
+for f in adapter_model.safetensors adapter_config.json; do
+  cmp -s "$work/dt1/$f" "$work/dt2/$f" || fail "dare_ties of adapters, 2 ranks: $f differs from the single process's"
+done
 if ranks 2 "$revmerge" info "${adapters[0]}" >"$work/info.txt" 2>&1; then fail "info ran under 2 ranks"; fi
 grep -q "revmerge info runs in one process" "$work/info.txt" || { cat "$work/info.txt"; fail "info message"; }
 echo "mpi merges: OK"

@@ -325,7 +325,7 @@ TEST(DistributedMerge, AModelWrittenByWorkersIntoSeveralShardsIsOneWritersBytes)
 }
 
 // The classic methods on full models (mergekit's fixtures): TIES by 3 workers, the one
-// process's model; adapters are refused across workers.
+// process's model.
 TEST(DistributedMerge, TiesOfFullModelsByThreeWorkersIsOneProcesssModel) {
   test::TempDir tmp;
   const auto mk = std::filesystem::path(REVMERGE_FIXTURES) / "golden/mergekit";
@@ -347,15 +347,48 @@ TEST(DistributedMerge, TiesOfFullModelsByThreeWorkersIsOneProcesssModel) {
   });
   for (int w = 0; w < 3; ++w) EXPECT_EQ(failed[w], "") << "worker " << w;
   expect_same_folders(tmp / "one", tmp / "three", "ties");
-  const auto refused = run_workers(2, [&](Peers* peers) {
+}
+
+// The classic methods on adapters: each worker merges its share of the modules, all exchange
+// them, worker 0 writes the adapter — the one process's, for an adapter (TIES, DARE's masks,
+// the SVD re-factorisation of a combined merge) and for --full-model (split by tensors).
+TEST(DistributedMerge, ClassicMergesOfAdaptersByTwoAndThreeWorkersAreOneProcesssOutput) {
+  test::TempDir tmp;
+  const auto examples = std::filesystem::path(REVMERGE_SOURCE_DIR) / "examples/adapters";
+  const auto merge = [&](ClassicMethod method, LoraMergeMode mode, bool full, const std::filesystem::path& out) {
     ClassicMergeOptions o;
-    o.method = ClassicMethod::task_arithmetic;
-    o.tasks = {{"qa", std::filesystem::path(REVMERGE_SOURCE_DIR) / "examples/adapters/qa"}, {"chat", std::filesystem::path(REVMERGE_SOURCE_DIR) / "examples/adapters/chat"}};
-    o.out = tmp / "adapters";
-    o.peers = peers;
-    merge_classic(o);
-  });
-  EXPECT_NE(refused[0].find("runs in one process"), std::string::npos) << refused[0];
+    o.method = method;
+    o.mode = mode;
+    for (const char* t : {"qa", "chat", "code"}) o.tasks.push_back({t, examples / t});
+    if (method != ClassicMethod::task_arithmetic && method != ClassicMethod::svd) o.densities = {0.5};
+    if (full) o.full_model = true, o.base = std::filesystem::path(REVMERGE_SOURCE_DIR) / "examples/tiny-llama";
+    o.out = out;
+    o.threads = 1;
+    return o;
+  };
+  struct Case {
+    ClassicMethod method;
+    LoraMergeMode mode;
+    bool full;
+  };
+  for (const auto& [method, mode, full] : {Case{ClassicMethod::ties, LoraMergeMode::separate, false},
+                                           Case{ClassicMethod::dare_linear, LoraMergeMode::combined, false},
+                                           Case{ClassicMethod::svd, LoraMergeMode::combined, false},
+                                           Case{ClassicMethod::task_arithmetic, LoraMergeMode::separate, true}}) {
+    const auto what = to_string(method) + (full ? " --full-model" : "");
+    const auto one = tmp / (what + "-one");
+    merge_classic(merge(method, mode, full, one));
+    for (const int workers : {2, 3}) {
+      const auto out = tmp / (what + "-" + std::to_string(workers));
+      const auto failed = run_workers(workers, [&](Peers* peers) {
+        auto o = merge(method, mode, full, out);
+        o.peers = peers;
+        merge_classic(o);
+      });
+      for (int w = 0; w < workers; ++w) EXPECT_EQ(failed[w], "") << what << ", worker " << w;
+      expect_same_folders(one, out, what + " by " + std::to_string(workers));
+    }
+  }
 }
 
 // compress by 3 workers: the one process's adapter and report (its totals summed alike).

@@ -8,8 +8,11 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include "core/interrupt.hpp"
+#include "distributed/agreement.hpp"
+#include "distributed/bytes.hpp"
 #include "methods/adapter_set.hpp"
 #include "methods/classic/classic_internal.hpp"
 #include "methods/classic/combine.hpp"
@@ -152,6 +155,48 @@ ModuleDelta merge_module(const Context& c, const PlannedModule& pm, bool exact) 
   return d;
 }
 
+// Every module merged, in plan order. With several workers each merges a contiguous share
+// (balanced by the inputs' factor sizes) and all exchange the results (adapters are small: the
+// whole merged adapter is what one process holds too), so every worker returns every module.
+std::vector<LoraModuleData> merge_adapter_modules(const Context& c) {
+  Peers* const peers = several(c.o.peers);
+  const auto& plan = c.set.plan;
+  std::vector<std::uint64_t> sizes;
+  for (const auto& pm : plan) sizes.push_back(std::uint64_t(pm.rank) * std::uint64_t(pm.in + pm.out));
+  const auto [first, last] = peers ? share_of(sizes, peers->rank(), peers->size())
+                                   : std::pair<std::size_t, std::size_t>{0, plan.size()};
+  std::vector<LoraModuleData> modules;
+  agree_on(peers, [&] {
+    for (std::size_t i = first; i < last; ++i) {
+      throw_if_interrupted("merge");
+      const auto& pm = plan[i];
+      auto d = with_module_context(pm.path, [&] { return merge_module(c, pm, false); });
+      modules.push_back({pm.path, d.factors.rank, pm.in, pm.out, std::move(d.factors.a), std::move(d.factors.b)});
+      if (c.o.progress) c.o.progress(i + 1, plan.size(), pm.path);
+    }
+  });
+  if (!peers) return modules;
+  ByteWriter mine;
+  for (const auto& m : modules) {
+    mine.put_string(m.path);
+    mine.put(m.rank), mine.put(m.in), mine.put(m.out);
+    mine.put_values(m.a), mine.put_values(m.b);
+  }
+  modules.clear();
+  const auto parts = peers->all_gather(mine.bytes());
+  for (std::size_t r = 0; r < parts.size(); ++r) {
+    ByteReader in(parts[r], "the merged modules of worker " + std::to_string(r));
+    while (!in.done()) {
+      LoraModuleData m;
+      m.path = in.get_string();
+      m.rank = in.get<i64>(), m.in = in.get<i64>(), m.out = in.get<i64>();
+      m.a = in.get_values<float>(), m.b = in.get_values<float>();
+      modules.push_back(std::move(m));
+    }
+  }
+  return modules;
+}
+
 }  // namespace
 
 ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& o) {
@@ -162,8 +207,9 @@ ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& o) {
   if (o.memory_budget != 0)
     throw usage_error("--memory-budget: LoRA adapters are merged module by module, each whole (they "
                       "are small); the budget bounds full-model merges and --method rmm");
-  Context c{o, open_adapter_set(o.tasks, MissingModules::zero), {}, {}, 0,
-            o.threads > 0 ? o.threads : omp_get_max_threads()};
+  std::optional<AdapterSet> set;
+  agree_on(several(o.peers), [&] { set.emplace(open_adapter_set(o.tasks, MissingModules::zero)); });
+  Context c{o, *set, {}, {}, 0, o.threads > 0 ? o.threads : omp_get_max_threads()};
   c.p = task_parameters(o, o.tasks.size());
   if (is_elementwise(o.method)) c.recipe = make_recipe(o, Convention::peft);
   for (const auto& pm : c.set.plan) c.target_rank = std::max(c.target_rank, pm.rank);
@@ -190,16 +236,8 @@ ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& o) {
       throw usage_error("--base: an adapter merge writes an adapter; add --full-model to write "
                         "base + merged delta as a full model");
     report.output = "adapter";
-    std::vector<LoraModuleData> modules;
-    for (std::size_t i = 0; i < c.set.plan.size(); ++i) {
-      throw_if_interrupted("merge");
-      const auto& pm = c.set.plan[i];
-      auto d = with_module_context(pm.path, [&] { return merge_module(c, pm, false); });
-      report.rank = std::max(report.rank, d.factors.rank);
-      modules.push_back({pm.path, d.factors.rank, pm.in, pm.out, std::move(d.factors.a),
-                         std::move(d.factors.b)});
-      if (o.progress) o.progress(i + 1, c.set.plan.size(), pm.path);
-    }
+    auto modules = merge_adapter_modules(c);
+    for (const auto& m : modules) report.rank = std::max(report.rank, m.rank);
     const auto& first = c.set.adapters[0]->config();
     AdapterWriteOptions w;
     w.base_model_name_or_path = first.base_model_name_or_path;
@@ -208,12 +246,16 @@ ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& o) {
     w.overwrite = o.overwrite;
     w.metadata = {{"revmerge.method", report.method}, {"revmerge.mode", report.mode}};
     w.extra_files = {classic_recipe_file(o, report)};
-    write_peft_adapter(o.out, modules, w);
+    agree_on(several(o.peers), [&] {  // worker 0 writes what all merged
+      if (!several(o.peers) || o.peers->rank() == 0) write_peft_adapter(o.out, modules, w);
+    });
     return report;
   }
   if (o.base.empty()) throw usage_error("--full-model: give the base model with --base");
   report.output = "model";
-  const HfModel base(o.base);
+  std::optional<HfModel> opened;
+  agree_on(several(o.peers), [&] { opened.emplace(o.base); });
+  const HfModel& base = *opened;
   const bool fif = c.set.adapters[0]->config().fan_in_fan_out;
   std::map<std::string, const PlannedModule*> by_tensor;
   for (const auto& pm : c.set.plan) {
@@ -230,6 +272,7 @@ ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& o) {
   mo.dtype = o.dtype;
   mo.overwrite = o.overwrite;
   mo.progress = o.progress;
+  mo.peers = o.peers;  // each worker its share of the tensors, into the shards worker 0 laid out
   mo.extra_files = {classic_recipe_file(o, report)};
   const auto produce = [&](const std::string& name, std::vector<float>& values) {
     const auto it = by_tensor.find(name);

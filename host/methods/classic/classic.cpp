@@ -357,9 +357,6 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
     if (has_tensor_parameters(o))
       throw usage_error("per-tensor parameters (a config's gradients and filters) apply to full "
                         "models; the inputs are LoRA adapters");
-    if (several(o.peers))
-      throw usage_error("--method " + to_string(o.method) + " of LoRA adapters runs in one process (start it "
-                        "without mpirun; full models split across the ranks)");
     return merge_classic_adapters(o);
   }
   if (adapters == 0) return merge_classic_checkpoints(o);
