@@ -471,7 +471,7 @@ void add_merge_command(CLI::App& app) {
       "rmm, auto, rank: several GPUs, e.g. 0,1,2,3 or all: one worker per entry (an index may "
       "repeat), each with its share of the modules and of --threads, --memory-budget being each "
       "worker's (default: half the free host memory divided among them); the bundle is the one "
-      "GPU's bytes");
+      "GPU's bytes. Under mpirun: each rank's GPUs, every rank giving as many");
   opt["--shard-per-rank"] = cmd->add_flag("--shard-per-rank", args.shard_per_rank,
       "bundles under mpirun (or --gpus): each worker writes its own tensors into a shard of its "
       "own, listed by bundle.safetensors.index.json, instead of all writing the one file (no file "

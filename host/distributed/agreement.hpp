@@ -14,23 +14,26 @@ namespace revmerge {
 /// `peers` when they are several workers, else null (one worker is this process alone).
 inline Peers* several(Peers* peers) { return peers && peers->size() > 1 ? peers : nullptr; }
 
-/// Runs `work` on `count` threads, each a worker of local_peers(count) (its peers passed in),
-/// and returns worker 0's result; where they failed (together, having agreed), the first
-/// worker's error is rethrown once all have stopped.
+/// Runs `work` as `count` workers, worker 0 on this thread and the others on threads of their
+/// own, each a worker of local_peers(count) — or, with `outer` of several processes (MPI
+/// ranks), of nested_peers(*outer, count): every thread of every process one worker — and
+/// returns worker 0's result; where they failed (together, having agreed), the first worker's
+/// error is rethrown once all have stopped.
 template <class Result>
-Result on_local_workers(int count, const std::function<Result(Peers&)>& work) {
-  auto peers = local_peers(count);
+Result on_local_workers(int count, const std::function<Result(Peers&)>& work, Peers* outer = nullptr) {
+  auto peers = several(outer) ? nested_peers(*outer, count) : local_peers(count);
   std::vector<Result> results(static_cast<std::size_t>(count));
   std::vector<std::exception_ptr> failed(static_cast<std::size_t>(count));
+  const auto run = [&](std::size_t i) {
+    try {
+      results[i] = work(*peers[i]);
+    } catch (...) {
+      failed[i] = std::current_exception();
+    }
+  };
   std::vector<std::thread> threads;
-  for (std::size_t i = 0; i < peers.size(); ++i)
-    threads.emplace_back([&, i] {
-      try {
-        results[i] = work(*peers[i]);
-      } catch (...) {
-        failed[i] = std::current_exception();
-      }
-    });
+  for (std::size_t i = 1; i < peers.size(); ++i) threads.emplace_back(run, i);
+  run(0);  // on this thread: the one that may call MPI (initialised MPI_THREAD_FUNNELED)
   for (auto& t : threads) t.join();
   for (const auto& e : failed)
     if (e) std::rethrow_exception(e);

@@ -197,11 +197,10 @@ std::string backend_description(Device device, int threads, int gpu) {
 
 namespace {
 
-// o.gpus: one worker thread per entry, each running `run` with its own options (GPU, peers,
-// its share of the memory and threads); worker 0's manifest, or the error they agreed on.
+// o.gpus: one worker thread per entry (under mpirun, per entry of each rank), each running `run`
+// with its own options (GPU, peers, its share of the memory and threads); worker 0's manifest,
+// or the error they agreed on.
 BundleManifest on_gpus(const RmmMergeOptions& o, const std::function<BundleManifest(const RmmMergeOptions&)>& run) {
-  if (several(o.peers))
-    throw usage_error("--gpus: under mpirun each rank takes one GPU (start one rank per GPU instead)");
   if (o.device == Device::cpu) throw usage_error("--gpus: GPUs for a merge on --device cpu");
   const auto n = static_cast<int>(o.gpus.size());
   const std::uint64_t memory = o.memory_budget ? o.memory_budget : host_memory_available() / 2 / std::uint64_t(n);
@@ -216,7 +215,7 @@ BundleManifest on_gpus(const RmmMergeOptions& o, const std::function<BundleManif
     w.threads = threads;
     if (peers.rank() > 0) w.progress = {}, w.pipeline_progress = {}, w.stats = nullptr;  // worker 0 reports
     return run(w);
-  });
+  }, o.peers);  // under mpirun: every GPU of every rank a worker
 }
 
 }  // namespace

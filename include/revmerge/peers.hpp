@@ -29,4 +29,11 @@ class Peers {
 /// The views share their state; they outlive the threads that use them.
 std::vector<std::unique_ptr<Peers>> local_peers(int count);
 
+/// `count` threads in each of `outer`'s processes as one set of workers (`mpirun` ranks each
+/// with several GPUs): thread i of process p is worker p · count + i. The threads gather among
+/// themselves; thread 0 alone exchanges with the other processes, so it must be the thread
+/// that may call `outer` (the main thread, for MPI). The views share their state and hold
+/// `outer` by reference.
+std::vector<std::unique_ptr<Peers>> nested_peers(Peers& outer, int count);
+
 }  // namespace revmerge

@@ -98,7 +98,8 @@ struct RmmMergeOptions {
   /// GPU): one worker thread per entry, each with its own CUDA backend, pipeline and share of
   /// the modules, as `peers` would split them; each worker holds `memory_budget` (0: half the
   /// free host memory divided among the workers) and `threads` CPU threads (0: the cores divided
-  /// among them). Empty: `device` and `gpu` alone. Not with peers of several workers.
+  /// among them). Empty: `device` and `gpu` alone. With peers of several processes (MPI ranks),
+  /// every entry of every process is a worker (each process giving as many).
   std::vector<int> gpus;
 };
 

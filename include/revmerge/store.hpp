@@ -72,7 +72,8 @@ struct StoreMergeOptions {
   bool shard_per_rank = false;  ///< as RmmMergeOptions::shard_per_rank
   /// Several GPUs of this process (as RmmMergeOptions::gpus): one worker per entry, each
   /// computing its share's RMM candidates (and full fine-tunes' compressions) on its GPU with
-  /// `threads` CPU threads (0: the cores divided among them). Not with peers of several workers.
+  /// `threads` CPU threads (0: the cores divided among them). With peers of several processes,
+  /// every entry of every process is a worker.
   std::vector<int> gpus;
 };
 

@@ -75,6 +75,54 @@ TEST(LocalPeers, EveryRoundGivesEveryWorkerEveryonesValueInRankOrder) {
     }
 }
 
+// Threads of several processes as one set of workers (mpirun ranks with --gpus): processes
+// stand in as threads here, each running 2 workers; every round gives every worker all 6 values
+// in worker order (process-major). Processes that run different counts are refused together.
+TEST(NestedPeers, ThreadsOfSeveralProcessesAreOneSetOfWorkersInProcessOrder) {
+  auto processes = local_peers(3);
+  std::vector<std::vector<std::string>> got(6);
+  std::vector<int> sizes(6), ranks(6, -1);
+  std::vector<std::thread> threads;
+  for (int p = 0; p < 3; ++p)
+    threads.emplace_back([&, p] {
+      on_local_workers<int>(2, [&](Peers& w) {
+        ranks[w.rank()] = w.rank(), sizes[w.rank()] = w.size();
+        for (int round = 0; round < 20; ++round) {
+          std::string line;
+          for (const auto& v : w.all_gather(std::to_string(round) + ":" + std::to_string(p) + "." + std::to_string(w.rank())))
+            line += v + ",";
+          got[w.rank()].push_back(line);
+        }
+        return 0;
+      }, processes[p].get());
+    });
+  for (auto& t : threads) t.join();
+  for (int w = 0; w < 6; ++w) {
+    EXPECT_EQ(ranks[w], w);
+    EXPECT_EQ(sizes[w], 6);
+    ASSERT_EQ(got[w].size(), 20u);
+    for (int round = 0; round < 20; ++round) {
+      std::string want;
+      for (int v = 0; v < 6; ++v) want += std::to_string(round) + ":" + std::to_string(v / 2) + "." + std::to_string(v) + ",";
+      EXPECT_EQ(got[w][round], want) << "worker " << w;
+    }
+  }
+  std::vector<std::string> refused(2);
+  threads.clear();
+  auto two = local_peers(2);
+  for (int p = 0; p < 2; ++p)
+    threads.emplace_back([&, p] {
+      try {
+        on_local_workers<int>(p + 1, [](Peers&) { return 0; }, two[p].get());
+      } catch (const usage_error& e) {
+        refused[p] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int p = 0; p < 2; ++p)
+    EXPECT_NE(refused[p].find("process 1 runs 2 workers, process 0 1"), std::string::npos) << refused[p];
+}
+
 TEST(AgreeOn, EveryWorkerThrowsTheFirstFailingWorkersErrorWithItsClass) {
   auto peers = local_peers(3);
   std::vector<std::string> what(3);
@@ -453,7 +501,7 @@ TEST(DistributedMerge, WorkersOnSeveralDevicesOfOneProcessWriteTheOneDevicesByte
 
 // The store on several GPUs of this process (--method auto --gpus 0,0): the one GPU's bundle;
 // without a GPU every worker fails with the device's reason and nothing is left. Refused on the
-// CPU and under peers of several workers.
+// CPU.
 TEST(DistributedMerge, TheStoreOnTwoWorkersOfOneGpuIsTheOneGpusBundle) {
   test::TempDir tmp;
   for (int t = 0; t < 4; ++t) test::write_adapter(tmp / ("task" + std::to_string(t)), 4, 8, six_layers(), "", 40 + t);
@@ -483,12 +531,35 @@ TEST(DistributedMerge, TheStoreOnTwoWorkersOfOneGpuIsTheOneGpusBundle) {
   auto cpu = two;
   cpu.device = Device::cpu;
   EXPECT_THROW(merge_store(cpu), usage_error);
-  const auto failed = run_workers(2, [&](Peers* peers) {
-    auto o = two;
-    o.peers = peers;
-    merge_store(o);
-  });
-  EXPECT_NE(failed[0].find("under mpirun each rank takes one GPU"), std::string::npos) << failed[0];
+}
+
+// mpirun ranks each with several GPUs (--gpus 0,0 in each of 2 processes, threads standing in
+// for the processes): 4 workers, the one backend's bytes; with --shard-per-rank, 4 shards.
+TEST(DistributedMerge, RanksWithSeveralDevicesEachAreOneSetOfWorkers) {
+  test::TempDir tmp;
+  for (int t = 0; t < 4; ++t) test::write_adapter(tmp / ("task" + std::to_string(t)), 4, 8, six_layers(), "", 40 + t);
+  const auto deferred = [] { return test::make_deferred_backend(); };
+  auto one = options(tmp, 4, tmp / "one");
+  one.device = Device::automatic;
+  merge_rmm_on(one, deferred);
+  for (const bool shards : {false, true}) {
+    const auto out = tmp / (shards ? "shards" : "file");
+    const auto failed = run_workers(2, [&](Peers* peers) {
+      auto o = options(tmp, 4, out);
+      o.device = Device::automatic;
+      o.gpus = {0, 0};
+      o.peers = peers;
+      o.shard_per_rank = shards;
+      merge_rmm_on(o, deferred);
+    });
+    for (int w = 0; w < 2; ++w) EXPECT_EQ(failed[w], "") << "process " << w;
+    if (shards) {
+      expect_shards_hold_the_single_bundle(out, one.out, 4, "2 processes × 2 devices");
+    } else {
+      for (const char* file : {kBundleTensorsName, kBundleManifestName})
+        EXPECT_EQ(test::read_bytes(out / file), test::read_bytes(one.out / file)) << file;
+    }
+  }
 }
 
 TEST(DistributedMerge, ABadInputOfOneWorkersShareFailsEveryWorkerWithItsNameAndLeavesNothing) {

@@ -465,11 +465,10 @@ BundleManifest store_adapters(const StoreMergeOptions& o) {
   return manifest;
 }
 
-// o.gpus: one worker thread per entry, each the whole store (full fine-tunes compressed first)
-// with its own GPU, peers and share of the CPU threads, as ranks would split it.
+// o.gpus: one worker thread per entry (under mpirun, per entry of each rank), each the whole
+// store (full fine-tunes compressed first) with its own GPU, peers and share of the CPU
+// threads, as ranks would split it.
 BundleManifest on_gpus(const StoreMergeOptions& o) {
-  if (several(o.peers))
-    throw usage_error("--gpus: under mpirun each rank takes one GPU (start one rank per GPU instead)");
   if (o.device == Device::cpu) throw usage_error("--gpus: GPUs for a merge on --device cpu");
   const auto n = static_cast<int>(o.gpus.size());
   SharedProgress progress(o.progress);
@@ -484,7 +483,7 @@ BundleManifest on_gpus(const StoreMergeOptions& o) {
     mine.peers = &peers;
     if (peers.rank() > 0) mine.compress_progress = {};  // worker 0 reports the compression
     return merge_store(mine);
-  });
+  }, o.peers);  // under mpirun: every GPU of every rank a worker
   progress.finish();
   return manifest;
 }
