@@ -473,15 +473,23 @@ TEST(DistributedMerge, CompressByThreeWorkersIsOneProcesssAdapterAndReport) {
   expect_same_folders(tmp / "one", tmp / "three", "compress");
 }
 
+// The test backend that behaves like a GPU.
+std::unique_ptr<Backend> deferred() { return test::make_deferred_backend(); }
+
+// Four tasks of six_layers() in `tmp`, and their bundle made on one such backend at tmp/one.
+RmmMergeOptions one_device_bundle(const test::TempDir& tmp) {
+  for (int t = 0; t < 4; ++t) test::write_adapter(tmp / ("task" + std::to_string(t)), 4, 8, six_layers(), "", 40 + t);
+  auto one = options(tmp, 4, tmp / "one");
+  one.device = Device::automatic;
+  merge_rmm_on(one, deferred);
+  return one;
+}
+
 // --gpus 0,0,0: three workers of one process, each with its own backend (here the test backend
 // that behaves like a GPU), give the one backend's bytes; only worker 0 reports progress.
 TEST(DistributedMerge, WorkersOnSeveralDevicesOfOneProcessWriteTheOneDevicesBytes) {
   test::TempDir tmp;
-  for (int t = 0; t < 4; ++t) test::write_adapter(tmp / ("task" + std::to_string(t)), 4, 8, six_layers(), "", 40 + t);
-  const auto deferred = [] { return test::make_deferred_backend(); };
-  auto one = options(tmp, 4, tmp / "one");
-  one.device = Device::automatic;
-  merge_rmm_on(one, deferred);
+  const auto one = one_device_bundle(tmp);
   auto three = options(tmp, 4, tmp / "three");
   three.device = Device::automatic;
   three.gpus = {0, 0, 0};
@@ -537,11 +545,7 @@ TEST(DistributedMerge, TheStoreOnTwoWorkersOfOneGpuIsTheOneGpusBundle) {
 // for the processes): 4 workers, the one backend's bytes; with --shard-per-rank, 4 shards.
 TEST(DistributedMerge, RanksWithSeveralDevicesEachAreOneSetOfWorkers) {
   test::TempDir tmp;
-  for (int t = 0; t < 4; ++t) test::write_adapter(tmp / ("task" + std::to_string(t)), 4, 8, six_layers(), "", 40 + t);
-  const auto deferred = [] { return test::make_deferred_backend(); };
-  auto one = options(tmp, 4, tmp / "one");
-  one.device = Device::automatic;
-  merge_rmm_on(one, deferred);
+  const auto one = one_device_bundle(tmp);
   for (const bool shards : {false, true}) {
     const auto out = tmp / (shards ? "shards" : "file");
     const auto failed = run_workers(2, [&](Peers* peers) {
