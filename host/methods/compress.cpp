@@ -168,9 +168,6 @@ std::vector<ModuleLine> lines_from_bytes(const std::string& in) {
 CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device) {
   check_options(o);
   Peers* const peers = several(o.peers);
-  if (peers && o.energy > 0)
-    throw usage_error("--energy: ranks chosen by energy are known only after each SVD; across ranks "
-                      "compress with --rank (or in one process)");
   std::unique_ptr<HfModel> base_model, ft_model;
   agree_on(peers, [&] {  // every worker opens both; one that cannot fails them all
     base_model = std::make_unique<HfModel>(o.base);
@@ -204,12 +201,11 @@ CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device)
                                               chosen.begin() + static_cast<std::ptrdiff_t>(last));
   // With a fixed rank every module's shape is known up front, so each module's factors are
   // written as soon as they exist (a 70b at rank 64 holds 3.3 GB of them otherwise); energy
-  // ranks are known only after each SVD, so those adapters are written at the end.
+  // ranks are known only after each SVD, so those factors are held (each worker its share's)
+  // and the adapter is laid out and written once every worker's ranks are known.
   SharedOutput steps(peers);
   std::optional<PeftAdapterWriter> streamed;
-  if (o.energy == 0) {
-    std::vector<LoraModuleShape> shapes;
-    for (const auto* w : chosen) shapes.push_back({w->path, std::min({o.rank, w->in, w->out}), w->in, w->out});
+  const auto open_adapter = [&](const std::vector<LoraModuleShape>& shapes) {
     steps.open(
         {},
         [&] {
@@ -219,6 +215,11 @@ CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device)
         [&](const std::vector<std::string>& files) {
           streamed.emplace(PeftAdapterWriter::Join{}, o.out, shapes, wo, files.at(0));
         });
+  };
+  if (o.energy == 0) {
+    std::vector<LoraModuleShape> shapes;
+    for (const auto* w : chosen) shapes.push_back({w->path, std::min({o.rank, w->in, w->out}), w->in, w->out});
+    open_adapter(shapes);
   }
   std::vector<LoraModuleData> held;
   CompressReport report;
@@ -235,31 +236,34 @@ CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device)
     else held.push_back(std::move(m));
     if (o.progress) o.progress(first + i + 1, chosen.size(), w.path);
   };
-  const auto others = steps.write_share(
-      [&] {
-        if (!engine) return compress_on_cpu(base, ft, mine, o, finish_module);
-        const HfModel* fine_tune = &ft;
-        // While the device works on a module, a helper thread maps the next one's bytes in, so
-        // the engine's copy into pinned memory runs at memory speed instead of faulting page by
-        // page.
-        const auto prefetch = [&](std::size_t i) {
-          for (const HfModel* m : {&base, fine_tune}) {
-            const auto& t = m->checkpoint().at(mine[i]->tensor);
-            t.file->prefetch(*t.info);
-          }
-        };
-        std::future<void> next;
-        for (std::size_t i = 0; i < mine.size(); ++i) {
-          throw_if_interrupted("compress");
-          if (next.valid()) next.get();
-          if (i + 1 < mine.size()) next = std::async(std::launch::async, prefetch, i + 1);
-          const auto& w = *mine[i];
-          const auto r = batched_pt_svd(*engine, base, {&fine_tune, 1}, w,
-                                       pt_svd_options(w, o.rank, o.oversampling, o.power_iterations, o.seed));
-          finish_module(i, r[0].svd, r[0].norm_sq);
-        }
-      },
-      [&] { streamed->commit(); }, [&] { return streamed->written_names(); });
+  const auto compress_share = [&] {
+    if (!engine) return compress_on_cpu(base, ft, mine, o, finish_module);
+    const HfModel* fine_tune = &ft;
+    // While the device works on a module, a helper thread maps the next one's bytes in, so
+    // the engine's copy into pinned memory runs at memory speed instead of faulting page by
+    // page.
+    const auto prefetch = [&](std::size_t i) {
+      for (const HfModel* m : {&base, fine_tune}) {
+        const auto& t = m->checkpoint().at(mine[i]->tensor);
+        t.file->prefetch(*t.info);
+      }
+    };
+    std::future<void> next;
+    for (std::size_t i = 0; i < mine.size(); ++i) {
+      throw_if_interrupted("compress");
+      if (next.valid()) next.get();
+      if (i + 1 < mine.size()) next = std::async(std::launch::async, prefetch, i + 1);
+      const auto& w = *mine[i];
+      const auto r = batched_pt_svd(*engine, base, {&fine_tune, 1}, w,
+                                   pt_svd_options(w, o.rank, o.oversampling, o.power_iterations, o.seed));
+      finish_module(i, r[0].svd, r[0].norm_sq);
+    }
+  };
+  const auto sync = [&] { streamed->commit(); };
+  const auto written = [&] { return streamed->written_names(); };
+  std::vector<std::string> others;
+  if (streamed) others = steps.write_share(compress_share, sync, written);
+  else agree_on(peers, compress_share);
   // Every worker's lines, then the totals summed in module order (as one worker sums them).
   double err = 0, norm = 0, stored = 0, dense = 0;
   for (const auto& part : steps.gather(lines_bytes(lines)))
@@ -272,6 +276,16 @@ CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device)
     }
   report.relative_error = norm > 0 ? std::sqrt(err / norm) : 0;
   report.storage = stored / dense;
+  if (!streamed && peers) {  // energy ranks, now known everywhere: each worker writes its modules
+    std::vector<LoraModuleShape> shapes;
+    for (const auto& m : report.modules) shapes.push_back({m.path, m.rank, m.in, m.out});
+    open_adapter(shapes);
+    others = steps.write_share(
+        [&] {
+          for (const auto& m : held) streamed->write(m.path, m.a, m.b);
+        },
+        sync, written);
+  }
   steps.commit([&] {
     throw_if_interrupted("compress");
     if (!streamed) return write_peft_adapter(o.out, held, wo);

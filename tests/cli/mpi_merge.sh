@@ -64,6 +64,13 @@ for f in adapter_model.safetensors adapter_config.json; do
   cmp -s "$work/k1/$f" "$work/k3/$f" || fail "compress, 3 ranks: $f differs from the single process's"
 done
 [ "$(sed 's/k1/kN/' "$work/k1.json")" = "$(sed 's/k3/kN/' "$work/k3.json")" ] || fail "compress, 3 ranks: the report differs"
+# Ranks chosen by energy: known after each SVD, the adapter laid out once every rank's are.
+"$revmerge" compress --base "$mk/base" --model "$mk/ft0" --rank 8 --energy 0.7 --threads 1 --device cpu -q --out "$work/e1"
+ranks 3 "$revmerge" compress --base "$mk/base" --model "$mk/ft0" --rank 8 --energy 0.7 --threads 1 --device cpu -q \
+  --out "$work/e3" || fail "compress --energy under 3 ranks failed"
+for f in adapter_model.safetensors adapter_config.json; do
+  cmp -s "$work/e1/$f" "$work/e3/$f" || fail "compress --energy, 3 ranks: $f differs from the single process's"
+done
 
 # The budgeted store of full fine-tunes: each compressed across the ranks, then stored across them.
 "$revmerge" merge --method auto --storage 0.5 --base "$mk/base" --rank 4 --threads 1 --device cpu -q \
@@ -91,6 +98,15 @@ if compgen -G "$work/.bad.*" >/dev/null; then fail "a temporary output was left 
 ranks 3 "$revmerge" merge --config "$mk/ties.yml" --threads 1 -q --out "$work/ties3" || fail "TIES under 3 ranks failed"
 for f in model.safetensors config.json; do
   cmp -s "$work/ties1/$f" "$work/ties3/$f" || fail "TIES, 3 ranks: $f differs from the single process's"
+done
+# Layer slices (stacked and merged layers): split by the output's tensors like any model.
+for cfg in ties_slices passthrough_stack; do
+  "$revmerge" merge --config "$mk/$cfg.yml" --threads 1 -q --out "$work/${cfg}1"
+  ranks 3 "$revmerge" merge --config "$mk/$cfg.yml" --threads 1 -q --out "$work/${cfg}3" || fail "$cfg under 3 ranks failed"
+  for f in "$work/${cfg}1"/*; do
+    [ "$(basename "$f")" = revmerge_recipe.json ] && continue
+    cmp -s "$f" "$work/${cfg}3/$(basename "$f")" || fail "$cfg, 3 ranks: $(basename "$f") differs from the single process's"
+  done
 done
 # On adapters: each rank merges its share of the modules, rank 0 writes the adapter.
 "$revmerge" merge --method dare_ties --density 0.5 --threads 1 -q --out "$work/dt1" "${adapters[@]}"

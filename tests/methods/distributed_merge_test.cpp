@@ -439,21 +439,29 @@ TEST(DistributedMerge, ClassicMergesOfAdaptersByTwoAndThreeWorkersAreOneProcesss
   }
 }
 
-// compress by 3 workers: the one process's adapter and report (its totals summed alike).
-TEST(DistributedMerge, CompressByThreeWorkersIsOneProcesssAdapterAndReport) {
+// compress by 3 workers: the one process's adapter and report (its totals summed alike), at
+// one rank and with ranks chosen by energy (each module's known only after its SVD).
+void expect_compress_by_three_is_one_process(double energy) {
+  SCOPED_TRACE(energy);
   test::TempDir tmp;
   const auto mk = std::filesystem::path(REVMERGE_FIXTURES) / "golden/mergekit";
   const auto options = [&](const std::filesystem::path& out) {
     CompressOptions o;
     o.base = mk / "base";
     o.model = mk / "ft1";
-    o.rank = 4;
+    o.rank = energy > 0 ? 8 : 4;  // with --energy the most each module keeps
+    o.energy = energy;
     o.out = out;
     o.device = Device::cpu;
     o.threads = 1;
     return o;
   };
   const auto one = compress_checkpoint(options(tmp / "one"));
+  if (energy > 0) {
+    std::set<std::int64_t> ranks;
+    for (const auto& m : one.modules) ranks.insert(m.rank);
+    EXPECT_GE(ranks.size(), 2u) << "the energy should choose ranks that differ between modules";
+  }
   std::vector<CompressReport> reports(3);
   const auto failed = run_workers(3, [&](Peers* peers) {
     auto o = options(tmp / "three");
@@ -471,6 +479,11 @@ TEST(DistributedMerge, CompressByThreeWorkersIsOneProcesssAdapterAndReport) {
     }
   }
   expect_same_folders(tmp / "one", tmp / "three", "compress");
+}
+
+TEST(DistributedMerge, CompressByThreeWorkersIsOneProcesssAdapterAndReport) {
+  expect_compress_by_three_is_one_process(0);
+  expect_compress_by_three_is_one_process(0.7);
 }
 
 // The test backend that behaves like a GPU.

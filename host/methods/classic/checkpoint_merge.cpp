@@ -265,11 +265,7 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
   if (o.full_model)
     throw usage_error("--full-model: the inputs are full models; the output is one already");
   if (o.rank != 0) throw usage_error("--rank: full models merge into a full model, not to a rank");
-  if (!o.slices.empty()) {
-    if (several(o.peers))
-      throw usage_error("slices: layer stacking runs in one process (start it without mpirun)");
-    return merge_layer_slices(o);
-  }
+  if (!o.slices.empty()) return merge_layer_slices(o);
   check_checkpoint_options(o);
   // Every worker opens every input; one that cannot fails them all.
   std::vector<std::unique_ptr<HfModel>> models;

@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 
+#include "distributed/agreement.hpp"
 #include "methods/classic/classic_internal.hpp"
 #include "methods/classic/combine.hpp"
 #include "methods/classic/piece_merge.hpp"
@@ -96,6 +97,12 @@ ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& o) {
     if (!m) m = std::make_unique<HfModel>(p);
     return *m;
   };
+  // Every worker opens every input first; one that cannot fails them all.
+  agree_on(several(o.peers), [&] {
+    for (const auto& sl : o.slices)
+      for (const auto& src : sl.sources) model(src.model);
+    if (!o.base.empty()) model(o.base);
+  });
   // Each slice's own options: its tasks, base and parameters.
   std::vector<ClassicMergeOptions> slice_options;
   std::vector<std::vector<std::size_t>> task_source;  // slice → source index of each task
