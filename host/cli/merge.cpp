@@ -325,6 +325,7 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   if (args.given("--memory-budget")) o.memory_budget = parse_byte_size(args.memory_budget, "--memory-budget");
   o.progress = module_progress(args.quiet || args.json, "merging");
   o.peers = command_peers();
+  o.shard_per_rank = args.shard_per_rank;
   const auto r = merge_classic(o);
   for (const auto& w : r.warnings) print_warning(w);
   if (args.json) {
@@ -354,9 +355,6 @@ void run_merge(const MergeArgs& args) {
   std::vector<TaskSource> tasks = cfg.tasks;
   for (const auto& a : args.inputs) tasks.push_back(task_from_argument(a));
   const auto method = args.given("--method") ? args.method : cfg.method.value_or(args.method);
-  if (method != "rmm" && method != "auto" && method != "rank" && args.given("--shard-per-rank"))
-    throw usage_error("--shard-per-rank: a bundle's option (--method rmm, auto or rank); a merged model is "
-                      "sharded by size");
   if (method != "rmm" && method != "auto" && method != "rank" && args.given("--gpus"))
     throw usage_error("--gpus: --method " + method + " runs on the CPU (several GPUs take rmm, auto or rank)");
   if (method == "rmm")
@@ -473,9 +471,10 @@ void add_merge_command(CLI::App& app) {
       "worker's (default: half the free host memory divided among them); the bundle is the one "
       "GPU's bytes. Under mpirun: each rank's GPUs, every rank giving as many");
   opt["--shard-per-rank"] = cmd->add_flag("--shard-per-rank", args.shard_per_rank,
-      "bundles under mpirun (or --gpus): each worker writes its own tensors into a shard of its "
-      "own, listed by bundle.safetensors.index.json, instead of all writing the one file (no file "
-      "shared between machines; the same tensors, byte for byte). One worker: one file");
+      "under mpirun (or --gpus): no file written by two workers. Bundles: each worker writes its "
+      "tensors into a shard of its own, listed by bundle.safetensors.index.json, instead of all "
+      "into the one file; models: each worker's tensors start a shard of the index (the same "
+      "tensors, byte for byte). One worker: the usual output");
   opt["--allow-nonfinite"] = cmd->add_flag("--allow-nonfinite", args.allow_nonfinite,
                 "RMM: merge adapters holding NaN or Inf instead of refusing them (the affected "
                 "positions come out non-finite)");

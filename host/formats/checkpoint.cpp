@@ -119,13 +119,17 @@ void Checkpoint::check_intact() const {
 }
 
 std::vector<std::vector<TensorSpec>> ShardedWriter::lay_out(const std::vector<TensorSpec>& specs,
-                                                             std::uint64_t max_shard_bytes) {
+                                                             std::uint64_t max_shard_bytes,
+                                                             const std::vector<std::size_t>& starts) {
   if (max_shard_bytes == 0) throw usage_error("shard size limit must be positive");
+  const std::set<std::size_t> begins(starts.begin(), starts.end());
   std::vector<std::vector<TensorSpec>> shards;
   std::uint64_t in_shard = 0;
-  for (const auto& spec : specs) {
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    const auto& spec = specs[i];
     const auto bytes = spec.nbytes();
-    if (shards.empty() || (in_shard > 0 && in_shard + bytes > max_shard_bytes)) {
+    if (shards.empty() || (in_shard > 0 && in_shard + bytes > max_shard_bytes) ||
+        (begins.count(i) && !shards.back().empty())) {
       shards.emplace_back();
       in_shard = 0;
     }
@@ -148,18 +152,20 @@ std::vector<std::vector<TensorSpec>> ShardedWriter::lay_out(const std::vector<Te
 
 ShardedWriter::ShardedWriter(const fs::path& dir, const std::vector<TensorSpec>& specs,
                              std::uint64_t max_shard_bytes,
-                             const std::map<std::string, std::string>& metadata)
+                             const std::map<std::string, std::string>& metadata,
+                             const std::vector<std::size_t>& starts)
     : dir_(dir) {
-  const auto shards = lay_out(specs, max_shard_bytes);
+  const auto shards = lay_out(specs, max_shard_bytes, starts);
   for (std::size_t i = 0; i < shards.size(); ++i)
     writers_.emplace_back(dir_ / shard_names_[i], shards[i], metadata, false);
 }
 
 ShardedWriter::ShardedWriter(Join, const fs::path& dir, const std::vector<TensorSpec>& specs,
                              std::uint64_t max_shard_bytes, const std::vector<fs::path>& writing,
-                             const std::map<std::string, std::string>& metadata)
+                             const std::map<std::string, std::string>& metadata,
+                             const std::vector<std::size_t>& starts)
     : joined_(true), dir_(dir) {
-  const auto shards = lay_out(specs, max_shard_bytes);
+  const auto shards = lay_out(specs, max_shard_bytes, starts);
   if (writing.size() != shards.size())
     throw usage_error(dir.string() + ": " + std::to_string(writing.size()) + " shards being written, " +
                       std::to_string(shards.size()) + " laid out here");

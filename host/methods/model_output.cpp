@@ -199,6 +199,15 @@ std::int64_t write_model(const HfModel& config_from, const std::vector<OutputTen
   std::vector<std::uint64_t> bytes;
   for (const auto& t : tensors) specs.push_back({t.name, t.dtype, t.shape}), bytes.push_back(specs.back().nbytes());
   SharedOutput steps(o.peers);
+  // This worker's tensors (all of them alone); with shard_per_rank every worker's first tensor
+  // starts a shard, so no shard holds two workers' tensors.
+  Peers* const peers = steps.peers();
+  const auto [first, last] = peers ? share_of(bytes, peers->rank(), peers->size())
+                                   : std::pair<std::size_t, std::size_t>{0, tensors.size()};
+  std::vector<std::size_t> starts;
+  if (peers && o.shard_per_rank)
+    for (int w = 0; w < peers->size(); ++w) starts.push_back(share_of(bytes, w, peers->size()).first);
+  const std::map<std::string, std::string> metadata{{"format", "pt"}};
   std::optional<StagedDir> staged;
   std::optional<ShardedWriter> writer;
   steps.open(
@@ -206,18 +215,15 @@ std::int64_t write_model(const HfModel& config_from, const std::vector<OutputTen
       [&] {
         staged.emplace(out, o.overwrite);
         write_model_files(config_from, staged->path(), o);
-        writer.emplace(staged->path(), specs, o.max_shard_bytes);
+        writer.emplace(staged->path(), specs, o.max_shard_bytes, metadata, starts);
         std::vector<std::string> files;
         for (const auto& f : writer->writing_paths()) files.push_back(f.string());
         return files;
       },
       [&](const std::vector<std::string>& files) {
         writer.emplace(ShardedWriter::Join{}, out, specs, o.max_shard_bytes,
-                       std::vector<fs::path>(files.begin(), files.end()));
+                       std::vector<fs::path>(files.begin(), files.end()), metadata, starts);
       });
-  // This worker's tensors (all of them alone).
-  const auto [first, last] = steps.peers() ? share_of(bytes, steps.peers()->rank(), steps.peers()->size())
-                                           : std::pair<std::size_t, std::size_t>{0, tensors.size()};
   std::vector<float> values;  // the copies' conversions, reused
   std::int64_t replaced = 0;
   const auto others = steps.write_share(

@@ -49,6 +49,9 @@ struct ModelOutputOptions {
   /// share of the tensors (balanced by bytes) into the shards worker 0 laid out; write_model is
   /// then collective and returns the count over all of them. Null: this process alone.
   Peers* peers = nullptr;
+  /// With several workers: no shard holds two workers' tensors (each worker's first tensor
+  /// starts a shard; `merge --shard-per-rank`), so every file is written from one machine.
+  bool shard_per_rank = false;
 };
 
 /// A model folder's chat template: chat_template.jinja, or tokenizer_config.json's

@@ -75,9 +75,12 @@ class Checkpoint {
 /// only when complete. Write data with write()/write_f32() in any order, then commit().
 class ShardedWriter {
  public:
+  /// `starts`: indices of specs that begin a new shard whatever the size (one shard per worker
+  /// of a merge: `--shard-per-rank`).
   ShardedWriter(const std::filesystem::path& dir, const std::vector<TensorSpec>& specs,
                 std::uint64_t max_shard_bytes,
-                const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+                const std::map<std::string, std::string>& metadata = {{"format", "pt"}},
+                const std::vector<std::size_t>& starts = {});
   void write(const std::string& name, std::span<const std::byte> data);
   /// `threads`: the conversion to the declared dtype on that many OpenMP threads.
   void write_f32(const std::string& name, std::span<const float> values, int threads = 1);
@@ -94,7 +97,8 @@ class ShardedWriter {
   struct Join {};
   ShardedWriter(Join, const std::filesystem::path& dir, const std::vector<TensorSpec>& specs,
                 std::uint64_t max_shard_bytes, const std::vector<std::filesystem::path>& writing,
-                const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+                const std::map<std::string, std::string>& metadata = {{"format", "pt"}},
+                const std::vector<std::size_t>& starts = {});
   /// Each shard's name while it is written.
   std::vector<std::filesystem::path> writing_paths() const;
   /// The tensors written here so far; tensor `name` counted as written by another writer.
@@ -103,7 +107,8 @@ class ShardedWriter {
 
  private:
   // The shards' layout: their names, which tensors each holds, the index; the specs per shard.
-  std::vector<std::vector<TensorSpec>> lay_out(const std::vector<TensorSpec>& specs, std::uint64_t max_shard_bytes);
+  std::vector<std::vector<TensorSpec>> lay_out(const std::vector<TensorSpec>& specs, std::uint64_t max_shard_bytes,
+                                               const std::vector<std::size_t>& starts);
 
   bool joined_ = false;
   std::filesystem::path dir_;

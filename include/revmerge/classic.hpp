@@ -172,10 +172,13 @@ struct ClassicMergeOptions {
   std::uint64_t memory_budget = 0;
   ProgressFn progress;
   OutputRecipe recipe;            ///< the command / config recorded in the output's recipe
-  /// Full models: the workers the merge is split across (as RmmMergeOptions::peers), each
-  /// merging a contiguous share of the tensors into the one output's shards; the same bytes as
-  /// one worker. Not for adapters, nor layer slices (one process).
+  /// The workers the merge is split across (as RmmMergeOptions::peers): full models and layer
+  /// slices by the output's tensors, each worker merging a contiguous share into the one
+  /// output's shards; adapters by modules, the merged factors exchanged and worker 0 writing the
+  /// adapter. The same bytes as one worker.
   Peers* peers = nullptr;
+  /// A model output under several workers: no shard holds two workers' tensors (ModelOutputOptions).
+  bool shard_per_rank = false;
 };
 
 /// What a classic merge wrote.

@@ -99,6 +99,11 @@ ranks 3 "$revmerge" merge --config "$mk/ties.yml" --threads 1 -q --out "$work/ti
 for f in model.safetensors config.json; do
   cmp -s "$work/ties1/$f" "$work/ties3/$f" || fail "TIES, 3 ranks: $f differs from the single process's"
 done
+# --shard-per-rank on a model: each rank's tensors in a shard of their own, listed by the index.
+ranks 3 "$revmerge" merge --config "$mk/ties.yml" --threads 1 -q --shard-per-rank --out "$work/ties3s" ||
+  fail "TIES --shard-per-rank under 3 ranks failed"
+[ "$(ls "$work/ties3s"/model-0000?-of-00003.safetensors | wc -l)" = 3 ] && [ -e "$work/ties3s/model.safetensors.index.json" ] ||
+  { ls "$work/ties3s"; fail "TIES --shard-per-rank: not 3 shards and the index"; }
 # Layer slices (stacked and merged layers): split by the output's tensors like any model.
 for cfg in ties_slices passthrough_stack; do
   "$revmerge" merge --config "$mk/$cfg.yml" --threads 1 -q --out "$work/${cfg}1"

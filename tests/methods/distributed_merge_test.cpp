@@ -395,6 +395,34 @@ TEST(DistributedMerge, TiesOfFullModelsByThreeWorkersIsOneProcesssModel) {
   });
   for (int w = 0; w < 3; ++w) EXPECT_EQ(failed[w], "") << "worker " << w;
   expect_same_folders(tmp / "one", tmp / "three", "ties");
+  // --shard-per-rank: a shard (at least) per worker, none holding two workers' tensors; the
+  // same tensors, byte for byte.
+  std::vector<std::vector<std::string>> wrote(3);
+  const auto sharded = run_workers(3, [&](Peers* peers) {
+    auto o = ties(tmp / "shards");
+    o.peers = peers;
+    o.shard_per_rank = true;
+    o.progress = [&](std::size_t, std::size_t, const std::string& name) {
+      wrote[static_cast<std::size_t>(peers->rank())].push_back(name);
+    };
+    merge_classic(o);
+  });
+  for (int w = 0; w < 3; ++w) EXPECT_EQ(sharded[w], "") << "worker " << w;
+  const Checkpoint one(tmp / "one"), shards(tmp / "shards");
+  EXPECT_EQ(one.files().size(), 1u);
+  EXPECT_EQ(shards.files().size(), 3u);
+  ASSERT_EQ(shards.tensors().size(), one.tensors().size());
+  for (const auto& [file, info] : one.tensors()) {
+    const auto* t = shards.find(info->name);
+    ASSERT_NE(t, nullptr) << info->name;
+    const auto x = file->bytes(*info), y = t->file->bytes(*t->info);
+    EXPECT_TRUE(std::equal(x.begin(), x.end(), y.begin(), y.end())) << info->name;
+  }
+  for (int w = 0; w < 3; ++w) {
+    std::set<const SafetensorsFile*> files;
+    for (const auto& name : wrote[w]) files.insert(shards.at(name).file);
+    EXPECT_EQ(files.size(), 1u) << "worker " << w << " wrote into " << files.size() << " shards";
+  }
 }
 
 // The classic methods on adapters: each worker merges its share of the modules, all exchange

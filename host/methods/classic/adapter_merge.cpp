@@ -273,6 +273,7 @@ ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& o) {
   mo.overwrite = o.overwrite;
   mo.progress = o.progress;
   mo.peers = o.peers;  // each worker its share of the tensors, into the shards worker 0 laid out
+  mo.shard_per_rank = o.shard_per_rank;
   mo.extra_files = {classic_recipe_file(o, report)};
   const auto produce = [&](const std::string& name, std::vector<float>& values) {
     const auto it = by_tensor.find(name);

@@ -92,6 +92,7 @@ ModelOutputOptions model_output_options(const ClassicMergeOptions& o, const Clas
   mo.progress = o.progress;
   mo.extra_files = {classic_recipe_file(o, report), classic_model_card(o, report)};
   mo.peers = o.peers;
+  mo.shard_per_rank = o.shard_per_rank;
   return mo;
 }
 
