@@ -3,6 +3,8 @@
 // either representation alone, and bad budgets refused by name.
 #include <gtest/gtest.h>
 
+#include <omp.h>
+
 #include <cmath>
 #include <iostream>
 #include <random>
@@ -10,6 +12,7 @@
 
 #include "methods/adapter_writer.hpp"
 #include "methods/store/allocation.hpp"
+#include "methods/store/parallel_tasks.hpp"
 #include "methods/store/shared_basis.hpp"
 #include "methods/store/shared_rows.hpp"
 #include "kernels/float_bits.hpp"
@@ -819,6 +822,22 @@ TEST(StoreAllocation, FixedOptionTakenWhereItIsWorthItsNumbers) {
   EXPECT_EQ(d[0].kept, std::vector<i64>{1});
   const auto e = allocate_max_error({m}, 0.5);  // √(0.1 / 4) ≤ 0.5 → the fixed option
   EXPECT_EQ(e[0].fixed, 0);
+}
+
+// A store worker's thread count (what its BLAS calls use) holds while the guard lives and is
+// restored after: two workers each running OpenBLAS on every core spin against each other.
+TEST(StoreThreads, AWorkersThreadCountHoldsForItsGuardAndIsRestored) {
+  const int before = omp_get_max_threads();
+  {
+    const ThreadsOfThisThread one(1);
+    EXPECT_EQ(omp_get_max_threads(), 1);
+    {
+      const ThreadsOfThisThread unchanged(0);
+      EXPECT_EQ(omp_get_max_threads(), 1);
+    }
+    EXPECT_EQ(omp_get_max_threads(), 1);
+  }
+  EXPECT_EQ(omp_get_max_threads(), before);
 }
 
 }  // namespace

@@ -26,4 +26,21 @@ void parallel_tasks(long count, int threads, F&& fn) {
     if (e) std::rethrow_exception(e);
 }
 
+/// Sets this thread's OpenMP thread count (what its parallel regions and OpenBLAS's OpenMP build
+/// use) for the guard's lifetime, then restores it; 0 leaves it as it is. Each store worker
+/// holds one: two workers each running BLAS on "all cores" spin against each other (a 2-core
+/// store took minutes instead of seconds).
+class ThreadsOfThisThread {
+ public:
+  explicit ThreadsOfThisThread(int threads) : before_(omp_get_max_threads()) {
+    if (threads > 0) omp_set_num_threads(threads);
+  }
+  ~ThreadsOfThisThread() { omp_set_num_threads(before_); }
+  ThreadsOfThisThread(const ThreadsOfThisThread&) = delete;
+  ThreadsOfThisThread& operator=(const ThreadsOfThisThread&) = delete;
+
+ private:
+  int before_;
+};
+
 }  // namespace revmerge

@@ -21,7 +21,7 @@ std::vector<double> stacked_a(const std::vector<TaskFactors>& f, i64 in) {
 
 }  // namespace
 
-SharedRows shared_rows(const std::vector<TaskFactors>& f, i64 out, i64 in) {
+SharedRows shared_rows(const std::vector<TaskFactors>& f, i64 out, i64 in, bool errors) {
   const auto n = f.size();
   SharedRows s;
   s.in = in, s.out = out;
@@ -57,10 +57,22 @@ SharedRows shared_rows(const std::vector<TaskFactors>& f, i64 out, i64 in) {
     for (i64 x = 0; x < r; ++x)
       for (i64 y = 0; y < r; ++y) s.norm_sq[i] += M[i][x * r + y] * S[(o + x) * R + o + y];
   }
-  // G = Lᵀ S L = W Λ Wᵀ; V = Aᵀ L W Λ^-½ has orthonormal columns (Λ > 0).
+  // G = Lᵀ S L = W Λ Wᵀ; V = Aᵀ L W Λ^-½ has orthonormal columns (Λ > 0). L is block diagonal,
+  // so its products go block by block (R²r each, not R³).
   std::vector<double> SL(static_cast<std::size_t>(R * R)), G(SL.size());
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, R, R, 1.0, S.data(), R, L.data(), R, 0.0, SL.data(), R);
-  cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, R, R, 1.0, L.data(), R, SL.data(), R, 0.0, G.data(), R);
+  for (std::size_t i = 0; i < n; ++i) {
+    const i64 r = f[i].rank, o = first[i];
+    if (r == 0) continue;
+    const double* Li = L.data() + o * R + o;
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, r, r, 1.0, S.data() + o, R, Li, R, 0.0,
+                SL.data() + o, R);
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    const i64 r = f[i].rank, o = first[i];
+    if (r == 0) continue;
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, R, r, 1.0, L.data() + o * R + o, R, SL.data() + o * R, R,
+                0.0, G.data() + o * R, R);
+  }
   auto W = G;
   const auto lam = symmetric_eigen(W, R);
   const double floor = lam.back() * 1e-14;
@@ -71,8 +83,13 @@ SharedRows shared_rows(const std::vector<TaskFactors>& f, i64 out, i64 in) {
     const double inv = l > floor && l > 0 ? 1 / std::sqrt(l) : 0.0;
     for (i64 x = 0; x < R; ++x) wd[x * R + c] = W[x * R + (R - 1 - c)] * inv;
   }
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, R, R, 1.0, L.data(), R, wd.data(), R, 0.0,
-              s.to_basis.data(), R);
+  for (std::size_t i = 0; i < n; ++i) {
+    const i64 r = f[i].rank, o = first[i];
+    if (r == 0) continue;
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, R, r, 1.0, L.data() + o * R + o, R, wd.data() + o * R, R,
+                0.0, s.to_basis.data() + o * R, R);
+  }
+  if (!errors) return s;
   // A V = S · to_basis; task i's share of direction k: (A_i v_k)ᵀ M_i (A_i v_k).
   std::vector<double> P(static_cast<std::size_t>(R * R));
   cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, R, R, 1.0, S.data(), R, s.to_basis.data(), R, 0.0,

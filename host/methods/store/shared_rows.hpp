@@ -23,8 +23,10 @@ struct SharedRows {
   std::vector<double> gram;          ///< R × R: A Aᵀ, the stacked A's Gram
 };
 
-/// The basis and every K's errors for tasks `f` (scale folded into B).
-SharedRows shared_rows(const std::vector<TaskFactors>& f, std::int64_t out, std::int64_t in);
+/// The basis and every K's errors for tasks `f` (scale folded into B). Without `errors` (a
+/// chosen basis stored: the errors were measured already) error_sq stays zero, which saves an
+/// R × R × R product and the per-task shares.
+SharedRows shared_rows(const std::vector<TaskFactors>& f, std::int64_t out, std::int64_t in, bool errors = true);
 
 /// The stored parts for K directions, rounded to `storage`: Vᵀ (K × in) and each task's
 /// B̃_i = s_iB_i (A_i V) (out × K), formed with V as rounded (what the bundle holds).

@@ -27,6 +27,7 @@
 #include "methods/recipe.hpp"
 #include "methods/rmm_pipeline.hpp"
 #include "methods/store/allocation.hpp"
+#include "methods/store/parallel_tasks.hpp"
 #include "methods/store/store_modules.hpp"
 #include "revmerge/compress.hpp"
 #include "revmerge/devices.hpp"
@@ -301,6 +302,7 @@ namespace {
 // The store of o.tasks by this worker of `peers` (null: the only one), computing on `threads`
 // CPU threads (o.threads is what the manifest reports).
 BundleManifest store_share(const StoreMergeOptions& o, Peers* peers, int threads) {
+  const ThreadsOfThisThread pinned(threads);
   std::optional<AdapterSet> opened;
   std::unique_ptr<Backend> be;
   const auto candidates = rmm_candidates(o);

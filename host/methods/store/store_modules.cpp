@@ -259,7 +259,7 @@ BundleModule store_rank(const PlannedModule& pm, const std::vector<TaskFactors>&
 BundleModule store_shared(const PlannedModule& pm, const std::vector<TaskFactors>& f, i64 k,
                           DType storage, SafetensorsWriter& writer, int threads) {
   const i64 n = static_cast<i64>(f.size());
-  const auto shared = with_module_context(pm.path, [&] { return shared_rows(f, pm.out, pm.in); });
+  const auto shared = with_module_context(pm.path, [&] { return shared_rows(f, pm.out, pm.in, /*errors=*/false); });
   std::vector<float> basis_t;
   std::vector<std::vector<float>> task_b;
   shared_rows_factors(shared, f, k, storage, basis_t, task_b);
@@ -290,7 +290,7 @@ BundleModule store_shared_basis(const PlannedModule& pm, const std::vector<TaskF
                                 std::array<i64, 2> k, DType storage, SafetensorsWriter& writer, int threads) {
   const i64 n = static_cast<i64>(f.size());
   const auto parts = with_module_context(pm.path, [&] {
-    return shared_basis_parts(shared_basis(f, pm.out, pm.in), f, k[0], k[1], storage);
+    return shared_basis_parts(shared_basis(f, pm.out, pm.in, /*errors=*/false), f, k[0], k[1], storage);
   });
   std::vector<i64> first(f.size(), 0);
   for (i64 t = 1; t < n; ++t) first[t] = first[t - 1] + f[t - 1].rank;
