@@ -2,10 +2,11 @@
 # `mpirun -n N revmerge merge`: the example adapters merged by 2 and 3 ranks (RMM; also a shard per
 # rank, reverted) and stored by 2 (--method auto), full fine-tunes (RMM, TIES, compress) and
 # adapters merged by DARE-TIES give the single process's bytes; a truncated input fails every rank
-# with the file named and leaves nothing; what does not split across ranks is refused by name.
-# Usage: mpi_merge.sh REVMERGE MPIEXEC SOURCE_DIR WORK_DIR
+# with the file named and leaves nothing, as does a signal; what does not split across ranks is
+# refused by name.
+# Usage: mpi_merge.sh REVMERGE MPIEXEC SOURCE_DIR WORK_DIR MAKE_ADAPTERS
 set -euo pipefail
-revmerge=$1 mpiexec=$2 src=$3 work=$4
+revmerge=$1 mpiexec=$2 src=$3 work=$4 make_adapters=$5
 rm -rf "$work" && mkdir -p "$work"
 fail() { echo "FAIL: $*"; exit 1; }
 # Open MPI refuses root without the first two, and more ranks than cores without the third
@@ -92,6 +93,24 @@ fi
 grep -q "topic/adapter_model.safetensors" "$work/bad.txt" || { cat "$work/bad.txt"; fail "the file is not named"; }
 [ ! -e "$work/bad" ] || fail "a bundle was left behind"
 if compgen -G "$work/.bad.*" >/dev/null; then fail "a temporary output was left behind"; fi
+
+# A signal mid-merge (Ctrl-C reaches mpirun, which stops the ranks with SIGTERM): every rank
+# stops, nothing written, no temporaries. The set is large enough (8 layers of 7b shapes, ~3 s)
+# for the signal to arrive while the ranks write.
+"$make_adapters" --model llama-7b --tasks 8 --rank 64 --layers 8 --out "$work/big" >/dev/null
+"$mpiexec" -n 2 "$revmerge" merge --basis 2 --threads 1 --device cpu -q --out "$work/sig" "$work"/big/task-* \
+  >"$work/sig.txt" 2>&1 &
+launcher=$!
+for _ in $(seq 400); do  # until the ranks have staged the output
+  if compgen -G "$work/.sig.revmerge-tmp*" >/dev/null; then break; fi
+  sleep 0.02
+done
+kill -INT "$launcher"
+if wait "$launcher"; then fail "an interrupted merge exited 0"; fi
+grep -q "interrupted by SIG.*; nothing was written" "$work/sig.txt" || { cat "$work/sig.txt"; fail "no interrupt message"; }
+[ ! -e "$work/sig" ] || fail "an interrupted merge left its output"
+if compgen -G "$work/.sig.*" >/dev/null; then fail "an interrupted merge left a temporary output"; fi
+rm -rf "$work/big"
 
 # The classic methods on full models: each rank merges its share of the tensors into the shards.
 "$revmerge" merge --config "$mk/ties.yml" --threads 1 -q --out "$work/ties1"
