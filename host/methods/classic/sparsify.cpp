@@ -22,8 +22,11 @@ using i64 = std::int64_t;
 
 // Statistics are kept per block of this many elements of the tensor, each block's sum taken in
 // index order (carried from piece to piece), the blocks' sums added in order: results do not
-// depend on the piece sizes or the thread count.
+// depend on the piece sizes or the thread count. A block's Σ|x| is kept in kLanes interleaved
+// lanes (element i in lane i mod kLanes, each lane in index order), added in a fixed tree at the
+// end: the additions run side by side instead of one chain of dependent adds.
 constexpr i64 kBlock = i64{1} << 16;
+constexpr i64 kLanes = 8;
 constexpr i64 kEveryone = std::numeric_limits<i64>::max();
 
 i64 block_count(i64 count) { return (count + kBlock - 1) / kBlock; }
@@ -68,18 +71,35 @@ void add_histogram(std::vector<i64>& total, std::span<const float> x, int shift,
   }
 }
 
-// Σ|x| of a piece into the blocks' sums.
-void add_abs(std::vector<double>& sums, i64 first, std::span<const float> x, int threads) {
+// For elements [b, e) of a block: term(i, l) adds element i's terms to lane l (= i mod kLanes)
+// of the caller's accumulators, elements of a lane in index order; a whole row of lanes at a
+// time where it can, so the compiler keeps them in registers.
+template <class Term>
+void in_lanes(i64 b, i64 e, Term term) {
+  i64 i = b;
+  for (; i < e && i % kLanes != 0; ++i) term(i, i % kLanes);
+  for (; i + kLanes <= e; i += kLanes)
+    for (i64 l = 0; l < kLanes; ++l) term(i + l, l);
+  for (; i < e; ++i) term(i, i % kLanes);
+}
+
+// Σ|x| of a piece into the blocks' lanes (kLanes per block).
+void add_abs(std::vector<double>& lanes, i64 first, std::span<const float> x, int threads) {
   for_blocks(first, static_cast<i64>(x.size()), threads, [&](i64 c, i64 b, i64 e) {
-    double s = sums[c];
-    for (i64 i = b; i < e; ++i) s += std::fabs(x[i - first]);
-    sums[c] = s;
+    double acc[kLanes];
+    std::copy_n(lanes.begin() + c * kLanes, kLanes, acc);
+    in_lanes(b, e, [&](i64 i, i64 l) { acc[l] += std::fabs(x[i - first]); });
+    std::copy_n(acc, kLanes, lanes.begin() + c * kLanes);
   });
 }
 
-double total(const std::vector<double>& sums) {
+// The blocks' sums (each its lanes' fixed tree), added in block order.
+double total(const std::vector<double>& lanes) {
   double s = 0;
-  for (const double v : sums) s += v;
+  for (std::size_t c = 0; c + kLanes <= lanes.size(); c += kLanes) {
+    const double* v = lanes.data() + c;
+    s += ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+  }
   return s;
 }
 
@@ -168,8 +188,8 @@ Thinning::Thinning(const ThinningSpec& spec, i64 count) : spec_(spec), count_(co
       }
       if (l1) {
         stages_ = {Stage::norms};
-        before_.assign(static_cast<std::size_t>(blocks), 0.0);
-        after_.assign(static_cast<std::size_t>(blocks), 0.0);
+        before_.assign(static_cast<std::size_t>(blocks * kLanes), 0.0);
+        after_.assign(static_cast<std::size_t>(blocks * kLanes), 0.0);
       }
       return;
   }
@@ -180,7 +200,7 @@ Thinning::Thinning(const ThinningSpec& spec, i64 count) : spec_(spec), count_(co
   } else if (l1) {
     stages_ = {Stage::norms};
   }
-  if (l1) before_.assign(static_cast<std::size_t>(blocks), 0.0);
+  if (l1) before_.assign(static_cast<std::size_t>(blocks * kLanes), 0.0);
 }
 
 double Thinning::Rule::kept_l1() const {
@@ -260,19 +280,52 @@ void Thinning::observe(i64 first, std::span<const float> x, int threads) {
         if (spec_.kind == Sparsify::della) della_keep(first, x, della, threads);
         const kernels::CounterThreshold draw(spec_.seed, spec_.stream);
         const std::uint64_t limit = kernels::CounterThreshold::limit(spec_.density);
+        const bool is_della = spec_.kind == Sparsify::della;
         for_blocks(first, size, threads, [&](i64 c, i64 b, i64 e) {
-          double before = before_[c], after = after_[c];
-          for (i64 i = b; i < e; ++i) {
+          double* const before = before_.data() + c * kLanes;
+          double* const after = after_.data() + c * kLanes;
+          // Element i: its |x| into lane l of `bl` and `al`; whether it is kept.
+          const auto one = [&](i64 i, i64 l, double* bl, double* al) {
             const double v = std::fabs(x[i - first]);
-            const bool keep = spec_.kind == Sparsify::della ? della[i - first] != 0
-                                                            : draw.below(static_cast<std::uint64_t>(i), limit);
-            before += v;
-            after += kept_or_zero(keep, v);
-            // Blocks hold whole words: no two threads write one.
-            if (whole) kept_[static_cast<std::size_t>(i / 64)] |= static_cast<std::uint64_t>(keep) << (i % 64);
+            const bool keep = is_della ? della[i - first] != 0 : draw.below(static_cast<std::uint64_t>(i), limit);
+            bl[l] += v;
+            al[l] += kept_or_zero(keep, v);
+            return keep;
+          };
+          const auto bit = [&](i64 i, bool keep) {  // blocks hold whole words: no two threads write one
+            const auto u = static_cast<std::uint64_t>(i);
+            kept_[u / 64] |= static_cast<std::uint64_t>(keep) << (u % 64);
+          };
+          i64 i = b;
+          for (; i < e && i % kLanes != 0; ++i) {  // a piece that starts inside a row of lanes
+            const bool keep = one(i, i % kLanes, before, after);
+            if (whole) bit(i, keep);
           }
-          before_[c] = before;
-          after_[c] = after;
+          // Rows of lanes with the lanes in registers; a whole tensor's decisions a word at a time
+          // (its blocks, hence b, start on a word).
+          double bl[kLanes], al[kLanes];
+          std::copy_n(before, kLanes, bl);
+          std::copy_n(after, kLanes, al);
+          if (whole) {
+            for (; i + 64 <= e; i += 64) {
+              std::uint64_t word = 0;
+              for (i64 j = 0; j < 64; j += kLanes)
+                for (i64 l = 0; l < kLanes; ++l)
+                  word |= static_cast<std::uint64_t>(one(i + j + l, l, bl, al)) << (j + l);
+              kept_[static_cast<std::uint64_t>(i) / 64] = word;
+            }
+          }
+          for (; i + kLanes <= e; i += kLanes)
+            for (i64 l = 0; l < kLanes; ++l) {
+              const bool keep = one(i + l, l, bl, al);
+              if (whole) bit(i + l, keep);
+            }
+          std::copy_n(bl, kLanes, before);
+          std::copy_n(al, kLanes, after);
+          for (; i < e; ++i) {
+            const bool keep = one(i, i % kLanes, before, after);
+            if (whole) bit(i, keep);
+          }
         });
       } else {
         add_abs(before_, first, x, threads);  // trims that keep all or nothing
@@ -363,7 +416,7 @@ void Thinning::apply(i64 first, std::span<float> x, int threads) {
         const std::uint64_t* kept = kept_.data();
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (i64 j = 0; j < size; ++j) {
-          const i64 i = first + j;
+          const auto i = static_cast<std::uint64_t>(first + j);  // unsigned: shifts, not divisions
           x[j] = kept_or_zero(((kept[i / 64] >> (i % 64)) & 1u) != 0, scaled(x[j]));
         }
       } else if (spec_.kind == Sparsify::della) {

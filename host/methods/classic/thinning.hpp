@@ -74,7 +74,7 @@ class Thinning {
   std::size_t pass_ = 0;
   std::vector<Rule> rules_;  // magnitude: one; outliers: the outer set, then the outliers in it
   std::vector<std::int64_t> high_;  // histogram of the high 16 bits
-  std::vector<double> before_, after_;  // per block: Σ|x| before and (drops) after thinning
+  std::vector<double> before_, after_;  // per block and lane: Σ|x| before and (drops) after thinning
   double factor_ = 1.0;
   std::vector<std::uint64_t> kept_;  // the drops' decisions, a bit per element (one piece only)
 };
