@@ -39,6 +39,10 @@ task=$(basename "${adapters[0]}")
 "$revmerge" revert --task "$task" --device cpu -q --out "$work/one-$task" "$work/one"
 cmp -s "$work/one-$task/adapter_model.safetensors" "$work/s3-$task/adapter_model.safetensors" ||
   fail "the sharded bundle's $task differs from the one file's"
+# The independent numpy reader takes the shards too (where numpy and safetensors are installed).
+if python3 -c 'import numpy, safetensors' 2>/dev/null; then
+  python3 "$src/tools/rmm_numpy.py" "$work/s3" >"$work/s3-numpy.txt" 2>&1 || { cat "$work/s3-numpy.txt"; fail "rmm_numpy.py on the shards"; }
+fi
 
 # The budgeted store: measured by shares, one allocation everywhere, stored by shares.
 "$revmerge" merge --method auto --storage 0.4 --threads 1 --device cpu -q --out "$work/auto1" "${adapters[@]}"

@@ -160,17 +160,25 @@ std::vector<double> energy_weights(std::span<const float> stack, i64 n, i64 coun
 
 // The tasks' (thinned) values combined element by element: weighted, sign-elected, summed and
 // divided (combine.hpp's steps after the thinning and SCE's selection). `x` is n × count.
-void combine_tasks(const CombineRecipe& r, const float* x, i64 n, i64 count, const double* w,
-                   std::span<float> out, int threads) {
-  double weight_sum = 0;
-  for (i64 t = 0; t < n; ++t) weight_sum += w[t];
-  if (std::fabs(weight_sum) < 1e-8) weight_sum = 1;  // mergekit's guard
-  // Blocks of elements, each step a loop over the block (vectorised), the tasks in order: every
-  // element's vote and sums are added in task order, as one element at a time would.
-  constexpr i64 kBlock = 512;
+namespace {
+
+// combine_tasks works in blocks of elements, each step a loop over the block (vectorised), the
+// tasks in order: every element's vote and sums are added in task order, as one element at a
+// time would.
+constexpr i64 kCombineBlock = 512;
+
+// One block, elements [b, b + kCombineBlock) ∩ [0, count), on this thread. Compiled again for
+// AVX2 and AVX-512 where the CPU has them: wider vectors for the same IEEE operations per element
+// in the same order (no FMA: the file is compiled without contraction), so the same bits on every
+// machine.
+#if defined(__x86_64__)
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+#endif
+void combine_block(const CombineRecipe& r, const float* x, i64 n, i64 count, const double* w, double weight_sum,
+                   i64 b, float* out) {
+  constexpr i64 kBlock = kCombineBlock;
   const bool elect = r.elect_sign, weighted = r.elect_on_weighted, by_count = r.election == SignElection::count;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (i64 b = 0; b < count; b += kBlock) {
+  {
     const i64 m = std::min(kBlock, count - b);
     double vote[kBlock], sum[kBlock], agreeing[kBlock], agreeing_weight[kBlock];
     for (i64 j = 0; j < m; ++j) vote[j] = sum[j] = agreeing[j] = agreeing_weight[j] = 0;
@@ -221,6 +229,17 @@ void combine_tasks(const CombineRecipe& r, const float* x, i64 n, i64 count, con
         break;
     }
   }
+}
+
+}  // namespace
+
+void combine_tasks(const CombineRecipe& r, const float* x, i64 n, i64 count, const double* w,
+                   std::span<float> out, int threads) {
+  double weight_sum = 0;
+  for (i64 t = 0; t < n; ++t) weight_sum += w[t];
+  if (std::fabs(weight_sum) < 1e-8) weight_sum = 1;  // mergekit's guard
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (i64 b = 0; b < count; b += kCombineBlock) combine_block(r, x, n, count, w, weight_sum, b, out.data());
 }
 
 void combine_stack(const CombineRecipe& r, const CombineInput& in, std::span<float> out,

@@ -114,6 +114,22 @@ bool inside(bool trivial, i64 k, std::uint32_t threshold, float v, i64& left) {
   return (b > threshold) | at;
 }
 
+// DARE's decisions are drawn this many at a time into a buffer, by draw_keeps.
+constexpr i64 kDraws = 512;
+
+// keep[j] = whether element first + j is kept (its counter draw below `limit`), j < count. One
+// loop of independent draws, compiled again for AVX2 and AVX-512 where the CPU has them (the
+// draws are integer arithmetic: the same bits everywhere).
+#if defined(__x86_64__)
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+#endif
+void draw_keeps(const kernels::CounterThreshold& draw, std::uint64_t limit, i64 first, i64 count,
+                unsigned char* keep) {
+  const std::uint64_t key = draw.key, at = static_cast<std::uint64_t>(first);
+  for (i64 j = 0; j < count; ++j)
+    keep[j] = static_cast<unsigned char>((kernels::mix64(key ^ (at + static_cast<std::uint64_t>(j))) >> 11) < limit);
+}
+
 // v where `keep`, else +0 (by a mask, not a branch).
 float kept_or_zero(bool keep, float v) {
   return std::bit_cast<float>(std::bit_cast<std::uint32_t>(v) & (0u - static_cast<std::uint32_t>(keep)));
@@ -284,47 +300,54 @@ void Thinning::observe(i64 first, std::span<const float> x, int threads) {
         for_blocks(first, size, threads, [&](i64 c, i64 b, i64 e) {
           double* const before = before_.data() + c * kLanes;
           double* const after = after_.data() + c * kLanes;
-          // Element i: its |x| into lane l of `bl` and `al`; whether it is kept.
-          const auto one = [&](i64 i, i64 l, double* bl, double* al) {
-            const double v = std::fabs(x[i - first]);
-            const bool keep = is_della ? della[i - first] != 0 : draw.below(static_cast<std::uint64_t>(i), limit);
-            bl[l] += v;
-            al[l] += kept_or_zero(keep, v);
-            return keep;
-          };
           const auto bit = [&](i64 i, bool keep) {  // blocks hold whole words: no two threads write one
             const auto u = static_cast<std::uint64_t>(i);
             kept_[u / 64] |= static_cast<std::uint64_t>(keep) << (u % 64);
           };
-          i64 i = b;
-          for (; i < e && i % kLanes != 0; ++i) {  // a piece that starts inside a row of lanes
-            const bool keep = one(i, i % kLanes, before, after);
-            if (whole) bit(i, keep);
-          }
-          // Rows of lanes with the lanes in registers; a whole tensor's decisions a word at a time
-          // (its blocks, hence b, start on a word).
-          double bl[kLanes], al[kLanes];
-          std::copy_n(before, kLanes, bl);
-          std::copy_n(after, kLanes, al);
-          if (whole) {
-            for (; i + 64 <= e; i += 64) {
-              std::uint64_t word = 0;
-              for (i64 j = 0; j < 64; j += kLanes)
-                for (i64 l = 0; l < kLanes; ++l)
-                  word |= static_cast<std::uint64_t>(one(i + j + l, l, bl, al)) << (j + l);
-              kept_[static_cast<std::uint64_t>(i) / 64] = word;
+          unsigned char drawn[kDraws];
+          // The block in runs of kDraws elements (a run of a whole tensor starts on a word, as its
+          // blocks do), each run's decisions drawn first, in one vectorised loop.
+          for (i64 s = b; s < e; s += kDraws) {
+            const i64 t = std::min(e, s + kDraws);
+            const unsigned char* keeps = is_della ? della.data() + (s - first) : drawn;
+            if (!is_della) draw_keeps(draw, limit, s, t - s, drawn);
+            // Element i: its |x| into lane l of `bl` and `al`; whether it is kept.
+            const auto one = [&](i64 i, i64 l, double* bl, double* al) {
+              const double v = std::fabs(x[i - first]);
+              const bool keep = keeps[i - s] != 0;
+              bl[l] += v;
+              al[l] += kept_or_zero(keep, v);
+              return keep;
+            };
+            i64 i = s;
+            for (; i < t && i % kLanes != 0; ++i) {  // a piece that starts inside a row of lanes
+              const bool keep = one(i, i % kLanes, before, after);
+              if (whole) bit(i, keep);
             }
-          }
-          for (; i + kLanes <= e; i += kLanes)
-            for (i64 l = 0; l < kLanes; ++l) {
-              const bool keep = one(i + l, l, bl, al);
-              if (whole) bit(i + l, keep);
+            // Rows of lanes with the lanes in registers; a whole tensor's decisions a word at a time.
+            double bl[kLanes], al[kLanes];
+            std::copy_n(before, kLanes, bl);
+            std::copy_n(after, kLanes, al);
+            if (whole) {
+              for (; i + 64 <= t; i += 64) {
+                std::uint64_t word = 0;
+                for (i64 j = 0; j < 64; j += kLanes)
+                  for (i64 l = 0; l < kLanes; ++l)
+                    word |= static_cast<std::uint64_t>(one(i + j + l, l, bl, al)) << (j + l);
+                kept_[static_cast<std::uint64_t>(i) / 64] = word;
+              }
             }
-          std::copy_n(bl, kLanes, before);
-          std::copy_n(al, kLanes, after);
-          for (; i < e; ++i) {
-            const bool keep = one(i, i % kLanes, before, after);
-            if (whole) bit(i, keep);
+            for (; i + kLanes <= t; i += kLanes)
+              for (i64 l = 0; l < kLanes; ++l) {
+                const bool keep = one(i + l, l, bl, al);
+                if (whole) bit(i + l, keep);
+              }
+            std::copy_n(bl, kLanes, before);
+            std::copy_n(al, kLanes, after);
+            for (; i < t; ++i) {
+              const bool keep = one(i, i % kLanes, before, after);
+              if (whole) bit(i, keep);
+            }
           }
         });
       } else {
@@ -424,8 +447,12 @@ void Thinning::apply(i64 first, std::span<float> x, int threads) {
         for (i64 j = 0; j < size; ++j) x[j] = kept_or_zero(della[j] != 0, scaled(x[j]));
       } else {
 #pragma omp parallel for num_threads(threads) schedule(static)
-        for (i64 j = 0; j < size; ++j)
-          x[j] = kept_or_zero(draw.below(static_cast<std::uint64_t>(first + j), limit), scaled(x[j]));
+        for (i64 s = 0; s < size; s += kDraws) {
+          const i64 m = std::min(kDraws, size - s);
+          unsigned char keep[kDraws];
+          draw_keeps(draw, limit, first + s, m, keep);
+          for (i64 j = 0; j < m; ++j) x[s + j] = kept_or_zero(keep[j] != 0, scaled(x[s + j]));
+        }
       }
       kept_ = {};
       break;
