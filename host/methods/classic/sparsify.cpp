@@ -138,6 +138,58 @@ double kept_or_zero(bool keep, double v) {
   return std::bit_cast<double>(std::bit_cast<std::uint64_t>(v) & (std::uint64_t{0} - static_cast<std::uint64_t>(keep)));
 }
 
+// Elements [s, t) of a block: Σ|x| into its lanes `before` and, of those `keeps[i − s]` keeps, into
+// `after` (kLanes each, every lane in index order); with `words` (a whole tensor: s on a word,
+// as its blocks and runs start) the decisions also go into its bit words — no two threads write
+// one. `x` starts at element s. Compiled again for AVX2 and AVX-512 where the CPU has them: the
+// same additions in the same order per lane, so the same bits on every machine.
+#if defined(__x86_64__)
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+#endif
+void add_kept_norms(const float* x, const unsigned char* keeps, i64 s, i64 t, double* before, double* after,
+                    std::uint64_t* words) {
+  // Element i: its |x| into lane l of `bl` and `al`; whether it is kept.
+  const auto one = [&](i64 i, i64 l, double* bl, double* al) {
+    const double v = std::fabs(x[i - s]);
+    const bool keep = keeps[i - s] != 0;
+    bl[l] += v;
+    al[l] += kept_or_zero(keep, v);
+    return keep;
+  };
+  const auto bit = [&](i64 i, bool keep) {
+    const auto u = static_cast<std::uint64_t>(i);
+    words[u / 64] |= static_cast<std::uint64_t>(keep) << (u % 64);
+  };
+  i64 i = s;
+  for (; i < t && i % kLanes != 0; ++i) {  // a piece that starts inside a row of lanes
+    const bool keep = one(i, i % kLanes, before, after);
+    if (words) bit(i, keep);
+  }
+  // Rows of lanes with the lanes in registers; a whole tensor's decisions a word at a time.
+  double bl[kLanes], al[kLanes];
+  std::copy_n(before, kLanes, bl);
+  std::copy_n(after, kLanes, al);
+  if (words) {
+    for (; i + 64 <= t; i += 64) {
+      std::uint64_t word = 0;
+      for (i64 j = 0; j < 64; j += kLanes)
+        for (i64 l = 0; l < kLanes; ++l) word |= static_cast<std::uint64_t>(one(i + j + l, l, bl, al)) << (j + l);
+      words[static_cast<std::uint64_t>(i) / 64] = word;
+    }
+  }
+  for (; i + kLanes <= t; i += kLanes)
+    for (i64 l = 0; l < kLanes; ++l) {
+      const bool keep = one(i + l, l, bl, al);
+      if (words) bit(i + l, keep);
+    }
+  std::copy_n(bl, kLanes, before);
+  std::copy_n(al, kLanes, after);
+  for (; i < t; ++i) {
+    const bool keep = one(i, i % kLanes, before, after);
+    if (words) bit(i, keep);
+  }
+}
+
 }  // namespace
 
 std::vector<i64> tie_allowances(const std::vector<i64>& equal, i64 equal_left) {
@@ -300,10 +352,6 @@ void Thinning::observe(i64 first, std::span<const float> x, int threads) {
         for_blocks(first, size, threads, [&](i64 c, i64 b, i64 e) {
           double* const before = before_.data() + c * kLanes;
           double* const after = after_.data() + c * kLanes;
-          const auto bit = [&](i64 i, bool keep) {  // blocks hold whole words: no two threads write one
-            const auto u = static_cast<std::uint64_t>(i);
-            kept_[u / 64] |= static_cast<std::uint64_t>(keep) << (u % 64);
-          };
           unsigned char drawn[kDraws];
           // The block in runs of kDraws elements (a run of a whole tensor starts on a word, as its
           // blocks do), each run's decisions drawn first, in one vectorised loop.
@@ -311,43 +359,7 @@ void Thinning::observe(i64 first, std::span<const float> x, int threads) {
             const i64 t = std::min(e, s + kDraws);
             const unsigned char* keeps = is_della ? della.data() + (s - first) : drawn;
             if (!is_della) draw_keeps(draw, limit, s, t - s, drawn);
-            // Element i: its |x| into lane l of `bl` and `al`; whether it is kept.
-            const auto one = [&](i64 i, i64 l, double* bl, double* al) {
-              const double v = std::fabs(x[i - first]);
-              const bool keep = keeps[i - s] != 0;
-              bl[l] += v;
-              al[l] += kept_or_zero(keep, v);
-              return keep;
-            };
-            i64 i = s;
-            for (; i < t && i % kLanes != 0; ++i) {  // a piece that starts inside a row of lanes
-              const bool keep = one(i, i % kLanes, before, after);
-              if (whole) bit(i, keep);
-            }
-            // Rows of lanes with the lanes in registers; a whole tensor's decisions a word at a time.
-            double bl[kLanes], al[kLanes];
-            std::copy_n(before, kLanes, bl);
-            std::copy_n(after, kLanes, al);
-            if (whole) {
-              for (; i + 64 <= t; i += 64) {
-                std::uint64_t word = 0;
-                for (i64 j = 0; j < 64; j += kLanes)
-                  for (i64 l = 0; l < kLanes; ++l)
-                    word |= static_cast<std::uint64_t>(one(i + j + l, l, bl, al)) << (j + l);
-                kept_[static_cast<std::uint64_t>(i) / 64] = word;
-              }
-            }
-            for (; i + kLanes <= t; i += kLanes)
-              for (i64 l = 0; l < kLanes; ++l) {
-                const bool keep = one(i + l, l, bl, al);
-                if (whole) bit(i + l, keep);
-              }
-            std::copy_n(bl, kLanes, before);
-            std::copy_n(al, kLanes, after);
-            for (; i < t; ++i) {
-              const bool keep = one(i, i % kLanes, before, after);
-              if (whole) bit(i, keep);
-            }
+            add_kept_norms(x.data() + (s - first), keeps, s, t, before, after, whole ? kept_.data() : nullptr);
           }
         });
       } else {
