@@ -209,7 +209,7 @@ BundleManifest on_gpus(const RmmMergeOptions& o, const std::function<BundleManif
     RmmMergeOptions w = o;
     w.gpus.clear();
     w.device = Device::cuda;
-    w.gpu = o.gpus[static_cast<std::size_t>(peers.rank())];
+    w.gpu = o.gpus[static_cast<std::size_t>(peers.rank() % n)];  // this process's entry (nested: rank p·n + i)
     w.peers = &peers;
     w.memory_budget = memory;
     w.threads = threads;

@@ -481,7 +481,7 @@ BundleManifest on_gpus(const StoreMergeOptions& o) {
   w.progress = progress.progress();
   auto manifest = on_local_workers<BundleManifest>(n, [&](Peers& peers) {
     StoreMergeOptions mine = w;
-    mine.gpu = o.gpus[static_cast<std::size_t>(peers.rank())];
+    mine.gpu = o.gpus[static_cast<std::size_t>(peers.rank() % n)];  // this process's entry (nested: rank p·n + i)
     mine.peers = &peers;
     if (peers.rank() > 0) mine.compress_progress = {};  // worker 0 reports the compression
     return merge_store(mine);
