@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <system_error>
 
 #include "core/mapping_guard.hpp"
@@ -185,9 +186,15 @@ StagedDir::StagedDir(fs::path target, bool overwrite)
 }
 
 StagedDir::~StagedDir() {
-  if (!committed_) {
-    std::error_code ec;
+  if (committed_) return;
+  // The other workers of a merge may be removing their own temporary files from the folder as
+  // this runs (each with a shard of its own, leaving on the same failure): a file that vanishes
+  // mid-walk stops remove_all, so it walks again while the folder is there.
+  std::error_code ec;
+  for (int attempt = 0; attempt < 20; ++attempt) {
     fs::remove_all(temp_, ec);
+    if (!fs::exists(temp_, ec)) return;
+    std::this_thread::yield();
   }
 }
 
