@@ -71,13 +71,11 @@ SafetensorsWriter& SharedBundle::writer() {
 std::uint64_t SharedBundle::bytes_written() const { return writer_ ? writer_->file_size() : 0; }
 
 void SharedBundle::write_share(const std::function<void()>& write) {
-  if (sharded_) {  // each worker commits its own shard into the staged folder
-    steps_.write_share(
-        [&] {
-          write();
-          if (writer_) writer_->commit();
-        },
-        [] {}, [] { return std::vector<std::string>{}; });
+  if (sharded_) {  // each worker commits its own shard into the staged folder: nothing to tell worker 0
+    agree_on(steps_.peers(), [&] {
+      write();
+      if (writer_) writer_->commit();
+    });
     return;
   }
   others_wrote_ = steps_.write_share(

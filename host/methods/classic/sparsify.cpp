@@ -125,9 +125,8 @@ constexpr i64 kDraws = 512;
 #endif
 void draw_keeps(const kernels::CounterThreshold& draw, std::uint64_t limit, i64 first, i64 count,
                 unsigned char* keep) {
-  const std::uint64_t key = draw.key, at = static_cast<std::uint64_t>(first);
-  for (i64 j = 0; j < count; ++j)
-    keep[j] = static_cast<unsigned char>((kernels::mix64(key ^ (at + static_cast<std::uint64_t>(j))) >> 11) < limit);
+  const auto at = static_cast<std::uint64_t>(first);
+  for (i64 j = 0; j < count; ++j) keep[j] = draw.below(at + static_cast<std::uint64_t>(j), limit);
 }
 
 // v where `keep`, else +0 (by a mask, not a branch).
