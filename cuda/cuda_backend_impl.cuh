@@ -55,6 +55,7 @@ class CudaBackend final : public Backend {
   void rmm_positions(const kernels::RmmModuleArgs& args, Stream s) override;
   void rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) override;
   void materialize(const kernels::MaterializeArgs& args, Stream s) override;
+  void elementwise(const kernels::ElementwiseStep& step, Stream s) override;
 
   // cuda_dense_f64.cu
   void gemm_f64(Op op_a, std::int64_t rows, std::int64_t cols, std::int64_t inner,

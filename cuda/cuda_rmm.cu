@@ -12,6 +12,7 @@
 
 #include "cuda_backend_impl.cuh"
 #include "cuda_check.hpp"
+#include "kernels/elementwise.hpp"
 #include "kernels/rmm_errors.hpp"
 #include "kernels/rmm_position.hpp"
 
@@ -118,6 +119,12 @@ void CudaBackend::rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) {
 void CudaBackend::materialize(const kernels::MaterializeArgs& args, Stream s) {
   use_device();
   for_each_index(stream(s), args.elements, kernels::MaterializeElements{args});
+}
+
+// A step of an element-wise merge: an index per thread (an element, a tie chunk, a block's lane).
+void CudaBackend::elementwise(const kernels::ElementwiseStep& step, Stream s) {
+  use_device();
+  for_each_index(stream(s), kernels::step_indices(step), kernels::ElementwiseIndices{step});
 }
 
 }  // namespace revmerge::cuda

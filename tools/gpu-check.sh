@@ -189,6 +189,27 @@ full_models() {
 }
 export -f full_models
 step full-models full-models.log 240 bash -c full_models
+# The element-wise full-model merges on the GPU (issue 22): TIES, DARE-TIES and task arithmetic
+# of 3 of the 7b layer's bf16 fine-tunes on --device cuda and cpu, timed file to file; the two
+# outputs must be byte-identical (the same kernels/elementwise.hpp steps on both).
+classic_gpu() {
+  local m=$out/models-7b dev method density t0 ms
+  for method in ties dare_ties task_arithmetic; do
+    density=(--density 0.3)
+    [ $method = task_arithmetic ] && density=()
+    for dev in cuda cpu; do
+      t0=$(date +%s%N)
+      "$revmerge" merge --method $method --device $dev --base "$m/base" "${density[@]}" --force --quiet \
+        --out "$out/classic-$method-$dev" "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
+      ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+      echo "$method, 3 bf16 fine-tunes of a 7b layer, on $dev: $ms ms file to file"
+    done
+    cmp "$out/classic-$method-cuda/model.safetensors" "$out/classic-$method-cpu/model.safetensors" &&
+      echo "$method: GPU and CPU outputs byte-identical" || return 1
+  done
+}
+export -f classic_gpu
+step classic-7b-gpu classic-7b-gpu.log 150 bash -c classic_gpu
 # compress on the GPU, traced (issue 23 asks for the trace first), then against mergekit-extract-lora
 # --cuda on the same files where the machine's Python has torch and transformers and mergekit
 # was carried along (build/mergekit-pkg: `pip install --target build/mergekit-pkg --no-deps

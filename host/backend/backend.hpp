@@ -16,6 +16,7 @@
 #include <string>
 #include <utility>
 
+#include "kernels/elementwise.hpp"
 #include "kernels/materialize.hpp"
 #include "kernels/rmm_errors.hpp"
 #include "kernels/rmm_position.hpp"
@@ -193,6 +194,9 @@ class Backend {
   /// runs a tile of rows × columns per step, the GPU an element per thread, in one launch.
   /// Same bits.
   virtual void materialize(const kernels::MaterializeArgs& args, Stream s) = 0;
+  /// kernels::elementwise_index for every index of `step` (kernels::step_indices): one step of
+  /// an element-wise classic merge over a piece of a tensor. Same bits.
+  virtual void elementwise(const kernels::ElementwiseStep& step, Stream s) = 0;
 
   // --- f64, column-major: the PT-SVD of full fine-tunes (methods/lowrank/batched_pt_svd.hpp) ---
   /// C = op(A) · B for every matrix of the batch; a stride of 0 broadcasts A or B.

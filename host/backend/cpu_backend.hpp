@@ -45,6 +45,7 @@ class CpuBackend final : public Backend {
   void rmm_positions(const kernels::RmmModuleArgs& args, Stream s) override;
   void rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) override;
   void materialize(const kernels::MaterializeArgs& args, Stream s) override;
+  void elementwise(const kernels::ElementwiseStep& step, Stream s) override;
 
   // cpu_dense_f64.cpp
   void gemm_f64(Op op_a, std::int64_t rows, std::int64_t cols, std::int64_t inner,

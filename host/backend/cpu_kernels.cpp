@@ -7,6 +7,7 @@
 #include <thrust/system/omp/execution_policy.h>
 
 #include "backend/cpu_backend.hpp"
+#include "kernels/elementwise.hpp"
 #include "kernels/lowrank_kernels.hpp"
 #include "revmerge/error.hpp"
 
@@ -35,6 +36,10 @@ void CpuBackend::lora_stacks_f64(const double* u, const double* v, const double*
                                  std::int64_t k, std::int64_t r, float* a, float* b, Stream) {
   run(tasks * r * in, kernels::LoraStackA{u, in, k, r, a});
   run(tasks * out * r, kernels::LoraStackB{v, s, out, k, r, b});
+}
+
+void CpuBackend::elementwise(const kernels::ElementwiseStep& step, Stream) {
+  run(kernels::step_indices(step), kernels::ElementwiseIndices{step});
 }
 
 }  // namespace revmerge

@@ -259,10 +259,12 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   if (cfg.storage || cfg.max_error || cfg.objective)
     throw usage_error(cfg.file + ": '" + (cfg.storage ? "storage" : cfg.max_error ? "max_error" : "objective") +
                       "': a setting of --method auto and rank only");
-  if (args.device != "auto" && args.device != "cpu")
-    throw usage_error("--device " + args.device +
-                      ": the classic methods run on the CPU in this version (RMM runs on the GPU)");
   ClassicMergeOptions o;
+  // auto stays on the CPU for these methods: their GPU path is asked for by name.
+  o.device = parse_device_option(args.device) == Device::cuda ? Device::cuda : Device::cpu;
+  o.gpu = args.gpu;
+  if (!args.given("--gpu") && o.device == Device::cuda)
+    if (const auto gpu = gpu_of_this_rank()) o.gpu = *gpu;
   o.method = parse_classic_method(method);
   const auto mode = args.given("--mode") ? args.mode : cfg.mode.value_or(args.mode);
   if (mode != "separate" && mode != "combined")
@@ -461,7 +463,9 @@ void add_merge_command(CLI::App& app) {
       "adapters: write base + merged delta as a full model instead of an adapter");
   cmd->add_flag("--force", args.force, "replace an existing output folder");
   cmd->add_option("--threads", args.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--device", args.device, "cpu, cuda or auto (default: cuda when a GPU is usable)");
+  cmd->add_option("--device", args.device,
+                  "cpu, cuda or auto (default: cuda when a GPU is usable; the classic methods stay on the CPU "
+                  "unless given cuda, which runs the element-wise merges of full models)");
   opt["--gpu"] = cmd->add_option("--gpu", args.gpu,
       "CUDA device index (default 0; under mpirun each rank of a machine its own: its rank there "
       "modulo the GPUs)")->check(CLI::NonNegativeNumber);

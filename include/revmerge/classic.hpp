@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "revmerge/devices.hpp"
 #include "revmerge/dtype.hpp"
 #include "revmerge/rmm.hpp"
 
@@ -167,6 +168,11 @@ struct ClassicMergeOptions {
   bool overwrite = false;
   bool allow_nonfinite = false;
   int threads = 0;
+  /// Where full models merge: on the CPU, or (Device::cuda) on GPU `gpu` — the element-wise
+  /// methods but della and sce in this version, the bytes the CPU writes. `automatic` is the
+  /// CPU here.
+  Device device = Device::cpu;
+  int gpu = 0;
   /// Full models: the memory a merge may hold (0: half of what is available); tensors are
   /// merged in pieces that fit it (--memory-budget).
   std::uint64_t memory_budget = 0;

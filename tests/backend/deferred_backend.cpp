@@ -104,6 +104,9 @@ class DeferredBackend final : public Backend {
   void materialize(const kernels::MaterializeArgs& args, Stream s) override {
     enqueue(s, [args, this] { cpu_->materialize(args, {}); });
   }
+  void elementwise(const kernels::ElementwiseStep& step, Stream s) override {
+    enqueue(s, [step, this] { cpu_->elementwise(step, {}); });
+  }
 
   void gemm_f64(Op op_a, i64 rows, i64 cols, i64 inner, const double* a, i64 lda, i64 stride_a,
                 const double* b, i64 ldb, i64 stride_b, double* c, i64 ldc, i64 stride_c, i64 batch,

@@ -8,8 +8,10 @@
 #include <cmath>
 #include <memory>
 
+#include "backend/registry.hpp"
 #include "methods/classic/classic_internal.hpp"
 #include "methods/classic/combine.hpp"
+#include "methods/classic/combine_on_backend.hpp"
 #include "methods/classic/piece_merge.hpp"
 #include "methods/classic/thinning.hpp"
 #include "distributed/agreement.hpp"
@@ -262,10 +264,31 @@ void merge_whole_tensor(const ClassicMergeOptions& o, TensorInputs& in, std::spa
   else throw std::logic_error("merge_whole_tensor: --method " + to_string(o.method) + " merges in pieces");
 }
 
+void check_device(const ClassicMergeOptions& o) {
+  if (o.device != Device::cuda) return;
+  const std::string cpu_only = " runs on the CPU only in this version (on a GPU: the element-wise merges of full models)";
+  if (!o.slices.empty()) throw usage_error("--device cuda: layer slices (slices:)" + cpu_only);
+  if (!is_elementwise(o.method)) throw usage_error("--device cuda: --method " + to_string(o.method) + cpu_only);
+  if (const auto why = backend_combine_refusal(o); !why.empty()) throw usage_error("--device cuda: " + why);
+}
+
 ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
+  std::function<std::unique_ptr<Backend>()> backend;
+  if (o.device == Device::cuda) {
+    BackendOptions bo;
+    bo.threads = o.threads;
+    bo.device = o.gpu;
+    backend = [bo] { return make_backend(Device::cuda, bo); };
+  }
+  return merge_classic_checkpoints_on(o, backend);
+}
+
+ClassicMergeReport merge_classic_checkpoints_on(const ClassicMergeOptions& o,
+                                                const std::function<std::unique_ptr<Backend>()>& make) {
   if (o.full_model)
     throw usage_error("--full-model: the inputs are full models; the output is one already");
   if (o.rank != 0) throw usage_error("--rank: full models merge into a full model, not to a rank");
+  check_device(o);
   if (!o.slices.empty()) return merge_layer_slices(o);
   check_checkpoint_options(o);
   // Every worker opens every input; one that cannot fails them all.
@@ -293,6 +316,9 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
       check_fits(plan, *merger(t), to_string(o.method), t.info->name, static_cast<std::int64_t>(t.info->numel()));
   TensorInputs in;  // its memory reused from tensor to tensor
   FloatBuffer merged;
+  // On a backend (a GPU): its buffers made on the first tensor this worker merges.
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<CombineOnBackend> on_backend;
   const PieceProducer produce = [&](const std::string& name, std::uint64_t, const PieceSink& sink) {
     const auto& t = layout.checkpoint().at(name);
     TensorSources src;
@@ -300,6 +326,14 @@ ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& o) {
     for (std::size_t i = 0; i < models.size(); ++i) {
       src.models.push_back(&models[i]->checkpoint().at(name));
       src.model_where.push_back("task '" + o.tasks[i].name + "'");
+    }
+    if (make) {
+      if (!on_backend) {
+        backend = make();
+        on_backend = std::make_unique<CombineOnBackend>(*backend, models.size(), base != nullptr, plan.max_elements);
+      }
+      on_backend->merge(options_for_tensor(o, name, layer_position(name, layers)), name, t.info->shape, src, sink);
+      return true;
     }
     auto m = merger(t);
     merge_in_pieces(*m, name, t.info->shape, src, plan, in, merged, sink, threads);

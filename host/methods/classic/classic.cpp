@@ -357,6 +357,9 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
     if (has_tensor_parameters(o))
       throw usage_error("per-tensor parameters (a config's gradients and filters) apply to full "
                         "models; the inputs are LoRA adapters");
+    if (o.device == Device::cuda)
+      throw usage_error("--device cuda: merges of LoRA adapters by --method " + to_string(o.method) +
+                        " run on the CPU in this version (an adapter's factors are small; RMM runs on the GPU)");
     return merge_classic_adapters(o);
   }
   if (adapters == 0) return merge_classic_checkpoints(o);

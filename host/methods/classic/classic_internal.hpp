@@ -1,6 +1,7 @@
 #pragma once
 // Shared pieces of the classic-method drivers (adapters and checkpoints).
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -13,6 +14,8 @@
 #include "revmerge/hf_model.hpp"
 
 namespace revmerge {
+
+class Backend;
 
 /// The per-task weights (default 1), densities (default 1), gammas (default 0.01) and epsilons
 /// (default 0.15) of a merge of n tasks — one value for all or one per task — checked: counts,
@@ -81,6 +84,11 @@ void check_tensor_parameters(const ClassicMergeOptions& options, const HfModel& 
 
 ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& options);
 ClassicMergeReport merge_classic_checkpoints(const ClassicMergeOptions& options);
+/// The same with the element-wise merges on the backend `make` returns (made when the first
+/// tensor is merged; empty: on the CPU, whatever options.device says) — tests give the CPU and
+/// the deferred test backends.
+ClassicMergeReport merge_classic_checkpoints_on(const ClassicMergeOptions& options,
+                                                const std::function<std::unique_ptr<Backend>()>& make);
 
 // Full models are merged one output tensor at a time: the driver (checkpoint_merge.cpp) checks
 // the options once, gathers each tensor's inputs, resolves its per-tensor parameters and hands

@@ -7,12 +7,13 @@
 #include <string>
 #include <vector>
 
+#include "kernels/elementwise.hpp"
 #include "revmerge/classic.hpp"
 
 namespace revmerge {
 
 enum class Rescale { none, inverse_density, l1 };
-enum class Normalize { none, agreeing_count, agreeing_weight, weight_sum, agreeing_weight_floor };
+using Normalize = kernels::CombineNormalize;
 enum class Convention { peft, mergekit };
 /// How each task's own values are thinned before they are combined (docs/methods.md):
 /// magnitude keeps the top ⌊density · count⌋ by |x|; random (DARE) keeps each element with

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/counter_rng.hpp"
+#include "kernels/elementwise.hpp"
 #include "methods/classic/thinning.hpp"
 #include "revmerge/error.hpp"
 
@@ -25,14 +26,14 @@ using i64 = std::int64_t;
 // depend on the piece sizes or the thread count. A block's Σ|x| is kept in kLanes interleaved
 // lanes (element i in lane i mod kLanes, each lane in index order), added in a fixed tree at the
 // end: the additions run side by side instead of one chain of dependent adds.
-constexpr i64 kBlock = i64{1} << 16;
-constexpr i64 kLanes = 8;
+// The blocks and lanes are kernels/elementwise.hpp's: a backend gathers the same sums.
+constexpr i64 kBlock = kernels::kStatBlock;
+constexpr i64 kLanes = kernels::kStatLanes;
 constexpr i64 kEveryone = std::numeric_limits<i64>::max();
+using kernels::kept_or_zero;
+using kernels::magnitude_bits;
 
 i64 block_count(i64 count) { return (count + kBlock - 1) / kBlock; }
-
-// |v| as ordered bits: for finite floats the order of these integers is the order of |v|.
-std::uint32_t magnitude_bits(float v) { return std::bit_cast<std::uint32_t>(v) & 0x7fffffffu; }
 
 // f(block, begin, end) for every block meeting elements [first, first + size), with begin and
 // end the block's part of them (tensor indices), blocks in parallel.
@@ -130,9 +131,6 @@ void draw_keeps(const kernels::CounterThreshold& draw, std::uint64_t limit, i64 
 }
 
 // v where `keep`, else +0 (by a mask, not a branch).
-float kept_or_zero(bool keep, float v) {
-  return std::bit_cast<float>(std::bit_cast<std::uint32_t>(v) & (0u - static_cast<std::uint32_t>(keep)));
-}
 double kept_or_zero(bool keep, double v) {
   return std::bit_cast<double>(std::bit_cast<std::uint64_t>(v) & (std::uint64_t{0} - static_cast<std::uint64_t>(keep)));
 }
@@ -217,7 +215,7 @@ Thinning::Thinning(const ThinningSpec& spec, i64 count) : spec_(spec), count_(co
     else {
       r.low.assign(65536, 0);
       r.equal.assign(static_cast<std::size_t>(blocks), 0);
-      r.above_sum.assign(static_cast<std::size_t>(blocks), 0.0);
+      r.above_sum.assign(static_cast<std::size_t>(blocks * kLanes), 0.0);
     }
     return r;
   };
@@ -272,9 +270,7 @@ Thinning::Thinning(const ThinningSpec& spec, i64 count) : spec_(spec), count_(co
 
 double Thinning::Rule::kept_l1() const {
   if (trivial) return 0;  // the caller counts a rule that keeps everything
-  double s = 0;
-  for (const double v : above_sum) s += v;
-  return s + static_cast<double>(equal_left) * std::bit_cast<float>(threshold);
+  return total(above_sum) + static_cast<double>(equal_left) * std::bit_cast<float>(threshold);
 }
 
 void Thinning::della_keep(i64 first, std::span<const float> x, std::vector<unsigned char>& keep,
@@ -330,10 +326,13 @@ void Thinning::observe(i64 first, std::span<const float> x, int threads) {
           for (i64 i = b; i < e; ++i) equal += magnitude_bits(x[i - first]) == r.threshold;
           r.equal[c] += equal;
           if (!l1) return;
-          double above = r.above_sum[c];
-          for (i64 i = b; i < e; ++i)
-            if (magnitude_bits(x[i - first]) > r.threshold) above += std::fabs(x[i - first]);
-          r.above_sum[c] = above;
+          double above[kLanes];
+          std::copy_n(r.above_sum.begin() + c * kLanes, kLanes, above);
+          in_lanes(b, e, [&](i64 i, i64 l) {
+            const float v = x[i - first];
+            above[l] += kept_or_zero(magnitude_bits(v) > r.threshold, static_cast<double>(std::fabs(v)));
+          });
+          std::copy_n(above, kLanes, r.above_sum.begin() + c * kLanes);
         });
       }
       break;

@@ -49,6 +49,9 @@ class Thinning {
   void run(std::span<float> x, int threads);
 
  private:
+  // The backend's driver (thinning_on_backend.cpp) gathers this class's statistics on a device
+  // and runs its decisions there; the arithmetic deciding them (end_pass) stays here.
+  friend class ThinningOnBackend;
   enum class Stage { high_bits, low_bits, equal_counts, norms };
   // The k largest magnitudes: those above `threshold` (as ordered bits), and of the elements
   // equal to it the first `equal_left` by index.
@@ -60,7 +63,7 @@ class Thinning {
     std::vector<std::int64_t> low;            // histogram of the low 16 bits under `hi`
     std::vector<std::int64_t> equal;          // per block: elements at the threshold
     std::vector<std::int64_t> left;           // per block: of those, how many are inside
-    std::vector<double> above_sum;            // per block: Σ|x| above the threshold
+    std::vector<double> above_sum;            // per block and lane: Σ|x| above the threshold
     double kept_l1() const;                   // Σ|x| over the rule's set
   };
 

@@ -12,71 +12,15 @@
 #include "methods/classic/rank_select.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/safetensors.hpp"
+#include "methods/classic/tensor_set.hpp"
 #include "test_util.hpp"
 
 namespace revmerge {
 namespace {
 
 using i64 = std::int64_t;
-
-// A base and three fine-tunes of one tensor, in one file. The changes are multiples of 1/64, so
-// that magnitudes tie often (as bf16 checkpoints' do) and the trims' tie rule is exercised.
-struct TensorSet {
-  test::TempDir dir;
-  std::vector<i64> shape;
-  std::unique_ptr<SafetensorsFile> file;
-  std::vector<CheckpointTensor> tensors;  // base, t0, t1, t2
-
-  explicit TensorSet(std::vector<i64> s) : shape(std::move(s)) {
-    i64 numel = 1;
-    for (const auto d : shape) numel *= d;
-    std::mt19937 rng(5);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::vector<std::vector<float>> values(4, std::vector<float>(static_cast<std::size_t>(numel)));
-    for (auto& v : values[0]) v = normal(rng);
-    for (int t = 1; t < 4; ++t)
-      for (i64 j = 0; j < numel; ++j) values[t][j] = values[0][j] + std::round(normal(rng) * 8.0f) / 64.0f;
-    std::vector<TensorData> data;
-    const char* names[] = {"base", "t0", "t1", "t2"};
-    for (int t = 0; t < 4; ++t)
-      data.push_back({{names[t], DType::F32, shape}, std::as_bytes(std::span<const float>(values[t]))});
-    write_safetensors(dir / "set.safetensors", data);
-    file = std::make_unique<SafetensorsFile>(dir / "set.safetensors");
-    for (const char* name : names) tensors.push_back({file.get(), &file->at(name)});
-  }
-
-  i64 numel() const {
-    i64 n = 1;
-    for (const auto d : shape) n *= d;
-    return n;
-  }
-
-  // The merged tensor, in pieces of at most `max_elements` (rounded to the merger's rows).
-  std::vector<float> merge(const ClassicMergeOptions& o, std::size_t n, bool base, i64 max_elements,
-                           int threads) const {
-    TensorSources src;
-    if (base) src = {&tensors[0], "the base", {}, {}};
-    for (std::size_t t = 0; t < n; ++t) {
-      src.models.push_back(&tensors[1 + t]);
-      src.model_where.push_back("task " + std::to_string(t));
-    }
-    const PiecePlan plan{max_elements, 0, 24};
-    auto merger = piece_merger(o, "w", shape, n, base);
-    std::vector<float> result(static_cast<std::size_t>(numel()), std::nanf(""));
-    FloatBuffer out;
-    std::vector<int> written(result.size(), 0);
-    TensorInputs in;
-    merge_in_pieces(*merger, "w", shape, src, plan, in, out,
-                    [&](std::uint64_t first, std::span<const float> part) {
-                      std::memcpy(result.data() + first, part.data(), part.size_bytes());
-                      for (std::size_t k = 0; k < part.size(); ++k) ++written[first + k];
-                    },
-                    threads);
-    for (std::size_t k = 0; k < written.size(); ++k)
-      if (written[k] != 1) ADD_FAILURE() << "element " << k << " written " << written[k] << " times";
-    return result;
-  }
-};
+using test::Case;
+using test::TensorSet;
 
 // The same merge by the whole-tensor implementation, where the method has one.
 std::vector<float> merge_whole(const TensorSet& set, const ClassicMergeOptions& o, std::size_t n, bool base) {
@@ -96,13 +40,6 @@ std::vector<float> merge_whole(const TensorSet& set, const ClassicMergeOptions& 
   return out;
 }
 
-struct Case {
-  const char* name;
-  ClassicMethod method;
-  std::size_t n;
-  bool base;
-  void (*set)(ClassicMergeOptions&);
-};
 
 const Case kCases[] = {
     {"linear", ClassicMethod::linear, 3, false, [](ClassicMergeOptions& o) { o.weights = {0.5, 0.3, 0.2}; }},
@@ -142,8 +79,6 @@ const Case kCases[] = {
     {"ramplus_tl", ClassicMethod::ramplus_tl, 3, true,
      [](ClassicMergeOptions& o) { o.epsilons = {0.01}; o.ram_r = 0.5; o.ram_alpha = 0.9; }},
 };
-
-void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 class PieceMerge : public ::testing::TestWithParam<Case> {};
 

@@ -1,0 +1,358 @@
+#pragma once
+// The element-wise classic merges (task arithmetic, TIES, DARE, breadcrumbs, …) one piece of a
+// tensor at a time, for the host and the device alike. A step is a loop over independent
+// indices — elements, chunks of elements, or a statistics block's lanes — each index one call
+// of the step's routine; a backend runs the indices in any order and on any number of threads.
+// Every sum is taken in a fixed order inside one index (a lane of a block, in index order;
+// a task loop, in task order), and everything shared between indices is an integer (counts,
+// the smallest index), so the results are the same bits on every backend — and the bits of the
+// CPU's own merge (methods/classic/sparsify.cpp, combine.cpp), which keeps its statistics per
+// the same blocks and lanes.
+#include <cstdint>
+
+#ifndef __CUDA_ARCH__
+#include <atomic>
+#endif
+
+#include "kernels/counter_rng.hpp"
+#include "kernels/float_bits.hpp"
+#include "kernels/host_device.hpp"
+
+namespace revmerge::kernels {
+
+/// Statistics (L1 norms, counts of elements at a trim threshold) are kept per block of this
+/// many elements of the tensor, each block's sums in kStatLanes lanes (element i in lane
+/// i mod kStatLanes), every lane summed in index order.
+constexpr std::int64_t kStatBlock = std::int64_t{1} << 16;
+constexpr std::int64_t kStatLanes = 8;
+/// A trim's ties are walked in chunks of this many elements (a divisor of kStatBlock).
+constexpr std::int64_t kTieChunk = 256;
+/// The most inputs (tasks, and a base) one step reads.
+constexpr int kMaxElementwiseInputs = 64;
+/// A trim keeps a set defined by at most this many rules (breadcrumbs: the kept set and the
+/// outliers inside it).
+constexpr int kMaxTrimRules = 2;
+
+/// |v| as ordered bits: for finite floats the order of these integers is the order of |v|.
+REVMERGE_HD_INLINE std::uint32_t magnitude_bits(float v) { return float_bits(v) & 0x7fffffffu; }
+
+/// v where `keep`, else +0 (by a mask, not a branch).
+REVMERGE_HD_INLINE float kept_or_zero(bool keep, float v) {
+  return bits_float(float_bits(v) & (0u - static_cast<std::uint32_t>(keep)));
+}
+
+/// v · factor rounded to f32, or v itself where the factor is 1.
+REVMERGE_HD_INLINE float rescaled(float v, double factor) {
+  return factor == 1.0 ? v : static_cast<float>(v * factor);
+}
+
+/// *p = min(*p, v), atomically.
+REVMERGE_HD_INLINE void atomic_min_u64(std::uint64_t* p, std::uint64_t v) {
+#ifdef __CUDA_ARCH__
+  atomicMin(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));
+#else
+  std::atomic_ref<std::uint64_t> a(*p);
+  std::uint64_t seen = a.load(std::memory_order_relaxed);
+  while (v < seen && !a.compare_exchange_weak(seen, v, std::memory_order_relaxed)) {
+  }
+#endif
+}
+
+/// *p += v, atomically (integers: the order does not matter).
+REVMERGE_HD_INLINE void atomic_add_u64(std::uint64_t* p, std::uint64_t v) {
+#ifdef __CUDA_ARCH__
+  atomicAdd(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));
+#else
+  std::atomic_ref<std::uint64_t>(*p).fetch_add(v, std::memory_order_relaxed);
+#endif
+}
+
+/// The rule of one magnitude trim (methods/classic/thinning.hpp): an element is inside when
+/// its magnitude bits are above `threshold`, or equal to it and among the first allowed by its
+/// block's allowance (in index order); a trivial rule keeps everything (`keep_all`) or nothing.
+struct TrimRule {
+  bool trivial = false, keep_all = false;
+  std::uint32_t threshold = 0;
+  std::uint32_t high = 0;  ///< the histogram of low bits counts the magnitudes with these high bits
+};
+
+/// Whether a value is inside `rule`, `left` the ties still allowed (decremented for a tie taken).
+REVMERGE_HD_INLINE bool inside_rule(const TrimRule& rule, float v, std::int64_t& left) {
+  if (rule.trivial) return rule.keep_all;
+  const std::uint32_t b = magnitude_bits(v);
+  const bool at = (b == rule.threshold) & (left > 0);
+  left -= at;
+  return (b > rule.threshold) | at;
+}
+
+enum class ElementwiseKind : std::int32_t {
+  /// Per element: every input read in its own dtype, checked finite, the base subtracted.
+  widen,
+  /// Per lane of a statistics block: Σ|x|, and Σ|x| of the drop's kept elements, and per rule
+  /// the count of elements at the threshold and Σ|x| above it.
+  lane_stats,
+  /// Per element: a histogram of 16 bits of the magnitudes.
+  histogram,
+  /// Per tie chunk: the elements at each rule's threshold.
+  tie_counts,
+  /// Per statistics block: the chunks' allowances (ties before them taken from the block's).
+  tie_scan,
+  /// Per tie chunk: the trim applied, the kept values rescaled.
+  trim,
+  /// Per element: the random drop applied, the kept values rescaled.
+  drop,
+  /// Per element: the tasks combined (weighted, sign-elected, summed, divided, scaled), the
+  /// base added back.
+  combine,
+};
+
+/// What the combine divides the sum by (methods/classic/combine.hpp's Normalize).
+enum class CombineNormalize : std::int32_t { none, agreeing_count, agreeing_weight, weight_sum, agreeing_weight_floor };
+
+/// One step over a piece of one tensor: elements [first, first + count). Pointers in backend
+/// memory; `x` is the task's piece (widen, lane_stats, histogram, tie_*, trim, drop) or the
+/// n tasks' pieces one after the other (combine).
+struct ElementwiseStep {
+  ElementwiseKind kind = ElementwiseKind::widen;
+  std::int64_t first = 0, count = 0;
+  float* x = nullptr;
+
+  // widen: input i (tasks 0 … n − 1, then the base) at raw + offsets[i], of types[i]; the tasks
+  // into x (n × count), the base into `base`; first_bad[i] lowered to the tensor index of the
+  // input's first non-finite element.
+  const unsigned char* raw = nullptr;
+  std::int64_t offsets[kMaxElementwiseInputs + 1] = {};
+  ElemType types[kMaxElementwiseInputs + 1] = {};
+  int n = 0;
+  bool has_base = false, task_vectors = false;
+  float* base = nullptr;
+  std::uint64_t* first_bad = nullptr;
+
+  // lane_stats: into the lanes of the tensor's blocks (block c's lane l at c · kStatLanes + l):
+  // `before` (when given) Σ|x|; `after` (when given) Σ|x| over the elements the drop keeps;
+  // per rule (rules > 0), `equal[r]` (per block) the elements at the threshold and `above[r]`
+  // (lanes) Σ|x| of those above it (when given).
+  double* before = nullptr;
+  double* after = nullptr;
+  int rules = 0;
+  TrimRule rule[kMaxTrimRules] = {};
+  std::uint64_t* equal[kMaxTrimRules] = {};
+  double* above[kMaxTrimRules] = {};
+  std::uint64_t seed = 0, stream = 0, limit = 0;  ///< the drop: its counter stream and limit
+
+  // histogram: 65536 counts of the magnitudes' high 16 bits (low_of < 0), or of the low 16
+  // bits of those whose high bits are rule[low_of].high.
+  std::uint64_t* histogram = nullptr;
+  int low_of = -1;
+
+  // tie_counts / tie_scan / trim: per rule, the piece's chunks' counts of ties (chunk g of the
+  // piece: elements [max(first, (g0 + g) · kTieChunk), …) with g0 = first / kTieChunk), their
+  // allowances, and the tensor's blocks' allowances (`left`, carried from piece to piece).
+  std::int64_t* chunk_ties[kMaxTrimRules] = {};
+  std::int64_t* chunk_left[kMaxTrimRules] = {};
+  std::int64_t* left[kMaxTrimRules] = {};
+  /// trim: rule 0's set, less rule 1's where there are two (breadcrumbs' outliers).
+  double factor = 1.0;  ///< trim, drop: the kept values' rescale
+  bool zero_all = false;  ///< drop: nothing kept
+
+  // combine: the tasks' thinned values in x (n × count), weights w (n, backend memory), into
+  // out (count), the base (when has_base) added.
+  const double* weights = nullptr;
+  double weight_sum = 1.0, lambda = 1.0;
+  bool elect = false, elect_by_count = false, elect_on_weighted = false;
+  CombineNormalize normalize = CombineNormalize::none;
+  float* out = nullptr;
+};
+
+/// How many indices a step runs over.
+REVMERGE_HD_INLINE std::int64_t piece_blocks(const ElementwiseStep& s) {
+  if (s.count <= 0) return 0;
+  return (s.first + s.count - 1) / kStatBlock - s.first / kStatBlock + 1;
+}
+REVMERGE_HD_INLINE std::int64_t piece_chunks(const ElementwiseStep& s) {
+  if (s.count <= 0) return 0;
+  return (s.first + s.count - 1) / kTieChunk - s.first / kTieChunk + 1;
+}
+REVMERGE_HD_INLINE std::int64_t step_indices(const ElementwiseStep& s) {
+  switch (s.kind) {
+    case ElementwiseKind::lane_stats: return piece_blocks(s) * kStatLanes;
+    case ElementwiseKind::tie_scan: return piece_blocks(s);
+    case ElementwiseKind::tie_counts:
+    case ElementwiseKind::trim: return piece_chunks(s);
+    default: return s.count;
+  }
+}
+
+// ---- the steps' routines, one index each ----
+
+REVMERGE_HD_INLINE void widen_element(const ElementwiseStep& s, std::int64_t j) {
+  const auto index = static_cast<std::uint64_t>(s.first + j);
+  float b = 0.0f;
+  if (s.has_base) {
+    b = load_as_f32(s.raw + s.offsets[s.n], j, s.types[s.n]);
+    if (!(magnitude_bits(b) < 0x7f800000u)) atomic_min_u64(s.first_bad + s.n, index);
+    s.base[j] = b;
+  }
+  for (int t = 0; t < s.n; ++t) {
+    const float v = load_as_f32(s.raw + s.offsets[t], j, s.types[t]);
+    if (!(magnitude_bits(v) < 0x7f800000u)) atomic_min_u64(s.first_bad + t, index);
+    s.x[t * s.count + j] = s.task_vectors ? v - b : v;
+  }
+}
+
+// Lane l of block c: the piece's elements i ≡ l (mod kStatLanes) in the block, in index order.
+REVMERGE_HD_INLINE void lane_stats(const ElementwiseStep& s, std::int64_t index) {
+  const std::int64_t c = s.first / kStatBlock + index / kStatLanes, l = index % kStatLanes;
+  const std::int64_t begin = c * kStatBlock > s.first ? c * kStatBlock : s.first;
+  const std::int64_t block_end = (c + 1) * kStatBlock, piece_end = s.first + s.count;
+  const std::int64_t end = block_end < piece_end ? block_end : piece_end;
+  std::int64_t i = begin + ((l - begin % kStatLanes) + kStatLanes) % kStatLanes;
+  const std::int64_t at = c * kStatLanes + l;
+  double before = s.before ? s.before[at] : 0.0, after = s.after ? s.after[at] : 0.0;
+  double above[kMaxTrimRules] = {};
+  std::uint64_t equal[kMaxTrimRules] = {};
+  for (int r = 0; r < s.rules; ++r) above[r] = s.above[r] ? s.above[r][at] : 0.0;
+  const CounterThreshold draw(s.seed, s.stream);
+  for (; i < end; i += kStatLanes) {
+    const float v = s.x[i - s.first];
+    const double a = bits_float(magnitude_bits(v));  // |v|, +0 for −0
+    before += a;
+    if (s.after) after += draw.below(static_cast<std::uint64_t>(i), s.limit) ? a : 0.0;
+    for (int r = 0; r < s.rules; ++r) {
+      const std::uint32_t bits = magnitude_bits(v);
+      equal[r] += bits == s.rule[r].threshold;
+      if (bits > s.rule[r].threshold) above[r] += a;
+    }
+  }
+  if (s.before) s.before[at] = before;
+  if (s.after) s.after[at] = after;
+  for (int r = 0; r < s.rules; ++r) {
+    if (s.rule[r].trivial) continue;  // decided without looking: nothing to count
+    if (s.above[r]) s.above[r][at] = above[r];
+    if (equal[r] != 0) atomic_add_u64(s.equal[r] + c, equal[r]);
+  }
+}
+
+REVMERGE_HD_INLINE void histogram_element(const ElementwiseStep& s, std::int64_t j) {
+  const std::uint32_t b = magnitude_bits(s.x[j]);
+  if (s.low_of < 0) atomic_add_u64(s.histogram + (b >> 16), 1);
+  else if ((b >> 16) == s.rule[s.low_of].high) atomic_add_u64(s.histogram + (b & 0xffffu), 1);
+}
+
+// The piece's elements of tie chunk g: [begin, end).
+REVMERGE_HD_INLINE void chunk_range(const ElementwiseStep& s, std::int64_t g, std::int64_t& begin,
+                                    std::int64_t& end) {
+  const std::int64_t c = s.first / kTieChunk + g;
+  begin = c * kTieChunk > s.first ? c * kTieChunk : s.first;
+  end = (c + 1) * kTieChunk < s.first + s.count ? (c + 1) * kTieChunk : s.first + s.count;
+}
+
+REVMERGE_HD_INLINE void tie_counts(const ElementwiseStep& s, std::int64_t g) {
+  std::int64_t begin, end;
+  chunk_range(s, g, begin, end);
+  for (int r = 0; r < s.rules; ++r) {
+    std::int64_t ties = 0;
+    if (!s.rule[r].trivial)
+      for (std::int64_t i = begin; i < end; ++i) ties += magnitude_bits(s.x[i - s.first]) == s.rule[r].threshold;
+    s.chunk_ties[r][g] = ties;
+  }
+}
+
+// Block index (of the piece's blocks): each chunk's allowance is what its block still allowed
+// when the piece began, less the ties of the chunks before it; the block's carried allowance
+// loses the piece's ties.
+REVMERGE_HD_INLINE void tie_scan(const ElementwiseStep& s, std::int64_t index) {
+  const std::int64_t c = s.first / kStatBlock + index;
+  const std::int64_t g0 = s.first / kTieChunk, chunks = piece_chunks(s);
+  const std::int64_t lo = c * (kStatBlock / kTieChunk) - g0, hi = lo + kStatBlock / kTieChunk;
+  for (int r = 0; r < s.rules; ++r) {
+    std::int64_t left = s.left[r][c];
+    for (std::int64_t g = lo < 0 ? 0 : lo; g < hi && g < chunks; ++g) {
+      s.chunk_left[r][g] = left;
+      left -= s.chunk_ties[r][g] < left ? s.chunk_ties[r][g] : left;
+    }
+    s.left[r][c] = left;
+  }
+}
+
+REVMERGE_HD_INLINE void trim_chunk(const ElementwiseStep& s, std::int64_t g) {
+  std::int64_t begin, end;
+  chunk_range(s, g, begin, end);
+  std::int64_t left[kMaxTrimRules] = {};
+  for (int r = 0; r < s.rules; ++r) left[r] = s.chunk_left[r][g];
+  for (std::int64_t i = begin; i < end; ++i) {
+    float& v = s.x[i - s.first];
+    const bool in = inside_rule(s.rule[0], v, left[0]);
+    const bool out = s.rules > 1 && inside_rule(s.rule[1], v, left[1]);
+    v = kept_or_zero(in & !out, rescaled(v, s.factor));
+  }
+}
+
+REVMERGE_HD_INLINE void drop_element(const ElementwiseStep& s, std::int64_t j) {
+  const CounterThreshold draw(s.seed, s.stream);
+  const bool keep = !s.zero_all && draw.below(static_cast<std::uint64_t>(s.first + j), s.limit);
+  s.x[j] = kept_or_zero(keep, rescaled(s.x[j], s.factor));
+}
+
+/// Element j of the combine: combine.cpp's combine_block for one element, the same operations
+/// in the same order (every sum over the tasks in task order, in double).
+REVMERGE_HD_INLINE void combine_element(const ElementwiseStep& s, std::int64_t j) {
+  const std::int64_t count = s.count;
+  double vote = 0;
+  if (s.elect)
+    for (int t = 0; t < s.n; ++t) {
+      const double e = (s.elect_on_weighted ? s.weights[t] : 1.0) * s.x[t * count + j];
+      vote += s.elect_by_count ? static_cast<double>((e > 0) - (e < 0)) : e;
+    }
+  vote = vote >= 0 ? 1.0 : -1.0;
+  double sum = 0, agreeing = 0, agreeing_weight = 0;
+  for (int t = 0; t < s.n; ++t) {
+    const double wt = s.weights[t], we = s.elect_on_weighted ? s.weights[t] : 1.0;
+    const double v = s.x[t * count + j];
+    if (!s.elect) {
+      sum += wt * v;
+      continue;
+    }
+    const double ok = static_cast<double>(we * v * vote > 0);
+    sum += ok * (wt * v);
+    agreeing += ok;
+    agreeing_weight += ok * wt;
+  }
+  double merged = 0;
+  switch (s.normalize) {
+    case CombineNormalize::none: merged = sum / 1.0 * s.lambda; break;
+    case CombineNormalize::agreeing_count: merged = sum / (agreeing < 1.0 ? 1.0 : agreeing) * s.lambda; break;
+    case CombineNormalize::agreeing_weight:
+      merged = sum / (agreeing_weight == 0 ? 1.0 : agreeing_weight) * s.lambda;
+      break;
+    case CombineNormalize::weight_sum: merged = sum / s.weight_sum * s.lambda; break;
+    case CombineNormalize::agreeing_weight_floor:
+      merged = sum / (agreeing_weight < 1e-6 ? 1e-6 : agreeing_weight) * s.lambda;
+      break;
+  }
+  float out = static_cast<float>(merged);
+  if (s.has_base) out += s.base[j];
+  s.out[j] = out;
+}
+
+/// One index of any step (a backend's loop body).
+REVMERGE_HD_INLINE void elementwise_index(const ElementwiseStep& s, std::int64_t i) {
+  switch (s.kind) {
+    case ElementwiseKind::widen: widen_element(s, i); break;
+    case ElementwiseKind::lane_stats: lane_stats(s, i); break;
+    case ElementwiseKind::histogram: histogram_element(s, i); break;
+    case ElementwiseKind::tie_counts: tie_counts(s, i); break;
+    case ElementwiseKind::tie_scan: tie_scan(s, i); break;
+    case ElementwiseKind::trim: trim_chunk(s, i); break;
+    case ElementwiseKind::drop: drop_element(s, i); break;
+    case ElementwiseKind::combine: combine_element(s, i); break;
+  }
+}
+
+/// The steps' loop body as a function object (Thrust's for_each on the device).
+struct ElementwiseIndices {
+  ElementwiseStep step;
+  REVMERGE_HD void operator()(std::int64_t i) const { elementwise_index(step, i); }
+};
+
+}  // namespace revmerge::kernels

@@ -1,0 +1,386 @@
+// The element-wise full-model merges on a backend (combine_on_backend.hpp): the CPU merge's
+// passes (merge_in_pieces with CombinePieces) step for step, each step a kernels/elementwise.hpp
+// loop on the backend's stream.
+#include "methods/classic/combine_on_backend.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "backend/backend.hpp"
+#include "core/interrupt.hpp"
+#include "kernels/elementwise.hpp"
+#include "methods/classic/combine.hpp"
+#include "methods/classic/thinning.hpp"
+#include "methods/materialize_parts.hpp"
+#include "revmerge/error.hpp"
+
+namespace revmerge {
+
+using i64 = std::int64_t;
+using kernels::ElementwiseKind;
+using kernels::ElementwiseStep;
+
+std::string backend_combine_refusal(const ClassicMergeOptions& o) {
+  const auto recipe = make_recipe(o, Convention::mergekit);
+  if (recipe.sparsify == Sparsify::della)
+    return "--method " + to_string(o.method) + ": DELLA's ranked drop runs on the CPU only in this version";
+  if (recipe.select_by_variance || recipe.weights_from_energy)
+    return "--method " + to_string(o.method) + ": SCE's selection runs on the CPU only in this version";
+  if (o.tasks.size() > static_cast<std::size_t>(kernels::kMaxElementwiseInputs))
+    return "--device: at most " + std::to_string(kernels::kMaxElementwiseInputs) +
+           " models merge on a GPU in this version (" + std::to_string(o.tasks.size()) + " given)";
+  return {};
+}
+
+namespace {
+
+DeviceBuffer filled(Backend& b, std::size_t bytes, unsigned char value, Stream s) {
+  DeviceBuffer d = b.allocate(std::max<std::size_t>(bytes, 8));
+  b.fill(d.data(), value, std::max<std::size_t>(bytes, 8), s);
+  return d;
+}
+
+template <class T>
+T* as(const DeviceBuffer& d) {
+  return static_cast<T*>(d.data());
+}
+
+// Downloads `count` 64-bit words into `out` (i64 or double), waiting for them.
+template <class T>
+void fetch(Backend& b, Stream s, const DeviceBuffer& d, std::vector<T>& out) {
+  if (out.empty()) return;
+  b.download(out.data(), d.data(), out.size() * sizeof(T), s);
+  b.synchronize(s);
+}
+
+}  // namespace
+
+// One task's thinning of one tensor on the backend: Thinning's statistics gathered by the
+// backend's steps into device arrays laid out as Thinning keeps them, downloaded at the end of
+// each pass into the Thinning, whose end_pass decides; the decisions applied by the backend.
+class ThinningOnBackend {
+ public:
+  ThinningOnBackend(Thinning& th, Backend& b, Stream s) : th_(th), b_(b), s_(s) {
+    if (!th.active_ || th.zero_all_) return;
+    const i64 blocks = (th.count_ + kernels::kStatBlock - 1) / kernels::kStatBlock;
+    const auto lanes = static_cast<std::size_t>(blocks * kernels::kStatLanes) * 8;
+    if (!th.high_.empty()) high_ = filled(b, 65536 * 8, 0, s);
+    if (!th.before_.empty()) before_ = filled(b, lanes, 0, s);
+    if (!th.after_.empty()) after_ = filled(b, lanes, 0, s);
+    for (const auto& r : th.rules_) {
+      RuleBuffers rb;
+      rb.left = filled(b, static_cast<std::size_t>(blocks) * 8, 0, s);
+      if (!r.trivial) {
+        rb.low = filled(b, 65536 * 8, 0, s);
+        rb.equal = filled(b, static_cast<std::size_t>(blocks) * 8, 0, s);
+        if (th.spec_.rescale == Rescale::l1) rb.above = filled(b, lanes, 0, s);  // the kept L1
+      }
+      rules_.push_back(std::move(rb));
+    }
+  }
+
+  // The rules as the steps take them.
+  void set_rules(ElementwiseStep& st) const {
+    st.rules = static_cast<int>(th_.rules_.size());
+    for (std::size_t r = 0; r < th_.rules_.size(); ++r) {
+      const auto& rule = th_.rules_[r];
+      st.rule[r] = {rule.trivial, rule.k > 0, rule.threshold, rule.hi};
+    }
+  }
+
+  // Thinning::observe of the piece x (backend memory) at `first`.
+  void observe(float* x, i64 first, i64 count) {
+    ElementwiseStep st;
+    st.first = first;
+    st.count = count;
+    st.x = x;
+    switch (th_.stages_.at(th_.pass_)) {
+      case Thinning::Stage::high_bits:
+        st.kind = ElementwiseKind::histogram;
+        st.histogram = as<std::uint64_t>(high_);
+        b_.elementwise(st, s_);
+        if (before_.data()) lanes(st, true, false, false);
+        break;
+      case Thinning::Stage::low_bits:
+        st.kind = ElementwiseKind::histogram;
+        set_rules(st);
+        for (std::size_t r = 0; r < rules_.size(); ++r) {
+          if (th_.rules_[r].trivial) continue;
+          st.low_of = static_cast<int>(r);
+          st.histogram = as<std::uint64_t>(rules_[r].low);
+          b_.elementwise(st, s_);
+        }
+        break;
+      case Thinning::Stage::equal_counts: lanes(st, false, false, true); break;
+      case Thinning::Stage::norms: {
+        const bool drop = th_.spec_.kind == Sparsify::random || th_.spec_.kind == Sparsify::della;
+        lanes(st, true, drop, false);
+        break;
+      }
+    }
+  }
+
+  // Thinning::end_pass, its statistics first brought over from the backend.
+  void end_pass() {
+    switch (th_.stages_.at(th_.pass_)) {
+      case Thinning::Stage::high_bits:
+        fetch(b_, s_, high_, th_.high_);
+        if (before_.data()) fetch(b_, s_, before_, th_.before_);
+        break;
+      case Thinning::Stage::low_bits:
+        for (std::size_t r = 0; r < rules_.size(); ++r)
+          if (!th_.rules_[r].trivial) fetch(b_, s_, rules_[r].low, th_.rules_[r].low);
+        break;
+      case Thinning::Stage::equal_counts:
+        for (std::size_t r = 0; r < rules_.size(); ++r) {
+          if (th_.rules_[r].trivial) continue;
+          fetch(b_, s_, rules_[r].equal, th_.rules_[r].equal);
+          if (rules_[r].above.data()) fetch(b_, s_, rules_[r].above, th_.rules_[r].above_sum);
+        }
+        break;
+      case Thinning::Stage::norms:
+        fetch(b_, s_, before_, th_.before_);
+        if (after_.data()) fetch(b_, s_, after_, th_.after_);
+        break;
+    }
+    th_.end_pass();
+    if (th_.wants_pass()) return;
+    for (std::size_t r = 0; r < rules_.size(); ++r)  // the ties each block allows, for apply
+      if (!th_.rules_[r].trivial)
+        b_.upload(rules_[r].left.data(), th_.rules_[r].left.data(), th_.rules_[r].left.size() * 8, s_);
+  }
+
+  // Thinning::apply on the piece x at `first`; `ties` and `allowances` hold a count per tie
+  // chunk of the piece for each rule (backend memory, reused).
+  void apply(float* x, i64 first, i64 count, const DeviceBuffer* ties, const DeviceBuffer* allowances) {
+    if (!th_.active_) return;
+    ElementwiseStep st;
+    st.first = first;
+    st.count = count;
+    st.x = x;
+    st.factor = th_.factor_;
+    if (th_.zero_all_ || th_.spec_.kind == Sparsify::random) {
+      st.kind = ElementwiseKind::drop;
+      st.zero_all = th_.zero_all_;
+      st.seed = th_.spec_.seed;
+      st.stream = th_.spec_.stream;
+      st.limit = kernels::CounterThreshold::limit(th_.spec_.density);
+      b_.elementwise(st, s_);
+      return;
+    }
+    set_rules(st);
+    for (std::size_t r = 0; r < rules_.size(); ++r) {
+      st.chunk_ties[r] = as<i64>(ties[r]);
+      st.chunk_left[r] = as<i64>(allowances[r]);
+      st.left[r] = as<i64>(rules_[r].left);
+    }
+    for (const auto kind : {ElementwiseKind::tie_counts, ElementwiseKind::tie_scan, ElementwiseKind::trim}) {
+      st.kind = kind;
+      b_.elementwise(st, s_);
+    }
+  }
+
+ private:
+  // A lane_stats step: Σ|x| (`abs`), of the drop's kept elements (`kept`), the rules' ties and
+  // Σ|x| above their thresholds (`rules`).
+  void lanes(ElementwiseStep st, bool abs, bool kept, bool rules) {
+    st.kind = ElementwiseKind::lane_stats;
+    if (abs) st.before = as<double>(before_);
+    if (kept) {
+      st.after = as<double>(after_);
+      st.seed = th_.spec_.seed;
+      st.stream = th_.spec_.stream;
+      st.limit = kernels::CounterThreshold::limit(th_.spec_.density);
+    }
+    if (rules) {
+      set_rules(st);
+      for (std::size_t r = 0; r < rules_.size(); ++r) {
+        st.equal[r] = as<std::uint64_t>(rules_[r].equal);
+        st.above[r] = as<double>(rules_[r].above);
+      }
+    }
+    b_.elementwise(st, s_);
+  }
+
+  struct RuleBuffers {
+    DeviceBuffer low, equal, above, left;
+  };
+  Thinning& th_;
+  Backend& b_;
+  Stream s_;
+  DeviceBuffer high_, before_, after_;
+  std::vector<RuleBuffers> rules_;
+};
+
+struct CombineOnBackend::State {
+  Backend& backend;
+  Stream stream;
+  std::size_t n;
+  bool has_base;
+  i64 piece;
+  DeviceBuffer staging, raw, stack, base, out, out_host, first_bad, weights;
+  DeviceBuffer ties[kernels::kMaxTrimRules], allowances[kernels::kMaxTrimRules];
+};
+
+CombineOnBackend::CombineOnBackend(Backend& backend, std::size_t n, bool has_base, i64 max_piece)
+    : s_(std::make_unique<State>(State{backend, backend.create_stream(), n, has_base, 1, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}})) {
+  // Per element: the inputs' bytes (at most f64 each) staged and on the device, the tasks' and
+  // the base's f32 values, the output on the device and in staging.
+  const auto inputs = static_cast<i64>(n + (has_base ? 1 : 0));
+  const i64 per = 8 * inputs + 4 * inputs + 4 + 4;
+  const auto room = static_cast<i64>(backend.memory_available() / 2);
+  s_->piece = std::max<i64>(kernels::kTieChunk, std::min(max_piece, room / per));
+  const auto p = static_cast<std::size_t>(s_->piece);
+  const std::size_t raw_bytes = static_cast<std::size_t>(inputs) * (8 * p + 16);
+  s_->staging = backend.allocate_staging(raw_bytes);
+  s_->raw = backend.allocate(raw_bytes);
+  s_->stack = backend.allocate(n * p * 4);
+  s_->base = backend.allocate(has_base ? p * 4 : 8);
+  s_->out = backend.allocate(p * 4);
+  s_->out_host = backend.allocate_staging(p * 4);
+  s_->first_bad = backend.allocate((n + 1) * 8);
+  s_->weights = backend.allocate(std::max<std::size_t>(n, 1) * 8);
+  const std::size_t chunks = p / kernels::kTieChunk + 2;
+  for (int r = 0; r < kernels::kMaxTrimRules; ++r) {
+    s_->ties[r] = backend.allocate(chunks * 8);
+    s_->allowances[r] = backend.allocate(chunks * 8);
+  }
+}
+
+CombineOnBackend::~CombineOnBackend() {
+  if (s_) s_->backend.synchronize(s_->stream);  // nothing queued outlives the buffers
+}
+
+i64 CombineOnBackend::piece_elements() const noexcept { return s_->piece; }
+
+void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& name, const std::vector<i64>& shape,
+                             const TensorSources& src,
+                             const std::function<void(std::uint64_t, std::span<const float>)>& sink) {
+  State& s = *s_;
+  Backend& b = s.backend;
+  i64 numel = 1;
+  for (const auto d : shape) numel *= d;
+  const auto n = static_cast<i64>(s.n);
+  const auto recipe = make_recipe(o, Convention::mergekit);
+  const auto params = task_parameters(o, s.n);
+  const CombineInput ci{{}, n, numel, params.weights, params.densities, name, o.seed, params.gammas, params.epsilons, shape};
+  std::vector<Thinning> thinning;
+  thinning.reserve(s.n);
+  for (i64 t = 0; t < n; ++t) thinning.emplace_back(thinning_spec(recipe, ci, t), numel);
+  std::vector<ThinningOnBackend> on;
+  on.reserve(s.n);
+  for (auto& th : thinning) on.emplace_back(th, b, s.stream);
+  b.upload(s.weights.data(), params.weights.data(), s.n * 8, s.stream);
+  b.synchronize(s.stream);  // the weights are the caller's memory
+
+  // The inputs: tasks 0 … n − 1, then the base.
+  std::vector<const CheckpointTensor*> inputs(src.models.begin(), src.models.end());
+  std::vector<std::string> where(src.model_where.begin(), src.model_where.end());
+  if (src.base) {
+    inputs.push_back(src.base);
+    where.push_back(src.base_where);
+  }
+  ElementwiseStep widen;
+  widen.kind = ElementwiseKind::widen;
+  widen.n = static_cast<int>(n);
+  widen.has_base = src.base != nullptr;
+  widen.task_vectors = src.base != nullptr;  // linear: the weights themselves
+  widen.raw = as<unsigned char>(s.raw);
+  widen.x = as<float>(s.stack);
+  widen.base = as<float>(s.base);
+  widen.first_bad = as<std::uint64_t>(s.first_bad);
+  std::size_t offset = 0;
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    widen.offsets[i] = static_cast<i64>(offset);
+    widen.types[i] = kernel_type(inputs[i]->info->dtype, where[i]);
+    offset += (static_cast<std::size_t>(s.piece) * dtype_size(inputs[i]->info->dtype) + 15) / 16 * 16;
+  }
+  const std::size_t staged = offset;
+
+  const i64 piece = std::min(numel, s.piece);
+  i64 count = 0;
+  // The piece at `first`: the files' bytes staged, uploaded, widened and checked.
+  const auto read = [&](i64 first) {
+    throw_if_interrupted("merge");
+    count = std::min(piece, numel - first);
+    b.synchronize(s.stream);  // the staging buffer's last upload has run
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      const auto& info = *inputs[i]->info;
+      const auto size = dtype_size(info.dtype);
+      std::memcpy(as<unsigned char>(s.staging) + widen.offsets[i],
+                  inputs[i]->file->bytes(info).data() + static_cast<std::size_t>(first) * size,
+                  static_cast<std::size_t>(count) * size);
+      inputs[i]->file->check_intact();
+      inputs[i]->file->evict_part(info, static_cast<std::uint64_t>(first), static_cast<std::uint64_t>(count));
+    }
+    b.upload(s.raw.data(), s.staging.data(), staged, s.stream);
+    b.fill(s.first_bad.data(), 0xff, (s.n + 1) * 8, s.stream);
+    widen.first = first;
+    widen.count = count;
+    b.elementwise(widen, s.stream);
+    std::vector<std::uint64_t> bad(s.n + 1);
+    b.download(bad.data(), s.first_bad.data(), bad.size() * 8, s.stream);
+    b.synchronize(s.stream);
+    // In the order the CPU reads them: the base, then the tasks.
+    for (std::size_t k = 0; k < inputs.size(); ++k) {
+      const std::size_t i = src.base ? (k + inputs.size() - 1) % inputs.size() : k;
+      const std::size_t word = i < s.n ? i : s.n;
+      if (bad[word] != std::numeric_limits<std::uint64_t>::max())
+        throw format_error(inputs[i]->file->path().string() + ": tensor '" + inputs[i]->info->name +
+                           "' holds a non-finite value at element " + std::to_string(bad[word]) + " (" +
+                           where[i] + ")");
+    }
+  };
+  const auto task = [&](i64 t) { return as<float>(s.stack) + t * count; };
+
+  if (numel == 0) {
+    sink(0, {});
+    return;
+  }
+  const bool one_piece = piece >= numel;
+  if (one_piece) read(0);
+  const auto wanting = [&] {
+    return std::any_of(thinning.begin(), thinning.end(), [](const Thinning& th) { return th.wants_pass(); });
+  };
+  while (wanting()) {
+    std::vector<bool> wants(s.n);
+    for (std::size_t t = 0; t < s.n; ++t) wants[t] = thinning[t].wants_pass();
+    for (i64 first = 0; first < numel; first += piece) {
+      if (!one_piece) read(first);
+      for (i64 t = 0; t < n; ++t)
+        if (wants[t]) on[t].observe(task(t), first, count);
+    }
+    for (std::size_t t = 0; t < s.n; ++t)
+      if (wants[t]) on[t].end_pass();
+  }
+  ElementwiseStep combine;
+  combine.kind = ElementwiseKind::combine;
+  combine.n = static_cast<int>(n);
+  combine.weights = as<double>(s.weights);
+  double weight_sum = 0;
+  for (const auto w : params.weights) weight_sum += w;
+  combine.weight_sum = std::fabs(weight_sum) < 1e-8 ? 1 : weight_sum;  // mergekit's guard, as combine_tasks
+  combine.lambda = recipe.lambda;
+  combine.elect = recipe.elect_sign;
+  combine.elect_by_count = recipe.election == SignElection::count;
+  combine.elect_on_weighted = recipe.elect_on_weighted;
+  combine.normalize = recipe.normalize;
+  combine.has_base = src.base != nullptr;
+  combine.base = as<float>(s.base);
+  combine.x = as<float>(s.stack);
+  combine.out = as<float>(s.out);
+  for (i64 first = 0; first < numel; first += piece) {
+    if (!one_piece) read(first);
+    for (i64 t = 0; t < n; ++t) on[t].apply(task(t), first, count, s.ties, s.allowances);
+    combine.first = first;
+    combine.count = count;
+    b.elementwise(combine, s.stream);
+    b.download(s.out_host.data(), s.out.data(), static_cast<std::size_t>(count) * 4, s.stream);
+    b.synchronize(s.stream);
+    sink(static_cast<std::uint64_t>(first), std::span<const float>(as<float>(s.out_host), static_cast<std::size_t>(count)));
+  }
+}
+
+}  // namespace revmerge

@@ -1,0 +1,200 @@
+// The element-wise full-model merges on a backend (combine_on_backend.hpp) give the CPU merge's
+// bits: on the CPU backend (the steps' routines run by the CPU) and on the deferred test backend
+// (a discrete GPU's memory and ordering, on the CPU), for any piece size, from f32 and from bf16
+// files (the 16-bit bytes widened by the backend), and a non-finite input is named as the CPU
+// names it. What runs on a GPU is these routines; tools/gpu-check.sh runs them there.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+
+#include "backend/backend.hpp"
+#include "backend/deferred_backend.hpp"
+#include "methods/classic/classic_internal.hpp"
+#include "methods/classic/combine_on_backend.hpp"
+#include "methods/classic/tensor_set.hpp"
+#include "revmerge/error.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+using test::Case;
+using test::TensorSet;
+
+// The merged tensor on `backend` in pieces of at most `max_piece` elements.
+std::vector<float> merge_on(Backend& backend, const TensorSet& set, const ClassicMergeOptions& o, std::size_t n,
+                            bool base, i64 max_piece) {
+  TensorSources src;
+  if (base) src = {&set.tensors[0], "the base", {}, {}};
+  for (std::size_t t = 0; t < n; ++t) {
+    src.models.push_back(&set.tensors[1 + t]);
+    src.model_where.push_back("task " + std::to_string(t));
+  }
+  std::vector<float> result(static_cast<std::size_t>(set.numel()), std::nanf(""));
+  std::vector<int> written(result.size(), 0);
+  CombineOnBackend on(backend, n, base, max_piece);
+  on.merge(o, "w", set.shape, src, [&](std::uint64_t first, std::span<const float> part) {
+    std::memcpy(result.data() + first, part.data(), part.size_bytes());
+    for (std::size_t k = 0; k < part.size(); ++k) ++written[first + k];
+  });
+  for (std::size_t k = 0; k < written.size(); ++k)
+    if (written[k] != 1) ADD_FAILURE() << "element " << k << " written " << written[k] << " times";
+  return result;
+}
+
+
+const Case kCases[] = {
+    {"linear", ClassicMethod::linear, 3, false, [](ClassicMergeOptions& o) { o.weights = {0.5, 0.3, 0.2}; }},
+    {"task_arithmetic", ClassicMethod::task_arithmetic, 3, true,
+     [](ClassicMergeOptions& o) { o.weights = {1, 0.5, -0.3}; o.lambda = 0.7; }},
+    {"ties", ClassicMethod::ties, 3, true, [](ClassicMergeOptions& o) { o.densities = {0.3, 0.5, 0.2}; }},
+    {"ties_rescaled_by_count", ClassicMethod::ties, 3, true,
+     [](ClassicMergeOptions& o) {
+       o.densities = {0.3, 0.5, 0.2};
+       o.rescale = true;
+       o.election = SignElection::count;
+     }},
+    {"magnitude_prune", ClassicMethod::magnitude_prune, 2, true, [](ClassicMergeOptions& o) { o.densities = {0.6}; }},
+    {"ties_all_or_nothing", ClassicMethod::ties, 3, true,
+     [](ClassicMergeOptions& o) { o.densities = {1.0, 0.0, 0.4}; o.rescale = true; }},
+    {"dare_ties", ClassicMethod::dare_ties, 3, true,
+     [](ClassicMergeOptions& o) { o.densities = {0.3, 0.5, 0.2}; o.seed = 7; }},
+    {"dare_linear", ClassicMethod::dare_linear, 3, true,
+     [](ClassicMergeOptions& o) { o.densities = {0.4}; o.rescale = false; o.seed = 3; }},
+    {"dare_nothing_kept", ClassicMethod::dare_linear, 2, true,
+     [](ClassicMergeOptions& o) { o.densities = {0.0, 0.7}; o.seed = 3; }},
+    {"breadcrumbs_ties", ClassicMethod::breadcrumbs_ties, 3, true,
+     [](ClassicMergeOptions& o) { o.densities = {0.5}; o.gammas = {0.05, 0.1, 0.02}; o.rescale = true; }},
+    {"breadcrumbs", ClassicMethod::breadcrumbs, 2, true,
+     [](ClassicMergeOptions& o) { o.densities = {0.3}; o.gammas = {0.01}; }},
+};
+
+class CombineOnBackendTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(CombineOnBackendTest, GivesTheCpuMergesBitsOnEveryBackendAndPieceSize) {
+  const auto& c = GetParam();
+  ClassicMergeOptions o;
+  o.method = c.method;
+  for (std::size_t t = 0; t < c.n; ++t) o.tasks.push_back({"t" + std::to_string(t), "unused"});
+  c.set(o);
+  ASSERT_EQ("", backend_combine_refusal(o));
+  for (const DType dtype : {DType::F32, DType::BF16}) {
+    // 210 000 elements: four statistics blocks (65 536), pieces cutting them anywhere.
+    const TensorSet set({300, 700}, dtype);
+    const auto cpu = set.merge(o, c.n, c.base, set.numel(), 2);
+    auto cpu_backend = make_cpu_backend({2, 0});
+    auto deferred = test::make_deferred_backend();
+    for (Backend* b : {cpu_backend.get(), deferred.get()})
+      for (const i64 piece : {set.numel(), i64{4999}, i64{65536}, i64{100000}}) {
+        const auto on = merge_on(*b, set, o, c.n, c.base, piece);
+        ASSERT_EQ(0, std::memcmp(cpu.data(), on.data(), cpu.size() * sizeof(float)))
+            << c.name << " (" << dtype_name(dtype) << ") on " << b->name() << ", pieces of " << piece
+            << ": differs from the CPU merge";
+      }
+    // The merge changed something (a broken merge copying an input would pass the comparison).
+    std::vector<float> first(cpu.size());
+    set.file->read(*set.tensors[c.base ? 0 : 1].info, first);
+    EXPECT_NE(0, std::memcmp(cpu.data(), first.data(), cpu.size() * sizeof(float))) << c.name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, CombineOnBackendTest, ::testing::ValuesIn(kCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(CombineOnBackend, NamesTheFirstNonFiniteInputAsTheCpuDoes) {
+  const TensorSet set({300, 700});
+  ClassicMergeOptions o;
+  o.method = ClassicMethod::ties;
+  o.tasks = {{"t0", "unused"}, {"t1", "unused"}};
+  o.densities = {0.5};
+  auto deferred = test::make_deferred_backend();
+  // A copy of the set with the bad values written into the file itself.
+  std::vector<TensorData> data;
+  std::vector<std::vector<float>> all(3, std::vector<float>(static_cast<std::size_t>(set.numel())));
+  set.file->read(*set.tensors[0].info, all[0]);
+  set.file->read(*set.tensors[1].info, all[1]);
+  set.file->read(*set.tensors[2].info, all[2]);
+  all[2][123456] = INFINITY;
+  all[0][200000] = NAN;
+  const char* names[] = {"base", "t0", "t1"};
+  for (int t = 0; t < 3; ++t)
+    data.push_back({{names[t], DType::F32, set.shape}, std::as_bytes(std::span<const float>(all[t]))});
+  test::TempDir dir;
+  write_safetensors(dir / "bad.safetensors", data);
+  SafetensorsFile file(dir / "bad.safetensors");
+  const CheckpointTensor base{&file, &file.at("base")}, t0{&file, &file.at("t0")}, t1{&file, &file.at("t1")};
+  const TensorSources src{&base, "the base", {&t0, &t1}, {"task 't0'", "task 't1'"}};
+  // Pieces of 100 000: the task's Inf (piece 1) is met before the base's NaN (piece 2); in one
+  // piece the base is read first.
+  for (const i64 piece : {i64{100000}, set.numel()}) {
+    std::string cpu_message, backend_message;
+    try {
+      const PiecePlan plan{piece, 0, 24};
+      auto merger = piece_merger(o, "w", set.shape, 2, true);
+      TensorInputs in;
+      FloatBuffer out;
+      merge_in_pieces(*merger, "w", set.shape, src, plan, in, out, [](std::uint64_t, std::span<const float>) {}, 2);
+    } catch (const format_error& e) {
+      cpu_message = e.what();
+    }
+    try {
+      CombineOnBackend on(*deferred, 2, true, piece);
+      on.merge(o, "w", set.shape, src, [](std::uint64_t, std::span<const float>) {});
+    } catch (const format_error& e) {
+      backend_message = e.what();
+    }
+    EXPECT_NE("", cpu_message);
+    EXPECT_EQ(cpu_message, backend_message) << "pieces of " << piece;
+    EXPECT_NE(std::string::npos, backend_message.find(piece < set.numel() ? "element 123456 (task 't1')"
+                                                                          : "element 200000 (the base)"))
+        << backend_message;
+  }
+}
+
+std::string file_bytes(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+TEST(CombineOnBackend, WholeModelsOnTheDeferredBackendAreTheCpusFiles) {
+  // mergekit's golden models, f32 and bf16 (the bf16 bytes widened by the backend), merged in
+  // pieces of some tens of thousands of elements (a budget just above the process's reserve).
+  const std::filesystem::path golden = std::filesystem::path(REVMERGE_SOURCE_DIR) / "tests/fixtures/golden/mergekit";
+  for (const auto& [folder, n] : {std::pair{golden, 3}, std::pair{golden / "bf16", 2}})
+    for (const auto method : {ClassicMethod::ties, ClassicMethod::dare_ties, ClassicMethod::task_arithmetic}) {
+      test::TempDir tmp;
+      ClassicMergeOptions o;
+      o.method = method;
+      o.base = folder / "base";
+      for (int t = 0; t < n; ++t) o.tasks.push_back({"ft" + std::to_string(t), folder / ("ft" + std::to_string(t))});
+      if (method != ClassicMethod::task_arithmetic) o.densities = {0.3};
+      o.weights = std::vector<double>(o.tasks.size(), 0.7);
+      o.seed = 5;
+      o.memory_budget = std::uint64_t{97} << 20;
+      o.out = tmp / "cpu";
+      merge_classic(o);
+      o.out = tmp / "deferred";
+      merge_classic_checkpoints_on(o, [] { return test::make_deferred_backend(); });
+      const auto cpu = file_bytes(tmp / "cpu" / "model.safetensors");
+      EXPECT_FALSE(cpu.empty());
+      EXPECT_TRUE(cpu == file_bytes(tmp / "deferred" / "model.safetensors"))
+          << to_string(method) << " on " << folder << ": the backend's model differs from the CPU's";
+    }
+}
+
+TEST(CombineOnBackend, RefusesWhatRunsOnTheCpuOnly) {
+  ClassicMergeOptions o;
+  o.tasks = {{"a", "unused"}, {"b", "unused"}};
+  o.method = ClassicMethod::della;
+  EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("DELLA"));
+  o.method = ClassicMethod::sce;
+  EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("SCE"));
+  o.method = ClassicMethod::ties;
+  EXPECT_EQ("", backend_combine_refusal(o));
+}
+
+}  // namespace
+}  // namespace revmerge
