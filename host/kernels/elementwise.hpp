@@ -22,8 +22,9 @@ namespace revmerge::kernels {
 
 /// Statistics (L1 norms, counts of elements at a trim threshold) are kept per block of this
 /// many elements of the tensor, each block's sums in kStatLanes lanes (element i in lane
-/// i mod kStatLanes), every lane summed in index order.
-constexpr std::int64_t kStatBlock = std::int64_t{1} << 16;
+/// i mod kStatLanes), every lane summed in index order. A lane is one GPU thread's sequential
+/// sum: blocks this small give a 7b tensor's passes some 10⁵ threads.
+constexpr std::int64_t kStatBlock = std::int64_t{1} << 12;
 constexpr std::int64_t kStatLanes = 8;
 /// A trim's ties are walked in chunks of this many elements (a divisor of kStatBlock).
 constexpr std::int64_t kTieChunk = 256;

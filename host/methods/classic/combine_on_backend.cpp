@@ -3,6 +3,8 @@
 // loop on the backend's stream.
 #include "methods/classic/combine_on_backend.hpp"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -40,6 +42,18 @@ DeviceBuffer filled(Backend& b, std::size_t bytes, unsigned char value, Stream s
   DeviceBuffer d = b.allocate(std::max<std::size_t>(bytes, 8));
   b.fill(d.data(), value, std::max<std::size_t>(bytes, 8), s);
   return d;
+}
+
+// dst = src, `bytes` of them, in parts on `threads` threads: one thread copies from the page
+// cache at a fraction of what the memory moves.
+void parallel_copy(unsigned char* dst, const std::byte* src, std::size_t bytes, int threads) {
+  constexpr std::size_t kPart = std::size_t{4} << 20;
+  const auto parts = static_cast<i64>((bytes + kPart - 1) / kPart);
+#pragma omp parallel for num_threads(parts > 1 ? threads : 1) schedule(static)
+  for (i64 p = 0; p < parts; ++p) {
+    const auto at = static_cast<std::size_t>(p) * kPart;
+    std::memcpy(dst + at, src + at, std::min(kPart, bytes - at));
+  }
 }
 
 template <class T>
@@ -226,14 +240,17 @@ struct CombineOnBackend::State {
 
 CombineOnBackend::CombineOnBackend(Backend& backend, std::size_t n, bool has_base, i64 max_piece)
     : s_(std::make_unique<State>(State{backend, backend.create_stream(), n, has_base, 1, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}})) {
-  // Per element: the inputs' bytes (at most f64 each) staged and on the device, the tasks' and
-  // the base's f32 values, the output on the device and in staging.
+  // Per element: the inputs' bytes (f32 at most; f64 inputs go in pieces half as long) staged
+  // and on the device, the tasks' and the base's f32 values, the output on the device and in
+  // staging. Pieces of at most kMostPiece elements keep the pinned staging to a few hundred MiB
+  // per input while a piece still takes the whole GPU for a moment.
+  constexpr i64 kMostPiece = i64{1} << 25;
   const auto inputs = static_cast<i64>(n + (has_base ? 1 : 0));
-  const i64 per = 8 * inputs + 4 * inputs + 4 + 4;
+  const i64 per = 4 * inputs + 4 * inputs + 4 + 4;
   const auto room = static_cast<i64>(backend.memory_available() / 2);
-  s_->piece = std::max<i64>(kernels::kTieChunk, std::min(max_piece, room / per));
+  s_->piece = std::max<i64>(kernels::kTieChunk, std::min({max_piece, room / per, kMostPiece}));
   const auto p = static_cast<std::size_t>(s_->piece);
-  const std::size_t raw_bytes = static_cast<std::size_t>(inputs) * (8 * p + 16);
+  const std::size_t raw_bytes = static_cast<std::size_t>(inputs) * (4 * p + 16);
   s_->staging = backend.allocate_staging(raw_bytes);
   s_->raw = backend.allocate(raw_bytes);
   s_->stack = backend.allocate(n * p * 4);
@@ -263,6 +280,7 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   i64 numel = 1;
   for (const auto d : shape) numel *= d;
   const auto n = static_cast<i64>(s.n);
+  const int threads = o.threads > 0 ? o.threads : omp_get_max_threads();
   const auto recipe = make_recipe(o, Convention::mergekit);
   const auto params = task_parameters(o, s.n);
   const CombineInput ci{{}, n, numel, params.weights, params.densities, name, o.seed, params.gammas, params.epsilons, shape};
@@ -291,15 +309,19 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   widen.x = as<float>(s.stack);
   widen.base = as<float>(s.base);
   widen.first_bad = as<std::uint64_t>(s.first_bad);
+  // This tensor's pieces: as long as the staging holds for its inputs' dtypes.
+  std::size_t element_bytes = 0;
+  for (const auto* in : inputs) element_bytes += dtype_size(in->info->dtype);
+  const i64 piece = std::min({numel, s.piece, s.piece * 4 * static_cast<i64>(inputs.size()) /
+                                                  static_cast<i64>(std::max<std::size_t>(element_bytes, 1))});
   std::size_t offset = 0;
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     widen.offsets[i] = static_cast<i64>(offset);
     widen.types[i] = kernel_type(inputs[i]->info->dtype, where[i]);
-    offset += (static_cast<std::size_t>(s.piece) * dtype_size(inputs[i]->info->dtype) + 15) / 16 * 16;
+    offset += (static_cast<std::size_t>(piece) * dtype_size(inputs[i]->info->dtype) + 15) / 16 * 16;
   }
   const std::size_t staged = offset;
 
-  const i64 piece = std::min(numel, s.piece);
   i64 count = 0;
   // The piece at `first`: the files' bytes staged, uploaded, widened and checked.
   const auto read = [&](i64 first) {
@@ -309,9 +331,9 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
     for (std::size_t i = 0; i < inputs.size(); ++i) {
       const auto& info = *inputs[i]->info;
       const auto size = dtype_size(info.dtype);
-      std::memcpy(as<unsigned char>(s.staging) + widen.offsets[i],
-                  inputs[i]->file->bytes(info).data() + static_cast<std::size_t>(first) * size,
-                  static_cast<std::size_t>(count) * size);
+      parallel_copy(as<unsigned char>(s.staging) + widen.offsets[i],
+                    inputs[i]->file->bytes(info).data() + static_cast<std::size_t>(first) * size,
+                    static_cast<std::size_t>(count) * size, threads);
       inputs[i]->file->check_intact();
       inputs[i]->file->evict_part(info, static_cast<std::uint64_t>(first), static_cast<std::uint64_t>(count));
     }

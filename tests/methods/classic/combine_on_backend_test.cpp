@@ -1,8 +1,8 @@
 // The element-wise full-model merges on a backend (combine_on_backend.hpp) give the CPU merge's
 // bits: on the CPU backend (the steps' routines run by the CPU) and on the deferred test backend
-// (a discrete GPU's memory and ordering, on the CPU), for any piece size, from f32 and from bf16
-// files (the 16-bit bytes widened by the backend), and a non-finite input is named as the CPU
-// names it. What runs on a GPU is these routines; tools/gpu-check.sh runs them there.
+// (a discrete GPU's memory and ordering, on the CPU), for any piece size, from f32, bf16 and f64
+// files (the files' bytes widened by the backend; f64 in shorter pieces), and a non-finite input
+// is named as the CPU names it. What runs on a GPU is these routines; tools/gpu-check.sh runs them there.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -81,8 +81,8 @@ TEST_P(CombineOnBackendTest, GivesTheCpuMergesBitsOnEveryBackendAndPieceSize) {
   for (std::size_t t = 0; t < c.n; ++t) o.tasks.push_back({"t" + std::to_string(t), "unused"});
   c.set(o);
   ASSERT_EQ("", backend_combine_refusal(o));
-  for (const DType dtype : {DType::F32, DType::BF16}) {
-    // 210 000 elements: four statistics blocks (65 536), pieces cutting them anywhere.
+  for (const DType dtype : {DType::F32, DType::BF16, DType::F64}) {
+    // 210 000 elements: 52 statistics blocks (4 096), pieces cutting them anywhere.
     const TensorSet set({300, 700}, dtype);
     const auto cpu = set.merge(o, c.n, c.base, set.numel(), 2);
     auto cpu_backend = make_cpu_backend({2, 0});

@@ -84,7 +84,7 @@ class PieceMerge : public ::testing::TestWithParam<Case> {};
 
 TEST_P(PieceMerge, AnyPieceSizeGivesTheWholeTensorsBits) {
   const auto& c = GetParam();
-  // 210 000 elements: four of the statistics' blocks (65 536), pieces cutting them anywhere.
+  // 210 000 elements: 52 of the statistics' blocks (4 096), pieces cutting them anywhere.
   static const TensorSet set({300, 700});
   ClassicMergeOptions o;
   o.method = c.method;
