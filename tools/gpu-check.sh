@@ -189,7 +189,7 @@ full_models() {
 }
 export -f full_models
 step full-models full-models.log 240 bash -c full_models
-# The element-wise full-model merges on the GPU (issue 22): TIES, DARE-TIES and task arithmetic
+# The element-wise full-model merges on the GPU (issue 22): TIES, DARE-TIES, task arithmetic and SLERP
 # of 3 of the 7b layer's bf16 fine-tunes on --device cuda and cpu, timed file to file; the two
 # outputs must be byte-identical (the same kernels/elementwise.hpp steps on both).
 classic_gpu() {
@@ -207,6 +207,14 @@ classic_gpu() {
     cmp "$out/classic-$method-cuda/model.safetensors" "$out/classic-$method-cpu/model.safetensors" &&
       echo "$method: GPU and CPU outputs byte-identical" || return 1
   done
+  for dev in cuda cpu; do
+    t0=$(date +%s%N)
+    "$revmerge" merge --method slerp --t 0.4 --device $dev --base "$m/base" --force --quiet \
+      --out "$out/classic-slerp-$dev" "$m/ft-0" || return 1
+    echo "slerp of a 7b layer's bf16 fine-tune on $dev: $(( ($(date +%s%N) - t0) / 1000000 )) ms file to file"
+  done
+  cmp "$out/classic-slerp-cuda/model.safetensors" "$out/classic-slerp-cpu/model.safetensors" &&
+    echo "slerp: GPU and CPU outputs byte-identical"
 }
 export -f classic_gpu
 step classic-7b-gpu classic-7b-gpu.log 150 bash -c classic_gpu

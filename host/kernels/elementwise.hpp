@@ -105,6 +105,12 @@ enum class ElementwiseKind : std::int32_t {
   /// Per element: the tasks combined (weighted, sign-elected, summed, divided, scaled), the
   /// base added back.
   combine,
+  /// Per lane of a statistics block: SLERP's Σ v0², Σ v1², Σ v0·v1 (v0 the base, v1 = x).
+  dot_lanes,
+  /// Per element: SLERP's blend s0 · v0 + s1 · v1.
+  blend,
+  /// Per element: nearswap's w · v1 + (1 − w) · v0, w = min(1, t / max(|v0 − v1|, 1e-6)).
+  nearswap,
 };
 
 /// What the combine divides the sum by (methods/classic/combine.hpp's Normalize).
@@ -163,6 +169,11 @@ struct ElementwiseStep {
   bool elect = false, elect_by_count = false, elect_on_weighted = false;
   CombineNormalize normalize = CombineNormalize::none;
   float* out = nullptr;
+
+  // dot_lanes: the three sums' lanes (per tensor block, as `before`); blend: s0, s1 (the base in
+  // `base`, the fine-tune in x, into out); nearswap: t.
+  double* sums[3] = {};
+  double s0 = 0, s1 = 0, t = 0;
 };
 
 /// How many indices a step runs over.
@@ -176,7 +187,8 @@ REVMERGE_HD_INLINE std::int64_t piece_chunks(const ElementwiseStep& s) {
 }
 REVMERGE_HD_INLINE std::int64_t step_indices(const ElementwiseStep& s) {
   switch (s.kind) {
-    case ElementwiseKind::lane_stats: return piece_blocks(s) * kStatLanes;
+    case ElementwiseKind::lane_stats:
+    case ElementwiseKind::dot_lanes: return piece_blocks(s) * kStatLanes;
     case ElementwiseKind::tie_scan: return piece_blocks(s);
     case ElementwiseKind::tie_counts:
     case ElementwiseKind::trim: return piece_chunks(s);
@@ -201,14 +213,30 @@ REVMERGE_HD_INLINE void widen_element(const ElementwiseStep& s, std::int64_t j) 
   }
 }
 
-// Lane l of block c: the piece's elements i ≡ l (mod kStatLanes) in the block, in index order.
-REVMERGE_HD_INLINE void lane_stats(const ElementwiseStep& s, std::int64_t index) {
+// Lane index of the piece's blocks: lane l of block c, its first element i (≡ l mod
+// kStatLanes, in the piece) and the end of the block's part of the piece; `at` its place in the
+// tensor's lanes.
+struct Lane {
+  std::int64_t c, at, i, end;
+};
+REVMERGE_HD_INLINE Lane piece_lane(const ElementwiseStep& s, std::int64_t index) {
   const std::int64_t c = s.first / kStatBlock + index / kStatLanes, l = index % kStatLanes;
   const std::int64_t begin = c * kStatBlock > s.first ? c * kStatBlock : s.first;
   const std::int64_t block_end = (c + 1) * kStatBlock, piece_end = s.first + s.count;
-  const std::int64_t end = block_end < piece_end ? block_end : piece_end;
-  std::int64_t i = begin + ((l - begin % kStatLanes) + kStatLanes) % kStatLanes;
-  const std::int64_t at = c * kStatLanes + l;
+  return {c, c * kStatLanes + l, begin + ((l - begin % kStatLanes) + kStatLanes) % kStatLanes,
+          block_end < piece_end ? block_end : piece_end};
+}
+
+/// A block's lanes added in a fixed tree.
+REVMERGE_HD_INLINE double block_lanes_sum(const double* v) {
+  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+
+// The piece's elements of lane l of block c, in index order.
+REVMERGE_HD_INLINE void lane_stats(const ElementwiseStep& s, std::int64_t index) {
+  const Lane lane = piece_lane(s, index);
+  const std::int64_t c = lane.c, at = lane.at, end = lane.end;
+  std::int64_t i = lane.i;
   double before = s.before ? s.before[at] : 0.0, after = s.after ? s.after[at] : 0.0;
   double above[kMaxTrimRules] = {};
   std::uint64_t equal[kMaxTrimRules] = {};
@@ -336,6 +364,32 @@ REVMERGE_HD_INLINE void combine_element(const ElementwiseStep& s, std::int64_t j
   s.out[j] = out;
 }
 
+REVMERGE_HD_INLINE void dot_lanes(const ElementwiseStep& s, std::int64_t index) {
+  const Lane lane = piece_lane(s, index);
+  double n0 = s.sums[0][lane.at], n1 = s.sums[1][lane.at], d = s.sums[2][lane.at];
+  for (std::int64_t i = lane.i; i < lane.end; i += kStatLanes) {
+    const double v0 = s.base[i - s.first], v1 = s.x[i - s.first];
+    n0 += v0 * v0;
+    n1 += v1 * v1;
+    d += v0 * v1;
+  }
+  s.sums[0][lane.at] = n0;
+  s.sums[1][lane.at] = n1;
+  s.sums[2][lane.at] = d;
+}
+
+REVMERGE_HD_INLINE void blend_element(const ElementwiseStep& s, std::int64_t j) {
+  s.out[j] = static_cast<float>(s.s0 * s.base[j] + s.s1 * s.x[j]);
+}
+
+REVMERGE_HD_INLINE void nearswap_element(const ElementwiseStep& s, std::int64_t j) {
+  const double v0 = s.base[j], v1 = s.x[j];
+  const double gap = v0 > v1 ? v0 - v1 : v1 - v0;       // |v0 − v1|, exact as fabs
+  const double d = gap < 1e-6 ? 1e-6 : gap;              // mergekit's floor
+  const double w = s.t / d < 1.0 ? s.t / d : 1.0;
+  s.out[j] = static_cast<float>(w * v1 + (1 - w) * v0);
+}
+
 /// One index of any step (a backend's loop body).
 REVMERGE_HD_INLINE void elementwise_index(const ElementwiseStep& s, std::int64_t i) {
   switch (s.kind) {
@@ -347,6 +401,9 @@ REVMERGE_HD_INLINE void elementwise_index(const ElementwiseStep& s, std::int64_t
     case ElementwiseKind::trim: trim_chunk(s, i); break;
     case ElementwiseKind::drop: drop_element(s, i); break;
     case ElementwiseKind::combine: combine_element(s, i); break;
+    case ElementwiseKind::dot_lanes: dot_lanes(s, i); break;
+    case ElementwiseKind::blend: blend_element(s, i); break;
+    case ElementwiseKind::nearswap: nearswap_element(s, i); break;
   }
 }
 

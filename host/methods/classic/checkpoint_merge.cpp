@@ -266,9 +266,7 @@ void merge_whole_tensor(const ClassicMergeOptions& o, TensorInputs& in, std::spa
 
 void check_device(const ClassicMergeOptions& o) {
   if (o.device != Device::cuda) return;
-  const std::string cpu_only = " runs on the CPU only in this version (on a GPU: the element-wise merges of full models)";
-  if (!o.slices.empty()) throw usage_error("--device cuda: layer slices (slices:)" + cpu_only);
-  if (!is_elementwise(o.method)) throw usage_error("--device cuda: --method " + to_string(o.method) + cpu_only);
+  if (!o.slices.empty()) throw usage_error("--device cuda: layer slices (slices:) run on the CPU only in this version");
   if (const auto why = backend_combine_refusal(o); !why.empty()) throw usage_error("--device cuda: " + why);
 }
 

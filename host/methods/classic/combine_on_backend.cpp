@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <tuple>
 
 #include "backend/backend.hpp"
 #include "core/interrupt.hpp"
@@ -25,11 +26,13 @@ using kernels::ElementwiseKind;
 using kernels::ElementwiseStep;
 
 std::string backend_combine_refusal(const ClassicMergeOptions& o) {
+  const std::string cpu_only = " runs on the CPU only in this version";
+  if (blends_two_models(o.method)) return {};  // slerp, nearswap
+  if (!is_elementwise(o.method)) return "--method " + to_string(o.method) + cpu_only;
   const auto recipe = make_recipe(o, Convention::mergekit);
-  if (recipe.sparsify == Sparsify::della)
-    return "--method " + to_string(o.method) + ": DELLA's ranked drop runs on the CPU only in this version";
+  if (recipe.sparsify == Sparsify::della) return "--method " + to_string(o.method) + ": DELLA's ranked drop" + cpu_only;
   if (recipe.select_by_variance || recipe.weights_from_energy)
-    return "--method " + to_string(o.method) + ": SCE's selection runs on the CPU only in this version";
+    return "--method " + to_string(o.method) + ": SCE's selection" + cpu_only;
   if (o.tasks.size() > static_cast<std::size_t>(kernels::kMaxElementwiseInputs))
     return "--device: at most " + std::to_string(kernels::kMaxElementwiseInputs) +
            " models merge on a GPU in this version (" + std::to_string(o.tasks.size()) + " given)";
@@ -281,18 +284,7 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   for (const auto d : shape) numel *= d;
   const auto n = static_cast<i64>(s.n);
   const int threads = o.threads > 0 ? o.threads : omp_get_max_threads();
-  const auto recipe = make_recipe(o, Convention::mergekit);
-  const auto params = task_parameters(o, s.n);
-  const CombineInput ci{{}, n, numel, params.weights, params.densities, name, o.seed, params.gammas, params.epsilons, shape};
-  std::vector<Thinning> thinning;
-  thinning.reserve(s.n);
-  for (i64 t = 0; t < n; ++t) thinning.emplace_back(thinning_spec(recipe, ci, t), numel);
-  std::vector<ThinningOnBackend> on;
-  on.reserve(s.n);
-  for (auto& th : thinning) on.emplace_back(th, b, s.stream);
-  b.upload(s.weights.data(), params.weights.data(), s.n * 8, s.stream);
-  b.synchronize(s.stream);  // the weights are the caller's memory
-
+  const bool two_models = blends_two_models(o.method);
   // The inputs: tasks 0 … n − 1, then the base.
   std::vector<const CheckpointTensor*> inputs(src.models.begin(), src.models.end());
   std::vector<std::string> where(src.model_where.begin(), src.model_where.end());
@@ -304,7 +296,7 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   widen.kind = ElementwiseKind::widen;
   widen.n = static_cast<int>(n);
   widen.has_base = src.base != nullptr;
-  widen.task_vectors = src.base != nullptr;  // linear: the weights themselves
+  widen.task_vectors = src.base != nullptr && !two_models;  // linear, slerp: the weights themselves
   widen.raw = as<unsigned char>(s.raw);
   widen.x = as<float>(s.stack);
   widen.base = as<float>(s.base);
@@ -356,6 +348,16 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
     }
   };
   const auto task = [&](i64 t) { return as<float>(s.stack) + t * count; };
+  // The merged piece at `first` (in s.out, by `step`) to the sink.
+  const auto emit = [&](ElementwiseStep step, i64 first) {
+    step.first = first;
+    step.count = count;
+    step.out = as<float>(s.out);
+    b.elementwise(step, s.stream);
+    b.download(s.out_host.data(), s.out.data(), static_cast<std::size_t>(count) * 4, s.stream);
+    b.synchronize(s.stream);
+    sink(static_cast<std::uint64_t>(first), std::span<const float>(as<float>(s.out_host), static_cast<std::size_t>(count)));
+  };
 
   if (numel == 0) {
     sink(0, {});
@@ -363,6 +365,43 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   }
   const bool one_piece = piece >= numel;
   if (one_piece) read(0);
+  if (two_models) {  // slerp: a pass for its sums, then the blend; nearswap: element by element
+    const double t = two_model_t(o, name);
+    ElementwiseStep step;
+    step.base = as<float>(s.base);
+    step.x = task(0);
+    if (o.method == ClassicMethod::slerp) {
+      SlerpSums sums(numel);
+      const DeviceBuffer lanes = filled(b, sums.lane_count() * 8, 0, s.stream);
+      for (i64 first = 0; first < numel; first += piece) {
+        if (!one_piece) read(first);
+        b.elementwise(sums.step(first, count, as<float>(s.base), task(0), as<double>(lanes)), s.stream);
+      }
+      fetch(b, s.stream, lanes, sums.lanes());
+      step.kind = ElementwiseKind::blend;
+      std::tie(step.s0, step.s1) = sums.coefficients(t);
+    } else {
+      step.kind = ElementwiseKind::nearswap;
+      step.t = t;
+    }
+    for (i64 first = 0; first < numel; first += piece) {
+      if (!one_piece) read(first);
+      emit(step, first);
+    }
+    return;
+  }
+
+  const auto recipe = make_recipe(o, Convention::mergekit);
+  const auto params = task_parameters(o, s.n);
+  const CombineInput ci{{}, n, numel, params.weights, params.densities, name, o.seed, params.gammas, params.epsilons, shape};
+  std::vector<Thinning> thinning;
+  thinning.reserve(s.n);
+  for (i64 t = 0; t < n; ++t) thinning.emplace_back(thinning_spec(recipe, ci, t), numel);
+  std::vector<ThinningOnBackend> on;
+  on.reserve(s.n);
+  for (auto& th : thinning) on.emplace_back(th, b, s.stream);
+  b.upload(s.weights.data(), params.weights.data(), s.n * 8, s.stream);
+  b.synchronize(s.stream);  // the weights are the caller's memory
   const auto wanting = [&] {
     return std::any_of(thinning.begin(), thinning.end(), [](const Thinning& th) { return th.wants_pass(); });
   };
@@ -392,16 +431,10 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   combine.has_base = src.base != nullptr;
   combine.base = as<float>(s.base);
   combine.x = as<float>(s.stack);
-  combine.out = as<float>(s.out);
   for (i64 first = 0; first < numel; first += piece) {
     if (!one_piece) read(first);
     for (i64 t = 0; t < n; ++t) on[t].apply(task(t), first, count, s.ties, s.allowances);
-    combine.first = first;
-    combine.count = count;
-    b.elementwise(combine, s.stream);
-    b.download(s.out_host.data(), s.out.data(), static_cast<std::size_t>(count) * 4, s.stream);
-    b.synchronize(s.stream);
-    sink(static_cast<std::uint64_t>(first), std::span<const float>(as<float>(s.out_host), static_cast<std::size_t>(count)));
+    emit(combine, first);
   }
 }
 

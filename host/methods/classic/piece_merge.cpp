@@ -21,7 +21,9 @@ constexpr std::uint64_t kReserve = std::uint64_t{96} << 20;
 std::unique_ptr<PieceMerger> piece_merger(const ClassicMergeOptions& o, const std::string& name,
                                           const std::vector<i64>& shape, std::size_t n, bool has_base) {
   std::unique_ptr<PieceMerger> m;
-  if (blends_two_models(o.method)) m = two_model_merger(o, name);
+  i64 count = 1;
+  for (const auto d : shape) count *= d;
+  if (blends_two_models(o.method)) m = two_model_merger(o, name, count);
   else if (o.method == ClassicMethod::model_stock) m = model_stock_merger(o, shape, n);
   else if (o.method == ClassicMethod::passthrough) m = passthrough_merger(o);
   else if (is_spherical(o.method)) m = spherical_merger(o, name, shape, n, has_base);

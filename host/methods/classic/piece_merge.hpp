@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/elementwise.hpp"
 #include "methods/classic/classic_internal.hpp"
 
 namespace revmerge {
@@ -47,7 +48,34 @@ std::unique_ptr<PieceMerger> piece_merger(const ClassicMergeOptions& options, co
 std::unique_ptr<PieceMerger> combine_merger(const ClassicMergeOptions& options, const std::string& name,
                                             const std::vector<std::int64_t>& shape, std::size_t n,
                                             bool has_base);
-std::unique_ptr<PieceMerger> two_model_merger(const ClassicMergeOptions& options, const std::string& name);
+std::unique_ptr<PieceMerger> two_model_merger(const ClassicMergeOptions& options, const std::string& name,
+                                              std::int64_t count);
+
+/// slerp's and nearswap's t for tensor `name` (usage_error when missing or out of range).
+double two_model_t(const ClassicMergeOptions& options, const std::string& name);
+
+/// SLERP's sums over a tensor of `count` elements — ‖v0‖², ‖v1‖², v0 · v1 — kept per statistics
+/// block and lane (kernels/elementwise.hpp's dot_lanes, each lane in index order), so that the
+/// pieces, the threads and a backend all give the same bits.
+class SlerpSums {
+ public:
+  explicit SlerpSums(std::int64_t count);
+  /// The pieces v0 (the base) and v1 at `first`, pieces in order.
+  void add(std::int64_t first, std::span<const float> v0, std::span<const float> v1, int threads);
+  /// The dot_lanes step of a piece at `first` into `lanes` (lane_count() values, in backend
+  /// memory for a backend's step).
+  kernels::ElementwiseStep step(std::int64_t first, std::int64_t count, float* v0, float* v1, double* lanes) const;
+  std::size_t lane_count() const noexcept { return lanes_.size(); }
+  /// The sums' lanes, for a backend to download into.
+  std::vector<double>& lanes() noexcept { return lanes_; }
+  /// The two coefficients (s0, s1) of W = s0 v0 + s1 v1 (mergekit's slerp: linear where the
+  /// directions are nearly parallel).
+  std::pair<double, double> coefficients(double t) const;
+
+ private:
+  std::int64_t blocks_;
+  std::vector<double> lanes_;
+};
 std::unique_ptr<PieceMerger> model_stock_merger(const ClassicMergeOptions& options,
                                                 const std::vector<std::int64_t>& shape, std::size_t n);
 std::unique_ptr<PieceMerger> passthrough_merger(const ClassicMergeOptions& options);

@@ -12,7 +12,9 @@
 // once.
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
+#include "kernels/elementwise.hpp"
 #include "methods/classic/piece_merge.hpp"
 #include "revmerge/error.hpp"
 
@@ -21,39 +23,61 @@ namespace {
 
 constexpr double kDotThreshold = 0.9995;  // mergekit's DOT_THRESHOLD
 constexpr double kNormEps = 1e-8;         // mergekit's eps
-constexpr double kDifferenceFloor = 1e-6; // mergekit's nearswap clamp
 
-// SLERP's sums over the tensor, added in index order (piece after piece).
-struct SlerpSums {
-  double n0 = 0, n1 = 0, d = 0;
-  void add(std::span<const float> v0, std::span<const float> v1) {
-    for (std::size_t i = 0; i < v0.size(); ++i) {
-      n0 += double(v0[i]) * v0[i];
-      n1 += double(v1[i]) * v1[i];
-      d += double(v0[i]) * v1[i];
-    }
-  }
-  // The two coefficients (s0, s1) of W = s0 v0 + s1 v1.
-  std::pair<double, double> coefficients(double t) const {
-    const double r0 = std::sqrt(n0), r1 = std::sqrt(n1);
-    const double dot = d / (r0 > kNormEps ? r0 : 1.0) / (r1 > kNormEps ? r1 : 1.0);
-    if (std::fabs(dot) > kDotThreshold) return {1 - t, t};
-    const double theta = std::acos(dot), s = std::sin(theta);
-    return {std::sin(theta - theta * t) / s, std::sin(theta * t) / s};
-  }
-};
+// Every index of `step` (host memory) on `threads` threads.
+void run_step(const kernels::ElementwiseStep& step, int threads) {
+  const auto count = kernels::step_indices(step);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (std::int64_t i = 0; i < count; ++i) kernels::elementwise_index(step, i);
+}
 
-void nearswap(double t, std::span<const float> v0, std::span<const float> v1, std::span<float> out) {
-  for (std::size_t i = 0; i < out.size(); ++i) {
-    // mergekit divides by the difference floored at 1e-6 (so equal elements take v1 for any
-    // t ≥ 1e-6).
-    const double d = std::max(std::fabs(double(v0[i]) - v1[i]), kDifferenceFloor);
-    const double w = std::min(1.0, t / d);
-    out[i] = static_cast<float>(w * v1[i] + (1 - w) * v0[i]);
-  }
+// A per-element step of the two models' pieces v0 (the base) and v1 into out.
+kernels::ElementwiseStep element_step(kernels::ElementwiseKind kind, std::span<const float> v0,
+                                      std::span<const float> v1, std::span<float> out) {
+  kernels::ElementwiseStep st;
+  st.kind = kind;
+  st.count = static_cast<std::int64_t>(out.size());
+  st.base = const_cast<float*>(v0.data());  // read only
+  st.x = const_cast<float*>(v1.data());
+  st.out = out.data();
+  return st;
 }
 
 }  // namespace
+
+SlerpSums::SlerpSums(std::int64_t count)
+    : blocks_((count + kernels::kStatBlock - 1) / kernels::kStatBlock),
+      lanes_(static_cast<std::size_t>(3 * blocks_ * kernels::kStatLanes), 0.0) {}
+
+kernels::ElementwiseStep SlerpSums::step(std::int64_t first, std::int64_t count, float* v0, float* v1,
+                                         double* lanes) const {
+  kernels::ElementwiseStep st;
+  st.kind = kernels::ElementwiseKind::dot_lanes;
+  st.first = first;
+  st.count = count;
+  st.base = v0;
+  st.x = v1;
+  for (int k = 0; k < 3; ++k) st.sums[k] = lanes + k * blocks_ * kernels::kStatLanes;
+  return st;
+}
+
+void SlerpSums::add(std::int64_t first, std::span<const float> v0, std::span<const float> v1, int threads) {
+  run_step(step(first, static_cast<std::int64_t>(v0.size()), const_cast<float*>(v0.data()),
+                const_cast<float*>(v1.data()), lanes_.data()),
+           threads);
+}
+
+std::pair<double, double> SlerpSums::coefficients(double t) const {
+  double sum[3] = {0, 0, 0};
+  for (int k = 0; k < 3; ++k)
+    for (std::int64_t c = 0; c < blocks_; ++c)
+      sum[k] += kernels::block_lanes_sum(lanes_.data() + (k * blocks_ + c) * kernels::kStatLanes);
+  const double r0 = std::sqrt(sum[0]), r1 = std::sqrt(sum[1]);
+  const double dot = sum[2] / (r0 > kNormEps ? r0 : 1.0) / (r1 > kNormEps ? r1 : 1.0);
+  if (std::fabs(dot) > kDotThreshold) return {1 - t, t};
+  const double theta = std::acos(dot), s = std::sin(theta);
+  return {std::sin(theta - theta * t) / s, std::sin(theta * t) / s};
+}
 
 namespace {
 
@@ -70,6 +94,10 @@ double checked_t(ClassicMethod m, std::optional<double> t, const std::string& wh
 
 }  // namespace
 
+double two_model_t(const ClassicMergeOptions& o, const std::string& name) {
+  return checked_t(o.method, o.t, " (tensor '" + name + "')");
+}
+
 void check_two_model_options(const ClassicMergeOptions& o) {
   if (o.tasks.size() != 1)
     throw usage_error("--method " + to_string(o.method) + " blends the base and one fine-tune; got " +
@@ -82,19 +110,23 @@ namespace {
 
 // slerp in pieces: one pass for the norms and the dot product, then the blend; nearswap
 // element by element.
+// The element-wise steps are kernels/elementwise.hpp's, the ones a backend runs.
 class TwoModelPieces final : public PieceMerger {
  public:
-  TwoModelPieces(ClassicMethod method, double t) : method_(method), t_(t) {}
+  TwoModelPieces(ClassicMethod method, double t, std::int64_t count) : method_(method), t_(t), sums_(count) {}
   bool wants_pass() const override { return method_ == ClassicMethod::slerp && !summed_; }
-  void observe(const TensorInputs& in, int) override { sums_.add(in.base, in.model(0)); }
+  void observe(const TensorInputs& in, int threads) override { sums_.add(in.first, in.base, in.model(0), threads); }
   void end_pass() override { summed_ = true; }
   void produce(TensorInputs& in, std::span<float> out, int threads) override {
     const std::span<const float> v0 = in.base, v1 = in.model(0);
-    if (method_ == ClassicMethod::nearswap) return nearswap(t_, v0, v1, out);
-    const auto [s0, s1] = sums_.coefficients(t_);
-    const auto count = static_cast<std::int64_t>(out.size());
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (std::int64_t i = 0; i < count; ++i) out[i] = static_cast<float>(s0 * v0[i] + s1 * v1[i]);
+    if (method_ == ClassicMethod::nearswap) {
+      auto st = element_step(kernels::ElementwiseKind::nearswap, v0, v1, out);
+      st.t = t_;
+      return run_step(st, threads);
+    }
+    auto st = element_step(kernels::ElementwiseKind::blend, v0, v1, out);
+    std::tie(st.s0, st.s1) = sums_.coefficients(t_);
+    run_step(st, threads);
   }
 
  private:
@@ -106,8 +138,9 @@ class TwoModelPieces final : public PieceMerger {
 
 }  // namespace
 
-std::unique_ptr<PieceMerger> two_model_merger(const ClassicMergeOptions& o, const std::string& name) {
-  return std::make_unique<TwoModelPieces>(o.method, checked_t(o.method, o.t, " (tensor '" + name + "')"));
+std::unique_ptr<PieceMerger> two_model_merger(const ClassicMergeOptions& o, const std::string& name,
+                                              std::int64_t count) {
+  return std::make_unique<TwoModelPieces>(o.method, two_model_t(o, name), count);
 }
 
 }  // namespace revmerge

@@ -70,6 +70,8 @@ const Case kCases[] = {
      [](ClassicMergeOptions& o) { o.densities = {0.5}; o.gammas = {0.05, 0.1, 0.02}; o.rescale = true; }},
     {"breadcrumbs", ClassicMethod::breadcrumbs, 2, true,
      [](ClassicMergeOptions& o) { o.densities = {0.3}; o.gammas = {0.01}; }},
+    {"slerp", ClassicMethod::slerp, 1, true, [](ClassicMergeOptions& o) { o.t = 0.3; }},
+    {"nearswap", ClassicMethod::nearswap, 1, true, [](ClassicMergeOptions& o) { o.t = 0.01; }},
 };
 
 class CombineOnBackendTest : public ::testing::TestWithParam<Case> {};
@@ -164,14 +166,18 @@ TEST(CombineOnBackend, WholeModelsOnTheDeferredBackendAreTheCpusFiles) {
   // pieces of some tens of thousands of elements (a budget just above the process's reserve).
   const std::filesystem::path golden = std::filesystem::path(REVMERGE_SOURCE_DIR) / "tests/fixtures/golden/mergekit";
   for (const auto& [folder, n] : {std::pair{golden, 3}, std::pair{golden / "bf16", 2}})
-    for (const auto method : {ClassicMethod::ties, ClassicMethod::dare_ties, ClassicMethod::task_arithmetic}) {
+    for (const auto method :
+         {ClassicMethod::ties, ClassicMethod::dare_ties, ClassicMethod::task_arithmetic, ClassicMethod::slerp}) {
       test::TempDir tmp;
       ClassicMergeOptions o;
       o.method = method;
       o.base = folder / "base";
-      for (int t = 0; t < n; ++t) o.tasks.push_back({"ft" + std::to_string(t), folder / ("ft" + std::to_string(t))});
-      if (method != ClassicMethod::task_arithmetic) o.densities = {0.3};
-      o.weights = std::vector<double>(o.tasks.size(), 0.7);
+      const int models = method == ClassicMethod::slerp ? 1 : n;
+      for (int t = 0; t < models; ++t)
+        o.tasks.push_back({"ft" + std::to_string(t), folder / ("ft" + std::to_string(t))});
+      if (method == ClassicMethod::slerp) o.t = 0.4;
+      else o.weights = std::vector<double>(o.tasks.size(), 0.7);
+      if (method == ClassicMethod::ties || method == ClassicMethod::dare_ties) o.densities = {0.3};
       o.seed = 5;
       o.memory_budget = std::uint64_t{97} << 20;
       o.out = tmp / "cpu";
@@ -192,6 +198,8 @@ TEST(CombineOnBackend, RefusesWhatRunsOnTheCpuOnly) {
   EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("DELLA"));
   o.method = ClassicMethod::sce;
   EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("SCE"));
+  o.method = ClassicMethod::model_stock;
+  EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("model_stock runs on the CPU only"));
   o.method = ClassicMethod::ties;
   EXPECT_EQ("", backend_combine_refusal(o));
 }
