@@ -47,15 +47,25 @@ DeviceBuffer filled(Backend& b, std::size_t bytes, unsigned char value, Stream s
   return d;
 }
 
-// dst = src, `bytes` of them, in parts on `threads` threads: one thread copies from the page
-// cache at a fraction of what the memory moves.
-void parallel_copy(unsigned char* dst, const std::byte* src, std::size_t bytes, int threads) {
-  constexpr std::size_t kPart = std::size_t{4} << 20;
-  const auto parts = static_cast<i64>((bytes + kPart - 1) / kPart);
-#pragma omp parallel for num_threads(parts > 1 ? threads : 1) schedule(static)
-  for (i64 p = 0; p < parts; ++p) {
-    const auto at = static_cast<std::size_t>(p) * kPart;
-    std::memcpy(dst + at, src + at, std::min(kPart, bytes - at));
+// One copy of a staged chunk: `bytes` from `src` to `dst`.
+struct Copy {
+  unsigned char* dst;
+  const std::byte* src;
+  std::size_t bytes;
+};
+
+// The copies, in parts of 1 MiB on `threads` threads: one thread copies from the page cache at a
+// fraction of what the memory moves.
+void parallel_copy(const std::vector<Copy>& copies, int threads) {
+  constexpr std::size_t kPart = std::size_t{1} << 20;
+  std::vector<std::pair<std::size_t, std::size_t>> parts;  // (copy, offset)
+  for (std::size_t c = 0; c < copies.size(); ++c)
+    for (std::size_t at = 0; at < copies[c].bytes; at += kPart) parts.emplace_back(c, at);
+  const auto count = static_cast<i64>(parts.size());
+#pragma omp parallel for num_threads(count > 1 ? threads : 1) schedule(static)
+  for (i64 p = 0; p < count; ++p) {
+    const auto& [c, at] = parts[static_cast<std::size_t>(p)];
+    std::memcpy(copies[c].dst + at, copies[c].src + at, std::min(kPart, copies[c].bytes - at));
   }
 }
 
@@ -237,29 +247,39 @@ struct CombineOnBackend::State {
   std::size_t n;
   bool has_base;
   i64 piece;
-  DeviceBuffer staging, raw, stack, base, out, out_host, first_bad, weights;
+  DeviceBuffer raw, stack, base, out, first_bad, weights;
   DeviceBuffer ties[kernels::kMaxTrimRules], allowances[kernels::kMaxTrimRules];
+  // The copies in and out go in chunks through two pinned slots each, so that the host fills one
+  // (from the page cache) or empties one (into the writer) while the other is on the bus.
+  DeviceBuffer staging[2], out_host[2];
+  Event uploaded[2];
+  std::size_t uploads = 0;  // chunks uploaded so far: the next goes through slot uploads % 2
+  i64 chunk;                // elements of a chunk through the slots
 };
 
-CombineOnBackend::CombineOnBackend(Backend& backend, std::size_t n, bool has_base, i64 max_piece)
-    : s_(std::make_unique<State>(State{backend, backend.create_stream(), n, has_base, 1, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}})) {
-  // Per element: the inputs' bytes (f32 at most; f64 inputs go in pieces half as long) staged
-  // and on the device, the tasks' and the base's f32 values, the output on the device and in
-  // staging. Pieces of at most kMostPiece elements keep the pinned staging to a few hundred MiB
-  // per input while a piece still takes the whole GPU for a moment.
-  constexpr i64 kMostPiece = i64{1} << 25;
+CombineOnBackend::CombineOnBackend(Backend& backend, std::size_t n, bool has_base, i64 max_piece, i64 chunk)
+    : s_(std::make_unique<State>(State{backend, backend.create_stream(), n, has_base, 1})) {
+  // Per element of a piece on the device: the inputs' bytes (f32 at most; f64 inputs go in
+  // pieces half as long), the tasks' and the base's f32 values, the output. A piece is a whole
+  // tensor wherever memory allows (a 7b set's tensors all are; a method's passes then read the
+  // files once), at most kMostPiece elements.
+  constexpr i64 kMostPiece = i64{1} << 28;
   const auto inputs = static_cast<i64>(n + (has_base ? 1 : 0));
-  const i64 per = 4 * inputs + 4 * inputs + 4 + 4;
+  const i64 per = 4 * inputs + 4 * inputs + 4;
   const auto room = static_cast<i64>(backend.memory_available() / 2);
   s_->piece = std::max<i64>(kernels::kTieChunk, std::min({max_piece, room / per, kMostPiece}));
   const auto p = static_cast<std::size_t>(s_->piece);
   const std::size_t raw_bytes = static_cast<std::size_t>(inputs) * (4 * p + 16);
-  s_->staging = backend.allocate_staging(raw_bytes);
+  s_->chunk = std::max<i64>(std::min(chunk, s_->piece), 1);
+  const auto chunk_elements = static_cast<std::size_t>(s_->chunk);
+  for (int k = 0; k < 2; ++k) {
+    s_->staging[k] = backend.allocate_staging(static_cast<std::size_t>(inputs) * 4 * chunk_elements);
+    s_->out_host[k] = backend.allocate_staging(4 * chunk_elements);
+  }
   s_->raw = backend.allocate(raw_bytes);
   s_->stack = backend.allocate(n * p * 4);
   s_->base = backend.allocate(has_base ? p * 4 : 8);
   s_->out = backend.allocate(p * 4);
-  s_->out_host = backend.allocate_staging(p * 4);
   s_->first_bad = backend.allocate((n + 1) * 8);
   s_->weights = backend.allocate(std::max<std::size_t>(n, 1) * 8);
   const std::size_t chunks = p / kernels::kTieChunk + 2;
@@ -306,30 +326,45 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   for (const auto* in : inputs) element_bytes += dtype_size(in->info->dtype);
   const i64 piece = std::min({numel, s.piece, s.piece * 4 * static_cast<i64>(inputs.size()) /
                                                   static_cast<i64>(std::max<std::size_t>(element_bytes, 1))});
+  // … and its chunks: as long as a slot holds for them.
+  const i64 chunk = std::max<i64>(1, std::min(s.chunk, s.chunk * 4 * static_cast<i64>(inputs.size()) /
+                                                           static_cast<i64>(std::max<std::size_t>(element_bytes, 1))));
   std::size_t offset = 0;
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     widen.offsets[i] = static_cast<i64>(offset);
     widen.types[i] = kernel_type(inputs[i]->info->dtype, where[i]);
     offset += (static_cast<std::size_t>(piece) * dtype_size(inputs[i]->info->dtype) + 15) / 16 * 16;
   }
-  const std::size_t staged = offset;
 
   i64 count = 0;
-  // The piece at `first`: the files' bytes staged, uploaded, widened and checked.
+  // The piece at `first`: the files' bytes staged chunk by chunk through the two slots (the host
+  // filling one while the other uploads), then widened and checked on the device.
   const auto read = [&](i64 first) {
     throw_if_interrupted("merge");
     count = std::min(piece, numel - first);
-    b.synchronize(s.stream);  // the staging buffer's last upload has run
-    for (std::size_t i = 0; i < inputs.size(); ++i) {
-      const auto& info = *inputs[i]->info;
-      const auto size = dtype_size(info.dtype);
-      parallel_copy(as<unsigned char>(s.staging) + widen.offsets[i],
-                    inputs[i]->file->bytes(info).data() + static_cast<std::size_t>(first) * size,
-                    static_cast<std::size_t>(count) * size, threads);
-      inputs[i]->file->check_intact();
-      inputs[i]->file->evict_part(info, static_cast<std::uint64_t>(first), static_cast<std::uint64_t>(count));
+    for (i64 c0 = 0; c0 < count; c0 += chunk) {
+      const i64 m = std::min(chunk, count - c0);
+      const std::size_t slot = s.uploads++ % 2;
+      if (s.uploaded[slot].handle()) b.synchronize_event(s.uploaded[slot]);  // the slot's last upload has run
+      std::vector<Copy> copies;
+      std::size_t at = 0;
+      for (const auto* in : inputs) {
+        const auto size = dtype_size(in->info->dtype);
+        copies.push_back({as<unsigned char>(s.staging[slot]) + at,
+                          in->file->bytes(*in->info).data() + static_cast<std::size_t>(first + c0) * size,
+                          static_cast<std::size_t>(m) * size});
+        at += static_cast<std::size_t>(m) * size;
+      }
+      parallel_copy(copies, threads);
+      for (std::size_t i = 0; i < inputs.size(); ++i) {
+        inputs[i]->file->check_intact();
+        inputs[i]->file->evict_part(*inputs[i]->info, static_cast<std::uint64_t>(first + c0), static_cast<std::uint64_t>(m));
+        const auto size = dtype_size(inputs[i]->info->dtype);
+        b.upload(as<unsigned char>(s.raw) + widen.offsets[i] + static_cast<std::size_t>(c0) * size, copies[i].dst,
+                 copies[i].bytes, s.stream);
+      }
+      s.uploaded[slot] = b.record_event(s.stream);
     }
-    b.upload(s.raw.data(), s.staging.data(), staged, s.stream);
     b.fill(s.first_bad.data(), 0xff, (s.n + 1) * 8, s.stream);
     widen.first = first;
     widen.count = count;
@@ -348,15 +383,30 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
     }
   };
   const auto task = [&](i64 t) { return as<float>(s.stack) + t * count; };
-  // The merged piece at `first` (in s.out, by `step`) to the sink.
+  // The merged piece at `first` (in s.out, by `step`) to the sink, downloaded chunk by chunk
+  // through the two slots: the writer takes one chunk while the next is on the bus.
   const auto emit = [&](ElementwiseStep step, i64 first) {
     step.first = first;
     step.count = count;
     step.out = as<float>(s.out);
     b.elementwise(step, s.stream);
-    b.download(s.out_host.data(), s.out.data(), static_cast<std::size_t>(count) * 4, s.stream);
-    b.synchronize(s.stream);
-    sink(static_cast<std::uint64_t>(first), std::span<const float>(as<float>(s.out_host), static_cast<std::size_t>(count)));
+    Event pending;
+    i64 pending_at = -1, pending_count = 0;
+    const auto hand_over = [&] {
+      b.synchronize_event(pending);
+      sink(static_cast<std::uint64_t>(first + pending_at),
+           std::span<const float>(as<float>(s.out_host[(pending_at / s.chunk) % 2]), static_cast<std::size_t>(pending_count)));
+    };
+    for (i64 c0 = 0; c0 < count; c0 += s.chunk) {
+      const i64 m = std::min(s.chunk, count - c0);
+      b.download(s.out_host[(c0 / s.chunk) % 2].data(), as<float>(s.out) + c0, static_cast<std::size_t>(m) * 4, s.stream);
+      Event done = b.record_event(s.stream);
+      if (pending_at >= 0) hand_over();  // the chunk before, while this one downloads
+      pending = std::move(done);
+      pending_at = c0;
+      pending_count = m;
+    }
+    hand_over();
   };
 
   if (numel == 0) {

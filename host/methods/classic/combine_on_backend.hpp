@@ -27,8 +27,10 @@ std::string backend_combine_refusal(const ClassicMergeOptions& options);
 class CombineOnBackend {
  public:
   /// n tasks (and a base when `has_base`), pieces of at most `max_piece` elements (fewer where
-  /// the backend's memory is short).
-  CombineOnBackend(Backend& backend, std::size_t n, bool has_base, std::int64_t max_piece);
+  /// the backend's memory is short), copied to and from the backend in chunks of `chunk`
+  /// elements through two pinned slots each way.
+  CombineOnBackend(Backend& backend, std::size_t n, bool has_base, std::int64_t max_piece,
+                   std::int64_t chunk = std::int64_t{1} << 22);
   ~CombineOnBackend();
   CombineOnBackend(const CombineOnBackend&) = delete;
   CombineOnBackend& operator=(const CombineOnBackend&) = delete;

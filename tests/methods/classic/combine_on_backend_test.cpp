@@ -24,9 +24,10 @@ using i64 = std::int64_t;
 using test::Case;
 using test::TensorSet;
 
-// The merged tensor on `backend` in pieces of at most `max_piece` elements.
+// The merged tensor on `backend` in pieces of at most `max_piece` elements, copied in chunks of
+// `chunk`.
 std::vector<float> merge_on(Backend& backend, const TensorSet& set, const ClassicMergeOptions& o, std::size_t n,
-                            bool base, i64 max_piece) {
+                            bool base, i64 max_piece, i64 chunk) {
   TensorSources src;
   if (base) src = {&set.tensors[0], "the base", {}, {}};
   for (std::size_t t = 0; t < n; ++t) {
@@ -35,7 +36,7 @@ std::vector<float> merge_on(Backend& backend, const TensorSet& set, const Classi
   }
   std::vector<float> result(static_cast<std::size_t>(set.numel()), std::nanf(""));
   std::vector<int> written(result.size(), 0);
-  CombineOnBackend on(backend, n, base, max_piece);
+  CombineOnBackend on(backend, n, base, max_piece, chunk);
   on.merge(o, "w", set.shape, src, [&](std::uint64_t first, std::span<const float> part) {
     std::memcpy(result.data() + first, part.data(), part.size_bytes());
     for (std::size_t k = 0; k < part.size(); ++k) ++written[first + k];
@@ -90,11 +91,14 @@ TEST_P(CombineOnBackendTest, GivesTheCpuMergesBitsOnEveryBackendAndPieceSize) {
     auto cpu_backend = make_cpu_backend({2, 0});
     auto deferred = test::make_deferred_backend();
     for (Backend* b : {cpu_backend.get(), deferred.get()})
-      for (const i64 piece : {set.numel(), i64{4999}, i64{65536}, i64{100000}}) {
-        const auto on = merge_on(*b, set, o, c.n, c.base, piece);
+      // Chunks that cut pieces unevenly, so that both pinned slots each way are reused (on the
+      // deferred backend, a slot refilled before its copy ran would change the result).
+      for (const auto& [piece, chunk] : {std::pair{set.numel(), i64{30001}}, std::pair{i64{4999}, i64{4999}},
+                                         std::pair{i64{65536}, i64{10000}}, std::pair{i64{100000}, i64{1} << 22}}) {
+        const auto on = merge_on(*b, set, o, c.n, c.base, piece, chunk);
         ASSERT_EQ(0, std::memcmp(cpu.data(), on.data(), cpu.size() * sizeof(float)))
             << c.name << " (" << dtype_name(dtype) << ") on " << b->name() << ", pieces of " << piece
-            << ": differs from the CPU merge";
+            << " in chunks of " << chunk << ": differs from the CPU merge";
       }
     // The merge changed something (a broken merge copying an input would pass the comparison).
     std::vector<float> first(cpu.size());
