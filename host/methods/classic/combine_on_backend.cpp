@@ -242,11 +242,12 @@ class ThinningOnBackend {
 };
 
 struct CombineOnBackend::State {
+  State(Backend& b, std::size_t tasks, bool base) : backend(b), stream(b.create_stream()), n(tasks), has_base(base) {}
   Backend& backend;
   Stream stream;
   std::size_t n;
   bool has_base;
-  i64 piece;
+  i64 piece = 1;
   DeviceBuffer raw, stack, base, out, first_bad, weights;
   DeviceBuffer ties[kernels::kMaxTrimRules], allowances[kernels::kMaxTrimRules];
   // The copies in and out go in chunks through two pinned slots each, so that the host fills one
@@ -254,11 +255,11 @@ struct CombineOnBackend::State {
   DeviceBuffer staging[2], out_host[2];
   Event uploaded[2];
   std::size_t uploads = 0;  // chunks uploaded so far: the next goes through slot uploads % 2
-  i64 chunk;                // elements of a chunk through the slots
+  i64 chunk = 1;            // elements of a chunk through the slots
 };
 
 CombineOnBackend::CombineOnBackend(Backend& backend, std::size_t n, bool has_base, i64 max_piece, i64 chunk)
-    : s_(std::make_unique<State>(State{backend, backend.create_stream(), n, has_base, 1})) {
+    : s_(std::make_unique<State>(backend, n, has_base)) {
   // Per element of a piece on the device: the inputs' bytes (f32 at most; f64 inputs go in
   // pieces half as long), the tasks' and the base's f32 values, the output. A piece is a whole
   // tensor wherever memory allows (a 7b set's tensors all are; a method's passes then read the
