@@ -232,6 +232,13 @@ REVMERGE_HD_INLINE double block_lanes_sum(const double* v) {
   return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
 }
 
+/// The sum of `blocks` blocks' lanes: each block's tree, added in block order.
+REVMERGE_HD_INLINE double lanes_total(const double* lanes, std::int64_t blocks) {
+  double s = 0;
+  for (std::int64_t c = 0; c < blocks; ++c) s += block_lanes_sum(lanes + c * kStatLanes);
+  return s;
+}
+
 // The piece's elements of lane l of block c, in index order.
 REVMERGE_HD_INLINE void lane_stats(const ElementwiseStep& s, std::int64_t index) {
   const Lane lane = piece_lane(s, index);

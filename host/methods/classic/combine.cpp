@@ -95,6 +95,12 @@ CombineRecipe make_recipe(const ClassicMergeOptions& o, Convention convention) {
   return r;
 }
 
+double combine_weight_sum(std::span<const double> w) {
+  double sum = 0;
+  for (const double v : w) sum += v;
+  return std::fabs(sum) < 1e-8 ? 1.0 : sum;
+}
+
 double element_variance(const float* x, i64 n, i64 count, i64 j) {
   double mean = 0, sq = 0;
   for (i64 t = 0; t < n; ++t) mean += x[t * count + j];
@@ -235,9 +241,7 @@ void combine_block(const CombineRecipe& r, const float* x, i64 n, i64 count, con
 
 void combine_tasks(const CombineRecipe& r, const float* x, i64 n, i64 count, const double* w,
                    std::span<float> out, int threads) {
-  double weight_sum = 0;
-  for (i64 t = 0; t < n; ++t) weight_sum += w[t];
-  if (std::fabs(weight_sum) < 1e-8) weight_sum = 1;  // mergekit's guard
+  const double weight_sum = combine_weight_sum({w, static_cast<std::size_t>(n)});
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (i64 b = 0; b < count; b += kCombineBlock) combine_block(r, x, n, count, w, weight_sum, b, out.data());
 }

@@ -68,6 +68,10 @@ void combine_stack(const CombineRecipe& recipe, const CombineInput& input, std::
 void combine_tasks(const CombineRecipe& recipe, const float* x, std::int64_t n, std::int64_t count,
                    const double* w, std::span<float> out, int threads);
 
+/// The sum of the task weights `w` that weight_sum normalisation divides by: 1 where it is
+/// below 1e-8 in magnitude (mergekit's guard).
+double combine_weight_sum(std::span<const double> w);
+
 /// SCE's population variance of element j across the n tasks of `x` (n × count), in f64.
 double element_variance(const float* x, std::int64_t n, std::int64_t count, std::int64_t j);
 

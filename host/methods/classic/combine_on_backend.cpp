@@ -294,8 +294,6 @@ CombineOnBackend::~CombineOnBackend() {
   if (s_) s_->backend.synchronize(s_->stream);  // nothing queued outlives the buffers
 }
 
-i64 CombineOnBackend::piece_elements() const noexcept { return s_->piece; }
-
 void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& name, const std::vector<i64>& shape,
                              const TensorSources& src,
                              const std::function<void(std::uint64_t, std::span<const float>)>& sink) {
@@ -471,9 +469,7 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   combine.kind = ElementwiseKind::combine;
   combine.n = static_cast<int>(n);
   combine.weights = as<double>(s.weights);
-  double weight_sum = 0;
-  for (const auto w : params.weights) weight_sum += w;
-  combine.weight_sum = std::fabs(weight_sum) < 1e-8 ? 1 : weight_sum;  // mergekit's guard, as combine_tasks
+  combine.weight_sum = combine_weight_sum(params.weights);
   combine.lambda = recipe.lambda;
   combine.elect = recipe.elect_sign;
   combine.elect_by_count = recipe.election == SignElection::count;

@@ -40,9 +40,6 @@ class CombineOnBackend {
   void merge(const ClassicMergeOptions& options, const std::string& name, const std::vector<std::int64_t>& shape,
              const TensorSources& sources, const std::function<void(std::uint64_t, std::span<const float>)>& sink);
 
-  /// The elements of the pieces it merges.
-  std::int64_t piece_elements() const noexcept;
-
  private:
   struct State;
   std::unique_ptr<State> s_;

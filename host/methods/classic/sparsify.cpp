@@ -96,12 +96,7 @@ void add_abs(std::vector<double>& lanes, i64 first, std::span<const float> x, in
 
 // The blocks' sums (each its lanes' fixed tree), added in block order.
 double total(const std::vector<double>& lanes) {
-  double s = 0;
-  for (std::size_t c = 0; c + kLanes <= lanes.size(); c += kLanes) {
-    const double* v = lanes.data() + c;
-    s += ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
-  }
-  return s;
+  return kernels::lanes_total(lanes.data(), static_cast<i64>(lanes.size()) / kLanes);
 }
 
 // Whether a value is in a rule's set, walking its block in index order (`left`: how many of

@@ -68,10 +68,8 @@ void SlerpSums::add(std::int64_t first, std::span<const float> v0, std::span<con
 }
 
 std::pair<double, double> SlerpSums::coefficients(double t) const {
-  double sum[3] = {0, 0, 0};
-  for (int k = 0; k < 3; ++k)
-    for (std::int64_t c = 0; c < blocks_; ++c)
-      sum[k] += kernels::block_lanes_sum(lanes_.data() + (k * blocks_ + c) * kernels::kStatLanes);
+  double sum[3];
+  for (int k = 0; k < 3; ++k) sum[k] = kernels::lanes_total(lanes_.data() + k * blocks_ * kernels::kStatLanes, blocks_);
   const double r0 = std::sqrt(sum[0]), r1 = std::sqrt(sum[1]);
   const double dot = sum[2] / (r0 > kNormEps ? r0 : 1.0) / (r1 > kNormEps ? r1 : 1.0);
   if (std::fabs(dot) > kDotThreshold) return {1 - t, t};
