@@ -194,9 +194,9 @@ step full-models full-models.log 240 bash -c full_models
 # outputs must be byte-identical (the same kernels/elementwise.hpp steps on both).
 classic_gpu() {
   local m=$out/models-7b dev method density t0 ms
-  for method in ties dare_ties task_arithmetic; do
+  for method in ties dare_ties task_arithmetic model_stock; do
     density=(--density 0.3)
-    [ $method = task_arithmetic ] && density=()
+    [ $method = task_arithmetic ] || [ $method = model_stock ] && density=()
     for dev in cuda cpu; do
       t0=$(date +%s%N)
       "$revmerge" merge --method $method --device $dev --base "$m/base" "${density[@]}" --force --quiet \

@@ -39,7 +39,7 @@ void CpuBackend::lora_stacks_f64(const double* u, const double* v, const double*
 }
 
 void CpuBackend::elementwise(const kernels::ElementwiseStep& step, Stream) {
-  run(kernels::step_indices(step), kernels::ElementwiseIndices{step});
+  kernels::with_elementwise_body(step, [&](const auto& body) { run(kernels::step_indices(step), body); });
 }
 
 }  // namespace revmerge

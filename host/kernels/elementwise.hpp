@@ -8,6 +8,7 @@
 // the smallest index), so the results are the same bits on every backend — and the bits of the
 // CPU's own merge (methods/classic/sparsify.cpp, combine.cpp), which keeps its statistics per
 // the same blocks and lanes.
+#include <cmath>
 #include <cstdint>
 
 #ifndef __CUDA_ARCH__
@@ -111,6 +112,13 @@ enum class ElementwiseKind : std::int32_t {
   blend,
   /// Per element: nearswap's w · v1 + (1 − w) · v0, w = min(1, t / max(|v0 − v1|, 1e-6)).
   nearswap,
+  /// Per (lane of a statistics block, group of sums): model_stock's sums over the task vectors
+  /// δ_a = x_a − base — Σ δ_a² (sums 0 … n − 1), then Σ δ_a·δ_b for the pairs a < b in order.
+  stock_lanes,
+  /// Per row: model_stock's t of the row (filter_wise), from the row's sums in index order.
+  stock_rows,
+  /// Per element: model_stock's base + t · mean(δ), t the tensor's or the row's.
+  stock_blend,
 };
 
 /// What the combine divides the sum by (methods/classic/combine.hpp's Normalize).
@@ -174,21 +182,40 @@ struct ElementwiseStep {
   // `base`, the fine-tune in x, into out); nearswap: t.
   double* sums[3] = {};
   double s0 = 0, s1 = 0, t = 0;
+
+  // stock_lanes: the sums' lanes per block of stock_block elements (a multiple of kStatBlock
+  // that grows with the number of sums, so that the lanes stay a small part of the tensor), sum
+  // q's lanes at stock + q · stock_stride (the tensor's blocks × kStatLanes), the models in x
+  // (n × count), the base in `base`. stock_rows: per row of `row`
+  // elements (the piece holds whole rows), its t into row_t; stock_blend: into out, with t, or
+  // with row_t's t of each row where row_t is given.
+  double* stock = nullptr;
+  std::int64_t stock_block = kStatBlock, stock_stride = 0, row = 0;
+  double* row_t = nullptr;
 };
 
 /// How many indices a step runs over.
-REVMERGE_HD_INLINE std::int64_t piece_blocks(const ElementwiseStep& s) {
+REVMERGE_HD_INLINE std::int64_t piece_blocks(const ElementwiseStep& s, std::int64_t block = kStatBlock) {
   if (s.count <= 0) return 0;
-  return (s.first + s.count - 1) / kStatBlock - s.first / kStatBlock + 1;
+  return (s.first + s.count - 1) / block - s.first / block + 1;
 }
 REVMERGE_HD_INLINE std::int64_t piece_chunks(const ElementwiseStep& s) {
   if (s.count <= 0) return 0;
   return (s.first + s.count - 1) / kTieChunk - s.first / kTieChunk + 1;
 }
+/// model_stock's sums for n tasks: n squared norms and n(n − 1)/2 dot products.
+REVMERGE_HD_INLINE int stock_sums(int n) { return n * (n + 1) / 2; }
+/// stock_lanes takes a lane's sums this many at a time, in one index (independent chains of
+/// additions, the lane's elements read once for them).
+constexpr int kStockGroup = 8;
+REVMERGE_HD_INLINE int stock_groups(int n) { return (stock_sums(n) + kStockGroup - 1) / kStockGroup; }
+
 REVMERGE_HD_INLINE std::int64_t step_indices(const ElementwiseStep& s) {
   switch (s.kind) {
     case ElementwiseKind::lane_stats:
     case ElementwiseKind::dot_lanes: return piece_blocks(s) * kStatLanes;
+    case ElementwiseKind::stock_lanes: return piece_blocks(s, s.stock_block) * kStatLanes * stock_groups(s.n);
+    case ElementwiseKind::stock_rows: return s.row > 0 ? s.count / s.row : 0;
     case ElementwiseKind::tie_scan: return piece_blocks(s);
     case ElementwiseKind::tie_counts:
     case ElementwiseKind::trim: return piece_chunks(s);
@@ -219,10 +246,10 @@ REVMERGE_HD_INLINE void widen_element(const ElementwiseStep& s, std::int64_t j) 
 struct Lane {
   std::int64_t c, at, i, end;
 };
-REVMERGE_HD_INLINE Lane piece_lane(const ElementwiseStep& s, std::int64_t index) {
-  const std::int64_t c = s.first / kStatBlock + index / kStatLanes, l = index % kStatLanes;
-  const std::int64_t begin = c * kStatBlock > s.first ? c * kStatBlock : s.first;
-  const std::int64_t block_end = (c + 1) * kStatBlock, piece_end = s.first + s.count;
+REVMERGE_HD_INLINE Lane piece_lane(const ElementwiseStep& s, std::int64_t index, std::int64_t block = kStatBlock) {
+  const std::int64_t c = s.first / block + index / kStatLanes, l = index % kStatLanes;
+  const std::int64_t begin = c * block > s.first ? c * block : s.first;
+  const std::int64_t block_end = (c + 1) * block, piece_end = s.first + s.count;
   return {c, c * kStatLanes + l, begin + ((l - begin % kStatLanes) + kStatLanes) % kStatLanes,
           block_end < piece_end ? block_end : piece_end};
 }
@@ -397,20 +424,120 @@ REVMERGE_HD_INLINE void nearswap_element(const ElementwiseStep& s, std::int64_t 
   s.out[j] = static_cast<float>(w * v1 + (1 - w) * v0);
 }
 
+// ---- model_stock (methods/classic/model_stock.cpp): t = N cos θ / (1 + (N − 1) cos θ) ----
+
+/// Sum q's tasks (a, b): a = b = q for the squared norms, then the pairs a < b in order.
+REVMERGE_HD_INLINE void stock_pair(int n, int q, int& a, int& b) {
+  if (q < n) {
+    a = b = q;
+    return;
+  }
+  int p = q - n;
+  for (a = 0; p >= n - 1 - a; ++a) p -= n - 1 - a;
+  b = a + 1 + p;
+}
+
+/// One pair's cosine as mergekit clamps it: dot / max(‖δ_a‖‖δ_b‖, 1e-6) in [−1, 1].
+REVMERGE_HD_INLINE double stock_cosine(double dot, double sq_a, double sq_b) {
+  const double norms = sqrt(sq_a) * sqrt(sq_b);
+  const double c = dot / (norms < 1e-6 ? 1e-6 : norms);
+  return c < -1.0 ? -1.0 : 1.0 < c ? 1.0 : c;
+}
+
+/// t from the pairs' cosines summed in pair order; where 1 + (N − 1) cos θ is within 1e-6 of 0
+/// there is no finite estimate, and mergekit keeps the base (t = 0).
+REVMERGE_HD_INLINE double stock_t(double cos_sum, int n) {
+  const double nd = n, cos = cos_sum / static_cast<double>(n * (n - 1) / 2);
+  const double denominator = 1 + (nd - 1) * cos;
+  return (denominator < 0 ? -denominator : denominator) < 1e-6 ? 0.0 : nd * cos / denominator;
+}
+
+REVMERGE_HD_INLINE double stock_delta(const ElementwiseStep& s, int t, std::int64_t j) {
+  return static_cast<double>(s.x[t * s.count + j]) - s.base[j];
+}
+
+// Index: group g of a lane's sums.
+REVMERGE_HD_INLINE void stock_lane(const ElementwiseStep& s, std::int64_t index) {
+  const int groups = stock_groups(s.n), g = static_cast<int>(index % groups);
+  const int q0 = g * kStockGroup, sums = stock_sums(s.n) - q0 < kStockGroup ? stock_sums(s.n) - q0 : kStockGroup;
+  const Lane lane = piece_lane(s, index / groups, s.stock_block);
+  int a[kStockGroup], b[kStockGroup];
+  double v[kStockGroup];
+  for (int k = 0; k < sums; ++k) {
+    stock_pair(s.n, q0 + k, a[k], b[k]);
+    v[k] = s.stock[(q0 + k) * s.stock_stride + lane.at];
+  }
+  for (std::int64_t i = lane.i; i < lane.end; i += kStatLanes)
+    for (int k = 0; k < sums; ++k) v[k] += stock_delta(s, a[k], i - s.first) * stock_delta(s, b[k], i - s.first);
+  for (int k = 0; k < sums; ++k) s.stock[(q0 + k) * s.stock_stride + lane.at] = v[k];
+}
+
+// Row r of the piece: its squared norms, then each pair's dot product and cosine, every sum in
+// index order.
+REVMERGE_HD_INLINE void stock_row(const ElementwiseStep& s, std::int64_t r) {
+  double sq[kMaxElementwiseInputs];
+  const std::int64_t begin = r * s.row, end = begin + s.row;
+  for (int a = 0; a < s.n; ++a) {
+    double v = 0;
+    for (std::int64_t j = begin; j < end; ++j) v += stock_delta(s, a, j) * stock_delta(s, a, j);
+    sq[a] = v;
+  }
+  double cos_sum = 0;
+  for (int a = 0; a < s.n; ++a)
+    for (int b = a + 1; b < s.n; ++b) {
+      double dot = 0;
+      for (std::int64_t j = begin; j < end; ++j) dot += stock_delta(s, a, j) * stock_delta(s, b, j);
+      cos_sum += stock_cosine(dot, sq[a], sq[b]);
+    }
+  s.row_t[r] = stock_t(cos_sum, s.n);
+}
+
+REVMERGE_HD_INLINE void stock_blend(const ElementwiseStep& s, std::int64_t j) {
+  double mean = 0;
+  for (int t = 0; t < s.n; ++t) mean += stock_delta(s, t, j);
+  const double t = s.row_t ? s.row_t[j / s.row] : s.t;
+  s.out[j] = static_cast<float>(s.base[j] + t * (mean / static_cast<double>(s.n)));
+}
+
+/// One index of a step of kind K.
+template <ElementwiseKind K>
+REVMERGE_HD_INLINE void elementwise_index_of(const ElementwiseStep& s, std::int64_t i) {
+  if constexpr (K == ElementwiseKind::widen) widen_element(s, i);
+  else if constexpr (K == ElementwiseKind::lane_stats) lane_stats(s, i);
+  else if constexpr (K == ElementwiseKind::histogram) histogram_element(s, i);
+  else if constexpr (K == ElementwiseKind::tie_counts) tie_counts(s, i);
+  else if constexpr (K == ElementwiseKind::tie_scan) tie_scan(s, i);
+  else if constexpr (K == ElementwiseKind::trim) trim_chunk(s, i);
+  else if constexpr (K == ElementwiseKind::drop) drop_element(s, i);
+  else if constexpr (K == ElementwiseKind::combine) combine_element(s, i);
+  else if constexpr (K == ElementwiseKind::dot_lanes) dot_lanes(s, i);
+  else if constexpr (K == ElementwiseKind::blend) blend_element(s, i);
+  else if constexpr (K == ElementwiseKind::nearswap) nearswap_element(s, i);
+  else if constexpr (K == ElementwiseKind::stock_lanes) stock_lane(s, i);
+  else if constexpr (K == ElementwiseKind::stock_rows) stock_row(s, i);
+  else if constexpr (K == ElementwiseKind::stock_blend) stock_blend(s, i);
+}
+
 /// One index of any step (a backend's loop body).
 REVMERGE_HD_INLINE void elementwise_index(const ElementwiseStep& s, std::int64_t i) {
   switch (s.kind) {
-    case ElementwiseKind::widen: widen_element(s, i); break;
-    case ElementwiseKind::lane_stats: lane_stats(s, i); break;
-    case ElementwiseKind::histogram: histogram_element(s, i); break;
-    case ElementwiseKind::tie_counts: tie_counts(s, i); break;
-    case ElementwiseKind::tie_scan: tie_scan(s, i); break;
-    case ElementwiseKind::trim: trim_chunk(s, i); break;
-    case ElementwiseKind::drop: drop_element(s, i); break;
-    case ElementwiseKind::combine: combine_element(s, i); break;
-    case ElementwiseKind::dot_lanes: dot_lanes(s, i); break;
-    case ElementwiseKind::blend: blend_element(s, i); break;
-    case ElementwiseKind::nearswap: nearswap_element(s, i); break;
+#define REVMERGE_ELEMENTWISE_CASE(k) \
+  case ElementwiseKind::k: elementwise_index_of<ElementwiseKind::k>(s, i); break;
+    REVMERGE_ELEMENTWISE_CASE(widen)
+    REVMERGE_ELEMENTWISE_CASE(lane_stats)
+    REVMERGE_ELEMENTWISE_CASE(histogram)
+    REVMERGE_ELEMENTWISE_CASE(tie_counts)
+    REVMERGE_ELEMENTWISE_CASE(tie_scan)
+    REVMERGE_ELEMENTWISE_CASE(trim)
+    REVMERGE_ELEMENTWISE_CASE(drop)
+    REVMERGE_ELEMENTWISE_CASE(combine)
+    REVMERGE_ELEMENTWISE_CASE(dot_lanes)
+    REVMERGE_ELEMENTWISE_CASE(blend)
+    REVMERGE_ELEMENTWISE_CASE(nearswap)
+    REVMERGE_ELEMENTWISE_CASE(stock_lanes)
+    REVMERGE_ELEMENTWISE_CASE(stock_rows)
+    REVMERGE_ELEMENTWISE_CASE(stock_blend)
+#undef REVMERGE_ELEMENTWISE_CASE
   }
 }
 
@@ -419,5 +546,37 @@ struct ElementwiseIndices {
   ElementwiseStep step;
   REVMERGE_HD void operator()(std::int64_t i) const { elementwise_index(step, i); }
 };
+
+/// The loop body of a step of kind K: the kind decided once per step, not per index, so that
+/// the host's compiler inlines the routine into its loop.
+template <ElementwiseKind K>
+struct ElementwiseKindIndices {
+  ElementwiseStep step;
+  REVMERGE_HD void operator()(std::int64_t i) const { elementwise_index_of<K>(step, i); }
+};
+
+/// run(body) with the loop body of `step`'s kind (a host loop's dispatch).
+template <class Run>
+void with_elementwise_body(const ElementwiseStep& step, Run&& run) {
+  switch (step.kind) {
+#define REVMERGE_ELEMENTWISE_CASE(k) \
+  case ElementwiseKind::k: run(ElementwiseKindIndices<ElementwiseKind::k>{step}); break;
+    REVMERGE_ELEMENTWISE_CASE(widen)
+    REVMERGE_ELEMENTWISE_CASE(lane_stats)
+    REVMERGE_ELEMENTWISE_CASE(histogram)
+    REVMERGE_ELEMENTWISE_CASE(tie_counts)
+    REVMERGE_ELEMENTWISE_CASE(tie_scan)
+    REVMERGE_ELEMENTWISE_CASE(trim)
+    REVMERGE_ELEMENTWISE_CASE(drop)
+    REVMERGE_ELEMENTWISE_CASE(combine)
+    REVMERGE_ELEMENTWISE_CASE(dot_lanes)
+    REVMERGE_ELEMENTWISE_CASE(blend)
+    REVMERGE_ELEMENTWISE_CASE(nearswap)
+    REVMERGE_ELEMENTWISE_CASE(stock_lanes)
+    REVMERGE_ELEMENTWISE_CASE(stock_rows)
+    REVMERGE_ELEMENTWISE_CASE(stock_blend)
+#undef REVMERGE_ELEMENTWISE_CASE
+  }
+}
 
 }  // namespace revmerge::kernels

@@ -27,15 +27,15 @@ using kernels::ElementwiseStep;
 
 std::string backend_combine_refusal(const ClassicMergeOptions& o) {
   const std::string cpu_only = " runs on the CPU only in this version";
-  if (blends_two_models(o.method)) return {};  // slerp, nearswap
+  if (o.tasks.size() > static_cast<std::size_t>(kernels::kMaxElementwiseInputs))
+    return "--device: at most " + std::to_string(kernels::kMaxElementwiseInputs) +
+           " models merge on a GPU in this version (" + std::to_string(o.tasks.size()) + " given)";
+  if (blends_two_models(o.method) || o.method == ClassicMethod::model_stock) return {};
   if (!is_elementwise(o.method)) return "--method " + to_string(o.method) + cpu_only;
   const auto recipe = make_recipe(o, Convention::mergekit);
   if (recipe.sparsify == Sparsify::della) return "--method " + to_string(o.method) + ": DELLA's ranked drop" + cpu_only;
   if (recipe.select_by_variance || recipe.weights_from_energy)
     return "--method " + to_string(o.method) + ": SCE's selection" + cpu_only;
-  if (o.tasks.size() > static_cast<std::size_t>(kernels::kMaxElementwiseInputs))
-    return "--device: at most " + std::to_string(kernels::kMaxElementwiseInputs) +
-           " models merge on a GPU in this version (" + std::to_string(o.tasks.size()) + " given)";
   return {};
 }
 
@@ -303,7 +303,9 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   for (const auto d : shape) numel *= d;
   const auto n = static_cast<i64>(s.n);
   const int threads = o.threads > 0 ? o.threads : omp_get_max_threads();
-  const bool two_models = blends_two_models(o.method);
+  const bool two_models = blends_two_models(o.method), stock = o.method == ClassicMethod::model_stock;
+  // model_stock with filter_wise: an angle per row, so pieces of whole rows.
+  const i64 row = stock && o.filter_wise.value_or(false) && !shape.empty() ? shape.back() : 0;
   // The inputs: tasks 0 … n − 1, then the base.
   std::vector<const CheckpointTensor*> inputs(src.models.begin(), src.models.end());
   std::vector<std::string> where(src.model_where.begin(), src.model_where.end());
@@ -315,7 +317,7 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   widen.kind = ElementwiseKind::widen;
   widen.n = static_cast<int>(n);
   widen.has_base = src.base != nullptr;
-  widen.task_vectors = src.base != nullptr && !two_models;  // linear, slerp: the weights themselves
+  widen.task_vectors = src.base != nullptr && !two_models && !stock;  // linear, slerp: the weights themselves
   widen.raw = as<unsigned char>(s.raw);
   widen.x = as<float>(s.stack);
   widen.base = as<float>(s.base);
@@ -323,8 +325,15 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   // This tensor's pieces: as long as the staging holds for its inputs' dtypes.
   std::size_t element_bytes = 0;
   for (const auto* in : inputs) element_bytes += dtype_size(in->info->dtype);
-  const i64 piece = std::min({numel, s.piece, s.piece * 4 * static_cast<i64>(inputs.size()) /
-                                                  static_cast<i64>(std::max<std::size_t>(element_bytes, 1))});
+  i64 piece = std::min({numel, s.piece, s.piece * 4 * static_cast<i64>(inputs.size()) /
+                                            static_cast<i64>(std::max<std::size_t>(element_bytes, 1))});
+  if (row > 0) {
+    if (piece < row)
+      throw device_error("tensor '" + name + "': --method model_stock with filter_wise needs its rows of " +
+                           std::to_string(row) + " elements whole, and the device holds pieces of " +
+                           std::to_string(piece));
+    piece -= piece % row;
+  }
   // … and its chunks: as long as a slot holds for them.
   const i64 chunk = std::max<i64>(1, std::min(s.chunk, s.chunk * 4 * static_cast<i64>(inputs.size()) /
                                                            static_cast<i64>(std::max<std::size_t>(element_bytes, 1))));
@@ -436,6 +445,35 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
     for (i64 first = 0; first < numel; first += piece) {
       if (!one_piece) read(first);
       emit(step, first);
+    }
+    return;
+  }
+
+  if (stock) {  // one angle for the tensor (a pass for its sums), or one per row
+    const auto models = as<float>(s.stack);
+    double t = 0;
+    DeviceBuffer row_t;
+    if (row == 0) {
+      StockSums sums(numel, s.n);
+      const DeviceBuffer lanes = filled(b, sums.lane_count() * 8, 0, s.stream);
+      for (i64 first = 0; first < numel; first += piece) {
+        if (!one_piece) read(first);
+        b.elementwise(sums.step(first, count, as<float>(s.base), models, as<double>(lanes)), s.stream);
+      }
+      fetch(b, s.stream, lanes, sums.lanes());
+      t = sums.t();
+    } else {
+      row_t = b.allocate(static_cast<std::size_t>(piece / row) * 8);
+    }
+    for (i64 first = 0; first < numel; first += piece) {
+      if (!one_piece) read(first);
+      if (row > 0)
+        b.elementwise(stock_step(ElementwiseKind::stock_rows, static_cast<int>(n), count, as<float>(s.base), models, 0,
+                                 row, as<double>(row_t), nullptr),
+                      s.stream);
+      emit(stock_step(ElementwiseKind::stock_blend, static_cast<int>(n), count, as<float>(s.base), models, t, row,
+                      row > 0 ? as<double>(row_t) : nullptr, nullptr),
+           first);
     }
     return;
   }

@@ -6,10 +6,12 @@
 // Fine-tunes that agree (cos θ → 1) give t → 1, the average; orthogonal ones give t = 0, the
 // base; where 1 + (N − 1) cos θ is within 1e-6 of 0 the base is kept (mergekit 0.1.5). With
 // filter_wise, each vector along the last axis (each row of a matrix) gets its own angle.
-// mergekit computes in the tensors' dtype; revmerge in f64, rounded once.
+// mergekit computes in the tensors' dtype; revmerge in f64, rounded once. The sums over the
+// tensor are kept per block and lane (StockSums), so a backend gives the same bits.
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/elementwise.hpp"
 #include "methods/classic/piece_merge.hpp"
 #include "revmerge/error.hpp"
 
@@ -24,76 +26,102 @@ void check_model_stock_options(const ClassicMergeOptions& o) {
 
 namespace {
 
-// The angle's sums over one vector (the tensor, or a row): each task vector's squared norm and
-// every pair's dot product, in f64, added in index order (piece after piece).
-struct AngleSums {
-  std::size_t n = 0;
-  std::vector<double> sq, dot;  // dot: pairs i < j in order
-  std::vector<double> delta;    // one element's task vectors (scratch)
+using i64 = std::int64_t;
 
-  explicit AngleSums(std::size_t tasks) : n(tasks), sq(tasks, 0.0), dot(tasks * (tasks - 1) / 2, 0.0), delta(tasks) {}
-  void clear() {
-    std::fill(sq.begin(), sq.end(), 0.0);
-    std::fill(dot.begin(), dot.end(), 0.0);
-  }
-  void add(const TensorInputs& in, std::size_t from, std::size_t to) {
-    for (std::size_t k = from; k < to; ++k) {
-      for (std::size_t i = 0; i < n; ++i) {
-        delta[i] = double(in.model(i)[k]) - in.base[k];
-        sq[i] += delta[i] * delta[i];
-      }
-      std::size_t p = 0;
-      for (std::size_t i = 0; i < n; ++i)
-        for (std::size_t j = i + 1; j < n; ++j) dot[p++] += delta[i] * delta[j];
-    }
-  }
-  // t of W = w0 + t · mean(δ).
-  double t() const {
-    double cos_sum = 0;
-    std::size_t p = 0;
-    for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t j = i + 1; j < n; ++j)
-        cos_sum += std::clamp(dot[p++] / std::max(std::sqrt(sq[i]) * std::sqrt(sq[j]), 1e-6), -1.0, 1.0);
-    const double nd = double(n);
-    const double cos = cos_sum / double(n * (n - 1) / 2);
-    const double denominator = 1 + (nd - 1) * cos;
-    // Where the denominator vanishes there is no finite estimate: mergekit keeps the base there.
-    return std::fabs(denominator) < 1e-6 ? 0.0 : nd * cos / denominator;
-  }
-};
-
-void move_toward_mean(const TensorInputs& in, double t, std::size_t from, std::size_t to, std::span<float> out) {
-  const double nd = double(in.n);
-  for (std::size_t k = from; k < to; ++k) {
-    double mean = 0;
-    for (std::size_t i = 0; i < in.n; ++i) mean += double(in.model(i)[k]) - in.base[k];
-    out[k] = static_cast<float>(in.base[k] + t * (mean / nd));
-  }
+// The lanes' block: kStatBlock for up to 8 sums (3 fine-tunes: 6), larger with more sums, so
+// that the lanes take at most about 1/8 byte per element of the tensor (64 fine-tunes: 2080 sums).
+i64 stock_block(int n) {
+  return kernels::kStatBlock * std::max<i64>(1, (kernels::stock_sums(n) + 7) / 8);
 }
 
+}  // namespace
+
+StockSums::StockSums(i64 count, std::size_t n)
+    : n_(static_cast<int>(n)), block_(stock_block(n_)), blocks_((count + block_ - 1) / block_),
+      lanes_(static_cast<std::size_t>(kernels::stock_sums(n_) * blocks_ * kernels::kStatLanes), 0.0) {}
+
+kernels::ElementwiseStep StockSums::step(i64 first, i64 count, float* base, float* models, double* lanes) const {
+  kernels::ElementwiseStep st;
+  st.kind = kernels::ElementwiseKind::stock_lanes;
+  st.first = first;
+  st.count = count;
+  st.n = n_;
+  st.base = base;
+  st.x = models;
+  st.stock = lanes;
+  st.stock_block = block_;
+  st.stock_stride = blocks_ * kernels::kStatLanes;
+  return st;
+}
+
+double StockSums::t() const {
+  const i64 stride = blocks_ * kernels::kStatLanes;
+  // Each sum's lanes: a block's in a fixed tree, the blocks in order.
+  const auto total = [&](int q) {
+    double s = 0;
+    for (i64 c = 0; c < blocks_; ++c) s += kernels::block_lanes_sum(lanes_.data() + q * stride + c * kernels::kStatLanes);
+    return s;
+  };
+  std::vector<double> sq(static_cast<std::size_t>(n_));
+  for (int a = 0; a < n_; ++a) sq[a] = total(a);
+  double cos_sum = 0;
+  for (int q = n_; q < kernels::stock_sums(n_); ++q) {
+    int a, b;
+    kernels::stock_pair(n_, q, a, b);
+    cos_sum += kernels::stock_cosine(total(q), sq[a], sq[b]);
+  }
+  return kernels::stock_t(cos_sum, n_);
+}
+
+kernels::ElementwiseStep stock_step(kernels::ElementwiseKind kind, int n, i64 count, float* base, float* models,
+                                    double t, i64 row, double* row_t, float* out) {
+  kernels::ElementwiseStep st;
+  st.kind = kind;
+  st.count = count;
+  st.n = n;
+  st.base = base;
+  st.x = models;
+  st.t = t;
+  st.row = row;
+  st.row_t = row_t;
+  st.out = out;
+  return st;
+}
+
+namespace {
+
 // One angle for the whole tensor (a pass over its pieces first), or with filter_wise one per
-// row (pieces of whole rows).
+// row (pieces of whole rows). The steps are kernels/elementwise.hpp's, the ones a backend runs.
 class ModelStockPieces final : public PieceMerger {
  public:
-  ModelStockPieces(std::size_t n, std::int64_t row) : sums_(n), row_(row) {}
-  std::int64_t granule() const override { return std::max<std::int64_t>(row_, 1); }
+  ModelStockPieces(std::size_t n, i64 numel, i64 row) : sums_(row == 0 ? numel : 0, n), n_(static_cast<int>(n)), row_(row) {}
+  i64 granule() const override { return std::max<i64>(row_, 1); }
   bool wants_pass() const override { return row_ == 0 && !summed_; }
-  void observe(const TensorInputs& in, int) override { sums_.add(in, 0, in.count); }
+  void observe(const TensorInputs& in, int threads) override {
+    run_host_step(sums_.step(in.first, static_cast<i64>(in.count), const_cast<float*>(in.base.data()),
+                        const_cast<float*>(in.stacked.data()), sums_.lanes().data()),
+             threads);
+  }
   void end_pass() override { summed_ = true; }
-  void produce(TensorInputs& in, std::span<float> out, int) override {
-    if (row_ == 0) return move_toward_mean(in, sums_.t(), 0, in.count, out);
-    const auto length = static_cast<std::size_t>(row_);
-    for (std::size_t at = 0; at < in.count; at += length) {
-      sums_.clear();
-      sums_.add(in, at, at + length);
-      move_toward_mean(in, sums_.t(), at, at + length, out);
-    }
+  void produce(TensorInputs& in, std::span<float> out, int threads) override {
+    const auto count = static_cast<i64>(in.count);
+    using kernels::ElementwiseKind;
+    if (row_ == 0)
+      return run_host_step(stock_step(ElementwiseKind::stock_blend, n_, count, in.base.data(), in.stacked.data(), sums_.t(),
+                                 0, nullptr, out.data()),
+                      threads);
+    row_t_.resize(static_cast<std::size_t>(count / row_));
+    for (const auto kind : {ElementwiseKind::stock_rows, ElementwiseKind::stock_blend})
+      run_host_step(stock_step(kind, n_, count, in.base.data(), in.stacked.data(), 0, row_, row_t_.data(), out.data()),
+               threads);
   }
 
  private:
-  AngleSums sums_;
-  std::int64_t row_;  // 0: one angle for the tensor
+  StockSums sums_;
+  int n_;
+  i64 row_;  // 0: one angle for the tensor
   bool summed_ = false;
+  std::vector<double> row_t_;
 };
 
 }  // namespace
@@ -101,7 +129,9 @@ class ModelStockPieces final : public PieceMerger {
 std::unique_ptr<PieceMerger> model_stock_merger(const ClassicMergeOptions& o, const std::vector<std::int64_t>& shape,
                                                 std::size_t n) {
   const bool rows = o.filter_wise.value_or(false) && !shape.empty();
-  return std::make_unique<ModelStockPieces>(n, rows ? shape.back() : 0);
+  i64 numel = 1;
+  for (const auto d : shape) numel *= d;
+  return std::make_unique<ModelStockPieces>(n, numel, rows ? shape.back() : 0);
 }
 
 }  // namespace revmerge

@@ -18,6 +18,14 @@ constexpr std::uint64_t kReserve = std::uint64_t{96} << 20;
 
 }  // namespace
 
+void run_host_step(const kernels::ElementwiseStep& step, int threads) {
+  const auto count = kernels::step_indices(step);
+  kernels::with_elementwise_body(step, [&](const auto& body) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (i64 i = 0; i < count; ++i) body(i);
+  });
+}
+
 std::unique_ptr<PieceMerger> piece_merger(const ClassicMergeOptions& o, const std::string& name,
                                           const std::vector<i64>& shape, std::size_t n, bool has_base) {
   std::unique_ptr<PieceMerger> m;

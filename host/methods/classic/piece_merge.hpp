@@ -54,6 +54,10 @@ std::unique_ptr<PieceMerger> two_model_merger(const ClassicMergeOptions& options
 /// slerp's and nearswap's t for tensor `name` (usage_error when missing or out of range).
 double two_model_t(const ClassicMergeOptions& options, const std::string& name);
 
+/// Every index of a kernels/elementwise.hpp step whose pointers are host memory, on `threads`
+/// threads (what a backend's elementwise runs, without a backend).
+void run_host_step(const kernels::ElementwiseStep& step, int threads);
+
 /// SLERP's sums over a tensor of `count` elements — ‖v0‖², ‖v1‖², v0 · v1 — kept per statistics
 /// block and lane (kernels/elementwise.hpp's dot_lanes, each lane in index order), so that the
 /// pieces, the threads and a backend all give the same bits.
@@ -78,6 +82,33 @@ class SlerpSums {
 };
 std::unique_ptr<PieceMerger> model_stock_merger(const ClassicMergeOptions& options,
                                                 const std::vector<std::int64_t>& shape, std::size_t n);
+
+/// model_stock's sums over a tensor of `count` elements and n task vectors δ_a = w_a − w0 —
+/// each ‖δ_a‖² and every pair's δ_a · δ_b — kept per block and lane (kernels/elementwise.hpp's
+/// stock_lanes, each lane in index order), so that the pieces, the threads and a backend all
+/// give the same bits.
+class StockSums {
+ public:
+  StockSums(std::int64_t count, std::size_t n);
+  /// The stock_lanes step of a piece at `first` (the base and the n models' pieces, one after the
+  /// other) into `lanes` (lane_count() values, in backend memory for a backend's step).
+  kernels::ElementwiseStep step(std::int64_t first, std::int64_t count, float* base, float* models,
+                                double* lanes) const;
+  std::size_t lane_count() const noexcept { return lanes_.size(); }
+  std::vector<double>& lanes() noexcept { return lanes_; }
+  /// t of W = w0 + t · mean(δ), from the sums.
+  double t() const;
+
+ private:
+  int n_;
+  std::int64_t block_, blocks_;
+  std::vector<double> lanes_;
+};
+
+/// model_stock's per-element step over a piece: W = w0 + t · mean(δ) (`kind` stock_blend), t
+/// the tensor's or, with `row_t`, each row's; or (`kind` stock_rows) each row's t into row_t.
+kernels::ElementwiseStep stock_step(kernels::ElementwiseKind kind, int n, std::int64_t count, float* base,
+                                    float* models, double t, std::int64_t row, double* row_t, float* out);
 std::unique_ptr<PieceMerger> passthrough_merger(const ClassicMergeOptions& options);
 std::unique_ptr<PieceMerger> sce_merger(const ClassicMergeOptions& options, const std::vector<std::int64_t>& shape,
                                         std::size_t n, bool has_base);

@@ -24,13 +24,6 @@ namespace {
 constexpr double kDotThreshold = 0.9995;  // mergekit's DOT_THRESHOLD
 constexpr double kNormEps = 1e-8;         // mergekit's eps
 
-// Every index of `step` (host memory) on `threads` threads.
-void run_step(const kernels::ElementwiseStep& step, int threads) {
-  const auto count = kernels::step_indices(step);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (std::int64_t i = 0; i < count; ++i) kernels::elementwise_index(step, i);
-}
-
 // A per-element step of the two models' pieces v0 (the base) and v1 into out.
 kernels::ElementwiseStep element_step(kernels::ElementwiseKind kind, std::span<const float> v0,
                                       std::span<const float> v1, std::span<float> out) {
@@ -62,7 +55,7 @@ kernels::ElementwiseStep SlerpSums::step(std::int64_t first, std::int64_t count,
 }
 
 void SlerpSums::add(std::int64_t first, std::span<const float> v0, std::span<const float> v1, int threads) {
-  run_step(step(first, static_cast<std::int64_t>(v0.size()), const_cast<float*>(v0.data()),
+  run_host_step(step(first, static_cast<std::int64_t>(v0.size()), const_cast<float*>(v0.data()),
                 const_cast<float*>(v1.data()), lanes_.data()),
            threads);
 }
@@ -120,11 +113,11 @@ class TwoModelPieces final : public PieceMerger {
     if (method_ == ClassicMethod::nearswap) {
       auto st = element_step(kernels::ElementwiseKind::nearswap, v0, v1, out);
       st.t = t_;
-      return run_step(st, threads);
+      return run_host_step(st, threads);
     }
     auto st = element_step(kernels::ElementwiseKind::blend, v0, v1, out);
     std::tie(st.s0, st.s1) = sums_.coefficients(t_);
-    run_step(st, threads);
+    run_host_step(st, threads);
   }
 
  private:

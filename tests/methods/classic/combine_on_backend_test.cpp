@@ -5,6 +5,7 @@
 // is named as the CPU names it. What runs on a GPU is these routines; tools/gpu-check.sh runs them there.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -73,6 +74,10 @@ const Case kCases[] = {
      [](ClassicMergeOptions& o) { o.densities = {0.3}; o.gammas = {0.01}; }},
     {"slerp", ClassicMethod::slerp, 1, true, [](ClassicMergeOptions& o) { o.t = 0.3; }},
     {"nearswap", ClassicMethod::nearswap, 1, true, [](ClassicMergeOptions& o) { o.t = 0.01; }},
+    {"model_stock", ClassicMethod::model_stock, 3, true, [](ClassicMergeOptions&) {}},
+    {"model_stock_rows", ClassicMethod::model_stock, 3, true, [](ClassicMergeOptions& o) { o.filter_wise = true; }},
+    // 45 sums: the lanes' blocks are 6 statistics blocks long.
+    {"model_stock_nine", ClassicMethod::model_stock, 9, true, [](ClassicMergeOptions&) {}},
 };
 
 class CombineOnBackendTest : public ::testing::TestWithParam<Case> {};
@@ -86,7 +91,7 @@ TEST_P(CombineOnBackendTest, GivesTheCpuMergesBitsOnEveryBackendAndPieceSize) {
   ASSERT_EQ("", backend_combine_refusal(o));
   for (const DType dtype : {DType::F32, DType::BF16, DType::F64}) {
     // 210 000 elements: 52 statistics blocks (4 096), pieces cutting them anywhere.
-    const TensorSet set({300, 700}, dtype);
+    const TensorSet set({300, 700}, dtype, std::max(3, static_cast<int>(c.n)));
     const auto cpu = set.merge(o, c.n, c.base, set.numel(), 2);
     auto cpu_backend = make_cpu_backend({2, 0});
     auto deferred = test::make_deferred_backend();
@@ -170,8 +175,8 @@ TEST(CombineOnBackend, WholeModelsOnTheDeferredBackendAreTheCpusFiles) {
   // pieces of some tens of thousands of elements (a budget just above the process's reserve).
   const std::filesystem::path golden = std::filesystem::path(REVMERGE_SOURCE_DIR) / "tests/fixtures/golden/mergekit";
   for (const auto& [folder, n] : {std::pair{golden, 3}, std::pair{golden / "bf16", 2}})
-    for (const auto method :
-         {ClassicMethod::ties, ClassicMethod::dare_ties, ClassicMethod::task_arithmetic, ClassicMethod::slerp}) {
+    for (const auto method : {ClassicMethod::ties, ClassicMethod::dare_ties, ClassicMethod::task_arithmetic,
+                              ClassicMethod::slerp, ClassicMethod::model_stock}) {
       test::TempDir tmp;
       ClassicMergeOptions o;
       o.method = method;
@@ -180,7 +185,7 @@ TEST(CombineOnBackend, WholeModelsOnTheDeferredBackendAreTheCpusFiles) {
       for (int t = 0; t < models; ++t)
         o.tasks.push_back({"ft" + std::to_string(t), folder / ("ft" + std::to_string(t))});
       if (method == ClassicMethod::slerp) o.t = 0.4;
-      else o.weights = std::vector<double>(o.tasks.size(), 0.7);
+      else if (method != ClassicMethod::model_stock) o.weights = std::vector<double>(o.tasks.size(), 0.7);
       if (method == ClassicMethod::ties || method == ClassicMethod::dare_ties) o.densities = {0.3};
       o.seed = 5;
       o.memory_budget = std::uint64_t{97} << 20;
@@ -202,8 +207,10 @@ TEST(CombineOnBackend, RefusesWhatRunsOnTheCpuOnly) {
   EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("DELLA"));
   o.method = ClassicMethod::sce;
   EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("SCE"));
+  o.method = ClassicMethod::karcher;
+  EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("karcher runs on the CPU only"));
   o.method = ClassicMethod::model_stock;
-  EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("model_stock runs on the CPU only"));
+  EXPECT_EQ("", backend_combine_refusal(o));
   o.method = ClassicMethod::ties;
   EXPECT_EQ("", backend_combine_refusal(o));
 }

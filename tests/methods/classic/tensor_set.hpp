@@ -7,6 +7,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "methods/classic/piece_merge.hpp"
@@ -18,35 +19,37 @@ namespace revmerge::test {
 
 using i64 = std::int64_t;
 
-// A base and three fine-tunes of one tensor, in one file of `dtype`. The changes are multiples of
-// 1/64, so that magnitudes tie often (as bf16 checkpoints' do) and the trims' tie rule is
-// exercised.
+// A base and `fine_tunes` fine-tunes (three unless asked) of one tensor, in one file of `dtype`.
+// The changes are multiples of 1/64, so that magnitudes tie often (as bf16 checkpoints' do) and
+// the trims' tie rule is exercised.
 struct TensorSet {
   TempDir dir;
   std::vector<i64> shape;
   std::unique_ptr<SafetensorsFile> file;
-  std::vector<CheckpointTensor> tensors;  // base, t0, t1, t2
+  std::vector<CheckpointTensor> tensors;  // base, t0, t1, …
 
-  explicit TensorSet(std::vector<i64> s, DType dtype = DType::F32) : shape(std::move(s)) {
+  explicit TensorSet(std::vector<i64> s, DType dtype = DType::F32, int fine_tunes = 3) : shape(std::move(s)) {
     i64 numel = 1;
     for (const auto d : shape) numel *= d;
+    const auto inputs = static_cast<std::size_t>(fine_tunes + 1);
     std::mt19937 rng(5);
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::vector<std::vector<float>> values(4, std::vector<float>(static_cast<std::size_t>(numel)));
+    std::vector<std::vector<float>> values(inputs, std::vector<float>(static_cast<std::size_t>(numel)));
     for (auto& v : values[0]) v = normal(rng);
-    for (int t = 1; t < 4; ++t)
+    for (std::size_t t = 1; t < inputs; ++t)
       for (i64 j = 0; j < numel; ++j) values[t][j] = values[0][j] + std::round(normal(rng) * 8.0f) / 64.0f;
     std::vector<TensorData> data;
-    const char* names[] = {"base", "t0", "t1", "t2"};
-    std::vector<std::vector<std::byte>> bytes(4);
-    for (int t = 0; t < 4; ++t) {
+    std::vector<std::string> names{"base"};
+    for (int t = 0; t < fine_tunes; ++t) names.push_back("t" + std::to_string(t));
+    std::vector<std::vector<std::byte>> bytes(inputs);
+    for (std::size_t t = 0; t < inputs; ++t) {
       bytes[t].resize(values[t].size() * dtype_size(dtype));
       convert_from_f32(values[t].data(), dtype, bytes[t].data(), values[t].size());
       data.push_back({{names[t], dtype, shape}, bytes[t]});
     }
     write_safetensors(dir / "set.safetensors", data);
     file = std::make_unique<SafetensorsFile>(dir / "set.safetensors");
-    for (const char* name : names) tensors.push_back({file.get(), &file->at(name)});
+    for (const auto& name : names) tensors.push_back({file.get(), &file->at(name)});
   }
 
   i64 numel() const {
