@@ -119,6 +119,8 @@ enum class ElementwiseKind : std::int32_t {
   stock_rows,
   /// Per element: model_stock's base + t · mean(δ), t the tensor's or the row's.
   stock_blend,
+  /// Per element: passthrough's x · factor (x itself where the factor is 1).
+  scale,
 };
 
 /// What the combine divides the sum by (methods/classic/combine.hpp's Normalize).
@@ -167,7 +169,7 @@ struct ElementwiseStep {
   std::int64_t* chunk_left[kMaxTrimRules] = {};
   std::int64_t* left[kMaxTrimRules] = {};
   /// trim: rule 0's set, less rule 1's where there are two (breadcrumbs' outliers).
-  double factor = 1.0;  ///< trim, drop: the kept values' rescale
+  double factor = 1.0;  ///< trim, drop: the kept values' rescale; scale: the factor
   bool zero_all = false;  ///< drop: nothing kept
 
   // combine: the tasks' thinned values in x (n × count), weights w (n, backend memory), into
@@ -492,6 +494,10 @@ REVMERGE_HD_INLINE void stock_row(const ElementwiseStep& s, std::int64_t r) {
   s.row_t[r] = stock_t(cos_sum, s.n);
 }
 
+REVMERGE_HD_INLINE void scale_element(const ElementwiseStep& s, std::int64_t j) {
+  s.out[j] = rescaled(s.x[j], s.factor);
+}
+
 REVMERGE_HD_INLINE void stock_blend(const ElementwiseStep& s, std::int64_t j) {
   double mean = 0;
   for (int t = 0; t < s.n; ++t) mean += stock_delta(s, t, j);
@@ -516,6 +522,7 @@ REVMERGE_HD_INLINE void elementwise_index_of(const ElementwiseStep& s, std::int6
   else if constexpr (K == ElementwiseKind::stock_lanes) stock_lane(s, i);
   else if constexpr (K == ElementwiseKind::stock_rows) stock_row(s, i);
   else if constexpr (K == ElementwiseKind::stock_blend) stock_blend(s, i);
+  else if constexpr (K == ElementwiseKind::scale) scale_element(s, i);
 }
 
 /// One index of any step (a backend's loop body).
@@ -537,6 +544,7 @@ REVMERGE_HD_INLINE void elementwise_index(const ElementwiseStep& s, std::int64_t
     REVMERGE_ELEMENTWISE_CASE(stock_lanes)
     REVMERGE_ELEMENTWISE_CASE(stock_rows)
     REVMERGE_ELEMENTWISE_CASE(stock_blend)
+    REVMERGE_ELEMENTWISE_CASE(scale)
 #undef REVMERGE_ELEMENTWISE_CASE
   }
 }
@@ -575,6 +583,7 @@ void with_elementwise_body(const ElementwiseStep& step, Run&& run) {
     REVMERGE_ELEMENTWISE_CASE(stock_lanes)
     REVMERGE_ELEMENTWISE_CASE(stock_rows)
     REVMERGE_ELEMENTWISE_CASE(stock_blend)
+    REVMERGE_ELEMENTWISE_CASE(scale)
 #undef REVMERGE_ELEMENTWISE_CASE
   }
 }

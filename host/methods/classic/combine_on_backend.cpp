@@ -30,7 +30,8 @@ std::string backend_combine_refusal(const ClassicMergeOptions& o) {
   if (o.tasks.size() > static_cast<std::size_t>(kernels::kMaxElementwiseInputs))
     return "--device: at most " + std::to_string(kernels::kMaxElementwiseInputs) +
            " models merge on a GPU in this version (" + std::to_string(o.tasks.size()) + " given)";
-  if (blends_two_models(o.method) || o.method == ClassicMethod::model_stock) return {};
+  if (blends_two_models(o.method) || o.method == ClassicMethod::model_stock || o.method == ClassicMethod::passthrough)
+    return {};
   if (!is_elementwise(o.method)) return "--method " + to_string(o.method) + cpu_only;
   const auto recipe = make_recipe(o, Convention::mergekit);
   if (recipe.sparsify == Sparsify::della) return "--method " + to_string(o.method) + ": DELLA's ranked drop" + cpu_only;
@@ -317,7 +318,8 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   widen.kind = ElementwiseKind::widen;
   widen.n = static_cast<int>(n);
   widen.has_base = src.base != nullptr;
-  widen.task_vectors = src.base != nullptr && !two_models && !stock;  // linear, slerp: the weights themselves
+  // linear, slerp, model_stock, passthrough: the weights themselves
+  widen.task_vectors = src.base != nullptr && !two_models && !stock && o.method != ClassicMethod::passthrough;
   widen.raw = as<unsigned char>(s.raw);
   widen.x = as<float>(s.stack);
   widen.base = as<float>(s.base);
@@ -449,6 +451,14 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
     return;
   }
 
+  if (o.method == ClassicMethod::passthrough) {  // the model's values, scaled
+    const double scale = task_parameters(o, 1).scales[0];
+    for (i64 first = 0; first < numel; first += piece) {
+      if (!one_piece) read(first);
+      emit(passthrough_step(task(0), count, scale, nullptr), first);
+    }
+    return;
+  }
   if (stock) {  // one angle for the tensor (a pass for its sums), or one per row
     const auto models = as<float>(s.stack);
     double t = 0;

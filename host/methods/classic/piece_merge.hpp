@@ -110,6 +110,8 @@ class StockSums {
 kernels::ElementwiseStep stock_step(kernels::ElementwiseKind kind, int n, std::int64_t count, float* base,
                                     float* models, double t, std::int64_t row, double* row_t, float* out);
 std::unique_ptr<PieceMerger> passthrough_merger(const ClassicMergeOptions& options);
+/// passthrough's step over a piece: the model's values x times `scale` into out.
+kernels::ElementwiseStep passthrough_step(float* x, std::int64_t count, double scale, float* out);
 std::unique_ptr<PieceMerger> sce_merger(const ClassicMergeOptions& options, const std::vector<std::int64_t>& shape,
                                         std::size_t n, bool has_base);
 std::unique_ptr<PieceMerger> spherical_merger(const ClassicMergeOptions& options, const std::string& name,

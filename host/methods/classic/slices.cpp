@@ -69,14 +69,13 @@ void check_passthrough_options(const ClassicMergeOptions& o) {
 
 namespace {
 
-// The one model's values, scaled.
+// The one model's values, scaled (kernels/elementwise.hpp's scale step, a backend's too).
 class PassthroughPieces final : public PieceMerger {
  public:
   explicit PassthroughPieces(double scale) : scale_(scale) {}
-  void produce(TensorInputs& in, std::span<float> out, int) override {
-    const auto v = in.model(0);
-    for (std::size_t k = 0; k < out.size(); ++k)
-      out[k] = scale_ == 1.0 ? v[k] : static_cast<float>(v[k] * scale_);
+  void produce(TensorInputs& in, std::span<float> out, int threads) override {
+    run_host_step(passthrough_step(in.model(0).data(), static_cast<std::int64_t>(out.size()), scale_, out.data()),
+                  threads);
   }
 
  private:
@@ -84,6 +83,16 @@ class PassthroughPieces final : public PieceMerger {
 };
 
 }  // namespace
+
+kernels::ElementwiseStep passthrough_step(float* x, std::int64_t count, double scale, float* out) {
+  kernels::ElementwiseStep st;
+  st.kind = kernels::ElementwiseKind::scale;
+  st.count = count;
+  st.x = x;
+  st.factor = scale;
+  st.out = out;
+  return st;
+}
 
 std::unique_ptr<PieceMerger> passthrough_merger(const ClassicMergeOptions& o) {
   return std::make_unique<PassthroughPieces>(task_parameters(o, 1).scales[0]);

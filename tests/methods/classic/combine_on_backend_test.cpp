@@ -78,6 +78,7 @@ const Case kCases[] = {
     {"model_stock_rows", ClassicMethod::model_stock, 3, true, [](ClassicMergeOptions& o) { o.filter_wise = true; }},
     // 45 sums: the lanes' blocks are 6 statistics blocks long.
     {"model_stock_nine", ClassicMethod::model_stock, 9, true, [](ClassicMergeOptions&) {}},
+    {"passthrough", ClassicMethod::passthrough, 1, false, [](ClassicMergeOptions& o) { o.scales = {0.37}; }},
 };
 
 class CombineOnBackendTest : public ::testing::TestWithParam<Case> {};
