@@ -214,7 +214,15 @@ classic_gpu() {
     echo "slerp of a 7b layer's bf16 fine-tune on $dev: $(( ($(date +%s%N) - t0) / 1000000 )) ms file to file"
   done
   cmp "$out/classic-slerp-cuda/model.safetensors" "$out/classic-slerp-cpu/model.safetensors" &&
-    echo "slerp: GPU and CPU outputs byte-identical"
+    echo "slerp: GPU and CPU outputs byte-identical" || return 1
+  for dev in cuda cpu; do
+    t0=$(date +%s%N)
+    "$revmerge" merge --method nuslerp --weights 0.3,0.7 --device $dev --base "$m/base" --force --quiet \
+      --out "$out/classic-nuslerp-$dev" "$m/ft-0" "$m/ft-1" || return 1
+    echo "nuslerp of two bf16 fine-tunes of a 7b layer on $dev: $(( ($(date +%s%N) - t0) / 1000000 )) ms file to file"
+  done
+  cmp "$out/classic-nuslerp-cuda/model.safetensors" "$out/classic-nuslerp-cpu/model.safetensors" &&
+    echo "nuslerp: GPU and CPU outputs byte-identical"
 }
 export -f classic_gpu
 step classic-7b-gpu classic-7b-gpu.log 150 bash -c classic_gpu

@@ -121,6 +121,14 @@ enum class ElementwiseKind : std::int32_t {
   stock_blend,
   /// Per element: passthrough's x · factor (x itself where the factor is 1).
   scale,
+  /// nuslerp's sums Σ a², Σ b², Σ a·b of its two models' values a, b (task vectors where there is
+  /// a base): per lane of a statistics block (the tensor one vector), per row of the piece (each
+  /// row one vector), or per column (each column one vector, its rows added in order).
+  pair_lanes,
+  pair_rows,
+  pair_columns,
+  /// Per element: nuslerp's blend of a and b by its vector's coefficients, the base added back.
+  pair_blend,
 };
 
 /// What the combine divides the sum by (methods/classic/combine.hpp's Normalize).
@@ -194,6 +202,14 @@ struct ElementwiseStep {
   double* stock = nullptr;
   std::int64_t stock_block = kStatBlock, stock_stride = 0, row = 0;
   double* row_t = nullptr;
+
+  // pair_*: the two models in x (2 × count), the base in `base` where has_base; the sums into
+  // sums[0 … 2] (pair_lanes: the lanes; pair_rows: per row of `row` elements of the piece;
+  // pair_columns: per column of `row` columns, carried from piece to piece). pair_blend: with t,
+  // each vector's coefficients {linear, c0, c1, sin θ} at coef + 4 · vector, the vector of
+  // element j being 0 (pair_layout 0: the tensor), j / row (1: rows) or j mod row (2: columns).
+  const double* coef = nullptr;
+  int pair_layout = 0;
 };
 
 /// How many indices a step runs over.
@@ -217,7 +233,10 @@ REVMERGE_HD_INLINE std::int64_t step_indices(const ElementwiseStep& s) {
     case ElementwiseKind::lane_stats:
     case ElementwiseKind::dot_lanes: return piece_blocks(s) * kStatLanes;
     case ElementwiseKind::stock_lanes: return piece_blocks(s, s.stock_block) * kStatLanes * stock_groups(s.n);
-    case ElementwiseKind::stock_rows: return s.row > 0 ? s.count / s.row : 0;
+    case ElementwiseKind::stock_rows:
+    case ElementwiseKind::pair_rows: return s.row > 0 ? s.count / s.row : 0;
+    case ElementwiseKind::pair_lanes: return piece_blocks(s) * kStatLanes;
+    case ElementwiseKind::pair_columns: return s.row;
     case ElementwiseKind::tie_scan: return piece_blocks(s);
     case ElementwiseKind::tie_counts:
     case ElementwiseKind::trim: return piece_chunks(s);
@@ -494,6 +513,49 @@ REVMERGE_HD_INLINE void stock_row(const ElementwiseStep& s, std::int64_t r) {
   s.row_t[r] = stock_t(cos_sum, s.n);
 }
 
+// ---- nuslerp (methods/classic/spherical.cpp) ----
+
+/// Model m's value at element j of the piece: its task vector where there is a base.
+REVMERGE_HD_INLINE double pair_value(const ElementwiseStep& s, int m, std::int64_t j) {
+  const double v = s.x[m * s.count + j];
+  return s.has_base ? v - s.base[j] : v;
+}
+
+// Adds elements from, from + step, … below `to` of the piece into the sums at index `at`.
+REVMERGE_HD_INLINE void pair_sums(const ElementwiseStep& s, std::int64_t from, std::int64_t to, std::int64_t step,
+                                  std::int64_t at) {
+  double aa = s.sums[0][at], bb = s.sums[1][at], ab = s.sums[2][at];
+  for (std::int64_t j = from; j < to; j += step) {
+    const double a = pair_value(s, 0, j), b = pair_value(s, 1, j);
+    aa += a * a;
+    bb += b * b;
+    ab += a * b;
+  }
+  s.sums[0][at] = aa;
+  s.sums[1][at] = bb;
+  s.sums[2][at] = ab;
+}
+
+REVMERGE_HD_INLINE void pair_lane(const ElementwiseStep& s, std::int64_t index) {
+  const Lane lane = piece_lane(s, index);
+  pair_sums(s, lane.i - s.first, lane.end - s.first, kStatLanes, lane.at);
+}
+
+REVMERGE_HD_INLINE void pair_row(const ElementwiseStep& s, std::int64_t r) {
+  s.sums[0][r] = s.sums[1][r] = s.sums[2][r] = 0;
+  pair_sums(s, r * s.row, (r + 1) * s.row, 1, r);
+}
+
+REVMERGE_HD_INLINE void pair_column(const ElementwiseStep& s, std::int64_t c) { pair_sums(s, c, s.count, s.row, c); }
+
+REVMERGE_HD_INLINE void pair_blend(const ElementwiseStep& s, std::int64_t j) {
+  const std::int64_t v = s.pair_layout == 0 ? 0 : s.pair_layout == 1 ? j / s.row : j % s.row;
+  const double* c = s.coef + 4 * v;
+  const double a = pair_value(s, 0, j), b = pair_value(s, 1, j);
+  const double r = c[0] != 0 ? (1 - s.t) * a + s.t * b : (c[1] * a + c[2] * b) / c[3];
+  s.out[j] = static_cast<float>(s.has_base ? r + s.base[j] : r);
+}
+
 REVMERGE_HD_INLINE void scale_element(const ElementwiseStep& s, std::int64_t j) {
   s.out[j] = rescaled(s.x[j], s.factor);
 }
@@ -523,6 +585,10 @@ REVMERGE_HD_INLINE void elementwise_index_of(const ElementwiseStep& s, std::int6
   else if constexpr (K == ElementwiseKind::stock_rows) stock_row(s, i);
   else if constexpr (K == ElementwiseKind::stock_blend) stock_blend(s, i);
   else if constexpr (K == ElementwiseKind::scale) scale_element(s, i);
+  else if constexpr (K == ElementwiseKind::pair_lanes) pair_lane(s, i);
+  else if constexpr (K == ElementwiseKind::pair_rows) pair_row(s, i);
+  else if constexpr (K == ElementwiseKind::pair_columns) pair_column(s, i);
+  else if constexpr (K == ElementwiseKind::pair_blend) pair_blend(s, i);
 }
 
 /// One index of any step (a backend's loop body).
@@ -545,6 +611,10 @@ REVMERGE_HD_INLINE void elementwise_index(const ElementwiseStep& s, std::int64_t
     REVMERGE_ELEMENTWISE_CASE(stock_rows)
     REVMERGE_ELEMENTWISE_CASE(stock_blend)
     REVMERGE_ELEMENTWISE_CASE(scale)
+    REVMERGE_ELEMENTWISE_CASE(pair_lanes)
+    REVMERGE_ELEMENTWISE_CASE(pair_rows)
+    REVMERGE_ELEMENTWISE_CASE(pair_columns)
+    REVMERGE_ELEMENTWISE_CASE(pair_blend)
 #undef REVMERGE_ELEMENTWISE_CASE
   }
 }
@@ -584,6 +654,10 @@ void with_elementwise_body(const ElementwiseStep& step, Run&& run) {
     REVMERGE_ELEMENTWISE_CASE(stock_rows)
     REVMERGE_ELEMENTWISE_CASE(stock_blend)
     REVMERGE_ELEMENTWISE_CASE(scale)
+    REVMERGE_ELEMENTWISE_CASE(pair_lanes)
+    REVMERGE_ELEMENTWISE_CASE(pair_rows)
+    REVMERGE_ELEMENTWISE_CASE(pair_columns)
+    REVMERGE_ELEMENTWISE_CASE(pair_blend)
 #undef REVMERGE_ELEMENTWISE_CASE
   }
 }

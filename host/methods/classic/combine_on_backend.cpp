@@ -30,7 +30,8 @@ std::string backend_combine_refusal(const ClassicMergeOptions& o) {
   if (o.tasks.size() > static_cast<std::size_t>(kernels::kMaxElementwiseInputs))
     return "--device: at most " + std::to_string(kernels::kMaxElementwiseInputs) +
            " models merge on a GPU in this version (" + std::to_string(o.tasks.size()) + " given)";
-  if (blends_two_models(o.method) || o.method == ClassicMethod::model_stock || o.method == ClassicMethod::passthrough)
+  if (blends_two_models(o.method) || o.method == ClassicMethod::model_stock || o.method == ClassicMethod::passthrough ||
+      o.method == ClassicMethod::nuslerp)
     return {};
   if (!is_elementwise(o.method)) return "--method " + to_string(o.method) + cpu_only;
   const auto recipe = make_recipe(o, Convention::mergekit);
@@ -305,8 +306,13 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   const auto n = static_cast<i64>(s.n);
   const int threads = o.threads > 0 ? o.threads : omp_get_max_threads();
   const bool two_models = blends_two_models(o.method), stock = o.method == ClassicMethod::model_stock;
-  // model_stock with filter_wise: an angle per row, so pieces of whole rows.
-  const i64 row = stock && o.filter_wise.value_or(false) && !shape.empty() ? shape.back() : 0;
+  const bool nuslerp = o.method == ClassicMethod::nuslerp;
+  const NuslerpPlan along = nuslerp ? nuslerp_plan(o, name, shape) : NuslerpPlan{};
+  // model_stock with filter_wise (an angle per row) and nuslerp by rows or columns: pieces of
+  // whole rows.
+  const i64 row = stock && o.filter_wise.value_or(false) && !shape.empty() ? shape.back()
+                  : along.layout != 0                                      ? along.row
+                                                                           : 0;
   // The inputs: tasks 0 … n − 1, then the base.
   std::vector<const CheckpointTensor*> inputs(src.models.begin(), src.models.end());
   std::vector<std::string> where(src.model_where.begin(), src.model_where.end());
@@ -318,8 +324,9 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   widen.kind = ElementwiseKind::widen;
   widen.n = static_cast<int>(n);
   widen.has_base = src.base != nullptr;
-  // linear, slerp, model_stock, passthrough: the weights themselves
-  widen.task_vectors = src.base != nullptr && !two_models && !stock && o.method != ClassicMethod::passthrough;
+  // linear, slerp, model_stock, passthrough, nuslerp: the weights themselves (nuslerp and
+  // model_stock take the differences in f64)
+  widen.task_vectors = src.base != nullptr && !two_models && !stock && !nuslerp && o.method != ClassicMethod::passthrough;
   widen.raw = as<unsigned char>(s.raw);
   widen.x = as<float>(s.stack);
   widen.base = as<float>(s.base);
@@ -331,7 +338,7 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
                                             static_cast<i64>(std::max<std::size_t>(element_bytes, 1))});
   if (row > 0) {
     if (piece < row)
-      throw device_error("tensor '" + name + "': --method model_stock with filter_wise needs its rows of " +
+      throw device_error("tensor '" + name + "': --method " + to_string(o.method) + " needs its rows of " +
                            std::to_string(row) + " elements whole, and the device holds pieces of " +
                            std::to_string(piece));
     piece -= piece % row;
@@ -451,6 +458,56 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
     return;
   }
 
+  if (nuslerp) {  // the sums of each vector, its coefficients from the host, then the blend
+    float* base = src.base ? as<float>(s.base) : nullptr;
+    const i64 vectors = along.layout == 0 ? 1 : along.layout == 1 ? piece / row : row;
+    const i64 lanes = along.layout == 0 ? (numel + kernels::kStatBlock - 1) / kernels::kStatBlock * kernels::kStatLanes
+                                        : vectors;
+    const DeviceBuffer sums = filled(b, static_cast<std::size_t>(3 * lanes) * 8, 0, s.stream);
+    const DeviceBuffer coef = b.allocate(static_cast<std::size_t>(4 * vectors) * 8);
+    double* at[3] = {as<double>(sums), as<double>(sums) + lanes, as<double>(sums) + 2 * lanes};
+    std::vector<double> host_sums(static_cast<std::size_t>(3 * lanes)), host_coef(static_cast<std::size_t>(4 * vectors));
+    // host_coef from the sums of `count` vectors, uploaded.
+    const auto coefficients = [&](i64 count) {
+      fetch(b, s.stream, sums, host_sums);
+      for (i64 v = 0; v < count; ++v) {
+        const auto c = nuslerp_coefficients(along.t, host_sums[v], host_sums[lanes + v], host_sums[2 * lanes + v]);
+        std::copy(c.begin(), c.end(), host_coef.begin() + 4 * v);
+      }
+      b.upload(coef.data(), host_coef.data(), static_cast<std::size_t>(4 * count) * 8, s.stream);
+    };
+    if (along.layout != 1) {  // a pass for the tensor's or the columns' sums
+      const auto kind = along.layout == 0 ? ElementwiseKind::pair_lanes : ElementwiseKind::pair_columns;
+      for (i64 first = 0; first < numel; first += piece) {
+        if (!one_piece) read(first);
+        b.elementwise(nuslerp_step(kind, along, first, count, as<float>(s.stack), base, at, nullptr, nullptr), s.stream);
+      }
+      if (along.layout == 0) {
+        fetch(b, s.stream, sums, host_sums);
+        const i64 blocks = lanes / kernels::kStatLanes;
+        const auto c = nuslerp_coefficients(along.t, kernels::lanes_total(host_sums.data(), blocks),
+                                            kernels::lanes_total(host_sums.data() + lanes, blocks),
+                                            kernels::lanes_total(host_sums.data() + 2 * lanes, blocks));
+        std::copy(c.begin(), c.end(), host_coef.begin());
+        b.upload(coef.data(), host_coef.data(), 4 * 8, s.stream);
+      } else {
+        coefficients(vectors);
+      }
+    }
+    for (i64 first = 0; first < numel; first += piece) {
+      if (!one_piece) read(first);
+      if (along.layout == 1) {  // each row's sums, then its coefficients
+        b.elementwise(nuslerp_step(ElementwiseKind::pair_rows, along, first, count, as<float>(s.stack), base, at,
+                                   nullptr, nullptr),
+                      s.stream);
+        coefficients(count / row);
+      }
+      emit(nuslerp_step(ElementwiseKind::pair_blend, along, first, count, as<float>(s.stack), base, at,
+                        as<double>(coef), nullptr),
+           first);
+    }
+    return;
+  }
   if (o.method == ClassicMethod::passthrough) {  // the model's values, scaled
     const double scale = task_parameters(o, 1).scales[0];
     for (i64 first = 0; first < numel; first += piece) {

@@ -5,6 +5,7 @@
 // thresholds, L1 norms, SLERP's angle, model_stock's cosines) gathers them in passes over the
 // pieces first, exactly (selection by radix histograms, not sampling), and its output is
 // bitwise the same for any piece size: one piece is the whole tensor.
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -110,6 +111,26 @@ class StockSums {
 kernels::ElementwiseStep stock_step(kernels::ElementwiseKind kind, int n, std::int64_t count, float* base,
                                     float* models, double t, std::int64_t row, double* row_t, float* out);
 std::unique_ptr<PieceMerger> passthrough_merger(const ClassicMergeOptions& options);
+/// How nuslerp cuts one tensor (its options resolved for it): t, and the tensor as one vector
+/// (layout 0), each row of `row` elements one vector (1), or each of `row` columns one vector
+/// (2, along the first axis).
+struct NuslerpPlan {
+  double t = 0.5;
+  int layout = 0;
+  std::int64_t row = 0;
+};
+NuslerpPlan nuslerp_plan(const ClassicMergeOptions& options, const std::string& name,
+                         const std::vector<std::int64_t>& shape);
+/// One vector's blend coefficients from its sums Σa², Σb², Σab: {linear (1 or 0), c0, c1, sin θ}
+/// (what kernels::pair_blend takes).
+std::array<double, 4> nuslerp_coefficients(double t, double s00, double s11, double s01);
+/// A nuslerp step (kernels/elementwise.hpp's pair_*) over a piece at `first`: the two models at
+/// `models` (2 × count), the base at `base` (null: none), the sums at sums[0 … 2], coefficients
+/// at `coef`, into out.
+kernels::ElementwiseStep nuslerp_step(kernels::ElementwiseKind kind, const NuslerpPlan& plan, std::int64_t first,
+                                      std::int64_t count, float* models, float* base, double* const* sums,
+                                      const double* coef, float* out);
+
 /// passthrough's step over a piece: the model's values x times `scale` into out.
 kernels::ElementwiseStep passthrough_step(float* x, std::int64_t count, double scale, float* out);
 std::unique_ptr<PieceMerger> sce_merger(const ClassicMergeOptions& options, const std::vector<std::int64_t>& shape,

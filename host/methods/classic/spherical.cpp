@@ -12,10 +12,12 @@
 //    norm.
 // mergekit computes in f32; revmerge in f64, rounded once.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <fmt/format.h>
 #include <numeric>
 
+#include "kernels/elementwise.hpp"
 #include "methods/classic/piece_merge.hpp"
 #include "revmerge/error.hpp"
 
@@ -33,10 +35,26 @@ double dot(const Vec& a, const Vec& b) {
 
 double norm(const Vec& a) { return std::sqrt(dot(a, a)); }
 
-// One vector of nuslerp: v0, v1 gathered along the chosen axis, the result written back.
-Vec nuslerp_vector(double t, const Vec& v0, const Vec& v1) {
-  const double n0 = std::max(norm(v0), 1e-7), n1 = std::max(norm(v1), 1e-7);
-  const double cos = std::clamp(dot(v0, v1) / (n0 * n1), -1.0, 1.0);
+// a · b of the whole tensor as one vector, in the order the statistics blocks keep it: block c's
+// 8 lanes (element i in lane i mod 8, each lane in index order) added in a fixed tree, the blocks
+// in order (kernels/elementwise.hpp).
+double lane_dot(const Vec& a, const Vec& b) {
+  const auto count = static_cast<i64>(a.size()), block = kernels::kStatBlock;
+  double total = 0;
+  for (i64 c = 0; c * block < count; ++c) {
+    double lane[kernels::kStatLanes] = {};
+    for (i64 i = c * block; i < std::min(count, (c + 1) * block); ++i) lane[i % kernels::kStatLanes] += a[i] * b[i];
+    total += kernels::block_lanes_sum(lane);
+  }
+  return total;
+}
+
+// One vector of nuslerp: v0, v1 gathered along the chosen axis, the result written back; the
+// tensor as one vector (`whole`) summed in the statistics blocks' lanes.
+Vec nuslerp_vector(double t, const Vec& v0, const Vec& v1, bool whole) {
+  const auto sum = [&](const Vec& a, const Vec& b) { return whole ? lane_dot(a, b) : dot(a, b); };
+  const double n0 = std::max(std::sqrt(sum(v0, v0)), 1e-7), n1 = std::max(std::sqrt(sum(v1, v1)), 1e-7);
+  const double cos = std::clamp(sum(v0, v1) / (n0 * n1), -1.0, 1.0);
   Vec out(v0.size());
   if (1 - cos * cos <= 1e-16) {
     for (std::size_t i = 0; i < out.size(); ++i) out[i] = (1 - t) * v0[i] + t * v1[i];
@@ -216,7 +234,7 @@ void spherical_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std:
         v0[j] = x[0][at + j * l.stride];
         v1[j] = x[1][at + j * l.stride];
       }
-      const auto v = nuslerp_vector(t, v0, v1);
+      const auto v = nuslerp_vector(t, v0, v1, o.nuslerp_flatten.value_or(true) || in.shape.size() < 2);
       for (i64 j = 0; j < l.length; ++j) r[at + j * l.stride] = v[j];
     }
   } else if (o.method == ClassicMethod::multislerp) {
@@ -237,74 +255,71 @@ double value(const TensorInputs& in, std::size_t i, std::size_t k) {
   return in.base.empty() ? double(in.model(i)[k]) : double(in.model(i)[k]) - in.base[k];
 }
 
-// nuslerp in pieces: the whole tensor as one vector (one pass for its norms and dot product),
-// vectors along the last axis (pieces of whole rows), or along the first axis (one pass for
-// every column's sums, pieces of whole rows).
+// nuslerp in pieces: the whole tensor as one vector (one pass for its norms and dot product, in
+// the statistics blocks' lanes), vectors along the last axis (pieces of whole rows), or along the
+// first axis (one pass for every column's sums, pieces of whole rows). The steps are
+// kernels/elementwise.hpp's pair_*, the ones a backend runs; the coefficients come from the host.
 class NuslerpPieces final : public PieceMerger {
  public:
-  enum class Layout { flat, rows, columns };
-  NuslerpPieces(double t, Layout layout, i64 row) : t_(t), layout_(layout), row_(std::max<i64>(row, 1)) {
-    const std::size_t sums = layout == Layout::columns ? static_cast<std::size_t>(row_) : 1;
-    s00_.assign(sums, 0.0);
-    s11_.assign(sums, 0.0);
-    s01_.assign(sums, 0.0);
+  NuslerpPieces(const NuslerpPlan& plan, i64 numel) : plan_(plan) {
+    const i64 blocks = (numel + kernels::kStatBlock - 1) / kernels::kStatBlock;
+    const i64 sums = plan.layout == 0 ? blocks * kernels::kStatLanes : plan.layout == 2 ? plan.row : 0;
+    for (auto& s : sums_) s.assign(static_cast<std::size_t>(sums), 0.0);
   }
-  i64 granule() const override { return layout_ == Layout::flat ? 1 : row_; }
-  bool wants_pass() const override { return layout_ != Layout::rows && !summed_; }
-  void observe(const TensorInputs& in, int) override {
-    const bool columns = layout_ == Layout::columns;
-    for (std::size_t k = 0; k < in.count; ++k) {
-      const std::size_t c = columns ? k % static_cast<std::size_t>(row_) : 0;
-      const double a = value(in, 0, k), b = value(in, 1, k);
-      s00_[c] += a * a;
-      s11_[c] += b * b;
-      s01_[c] += a * b;
+  i64 granule() const override { return plan_.layout == 0 ? 1 : plan_.row; }
+  bool wants_pass() const override { return plan_.layout != 1 && !summed_; }
+  void observe(const TensorInputs& in, int threads) override {
+    run_host_step(step(plan_.layout == 0 ? kernels::ElementwiseKind::pair_lanes : kernels::ElementwiseKind::pair_columns,
+                       in, nullptr, nullptr),
+                  threads);
+  }
+  void end_pass() override {
+    summed_ = true;
+    if (plan_.layout == 0) {
+      const i64 blocks = static_cast<i64>(sums_[0].size()) / kernels::kStatLanes;
+      coef_ = nuslerp_coefficients(plan_.t, kernels::lanes_total(sums_[0].data(), blocks),
+                                   kernels::lanes_total(sums_[1].data(), blocks),
+                                   kernels::lanes_total(sums_[2].data(), blocks));
+    } else {
+      coefficients(sums_, plan_.row, coef_all_);
     }
   }
-  void end_pass() override { summed_ = true; }
-  void produce(TensorInputs& in, std::span<float> out, int) override {
-    const auto length = static_cast<std::size_t>(row_);
-    if (layout_ == Layout::flat) return blend(in, 0, in.count, 1, Sums{s00_[0], s11_[0], s01_[0]}, out);
-    if (layout_ == Layout::columns) {
-      for (std::size_t c = 0; c < length; ++c) blend(in, c, in.count, length, Sums{s00_[c], s11_[c], s01_[c]}, out);
-      return;
+  void produce(TensorInputs& in, std::span<float> out, int threads) override {
+    const double* coef = plan_.layout == 0 ? coef_.data() : coef_all_.data();
+    if (plan_.layout == 1) {  // each row's sums, then its coefficients
+      const auto rows = static_cast<i64>(in.count) / plan_.row;
+      for (auto& s : row_sums_) s.resize(static_cast<std::size_t>(rows));
+      run_host_step(step(kernels::ElementwiseKind::pair_rows, in, nullptr, nullptr, row_sums_), threads);
+      coefficients(row_sums_, rows, coef_all_);
+      coef = coef_all_.data();
     }
-    for (std::size_t at = 0; at < in.count; at += length) {
-      Sums v;
-      for (std::size_t k = at; k < at + length; ++k) {
-        const double a = value(in, 0, k), b = value(in, 1, k);
-        v.s00 += a * a;
-        v.s11 += b * b;
-        v.s01 += a * b;
-      }
-      blend(in, at, at + length, 1, v, out);
-    }
+    run_host_step(step(kernels::ElementwiseKind::pair_blend, in, coef, out.data()), threads);
   }
 
  private:
-  struct Sums {
-    double s00 = 0, s11 = 0, s01 = 0;
-  };
-
-  // nuslerp_vector's arithmetic on elements from, from + step, … below `to`, from the vector's sums.
-  void blend(const TensorInputs& in, std::size_t from, std::size_t to, std::size_t step, Sums v,
-             std::span<float> out) const {
-    const double n0 = std::max(std::sqrt(v.s00), 1e-7), n1 = std::max(std::sqrt(v.s11), 1e-7);
-    const double cos = std::clamp(v.s01 / (n0 * n1), -1.0, 1.0);
-    const bool linear = 1 - cos * cos <= 1e-16;
-    const double theta = linear ? 0.0 : std::acos(cos), s = std::sin(theta);
-    const double c0 = std::sin((1 - t_) * theta), c1 = std::sin(t_ * theta);
-    for (std::size_t k = from; k < to; k += step) {
-      const double a = value(in, 0, k), b = value(in, 1, k);
-      const double r = linear ? (1 - t_) * a + t_ * b : (c0 * a + c1 * b) / s;
-      out[k] = static_cast<float>(in.base.empty() ? r : r + in.base[k]);
+  using Sums = std::array<std::vector<double>, 3>;
+  // The step over the piece `in` (read only: the steps that write go to sums and out).
+  kernels::ElementwiseStep step(kernels::ElementwiseKind kind, const TensorInputs& in, const double* coef, float* out) {
+    return step(kind, in, coef, out, sums_);
+  }
+  kernels::ElementwiseStep step(kernels::ElementwiseKind kind, const TensorInputs& in, const double* coef, float* out,
+                                Sums& sums) const {
+    double* s[3] = {sums[0].data(), sums[1].data(), sums[2].data()};
+    return nuslerp_step(kind, plan_, in.first, static_cast<i64>(in.count), const_cast<float*>(in.stacked.data()),
+                        in.base.empty() ? nullptr : const_cast<float*>(in.base.data()), s, coef, out);
+  }
+  void coefficients(const Sums& s, i64 vectors, std::vector<double>& out) const {
+    out.resize(static_cast<std::size_t>(4 * vectors));
+    for (i64 v = 0; v < vectors; ++v) {
+      const auto c = nuslerp_coefficients(plan_.t, s[0][v], s[1][v], s[2][v]);
+      std::copy(c.begin(), c.end(), out.begin() + 4 * v);
     }
   }
 
-  double t_;
-  Layout layout_;
-  i64 row_;  // rows: the row's length; columns: how many columns
-  std::vector<double> s00_, s11_, s01_;
+  NuslerpPlan plan_;
+  Sums sums_, row_sums_;
+  std::array<double, 4> coef_{};
+  std::vector<double> coef_all_;
   bool summed_ = false;
 };
 
@@ -581,19 +596,58 @@ class KarcherPieces final : public PieceMerger {
 
 }  // namespace
 
+NuslerpPlan nuslerp_plan(const ClassicMergeOptions& o, const std::string& name, const std::vector<i64>& shape) {
+  const auto weights = spherical_weights(o, name);
+  const double total = weights[0] + weights[1];
+  NuslerpPlan p;
+  p.t = std::fabs(total) < 1e-6 ? 0.5 : weights[1] / total;  // the position between the two models
+  i64 numel = 1;
+  for (const auto d : shape) numel *= d;
+  if (o.nuslerp_flatten.value_or(true) || shape.size() < 2) return p;
+  if (!o.nuslerp_row_wise.value_or(false)) {
+    p.layout = 1;
+    p.row = std::max<i64>(shape.back(), 1);
+    return p;
+  }
+  // Along the first axis: each of the numel / shape[0] columns of the (shape[0], rest) view.
+  p.layout = 2;
+  p.row = std::max<i64>(shape.front() ? numel / shape.front() : 1, 1);
+  return p;
+}
+
+std::array<double, 4> nuslerp_coefficients(double t, double s00, double s11, double s01) {
+  const double n0 = std::max(std::sqrt(s00), 1e-7), n1 = std::max(std::sqrt(s11), 1e-7);
+  const double cos = std::clamp(s01 / (n0 * n1), -1.0, 1.0);
+  if (1 - cos * cos <= 1e-16) return {1.0, 0.0, 0.0, 0.0};  // linear
+  const double theta = std::acos(cos);
+  return {0.0, std::sin((1 - t) * theta), std::sin(t * theta), std::sin(theta)};
+}
+
+kernels::ElementwiseStep nuslerp_step(kernels::ElementwiseKind kind, const NuslerpPlan& plan, i64 first, i64 count,
+                                      float* models, float* base, double* const* sums, const double* coef,
+                                      float* out) {
+  kernels::ElementwiseStep st;
+  st.kind = kind;
+  st.first = first;
+  st.count = count;
+  st.x = models;
+  st.base = base;
+  st.has_base = base != nullptr;
+  for (int k = 0; k < 3; ++k) st.sums[k] = sums ? sums[k] : nullptr;
+  st.coef = coef;
+  st.out = out;
+  st.t = plan.t;
+  st.row = plan.row;
+  st.pair_layout = plan.layout;
+  return st;
+}
+
 std::unique_ptr<PieceMerger> spherical_merger(const ClassicMergeOptions& o, const std::string& name,
                                               const std::vector<i64>& shape, std::size_t n, bool has_base) {
   if (o.method == ClassicMethod::nuslerp) {
-    const auto weights = spherical_weights(o, name);
-    const double total = weights[0] + weights[1];
-    const double t = std::fabs(total) < 1e-6 ? 0.5 : weights[1] / total;
     i64 numel = 1;
     for (const auto d : shape) numel *= d;
-    using L = NuslerpPieces::Layout;
-    if (o.nuslerp_flatten.value_or(true) || shape.size() < 2) return std::make_unique<NuslerpPieces>(t, L::flat, 0);
-    if (!o.nuslerp_row_wise.value_or(false)) return std::make_unique<NuslerpPieces>(t, L::rows, shape.back());
-    // Along the first axis: each of the numel / shape[0] columns of the (shape[0], rest) view.
-    return std::make_unique<NuslerpPieces>(t, L::columns, shape.front() ? numel / shape.front() : 1);
+    return std::make_unique<NuslerpPieces>(nuslerp_plan(o, name, shape), numel);
   }
   if (o.method == ClassicMethod::multislerp) {
     if (n == 1) return std::make_unique<OneModelPieces>();

@@ -79,6 +79,11 @@ const Case kCases[] = {
     // 45 sums: the lanes' blocks are 6 statistics blocks long.
     {"model_stock_nine", ClassicMethod::model_stock, 9, true, [](ClassicMergeOptions&) {}},
     {"passthrough", ClassicMethod::passthrough, 1, false, [](ClassicMergeOptions& o) { o.scales = {0.37}; }},
+    {"nuslerp", ClassicMethod::nuslerp, 2, true, [](ClassicMergeOptions& o) { o.weights = {0.3, 0.7}; }},
+    {"nuslerp_rows", ClassicMethod::nuslerp, 2, false,
+     [](ClassicMergeOptions& o) { o.weights = {0.6, 0.4}; o.nuslerp_flatten = false; }},
+    {"nuslerp_columns", ClassicMethod::nuslerp, 2, true,
+     [](ClassicMergeOptions& o) { o.weights = {0.5, 0.2}; o.nuslerp_flatten = false; o.nuslerp_row_wise = true; }},
 };
 
 class CombineOnBackendTest : public ::testing::TestWithParam<Case> {};
@@ -177,12 +182,12 @@ TEST(CombineOnBackend, WholeModelsOnTheDeferredBackendAreTheCpusFiles) {
   const std::filesystem::path golden = std::filesystem::path(REVMERGE_SOURCE_DIR) / "tests/fixtures/golden/mergekit";
   for (const auto& [folder, n] : {std::pair{golden, 3}, std::pair{golden / "bf16", 2}})
     for (const auto method : {ClassicMethod::ties, ClassicMethod::dare_ties, ClassicMethod::task_arithmetic,
-                              ClassicMethod::slerp, ClassicMethod::model_stock}) {
+                              ClassicMethod::slerp, ClassicMethod::model_stock, ClassicMethod::nuslerp}) {
       test::TempDir tmp;
       ClassicMergeOptions o;
       o.method = method;
       o.base = folder / "base";
-      const int models = method == ClassicMethod::slerp ? 1 : n;
+      const int models = method == ClassicMethod::slerp ? 1 : method == ClassicMethod::nuslerp ? 2 : n;
       for (int t = 0; t < models; ++t)
         o.tasks.push_back({"ft" + std::to_string(t), folder / ("ft" + std::to_string(t))});
       if (method == ClassicMethod::slerp) o.t = 0.4;
@@ -210,6 +215,8 @@ TEST(CombineOnBackend, RefusesWhatRunsOnTheCpuOnly) {
   EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("SCE"));
   o.method = ClassicMethod::karcher;
   EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("karcher runs on the CPU only"));
+  o.method = ClassicMethod::nuslerp;
+  EXPECT_EQ("", backend_combine_refusal(o));
   o.method = ClassicMethod::model_stock;
   EXPECT_EQ("", backend_combine_refusal(o));
   o.method = ClassicMethod::ties;
