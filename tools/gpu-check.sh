@@ -217,6 +217,14 @@ classic_gpu() {
     echo "slerp: GPU and CPU outputs byte-identical" || return 1
   for dev in cuda cpu; do
     t0=$(date +%s%N)
+    "$revmerge" merge --method multislerp --device $dev --base "$m/base" --force --quiet \
+      --out "$out/classic-multislerp-$dev" "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
+    echo "multislerp of three bf16 fine-tunes of a 7b layer on $dev: $(( ($(date +%s%N) - t0) / 1000000 )) ms file to file"
+  done
+  cmp "$out/classic-multislerp-cuda/model.safetensors" "$out/classic-multislerp-cpu/model.safetensors" &&
+    echo "multislerp: GPU and CPU outputs byte-identical" || return 1
+  for dev in cuda cpu; do
+    t0=$(date +%s%N)
     "$revmerge" merge --method nuslerp --weights 0.3,0.7 --device $dev --base "$m/base" --force --quiet \
       --out "$out/classic-nuslerp-$dev" "$m/ft-0" "$m/ft-1" || return 1
     echo "nuslerp of two bf16 fine-tunes of a 7b layer on $dev: $(( ($(date +%s%N) - t0) / 1000000 )) ms file to file"

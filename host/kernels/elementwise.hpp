@@ -129,6 +129,12 @@ enum class ElementwiseKind : std::int32_t {
   pair_columns,
   /// Per element: nuslerp's blend of a and b by its vector's coefficients, the base added back.
   pair_blend,
+  /// Per lane of a statistics block: one of multislerp's four passes' sums (multi_pass 0: each
+  /// model's Σv²; 1: Σm² of the directions' weighted mean m; 2: each direction's Σ u·m/‖m‖;
+  /// 3: Σt² of the weighted tangent t).
+  multislerp_lanes,
+  /// Per element: multislerp's map back, the base added back.
+  multislerp_blend,
 };
 
 /// What the combine divides the sum by (methods/classic/combine.hpp's Normalize).
@@ -210,6 +216,17 @@ struct ElementwiseStep {
   // element j being 0 (pair_layout 0: the tensor), j / row (1: rows) or j mod row (2: columns).
   const double* coef = nullptr;
   int pair_layout = 0;
+
+  // multislerp_*: the n models in x, the base where has_base; `weights` (n), and from the passes
+  // before: the models' norms (n), eps, the mean's norm, each direction's dot with the mean
+  // (`dots`, n). multislerp_lanes into the lanes at stock (sum q at stock + q · stock_stride);
+  // multislerp_blend: (m · s0 + t · s1) · factor (s0 = cos ‖t‖, s1 = sin ‖t‖ / ‖t‖, factor the
+  // weighted mean norm), or w0 a + w1 b where `degenerate`, or the one model's values (n = 1).
+  const double* norms = nullptr;
+  const double* dots = nullptr;
+  double eps = 0, mean_norm = 0;
+  int multi_pass = 0;
+  bool degenerate = false;
 };
 
 /// How many indices a step runs over.
@@ -235,7 +252,8 @@ REVMERGE_HD_INLINE std::int64_t step_indices(const ElementwiseStep& s) {
     case ElementwiseKind::stock_lanes: return piece_blocks(s, s.stock_block) * kStatLanes * stock_groups(s.n);
     case ElementwiseKind::stock_rows:
     case ElementwiseKind::pair_rows: return s.row > 0 ? s.count / s.row : 0;
-    case ElementwiseKind::pair_lanes: return piece_blocks(s) * kStatLanes;
+    case ElementwiseKind::pair_lanes:
+    case ElementwiseKind::multislerp_lanes: return piece_blocks(s) * kStatLanes;
     case ElementwiseKind::pair_columns: return s.row;
     case ElementwiseKind::tie_scan: return piece_blocks(s);
     case ElementwiseKind::tie_counts:
@@ -556,6 +574,67 @@ REVMERGE_HD_INLINE void pair_blend(const ElementwiseStep& s, std::int64_t j) {
   s.out[j] = static_cast<float>(s.has_base ? r + s.base[j] : r);
 }
 
+// ---- multislerp (methods/classic/spherical.cpp) ----
+
+// Element j's directions u_i = v_i / (‖v_i‖ + eps) into u and their weighted mean, in model order.
+REVMERGE_HD_INLINE double multislerp_mean(const ElementwiseStep& s, std::int64_t j, double* u) {
+  double m = 0;
+  for (int i = 0; i < s.n; ++i) {
+    u[i] = pair_value(s, i, j) / (s.norms[i] + s.eps);
+    m += s.weights[i] * u[i];
+  }
+  return m;
+}
+
+// The weighted tangent at the normalised mean mm.
+REVMERGE_HD_INLINE double multislerp_tangent(const ElementwiseStep& s, const double* u, double mm) {
+  double t = 0;
+  for (int i = 0; i < s.n; ++i) t += s.weights[i] * (u[i] - s.dots[i] * mm);
+  return t;
+}
+
+REVMERGE_HD_INLINE void multislerp_lane(const ElementwiseStep& s, std::int64_t index) {
+  const Lane lane = piece_lane(s, index);
+  const bool per_model = s.multi_pass == 0 || s.multi_pass == 2;
+  const int sums = per_model ? s.n : 1;
+  double acc[kMaxElementwiseInputs], u[kMaxElementwiseInputs];
+  for (int q = 0; q < sums; ++q) acc[q] = s.stock[q * s.stock_stride + lane.at];
+  for (std::int64_t i = lane.i; i < lane.end; i += kStatLanes) {
+    const std::int64_t j = i - s.first;
+    if (s.multi_pass == 0) {
+      for (int q = 0; q < s.n; ++q) {
+        const double v = pair_value(s, q, j);
+        acc[q] += v * v;
+      }
+      continue;
+    }
+    const double m = multislerp_mean(s, j, u);
+    if (s.multi_pass == 1) {
+      acc[0] += m * m;
+    } else if (s.multi_pass == 2) {
+      for (int q = 0; q < s.n; ++q) acc[q] += u[q] * (m / s.mean_norm);
+    } else {
+      const double t = multislerp_tangent(s, u, m / s.mean_norm);
+      acc[0] += t * t;
+    }
+  }
+  for (int q = 0; q < sums; ++q) s.stock[q * s.stock_stride + lane.at] = acc[q];
+}
+
+REVMERGE_HD_INLINE void multislerp_blend(const ElementwiseStep& s, std::int64_t j) {
+  double r;
+  if (s.n == 1) {
+    r = pair_value(s, 0, j);
+  } else if (s.degenerate) {
+    r = s.weights[0] * pair_value(s, 0, j) + s.weights[1] * pair_value(s, 1, j);
+  } else {
+    double u[kMaxElementwiseInputs];
+    const double m = multislerp_mean(s, j, u) / s.mean_norm;
+    r = (m * s.s0 + multislerp_tangent(s, u, m) * s.s1) * s.factor;
+  }
+  s.out[j] = static_cast<float>(s.has_base ? r + s.base[j] : r);
+}
+
 REVMERGE_HD_INLINE void scale_element(const ElementwiseStep& s, std::int64_t j) {
   s.out[j] = rescaled(s.x[j], s.factor);
 }
@@ -589,6 +668,8 @@ REVMERGE_HD_INLINE void elementwise_index_of(const ElementwiseStep& s, std::int6
   else if constexpr (K == ElementwiseKind::pair_rows) pair_row(s, i);
   else if constexpr (K == ElementwiseKind::pair_columns) pair_column(s, i);
   else if constexpr (K == ElementwiseKind::pair_blend) pair_blend(s, i);
+  else if constexpr (K == ElementwiseKind::multislerp_lanes) multislerp_lane(s, i);
+  else if constexpr (K == ElementwiseKind::multislerp_blend) multislerp_blend(s, i);
 }
 
 /// One index of any step (a backend's loop body).
@@ -615,6 +696,8 @@ REVMERGE_HD_INLINE void elementwise_index(const ElementwiseStep& s, std::int64_t
     REVMERGE_ELEMENTWISE_CASE(pair_rows)
     REVMERGE_ELEMENTWISE_CASE(pair_columns)
     REVMERGE_ELEMENTWISE_CASE(pair_blend)
+    REVMERGE_ELEMENTWISE_CASE(multislerp_lanes)
+    REVMERGE_ELEMENTWISE_CASE(multislerp_blend)
 #undef REVMERGE_ELEMENTWISE_CASE
   }
 }
@@ -658,6 +741,8 @@ void with_elementwise_body(const ElementwiseStep& step, Run&& run) {
     REVMERGE_ELEMENTWISE_CASE(pair_rows)
     REVMERGE_ELEMENTWISE_CASE(pair_columns)
     REVMERGE_ELEMENTWISE_CASE(pair_blend)
+    REVMERGE_ELEMENTWISE_CASE(multislerp_lanes)
+    REVMERGE_ELEMENTWISE_CASE(multislerp_blend)
 #undef REVMERGE_ELEMENTWISE_CASE
   }
 }

@@ -31,7 +31,7 @@ std::string backend_combine_refusal(const ClassicMergeOptions& o) {
     return "--device: at most " + std::to_string(kernels::kMaxElementwiseInputs) +
            " models merge on a GPU in this version (" + std::to_string(o.tasks.size()) + " given)";
   if (blends_two_models(o.method) || o.method == ClassicMethod::model_stock || o.method == ClassicMethod::passthrough ||
-      o.method == ClassicMethod::nuslerp)
+      o.method == ClassicMethod::nuslerp || o.method == ClassicMethod::multislerp)
     return {};
   if (!is_elementwise(o.method)) return "--method " + to_string(o.method) + cpu_only;
   const auto recipe = make_recipe(o, Convention::mergekit);
@@ -306,7 +306,7 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   const auto n = static_cast<i64>(s.n);
   const int threads = o.threads > 0 ? o.threads : omp_get_max_threads();
   const bool two_models = blends_two_models(o.method), stock = o.method == ClassicMethod::model_stock;
-  const bool nuslerp = o.method == ClassicMethod::nuslerp;
+  const bool nuslerp = o.method == ClassicMethod::nuslerp, multislerp = o.method == ClassicMethod::multislerp;
   const NuslerpPlan along = nuslerp ? nuslerp_plan(o, name, shape) : NuslerpPlan{};
   // model_stock with filter_wise (an angle per row) and nuslerp by rows or columns: pieces of
   // whole rows.
@@ -324,9 +324,10 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   widen.kind = ElementwiseKind::widen;
   widen.n = static_cast<int>(n);
   widen.has_base = src.base != nullptr;
-  // linear, slerp, model_stock, passthrough, nuslerp: the weights themselves (nuslerp and
-  // model_stock take the differences in f64)
-  widen.task_vectors = src.base != nullptr && !two_models && !stock && !nuslerp && o.method != ClassicMethod::passthrough;
+  // linear, slerp, model_stock, passthrough, nuslerp, multislerp: the weights themselves (the
+  // spherical methods and model_stock take the differences in f64)
+  widen.task_vectors = src.base != nullptr && !two_models && !stock && !nuslerp && !multislerp &&
+                       o.method != ClassicMethod::passthrough;
   widen.raw = as<unsigned char>(s.raw);
   widen.x = as<float>(s.stack);
   widen.base = as<float>(s.base);
@@ -504,6 +505,37 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
       }
       emit(nuslerp_step(ElementwiseKind::pair_blend, along, first, count, as<float>(s.stack), base, at,
                         as<double>(coef), nullptr),
+           first);
+    }
+    return;
+  }
+  if (multislerp) {  // four passes of sums, the decisions between them on the host, then the map back
+    float* base = src.base ? as<float>(s.base) : nullptr;
+    MultislerpSums sums(numel, spherical_weights(o, name), o.eps.value_or(1e-8), name);
+    const DeviceBuffer lanes = b.allocate(std::max<std::size_t>(sums.lanes().size(), 1) * 8);
+    DeviceBuffer values[3];  // the weights, norms and dots, uploaded as they are decided
+    for (auto& v : values) v = filled(b, s.n * 8, 0, s.stream);
+    const auto upload = [&] {
+      const std::vector<double>* host[3] = {&sums.weights(), &sums.norms(), &sums.dots()};
+      for (int k = 0; k < 3; ++k) b.upload(values[k].data(), host[k]->data(), s.n * 8, s.stream);
+    };
+    upload();
+    while (sums.wants_pass()) {
+      b.fill(lanes.data(), 0, sums.lanes().size() * 8, s.stream);
+      for (i64 first = 0; first < numel; first += piece) {
+        if (!one_piece) read(first);
+        b.elementwise(sums.step(first, count, as<float>(s.stack), base, as<double>(lanes), as<double>(values[0]),
+                                as<double>(values[1]), as<double>(values[2])),
+                      s.stream);
+      }
+      fetch(b, s.stream, lanes, sums.lanes());
+      sums.end_pass();
+      upload();
+    }
+    for (i64 first = 0; first < numel; first += piece) {
+      if (!one_piece) read(first);
+      emit(sums.blend(count, as<float>(s.stack), base, as<double>(values[0]), as<double>(values[1]),
+                      as<double>(values[2]), nullptr),
            first);
     }
     return;

@@ -1,6 +1,6 @@
 #pragma once
 // The element-wise full-model merges (task arithmetic, TIES, DARE, breadcrumbs, magnitude
-// pruning, linear), slerp, nuslerp, nearswap, model_stock and passthrough on a backend — the GPU for `--device cuda`. Each piece of a tensor goes to
+// pruning, linear), slerp, nuslerp, multislerp, nearswap, model_stock and passthrough on a backend — the GPU for `--device cuda`. Each piece of a tensor goes to
 // the backend as the files' own bytes (16-bit stays 16-bit), is widened, checked and turned into
 // task vectors there, and every statistic and decision of the CPU's merge (thinning.hpp's passes,
 // combine.hpp's combine) runs there as the steps of kernels/elementwise.hpp: the output is the
@@ -20,8 +20,8 @@ namespace revmerge {
 class Backend;
 
 /// Why the merge of `options` cannot run on a backend (empty when it can): DELLA's ranked drop,
-/// SCE's selection and the methods other than the element-wise ones, slerp, nuslerp, nearswap,
-/// model_stock and passthrough run on the CPU only.
+/// SCE's selection and the methods other than the element-wise ones, slerp, nuslerp, multislerp,
+/// nearswap, model_stock and passthrough run on the CPU only.
 std::string backend_combine_refusal(const ClassicMergeOptions& options);
 
 /// One merge's work on a backend: buffers kept from tensor to tensor, one stream.

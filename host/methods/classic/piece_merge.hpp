@@ -131,6 +131,46 @@ kernels::ElementwiseStep nuslerp_step(kernels::ElementwiseKind kind, const Nusle
                                       std::int64_t count, float* models, float* base, double* const* sums,
                                       const double* coef, float* out);
 
+/// The spherical methods' weights for tensor `tensor` (its options resolved); multislerp's
+/// normalised to sum 1 unless normalize_weights is off (usage_error naming --weights when they
+/// sum to 0).
+std::vector<double> spherical_weights(const ClassicMergeOptions& options, const std::string& tensor);
+
+/// multislerp's passes over a tensor of `count` elements and n models (weights `w`, normalised
+/// as the options ask): each pass's sums kept per statistics block and lane (kernels/
+/// elementwise.hpp's multislerp_lanes), the decisions between passes on the host; the same bits
+/// from pieces, threads and backends.
+class MultislerpSums {
+ public:
+  MultislerpSums(std::int64_t count, std::vector<double> w, double eps, std::string tensor);
+  bool wants_pass() const noexcept { return w_.size() > 1 && pass_ < 4 && !degenerate_; }
+  /// The pass's step over a piece at `first`: the models (n × count) and the base (null: none);
+  /// lanes, weights, norms and dots where the step runs (host or backend memory, as weights(),
+  /// norms() and dots() hold them now).
+  kernels::ElementwiseStep step(std::int64_t first, std::int64_t count, float* models, float* base, double* lanes,
+                                const double* weights, const double* norms, const double* dots) const;
+  std::vector<double>& lanes() noexcept { return lanes_; }
+  /// The pass's totals taken from lanes() (then zeroed for the next); a format_error naming the
+  /// tensor where the directions' mean vanishes with more than two models.
+  void end_pass();
+  /// The map back over a piece, into out.
+  kernels::ElementwiseStep blend(std::int64_t count, float* models, float* base, const double* weights,
+                                 const double* norms, const double* dots, float* out) const;
+  const std::vector<double>& weights() const noexcept { return w_; }
+  const std::vector<double>& norms() const noexcept { return norms_; }
+  const std::vector<double>& dots() const noexcept { return dots_; }
+
+ private:
+  std::vector<double> w_;
+  double eps_;
+  std::string tensor_;
+  std::int64_t blocks_;
+  std::vector<double> lanes_, norms_, dots_;
+  double mean_norm_ = 0, tn_ = 0, scale_ = 0;
+  int pass_ = 0;
+  bool degenerate_ = false;
+};
+
 /// passthrough's step over a piece: the model's values x times `scale` into out.
 kernels::ElementwiseStep passthrough_step(float* x, std::int64_t count, double scale, float* out);
 std::unique_ptr<PieceMerger> sce_merger(const ClassicMergeOptions& options, const std::vector<std::int64_t>& shape,

@@ -88,14 +88,14 @@ Vec multislerp(const std::vector<Vec>& x, const std::vector<double>& w, double e
   std::vector<double> norms(n);
   std::vector<Vec> unit(n, Vec(m));
   Vec mean(m, 0.0);
-  for (std::size_t i = 0; i < n; ++i) {
-    norms[i] = norm(x[i]);
-    for (std::size_t k = 0; k < m; ++k) {
+  // Every sum over the tensor in the statistics blocks' lanes (lane_dot), as the passes take them.
+  for (std::size_t i = 0; i < n; ++i) norms[i] = std::sqrt(lane_dot(x[i], x[i]));
+  for (std::size_t k = 0; k < m; ++k)
+    for (std::size_t i = 0; i < n; ++i) {
       unit[i][k] = x[i][k] / (norms[i] + eps);
       mean[k] += w[i] * unit[i][k];
     }
-  }
-  const double mean_norm = norm(mean);
+  const double mean_norm = std::sqrt(lane_dot(mean, mean));
   if (mean_norm < eps) {
     if (n != 2)
       throw format_error("tensor '" + name + "': the weighted mean of the models' directions is 0 "
@@ -108,10 +108,10 @@ Vec multislerp(const std::vector<Vec>& x, const std::vector<double>& w, double e
   for (auto& v : mean) v /= mean_norm;
   Vec tangent(m, 0.0);
   for (std::size_t i = 0; i < n; ++i) {
-    const double d = dot(unit[i], mean);
+    const double d = lane_dot(unit[i], mean);
     for (std::size_t k = 0; k < m; ++k) tangent[k] += w[i] * (unit[i][k] - d * mean[k]);
   }
-  const double tn = norm(tangent) + eps;
+  const double tn = std::sqrt(lane_dot(tangent, tangent)) + eps;
   double scale = 0;
   for (std::size_t i = 0; i < n; ++i) scale += norms[i] * w[i];
   Vec out(m);
@@ -166,6 +166,8 @@ Vec karcher(const std::vector<Vec>& x, i64 max_iter, double tol) {
   return mean;
 }
 
+}  // namespace
+
 // The models' weights; for multislerp normalised to sum 1 (unless normalize_weights is off).
 std::vector<double> spherical_weights(const ClassicMergeOptions& o, const std::string& tensor) {
   auto weights = task_parameters(o, o.tasks.size()).weights;
@@ -178,8 +180,6 @@ std::vector<double> spherical_weights(const ClassicMergeOptions& o, const std::s
   }
   return weights;
 }
-
-}  // namespace
 
 bool is_spherical(ClassicMethod method) {
   return method == ClassicMethod::nuslerp || method == ClassicMethod::multislerp ||
@@ -333,92 +333,29 @@ class OneModelPieces final : public PieceMerger {
 };
 
 // multislerp in pieces: four passes (the models' norms; their directions' weighted mean and its
-// norm; each direction's dot product with the mean; the tangent's norm), then the map back.
-// Each pass recomputes an element's directions from its values and the sums so far, in the
-// order multislerp() takes them.
+// norm; each direction's dot product with the mean; the tangent's norm), then the map back
+// (MultislerpSums: kernels/elementwise.hpp's steps, the ones a backend runs).
 class MultislerpPieces final : public PieceMerger {
  public:
-  MultislerpPieces(std::vector<double> w, double eps, std::string name)
-      : w_(std::move(w)), eps_(eps), name_(std::move(name)), sq_(w_.size(), 0.0), d_(w_.size(), 0.0),
-        unit_(w_.size()) {}
-  bool wants_pass() const override { return pass_ < 4 && !degenerate_; }
-  void observe(const TensorInputs& in, int) override {
-    for (std::size_t k = 0; k < in.count; ++k) {
-      if (pass_ == 0) {
-        for (std::size_t i = 0; i < w_.size(); ++i) {
-          const double v = value(in, i, k);
-          sq_[i] += v * v;
-        }
-        continue;
-      }
-      const double m = mean(in, k);
-      if (pass_ == 1) {
-        msq_ += m * m;
-      } else if (pass_ == 2) {
-        for (std::size_t i = 0; i < w_.size(); ++i) d_[i] += unit_[i] * (m / mean_norm_);
-      } else {
-        const double t = tangent(m / mean_norm_);
-        tsq_ += t * t;
-      }
-    }
+  MultislerpPieces(i64 numel, std::vector<double> w, double eps, std::string name)
+      : sums_(numel, std::move(w), eps, std::move(name)) {}
+  bool wants_pass() const override { return sums_.wants_pass(); }
+  void observe(const TensorInputs& in, int threads) override {
+    run_host_step(sums_.step(in.first, static_cast<i64>(in.count), const_cast<float*>(in.stacked.data()),
+                             base(in), sums_.lanes().data(), sums_.weights().data(), sums_.norms().data(),
+                             sums_.dots().data()),
+                  threads);
   }
-  void end_pass() override {
-    if (pass_ == 0) {
-      norms_.resize(w_.size());
-      for (std::size_t i = 0; i < w_.size(); ++i) norms_[i] = std::sqrt(sq_[i]);
-    } else if (pass_ == 1) {
-      mean_norm_ = std::sqrt(msq_);
-      if (mean_norm_ < eps_) {
-        if (w_.size() != 2)
-          throw format_error("tensor '" + name_ + "': the weighted mean of the models' directions is 0 "
-                             "(antipodal models whose weights balance); multislerp cannot merge it — "
-                             "try other weights");
-        degenerate_ = true;
-      }
-    } else if (pass_ == 3) {
-      tn_ = std::sqrt(tsq_) + eps_;
-      for (std::size_t i = 0; i < w_.size(); ++i) scale_ += norms_[i] * w_[i];
-    }
-    ++pass_;
-  }
-  void produce(TensorInputs& in, std::span<float> out, int) override {
-    const bool base = !in.base.empty();
-    for (std::size_t k = 0; k < in.count; ++k) {
-      double r;
-      if (degenerate_) {
-        r = w_[0] * value(in, 0, k) + w_[1] * value(in, 1, k);
-      } else {
-        const double m = mean(in, k) / mean_norm_;
-        r = (m * std::cos(tn_) + tangent(m) * (std::sin(tn_) / tn_)) * scale_;
-      }
-      out[k] = static_cast<float>(base ? r + in.base[k] : r);
-    }
+  void end_pass() override { sums_.end_pass(); }
+  void produce(TensorInputs& in, std::span<float> out, int threads) override {
+    run_host_step(sums_.blend(static_cast<i64>(in.count), in.stacked.data(), base(in), sums_.weights().data(),
+                              sums_.norms().data(), sums_.dots().data(), out.data()),
+                  threads);
   }
 
  private:
-  // The element's weighted mean of the directions (unit_ left holding the directions).
-  double mean(const TensorInputs& in, std::size_t k) {
-    double m = 0;
-    for (std::size_t i = 0; i < w_.size(); ++i) {
-      unit_[i] = value(in, i, k) / (norms_[i] + eps_);
-      m += w_[i] * unit_[i];
-    }
-    return m;
-  }
-  // The element's weighted tangent at the normalised mean `m` (after mean()).
-  double tangent(double m) const {
-    double t = 0;
-    for (std::size_t i = 0; i < w_.size(); ++i) t += w_[i] * (unit_[i] - d_[i] * m);
-    return t;
-  }
-
-  std::vector<double> w_;
-  double eps_;
-  std::string name_;
-  std::vector<double> sq_, norms_, d_, unit_;
-  double msq_ = 0, mean_norm_ = 0, tsq_ = 0, tn_ = 0, scale_ = 0;
-  int pass_ = 0;
-  bool degenerate_ = false;
+  static float* base(const TensorInputs& in) { return in.base.empty() ? nullptr : const_cast<float*>(in.base.data()); }
+  MultislerpSums sums_;
 };
 
 // karcher in pieces: the models' norms, the first mean's norm, then per iteration three passes
@@ -642,6 +579,69 @@ kernels::ElementwiseStep nuslerp_step(kernels::ElementwiseKind kind, const Nusle
   return st;
 }
 
+MultislerpSums::MultislerpSums(i64 count, std::vector<double> w, double eps, std::string tensor)
+    : w_(std::move(w)), eps_(eps), tensor_(std::move(tensor)),
+      blocks_((count + kernels::kStatBlock - 1) / kernels::kStatBlock),
+      lanes_(w_.size() * static_cast<std::size_t>(blocks_ * kernels::kStatLanes), 0.0), norms_(w_.size(), 0.0),
+      dots_(w_.size(), 0.0) {}
+
+kernels::ElementwiseStep MultislerpSums::step(i64 first, i64 count, float* models, float* base, double* lanes,
+                                              const double* weights, const double* norms, const double* dots) const {
+  kernels::ElementwiseStep st;
+  st.kind = kernels::ElementwiseKind::multislerp_lanes;
+  st.first = first;
+  st.count = count;
+  st.n = static_cast<int>(w_.size());
+  st.x = models;
+  st.base = base;
+  st.has_base = base != nullptr;
+  st.stock = lanes;
+  st.stock_stride = blocks_ * kernels::kStatLanes;
+  st.weights = weights;
+  st.norms = norms;
+  st.dots = dots;
+  st.eps = eps_;
+  st.mean_norm = mean_norm_;
+  st.multi_pass = pass_;
+  return st;
+}
+
+void MultislerpSums::end_pass() {
+  const i64 stride = blocks_ * kernels::kStatLanes;
+  const auto total = [&](std::size_t q) { return kernels::lanes_total(lanes_.data() + q * stride, blocks_); };
+  if (pass_ == 0) {
+    for (std::size_t i = 0; i < w_.size(); ++i) norms_[i] = std::sqrt(total(i));
+  } else if (pass_ == 1) {
+    mean_norm_ = std::sqrt(total(0));
+    if (mean_norm_ < eps_) {
+      if (w_.size() != 2)
+        throw format_error("tensor '" + tensor_ + "': the weighted mean of the models' directions is 0 "
+                           "(antipodal models whose weights balance); multislerp cannot merge it — "
+                           "try other weights");
+      degenerate_ = true;
+    }
+  } else if (pass_ == 2) {
+    for (std::size_t i = 0; i < w_.size(); ++i) dots_[i] = total(i);
+  } else {
+    tn_ = std::sqrt(total(0)) + eps_;
+    for (std::size_t i = 0; i < w_.size(); ++i) scale_ += norms_[i] * w_[i];
+  }
+  std::fill(lanes_.begin(), lanes_.end(), 0.0);
+  ++pass_;
+}
+
+kernels::ElementwiseStep MultislerpSums::blend(i64 count, float* models, float* base, const double* weights,
+                                               const double* norms, const double* dots, float* out) const {
+  auto st = step(0, count, models, base, nullptr, weights, norms, dots);
+  st.kind = kernels::ElementwiseKind::multislerp_blend;
+  st.degenerate = degenerate_;
+  st.s0 = std::cos(tn_);
+  st.s1 = std::sin(tn_) / tn_;
+  st.factor = scale_;
+  st.out = out;
+  return st;
+}
+
 std::unique_ptr<PieceMerger> spherical_merger(const ClassicMergeOptions& o, const std::string& name,
                                               const std::vector<i64>& shape, std::size_t n, bool has_base) {
   if (o.method == ClassicMethod::nuslerp) {
@@ -651,7 +651,9 @@ std::unique_ptr<PieceMerger> spherical_merger(const ClassicMergeOptions& o, cons
   }
   if (o.method == ClassicMethod::multislerp) {
     if (n == 1) return std::make_unique<OneModelPieces>();
-    return std::make_unique<MultislerpPieces>(spherical_weights(o, name), o.eps.value_or(1e-8), name);
+    i64 numel = 1;
+    for (const auto d : shape) numel *= d;
+    return std::make_unique<MultislerpPieces>(numel, spherical_weights(o, name), o.eps.value_or(1e-8), name);
   }
   i64 numel = 1;
   for (const auto d : shape) numel *= d;

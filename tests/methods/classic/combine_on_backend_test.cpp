@@ -84,6 +84,9 @@ const Case kCases[] = {
      [](ClassicMergeOptions& o) { o.weights = {0.6, 0.4}; o.nuslerp_flatten = false; }},
     {"nuslerp_columns", ClassicMethod::nuslerp, 2, true,
      [](ClassicMergeOptions& o) { o.weights = {0.5, 0.2}; o.nuslerp_flatten = false; o.nuslerp_row_wise = true; }},
+    {"multislerp", ClassicMethod::multislerp, 3, true, [](ClassicMergeOptions& o) { o.weights = {1, 2, 3}; }},
+    {"multislerp_one", ClassicMethod::multislerp, 1, true, [](ClassicMergeOptions&) {}},
+    {"multislerp_nobase", ClassicMethod::multislerp, 3, false, [](ClassicMergeOptions&) {}},
 };
 
 class CombineOnBackendTest : public ::testing::TestWithParam<Case> {};
@@ -182,7 +185,8 @@ TEST(CombineOnBackend, WholeModelsOnTheDeferredBackendAreTheCpusFiles) {
   const std::filesystem::path golden = std::filesystem::path(REVMERGE_SOURCE_DIR) / "tests/fixtures/golden/mergekit";
   for (const auto& [folder, n] : {std::pair{golden, 3}, std::pair{golden / "bf16", 2}})
     for (const auto method : {ClassicMethod::ties, ClassicMethod::dare_ties, ClassicMethod::task_arithmetic,
-                              ClassicMethod::slerp, ClassicMethod::model_stock, ClassicMethod::nuslerp}) {
+                              ClassicMethod::slerp, ClassicMethod::model_stock, ClassicMethod::nuslerp,
+                              ClassicMethod::multislerp}) {
       test::TempDir tmp;
       ClassicMergeOptions o;
       o.method = method;
@@ -216,6 +220,8 @@ TEST(CombineOnBackend, RefusesWhatRunsOnTheCpuOnly) {
   o.method = ClassicMethod::karcher;
   EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("karcher runs on the CPU only"));
   o.method = ClassicMethod::nuslerp;
+  EXPECT_EQ("", backend_combine_refusal(o));
+  o.method = ClassicMethod::multislerp;
   EXPECT_EQ("", backend_combine_refusal(o));
   o.method = ClassicMethod::model_stock;
   EXPECT_EQ("", backend_combine_refusal(o));
