@@ -337,7 +337,7 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   for (const auto* in : inputs) element_bytes += dtype_size(in->info->dtype);
   i64 piece = std::min({numel, s.piece, s.piece * 4 * static_cast<i64>(inputs.size()) /
                                             static_cast<i64>(std::max<std::size_t>(element_bytes, 1))});
-  if (row > 0) {
+  if (row > 0 && numel > 0) {
     if (piece < row)
       throw device_error("tensor '" + name + "': --method " + to_string(o.method) + " needs its rows of " +
                            std::to_string(row) + " elements whole, and the device holds pieces of " +
