@@ -233,7 +233,7 @@ classic_gpu() {
     echo "nuslerp: GPU and CPU outputs byte-identical"
 }
 export -f classic_gpu
-step classic-7b-gpu classic-7b-gpu.log 150 bash -c classic_gpu
+step classic-7b-gpu classic-7b-gpu.log 240 bash -c classic_gpu
 # compress on the GPU, traced (issue 23 asks for the trace first), then against mergekit-extract-lora
 # --cuda on the same files where the machine's Python has torch and transformers and mergekit
 # was carried along (build/mergekit-pkg: `pip install --target build/mergekit-pkg --no-deps
