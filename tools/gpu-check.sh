@@ -192,46 +192,31 @@ step full-models full-models.log 240 bash -c full_models
 # The element-wise full-model merges on the GPU (issue 22): TIES, DARE-TIES, task arithmetic and SLERP
 # of 3 of the 7b layer's bf16 fine-tunes on --device cuda and cpu, timed file to file; the two
 # outputs must be byte-identical (the same kernels/elementwise.hpp steps on both).
-classic_gpu() {
-  local m=$out/models-7b dev method density t0 ms
-  for method in ties dare_ties task_arithmetic model_stock; do
-    density=(--density 0.3)
-    [ $method = task_arithmetic ] || [ $method = model_stock ] && density=()
-    for dev in cuda cpu; do
-      t0=$(date +%s%N)
-      "$revmerge" merge --method $method --device $dev --base "$m/base" "${density[@]}" --force --quiet \
-        --out "$out/classic-$method-$dev" "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
-      ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-      echo "$method, 3 bf16 fine-tunes of a 7b layer, on $dev: $ms ms file to file"
-    done
-    cmp "$out/classic-$method-cuda/model.safetensors" "$out/classic-$method-cpu/model.safetensors" &&
-      echo "$method: GPU and CPU outputs byte-identical" || return 1
-  done
+# One merge on cuda and on cpu from the 7b models, timed file to file, the outputs compared byte
+# for byte: both_devices NAME MERGE-ARGS… (the models last).
+both_devices() {
+  local name=$1 dev t0
+  shift
   for dev in cuda cpu; do
     t0=$(date +%s%N)
-    "$revmerge" merge --method slerp --t 0.4 --device $dev --base "$m/base" --force --quiet \
-      --out "$out/classic-slerp-$dev" "$m/ft-0" || return 1
-    echo "slerp of a 7b layer's bf16 fine-tune on $dev: $(( ($(date +%s%N) - t0) / 1000000 )) ms file to file"
+    "$revmerge" merge --device $dev --base "$out/models-7b/base" --force --quiet --out "$out/classic-$name-$dev" "$@" ||
+      return 1
+    echo "$name on $dev: $(( ($(date +%s%N) - t0) / 1000000 )) ms file to file"
   done
-  cmp "$out/classic-slerp-cuda/model.safetensors" "$out/classic-slerp-cpu/model.safetensors" &&
-    echo "slerp: GPU and CPU outputs byte-identical" || return 1
-  for dev in cuda cpu; do
-    t0=$(date +%s%N)
-    "$revmerge" merge --method multislerp --device $dev --base "$m/base" --force --quiet \
-      --out "$out/classic-multislerp-$dev" "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
-    echo "multislerp of three bf16 fine-tunes of a 7b layer on $dev: $(( ($(date +%s%N) - t0) / 1000000 )) ms file to file"
-  done
-  cmp "$out/classic-multislerp-cuda/model.safetensors" "$out/classic-multislerp-cpu/model.safetensors" &&
-    echo "multislerp: GPU and CPU outputs byte-identical" || return 1
-  for dev in cuda cpu; do
-    t0=$(date +%s%N)
-    "$revmerge" merge --method nuslerp --weights 0.3,0.7 --device $dev --base "$m/base" --force --quiet \
-      --out "$out/classic-nuslerp-$dev" "$m/ft-0" "$m/ft-1" || return 1
-    echo "nuslerp of two bf16 fine-tunes of a 7b layer on $dev: $(( ($(date +%s%N) - t0) / 1000000 )) ms file to file"
-  done
-  cmp "$out/classic-nuslerp-cuda/model.safetensors" "$out/classic-nuslerp-cpu/model.safetensors" &&
-    echo "nuslerp: GPU and CPU outputs byte-identical"
+  cmp "$out/classic-$name-cuda/model.safetensors" "$out/classic-$name-cpu/model.safetensors" &&
+    echo "$name: GPU and CPU outputs byte-identical"
 }
+classic_gpu() {
+  local m=$out/models-7b
+  both_devices ties --method ties --density 0.3 "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
+  both_devices dare_ties --method dare_ties --density 0.3 "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
+  both_devices task_arithmetic --method task_arithmetic "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
+  both_devices model_stock --method model_stock "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
+  both_devices slerp --method slerp --t 0.4 "$m/ft-0" || return 1
+  both_devices multislerp --method multislerp "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
+  both_devices nuslerp --method nuslerp --weights 0.3,0.7 "$m/ft-0" "$m/ft-1"
+}
+export -f both_devices
 export -f classic_gpu
 step classic-7b-gpu classic-7b-gpu.log 240 bash -c classic_gpu
 # compress on the GPU, traced (issue 23 asks for the trace first), then against mergekit-extract-lora

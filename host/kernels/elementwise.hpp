@@ -646,58 +646,45 @@ REVMERGE_HD_INLINE void stock_blend(const ElementwiseStep& s, std::int64_t j) {
   s.out[j] = static_cast<float>(s.base[j] + t * (mean / static_cast<double>(s.n)));
 }
 
+/// Every step kind with its routine, listed once: X(kind, routine).
+#define REVMERGE_ELEMENTWISE_KINDS(X) \
+  X(widen, widen_element) \
+  X(lane_stats, lane_stats) \
+  X(histogram, histogram_element) \
+  X(tie_counts, tie_counts) \
+  X(tie_scan, tie_scan) \
+  X(trim, trim_chunk) \
+  X(drop, drop_element) \
+  X(combine, combine_element) \
+  X(dot_lanes, dot_lanes) \
+  X(blend, blend_element) \
+  X(nearswap, nearswap_element) \
+  X(stock_lanes, stock_lane) \
+  X(stock_rows, stock_row) \
+  X(stock_blend, stock_blend) \
+  X(scale, scale_element) \
+  X(pair_lanes, pair_lane) \
+  X(pair_rows, pair_row) \
+  X(pair_columns, pair_column) \
+  X(pair_blend, pair_blend) \
+  X(multislerp_lanes, multislerp_lane) \
+  X(multislerp_blend, multislerp_blend)
+
 /// One index of a step of kind K.
 template <ElementwiseKind K>
 REVMERGE_HD_INLINE void elementwise_index_of(const ElementwiseStep& s, std::int64_t i) {
-  if constexpr (K == ElementwiseKind::widen) widen_element(s, i);
-  else if constexpr (K == ElementwiseKind::lane_stats) lane_stats(s, i);
-  else if constexpr (K == ElementwiseKind::histogram) histogram_element(s, i);
-  else if constexpr (K == ElementwiseKind::tie_counts) tie_counts(s, i);
-  else if constexpr (K == ElementwiseKind::tie_scan) tie_scan(s, i);
-  else if constexpr (K == ElementwiseKind::trim) trim_chunk(s, i);
-  else if constexpr (K == ElementwiseKind::drop) drop_element(s, i);
-  else if constexpr (K == ElementwiseKind::combine) combine_element(s, i);
-  else if constexpr (K == ElementwiseKind::dot_lanes) dot_lanes(s, i);
-  else if constexpr (K == ElementwiseKind::blend) blend_element(s, i);
-  else if constexpr (K == ElementwiseKind::nearswap) nearswap_element(s, i);
-  else if constexpr (K == ElementwiseKind::stock_lanes) stock_lane(s, i);
-  else if constexpr (K == ElementwiseKind::stock_rows) stock_row(s, i);
-  else if constexpr (K == ElementwiseKind::stock_blend) stock_blend(s, i);
-  else if constexpr (K == ElementwiseKind::scale) scale_element(s, i);
-  else if constexpr (K == ElementwiseKind::pair_lanes) pair_lane(s, i);
-  else if constexpr (K == ElementwiseKind::pair_rows) pair_row(s, i);
-  else if constexpr (K == ElementwiseKind::pair_columns) pair_column(s, i);
-  else if constexpr (K == ElementwiseKind::pair_blend) pair_blend(s, i);
-  else if constexpr (K == ElementwiseKind::multislerp_lanes) multislerp_lane(s, i);
-  else if constexpr (K == ElementwiseKind::multislerp_blend) multislerp_blend(s, i);
+#define REVMERGE_ELEMENTWISE_IF(kind, routine) \
+  if constexpr (K == ElementwiseKind::kind) routine(s, i);
+  REVMERGE_ELEMENTWISE_KINDS(REVMERGE_ELEMENTWISE_IF)
+#undef REVMERGE_ELEMENTWISE_IF
 }
 
 /// One index of any step (a backend's loop body).
 REVMERGE_HD_INLINE void elementwise_index(const ElementwiseStep& s, std::int64_t i) {
   switch (s.kind) {
-#define REVMERGE_ELEMENTWISE_CASE(k) \
-  case ElementwiseKind::k: elementwise_index_of<ElementwiseKind::k>(s, i); break;
-    REVMERGE_ELEMENTWISE_CASE(widen)
-    REVMERGE_ELEMENTWISE_CASE(lane_stats)
-    REVMERGE_ELEMENTWISE_CASE(histogram)
-    REVMERGE_ELEMENTWISE_CASE(tie_counts)
-    REVMERGE_ELEMENTWISE_CASE(tie_scan)
-    REVMERGE_ELEMENTWISE_CASE(trim)
-    REVMERGE_ELEMENTWISE_CASE(drop)
-    REVMERGE_ELEMENTWISE_CASE(combine)
-    REVMERGE_ELEMENTWISE_CASE(dot_lanes)
-    REVMERGE_ELEMENTWISE_CASE(blend)
-    REVMERGE_ELEMENTWISE_CASE(nearswap)
-    REVMERGE_ELEMENTWISE_CASE(stock_lanes)
-    REVMERGE_ELEMENTWISE_CASE(stock_rows)
-    REVMERGE_ELEMENTWISE_CASE(stock_blend)
-    REVMERGE_ELEMENTWISE_CASE(scale)
-    REVMERGE_ELEMENTWISE_CASE(pair_lanes)
-    REVMERGE_ELEMENTWISE_CASE(pair_rows)
-    REVMERGE_ELEMENTWISE_CASE(pair_columns)
-    REVMERGE_ELEMENTWISE_CASE(pair_blend)
-    REVMERGE_ELEMENTWISE_CASE(multislerp_lanes)
-    REVMERGE_ELEMENTWISE_CASE(multislerp_blend)
+#define REVMERGE_ELEMENTWISE_CASE(kind, routine) \
+  case ElementwiseKind::kind: routine(s, i); break;
+    REVMERGE_ELEMENTWISE_KINDS(REVMERGE_ELEMENTWISE_CASE)
 #undef REVMERGE_ELEMENTWISE_CASE
   }
 }
@@ -720,30 +707,10 @@ struct ElementwiseKindIndices {
 template <class Run>
 void with_elementwise_body(const ElementwiseStep& step, Run&& run) {
   switch (step.kind) {
-#define REVMERGE_ELEMENTWISE_CASE(k) \
-  case ElementwiseKind::k: run(ElementwiseKindIndices<ElementwiseKind::k>{step}); break;
-    REVMERGE_ELEMENTWISE_CASE(widen)
-    REVMERGE_ELEMENTWISE_CASE(lane_stats)
-    REVMERGE_ELEMENTWISE_CASE(histogram)
-    REVMERGE_ELEMENTWISE_CASE(tie_counts)
-    REVMERGE_ELEMENTWISE_CASE(tie_scan)
-    REVMERGE_ELEMENTWISE_CASE(trim)
-    REVMERGE_ELEMENTWISE_CASE(drop)
-    REVMERGE_ELEMENTWISE_CASE(combine)
-    REVMERGE_ELEMENTWISE_CASE(dot_lanes)
-    REVMERGE_ELEMENTWISE_CASE(blend)
-    REVMERGE_ELEMENTWISE_CASE(nearswap)
-    REVMERGE_ELEMENTWISE_CASE(stock_lanes)
-    REVMERGE_ELEMENTWISE_CASE(stock_rows)
-    REVMERGE_ELEMENTWISE_CASE(stock_blend)
-    REVMERGE_ELEMENTWISE_CASE(scale)
-    REVMERGE_ELEMENTWISE_CASE(pair_lanes)
-    REVMERGE_ELEMENTWISE_CASE(pair_rows)
-    REVMERGE_ELEMENTWISE_CASE(pair_columns)
-    REVMERGE_ELEMENTWISE_CASE(pair_blend)
-    REVMERGE_ELEMENTWISE_CASE(multislerp_lanes)
-    REVMERGE_ELEMENTWISE_CASE(multislerp_blend)
-#undef REVMERGE_ELEMENTWISE_CASE
+#define REVMERGE_ELEMENTWISE_BODY(kind, routine) \
+  case ElementwiseKind::kind: run(ElementwiseKindIndices<ElementwiseKind::kind>{step}); break;
+    REVMERGE_ELEMENTWISE_KINDS(REVMERGE_ELEMENTWISE_BODY)
+#undef REVMERGE_ELEMENTWISE_BODY
   }
 }
 

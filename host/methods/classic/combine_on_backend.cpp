@@ -513,13 +513,13 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
     float* base = src.base ? as<float>(s.base) : nullptr;
     MultislerpSums sums(numel, spherical_weights(o, name), o.eps.value_or(1e-8), name);
     const DeviceBuffer lanes = b.allocate(std::max<std::size_t>(sums.lanes().size(), 1) * 8);
-    DeviceBuffer values[3];  // the weights, norms and dots, uploaded as they are decided
+    DeviceBuffer values[3];  // the weights, then the norms and dots as the passes decide them
     for (auto& v : values) v = filled(b, s.n * 8, 0, s.stream);
+    b.upload(values[0].data(), sums.weights().data(), s.n * 8, s.stream);
     const auto upload = [&] {
-      const std::vector<double>* host[3] = {&sums.weights(), &sums.norms(), &sums.dots()};
-      for (int k = 0; k < 3; ++k) b.upload(values[k].data(), host[k]->data(), s.n * 8, s.stream);
+      b.upload(values[1].data(), sums.norms().data(), s.n * 8, s.stream);
+      b.upload(values[2].data(), sums.dots().data(), s.n * 8, s.stream);
     };
-    upload();
     while (sums.wants_pass()) {
       b.fill(lanes.data(), 0, sums.lanes().size() * 8, s.stream);
       for (i64 first = 0; first < numel; first += piece) {
