@@ -102,7 +102,7 @@ std::size_t RmmPacked::tensor_bytes(const RmmShape& s, DType storage, int side, 
 
 RmmModuleWork rmm_module_enqueue(Backend& be, const RmmShape& s,
                                  const std::vector<kernels::RmmTaskFactors>& tasks, DType storage,
-                                 void* packed, Stream st) {
+                                 void* packed, Stream st, bool error_terms) {
   check_rmm_shape(s);
   if (static_cast<i64>(tasks.size()) != s.n)
     throw usage_error("rmm: " + std::to_string(tasks.size()) + " task inputs for n = " +
@@ -134,6 +134,10 @@ RmmModuleWork rmm_module_enqueue(Backend& be, const RmmShape& s,
   args.status = reinterpret_cast<unsigned long long*>(out + layout.status);
   be.fill(args.status, 0xff, 2 * sizeof(unsigned long long), st);  // kRmmNoKey
   be.rmm_positions(args, st);
+  if (!error_terms) {
+    be.fill(out + layout.terms, 0, layout.status - layout.terms, st);
+    return work;
+  }
 
   // The error Grams per task and chunk, one GEMM per side: G_A = E_A E_Aᵀ with E_A = [A; D_A]
   // and G_B = E_BᵀE_B with E_B = [B, D_B], both stored position-major (C × 2r pieces, a
@@ -202,7 +206,7 @@ RmmModuleReport rmm_module_report(const RmmShape& s, DType storage, const void* 
 }
 
 RmmModuleResult rmm_module(Backend& be, const RmmShape& s, const float* host_a,
-                           const float* host_b, DType storage, Stream st) {
+                           const float* host_b, DType storage, Stream st, bool error_terms) {
   check_rmm_shape(s);
   const i64 n = s.n, r = s.r;
   const std::size_t a_bytes = sizeof(float) * static_cast<std::size_t>(n * r * s.in),
@@ -216,7 +220,7 @@ RmmModuleResult rmm_module(Backend& be, const RmmShape& s, const float* host_a,
                 static_cast<std::int32_t>(r), 1.0f};
   const auto layout = RmmPacked::layout(s, storage);
   DeviceBuffer packed = be.allocate(layout.bytes);
-  auto work = rmm_module_enqueue(be, s, tasks, storage, packed.data(), st);
+  auto work = rmm_module_enqueue(be, s, tasks, storage, packed.data(), st, error_terms);
   std::vector<unsigned char> host(layout.bytes);
   be.download(host.data(), packed.data(), layout.bytes, st);
   be.synchronize(st);

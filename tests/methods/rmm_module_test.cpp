@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 #include <cmath>
 #include <cstring>
 
@@ -190,6 +192,36 @@ TEST(RmmModuleEdge, ResultsAreBitwiseIdenticalForOneAndTwoThreads) {
   EXPECT_EQ(r1.b.coef, r2.b.coef);
   EXPECT_EQ(r1.a.mean, r2.a.mean);
   EXPECT_EQ(r1.delta_error, r2.delta_error);
+}
+
+// The budgeted store measures its RMM candidates from one run at the largest basis size without
+// the error terms: the stored tensors are the full run's bits, and RMM at a smaller p is the
+// first p directions of it (the store's candidates and the module it writes agree).
+TEST(RmmModuleEdge, WithoutErrorTermsTheStoredTensorsAreTheSameAndSmallerPIsAPrefix) {
+  const i64 n = 6, r = 8, in = 40, out = 24, big = 5, small = 2;
+  const auto s = test::make_stack(n, r, in, out, 17);
+  CpuBackend be(2);
+  for (const DType storage : {DType::F32, DType::BF16}) {
+    const auto full = rmm_module(be, {n, r, in, out, big}, s.a.data(), s.b.data(), storage, {});
+    const auto bare = rmm_module(be, {n, r, in, out, big}, s.a.data(), s.b.data(), storage, {}, false);
+    const auto part = rmm_module(be, {n, r, in, out, small}, s.a.data(), s.b.data(), storage, {});
+    for (const auto& [x, y, z] : {std::tuple{&full.a, &bare.a, &part.a}, std::tuple{&full.b, &bare.b, &part.b}}) {
+      EXPECT_EQ(x->mean, y->mean);
+      EXPECT_EQ(x->basis, y->basis);
+      EXPECT_EQ(x->coef, y->coef);
+      for (const double e : y->factor_error) EXPECT_EQ(e, 0.0);  // not measured
+      EXPECT_EQ(x->mean, z->mean);
+      const i64 m = x == &full.a ? in : out;
+      for (i64 j = 0; j < m; ++j)
+        for (i64 q = 0; q < small; ++q) {
+          for (i64 k = 0; k < r; ++k)
+            ASSERT_EQ(x->basis[(j * r + k) * big + q], z->basis[(j * r + k) * small + q]) << j << ' ' << q;
+          for (i64 t = 0; t < n; ++t)
+            ASSERT_EQ(x->coef[(j * big + q) * n + t], z->coef[(j * small + q) * n + t]) << j << ' ' << q;
+        }
+    }
+    for (const double e : bare.delta_error) EXPECT_EQ(e, 0.0);
+  }
 }
 
 // The deferred backend runs the CPU's routine behind a device's queues, with split-K error

@@ -15,6 +15,7 @@
 #include "methods/store/parallel_tasks.hpp"
 #include "methods/store/shared_basis.hpp"
 #include "methods/store/shared_rows.hpp"
+#include "methods/store/store_modules.hpp"
 #include "kernels/float_bits.hpp"
 #include "methods/materialize_parts.hpp"
 #include "revmerge/error.hpp"
@@ -435,6 +436,27 @@ TEST(StoreMerge, SharedBasesServeTasksSharingAnInitAndColumns) {
   };
   EXPECT_LE(mean_error(chosen), 1.01 * mean_error(man));
   EXPECT_LE(stored_numbers(chosen), 0.6 * all_numbers(chosen));
+}
+
+// Pass 1 hands its shared bases to pass 2 (so they are not found twice): what it keeps is
+// bitwise what pass 2 would find, and only what storing needs.
+TEST(StoreMerge, PassOneKeepsTheBasesPassTwoWouldFind) {
+  test::TempDir tmp;
+  const auto tasks = write_shared_columns_family(tmp.path());
+  AdapterSet set = open_adapter_set(tasks);
+  for (const auto& pm : set.plan) {
+    const auto f = read_module_factors(set, pm);
+    SharedBasis kept;
+    const auto measured = measure(nullptr, pm, f, {}, DType::F32, 1, true, true, &kept);
+    EXPECT_FALSE(measured.options.empty()) << pm.path;
+    const auto again = shared_basis(f, pm.out, pm.in, /*errors=*/false);
+    EXPECT_EQ(kept.rows.to_basis, again.rows.to_basis) << pm.path;
+    EXPECT_EQ(kept.cols.to_basis, again.cols.to_basis) << pm.path;
+    EXPECT_EQ(kept.rows.norm_sq, again.rows.norm_sq) << pm.path;
+    EXPECT_TRUE(kept.rows.gram.empty() && kept.cols.error_sq.empty()) << pm.path;
+    EXPECT_EQ(shared_basis_bytes(kept), 8 * (2 * kept.rows.to_basis.size() + 2 * kept.rows.norm_sq.size() +
+                                             2 * kept.rows.lambda.size()));
+  }
 }
 
 // Task 0's deltas have a flat spectrum, the others' decay fast: the mean objective spends on

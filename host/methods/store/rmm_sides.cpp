@@ -81,21 +81,85 @@ SideGrams side_grams(const PlannedModule& pm, const std::vector<TaskFactors>& f,
   return g;
 }
 
-// f32 Grams of the differences (single-precision BLAS, twice the rate): the candidates' errors
-// the allocation weighs. Every term of the delta error is of the error's own size (no
-// cancellation against ‖ΔW‖²), so f32 sums keep about 6 digits of each.
-void estimate_grams(const std::vector<double>& d, const std::vector<float>& xf, i64 m, i64 r,
-                    std::vector<double>& dd, std::vector<double>& dx) {
-  const std::vector<float> df(d.begin(), d.end());
-  std::vector<float> g(static_cast<std::size_t>(r * r)), h(g.size());
-  cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, r, m, 1.0f, df.data(), r, 0.0f, g.data(), r);
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, r, m, 1.0f, df.data(), r, xf.data(), r, 0.0f,
-              h.data(), r);
-  dd.assign(static_cast<std::size_t>(r * r), 0.0);
-  for (i64 i = 0; i < r; ++i)
-    for (i64 j = i; j < r; ++j) dd[i * r + j] = dd[j * r + i] = g[i * r + j];
-  dx.assign(h.begin(), h.end());
+namespace {
+
+// One side's stored basis with each direction contiguous: m × P × r (it is stored m × r × P,
+// direction last), so sweeping a direction over the positions reads memory in order. Shared
+// by the side's tasks.
+template <class T>
+std::vector<T> directions_by_position(const RmmSide& stored, i64 m, i64 r, i64 stored_p) {
+  std::vector<T> out(static_cast<std::size_t>(m * stored_p * r));
+  for (i64 j = 0; j < m; ++j)
+    for (i64 k = 0; k < r; ++k)
+      for (i64 q = 0; q < stored_p; ++q)
+        out[(j * stored_p + q) * r + k] = stored.basis[(j * r + k) * stored_p + q];
+  return out;
 }
+
+// Row j of D (stride `ld`) += directions [from, to) at position j, each scaled by task t's
+// coefficient there, for every position: one sweep over D whatever the number of directions.
+template <class T>
+void add_directions(T* d, i64 ld, const std::vector<T>& directions, const RmmSide& stored, i64 m, i64 r,
+                    i64 stored_p, i64 n, i64 from, i64 to, i64 t) {
+  if (from >= to) return;
+  for (i64 j = 0; j < m; ++j) {
+    T* row = d + j * ld;
+    for (i64 q = from; q < to; ++q) {
+      const T c = stored.coef[(j * stored_p + q) * n + t];
+      const T* v = directions.data() + (j * stored_p + q) * r;
+      for (i64 k = 0; k < r; ++k) row[k] += v[k] * c;
+    }
+  }
+}
+
+// The candidates' Grams, estimated (what the allocation weighs): D kept in f32 beside X as
+// [D | X] (m × 2r), one single-precision GEMM Dᵀ[D | X] giving DᵀD and DᵀX at each p. Every
+// term of the delta error is of the error's own size (no cancellation against ‖ΔW‖²), so f32
+// keeps about 6 digits of each; D's own f32 sums lose digits only where D is at the inputs'
+// rounding level, where no option is told apart by its error.
+void estimate_side(const std::vector<double>& x, const RmmSide& stored, const std::vector<float>& directions,
+                   i64 m, i64 r, i64 stored_p, i64 n, i64 t, const std::vector<i64>& ps,
+                   std::vector<SideDifference>& out) {
+  std::vector<float> dx(static_cast<std::size_t>(m * 2 * r));
+  for (i64 j = 0; j < m; ++j)
+    for (i64 k = 0; k < r; ++k) {
+      dx[j * 2 * r + k] = static_cast<float>(double(stored.mean[j * r + k]) - x[j * r + k]);
+      dx[j * 2 * r + r + k] = static_cast<float>(x[j * r + k]);
+    }
+  std::vector<float> g(static_cast<std::size_t>(2 * r * r));
+  i64 q = 0;
+  for (std::size_t i = 0; i < ps.size(); ++i) {
+    add_directions(dx.data(), 2 * r, directions, stored, m, r, stored_p, n, q, ps[i], t);
+    q = std::max(q, ps[i]);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, 2 * r, m, 1.0f, dx.data(), 2 * r, dx.data(), 2 * r,
+                0.0f, g.data(), 2 * r);
+    auto& dd = out[i].dd[t];
+    auto& dxg = out[i].dx[t];
+    dd.resize(static_cast<std::size_t>(r * r));
+    dxg.resize(static_cast<std::size_t>(r * r));
+    for (i64 a = 0; a < r; ++a)
+      for (i64 b = 0; b < r; ++b) {
+        dd[a * r + b] = g[a * 2 * r + b];
+        dxg[a * r + b] = g[a * 2 * r + r + b];
+      }
+  }
+}
+
+// The reported errors: D in f64, its Grams in f64.
+void exact_side(const std::vector<double>& x, const RmmSide& stored, const std::vector<double>& directions, i64 m,
+                i64 r, i64 stored_p, i64 n, i64 t, const std::vector<i64>& ps, std::vector<SideDifference>& out) {
+  std::vector<double> d(x.size());
+  for (std::size_t i = 0; i < d.size(); ++i) d[i] = double(stored.mean[i]) - x[i];
+  i64 q = 0;
+  for (std::size_t i = 0; i < ps.size(); ++i) {
+    add_directions(d.data(), r, directions, stored, m, r, stored_p, n, q, ps[i], t);
+    q = std::max(q, ps[i]);
+    out[i].dd[t] = self_gram(d, m, r);
+    out[i].dx[t] = gram(d, x, m, r);
+  }
+}
+
+}  // namespace
 
 std::vector<SideDifference> side_differences(const PlannedModule& pm, const SideGrams& grams, int side,
                                              const RmmSide& stored, i64 stored_p,
@@ -108,30 +172,15 @@ std::vector<SideDifference> side_differences(const PlannedModule& pm, const Side
     out[i].dx.resize(static_cast<std::size_t>(n));
     out[i].d_sq.resize(static_cast<std::size_t>(n));
   }
+  std::vector<float> dir32;
+  std::vector<double> dir64;
+  if (estimate) dir32 = directions_by_position<float>(stored, m, r, stored_p);
+  else dir64 = directions_by_position<double>(stored, m, r, stored_p);
   parallel_tasks(n, threads, [&](long t) {
     const auto& x = grams.x[side][t];
-    // D starts as the mean's difference; each basis direction q is added as the sweep passes it.
-    std::vector<double> d(x.size());
-    for (std::size_t i = 0; i < d.size(); ++i) d[i] = double(stored.mean[i]) - x[i];
-    std::vector<float> xf;
-    if (estimate) xf.assign(x.begin(), x.end());
-    i64 q = 0;
-    for (std::size_t i = 0; i < ps.size(); ++i) {
-      for (; q < ps[i]; ++q)
-        for (i64 j = 0; j < m; ++j) {
-          const double c = stored.coef[(j * stored_p + q) * n + t];
-          const float* basis = stored.basis.data() + j * r * stored_p + q;
-          for (i64 k = 0; k < r; ++k) d[j * r + k] += double(basis[k * stored_p]) * c;
-        }
-      auto& o = out[i];
-      if (estimate) {
-        estimate_grams(d, xf, m, r, o.dd[t], o.dx[t]);
-      } else {
-        o.dd[t] = self_gram(d, m, r);
-        o.dx[t] = gram(d, x, m, r);
-      }
-      o.d_sq[t] = trace(o.dd[t], r);
-    }
+    if (estimate) estimate_side(x, stored, dir32, m, r, stored_p, n, t, ps, out);
+    else exact_side(x, stored, dir64, m, r, stored_p, n, t, ps, out);
+    for (auto& o : out) o.d_sq[t] = trace(o.dd[t], r);
   });
   return out;
 }

@@ -30,7 +30,8 @@ struct SideDifference {
 /// Side `side` (0: A, 1: B) as `stored` holds it (an RMM result at basis size `stored_p`) at
 /// each basis size of `ps` (ascending, each ≤ stored_p; only the first p directions are used, 0:
 /// the mean alone), in one sweep over the directions. Tasks on `threads` threads (0: all cores).
-/// `estimate`: the Grams summed in f32 (to weigh candidates; what is reported is measured in f64).
+/// `estimate`: D and its Grams in f32, one GEMM Dᵀ[D | X] per p (to weigh candidates; what is
+/// reported is measured in f64).
 std::vector<SideDifference> side_differences(const PlannedModule& pm, const SideGrams& x, int side,
                                              const RmmSide& stored, std::int64_t stored_p,
                                              const std::vector<std::int64_t>& ps, int threads,

@@ -335,17 +335,25 @@ BundleManifest store_share(const StoreMergeOptions& o, Peers* peers, int threads
   const auto [first, last] = peers ? share_of(module_bytes, peers->rank(), peers->size())
                                    : std::pair<std::size_t, std::size_t>{0, set.plan.size()};
 
-  // Pass 1: the options of this worker's modules, then everyone's.
+  // Pass 1: the options of this worker's modules, then everyone's. The shared bases it finds
+  // are kept for pass 2 while they fit in `keep_left` (the rest are found again, bitwise alike):
+  // an eighth of the memory free, at most 1 GiB, split among this machine's workers.
   const std::size_t steps = 2 * set.plan.size();
   std::vector<Measured> measured;
+  std::vector<std::optional<SharedBasis>> kept(last - first);
+  std::uint64_t keep_left = std::min<std::uint64_t>(host_memory_available() / 8, std::uint64_t(1) << 30) /
+                            static_cast<std::uint64_t>(peers ? peers->size() : 1);
   agree_on(peers, [&] {
     for (std::size_t m = first; m < last; ++m) {
       throw_if_interrupted("merge");
       const auto& pm = set.plan[m];
       if (o.progress) o.progress(m, steps, pm.path);
       const auto f = read_module_factors(set, pm);
+      SharedBasis bases;
       measured.push_back(measure(be.get(), pm, f, candidates, storage, threads,
-                                 weighs(o, Representation::shared_rows), weighs(o, Representation::shared)));
+                                 weighs(o, Representation::shared_rows), weighs(o, Representation::shared), &bases));
+      if (const auto bytes = shared_basis_bytes(bases); bytes > 0 && bytes <= keep_left)
+        keep_left -= bytes, kept[m - first] = std::move(bases);
     }
   });
   if (peers) {
@@ -399,12 +407,13 @@ BundleManifest store_share(const StoreMergeOptions& o, Peers* peers, int threads
       if (o.progress) o.progress(set.plan.size() + m, steps, pm.path);
       const auto f = read_module_factors(set, pm);
       const auto* option = choice[m].fixed >= 0 ? &measured[m].options[choice[m].fixed] : nullptr;
+      const SharedBasis* found = kept[m - first] ? &*kept[m - first] : nullptr;
       auto& writer = bundle.writer();
       auto bm = !option ? store_rank(pm, f, choice[m].kept, storage, writer, threads)
                 : option->kind == Representation::shared_rows
-                    ? store_shared(pm, f, option->k, storage, writer, threads)
+                    ? store_shared(pm, f, option->k, storage, writer, threads, found)
                 : option->kind == Representation::shared
-                    ? store_shared_basis(pm, f, option->p, storage, writer, threads)
+                    ? store_shared_basis(pm, f, option->p, storage, writer, threads, found)
                     : store_rmm(*be, pm, f, option->p, storage, writer, threads);
       manifest.modules.push_back(std::move(bm));
     }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "distributed/bytes.hpp"
 #include "methods/rmm_module.hpp"
@@ -23,8 +24,9 @@ using i64 = std::int64_t;
 bool rmm_fits(const PlannedModule& pm, i64 n) { return n <= 64 && pm.rank <= 256; }
 
 // RMM of one module at basis p from the tasks' factors (padded stacks, scale folded into B).
+// Without `error_terms` only the stored parts come back (the caller measures them).
 RmmModuleResult run_rmm(Backend& be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
-                        i64 p, DType storage) {
+                        i64 p, DType storage, bool error_terms = true) {
   const i64 n = static_cast<i64>(f.size()), r = pm.rank;
   std::vector<float> a(static_cast<std::size_t>(n * r * pm.in), 0.0f);
   std::vector<float> b(static_cast<std::size_t>(n * pm.out * r), 0.0f);
@@ -36,7 +38,7 @@ RmmModuleResult run_rmm(Backend& be, const PlannedModule& pm, const std::vector<
         b[(t * pm.out + o) * r + k] = static_cast<float>(tf.scale * tf.b[o * tf.rank + k]);
   }
   return with_module_context(pm.path, [&] {
-    return rmm_module(be, {n, r, pm.in, pm.out, p}, a.data(), b.data(), storage, {});
+    return rmm_module(be, {n, r, pm.in, pm.out, p}, a.data(), b.data(), storage, {}, error_terms);
   });
 }
 
@@ -66,6 +68,13 @@ std::vector<i64> basis_sizes(i64 limit) {
 }
 
 }  // namespace
+
+std::uint64_t shared_basis_bytes(const SharedBasis& s) {
+  std::uint64_t doubles = 0;
+  for (const SharedRows* side : {&s.rows, &s.cols})
+    doubles += side->to_basis.size() + side->gram.size() + side->norm_sq.size() + side->lambda.size();
+  return doubles * sizeof(double);
+}
 
 std::string measured_bytes(const std::vector<Measured>& measured) {
   ByteWriter out;
@@ -113,7 +122,7 @@ double raw_numbers(const PlannedModule& pm) {
 
 Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
                  const std::vector<i64>& candidates, DType storage, int threads, bool shared_rows_on,
-                 bool shared_on) {
+                 bool shared_on, SharedBasis* bases) {
   Measured m;
   m.sigma_sq.resize(f.size());
   parallel_tasks(static_cast<long>(f.size()), threads, [&](long t) { m.sigma_sq[t] = delta_sigma_sq(pm, f[t]); });
@@ -125,7 +134,7 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
     norm_sq.push_back(v);
   }
   if (shared_rows_on || shared_on) {
-    const auto shared = with_module_context(pm.path, [&] {
+    auto shared = with_module_context(pm.path, [&] {
       return shared_on ? shared_basis(f, pm.out, pm.in) : SharedBasis{shared_rows(f, pm.out, pm.in), {}};
     });
     // A row basis shared by the tasks, K ≤ r directions (a task reverts at rank r).
@@ -153,11 +162,18 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
           m.options.push_back(std::move(c));
         }
     }
+    if (bases) {  // what storing needs: the maps and norms, not the Grams or the errors
+      for (SharedRows* side : {&shared.rows, &shared.cols}) {
+        side->gram = {};
+        side->error_sq = {};
+      }
+      *bases = std::move(shared);
+    }
   }
   if (!be || !rmm_fits(pm, n) || candidates.empty()) return m;
   const auto x = side_grams(pm, f, threads);
   const i64 largest = candidates.back();
-  const auto res = run_rmm(*be, pm, f, largest, storage);
+  const auto res = run_rmm(*be, pm, f, largest, storage, /*error_terms=*/false);
   std::vector<i64> ps{0};  // 0: the mean alone
   ps.insert(ps.end(), candidates.begin(), candidates.end());
   std::vector<SideDifference> sides[2];
@@ -257,9 +273,11 @@ BundleModule store_rank(const PlannedModule& pm, const std::vector<TaskFactors>&
 // Writes module pm as a row basis of k directions shared by its tasks (Vᵀ, then the B̃_i side
 // by side); the errors measured on the rounded factors.
 BundleModule store_shared(const PlannedModule& pm, const std::vector<TaskFactors>& f, i64 k,
-                          DType storage, SafetensorsWriter& writer, int threads) {
+                          DType storage, SafetensorsWriter& writer, int threads, const SharedBasis* found) {
   const i64 n = static_cast<i64>(f.size());
-  const auto shared = with_module_context(pm.path, [&] { return shared_rows(f, pm.out, pm.in, /*errors=*/false); });
+  std::optional<SharedRows> again;
+  if (!found) again = with_module_context(pm.path, [&] { return shared_rows(f, pm.out, pm.in, /*errors=*/false); });
+  const SharedRows& shared = found ? found->rows : *again;
   std::vector<float> basis_t;
   std::vector<std::vector<float>> task_b;
   shared_rows_factors(shared, f, k, storage, basis_t, task_b);
@@ -287,10 +305,14 @@ BundleModule store_shared(const PlannedModule& pm, const std::vector<TaskFactors
 // Writes module pm as shared bases of k = (Kv, Ku) directions (Vᵀ, U, then the tasks' cores);
 // the errors measured on the factors a task reverts to.
 BundleModule store_shared_basis(const PlannedModule& pm, const std::vector<TaskFactors>& f,
-                                std::array<i64, 2> k, DType storage, SafetensorsWriter& writer, int threads) {
+                                std::array<i64, 2> k, DType storage, SafetensorsWriter& writer, int threads,
+                                const SharedBasis* found) {
   const i64 n = static_cast<i64>(f.size());
+  std::optional<SharedBasis> again;
+  if (!found) again = with_module_context(pm.path, [&] { return shared_basis(f, pm.out, pm.in, /*errors=*/false); });
+  const SharedBasis& basis = found ? *found : *again;
   const auto parts = with_module_context(pm.path, [&] {
-    return shared_basis_parts(shared_basis(f, pm.out, pm.in, /*errors=*/false), f, k[0], k[1], storage);
+    return shared_basis_parts(basis, f, k[0], k[1], storage);
   });
   std::vector<i64> first(f.size(), 0);
   for (i64 t = 1; t < n; ++t) first[t] = first[t - 1] + f[t - 1].rank;
@@ -303,10 +325,11 @@ BundleModule store_shared_basis(const PlannedModule& pm, const std::vector<TaskF
     std::vector<float> a, b;
     shared_basis_task(parts.vt.data(), parts.u.data(), parts.core_a.data(), parts.core_b.data(), pm.in, pm.out,
                       k[0], k[1], parts.total_rank, first[t], f[t].rank, a, b);
-    const auto tt = with_module_context(pm.path, [&] { return task_truncation(f[t], pm.out, pm.in); });
-    const double err_sq = truncation_error_sq(f[t], pm.out, pm.in, tt.norm_sq, b, a, f[t].rank);
-    bm.delta_norm[t] = std::sqrt(tt.norm_sq);
-    bm.delta_error[t] = tt.norm_sq > 0 ? std::sqrt(err_sq / tt.norm_sq) : 0.0;
+    // The basis already has ‖ΔW_i‖² (as store_shared's): no truncation of the task is needed.
+    const double norm_sq = basis.rows.norm_sq[t];
+    const double err_sq = truncation_error_sq(f[t], pm.out, pm.in, norm_sq, b, a, f[t].rank);
+    bm.delta_norm[t] = std::sqrt(norm_sq);
+    bm.delta_error[t] = norm_sq > 0 ? std::sqrt(err_sq / norm_sq) : 0.0;
   });
   writer.write_f32(bundle_tensor_name(pm.path, "lora_A", "shared"), parts.vt);
   writer.write_f32(bundle_tensor_name(pm.path, "lora_B", "shared"), parts.u);
