@@ -189,9 +189,10 @@ full_models() {
 }
 export -f full_models
 step full-models full-models.log 240 bash -c full_models
-# The element-wise full-model merges on the GPU (issue 22): TIES, DARE-TIES, task arithmetic and SLERP
-# of 3 of the 7b layer's bf16 fine-tunes on --device cuda and cpu, timed file to file; the two
-# outputs must be byte-identical (the same kernels/elementwise.hpp steps on both).
+# The element-wise full-model merges on the GPU (issue 22): TIES, DARE-TIES, task arithmetic,
+# model_stock, SLERP, multislerp and nuslerp of the 7b layer's bf16 fine-tunes, and three layer-slice
+# configs on the tiny golden models, on --device cuda and cpu, timed file to file; the two outputs
+# must be byte-identical (the same kernels/elementwise.hpp steps on both).
 # One merge on cuda and on cpu from the 7b models, timed file to file, the outputs compared byte
 # for byte: both_devices NAME MERGE-ARGS… (the models last).
 both_devices() {
@@ -214,7 +215,18 @@ classic_gpu() {
   both_devices model_stock --method model_stock "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
   both_devices slerp --method slerp --t 0.4 "$m/ft-0" || return 1
   both_devices multislerp --method multislerp "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
-  both_devices nuslerp --method nuslerp --weights 0.3,0.7 "$m/ft-0" "$m/ft-1"
+  both_devices nuslerp --method nuslerp --weights 0.3,0.7 "$m/ft-0" "$m/ft-1" || return 1
+  # mergekit's layer slices (the golden configs on the committed tiny models), every slice's
+  # blocks merged on the GPU: byte-identical to the CPU's.
+  local c dev
+  for c in ties_slices slerp_slices passthrough_stack; do
+    for dev in cuda cpu; do
+      "$revmerge" merge --device $dev --config "tests/fixtures/golden/mergekit/$c.yml" --force --quiet \
+        --out "$out/slices-$c-$dev" || return 1
+    done
+    cmp "$out/slices-$c-cuda/model.safetensors" "$out/slices-$c-cpu/model.safetensors" || return 1
+    echo "$c: GPU and CPU outputs byte-identical"
+  done
 }
 export -f both_devices
 export -f classic_gpu

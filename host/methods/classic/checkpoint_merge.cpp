@@ -266,7 +266,7 @@ void merge_whole_tensor(const ClassicMergeOptions& o, TensorInputs& in, std::spa
 
 void check_device(const ClassicMergeOptions& o) {
   if (o.device != Device::cuda) return;
-  if (!o.slices.empty()) throw usage_error("--device cuda: layer slices (slices:) run on the CPU only in this version");
+  if (!o.slices.empty()) return;  // each slice is checked with its own tasks as it is planned (slices.cpp)
   if (const auto why = backend_combine_refusal(o); !why.empty()) throw usage_error("--device cuda: " + why);
 }
 
@@ -287,7 +287,7 @@ ClassicMergeReport merge_classic_checkpoints_on(const ClassicMergeOptions& o,
     throw usage_error("--full-model: the inputs are full models; the output is one already");
   if (o.rank != 0) throw usage_error("--rank: full models merge into a full model, not to a rank");
   check_device(o);
-  if (!o.slices.empty()) return merge_layer_slices(o);
+  if (!o.slices.empty()) return merge_layer_slices(o, make);
   check_checkpoint_options(o);
   // Every worker opens every input; one that cannot fails them all.
   std::vector<std::unique_ptr<HfModel>> models;

@@ -151,7 +151,10 @@ void check_passthrough_options(const ClassicMergeOptions& options);
 void spherical_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
 void selective_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
 
-/// Layer stacking (slices.cpp): the output's blocks from `options.slices`.
-ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& options);
+/// Layer stacking (slices.cpp): the output's blocks from `options.slices`; with `make`, every
+/// block merged on the backend it makes (each slice's method and parameters as on the CPU, the
+/// same bytes), a slice it cannot run refused by name before anything is written.
+ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& options,
+                                      const std::function<std::unique_ptr<Backend>()>& make = {});
 
 }  // namespace revmerge

@@ -20,9 +20,11 @@
 #include <map>
 #include <memory>
 
+#include "backend/backend.hpp"
 #include "distributed/agreement.hpp"
 #include "methods/classic/classic_internal.hpp"
 #include "methods/classic/combine.hpp"
+#include "methods/classic/combine_on_backend.hpp"
 #include "methods/classic/piece_merge.hpp"
 #include "methods/model_output.hpp"
 #include "revmerge/error.hpp"
@@ -98,7 +100,8 @@ std::unique_ptr<PieceMerger> passthrough_merger(const ClassicMergeOptions& o) {
   return std::make_unique<PassthroughPieces>(task_parameters(o, 1).scales[0]);
 }
 
-ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& o) {
+ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& o,
+                                      const std::function<std::unique_ptr<Backend>()>& make) {
   // The models, each opened once.
   std::map<std::string, std::unique_ptr<HfModel>> opened;
   const auto model = [&](const fs::path& p) -> const HfModel& {
@@ -164,6 +167,9 @@ ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& o) {
     } catch (const usage_error& e) {
       throw usage_error(where + ": " + e.what());
     }
+    if (make)
+      if (const auto why = backend_combine_refusal(so); !why.empty())
+        throw usage_error("--device cuda: " + where + ": " + why);
     for (i64 k = 0; k < length; ++k) layer_sources.push_back(sl.sources[0].first + k);
     layers += length;
     slice_options.push_back(std::move(so));
@@ -236,6 +242,12 @@ ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& o) {
     }
   TensorInputs in;  // its memory reused from tensor to tensor
   FloatBuffer merged;
+  // On a backend: one, made at the first tensor, and buffers for one slice shape (how many
+  // tasks, whether a base) at a time — the tensors come slice by slice, so they are remade
+  // about once a slice, and never two sets held.
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<CombineOnBackend> on_backend;
+  std::pair<std::size_t, bool> backend_shape;
   const PieceProducer produce = [&](const std::string& name, std::uint64_t, const PieceSink& sink) {
     const auto& p = plan.at(name);
     const auto& sl = o.slices[p.slice];
@@ -245,6 +257,17 @@ ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& o) {
     for (const auto i : task_source[p.slice]) {
       src.models.push_back(source(i));
       src.model_where.push_back(sl.sources[i].model.string());
+    }
+    if (make) {
+      if (!backend) backend = make();
+      const std::pair shape{src.models.size(), src.base != nullptr};
+      if (!on_backend || shape != backend_shape) {
+        on_backend.reset();  // its memory back before the next set is taken
+        on_backend = std::make_unique<CombineOnBackend>(*backend, shape.first, shape.second, pieces.max_elements);
+        backend_shape = shape;
+      }
+      on_backend->merge(options_for_tensor(slice_options[p.slice], name, p.t), name, p.shape, src, sink);
+      return true;
     }
     auto m = merger(name);
     merge_in_pieces(*m, name, p.shape, src, pieces, in, merged, sink, threads);

@@ -210,6 +210,63 @@ TEST(CombineOnBackend, WholeModelsOnTheDeferredBackendAreTheCpusFiles) {
     }
 }
 
+ParameterSetting setting(std::vector<ParameterSetting::Condition> conditions) { return {std::move(conditions)}; }
+
+// mergekit's layer slices (the golden configs ties_slices, slerp_slices, passthrough_stack,
+// built here as options): each slice merged on the deferred backend with its own tasks, base
+// and parameter gradients gives the CPU's file, byte for byte; a slice the backend cannot run
+// is refused by name before anything is written.
+TEST(CombineOnBackend, LayerSlicesOnTheDeferredBackendAreTheCpusFiles) {
+  const auto deep = std::filesystem::path(REVMERGE_SOURCE_DIR) / "tests/fixtures/golden/mergekit/deep";
+  ClassicMergeOptions ties;
+  ties.method = ClassicMethod::ties;
+  ties.base = deep / "base";
+  ties.tensor_parameters["density"] = setting({{"", {0.7}}});
+  ties.slices = {
+      {{{deep / "base", 0, 3, {}},
+        {deep / "ft0", 0, 3, {{"weight", setting({{"", {1.0}}})}}},
+        {deep / "ft1", 1, 4, {{"weight", setting({{"", {0.2, 0.9}}})}}}},
+       {},
+       {}},
+      {{{deep / "base", 3, 5, {}},
+        {deep / "ft1", 3, 5, {{"weight", setting({{"", {0.5}}})}}},
+        {deep / "ft2", 3, 5, {{"weight", setting({{"", {0.8}}})}}}},
+       {},
+       {{"density", setting({{"", {0.4}}})}}}};
+  ClassicMergeOptions slerp;
+  slerp.method = ClassicMethod::slerp;
+  slerp.base = deep / "ft0";
+  slerp.tensor_parameters["t"] = setting({{"self_attn", {0, 0.5, 0.3, 0.7, 1}}, {"mlp", {1, 0.5, 0.7, 0.3, 0}}, {"", {0.5}}});
+  slerp.slices = {{{{deep / "ft0", 0, 5, {}}, {deep / "ft2", 0, 5, {}}}, {}, {}}};
+  ClassicMergeOptions stack;
+  stack.method = ClassicMethod::passthrough;
+  stack.slices = {{{{deep / "ft0", 0, 3, {}}}, {}, {}},
+                  {{{deep / "ft1", 2, 5, {{"scale", setting({{"o_proj", {0.5}}, {"", {1.0}}})}}}}, {}, {}}};
+  for (auto* o : {&ties, &slerp, &stack}) {
+    test::TempDir tmp;
+    o->memory_budget = std::uint64_t{97} << 20;
+    o->out = tmp / "cpu";
+    merge_classic(*o);
+    o->out = tmp / "deferred";
+    merge_classic_checkpoints_on(*o, [] { return test::make_deferred_backend(); });
+    const auto cpu = file_bytes(tmp / "cpu" / "model.safetensors");
+    EXPECT_FALSE(cpu.empty());
+    EXPECT_TRUE(cpu == file_bytes(tmp / "deferred" / "model.safetensors"))
+        << to_string(o->method) << " slices: the backend's model differs from the CPU's";
+  }
+  test::TempDir tmp;
+  ClassicMergeOptions della = ties;
+  della.method = ClassicMethod::della;
+  della.out = tmp / "della";
+  try {
+    merge_classic_checkpoints_on(della, [] { return test::make_deferred_backend(); });
+    ADD_FAILURE() << "della slices ran on a backend";
+  } catch (const usage_error& e) {
+    EXPECT_NE(std::string::npos, std::string(e.what()).find("slices[0]: --method della")) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(tmp / "della"));
+}
+
 TEST(CombineOnBackend, RefusesWhatRunsOnTheCpuOnly) {
   ClassicMergeOptions o;
   o.tasks = {{"a", "unused"}, {"b", "unused"}};
