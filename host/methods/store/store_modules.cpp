@@ -42,6 +42,18 @@ RmmModuleResult run_rmm(Backend& be, const PlannedModule& pm, const std::vector<
   });
 }
 
+// The first p of `run` directions of a stored RMM tensor, `per_direction` numbers each within
+// every group: the basis (m × r × run: groups of run, 1 number a direction) or the
+// coefficients (m × run × n: groups of run × n, n numbers a direction).
+std::vector<float> first_directions(const std::vector<float>& v, i64 run, i64 p, i64 per_direction) {
+  if (p == run) return v;
+  const i64 group = run * per_direction, groups = static_cast<i64>(v.size()) / group;
+  std::vector<float> out(static_cast<std::size_t>(groups * p * per_direction));
+  for (i64 g = 0; g < groups; ++g)
+    std::copy_n(v.begin() + g * group, p * per_direction, out.begin() + g * p * per_direction);
+  return out;
+}
+
 // Squared singular values of task t's delta s·B·A, descending.
 std::vector<double> delta_sigma_sq(const PlannedModule& pm, const TaskFactors& f) {
   return with_module_context(pm.path, [&] { return task_truncation(f, pm.out, pm.in).sigma_sq; });
@@ -198,11 +210,11 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
 BundleModule store_rmm(Backend& be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
                        std::array<i64, 2> p, DType storage, SafetensorsWriter& writer, int threads) {
   const i64 n = static_cast<i64>(f.size()), r = pm.rank;
-  const i64 run_a = std::max<i64>(p[0], 1), run_b = std::max<i64>(p[1], 1);
-  const auto res_a = run_rmm(be, pm, f, run_a, storage);
-  const auto res_b = run_b == run_a ? res_a : run_rmm(be, pm, f, run_b, storage);
-  const RmmSide* side[2] = {&res_a.a, &res_b.b};
-  const i64 run[2] = {run_a, run_b};
+  // One run at the larger p: a side's RMM at a smaller p is the first p directions of it, bit
+  // for bit (RmmModuleEdge.WithoutErrorTermsTheStoredTensorsAreTheSameAndSmallerPIsAPrefix).
+  const i64 run = std::max<i64>({p[0], p[1], 1});
+  const auto res = run_rmm(be, pm, f, run, storage);
+  const RmmSide* side[2] = {&res.a, &res.b};
   const auto x = side_grams(pm, f, threads);
   SideDifference d[2];
   auto bm = module_entry(pm);
@@ -212,16 +224,16 @@ BundleModule store_rmm(Backend& be, const PlannedModule& pm, const std::vector<T
     const char* name = s == 0 ? "lora_A" : "lora_B";
     writer.write_f32(bundle_tensor_name(pm.path, name, "mean"), side[s]->mean);
     if (p[s] > 0) {
-      writer.write_f32(bundle_tensor_name(pm.path, name, "basis"), side[s]->basis);
-      writer.write_f32(bundle_tensor_name(pm.path, name, "coef"), side[s]->coef);
+      writer.write_f32(bundle_tensor_name(pm.path, name, "basis"), first_directions(side[s]->basis, run, p[s], 1));
+      writer.write_f32(bundle_tensor_name(pm.path, name, "coef"), first_directions(side[s]->coef, run, p[s], n));
     }
-    d[s] = std::move(side_differences(pm, x, s, *side[s], run[s], {p[s]}, threads, false).front());
+    d[s] = std::move(side_differences(pm, x, s, *side[s], run, {p[s]}, threads, false).front());
     auto& fe = s == 0 ? bm.factor_error_a : bm.factor_error_b;
     for (i64 t = 0; t < n; ++t)
       fe.push_back(x.x_sq[s][t] > 0 ? std::sqrt(d[s].d_sq[t] / x.x_sq[s][t]) : 0.0);
   }
-  bm.spectrum_a = res_a.a.spectrum;
-  bm.spectrum_b = res_b.b.spectrum;
+  bm.spectrum_a = res.a.spectrum;
+  bm.spectrum_b = res.b.spectrum;
   const auto err = delta_error_sq(x, d[0], d[1], r), norm = delta_norm_sq(x);
   for (i64 t = 0; t < n; ++t) {
     bm.delta_norm.push_back(std::sqrt(norm[t]));
