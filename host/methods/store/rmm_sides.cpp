@@ -96,14 +96,15 @@ std::vector<T> directions_by_position(const RmmSide& stored, i64 m, i64 r, i64 s
   return out;
 }
 
-// Row j of D (stride `ld`) += directions [from, to) at position j, each scaled by task t's
-// coefficient there, for every position: one sweep over D whatever the number of directions.
+// Row j − j0 of D (stride `ld`) += directions [from, to) at position j, each scaled by task t's
+// coefficient there, for positions j0 … j1 − 1: one sweep over D whatever the number of
+// directions.
 template <class T>
-void add_directions(T* d, i64 ld, const std::vector<T>& directions, const RmmSide& stored, i64 m, i64 r,
+void add_directions(T* d, i64 ld, const std::vector<T>& directions, const RmmSide& stored, i64 j0, i64 j1, i64 r,
                     i64 stored_p, i64 n, i64 from, i64 to, i64 t) {
   if (from >= to) return;
-  for (i64 j = 0; j < m; ++j) {
-    T* row = d + j * ld;
+  for (i64 j = j0; j < j1; ++j) {
+    T* row = d + (j - j0) * ld;
     for (i64 q = from; q < to; ++q) {
       const T c = stored.coef[(j * stored_p + q) * n + t];
       const T* v = directions.data() + (j * stored_p + q) * r;
@@ -113,34 +114,42 @@ void add_directions(T* d, i64 ld, const std::vector<T>& directions, const RmmSid
 }
 
 // The candidates' Grams, estimated (what the allocation weighs): D kept in f32 beside X as
-// [D | X] (m × 2r), one single-precision GEMM Dᵀ[D | X] giving DᵀD and DᵀX at each p. Every
-// term of the delta error is of the error's own size (no cancellation against ‖ΔW‖²), so f32
-// keeps about 6 digits of each; D's own f32 sums lose digits only where D is at the inputs'
-// rounding level, where no option is told apart by its error.
+// [D | X], one single-precision GEMM Dᵀ[D | X] giving DᵀD and DᵀX at each p. Every term of the
+// delta error is of the error's own size (no cancellation against ‖ΔW‖²), so f32 keeps about 6
+// digits of each; D's own f32 sums lose digits only where D is at the inputs' rounding level,
+// where no option is told apart by its error. The positions go in blocks small enough to stay
+// in cache while every p's directions are added and its GEMM reads them (a whole side's D per p
+// made the sweep wait on memory), the GEMMs adding each block into every p's Grams.
 void estimate_side(const std::vector<double>& x, const RmmSide& stored, const std::vector<float>& directions,
                    i64 m, i64 r, i64 stored_p, i64 n, i64 t, const std::vector<i64>& ps,
                    std::vector<SideDifference>& out) {
-  std::vector<float> dx(static_cast<std::size_t>(m * 2 * r));
-  for (i64 j = 0; j < m; ++j)
-    for (i64 k = 0; k < r; ++k) {
-      dx[j * 2 * r + k] = static_cast<float>(double(stored.mean[j * r + k]) - x[j * r + k]);
-      dx[j * 2 * r + r + k] = static_cast<float>(x[j * r + k]);
+  constexpr i64 kBlock = 256;
+  std::vector<float> dx(static_cast<std::size_t>(std::min(m, kBlock) * 2 * r));
+  std::vector<std::vector<float>> g(ps.size(), std::vector<float>(static_cast<std::size_t>(2 * r * r), 0.0f));
+  for (i64 j0 = 0; j0 < m; j0 += kBlock) {
+    const i64 j1 = std::min(m, j0 + kBlock);
+    for (i64 j = j0; j < j1; ++j)
+      for (i64 k = 0; k < r; ++k) {
+        dx[(j - j0) * 2 * r + k] = static_cast<float>(double(stored.mean[j * r + k]) - x[j * r + k]);
+        dx[(j - j0) * 2 * r + r + k] = static_cast<float>(x[j * r + k]);
+      }
+    i64 q = 0;
+    for (std::size_t i = 0; i < ps.size(); ++i) {
+      add_directions(dx.data(), 2 * r, directions, stored, j0, j1, r, stored_p, n, q, ps[i], t);
+      q = std::max(q, ps[i]);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, 2 * r, j1 - j0, 1.0f, dx.data(), 2 * r, dx.data(),
+                  2 * r, 1.0f, g[i].data(), 2 * r);
     }
-  std::vector<float> g(static_cast<std::size_t>(2 * r * r));
-  i64 q = 0;
+  }
   for (std::size_t i = 0; i < ps.size(); ++i) {
-    add_directions(dx.data(), 2 * r, directions, stored, m, r, stored_p, n, q, ps[i], t);
-    q = std::max(q, ps[i]);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, 2 * r, m, 1.0f, dx.data(), 2 * r, dx.data(), 2 * r,
-                0.0f, g.data(), 2 * r);
     auto& dd = out[i].dd[t];
     auto& dxg = out[i].dx[t];
     dd.resize(static_cast<std::size_t>(r * r));
     dxg.resize(static_cast<std::size_t>(r * r));
     for (i64 a = 0; a < r; ++a)
       for (i64 b = 0; b < r; ++b) {
-        dd[a * r + b] = g[a * 2 * r + b];
-        dxg[a * r + b] = g[a * 2 * r + r + b];
+        dd[a * r + b] = g[i][a * 2 * r + b];
+        dxg[a * r + b] = g[i][a * 2 * r + r + b];
       }
   }
 }
@@ -152,7 +161,7 @@ void exact_side(const std::vector<double>& x, const RmmSide& stored, const std::
   for (std::size_t i = 0; i < d.size(); ++i) d[i] = double(stored.mean[i]) - x[i];
   i64 q = 0;
   for (std::size_t i = 0; i < ps.size(); ++i) {
-    add_directions(d.data(), r, directions, stored, m, r, stored_p, n, q, ps[i], t);
+    add_directions(d.data(), r, directions, stored, 0, m, r, stored_p, n, q, ps[i], t);
     q = std::max(q, ps[i]);
     out[i].dd[t] = self_gram(d, m, r);
     out[i].dx[t] = gram(d, x, m, r);
