@@ -101,8 +101,12 @@ enum class ElementwiseKind : std::int32_t {
   tie_scan,
   /// Per tie chunk: the trim applied, the kept values rescaled.
   trim,
-  /// Per element: the random drop applied, the kept values rescaled.
+  /// Per element: the random drop applied (or DELLA's decisions in `keep`), the kept values
+  /// rescaled.
   drop,
+  /// Per element: DELLA's decision — the element's rank by magnitude in its row, its keep
+  /// probability from the rank, its draw — into `keep`.
+  della_keep,
   /// Per element: the tasks combined (weighted, sign-elected, summed, divided, scaled), the
   /// base added back.
   combine,
@@ -170,6 +174,9 @@ struct ElementwiseStep {
   std::uint64_t* equal[kMaxTrimRules] = {};
   double* above[kMaxTrimRules] = {};
   std::uint64_t seed = 0, stream = 0, limit = 0;  ///< the drop: its counter stream and limit
+  /// The drop's decisions (DELLA's, a byte per element of the piece) where given: lane_stats
+  /// and drop read them here instead of drawing.
+  unsigned char* keep = nullptr;
 
   // histogram: 65536 counts of the magnitudes' high 16 bits (low_of < 0), or of the low 16
   // bits of those whose high bits are rule[low_of].high.
@@ -208,6 +215,12 @@ struct ElementwiseStep {
   double* stock = nullptr;
   std::int64_t stock_block = kStatBlock, stock_stride = 0, row = 0;
   double* row_t = nullptr;
+
+  // della_keep: rows along the tensor's second axis, each `row` elements `inner` apart (a group
+  // of row · inner elements holds `inner` rows; the piece holds whole groups), ranked by
+  // magnitude, the draws into `keep` with the drop's counter stream (seed, stream).
+  std::int64_t inner = 1;
+  double density = 1, epsilon = 0;
 
   // pair_*: the two models in x (2 × count), the base in `base` where has_base; the sums into
   // sums[0 … 2] (pair_lanes: the lanes; pair_rows: per row of `row` elements of the piece;
@@ -319,7 +332,8 @@ REVMERGE_HD_INLINE void lane_stats(const ElementwiseStep& s, std::int64_t index)
     const float v = s.x[i - s.first];
     const double a = bits_float(magnitude_bits(v));  // |v|, +0 for −0
     before += a;
-    if (s.after) after += draw.below(static_cast<std::uint64_t>(i), s.limit) ? a : 0.0;
+    if (s.after)
+      after += (s.keep ? s.keep[i - s.first] != 0 : draw.below(static_cast<std::uint64_t>(i), s.limit)) ? a : 0.0;
     for (int r = 0; r < s.rules; ++r) {
       const std::uint32_t bits = magnitude_bits(v);
       equal[r] += bits == s.rule[r].threshold;
@@ -392,8 +406,39 @@ REVMERGE_HD_INLINE void trim_chunk(const ElementwiseStep& s, std::int64_t g) {
 
 REVMERGE_HD_INLINE void drop_element(const ElementwiseStep& s, std::int64_t j) {
   const CounterThreshold draw(s.seed, s.stream);
-  const bool keep = !s.zero_all && draw.below(static_cast<std::uint64_t>(s.first + j), s.limit);
-  s.x[j] = kept_or_zero(keep, rescaled(s.x[j], s.factor));
+  const bool drawn = s.keep ? s.keep[j] != 0 : draw.below(static_cast<std::uint64_t>(s.first + j), s.limit);
+  s.x[j] = kept_or_zero(!s.zero_all && drawn, rescaled(s.x[j], s.factor));
+}
+
+/// DELLA's keep probability of the element of ascending rank `rank` (1: the smallest magnitude)
+/// in a row of `length`, as mergekit computes it: rank_norm = (rank − 1) / (length − 1) clamped
+/// to [0, 1], then (density − ε) + rank_norm · 2 · ε, each step rounded to f32 (no contraction:
+/// −ffp-contract=off, --fmad=false). A row of one element divides 0 by 0 there; here it sits in
+/// the middle.
+REVMERGE_HD_INLINE float della_probability(std::int64_t rank, std::int64_t length, double density, double epsilon) {
+  float norm = 0.5f;
+  if (length > 1) {
+    norm = static_cast<float>(rank - 1) / static_cast<float>(length - 1);
+    norm = norm < 0.0f ? 0.0f : 1.0f < norm ? 1.0f : norm;
+  }
+  const float spread = norm * 2.0f * static_cast<float>(epsilon);
+  return static_cast<float>(density - epsilon) + spread;
+}
+
+// Element j's place from the top of its row — the elements of larger magnitude, and those of
+// equal magnitude before it (a stable sort's order, descending) — counted over the row: a
+// thread's independent loop, the row's values read by every thread of the row at once.
+REVMERGE_HD_INLINE void della_keep_element(const ElementwiseStep& s, std::int64_t j) {
+  const std::int64_t group = s.row * s.inner, r = j % group, at = r / s.inner;
+  const float* row = s.x + (j - r) + r % s.inner;
+  const std::uint32_t mine = magnitude_bits(row[at * s.inner]);
+  std::int64_t place = 0;
+  for (std::int64_t k = 0; k < s.row; ++k) {
+    const std::uint32_t b = magnitude_bits(row[k * s.inner]);
+    place += (b > mine) | ((b == mine) & (k < at));
+  }
+  const float p = della_probability(s.row - place, s.row, s.density, s.epsilon);
+  s.keep[j] = CounterThreshold(s.seed, s.stream).below(static_cast<std::uint64_t>(s.first + j), CounterThreshold::limit(p));
 }
 
 /// Element j of the combine: combine.cpp's combine_block for one element, the same operations
@@ -655,6 +700,7 @@ REVMERGE_HD_INLINE void stock_blend(const ElementwiseStep& s, std::int64_t j) {
   X(tie_scan, tie_scan) \
   X(trim, trim_chunk) \
   X(drop, drop_element) \
+  X(della_keep, della_keep_element) \
   X(combine, combine_element) \
   X(dot_lanes, dot_lanes) \
   X(blend, blend_element) \

@@ -35,7 +35,6 @@ std::string backend_combine_refusal(const ClassicMergeOptions& o) {
     return {};
   if (!is_elementwise(o.method)) return "--method " + to_string(o.method) + cpu_only;
   const auto recipe = make_recipe(o, Convention::mergekit);
-  if (recipe.sparsify == Sparsify::della) return "--method " + to_string(o.method) + ": DELLA's ranked drop" + cpu_only;
   if (recipe.select_by_variance || recipe.weights_from_energy)
     return "--method " + to_string(o.method) + ": SCE's selection" + cpu_only;
   return {};
@@ -91,7 +90,9 @@ void fetch(Backend& b, Stream s, const DeviceBuffer& d, std::vector<T>& out) {
 // each pass into the Thinning, whose end_pass decides; the decisions applied by the backend.
 class ThinningOnBackend {
  public:
-  ThinningOnBackend(Thinning& th, Backend& b, Stream s) : th_(th), b_(b), s_(s) {
+  // `keep`: a byte per element of a piece, for DELLA's decisions (shared by the tasks, whose
+  // steps run one after another on `s`).
+  ThinningOnBackend(Thinning& th, Backend& b, Stream s, unsigned char* keep) : th_(th), b_(b), s_(s), keep_(keep) {
     if (!th.active_ || th.zero_all_) return;
     const i64 blocks = (th.count_ + kernels::kStatBlock - 1) / kernels::kStatBlock;
     const auto lanes = static_cast<std::size_t>(blocks * kernels::kStatLanes) * 8;
@@ -145,6 +146,7 @@ class ThinningOnBackend {
       case Thinning::Stage::equal_counts: lanes(st, false, false, true); break;
       case Thinning::Stage::norms: {
         const bool drop = th_.spec_.kind == Sparsify::random || th_.spec_.kind == Sparsify::della;
+        if (th_.spec_.kind == Sparsify::della) st.keep = della_keep(x, first, count);
         lanes(st, true, drop, false);
         break;
       }
@@ -190,7 +192,8 @@ class ThinningOnBackend {
     st.count = count;
     st.x = x;
     st.factor = th_.factor_;
-    if (th_.zero_all_ || th_.spec_.kind == Sparsify::random) {
+    if (th_.zero_all_ || th_.spec_.kind == Sparsify::random || th_.spec_.kind == Sparsify::della) {
+      if (!th_.zero_all_ && th_.spec_.kind == Sparsify::della) st.keep = della_keep(x, first, count);
       st.kind = ElementwiseKind::drop;
       st.zero_all = th_.zero_all_;
       st.seed = th_.spec_.seed;
@@ -233,12 +236,34 @@ class ThinningOnBackend {
     b_.elementwise(st, s_);
   }
 
+  // DELLA's decisions for the piece x at `first` (whole groups of rows: the driver's pieces
+  // are multiples of the thinning's granule) into keep_, as Thinning::della_keep makes them.
+  // The norms pass and apply each rank the piece: the decisions are not kept between passes.
+  unsigned char* della_keep(float* x, i64 first, i64 count) {
+    const auto& shape = th_.spec_.shape;
+    ElementwiseStep st;
+    st.kind = ElementwiseKind::della_keep;
+    st.first = first;
+    st.count = count;
+    st.x = x;
+    st.keep = keep_;
+    st.row = shape.size() >= 2 ? shape[1] : th_.count_;
+    st.inner = th_.granule_ / std::max<i64>(st.row, 1);
+    st.density = th_.spec_.density;
+    st.epsilon = th_.spec_.epsilon;
+    st.seed = th_.spec_.seed;
+    st.stream = th_.spec_.stream;
+    if (st.row > 0 && st.inner > 0) b_.elementwise(st, s_);
+    return keep_;
+  }
+
   struct RuleBuffers {
     DeviceBuffer low, equal, above, left;
   };
   Thinning& th_;
   Backend& b_;
   Stream s_;
+  unsigned char* keep_;
   DeviceBuffer high_, before_, after_;
   std::vector<RuleBuffers> rules_;
 };
@@ -251,6 +276,7 @@ struct CombineOnBackend::State {
   bool has_base;
   i64 piece = 1;
   DeviceBuffer raw, stack, base, out, first_bad, weights;
+  DeviceBuffer keep;  // DELLA's decisions for a piece (a byte per element), made when first needed
   DeviceBuffer ties[kernels::kMaxTrimRules], allowances[kernels::kMaxTrimRules];
   // The copies in and out go in chunks through two pinned slots each, so that the host fills one
   // (from the page cache) or empties one (into the writer) while the other is on the bus.
@@ -309,10 +335,12 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   const bool nuslerp = o.method == ClassicMethod::nuslerp, multislerp = o.method == ClassicMethod::multislerp;
   const NuslerpPlan along = nuslerp ? nuslerp_plan(o, name, shape) : NuslerpPlan{};
   // model_stock with filter_wise (an angle per row) and nuslerp by rows or columns: pieces of
-  // whole rows.
+  // whole rows; DELLA: of whole groups of its rows (Thinning::granule).
+  const bool della = is_elementwise(o.method) && make_recipe(o, Convention::mergekit).sparsify == Sparsify::della;
   const i64 row = stock && o.filter_wise.value_or(false) && !shape.empty() ? shape.back()
                   : along.layout != 0                                      ? along.row
-                                                                           : 0;
+                  : della ? (shape.size() >= 2 ? numel / std::max<i64>(shape[0], 1) : numel)
+                          : 0;
   // The inputs: tasks 0 … n − 1, then the base.
   std::vector<const CheckpointTensor*> inputs(src.models.begin(), src.models.end());
   std::vector<std::string> where(src.model_where.begin(), src.model_where.end());
@@ -583,9 +611,10 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   std::vector<Thinning> thinning;
   thinning.reserve(s.n);
   for (i64 t = 0; t < n; ++t) thinning.emplace_back(thinning_spec(recipe, ci, t), numel);
+  if (della && s.keep.bytes() < static_cast<std::size_t>(piece)) s.keep = b.allocate(static_cast<std::size_t>(s.piece));
   std::vector<ThinningOnBackend> on;
   on.reserve(s.n);
-  for (auto& th : thinning) on.emplace_back(th, b, s.stream);
+  for (auto& th : thinning) on.emplace_back(th, b, s.stream, as<unsigned char>(s.keep));
   b.upload(s.weights.data(), params.weights.data(), s.n * 8, s.stream);
   b.synchronize(s.stream);  // the weights are the caller's memory
   const auto wanting = [&] {

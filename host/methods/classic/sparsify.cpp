@@ -491,13 +491,7 @@ void random_drop(std::span<float> x, double density, Rescale rescale, std::uint6
 }
 
 float della_probability(i64 rank, i64 length, double density, double epsilon) {
-  // mergekit: rank_norm = (rank − 1) / (length − 1) clamped to [0, 1], then
-  // (density − ε) + rank_norm · 2 · ε, each step in f32 (−ffp-contract=off keeps them apart).
-  // A row of one element divides 0 by 0 there; here it sits in the middle.
-  const float norm = length > 1 ? std::clamp(static_cast<float>(rank - 1) / static_cast<float>(length - 1), 0.0f, 1.0f)
-                                : 0.5f;
-  const float spread = norm * 2.0f * static_cast<float>(epsilon);
-  return static_cast<float>(density - epsilon) + spread;
+  return kernels::della_probability(rank, length, density, epsilon);  // the backends' own arithmetic
 }
 
 void della_drop(std::span<float> x, std::span<const i64> shape, double density, double epsilon,

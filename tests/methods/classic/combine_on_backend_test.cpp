@@ -89,26 +89,23 @@ const Case kCases[] = {
     {"multislerp_nobase", ClassicMethod::multislerp, 3, false, [](ClassicMergeOptions&) {}},
 };
 
-class CombineOnBackendTest : public ::testing::TestWithParam<Case> {};
+using Pieces = std::vector<std::pair<i64, i64>>;  // (largest piece, chunk)
 
-TEST_P(CombineOnBackendTest, GivesTheCpuMergesBitsOnEveryBackendAndPieceSize) {
-  const auto& c = GetParam();
+// Case c merged on the CPU backend and the deferred backend, in pieces and chunks of each of
+// `pieces`, from f32, bf16 and f64 files of `shape`, gives the CPU merge's bits.
+void expect_the_cpus_bits(const Case& c, const std::vector<i64>& shape, const Pieces& pieces) {
   ClassicMergeOptions o;
   o.method = c.method;
   for (std::size_t t = 0; t < c.n; ++t) o.tasks.push_back({"t" + std::to_string(t), "unused"});
   c.set(o);
   ASSERT_EQ("", backend_combine_refusal(o));
   for (const DType dtype : {DType::F32, DType::BF16, DType::F64}) {
-    // 210 000 elements: 52 statistics blocks (4 096), pieces cutting them anywhere.
-    const TensorSet set({300, 700}, dtype, std::max(3, static_cast<int>(c.n)));
+    const TensorSet set(shape, dtype, std::max(3, static_cast<int>(c.n)));
     const auto cpu = set.merge(o, c.n, c.base, set.numel(), 2);
     auto cpu_backend = make_cpu_backend({2, 0});
     auto deferred = test::make_deferred_backend();
     for (Backend* b : {cpu_backend.get(), deferred.get()})
-      // Chunks that cut pieces unevenly, so that both pinned slots each way are reused (on the
-      // deferred backend, a slot refilled before its copy ran would change the result).
-      for (const auto& [piece, chunk] : {std::pair{set.numel(), i64{30001}}, std::pair{i64{4999}, i64{4999}},
-                                         std::pair{i64{65536}, i64{10000}}, std::pair{i64{100000}, i64{1} << 22}}) {
+      for (const auto& [piece, chunk] : pieces) {
         const auto on = merge_on(*b, set, o, c.n, c.base, piece, chunk);
         ASSERT_EQ(0, std::memcmp(cpu.data(), on.data(), cpu.size() * sizeof(float)))
             << c.name << " (" << dtype_name(dtype) << ") on " << b->name() << ", pieces of " << piece
@@ -121,7 +118,43 @@ TEST_P(CombineOnBackendTest, GivesTheCpuMergesBitsOnEveryBackendAndPieceSize) {
   }
 }
 
+class CombineOnBackendTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(CombineOnBackendTest, GivesTheCpuMergesBitsOnEveryBackendAndPieceSize) {
+  // 210 000 elements: 52 statistics blocks (4 096), pieces cutting them anywhere; chunks that
+  // cut pieces unevenly, so that both pinned slots each way are reused (on the deferred backend,
+  // a slot refilled before its copy ran would change the result).
+  expect_the_cpus_bits(GetParam(), {300, 700},
+                       {{210000, 30001}, {4999, 4999}, {65536, 10000}, {100000, i64{1} << 22}});
+}
+
 INSTANTIATE_TEST_SUITE_P(Methods, CombineOnBackendTest, ::testing::ValuesIn(kCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// DELLA ranks each row along the second axis (on a backend, each element counts its row: a
+// row's length per element, hence the smaller tensors): rows of a matrix, rows `inner` apart in
+// a 3-D tensor, and a vector as one row; pieces of whole groups of rows, cut anywhere else.
+const Case kDellaCases[] = {
+    {"della", ClassicMethod::della, 3, true,
+     [](ClassicMergeOptions& o) { o.densities = {0.4, 0.6, 0.5}; o.epsilons = {0.1, 0.2, 0.05}; o.seed = 9; }},
+    {"della_linear", ClassicMethod::della_linear, 3, true,
+     [](ClassicMergeOptions& o) { o.densities = {0.5}; o.epsilons = {0.15}; o.weights = {0.5, 1, 0.3}; o.seed = 2; }},
+    {"della_unscaled", ClassicMethod::della, 2, true,
+     [](ClassicMergeOptions& o) { o.densities = {0.3}; o.epsilons = {0.1}; o.rescale = false; o.seed = 4; }},
+    {"della_nothing_kept", ClassicMethod::della, 2, true,
+     [](ClassicMergeOptions& o) { o.densities = {0.0, 0.7}; o.epsilons = {0.0, 0.2}; o.seed = 1; }},
+};
+
+class DellaOnBackendTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(DellaOnBackendTest, GivesTheCpuMergesBitsForEveryRowLayout) {
+  const Case& c = GetParam();
+  expect_the_cpus_bits(c, {40, 300}, {{12000, 3001}, {4999, 1000}, {2000, 2000}});
+  expect_the_cpus_bits(c, {6, 50, 8}, {{2400, 700}, {1000, 999}});
+  expect_the_cpus_bits(c, {3000}, {{6000, 1024}});  // f64 pieces half as long
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, DellaOnBackendTest, ::testing::ValuesIn(kDellaCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST(CombineOnBackend, NamesTheFirstNonFiniteInputAsTheCpuDoes) {
@@ -186,7 +219,7 @@ TEST(CombineOnBackend, WholeModelsOnTheDeferredBackendAreTheCpusFiles) {
   for (const auto& [folder, n] : {std::pair{golden, 3}, std::pair{golden / "bf16", 2}})
     for (const auto method : {ClassicMethod::ties, ClassicMethod::dare_ties, ClassicMethod::task_arithmetic,
                               ClassicMethod::slerp, ClassicMethod::model_stock, ClassicMethod::nuslerp,
-                              ClassicMethod::multislerp}) {
+                              ClassicMethod::multislerp, ClassicMethod::della}) {
       test::TempDir tmp;
       ClassicMergeOptions o;
       o.method = method;
@@ -196,7 +229,9 @@ TEST(CombineOnBackend, WholeModelsOnTheDeferredBackendAreTheCpusFiles) {
         o.tasks.push_back({"ft" + std::to_string(t), folder / ("ft" + std::to_string(t))});
       if (method == ClassicMethod::slerp) o.t = 0.4;
       else if (method != ClassicMethod::model_stock) o.weights = std::vector<double>(o.tasks.size(), 0.7);
-      if (method == ClassicMethod::ties || method == ClassicMethod::dare_ties) o.densities = {0.3};
+      if (method == ClassicMethod::ties || method == ClassicMethod::dare_ties || method == ClassicMethod::della)
+        o.densities = {0.3};
+      if (method == ClassicMethod::della) o.epsilons = {0.1};
       o.seed = 5;
       o.memory_budget = std::uint64_t{97} << 20;
       o.out = tmp / "cpu";
@@ -255,23 +290,27 @@ TEST(CombineOnBackend, LayerSlicesOnTheDeferredBackendAreTheCpusFiles) {
         << to_string(o->method) << " slices: the backend's model differs from the CPU's";
   }
   test::TempDir tmp;
-  ClassicMergeOptions della = ties;
-  della.method = ClassicMethod::della;
-  della.out = tmp / "della";
+  ClassicMergeOptions sce = ties;
+  sce.method = ClassicMethod::sce;
+  sce.tensor_parameters.clear();  // SCE does not prune
+  for (auto& slice : sce.slices) slice.parameters.clear();
+  sce.out = tmp / "sce";
   try {
-    merge_classic_checkpoints_on(della, [] { return test::make_deferred_backend(); });
-    ADD_FAILURE() << "della slices ran on a backend";
+    merge_classic_checkpoints_on(sce, [] { return test::make_deferred_backend(); });
+    ADD_FAILURE() << "sce slices ran on a backend";
   } catch (const usage_error& e) {
-    EXPECT_NE(std::string::npos, std::string(e.what()).find("slices[0]: --method della")) << e.what();
+    EXPECT_NE(std::string::npos, std::string(e.what()).find("slices[0]: --method sce")) << e.what();
   }
-  EXPECT_FALSE(std::filesystem::exists(tmp / "della"));
+  EXPECT_FALSE(std::filesystem::exists(tmp / "sce"));
 }
 
 TEST(CombineOnBackend, RefusesWhatRunsOnTheCpuOnly) {
   ClassicMergeOptions o;
   o.tasks = {{"a", "unused"}, {"b", "unused"}};
   o.method = ClassicMethod::della;
-  EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("DELLA"));
+  EXPECT_EQ("", backend_combine_refusal(o));
+  o.method = ClassicMethod::della_linear;
+  EXPECT_EQ("", backend_combine_refusal(o));
   o.method = ClassicMethod::sce;
   EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("SCE"));
   o.method = ClassicMethod::karcher;
