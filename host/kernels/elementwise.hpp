@@ -139,6 +139,12 @@ enum class ElementwiseKind : std::int32_t {
   multislerp_lanes,
   /// Per element: multislerp's map back, the base added back.
   multislerp_blend,
+  /// Per lane of a statistics block: ramplus_tl's count of each task's changes shared with
+  /// another task and of its unique ones.
+  ram_counts,
+  /// Per element: ram's merge — a change made by one task alone taken (scaled by the task's
+  /// factor), the changes of several tasks averaged, the base added back.
+  ram_blend,
 };
 
 /// What the combine divides the sum by (methods/classic/combine.hpp's Normalize).
@@ -240,6 +246,12 @@ struct ElementwiseStep {
   double eps = 0, mean_norm = 0;
   int multi_pass = 0;
   bool degenerate = false;
+
+  // ram_*: the n models in x, the base in `base`; a task changes an element where its value is
+  // more than `epsilon` from the base's (in f64). ram_counts adds task i's shared changes into
+  // counts[2i] and its unique ones into counts[2i + 1]; ram_blend scales a unique change of task
+  // i by weights[i].
+  std::uint64_t* counts = nullptr;
 };
 
 /// How many indices a step runs over.
@@ -266,7 +278,8 @@ REVMERGE_HD_INLINE std::int64_t step_indices(const ElementwiseStep& s) {
     case ElementwiseKind::stock_rows:
     case ElementwiseKind::pair_rows: return s.row > 0 ? s.count / s.row : 0;
     case ElementwiseKind::pair_lanes:
-    case ElementwiseKind::multislerp_lanes: return piece_blocks(s) * kStatLanes;
+    case ElementwiseKind::multislerp_lanes:
+    case ElementwiseKind::ram_counts: return piece_blocks(s) * kStatLanes;
     case ElementwiseKind::pair_columns: return s.row;
     case ElementwiseKind::tie_scan: return piece_blocks(s);
     case ElementwiseKind::tie_counts:
@@ -680,6 +693,45 @@ REVMERGE_HD_INLINE void multislerp_blend(const ElementwiseStep& s, std::int64_t 
   s.out[j] = static_cast<float>(s.has_base ? r + s.base[j] : r);
 }
 
+// ---- ram, ramplus_tl (methods/classic/selective.cpp) ----
+
+/// Whether model i changes element j of the piece: |x − base| > ε in f64.
+REVMERGE_HD_INLINE bool ram_changed(const ElementwiseStep& s, int i, std::int64_t j) {
+  const double d = static_cast<double>(s.x[i * s.count + j]) - s.base[j];
+  return (d < 0 ? -d : d) > s.epsilon;
+}
+
+REVMERGE_HD_INLINE int ram_changes(const ElementwiseStep& s, std::int64_t j) {
+  int c = 0;
+  for (int i = 0; i < s.n; ++i) c += ram_changed(s, i, j);
+  return c;
+}
+
+// The lane's counts, added once per task and kind (integers: the order does not matter).
+REVMERGE_HD_INLINE void ram_counts(const ElementwiseStep& s, std::int64_t index) {
+  const Lane lane = piece_lane(s, index);
+  std::uint64_t shared[kMaxElementwiseInputs] = {}, unique[kMaxElementwiseInputs] = {};
+  for (std::int64_t i = lane.i; i < lane.end; i += kStatLanes) {
+    const std::int64_t j = i - s.first;
+    const int c = ram_changes(s, j);
+    for (int t = 0; t < s.n; ++t)
+      if (ram_changed(s, t, j)) ++(c > 1 ? shared : unique)[t];
+  }
+  for (int t = 0; t < s.n; ++t) {
+    if (shared[t] != 0) atomic_add_u64(s.counts + 2 * t, shared[t]);
+    if (unique[t] != 0) atomic_add_u64(s.counts + 2 * t + 1, unique[t]);
+  }
+}
+
+REVMERGE_HD_INLINE void ram_blend(const ElementwiseStep& s, std::int64_t j) {
+  const int c = ram_changes(s, j);
+  double sum = 0;
+  for (int i = 0; i < s.n; ++i)
+    if (ram_changed(s, i, j))
+      sum += (static_cast<double>(s.x[i * s.count + j]) - s.base[j]) * (c == 1 ? s.weights[i] : 1.0);
+  s.out[j] = static_cast<float>(s.base[j] + (c > 1 ? sum / c : sum));
+}
+
 REVMERGE_HD_INLINE void scale_element(const ElementwiseStep& s, std::int64_t j) {
   s.out[j] = rescaled(s.x[j], s.factor);
 }
@@ -714,7 +766,9 @@ REVMERGE_HD_INLINE void stock_blend(const ElementwiseStep& s, std::int64_t j) {
   X(pair_columns, pair_column) \
   X(pair_blend, pair_blend) \
   X(multislerp_lanes, multislerp_lane) \
-  X(multislerp_blend, multislerp_blend)
+  X(multislerp_blend, multislerp_blend) \
+  X(ram_counts, ram_counts) \
+  X(ram_blend, ram_blend)
 
 /// One index of a step of kind K.
 template <ElementwiseKind K>

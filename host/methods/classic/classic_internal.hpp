@@ -151,6 +151,17 @@ void check_passthrough_options(const ClassicMergeOptions& options);
 void spherical_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
 void selective_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
 
+/// ram's and ramplus_tl's parameters for a tensor, checked (`tensor` names where they were
+/// resolved; empty: the merge's options).
+struct RamParameters {
+  double epsilon = 1e-5, r = 0.1, alpha = 0.2;
+  bool plus = false;
+};
+RamParameters ram_parameters(const ClassicMergeOptions& options, const std::string& tensor);
+/// ramplus_tl's factor for a task's unique changes, from its changes shared with other tasks
+/// and its unique ones in the tensor: 1 + r · min(α, shared / max(unique, ε)).
+double ram_scale(const RamParameters& p, double shared, double unique);
+
 /// Layer stacking (slices.cpp): the output's blocks from `options.slices`; with `make`, every
 /// block merged on the backend it makes (each slice's method and parameters as on the CPU, the
 /// same bytes), a slice it cannot run refused by name before anything is written.

@@ -31,7 +31,8 @@ std::string backend_combine_refusal(const ClassicMergeOptions& o) {
     return "--device: at most " + std::to_string(kernels::kMaxElementwiseInputs) +
            " models merge on a GPU in this version (" + std::to_string(o.tasks.size()) + " given)";
   if (blends_two_models(o.method) || o.method == ClassicMethod::model_stock || o.method == ClassicMethod::passthrough ||
-      o.method == ClassicMethod::nuslerp || o.method == ClassicMethod::multislerp)
+      o.method == ClassicMethod::nuslerp || o.method == ClassicMethod::multislerp || o.method == ClassicMethod::ram ||
+      o.method == ClassicMethod::ramplus_tl)
     return {};
   if (!is_elementwise(o.method)) return "--method " + to_string(o.method) + cpu_only;
   const auto recipe = make_recipe(o, Convention::mergekit);
@@ -355,7 +356,7 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   // linear, slerp, model_stock, passthrough, nuslerp, multislerp: the weights themselves (the
   // spherical methods and model_stock take the differences in f64)
   widen.task_vectors = src.base != nullptr && !two_models && !stock && !nuslerp && !multislerp &&
-                       o.method != ClassicMethod::passthrough;
+                       o.method != ClassicMethod::passthrough && !is_selective(o.method);
   widen.raw = as<unsigned char>(s.raw);
   widen.x = as<float>(s.stack);
   widen.base = as<float>(s.base);
@@ -601,6 +602,42 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
       emit(stock_step(ElementwiseKind::stock_blend, static_cast<int>(n), count, as<float>(s.base), models, t, row,
                       row > 0 ? as<double>(row_t) : nullptr, nullptr),
            first);
+    }
+    return;
+  }
+
+  if (o.method == ClassicMethod::ram || o.method == ClassicMethod::ramplus_tl) {
+    // ramplus_tl: a pass counting each task's shared and unique changes, its factors from them
+    // on the host; then every element merged (ram: every factor 1).
+    const RamParameters p = ram_parameters(o, name);
+    ElementwiseStep step;
+    step.n = static_cast<int>(n);
+    step.x = as<float>(s.stack);
+    step.base = as<float>(s.base);
+    step.epsilon = p.epsilon;
+    std::vector<double> scales(s.n, 1.0);
+    if (p.plus) {
+      const DeviceBuffer counts = filled(b, 2 * s.n * 8, 0, s.stream);
+      step.kind = ElementwiseKind::ram_counts;
+      step.counts = as<std::uint64_t>(counts);
+      for (i64 first = 0; first < numel; first += piece) {
+        if (!one_piece) read(first);
+        step.first = first;
+        step.count = count;
+        b.elementwise(step, s.stream);
+      }
+      std::vector<std::uint64_t> host(2 * s.n);
+      fetch(b, s.stream, counts, host);
+      for (std::size_t t = 0; t < s.n; ++t)
+        scales[t] = ram_scale(p, static_cast<double>(host[2 * t]), static_cast<double>(host[2 * t + 1]));
+    }
+    b.upload(s.weights.data(), scales.data(), s.n * 8, s.stream);
+    b.synchronize(s.stream);  // the factors are this frame's memory
+    step.kind = ElementwiseKind::ram_blend;
+    step.weights = as<double>(s.weights);
+    for (i64 first = 0; first < numel; first += piece) {
+      if (!one_piece) read(first);
+      emit(step, first);
     }
     return;
   }

@@ -22,12 +22,8 @@ namespace {
 
 using i64 = std::int64_t;
 
-struct RamParameters {
-  double epsilon = 1e-5, r = 0.1, alpha = 0.2;
-  bool plus = false;
-};
+}  // namespace
 
-// ram's and ramplus_tl's parameters, checked (`tensor` names where they were resolved).
 RamParameters ram_parameters(const ClassicMergeOptions& o, const std::string& tensor) {
   const std::string where = tensor.empty() ? std::string() : " (tensor '" + tensor + "')";
   RamParameters rp;
@@ -45,6 +41,12 @@ RamParameters ram_parameters(const ClassicMergeOptions& o, const std::string& te
   return rp;
 }
 
+double ram_scale(const RamParameters& p, double shared, double unique) {
+  return 1 + p.r * std::clamp(shared / std::max(unique, p.epsilon), 0.0, p.alpha);
+}
+
+namespace {
+
 void ram(const TensorInputs& in, const RamParameters& p, std::span<float> out) {
   const auto& base = in.base;
   const std::size_t n = in.n, m = base.size();
@@ -61,7 +63,7 @@ void ram(const TensorInputs& in, const RamParameters& p, std::span<float> out) {
       double shared = 0, unique = 0;
       for (std::size_t k = 0; k < m; ++k)
         if (changed(i, k)) (count[k] > 1 ? shared : unique) += 1;
-      scale[i] = 1 + p.r * std::clamp(shared / std::max(unique, p.epsilon), 0.0, p.alpha);
+      scale[i] = ram_scale(p, shared, unique);
     }
   for (std::size_t k = 0; k < m; ++k) {
     double sum = 0;
@@ -151,7 +153,7 @@ class RamPieces final : public PieceMerger {
   }
   void end_pass() override {
     for (std::size_t i = 0; i < scale_.size(); ++i)
-      scale_[i] = 1 + p_.r * std::clamp(shared_[i] / std::max(unique_[i], p_.epsilon), 0.0, p_.alpha);
+      scale_[i] = ram_scale(p_, shared_[i], unique_[i]);
     counted_ = true;
   }
   void produce(TensorInputs& in, std::span<float> out, int) override {

@@ -87,6 +87,11 @@ const Case kCases[] = {
     {"multislerp", ClassicMethod::multislerp, 3, true, [](ClassicMergeOptions& o) { o.weights = {1, 2, 3}; }},
     {"multislerp_one", ClassicMethod::multislerp, 1, true, [](ClassicMergeOptions&) {}},
     {"multislerp_nobase", ClassicMethod::multislerp, 3, false, [](ClassicMergeOptions&) {}},
+    // ε 0.1: some 40 % of each task's changes count, shared and unique ones both.
+    {"ram", ClassicMethod::ram, 3, true, [](ClassicMergeOptions& o) { o.epsilons = {0.1}; }},
+    {"ram_default_epsilon", ClassicMethod::ram, 2, true, [](ClassicMergeOptions&) {}},
+    {"ramplus_tl", ClassicMethod::ramplus_tl, 3, true,
+     [](ClassicMergeOptions& o) { o.epsilons = {0.1}; o.ram_r = 0.5; o.ram_alpha = 5; }},  // α above the ratio: not clamped
 };
 
 using Pieces = std::vector<std::pair<i64, i64>>;  // (largest piece, chunk)
@@ -219,7 +224,7 @@ TEST(CombineOnBackend, WholeModelsOnTheDeferredBackendAreTheCpusFiles) {
   for (const auto& [folder, n] : {std::pair{golden, 3}, std::pair{golden / "bf16", 2}})
     for (const auto method : {ClassicMethod::ties, ClassicMethod::dare_ties, ClassicMethod::task_arithmetic,
                               ClassicMethod::slerp, ClassicMethod::model_stock, ClassicMethod::nuslerp,
-                              ClassicMethod::multislerp, ClassicMethod::della}) {
+                              ClassicMethod::multislerp, ClassicMethod::della, ClassicMethod::ramplus_tl}) {
       test::TempDir tmp;
       ClassicMergeOptions o;
       o.method = method;
@@ -228,7 +233,8 @@ TEST(CombineOnBackend, WholeModelsOnTheDeferredBackendAreTheCpusFiles) {
       for (int t = 0; t < models; ++t)
         o.tasks.push_back({"ft" + std::to_string(t), folder / ("ft" + std::to_string(t))});
       if (method == ClassicMethod::slerp) o.t = 0.4;
-      else if (method != ClassicMethod::model_stock) o.weights = std::vector<double>(o.tasks.size(), 0.7);
+      else if (method != ClassicMethod::model_stock && method != ClassicMethod::ramplus_tl)
+        o.weights = std::vector<double>(o.tasks.size(), 0.7);
       if (method == ClassicMethod::ties || method == ClassicMethod::dare_ties || method == ClassicMethod::della)
         o.densities = {0.3};
       if (method == ClassicMethod::della) o.epsilons = {0.1};
@@ -313,6 +319,12 @@ TEST(CombineOnBackend, RefusesWhatRunsOnTheCpuOnly) {
   EXPECT_EQ("", backend_combine_refusal(o));
   o.method = ClassicMethod::sce;
   EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("SCE"));
+  o.method = ClassicMethod::ram;
+  EXPECT_EQ("", backend_combine_refusal(o));
+  o.method = ClassicMethod::ramplus_tl;
+  EXPECT_EQ("", backend_combine_refusal(o));
+  o.method = ClassicMethod::arcee_fusion;
+  EXPECT_NE("", backend_combine_refusal(o));
   o.method = ClassicMethod::karcher;
   EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("karcher runs on the CPU only"));
   o.method = ClassicMethod::nuslerp;
