@@ -313,28 +313,18 @@ TEST(CombineOnBackend, LayerSlicesOnTheDeferredBackendAreTheCpusFiles) {
 TEST(CombineOnBackend, RefusesWhatRunsOnTheCpuOnly) {
   ClassicMergeOptions o;
   o.tasks = {{"a", "unused"}, {"b", "unused"}};
-  o.method = ClassicMethod::della;
-  EXPECT_EQ("", backend_combine_refusal(o));
-  o.method = ClassicMethod::della_linear;
-  EXPECT_EQ("", backend_combine_refusal(o));
-  o.method = ClassicMethod::sce;
-  EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("SCE"));
-  o.method = ClassicMethod::ram;
-  EXPECT_EQ("", backend_combine_refusal(o));
-  o.method = ClassicMethod::ramplus_tl;
-  EXPECT_EQ("", backend_combine_refusal(o));
-  o.method = ClassicMethod::arcee_fusion;
-  EXPECT_NE("", backend_combine_refusal(o));
-  o.method = ClassicMethod::karcher;
-  EXPECT_NE(std::string::npos, backend_combine_refusal(o).find("karcher runs on the CPU only"));
-  o.method = ClassicMethod::nuslerp;
-  EXPECT_EQ("", backend_combine_refusal(o));
-  o.method = ClassicMethod::multislerp;
-  EXPECT_EQ("", backend_combine_refusal(o));
-  o.method = ClassicMethod::model_stock;
-  EXPECT_EQ("", backend_combine_refusal(o));
-  o.method = ClassicMethod::ties;
-  EXPECT_EQ("", backend_combine_refusal(o));
+  for (const auto method : {ClassicMethod::della, ClassicMethod::della_linear, ClassicMethod::ram,
+                            ClassicMethod::ramplus_tl, ClassicMethod::nuslerp, ClassicMethod::multislerp,
+                            ClassicMethod::model_stock, ClassicMethod::ties}) {
+    o.method = method;
+    EXPECT_EQ("", backend_combine_refusal(o)) << to_string(method);
+  }
+  for (const auto& [method, says] : {std::pair{ClassicMethod::sce, "SCE's selection runs on the CPU only"},
+                                     std::pair{ClassicMethod::karcher, "karcher runs on the CPU only"},
+                                     std::pair{ClassicMethod::arcee_fusion, "arcee_fusion runs on the CPU only"}}) {
+    o.method = method;
+    EXPECT_NE(std::string::npos, backend_combine_refusal(o).find(says)) << backend_combine_refusal(o);
+  }
 }
 
 }  // namespace
