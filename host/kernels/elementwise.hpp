@@ -693,6 +693,21 @@ REVMERGE_HD_INLINE void multislerp_blend(const ElementwiseStep& s, std::int64_t 
   s.out[j] = static_cast<float>(s.has_base ? r + s.base[j] : r);
 }
 
+// ---- sce (methods/classic/sce.cpp) ----
+
+/// The population variance of element j across the n tasks of x (n × count), in f64: the
+/// mean in task order, then the squared differences in task order.
+REVMERGE_HD_INLINE double element_variance(const float* x, int n, std::int64_t count, std::int64_t j) {
+  double mean = 0, sq = 0;
+  for (int t = 0; t < n; ++t) mean += x[t * count + j];
+  mean /= static_cast<double>(n);
+  for (int t = 0; t < n; ++t) {
+    const double d = x[t * count + j] - mean;
+    sq += d * d;
+  }
+  return sq / static_cast<double>(n);
+}
+
 // ---- ram, ramplus_tl (methods/classic/selective.cpp) ----
 
 /// Whether model i changes element j of the piece: |x − base| > ε in f64.

@@ -102,14 +102,19 @@ double combine_weight_sum(std::span<const double> w) {
 }
 
 double element_variance(const float* x, i64 n, i64 count, i64 j) {
-  double mean = 0, sq = 0;
-  for (i64 t = 0; t < n; ++t) mean += x[t * count + j];
-  mean /= static_cast<double>(n);
-  for (i64 t = 0; t < n; ++t) {
-    const double d = x[t * count + j] - mean;
-    sq += d * d;
+  return kernels::element_variance(x, static_cast<int>(n), count, j);  // the backends' own arithmetic
+}
+
+std::vector<double> energy_weights(std::span<const double> squares, i64 count) {
+  const auto n = squares.size();
+  std::vector<double> w(n);
+  double sum = 0;
+  for (std::size_t t = 0; t < n; ++t) {
+    w[t] = count > 0 ? squares[t] / static_cast<double>(count) : 0.0;
+    sum += w[t];
   }
-  return sq / static_cast<double>(n);
+  for (auto& v : w) v = std::fabs(sum) < 1e-6 ? 1.0 / static_cast<double>(n) : v / sum;
+  return w;
 }
 
 ThinningSpec thinning_spec(const CombineRecipe& r, const CombineInput& in, i64 t) {
@@ -147,19 +152,18 @@ void select_by_variance(std::span<float> stack, i64 n, i64 count, double topk, i
     for (i64 t = 0; t < n; ++t) stack[t * count + order[i]] = 0.0f;
 }
 
-// SCE's task weights: each task's mean square, over the sum of them (equal where that sum is
-// below 1e-6).
-std::vector<double> energy_weights(std::span<const float> stack, i64 n, i64 count) {
-  std::vector<double> w(static_cast<std::size_t>(n));
-  double sum = 0;
+// SCE's task weights: each task's sum of squares in the statistics blocks' lanes (as the
+// backends sum it), then energy_weights.
+std::vector<double> stack_energy_weights(std::span<const float> stack, i64 n, i64 count) {
+  std::vector<double> squares(static_cast<std::size_t>(n));
+  const i64 blocks = (count + kernels::kStatBlock - 1) / kernels::kStatBlock;
+  std::vector<double> lanes(static_cast<std::size_t>(blocks * kernels::kStatLanes));
   for (i64 t = 0; t < n; ++t) {
-    double sq = 0;
-    for (i64 j = 0; j < count; ++j) sq += double(stack[t * count + j]) * stack[t * count + j];
-    w[t] = count > 0 ? sq / static_cast<double>(count) : 0.0;
-    sum += w[t];
+    std::fill(lanes.begin(), lanes.end(), 0.0);
+    add_square_lanes(lanes.data(), 0, stack.data() + t * count, count, nullptr);
+    squares[t] = kernels::lanes_total(lanes.data(), blocks);
   }
-  for (auto& v : w) v = std::fabs(sum) < 1e-6 ? 1.0 / static_cast<double>(n) : v / sum;
-  return w;
+  return energy_weights(squares, count);
 }
 
 }  // namespace
@@ -260,7 +264,7 @@ void combine_stack(const CombineRecipe& r, const CombineInput& in, std::span<flo
   if (r.sparsify != Sparsify::none)
     for (i64 t = 0; t < n; ++t) Thinning(thinning_spec(r, in, t), count).run(task(t), threads);
   if (r.select_by_variance) select_by_variance(in.stack, n, count, in.select_topk, threads);
-  const auto energy = r.weights_from_energy ? energy_weights(in.stack, n, count) : std::vector<double>{};
+  const auto energy = r.weights_from_energy ? stack_energy_weights(in.stack, n, count) : std::vector<double>{};
   combine_tasks(r, in.stack.data(), n, count, r.weights_from_energy ? energy.data() : in.weights.data(), out,
                 threads);
 }

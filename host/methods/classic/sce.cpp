@@ -1,7 +1,8 @@
 // mergekit's sce on full models, in pieces (piece_merge.hpp): the elements whose task vectors
 // vary most across the tasks are kept — the top ⌊select_topk · m⌋ by population variance, m the
 // elements whose variance is not 0, equal variances to the lower index — the others zeroed in
-// every task; each task weighted by its mean square over the tensor (summing to 1); then signs
+// every task; each task weighted by its mean square over the tensor (summing to 1; the squares
+// summed in the statistics blocks' lanes, as the backends sum them); then signs
 // elected and the agreeing values averaged (combine.hpp). The variance threshold is found by
 // an exact radix selection over four passes (RankSelect), the ties at it counted per block in a
 // fifth, the tasks' mean squares summed in a sixth; the same bits as combine_stack's whole-tensor
@@ -21,11 +22,14 @@ using i64 = std::int64_t;
 
 constexpr i64 kBlock = i64{1} << 16;  // the ties at the threshold are counted per block
 
+i64 stat_blocks(i64 numel) { return (numel + kernels::kStatBlock - 1) / kernels::kStatBlock; }
+
 class ScePieces final : public PieceMerger {
  public:
   ScePieces(const ClassicMergeOptions& o, i64 numel, std::size_t n, bool has_base)
       : recipe_(make_recipe(o, Convention::mergekit)), topk_(o.select_topk.value_or(1.0)), numel_(numel),
-        has_base_(has_base), sq_(n, 0.0) {
+        has_base_(has_base),
+        lanes_(n, std::vector<double>(static_cast<std::size_t>(stat_blocks(numel) * kernels::kStatLanes), 0.0)) {
     const i64 blocks = (numel + kBlock - 1) / kBlock;
     equal_.assign(static_cast<std::size_t>(blocks), 0);
     stage_ = topk_ < 1 ? Stage::select : Stage::energy;
@@ -44,10 +48,10 @@ class ScePieces final : public PieceMerger {
     } else if (stage_ == Stage::ties) {
       for (i64 j = 0; j < count; ++j)
         equal_[static_cast<std::size_t>((in.first + j) / kBlock)] += element_variance(x, n, count, j) == threshold_;
-    } else {  // energy: each task's sum of squares over the kept elements, in index order
-      for (i64 j = 0; j < count; ++j)
-        if (kept(in.first + j, element_variance(x, n, count, j), energy_left_))
-          for (i64 t = 0; t < n; ++t) sq_[t] += double(x[t * count + j]) * x[t * count + j];
+    } else {  // energy: each task's sum of squares over the kept elements, in the statistics lanes
+      std::vector<unsigned char> keep(in.count);
+      for (i64 j = 0; j < count; ++j) keep[j] = kept(in.first + j, element_variance(x, n, count, j), energy_left_);
+      for (i64 t = 0; t < n; ++t) add_square_lanes(lanes_[t].data(), in.first, x + t * count, count, keep.data());
     }
   }
   void end_pass() override {
@@ -71,14 +75,9 @@ class ScePieces final : public PieceMerger {
       energy_left_ = equal_;
       stage_ = Stage::energy;
     } else {
-      const auto n = sq_.size();
-      double sum = 0;
-      weights_.resize(n);
-      for (std::size_t t = 0; t < n; ++t) {
-        weights_[t] = numel_ > 0 ? sq_[t] / static_cast<double>(numel_) : 0.0;
-        sum += weights_[t];
-      }
-      for (auto& w : weights_) w = std::fabs(sum) < 1e-6 ? 1.0 / static_cast<double>(n) : w / sum;
+      std::vector<double> squares;
+      for (const auto& lanes : lanes_) squares.push_back(kernels::lanes_total(lanes.data(), stat_blocks(numel_)));
+      weights_ = energy_weights(squares, numel_);
       stage_ = Stage::done;
     }
   }
@@ -119,7 +118,8 @@ class ScePieces final : public PieceMerger {
   i64 nonzero_ = 0, keep_ = 0, equal_left_ = 0;
   double threshold_ = 0;
   RankSelect select_;
-  std::vector<double> var_, sq_, weights_;
+  std::vector<double> var_, weights_;
+  std::vector<std::vector<double>> lanes_;  // per task: Σ x² of the kept elements, per block and lane
   std::vector<i64> equal_, energy_left_;  // per block: ties at the threshold, then those kept
 };
 
