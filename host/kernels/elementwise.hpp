@@ -139,6 +139,14 @@ enum class ElementwiseKind : std::int32_t {
   multislerp_lanes,
   /// Per element: multislerp's map back, the base added back.
   multislerp_blend,
+  /// Per lane of a statistics block: one of SCE's passes over the elements' variances across
+  /// the tasks (sce_pass 0 … 3: a 16-bit digit's histogram of their ordered bits; 4: the ties
+  /// at the threshold per block) or over the kept values (5: each task's Σ x²).
+  sce_lanes,
+  /// Per tie chunk: SCE's variances at the threshold.
+  sce_ties,
+  /// Per tie chunk: SCE's selection — the elements not kept zeroed in every task.
+  sce_select,
   /// Per lane of a statistics block: ramplus_tl's count of each task's changes shared with
   /// another task and of its unique ones.
   ram_counts,
@@ -252,6 +260,18 @@ struct ElementwiseStep {
   // counts[2i] and its unique ones into counts[2i + 1]; ram_blend scales a unique change of task
   // i by weights[i].
   std::uint64_t* counts = nullptr;
+
+  // sce_*: the n tasks' values in x. sce_lanes by sce_pass: 0 … 3, the histogram of the
+  // variances' ordered bits' digit sce_pass (bits 63 … 48 first) into `histogram`, of the
+  // variances whose digits above it are `prefix`, and at pass 0 the variances that are not 0
+  // counted into counts[0]; 4, the variances equal to `threshold` counted per block into
+  // equal[0]; 5, each task t's Σ x² into the lanes at stock + t · stock_stride. sce_ties and
+  // sce_select: chunk_ties[0], chunk_left[0] as the trim's; an element is kept where its
+  // variance is above `threshold`, or equal and within its chunk's allowance (none where
+  // zero_all).
+  std::uint64_t prefix = 0;
+  double threshold = 0;
+  int sce_pass = 0;
 };
 
 /// How many indices a step runs over.
@@ -279,11 +299,14 @@ REVMERGE_HD_INLINE std::int64_t step_indices(const ElementwiseStep& s) {
     case ElementwiseKind::pair_rows: return s.row > 0 ? s.count / s.row : 0;
     case ElementwiseKind::pair_lanes:
     case ElementwiseKind::multislerp_lanes:
-    case ElementwiseKind::ram_counts: return piece_blocks(s) * kStatLanes;
+    case ElementwiseKind::ram_counts:
+    case ElementwiseKind::sce_lanes: return piece_blocks(s) * kStatLanes;
     case ElementwiseKind::pair_columns: return s.row;
     case ElementwiseKind::tie_scan: return piece_blocks(s);
     case ElementwiseKind::tie_counts:
-    case ElementwiseKind::trim: return piece_chunks(s);
+    case ElementwiseKind::trim:
+    case ElementwiseKind::sce_ties:
+    case ElementwiseKind::sce_select: return piece_chunks(s);
     default: return s.count;
   }
 }
@@ -708,6 +731,68 @@ REVMERGE_HD_INLINE double element_variance(const float* x, int n, std::int64_t c
   return sq / static_cast<double>(n);
 }
 
+/// A double's bits in an order that is the values' order (positive above negative).
+REVMERGE_HD_INLINE std::uint64_t ordered_bits(double v) {
+  std::uint64_t b;
+  memcpy(&b, &v, 8);
+  return b >> 63 ? ~b : b | (std::uint64_t{1} << 63);
+}
+
+REVMERGE_HD_INLINE void sce_lane(const ElementwiseStep& s, std::int64_t index) {
+  const Lane lane = piece_lane(s, index);
+  if (s.sce_pass == 5) {
+    double acc[kMaxElementwiseInputs];
+    for (int t = 0; t < s.n; ++t) acc[t] = s.stock[t * s.stock_stride + lane.at];
+    for (std::int64_t i = lane.i; i < lane.end; i += kStatLanes)
+      for (int t = 0; t < s.n; ++t) {
+        const double v = s.x[t * s.count + (i - s.first)];
+        acc[t] += v * v;
+      }
+    for (int t = 0; t < s.n; ++t) s.stock[t * s.stock_stride + lane.at] = acc[t];
+    return;
+  }
+  std::uint64_t counted = 0;
+  const int shift = 48 - 16 * (s.sce_pass < 4 ? s.sce_pass : 0);
+  for (std::int64_t i = lane.i; i < lane.end; i += kStatLanes) {
+    const double v = element_variance(s.x, s.n, s.count, i - s.first);
+    if (s.sce_pass == 4) {
+      counted += v == s.threshold;
+      continue;
+    }
+    counted += v != 0;
+    const std::uint64_t k = ordered_bits(v);
+    if (s.sce_pass == 0 || (k >> (shift + 16)) == s.prefix) atomic_add_u64(s.histogram + ((k >> shift) & 0xffffu), 1);
+  }
+  if (counted == 0) return;
+  if (s.sce_pass == 4) atomic_add_u64(s.equal[0] + lane.c, counted);
+  else if (s.sce_pass == 0) atomic_add_u64(s.counts, counted);
+}
+
+REVMERGE_HD_INLINE void sce_ties(const ElementwiseStep& s, std::int64_t g) {
+  std::int64_t begin, end, ties = 0;
+  chunk_range(s, g, begin, end);
+  for (std::int64_t i = begin; i < end; ++i) ties += element_variance(s.x, s.n, s.count, i - s.first) == s.threshold;
+  s.chunk_ties[0][g] = ties;
+}
+
+REVMERGE_HD_INLINE void sce_select(const ElementwiseStep& s, std::int64_t g) {
+  std::int64_t begin, end;
+  chunk_range(s, g, begin, end);
+  std::int64_t left = s.zero_all ? 0 : s.chunk_left[0][g];
+  for (std::int64_t i = begin; i < end; ++i) {
+    const std::int64_t j = i - s.first;
+    bool keep = false;
+    if (!s.zero_all) {
+      const double v = element_variance(s.x, s.n, s.count, j);
+      const bool tie = v == s.threshold && left > 0;
+      left -= tie;
+      keep = v > s.threshold || tie;
+    }
+    if (!keep)
+      for (int t = 0; t < s.n; ++t) s.x[t * s.count + j] = 0.0f;
+  }
+}
+
 // ---- ram, ramplus_tl (methods/classic/selective.cpp) ----
 
 /// Whether model i changes element j of the piece: |x − base| > ε in f64.
@@ -782,6 +867,9 @@ REVMERGE_HD_INLINE void stock_blend(const ElementwiseStep& s, std::int64_t j) {
   X(pair_blend, pair_blend) \
   X(multislerp_lanes, multislerp_lane) \
   X(multislerp_blend, multislerp_blend) \
+  X(sce_lanes, sce_lane) \
+  X(sce_ties, sce_ties) \
+  X(sce_select, sce_select) \
   X(ram_counts, ram_counts) \
   X(ram_blend, ram_blend)
 

@@ -15,6 +15,7 @@
 #include "core/interrupt.hpp"
 #include "kernels/elementwise.hpp"
 #include "methods/classic/combine.hpp"
+#include "methods/classic/rank_select.hpp"
 #include "methods/classic/thinning.hpp"
 #include "methods/materialize_parts.hpp"
 #include "revmerge/error.hpp"
@@ -36,8 +37,6 @@ std::string backend_combine_refusal(const ClassicMergeOptions& o) {
     return {};
   if (!is_elementwise(o.method)) return "--method " + to_string(o.method) + cpu_only;
   const auto recipe = make_recipe(o, Convention::mergekit);
-  if (recipe.select_by_variance || recipe.weights_from_energy)
-    return "--method " + to_string(o.method) + ": SCE's selection" + cpu_only;
   return {};
 }
 
@@ -644,6 +643,128 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
 
   const auto recipe = make_recipe(o, Convention::mergekit);
   const auto params = task_parameters(o, s.n);
+  ElementwiseStep combine;
+  combine.kind = ElementwiseKind::combine;
+  combine.n = static_cast<int>(n);
+  combine.weights = as<double>(s.weights);
+  combine.weight_sum = combine_weight_sum(params.weights);
+  combine.lambda = recipe.lambda;
+  combine.elect = recipe.elect_sign;
+  combine.elect_by_count = recipe.election == SignElection::count;
+  combine.elect_on_weighted = recipe.elect_on_weighted;
+  combine.normalize = recipe.normalize;
+  combine.has_base = src.base != nullptr;
+  combine.base = as<float>(s.base);
+  combine.x = as<float>(s.stack);
+
+  if (recipe.select_by_variance) {  // SCE (sce.cpp's passes, its decisions on the host)
+    const double topk = o.select_topk.value_or(1.0);
+    const i64 blocks = (numel + kernels::kStatBlock - 1) / kernels::kStatBlock;
+    ElementwiseStep st;
+    st.n = static_cast<int>(n);
+    st.x = as<float>(s.stack);
+    const auto pass = [&](ElementwiseStep step) {
+      for (i64 first = 0; first < numel; first += piece) {
+        if (!one_piece) read(first);
+        step.first = first;
+        step.count = count;
+        b.elementwise(step, s.stream);
+      }
+    };
+    // The selection: the variance at rank numel − keep by four radix passes, then its ties per
+    // block, walked in index order (tie_allowances).
+    bool keep_all = topk >= 1, zero_all = false;
+    std::vector<i64> left;
+    if (!keep_all) {
+      RankSelect select;
+      const DeviceBuffer histogram = b.allocate(65536 * 8), nonzero = filled(b, 8, 0, s.stream);
+      std::vector<std::uint64_t> host(65536), counted(1);
+      i64 keep = 0;
+      st.kind = ElementwiseKind::sce_lanes;
+      st.histogram = as<std::uint64_t>(histogram);
+      st.counts = as<std::uint64_t>(nonzero);
+      while (select.wants_pass()) {
+        b.fill(histogram.data(), 0, 65536 * 8, s.stream);
+        st.sce_pass = select.digit();
+        st.prefix = select.digit() == 0 ? 0 : select.prefix(0);
+        pass(st);
+        fetch(b, s.stream, histogram, host);
+        select.add_histogram(0, host);
+        if (select.digit() == 0) {
+          fetch(b, s.stream, nonzero, counted);
+          keep = topk <= 0 ? 0 : static_cast<i64>(static_cast<double>(counted[0]) * topk);
+          if (keep <= 0 || keep >= numel) break;  // none or all: nothing to select
+          select.ranks({numel - keep});
+        }
+        select.end_pass();
+      }
+      keep_all = keep >= numel;
+      zero_all = keep <= 0;
+      if (!keep_all && !zero_all) {
+        st.threshold = select.value(0);
+        const DeviceBuffer equal = filled(b, static_cast<std::size_t>(blocks) * 8, 0, s.stream);
+        st.sce_pass = 4;
+        st.equal[0] = as<std::uint64_t>(equal);
+        pass(st);
+        std::vector<i64> ties(static_cast<std::size_t>(blocks));
+        fetch(b, s.stream, equal, ties);
+        left = tie_allowances(ties, keep - (numel - select.below(0) - select.equal(0)));
+      }
+    }
+    const DeviceBuffer allowances = b.allocate(std::max<std::size_t>(left.size(), 1) * 8);
+    // Zeroes the elements the piece at `first` does not keep, in every task (the tensor's
+    // allowances from the start at its first piece).
+    const auto select = [&](i64 first) {
+      if (keep_all) return;
+      ElementwiseStep sel = st;
+      sel.first = first;
+      sel.count = count;
+      sel.zero_all = zero_all;
+      if (!zero_all) {
+        if (first == 0) b.upload(allowances.data(), left.data(), left.size() * 8, s.stream);
+        sel.rules = 1;
+        sel.chunk_ties[0] = as<i64>(s.ties[0]);
+        sel.chunk_left[0] = as<i64>(s.allowances[0]);
+        sel.left[0] = as<i64>(allowances);
+        for (const auto kind : {ElementwiseKind::sce_ties, ElementwiseKind::tie_scan}) {
+          sel.kind = kind;
+          b.elementwise(sel, s.stream);
+        }
+      }
+      sel.kind = ElementwiseKind::sce_select;
+      b.elementwise(sel, s.stream);
+    };
+    // The weights: each task's Σ x² over the kept elements, in the blocks' lanes.
+    const DeviceBuffer lanes = filled(b, static_cast<std::size_t>(n * blocks * kernels::kStatLanes) * 8, 0, s.stream);
+    ElementwiseStep energy = st;
+    energy.kind = ElementwiseKind::sce_lanes;
+    energy.sce_pass = 5;
+    energy.stock = as<double>(lanes);
+    energy.stock_stride = blocks * kernels::kStatLanes;
+    for (i64 first = 0; first < numel; first += piece) {
+      if (!one_piece) read(first);
+      select(first);
+      energy.first = first;
+      energy.count = count;
+      b.elementwise(energy, s.stream);
+    }
+    std::vector<double> host_lanes(static_cast<std::size_t>(n * blocks * kernels::kStatLanes)), squares;
+    fetch(b, s.stream, lanes, host_lanes);
+    for (i64 t = 0; t < n; ++t) squares.push_back(kernels::lanes_total(host_lanes.data() + t * energy.stock_stride, blocks));
+    const auto weights = energy_weights(squares, numel);
+    b.upload(s.weights.data(), weights.data(), s.n * 8, s.stream);
+    b.synchronize(s.stream);  // the weights are this frame's memory
+    combine.weight_sum = combine_weight_sum(weights);
+    for (i64 first = 0; first < numel; first += piece) {
+      if (!one_piece) {  // a tensor in one piece was selected in the energy pass
+        read(first);
+        select(first);
+      }
+      emit(combine, first);
+    }
+    return;
+  }
+
   const CombineInput ci{{}, n, numel, params.weights, params.densities, name, o.seed, params.gammas, params.epsilons, shape};
   std::vector<Thinning> thinning;
   thinning.reserve(s.n);
@@ -668,19 +789,6 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
     for (std::size_t t = 0; t < s.n; ++t)
       if (wants[t]) on[t].end_pass();
   }
-  ElementwiseStep combine;
-  combine.kind = ElementwiseKind::combine;
-  combine.n = static_cast<int>(n);
-  combine.weights = as<double>(s.weights);
-  combine.weight_sum = combine_weight_sum(params.weights);
-  combine.lambda = recipe.lambda;
-  combine.elect = recipe.elect_sign;
-  combine.elect_by_count = recipe.election == SignElection::count;
-  combine.elect_on_weighted = recipe.elect_on_weighted;
-  combine.normalize = recipe.normalize;
-  combine.has_base = src.base != nullptr;
-  combine.base = as<float>(s.base);
-  combine.x = as<float>(s.stack);
   for (i64 first = 0; first < numel; first += piece) {
     if (!one_piece) read(first);
     for (i64 t = 0; t < n; ++t) on[t].apply(task(t), first, count, s.ties, s.allowances);

@@ -9,6 +9,8 @@
 #include <span>
 #include <vector>
 
+#include "kernels/elementwise.hpp"
+
 namespace revmerge {
 
 class RankSelect {
@@ -53,6 +55,18 @@ class RankSelect {
     ++digit_;
   }
 
+  /// The pass's digit (0: bits 63 … 48 of the values' ordered bits, kernels::ordered_bits), and
+  /// the digits found so far for ranks[r]: the values a histogram of this pass counts are those
+  /// whose digits above it are prefix(r) (all of them at digit 0).
+  int digit() const noexcept { return digit_; }
+  std::uint64_t prefix(std::size_t r) const { return prefix_[r]; }
+  /// A histogram of this pass's digit made elsewhere (a backend's, over the same values): the
+  /// values add() would have counted.
+  void add_histogram(std::size_t r, std::span<const std::uint64_t> counts) {
+    auto& h = digit_ == 0 ? first_ : histogram_[r];
+    for (std::size_t b = 0; b < h.size(); ++b) h[b] += static_cast<std::int64_t>(counts[b]);
+  }
+
   /// After the passes: how many values lie below ranks[r]'s value, and how many equal it.
   std::int64_t below(std::size_t r) const { return below_[r]; }
   std::int64_t equal(std::size_t r) const { return equal_[r]; }
@@ -64,11 +78,7 @@ class RankSelect {
   }
 
  private:
-  // Order-preserving bits: positive values above negative ones, each in their own order.
-  static std::uint64_t key(double v) {
-    const auto b = std::bit_cast<std::uint64_t>(v);
-    return b >> 63 ? ~b : b | (std::uint64_t{1} << 63);
-  }
+  static std::uint64_t key(double v) { return kernels::ordered_bits(v); }
 
   std::vector<std::int64_t> ranks_;
   std::vector<std::uint64_t> prefix_;  // the digits found so far
