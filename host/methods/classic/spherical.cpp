@@ -33,8 +33,6 @@ double dot(const Vec& a, const Vec& b) {
   return s;
 }
 
-double norm(const Vec& a) { return std::sqrt(dot(a, a)); }
-
 // a · b of the whole tensor as one vector, in the order the statistics blocks keep it: block c's
 // 8 lanes (element i in lane i mod 8, each lane in index order) added in a fixed tree, the blocks
 // in order (kernels/elementwise.hpp).
@@ -48,6 +46,8 @@ double lane_dot(const Vec& a, const Vec& b) {
   }
   return total;
 }
+
+double lane_norm(const Vec& a) { return std::sqrt(lane_dot(a, a)); }
 
 // One vector of nuslerp: v0, v1 gathered along the chosen axis, the result written back; the
 // tensor as one vector (`whole`) summed in the statistics blocks' lanes.
@@ -126,7 +126,7 @@ Vec karcher(const std::vector<Vec>& x, i64 max_iter, double tol) {
   std::vector<double> norms(n);
   std::vector<std::size_t> valid;
   for (std::size_t i = 0; i < n; ++i) {
-    norms[i] = norm(x[i]);
+    norms[i] = lane_norm(x[i]);
     if (norms[i] > tol) valid.push_back(i);
   }
   if (valid.empty()) return Vec(m, 0.0);
@@ -140,23 +140,23 @@ Vec karcher(const std::vector<Vec>& x, i64 max_iter, double tol) {
   Vec mean(m, 0.0);
   for (const auto& u : unit)
     for (std::size_t k = 0; k < m; ++k) mean[k] += a * u[k];
-  const double mn = norm(mean);
+  const double mn = lane_norm(mean);
   if (mn < tol) mean = unit[0];
   else
     for (auto& v : mean) v /= mn;
   for (i64 it = 0; it < max_iter; ++it) {
     Vec tangent(m, 0.0);
     for (const auto& u : unit) {
-      const double d = std::clamp(dot(mean, u), -1.0, 1.0), theta = std::acos(d);
+      const double d = std::clamp(lane_dot(mean, u), -1.0, 1.0), theta = std::acos(d);
       if (theta < tol) continue;
       const double f = a * theta / std::sin(theta);
       for (std::size_t k = 0; k < m; ++k) tangent[k] += f * (u[k] - d * mean[k]);
     }
-    const double tn = norm(tangent);
+    const double tn = lane_norm(tangent);
     if (tn < tol) break;
     for (std::size_t k = 0; k < m; ++k)
       mean[k] = std::cos(tn) * mean[k] + std::sin(tn) * (tangent[k] / tn);
-    const double un = norm(mean);
+    const double un = lane_norm(mean);
     if (un > tol)
       for (auto& v : mean) v /= un;
   }
@@ -367,7 +367,10 @@ class KarcherPieces final : public PieceMerger {
  public:
   KarcherPieces(std::size_t models, bool base_first, i64 max_iter, double tol, i64 numel)
       : models_(models), base_first_(base_first), max_iter_(max_iter), tol_(tol), numel_(numel),
-        sq_(models, 0.0), x_(models), u_(models) {}
+        stride_(((numel + kernels::kStatBlock - 1) / kernels::kStatBlock) * kernels::kStatLanes), x_(models),
+        u_(models) {
+    reset(models);
+  }
   std::uint64_t extra_bytes_per_element() const override { return 16; }  // one piece's means
   bool wants_pass() const override { return stage_ != Stage::done; }
   void observe(const TensorInputs& in, int) override {
@@ -376,25 +379,26 @@ class KarcherPieces final : public PieceMerger {
     if (whole && stage_ == Stage::moved) moved_.resize(in.count);
     for (std::size_t k = 0; k < in.count; ++k) {
       load(in, k);
+      const auto at = static_cast<std::size_t>(lane_of(in.first + static_cast<i64>(k)));
       if (stage_ == Stage::norms) {
-        for (std::size_t i = 0; i < models_; ++i) sq_[i] += x_[i] * x_[i];
+        for (std::size_t i = 0; i < models_; ++i) lanes_[i * stride_ + at] += x_[i] * x_[i];
         continue;
       }
       if (stage_ == Stage::first_mean) {
         const double m = first_mean();
-        msq_ += m * m;
+        lanes_[at] += m * m;
         continue;
       }
       const double m = whole && cached_ == iteration_ ? cache_[k] : mean_after(iteration_);
       if (stage_ == Stage::dots) {
-        for (std::size_t v = 0; v < valid_.size(); ++v) dots_[v] += m * u_[v];
+        for (std::size_t v = 0; v < valid_.size(); ++v) lanes_[v * stride_ + at] += m * u_[v];
       } else {
         const double t = tangent(steps_.back(), m);
         if (stage_ == Stage::tangent) {
-          tsq_ += t * t;
+          lanes_[at] += t * t;
         } else {
           const double moved = std::cos(steps_.back().tn) * m + std::sin(steps_.back().tn) * (t / steps_.back().tn);
-          usq_ += moved * moved;
+          lanes_[at] += moved * moved;
           if (whole) moved_[k] = moved;
         }
       }
@@ -404,21 +408,23 @@ class KarcherPieces final : public PieceMerger {
     switch (stage_) {
       case Stage::norms: {
         for (std::size_t i = 0; i < models_; ++i) {
-          norms_.push_back(std::sqrt(sq_[i]));
+          norms_.push_back(std::sqrt(total(i)));
           if (norms_[i] > tol_) valid_.push_back(i);
         }
         for (std::size_t i = 0; i < models_; ++i) scale_ += (1.0 / double(models_)) * norms_[i];
         a_ = valid_.empty() ? 0.0 : 1.0 / double(valid_.size());
         stage_ = valid_.empty() ? Stage::done : Stage::first_mean;
+        reset(1);
         break;
       }
       case Stage::first_mean:
-        mn_ = std::sqrt(msq_);
+        mn_ = std::sqrt(total(0));
         start_iteration();
         break;
       case Stage::dots: {
         Step st;
-        for (const double d0 : dots_) {
+        for (std::size_t v = 0; v < valid_.size(); ++v) {
+          const double d0 = total(v);
           const double d = std::clamp(d0, -1.0, 1.0), theta = std::acos(d);
           st.d.push_back(d);
           st.f.push_back(theta < tol_ ? 0.0 : a_ * theta / std::sin(theta));
@@ -426,19 +432,21 @@ class KarcherPieces final : public PieceMerger {
         }
         steps_.push_back(std::move(st));
         stage_ = Stage::tangent;
+        reset(1);
         break;
       }
       case Stage::tangent:
-        steps_.back().tn = std::sqrt(tsq_);
+        steps_.back().tn = std::sqrt(total(0));
         if (steps_.back().tn < tol_) {  // converged: this step is not taken
           steps_.pop_back();
           stage_ = Stage::done;
         } else {
           stage_ = Stage::moved;
+          reset(1);
         }
         break;
       case Stage::moved:
-        steps_.back().un = std::sqrt(usq_);
+        steps_.back().un = std::sqrt(total(0));
         if (!moved_.empty()) {  // a tensor in one piece: its next means, kept
           cache_.swap(moved_);
           if (steps_.back().un > tol_)
@@ -475,8 +483,14 @@ class KarcherPieces final : public PieceMerger {
 
   void start_iteration() {
     stage_ = static_cast<i64>(iteration_) < max_iter_ ? Stage::dots : Stage::done;
-    dots_.assign(valid_.size(), 0.0);
-    tsq_ = usq_ = 0;
+    reset(valid_.size());
+  }
+  // The pass's sums, `sums` of them, each in the statistics blocks' lanes (element i into lane
+  // i mod kStatLanes of block i / kStatBlock, in index order), as karcher() and the backends sum.
+  void reset(std::size_t sums) { lanes_.assign(sums * static_cast<std::size_t>(stride_), 0.0); }
+  static i64 lane_of(i64 i) { return (i / kernels::kStatBlock) * kernels::kStatLanes + i % kernels::kStatLanes; }
+  double total(std::size_t q) const {
+    return kernels::lanes_total(lanes_.data() + q * static_cast<std::size_t>(stride_), stride_ / kernels::kStatLanes);
   }
   // An element's values (the base first, for karcher, then the models) and directions.
   void load(const TensorInputs& in, std::size_t k) {
@@ -522,9 +536,10 @@ class KarcherPieces final : public PieceMerger {
   double tol_;
   i64 numel_;
   Stage stage_ = Stage::norms;
-  std::vector<double> sq_, norms_, x_, u_, dots_;
+  i64 stride_;  // lanes per sum
+  std::vector<double> lanes_, norms_, x_, u_;
   std::vector<std::size_t> valid_;
-  double scale_ = 0, a_ = 0, msq_ = 0, mn_ = 0, tsq_ = 0, usq_ = 0;
+  double scale_ = 0, a_ = 0, mn_ = 0;
   std::vector<Step> steps_;
   std::size_t iteration_ = 0;
   std::vector<double> cache_, moved_;
