@@ -32,8 +32,7 @@ std::string backend_combine_refusal(const ClassicMergeOptions& o) {
     return "--device: at most " + std::to_string(kernels::kMaxElementwiseInputs) +
            " models merge on a GPU in this version (" + std::to_string(o.tasks.size()) + " given)";
   if (blends_two_models(o.method) || o.method == ClassicMethod::model_stock || o.method == ClassicMethod::passthrough ||
-      o.method == ClassicMethod::nuslerp || o.method == ClassicMethod::multislerp || o.method == ClassicMethod::ram ||
-      o.method == ClassicMethod::ramplus_tl)
+      is_spherical(o.method) || o.method == ClassicMethod::ram || o.method == ClassicMethod::ramplus_tl)
     return {};
   if (!is_elementwise(o.method)) return "--method " + to_string(o.method) + cpu_only;
   const auto recipe = make_recipe(o, Convention::mergekit);
@@ -352,9 +351,9 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   widen.kind = ElementwiseKind::widen;
   widen.n = static_cast<int>(n);
   widen.has_base = src.base != nullptr;
-  // linear, slerp, model_stock, passthrough, nuslerp, multislerp: the weights themselves (the
-  // spherical methods and model_stock take the differences in f64)
-  widen.task_vectors = src.base != nullptr && !two_models && !stock && !nuslerp && !multislerp &&
+  // linear, slerp, model_stock, passthrough, nuslerp, multislerp, karcher, ram: the weights
+  // themselves (these take the differences in f64, where they take any)
+  widen.task_vectors = src.base != nullptr && !two_models && !stock && !is_spherical(o.method) &&
                        o.method != ClassicMethod::passthrough && !is_selective(o.method);
   widen.raw = as<unsigned char>(s.raw);
   widen.x = as<float>(s.stack);
@@ -565,6 +564,35 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
       emit(sums.blend(count, as<float>(s.stack), base, as<double>(values[0]), as<double>(values[1]),
                       as<double>(values[2]), nullptr),
            first);
+    }
+    return;
+  }
+  if (o.method == ClassicMethod::karcher) {  // KarcherSums' passes, the table of their decisions uploaded before each
+    float* base = src.base ? as<float>(s.base) : nullptr;
+    KarcherSums sums(numel, s.n + (src.base ? 1 : 0), o.max_iter.value_or(10), o.tol.value_or(1e-5));
+    const DeviceBuffer lanes = b.allocate(std::max<std::size_t>(sums.lanes().size(), 1) * 8);  // the most sums: pass 0's
+    DeviceBuffer table;
+    // The table as it stands (the host's copy unchanged until the stream has read it: every
+    // pass ends in a download).
+    const auto upload_table = [&] {
+      const std::size_t bytes = sums.table().size() * 8;
+      if (table.bytes() < bytes) table = b.allocate(2 * bytes);
+      b.upload(table.data(), sums.table().data(), bytes, s.stream);
+    };
+    while (sums.wants_pass()) {
+      upload_table();
+      b.fill(lanes.data(), 0, sums.lanes().size() * 8, s.stream);
+      for (i64 first = 0; first < numel; first += piece) {
+        if (!one_piece) read(first);
+        b.elementwise(sums.step(first, count, as<float>(s.stack), base, as<double>(lanes), as<double>(table)), s.stream);
+      }
+      fetch(b, s.stream, lanes, sums.lanes());
+      sums.end_pass();
+    }
+    upload_table();  // the last pass's decisions
+    for (i64 first = 0; first < numel; first += piece) {
+      if (!one_piece) read(first);
+      emit(sums.blend(count, as<float>(s.stack), base, as<double>(table), nullptr), first);
     }
     return;
   }

@@ -171,6 +171,45 @@ class MultislerpSums {
   bool degenerate_ = false;
 };
 
+/// karcher's passes over a tensor of `count` elements and `models` models (the base first, where
+/// there is one): the models' norms, the first mean's norm, then per iteration the directions'
+/// dots with the mean, the tangent's norm and the moved mean's norm — each pass's sums kept per
+/// statistics block and lane (kernels/elementwise.hpp's karcher_lanes), the decisions between
+/// passes on the host into table() (the scalars every element's mean is replayed from).
+class KarcherSums {
+ public:
+  KarcherSums(std::int64_t count, std::size_t models, std::int64_t max_iter, double tol);
+  bool wants_pass() const noexcept { return pass_ < 5; }
+  /// 0: norms, 1: first mean, 2: dots, 3: tangent, 4: moved.
+  int pass() const noexcept { return pass_; }
+  /// The pass's step over a piece at `first`: the tasks (n × count), the base (null: none), the
+  /// lanes and the table where the step runs (host or backend memory, as lanes() and table() hold
+  /// them now).
+  kernels::ElementwiseStep step(std::int64_t first, std::int64_t count, float* tasks, float* base, double* lanes,
+                                const double* table) const;
+  /// The pass's sums, sum q's lanes at q · stride().
+  std::vector<double>& lanes() noexcept { return lanes_; }
+  std::int64_t stride() const noexcept { return blocks_ * kernels::kStatLanes; }
+  /// The pass's totals taken from lanes() (then zeroed for the next), the decision made.
+  void end_pass();
+  /// The merged values over a piece, into out.
+  kernels::ElementwiseStep blend(std::int64_t count, float* tasks, float* base, const double* table, float* out) const;
+  const std::vector<double>& table() const noexcept { return table_; }
+  /// The steps taken so far (the means replayed through them).
+  int steps() const noexcept { return static_cast<int>(table_[6]); }
+  double tol() const noexcept { return tol_; }
+
+ private:
+  double total(std::size_t q) const;
+  void start_iteration();
+
+  std::size_t models_;
+  std::int64_t max_iter_, blocks_;
+  double tol_;
+  std::vector<double> lanes_, table_;
+  int pass_ = 0;
+};
+
 /// passthrough's step over a piece: the model's values x times `scale` into out.
 kernels::ElementwiseStep passthrough_step(float* x, std::int64_t count, double scale, float* out);
 std::unique_ptr<PieceMerger> sce_merger(const ClassicMergeOptions& options, const std::vector<std::int64_t>& shape,

@@ -358,192 +358,105 @@ class MultislerpPieces final : public PieceMerger {
   MultislerpSums sums_;
 };
 
-// karcher in pieces: the models' norms, the first mean's norm, then per iteration three passes
-// (each direction's dot product with the mean; the tangent's norm; the moved mean's norm). An
-// element's mean after some iterations is replayed from its values and the iterations' scalars
-// — or, for a tensor in one piece, kept from the pass before (8 bytes an element) — in the
-// order karcher() takes every step, so the bits are karcher()'s.
+// karcher in pieces: KarcherSums' passes, each element's sums taken here on the host. An
+// element's mean after some iterations is replayed from its values and the table's scalars —
+// or, for a tensor in one piece, kept from the pass before (8 bytes an element) — in the order
+// karcher() takes every step, so the bits are karcher()'s.
 class KarcherPieces final : public PieceMerger {
  public:
   KarcherPieces(std::size_t models, bool base_first, i64 max_iter, double tol, i64 numel)
-      : models_(models), base_first_(base_first), max_iter_(max_iter), tol_(tol), numel_(numel),
-        stride_(((numel + kernels::kStatBlock - 1) / kernels::kStatBlock) * kernels::kStatLanes), x_(models),
-        u_(models) {
-    reset(models);
-  }
+      : sums_(numel, models, max_iter, tol), models_(models), base_first_(base_first), numel_(numel), x_(models),
+        u_(models) {}
   std::uint64_t extra_bytes_per_element() const override { return 16; }  // one piece's means
-  bool wants_pass() const override { return stage_ != Stage::done; }
+  bool wants_pass() const override { return sums_.wants_pass(); }
   void observe(const TensorInputs& in, int) override {
     const bool whole = in.first == 0 && static_cast<i64>(in.count) == numel_;
-    if (whole && stage_ == Stage::dots && cached_ != iteration_) refresh_cache(in);
-    if (whole && stage_ == Stage::moved) moved_.resize(in.count);
+    const int pass = sums_.pass(), steps = sums_.steps();
+    const double* table = sums_.table().data();
+    const i64 stride = sums_.stride();
+    auto& lanes = sums_.lanes();
+    if (whole && pass == 2 && cached_ != steps) refresh_cache(in);
+    if (whole && pass == 4) moved_.resize(in.count);
+    const auto valid = static_cast<std::size_t>(table[3]);
     for (std::size_t k = 0; k < in.count; ++k) {
       load(in, k);
-      const auto at = static_cast<std::size_t>(lane_of(in.first + static_cast<i64>(k)));
-      if (stage_ == Stage::norms) {
-        for (std::size_t i = 0; i < models_; ++i) lanes_[i * stride_ + at] += x_[i] * x_[i];
+      const i64 i = in.first + static_cast<i64>(k);
+      const auto at = static_cast<std::size_t>((i / kernels::kStatBlock) * kernels::kStatLanes + i % kernels::kStatLanes);
+      if (pass == 0) {
+        for (std::size_t q = 0; q < models_; ++q) lanes[q * stride + at] += x_[q] * x_[q];
         continue;
       }
-      if (stage_ == Stage::first_mean) {
-        const double m = first_mean();
-        lanes_[at] += m * m;
+      kernels::karcher_units(table, x_.data(), u_.data());
+      if (pass == 1) {
+        const double m = kernels::karcher_first_mean(table, u_.data());
+        lanes[at] += m * m;
         continue;
       }
-      const double m = whole && cached_ == iteration_ ? cache_[k] : mean_after(iteration_);
-      if (stage_ == Stage::dots) {
-        for (std::size_t v = 0; v < valid_.size(); ++v) lanes_[v * stride_ + at] += m * u_[v];
+      const double m = whole && cached_ == steps ? cache_[k] : kernels::karcher_mean_after(table, u_.data(), steps);
+      if (pass == 2) {
+        for (std::size_t v = 0; v < valid; ++v) lanes[v * stride + at] += m * u_[v];
+      } else if (pass == 3) {
+        const double t = kernels::karcher_tangent(table, steps, u_.data(), m);
+        lanes[at] += t * t;
       } else {
-        const double t = tangent(steps_.back(), m);
-        if (stage_ == Stage::tangent) {
-          lanes_[at] += t * t;
-        } else {
-          const double moved = std::cos(steps_.back().tn) * m + std::sin(steps_.back().tn) * (t / steps_.back().tn);
-          lanes_[at] += moved * moved;
-          if (whole) moved_[k] = moved;
-        }
+        const double moved = kernels::karcher_moved(table, steps, u_.data(), m);
+        lanes[at] += moved * moved;
+        if (whole) moved_[k] = moved;
       }
     }
   }
   void end_pass() override {
-    switch (stage_) {
-      case Stage::norms: {
-        for (std::size_t i = 0; i < models_; ++i) {
-          norms_.push_back(std::sqrt(total(i)));
-          if (norms_[i] > tol_) valid_.push_back(i);
-        }
-        for (std::size_t i = 0; i < models_; ++i) scale_ += (1.0 / double(models_)) * norms_[i];
-        a_ = valid_.empty() ? 0.0 : 1.0 / double(valid_.size());
-        stage_ = valid_.empty() ? Stage::done : Stage::first_mean;
-        reset(1);
-        break;
-      }
-      case Stage::first_mean:
-        mn_ = std::sqrt(total(0));
-        start_iteration();
-        break;
-      case Stage::dots: {
-        Step st;
-        for (std::size_t v = 0; v < valid_.size(); ++v) {
-          const double d0 = total(v);
-          const double d = std::clamp(d0, -1.0, 1.0), theta = std::acos(d);
-          st.d.push_back(d);
-          st.f.push_back(theta < tol_ ? 0.0 : a_ * theta / std::sin(theta));
-          st.skip.push_back(theta < tol_);
-        }
-        steps_.push_back(std::move(st));
-        stage_ = Stage::tangent;
-        reset(1);
-        break;
-      }
-      case Stage::tangent:
-        steps_.back().tn = std::sqrt(total(0));
-        if (steps_.back().tn < tol_) {  // converged: this step is not taken
-          steps_.pop_back();
-          stage_ = Stage::done;
-        } else {
-          stage_ = Stage::moved;
-          reset(1);
-        }
-        break;
-      case Stage::moved:
-        steps_.back().un = std::sqrt(total(0));
-        if (!moved_.empty()) {  // a tensor in one piece: its next means, kept
-          cache_.swap(moved_);
-          if (steps_.back().un > tol_)
-            for (auto& m : cache_) m /= steps_.back().un;
-          moved_.clear();
-          cached_ = iteration_ + 1;
-        }
-        ++iteration_;
-        start_iteration();
-        break;
-      case Stage::done: break;
-    }
+    const bool moved = sums_.pass() == 4;
+    sums_.end_pass();
+    if (!moved || moved_.empty()) return;
+    // A tensor in one piece: its next means, kept, normalised as the replay does.
+    const double un = kernels::karcher_step(sums_.table().data(), sums_.steps() - 1)[3];
+    cache_.swap(moved_);
+    if (un > sums_.tol())
+      for (auto& m : cache_) m /= un;
+    moved_.clear();
+    cached_ = sums_.steps();
   }
   void produce(TensorInputs& in, std::span<float> out, int) override {
     const bool whole = in.first == 0 && static_cast<i64>(in.count) == numel_;
+    const double* table = sums_.table().data();
     for (std::size_t k = 0; k < in.count; ++k) {
-      if (valid_.empty()) {
+      if (table[3] == 0) {  // every model within tol of 0
         out[k] = 0.0f;
         continue;
       }
       load(in, k);
-      const double m = whole && cached_ == iteration_ ? cache_[k] : mean_after(iteration_);
-      out[k] = static_cast<float>(m * scale_);
+      kernels::karcher_units(table, x_.data(), u_.data());
+      const double m = whole && cached_ == sums_.steps() ? cache_[k] : kernels::karcher_mean_after(table, u_.data(), sums_.steps());
+      out[k] = static_cast<float>(m * table[5]);
     }
   }
 
  private:
-  enum class Stage { norms, first_mean, dots, tangent, moved, done };
-  struct Step {  // one iteration's scalars
-    std::vector<double> d, f;
-    std::vector<bool> skip;
-    double tn = 0, un = 0;
-  };
-
-  void start_iteration() {
-    stage_ = static_cast<i64>(iteration_) < max_iter_ ? Stage::dots : Stage::done;
-    reset(valid_.size());
-  }
-  // The pass's sums, `sums` of them, each in the statistics blocks' lanes (element i into lane
-  // i mod kStatLanes of block i / kStatBlock, in index order), as karcher() and the backends sum.
-  void reset(std::size_t sums) { lanes_.assign(sums * static_cast<std::size_t>(stride_), 0.0); }
-  static i64 lane_of(i64 i) { return (i / kernels::kStatBlock) * kernels::kStatLanes + i % kernels::kStatLanes; }
-  double total(std::size_t q) const {
-    return kernels::lanes_total(lanes_.data() + q * static_cast<std::size_t>(stride_), stride_ / kernels::kStatLanes);
-  }
-  // An element's values (the base first, for karcher, then the models) and directions.
+  // An element's values: the base first, for karcher, then the models.
   void load(const TensorInputs& in, std::size_t k) {
     for (std::size_t i = 0; i < models_; ++i)
       x_[i] = base_first_ ? (i == 0 ? double(in.base[k]) : double(in.model(i - 1)[k])) : double(in.model(i)[k]);
-    if (norms_.empty()) return;
-    for (std::size_t v = 0; v < valid_.size(); ++v) u_[v] = x_[valid_[v]] / norms_[valid_[v]];
   }
-  double first_mean() const {
-    double m = 0;
-    for (std::size_t v = 0; v < valid_.size(); ++v) m += a_ * u_[v];
-    return m;
-  }
-  double tangent(const Step& st, double m) const {
-    double t = 0;
-    for (std::size_t v = 0; v < valid_.size(); ++v)
-      if (!st.skip[v]) t += st.f[v] * (u_[v] - st.d[v] * m);
-    return t;
-  }
-  // The element's mean after `iterations` steps, replayed (after load()).
-  double mean_after(std::size_t iterations) const {
-    double m = mn_ < tol_ ? u_[0] : first_mean() / mn_;
-    for (std::size_t j = 0; j < iterations; ++j) {
-      const auto& st = steps_[j];
-      m = std::cos(st.tn) * m + std::sin(st.tn) * (tangent(st, m) / st.tn);
-      if (st.un > tol_) m /= st.un;
-    }
-    return m;
-  }
-  // A tensor in one piece: the means after the iterations so far, kept.
+  // A tensor in one piece: the means after the steps so far, kept.
   void refresh_cache(const TensorInputs& in) {
+    const double* table = sums_.table().data();
     cache_.resize(in.count);
     for (std::size_t k = 0; k < in.count; ++k) {
       load(in, k);
-      cache_[k] = mean_after(iteration_);
+      kernels::karcher_units(table, x_.data(), u_.data());
+      cache_[k] = kernels::karcher_mean_after(table, u_.data(), sums_.steps());
     }
-    cached_ = iteration_;
+    cached_ = sums_.steps();
   }
 
+  KarcherSums sums_;
   std::size_t models_;
   bool base_first_;
-  i64 max_iter_;
-  double tol_;
   i64 numel_;
-  Stage stage_ = Stage::norms;
-  i64 stride_;  // lanes per sum
-  std::vector<double> lanes_, norms_, x_, u_;
-  std::vector<std::size_t> valid_;
-  double scale_ = 0, a_ = 0, mn_ = 0;
-  std::vector<Step> steps_;
-  std::size_t iteration_ = 0;
+  std::vector<double> x_, u_;
   std::vector<double> cache_, moved_;
-  std::size_t cached_ = static_cast<std::size_t>(-1);  // the iteration cache_ holds means after
+  int cached_ = -1;  // the steps cache_ holds means after
 };
 
 }  // namespace
@@ -655,6 +568,110 @@ kernels::ElementwiseStep MultislerpSums::blend(i64 count, float* models, float* 
   st.factor = scale_;
   st.out = out;
   return st;
+}
+
+KarcherSums::KarcherSums(i64 count, std::size_t models, i64 max_iter, double tol)
+    : models_(models), max_iter_(max_iter), blocks_((count + kernels::kStatBlock - 1) / kernels::kStatBlock),
+      tol_(tol), lanes_(models * static_cast<std::size_t>(blocks_ * kernels::kStatLanes), 0.0),
+      table_(kernels::kKarcherHeader + models, 0.0) {
+  table_[2] = tol;
+  table_[4] = static_cast<double>(models);
+}
+
+double KarcherSums::total(std::size_t q) const {
+  return kernels::lanes_total(lanes_.data() + q * static_cast<std::size_t>(stride()), blocks_);
+}
+
+kernels::ElementwiseStep KarcherSums::step(i64 first, i64 count, float* tasks, float* base, double* lanes,
+                                           const double* table) const {
+  kernels::ElementwiseStep st;
+  st.kind = kernels::ElementwiseKind::karcher_lanes;
+  st.first = first;
+  st.count = count;
+  st.n = static_cast<int>(models_) - (base ? 1 : 0);
+  st.x = tasks;
+  st.base = base;
+  st.has_base = base != nullptr;
+  st.stock = lanes;
+  st.stock_stride = stride();
+  st.coef = table;
+  st.multi_pass = pass_;
+  return st;
+}
+
+kernels::ElementwiseStep KarcherSums::blend(i64 count, float* tasks, float* base, const double* table, float* out) const {
+  auto st = step(0, count, tasks, base, nullptr, table);
+  st.kind = kernels::ElementwiseKind::karcher_blend;
+  st.out = out;
+  return st;
+}
+
+void KarcherSums::start_iteration() {
+  pass_ = static_cast<i64>(table_[6]) < max_iter_ ? 2 : 5;
+  lanes_.assign(static_cast<std::size_t>(table_[3]) * static_cast<std::size_t>(stride()), 0.0);
+}
+
+void KarcherSums::end_pass() {
+  const auto valid = static_cast<std::size_t>(table_[3]);
+  double* const head = table_.data();
+  switch (pass_) {
+    case 0: {  // the norms: the valid models, their weight, the scale
+      std::vector<double> indices;
+      for (std::size_t i = 0; i < models_; ++i) {
+        head[kernels::kKarcherHeader + i] = std::sqrt(total(i));
+        if (head[kernels::kKarcherHeader + i] > tol_) indices.push_back(static_cast<double>(i));
+      }
+      double scale = 0;
+      for (std::size_t i = 0; i < models_; ++i) scale += (1.0 / double(models_)) * head[kernels::kKarcherHeader + i];
+      table_[5] = scale;
+      table_[3] = static_cast<double>(indices.size());
+      table_[0] = indices.empty() ? 0.0 : 1.0 / double(indices.size());
+      table_.insert(table_.end(), indices.begin(), indices.end());
+      pass_ = indices.empty() ? 5 : 1;
+      lanes_.assign(static_cast<std::size_t>(stride()), 0.0);
+      return;
+    }
+    case 1:
+      table_[1] = std::sqrt(total(0));
+      start_iteration();
+      return;
+    case 2: {  // the dots: the step's d, f and skip (its ‖t‖ and the moved norm to come)
+      std::vector<double> st(4 + 3 * valid, 0.0);
+      for (std::size_t v = 0; v < valid; ++v) {
+        const double d = std::clamp(total(v), -1.0, 1.0), theta = std::acos(d);
+        st[4 + v] = d;
+        st[4 + valid + v] = theta < tol_ ? 0.0 : table_[0] * theta / std::sin(theta);
+        st[4 + 2 * valid + v] = theta < tol_ ? 1.0 : 0.0;
+      }
+      table_.insert(table_.end(), st.begin(), st.end());
+      pass_ = 3;
+      lanes_.assign(static_cast<std::size_t>(stride()), 0.0);
+      return;
+    }
+    case 3: {
+      const double tn = std::sqrt(total(0));
+      if (tn < tol_) {  // converged: this step is not taken
+        table_.resize(table_.size() - (4 + 3 * valid));
+        pass_ = 5;
+        return;
+      }
+      double* st = table_.data() + (kernels::karcher_step(table_.data(), steps()) - table_.data());
+      st[0] = std::cos(tn);
+      st[1] = std::sin(tn);
+      st[2] = tn;
+      pass_ = 4;
+      lanes_.assign(static_cast<std::size_t>(stride()), 0.0);
+      return;
+    }
+    case 4: {
+      double* st = table_.data() + (kernels::karcher_step(table_.data(), steps()) - table_.data());
+      st[3] = std::sqrt(total(0));
+      table_[6] += 1;  // the step is taken
+      start_iteration();
+      return;
+    }
+    default: return;
+  }
 }
 
 std::unique_ptr<PieceMerger> spherical_merger(const ClassicMergeOptions& o, const std::string& name,

@@ -87,6 +87,12 @@ const Case kCases[] = {
     {"multislerp", ClassicMethod::multislerp, 3, true, [](ClassicMergeOptions& o) { o.weights = {1, 2, 3}; }},
     {"multislerp_one", ClassicMethod::multislerp, 1, true, [](ClassicMergeOptions&) {}},
     {"multislerp_nobase", ClassicMethod::multislerp, 3, false, [](ClassicMergeOptions&) {}},
+    // Base first among the models; a tol that stops early; iterations cut short by max_iter; the
+    // models without a base.
+    {"karcher", ClassicMethod::karcher, 3, true, [](ClassicMergeOptions&) {}},
+    {"karcher_converged", ClassicMethod::karcher, 3, true, [](ClassicMergeOptions& o) { o.tol = 1e-2; o.max_iter = 50; }},
+    {"karcher_one_step", ClassicMethod::karcher, 3, true, [](ClassicMergeOptions& o) { o.max_iter = 1; }},
+    {"karcher_nobase", ClassicMethod::karcher, 3, false, [](ClassicMergeOptions& o) { o.max_iter = 3; }},
     // The TensorSet's changes are multiples of 1/64: variances tie often at the threshold.
     {"sce", ClassicMethod::sce, 3, true, [](ClassicMergeOptions& o) { o.select_topk = 0.3; }},
     {"sce_every_element", ClassicMethod::sce, 3, true, [](ClassicMergeOptions&) {}},
@@ -232,7 +238,7 @@ TEST(CombineOnBackend, WholeModelsOnTheDeferredBackendAreTheCpusFiles) {
     for (const auto method : {ClassicMethod::ties, ClassicMethod::dare_ties, ClassicMethod::task_arithmetic,
                               ClassicMethod::slerp, ClassicMethod::model_stock, ClassicMethod::nuslerp,
                               ClassicMethod::multislerp, ClassicMethod::della, ClassicMethod::ramplus_tl,
-                              ClassicMethod::sce}) {
+                              ClassicMethod::sce, ClassicMethod::karcher}) {
       test::TempDir tmp;
       ClassicMergeOptions o;
       o.method = method;
@@ -242,7 +248,7 @@ TEST(CombineOnBackend, WholeModelsOnTheDeferredBackendAreTheCpusFiles) {
         o.tasks.push_back({"ft" + std::to_string(t), folder / ("ft" + std::to_string(t))});
       if (method == ClassicMethod::slerp) o.t = 0.4;
       else if (method != ClassicMethod::model_stock && method != ClassicMethod::ramplus_tl &&
-               method != ClassicMethod::sce)
+               method != ClassicMethod::sce && method != ClassicMethod::karcher)
         o.weights = std::vector<double>(o.tasks.size(), 0.7);
       if (method == ClassicMethod::sce) o.select_topk = 0.4;
       if (method == ClassicMethod::ties || method == ClassicMethod::dare_ties || method == ClassicMethod::della)
@@ -306,31 +312,30 @@ TEST(CombineOnBackend, LayerSlicesOnTheDeferredBackendAreTheCpusFiles) {
         << to_string(o->method) << " slices: the backend's model differs from the CPU's";
   }
   test::TempDir tmp;
-  ClassicMergeOptions karcher;
-  karcher.method = ClassicMethod::karcher;
-  karcher.base = deep / "base";
-  karcher.slices = {{{{deep / "ft0", 0, 3, {}}, {deep / "ft1", 0, 3, {}}}, {}, {}}};
-  karcher.out = tmp / "karcher";
+  ClassicMergeOptions fusion;
+  fusion.method = ClassicMethod::arcee_fusion;
+  fusion.base = deep / "base";
+  fusion.slices = {{{{deep / "ft0", 0, 3, {}}}, {}, {}}};
+  fusion.out = tmp / "fusion";
   try {
-    merge_classic_checkpoints_on(karcher, [] { return test::make_deferred_backend(); });
-    ADD_FAILURE() << "karcher slices ran on a backend";
+    merge_classic_checkpoints_on(fusion, [] { return test::make_deferred_backend(); });
+    ADD_FAILURE() << "arcee_fusion slices ran on a backend";
   } catch (const usage_error& e) {
-    EXPECT_NE(std::string::npos, std::string(e.what()).find("slices[0]: --method karcher")) << e.what();
+    EXPECT_NE(std::string::npos, std::string(e.what()).find("slices[0]: --method arcee_fusion")) << e.what();
   }
-  EXPECT_FALSE(std::filesystem::exists(tmp / "karcher"));
+  EXPECT_FALSE(std::filesystem::exists(tmp / "fusion"));
 }
 
 TEST(CombineOnBackend, RefusesWhatRunsOnTheCpuOnly) {
   ClassicMergeOptions o;
   o.tasks = {{"a", "unused"}, {"b", "unused"}};
   for (const auto method : {ClassicMethod::della, ClassicMethod::della_linear, ClassicMethod::sce, ClassicMethod::ram,
-                            ClassicMethod::ramplus_tl, ClassicMethod::nuslerp, ClassicMethod::multislerp,
+                            ClassicMethod::ramplus_tl, ClassicMethod::nuslerp, ClassicMethod::multislerp, ClassicMethod::karcher,
                             ClassicMethod::model_stock, ClassicMethod::ties}) {
     o.method = method;
     EXPECT_EQ("", backend_combine_refusal(o)) << to_string(method);
   }
-  for (const auto& [method, says] : {std::pair{ClassicMethod::karcher, "karcher runs on the CPU only"},
-                                     std::pair{ClassicMethod::arcee_fusion, "arcee_fusion runs on the CPU only"}}) {
+  for (const auto& [method, says] : {std::pair{ClassicMethod::arcee_fusion, "arcee_fusion runs on the CPU only"}}) {
     o.method = method;
     EXPECT_NE(std::string::npos, backend_combine_refusal(o).find(says)) << backend_combine_refusal(o);
   }
