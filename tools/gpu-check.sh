@@ -190,7 +190,7 @@ full_models() {
 export -f full_models
 step full-models full-models.log 240 bash -c full_models
 # The element-wise full-model merges on the GPU (issue 22): TIES, DARE-TIES, task arithmetic,
-# model_stock, SLERP, multislerp, nuslerp, DELLA, ramplus_tl, SCE and karcher of the 7b layer's bf16 fine-tunes, and three layer-slice
+# model_stock, SLERP, multislerp, nuslerp, DELLA, ramplus_tl, SCE, karcher and arcee_fusion of the 7b layer's bf16 fine-tunes, and three layer-slice
 # configs on the tiny golden models, on --device cuda and cpu, timed file to file; the two outputs
 # must be byte-identical (the same kernels/elementwise.hpp steps on both).
 # One merge on cuda and on cpu from the 7b models, timed file to file, the outputs compared byte
@@ -222,6 +222,9 @@ classic_gpu() {
   both_devices ramplus_tl --method ramplus_tl --epsilon 1e-3 "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
   both_devices sce --method sce --select-topk 0.3 "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
   both_devices karcher --method karcher "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
+  # arcee_fusion: a thread per row for the softmaxes' divergence (kernels/exp_log.hpp's exp and
+  # log), four histogram passes for the quartiles.
+  both_devices arcee_fusion --method arcee_fusion "$m/ft-0" || return 1
   # mergekit's layer slices (the golden configs on the committed tiny models), every slice's
   # blocks merged on the GPU: byte-identical to the CPU's.
   local c dev

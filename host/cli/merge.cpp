@@ -465,7 +465,8 @@ void add_merge_command(CLI::App& app) {
   cmd->add_option("--threads", args.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--device", args.device,
                   "cpu, cuda or auto (default: cuda when a GPU is usable; the classic methods stay on the CPU "
-                  "unless given cuda, which runs the element-wise merges, slerp, nuslerp, multislerp, nearswap, model_stock and passthrough of full models)");
+                  "unless given cuda, which runs every full-model merge (mergekit's methods and layer slices); "
+                  "the classic merges of LoRA adapters run on the CPU only)");
   opt["--gpu"] = cmd->add_option("--gpu", args.gpu,
       "CUDA device index (default 0; under mpirun each rank of a machine its own: its rank there "
       "modulo the GPUs)")->check(CLI::NonNegativeNumber);

@@ -16,6 +16,7 @@
 #endif
 
 #include "kernels/counter_rng.hpp"
+#include "kernels/exp_log.hpp"
 #include "kernels/float_bits.hpp"
 #include "kernels/host_device.hpp"
 
@@ -159,6 +160,15 @@ enum class ElementwiseKind : std::int32_t {
   /// Per element: ram's merge — a change made by one task alone taken (scaled by the task's
   /// factor), the changes of several tasks averaged, the base added back.
   ram_blend,
+  /// Per row of the piece: arcee_fusion's divergence of the row's softmaxes into row_t.
+  fusion_rows,
+  /// Per element: a 16-bit digit (multi_pass 0 … 3, bits 63 … 48 first) of the ordered bits
+  /// of arcee_fusion's importance counted into `histogram`, for the importances whose digits
+  /// above it are `prefix`.
+  fusion_histogram,
+  /// Per element: the fine-tune's value where its importance reaches `threshold`, else the
+  /// base's.
+  fusion_blend,
 };
 
 /// What the combine divides the sum by (methods/classic/combine.hpp's Normalize).
@@ -278,6 +288,11 @@ struct ElementwiseStep {
   std::uint64_t prefix = 0;
   double threshold = 0;
   int sce_pass = 0;
+
+  // fusion_*: the fine-tune in x, the base in `base`, rows of `row` elements (the piece holds
+  // whole rows), each row's divergence at row_t (the piece's first row at row_t[0]);
+  // fusion_histogram with multi_pass, prefix and histogram as sce_lanes' passes 0 … 3;
+  // fusion_blend into out with `threshold`.
 };
 
 /// How many indices a step runs over.
@@ -302,6 +317,7 @@ REVMERGE_HD_INLINE std::int64_t step_indices(const ElementwiseStep& s) {
     case ElementwiseKind::dot_lanes: return piece_blocks(s) * kStatLanes;
     case ElementwiseKind::stock_lanes: return piece_blocks(s, s.stock_block) * kStatLanes * stock_groups(s.n);
     case ElementwiseKind::stock_rows:
+    case ElementwiseKind::fusion_rows:
     case ElementwiseKind::pair_rows: return s.row > 0 ? s.count / s.row : 0;
     case ElementwiseKind::pair_lanes:
     case ElementwiseKind::multislerp_lanes:
@@ -948,6 +964,52 @@ REVMERGE_HD_INLINE void ram_blend(const ElementwiseStep& s, std::int64_t j) {
   s.out[j] = static_cast<float>(s.base[j] + (c > 1 ? sum / c : sum));
 }
 
+// ---- arcee_fusion (methods/classic/selective.cpp) ----
+
+/// KL(softmax(w) ‖ softmax(b)) over one row of `row` elements, 1e-8 added to every probability
+/// of both softmaxes; each max, sum and the divergence in index order. exp and log are
+/// exp_f64 and log_f64, so the host and a GPU give the same bits (a GPU thread holds no row of
+/// probabilities: they are formed again from the sums).
+REVMERGE_HD_INLINE double fusion_row_kl(const float* w, const float* b, std::int64_t row) {
+  float top_w = w[0], top_b = b[0];
+  for (std::int64_t j = 1; j < row; ++j) {
+    if (w[j] > top_w) top_w = w[j];
+    if (b[j] > top_b) top_b = b[j];
+  }
+  double sum_w = 0, sum_b = 0;
+  for (std::int64_t j = 0; j < row; ++j) {
+    sum_w += exp_f64(static_cast<double>(w[j]) - top_w);
+    sum_b += exp_f64(static_cast<double>(b[j]) - top_b);
+  }
+  double kl = 0;
+  for (std::int64_t j = 0; j < row; ++j) {
+    const double p = exp_f64(static_cast<double>(w[j]) - top_w) / sum_w + 1e-8;
+    const double q = exp_f64(static_cast<double>(b[j]) - top_b) / sum_b + 1e-8;
+    kl += p * log_f64(p / q);
+  }
+  return kl;
+}
+
+/// An element's importance: |w − b| in f64 times its row's divergence.
+REVMERGE_HD_INLINE double fusion_importance(float w, float b, double kl) {
+  const double d = static_cast<double>(w) - b;
+  return (d < 0 ? -d : d) * kl;
+}
+
+REVMERGE_HD_INLINE void fusion_row(const ElementwiseStep& s, std::int64_t r) {
+  s.row_t[r] = fusion_row_kl(s.x + r * s.row, s.base + r * s.row, s.row);
+}
+
+REVMERGE_HD_INLINE void fusion_histogram(const ElementwiseStep& s, std::int64_t j) {
+  const std::uint64_t k = ordered_bits(fusion_importance(s.x[j], s.base[j], s.row_t[j / s.row]));
+  const int shift = 48 - 16 * s.multi_pass;
+  if (s.multi_pass == 0 || (k >> (shift + 16)) == s.prefix) atomic_add_u64(s.histogram + ((k >> shift) & 0xffffu), 1);
+}
+
+REVMERGE_HD_INLINE void fusion_blend(const ElementwiseStep& s, std::int64_t j) {
+  s.out[j] = fusion_importance(s.x[j], s.base[j], s.row_t[j / s.row]) >= s.threshold ? s.x[j] : s.base[j];
+}
+
 REVMERGE_HD_INLINE void scale_element(const ElementwiseStep& s, std::int64_t j) {
   s.out[j] = rescaled(s.x[j], s.factor);
 }
@@ -989,7 +1051,10 @@ REVMERGE_HD_INLINE void stock_blend(const ElementwiseStep& s, std::int64_t j) {
   X(sce_ties, sce_ties) \
   X(sce_select, sce_select) \
   X(ram_counts, ram_counts) \
-  X(ram_blend, ram_blend)
+  X(ram_blend, ram_blend) \
+  X(fusion_rows, fusion_row) \
+  X(fusion_histogram, fusion_histogram) \
+  X(fusion_blend, fusion_blend)
 
 /// One index of a step of kind K.
 template <ElementwiseKind K>

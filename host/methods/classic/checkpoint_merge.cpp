@@ -259,7 +259,7 @@ void check_checkpoint_options(const ClassicMergeOptions& o) {
 
 void merge_whole_tensor(const ClassicMergeOptions& o, TensorInputs& in, std::span<float> out, int threads) {
   if (is_spherical(o.method)) spherical_tensor(o, in, out);
-  else if (is_selective(o.method)) selective_tensor(o, in, out);
+  else if (is_selective(o.method)) selective_tensor(o, in, out, threads);
   else if (is_elementwise(o.method)) combine_tensor(o, in, out, threads);
   else throw std::logic_error("merge_whole_tensor: --method " + to_string(o.method) + " merges in pieces");
 }

@@ -149,7 +149,7 @@ void check_spherical_options(const ClassicMergeOptions& options);
 void check_selective_options(const ClassicMergeOptions& options);
 void check_passthrough_options(const ClassicMergeOptions& options);
 void spherical_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
-void selective_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out);
+void selective_tensor(const ClassicMergeOptions& options, const TensorInputs& in, std::span<float> out, int threads);
 
 /// ram's and ramplus_tl's parameters for a tensor, checked (`tensor` names where they were
 /// resolved; empty: the merge's options).
@@ -161,6 +161,12 @@ RamParameters ram_parameters(const ClassicMergeOptions& options, const std::stri
 /// ramplus_tl's factor for a task's unique changes, from its changes shared with other tasks
 /// and its unique ones in the tensor: 1 + r · min(α, shared / max(unique, ε)).
 double ram_scale(const RamParameters& p, double shared, double unique);
+
+/// arcee_fusion's quartiles of a tensor's `numel` importances: the ranks ⌊q · (numel − 1)⌋ of
+/// q = 1/4, 1/2, 3/4 among them (ascending), and its threshold from their values,
+/// median + 1.5 · (q₃ − q₁).
+std::vector<std::int64_t> fusion_ranks(std::int64_t numel);
+double fusion_threshold(double q1, double median, double q3);
 
 /// Layer stacking (slices.cpp): the output's blocks from `options.slices`; with `make`, every
 /// block merged on the backend it makes (each slice's method and parameters as on the CPU, the

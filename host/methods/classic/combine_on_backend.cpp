@@ -32,11 +32,9 @@ std::string backend_combine_refusal(const ClassicMergeOptions& o) {
     return "--device: at most " + std::to_string(kernels::kMaxElementwiseInputs) +
            " models merge on a GPU in this version (" + std::to_string(o.tasks.size()) + " given)";
   if (blends_two_models(o.method) || o.method == ClassicMethod::model_stock || o.method == ClassicMethod::passthrough ||
-      is_spherical(o.method) || o.method == ClassicMethod::ram || o.method == ClassicMethod::ramplus_tl)
+      is_spherical(o.method) || is_selective(o.method) || is_elementwise(o.method))
     return {};
-  if (!is_elementwise(o.method)) return "--method " + to_string(o.method) + cpu_only;
-  const auto recipe = make_recipe(o, Convention::mergekit);
-  return {};
+  return "--method " + to_string(o.method) + cpu_only;
 }
 
 namespace {
@@ -336,10 +334,12 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
   // model_stock with filter_wise (an angle per row) and nuslerp by rows or columns: pieces of
   // whole rows; DELLA: of whole groups of its rows (Thinning::granule).
   const bool della = is_elementwise(o.method) && make_recipe(o, Convention::mergekit).sparsify == Sparsify::della;
+  const bool fusion = o.method == ClassicMethod::arcee_fusion;
   const i64 row = stock && o.filter_wise.value_or(false) && !shape.empty() ? shape.back()
                   : along.layout != 0                                      ? along.row
-                  : della ? (shape.size() >= 2 ? numel / std::max<i64>(shape[0], 1) : numel)
-                          : 0;
+                  : della  ? (shape.size() >= 2 ? numel / std::max<i64>(shape[0], 1) : numel)
+                  : fusion ? std::max<i64>(shape.empty() ? 1 : shape.back(), 1)
+                           : 0;
   // The inputs: tasks 0 … n − 1, then the base.
   std::vector<const CheckpointTensor*> inputs(src.models.begin(), src.models.end());
   std::vector<std::string> where(src.model_where.begin(), src.model_where.end());
@@ -629,6 +629,59 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
       emit(stock_step(ElementwiseKind::stock_blend, static_cast<int>(n), count, as<float>(s.base), models, t, row,
                       row > 0 ? as<double>(row_t) : nullptr, nullptr),
            first);
+    }
+    return;
+  }
+
+  if (fusion) {  // the rows' divergences, four radix passes for the quartiles (host decides), the blend
+    if (!src.base) throw usage_error("tensor '" + name + "': --method arcee_fusion needs the base's tensor");
+    const DeviceBuffer kl = b.allocate(static_cast<std::size_t>(numel / row) * 8);  // the tensor's rows
+    ElementwiseStep step;
+    step.base = as<float>(s.base);
+    step.row = row;
+    const auto at = [&](i64 first) {
+      step.first = first;
+      step.count = count;
+      step.x = task(0);
+      step.row_t = as<double>(kl) + first / row;
+    };
+    RankSelect select(fusion_ranks(numel));
+    // Pass 0: one histogram of the high digits; then one per quartile, of the importances under
+    // its digits so far.
+    const DeviceBuffer histograms = b.allocate(3 * 65536 * 8);
+    std::vector<std::uint64_t> host(65536);
+    while (select.wants_pass()) {
+      const int digit = select.digit();
+      const std::size_t count_of = digit == 0 ? 1 : 3;
+      b.fill(histograms.data(), 0, count_of * 65536 * 8, s.stream);
+      for (i64 first = 0; first < numel; first += piece) {
+        if (!one_piece) read(first);
+        at(first);
+        if (digit == 0) {
+          step.kind = ElementwiseKind::fusion_rows;
+          b.elementwise(step, s.stream);
+        }
+        step.kind = ElementwiseKind::fusion_histogram;
+        step.multi_pass = digit;
+        for (std::size_t r = 0; r < count_of; ++r) {
+          step.histogram = as<std::uint64_t>(histograms) + r * 65536;
+          step.prefix = digit == 0 ? 0 : select.prefix(r);
+          b.elementwise(step, s.stream);
+        }
+      }
+      for (std::size_t r = 0; r < count_of; ++r) {
+        b.download(host.data(), as<std::uint64_t>(histograms) + r * 65536, 65536 * 8, s.stream);
+        b.synchronize(s.stream);
+        select.add_histogram(r, host);
+      }
+      select.end_pass();
+    }
+    step.kind = ElementwiseKind::fusion_blend;
+    step.threshold = fusion_threshold(select.value(0), select.value(1), select.value(2));
+    for (i64 first = 0; first < numel; first += piece) {
+      if (!one_piece) read(first);
+      at(first);
+      emit(step, first);
     }
     return;
   }

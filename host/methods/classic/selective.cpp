@@ -9,7 +9,10 @@
 //    along each row (the last axis), and the change is kept where the importance reaches
 //    median + 1.5 · (q₃ − q₁) of the tensor's importances (quantiles at ⌊q · (N − 1)⌋ of the
 //    sorted values — all of them: mergekit samples 10⁶ with replacement above that size).
-// mergekit computes in the tensors' dtype; revmerge in f64, rounded once.
+// mergekit computes in the tensors' dtype; revmerge in f64, rounded once, arcee_fusion's exp and
+// log by kernels/exp_log.hpp (the same bits on a GPU: kernels::fusion_row_kl).
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -45,6 +48,13 @@ double ram_scale(const RamParameters& p, double shared, double unique) {
   return 1 + p.r * std::clamp(shared / std::max(unique, p.epsilon), 0.0, p.alpha);
 }
 
+std::vector<i64> fusion_ranks(i64 numel) {
+  const auto at = [numel](double q) { return static_cast<i64>(q * static_cast<double>(numel - 1)); };
+  return {at(0.25), at(0.5), at(0.75)};
+}
+
+double fusion_threshold(double q1, double median, double q3) { return median + 1.5 * (q3 - q1); }
+
 namespace {
 
 void ram(const TensorInputs& in, const RamParameters& p, std::span<float> out) {
@@ -73,36 +83,33 @@ void ram(const TensorInputs& in, const RamParameters& p, std::span<float> out) {
   }
 }
 
-// Arcee Fusion's importance of each element: |w − b| times the KL divergence of the softmaxes of
-// its row (the last axis; a 1-D tensor is one row), each with 1e-8 added.
-std::vector<double> fusion_importance(std::span<const float> w, std::span<const float> b,
-                                      i64 row) {
+// Each row's divergence (kernels::fusion_row_kl; a 1-D tensor is one row) for rows
+// [0, count / row) of w and b, on `threads` threads.
+std::vector<double> fusion_rows(std::span<const float> w, std::span<const float> b, i64 row, int threads) {
+  const i64 rows = static_cast<i64>(w.size()) / row;
+  std::vector<double> kl(static_cast<std::size_t>(rows));
+#pragma omp parallel for num_threads(threads > 0 ? threads : omp_get_max_threads()) schedule(static) if (rows > 1)
+  for (i64 r = 0; r < rows; ++r) kl[r] = kernels::fusion_row_kl(w.data() + r * row, b.data() + r * row, row);
+  return kl;
+}
+
+// Arcee Fusion's importance of each element: |w − b| times its row's divergence `kl`.
+std::vector<double> fusion_importance(std::span<const float> w, std::span<const float> b, i64 row,
+                                      std::span<const double> kl) {
   std::vector<double> importance(w.size());
-  std::vector<double> p(static_cast<std::size_t>(row)), q(p.size());
-  const auto softmax = [row](const float* v, std::vector<double>& s) {
-    const double top = *std::max_element(v, v + row);
-    double sum = 0;
-    for (i64 j = 0; j < row; ++j) sum += s[j] = std::exp(double(v[j]) - top);
-    for (auto& e : s) e = e / sum + 1e-8;
-  };
-  for (std::size_t at = 0; at < w.size(); at += static_cast<std::size_t>(row)) {
-    softmax(w.data() + at, p);
-    softmax(b.data() + at, q);
-    double kl = 0;
-    for (i64 j = 0; j < row; ++j) kl += p[j] * std::log(p[j] / q[j]);
-    for (i64 j = 0; j < row; ++j) importance[at + j] = std::fabs(double(w[at + j]) - b[at + j]) * kl;
-  }
+  for (std::size_t k = 0; k < w.size(); ++k)
+    importance[k] = kernels::fusion_importance(w[k], b[k], kl[k / static_cast<std::size_t>(row)]);
   return importance;
 }
 
-double fusion_threshold(std::vector<double> v) {
-  const auto at = [&](double q) {
-    auto k = v.begin() + static_cast<std::ptrdiff_t>(q * static_cast<double>(v.size() - 1));
+double quartile_threshold(std::vector<double> v) {
+  const auto at = [&](std::int64_t rank) {
+    auto k = v.begin() + static_cast<std::ptrdiff_t>(rank);
     std::nth_element(v.begin(), k, v.end());
     return *k;
   };
-  const double q1 = at(0.25), median = at(0.5), q3 = at(0.75);
-  return median + 1.5 * (q3 - q1);
+  const auto ranks = fusion_ranks(static_cast<i64>(v.size()));
+  return fusion_threshold(at(ranks[0]), at(ranks[1]), at(ranks[2]));
 }
 
 }  // namespace
@@ -121,17 +128,17 @@ void check_selective_options(const ClassicMergeOptions& o) {
   if (!is_set_per_tensor(o, "epsilon")) ram_parameters(o, "");
 }
 
-void selective_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std::span<float> out) {
+void selective_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std::span<float> out, int threads) {
   const auto& b = in.base;
   if (o.method != ClassicMethod::arcee_fusion) {
     ram(in, ram_parameters(o, in.name), out);
     return;
   }
   if (b.empty()) return;
-  const i64 row = in.shape.empty() ? 1 : in.shape.back();
+  const i64 row = std::max<i64>(in.shape.empty() ? 1 : in.shape.back(), 1);
   const auto w = in.model(0);
-  const auto importance = fusion_importance(w, b, std::max<i64>(row, 1));
-  const double threshold = fusion_threshold(importance);
+  const auto importance = fusion_importance(w, b, row, fusion_rows(w, b, row, threads));
+  const double threshold = quartile_threshold(importance);
   for (std::size_t k = 0; k < out.size(); ++k) out[k] = importance[k] >= threshold ? w[k] : b[k];
 }
 
@@ -181,34 +188,41 @@ class RamPieces final : public PieceMerger {
   bool counted_ = false;
 };
 
-// arcee_fusion in pieces of whole rows: the importances' quartiles by an exact radix selection
-// over four passes, then each change kept or dropped.
+// arcee_fusion in pieces of whole rows: the rows' divergences (kept for the tensor, a double a
+// row, from the first pass), the importances' quartiles by an exact radix selection over four
+// passes, then each change kept or dropped.
 class FusionPieces final : public PieceMerger {
  public:
   FusionPieces(i64 row, i64 numel)
-      : row_(std::max<i64>(row, 1)), select_([numel] {
-          const auto at = [numel](double q) { return static_cast<i64>(q * static_cast<double>(numel - 1)); };
-          return std::vector<i64>{at(0.25), at(0.5), at(0.75)};
-        }()) {}
+      : row_(std::max<i64>(row, 1)), kl_(static_cast<std::size_t>(numel / row_)), select_(fusion_ranks(numel)) {}
   i64 granule() const override { return row_; }
   std::uint64_t extra_bytes_per_element() const override { return 8; }  // a piece's importances
   bool wants_pass() const override { return select_.wants_pass(); }
-  void observe(const TensorInputs& in, int) override {
-    select_.add(fusion_importance(in.model(0), in.base, row_));
+  void observe(const TensorInputs& in, int threads) override {
+    if (select_.digit() == 0) {
+      const auto kl = fusion_rows(in.model(0), in.base, row_, threads);
+      std::copy(kl.begin(), kl.end(), kl_.begin() + in.first / row_);
+    }
+    select_.add(importance(in));
   }
   void end_pass() override {
     select_.end_pass();
-    if (!select_.wants_pass())
-      threshold_ = select_.value(1) + 1.5 * (select_.value(2) - select_.value(0));
+    if (!select_.wants_pass()) threshold_ = fusion_threshold(select_.value(0), select_.value(1), select_.value(2));
   }
   void produce(TensorInputs& in, std::span<float> out, int) override {
     const auto w = in.model(0);
-    const auto importance = fusion_importance(w, in.base, row_);
-    for (std::size_t k = 0; k < out.size(); ++k) out[k] = importance[k] >= threshold_ ? w[k] : in.base[k];
+    const auto v = importance(in);
+    for (std::size_t k = 0; k < out.size(); ++k) out[k] = v[k] >= threshold_ ? w[k] : in.base[k];
   }
 
  private:
+  std::vector<double> importance(const TensorInputs& in) const {
+    const auto rows = std::span<const double>(kl_).subspan(static_cast<std::size_t>(in.first / row_));
+    return fusion_importance(in.model(0), in.base, row_, rows);
+  }
+
   i64 row_;
+  std::vector<double> kl_;  // each row's divergence
   RankSelect select_;
   double threshold_ = 0;
 };
