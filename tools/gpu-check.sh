@@ -192,7 +192,7 @@ step full-models full-models.log 240 bash -c full_models
 # The element-wise full-model merges on the GPU (issue 22): TIES, DARE-TIES, task arithmetic,
 # model_stock, SLERP, multislerp, nuslerp, DELLA, ramplus_tl, SCE, karcher and arcee_fusion of the 7b layer's bf16 fine-tunes, and three layer-slice
 # configs on the tiny golden models, on --device cuda and cpu, timed file to file; the two outputs
-# must be byte-identical (the same kernels/elementwise.hpp steps on both).
+# must be byte-identical (the same kernels/elementwise*.hpp steps on both).
 # One merge on cuda and on cpu from the 7b models, timed file to file, the outputs compared byte
 # for byte: both_devices NAME MERGE-ARGS… (the models last).
 both_devices() {

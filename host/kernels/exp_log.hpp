@@ -11,9 +11,12 @@
 // to r = x − k ln2 with |r| ≤ ln2 / 2 and ln2 split in two parts so that k · ln2's high part
 // is exact, takes exp(r) from a rational form of a degree-10 minimax polynomial, and scales by
 // 2ᵏ; log splits x = 2ᵏ (1 + f) with 1 + f in [√2/2, √2), takes log(1 + f) from
-// s = f / (2 + f) and a degree-14 minimax polynomial in s, and adds k ln2 in two parts.
+// s = f / (2 + f) and a degree-14 minimax polynomial in s, and adds k ln2 in two parts. Both
+// are written without branches (integers moved through a double's bits, the special cases
+// selected at the end), so that the host's loops over them vectorize.
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "kernels/host_device.hpp"
 
@@ -35,58 +38,53 @@ REVMERGE_HD_INLINE double double_of(std::uint64_t b) {
   memcpy(&x, &b, 8);
   return x;
 }
-/// 2ᵏ for −1022 ≤ k ≤ 1023.
-REVMERGE_HD_INLINE double power_of_two(int k) { return double_of(static_cast<std::uint64_t>(k + 1023) << 52); }
+constexpr double kShifter = 0x1.8p52;  // x + it holds round(x) in its low bits, for |x| < 2⁵¹
+constexpr double kInf = std::numeric_limits<double>::infinity(), kNaN = std::numeric_limits<double>::quiet_NaN();
 
 }  // namespace exp_log_detail
 
-/// eˣ: +∞ above ln(DBL_MAX), 0 below the smallest subnormal's log, NaN for NaN.
+/// eˣ: +∞ above ln(DBL_MAX), 0 below the smallest subnormal's log, NaN for NaN. Without
+/// branches (the special cases chosen at the end), so that a host loop of them vectorizes.
 REVMERGE_HD_INLINE double exp_f64(double x) {
   using namespace exp_log_detail;
-  if (x != x) return x;
-  if (x > 7.09782712893383973096e+02) return double_of(0x7ff0000000000000ull);
-  if (x < -7.45133219101941108420e+02) return 0.0;
-  // k = x / ln2 rounded to nearest (ties away from 0); |k| ≤ 1075.
-  const double kd = x * kInvLn2;
-  const int k = static_cast<int>(kd < 0 ? kd - 0.5 : kd + 0.5);
-  const double high = x - static_cast<double>(k) * kLn2High;  // exact
-  const double low = static_cast<double>(k) * kLn2Low;
+  const double c = x < -746.0 ? -746.0 : x > 710.0 ? 710.0 : x;  // NaN stays NaN: the end picks it
+  // k = c / ln2 rounded to nearest even, in the low bits of `shifted`; |k| ≤ 1077.
+  const double shifted = c * kInvLn2 + kShifter;
+  const double kd = shifted - kShifter;
+  const double high = c - kd * kLn2High;  // exact
+  const double low = kd * kLn2Low;
   const double r = high - low;
   const double t = r * r;
-  const double c =
+  const double p =
       r - t * (1.66666666666666019037e-01 +
                t * (-2.77777777770155933842e-03 +
                     t * (6.61375632143793436117e-05 + t * (-1.65339022054652515390e-06 + t * 4.13813679705723846039e-08))));
-  const double y = 1.0 - ((low - (r * c) / (2.0 - c)) - high);
-  // y · 2ᵏ, in two steps where 2ᵏ itself is not a normal double.
-  if (k > 1023) return y * 2.0 * power_of_two(k - 1);
-  if (k < -1021) return (y * power_of_two(k + 1000)) * power_of_two(-1000);
-  return y * power_of_two(k);
+  const double y = 1.0 - ((low - (r * p) / (2.0 - p)) - high);
+  // y · 2ᵏ as y · 2ᵏ¹ · 2ᵏ², k = k1 + k2 with both within a normal double's exponents (one
+  // rounding, the last, where the result is subnormal).
+  const std::uint64_t k_biased = bits_of(shifted) - bits_of(kShifter) + 2048;  // k + 2048 > 0
+  const std::uint64_t k1_biased = k_biased >> 1;                                 // ⌊k/2⌋ + 1024
+  const double scaled =
+      y * double_of((k1_biased - 1024 + 1023) << 52) * double_of((k_biased - k1_biased - 1024 + 1023) << 52);
+  return x != x ? x : x > 7.09782712893383973096e+02 ? kInf : x < -7.45133219101941108420e+02 ? 0.0 : scaled;
 }
 
-/// ln x: −∞ at ±0, NaN below 0 and for NaN, +∞ at +∞.
+/// ln x: −∞ at ±0, NaN below 0 and for NaN, +∞ at +∞. Without branches, as exp_f64.
 REVMERGE_HD_INLINE double log_f64(double x) {
   using namespace exp_log_detail;
-  std::uint64_t b = bits_of(x);
-  if (x != x || x < 0) return double_of(0x7ff8000000000000ull);
-  if (x == 0) return -double_of(0x7ff0000000000000ull);
-  if (b >= 0x7ff0000000000000ull) return x;  // +∞
-  int k = 0;
-  if (b < 0x0010000000000000ull) {  // subnormal: scaled by 2⁵⁴ first
-    k = -54;
-    b = bits_of(x * 18014398509481984.0);
-  }
+  // A positive subnormal (its bits between those of 0 and of the least normal) scaled by 2⁵⁴
+  // first; the comparisons as integers, so that nothing branches.
+  const std::uint64_t raw = bits_of(x);
+  const std::uint64_t subnormal = static_cast<std::uint64_t>(raw - 1 < 0x000fffffffffffffull);
+  const std::uint64_t b = bits_of(x * double_of(0x3ff0000000000000ull + (subnormal * 54 << 52)));  // × 2⁵⁴ or 1
   // x = 2ᵏ · m with m in [√2/2, √2): the exponent chosen by whether the mantissa lies above
   // √2's (0x6a09e…).
-  std::uint64_t mantissa = b & 0x000fffffffffffffull;
-  k += static_cast<int>(b >> 52) - 1023;
-  if (mantissa >= 0x6a09e667f3bcdull) {
-    ++k;
-    mantissa |= 0x3fe0000000000000ull;  // m in [√2/2, 1)
-  } else {
-    mantissa |= 0x3ff0000000000000ull;  // m in [1, √2)
-  }
-  const double f = double_of(mantissa) - 1.0;  // exact
+  const std::uint64_t mantissa = b & 0x000fffffffffffffull;
+  const std::uint64_t above = static_cast<std::uint64_t>(mantissa >= 0x6a09e667f3bcdull);
+  const double f = double_of(mantissa | (0x3ff0000000000000ull - (above << 52))) - 1.0;  // exact
+  // k in the low bits of a double near kShifter: the exponent, less the bias and any scaling.
+  const std::uint64_t k_bits = bits_of(kShifter) + ((b >> 52) & 0x7ff) - 1023 - 54 * subnormal + above;
+  const double dk = double_of(k_bits) - kShifter;  // exact
   const double s = f / (2.0 + f);
   const double z = s * s, w = z * z;
   const double t1 = w * (3.999999999940941908e-01 + w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
@@ -95,8 +93,15 @@ REVMERGE_HD_INLINE double log_f64(double x) {
            w * (2.857142874366239149e-01 + w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
   const double r = t2 + t1;
   const double half_f_sq = 0.5 * f * f;
-  const double dk = static_cast<double>(k);
-  return dk * kLn2High - ((half_f_sq - (s * (half_f_sq + r) + dk * kLn2Low)) - f);
+  const double core = dk * kLn2High - ((half_f_sq - (s * (half_f_sq + r) + dk * kLn2Low)) - f);
+  // The special cases blended in by masks: a select here would let the compiler move the
+  // arithmetic above into a branch, and then no longer vectorize the loop.
+  const std::uint64_t zero = static_cast<std::uint64_t>((raw << 1) == 0);
+  const std::uint64_t infinite = static_cast<std::uint64_t>(raw == 0x7ff0000000000000ull);
+  const std::uint64_t special = zero | infinite | (raw >> 63) | static_cast<std::uint64_t>(raw > 0x7ff0000000000000ull);
+  const std::uint64_t value = (0xfff0000000000000ull & (0 - zero)) | (raw & (0 - infinite)) |
+                              (0x7ff8000000000000ull & (0 - (1 - zero - infinite)));  // −∞, +∞ or NaN
+  return double_of((bits_of(core) & (special - 1)) | (value & (0 - special)));
 }
 
 }  // namespace revmerge::kernels

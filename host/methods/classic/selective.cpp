@@ -84,22 +84,34 @@ void ram(const TensorInputs& in, const RamParameters& p, std::span<float> out) {
 }
 
 // Each row's divergence (kernels::fusion_row_kl; a 1-D tensor is one row) for rows
-// [0, count / row) of w and b, on `threads` threads.
+// [0, count / row) of w and b, on `threads` threads, each with a row's scratch. Compiled again
+// for AVX2 and AVX-512 where the CPU has them: the exps and logs in vectors, the same IEEE
+// operations (no contraction in this file), so the same bits on every machine.
+#if defined(__x86_64__)
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+#endif
 std::vector<double> fusion_rows(std::span<const float> w, std::span<const float> b, i64 row, int threads) {
   const i64 rows = static_cast<i64>(w.size()) / row;
   std::vector<double> kl(static_cast<std::size_t>(rows));
-#pragma omp parallel for num_threads(threads > 0 ? threads : omp_get_max_threads()) schedule(static) if (rows > 1)
-  for (i64 r = 0; r < rows; ++r) kl[r] = kernels::fusion_row_kl(w.data() + r * row, b.data() + r * row, row);
+#pragma omp parallel num_threads(threads > 0 ? threads : omp_get_max_threads()) if (rows > 1)
+  {
+    std::vector<double> scratch(static_cast<std::size_t>(2 * row));
+#pragma omp for schedule(static)
+    for (i64 r = 0; r < rows; ++r)
+      kl[r] = kernels::fusion_row_kl(w.data() + r * row, b.data() + r * row, row, scratch.data());
+  }
   return kl;
 }
 
-// Arcee Fusion's importance of each element: |w − b| times its row's divergence `kl`.
-std::vector<double> fusion_importance(std::span<const float> w, std::span<const float> b, i64 row,
-                                      std::span<const double> kl) {
-  std::vector<double> importance(w.size());
-  for (std::size_t k = 0; k < w.size(); ++k)
-    importance[k] = kernels::fusion_importance(w[k], b[k], kl[k / static_cast<std::size_t>(row)]);
-  return importance;
+// Arcee Fusion's importance of each element: |w − b| times its row's divergence `kl`, on
+// `threads` threads.
+void fusion_importance(std::span<const float> w, std::span<const float> b, i64 row, std::span<const double> kl,
+                       int threads, std::vector<double>& importance) {
+  importance.resize(w.size());
+  const i64 rows = static_cast<i64>(w.size()) / row;
+#pragma omp parallel for num_threads(threads > 0 ? threads : omp_get_max_threads()) schedule(static) if (rows > 1)
+  for (i64 r = 0; r < rows; ++r)
+    for (i64 j = r * row; j < (r + 1) * row; ++j) importance[j] = kernels::fusion_importance(w[j], b[j], kl[r]);
 }
 
 double quartile_threshold(std::vector<double> v) {
@@ -137,7 +149,8 @@ void selective_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std:
   if (b.empty()) return;
   const i64 row = std::max<i64>(in.shape.empty() ? 1 : in.shape.back(), 1);
   const auto w = in.model(0);
-  const auto importance = fusion_importance(w, b, row, fusion_rows(w, b, row, threads));
+  std::vector<double> importance;
+  fusion_importance(w, b, row, fusion_rows(w, b, row, threads), threads, importance);
   const double threshold = quartile_threshold(importance);
   for (std::size_t k = 0; k < out.size(); ++k) out[k] = importance[k] >= threshold ? w[k] : b[k];
 }
@@ -188,39 +201,56 @@ class RamPieces final : public PieceMerger {
   bool counted_ = false;
 };
 
+// Importances [from, from + count) of a piece whose rows of `row` elements have the divergences
+// kl (the piece's first row first), into out.
+void fusion_importances(const float* w, const float* b, const double* kl, i64 row, i64 from, i64 count,
+                        double* out) {
+  for (i64 k = from; k < from + count;) {  // row by row
+    const i64 r = k / row, end = std::min(from + count, (r + 1) * row);
+    for (; k < end; ++k) out[k - from] = kernels::fusion_importance(w[k], b[k], kl[r]);
+  }
+}
+
 // arcee_fusion in pieces of whole rows: the rows' divergences (kept for the tensor, a double a
 // row, from the first pass), the importances' quartiles by an exact radix selection over four
-// passes, then each change kept or dropped.
+// passes (the importances made a block at a time where they are counted), then each change kept
+// or dropped.
 class FusionPieces final : public PieceMerger {
  public:
   FusionPieces(i64 row, i64 numel)
       : row_(std::max<i64>(row, 1)), kl_(static_cast<std::size_t>(numel / row_)), select_(fusion_ranks(numel)) {}
   i64 granule() const override { return row_; }
-  std::uint64_t extra_bytes_per_element() const override { return 8; }  // a piece's importances
   bool wants_pass() const override { return select_.wants_pass(); }
   void observe(const TensorInputs& in, int threads) override {
     if (select_.digit() == 0) {
       const auto kl = fusion_rows(in.model(0), in.base, row_, threads);
       std::copy(kl.begin(), kl.end(), kl_.begin() + in.first / row_);
     }
-    select_.add(importance(in));
+    const float* w = in.model(0).data();
+    const double* kl = kl_.data() + in.first / row_;
+    select_.add_made(
+        static_cast<i64>(in.count),
+        [&](i64 first, i64 count, double* out) {
+          fusion_importances(w, in.base.data(), kl, row_, first, count, out);
+          return std::span<const double>(out, static_cast<std::size_t>(count));
+        },
+        threads);
   }
   void end_pass() override {
     select_.end_pass();
     if (!select_.wants_pass()) threshold_ = fusion_threshold(select_.value(0), select_.value(1), select_.value(2));
   }
-  void produce(TensorInputs& in, std::span<float> out, int) override {
-    const auto w = in.model(0);
-    const auto v = importance(in);
-    for (std::size_t k = 0; k < out.size(); ++k) out[k] = v[k] >= threshold_ ? w[k] : in.base[k];
+  void produce(TensorInputs& in, std::span<float> out, int threads) override {
+    const float *w = in.model(0).data(), *b = in.base.data();
+    const double* kl = kl_.data() + in.first / row_;
+    const i64 rows = static_cast<i64>(in.count) / row_;
+#pragma omp parallel for num_threads(threads > 0 ? threads : omp_get_max_threads()) schedule(static) if (rows > 1)
+    for (i64 r = 0; r < rows; ++r)
+      for (i64 j = r * row_; j < (r + 1) * row_; ++j)
+        out[j] = kernels::fusion_importance(w[j], b[j], kl[r]) >= threshold_ ? w[j] : b[j];
   }
 
  private:
-  std::vector<double> importance(const TensorInputs& in) const {
-    const auto rows = std::span<const double>(kl_).subspan(static_cast<std::size_t>(in.first / row_));
-    return fusion_importance(in.model(0), in.base, row_, rows);
-  }
-
   i64 row_;
   std::vector<double> kl_;  // each row's divergence
   RankSelect select_;
