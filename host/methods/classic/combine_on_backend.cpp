@@ -645,14 +645,15 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
       step.x = task(0);
       step.row_t = as<double>(kl) + first / row;
     };
-    RankSelect select(fusion_ranks(numel));
+    const auto ranks = fusion_ranks(numel);
+    RankSelect select(ranks);
     // Pass 0: one histogram of the high digits; then one per quartile, of the importances under
     // its digits so far.
-    const DeviceBuffer histograms = b.allocate(3 * 65536 * 8);
-    std::vector<std::uint64_t> host(65536);
+    const DeviceBuffer histograms = b.allocate(ranks.size() * 65536 * 8);
+    std::vector<std::uint64_t> host(ranks.size() * 65536);
     while (select.wants_pass()) {
       const int digit = select.digit();
-      const std::size_t count_of = digit == 0 ? 1 : 3;
+      const std::size_t count_of = digit == 0 ? 1 : ranks.size();
       b.fill(histograms.data(), 0, count_of * 65536 * 8, s.stream);
       for (i64 first = 0; first < numel; first += piece) {
         if (!one_piece) read(first);
@@ -669,11 +670,10 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
           b.elementwise(step, s.stream);
         }
       }
-      for (std::size_t r = 0; r < count_of; ++r) {
-        b.download(host.data(), as<std::uint64_t>(histograms) + r * 65536, 65536 * 8, s.stream);
-        b.synchronize(s.stream);
-        select.add_histogram(r, host);
-      }
+      b.download(host.data(), histograms.data(), count_of * 65536 * 8, s.stream);  // one wait a pass
+      b.synchronize(s.stream);
+      for (std::size_t r = 0; r < count_of; ++r)
+        select.add_histogram(r, std::span<const std::uint64_t>(host).subspan(r * 65536, 65536));
       select.end_pass();
     }
     step.kind = ElementwiseKind::fusion_blend;

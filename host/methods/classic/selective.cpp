@@ -103,15 +103,14 @@ std::vector<double> fusion_rows(std::span<const float> w, std::span<const float>
   return kl;
 }
 
-// Arcee Fusion's importance of each element: |w − b| times its row's divergence `kl`, on
-// `threads` threads.
-void fusion_importance(std::span<const float> w, std::span<const float> b, i64 row, std::span<const double> kl,
-                       int threads, std::vector<double>& importance) {
-  importance.resize(w.size());
-  const i64 rows = static_cast<i64>(w.size()) / row;
-#pragma omp parallel for num_threads(threads > 0 ? threads : omp_get_max_threads()) schedule(static) if (rows > 1)
-  for (i64 r = 0; r < rows; ++r)
-    for (i64 j = r * row; j < (r + 1) * row; ++j) importance[j] = kernels::fusion_importance(w[j], b[j], kl[r]);
+// Importances [from, from + count) of a piece whose rows of `row` elements have the divergences
+// kl (the piece's first row first), into out.
+void fusion_importances(const float* w, const float* b, const double* kl, i64 row, i64 from, i64 count,
+                        double* out) {
+  for (i64 k = from; k < from + count;) {  // row by row
+    const i64 r = k / row, end = std::min(from + count, (r + 1) * row);
+    for (; k < end; ++k) out[k - from] = kernels::fusion_importance(w[k], b[k], kl[r]);
+  }
 }
 
 double quartile_threshold(std::vector<double> v) {
@@ -149,8 +148,9 @@ void selective_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std:
   if (b.empty()) return;
   const i64 row = std::max<i64>(in.shape.empty() ? 1 : in.shape.back(), 1);
   const auto w = in.model(0);
-  std::vector<double> importance;
-  fusion_importance(w, b, row, fusion_rows(w, b, row, threads), threads, importance);
+  std::vector<double> importance(w.size());
+  fusion_importances(w.data(), b.data(), fusion_rows(w, b, row, threads).data(), row, 0,
+                     static_cast<i64>(w.size()), importance.data());
   const double threshold = quartile_threshold(importance);
   for (std::size_t k = 0; k < out.size(); ++k) out[k] = importance[k] >= threshold ? w[k] : b[k];
 }
@@ -200,16 +200,6 @@ class RamPieces final : public PieceMerger {
   std::vector<double> shared_, unique_, scale_;
   bool counted_ = false;
 };
-
-// Importances [from, from + count) of a piece whose rows of `row` elements have the divergences
-// kl (the piece's first row first), into out.
-void fusion_importances(const float* w, const float* b, const double* kl, i64 row, i64 from, i64 count,
-                        double* out) {
-  for (i64 k = from; k < from + count;) {  // row by row
-    const i64 r = k / row, end = std::min(from + count, (r + 1) * row);
-    for (; k < end; ++k) out[k - from] = kernels::fusion_importance(w[k], b[k], kl[r]);
-  }
-}
 
 // arcee_fusion in pieces of whole rows: the rows' divergences (kept for the tensor, a double a
 // row, from the first pass), the importances' quartiles by an exact radix selection over four
