@@ -54,6 +54,7 @@ class CudaBackend final : public Backend {
   // cuda_rmm.cu
   void rmm_positions(const kernels::RmmModuleArgs& args, Stream s) override;
   void rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) override;
+  void rmm_candidate_grams(const kernels::RmmCandidateArgs& args, Stream s) override;
   void materialize(const kernels::MaterializeArgs& args, Stream s) override;
   void elementwise(const kernels::ElementwiseStep& step, Stream s) override;
 

@@ -13,6 +13,7 @@
 #include "cuda_backend_impl.cuh"
 #include "cuda_check.hpp"
 #include "kernels/elementwise.hpp"
+#include "kernels/rmm_candidates.hpp"
 #include "kernels/rmm_errors.hpp"
 #include "kernels/rmm_position.hpp"
 
@@ -114,6 +115,31 @@ void CudaBackend::rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) {
   const cudaStream_t st = stream(s);
   for_each_index(st, kernels::rmm_error_sums_size(args), kernels::RmmChunkSums{args});
   for_each_index(st, args.n * (kernels::kRmmErrorTerms + 2), kernels::RmmErrorDots{args});
+}
+
+// The store's RMM candidates: per basis size, the rows [D_p | x] of every task and position in
+// one launch, the Grams as one batched GEMM over runs of positions (split-K, so a few tasks
+// still fill the GPU), the runs added in f64 in order. Each size reuses the rows' buffer.
+void CudaBackend::rmm_candidate_grams(const kernels::RmmCandidateArgs& args, Stream s) {
+  use_device();
+  const cudaStream_t st = stream(s);
+  const i64 n = args.n, r = args.r, m = args.m;
+  if (args.count == 0 || n == 0) return;
+  const i64 hint = std::clamp<i64>(split_k_hint(n, r, 2 * r, m), 1, m);
+  i64 chunks = 1;  // the largest divisor of m up to the hint: whole runs, no padding
+  for (i64 c = hint; c > 1 && chunks == 1; --c)
+    if (m % c == 0) chunks = c;
+  const i64 run = m / chunks, per = 2 * r * r;
+  DeviceBuffer rows = allocate(sizeof(float) * static_cast<std::size_t>(n * m * 2 * r));
+  DeviceBuffer pieces = allocate(sizeof(float) * static_cast<std::size_t>(n * chunks * per));
+  for (i64 i = 0; i < args.count; ++i) {
+    for_each_index(st, n * m * r, kernels::RmmCandidateRows{args, i, rows.f32()});
+    // Run c of task t is rows (t · m + c · run) … + run: one stride apart in the batch.
+    const MatBatch d{rows.f32(), n * chunks, run, r, 2 * r, run * 2 * r};
+    const MatBatch dx{rows.f32(), n * chunks, run, 2 * r, 2 * r, run * 2 * r};
+    gemm(Op::transpose, Op::none, 1.0f, d, dx, 0.0f, MatBatch::packed(pieces.f32(), n * chunks, r, 2 * r), s);
+    for_each_index(st, n * per, kernels::RmmCandidateChunkSums{args, i, chunks, pieces.f32()});
+  }
 }
 
 void CudaBackend::materialize(const kernels::MaterializeArgs& args, Stream s) {

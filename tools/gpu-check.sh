@@ -259,17 +259,28 @@ else
 fi
 step merge-example merge-example.log 60 "$revmerge" merge --device cuda --basis 2 --force --out "$out/example-bundle" examples/adapters/chat examples/adapters/code examples/adapters/math examples/adapters/qa examples/adapters/sentiment examples/adapters/summary examples/adapters/topic examples/adapters/translate
 # The whole default suite: on a machine with a GPU, `--device auto` runs every RMM CLI test there.
-# The budgeted store on the 7b set: its RMM candidates on the GPU (the Grams stay on the host),
-# against RMM at the same storage; auto's choices should match the CPU's (bitwise RMM).
+# The budgeted store on the 7b set: RMM's run and its candidates' difference Grams on the GPU
+# (Backend::rmm_candidate_grams; the shared bases and truncations still on the host), against RMM
+# at the same storage (issue 20 asks auto ≤ 1.5× RMM's time), and against auto on the CPU: the
+# choices should match (the candidates' f32 GEMMs are the only bits that differ).
 store_auto() {
   /usr/bin/time -f "rmm P=4 cuda: %e s" "$revmerge" merge --device cuda --basis 4 --force --quiet \
     --out "$out/store-rmm" "$out"/adapters-7b/task-* || return 1
   /usr/bin/time -f "auto cuda: %e s" "$revmerge" merge --device cuda --method auto --storage 0.6875 \
     --force --quiet --out "$out/store-auto" "$out"/adapters-7b/task-* || return 1
+  /usr/bin/time -f "auto cpu: %e s" "$revmerge" merge --device cpu --method auto --storage 0.6875 \
+    --force --quiet --out "$out/store-auto-cpu" "$out"/adapters-7b/task-* || return 1
   grep -c '"representation": "rmm"' "$out/store-auto/manifest.json"
+  python3 - "$out/store-auto/manifest.json" "$out/store-auto-cpu/manifest.json" <<'PY'
+import json, sys
+keys = ("representation", "basis_a", "basis_b", "kept_ranks", "shared_rank", "shared_basis")
+gpu, cpu = ([[m.get(k) for k in keys] for m in json.load(open(f))["modules"]] for f in sys.argv[1:3])
+diff = sum(a != b for a, b in zip(gpu, cpu))
+print("auto's choices on the GPU and the CPU:", "the same" if diff == 0 else f"{diff} modules DIFFER")
+PY
 }
 export -f store_auto
-step store-auto-7b store-auto-7b.log 150 bash -c store_auto
+step store-auto-7b store-auto-7b.log 200 bash -c store_auto
 # A resident bundle on the GPU: one task of the 8-layer 7b bundles (RMM P = 4, and auto's)
 # materialised into device buffers, against the device copy floor; then every representation
 # reverted on the GPU and on the CPU, byte for byte (kernels::materialize on both).

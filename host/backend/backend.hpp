@@ -18,6 +18,7 @@
 
 #include "kernels/elementwise.hpp"
 #include "kernels/materialize.hpp"
+#include "kernels/rmm_candidates.hpp"
 #include "kernels/rmm_errors.hpp"
 #include "kernels/rmm_position.hpp"
 #include "revmerge/dtype.hpp"
@@ -189,6 +190,12 @@ class Backend {
   virtual void rmm_positions(const kernels::RmmModuleArgs& args, Stream s) = 0;
   /// kernels::RmmChunkSums over every element, then kernels::RmmErrorDots over every term.
   virtual void rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) = 0;
+  /// The budgeted store's RMM candidates (kernels/rmm_candidates.hpp): for every basis size p
+  /// of `args` and every task, D_pᵀ[D_p | X] over the side's positions into args.grams. D_p's
+  /// elements are kernels::RmmCandidateRows' on every backend; the products run in f32 over
+  /// runs of positions the backend chooses, the runs added in f64 in order — the one place the
+  /// backends' bits may differ (these are the allocation's estimates, not what is reported).
+  virtual void rmm_candidate_grams(const kernels::RmmCandidateArgs& args, Stream s) = 0;
   /// Every output element of `args` (kernels::materialize_element, rounded to each part's
   /// dtype); the parts table, the stored tensors and the outputs in backend memory. The CPU
   /// runs a tile of rows × columns per step, the GPU an element per thread, in one launch.

@@ -44,6 +44,8 @@ class CpuBackend final : public Backend {
   // cpu_rmm.cpp
   void rmm_positions(const kernels::RmmModuleArgs& args, Stream s) override;
   void rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) override;
+  // cpu_rmm_candidates.cpp
+  void rmm_candidate_grams(const kernels::RmmCandidateArgs& args, Stream s) override;
   void materialize(const kernels::MaterializeArgs& args, Stream s) override;
   void elementwise(const kernels::ElementwiseStep& step, Stream s) override;
 

@@ -15,17 +15,6 @@ namespace {
 
 using i64 = std::int64_t;
 
-kernels::ElemType elem_type(DType t) {
-  switch (t) {
-    case DType::F32: return kernels::ElemType::f32;
-    case DType::F16: return kernels::ElemType::f16;
-    case DType::BF16: return kernels::ElemType::bf16;
-    default:
-      throw unsupported_error("rmm: results are stored as F32, F16 or BF16, not " +
-                              std::string(dtype_name(t)));
-  }
-}
-
 std::size_t round_up(std::size_t x, std::size_t to) { return (x + to - 1) / to * to; }
 
 i64 positions(const RmmShape& s, int side) { return side == 0 ? s.in : s.out; }
@@ -64,6 +53,17 @@ double safe_ratio(double num, double den) {
 }
 
 }  // namespace
+
+kernels::ElemType rmm_storage_type(DType t) {
+  switch (t) {
+    case DType::F32: return kernels::ElemType::f32;
+    case DType::F16: return kernels::ElemType::f16;
+    case DType::BF16: return kernels::ElemType::bf16;
+    default:
+      throw unsupported_error("rmm: results are stored as F32, F16 or BF16, not " +
+                              std::string(dtype_name(t)));
+  }
+}
 
 void check_rmm_shape(const RmmShape& s) {
   if (s.n < 2 || s.n > kernels::kRmmMaxTasks || s.p < 1 || s.p >= s.n || s.r < 1 ||
@@ -120,14 +120,14 @@ RmmModuleWork rmm_module_enqueue(Backend& be, const RmmShape& s,
   kernels::RmmModuleArgs args;
   std::copy(tasks.begin(), tasks.end(), args.tasks);
   args.n = n, args.r = r, args.in = s.in, args.out = s.out, args.p = s.p;
-  args.storage = elem_type(storage);
+  args.storage = rmm_storage_type(storage);
   args.drop_tol = rmm_drop_tolerance(n);
   i64 chunks[2];
   for (int side = 0; side < 2; ++side) {
     args.mean[side] = out + layout.mean[side];
     args.basis[side] = out + layout.basis[side];
     args.coef[side] = out + layout.coef[side];
-    args.ext[side] = static_cast<float*>(take(sizes.ext[side]));
+    args.ext[side] = work.ext[side] = static_cast<float*>(take(sizes.ext[side]));
     args.eigenvalues[side] = static_cast<double*>(take(sizes.eig[side]));
     chunks[side] = gram_chunks(be, s, side);
   }
@@ -205,30 +205,38 @@ RmmModuleReport rmm_module_report(const RmmShape& s, DType storage, const void* 
   return rep;
 }
 
-RmmModuleResult rmm_module(Backend& be, const RmmShape& s, const float* host_a,
-                           const float* host_b, DType storage, Stream st, bool error_terms) {
-  check_rmm_shape(s);
+void check_rmm_converged(unsigned long long first_unconverged) {
+  if (first_unconverged != kernels::kRmmNoKey)
+    throw solver_error("rmm: the Jacobi eigensolver did not converge at position " +
+                       std::to_string(first_unconverged & ((1ull << 48) - 1)) + " of side " +
+                       (first_unconverged >> 48 ? "B" : "A"));
+}
+
+RmmInputs rmm_upload(Backend& be, const RmmShape& s, const float* host_a, const float* host_b, Stream st) {
   const i64 n = s.n, r = s.r;
   const std::size_t a_bytes = sizeof(float) * static_cast<std::size_t>(n * r * s.in),
                     b_bytes = sizeof(float) * static_cast<std::size_t>(n * s.out * r);
-  DeviceBuffer a = be.allocate(a_bytes), b = be.allocate(b_bytes);
-  be.upload(a.data(), host_a, a_bytes, st);
-  be.upload(b.data(), host_b, b_bytes, st);
-  std::vector<kernels::RmmTaskFactors> tasks(static_cast<std::size_t>(n));
+  RmmInputs in{be.allocate(a_bytes), be.allocate(b_bytes), {}};
+  be.upload(in.a.data(), host_a, a_bytes, st);
+  be.upload(in.b.data(), host_b, b_bytes, st);
   for (i64 t = 0; t < n; ++t)
-    tasks[t] = {a.f32() + t * r * s.in, b.f32() + t * s.out * r, kernels::ElemType::f32,
-                static_cast<std::int32_t>(r), 1.0f};
+    in.tasks.push_back({in.a.f32() + t * r * s.in, in.b.f32() + t * s.out * r, kernels::ElemType::f32,
+                        static_cast<std::int32_t>(r), 1.0f});
+  return in;
+}
+
+RmmModuleResult rmm_module(Backend& be, const RmmShape& s, const float* host_a,
+                           const float* host_b, DType storage, Stream st, bool error_terms) {
+  check_rmm_shape(s);
+  const auto inputs = rmm_upload(be, s, host_a, host_b, st);
   const auto layout = RmmPacked::layout(s, storage);
   DeviceBuffer packed = be.allocate(layout.bytes);
-  auto work = rmm_module_enqueue(be, s, tasks, storage, packed.data(), st, error_terms);
+  auto work = rmm_module_enqueue(be, s, inputs.tasks, storage, packed.data(), st, error_terms);
   std::vector<unsigned char> host(layout.bytes);
   be.download(host.data(), packed.data(), layout.bytes, st);
   be.synchronize(st);
   const auto rep = rmm_module_report(s, storage, host.data());
-  if (rep.first_unconverged != kernels::kRmmNoKey)
-    throw solver_error("rmm: the Jacobi eigensolver did not converge at position " +
-                       std::to_string(rep.first_unconverged & ((1ull << 48) - 1)) + " of side " +
-                       (rep.first_unconverged >> 48 ? "B" : "A"));
+  check_rmm_converged(rep.first_unconverged);
   RmmModuleResult res;
   for (int side = 0; side < 2; ++side) {
     RmmSide& out = side == 0 ? res.a : res.b;

@@ -40,6 +40,9 @@ struct RmmPacked {
 /// module (an event recorded after it has completed).
 struct RmmModuleWork {
   std::vector<DeviceBuffer> buffers;
+  /// Each side's x and D (kernels::RmmModuleArgs::ext), in `buffers`: what later work on the
+  /// stream may read (the store's candidates read x there).
+  float* ext[2] = {};
 };
 
 /// Queues RMM of one module on `stream`. `tasks` says where each task's factors lie in backend
@@ -72,6 +75,10 @@ struct RmmModuleReport {
 
 RmmModuleReport rmm_module_report(const RmmShape& shape, DType storage, const void* packed);
 
+/// Throws solver_error naming the position where RmmModuleReport::first_unconverged says an
+/// eigensolve did not converge.
+void check_rmm_converged(unsigned long long first_unconverged);
+
 /// The stored factors of one side, widened to f32 (tests and benches), and the side's errors.
 struct RmmSide {
   std::vector<float> mean, basis, coef;  ///< m × r, m × r × p, m × p × n
@@ -82,6 +89,18 @@ struct RmmModuleResult {
   RmmSide a, b;
   std::vector<double> delta_error, delta_norm;
 };
+
+/// A module's host stacks (rmm_module's layout) uploaded on `stream`, and where each task's
+/// factors then lie.
+struct RmmInputs {
+  DeviceBuffer a, b;
+  std::vector<kernels::RmmTaskFactors> tasks;
+};
+RmmInputs rmm_upload(Backend& backend, const RmmShape& shape, const float* host_a, const float* host_b,
+                     Stream stream);
+
+/// The kernels' name for a stored dtype (F32, F16 or BF16; others are refused).
+kernels::ElemType rmm_storage_type(DType storage);
 
 /// One module from host stacks to host results, waiting for them (tests, benches): `host_a` is
 /// n × r × in (rows past a task's rank zero), `host_b` n × out × r with the scale folded in.

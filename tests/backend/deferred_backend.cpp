@@ -101,6 +101,9 @@ class DeferredBackend final : public Backend {
   void rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) override {
     enqueue(s, [args, this] { cpu_->rmm_error_terms(args, {}); });
   }
+  void rmm_candidate_grams(const kernels::RmmCandidateArgs& args, Stream s) override {
+    enqueue(s, [args, this] { cpu_->rmm_candidate_grams(args, {}); });
+  }
   void materialize(const kernels::MaterializeArgs& args, Stream s) override {
     enqueue(s, [args, this] { cpu_->materialize(args, {}); });
   }

@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <cstddef>
 
 #include "methods/store/parallel_tasks.hpp"
@@ -86,9 +87,8 @@ namespace {
 // One side's stored basis with each direction contiguous: m × P × r (it is stored m × r × P,
 // direction last), so sweeping a direction over the positions reads memory in order. Shared
 // by the side's tasks.
-template <class T>
-std::vector<T> directions_by_position(const RmmSide& stored, i64 m, i64 r, i64 stored_p) {
-  std::vector<T> out(static_cast<std::size_t>(m * stored_p * r));
+std::vector<double> directions_by_position(const RmmSide& stored, i64 m, i64 r, i64 stored_p) {
+  std::vector<double> out(static_cast<std::size_t>(m * stored_p * r));
   for (i64 j = 0; j < m; ++j)
     for (i64 k = 0; k < r; ++k)
       for (i64 q = 0; q < stored_p; ++q)
@@ -99,58 +99,17 @@ std::vector<T> directions_by_position(const RmmSide& stored, i64 m, i64 r, i64 s
 // Row j − j0 of D (stride `ld`) += directions [from, to) at position j, each scaled by task t's
 // coefficient there, for positions j0 … j1 − 1: one sweep over D whatever the number of
 // directions.
-template <class T>
-void add_directions(T* d, i64 ld, const std::vector<T>& directions, const RmmSide& stored, i64 j0, i64 j1, i64 r,
+void add_directions(double* d, i64 ld,
+                    const std::vector<double>& directions, const RmmSide& stored, i64 j0, i64 j1, i64 r,
                     i64 stored_p, i64 n, i64 from, i64 to, i64 t) {
   if (from >= to) return;
   for (i64 j = j0; j < j1; ++j) {
-    T* row = d + (j - j0) * ld;
+    double* row = d + (j - j0) * ld;
     for (i64 q = from; q < to; ++q) {
-      const T c = stored.coef[(j * stored_p + q) * n + t];
-      const T* v = directions.data() + (j * stored_p + q) * r;
+      const double c = stored.coef[(j * stored_p + q) * n + t];
+      const double* v = directions.data() + (j * stored_p + q) * r;
       for (i64 k = 0; k < r; ++k) row[k] += v[k] * c;
     }
-  }
-}
-
-// The candidates' Grams, estimated (what the allocation weighs): D kept in f32 beside X as
-// [D | X], one single-precision GEMM Dᵀ[D | X] giving DᵀD and DᵀX at each p. Every term of the
-// delta error is of the error's own size (no cancellation against ‖ΔW‖²), so f32 keeps about 6
-// digits of each; D's own f32 sums lose digits only where D is at the inputs' rounding level,
-// where no option is told apart by its error. The positions go in blocks small enough to stay
-// in cache while every p's directions are added and its GEMM reads them (a whole side's D per p
-// made the sweep wait on memory), the GEMMs adding each block into every p's Grams.
-void estimate_side(const std::vector<double>& x, const RmmSide& stored, const std::vector<float>& directions,
-                   i64 m, i64 r, i64 stored_p, i64 n, i64 t, const std::vector<i64>& ps,
-                   std::vector<SideDifference>& out) {
-  constexpr i64 kBlock = 256;
-  std::vector<float> dx(static_cast<std::size_t>(std::min(m, kBlock) * 2 * r));
-  std::vector<std::vector<float>> g(ps.size(), std::vector<float>(static_cast<std::size_t>(2 * r * r), 0.0f));
-  for (i64 j0 = 0; j0 < m; j0 += kBlock) {
-    const i64 j1 = std::min(m, j0 + kBlock);
-    for (i64 j = j0; j < j1; ++j)
-      for (i64 k = 0; k < r; ++k) {
-        dx[(j - j0) * 2 * r + k] = static_cast<float>(double(stored.mean[j * r + k]) - x[j * r + k]);
-        dx[(j - j0) * 2 * r + r + k] = static_cast<float>(x[j * r + k]);
-      }
-    i64 q = 0;
-    for (std::size_t i = 0; i < ps.size(); ++i) {
-      add_directions(dx.data(), 2 * r, directions, stored, j0, j1, r, stored_p, n, q, ps[i], t);
-      q = std::max(q, ps[i]);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, 2 * r, j1 - j0, 1.0f, dx.data(), 2 * r, dx.data(),
-                  2 * r, 1.0f, g[i].data(), 2 * r);
-    }
-  }
-  for (std::size_t i = 0; i < ps.size(); ++i) {
-    auto& dd = out[i].dd[t];
-    auto& dxg = out[i].dx[t];
-    dd.resize(static_cast<std::size_t>(r * r));
-    dxg.resize(static_cast<std::size_t>(r * r));
-    for (i64 a = 0; a < r; ++a)
-      for (i64 b = 0; b < r; ++b) {
-        dd[a * r + b] = g[i][a * 2 * r + b];
-        dxg[a * r + b] = g[i][a * 2 * r + r + b];
-      }
   }
 }
 
@@ -172,7 +131,7 @@ void exact_side(const std::vector<double>& x, const RmmSide& stored, const std::
 
 std::vector<SideDifference> side_differences(const PlannedModule& pm, const SideGrams& grams, int side,
                                              const RmmSide& stored, i64 stored_p,
-                                             const std::vector<i64>& ps, int threads, bool estimate) {
+                                             const std::vector<i64>& ps, int threads) {
   const i64 r = pm.rank, m = side_rows(pm, side), n = static_cast<i64>(grams.x[side].size());
   std::vector<SideDifference> out(ps.size());
   for (std::size_t i = 0; i < ps.size(); ++i) {
@@ -181,16 +140,87 @@ std::vector<SideDifference> side_differences(const PlannedModule& pm, const Side
     out[i].dx.resize(static_cast<std::size_t>(n));
     out[i].d_sq.resize(static_cast<std::size_t>(n));
   }
-  std::vector<float> dir32;
-  std::vector<double> dir64;
-  if (estimate) dir32 = directions_by_position<float>(stored, m, r, stored_p);
-  else dir64 = directions_by_position<double>(stored, m, r, stored_p);
+  const auto directions = directions_by_position(stored, m, r, stored_p);
   parallel_tasks(n, threads, [&](long t) {
-    const auto& x = grams.x[side][t];
-    if (estimate) estimate_side(x, stored, dir32, m, r, stored_p, n, t, ps, out);
-    else exact_side(x, stored, dir64, m, r, stored_p, n, t, ps, out);
+    exact_side(grams.x[side][t], stored, directions, m, r, stored_p, n, t, ps, out);
     for (auto& o : out) o.d_sq[t] = trace(o.dd[t], r);
   });
+  return out;
+}
+
+void rmm_stacks(const PlannedModule& pm, const std::vector<TaskFactors>& f, std::vector<float>& a,
+                std::vector<float>& b) {
+  const i64 n = static_cast<i64>(f.size()), r = pm.rank;
+  a.assign(static_cast<std::size_t>(n * r * pm.in), 0.0f);
+  b.assign(static_cast<std::size_t>(n * pm.out * r), 0.0f);
+  for (i64 t = 0; t < n; ++t) {
+    const auto& tf = f[t];
+    std::copy(tf.a.begin(), tf.a.end(), a.begin() + t * r * pm.in);
+    for (i64 o = 0; o < pm.out; ++o)
+      for (i64 k = 0; k < tf.rank; ++k)
+        b[(t * pm.out + o) * r + k] = static_cast<float>(tf.scale * tf.b[o * tf.rank + k]);
+  }
+}
+
+std::array<std::vector<SideDifference>, 2> rmm_candidates(Backend& be, const PlannedModule& pm,
+                                                          const std::vector<TaskFactors>& f,
+                                                          const std::vector<i64>& ps, DType storage) {
+  const i64 n = static_cast<i64>(f.size()), r = pm.rank, P = ps.back();
+  const RmmShape shape{n, r, pm.in, pm.out, P};
+  check_rmm_shape(shape);
+  std::vector<float> host_a, host_b;
+  rmm_stacks(pm, f, host_a, host_b);
+  const Stream st{};
+  const auto inputs = rmm_upload(be, shape, host_a.data(), host_b.data(), st);
+  const auto layout = RmmPacked::layout(shape, storage);
+  DeviceBuffer packed = be.allocate(layout.bytes);
+  const auto work = rmm_module_enqueue(be, shape, inputs.tasks, storage, packed.data(), st, /*error_terms=*/false);
+
+  const i64 count = static_cast<i64>(ps.size()), per = 2 * r * r;
+  DeviceBuffer grams[2];
+  std::vector<double> host_grams[2];
+  auto* bytes = static_cast<unsigned char*>(packed.data());
+  for (int side = 0; side < 2; ++side) {
+    kernels::RmmCandidateArgs args;
+    args.n = n, args.r = r, args.m = side_rows(pm, side), args.stored_p = P;
+    args.storage = rmm_storage_type(storage);
+    args.mean = bytes + layout.mean[side];
+    args.basis = bytes + layout.basis[side];
+    args.coef = bytes + layout.coef[side];
+    args.ext = work.ext[side];
+    args.count = count;
+    std::copy(ps.begin(), ps.end(), args.ps);
+    host_grams[side].resize(static_cast<std::size_t>(count * n * per));
+    grams[side] = be.allocate(host_grams[side].size() * sizeof(double));
+    args.grams = static_cast<double*>(grams[side].data());
+    be.rmm_candidate_grams(args, st);
+    be.download(host_grams[side].data(), grams[side].data(), host_grams[side].size() * sizeof(double), st);
+  }
+  unsigned long long status[2];
+  be.download(status, bytes + layout.status, sizeof(status), st);
+  be.synchronize(st);
+  check_rmm_converged(status[1]);
+
+  std::array<std::vector<SideDifference>, 2> out;
+  for (int side = 0; side < 2; ++side) {
+    out[side].resize(ps.size());
+    for (i64 i = 0; i < count; ++i) {
+      auto& d = out[side][i];
+      d.p = ps[i];
+      for (i64 t = 0; t < n; ++t) {
+        const double* g = host_grams[side].data() + (i * n + t) * per;
+        std::vector<double> dd(static_cast<std::size_t>(r * r)), dx(static_cast<std::size_t>(r * r));
+        for (i64 u = 0; u < r; ++u)
+          for (i64 v = 0; v < r; ++v) {
+            dd[u * r + v] = g[u * 2 * r + v];
+            dx[u * r + v] = g[u * 2 * r + r + v];
+          }
+        d.d_sq.push_back(trace(dd, r));
+        d.dd.push_back(std::move(dd));
+        d.dx.push_back(std::move(dx));
+      }
+    }
+  }
   return out;
 }
 

@@ -1,10 +1,14 @@
 #pragma once
-// RMM with a basis size per side, measured on the host from RMM's stored results: for any
-// p_A, p_B (0: the mean alone) every task's delta error in closed form from r × r Grams of the
-// sides' differences D = X̂ − X, so the pairs cost no RMM runs beyond one per candidate p.
+// RMM with a basis size per side: for any p_A, p_B (0: the mean alone) every task's delta error
+// in closed form from r × r Grams of the sides' differences D = X̂ − X, so the pairs cost one
+// RMM run at the largest p. The allocation's estimates are made on the backend where the run's
+// results lie (rmm_candidates); what is reported is measured on the host in f64
+// (side_differences).
+#include <array>
 #include <cstdint>
 #include <vector>
 
+#include "backend/backend.hpp"
 #include "methods/adapter_set.hpp"
 #include "methods/rmm_module.hpp"
 
@@ -29,13 +33,25 @@ struct SideDifference {
 
 /// Side `side` (0: A, 1: B) as `stored` holds it (an RMM result at basis size `stored_p`) at
 /// each basis size of `ps` (ascending, each ≤ stored_p; only the first p directions are used, 0:
-/// the mean alone), in one sweep over the directions. Tasks on `threads` threads (0: all cores).
-/// `estimate`: D and its Grams in f32, one GEMM Dᵀ[D | X] per p (to weigh candidates; what is
-/// reported is measured in f64).
+/// the mean alone), in one sweep over the directions, D and its Grams in f64 (what is
+/// reported). Tasks on `threads` threads (0: all cores).
 std::vector<SideDifference> side_differences(const PlannedModule& pm, const SideGrams& x, int side,
                                              const RmmSide& stored, std::int64_t stored_p,
-                                             const std::vector<std::int64_t>& ps, int threads,
-                                             bool estimate);
+                                             const std::vector<std::int64_t>& ps, int threads);
+
+/// The tasks' factors as RMM reads them: A stacked n × r × in, B n × out × r with the scale
+/// folded in (f32), rows and columns past a task's rank zero.
+void rmm_stacks(const PlannedModule& pm, const std::vector<TaskFactors>& f, std::vector<float>& a,
+                std::vector<float>& b);
+
+/// Both sides at every basis size of `ps` (ascending, 0: the mean alone; the last within RMM's
+/// limits) from one RMM run on the backend at the largest: per task D_pᵀD_p, D_pᵀX and ‖D_p‖²,
+/// made where the run's results lie (Backend::rmm_candidate_grams) — the estimates the
+/// allocation weighs. Throws solver_error where an eigensolve did not converge.
+std::array<std::vector<SideDifference>, 2> rmm_candidates(Backend& be, const PlannedModule& pm,
+                                                          const std::vector<TaskFactors>& f,
+                                                          const std::vector<std::int64_t>& ps,
+                                                          DType storage);
 
 /// Per task ‖B̂Â − BA‖_F² for the sides a and b:
 /// ⟨BᵀB, D_AD_Aᵀ⟩ + ⟨D_BᵀD_B, AAᵀ⟩ + ⟨D_BᵀD_B, D_AD_Aᵀ⟩ + 2⟨BᵀD_B, D_AAᵀ⟩ + 2⟨BᵀD_B, D_AD_Aᵀ⟩

@@ -24,21 +24,13 @@ using i64 = std::int64_t;
 bool rmm_fits(const PlannedModule& pm, i64 n) { return n <= 64 && pm.rank <= 256; }
 
 // RMM of one module at basis p from the tasks' factors (padded stacks, scale folded into B).
-// Without `error_terms` only the stored parts come back (the caller measures them).
 RmmModuleResult run_rmm(Backend& be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
-                        i64 p, DType storage, bool error_terms = true) {
+                        i64 p, DType storage) {
   const i64 n = static_cast<i64>(f.size()), r = pm.rank;
-  std::vector<float> a(static_cast<std::size_t>(n * r * pm.in), 0.0f);
-  std::vector<float> b(static_cast<std::size_t>(n * pm.out * r), 0.0f);
-  for (i64 t = 0; t < n; ++t) {
-    const auto& tf = f[t];
-    std::copy(tf.a.begin(), tf.a.end(), a.begin() + t * r * pm.in);
-    for (i64 o = 0; o < pm.out; ++o)
-      for (i64 k = 0; k < tf.rank; ++k)
-        b[(t * pm.out + o) * r + k] = static_cast<float>(tf.scale * tf.b[o * tf.rank + k]);
-  }
+  std::vector<float> a, b;
+  rmm_stacks(pm, f, a, b);
   return with_module_context(pm.path, [&] {
-    return rmm_module(be, {n, r, pm.in, pm.out, p}, a.data(), b.data(), storage, {}, error_terms);
+    return rmm_module(be, {n, r, pm.in, pm.out, p}, a.data(), b.data(), storage, {});
   });
 }
 
@@ -184,13 +176,9 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
   }
   if (!be || !rmm_fits(pm, n) || candidates.empty()) return m;
   const auto x = side_grams(pm, f, threads);
-  const i64 largest = candidates.back();
-  const auto res = run_rmm(*be, pm, f, largest, storage, /*error_terms=*/false);
   std::vector<i64> ps{0};  // 0: the mean alone
   ps.insert(ps.end(), candidates.begin(), candidates.end());
-  std::vector<SideDifference> sides[2];
-  for (int s = 0; s < 2; ++s)
-    sides[s] = side_differences(pm, x, s, s == 0 ? res.a : res.b, largest, ps, threads, true);
+  const auto sides = with_module_context(pm.path, [&] { return rmm_candidates(*be, pm, f, ps, storage); });
   for (const auto& a : sides[0])
     for (const auto& b : sides[1]) {
       const double numbers = side_numbers(pm.in, r, n, a.p) + side_numbers(pm.out, r, n, b.p);
@@ -227,7 +215,7 @@ BundleModule store_rmm(Backend& be, const PlannedModule& pm, const std::vector<T
       writer.write_f32(bundle_tensor_name(pm.path, name, "basis"), first_directions(side[s]->basis, run, p[s], 1));
       writer.write_f32(bundle_tensor_name(pm.path, name, "coef"), first_directions(side[s]->coef, run, p[s], n));
     }
-    d[s] = std::move(side_differences(pm, x, s, *side[s], run, {p[s]}, threads, false).front());
+    d[s] = std::move(side_differences(pm, x, s, *side[s], run, {p[s]}, threads).front());
     auto& fe = s == 0 ? bm.factor_error_a : bm.factor_error_b;
     for (i64 t = 0; t < n; ++t)
       fe.push_back(x.x_sq[s][t] > 0 ? std::sqrt(d[s].d_sq[t] / x.x_sq[s][t]) : 0.0);
