@@ -20,7 +20,7 @@ constexpr i64 kBlock = 256;
 
 // A thread's block of positions.
 struct Block {
-  const float* dirs;  // len × P × r: direction q at position j in dirs[(j · P + q) · r …]
+  const float* dirs = nullptr;  // len × P × r: direction q at position j at dirs[(j · P + q) · r]
   std::vector<float> coef;  // len × P: task t's coefficients
   std::vector<double> xh;   // len × r: x̂ so far
   std::vector<float> rows;  // len × 2r: [D | x]

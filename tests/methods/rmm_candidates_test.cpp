@@ -15,6 +15,7 @@
 #include "methods/rmm_module.hpp"
 #include "methods/store/rmm_sides.hpp"
 #include "methods/store/store_modules.hpp"
+#include "revmerge/error.hpp"
 
 namespace revmerge {
 namespace {
@@ -204,6 +205,16 @@ TEST(RmmCandidatesOn, AModulesMeasurementIsTheSameBytesOnTheDeferredBackend) {
   for (const auto& o : x.options) rmm += o.kind == Representation::rmm;
   EXPECT_GT(rmm, 8u);
   EXPECT_EQ(measured_bytes({x}), measured_bytes({y}));
+}
+
+// Basis sizes out of order, below 0 or past RMM's limits are refused before anything runs.
+TEST(RmmCandidatesOn, BadBasisSizesAreRefused) {
+  const auto m = module_of(kCases[0]);
+  auto cpu = make_cpu_backend({1, 0});
+  EXPECT_THROW(rmm_candidates(*cpu, m.pm, m.f, {0, 2, 1}, DType::F32), usage_error);
+  EXPECT_THROW(rmm_candidates(*cpu, m.pm, m.f, {-1, 1}, DType::F32), usage_error);
+  EXPECT_THROW(rmm_candidates(*cpu, m.pm, m.f, {0, 5}, DType::F32), usage_error);  // p = n
+  EXPECT_THROW(rmm_candidates(*cpu, m.pm, m.f, {}, DType::F32), usage_error);
 }
 
 }  // namespace

@@ -4,8 +4,11 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <iterator>
+#include <string>
 
 #include "methods/store/parallel_tasks.hpp"
+#include "revmerge/error.hpp"
 
 namespace revmerge {
 namespace {
@@ -165,6 +168,10 @@ void rmm_stacks(const PlannedModule& pm, const std::vector<TaskFactors>& f, std:
 std::array<std::vector<SideDifference>, 2> rmm_candidates(Backend& be, const PlannedModule& pm,
                                                           const std::vector<TaskFactors>& f,
                                                           const std::vector<i64>& ps, DType storage) {
+  if (ps.empty() || ps.size() > std::size(kernels::RmmCandidateArgs{}.ps) || !std::is_sorted(ps.begin(), ps.end()) ||
+      ps.front() < 0)
+    throw usage_error("rmm candidates: " + std::to_string(ps.size()) +
+                      " basis sizes; they must be ascending, none below 0, and at most one more than RMM's largest task count");
   const i64 n = static_cast<i64>(f.size()), r = pm.rank, P = ps.back();
   const RmmShape shape{n, r, pm.in, pm.out, P};
   check_rmm_shape(shape);
