@@ -207,6 +207,22 @@ TEST(RmmCandidatesOn, AModulesMeasurementIsTheSameBytesOnTheDeferredBackend) {
   EXPECT_EQ(measured_bytes({x}), measured_bytes({y}));
 }
 
+// A run queued and never taken (the host failed meanwhile) waits for its work before its memory
+// goes: on the deferred backend the work would otherwise run later over freed memory (the
+// sanitizer suite sees that); the next run on the same backend is unaffected.
+TEST(RmmCandidatesOn, ARunNeverTakenWaitsForItsWork) {
+  const auto& c = kCases[1];
+  const auto m = module_of(c);
+  auto deferred = test::make_deferred_backend(2);
+  const auto want = rmm_candidates(*deferred, m.pm, m.f, c.ps, c.storage);
+  { RmmCandidateRun dropped(*deferred, m.pm, m.f, c.ps, c.storage); }
+  RmmCandidateRun run(*deferred, m.pm, m.f, c.ps, c.storage);
+  const auto got = run.take();
+  for (int side = 0; side < 2; ++side)
+    for (std::size_t i = 0; i < c.ps.size(); ++i)
+      for (i64 t = 0; t < c.n; ++t) EXPECT_TRUE(same_bits(got[side][i].dd[t], want[side][i].dd[t]));
+}
+
 // Basis sizes out of order, below 0 or past RMM's limits are refused before anything runs.
 TEST(RmmCandidatesOn, BadBasisSizesAreRefused) {
   const auto m = module_of(kCases[0]);

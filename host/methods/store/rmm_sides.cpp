@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <iterator>
 #include <string>
 
@@ -165,28 +166,46 @@ void rmm_stacks(const PlannedModule& pm, const std::vector<TaskFactors>& f, std:
   }
 }
 
-std::array<std::vector<SideDifference>, 2> rmm_candidates(Backend& be, const PlannedModule& pm,
-                                                          const std::vector<TaskFactors>& f,
-                                                          const std::vector<i64>& ps, DType storage) {
+RmmCandidateRun::RmmCandidateRun(Backend& be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                                 const std::vector<i64>& ps, DType storage)
+    : be_(be), ps_(ps), n_(static_cast<i64>(f.size())), r_(pm.rank) {
   if (ps.empty() || ps.size() > std::size(kernels::RmmCandidateArgs{}.ps) || !std::is_sorted(ps.begin(), ps.end()) ||
       ps.front() < 0)
     throw usage_error("rmm candidates: " + std::to_string(ps.size()) +
-                      " basis sizes; they must be ascending, none below 0, and at most one more than RMM's largest task count");
-  const i64 n = static_cast<i64>(f.size()), r = pm.rank, P = ps.back();
+                      " basis sizes; they must be ascending, none below 0, and at most one more than RMM's largest "
+                      "task count");
+  const i64 n = n_, r = r_, P = ps.back();
   const RmmShape shape{n, r, pm.in, pm.out, P};
   check_rmm_shape(shape);
   std::vector<float> host_a, host_b;
   rmm_stacks(pm, f, host_a, host_b);
-  const Stream st{};
-  const auto inputs = rmm_upload(be, shape, host_a.data(), host_b.data(), st);
+  // Pageable uploads are staged before the calls return: the stacks need not outlive them.
+  inputs_ = rmm_upload(be, shape, host_a.data(), host_b.data(), stream_);
   const auto layout = RmmPacked::layout(shape, storage);
-  DeviceBuffer packed = be.allocate(layout.bytes);
-  const auto work = rmm_module_enqueue(be, shape, inputs.tasks, storage, packed.data(), st, /*error_terms=*/false);
+  packed_ = be.allocate(layout.bytes);
+  work_ = rmm_module_enqueue(be, shape, inputs_.tasks, storage, packed_.data(), stream_, /*error_terms=*/false);
+  queued_ = true;
+  try {
+    queue_candidates(pm, storage, layout);
+  } catch (...) {  // the destructor will not run: wait here for what was queued
+    try {
+      be.synchronize(stream_);
+    } catch (...) {
+    }
+    throw;
+  }
+}
+
+void RmmCandidateRun::queue_candidates(const PlannedModule& pm, DType storage, const RmmPacked& layout) {
+  Backend& be = be_;
+  const std::vector<i64>& ps = ps_;
+  const i64 n = n_, r = r_, P = ps.back();
 
   const i64 count = static_cast<i64>(ps.size()), per = 2 * r * r;
-  DeviceBuffer grams[2];
-  std::vector<double> host_grams[2];
-  auto* bytes = static_cast<unsigned char*>(packed.data());
+  const std::size_t gram_bytes = sizeof(double) * static_cast<std::size_t>(count * n * per);
+  // The results come back into staging memory, so the downloads too are queued, not waited on.
+  results_ = be.allocate_staging(2 * gram_bytes + 2 * sizeof(unsigned long long));
+  auto* bytes = static_cast<unsigned char*>(packed_.data());
   for (int side = 0; side < 2; ++side) {
     kernels::RmmCandidateArgs args;
     args.n = n, args.r = r, args.m = side_rows(pm, side), args.stored_p = P;
@@ -194,28 +213,43 @@ std::array<std::vector<SideDifference>, 2> rmm_candidates(Backend& be, const Pla
     args.mean = bytes + layout.mean[side];
     args.basis = bytes + layout.basis[side];
     args.coef = bytes + layout.coef[side];
-    args.ext = work.ext[side];
+    args.ext = work_.ext[side];
     args.count = count;
     std::copy(ps.begin(), ps.end(), args.ps);
-    host_grams[side].resize(static_cast<std::size_t>(count * n * per));
-    grams[side] = be.allocate(host_grams[side].size() * sizeof(double));
-    args.grams = static_cast<double*>(grams[side].data());
-    be.rmm_candidate_grams(args, st);
-    be.download(host_grams[side].data(), grams[side].data(), host_grams[side].size() * sizeof(double), st);
+    grams_[side] = be.allocate(gram_bytes);
+    args.grams = static_cast<double*>(grams_[side].data());
+    be.rmm_candidate_grams(args, stream_);
+    be.download(static_cast<unsigned char*>(results_.data()) + side * gram_bytes, grams_[side].data(), gram_bytes,
+                stream_);
   }
-  unsigned long long status[2];
-  be.download(status, bytes + layout.status, sizeof(status), st);
-  be.synchronize(st);
-  check_rmm_converged(status[1]);
+  be.download(static_cast<unsigned char*>(results_.data()) + 2 * gram_bytes, bytes + layout.status,
+              2 * sizeof(unsigned long long), stream_);
+}
 
+RmmCandidateRun::~RmmCandidateRun() {
+  if (!queued_) return;
+  try {  // never taken (an error on the host meanwhile): the queued work must not outlive its memory
+    be_.synchronize(stream_);
+  } catch (...) {
+  }
+}
+
+std::array<std::vector<SideDifference>, 2> RmmCandidateRun::take() {
+  be_.synchronize(stream_);
+  queued_ = false;
+  const i64 n = n_, r = r_, count = static_cast<i64>(ps_.size()), per = 2 * r * r;
+  const auto* grams = static_cast<const double*>(results_.data());
+  unsigned long long status[2];
+  std::memcpy(status, grams + 2 * count * n * per, sizeof(status));
+  check_rmm_converged(status[1]);
   std::array<std::vector<SideDifference>, 2> out;
   for (int side = 0; side < 2; ++side) {
-    out[side].resize(ps.size());
+    out[side].resize(ps_.size());
     for (i64 i = 0; i < count; ++i) {
       auto& d = out[side][i];
-      d.p = ps[i];
+      d.p = ps_[i];
       for (i64 t = 0; t < n; ++t) {
-        const double* g = host_grams[side].data() + (i * n + t) * per;
+        const double* g = grams + ((side * count + i) * n + t) * per;
         std::vector<double> dd(static_cast<std::size_t>(r * r)), dx(static_cast<std::size_t>(r * r));
         for (i64 u = 0; u < r; ++u)
           for (i64 v = 0; v < r; ++v) {
@@ -229,6 +263,12 @@ std::array<std::vector<SideDifference>, 2> rmm_candidates(Backend& be, const Pla
     }
   }
   return out;
+}
+
+std::array<std::vector<SideDifference>, 2> rmm_candidates(Backend& be, const PlannedModule& pm,
+                                                          const std::vector<TaskFactors>& f,
+                                                          const std::vector<i64>& ps, DType storage) {
+  return RmmCandidateRun(be, pm, f, ps, storage).take();
 }
 
 std::vector<double> delta_error_sq(const SideGrams& x, const SideDifference& a, const SideDifference& b, i64 r) {

@@ -44,6 +44,32 @@ std::vector<SideDifference> side_differences(const PlannedModule& pm, const Side
 void rmm_stacks(const PlannedModule& pm, const std::vector<TaskFactors>& f, std::vector<float>& a,
                 std::vector<float>& b);
 
+/// rmm_candidates in two halves: the constructor queues the work on the backend's default
+/// stream and returns (on a GPU, before the work is done), so the host can measure the module's
+/// other options meanwhile; take() waits and reads. Not taken, the destructor waits for the
+/// queued work before its memory goes.
+class RmmCandidateRun {
+ public:
+  RmmCandidateRun(Backend& be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                  const std::vector<std::int64_t>& ps, DType storage);
+  ~RmmCandidateRun();
+  RmmCandidateRun(const RmmCandidateRun&) = delete;
+  RmmCandidateRun& operator=(const RmmCandidateRun&) = delete;
+  std::array<std::vector<SideDifference>, 2> take();
+
+ private:
+  void queue_candidates(const PlannedModule& pm, DType storage, const RmmPacked& layout);
+
+  Backend& be_;
+  Stream stream_{};
+  std::vector<std::int64_t> ps_;
+  std::int64_t n_, r_;
+  bool queued_ = false;
+  RmmInputs inputs_;
+  DeviceBuffer packed_, grams_[2], results_;
+  RmmModuleWork work_;
+};
+
 /// Both sides at every basis size of `ps` (ascending, 0: the mean alone; the last within RMM's
 /// limits) from one RMM run on the backend at the largest: per task D_pᵀD_p, D_pᵀX and ‖D_p‖²,
 /// made where the run's results lie (Backend::rmm_candidate_grams) — the estimates the

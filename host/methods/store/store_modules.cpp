@@ -128,9 +128,15 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
                  const std::vector<i64>& candidates, DType storage, int threads, bool shared_rows_on,
                  bool shared_on, SharedBasis* bases) {
   Measured m;
+  const i64 n = static_cast<i64>(f.size()), r = pm.rank;
+  // RMM's run and its candidates first: on a GPU they run while the host measures the rest.
+  std::vector<i64> ps{0};  // 0: the mean alone
+  ps.insert(ps.end(), candidates.begin(), candidates.end());
+  std::optional<RmmCandidateRun> rmm;
+  if (be && rmm_fits(pm, n) && !candidates.empty())
+    with_module_context(pm.path, [&] { rmm.emplace(*be, pm, f, ps, storage); });
   m.sigma_sq.resize(f.size());
   parallel_tasks(static_cast<long>(f.size()), threads, [&](long t) { m.sigma_sq[t] = delta_sigma_sq(pm, f[t]); });
-  const i64 n = static_cast<i64>(f.size()), r = pm.rank;
   std::vector<double> norm_sq;
   for (const auto& s : m.sigma_sq) {
     double v = 0;
@@ -174,11 +180,9 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
       *bases = std::move(shared);
     }
   }
-  if (!be || !rmm_fits(pm, n) || candidates.empty()) return m;
+  if (!rmm) return m;
   const auto x = side_grams(pm, f, threads);
-  std::vector<i64> ps{0};  // 0: the mean alone
-  ps.insert(ps.end(), candidates.begin(), candidates.end());
-  const auto sides = with_module_context(pm.path, [&] { return rmm_candidates(*be, pm, f, ps, storage); });
+  const auto sides = with_module_context(pm.path, [&] { return rmm->take(); });
   for (const auto& a : sides[0])
     for (const auto& b : sides[1]) {
       const double numbers = side_numbers(pm.in, r, n, a.p) + side_numbers(pm.out, r, n, b.p);
