@@ -259,10 +259,11 @@ else
 fi
 step merge-example merge-example.log 60 "$revmerge" merge --device cuda --basis 2 --force --out "$out/example-bundle" examples/adapters/chat examples/adapters/code examples/adapters/math examples/adapters/qa examples/adapters/sentiment examples/adapters/summary examples/adapters/topic examples/adapters/translate
 # The whole default suite: on a machine with a GPU, `--device auto` runs every RMM CLI test there.
-# The budgeted store on the 7b set: RMM's run and its candidates' difference Grams on the GPU, queued
-# before the host measures the module's truncations and shared bases, so the two overlap
-# (Backend::rmm_candidate_grams; store/rmm_sides.hpp RmmCandidateRun), against RMM at the same storage (issue 20 asks auto ≤ 1.5× RMM's time), and against auto on the CPU: the
-# choices should match (the candidates' f32 GEMMs are the only bits that differ).
+# The budgeted store on the 7b set: RMM's run and its candidates' difference Grams on the GPU
+# (Backend::rmm_candidate_grams, queued by store/rmm_sides.hpp's RmmCandidateRun before the host
+# measures the module's truncations and shared bases, so the two overlap), against RMM at the
+# same storage (issue 20 asks auto ≤ 1.5× RMM's time), and against auto on the CPU: the choices
+# should match (the candidates' f32 GEMMs are the only bits that differ).
 store_auto() {
   /usr/bin/time -f "rmm P=4 cuda: %e s" "$revmerge" merge --device cuda --basis 4 --force --quiet \
     --out "$out/store-rmm" "$out"/adapters-7b/task-* || return 1
