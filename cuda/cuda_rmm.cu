@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "cuda_backend_impl.cuh"
+#include "backend/gemm_shapes.hpp"
 #include "cuda_check.hpp"
 #include "kernels/elementwise.hpp"
 #include "kernels/rmm_candidates.hpp"
@@ -125,11 +126,7 @@ void CudaBackend::rmm_candidate_grams(const kernels::RmmCandidateArgs& args, Str
   const cudaStream_t st = stream(s);
   const i64 n = args.n, r = args.r, m = args.m;
   if (args.count == 0 || n == 0) return;
-  const i64 hint = std::clamp<i64>(split_k_hint(n, r, 2 * r, m), 1, m);
-  i64 chunks = 1;  // the largest divisor of m up to the hint: whole runs, no padding
-  for (i64 c = hint; c > 1 && chunks == 1; --c)
-    if (m % c == 0) chunks = c;
-  const i64 run = m / chunks, per = 2 * r * r;
+  const i64 chunks = detail::whole_split_k(*this, n, r, 2 * r, m), run = m / chunks, per = 2 * r * r;
   DeviceBuffer rows = allocate(sizeof(float) * static_cast<std::size_t>(n * m * 2 * r));
   DeviceBuffer pieces = allocate(sizeof(float) * static_cast<std::size_t>(n * chunks * per));
   for (i64 i = 0; i < args.count; ++i) {

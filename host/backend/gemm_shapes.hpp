@@ -1,5 +1,6 @@
 #pragma once
 // Shape checks shared by every backend's gemm: one message format, one place.
+#include <algorithm>
 #include <string>
 
 #include "backend/backend.hpp"
@@ -24,6 +25,16 @@ inline void check_gemm(Op op_a, Op op_b, const MatBatch& a, const MatBatch& b, c
                       std::to_string(op_cols(op_b, b)) + " (batch " + std::to_string(b.batch) +
                       ") does not fit C " + std::to_string(c.rows) + "×" + std::to_string(c.cols) +
                       " (batch " + std::to_string(c.batch) + ")");
+}
+
+/// Split-K pieces for a batch of rows × cols products over `inner`: the largest divisor of
+/// `inner` not above the backend's split_k_hint, so every piece is whole (no padding to zero).
+inline std::int64_t whole_split_k(const Backend& be, std::int64_t batch, std::int64_t rows, std::int64_t cols,
+                                  std::int64_t inner) {
+  const std::int64_t hint = std::clamp<std::int64_t>(be.split_k_hint(batch, rows, cols, inner), 1, inner);
+  for (std::int64_t c = hint; c > 1; --c)
+    if (inner % c == 0) return c;
+  return 1;
 }
 
 }  // namespace revmerge::detail

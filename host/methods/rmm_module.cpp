@@ -8,6 +8,7 @@
 #include <string>
 
 #include "backend/caching_pool.hpp"
+#include "backend/gemm_shapes.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -19,14 +20,9 @@ std::size_t round_up(std::size_t x, std::size_t to) { return (x + to - 1) / to *
 
 i64 positions(const RmmShape& s, int side) { return side == 0 ? s.in : s.out; }
 
-// Split-K pieces of a side's error Grams: the largest divisor of the position count that is
-// not above what the backend asks for, so every piece is whole (no padding to zero).
+// Split-K pieces of a side's error Grams.
 i64 gram_chunks(const Backend& be, const RmmShape& s, int side) {
-  const i64 m = positions(s, side);
-  const i64 hint = std::clamp<i64>(be.split_k_hint(s.n, 2 * s.r, 2 * s.r, m), 1, m);
-  for (i64 c = hint; c > 1; --c)
-    if (m % c == 0) return c;
-  return 1;
+  return detail::whole_split_k(be, s.n, 2 * s.r, 2 * s.r, positions(s, side));
 }
 
 // The module's work buffers, in the order rmm_module_enqueue carves them.

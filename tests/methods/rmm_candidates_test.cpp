@@ -150,24 +150,14 @@ TEST(RmmCandidatesOn, TheCpusRowsAreTheDeviceRoutines) {
     auto be = make_cpu_backend({2, 0});
     std::vector<float> a, b;
     rmm_stacks(m.pm, m.f, a, b);
-    std::vector<kernels::RmmTaskFactors> tasks;
-    for (i64 t = 0; t < c.n; ++t)
-      tasks.push_back({a.data() + t * c.r * c.in, b.data() + t * c.out * c.r,
-                       kernels::ElemType::f32, static_cast<std::int32_t>(c.r), 1.0f});
     const RmmShape shape{c.n, c.r, c.in, c.out, c.ps.back()};
+    const auto inputs = rmm_upload(*be, shape, a.data(), b.data(), {});
     const auto layout = RmmPacked::layout(shape, c.storage);
     std::vector<unsigned char> packed(layout.bytes);
-    const auto work = rmm_module_enqueue(*be, shape, tasks, c.storage, packed.data(), {}, false);
+    const auto work =
+        rmm_module_enqueue(*be, shape, inputs.tasks, c.storage, packed.data(), {}, false);
     for (int side = 0; side < 2; ++side) {
-      kernels::RmmCandidateArgs args;
-      args.n = c.n, args.r = c.r, args.m = side == 0 ? c.in : c.out, args.stored_p = c.ps.back();
-      args.storage = storage == DType::F32 ? kernels::ElemType::f32 : kernels::ElemType::bf16;
-      args.mean = packed.data() + layout.mean[side];
-      args.basis = packed.data() + layout.basis[side];
-      args.coef = packed.data() + layout.coef[side];
-      args.ext = work.ext[side];
-      args.count = static_cast<i64>(c.ps.size());
-      std::copy(c.ps.begin(), c.ps.end(), args.ps);
+      auto args = rmm_candidate_args(shape, side, c.storage, layout, packed.data(), work, c.ps);
       const i64 per = 2 * c.r * c.r;
       std::vector<double> grams(static_cast<std::size_t>(args.count * c.n * per));
       args.grams = grams.data();

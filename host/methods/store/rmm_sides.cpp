@@ -186,7 +186,7 @@ RmmCandidateRun::RmmCandidateRun(Backend& be, const PlannedModule& pm, const std
   work_ = rmm_module_enqueue(be, shape, inputs_.tasks, storage, packed_.data(), stream_, /*error_terms=*/false);
   queued_ = true;
   try {
-    queue_candidates(pm, storage, layout);
+    queue_candidates(shape, storage, layout);
   } catch (...) {  // the destructor will not run: wait here for what was queued
     try {
       be.synchronize(stream_);
@@ -196,34 +196,37 @@ RmmCandidateRun::RmmCandidateRun(Backend& be, const PlannedModule& pm, const std
   }
 }
 
-void RmmCandidateRun::queue_candidates(const PlannedModule& pm, DType storage, const RmmPacked& layout) {
-  Backend& be = be_;
-  const std::vector<i64>& ps = ps_;
-  const i64 n = n_, r = r_, P = ps.back();
+kernels::RmmCandidateArgs rmm_candidate_args(const RmmShape& shape, int side, DType storage,
+                                             const RmmPacked& layout, const void* packed,
+                                             const RmmModuleWork& work, const std::vector<i64>& ps) {
+  const auto* bytes = static_cast<const unsigned char*>(packed);
+  kernels::RmmCandidateArgs args;
+  args.n = shape.n, args.r = shape.r, args.m = side == 0 ? shape.in : shape.out, args.stored_p = shape.p;
+  args.storage = rmm_storage_type(storage);
+  args.mean = bytes + layout.mean[side];
+  args.basis = bytes + layout.basis[side];
+  args.coef = bytes + layout.coef[side];
+  args.ext = work.ext[side];
+  args.count = static_cast<i64>(ps.size());
+  std::copy(ps.begin(), ps.end(), args.ps);
+  return args;
+}
 
-  const i64 count = static_cast<i64>(ps.size()), per = 2 * r * r;
-  const std::size_t gram_bytes = sizeof(double) * static_cast<std::size_t>(count * n * per);
+void RmmCandidateRun::queue_candidates(const RmmShape& shape, DType storage, const RmmPacked& layout) {
+  const i64 count = static_cast<i64>(ps_.size()), per = 2 * r_ * r_;
+  const std::size_t gram_bytes = sizeof(double) * static_cast<std::size_t>(count * n_ * per);
   // The results come back into staging memory, so the downloads too are queued, not waited on.
-  results_ = be.allocate_staging(2 * gram_bytes + 2 * sizeof(unsigned long long));
-  auto* bytes = static_cast<unsigned char*>(packed_.data());
+  results_ = be_.allocate_staging(2 * gram_bytes + 2 * sizeof(unsigned long long));
+  auto* results = static_cast<unsigned char*>(results_.data());
   for (int side = 0; side < 2; ++side) {
-    kernels::RmmCandidateArgs args;
-    args.n = n, args.r = r, args.m = side_rows(pm, side), args.stored_p = P;
-    args.storage = rmm_storage_type(storage);
-    args.mean = bytes + layout.mean[side];
-    args.basis = bytes + layout.basis[side];
-    args.coef = bytes + layout.coef[side];
-    args.ext = work_.ext[side];
-    args.count = count;
-    std::copy(ps.begin(), ps.end(), args.ps);
-    grams_[side] = be.allocate(gram_bytes);
+    auto args = rmm_candidate_args(shape, side, storage, layout, packed_.data(), work_, ps_);
+    grams_[side] = be_.allocate(gram_bytes);
     args.grams = static_cast<double*>(grams_[side].data());
-    be.rmm_candidate_grams(args, stream_);
-    be.download(static_cast<unsigned char*>(results_.data()) + side * gram_bytes, grams_[side].data(), gram_bytes,
-                stream_);
+    be_.rmm_candidate_grams(args, stream_);
+    be_.download(results + side * gram_bytes, grams_[side].data(), gram_bytes, stream_);
   }
-  be.download(static_cast<unsigned char*>(results_.data()) + 2 * gram_bytes, bytes + layout.status,
-              2 * sizeof(unsigned long long), stream_);
+  be_.download(results + 2 * gram_bytes, static_cast<unsigned char*>(packed_.data()) + layout.status,
+               2 * sizeof(unsigned long long), stream_);
 }
 
 RmmCandidateRun::~RmmCandidateRun() {

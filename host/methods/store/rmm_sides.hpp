@@ -44,6 +44,12 @@ std::vector<SideDifference> side_differences(const PlannedModule& pm, const Side
 void rmm_stacks(const PlannedModule& pm, const std::vector<TaskFactors>& f, std::vector<float>& a,
                 std::vector<float>& b);
 
+/// The arguments of Backend::rmm_candidate_grams for side `side` of an RMM run queued into
+/// `packed` (laid out as `layout`) with work `work`, at the basis sizes `ps`; grams left null.
+kernels::RmmCandidateArgs rmm_candidate_args(const RmmShape& shape, int side, DType storage,
+                                             const RmmPacked& layout, const void* packed,
+                                             const RmmModuleWork& work, const std::vector<std::int64_t>& ps);
+
 /// rmm_candidates in two halves: the constructor queues the work on the backend's default
 /// stream and returns (on a GPU, before the work is done), so the host can measure the module's
 /// other options meanwhile; take() waits and reads. Not taken, the destructor waits for the
@@ -58,7 +64,7 @@ class RmmCandidateRun {
   std::array<std::vector<SideDifference>, 2> take();
 
  private:
-  void queue_candidates(const PlannedModule& pm, DType storage, const RmmPacked& layout);
+  void queue_candidates(const RmmShape& shape, DType storage, const RmmPacked& layout);
 
   Backend& be_;
   Stream stream_{};
