@@ -79,6 +79,8 @@ class CudaBackend final : public Backend {
   void lora_stacks_f64(const double* u, const double* v, const double* s, std::int64_t tasks,
                        std::int64_t in, std::int64_t out, std::int64_t k, std::int64_t r,
                        float* a, float* b, Stream st) override;
+  void gram_f64(const float* x, std::int64_t rows, std::int64_t cols, double* g, Stream s) override;
+  void symmetric_eigen_f64(double* a, std::int64_t n, double* w, int* info, Stream s) override;
 
   int device() const noexcept { return device_; }
   /// The stream a call runs on: the caller's, or the backend's own for Stream{}.

@@ -67,6 +67,28 @@ struct FillIdentity {  // a batch of packed n × n identities
   }
 };
 
+struct WidenF32 {  // y[i] = x[i], f32 to f64 (exact)
+  const float* x;
+  double* y;
+  __device__ void operator()(i64 i) const { y[i] = x[i]; }
+};
+
+struct MirrorUpper {  // n × n row-major: the lower triangle from the upper, bitwise
+  double* g;
+  i64 n;
+  __device__ void operator()(i64 idx) const {
+    const i64 i = idx / n, j = idx % n;
+    if (j < i) g[i * n + j] = g[j * n + i];
+  }
+};
+
+struct Transpose {  // out = inᵀ, n × n
+  const double* in;
+  double* out;
+  i64 n;
+  __device__ void operator()(i64 idx) const { out[idx] = in[(idx % n) * n + idx / n]; }
+};
+
 struct FillPointers {  // ptrs[i] = base + i · stride: the batched solvers' matrix arguments
   double** ptrs;
   double* base;
@@ -203,6 +225,47 @@ void CudaBackend::lora_stacks_f64(const double* u, const double* v, const double
   use_device();
   for_each_index(stream(st), tasks * r * in, kernels::LoraStackA{u, in, k, r, a});
   for_each_index(stream(st), tasks * out * r, kernels::LoraStackB{v, s, out, k, r, b});
+}
+
+// X (rows × cols, row-major) is Xᵀ column-major with ld = cols, so G = X Xᵀ is one syrk with
+// op = T; cuBLAS fills G's upper triangle (row-major), the lower is copied from it.
+void CudaBackend::gram_f64(const float* x, i64 rows, i64 cols, double* g, Stream s) {
+  if (rows == 0) return;
+  use_device();
+  const cudaStream_t st = stream(s);
+  const auto h = handles(st);
+  DeviceBuffer wide = allocate(static_cast<std::size_t>(std::max<i64>(rows * cols, 1)) * sizeof(double));
+  auto* w = static_cast<double*>(wide.data());
+  for_each_index(st, rows * cols, WidenF32{x, w});
+  const double one = 1.0, zero = 0.0;
+  REVMERGE_CUBLAS_CHECK(cublasDsyrk(h.blas64, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_T, static_cast<int>(rows),
+                                    static_cast<int>(cols), &one, w, static_cast<int>(std::max<i64>(cols, 1)),
+                                    &zero, g, static_cast<int>(rows)));
+  for_each_index(st, rows * rows, MirrorUpper{g, rows});
+}
+
+// The row-major upper triangle is the column-major lower one. cuSOLVER leaves the eigenvectors
+// in column-major columns, the buffer's rows: transposed back so that they are a's columns.
+void CudaBackend::symmetric_eigen_f64(double* a, i64 n, double* w, int* info, Stream s) {
+  use_device();
+  const cudaStream_t st = stream(s);
+  if (n == 0) {
+    REVMERGE_CUDA_CHECK(cudaMemsetAsync(info, 0, sizeof(int), st));
+    return;
+  }
+  const auto h = handles(st);
+  const int ni = static_cast<int>(n);
+  int lwork = 0;
+  REVMERGE_CUSOLVER_CHECK(cusolverDnDsyevd_bufferSize(h.solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER,
+                                                      ni, a, ni, w, &lwork));
+  DeviceBuffer work = allocate(static_cast<std::size_t>(std::max(lwork, 1)) * sizeof(double));
+  REVMERGE_CUSOLVER_CHECK(cusolverDnDsyevd(h.solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, ni, a, ni,
+                                           w, static_cast<double*>(work.data()), lwork, info));
+  DeviceBuffer vectors = allocate(static_cast<std::size_t>(n * n) * sizeof(double));
+  auto* v = static_cast<double*>(vectors.data());
+  REVMERGE_CUDA_CHECK(cudaMemcpyAsync(v, a, static_cast<std::size_t>(n * n) * sizeof(double),
+                                      cudaMemcpyDeviceToDevice, st));
+  for_each_index(st, n * n, Transpose{v, a, n});
 }
 
 }  // namespace revmerge::cuda

@@ -261,14 +261,20 @@ step merge-example merge-example.log 60 "$revmerge" merge --device cuda --basis 
 # The whole default suite: on a machine with a GPU, `--device auto` runs every RMM CLI test there.
 # The budgeted store on the 7b set: RMM's run and its candidates' difference Grams on the GPU
 # (Backend::rmm_candidate_grams, queued by store/rmm_sides.hpp's RmmCandidateRun before the host
-# measures the module's truncations and shared bases, so the two overlap), against RMM at the
-# same storage (issue 20 asks auto ≤ 1.5× RMM's time), and against auto on the CPU: the choices
-# should match (the candidates' f32 GEMMs are the only bits that differ).
+# measures the module's truncations), the shared bases' R × R Grams and eigensolves on a stream
+# of their own (Backend::gram_f64, symmetric_eigen_f64), against RMM at the same storage (issue
+# 20 asks auto ≤ 1.5× RMM's time), with four workers sharing the GPU (the host's r × r work of
+# four modules at once; must be the one worker's bytes), and against auto on the CPU: the
+# choices should match (the candidates' f32 GEMMs and the GPU's syrk / syevd round differently).
 store_auto() {
   /usr/bin/time -f "rmm P=4 cuda: %e s" "$revmerge" merge --device cuda --basis 4 --force --quiet \
     --out "$out/store-rmm" "$out"/adapters-7b/task-* || return 1
   /usr/bin/time -f "auto cuda: %e s" "$revmerge" merge --device cuda --method auto --storage 0.6875 \
     --force --quiet --out "$out/store-auto" "$out"/adapters-7b/task-* || return 1
+  /usr/bin/time -f "auto cuda, --gpus 0,0,0,0: %e s" "$revmerge" merge --gpus 0,0,0,0 --method auto \
+    --storage 0.6875 --force --quiet --out "$out/store-auto-4" "$out"/adapters-7b/task-* || return 1
+  cmp "$out/store-auto/bundle.safetensors" "$out/store-auto-4/bundle.safetensors" &&
+    echo "auto on four workers sharing the GPU: the one worker's tensors byte for byte"
   /usr/bin/time -f "auto cpu: %e s" "$revmerge" merge --device cpu --method auto --storage 0.6875 \
     --force --quiet --out "$out/store-auto-cpu" "$out"/adapters-7b/task-* || return 1
   grep -c '"representation": "rmm"' "$out/store-auto/manifest.json"

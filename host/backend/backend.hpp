@@ -247,6 +247,16 @@ class Backend {
   virtual void lora_stacks_f64(const double* u, const double* v, const double* s,
                                std::int64_t tasks, std::int64_t in, std::int64_t out,
                                std::int64_t k, std::int64_t r, float* a, float* b, Stream st) = 0;
+
+  // --- f64, row-major: the budgeted store's shared bases (methods/store/shared_rows.hpp) ---
+  /// G = X Xᵀ (rows × rows, row-major, the two triangles bitwise equal) of X, rows × cols f32
+  /// row-major: every product exact in f64, summed in f64.
+  virtual void gram_f64(const float* x, std::int64_t rows, std::int64_t cols, double* g,
+                        Stream s) = 0;
+  /// The eigendecomposition of the symmetric n × n row-major `a`, its upper triangle read:
+  /// eigenvalues ascending into `w`, eigenvectors into a's columns; *info is 0, or the solver's
+  /// code where it failed (no error is raised: the caller reads it and decides).
+  virtual void symmetric_eigen_f64(double* a, std::int64_t n, double* w, int* info, Stream s) = 0;
 };
 
 /// Options for creating a backend.

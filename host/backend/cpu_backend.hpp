@@ -70,6 +70,8 @@ class CpuBackend final : public Backend {
   void lora_stacks_f64(const double* u, const double* v, const double* s, std::int64_t tasks,
                        std::int64_t in, std::int64_t out, std::int64_t k, std::int64_t r, float* a,
                        float* b, Stream st) override;
+  void gram_f64(const float* x, std::int64_t rows, std::int64_t cols, double* g, Stream s) override;
+  void symmetric_eigen_f64(double* a, std::int64_t n, double* w, int* info, Stream s) override;
 
  private:
   int threads_;

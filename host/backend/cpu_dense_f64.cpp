@@ -105,4 +105,21 @@ void CpuBackend::gaussian_f64(double* out, i64 count, std::uint64_t seed, std::u
   });
 }
 
+// The store's Grams and eigensolves run on the calling thread with BLAS's threads as the caller
+// set them (each store worker pins its own count): the same calls the host made before they
+// moved here, so the same bits.
+void CpuBackend::gram_f64(const float* x, i64 rows, i64 cols, double* g, Stream) {
+  if (rows == 0) return;
+  const std::vector<double> wide(x, x + rows * cols);
+  cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, static_cast<int>(rows), static_cast<int>(cols), 1.0,
+              wide.data(), static_cast<int>(std::max<i64>(cols, 1)), 0.0, g, static_cast<int>(rows));
+  for (i64 i = 0; i < rows; ++i)
+    for (i64 j = 0; j < i; ++j) g[i * rows + j] = g[j * rows + i];
+}
+
+void CpuBackend::symmetric_eigen_f64(double* a, i64 n, double* w, int* info, Stream) {
+  *info = n == 0 ? 0
+                 : LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', static_cast<int>(n), a, static_cast<int>(n), w);
+}
+
 }  // namespace revmerge

@@ -2,7 +2,8 @@
 // column-major batched GEMM with transposes and broadcasts, Cholesky factors and their inverses
 // (and the verdict on a matrix that is not positive definite), Householder QR, sums of squares,
 // deltas from every float dtype's bytes with the first non-finite element, the Gaussian
-// sketch drawn as the host draws it, and the LoRA stacks of truncated SVDs.
+// sketch drawn as the host draws it, and the LoRA stacks of truncated SVDs; and the budgeted
+// store's row-major pair: the f64 Gram of f32 rows and the symmetric eigensolve.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -234,6 +235,65 @@ TEST_P(BackendF64, LoraStacksAreTheFactorsCompressWrites) {
         ASSERT_EQ(b[(t * out + y) * r + c],
                   c < k ? float(v[(t * k + c) * out + y] * s[t * k + c]) : 0.0f)
             << t << y << c;
+  }
+}
+
+// X Xᵀ of f32 rows in f64: every entry within summation-order rounding of a plain loop's, the
+// two triangles bitwise equal (the store mirrors nothing itself).
+TEST_P(BackendF64, GramOfFloatRowsInDouble) {
+  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
+  for (const auto [rows, cols] : {std::pair<i64, i64>{37, 300}, {1, 1}, {6, 1000}, {4, 0}}) {
+    SCOPED_TRACE(::testing::Message() << rows << " × " << cols);
+    const auto wide = random_doubles(static_cast<std::size_t>(rows * cols), 11);
+    const std::vector<float> x(wide.begin(), wide.end());
+    const auto dx = to_device(*be, x);
+    auto dg = be->allocate(static_cast<std::size_t>(rows * rows) * sizeof(double));
+    be->gram_f64(dx.f32(), rows, cols, static_cast<double*>(dg.data()), {});
+    const auto g = to_host<double>(*be, dg, static_cast<std::size_t>(rows * rows));
+    for (i64 i = 0; i < rows; ++i)
+      for (i64 j = 0; j < rows; ++j) {
+        double want = 0, scale = 0;
+        for (i64 c = 0; c < cols; ++c) {
+          const double p = double(x[i * cols + c]) * double(x[j * cols + c]);
+          want += p, scale += std::abs(p);
+        }
+        ASSERT_NEAR(g[i * rows + j], want, 4e-16 * double(cols) * scale) << i << ", " << j;
+        ASSERT_EQ(g[i * rows + j], g[j * rows + i]) << i << ", " << j;
+      }
+  }
+}
+
+// A symmetric matrix from its upper triangle alone (the lower one holds junk): ascending
+// eigenvalues, orthonormal eigenvectors in the columns, A v = λ v.
+TEST_P(BackendF64, SymmetricEigenFromTheUpperTriangle) {
+  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
+  for (const i64 n : {i64{40}, i64{1}, i64{0}}) {
+    SCOPED_TRACE(::testing::Message() << "n " << n);
+    auto a = random_doubles(static_cast<std::size_t>(n * n), 12);
+    for (i64 i = 0; i < n; ++i)
+      for (i64 j = 0; j < i; ++j) a[i * n + j] = 1e6 + double(i);  // not read
+    const auto da = to_device(*be, a);
+    auto dw = be->allocate(static_cast<std::size_t>(std::max<i64>(n, 1)) * sizeof(double));
+    auto di = to_device(*be, std::vector<int>{-7});
+    be->symmetric_eigen_f64(static_cast<double*>(da.data()), n, static_cast<double*>(dw.data()),
+                            static_cast<int*>(di.data()), {});
+    const auto v = to_host<double>(*be, da, static_cast<std::size_t>(n * n));
+    const auto w = to_host<double>(*be, dw, static_cast<std::size_t>(n));
+    ASSERT_EQ(to_host<int>(*be, di, 1)[0], 0);
+    const auto sym = [&](i64 i, i64 j) { return i <= j ? a[i * n + j] : a[j * n + i]; };
+    for (i64 k = 0; k < n; ++k) {
+      if (k > 0) EXPECT_LE(w[k - 1], w[k]);
+      for (i64 l = 0; l < n; ++l) {
+        double dot = 0;
+        for (i64 i = 0; i < n; ++i) dot += v[i * n + k] * v[i * n + l];
+        ASSERT_NEAR(dot, k == l ? 1.0 : 0.0, 1e-12) << k << ", " << l;
+      }
+      for (i64 i = 0; i < n; ++i) {
+        double av = 0;
+        for (i64 j = 0; j < n; ++j) av += sym(i, j) * v[j * n + k];
+        ASSERT_NEAR(av, w[k] * v[i * n + k], 1e-11) << "eigenpair " << k << ", row " << i;
+      }
+    }
   }
 }
 

@@ -151,6 +151,12 @@ class DeferredBackend final : public Backend {
                        i64 out, i64 k, i64 r, float* a, float* b, Stream st) override {
     enqueue(st, [=, this] { cpu_->lora_stacks_f64(u, v, s, tasks, in, out, k, r, a, b, {}); });
   }
+  void gram_f64(const float* x, i64 rows, i64 cols, double* g, Stream s) override {
+    enqueue(s, [=, this] { cpu_->gram_f64(x, rows, cols, g, {}); });
+  }
+  void symmetric_eigen_f64(double* a, i64 n, double* w, int* info, Stream s) override {
+    enqueue(s, [=, this] { cpu_->symmetric_eigen_f64(a, n, w, info, {}); });
+  }
 
  private:
   struct Queue {

@@ -190,7 +190,9 @@ TEST(RmmCandidatesOn, AModulesMeasurementIsTheSameBytesOnTheDeferredBackend) {
   auto deferred = test::make_deferred_backend(2);
   const std::vector<i64> candidates{1, 2, 4};
   const auto x = measure(cpu.get(), m.pm, m.f, candidates, DType::BF16, 2, true, true);
-  const auto y = measure(deferred.get(), m.pm, m.f, candidates, DType::BF16, 2, true, true);
+  // The shared bases on a stream of their own, as the store queues them.
+  const auto y = measure(deferred.get(), m.pm, m.f, candidates, DType::BF16, 2, true, true, nullptr,
+                         deferred->create_stream());
   std::size_t rmm = 0;
   for (const auto& o : x.options) rmm += o.kind == Representation::rmm;
   EXPECT_GT(rmm, 8u);

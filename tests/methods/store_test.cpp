@@ -322,7 +322,8 @@ TEST(StoreMerge, SharedRowBasisServesTasksFromOneInitialisation) {
   AdapterSet set = open_adapter_set(tasks);
   const auto& pm = set.plan[0];
   const auto f = read_module_factors(set, pm);
-  const auto s = shared_rows(f, pm.out, pm.in);
+  const auto cpu = make_cpu_backend({1, 0});
+  const auto s = shared_rows(*cpu, {}, f, pm.out, pm.in);
   ASSERT_EQ(s.total_rank, kTasks * kRank);
   for (const i64 k : {1, 8, 16}) {
     std::vector<float> vt;
@@ -386,7 +387,8 @@ TEST(StoreMerge, SharedBasesServeTasksSharingAnInitAndColumns) {
   AdapterSet set = open_adapter_set(tasks);
   const auto& pm = set.plan[0];
   const auto f = read_module_factors(set, pm);
-  const auto s = shared_basis(f, pm.out, pm.in);
+  const auto cpu = make_cpu_backend({1, 0});
+  const auto s = shared_basis(*cpu, {}, f, pm.out, pm.in);
   const i64 R = kTasks * 8;
   ASSERT_EQ(s.rows.total_rank, R);
   const std::vector<i64> kv = {1, 8, 20, R}, ku = {3, 20, R};
@@ -444,12 +446,13 @@ TEST(StoreMerge, PassOneKeepsTheBasesPassTwoWouldFind) {
   test::TempDir tmp;
   const auto tasks = write_shared_columns_family(tmp.path());
   AdapterSet set = open_adapter_set(tasks);
+  const auto cpu = make_cpu_backend({1, 0});
   for (const auto& pm : set.plan) {
     const auto f = read_module_factors(set, pm);
     SharedBasis kept;
-    const auto measured = measure(nullptr, pm, f, {}, DType::F32, 1, true, true, &kept);
+    const auto measured = measure(cpu.get(), pm, f, {}, DType::F32, 1, true, true, &kept);
     EXPECT_FALSE(measured.options.empty()) << pm.path;
-    const auto again = shared_basis(f, pm.out, pm.in, /*errors=*/false);
+    const auto again = shared_basis(*cpu, {}, f, pm.out, pm.in, /*errors=*/false);
     EXPECT_EQ(kept.rows.to_basis, again.rows.to_basis) << pm.path;
     EXPECT_EQ(kept.cols.to_basis, again.cols.to_basis) << pm.path;
     EXPECT_EQ(kept.rows.norm_sq, again.rows.norm_sq) << pm.path;

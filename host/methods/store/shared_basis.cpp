@@ -35,9 +35,10 @@ std::vector<double> widen(const std::vector<float>& v) { return {v.begin(), v.en
 
 }  // namespace
 
-SharedBasis shared_basis(const std::vector<TaskFactors>& f, i64 out, i64 in, bool errors) {
+SharedBasis shared_basis(Backend& be, Stream stream, const std::vector<TaskFactors>& f, i64 out, i64 in,
+                         bool errors) {
   SharedBasis s;
-  s.rows = shared_rows(f, out, in, errors);
+  s.rows = shared_rows(be, stream, f, out, in, errors);
   // The transposed tasks ΔW_iᵀ = s_i A_iᵀ B_iᵀ: their row basis is the deltas' column basis.
   std::vector<TaskFactors> ft(f.size());
   for (std::size_t i = 0; i < f.size(); ++i) {
@@ -51,7 +52,7 @@ SharedBasis shared_basis(const std::vector<TaskFactors>& f, i64 out, i64 in, boo
       for (i64 c = 0; c < in; ++c) ft[i].b[c * r + k] = f[i].a[k * in + c];
     }
   }
-  s.cols = shared_rows(ft, in, out, errors);
+  s.cols = shared_rows(be, stream, ft, in, out, errors);
   return s;
 }
 

@@ -21,8 +21,10 @@ struct SharedBasis {
   SharedRows cols;  ///< U = Bᵀ · cols.to_basis, B the tasks' B_iᵀ stacked (R × out)
 };
 
-/// Both bases of a module's tasks `f` (scale folded into B); `errors` as shared_rows's.
-SharedBasis shared_basis(const std::vector<TaskFactors>& f, std::int64_t out, std::int64_t in, bool errors = true);
+/// Both bases of a module's tasks `f` (scale folded into B); `be`, `stream` and `errors` as
+/// shared_rows's.
+SharedBasis shared_basis(Backend& be, Stream stream, const std::vector<TaskFactors>& f, std::int64_t out,
+                         std::int64_t in, bool errors = true);
 
 /// Per task, ‖ΔW_i − ΔŴ_i‖² at every (Kv, Ku) of `kv` × `ku` (each in 1 … R): entry
 /// [x * ku.size() + y][i] for (kv[x], ku[y]).

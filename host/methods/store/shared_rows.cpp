@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "backend/lapack_check.hpp"
 #include "methods/store/truncation.hpp"
 
 namespace revmerge {
@@ -19,9 +20,43 @@ std::vector<double> stacked_a(const std::vector<TaskFactors>& f, i64 in) {
   return a;
 }
 
+// A Aᵀ (R × R) of the tasks' A_i stacked, on the backend from the f32 values.
+std::vector<double> stacked_gram(Backend& be, Stream st, const std::vector<TaskFactors>& f, i64 R, i64 in) {
+  std::vector<float> a;
+  a.reserve(static_cast<std::size_t>(R * in));
+  for (const auto& tf : f) a.insert(a.end(), tf.a.begin(), tf.a.begin() + tf.rank * in);
+  DeviceBuffer x = be.allocate(a.size() * sizeof(float)), g = be.allocate(static_cast<std::size_t>(R * R) * sizeof(double));
+  be.upload(x.data(), a.data(), a.size() * sizeof(float), st);
+  be.gram_f64(x.f32(), R, in, static_cast<double*>(g.data()), st);
+  std::vector<double> S(static_cast<std::size_t>(R * R));
+  be.download(S.data(), g.data(), S.size() * sizeof(double), st);
+  be.synchronize(st);
+  return S;
+}
+
+// The symmetric R × R `m`'s eigenvalues (ascending, returned) and eigenvectors (m's columns),
+// on the backend.
+std::vector<double> backend_eigen(Backend& be, Stream st, std::vector<double>& m, i64 R) {
+  const std::size_t bytes = m.size() * sizeof(double);
+  DeviceBuffer a = be.allocate(bytes), w = be.allocate(static_cast<std::size_t>(R) * sizeof(double)),
+               status = be.allocate(sizeof(int));
+  be.upload(a.data(), m.data(), bytes, st);
+  be.symmetric_eigen_f64(static_cast<double*>(a.data()), R, static_cast<double*>(w.data()),
+                         static_cast<int*>(status.data()), st);
+  std::vector<double> lambda(static_cast<std::size_t>(R));
+  int info = 0;
+  be.download(m.data(), a.data(), bytes, st);
+  be.download(lambda.data(), w.data(), lambda.size() * sizeof(double), st);
+  be.download(&info, status.data(), sizeof(int), st);
+  be.synchronize(st);
+  check_lapack(info, "the shared basis's symmetric eigensolve", R, R);
+  return lambda;
+}
+
 }  // namespace
 
-SharedRows shared_rows(const std::vector<TaskFactors>& f, i64 out, i64 in, bool errors) {
+SharedRows shared_rows(Backend& be, Stream stream, const std::vector<TaskFactors>& f, i64 out, i64 in,
+                       bool errors) {
   const auto n = f.size();
   SharedRows s;
   s.in = in, s.out = out;
@@ -35,10 +70,7 @@ SharedRows shared_rows(const std::vector<TaskFactors>& f, i64 out, i64 in, bool 
   s.to_basis.assign(static_cast<std::size_t>(R * R), 0.0);
   if (R == 0) return s;
   // S = A Aᵀ (R × R) and per task M_i = s²B_iᵀB_i with a square root L_i = Q D^½.
-  const auto a = stacked_a(f, in);
-  std::vector<double> S(static_cast<std::size_t>(R * R));
-  cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, R, in, 1.0, a.data(), in, 0.0, S.data(), R);
-  mirror_upper(S, R);
+  const auto S = stacked_gram(be, stream, f, R, in);
   s.gram = S;
   std::vector<double> L(static_cast<std::size_t>(R * R), 0.0);  // block diagonal
   std::vector<std::vector<double>> M(n);
@@ -74,7 +106,7 @@ SharedRows shared_rows(const std::vector<TaskFactors>& f, i64 out, i64 in, bool 
                 0.0, G.data() + o * R, R);
   }
   auto W = G;
-  const auto lam = symmetric_eigen(W, R);
+  const auto lam = backend_eigen(be, stream, W, R);
   const double floor = lam.back() * 1e-14;
   std::vector<double> wd(static_cast<std::size_t>(R * R));  // W Λ^-½, columns descending
   for (i64 c = 0; c < R; ++c) {

@@ -3,10 +3,13 @@
 // and per task B̃_i = ΔW_i V (out × K), so ΔŴ_i = B̃_i Vᵀ. It pays where the tasks' A factors
 // share one initialisation. V is the top K right singular vectors of the stacked deltas
 // [ΔW_1; …; ΔW_n], found from R × R Grams (R = Σ r_i) of the stacked factors, never an in × in
-// or out × in matrix; each K's errors follow in closed form.
+// or out × in matrix; each K's errors follow in closed form. The R × R Gram of the stacked A's
+// and the R × R eigensolve run on the backend (a GPU's where the store has one); the per-task
+// r × r work stays on the host.
 #include <cstdint>
 #include <vector>
 
+#include "backend/backend.hpp"
 #include "methods/adapter_set.hpp"
 #include "revmerge/dtype.hpp"
 
@@ -23,10 +26,12 @@ struct SharedRows {
   std::vector<double> gram;          ///< R × R: A Aᵀ, the stacked A's Gram
 };
 
-/// The basis and every K's errors for tasks `f` (scale folded into B). Without `errors` (a
-/// chosen basis stored: the errors were measured already) error_sq stays zero, which saves an
-/// R × R × R product and the per-task shares.
-SharedRows shared_rows(const std::vector<TaskFactors>& f, std::int64_t out, std::int64_t in, bool errors = true);
+/// The basis and every K's errors for tasks `f` (scale folded into B), the Gram and eigensolve
+/// on `be`, queued on `stream` (waited for before returning). Without `errors` (a chosen basis
+/// stored: the errors were measured already) error_sq stays zero, which saves an R × R × R
+/// product and the per-task shares. Throws solver_error where the eigensolve fails.
+SharedRows shared_rows(Backend& be, Stream stream, const std::vector<TaskFactors>& f, std::int64_t out,
+                       std::int64_t in, bool errors = true);
 
 /// The stored parts for K directions, rounded to `storage`: Vᵀ (K × in) and each task's
 /// B̃_i = s_iB_i (A_i V) (out × K), formed with V as rounded (what the bundle holds).

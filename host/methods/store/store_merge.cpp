@@ -306,9 +306,14 @@ BundleManifest store_share(const StoreMergeOptions& o, Peers* peers, int threads
   std::optional<AdapterSet> opened;
   std::unique_ptr<Backend> be;
   const auto candidates = rmm_candidates(o);
+  const bool shared_rows_on = weighs(o, Representation::shared_rows), shared_on = weighs(o, Representation::shared);
+  // RMM's candidates and the shared bases' Grams and eigensolves run on the backend; the shared
+  // bases on a stream of their own, so that on a GPU they do not wait behind RMM's run.
+  Stream shared_stream{};
   agree_on(peers, [&] {  // every worker opens every input: one that cannot fails them all
     opened.emplace(open_adapter_set(o.tasks));
-    if (!candidates.empty()) be = make_backend(o.device, {threads, o.gpu});
+    if (!candidates.empty() || shared_rows_on || shared_on) be = make_backend(o.device, {threads, o.gpu});
+    if (be && (shared_rows_on || shared_on)) shared_stream = be->create_stream();
   });
   const auto& set = *opened;
   const i64 n = static_cast<i64>(o.tasks.size());
@@ -350,8 +355,8 @@ BundleManifest store_share(const StoreMergeOptions& o, Peers* peers, int threads
       if (o.progress) o.progress(m, steps, pm.path);
       const auto f = read_module_factors(set, pm);
       SharedBasis bases;
-      measured.push_back(measure(be.get(), pm, f, candidates, storage, threads,
-                                 weighs(o, Representation::shared_rows), weighs(o, Representation::shared), &bases));
+      measured.push_back(
+          measure(be.get(), pm, f, candidates, storage, threads, shared_rows_on, shared_on, &bases, shared_stream));
       if (const auto bytes = shared_basis_bytes(bases); bytes > 0 && bytes <= keep_left)
         keep_left -= bytes, kept[m - first] = std::move(bases);
     }
@@ -411,9 +416,9 @@ BundleManifest store_share(const StoreMergeOptions& o, Peers* peers, int threads
       auto& writer = bundle.writer();
       auto bm = !option ? store_rank(pm, f, choice[m].kept, storage, writer, threads)
                 : option->kind == Representation::shared_rows
-                    ? store_shared(pm, f, option->k, storage, writer, threads, found)
+                    ? store_shared(*be, shared_stream, pm, f, option->k, storage, writer, threads, found)
                 : option->kind == Representation::shared
-                    ? store_shared_basis(pm, f, option->p, storage, writer, threads, found)
+                    ? store_shared_basis(*be, shared_stream, pm, f, option->p, storage, writer, threads, found)
                     : store_rmm(*be, pm, f, option->p, storage, writer, threads);
       manifest.modules.push_back(std::move(bm));
     }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <stdexcept>
 
 #include "distributed/bytes.hpp"
 #include "methods/rmm_module.hpp"
@@ -126,7 +127,7 @@ double raw_numbers(const PlannedModule& pm) {
 
 Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
                  const std::vector<i64>& candidates, DType storage, int threads, bool shared_rows_on,
-                 bool shared_on, SharedBasis* bases) {
+                 bool shared_on, SharedBasis* bases, Stream shared_stream) {
   Measured m;
   const i64 n = static_cast<i64>(f.size()), r = pm.rank;
   // RMM's run and its candidates first: on a GPU they run while the host measures the rest.
@@ -144,8 +145,10 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
     norm_sq.push_back(v);
   }
   if (shared_rows_on || shared_on) {
+    if (!be) throw std::logic_error("measure: the shared bases need a backend");
     auto shared = with_module_context(pm.path, [&] {
-      return shared_on ? shared_basis(f, pm.out, pm.in) : SharedBasis{shared_rows(f, pm.out, pm.in), {}};
+      return shared_on ? shared_basis(*be, shared_stream, f, pm.out, pm.in)
+                       : SharedBasis{shared_rows(*be, shared_stream, f, pm.out, pm.in), {}};
     });
     // A row basis shared by the tasks, K ≤ r directions (a task reverts at rank r).
     const auto& rows = shared.rows;
@@ -276,11 +279,12 @@ BundleModule store_rank(const PlannedModule& pm, const std::vector<TaskFactors>&
 
 // Writes module pm as a row basis of k directions shared by its tasks (Vᵀ, then the B̃_i side
 // by side); the errors measured on the rounded factors.
-BundleModule store_shared(const PlannedModule& pm, const std::vector<TaskFactors>& f, i64 k,
-                          DType storage, SafetensorsWriter& writer, int threads, const SharedBasis* found) {
+BundleModule store_shared(Backend& be, Stream stream, const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                          i64 k, DType storage, SafetensorsWriter& writer, int threads, const SharedBasis* found) {
   const i64 n = static_cast<i64>(f.size());
   std::optional<SharedRows> again;
-  if (!found) again = with_module_context(pm.path, [&] { return shared_rows(f, pm.out, pm.in, /*errors=*/false); });
+  if (!found)
+    again = with_module_context(pm.path, [&] { return shared_rows(be, stream, f, pm.out, pm.in, /*errors=*/false); });
   const SharedRows& shared = found ? found->rows : *again;
   std::vector<float> basis_t;
   std::vector<std::vector<float>> task_b;
@@ -308,12 +312,13 @@ BundleModule store_shared(const PlannedModule& pm, const std::vector<TaskFactors
 
 // Writes module pm as shared bases of k = (Kv, Ku) directions (Vᵀ, U, then the tasks' cores);
 // the errors measured on the factors a task reverts to.
-BundleModule store_shared_basis(const PlannedModule& pm, const std::vector<TaskFactors>& f,
-                                std::array<i64, 2> k, DType storage, SafetensorsWriter& writer, int threads,
-                                const SharedBasis* found) {
+BundleModule store_shared_basis(Backend& be, Stream stream, const PlannedModule& pm,
+                                const std::vector<TaskFactors>& f, std::array<i64, 2> k, DType storage,
+                                SafetensorsWriter& writer, int threads, const SharedBasis* found) {
   const i64 n = static_cast<i64>(f.size());
   std::optional<SharedBasis> again;
-  if (!found) again = with_module_context(pm.path, [&] { return shared_basis(f, pm.out, pm.in, /*errors=*/false); });
+  if (!found)
+    again = with_module_context(pm.path, [&] { return shared_basis(be, stream, f, pm.out, pm.in, /*errors=*/false); });
   const SharedBasis& basis = found ? *found : *again;
   const auto parts = with_module_context(pm.path, [&] {
     return shared_basis_parts(basis, f, k[0], k[1], storage);

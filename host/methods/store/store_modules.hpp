@@ -41,13 +41,14 @@ std::string measured_bytes(const std::vector<Measured>& measured);
 std::vector<Measured> measured_from_bytes(const std::string& bytes);
 
 /// Pass 1 of one module: every task's spectrum; with a backend, RMM with each P of `candidates`
-/// per side (one run at the largest); with `shared_rows`, the shared row basis at every K; with
-/// `shared`, both shared bases at a grid of (Kv, Ku).
+/// per side (one run at the largest, on be's default stream); with `shared_rows`, the shared row
+/// basis at every K; with `shared`, both shared bases at a grid of (Kv, Ku) (either needs the
+/// backend: their Grams and eigensolves run there, on `shared_stream`).
 /// `bases`, where given, receives the shared bases found (their maps only: bytes() says what
 /// they hold), so pass 2 can store them without finding them again.
 Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
                  const std::vector<std::int64_t>& candidates, DType storage, int threads,
-                 bool shared_rows, bool shared, SharedBasis* bases = nullptr);
+                 bool shared_rows, bool shared, SharedBasis* bases = nullptr, Stream shared_stream = {});
 
 /// Memory a kept SharedBasis holds.
 std::uint64_t shared_basis_bytes(const SharedBasis& s);
@@ -60,13 +61,14 @@ BundleModule store_rmm(Backend& be, const PlannedModule& pm, const std::vector<T
 BundleModule store_rank(const PlannedModule& pm, const std::vector<TaskFactors>& f,
                         const std::vector<std::int64_t>& kept, DType storage, SafetensorsWriter& writer,
                         int threads);
-/// The shared writers take pass 1's bases where it kept them (null: found again, bitwise alike).
-BundleModule store_shared(const PlannedModule& pm, const std::vector<TaskFactors>& f, std::int64_t k,
-                          DType storage, SafetensorsWriter& writer, int threads,
+/// The shared writers take pass 1's bases where it kept them (null: found again on `be`, bitwise
+/// alike).
+BundleModule store_shared(Backend& be, Stream stream, const PlannedModule& pm, const std::vector<TaskFactors>& f,
+                          std::int64_t k, DType storage, SafetensorsWriter& writer, int threads,
                           const SharedBasis* found = nullptr);
-BundleModule store_shared_basis(const PlannedModule& pm, const std::vector<TaskFactors>& f,
-                                std::array<std::int64_t, 2> k, DType storage, SafetensorsWriter& writer,
-                                int threads, const SharedBasis* found = nullptr);
+BundleModule store_shared_basis(Backend& be, Stream stream, const PlannedModule& pm,
+                                const std::vector<TaskFactors>& f, std::array<std::int64_t, 2> k, DType storage,
+                                SafetensorsWriter& writer, int threads, const SharedBasis* found = nullptr);
 
 /// The bundle's tensors for the modules' choices.
 std::vector<TensorSpec> tensor_specs(const std::vector<PlannedModule>& plan,
