@@ -13,7 +13,9 @@
 #include "backend/backend_cases.hpp"
 #include "methods/rmm_fixtures.hpp"
 #include "methods/rmm_module.hpp"
+#include "methods/store/module_grams.hpp"
 #include "methods/store/rmm_sides.hpp"
+#include "methods/store/truncation.hpp"
 #include "methods/store/store_modules.hpp"
 #include "revmerge/error.hpp"
 
@@ -197,6 +199,40 @@ TEST(RmmCandidatesOn, AModulesMeasurementIsTheSameBytesOnTheDeferredBackend) {
   for (const auto& o : x.options) rmm += o.kind == Representation::rmm;
   EXPECT_GT(rmm, 8u);
   EXPECT_EQ(measured_bytes({x}), measured_bytes({y}));
+}
+
+// The module's stacked Grams (made on the backend for the shared bases) hold every task's own:
+// their diagonal blocks are RMM's side Grams and the truncations' Grams (a task of lower rank,
+// scales folded into B's), and the same bits on the CPU and the deferred backend.
+TEST(RmmCandidatesOn, TheStackedGramsHoldEveryTasksOwn) {
+  for (const auto& c : kCases) {
+    SCOPED_TRACE(c.name);
+    const auto m = module_of(c);
+    auto cpu = make_cpu_backend({1, 0});
+    auto deferred = test::make_deferred_backend(2);
+    const auto g = module_grams(*cpu, {}, m.f, c.out, c.in);
+    const auto gd = module_grams(*deferred, deferred->create_stream(), m.f, c.out, c.in);
+    EXPECT_EQ(g.a, gd.a);
+    EXPECT_EQ(g.b, gd.b);
+    const auto blocks = side_grams(m.pm, m.f, g), host = side_grams(m.pm, m.f, 1);
+    for (std::size_t t = 0; t < m.f.size(); ++t)
+      for (int side = 0; side < 2; ++side) {
+        ASSERT_EQ(blocks.xx[side][t].size(), host.xx[side][t].size());
+        for (std::size_t e = 0; e < host.xx[side][t].size(); ++e)
+          ASSERT_NEAR(blocks.xx[side][t][e], host.xx[side][t][e], 1e-12 * host.x_sq[side][t])
+              << "task " << t << " side " << side << " element " << e;
+        EXPECT_NEAR(blocks.x_sq[side][t], host.x_sq[side][t], 1e-12 * host.x_sq[side][t]);
+      }
+    for (std::size_t t = 0; t < m.f.size(); ++t) {
+      const auto& tf = m.f[t];
+      const auto own = task_truncation(tf, c.out, c.in);
+      const auto from_blocks = task_truncation(tf, c.out, c.in, g.block(g.a, t, tf.rank),
+                                               g.block(g.b, t, tf.rank, tf.scale * tf.scale));
+      ASSERT_EQ(own.sigma_sq.size(), from_blocks.sigma_sq.size());
+      for (std::size_t k = 0; k < own.sigma_sq.size(); ++k)
+        EXPECT_NEAR(from_blocks.sigma_sq[k], own.sigma_sq[k], 1e-12 * own.norm_sq) << "task " << t;
+    }
+  }
 }
 
 // A run queued and never taken (the host failed meanwhile) waits for its work before its memory

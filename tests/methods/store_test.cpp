@@ -323,7 +323,8 @@ TEST(StoreMerge, SharedRowBasisServesTasksFromOneInitialisation) {
   const auto& pm = set.plan[0];
   const auto f = read_module_factors(set, pm);
   const auto cpu = make_cpu_backend({1, 0});
-  const auto s = shared_rows(*cpu, {}, f, pm.out, pm.in);
+  const auto g = module_grams(*cpu, {}, f, pm.out, pm.in);
+  const auto s = shared_rows(*cpu, {}, f, g.a, g.b, pm.out, pm.in);
   ASSERT_EQ(s.total_rank, kTasks * kRank);
   for (const i64 k : {1, 8, 16}) {
     std::vector<float> vt;
@@ -388,7 +389,7 @@ TEST(StoreMerge, SharedBasesServeTasksSharingAnInitAndColumns) {
   const auto& pm = set.plan[0];
   const auto f = read_module_factors(set, pm);
   const auto cpu = make_cpu_backend({1, 0});
-  const auto s = shared_basis(*cpu, {}, f, pm.out, pm.in);
+  const auto s = shared_basis(*cpu, {}, f, module_grams(*cpu, {}, f, pm.out, pm.in), pm.out, pm.in);
   const i64 R = kTasks * 8;
   ASSERT_EQ(s.rows.total_rank, R);
   const std::vector<i64> kv = {1, 8, 20, R}, ku = {3, 20, R};
@@ -452,7 +453,8 @@ TEST(StoreMerge, PassOneKeepsTheBasesPassTwoWouldFind) {
     SharedBasis kept;
     const auto measured = measure(cpu.get(), pm, f, {}, DType::F32, 1, true, true, &kept);
     EXPECT_FALSE(measured.options.empty()) << pm.path;
-    const auto again = shared_basis(*cpu, {}, f, pm.out, pm.in, /*errors=*/false);
+    const auto again =
+        shared_basis(*cpu, {}, f, module_grams(*cpu, {}, f, pm.out, pm.in), pm.out, pm.in, /*errors=*/false);
     EXPECT_EQ(kept.rows.to_basis, again.rows.to_basis) << pm.path;
     EXPECT_EQ(kept.cols.to_basis, again.cols.to_basis) << pm.path;
     EXPECT_EQ(kept.rows.norm_sq, again.rows.norm_sq) << pm.path;

@@ -86,6 +86,18 @@ SideGrams side_grams(const PlannedModule& pm, const std::vector<TaskFactors>& f,
   return g;
 }
 
+SideGrams side_grams(const PlannedModule& pm, const std::vector<TaskFactors>& f, const ModuleGrams& g) {
+  SideGrams x;
+  for (std::size_t t = 0; t < f.size(); ++t) {
+    x.xx[0].push_back(g.block(g.a, t, f[t].rank, 1.0, pm.rank));
+    x.xx[1].push_back(g.block(g.b, t, f[t].rank, f[t].scale * f[t].scale, pm.rank));
+    for (int side = 0; side < 2; ++side) x.x_sq[side].push_back(trace(x.xx[side][t], pm.rank));
+  }
+  x.x[0].resize(f.size());
+  x.x[1].resize(f.size());
+  return x;
+}
+
 namespace {
 
 // One side's stored basis with each direction contiguous: m × P × r (it is stored m × r × P,

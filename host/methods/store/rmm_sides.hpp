@@ -11,6 +11,7 @@
 #include "backend/backend.hpp"
 #include "methods/adapter_set.hpp"
 #include "methods/rmm_module.hpp"
+#include "methods/store/module_grams.hpp"
 
 namespace revmerge {
 
@@ -22,6 +23,10 @@ struct SideGrams {
 };
 
 SideGrams side_grams(const PlannedModule& pm, const std::vector<TaskFactors>& f, int threads);
+
+/// The Grams and traces alone (x left empty), from the module's stacked Grams: each task's
+/// diagonal blocks, B's times s², zero-padded to r.
+SideGrams side_grams(const PlannedModule& pm, const std::vector<TaskFactors>& f, const ModuleGrams& g);
 
 /// One side stored at basis size p (0: the mean alone): per task the Grams DᵀD and DᵀX of its
 /// differences D = X̂ − X (m × r), and ‖D‖².

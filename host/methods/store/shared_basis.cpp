@@ -35,24 +35,13 @@ std::vector<double> widen(const std::vector<float>& v) { return {v.begin(), v.en
 
 }  // namespace
 
-SharedBasis shared_basis(Backend& be, Stream stream, const std::vector<TaskFactors>& f, i64 out, i64 in,
-                         bool errors) {
+SharedBasis shared_basis(Backend& be, Stream stream, const std::vector<TaskFactors>& f, const ModuleGrams& g,
+                         i64 out, i64 in, bool errors) {
   SharedBasis s;
-  s.rows = shared_rows(be, stream, f, out, in, errors);
-  // The transposed tasks ΔW_iᵀ = s_i A_iᵀ B_iᵀ: their row basis is the deltas' column basis.
-  std::vector<TaskFactors> ft(f.size());
-  for (std::size_t i = 0; i < f.size(); ++i) {
-    const i64 r = f[i].rank;
-    ft[i].rank = r;
-    ft[i].scale = f[i].scale;
-    ft[i].a.resize(static_cast<std::size_t>(r * out));
-    ft[i].b.resize(static_cast<std::size_t>(in * r));
-    for (i64 k = 0; k < r; ++k) {
-      for (i64 o = 0; o < out; ++o) ft[i].a[k * out + o] = f[i].b[o * r + k];
-      for (i64 c = 0; c < in; ++c) ft[i].b[c * r + k] = f[i].a[k * in + c];
-    }
-  }
-  s.cols = shared_rows(be, stream, ft, in, out, errors);
+  s.rows = shared_rows(be, stream, f, g.a, g.b, out, in, errors);
+  // The transposed tasks ΔW_iᵀ = s_i A_iᵀ B_iᵀ: their row basis is the deltas' column basis,
+  // found from the same Grams with the sides' roles swapped.
+  s.cols = shared_rows(be, stream, f, g.b, g.a, in, out, errors);
   return s;
 }
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "methods/adapter_set.hpp"
+#include "methods/store/module_grams.hpp"
 #include "methods/store/shared_rows.hpp"
 #include "revmerge/dtype.hpp"
 
@@ -21,10 +22,10 @@ struct SharedBasis {
   SharedRows cols;  ///< U = Bᵀ · cols.to_basis, B the tasks' B_iᵀ stacked (R × out)
 };
 
-/// Both bases of a module's tasks `f` (scale folded into B); `be`, `stream` and `errors` as
-/// shared_rows's.
-SharedBasis shared_basis(Backend& be, Stream stream, const std::vector<TaskFactors>& f, std::int64_t out,
-                         std::int64_t in, bool errors = true);
+/// Both bases of a module's tasks `f` (scale folded into B) from its stacked Grams `g`; `be`,
+/// `stream` and `errors` as shared_rows's.
+SharedBasis shared_basis(Backend& be, Stream stream, const std::vector<TaskFactors>& f, const ModuleGrams& g,
+                         std::int64_t out, std::int64_t in, bool errors = true);
 
 /// Per task, ‖ΔW_i − ΔŴ_i‖² at every (Kv, Ku) of `kv` × `ku` (each in 1 … R): entry
 /// [x * ku.size() + y][i] for (kv[x], ku[y]).

@@ -20,20 +20,6 @@ std::vector<double> stacked_a(const std::vector<TaskFactors>& f, i64 in) {
   return a;
 }
 
-// A Aᵀ (R × R) of the tasks' A_i stacked, on the backend from the f32 values.
-std::vector<double> stacked_gram(Backend& be, Stream st, const std::vector<TaskFactors>& f, i64 R, i64 in) {
-  std::vector<float> a;
-  a.reserve(static_cast<std::size_t>(R * in));
-  for (const auto& tf : f) a.insert(a.end(), tf.a.begin(), tf.a.begin() + tf.rank * in);
-  DeviceBuffer x = be.allocate(a.size() * sizeof(float)), g = be.allocate(static_cast<std::size_t>(R * R) * sizeof(double));
-  be.upload(x.data(), a.data(), a.size() * sizeof(float), st);
-  be.gram_f64(x.f32(), R, in, static_cast<double*>(g.data()), st);
-  std::vector<double> S(static_cast<std::size_t>(R * R));
-  be.download(S.data(), g.data(), S.size() * sizeof(double), st);
-  be.synchronize(st);
-  return S;
-}
-
 // The symmetric R × R `m`'s eigenvalues (ascending, returned) and eigenvectors (m's columns),
 // on the backend.
 std::vector<double> backend_eigen(Backend& be, Stream st, std::vector<double>& m, i64 R) {
@@ -55,7 +41,8 @@ std::vector<double> backend_eigen(Backend& be, Stream st, std::vector<double>& m
 
 }  // namespace
 
-SharedRows shared_rows(Backend& be, Stream stream, const std::vector<TaskFactors>& f, i64 out, i64 in,
+SharedRows shared_rows(Backend& be, Stream stream, const std::vector<TaskFactors>& f,
+                       const std::vector<double>& gram, const std::vector<double>& other, i64 out, i64 in,
                        bool errors) {
   const auto n = f.size();
   SharedRows s;
@@ -69,19 +56,19 @@ SharedRows shared_rows(Backend& be, Stream stream, const std::vector<TaskFactors
   s.lambda.assign(static_cast<std::size_t>(R), 0.0);
   s.to_basis.assign(static_cast<std::size_t>(R * R), 0.0);
   if (R == 0) return s;
-  // S = A Aᵀ (R × R) and per task M_i = s²B_iᵀB_i with a square root L_i = Q D^½.
-  const auto S = stacked_gram(be, stream, f, R, in);
+  // S = A Aᵀ (R × R) and per task M_i = s²B_iᵀB_i (from the other side's Gram) with a square
+  // root L_i = Q D^½.
+  const auto& S = gram;
   s.gram = S;
   std::vector<double> L(static_cast<std::size_t>(R * R), 0.0);  // block diagonal
   std::vector<std::vector<double>> M(n);
   for (std::size_t i = 0; i < n; ++i) {
     const i64 r = f[i].rank, o = first[i];
-    const std::vector<double> b(f[i].b.begin(), f[i].b.end());
     M[i].assign(static_cast<std::size_t>(r * r), 0.0);
     if (r == 0) continue;
-    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, r, out, f[i].scale * f[i].scale, b.data(), r, 0.0,
-                M[i].data(), r);
-    mirror_upper(M[i], r);
+    const double s2 = f[i].scale * f[i].scale;
+    for (i64 x = 0; x < r; ++x)
+      for (i64 y = 0; y < r; ++y) M[i][x * r + y] = s2 * other[(o + x) * R + o + y];
     auto q = M[i];
     const auto d = symmetric_eigen(q, r);
     for (i64 x = 0; x < r; ++x)

@@ -136,19 +136,35 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
   std::optional<RmmCandidateRun> rmm;
   if (be && rmm_fits(pm, n) && !candidates.empty())
     with_module_context(pm.path, [&] { rmm.emplace(*be, pm, f, ps, storage); });
+  // The shared bases need the module's stacked Grams; their diagonal blocks are then every
+  // task's own Grams too. Without them each task's are made on the host.
+  std::optional<ModuleGrams> grams;
+  if (shared_rows_on || shared_on) {
+    if (!be) throw std::logic_error("measure: the shared bases need a backend");
+    grams = with_module_context(pm.path, [&] { return module_grams(*be, shared_stream, f, pm.out, pm.in); });
+  }
   m.sigma_sq.resize(f.size());
-  parallel_tasks(static_cast<long>(f.size()), threads, [&](long t) { m.sigma_sq[t] = delta_sigma_sq(pm, f[t]); });
+  parallel_tasks(static_cast<long>(f.size()), threads, [&](long t) {
+    if (!grams) {
+      m.sigma_sq[t] = delta_sigma_sq(pm, f[t]);
+      return;
+    }
+    const auto& tf = f[t];
+    m.sigma_sq[t] = with_module_context(pm.path, [&] {
+      return task_truncation(tf, pm.out, pm.in, grams->block(grams->a, t, tf.rank),
+                             grams->block(grams->b, t, tf.rank, tf.scale * tf.scale)).sigma_sq;
+    });
+  });
   std::vector<double> norm_sq;
   for (const auto& s : m.sigma_sq) {
     double v = 0;
     for (const double x2 : s) v += x2;
     norm_sq.push_back(v);
   }
-  if (shared_rows_on || shared_on) {
-    if (!be) throw std::logic_error("measure: the shared bases need a backend");
+  if (grams) {
     auto shared = with_module_context(pm.path, [&] {
-      return shared_on ? shared_basis(*be, shared_stream, f, pm.out, pm.in)
-                       : SharedBasis{shared_rows(*be, shared_stream, f, pm.out, pm.in), {}};
+      return shared_on ? shared_basis(*be, shared_stream, f, *grams, pm.out, pm.in)
+                       : SharedBasis{shared_rows(*be, shared_stream, f, grams->a, grams->b, pm.out, pm.in), {}};
     });
     // A row basis shared by the tasks, K ≤ r directions (a task reverts at rank r).
     const auto& rows = shared.rows;
@@ -184,7 +200,7 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
     }
   }
   if (!rmm) return m;
-  const auto x = side_grams(pm, f, threads);
+  const auto x = grams ? side_grams(pm, f, *grams) : side_grams(pm, f, threads);
   const auto sides = with_module_context(pm.path, [&] { return rmm->take(); });
   for (const auto& a : sides[0])
     for (const auto& b : sides[1]) {
@@ -284,7 +300,10 @@ BundleModule store_shared(Backend& be, Stream stream, const PlannedModule& pm, c
   const i64 n = static_cast<i64>(f.size());
   std::optional<SharedRows> again;
   if (!found)
-    again = with_module_context(pm.path, [&] { return shared_rows(be, stream, f, pm.out, pm.in, /*errors=*/false); });
+    again = with_module_context(pm.path, [&] {
+      const auto g = module_grams(be, stream, f, pm.out, pm.in);
+      return shared_rows(be, stream, f, g.a, g.b, pm.out, pm.in, /*errors=*/false);
+    });
   const SharedRows& shared = found ? found->rows : *again;
   std::vector<float> basis_t;
   std::vector<std::vector<float>> task_b;
@@ -318,7 +337,9 @@ BundleModule store_shared_basis(Backend& be, Stream stream, const PlannedModule&
   const i64 n = static_cast<i64>(f.size());
   std::optional<SharedBasis> again;
   if (!found)
-    again = with_module_context(pm.path, [&] { return shared_basis(be, stream, f, pm.out, pm.in, /*errors=*/false); });
+    again = with_module_context(pm.path, [&] {
+      return shared_basis(be, stream, f, module_grams(be, stream, f, pm.out, pm.in), pm.out, pm.in, /*errors=*/false);
+    });
   const SharedBasis& basis = found ? *found : *again;
   const auto parts = with_module_context(pm.path, [&] {
     return shared_basis_parts(basis, f, k[0], k[1], storage);

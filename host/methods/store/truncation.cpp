@@ -39,20 +39,29 @@ void mirror_upper(std::vector<double>& m, i64 r) {
 
 TaskTruncation task_truncation(const TaskFactors& tf, i64 out, i64 in) {
   const i64 r = tf.rank;
+  std::vector<double> aat(static_cast<std::size_t>(r * r), 0.0), btb(aat.size(), 0.0);
+  if (r > 0) {
+    const auto a = widen(tf.a), b = widen(tf.b);
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, r, in, 1.0, a.data(), in, 0.0, aat.data(), r);
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, r, out, tf.scale * tf.scale, b.data(), r, 0.0, btb.data(),
+                r);
+    mirror_upper(aat, r);
+    mirror_upper(btb, r);
+  }
+  return task_truncation(tf, out, in, std::move(aat), std::move(btb));
+}
+
+TaskTruncation task_truncation(const TaskFactors& tf, i64 out, i64 in, std::vector<double> aat,
+                               std::vector<double> btb) {
+  const i64 r = tf.rank;
   TaskTruncation t;
   t.r = r, t.in = in, t.out = out;
   t.sigma_sq.assign(static_cast<std::size_t>(r), 0.0);
   t.left.assign(static_cast<std::size_t>(r * r), 0.0);
   t.right.assign(static_cast<std::size_t>(r * r), 0.0);
-  t.aat.assign(static_cast<std::size_t>(r * r), 0.0);
-  t.btb.assign(static_cast<std::size_t>(r * r), 0.0);
+  t.aat = std::move(aat);
+  t.btb = std::move(btb);
   if (r == 0) return t;
-  const auto a = widen(tf.a), b = widen(tf.b);
-  cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, r, in, 1.0, a.data(), in, 0.0, t.aat.data(), r);
-  cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, r, out, tf.scale * tf.scale, b.data(), r, 0.0,
-              t.btb.data(), r);
-  mirror_upper(t.aat, r);
-  mirror_upper(t.btb, r);
   t.norm_sq = std::max(dot(t.aat, t.btb), 0.0);
   auto u = t.aat;
   const auto lambda = symmetric_eigen(u, r);

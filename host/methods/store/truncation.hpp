@@ -24,6 +24,10 @@ struct TaskTruncation {
 /// The Grams, their eigendecompositions and the transforms of task factors `tf` (rank r ≥ 0).
 /// Directions of A whose energy is below 1e-14 of the largest count as empty.
 TaskTruncation task_truncation(const TaskFactors& tf, std::int64_t out, std::int64_t in);
+/// The same from the task's Grams AAᵀ and s²BᵀB (r × r row-major, both triangles), made
+/// elsewhere (module_grams.hpp: blocks of the module's stacked Grams).
+TaskTruncation task_truncation(const TaskFactors& tf, std::int64_t out, std::int64_t in,
+                               std::vector<double> aat, std::vector<double> btb);
 
 /// The truncation to k ≤ r directions: B' (out × k) and A' (k × in), f32.
 void truncated_factors(const TaskTruncation& t, const TaskFactors& tf, std::int64_t k,
