@@ -270,9 +270,9 @@ store_auto() {
   /usr/bin/time -f "rmm P=4 cuda: %e s" "$revmerge" merge --device cuda --basis 4 --force --quiet \
     --out "$out/store-rmm" "$out"/adapters-7b/task-* || return 1
   /usr/bin/time -f "auto cuda: %e s" "$revmerge" merge --device cuda --method auto --storage 0.6875 \
-    --force --quiet --out "$out/store-auto" "$out"/adapters-7b/task-* || return 1
+    --timings --force --quiet --out "$out/store-auto" "$out"/adapters-7b/task-* || return 1
   /usr/bin/time -f "auto cuda, --gpus 0,0,0,0: %e s" "$revmerge" merge --gpus 0,0,0,0 --method auto \
-    --storage 0.6875 --force --quiet --out "$out/store-auto-4" "$out"/adapters-7b/task-* || return 1
+    --storage 0.6875 --timings --force --quiet --out "$out/store-auto-4" "$out"/adapters-7b/task-* || return 1
   cmp "$out/store-auto/bundle.safetensors" "$out/store-auto-4/bundle.safetensors" &&
     echo "auto on four workers sharing the GPU: the one worker's tensors byte for byte"
   /usr/bin/time -f "auto cpu: %e s" "$revmerge" merge --device cpu --method auto --storage 0.6875 \

@@ -17,6 +17,12 @@
 #include "run.hpp"
 #include "text_format.hpp"
 
+#include <algorithm>
+#include <functional>
+#include <iomanip>
+#include <iostream>
+#include <mutex>
+
 namespace revmerge::cli {
 namespace {
 
@@ -36,7 +42,7 @@ struct MergeArgs {
   int threads = 0, gpu = 0;
   std::string device = "auto", gpus, memory_budget, storage, representations, objective = "mean";
   double max_error = 0;
-  bool sequential = false, shard_per_rank = false;
+  bool sequential = false, shard_per_rank = false, timings = false;
   std::map<std::string, CLI::Option*> opt;
   bool given(const std::string& name) const { return opt.at(name)->count() > 0; }
 };
@@ -130,7 +136,7 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
   const bool full = full_models(tasks);
   for (const char* o : kClassicOnly)
     if (args.given(o)) throw usage_error(std::string(o) + ": not an option of --method rmm");
-  for (const char* o : {"--storage", "--max-error", "--representations", "--objective"})
+  for (const char* o : {"--storage", "--max-error", "--representations", "--objective", "--timings"})
     if (args.given(o))
       throw usage_error(std::string(o) + ": not an option of --method rmm (it is one of --method "
                         "auto's)");
@@ -180,6 +186,34 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
 }
 
 // --method auto | rank: the budgeted store (bundle version 2).
+// The store's step times (--timings): seconds and calls per step, in the order first seen.
+class StepTimes {
+ public:
+  std::function<void(const std::string&, double)> recorder() {
+    return [this](const std::string& step, double seconds) {
+      const std::lock_guard lock(mutex_);
+      auto it = std::find_if(steps_.begin(), steps_.end(), [&](const Step& s) { return s.name == step; });
+      if (it == steps_.end()) it = steps_.insert(steps_.end(), Step{step, 0, 0});
+      it->seconds += seconds, ++it->calls;
+    };
+  }
+  void print(std::ostream& os) const {
+    os << "time by step (wall seconds, summed over modules and workers):\n";
+    for (const auto& s : steps_)
+      os << "  " << std::left << std::setw(54) << s.name << std::right << std::fixed << std::setprecision(3)
+         << std::setw(10) << s.seconds << "  (" << s.calls << (s.calls == 1 ? " call)\n" : " calls)\n");
+  }
+
+ private:
+  struct Step {
+    std::string name;
+    double seconds;
+    std::uint64_t calls;
+  };
+  std::mutex mutex_;
+  std::vector<Step> steps_;
+};
+
 void run_store(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSource> tasks,
                const std::string& method) {
   for (const char* o : kClassicOnly)
@@ -233,8 +267,11 @@ void run_store(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSo
   if (args.given("--gpus")) use_gpus(args, o);
   if (!args.given("--gpu") && o.device != Device::cpu)
     if (const auto gpu = gpu_of_this_rank()) o.gpu = *gpu;
+  StepTimes times;
+  if (args.timings) o.timing = times.recorder();
   const auto manifest = merge_store(o);
   report_bundle(args, manifest, o.out);
+  if (args.timings) times.print(std::cerr);
 }
 
 // A per-task parameter from a config: each task's own value, else the config's value for all,
@@ -254,7 +291,7 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   if (args.given("--basis") || cfg.basis) throw usage_error("--basis: an option of --method rmm only");
   if (args.given("--sequential"))
     throw usage_error("--sequential: an option of --method rmm (the streamed pipeline) only");
-  for (const char* o : {"--storage", "--max-error", "--representations", "--objective"})
+  for (const char* o : {"--storage", "--max-error", "--representations", "--objective", "--timings"})
     if (args.given(o)) throw usage_error(std::string(o) + ": an option of --method auto and rank only");
   if (cfg.storage || cfg.max_error || cfg.objective)
     throw usage_error(cfg.file + ": '" + (cfg.storage ? "storage" : cfg.max_error ? "max_error" : "objective") +
@@ -394,6 +431,9 @@ void add_merge_command(CLI::App& app) {
       "auto: the representations it weighs per module, comma-separated: rmm, rank, shared_rows "
       "(a row basis), shared (row and column bases) (default all; without rank, truncations "
       "only where nothing listed fits)");
+  opt["--timings"] = cmd->add_flag("--timings", args.timings,
+      "auto, rank: print where the time went, step by step (wall seconds summed over the modules and "
+      "this process's workers), to stderr");
   opt["--objective"] = cmd->add_option("--objective", args.objective,
       "auto, rank under --storage: what the budget lowers, mean (the mean task's relative delta "
       "error, default) or max (the worst task's)");

@@ -6,6 +6,7 @@
 /// chose. `--method auto` chooses among both, `--method rank` truncations only.
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -75,6 +76,11 @@ struct StoreMergeOptions {
   /// `threads` CPU threads (0: the cores divided among them). With peers of several processes,
   /// every entry of every process is a worker.
   std::vector<int> gpus;
+  /// Where the time goes: called as each step of a module ends (and once for the allocation and
+  /// the commit) with the step's name and its wall seconds, from every worker thread of this
+  /// process at once (the callee locks). Steps that queue device work return before it ran;
+  /// the wait shows in the step that takes the results. Empty: nothing is timed.
+  std::function<void(const std::string& step, double seconds)> timing;
 };
 
 /// Measures every module's options (each task's singular values; RMM at each candidate p for

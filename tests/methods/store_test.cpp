@@ -396,20 +396,29 @@ TEST(StoreMerge, SharedBasesServeTasksSharingAnInitAndColumns) {
   const auto closed = shared_basis_errors(s, f, kv, ku);
   for (std::size_t x = 0; x < kv.size(); ++x)
     for (std::size_t y = 0; y < ku.size(); ++y) {
-      const auto parts = shared_basis_parts(s, f, kv[x], ku[y], DType::F32);
-      i64 first = 0;
-      for (i64 t = 0; t < kTasks; ++t) {
-        std::vector<float> a, b;
-        shared_basis_task(parts.vt.data(), parts.u.data(), parts.core_a.data(), parts.core_b.data(), pm.in, pm.out,
-                          kv[x], ku[y], R, first, f[t].rank, a, b);
-        first += f[t].rank;
-        const auto want = test::dense_delta(f[t].a, f[t].b, f[t].rank, pm.in, pm.out, f[t].scale);
-        const auto got = test::dense_delta(a, b, f[t].rank, pm.in, pm.out, 1.0);
-        double e = 0;
-        for (std::size_t i = 0; i < want.size(); ++i) e += (got[i] - want[i]) * (got[i] - want[i]);
-        const double norm_sq = s.rows.norm_sq[t];
-        EXPECT_NEAR(e, closed[x * ku.size() + y][t], 1e-6 * norm_sq) << "Kv " << kv[x] << " Ku " << ku[y];
-        if (kv[x] == R && ku[y] == R) EXPECT_LT(std::sqrt(e / norm_sq), 1e-5);  // exact at full size
+      // The closed forms against the dense errors of the factors a task reverts to: pass 1's (the
+      // bases unrounded) and pass 2's (what is stored, f32 and bf16: rounding counts there).
+      for (const auto storage : {DType::F32, DType::BF16}) {
+        const auto parts = shared_basis_parts(s, f, kv[x], ku[y], storage);
+        const auto stored = shared_basis_stored_errors(parts, f, s.rows.norm_sq, pm.in, pm.out);
+        i64 first = 0;
+        for (i64 t = 0; t < kTasks; ++t) {
+          std::vector<float> a, b;
+          shared_basis_task(parts.vt.data(), parts.u.data(), parts.core_a.data(), parts.core_b.data(), pm.in,
+                            pm.out, kv[x], ku[y], R, first, f[t].rank, a, b);
+          first += f[t].rank;
+          const auto want = test::dense_delta(f[t].a, f[t].b, f[t].rank, pm.in, pm.out, f[t].scale);
+          const auto got = test::dense_delta(a, b, f[t].rank, pm.in, pm.out, 1.0);
+          double e = 0;
+          for (std::size_t i = 0; i < want.size(); ++i) e += (got[i] - want[i]) * (got[i] - want[i]);
+          const double norm_sq = s.rows.norm_sq[t];
+          SCOPED_TRACE(::testing::Message() << "Kv " << kv[x] << " Ku " << ku[y] << " task " << t << " "
+                                            << dtype_name(storage));
+          EXPECT_NEAR(stored[t], e, 1e-9 * norm_sq + 1e-6 * e);
+          if (storage == DType::BF16) continue;
+          EXPECT_NEAR(e, closed[x * ku.size() + y][t], 1e-6 * norm_sq);
+          if (kv[x] == R && ku[y] == R) EXPECT_LT(std::sqrt(e / norm_sq), 1e-5);  // exact at full size
+        }
       }
     }
   auto o = store_options(tasks, StoreMethod::automatic, tmp / "bundle");

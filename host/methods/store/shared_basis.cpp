@@ -118,7 +118,59 @@ SharedBasisParts shared_basis_parts(const SharedBasis& s, const std::vector<Task
   p.core_b.assign(cb.begin(), cb.end());
   round_to_storage(p.core_a, storage);
   round_to_storage(p.core_b, storage);
+  p.core_a64 = std::move(ca);
+  p.core_b64 = std::move(cb);
   return p;
+}
+
+std::vector<double> shared_basis_stored_errors(const SharedBasisParts& p, const std::vector<TaskFactors>& f,
+                                               const std::vector<double>& norm_sq, i64 in, i64 out) {
+  const i64 kv = p.kv, ku = p.ku, R = p.total_rank;
+  // VᵀV and UᵀU of the bases as stored.
+  const auto vt = widen(p.vt), u = widen(p.u);
+  std::vector<double> vv(static_cast<std::size_t>(kv * kv)), uu(static_cast<std::size_t>(ku * ku));
+  cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, kv, in, 1.0, vt.data(), in, 0.0, vv.data(), kv);
+  cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, ku, out, 1.0, u.data(), ku, 0.0, uu.data(), ku);
+  mirror_upper(vv, kv);
+  mirror_upper(uu, ku);
+  const auto first = first_rows(f);
+  std::vector<double> err(f.size());
+  for (std::size_t i = 0; i < f.size(); ++i) {
+    const i64 r = f[i].rank, o = first[i];
+    if (r == 0) {
+      err[i] = norm_sq[i];
+      continue;
+    }
+    // The task's cores: C_a (r × kv) and C_b (ku × r) as stored, and before rounding.
+    std::vector<double> ca(static_cast<std::size_t>(r * kv)), xa(ca.size()), cb(static_cast<std::size_t>(ku * r)),
+        xb(cb.size());
+    for (i64 k = 0; k < r; ++k)
+      for (i64 c = 0; c < kv; ++c)
+        ca[k * kv + c] = p.core_a[(o + k) * kv + c], xa[k * kv + c] = p.core_a64[(o + k) * kv + c];
+    for (i64 j = 0; j < ku; ++j)
+      for (i64 k = 0; k < r; ++k)
+        cb[j * r + k] = p.core_b[j * R + o + k], xb[j * r + k] = p.core_b64[j * R + o + k];
+    std::vector<double> t1(static_cast<std::size_t>(std::max(ku, kv) * r)), gb(static_cast<std::size_t>(r * r)),
+        ga(gb.size()), xbb(gb.size()), xaa(gb.size());
+    // C_bᵀ (UᵀU) C_b and C_a (VᵀV) C_aᵀ.
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ku, r, ku, 1.0, uu.data(), ku, cb.data(), r, 0.0,
+                t1.data(), r);
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, r, ku, 1.0, cb.data(), r, t1.data(), r, 0.0, gb.data(),
+                r);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, kv, kv, 1.0, ca.data(), kv, vv.data(), kv, 0.0,
+                t1.data(), kv);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, r, kv, 1.0, t1.data(), kv, ca.data(), kv, 0.0, ga.data(),
+                r);
+    // C_bᵀ (Uᵀs_iB_i) and C_a (A_iV)ᵀ.
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, r, ku, 1.0, cb.data(), r, xb.data(), r, 0.0, xbb.data(),
+                r);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, r, kv, 1.0, ca.data(), kv, xa.data(), kv, 0.0,
+                xaa.data(), r);
+    double whole = 0, cross = 0;
+    for (i64 e = 0; e < r * r; ++e) whole += gb[e] * ga[e], cross += xbb[e] * xaa[e];
+    err[i] = std::max(whole - 2 * cross + norm_sq[i], 0.0);
+  }
+  return err;
 }
 
 void shared_basis_task(const float* vt, const float* u, const float* core_a, const float* core_b, i64 in,

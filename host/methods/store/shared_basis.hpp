@@ -39,9 +39,19 @@ std::vector<std::vector<double>> shared_basis_errors(const SharedBasis& s, const
 struct SharedBasisParts {
   std::int64_t kv = 0, ku = 0, total_rank = 0;
   std::vector<float> vt, u, core_a, core_b;
+  std::vector<double> core_a64, core_b64;  ///< the cores in f64, before they were rounded
 };
 SharedBasisParts shared_basis_parts(const SharedBasis& s, const std::vector<TaskFactors>& f, std::int64_t kv,
                                     std::int64_t ku, DType storage);
+
+/// Per task ‖ΔŴ_i − ΔW_i‖² of the stored parts `p` (the factors revert gives), given the tasks'
+/// ‖ΔW_i‖² (`norm_sq`): ‖ΔŴ_i‖² − 2⟨ΔŴ_i, ΔW_i⟩ + ‖ΔW_i‖² through UᵀU (Ku × Ku), VᵀV (Kv × Kv)
+/// and r_i × r_i products, never a task's out × r or r × in factors:
+/// ‖ΔŴ_i‖² = ⟨C_bᵀ(UᵀU)C_b, C_a(VᵀV)C_aᵀ⟩ and ⟨ΔŴ_i, ΔW_i⟩ = ⟨C_bᵀ(Uᵀs_iB_i), C_a(A_iV)ᵀ⟩, with
+/// C_a, C_b the task's stored cores and Uᵀs_iB_i, A_iV the cores before rounding.
+std::vector<double> shared_basis_stored_errors(const SharedBasisParts& p, const std::vector<TaskFactors>& f,
+                                               const std::vector<double>& norm_sq, std::int64_t in,
+                                               std::int64_t out);
 
 /// Task factors from stored parts (what `revert` gives): A' = core_a[first:first+r] · Vᵀ
 /// (r × in) and B' = U · core_b[:, first:first+r] (out × r), formed in f64, returned in f32.

@@ -353,10 +353,10 @@ BundleManifest store_share(const StoreMergeOptions& o, Peers* peers, int threads
       throw_if_interrupted("merge");
       const auto& pm = set.plan[m];
       if (o.progress) o.progress(m, steps, pm.path);
-      const auto f = read_module_factors(set, pm);
+      const auto f = timed_step(o.timing, "pass 1: read", [&] { return read_module_factors(set, pm); });
       SharedBasis bases;
-      measured.push_back(
-          measure(be.get(), pm, f, candidates, storage, threads, shared_rows_on, shared_on, &bases, shared_stream));
+      measured.push_back(measure(be.get(), pm, f, candidates, storage, threads, shared_rows_on, shared_on, &bases,
+                                 shared_stream, o.timing));
       if (const auto bytes = shared_basis_bytes(bases); bytes > 0 && bytes <= keep_left)
         keep_left -= bytes, kept[m - first] = std::move(bases);
     }
@@ -376,10 +376,12 @@ BundleManifest store_share(const StoreMergeOptions& o, Peers* peers, int threads
   std::vector<double> weight;
   for (const double d : task_norm_sq) weight.push_back(d > 0 ? 1.0 / d : 0.0);
   const bool truncations = weighs(o, Representation::rank);
-  const auto choice = o.max_error ? allocate_max_error(module_options(set.plan, measured, weight, truncations), *o.max_error)
-                      : o.objective == StoreObjective::max
-                          ? allocate_for_worst(set.plan, measured, task_norm_sq, budget, truncations)
-                          : allocate_budget(module_options(set.plan, measured, weight, truncations), budget);
+  const auto choice = timed_step(o.timing, "allocation", [&] {
+    return o.max_error ? allocate_max_error(module_options(set.plan, measured, weight, truncations), *o.max_error)
+           : o.objective == StoreObjective::max
+               ? allocate_for_worst(set.plan, measured, task_norm_sq, budget, truncations)
+               : allocate_budget(module_options(set.plan, measured, weight, truncations), budget);
+  });
 
   // Pass 2: each module of this worker's share stored as chosen.
   BundleManifest manifest;
@@ -410,16 +412,22 @@ BundleManifest store_share(const StoreMergeOptions& o, Peers* peers, int threads
       throw_if_interrupted("merge");
       const auto& pm = set.plan[m];
       if (o.progress) o.progress(set.plan.size() + m, steps, pm.path);
-      const auto f = read_module_factors(set, pm);
+      const auto f = timed_step(o.timing, "pass 2: read", [&] { return read_module_factors(set, pm); });
       const auto* option = choice[m].fixed >= 0 ? &measured[m].options[choice[m].fixed] : nullptr;
       const SharedBasis* found = kept[m - first] ? &*kept[m - first] : nullptr;
       auto& writer = bundle.writer();
-      auto bm = !option ? store_rank(pm, f, choice[m].kept, storage, writer, threads)
+      auto bm = !option ? timed_step(o.timing, "pass 2: rank",
+                                     [&] { return store_rank(pm, f, choice[m].kept, storage, writer, threads); })
                 : option->kind == Representation::shared_rows
-                    ? store_shared(*be, shared_stream, pm, f, option->k, storage, writer, threads, found)
+                    ? timed_step(o.timing, "pass 2: shared_rows", [&] {
+                        return store_shared(*be, shared_stream, pm, f, option->k, storage, writer, threads, found);
+                      })
                 : option->kind == Representation::shared
-                    ? store_shared_basis(*be, shared_stream, pm, f, option->p, storage, writer, threads, found)
-                    : store_rmm(*be, pm, f, option->p, storage, writer, threads);
+                    ? timed_step(o.timing, "pass 2: shared", [&] {
+                        return store_shared_basis(*be, shared_stream, pm, f, option->p, storage, writer, found);
+                      })
+                    : timed_step(o.timing, "pass 2: rmm",
+                                 [&] { return store_rmm(*be, pm, f, option->p, storage, writer, threads); });
       manifest.modules.push_back(std::move(bm));
     }
   });
@@ -430,7 +438,7 @@ BundleManifest store_share(const StoreMergeOptions& o, Peers* peers, int threads
   manifest.storage_ratio = all_numbers > 0 ? stored / all_numbers : 0;
   manifest.input_bytes = input_bytes;
   for (const auto& spec : specs) manifest.stored_bytes += spec.nbytes();
-  bundle.commit(manifest, recipe_text(o.recipe, store_record(o, storage, candidates)));
+  timed_step(o.timing, "commit", [&] { bundle.commit(manifest, recipe_text(o.recipe, store_record(o, storage, candidates))); });
   return manifest;
 }
 

@@ -127,7 +127,7 @@ double raw_numbers(const PlannedModule& pm) {
 
 Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
                  const std::vector<i64>& candidates, DType storage, int threads, bool shared_rows_on,
-                 bool shared_on, SharedBasis* bases, Stream shared_stream) {
+                 bool shared_on, SharedBasis* bases, Stream shared_stream, const StepTiming& timing) {
   Measured m;
   const i64 n = static_cast<i64>(f.size()), r = pm.rank;
   // RMM's run and its candidates first: on a GPU they run while the host measures the rest.
@@ -135,24 +135,29 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
   ps.insert(ps.end(), candidates.begin(), candidates.end());
   std::optional<RmmCandidateRun> rmm;
   if (be && rmm_fits(pm, n) && !candidates.empty())
-    with_module_context(pm.path, [&] { rmm.emplace(*be, pm, f, ps, storage); });
+    timed_step(timing, "pass 1: RMM run and candidates queued",
+               [&] { with_module_context(pm.path, [&] { rmm.emplace(*be, pm, f, ps, storage); }); });
   // The shared bases need the module's stacked Grams; their diagonal blocks are then every
   // task's own Grams too. Without them each task's are made on the host.
   std::optional<ModuleGrams> grams;
   if (shared_rows_on || shared_on) {
     if (!be) throw std::logic_error("measure: the shared bases need a backend");
-    grams = with_module_context(pm.path, [&] { return module_grams(*be, shared_stream, f, pm.out, pm.in); });
+    grams = timed_step(timing, "pass 1: stacked Grams", [&] {
+      return with_module_context(pm.path, [&] { return module_grams(*be, shared_stream, f, pm.out, pm.in); });
+    });
   }
   m.sigma_sq.resize(f.size());
-  parallel_tasks(static_cast<long>(f.size()), threads, [&](long t) {
-    if (!grams) {
-      m.sigma_sq[t] = delta_sigma_sq(pm, f[t]);
-      return;
-    }
-    const auto& tf = f[t];
-    m.sigma_sq[t] = with_module_context(pm.path, [&] {
-      return task_truncation(tf, pm.out, pm.in, grams->block(grams->a, t, tf.rank),
-                             grams->block(grams->b, t, tf.rank, tf.scale * tf.scale)).sigma_sq;
+  timed_step(timing, "pass 1: truncations", [&] {
+    parallel_tasks(static_cast<long>(f.size()), threads, [&](long t) {
+      if (!grams) {
+        m.sigma_sq[t] = delta_sigma_sq(pm, f[t]);
+        return;
+      }
+      const auto& tf = f[t];
+      m.sigma_sq[t] = with_module_context(pm.path, [&] {
+        return task_truncation(tf, pm.out, pm.in, grams->block(grams->a, t, tf.rank),
+                               grams->block(grams->b, t, tf.rank, tf.scale * tf.scale)).sigma_sq;
+      });
     });
   });
   std::vector<double> norm_sq;
@@ -162,9 +167,11 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
     norm_sq.push_back(v);
   }
   if (grams) {
-    auto shared = with_module_context(pm.path, [&] {
-      return shared_on ? shared_basis(*be, shared_stream, f, *grams, pm.out, pm.in)
-                       : SharedBasis{shared_rows(*be, shared_stream, f, grams->a, grams->b, pm.out, pm.in), {}};
+    auto shared = timed_step(timing, "pass 1: shared bases", [&] {
+      return with_module_context(pm.path, [&] {
+        return shared_on ? shared_basis(*be, shared_stream, f, *grams, pm.out, pm.in)
+                         : SharedBasis{shared_rows(*be, shared_stream, f, grams->a, grams->b, pm.out, pm.in), {}};
+      });
     });
     // A row basis shared by the tasks, K ≤ r directions (a task reverts at rank r).
     const auto& rows = shared.rows;
@@ -181,7 +188,9 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
       i64 total = 0;
       for (const auto& tf : f) total += tf.rank;
       const auto kv = basis_sizes(std::min(total, pm.in)), ku = basis_sizes(std::min(total, pm.out));
-      const auto errors = with_module_context(pm.path, [&] { return shared_basis_errors(shared, f, kv, ku); });
+      const auto errors = timed_step(timing, "pass 1: shared bases' errors", [&] {
+        return with_module_context(pm.path, [&] { return shared_basis_errors(shared, f, kv, ku); });
+      });
       for (std::size_t x = 0; x < kv.size(); ++x)
         for (std::size_t y = 0; y < ku.size(); ++y) {
           const double numbers = double(kv[x]) * double(pm.in + total) + double(ku[y]) * double(pm.out + total);
@@ -200,8 +209,10 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
     }
   }
   if (!rmm) return m;
-  const auto x = grams ? side_grams(pm, f, *grams) : side_grams(pm, f, threads);
-  const auto sides = with_module_context(pm.path, [&] { return rmm->take(); });
+  const auto x = timed_step(timing, "pass 1: RMM side Grams",
+                            [&] { return grams ? side_grams(pm, f, *grams) : side_grams(pm, f, threads); });
+  const auto sides = timed_step(timing, "pass 1: RMM candidates taken (waits for the device)",
+                                [&] { return with_module_context(pm.path, [&] { return rmm->take(); }); });
   for (const auto& a : sides[0])
     for (const auto& b : sides[1]) {
       const double numbers = side_numbers(pm.in, r, n, a.p) + side_numbers(pm.out, r, n, b.p);
@@ -330,10 +341,10 @@ BundleModule store_shared(Backend& be, Stream stream, const PlannedModule& pm, c
 }
 
 // Writes module pm as shared bases of k = (Kv, Ku) directions (Vᵀ, U, then the tasks' cores);
-// the errors measured on the factors a task reverts to.
+// the errors measured on the stored parts, in closed form (shared_basis_stored_errors).
 BundleModule store_shared_basis(Backend& be, Stream stream, const PlannedModule& pm,
                                 const std::vector<TaskFactors>& f, std::array<i64, 2> k, DType storage,
-                                SafetensorsWriter& writer, int threads, const SharedBasis* found) {
+                                SafetensorsWriter& writer, const SharedBasis* found) {
   const i64 n = static_cast<i64>(f.size());
   std::optional<SharedBasis> again;
   if (!found)
@@ -344,23 +355,20 @@ BundleModule store_shared_basis(Backend& be, Stream stream, const PlannedModule&
   const auto parts = with_module_context(pm.path, [&] {
     return shared_basis_parts(basis, f, k[0], k[1], storage);
   });
-  std::vector<i64> first(f.size(), 0);
-  for (i64 t = 1; t < n; ++t) first[t] = first[t - 1] + f[t - 1].rank;
   auto bm = module_entry(pm);
   bm.representation = Representation::shared;
   bm.shared_basis = k;
   bm.delta_norm.resize(f.size());
   bm.delta_error.resize(f.size());
-  parallel_tasks(n, threads, [&](long t) {
-    std::vector<float> a, b;
-    shared_basis_task(parts.vt.data(), parts.u.data(), parts.core_a.data(), parts.core_b.data(), pm.in, pm.out,
-                      k[0], k[1], parts.total_rank, first[t], f[t].rank, a, b);
-    // The basis already has ‖ΔW_i‖² (as store_shared's): no truncation of the task is needed.
-    const double norm_sq = basis.rows.norm_sq[t];
-    const double err_sq = truncation_error_sq(f[t], pm.out, pm.in, norm_sq, b, a, f[t].rank);
-    bm.delta_norm[t] = std::sqrt(norm_sq);
-    bm.delta_error[t] = norm_sq > 0 ? std::sqrt(err_sq / norm_sq) : 0.0;
+  // The basis already has ‖ΔW_i‖² (as store_shared's): no truncation of the task is needed.
+  const auto& norm_sq = basis.rows.norm_sq;
+  const auto err_sq = with_module_context(pm.path, [&] {
+    return shared_basis_stored_errors(parts, f, norm_sq, pm.in, pm.out);
   });
+  for (i64 t = 0; t < n; ++t) {
+    bm.delta_norm[t] = std::sqrt(norm_sq[t]);
+    bm.delta_error[t] = norm_sq[t] > 0 ? std::sqrt(err_sq[t] / norm_sq[t]) : 0.0;
+  }
   writer.write_f32(bundle_tensor_name(pm.path, "lora_A", "shared"), parts.vt);
   writer.write_f32(bundle_tensor_name(pm.path, "lora_B", "shared"), parts.u);
   writer.write_f32(bundle_tensor_name(pm.path, "lora_A", "cores"), parts.core_a);

@@ -11,6 +11,7 @@
 #include "methods/adapter_set.hpp"
 #include "methods/store/allocation.hpp"
 #include "methods/store/shared_basis.hpp"
+#include "methods/store/step_timing.hpp"
 #include "revmerge/bundle.hpp"
 #include "revmerge/safetensors.hpp"
 
@@ -48,7 +49,8 @@ std::vector<Measured> measured_from_bytes(const std::string& bytes);
 /// they hold), so pass 2 can store them without finding them again.
 Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
                  const std::vector<std::int64_t>& candidates, DType storage, int threads,
-                 bool shared_rows, bool shared, SharedBasis* bases = nullptr, Stream shared_stream = {});
+                 bool shared_rows, bool shared, SharedBasis* bases = nullptr, Stream shared_stream = {},
+                 const StepTiming& timing = {});
 
 /// Memory a kept SharedBasis holds.
 std::uint64_t shared_basis_bytes(const SharedBasis& s);
@@ -68,7 +70,7 @@ BundleModule store_shared(Backend& be, Stream stream, const PlannedModule& pm, c
                           const SharedBasis* found = nullptr);
 BundleModule store_shared_basis(Backend& be, Stream stream, const PlannedModule& pm,
                                 const std::vector<TaskFactors>& f, std::array<std::int64_t, 2> k, DType storage,
-                                SafetensorsWriter& writer, int threads, const SharedBasis* found = nullptr);
+                                SafetensorsWriter& writer, const SharedBasis* found = nullptr);
 
 /// The bundle's tensors for the modules' choices.
 std::vector<TensorSpec> tensor_specs(const std::vector<PlannedModule>& plan,
