@@ -48,6 +48,7 @@ class DeferredBackend final : public Backend {
   }
 
   void upload(void* dst, const void* src, std::size_t bytes, Stream s) override {
+    if (bytes == 0) return;  // as CUDA's (an empty buffer's pointer may be null)
     if (is_staging(src, bytes)) {  // pinned: read when the copy runs
       enqueue(s, [=] { std::memcpy(dst, src, bytes); });
       return;
@@ -58,6 +59,7 @@ class DeferredBackend final : public Backend {
     enqueue(s, [=] { std::memcpy(dst, copy->data(), bytes); });
   }
   void download(void* dst, const void* src, std::size_t bytes, Stream s) override {
+    if (bytes == 0) return;
     enqueue(s, [=] { std::memcpy(dst, src, bytes); });
   }
   void synchronize(Stream s) override { drain(queue(s)); }
