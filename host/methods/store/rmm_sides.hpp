@@ -1,9 +1,9 @@
 #pragma once
 // RMM with a basis size per side: for any p_A, p_B (0: the mean alone) every task's delta error
 // in closed form from r × r Grams of the sides' differences D = X̂ − X, so the pairs cost one
-// RMM run at the largest p. The allocation's estimates are made on the backend where the run's
-// results lie (rmm_candidates); what is reported is measured on the host in f64
-// (side_differences).
+// RMM run at the largest p. They are made on the backend where the run's results lie
+// (rmm_candidates), and are both what the allocation weighs and what the manifest reports;
+// side_differences measures the same in f64 on the host (the tests' reference).
 #include <array>
 #include <cstdint>
 #include <vector>

@@ -427,7 +427,7 @@ BundleManifest store_share(const StoreMergeOptions& o, Peers* peers, int threads
                         return store_shared_basis(*be, shared_stream, pm, f, option->p, storage, writer, found);
                       })
                     : timed_step(o.timing, "pass 2: rmm",
-                                 [&] { return store_rmm(*be, pm, f, option->p, storage, writer, threads); });
+                                 [&] { return store_rmm(*be, pm, f, measured[m], *option, storage, writer); });
       manifest.modules.push_back(std::move(bm));
     }
   });

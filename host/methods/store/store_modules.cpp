@@ -92,6 +92,7 @@ std::string measured_bytes(const std::vector<Measured>& measured) {
       out.put(static_cast<std::int32_t>(c.kind));
       out.put(c.p[0]), out.put(c.p[1]), out.put(c.k), out.put(c.numbers), out.put(c.worst);
       out.put_doubles(c.error_sq);
+      out.put_doubles(c.factor_error[0]), out.put_doubles(c.factor_error[1]);
     }
   }
   return std::move(out.bytes());
@@ -109,6 +110,7 @@ std::vector<Measured> measured_from_bytes(const std::string& bytes) {
       c.p[0] = r.get<i64>(), c.p[1] = r.get<i64>(), c.k = r.get<i64>();
       c.numbers = r.get<double>(), c.worst = r.get<double>();
       c.error_sq = r.get_doubles();
+      c.factor_error[0] = r.get_doubles(), c.factor_error[1] = r.get_doubles();
     }
   }
   return out;
@@ -213,11 +215,18 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
                             [&] { return grams ? side_grams(pm, f, *grams) : side_grams(pm, f, threads); });
   const auto sides = timed_step(timing, "pass 1: RMM candidates taken (waits for the device)",
                                 [&] { return with_module_context(pm.path, [&] { return rmm->take(); }); });
+  // Each side's relative factor errors at each p, for the manifest should the pair be chosen.
+  const auto factor_errors = [&](int s, const SideDifference& d) {
+    std::vector<double> e;
+    for (i64 t = 0; t < n; ++t) e.push_back(x.x_sq[s][t] > 0 ? std::sqrt(d.d_sq[t] / x.x_sq[s][t]) : 0.0);
+    return e;
+  };
   for (const auto& a : sides[0])
     for (const auto& b : sides[1]) {
       const double numbers = side_numbers(pm.in, r, n, a.p) + side_numbers(pm.out, r, n, b.p);
       if (numbers >= raw_numbers(pm)) continue;
-      Measured::Option c{Representation::rmm, {a.p, b.p}, 0, numbers, delta_error_sq(x, a, b, r), 0};
+      Measured::Option c{Representation::rmm, {a.p, b.p}, 0, numbers, delta_error_sq(x, a, b, r), 0,
+                         {factor_errors(0, a), factor_errors(1, b)}};
       c.worst = worst_relative(c.error_sq, norm_sq);
       m.options.push_back(std::move(c));
     }
@@ -226,19 +235,19 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
 
 
 
-// Writes module pm as RMM at basis sizes p (A, B side; 0: the mean alone) and returns its
-// manifest entry: each side from an RMM run at its own p (at 1 for the mean alone), the errors
-// measured on what is stored.
+// Writes module pm as RMM at the basis sizes of `chosen` (A, B side; 0: the mean alone) and
+// returns its manifest entry, with the errors pass 1 measured on the same stored values.
 BundleModule store_rmm(Backend& be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
-                       std::array<i64, 2> p, DType storage, SafetensorsWriter& writer, int threads) {
-  const i64 n = static_cast<i64>(f.size()), r = pm.rank;
+                       const Measured& measured, const Measured::Option& chosen, DType storage,
+                       SafetensorsWriter& writer) {
+  const i64 n = static_cast<i64>(f.size());
+  const auto p = chosen.p;
   // One run at the larger p: a side's RMM at a smaller p is the first p directions of it, bit
-  // for bit (RmmModuleEdge.WithoutErrorTermsTheStoredTensorsAreTheSameAndSmallerPIsAPrefix).
+  // for bit (RmmModuleEdge.WithoutErrorTermsTheStoredTensorsAreTheSameAndSmallerPIsAPrefix) —
+  // so also of pass 1's run, whose differences gave `chosen` its errors.
   const i64 run = std::max<i64>({p[0], p[1], 1});
   const auto res = run_rmm(be, pm, f, run, storage);
   const RmmSide* side[2] = {&res.a, &res.b};
-  const auto x = side_grams(pm, f, threads);
-  SideDifference d[2];
   auto bm = module_entry(pm);
   bm.representation = Representation::rmm;
   bm.basis = p;
@@ -249,17 +258,16 @@ BundleModule store_rmm(Backend& be, const PlannedModule& pm, const std::vector<T
       writer.write_f32(bundle_tensor_name(pm.path, name, "basis"), first_directions(side[s]->basis, run, p[s], 1));
       writer.write_f32(bundle_tensor_name(pm.path, name, "coef"), first_directions(side[s]->coef, run, p[s], n));
     }
-    d[s] = std::move(side_differences(pm, x, s, *side[s], run, {p[s]}, threads).front());
-    auto& fe = s == 0 ? bm.factor_error_a : bm.factor_error_b;
-    for (i64 t = 0; t < n; ++t)
-      fe.push_back(x.x_sq[s][t] > 0 ? std::sqrt(d[s].d_sq[t] / x.x_sq[s][t]) : 0.0);
   }
+  bm.factor_error_a = chosen.factor_error[0];
+  bm.factor_error_b = chosen.factor_error[1];
   bm.spectrum_a = res.a.spectrum;
   bm.spectrum_b = res.b.spectrum;
-  const auto err = delta_error_sq(x, d[0], d[1], r), norm = delta_norm_sq(x);
   for (i64 t = 0; t < n; ++t) {
-    bm.delta_norm.push_back(std::sqrt(norm[t]));
-    bm.delta_error.push_back(norm[t] > 0 ? std::sqrt(err[t] / norm[t]) : 0.0);
+    double norm = 0;
+    for (const double x2 : measured.sigma_sq[t]) norm += x2;
+    bm.delta_norm.push_back(std::sqrt(norm));
+    bm.delta_error.push_back(norm > 0 ? std::sqrt(chosen.error_sq[t] / norm) : 0.0);
   }
   bm.storage_ratio = double(bm.stored_numbers(n)) / raw_numbers(pm);
   return bm;

@@ -32,6 +32,8 @@ struct Measured {
     double numbers;
     std::vector<double> error_sq;
     double worst;
+    /// rmm: per side (A, B) each task's relative factor error ‖X̂ − X‖/‖X‖ (else empty).
+    std::array<std::vector<double>, 2> factor_error{};
   };
   std::vector<Option> options;
 };
@@ -55,11 +57,13 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
 /// Memory a kept SharedBasis holds.
 std::uint64_t shared_basis_bytes(const SharedBasis& s);
 
-/// Pass 2: module pm written as RMM at basis sizes p (A, B), as each task's truncation to
+/// Pass 2: module pm written as the RMM option `chosen` (pass 1's: its basis sizes (A, B) and the
+/// errors measured then on the same stored values, reported as they are), as each task's truncation to
 /// kept[t] directions, as a shared row basis of k directions, or as shared bases of k = (Kv, Ku)
 /// directions; each returns the manifest entry.
 BundleModule store_rmm(Backend& be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
-                       std::array<std::int64_t, 2> p, DType storage, SafetensorsWriter& writer, int threads);
+                       const Measured& measured, const Measured::Option& chosen, DType storage,
+                       SafetensorsWriter& writer);
 BundleModule store_rank(const PlannedModule& pm, const std::vector<TaskFactors>& f,
                         const std::vector<std::int64_t>& kept, DType storage, SafetensorsWriter& writer,
                         int threads);
