@@ -26,7 +26,7 @@ class ByteWriter {
   void put_values(const std::vector<T>& v) {
     static_assert(std::is_trivially_copyable_v<T>);
     put<std::uint64_t>(v.size());
-    bytes_.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+    if (!v.empty()) bytes_.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
   }
   void put_doubles(const std::vector<double>& v) { put_values(v); }
   std::string& bytes() { return bytes_; }
@@ -55,7 +55,7 @@ class ByteReader {
     const auto n = get<std::uint64_t>();
     if (n > (in_.size() - at_) / sizeof(T)) throw error(what_ + " ended early");
     std::vector<T> v(n);
-    std::memcpy(v.data(), take(n * sizeof(T)), n * sizeof(T));
+    if (n > 0) std::memcpy(v.data(), take(n * sizeof(T)), n * sizeof(T));  // an empty one's data() may be null
     return v;
   }
   std::vector<double> get_doubles() { return get_values<double>(); }
