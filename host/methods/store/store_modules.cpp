@@ -215,18 +215,20 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
                             [&] { return grams ? side_grams(pm, f, *grams) : side_grams(pm, f, threads); });
   const auto sides = timed_step(timing, "pass 1: RMM candidates taken (waits for the device)",
                                 [&] { return with_module_context(pm.path, [&] { return rmm->take(); }); });
-  // Each side's relative factor errors at each p, for the manifest should the pair be chosen.
-  const auto factor_errors = [&](int s, const SideDifference& d) {
-    std::vector<double> e;
-    for (i64 t = 0; t < n; ++t) e.push_back(x.x_sq[s][t] > 0 ? std::sqrt(d.d_sq[t] / x.x_sq[s][t]) : 0.0);
-    return e;
-  };
-  for (const auto& a : sides[0])
-    for (const auto& b : sides[1]) {
+  // Each side's relative factor errors at each p, for the manifest should a pair with it be chosen.
+  std::vector<std::vector<double>> factor_errors[2];
+  for (int s = 0; s < 2; ++s)
+    for (const auto& d : sides[s]) {
+      auto& e = factor_errors[s].emplace_back();
+      for (i64 t = 0; t < n; ++t) e.push_back(x.x_sq[s][t] > 0 ? std::sqrt(d.d_sq[t] / x.x_sq[s][t]) : 0.0);
+    }
+  for (std::size_t i = 0; i < sides[0].size(); ++i)
+    for (std::size_t j = 0; j < sides[1].size(); ++j) {
+      const auto &a = sides[0][i], &b = sides[1][j];
       const double numbers = side_numbers(pm.in, r, n, a.p) + side_numbers(pm.out, r, n, b.p);
       if (numbers >= raw_numbers(pm)) continue;
       Measured::Option c{Representation::rmm, {a.p, b.p}, 0, numbers, delta_error_sq(x, a, b, r), 0,
-                         {factor_errors(0, a), factor_errors(1, b)}};
+                         {factor_errors[0][i], factor_errors[1][j]}};
       c.worst = worst_relative(c.error_sq, norm_sq);
       m.options.push_back(std::move(c));
     }
