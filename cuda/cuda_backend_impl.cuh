@@ -81,6 +81,9 @@ class CudaBackend final : public Backend {
                        float* a, float* b, Stream st) override;
   void gram_f64(const float* x, std::int64_t rows, std::int64_t cols, double* g, Stream s) override;
   void symmetric_eigen_f64(double* a, std::int64_t n, double* w, int* info, Stream s) override;
+  void gemm_f64_rows(Op op_a, Op op_b, std::int64_t rows, std::int64_t cols, std::int64_t inner, double alpha,
+                     const double* a, std::int64_t lda, const double* b, std::int64_t ldb, double* c,
+                     std::int64_t ldc, Stream s) override;
 
   int device() const noexcept { return device_; }
   /// The stream a call runs on: the caller's, or the backend's own for Stream{}.

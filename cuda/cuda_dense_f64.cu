@@ -268,4 +268,17 @@ void CudaBackend::symmetric_eigen_f64(double* a, i64 n, double* w, int* info, St
   for_each_index(st, n * n, Transpose{v, a, n});
 }
 
+// Row-major C = op_a(A) op_b(B) is column-major Cᵀ = op_b(B)ᵀ op_a(A)ᵀ, and a row-major matrix
+// is its transpose column-major: the operands swap, each keeping its own op.
+void CudaBackend::gemm_f64_rows(Op op_a, Op op_b, i64 rows, i64 cols, i64 inner, double alpha, const double* a,
+                                i64 lda, const double* b, i64 ldb, double* c, i64 ldc, Stream s) {
+  if (rows == 0 || cols == 0) return;
+  use_device();
+  const auto h = handles(stream(s));
+  const double zero = 0.0;
+  REVMERGE_CUBLAS_CHECK(cublasDgemm_64(h.blas64, op_b == Op::none ? CUBLAS_OP_N : CUBLAS_OP_T,
+                                       op_a == Op::none ? CUBLAS_OP_N : CUBLAS_OP_T, cols, rows, inner, &alpha, b,
+                                       ldb, a, lda, &zero, c, ldc));
+}
+
 }  // namespace revmerge::cuda

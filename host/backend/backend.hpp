@@ -257,6 +257,12 @@ class Backend {
   /// eigenvalues ascending into `w`, eigenvectors into a's columns; *info is 0, or the solver's
   /// code where it failed (no error is raised: the caller reads it and decides).
   virtual void symmetric_eigen_f64(double* a, std::int64_t n, double* w, int* info, Stream s) = 0;
+  /// C = alpha · op_a(A) · op_b(B), row-major: C rows × cols, op_a(A) rows × inner, op_b(B)
+  /// inner × cols, each with its leading dimension. The shared bases' products of factors and
+  /// bases (methods/store/shared_basis.hpp). CPU: one cblas_dgemm, the call the host made.
+  virtual void gemm_f64_rows(Op op_a, Op op_b, std::int64_t rows, std::int64_t cols, std::int64_t inner,
+                             double alpha, const double* a, std::int64_t lda, const double* b, std::int64_t ldb,
+                             double* c, std::int64_t ldc, Stream s) = 0;
 };
 
 /// Options for creating a backend.

@@ -122,4 +122,13 @@ void CpuBackend::symmetric_eigen_f64(double* a, i64 n, double* w, int* info, Str
                  : LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', static_cast<int>(n), a, static_cast<int>(n), w);
 }
 
+void CpuBackend::gemm_f64_rows(Op op_a, Op op_b, i64 rows, i64 cols, i64 inner, double alpha, const double* a,
+                               i64 lda, const double* b, i64 ldb, double* c, i64 ldc, Stream) {
+  if (rows == 0 || cols == 0) return;
+  cblas_dgemm(CblasRowMajor, op_a == Op::none ? CblasNoTrans : CblasTrans,
+              op_b == Op::none ? CblasNoTrans : CblasTrans, static_cast<int>(rows), static_cast<int>(cols),
+              static_cast<int>(inner), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), 0.0, c,
+              static_cast<int>(ldc));
+}
+
 }  // namespace revmerge

@@ -3,7 +3,8 @@
 // (and the verdict on a matrix that is not positive definite), Householder QR, sums of squares,
 // deltas from every float dtype's bytes with the first non-finite element, the Gaussian
 // sketch drawn as the host draws it, and the LoRA stacks of truncated SVDs; and the budgeted
-// store's row-major pair: the f64 Gram of f32 rows and the symmetric eigensolve.
+// store's row-major group: the f64 Gram of f32 rows, the symmetric eigensolve and the GEMM with
+// an op on either side.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -294,6 +295,47 @@ TEST_P(BackendF64, SymmetricEigenFromTheUpperTriangle) {
         ASSERT_NEAR(av, w[k] * v[i * n + k], 1e-11) << "eigenpair " << k << ", row " << i;
       }
     }
+  }
+}
+
+// Row-major C = alpha op_a(A) op_b(B) for every pair of ops, leading dimensions wider than the
+// rows, a zero inner size (C all zeros), against plain loops.
+TEST_P(BackendF64, RowMajorGemmWithAnOpOnEitherSide) {
+  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
+  struct Case {
+    Op op_a, op_b;
+    i64 rows, cols, inner, pad;
+  };
+  for (const auto& c : {Case{Op::none, Op::none, 7, 5, 11, 0}, Case{Op::transpose, Op::none, 6, 9, 4, 3},
+                        Case{Op::none, Op::transpose, 8, 3, 10, 2}, Case{Op::transpose, Op::transpose, 5, 6, 7, 1},
+                        Case{Op::none, Op::none, 1, 1, 1, 0}, Case{Op::none, Op::transpose, 3, 4, 0, 1}}) {
+    SCOPED_TRACE(::testing::Message() << (c.op_a == Op::none ? "N" : "T") << (c.op_b == Op::none ? "N" : "T")
+                                      << " " << c.rows << " × " << c.cols << " × " << c.inner);
+    // Stored row-major: A as rows × inner (N) or inner × rows (T), B as inner × cols or cols × inner.
+    const i64 a_rows = c.op_a == Op::none ? c.rows : c.inner, a_cols = c.op_a == Op::none ? c.inner : c.rows;
+    const i64 b_rows = c.op_b == Op::none ? c.inner : c.cols, b_cols = c.op_b == Op::none ? c.cols : c.inner;
+    const i64 lda = a_cols + c.pad, ldb = b_cols + c.pad, ldc = c.cols + c.pad;
+    const auto a = random_doubles(static_cast<std::size_t>(std::max<i64>(a_rows * lda, 1)), 21);
+    const auto b = random_doubles(static_cast<std::size_t>(std::max<i64>(b_rows * ldb, 1)), 22);
+    const std::vector<double> junk(static_cast<std::size_t>(c.rows * ldc), 9.5);
+    const auto da = to_device(*be, a), db = to_device(*be, b), dc = to_device(*be, junk);
+    const double alpha = -1.75;
+    be->gemm_f64_rows(c.op_a, c.op_b, c.rows, c.cols, c.inner, alpha, static_cast<const double*>(da.data()),
+                      std::max<i64>(lda, 1), static_cast<const double*>(db.data()), std::max<i64>(ldb, 1),
+                      static_cast<double*>(dc.data()), ldc, {});
+    const auto got = to_host<double>(*be, dc, junk.size());
+    for (i64 i = 0; i < c.rows; ++i)
+      for (i64 j = 0; j < c.cols; ++j) {
+        double want = 0;
+        for (i64 p = 0; p < c.inner; ++p) {
+          const double x = c.op_a == Op::none ? a[i * lda + p] : a[p * lda + i];
+          const double y = c.op_b == Op::none ? b[p * ldb + j] : b[j * ldb + p];
+          want += x * y;
+        }
+        ASSERT_NEAR(got[i * ldc + j], alpha * want, 1e-12 * (1 + std::abs(want))) << i << ", " << j;
+      }
+    for (i64 i = 0; i < c.rows; ++i)  // past each row's columns: untouched
+      for (i64 j = c.cols; j < ldc; ++j) ASSERT_EQ(got[i * ldc + j], 9.5) << i << ", " << j;
   }
 }
 

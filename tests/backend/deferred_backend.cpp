@@ -159,6 +159,10 @@ class DeferredBackend final : public Backend {
   void symmetric_eigen_f64(double* a, i64 n, double* w, int* info, Stream s) override {
     enqueue(s, [=, this] { cpu_->symmetric_eigen_f64(a, n, w, info, {}); });
   }
+  void gemm_f64_rows(Op op_a, Op op_b, i64 rows, i64 cols, i64 inner, double alpha, const double* a, i64 lda,
+                     const double* b, i64 ldb, double* c, i64 ldc, Stream s) override {
+    enqueue(s, [=, this] { cpu_->gemm_f64_rows(op_a, op_b, rows, cols, inner, alpha, a, lda, b, ldb, c, ldc, {}); });
+  }
 
  private:
   struct Queue {

@@ -10,6 +10,7 @@
 #include <random>
 #include <set>
 
+#include "backend/deferred_backend.hpp"
 #include "methods/adapter_writer.hpp"
 #include "methods/store/allocation.hpp"
 #include "methods/store/parallel_tasks.hpp"
@@ -416,6 +417,7 @@ TEST(StoreMerge, SharedBasesServeTasksSharingAnInitAndColumns) {
   const auto& pm = set.plan[0];
   const auto f = read_module_factors(set, pm);
   const auto cpu = make_cpu_backend({1, 0});
+  const auto deferred = test::make_deferred_backend(2);
   const auto s = shared_basis(*cpu, {}, f, module_grams(*cpu, {}, f, pm.out, pm.in), pm.out, pm.in);
   const i64 R = kTasks * 8;
   ASSERT_EQ(s.rows.total_rank, R);
@@ -426,8 +428,18 @@ TEST(StoreMerge, SharedBasesServeTasksSharingAnInitAndColumns) {
       // The closed forms against the dense errors of the factors a task reverts to: pass 1's (the
       // bases unrounded) and pass 2's (what is stored, f32 and bf16: rounding counts there).
       for (const auto storage : {DType::F32, DType::BF16}) {
-        const auto parts = shared_basis_parts(s, f, kv[x], ku[y], storage);
-        const auto stored = shared_basis_stored_errors(parts, f, s.rows.norm_sq, pm.in, pm.out);
+        const auto parts = shared_basis_parts(*cpu, {}, s, f, kv[x], ku[y], storage);
+        // On a discrete device's path (uploads, queued products): the CPU's parts bit for bit.
+        const auto there = shared_basis_parts(*deferred, deferred->create_stream(), s, f, kv[x], ku[y], storage);
+        EXPECT_EQ(there.vt, parts.vt);
+        EXPECT_EQ(there.u, parts.u);
+        EXPECT_EQ(there.core_a, parts.core_a);
+        EXPECT_EQ(there.core_b, parts.core_b);
+        EXPECT_EQ(there.core_a64, parts.core_a64);
+        EXPECT_EQ(there.core_b64, parts.core_b64);
+        EXPECT_EQ(there.vv, parts.vv);
+        EXPECT_EQ(there.uu, parts.uu);
+        const auto stored = shared_basis_stored_errors(parts, f, s.rows.norm_sq);
         i64 first = 0;
         for (i64 t = 0; t < kTasks; ++t) {
           std::vector<float> a, b;

@@ -18,20 +18,33 @@ std::vector<i64> first_rows(const std::vector<TaskFactors>& f) {
   return first;
 }
 
-// The tasks' A_i stacked (R × in) and B_iᵀ stacked (R × out), f64; B scaled by s_i if asked.
-std::vector<double> stacked(const std::vector<TaskFactors>& f, i64 cols, bool b_side, bool scaled) {
-  std::vector<double> x;
+// The tasks' A_i stacked (R × in) or B_iᵀ stacked (R × out) into x, f64; B scaled by s_i if asked.
+void stacked(double* x, const std::vector<TaskFactors>& f, i64 cols, bool b_side, bool scaled) {
   for (const auto& tf : f) {
-    const i64 r = tf.rank, at = static_cast<i64>(x.size());
-    x.resize(static_cast<std::size_t>(at + r * cols));
+    const i64 r = tf.rank;
     for (i64 k = 0; k < r; ++k)
       for (i64 c = 0; c < cols; ++c)
-        x[at + k * cols + c] = b_side ? (scaled ? tf.scale : 1.0) * tf.b[c * r + k] : tf.a[k * cols + c];
+        x[k * cols + c] = b_side ? (scaled ? tf.scale : 1.0) * tf.b[c * r + k] : tf.a[k * cols + c];
+    x += r * cols;
   }
-  return x;
 }
 
-std::vector<double> widen(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+// `count` values made on the host by fill(pointer) into `buffer` (backend memory, allocated if
+// too small): written in place where the backend's memory is the host's (the CPU: no copy),
+// else made in `staging` and uploaded on `st` — staging must then outlive the upload (the
+// caller waits for the stream before it changes or drops it).
+template <class T, class Fill>
+void fill_on_backend(Backend& be, Stream st, DeviceBuffer& buffer, std::size_t count, std::vector<T>& staging,
+                     const Fill& fill) {
+  const std::size_t bytes = std::max<std::size_t>(count, 1) * sizeof(T);
+  if (buffer.bytes() < bytes) buffer = be.allocate(bytes);
+  if (be.shares_host_memory()) return fill(static_cast<T*>(buffer.data()));
+  staging.resize(count);
+  fill(staging.data());
+  be.upload(buffer.data(), staging.data(), count * sizeof(T), st);
+}
+
+double* f64(DeviceBuffer& b) { return static_cast<double*>(b.data()); }
 
 }  // namespace
 
@@ -85,54 +98,81 @@ std::vector<std::vector<double>> shared_basis_errors(const SharedBasis& s, const
   return out;
 }
 
-SharedBasisParts shared_basis_parts(const SharedBasis& s, const std::vector<TaskFactors>& f, i64 kv, i64 ku,
-                                    DType storage) {
+SharedBasisParts shared_basis_parts(Backend& be, Stream st, const SharedBasis& s, const std::vector<TaskFactors>& f,
+                                    i64 kv, i64 ku, DType storage) {
   const i64 R = s.rows.total_rank, in = s.rows.in, out = s.rows.out;
   SharedBasisParts p;
   p.kv = kv, p.ku = ku, p.total_rank = R;
-  const auto a = stacked(f, in, false, false);
-  const auto b = stacked(f, out, true, false);
+  const auto count = [](i64 rows, i64 cols) { return static_cast<std::size_t>(rows * cols); };
+  // Every product runs on the backend (a GPU's where the store has one); the host makes the
+  // stacks, rounds what is stored, and takes the results.
+  std::vector<double> stage_a, stage_b, stage_maps[2], stage_vt, stage_ut;
+  DeviceBuffer a, b, maps[2], vt, ut, ca, cb;
+  fill_on_backend(be, st, a, count(R, in), stage_a, [&](double* x) { stacked(x, f, in, false, false); });
+  fill_on_backend(be, st, b, count(R, out), stage_b, [&](double* x) { stacked(x, f, out, true, false); });
+  const std::vector<double>* to_basis[2] = {&s.rows.to_basis, &s.cols.to_basis};
+  for (int side = 0; side < 2; ++side)
+    fill_on_backend(be, st, maps[side], count(R, R), stage_maps[side],
+                    [&](double* x) { std::copy(to_basis[side]->begin(), to_basis[side]->end(), x); });
   // Vᵀ = C_v[:, :kv]ᵀ A and Uᵀ = C_u[:, :ku]ᵀ Bs, rounded as stored.
-  std::vector<double> vt(static_cast<std::size_t>(kv * in)), ut(static_cast<std::size_t>(ku * out));
-  cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, kv, in, R, 1.0, s.rows.to_basis.data(), R, a.data(), in,
-              0.0, vt.data(), in);
-  cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ku, out, R, 1.0, s.cols.to_basis.data(), R, b.data(), out,
-              0.0, ut.data(), out);
-  p.vt.assign(vt.begin(), vt.end());
+  vt = be.allocate(std::max<std::size_t>(count(kv, in), 1) * sizeof(double));
+  ut = be.allocate(std::max<std::size_t>(count(ku, out), 1) * sizeof(double));
+  be.gemm_f64_rows(Op::transpose, Op::none, kv, in, R, 1.0, f64(maps[0]), R, f64(a), in, f64(vt), in, st);
+  be.gemm_f64_rows(Op::transpose, Op::none, ku, out, R, 1.0, f64(maps[1]), R, f64(b), out, f64(ut), out, st);
+  std::vector<double> vt_host(count(kv, in)), ut_host(count(ku, out));
+  be.download(vt_host.data(), vt.data(), vt_host.size() * sizeof(double), st);
+  be.download(ut_host.data(), ut.data(), ut_host.size() * sizeof(double), st);
+  be.synchronize(st);
+  p.vt.assign(vt_host.begin(), vt_host.end());
   round_to_storage(p.vt, storage);
-  p.u.resize(static_cast<std::size_t>(out * ku));
+  p.u.resize(count(out, ku));
   for (i64 k = 0; k < ku; ++k)
-    for (i64 o = 0; o < out; ++o) p.u[o * ku + k] = static_cast<float>(ut[k * out + o]);
+    for (i64 o = 0; o < out; ++o) p.u[o * ku + k] = static_cast<float>(ut_host[k * out + o]);
   round_to_storage(p.u, storage);
-  vt = widen(p.vt);
-  for (i64 k = 0; k < ku; ++k)
-    for (i64 o = 0; o < out; ++o) ut[k * out + o] = p.u[o * ku + k];
-  // The cores from the bases as stored: A V (R × kv) and Uᵀ [s_iB_i] (ku × R).
-  std::vector<double> ca(static_cast<std::size_t>(R * kv)), cb(static_cast<std::size_t>(ku * R));
-  const auto bs = stacked(f, out, true, true);
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, kv, in, 1.0, a.data(), in, vt.data(), in, 0.0,
-              ca.data(), kv);
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ku, R, out, 1.0, ut.data(), out, bs.data(), out, 0.0,
-              cb.data(), R);
-  p.core_a.assign(ca.begin(), ca.end());
-  p.core_b.assign(cb.begin(), cb.end());
+  // The cores from the bases as stored: A V (R × kv) and Uᵀ [s_iB_i] (ku × R); B's stack (the
+  // stream has finished with it) now holds the scaled B_iᵀ.
+  const auto stored_vt = [&](auto* x) { std::copy(p.vt.begin(), p.vt.end(), x); };
+  const auto stored_ut = [&](auto* x) {  // Uᵀ, ku × out
+    for (i64 k = 0; k < ku; ++k)
+      for (i64 o = 0; o < out; ++o) x[k * out + o] = p.u[o * ku + k];
+  };
+  fill_on_backend(be, st, vt, count(kv, in), stage_vt, stored_vt);
+  fill_on_backend(be, st, ut, count(ku, out), stage_ut, stored_ut);
+  fill_on_backend(be, st, b, count(R, out), stage_b, [&](double* x) { stacked(x, f, out, true, true); });
+  ca = be.allocate(std::max<std::size_t>(count(R, kv), 1) * sizeof(double));
+  cb = be.allocate(std::max<std::size_t>(count(ku, R), 1) * sizeof(double));
+  be.gemm_f64_rows(Op::none, Op::transpose, R, kv, in, 1.0, f64(a), in, f64(vt), in, f64(ca), kv, st);
+  be.gemm_f64_rows(Op::none, Op::transpose, ku, R, out, 1.0, f64(ut), out, f64(b), out, f64(cb), R, st);
+  p.core_a64.resize(count(R, kv));
+  p.core_b64.resize(count(ku, R));
+  be.download(p.core_a64.data(), ca.data(), p.core_a64.size() * sizeof(double), st);
+  be.download(p.core_b64.data(), cb.data(), p.core_b64.size() * sizeof(double), st);
+  // VᵀV and UᵀU of the bases as stored (the stored errors' Grams), from their f32 values.
+  std::vector<float> stage_v32, stage_u32;
+  DeviceBuffer v32, u32, vv, uu;
+  fill_on_backend(be, st, v32, count(kv, in), stage_v32, stored_vt);
+  fill_on_backend(be, st, u32, count(ku, out), stage_u32, stored_ut);
+  vv = be.allocate(std::max<std::size_t>(count(kv, kv), 1) * sizeof(double));
+  uu = be.allocate(std::max<std::size_t>(count(ku, ku), 1) * sizeof(double));
+  be.gram_f64(v32.f32(), kv, in, f64(vv), st);
+  be.gram_f64(u32.f32(), ku, out, f64(uu), st);
+  p.vv.resize(count(kv, kv));
+  p.uu.resize(count(ku, ku));
+  be.download(p.vv.data(), vv.data(), p.vv.size() * sizeof(double), st);
+  be.download(p.uu.data(), uu.data(), p.uu.size() * sizeof(double), st);
+  be.synchronize(st);
+  p.core_a.assign(p.core_a64.begin(), p.core_a64.end());
+  p.core_b.assign(p.core_b64.begin(), p.core_b64.end());
   round_to_storage(p.core_a, storage);
   round_to_storage(p.core_b, storage);
-  p.core_a64 = std::move(ca);
-  p.core_b64 = std::move(cb);
   return p;
 }
 
 std::vector<double> shared_basis_stored_errors(const SharedBasisParts& p, const std::vector<TaskFactors>& f,
-                                               const std::vector<double>& norm_sq, i64 in, i64 out) {
+                                               const std::vector<double>& norm_sq) {
   const i64 kv = p.kv, ku = p.ku, R = p.total_rank;
-  // VᵀV and UᵀU of the bases as stored.
-  const auto vt = widen(p.vt), u = widen(p.u);
-  std::vector<double> vv(static_cast<std::size_t>(kv * kv)), uu(static_cast<std::size_t>(ku * ku));
-  cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, kv, in, 1.0, vt.data(), in, 0.0, vv.data(), kv);
-  cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, ku, out, 1.0, u.data(), ku, 0.0, uu.data(), ku);
-  mirror_upper(vv, kv);
-  mirror_upper(uu, ku);
+  const auto& vv = p.vv;
+  const auto& uu = p.uu;
   const auto first = first_rows(f);
   std::vector<double> err(f.size());
   for (std::size_t i = 0; i < f.size(); ++i) {

@@ -35,14 +35,17 @@ std::vector<std::vector<double>> shared_basis_errors(const SharedBasis& s, const
 
 /// What the bundle stores for (kv, ku), rounded to `storage`: Vᵀ (kv × in), U (out × ku), the
 /// A_i V stacked (R × kv) and the Uᵀ s_iB_i side by side (ku × R), each formed from the bases as
-/// rounded.
+/// rounded; with the stored bases' Grams, which their errors need. The products (R × in and
+/// R × out deep: the store's largest) run on `be`, queued on `stream` and waited for.
 struct SharedBasisParts {
   std::int64_t kv = 0, ku = 0, total_rank = 0;
   std::vector<float> vt, u, core_a, core_b;
   std::vector<double> core_a64, core_b64;  ///< the cores in f64, before they were rounded
+  std::vector<double> vv, uu;              ///< VᵀV (kv × kv) and UᵀU (ku × ku) of vt and u as stored
 };
-SharedBasisParts shared_basis_parts(const SharedBasis& s, const std::vector<TaskFactors>& f, std::int64_t kv,
-                                    std::int64_t ku, DType storage);
+SharedBasisParts shared_basis_parts(Backend& be, Stream stream, const SharedBasis& s,
+                                    const std::vector<TaskFactors>& f, std::int64_t kv, std::int64_t ku,
+                                    DType storage);
 
 /// Per task ‖ΔŴ_i − ΔW_i‖² of the stored parts `p` (the factors revert gives), given the tasks'
 /// ‖ΔW_i‖² (`norm_sq`): ‖ΔŴ_i‖² − 2⟨ΔŴ_i, ΔW_i⟩ + ‖ΔW_i‖² through UᵀU (Ku × Ku), VᵀV (Kv × Kv)
@@ -50,8 +53,7 @@ SharedBasisParts shared_basis_parts(const SharedBasis& s, const std::vector<Task
 /// ‖ΔŴ_i‖² = ⟨C_bᵀ(UᵀU)C_b, C_a(VᵀV)C_aᵀ⟩ and ⟨ΔŴ_i, ΔW_i⟩ = ⟨C_bᵀ(Uᵀs_iB_i), C_a(A_iV)ᵀ⟩, with
 /// C_a, C_b the task's stored cores and Uᵀs_iB_i, A_iV the cores before rounding.
 std::vector<double> shared_basis_stored_errors(const SharedBasisParts& p, const std::vector<TaskFactors>& f,
-                                               const std::vector<double>& norm_sq, std::int64_t in,
-                                               std::int64_t out);
+                                               const std::vector<double>& norm_sq);
 
 /// Task factors from stored parts (what `revert` gives): A' = core_a[first:first+r] · Vᵀ
 /// (r × in) and B' = U · core_b[:, first:first+r] (out × r), formed in f64, returned in f32.

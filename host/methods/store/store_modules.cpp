@@ -363,7 +363,7 @@ BundleModule store_shared_basis(Backend& be, Stream stream, const PlannedModule&
     });
   const SharedBasis& basis = found ? *found : *again;
   const auto parts = with_module_context(pm.path, [&] {
-    return shared_basis_parts(basis, f, k[0], k[1], storage);
+    return shared_basis_parts(be, stream, basis, f, k[0], k[1], storage);
   });
   auto bm = module_entry(pm);
   bm.representation = Representation::shared;
@@ -373,7 +373,7 @@ BundleModule store_shared_basis(Backend& be, Stream stream, const PlannedModule&
   // The basis already has ‖ΔW_i‖² (as store_shared's): no truncation of the task is needed.
   const auto& norm_sq = basis.rows.norm_sq;
   const auto err_sq = with_module_context(pm.path, [&] {
-    return shared_basis_stored_errors(parts, f, norm_sq, pm.in, pm.out);
+    return shared_basis_stored_errors(parts, f, norm_sq);
   });
   for (i64 t = 0; t < n; ++t) {
     bm.delta_norm[t] = std::sqrt(norm_sq[t]);
