@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "methods/store/backend_values.hpp"
 #include "methods/store/truncation.hpp"
 
 namespace revmerge {
@@ -29,23 +30,6 @@ void stacked(double* x, const std::vector<TaskFactors>& f, i64 cols, bool b_side
   }
 }
 
-// `count` values made on the host by fill(pointer) into `buffer` (backend memory, allocated if
-// too small): written in place where the backend's memory is the host's (the CPU: no copy),
-// else made in `staging` and uploaded on `st` — staging must then outlive the upload (the
-// caller waits for the stream before it changes or drops it).
-template <class T, class Fill>
-void fill_on_backend(Backend& be, Stream st, DeviceBuffer& buffer, std::size_t count, std::vector<T>& staging,
-                     const Fill& fill) {
-  const std::size_t bytes = std::max<std::size_t>(count, 1) * sizeof(T);
-  if (buffer.bytes() < bytes) buffer = be.allocate(bytes);
-  if (be.shares_host_memory()) return fill(static_cast<T*>(buffer.data()));
-  staging.resize(count);
-  fill(staging.data());
-  be.upload(buffer.data(), staging.data(), count * sizeof(T), st);
-}
-
-double* f64(DeviceBuffer& b) { return static_cast<double*>(b.data()); }
-
 }  // namespace
 
 SharedBasis shared_basis(Backend& be, Stream stream, const std::vector<TaskFactors>& f, const ModuleGrams& g,
@@ -58,29 +42,49 @@ SharedBasis shared_basis(Backend& be, Stream stream, const std::vector<TaskFacto
   return s;
 }
 
-std::vector<std::vector<double>> shared_basis_errors(const SharedBasis& s, const std::vector<TaskFactors>& f,
-                                                     const std::vector<i64>& kv, const std::vector<i64>& ku) {
+std::vector<std::vector<double>> shared_basis_errors(Backend& be, Stream st, const SharedBasis& s,
+                                                     const std::vector<TaskFactors>& f, const std::vector<i64>& kv,
+                                                     const std::vector<i64>& ku) {
   const i64 R = s.rows.total_rank, n = static_cast<i64>(f.size());
   std::vector<std::vector<double>> out(kv.size() * ku.size(), std::vector<double>(f.size(), 0.0));
   if (R == 0 || kv.empty() || ku.empty()) return out;
   const i64 mv = *std::max_element(kv.begin(), kv.end()), mu = *std::max_element(ku.begin(), ku.end());
   const auto first = first_rows(f);
-  const auto& sa = s.rows.gram;  // A Aᵀ
-  const auto& sb = s.cols.gram;  // Bs Bsᵀ, Bs = the B_iᵀ stacked
-  std::vector<double> prefix(static_cast<std::size_t>((mu + 1) * (mv + 1)));
+  // T_i[:mu, :mv] = (C_uᵀ Sb[:, i]) (s_i Sa[i, :] C_v), C the to_basis maps, Sa = A Aᵀ and
+  // Sb = Bs Bsᵀ (Bs the B_iᵀ stacked): three products per task on the backend, every task's T
+  // downloaded at once.
+  const std::vector<double>* host[4] = {&s.rows.gram, &s.cols.gram, &s.rows.to_basis, &s.cols.to_basis};
+  std::vector<double> stage[4];
+  DeviceBuffer dev[4];
+  for (int i = 0; i < 4; ++i) copy_to_backend(be, st, dev[i], *host[i], stage[i]);
+  double *sa = f64(dev[0]), *sb = f64(dev[1]), *c_v = f64(dev[2]), *c_u = f64(dev[3]);
+  i64 most = 0;
+  for (const auto& tf : f) most = std::max(most, tf.rank);
+  const std::size_t per = static_cast<std::size_t>(mu * mv);
+  DeviceBuffer dx = allocate_f64(be, static_cast<std::size_t>(mu * most)),
+               dy = allocate_f64(be, static_cast<std::size_t>(most * mv)), t_all = allocate_f64(be, n * per);
   for (i64 i = 0; i < n; ++i) {
     const i64 r = f[i].rank, o = first[i];
-    std::vector<double> t(static_cast<std::size_t>(mu * mv), 0.0);
-    if (r > 0) {
-      // T_i[:mu, :mv] = (C_uᵀ Sb[:, i]) (s_i Sa[i, :] C_v), C the to_basis maps.
-      std::vector<double> x(static_cast<std::size_t>(mu * r)), y(static_cast<std::size_t>(r * mv));
-      cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, mu, r, R, 1.0, s.cols.to_basis.data(), R,
-                  sb.data() + o, R, 0.0, x.data(), r);
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, mv, R, f[i].scale, sa.data() + o * R, R,
-                  s.rows.to_basis.data(), R, 0.0, y.data(), mv);
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, mu, mv, r, 1.0, x.data(), r, y.data(), mv, 0.0,
-                  t.data(), mv);
+    double* t = f64(t_all) + i * per;
+    if (r == 0) {
+      be.fill(t, 0, per * sizeof(double), st);
+      continue;
     }
+    be.gemm_f64_rows(Op::transpose, Op::none, mu, r, R, 1.0, c_u, R, sb + o, R, f64(dx), r, st);
+    be.gemm_f64_rows(Op::none, Op::none, r, mv, R, f[i].scale, sa + o * R, R, c_v, R, f64(dy), mv, st);
+    be.gemm_f64_rows(Op::none, Op::none, mu, mv, r, 1.0, f64(dx), r, f64(dy), mv, t, mv, st);
+  }
+  std::vector<double> t_host;  // a discrete device's T's (the CPU's are read where they are)
+  const double* t_all_host = f64(t_all);
+  if (!be.shares_host_memory()) {
+    t_host.resize(n * per);
+    be.download(t_host.data(), t_all.data(), t_host.size() * sizeof(double), st);
+    t_all_host = t_host.data();
+  }
+  be.synchronize(st);
+  std::vector<double> prefix(static_cast<std::size_t>((mu + 1) * (mv + 1)));
+  for (i64 i = 0; i < n; ++i) {
+    const double* t = t_all_host + i * per;
     // prefix[j][l] = Σ_{j' < j, l' < l} T_i[j', l']²
     std::fill(prefix.begin(), prefix.end(), 0.0);
     for (i64 j = 0; j < mu; ++j) {
@@ -111,12 +115,10 @@ SharedBasisParts shared_basis_parts(Backend& be, Stream st, const SharedBasis& s
   fill_on_backend(be, st, a, count(R, in), stage_a, [&](double* x) { stacked(x, f, in, false, false); });
   fill_on_backend(be, st, b, count(R, out), stage_b, [&](double* x) { stacked(x, f, out, true, false); });
   const std::vector<double>* to_basis[2] = {&s.rows.to_basis, &s.cols.to_basis};
-  for (int side = 0; side < 2; ++side)
-    fill_on_backend(be, st, maps[side], count(R, R), stage_maps[side],
-                    [&](double* x) { std::copy(to_basis[side]->begin(), to_basis[side]->end(), x); });
+  for (int side = 0; side < 2; ++side) copy_to_backend(be, st, maps[side], *to_basis[side], stage_maps[side]);
   // Vᵀ = C_v[:, :kv]ᵀ A and Uᵀ = C_u[:, :ku]ᵀ Bs, rounded as stored.
-  vt = be.allocate(std::max<std::size_t>(count(kv, in), 1) * sizeof(double));
-  ut = be.allocate(std::max<std::size_t>(count(ku, out), 1) * sizeof(double));
+  vt = allocate_f64(be, count(kv, in));
+  ut = allocate_f64(be, count(ku, out));
   be.gemm_f64_rows(Op::transpose, Op::none, kv, in, R, 1.0, f64(maps[0]), R, f64(a), in, f64(vt), in, st);
   be.gemm_f64_rows(Op::transpose, Op::none, ku, out, R, 1.0, f64(maps[1]), R, f64(b), out, f64(ut), out, st);
   std::vector<double> vt_host(count(kv, in)), ut_host(count(ku, out));
@@ -139,8 +141,8 @@ SharedBasisParts shared_basis_parts(Backend& be, Stream st, const SharedBasis& s
   fill_on_backend(be, st, vt, count(kv, in), stage_vt, stored_vt);
   fill_on_backend(be, st, ut, count(ku, out), stage_ut, stored_ut);
   fill_on_backend(be, st, b, count(R, out), stage_b, [&](double* x) { stacked(x, f, out, true, true); });
-  ca = be.allocate(std::max<std::size_t>(count(R, kv), 1) * sizeof(double));
-  cb = be.allocate(std::max<std::size_t>(count(ku, R), 1) * sizeof(double));
+  ca = allocate_f64(be, count(R, kv));
+  cb = allocate_f64(be, count(ku, R));
   be.gemm_f64_rows(Op::none, Op::transpose, R, kv, in, 1.0, f64(a), in, f64(vt), in, f64(ca), kv, st);
   be.gemm_f64_rows(Op::none, Op::transpose, ku, R, out, 1.0, f64(ut), out, f64(b), out, f64(cb), R, st);
   p.core_a64.resize(count(R, kv));
@@ -152,8 +154,8 @@ SharedBasisParts shared_basis_parts(Backend& be, Stream st, const SharedBasis& s
   DeviceBuffer v32, u32, vv, uu;
   fill_on_backend(be, st, v32, count(kv, in), stage_v32, stored_vt);
   fill_on_backend(be, st, u32, count(ku, out), stage_u32, stored_ut);
-  vv = be.allocate(std::max<std::size_t>(count(kv, kv), 1) * sizeof(double));
-  uu = be.allocate(std::max<std::size_t>(count(ku, ku), 1) * sizeof(double));
+  vv = allocate_f64(be, count(kv, kv));
+  uu = allocate_f64(be, count(ku, ku));
   be.gram_f64(v32.f32(), kv, in, f64(vv), st);
   be.gram_f64(u32.f32(), ku, out, f64(uu), st);
   p.vv.resize(count(kv, kv));

@@ -28,8 +28,10 @@ SharedBasis shared_basis(Backend& be, Stream stream, const std::vector<TaskFacto
                          std::int64_t out, std::int64_t in, bool errors = true);
 
 /// Per task, ‖ΔW_i − ΔŴ_i‖² at every (Kv, Ku) of `kv` × `ku` (each in 1 … R): entry
-/// [x * ku.size() + y][i] for (kv[x], ku[y]).
-std::vector<std::vector<double>> shared_basis_errors(const SharedBasis& s, const std::vector<TaskFactors>& f,
+/// [x * ku.size() + y][i] for (kv[x], ku[y]). The T_i's products run on `be`, queued on `stream`
+/// and waited for; the host sums their squares.
+std::vector<std::vector<double>> shared_basis_errors(Backend& be, Stream stream, const SharedBasis& s,
+                                                     const std::vector<TaskFactors>& f,
                                                      const std::vector<std::int64_t>& kv,
                                                      const std::vector<std::int64_t>& ku);
 

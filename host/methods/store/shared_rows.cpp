@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "backend/lapack_check.hpp"
+#include "methods/store/backend_values.hpp"
 #include "methods/store/truncation.hpp"
 
 namespace revmerge {
@@ -18,25 +19,6 @@ std::vector<double> stacked_a(const std::vector<TaskFactors>& f, i64 in) {
   std::vector<double> a;
   for (const auto& tf : f) a.insert(a.end(), tf.a.begin(), tf.a.begin() + tf.rank * in);
   return a;
-}
-
-// The symmetric R × R `m`'s eigenvalues (ascending, returned) and eigenvectors (m's columns),
-// on the backend.
-std::vector<double> backend_eigen(Backend& be, Stream st, std::vector<double>& m, i64 R) {
-  const std::size_t bytes = m.size() * sizeof(double);
-  DeviceBuffer a = be.allocate(bytes), w = be.allocate(static_cast<std::size_t>(R) * sizeof(double)),
-               status = be.allocate(sizeof(int));
-  be.upload(a.data(), m.data(), bytes, st);
-  be.symmetric_eigen_f64(static_cast<double*>(a.data()), R, static_cast<double*>(w.data()),
-                         static_cast<int*>(status.data()), st);
-  std::vector<double> lambda(static_cast<std::size_t>(R));
-  int info = 0;
-  be.download(m.data(), a.data(), bytes, st);
-  be.download(lambda.data(), w.data(), lambda.size() * sizeof(double), st);
-  be.download(&info, status.data(), sizeof(int), st);
-  be.synchronize(st);
-  check_lapack(info, "the shared basis's symmetric eigensolve", R, R);
-  return lambda;
 }
 
 }  // namespace
@@ -77,51 +59,83 @@ SharedRows shared_rows(Backend& be, Stream stream, const std::vector<TaskFactors
       for (i64 y = 0; y < r; ++y) s.norm_sq[i] += M[i][x * r + y] * S[(o + x) * R + o + y];
   }
   // G = Lᵀ S L = W Λ Wᵀ; V = Aᵀ L W Λ^-½ has orthonormal columns (Λ > 0). L is block diagonal,
-  // so its products go block by block (R²r each, not R³).
-  std::vector<double> SL(static_cast<std::size_t>(R * R)), G(SL.size());
+  // so its products go block by block (R²r each, not R³). They run on the backend, as does the
+  // eigensolve; the host scales W's columns.
+  std::vector<double> stage_s, stage_l;
+  DeviceBuffer ds, dl;
+  copy_to_backend(be, stream, ds, S, stage_s);
+  copy_to_backend(be, stream, dl, L, stage_l);
+  DeviceBuffer sl = allocate_f64(be, L.size()), g = allocate_f64(be, L.size()),
+               w = allocate_f64(be, static_cast<std::size_t>(R)), status = be.allocate(sizeof(int));
   for (std::size_t i = 0; i < n; ++i) {
     const i64 r = f[i].rank, o = first[i];
     if (r == 0) continue;
-    const double* Li = L.data() + o * R + o;
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, r, r, 1.0, S.data() + o, R, Li, R, 0.0,
-                SL.data() + o, R);
+    be.gemm_f64_rows(Op::none, Op::none, R, r, r, 1.0, f64(ds) + o, R, f64(dl) + o * R + o, R, f64(sl) + o, R,
+                     stream);
   }
   for (std::size_t i = 0; i < n; ++i) {
     const i64 r = f[i].rank, o = first[i];
     if (r == 0) continue;
-    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, R, r, 1.0, L.data() + o * R + o, R, SL.data() + o * R, R,
-                0.0, G.data() + o * R, R);
+    be.gemm_f64_rows(Op::transpose, Op::none, r, R, r, 1.0, f64(dl) + o * R + o, R, f64(sl) + o * R, R,
+                     f64(g) + o * R, R, stream);
   }
-  auto W = G;
-  const auto lam = backend_eigen(be, stream, W, R);
+  be.symmetric_eigen_f64(f64(g), R, f64(w), static_cast<int*>(status.data()), stream);
+  std::vector<double> W(L.size()), lam(static_cast<std::size_t>(R));
+  int info = 0;
+  be.download(W.data(), g.data(), W.size() * sizeof(double), stream);
+  be.download(lam.data(), w.data(), lam.size() * sizeof(double), stream);
+  be.download(&info, status.data(), sizeof(int), stream);
+  be.synchronize(stream);
+  check_lapack(info, "the shared basis's symmetric eigensolve", R, R);
   const double floor = lam.back() * 1e-14;
-  std::vector<double> wd(static_cast<std::size_t>(R * R));  // W Λ^-½, columns descending
-  for (i64 c = 0; c < R; ++c) {
-    const double l = lam[R - 1 - c];
-    s.lambda[c] = std::max(l, 0.0);
-    const double inv = l > floor && l > 0 ? 1 / std::sqrt(l) : 0.0;
-    for (i64 x = 0; x < R; ++x) wd[x * R + c] = W[x * R + (R - 1 - c)] * inv;
+  std::vector<double> stage_wd;
+  DeviceBuffer wd;  // W Λ^-½, columns descending
+  fill_on_backend(be, stream, wd, W.size(), stage_wd, [&](double* x) {
+    for (i64 c = 0; c < R; ++c) {
+      const double l = lam[R - 1 - c];
+      s.lambda[c] = std::max(l, 0.0);
+      const double inv = l > floor && l > 0 ? 1 / std::sqrt(l) : 0.0;
+      for (i64 y = 0; y < R; ++y) x[y * R + c] = W[y * R + (R - 1 - c)] * inv;
+    }
+  });
+  DeviceBuffer to_basis = allocate_f64(be, L.size());
+  for (std::size_t i = 0; i < n; ++i) {
+    const i64 r = f[i].rank, o = first[i];
+    if (r == 0) continue;  // no rows
+    be.gemm_f64_rows(Op::none, Op::none, r, R, r, 1.0, f64(dl) + o * R + o, R, f64(wd) + o * R, R,
+                     f64(to_basis) + o * R, R, stream);
   }
+  be.download(s.to_basis.data(), to_basis.data(), s.to_basis.size() * sizeof(double), stream);
+  if (!errors) {
+    be.synchronize(stream);
+    return s;
+  }
+  // A V = S · to_basis; task i's share of direction k: (A_i v_k)ᵀ M_i (A_i v_k), M_i (A_i V) made
+  // for every task into one R × R.
+  std::vector<std::size_t> m_first(n + 1, 0);  // task i's M_i (r_i × r_i) packed from m_first[i]
+  for (std::size_t i = 0; i < n; ++i) m_first[i + 1] = m_first[i] + M[i].size();
+  std::vector<double> stage_m;
+  DeviceBuffer dm, p = allocate_f64(be, L.size()), mp = allocate_f64(be, L.size());
+  fill_on_backend(be, stream, dm, m_first[n], stage_m, [&](double* x) {
+    for (std::size_t i = 0; i < n; ++i) std::copy(M[i].begin(), M[i].end(), x + m_first[i]);
+  });
+  be.gemm_f64_rows(Op::none, Op::none, R, R, R, 1.0, f64(ds), R, f64(to_basis), R, f64(p), R, stream);
   for (std::size_t i = 0; i < n; ++i) {
     const i64 r = f[i].rank, o = first[i];
     if (r == 0) continue;
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, R, r, 1.0, L.data() + o * R + o, R, wd.data() + o * R, R,
-                0.0, s.to_basis.data() + o * R, R);
+    be.gemm_f64_rows(Op::none, Op::none, r, R, r, 1.0, f64(dm) + m_first[i], r, f64(p) + o * R, R,
+                     f64(mp) + o * R, R, stream);
   }
-  if (!errors) return s;
-  // A V = S · to_basis; task i's share of direction k: (A_i v_k)ᵀ M_i (A_i v_k).
-  std::vector<double> P(static_cast<std::size_t>(R * R));
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, R, R, 1.0, S.data(), R, s.to_basis.data(), R, 0.0,
-              P.data(), R);
+  std::vector<double> P(L.size()), MP(L.size());
+  be.download(P.data(), p.data(), P.size() * sizeof(double), stream);
+  be.download(MP.data(), mp.data(), MP.size() * sizeof(double), stream);
+  be.synchronize(stream);
   for (std::size_t i = 0; i < n; ++i) {
     const i64 r = f[i].rank, o = first[i];
     if (r == 0) continue;
-    std::vector<double> mp(static_cast<std::size_t>(r * R));  // M_i (A_i V)
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, R, r, 1.0, M[i].data(), r, P.data() + o * R, R, 0.0,
-                mp.data(), R);
     std::vector<double> share(static_cast<std::size_t>(R), 0.0);
     for (i64 x = 0; x < r; ++x)
-      for (i64 k = 0; k < R; ++k) share[k] += P[(o + x) * R + k] * mp[x * R + k];
+      for (i64 k = 0; k < R; ++k) share[k] += P[(o + x) * R + k] * MP[(o + x) * R + k];
     double kept = 0;
     for (i64 k = 0; k < R; ++k) {
       kept += share[k];

@@ -3,9 +3,9 @@
 // and per task B̃_i = ΔW_i V (out × K), so ΔŴ_i = B̃_i Vᵀ. It pays where the tasks' A factors
 // share one initialisation. V is the top K right singular vectors of the stacked deltas
 // [ΔW_1; …; ΔW_n], found from R × R Grams (R = Σ r_i) of the stacked factors, never an in × in
-// or out × in matrix; each K's errors follow in closed form. The R × R Grams (module_grams.hpp)
-// and the R × R eigensolve run on the backend (a GPU's where the store has one); the per-task
-// r × r work stays on the host.
+// or out × in matrix; each K's errors follow in closed form. The R × R Grams (module_grams.hpp),
+// the R × R products and the eigensolve run on the backend (a GPU's where the store has one);
+// each task's r × r square root and the sums of the errors' terms stay on the host.
 #include <cstdint>
 #include <vector>
 
@@ -28,8 +28,8 @@ struct SharedRows {
 
 /// The basis and every K's errors for tasks `f` (scale folded into B) from the stacked Grams
 /// (module_grams.hpp): `gram` the R × R Gram of the side whose basis this is (A Aᵀ for the row
-/// basis), `other` the other side's (BᵀB, no scale). The R × R eigensolve runs on `be`, queued
-/// on `stream` (waited for before returning). Without `errors` (a chosen basis stored: the
+/// basis), `other` the other side's (BᵀB, no scale). The R × R products and eigensolve run on
+/// `be`, queued on `stream` (waited for before returning). Without `errors` (a chosen basis stored: the
 /// errors were measured already) error_sq stays zero, which saves an R × R × R product and the
 /// per-task shares. Throws solver_error where the eigensolve fails.
 SharedRows shared_rows(Backend& be, Stream stream, const std::vector<TaskFactors>& f,

@@ -191,7 +191,8 @@ Measured measure(Backend* be, const PlannedModule& pm, const std::vector<TaskFac
       for (const auto& tf : f) total += tf.rank;
       const auto kv = basis_sizes(std::min(total, pm.in)), ku = basis_sizes(std::min(total, pm.out));
       const auto errors = timed_step(timing, "pass 1: shared bases' errors", [&] {
-        return with_module_context(pm.path, [&] { return shared_basis_errors(shared, f, kv, ku); });
+        return with_module_context(pm.path,
+                                   [&] { return shared_basis_errors(*be, shared_stream, shared, f, kv, ku); });
       });
       for (std::size_t x = 0; x < kv.size(); ++x)
         for (std::size_t y = 0; y < ku.size(); ++y) {
