@@ -354,16 +354,25 @@ TEST(StoreMerge, SharedRowBasisServesTasksFromOneInitialisation) {
   const auto g = module_grams(*cpu, {}, f, pm.out, pm.in);
   const auto s = shared_rows(*cpu, {}, f, g.a, g.b, pm.out, pm.in);
   ASSERT_EQ(s.total_rank, kTasks * kRank);
+  const auto deferred = test::make_deferred_backend(2);
   for (const i64 k : {1, 8, 16}) {
-    std::vector<float> vt;
-    std::vector<std::vector<float>> tb;
-    shared_rows_factors(s, f, k, DType::F32, vt, tb);
-    for (i64 t = 0; t < kTasks; ++t) {
-      const auto want = test::dense_delta(f[t].a, f[t].b, f[t].rank, pm.in, pm.out, f[t].scale);
-      const auto got = test::dense_delta(vt, tb[t], k, pm.in, pm.out, 1.0);
-      double e = 0;
-      for (std::size_t i = 0; i < want.size(); ++i) e += (got[i] - want[i]) * (got[i] - want[i]);
-      EXPECT_NEAR(e, s.error_sq[t][k - 1], 1e-6 * s.norm_sq[t]) << "K " << k << " task " << t;
+    for (const auto storage : {DType::F32, DType::BF16}) {
+      const auto parts = shared_rows_parts(*cpu, {}, s, f, k, storage);
+      // On a discrete device's path (uploads, queued products): the CPU's parts bit for bit.
+      const auto there = shared_rows_parts(*deferred, deferred->create_stream(), s, f, k, storage);
+      EXPECT_EQ(there.basis_t, parts.basis_t);
+      EXPECT_EQ(there.task_b, parts.task_b);
+      EXPECT_EQ(there.error_sq, parts.error_sq);
+      for (i64 t = 0; t < kTasks; ++t) {
+        const auto want = test::dense_delta(f[t].a, f[t].b, f[t].rank, pm.in, pm.out, f[t].scale);
+        const auto got = test::dense_delta(parts.basis_t, parts.task_b[t], k, pm.in, pm.out, 1.0);
+        double e = 0;
+        for (std::size_t i = 0; i < want.size(); ++i) e += (got[i] - want[i]) * (got[i] - want[i]);
+        SCOPED_TRACE(::testing::Message() << "K " << k << " task " << t << " " << dtype_name(storage));
+        // The stored parts' errors are their dense errors; in f32 also the closed form of pass 1.
+        EXPECT_NEAR(parts.error_sq[t], e, 1e-9 * s.norm_sq[t] + 1e-6 * e);
+        if (storage == DType::F32) EXPECT_NEAR(e, s.error_sq[t][k - 1], 1e-6 * s.norm_sq[t]);
+      }
     }
   }
   auto o = store_options(tasks, StoreMethod::automatic, tmp / "bundle");
@@ -595,6 +604,18 @@ TEST(StoreMerge, SharedBasesOfTasksOfUnequalRanksOnBothBackends) {
         EXPECT_NEAR(closed[x * ku.size() + y][t], frobenius_sq(both), 1e-10 * norm_sq)
             << "Kv " << kv[x] << " Ku " << ku[y];
       }
+  }
+  // The row basis stored alone (K = 5): its parts' errors their dense errors, on both backends.
+  const auto row_parts = shared_rows_parts(*cpu, {}, s.rows, f, 5, DType::BF16);
+  const auto row_there = shared_rows_parts(*deferred, st, d.rows, f, 5, DType::BF16);
+  EXPECT_EQ(row_there.task_b, row_parts.task_b);
+  EXPECT_EQ(row_there.error_sq, row_parts.error_sq);
+  for (std::size_t t = 0; t < f.size(); ++t) {
+    const auto want = test::dense_delta(f[t].a, f[t].b, f[t].rank, in, out, f[t].scale);
+    const auto got = test::dense_delta(row_parts.basis_t, row_parts.task_b[t], 5, in, out, 1.0);
+    double e = 0;
+    for (std::size_t i = 0; i < want.size(); ++i) e += (got[i] - want[i]) * (got[i] - want[i]);
+    EXPECT_NEAR(row_parts.error_sq[t], e, 1e-9 * s.rows.norm_sq[t] + 1e-6 * e) << "task " << t;
   }
   const auto parts = shared_basis_parts(*cpu, {}, s, f, 5, 7, DType::BF16);
   const auto there = shared_basis_parts(*deferred, st, d, f, 5, 7, DType::BF16);

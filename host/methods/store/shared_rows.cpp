@@ -1,7 +1,5 @@
 #include "methods/store/shared_rows.hpp"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 
@@ -10,18 +8,8 @@
 #include "methods/store/truncation.hpp"
 
 namespace revmerge {
-namespace {
 
 using i64 = std::int64_t;
-
-// The tasks' A_i stacked (R × in), f64.
-std::vector<double> stacked_a(const std::vector<TaskFactors>& f, i64 in) {
-  std::vector<double> a;
-  for (const auto& tf : f) a.insert(a.end(), tf.a.begin(), tf.a.begin() + tf.rank * in);
-  return a;
-}
-
-}  // namespace
 
 SharedRows shared_rows(Backend& be, Stream stream, const std::vector<TaskFactors>& f,
                        const std::vector<double>& gram, const std::vector<double>& other, i64 out, i64 in,
@@ -145,32 +133,96 @@ SharedRows shared_rows(Backend& be, Stream stream, const std::vector<TaskFactors
   return s;
 }
 
-void shared_rows_factors(const SharedRows& s, const std::vector<TaskFactors>& f, i64 k, DType storage,
-                         std::vector<float>& basis_t, std::vector<std::vector<float>>& task_b) {
-  const i64 R = s.total_rank, in = s.in, out = s.out;
-  const auto a = stacked_a(f, in);
-  // Vᵀ (k × in) = to_basis[:, :k]ᵀ A.
-  std::vector<double> vt(static_cast<std::size_t>(k * in));
-  cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, in, R, 1.0, s.to_basis.data(), R, a.data(), in, 0.0,
-              vt.data(), in);
-  basis_t.assign(vt.begin(), vt.end());
-  round_to_storage(basis_t, storage);
-  const std::vector<double> v(basis_t.begin(), basis_t.end());
-  task_b.assign(f.size(), {});
-  for (std::size_t i = 0; i < f.size(); ++i) {
-    const i64 r = f[i].rank;
-    std::vector<double> p(static_cast<std::size_t>(r * k)), bt(static_cast<std::size_t>(out * k));
-    const std::vector<double> ai(f[i].a.begin(), f[i].a.begin() + r * in), bi(f[i].b.begin(), f[i].b.end());
-    if (r > 0) {
-      // A_i V (r × k), then s B_i (A_i V).
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, k, in, 1.0, ai.data(), in, v.data(), in, 0.0,
-                  p.data(), k);
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, k, r, f[i].scale, bi.data(), r, p.data(), k,
-                  0.0, bt.data(), k);
+SharedRowsParts shared_rows_parts(Backend& be, Stream st, const SharedRows& s, const std::vector<TaskFactors>& f,
+                                  i64 k, DType storage) {
+  const i64 R = s.total_rank, in = s.in, out = s.out, n = static_cast<i64>(f.size());
+  const auto count = [](i64 rows, i64 cols) { return static_cast<std::size_t>(rows * cols); };
+  std::vector<i64> first(f.size() + 1, 0);  // task i's rows of A's stack, columns of the B_i's
+  for (std::size_t i = 0; i < f.size(); ++i) first[i + 1] = first[i] + f[i].rank;
+  SharedRowsParts p;
+  // The tasks' A_i stacked (R × in) and B_i's packed (out × r_i each, from out · first[i]), f64.
+  std::vector<double> stage_a, stage_b, stage_map, stage_vt;
+  DeviceBuffer a, b, map, vt = allocate_f64(be, count(k, in));
+  fill_on_backend(be, st, a, count(R, in), stage_a, [&](double* x) {
+    for (std::size_t i = 0; i < f.size(); ++i) std::copy_n(f[i].a.begin(), f[i].rank * in, x + first[i] * in);
+  });
+  fill_on_backend(be, st, b, count(out, R), stage_b, [&](double* x) {
+    for (std::size_t i = 0; i < f.size(); ++i) std::copy_n(f[i].b.begin(), out * f[i].rank, x + out * first[i]);
+  });
+  copy_to_backend(be, st, map, s.to_basis, stage_map);
+  // Vᵀ (k × in) = to_basis[:, :k]ᵀ A, rounded as stored.
+  be.gemm_f64_rows(Op::transpose, Op::none, k, in, R, 1.0, f64(map), R, f64(a), in, f64(vt), in, st);
+  std::vector<double> vt_host(count(k, in));
+  be.download(vt_host.data(), vt.data(), vt_host.size() * sizeof(double), st);
+  be.synchronize(st);
+  p.basis_t.assign(vt_host.begin(), vt_host.end());
+  round_to_storage(p.basis_t, storage);
+  // Per task A_i V (r × k), then s B_i (A_i V) (out × k), with V as rounded.
+  fill_on_backend(be, st, vt, count(k, in), stage_vt,
+                  [&](double* x) { std::copy(p.basis_t.begin(), p.basis_t.end(), x); });
+  const std::size_t per = count(out, k);
+  DeviceBuffer av = allocate_f64(be, count(R, k)), bt = allocate_f64(be, per * f.size());
+  for (i64 i = 0; i < n; ++i) {
+    const i64 r = f[i].rank, o = first[i];
+    double* bt_i = f64(bt) + i * per;
+    if (r == 0) {
+      be.fill(bt_i, 0, per * sizeof(double), st);
+      continue;
     }
-    task_b[i].assign(bt.begin(), bt.end());
-    round_to_storage(task_b[i], storage);
+    be.gemm_f64_rows(Op::none, Op::transpose, r, k, in, 1.0, f64(a) + o * in, in, f64(vt), in, f64(av) + o * k, k,
+                     st);
+    be.gemm_f64_rows(Op::none, Op::none, out, k, r, f[i].scale, f64(b) + out * o, r, f64(av) + o * k, k, bt_i, k,
+                     st);
   }
+  std::vector<double> bt_host(per * f.size());
+  be.download(bt_host.data(), bt.data(), bt_host.size() * sizeof(double), st);
+  be.synchronize(st);
+  p.task_b.resize(f.size());
+  for (std::size_t i = 0; i < f.size(); ++i) {
+    p.task_b[i].assign(bt_host.begin() + i * per, bt_host.begin() + (i + 1) * per);
+    round_to_storage(p.task_b[i], storage);
+  }
+  // The errors of the parts as rounded: VᵀV once (k × k), per task B̃ᵀB̃ (k × k), s B̃ᵀB_i and
+  // Vᵀ A_iᵀ (k × r each); B̃ (f64) and its transpose (f32 rows, for the Gram) from the rounded values.
+  std::vector<float> stage_v32, stage_t32;
+  std::vector<double> stage_bt;
+  DeviceBuffer v32, t32;
+  fill_on_backend(be, st, v32, count(k, in), stage_v32,
+                  [&](float* x) { std::copy(p.basis_t.begin(), p.basis_t.end(), x); });
+  fill_on_backend(be, st, t32, per * f.size(), stage_t32, [&](float* x) {
+    for (std::size_t i = 0; i < f.size(); ++i)
+      for (i64 c = 0; c < k; ++c)
+        for (i64 o = 0; o < out; ++o) x[i * per + c * out + o] = p.task_b[i][o * k + c];
+  });
+  fill_on_backend(be, st, bt, per * f.size(), stage_bt, [&](double* x) {
+    for (std::size_t i = 0; i < f.size(); ++i) std::copy(p.task_b[i].begin(), p.task_b[i].end(), x + i * per);
+  });
+  const std::size_t kk = count(k, k);
+  DeviceBuffer ga = allocate_f64(be, kk), gb = allocate_f64(be, kk * f.size()), cb = allocate_f64(be, count(k, R)),
+               ca = allocate_f64(be, count(k, R));
+  be.gram_f64(v32.f32(), k, in, f64(ga), st);
+  for (i64 i = 0; i < n; ++i) {
+    const i64 r = f[i].rank, o = first[i];
+    be.gram_f64(t32.f32() + i * per, k, out, f64(gb) + i * kk, st);
+    if (r == 0) continue;
+    be.gemm_f64_rows(Op::transpose, Op::none, k, r, out, f[i].scale, f64(bt) + i * per, k, f64(b) + out * o, r,
+                     f64(cb) + k * o, r, st);
+    be.gemm_f64_rows(Op::none, Op::transpose, k, r, in, 1.0, f64(vt), in, f64(a) + o * in, in, f64(ca) + k * o, r,
+                     st);
+  }
+  std::vector<double> ga_h(kk), gb_h(kk * f.size()), cb_h(count(k, R)), ca_h(count(k, R));
+  be.download(ga_h.data(), ga.data(), ga_h.size() * sizeof(double), st);
+  be.download(gb_h.data(), gb.data(), gb_h.size() * sizeof(double), st);
+  be.download(cb_h.data(), cb.data(), cb_h.size() * sizeof(double), st);
+  be.download(ca_h.data(), ca.data(), ca_h.size() * sizeof(double), st);
+  be.synchronize(st);
+  for (i64 i = 0; i < n; ++i) {
+    double whole = 0, cross = 0;
+    for (std::size_t e = 0; e < kk; ++e) whole += gb_h[i * kk + e] * ga_h[e];
+    for (i64 e = 0; e < k * f[i].rank; ++e) cross += cb_h[k * first[i] + e] * ca_h[k * first[i] + e];
+    p.error_sq.push_back(std::max(whole - 2 * cross + s.norm_sq[i], 0.0));
+  }
+  return p;
 }
 
 }  // namespace revmerge

@@ -37,9 +37,16 @@ SharedRows shared_rows(Backend& be, Stream stream, const std::vector<TaskFactors
                        std::int64_t in, bool errors = true);
 
 /// The stored parts for K directions, rounded to `storage`: Vᵀ (K × in) and each task's
-/// B̃_i = s_iB_i (A_i V) (out × K), formed with V as rounded (what the bundle holds).
-void shared_rows_factors(const SharedRows& s, const std::vector<TaskFactors>& f, std::int64_t k,
-                         DType storage, std::vector<float>& basis_t,
-                         std::vector<std::vector<float>>& task_b);
+/// B̃_i = s_iB_i (A_i V) (out × K), formed with V as rounded (what the bundle holds); and each
+/// task's ‖B̃_iVᵀ − ΔW_i‖² of the parts as rounded, through K × K and K × r_i Grams
+/// (⟨B̃ᵀB̃, VᵀV⟩ − 2⟨B̃ᵀ s_iB_i, VᵀA_iᵀ⟩ + ‖ΔW_i‖²). The products run on `be`, queued on `stream`
+/// and waited for.
+struct SharedRowsParts {
+  std::vector<float> basis_t;               ///< Vᵀ, K × in
+  std::vector<std::vector<float>> task_b;   ///< per task B̃_i, out × K
+  std::vector<double> error_sq;             ///< per task
+};
+SharedRowsParts shared_rows_parts(Backend& be, Stream stream, const SharedRows& s, const std::vector<TaskFactors>& f,
+                                  std::int64_t k, DType storage);
 
 }  // namespace revmerge

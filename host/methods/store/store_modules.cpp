@@ -316,7 +316,7 @@ BundleModule store_rank(const PlannedModule& pm, const std::vector<TaskFactors>&
 }
 
 // Writes module pm as a row basis of k directions shared by its tasks (Vᵀ, then the B̃_i side
-// by side); the errors measured on the rounded factors.
+// by side); the errors measured on the rounded factors (shared_rows_parts).
 BundleModule store_shared(Backend& be, Stream stream, const PlannedModule& pm, const std::vector<TaskFactors>& f,
                           i64 k, DType storage, SafetensorsWriter& writer, int threads, const SharedBasis* found) {
   const i64 n = static_cast<i64>(f.size());
@@ -327,9 +327,10 @@ BundleModule store_shared(Backend& be, Stream stream, const PlannedModule& pm, c
       return shared_rows(be, stream, f, g.a, g.b, pm.out, pm.in, /*errors=*/false);
     });
   const SharedRows& shared = found ? found->rows : *again;
-  std::vector<float> basis_t;
-  std::vector<std::vector<float>> task_b;
-  shared_rows_factors(shared, f, k, storage, basis_t, task_b);
+  const auto parts =
+      with_module_context(pm.path, [&] { return shared_rows_parts(be, stream, shared, f, k, storage); });
+  const auto& basis_t = parts.basis_t;
+  const auto& task_b = parts.task_b;
   auto bm = module_entry(pm);
   bm.representation = Representation::shared_rows;
   bm.shared_rank = k;
@@ -338,8 +339,7 @@ BundleModule store_shared(Backend& be, Stream stream, const PlannedModule& pm, c
   std::vector<float> b_all(static_cast<std::size_t>(pm.out * n * k));
   parallel_tasks(n, threads, [&](long t) {
     // The shared basis already has ‖ΔW_i‖²: no truncation of the task is needed here.
-    const double norm_sq = shared.norm_sq[t];
-    const double err_sq = truncation_error_sq(f[t], pm.out, pm.in, norm_sq, task_b[t], basis_t, k);
+    const double norm_sq = shared.norm_sq[t], err_sq = parts.error_sq[t];
     bm.delta_norm[t] = std::sqrt(norm_sq);
     bm.delta_error[t] = norm_sq > 0 ? std::sqrt(err_sq / norm_sq) : 0.0;
     for (i64 o = 0; o < pm.out; ++o)
