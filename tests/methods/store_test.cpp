@@ -454,7 +454,8 @@ TEST(StoreMerge, SharedBasesServeTasksSharingAnInitAndColumns) {
         // On a discrete device's path (uploads, queued products): the CPU's parts bit for bit.
         const auto there = shared_basis_parts(*deferred, deferred->create_stream(), s, f, kv[x], ku[y], storage);
         expect_same_parts(there, parts);
-        const auto stored = shared_basis_stored_errors(parts, f, s.rows.norm_sq);
+        const auto stored = shared_basis_stored_errors(*cpu, {}, parts, f, s.rows.norm_sq);
+        EXPECT_EQ(shared_basis_stored_errors(*deferred, deferred->create_stream(), there, f, s.rows.norm_sq), stored);
         i64 first = 0;
         for (i64 t = 0; t < kTasks; ++t) {
           std::vector<float> a, b;
@@ -620,7 +621,8 @@ TEST(StoreMerge, SharedBasesOfTasksOfUnequalRanksOnBothBackends) {
   const auto parts = shared_basis_parts(*cpu, {}, s, f, 5, 7, DType::BF16);
   const auto there = shared_basis_parts(*deferred, st, d, f, 5, 7, DType::BF16);
   expect_same_parts(there, parts);
-  const auto stored = shared_basis_stored_errors(parts, f, s.rows.norm_sq);
+  const auto stored = shared_basis_stored_errors(*cpu, {}, parts, f, s.rows.norm_sq);
+  EXPECT_EQ(shared_basis_stored_errors(*deferred, st, there, f, s.rows.norm_sq), stored);
   for (std::size_t t = 0, first = 0; t < f.size(); first += f[t].rank, ++t) {
     std::vector<float> a, b;
     shared_basis_task(parts.vt.data(), parts.u.data(), parts.core_a.data(), parts.core_b.data(), in, out, 5, 7, R,

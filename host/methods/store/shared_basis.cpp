@@ -170,46 +170,55 @@ SharedBasisParts shared_basis_parts(Backend& be, Stream st, const SharedBasis& s
   return p;
 }
 
-std::vector<double> shared_basis_stored_errors(const SharedBasisParts& p, const std::vector<TaskFactors>& f,
-                                               const std::vector<double>& norm_sq) {
+std::vector<double> shared_basis_stored_errors(Backend& be, Stream st, const SharedBasisParts& p,
+                                               const std::vector<TaskFactors>& f, const std::vector<double>& norm_sq) {
   const i64 kv = p.kv, ku = p.ku, R = p.total_rank;
-  const auto& vv = p.vv;
-  const auto& uu = p.uu;
   const auto first = first_rows(f);
-  std::vector<double> err(f.size());
+  std::vector<std::size_t> block(f.size() + 1, 0);  // task i's r × r results from block[i]
+  for (std::size_t i = 0; i < f.size(); ++i) block[i + 1] = block[i] + static_cast<std::size_t>(f[i].rank * f[i].rank);
+  // The cores as stored (C_a R × kv, C_b ku × R) and before rounding, the bases' Grams; a task's
+  // cores are rows o … o + r of C_a and columns o … o + r of C_b, read in place.
+  std::vector<double> stage[6];
+  DeviceBuffer dev[6];
+  fill_on_backend(be, st, dev[0], p.core_a.size(), stage[0],
+                  [&](double* x) { std::copy(p.core_a.begin(), p.core_a.end(), x); });
+  fill_on_backend(be, st, dev[1], p.core_b.size(), stage[1],
+                  [&](double* x) { std::copy(p.core_b.begin(), p.core_b.end(), x); });
+  copy_to_backend(be, st, dev[2], p.core_a64, stage[2]);
+  copy_to_backend(be, st, dev[3], p.core_b64, stage[3]);
+  copy_to_backend(be, st, dev[4], p.vv, stage[4]);
+  copy_to_backend(be, st, dev[5], p.uu, stage[5]);
+  double *ca = f64(dev[0]), *cb = f64(dev[1]), *xa = f64(dev[2]), *xb = f64(dev[3]), *vv = f64(dev[4]),
+         *uu = f64(dev[5]);
+  i64 most = 0;
+  for (const auto& tf : f) most = std::max(most, tf.rank);
+  DeviceBuffer t1 = allocate_f64(be, static_cast<std::size_t>(std::max(ku, kv) * most)), out[4];
+  for (auto& o : out) o = allocate_f64(be, block.back());
+  double *gb = f64(out[0]), *ga = f64(out[1]), *xbb = f64(out[2]), *xaa = f64(out[3]);
   for (std::size_t i = 0; i < f.size(); ++i) {
     const i64 r = f[i].rank, o = first[i];
-    if (r == 0) {
-      err[i] = norm_sq[i];
-      continue;
-    }
-    // The task's cores: C_a (r × kv) and C_b (ku × r) as stored, and before rounding.
-    std::vector<double> ca(static_cast<std::size_t>(r * kv)), xa(ca.size()), cb(static_cast<std::size_t>(ku * r)),
-        xb(cb.size());
-    for (i64 k = 0; k < r; ++k)
-      for (i64 c = 0; c < kv; ++c)
-        ca[k * kv + c] = p.core_a[(o + k) * kv + c], xa[k * kv + c] = p.core_a64[(o + k) * kv + c];
-    for (i64 j = 0; j < ku; ++j)
-      for (i64 k = 0; k < r; ++k)
-        cb[j * r + k] = p.core_b[j * R + o + k], xb[j * r + k] = p.core_b64[j * R + o + k];
-    std::vector<double> t1(static_cast<std::size_t>(std::max(ku, kv) * r)), gb(static_cast<std::size_t>(r * r)),
-        ga(gb.size()), xbb(gb.size()), xaa(gb.size());
+    if (r == 0) continue;
+    const std::size_t at = block[i];
     // C_bᵀ (UᵀU) C_b and C_a (VᵀV) C_aᵀ.
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ku, r, ku, 1.0, uu.data(), ku, cb.data(), r, 0.0,
-                t1.data(), r);
-    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, r, ku, 1.0, cb.data(), r, t1.data(), r, 0.0, gb.data(),
-                r);
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, kv, kv, 1.0, ca.data(), kv, vv.data(), kv, 0.0,
-                t1.data(), kv);
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, r, kv, 1.0, t1.data(), kv, ca.data(), kv, 0.0, ga.data(),
-                r);
+    be.gemm_f64_rows(Op::none, Op::none, ku, r, ku, 1.0, uu, ku, cb + o, R, f64(t1), r, st);
+    be.gemm_f64_rows(Op::transpose, Op::none, r, r, ku, 1.0, cb + o, R, f64(t1), r, gb + at, r, st);
+    be.gemm_f64_rows(Op::none, Op::none, r, kv, kv, 1.0, ca + o * kv, kv, vv, kv, f64(t1), kv, st);
+    be.gemm_f64_rows(Op::none, Op::transpose, r, r, kv, 1.0, f64(t1), kv, ca + o * kv, kv, ga + at, r, st);
     // C_bᵀ (Uᵀs_iB_i) and C_a (A_iV)ᵀ.
-    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, r, ku, 1.0, cb.data(), r, xb.data(), r, 0.0, xbb.data(),
-                r);
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, r, kv, 1.0, ca.data(), kv, xa.data(), kv, 0.0,
-                xaa.data(), r);
+    be.gemm_f64_rows(Op::transpose, Op::none, r, r, ku, 1.0, cb + o, R, xb + o, R, xbb + at, r, st);
+    be.gemm_f64_rows(Op::none, Op::transpose, r, r, kv, 1.0, ca + o * kv, kv, xa + o * kv, kv, xaa + at, r, st);
+  }
+  std::vector<double> host[4];
+  for (int k = 0; k < 4; ++k) {
+    host[k].resize(block.back());
+    be.download(host[k].data(), out[k].data(), host[k].size() * sizeof(double), st);
+  }
+  be.synchronize(st);
+  std::vector<double> err(f.size());
+  for (std::size_t i = 0; i < f.size(); ++i) {
     double whole = 0, cross = 0;
-    for (i64 e = 0; e < r * r; ++e) whole += gb[e] * ga[e], cross += xbb[e] * xaa[e];
+    for (std::size_t e = block[i]; e < block[i + 1]; ++e)
+      whole += host[0][e] * host[1][e], cross += host[2][e] * host[3][e];
     err[i] = std::max(whole - 2 * cross + norm_sq[i], 0.0);
   }
   return err;

@@ -53,9 +53,10 @@ SharedBasisParts shared_basis_parts(Backend& be, Stream stream, const SharedBasi
 /// ‖ΔW_i‖² (`norm_sq`): ‖ΔŴ_i‖² − 2⟨ΔŴ_i, ΔW_i⟩ + ‖ΔW_i‖² through UᵀU (Ku × Ku), VᵀV (Kv × Kv)
 /// and r_i × r_i products, never a task's out × r or r × in factors:
 /// ‖ΔŴ_i‖² = ⟨C_bᵀ(UᵀU)C_b, C_a(VᵀV)C_aᵀ⟩ and ⟨ΔŴ_i, ΔW_i⟩ = ⟨C_bᵀ(Uᵀs_iB_i), C_a(A_iV)ᵀ⟩, with
-/// C_a, C_b the task's stored cores and Uᵀs_iB_i, A_iV the cores before rounding.
-std::vector<double> shared_basis_stored_errors(const SharedBasisParts& p, const std::vector<TaskFactors>& f,
-                                               const std::vector<double>& norm_sq);
+/// C_a, C_b the task's stored cores and Uᵀs_iB_i, A_iV the cores before rounding. The products
+/// run on `be`, queued on `stream` and waited for.
+std::vector<double> shared_basis_stored_errors(Backend& be, Stream stream, const SharedBasisParts& p,
+                                               const std::vector<TaskFactors>& f, const std::vector<double>& norm_sq);
 
 /// Task factors from stored parts (what `revert` gives): A' = core_a[first:first+r] · Vᵀ
 /// (r × in) and B' = U · core_b[:, first:first+r] (out × r), formed in f64, returned in f32.

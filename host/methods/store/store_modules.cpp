@@ -374,7 +374,7 @@ BundleModule store_shared_basis(Backend& be, Stream stream, const PlannedModule&
   // The basis already has ‖ΔW_i‖² (as store_shared's): no truncation of the task is needed.
   const auto& norm_sq = basis.rows.norm_sq;
   const auto err_sq = with_module_context(pm.path, [&] {
-    return shared_basis_stored_errors(parts, f, norm_sq);
+    return shared_basis_stored_errors(be, stream, parts, f, norm_sq);
   });
   for (i64 t = 0; t < n; ++t) {
     bm.delta_norm[t] = std::sqrt(norm_sq[t]);
