@@ -75,6 +75,10 @@ struct RmmChunkSums {
     }
     const std::int64_t side = idx / (a.n * per), t = idx / per % a.n, e = idx % per,
                        chunks = a.chunks[side];
+    if (chunks == 0) {  // no Grams (the spectrum alone is measured)
+      a.sums[idx] = 0;
+      return;
+    }
     const float* g = a.gram[side] + t * chunks * per + e;
     double sum = 0;
     for (std::int64_t c = 0; c < chunks; ++c) sum += g[c * per];

@@ -98,7 +98,7 @@ std::size_t RmmPacked::tensor_bytes(const RmmShape& s, DType storage, int side, 
 
 RmmModuleWork rmm_module_enqueue(Backend& be, const RmmShape& s,
                                  const std::vector<kernels::RmmTaskFactors>& tasks, DType storage,
-                                 void* packed, Stream st, bool error_terms) {
+                                 void* packed, Stream st, RmmTerms terms) {
   check_rmm_shape(s);
   if (static_cast<i64>(tasks.size()) != s.n)
     throw usage_error("rmm: " + std::to_string(tasks.size()) + " task inputs for n = " +
@@ -130,7 +130,7 @@ RmmModuleWork rmm_module_enqueue(Backend& be, const RmmShape& s,
   args.status = reinterpret_cast<unsigned long long*>(out + layout.status);
   be.fill(args.status, 0xff, 2 * sizeof(unsigned long long), st);  // kRmmNoKey
   be.rmm_positions(args, st);
-  if (!error_terms) {
+  if (terms == RmmTerms::none) {
     be.fill(out + layout.terms, 0, layout.status - layout.terms, st);
     return work;
   }
@@ -142,6 +142,9 @@ RmmModuleWork rmm_module_enqueue(Backend& be, const RmmShape& s,
   kernels::RmmErrorArgs e;
   e.n = n, e.r = r;
   for (int side = 0; side < 2; ++side) {
+    e.eigenvalues[side] = args.eigenvalues[side];
+    e.m[side] = positions(s, side);
+    if (terms == RmmTerms::spectrum) continue;  // no Grams: their sums and the terms are zero
     const i64 C = positions(s, side) / chunks[side], batch = n * chunks[side], blk = 2 * r * C;
     auto* gram = static_cast<float*>(take(sizes.gram[side]));
     const MatBatch ext{args.ext[side], batch, C, 2 * r, 2 * r, blk};
@@ -149,8 +152,6 @@ RmmModuleWork rmm_module_enqueue(Backend& be, const RmmShape& s,
             st);
     e.gram[side] = gram;
     e.chunks[side] = chunks[side];
-    e.eigenvalues[side] = args.eigenvalues[side];
-    e.m[side] = positions(s, side);
   }
   e.sums = static_cast<double*>(take(sizes.sums));
   e.out = reinterpret_cast<double*>(out + layout.terms);
@@ -222,12 +223,12 @@ RmmInputs rmm_upload(Backend& be, const RmmShape& s, const float* host_a, const 
 }
 
 RmmModuleResult rmm_module(Backend& be, const RmmShape& s, const float* host_a,
-                           const float* host_b, DType storage, Stream st, bool error_terms) {
+                           const float* host_b, DType storage, Stream st, RmmTerms terms) {
   check_rmm_shape(s);
   const auto inputs = rmm_upload(be, s, host_a, host_b, st);
   const auto layout = RmmPacked::layout(s, storage);
   DeviceBuffer packed = be.allocate(layout.bytes);
-  auto work = rmm_module_enqueue(be, s, inputs.tasks, storage, packed.data(), st, error_terms);
+  auto work = rmm_module_enqueue(be, s, inputs.tasks, storage, packed.data(), st, terms);
   std::vector<unsigned char> host(layout.bytes);
   be.download(host.data(), packed.data(), layout.bytes, st);
   be.synchronize(st);

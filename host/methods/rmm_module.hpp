@@ -45,16 +45,21 @@ struct RmmModuleWork {
   float* ext[2] = {};
 };
 
+/// What a module's RMM measures besides its results: the error terms and the spectra (`all`),
+/// the spectra alone (`spectrum`: the error Grams, a module's largest GEMMs, are left out and
+/// the terms are zero), or nothing (`none`: the terms and spectra are zero) — for callers that
+/// measure the results themselves.
+enum class RmmTerms { none, spectrum, all };
+
 /// Queues RMM of one module on `stream`. `tasks` says where each task's factors lie in backend
 /// memory (any float dtype, B scaled by the task's scale, rows / columns past its rank zero);
 /// the results go to `packed` (backend memory, RmmPacked::layout(...).bytes). `storage` is the
 /// dtype the bundle stores: results are rounded to it before the errors are measured, so the
-/// errors describe what is written. Without `error_terms` the error Grams and terms are not
-/// computed (their words in `packed` are zero): for callers that measure the results
-/// themselves. Returns the work memory to keep until the stream is done.
+/// errors describe what is written. `terms` says what is measured. Returns the work memory to
+/// keep until the stream is done.
 RmmModuleWork rmm_module_enqueue(Backend& backend, const RmmShape& shape,
                                  const std::vector<kernels::RmmTaskFactors>& tasks,
-                                 DType storage, void* packed, Stream stream, bool error_terms = true);
+                                 DType storage, void* packed, Stream stream, RmmTerms terms = RmmTerms::all);
 
 /// Backend memory rmm_module_enqueue allocates for one module, in the pool's size classes
 /// (inputs and the packed results excluded).
@@ -105,8 +110,8 @@ kernels::ElemType rmm_storage_type(DType storage);
 /// One module from host stacks to host results, waiting for them (tests, benches): `host_a` is
 /// n × r × in (rows past a task's rank zero), `host_b` n × out × r with the scale folded in.
 /// Throws solver_error if an eigensolve did not converge. Non-finite inputs give NaN results.
-/// Without `error_terms` the errors and spectra are zero (rmm_module_enqueue).
+/// `terms` as rmm_module_enqueue's: what is not measured is zero.
 RmmModuleResult rmm_module(Backend& backend, const RmmShape& shape, const float* host_a,
-                           const float* host_b, DType storage, Stream stream, bool error_terms = true);
+                           const float* host_b, DType storage, Stream stream, RmmTerms terms = RmmTerms::all);
 
 }  // namespace revmerge

@@ -77,7 +77,7 @@ TEST_P(RmmCandidates, GramsAreTheHostsDoublePrecisionOnes) {
   rmm_stacks(m.pm, m.f, a, b);
   const auto run =
       rmm_module(*cpu, {c.n, c.r, c.in, c.out, c.ps.back()}, a.data(), b.data(), c.storage, {},
-                 /*error_terms=*/false);
+                 RmmTerms::none);
   const auto x = side_grams(m.pm, m.f, 1);
   std::vector<SideDifference> want[2];
   for (int side = 0; side < 2; ++side)
@@ -157,7 +157,7 @@ TEST(RmmCandidatesOn, TheCpusRowsAreTheDeviceRoutines) {
     const auto layout = RmmPacked::layout(shape, c.storage);
     std::vector<unsigned char> packed(layout.bytes);
     const auto work =
-        rmm_module_enqueue(*be, shape, inputs.tasks, c.storage, packed.data(), {}, false);
+        rmm_module_enqueue(*be, shape, inputs.tasks, c.storage, packed.data(), {}, RmmTerms::none);
     for (int side = 0; side < 2; ++side) {
       auto args = rmm_candidate_args(shape, side, c.storage, layout, packed.data(), work, c.ps);
       const i64 per = 2 * c.r * c.r;

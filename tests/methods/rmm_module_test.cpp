@@ -196,15 +196,30 @@ TEST(RmmModuleEdge, ResultsAreBitwiseIdenticalForOneAndTwoThreads) {
 
 // The budgeted store measures its RMM candidates from one run at the largest basis size without
 // the error terms: the stored tensors are the full run's bits, and RMM at a smaller p is the
-// first p directions of it (the store's candidates and the module it writes agree).
+// first p directions of it (the store's candidates and the module it writes agree). Pass 2
+// measures the spectra alone: the full run's, bit for bit, on the CPU and the deferred backend.
 TEST(RmmModuleEdge, WithoutErrorTermsTheStoredTensorsAreTheSameAndSmallerPIsAPrefix) {
   const i64 n = 6, r = 8, in = 40, out = 24, big = 5, small = 2;
   const auto s = test::make_stack(n, r, in, out, 17);
   CpuBackend be(2);
+  const auto deferred = test::make_deferred_backend(2);
   for (const DType storage : {DType::F32, DType::BF16}) {
     const auto full = rmm_module(be, {n, r, in, out, big}, s.a.data(), s.b.data(), storage, {});
-    const auto bare = rmm_module(be, {n, r, in, out, big}, s.a.data(), s.b.data(), storage, {}, false);
+    const auto bare = rmm_module(be, {n, r, in, out, big}, s.a.data(), s.b.data(), storage, {}, RmmTerms::none);
     const auto part = rmm_module(be, {n, r, in, out, small}, s.a.data(), s.b.data(), storage, {});
+    for (Backend* b : {static_cast<Backend*>(&be), deferred.get()}) {
+      const auto spectra =
+          rmm_module(*b, {n, r, in, out, big}, s.a.data(), s.b.data(), storage, {}, RmmTerms::spectrum);
+      for (const auto& [x, y] : {std::pair{&full.a, &spectra.a}, std::pair{&full.b, &spectra.b}}) {
+        EXPECT_EQ(x->basis, y->basis);
+        EXPECT_EQ(x->coef, y->coef);
+        ASSERT_FALSE(y->spectrum.empty());
+        EXPECT_EQ(x->spectrum, y->spectrum);
+        EXPECT_GT(y->spectrum.front(), 0.0);
+        for (const double e : y->factor_error) EXPECT_EQ(e, 0.0);  // not measured
+      }
+      for (const double e : spectra.delta_error) EXPECT_EQ(e, 0.0);
+    }
     for (const auto& [x, y, z] : {std::tuple{&full.a, &bare.a, &part.a}, std::tuple{&full.b, &bare.b, &part.b}}) {
       EXPECT_EQ(x->mean, y->mean);
       EXPECT_EQ(x->basis, y->basis);

@@ -195,7 +195,7 @@ RmmCandidateRun::RmmCandidateRun(Backend& be, const PlannedModule& pm, const std
   inputs_ = rmm_upload(be, shape, host_a.data(), host_b.data(), stream_);
   const auto layout = RmmPacked::layout(shape, storage);
   packed_ = be.allocate(layout.bytes);
-  work_ = rmm_module_enqueue(be, shape, inputs_.tasks, storage, packed_.data(), stream_, /*error_terms=*/false);
+  work_ = rmm_module_enqueue(be, shape, inputs_.tasks, storage, packed_.data(), stream_, RmmTerms::none);
   queued_ = true;
   try {
     queue_candidates(shape, storage, layout);

@@ -24,14 +24,15 @@ using i64 = std::int64_t;
 // RMM's shape limits (check_rmm_shape): a module outside them is only ever truncated.
 bool rmm_fits(const PlannedModule& pm, i64 n) { return n <= 64 && pm.rank <= 256; }
 
-// RMM of one module at basis p from the tasks' factors (padded stacks, scale folded into B).
+// RMM of one module at basis p from the tasks' factors (padded stacks, scale folded into B),
+// with its spectra: its errors are pass 1's, so the error Grams are left out.
 RmmModuleResult run_rmm(Backend& be, const PlannedModule& pm, const std::vector<TaskFactors>& f,
                         i64 p, DType storage) {
   const i64 n = static_cast<i64>(f.size()), r = pm.rank;
   std::vector<float> a, b;
   rmm_stacks(pm, f, a, b);
   return with_module_context(pm.path, [&] {
-    return rmm_module(be, {n, r, pm.in, pm.out, p}, a.data(), b.data(), storage, {});
+    return rmm_module(be, {n, r, pm.in, pm.out, p}, a.data(), b.data(), storage, {}, RmmTerms::spectrum);
   });
 }
 
