@@ -1,7 +1,7 @@
 #pragma once
-// Host-made values handed to a backend, for the store's products that run there: written in
-// place where the backend's memory is the host's (the CPU: no copy, the same pointers the host
-// code had), else made in a staging vector and uploaded.
+// Host-made values handed to a backend, for the store's products that run there, and results
+// handed back: written and read in place where the backend's memory is the host's (the CPU: no
+// copy, the same pointers the host code had), else through a staging vector.
 #include <algorithm>
 #include <cstddef>
 #include <vector>
@@ -29,6 +29,17 @@ template <class T>
 void copy_to_backend(Backend& be, Stream st, DeviceBuffer& buffer, const std::vector<T>& values,
                      std::vector<T>& staging) {
   fill_on_backend(be, st, buffer, values.size(), staging, [&](T* x) { std::copy(values.begin(), values.end(), x); });
+}
+
+/// `count` values of backend memory `buffer` for the host to read once it has synchronized `st`:
+/// the buffer itself where the backend's memory is the host's (no copy), else a download into
+/// `staging` queued on `st`.
+template <class T>
+const T* host_values(Backend& be, Stream st, DeviceBuffer& buffer, std::size_t count, std::vector<T>& staging) {
+  if (be.shares_host_memory()) return static_cast<const T*>(buffer.data());
+  staging.resize(count);
+  be.download(staging.data(), buffer.data(), count * sizeof(T), st);
+  return staging.data();
 }
 
 /// Backend memory for `count` doubles (at least one).

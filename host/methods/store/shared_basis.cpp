@@ -74,13 +74,8 @@ std::vector<std::vector<double>> shared_basis_errors(Backend& be, Stream st, con
     be.gemm_f64_rows(Op::none, Op::none, r, mv, R, f[i].scale, sa + o * R, R, c_v, R, f64(dy), mv, st);
     be.gemm_f64_rows(Op::none, Op::none, mu, mv, r, 1.0, f64(dx), r, f64(dy), mv, t, mv, st);
   }
-  std::vector<double> t_host;  // a discrete device's T's (the CPU's are read where they are)
-  const double* t_all_host = f64(t_all);
-  if (!be.shares_host_memory()) {
-    t_host.resize(n * per);
-    be.download(t_host.data(), t_all.data(), t_host.size() * sizeof(double), st);
-    t_all_host = t_host.data();
-  }
+  std::vector<double> t_host;
+  const double* t_all_host = host_values(be, st, t_all, n * per, t_host);
   be.synchronize(st);
   std::vector<double> prefix(static_cast<std::size_t>((mu + 1) * (mv + 1)));
   for (i64 i = 0; i < n; ++i) {
@@ -121,11 +116,11 @@ SharedBasisParts shared_basis_parts(Backend& be, Stream st, const SharedBasis& s
   ut = allocate_f64(be, count(ku, out));
   be.gemm_f64_rows(Op::transpose, Op::none, kv, in, R, 1.0, f64(maps[0]), R, f64(a), in, f64(vt), in, st);
   be.gemm_f64_rows(Op::transpose, Op::none, ku, out, R, 1.0, f64(maps[1]), R, f64(b), out, f64(ut), out, st);
-  std::vector<double> vt_host(count(kv, in)), ut_host(count(ku, out));
-  be.download(vt_host.data(), vt.data(), vt_host.size() * sizeof(double), st);
-  be.download(ut_host.data(), ut.data(), ut_host.size() * sizeof(double), st);
+  std::vector<double> vt_staging, ut_staging;
+  const double* vt_host = host_values(be, st, vt, count(kv, in), vt_staging);
+  const double* ut_host = host_values(be, st, ut, count(ku, out), ut_staging);
   be.synchronize(st);
-  p.vt.assign(vt_host.begin(), vt_host.end());
+  p.vt.assign(vt_host, vt_host + count(kv, in));
   round_to_storage(p.vt, storage);
   p.u.resize(count(out, ku));
   for (i64 k = 0; k < ku; ++k)

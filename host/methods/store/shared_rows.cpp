@@ -152,10 +152,10 @@ SharedRowsParts shared_rows_parts(Backend& be, Stream st, const SharedRows& s, c
   copy_to_backend(be, st, map, s.to_basis, stage_map);
   // Vᵀ (k × in) = to_basis[:, :k]ᵀ A, rounded as stored.
   be.gemm_f64_rows(Op::transpose, Op::none, k, in, R, 1.0, f64(map), R, f64(a), in, f64(vt), in, st);
-  std::vector<double> vt_host(count(k, in));
-  be.download(vt_host.data(), vt.data(), vt_host.size() * sizeof(double), st);
+  std::vector<double> vt_staging;
+  const double* vt_host = host_values(be, st, vt, count(k, in), vt_staging);
   be.synchronize(st);
-  p.basis_t.assign(vt_host.begin(), vt_host.end());
+  p.basis_t.assign(vt_host, vt_host + count(k, in));
   round_to_storage(p.basis_t, storage);
   // Per task A_i V (r × k), then s B_i (A_i V) (out × k), with V as rounded.
   fill_on_backend(be, st, vt, count(k, in), stage_vt,
@@ -174,12 +174,12 @@ SharedRowsParts shared_rows_parts(Backend& be, Stream st, const SharedRows& s, c
     be.gemm_f64_rows(Op::none, Op::none, out, k, r, f[i].scale, f64(b) + out * o, r, f64(av) + o * k, k, bt_i, k,
                      st);
   }
-  std::vector<double> bt_host(per * f.size());
-  be.download(bt_host.data(), bt.data(), bt_host.size() * sizeof(double), st);
+  std::vector<double> bt_staging;
+  const double* bt_host = host_values(be, st, bt, per * f.size(), bt_staging);
   be.synchronize(st);
   p.task_b.resize(f.size());
   for (std::size_t i = 0; i < f.size(); ++i) {
-    p.task_b[i].assign(bt_host.begin() + i * per, bt_host.begin() + (i + 1) * per);
+    p.task_b[i].assign(bt_host + i * per, bt_host + (i + 1) * per);
     round_to_storage(p.task_b[i], storage);
   }
   // The errors of the parts as rounded: VᵀV once (k × k), per task B̃ᵀB̃ (k × k), s B̃ᵀB_i and
