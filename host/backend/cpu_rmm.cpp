@@ -4,6 +4,7 @@
 // lockstep on vector lanes. The arithmetic is the GPU's: the library is compiled without FMA
 // contraction (host/CMakeLists.txt).
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "backend/cpu_backend.hpp"
@@ -166,6 +167,9 @@ template <kernels::ElemType S, kernels::ElemType O>
   }
 }
 
+// Rows ahead whose stored segment a block tile asks for early when segments are short.
+constexpr i64 kPrefetchRows = 8;
+
 // A block of a stored matrix (zero outside its valid rows and columns): each element loaded and
 // rounded as kernels::materialize_element and store_rounded do, a row segment at a time.
 template <kernels::ElemType S, kernels::ElemType O>
@@ -173,9 +177,22 @@ template <kernels::ElemType S, kernels::ElemType O>
   const auto store = [&](i64 at, float v) {
     kernels::store_typed<O>(t.out, at, v);
   };
+  constexpr i64 size = S == kernels::ElemType::f64 ? 8 : S == kernels::ElemType::f32 ? 4 : 2;
+  const i64 segment = (std::clamp<i64>(t.valid_cols, j0, j1) - j0) * size;
+  // A short segment at a long stride (a rank bundle's B: a task's own columns of out × Σk)
+  // leaves the hardware prefetcher behind, which stops at each page: every row would wait on
+  // memory (a task's B came back 3-4x slower than its A per byte). Rows below are asked for
+  // ahead; wide rows stream on their own.
+  const bool ahead = segment > 0 && segment <= 1024 && t.ld * size > segment + 64;
+  const auto* bytes = static_cast<const unsigned char*>(t.src[0]);
   for (i64 i = i0; i < i1; ++i) {
     const i64 valid = i < t.valid_rows ? std::clamp<i64>(t.valid_cols, j0, j1) : j0;
     const i64 from = (t.row0 + i) * t.ld + t.col0, to = i * t.cols;
+    if (ahead && i + kPrefetchRows < t.valid_rows) {
+      const auto* next = bytes + (from + kPrefetchRows * t.ld + j0) * size;
+      for (i64 b = 0; b < segment; b += 64) __builtin_prefetch(next + b);
+      __builtin_prefetch(next + segment - 1);
+    }
     for (i64 j = j0; j < valid; ++j) store(to + j, kernels::load_typed<S>(t.src[0], from + j));
     for (i64 j = valid; j < j1; ++j) store(to + j, 0.0f);
   }
@@ -240,17 +257,27 @@ void CpuBackend::rmm_error_terms(const kernels::RmmErrorArgs& args, Stream) {
 void CpuBackend::materialize(const kernels::MaterializeArgs& args, Stream) {
   // Tiles of 256 rows × 64 columns: a transposed RMM part (A, r × in) then reads 64 positions'
   // mean, basis and coefficients from cache for every row.
-  constexpr i64 kRows = 256, kCols = 64;
-  const auto tiles_across = [](const kernels::MaterializePart& p) { return (p.cols + kCols - 1) / kCols; };
+  // Blocks (copies) take whole rows instead, ~16 K elements a tile, so each stored row is read
+  // in one sweep.
+  static constexpr i64 kRows = 256, kCols = 64, kBlockTile = 16384;
+  const auto shape = [](const kernels::MaterializePart& p) -> std::pair<i64, i64> {
+    if (p.kind != kernels::PartKind::block) return {kRows, kCols};
+    const i64 cols = std::max<i64>(p.cols, 1);
+    return {std::max<i64>(kBlockTile / cols, 1), cols};
+  };
+  const auto tiles = [&](const kernels::MaterializePart& p) {
+    const auto [h, w] = shape(p);
+    return (p.rows + h - 1) / h * ((p.cols + w - 1) / w);
+  };
   std::vector<i64> first(static_cast<std::size_t>(args.count) + 1, 0);
-  for (i64 p = 0; p < args.count; ++p)
-    first[p + 1] = first[p] + (args.parts[p].rows + kRows - 1) / kRows * tiles_across(args.parts[p]);
+  for (i64 p = 0; p < args.count; ++p) first[p + 1] = first[p] + tiles(args.parts[p]);
   cpu::parallel_for(threads_, first.back(), [&](i64 u) {
     const i64 p = std::upper_bound(first.begin(), first.end(), u) - first.begin() - 1;
     const auto& part = args.parts[p];
-    const i64 across = tiles_across(part), local = u - first[p];
-    const i64 i0 = local / across * kRows, j0 = local % across * kCols;
-    cpu_materialize_tile(part, i0, std::min(part.rows, i0 + kRows), j0, std::min(part.cols, j0 + kCols));
+    const auto [h, w] = shape(part);
+    const i64 across = (part.cols + w - 1) / w, local = u - first[p];
+    const i64 i0 = local / across * h, j0 = local % across * w;
+    cpu_materialize_tile(part, i0, std::min(part.rows, i0 + h), j0, std::min(part.cols, j0 + w));
   }, true);
 }
 
