@@ -117,9 +117,10 @@ void run_positions(const kernels::RmmModuleArgs& args, i64 first, i64 last, doub
   }
 }
 
-// The CPU's materialisation: tiles of blocks and of RMM's sums in loops the compiler vectorises,
-// each element's operations those of kernels::materialize_element (tests compare the two). All
-// inlined into cpu_materialize_tile, so its target clones vectorise them for the wider units.
+// The CPU's materialisation: tiles of blocks, RMM's sums and products in loops the compiler
+// vectorises, each element's operations those of MaterializeElements (the element routine, then
+// the division by the part's divisor; tests compare the two). All inlined into
+// cpu_materialize_tile, so its target clones vectorise them for the wider units.
 // RMM's sum over a tile, vectorised across the tile: per element the same operations in the
 // same order as kernels::materialize_element (acc = 0; acc += basis·coef for c = 0 … p − 1; mean
 // + acc), so the same bits, with each position's coefficients read once.
@@ -138,7 +139,7 @@ template <kernels::ElemType S, kernels::ElemType O>
     for (i64 k = 0; k < width; ++k) acc[k] = 0.0f;
     for (i64 c = 0; c < t.p; ++c)
       for (i64 k = 0; k < width; ++k) acc[k] += load_typed<S>(t.src[1], (x0 + k) * t.p + c) * w[c];
-    for (i64 k = 0; k < width; ++k) store(out_index(k0 + k), load_typed<S>(t.src[0], x0 + k) + acc[k]);
+    for (i64 k = 0; k < width; ++k) store(out_index(k0 + k), (load_typed<S>(t.src[0], x0 + k) + acc[k]) / t.divisor);
   };
   if (t.transposed) {  // A: rows are components, columns positions; a tile's columns gathered
     constexpr i64 kCols = 64;  // in a buffer first, so its rows are written whole
@@ -154,7 +155,7 @@ template <kernels::ElemType S, kernels::ElemType O>
           for (i64 k = 0; k < k1 - k0; ++k) acc[k] = 0.0f;
           for (i64 c = 0; c < t.p; ++c)
             for (i64 k = 0; k < k1 - k0; ++k) acc[k] += load_typed<S>(t.src[1], (x0 + k) * t.p + c) * w[c];
-          for (i64 k = 0; k < k1 - k0; ++k) column[k * kCols] = load_typed<S>(t.src[0], x0 + k) + acc[k];
+          for (i64 k = 0; k < k1 - k0; ++k) column[k * kCols] = (load_typed<S>(t.src[0], x0 + k) + acc[k]) / t.divisor;
         }
         for (i64 k = k0; k < k1; ++k)
           for (i64 q = 0; q < width; ++q) store(k * t.cols + q0 + q, tile[(k - k0) * kCols + q]);
@@ -185,6 +186,7 @@ template <kernels::ElemType S, kernels::ElemType O>
   // ahead; wide rows stream on their own.
   const bool ahead = segment > 0 && segment <= 1024 && t.ld * size > segment + 64;
   const auto* bytes = static_cast<const unsigned char*>(t.src[0]);
+  const float zero = 0.0f / t.divisor;  // the padding as the element routine gives it
   for (i64 i = i0; i < i1; ++i) {
     const i64 valid = i < t.valid_rows ? std::clamp<i64>(t.valid_cols, j0, j1) : j0;
     const i64 from = (t.row0 + i) * t.ld + t.col0, to = i * t.cols;
@@ -193,14 +195,55 @@ template <kernels::ElemType S, kernels::ElemType O>
       for (i64 b = 0; b < segment; b += 64) __builtin_prefetch(next + b);
       __builtin_prefetch(next + segment - 1);
     }
-    for (i64 j = j0; j < valid; ++j) store(to + j, kernels::load_typed<S>(t.src[0], from + j));
-    for (i64 j = valid; j < j1; ++j) store(to + j, 0.0f);
+    for (i64 j = j0; j < valid; ++j) store(to + j, kernels::load_typed<S>(t.src[0], from + j) / t.divisor);
+    for (i64 j = valid; j < j1; ++j) store(to + j, zero);
   }
+}
+
+// A product part (the shared bases: a task's cores times a basis) over a tile: out[i, j] =
+// Σ_c src0[i, c] · src1[c, j] in f64, c in order, rounded once — materialize_element's sums,
+// one multiplication and one addition per step (no contraction), carried for a block of
+// kProductRows × kProductCols elements at once, so each step reads one row of src1 for four rows
+// of output and runs on vector lanes across the columns. The same bits; elements outside the
+// full blocks take the element routine itself.
+constexpr i64 kProductRows = 4, kProductCols = 32;
+
+template <kernels::ElemType S, kernels::ElemType O>
+[[gnu::always_inline]] inline void product_block(const kernels::MaterializePart& t, i64 i, i64 j) {
+  double acc[kProductRows][kProductCols] = {};
+  for (i64 c = 0; c < t.inner; ++c) {
+    double b[kProductCols];
+    const i64 at = c * t.ld + t.col0 + j;
+    for (i64 y = 0; y < kProductCols; ++y) b[y] = static_cast<double>(kernels::load_typed<S>(t.src[1], at + y));
+    for (i64 x = 0; x < kProductRows; ++x) {
+      const double a = static_cast<double>(kernels::load_typed<S>(t.src[0], (t.row0 + i + x) * t.ld0 + c));
+      for (i64 y = 0; y < kProductCols; ++y) acc[x][y] += a * b[y];
+    }
+  }
+  for (i64 x = 0; x < kProductRows; ++x)
+    for (i64 y = 0; y < kProductCols; ++y)
+      kernels::store_typed<O>(t.out, (i + x) * t.cols + j + y, static_cast<float>(acc[x][y]) / t.divisor);
+}
+
+template <kernels::ElemType S, kernels::ElemType O>
+[[gnu::always_inline]] inline void product_tile(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
+  // Full blocks inside the valid rows and columns; the rest (edges, the zero padding) element
+  // by element.
+  const i64 rows = std::max<i64>(std::min(i1, t.valid_rows) - i0, 0) / kProductRows * kProductRows;
+  const i64 cols = std::max<i64>(std::min(j1, t.valid_cols) - j0, 0) / kProductCols * kProductCols;
+  for (i64 i = i0; i < i0 + rows; i += kProductRows)
+    for (i64 j = j0; j < j0 + cols; j += kProductCols) product_block<S, O>(t, i, j);
+  const auto element = [&](i64 i, i64 j) {
+    kernels::store_typed<O>(t.out, i * t.cols + j, kernels::materialize_element_typed<S>(t, i, j) / t.divisor);
+  };
+  for (i64 i = i0; i < i1; ++i)
+    for (i64 j = (i < i0 + rows ? j0 + cols : j0); j < j1; ++j) element(i, j);
 }
 
 template <kernels::ElemType S, kernels::ElemType O>
 [[gnu::always_inline]] inline void fast_tile(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
   if (t.kind == kernels::PartKind::block) return block_tile<S, O>(t, i0, i1, j0, j1);
+  if (t.kind == kernels::PartKind::product) return product_tile<S, O>(t, i0, i1, j0, j1);
   position_sum_tile<S, O>(t, i0, i1, j0, j1);
 }
 
@@ -215,11 +258,8 @@ template <kernels::ElemType S>
 
 [[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
 void cpu_materialize_tile(const kernels::MaterializePart& t, i64 i0, i64 i1, i64 j0, i64 j1) {
-  // Products (the shared bases) take the element routine; so do RMM past 64 directions and parts
-  // with a divisor (B with the scale taken out: the loops below store the values as they are).
-  if (t.kind == kernels::PartKind::product || (t.kind == kernels::PartKind::position_sum && t.p > 64) ||
-      t.divisor != 1.0f)
-    return kernels::materialize_tile(t, i0, i1, j0, j1);
+  // RMM past 64 directions takes the element routine.
+  if (t.kind == kernels::PartKind::position_sum && t.p > 64) return kernels::materialize_tile(t, i0, i1, j0, j1);
   switch (kernels::source_type(t)) {
     case kernels::ElemType::f32: return fast_tile_from<kernels::ElemType::f32>(t, i0, i1, j0, j1);
     case kernels::ElemType::bf16: return fast_tile_from<kernels::ElemType::bf16>(t, i0, i1, j0, j1);
