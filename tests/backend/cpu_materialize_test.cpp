@@ -58,12 +58,16 @@ std::vector<Case> cases() {
   p = {};
   p.kind = PartKind::block, p.rows = 700, p.cols = 40, p.col0 = 70, p.ld = 352, p.valid_rows = 700, p.valid_cols = 37;
   out.push_back({"block columns", p, {700 * 352}});
-  // RMM's sums, B (positions are rows) and A (transposed), P of 3 and 1.
-  p = {};
-  p.kind = PartKind::position_sum, p.r = 20, p.p = 3, p.n = 5, p.task = 2, p.rows = 301, p.cols = 20;
-  out.push_back({"rmm B", p, {301 * 20, 301 * 20 * 3, 301 * 3 * 5}});
-  p.transposed = true, p.rows = 20, p.cols = 301, p.p = 1;
-  out.push_back({"rmm A", p, {301 * 20, 301 * 20 * 1, 301 * 1 * 5}});
+  // RMM's sums, B (positions are rows) and A (transposed), at P the CPU's loops fix at compile
+  // time (1, 2, 4) and one they do not (3).
+  for (const i64 basis : {1, 2, 3, 4}) {
+    p = {};
+    p.kind = PartKind::position_sum, p.r = 20, p.p = basis, p.n = 5, p.task = 2, p.rows = 301, p.cols = 20;
+    const std::vector<i64> sizes = {301 * 20, 301 * 20 * basis, 301 * basis * 5};
+    out.push_back({"rmm B, P " + std::to_string(basis), p, sizes});
+    p.transposed = true, p.rows = 20, p.cols = 301;
+    out.push_back({"rmm A, P " + std::to_string(basis), p, sizes});
+  }
   // Products (the shared bases): A' = cores rows · Vᵀ and B' = U · cores columns, sizes that
   // leave partial blocks of rows and columns, and zero padding.
   p = {};
