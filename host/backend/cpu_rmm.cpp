@@ -181,7 +181,7 @@ template <kernels::ElemType S, kernels::ElemType O>
   const auto store = [&](i64 at, float v) {
     kernels::store_typed<O>(t.out, at, v);
   };
-  constexpr i64 size = S == kernels::ElemType::f64 ? 8 : S == kernels::ElemType::f32 ? 4 : 2;
+  const i64 size = kernels::elem_size(S);
   const i64 segment = (std::clamp<i64>(t.valid_cols, j0, j1) - j0) * size;
   // A short segment at a long stride (a rank bundle's B: a task's own columns of out × Σk)
   // leaves the hardware prefetcher behind, which stops at each page: every row would wait on

@@ -23,12 +23,10 @@ using kernels::ElemType;
 using kernels::MaterializePart;
 using kernels::PartKind;
 
-std::size_t type_size(ElemType t) { return t == ElemType::f64 ? 8 : t == ElemType::f32 ? 4 : 2; }
-
 // `count` random values stored as `t` (rounded where the type is 16-bit).
 std::vector<unsigned char> stored(ElemType t, i64 count, std::mt19937& rng) {
   std::normal_distribution<float> g;
-  std::vector<unsigned char> bytes(static_cast<std::size_t>(count) * type_size(t));
+  std::vector<unsigned char> bytes(static_cast<std::size_t>(count) * static_cast<std::size_t>(kernels::elem_size(t)));
   for (i64 i = 0; i < count; ++i) {
     const float v = g(rng);
     if (t == ElemType::f64) {
@@ -93,7 +91,7 @@ TEST(CpuMaterialize, TilesAreTheElementRoutineBitForBit) {
           auto& part = c.part;
           for (std::size_t s = 0; s < sources.size(); ++s) part.src[s] = sources[s].data(), part.src_type[s] = in;
           part.out_type = out_type, part.divisor = divisor;
-          const std::size_t bytes = static_cast<std::size_t>(part.rows * part.cols) * type_size(out_type);
+          const std::size_t bytes = static_cast<std::size_t>(part.rows * part.cols) * static_cast<std::size_t>(kernels::elem_size(out_type));
           std::vector<unsigned char> got(bytes, 0xAB), want(bytes, 0xCD);
           part.out = got.data();
           std::vector<MaterializePart> parts{part};
