@@ -161,20 +161,36 @@ void SafetensorsWriter::write_f32_part(std::string_view name, std::uint64_t firs
                                        std::span<const float> values, int threads) {
   const auto& s = impl_->slot(name);
   const auto size = dtype_size(s.spec.dtype);
-  if (s.spec.dtype == DType::F32)  // already the file's bytes (little-endian: dtype.cpp asserts it)
-    return write_part(name, first * size, std::as_bytes(values));
+  // Written in parts of 1 Mi elements: each part goes to the page cache while it is in cache,
+  // and a part's writeback starts (AtomicFile::write_at) before the next piles up dirty pages.
+  // A 90 MB tensor in one pwrite of values converted long before ran at ~0.4 GB/s here.
+  constexpr std::size_t kPart = std::size_t{1} << 20;
+  if (s.spec.dtype == DType::F32) {  // already the file's bytes (little-endian: dtype.cpp asserts it)
+    std::size_t at = 0;
+    do {  // once for an empty tensor too: the writer counts it written
+      const auto part = values.subspan(at, std::min(kPart, values.size() - at));
+      write_part(name, (first + at) * size, std::as_bytes(part));
+      at += part.size();
+    } while (at < values.size());
+    return;
+  }
   // One conversion buffer per thread, kept: a fresh one per part would be fresh pages (a fault
   // and a zeroing per 4 KiB) for every tensor written. Not zero-filled: the conversion writes
   // every byte.
   thread_local std::unique_ptr<std::byte[]> buf;
   thread_local std::size_t capacity = 0;
-  const std::size_t bytes = values.size() * size;
+  const std::size_t bytes = std::min(values.size(), kPart) * size;
   if (bytes > capacity) {
     buf.reset(new std::byte[bytes]);
     capacity = bytes;
   }
-  convert_from_f32(values.data(), s.spec.dtype, buf.get(), values.size(), threads);
-  write_part(name, first * size, std::span<const std::byte>(buf.get(), bytes));
+  std::size_t at = 0;
+  do {
+    const std::size_t count = std::min(kPart, values.size() - at);
+    convert_from_f32(values.data() + at, s.spec.dtype, buf.get(), count, threads);
+    write_part(name, (first + at) * size, std::span<const std::byte>(buf.get(), count * size));
+    at += count;
+  } while (at < values.size());
 }
 
 void SafetensorsWriter::written_elsewhere(std::string_view name) {

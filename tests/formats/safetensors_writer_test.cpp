@@ -32,6 +32,29 @@ TEST(SafetensorsWriter, RoundTripsEveryFloatDtypeAlignedAndTiled) {
   EXPECT_EQ(f.tensors().front().dtype, DType::F64);  // largest elements first
 }
 
+// The writer sends a part to the file a million elements at a time: parts larger than that, at
+// offsets that are not multiples of it, in every dtype, and an empty tensor.
+TEST(SafetensorsWriter, LargePartsAtAnyOffsetLandWhereTheyBelong) {
+  test::TempDir dir;
+  const std::size_t count = (std::size_t{1} << 21) + 77, cut = (std::size_t{1} << 20) + 3;
+  std::vector<float> v(count);
+  for (std::size_t i = 0; i < count; ++i) v[i] = static_cast<float>(i % 251) - 125.0f;  // exact in bf16
+  {
+    SafetensorsWriter w(dir / "o.safetensors",
+                        {{"f", DType::F32, {count}}, {"b", DType::BF16, {count}}, {"h", DType::F16, {count}},
+                         {"d", DType::F64, {count}}, {"e", DType::BF16, {0}}});
+    for (const char* n : {"f", "b", "h", "d"}) {  // the second part first
+      w.write_f32_part(n, cut, std::span<const float>(v).subspan(cut), 2);
+      w.write_f32_part(n, 0, std::span<const float>(v).first(cut), 2);
+    }
+    w.write_f32_part("e", 0, {}, 2);
+    w.commit();
+  }
+  const SafetensorsFile f(dir / "o.safetensors");
+  for (const char* n : {"f", "b", "h", "d"}) EXPECT_EQ(f.read_f32(n), v) << n;
+  EXPECT_TRUE(f.read_f32("e").empty());
+}
+
 TEST(SafetensorsWriter, NothingAppearsUntilCommitAndAbandonedWritesLeaveNothing) {
   test::TempDir dir;
   {
