@@ -99,7 +99,7 @@ ModelOutputOptions model_output_options(const ClassicMergeOptions& o, const Clas
 }
 
 void read_finite_part(const CheckpointTensor& t, const std::string& where, std::int64_t offset,
-                      std::span<float> v, int threads, std::span<const float> minus) {
+                      std::span<float> v, int threads, std::span<const float> minus, bool drop_pages) {
   const auto& info = *t.info;
   if (!is_float_dtype(info.dtype) || offset < 0 || static_cast<std::uint64_t>(offset) + v.size() > info.numel())
     return t.file->read_part(info, static_cast<std::uint64_t>(offset), v, threads);  // its message
@@ -126,7 +126,7 @@ void read_finite_part(const CheckpointTensor& t, const std::string& where, std::
       for (i64 i = begin; i < end; ++i) v[i] -= minus[i];
   }
   t.file->check_intact();
-  t.file->evict_part(info, static_cast<std::uint64_t>(offset), v.size());
+  if (drop_pages) t.file->evict_part(info, static_cast<std::uint64_t>(offset), v.size());
   if (first < count)
     throw format_error(t.file->path().string() + ": tensor '" + info.name + "' holds a non-finite value at element " +
                        std::to_string(offset + first) + " (" + where + ")");

@@ -66,10 +66,12 @@ ModelOutputOptions model_output_options(const ClassicMergeOptions& options,
                                         const ClassicMergeReport& report);
 /// Elements [first, first + out.size()) of a tensor as f32 into `out`, converted and checked on
 /// `threads` threads, refusing non-finite values (format_error naming file, tensor, element,
-/// `where`), their pages dropped from the resident set once read; `minus` (empty, or out.size()
-/// values) subtracted from them once checked.
+/// `where`), their pages dropped from the resident set once read unless `drop_pages` is false
+/// (the caller drops them); `minus` (empty, or out.size() values) subtracted from them once
+/// checked.
 void read_finite_part(const CheckpointTensor& tensor, const std::string& where, std::int64_t first,
-                      std::span<float> out, int threads, std::span<const float> minus = {});
+                      std::span<float> out, int threads, std::span<const float> minus = {},
+                      bool drop_pages = true);
 
 /// mergekit's per-tensor parameters (tensor_parameters.cpp): whether any are set, and whether
 /// `key` is; a tensor's position among the layers (layer i of L at i / (L − 1), 0 outside the

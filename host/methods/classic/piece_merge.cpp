@@ -16,6 +16,14 @@ using i64 = std::int64_t;
 // the writer's parts of copied tensors.
 constexpr std::uint64_t kReserve = std::uint64_t{96} << 20;
 
+// Elements of a piece at most: its f32 copies (every input and the output, 1 MiB each) fit in
+// the last-level cache. Smaller pieces cost more in each step's thread start and join than
+// they save (2^16: 2.5× slower).
+constexpr i64 kCachePiece = i64{1} << 18;
+// Elements read between two drops of the inputs' pages from the resident set (8 MiB of each
+// 16-bit input mapped at most).
+constexpr i64 kDropElements = i64{1} << 22;
+
 }  // namespace
 
 void run_host_step(const kernels::ElementwiseStep& step, int threads) {
@@ -50,7 +58,8 @@ PiecePlan plan_pieces(std::size_t n, bool has_base, std::uint64_t budget, bool b
                       " for the process itself, the rest for pieces of the tensors)");
   if (!budget_given) budget = host_memory_available() / 2;
   // f32 inputs and output, the output's conversion to 16 bits, one input's mapped bytes (each
-  // input's pages are dropped once its piece is read).
+  // input's pages are dropped once its piece is read; pieces under kDropElements leave at most
+  // kDropElements of each input mapped, inside kReserve).
   p.bytes_per_element = 4 * (n + (has_base ? 1 : 0) + 1) + 4 + 4;
   const std::uint64_t room = budget > kReserve ? budget - kReserve : 0;
   p.max_elements = static_cast<i64>(std::max<std::uint64_t>(room / p.bytes_per_element, 1));
@@ -84,20 +93,40 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
   const i64 granule = std::max<i64>(merger.granule(), 1);
   const auto per = plan.bytes_per_element + merger.extra_bytes_per_element();
   const i64 fit = std::max<i64>(plan.max_elements * static_cast<i64>(plan.bytes_per_element) / static_cast<i64>(per), 1);
-  const i64 piece = std::min(numel, std::max(granule, fit / granule * granule));
+  i64 piece = std::min(numel, std::max(granule, fit / granule * granule));
+  // Pieces that stay in cache keep the f32 copies of the inputs and the output out of memory:
+  // a pass over them reads the inputs' 16-bit bytes again, no more than reading a whole
+  // tensor's f32 copy back from memory would cost, and the output goes to the page cache while
+  // it is in cache. Measured on the 2-layer 7b set (2 cores): task arithmetic 5.6 → 1.8–2.5 s,
+  // DARE-TIES 9.2 → 6.0 s, peak memory 1.3 GB → 70 MB, the same bytes.
+  piece = std::min(piece, std::max(granule, kCachePiece / granule * granule));
   in.name = name;
   in.shape = shape;
   in.n = src.models.size();
+  // Small pieces leave their inputs' pages mapped until kDropElements have been read: one
+  // madvise per piece would cost each piece a TLB shootdown on every core.
+  const bool drop_each = piece >= kDropElements;
+  i64 dropped_to = 0;
+  const auto drop_read = [&](i64 end) {
+    const auto from = static_cast<std::uint64_t>(dropped_to), count = static_cast<std::uint64_t>(end - dropped_to);
+    if (src.base) src.base->file->evict_part(*src.base->info, from, count);
+    for (const auto* m : src.models) m->file->evict_part(*m->info, from, count);
+    dropped_to = end;
+  };
   const auto read = [&](i64 first) {
     throw_if_interrupted("merge");  // a 70B embedding is many pieces: Ctrl-C need not wait for all
     in.first = first;
     in.count = static_cast<std::size_t>(std::min(piece, numel - first));
     in.base.resize(src.base ? in.count : 0);
     in.stacked.resize(in.n * in.count);
-    if (src.base) read_finite_part(*src.base, src.base_where, first, in.base, threads);
+    if (src.base) read_finite_part(*src.base, src.base_where, first, in.base, threads, {}, drop_each);
     const std::span<const float> minus = merger.task_vectors() ? std::span<const float>(in.base) : std::span<const float>();
     for (std::size_t t = 0; t < in.n; ++t)
-      read_finite_part(*src.models[t], src.model_where[t], first, in.model(t), threads, minus);
+      read_finite_part(*src.models[t], src.model_where[t], first, in.model(t), threads, minus, drop_each);
+    if (drop_each) return;
+    const i64 end = first + static_cast<i64>(in.count);
+    if (first < dropped_to) dropped_to = first;  // the next pass
+    if (end - dropped_to >= kDropElements || end == numel) drop_read(end);
   };
   // A tensor in one piece is read once for all passes (observe leaves the piece as it is).
   const bool one_piece = piece >= numel;
