@@ -169,6 +169,9 @@ def main():
     if not (root / "ft2" / "model.safetensors").exists():
         print(f"writing the models to {root} ...", flush=True)
         write_models(root, a.layers, a.vocab)
+        # Again in a fresh process: a child's peak resident memory counts this process's at the
+        # fork, grown by the models just written (the first run showed revmerge at 4.45 GiB).
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     pkg = install_mergekit(a.work)
     env = dict(os.environ, PYTHONPATH=str(pkg) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     floor, total = read_floor(root)
