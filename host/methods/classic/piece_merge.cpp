@@ -99,7 +99,7 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
   // tensor's f32 copy back from memory would cost, and the output goes to the page cache while
   // it is in cache. Measured on the 2-layer 7b set (2 cores): task arithmetic 5.6 → 1.8–2.5 s,
   // DARE-TIES 9.2 → 6.0 s, peak memory 1.3 GB → 70 MB, the same bytes.
-  piece = std::min(piece, std::max(granule, kCachePiece / granule * granule));
+  if (!merger.whole_tensor_saves_work()) piece = std::min(piece, std::max(granule, kCachePiece / granule * granule));
   in.name = name;
   in.shape = shape;
   in.n = src.models.size();

@@ -30,6 +30,10 @@ class PieceMerger {
   /// Memory per element of a piece the merger holds besides the driver's buffers.
   virtual std::uint64_t extra_bytes_per_element() const { return 0; }
   virtual bool wants_pass() const { return false; }
+  /// Whether the merger keeps per-element state between passes when a tensor is one piece
+  /// (karcher's means): the driver then cuts pieces only as small as the budget needs, not down
+  /// to cache size.
+  virtual bool whole_tensor_saves_work() const { return false; }
   /// Whether the tasks' pieces are wanted as task vectors: the base's piece subtracted (in f32)
   /// as each is read.
   virtual bool task_vectors() const { return false; }

@@ -361,49 +361,53 @@ class MultislerpPieces final : public PieceMerger {
 // karcher in pieces: KarcherSums' passes, each element's sums taken here on the host. An
 // element's mean after some iterations is replayed from its values and the table's scalars —
 // or, for a tensor in one piece, kept from the pass before (8 bytes an element) — in the order
-// karcher() takes every step, so the bits are karcher()'s.
+// karcher() takes every step, so the bits are karcher()'s. The threads take whole statistics
+// blocks: each lane's sum still runs over its elements in index order, whatever the threads.
 class KarcherPieces final : public PieceMerger {
  public:
   KarcherPieces(std::size_t models, bool base_first, i64 max_iter, double tol, i64 numel)
-      : sums_(numel, models, max_iter, tol), models_(models), base_first_(base_first), numel_(numel), x_(models),
-        u_(models) {}
+      : sums_(numel, models, max_iter, tol), models_(models), base_first_(base_first), numel_(numel) {}
   std::uint64_t extra_bytes_per_element() const override { return 16; }  // one piece's means
   bool wants_pass() const override { return sums_.wants_pass(); }
-  void observe(const TensorInputs& in, int) override {
+  bool whole_tensor_saves_work() const override { return true; }  // the means kept, not replayed
+  void observe(const TensorInputs& in, int threads) override {
     const bool whole = in.first == 0 && static_cast<i64>(in.count) == numel_;
     const int pass = sums_.pass(), steps = sums_.steps();
     const double* table = sums_.table().data();
     const i64 stride = sums_.stride();
-    auto& lanes = sums_.lanes();
-    if (whole && pass == 2 && cached_ != steps) refresh_cache(in);
+    double* lanes = sums_.lanes().data();
+    if (whole && pass == 2 && cached_ != steps) refresh_cache(in, threads);
     if (whole && pass == 4) moved_.resize(in.count);
+    const bool cached = whole && cached_ == steps;
     const auto valid = static_cast<std::size_t>(table[3]);
-    for (std::size_t k = 0; k < in.count; ++k) {
-      load(in, k);
-      const i64 i = in.first + static_cast<i64>(k);
-      const auto at = static_cast<std::size_t>((i / kernels::kStatBlock) * kernels::kStatLanes + i % kernels::kStatLanes);
-      if (pass == 0) {
-        for (std::size_t q = 0; q < models_; ++q) lanes[q * stride + at] += x_[q] * x_[q];
-        continue;
+    by_blocks(in, threads, [&](std::size_t k0, std::size_t k1, double* x, double* u) {
+      for (std::size_t k = k0; k < k1; ++k) {
+        load(in, k, x);
+        const i64 i = in.first + static_cast<i64>(k);
+        const auto at = static_cast<std::size_t>((i / kernels::kStatBlock) * kernels::kStatLanes + i % kernels::kStatLanes);
+        if (pass == 0) {
+          for (std::size_t q = 0; q < models_; ++q) lanes[q * stride + at] += x[q] * x[q];
+          continue;
+        }
+        kernels::karcher_units(table, x, u);
+        if (pass == 1) {
+          const double m = kernels::karcher_first_mean(table, u);
+          lanes[at] += m * m;
+          continue;
+        }
+        const double m = cached ? cache_[k] : kernels::karcher_mean_after(table, u, steps);
+        if (pass == 2) {
+          for (std::size_t v = 0; v < valid; ++v) lanes[v * stride + at] += m * u[v];
+        } else if (pass == 3) {
+          const double t = kernels::karcher_tangent(table, steps, u, m);
+          lanes[at] += t * t;
+        } else {
+          const double moved = kernels::karcher_moved(table, steps, u, m);
+          lanes[at] += moved * moved;
+          if (whole) moved_[k] = moved;
+        }
       }
-      kernels::karcher_units(table, x_.data(), u_.data());
-      if (pass == 1) {
-        const double m = kernels::karcher_first_mean(table, u_.data());
-        lanes[at] += m * m;
-        continue;
-      }
-      const double m = whole && cached_ == steps ? cache_[k] : kernels::karcher_mean_after(table, u_.data(), steps);
-      if (pass == 2) {
-        for (std::size_t v = 0; v < valid; ++v) lanes[v * stride + at] += m * u_[v];
-      } else if (pass == 3) {
-        const double t = kernels::karcher_tangent(table, steps, u_.data(), m);
-        lanes[at] += t * t;
-      } else {
-        const double moved = kernels::karcher_moved(table, steps, u_.data(), m);
-        lanes[at] += moved * moved;
-        if (whole) moved_[k] = moved;
-      }
-    }
+    });
   }
   void end_pass() override {
     const bool moved = sums_.pass() == 4;
@@ -417,44 +421,65 @@ class KarcherPieces final : public PieceMerger {
     moved_.clear();
     cached_ = sums_.steps();
   }
-  void produce(TensorInputs& in, std::span<float> out, int) override {
-    const bool whole = in.first == 0 && static_cast<i64>(in.count) == numel_;
+  void produce(TensorInputs& in, std::span<float> out, int threads) override {
+    const bool cached = in.first == 0 && static_cast<i64>(in.count) == numel_ && cached_ == sums_.steps();
     const double* table = sums_.table().data();
-    for (std::size_t k = 0; k < in.count; ++k) {
-      if (table[3] == 0) {  // every model within tol of 0
-        out[k] = 0.0f;
-        continue;
+    const int steps = sums_.steps();
+    by_blocks(in, threads, [&](std::size_t k0, std::size_t k1, double* x, double* u) {
+      for (std::size_t k = k0; k < k1; ++k) {
+        if (table[3] == 0) {  // every model within tol of 0
+          out[k] = 0.0f;
+          continue;
+        }
+        load(in, k, x);
+        kernels::karcher_units(table, x, u);
+        const double m = cached ? cache_[k] : kernels::karcher_mean_after(table, u, steps);
+        out[k] = static_cast<float>(m * table[5]);
       }
-      load(in, k);
-      kernels::karcher_units(table, x_.data(), u_.data());
-      const double m = whole && cached_ == sums_.steps() ? cache_[k] : kernels::karcher_mean_after(table, u_.data(), sums_.steps());
-      out[k] = static_cast<float>(m * table[5]);
-    }
+    });
   }
 
  private:
+  // f(k0, k1, x, u) over the piece's elements [k0, k1), one statistics block (or the part of
+  // one inside the piece) at a time, on `threads` threads, each with its own x and u (a value
+  // per model).
+  template <class F>
+  void by_blocks(const TensorInputs& in, int threads, const F& f) const {
+    const i64 first = in.first, end = first + static_cast<i64>(in.count), block = kernels::kStatBlock;
+    const i64 b0 = first / block, b1 = (end + block - 1) / block;
+#pragma omp parallel num_threads(b1 - b0 > 1 ? threads : 1)
+    {
+      std::vector<double> x(models_), u(models_);
+#pragma omp for schedule(static)
+      for (i64 b = b0; b < b1; ++b)
+        f(static_cast<std::size_t>(std::max(first, b * block) - first),
+          static_cast<std::size_t>(std::min(end, (b + 1) * block) - first), x.data(), u.data());
+    }
+  }
   // An element's values: the base first, for karcher, then the models.
-  void load(const TensorInputs& in, std::size_t k) {
+  void load(const TensorInputs& in, std::size_t k, double* x) const {
     for (std::size_t i = 0; i < models_; ++i)
-      x_[i] = base_first_ ? (i == 0 ? double(in.base[k]) : double(in.model(i - 1)[k])) : double(in.model(i)[k]);
+      x[i] = base_first_ ? (i == 0 ? double(in.base[k]) : double(in.model(i - 1)[k])) : double(in.model(i)[k]);
   }
   // A tensor in one piece: the means after the steps so far, kept.
-  void refresh_cache(const TensorInputs& in) {
+  void refresh_cache(const TensorInputs& in, int threads) {
     const double* table = sums_.table().data();
+    const int steps = sums_.steps();
     cache_.resize(in.count);
-    for (std::size_t k = 0; k < in.count; ++k) {
-      load(in, k);
-      kernels::karcher_units(table, x_.data(), u_.data());
-      cache_[k] = kernels::karcher_mean_after(table, u_.data(), sums_.steps());
-    }
-    cached_ = sums_.steps();
+    by_blocks(in, threads, [&](std::size_t k0, std::size_t k1, double* x, double* u) {
+      for (std::size_t k = k0; k < k1; ++k) {
+        load(in, k, x);
+        kernels::karcher_units(table, x, u);
+        cache_[k] = kernels::karcher_mean_after(table, u, steps);
+      }
+    });
+    cached_ = steps;
   }
 
   KarcherSums sums_;
   std::size_t models_;
   bool base_first_;
   i64 numel_;
-  std::vector<double> x_, u_;
   std::vector<double> cache_, moved_;
   int cached_ = -1;  // the steps cache_ holds means after
 };
