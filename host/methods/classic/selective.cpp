@@ -164,11 +164,22 @@ class RamPieces final : public PieceMerger {
  public:
   RamPieces(RamParameters p, std::size_t n) : p_(p), shared_(n, 0.0), unique_(n, 0.0), scale_(n, 1.0) {}
   bool wants_pass() const override { return p_.plus && !counted_; }
-  void observe(const TensorInputs& in, int) override {
-    for (std::size_t k = 0; k < in.count; ++k) {
-      const int c = changes(in, k);
-      for (std::size_t i = 0; i < in.n; ++i)
-        if (changed(in, i, k)) (c > 1 ? shared_ : unique_)[i] += 1;
+  void observe(const TensorInputs& in, int threads) override {
+    const auto count = static_cast<std::int64_t>(in.count);
+#pragma omp parallel num_threads(count > kParallelFrom ? threads : 1)
+    {  // each thread's counts, then added: integers, exact in any order
+      std::vector<double> shared(in.n, 0.0), unique(in.n, 0.0);
+#pragma omp for schedule(static)
+      for (std::int64_t k = 0; k < count; ++k) {
+        const int c = changes(in, static_cast<std::size_t>(k));
+        for (std::size_t i = 0; i < in.n; ++i)
+          if (changed(in, i, static_cast<std::size_t>(k))) (c > 1 ? shared : unique)[i] += 1;
+      }
+#pragma omp critical(ram_counts)
+      for (std::size_t i = 0; i < in.n; ++i) {
+        shared_[i] += shared[i];
+        unique_[i] += unique[i];
+      }
     }
   }
   void end_pass() override {
@@ -176,8 +187,11 @@ class RamPieces final : public PieceMerger {
       scale_[i] = ram_scale(p_, shared_[i], unique_[i]);
     counted_ = true;
   }
-  void produce(TensorInputs& in, std::span<float> out, int) override {
-    for (std::size_t k = 0; k < in.count; ++k) {
+  void produce(TensorInputs& in, std::span<float> out, int threads) override {
+    const auto count = static_cast<std::int64_t>(in.count);
+#pragma omp parallel for num_threads(count > kParallelFrom ? threads : 1) schedule(static)
+    for (std::int64_t j = 0; j < count; ++j) {
+      const auto k = static_cast<std::size_t>(j);
       const int c = changes(in, k);
       double sum = 0;
       for (std::size_t i = 0; i < in.n; ++i)
@@ -187,6 +201,7 @@ class RamPieces final : public PieceMerger {
   }
 
  private:
+  static constexpr std::int64_t kParallelFrom = std::int64_t{1} << 14;  // below: not worth the threads
   bool changed(const TensorInputs& in, std::size_t i, std::size_t k) const {
     return std::fabs(double(in.model(i)[k]) - in.base[k]) > p_.epsilon;
   }
