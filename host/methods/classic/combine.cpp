@@ -105,6 +105,33 @@ double element_variance(const float* x, i64 n, i64 count, i64 j) {
   return kernels::element_variance(x, static_cast<int>(n), count, j);  // the backends' own arithmetic
 }
 
+void element_variances(const float* x, i64 n, i64 count, i64 j0, i64 j1, double* out) {
+  constexpr i64 kRun = 512;  // the means of a run stay in L1 between the two sweeps
+  alignas(64) double mean[kRun];
+  const double dn = static_cast<double>(n);
+  for (i64 a = j0; a < j1; a += kRun) {
+    const i64 m = std::min(kRun, j1 - a);
+    double* o = out + (a - j0);
+    for (i64 k = 0; k < m; ++k) mean[k] = 0;
+    for (i64 t = 0; t < n; ++t) {
+      const float* xt = x + t * count + a;
+      for (i64 k = 0; k < m; ++k) mean[k] += xt[k];
+    }
+    for (i64 k = 0; k < m; ++k) {
+      mean[k] /= dn;
+      o[k] = 0;
+    }
+    for (i64 t = 0; t < n; ++t) {
+      const float* xt = x + t * count + a;
+      for (i64 k = 0; k < m; ++k) {
+        const double d = xt[k] - mean[k];
+        o[k] += d * d;
+      }
+    }
+    for (i64 k = 0; k < m; ++k) o[k] /= dn;
+  }
+}
+
 std::vector<double> energy_weights(std::span<const double> squares, i64 count) {
   const auto n = squares.size();
   std::vector<double> w(n);

@@ -74,6 +74,10 @@ double combine_weight_sum(std::span<const double> w);
 
 /// SCE's population variance of element j across the n tasks of `x` (n × count), in f64.
 double element_variance(const float* x, std::int64_t n, std::int64_t count, std::int64_t j);
+/// element_variance of elements [j0, j1) into out[0 .. j1 − j0): the same operations in the
+/// same order per element (the same bits), in loops over the elements that run on vector lanes.
+void element_variances(const float* x, std::int64_t n, std::int64_t count, std::int64_t j0, std::int64_t j1,
+                       double* out);
 /// SCE's task weights from each task's sum of squares over its kept elements in a tensor of
 /// `count`: the mean squares over their sum (equal where that sum is below 1e-6).
 std::vector<double> energy_weights(std::span<const double> squares, std::int64_t count);

@@ -21,6 +21,7 @@ namespace {
 using i64 = std::int64_t;
 
 constexpr i64 kBlock = i64{1} << 16;  // the ties at the threshold are counted per block
+static_assert(kBlock % kernels::kStatBlock == 0, "a block holds whole statistics blocks");
 
 i64 stat_blocks(i64 numel) { return (numel + kernels::kStatBlock - 1) / kernels::kStatBlock; }
 
@@ -34,24 +35,32 @@ class ScePieces final : public PieceMerger {
     equal_.assign(static_cast<std::size_t>(blocks), 0);
     stage_ = topk_ < 1 ? Stage::select : Stage::energy;
   }
-  std::uint64_t extra_bytes_per_element() const override { return 8; }  // a piece's variances
+  std::uint64_t extra_bytes_per_element() const override { return 9; }  // a piece's variances, keep bytes
   bool wants_pass() const override { return stage_ != Stage::done; }
   bool task_vectors() const override { return has_base_; }
-  void observe(const TensorInputs& in, int) override {
+  void observe(const TensorInputs& in, int threads) override {
     const i64 n = static_cast<i64>(in.n), count = static_cast<i64>(in.count);
     const float* x = in.stacked.data();
+    var_.resize(in.count);
+    double* var = var_.data();
     if (stage_ == Stage::select) {
-      var_.resize(in.count);
-      for (i64 j = 0; j < count; ++j) var_[j] = element_variance(x, n, count, j);
+      by_blocks(in.first, count, threads, [&](i64 j0, i64 j1) { element_variances(x, n, count, j0, j1, var + j0); });
       if (first_pass_) nonzero_ += std::count_if(var_.begin(), var_.end(), [](double v) { return v != 0; });
       select_.add(var_);
     } else if (stage_ == Stage::ties) {
-      for (i64 j = 0; j < count; ++j)
-        equal_[static_cast<std::size_t>((in.first + j) / kBlock)] += element_variance(x, n, count, j) == threshold_;
+      by_blocks(in.first, count, threads, [&](i64 j0, i64 j1) {
+        element_variances(x, n, count, j0, j1, var + j0);
+        for (i64 j = j0; j < j1; ++j) equal_[static_cast<std::size_t>((in.first + j) / kBlock)] += var[j] == threshold_;
+      });
     } else {  // energy: each task's sum of squares over the kept elements, in the statistics lanes
-      std::vector<unsigned char> keep(in.count);
-      for (i64 j = 0; j < count; ++j) keep[j] = kept(in.first + j, element_variance(x, n, count, j), energy_left_);
-      for (i64 t = 0; t < n; ++t) add_square_lanes(lanes_[t].data(), in.first, x + t * count, count, keep.data());
+      keep_bytes_.resize(in.count);
+      unsigned char* keep = keep_bytes_.data();
+      by_blocks(in.first, count, threads, [&](i64 j0, i64 j1) {
+        element_variances(x, n, count, j0, j1, var + j0);
+        for (i64 j = j0; j < j1; ++j) keep[j] = kept(in.first + j, var[j], energy_left_);
+        for (i64 t = 0; t < n; ++t)
+          add_square_lanes(lanes_[t].data(), in.first + j0, x + t * count + j0, j1 - j0, keep + j0);
+      });
     }
   }
   void end_pass() override {
@@ -84,9 +93,14 @@ class ScePieces final : public PieceMerger {
   void produce(TensorInputs& in, std::span<float> out, int threads) override {
     const i64 n = static_cast<i64>(in.n), count = static_cast<i64>(in.count);
     float* x = in.stacked.data();
-    for (i64 j = 0; j < count; ++j)
-      if (!kept(in.first + j, element_variance(x, n, count, j), equal_))
-        for (i64 t = 0; t < n; ++t) x[t * count + j] = 0.0f;
+    var_.resize(in.count);
+    double* var = var_.data();
+    by_blocks(in.first, count, threads, [&](i64 j0, i64 j1) {
+      element_variances(x, n, count, j0, j1, var + j0);
+      for (i64 j = j0; j < j1; ++j)
+        if (!kept(in.first + j, var[j], equal_))
+          for (i64 t = 0; t < n; ++t) x[t * count + j] = 0.0f;
+    });
     combine_tasks(recipe_, x, n, count, weights_.data(), out, threads);
     if (!has_base_) return;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -95,6 +109,18 @@ class ScePieces final : public PieceMerger {
 
  private:
   enum class Stage { select, ties, energy, done };
+
+  // f(j0, j1) over the piece's elements [j0, j1) of a piece at `first`, one block (or the part
+  // of one inside the piece) at a time, the blocks on `threads` threads. A block's ties are
+  // walked in index order by one thread, and a block holds whole statistics blocks, so each
+  // lane's sum runs over its elements in order: the bits do not depend on the threads.
+  template <class F>
+  static void by_blocks(i64 first, i64 count, int threads, const F& f) {
+    const i64 b0 = first / kBlock, b1 = (first + count + kBlock - 1) / kBlock;
+#pragma omp parallel for num_threads(b1 - b0 > 1 ? threads : 1) schedule(static)
+    for (i64 b = b0; b < b1; ++b)
+      f(std::max(first, b * kBlock) - first, std::min(first + count, (b + 1) * kBlock) - first);
+  }
 
   // Whether element i (of variance v) is kept, walking the ties' allowance `left` in order.
   bool kept(i64 i, double v, std::vector<i64>& left) const {
@@ -119,6 +145,7 @@ class ScePieces final : public PieceMerger {
   double threshold_ = 0;
   RankSelect select_;
   std::vector<double> var_, weights_;
+  std::vector<unsigned char> keep_bytes_;  // the energy pass's decisions over a piece
   std::vector<std::vector<double>> lanes_;  // per task: Σ x² of the kept elements, per block and lane
   std::vector<i64> equal_, energy_left_;  // per block: ties at the threshold, then those kept
 };
