@@ -198,6 +198,9 @@ class CombinePieces final : public PieceMerger {
   std::uint64_t extra_bytes_per_element() const override {
     return recipe_.sparsify == Sparsify::della ? 1 : 0;  // the keep mask of a piece
   }
+  bool whole_tensor_saves_work() const override {
+    return std::any_of(thinning_.begin(), thinning_.end(), [](const Thinning& th) { return th.whole_tensor_saves_work(); });
+  }
   bool wants_pass() const override {
     return std::any_of(thinning_.begin(), thinning_.end(), [](const Thinning& th) { return th.wants_pass(); });
   }

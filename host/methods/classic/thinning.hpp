@@ -37,6 +37,9 @@ class Thinning {
 
   /// Pieces hold whole multiples of this many elements (DELLA: a row; others: 1).
   std::int64_t granule() const noexcept { return granule_; }
+  /// Whether a tensor in one piece saves work: DELLA with a norms pass keeps that pass's
+  /// decisions instead of ranking every row again to apply them.
+  bool whole_tensor_saves_work() const noexcept { return spec_.kind == Sparsify::della && !stages_.empty(); }
   /// Whether another pass over every piece (observe, then end_pass) is needed before apply.
   bool wants_pass() const noexcept { return pass_ < stages_.size(); }
   /// The piece of the task's values at elements [first, first + x.size()), pieces in order.
