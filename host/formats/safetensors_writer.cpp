@@ -165,31 +165,28 @@ void SafetensorsWriter::write_f32_part(std::string_view name, std::uint64_t firs
   // and a part's writeback starts (AtomicFile::write_at) before the next piles up dirty pages.
   // A 90 MB tensor in one pwrite of values converted long before ran at ~0.4 GB/s here.
   constexpr std::size_t kPart = std::size_t{1} << 20;
-  if (s.spec.dtype == DType::F32) {  // already the file's bytes (little-endian: dtype.cpp asserts it)
-    std::size_t at = 0;
-    do {  // once for an empty tensor too: the writer counts it written
-      const auto part = values.subspan(at, std::min(kPart, values.size() - at));
-      write_part(name, (first + at) * size, std::as_bytes(part));
-      at += part.size();
-    } while (at < values.size());
-    return;
-  }
   // One conversion buffer per thread, kept: a fresh one per part would be fresh pages (a fault
   // and a zeroing per 4 KiB) for every tensor written. Not zero-filled: the conversion writes
-  // every byte.
+  // every byte. f32 needs none: the values are the file's bytes (little-endian: dtype.cpp
+  // asserts it).
   thread_local std::unique_ptr<std::byte[]> buf;
   thread_local std::size_t capacity = 0;
-  const std::size_t bytes = std::min(values.size(), kPart) * size;
+  const bool as_is = s.spec.dtype == DType::F32;
+  const std::size_t bytes = as_is ? 0 : std::min(values.size(), kPart) * size;
   if (bytes > capacity) {
     buf.reset(new std::byte[bytes]);
     capacity = bytes;
   }
   std::size_t at = 0;
-  do {
-    const std::size_t count = std::min(kPart, values.size() - at);
-    convert_from_f32(values.data() + at, s.spec.dtype, buf.get(), count, threads);
-    write_part(name, (first + at) * size, std::span<const std::byte>(buf.get(), count * size));
-    at += count;
+  do {  // once for an empty tensor too: the writer counts it written
+    const auto part = values.subspan(at, std::min(kPart, values.size() - at));
+    if (as_is) {
+      write_part(name, (first + at) * size, std::as_bytes(part));
+    } else {
+      convert_from_f32(part.data(), s.spec.dtype, buf.get(), part.size(), threads);
+      write_part(name, (first + at) * size, std::span<const std::byte>(buf.get(), part.size() * size));
+    }
+    at += part.size();
   } while (at < values.size());
 }
 

@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "methods/classic/combine.hpp"
+#include "methods/classic/for_blocks.hpp"
 #include "methods/classic/piece_merge.hpp"
 #include "methods/classic/rank_select.hpp"
 #include "methods/classic/thinning.hpp"
@@ -110,16 +111,11 @@ class ScePieces final : public PieceMerger {
  private:
   enum class Stage { select, ties, energy, done };
 
-  // f(j0, j1) over the piece's elements [j0, j1) of a piece at `first`, one block (or the part
-  // of one inside the piece) at a time, the blocks on `threads` threads. A block's ties are
-  // walked in index order by one thread, and a block holds whole statistics blocks, so each
-  // lane's sum runs over its elements in order: the bits do not depend on the threads.
+  // f(j0, j1) over the piece's elements [j0, j1), cut at the blocks (for_blocks): a block's
+  // ties are walked in index order by one thread, and a block holds whole statistics blocks.
   template <class F>
   static void by_blocks(i64 first, i64 count, int threads, const F& f) {
-    const i64 b0 = first / kBlock, b1 = (first + count + kBlock - 1) / kBlock;
-#pragma omp parallel for num_threads(b1 - b0 > 1 ? threads : 1) schedule(static)
-    for (i64 b = b0; b < b1; ++b)
-      f(std::max(first, b * kBlock) - first, std::min(first + count, (b + 1) * kBlock) - first);
+    for_blocks(first, count, kBlock, threads, [&](i64, i64 b, i64 e) { f(b - first, e - first); });
   }
 
   // Whether element i (of variance v) is kept, walking the ties' allowance `left` in order.

@@ -13,6 +13,7 @@
 
 #include "kernels/counter_rng.hpp"
 #include "kernels/elementwise.hpp"
+#include "methods/classic/for_blocks.hpp"
 #include "methods/classic/thinning.hpp"
 #include "revmerge/error.hpp"
 
@@ -35,14 +36,10 @@ using kernels::magnitude_bits;
 
 i64 block_count(i64 count) { return (count + kBlock - 1) / kBlock; }
 
-// f(block, begin, end) for every block meeting elements [first, first + size), with begin and
-// end the block's part of them (tensor indices), blocks in parallel.
+// for_blocks.hpp's loop over the statistics blocks.
 template <class F>
-void for_blocks(i64 first, i64 size, int threads, F f) {
-  if (size <= 0) return;
-  const i64 b0 = first / kBlock, b1 = (first + size - 1) / kBlock;
-#pragma omp parallel for num_threads(b1 > b0 ? threads : 1) schedule(static)
-  for (i64 c = b0; c <= b1; ++c) f(c, std::max(first, c * kBlock), std::min(first + size, (c + 1) * kBlock));
+void for_blocks(i64 first, i64 size, int threads, const F& f) {
+  revmerge::for_blocks(first, size, kBlock, threads, f);
 }
 
 // Adds to `total` the histogram of 16 bits of the magnitudes (`shift` 16: the high half; 0: the

@@ -18,6 +18,7 @@
 #include <numeric>
 
 #include "kernels/elementwise.hpp"
+#include "methods/classic/for_blocks.hpp"
 #include "methods/classic/piece_merge.hpp"
 #include "revmerge/error.hpp"
 
@@ -440,21 +441,14 @@ class KarcherPieces final : public PieceMerger {
   }
 
  private:
-  // f(k0, k1, x, u) over the piece's elements [k0, k1), one statistics block (or the part of
-  // one inside the piece) at a time, on `threads` threads, each with its own x and u (a value
-  // per model).
+  // f(k0, k1, x, u) over the piece's elements [k0, k1), cut at the statistics blocks
+  // (for_blocks), with scratch x and u (a value per model) of the block's own.
   template <class F>
   void by_blocks(const TensorInputs& in, int threads, const F& f) const {
-    const i64 first = in.first, end = first + static_cast<i64>(in.count), block = kernels::kStatBlock;
-    const i64 b0 = first / block, b1 = (end + block - 1) / block;
-#pragma omp parallel num_threads(b1 - b0 > 1 ? threads : 1)
-    {
+    for_blocks(in.first, static_cast<i64>(in.count), kernels::kStatBlock, threads, [&](i64, i64 b, i64 e) {
       std::vector<double> x(models_), u(models_);
-#pragma omp for schedule(static)
-      for (i64 b = b0; b < b1; ++b)
-        f(static_cast<std::size_t>(std::max(first, b * block) - first),
-          static_cast<std::size_t>(std::min(end, (b + 1) * block) - first), x.data(), u.data());
-    }
+      f(static_cast<std::size_t>(b - in.first), static_cast<std::size_t>(e - in.first), x.data(), u.data());
+    });
   }
   // An element's values: the base first, for karcher, then the models.
   void load(const TensorInputs& in, std::size_t k, double* x) const {
