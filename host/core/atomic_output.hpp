@@ -1,6 +1,7 @@
 #pragma once
 // Outputs that appear whole or not at all: everything is written under a temporary name beside
 // its target and renamed into place on commit(); an uncommitted object removes what it wrote.
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -26,8 +27,19 @@ class AtomicFile {
   AtomicFile& operator=(const AtomicFile&) = delete;
 
   /// Writes all of `data` at byte `offset` (pwrite; any order; several threads may write
-  /// disjoint ranges at once).
+  /// disjoint ranges at once). A large write whose address is congruent to `offset` modulo
+  /// kDirectAlign (direct_shift) goes around the page cache where the file system allows:
+  /// its whole aligned blocks by direct I/O, its partial edge blocks through the cache.
   void write_at(std::uint64_t offset, const void* data, std::size_t size);
+  /// The alignment of memory and file offsets that direct writes need.
+  static constexpr std::size_t kDirectAlign = 4096;
+  /// Writes smaller than this always go through the page cache.
+  static constexpr std::size_t kDirectMin = std::size_t{128} << 10;
+  /// Where in a kDirectAlign-aligned buffer the bytes for `offset` should start so that
+  /// write_at can write them directly.
+  static std::size_t direct_shift(std::uint64_t offset) noexcept { return offset % kDirectAlign; }
+  /// Whether large writes still go around the page cache (not after the file system refused).
+  bool writes_directly() const noexcept { return direct_.load(); }
   /// Sets the file's length (the unwritten parts read as zeros).
   void resize(std::uint64_t size);
   /// fsync, close, rename onto the target (refusing an existing target in the same step unless
@@ -40,7 +52,17 @@ class AtomicFile {
  private:
   std::filesystem::path target_;
   std::filesystem::path temp_;
+  void write_cached(std::uint64_t offset, const char* data, std::size_t size);
+  // Writes what it can of [offset, offset + size) directly; returns the bytes written (fewer
+  // when the file system refuses direct I/O, which then stops it for this file).
+  std::size_t write_direct(std::uint64_t offset, const char* data, std::size_t size);
+  void open_direct();
+
   int fd_ = -1;
+  // The same file opened with O_DIRECT (-1 where the file system does not take it), and
+  // whether it is still used (closed only with fd_: another thread may be writing with it).
+  int direct_fd_ = -1;
+  std::atomic<bool> direct_{false};
   bool overwrite_ = false;
   bool joined_ = false;  // written by others too; theirs to rename and to remove
   // Bytes written since writeback was last started, and the span they lie in.

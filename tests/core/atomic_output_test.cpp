@@ -4,7 +4,10 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <cstring>
+#include <memory>
 #include <thread>
+#include <vector>
 
 #include "revmerge/error.hpp"
 #include "test_util.hpp"
@@ -102,6 +105,41 @@ TEST(StagedDir, AnOutputThatAppearsMeanwhileIsKept) {
   EXPECT_THROW(f.commit(), io_error);
   EXPECT_EQ(test::list_dir(dir / "out"), std::vector<std::string>{"theirs.txt"});
   EXPECT_EQ(test::read_bytes(dir / "file"), "theirs");
+}
+
+// Large writes whose memory is aligned like their file offset go around the page cache in
+// whole blocks and through it at their edges; whatever way each byte took, the file holds every
+// write where it belongs, in any order, beside small and misaligned writes sharing its blocks.
+TEST(AtomicFile, LargeWritesAtAnyOffsetLandWhereTheyBelong) {
+  constexpr std::size_t kAlign = AtomicFile::kDirectAlign;
+  const std::size_t header = 1237;  // like a safetensors header: no alignment at all
+  const std::vector<std::size_t> sizes = {AtomicFile::kDirectMin + 3 * kAlign + 77, 5, AtomicFile::kDirectMin * 2,
+                                          AtomicFile::kDirectMin + 1, 4 * kAlign, AtomicFile::kDirectMin + 4093};
+  std::vector<std::size_t> offsets{header};
+  for (const auto n : sizes) offsets.push_back(offsets.back() + n);
+  std::string expected(offsets.back(), '\0');
+  for (std::size_t i = 0; i < expected.size(); ++i) expected[i] = static_cast<char>((i * 131 + i / 4099) % 251);
+  test::TempDir dir;
+  AtomicFile f(dir / "file", false);
+  f.write_at(0, expected.data(), header);
+  f.resize(expected.size());
+  // Each buffer holds its bytes at the offset's place in an aligned block; the fourth is
+  // deliberately one byte off it (it must go through the cache whole).
+  std::vector<std::byte> storage(sizes.front() * 3 + 3 * kAlign);
+  void* aligned = storage.data();
+  std::size_t room = storage.size();
+  ASSERT_NE(std::align(kAlign, storage.size() - kAlign, aligned, room), nullptr);
+  for (const std::size_t k : {2, 0, 5, 3, 1, 4}) {
+    const auto at = offsets[k];
+    auto* buf = static_cast<char*>(aligned) + AtomicFile::direct_shift(at) + (k == 3 ? 1 : 0);
+    std::memcpy(buf, expected.data() + at, sizes[k]);
+    f.write_at(at, buf, sizes[k]);
+  }
+  f.commit();
+  const auto written = test::read_bytes(dir / "file");
+  ASSERT_EQ(written.size(), expected.size());
+  for (std::size_t i = 0; i < expected.size(); ++i)
+    if (written[i] != expected[i]) FAIL() << "byte " << i << " differs";
 }
 
 TEST(AtomicFile, MissingFolderIsAnIoErrorAndLeavesNothing) {

@@ -5,6 +5,7 @@
 
 #include "core/interrupt.hpp"
 #include "core/memory_info.hpp"
+#include "methods/classic/write_behind.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -143,12 +144,30 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
     }
     merger.end_pass();
   }
-  for (i64 first = 0; first < numel; first += piece) {
-    if (!one_piece) read(first);
-    out.resize(in.count);
-    merger.produce(in, out, threads);
-    sink(static_cast<std::uint64_t>(first), out);
+  // The pieces of a cut tensor are written behind the merge, on a thread of its own that mostly
+  // waits for the disk (the writer's whole blocks go around the page cache): measured on the
+  // 2-layer 7b set (2 cores), task arithmetic 2.3–2.8 s → 1.7–2.6 s and a third less CPU time,
+  // the same bytes. Giving the writer one of the merge's threads was slower (2.2–2.7 s): the
+  // merge then ran on one. A whole tensor (its piece is as large as the budget allows) writes
+  // in line.
+  if (one_piece || piece > kCachePiece) {
+    for (i64 first = 0; first < numel; first += piece) {
+      if (!one_piece) read(first);
+      out.resize(in.count);
+      merger.produce(in, out, threads);
+      sink(static_cast<std::uint64_t>(first), out);
+    }
+    return;
   }
+  WriteBehind behind(sink);
+  for (i64 first = 0; first < numel; first += piece) {
+    read(first);
+    auto& next = behind.next();
+    next.resize(in.count);
+    merger.produce(in, next, threads);
+    behind.submit(static_cast<std::uint64_t>(first));
+  }
+  behind.finish();
 }
 
 }  // namespace revmerge
