@@ -14,6 +14,7 @@
 #include "kernels/counter_rng.hpp"
 #include "kernels/elementwise.hpp"
 #include "methods/classic/for_blocks.hpp"
+#include "methods/classic/magnitude_order.hpp"
 #include "methods/classic/thinning.hpp"
 #include "revmerge/error.hpp"
 
@@ -279,14 +280,12 @@ void Thinning::della_keep(i64 first, std::span<const float> x, std::vector<unsig
   {
     std::vector<i64> order(static_cast<std::size_t>(length));
     std::vector<float> keep_p(static_cast<std::size_t>(length));
+    MagnitudeOrder sorter;
 #pragma omp for schedule(dynamic, 16)
     for (i64 row = 0; row < outer * inner; ++row) {
       const i64 o = row / inner, in = row % inner;
       const auto at = [&](i64 j) { return (o * length + j) * inner + in; };
-      std::iota(order.begin(), order.end(), i64{0});
-      std::stable_sort(order.begin(), order.end(), [&](i64 a, i64 b) {
-        return std::fabs(x[at(a)]) > std::fabs(x[at(b)]);
-      });
+      sorter.sort(length, [&](i64 j) { return x[at(j)]; }, order);
       // Position p from the top is ascending rank length − p.
       for (i64 p = 0; p < length; ++p)
         keep_p[order[p]] = della_probability(length - p, length, spec_.density, spec_.epsilon);
