@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """revmerge against mergekit on the same full-model files, in one run: TIES, DARE-TIES, SLERP and
-task arithmetic by default (also arcee_fusion, with --methods) from one mergekit YAML config each, run by `mergekit-yaml` (mergekit 0.1.5,
+task arithmetic by default (also arcee_fusion and della, with --methods) from one mergekit YAML config each, run by `mergekit-yaml` (mergekit 0.1.5,
 installed from PyPI into WORK/mergekit-pkg by this script) and by `revmerge merge --config`,
 beside the read floor (the inputs' bytes read once from the page cache, measured here).
 
@@ -101,6 +101,9 @@ CONFIGS = {
     "task_arithmetic": {"merge_method": "task_arithmetic", "params": lambda i: {"weight": [1.0, 0.5, 0.5][i]}},
     "slerp": {"merge_method": "slerp", "models": 1, "parameters": {"t": 0.4}},
     "arcee_fusion": {"merge_method": "arcee_fusion", "models": 1},
+    "della": {"merge_method": "della", "params": lambda i: {"weight": [1.0, 0.5, 0.5][i], "density": 0.5,
+                                                              "epsilon": 0.1},
+              "parameters": {"lambda": 1.0}},
 }
 
 

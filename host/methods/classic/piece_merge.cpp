@@ -146,8 +146,8 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
   }
   // The pieces of a cut tensor are written behind the merge, on a thread of its own that mostly
   // waits for the disk (the writer's whole blocks go around the page cache): measured on the
-  // 2-layer 7b set (2 cores), task arithmetic 2.3–2.8 s → 1.7–2.6 s and a third less CPU time,
-  // the same bytes. Giving the writer one of the merge's threads was slower (2.2–2.7 s): the
+  // 2-layer 7b set (2 cores), task arithmetic 2.1–3.0 s → 1.7–2.6 s, 4.1–5.4 s of CPU → 3.3–5.0
+  // s, the same bytes. Giving the writer one of the merge's threads was slower (2.2–2.7 s): the
   // merge then ran on one. A whole tensor (its piece is as large as the budget allows) writes
   // in line.
   if (one_piece || piece > kCachePiece) {
