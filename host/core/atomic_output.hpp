@@ -38,8 +38,6 @@ class AtomicFile {
   /// Where in a kDirectAlign-aligned buffer the bytes for `offset` should start so that
   /// write_at can write them directly.
   static std::size_t direct_shift(std::uint64_t offset) noexcept { return offset % kDirectAlign; }
-  /// Whether large writes still go around the page cache (not after the file system refused).
-  bool writes_directly() const noexcept { return direct_.load(); }
   /// Sets the file's length (the unwritten parts read as zeros).
   void resize(std::uint64_t size);
   /// fsync, close, rename onto the target (refusing an existing target in the same step unless
@@ -50,14 +48,14 @@ class AtomicFile {
   const std::filesystem::path& temp() const noexcept { return temp_; }
 
  private:
-  std::filesystem::path target_;
-  std::filesystem::path temp_;
   void write_cached(std::uint64_t offset, const char* data, std::size_t size);
   // Writes what it can of [offset, offset + size) directly; returns the bytes written (fewer
   // when the file system refuses direct I/O, which then stops it for this file).
   std::size_t write_direct(std::uint64_t offset, const char* data, std::size_t size);
   void open_direct();
 
+  std::filesystem::path target_;
+  std::filesystem::path temp_;
   int fd_ = -1;
   // The same file opened with O_DIRECT (-1 where the file system does not take it), and
   // whether it is still used (closed only with fd_: another thread may be writing with it).

@@ -2,6 +2,7 @@
 #include "methods/classic/piece_merge.hpp"
 
 #include <algorithm>
+#include <optional>
 
 #include "core/interrupt.hpp"
 #include "core/memory_info.hpp"
@@ -150,24 +151,17 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
   // s, the same bytes. Giving the writer one of the merge's threads was slower (2.2–2.7 s): the
   // merge then ran on one. A whole tensor (its piece is as large as the budget allows) writes
   // in line.
-  if (one_piece || piece > kCachePiece) {
-    for (i64 first = 0; first < numel; first += piece) {
-      if (!one_piece) read(first);
-      out.resize(in.count);
-      merger.produce(in, out, threads);
-      sink(static_cast<std::uint64_t>(first), out);
-    }
-    return;
-  }
-  WriteBehind behind(sink);
+  std::optional<WriteBehind> behind;
+  if (!one_piece && piece <= kCachePiece) behind.emplace(sink);
   for (i64 first = 0; first < numel; first += piece) {
-    read(first);
-    auto& next = behind.next();
-    next.resize(in.count);
-    merger.produce(in, next, threads);
-    behind.submit(static_cast<std::uint64_t>(first));
+    if (!one_piece) read(first);
+    auto& merged = behind ? behind->next() : out;
+    merged.resize(in.count);
+    merger.produce(in, merged, threads);
+    if (behind) behind->submit(static_cast<std::uint64_t>(first));
+    else sink(static_cast<std::uint64_t>(first), merged);
   }
-  behind.finish();
+  if (behind) behind->finish();
 }
 
 }  // namespace revmerge
