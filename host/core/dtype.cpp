@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "kernels/float_bits.hpp"
 #include "revmerge/error.hpp"
@@ -42,6 +43,27 @@ T load(const void* base, std::size_t i) noexcept {
 // Conversions of large tensors split into chunks of this many elements, one thread each.
 constexpr std::size_t kConvertChunk = std::size_t{1} << 20;
 
+// The 16-bit conversions every merge's reads and writes go through, compiled again for AVX2 and
+// AVX-512 where the CPU has them (integer arithmetic: the same bits everywhere). Rounding f32 to
+// BF16 this way took a full-model merge's writer a third of the time the baseline build did.
+#if defined(__x86_64__)
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+#endif
+void bf16_to_f32_run(const void* src, float* dst, std::size_t count) {
+  for (std::size_t i = 0; i < count; ++i)
+    dst[i] = std::bit_cast<float>(std::uint32_t{load<std::uint16_t>(src, i)} << 16);
+}
+
+#if defined(__x86_64__)
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+#endif
+void f32_to_bf16_run(const float* src, unsigned char* out, std::size_t count) {
+  for (std::size_t i = 0; i < count; ++i) {
+    const std::uint16_t v = kernels::f32_to_bf16_bits(src[i]);
+    std::memcpy(out + i * 2, &v, 2);
+  }
+}
+
 template <class Out>
 void convert_to(DType src_type, const void* src, Out* dst, std::size_t count) {
   switch (src_type) {
@@ -55,6 +77,7 @@ void convert_to(DType src_type, const void* src, Out* dst, std::size_t count) {
       for (std::size_t i = 0; i < count; ++i) dst[i] = f16_to_f32(load<std::uint16_t>(src, i));
       return;
     case DType::BF16:  // a BF16 is the top half of an F32: a shift the compiler vectorises
+      if constexpr (std::is_same_v<Out, float>) return bf16_to_f32_run(src, dst, count);
       for (std::size_t i = 0; i < count; ++i)
         dst[i] = static_cast<Out>(
             std::bit_cast<float>(std::uint32_t{load<std::uint16_t>(src, i)} << 16));
@@ -144,11 +167,7 @@ void convert_from_f32(const float* src, DType dst_type, void* dst, std::size_t c
       }
       return;
     case DType::BF16:
-      for (std::size_t i = 0; i < count; ++i) {
-        const std::uint16_t v = kernels::f32_to_bf16_bits(src[i]);
-        std::memcpy(out + i * 2, &v, 2);
-      }
-      return;
+      return f32_to_bf16_run(src, out, count);
     default:
       throw unsupported_error("cannot write dtype " + std::string(dtype_name(dst_type)) +
                               "; revmerge writes F64, F32, F16 and BF16");

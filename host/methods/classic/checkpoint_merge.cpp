@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "backend/registry.hpp"
+#include "core/widen.hpp"
 #include "methods/classic/classic_internal.hpp"
 #include "methods/classic/combine.hpp"
 #include "methods/classic/combine_on_backend.hpp"
@@ -98,38 +99,49 @@ ModelOutputOptions model_output_options(const ClassicMergeOptions& o, const Clas
   return mo;
 }
 
-void read_finite_part(const CheckpointTensor& t, const std::string& where, std::int64_t offset,
-                      std::span<float> v, int threads, std::span<const float> minus, bool drop_pages) {
-  const auto& info = *t.info;
-  if (!is_float_dtype(info.dtype) || offset < 0 || static_cast<std::uint64_t>(offset) + v.size() > info.numel())
-    return t.file->read_part(info, static_cast<std::uint64_t>(offset), v, threads);  // its message
-  // Converted and checked a chunk at a time, each checked (an exponent of all ones: the first
-  // non-finite element is then looked for) and `minus` taken from it while it is in cache.
-  const auto size = dtype_size(info.dtype);
-  const auto* src = t.file->bytes(info).data() + static_cast<std::size_t>(offset) * size;
-  const auto count = static_cast<i64>(v.size());
-  constexpr i64 kChunk = i64{1} << 16;
-  i64 first = count;
-#pragma omp parallel for num_threads(count > kChunk ? threads : 1) schedule(static) reduction(min : first)
-  for (i64 c = 0; c < (count + kChunk - 1) / kChunk; ++c) {
-    const i64 begin = c * kChunk, end = std::min(count, begin + kChunk);
-    convert_to_f32(info.dtype, src + begin * size, v.data() + begin, static_cast<std::size_t>(end - begin));
-    std::uint32_t any = 0;
-    for (i64 i = begin; i < end; ++i) any |= (std::bit_cast<std::uint32_t>(v[i]) & 0x7f800000u) == 0x7f800000u;
-    if (any)
-      for (i64 i = begin; i < end; ++i)
-        if (!std::isfinite(v[i])) {
-          first = std::min(first, i);
-          break;
-        }
-    if (!minus.empty())
-      for (i64 i = begin; i < end; ++i) v[i] -= minus[i];
+void read_finite_parts(std::span<const PartToRead> parts, std::int64_t first, std::size_t count, int threads,
+                       bool drop_pages, std::int64_t run, const std::function<void(std::int64_t, std::int64_t)>& then) {
+  for (const auto& p : parts) {
+    const auto& info = *p.tensor->info;
+    if (!is_float_dtype(info.dtype) || first < 0 || static_cast<std::uint64_t>(first) + count > info.numel()) {
+      p.tensor->file->read_part(info, static_cast<std::uint64_t>(first), {p.out, count}, threads);  // its message
+      throw std::logic_error("read_finite_parts: tensor '" + info.name + "' cannot be read as asked");
+    }
   }
-  t.file->check_intact();
-  if (drop_pages) t.file->evict_part(info, static_cast<std::uint64_t>(offset), v.size());
-  if (first < count)
-    throw format_error(t.file->path().string() + ": tensor '" + info.name + "' holds a non-finite value at element " +
-                       std::to_string(offset + first) + " (" + where + ")");
+  // One parallel loop over runs of elements; each run is read from every part in order, so that
+  // a part's `minus` (an earlier part's run) is in cache when it is subtracted, and merged by
+  // `then` while it still is. One loop per piece instead of one per part and step: the threads
+  // meet once.
+  const i64 n = static_cast<i64>(count), head = first / run, runs = (first + n + run - 1) / run - head;
+  std::vector<i64> bad(parts.size(), n);
+#pragma omp parallel for num_threads(runs > 1 ? threads : 1) schedule(static)
+  for (i64 c = 0; c < runs; ++c) {
+    const i64 begin = std::max<i64>((head + c) * run - first, 0), m = std::min(n, (head + c + 1) * run - first) - begin;
+    bool finite = true;
+    for (std::size_t k = 0; k < parts.size(); ++k) {
+      const auto& p = parts[k];
+      const auto& info = *p.tensor->info;
+      const auto* src = p.tensor->file->bytes(info).data() + static_cast<std::size_t>(first + begin) * dtype_size(info.dtype);
+      const auto at = static_cast<i64>(widen_finite(info.dtype, src, p.out + begin, static_cast<std::size_t>(m),
+                                                    p.minus ? p.minus + begin : nullptr));
+      if (at < m) {
+        finite = false;
+#pragma omp critical(revmerge_read_finite_parts)
+        bad[k] = std::min(bad[k], begin + at);
+      }
+    }
+    if (then && finite) then(begin, begin + m);
+  }
+  for (std::size_t k = 0; k < parts.size(); ++k) {
+    const auto& p = parts[k];
+    const auto& info = *p.tensor->info;
+    p.tensor->file->check_intact();
+    if (drop_pages) p.tensor->file->evict_part(info, static_cast<std::uint64_t>(first), count);
+    if (bad[k] < n)
+      throw format_error(p.tensor->file->path().string() + ": tensor '" + info.name +
+                         "' holds a non-finite value at element " + std::to_string(first + bad[k]) + " (" +
+                         *p.where + ")");
+  }
 }
 
 std::optional<bool> needs_base(ClassicMethod method) {
@@ -216,10 +228,14 @@ class CombinePieces final : public PieceMerger {
   void produce(TensorInputs& in, std::span<float> out, int threads) override {
     for (std::size_t t = 0; t < thinning_.size(); ++t) thinning_[t].apply(in.first, in.model(t), threads);
     const i64 count = static_cast<i64>(in.count);
-    combine_tasks(recipe_, in.stacked.data(), static_cast<i64>(in.n), count, params_.weights.data(), out, threads);
-    if (!has_base_) return;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (i64 j = 0; j < count; ++j) out[j] += in.base[j];
+    combine_tasks(recipe_, in.stacked.data(), static_cast<i64>(in.n), count, params_.weights.data(), out, threads,
+                  has_base_ ? in.base.data() : nullptr);
+  }
+  // Without thinning (task arithmetic, linear) each element is merged on its own.
+  bool works_in_runs() const override { return recipe_.sparsify == Sparsify::none; }
+  void produce_run(TensorInputs& in, std::span<float> out, i64 begin, i64 end) override {
+    combine_tasks_run(recipe_, in.stacked.data(), static_cast<i64>(in.n), static_cast<i64>(in.count),
+                      params_.weights.data(), out, begin, end, has_base_ ? in.base.data() : nullptr);
   }
 
  private:

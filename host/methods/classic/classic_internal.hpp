@@ -64,14 +64,25 @@ std::vector<std::unique_ptr<HfModel>> open_task_models(const ClassicMergeOptions
 struct ModelOutputOptions;
 ModelOutputOptions model_output_options(const ClassicMergeOptions& options,
                                         const ClassicMergeReport& report);
-/// Elements [first, first + out.size()) of a tensor as f32 into `out`, converted and checked on
-/// `threads` threads, refusing non-finite values (format_error naming file, tensor, element,
-/// `where`), their pages dropped from the resident set once read unless `drop_pages` is false
-/// (the caller drops them); `minus` (empty, or out.size() values) subtracted from them once
-/// checked.
-void read_finite_part(const CheckpointTensor& tensor, const std::string& where, std::int64_t first,
-                      std::span<float> out, int threads, std::span<const float> minus = {},
-                      bool drop_pages = true);
+/// One input of a piece: its tensor, the words that name it in messages ("the base", "task
+/// 'a'"), where its f32 values go, and what is subtracted from them (null: nothing; an earlier
+/// part's `out`, read first).
+struct PartToRead {
+  const CheckpointTensor* tensor = nullptr;
+  const std::string* where = nullptr;
+  float* out = nullptr;
+  const float* minus = nullptr;
+};
+/// Elements [first, first + count) of every part's tensor as f32 into its `out`, converted and
+/// checked on `threads` threads, refusing non-finite values (format_error naming file, tensor,
+/// element and `where`; the first part in order that has one), `minus` subtracted once checked;
+/// the parts' pages dropped from the resident set once read where `drop_pages`. The elements
+/// are read in runs cut at multiples of `run` elements of the tensor, each run from every part
+/// in order, then given to `then(begin, end)` (offsets in the piece) on the same thread, unless
+/// one of its values is not finite; `then` must not throw.
+void read_finite_parts(std::span<const PartToRead> parts, std::int64_t first, std::size_t count, int threads,
+                       bool drop_pages, std::int64_t run = std::int64_t{1} << 14,
+                       const std::function<void(std::int64_t, std::int64_t)>& then = {});
 
 /// mergekit's per-tensor parameters (tensor_parameters.cpp): whether any are set, and whether
 /// `key` is; a tensor's position among the layers (layer i of L at i / (L − 1), 0 outside the

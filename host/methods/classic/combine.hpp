@@ -64,9 +64,14 @@ void combine_stack(const CombineRecipe& recipe, const CombineInput& input, std::
                    int threads);
 
 /// The tasks' values (after thinning and SCE's selection), n × count, combined element by
-/// element with the task weights `w` (n): weighted, sign-elected, summed, divided, scaled by λ.
+/// element with the task weights `w` (n): weighted, sign-elected, summed, divided, scaled by λ,
+/// rounded to f32, and `base[j]` added (f32) where `base` is given.
 void combine_tasks(const CombineRecipe& recipe, const float* x, std::int64_t n, std::int64_t count,
-                   const double* w, std::span<float> out, int threads);
+                   const double* w, std::span<float> out, int threads, const float* base = nullptr);
+/// combine_tasks' elements [begin, end) alone, on the calling thread (the same bits).
+void combine_tasks_run(const CombineRecipe& recipe, const float* x, std::int64_t n, std::int64_t count,
+                       const double* w, std::span<float> out, std::int64_t begin, std::int64_t end,
+                       const float* base);
 
 /// The sum of the task weights `w` that weight_sum normalisation divides by: 1 where it is
 /// below 1e-8 in magnitude (mergekit's guard).

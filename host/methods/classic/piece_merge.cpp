@@ -115,24 +115,32 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
     for (const auto* m : src.models) m->file->evict_part(*m->info, from, count);
     dropped_to = end;
   };
-  const auto read = [&](i64 first) {
+  std::vector<PartToRead> parts;
+  // Reads the piece at `first`, each run given to `then` (see read_finite_parts) once read.
+  const auto read = [&](i64 first, const std::function<void(i64, i64)>& then) {
     throw_if_interrupted("merge");  // a 70B embedding is many pieces: Ctrl-C need not wait for all
     in.first = first;
     in.count = static_cast<std::size_t>(std::min(piece, numel - first));
     in.base.resize(src.base ? in.count : 0);
     in.stacked.resize(in.n * in.count);
-    if (src.base) read_finite_part(*src.base, src.base_where, first, in.base, threads, {}, drop_each);
-    const std::span<const float> minus = merger.task_vectors() ? std::span<const float>(in.base) : std::span<const float>();
+    parts.clear();
+    if (src.base) parts.push_back({src.base, &src.base_where, in.base.data(), nullptr});
+    const float* minus = merger.task_vectors() ? in.base.data() : nullptr;
     for (std::size_t t = 0; t < in.n; ++t)
-      read_finite_part(*src.models[t], src.model_where[t], first, in.model(t), threads, minus, drop_each);
+      parts.push_back({src.models[t], &src.model_where[t], in.model(t).data(), minus});
+    read_finite_parts(parts, first, in.count, threads, drop_each, PieceMerger::kRunAlign, then);
     if (drop_each) return;
     const i64 end = first + static_cast<i64>(in.count);
     if (first < dropped_to) dropped_to = first;  // the next pass
     if (end - dropped_to >= kDropElements || end == numel) drop_read(end);
   };
-  // A tensor in one piece is read once for all passes (observe leaves the piece as it is).
-  const bool one_piece = piece >= numel;
-  if (one_piece) read(0);
+  // A merger that works in runs merges each run as it is read (one parallel loop per piece and
+  // pass, the run in cache: task arithmetic and SLERP spent more time waiting between their
+  // steps' loops and reading the piece back from memory than computing). Otherwise a tensor in
+  // one piece is read once for all passes (observe leaves the piece as it is).
+  const bool runs = merger.works_in_runs();
+  const bool read_once = piece >= numel && !runs;
+  if (read_once) read(0, {});
   if (numel == 0) {  // nothing to merge; the writer still takes the empty tensor
     out.clear();
     sink(0, out);
@@ -140,7 +148,11 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
   }
   while (merger.wants_pass()) {
     for (i64 first = 0; first < numel; first += piece) {
-      if (!one_piece) read(first);
+      if (runs) {
+        read(first, [&](i64 begin, i64 end) { merger.observe_run(in, begin, end); });
+        continue;
+      }
+      if (!read_once) read(first, {});
       merger.observe(in, threads);
     }
     merger.end_pass();
@@ -152,12 +164,16 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
   // merge then ran on one. A whole tensor (its piece is as large as the budget allows) writes
   // in line.
   std::optional<WriteBehind> behind;
-  if (!one_piece && piece <= kCachePiece) behind.emplace(sink);
+  if (piece < numel && piece <= kCachePiece) behind.emplace(sink);
   for (i64 first = 0; first < numel; first += piece) {
-    if (!one_piece) read(first);
     auto& merged = behind ? behind->next() : out;
-    merged.resize(in.count);
-    merger.produce(in, merged, threads);
+    merged.resize(static_cast<std::size_t>(std::min(piece, numel - first)));
+    if (runs) {
+      read(first, [&](i64 begin, i64 end) { merger.produce_run(in, merged, begin, end); });
+    } else {
+      if (!read_once) read(first, {});
+      merger.produce(in, merged, threads);
+    }
     if (behind) behind->submit(static_cast<std::uint64_t>(first));
     else sink(static_cast<std::uint64_t>(first), merged);
   }

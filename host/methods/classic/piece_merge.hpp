@@ -41,6 +41,18 @@ class PieceMerger {
   virtual void end_pass() {}
   /// The merged piece into `out` (count elements); `in` may be consumed.
   virtual void produce(TensorInputs& in, std::span<float> out, int threads) = 0;
+
+  /// Whether the merger works run by run: then the driver reads each run of a piece and, on the
+  /// same thread while the run is in cache, calls observe_run (in passes) or produce_run in
+  /// place of observe and produce. Runs are [begin, end) of the piece, disjoint, cut at multiples
+  /// of kRunAlign elements of the tensor, and come on several threads at once, in any order;
+  /// neither call may throw.
+  virtual bool works_in_runs() const { return false; }
+  virtual void observe_run(const TensorInputs&, std::int64_t /*begin*/, std::int64_t /*end*/) {}
+  virtual void produce_run(TensorInputs&, std::span<float> /*out*/, std::int64_t /*begin*/, std::int64_t /*end*/) {}
+  /// Runs are cut at multiples of this many elements of the tensor: a multiple of the
+  /// statistics blocks (kernels::kStatBlock), so that no two runs add into one block's lanes.
+  static constexpr std::int64_t kRunAlign = std::int64_t{1} << 14;
 };
 
 /// The merger of one tensor (`options` with its per-tensor parameters resolved), `n` tasks.
@@ -71,6 +83,9 @@ class SlerpSums {
   explicit SlerpSums(std::int64_t count);
   /// The pieces v0 (the base) and v1 at `first`, pieces in order.
   void add(std::int64_t first, std::span<const float> v0, std::span<const float> v1, int threads);
+  /// The same for `count` elements at `first` on the calling thread; runs on other threads may
+  /// add at once where they share no statistics block.
+  void add_run(std::int64_t first, const float* v0, const float* v1, std::int64_t count);
   /// The dot_lanes step of a piece at `first` into `lanes` (lane_count() values, in backend
   /// memory for a backend's step).
   kernels::ElementwiseStep step(std::int64_t first, std::int64_t count, float* v0, float* v1, double* lanes) const;

@@ -104,10 +104,7 @@ class ScePieces final : public PieceMerger {
         if (!kept(in.first + j, var[j], equal_))
           for (i64 t = 0; t < n; ++t) x[t * count + j] = 0.0f;
     });
-    combine_tasks(recipe_, x, n, count, weights_.data(), out, threads);
-    if (!has_base_) return;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (i64 j = 0; j < count; ++j) out[j] += in.base[j];
+    combine_tasks(recipe_, x, n, count, weights_.data(), out, threads, has_base_ ? in.base.data() : nullptr);
   }
 
  private:

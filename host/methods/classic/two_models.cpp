@@ -12,6 +12,7 @@
 // once.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <tuple>
 
 #include "kernels/elementwise.hpp"
@@ -52,6 +53,73 @@ kernels::ElementwiseStep SlerpSums::step(std::int64_t first, std::int64_t count,
   st.x = v1;
   for (int k = 0; k < 3; ++k) st.sums[k] = lanes + k * blocks_ * kernels::kStatLanes;
   return st;
+}
+
+namespace {
+
+// dot_lanes over elements [a, a + m) of the tensor (v0 and v1 hold them) on this thread, eight
+// lanes at a time: each lane still adds its elements in index order (the same bits as the
+// step, whose indices are lanes). Compiled per instruction set.
+#if defined(__x86_64__)
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+#endif
+void dot_lanes_run(double* n0, double* n1, double* d, std::int64_t a, const float* v0, const float* v1,
+                   std::int64_t m) {
+  constexpr std::int64_t L = kernels::kStatLanes;
+  const std::int64_t end = a + m;
+  for (std::int64_t i = a; i < end;) {
+    const std::int64_t block = i / kernels::kStatBlock;
+    const std::int64_t block_end = std::min(end, (block + 1) * kernels::kStatBlock);
+    double* s0 = n0 + block * L;
+    double* s1 = n1 + block * L;
+    double* s2 = d + block * L;
+    const auto one = [&](std::int64_t e) {
+      const double x = v0[e - a], y = v1[e - a];
+      const std::int64_t l = e % L;
+      s0[l] += x * x;
+      s1[l] += y * y;
+      s2[l] += x * y;
+    };
+    for (; i < block_end && i % L != 0; ++i) one(i);
+    // The eight lanes as one vector (GCC's vector types: the compiler left the lane loop scalar).
+    using Lanes = double __attribute__((vector_size(L * sizeof(double))));
+    using Floats = float __attribute__((vector_size(L * sizeof(float))));
+    Lanes t0, t1, t2;
+    std::memcpy(&t0, s0, sizeof t0);
+    std::memcpy(&t1, s1, sizeof t1);
+    std::memcpy(&t2, s2, sizeof t2);
+    for (; i + L <= block_end; i += L) {
+      Floats f0, f1;
+      std::memcpy(&f0, v0 + (i - a), sizeof f0);
+      std::memcpy(&f1, v1 + (i - a), sizeof f1);
+      const Lanes x = __builtin_convertvector(f0, Lanes), y = __builtin_convertvector(f1, Lanes);
+      t0 += x * x;
+      t1 += y * y;
+      t2 += x * y;
+    }
+    std::memcpy(s0, &t0, sizeof t0);
+    std::memcpy(s1, &t1, sizeof t1);
+    std::memcpy(s2, &t2, sizeof t2);
+    for (; i < block_end; ++i) one(i);
+  }
+}
+
+// A per-element step's indices [begin, end) on this thread, compiled per instruction set (the
+// shared routine's operations in its order: the same bits as the step on any backend).
+template <kernels::ElementwiseKind K>
+#if defined(__x86_64__)
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+#endif
+void element_run(const kernels::ElementwiseStep& step, std::int64_t begin, std::int64_t end) {
+  const kernels::ElementwiseStep s = step;
+  for (std::int64_t j = begin; j < end; ++j) kernels::elementwise_index_of<K>(s, j);
+}
+
+}  // namespace
+
+void SlerpSums::add_run(std::int64_t first, const float* v0, const float* v1, std::int64_t count) {
+  const std::int64_t stride = blocks_ * kernels::kStatLanes;
+  dot_lanes_run(lanes_.data(), lanes_.data() + stride, lanes_.data() + 2 * stride, first, v0, v1, count);
 }
 
 void SlerpSums::add(std::int64_t first, std::span<const float> v0, std::span<const float> v1, int threads) {
@@ -107,7 +175,26 @@ class TwoModelPieces final : public PieceMerger {
   TwoModelPieces(ClassicMethod method, double t, std::int64_t count) : method_(method), t_(t), sums_(count) {}
   bool wants_pass() const override { return method_ == ClassicMethod::slerp && !summed_; }
   void observe(const TensorInputs& in, int threads) override { sums_.add(in.first, in.base, in.model(0), threads); }
-  void end_pass() override { summed_ = true; }
+  void end_pass() override {
+    summed_ = true;
+    std::tie(s0_, s1_) = sums_.coefficients(t_);
+  }
+  bool works_in_runs() const override { return true; }
+  void observe_run(const TensorInputs& in, std::int64_t begin, std::int64_t end) override {
+    sums_.add_run(in.first + begin, in.base.data() + begin, in.model(0).data() + begin, end - begin);
+  }
+  void produce_run(TensorInputs& in, std::span<float> out, std::int64_t begin, std::int64_t end) override {
+    const std::span<const float> v0 = in.base, v1 = in.model(0);
+    if (method_ == ClassicMethod::nearswap) {
+      auto st = element_step(kernels::ElementwiseKind::nearswap, v0, v1, out);
+      st.t = t_;
+      return element_run<kernels::ElementwiseKind::nearswap>(st, begin, end);
+    }
+    auto st = element_step(kernels::ElementwiseKind::blend, v0, v1, out);
+    st.s0 = s0_;
+    st.s1 = s1_;
+    element_run<kernels::ElementwiseKind::blend>(st, begin, end);
+  }
   void produce(TensorInputs& in, std::span<float> out, int threads) override {
     const std::span<const float> v0 = in.base, v1 = in.model(0);
     if (method_ == ClassicMethod::nearswap) {
@@ -125,6 +212,7 @@ class TwoModelPieces final : public PieceMerger {
   double t_;
   SlerpSums sums_;
   bool summed_ = false;
+  double s0_ = 0, s1_ = 0;  // slerp's coefficients, once summed
 };
 
 }  // namespace

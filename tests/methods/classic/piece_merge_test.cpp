@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 
 #include "methods/classic/piece_merge.hpp"
@@ -145,6 +146,64 @@ TEST(PieceMerge, ThinningGathersTheRightThresholdAcrossPieces) {
   i64 changed = 0;
   for (std::size_t k = 0; k < merged.size(); ++k) changed += merged[k] != base[k];
   EXPECT_EQ(changed, static_cast<i64>(0.3 * 210000));
+}
+
+TEST(PieceMerge, SlerpSumsOfRunsAreTheStepsLanes) {
+  // The host's runs (eight lanes at a time) and the kernels' dot_lanes step (a lane per index,
+  // what a backend runs) leave the same bits in every lane, from runs and pieces starting
+  // anywhere.
+  constexpr i64 kCount = 50001;
+  std::mt19937 rng(4);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> v0(kCount), v1(kCount);
+  for (i64 j = 0; j < kCount; ++j) v0[j] = normal(rng), v1[j] = v0[j] + 0.1f * normal(rng);
+  SlerpSums steps(kCount), runs(kCount);
+  for (i64 first = 0; first < kCount; first += 333) {
+    const i64 m = std::min<i64>(333, kCount - first);
+    steps.add(first, std::span<const float>(v0).subspan(first, m), std::span<const float>(v1).subspan(first, m), 2);
+  }
+  for (i64 first = 0; first < kCount;) {  // runs of 1 to 600 elements
+    const i64 m = std::min<i64>(1 + (first * 7919) % 600, kCount - first);
+    runs.add_run(first, v0.data() + first, v1.data() + first, m);
+    first += m;
+  }
+  ASSERT_EQ(steps.lane_count(), runs.lane_count());
+  EXPECT_EQ(0, std::memcmp(steps.lanes().data(), runs.lanes().data(), steps.lane_count() * sizeof(double)));
+  EXPECT_NE(0.0, steps.lanes()[5]);
+}
+
+TEST(PieceMerge, NonFiniteInputsAreRefusedByTaskAndElement) {
+  // bf16 inputs: task 1 holds +Inf at 70 000 and NaN at 70 005, task 2 NaN at 30 000. A piece
+  // names the first of its inputs in order that holds one, at its first such element; the whole
+  // tensor is one piece, pieces of 65 536 meet task 2's first.
+  const TensorSet set({300, 700}, DType::BF16, 3, [](std::vector<std::vector<float>>& v) {
+    v[2][70000] = std::numeric_limits<float>::infinity();
+    v[2][70005] = std::numeric_limits<float>::quiet_NaN();
+    v[3][30000] = std::numeric_limits<float>::quiet_NaN();
+  });
+  for (const auto method : {ClassicMethod::task_arithmetic, ClassicMethod::ties, ClassicMethod::slerp}) {
+    ClassicMergeOptions o;
+    o.method = method;
+    const std::size_t n = method == ClassicMethod::slerp ? 1 : 3;
+    for (std::size_t t = 0; t < n; ++t) o.tasks.push_back({"t" + std::to_string(t), "unused"});
+    o.densities = {0.5};
+    o.t = 0.5;
+    for (const i64 piece : {set.numel(), i64{65536}}) {
+      // slerp reads the base and t0 alone, which are finite.
+      const std::string expected = n == 1           ? ""
+                                   : piece == 65536 ? "tensor 't2' holds a non-finite value at element 30000 (task 2)"
+                                                    : "tensor 't1' holds a non-finite value at element 70000 (task 1)";
+      try {
+        set.merge(o, n, true, piece, 2);
+        if (!expected.empty()) ADD_FAILURE() << to_string(method) << ": non-finite inputs merged";
+      } catch (const format_error& e) {
+        const std::string m = e.what();
+        EXPECT_NE(m.find(expected), std::string::npos)
+            << to_string(method) << ", pieces of " << piece << ": " << m;
+        EXPECT_FALSE(expected.empty()) << m;
+      }
+    }
+  }
 }
 
 TEST(PieceMerge, BudgetRefusesATensorWhoseRowDoesNotFit) {

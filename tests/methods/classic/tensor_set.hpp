@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -28,7 +29,10 @@ struct TensorSet {
   std::unique_ptr<SafetensorsFile> file;
   std::vector<CheckpointTensor> tensors;  // base, t0, t1, …
 
-  explicit TensorSet(std::vector<i64> s, DType dtype = DType::F32, int fine_tunes = 3) : shape(std::move(s)) {
+  // `edit` changes the values (base first) before they are written.
+  explicit TensorSet(std::vector<i64> s, DType dtype = DType::F32, int fine_tunes = 3,
+                     const std::function<void(std::vector<std::vector<float>>&)>& edit = {})
+      : shape(std::move(s)) {
     i64 numel = 1;
     for (const auto d : shape) numel *= d;
     const auto inputs = static_cast<std::size_t>(fine_tunes + 1);
@@ -38,6 +42,7 @@ struct TensorSet {
     for (auto& v : values[0]) v = normal(rng);
     for (std::size_t t = 1; t < inputs; ++t)
       for (i64 j = 0; j < numel; ++j) values[t][j] = values[0][j] + std::round(normal(rng) * 8.0f) / 64.0f;
+    if (edit) edit(values);
     std::vector<TensorData> data;
     std::vector<std::string> names{"base"};
     for (int t = 0; t < fine_tunes; ++t) names.push_back("t" + std::to_string(t));
