@@ -13,7 +13,8 @@ blocks, the embedding and the head, in bf16, and three fine-tunes (base + a smal
 sharing a common part, one seed each). --work keeps them between runs. Each merge writes bf16.
 Both tools get the same thread count (mergekit: --num-threads; revmerge: --threads). DARE's mask
 differs between the tools (torch's Bernoulli against revmerge's counter-based one): the same
-work, not the same bytes. Times are wall-clock medians of --repeats runs, outputs removed between;
+work, not the same bytes. Times are wall-clock medians of --repeats runs, outputs removed (and the
+machine let settle, `sync` and 10 s, untimed) between;
 peak resident memory (the most of any run, from the kernel's accounting of each process) beside
 them. --memory-budget passes revmerge's.
 """
@@ -141,6 +142,16 @@ def read_floor(root: Path) -> tuple[float, int]:
     return took, total
 
 
+def settle():
+    """Lets the machine finish with the last run before the next is timed: the output's dirty
+    pages written back and deleted, the memory the run freed given back. Measured on a 2-core VM
+    whose freed memory goes back to its host: revmerge's task arithmetic in four runs 2 s apart,
+    straight after a mergekit run had freed 7 GiB, took 2.87, 2.06, 1.86 and 1.44 s (its user
+    time 3.8 s falling to 2.0 s); 10 s after, 1.80 s twice. Untimed, before every run of both."""
+    os.sync()
+    time.sleep(10)
+
+
 def timed(cmd, env=None):
     """Wall seconds and peak resident bytes of one run (the child's own rusage, from wait4)."""
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: nothing blocks the child
@@ -196,6 +207,7 @@ def main():
         for _ in range(a.repeats):
             for tool, cmd in [("mergekit", mk_cmd), ("revmerge", rm_cmd)]:
                 shutil.rmtree(out, ignore_errors=True)
+                settle()
                 took, peak = timed(cmd, env)
                 times[tool].append(took)
                 peaks[tool].append(peak)
