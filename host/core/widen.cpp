@@ -39,16 +39,6 @@ bool widen_run(const unsigned char* src, float* dst, std::size_t m, const float*
 
 // F16 and F64: the general conversion, then the check and the subtraction.
 bool widen_other_run(DType type, const unsigned char* src, float* dst, std::size_t m, const float* minus) {
-  if (minus == dst) {  // the conversion would overwrite what it subtracts: one element at a time
-    std::uint32_t bad = 0;
-    for (std::size_t i = 0; i < m; ++i) {
-      float v;
-      convert_to_f32(type, src + i * dtype_size(type), &v, 1);
-      bad |= (std::bit_cast<std::uint32_t>(v) & kExponent) == kExponent;
-      dst[i] = v - minus[i];
-    }
-    return bad != 0;
-  }
   convert_to_f32(type, src, dst, m);
   std::uint32_t bad = 0;
   for (std::size_t i = 0; i < m; ++i) bad |= (std::bit_cast<std::uint32_t>(dst[i]) & kExponent) == kExponent;

@@ -13,8 +13,8 @@ namespace revmerge {
 
 /// `count` values of `type` (a floating-point dtype; little-endian bytes at `src`) widened to
 /// f32 into `dst` (f64 rounded to nearest), `minus[i]` subtracted from each where `minus` is not
-/// null. Returns the index of the first value that is not finite once widened (count: none).
-/// `dst` may be `minus`.
+/// null (`minus` must not overlap `dst`). Returns the index of the first value that is not
+/// finite once widened (count: none).
 std::size_t widen_finite(DType type, const void* src, float* dst, std::size_t count, const float* minus);
 
 }  // namespace revmerge

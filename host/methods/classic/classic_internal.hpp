@@ -81,8 +81,8 @@ struct PartToRead {
 /// in order, then given to `then(begin, end)` (offsets in the piece) on the same thread, unless
 /// one of its values is not finite; `then` must not throw.
 void read_finite_parts(std::span<const PartToRead> parts, std::int64_t first, std::size_t count, int threads,
-                       bool drop_pages, std::int64_t run = std::int64_t{1} << 14,
-                       const std::function<void(std::int64_t, std::int64_t)>& then = {});
+                       bool drop_pages, std::int64_t run,
+                       const std::function<void(std::int64_t, std::int64_t)>& then);
 
 /// mergekit's per-tensor parameters (tensor_parameters.cpp): whether any are set, and whether
 /// `key` is; a tensor's position among the layers (layer i of L at i / (L − 1), 0 outside the

@@ -81,10 +81,8 @@ void run_host_step(const kernels::ElementwiseStep& step, int threads);
 class SlerpSums {
  public:
   explicit SlerpSums(std::int64_t count);
-  /// The pieces v0 (the base) and v1 at `first`, pieces in order.
-  void add(std::int64_t first, std::span<const float> v0, std::span<const float> v1, int threads);
-  /// The same for `count` elements at `first` on the calling thread; runs on other threads may
-  /// add at once where they share no statistics block.
+  /// The sums of `count` elements at `first` of v0 (the base) and v1, on the calling thread (the
+  /// bits of step()); runs on other threads may add at once where they share no statistics block.
   void add_run(std::int64_t first, const float* v0, const float* v1, std::int64_t count);
   /// The dot_lanes step of a piece at `first` into `lanes` (lane_count() values, in backend
   /// memory for a backend's step).

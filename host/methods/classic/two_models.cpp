@@ -122,12 +122,6 @@ void SlerpSums::add_run(std::int64_t first, const float* v0, const float* v1, st
   dot_lanes_run(lanes_.data(), lanes_.data() + stride, lanes_.data() + 2 * stride, first, v0, v1, count);
 }
 
-void SlerpSums::add(std::int64_t first, std::span<const float> v0, std::span<const float> v1, int threads) {
-  run_host_step(step(first, static_cast<std::int64_t>(v0.size()), const_cast<float*>(v0.data()),
-                const_cast<float*>(v1.data()), lanes_.data()),
-           threads);
-}
-
 std::pair<double, double> SlerpSums::coefficients(double t) const {
   double sum[3];
   for (int k = 0; k < 3; ++k) sum[k] = kernels::lanes_total(lanes_.data() + k * blocks_ * kernels::kStatLanes, blocks_);
@@ -174,7 +168,6 @@ class TwoModelPieces final : public PieceMerger {
  public:
   TwoModelPieces(ClassicMethod method, double t, std::int64_t count) : method_(method), t_(t), sums_(count) {}
   bool wants_pass() const override { return method_ == ClassicMethod::slerp && !summed_; }
-  void observe(const TensorInputs& in, int threads) override { sums_.add(in.first, in.base, in.model(0), threads); }
   void end_pass() override {
     summed_ = true;
     std::tie(s0_, s1_) = sums_.coefficients(t_);
@@ -195,16 +188,9 @@ class TwoModelPieces final : public PieceMerger {
     st.s1 = s1_;
     element_run<kernels::ElementwiseKind::blend>(st, begin, end);
   }
-  void produce(TensorInputs& in, std::span<float> out, int threads) override {
-    const std::span<const float> v0 = in.base, v1 = in.model(0);
-    if (method_ == ClassicMethod::nearswap) {
-      auto st = element_step(kernels::ElementwiseKind::nearswap, v0, v1, out);
-      st.t = t_;
-      return run_host_step(st, threads);
-    }
-    auto st = element_step(kernels::ElementwiseKind::blend, v0, v1, out);
-    std::tie(st.s0, st.s1) = sums_.coefficients(t_);
-    run_host_step(st, threads);
+  // The driver merges this merger's pieces run by run (works_in_runs); a whole piece is one run.
+  void produce(TensorInputs& in, std::span<float> out, int) override {
+    produce_run(in, out, 0, static_cast<std::int64_t>(in.count));
   }
 
  private:

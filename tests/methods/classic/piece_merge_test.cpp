@@ -160,7 +160,7 @@ TEST(PieceMerge, SlerpSumsOfRunsAreTheStepsLanes) {
   SlerpSums steps(kCount), runs(kCount);
   for (i64 first = 0; first < kCount; first += 333) {
     const i64 m = std::min<i64>(333, kCount - first);
-    steps.add(first, std::span<const float>(v0).subspan(first, m), std::span<const float>(v1).subspan(first, m), 2);
+    run_host_step(steps.step(first, m, v0.data() + first, v1.data() + first, steps.lanes().data()), 2);
   }
   for (i64 first = 0; first < kCount;) {  // runs of 1 to 600 elements
     const i64 m = std::min<i64>(1 + (first * 7919) % 600, kCount - first);
