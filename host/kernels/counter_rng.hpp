@@ -11,12 +11,20 @@
 
 namespace revmerge::kernels {
 
-/// SplitMix64's finaliser: a bijection of 64-bit words with full avalanche.
-REVMERGE_HD inline std::uint64_t mix64(std::uint64_t z) {
+/// SplitMix64's finaliser in place on `Words`: one unsigned 64-bit word, or (host) a GCC vector
+/// of them, each lane mixed alike (by reference: a vector is never passed by value).
+template <class Words>
+REVMERGE_HD_INLINE void mix64_words(Words& z) {
   z += 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
+  z = z ^ (z >> 31);
+}
+
+/// SplitMix64's finaliser: a bijection of 64-bit words with full avalanche.
+REVMERGE_HD inline std::uint64_t mix64(std::uint64_t z) {
+  mix64_words(z);
+  return z;
 }
 
 /// A uniform double in [0, 1) for element `index` of stream `stream` under `seed` (53 bits).
@@ -37,6 +45,14 @@ struct CounterThreshold {
   }
   REVMERGE_HD bool below(std::uint64_t index, std::uint64_t limit) const {
     return (mix64(key ^ index) >> 11) < limit;
+  }
+  /// below() of every lane of `index`, a GCC vector of unsigned 64-bit indices (host), into
+  /// `keep`: a lane all ones where the draw is below, zero where not.
+  template <class Words>
+  [[gnu::always_inline]] void below_lanes(const Words& index, std::uint64_t limit, Words& keep) const {
+    Words z = index ^ key;
+    mix64_words(z);
+    keep = reinterpret_cast<Words>((z >> 11) < limit);
   }
 };
 

@@ -10,13 +10,19 @@ namespace revmerge {
 
 /// f(c, begin, end) for every block c of `block` elements (counted from the tensor's element 0)
 /// that meets elements [first, first + size), with [begin, end) the block's part of them
-/// (tensor indices); the blocks on `threads` OpenMP threads.
+/// (tensor indices); the blocks on `threads` OpenMP threads (1: on the calling thread, no
+/// parallel region, so that a run already on one of a team's threads may call it).
 template <class F>
 void for_blocks(std::int64_t first, std::int64_t size, std::int64_t block, int threads, const F& f) {
   if (size <= 0) return;
   const std::int64_t b0 = first / block, b1 = (first + size - 1) / block;
-#pragma omp parallel for num_threads(b1 > b0 ? threads : 1) schedule(static)
-  for (std::int64_t c = b0; c <= b1; ++c) f(c, std::max(first, c * block), std::min(first + size, (c + 1) * block));
+  const auto one = [&](std::int64_t c) { f(c, std::max(first, c * block), std::min(first + size, (c + 1) * block)); };
+  if (threads <= 1 || b1 == b0) {
+    for (std::int64_t c = b0; c <= b1; ++c) one(c);
+    return;
+  }
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (std::int64_t c = b0; c <= b1; ++c) one(c);
 }
 
 }  // namespace revmerge

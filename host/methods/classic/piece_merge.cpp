@@ -154,6 +154,7 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
     return;
   }
   while (merger.wants_pass()) {
+    if (runs) merger.start_runs(threads);
     for (i64 first = 0; first < numel; first += piece) {
       if (runs) {
         read(first, [&](i64 begin, i64 end) { merger.observe_run(in, begin, end); });

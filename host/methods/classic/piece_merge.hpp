@@ -48,6 +48,8 @@ class PieceMerger {
   /// of kRunAlign elements of the tensor, and come on several threads at once, in any order;
   /// neither call may throw.
   virtual bool works_in_runs() const { return false; }
+  /// Before each pass in runs: they come on OpenMP threads numbered below `threads`.
+  virtual void start_runs(int /*threads*/) {}
   virtual void observe_run(const TensorInputs&, std::int64_t /*begin*/, std::int64_t /*end*/) {}
   virtual void produce_run(TensorInputs&, std::span<float> /*out*/, std::int64_t /*begin*/, std::int64_t /*end*/) {}
   /// Runs are cut at multiples of this many elements of the tensor: a multiple of the

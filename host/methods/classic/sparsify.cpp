@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <numeric>
@@ -43,17 +44,22 @@ void for_blocks(i64 first, i64 size, int threads, const F& f) {
   revmerge::for_blocks(first, size, kBlock, threads, f);
 }
 
-// Adds to `total` the histogram of 16 bits of the magnitudes (`shift` 16: the high half; 0: the
-// low half of those whose high half is `high`), counted per thread.
+// Adds to `counts` (65536 of them) the histogram of 16 bits of the magnitudes (`shift` 16: the
+// high half; 0: the low half of those whose high half is `high`), on the calling thread.
+void count_bits(i64* counts, std::span<const float> x, int shift, std::uint32_t high) {
+  for (const float v : x) {
+    const std::uint32_t b = magnitude_bits(v);
+    if (shift == 16) ++counts[b >> 16];
+    else if ((b >> 16) == high) ++counts[b & 0xffffu];
+  }
+}
+
+// The same into `total`, counted per thread.
 void add_histogram(std::vector<i64>& total, std::span<const float> x, int shift, std::uint32_t high,
                    int threads) {
   const i64 count = static_cast<i64>(x.size());
-  if (count < kBlock) {  // a small piece: straight into the total
-    for (const float v : x) {
-      const std::uint32_t b = magnitude_bits(v);
-      if (shift == 16) ++total[b >> 16];
-      else if ((b >> 16) == high) ++total[b & 0xffffu];
-    }
+  if (count < kBlock || threads <= 1) {  // a small piece: straight into the total
+    count_bits(total.data(), x, shift, high);
     return;
   }
 #pragma omp parallel num_threads(threads)
@@ -178,6 +184,69 @@ void add_kept_norms(const float* x, const unsigned char* keeps, i64 s, i64 t, do
     const bool keep = one(i, i % kLanes, before, after);
     if (words) bit(i, keep);
   }
+}
+
+// Eight elements as one vector of each kind (GCC's vector types; the statistics' lanes).
+static_assert(kLanes == 8);
+using Words = std::uint64_t __attribute__((vector_size(kLanes * sizeof(std::uint64_t))));
+using Lanes = double __attribute__((vector_size(kLanes * sizeof(double))));
+using Floats = float __attribute__((vector_size(kLanes * sizeof(float))));
+using FloatBits = std::uint32_t __attribute__((vector_size(kLanes * sizeof(std::uint32_t))));
+constexpr Words kLaneIndex = {0, 1, 2, 3, 4, 5, 6, 7};
+
+// A run's DARE norms over elements [s, t) of a block (`x` from element s), each element drawn as
+// it is summed: add_kept_norms' sums (the same bits) without a buffer of decisions between the
+// draws and the sums, eight draws and lanes as one vector per row of lanes.
+#if defined(__x86_64__)
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+#endif
+void add_drawn_norms(const kernels::CounterThreshold& draw, std::uint64_t limit, const float* x, i64 s, i64 t,
+                     double* before, double* after) {
+  const auto one = [&](i64 i) {
+    const double v = std::fabs(x[i - s]);
+    before[i % kLanes] += v;
+    after[i % kLanes] += kept_or_zero(draw.below(static_cast<std::uint64_t>(i), limit), v);
+  };
+  i64 i = s;
+  for (; i < t && i % kLanes != 0; ++i) one(i);
+  Lanes b, a;
+  std::memcpy(&b, before, sizeof b);
+  std::memcpy(&a, after, sizeof a);
+  const Words magnitude = Words{} + ~(std::uint64_t{1} << 63);
+  for (; i + kLanes <= t; i += kLanes) {
+    Floats f;
+    std::memcpy(&f, x + (i - s), sizeof f);
+    // |x| widened: the sign bit cleared after widening, exactly fabs then widening.
+    const Words v = reinterpret_cast<Words>(__builtin_convertvector(f, Lanes)) & magnitude;
+    Words keep;
+    draw.below_lanes(kLaneIndex + static_cast<std::uint64_t>(i), limit, keep);
+    b += reinterpret_cast<Lanes>(v);
+    a += reinterpret_cast<Lanes>(v & keep);  // +0 where dropped
+  }
+  std::memcpy(before, &b, sizeof b);
+  std::memcpy(after, &a, sizeof a);
+  for (; i < t; ++i) one(i);
+}
+
+// DARE's drop over `count` elements at element `first` (x from it), each drawn as it is thinned:
+// kept ones rescaled (kernels' rescaled), dropped ones +0 (kernels' drop_element, the same bits).
+#if defined(__x86_64__)
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+#endif
+void drop_drawn(const kernels::CounterThreshold& draw, std::uint64_t limit, double factor, float* x, i64 first,
+                i64 count) {
+  i64 j = 0;
+  for (; j + kLanes <= count; j += kLanes) {
+    Floats f;
+    std::memcpy(&f, x + j, sizeof f);
+    Words keep;
+    draw.below_lanes(kLaneIndex + static_cast<std::uint64_t>(first + j), limit, keep);
+    if (factor != 1.0) f = __builtin_convertvector(__builtin_convertvector(f, Lanes) * factor, Floats);
+    f = reinterpret_cast<Floats>(reinterpret_cast<FloatBits>(f) & __builtin_convertvector(keep, FloatBits));
+    std::memcpy(x + j, &f, sizeof f);
+  }
+  for (; j < count; ++j)
+    x[j] = kernels::kept_or_zero(draw.below(static_cast<std::uint64_t>(first + j), limit), kernels::rescaled(x[j], factor));
 }
 
 }  // namespace
@@ -312,16 +381,48 @@ void Thinning::della_keep(i64 first, std::span<const float> x, std::vector<unsig
 }
 
 void Thinning::observe(i64 first, std::span<const float> x, int threads) {
+  observe_part(first, x, threads, -1);
+}
+
+void Thinning::observe_run(i64 first, std::span<const float> x, int slot) { observe_part(first, x, 1, slot); }
+
+std::vector<std::vector<i64>*> Thinning::pass_histograms() {
+  std::vector<std::vector<i64>*> h;
+  if (stages_.at(pass_) == Stage::high_bits) h.push_back(&high_);
+  if (stages_.at(pass_) == Stage::low_bits)
+    for (auto& r : rules_)
+      if (!r.trivial) h.push_back(&r.low);
+  return h;
+}
+
+void Thinning::start_runs(int threads) {
+  run_slots_ = std::max(threads, 1);
+  run_histograms_ = pass_histograms().size();
+  run_counts_.assign(static_cast<std::size_t>(run_slots_) * run_histograms_ * 65536, 0);
+}
+
+void Thinning::observe_part(i64 first, std::span<const float> x, int threads, int slot) {
   const i64 size = static_cast<i64>(x.size());
+  // The run's slot's histogram h of the pass.
+  const auto counts = [&](std::size_t h) {
+    return run_counts_.data() + (static_cast<std::size_t>(slot) * run_histograms_ + h) * 65536;
+  };
   switch (stages_.at(pass_)) {
     case Stage::high_bits:
-      add_histogram(high_, x, 16, 0, threads);
+      if (slot < 0) add_histogram(high_, x, 16, 0, threads);
+      else count_bits(counts(0), x, 16, 0);
       if (!before_.empty()) add_abs(before_, first, x, threads);
       break;
-    case Stage::low_bits:
-      for (auto& r : rules_)
-        if (!r.trivial) add_histogram(r.low, x, 0, r.hi, threads);
+    case Stage::low_bits: {
+      std::size_t h = 0;
+      for (auto& r : rules_) {
+        if (r.trivial) continue;
+        if (slot < 0) add_histogram(r.low, x, 0, r.hi, threads);
+        else count_bits(counts(h), x, 0, r.hi);
+        ++h;
+      }
       break;
+    }
     case Stage::equal_counts:
       for (auto& r : rules_) {
         if (r.trivial) continue;
@@ -344,8 +445,8 @@ void Thinning::observe(i64 first, std::span<const float> x, int threads) {
     case Stage::norms:
       if (spec_.kind == Sparsify::random || spec_.kind == Sparsify::della) {
         // The drop's decisions (the draws, DELLA's ranking) are the costly part: for a tensor in
-        // one piece they are kept, a bit each, for apply.
-        const bool whole = first == 0 && size == count_;
+        // one piece they are kept, a bit each, for apply (runs draw them again).
+        const bool whole = first == 0 && size == count_ && slot < 0;
         if (whole) kept_.assign(static_cast<std::size_t>((count_ + 63) / 64), 0);
         auto& della = della_scratch();
         if (spec_.kind == Sparsify::della) della_keep(first, x, della, threads);
@@ -355,6 +456,10 @@ void Thinning::observe(i64 first, std::span<const float> x, int threads) {
         for_blocks(first, size, threads, [&](i64 c, i64 b, i64 e) {
           double* const before = before_.data() + c * kLanes;
           double* const after = after_.data() + c * kLanes;
+          if (!is_della && !whole) {  // no decisions kept: drawn as they are summed
+            add_drawn_norms(draw, limit, x.data() + (b - first), b, e, before, after);
+            return;
+          }
           unsigned char drawn[kDraws];
           // The block in runs of kDraws elements (a run of a whole tensor starts on a word, as its
           // blocks do), each run's decisions drawn first, in one vectorised loop.
@@ -373,6 +478,17 @@ void Thinning::observe(i64 first, std::span<const float> x, int threads) {
 }
 
 void Thinning::end_pass() {
+  if (run_slots_ > 0) {  // a pass in runs: the slots' histograms into the totals, slot by slot
+    const auto totals = pass_histograms();
+    for (int slot = 0; slot < run_slots_; ++slot)
+      for (std::size_t h = 0; h < run_histograms_; ++h) {
+        const i64* c = run_counts_.data() + (static_cast<std::size_t>(slot) * run_histograms_ + h) * 65536;
+        auto& total = *totals[h];
+        for (std::size_t j = 0; j < 65536; ++j) total[j] += c[j];
+      }
+    run_slots_ = 0;
+    run_counts_ = {};
+  }
   switch (stages_.at(pass_)) {
     case Stage::high_bits:
       for (auto& r : rules_) {
@@ -415,8 +531,15 @@ void Thinning::end_pass() {
 }
 
 void Thinning::apply(i64 first, std::span<float> x, int threads) {
+  if (active_ && wants_pass()) throw std::logic_error("Thinning::apply before its passes");
+  apply_part(first, x, threads);
+  kept_ = {};
+}
+
+void Thinning::apply_run(i64 first, std::span<float> x) { apply_part(first, x, 1); }
+
+void Thinning::apply_part(i64 first, std::span<float> x, int threads) {
   if (!active_) return;
-  if (wants_pass()) throw std::logic_error("Thinning::apply before its passes");
   if (zero_all_) {
     std::fill(x.begin(), x.end(), 0.0f);
     return;
@@ -460,16 +583,10 @@ void Thinning::apply(i64 first, std::span<float> x, int threads) {
       } else if (spec_.kind == Sparsify::della) {
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (i64 j = 0; j < size; ++j) x[j] = kept_or_zero(della[j] != 0, scaled(x[j]));
-      } else {
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (i64 s = 0; s < size; s += kDraws) {
-          const i64 m = std::min(kDraws, size - s);
-          unsigned char keep[kDraws];
-          draw_keeps(draw, limit, first + s, m, keep);
-          for (i64 j = 0; j < m; ++j) x[s + j] = kept_or_zero(keep[j] != 0, scaled(x[s + j]));
-        }
+      } else {  // a run: on its own thread, no parallel region
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+        for (i64 s = 0; s < size; s += kDraws) drop_drawn(draw, limit, factor, x.data() + s, first + s, std::min(kDraws, size - s));
       }
-      kept_ = {};
       break;
     }
   }

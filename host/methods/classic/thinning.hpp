@@ -51,6 +51,18 @@ class Thinning {
   /// The whole tensor as one piece: passes, then apply.
   void run(std::span<float> x, int threads);
 
+  /// Whether the thinning also works run by run (PieceMerger's runs): every kind but DELLA,
+  /// whose rows are ranked whole.
+  bool works_in_runs() const noexcept { return spec_.kind != Sparsify::della; }
+  /// Before a pass in runs: the runs come on OpenMP threads numbered below `threads`, each
+  /// counting into histograms of its own (added up in end_pass).
+  void start_runs(int threads);
+  /// observe and apply for one run of elements at `first`, on the calling thread (`slot`: its
+  /// OpenMP number). Runs on other threads at once share no statistics block with it (they are
+  /// cut at multiples of it); runs of one block come in index order. Neither call throws.
+  void observe_run(std::int64_t first, std::span<const float> x, int slot);
+  void apply_run(std::int64_t first, std::span<float> x);
+
  private:
   // The backend's driver (thinning_on_backend.cpp) gathers this class's statistics on a device
   // and runs its decisions there; the arithmetic deciding them (end_pass) stays here.
@@ -71,6 +83,11 @@ class Thinning {
   };
 
   void della_keep(std::int64_t first, std::span<const float> x, std::vector<unsigned char>& keep, int threads) const;
+  // observe and apply on `threads` threads, or (slot ≥ 0) for one run on the calling thread.
+  void observe_part(std::int64_t first, std::span<const float> x, int threads, int slot);
+  void apply_part(std::int64_t first, std::span<float> x, int threads);
+  // The pass's histograms: the high bits' (one) or each selecting rule's low bits'.
+  std::vector<std::vector<std::int64_t>*> pass_histograms();
 
   ThinningSpec spec_;
   std::int64_t count_ = 0, granule_ = 1;
@@ -83,6 +100,10 @@ class Thinning {
   std::vector<double> before_, after_;  // per block and lane: Σ|x| before and (drops) after thinning
   double factor_ = 1.0;
   std::vector<std::uint64_t> kept_;  // the drops' decisions, a bit per element (one piece only)
+  // A pass in runs: each slot's histograms, 65536 counts each, slot after slot.
+  std::vector<std::int64_t> run_counts_;
+  int run_slots_ = 0;
+  std::size_t run_histograms_ = 0;
 };
 
 }  // namespace revmerge
