@@ -14,7 +14,7 @@ sharing a common part, one seed each). --work keeps them between runs. Each merg
 Both tools get the same thread count (mergekit: --num-threads; revmerge: --threads). DARE's mask
 differs between the tools (torch's Bernoulli against revmerge's counter-based one): the same
 work, not the same bytes. Times are wall-clock medians of --repeats runs, outputs removed (and the
-machine let settle, `sync` and 10 s, untimed) between;
+machine let settle: `sync`, 10 s, and the inputs read once into the page cache; untimed) between;
 peak resident memory (the most of any run, from the kernel's accounting of each process) beside
 them. --memory-budget passes revmerge's.
 """
@@ -129,27 +129,38 @@ def install_mergekit(work: Path) -> Path:
     return target
 
 
+def input_files(root: Path) -> list[Path]:
+    return [root / m / "model.safetensors" for m in ["base", "ft0", "ft1", "ft2"]]
+
+
+def read_inputs(root: Path) -> float:
+    """Reads every input once (the page cache's copy where it holds them); the seconds it took."""
+    t0 = time.perf_counter()
+    for f in input_files(root):
+        with open(f, "rb", buffering=0) as fh:
+            while fh.read(64 << 20):
+                pass
+    return time.perf_counter() - t0
+
+
 def read_floor(root: Path) -> tuple[float, int]:
-    files = [root / m / "model.safetensors" for m in ["base", "ft0", "ft1", "ft2"]]
-    total = sum(f.stat().st_size for f in files)
-    for _ in range(2):  # the second pass is the one measured: the page cache is warm
-        t0 = time.perf_counter()
-        for f in files:
-            with open(f, "rb", buffering=0) as fh:
-                while fh.read(64 << 20):
-                    pass
-        took = time.perf_counter() - t0
-    return took, total
+    total = sum(f.stat().st_size for f in input_files(root))
+    read_inputs(root)
+    return read_inputs(root), total  # the second pass is the one measured: the page cache is warm
 
 
-def settle():
+def settle(root: Path):
     """Lets the machine finish with the last run before the next is timed: the output's dirty
     pages written back and deleted, the memory the run freed given back. Measured on a 2-core VM
     whose freed memory goes back to its host: revmerge's task arithmetic in four runs 2 s apart,
     straight after a mergekit run had freed 7 GiB, took 2.87, 2.06, 1.86 and 1.44 s (its user
-    time 3.8 s falling to 2.0 s); 10 s after, 1.80 s twice. Untimed, before every run of both."""
+    time 3.8 s falling to 2.0 s); 10 s after, 1.80 s twice. Then the inputs are read once, so
+    that every run starts from the same warm page cache: on that VM a mergekit run can leave
+    part of them evicted (task arithmetic by hand after a bench: 6.89 s, then 2.38 and 2.55 s).
+    Untimed, before every run of both."""
     os.sync()
     time.sleep(10)
+    read_inputs(root)
 
 
 def timed(cmd, env=None):
@@ -207,7 +218,7 @@ def main():
         for _ in range(a.repeats):
             for tool, cmd in [("mergekit", mk_cmd), ("revmerge", rm_cmd)]:
                 shutil.rmtree(out, ignore_errors=True)
-                settle()
+                settle(root)
                 took, peak = timed(cmd, env)
                 times[tool].append(took)
                 peaks[tool].append(peak)

@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -56,14 +57,21 @@ void for_blocks(i64 first, i64 size, int threads, const F& f) {
 #if defined(__x86_64__)
 [[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
 #endif
-void count_bits(i64* counts, const float* x, i64 m, int shift, std::uint32_t high) {
+void count_bits(i64* counts, const float* x, i64 m, int shift, std::uint32_t high, std::uint64_t first = 0,
+                std::uint64_t* at = nullptr, i64 at_size = 0, i64* at_used = nullptr) {
   if (shift == 16) {
     for (i64 j = 0; j < m; ++j) ++counts[magnitude_bits(x[j]) >> 16];
     return;
   }
+  // With `at`, each element counted is also kept as (index << 16 | low bits) at the next of
+  // at_size places (taken atomically: runs on other threads keep theirs at once).
   const auto add = [&](i64 j) {
     const std::uint32_t b = magnitude_bits(x[j]);
-    if ((b >> 16) == high) ++counts[b & 0xffffu];
+    if ((b >> 16) != high) return;
+    ++counts[b & 0xffffu];
+    if (!at) return;
+    const i64 place = std::atomic_ref<i64>(*at_used).fetch_add(1, std::memory_order_relaxed);
+    if (place < at_size) at[place] = (first + static_cast<std::uint64_t>(j)) << 16 | (b & 0xffffu);
   };
   constexpr i64 kScan = 16;
   i64 j = 0;
@@ -482,6 +490,16 @@ void Thinning::start_runs(int threads) {
   run_slots_ = std::max(threads, 1);
   run_histograms_ = pass_histograms().size();
   run_counts_.assign(static_cast<std::size_t>(run_slots_) * run_histograms_ * 65536, 0);
+  // The low bits' pass keeps the elements at each rule's high bits, where they are few, for its
+  // ties: the pass after it (the ties counted per block) is then not needed, unless it also sums
+  // the magnitudes above the threshold (an L1 rescale).
+  if (stages_.at(pass_) != Stage::low_bits || spec_.rescale == Rescale::l1) return;
+  for (auto& r : rules_) {
+    if (r.trivial) continue;
+    const i64 at_hi = high_[r.hi];
+    r.at_hi.assign(at_hi <= kTiesKept ? static_cast<std::size_t>(at_hi) : 0, 0);
+    r.at_hi_used = 0;
+  }
 }
 
 void Thinning::observe_part(i64 first, std::span<const float> x, int threads, int slot) {
@@ -501,7 +519,10 @@ void Thinning::observe_part(i64 first, std::span<const float> x, int threads, in
       for (auto& r : rules_) {
         if (r.trivial) continue;
         if (slot < 0) add_histogram(r.low, x, 0, r.hi, threads);
-        else count_bits(counts(h), x, 0, r.hi);
+        else if (r.at_hi.empty()) count_bits(counts(h), x, 0, r.hi);
+        else
+          count_bits(counts(h), x.data(), size, 0, r.hi, static_cast<std::uint64_t>(first), r.at_hi.data(),
+                     static_cast<i64>(r.at_hi.size()), &r.at_hi_used);
         ++h;
       }
       break;
@@ -560,6 +581,24 @@ void Thinning::observe_part(i64 first, std::span<const float> x, int threads, in
   }
 }
 
+bool Thinning::ties_from_kept() {
+  const auto kept_all = [](const Rule& r) {
+    return r.trivial || (!r.at_hi.empty() && r.at_hi_used == static_cast<i64>(r.at_hi.size()));
+  };
+  const bool all = std::all_of(rules_.begin(), rules_.end(), kept_all);
+  for (auto& r : rules_) {
+    if (r.trivial) continue;
+    if (all) {  // the equal_counts pass's counts: the elements whose bits are the threshold
+      const std::uint64_t low = r.threshold & 0xffffu;
+      for (const auto e : r.at_hi)
+        if ((e & 0xffffu) == low) ++r.equal[static_cast<std::size_t>((e >> 16) / kBlock)];
+      r.left = tie_allowances(r.equal, r.equal_left);
+    }
+    r.at_hi = {};
+  }
+  return all;
+}
+
 void Thinning::end_pass() {
   if (run_slots_ > 0) {  // a pass in runs: the slots' histograms into the totals, slot by slot
     const auto totals = pass_histograms();
@@ -592,6 +631,7 @@ void Thinning::end_pass() {
         r.threshold = (r.hi << 16) | lo;
         r.equal_left = r.k - above;
       }
+      if (ties_from_kept()) ++pass_;  // the ties counted: no pass for them
       break;
     case Stage::equal_counts:
       for (auto& r : rules_) {

@@ -79,6 +79,11 @@ class Thinning {
     std::vector<std::int64_t> equal;          // per block: elements at the threshold
     std::vector<std::int64_t> left;           // per block: of those, how many are inside
     std::vector<double> above_sum;            // per block and lane: Σ|x| above the threshold
+    // A low-bits pass in runs, when the elements whose high bits are `hi` are few: each one's
+    // (index << 16 | low bits), in any order, so that the ties are counted per block without
+    // another pass over the tensor. `at_hi_used` entries are filled (taken atomically).
+    std::vector<std::uint64_t> at_hi;
+    std::int64_t at_hi_used = 0;
     double kept_l1() const;                   // Σ|x| over the rule's set
   };
 
@@ -87,6 +92,9 @@ class Thinning {
   void observe_part(std::int64_t first, std::span<const float> x, int threads, int slot);
   void apply_part(std::int64_t first, std::span<float> x, int threads);
   // The pass's histograms: the high bits' (one) or each selecting rule's low bits'.
+  // After a low-bits pass: the ties counted per block from the elements the rules kept, where
+  // every selecting rule kept all of its own (then the pass counting them is not needed).
+  bool ties_from_kept();
   std::vector<std::vector<std::int64_t>*> pass_histograms();
 
   ThinningSpec spec_;
@@ -100,6 +108,8 @@ class Thinning {
   std::vector<double> before_, after_;  // per block and lane: Σ|x| before and (drops) after thinning
   double factor_ = 1.0;
   std::vector<std::uint64_t> kept_;  // the drops' decisions, a bit per element (one piece only)
+  // The elements a rule's low-bits pass in runs keeps for its ties, at most (8 bytes each).
+  static constexpr std::int64_t kTiesKept = std::int64_t{1} << 19;
   // A pass in runs: each slot's histograms, 65536 counts each, slot after slot.
   std::vector<std::int64_t> run_counts_;
   int run_slots_ = 0;

@@ -11,6 +11,7 @@
 
 #include "methods/classic/piece_merge.hpp"
 #include "methods/classic/rank_select.hpp"
+#include "methods/classic/thinning.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/safetensors.hpp"
 #include "methods/classic/tensor_set.hpp"
@@ -146,6 +147,54 @@ TEST(PieceMerge, ThinningGathersTheRightThresholdAcrossPieces) {
   i64 changed = 0;
   for (std::size_t k = 0; k < merged.size(); ++k) changed += merged[k] != base[k];
   EXPECT_EQ(changed, static_cast<i64>(0.3 * 210000));
+}
+
+TEST(PieceMerge, ThinningInRunsIsTheWholeTensorsThinning) {
+  // Runs of a piece come to the thinning on several threads (slots) in any order; its decisions
+  // are those of the tensor thinned whole. Ties everywhere: every other element is one of few
+  // magnitudes, the others spread between them (so a threshold's high bits hold values below and
+  // above it too). With 81 levels the elements at a threshold's high bits are few enough to be
+  // kept in the low bits' pass, which then counts the ties (two passes); with 5 levels and no
+  // spread over 3 M elements they are not (three passes).
+  struct Shape {
+    std::size_t count;
+    int levels;
+    float spread;
+    int passes;
+  };
+  for (const auto& [count, levels, width, passes] : {Shape{300007, 40, 0.06f, 2}, Shape{3000000, 2, 0.0f, 3}}) {
+    std::mt19937_64 rng(count);
+    std::uniform_int_distribution<int> level(-levels, levels);
+    std::uniform_real_distribution<float> spread(-width, width);
+    std::vector<float> x(count);
+    for (std::size_t j = 0; j < count; ++j) x[j] = 0.125f * float(level(rng)) + (j % 2 && width > 0 ? spread(rng) : 0.0f);
+    const ThinningSpec specs[] = {{Sparsify::magnitude, 0.37, 0, 0, Rescale::none, true, 0, 0, {}},
+                                  {Sparsify::outliers, 0.5, 0.05, 0, Rescale::none, false, 0, 0, {}},
+                                  {Sparsify::magnitude, 0.2, 0, 0, Rescale::l1, true, 0, 0, {}},
+                                  {Sparsify::random, 0.4, 0, 0, Rescale::l1, false, 5, 6, {}}};
+    for (const auto& spec : specs) {
+      auto whole = x, runs = x;
+      const auto n = static_cast<i64>(count);
+      Thinning(spec, n).run(whole, 2);
+      Thinning th(spec, n);
+      constexpr i64 kRun = PieceMerger::kRunAlign;
+      const i64 last = (n - 1) / kRun;
+      const auto run = [&](i64 r) { return std::span<float>(runs).subspan(r * kRun, std::min(kRun, n - r * kRun)); };
+      int seen = 0;
+      while (th.wants_pass()) {
+        th.start_runs(3);
+        for (i64 r = last; r >= 0; --r) th.observe_run(r * kRun, run(r), static_cast<int>(r % 3));  // backwards
+        th.end_pass();
+        ++seen;
+      }
+      for (i64 r = 0; r <= last; ++r) th.apply_run(r * kRun, run(r));
+      const auto kind = static_cast<int>(spec.kind);
+      ASSERT_EQ(0, std::memcmp(whole.data(), runs.data(), count * sizeof(float))) << count << " elements, kind " << kind;
+      // the trims without rescaling count their ties in the low bits' pass where they can
+      if (spec.rescale == Rescale::none) EXPECT_EQ(seen, passes) << count << " elements, kind " << kind;
+      EXPECT_NE(whole, x);
+    }
+  }
 }
 
 TEST(PieceMerge, SlerpSumsOfRunsAreTheStepsLanes) {
