@@ -16,8 +16,6 @@
 #include <optional>
 #include <vector>
 
-#include <omp.h>
-
 #include "kernels/counter_rng.hpp"
 #include "kernels/elementwise.hpp"
 #include "methods/classic/for_blocks.hpp"
@@ -704,7 +702,7 @@ void Thinning::apply_part(i64 first, std::span<float> x, int threads) {
       } else if (spec_.kind == Sparsify::della) {
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (i64 j = 0; j < size; ++j) x[j] = kept_or_zero(della[j] != 0, scaled(x[j]));
-      } else {  // a run: on its own thread, no parallel region
+      } else {  // drawn as they are thinned; a run (one thread) opens no parallel region
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
         for (i64 s = 0; s < size; s += kDraws) drop_drawn(draw, limit, factor, x.data() + s, first + s, std::min(kDraws, size - s));
       }
