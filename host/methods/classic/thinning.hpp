@@ -91,10 +91,10 @@ class Thinning {
   // observe and apply on `threads` threads, or (slot ≥ 0) for one run on the calling thread.
   void observe_part(std::int64_t first, std::span<const float> x, int threads, int slot);
   void apply_part(std::int64_t first, std::span<float> x, int threads);
-  // The pass's histograms: the high bits' (one) or each selecting rule's low bits'.
   // After a low-bits pass: the ties counted per block from the elements the rules kept, where
   // every selecting rule kept all of its own (then the pass counting them is not needed).
   bool ties_from_kept();
+  // The pass's histograms: the high bits' (one) or each selecting rule's low bits'.
   std::vector<std::vector<std::int64_t>*> pass_histograms();
 
   ThinningSpec spec_;
