@@ -97,6 +97,7 @@ class ModelStockPieces final : public PieceMerger {
   ModelStockPieces(std::size_t n, i64 numel, i64 row) : sums_(row == 0 ? numel : 0, n), n_(static_cast<int>(n)), row_(row) {}
   i64 granule() const override { return std::max<i64>(row_, 1); }
   bool wants_pass() const override { return row_ == 0 && !summed_; }
+  std::uint64_t held_bytes(int) const override { return sums_.lane_count() * sizeof(double); }
   void observe(const TensorInputs& in, int threads) override {
     run_host_step(sums_.step(in.first, static_cast<i64>(in.count), const_cast<float*>(in.base.data()),
                         const_cast<float*>(in.stacked.data()), sums_.lanes().data()),

@@ -18,6 +18,19 @@ using i64 = std::int64_t;
 // the writer's parts of copied tensors.
 constexpr std::uint64_t kReserve = std::uint64_t{96} << 20;
 
+// Of a merger's statistics (PieceMerger::held_bytes), what the reserve holds: a tensor's
+// histograms on a few threads (TIES over 3 tasks on one: 4.5 MiB). A merge of a tiny model holds
+// 18 MB in all; the 7b set's TIES merge 98 MB under a 1.5 GiB budget, 28 MiB of them pieces.
+// What a merger holds beyond this comes out of the pieces' room.
+constexpr std::uint64_t kHeldInReserve = std::uint64_t{8} << 20;
+
+// The statistics a merger holds for a tensor of `numel` elements on `threads` threads, beyond
+// what the reserve holds.
+std::uint64_t held_beyond_reserve(const PieceMerger& merger, i64 numel, int threads) {
+  const auto held = merger.held_bytes(run_threads(threads, numel));
+  return held > kHeldInReserve ? held - kHeldInReserve : 0;
+}
+
 // Elements of a piece at most: its f32 copies (every input and the output, 1 MiB each) fit in
 // the last-level cache. Smaller pieces cost more in each step's thread start and join than
 // they save (2^16: 2.5× slower).
@@ -33,6 +46,11 @@ constexpr i64 kRunsPiece = i64{1} << 20;
 constexpr i64 kDropElements = i64{1} << 22;
 
 }  // namespace
+
+int run_threads(int threads, i64 numel) {
+  const i64 cells = (numel + PieceMerger::kRunAlign - 1) / PieceMerger::kRunAlign;
+  return static_cast<int>(std::clamp<i64>(cells, 1, std::max(threads, 1)));
+}
 
 void run_host_step(const kernels::ElementwiseStep& step, int threads) {
   const auto count = kernels::step_indices(step);
@@ -80,16 +98,22 @@ std::uint64_t copy_piece_bytes(const PiecePlan& plan) {
 }
 
 void check_fits(const PiecePlan& plan, const PieceMerger& merger, const std::string& method,
-                const std::string& tensor, i64 numel) {
+                const std::string& tensor, i64 numel, int threads) {
   if (plan.budget == 0) return;  // no budget given: a piece at least as large as the merger needs
   const auto per = plan.bytes_per_element + merger.extra_bytes_per_element();
   const i64 smallest = std::min(std::max<i64>(merger.granule(), 1), std::max<i64>(numel, 1));
-  const std::uint64_t need = static_cast<std::uint64_t>(smallest) * per + kReserve;
+  const auto held = merger.held_bytes(run_threads(threads, numel));
+  const std::uint64_t need = static_cast<std::uint64_t>(smallest) * per + held_beyond_reserve(merger, numel, threads) + kReserve;
   if (need <= plan.budget) return;
   const bool whole = smallest >= numel;
+  const std::string how = whole ? " whole" : smallest > 1 ? " in rows of " + std::to_string(smallest) + " elements" : "";
+  const std::string statistics =
+      held > kHeldInReserve ? " and its statistics (" + format_bytes(held) + " on " +
+                                  std::to_string(run_threads(threads, numel)) + " threads)"
+                            : "";
   throw usage_error("--memory-budget " + format_bytes(plan.budget) + ": --method " + method + " needs tensor '" +
-                    tensor + "' " + (whole ? "whole" : "in rows of " + std::to_string(smallest) + " elements") +
-                    ", about " + format_bytes(need) + " with every input; raise the budget to at least that");
+                    tensor + "'" + how + ", about " + format_bytes(need) + " with every input" + statistics +
+                    "; raise the budget to at least that");
 }
 
 void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::vector<i64>& shape,
@@ -100,7 +124,11 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
   for (const auto d : shape) numel *= d;
   const i64 granule = std::max<i64>(merger.granule(), 1);
   const auto per = plan.bytes_per_element + merger.extra_bytes_per_element();
-  const i64 fit = std::max<i64>(plan.max_elements * static_cast<i64>(plan.bytes_per_element) / static_cast<i64>(per), 1);
+  // The pieces get what the merger's statistics leave of the plan's room.
+  const auto room = static_cast<std::uint64_t>(plan.max_elements) * plan.bytes_per_element;
+  // (Without a budget the room is half the memory available, far above them.)
+  const auto held = plan.budget != 0 ? held_beyond_reserve(merger, numel, threads) : 0;
+  const i64 fit = std::max<i64>(static_cast<i64>((room > held ? room - held : 0) / per), 1);
   i64 piece = std::min(numel, std::max(granule, fit / granule * granule));
   // Pieces that stay in cache keep the f32 copies of the inputs and the output out of memory:
   // a pass over them reads the inputs' 16-bit bytes again, no more than reading a whole
@@ -154,7 +182,7 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
     return;
   }
   while (merger.wants_pass()) {
-    if (runs) merger.start_runs(threads);
+    if (runs) merger.start_runs(run_threads(threads, numel));
     for (i64 first = 0; first < numel; first += piece) {
       if (runs) {
         read(first, [&](i64 begin, i64 end) { merger.observe_run(in, begin, end); });

@@ -29,6 +29,10 @@ class PieceMerger {
   virtual std::int64_t granule() const { return 1; }
   /// Memory per element of a piece the merger holds besides the driver's buffers.
   virtual std::uint64_t extra_bytes_per_element() const { return 0; }
+  /// Memory the merger holds for the whole tensor whatever the pieces' size, at most, when its
+  /// runs come on `threads` threads: statistics per block, histograms. The driver takes it from
+  /// the budget before cutting pieces.
+  virtual std::uint64_t held_bytes(int /*threads*/) const { return 0; }
   virtual bool wants_pass() const { return false; }
   /// Whether the merger keeps per-element state between passes when a tensor is one piece
   /// (karcher's means): the driver then cuts pieces only as small as the budget needs, not down
@@ -56,6 +60,10 @@ class PieceMerger {
   /// statistics blocks (kernels::kStatBlock), so that no two runs add into one block's lanes.
   static constexpr std::int64_t kRunAlign = std::int64_t{1} << 14;
 };
+
+/// The threads a tensor of `numel` elements is read and merged on, run by run, given `threads`:
+/// no more than it has cells of kRunAlign elements (each thread takes whole runs).
+int run_threads(int threads, std::int64_t numel);
 
 /// The merger of one tensor (`options` with its per-tensor parameters resolved), `n` tasks.
 std::unique_ptr<PieceMerger> piece_merger(const ClassicMergeOptions& options, const std::string& name,
@@ -168,6 +176,7 @@ class MultislerpSums {
   /// norms() and dots() hold them now).
   kernels::ElementwiseStep step(std::int64_t first, std::int64_t count, float* models, float* base, double* lanes,
                                 const double* weights, const double* norms, const double* dots) const;
+  std::size_t lane_count() const noexcept { return lanes_.size(); }
   std::vector<double>& lanes() noexcept { return lanes_; }
   /// The pass's totals taken from lanes() (then zeroed for the next); a format_error naming the
   /// tensor where the directions' mean vanishes with more than two models.
@@ -206,8 +215,9 @@ class KarcherSums {
   /// them now).
   kernels::ElementwiseStep step(std::int64_t first, std::int64_t count, float* tasks, float* base, double* lanes,
                                 const double* table) const;
-  /// The pass's sums, sum q's lanes at q · stride().
+  /// The pass's sums, sum q's lanes at q · stride(); lane_count() of them at most (pass 0's).
   std::vector<double>& lanes() noexcept { return lanes_; }
+  std::size_t lane_count() const noexcept { return lanes_.size(); }
   std::int64_t stride() const noexcept { return blocks_ * kernels::kStatLanes; }
   /// The pass's totals taken from lanes() (then zeroed for the next), the decision made.
   void end_pass();
@@ -263,9 +273,10 @@ PiecePlan plan_pieces(std::size_t n, bool has_base, std::uint64_t budget, bool b
 std::uint64_t copy_piece_bytes(const PiecePlan& plan);
 
 /// Refuses (usage_error naming the option, method, tensor and the memory it needs) a tensor whose
-/// merger cannot be cut to the plan's pieces, when a budget was given.
+/// merger cannot be cut to the plan's pieces, when a budget was given; `threads` as
+/// merge_in_pieces will be given.
 void check_fits(const PiecePlan& plan, const PieceMerger& merger, const std::string& method,
-                const std::string& tensor, std::int64_t numel);
+                const std::string& tensor, std::int64_t numel, int threads);
 
 /// Merges one tensor from `sources` in pieces, giving each merged piece to `sink(first, values)`.
 /// `buffers` keeps its memory from tensor to tensor.

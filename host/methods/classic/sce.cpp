@@ -39,6 +39,12 @@ class ScePieces final : public PieceMerger {
     stage_ = topk_ < 1 ? Stage::select : Stage::energy;
   }
   std::uint64_t extra_bytes_per_element() const override { return 9; }  // a piece's variances, keep bytes
+  std::uint64_t held_bytes(int threads) const override {
+    std::uint64_t held = 2 * equal_.size() * sizeof(i64);  // equal_, energy_left_
+    for (const auto& l : lanes_) held += l.size() * sizeof(double);
+    // The selection's histograms: the first digit's, the rank's, and one per thread counting.
+    return held + static_cast<std::uint64_t>(2 + std::max(threads, 1)) * 65536 * sizeof(i64);
+  }
   bool wants_pass() const override { return stage_ != Stage::done; }
   bool task_vectors() const override { return has_base_; }
   void observe(const TensorInputs& in, int threads) override {

@@ -238,7 +238,7 @@ ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& o,
     if (is_float_dtype(t.dtype)) {
       std::int64_t numel = 1;
       for (const auto d : t.shape) numel *= d;
-      check_fits(pieces, *merger(t.name), to_string(o.method), t.name, numel);
+      check_fits(pieces, *merger(t.name), to_string(o.method), t.name, numel, threads);
     }
   TensorInputs in;  // its memory reused from tensor to tensor
   FloatBuffer merged;

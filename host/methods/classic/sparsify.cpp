@@ -366,7 +366,7 @@ Thinning::Thinning(const ThinningSpec& spec, i64 count) : spec_(spec), count_(co
     else {
       r.low.assign(65536, 0);
       r.equal.assign(static_cast<std::size_t>(blocks), 0);
-      r.above_sum.assign(static_cast<std::size_t>(blocks * kLanes), 0.0);
+      if (l1) r.above_sum.assign(static_cast<std::size_t>(blocks * kLanes), 0.0);
     }
     return r;
   };
@@ -417,6 +417,22 @@ Thinning::Thinning(const ThinningSpec& spec, i64 count) : spec_(spec), count_(co
     stages_ = {Stage::norms};
   }
   if (l1) before_.assign(static_cast<std::size_t>(blocks * kLanes), 0.0);
+}
+
+std::uint64_t Thinning::held_bytes(int threads) const {
+  const auto bytes = [](const auto& v) { return static_cast<std::uint64_t>(v.size() * sizeof(v[0])); };
+  const auto blocks = static_cast<std::uint64_t>(block_count(count_));
+  std::uint64_t held = bytes(high_) + bytes(before_) + bytes(after_), selecting = 0;
+  for (const auto& r : rules_) {
+    held += bytes(r.low) + bytes(r.equal) + bytes(r.above_sum) + blocks * 8;  // `left` once decided
+    selecting += r.trivial ? 0 : 1;
+  }
+  if (!stages_.empty() && works_in_runs()) {  // start_runs: each slot's histograms, the ties kept
+    held += static_cast<std::uint64_t>(std::max(threads, 1)) * std::max<std::uint64_t>(selecting, 1) * 65536 * 8;
+    if (spec_.rescale != Rescale::l1) held += selecting * static_cast<std::uint64_t>(std::min(kTiesKept, count_)) * 8;
+  }
+  if (!after_.empty()) held += static_cast<std::uint64_t>((count_ + 63) / 64) * 8;  // kept_ of a whole tensor
+  return held;
 }
 
 double Thinning::Rule::kept_l1() const {

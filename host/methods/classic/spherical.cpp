@@ -268,6 +268,7 @@ class NuslerpPieces final : public PieceMerger {
     for (auto& s : sums_) s.assign(static_cast<std::size_t>(sums), 0.0);
   }
   i64 granule() const override { return plan_.layout == 0 ? 1 : plan_.row; }
+  std::uint64_t held_bytes(int) const override { return sums_.size() * sums_[0].size() * sizeof(double); }
   bool wants_pass() const override { return plan_.layout != 1 && !summed_; }
   void observe(const TensorInputs& in, int threads) override {
     run_host_step(step(plan_.layout == 0 ? kernels::ElementwiseKind::pair_lanes : kernels::ElementwiseKind::pair_columns,
@@ -341,6 +342,7 @@ class MultislerpPieces final : public PieceMerger {
   MultislerpPieces(i64 numel, std::vector<double> w, double eps, std::string name)
       : sums_(numel, std::move(w), eps, std::move(name)) {}
   bool wants_pass() const override { return sums_.wants_pass(); }
+  std::uint64_t held_bytes(int) const override { return sums_.lane_count() * sizeof(double); }
   void observe(const TensorInputs& in, int threads) override {
     run_host_step(sums_.step(in.first, static_cast<i64>(in.count), const_cast<float*>(in.stacked.data()),
                              base(in), sums_.lanes().data(), sums_.weights().data(), sums_.norms().data(),
@@ -369,6 +371,7 @@ class KarcherPieces final : public PieceMerger {
   KarcherPieces(std::size_t models, bool base_first, i64 max_iter, double tol, i64 numel)
       : sums_(numel, models, max_iter, tol), models_(models), base_first_(base_first), numel_(numel) {}
   std::uint64_t extra_bytes_per_element() const override { return 16; }  // one piece's means
+  std::uint64_t held_bytes(int) const override { return sums_.lane_count() * sizeof(double); }
   bool wants_pass() const override { return sums_.wants_pass(); }
   bool whole_tensor_saves_work() const override { return true; }  // the means kept, not replayed
   void observe(const TensorInputs& in, int threads) override {

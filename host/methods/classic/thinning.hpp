@@ -63,6 +63,9 @@ class Thinning {
   void observe_run(std::int64_t first, std::span<const float> x, int slot);
   void apply_run(std::int64_t first, std::span<float> x);
 
+  /// The memory its statistics take at most, passes in runs on `threads` threads included.
+  std::uint64_t held_bytes(int threads) const;
+
  private:
   // The backend's driver (thinning_on_backend.cpp) gathers this class's statistics on a device
   // and runs its decisions there; the arithmetic deciding them (end_pass) stays here.
@@ -78,7 +81,7 @@ class Thinning {
     std::vector<std::int64_t> low;            // histogram of the low 16 bits under `hi`
     std::vector<std::int64_t> equal;          // per block: elements at the threshold
     std::vector<std::int64_t> left;           // per block: of those, how many are inside
-    std::vector<double> above_sum;            // per block and lane: Σ|x| above the threshold
+    std::vector<double> above_sum;            // per block and lane: Σ|x| above the threshold (L1 rescale)
     // A low-bits pass in runs, when the elements whose high bits are `hi` are few: each one's
     // (index << 16 | low bits), in any order, so that the ties are counted per block without
     // another pass over the tensor. `at_hi_used` entries are filled (taken atomically).

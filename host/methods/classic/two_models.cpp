@@ -168,6 +168,7 @@ class TwoModelPieces final : public PieceMerger {
  public:
   TwoModelPieces(ClassicMethod method, double t, std::int64_t count) : method_(method), t_(t), sums_(count) {}
   bool wants_pass() const override { return method_ == ClassicMethod::slerp && !summed_; }
+  std::uint64_t held_bytes(int) const override { return sums_.lane_count() * sizeof(double); }
   void end_pass() override {
     summed_ = true;
     std::tie(s0_, s1_) = sums_.coefficients(t_);

@@ -265,7 +265,7 @@ TEST(PieceMerge, BudgetRefusesATensorWhoseRowDoesNotFit) {
   const auto plan = plan_pieces(3, true, std::uint64_t{512} << 20, true);
   const auto della = piece_merger(o, "w", shape, 3, true);
   try {
-    check_fits(plan, *della, "della", "w", 200'000'000);
+    check_fits(plan, *della, "della", "w", 200'000'000, 2);
     FAIL() << "a 50M-element row for 4 inputs fits 512 MiB";
   } catch (const usage_error& e) {
     const std::string m = e.what();
@@ -275,8 +275,63 @@ TEST(PieceMerge, BudgetRefusesATensorWhoseRowDoesNotFit) {
   // TIES cuts the same tensor anywhere: it fits, in pieces under the budget.
   o.method = ClassicMethod::ties;
   const auto ties = piece_merger(o, "w", shape, 3, true);
-  EXPECT_NO_THROW(check_fits(plan, *ties, "ties", "w", 200'000'000));
+  EXPECT_NO_THROW(check_fits(plan, *ties, "ties", "w", 200'000'000, 2));
   EXPECT_LT(plan.max_elements * static_cast<i64>(plan.bytes_per_element), i64{512} << 20);
+}
+
+TEST(PieceMerge, BudgetHoldsTheStatisticsOfEveryThread) {
+  // TIES over 8 tasks counts a histogram per task and thread (512 KiB each) and keeps the ties
+  // of each task's threshold (up to 4 MiB): on 64 threads about 300 MiB whatever the pieces.
+  ClassicMergeOptions o;
+  o.method = ClassicMethod::ties;
+  for (int t = 0; t < 8; ++t) o.tasks.push_back({"t" + std::to_string(t), "x"});
+  o.densities = {0.3};
+  const std::vector<i64> shape{4096, 4096};
+  const i64 numel = 4096 * 4096;
+  const auto ties = piece_merger(o, "w", shape, 8, true);
+  const auto held64 = ties->held_bytes(64), held2 = ties->held_bytes(2);
+  EXPECT_GE(held64, std::uint64_t{8} * 64 * (512 << 10));
+  EXPECT_EQ(held64 - held2, std::uint64_t{8} * 62 * (512 << 10));  // a histogram per task and thread
+  const auto plan = plan_pieces(8, true, std::uint64_t{256} << 20, true);
+  EXPECT_NO_THROW(check_fits(plan, *ties, "ties", "w", numel, 2));
+  try {
+    check_fits(plan, *ties, "ties", "w", numel, 64);
+    FAIL() << "TIES' statistics on 64 threads fit 256 MiB";
+  } catch (const usage_error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("--memory-budget 256"), std::string::npos) << m;
+    EXPECT_NE(m.find("tensor 'w', about"), std::string::npos) << m;
+    EXPECT_NE(m.find("on 64 threads"), std::string::npos) << m;
+  }
+  // What only an L1 rescale reads is not held without one: TIES' kept magnitudes per block and
+  // lane (16 MiB per task for a tensor of 2^30 elements; 9.5 MiB is all the rest on one thread).
+  o.tasks.resize(1);
+  const auto big = piece_merger(o, "w", {i64{1} << 15, i64{1} << 15}, 1, true);
+  EXPECT_LT(big->held_bytes(1), std::uint64_t{10} << 20);
+}
+
+TEST(PieceMerge, PiecesGetWhatTheStatisticsLeaveOfTheBudget) {
+  // 8 tasks of TIES on 2 threads hold about 29 MiB of statistics, 8 MiB of them inside the
+  // process's reserve (96 MiB). A budget of the reserve, the rest of them and 2 MiB leaves pieces
+  // of at most 43 690 elements (48 bytes each), where the plan alone would allow 500 000. The
+  // bits are the whole tensor's all the same.
+  static const TensorSet set({300, 700}, DType::F32, 8);
+  ClassicMergeOptions o;
+  o.method = ClassicMethod::ties;
+  for (int t = 0; t < 8; ++t) o.tasks.push_back({"t" + std::to_string(t), "unused"});
+  o.densities = {0.3};
+  const auto held = piece_merger(o, "w", set.shape, 8, true)->held_bytes(2);
+  ASSERT_GT(held, std::uint64_t{16} << 20);
+  const auto beyond = held - (std::uint64_t{8} << 20);
+  const auto plan = plan_pieces(8, true, (std::uint64_t{96} << 20) + beyond + (std::uint64_t{2} << 20), true);
+  const auto most = (std::uint64_t{2} << 20) / plan.bytes_per_element;
+  ASSERT_GT(static_cast<std::uint64_t>(set.numel()), most);
+  std::vector<std::size_t> pieces;
+  const auto parts = set.merge(o, 8, true, plan, 2, &pieces);
+  ASSERT_GT(pieces.size(), 1u);
+  for (const auto p : pieces) EXPECT_LE(p, most);
+  const auto whole = set.merge(o, 8, true, set.numel(), 1);
+  EXPECT_EQ(0, std::memcmp(whole.data(), parts.data(), whole.size() * sizeof(float)));
 }
 
 }  // namespace

@@ -66,13 +66,17 @@ struct TensorSet {
   // The merged tensor, in pieces of at most `max_elements` (rounded to the merger's rows).
   std::vector<float> merge(const ClassicMergeOptions& o, std::size_t n, bool base, i64 max_elements,
                            int threads) const {
+    return merge(o, n, base, PiecePlan{max_elements, 0, 24}, threads);
+  }
+  /// The same under `plan`; each piece's size appended to `pieces` where given.
+  std::vector<float> merge(const ClassicMergeOptions& o, std::size_t n, bool base, const PiecePlan& plan, int threads,
+                           std::vector<std::size_t>* pieces = nullptr) const {
     TensorSources src;
     if (base) src = {&tensors[0], "the base", {}, {}};
     for (std::size_t t = 0; t < n; ++t) {
       src.models.push_back(&tensors[1 + t]);
       src.model_where.push_back("task " + std::to_string(t));
     }
-    const PiecePlan plan{max_elements, 0, 24};
     auto merger = piece_merger(o, "w", shape, n, base);
     std::vector<float> result(static_cast<std::size_t>(numel()), std::nanf(""));
     FloatBuffer out;
@@ -81,6 +85,7 @@ struct TensorSet {
     merge_in_pieces(*merger, "w", shape, src, plan, in, out,
                     [&](std::uint64_t first, std::span<const float> part) {
                       std::memcpy(result.data() + first, part.data(), part.size_bytes());
+                      if (pieces) pieces->push_back(part.size());
                       for (std::size_t k = 0; k < part.size(); ++k) ++written[first + k];
                     },
                     threads);
