@@ -70,19 +70,21 @@ ModelOutputOptions model_output_options(const ClassicMergeOptions& options,
 struct PartToRead {
   const CheckpointTensor* tensor = nullptr;
   const std::string* where = nullptr;
-  float* out = nullptr;
-  const float* minus = nullptr;
+  float* out = nullptr;  ///< the piece's values (unused when read run by run)
+  int minus = -1;        ///< an earlier part, whose values are subtracted from this one's; -1: none
 };
-/// Elements [first, first + count) of every part's tensor as f32 into its `out`, converted and
-/// checked on `threads` threads, refusing non-finite values (format_error naming file, tensor,
-/// element and `where`; the first part in order that has one), `minus` subtracted once checked;
-/// the parts' pages dropped from the resident set once read where `drop_pages`. The elements
-/// are read in runs cut at multiples of `run` elements of the tensor, each run from every part
-/// in order, then given to `then(begin, end)` (offsets in the piece) on the same thread, unless
+/// Elements [first, first + count) of every part's tensor as f32, converted and checked on
+/// `threads` threads, refusing non-finite values (format_error naming file, tensor, element and
+/// `where`; the first part in order that has one), the `minus` part's values subtracted once
+/// checked; the parts' pages dropped from the resident set once read where `drop_pages`. The
+/// elements are read in runs cut at multiples of `run` elements of the tensor, each run from
+/// every part in order. Without `then`, into each part's `out`. With it, into memory of the
+/// reading thread (part k's run at values + k · run), given to `then(begin, end, values)`
+/// (begin and end: offsets in the piece) on that thread while the run is in its cache, unless
 /// one of its values is not finite; `then` must not throw.
+using RunValues = std::function<void(std::int64_t, std::int64_t, float*)>;
 void read_finite_parts(std::span<const PartToRead> parts, std::int64_t first, std::size_t count, int threads,
-                       bool drop_pages, std::int64_t run,
-                       const std::function<void(std::int64_t, std::int64_t)>& then);
+                       bool drop_pages, std::int64_t run, const RunValues& then);
 
 /// mergekit's per-tensor parameters (tensor_parameters.cpp): whether any are set, and whether
 /// `key` is; a tensor's position among the layers (layer i of L at i / (L − 1), 0 outside the

@@ -47,6 +47,11 @@ constexpr i64 kDropElements = i64{1} << 22;
 
 }  // namespace
 
+RunInputs whole_run(TensorInputs& in) {
+  const auto count = static_cast<i64>(in.count);
+  return {in.first, count, count, in.n, in.base.empty() ? nullptr : in.base.data(), in.stacked.data()};
+}
+
 int run_threads(int threads, i64 numel) {
   const i64 cells = (numel + PieceMerger::kRunAlign - 1) / PieceMerger::kRunAlign;
   return static_cast<int>(std::clamp<i64>(cells, 1, std::max(threads, 1)));
@@ -151,19 +156,28 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
     dropped_to = end;
   };
   std::vector<PartToRead> parts;
-  // Reads the piece at `first`, each run given to `then` (see read_finite_parts) once read.
-  const auto read = [&](i64 first, const std::function<void(i64, i64)>& then) {
+  // Reads the piece at `first`: into `in`, or (a merger in runs) each run given to `then` as
+  // the RunInputs of its values (see read_finite_parts) once read.
+  const auto read = [&](i64 first, const std::function<void(i64, const RunInputs&)>& then) {
     throw_if_interrupted("merge");  // a 70B embedding is many pieces: Ctrl-C need not wait for all
     in.first = first;
     in.count = static_cast<std::size_t>(std::min(piece, numel - first));
-    in.base.resize(src.base ? in.count : 0);
-    in.stacked.resize(in.n * in.count);
+    in.base.resize(src.base && !then ? in.count : 0);
+    in.stacked.resize(then ? 0 : in.n * in.count);
     parts.clear();
-    if (src.base) parts.push_back({src.base, &src.base_where, in.base.data(), nullptr});
-    const float* minus = merger.task_vectors() ? in.base.data() : nullptr;
+    const bool has_base = src.base != nullptr;
+    if (has_base) parts.push_back({src.base, &src.base_where, then ? nullptr : in.base.data(), -1});
+    const int minus = has_base && merger.task_vectors() ? 0 : -1;
     for (std::size_t t = 0; t < in.n; ++t)
-      parts.push_back({src.models[t], &src.model_where[t], in.model(t).data(), minus});
-    read_finite_parts(parts, first, in.count, threads, drop_each, PieceMerger::kRunAlign, then);
+      parts.push_back({src.models[t], &src.model_where[t], then ? nullptr : in.model(t).data(), minus});
+    RunValues values;
+    if (then)
+      values = [&](i64 begin, i64 end, float* v) {
+        const RunInputs run{first + begin, end - begin, PieceMerger::kRunAlign, in.n, has_base ? v : nullptr,
+                            has_base ? v + PieceMerger::kRunAlign : v};
+        then(begin, run);
+      };
+    read_finite_parts(parts, first, in.count, threads, drop_each, PieceMerger::kRunAlign, values);
     if (drop_each) return;
     const i64 end = first + static_cast<i64>(in.count);
     if (first < dropped_to) dropped_to = first;  // the next pass
@@ -185,7 +199,7 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
     if (runs) merger.start_runs(run_threads(threads, numel));
     for (i64 first = 0; first < numel; first += piece) {
       if (runs) {
-        read(first, [&](i64 begin, i64 end) { merger.observe_run(in, begin, end); });
+        read(first, [&](i64, const RunInputs& run) { merger.observe_run(run); });
         continue;
       }
       if (!read_once) read(first, {});
@@ -205,7 +219,9 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
     auto& merged = behind ? behind->next() : out;
     merged.resize(static_cast<std::size_t>(std::min(piece, numel - first)));
     if (runs) {
-      read(first, [&](i64 begin, i64 end) { merger.produce_run(in, merged, begin, end); });
+      read(first, [&](i64 begin, const RunInputs& run) {
+        merger.produce_run(run, std::span(merged).subspan(static_cast<std::size_t>(begin), static_cast<std::size_t>(run.count)));
+      });
     } else {
       if (!read_once) read(first, {});
       merger.produce(in, merged, threads);

@@ -18,6 +18,22 @@
 
 namespace revmerge {
 
+/// One run of a piece as the driver read it for a merger that works in runs: elements
+/// [first, first + count) of the tensor, the base's at `base` (null: none; subtracted from the
+/// tasks' where the merger wants task vectors) and task t's at `tasks + t · stride`, in memory of
+/// the thread that read them.
+struct RunInputs {
+  std::int64_t first = 0, count = 0, stride = 0;
+  std::size_t n = 0;
+  const float* base = nullptr;
+  float* tasks = nullptr;
+  std::span<float> model(std::size_t t) const {
+    return {tasks + t * static_cast<std::size_t>(stride), static_cast<std::size_t>(count)};
+  }
+};
+/// A whole piece as one run.
+RunInputs whole_run(TensorInputs& in);
+
 /// One tensor's merge, piece by piece. The driver calls, for every pass the merger wants, each
 /// piece's observe, then end_pass; then each piece's produce. Pieces
 /// come in order, cover the tensor once per pass, and hold a multiple of granule() elements.
@@ -48,14 +64,14 @@ class PieceMerger {
 
   /// Whether the merger works run by run: then the driver reads each run of a piece and, on the
   /// same thread while the run is in cache, calls observe_run (in passes) or produce_run in
-  /// place of observe and produce. Runs are [begin, end) of the piece, disjoint, cut at multiples
-  /// of kRunAlign elements of the tensor, and come on several threads at once, in any order;
-  /// neither call may throw.
+  /// place of observe and produce. Runs are disjoint, cut at multiples of kRunAlign elements of
+  /// the tensor, and come on several threads at once, in any order; neither call may throw.
   virtual bool works_in_runs() const { return false; }
   /// Before each pass in runs: they come on OpenMP threads numbered below `threads`.
   virtual void start_runs(int /*threads*/) {}
-  virtual void observe_run(const TensorInputs&, std::int64_t /*begin*/, std::int64_t /*end*/) {}
-  virtual void produce_run(TensorInputs&, std::span<float> /*out*/, std::int64_t /*begin*/, std::int64_t /*end*/) {}
+  virtual void observe_run(const RunInputs&) {}
+  /// The merged run into `out` (run.count elements); the run's values may be consumed.
+  virtual void produce_run(const RunInputs&, std::span<float> /*out*/) {}
   /// Runs are cut at multiples of this many elements of the tensor: a multiple of the
   /// statistics blocks (kernels::kStatBlock), so that no two runs add into one block's lanes.
   static constexpr std::int64_t kRunAlign = std::int64_t{1} << 14;

@@ -174,25 +174,22 @@ class TwoModelPieces final : public PieceMerger {
     std::tie(s0_, s1_) = sums_.coefficients(t_);
   }
   bool works_in_runs() const override { return true; }
-  void observe_run(const TensorInputs& in, std::int64_t begin, std::int64_t end) override {
-    sums_.add_run(in.first + begin, in.base.data() + begin, in.model(0).data() + begin, end - begin);
-  }
-  void produce_run(TensorInputs& in, std::span<float> out, std::int64_t begin, std::int64_t end) override {
-    const std::span<const float> v0 = in.base, v1 = in.model(0);
+  void observe_run(const RunInputs& run) override { sums_.add_run(run.first, run.base, run.tasks, run.count); }
+  void produce_run(const RunInputs& run, std::span<float> out) override {
+    const auto count = static_cast<std::size_t>(run.count);
+    const std::span<const float> v0(run.base, count), v1(run.tasks, count);
     if (method_ == ClassicMethod::nearswap) {
       auto st = element_step(kernels::ElementwiseKind::nearswap, v0, v1, out);
       st.t = t_;
-      return element_run<kernels::ElementwiseKind::nearswap>(st, begin, end);
+      return element_run<kernels::ElementwiseKind::nearswap>(st, 0, run.count);
     }
     auto st = element_step(kernels::ElementwiseKind::blend, v0, v1, out);
     st.s0 = s0_;
     st.s1 = s1_;
-    element_run<kernels::ElementwiseKind::blend>(st, begin, end);
+    element_run<kernels::ElementwiseKind::blend>(st, 0, run.count);
   }
   // The driver merges this merger's pieces run by run (works_in_runs); a whole piece is one run.
-  void produce(TensorInputs& in, std::span<float> out, int) override {
-    produce_run(in, out, 0, static_cast<std::int64_t>(in.count));
-  }
+  void produce(TensorInputs& in, std::span<float> out, int) override { produce_run(whole_run(in), out); }
 
  private:
   ClassicMethod method_;
