@@ -1,15 +1,19 @@
 #pragma once
 // The values at chosen ascending ranks of many doubles seen in passes (a tensor's pieces), exact:
 // a radix selection on the values' ordered bits, 16 bits a pass (four passes), with nothing kept
-// but one histogram per rank. Used where a method needs quantiles of a whole tensor that is
-// merged in pieces.
+// but one histogram per rank — or, where allowed (keep_at_most), fewer passes: once few values
+// share a rank's digits found so far, the next pass keeps them and the rank's value is picked
+// among them. Used where a method needs quantiles of a whole tensor that is merged in pieces.
 #include <omp.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <bit>
 #include <cstdint>
 #include <span>
+#include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "kernels/elementwise.hpp"
@@ -18,6 +22,14 @@ namespace revmerge {
 
 class RankSelect {
  public:
+  /// What a selection over a tensor of `numel` values keeps at most (keep_at_most): a byte per
+  /// value, 32 MiB at most. Measured on arcee_fusion's importances of a 7b-shaped model: the three
+  /// quartiles' high 16 bits left about 6 % of an MLP tensor in question, so its fourth of the
+  /// passes is its second; an embedding's third.
+  static std::int64_t keep_limit(std::int64_t numel) { return std::min<std::int64_t>(std::int64_t{1} << 22, numel / 8); }
+  /// The most memory a selection holds besides its histograms: keep_limit's values.
+  static std::uint64_t kept_bytes(std::int64_t numel) { return static_cast<std::uint64_t>(keep_limit(numel)) * 8; }
+
   /// Ranks from 0 (the smallest) among all the values a pass sees; they may also be given later,
   /// by ranks(), up to the end of the first pass.
   explicit RankSelect(std::vector<std::int64_t> ranks = {}) : first_(65536, 0) { this->ranks(std::move(ranks)); }
@@ -30,11 +42,19 @@ class RankSelect {
     histogram_.assign(ranks_.size(), std::vector<std::int64_t>(65536, 0));
   }
 
+  /// Lets the passes end early: once the values still in question for the ranks (those sharing
+  /// a rank's digits found so far, counted once per rank) are at most `most` in all, the next
+  /// pass keeps them (8 bytes each) and each rank's value is picked among them. 0 (the default):
+  /// four passes of histograms, as a backend's (add_histogram) must take.
+  void keep_at_most(std::int64_t most) { keep_most_ = most; }
+
   bool wants_pass() const noexcept { return digit_ < 4; }
+  /// Whether this pass keeps the values in question instead of counting a digit.
+  bool keeping() const noexcept { return keeping_; }
 
   /// Values of one piece, in the current pass (every pass sees the same values), on `threads`
-  /// threads where there are many (each counting into histograms of its own, added after: the
-  /// same counts).
+  /// threads where there are many (each counting into histograms of its own, kept for the pass
+  /// and added up at its end: the same counts).
   void add(std::span<const double> values, int threads = 1) {
     add_made(static_cast<std::int64_t>(values.size()),
              [&](std::int64_t first, std::int64_t count, double*) { return values.subspan(first, count); }, threads);
@@ -45,32 +65,42 @@ class RankSelect {
   /// count doubles, or elsewhere), so that a piece's values need not be held at once.
   template <class Make>
   void add_made(std::int64_t total, Make&& make, int threads) {
-    constexpr std::int64_t kBlock = 4096, kPerThread = std::int64_t{1} << 20;
-    const int used = static_cast<int>(std::clamp<std::int64_t>(total / kPerThread + 1, 1, std::max(threads, 1)));
+    constexpr std::int64_t kBlock = 4096;
+    const int used = static_cast<int>(std::clamp<std::int64_t>(total / kBlock, 1, std::max(threads, 1)));
     const std::size_t histograms = digit_ == 0 ? 1 : ranks_.size();
+    // Histograms of each thread's own, kept from piece to piece: added up once a piece, they cost
+    // more than the counting of a cache-sized piece (so one thread counted alone).
+    if (!keeping_ && used > 1 && slot_counts_.size() < static_cast<std::size_t>(used) * histograms * 65536)
+      slot_counts_.resize(static_cast<std::size_t>(used) * histograms * 65536, 0);
 #pragma omp parallel num_threads(used)
     {
-      std::vector<std::vector<std::int64_t>> own(used > 1 ? histograms : 0, std::vector<std::int64_t>(65536, 0));
-      const std::span<std::vector<std::int64_t>> into =
-          used > 1 ? std::span(own) : digit_ == 0 ? std::span(&first_, 1) : std::span(histogram_);
-      std::vector<double> scratch(static_cast<std::size_t>(kBlock));
+      std::vector<double> scratch(static_cast<std::size_t>(kBlock)), block(keeping_ ? scratch.size() : 0);
+      std::vector<std::int64_t*> into(histograms);
       const auto t = omp_get_thread_num(), parts = omp_get_num_threads();
+      for (std::size_t h = 0; h < histograms; ++h)
+        into[h] = used > 1 ? slot_counts_.data() + (static_cast<std::size_t>(t) * histograms + h) * 65536
+                  : digit_ == 0 ? first_.data()
+                                : histogram_[h].data();
       const std::int64_t from = total * t / parts, to = total * (t + 1) / parts;
       for (std::int64_t b = from; b < to; b += kBlock) {
         const std::int64_t count = std::min(kBlock, to - b);
-        this->count(std::span<const double>(make(b, count, scratch.data())), into);
-      }
-      if (used > 1) {
-#pragma omp critical(revmerge_rank_select)
-        for (std::size_t h = 0; h < histograms; ++h) {
-          auto& sum = digit_ == 0 ? first_ : histogram_[h];
-          for (std::size_t v = 0; v < 65536; ++v) sum[v] += own[h][v];
-        }
+        const std::span<const double> values(make(b, count, scratch.data()));
+        // Keeping: each block's values in question into the ranks' places, taken atomically.
+        if (keeping_) keep(values, block);
+        else this->count(values, into);
       }
     }
   }
 
   void end_pass() {
+    if (keeping_) return pick();
+    // The threads' histograms into the pass's, thread by thread.
+    const std::size_t histograms = digit_ == 0 ? 1 : ranks_.size();
+    for (std::size_t at = 0; at < slot_counts_.size(); at += 65536) {
+      const std::size_t h = at / 65536 % histograms;
+      auto& sum = digit_ == 0 ? first_ : histogram_[h];
+      for (std::size_t v = 0; v < 65536; ++v) sum[v] += std::exchange(slot_counts_[at + v], 0);
+    }
     for (std::size_t r = 0; r < ranks_.size(); ++r) {
       const auto& h = digit_ == 0 ? first_ : histogram_[r];
       std::uint64_t b = 0;
@@ -80,6 +110,15 @@ class RankSelect {
       if (digit_ > 0) std::fill(histogram_[r].begin(), histogram_[r].end(), 0);
     }
     ++digit_;
+    if (digit_ == 4) slot_counts_ = {};
+    std::int64_t in_question = 0;
+    for (const auto e : equal_) in_question += e;
+    keeping_ = digit_ < 4 && keep_most_ > 0 && in_question <= keep_most_;
+    if (!keeping_) return;
+    slot_counts_ = {};
+    kept_.resize(ranks_.size());
+    for (std::size_t r = 0; r < ranks_.size(); ++r) kept_[r].resize(static_cast<std::size_t>(equal_[r]));
+    filled_.assign(ranks_.size(), 0);
   }
 
   /// The pass's digit (0: bits 63 … 48 of the values' ordered bits, kernels::ordered_bits), and
@@ -98,7 +137,7 @@ class RankSelect {
   std::int64_t below(std::size_t r) const { return below_[r]; }
   std::int64_t equal(std::size_t r) const { return equal_[r]; }
 
-  /// The value at ranks[r], after the four passes.
+  /// The value at ranks[r], after the passes.
   double value(std::size_t r) const {
     const std::uint64_t k = prefix_[r];
     return std::bit_cast<double>(k >> 63 ? k & ~(std::uint64_t{1} << 63) : ~k);
@@ -107,18 +146,55 @@ class RankSelect {
  private:
   static std::uint64_t key(double v) { return kernels::ordered_bits(v); }
 
+  // The values whose digits so far are rank r's prefix, appended to kept_[r] (`block`: room for
+  // values.size() of them). More than the last pass counted leaves kept_[r] short (pick fails).
+  void keep(std::span<const double> values, std::vector<double>& block) {
+    const int shift = 64 - 16 * digit_;
+    for (std::size_t r = 0; r < ranks_.size(); ++r) {
+      const std::uint64_t prefix = prefix_[r];
+      std::size_t m = 0;
+      for (const double v : values) {
+        block[m] = v;
+        m += (key(v) >> shift) == prefix;
+      }
+      if (m == 0) continue;
+      const auto at = static_cast<std::size_t>(std::atomic_ref(filled_[r]).fetch_add(static_cast<std::int64_t>(m)));
+      if (at + m <= kept_[r].size()) std::copy_n(block.begin(), m, kept_[r].begin() + static_cast<std::ptrdiff_t>(at));
+    }
+  }
+
+  // After a pass that kept the values in question: each rank's value among its own, by their
+  // ordered bits (the order of the radix passes), and the counts below and at it.
+  void pick() {
+    const auto before = [](double a, double b) { return key(a) < key(b); };
+    for (std::size_t r = 0; r < ranks_.size(); ++r) {
+      auto& kept = kept_[r];
+      const auto at = ranks_[r] - below_[r];
+      if (filled_[r] != static_cast<std::int64_t>(kept.size()) || at < 0 || at >= filled_[r])
+        throw std::logic_error("RankSelect: a pass saw other values than the one before");
+      std::nth_element(kept.begin(), kept.begin() + at, kept.end(), before);
+      const std::uint64_t k = key(kept[static_cast<std::size_t>(at)]);
+      below_[r] += std::count_if(kept.begin(), kept.end(), [k](double x) { return key(x) < k; });
+      equal_[r] = std::count_if(kept.begin(), kept.end(), [k](double x) { return key(x) == k; });
+      prefix_[r] = k;
+      kept = {};
+    }
+    keeping_ = false;
+    digit_ = 4;
+  }
+
   // The values into `h`: at digit 0 its one histogram of the high digits, whatever the ranks;
   // after, rank r's histogram h[r] of the digit, for the values under its prefix (a sweep per
   // rank: the callers' blocks of values stay in cache).
-  void count(std::span<const double> values, std::span<std::vector<std::int64_t>> h) const {
+  void count(std::span<const double> values, std::span<std::int64_t* const> h) const {
     if (digit_ == 0) {
-      std::int64_t* c = h[0].data();
+      std::int64_t* c = h[0];
       for (const double v : values) ++c[key(v) >> 48];
       return;
     }
     const int shift = 48 - 16 * digit_;
     for (std::size_t r = 0; r < ranks_.size(); ++r) {
-      std::int64_t* c = h[r].data();
+      std::int64_t* c = h[r];
       const std::uint64_t prefix = prefix_[r];
       for (const double v : values) {
         const std::uint64_t k = key(v);
@@ -133,6 +209,11 @@ class RankSelect {
   std::vector<std::int64_t> equal_;    // values inside it (at the end: equal to the value)
   std::vector<std::int64_t> first_;    // the first pass's histogram
   std::vector<std::vector<std::int64_t>> histogram_;
+  std::vector<std::int64_t> slot_counts_;  // each counting thread's histograms, thread after thread
+  std::vector<std::vector<double>> kept_;  // a keeping pass's values in question, per rank
+  std::vector<std::int64_t> filled_;       // how many of each rank's are in (taken atomically)
+  std::int64_t keep_most_ = 0;
+  bool keeping_ = false;
   int digit_ = 0;
 };
 

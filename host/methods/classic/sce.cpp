@@ -4,9 +4,10 @@
 // every task; each task weighted by its mean square over the tensor (summing to 1; the squares
 // summed in the statistics blocks' lanes, as the backends sum them); then signs
 // elected and the agreeing values averaged (combine.hpp). The variance threshold is found by
-// an exact radix selection over four passes (RankSelect), the ties at it counted per block in a
-// fifth, the tasks' mean squares summed in a sixth; the same bits as combine_stack's whole-tensor
-// SCE for any piece size.
+// an exact radix selection over two to four passes (RankSelect: the last keeps the variances still
+// in question once they are few), the ties at it counted per block in the next, the tasks' mean
+// squares summed in the last; the same bits as combine_stack's whole-tensor SCE for any piece size
+// (on a backend: four passes of histograms).
 #include <algorithm>
 #include <cmath>
 
@@ -37,13 +38,16 @@ class ScePieces final : public PieceMerger {
     const i64 blocks = (numel + kBlock - 1) / kBlock;
     equal_.assign(static_cast<std::size_t>(blocks), 0);
     stage_ = topk_ < 1 ? Stage::select : Stage::energy;
+    select_.keep_at_most(RankSelect::keep_limit(numel));
   }
   std::uint64_t extra_bytes_per_element() const override { return 9; }  // a piece's variances, keep bytes
   std::uint64_t held_bytes(int threads) const override {
     std::uint64_t held = 2 * equal_.size() * sizeof(i64);  // equal_, energy_left_
     for (const auto& l : lanes_) held += l.size() * sizeof(double);
-    // The selection's histograms: the first digit's, the rank's, and one per thread counting.
-    return held + static_cast<std::uint64_t>(2 + std::max(threads, 1)) * 65536 * sizeof(i64);
+    // The selection's histograms (the first digit's, the rank's, one per thread counting), the
+    // values it keeps.
+    return held + static_cast<std::uint64_t>(2 + std::max(threads, 1)) * 65536 * sizeof(i64) +
+           RankSelect::kept_bytes(numel_);
   }
   bool wants_pass() const override { return stage_ != Stage::done; }
   bool task_vectors() const override { return has_base_; }

@@ -223,8 +223,18 @@ class RamPieces final : public PieceMerger {
 class FusionPieces final : public PieceMerger {
  public:
   FusionPieces(i64 row, i64 numel)
-      : row_(std::max<i64>(row, 1)), kl_(static_cast<std::size_t>(numel / row_)), select_(fusion_ranks(numel)) {}
+      : row_(std::max<i64>(row, 1)), numel_(numel), kl_(static_cast<std::size_t>(numel / row_)),
+        select_(fusion_ranks(numel)) {
+    select_.keep_at_most(RankSelect::keep_limit(numel));
+  }
   i64 granule() const override { return row_; }
+  std::uint64_t held_bytes(int threads) const override {
+    // The divergences, the selection's histograms (the first digit's, each rank's, and each
+    // counting thread's), the values it keeps.
+    const std::uint64_t ranks = 3;
+    return kl_.size() * sizeof(double) + (1 + ranks + static_cast<std::uint64_t>(std::max(threads, 1)) * ranks) * 65536 * 8 +
+           RankSelect::kept_bytes(numel_);
+  }
   bool wants_pass() const override { return select_.wants_pass(); }
   void observe(const TensorInputs& in, int threads) override {
     if (select_.digit() == 0) {
@@ -256,7 +266,7 @@ class FusionPieces final : public PieceMerger {
   }
 
  private:
-  i64 row_;
+  i64 row_, numel_;
   std::vector<double> kl_;  // each row's divergence
   RankSelect select_;
   double threshold_ = 0;
