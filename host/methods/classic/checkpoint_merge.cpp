@@ -128,9 +128,10 @@ void read_finite_parts(std::span<const PartToRead> parts, std::int64_t first, st
   // meet once. Runs merged as read go to the thread's own memory, not to the piece's: writing
   // the piece's f32 copies cost each input element 8 bytes of memory traffic for its 2 read
   // (task arithmetic on the 2-layer 7b set, 2 cores, five runs alternated: medians 1.83 → 1.63 s
-  // wall, 2.84 → 2.22 s of CPU, peak memory 81 → 66 MB, the same bytes). Runs are handed out as threads come free: the writer's thread takes a core now
-  // and then, and a thread it displaces leaves its runs to the others (DARE-TIES on the 2-layer
-  // 7b set, 2 cores: 4.5–4.8 s → 4.1–4.5 s against a static split).
+  // wall, 2.84 → 2.22 s of CPU, peak memory 81 → 66 MB, the same bytes). Runs are handed out as
+  // threads come free: the writer's thread takes a core now and then, and a thread it displaces
+  // leaves its runs to the others (DARE-TIES on the 2-layer 7b set, 2 cores: 4.5–4.8 s → 4.1–4.5
+  // s against a static split).
   const i64 n = static_cast<i64>(count), head = first / run, runs = (first + n + run - 1) / run - head;
   std::vector<i64> bad(parts.size(), n);
 #pragma omp parallel for num_threads(static_cast<int>(std::clamp<i64>(runs, 1, std::max(threads, 1)))) schedule(dynamic)
@@ -212,7 +213,6 @@ void combine_tensor(const ClassicMergeOptions& o, TensorInputs& in, std::span<fl
   }
 }
 
-// Elements [begin, end) of a piece.
 // The same in pieces: each task's thinning gathers its statistics in passes (thinning.hpp),
 // then every piece is thinned and combined (SCE: sce.cpp).
 class CombinePieces final : public PieceMerger {

@@ -108,7 +108,8 @@ void check_fits(const PiecePlan& plan, const PieceMerger& merger, const std::str
   const auto per = plan.bytes_per_element + merger.extra_bytes_per_element();
   const i64 smallest = std::min(std::max<i64>(merger.granule(), 1), std::max<i64>(numel, 1));
   const auto held = merger.held_bytes(run_threads(threads, numel));
-  const std::uint64_t need = static_cast<std::uint64_t>(smallest) * per + held_beyond_reserve(merger, numel, threads) + kReserve;
+  const std::uint64_t need =
+      static_cast<std::uint64_t>(smallest) * per + (held > kHeldInReserve ? held - kHeldInReserve : 0) + kReserve;
   if (need <= plan.budget) return;
   const bool whole = smallest >= numel;
   const std::string how = whole ? " whole" : smallest > 1 ? " in rows of " + std::to_string(smallest) + " elements" : "";
