@@ -24,12 +24,8 @@ constexpr std::uint64_t kReserve = std::uint64_t{96} << 20;
 // What a merger holds beyond this comes out of the pieces' room.
 constexpr std::uint64_t kHeldInReserve = std::uint64_t{8} << 20;
 
-// The statistics a merger holds for a tensor of `numel` elements on `threads` threads, beyond
-// what the reserve holds.
-std::uint64_t held_beyond_reserve(const PieceMerger& merger, i64 numel, int threads) {
-  const auto held = merger.held_bytes(run_threads(threads, numel));
-  return held > kHeldInReserve ? held - kHeldInReserve : 0;
-}
+// Of a merger's statistics, what the reserve does not hold.
+std::uint64_t beyond_reserve(std::uint64_t held) { return held > kHeldInReserve ? held - kHeldInReserve : 0; }
 
 // Elements of a piece at most: its f32 copies (every input and the output, 1 MiB each) fit in
 // the last-level cache. Smaller pieces cost more in each step's thread start and join than
@@ -109,7 +105,7 @@ void check_fits(const PiecePlan& plan, const PieceMerger& merger, const std::str
   const i64 smallest = std::min(std::max<i64>(merger.granule(), 1), std::max<i64>(numel, 1));
   const auto held = merger.held_bytes(run_threads(threads, numel));
   const std::uint64_t need =
-      static_cast<std::uint64_t>(smallest) * per + (held > kHeldInReserve ? held - kHeldInReserve : 0) + kReserve;
+      static_cast<std::uint64_t>(smallest) * per + beyond_reserve(held) + kReserve;
   if (need <= plan.budget) return;
   const bool whole = smallest >= numel;
   const std::string how = whole ? " whole" : smallest > 1 ? " in rows of " + std::to_string(smallest) + " elements" : "";
@@ -133,7 +129,7 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
   // The pieces get what the merger's statistics leave of the plan's room.
   const auto room = static_cast<std::uint64_t>(plan.max_elements) * plan.bytes_per_element;
   // (Without a budget the room is half the memory available, far above them.)
-  const auto held = plan.budget != 0 ? held_beyond_reserve(merger, numel, threads) : 0;
+  const auto held = plan.budget != 0 ? beyond_reserve(merger.held_bytes(run_threads(threads, numel))) : 0;
   const i64 fit = std::max<i64>(static_cast<i64>((room > held ? room - held : 0) / per), 1);
   i64 piece = std::min(numel, std::max(granule, fit / granule * granule));
   // Pieces that stay in cache keep the f32 copies of the inputs and the output out of memory:

@@ -27,8 +27,13 @@ class RankSelect {
   /// quartiles' high 16 bits left about 6 % of an MLP tensor in question, so its fourth of the
   /// passes is its second; an embedding's third.
   static std::int64_t keep_limit(std::int64_t numel) { return std::min<std::int64_t>(std::int64_t{1} << 22, numel / 8); }
-  /// The most memory a selection holds besides its histograms: keep_limit's values.
-  static std::uint64_t kept_bytes(std::int64_t numel) { return static_cast<std::uint64_t>(keep_limit(numel)) * 8; }
+  /// The most memory a selection of `ranks` ranks over `numel` values holds, counted on
+  /// `threads` threads with keep_at_most(keep_limit(numel)): the first digit's histogram, each
+  /// rank's, each counting thread's, and the values kept.
+  static std::uint64_t held_bytes(std::size_t ranks, std::int64_t numel, int threads) {
+    const auto histograms = 1 + ranks + static_cast<std::uint64_t>(std::max(threads, 1)) * std::max<std::size_t>(ranks, 1);
+    return histograms * 65536 * sizeof(std::int64_t) + static_cast<std::uint64_t>(keep_limit(numel)) * sizeof(double);
+  }
 
   /// Ranks from 0 (the smallest) among all the values a pass sees; they may also be given later,
   /// by ranks(), up to the end of the first pass.

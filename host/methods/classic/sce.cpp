@@ -44,10 +44,7 @@ class ScePieces final : public PieceMerger {
   std::uint64_t held_bytes(int threads) const override {
     std::uint64_t held = 2 * equal_.size() * sizeof(i64);  // equal_, energy_left_
     for (const auto& l : lanes_) held += l.size() * sizeof(double);
-    // The selection's histograms (the first digit's, the rank's, one per thread counting), the
-    // values it keeps.
-    return held + static_cast<std::uint64_t>(2 + std::max(threads, 1)) * 65536 * sizeof(i64) +
-           RankSelect::kept_bytes(numel_);
+    return held + RankSelect::held_bytes(1, numel_, threads);  // the threshold's selection
   }
   bool wants_pass() const override { return stage_ != Stage::done; }
   bool task_vectors() const override { return has_base_; }

@@ -229,11 +229,7 @@ class FusionPieces final : public PieceMerger {
   }
   i64 granule() const override { return row_; }
   std::uint64_t held_bytes(int threads) const override {
-    // The divergences, the selection's histograms (the first digit's, each rank's, and each
-    // counting thread's), the values it keeps.
-    const std::uint64_t ranks = 3;
-    return kl_.size() * sizeof(double) + (1 + ranks + static_cast<std::uint64_t>(std::max(threads, 1)) * ranks) * 65536 * 8 +
-           RankSelect::kept_bytes(numel_);
+    return kl_.size() * sizeof(double) + RankSelect::held_bytes(fusion_ranks(numel_).size(), numel_, threads);
   }
   bool wants_pass() const override { return select_.wants_pass(); }
   void observe(const TensorInputs& in, int threads) override {
