@@ -200,6 +200,12 @@ void ShardedWriter::write_part(const std::string& name, std::uint64_t offset, st
   writers_[shard(name)].write_part(name, offset, data);
 }
 
+void ShardedWriter::write_behind(std::uint64_t bytes) {
+  if (writers_.empty()) return;
+  writers_.front().write_behind(bytes);
+  for (std::size_t i = 1; i < writers_.size(); ++i) writers_[i].share_write_behind(writers_.front());
+}
+
 void ShardedWriter::write_f32_part(const std::string& name, std::uint64_t first,
                                    std::span<const float> values, int threads) {
   writers_[shard(name)].write_f32_part(name, first, values, threads);

@@ -12,6 +12,7 @@
 
 #include "core/atomic_output.hpp"
 #include "core/checked_math.hpp"
+#include "core/write_queue.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/safetensors.hpp"
 
@@ -38,9 +39,20 @@ struct SafetensorsWriter::Impl {
   std::uint64_t data_start = 0;
   std::uint64_t size = 0;
   bool joined = false;  // one of several writers of the file: answers for its own tensors only
+  // Converted parts written behind the caller (write_behind); shared by a model's shards.
+  std::shared_ptr<WriteQueue> queue;
+
+  // Nothing queued may still be writing to `file` when it closes (and removes its temporary).
+  ~Impl() {
+    if (queue) queue->wait();
+  }
 
   std::string lay_out(const std::filesystem::path& path, std::vector<TensorSpec> specs,
                       const std::map<std::string, std::string>& metadata);
+
+  // Checks and counts a write of `size` bytes at byte `offset` of tensor `name`'s data;
+  // returns where in the file they go.
+  std::uint64_t claim(std::string_view name, std::uint64_t offset, std::size_t size);
 
   Slot& slot(std::string_view name) {
     const auto it = by_name.find(name);
@@ -130,23 +142,33 @@ void SafetensorsWriter::write(std::string_view name, std::span<const std::byte> 
   write_part(name, 0, data);
 }
 
-void SafetensorsWriter::write_part(std::string_view name, std::uint64_t offset,
-                                   std::span<const std::byte> data) {
-  auto& s = impl_->slot(name);
-  const auto& target = impl_->file->target();
+std::uint64_t SafetensorsWriter::Impl::claim(std::string_view name, std::uint64_t offset, std::size_t size) {
+  auto& s = slot(name);
+  const auto& target = file->target();
   const auto nbytes = s.spec.nbytes();
-  if (offset > nbytes || data.size() > nbytes - offset)
+  if (offset > nbytes || size > nbytes - offset)
     throw shape_error(target.string() + ": tensor '" + std::string(name) + "' holds " +
-                      std::to_string(nbytes) + " bytes; a write of " + std::to_string(data.size()) +
+                      std::to_string(nbytes) + " bytes; a write of " + std::to_string(size) +
                       " at byte " + std::to_string(offset) + " goes past its end");
   // Parts never overlap when every byte is written once: more bytes than the tensor holds means
   // some were written twice.
-  const bool again = nbytes == 0 ? s.touched.exchange(true) : s.written.fetch_add(data.size()) + data.size() > nbytes;
+  const bool again = nbytes == 0 ? s.touched.exchange(true) : s.written.fetch_add(size) + size > nbytes;
   s.touched = true;
   if (again)
     throw usage_error(target.string() + ": tensor '" + std::string(name) + "' written twice");
-  impl_->file->write_at(impl_->data_start + s.begin + offset, data.data(), data.size());
+  return data_start + s.begin + offset;
 }
+
+void SafetensorsWriter::write_part(std::string_view name, std::uint64_t offset,
+                                   std::span<const std::byte> data) {
+  impl_->file->write_at(impl_->claim(name, offset, data.size()), data.data(), data.size());
+}
+
+void SafetensorsWriter::write_behind(std::uint64_t bytes) {
+  if (!impl_->queue) impl_->queue = std::make_shared<WriteQueue>(bytes);
+}
+
+void SafetensorsWriter::share_write_behind(const SafetensorsWriter& other) { impl_->queue = other.impl_->queue; }
 
 void SafetensorsWriter::write_f32(std::string_view name, std::span<const float> values, int threads) {
   const auto& s = impl_->slot(name);
@@ -172,6 +194,21 @@ void SafetensorsWriter::write_f32_part(std::string_view name, std::uint64_t firs
   // AtomicFile can write its whole blocks around the page cache (f32 parts are copied there
   // too: the caller's buffer has no such alignment).
   constexpr std::size_t kAlign = AtomicFile::kDirectAlign;
+  if (impl_->queue) {
+    // Written behind: each part converted into a block of the queue and left to its thread.
+    std::size_t at = 0;
+    do {
+      const auto part = values.subspan(at, std::min(kPart, values.size() - at));
+      const auto bytes = part.size() * size;
+      const auto where = impl_->claim(name, (first + at) * size, bytes);
+      auto block = impl_->queue->take(bytes + kAlign);
+      const auto shift = AtomicFile::direct_shift(where);
+      convert_from_f32(part.data(), s.spec.dtype, block.data() + shift, part.size(), threads);
+      impl_->queue->write(std::move(block), *impl_->file, where, shift, bytes);
+      at += part.size();
+    } while (at < values.size());
+    return;
+  }
   thread_local std::unique_ptr<std::byte[]> storage;
   thread_local std::size_t capacity = 0;
   const std::size_t need = std::min(values.size(), kPart) * size + 2 * kAlign;
@@ -208,6 +245,7 @@ std::vector<std::string> SafetensorsWriter::written_names() const {
 }
 
 void SafetensorsWriter::commit() {
+  if (impl_->queue) impl_->queue->drain();
   for (const auto& s : impl_->slots)
     if ((!s.touched && !impl_->joined) || (s.touched && s.written != s.spec.nbytes()))
       throw usage_error(impl_->file->target().string() + ": tensor '" + s.spec.name + "' was declared but " +

@@ -224,6 +224,7 @@ std::int64_t write_model(const HfModel& config_from, const std::vector<OutputTen
         writer.emplace(ShardedWriter::Join{}, out, specs, o.max_shard_bytes,
                        std::vector<fs::path>(files.begin(), files.end()), metadata, starts);
       });
+  if (o.write_behind_bytes != 0 && writer) writer->write_behind(o.write_behind_bytes);
   std::vector<float> values;  // the copies' conversions, reused
   std::int64_t replaced = 0;
   const auto others = steps.write_share(

@@ -33,6 +33,10 @@ struct ModelOutputOptions {
   /// dropped from the resident set once written (bounded memory for a 70B embedding).
   std::uint64_t piece_bytes = std::uint64_t{64} << 20;
   std::uint64_t max_shard_bytes = 5'000'000'000ull;  ///< transformers' default shard size
+  /// Produced pieces are written behind the producer through a queue of at most this many bytes
+  /// (ShardedWriter::write_behind), so that reading the next tensor overlaps the disk's writes
+  /// of this one; 0: each piece written before its sink returns.
+  std::uint64_t write_behind_bytes = 0;
   ProgressFn progress;
   /// Small files written into the folder beside the model: (name, text), e.g. the recipe.
   std::vector<std::pair<std::string, std::string>> extra_files;

@@ -88,6 +88,9 @@ class ShardedWriter {
   void write_part(const std::string& name, std::uint64_t offset, std::span<const std::byte> data);
   void write_f32_part(const std::string& name, std::uint64_t first, std::span<const float> values,
                       int threads = 1);
+  /// Converted values written behind the caller, every shard through one queue of at most
+  /// `bytes` (SafetensorsWriter::write_behind).
+  void write_behind(std::uint64_t bytes);
   void commit();
   std::size_t shard_count() const noexcept { return writers_.size(); }
 

@@ -143,6 +143,14 @@ class SafetensorsWriter {
   void write_part(std::string_view name, std::uint64_t offset, std::span<const std::byte> data);
   void write_f32_part(std::string_view name, std::uint64_t first, std::span<const float> values,
                       int threads = 1);
+  /// From now on write_f32 / write_f32_part return once their values are converted and queued:
+  /// a thread of the writer's own writes them, from at most `bytes` of buffers (at least one
+  /// part's), while the caller goes on. commit() waits for them; a failed write's error comes
+  /// from the next write_f32_part or from commit(). Raw writes (write, write_part) stay in line.
+  void write_behind(std::uint64_t bytes);
+  /// The same, through `other`'s queue (its write_behind() called first): the shards of one
+  /// model share one thread and one bound.
+  void share_write_behind(const SafetensorsWriter& other);
   /// Counts tensor `name` as written by another writer of the same file (commit() does not
   /// ask for its bytes here).
   void written_elsewhere(std::string_view name);

@@ -64,6 +64,30 @@ TEST(ShardedWriter, SplitsByTheLimitAndRoundTripsThroughTheIndex) {
               std::vector<float>(16, float(i)));
 }
 
+// The shards of one model written behind the caller through one queue (of one block here: every
+// shard's parts take turns in it): the same files as written in line.
+TEST(ShardedWriter, ShardsWrittenBehindThroughOneQueueAreTheSameFiles) {
+  test::TempDir dir;
+  std::vector<TensorSpec> specs;
+  for (int i = 0; i < 5; ++i) specs.push_back({"layer." + std::to_string(i) + ".w", DType::BF16, {1000, 700}});
+  for (const std::uint64_t queue : {0, 1}) {
+    const auto out = dir / ("q" + std::to_string(queue));
+    std::filesystem::create_directory(out);
+    ShardedWriter w(out, specs, /*max_shard_bytes=*/3'000'000);  // two tensors a shard
+    ASSERT_EQ(w.shard_count(), 3u);
+    if (queue) w.write_behind(queue);
+    for (int i = 4; i >= 0; --i) {
+      std::vector<float> v(700'000);
+      for (std::size_t k = 0; k < v.size(); ++k) v[k] = static_cast<float>(k % 97) * 0.25f - static_cast<float>(i);
+      w.write_f32("layer." + std::to_string(i) + ".w", v);
+    }
+    w.commit();
+  }
+  for (const auto& name : test::list_dir(dir / "q0"))
+    EXPECT_EQ(test::read_bytes(dir / "q1" / name), test::read_bytes(dir / "q0" / name)) << name;
+  EXPECT_EQ(test::list_dir(dir / "q1"), test::list_dir(dir / "q0"));
+}
+
 TEST(ShardedWriter, OneShardIsAPlainModelFile) {
   test::TempDir dir;
   ShardedWriter w(dir.path(), {{"x", DType::BF16, {3}}}, 1 << 20);

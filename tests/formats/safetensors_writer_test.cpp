@@ -1,5 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
+
+#include <cmath>
+#include <csignal>
 #include <cstdlib>
 
 #include "revmerge/error.hpp"
@@ -53,6 +57,63 @@ TEST(SafetensorsWriter, LargePartsAtAnyOffsetLandWhereTheyBelong) {
   const SafetensorsFile f(dir / "o.safetensors");
   for (const char* n : {"f", "b", "h", "d"}) EXPECT_EQ(f.read_f32(n), v) << n;
   EXPECT_TRUE(f.read_f32("e").empty());
+}
+
+// Parts written behind the caller (write_behind) land byte for byte where the in-line writer
+// puts them: with a queue of one block (each part waits for the last one's write) and with room
+// for all of them, parts larger than a block and at offsets that are not multiples of it.
+TEST(SafetensorsWriter, PartsWrittenBehindAreTheBytesWrittenInLine) {
+  test::TempDir dir;
+  const std::size_t count = (std::size_t{1} << 21) + 77, cut = (std::size_t{1} << 20) + 3;
+  std::vector<float> v(count);
+  for (std::size_t i = 0; i < count; ++i) v[i] = std::ldexp(static_cast<float>(i % 1009) - 504.3f, -static_cast<int>(i % 7));
+  const auto write = [&](const std::string& file, std::uint64_t queue) {
+    SafetensorsWriter w(dir / file, {{"f", DType::F32, {count}}, {"b", DType::BF16, {count}},
+                                     {"h", DType::F16, {count}}, {"e", DType::BF16, {0}}});
+    if (queue) w.write_behind(queue);
+    for (const char* n : {"b", "f", "h"}) {
+      w.write_f32_part(n, cut, std::span<const float>(v).subspan(cut), 2);
+      w.write_f32_part(n, 0, std::span<const float>(v).first(cut), 2);
+    }
+    w.write_f32_part("e", 0, {}, 2);
+    w.commit();
+  };
+  write("inline.safetensors", 0);
+  write("one.safetensors", 1);
+  write("all.safetensors", std::uint64_t{64} << 20);
+  const auto expected = test::read_bytes(dir / "inline.safetensors");
+  EXPECT_EQ(test::read_bytes(dir / "one.safetensors"), expected);
+  EXPECT_EQ(test::read_bytes(dir / "all.safetensors"), expected);
+}
+
+// A write that fails behind the caller fails commit() (or the next part), and the output never
+// appears: here the process's file size limit, lowered once the file is laid out, refuses the
+// writes past its first MiB.
+TEST(SafetensorsWriter, AWriteFailingBehindFailsTheCommitAndLeavesNothing) {
+  test::TempDir dir;
+  const std::vector<float> v(std::size_t{1} << 21, 0.5f);
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
+  const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);  // EFBIG instead of the signal
+  std::string message;
+  bool queued = false;
+  try {
+    SafetensorsWriter w(dir / "o.safetensors", {{"b", DType::BF16, {v.size()}}});
+    w.write_behind(std::uint64_t{64} << 20);
+    rlimit small = old;
+    small.rlim_cur = rlim_t{1} << 20;
+    ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+    w.write_f32_part("b", 0, v, 1);  // queued: returns before the disk refuses
+    queued = true;
+    w.commit();
+  } catch (const io_error& e) {
+    message = e.what();
+  }
+  ::setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, old_handler);
+  EXPECT_TRUE(queued);
+  EXPECT_NE(message.find("o.safetensors"), std::string::npos) << message;
+  EXPECT_TRUE(test::list_dir(dir.path()).empty());
 }
 
 TEST(SafetensorsWriter, NothingAppearsUntilCommitAndAbandonedWritesLeaveNothing) {

@@ -407,6 +407,7 @@ ClassicMergeReport merge_classic_checkpoints_on(const ClassicMergeOptions& o,
   auto mo = model_output_options(o, report);
   mo.threads = threads;
   mo.piece_bytes = copy_piece_bytes(plan);
+  mo.write_behind_bytes = plan.write_behind_bytes;
   report.items = write_full_model(layout, o.out, produce, mo);
   return report;
 }

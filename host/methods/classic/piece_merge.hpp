@@ -280,6 +280,7 @@ struct PiecePlan {
   std::int64_t max_elements = 0;
   std::uint64_t budget = 0;
   std::uint64_t bytes_per_element = 0;  ///< the driver's buffers and one input's mapped pages
+  std::uint64_t write_behind_bytes = 0;  ///< the writer's queue (ModelOutputOptions), outside the pieces' room
 };
 
 /// The plan for merging n tasks (and a base) under `budget` bytes (0: half the memory available).
