@@ -182,6 +182,9 @@ double ram_scale(const RamParameters& p, double shared, double unique);
 /// median + 1.5 · (q₃ − q₁).
 std::vector<std::int64_t> fusion_ranks(std::int64_t numel);
 double fusion_threshold(double q1, double median, double q3);
+/// arcee_fusion's divergence of each row of `row` elements of w (the fine-tune) and b (the base),
+/// on `threads` threads: kernels::fusion_row_kl's bits, its maxima and sums in vector registers.
+std::vector<double> fusion_rows(std::span<const float> w, std::span<const float> b, std::int64_t row, int threads);
 
 /// Layer stacking (slices.cpp): the output's blocks from `options.slices`; with `make`, every
 /// block merged on the backend it makes (each slice's method and parameters as on the CPU, the

@@ -9,6 +9,7 @@
 #include <limits>
 #include <random>
 
+#include "kernels/elementwise.hpp"
 #include "methods/classic/piece_merge.hpp"
 #include "methods/classic/rank_select.hpp"
 #include "methods/classic/thinning.hpp"
@@ -251,6 +252,37 @@ TEST(PieceMerge, SlerpSumsOfRunsAreTheStepsLanes) {
   ASSERT_EQ(steps.lane_count(), runs.lane_count());
   EXPECT_EQ(0, std::memcmp(steps.lanes().data(), runs.lanes().data(), steps.lane_count() * sizeof(double)));
   EXPECT_NE(0.0, steps.lanes()[5]);
+}
+
+// The host's rows of arcee_fusion (maxima and lane sums as vectors) give the bits of the shared
+// routine as a GPU runs it (each value formed where it is added): rows of every length around
+// the lanes' multiples, maxima anywhere (zeros of both signs among them) and ties.
+TEST(PieceMerge, FusionRowsAreTheSharedRoutinesBits) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 0.03f);
+  for (const std::int64_t row : {1, 2, 7, 8, 9, 15, 16, 17, 300, 4099}) {
+    const std::int64_t rows = 5;
+    std::vector<float> w(static_cast<std::size_t>(row * rows)), b(w.size());
+    for (std::size_t k = 0; k < w.size(); ++k) {
+      w[k] = normal(rng);
+      b[k] = w[k] + normal(rng) * 0.1f;
+    }
+    // Row 1 at or below zero with zeros of both signs at its top; row 2 all equal; row 3 its
+    // largest values last.
+    for (std::int64_t j = 0; j < row; ++j) {
+      w[static_cast<std::size_t>(row + j)] = j % 3 == 0 ? (j % 2 ? -0.0f : 0.0f) : -std::fabs(w[static_cast<std::size_t>(row + j)]);
+      b[static_cast<std::size_t>(row + j)] = j % 2 ? 0.0f : -0.0f;
+      w[static_cast<std::size_t>(2 * row + j)] = 0.25f;
+      w[static_cast<std::size_t>(3 * row + j)] = static_cast<float>(j) * 1e-3f;
+    }
+    const auto kl = fusion_rows(w, b, row, 2);
+    ASSERT_EQ(kl.size(), static_cast<std::size_t>(rows));
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const double expected = kernels::fusion_row_kl(w.data() + r * row, b.data() + r * row, row);
+      EXPECT_EQ(std::memcmp(&kl[static_cast<std::size_t>(r)], &expected, sizeof expected), 0)
+          << "row length " << row << ", row " << r << ": " << kl[static_cast<std::size_t>(r)] << " against " << expected;
+    }
+  }
 }
 
 TEST(PieceMerge, NonFiniteInputsAreRefusedByTaskAndElement) {
