@@ -38,7 +38,9 @@ WriteQueue::Block WriteQueue::take(std::size_t size) {
       free_.erase(fits);
       return b;
     }
-    if (held_ == 0 || held_ + size <= limit_) {
+    // A new block: within the bound, or when no queued write will bring one back (every block
+    // is in a caller's hands) and waiting would wait forever.
+    if (held_ == 0 || held_ + size <= limit_ || (free_.empty() && jobs_.empty() && !writing_)) {
       // Pages are first touched by the caller's fill (not zeroed here: it writes every byte it
       // queues).
       const std::size_t capacity = (size + AtomicFile::kDirectAlign - 1) / AtomicFile::kDirectAlign *

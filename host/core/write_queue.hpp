@@ -34,7 +34,8 @@ class WriteQueue {
     std::size_t capacity_ = 0;
   };
 
-  /// Holds at most `bytes` of buffers (at least one buffer, whatever its size).
+  /// Holds at most `bytes` of buffers, or more only as one buffer for each caller filling one
+  /// while nothing is queued (at least one, whatever its size).
   explicit WriteQueue(std::uint64_t bytes);
   /// Waits for the queued writes; their errors are dropped (the owner drains before it commits,
   /// so an error not yet seen here belongs to an output being thrown away).
