@@ -293,6 +293,7 @@ ClassicMergeReport merge_layer_slices(const ClassicMergeOptions& o,
   auto mo = model_output_options(o, report);
   mo.threads = threads;
   mo.piece_bytes = copy_piece_bytes(pieces);
+  mo.write_behind_bytes = pieces.write_behind_bytes;
   mo.num_hidden_layers = layers;
   mo.layer_sources = layer_sources;
   const HfModel& config_from = o.base.empty() ? first : model(o.base);
