@@ -11,8 +11,14 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(safetensors_header shard_index adapter_config bundle_manifest merge_config)
 build=build/fuzz
-CXX=clang++ cmake -S tests/fuzz -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$build" -j "$(nproc)" >/dev/null
+mkdir -p "$build"
+# Quiet when it builds; the build's own messages when it does not (a silent exit hid a link error).
+if ! { CXX=clang++ cmake -S tests/fuzz -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
+       cmake --build "$build" -j "$(nproc)"; } >"$build/build.log" 2>&1; then
+  tail -n 40 "$build/build.log" >&2
+  echo "tools/fuzz.sh: the fuzz targets did not build (log: $build/build.log)" >&2
+  exit 1
+fi
 status=0
 printf '%-20s %12s %8s %8s  %s\n' target executions cov ft outcome
 for t in "${targets[@]}"; do
