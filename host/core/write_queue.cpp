@@ -15,9 +15,9 @@ void WriteQueue::Block::Free::operator()(std::byte* p) const noexcept { ::operat
 WriteQueue::WriteQueue(std::uint64_t bytes) : limit_(bytes), thread_([this] { run(); }) {}
 
 WriteQueue::~WriteQueue() {
+  wait();
   {
-    std::unique_lock lock(mutex_);
-    changed_.wait(lock, [&] { return jobs_.empty() && !writing_; });
+    std::lock_guard lock(mutex_);
     stop_ = true;
   }
   changed_.notify_all();
@@ -38,9 +38,9 @@ WriteQueue::Block WriteQueue::take(std::size_t size) {
       free_.erase(fits);
       return b;
     }
-    // A new block: within the bound, or when no queued write will bring one back (every block
-    // is in a caller's hands) and waiting would wait forever.
-    if (held_ == 0 || held_ + size <= limit_ || (free_.empty() && jobs_.empty() && !writing_)) {
+    // A new block: within the bound, or when no queued write will bring one back (every block,
+    // if any, is in a caller's hands) and waiting would wait forever.
+    if (held_ + size <= limit_ || (free_.empty() && jobs_.empty() && !writing_)) {
       // Pages are first touched by the caller's fill (not zeroed here: it writes every byte it
       // queues).
       const std::size_t capacity = (size + AtomicFile::kDirectAlign - 1) / AtomicFile::kDirectAlign *
@@ -74,8 +74,8 @@ void WriteQueue::wait() noexcept {
 }
 
 void WriteQueue::drain() {
-  std::unique_lock lock(mutex_);
-  changed_.wait(lock, [&] { return jobs_.empty() && !writing_; });
+  wait();
+  std::lock_guard lock(mutex_);
   rethrow_locked();
 }
 

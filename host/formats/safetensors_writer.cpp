@@ -188,44 +188,40 @@ void SafetensorsWriter::write_f32_part(std::string_view name, std::uint64_t firs
   // goes through the page cache starts its writeback (AtomicFile::write_at) before the next
   // part piles up dirty pages.
   constexpr std::size_t kPart = std::size_t{1} << 20;
-  // One conversion buffer per thread, kept: a fresh one per part would be fresh pages (a fault
-  // and a zeroing per 4 KiB) for every tensor written. Not zero-filled: the conversion writes
-  // every byte. Each part starts at its file offset's place in an aligned block, so that
-  // AtomicFile can write its whole blocks around the page cache (f32 parts are copied there
-  // too: the caller's buffer has no such alignment).
+  // Each part starts at its file offset's place in an aligned block, so that AtomicFile can
+  // write its whole blocks around the page cache (f32 parts are copied there too: the caller's
+  // buffer has no such alignment).
   constexpr std::size_t kAlign = AtomicFile::kDirectAlign;
-  if (impl_->queue) {
-    // Written behind: each part converted into a block of the queue and left to its thread.
-    std::size_t at = 0;
-    do {
-      const auto part = values.subspan(at, std::min(kPart, values.size() - at));
-      const auto bytes = part.size() * size;
-      const auto where = impl_->claim(name, (first + at) * size, bytes);
-      auto block = impl_->queue->take(bytes + kAlign);
-      const auto shift = AtomicFile::direct_shift(where);
-      convert_from_f32(part.data(), s.spec.dtype, block.data() + shift, part.size(), threads);
-      impl_->queue->write(std::move(block), *impl_->file, where, shift, bytes);
-      at += part.size();
-    } while (at < values.size());
-    return;
+  std::byte* aligned = nullptr;
+  if (!impl_->queue) {
+    // In line: one conversion buffer per thread, kept: a fresh one per part would be fresh pages
+    // (a fault and a zeroing per 4 KiB) for every tensor written. Not zero-filled: the
+    // conversion writes every byte.
+    thread_local std::unique_ptr<std::byte[]> storage;
+    thread_local std::size_t capacity = 0;
+    const std::size_t need = std::min(values.size(), kPart) * size + 2 * kAlign;
+    if (need > capacity) {
+      storage.reset(new std::byte[need]);
+      capacity = need;
+    }
+    void* start = storage.get();
+    std::size_t room = capacity;
+    aligned = static_cast<std::byte*>(std::align(kAlign, capacity - kAlign, start, room));
   }
-  thread_local std::unique_ptr<std::byte[]> storage;
-  thread_local std::size_t capacity = 0;
-  const std::size_t need = std::min(values.size(), kPart) * size + 2 * kAlign;
-  if (need > capacity) {
-    storage.reset(new std::byte[need]);
-    capacity = need;
-  }
-  void* aligned = storage.get();
-  std::size_t room = capacity;
-  std::align(kAlign, capacity - kAlign, aligned, room);
   std::size_t at = 0;
   do {  // once for an empty tensor too: the writer counts it written
     const auto part = values.subspan(at, std::min(kPart, values.size() - at));
-    const auto offset = (first + at) * size;
-    auto* buf = static_cast<std::byte*>(aligned) + AtomicFile::direct_shift(impl_->data_start + s.begin + offset);
-    convert_from_f32(part.data(), s.spec.dtype, buf, part.size(), threads);
-    write_part(name, offset, std::span<const std::byte>(buf, part.size() * size));
+    const auto bytes = part.size() * size;
+    const auto where = impl_->claim(name, (first + at) * size, bytes);
+    const auto shift = AtomicFile::direct_shift(where);
+    if (impl_->queue) {  // written behind: converted into a block of the queue, left to its thread
+      auto block = impl_->queue->take(bytes + kAlign);
+      convert_from_f32(part.data(), s.spec.dtype, block.data() + shift, part.size(), threads);
+      impl_->queue->write(std::move(block), *impl_->file, where, shift, bytes);
+    } else {
+      convert_from_f32(part.data(), s.spec.dtype, aligned + shift, part.size(), threads);
+      impl_->file->write_at(where, aligned + shift, bytes);
+    }
     at += part.size();
   } while (at < values.size());
 }

@@ -139,10 +139,9 @@ REVMERGE_HD_INLINE double fusion_term(double ew, double eb, double inv_w, double
 /// of both softmaxes. exp and log are exp_f64 and log_f64, the maxima in index order, and each
 /// sum in kStatLanes interleaved lanes (element j in lane j mod kStatLanes, each lane in index
 /// order, the lanes added in block_lanes_sum's tree), so the host and a GPU give the same bits.
-/// `scratch` (2 · row doubles, or null) keeps the exps and the terms: the host's loops then
-/// vectorize; a GPU thread has no room for a row and forms each value where it adds it (the
-/// same values, added in the same order).
-REVMERGE_HD_INLINE double fusion_row_kl(const float* w, const float* b, std::int64_t row, double* scratch = nullptr) {
+/// Each value is formed where it is added (a GPU thread has no room for a row); the host keeps
+/// a row's exps and terms and adds them as vectors, in this order (methods/classic/selective.cpp).
+REVMERGE_HD_INLINE double fusion_row_kl(const float* w, const float* b, std::int64_t row) {
   float top_w = w[0], top_b = b[0];
   for (std::int64_t j = 1; j < row; ++j) {
     if (w[j] > top_w) top_w = w[j];
@@ -151,28 +150,19 @@ REVMERGE_HD_INLINE double fusion_row_kl(const float* w, const float* b, std::int
   const auto exp_w = [&](std::int64_t j) { return exp_f64(static_cast<double>(w[j]) - top_w); };
   const auto exp_b = [&](std::int64_t j) { return exp_f64(static_cast<double>(b[j]) - top_b); };
   double sum_w[kStatLanes] = {}, sum_b[kStatLanes] = {}, kl[kStatLanes] = {};
-  if (scratch) {
-    for (std::int64_t j = 0; j < row; ++j) {
-      scratch[j] = exp_w(j);
-      scratch[row + j] = exp_b(j);
-    }
-  }
   // Whole groups of kStatLanes, then the rest (the same order in each lane).
   const std::int64_t whole = row - row % kStatLanes;
   const auto add_exps = [&](std::int64_t j0, std::int64_t lanes) {
     for (std::int64_t l = 0; l < lanes; ++l) {
-      sum_w[l] += scratch ? scratch[j0 + l] : exp_w(j0 + l);
-      sum_b[l] += scratch ? scratch[row + j0 + l] : exp_b(j0 + l);
+      sum_w[l] += exp_w(j0 + l);
+      sum_b[l] += exp_b(j0 + l);
     }
   };
   for (std::int64_t j0 = 0; j0 < whole; j0 += kStatLanes) add_exps(j0, kStatLanes);
   add_exps(whole, row - whole);
   const double inv_w = 1.0 / block_lanes_sum(sum_w), inv_b = 1.0 / block_lanes_sum(sum_b);
-  if (scratch)
-    for (std::int64_t j = 0; j < row; ++j) scratch[j] = fusion_term(scratch[j], scratch[row + j], inv_w, inv_b);
   const auto add_terms = [&](std::int64_t j0, std::int64_t lanes) {
-    for (std::int64_t l = 0; l < lanes; ++l)
-      kl[l] += scratch ? scratch[j0 + l] : fusion_term(exp_w(j0 + l), exp_b(j0 + l), inv_w, inv_b);
+    for (std::int64_t l = 0; l < lanes; ++l) kl[l] += fusion_term(exp_w(j0 + l), exp_b(j0 + l), inv_w, inv_b);
   };
   for (std::int64_t j0 = 0; j0 < whole; j0 += kStatLanes) add_terms(j0, kStatLanes);
   add_terms(whole, row - whole);

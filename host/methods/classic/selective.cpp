@@ -84,8 +84,9 @@ void ram(const TensorInputs& in, const RamParameters& p, std::span<float> out) {
   }
 }
 
-// kernels::fusion_row_kl with a row's scratch, its maxima and its lanes' sums written as vectors
-// (the compiler had left those loops scalar: a quarter of the routine's time). The same
+// kernels::fusion_row_kl on the host: a row's exps and terms kept in `scratch` (2 · row doubles)
+// so that their loops vectorize, and its maxima and lanes' sums written as vectors (the compiler
+// had left those loops scalar: a quarter of the routine's time). The same
 // operations in the same order, so the same bits: each lane still adds its elements in index
 // order, and a row's maximum is the same value whichever order finds it (but for a zero's sign,
 // and exp(x − 0) and exp(x + 0) are the same).
