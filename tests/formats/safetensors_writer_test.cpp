@@ -98,7 +98,7 @@ TEST(SafetensorsWriter, AWriteFailingBehindFailsTheCommitAndLeavesNothing) {
   std::string message;
   bool queued = false;
   try {
-    SafetensorsWriter w(dir / "o.safetensors", {{"b", DType::BF16, {v.size()}}});
+    SafetensorsWriter w(dir / "o.safetensors", {{"b", DType::BF16, {static_cast<std::int64_t>(v.size())}}});
     w.write_behind(std::uint64_t{64} << 20);
     rlimit small = old;
     small.rlim_cur = rlim_t{1} << 20;
