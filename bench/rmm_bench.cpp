@@ -52,8 +52,7 @@ struct Run {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  revmerge::restart_for_blas_kernels(argv);  // the kernels revmerge itself would run
+int run(int argc, char** argv) {
   CLI::App app{"RMM compute on LLM-shaped synthetic adapters, per backend"};
   std::string model = "llama-7b", device = "cpu", storage_name = "bf16";
   i64 tasks = 8, rank = 64, basis = 4, layers = 1;
@@ -151,4 +150,14 @@ int main(int argc, char** argv) {
     }
   }
   return 0;
+}
+
+int main(int argc, char** argv) {
+  revmerge::restart_for_blas_kernels(argv);  // the kernels revmerge itself would run
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "revmerge_bench_rmm: error: {}\n", e.what());
+    return 1;
+  }
 }

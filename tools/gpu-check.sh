@@ -15,6 +15,10 @@
 # so the summary and the logs still come back from a lease with a hard time limit. Each step
 # has its own timeout too; the most telling steps run first, the whole suite and memcheck last.
 # GPU_CHECK_SKIP="all-tests memcheck" (step names, space-separated) leaves steps out.
+# GPU_CHECK_DEVICE=cpu rehearses the check where no GPU is: every step runs with the CPU standing
+# in for the GPU (outputs still named -cuda, so each comparison is the CPU against itself), the
+# steps that need several GPUs are reported NOT RUN. It catches a step that would fail for
+# reasons of its own (a path, an option, a script) before a lease's minutes are spent on it.
 #
 # Debian libraries the build needs come from the system when present, else from .vendor/
 # (made by tools/vendor-debs.sh on a machine with apt, carried along with the checkout).
@@ -26,13 +30,18 @@ out=$(cd "$out" && pwd)
 build=build/gpu-check
 jobs=$(nproc)
 declare -A result
+order=()  # the steps in the order they came, for the table
 t_start=$(date +%s)
+device=${GPU_CHECK_DEVICE:-cuda}  # the device the GPU steps run on
+case $device in cuda | cpu) ;; *) echo "GPU_CHECK_DEVICE: cuda or cpu, not '$device'"; exit 2 ;; esac
 
 deadline=${GPU_CHECK_DEADLINE:-540}
 
 step() {  # step NAME LOGFILE TIMEOUT_S CMD... : runs, logs, records PASS/FAIL
   local name=$1 log=$out/$2 limit=$3; shift 3
   local t0=$(date +%s)
+  order+=("$name")
+  [ "$device" = cpu ] && limit=$(( limit * 4 ))  # a rehearsal's CPU stand-in is slower
   if (( t0 - t_start > deadline )); then
     result[$name]="NOT RUN (past the ${deadline}s deadline)"
     return
@@ -72,28 +81,28 @@ revmerge=$build/host/cli/revmerge
 bench=$build/bench/revmerge_bench_rmm
 step devices devices.log 30 "$revmerge" devices
 # A GPU check whose GPU cases all skipped would pass without testing anything: here they fail.
-export REVMERGE_REQUIRE_GPU=1
+[ "$device" = cuda ] && export REVMERGE_REQUIRE_GPU=1
 step cuda-tests cuda-tests.log 240 ctest --test-dir "$build" -L gpu --output-on-failure -j 4 --timeout 180
 # One llama-7b layer's RMM compute on the GPU and the CPU: the stored tensors byte for byte, the
 # error terms to rounding, the per-layer time (the issue's target: ≤ 3 ms).
-step gpu-vs-cpu-7b gpu-vs-cpu-7b.log 120 "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 1 --device both
+step gpu-vs-cpu-7b gpu-vs-cpu-7b.log 120 "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 1 --device "$([ "$device" = cuda ] && echo both || echo cpu)"
 # What a layer's kernels do, for the next round of tuning (skipped where nsys is not installed).
 if command -v nsys >/dev/null; then
   step nsys-7b-layer nsys-7b-layer.log 90 nsys profile --force-overwrite true -o "$out/rmm-7b-layer" --stats=true \
-    "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 2 --device cuda
+    "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 2 --device "$device"
 else
-  result[nsys-7b-layer]="NOT RUN (nsys not found)"
+  order+=(nsys-7b-layer); result[nsys-7b-layer]="NOT RUN (nsys not found)"
 fi
-step bench-7b-gpu bench-7b-gpu.log 60 "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 8 --device cuda
-step bench-70b-gpu bench-70b-gpu.log 60 "$bench" --model llama-70b --tasks 8 --rank 64 --basis 4 --layers 2 --device cuda
+step bench-7b-gpu bench-7b-gpu.log 60 "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 8 --device "$device"
+step bench-70b-gpu bench-70b-gpu.log 60 "$bench" --model llama-70b --tasks 8 --rank 64 --basis 4 --layers 2 --device "$device"
 # The streamed pipeline on the GPU, all 32 layers of the 7b shape (2.6 GB of bf16 adapters):
 # end to end against the read floor measured in the same run (target ≤ 1.5×), the pipelined
 # bundle bitwise the one-module-at-a-time one, then three JSON runs for medians.
 step make-adapters make-adapters.log 150 "$build/bench/revmerge_make_adapters" --model llama-7b --tasks 8 --rank 64 --out "$out/adapters-7b" --force
-step pipeline-7b-gpu pipeline-7b-gpu.log 150 "$revmerge" bench --device cuda --basis 4 --compare-sequential "$out"/adapters-7b/task-*
+step pipeline-7b-gpu pipeline-7b-gpu.log 150 "$revmerge" bench --device "$device" --basis 4 --compare-sequential "$out"/adapters-7b/task-*
 repeat_bench() {  # repeat_bench NAME ADAPTER...: three JSON runs on the GPU, then their medians
   local name=$1; shift
-  for i in 1 2 3; do "$revmerge" bench --device cuda --basis 4 --json "$@" >"$out/$name-$i.json" || return 1; done
+  for i in 1 2 3; do "$revmerge" bench --device "$device" --basis 4 --json "$@" >"$out/$name-$i.json" || return 1; done
   command -v python3 >/dev/null || { echo "no python3: medians not computed, see the JSON files"; return 0; }
   python3 - "$out"/"$name"-?.json <<'PY'
 import json, statistics, sys
@@ -111,12 +120,12 @@ for k in ("read", "upload", "compute", "write"):
 PY
 }
 export -f repeat_bench
-export revmerge out
+export revmerge out build device
 step pipeline-7b-gpu-x3 pipeline-7b-gpu-x3.log 150 bash -c 'repeat_bench pipeline-7b-gpu "$out"/adapters-7b/task-*'
 # The same bundle made on the GPU and on the CPU: byte for byte (the tensors; the manifest's
 # error figures agree to rounding).
 bitwise_bundle() {
-  "$revmerge" merge --device cuda --basis 4 --force --quiet --out "$out/bundle-7b-cuda" "$out"/adapters-7b/task-* || return 1
+  "$revmerge" merge --device "$device" --basis 4 --force --quiet --out "$out/bundle-7b-cuda" "$out"/adapters-7b/task-* || return 1
   "$revmerge" merge --device cpu --basis 4 --force --quiet --out "$out/bundle-7b-cpu" "$out"/adapters-7b/task-* || return 1
   cmp "$out/bundle-7b-cuda/bundle.safetensors" "$out/bundle-7b-cpu/bundle.safetensors" &&
     echo "7b bundle: GPU and CPU tensors bitwise identical"
@@ -138,33 +147,36 @@ two_workers() {
     echo "--gpus 0,0: the one worker's bundle byte for byte"
 }
 export -f two_workers
-step gpus-0-0 gpus-0-0.log 120 bash -c two_workers
+several_gpus() {  # several_gpus NAME LOG LIMIT CMD…: a step of --gpus workers, not rehearsed on the CPU
+  if [ "$device" = cuda ]; then step "$@"; else order+=("$1"); result[$1]="NOT RUN (--gpus: no CPU stand-in)"; fi
+}
+several_gpus gpus-0-0 gpus-0-0.log 120 bash -c two_workers
 # The budgeted store on two workers of the one GPU, one with a shard of its own: the one GPU's
 # manifest, and the same tensors as reverting shows (a task reverted from each, compared).
 store_two_workers() {
-  "$revmerge" merge --method auto --representations rmm --storage 0.3 --gpu 0 --threads 4 --force --quiet --out "$out/store-7b-gpu0" "$out"/adapters-7b/task-* || return 1
+  "$revmerge" merge --device cuda --method auto --representations rmm --storage 0.3 --gpu 0 --threads 4 --force --quiet --out "$out/store-7b-gpu0" "$out"/adapters-7b/task-* || return 1
   "$revmerge" merge --method auto --representations rmm --storage 0.3 --gpus 0,0 --threads 4 --shard-per-rank --force --quiet \
     --out "$out/store-7b-gpus00" "$out"/adapters-7b/task-* || return 1
   cmp "$out/store-7b-gpu0/manifest.json" "$out/store-7b-gpus00/manifest.json" || return 1
-  "$revmerge" revert --task task-3 --device cuda --force --quiet --out "$out/store-7b-gpu0-t3" "$out/store-7b-gpu0" || return 1
-  "$revmerge" revert --task task-3 --device cuda --force --quiet --out "$out/store-7b-gpus00-t3" "$out/store-7b-gpus00" || return 1
+  "$revmerge" revert --task task-3 --device "$device" --force --quiet --out "$out/store-7b-gpu0-t3" "$out/store-7b-gpu0" || return 1
+  "$revmerge" revert --task task-3 --device "$device" --force --quiet --out "$out/store-7b-gpus00-t3" "$out/store-7b-gpus00" || return 1
   cmp "$out/store-7b-gpu0-t3/adapter_model.safetensors" "$out/store-7b-gpus00-t3/adapter_model.safetensors" &&
     echo "--method auto --gpus 0,0 --shard-per-rank: the one worker's manifest and task-3"
 }
 export -f store_two_workers
-step store-gpus-0-0 store-gpus-0-0.log 150 bash -c store_two_workers
+several_gpus store-gpus-0-0 store-gpus-0-0.log 150 bash -c store_two_workers
 if command -v compute-sanitizer >/dev/null; then
   step racecheck racecheck.log 120 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 1 \
     "$build/tests/revmerge_tests" --gtest_filter='*RmmModule*cuda*'
 else
-  result[racecheck]="NOT RUN (compute-sanitizer not found)"
+  order+=(racecheck); result[racecheck]="NOT RUN (compute-sanitizer not found)"
 fi
 # The whole 80-layer 70b shape (14.5 GB of bf16 adapters; written here, where the disk has room).
 step make-adapters-70b make-adapters-70b.log 240 "$build/bench/revmerge_make_adapters" --model llama-70b --tasks 8 --rank 64 --out "$out/adapters-70b" --force
 step pipeline-70b-gpu pipeline-70b-gpu.log 240 bash -c 'repeat_bench pipeline-70b-gpu "$out"/adapters-70b/task-*'
 # PT-SVD alone: a 7b layer's 8 fine-tunes from BF16 bytes in memory, the batched engine on the
 # GPU against the CPU's pt_svd (singular values compared), beside the upload floor.
-step pt-svd-7b pt-svd-7b.log 180 "$build/bench/revmerge_bench_pt_svd" --model llama-7b --tasks 8 --rank 64 --device cuda
+step pt-svd-7b pt-svd-7b.log 180 "$build/bench/revmerge_bench_pt_svd" --model llama-7b --tasks 8 --rank 64 --device "$device"
 # Full fine-tunes: one 7b layer, base and 8 fine-tunes in bf16; compress one on the GPU and on
 # the CPU, then the streamed RMM merge of all 8 on each.
 step make-models make-models.log 120 "$build/bench/revmerge_make_models" --model llama-7b --tasks 8 --layers 1 --out "$out/models-7b" --force
@@ -172,14 +184,14 @@ full_models() {
   local m=$out/models-7b dev t0 ms
   for dev in cuda cpu; do
     t0=$(date +%s%N)
-    "$revmerge" compress --device $dev --base "$m/base" --model "$m/ft-0" --rank 64 --force --json \
+    "$revmerge" compress --device "${dev/cuda/$device}" --base "$m/base" --model "$m/ft-0" --rank 64 --force --json \
       --out "$out/compress-$dev" >"$out/compress-7b-$dev.json" || return 1
     ms=$(( ($(date +%s%N) - t0) / 1000000 ))
     echo "compress 7b layer on $dev: $ms ms file to file, $(grep -m1 '"relative_error"' "$out/compress-7b-$dev.json" | tr -d ' ,')"
   done
   for dev in cuda cpu; do
     t0=$(date +%s%N)
-    "$revmerge" merge --device $dev --basis 4 --base "$m/base" --rank 64 --force --quiet \
+    "$revmerge" merge --device "${dev/cuda/$device}" --basis 4 --base "$m/base" --rank 64 --force --quiet \
       --out "$out/full-merge-$dev" "$m"/ft-? || return 1
     ms=$(( ($(date +%s%N) - t0) / 1000000 ))
     echo "full merge 7b layer, 8 fine-tunes, rank 64, P = 4 on $dev: $ms ms file to file"
@@ -200,7 +212,7 @@ both_devices() {
   shift
   for dev in cuda cpu; do
     t0=$(date +%s%N)
-    "$revmerge" merge --device $dev --base "$out/models-7b/base" --force --quiet --out "$out/classic-$name-$dev" "$@" ||
+    "$revmerge" merge --device "${dev/cuda/$device}" --base "$out/models-7b/base" --force --quiet --out "$out/classic-$name-$dev" "$@" ||
       return 1
     echo "$name on $dev: $(( ($(date +%s%N) - t0) / 1000000 )) ms file to file"
   done
@@ -230,7 +242,7 @@ classic_gpu() {
   local c dev
   for c in ties_slices slerp_slices passthrough_stack; do
     for dev in cuda cpu; do
-      "$revmerge" merge --device $dev --config "tests/fixtures/golden/mergekit/$c.yml" --force --quiet \
+      "$revmerge" merge --device "${dev/cuda/$device}" --config "tests/fixtures/golden/mergekit/$c.yml" --force --quiet \
         --out "$out/slices-$c-$dev" || return 1
     done
     cmp "$out/slices-$c-cuda/model.safetensors" "$out/slices-$c-cpu/model.safetensors" || return 1
@@ -246,18 +258,18 @@ step classic-7b-gpu classic-7b-gpu.log 240 bash -c classic_gpu
 # mergekit==0.1.5 immutables==0.21 sentencepiece==0.2.3 protobuf==7.36.2` where pip works).
 if command -v nsys >/dev/null; then
   step nsys-compress-7b nsys-compress-7b.log 90 nsys profile --force-overwrite true -o "$out/compress-7b" \
-    --stats=true "$revmerge" compress --device cuda --base "$out/models-7b/base" --model "$out/models-7b/ft-0" \
+    --stats=true "$revmerge" compress --device "$device" --base "$out/models-7b/base" --model "$out/models-7b/ft-0" \
     --rank 64 --force --quiet --out "$out/compress-nsys"
 else
-  result[nsys-compress-7b]="NOT RUN (nsys not found)"
+  order+=(nsys-compress-7b); result[nsys-compress-7b]="NOT RUN (nsys not found)"
 fi
-if [ -d build/mergekit-pkg/mergekit ] && python3 -c "import torch, transformers, safetensors, numpy" 2>/dev/null; then
+if [ "$device" = cuda ] && [ -d build/mergekit-pkg/mergekit ] && python3 -c "import torch, transformers, safetensors, numpy" 2>/dev/null; then
   step extract-lora-7b extract-lora-7b.log 240 python3 bench/extract_lora_bench.py --revmerge "$revmerge" --cuda \
     --shape llama-7b --layers 1 --repeats 1 --mergekit-pkg build/mergekit-pkg --work "$out/extract"
 else
-  result[extract-lora-7b]="NOT RUN (no build/mergekit-pkg carried, or no torch / transformers)"
+  order+=(extract-lora-7b); result[extract-lora-7b]="NOT RUN (no build/mergekit-pkg carried, no torch / transformers, or rehearsed on the CPU)"
 fi
-step merge-example merge-example.log 60 "$revmerge" merge --device cuda --basis 2 --force --out "$out/example-bundle" examples/adapters/chat examples/adapters/code examples/adapters/math examples/adapters/qa examples/adapters/sentiment examples/adapters/summary examples/adapters/topic examples/adapters/translate
+step merge-example merge-example.log 60 "$revmerge" merge --device "$device" --basis 2 --force --out "$out/example-bundle" examples/adapters/chat examples/adapters/code examples/adapters/math examples/adapters/qa examples/adapters/sentiment examples/adapters/summary examples/adapters/topic examples/adapters/translate
 # The whole default suite: on a machine with a GPU, `--device auto` runs every RMM CLI test there.
 # The budgeted store on the 7b set: RMM's run and its candidates' difference Grams on the GPU
 # (Backend::rmm_candidate_grams, queued by store/rmm_sides.hpp's RmmCandidateRun before the host
@@ -267,14 +279,16 @@ step merge-example merge-example.log 60 "$revmerge" merge --device cuda --basis 
 # four modules at once; must be the one worker's bytes), and against auto on the CPU: the
 # choices should match (the candidates' f32 GEMMs and the GPU's syrk / syevd round differently).
 store_auto() {
-  /usr/bin/time -f "rmm P=4 cuda: %e s" "$revmerge" merge --device cuda --basis 4 --force --quiet \
+  /usr/bin/time -f "rmm P=4 cuda: %e s" "$revmerge" merge --device "$device" --basis 4 --force --quiet \
     --out "$out/store-rmm" "$out"/adapters-7b/task-* || return 1
-  /usr/bin/time -f "auto cuda: %e s" "$revmerge" merge --device cuda --method auto --storage 0.6875 \
+  /usr/bin/time -f "auto cuda: %e s" "$revmerge" merge --device "$device" --method auto --storage 0.6875 \
     --timings --force --quiet --out "$out/store-auto" "$out"/adapters-7b/task-* || return 1
-  /usr/bin/time -f "auto cuda, --gpus 0,0,0,0: %e s" "$revmerge" merge --gpus 0,0,0,0 --method auto \
-    --storage 0.6875 --timings --force --quiet --out "$out/store-auto-4" "$out"/adapters-7b/task-* || return 1
-  cmp "$out/store-auto/bundle.safetensors" "$out/store-auto-4/bundle.safetensors" &&
-    echo "auto on four workers sharing the GPU: the one worker's tensors byte for byte"
+  if [ "$device" = cuda ]; then
+    /usr/bin/time -f "auto cuda, --gpus 0,0,0,0: %e s" "$revmerge" merge --gpus 0,0,0,0 --method auto \
+      --storage 0.6875 --timings --force --quiet --out "$out/store-auto-4" "$out"/adapters-7b/task-* || return 1
+    cmp "$out/store-auto/bundle.safetensors" "$out/store-auto-4/bundle.safetensors" &&
+      echo "auto on four workers sharing the GPU: the one worker's tensors byte for byte"
+  fi
   /usr/bin/time -f "auto cpu: %e s" "$revmerge" merge --device cpu --method auto --storage 0.6875 \
     --force --quiet --out "$out/store-auto-cpu" "$out"/adapters-7b/task-* || return 1
   grep -c '"representation": "rmm"' "$out/store-auto/manifest.json"
@@ -293,11 +307,11 @@ step store-auto-7b store-auto-7b.log 200 bash -c store_auto
 # reverted on the GPU and on the CPU, byte for byte (kernels::materialize on both).
 materialize_7b() {
   for b in store-rmm store-auto; do
-    "$build/bench/revmerge_bench_materialize" --device cuda --bundle "$out/$b" --task task-3 --dtype bf16 \
+    "$build/bench/revmerge_bench_materialize" --device "$device" --bundle "$out/$b" --task task-3 --dtype bf16 \
       --repeats 21 || return 1
   done
   for dev in cuda cpu; do
-    "$revmerge" revert --device $dev --task task-3 --force --quiet --out "$out/revert-$dev" "$out/store-auto" || return 1
+    "$revmerge" revert --device "${dev/cuda/$device}" --task task-3 --force --quiet --out "$out/revert-$dev" "$out/store-auto" || return 1
   done
   cmp "$out/revert-cuda/adapter_model.safetensors" "$out/revert-cpu/adapter_model.safetensors" &&
     echo "revert on the GPU and the CPU: byte-identical"
@@ -308,26 +322,27 @@ step materialize-7b materialize-7b.log 90 bash -c materialize_7b
 # made the package (a Python with nanobind on PATH) and torch imports; otherwise reported NOT RUN.
 if compgen -G "$build/python/revmerge/_revmerge*.so" >/dev/null && python3 -c "import torch" 2>/dev/null; then
   step python-materialize-7b python-materialize-7b.log 90 env PYTHONPATH="$build/python" python3 \
-    bench/materialize_python.py --device cuda:0 --bundle "$out/store-rmm" --task task-3 --adapter "$out/adapters-7b/task-3"
+    bench/materialize_python.py --device "$([ "$device" = cuda ] && echo cuda:0 || echo cpu)" --bundle "$out/store-rmm" --task task-3 --adapter "$out/adapters-7b/task-3"
 else
-  result[python-materialize-7b]="NOT RUN (no Python package in this build, or no torch)"
+  order+=(python-materialize-7b); result[python-materialize-7b]="NOT RUN (no Python package in this build, or no torch)"
 fi
 step all-tests all-tests.log 200 ctest --test-dir "$build" -LE slow --output-on-failure -j "$jobs" --timeout 120
 if command -v compute-sanitizer >/dev/null; then
   step memcheck memcheck.log 120 compute-sanitizer --tool memcheck --error-exitcode 1 \
     "$build/tests/revmerge_tests" --gtest_filter='*cuda*'
 else
-  result[memcheck]="NOT RUN (compute-sanitizer not found)"
+  order+=(memcheck); result[memcheck]="NOT RUN (compute-sanitizer not found)"
 fi
 echo
 echo "GPU: $(cat "$out/gpu.txt" 2>/dev/null)"
+[ "$device" = cpu ] && echo "REHEARSAL (GPU_CHECK_DEVICE=cpu): the GPU steps ran on the CPU; no GPU figure here"
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)   total: $(( $(date +%s) - t_start ))s   logs: $out"
 printf '%-22s %s\n' step result
-for s in configure build devices cuda-tests gpu-vs-cpu-7b nsys-7b-layer bench-7b-gpu bench-70b-gpu make-adapters pipeline-7b-gpu pipeline-7b-gpu-x3 bitwise-7b gpus-0-0 racecheck make-adapters-70b pipeline-70b-gpu pt-svd-7b make-models full-models nsys-compress-7b extract-lora-7b merge-example store-auto-7b materialize-7b python-materialize-7b all-tests memcheck; do
+for s in "${order[@]}"; do
   printf '%-22s %s\n' "$s" "${result[$s]:-NOT RUN}"
 done
 grep -hE "^(cpu|cuda)|speed-up|GPU vs CPU|median/layer" "$out"/gpu-vs-cpu-7b.log "$out"/bench-*-gpu.log 2>/dev/null
-cat "$out"/bitwise-7b.log "$out"/gpus-0-0.log "$out"/pt-svd-7b.log "$out"/full-models.log "$out"/extract-lora-7b.log "$out"/store-auto-7b.log "$out"/materialize-7b.log "$out"/python-materialize-7b.log 2>/dev/null
+cat "$out"/bitwise-7b.log "$out"/gpus-0-0.log "$out"/store-gpus-0-0.log "$out"/pt-svd-7b.log "$out"/full-models.log "$out"/classic-7b-gpu.log "$out"/extract-lora-7b.log "$out"/store-auto-7b.log "$out"/materialize-7b.log "$out"/python-materialize-7b.log 2>/dev/null
 grep -hE "^revmerge bench|^memory plan|^read|^upload|^compute|^write|^pipeline|^setup|^finish|^end to end|^floor|peak RSS|^sequential|^median|^  [a-z]+ +busy" "$out"/pipeline-*.log 2>/dev/null
 for s in "${!result[@]}"; do [[ ${result[$s]} == FAIL* ]] && exit 1; done
 exit 0
