@@ -37,19 +37,18 @@ case $device in cuda | cpu) ;; *) echo "GPU_CHECK_DEVICE: cuda or cpu, not '$dev
 
 deadline=${GPU_CHECK_DEADLINE:-540}
 
+not_run() {  # not_run NAME REASON: a step left out, in the table with its reason
+  order+=("$1")
+  result[$1]="NOT RUN ($2)"
+}
+
 step() {  # step NAME LOGFILE TIMEOUT_S CMD... : runs, logs, records PASS/FAIL
   local name=$1 log=$out/$2 limit=$3; shift 3
   local t0=$(date +%s)
+  (( t0 - t_start > deadline )) && { not_run "$name" "past the ${deadline}s deadline"; return; }
+  [[ " ${GPU_CHECK_SKIP:-} " == *" $name "* ]] && { not_run "$name" GPU_CHECK_SKIP; return; }
   order+=("$name")
   [ "$device" = cpu ] && limit=$(( limit * 4 ))  # a rehearsal's CPU stand-in is slower
-  if (( t0 - t_start > deadline )); then
-    result[$name]="NOT RUN (past the ${deadline}s deadline)"
-    return
-  fi
-  if [[ " ${GPU_CHECK_SKIP:-} " == *" $name "* ]]; then
-    result[$name]="NOT RUN (GPU_CHECK_SKIP)"
-    return
-  fi
   echo "== $name (at $(( t0 - t_start ))s)" | tee -a "$out/summary.log"
   if timeout "$limit" "$@" >"$log" 2>&1; then result[$name]="PASS ($(( $(date +%s) - t0 ))s)"
   else result[$name]="FAIL ($(( $(date +%s) - t0 ))s, see $(basename "$log"))"; fi
@@ -91,7 +90,7 @@ if command -v nsys >/dev/null; then
   step nsys-7b-layer nsys-7b-layer.log 90 nsys profile --force-overwrite true -o "$out/rmm-7b-layer" --stats=true \
     "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 2 --device "$device"
 else
-  order+=(nsys-7b-layer); result[nsys-7b-layer]="NOT RUN (nsys not found)"
+  not_run nsys-7b-layer "nsys not found"
 fi
 step bench-7b-gpu bench-7b-gpu.log 60 "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 8 --device "$device"
 step bench-70b-gpu bench-70b-gpu.log 60 "$bench" --model llama-70b --tasks 8 --rank 64 --basis 4 --layers 2 --device "$device"
@@ -148,7 +147,7 @@ two_workers() {
 }
 export -f two_workers
 several_gpus() {  # several_gpus NAME LOG LIMIT CMD…: a step of --gpus workers, not rehearsed on the CPU
-  if [ "$device" = cuda ]; then step "$@"; else order+=("$1"); result[$1]="NOT RUN (--gpus: no CPU stand-in)"; fi
+  if [ "$device" = cuda ]; then step "$@"; else not_run "$1" "--gpus: no CPU stand-in"; fi
 }
 several_gpus gpus-0-0 gpus-0-0.log 120 bash -c two_workers
 # The budgeted store on two workers of the one GPU, one with a shard of its own: the one GPU's
@@ -169,7 +168,7 @@ if command -v compute-sanitizer >/dev/null; then
   step racecheck racecheck.log 120 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 1 \
     "$build/tests/revmerge_tests" --gtest_filter='*RmmModule*cuda*'
 else
-  order+=(racecheck); result[racecheck]="NOT RUN (compute-sanitizer not found)"
+  not_run racecheck "compute-sanitizer not found"
 fi
 # The whole 80-layer 70b shape (14.5 GB of bf16 adapters; written here, where the disk has room).
 step make-adapters-70b make-adapters-70b.log 240 "$build/bench/revmerge_make_adapters" --model llama-70b --tasks 8 --rank 64 --out "$out/adapters-70b" --force
@@ -261,13 +260,13 @@ if command -v nsys >/dev/null; then
     --stats=true "$revmerge" compress --device "$device" --base "$out/models-7b/base" --model "$out/models-7b/ft-0" \
     --rank 64 --force --quiet --out "$out/compress-nsys"
 else
-  order+=(nsys-compress-7b); result[nsys-compress-7b]="NOT RUN (nsys not found)"
+  not_run nsys-compress-7b "nsys not found"
 fi
 if [ "$device" = cuda ] && [ -d build/mergekit-pkg/mergekit ] && python3 -c "import torch, transformers, safetensors, numpy" 2>/dev/null; then
   step extract-lora-7b extract-lora-7b.log 240 python3 bench/extract_lora_bench.py --revmerge "$revmerge" --cuda \
     --shape llama-7b --layers 1 --repeats 1 --mergekit-pkg build/mergekit-pkg --work "$out/extract"
 else
-  order+=(extract-lora-7b); result[extract-lora-7b]="NOT RUN (no build/mergekit-pkg carried, no torch / transformers, or rehearsed on the CPU)"
+  not_run extract-lora-7b "no build/mergekit-pkg carried, no torch / transformers, or rehearsed on the CPU"
 fi
 step merge-example merge-example.log 60 "$revmerge" merge --device "$device" --basis 2 --force --out "$out/example-bundle" examples/adapters/chat examples/adapters/code examples/adapters/math examples/adapters/qa examples/adapters/sentiment examples/adapters/summary examples/adapters/topic examples/adapters/translate
 # The whole default suite: on a machine with a GPU, `--device auto` runs every RMM CLI test there.
@@ -324,14 +323,14 @@ if compgen -G "$build/python/revmerge/_revmerge*.so" >/dev/null && python3 -c "i
   step python-materialize-7b python-materialize-7b.log 90 env PYTHONPATH="$build/python" python3 \
     bench/materialize_python.py --device "$([ "$device" = cuda ] && echo cuda:0 || echo cpu)" --bundle "$out/store-rmm" --task task-3 --adapter "$out/adapters-7b/task-3"
 else
-  order+=(python-materialize-7b); result[python-materialize-7b]="NOT RUN (no Python package in this build, or no torch)"
+  not_run python-materialize-7b "no Python package in this build, or no torch"
 fi
 step all-tests all-tests.log 200 ctest --test-dir "$build" -LE slow --output-on-failure -j "$jobs" --timeout 120
 if command -v compute-sanitizer >/dev/null; then
   step memcheck memcheck.log 120 compute-sanitizer --tool memcheck --error-exitcode 1 \
     "$build/tests/revmerge_tests" --gtest_filter='*cuda*'
 else
-  order+=(memcheck); result[memcheck]="NOT RUN (compute-sanitizer not found)"
+  not_run memcheck "compute-sanitizer not found"
 fi
 echo
 echo "GPU: $(cat "$out/gpu.txt" 2>/dev/null)"
