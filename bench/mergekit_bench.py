@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """revmerge against mergekit on the same full-model files, in one run: TIES, DARE-TIES, SLERP and
-task arithmetic by default (also arcee_fusion and della, with --methods) from one mergekit YAML config each, run by `mergekit-yaml` (mergekit 0.1.5,
+task arithmetic by default (also arcee_fusion, della, karcher, multislerp and model_stock, with
+--methods) from one mergekit YAML config each, run by `mergekit-yaml` (mergekit 0.1.5,
 installed from PyPI into WORK/mergekit-pkg by this script) and by `revmerge merge --config`,
 beside the read floor (the inputs' bytes read once from the page cache, measured here).
 
@@ -105,6 +106,10 @@ CONFIGS = {
     "della": {"merge_method": "della", "params": lambda i: {"weight": [1.0, 0.5, 0.5][i], "density": 0.5,
                                                               "epsilon": 0.1},
               "parameters": {"lambda": 1.0}},
+    # Every model, the base too, for the full 10 iterations (tol far below where they converge).
+    "karcher": {"merge_method": "karcher", "parameters": {"max_iter": 10, "tol": 1e-9}},
+    "multislerp": {"merge_method": "multislerp", "params": lambda i: {"weight": [1.0, 0.5, 0.5][i]}},
+    "model_stock": {"merge_method": "model_stock"},
 }
 
 

@@ -35,17 +35,6 @@ REVMERGE_HD_INLINE void nearswap_element(const ElementwiseStep& s, std::int64_t 
 
 // ---- model_stock (methods/classic/model_stock.cpp): t = N cos θ / (1 + (N − 1) cos θ) ----
 
-/// Sum q's tasks (a, b): a = b = q for the squared norms, then the pairs a < b in order.
-REVMERGE_HD_INLINE void stock_pair(int n, int q, int& a, int& b) {
-  if (q < n) {
-    a = b = q;
-    return;
-  }
-  int p = q - n;
-  for (a = 0; p >= n - 1 - a; ++a) p -= n - 1 - a;
-  b = a + 1 + p;
-}
-
 /// One pair's cosine as mergekit clamps it: dot / max(‖δ_a‖‖δ_b‖, 1e-6) in [−1, 1].
 REVMERGE_HD_INLINE double stock_cosine(double dot, double sq_a, double sq_b) {
   const double norms = sqrt(sq_a) * sqrt(sq_b);

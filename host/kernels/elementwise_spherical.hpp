@@ -111,112 +111,47 @@ REVMERGE_HD_INLINE void multislerp_blend(const ElementwiseStep& s, std::int64_t 
 }
 
 // ---- karcher (methods/classic/spherical.cpp, KarcherSums) ----
-// The models are the base (when has_base) then the n tasks in x. The table `coef` holds what
-// the passes decided: [0] a = 1 / V, [1] the first mean's norm, [2] tol, [3] V (the models whose
-// norm is above tol), [4] the models, [5] the scale (the models' mean norm), [6] S (the steps
-// taken); from kKarcherHeader the models' norms, then the V models' indices, then per step
-// {cos ‖t‖, sin ‖t‖, ‖t‖, the moved mean's norm, d (V), f (V), skip (V)}: step S is the one
-// the passes are deciding.
+// The models are the base (when has_base) then the n tasks in x. The Karcher mean of their
+// directions u_i = x_i / ‖x_i‖ stays in their span at every step, so the host decides every
+// step from their Gram matrix (one pass: the m(m + 1)/2 sums Σ x_a x_b, in stock_pair's order)
+// and the merged element is Σ_i coef[i] · x_i, each model's coefficient holding its direction's
+// weight, 1 / ‖x_i‖ and the scale.
 
-constexpr int kKarcherHeader = 8;
+REVMERGE_HD_INLINE int karcher_models(const ElementwiseStep& s) { return s.n + (s.has_base ? 1 : 0); }
 
-REVMERGE_HD_INLINE const double* karcher_step(const double* table, int k) {
-  const int models = static_cast<int>(table[4]), valid = static_cast<int>(table[3]);
-  return table + kKarcherHeader + models + valid + k * (4 + 3 * valid);
+// Model i's values in the piece.
+REVMERGE_HD_INLINE const float* karcher_values(const ElementwiseStep& s, int i) {
+  if (!s.has_base) return s.x + i * s.count;
+  return i == 0 ? s.base : s.x + (i - 1) * s.count;
 }
 
-REVMERGE_HD_INLINE double karcher_model(const ElementwiseStep& s, int i, std::int64_t j) {
-  if (!s.has_base) return s.x[i * s.count + j];
-  return i == 0 ? static_cast<double>(s.base[j]) : static_cast<double>(s.x[(i - 1) * s.count + j]);
-}
-
-/// The valid models' directions at an element: value / norm.
-REVMERGE_HD_INLINE void karcher_units(const double* table, const double* x, double* u) {
-  const int models = static_cast<int>(table[4]), valid = static_cast<int>(table[3]);
-  for (int v = 0; v < valid; ++v) {
-    const int i = static_cast<int>(table[kKarcherHeader + models + v]);
-    u[v] = x[i] / table[kKarcherHeader + i];
-  }
-}
-
-REVMERGE_HD_INLINE double karcher_first_mean(const double* table, const double* u) {
-  double m = 0;
-  for (int v = 0; v < static_cast<int>(table[3]); ++v) m += table[0] * u[v];
-  return m;
-}
-
-/// Step k's tangent at the mean m, the directions within tol of it left out.
-REVMERGE_HD_INLINE double karcher_tangent(const double* table, int k, const double* u, double m) {
-  const int valid = static_cast<int>(table[3]);
-  const double* st = karcher_step(table, k);
-  double t = 0;
-  for (int v = 0; v < valid; ++v)
-    if (st[4 + 2 * valid + v] == 0) t += st[4 + valid + v] * (u[v] - st[4 + v] * m);
-  return t;
-}
-
-/// The element's mean after `steps` steps, replayed from its directions.
-REVMERGE_HD_INLINE double karcher_mean_after(const double* table, const double* u, int steps) {
-  double m = table[1] < table[2] ? u[0] : karcher_first_mean(table, u) / table[1];
-  for (int k = 0; k < steps; ++k) {
-    const double* st = karcher_step(table, k);
-    m = st[0] * m + st[1] * (karcher_tangent(table, k, u, m) / st[2]);
-    if (st[3] > table[2]) m /= st[3];
-  }
-  return m;
-}
-
-/// Step k's move of the mean m: cos ‖t‖ · m + sin ‖t‖ · t / ‖t‖ (before its normalisation).
-REVMERGE_HD_INLINE double karcher_moved(const double* table, int k, const double* u, double m) {
-  const double* st = karcher_step(table, k);
-  return st[0] * m + st[1] * (karcher_tangent(table, k, u, m) / st[2]);
-}
-
+// Index: group g of a lane's Gram sums (as stock_lane's, the models' values themselves).
 REVMERGE_HD_INLINE void karcher_lane(const ElementwiseStep& s, std::int64_t index) {
-  const Lane lane = piece_lane(s, index);
-  const double* table = s.coef;
-  const int models = static_cast<int>(table[4]), valid = static_cast<int>(table[3]);
-  const int steps = static_cast<int>(table[6]);
-  const int sums = s.multi_pass == 0 ? models : s.multi_pass == 2 ? valid : 1;
-  double acc[kMaxElementwiseInputs + 1], x[kMaxElementwiseInputs + 1], u[kMaxElementwiseInputs + 1];
-  for (int q = 0; q < sums; ++q) acc[q] = s.stock[q * s.stock_stride + lane.at];
-  for (std::int64_t i = lane.i; i < lane.end; i += kStatLanes) {
-    const std::int64_t j = i - s.first;
-    for (int q = 0; q < models; ++q) x[q] = karcher_model(s, q, j);
-    if (s.multi_pass == 0) {
-      for (int q = 0; q < models; ++q) acc[q] += x[q] * x[q];
-      continue;
-    }
-    karcher_units(table, x, u);
-    if (s.multi_pass == 1) {
-      const double m = karcher_first_mean(table, u);
-      acc[0] += m * m;
-      continue;
-    }
-    const double m = karcher_mean_after(table, u, steps);
-    if (s.multi_pass == 2) {
-      for (int v = 0; v < valid; ++v) acc[v] += m * u[v];
-    } else if (s.multi_pass == 3) {
-      const double t = karcher_tangent(table, steps, u, m);
-      acc[0] += t * t;
-    } else {
-      const double moved = karcher_moved(table, steps, u, m);
-      acc[0] += moved * moved;
-    }
+  const int models = karcher_models(s), all = stock_sums(models), groups = stock_groups(models);
+  const int g = static_cast<int>(index % groups), q0 = g * kStockGroup;
+  const int sums = all - q0 < kStockGroup ? all - q0 : kStockGroup;
+  const Lane lane = piece_lane(s, index / groups);
+  const float* pa[kStockGroup];
+  const float* pb[kStockGroup];
+  double v[kStockGroup];
+  for (int k = 0; k < sums; ++k) {
+    int a, b;
+    stock_pair(models, q0 + k, a, b);
+    pa[k] = karcher_values(s, a);
+    pb[k] = karcher_values(s, b);
+    v[k] = s.stock[(q0 + k) * s.stock_stride + lane.at];
   }
-  for (int q = 0; q < sums; ++q) s.stock[q * s.stock_stride + lane.at] = acc[q];
+  for (std::int64_t j = lane.i - s.first; j < lane.end - s.first; j += kStatLanes)
+    for (int k = 0; k < sums; ++k) v[k] += static_cast<double>(pa[k][j]) * static_cast<double>(pb[k][j]);
+  for (int k = 0; k < sums; ++k) s.stock[(q0 + k) * s.stock_stride + lane.at] = v[k];
 }
 
 REVMERGE_HD_INLINE void karcher_blend(const ElementwiseStep& s, std::int64_t j) {
-  const double* table = s.coef;
-  if (static_cast<int>(table[3]) == 0) {  // every model within tol of 0
-    s.out[j] = 0.0f;
-    return;
-  }
-  double x[kMaxElementwiseInputs + 1], u[kMaxElementwiseInputs + 1];
-  for (int q = 0; q < static_cast<int>(table[4]); ++q) x[q] = karcher_model(s, q, j);
-  karcher_units(table, x, u);
-  s.out[j] = static_cast<float>(karcher_mean_after(table, u, static_cast<int>(table[6])) * table[5]);
+  double r = 0;  // the base's term first, then the tasks'
+  if (s.has_base) r += s.coef[0] * static_cast<double>(s.base[j]);
+  const double* coef = s.coef + (s.has_base ? 1 : 0);
+  for (int t = 0; t < s.n; ++t) r += coef[t] * static_cast<double>(s.x[t * s.count + j]);
+  s.out[j] = static_cast<float>(r);
 }
 
 }  // namespace revmerge::kernels

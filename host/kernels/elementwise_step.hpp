@@ -143,11 +143,10 @@ enum class ElementwiseKind : std::int32_t {
   multislerp_lanes,
   /// Per element: multislerp's map back, the base added back.
   multislerp_blend,
-  /// Per lane of a statistics block: one of karcher's passes' sums (multi_pass 0: each model's
-  /// Σ x²; 1: Σ m² of the first mean; 2: each direction's Σ m·u; 3: Σ t² of the tangent; 4: Σ of
-  /// the moved mean's squares), each element's mean replayed from the table's steps.
+  /// Per lane of a statistics block and group of sums: the models' Gram sums Σ x_a x_b (karcher's
+  /// one pass), kStockGroup of them per index as stock_lanes.
   karcher_lanes,
-  /// Per element: karcher's mean after the table's steps, scaled by the mean norm.
+  /// Per element: Σ coef[i] · x_i over the models (the base first), karcher's merged value.
   karcher_blend,
   /// Per lane of a statistics block: one of SCE's passes over the elements' variances across
   /// the tasks (sce_pass 0 … 3: a 16-bit digit's histogram of their ordered bits; 4: the ties
@@ -273,6 +272,9 @@ struct ElementwiseStep {
   double eps = 0, mean_norm = 0;
   int multi_pass = 0;
   bool degenerate = false;
+  // karcher_*: the n tasks in x, the base (the first model) in `base` where has_base;
+  // karcher_lanes adds into the lanes at stock (sum q at stock + q · stock_stride), karcher_blend
+  // takes a coefficient per model from coef.
 
   // ram_*: the n models in x, the base in `base`; a task changes an element where its value is
   // more than `epsilon` from the base's (in f64). ram_counts adds task i's shared changes into
@@ -307,8 +309,20 @@ REVMERGE_HD_INLINE std::int64_t piece_chunks(const ElementwiseStep& s) {
   if (s.count <= 0) return 0;
   return (s.first + s.count - 1) / kTieChunk - s.first / kTieChunk + 1;
 }
-/// model_stock's sums for n tasks: n squared norms and n(n − 1)/2 dot products.
+/// Gram sums of n vectors (model_stock's tasks, karcher's models): n squared norms and
+/// n(n − 1)/2 dot products.
 REVMERGE_HD_INLINE int stock_sums(int n) { return n * (n + 1) / 2; }
+/// Sum q's vectors (a, b): a = b = q for the squared norms, then the pairs a < b in order.
+REVMERGE_HD_INLINE void stock_pair(int n, int q, int& a, int& b) {
+  if (q < n) {
+    a = b = q;
+    return;
+  }
+  int p = q - n;
+  for (a = 0; p >= n - 1 - a; ++a) p -= n - 1 - a;
+  b = a + 1 + p;
+}
+
 /// stock_lanes takes a lane's sums this many at a time, in one index (independent chains of
 /// additions, the lane's elements read once for them).
 constexpr int kStockGroup = 8;
@@ -325,8 +339,8 @@ REVMERGE_HD_INLINE std::int64_t step_indices(const ElementwiseStep& s) {
     case ElementwiseKind::pair_lanes:
     case ElementwiseKind::multislerp_lanes:
     case ElementwiseKind::ram_counts:
-    case ElementwiseKind::sce_lanes:
-    case ElementwiseKind::karcher_lanes: return piece_blocks(s) * kStatLanes;
+    case ElementwiseKind::sce_lanes: return piece_blocks(s) * kStatLanes;
+    case ElementwiseKind::karcher_lanes: return piece_blocks(s) * kStatLanes * stock_groups(s.n + (s.has_base ? 1 : 0));
     case ElementwiseKind::pair_columns: return s.row;
     case ElementwiseKind::tie_scan: return piece_blocks(s);
     case ElementwiseKind::tie_counts:

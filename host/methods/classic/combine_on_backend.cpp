@@ -567,29 +567,25 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
     }
     return;
   }
-  if (o.method == ClassicMethod::karcher) {  // KarcherSums' passes, the table of their decisions uploaded before each
+  if (o.method == ClassicMethod::karcher && s.n + (src.base ? 1 : 0) == 1) {  // the one model itself
+    for (i64 first = 0; first < numel; first += piece) {
+      if (!one_piece) read(first);
+      emit(passthrough_step(task(0), count, 1.0, nullptr), first);
+    }
+    return;
+  }
+  if (o.method == ClassicMethod::karcher) {  // one pass for the Gram sums; the coefficients decided on the host
     float* base = src.base ? as<float>(s.base) : nullptr;
     KarcherSums sums(numel, s.n + (src.base ? 1 : 0), o.max_iter.value_or(10), o.tol.value_or(1e-5));
-    const DeviceBuffer lanes = b.allocate(std::max<std::size_t>(sums.lanes().size(), 1) * 8);  // the most sums: pass 0's
-    DeviceBuffer table;
-    // The table as it stands (the host's copy unchanged until the stream has read it: every
-    // pass ends in a download).
-    const auto upload_table = [&] {
-      const std::size_t bytes = sums.table().size() * 8;
-      if (table.bytes() < bytes) table = b.allocate(2 * bytes);
-      b.upload(table.data(), sums.table().data(), bytes, s.stream);
-    };
-    while (sums.wants_pass()) {
-      upload_table();
-      b.fill(lanes.data(), 0, sums.lanes().size() * 8, s.stream);
-      for (i64 first = 0; first < numel; first += piece) {
-        if (!one_piece) read(first);
-        b.elementwise(sums.step(first, count, as<float>(s.stack), base, as<double>(lanes), as<double>(table)), s.stream);
-      }
-      fetch(b, s.stream, lanes, sums.lanes());
-      sums.end_pass();
+    const DeviceBuffer lanes = filled(b, std::max<std::size_t>(sums.lane_count(), 1) * 8, 0, s.stream);
+    for (i64 first = 0; first < numel; first += piece) {
+      if (!one_piece) read(first);
+      b.elementwise(sums.step(first, count, as<float>(s.stack), base, as<double>(lanes)), s.stream);
     }
-    upload_table();  // the last pass's decisions
+    fetch(b, s.stream, lanes, sums.lanes());
+    sums.end_pass();
+    const DeviceBuffer table = b.allocate(sums.table().size() * 8);
+    b.upload(table.data(), sums.table().data(), sums.table().size() * 8, s.stream);
     for (i64 first = 0; first < numel; first += piece) {
       if (!one_piece) read(first);
       emit(sums.blend(count, as<float>(s.stack), base, as<double>(table), nullptr), first);

@@ -215,45 +215,41 @@ class MultislerpSums {
   bool degenerate_ = false;
 };
 
-/// karcher's passes over a tensor of `count` elements and `models` models (the base first, where
-/// there is one): the models' norms, the first mean's norm, then per iteration the directions'
-/// dots with the mean, the tangent's norm and the moved mean's norm — each pass's sums kept per
-/// statistics block and lane (kernels/elementwise.hpp's karcher_lanes), the decisions between
-/// passes on the host into table() (the scalars every element's mean is replayed from).
+/// karcher over a tensor of `count` elements and `models` models (the base first, where there is
+/// one): one pass for the models' Gram sums, kept per statistics block and lane
+/// (kernels/elementwise.hpp's karcher_lanes); then the iterations on the host, on the mean's
+/// coefficients in the models' directions (karcher_coefficients), into table(): one coefficient
+/// per model for the blend.
 class KarcherSums {
  public:
   KarcherSums(std::int64_t count, std::size_t models, std::int64_t max_iter, double tol);
-  bool wants_pass() const noexcept { return pass_ < 5; }
-  /// 0: norms, 1: first mean, 2: dots, 3: tangent, 4: moved.
-  int pass() const noexcept { return pass_; }
+  bool wants_pass() const noexcept { return !summed_; }
   /// The pass's step over a piece at `first`: the tasks (n × count), the base (null: none), the
-  /// lanes and the table where the step runs (host or backend memory, as lanes() and table() hold
-  /// them now).
-  kernels::ElementwiseStep step(std::int64_t first, std::int64_t count, float* tasks, float* base, double* lanes,
-                                const double* table) const;
-  /// The pass's sums, sum q's lanes at q · stride(); lane_count() of them at most (pass 0's).
+  /// lanes where the step runs (host or backend memory, as lanes() holds them now).
+  kernels::ElementwiseStep step(std::int64_t first, std::int64_t count, float* tasks, float* base, double* lanes) const;
+  /// The Gram sums, sum q's lanes at q · stride().
   std::vector<double>& lanes() noexcept { return lanes_; }
   std::size_t lane_count() const noexcept { return lanes_.size(); }
   std::int64_t stride() const noexcept { return blocks_ * kernels::kStatLanes; }
-  /// The pass's totals taken from lanes() (then zeroed for the next), the decision made.
+  /// The models' coefficients decided from lanes().
   void end_pass();
-  /// The merged values over a piece, into out.
+  /// The merged values over a piece, into out, with the coefficients at `table` (host or backend
+  /// memory, as table() holds them).
   kernels::ElementwiseStep blend(std::int64_t count, float* tasks, float* base, const double* table, float* out) const;
   const std::vector<double>& table() const noexcept { return table_; }
-  /// The steps taken so far (the means replayed through them).
-  int steps() const noexcept { return static_cast<int>(table_[6]); }
-  double tol() const noexcept { return tol_; }
 
  private:
-  double total(std::size_t q) const;
-  void start_iteration();
-
   std::size_t models_;
   std::int64_t max_iter_, blocks_;
   double tol_;
   std::vector<double> lanes_, table_;
-  int pass_ = 0;
+  bool summed_ = false;
 };
+
+/// karcher's decisions from the models' Gram sums (`gram`: kernels::stock_sums(models) of them in
+/// kernels::stock_pair's order): the coefficient of each model in the merged tensor Σ_i c_i x_i.
+std::vector<double> karcher_coefficients(const std::vector<double>& gram, std::size_t models, std::int64_t max_iter,
+                                         double tol);
 
 /// passthrough's step over a piece: the model's values x times `scale` into out.
 kernels::ElementwiseStep passthrough_step(float* x, std::int64_t count, double scale, float* out);

@@ -122,49 +122,21 @@ Vec multislerp(const std::vector<Vec>& x, const std::vector<double>& w, double e
 }
 
 Vec karcher(const std::vector<Vec>& x, i64 max_iter, double tol) {
-  const std::size_t n = x.size(), m = x[0].size();
-  const double alpha = 1.0 / double(n);
-  std::vector<double> norms(n);
-  std::vector<std::size_t> valid;
-  for (std::size_t i = 0; i < n; ++i) {
-    norms[i] = lane_norm(x[i]);
-    if (norms[i] > tol) valid.push_back(i);
+  const auto models = static_cast<int>(x.size());
+  std::vector<double> gram(static_cast<std::size_t>(kernels::stock_sums(models)));
+  for (int q = 0; q < kernels::stock_sums(models); ++q) {
+    int a, b;
+    kernels::stock_pair(models, q, a, b);
+    gram[q] = lane_dot(x[a], x[b]);
   }
-  if (valid.empty()) return Vec(m, 0.0);
-  std::vector<Vec> unit;
-  for (const auto i : valid) {
-    Vec u(m);
-    for (std::size_t k = 0; k < m; ++k) u[k] = x[i][k] / norms[i];
-    unit.push_back(std::move(u));
+  const auto coef = karcher_coefficients(gram, x.size(), max_iter, tol);
+  Vec out(x[0].size());
+  for (std::size_t k = 0; k < out.size(); ++k) {
+    double r = 0;
+    for (std::size_t q = 0; q < x.size(); ++q) r += coef[q] * x[q][k];
+    out[k] = r;
   }
-  const double a = 1.0 / double(valid.size());  // the valid models' weights, normalised
-  Vec mean(m, 0.0);
-  for (const auto& u : unit)
-    for (std::size_t k = 0; k < m; ++k) mean[k] += a * u[k];
-  const double mn = lane_norm(mean);
-  if (mn < tol) mean = unit[0];
-  else
-    for (auto& v : mean) v /= mn;
-  for (i64 it = 0; it < max_iter; ++it) {
-    Vec tangent(m, 0.0);
-    for (const auto& u : unit) {
-      const double d = std::clamp(lane_dot(mean, u), -1.0, 1.0), theta = std::acos(d);
-      if (theta < tol) continue;
-      const double f = a * theta / std::sin(theta);
-      for (std::size_t k = 0; k < m; ++k) tangent[k] += f * (u[k] - d * mean[k]);
-    }
-    const double tn = lane_norm(tangent);
-    if (tn < tol) break;
-    for (std::size_t k = 0; k < m; ++k)
-      mean[k] = std::cos(tn) * mean[k] + std::sin(tn) * (tangent[k] / tn);
-    const double un = lane_norm(mean);
-    if (un > tol)
-      for (auto& v : mean) v /= un;
-  }
-  double scale = 0;  // every model's norm counts here, the vanishing ones too (as mergekit)
-  for (std::size_t i = 0; i < n; ++i) scale += alpha * norms[i];
-  for (auto& v : mean) v *= scale;
-  return mean;
+  return out;
 }
 
 }  // namespace
@@ -361,124 +333,27 @@ class MultislerpPieces final : public PieceMerger {
   MultislerpSums sums_;
 };
 
-// karcher in pieces: KarcherSums' passes, each element's sums taken here on the host. An
-// element's mean after some iterations is replayed from its values and the table's scalars —
-// or, for a tensor in one piece, kept from the pass before (8 bytes an element) — in the order
-// karcher() takes every step, so the bits are karcher()'s. The threads take whole statistics
-// blocks: each lane's sum still runs over its elements in index order, whatever the threads.
+// karcher in pieces: one pass for the models' Gram sums, then the blend with the coefficients
+// decided from them (KarcherSums: kernels/elementwise.hpp's steps, the ones a backend runs).
 class KarcherPieces final : public PieceMerger {
  public:
-  KarcherPieces(std::size_t models, bool base_first, i64 max_iter, double tol, i64 numel)
-      : sums_(numel, models, max_iter, tol), models_(models), base_first_(base_first), numel_(numel) {}
-  std::uint64_t extra_bytes_per_element() const override { return 16; }  // one piece's means
+  KarcherPieces(std::size_t models, i64 max_iter, double tol, i64 numel) : sums_(numel, models, max_iter, tol) {}
   std::uint64_t held_bytes(int) const override { return sums_.lane_count() * sizeof(double); }
   bool wants_pass() const override { return sums_.wants_pass(); }
-  bool whole_tensor_saves_work() const override { return true; }  // the means kept, not replayed
   void observe(const TensorInputs& in, int threads) override {
-    const bool whole = in.first == 0 && static_cast<i64>(in.count) == numel_;
-    const int pass = sums_.pass(), steps = sums_.steps();
-    const double* table = sums_.table().data();
-    const i64 stride = sums_.stride();
-    double* lanes = sums_.lanes().data();
-    if (whole && pass == 2 && cached_ != steps) refresh_cache(in, threads);
-    if (whole && pass == 4) moved_.resize(in.count);
-    const bool cached = whole && cached_ == steps;
-    const auto valid = static_cast<std::size_t>(table[3]);
-    by_blocks(in, threads, [&](std::size_t k0, std::size_t k1, double* x, double* u) {
-      for (std::size_t k = k0; k < k1; ++k) {
-        load(in, k, x);
-        const i64 i = in.first + static_cast<i64>(k);
-        const auto at = static_cast<std::size_t>((i / kernels::kStatBlock) * kernels::kStatLanes + i % kernels::kStatLanes);
-        if (pass == 0) {
-          for (std::size_t q = 0; q < models_; ++q) lanes[q * stride + at] += x[q] * x[q];
-          continue;
-        }
-        kernels::karcher_units(table, x, u);
-        if (pass == 1) {
-          const double m = kernels::karcher_first_mean(table, u);
-          lanes[at] += m * m;
-          continue;
-        }
-        const double m = cached ? cache_[k] : kernels::karcher_mean_after(table, u, steps);
-        if (pass == 2) {
-          for (std::size_t v = 0; v < valid; ++v) lanes[v * stride + at] += m * u[v];
-        } else if (pass == 3) {
-          const double t = kernels::karcher_tangent(table, steps, u, m);
-          lanes[at] += t * t;
-        } else {
-          const double moved = kernels::karcher_moved(table, steps, u, m);
-          lanes[at] += moved * moved;
-          if (whole) moved_[k] = moved;
-        }
-      }
-    });
+    run_host_step(sums_.step(in.first, static_cast<i64>(in.count), const_cast<float*>(in.stacked.data()), base(in),
+                             sums_.lanes().data()),
+                  threads);
   }
-  void end_pass() override {
-    const bool moved = sums_.pass() == 4;
-    sums_.end_pass();
-    if (!moved || moved_.empty()) return;
-    // A tensor in one piece: its next means, kept, normalised as the replay does.
-    const double un = kernels::karcher_step(sums_.table().data(), sums_.steps() - 1)[3];
-    cache_.swap(moved_);
-    if (un > sums_.tol())
-      for (auto& m : cache_) m /= un;
-    moved_.clear();
-    cached_ = sums_.steps();
-  }
+  void end_pass() override { sums_.end_pass(); }
   void produce(TensorInputs& in, std::span<float> out, int threads) override {
-    const bool cached = in.first == 0 && static_cast<i64>(in.count) == numel_ && cached_ == sums_.steps();
-    const double* table = sums_.table().data();
-    const int steps = sums_.steps();
-    by_blocks(in, threads, [&](std::size_t k0, std::size_t k1, double* x, double* u) {
-      for (std::size_t k = k0; k < k1; ++k) {
-        if (table[3] == 0) {  // every model within tol of 0
-          out[k] = 0.0f;
-          continue;
-        }
-        load(in, k, x);
-        kernels::karcher_units(table, x, u);
-        const double m = cached ? cache_[k] : kernels::karcher_mean_after(table, u, steps);
-        out[k] = static_cast<float>(m * table[5]);
-      }
-    });
+    run_host_step(sums_.blend(static_cast<i64>(in.count), in.stacked.data(), base(in), sums_.table().data(), out.data()),
+                  threads);
   }
 
  private:
-  // f(k0, k1, x, u) over the piece's elements [k0, k1), cut at the statistics blocks
-  // (for_blocks), with scratch x and u (a value per model) of the block's own.
-  template <class F>
-  void by_blocks(const TensorInputs& in, int threads, const F& f) const {
-    for_blocks(in.first, static_cast<i64>(in.count), kernels::kStatBlock, threads, [&](i64, i64 b, i64 e) {
-      std::vector<double> x(models_), u(models_);
-      f(static_cast<std::size_t>(b - in.first), static_cast<std::size_t>(e - in.first), x.data(), u.data());
-    });
-  }
-  // An element's values: the base first, for karcher, then the models.
-  void load(const TensorInputs& in, std::size_t k, double* x) const {
-    for (std::size_t i = 0; i < models_; ++i)
-      x[i] = base_first_ ? (i == 0 ? double(in.base[k]) : double(in.model(i - 1)[k])) : double(in.model(i)[k]);
-  }
-  // A tensor in one piece: the means after the steps so far, kept.
-  void refresh_cache(const TensorInputs& in, int threads) {
-    const double* table = sums_.table().data();
-    const int steps = sums_.steps();
-    cache_.resize(in.count);
-    by_blocks(in, threads, [&](std::size_t k0, std::size_t k1, double* x, double* u) {
-      for (std::size_t k = k0; k < k1; ++k) {
-        load(in, k, x);
-        kernels::karcher_units(table, x, u);
-        cache_[k] = kernels::karcher_mean_after(table, u, steps);
-      }
-    });
-    cached_ = steps;
-  }
-
+  static float* base(const TensorInputs& in) { return in.base.empty() ? nullptr : const_cast<float*>(in.base.data()); }
   KarcherSums sums_;
-  std::size_t models_;
-  bool base_first_;
-  i64 numel_;
-  std::vector<double> cache_, moved_;
-  int cached_ = -1;  // the steps cache_ holds means after
 };
 
 }  // namespace
@@ -592,20 +467,86 @@ kernels::ElementwiseStep MultislerpSums::blend(i64 count, float* models, float* 
   return st;
 }
 
+// The mean m = Σ_v c_v u_v of the valid models' directions u_v = x_v / ‖x_v‖ (‖x_v‖ > tol)
+// stays in their span: the first mean is their average, each step's tangent
+// Σ_v f_v (u_v − d_v m) has coefficients f − (Σ_v f_v d_v) c, and every dot product and norm a
+// step takes (d_v = m · u_v, ‖t‖, ‖m‖) is a quadratic form in the unit Gram matrix
+// G_vw = u_v · u_w. So mergekit's iteration runs here on V coefficients, in the order karcher()
+// took it on whole vectors: equal weights a = 1 / V, the first mean normalised (u_0 where its
+// norm is below tol), at most max_iter steps of angle θ_v = acos(clamp(d_v)) (a model within tol
+// of the mean left out), stopping where ‖t‖ < tol, the moved mean normalised where its norm
+// exceeds tol; then scaled by every model's mean norm.
+std::vector<double> karcher_coefficients(const std::vector<double>& gram, std::size_t models, i64 max_iter,
+                                         double tol) {
+  const auto m = static_cast<int>(models);
+  std::vector<double> sums(models * models);
+  for (int q = 0; q < kernels::stock_sums(m); ++q) {
+    int a, b;
+    kernels::stock_pair(m, q, a, b);
+    sums[a * models + b] = sums[b * models + a] = gram[q];
+  }
+  std::vector<double> norms(models), coef(models, 0.0);
+  std::vector<std::size_t> valid;
+  double scale = 0;  // every model's norm counts here, the vanishing ones too (as mergekit)
+  for (std::size_t i = 0; i < models; ++i) {
+    norms[i] = std::sqrt(sums[i * models + i]);
+    if (norms[i] > tol) valid.push_back(i);
+    scale += (1.0 / double(models)) * norms[i];
+  }
+  if (valid.empty()) return coef;
+  const std::size_t n = valid.size();
+  std::vector<double> g(n * n);
+  for (std::size_t v = 0; v < n; ++v)
+    for (std::size_t w = 0; w < n; ++w)
+      g[v * n + w] = sums[valid[v] * models + valid[w]] / (norms[valid[v]] * norms[valid[w]]);
+  const auto times = [&](const Vec& c, std::size_t v) {  // (G c)_v = u_v · Σ_w c_w u_w
+    double s = 0;
+    for (std::size_t w = 0; w < n; ++w) s += g[v * n + w] * c[w];
+    return s;
+  };
+  const auto norm = [&](const Vec& c) {  // ‖Σ_v c_v u_v‖ (rounding can take a tiny square below 0)
+    double s = 0;
+    for (std::size_t v = 0; v < n; ++v) s += c[v] * times(c, v);
+    return std::sqrt(std::max(s, 0.0));
+  };
+  const double a = 1.0 / double(n);
+  Vec c(n, a);
+  const double mn = norm(c);
+  if (mn < tol) {
+    std::fill(c.begin(), c.end(), 0.0);
+    c[0] = 1;
+  } else {
+    for (auto& v : c) v /= mn;
+  }
+  Vec d(n), tangent(n);
+  for (i64 it = 0; it < max_iter; ++it) {
+    double fd = 0;
+    for (std::size_t v = 0; v < n; ++v) {
+      d[v] = std::clamp(times(c, v), -1.0, 1.0);
+      const double theta = std::acos(d[v]);
+      tangent[v] = theta < tol ? 0.0 : a * theta / std::sin(theta);
+      fd += tangent[v] * d[v];
+    }
+    for (std::size_t v = 0; v < n; ++v) tangent[v] -= fd * c[v];
+    const double tn = norm(tangent);
+    if (tn < tol) break;
+    for (std::size_t v = 0; v < n; ++v) c[v] = std::cos(tn) * c[v] + std::sin(tn) * (tangent[v] / tn);
+    const double un = norm(c);
+    if (un > tol)
+      for (auto& v : c) v /= un;
+  }
+  for (std::size_t v = 0; v < n; ++v) coef[valid[v]] = c[v] * scale / norms[valid[v]];
+  return coef;
+}
+
 KarcherSums::KarcherSums(i64 count, std::size_t models, i64 max_iter, double tol)
     : models_(models), max_iter_(max_iter), blocks_((count + kernels::kStatBlock - 1) / kernels::kStatBlock),
-      tol_(tol), lanes_(models * static_cast<std::size_t>(blocks_ * kernels::kStatLanes), 0.0),
-      table_(kernels::kKarcherHeader + models, 0.0) {
-  table_[2] = tol;
-  table_[4] = static_cast<double>(models);
-}
+      tol_(tol),
+      lanes_(static_cast<std::size_t>(kernels::stock_sums(static_cast<int>(models)) * blocks_ * kernels::kStatLanes),
+             0.0),
+      table_(models, 0.0) {}
 
-double KarcherSums::total(std::size_t q) const {
-  return kernels::lanes_total(lanes_.data() + q * static_cast<std::size_t>(stride()), blocks_);
-}
-
-kernels::ElementwiseStep KarcherSums::step(i64 first, i64 count, float* tasks, float* base, double* lanes,
-                                           const double* table) const {
+kernels::ElementwiseStep KarcherSums::step(i64 first, i64 count, float* tasks, float* base, double* lanes) const {
   kernels::ElementwiseStep st;
   st.kind = kernels::ElementwiseKind::karcher_lanes;
   st.first = first;
@@ -616,84 +557,22 @@ kernels::ElementwiseStep KarcherSums::step(i64 first, i64 count, float* tasks, f
   st.has_base = base != nullptr;
   st.stock = lanes;
   st.stock_stride = stride();
-  st.coef = table;
-  st.multi_pass = pass_;
   return st;
 }
 
 kernels::ElementwiseStep KarcherSums::blend(i64 count, float* tasks, float* base, const double* table, float* out) const {
-  auto st = step(0, count, tasks, base, nullptr, table);
+  auto st = step(0, count, tasks, base, nullptr);
   st.kind = kernels::ElementwiseKind::karcher_blend;
+  st.coef = table;
   st.out = out;
   return st;
 }
 
-void KarcherSums::start_iteration() {
-  pass_ = static_cast<i64>(table_[6]) < max_iter_ ? 2 : 5;
-  lanes_.assign(static_cast<std::size_t>(table_[3]) * static_cast<std::size_t>(stride()), 0.0);
-}
-
 void KarcherSums::end_pass() {
-  const auto valid = static_cast<std::size_t>(table_[3]);
-  double* const head = table_.data();
-  switch (pass_) {
-    case 0: {  // the norms: the valid models, their weight, the scale
-      std::vector<double> indices;
-      for (std::size_t i = 0; i < models_; ++i) {
-        head[kernels::kKarcherHeader + i] = std::sqrt(total(i));
-        if (head[kernels::kKarcherHeader + i] > tol_) indices.push_back(static_cast<double>(i));
-      }
-      double scale = 0;
-      for (std::size_t i = 0; i < models_; ++i) scale += (1.0 / double(models_)) * head[kernels::kKarcherHeader + i];
-      table_[5] = scale;
-      table_[3] = static_cast<double>(indices.size());
-      table_[0] = indices.empty() ? 0.0 : 1.0 / double(indices.size());
-      table_.insert(table_.end(), indices.begin(), indices.end());
-      pass_ = indices.empty() ? 5 : 1;
-      lanes_.assign(static_cast<std::size_t>(stride()), 0.0);
-      return;
-    }
-    case 1:
-      table_[1] = std::sqrt(total(0));
-      start_iteration();
-      return;
-    case 2: {  // the dots: the step's d, f and skip (its ‖t‖ and the moved norm to come)
-      std::vector<double> st(4 + 3 * valid, 0.0);
-      for (std::size_t v = 0; v < valid; ++v) {
-        const double d = std::clamp(total(v), -1.0, 1.0), theta = std::acos(d);
-        st[4 + v] = d;
-        st[4 + valid + v] = theta < tol_ ? 0.0 : table_[0] * theta / std::sin(theta);
-        st[4 + 2 * valid + v] = theta < tol_ ? 1.0 : 0.0;
-      }
-      table_.insert(table_.end(), st.begin(), st.end());
-      pass_ = 3;
-      lanes_.assign(static_cast<std::size_t>(stride()), 0.0);
-      return;
-    }
-    case 3: {
-      const double tn = std::sqrt(total(0));
-      if (tn < tol_) {  // converged: this step is not taken
-        table_.resize(table_.size() - (4 + 3 * valid));
-        pass_ = 5;
-        return;
-      }
-      double* st = table_.data() + (kernels::karcher_step(table_.data(), steps()) - table_.data());
-      st[0] = std::cos(tn);
-      st[1] = std::sin(tn);
-      st[2] = tn;
-      pass_ = 4;
-      lanes_.assign(static_cast<std::size_t>(stride()), 0.0);
-      return;
-    }
-    case 4: {
-      double* st = table_.data() + (kernels::karcher_step(table_.data(), steps()) - table_.data());
-      st[3] = std::sqrt(total(0));
-      table_[6] += 1;  // the step is taken
-      start_iteration();
-      return;
-    }
-    default: return;
-  }
+  std::vector<double> gram(static_cast<std::size_t>(kernels::stock_sums(static_cast<int>(models_))));
+  for (std::size_t q = 0; q < gram.size(); ++q) gram[q] = kernels::lanes_total(lanes_.data() + q * stride(), blocks_);
+  table_ = karcher_coefficients(gram, models_, max_iter_, tol_);
+  summed_ = true;
 }
 
 std::unique_ptr<PieceMerger> spherical_merger(const ClassicMergeOptions& o, const std::string& name,
@@ -711,8 +590,8 @@ std::unique_ptr<PieceMerger> spherical_merger(const ClassicMergeOptions& o, cons
   }
   i64 numel = 1;
   for (const auto d : shape) numel *= d;
-  return std::make_unique<KarcherPieces>(n + (has_base ? 1 : 0), has_base, o.max_iter.value_or(10),
-                                         o.tol.value_or(1e-5), numel);
+  if (n + (has_base ? 1 : 0) == 1) return std::make_unique<OneModelPieces>();  // the one model itself
+  return std::make_unique<KarcherPieces>(n + (has_base ? 1 : 0), o.max_iter.value_or(10), o.tol.value_or(1e-5), numel);
 }
 
 }  // namespace revmerge
