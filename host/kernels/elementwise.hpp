@@ -43,10 +43,8 @@ namespace revmerge::kernels {
   X(pair_rows, pair_row) \
   X(pair_columns, pair_column) \
   X(pair_blend, pair_blend) \
-  X(multislerp_lanes, multislerp_lane) \
-  X(multislerp_blend, multislerp_blend) \
-  X(karcher_lanes, karcher_lane) \
-  X(karcher_blend, karcher_blend) \
+  X(gram_lanes, gram_lane) \
+  X(gram_blend, gram_blend) \
   X(sce_lanes, sce_lane) \
   X(sce_ties, sce_ties) \
   X(sce_select, sce_select) \

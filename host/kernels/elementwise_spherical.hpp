@@ -49,85 +49,27 @@ REVMERGE_HD_INLINE void pair_blend(const ElementwiseStep& s, std::int64_t j) {
   s.out[j] = static_cast<float>(s.has_base ? r + s.base[j] : r);
 }
 
-// ---- multislerp (methods/classic/spherical.cpp) ----
+// ---- multislerp and karcher (methods/classic/spherical.cpp, SphereSums) ----
+// Both merge the models' directions on the sphere, and every mean and tangent they take stays in
+// the span of those directions: the host decides them from the vectors' Gram matrix (one pass:
+// the m(m + 1)/2 sums Σ v_a v_b, in stock_pair's order) and the merged element is Σ_i coef[i] v_i.
+// The vectors: karcher's models (the base first, where has_base, then the n tasks in x);
+// multislerp's tasks, less the base where has_base (task_vectors; the base added back after).
 
-// Element j's directions u_i = v_i / (‖v_i‖ + eps) into u and their weighted mean, in model order.
-REVMERGE_HD_INLINE double multislerp_mean(const ElementwiseStep& s, std::int64_t j, double* u) {
-  double m = 0;
-  for (int i = 0; i < s.n; ++i) {
-    u[i] = pair_value(s, i, j) / (s.norms[i] + s.eps);
-    m += s.weights[i] * u[i];
-  }
-  return m;
-}
-
-// The weighted tangent at the normalised mean mm.
-REVMERGE_HD_INLINE double multislerp_tangent(const ElementwiseStep& s, const double* u, double mm) {
-  double t = 0;
-  for (int i = 0; i < s.n; ++i) t += s.weights[i] * (u[i] - s.dots[i] * mm);
-  return t;
-}
-
-REVMERGE_HD_INLINE void multislerp_lane(const ElementwiseStep& s, std::int64_t index) {
-  const Lane lane = piece_lane(s, index);
-  const bool per_model = s.multi_pass == 0 || s.multi_pass == 2;
-  const int sums = per_model ? s.n : 1;
-  double acc[kMaxElementwiseInputs], u[kMaxElementwiseInputs];
-  for (int q = 0; q < sums; ++q) acc[q] = s.stock[q * s.stock_stride + lane.at];
-  for (std::int64_t i = lane.i; i < lane.end; i += kStatLanes) {
-    const std::int64_t j = i - s.first;
-    if (s.multi_pass == 0) {
-      for (int q = 0; q < s.n; ++q) {
-        const double v = pair_value(s, q, j);
-        acc[q] += v * v;
-      }
-      continue;
-    }
-    const double m = multislerp_mean(s, j, u);
-    if (s.multi_pass == 1) {
-      acc[0] += m * m;
-    } else if (s.multi_pass == 2) {
-      for (int q = 0; q < s.n; ++q) acc[q] += u[q] * (m / s.mean_norm);
-    } else {
-      const double t = multislerp_tangent(s, u, m / s.mean_norm);
-      acc[0] += t * t;
-    }
-  }
-  for (int q = 0; q < sums; ++q) s.stock[q * s.stock_stride + lane.at] = acc[q];
-}
-
-REVMERGE_HD_INLINE void multislerp_blend(const ElementwiseStep& s, std::int64_t j) {
-  double r;
-  if (s.n == 1) {
-    r = pair_value(s, 0, j);
-  } else if (s.degenerate) {
-    r = s.weights[0] * pair_value(s, 0, j) + s.weights[1] * pair_value(s, 1, j);
-  } else {
-    double u[kMaxElementwiseInputs];
-    const double m = multislerp_mean(s, j, u) / s.mean_norm;
-    r = (m * s.s0 + multislerp_tangent(s, u, m) * s.s1) * s.factor;
-  }
-  s.out[j] = static_cast<float>(s.has_base ? r + s.base[j] : r);
-}
-
-// ---- karcher (methods/classic/spherical.cpp, KarcherSums) ----
-// The models are the base (when has_base) then the n tasks in x. The Karcher mean of their
-// directions u_i = x_i / ‖x_i‖ stays in their span at every step, so the host decides every
-// step from their Gram matrix (one pass: the m(m + 1)/2 sums Σ x_a x_b, in stock_pair's order)
-// and the merged element is Σ_i coef[i] · x_i, each model's coefficient holding its direction's
-// weight, 1 / ‖x_i‖ and the scale.
-
-REVMERGE_HD_INLINE int karcher_models(const ElementwiseStep& s) { return s.n + (s.has_base ? 1 : 0); }
-
-// Model i's values in the piece.
-REVMERGE_HD_INLINE const float* karcher_values(const ElementwiseStep& s, int i) {
-  if (!s.has_base) return s.x + i * s.count;
+// Vector i's values in the piece (the base first, where it is one of the vectors).
+REVMERGE_HD_INLINE const float* gram_values(const ElementwiseStep& s, int i) {
+  if (!s.has_base || s.task_vectors) return s.x + i * s.count;
   return i == 0 ? s.base : s.x + (i - 1) * s.count;
 }
 
-// Index: group g of a lane's Gram sums (as stock_lane's, the models' values themselves).
-REVMERGE_HD_INLINE void karcher_lane(const ElementwiseStep& s, std::int64_t index) {
-  const int models = karcher_models(s), all = stock_sums(models), groups = stock_groups(models);
+// Element j of a vector whose values are v (the base's subtracted, in f64, for task vectors).
+REVMERGE_HD_INLINE double gram_value(const ElementwiseStep& s, const float* v, std::int64_t j) {
+  return s.task_vectors ? static_cast<double>(v[j]) - static_cast<double>(s.base[j]) : static_cast<double>(v[j]);
+}
+
+// Index: group g of a lane's Gram sums (as stock_lane's).
+REVMERGE_HD_INLINE void gram_lane(const ElementwiseStep& s, std::int64_t index) {
+  const int vectors = gram_vectors(s), all = stock_sums(vectors), groups = stock_groups(vectors);
   const int g = static_cast<int>(index % groups), q0 = g * kStockGroup;
   const int sums = all - q0 < kStockGroup ? all - q0 : kStockGroup;
   const Lane lane = piece_lane(s, index / groups);
@@ -136,22 +78,20 @@ REVMERGE_HD_INLINE void karcher_lane(const ElementwiseStep& s, std::int64_t inde
   double v[kStockGroup];
   for (int k = 0; k < sums; ++k) {
     int a, b;
-    stock_pair(models, q0 + k, a, b);
-    pa[k] = karcher_values(s, a);
-    pb[k] = karcher_values(s, b);
+    stock_pair(vectors, q0 + k, a, b);
+    pa[k] = gram_values(s, a);
+    pb[k] = gram_values(s, b);
     v[k] = s.stock[(q0 + k) * s.stock_stride + lane.at];
   }
   for (std::int64_t j = lane.i - s.first; j < lane.end - s.first; j += kStatLanes)
-    for (int k = 0; k < sums; ++k) v[k] += static_cast<double>(pa[k][j]) * static_cast<double>(pb[k][j]);
+    for (int k = 0; k < sums; ++k) v[k] += gram_value(s, pa[k], j) * gram_value(s, pb[k], j);
   for (int k = 0; k < sums; ++k) s.stock[(q0 + k) * s.stock_stride + lane.at] = v[k];
 }
 
-REVMERGE_HD_INLINE void karcher_blend(const ElementwiseStep& s, std::int64_t j) {
-  double r = 0;  // the base's term first, then the tasks'
-  if (s.has_base) r += s.coef[0] * static_cast<double>(s.base[j]);
-  const double* coef = s.coef + (s.has_base ? 1 : 0);
-  for (int t = 0; t < s.n; ++t) r += coef[t] * static_cast<double>(s.x[t * s.count + j]);
-  s.out[j] = static_cast<float>(r);
+REVMERGE_HD_INLINE void gram_blend(const ElementwiseStep& s, std::int64_t j) {
+  double r = 0;  // the vectors' terms in order
+  for (int i = 0; i < gram_vectors(s); ++i) r += s.coef[i] * gram_value(s, gram_values(s, i), j);
+  s.out[j] = static_cast<float>(s.task_vectors ? r + s.base[j] : r);
 }
 
 }  // namespace revmerge::kernels

@@ -137,17 +137,11 @@ enum class ElementwiseKind : std::int32_t {
   pair_columns,
   /// Per element: nuslerp's blend of a and b by its vector's coefficients, the base added back.
   pair_blend,
-  /// Per lane of a statistics block: one of multislerp's four passes' sums (multi_pass 0: each
-  /// model's Σv²; 1: Σm² of the directions' weighted mean m; 2: each direction's Σ u·m/‖m‖;
-  /// 3: Σt² of the weighted tangent t).
-  multislerp_lanes,
-  /// Per element: multislerp's map back, the base added back.
-  multislerp_blend,
-  /// Per lane of a statistics block and group of sums: the models' Gram sums Σ x_a x_b (karcher's
-  /// one pass), kStockGroup of them per index as stock_lanes.
-  karcher_lanes,
-  /// Per element: Σ coef[i] · x_i over the models (the base first), karcher's merged value.
-  karcher_blend,
+  /// Per lane of a statistics block and group of sums: the Gram sums Σ v_a v_b of multislerp's
+  /// or karcher's vectors (their one pass), kStockGroup of them per index as stock_lanes.
+  gram_lanes,
+  /// Per element: Σ coef[i] · v_i over the vectors, the base added back for task vectors.
+  gram_blend,
   /// Per lane of a statistics block: one of SCE's passes over the elements' variances across
   /// the tasks (sce_pass 0 … 3: a 16-bit digit's histogram of their ordered bits; 4: the ties
   /// at the threshold per block) or over the kept values (5: each task's Σ x²).
@@ -262,19 +256,13 @@ struct ElementwiseStep {
   const double* coef = nullptr;
   int pair_layout = 0;
 
-  // multislerp_*: the n models in x, the base where has_base; `weights` (n), and from the passes
-  // before: the models' norms (n), eps, the mean's norm, each direction's dot with the mean
-  // (`dots`, n). multislerp_lanes into the lanes at stock (sum q at stock + q · stock_stride);
-  // multislerp_blend: (m · s0 + t · s1) · factor (s0 = cos ‖t‖, s1 = sin ‖t‖ / ‖t‖, factor the
-  // weighted mean norm), or w0 a + w1 b where `degenerate`, or the one model's values (n = 1).
-  const double* norms = nullptr;
-  const double* dots = nullptr;
-  double eps = 0, mean_norm = 0;
+  // gram_*: the n tasks in x, the base in `base` where has_base: the base is the first vector
+  // (karcher), or with task_vectors subtracted from each task's value in f64 and added back to
+  // the blend (multislerp). gram_lanes adds into the lanes at stock (sum q at stock + q ·
+  // stock_stride); gram_blend takes a coefficient per vector from coef.
+
+  // fusion_histogram's digit (below).
   int multi_pass = 0;
-  bool degenerate = false;
-  // karcher_*: the n tasks in x, the base (the first model) in `base` where has_base;
-  // karcher_lanes adds into the lanes at stock (sum q at stock + q · stock_stride), karcher_blend
-  // takes a coefficient per model from coef.
 
   // ram_*: the n models in x, the base in `base`; a task changes an element where its value is
   // more than `epsilon` from the base's (in f64). ram_counts adds task i's shared changes into
@@ -328,6 +316,10 @@ REVMERGE_HD_INLINE void stock_pair(int n, int q, int& a, int& b) {
 constexpr int kStockGroup = 8;
 REVMERGE_HD_INLINE int stock_groups(int n) { return (stock_sums(n) + kStockGroup - 1) / kStockGroup; }
 
+/// The vectors of a gram_* step: the n tasks, after the base where it is one of them (not
+/// subtracted as task_vectors).
+REVMERGE_HD_INLINE int gram_vectors(const ElementwiseStep& s) { return s.n + (s.has_base && !s.task_vectors ? 1 : 0); }
+
 REVMERGE_HD_INLINE std::int64_t step_indices(const ElementwiseStep& s) {
   switch (s.kind) {
     case ElementwiseKind::lane_stats:
@@ -337,10 +329,9 @@ REVMERGE_HD_INLINE std::int64_t step_indices(const ElementwiseStep& s) {
     case ElementwiseKind::fusion_rows:
     case ElementwiseKind::pair_rows: return s.row > 0 ? s.count / s.row : 0;
     case ElementwiseKind::pair_lanes:
-    case ElementwiseKind::multislerp_lanes:
     case ElementwiseKind::ram_counts:
     case ElementwiseKind::sce_lanes: return piece_blocks(s) * kStatLanes;
-    case ElementwiseKind::karcher_lanes: return piece_blocks(s) * kStatLanes * stock_groups(s.n + (s.has_base ? 1 : 0));
+    case ElementwiseKind::gram_lanes: return piece_blocks(s) * kStatLanes * stock_groups(gram_vectors(s));
     case ElementwiseKind::pair_columns: return s.row;
     case ElementwiseKind::tie_scan: return piece_blocks(s);
     case ElementwiseKind::tie_counts:

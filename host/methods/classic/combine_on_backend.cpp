@@ -536,56 +536,22 @@ void CombineOnBackend::merge(const ClassicMergeOptions& o, const std::string& na
     }
     return;
   }
-  if (multislerp) {  // four passes of sums, the decisions between them on the host, then the map back
+  if (multislerp || o.method == ClassicMethod::karcher) {  // one pass for the Gram sums, the coefficients decided on the host
     float* base = src.base ? as<float>(s.base) : nullptr;
-    MultislerpSums sums(numel, spherical_weights(o, name), o.eps.value_or(1e-8), name);
-    const DeviceBuffer lanes = b.allocate(std::max<std::size_t>(sums.lanes().size(), 1) * 8);
-    DeviceBuffer values[3];  // the weights, then the norms and dots as the passes decide them
-    for (auto& v : values) v = filled(b, s.n * 8, 0, s.stream);
-    b.upload(values[0].data(), sums.weights().data(), s.n * 8, s.stream);
-    const auto upload = [&] {
-      b.upload(values[1].data(), sums.norms().data(), s.n * 8, s.stream);
-      b.upload(values[2].data(), sums.dots().data(), s.n * 8, s.stream);
-    };
-    while (sums.wants_pass()) {
-      b.fill(lanes.data(), 0, sums.lanes().size() * 8, s.stream);
+    SphereSums sums = sphere_sums(o, name, numel, s.n, base != nullptr);
+    const std::vector<double> itself{1.0};  // one vector: the model itself (as mergekit)
+    if (sums.vectors() > 1) {
+      const DeviceBuffer lanes = filled(b, sums.lane_count() * 8, 0, s.stream);
       for (i64 first = 0; first < numel; first += piece) {
         if (!one_piece) read(first);
-        b.elementwise(sums.step(first, count, as<float>(s.stack), base, as<double>(lanes), as<double>(values[0]),
-                                as<double>(values[1]), as<double>(values[2])),
-                      s.stream);
+        b.elementwise(sums.step(first, count, as<float>(s.stack), base, as<double>(lanes)), s.stream);
       }
       fetch(b, s.stream, lanes, sums.lanes());
       sums.end_pass();
-      upload();
     }
-    for (i64 first = 0; first < numel; first += piece) {
-      if (!one_piece) read(first);
-      emit(sums.blend(count, as<float>(s.stack), base, as<double>(values[0]), as<double>(values[1]),
-                      as<double>(values[2]), nullptr),
-           first);
-    }
-    return;
-  }
-  if (o.method == ClassicMethod::karcher && s.n + (src.base ? 1 : 0) == 1) {  // the one model itself
-    for (i64 first = 0; first < numel; first += piece) {
-      if (!one_piece) read(first);
-      emit(passthrough_step(task(0), count, 1.0, nullptr), first);
-    }
-    return;
-  }
-  if (o.method == ClassicMethod::karcher) {  // one pass for the Gram sums; the coefficients decided on the host
-    float* base = src.base ? as<float>(s.base) : nullptr;
-    KarcherSums sums(numel, s.n + (src.base ? 1 : 0), o.max_iter.value_or(10), o.tol.value_or(1e-5));
-    const DeviceBuffer lanes = filled(b, std::max<std::size_t>(sums.lane_count(), 1) * 8, 0, s.stream);
-    for (i64 first = 0; first < numel; first += piece) {
-      if (!one_piece) read(first);
-      b.elementwise(sums.step(first, count, as<float>(s.stack), base, as<double>(lanes)), s.stream);
-    }
-    fetch(b, s.stream, lanes, sums.lanes());
-    sums.end_pass();
-    const DeviceBuffer table = b.allocate(sums.table().size() * 8);
-    b.upload(table.data(), sums.table().data(), sums.table().size() * 8, s.stream);
+    const auto& coef = sums.vectors() > 1 ? sums.table() : itself;
+    const DeviceBuffer table = b.allocate(coef.size() * 8);
+    b.upload(table.data(), coef.data(), coef.size() * 8, s.stream);
     for (i64 first = 0; first < numel; first += piece) {
       if (!one_piece) read(first);
       emit(sums.blend(count, as<float>(s.stack), base, as<double>(table), nullptr), first);

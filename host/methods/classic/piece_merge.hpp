@@ -179,50 +179,16 @@ kernels::ElementwiseStep nuslerp_step(kernels::ElementwiseKind kind, const Nusle
 /// sum to 0).
 std::vector<double> spherical_weights(const ClassicMergeOptions& options, const std::string& tensor);
 
-/// multislerp's passes over a tensor of `count` elements and n models (weights `w`, normalised
-/// as the options ask): each pass's sums kept per statistics block and lane (kernels/
-/// elementwise.hpp's multislerp_lanes), the decisions between passes on the host; the same bits
-/// from pieces, threads and backends.
-class MultislerpSums {
+/// multislerp's and karcher's sums over a tensor of `count` elements: the Gram matrix of their
+/// vectors (karcher's models, the base first where there is one; multislerp's task vectors, or
+/// its models without a base), kept per statistics block and lane (kernels/elementwise.hpp's
+/// gram_lanes); then the method's decisions on the host (`decide`: the Gram sums in
+/// kernels::stock_pair's order → a coefficient per vector) into table(), for the blend
+/// Σ_i c_i v_i. The same bits from pieces, threads and backends.
+class SphereSums {
  public:
-  MultislerpSums(std::int64_t count, std::vector<double> w, double eps, std::string tensor);
-  bool wants_pass() const noexcept { return w_.size() > 1 && pass_ < 4 && !degenerate_; }
-  /// The pass's step over a piece at `first`: the models (n × count) and the base (null: none);
-  /// lanes, weights, norms and dots where the step runs (host or backend memory, as weights(),
-  /// norms() and dots() hold them now).
-  kernels::ElementwiseStep step(std::int64_t first, std::int64_t count, float* models, float* base, double* lanes,
-                                const double* weights, const double* norms, const double* dots) const;
-  std::size_t lane_count() const noexcept { return lanes_.size(); }
-  std::vector<double>& lanes() noexcept { return lanes_; }
-  /// The pass's totals taken from lanes() (then zeroed for the next); a format_error naming the
-  /// tensor where the directions' mean vanishes with more than two models.
-  void end_pass();
-  /// The map back over a piece, into out.
-  kernels::ElementwiseStep blend(std::int64_t count, float* models, float* base, const double* weights,
-                                 const double* norms, const double* dots, float* out) const;
-  const std::vector<double>& weights() const noexcept { return w_; }
-  const std::vector<double>& norms() const noexcept { return norms_; }
-  const std::vector<double>& dots() const noexcept { return dots_; }
-
- private:
-  std::vector<double> w_;
-  double eps_;
-  std::string tensor_;
-  std::int64_t blocks_;
-  std::vector<double> lanes_, norms_, dots_;
-  double mean_norm_ = 0, tn_ = 0, scale_ = 0;
-  int pass_ = 0;
-  bool degenerate_ = false;
-};
-
-/// karcher over a tensor of `count` elements and `models` models (the base first, where there is
-/// one): one pass for the models' Gram sums, kept per statistics block and lane
-/// (kernels/elementwise.hpp's karcher_lanes); then the iterations on the host, on the mean's
-/// coefficients in the models' directions (karcher_coefficients), into table(): one coefficient
-/// per model for the blend.
-class KarcherSums {
- public:
-  KarcherSums(std::int64_t count, std::size_t models, std::int64_t max_iter, double tol);
+  using Decide = std::function<std::vector<double>(const std::vector<double>& gram)>;
+  SphereSums(std::int64_t count, int vectors, bool task_vectors, Decide decide);
   bool wants_pass() const noexcept { return !summed_; }
   /// The pass's step over a piece at `first`: the tasks (n × count), the base (null: none), the
   /// lanes where the step runs (host or backend memory, as lanes() holds them now).
@@ -231,25 +197,37 @@ class KarcherSums {
   std::vector<double>& lanes() noexcept { return lanes_; }
   std::size_t lane_count() const noexcept { return lanes_.size(); }
   std::int64_t stride() const noexcept { return blocks_ * kernels::kStatLanes; }
-  /// The models' coefficients decided from lanes().
+  /// The coefficients decided from lanes() (decide's errors pass through).
   void end_pass();
   /// The merged values over a piece, into out, with the coefficients at `table` (host or backend
   /// memory, as table() holds them).
   kernels::ElementwiseStep blend(std::int64_t count, float* tasks, float* base, const double* table, float* out) const;
   const std::vector<double>& table() const noexcept { return table_; }
+  int vectors() const noexcept { return vectors_; }
+  bool task_vectors() const noexcept { return task_vectors_; }
 
  private:
-  std::size_t models_;
-  std::int64_t max_iter_, blocks_;
-  double tol_;
+  int vectors_;
+  bool task_vectors_;
+  Decide decide_;
+  std::int64_t blocks_;
   std::vector<double> lanes_, table_;
   bool summed_ = false;
 };
 
-/// karcher's decisions from the models' Gram sums (`gram`: kernels::stock_sums(models) of them in
-/// kernels::stock_pair's order): the coefficient of each model in the merged tensor Σ_i c_i x_i.
+/// The SphereSums of --method karcher or multislerp for tensor `name` (its options resolved) of
+/// `count` elements, n tasks.
+SphereSums sphere_sums(const ClassicMergeOptions& options, const std::string& name, std::int64_t count, std::size_t n,
+                       bool has_base);
+
+/// karcher's decisions from its models' Gram sums: each model's coefficient in the merged tensor.
 std::vector<double> karcher_coefficients(const std::vector<double>& gram, std::size_t models, std::int64_t max_iter,
                                          double tol);
+/// multislerp's decisions from its vectors' Gram sums (weights `w`, normalised as the options
+/// ask): each vector's coefficient; a format_error naming `tensor` where the directions' mean
+/// vanishes with more than two vectors.
+std::vector<double> multislerp_coefficients(const std::vector<double>& gram, const std::vector<double>& w, double eps,
+                                            const std::string& tensor);
 
 /// passthrough's step over a piece: the model's values x times `scale` into out.
 kernels::ElementwiseStep passthrough_step(float* x, std::int64_t count, double scale, float* out);

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <fmt/format.h>
 #include <numeric>
 
@@ -48,8 +49,6 @@ double lane_dot(const Vec& a, const Vec& b) {
   return total;
 }
 
-double lane_norm(const Vec& a) { return std::sqrt(lane_dot(a, a)); }
-
 // One vector of nuslerp: v0, v1 gathered along the chosen axis, the result written back; the
 // tensor as one vector (`whole`) summed in the statistics blocks' lanes.
 Vec nuslerp_vector(double t, const Vec& v0, const Vec& v1, bool whole) {
@@ -83,53 +82,17 @@ VectorLayout nuslerp_layout(const std::vector<i64>& shape, i64 count, bool flatt
   return {stride, length, stride, 1};
 }
 
-Vec multislerp(const std::vector<Vec>& x, const std::vector<double>& w, double eps,
-               const std::string& name) {
-  const std::size_t n = x.size(), m = x[0].size();
-  std::vector<double> norms(n);
-  std::vector<Vec> unit(n, Vec(m));
-  Vec mean(m, 0.0);
-  // Every sum over the tensor in the statistics blocks' lanes (lane_dot), as the passes take them.
-  for (std::size_t i = 0; i < n; ++i) norms[i] = std::sqrt(lane_dot(x[i], x[i]));
-  for (std::size_t k = 0; k < m; ++k)
-    for (std::size_t i = 0; i < n; ++i) {
-      unit[i][k] = x[i][k] / (norms[i] + eps);
-      mean[k] += w[i] * unit[i][k];
-    }
-  const double mean_norm = std::sqrt(lane_dot(mean, mean));
-  if (mean_norm < eps) {
-    if (n != 2)
-      throw format_error("tensor '" + name + "': the weighted mean of the models' directions is 0 "
-                         "(antipodal models whose weights balance); multislerp cannot merge it — "
-                         "try other weights");
-    Vec out(m);
-    for (std::size_t k = 0; k < m; ++k) out[k] = w[0] * x[0][k] + w[1] * x[1][k];
-    return out;
-  }
-  for (auto& v : mean) v /= mean_norm;
-  Vec tangent(m, 0.0);
-  for (std::size_t i = 0; i < n; ++i) {
-    const double d = lane_dot(unit[i], mean);
-    for (std::size_t k = 0; k < m; ++k) tangent[k] += w[i] * (unit[i][k] - d * mean[k]);
-  }
-  const double tn = std::sqrt(lane_dot(tangent, tangent)) + eps;
-  double scale = 0;
-  for (std::size_t i = 0; i < n; ++i) scale += norms[i] * w[i];
-  Vec out(m);
-  for (std::size_t k = 0; k < m; ++k)
-    out[k] = (mean[k] * std::cos(tn) + tangent[k] * (std::sin(tn) / tn)) * scale;
-  return out;
-}
-
-Vec karcher(const std::vector<Vec>& x, i64 max_iter, double tol) {
-  const auto models = static_cast<int>(x.size());
-  std::vector<double> gram(static_cast<std::size_t>(kernels::stock_sums(models)));
-  for (int q = 0; q < kernels::stock_sums(models); ++q) {
+// The merged tensor Σ_q c_q x_q, the coefficients decided from the vectors' Gram sums taken in
+// the statistics blocks' lanes (lane_dot), as the pieces and backends take them.
+Vec sphere_whole(const std::vector<Vec>& x, const SphereSums::Decide& decide) {
+  const auto vectors = static_cast<int>(x.size());
+  std::vector<double> gram(static_cast<std::size_t>(kernels::stock_sums(vectors)));
+  for (int q = 0; q < kernels::stock_sums(vectors); ++q) {
     int a, b;
-    kernels::stock_pair(models, q, a, b);
+    kernels::stock_pair(vectors, q, a, b);
     gram[q] = lane_dot(x[a], x[b]);
   }
-  const auto coef = karcher_coefficients(gram, x.size(), max_iter, tol);
+  const auto coef = decide(gram);
   Vec out(x[0].size());
   for (std::size_t k = 0; k < out.size(); ++k) {
     double r = 0;
@@ -211,11 +174,19 @@ void spherical_tensor(const ClassicMergeOptions& o, const TensorInputs& in, std:
       for (i64 j = 0; j < l.length; ++j) r[at + j * l.stride] = v[j];
     }
   } else if (o.method == ClassicMethod::multislerp) {
-    r = x.size() == 1 ? x[0] : multislerp(x, spherical_weights(o, in.name), o.eps.value_or(1e-8), in.name);
+    const auto w = spherical_weights(o, in.name);
+    const double eps = o.eps.value_or(1e-8);
+    r = x.size() == 1 ? x[0] : sphere_whole(x, [&](const std::vector<double>& gram) {
+      return multislerp_coefficients(gram, w, eps, in.name);
+    });
     if (x.size() == 1 && has_base)  // mergekit returns the one model itself
       for (std::size_t k = 0; k < r.size(); ++k) r[k] += b[k];
   } else {
-    r = x.size() == 1 ? x[0] : karcher(x, o.max_iter.value_or(10), o.tol.value_or(1e-5));
+    const i64 max_iter = o.max_iter.value_or(10);
+    const double tol = o.tol.value_or(1e-5);
+    r = x.size() == 1 ? x[0] : sphere_whole(x, [&](const std::vector<double>& gram) {
+      return karcher_coefficients(gram, x.size(), max_iter, tol);
+    });
   }
   const bool add_base = has_base && o.method != ClassicMethod::karcher && x.size() > 1;
   for (std::size_t k = 0; k < out.size(); ++k) out[k] = static_cast<float>(add_base ? r[k] + b[k] : r[k]);
@@ -297,7 +268,8 @@ class NuslerpPieces final : public PieceMerger {
   bool summed_ = false;
 };
 
-// multislerp of one model beside the base: the model itself (as mergekit returns it).
+// multislerp of one model beside the base, karcher of one model: the model itself (as mergekit
+// returns it).
 class OneModelPieces final : public PieceMerger {
  public:
   void produce(TensorInputs& in, std::span<float> out, int) override {
@@ -306,54 +278,140 @@ class OneModelPieces final : public PieceMerger {
   }
 };
 
-// multislerp in pieces: four passes (the models' norms; their directions' weighted mean and its
-// norm; each direction's dot product with the mean; the tangent's norm), then the map back
-// (MultislerpSums: kernels/elementwise.hpp's steps, the ones a backend runs).
-class MultislerpPieces final : public PieceMerger {
+// The eight lanes of a statistics block as one vector (GCC's vector types), and eight floats.
+using Lanes = double __attribute__((vector_size(kernels::kStatLanes * sizeof(double))));
+using Floats = float __attribute__((vector_size(kernels::kStatLanes * sizeof(float))));
+
+// Eight floats from p, widened (into `out`: a vector return would change the ABI between the
+// instruction sets the callers are compiled for).
+[[gnu::always_inline]] inline void widen8(Lanes& out, const float* p) {
+  Floats f;
+  std::memcpy(&f, p, sizeof f);
+  out = __builtin_convertvector(f, Lanes);
+}
+
+// gram_lanes over elements [a, a + m) of the tensor on this thread (x[q]: vector q's values of
+// them, less `base`'s in f64 where it is given: task vectors), a block's eight lanes at a time:
+// each lane still adds its elements in index order (the same bits as the step, whose indices are
+// lanes). Compiled per instruction set.
+#if defined(__x86_64__)
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+#endif
+void gram_lanes_run(double* lanes, i64 stride, int vectors, i64 a, const float* const* x, const float* base, i64 m) {
+  constexpr i64 L = kernels::kStatLanes;
+  constexpr int G = kernels::kStockGroup;
+  const int all = kernels::stock_sums(vectors);
+  const i64 end = a + m;
+  for (i64 first = a; first < end;) {
+    const i64 block = first / kernels::kStatBlock;
+    const i64 block_end = std::min(end, (block + 1) * kernels::kStatBlock);
+    for (int q0 = 0; q0 < all; q0 += G) {  // kStockGroup sums at a time, as the step's indices
+      const int sums = std::min(G, all - q0);
+      const float* pa[G] = {};
+      const float* pb[G] = {};
+      double* at[G] = {};
+      for (int k = 0; k < sums; ++k) {
+        int ia, ib;
+        kernels::stock_pair(vectors, q0 + k, ia, ib);
+        pa[k] = x[ia];
+        pb[k] = x[ib];
+        at[k] = lanes + (q0 + k) * stride + block * L;
+      }
+      const auto value = [&](const float* v, i64 e) {
+        return base ? double(v[e - a]) - double(base[e - a]) : double(v[e - a]);
+      };
+      const auto one = [&](i64 e) {
+        for (int k = 0; k < sums; ++k) at[k][e % L] += value(pa[k], e) * value(pb[k], e);
+      };
+      i64 i = first;
+      for (; i < block_end && i % L != 0; ++i) one(i);
+      Lanes t[G] = {};
+      for (int k = 0; k < sums; ++k) std::memcpy(&t[k], at[k], sizeof(Lanes));
+      for (; i + L <= block_end; i += L) {
+        Lanes b = {};
+        if (base) widen8(b, base + (i - a));
+#pragma GCC unroll 8
+        for (int k = 0; k < G; ++k) {
+          if (k >= sums) break;
+          Lanes va, vb;
+          widen8(va, pa[k] + (i - a));
+          widen8(vb, pb[k] + (i - a));
+          if (base) {
+            va -= b;
+            vb -= b;
+          }
+          t[k] += va * vb;
+        }
+      }
+      for (int k = 0; k < sums; ++k) std::memcpy(at[k], &t[k], sizeof(Lanes));
+      for (; i < block_end; ++i) one(i);
+    }
+    first = block_end;
+  }
+}
+
+// gram_blend over m elements (x[q]: vector q's values, less `base`'s where it is given, and the
+// base added back) into out on this thread, eight at a time: each element's terms in the step's
+// order. Compiled per instruction set.
+#if defined(__x86_64__)
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+#endif
+void gram_blend_run(const double* coef, int vectors, const float* const* x, const float* base, i64 m, float* out) {
+  constexpr i64 L = kernels::kStatLanes;
+  i64 j = 0;
+  for (; j + L <= m; j += L) {
+    Lanes b = {}, r = {};
+    if (base) widen8(b, base + j);
+    for (int q = 0; q < vectors; ++q) {
+      Lanes v;
+      widen8(v, x[q] + j);
+      r += coef[q] * (base ? v - b : v);
+    }
+    if (base) r += b;
+    const Floats o = __builtin_convertvector(r, Floats);
+    std::memcpy(out + j, &o, sizeof o);
+  }
+  for (; j < m; ++j) {
+    double r = 0;
+    for (int q = 0; q < vectors; ++q) r += coef[q] * (base ? double(x[q][j]) - double(base[j]) : double(x[q][j]));
+    out[j] = static_cast<float>(base ? r + double(base[j]) : r);
+  }
+}
+
+// multislerp and karcher in pieces: one pass for the vectors' Gram sums, then the blend with the
+// coefficients decided from them (SphereSums), run by run as the driver reads them:
+// kernels/elementwise.hpp's gram_lanes and gram_blend (the steps a backend runs), a block's
+// lanes as one vector.
+class SpherePieces final : public PieceMerger {
  public:
-  MultislerpPieces(i64 numel, std::vector<double> w, double eps, std::string name)
-      : sums_(numel, std::move(w), eps, std::move(name)) {}
-  bool wants_pass() const override { return sums_.wants_pass(); }
+  explicit SpherePieces(SphereSums sums) : sums_(std::move(sums)) {}
   std::uint64_t held_bytes(int) const override { return sums_.lane_count() * sizeof(double); }
-  void observe(const TensorInputs& in, int threads) override {
-    run_host_step(sums_.step(in.first, static_cast<i64>(in.count), const_cast<float*>(in.stacked.data()),
-                             base(in), sums_.lanes().data(), sums_.weights().data(), sums_.norms().data(),
-                             sums_.dots().data()),
-                  threads);
+  bool wants_pass() const override { return sums_.wants_pass(); }
+  bool works_in_runs() const override { return true; }
+  void observe_run(const RunInputs& run) override {
+    const auto x = values(run);
+    gram_lanes_run(sums_.lanes().data(), sums_.stride(), sums_.vectors(), run.first, x.data(), subtracted(run),
+                   run.count);
   }
   void end_pass() override { sums_.end_pass(); }
-  void produce(TensorInputs& in, std::span<float> out, int threads) override {
-    run_host_step(sums_.blend(static_cast<i64>(in.count), in.stacked.data(), base(in), sums_.weights().data(),
-                              sums_.norms().data(), sums_.dots().data(), out.data()),
-                  threads);
+  void produce_run(const RunInputs& run, std::span<float> out) override {
+    const auto x = values(run);
+    gram_blend_run(sums_.table().data(), sums_.vectors(), x.data(), subtracted(run), run.count, out.data());
   }
+  // The driver merges this merger's pieces run by run (works_in_runs); a whole piece is one run.
+  void observe(const TensorInputs& in, int) override { observe_run(whole_run(const_cast<TensorInputs&>(in))); }
+  void produce(TensorInputs& in, std::span<float> out, int) override { produce_run(whole_run(in), out); }
 
  private:
-  static float* base(const TensorInputs& in) { return in.base.empty() ? nullptr : const_cast<float*>(in.base.data()); }
-  MultislerpSums sums_;
-};
-
-// karcher in pieces: one pass for the models' Gram sums, then the blend with the coefficients
-// decided from them (KarcherSums: kernels/elementwise.hpp's steps, the ones a backend runs).
-class KarcherPieces final : public PieceMerger {
- public:
-  KarcherPieces(std::size_t models, i64 max_iter, double tol, i64 numel) : sums_(numel, models, max_iter, tol) {}
-  std::uint64_t held_bytes(int) const override { return sums_.lane_count() * sizeof(double); }
-  bool wants_pass() const override { return sums_.wants_pass(); }
-  void observe(const TensorInputs& in, int threads) override {
-    run_host_step(sums_.step(in.first, static_cast<i64>(in.count), const_cast<float*>(in.stacked.data()), base(in),
-                             sums_.lanes().data()),
-                  threads);
+  // The vectors' values in the run: the base first, where it is one of them.
+  std::vector<const float*> values(const RunInputs& run) const {
+    std::vector<const float*> x;
+    if (run.base && !sums_.task_vectors()) x.push_back(run.base);
+    for (std::size_t t = 0; t < run.n; ++t) x.push_back(run.tasks + t * static_cast<std::size_t>(run.stride));
+    return x;
   }
-  void end_pass() override { sums_.end_pass(); }
-  void produce(TensorInputs& in, std::span<float> out, int threads) override {
-    run_host_step(sums_.blend(static_cast<i64>(in.count), in.stacked.data(), base(in), sums_.table().data(), out.data()),
-                  threads);
-  }
-
- private:
-  static float* base(const TensorInputs& in) { return in.base.empty() ? nullptr : const_cast<float*>(in.base.data()); }
-  KarcherSums sums_;
+  const float* subtracted(const RunInputs& run) const { return sums_.task_vectors() ? run.base : nullptr; }
+  SphereSums sums_;
 };
 
 }  // namespace
@@ -404,68 +462,25 @@ kernels::ElementwiseStep nuslerp_step(kernels::ElementwiseKind kind, const Nusle
   return st;
 }
 
-MultislerpSums::MultislerpSums(i64 count, std::vector<double> w, double eps, std::string tensor)
-    : w_(std::move(w)), eps_(eps), tensor_(std::move(tensor)),
-      blocks_((count + kernels::kStatBlock - 1) / kernels::kStatBlock),
-      lanes_(w_.size() * static_cast<std::size_t>(blocks_ * kernels::kStatLanes), 0.0), norms_(w_.size(), 0.0),
-      dots_(w_.size(), 0.0) {}
+namespace {
 
-kernels::ElementwiseStep MultislerpSums::step(i64 first, i64 count, float* models, float* base, double* lanes,
-                                              const double* weights, const double* norms, const double* dots) const {
-  kernels::ElementwiseStep st;
-  st.kind = kernels::ElementwiseKind::multislerp_lanes;
-  st.first = first;
-  st.count = count;
-  st.n = static_cast<int>(w_.size());
-  st.x = models;
-  st.base = base;
-  st.has_base = base != nullptr;
-  st.stock = lanes;
-  st.stock_stride = blocks_ * kernels::kStatLanes;
-  st.weights = weights;
-  st.norms = norms;
-  st.dots = dots;
-  st.eps = eps_;
-  st.mean_norm = mean_norm_;
-  st.multi_pass = pass_;
-  return st;
-}
-
-void MultislerpSums::end_pass() {
-  const i64 stride = blocks_ * kernels::kStatLanes;
-  const auto total = [&](std::size_t q) { return kernels::lanes_total(lanes_.data() + q * stride, blocks_); };
-  if (pass_ == 0) {
-    for (std::size_t i = 0; i < w_.size(); ++i) norms_[i] = std::sqrt(total(i));
-  } else if (pass_ == 1) {
-    mean_norm_ = std::sqrt(total(0));
-    if (mean_norm_ < eps_) {
-      if (w_.size() != 2)
-        throw format_error("tensor '" + tensor_ + "': the weighted mean of the models' directions is 0 "
-                           "(antipodal models whose weights balance); multislerp cannot merge it — "
-                           "try other weights");
-      degenerate_ = true;
-    }
-  } else if (pass_ == 2) {
-    for (std::size_t i = 0; i < w_.size(); ++i) dots_[i] = total(i);
-  } else {
-    tn_ = std::sqrt(total(0)) + eps_;
-    for (std::size_t i = 0; i < w_.size(); ++i) scale_ += norms_[i] * w_[i];
+// The Gram matrix G of n unit vectors u_i (row-major), on coefficients c of Σ_i c_i u_i.
+struct UnitGram {
+  std::size_t n;
+  std::vector<double> g;
+  double times(const Vec& c, std::size_t i) const {  // (G c)_i = u_i · Σ_j c_j u_j
+    double s = 0;
+    for (std::size_t j = 0; j < n; ++j) s += g[i * n + j] * c[j];
+    return s;
   }
-  std::fill(lanes_.begin(), lanes_.end(), 0.0);
-  ++pass_;
-}
+  double norm(const Vec& c) const {  // ‖Σ_i c_i u_i‖ (rounding can take a tiny square below 0)
+    double s = 0;
+    for (std::size_t i = 0; i < n; ++i) s += c[i] * times(c, i);
+    return std::sqrt(std::max(s, 0.0));
+  }
+};
 
-kernels::ElementwiseStep MultislerpSums::blend(i64 count, float* models, float* base, const double* weights,
-                                               const double* norms, const double* dots, float* out) const {
-  auto st = step(0, count, models, base, nullptr, weights, norms, dots);
-  st.kind = kernels::ElementwiseKind::multislerp_blend;
-  st.degenerate = degenerate_;
-  st.s0 = std::cos(tn_);
-  st.s1 = std::sin(tn_) / tn_;
-  st.factor = scale_;
-  st.out = out;
-  return st;
-}
+}  // namespace
 
 // The mean m = Σ_v c_v u_v of the valid models' directions u_v = x_v / ‖x_v‖ (‖x_v‖ > tol)
 // stays in their span: the first mean is their average, each step's tangent
@@ -495,20 +510,12 @@ std::vector<double> karcher_coefficients(const std::vector<double>& gram, std::s
   }
   if (valid.empty()) return coef;
   const std::size_t n = valid.size();
-  std::vector<double> g(n * n);
+  UnitGram g{n, std::vector<double>(n * n)};
   for (std::size_t v = 0; v < n; ++v)
     for (std::size_t w = 0; w < n; ++w)
-      g[v * n + w] = sums[valid[v] * models + valid[w]] / (norms[valid[v]] * norms[valid[w]]);
-  const auto times = [&](const Vec& c, std::size_t v) {  // (G c)_v = u_v · Σ_w c_w u_w
-    double s = 0;
-    for (std::size_t w = 0; w < n; ++w) s += g[v * n + w] * c[w];
-    return s;
-  };
-  const auto norm = [&](const Vec& c) {  // ‖Σ_v c_v u_v‖ (rounding can take a tiny square below 0)
-    double s = 0;
-    for (std::size_t v = 0; v < n; ++v) s += c[v] * times(c, v);
-    return std::sqrt(std::max(s, 0.0));
-  };
+      g.g[v * n + w] = sums[valid[v] * models + valid[w]] / (norms[valid[v]] * norms[valid[w]]);
+  const auto times = [&](const Vec& c, std::size_t v) { return g.times(c, v); };
+  const auto norm = [&](const Vec& c) { return g.norm(c); };
   const double a = 1.0 / double(n);
   Vec c(n, a);
   const double mn = norm(c);
@@ -539,40 +546,98 @@ std::vector<double> karcher_coefficients(const std::vector<double>& gram, std::s
   return coef;
 }
 
-KarcherSums::KarcherSums(i64 count, std::size_t models, i64 max_iter, double tol)
-    : models_(models), max_iter_(max_iter), blocks_((count + kernels::kStatBlock - 1) / kernels::kStatBlock),
-      tol_(tol),
-      lanes_(static_cast<std::size_t>(kernels::stock_sums(static_cast<int>(models)) * blocks_ * kernels::kStatLanes),
-             0.0),
-      table_(models, 0.0) {}
+// multislerp's map on the sphere, on the coefficients of its vectors v_i (task vectors where
+// there is a base): their directions u_i = v_i / (‖v_i‖ + eps) have the Gram matrix
+// G_ij = (v_i · v_j) / ((‖v_i‖ + eps)(‖v_j‖ + eps)); the weighted mean Σ w_i u_i has norm
+// √(wᵀGw), normalised its coefficients are c = w / ‖m‖; each direction's dot with it is (Gc)_i;
+// the weighted tangent Σ w_i (u_i − d_i m) has coefficients w − (Σ w_i d_i) c and its norm plus
+// eps is τ; the result (m cos τ + t sin τ / τ) · Σ w_i ‖v_i‖ is mergekit's, divided back into
+// coefficients of the v_i. Where the mean vanishes two vectors are blended linearly (w₀, w₁).
+std::vector<double> multislerp_coefficients(const std::vector<double>& gram, const std::vector<double>& w, double eps,
+                                            const std::string& tensor) {
+  const std::size_t n = w.size();
+  const auto m = static_cast<int>(n);
+  std::vector<double> norms(n);
+  UnitGram g{n, std::vector<double>(n * n)};
+  for (std::size_t i = 0; i < n; ++i) norms[i] = std::sqrt(gram[i]);
+  for (int q = 0; q < kernels::stock_sums(m); ++q) {
+    int a, b;
+    kernels::stock_pair(m, q, a, b);
+    g.g[a * n + b] = g.g[b * n + a] = gram[q] / ((norms[a] + eps) * (norms[b] + eps));
+  }
+  const auto times = [&](const Vec& c, std::size_t i) { return g.times(c, i); };
+  const auto norm = [&](const Vec& c) { return g.norm(c); };
+  const double mean_norm = norm(w);
+  if (mean_norm < eps) {
+    if (n != 2)
+      throw format_error("tensor '" + tensor + "': the weighted mean of the models' directions is 0 "
+                         "(antipodal models whose weights balance); multislerp cannot merge it — "
+                         "try other weights");
+    return w;
+  }
+  Vec c(n), tangent(w);
+  for (std::size_t i = 0; i < n; ++i) c[i] = w[i] / mean_norm;
+  double wd = 0;
+  for (std::size_t i = 0; i < n; ++i) wd += w[i] * times(c, i);
+  for (std::size_t i = 0; i < n; ++i) tangent[i] -= wd * c[i];
+  const double tn = norm(tangent) + eps;
+  double scale = 0;
+  for (std::size_t i = 0; i < n; ++i) scale += norms[i] * w[i];
+  Vec coef(n);
+  for (std::size_t i = 0; i < n; ++i)
+    coef[i] = (c[i] * std::cos(tn) + tangent[i] * (std::sin(tn) / tn)) * scale / (norms[i] + eps);
+  return coef;
+}
 
-kernels::ElementwiseStep KarcherSums::step(i64 first, i64 count, float* tasks, float* base, double* lanes) const {
+SphereSums::SphereSums(i64 count, int vectors, bool task_vectors, Decide decide)
+    : vectors_(vectors), task_vectors_(task_vectors), decide_(std::move(decide)),
+      blocks_((count + kernels::kStatBlock - 1) / kernels::kStatBlock),
+      lanes_(static_cast<std::size_t>(kernels::stock_sums(vectors) * blocks_ * kernels::kStatLanes), 0.0) {}
+
+kernels::ElementwiseStep SphereSums::step(i64 first, i64 count, float* tasks, float* base, double* lanes) const {
   kernels::ElementwiseStep st;
-  st.kind = kernels::ElementwiseKind::karcher_lanes;
+  st.kind = kernels::ElementwiseKind::gram_lanes;
   st.first = first;
   st.count = count;
-  st.n = static_cast<int>(models_) - (base ? 1 : 0);
+  st.n = vectors_ - (base && !task_vectors_ ? 1 : 0);
   st.x = tasks;
   st.base = base;
   st.has_base = base != nullptr;
+  st.task_vectors = task_vectors_;
   st.stock = lanes;
   st.stock_stride = stride();
   return st;
 }
 
-kernels::ElementwiseStep KarcherSums::blend(i64 count, float* tasks, float* base, const double* table, float* out) const {
+kernels::ElementwiseStep SphereSums::blend(i64 count, float* tasks, float* base, const double* table, float* out) const {
   auto st = step(0, count, tasks, base, nullptr);
-  st.kind = kernels::ElementwiseKind::karcher_blend;
+  st.kind = kernels::ElementwiseKind::gram_blend;
   st.coef = table;
   st.out = out;
   return st;
 }
 
-void KarcherSums::end_pass() {
-  std::vector<double> gram(static_cast<std::size_t>(kernels::stock_sums(static_cast<int>(models_))));
+void SphereSums::end_pass() {
+  std::vector<double> gram(static_cast<std::size_t>(kernels::stock_sums(vectors_)));
   for (std::size_t q = 0; q < gram.size(); ++q) gram[q] = kernels::lanes_total(lanes_.data() + q * stride(), blocks_);
-  table_ = karcher_coefficients(gram, models_, max_iter_, tol_);
+  table_ = decide_(gram);
   summed_ = true;
+}
+
+SphereSums sphere_sums(const ClassicMergeOptions& o, const std::string& name, i64 count, std::size_t n, bool has_base) {
+  if (o.method == ClassicMethod::multislerp) {
+    auto w = spherical_weights(o, name);
+    const double eps = o.eps.value_or(1e-8);
+    return SphereSums(count, static_cast<int>(n), has_base, [w, eps, name](const std::vector<double>& gram) {
+      return multislerp_coefficients(gram, w, eps, name);
+    });
+  }
+  const std::size_t models = n + (has_base ? 1 : 0);
+  const i64 max_iter = o.max_iter.value_or(10);
+  const double tol = o.tol.value_or(1e-5);
+  return SphereSums(count, static_cast<int>(models), false, [=](const std::vector<double>& gram) {
+    return karcher_coefficients(gram, models, max_iter, tol);
+  });
 }
 
 std::unique_ptr<PieceMerger> spherical_merger(const ClassicMergeOptions& o, const std::string& name,
@@ -582,16 +647,12 @@ std::unique_ptr<PieceMerger> spherical_merger(const ClassicMergeOptions& o, cons
     for (const auto d : shape) numel *= d;
     return std::make_unique<NuslerpPieces>(nuslerp_plan(o, name, shape), numel);
   }
-  if (o.method == ClassicMethod::multislerp) {
-    if (n == 1) return std::make_unique<OneModelPieces>();
-    i64 numel = 1;
-    for (const auto d : shape) numel *= d;
-    return std::make_unique<MultislerpPieces>(numel, spherical_weights(o, name), o.eps.value_or(1e-8), name);
-  }
+  // One model beside the base (multislerp), or alone (karcher): the model itself.
+  const bool one = o.method == ClassicMethod::multislerp ? n == 1 : n + (has_base ? 1 : 0) == 1;
+  if (one) return std::make_unique<OneModelPieces>();
   i64 numel = 1;
   for (const auto d : shape) numel *= d;
-  if (n + (has_base ? 1 : 0) == 1) return std::make_unique<OneModelPieces>();  // the one model itself
-  return std::make_unique<KarcherPieces>(n + (has_base ? 1 : 0), o.max_iter.value_or(10), o.tol.value_or(1e-5), numel);
+  return std::make_unique<SpherePieces>(sphere_sums(o, name, numel, n, has_base));
 }
 
 }  // namespace revmerge

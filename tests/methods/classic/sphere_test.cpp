@@ -1,12 +1,15 @@
-// karcher's iteration on the models' coefficients (karcher_coefficients, piece_merge.hpp) against
-// mergekit's iteration written out plainly on whole vectors in double precision: the same mean
-// wherever the steps run (far apart models that take every step, near-identical fine-tunes,
-// a model within tol of zero, a first mean that vanishes, a stop at the first step).
+// multislerp and karcher on their vectors' coefficients, decided from the Gram matrix
+// (multislerp_coefficients, karcher_coefficients: piece_merge.hpp), against mergekit's maps
+// written out plainly on whole vectors in double precision. karcher: the same mean wherever the
+// steps run (far apart models that take every step, near-identical fine-tunes, a model within
+// tol of zero, a first mean that vanishes, a stop at the first step); multislerp: near and far
+// models, weights that do not sum to 1, the two-model fallback and the refusal.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/elementwise.hpp"
@@ -66,7 +69,36 @@ Vec direct_karcher(const std::vector<Vec>& x, int max_iter, double tol, int& ste
   return mean;
 }
 
-Vec by_coefficients(const std::vector<Vec>& x, int max_iter, double tol) {
+// mergekit's multislerp as it reads, on whole vectors.
+Vec direct_multislerp(const std::vector<Vec>& x, const std::vector<double>& w, double eps) {
+  const std::size_t m = x[0].size();
+  std::vector<Vec> unit;
+  Vec mean(m, 0.0);
+  double scale = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double n = std::sqrt(dot(x[i], x[i]));
+    scale += n * w[i];
+    Vec u(m);
+    for (std::size_t k = 0; k < m; ++k) {
+      u[k] = x[i][k] / (n + eps);
+      mean[k] += w[i] * u[k];
+    }
+    unit.push_back(std::move(u));
+  }
+  const double mn = std::sqrt(dot(mean, mean));
+  for (auto& v : mean) v /= mn;
+  Vec t(m, 0.0);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double d = dot(unit[i], mean);
+    for (std::size_t k = 0; k < m; ++k) t[k] += w[i] * (unit[i][k] - d * mean[k]);
+  }
+  const double tn = std::sqrt(dot(t, t)) + eps;
+  Vec out(m);
+  for (std::size_t k = 0; k < m; ++k) out[k] = (mean[k] * std::cos(tn) + t[k] * std::sin(tn) / tn) * scale;
+  return out;
+}
+
+std::vector<double> gram_of(const std::vector<Vec>& x) {
   const int models = static_cast<int>(x.size());
   std::vector<double> gram(static_cast<std::size_t>(kernels::stock_sums(models)));
   for (int q = 0; q < kernels::stock_sums(models); ++q) {
@@ -74,11 +106,18 @@ Vec by_coefficients(const std::vector<Vec>& x, int max_iter, double tol) {
     kernels::stock_pair(models, q, a, b);
     gram[q] = dot(x[a], x[b]);
   }
-  const auto coef = karcher_coefficients(gram, x.size(), max_iter, tol);
+  return gram;
+}
+
+Vec combined(const std::vector<Vec>& x, const std::vector<double>& coef) {
   Vec out(x[0].size(), 0.0);
   for (std::size_t q = 0; q < x.size(); ++q)
     for (std::size_t k = 0; k < out.size(); ++k) out[k] += coef[q] * x[q][k];
   return out;
+}
+
+Vec by_coefficients(const std::vector<Vec>& x, int max_iter, double tol) {
+  return combined(x, karcher_coefficients(gram_of(x), x.size(), max_iter, tol));
 }
 
 // The largest difference relative to the result's largest magnitude.
@@ -147,6 +186,37 @@ TEST(KarcherCoefficients, TheSameMeanAsTheIterationOnWholeVectors) {
 TEST(KarcherCoefficients, EveryModelWithinTolOfZeroGivesZeros) {
   const auto coef = karcher_coefficients({1e-20, 1e-20, 0.0}, 2, 10, 1e-5);
   EXPECT_EQ(coef, (std::vector<double>{0.0, 0.0}));
+}
+
+TEST(MultislerpCoefficients, TheSameMapAsOnWholeVectors) {
+  struct Mix {
+    const char* name;
+    std::vector<Vec> x;
+    std::vector<double> w;
+  };
+  const std::vector<Mix> mixes = {
+      {"far apart", models_around(3, 3000, 3.0, 11), {0.5, 0.25, 0.25}},
+      {"near-identical", models_around(4, 5000, 0.01, 12), {0.4, 0.3, 0.2, 0.1}},
+      {"weights not summing to 1", models_around(5, 2000, 1.0, 13), {1.0, 0.5, 0.5, 2.0, 0.25}},
+      {"two", models_around(2, 3000, 1.5, 14), {0.7, 0.3}},
+  };
+  for (const auto& c : mixes)
+    EXPECT_LT(relative_gap(combined(c.x, multislerp_coefficients(gram_of(c.x), c.w, 1e-8, "w")),
+                           direct_multislerp(c.x, c.w, 1e-8)),
+              1e-12)
+        << c.name;
+}
+
+TEST(MultislerpCoefficients, AVanishingMeanBlendsTwoLinearlyAndRefusesMore) {
+  auto v = models_around(1, 100, 0.0, 15)[0], opposite = v;
+  for (auto& e : opposite) e = -e;
+  EXPECT_EQ(multislerp_coefficients(gram_of({v, opposite}), {0.5, 0.5}, 1e-8, "w"), (std::vector<double>{0.5, 0.5}));
+  try {
+    multislerp_coefficients(gram_of({v, opposite, Vec(100, 0.0)}), {0.5, 0.5, 0.0}, 1e-8, "model.x.weight");
+    FAIL() << "three vectors whose mean vanishes were merged";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor 'model.x.weight'"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
