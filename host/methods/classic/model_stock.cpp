@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "kernels/elementwise.hpp"
+#include "methods/classic/lanes8.hpp"
 #include "methods/classic/piece_merge.hpp"
 #include "revmerge/error.hpp"
 
@@ -90,25 +91,67 @@ kernels::ElementwiseStep stock_step(kernels::ElementwiseKind kind, int n, i64 co
 
 namespace {
 
+// W = w0 + t · mean(δ) over m elements (the base's at w0, task i's at x[i]) into out on this
+// thread, eight at a time: each element's operations in stock_blend's order. Compiled per
+// instruction set.
+#if defined(__x86_64__)
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+#endif
+void stock_blend_run(int n, double t, const float* w0, const float* const* x, i64 m, float* out) {
+  constexpr i64 L = kernels::kStatLanes;
+  const double nd = n;
+  i64 j = 0;
+  for (; j + L <= m; j += L) {
+    Lanes b, mean = {};
+    widen8(b, w0 + j);
+    for (int i = 0; i < n; ++i) {
+      Lanes v;
+      widen8(v, x[i] + j);
+      mean += v - b;
+    }
+    narrow8(out + j, b + t * (mean / nd));
+  }
+  for (; j < m; ++j) {
+    double mean = 0;
+    for (int i = 0; i < n; ++i) mean += double(x[i][j]) - double(w0[j]);
+    out[j] = static_cast<float>(double(w0[j]) + t * (mean / nd));
+  }
+}
+
 // One angle for the whole tensor (a pass over its pieces first), or with filter_wise one per
-// row (pieces of whole rows). The steps are kernels/elementwise.hpp's, the ones a backend runs.
+// row (pieces of whole rows). The steps are kernels/elementwise.hpp's, the ones a backend runs;
+// one angle's pass and blend go run by run as the driver reads them where the runs hold whole
+// blocks of its lanes (gram_lanes_run, stock_blend_run: the steps' bits).
 class ModelStockPieces final : public PieceMerger {
  public:
   ModelStockPieces(std::size_t n, i64 numel, i64 row) : sums_(row == 0 ? numel : 0, n), n_(static_cast<int>(n)), row_(row) {}
   i64 granule() const override { return std::max<i64>(row_, 1); }
   bool wants_pass() const override { return row_ == 0 && !summed_; }
   std::uint64_t held_bytes(int) const override { return sums_.lane_count() * sizeof(double); }
+  bool works_in_runs() const override { return row_ == 0 && kRunAlign % stock_block(n_) == 0; }
+  void observe_run(const RunInputs& run) override {
+    const auto x = tasks(run);
+    gram_lanes_run(sums_.lanes().data(), sums_.stride(), n_, run.first, x.data(), run.base, run.count,
+                   stock_block(n_));
+  }
+  void produce_run(const RunInputs& run, std::span<float> out) override {
+    const auto x = tasks(run);
+    stock_blend_run(n_, t_, run.base, x.data(), run.count, out.data());
+  }
   void observe(const TensorInputs& in, int threads) override {
     run_host_step(sums_.step(in.first, static_cast<i64>(in.count), const_cast<float*>(in.base.data()),
                         const_cast<float*>(in.stacked.data()), sums_.lanes().data()),
              threads);
   }
-  void end_pass() override { summed_ = true; }
+  void end_pass() override {
+    summed_ = true;
+    if (row_ == 0) t_ = sums_.t();
+  }
   void produce(TensorInputs& in, std::span<float> out, int threads) override {
     const auto count = static_cast<i64>(in.count);
     using kernels::ElementwiseKind;
     if (row_ == 0)
-      return run_host_step(stock_step(ElementwiseKind::stock_blend, n_, count, in.base.data(), in.stacked.data(), sums_.t(),
+      return run_host_step(stock_step(ElementwiseKind::stock_blend, n_, count, in.base.data(), in.stacked.data(), t_,
                                  0, nullptr, out.data()),
                       threads);
     row_t_.resize(static_cast<std::size_t>(count / row_));
@@ -118,10 +161,16 @@ class ModelStockPieces final : public PieceMerger {
   }
 
  private:
+  static std::vector<const float*> tasks(const RunInputs& run) {
+    std::vector<const float*> x;
+    for (std::size_t t = 0; t < run.n; ++t) x.push_back(run.tasks + t * static_cast<std::size_t>(run.stride));
+    return x;
+  }
   StockSums sums_;
   int n_;
   i64 row_;  // 0: one angle for the tensor
   bool summed_ = false;
+  double t_ = 0;  // the tensor's, once summed
   std::vector<double> row_t_;
 };
 

@@ -140,6 +140,8 @@ class StockSums {
                                 double* lanes) const;
   std::size_t lane_count() const noexcept { return lanes_.size(); }
   std::vector<double>& lanes() noexcept { return lanes_; }
+  /// Sum q's lanes at q · stride().
+  std::int64_t stride() const noexcept { return blocks_ * kernels::kStatLanes; }
   /// t of W = w0 + t · mean(δ), from the sums.
   double t() const;
 
@@ -219,6 +221,13 @@ class SphereSums {
 /// `count` elements, n tasks.
 SphereSums sphere_sums(const ClassicMergeOptions& options, const std::string& name, std::int64_t count, std::size_t n,
                        bool has_base);
+
+/// The gram_lanes step's sums (kernels/elementwise.hpp; stock_lanes' too, in blocks of
+/// `block_size`) over elements [a, a + m) of the tensor on this thread: x[q] holds vector q's
+/// values of them, less `base`'s in f64 where it is given (task vectors). A block's eight lanes
+/// at a time, each lane's elements still added in index order: the steps' bits.
+void gram_lanes_run(double* lanes, std::int64_t stride, int vectors, std::int64_t a, const float* const* x,
+                    const float* base, std::int64_t m, std::int64_t block_size);
 
 /// karcher's decisions from its models' Gram sums: each model's coefficient in the merged tensor.
 std::vector<double> karcher_coefficients(const std::vector<double>& gram, std::size_t models, std::int64_t max_iter,

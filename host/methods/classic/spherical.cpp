@@ -14,12 +14,12 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <cstring>
 #include <fmt/format.h>
 #include <numeric>
 
 #include "kernels/elementwise.hpp"
 #include "methods/classic/for_blocks.hpp"
+#include "methods/classic/lanes8.hpp"
 #include "methods/classic/piece_merge.hpp"
 #include "revmerge/error.hpp"
 
@@ -278,78 +278,6 @@ class OneModelPieces final : public PieceMerger {
   }
 };
 
-// The eight lanes of a statistics block as one vector (GCC's vector types), and eight floats.
-using Lanes = double __attribute__((vector_size(kernels::kStatLanes * sizeof(double))));
-using Floats = float __attribute__((vector_size(kernels::kStatLanes * sizeof(float))));
-
-// Eight floats from p, widened (into `out`: a vector return would change the ABI between the
-// instruction sets the callers are compiled for).
-[[gnu::always_inline]] inline void widen8(Lanes& out, const float* p) {
-  Floats f;
-  std::memcpy(&f, p, sizeof f);
-  out = __builtin_convertvector(f, Lanes);
-}
-
-// gram_lanes over elements [a, a + m) of the tensor on this thread (x[q]: vector q's values of
-// them, less `base`'s in f64 where it is given: task vectors), a block's eight lanes at a time:
-// each lane still adds its elements in index order (the same bits as the step, whose indices are
-// lanes). Compiled per instruction set.
-#if defined(__x86_64__)
-[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
-#endif
-void gram_lanes_run(double* lanes, i64 stride, int vectors, i64 a, const float* const* x, const float* base, i64 m) {
-  constexpr i64 L = kernels::kStatLanes;
-  constexpr int G = kernels::kStockGroup;
-  const int all = kernels::stock_sums(vectors);
-  const i64 end = a + m;
-  for (i64 first = a; first < end;) {
-    const i64 block = first / kernels::kStatBlock;
-    const i64 block_end = std::min(end, (block + 1) * kernels::kStatBlock);
-    for (int q0 = 0; q0 < all; q0 += G) {  // kStockGroup sums at a time, as the step's indices
-      const int sums = std::min(G, all - q0);
-      const float* pa[G] = {};
-      const float* pb[G] = {};
-      double* at[G] = {};
-      for (int k = 0; k < sums; ++k) {
-        int ia, ib;
-        kernels::stock_pair(vectors, q0 + k, ia, ib);
-        pa[k] = x[ia];
-        pb[k] = x[ib];
-        at[k] = lanes + (q0 + k) * stride + block * L;
-      }
-      const auto value = [&](const float* v, i64 e) {
-        return base ? double(v[e - a]) - double(base[e - a]) : double(v[e - a]);
-      };
-      const auto one = [&](i64 e) {
-        for (int k = 0; k < sums; ++k) at[k][e % L] += value(pa[k], e) * value(pb[k], e);
-      };
-      i64 i = first;
-      for (; i < block_end && i % L != 0; ++i) one(i);
-      Lanes t[G] = {};
-      for (int k = 0; k < sums; ++k) std::memcpy(&t[k], at[k], sizeof(Lanes));
-      for (; i + L <= block_end; i += L) {
-        Lanes b = {};
-        if (base) widen8(b, base + (i - a));
-#pragma GCC unroll 8
-        for (int k = 0; k < G; ++k) {
-          if (k >= sums) break;
-          Lanes va, vb;
-          widen8(va, pa[k] + (i - a));
-          widen8(vb, pb[k] + (i - a));
-          if (base) {
-            va -= b;
-            vb -= b;
-          }
-          t[k] += va * vb;
-        }
-      }
-      for (int k = 0; k < sums; ++k) std::memcpy(at[k], &t[k], sizeof(Lanes));
-      for (; i < block_end; ++i) one(i);
-    }
-    first = block_end;
-  }
-}
-
 // gram_blend over m elements (x[q]: vector q's values, less `base`'s where it is given, and the
 // base added back) into out on this thread, eight at a time: each element's terms in the step's
 // order. Compiled per instruction set.
@@ -368,8 +296,7 @@ void gram_blend_run(const double* coef, int vectors, const float* const* x, cons
       r += coef[q] * (base ? v - b : v);
     }
     if (base) r += b;
-    const Floats o = __builtin_convertvector(r, Floats);
-    std::memcpy(out + j, &o, sizeof o);
+    narrow8(out + j, r);
   }
   for (; j < m; ++j) {
     double r = 0;
@@ -391,7 +318,7 @@ class SpherePieces final : public PieceMerger {
   void observe_run(const RunInputs& run) override {
     const auto x = values(run);
     gram_lanes_run(sums_.lanes().data(), sums_.stride(), sums_.vectors(), run.first, x.data(), subtracted(run),
-                   run.count);
+                   run.count, kernels::kStatBlock);
   }
   void end_pass() override { sums_.end_pass(); }
   void produce_run(const RunInputs& run, std::span<float> out) override {
@@ -638,6 +565,63 @@ SphereSums sphere_sums(const ClassicMergeOptions& o, const std::string& name, i6
   return SphereSums(count, static_cast<int>(models), false, [=](const std::vector<double>& gram) {
     return karcher_coefficients(gram, models, max_iter, tol);
   });
+}
+
+#if defined(__x86_64__)
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+#endif
+void gram_lanes_run(double* lanes, i64 stride, int vectors, i64 a, const float* const* x, const float* base, i64 m,
+                    i64 block_size) {
+  constexpr i64 L = kernels::kStatLanes;
+  constexpr int G = kernels::kStockGroup;
+  const int all = kernels::stock_sums(vectors);
+  const i64 end = a + m;
+  for (i64 first = a; first < end;) {
+    const i64 block = first / block_size;
+    const i64 block_end = std::min(end, (block + 1) * block_size);
+    for (int q0 = 0; q0 < all; q0 += G) {  // kStockGroup sums at a time, as the step's indices
+      const int sums = std::min(G, all - q0);
+      const float* pa[G] = {};
+      const float* pb[G] = {};
+      double* at[G] = {};
+      for (int k = 0; k < sums; ++k) {
+        int ia, ib;
+        kernels::stock_pair(vectors, q0 + k, ia, ib);
+        pa[k] = x[ia];
+        pb[k] = x[ib];
+        at[k] = lanes + (q0 + k) * stride + block * L;
+      }
+      const auto value = [&](const float* v, i64 e) {
+        return base ? double(v[e - a]) - double(base[e - a]) : double(v[e - a]);
+      };
+      const auto one = [&](i64 e) {
+        for (int k = 0; k < sums; ++k) at[k][e % L] += value(pa[k], e) * value(pb[k], e);
+      };
+      i64 i = first;
+      for (; i < block_end && i % L != 0; ++i) one(i);
+      Lanes t[G] = {};
+      for (int k = 0; k < sums; ++k) std::memcpy(&t[k], at[k], sizeof(Lanes));
+      for (; i + L <= block_end; i += L) {
+        Lanes b = {};
+        if (base) widen8(b, base + (i - a));
+#pragma GCC unroll 8
+        for (int k = 0; k < G; ++k) {
+          if (k >= sums) break;
+          Lanes va, vb;
+          widen8(va, pa[k] + (i - a));
+          widen8(vb, pb[k] + (i - a));
+          if (base) {
+            va -= b;
+            vb -= b;
+          }
+          t[k] += va * vb;
+        }
+      }
+      for (int k = 0; k < sums; ++k) std::memcpy(at[k], &t[k], sizeof(Lanes));
+      for (; i < block_end; ++i) one(i);
+    }
+    first = block_end;
+  }
 }
 
 std::unique_ptr<PieceMerger> spherical_merger(const ClassicMergeOptions& o, const std::string& name,
