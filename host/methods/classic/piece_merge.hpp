@@ -51,7 +51,7 @@ class PieceMerger {
   virtual std::uint64_t held_bytes(int /*threads*/) const { return 0; }
   virtual bool wants_pass() const { return false; }
   /// Whether the merger keeps per-element state between passes when a tensor is one piece
-  /// (karcher's means): the driver then cuts pieces only as small as the budget needs, not down
+  /// (DELLA's decisions): the driver then cuts pieces only as small as the budget needs, not down
   /// to cache size.
   virtual bool whole_tensor_saves_work() const { return false; }
   /// Whether the tasks' pieces are wanted as task vectors: the base's piece subtracted (in f32)

@@ -10,6 +10,8 @@
 //  - karcher: every model (the base too, when given) with equal weights: the Karcher mean of the
 //    unit vectors by at most max_iter Riemannian steps (stopping below tol), scaled by the mean
 //    norm.
+// multislerp and karcher take their maps on the vectors' coefficients, from the Gram matrix (one
+// pass over the tensor; see multislerp_coefficients and karcher_coefficients).
 // mergekit computes in f32; revmerge in f64, rounded once.
 #include <algorithm>
 #include <array>
