@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "methods/classic/lanes8.hpp"
 #include "methods/classic/piece_merge.hpp"
 #include "methods/classic/rank_select.hpp"
 #include "revmerge/error.hpp"
@@ -92,8 +93,6 @@ void ram(const TensorInputs& in, const RamParameters& p, std::span<float> out) {
 // and exp(x − 0) and exp(x + 0) are the same).
 [[gnu::always_inline]] inline double fusion_row_kl_vectors(const float* w, const float* b, i64 row, double* scratch) {
   constexpr i64 L = kernels::kStatLanes;
-  using Lanes = double __attribute__((vector_size(L * sizeof(double))));
-  using Floats = float __attribute__((vector_size(L * sizeof(float))));
   const i64 whole = row - row % L;
   float top_w = w[0], top_b = b[0];
   if (whole > 0) {

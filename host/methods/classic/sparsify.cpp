@@ -19,6 +19,7 @@
 #include "kernels/counter_rng.hpp"
 #include "kernels/elementwise.hpp"
 #include "methods/classic/for_blocks.hpp"
+#include "methods/classic/lanes8.hpp"
 #include "methods/classic/magnitude_order.hpp"
 #include "methods/classic/thinning.hpp"
 #include "revmerge/error.hpp"
@@ -275,11 +276,10 @@ void add_kept_norms(const float* x, const unsigned char* keeps, i64 s, i64 t, do
   }
 }
 
-// Eight elements as one vector of each kind (GCC's vector types; the statistics' lanes).
+// Eight elements as one vector of each kind (GCC's vector types; the statistics' lanes; Lanes
+// and Floats from lanes8.hpp).
 static_assert(kLanes == 8);
 using Words = std::uint64_t __attribute__((vector_size(kLanes * sizeof(std::uint64_t))));
-using Lanes = double __attribute__((vector_size(kLanes * sizeof(double))));
-using Floats = float __attribute__((vector_size(kLanes * sizeof(float))));
 using FloatBits = std::uint32_t __attribute__((vector_size(kLanes * sizeof(std::uint32_t))));
 constexpr Words kLaneIndex = {0, 1, 2, 3, 4, 5, 6, 7};
 

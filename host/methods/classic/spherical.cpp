@@ -328,7 +328,6 @@ class SpherePieces final : public PieceMerger {
     gram_blend_run(sums_.table().data(), sums_.vectors(), x.data(), subtracted(run), run.count, out.data());
   }
   // The driver merges this merger's pieces run by run (works_in_runs); a whole piece is one run.
-  void observe(const TensorInputs& in, int) override { observe_run(whole_run(const_cast<TensorInputs&>(in))); }
   void produce(TensorInputs& in, std::span<float> out, int) override { produce_run(whole_run(in), out); }
 
  private:

@@ -16,6 +16,7 @@
 #include <tuple>
 
 #include "kernels/elementwise.hpp"
+#include "methods/classic/lanes8.hpp"
 #include "methods/classic/piece_merge.hpp"
 #include "revmerge/error.hpp"
 
@@ -82,17 +83,14 @@ void dot_lanes_run(double* n0, double* n1, double* d, std::int64_t a, const floa
     };
     for (; i < block_end && i % L != 0; ++i) one(i);
     // The eight lanes as one vector (GCC's vector types: the compiler left the lane loop scalar).
-    using Lanes = double __attribute__((vector_size(L * sizeof(double))));
-    using Floats = float __attribute__((vector_size(L * sizeof(float))));
     Lanes t0, t1, t2;
     std::memcpy(&t0, s0, sizeof t0);
     std::memcpy(&t1, s1, sizeof t1);
     std::memcpy(&t2, s2, sizeof t2);
     for (; i + L <= block_end; i += L) {
-      Floats f0, f1;
-      std::memcpy(&f0, v0 + (i - a), sizeof f0);
-      std::memcpy(&f1, v1 + (i - a), sizeof f1);
-      const Lanes x = __builtin_convertvector(f0, Lanes), y = __builtin_convertvector(f1, Lanes);
+      Lanes x, y;
+      widen8(x, v0 + (i - a));
+      widen8(y, v1 + (i - a));
       t0 += x * x;
       t1 += y * y;
       t2 += x * y;
