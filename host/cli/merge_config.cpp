@@ -337,7 +337,15 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
                        " bytes; a merge config is at most " + std::to_string(kMaxConfigBytes) + " bytes");
   YAML::Node root;
   try {
-    root = YAML::Load(text);
+    // Every document is read: YAML::Load would keep the first of a multi-document file (a
+    // mergekit-mega config) and quietly drop the rest.
+    const auto documents = YAML::LoadAll(text);
+    if (documents.size() > 1)
+      throw format_error(file + ": holds " + std::to_string(documents.size()) +
+                         " YAML documents separated by '---' (a mergekit-mega config); revmerge runs "
+                         "one merge per config file: put each document in a file of its own and run "
+                         "them in order, each with its --out");
+    if (!documents.empty()) root = documents.front();
   } catch (const YAML::DeepRecursion& e) {
     throw format_error(file + ": nested more than 2000 levels deep (line " +
                        std::to_string(e.mark.line + 1) +
@@ -407,13 +415,16 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
       c.chat_template = scalar<std::string>(kv.second, where);
     } else if (key == "tokenizer" || key == "modules") {
       throw unsupported_error(where + ": mergekit's '" + key + "' is not supported by revmerge");
+    } else if (key == "out_path") {
+      throw format_error(where + ": mergekit-mega's output folder; give it as --out (or 'out')");
     } else {
       throw format_error(file + ": unknown key '" + key +
                          "' (expected method, basis, dtype, out, tasks, base, mode, rank, seed, "
                          "storage, max_error, objective, "
                          "weight, density, gamma, epsilon, select_topk, lambda, t, normalize, "
                          "rescale, majority_sign_method, or "
-                         "mergekit's merge_method, base_model, models, parameters, out_dtype)");
+                         "mergekit's merge_method, base_model, models, slices, parameters, out_dtype, "
+                         "tokenizer_source, chat_template)");
     }
   }
   if (out_dtype) c.dtype = out_dtype;  // revmerge computes in f32; out_dtype is what is written
