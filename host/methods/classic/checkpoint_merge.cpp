@@ -55,8 +55,9 @@ std::vector<std::unique_ptr<HfModel>> open_task_models(const ClassicMergeOptions
 namespace {
 
 // mergekit's chat_template: a Jinja text, or "auto" (the template most of the inputs carry, the
-// first seen among equals); its named templates ship with mergekit and are not repeated here.
-std::optional<std::string> chat_template(const ClassicMergeOptions& o) {
+// first seen among equals; none where no input carries one, as mergekit, with a warning); its
+// named templates ship with mergekit and are not repeated here.
+std::optional<std::string> chat_template(const ClassicMergeOptions& o, std::vector<std::string>& warnings) {
   if (!o.chat_template) return std::nullopt;
   const auto& t = *o.chat_template;
   if (t == "auto") {
@@ -72,7 +73,11 @@ std::optional<std::string> chat_template(const ClassicMergeOptions& o) {
         if (it == seen.end()) seen.emplace_back(text, 1);
         else ++it->second;
       }
-    if (seen.empty()) throw usage_error("chat_template: auto, but no input carries a chat template");
+    if (seen.empty()) {
+      warnings.push_back("chat_template: auto, but no input carries a chat template: the merged model "
+                         "has none");
+      return std::nullopt;
+    }
     return std::max_element(seen.begin(), seen.end(),
                             [](const auto& a, const auto& b) { return a.second < b.second; })->first;
   }
@@ -86,10 +91,10 @@ std::optional<std::string> chat_template(const ClassicMergeOptions& o) {
 
 }  // namespace
 
-ModelOutputOptions model_output_options(const ClassicMergeOptions& o, const ClassicMergeReport& report) {
+ModelOutputOptions model_output_options(const ClassicMergeOptions& o, ClassicMergeReport& report) {
   ModelOutputOptions mo;
   mo.tokenizer_from = o.tokenizer_source;
-  mo.chat_template = chat_template(o);
+  mo.chat_template = chat_template(o, report.warnings);
   mo.dtype = o.dtype;
   mo.overwrite = o.overwrite;
   mo.progress = o.progress;

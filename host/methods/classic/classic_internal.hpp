@@ -60,10 +60,10 @@ void check_same_tensors(const HfModel& base, const std::vector<std::unique_ptr<H
 /// The tasks' model folders, opened in order.
 std::vector<std::unique_ptr<HfModel>> open_task_models(const ClassicMergeOptions& options);
 /// How a full model is written for these options: their dtype, --force and progress, the recipe
-/// file (`report` as it will be returned).
+/// file (`report` as it will be returned; what the options leave out, such as `chat_template:
+/// auto` finding none, joins its warnings).
 struct ModelOutputOptions;
-ModelOutputOptions model_output_options(const ClassicMergeOptions& options,
-                                        const ClassicMergeReport& report);
+ModelOutputOptions model_output_options(const ClassicMergeOptions& options, ClassicMergeReport& report);
 /// One input of a piece: its tensor, the words that name it in messages ("the base", "task
 /// 'a'"), where its f32 values go, and what is subtracted from them (null: nothing; an earlier
 /// part's `out`, read first).

@@ -438,6 +438,14 @@ TEST(ClassicMerge, TokenizerSourceAndChatTemplate) {
   merge_classic(o);
   EXPECT_EQ(read(tmp / "auto" / "chat_template.jinja"), ft_t);
   EXPECT_EQ(nlohmann::json::parse(read(tmp / "auto" / "tokenizer_config.json"))["chat_template"], ft_t);
+  // auto where no input carries a template: merged without one, as mergekit does, and said.
+  for (const auto* m : {"base", "ft0", "ft1"}) write(tmp / m / "tokenizer_config.json", "{}");
+  o.out = tmp / "auto_none";
+  const auto none = merge_classic(o);
+  EXPECT_FALSE(fs::exists(tmp / "auto_none" / "chat_template.jinja"));
+  EXPECT_FALSE(nlohmann::json::parse(read(tmp / "auto_none" / "tokenizer_config.json")).contains("chat_template"));
+  ASSERT_EQ(none.warnings.size(), 1u);
+  EXPECT_NE(none.warnings[0].find("no input carries a chat template"), std::string::npos);
   o.chat_template = "chatml";
   o.out = tmp / "never";
   expect_refused(o, "chat_template: 'chatml' names one of mergekit's bundled templates");
