@@ -13,7 +13,15 @@
       f32 / f64 whatever `dtype` says and rounds once. Against the merge computed here in f64
       (base + Σ wᵢ (ftᵢ − base)), revmerge's output must be within half a bf16 step of every
       value (one rounding) and at least as close as mergekit's, tensor by tensor.
+
+  lora REVMERGE_OUT MERGEKIT_OUT GOLDEN_DIR
+      task arithmetic of bf16/base+lora/b (weight 1) and bf16/ft1 (0.5) over bf16/base, written
+      in bf16 (task_arithmetic_lora_bf16.yml). mergekit merges the adapter into the model in f32
+      and stores that model in bf16 before the merge reads it; revmerge keeps the adapted tensors
+      in f32. revmerge's output must be the exact merge rounded once, everywhere; mergekit's must
+      be exactly that merge with the intermediate bf16 rounding (so the two differ only by it).
 """
+import json
 import glob
 import sys
 
@@ -69,7 +77,38 @@ def closer(ours, theirs, bf16, weights):
           "of the exact merge (largest difference ÷ the tensor's largest value)")
 
 
+def lora(ours, theirs, golden):
+    a, b = tensors(ours), tensors(theirs)
+    base, ft1 = tensors(f"{golden}/bf16/base"), tensors(f"{golden}/bf16/ft1")
+    factors = tensors(f"{golden}/lora/b")
+    config = json.load(open(f"{golden}/lora/b/adapter_config.json"))
+    scale = config["lora_alpha"] / (config["r"] ** 0.5 if config["use_rslora"] else config["r"])
+    bf16 = lambda v: torch.from_numpy(v).to(torch.bfloat16).double().numpy()
+    adapted = differ = 0
+    for name, z in base.items():
+        module = "base_model.model." + name.removesuffix(".weight")
+        delta = np.zeros_like(z)
+        if module + ".lora_A.weight" in factors:
+            delta = scale * factors[module + ".lora_B.weight"] @ factors[module + ".lora_A.weight"]
+            adapted += 1
+        exact = z + delta + 0.5 * (ft1[name] - z)
+        assert np.array_equal(a[name], bf16(exact)), f"{name}: revmerge is not the exact merge rounded once"
+        # mergekit's: the merged model rounded to bf16 (f32 arithmetic), then task arithmetic in f32
+        f32 = lambda v: v.astype(np.float32)
+        merged_model = bf16((f32(z) + f32(delta)).astype(np.float64))
+        theirs_expected = f32(z) + (f32(merged_model) - f32(z)) + np.float32(0.5) * (f32(ft1[name]) - f32(z))
+        assert np.array_equal(b[name], bf16(theirs_expected.astype(np.float64))), \
+            f"{name}: mergekit's output is not explained by its bf16 copy of the merged model"
+        differ += int(np.count_nonzero(a[name] != b[name]))
+    assert adapted > 0, "no tensor of the model is adapted by lora/b"
+    print(f"MODEL+LORA in bf16: revmerge the exact merge rounded once; mergekit differs in {differ} "
+          f"elements, each explained by its bf16 copy of the merged model ({adapted} adapted tensors)")
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "lora":
+        lora(sys.argv[2], sys.argv[3], sys.argv[4])
+        sys.exit(0)
     if sys.argv[1] == "ties":
         ties(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
     else:

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -285,6 +286,49 @@ MK_DEEP_CASES = {
         "parameters": {"density": 0.5}},
 }
 
+# mergekit's MODEL+LORA references: a model with a PEFT adapter merged into it first. The
+# adapters (lora/a on the base, lora/b on the bf16 base) are made below; each case is a whole
+# config, its paths relative to the golden folder.
+MK_LORA_CASES = {
+    "ties_lora": {
+        "merge_method": "ties", "base_model": "base",
+        "models": [{"model": "ft0+lora/a", "parameters": {"weight": 1.0, "density": 0.6}},
+                   {"model": "ft1", "parameters": {"weight": 0.7, "density": 0.6}}],
+        "parameters": {"normalize": True}, "dtype": "float32"},
+    "slerp_lora_base": {
+        "merge_method": "slerp", "base_model": "base+lora/a",
+        "models": [{"model": "base+lora/a"}, {"model": "ft2"}],
+        "parameters": {"t": 0.4}, "dtype": "float32"},
+    "task_arithmetic_lora_bf16": {
+        "merge_method": "task_arithmetic", "base_model": "bf16/base",
+        "models": [{"model": "bf16/base+lora/b", "parameters": {"weight": 1.0}},
+                   {"model": "bf16/ft1", "parameters": {"weight": 0.5}}],
+        "dtype": "float32", "out_dtype": "bfloat16"},
+}
+
+
+def make_loras(root: Path):
+    """LoRA adapters for MK_LORA_CASES, drawn from their own generator so that nothing else moves:
+    rank 4 on q_proj, v_proj and down_proj (lora/b with rslora), factors large enough that the
+    delta is far above a bf16 weight's rounding."""
+    from peft import LoraConfig, get_peft_model
+    gen = torch.Generator().manual_seed(11)
+    for name, model, cfg in [
+            ("a", tiny_llama(4321, hidden=16, inter=24),
+             LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                        init_lora_weights=False)),
+            ("b", tiny_llama(2468, hidden=16, inter=24),
+             LoraConfig(r=4, lora_alpha=16, use_rslora=True, target_modules=["q_proj", "v_proj", "down_proj"],
+                        init_lora_weights=False))]:
+        peft_model = get_peft_model(model, cfg)
+        with torch.no_grad():
+            for mod in peft_model.modules():
+                if hasattr(mod, "lora_A") and "default" in mod.lora_A:
+                    for w in (mod.lora_A["default"].weight, mod.lora_B["default"].weight):
+                        w.copy_(0.3 * torch.randn(w.shape, generator=gen))
+        peft_model.save_pretrained(root / "lora" / name)
+        (root / "lora" / name / "README.md").unlink(missing_ok=True)
+
 
 def make_mergekit(root: Path):
     import mergekit.sparsify as sparsify
@@ -433,6 +477,16 @@ def make_mergekit(root: Path):
                       options=MergeOptions(copy_tokenizer=False, write_model_card=False,
                                            lazy_unpickle=False))
             cases.append({"name": case, "config": f"{case}.yml", "seed": spec.get("seed", 0)})
+        make_loras(Path("."))
+        for case, cfg in MK_LORA_CASES.items():
+            Path(f"{case}.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            seed_box["seed"] = 0
+            with tempfile.TemporaryDirectory() as cache:
+                run_merge(MergeConfiguration.model_validate(cfg), out_path=f"out/{case}",
+                          options=MergeOptions(copy_tokenizer=False, write_model_card=False,
+                                               lazy_unpickle=False, lora_merge_cache=cache))
+            cases.append({"name": case, "config": f"{case}.yml", "seed": 0,
+                          "bf16": cfg["base_model"].startswith("bf16/")})
     finally:
         os.chdir(cwd)
     (root / "cases.json").write_text(json.dumps({"cases": cases}, indent=1) + "\n")

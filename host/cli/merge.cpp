@@ -103,6 +103,15 @@ void refuse_full_model_options(const MergeArgs& args, const std::string& who) {
       throw usage_error(std::string(o) + ": " + who + " takes it for full fine-tunes only (the inputs are adapters)");
 }
 
+// mergekit's MODEL+LORA inputs are models for mergekit's methods; `who` stores adapters or full
+// fine-tunes given as folders.
+void refuse_models_with_lora(const MergeConfig& cfg, const std::string& who) {
+  const auto& [path, w] = *cfg.with_lora.begin();
+  throw usage_error(cfg.file + ": '" + w.model.string() + "+" + w.adapter.string() +
+                    "' (mergekit's MODEL+LORA) is an input of mergekit's methods, not of " + who +
+                    "; give the adapter itself");
+}
+
 // --gpus LIST | all into the options (RMM's or the store's): one entry is --gpu, several are
 // workers.
 template <class Options>
@@ -132,6 +141,7 @@ void use_gpus(const MergeArgs& args, Options& o) {
 }
 
 void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSource> tasks) {
+  if (!cfg.with_lora.empty()) refuse_models_with_lora(cfg, "--method rmm");
   // Full fine-tunes (model folders) are compressed to --rank against --base as they are read.
   const bool full = full_models(tasks);
   for (const char* o : kClassicOnly)
@@ -216,6 +226,7 @@ class StepTimes {
 
 void run_store(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSource> tasks,
                const std::string& method) {
+  if (!cfg.with_lora.empty()) refuse_models_with_lora(cfg, "--method " + method);
   for (const char* o : kClassicOnly)
     if (args.given(o)) throw usage_error(std::string(o) + ": not an option of --method " + method);
   for (const char* o : {"--sequential", "--memory-budget", "--allow-nonfinite"})
@@ -315,6 +326,7 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   o.scales = args.given("--scale") ? parse_number_list(args.scales, "--scale")
                                    : per_task(cfg.task_scales, cfg.scale, 1.0);
   o.slices = cfg.slices;
+  o.with_lora = cfg.with_lora;
   if (cfg.tokenizer_source)
     o.tokenizer_source = *cfg.tokenizer_source == "base" ? std::filesystem::path() : std::filesystem::path(*cfg.tokenizer_source);
   o.chat_template = cfg.chat_template;

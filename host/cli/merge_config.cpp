@@ -100,6 +100,32 @@ struct Reader {
   fs::path dir;
   MergeConfig c;
 
+  // A mergekit model reference: a folder, or MODEL+LORA (the model with a PEFT adapter merged
+  // into it; a path that exists as written is a path, even with a '+' in it). The reference's
+  // path stands for the merged model; `with_lora` says what it is made of.
+  fs::path model_reference(const YAML::Node& v, const std::string& where) {
+    const auto text = scalar<std::string>(v, where);
+    const auto path = dir / text;
+    std::error_code ec;
+    const auto plus = text.find('+');
+    if (plus == std::string::npos || fs::exists(path, ec)) return path;
+    if (text.find('+', plus + 1) != std::string::npos)
+      throw format_error(where + ": '" + text + "' holds more than one '+' (mergekit's MODEL+LORA "
+                         "joins one model and one LoRA adapter)");
+    const ModelWithLora w{(dir / text.substr(0, plus)).lexically_normal(),
+                          (dir / text.substr(plus + 1)).lexically_normal()};
+    for (const auto& [part, what] : {std::pair{w.model, "model"}, std::pair{w.adapter, "LoRA adapter"}})
+      if (!fs::exists(part, ec))
+        throw io_error(where + ": '" + text + "' is MODEL+LORA, and its " + what + " " + part.string() +
+                       " does not exist (paths in a config are relative to its folder)");
+    c.with_lora[path] = w;
+    return path;
+  }
+  bool exists(const fs::path& path) const {
+    std::error_code ec;
+    return c.with_lora.count(path) > 0 || fs::exists(path, ec);
+  }
+
   // Keys shared by the top level and mergekit's `parameters` block.
   bool method_parameter(const std::string& key, const YAML::Node& v, const std::string& where) {
     if (is_numeric_parameter(key) && !v.IsScalar()) c.tensor_parameters[key] = setting(v, where);
@@ -144,7 +170,7 @@ struct Reader {
           for (std::size_t i = 0; i < kv.second.size(); ++i)
             slice.sources.push_back(source(kv.second[i], sw + ".sources[" + std::to_string(i) + "]"));
         } else if (k == "base_model") {
-          slice.base = dir / scalar<std::string>(kv.second, sw + ".base_model");
+          slice.base = model_reference(kv.second, sw + ".base_model");
         } else if (k == "parameters") {
           slice.parameters = numeric_settings(kv.second, sw + ".parameters", false);
         } else if (k == "residual_weight") {
@@ -165,7 +191,7 @@ struct Reader {
     for (const auto& kv : node) {
       const auto k = scalar<std::string>(kv.first, where + " key");
       if (k == "model") {
-        src.model = dir / scalar<std::string>(kv.second, where + ".model");
+        src.model = model_reference(kv.second, where + ".model");
       } else if (k == "layer_range") {
         if (!kv.second.IsSequence() || kv.second.size() != 2)
           throw format_error(where + ".layer_range must be [first, end]");
@@ -180,7 +206,7 @@ struct Reader {
     }
     if (src.model.empty()) throw format_error(where + ": missing 'model'");
     if (!range) throw format_error(where + ": missing 'layer_range'");
-    if (std::error_code ec; !fs::exists(src.model, ec))
+    if (!exists(src.model))
       throw io_error(where + ".model: " + src.model.string() +
                      " does not exist (paths in a config are relative to its folder)");
     return src;
@@ -202,7 +228,8 @@ struct Reader {
         if (k == "name" && !mergekit) {
           task.name = scalar<std::string>(kv.second, tw + ".name");
         } else if (k == path_key) {
-          task.adapter = dir / scalar<std::string>(kv.second, tw + "." + k);
+          task.adapter = mergekit ? model_reference(kv.second, tw + "." + k)
+                                  : dir / scalar<std::string>(kv.second, tw + "." + k);
         } else if (k == "weight" && !mergekit) {
           weight = scalar<double>(kv.second, tw + ".weight");
         } else if (k == "density" && !mergekit) {
@@ -228,12 +255,14 @@ struct Reader {
         }
       }
       if (task.adapter.empty()) throw format_error(tw + ": missing '" + path_key + "'");
-      if (std::error_code ec; !fs::exists(task.adapter, ec))
+      if (!exists(task.adapter))
         throw io_error(tw + "." + path_key + ": " + task.adapter.string() +
                        " does not exist (paths in a config are relative to its folder)");
       // mergekit lists the base among the models; it is the base, not a task.
       if (mergekit && c.base && fs::weakly_canonical(task.adapter) == fs::weakly_canonical(*c.base))
         continue;
+      if (const auto w = c.with_lora.find(task.adapter); task.name.empty() && w != c.with_lora.end())
+        task.name = task_name_from_path(w->second.model) + "+" + task_name_from_path(w->second.adapter);
       if (task.name.empty()) task.name = task_name_from_path(task.adapter);
       c.tasks.push_back(std::move(task));
       c.task_weights.push_back(weight);
@@ -360,7 +389,7 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
   c.file = file;
   c.text = text;
   // The base first: mergekit's model list may name it.
-  if (root["base_model"]) c.base = r.dir / scalar<std::string>(root["base_model"], file + ": 'base_model'");
+  if (root["base_model"]) c.base = r.model_reference(root["base_model"], file + ": 'base_model'");
   std::optional<std::string> out_dtype;
   for (const auto& kv : root) {
     const auto key = scalar<std::string>(kv.first, file + ": a key");
@@ -410,7 +439,7 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
       if (v == "union")
         throw unsupported_error(where + ": 'union' (a vocabulary merged from the models, embeddings "
                                 "remapped) is not supported by revmerge; give 'base' or a model folder");
-      c.tokenizer_source = v == "base" ? v : (r.dir / v).string();
+      c.tokenizer_source = v == "base" ? v : r.model_reference(kv.second, where).string();
     } else if (key == "chat_template") {
       c.chat_template = scalar<std::string>(kv.second, where);
     } else if (key == "tokenizer" || key == "modules") {

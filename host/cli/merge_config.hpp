@@ -7,6 +7,7 @@
 // Relative paths are resolved against the config file's folder. Unknown keys are errors.
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -48,6 +49,9 @@ struct MergeConfig {
   std::optional<std::string> storage;
   std::optional<double> max_error;
   std::optional<std::string> objective;  ///< "mean" or "max"
+  /// mergekit's MODEL+LORA references: the path that names each (as tasks, base, slices and
+  /// tokenizer_source hold it) and what it is made of
+  std::map<std::filesystem::path, ModelWithLora> with_lora;
 };
 
 /// Reads `path`; unknown keys, missing names or models, and wrong types are format_errors

@@ -108,6 +108,11 @@ struct LayerSlice {
   ParameterSettings parameters;
 };
 
+/// mergekit's `MODEL+LORA`: a model folder with a PEFT LoRA adapter merged into it.
+struct ModelWithLora {
+  std::filesystem::path model, adapter;
+};
+
 struct ClassicMergeOptions {
   ClassicMethod method = ClassicMethod::task_arithmetic;
   LoraMergeMode mode = LoraMergeMode::separate;
@@ -142,6 +147,15 @@ struct ClassicMergeOptions {
   /// instead of `tasks`; embeddings come from the first slice's sources, the final norm and the
   /// head from the last one's.
   std::vector<LayerSlice> slices;
+  /// mergekit's MODEL+LORA inputs: an input path (a task's, the base, a slice's source or base,
+  /// tokenizer_source) that is a key here stands for that model with the adapter merged into it
+  /// (W + scale·B·A per adapted module, as PEFT's merge_and_unload). Each is written once before
+  /// the merge into a folder beside `out` (OUT.lora-applied, removed after it), its adapted
+  /// tensors in f32 so that the adapter's delta is not rounded into a 16-bit weight.
+  std::map<std::filesystem::path, ModelWithLora> with_lora;
+  /// Inputs written for this merge (the MODEL+LORA models): the recipe and the model card name
+  /// each by what it was made from, not by its passing folder.
+  std::map<std::filesystem::path, std::filesystem::path> input_origins;
   /// passthrough: each model's tensors multiplied by this (default: as they are)
   std::vector<double> scales;
   /// Full models: the folder whose tokenizer files the output gets (empty: the base's, or the

@@ -46,6 +46,9 @@ if python3 -c "import torch" 2>/dev/null; then
   echo "ties with dtype bfloat16: revmerge writes the same bytes as with float32"
   python3 "$src/tools/bf16_parity.py" closer "$work/task_arithmetic_bf16" "$golden/out/task_arithmetic_bf16" \
     "$golden/bf16" 1,0.5,-0.3
+  "$revmerge" merge --config "$golden/task_arithmetic_lora_bf16.yml" --out "$work/task_arithmetic_lora_bf16" -q
+  python3 "$src/tools/bf16_parity.py" lora "$work/task_arithmetic_lora_bf16" \
+    "$golden/out/task_arithmetic_lora_bf16" "$golden"
 else
   echo "bf16 parity: NOT RUN (needs torch to read bf16)"
   [ "${REVMERGE_REQUIRE_PYTHON_PEERS:-0}" = 1 ] && { echo "FAIL: required here"; exit 1; }
@@ -68,6 +71,19 @@ for model in ["base", "ft0", "ft1", "ft2"]:
     assert f'- "{os.path.normpath(os.path.abspath(os.path.join(golden, model)))}"' in front, (model, front)
 assert "tags:\n- merge\n" in front and "`ties` method" in card and config in card, card
 print("model card: base_model, tags and config")
+PY
+# MODEL+LORA (ties_lora, slerp_lora_base above): the merged models' folder is gone, and the recipe
+# names the input by its model and adapter.
+if ls -d "$work"/*.lora-applied* "$work"/.*.lora-applied* 2>/dev/null; then
+  echo "FAIL: a MODEL+LORA folder is left beside the outputs"; exit 1
+fi
+python3 - "$work/ties_lora/revmerge_recipe.json" "$golden" <<'PY'
+import json, os, sys
+r, golden = json.load(open(sys.argv[1])), sys.argv[2]
+want = os.path.join(golden, "ft0") + "+" + os.path.join(golden, "lora", "a")
+assert r["inputs"][0] == {"name": "ft0+a", "path": os.path.normpath(want.split("+")[0]) + "+" +
+                          os.path.normpath(want.split("+")[1])}, r["inputs"]
+print("MODEL+LORA: recorded by its model and adapter, nothing left behind")
 PY
 # The config and the model files travel with the model.
 cmp "$golden/base/config.json" "$work/ties/config.json"

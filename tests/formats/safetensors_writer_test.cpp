@@ -88,10 +88,11 @@ TEST(SafetensorsWriter, PartsWrittenBehindAreTheBytesWrittenInLine) {
 
 // A write that fails behind the caller fails commit() (or the next part), and the output never
 // appears: here the process's file size limit, lowered once the file is laid out, refuses the
-// writes past its first MiB.
+// writes past its first MiB. One part (2^20 elements, the writer's unit): a second part's take()
+// could already see the first one's failure, and whether it does is a race.
 TEST(SafetensorsWriter, AWriteFailingBehindFailsTheCommitAndLeavesNothing) {
   test::TempDir dir;
-  const std::vector<float> v(std::size_t{1} << 21, 0.5f);
+  const std::vector<float> v(std::size_t{1} << 20, 0.5f);  // 2 MiB in bf16
   rlimit old{};
   ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
   const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);  // EFBIG instead of the signal

@@ -177,6 +177,12 @@ std::string number_list(const std::vector<double>& v) {
 
 namespace {
 
+// What an input was made from, where it was written for this merge (ClassicMergeOptions::input_origins).
+std::filesystem::path origin_of(const ClassicMergeOptions& o, const std::filesystem::path& input) {
+  const auto it = o.input_origins.find(input);
+  return it == o.input_origins.end() ? input : it->second;
+}
+
 std::vector<std::pair<std::string, std::string>> plain_parameters(const ClassicMergeOptions& o,
                                                                   const TaskParameters& p,
                                                                   const CombineRecipe* r,
@@ -215,7 +221,7 @@ std::vector<std::pair<std::string, std::string>> plain_parameters(const ClassicM
   if (full_models_only(o.method) && !is_elementwise(o.method)) {
     if (o.t) out.emplace_back("t", fmt::format("{}", *o.t));
     out.emplace_back("dtype", dtype + unless(o.dtype.has_value(), "not given"));
-    if (!o.base.empty()) out.emplace_back("base", o.base.string());
+    if (!o.base.empty()) out.emplace_back("base", origin_of(o, o.base).string());
     else if (is_spherical(o.method)) out.emplace_back("base", "none (the models themselves are interpolated)");
     return out;
   }
@@ -224,7 +230,7 @@ std::vector<std::pair<std::string, std::string>> plain_parameters(const ClassicM
                                         unless(o.select_topk.has_value(), "not given: every element"));
     out.emplace_back("weights", "from each task's mean square (SCE)");
     out.emplace_back("dtype", dtype + unless(o.dtype.has_value(), "not given"));
-    out.emplace_back("base", o.base.string());
+    out.emplace_back("base", origin_of(o, o.base).string());
     return out;
   }
   out.emplace_back("weights", number_list(p.weights) + unless(!o.weights.empty(), "not given"));
@@ -257,7 +263,7 @@ std::vector<std::pair<std::string, std::string>> plain_parameters(const ClassicM
   if (drops) out.emplace_back("seed", std::to_string(o.seed));
   if (rank > 0) out.emplace_back("rank", std::to_string(rank) + unless(o.rank > 0, "not given: the largest input rank"));
   out.emplace_back("dtype", dtype + unless(o.dtype.has_value(), "not given"));
-  if (!o.base.empty()) out.emplace_back("base", o.base.string());
+  if (!o.base.empty()) out.emplace_back("base", origin_of(o, o.base).string());
   return out;
 }
 
@@ -338,6 +344,7 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
     throw usage_error("layer slices name their models; give no other inputs");
   if (o.tasks.empty() && o.slices.empty()) throw usage_error("no tasks to merge");
   if (o.out.empty()) throw usage_error("--out: no output folder given");
+  if (!o.with_lora.empty()) return merge_with_loras_applied(o);
   if (o.allow_nonfinite)
     throw usage_error("--allow-nonfinite applies to --method rmm only; the classic methods "
                       "refuse NaN and Inf inputs");
@@ -373,6 +380,7 @@ RecipeRecord classic_record(const ClassicMergeOptions& o, const ClassicMergeRepo
   for (std::size_t s = 0; s < o.slices.size(); ++s)  // layer slices: their sources are the inputs
     for (std::size_t i = 0; i < o.slices[s].sources.size(); ++i)
       record.inputs.emplace_back(fmt::format("slices[{}].sources[{}]", s, i), o.slices[s].sources[i].model);
+  for (auto& [name, path] : record.inputs) path = origin_of(o, path);
   record.parameters.insert(record.parameters.end(), report.parameters.begin(), report.parameters.end());
   return record;
 }
@@ -386,7 +394,7 @@ std::pair<std::string, std::string> classic_recipe_file(const ClassicMergeOption
 
 std::pair<std::string, std::string> classic_model_card(const ClassicMergeOptions& o,
                                                        const ClassicMergeReport& report) {
-  return model_card(o.recipe, classic_record(o, report), o.base);
+  return model_card(o.recipe, classic_record(o, report), origin_of(o, o.base));
 }
 
 }  // namespace revmerge

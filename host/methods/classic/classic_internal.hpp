@@ -57,6 +57,13 @@ std::pair<std::string, std::string> classic_model_card(const ClassicMergeOptions
 /// naming the task and tensor otherwise).
 void check_same_tensors(const HfModel& base, const std::vector<std::unique_ptr<HfModel>>& models,
                         const std::vector<TaskSource>& tasks);
+/// mergekit's MODEL+LORA: `model` with the PEFT adapter merged into it (W + scale·B·A, summed in
+/// f64), written at `out`; the adapted tensors in f32, every other tensor as stored.
+void write_model_with_lora(const std::filesystem::path& model, const std::filesystem::path& adapter,
+                           const std::filesystem::path& out, int threads);
+/// merge_classic for options with MODEL+LORA inputs: each written beside the output, the merge
+/// run on those folders (their MODEL+LORA recorded as the inputs), the folders removed after.
+ClassicMergeReport merge_with_loras_applied(const ClassicMergeOptions& options);
 /// The tasks' model folders, opened in order.
 std::vector<std::unique_ptr<HfModel>> open_task_models(const ClassicMergeOptions& options);
 /// How a full model is written for these options: their dtype, --force and progress, the recipe

@@ -455,5 +455,51 @@ TEST(ClassicMerge, TokenizerSourceAndChatTemplate) {
   expect_refused(o, "its tokenizer's vocabulary is not");
 }
 
+// mergekit's MODEL+LORA: the model with the adapter merged in (W + s·B·A, in f64) is what the
+// merge reads; the recipe names the input by what it was made of, and nothing is left beside
+// the output.
+TEST(ClassicMerge, ModelPlusLoraIsTheModelWithTheAdapterMergedIn) {
+  test::TempDir tmp;
+  // lora/a: alpha 8 at rank 4, a scale of 2
+  const auto golden = fs::path(REVMERGE_FIXTURES) / "golden" / "mergekit";
+  const auto model = golden / "base", adapter_dir = golden / "lora" / "a";
+  const auto given = tmp / "base+a";  // as a config names it: a path that does not exist
+  ClassicMergeOptions o;
+  o.method = ClassicMethod::task_arithmetic;
+  o.base = model;
+  o.tasks = {{"chat", given}};
+  o.weights = {0.5};
+  o.with_lora[given] = {model, adapter_dir};
+  o.out = tmp / "merged";
+  merge_classic(o);
+  const HfModel base(model), merged(o.out);
+  const PeftAdapter adapter(adapter_dir);
+  std::size_t adapted = 0;
+  for (const auto& t : base.checkpoint().tensors()) {
+    const auto& name = t.info->name;
+    auto want = read_f64(base, name);
+    const auto got = read_f64(merged, name);
+    if (const auto* m = adapter.find(name.substr(0, name.size() - 7)); m && name.ends_with(".weight")) {
+      const auto d = test::dense_delta(adapter.read_a(*m), adapter.read_b(*m), m->rank, m->in, m->out,
+                                       0.5 * m->scale);
+      for (std::size_t j = 0; j < want.size(); ++j) want[j] += d[j];
+      ++adapted;
+    }
+    for (std::size_t j = 0; j < want.size(); ++j) ASSERT_NEAR(got[j], want[j], 1e-6) << name << " [" << j << "]";
+  }
+  EXPECT_EQ(adapted, adapter.modules().size());
+  EXPECT_EQ(adapter.modules().front().scale, 2.0);
+  EXPECT_EQ(std::distance(fs::directory_iterator(tmp.path()), fs::directory_iterator()), 1)
+      << "the merged model's folder is left beside the output";
+  const auto recipe = nlohmann::json::parse(std::ifstream(o.out / "revmerge_recipe.json"));
+  EXPECT_EQ(recipe["inputs"][0]["path"], fs::absolute(model).lexically_normal().string() + "+" +
+                                             fs::absolute(adapter_dir).lexically_normal().string());
+  // An adapter of another model: refused by the tensor it does not fit, nothing written.
+  o.with_lora[given] = {kExamples / "tiny-llama", adapter_dir};
+  o.out = tmp / "never";
+  expect_refused(o, "is this the adapter's base model? (MODEL+LORA)");
+  EXPECT_EQ(std::distance(fs::directory_iterator(tmp.path()), fs::directory_iterator()), 1);
+}
+
 }  // namespace
 }  // namespace revmerge

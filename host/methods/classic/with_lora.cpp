@@ -1,0 +1,156 @@
+// mergekit's MODEL+LORA inputs: each model written once with its adapter merged into it, for the
+// merge to read as a model folder like any other (mergekit does the same through PEFT's
+// merge_and_unload, into its LoRA cache). The adapted tensors are written in f32: rounded back to
+// a 16-bit weight, W + s·B·A would lose most of the adapter's delta (its elements are a few
+// hundredths of a bf16 weight's spacing apart), and every method here merges deltas.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <optional>
+
+#include "core/atomic_output.hpp"
+#include "core/interrupt.hpp"
+#include "distributed/agreement.hpp"
+#include "methods/classic/classic_internal.hpp"
+#include "methods/model_output.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/hf_model.hpp"
+#include "revmerge/peft.hpp"
+
+namespace revmerge {
+namespace fs = std::filesystem;
+using i64 = std::int64_t;
+
+namespace {
+
+// Rows of an adapted tensor merged at a time: their f64 sums stay in the cache's reach (8 MiB
+// for a 4 096-wide weight) whatever the tensor's size.
+constexpr i64 kRowsPerBlock = 256;
+
+// The module each adapted weight gets, checked against the model: a weight of the adapter's
+// shape, of a float dtype.
+std::map<std::string, const LoraModule*> adapted_weights(const HfModel& model, const PeftAdapter& adapter) {
+  const auto& config = adapter.config();
+  const auto& dir = adapter.dir().string();
+  if (config.fan_in_fan_out)
+    throw unsupported_error(dir + ": a fan_in_fan_out adapter (transposed Conv1D weights) is not "
+                            "merged into a model by revmerge (MODEL+LORA)");
+  if (!adapter.saved_module_tensors().empty())
+    throw unsupported_error(dir + ": holds whole tensors for modules_to_save ('" +
+                            adapter.saved_module_tensors().front() +
+                            "'); revmerge merges an adapter's LoRA factors into a model, not these "
+                            "(MODEL+LORA)");
+  std::map<std::string, const LoraModule*> by_tensor;
+  for (const auto& m : adapter.modules()) {
+    const auto name = m.path + ".weight";
+    const auto* w = model.checkpoint().find(name);
+    if (!w || w->info->shape != std::vector<i64>{m.out, m.in} || !is_float_dtype(w->info->dtype))
+      throw shape_error(model.dir().string() + ": " +
+                        (w ? "tensor '" + name + "' is not a float " : "no tensor '" + name + "' of ") +
+                        std::to_string(m.out) + " × " + std::to_string(m.in) + " for the module '" +
+                        m.path + "' of " + dir + "; is this the adapter's base model? (MODEL+LORA)");
+    by_tensor[name] = &m;
+  }
+  return by_tensor;
+}
+
+}  // namespace
+
+void write_model_with_lora(const fs::path& model_dir, const fs::path& adapter_dir, const fs::path& out,
+                           int threads) {
+  const HfModel model(model_dir);
+  const PeftAdapter adapter(adapter_dir);
+  const auto adapted = adapted_weights(model, adapter);
+  std::vector<OutputTensor> tensors;
+  for (const auto& t : model.checkpoint().tensors())
+    tensors.push_back({t.info->name, adapted.count(t.info->name) ? DType::F32 : t.info->dtype, t.info->shape, &t});
+  const auto produce = [&](const std::string& name, std::vector<float>& values) {
+    const auto it = adapted.find(name);
+    if (it == adapted.end()) return false;
+    throw_if_interrupted("merge");
+    const auto& m = *it->second;
+    const auto& w = model.checkpoint().at(name);
+    w.file->read(*w.info, std::span<float>(values), threads);  // 16- and 32-bit weights: exact in f32
+    const auto a = adapter.read_a(m), b = adapter.read_b(m);
+    const std::vector<double> a64(a.begin(), a.end());
+    std::vector<double> sb(b.size()), sum;
+    std::transform(b.begin(), b.end(), sb.begin(), [&](float x) { return m.scale * x; });
+    // W + (s·B)·A in f64, a block of rows at a time, rounded once to f32.
+    for (i64 row = 0; row < m.out; row += kRowsPerBlock) {
+      const i64 rows = std::min(kRowsPerBlock, m.out - row);
+      float* const block = values.data() + row * m.in;
+      sum.assign(block, block + rows * m.in);
+      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), static_cast<int>(m.in),
+                  static_cast<int>(m.rank), 1.0, sb.data() + row * m.rank, static_cast<int>(m.rank), a64.data(),
+                  static_cast<int>(m.in), 1.0, sum.data(), static_cast<int>(m.in));
+      for (i64 i = 0; i < rows * m.in; ++i) {
+        block[i] = static_cast<float>(sum[static_cast<std::size_t>(i)]);
+        if (!std::isfinite(block[i]))
+          throw format_error(model_dir.string() + " + " + adapter_dir.string() + ": tensor '" + name +
+                             "' with the adapter merged in holds a value that is not finite in f32 (row " +
+                             std::to_string(row + i / m.in) + ")");
+      }
+    }
+    w.file->check_intact();
+    return true;
+  };
+  ModelOutputOptions mo;
+  mo.threads = threads;
+  write_model(model, tensors, out, produce, mo);
+}
+
+ClassicMergeReport merge_with_loras_applied(const ClassicMergeOptions& o) {
+  refuse_existing(o.out, o.overwrite);  // before any model is written
+  // The merged models' folder, never committed: removed when the merge returns or throws.
+  // Worker 0 writes it, where there are several; they read it from the same place.
+  Peers* const peers = several(o.peers);
+  std::optional<StagedDir> scratch;
+  agree_on(peers, [&] {
+    if (peers && peers->rank() != 0) return;
+    scratch.emplace(o.out.string() + ".lora-applied", /*overwrite=*/true);
+    std::size_t i = 0;
+    for (const auto& [given, w] : o.with_lora) {
+      throw_if_interrupted("merge");
+      write_model_with_lora(w.model, w.adapter, scratch->path() / std::to_string(i++), o.threads);
+    }
+  });
+  const fs::path where = peers ? fs::path(peers->all_gather(scratch ? scratch->path().string() : std::string())[0])
+                               : scratch->path();
+  ClassicMergeOptions run = o;
+  run.with_lora.clear();
+  std::map<fs::path, fs::path> written;  // as given → the folder written
+  std::size_t i = 0;
+  for (const auto& [given, w] : o.with_lora) {
+    written[given] = where / std::to_string(i++);
+    run.input_origins[written[given]] =
+        fs::path(fs::absolute(w.model).lexically_normal().string() + "+" +
+                 fs::absolute(w.adapter).lexically_normal().string());
+  }
+  const auto swap = [&](fs::path& path) {
+    if (const auto it = written.find(path); it != written.end()) path = it->second;
+  };
+  for (auto& t : run.tasks) swap(t.adapter);
+  swap(run.base);
+  swap(run.tokenizer_source);
+  for (auto& s : run.slices) {
+    swap(s.base);
+    for (auto& src : s.sources) swap(src.model);
+  }
+  // Without --dtype a model is written in its base's (or first model's) dtypes: the model's own,
+  // not the f32 its adapted tensors were given here.
+  const fs::path decides = !o.base.empty() ? o.base
+                           : !o.slices.empty() && !o.slices.front().sources.empty() ? o.slices.front().sources.front().model
+                           : !o.tasks.empty() ? o.tasks.front().adapter
+                                              : fs::path();
+  if (const auto it = o.with_lora.find(decides); !run.dtype && it != o.with_lora.end()) {
+    const HfModel model(it->second.model);
+    const auto& linears = model.linears();
+    const DType d = linears.empty() ? DType::F32 : model.checkpoint().at(linears.front().tensor).info->dtype;
+    run.dtype = d == DType::BF16 || d == DType::F16 ? d : DType::F32;
+  }
+  return merge_classic(run);
+}
+
+}  // namespace revmerge
