@@ -57,6 +57,11 @@ Checkpoint::Checkpoint(const fs::path& path) : path_(path) {
       index_path_ = path / kShardIndexName;
     else if (fs::exists(path / "model.safetensors"))
       single = path / "model.safetensors";
+    else if (fs::exists(path / "pytorch_model.bin") || fs::exists(path / "pytorch_model.bin.index.json"))
+      throw unsupported_error(path.string() + ": holds PyTorch pickle weights (pytorch_model.bin), "
+                              "which revmerge does not read (a pickle can run code); save the model "
+                              "as safetensors first (transformers: save_pretrained(dir, "
+                              "safe_serialization=True))");
     else
       throw io_error(path.string() + ": neither model.safetensors nor " + kShardIndexName +
                      " is in this folder");

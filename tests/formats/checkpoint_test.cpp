@@ -96,6 +96,20 @@ TEST(ShardedWriter, OneShardIsAPlainModelFile) {
   EXPECT_EQ(test::list_dir(dir.path()), std::vector<std::string>{"model.safetensors"});
 }
 
+// A folder of pickle weights is named for what it holds, not as a folder without a model.
+TEST(Checkpoint, PickleWeightsAreRefusedByName) {
+  test::TempDir dir;
+  test::write_bytes(dir / "config.json", "{}");
+  test::write_bytes(dir / "pytorch_model.bin", "not read");
+  try {
+    Checkpoint c(dir.path());
+    ADD_FAILURE() << "accepted";
+  } catch (const unsupported_error& e) {
+    EXPECT_NE(std::string(e.what()).find("pytorch_model.bin"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("safe_serialization=True"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Checkpoint, RejectsIndexesThatDisagreeWithTheirShards) {
   test::TempDir dir;
   {
