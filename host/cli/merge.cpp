@@ -40,7 +40,7 @@ struct MergeArgs {
   double eps = 1e-8, tol = 1e-5, ram_r = 0.1, ram_alpha = 0.2;
   std::int64_t max_iter = 10;
   int threads = 0, gpu = 0;
-  std::string device = "auto", gpus, memory_budget, storage, representations, objective = "mean";
+  std::string device = "auto", gpus, memory_budget, storage, representations, objective = "mean", out_shard_size;
   double max_error = 0;
   bool sequential = false, shard_per_rank = false, timings = false;
   std::map<std::string, CLI::Option*> opt;
@@ -58,7 +58,7 @@ constexpr const char* kClassicOnly[] = {
     "--weights", "--density", "--gamma", "--epsilon", "--select-topk", "--no-flatten", "--row-wise",
     "--eps", "--tol", "--max-iter", "--ram-r", "--ram-alpha", "--scale", "--filter-wise",
     "--lambda", "--t", "--mode", "--majority-sign", "--normalize", "--no-normalize", "--rescale",
-    "--no-rescale", "--seed", "--full-model"};
+    "--no-rescale", "--seed", "--full-model", "--out-shard-size"};
 
 // The output dtype: --dtype, else the config's, else none (the method's default).
 std::optional<DType> output_dtype(const MergeArgs& args, const MergeConfig& cfg) {
@@ -101,6 +101,17 @@ void refuse_full_model_options(const MergeArgs& args, const std::string& who) {
   for (const char* o : {"--rank", "--base"})
     if (args.given(o))
       throw usage_error(std::string(o) + ": " + who + " takes it for full fine-tunes only (the inputs are adapters)");
+}
+
+// --out-shard-size: a size as --memory-budget takes it. mergekit writes its shard size with K, M
+// and B for thousand, million and billion bytes; here B is a byte, so a size under 1 MiB, which
+// no shard of a model should be, is taken for that slip.
+std::uint64_t out_shard_size(const std::string& text) {
+  const auto bytes = parse_byte_size(text, "--out-shard-size");
+  if (bytes < (std::uint64_t{1} << 20))
+    throw usage_error("--out-shard-size '" + text + "': " + std::to_string(bytes) +
+                      " bytes; a shard is at least 1MiB (mergekit's 5B, five billion bytes, is 5GB here)");
+  return bytes;
 }
 
 // mergekit's MODEL+LORA inputs are models for mergekit's methods; `who` stores adapters or full
@@ -374,6 +385,7 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   o.allow_nonfinite = args.allow_nonfinite;
   o.threads = args.threads;
   if (args.given("--memory-budget")) o.memory_budget = parse_byte_size(args.memory_budget, "--memory-budget");
+  if (args.given("--out-shard-size")) o.max_shard_bytes = out_shard_size(args.out_shard_size);
   o.progress = module_progress(args.quiet || args.json, "merging");
   o.peers = command_peers();
   o.shard_per_rank = args.shard_per_rank;
@@ -535,6 +547,9 @@ void add_merge_command(CLI::App& app) {
   opt["--allow-nonfinite"] = cmd->add_flag("--allow-nonfinite", args.allow_nonfinite,
                 "RMM: merge adapters holding NaN or Inf instead of refusing them (the affected "
                 "positions come out non-finite)");
+  opt["--out-shard-size"] = cmd->add_option("--out-shard-size", args.out_shard_size,
+      "full models: the largest safetensors shard written, e.g. 2GB or 1GiB (default 5GB, as "
+      "transformers and mergekit; a larger tensor is a shard of its own)");
   opt["--memory-budget"] = cmd->add_option("--memory-budget", args.memory_budget,
       "host (and GPU) memory the merge may hold, e.g. 2GiB (default: half the free host "
       "memory, 90% of the free GPU memory). RMM: too small for one module is an error naming it; "

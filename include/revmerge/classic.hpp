@@ -190,6 +190,9 @@ struct ClassicMergeOptions {
   /// Full models: the memory a merge may hold (0: half of what is available); tensors are
   /// merged in pieces that fit it (--memory-budget).
   std::uint64_t memory_budget = 0;
+  /// Full models: the largest safetensors shard written (transformers' and mergekit's default,
+  /// 5 GB); a tensor larger than it is a shard of its own.
+  std::uint64_t max_shard_bytes = 5'000'000'000ull;
   ProgressFn progress;
   OutputRecipe recipe;            ///< the command / config recorded in the output's recipe
   /// The workers the merge is split across (as RmmMergeOptions::peers): full models and layer

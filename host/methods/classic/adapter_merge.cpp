@@ -271,6 +271,7 @@ ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& o) {
   ModelOutputOptions mo;
   mo.dtype = o.dtype;
   mo.overwrite = o.overwrite;
+  mo.max_shard_bytes = o.max_shard_bytes;
   mo.progress = o.progress;
   mo.peers = o.peers;  // each worker its share of the tensors, into the shards worker 0 laid out
   mo.shard_per_rank = o.shard_per_rank;

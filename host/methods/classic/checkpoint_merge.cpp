@@ -97,6 +97,7 @@ ModelOutputOptions model_output_options(const ClassicMergeOptions& o, ClassicMer
   mo.chat_template = chat_template(o, report.warnings);
   mo.dtype = o.dtype;
   mo.overwrite = o.overwrite;
+  mo.max_shard_bytes = o.max_shard_bytes;
   mo.progress = o.progress;
   mo.extra_files = {classic_recipe_file(o, report), classic_model_card(o, report)};
   mo.peers = o.peers;

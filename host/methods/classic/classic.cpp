@@ -364,6 +364,9 @@ ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
     if (has_tensor_parameters(o))
       throw usage_error("per-tensor parameters (a config's gradients and filters) apply to full "
                         "models; the inputs are LoRA adapters");
+    if (!o.full_model && o.max_shard_bytes != ClassicMergeOptions{}.max_shard_bytes)
+      throw usage_error("--out-shard-size: the shards of a model output; these LoRA adapters merge "
+                        "into an adapter (--full-model writes a model)");
     if (o.device == Device::cuda)
       throw usage_error("--device cuda: merges of LoRA adapters by --method " + to_string(o.method) +
                         " run on the CPU in this version (an adapter's factors are small; RMM runs on the GPU)");

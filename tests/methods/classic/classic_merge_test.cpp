@@ -12,6 +12,7 @@
 #include "revmerge/classic.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/hf_model.hpp"
+#include "revmerge/safetensors.hpp"
 #include "test_util.hpp"
 
 namespace revmerge {
@@ -499,6 +500,38 @@ TEST(ClassicMerge, ModelPlusLoraIsTheModelWithTheAdapterMergedIn) {
   o.out = tmp / "never";
   expect_refused(o, "is this the adapter's base model? (MODEL+LORA)");
   EXPECT_EQ(std::distance(fs::directory_iterator(tmp.path()), fs::directory_iterator()), 1);
+}
+
+// --out-shard-size: the same tensors, in shards of at most that many bytes (a tensor larger
+// than the limit alone in one), listed by an index.
+TEST(ClassicMerge, ShardsOfAModelStayUnderTheirSize) {
+  test::TempDir tmp;
+  const auto golden = fs::path(REVMERGE_FIXTURES) / "golden" / "mergekit";
+  ClassicMergeOptions o;
+  o.method = ClassicMethod::task_arithmetic;
+  o.base = golden / "base";
+  o.tasks = {{"ft0", golden / "ft0"}, {"ft1", golden / "ft1"}};
+  o.out = tmp / "whole";
+  merge_classic(o);
+  o.out = tmp / "sharded";
+  o.max_shard_bytes = 4096;
+  merge_classic(o);
+  EXPECT_FALSE(fs::exists(o.out / "model.safetensors"));
+  ASSERT_TRUE(fs::exists(o.out / "model.safetensors.index.json"));
+  std::size_t shards = 0;
+  for (const auto& e : fs::directory_iterator(o.out))
+    if (e.path().extension() == ".safetensors") {
+      ++shards;
+      const SafetensorsFile f(e.path());
+      std::size_t bytes = 0;
+      for (const auto& t : f.tensors()) bytes += f.bytes(t).size();
+      if (f.tensors().size() > 1) EXPECT_LE(bytes, 4096u) << e.path();
+    }
+  EXPECT_GT(shards, 2u);
+  const HfModel whole(tmp / "whole"), sharded(o.out);
+  ASSERT_EQ(whole.checkpoint().tensors().size(), sharded.checkpoint().tensors().size());
+  for (const auto& t : whole.checkpoint().tensors())
+    EXPECT_EQ(read_f64(whole, t.info->name), read_f64(sharded, t.info->name)) << t.info->name;
 }
 
 }  // namespace
