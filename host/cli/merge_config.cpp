@@ -4,7 +4,9 @@
 #include <yaml-cpp/yaml.h>
 
 #include <fstream>
+#include <cctype>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "revmerge/error.hpp"
@@ -99,6 +101,9 @@ struct Reader {
   std::string file;
   fs::path dir;
   MergeConfig c;
+  /// Folders other documents of the file write (mergekit-mega): they exist by the time this
+  /// document runs.
+  std::set<fs::path> pending = {};
 
   // A mergekit model reference: a folder, or MODEL+LORA (the model with a PEFT adapter merged
   // into it; a path that exists as written is a path, even with a '+' in it). The reference's
@@ -115,7 +120,7 @@ struct Reader {
     const ModelWithLora w{(dir / text.substr(0, plus)).lexically_normal(),
                           (dir / text.substr(plus + 1)).lexically_normal()};
     for (const auto& [part, what] : {std::pair{w.model, "model"}, std::pair{w.adapter, "LoRA adapter"}})
-      if (!fs::exists(part, ec))
+      if (!exists(part))
         throw io_error(where + ": '" + text + "' is MODEL+LORA, and its " + what + " " + part.string() +
                        " does not exist (paths in a config are relative to its folder)");
     c.with_lora[path] = w;
@@ -123,7 +128,7 @@ struct Reader {
   }
   bool exists(const fs::path& path) const {
     std::error_code ec;
-    return c.with_lora.count(path) > 0 || fs::exists(path, ec);
+    return c.with_lora.count(path) > 0 || pending.count(path.lexically_normal()) > 0 || fs::exists(path, ec);
   }
 
   // Keys shared by the top level and mergekit's `parameters` block.
@@ -342,7 +347,7 @@ TaskSource task_from_argument(const std::string& argument) {
   return {argument.substr(0, eq), argument.substr(eq + 1)};
 }
 
-MergeConfig read_merge_config(const fs::path& path) {
+std::vector<MergeConfig> read_merge_configs(const fs::path& path) {
   const auto file = path.string();
   std::error_code ec;
   if (!fs::is_regular_file(path, ec)) throw io_error(file + ": no such config file");
@@ -355,26 +360,21 @@ MergeConfig read_merge_config(const fs::path& path) {
   std::ostringstream text;
   text << in.rdbuf();
   if (!in) throw io_error(file + ": cannot read");
-  return parse_merge_config(text.str(), path);
+  return parse_merge_configs(text.str(), path);
 }
 
-MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
-  Reader r{path.string(), path.parent_path(), {}};
-  const auto& file = r.file;
+namespace {
+
+// Every document of a config's text: YAML::Load would keep the first of a multi-document file (a
+// mergekit-mega config) and quietly drop the rest.
+std::vector<YAML::Node> load_documents(const std::string& text, const std::string& file) {
   if (text.size() > kMaxConfigBytes)
     throw format_error(file + ": " + std::to_string(text.size()) +
                        " bytes; a merge config is at most " + std::to_string(kMaxConfigBytes) + " bytes");
-  YAML::Node root;
   try {
-    // Every document is read: YAML::Load would keep the first of a multi-document file (a
-    // mergekit-mega config) and quietly drop the rest.
-    const auto documents = YAML::LoadAll(text);
-    if (documents.size() > 1)
-      throw format_error(file + ": holds " + std::to_string(documents.size()) +
-                         " YAML documents separated by '---' (a mergekit-mega config); revmerge runs "
-                         "one merge per config file: put each document in a file of its own and run "
-                         "them in order, each with its --out");
-    if (!documents.empty()) root = documents.front();
+    auto documents = YAML::LoadAll(text);
+    if (documents.empty()) documents.emplace_back();
+    return documents;
   } catch (const YAML::DeepRecursion& e) {
     throw format_error(file + ": nested more than 2000 levels deep (line " +
                        std::to_string(e.mark.line + 1) +
@@ -382,11 +382,35 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
   } catch (const YAML::Exception& e) {
     throw format_error(file + ": not valid YAML/JSON: " + e.what());
   }
+}
+
+// Each document's own text, for its recipe: the text split at its '---' lines, where that gives
+// one non-empty piece per document; else the whole text for each.
+std::vector<std::string> document_texts(const std::string& text, std::size_t count) {
+  std::vector<std::string> pieces(1);
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.starts_with("---") && (line.size() == 3 || std::isspace(static_cast<unsigned char>(line[3])))) {
+      pieces.emplace_back();
+      continue;
+    }
+    pieces.back() += line + "\n";
+  }
+  std::erase_if(pieces, [](const std::string& p) {
+    return p.find_first_not_of(" \t\r\n") == std::string::npos;
+  });
+  if (pieces.size() != count) pieces.assign(count, text);
+  return pieces;
+}
+
+MergeConfig parse_document(const YAML::Node& root, const std::string& text, const fs::path& path,
+                           const std::string& file, std::set<fs::path> pending) {
+  Reader r{file, path.parent_path(), {}, std::move(pending)};
   std::size_t nodes = 0;
   check_shape(root, 0, nodes, file);
   if (!root.IsMap()) throw format_error(file + ": expected a mapping with a 'tasks' or 'models' list");
   auto& c = r.c;
-  c.file = file;
+  c.file = path.string();
   c.text = text;
   // The base first: mergekit's model list may name it.
   if (root["base_model"]) c.base = r.model_reference(root["base_model"], file + ": 'base_model'");
@@ -444,8 +468,8 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
       c.chat_template = scalar<std::string>(kv.second, where);
     } else if (key == "tokenizer" || key == "modules") {
       throw unsupported_error(where + ": mergekit's '" + key + "' is not supported by revmerge");
-    } else if (key == "out_path") {
-      throw format_error(where + ": mergekit-mega's output folder; give it as --out (or 'out')");
+    } else if (key == "out_path") {  // mergekit-mega's name for it
+      c.out = r.dir / scalar<std::string>(v, where);
     } else {
       throw format_error(file + ": unknown key '" + key +
                          "' (expected method, basis, dtype, out, tasks, base, mode, rank, seed, "
@@ -453,7 +477,7 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
                          "weight, density, gamma, epsilon, select_topk, lambda, t, normalize, "
                          "rescale, majority_sign_method, or "
                          "mergekit's merge_method, base_model, models, slices, parameters, out_dtype, "
-                         "tokenizer_source, chat_template)");
+                         "tokenizer_source, chat_template, out_path)");
     }
   }
   if (out_dtype) c.dtype = out_dtype;  // revmerge computes in f32; out_dtype is what is written
@@ -472,6 +496,36 @@ MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
       }
   move_plain_values_of_varying_parameters(c);
   return c;
+}
+
+}  // namespace
+
+std::vector<MergeConfig> parse_merge_configs(const std::string& text, const fs::path& path) {
+  const auto file = path.string();
+  const auto documents = load_documents(text, file);
+  if (documents.size() == 1) return {parse_document(documents.front(), text, path, file, {})};
+  // mergekit-mega: each document a merge into its out_path, read by later ones.
+  std::set<fs::path> outputs;
+  for (const auto& d : documents)
+    if (d.IsMap())
+      for (const char* key : {"out_path", "out"})
+        if (d[key] && d[key].IsScalar()) outputs.insert((path.parent_path() / d[key].as<std::string>()).lexically_normal());
+  const auto texts = document_texts(text, documents.size());
+  std::vector<MergeConfig> configs;
+  for (std::size_t i = 0; i < documents.size(); ++i)
+    configs.push_back(parse_document(documents[i], texts[i], path,
+                                     file + " (document " + std::to_string(i + 1) + " of " +
+                                         std::to_string(documents.size()) + ")",
+                                     outputs));
+  return configs;
+}
+
+MergeConfig parse_merge_config(const std::string& text, const fs::path& path) {
+  auto configs = parse_merge_configs(text, path);
+  if (configs.size() > 1)
+    throw format_error(path.string() + ": holds " + std::to_string(configs.size()) +
+                       " YAML documents (a mergekit-mega config): one merge was asked for");
+  return std::move(configs.front());
 }
 
 }  // namespace revmerge::cli

@@ -59,8 +59,13 @@ struct MergeConfig {
 /// unsupported_errors naming them.
 /// A config over 1 MiB, nested more than 10 levels or holding more than 200000 values (aliases
 /// counted at each use) is refused as not a merge config.
-MergeConfig read_merge_config(const std::filesystem::path& path);
+/// One config per YAML document: a file of several is a mergekit-mega config, each document a
+/// merge into its `out_path` (or `out`); a path another document writes is taken to exist, and
+/// messages name the document ("FILE (document 2 of 3): ...").
+std::vector<MergeConfig> read_merge_configs(const std::filesystem::path& path);
 /// The same for a config's text; `path` names it in messages and anchors relative paths.
+std::vector<MergeConfig> parse_merge_configs(const std::string& text, const std::filesystem::path& path);
+/// A config of one document (format_error for several).
 MergeConfig parse_merge_config(const std::string& text, const std::filesystem::path& path);
 
 /// Task name for an adapter given on the command line: its folder's name.

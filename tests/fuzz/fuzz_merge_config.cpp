@@ -9,10 +9,11 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   try {
-    const auto c = revmerge::cli::parse_merge_config(
+    const auto configs = revmerge::cli::parse_merge_configs(
         std::string(reinterpret_cast<const char*>(data), size), "/nonexistent-fuzz-dir/merge.yml");
-    if (c.task_weights.size() != c.tasks.size() || c.task_densities.size() != c.tasks.size())
-      __builtin_trap();
+    for (const auto& c : configs)
+      if (c.task_weights.size() != c.tasks.size() || c.task_densities.size() != c.tasks.size())
+        __builtin_trap();
   } catch (const revmerge::format_error&) {
   } catch (const revmerge::unsupported_error&) {
   } catch (const revmerge::io_error&) {
