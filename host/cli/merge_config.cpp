@@ -126,6 +126,14 @@ struct Reader {
     c.with_lora[path] = w;
     return path;
   }
+  // mergekit's tokenizer_source (or tokenizer.source): "base" or a model, not "union".
+  void tokenizer_source(const YAML::Node& v, const std::string& where) {
+    const auto text = scalar<std::string>(v, where);
+    if (text == "union")
+      throw unsupported_error(where + ": 'union' (a vocabulary merged from the models, embeddings "
+                              "remapped) is not supported by revmerge; give 'base' or a model folder");
+    c.tokenizer_source = text == "base" ? text : model_reference(v, where).string();
+  }
   bool exists(const fs::path& path) const {
     std::error_code ec;
     return c.with_lora.count(path) > 0 || pending.count(path.lexically_normal()) > 0 || fs::exists(path, ec);
@@ -459,14 +467,23 @@ MergeConfig parse_document(const YAML::Node& root, const std::string& text, cons
     } else if (key == "slices") {
       r.slice_list(v);
     } else if (key == "tokenizer_source") {
-      const auto v = scalar<std::string>(kv.second, where);
-      if (v == "union")
-        throw unsupported_error(where + ": 'union' (a vocabulary merged from the models, embeddings "
-                                "remapped) is not supported by revmerge; give 'base' or a model folder");
-      c.tokenizer_source = v == "base" ? v : r.model_reference(kv.second, where).string();
+      if (root["tokenizer"]) throw format_error(file + ": 'tokenizer_source' and 'tokenizer' both given; mergekit takes one");
+      r.tokenizer_source(kv.second, where);
+    } else if (key == "tokenizer") {
+      // mergekit's newer block: its `source` is tokenizer_source; new tokens and padding the
+      // vocabulary would resize the embeddings, which revmerge does not do.
+      if (!v.IsMap()) throw format_error(where + " must be a mapping with 'source'");
+      for (const auto& t : v) {
+        const auto tk = scalar<std::string>(t.first, where + " key");
+        if (tk == "source") r.tokenizer_source(t.second, where + ".source");
+        else if (tk == "tokens" || tk == "pad_to_multiple_of")
+          throw unsupported_error(where + "." + tk + ": mergekit's '" + tk + "' changes the vocabulary and "
+                                  "resizes the embeddings, which revmerge does not do");
+        else throw format_error(where + ": unknown key '" + tk + "' (expected source, tokens, pad_to_multiple_of)");
+      }
     } else if (key == "chat_template") {
       c.chat_template = scalar<std::string>(kv.second, where);
-    } else if (key == "tokenizer" || key == "modules") {
+    } else if (key == "modules") {
       throw unsupported_error(where + ": mergekit's '" + key + "' is not supported by revmerge");
     } else if (key == "out_path") {  // mergekit-mega's name for it
       c.out = r.dir / scalar<std::string>(v, where);
