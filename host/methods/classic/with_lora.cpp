@@ -94,6 +94,7 @@ void write_model_with_lora(const fs::path& model_dir, const fs::path& adapter_di
       }
     }
     w.file->check_intact();
+    w.file->evict_part(*w.info, 0, w.info->numel());  // the model's pages leave the resident set
     return true;
   };
   ModelOutputOptions mo;
