@@ -66,35 +66,40 @@ void write_model_with_lora(const fs::path& model_dir, const fs::path& adapter_di
   std::vector<OutputTensor> tensors;
   for (const auto& t : model.checkpoint().tensors())
     tensors.push_back({t.info->name, adapted.count(t.info->name) ? DType::F32 : t.info->dtype, t.info->shape, &t});
-  const auto produce = [&](const std::string& name, std::vector<float>& values) {
+  std::vector<float> block;  // a block of rows, reused
+  std::vector<double> sum;
+  const PieceProducer produce = [&](const std::string& name, std::uint64_t, const PieceSink& sink) {
     const auto it = adapted.find(name);
     if (it == adapted.end()) return false;
     throw_if_interrupted("merge");
     const auto& m = *it->second;
     const auto& w = model.checkpoint().at(name);
-    w.file->read(*w.info, std::span<float>(values), threads);  // 16- and 32-bit weights: exact in f32
     const auto a = adapter.read_a(m), b = adapter.read_b(m);
     const std::vector<double> a64(a.begin(), a.end());
-    std::vector<double> sb(b.size()), sum;
+    std::vector<double> sb(b.size());
     std::transform(b.begin(), b.end(), sb.begin(), [&](float x) { return m.scale * x; });
-    // W + (s·B)·A in f64, a block of rows at a time, rounded once to f32.
+    // W + (s·B)·A in f64, a block of rows at a time, rounded once to f32: the model's 16- and
+    // 32-bit weights are exact in f32, and its pages leave the resident set block by block.
     for (i64 row = 0; row < m.out; row += kRowsPerBlock) {
       const i64 rows = std::min(kRowsPerBlock, m.out - row);
-      float* const block = values.data() + row * m.in;
-      sum.assign(block, block + rows * m.in);
+      const auto first = static_cast<std::uint64_t>(row * m.in), count = static_cast<std::uint64_t>(rows * m.in);
+      block.resize(count);
+      w.file->read_part(*w.info, first, block, threads);
+      sum.assign(block.begin(), block.end());
       cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), static_cast<int>(m.in),
                   static_cast<int>(m.rank), 1.0, sb.data() + row * m.rank, static_cast<int>(m.rank), a64.data(),
                   static_cast<int>(m.in), 1.0, sum.data(), static_cast<int>(m.in));
-      for (i64 i = 0; i < rows * m.in; ++i) {
-        block[i] = static_cast<float>(sum[static_cast<std::size_t>(i)]);
+      for (std::uint64_t i = 0; i < count; ++i) {
+        block[i] = static_cast<float>(sum[i]);
         if (!std::isfinite(block[i]))
           throw format_error(model_dir.string() + " + " + adapter_dir.string() + ": tensor '" + name +
                              "' with the adapter merged in holds a value that is not finite in f32 (row " +
-                             std::to_string(row + i / m.in) + ")");
+                             std::to_string(row + static_cast<i64>(i) / m.in) + ")");
       }
+      w.file->check_intact();
+      w.file->evict_part(*w.info, first, count);
+      sink(first, block);
     }
-    w.file->check_intact();
-    w.file->evict_part(*w.info, 0, w.info->numel());  // the model's pages leave the resident set
     return true;
   };
   ModelOutputOptions mo;
