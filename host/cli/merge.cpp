@@ -118,7 +118,7 @@ std::uint64_t out_shard_size(const std::string& text) {
 // fine-tunes given as folders.
 void refuse_models_with_lora(const MergeConfig& cfg, const std::string& who) {
   const auto& [path, w] = *cfg.with_lora.begin();
-  throw usage_error(cfg.file + ": '" + w.model.string() + "+" + w.adapter.string() +
+  throw usage_error((cfg.file.empty() ? "" : cfg.file + ": ") + "'" + w.model.string() + "+" + w.adapter.string() +
                     "' (mergekit's MODEL+LORA) is an input of mergekit's methods, not of " + who +
                     "; give the adapter itself");
 }
@@ -410,11 +410,26 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   }
 }
 
-void run_one(const MergeArgs& args, const MergeConfig& cfg) {
+void run_one(const MergeArgs& args, MergeConfig cfg) {
   if (!cfg.tasks.empty() && !args.inputs.empty())
     throw usage_error("give the tasks either in --config or as INPUT arguments, not both");
   std::vector<TaskSource> tasks = cfg.tasks;
-  for (const auto& a : args.inputs) tasks.push_back(task_from_argument(a));
+  for (const auto& a : args.inputs) {
+    auto t = task_from_argument(a);
+    // mergekit's MODEL+LORA as an argument too: a path that does not exist, made of two that do.
+    const auto text = t.adapter.string();
+    std::error_code ec;
+    if (const auto plus = text.find('+');
+        plus != std::string::npos && text.find('+', plus + 1) == std::string::npos && !std::filesystem::exists(t.adapter, ec)) {
+      const ModelWithLora w{text.substr(0, plus), text.substr(plus + 1)};
+      if (std::filesystem::exists(w.model, ec) && std::filesystem::exists(w.adapter, ec)) {
+        cfg.with_lora[t.adapter] = w;
+        if (t.name == task_name_from_path(t.adapter))
+          t.name = task_name_from_path(w.model) + "+" + task_name_from_path(w.adapter);
+      }
+    }
+    tasks.push_back(std::move(t));
+  }
   const auto method = args.given("--method") ? args.method : cfg.method.value_or(args.method);
   if (method != "rmm" && method != "auto" && method != "rank" && args.given("--gpus"))
     throw usage_error("--gpus: --method " + method + " runs on the CPU (several GPUs take rmm, auto or rank)");
@@ -497,7 +512,7 @@ void run_documents(const MergeArgs& args, std::vector<MergeConfig> cfgs) {
 }
 
 void run_merge(const MergeArgs& args) {
-  if (args.config.empty()) return run_one(args, {});
+  if (args.config.empty()) return run_one(args, MergeConfig{});
   auto cfgs = read_merge_configs(args.config);
   if (cfgs.size() > 1) return run_documents(args, std::move(cfgs));
   run_one(args, cfgs.front());

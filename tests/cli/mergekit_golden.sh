@@ -24,9 +24,10 @@ flags() {
     nuslerp_rows) echo "--method nuslerp --no-flatten --weights 0.3,0.7 $g/ft1 $g/ft2" ;;
     karcher_nobase) echo "--method karcher --max-iter 4 --tol 1e-6 $g/ft0 $g/ft1 $g/ft2" ;;
     ramplus_tl) echo "--method ramplus_tl --epsilon 0.025 --ram-r 0.5 --ram-alpha 0.9 --base $g/base $g/ft0 $g/ft1 $g/ft2" ;;
+    ties_lora) echo "--method ties --density 0.6 --weights 1,0.7 --base $g/base $g/ft0+$g/lora/a $g/ft1" ;;
   esac
 }
-for name in della breadcrumbs sce_topk nuslerp_rows karcher_nobase ramplus_tl; do
+for name in della breadcrumbs sce_topk nuslerp_rows karcher_nobase ramplus_tl ties_lora; do
   args=$(flags "$name")
   case $name in della|breadcrumbs) args="$args --base $g/base $g/ft0 $g/ft1 $g/ft2" ;; esac
   # shellcheck disable=SC2086
