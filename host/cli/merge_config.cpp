@@ -373,42 +373,48 @@ std::vector<MergeConfig> read_merge_configs(const fs::path& path) {
 
 namespace {
 
+// One YAML document of a config: its tree and its own text (for its recipe).
+struct Document {
+  YAML::Node root;
+  std::string text;
+};
+
 // Every document of a config's text: YAML::Load would keep the first of a multi-document file (a
-// mergekit-mega config) and quietly drop the rest.
-std::vector<YAML::Node> load_documents(const std::string& text, const std::string& file) {
+// mergekit-mega config) and quietly drop the rest. The text is split at its '---' lines (a
+// document marker wherever it starts a line) and each piece loaded on its own: YAML::LoadAll
+// (yaml-cpp 0.7) can loop forever on malformed text after a flow document, which the fuzz run
+// found in a 264-byte input.
+std::vector<Document> load_documents(const std::string& text, const std::string& file) {
   if (text.size() > kMaxConfigBytes)
     throw format_error(file + ": " + std::to_string(text.size()) +
                        " bytes; a merge config is at most " + std::to_string(kMaxConfigBytes) + " bytes");
-  try {
-    auto documents = YAML::LoadAll(text);
-    if (documents.empty()) documents.emplace_back();
-    return documents;
-  } catch (const YAML::DeepRecursion& e) {
-    throw format_error(file + ": nested more than 2000 levels deep (line " +
-                       std::to_string(e.mark.line + 1) +
-                       "); a merge config needs 4 (tasks, a task, its parameters, a value)");
-  } catch (const YAML::Exception& e) {
-    throw format_error(file + ": not valid YAML/JSON: " + e.what());
-  }
-}
-
-// Each document's own text, for its recipe: the text split at its '---' lines, where that gives
-// one non-empty piece per document; else the whole text for each.
-std::vector<std::string> document_texts(const std::string& text, std::size_t count) {
   std::vector<std::string> pieces(1);
   std::istringstream in(text);
   for (std::string line; std::getline(in, line);) {
     if (line.starts_with("---") && (line.size() == 3 || std::isspace(static_cast<unsigned char>(line[3])))) {
-      pieces.emplace_back();
+      pieces.emplace_back(line.size() > 4 ? line.substr(4) + "\n" : std::string());
       continue;
     }
     pieces.back() += line + "\n";
   }
-  std::erase_if(pieces, [](const std::string& p) {
-    return p.find_first_not_of(" \t\r\n") == std::string::npos;
-  });
-  if (pieces.size() != count) pieces.assign(count, text);
-  return pieces;
+  const auto load = [&](const std::string& piece) {
+    try {
+      return YAML::Load(piece);
+    } catch (const YAML::DeepRecursion& e) {
+      throw format_error(file + ": nested more than 2000 levels deep (line " +
+                         std::to_string(e.mark.line + 1) +
+                         "); a merge config needs 4 (tasks, a task, its parameters, a value)");
+    } catch (const YAML::Exception& e) {
+      throw format_error(file + ": not valid YAML/JSON: " + e.what());
+    }
+  };
+  if (pieces.size() == 1) return {{load(text), text}};
+  std::vector<Document> documents;
+  for (const auto& piece : pieces)
+    if (auto root = load(piece); root.IsDefined() && !root.IsNull())  // not blank or comments only
+      documents.push_back({std::move(root), piece});
+  if (documents.size() <= 1) return {{load(text), text}};
+  return documents;
 }
 
 MergeConfig parse_document(const YAML::Node& root, const std::string& text, const fs::path& path,
@@ -520,17 +526,17 @@ MergeConfig parse_document(const YAML::Node& root, const std::string& text, cons
 std::vector<MergeConfig> parse_merge_configs(const std::string& text, const fs::path& path) {
   const auto file = path.string();
   const auto documents = load_documents(text, file);
-  if (documents.size() == 1) return {parse_document(documents.front(), text, path, file, {})};
+  if (documents.size() == 1) return {parse_document(documents.front().root, text, path, file, {})};
   // mergekit-mega: each document a merge into its out_path, read by later ones.
   std::set<fs::path> outputs;
   for (const auto& d : documents)
-    if (d.IsMap())
+    if (d.root.IsMap())
       for (const char* key : {"out_path", "out"})
-        if (d[key] && d[key].IsScalar()) outputs.insert((path.parent_path() / d[key].as<std::string>()).lexically_normal());
-  const auto texts = document_texts(text, documents.size());
+        if (d.root[key] && d.root[key].IsScalar())
+          outputs.insert((path.parent_path() / d.root[key].as<std::string>()).lexically_normal());
   std::vector<MergeConfig> configs;
   for (std::size_t i = 0; i < documents.size(); ++i)
-    configs.push_back(parse_document(documents[i], texts[i], path,
+    configs.push_back(parse_document(documents[i].root, documents[i].text, path,
                                      file + " (document " + std::to_string(i + 1) + " of " +
                                          std::to_string(documents.size()) + ")",
                                      outputs));
