@@ -1,8 +1,9 @@
 // mergekit's MODEL+LORA inputs: each model written once with its adapter merged into it, for the
 // merge to read as a model folder like any other (mergekit does the same through PEFT's
-// merge_and_unload, into its LoRA cache). The adapted tensors are written in f32: rounded back to
-// a 16-bit weight, W + s·B·A would lose most of the adapter's delta (its elements are a few
-// hundredths of a bf16 weight's spacing apart), and every method here merges deltas.
+// merge_and_unload, into its LoRA cache). The adapted tensors are written in f32: a LoRA's delta
+// is usually small beside its weight, so rounding W + s·B·A back to bf16 (8 significant bits)
+// keeps few of the delta's own bits, and every method here merges deltas (on the committed bf16
+// golden case mergekit's rounding moves 402 of 4 944 elements by a bf16 step).
 #include <cblas.h>
 
 #include <algorithm>
