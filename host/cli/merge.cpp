@@ -417,16 +417,12 @@ void run_one(const MergeArgs& args, MergeConfig cfg) {
   for (const auto& a : args.inputs) {
     auto t = task_from_argument(a);
     // mergekit's MODEL+LORA as an argument too: a path that does not exist, made of two that do.
-    const auto text = t.adapter.string();
     std::error_code ec;
-    if (const auto plus = text.find('+');
-        plus != std::string::npos && text.find('+', plus + 1) == std::string::npos && !std::filesystem::exists(t.adapter, ec)) {
-      const ModelWithLora w{text.substr(0, plus), text.substr(plus + 1)};
-      if (std::filesystem::exists(w.model, ec) && std::filesystem::exists(w.adapter, ec)) {
-        cfg.with_lora[t.adapter] = w;
-        if (t.name == task_name_from_path(t.adapter))
-          t.name = task_name_from_path(w.model) + "+" + task_name_from_path(w.adapter);
-      }
+    if (const auto w = model_with_lora_parts(t.adapter.string(), {});
+        w && !std::filesystem::exists(t.adapter, ec) && std::filesystem::exists(w->model, ec) &&
+        std::filesystem::exists(w->adapter, ec)) {
+      cfg.with_lora[t.adapter] = *w;
+      if (t.name == task_name_from_path(t.adapter)) t.name = model_with_lora_name(*w);
     }
     tasks.push_back(std::move(t));
   }

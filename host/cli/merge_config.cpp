@@ -112,13 +112,12 @@ struct Reader {
     const auto text = scalar<std::string>(v, where);
     const auto path = dir / text;
     std::error_code ec;
-    const auto plus = text.find('+');
-    if (plus == std::string::npos || fs::exists(path, ec)) return path;
-    if (text.find('+', plus + 1) != std::string::npos)
+    if (text.find('+') == std::string::npos || fs::exists(path, ec)) return path;
+    const auto parts = model_with_lora_parts(text, dir);
+    if (!parts)
       throw format_error(where + ": '" + text + "' holds more than one '+' (mergekit's MODEL+LORA "
                          "joins one model and one LoRA adapter)");
-    const ModelWithLora w{(dir / text.substr(0, plus)).lexically_normal(),
-                          (dir / text.substr(plus + 1)).lexically_normal()};
+    const auto& w = *parts;
     for (const auto& [part, what] : {std::pair{w.model, "model"}, std::pair{w.adapter, "LoRA adapter"}})
       if (!exists(part))
         throw io_error(where + ": '" + text + "' is MODEL+LORA, and its " + what + " " + part.string() +
@@ -275,7 +274,7 @@ struct Reader {
       if (mergekit && c.base && fs::weakly_canonical(task.adapter) == fs::weakly_canonical(*c.base))
         continue;
       if (const auto w = c.with_lora.find(task.adapter); task.name.empty() && w != c.with_lora.end())
-        task.name = task_name_from_path(w->second.model) + "+" + task_name_from_path(w->second.adapter);
+        task.name = model_with_lora_name(w->second);
       if (task.name.empty()) task.name = task_name_from_path(task.adapter);
       c.tasks.push_back(std::move(task));
       c.task_weights.push_back(weight);
@@ -346,6 +345,17 @@ std::string task_name_from_path(const fs::path& adapter) {
   return p.filename().string();
 }
 
+std::optional<ModelWithLora> model_with_lora_parts(const std::string& text, const fs::path& dir) {
+  const auto plus = text.find('+');
+  if (plus == std::string::npos || text.find('+', plus + 1) != std::string::npos) return std::nullopt;
+  return ModelWithLora{(dir / text.substr(0, plus)).lexically_normal(),
+                       (dir / text.substr(plus + 1)).lexically_normal()};
+}
+
+std::string model_with_lora_name(const ModelWithLora& w) {
+  return task_name_from_path(w.model) + "+" + task_name_from_path(w.adapter);
+}
+
 TaskSource task_from_argument(const std::string& argument) {
   const auto eq = argument.find('=');
   std::error_code ec;
@@ -413,8 +423,8 @@ std::vector<Document> load_documents(const std::string& text, const std::string&
   for (const auto& piece : pieces)
     if (auto root = load(piece); root.IsDefined() && !root.IsNull())  // not blank or comments only
       documents.push_back({std::move(root), piece});
-  if (documents.size() <= 1) return {{load(text), text}};
-  return documents;
+  if (documents.size() > 1) return documents;
+  return {{documents.empty() ? YAML::Node() : documents.front().root, text}};  // one: its text is the file's
 }
 
 MergeConfig parse_document(const YAML::Node& root, const std::string& text, const fs::path& path,

@@ -68,6 +68,12 @@ std::vector<MergeConfig> parse_merge_configs(const std::string& text, const std:
 /// A config of one document (format_error for several).
 MergeConfig parse_merge_config(const std::string& text, const std::filesystem::path& path);
 
+/// mergekit's MODEL+LORA: `text` split at its one '+' into a model and a LoRA adapter, each
+/// resolved against `dir` (nullopt without exactly one '+'; neither part is checked).
+std::optional<ModelWithLora> model_with_lora_parts(const std::string& text, const std::filesystem::path& dir);
+/// A MODEL+LORA task's name: the model's folder name, '+', the adapter's.
+std::string model_with_lora_name(const ModelWithLora& w);
+
 /// Task name for an adapter given on the command line: its folder's name.
 std::string task_name_from_path(const std::filesystem::path& adapter);
 
