@@ -51,7 +51,7 @@ std::pair<std::string, std::string> recipe_file(const OutputRecipe& given, const
 }
 
 std::pair<std::string, std::string> model_card(const OutputRecipe& given, const RecipeRecord& record,
-                                               const fs::path& base) {
+                                               const fs::path& base, const std::string& base_name) {
   // YAML strings in double quotes with JSON's escapes (a subset YAML reads the same).
   const auto quoted = [](const std::string& s) { return nlohmann::json(s).dump(); };
   std::string card = "---\nbase_model:\n";
@@ -65,7 +65,7 @@ std::pair<std::string, std::string> model_card(const OutputRecipe& given, const 
   if (!base.empty()) list(base);
   for (const auto& [name, path] : record.inputs) list(path);
   card += "library_name: transformers\ntags:\n- merge\n- revmerge\n---\n";
-  card += "# " + (base.empty() ? std::string("merged model") : "merge of fine-tunes of " + base.filename().string()) + "\n\n";
+  card += "# " + (base.empty() ? std::string("merged model") : "merge of fine-tunes of " + base_name) + "\n\n";
   card += "This model was merged by revmerge " + std::string(REVMERGE_VERSION_STRING) +
           " with the `" + record.method + "` method (mergekit's definition; `revmerge_recipe.json` "
           "holds every parameter in effect).\n\n## Models merged\n\n";

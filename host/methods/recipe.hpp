@@ -26,8 +26,8 @@ std::pair<std::string, std::string> recipe_file(const OutputRecipe& given, const
 
 /// A merged model's README.md, a Hugging Face model card as mergekit writes one: front matter
 /// naming the merged models (`base_model`) with the `merge` tag, then the method, the base, the
-/// models and the config (or command) that made it.
+/// models and the config (or command) that made it; `base_name` titles it.
 std::pair<std::string, std::string> model_card(const OutputRecipe& given, const RecipeRecord& record,
-                                               const std::filesystem::path& base);
+                                               const std::filesystem::path& base, const std::string& base_name);
 
 }  // namespace revmerge

@@ -153,9 +153,9 @@ struct ClassicMergeOptions {
   /// the merge into a folder beside `out` (OUT.lora-applied, removed after it), its adapted
   /// tensors in f32 so that the adapter's delta is not rounded into a 16-bit weight.
   std::map<std::filesystem::path, ModelWithLora> with_lora;
-  /// Inputs written for this merge (the MODEL+LORA models): the recipe and the model card name
-  /// each by what it was made from, not by its passing folder.
-  std::map<std::filesystem::path, std::filesystem::path> input_origins;
+  /// Inputs written for this merge (the MODEL+LORA models, by the folder written): the recipe and
+  /// the model card name each by what it was made from, not by its passing folder.
+  std::map<std::filesystem::path, ModelWithLora> input_origins;
   /// passthrough: each model's tensors multiplied by this (default: as they are)
   std::vector<double> scales;
   /// Full models: the folder whose tokenizer files the output gets (empty: the base's, or the

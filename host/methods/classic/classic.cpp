@@ -180,7 +180,19 @@ namespace {
 // What an input was made from, where it was written for this merge (ClassicMergeOptions::input_origins).
 std::filesystem::path origin_of(const ClassicMergeOptions& o, const std::filesystem::path& input) {
   const auto it = o.input_origins.find(input);
-  return it == o.input_origins.end() ? input : it->second;
+  if (it == o.input_origins.end()) return input;
+  const auto whole = [](const std::filesystem::path& p) { return std::filesystem::absolute(p).lexically_normal().string(); };
+  return whole(it->second.model) + "+" + whole(it->second.adapter);
+}
+
+// An input's short name (a folder's, or mergekit's MODEL+LORA of the two folders' names).
+std::string short_name_of(const ClassicMergeOptions& o, const std::filesystem::path& input) {
+  const auto name = [](const std::filesystem::path& p) {
+    const auto n = std::filesystem::absolute(p).lexically_normal();
+    return (n.has_filename() ? n.filename() : n.parent_path().filename()).string();
+  };
+  const auto it = o.input_origins.find(input);
+  return it == o.input_origins.end() ? name(input) : name(it->second.model) + "+" + name(it->second.adapter);
 }
 
 std::vector<std::pair<std::string, std::string>> plain_parameters(const ClassicMergeOptions& o,
@@ -397,7 +409,8 @@ std::pair<std::string, std::string> classic_recipe_file(const ClassicMergeOption
 
 std::pair<std::string, std::string> classic_model_card(const ClassicMergeOptions& o,
                                                        const ClassicMergeReport& report) {
-  return model_card(o.recipe, classic_record(o, report), origin_of(o, o.base));
+  return model_card(o.recipe, classic_record(o, report), origin_of(o, o.base),
+                    o.base.empty() ? std::string() : short_name_of(o, o.base));
 }
 
 }  // namespace revmerge

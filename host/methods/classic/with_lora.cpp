@@ -131,9 +131,7 @@ ClassicMergeReport merge_with_loras_applied(const ClassicMergeOptions& o) {
   std::size_t i = 0;
   for (const auto& [given, w] : o.with_lora) {
     written[given] = where / std::to_string(i++);
-    run.input_origins[written[given]] =
-        fs::path(fs::absolute(w.model).lexically_normal().string() + "+" +
-                 fs::absolute(w.adapter).lexically_normal().string());
+    run.input_origins[written[given]] = w;
   }
   const auto swap = [&](fs::path& path) {
     if (const auto it = written.find(path); it != written.end()) path = it->second;

@@ -500,6 +500,15 @@ TEST(ClassicMerge, ModelPlusLoraIsTheModelWithTheAdapterMergedIn) {
   o.out = tmp / "never";
   expect_refused(o, "is this the adapter's base model? (MODEL+LORA)");
   EXPECT_EQ(std::distance(fs::directory_iterator(tmp.path()), fs::directory_iterator()), 1);
+  // As the base: the model card's title names the model and the adapter, not the adapter alone.
+  o.with_lora[given] = {model, adapter_dir};
+  o.base = given;
+  o.tasks = {{"ft0", golden / "ft0"}};
+  o.out = tmp / "on-the-adapted-base";
+  merge_classic(o);
+  std::ifstream card_file(o.out / "README.md");
+  const std::string card((std::istreambuf_iterator<char>(card_file)), std::istreambuf_iterator<char>());
+  EXPECT_NE(card.find("\n# merge of fine-tunes of base+a\n"), std::string::npos) << card;
 }
 
 // --out-shard-size: the same tensors, in shards of at most that many bytes (a tensor larger
