@@ -26,13 +26,16 @@ no_temps "$work"
 echo "disk full: refused, earlier bundle intact"
 
 # --- SIGINT / SIGTERM while merging: exit 130, nothing written, no temporaries ----------------
-"$make_adapters" --model llama-7b --tasks 4 --rank 16 --layers 3 --out "$work/big" >/dev/null
+# 8 layers: ~1 s of merging after the output is staged, time enough for the signal to land in it
+# on a loaded machine.
+"$make_adapters" --model llama-7b --tasks 4 --rank 16 --layers 8 --out "$work/big" >/dev/null
 for sig in INT TERM; do
   "$revmerge" merge -q --basis 2 --threads 1 --out "$work/sig" "$work"/big/task-* >"$work/sig.txt" 2>&1 &
   pid=$!
-  for _ in $(seq 200); do  # wait until the merge has started writing its staged output
+  for _ in $(seq 1000); do  # wait until the merge has started writing its staged output (<= 20 s)
     ls -a "$work" | grep -q "^\.sig\.revmerge-tmp" && break
-    sleep 0.05
+    kill -0 $pid 2>/dev/null || { cat "$work/sig.txt"; fail "SIG$sig: the merge ended before the signal"; }
+    sleep 0.02
   done
   kill -$sig $pid
   set +e; wait $pid; rc=$?; set -e
