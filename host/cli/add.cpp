@@ -1,5 +1,6 @@
 // `revmerge add`: more tasks in an existing bundle, the existing tasks' bytes untouched.
 
+#include "leftovers.hpp"
 #include "bundle_report.hpp"
 #include "command_line.hpp"
 #include "commands.hpp"
@@ -30,6 +31,7 @@ void run_add(const AddArgs& args) {
   o.threads = args.threads;
   o.recipe = output_recipe();
   o.progress = module_progress(args.quiet || args.json, "adding");
+  warn_of_leftovers(o.out);
   const auto manifest = add_tasks(o);
   for (const auto& w : bundle_warnings(manifest)) print_warning(w);
   if (args.json)

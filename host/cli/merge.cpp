@@ -6,6 +6,7 @@
 #include "core/memory_info.hpp"
 #include "progress.hpp"
 #include "command_line.hpp"
+#include "leftovers.hpp"
 #include "merge_args.hpp"
 #include "merge_config.hpp"
 #include "backend/registry.hpp"
@@ -27,10 +28,13 @@
 namespace revmerge::cli {
 namespace {
 
+// The folder to create; each way of merging asks for it once, so what an earlier, killed run
+// left beside it is reported once.
 std::filesystem::path output_folder(const MergeArgs& args, const MergeConfig& cfg) {
-  if (args.given("--out")) return args.out;
-  if (cfg.out) return *cfg.out;
-  throw usage_error("--out: required (the folder to create)");
+  if (!args.given("--out") && !cfg.out) throw usage_error("--out: required (the folder to create)");
+  const std::filesystem::path out = args.given("--out") ? std::filesystem::path(args.out) : *cfg.out;
+  warn_of_leftovers(out);
+  return out;
 }
 
 // Options the classic methods take and the bundle methods refuse.

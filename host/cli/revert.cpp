@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 #include <fmt/ostream.h>
 
+#include "leftovers.hpp"
 #include "command_line.hpp"
 #include "commands.hpp"
 #include "backend/registry.hpp"
@@ -47,6 +48,7 @@ void add_revert_command(CLI::App& app) {
     o.device = parse_device_option(args.device);
     o.gpu = args.gpu;
     o.recipe = output_recipe();
+    warn_of_leftovers(args.out);
     if (args.full && args.base.empty()) throw usage_error("--full: give the base model with --base");
     if (!args.full && !args.base.empty()) throw usage_error("--base: only with --full");
     const auto one = [&](const std::string& task, const std::filesystem::path& out) {

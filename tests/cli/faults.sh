@@ -46,6 +46,25 @@ for sig in INT TERM; do
   echo "SIG$sig: stopped cleanly"
 done
 
+# --- what a killed run leaves (SIGKILL: nothing can clean up) is reported by the next run -----
+"$revmerge" merge -q --basis 2 --threads 1 --out "$work/killed" "$work"/big/task-* >/dev/null 2>&1 &
+pid=$!
+for _ in $(seq 1000); do
+  ls -a "$work" | grep -q "^\.killed\.revmerge-tmp" && break
+  sleep 0.02
+done
+kill -KILL $pid; wait $pid 2>/dev/null || true
+left=$(ls -a "$work" | grep "^\.killed\.revmerge-tmp") || fail "SIGKILL: no staged folder to find"
+"$revmerge" merge -q --basis 2 --out "$work/killed" "${adapters[@]}" 2>"$work/killed.txt" || fail "the next merge failed"
+grep -q "warning: .*killed: .*/$left (.*) was left by a revmerge run that was killed" "$work/killed.txt" ||
+  { cat "$work/killed.txt"; fail "the killed run's staged folder is not reported"; }
+[ -d "$work/$left" ] || fail "the killed run's staged folder was removed (another run may be writing it)"
+[ -e "$work/killed/bundle.safetensors" ] || fail "no output beside the leftover"
+rm -rf "$work/$left"
+"$revmerge" merge -q --basis 2 --force --out "$work/killed" "${adapters[@]}" 2>"$work/killed.txt"
+[ ! -s "$work/killed.txt" ] || { cat "$work/killed.txt"; fail "a warning with nothing left over"; }
+echo "SIGKILL: what it left is reported by the next run, not removed"
+
 # --- non-finite values: refused by name, or merged as NaN when allowed ------------------------
 mkdir -p "$work/nan" && cp -r "$src/examples/adapters/qa" "$work/nan/qa"
 # Skipped (ctest's skip code) only without an interpreter; a script that fails is a failure.

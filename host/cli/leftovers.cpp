@@ -1,0 +1,50 @@
+#include "leftovers.hpp"
+
+#include <string>
+#include <system_error>
+
+#include "text_format.hpp"
+
+namespace fs = std::filesystem;
+
+namespace revmerge::cli {
+namespace {
+
+std::uint64_t bytes_under(const fs::path& p) {
+  std::error_code ec;
+  if (!fs::is_directory(fs::symlink_status(p, ec))) {
+    const auto n = fs::file_size(p, ec);
+    return ec ? 0 : n;
+  }
+  std::uint64_t total = 0;
+  for (fs::recursive_directory_iterator it(p, ec), end; !ec && it != end; it.increment(ec))
+    if (it->is_regular_file(ec)) {
+      const auto n = it->file_size(ec);
+      if (!ec) total += n;
+    }
+  return total;
+}
+
+}  // namespace
+
+void warn_of_leftovers(const fs::path& out) {
+  auto target = out.lexically_normal();
+  if (!target.has_filename()) target = target.parent_path();
+  if (target.filename().empty() || target.filename() == "." || target.filename() == "..") return;
+  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  std::string prefix = ".";  // (not "." + name: GCC 12 warns of a memcpy overlap it imagines)
+  prefix += target.filename().string();
+  prefix += '.';
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const auto name = it->path().filename().string();
+    if (!name.starts_with(prefix) ||
+        (name.find("revmerge-tmp-") == std::string::npos && name.find("revmerge-old-") == std::string::npos))
+      continue;
+    print_warning(target.string() + ": " + (dir / name).string() + " (" + human_bytes(bytes_under(it->path())) +
+                  ") was left by a revmerge run that was killed before it could clean up, or is being "
+                  "written by one still running; delete it once no revmerge writes " + target.string());
+  }
+}
+
+}  // namespace revmerge::cli
