@@ -1,6 +1,6 @@
 // `revmerge add`: more tasks in an existing bundle, the existing tasks' bytes untouched.
 
-#include "leftovers.hpp"
+#include "output_checks.hpp"
 #include "bundle_report.hpp"
 #include "command_line.hpp"
 #include "commands.hpp"

@@ -4,7 +4,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "leftovers.hpp"
+#include "output_checks.hpp"
 #include "command_line.hpp"
 #include "backend/registry.hpp"
 #include "commands.hpp"
@@ -63,6 +63,7 @@ void run_compress(CompressArgs& args) {
   if (args.gpu->count() == 0 && o.device != Device::cpu)
     if (const auto gpu = gpu_of_this_rank()) o.gpu = *gpu;
   warn_of_leftovers(o.out);
+  if (o.overwrite) refuse_replacing_inputs(o.out, {o.base, o.model}, "--out");
   const auto r = compress_checkpoint(o);
   if (args.quiet) return;
   print_report(o, r, args.json);

@@ -6,7 +6,7 @@
 #include "core/memory_info.hpp"
 #include "progress.hpp"
 #include "command_line.hpp"
-#include "leftovers.hpp"
+#include "output_checks.hpp"
 #include "merge_args.hpp"
 #include "merge_config.hpp"
 #include "backend/registry.hpp"
@@ -396,6 +396,21 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
 
 }  // namespace
 
+// The folders a config reads (its models, base, slices, tokenizer, MODEL+LORA parts).
+std::vector<std::filesystem::path> config_inputs(const MergeConfig& c) {
+  std::vector<std::filesystem::path> in;
+  for (const auto& t : c.tasks) in.push_back(t.adapter);
+  if (c.base) in.push_back(*c.base);
+  for (const auto& s : c.slices) {
+    in.push_back(s.base);
+    for (const auto& src : s.sources) in.push_back(src.model);
+  }
+  if (c.tokenizer_source) in.emplace_back(*c.tokenizer_source);
+  for (const auto& [given, w] : c.with_lora) in.push_back(w.model), in.push_back(w.adapter);
+  for (auto& p : in) p = p.lexically_normal();
+  return in;
+}
+
 void run_one(const MergeArgs& args, MergeConfig cfg) {
   if (!cfg.tasks.empty() && !args.inputs.empty())
     throw usage_error("give the tasks either in --config or as INPUT arguments, not both");
@@ -411,6 +426,13 @@ void run_one(const MergeArgs& args, MergeConfig cfg) {
       if (t.name == task_name_from_path(t.adapter)) t.name = model_with_lora_name(*w);
     }
     tasks.push_back(std::move(t));
+  }
+  if (args.force && (args.given("--out") || cfg.out)) {
+    auto inputs = config_inputs(cfg);
+    for (const auto& t : tasks) inputs.push_back(t.adapter);
+    if (!args.base.empty()) inputs.emplace_back(args.base);
+    refuse_replacing_inputs(args.given("--out") ? std::filesystem::path(args.out) : *cfg.out, inputs,
+                            args.given("--out") ? "--out" : "out_path");
   }
   const auto method = args.given("--method") ? args.method : cfg.method.value_or(args.method);
   if (method != "rmm" && method != "auto" && method != "rank" && args.given("--gpus"))

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdint>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
@@ -33,6 +34,9 @@ struct MergeArgs {
   std::map<std::string, CLI::Option*> opt;
   bool given(const std::string& name) const { return opt.at(name)->count() > 0; }
 };
+
+/// The folders a config reads (its models, base, slices, tokenizer, MODEL+LORA parts).
+std::vector<std::filesystem::path> config_inputs(const MergeConfig& c);
 
 /// One merge: the command line's options over the config's (a document of it, or none).
 void run_one(const MergeArgs& args, MergeConfig cfg);

@@ -14,24 +14,7 @@
 #include "text_format.hpp"
 
 namespace revmerge::cli {
-namespace {
 
-// The folders a config reads (its models, base, slices, tokenizer, MODEL+LORA parts).
-std::vector<std::filesystem::path> config_inputs(const MergeConfig& c) {
-  std::vector<std::filesystem::path> in;
-  for (const auto& t : c.tasks) in.push_back(t.adapter);
-  if (c.base) in.push_back(*c.base);
-  for (const auto& s : c.slices) {
-    in.push_back(s.base);
-    for (const auto& src : s.sources) in.push_back(src.model);
-  }
-  if (c.tokenizer_source) in.emplace_back(*c.tokenizer_source);
-  for (const auto& [given, w] : c.with_lora) in.push_back(w.model), in.push_back(w.adapter);
-  for (auto& p : in) p = p.lexically_normal();
-  return in;
-}
-
-}  // namespace
 
 // mergekit-mega: a config of several documents, each a merge into its own out_path. A document
 // that reads another's output runs after it; an output that already exists is kept, as

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Faults through the CLI: a full disk, SIGINT / SIGTERM mid-merge, non-finite inputs, and
-# bitwise-identical results across runs and thread counts. Each fault must leave the user's
+# Faults through the CLI: a full disk, SIGINT / SIGTERM mid-merge, what a SIGKILL leaves, --force
+# onto the command's own inputs, non-finite inputs, and bitwise-identical results across runs and
+# thread counts. Each fault must leave the user's
 # files as they were and no temporary files behind.
 # Usage: faults.sh REVMERGE MAKE_ADAPTERS SOURCE_DIR WORK_DIR
 set -euo pipefail
@@ -64,6 +65,33 @@ rm -rf "$work/$left"
 "$revmerge" merge -q --basis 2 --force --out "$work/killed" "${adapters[@]}" 2>"$work/killed.txt"
 [ ! -s "$work/killed.txt" ] || { cat "$work/killed.txt"; fail "a warning with nothing left over"; }
 echo "SIGKILL: what it left is reported by the next run, not removed"
+
+# --- --force never replaces the command's own inputs (--out a task's folder, or a folder holding one)
+mkdir -p "$work/own" && cp -r "$src"/examples/adapters/* "$work/own/"
+cp -r "$src/tests/fixtures/golden/mergekit/base" "$src/tests/fixtures/golden/mergekit/ft0" "$work/own/"
+digest() { find "$work/own" -type f | sort | xargs sha256sum | sha256sum; }
+before=$(digest)
+refused() {  # refused WHAT MESSAGE CMD…: exit 2 with MESSAGE, the inputs untouched
+  local what=$1 msg=$2; shift 2
+  set +e; "$@" >"$work/own.txt" 2>&1; local rc=$?; set -e
+  [ $rc = 2 ] && grep -qF -- "$msg" "$work/own.txt" || { cat "$work/own.txt"; fail "$what: not refused (rc $rc)"; }
+  [ "$(digest)" = "$before" ] || fail "$what: an input changed"
+}
+own_adapters=("$work"/own/{chat,code,qa})
+refused "merge --out a task" "--out $work/own/qa: it is an input of this command" \
+  "$revmerge" merge -q --basis 2 --force --out "$work/own/qa" "${own_adapters[@]}"
+refused "merge --out the tasks' folder" "--out $work/own: it holds an input of this command" \
+  "$revmerge" merge -q --method ties --density 0.5 --force --out "$work/own" "${own_adapters[@]}"
+refused "compress --out the fine-tune" "it is an input of this command ($work/own/ft0)" \
+  "$revmerge" compress -q --base "$work/own/base" --model "$work/own/ft0" --rank 2 --force --out "$work/own/ft0"
+"$revmerge" merge -q --basis 1 --out "$work/own-bundle" "${own_adapters[@]:0:2}"
+refused "revert --out the bundle" "it is an input of this command ($work/own-bundle)" \
+  "$revmerge" revert -q --task chat --force --out "$work/own-bundle" "$work/own-bundle"
+# `add` into the bundle it reads is an update in place, and allowed.
+"$revmerge" add -q --force --out "$work/own-bundle" "$work/own-bundle" "$work/own/qa" || fail "add in place failed"
+"$revmerge" info "$work/own-bundle" | grep -q "3 tasks" || fail "add in place: not 3 tasks"
+no_temps "$work"
+echo "--force: the command's own inputs refused as its output; add in place allowed"
 
 # --- non-finite values: refused by name, or merged as NaN when allowed ------------------------
 mkdir -p "$work/nan" && cp -r "$src/examples/adapters/qa" "$work/nan/qa"
