@@ -36,6 +36,13 @@ const mode_t kUmask = [] {
   throw io_error(p.string() + ": " + std::string(what) + ": " + std::strerror(err));
 }
 
+// "out/" names the folder "out": without this its parent would be "out" itself (created as the
+// output's parent, then refused as existing) and its temporary name "..revmerge-tmp-*" inside it.
+fs::path named(fs::path p) {
+  while (!p.has_filename() && p.has_relative_path()) p = p.parent_path();
+  return p;
+}
+
 fs::path parent_or_dot(const fs::path& p) {
   return p.has_parent_path() ? p.parent_path() : fs::path(".");
 }
@@ -99,7 +106,7 @@ void refuse_existing(const fs::path& target, bool overwrite) {
 }
 
 AtomicFile::AtomicFile(fs::path target, bool overwrite)
-    : target_(std::move(target)), overwrite_(overwrite) {
+    : target_(named(std::move(target))), overwrite_(overwrite) {
   refuse_existing(target_, overwrite_);
   std::string tmpl = temp_template(target_, "revmerge-tmp");
   fd_ = ::mkostemp(tmpl.data(), O_CLOEXEC);
@@ -110,7 +117,7 @@ AtomicFile::AtomicFile(fs::path target, bool overwrite)
 }
 
 AtomicFile::AtomicFile(Join, fs::path temp, fs::path target)
-    : target_(std::move(target)), temp_(std::move(temp)), joined_(true) {
+    : target_(named(std::move(target))), temp_(std::move(temp)), joined_(true) {
   fd_ = ::open(temp_.c_str(), O_WRONLY | O_CLOEXEC);
   if (fd_ < 0) os_fail(temp_, "cannot open the output being written to join it", errno);
   open_direct();
@@ -238,7 +245,7 @@ void write_file_atomic(const fs::path& target, std::string_view content, bool ov
 }
 
 StagedDir::StagedDir(fs::path target, bool overwrite)
-    : target_(std::move(target)), overwrite_(overwrite) {
+    : target_(named(std::move(target))), overwrite_(overwrite) {
   refuse_existing(target_, overwrite_);
   std::error_code ec;
   fs::create_directories(parent_or_dot(target_), ec);

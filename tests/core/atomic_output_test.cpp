@@ -30,6 +30,25 @@ TEST(StagedDir, AppearsWholeOnCommitAndLeavesNothingOtherwise) {
   EXPECT_EQ(test::read_bytes(dir / "out" / "a.txt"), "a");
 }
 
+// "--out out/": the folder "out", staged beside it as for "out" (not inside a folder "out"
+// created early and then refused as existing).
+TEST(StagedDir, ATrailingSlashNamesTheSameFolder) {
+  test::TempDir dir;
+  {
+    StagedDir s((dir / "out").string() + "//", false);
+    EXPECT_EQ(s.target(), dir / "out");
+    EXPECT_EQ(s.path().parent_path(), dir.path());
+    EXPECT_TRUE(test::list_dir(dir.path()).size() == 1 && test::list_dir(dir.path())[0].starts_with(".out."));
+  }
+  EXPECT_TRUE(test::list_dir(dir.path()).empty()) << "a folder was left behind";
+  StagedDir s((dir / "out").string() + "/", false);
+  write_file_atomic(s.path() / "a.txt", "a", false);
+  s.commit();
+  EXPECT_EQ(test::list_dir(dir.path()), std::vector<std::string>{"out"});
+  EXPECT_EQ(test::read_bytes(dir / "out" / "a.txt"), "a");
+  EXPECT_THROW(StagedDir((dir / "out").string() + "/", false), io_error);
+}
+
 TEST(StagedDir, ReplacesAnExistingFolderOnlyWhenAskedAndOnlyOnceComplete) {
   test::TempDir dir;
   std::filesystem::create_directories(dir / "out");
