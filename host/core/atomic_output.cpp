@@ -248,13 +248,30 @@ StagedDir::StagedDir(fs::path target, bool overwrite)
     : target_(named(std::move(target))), overwrite_(overwrite) {
   refuse_existing(target_, overwrite_);
   std::error_code ec;
-  fs::create_directories(parent_or_dot(target_), ec);
-  if (ec) throw io_error(parent_or_dot(target_).string() + ": cannot create folder: " + ec.message());
-  std::string tmpl = temp_template(target_, "revmerge-tmp");
-  if (::mkdtemp(tmpl.data()) == nullptr)
-    os_fail(parent_or_dot(target_), "cannot create a folder here", errno);
-  temp_ = tmpl;
-  if (::chmod(temp_.c_str(), 0777 & ~kUmask) != 0) os_fail(temp_, "cannot set its permissions", errno);
+  for (auto p = parent_or_dot(target_);
+       !p.empty() && fs::symlink_status(p, ec).type() == fs::file_type::not_found; p = p.parent_path()) {
+    created_.push_back(p);
+    if (!p.has_relative_path()) break;
+  }
+  try {
+    fs::create_directories(parent_or_dot(target_), ec);
+    if (ec) throw io_error(parent_or_dot(target_).string() + ": cannot create folder: " + ec.message());
+    std::string tmpl = temp_template(target_, "revmerge-tmp");
+    if (::mkdtemp(tmpl.data()) == nullptr)
+      os_fail(parent_or_dot(target_), "cannot create a folder here", errno);
+    temp_ = tmpl;
+    if (::chmod(temp_.c_str(), 0777 & ~kUmask) != 0) os_fail(temp_, "cannot set its permissions", errno);
+  } catch (...) {  // no destructor runs for a constructor that throws
+    if (!temp_.empty()) fs::remove_all(temp_, ec);
+    remove_created();
+    throw;
+  }
+}
+
+void StagedDir::remove_created() noexcept {
+  std::error_code ec;
+  for (const auto& p : created_)
+    if (!fs::remove(p, ec)) return;  // not empty (something else wrote there meanwhile): kept
 }
 
 StagedDir::~StagedDir() {
@@ -265,7 +282,10 @@ StagedDir::~StagedDir() {
   std::error_code ec;
   for (int attempt = 0; attempt < 20; ++attempt) {
     fs::remove_all(temp_, ec);
-    if (!fs::exists(temp_, ec)) return;
+    if (!fs::exists(temp_, ec)) {
+      remove_created();
+      return;
+    }
     std::this_thread::yield();
   }
 }

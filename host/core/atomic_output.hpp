@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <mutex>
 #include <string_view>
+#include <vector>
 
 namespace revmerge {
 
@@ -95,6 +96,10 @@ class StagedDir {
   std::filesystem::path temp_;
   bool overwrite_;
   bool committed_ = false;
+  // The folders made for the output's parent, deepest first: removed again (while empty) when
+  // nothing is committed, so a failed `--out new/deep/out` leaves no trace.
+  std::vector<std::filesystem::path> created_;
+  void remove_created() noexcept;
 };
 
 }  // namespace revmerge

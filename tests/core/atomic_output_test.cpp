@@ -49,6 +49,24 @@ TEST(StagedDir, ATrailingSlashNamesTheSameFolder) {
   EXPECT_THROW(StagedDir((dir / "out").string() + "/", false), io_error);
 }
 
+// `--out new/deep/out` that fails: the folders made for it go again; one that was there stays,
+// and so does one something else wrote into meanwhile.
+TEST(StagedDir, FoldersMadeForAnOutputThatFailedGoAgain) {
+  test::TempDir dir;
+  std::filesystem::create_directories(dir / "was");
+  { StagedDir s(dir / "was" / "new" / "deep" / "out", false); }
+  EXPECT_EQ(test::list_dir(dir.path()), std::vector<std::string>{"was"});
+  EXPECT_TRUE(test::list_dir(dir / "was").empty());
+  {
+    StagedDir s(dir / "new" / "deep" / "out", false);
+    write_file_atomic(dir / "new" / "other.txt", "x", false);
+  }
+  EXPECT_EQ(test::list_dir(dir / "new"), std::vector<std::string>{"other.txt"});
+  StagedDir s(dir / "new2" / "out", false);
+  s.commit();
+  EXPECT_EQ(test::list_dir(dir / "new2"), std::vector<std::string>{"out"});
+}
+
 TEST(StagedDir, ReplacesAnExistingFolderOnlyWhenAskedAndOnlyOnceComplete) {
   test::TempDir dir;
   std::filesystem::create_directories(dir / "out");
