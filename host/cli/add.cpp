@@ -1,10 +1,10 @@
 // `revmerge add`: more tasks in an existing bundle, the existing tasks' bytes untouched.
 
-#include "output_checks.hpp"
 #include "bundle_report.hpp"
 #include "command_line.hpp"
 #include "commands.hpp"
 #include "merge_config.hpp"
+#include "output_checks.hpp"
 #include "text_format.hpp"
 #include "progress.hpp"
 #include "revmerge/store.hpp"

@@ -4,10 +4,10 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "output_checks.hpp"
 #include "command_line.hpp"
 #include "backend/registry.hpp"
 #include "commands.hpp"
+#include "output_checks.hpp"
 #include "progress.hpp"
 #include "run.hpp"
 #include "revmerge/compress.hpp"

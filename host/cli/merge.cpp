@@ -6,9 +6,9 @@
 #include "core/memory_info.hpp"
 #include "progress.hpp"
 #include "command_line.hpp"
-#include "output_checks.hpp"
 #include "merge_args.hpp"
 #include "merge_config.hpp"
+#include "output_checks.hpp"
 #include "backend/registry.hpp"
 #include "revmerge/classic.hpp"
 #include "revmerge/devices.hpp"
@@ -28,13 +28,10 @@
 namespace revmerge::cli {
 namespace {
 
-// The folder to create; each way of merging asks for it once, so what an earlier, killed run
-// left beside it is reported once.
 std::filesystem::path output_folder(const MergeArgs& args, const MergeConfig& cfg) {
-  if (!args.given("--out") && !cfg.out) throw usage_error("--out: required (the folder to create)");
-  const std::filesystem::path out = args.given("--out") ? std::filesystem::path(args.out) : *cfg.out;
-  warn_of_leftovers(out);
-  return out;
+  if (args.given("--out")) return args.out;
+  if (cfg.out) return *cfg.out;
+  throw usage_error("--out: required (the folder to create)");
 }
 
 // Options the classic methods take and the bundle methods refuse.
@@ -427,12 +424,15 @@ void run_one(const MergeArgs& args, MergeConfig cfg) {
     }
     tasks.push_back(std::move(t));
   }
-  if (args.force && (args.given("--out") || cfg.out)) {
-    auto inputs = config_inputs(cfg);
-    for (const auto& t : tasks) inputs.push_back(t.adapter);
-    if (!args.base.empty()) inputs.emplace_back(args.base);
-    refuse_replacing_inputs(args.given("--out") ? std::filesystem::path(args.out) : *cfg.out, inputs,
-                            args.given("--out") ? "--out" : "out_path");
+  if (args.given("--out") || cfg.out) {  // (none: each way of merging refuses that by name)
+    const auto out = output_folder(args, cfg);
+    warn_of_leftovers(out);
+    if (args.force) {
+      auto inputs = config_inputs(cfg);
+      for (const auto& t : tasks) inputs.push_back(t.adapter);
+      if (!args.base.empty()) inputs.emplace_back(args.base);
+      refuse_replacing_inputs(out, inputs, args.given("--out") ? "--out" : "out_path");
+    }
   }
   const auto method = args.given("--method") ? args.method : cfg.method.value_or(args.method);
   if (method != "rmm" && method != "auto" && method != "rank" && args.given("--gpus"))

@@ -15,7 +15,6 @@
 
 namespace revmerge::cli {
 
-
 // mergekit-mega: a config of several documents, each a merge into its own out_path. A document
 // that reads another's output runs after it; an output that already exists is kept, as
 // mergekit-mega keeps it (--force merges it again), so that a run stopped half-way resumes.

@@ -3,6 +3,7 @@
 #include <string>
 #include <system_error>
 
+#include "core/atomic_output.hpp"
 #include "revmerge/error.hpp"
 #include "text_format.hpp"
 
@@ -29,23 +30,10 @@ std::uint64_t bytes_under(const fs::path& p) {
 }  // namespace
 
 void warn_of_leftovers(const fs::path& out) {
-  auto target = out.lexically_normal();
-  if (!target.has_filename()) target = target.parent_path();
-  if (target.filename().empty() || target.filename() == "." || target.filename() == "..") return;
-  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  std::string prefix = ".";  // (not "." + name: GCC 12 warns of a memcpy overlap it imagines)
-  prefix += target.filename().string();
-  prefix += '.';
-  std::error_code ec;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    const auto name = it->path().filename().string();
-    if (!name.starts_with(prefix) ||
-        (name.find("revmerge-tmp-") == std::string::npos && name.find("revmerge-old-") == std::string::npos))
-      continue;
-    print_warning(target.string() + ": " + (dir / name).string() + " (" + human_bytes(bytes_under(it->path())) +
+  for (const auto& left : temporaries_beside(out))
+    print_warning(out.string() + ": " + left.string() + " (" + human_bytes(bytes_under(left)) +
                   ") was left by a revmerge run that was killed before it could clean up, or is being "
-                  "written by one still running; delete it once no revmerge writes " + target.string());
-  }
+                  "written by one still running; delete it once no revmerge writes " + out.string());
 }
 
 void refuse_replacing_inputs(const fs::path& out, const std::vector<fs::path>& inputs, const std::string& option) {

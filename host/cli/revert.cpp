@@ -2,9 +2,9 @@
 #include <fmt/format.h>
 #include <fmt/ostream.h>
 
-#include "output_checks.hpp"
 #include "command_line.hpp"
 #include "commands.hpp"
+#include "output_checks.hpp"
 #include "backend/registry.hpp"
 #include "core/atomic_output.hpp"
 #include "revmerge/error.hpp"

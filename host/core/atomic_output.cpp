@@ -99,6 +99,24 @@ void rename_no_replace(const fs::path& from, const fs::path& to) {
 
 }  // namespace
 
+std::vector<fs::path> temporaries_beside(const fs::path& given) {
+  const auto target = named(given);
+  const auto name = target.filename().string();
+  if (name.empty() || name == "." || name == "..") return {};
+  std::string prefix = ".";  // temp_template's names (not "." + name: GCC 12 imagines a memcpy overlap)
+  prefix += name;
+  prefix += '.';
+  std::vector<fs::path> found;
+  std::error_code ec;
+  for (fs::directory_iterator it(parent_or_dot(target), ec), end; !ec && it != end; it.increment(ec)) {
+    const auto entry = it->path().filename().string();
+    if (entry.starts_with(prefix) && (entry.find("revmerge-tmp-") != std::string::npos ||
+                                      entry.find("revmerge-old-") != std::string::npos))
+      found.push_back(it->path());
+  }
+  return found;
+}
+
 void refuse_existing(const fs::path& target, bool overwrite) {
   std::error_code ec;
   if (!overwrite && fs::exists(fs::symlink_status(target, ec)))

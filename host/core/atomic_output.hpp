@@ -14,6 +14,11 @@ namespace revmerge {
 /// Throws io_error naming `target` when it exists and `overwrite` is false.
 void refuse_existing(const std::filesystem::path& target, bool overwrite);
 
+/// The temporary files and folders beside `target` that writers of it (or of a scratch output
+/// named after it, `target.something`) make and remove: what is there before a run starts was
+/// left by one killed outright, or belongs to one still running.
+std::vector<std::filesystem::path> temporaries_beside(const std::filesystem::path& target);
+
 /// One file written under a temporary name in the target's folder.
 class AtomicFile {
  public:
