@@ -6,6 +6,7 @@
 
 #include "command_line.hpp"
 #include "backend/registry.hpp"
+#include "core/atomic_output.hpp"
 #include "commands.hpp"
 #include "output_checks.hpp"
 #include "progress.hpp"
@@ -63,7 +64,7 @@ void run_compress(CompressArgs& args) {
   if (args.gpu->count() == 0 && o.device != Device::cpu)
     if (const auto gpu = gpu_of_this_rank()) o.gpu = *gpu;
   warn_of_leftovers(o.out);
-  if (o.overwrite) refuse_replacing_inputs(o.out, {o.base, o.model}, "--out");
+  if (o.overwrite) refuse_replacing_inputs(o.out, {o.base, o.model}, "--out", "--force");
   const auto r = compress_checkpoint(o);
   if (args.quiet) return;
   print_report(o, r, args.json);

@@ -10,6 +10,7 @@
 #include "merge_config.hpp"
 #include "output_checks.hpp"
 #include "backend/registry.hpp"
+#include "core/atomic_output.hpp"
 #include "revmerge/classic.hpp"
 #include "revmerge/devices.hpp"
 #include "revmerge/error.hpp"
@@ -431,7 +432,7 @@ void run_one(const MergeArgs& args, MergeConfig cfg) {
       auto inputs = config_inputs(cfg);
       for (const auto& t : tasks) inputs.push_back(t.adapter);
       if (!args.base.empty()) inputs.emplace_back(args.base);
-      refuse_replacing_inputs(out, inputs, args.given("--out") ? "--out" : "out_path");
+      refuse_replacing_inputs(out, inputs, args.given("--out") ? "--out" : "out_path", "--force");
     }
   }
   const auto method = args.given("--method") ? args.method : cfg.method.value_or(args.method);

@@ -4,7 +4,6 @@
 #include <system_error>
 
 #include "core/atomic_output.hpp"
-#include "revmerge/error.hpp"
 #include "text_format.hpp"
 
 namespace fs = std::filesystem;
@@ -34,26 +33,6 @@ void warn_of_leftovers(const fs::path& out) {
     print_warning(out.string() + ": " + left.string() + " (" + human_bytes(bytes_under(left)) +
                   ") was left by a revmerge run that was killed before it could clean up, or is being "
                   "written by one still running; delete it once no revmerge writes " + out.string());
-}
-
-void refuse_replacing_inputs(const fs::path& out, const std::vector<fs::path>& inputs, const std::string& option) {
-  std::error_code ec;
-  if (!fs::exists(fs::symlink_status(out, ec))) return;
-  const auto whole = [](const fs::path& p) {
-    std::error_code e;
-    const auto c = fs::weakly_canonical(p, e);
-    return e ? fs::absolute(p, e).lexically_normal() : c;
-  };
-  const auto o = whole(out);
-  for (const auto& in : inputs) {
-    if (in.empty()) continue;
-    const auto rel = whole(in).lexically_relative(o);
-    if (rel.empty() || *rel.begin() == "..") continue;
-    throw usage_error(option + " " + out.string() + ": " +
-                      (rel == "." ? std::string("it is an input of this command (") + in.string() + ")"
-                                  : "it holds an input of this command (" + in.string() + ")") +
-                      ", which --force would replace with the output; write the output elsewhere");
-  }
 }
 
 }  // namespace revmerge::cli

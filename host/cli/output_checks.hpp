@@ -13,10 +13,4 @@ namespace revmerge::cli {
 /// still writing `out` has the same names.
 void warn_of_leftovers(const std::filesystem::path& out);
 
-/// With --force, an output folder that is one of the command's inputs, or holds one, would be
-/// replaced by the output the command makes from it: almost always a slip (`--out .`, a task's
-/// folder), so it is refused by name. `option` names where the output was given.
-void refuse_replacing_inputs(const std::filesystem::path& out, const std::vector<std::filesystem::path>& inputs,
-                             const std::string& option);
-
 }  // namespace revmerge::cli

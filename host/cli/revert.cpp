@@ -49,7 +49,7 @@ void add_revert_command(CLI::App& app) {
     o.gpu = args.gpu;
     o.recipe = output_recipe();
     warn_of_leftovers(args.out);
-    if (args.force) refuse_replacing_inputs(args.out, {args.bundle, args.base}, "--out");
+    if (args.force) refuse_replacing_inputs(args.out, {args.bundle, args.base}, "--out", "--force");
     if (args.full && args.base.empty()) throw usage_error("--full: give the base model with --base");
     if (!args.full && !args.base.empty()) throw usage_error("--base: only with --full");
     const auto one = [&](const std::string& task, const std::filesystem::path& out) {

@@ -123,6 +123,28 @@ void refuse_existing(const fs::path& target, bool overwrite) {
     already_exists(target);
 }
 
+void refuse_replacing_inputs(const fs::path& target, const std::vector<fs::path>& inputs,
+                             std::string_view target_label, std::string_view overwrite_label) {
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(target, ec))) return;
+  const auto whole = [](const fs::path& p) {
+    std::error_code e;
+    const auto c = fs::weakly_canonical(p, e);
+    return e ? fs::absolute(p, e).lexically_normal() : c;
+  };
+  const auto out = whole(target);
+  for (const auto& in : inputs) {
+    if (in.empty()) continue;
+    const auto rel = whole(in).lexically_relative(out);
+    if (rel.empty() || *rel.begin() == "..") continue;
+    throw usage_error(std::string(target_label) + " " + target.string() + ": " +
+                      (rel == "." ? "it is an input (" + in.string() + ")"
+                                  : "it holds an input (" + in.string() + ")") +
+                      ", which " + std::string(overwrite_label) +
+                      " would replace with the output; write the output elsewhere");
+  }
+}
+
 AtomicFile::AtomicFile(fs::path target, bool overwrite)
     : target_(named(std::move(target))), overwrite_(overwrite) {
   refuse_existing(target_, overwrite_);

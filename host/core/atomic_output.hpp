@@ -14,6 +14,16 @@ namespace revmerge {
 /// Throws io_error naming `target` when it exists and `overwrite` is false.
 void refuse_existing(const std::filesystem::path& target, bool overwrite);
 
+/// Throws usage_error when `target` exists and is one of `inputs` or a folder holding one
+/// (symbolic links followed): with overwrite, the output made from the inputs would replace
+/// them — almost always a slip (`--out .`, a task's own folder). Every entry point that writes
+/// with overwrite calls it before reading anything; the labels name the output ("--out",
+/// "output") and what would replace it ("--force", "overwrite") in the message.
+void refuse_replacing_inputs(const std::filesystem::path& target,
+                             const std::vector<std::filesystem::path>& inputs,
+                             std::string_view target_label = "output",
+                             std::string_view overwrite_label = "overwrite");
+
 /// The temporary files and folders beside `target` that writers of it (or of a scratch output
 /// named after it, `target.something`) make and remove: what is there before a run starts was
 /// left by one killed outright, or belongs to one still running.

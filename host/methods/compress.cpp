@@ -11,6 +11,7 @@
 #include <span>
 
 #include "backend/registry.hpp"
+#include "core/atomic_output.hpp"
 #include "core/interrupt.hpp"
 #include "core/large_buffer.hpp"
 #include "distributed/agreement.hpp"
@@ -41,6 +42,7 @@ void check_options(const CompressOptions& o) {
   if (!(o.energy >= 0 && o.energy <= 1))
     throw usage_error("--energy: " + std::to_string(o.energy) + " is outside (0, 1]");
   if (o.out.empty()) throw usage_error("--out: no adapter folder given");
+  if (o.overwrite) refuse_replacing_inputs(o.out, {o.base, o.model});
   if (!is_float_dtype(o.dtype) || o.dtype == DType::F64)
     throw usage_error("--dtype: an adapter is written as f32, f16 or bf16");
 }

@@ -9,6 +9,7 @@
 
 #include "backend/backend.hpp"
 #include "backend/registry.hpp"
+#include "core/atomic_output.hpp"
 #include "methods/materialize_parts.hpp"
 #include "methods/task_adapter.hpp"
 #include "revmerge/error.hpp"
@@ -151,6 +152,8 @@ void ResidentBundle::save_adapter(const std::string& task, const std::filesystem
                                   const RevertOptions& options) {
   const auto& man = s_->manifest;
   const auto t = require_task(man, s_->dir, task);
+  // The tensors are resident, but the folder they came from is still the user's bundle.
+  if (options.overwrite) refuse_replacing_inputs(out, {s_->dir});
   std::vector<LoraModuleData> modules;
   std::vector<void*> a, b;
   std::vector<DeviceBuffer> held;  // device outputs, downloaded once the launch ran

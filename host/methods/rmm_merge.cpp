@@ -33,7 +33,7 @@ namespace {
 
 using i64 = std::int64_t;
 
-void check_options(const RmmMergeOptions& o) {
+void check_options(const RmmMergeOptions& o, const std::filesystem::path& base = {}) {
   const auto n = static_cast<i64>(o.tasks.size());
   if (n < 2)
     throw usage_error("RMM needs at least 2 adapters to merge, got " + std::to_string(n) +
@@ -44,6 +44,11 @@ void check_options(const RmmMergeOptions& o) {
                       std::to_string(n - 1) + " already reconstructs every task exactly)");
   check_task_names(o.tasks);
   if (o.out.empty()) throw usage_error("--out: no bundle folder given");
+  if (o.overwrite) {
+    std::vector<std::filesystem::path> inputs{base};
+    for (const auto& t : o.tasks) inputs.push_back(t.adapter), inputs.push_back(t.origin);
+    refuse_replacing_inputs(o.out, inputs);
+  }
   if (o.dtype && (!is_float_dtype(*o.dtype) || *o.dtype == DType::F64))
     throw usage_error("--dtype: a bundle stores f32, f16 or bf16");
 }
@@ -261,7 +266,7 @@ BundleManifest merge_rmm_models_on(const RmmMergeOptions& o, const FullModelInpu
   std::unique_ptr<BatchedPtSvd> engine;
   BundleManifest manifest = new_manifest(o);
   agree_on(several(o.peers), [&] {
-    check_options(o);
+    check_options(o, in.base);
     auto backend = start_backend(make);
     set = open_full_model_set(o.tasks, in);
     for (const auto& t : o.tasks) manifest.tasks.push_back({t.name, t.adapter.string(), in.base.string(), ""});

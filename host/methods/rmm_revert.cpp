@@ -6,6 +6,7 @@
 
 #include "backend/backend.hpp"
 #include "backend/registry.hpp"
+#include "core/atomic_output.hpp"
 #include "core/interrupt.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/peft.hpp"
@@ -104,6 +105,7 @@ void revert_task(const Bundle& bundle, const std::string& task, const std::files
                  const RevertOptions& options) {
   const auto& man = bundle.manifest();
   const auto t = require_task(man, bundle.dir(), task);
+  if (options.overwrite) refuse_replacing_inputs(out, {bundle.dir()});
   auto be = make_backend(options.device, {options.threads, options.gpu});
   std::vector<LoraModuleData> modules;
   for (std::size_t i = 0; i < man.modules.size(); ++i) {
@@ -119,6 +121,7 @@ void revert_task_full(const Bundle& bundle, const std::string& task,
                       const std::filesystem::path& base_dir, const std::filesystem::path& out,
                       const RevertOptions& options, std::optional<DType> dtype) {
   const auto t = require_task(bundle.manifest(), bundle.dir(), task);
+  if (options.overwrite) refuse_replacing_inputs(out, {bundle.dir(), base_dir});
   const HfModel base(base_dir);
   const auto& man = bundle.manifest();
   std::map<std::string, std::size_t> by_tensor;

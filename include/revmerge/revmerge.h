@@ -9,7 +9,11 @@
  *
  * Every call that can fail returns a revmerge_status; revmerge_last_error() then gives the
  * message, naming the file, tensor, task or argument (per thread, until the thread's next failing
- * call). No C++ exception crosses this interface. */
+ * call). No C++ exception crosses this interface.
+ *
+ * An `overwrite` argument replaces an existing output folder once the new one is complete; an
+ * output that is one of the call's inputs (an adapter, the bundle) or a folder holding one is
+ * refused all the same (REVMERGE_USAGE_ERROR), and the inputs stay as they were. */
 #include <stdint.h>
 
 #ifdef __cplusplus

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -239,6 +240,46 @@ TEST(CApi, DeviceBundleMaterializesAsRevert) {
   EXPECT_EQ(none, nullptr);
   revmerge_device_bundle_close(d);
   revmerge_bundle_close(b);
+}
+
+// Every file under `dir` with its bytes.
+std::map<std::string, std::string> contents(const std::filesystem::path& dir) {
+  std::map<std::string, std::string> files;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) files[e.path().lexically_relative(dir).string()] = test::read_bytes(e.path());
+  return files;
+}
+
+// `overwrite` replaces an existing output, never the call's own inputs: an output that is an
+// input, or a folder holding one, is a usage error naming both, and every input stays as it was.
+TEST(CApi, OverwriteNeverReplacesAnInput) {
+  test::TempDir tmp;
+  const auto dir = merged_bundle(tmp);
+  const auto before = contents(tmp.path());
+  std::vector<std::string> paths;
+  for (int t = 0; t < 3; ++t) paths.push_back((tmp / ("task" + std::to_string(t))).string());
+  const char* adapters[] = {paths[0].c_str(), paths[1].c_str(), paths[2].c_str()};
+  const auto refused = [&](revmerge_status status, const std::string& out, const std::string& what) {
+    EXPECT_EQ(status, REVMERGE_USAGE_ERROR) << out;
+    EXPECT_NE(std::string(revmerge_last_error()).find("output " + out + ": " + what), std::string::npos)
+        << revmerge_last_error();
+  };
+  refused(revmerge_merge_rmm(adapters, nullptr, 3, 1, paths[1].c_str(), 1, REVMERGE_DEVICE_CPU), paths[1],
+          "it is an input (" + paths[1] + ")");
+  refused(revmerge_merge_rmm(adapters, nullptr, 3, 1, tmp.path().c_str(), 1, REVMERGE_DEVICE_CPU),
+          tmp.path().string(), "it holds an input");
+  refused(revmerge_merge_auto(adapters, nullptr, 3, 0.5, 0, paths[0].c_str(), 1, REVMERGE_DEVICE_CPU), paths[0],
+          "it is an input");
+  revmerge_bundle* b = nullptr;
+  ASSERT_EQ(revmerge_bundle_open(dir.c_str(), &b), REVMERGE_OK);
+  refused(revmerge_revert_task(b, "task0", dir.c_str(), 1, REVMERGE_DEVICE_CPU), dir.string(),
+          "it is an input (" + dir.string() + ")");
+  revmerge_bundle_close(b);
+  revmerge_device_bundle* d = nullptr;
+  ASSERT_EQ(revmerge_device_bundle_open(dir.c_str(), REVMERGE_DEVICE_CPU, &d), REVMERGE_OK);
+  refused(revmerge_device_bundle_save(d, "task0", tmp.path().c_str(), 1), tmp.path().string(), "it holds an input");
+  revmerge_device_bundle_close(d);
+  EXPECT_EQ(contents(tmp.path()), before);
 }
 
 TEST(CApi, FailuresAreStatusesWithMessagesAndLeaveNothing) {

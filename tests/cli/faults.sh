@@ -78,14 +78,14 @@ refused() {  # refused WHAT MESSAGE CMD…: exit 2 with MESSAGE, the inputs unto
   [ "$(digest)" = "$before" ] || fail "$what: an input changed"
 }
 own_adapters=("$work"/own/{chat,code,qa})
-refused "merge --out a task" "--out $work/own/qa: it is an input of this command" \
+refused "merge --out a task" "--out $work/own/qa: it is an input" \
   "$revmerge" merge -q --basis 2 --force --out "$work/own/qa" "${own_adapters[@]}"
-refused "merge --out the tasks' folder" "--out $work/own: it holds an input of this command" \
+refused "merge --out the tasks' folder" "--out $work/own: it holds an input" \
   "$revmerge" merge -q --method ties --density 0.5 --force --out "$work/own" "${own_adapters[@]}"
-refused "compress --out the fine-tune" "it is an input of this command ($work/own/ft0)" \
+refused "compress --out the fine-tune" "it is an input ($work/own/ft0)" \
   "$revmerge" compress -q --base "$work/own/base" --model "$work/own/ft0" --rank 2 --force --out "$work/own/ft0"
 "$revmerge" merge -q --basis 1 --out "$work/own-bundle" "${own_adapters[@]:0:2}"
-refused "revert --out the bundle" "it is an input of this command ($work/own-bundle)" \
+refused "revert --out the bundle" "it is an input ($work/own-bundle)" \
   "$revmerge" revert -q --task chat --force --out "$work/own-bundle" "$work/own-bundle"
 # `add` into the bundle it reads is an update in place, and allowed.
 "$revmerge" add -q --force --out "$work/own-bundle" "$work/own-bundle" "$work/own/qa" || fail "add in place failed"

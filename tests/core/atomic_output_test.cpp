@@ -179,6 +179,38 @@ TEST(AtomicFile, LargeWritesAtAnyOffsetLandWhereTheyBelong) {
     if (written[i] != expected[i]) FAIL() << "byte " << i << " differs";
 }
 
+// With overwrite, an output that is an input or holds one is refused by name, however the two
+// are spelt; a sibling whose name merely starts the same, or an output not there yet, is not.
+TEST(RefuseReplacingInputs, AnOutputThatIsOrHoldsAnInputIsRefusedByName) {
+  test::TempDir dir;
+  const auto task = dir / "tasks" / "qa";
+  std::filesystem::create_directories(task);
+  const auto message = [&](const std::filesystem::path& out, const std::vector<std::filesystem::path>& in) {
+    try {
+      refuse_replacing_inputs(out, in, "--out", "--force");
+    } catch (const usage_error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(message(task, {task}), "--out " + task.string() + ": it is an input (" + task.string() +
+                                       "), which --force would replace with the output; write the "
+                                       "output elsewhere");
+  EXPECT_NE(message(dir / "tasks", {dir / "x", task}).find("it holds an input (" + task.string() + ")"),
+            std::string::npos);
+  EXPECT_NE(message(dir.path(), {task}).find("it holds an input"), std::string::npos);
+  EXPECT_NE(message(dir / "tasks" / "." / "qa" / "", {dir / "tasks" / ".." / "tasks" / "qa"}).find("it is an input"),
+            std::string::npos);
+  std::filesystem::create_directory_symlink(task, dir / "link");
+  EXPECT_NE(message(dir / "link", {task}).find("it is an input"), std::string::npos);
+  std::filesystem::create_directories(dir / "tasks" / "qa2");
+  EXPECT_EQ(message(dir / "tasks" / "qa2", {task}), "");
+  EXPECT_EQ(message(task, {dir / "tasks" / "qa2", {}}), "");
+  EXPECT_EQ(message(dir / "new", {dir / "new" / "inside"}), "");  // nothing there to replace
+  // The library's own labels.
+  EXPECT_THROW(refuse_replacing_inputs(task, {task}), usage_error);
+}
+
 TEST(AtomicFile, MissingFolderIsAnIoErrorAndLeavesNothing) {
   test::TempDir dir;
   EXPECT_THROW(AtomicFile(dir / "no-such-folder" / "x", false), io_error);

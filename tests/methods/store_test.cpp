@@ -879,6 +879,23 @@ TEST(StoreAdd, BadAdditionsAreRefusedAndWriteNothing) {
   const auto before = test::read_bytes(tmp / "b" / kBundleManifestName);
   EXPECT_THROW(add_tasks(a), error);
   EXPECT_EQ(test::read_bytes(tmp / "b" / kBundleManifestName), before);
+  // With overwrite the bundle may be updated in place, but neither a new task's folder nor a
+  // folder holding the bundle is replaced.
+  a.overwrite = true;
+  const auto adapter = test::read_bytes(tasks[2].adapter / kAdapterWeightsName);
+  for (const auto& [out, needle] : {std::pair{tasks[2].adapter, "it is an input"}, {tmp.path(), "it holds an input"}}) {
+    a.out = out;
+    try {
+      add_tasks(a);
+      ADD_FAILURE() << "accepted: --out " << out;
+    } catch (const usage_error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(test::read_bytes(tasks[2].adapter / kAdapterWeightsName), adapter);
+  EXPECT_EQ(test::read_bytes(tmp / "b" / kBundleManifestName), before);
+  a.out = tmp / "b";
+  EXPECT_EQ(add_tasks(a).tasks.size(), 3u);
 }
 
 // The allocation against every combination of choices on a small case.

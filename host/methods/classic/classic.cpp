@@ -7,6 +7,7 @@
 #include <cmath>
 #include <set>
 
+#include "core/atomic_output.hpp"
 #include "methods/classic/combine.hpp"
 #include "distributed/agreement.hpp"
 #include "methods/classic/classic_internal.hpp"
@@ -351,11 +352,28 @@ void check_options_fit_method(const ClassicMergeOptions& o) {
     throw usage_error("--t: an option of --method slerp and nearswap only");
 }
 
+namespace {
+
+// Every folder the merge reads: none may be the output that overwrite replaces.
+std::vector<fs::path> input_paths(const ClassicMergeOptions& o) {
+  std::vector<fs::path> in{o.base, o.tokenizer_source};
+  for (const auto& t : o.tasks) in.push_back(t.adapter), in.push_back(t.origin);
+  for (const auto& slice : o.slices) {
+    in.push_back(slice.base);
+    for (const auto& source : slice.sources) in.push_back(source.model);
+  }
+  for (const auto& [given, w] : o.with_lora) in.push_back(w.model), in.push_back(w.adapter);
+  return in;
+}
+
+}  // namespace
+
 ClassicMergeReport merge_classic(const ClassicMergeOptions& o) {
   if (!o.slices.empty() && !o.tasks.empty())
     throw usage_error("layer slices name their models; give no other inputs");
   if (o.tasks.empty() && o.slices.empty()) throw usage_error("no tasks to merge");
   if (o.out.empty()) throw usage_error("--out: no output folder given");
+  if (o.overwrite) refuse_replacing_inputs(o.out, input_paths(o));
   if (!o.with_lora.empty()) return merge_with_loras_applied(o);
   if (o.allow_nonfinite)
     throw usage_error("--allow-nonfinite applies to --method rmm only; the classic methods "

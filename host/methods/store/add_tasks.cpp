@@ -1,6 +1,7 @@
 // revmerge add: more tasks in an existing bundle without touching its tasks' bytes — each new
 // task kept per module as its own truncation within the module's error target, appended to the
 // module's "added" tensors.
+#include <system_error>
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -77,6 +78,14 @@ i64 directions_for(const TaskTruncation& t, double target) {
 BundleManifest add_tasks(const AddTasksOptions& o) {
   if (o.tasks.empty()) throw usage_error("add: no adapters to add");
   if (o.out.empty()) throw usage_error("--out: no bundle folder given");
+  if (o.overwrite) {
+    // The bundle itself may be the output (an update in place, atomic); a folder holding it not.
+    std::vector<std::filesystem::path> inputs;
+    for (const auto& t : o.tasks) inputs.push_back(t.adapter);
+    std::error_code ec;
+    if (!std::filesystem::equivalent(o.out, o.bundle, ec)) inputs.push_back(o.bundle);
+    refuse_replacing_inputs(o.out, inputs);
+  }
   if (o.max_error && !(*o.max_error >= 0 && *o.max_error < 1))
     throw usage_error("--max-error " + std::to_string(*o.max_error) + ": a relative delta error is in [0, 1)");
   const Bundle old(o.bundle);

@@ -49,6 +49,12 @@ void check_options(const StoreMergeOptions& o) {
     throw usage_error(method + " needs at least 2 adapters to store together, got " + std::to_string(n));
   check_task_names(o.tasks);
   if (o.out.empty()) throw usage_error("--out: no bundle folder given");
+  if (o.overwrite) {
+    std::vector<std::filesystem::path> inputs;
+    for (const auto& t : o.tasks) inputs.push_back(t.adapter), inputs.push_back(t.origin);
+    if (o.full_models) inputs.push_back(o.full_models->base);
+    refuse_replacing_inputs(o.out, inputs);
+  }
   if (o.dtype && (!is_float_dtype(*o.dtype) || *o.dtype == DType::F64))
     throw usage_error("--dtype: a bundle stores f32, f16 or bf16");
   const bool budget = o.storage.fraction || o.storage.bytes;

@@ -144,6 +144,35 @@ TEST(ClassicMerge, BadOptionsAreRefusedByName) {
   expect_refused(bad, "is this the adapters' base model?");
 }
 
+// With overwrite, the output may be neither a task nor the base, nor a folder holding one
+// (copies here: the examples are the repository's).
+TEST(ClassicMerge, OverwriteNeverReplacesAnInput) {
+  test::TempDir tmp;
+  ClassicMergeOptions o = full_model_options(tmp, ClassicMethod::task_arithmetic);
+  fs::create_directories(tmp / "in");
+  for (auto& t : o.tasks) {
+    fs::copy(t.adapter, tmp / "in" / t.name, fs::copy_options::recursive);
+    t.adapter = tmp / "in" / t.name;
+  }
+  fs::copy(o.base, tmp / "in" / "base", fs::copy_options::recursive);
+  o.base = tmp / "in" / "base";
+  o.overwrite = true;
+  const auto weights = test::read_bytes(o.tasks[1].adapter / kAdapterWeightsName);
+  for (const auto& out : {o.tasks[1].adapter, o.base, tmp / "in"}) {
+    auto bad = o;
+    bad.out = out;
+    try {
+      merge_classic(bad);
+      ADD_FAILURE() << "accepted: output " << out;
+    } catch (const usage_error& e) {
+      EXPECT_NE(std::string(e.what()).find("output " + out.string() + ": it "), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(test::read_bytes(o.tasks[1].adapter / kAdapterWeightsName), weights);
+  EXPECT_TRUE(fs::exists(o.base / "model.safetensors"));
+  EXPECT_NO_THROW(merge_classic(o));  // elsewhere: fine
+}
+
 TEST(ClassicMerge, SeparateModeNeedsEqualRanks) {
   test::TempDir tmp;
   const std::vector<test::ModuleSpec> r4 = {{"model.layers.0.self_attn.q_proj", 4, 8, 8}};
