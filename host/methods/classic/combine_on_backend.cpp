@@ -14,9 +14,11 @@
 #include "backend/backend.hpp"
 #include "core/interrupt.hpp"
 #include "kernels/elementwise.hpp"
+#include "methods/classic/backend_arrays.hpp"
 #include "methods/classic/combine.hpp"
 #include "methods/classic/rank_select.hpp"
 #include "methods/classic/thinning.hpp"
+#include "methods/classic/thinning_on_backend.hpp"
 #include "methods/materialize_parts.hpp"
 #include "revmerge/error.hpp"
 
@@ -39,11 +41,9 @@ std::string backend_combine_refusal(const ClassicMergeOptions& o) {
 
 namespace {
 
-DeviceBuffer filled(Backend& b, std::size_t bytes, unsigned char value, Stream s) {
-  DeviceBuffer d = b.allocate(std::max<std::size_t>(bytes, 8));
-  b.fill(d.data(), value, std::max<std::size_t>(bytes, 8), s);
-  return d;
-}
+using backend_arrays::as;
+using backend_arrays::fetch;
+using backend_arrays::filled;
 
 // One copy of a staged chunk: `bytes` from `src` to `dst`.
 struct Copy {
@@ -67,203 +67,7 @@ void parallel_copy(const std::vector<Copy>& copies, int threads) {
   }
 }
 
-template <class T>
-T* as(const DeviceBuffer& d) {
-  return static_cast<T*>(d.data());
-}
-
-// Downloads `count` 64-bit words into `out` (i64 or double), waiting for them.
-template <class T>
-void fetch(Backend& b, Stream s, const DeviceBuffer& d, std::vector<T>& out) {
-  if (out.empty()) return;
-  b.download(out.data(), d.data(), out.size() * sizeof(T), s);
-  b.synchronize(s);
-}
-
 }  // namespace
-
-// One task's thinning of one tensor on the backend: Thinning's statistics gathered by the
-// backend's steps into device arrays laid out as Thinning keeps them, downloaded at the end of
-// each pass into the Thinning, whose end_pass decides; the decisions applied by the backend.
-class ThinningOnBackend {
- public:
-  // `keep`: a byte per element of a piece, for DELLA's decisions (shared by the tasks, whose
-  // steps run one after another on `s`).
-  ThinningOnBackend(Thinning& th, Backend& b, Stream s, unsigned char* keep) : th_(th), b_(b), s_(s), keep_(keep) {
-    if (!th.active_ || th.zero_all_) return;
-    const i64 blocks = (th.count_ + kernels::kStatBlock - 1) / kernels::kStatBlock;
-    const auto lanes = static_cast<std::size_t>(blocks * kernels::kStatLanes) * 8;
-    if (!th.high_.empty()) high_ = filled(b, 65536 * 8, 0, s);
-    if (!th.before_.empty()) before_ = filled(b, lanes, 0, s);
-    if (!th.after_.empty()) after_ = filled(b, lanes, 0, s);
-    for (const auto& r : th.rules_) {
-      RuleBuffers rb;
-      rb.left = filled(b, static_cast<std::size_t>(blocks) * 8, 0, s);
-      if (!r.trivial) {
-        rb.low = filled(b, 65536 * 8, 0, s);
-        rb.equal = filled(b, static_cast<std::size_t>(blocks) * 8, 0, s);
-        if (th.spec_.rescale == Rescale::l1) rb.above = filled(b, lanes, 0, s);  // the kept L1
-      }
-      rules_.push_back(std::move(rb));
-    }
-  }
-
-  // The rules as the steps take them.
-  void set_rules(ElementwiseStep& st) const {
-    st.rules = static_cast<int>(th_.rules_.size());
-    for (std::size_t r = 0; r < th_.rules_.size(); ++r) {
-      const auto& rule = th_.rules_[r];
-      st.rule[r] = {rule.trivial, rule.k > 0, rule.threshold, rule.hi};
-    }
-  }
-
-  // Thinning::observe of the piece x (backend memory) at `first`.
-  void observe(float* x, i64 first, i64 count) {
-    ElementwiseStep st;
-    st.first = first;
-    st.count = count;
-    st.x = x;
-    switch (th_.stages_.at(th_.pass_)) {
-      case Thinning::Stage::high_bits:
-        st.kind = ElementwiseKind::histogram;
-        st.histogram = as<std::uint64_t>(high_);
-        b_.elementwise(st, s_);
-        if (before_.data()) lanes(st, true, false, false);
-        break;
-      case Thinning::Stage::low_bits:
-        st.kind = ElementwiseKind::histogram;
-        set_rules(st);
-        for (std::size_t r = 0; r < rules_.size(); ++r) {
-          if (th_.rules_[r].trivial) continue;
-          st.low_of = static_cast<int>(r);
-          st.histogram = as<std::uint64_t>(rules_[r].low);
-          b_.elementwise(st, s_);
-        }
-        break;
-      case Thinning::Stage::equal_counts: lanes(st, false, false, true); break;
-      case Thinning::Stage::norms: {
-        const bool drop = th_.spec_.kind == Sparsify::random || th_.spec_.kind == Sparsify::della;
-        if (th_.spec_.kind == Sparsify::della) st.keep = della_keep(x, first, count);
-        lanes(st, true, drop, false);
-        break;
-      }
-    }
-  }
-
-  // Thinning::end_pass, its statistics first brought over from the backend.
-  void end_pass() {
-    switch (th_.stages_.at(th_.pass_)) {
-      case Thinning::Stage::high_bits:
-        fetch(b_, s_, high_, th_.high_);
-        if (before_.data()) fetch(b_, s_, before_, th_.before_);
-        break;
-      case Thinning::Stage::low_bits:
-        for (std::size_t r = 0; r < rules_.size(); ++r)
-          if (!th_.rules_[r].trivial) fetch(b_, s_, rules_[r].low, th_.rules_[r].low);
-        break;
-      case Thinning::Stage::equal_counts:
-        for (std::size_t r = 0; r < rules_.size(); ++r) {
-          if (th_.rules_[r].trivial) continue;
-          fetch(b_, s_, rules_[r].equal, th_.rules_[r].equal);
-          if (rules_[r].above.data()) fetch(b_, s_, rules_[r].above, th_.rules_[r].above_sum);
-        }
-        break;
-      case Thinning::Stage::norms:
-        fetch(b_, s_, before_, th_.before_);
-        if (after_.data()) fetch(b_, s_, after_, th_.after_);
-        break;
-    }
-    th_.end_pass();
-    if (th_.wants_pass()) return;
-    for (std::size_t r = 0; r < rules_.size(); ++r)  // the ties each block allows, for apply
-      if (!th_.rules_[r].trivial)
-        b_.upload(rules_[r].left.data(), th_.rules_[r].left.data(), th_.rules_[r].left.size() * 8, s_);
-  }
-
-  // Thinning::apply on the piece x at `first`; `ties` and `allowances` hold a count per tie
-  // chunk of the piece for each rule (backend memory, reused).
-  void apply(float* x, i64 first, i64 count, const DeviceBuffer* ties, const DeviceBuffer* allowances) {
-    if (!th_.active_) return;
-    ElementwiseStep st;
-    st.first = first;
-    st.count = count;
-    st.x = x;
-    st.factor = th_.factor_;
-    if (th_.zero_all_ || th_.spec_.kind == Sparsify::random || th_.spec_.kind == Sparsify::della) {
-      if (!th_.zero_all_ && th_.spec_.kind == Sparsify::della) st.keep = della_keep(x, first, count);
-      st.kind = ElementwiseKind::drop;
-      st.zero_all = th_.zero_all_;
-      st.seed = th_.spec_.seed;
-      st.stream = th_.spec_.stream;
-      st.limit = kernels::CounterThreshold::limit(th_.spec_.density);
-      b_.elementwise(st, s_);
-      return;
-    }
-    set_rules(st);
-    for (std::size_t r = 0; r < rules_.size(); ++r) {
-      st.chunk_ties[r] = as<i64>(ties[r]);
-      st.chunk_left[r] = as<i64>(allowances[r]);
-      st.left[r] = as<i64>(rules_[r].left);
-    }
-    for (const auto kind : {ElementwiseKind::tie_counts, ElementwiseKind::tie_scan, ElementwiseKind::trim}) {
-      st.kind = kind;
-      b_.elementwise(st, s_);
-    }
-  }
-
- private:
-  // A lane_stats step: Σ|x| (`abs`), of the drop's kept elements (`kept`), the rules' ties and
-  // Σ|x| above their thresholds (`rules`).
-  void lanes(ElementwiseStep st, bool abs, bool kept, bool rules) {
-    st.kind = ElementwiseKind::lane_stats;
-    if (abs) st.before = as<double>(before_);
-    if (kept) {
-      st.after = as<double>(after_);
-      st.seed = th_.spec_.seed;
-      st.stream = th_.spec_.stream;
-      st.limit = kernels::CounterThreshold::limit(th_.spec_.density);
-    }
-    if (rules) {
-      set_rules(st);
-      for (std::size_t r = 0; r < rules_.size(); ++r) {
-        st.equal[r] = as<std::uint64_t>(rules_[r].equal);
-        st.above[r] = as<double>(rules_[r].above);
-      }
-    }
-    b_.elementwise(st, s_);
-  }
-
-  // DELLA's decisions for the piece x at `first` (whole groups of rows: the driver's pieces
-  // are multiples of the thinning's granule) into keep_, as Thinning::della_keep makes them.
-  // The norms pass and apply each rank the piece: the decisions are not kept between passes.
-  unsigned char* della_keep(float* x, i64 first, i64 count) {
-    const auto& shape = th_.spec_.shape;
-    ElementwiseStep st;
-    st.kind = ElementwiseKind::della_keep;
-    st.first = first;
-    st.count = count;
-    st.x = x;
-    st.keep = keep_;
-    st.row = shape.size() >= 2 ? shape[1] : th_.count_;
-    st.inner = th_.granule_ / std::max<i64>(st.row, 1);
-    st.density = th_.spec_.density;
-    st.epsilon = th_.spec_.epsilon;
-    st.seed = th_.spec_.seed;
-    st.stream = th_.spec_.stream;
-    if (st.row > 0 && st.inner > 0) b_.elementwise(st, s_);
-    return keep_;
-  }
-
-  struct RuleBuffers {
-    DeviceBuffer low, equal, above, left;
-  };
-  Thinning& th_;
-  Backend& b_;
-  Stream s_;
-  unsigned char* keep_;
-  DeviceBuffer high_, before_, after_;
-  std::vector<RuleBuffers> rules_;
-};
 
 struct CombineOnBackend::State {
   State(Backend& b, std::size_t tasks, bool base) : backend(b), stream(b.create_stream()), n(tasks), has_base(base) {}
