@@ -59,7 +59,7 @@ void add_add_command(CLI::App& app) {
   cmd->add_flag("--force", args.force, "replace an existing output folder");
   cmd->add_option("--threads", args.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--json", args.json, "print the report as JSON");
-  cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success");
+  cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success but warnings (to stderr)");
   cmd->callback([] { run_add(args); });
 }
 

@@ -124,7 +124,7 @@ void add_compress_command(CLI::App& app) {
                  ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--force", args.o.overwrite, "replace an existing output folder");
   cmd->add_flag("--json", args.json, "print the report as JSON");
-  cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success");
+  cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success but warnings (to stderr)");
   cmd->callback([] { run_compress(args); });
 }
 

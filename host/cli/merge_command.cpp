@@ -147,7 +147,7 @@ void add_merge_command(CLI::App& app) {
   opt["--sequential"] = cmd->add_flag("--sequential", args.sequential,
       "RMM: one module at a time on one thread instead of the overlapped pipeline (same output)");
   cmd->add_flag("--json", args.json, "print the report as JSON");
-  cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success");
+  cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success but warnings (to stderr)");
   cmd->callback([] { run_merge(args); });
 }
 

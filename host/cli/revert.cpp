@@ -37,7 +37,7 @@ void add_revert_command(CLI::App& app) {
   cmd->add_option("--threads", args.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--device", args.device, "cpu, cuda or auto (default: cuda when a GPU is usable)");
   cmd->add_option("--gpu", args.gpu, "CUDA device index (default 0)")->check(CLI::NonNegativeNumber);
-  cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success");
+  cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success but warnings (to stderr)");
   cmd->callback([dtype] {
     if (args.task.empty() && !args.all) throw usage_error("give --task NAME or --all");
     const Bundle bundle(args.bundle);
