@@ -18,325 +18,36 @@
 
 #include "kernels/counter_rng.hpp"
 #include "kernels/elementwise.hpp"
-#include "methods/classic/for_blocks.hpp"
-#include "methods/classic/lanes8.hpp"
 #include "methods/classic/magnitude_order.hpp"
 #include "methods/classic/thinning.hpp"
+#include "methods/classic/thinning_loops.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
 namespace {
 
 using i64 = std::int64_t;
-
-// Statistics are kept per block of this many elements of the tensor, each block's sum taken in
-// index order (carried from piece to piece), the blocks' sums added in order: results do not
-// depend on the piece sizes or the thread count. A block's Σ|x| is kept in kLanes interleaved
-// lanes (element i in lane i mod kLanes, each lane in index order), added in a fixed tree at the
-// end: the additions run side by side instead of one chain of dependent adds.
-// The blocks and lanes are kernels/elementwise.hpp's: a backend gathers the same sums.
-constexpr i64 kBlock = kernels::kStatBlock;
-constexpr i64 kLanes = kernels::kStatLanes;
-constexpr i64 kEveryone = std::numeric_limits<i64>::max();
 using kernels::kept_or_zero;
 using kernels::magnitude_bits;
+using thinning_loops::add_abs;
+using thinning_loops::add_drawn_norms;
+using thinning_loops::add_histogram;
+using thinning_loops::add_kept_norms;
+using thinning_loops::block_count;
+using thinning_loops::count_bits;
+using thinning_loops::draw_keeps;
+using thinning_loops::drop_drawn;
+using thinning_loops::for_blocks;
+using thinning_loops::in_lanes;
+using thinning_loops::kBlock;
+using thinning_loops::kDraws;
+using thinning_loops::kept_or_zero;
+using thinning_loops::kLanes;
+using thinning_loops::total;
+using thinning_loops::trim_run;
+using thinning_loops::TrimRule;
 
-i64 block_count(i64 count) { return (count + kBlock - 1) / kBlock; }
-
-// for_blocks.hpp's loop over the statistics blocks.
-template <class F>
-void for_blocks(i64 first, i64 size, int threads, const F& f) {
-  revmerge::for_blocks(first, size, kBlock, threads, f);
-}
-
-// Adds to `counts` (65536 of them) the histogram of 16 bits of the magnitudes (`shift` 16: the
-// high half; 0: the low half of those whose high half is `high`), on the calling thread. The low
-// half's few elements are found 16 at a time by a vectorised test (compiled again for AVX2 and
-// AVX-512): most stretches hold none.
-#if defined(__x86_64__)
-[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
-#endif
-void count_bits(i64* counts, const float* x, i64 m, int shift, std::uint32_t high, std::uint64_t first = 0,
-                std::uint64_t* at = nullptr, i64 at_size = 0, i64* at_used = nullptr) {
-  if (shift == 16) {
-    for (i64 j = 0; j < m; ++j) ++counts[magnitude_bits(x[j]) >> 16];
-    return;
-  }
-  // With `at`, each element counted is also kept as (index << 16 | low bits) at the next of
-  // at_size places (taken atomically: runs on other threads keep theirs at once).
-  const auto add = [&](i64 j) {
-    const std::uint32_t b = magnitude_bits(x[j]);
-    if ((b >> 16) != high) return;
-    ++counts[b & 0xffffu];
-    if (!at) return;
-    const i64 place = std::atomic_ref<i64>(*at_used).fetch_add(1, std::memory_order_relaxed);
-    if (place < at_size) at[place] = (first + static_cast<std::uint64_t>(j)) << 16 | (b & 0xffffu);
-  };
-  constexpr i64 kScan = 16;
-  i64 j = 0;
-  for (; j + kScan <= m; j += kScan) {
-    bool any = false;
-    for (i64 l = 0; l < kScan; ++l) any |= (magnitude_bits(x[j + l]) >> 16) == high;
-    if (any)
-      for (i64 l = 0; l < kScan; ++l) add(j + l);
-  }
-  for (; j < m; ++j) add(j);
-}
-
-void count_bits(i64* counts, std::span<const float> x, int shift, std::uint32_t high) {
-  count_bits(counts, x.data(), static_cast<i64>(x.size()), shift, high);
-}
-
-// The same into `total`, counted per thread.
-void add_histogram(std::vector<i64>& total, std::span<const float> x, int shift, std::uint32_t high,
-                   int threads) {
-  const i64 count = static_cast<i64>(x.size());
-  if (count < kBlock || threads <= 1) {  // a small piece: straight into the total
-    count_bits(total.data(), x, shift, high);
-    return;
-  }
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<i64> local(65536, 0);
-    const i64 t = omp_get_thread_num(), nt = omp_get_num_threads();
-    count_bits(local.data(), x.data() + count * t / nt, count * (t + 1) / nt - count * t / nt, shift, high);
-#pragma omp critical
-    for (std::size_t j = 0; j < total.size(); ++j) total[j] += local[j];
-  }
-}
-
-// For elements [b, e) of a block: term(i, l) adds element i's terms to lane l (= i mod kLanes)
-// of the caller's accumulators, elements of a lane in index order; a whole row of lanes at a
-// time where it can, so the compiler keeps them in registers.
-template <class Term>
-void in_lanes(i64 b, i64 e, Term term) {
-  i64 i = b;
-  for (; i < e && i % kLanes != 0; ++i) term(i, i % kLanes);
-  for (; i + kLanes <= e; i += kLanes)
-    for (i64 l = 0; l < kLanes; ++l) term(i + l, l);
-  for (; i < e; ++i) term(i, i % kLanes);
-}
-
-// Σ|x| of a piece into the blocks' lanes (kLanes per block).
-void add_abs(std::vector<double>& lanes, i64 first, std::span<const float> x, int threads) {
-  for_blocks(first, static_cast<i64>(x.size()), threads, [&](i64 c, i64 b, i64 e) {
-    double acc[kLanes];
-    std::copy_n(lanes.begin() + c * kLanes, kLanes, acc);
-    in_lanes(b, e, [&](i64 i, i64 l) { acc[l] += std::fabs(x[i - first]); });
-    std::copy_n(acc, kLanes, lanes.begin() + c * kLanes);
-  });
-}
-
-// The blocks' sums (each its lanes' fixed tree), added in block order.
-double total(const std::vector<double>& lanes) {
-  return kernels::lanes_total(lanes.data(), static_cast<i64>(lanes.size()) / kLanes);
-}
-
-// Whether a value is in a rule's set, walking its block in index order (`left`: how many of
-// the block's elements at the threshold are still inside). Branch-free: which elements are
-// kept is as unpredictable as the data.
-bool inside(bool trivial, i64 k, std::uint32_t threshold, float v, i64& left) {
-  if (trivial) return k > 0;
-  const std::uint32_t b = magnitude_bits(v);
-  const bool at = (b == threshold) & (left > 0);
-  left -= at;
-  return (b > threshold) | at;
-}
-
-// A trim rule as trim_run walks it: a trivial one keeps all (`all`) or nothing without looking.
-struct TrimRule {
-  bool trivial = false, all = false;
-  std::uint32_t threshold = 0;
-};
-
-// Elements whose magnitude bits are `min_inside` or more are inside a rule over a stretch of a
-// block where the rule's walk over its ties decides nothing one at a time: all of the stretch's
-// ties are inside (`left` covers them) or none is (`left` is 0). 0x80000000 is above every
-// magnitude's bits: nothing inside. nullopt: the stretch where the rule's ties run out.
-std::optional<std::uint32_t> min_inside(const TrimRule& r, const float* x, i64 m, i64& left) {
-  constexpr std::uint32_t kNone = 0x80000000u;
-  if (r.trivial) return r.all ? 0u : kNone;
-  if (left == 0) return r.threshold + 1;  // ≤ kNone: the threshold is a magnitude's bits
-  i64 ties = 0;
-  for (i64 j = 0; j < m; ++j) ties += magnitude_bits(x[j]) == r.threshold;
-  if (left < ties) return std::nullopt;
-  left -= ties;
-  return r.threshold;
-}
-
-// Kept where the magnitude bits are in [lo, hi), rescaled by `factor`; else +0. One comparison
-// per element, vectorised; compiled again for AVX2 and AVX-512 (integer comparisons and the
-// kernels' rescale: the same bits everywhere).
-#if defined(__x86_64__)
-[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
-#endif
-void keep_between(float* x, i64 m, std::uint32_t lo, std::uint32_t hi, double factor) {
-  const auto kept = [&](float v) {
-    const std::uint32_t b = magnitude_bits(v);
-    return (b >= lo) & (b < hi);
-  };
-  if (factor == 1.0) {
-    for (i64 j = 0; j < m; ++j) x[j] = kernels::kept_or_zero(kept(x[j]), x[j]);
-  } else {
-    for (i64 j = 0; j < m; ++j) x[j] = kernels::kept_or_zero(kept(x[j]), static_cast<float>(x[j] * factor));
-  }
-}
-
-// The trims over `m` elements of one block in index order (`left`: how many of each rule's ties
-// in the block are still inside): kept where inside `outer` and not inside `dropped` (null: no
-// such rule), rescaled by `factor`; else +0 — inside()'s decisions, one comparison per element
-// except in the one stretch per rule where its ties run out, which is walked one at a time.
-void trim_run(float* x, i64 m, const TrimRule& outer, i64& left, const TrimRule* dropped, i64& left_dropped,
-              double factor) {
-  i64 outer_left = left, dropped_left = left_dropped;
-  const auto lo = min_inside(outer, x, m, outer_left);
-  const auto hi = dropped ? min_inside(*dropped, x, m, dropped_left) : std::optional<std::uint32_t>(0x80000000u);
-  if (lo && hi) {
-    keep_between(x, m, *lo, *hi, factor);
-    left = outer_left;
-    left_dropped = dropped_left;
-    return;
-  }
-  for (i64 j = 0; j < m; ++j) {
-    const bool in = inside(outer.trivial, outer.all, outer.threshold, x[j], left);
-    const bool out = dropped && inside(dropped->trivial, dropped->all, dropped->threshold, x[j], left_dropped);
-    x[j] = kept_or_zero(in & !out, kernels::rescaled(x[j], factor));
-  }
-}
-
-// DARE's decisions are drawn this many at a time into a buffer, by draw_keeps.
-constexpr i64 kDraws = 512;
-
-// keep[j] = whether element first + j is kept (its counter draw below `limit`), j < count. One
-// loop of independent draws, compiled again for AVX2 and AVX-512 where the CPU has them (the
-// draws are integer arithmetic: the same bits everywhere).
-#if defined(__x86_64__)
-[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
-#endif
-void draw_keeps(const kernels::CounterThreshold& draw, std::uint64_t limit, i64 first, i64 count,
-                unsigned char* keep) {
-  const auto at = static_cast<std::uint64_t>(first);
-  for (i64 j = 0; j < count; ++j) keep[j] = draw.below(at + static_cast<std::uint64_t>(j), limit);
-}
-
-// v where `keep`, else +0 (by a mask, not a branch).
-double kept_or_zero(bool keep, double v) {
-  return std::bit_cast<double>(std::bit_cast<std::uint64_t>(v) & (std::uint64_t{0} - static_cast<std::uint64_t>(keep)));
-}
-
-// Elements [s, t) of a block: Σ|x| into its lanes `before` and, of those `keeps[i − s]` keeps, into
-// `after` (kLanes each, every lane in index order); with `words` (a whole tensor: s on a word,
-// as its blocks and runs start) the decisions also go into its bit words — no two threads write
-// one. `x` starts at element s. Compiled again for AVX2 and AVX-512 where the CPU has them: the
-// same additions in the same order per lane, so the same bits on every machine.
-#if defined(__x86_64__)
-[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
-#endif
-void add_kept_norms(const float* x, const unsigned char* keeps, i64 s, i64 t, double* before, double* after,
-                    std::uint64_t* words) {
-  // Element i: its |x| into lane l of `bl` and `al`; whether it is kept.
-  const auto one = [&](i64 i, i64 l, double* bl, double* al) {
-    const double v = std::fabs(x[i - s]);
-    const bool keep = keeps[i - s] != 0;
-    bl[l] += v;
-    al[l] += kept_or_zero(keep, v);
-    return keep;
-  };
-  const auto bit = [&](i64 i, bool keep) {
-    const auto u = static_cast<std::uint64_t>(i);
-    words[u / 64] |= static_cast<std::uint64_t>(keep) << (u % 64);
-  };
-  i64 i = s;
-  for (; i < t && i % kLanes != 0; ++i) {  // a piece that starts inside a row of lanes
-    const bool keep = one(i, i % kLanes, before, after);
-    if (words) bit(i, keep);
-  }
-  // Rows of lanes with the lanes in registers; a whole tensor's decisions a word at a time.
-  double bl[kLanes], al[kLanes];
-  std::copy_n(before, kLanes, bl);
-  std::copy_n(after, kLanes, al);
-  if (words) {
-    for (; i + 64 <= t; i += 64) {
-      std::uint64_t word = 0;
-      for (i64 j = 0; j < 64; j += kLanes)
-        for (i64 l = 0; l < kLanes; ++l) word |= static_cast<std::uint64_t>(one(i + j + l, l, bl, al)) << (j + l);
-      words[static_cast<std::uint64_t>(i) / 64] = word;
-    }
-  }
-  for (; i + kLanes <= t; i += kLanes)
-    for (i64 l = 0; l < kLanes; ++l) {
-      const bool keep = one(i + l, l, bl, al);
-      if (words) bit(i + l, keep);
-    }
-  std::copy_n(bl, kLanes, before);
-  std::copy_n(al, kLanes, after);
-  for (; i < t; ++i) {
-    const bool keep = one(i, i % kLanes, before, after);
-    if (words) bit(i, keep);
-  }
-}
-
-// Eight elements as one vector of each kind (GCC's vector types; the statistics' lanes; Lanes
-// and Floats from lanes8.hpp).
-static_assert(kLanes == 8);
-using Words = std::uint64_t __attribute__((vector_size(kLanes * sizeof(std::uint64_t))));
-using FloatBits = std::uint32_t __attribute__((vector_size(kLanes * sizeof(std::uint32_t))));
-constexpr Words kLaneIndex = {0, 1, 2, 3, 4, 5, 6, 7};
-
-// A run's DARE norms over elements [s, t) of a block (`x` from element s), each element drawn as
-// it is summed: add_kept_norms' sums (the same bits) without a buffer of decisions between the
-// draws and the sums, eight draws and lanes as one vector per row of lanes.
-#if defined(__x86_64__)
-[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
-#endif
-void add_drawn_norms(const kernels::CounterThreshold& draw, std::uint64_t limit, const float* x, i64 s, i64 t,
-                     double* before, double* after) {
-  const auto one = [&](i64 i) {
-    const double v = std::fabs(x[i - s]);
-    before[i % kLanes] += v;
-    after[i % kLanes] += kept_or_zero(draw.below(static_cast<std::uint64_t>(i), limit), v);
-  };
-  i64 i = s;
-  for (; i < t && i % kLanes != 0; ++i) one(i);
-  Lanes b, a;
-  std::memcpy(&b, before, sizeof b);
-  std::memcpy(&a, after, sizeof a);
-  const Words magnitude = Words{} + ~(std::uint64_t{1} << 63);
-  for (; i + kLanes <= t; i += kLanes) {
-    Floats f;
-    std::memcpy(&f, x + (i - s), sizeof f);
-    // |x| widened: the sign bit cleared after widening, exactly fabs then widening.
-    const Words v = reinterpret_cast<Words>(__builtin_convertvector(f, Lanes)) & magnitude;
-    Words keep;
-    draw.below_lanes(kLaneIndex + static_cast<std::uint64_t>(i), limit, keep);
-    b += reinterpret_cast<Lanes>(v);
-    a += reinterpret_cast<Lanes>(v & keep);  // +0 where dropped
-  }
-  std::memcpy(before, &b, sizeof b);
-  std::memcpy(after, &a, sizeof a);
-  for (; i < t; ++i) one(i);
-}
-
-// DARE's drop over `count` elements at element `first` (x from it), each drawn as it is thinned:
-// kept ones rescaled (kernels' rescaled), dropped ones +0 (kernels' drop_element, the same bits).
-#if defined(__x86_64__)
-[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
-#endif
-void drop_drawn(const kernels::CounterThreshold& draw, std::uint64_t limit, double factor, float* x, i64 first,
-                i64 count) {
-  i64 j = 0;
-  for (; j + kLanes <= count; j += kLanes) {
-    Floats f;
-    std::memcpy(&f, x + j, sizeof f);
-    Words keep;
-    draw.below_lanes(kLaneIndex + static_cast<std::uint64_t>(first + j), limit, keep);
-    if (factor != 1.0) f = __builtin_convertvector(__builtin_convertvector(f, Lanes) * factor, Floats);
-    f = reinterpret_cast<Floats>(reinterpret_cast<FloatBits>(f) & __builtin_convertvector(keep, FloatBits));
-    std::memcpy(x + j, &f, sizeof f);
-  }
-  for (; j < count; ++j)
-    x[j] = kernels::kept_or_zero(draw.below(static_cast<std::uint64_t>(first + j), limit), kernels::rescaled(x[j], factor));
-}
+constexpr i64 kEveryone = std::numeric_limits<i64>::max();
 
 }  // namespace
 
