@@ -1,0 +1,129 @@
+// ResidentBundle: every representation rebuilt as revert rebuilds it.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "methods/store/shared_rows.hpp"
+#include "kernels/float_bits.hpp"
+#include "methods/materialize_parts.hpp"
+#include "revmerge/error.hpp"
+#include "revmerge/resident.hpp"
+#include "revmerge/store.hpp"
+#include "store_fixtures.hpp"
+#include "test_util.hpp"
+
+namespace revmerge {
+namespace {
+
+using namespace store_fixtures;
+
+// A resident bundle rebuilds every task of every representation with revert's bits: rmm
+// (version 1 and a P per side), rank, shared rows, shared bases and tasks added later; in bf16
+// and f16 as the one rounding of those; any subset of modules in any order; bad calls refused.
+TEST(ResidentBundle, RebuildsEveryRepresentationAsRevertDoes) {
+  test::TempDir tmp;
+  const auto family = write_family(tmp / "family");
+  std::vector<std::filesystem::path> bundles;
+  RmmMergeOptions r;
+  r.tasks = family, r.basis = 2, r.out = tmp / "v1", r.device = Device::cpu;
+  merge_rmm(r);
+  bundles.push_back(r.out);
+  auto o = store_options(family, StoreMethod::automatic, tmp / "auto");
+  o.storage.fraction = 0.5;
+  o.dtype = DType::BF16;  // the stored type the tiles read most
+  merge_store(o);
+  bundles.push_back(o.out);
+  r.dtype = DType::F16, r.out = tmp / "v1-f16";
+  merge_rmm(r);
+  bundles.push_back(r.out);
+  o = store_options(write_shared_a_family(tmp / "rows"), StoreMethod::automatic, tmp / "shared_rows");
+  o.storage.fraction = 0.6, o.representations = {Representation::shared_rows};
+  merge_store(o);
+  bundles.push_back(o.out);
+  o = store_options(write_shared_columns_family(tmp / "columns"), StoreMethod::automatic, tmp / "shared");
+  o.storage.fraction = 0.6, o.representations = {Representation::shared};
+  merge_store(o);
+  bundles.push_back(o.out);
+  o = store_options({family.begin(), family.begin() + 3}, StoreMethod::automatic, tmp / "three");
+  o.storage.fraction = 0.5;
+  merge_store(o);
+  AddTasksOptions add;
+  add.bundle = o.out, add.tasks = {family[3]}, add.out = tmp / "added";
+  add_tasks(add);
+  bundles.push_back(add.out);
+  std::set<Representation> seen;
+  for (const auto& dir : bundles) {
+    const Bundle bundle(dir);
+    const auto& man = bundle.manifest();
+    ResidentBundle rb(dir, Device::cpu);
+    EXPECT_TRUE(rb.on_host());
+    EXPECT_GE(rb.memory_bytes(), std::filesystem::file_size(dir / kBundleTensorsName) - 8192);
+    const std::size_t nm = man.modules.size();
+    for (i64 t = 0; t < static_cast<i64>(man.tasks.size()); ++t) {
+      std::vector<std::vector<float>> a(nm), b(nm);
+      std::vector<std::vector<std::uint16_t>> a16(nm), b16(nm), ah(nm), bh(nm);
+      std::vector<void*> pa, pb, pa16, pb16, pah, pbh;
+      for (std::size_t m = 0; m < nm; ++m) {
+        const auto& mod = man.modules[m];
+        seen.insert(mod.representation);
+        a[m].resize(mod.rank * mod.in), b[m].resize(mod.out * mod.rank);
+        a16[m].resize(a[m].size()), b16[m].resize(b[m].size()), ah[m].resize(a[m].size()), bh[m].resize(b[m].size());
+        pa.push_back(a[m].data()), pb.push_back(b[m].data());
+        pa16.push_back(a16[m].data()), pb16.push_back(b16[m].data());
+        pah.push_back(ah[m].data()), pbh.push_back(bh[m].data());
+      }
+      rb.materialize(t, {}, DType::F32, pa, pb);
+      rb.materialize(t, {}, DType::BF16, pa16, pb16);
+      rb.materialize(t, {}, DType::F16, pah, pbh);
+      for (std::size_t m = 0; m < nm; ++m) {
+        const auto want = revert_module(bundle, m, t, Device::cpu);
+        ASSERT_EQ(a[m], want.a) << dir << " module " << m << " task " << t;
+        ASSERT_EQ(b[m], want.b) << dir << " module " << m << " task " << t;
+        // The CPU's tiles against the element routine the GPU runs, element by element.
+        std::vector<float> ea(a[m].size()), eb(b[m].size());
+        const auto lookup = [&](const std::string& name) {
+          const auto& [file, info] = bundle.tensors().at(name);
+          return StoredTensor{file->bytes(*info).data(), kernel_type(info->dtype, name)};
+        };
+        for (const auto& part : materialize_parts(man.modules[m], man.represented_tasks(), t, lookup, ea.data(),
+                                                  eb.data(), kernels::ElemType::f32))
+          for (i64 i = 0; i < part.rows; ++i)
+            for (i64 j = 0; j < part.cols; ++j)
+              kernels::store_rounded(part.out, i * part.cols + j, part.out_type, kernels::materialize_element(part, i, j));
+        ASSERT_EQ(a[m], ea) << dir << " module " << m << " task " << t;
+        ASSERT_EQ(b[m], eb) << dir << " module " << m << " task " << t;
+        for (std::size_t i = 0; i < a[m].size(); ++i) {
+          ASSERT_EQ(a16[m][i], kernels::f32_to_bf16_bits(a[m][i]));
+          ASSERT_EQ(ah[m][i], kernels::f32_to_f16_bits(a[m][i]));
+        }
+        for (std::size_t i = 0; i < b[m].size(); ++i) {
+          ASSERT_EQ(b16[m][i], kernels::f32_to_bf16_bits(b[m][i]));
+          ASSERT_EQ(bh[m][i], kernels::f32_to_f16_bits(b[m][i]));
+        }
+      }
+      // The last module and the first, in that order, into other buffers.
+      const std::vector<i64> some = {static_cast<i64>(nm) - 1, 0};
+      std::vector<float> la(a.back().size()), lb(b.back().size()), fa(a[0].size()), fb(b[0].size());
+      const std::vector<void*> sa = {la.data(), fa.data()}, sb = {lb.data(), fb.data()};
+      rb.materialize(t, some, DType::F32, sa, sb);
+      EXPECT_EQ(la, a.back());
+      EXPECT_EQ(lb, b.back());
+      EXPECT_EQ(fa, a[0]);
+      EXPECT_EQ(fb, b[0]);
+    }
+  }
+  EXPECT_EQ(seen.size(), 4u);  // rmm, rank, shared_rows, shared
+  ResidentBundle rb(bundles[0], Device::cpu);
+  std::vector<float> x(4096), y(4096);
+  const std::vector<void*> one = {x.data()}, two = {y.data()}, none = {nullptr};
+  const std::vector<i64> first = {0}, outside = {99};
+  EXPECT_THROW(rb.materialize(4, first, DType::F32, one, two), usage_error);
+  EXPECT_THROW(rb.materialize(0, outside, DType::F32, one, two), usage_error);
+  EXPECT_THROW(rb.materialize(0, first, DType::F64, one, two), usage_error);
+  EXPECT_THROW(rb.materialize(0, first, DType::F32, none, two), usage_error);
+  EXPECT_THROW(rb.materialize(0, {}, DType::F32, one, two), usage_error);  // every module, one buffer
+  EXPECT_THROW(ResidentBundle(tmp / "family" / "task0", Device::cpu), io_error);
+}
+
+}  // namespace
+}  // namespace revmerge

@@ -1,0 +1,91 @@
+// The store's budget allocation against exhaustive search, and its workers' thread counts.
+#include <gtest/gtest.h>
+
+#include <omp.h>
+
+#include <cmath>
+#include <random>
+
+#include "methods/store/allocation.hpp"
+#include "methods/store/parallel_tasks.hpp"
+#include "revmerge/error.hpp"
+
+namespace revmerge {
+namespace {
+
+using i64 = std::int64_t;
+
+// The allocation against every combination of choices on a small case.
+TEST(StoreAllocation, BudgetChoiceMatchesExhaustiveSearchOnConvexOptions) {
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<double> u(0.1, 1.0);
+  std::vector<ModuleOptions> modules(3);
+  for (auto& m : modules) {
+    m.rank_unit = 10 + 5 * (&m - modules.data());
+    m.task_weight = {1.0, 0.5};
+    for (int t = 0; t < 2; ++t) {
+      std::vector<double> s;
+      double v = u(rng);
+      for (int k = 0; k < 3; ++k) s.push_back(v), v *= u(rng);
+      m.sigma_sq.push_back(s);
+    }
+  }
+  for (const double budget : {0.0, 15.0, 40.0, 75.0, 120.0, 500.0}) {
+    const auto got = allocate_budget(modules, budget);
+    double used = 0, err = 0;
+    for (const auto& c : got) used += c.numbers, err += c.error;
+    EXPECT_LE(used, budget + 1e-9);
+    // Exhaustive: each of 6 tasks keeps 0..3 directions.
+    double best = INFINITY;
+    for (int code = 0; code < 4096; ++code) {
+      double n = 0, e = 0;
+      int c = code;
+      for (int m = 0; m < 3; ++m)
+        for (int t = 0; t < 2; ++t) {
+          const int k = c % 4;
+          c /= 4;
+          n += k * modules[m].rank_unit;
+          for (int j = k; j < 3; ++j) e += modules[m].task_weight[t] * modules[m].sigma_sq[t][j];
+        }
+      if (n <= budget) best = std::min(best, e);
+    }
+    // Greedy by value per number is optimal up to the last direction that does not fit.
+    EXPECT_LE(err, best + 0.35) << budget;
+    if (budget == 0.0 || budget == 500.0) EXPECT_NEAR(err, best, 1e-12);
+  }
+}
+
+TEST(StoreAllocation, FixedOptionTakenWhereItIsWorthItsNumbers) {
+  ModuleOptions m;
+  m.rank_unit = 10;
+  m.task_weight = {1.0};
+  m.sigma_sq = {{1.0, 1.0, 1.0, 1.0}};  // flat: truncation loses 1 per 10 numbers saved
+  m.fixed = {{20, 0.1, 0.1}};           // 20 numbers for error 0.1
+  const auto c = allocate_budget({m}, 20);
+  EXPECT_EQ(c[0].fixed, 0);
+  EXPECT_DOUBLE_EQ(c[0].error, 0.1);
+  const auto d = allocate_budget({m}, 19);
+  EXPECT_EQ(d[0].fixed, -1);
+  EXPECT_EQ(d[0].kept, std::vector<i64>{1});
+  const auto e = allocate_max_error({m}, 0.5);  // √(0.1 / 4) ≤ 0.5 → the fixed option
+  EXPECT_EQ(e[0].fixed, 0);
+}
+
+// A store worker's thread count (what its BLAS calls use) holds while the guard lives and is
+// restored after: two workers each running OpenBLAS on every core spin against each other.
+TEST(StoreThreads, AWorkersThreadCountHoldsForItsGuardAndIsRestored) {
+  const int before = omp_get_max_threads();
+  {
+    const ThreadsOfThisThread one(1);
+    EXPECT_EQ(omp_get_max_threads(), 1);
+    {
+      const ThreadsOfThisThread unchanged(0);
+      EXPECT_EQ(omp_get_max_threads(), 1);
+    }
+    EXPECT_EQ(omp_get_max_threads(), 1);
+  }
+  EXPECT_EQ(omp_get_max_threads(), before);
+}
+
+}  // namespace
+}  // namespace revmerge
