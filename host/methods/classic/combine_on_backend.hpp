@@ -18,6 +18,7 @@
 namespace revmerge {
 
 class Backend;
+struct TensorOnBackend;
 
 /// Why the merge of `options` cannot run on a backend (empty when it can): DELLA's ranked drop,
 /// SCE's selection and the methods other than the element-wise ones, slerp, nuslerp, multislerp,
@@ -42,6 +43,7 @@ class CombineOnBackend {
              const TensorSources& sources, const std::function<void(std::uint64_t, std::span<const float>)>& sink);
 
  private:
+  friend struct TensorOnBackend;  // one tensor's merge (tensor_on_backend.hpp)
   struct State;
   std::unique_ptr<State> s_;
 };
