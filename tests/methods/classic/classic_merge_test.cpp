@@ -13,35 +13,14 @@
 #include "revmerge/error.hpp"
 #include "revmerge/hf_model.hpp"
 #include "revmerge/safetensors.hpp"
+#include "classic_fixtures.hpp"
 #include "test_util.hpp"
 
 namespace revmerge {
 namespace {
 
+using namespace classic_fixtures;
 namespace fs = std::filesystem;
-const fs::path kExamples = fs::path(REVMERGE_SOURCE_DIR) / "examples";
-
-std::vector<TaskSource> example_tasks(std::size_t n) {
-  std::vector<TaskSource> t;
-  for (const auto* name : {"chat", "code", "math", "qa", "sentiment"})
-    if (t.size() < n) t.push_back({name, kExamples / "adapters" / name});
-  return t;
-}
-
-ClassicMergeOptions full_model_options(const test::TempDir& tmp, ClassicMethod method) {
-  ClassicMergeOptions o;
-  o.method = method;
-  o.tasks = example_tasks(3);
-  o.weights = {0.5, -1.0, 1.5};
-  o.base = kExamples / "tiny-llama";
-  o.full_model = true;
-  o.out = tmp / "model";
-  return o;
-}
-
-std::vector<double> read_f64(const HfModel& m, const std::string& name) {
-  return m.checkpoint().at(name).file->read_f64(name);
-}
 
 TEST(ClassicMerge, CatAsFullModelIsBasePlusTheWeightedDeltas) {
   test::TempDir tmp;
@@ -95,16 +74,6 @@ TEST(ClassicMerge, CombinedTiesAsFullModelMatchesTheReference) {
   double scale = 0;
   for (const auto v : d) scale = std::max(scale, std::fabs(v));
   for (std::size_t j = 0; j < d.size(); ++j) ASSERT_NEAR(got[j], w[j] + d[j], 1e-5 * scale + 1e-6);
-}
-
-void expect_refused(const ClassicMergeOptions& o, const std::string& needle) {
-  try {
-    merge_classic(o);
-    FAIL() << "accepted; expected an error containing: " << needle;
-  } catch (const error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-  EXPECT_FALSE(fs::exists(o.out)) << "output written after an error";
 }
 
 TEST(ClassicMerge, BadOptionsAreRefusedByName) {
@@ -430,146 +399,6 @@ TEST(TensorParameters, AModelsOwnValueOutranksTheConfigsAndDefaultsFillTheRest) 
   EXPECT_EQ(attn.densities, (std::vector<double>{1.0, 0.6, 1.0}));  // no filter applies: the default
   EXPECT_EQ(attn.weights, (std::vector<double>{1.0, 1.0, 0.0}));
   EXPECT_TRUE(attn.tensor_parameters.empty());
-}
-
-// mergekit's tokenizer_source and chat_template on copies of the golden models given tokenizers.
-TEST(ClassicMerge, TokenizerSourceAndChatTemplate) {
-  test::TempDir tmp;
-  const auto golden = fs::path(REVMERGE_FIXTURES) / "golden" / "mergekit";
-  const auto write = [](const fs::path& p, const std::string& text) { std::ofstream(p) << text; };
-  const auto read = [](const fs::path& p) {
-    std::ifstream in(p);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
-  const std::string vocab = R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}}})";
-  const std::string base_t = "{% for m in messages %}base {{ m.content }}{% endfor %}";
-  const std::string ft_t = "{% for m in messages %}tuned {{ m.content }}{% endfor %}";
-  for (const auto* m : {"base", "ft0", "ft1"}) {
-    fs::create_directories(tmp / m);
-    for (const auto* f : {"config.json", "model.safetensors"}) fs::copy_file(golden / m / f, tmp / m / f);
-    write(tmp / m / "tokenizer.json", vocab);
-    write(tmp / m / "tokenizer_config.json",
-          nlohmann::json{{"chat_template", std::string(m) == "base" ? base_t : ft_t}}.dump());
-  }
-  write(tmp / "ft0" / "special_tokens_map.json", R"({"bos_token": "a"})");
-  ClassicMergeOptions o;
-  o.method = ClassicMethod::task_arithmetic;
-  o.tasks = {{"ft0", tmp / "ft0"}, {"ft1", tmp / "ft1"}};
-  o.base = tmp / "base";
-  o.out = tmp / "from_ft0";
-  o.tokenizer_source = tmp / "ft0";
-  merge_classic(o);
-  EXPECT_EQ(read(tmp / "from_ft0" / "special_tokens_map.json"), R"({"bos_token": "a"})");
-  EXPECT_EQ(read(tmp / "from_ft0" / "tokenizer_config.json"), read(tmp / "ft0" / "tokenizer_config.json"));
-  // auto: the template two of the three inputs carry, in both places transformers reads it.
-  o.tokenizer_source.clear();
-  o.chat_template = "auto";
-  o.out = tmp / "auto";
-  merge_classic(o);
-  EXPECT_EQ(read(tmp / "auto" / "chat_template.jinja"), ft_t);
-  EXPECT_EQ(nlohmann::json::parse(read(tmp / "auto" / "tokenizer_config.json"))["chat_template"], ft_t);
-  // auto where no input carries a template: merged without one, as mergekit does, and said.
-  for (const auto* m : {"base", "ft0", "ft1"}) write(tmp / m / "tokenizer_config.json", "{}");
-  o.out = tmp / "auto_none";
-  const auto none = merge_classic(o);
-  EXPECT_FALSE(fs::exists(tmp / "auto_none" / "chat_template.jinja"));
-  EXPECT_FALSE(nlohmann::json::parse(read(tmp / "auto_none" / "tokenizer_config.json")).contains("chat_template"));
-  ASSERT_EQ(none.warnings.size(), 1u);
-  EXPECT_NE(none.warnings[0].find("no input carries a chat template"), std::string::npos);
-  o.chat_template = "chatml";
-  o.out = tmp / "never";
-  expect_refused(o, "chat_template: 'chatml' names one of mergekit's bundled templates");
-  o.chat_template.reset();
-  write(tmp / "ft1" / "tokenizer.json", R"({"model": {"type": "BPE", "vocab": {"a": 0, "c": 1}}})");
-  o.tokenizer_source = tmp / "ft1";
-  expect_refused(o, "its tokenizer's vocabulary is not");
-}
-
-// mergekit's MODEL+LORA: the model with the adapter merged in (W + s·B·A, in f64) is what the
-// merge reads; the recipe names the input by what it was made of, and nothing is left beside
-// the output.
-TEST(ClassicMerge, ModelPlusLoraIsTheModelWithTheAdapterMergedIn) {
-  test::TempDir tmp;
-  // lora/a: alpha 8 at rank 4, a scale of 2
-  const auto golden = fs::path(REVMERGE_FIXTURES) / "golden" / "mergekit";
-  const auto model = golden / "base", adapter_dir = golden / "lora" / "a";
-  const auto given = tmp / "base+a";  // as a config names it: a path that does not exist
-  ClassicMergeOptions o;
-  o.method = ClassicMethod::task_arithmetic;
-  o.base = model;
-  o.tasks = {{"chat", given}};
-  o.weights = {0.5};
-  o.with_lora[given] = {model, adapter_dir};
-  o.out = tmp / "merged";
-  merge_classic(o);
-  const HfModel base(model), merged(o.out);
-  const PeftAdapter adapter(adapter_dir);
-  std::size_t adapted = 0;
-  for (const auto& t : base.checkpoint().tensors()) {
-    const auto& name = t.info->name;
-    auto want = read_f64(base, name);
-    const auto got = read_f64(merged, name);
-    if (const auto* m = adapter.find(name.substr(0, name.size() - 7)); m && name.ends_with(".weight")) {
-      const auto d = test::dense_delta(adapter.read_a(*m), adapter.read_b(*m), m->rank, m->in, m->out,
-                                       0.5 * m->scale);
-      for (std::size_t j = 0; j < want.size(); ++j) want[j] += d[j];
-      ++adapted;
-    }
-    for (std::size_t j = 0; j < want.size(); ++j) ASSERT_NEAR(got[j], want[j], 1e-6) << name << " [" << j << "]";
-  }
-  EXPECT_EQ(adapted, adapter.modules().size());
-  EXPECT_EQ(adapter.modules().front().scale, 2.0);
-  EXPECT_EQ(std::distance(fs::directory_iterator(tmp.path()), fs::directory_iterator()), 1)
-      << "the merged model's folder is left beside the output";
-  const auto recipe = nlohmann::json::parse(std::ifstream(o.out / "revmerge_recipe.json"));
-  EXPECT_EQ(recipe["inputs"][0]["path"], fs::absolute(model).lexically_normal().string() + "+" +
-                                             fs::absolute(adapter_dir).lexically_normal().string());
-  // An adapter of another model: refused by the tensor it does not fit, nothing written.
-  o.with_lora[given] = {kExamples / "tiny-llama", adapter_dir};
-  o.out = tmp / "never";
-  expect_refused(o, "is this the adapter's base model? (MODEL+LORA)");
-  EXPECT_EQ(std::distance(fs::directory_iterator(tmp.path()), fs::directory_iterator()), 1);
-  // As the base: the model card's title names the model and the adapter, not the adapter alone.
-  o.with_lora[given] = {model, adapter_dir};
-  o.base = given;
-  o.tasks = {{"ft0", golden / "ft0"}};
-  o.out = tmp / "on-the-adapted-base";
-  merge_classic(o);
-  std::ifstream card_file(o.out / "README.md");
-  const std::string card((std::istreambuf_iterator<char>(card_file)), std::istreambuf_iterator<char>());
-  EXPECT_NE(card.find("\n# merge of fine-tunes of base+a\n"), std::string::npos) << card;
-}
-
-// --out-shard-size: the same tensors, in shards of at most that many bytes (a tensor larger
-// than the limit alone in one), listed by an index.
-TEST(ClassicMerge, ShardsOfAModelStayUnderTheirSize) {
-  test::TempDir tmp;
-  const auto golden = fs::path(REVMERGE_FIXTURES) / "golden" / "mergekit";
-  ClassicMergeOptions o;
-  o.method = ClassicMethod::task_arithmetic;
-  o.base = golden / "base";
-  o.tasks = {{"ft0", golden / "ft0"}, {"ft1", golden / "ft1"}};
-  o.out = tmp / "whole";
-  merge_classic(o);
-  o.out = tmp / "sharded";
-  o.max_shard_bytes = 4096;
-  merge_classic(o);
-  EXPECT_FALSE(fs::exists(o.out / "model.safetensors"));
-  ASSERT_TRUE(fs::exists(o.out / "model.safetensors.index.json"));
-  std::size_t shards = 0;
-  for (const auto& e : fs::directory_iterator(o.out))
-    if (e.path().extension() == ".safetensors") {
-      ++shards;
-      const SafetensorsFile f(e.path());
-      std::size_t bytes = 0;
-      for (const auto& t : f.tensors()) bytes += f.bytes(t).size();
-      if (f.tensors().size() > 1) EXPECT_LE(bytes, 4096u) << e.path();
-    }
-  EXPECT_GT(shards, 2u);
-  const HfModel whole(tmp / "whole"), sharded(o.out);
-  ASSERT_EQ(whole.checkpoint().tensors().size(), sharded.checkpoint().tensors().size());
-  for (const auto& t : whole.checkpoint().tensors())
-    EXPECT_EQ(read_f64(whole, t.info->name), read_f64(sharded, t.info->name)) << t.info->name;
 }
 
 }  // namespace
