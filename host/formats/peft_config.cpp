@@ -163,6 +163,24 @@ LoraConfig parse_lora_config(const std::string& json_text, const std::string& fi
     throw unsupported_error(file + ": target_parameters (LoRA on raw parameters) is not supported");
   if (const auto it = j.find("trainable_token_indices"); it != j.end() && !it->is_null())
     throw unsupported_error(file + ": trainable_token_indices is not supported");
+  // PEFT's LoRA variants whose forward is not W x + s·B A x on the base model's own layers: a
+  // merge or a revert writes plain LoRA, which would silently act otherwise (everywhere rather
+  // than after the invocation tokens, on layers the base does not have, without the router).
+  // VeLoRA (a backward pass of its own) and MiCA (a frozen B) are plain LoRA at inference.
+  const std::pair<const char*, const char*> variants[] = {
+      {"alora_invocation_tokens", "activated LoRA (alora_invocation_tokens: the adapter acts only from its invocation "
+                                  "tokens on)"},
+      {"layer_replication", "layer replication (layer_replication: the layers are numbered in the expanded model)"},
+      {"use_qalora", "QALoRA (use_qalora: A acts on inputs pooled in groups)"},
+      {"arrow_config", "Arrow routing (arrow_config)"},
+      {"kasa_config", "KaSA (kasa_config: a learned diagonal between A and B)"},
+      {"monteclora_config", "MonteCLoRA (monteclora_config)"},
+      {"use_bdlora", "block-diagonal LoRA (use_bdlora: factors stored as blocks)"},
+  };
+  for (const auto& [key, what] : variants)
+    if (const auto it = j.find(key); it != j.end() && !it->is_null() && *it != false &&
+                                     !((it->is_array() || it->is_object()) && it->empty()))
+      throw unsupported_error(file + ": " + what + " is not supported: what revmerge writes is plain LoRA");
 
   LoraConfig c;
   c.r = get_field<int>(j, "r", 8, file);

@@ -99,6 +99,13 @@ TEST(LoraConfig, RefusesWhatIsNotSupportedNamingTheOption) {
       {R"({"lora_bias":true})", "lora_bias"},
       {R"({"bias":"all"})", "bias = 'all'"},
       {R"({"target_parameters":["experts.gate_up_proj"]})", "target_parameters"},
+      {R"({"alora_invocation_tokens":[32, 7]})", "alora_invocation_tokens"},
+      {R"({"layer_replication":[[0, 4], [2, 6]]})", "layer_replication"},
+      {R"({"use_qalora":true})", "use_qalora"},
+      {R"({"arrow_config":{"top_k":2}})", "arrow_config"},
+      {R"({"kasa_config":{"beta":1}})", "kasa_config"},
+      {R"({"monteclora_config":{"num_groups":4}})", "monteclora_config"},
+      {R"({"use_bdlora":{"nblocks":2}})", "use_bdlora"},
   };
   for (const auto& [json, fragment] : cases) {
     try {
@@ -109,6 +116,15 @@ TEST(LoraConfig, RefusesWhatIsNotSupportedNamingTheOption) {
       EXPECT_NE(std::string(e.what()).find("adapter_config.json"), std::string::npos);
     }
   }
+}
+
+// The fields of those variants as PEFT writes them for a plain adapter (null, false, empty), and
+// VeLoRA's, are plain LoRA.
+TEST(LoraConfig, PlainValuesOfTheVariantsFieldsAreAccepted) {
+  EXPECT_NO_THROW(parse(R"({"alora_invocation_tokens":null,"layer_replication":null,"use_qalora":false,)"
+                        R"("qalora_group_size":16,"arrow_config":null,"kasa_config":null,"monteclora_config":null,)"
+                        R"("use_bdlora":null,"velora_config":{"rank":4}})"));
+  EXPECT_NO_THROW(parse(R"({"layer_replication":[],"use_bdlora":false})"));
 }
 
 TEST(LoraConfig, RejectsMalformedFields) {
