@@ -106,6 +106,11 @@ TEST(LoraConfig, RefusesWhatIsNotSupportedNamingTheOption) {
       {R"({"kasa_config":{"beta":1}})", "kasa_config"},
       {R"({"monteclora_config":{"num_groups":4}})", "monteclora_config"},
       {R"({"use_bdlora":{"nblocks":2}})", "use_bdlora"},
+      {R"({"init_lora_weights":"pissa"})", "init_lora_weights 'pissa' changes the base weights"},
+      {R"({"init_lora_weights":"pissa_niter_16"})", "path_initial_model_for_weight_conversion"},
+      {R"({"init_lora_weights":"corda"})", "'corda'"},
+      {R"({"init_lora_weights":"OLoRA"})", "'OLoRA'"},
+      {R"({"init_lora_weights":"lora_ga"})", "'lora_ga'"},
   };
   for (const auto& [json, fragment] : cases) {
     try {
@@ -120,11 +125,14 @@ TEST(LoraConfig, RefusesWhatIsNotSupportedNamingTheOption) {
 
 // The fields of those variants as PEFT writes them for a plain adapter (null, false, empty), and
 // VeLoRA's, are plain LoRA.
-TEST(LoraConfig, PlainValuesOfTheVariantsFieldsAreAccepted) {
+TEST(LoraConfig, PlainValuesOfTheVariantsFieldsAndInitialisationsAreAccepted) {
   EXPECT_NO_THROW(parse(R"({"alora_invocation_tokens":null,"layer_replication":null,"use_qalora":false,)"
                         R"("qalora_group_size":16,"arrow_config":null,"kasa_config":null,"monteclora_config":null,)"
                         R"("use_bdlora":null,"velora_config":{"rank":4}})"));
   EXPECT_NO_THROW(parse(R"({"layer_replication":[],"use_bdlora":false})"));
+  // Initialisations that leave the base as it is (a converted PiSSA adapter says true).
+  for (const auto* init : {"true", "false", R"("gaussian")", R"("eva")", R"("orthogonal")", R"("mica")", R"("loftq")"})
+    EXPECT_NO_THROW(parse(std::string(R"({"init_lora_weights":)") + init + "}")) << init;
 }
 
 TEST(LoraConfig, RejectsMalformedFields) {
