@@ -64,6 +64,7 @@ std::string manifest_to_json(const BundleManifest& m) {
   j["stored_bytes"] = m.stored_bytes;
   j["created_by"] = m.created_by;
   j["backend"] = m.backend;
+  if (m.fan_in_fan_out) j["fan_in_fan_out"] = true;
   if (m.base_tasks != 0 && m.base_tasks != static_cast<std::int64_t>(m.tasks.size()))
     j["base_tasks"] = m.base_tasks;
   j["tasks"] = ojson::array();
@@ -159,6 +160,7 @@ BundleManifest parse_manifest(const std::string& text, const std::string& file) 
     if (j.contains(key)) *to = field<std::uint64_t>(j, key, file);
   m.created_by = field<std::string>(j, "created_by", file);
   if (const auto it = j.find("backend"); it != j.end() && it->is_string()) m.backend = it->get<std::string>();
+  if (j.contains("fan_in_fan_out")) m.fan_in_fan_out = field<bool>(j, "fan_in_fan_out", file);
   std::set<std::string> names;
   for (const auto& t : field<nlohmann::json>(j, "tasks", file)) {
     BundleTask task{field<std::string>(t, "name", file), field<std::string>(t, "source", file),

@@ -186,7 +186,7 @@ PeftAdapterWriter::PeftAdapterWriter(Join, const fs::path& dir, const std::vecto
   config["bias"] = "none";
   config["use_rslora"] = false;
   config["use_dora"] = false;
-  config["fan_in_fan_out"] = false;
+  config["fan_in_fan_out"] = options.fan_in_fan_out;
   config["target_modules"] = targets;
   config["rank_pattern"] = rank_pattern;
   config["alpha_pattern"] = alpha_pattern;

@@ -252,6 +252,7 @@ BundleManifest merge_rmm_on(const RmmMergeOptions& o, const BackendFactory& make
                                 (o.tasks[t].origin.empty() ? o.tasks[t].adapter : o.tasks[t].origin).string(),
                                 set->adapters[t]->config().base_model_name_or_path,
                                 set->adapters[t]->config().task_type});
+    manifest.fan_in_fan_out = set->adapters[0]->config().fan_in_fan_out;  // the set's, checked equal
     be = backend.get();
   });
   return merge_source(o, adapter_source(*set, o.reader_threads), std::move(manifest), *be, start,

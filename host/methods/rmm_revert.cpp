@@ -91,6 +91,7 @@ void write_task_adapter(const BundleManifest& man, const std::filesystem::path& 
   w.task_type = task.task_type;
   w.dtype = options.dtype;
   w.overwrite = options.overwrite;
+  w.fan_in_fan_out = man.fan_in_fan_out;
   w.metadata = {{"revmerge_bundle_task", task.name}};
   w.extra_files = {recipe_file(options.recipe, {"revert",
                                                 {{"task", task.name},
@@ -129,11 +130,14 @@ void revert_task_full(const Bundle& bundle, const std::string& task,
     const auto& mod = man.modules[i];
     const auto name = mod.path + ".weight";
     const auto* w = base.checkpoint().find(name);
-    if (!w || w->info->shape != std::vector<i64>{mod.out, mod.in})
+    // fan_in_fan_out: the base stores the weight in × out (GPT-2's Conv1D).
+    const auto rows = man.fan_in_fan_out ? mod.in : mod.out, cols = man.fan_in_fan_out ? mod.out : mod.in;
+    if (!w || w->info->shape != std::vector<i64>{rows, cols})
       throw shape_error(base_dir.string() + ": " +
                         (w ? "tensor '" + name + "' is not " : "no tensor '" + name + "' of ") +
-                        std::to_string(mod.out) + " × " + std::to_string(mod.in) +
-                        " for the bundle's module '" + mod.path + "'; is this the tasks' base model?");
+                        std::to_string(rows) + " × " + std::to_string(cols) + " for the bundle's module '" +
+                        mod.path + "'" + (man.fan_in_fan_out ? " (in × out: the tasks are fan_in_fan_out)" : "") +
+                        "; is this the tasks' base model?");
     by_tensor[name] = i;
   }
   auto be = make_backend(options.device, {options.threads, options.gpu});
@@ -155,12 +159,13 @@ void revert_task_full(const Bundle& bundle, const std::string& task,
     const auto& w = base.checkpoint().at(name);
     std::vector<double> acc(values.size());
     w.file->read(*w.info, std::span<double>(acc));
-    // W + B̂Â in double, rounded once.
+    // W + B̂Â in double, rounded once (W + (B̂Â)ᵀ where W is stored in × out).
+    const i64 out_stride = man.fan_in_fan_out ? 1 : mod.in, in_stride = man.fan_in_fan_out ? mod.out : 1;
     for (i64 o = 0; o < mod.out; ++o)
       for (i64 k = 0; k < mod.rank; ++k) {
         const double b = rm.b[o * mod.rank + k];
         if (b == 0) continue;
-        for (i64 x = 0; x < mod.in; ++x) acc[o * mod.in + x] += b * rm.a[k * mod.in + x];
+        for (i64 x = 0; x < mod.in; ++x) acc[o * out_stride + x * in_stride] += b * rm.a[k * mod.in + x];
       }
     std::copy(acc.begin(), acc.end(), values.begin());
     return true;

@@ -100,6 +100,10 @@ struct BundleManifest {
   std::uint64_t input_bytes = 0, stored_bytes = 0;
   std::string created_by;
   std::string backend;  ///< where it was computed, e.g. "cpu (OpenBLAS + LAPACKE, 2 threads)"
+  /// The tasks' adapters say fan_in_fan_out (a base whose weights are in × out, GPT-2's
+  /// Conv1D): reverted adapters say it too, and a full model adds each delta transposed.
+  /// Written only when true.
+  bool fan_in_fan_out = false;
 
   std::int64_t task_index(const std::string& name) const;  ///< -1 when absent
   std::int64_t represented_tasks() const noexcept {

@@ -115,6 +115,9 @@ struct AdapterWriteOptions {
   std::string task_type;  ///< e.g. "CAUSAL_LM"; empty writes null
   DType dtype = DType::F32;
   bool overwrite = false;
+  /// PEFT's flag for a base whose weights are stored in × out (GPT-2's Conv1D); the factors are
+  /// stored as for any other module.
+  bool fan_in_fan_out = false;
   std::map<std::string, std::string> metadata;  ///< extra safetensors __metadata__
   /// Small files written into the folder beside the adapter: (name, text), e.g. the recipe.
   std::vector<std::pair<std::string, std::string>> extra_files;

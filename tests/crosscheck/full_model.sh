@@ -29,3 +29,32 @@ for adapter in "$src/examples/adapters/qa" "$work/qa-adapter"; do
   echo -n "revert --full against $(basename "$(dirname "$adapter")")/$(basename "$adapter"): "
   python3 "$src/tools/check_full_model.py" --base "$base" --adapter "$adapter" --model "$work/qa-model" --tol 1e-5
 done
+# Adapters of a base whose weights are stored in × out (GPT-2's Conv1D, PEFT's fan_in_fan_out):
+# the bundle's full models add each delta transposed, square modules included (attn.c_proj),
+# and its reverted adapters keep the flag.
+python3 - "$work/gpt2" <<'PY'
+import sys, torch, peft
+from transformers import GPT2Config, GPT2LMHeadModel
+out = sys.argv[1]
+torch.manual_seed(0)
+GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=0)).save_pretrained(f"{out}/base")
+for i in range(2):
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True,
+                             init_lora_weights=False)
+    model = peft.get_peft_model(GPT2LMHeadModel.from_pretrained(f"{out}/base"), config)
+    torch.manual_seed(10 + i)
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            p.data = torch.randn_like(p) * 0.1
+    model.save_pretrained(f"{out}/task{i}")
+PY
+g=$work/gpt2
+for method in "--basis 1" "--method rank --storage 1"; do
+  "$revmerge" merge -q $method --out "$g/bundle" --force "$g/task0" "$g/task1" 2>/dev/null
+  "$revmerge" revert -q "$g/bundle" --task task1 --full --base "$g/base" --out "$g/task1-model" --force
+  "$revmerge" revert -q "$g/bundle" --task task1 --out "$g/task1-adapter" --force
+  grep -q '"fan_in_fan_out": true' "$g/task1-adapter/adapter_config.json" ||
+    { echo "FAIL ($method): the reverted adapter lost fan_in_fan_out"; exit 1; }
+  echo -n "fan_in_fan_out ($method) revert --full against the task's own adapter: "
+  python3 "$src/tools/check_full_model.py" --base "$g/base" --adapter "$g/task1" --model "$g/task1-model" --tol 1e-5
+done

@@ -244,6 +244,7 @@ ClassicMergeReport merge_classic_adapters(const ClassicMergeOptions& o) {
     w.task_type = first.task_type;
     w.dtype = o.dtype.value_or(DType::F32);
     w.overwrite = o.overwrite;
+    w.fan_in_fan_out = first.fan_in_fan_out;
     w.metadata = {{"revmerge.method", report.method}, {"revmerge.mode", report.mode}};
     w.extra_files = {classic_recipe_file(o, report)};
     agree_on(several(o.peers), [&] {  // worker 0 writes what all merged

@@ -98,6 +98,10 @@ BundleManifest add_tasks(const AddTasksOptions& o) {
   }
   const auto set = open_adapter_set(o.tasks);
   check_modules(before, set, o.bundle);
+  if (set.adapters[0]->config().fan_in_fan_out != before.fan_in_fan_out)
+    throw shape_error(set.adapters[0]->dir().string() + ": fan_in_fan_out is " +
+                      (before.fan_in_fan_out ? "false" : "true") + ", and the bundle's tasks' is " +
+                      (before.fan_in_fan_out ? "true" : "false") + " (adapters of another kind of base weights)");
   std::map<std::string, const PlannedModule*> planned;
   for (const auto& pm : set.plan) planned[pm.path] = &pm;
 

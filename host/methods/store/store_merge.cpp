@@ -396,6 +396,7 @@ BundleManifest store_share(const StoreMergeOptions& o, Peers* peers, int threads
   manifest.basis = 0;
   manifest.dtype = storage;
   manifest.created_by = std::string("revmerge ") + REVMERGE_VERSION_STRING;
+  manifest.fan_in_fan_out = set.adapters[0]->config().fan_in_fan_out;  // the set's, checked equal
   const auto backend_name = !be ? std::string() : threads == o.threads ? be->name()
                                                   : backend_description(o.device, o.threads, o.gpu);
   manifest.backend = be ? backend_name + "; truncations on the host (BLAS / LAPACK, f64)"
