@@ -45,6 +45,19 @@ HfModelConfig parse_config(const fs::path& path) {
 
 }  // namespace
 
+bool HfModel::stores_weights_transposed() const {
+  static const char* const conv1d[] = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer", "clvp",
+                                       "clvp_decoder", "clvp_encoder"};
+  return std::find(std::begin(conv1d), std::end(conv1d), config_.model_type) != std::end(conv1d);
+}
+
+void HfModel::refuse_transposed_weights(const std::string& what) const {
+  if (stores_weights_transposed())
+    throw unsupported_error(dir_.string() + ": a " + config_.model_type + " model stores its blocks' weights in × out "
+                            "(transformers' Conv1D), and " + what + " factors out × in weights; not supported for "
+                            "this family yet (its LoRA adapters, fan_in_fan_out, merge)");
+}
+
 HfModel::HfModel(const fs::path& dir)
     : dir_(require_config(dir)), config_(parse_config(dir / "config.json")), checkpoint_(dir) {
   for (const auto& t : checkpoint_.tensors()) {

@@ -176,6 +176,7 @@ CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device)
     ft_model = std::make_unique<HfModel>(o.model);
   });
   const HfModel &base = *base_model, &ft = *ft_model;
+  base.refuse_transposed_weights("compress");
   std::vector<const LinearWeight*> chosen;
   for (const auto& w : base.linears()) {
     if (!o.include.empty() && !listed(o.include, w)) continue;

@@ -40,6 +40,12 @@ class HfModel {
   /// 2-D `.weight` tensors inside numbered blocks, sorted by (layer, name): the weights that
   /// LoRA adapts and that PT-SVD compresses. Embeddings, norms and the head are not listed.
   const std::vector<LinearWeight>& linears() const noexcept { return linears_; }
+  /// Whether the blocks' weights are transformers' Conv1D, stored in × out (GPT-2 and its
+  /// family, by config.json's model_type): their LoRA adapters say fan_in_fan_out.
+  bool stores_weights_transposed() const;
+  /// Throws unsupported_error naming the folder and `what` where stores_weights_transposed():
+  /// the low-rank factors of a delta are written for out × in weights.
+  void refuse_transposed_weights(const std::string& what) const;
 
  private:
   std::filesystem::path dir_;

@@ -58,3 +58,11 @@ for method in "--basis 1" "--method rank --storage 1"; do
   echo -n "fan_in_fan_out ($method) revert --full against the task's own adapter: "
   python3 "$src/tools/check_full_model.py" --base "$g/base" --adapter "$g/task1" --model "$g/task1-model" --tol 1e-5
 done
+# compress factors out × in weights: a Conv1D model is refused by name rather than written
+# transposed.
+if "$revmerge" compress -q --base "$g/base" --model "$g/base" --rank 2 --out "$g/compressed" 2>"$g/err"; then
+  echo "FAIL: compress of a gpt2 model succeeded"; exit 1
+fi
+grep -q "stores its blocks' weights in × out" "$g/err" || { echo "FAIL: compress said"; cat "$g/err"; exit 1; }
+[ ! -e "$g/compressed" ] || { echo "FAIL: compress left an output"; exit 1; }
+echo "compress of a gpt2 model: refused by name"
