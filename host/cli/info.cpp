@@ -134,6 +134,7 @@ void info_model(const fs::path& dir, bool as_json, bool list_tensors) {
                    {"num_attention_heads", c.num_attention_heads},
                    {"num_key_value_heads", c.num_key_value_heads},
                    {"vocab_size", c.vocab_size}, {"torch_dtype", c.torch_dtype}};
+    j["weights_stored_in_by_out"] = m.stores_weights_transposed();
     j["checkpoint"] = checkpoint_json(m.checkpoint(), list_tensors);
     j["linear_modules"] = ojson::array();
     for (const auto& [name, k] : kinds)
@@ -150,7 +151,8 @@ void info_model(const fs::path& dir, bool as_json, bool list_tensors) {
              c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
              c.num_key_value_heads, c.vocab_size);
   print_checkpoint(m.checkpoint(), list_tensors);
-  fmt::print(report_out(), "  linear modules in blocks:\n");
+  fmt::print(report_out(), "  linear modules in blocks (out × in{}):\n",
+             m.stores_weights_transposed() ? "; stored in × out, transformers' Conv1D: adapters say fan_in_fan_out" : "");
   for (const auto& [name, k] : kinds)
     fmt::print(report_out(), "    {:<28} × {:>3} layers  {:>6} × {:<6} {}\n", name, k.second, k.first->out,
                k.first->in, dtype_name(k.first->dtype));

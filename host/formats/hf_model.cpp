@@ -40,6 +40,11 @@ HfModelConfig parse_config(const fs::path& path) {
   num("num_attention_heads", c.num_attention_heads);
   num("num_key_value_heads", c.num_key_value_heads);
   num("vocab_size", c.vocab_size);
+  // GPT-2's family names them otherwise (transformers maps these to the names above).
+  if (c.hidden_size == 0) num("n_embd", c.hidden_size);
+  if (c.num_hidden_layers == 0) num("n_layer", c.num_hidden_layers);
+  if (c.num_attention_heads == 0) num("n_head", c.num_attention_heads);
+  if (c.intermediate_size == 0) num("n_inner", c.intermediate_size);
   return c;
 }
 
@@ -60,6 +65,7 @@ void HfModel::refuse_transposed_weights(const std::string& what) const {
 
 HfModel::HfModel(const fs::path& dir)
     : dir_(require_config(dir)), config_(parse_config(dir / "config.json")), checkpoint_(dir) {
+  const bool transposed = stores_weights_transposed();
   for (const auto& t : checkpoint_.tensors()) {
     const auto& name = t.info->name;
     if (t.info->shape.size() != 2 || !name.ends_with(".weight")) continue;
@@ -68,8 +74,8 @@ HfModel::HfModel(const fs::path& dir)
     w.path = name.substr(0, name.size() - 7);
     std::tie(w.layer, w.name) = split_module_path(w.path);
     if (w.layer < 0) continue;  // embeddings, lm_head: not inside a block
-    w.out = t.info->shape[0];
-    w.in = t.info->shape[1];
+    w.out = t.info->shape[transposed ? 1 : 0];
+    w.in = t.info->shape[transposed ? 0 : 1];
     w.dtype = t.info->dtype;
     linears_.push_back(std::move(w));
   }

@@ -10,7 +10,8 @@
 
 namespace revmerge {
 
-/// A linear layer's weight inside a transformer block (`out × in`, as nn.Linear stores it).
+/// A linear layer's weight inside a transformer block: `out × in`, as nn.Linear stores it (a
+/// model that stores_weights_transposed() holds the tensor as in × out).
 struct LinearWeight {
   std::string tensor;   ///< "model.layers.3.self_attn.q_proj.weight"
   std::string path;     ///< module path, "model.layers.3.self_attn.q_proj"

@@ -49,6 +49,13 @@ for i in range(2):
     model.save_pretrained(f"{out}/task{i}")
 PY
 g=$work/gpt2
+"$revmerge" info --json "$g/base" | python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+qkv = [m for m in j["linear_modules"] if m["name"] == "attn.c_attn"][0]
+assert j["weights_stored_in_by_out"] and (qkv["out"], qkv["in"]) == (96, 32), (j["weights_stored_in_by_out"], qkv)
+assert j["config"]["num_hidden_layers"] == 2 and j["config"]["hidden_size"] == 32, j["config"]
+print("info of a gpt2 model: its modules out × in, stored in × out")'
 for method in "--basis 1" "--method rank --storage 1"; do
   "$revmerge" merge -q $method --out "$g/bundle" --force "$g/task0" "$g/task1" 2>/dev/null
   "$revmerge" revert -q "$g/bundle" --task task1 --full --base "$g/base" --out "$g/task1-model" --force
