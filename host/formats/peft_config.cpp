@@ -163,6 +163,18 @@ LoraConfig parse_lora_config(const std::string& json_text, const std::string& fi
     throw unsupported_error(file + ": target_parameters (LoRA on raw parameters) is not supported");
   if (const auto it = j.find("trainable_token_indices"); it != j.end() && !it->is_null())
     throw unsupported_error(file + ": trainable_token_indices is not supported");
+  // PiSSA, CorDA, OLoRA and LoRA-GA move the base weights at initialisation (W − B₀A₀): the
+  // factors PEFT saves unconverted apply to that changed base, not to the base model.
+  if (const auto it = j.find("init_lora_weights"); it != j.end() && it->is_string()) {
+    const auto init = it->get<std::string>();
+    std::string lower = init;
+    for (auto& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (lower.starts_with("pissa") || lower.starts_with("corda") || lower == "olora" || lower == "lora_ga")
+      throw unsupported_error(file + ": init_lora_weights '" + init + "' changes the base weights at initialisation, so "
+                              "these factors apply to that changed base, not to the base model; save the adapter "
+                              "converted to plain LoRA (PEFT: save_pretrained(..., "
+                              "path_initial_model_for_weight_conversion=...)) and merge that");
+  }
   // PEFT's LoRA variants whose forward is not W x + s·B A x on the base model's own layers: a
   // merge or a revert writes plain LoRA, which would silently act otherwise (everywhere rather
   // than after the invocation tokens, on layers the base does not have, without the router).
@@ -177,18 +189,6 @@ LoraConfig parse_lora_config(const std::string& json_text, const std::string& fi
       {"monteclora_config", "MonteCLoRA (monteclora_config)"},
       {"use_bdlora", "block-diagonal LoRA (use_bdlora: factors stored as blocks)"},
   };
-  // PiSSA, CorDA, OLoRA and LoRA-GA move the base weights at initialisation (W − B₀A₀): the
-  // factors PEFT saves unconverted apply to that changed base, not to the base model.
-  if (const auto it = j.find("init_lora_weights"); it != j.end() && it->is_string()) {
-    const auto init = it->get<std::string>();
-    std::string lower = init;
-    for (auto& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    if (lower.starts_with("pissa") || lower.starts_with("corda") || lower == "olora" || lower == "lora_ga")
-      throw unsupported_error(file + ": init_lora_weights '" + init + "' changes the base weights at initialisation, so "
-                              "these factors apply to that changed base, not to the base model; save the adapter "
-                              "converted to plain LoRA (PEFT: save_pretrained(..., "
-                              "path_initial_model_for_weight_conversion=...)) and merge that");
-  }
   for (const auto& [key, what] : variants)
     if (const auto it = j.find(key); it != j.end() && !it->is_null() && *it != false &&
                                      !((it->is_array() || it->is_object()) && it->empty()))

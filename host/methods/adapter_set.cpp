@@ -136,6 +136,12 @@ void check_task_names(const std::vector<TaskSource>& tasks) {
   }
 }
 
+std::vector<std::filesystem::path> task_folders(const std::vector<TaskSource>& tasks) {
+  std::vector<std::filesystem::path> folders;
+  for (const auto& t : tasks) folders.push_back(t.adapter), folders.push_back(t.origin);
+  return folders;
+}
+
 AdapterSet open_adapter_set(const std::vector<TaskSource>& tasks, MissingModules missing) {
   AdapterSet set;
   for (const auto& t : tasks) set.adapters.push_back(std::make_unique<PeftAdapter>(t.adapter));

@@ -39,6 +39,10 @@ enum class MissingModules { refuse, zero };
 /// name them apart).
 void check_task_names(const std::vector<TaskSource>& tasks);
 
+/// Every folder the tasks are read from (each adapter, and the origin it stands for, if any):
+/// the inputs an output written with overwrite must not replace (refuse_replacing_inputs).
+std::vector<std::filesystem::path> task_folders(const std::vector<TaskSource>& tasks);
+
 /// Opens every task's adapter and matches the modules: the plan is every module of any task.
 /// Throws what PeftAdapter throws, and shape_error for a module with another base shape, or
 /// missing from a task under MissingModules::refuse.

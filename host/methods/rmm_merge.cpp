@@ -45,8 +45,8 @@ void check_options(const RmmMergeOptions& o, const std::filesystem::path& base =
   check_task_names(o.tasks);
   if (o.out.empty()) throw usage_error("--out: no bundle folder given");
   if (o.overwrite) {
-    std::vector<std::filesystem::path> inputs{base};
-    for (const auto& t : o.tasks) inputs.push_back(t.adapter), inputs.push_back(t.origin);
+    auto inputs = task_folders(o.tasks);
+    inputs.push_back(base);
     refuse_replacing_inputs(o.out, inputs);
   }
   if (o.dtype && (!is_float_dtype(*o.dtype) || *o.dtype == DType::F64))

@@ -356,8 +356,9 @@ namespace {
 
 // Every folder the merge reads: none may be the output that overwrite replaces.
 std::vector<fs::path> input_paths(const ClassicMergeOptions& o) {
-  std::vector<fs::path> in{o.base, o.tokenizer_source};
-  for (const auto& t : o.tasks) in.push_back(t.adapter), in.push_back(t.origin);
+  auto in = task_folders(o.tasks);
+  in.push_back(o.base);
+  in.push_back(o.tokenizer_source);
   for (const auto& slice : o.slices) {
     in.push_back(slice.base);
     for (const auto& source : slice.sources) in.push_back(source.model);

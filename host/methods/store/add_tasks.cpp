@@ -80,8 +80,7 @@ BundleManifest add_tasks(const AddTasksOptions& o) {
   if (o.out.empty()) throw usage_error("--out: no bundle folder given");
   if (o.overwrite) {
     // The bundle itself may be the output (an update in place, atomic); a folder holding it not.
-    std::vector<std::filesystem::path> inputs;
-    for (const auto& t : o.tasks) inputs.push_back(t.adapter);
+    auto inputs = task_folders(o.tasks);
     std::error_code ec;
     if (!std::filesystem::equivalent(o.out, o.bundle, ec)) inputs.push_back(o.bundle);
     refuse_replacing_inputs(o.out, inputs);

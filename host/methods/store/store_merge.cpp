@@ -50,8 +50,7 @@ void check_options(const StoreMergeOptions& o) {
   check_task_names(o.tasks);
   if (o.out.empty()) throw usage_error("--out: no bundle folder given");
   if (o.overwrite) {
-    std::vector<std::filesystem::path> inputs;
-    for (const auto& t : o.tasks) inputs.push_back(t.adapter), inputs.push_back(t.origin);
+    auto inputs = task_folders(o.tasks);
     if (o.full_models) inputs.push_back(o.full_models->base);
     refuse_replacing_inputs(o.out, inputs);
   }
