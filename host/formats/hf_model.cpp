@@ -56,13 +56,6 @@ bool HfModel::stores_weights_transposed() const {
   return std::find(std::begin(conv1d), std::end(conv1d), config_.model_type) != std::end(conv1d);
 }
 
-void HfModel::refuse_transposed_weights(const std::string& what) const {
-  if (stores_weights_transposed())
-    throw unsupported_error(dir_.string() + ": a " + config_.model_type + " model stores its blocks' weights in × out "
-                            "(transformers' Conv1D), and " + what + " factors out × in weights; not supported for "
-                            "this family yet (its LoRA adapters, fan_in_fan_out, merge)");
-}
-
 HfModel::HfModel(const fs::path& dir)
     : dir_(require_config(dir)), config_(parse_config(dir / "config.json")), checkpoint_(dir) {
   const bool transposed = stores_weights_transposed();
@@ -77,6 +70,7 @@ HfModel::HfModel(const fs::path& dir)
     w.out = t.info->shape[transposed ? 1 : 0];
     w.in = t.info->shape[transposed ? 0 : 1];
     w.dtype = t.info->dtype;
+    w.stored_in_by_out = transposed;
     linears_.push_back(std::move(w));
   }
   std::sort(linears_.begin(), linears_.end(), [](const LinearWeight& a, const LinearWeight& b) {

@@ -176,7 +176,6 @@ CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device)
     ft_model = std::make_unique<HfModel>(o.model);
   });
   const HfModel &base = *base_model, &ft = *ft_model;
-  base.refuse_transposed_weights("compress");
   std::vector<const LinearWeight*> chosen;
   for (const auto& w : base.linears()) {
     if (!o.include.empty() && !listed(o.include, w)) continue;
@@ -193,6 +192,7 @@ CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device)
   wo.base_model_name_or_path = o.base.string();
   wo.dtype = o.dtype;
   wo.overwrite = o.overwrite;
+  wo.fan_in_fan_out = base.stores_weights_transposed();  // PEFT applies BA transposed there
   wo.metadata = {{"revmerge.method", "pt-svd"}};
   wo.extra_files = {recipe_file(o.recipe, compress_record(o))};
   // This worker's modules (all of them alone), balanced by the weights' sizes.

@@ -83,7 +83,6 @@ std::unique_ptr<FullModelSet> open_full_model_set(const std::vector<TaskSource>&
   auto set = std::make_unique<FullModelSet>();
   set->inputs = in;
   set->base = std::make_unique<HfModel>(in.base);
-  set->base->refuse_transposed_weights("RMM over full fine-tunes (compressed first)");
   for (const auto& t : tasks) set->models.push_back(std::make_unique<HfModel>(t.adapter));
   const auto& linears = set->base->linears();
   if (linears.empty())

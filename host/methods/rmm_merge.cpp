@@ -271,6 +271,7 @@ BundleManifest merge_rmm_models_on(const RmmMergeOptions& o, const FullModelInpu
     auto backend = start_backend(make);
     set = open_full_model_set(o.tasks, in);
     for (const auto& t : o.tasks) manifest.tasks.push_back({t.name, t.adapter.string(), in.base.string(), ""});
+    manifest.fan_in_fan_out = set->base->stores_weights_transposed();  // what its adapters would say
     be = backend.get();
     // On a GPU the deltas are compressed there too (all tasks of a module in one batch); the
     // engine goes before the backend.

@@ -19,6 +19,8 @@ struct LinearWeight {
   std::string name;     ///< "self_attn.q_proj"
   std::int64_t out = 0, in = 0;
   DType dtype = DType::F32;
+  /// The file holds it in × out (transformers' Conv1D, HfModel::stores_weights_transposed).
+  bool stored_in_by_out = false;
 };
 
 /// The config.json fields revmerge reports; absent ones stay empty / zero.
@@ -44,9 +46,6 @@ class HfModel {
   /// Whether the blocks' weights are transformers' Conv1D, stored in × out (GPT-2 and its
   /// family, by config.json's model_type): their LoRA adapters say fan_in_fan_out.
   bool stores_weights_transposed() const;
-  /// Throws unsupported_error naming the folder and `what` where stores_weights_transposed():
-  /// the low-rank factors of a delta are written for out × in weights.
-  void refuse_transposed_weights(const std::string& what) const;
 
  private:
   std::filesystem::path dir_;

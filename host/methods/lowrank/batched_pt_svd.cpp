@@ -353,7 +353,9 @@ void BatchedPtSvd::finish_factors(Batch& b, const Shape& s, const std::vector<do
   be_.upload(d_ur, small.data(), small.size() * sizeof(double), stream_);
   gemm(Op::none, m, k, l, static_cast<const double*>(b.y.data()), m, m * l, d_ur, l, l * k, u, m, m * k, T);
   gemm(Op::none, n, k, l, static_cast<const double*>(b.z.data()), n, n * l, d_vr, l, l * k, v, n, n * k, T);
-  if (stacks) {  // the factors stay in backend memory, in the merge's stacks
+  if (stacks && stacks->stored_in_by_out) {  // M = Δ: A from V, B from U
+    be_.lora_stacks_f64(v, u, d_vr + T * l * k, T, n, m, k, stacks->r, stacks->a, stacks->b, stream_);
+  } else if (stacks) {  // the factors stay in backend memory, in the merge's stacks
     be_.lora_stacks_f64(u, v, d_vr + T * l * k, T, m, n, k, stacks->r, stacks->a, stacks->b, stream_);
   } else {
     for (i64 t = 0; t < T; ++t) {
@@ -479,6 +481,12 @@ std::vector<DeltaSvd> BatchedPtSvd::run_batches(const RawWeight& base,
   while (tasks > 1 && work_bytes(tasks, in, out, o, element) > limit_) --tasks;
   const i64 small = std::min(in, out);
   const auto count = static_cast<std::size_t>(in * out);
+  // Task t's part of the stacks: A r × (the module's in), B (its out) × r.
+  const auto slice = [&](i64 t) {
+    const i64 a_cols = stacks->stored_in_by_out ? out : in, b_rows = stacks->stored_in_by_out ? in : out;
+    return Stacks{stacks->a + t * stacks->r * a_cols, stacks->b + t * b_rows * stacks->r, stacks->r,
+                  stacks->stored_in_by_out};
+  };
   Staging staging;
   if (!be_.shares_host_memory())
     for (auto& buffer : staging.buffer) buffer = be_.allocate_staging(count * element);
@@ -490,8 +498,7 @@ std::vector<DeltaSvd> BatchedPtSvd::run_batches(const RawWeight& base,
     const Shape shape{batch, in, out, std::min(o.rank + std::max<i64>(o.oversampling, 0), small),
                       std::min(o.rank, small), element};
     Stacks part;  // this batch's tasks' slices of the stacks
-    if (stacks)
-      part = {stacks->a + first * stacks->r * in, stacks->b + first * out * stacks->r, stacks->r};
+    if (stacks) part = slice(first);
     const auto redo = run_batch(base_raw, base.dtype, fine_tunes.subspan(first, batch),
                                 std::span(results).subspan(first, batch), shape, o, staging,
                                 stacks ? &part : nullptr);
@@ -503,7 +510,7 @@ std::vector<DeltaSvd> BatchedPtSvd::run_batches(const RawWeight& base,
       one.tasks = 1;
       const i64 at = first + t;
       Stacks own;
-      if (stacks) own = {stacks->a + at * stacks->r * in, stacks->b + at * out * stacks->r, stacks->r};
+      if (stacks) own = slice(at);
       run_batch_checked(base_raw, base.dtype, fine_tunes.subspan(at, 1), std::span(results).subspan(at, 1), one,
                         o, staging, stacks ? &own : nullptr);
     }

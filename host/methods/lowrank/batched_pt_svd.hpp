@@ -59,6 +59,9 @@ class BatchedPtSvd {
     float* a = nullptr;
     float* b = nullptr;
     std::int64_t r = 0;  ///< the stacks' rank, ≥ the SVDs' (rows of A, columns of B past it zero)
+    /// The files hold the module's weights in × out (transformers' Conv1D): run's `in` and `out`
+    /// are then the module's out and in, M is Δ itself, and A = V_kᵀ, B = U_k S_k.
+    bool stored_in_by_out = false;
   };
   /// run, with each task's factors A = U_kᵀ and B = V_k S_k (the ones `revmerge compress`
   /// writes) put straight into `stacks` instead of U and V coming back to the host: the factors

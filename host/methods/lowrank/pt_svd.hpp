@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
-
+#include <utility>
 #include <vector>
 
 #include "kernels/counter_rng.hpp"
@@ -19,7 +19,8 @@ namespace revmerge {
 /// shape_error naming its folder and the tensor (`whose` says which fine-tune it is).
 void check_fine_tune_tensor(const HfModel& ft, const LinearWeight& w, const std::string& whose);
 
-/// Δ = W_ft − W_base of module `w` in f64 into `delta` (in · out doubles), converted and
+/// Δ = W_ft − W_base of module `w` in f64 into `delta` (in · out doubles, laid out as the file
+/// holds the weight: out × in, or in × out where `w.stored_in_by_out`), converted and
 /// subtracted a block at a time from both files' mapped bytes (their pages leave the resident
 /// set afterwards); returns ‖Δ‖_F² (summed by block in order: the same for any thread count).
 /// With `delta32` (in · out floats), Δ rounded to f32 there too, in the same pass (the power
@@ -40,14 +41,19 @@ inline RandomizedSvdOptions pt_svd_options(const LinearWeight& w, std::int64_t r
   return {rank, oversampling, power_iterations, seed, kernels::stream_id(w.tensor)};
 }
 
-/// Row-major out × in is column-major in × out (M = Δᵀ), so Δ = V S Uᵀ from M = U S Vᵀ. The
-/// sketch's stream is the tensor's name: every task's delta of a module gets the same sketch.
-/// `work` and `delta32` as randomized_svd's `work` and `a32`.
+/// Row-major out × in is column-major in × out (M = Δᵀ), so Δ = V S Uᵀ from M = U S Vᵀ. A
+/// weight stored in × out (`w.stored_in_by_out`, as `delta` then is) is column-major Δ itself:
+/// its U and V trade places, so the result is always that of Δᵀ. The sketch's stream is the
+/// tensor's name: every task's delta of a module gets the same sketch. `work` and `delta32` as
+/// randomized_svd's `work` and `a32`.
 inline TruncatedSvd pt_svd(std::span<const double> delta, const LinearWeight& w, std::int64_t rank,
                            std::int64_t oversampling, int power_iterations, std::uint64_t seed,
                            RandomizedSvdWork* work = nullptr, std::span<const float> delta32 = {}) {
-  return randomized_svd(delta, w.in, w.out, pt_svd_options(w, rank, oversampling, power_iterations, seed),
-                        work, delta32);
+  const auto options = pt_svd_options(w, rank, oversampling, power_iterations, seed);
+  if (!w.stored_in_by_out) return randomized_svd(delta, w.in, w.out, options, work, delta32);
+  auto svd = randomized_svd(delta, w.out, w.in, options, work, delta32);
+  std::swap(svd.u, svd.v);
+  return svd;
 }
 
 /// The PT-SVDs of module `w` for every fine-tune on the batched engine: Δ_t formed in backend

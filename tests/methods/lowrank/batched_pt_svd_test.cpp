@@ -235,57 +235,126 @@ class OnDevice : public ::testing::TestWithParam<std::string> {
   }
 };
 
+// Also for GPT-2's Conv1D weights (stored in × out: the engine factors Δ itself, and U and V
+// trade places on the way out).
 TEST_P(OnDevice, CompressAsOnTheCpu) {
   REVMERGE_BACKEND_OR_SKIP(backend, GetParam());
   test::TempDir tmp;
   const i64 out = 48, in = 40;
-  std::mt19937 rng(9);
-  std::normal_distribution<float> g;
-  std::vector<double> sigma;  // a fine-tune's decaying spectrum
-  for (i64 j = 0; j < in; ++j) sigma.push_back(std::pow(0.8, double(j)));
-  std::vector<std::vector<float>> base(2, std::vector<float>(out * in)), ft = base;
-  for (std::size_t l = 0; l < 2; ++l) {
-    const auto delta = test::with_spectrum(in, out, sigma, 20 + unsigned(l));  // row-major out × in
-    for (std::size_t i = 0; i < ft[l].size(); ++i) {
-      base[l][i] = g(rng);
-      ft[l][i] = base[l][i] + float(delta[i]);
+  for (const auto layout : {test::Layout::linear, test::Layout::conv1d}) {
+    const bool conv1d = layout == test::Layout::conv1d;
+    SCOPED_TRACE(conv1d ? "conv1d" : "linear");
+    const auto dir = tmp / (conv1d ? "conv1d" : "linear");
+    std::mt19937 rng(9);
+    std::normal_distribution<float> g;
+    std::vector<double> sigma;  // a fine-tune's decaying spectrum
+    for (i64 j = 0; j < in; ++j) sigma.push_back(std::pow(0.8, double(j)));
+    std::vector<std::vector<float>> base(2, std::vector<float>(out * in)), ft = base;
+    for (std::size_t l = 0; l < 2; ++l) {
+      const auto delta = test::with_spectrum(in, out, sigma, 20 + unsigned(l));  // row-major out × in
+      for (std::size_t i = 0; i < ft[l].size(); ++i) {
+        base[l][i] = g(rng);
+        ft[l][i] = base[l][i] + float(delta[i]);
+      }
+    }
+    test::write_model(dir / "base", base, out, in, DType::F32, layout);
+    test::write_model(dir / "ft", ft, out, in, DType::F32, layout);
+    CompressOptions o;
+    o.base = dir / "base";
+    o.model = dir / "ft";
+    o.rank = 8;
+    o.device = Device::cpu;
+    o.out = dir / "cpu";
+    const auto on_cpu = compress_checkpoint(o);
+    o.device = Device::cuda;
+    o.out = dir / "gpu";
+    const auto on_gpu = gpu() ? compress_checkpoint(o) : compress_checkpoint_on(o, backend.get());
+    EXPECT_EQ(on_cpu.device, "cpu");
+    EXPECT_EQ(on_gpu.device, backend->name());
+    ASSERT_EQ(on_gpu.modules.size(), 2u);
+    EXPECT_NEAR(on_gpu.relative_error, on_cpu.relative_error, 1e-5 * on_cpu.relative_error);
+    const PeftAdapter a(dir / "cpu"), b(dir / "gpu");
+    EXPECT_EQ(b.config().fan_in_fan_out, conv1d);
+    for (std::size_t mi = 0; mi < 2; ++mi) {
+      EXPECT_NEAR(on_gpu.modules[mi].delta_norm, on_cpu.modules[mi].delta_norm, 1e-12 * on_cpu.modules[mi].delta_norm);
+      // The products B A agree with each other (the factors may differ by the signs of singular
+      // vectors), and with the delta of the weights given.
+      const auto& ma = a.modules()[mi];
+      const auto& mb = b.modules()[mi];
+      ASSERT_EQ(mb.out, out);
+      ASSERT_EQ(mb.in, in);
+      const auto aa = a.read_a(ma), ab = a.read_b(ma), ba = b.read_a(mb), bb = b.read_b(mb);
+      double diff = 0, norm = 0, off = 0;
+      for (i64 y = 0; y < out; ++y)
+        for (i64 x = 0; x < in; ++x) {
+          double p = 0, q = 0;
+          for (i64 c = 0; c < 8; ++c) {
+            p += double(ab[y * 8 + c]) * aa[c * in + x];
+            q += double(bb[y * 8 + c]) * ba[c * in + x];
+          }
+          diff += (p - q) * (p - q);
+          norm += p * p;
+          const double d = double(ft[mi][y * in + x]) - base[mi][y * in + x];
+          off += (q - d) * (q - d);
+        }
+      EXPECT_LT(std::sqrt(diff / norm), 1e-5) << ma.path;
+      // Rank 8 of a spectrum 0.8^j keeps all but 0.8^16 / (1 − 0.64) of its energy.
+      EXPECT_LT(std::sqrt(off / norm), 0.21) << mb.path;
     }
   }
-  test::write_model(tmp / "base", base, out, in, DType::F32);
-  test::write_model(tmp / "ft", ft, out, in, DType::F32);
-  CompressOptions o;
-  o.base = tmp / "base";
-  o.model = tmp / "ft";
-  o.rank = 8;
+}
+
+// The full-model merge of GPT-2-shaped fine-tunes (weights stored in × out) with the factors
+// put into the merge's stacks on the device: each task reverted to a full model holds what the
+// CPU's bundle gives, as the files hold it.
+TEST_P(OnDevice, Conv1dFullModelMergeAsOnTheCpu) {
+  REVMERGE_BACKEND_OR_SKIP(backend, GetParam());
+  test::TempDir tmp;
+  const i64 out = 40, in = 32;
+  std::mt19937 rng(6);
+  std::normal_distribution<float> g;
+  std::vector<std::vector<float>> base(2, std::vector<float>(out * in));
+  for (auto& w : base)
+    for (auto& x : w) x = g(rng);
+  test::write_model(tmp / "base", base, out, in, DType::F32, test::Layout::conv1d);
+  std::vector<double> sigma;
+  for (i64 j = 0; j < 4; ++j) sigma.push_back(0.5 * std::pow(0.7, double(j)));
+  RmmMergeOptions o;
+  for (unsigned t = 0; t < 3; ++t) {
+    auto ft = base;
+    for (std::size_t l = 0; l < 2; ++l) {
+      const auto delta = test::with_spectrum(in, out, sigma, 60 + 2 * t + unsigned(l));
+      for (std::size_t i = 0; i < ft[l].size(); ++i) ft[l][i] += float(delta[i]);
+    }
+    const auto dir = tmp / ("ft" + std::to_string(t));
+    test::write_model(dir, ft, out, in, DType::F32, test::Layout::conv1d);
+    o.tasks.push_back({"ft" + std::to_string(t), dir});
+  }
+  o.basis = 2;
+  o.dtype = DType::F32;
   o.device = Device::cpu;
   o.out = tmp / "cpu";
-  const auto on_cpu = compress_checkpoint(o);
+  const FullModelInputs inputs{tmp / "base", 4, 4, 2};
+  merge_rmm_models(o, inputs);
   o.device = Device::cuda;
   o.out = tmp / "gpu";
-  const auto on_gpu = gpu() ? compress_checkpoint(o) : compress_checkpoint_on(o, backend.get());
-  EXPECT_EQ(on_cpu.device, "cpu");
-  EXPECT_EQ(on_gpu.device, backend->name());
-  ASSERT_EQ(on_gpu.modules.size(), 2u);
-  EXPECT_NEAR(on_gpu.relative_error, on_cpu.relative_error, 1e-5 * on_cpu.relative_error);
-  const PeftAdapter a(tmp / "cpu"), b(tmp / "gpu");
-  for (std::size_t mi = 0; mi < 2; ++mi) {
-    EXPECT_NEAR(on_gpu.modules[mi].delta_norm, on_cpu.modules[mi].delta_norm, 1e-12 * on_cpu.modules[mi].delta_norm);
-    // The products B A agree (the factors may differ by the signs of singular vectors).
-    const auto& ma = a.modules()[mi];
-    const auto& mb = b.modules()[mi];
-    const auto aa = a.read_a(ma), ab = a.read_b(ma), ba = b.read_a(mb), bb = b.read_b(mb);
-    double diff = 0, norm = 0;
-    for (i64 y = 0; y < out; ++y)
-      for (i64 x = 0; x < in; ++x) {
-        double p = 0, q = 0;
-        for (i64 c = 0; c < 8; ++c) {
-          p += double(ab[y * 8 + c]) * aa[c * in + x];
-          q += double(bb[y * 8 + c]) * ba[c * in + x];
-        }
-        diff += (p - q) * (p - q);
-        norm += p * p;
-      }
-    EXPECT_LT(std::sqrt(diff / norm), 1e-5) << ma.path;
+  const auto on_gpu = gpu() ? merge_rmm_models(o, inputs) : merge_rmm_models_on(o, inputs, factory());
+  EXPECT_TRUE(on_gpu.fan_in_fan_out);
+  RevertOptions ro;
+  ro.device = Device::cpu;
+  for (const char* where : {"cpu", "gpu"})
+    revert_task_full(Bundle(tmp / where), "ft1", tmp / "base", tmp / (std::string(where) + "-ft1"), ro, std::nullopt);
+  const HfModel from_cpu(tmp / "cpu-ft1"), from_gpu(tmp / "gpu-ft1"), ft(tmp / "ft1");
+  for (int l = 0; l < 2; ++l) {
+    const auto name = test::weight_name(l, test::Layout::conv1d);
+    const auto c = from_cpu.checkpoint().at(name).file->read_f64(name);
+    const auto d = from_gpu.checkpoint().at(name).file->read_f64(name);
+    const auto want = ft.checkpoint().at(name).file->read_f64(name);
+    ASSERT_EQ(d.size(), want.size());
+    for (std::size_t j = 0; j < d.size(); ++j) {
+      ASSERT_NEAR(d[j], c[j], 1e-5) << name << " element " << j;
+      ASSERT_NEAR(d[j], want[j], 1e-5) << name << " element " << j;  // rank 4 at P = n − 1: exact
+    }
   }
 }
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "methods/lowrank/randomized_svd.hpp"
@@ -64,18 +65,34 @@ inline double tail(const std::vector<double>& sigma, i64 k) {
   return t;
 }
 
-// A tiny Hugging Face folder with two blocks of one q_proj each (row-major out × in).
+// How a tiny model's folder holds its weights: as nn.Linear does (out × in, a llama), or as
+// transformers' Conv1D does (in × out, GPT-2: its adapters say fan_in_fan_out).
+enum class Layout { linear, conv1d };
+
+// Block l's one linear weight in a tiny model of `layout`.
+inline std::string weight_name(int l, Layout layout = Layout::linear) {
+  return layout == Layout::conv1d ? "transformer.h." + std::to_string(l) + ".attn.c_attn.weight"
+                                  : "model.layers." + std::to_string(l) + ".self_attn.q_proj.weight";
+}
+
+// A tiny Hugging Face folder with one linear module in each of w.size() blocks, w[l] given
+// row-major out × in and written as `layout` holds it.
 inline void write_model(const std::filesystem::path& dir,
-                        const std::vector<std::vector<float>>& w, i64 out, i64 in, DType dtype) {
+                        const std::vector<std::vector<float>>& w, i64 out, i64 in, DType dtype,
+                        Layout layout = Layout::linear) {
+  const bool conv1d = layout == Layout::conv1d;
   std::filesystem::create_directories(dir);
-  write_bytes(dir / "config.json", "{\"model_type\": \"llama\"}");
+  write_bytes(dir / "config.json", conv1d ? "{\"model_type\": \"gpt2\"}" : "{\"model_type\": \"llama\"}");
   std::vector<std::vector<std::byte>> bytes;
   std::vector<TensorData> tensors;
   for (std::size_t l = 0; l < w.size(); ++l) {
-    auto& b = bytes.emplace_back(w[l].size() * dtype_size(dtype));
-    convert_from_f32(w[l].data(), dtype, b.data(), w[l].size());
-    tensors.push_back({{"model.layers." + std::to_string(l) + ".self_attn.q_proj.weight", dtype,
-                        {out, in}}, b});
+    std::vector<float> stored = w[l];
+    if (conv1d)
+      for (i64 o = 0; o < out; ++o)
+        for (i64 i = 0; i < in; ++i) stored[i * out + o] = w[l][o * in + i];
+    auto& b = bytes.emplace_back(stored.size() * dtype_size(dtype));
+    convert_from_f32(stored.data(), dtype, b.data(), stored.size());
+    tensors.push_back({{weight_name(int(l), layout), dtype, conv1d ? std::vector<i64>{in, out} : std::vector<i64>{out, in}}, b});
   }
   write_safetensors(dir / "model.safetensors", tensors);
 }

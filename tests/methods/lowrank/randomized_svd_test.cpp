@@ -27,6 +27,8 @@ using i64 = std::int64_t;
 using test::error_sq;
 using test::tail;
 using test::with_spectrum;
+using test::Layout;
+using test::weight_name;
 using test::write_model;
 
 TEST(RandomizedSvd, DecayingSpectrumWithin105OfTheBest) {
@@ -140,99 +142,121 @@ TEST(RandomizedSvd, OrthonormalFactorsAndTheExactErrorAtAnyConditioning) {
   }
 }
 
+// Exactly low-rank deltas come back to rounding, for a llama's out × in weights and for GPT-2's
+// Conv1D ones (stored in × out): there the adapter says fan_in_fan_out, as PEFT's do, and its
+// factors are still B out × r and A r × in, of Δ = W_ftᵀ − W_baseᵀ (PEFT adds (BA)ᵀ to the file's
+// weight).
 TEST(Compress, RecoversExactlyLowRankDeltasAndReportsTheError) {
   test::TempDir tmp;
   const i64 out = 24, in = 16;
-  std::mt19937 rng(5);
-  std::normal_distribution<float> g;
-  std::vector<std::vector<float>> base(2, std::vector<float>(out * in)), ft = base;
-  std::vector<std::vector<double>> delta(2, std::vector<double>(out * in, 0.0));
-  for (int l = 0; l < 2; ++l) {
-    for (auto& x : base[l]) x = g(rng);
-    // Δ of rank 3: a sum of three outer products of small integers (exact in f32).
-    for (int c = 0; c < 3; ++c) {
-      std::vector<int> u(out), v(in);
-      for (auto& x : u) x = int(rng() % 5) - 2;
-      for (auto& x : v) x = int(rng() % 5) - 2;
-      for (i64 o = 0; o < out; ++o)
-        for (i64 i = 0; i < in; ++i) delta[l][o * in + i] += 0.25 * u[o] * v[i];
-    }
-    for (i64 j = 0; j < out * in; ++j) ft[l][j] = base[l][j] + float(delta[l][j]);
-  }
-  write_model(tmp / "base", base, out, in, DType::F32);
-  write_model(tmp / "ft", ft, out, in, DType::F32);
-  CompressOptions o;
-  o.base = tmp / "base";
-  o.model = tmp / "ft";
-  o.rank = 4;
-  o.out = tmp / "adapter";
-  const auto r = compress_checkpoint(o);
-  EXPECT_LT(r.relative_error, 1e-5);
-  const PeftAdapter a(o.out);
-  ASSERT_EQ(a.modules().size(), 2u);
-  for (const auto& m : a.modules()) {
-    const int l = m.layer;
-    const auto fa = a.read_a(m), fb = a.read_b(m);
-    for (i64 y = 0; y < out; ++y)
-      for (i64 x = 0; x < in; ++x) {
-        double v = 0;
-        for (i64 k = 0; k < m.rank; ++k) v += m.scale * double(fb[y * m.rank + k]) * fa[k * in + x];
-        // The fine-tune holds base + Δ rounded to f32; compare with what the files hold.
-        ASSERT_NEAR(v, double(ft[l][y * in + x]) - double(base[l][y * in + x]), 1e-5);
+  for (const auto layout : {Layout::linear, Layout::conv1d}) {
+    const bool conv1d = layout == Layout::conv1d;
+    SCOPED_TRACE(conv1d ? "conv1d" : "linear");
+    std::mt19937 rng(5);
+    std::normal_distribution<float> g;
+    std::vector<std::vector<float>> base(2, std::vector<float>(out * in)), ft = base;
+    std::vector<std::vector<double>> delta(2, std::vector<double>(out * in, 0.0));
+    for (int l = 0; l < 2; ++l) {
+      for (auto& x : base[l]) x = g(rng);
+      // Δ of rank 3: a sum of three outer products of small integers (exact in f32).
+      for (int c = 0; c < 3; ++c) {
+        std::vector<int> u(out), v(in);
+        for (auto& x : u) x = int(rng() % 5) - 2;
+        for (auto& x : v) x = int(rng() % 5) - 2;
+        for (i64 o = 0; o < out; ++o)
+          for (i64 i = 0; i < in; ++i) delta[l][o * in + i] += 0.25 * u[o] * v[i];
       }
+      for (i64 j = 0; j < out * in; ++j) ft[l][j] = base[l][j] + float(delta[l][j]);
+    }
+    const auto dir = tmp / (conv1d ? "conv1d" : "linear");
+    write_model(dir / "base", base, out, in, DType::F32, layout);
+    write_model(dir / "ft", ft, out, in, DType::F32, layout);
+    CompressOptions o;
+    o.base = dir / "base";
+    o.model = dir / "ft";
+    o.rank = 4;
+    o.out = dir / "adapter";
+    const auto r = compress_checkpoint(o);
+    EXPECT_LT(r.relative_error, 1e-5);
+    const PeftAdapter a(o.out);
+    EXPECT_EQ(a.config().fan_in_fan_out, conv1d);
+    ASSERT_EQ(a.modules().size(), 2u);
+    for (const auto& m : a.modules()) {
+      const int l = m.layer;
+      ASSERT_EQ(m.out, out);
+      ASSERT_EQ(m.in, in);
+      const auto fa = a.read_a(m), fb = a.read_b(m);
+      for (i64 y = 0; y < out; ++y)
+        for (i64 x = 0; x < in; ++x) {
+          double v = 0;
+          for (i64 k = 0; k < m.rank; ++k) v += m.scale * double(fb[y * m.rank + k]) * fa[k * in + x];
+          // The fine-tune holds base + Δ rounded to f32; compare with what the files hold.
+          ASSERT_NEAR(v, double(ft[l][y * in + x]) - double(base[l][y * in + x]), 1e-5);
+        }
+    }
   }
 }
 
 TEST(Compress, RmmOverFullFineTunesRevertsToEachFineTune) {
   // Three fine-tunes with rank-2 deltas: compressed to rank 3 and merged with P = n − 1, each
-  // task reverted as a full model holds its fine-tune's weights.
+  // task reverted as a full model holds its fine-tune's weights — also where the models store
+  // them in × out (GPT-2's Conv1D): the bundle then says fan_in_fan_out, as its adapters would.
   test::TempDir tmp;
   const i64 out = 12, in = 10;
-  std::mt19937 rng(21);
-  std::normal_distribution<float> g;
-  std::vector<std::vector<float>> base(2, std::vector<float>(out * in));
-  for (auto& w : base)
-    for (auto& x : w) x = g(rng);
-  write_model(tmp / "base", base, out, in, DType::F32);
-  std::vector<std::vector<std::vector<float>>> fts;
-  RmmMergeOptions o;
-  for (int t = 0; t < 3; ++t) {
-    auto ft = base;
-    for (auto& w : ft)
-      for (int c = 0; c < 2; ++c) {
-        std::vector<float> u(out), v(in);
-        for (auto& x : u) x = g(rng);
-        for (auto& x : v) x = g(rng);
-        for (i64 y = 0; y < out; ++y)
-          for (i64 x = 0; x < in; ++x) w[y * in + x] += 0.1f * u[y] * v[x];
-      }
-    const auto dir = tmp / ("ft" + std::to_string(t));
-    write_model(dir, ft, out, in, DType::F32);
-    fts.push_back(ft);
-    o.tasks.push_back({"ft" + std::to_string(t), dir});
-  }
-  o.basis = 2;
-  o.out = tmp / "bundle";
-  o.device = Device::cpu;
-  const auto manifest = merge_rmm_models(o, {tmp / "base", 3});
-  EXPECT_EQ(manifest.tasks[1].source, (tmp / "ft1").string());
-  const Bundle bundle(o.out);
-  for (int t = 0; t < 3; ++t) {
-    RevertOptions ro;
-    ro.device = Device::cpu;
-    const auto dir = tmp / ("model" + std::to_string(t));
-    revert_task_full(bundle, "ft" + std::to_string(t), tmp / "base", dir, ro, std::nullopt);
-    const HfModel m(dir);
-    for (int l = 0; l < 2; ++l) {
-      const auto name = "model.layers." + std::to_string(l) + ".self_attn.q_proj.weight";
-      const auto w = m.checkpoint().at(name).file->read_f64(name);
-      for (std::size_t j = 0; j < w.size(); ++j) ASSERT_NEAR(w[j], fts[t][l][j], 1e-5) << name;
+  for (const auto layout : {Layout::linear, Layout::conv1d}) {
+    const bool conv1d = layout == Layout::conv1d;
+    SCOPED_TRACE(conv1d ? "conv1d" : "linear");
+    const auto dir = tmp / (conv1d ? "conv1d" : "linear");
+    std::mt19937 rng(21);
+    std::normal_distribution<float> g;
+    std::vector<std::vector<float>> base(2, std::vector<float>(out * in));
+    for (auto& w : base)
+      for (auto& x : w) x = g(rng);
+    write_model(dir / "base", base, out, in, DType::F32, layout);
+    std::vector<std::vector<std::vector<float>>> fts;
+    RmmMergeOptions o;
+    for (int t = 0; t < 3; ++t) {
+      auto ft = base;
+      for (auto& w : ft)
+        for (int c = 0; c < 2; ++c) {
+          std::vector<float> u(out), v(in);
+          for (auto& x : u) x = g(rng);
+          for (auto& x : v) x = g(rng);
+          for (i64 y = 0; y < out; ++y)
+            for (i64 x = 0; x < in; ++x) w[y * in + x] += 0.1f * u[y] * v[x];
+        }
+      const auto ft_dir = dir / ("ft" + std::to_string(t));
+      write_model(ft_dir, ft, out, in, DType::F32, layout);
+      fts.push_back(ft);
+      o.tasks.push_back({"ft" + std::to_string(t), ft_dir});
     }
+    o.basis = 2;
+    o.out = dir / "bundle";
+    o.device = Device::cpu;
+    const auto manifest = merge_rmm_models(o, {dir / "base", 3});
+    EXPECT_EQ(manifest.tasks[1].source, (dir / "ft1").string());
+    EXPECT_EQ(manifest.fan_in_fan_out, conv1d);
+    const Bundle bundle(o.out);
+    EXPECT_EQ(bundle.manifest().fan_in_fan_out, conv1d);
+    for (int t = 0; t < 3; ++t) {
+      RevertOptions ro;
+      ro.device = Device::cpu;
+      const auto model_dir = dir / ("model" + std::to_string(t));
+      revert_task_full(bundle, "ft" + std::to_string(t), dir / "base", model_dir, ro, std::nullopt);
+      const HfModel m(model_dir);
+      for (int l = 0; l < 2; ++l) {
+        const auto name = weight_name(l, layout);
+        const auto w = m.checkpoint().at(name).file->read_f64(name);  // as the file holds it
+        for (i64 y = 0; y < out; ++y)
+          for (i64 x = 0; x < in; ++x)
+            ASSERT_NEAR(w[conv1d ? x * out + y : y * in + x], fts[t][l][y * in + x], 1e-5) << name;
+      }
+    }
+    int leftovers = 0;
+    for (const auto& e : std::filesystem::directory_iterator(dir))
+      leftovers += e.path().filename().string().find("compress") != std::string::npos;
+    EXPECT_EQ(leftovers, 0) << "the temporary adapters are removed";
   }
-  int leftovers = 0;
-  for (const auto& e : std::filesystem::directory_iterator(tmp.path()))
-    leftovers += e.path().filename().string().find("compress") != std::string::npos;
-  EXPECT_EQ(leftovers, 0) << "the temporary adapters are removed";
 }
 
 // merge --method rmm over full fine-tunes compresses each module's deltas as the pipeline reads
