@@ -3,6 +3,7 @@
 #include "revmerge/resident.hpp"
 
 #include <array>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "backend/registry.hpp"
 #include "core/atomic_output.hpp"
 #include "methods/materialize_parts.hpp"
+#include "methods/resident_on_backend.hpp"
 #include "methods/task_adapter.hpp"
 #include "revmerge/error.hpp"
 
@@ -27,20 +29,36 @@ struct ResidentBundle::State {
   /// Per module and task (m · tasks + t), its two parts over the resident tensors, made at open
   /// so a call only fills in the outputs (no tensor names built or looked up per call).
   std::vector<std::array<kernels::MaterializePart, 2>> prepared;
-  DeviceBuffer table;  // room for two parts per module
+  /// A call's table of parts on a device: written into pinned memory, uploaded from there on the
+  /// caller's stream, read by the launch. Used in turn, so a table is rewritten only once the
+  /// call that last used it — kTables calls before — has run (`read`); a serving loop's host
+  /// then never waits for the kernel it just queued.
+  struct Table {
+    DeviceBuffer pinned, device;  // room for two parts per module each
+    Event read;                   // the launch that last read it
+  };
+  static constexpr std::size_t kTables = 3;
+  std::array<Table, kTables> tables;
+  std::size_t next_table = 0;
   std::vector<kernels::MaterializePart> parts;
   std::vector<i64> all_modules;
   std::uint64_t bytes = 0;
   std::mutex call;
-  Event last;  // the previous call's launch: the table is rewritten only after it ran
 };
 
 ResidentBundle::ResidentBundle(const std::filesystem::path& dir, Device device, int gpu, int threads)
+    : ResidentBundle(dir, make_backend(device, {threads, gpu}), gpu) {}
+
+std::unique_ptr<ResidentBundle> open_resident_on(const std::filesystem::path& dir, std::shared_ptr<Backend> backend) {
+  return std::unique_ptr<ResidentBundle>(new ResidentBundle(dir, std::move(backend), 0));
+}
+
+ResidentBundle::ResidentBundle(const std::filesystem::path& dir, std::shared_ptr<Backend> backend, int gpu)
     : s_(std::make_unique<State>()) {
   const Bundle bundle(dir);
   s_->dir = dir;
   s_->manifest = bundle.manifest();
-  s_->be = make_backend(device, {threads, gpu});
+  s_->be = std::move(backend);
   auto& be = *s_->be;
   if (!be.shares_host_memory()) s_->gpu = gpu;
   const auto& stored = bundle.tensors();
@@ -65,8 +83,13 @@ ResidentBundle::ResidentBundle(const std::filesystem::path& dir, Device device, 
       s_->prepared.push_back(
           materialize_parts(mod, man.represented_tasks(), t, lookup, nullptr, nullptr, kernels::ElemType::f32));
   const auto modules = s_->manifest.modules.size();
-  s_->table = be.allocate(2 * std::max<std::size_t>(modules, 1) * sizeof(kernels::MaterializePart));
-  s_->bytes += s_->table.bytes();
+  const auto table_bytes = 2 * std::max<std::size_t>(modules, 1) * sizeof(kernels::MaterializePart);
+  if (!be.shares_host_memory())  // on the CPU the parts are read where they are
+    for (auto& table : s_->tables) {
+      table.pinned = be.allocate_staging(table_bytes);
+      table.device = be.allocate(table_bytes);
+      s_->bytes += table.device.bytes();
+    }
   s_->parts.reserve(2 * modules);
   for (std::size_t m = 0; m < modules; ++m) s_->all_modules.push_back(static_cast<i64>(m));
   be.synchronize({});
@@ -74,7 +97,9 @@ ResidentBundle::ResidentBundle(const std::filesystem::path& dir, Device device, 
 }
 
 ResidentBundle::~ResidentBundle() {
-  if (s_ && s_->last.handle()) s_->be->synchronize_event(s_->last);  // nothing freed under a kernel
+  if (!s_) return;
+  for (const auto& table : s_->tables)  // nothing freed under a kernel or a copy
+    if (table.read.handle()) s_->be->synchronize_event(table.read);
 }
 
 const BundleManifest& ResidentBundle::manifest() const noexcept { return s_->manifest; }
@@ -138,14 +163,19 @@ void ResidentBundle::materialize(i64 task, std::span<const i64> modules, DType d
     be.synchronize({});
     return;
   }
-  // On the caller's stream: the table is uploaded (from pageable memory, so `parts` may change
-  // once the call returns) after the previous launch has read it, then the one launch.
+  // On the caller's stream: the next table, once the call that last used it has run, filled
+  // and uploaded from pinned memory (an upload from pageable memory may wait for the stream),
+  // then the one launch.
   const Stream s{stream};
-  if (s_->last.handle()) be.synchronize_event(s_->last);
-  be.upload(s_->table.data(), parts.data(), parts.size() * sizeof(kernels::MaterializePart), s);
-  args.parts = static_cast<const kernels::MaterializePart*>(s_->table.data());
+  auto& table = s_->tables[s_->next_table];
+  s_->next_table = (s_->next_table + 1) % State::kTables;
+  if (table.read.handle()) be.synchronize_event(table.read);
+  const auto bytes = parts.size() * sizeof(kernels::MaterializePart);
+  std::memcpy(table.pinned.data(), parts.data(), bytes);
+  be.upload(table.device.data(), table.pinned.data(), bytes, s);
+  args.parts = static_cast<const kernels::MaterializePart*>(table.device.data());
   be.materialize(args, s);
-  s_->last = be.record_event(s);
+  table.read = be.record_event(s);
 }
 
 void ResidentBundle::save_adapter(const std::string& task, const std::filesystem::path& out,

@@ -16,6 +16,8 @@
 
 namespace revmerge {
 
+class Backend;  // the library's own (host/backend); see open_resident_on
+
 class ResidentBundle {
  public:
   /// Opens bundle folder `dir` (format version 1 or 2) onto `device` — Device::cpu (host
@@ -30,7 +32,7 @@ class ResidentBundle {
   /// The backend it lives on ("cpu (…)", "cuda:0 (…)"), and whether its buffers are host memory.
   std::string device_name() const;
   bool on_host() const noexcept;
-  /// Bytes it holds on its device: the stored tensors and the call table.
+  /// Bytes it holds on its device: the stored tensors and the call tables.
   std::uint64_t memory_bytes() const noexcept;
   /// The CUDA device index its buffers live on (-1 when on_host()).
   int gpu() const noexcept;
@@ -52,9 +54,10 @@ class ResidentBundle {
   /// unsupported_error for a bundle that does not record the scales. The buffers live in the device's memory (host memory when on_host()).
   /// On the CPU it returns when they are written; on a GPU when the work is queued on `stream`
   /// (a cudaStream_t; null: the backend's own), so what the caller queues there next sees them.
-  /// Calls from several threads are safe (they take turns; a call waits for the previous one's
-  /// launch to have started reading its table). Throws usage_error for a task, module or dtype
-  /// out of range or a null or missing buffer.
+  /// Calls from several threads are safe (they take turns). Each call's table of parts goes
+  /// through one of three pinned buffers in turn, so back-to-back calls queue without the host
+  /// waiting; the host waits only where the call three before has not run yet. Throws
+  /// usage_error for a task, module or dtype out of range or a null or missing buffer.
   void materialize(std::int64_t task, std::span<const std::int64_t> modules, DType dtype,
                    std::span<void* const> a, std::span<void* const> b, void* stream = nullptr,
                    bool fold_scale = true);
@@ -69,6 +72,9 @@ class ResidentBundle {
  private:
   struct State;
   std::unique_ptr<State> s_;
+  ResidentBundle(const std::filesystem::path& dir, std::shared_ptr<Backend> backend, int gpu);
+  friend std::unique_ptr<ResidentBundle> open_resident_on(const std::filesystem::path& dir,
+                                                          std::shared_ptr<Backend> backend);
 };
 
 }  // namespace revmerge

@@ -1,11 +1,15 @@
-// ResidentBundle: every representation rebuilt as revert rebuilds it.
+// ResidentBundle: every representation rebuilt as revert rebuilds it; on a device, calls
+// queued back to back with the CPU's bits.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <set>
 
 #include "methods/store/shared_rows.hpp"
 #include "kernels/float_bits.hpp"
+#include "backend/deferred_backend.hpp"
 #include "methods/materialize_parts.hpp"
+#include "methods/resident_on_backend.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/resident.hpp"
 #include "revmerge/store.hpp"
@@ -123,6 +127,69 @@ TEST(ResidentBundle, RebuildsEveryRepresentationAsRevertDoes) {
   EXPECT_THROW(rb.materialize(0, first, DType::F32, none, two), usage_error);
   EXPECT_THROW(rb.materialize(0, {}, DType::F32, one, two), usage_error);  // every module, one buffer
   EXPECT_THROW(ResidentBundle(tmp / "family" / "task0", Device::cpu), io_error);
+}
+
+// The device path (pinned tables, uploads, events) on the deferred backend, whose queued work
+// runs only when its stream is synchronized: calls queued back to back return with nothing run
+// (the host did not wait for the kernels it queued), tables reused in turn are never rewritten
+// under a copy that has not run, and every call's outputs are the CPU's, bit for bit, in f32
+// and bf16; save_adapter writes the CPU's folder.
+TEST(ResidentBundle, OnADeviceCallsQueueWithoutHostWaitsWithTheCpusBits) {
+  test::TempDir tmp;
+  const auto family = write_family(tmp / "family");
+  auto o = store_options(family, StoreMethod::automatic, tmp / "auto");
+  o.storage.fraction = 0.5;
+  merge_store(o);
+  ResidentBundle on_cpu(o.out, Device::cpu);
+  const auto device = open_resident_on(o.out, std::shared_ptr<Backend>(test::make_deferred_backend()));
+  EXPECT_FALSE(device->on_host());
+  EXPECT_GT(device->memory_bytes(), on_cpu.memory_bytes());  // the tables
+  const auto& man = on_cpu.manifest();
+  const std::size_t nm = man.modules.size();
+  const auto tasks = static_cast<i64>(man.tasks.size());
+  struct Call {
+    i64 task;
+    DType dtype;
+    std::vector<std::shared_ptr<void>> a, b;
+  };
+  std::vector<Call> calls;
+  for (int c = 0; c < 8; ++c) {  // more calls than tables: each is reused
+    Call call{c % tasks, c % 2 ? DType::BF16 : DType::F32, {}, {}};
+    std::vector<void*> a, b;
+    for (const auto& mod : man.modules) {
+      const auto element = dtype_size(call.dtype);
+      call.a.push_back(device->allocate(mod.rank * mod.in * element));
+      call.b.push_back(device->allocate(mod.out * mod.rank * element));
+      a.push_back(call.a.back().get()), b.push_back(call.b.back().get());
+    }
+    device->materialize(call.task, {}, call.dtype, a, b);
+    calls.push_back(std::move(call));
+    if (c == 2) {  // three calls, three tables: none waited for another, so nothing has run
+      const auto& first = calls[0].a[0];
+      std::vector<unsigned char> unwritten(man.modules[0].rank * man.modules[0].in * 4, 0xff);
+      EXPECT_EQ(std::memcmp(first.get(), unwritten.data(), unwritten.size()), 0)
+          << "a call waited on the host for an earlier call's kernel";
+    }
+  }
+  device->synchronize();
+  for (const auto& call : calls) {
+    std::vector<std::vector<std::byte>> a(nm), b(nm);
+    std::vector<void*> pa, pb;
+    for (std::size_t m = 0; m < nm; ++m) {
+      const auto& mod = man.modules[m];
+      a[m].resize(mod.rank * mod.in * dtype_size(call.dtype)), b[m].resize(mod.out * mod.rank * dtype_size(call.dtype));
+      pa.push_back(a[m].data()), pb.push_back(b[m].data());
+    }
+    on_cpu.materialize(call.task, {}, call.dtype, pa, pb);
+    for (std::size_t m = 0; m < nm; ++m) {
+      ASSERT_EQ(std::memcmp(call.a[m].get(), a[m].data(), a[m].size()), 0) << "task " << call.task << " module " << m;
+      ASSERT_EQ(std::memcmp(call.b[m].get(), b[m].data(), b[m].size()), 0) << "task " << call.task << " module " << m;
+    }
+  }
+  on_cpu.save_adapter(man.tasks[1].name, tmp / "from-cpu");
+  device->save_adapter(man.tasks[1].name, tmp / "from-device");
+  EXPECT_EQ(test::read_bytes(tmp / "from-device" / "adapter_model.safetensors"),
+            test::read_bytes(tmp / "from-cpu" / "adapter_model.safetensors"));
 }
 
 }  // namespace
