@@ -67,6 +67,11 @@ for method in "--basis 1" "--method rank --storage 1"; do
   echo -n "fan_in_fan_out ($method) revert --full against the task's own adapter: "
   python3 "$src/tools/check_full_model.py" --base "$g/base" --adapter "$g/task1" --model "$g/task1-model" --tol 1e-5
 done
+# mergekit's MODEL+LORA of it: the adapter's delta goes into the Conv1D weight transposed, as
+# PEFT's merge_and_unload puts it.
+"$revmerge" merge -q --method linear --out "$g/model+lora" --force "$g/base+$g/task0"
+echo -n "MODEL+LORA of a gpt2 model against PEFT's merge_and_unload: "
+python3 "$src/tools/check_full_model.py" --base "$g/base" --adapter "$g/task0" --model "$g/model+lora" --tol 1e-5
 # Full fine-tunes of it: `compress` writes fan_in_fan_out factors that PEFT merges back into the
 # fine-tune (its deltas are rank 4), and RMM or rank over the fine-tunes (compressed first)
 # reverts each task to its fine-tune.

@@ -31,13 +31,18 @@ namespace {
 constexpr i64 kRowsPerBlock = 256;
 
 // The module each adapted weight gets, checked against the model: a weight of the adapter's
-// shape, of a float dtype.
+// shape (in × out where the model stores them so, GPT-2's Conv1D), of a float dtype.
 std::map<std::string, const LoraModule*> adapted_weights(const HfModel& model, const PeftAdapter& adapter) {
   const auto& config = adapter.config();
   const auto& dir = adapter.dir().string();
-  if (config.fan_in_fan_out)
-    throw unsupported_error(dir + ": a fan_in_fan_out adapter (transposed Conv1D weights) is not "
-                            "merged into a model by revmerge (MODEL+LORA)");
+  // PEFT goes by the layer's class, whatever the flag says; revmerge knows the class by the
+  // model's type, and refuses where the two disagree rather than guess.
+  const bool transposed = model.stores_weights_transposed();
+  if (config.fan_in_fan_out != transposed)
+    throw unsupported_error(dir + ": says fan_in_fan_out: " + (config.fan_in_fan_out ? "true" : "false") +
+                            ", but " + model.dir().string() + " (model_type '" + model.config().model_type +
+                            "') stores its weights " + (transposed ? "in × out (Conv1D)" : "out × in (nn.Linear)") +
+                            "; is this the adapter's base model? (MODEL+LORA)");
   if (!adapter.saved_module_tensors().empty())
     throw unsupported_error(dir + ": holds whole tensors for modules_to_save ('" +
                             adapter.saved_module_tensors().front() +
@@ -47,10 +52,11 @@ std::map<std::string, const LoraModule*> adapted_weights(const HfModel& model, c
   for (const auto& m : adapter.modules()) {
     const auto name = m.path + ".weight";
     const auto* w = model.checkpoint().find(name);
-    if (!w || w->info->shape != std::vector<i64>{m.out, m.in} || !is_float_dtype(w->info->dtype))
+    const i64 rows = transposed ? m.in : m.out, cols = transposed ? m.out : m.in;
+    if (!w || w->info->shape != std::vector<i64>{rows, cols} || !is_float_dtype(w->info->dtype))
       throw shape_error(model.dir().string() + ": " +
                         (w ? "tensor '" + name + "' is not a float " : "no tensor '" + name + "' of ") +
-                        std::to_string(m.out) + " × " + std::to_string(m.in) + " for the module '" +
+                        std::to_string(rows) + " × " + std::to_string(cols) + " for the module '" +
                         m.path + "' of " + dir + "; is this the adapter's base model? (MODEL+LORA)");
     by_tensor[name] = &m;
   }
@@ -79,23 +85,31 @@ void write_model_with_lora(const fs::path& model_dir, const fs::path& adapter_di
     const std::vector<double> a64(a.begin(), a.end());
     std::vector<double> sb(b.size());
     std::transform(b.begin(), b.end(), sb.begin(), [&](float x) { return m.scale * x; });
-    // W + (s·B)·A in f64, a block of rows at a time, rounded once to f32: the model's 16- and
-    // 32-bit weights are exact in f32, and its pages leave the resident set block by block.
-    for (i64 row = 0; row < m.out; row += kRowsPerBlock) {
-      const i64 rows = std::min(kRowsPerBlock, m.out - row);
-      const auto first = static_cast<std::uint64_t>(row * m.in), count = static_cast<std::uint64_t>(rows * m.in);
+    // W + (s·B)·A in f64 — W + ((s·B)·A)ᵀ = W + Aᵀ(s·B)ᵀ for a Conv1D's in × out weight — a
+    // block of rows at a time, rounded once to f32: the model's 16- and 32-bit weights are exact
+    // in f32, and its pages leave the resident set block by block.
+    const bool transposed = model.stores_weights_transposed();
+    const i64 height = transposed ? m.in : m.out, width = transposed ? m.out : m.in;
+    const int r = static_cast<int>(m.rank);
+    for (i64 row = 0; row < height; row += kRowsPerBlock) {
+      const i64 rows = std::min(kRowsPerBlock, height - row);
+      const auto first = static_cast<std::uint64_t>(row * width), count = static_cast<std::uint64_t>(rows * width);
       block.resize(count);
       w.file->read_part(*w.info, first, block, threads);
       sum.assign(block.begin(), block.end());
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), static_cast<int>(m.in),
-                  static_cast<int>(m.rank), 1.0, sb.data() + row * m.rank, static_cast<int>(m.rank), a64.data(),
-                  static_cast<int>(m.in), 1.0, sum.data(), static_cast<int>(m.in));
+      if (transposed)  // rows row … of Aᵀ (columns of A, r × in) times (s·B)ᵀ (B out × r)
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasTrans, static_cast<int>(rows), static_cast<int>(width), r, 1.0,
+                    a64.data() + row, static_cast<int>(m.in), sb.data(), r, 1.0, sum.data(), static_cast<int>(width));
+      else
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), static_cast<int>(width), r,
+                    1.0, sb.data() + row * m.rank, r, a64.data(), static_cast<int>(m.in), 1.0, sum.data(),
+                    static_cast<int>(width));
       for (std::uint64_t i = 0; i < count; ++i) {
         block[i] = static_cast<float>(sum[i]);
         if (!std::isfinite(block[i]))
           throw format_error(model_dir.string() + " + " + adapter_dir.string() + ": tensor '" + name +
                              "' with the adapter merged in holds a value that is not finite in f32 (row " +
-                             std::to_string(row + static_cast<i64>(i) / m.in) + ")");
+                             std::to_string(row + static_cast<i64>(i) / width) + ")");
       }
       w.file->check_intact();
       w.file->evict_part(*w.info, first, count);

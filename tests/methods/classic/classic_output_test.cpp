@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <fstream>
 
 #include "methods/adapter_writer.hpp"
@@ -125,6 +126,82 @@ TEST(ClassicMerge, ModelPlusLoraIsTheModelWithTheAdapterMergedIn) {
   std::ifstream card_file(o.out / "README.md");
   const std::string card((std::istreambuf_iterator<char>(card_file)), std::istreambuf_iterator<char>());
   EXPECT_NE(card.find("\n# merge of fine-tunes of base+a\n"), std::string::npos) << card;
+}
+
+// The golden base as GPT-2's family stores its weights — every block's linear weight in × out,
+// config.json's model_type "gpt2" — and the golden adapter lora/a as PEFT writes it for such a
+// model (fan_in_fan_out: true): the same model and adapter, transposed.
+void write_conv1d_copies(const fs::path& golden, const fs::path& model, const fs::path& adapter) {
+  const HfModel base(golden / "base");
+  auto config = nlohmann::json::parse(std::ifstream(golden / "base" / "config.json"));
+  config["model_type"] = "gpt2";
+  fs::create_directories(model);
+  std::ofstream(model / "config.json") << config.dump();
+  std::vector<std::vector<std::byte>> bytes;
+  std::vector<TensorData> tensors;
+  for (const auto& t : base.checkpoint().tensors()) {
+    TensorSpec info{t.info->name, DType::F32, t.info->shape};
+    auto v = read_f64(base, info.name);
+    const bool linear = std::any_of(base.linears().begin(), base.linears().end(),
+                                    [&](const LinearWeight& w) { return w.tensor == info.name; });
+    if (linear) {  // out × in → in × out
+      const auto out = info.shape[0], in = info.shape[1];
+      std::vector<double> flipped(v.size());
+      for (std::int64_t o = 0; o < out; ++o)
+        for (std::int64_t i = 0; i < in; ++i) flipped[i * out + o] = v[o * in + i];
+      v = std::move(flipped);
+      info.shape = {in, out};
+    }
+    std::vector<float> f(v.begin(), v.end());
+    auto& b = bytes.emplace_back(f.size() * 4);
+    convert_from_f32(f.data(), DType::F32, b.data(), f.size());
+    tensors.push_back({info, b});
+  }
+  write_safetensors(model / "model.safetensors", tensors);
+  fs::copy(golden / "lora" / "a", adapter, fs::copy_options::recursive);
+  auto adapter_config = nlohmann::json::parse(std::ifstream(adapter / "adapter_config.json"));
+  adapter_config["fan_in_fan_out"] = true;
+  std::ofstream(adapter / "adapter_config.json") << adapter_config.dump();
+}
+
+// MODEL+LORA where the model stores its weights in × out (GPT-2's Conv1D): the adapter's delta
+// goes in transposed, W + (s·B·A)ᵀ, so the merge is the golden MODEL+LORA's transposed; an
+// adapter whose fan_in_fan_out disagrees with the model's layout is refused by name.
+TEST(ClassicMerge, ModelPlusLoraOfAConv1dModelAddsTheDeltaTransposed) {
+  test::TempDir tmp;
+  const auto golden = fs::path(REVMERGE_FIXTURES) / "golden" / "mergekit";
+  write_conv1d_copies(golden, tmp / "gpt2", tmp / "gpt2-lora");
+  ClassicMergeOptions o;
+  o.method = ClassicMethod::linear;
+  const auto given = tmp / "gpt2+lora";
+  o.tasks = {{"adapted", given}};
+  o.weights = {1.0};
+  o.with_lora[given] = {tmp / "gpt2", tmp / "gpt2-lora"};
+  o.out = tmp / "merged";
+  merge_classic(o);
+  auto linear = o;  // the same merge of the golden model and adapter as they are
+  const auto plain = tmp / "base+a";
+  linear.tasks = {{"adapted", plain}};
+  linear.with_lora = {{plain, {golden / "base", golden / "lora" / "a"}}};
+  linear.out = tmp / "merged-linear";
+  merge_classic(linear);
+  const HfModel got(o.out), want(linear.out);
+  std::size_t flipped = 0;
+  for (const auto& w : want.linears()) {
+    const auto g = read_f64(got, w.tensor), x = read_f64(want, w.tensor);
+    ASSERT_EQ(got.checkpoint().at(w.tensor).info->shape, (std::vector<std::int64_t>{w.in, w.out})) << w.tensor;
+    for (std::int64_t r = 0; r < w.out; ++r)
+      for (std::int64_t c = 0; c < w.in; ++c)
+        ASSERT_NEAR(g[c * w.out + r], x[r * w.in + c], 1e-6 * (1 + std::abs(x[r * w.in + c]))) << w.tensor;
+    flipped += w.in != w.out;
+  }
+  EXPECT_GT(flipped, 0u) << "no module whose transposition shows in its shape";
+  // The adapter's flag against the model's layout, both ways.
+  o.with_lora[given] = {golden / "base", tmp / "gpt2-lora"};
+  o.out = tmp / "never";
+  expect_refused(o, "says fan_in_fan_out: true, but");
+  o.with_lora[given] = {tmp / "gpt2", golden / "lora" / "a"};
+  expect_refused(o, "says fan_in_fan_out: false, but");
 }
 
 // --out-shard-size: the same tensors, in shards of at most that many bytes (a tensor larger
