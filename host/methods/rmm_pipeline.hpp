@@ -6,6 +6,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "backend/backend.hpp"
 #include "methods/adapter_set.hpp"
@@ -69,6 +70,15 @@ struct RmmSource {
   /// tensor, element and value.
   std::function<std::string(const PlannedModule& pm, unsigned long long key)> nonfinite_message;
 };
+
+/// Threads for the pipeline's helpers (reading, writing) where the caller gave none (`asked` 0):
+/// `plenty` on a machine of 8 cores or more, else 1. Writing is page-cache copies and reading
+/// memcpy from mapped files: more threads help where cores are plenty, and take cores from
+/// compute where they are not.
+inline int helper_threads(int asked, int plenty) {
+  if (asked > 0) return asked;
+  return std::thread::hardware_concurrency() >= 8 ? plenty : 1;
+}
 
 /// The adapters of `set` as a source (`set` must outlive it): each module's A and B tensors
 /// copied as stored, by `reader_threads` threads (0: by the core count), B's scale and the
