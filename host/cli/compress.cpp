@@ -7,6 +7,7 @@
 #include "command_line.hpp"
 #include "backend/registry.hpp"
 #include "core/atomic_output.hpp"
+#include "methods/lowrank/left_out.hpp"
 #include "commands.hpp"
 #include "output_checks.hpp"
 #include "progress.hpp"
@@ -35,6 +36,8 @@ void print_report(const CompressOptions& o, const CompressReport& r, bool json) 
     for (const auto& m : r.modules)
       j["modules"].push_back({{"path", m.path}, {"rank", m.rank}, {"relative_error", m.relative_error},
                               {"delta_norm", m.delta_norm}});
+    j["left_out"] = nlohmann::ordered_json::array();
+    for (const auto& t : r.left_out) j["left_out"].push_back({{"tensor", t.tensor}, {"why", t.why}});
     report_out() << j.dump(1) << "\n";
     return;
   }
@@ -66,11 +69,16 @@ void run_compress(CompressArgs& args) {
   warn_of_leftovers(o.out);
   if (o.overwrite) refuse_replacing_inputs(o.out, {o.base, o.model}, "--out", "--force");
   const auto r = compress_checkpoint(o);
+  if (!args.quiet) print_report(o, r, args.json);
+  report_out().flush();
+  if (!r.left_out.empty())
+    print_warning(fmt::format("the adapter does not carry {} where the fine-tune differs from the base "
+                              "(an adapter holds the compressed linear modules only): base + adapter "
+                              "is not the fine-tune there",
+                              describe_left_out(r.left_out)));
   if (args.quiet) return;
-  print_report(o, r, args.json);
   // What the report would leave a user to notice: modules the fine-tune did not change (their
   // factors are zero), and a rank at which the adapter outweighs the weights it stands for.
-  report_out().flush();
   std::size_t unchanged = 0;
   for (const auto& m : r.modules) unchanged += m.delta_norm == 0;
   if (unchanged > 0)

@@ -2,6 +2,8 @@
 // or a classic method (task arithmetic, TIES, DARE, ...) into one adapter or model. Its command
 // line is merge_command.cpp's; a config of several merges, merge_documents.cpp's.
 
+#include <fmt/format.h>
+
 #include "bundle_report.hpp"
 #include "core/memory_info.hpp"
 #include "progress.hpp"
@@ -11,9 +13,11 @@
 #include "output_checks.hpp"
 #include "backend/registry.hpp"
 #include "core/atomic_output.hpp"
+#include "methods/lowrank/left_out.hpp"
 #include "revmerge/classic.hpp"
 #include "revmerge/devices.hpp"
 #include "revmerge/error.hpp"
+#include "revmerge/hf_model.hpp"
 #include "revmerge/peft.hpp"
 #include "revmerge/rmm.hpp"
 #include "revmerge/store.hpp"
@@ -25,6 +29,7 @@
 #include <iomanip>
 #include <iostream>
 #include <mutex>
+#include <set>
 
 namespace revmerge::cli {
 namespace {
@@ -55,6 +60,19 @@ void report_bundle(const MergeArgs& args, const BundleManifest& manifest, const 
     report_out() << bundle_report_json(manifest, out.string()).dump(1) << "\n";
   else if (!args.quiet)
     print_bundle_report(manifest, out.string(), 5);
+}
+
+// What a bundle of full fine-tunes cannot carry: each fine-tune's tensors outside the base's
+// linear modules where it differs from the base (`revert --full` gives the base's there).
+void warn_of_tensors_left_out(const FullModelInputs& in, const std::vector<TaskSource>& tasks) {
+  const HfModel base(in.base);
+  std::set<std::string> carried;
+  for (const auto& w : base.linears()) carried.insert(w.tensor);
+  for (const auto& t : tasks)
+    if (const auto left = changed_tensors_left_out(base, HfModel(t.adapter), carried); !left.empty())
+      print_warning(fmt::format("task '{}': the bundle does not carry {} where {} differs from the base "
+                                "(a bundle holds the blocks' linear modules): `revert --full` gives the "
+                                "base's there", t.name, describe_left_out(left), t.adapter.string()));
 }
 
 // Whether the inputs are full fine-tunes (model folders: a config.json, no adapter_config.json)
@@ -181,7 +199,9 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
     if (const auto gpu = gpu_of_this_rank()) o.gpu = *gpu;
   BundleManifest manifest;
   if (full) {
-    manifest = merge_rmm_models(o, full_model_inputs(args, cfg));
+    const auto inputs = full_model_inputs(args, cfg);
+    manifest = merge_rmm_models(o, inputs);
+    warn_of_tensors_left_out(inputs, o.tasks);
   } else {
     manifest = merge_rmm(o);
   }
@@ -274,6 +294,7 @@ void run_store(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSo
   StepTimes times;
   if (args.timings) o.timing = times.recorder();
   const auto manifest = merge_store(o);
+  if (o.full_models) warn_of_tensors_left_out(*o.full_models, o.tasks);
   report_bundle(args, manifest, o.out);
   if (args.timings) times.print(std::cerr);
 }

@@ -8,6 +8,7 @@
 #include <future>
 #include <cmath>
 #include <optional>
+#include <set>
 #include <span>
 
 #include "backend/registry.hpp"
@@ -17,6 +18,7 @@
 #include "distributed/agreement.hpp"
 #include "distributed/bytes.hpp"
 #include "distributed/shared_output.hpp"
+#include "methods/lowrank/left_out.hpp"
 #include "methods/lowrank/pt_svd.hpp"
 #include "methods/on_backend.hpp"
 #include "methods/recipe.hpp"
@@ -188,6 +190,13 @@ CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device)
   for (const auto* w : chosen) check_fine_tune_tensor(ft, *w, "the fine-tune");
   if (o.threads > 0) openblas_set_num_threads(o.threads);  // the BLAS calls are the work
   const auto engine = device ? make_device_pt_svd(*device) : nullptr;
+  // What the adapter cannot carry: on a GPU found by a host thread while the device works; on
+  // the CPU after the SVDs, which use every core (a thread more would slow them as much).
+  std::set<std::string> carried;
+  for (const auto* w : chosen) carried.insert(w->tensor);
+  auto left_out = std::async(engine ? std::launch::async : std::launch::deferred,
+                             [&] { return o.find_left_out ? changed_tensors_left_out(base, ft, carried)
+                                                          : std::vector<UncarriedTensor>{}; });
   AdapterWriteOptions wo;
   wo.base_model_name_or_path = o.base.string();
   wo.dtype = o.dtype;
@@ -279,6 +288,7 @@ CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device)
     }
   report.relative_error = norm > 0 ? std::sqrt(err / norm) : 0;
   report.storage = stored / dense;
+  report.left_out = left_out.get();
   if (!streamed && peers) {  // energy ranks, now known everywhere: each worker writes its modules
     std::vector<LoraModuleShape> shapes;
     for (const auto& m : report.modules) shapes.push_back({m.path, m.rank, m.in, m.out});

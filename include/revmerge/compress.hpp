@@ -42,6 +42,9 @@ struct CompressOptions {
   /// and the report are one worker's, byte for byte. Fixed ranks only (energy ranks are known
   /// after each SVD).
   Peers* peers = nullptr;
+  /// Whether to compare the tensors the adapter does not carry with the base's
+  /// (CompressReport::left_out); a caller that reports them itself turns it off.
+  bool find_left_out = true;
 };
 
 struct CompressedModule {
@@ -51,8 +54,17 @@ struct CompressedModule {
   double delta_norm = 0;      ///< ‖Δ‖_F
 };
 
+/// A tensor the adapter does not carry where the fine-tune differs from the base (its
+/// embeddings, norms, head, a classifier it added, 3-D expert tensors, modules left out by
+/// include / exclude): base + adapter is not the fine-tune there.
+struct UncarriedTensor {
+  std::string tensor;
+  std::string why;  ///< "changed", "only in the fine-tune", "only in the base", "shape A → B"
+};
+
 struct CompressReport {
   std::vector<CompressedModule> modules;
+  std::vector<UncarriedTensor> left_out;  ///< in the base's tensor order, then the fine-tune's own
   double relative_error = 0;  ///< over all modules
   double storage = 0;         ///< adapter numbers / the compressed weights' numbers
   std::string device;         ///< where the SVDs ran ("cpu", "cuda:0 NVIDIA H200")

@@ -209,6 +209,7 @@ StoreMergeOptions compressed_tasks(const StoreMergeOptions& given, const std::fi
     c.device = o.device;
     c.gpu = o.gpu;
     c.peers = o.peers;
+    c.find_left_out = false;  // what the bundle does not carry is the caller's to report
     if (given.compress_progress)
       c.progress = [&](std::size_t done, std::size_t all, const std::string& path) {
         given.compress_progress(done, all, t.name + " " + path);
