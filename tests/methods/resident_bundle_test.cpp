@@ -7,7 +7,7 @@
 
 #include "methods/store/shared_rows.hpp"
 #include "kernels/float_bits.hpp"
-#include "backend/deferred_backend.hpp"
+#include "backend/backend_cases.hpp"
 #include "methods/materialize_parts.hpp"
 #include "methods/resident_on_backend.hpp"
 #include "revmerge/error.hpp"
@@ -130,18 +130,22 @@ TEST(ResidentBundle, RebuildsEveryRepresentationAsRevertDoes) {
 }
 
 // The device path (pinned tables, uploads, events) on the deferred backend, whose queued work
-// runs only when its stream is synchronized: calls queued back to back return with nothing run
-// (the host did not wait for the kernels it queued), tables reused in turn are never rewritten
-// under a copy that has not run, and every call's outputs are the CPU's, bit for bit, in f32
-// and bf16; save_adapter writes the CPU's folder.
-TEST(ResidentBundle, OnADeviceCallsQueueWithoutHostWaitsWithTheCpusBits) {
+// runs only when its stream is synchronized, and on a GPU where one is usable: calls queued back
+// to back return with nothing run on the deferred backend (the host did not wait for the kernels
+// it queued), tables reused in turn are never rewritten under a copy that has not run, and every
+// call's outputs are the CPU's, bit for bit, in f32 and bf16; save_adapter writes the CPU's folder.
+class ResidentBundleOn : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ResidentBundleOn, CallsQueueWithoutHostWaitsWithTheCpusBits) {
+  REVMERGE_BACKEND_OR_SKIP(made, GetParam());
+  const std::shared_ptr<Backend> be = std::move(made);
   test::TempDir tmp;
   const auto family = write_family(tmp / "family");
   auto o = store_options(family, StoreMethod::automatic, tmp / "auto");
   o.storage.fraction = 0.5;
   merge_store(o);
   ResidentBundle on_cpu(o.out, Device::cpu);
-  const auto device = open_resident_on(o.out, std::shared_ptr<Backend>(test::make_deferred_backend()));
+  const auto device = open_resident_on(o.out, be);
   EXPECT_FALSE(device->on_host());
   EXPECT_GT(device->memory_bytes(), on_cpu.memory_bytes());  // the tables
   const auto& man = on_cpu.manifest();
@@ -164,8 +168,8 @@ TEST(ResidentBundle, OnADeviceCallsQueueWithoutHostWaitsWithTheCpusBits) {
     }
     device->materialize(call.task, {}, call.dtype, a, b);
     calls.push_back(std::move(call));
-    if (c == 2) {  // three calls, three tables: none waited for another, so nothing has run
-      const auto& first = calls[0].a[0];
+    if (c == 2 && GetParam() == "deferred") {  // three calls, three tables: nothing has run yet
+      const auto& first = calls[0].a[0];       // (the deferred backend's memory is the host's)
       std::vector<unsigned char> unwritten(man.modules[0].rank * man.modules[0].in * 4, 0xff);
       EXPECT_EQ(std::memcmp(first.get(), unwritten.data(), unwritten.size()), 0)
           << "a call waited on the host for an earlier call's kernel";
@@ -173,17 +177,21 @@ TEST(ResidentBundle, OnADeviceCallsQueueWithoutHostWaitsWithTheCpusBits) {
   }
   device->synchronize();
   for (const auto& call : calls) {
-    std::vector<std::vector<std::byte>> a(nm), b(nm);
     std::vector<void*> pa, pb;
+    std::vector<std::vector<std::byte>> a(nm), b(nm), got_a(nm), got_b(nm);
     for (std::size_t m = 0; m < nm; ++m) {
       const auto& mod = man.modules[m];
       a[m].resize(mod.rank * mod.in * dtype_size(call.dtype)), b[m].resize(mod.out * mod.rank * dtype_size(call.dtype));
+      got_a[m].resize(a[m].size()), got_b[m].resize(b[m].size());
       pa.push_back(a[m].data()), pb.push_back(b[m].data());
+      be->download(got_a[m].data(), call.a[m].get(), a[m].size(), {});
+      be->download(got_b[m].data(), call.b[m].get(), b[m].size(), {});
     }
+    be->synchronize({});
     on_cpu.materialize(call.task, {}, call.dtype, pa, pb);
     for (std::size_t m = 0; m < nm; ++m) {
-      ASSERT_EQ(std::memcmp(call.a[m].get(), a[m].data(), a[m].size()), 0) << "task " << call.task << " module " << m;
-      ASSERT_EQ(std::memcmp(call.b[m].get(), b[m].data(), b[m].size()), 0) << "task " << call.task << " module " << m;
+      ASSERT_EQ(got_a[m], a[m]) << "task " << call.task << " module " << m;
+      ASSERT_EQ(got_b[m], b[m]) << "task " << call.task << " module " << m;
     }
   }
   on_cpu.save_adapter(man.tasks[1].name, tmp / "from-cpu");
@@ -191,6 +199,9 @@ TEST(ResidentBundle, OnADeviceCallsQueueWithoutHostWaitsWithTheCpusBits) {
   EXPECT_EQ(test::read_bytes(tmp / "from-device" / "adapter_model.safetensors"),
             test::read_bytes(tmp / "from-cpu" / "adapter_model.safetensors"));
 }
+
+INSTANTIATE_TEST_SUITE_P(Devices, ResidentBundleOn, ::testing::Values("deferred", "cuda"),
+                         [](const auto& info) { return info.param; });
 
 }  // namespace
 }  // namespace revmerge
