@@ -69,7 +69,7 @@ void warn_of_tensors_left_out(const FullModelInputs& in, const std::vector<TaskS
   std::set<std::string> carried;
   for (const auto& w : base.linears()) carried.insert(w.tensor);
   for (const auto& t : tasks)
-    if (const auto left = changed_tensors_left_out(base, HfModel(t.adapter), carried); !left.empty())
+    if (const auto left = changed_tensors_left_out(base, HfModel(t.adapter), carried, "merge"); !left.empty())
       print_warning(fmt::format("task '{}': the bundle does not carry {} where {} differs from the base "
                                 "(a bundle holds the blocks' linear modules): `revert --full` gives the "
                                 "base's there", t.name, describe_left_out(left), t.adapter.string()));

@@ -195,7 +195,7 @@ CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device)
   std::set<std::string> carried;
   for (const auto* w : chosen) carried.insert(w->tensor);
   auto left_out = std::async(engine ? std::launch::async : std::launch::deferred,
-                             [&] { return o.find_left_out ? changed_tensors_left_out(base, ft, carried)
+                             [&] { return o.find_left_out ? changed_tensors_left_out(base, ft, carried, "compress")
                                                           : std::vector<UncarriedTensor>{}; });
   AdapterWriteOptions wo;
   wo.base_model_name_or_path = o.base.string();

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/interrupt.hpp"
 #include "revmerge/dtype.hpp"
 
 namespace revmerge {
@@ -17,13 +18,14 @@ std::string shape_text(const std::vector<std::int64_t>& shape) {
 
 // Whether two tensors of one shape hold the same values: their bytes where the dtypes agree,
 // else their values in f64; a block at a time, stopping at the first that differs.
-bool same_values(const CheckpointTensor& a, const CheckpointTensor& b) {
+bool same_values(const CheckpointTensor& a, const CheckpointTensor& b, const char* command) {
   const auto count = static_cast<std::uint64_t>(a.info->nbytes() / dtype_size(a.info->dtype));
   const auto bytes_a = a.file->bytes(*a.info), bytes_b = b.file->bytes(*b.info);
   constexpr std::uint64_t kBlock = 1 << 20;  // elements
   std::vector<double> va, vb;
   bool same = true;
   for (std::uint64_t at = 0; at < count && same; at += kBlock) {
+    throw_if_interrupted(command);  // a 70b's embeddings are gigabytes
     const auto n = std::min(kBlock, count - at);
     if (a.info->dtype == b.info->dtype) {
       const auto size = dtype_size(a.info->dtype);
@@ -45,7 +47,7 @@ bool same_values(const CheckpointTensor& a, const CheckpointTensor& b) {
 }  // namespace
 
 std::vector<UncarriedTensor> changed_tensors_left_out(const HfModel& base, const HfModel& ft,
-                                                    const std::set<std::string>& held) {
+                                                    const std::set<std::string>& held, const char* command) {
   std::vector<UncarriedTensor> out;
   for (const auto& t : base.checkpoint().tensors()) {
     const auto& name = t.info->name;
@@ -54,7 +56,7 @@ std::vector<UncarriedTensor> changed_tensors_left_out(const HfModel& base, const
     if (!other) out.push_back({name, "only in the base"});
     else if (other->info->shape != t.info->shape)
       out.push_back({name, "shape " + shape_text(t.info->shape) + " → " + shape_text(other->info->shape)});
-    else if (!same_values(t, *other)) out.push_back({name, "changed"});
+    else if (!same_values(t, *other, command)) out.push_back({name, "changed"});
   }
   for (const auto& t : ft.checkpoint().tensors())
     if (!held.count(t.info->name) && !base.checkpoint().find(t.info->name))

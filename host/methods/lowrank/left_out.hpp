@@ -16,9 +16,9 @@ namespace revmerge {
 /// between the two: present in one only, another shape, or another value somewhere (values
 /// compared exactly, across dtypes by value). Reads the tensors it compares — stopping at the
 /// first difference — and drops their pages afterwards. In the base's tensor order, then the
-/// fine-tune's own.
+/// fine-tune's own. Interrupted as `command` (core/interrupt.hpp) between blocks.
 std::vector<UncarriedTensor> changed_tensors_left_out(const HfModel& base, const HfModel& ft,
-                                                    const std::set<std::string>& held);
+                                                    const std::set<std::string>& held, const char* command);
 
 /// "3 tensors (model.embed_tokens.weight: changed, lm_head.weight: changed, score.weight: only
 /// in the fine-tune)" — at most `shown` named, then how many more.
