@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <set>
 #include <string>
 
 #include "core/interrupt.hpp"
@@ -144,21 +145,28 @@ void attach_device_svd(FullModelSet& set, BatchedPtSvd& engine) {
                                        reinterpret_cast<float*>(block + staged.tasks[0].b));
     return staged;
   };
-  // The module whose batch needs the most device memory, the widest element of the files, and
-  // the host memory of a load: the two pinned buffers the weights pass through.
-  const LinearWeight* largest = nullptr;
+  // The modules' shapes as the engine runs them (m × n: in × out, or out × in for weights stored
+  // in × out), the widest element of the files, and the host memory of a load: the two pinned
+  // buffers the weights pass through.
+  std::set<std::pair<i64, i64>> shapes;
+  std::uint64_t largest = 0;
   std::size_t element = 1;
   for (const auto& w : set.base->linears()) {
-    if (!largest || w.in * w.out > largest->in * largest->out) largest = &w;
+    shapes.insert(w.stored_in_by_out ? std::pair{w.out, w.in} : std::pair{w.in, w.out});
+    largest = std::max(largest, static_cast<std::uint64_t>(w.in * w.out));
     element = std::max(element, dtype_size(set.base->checkpoint().at(w.tensor).info->dtype));
     for (const auto& m : set.models)
       element = std::max(element, dtype_size(m->checkpoint().at(w.tensor).info->dtype));
   }
-  set.source.load_bytes = 2 * static_cast<std::uint64_t>(largest->in * largest->out) * element;
-  const auto options = pt_svd_options(*largest, set.inputs.rank, set.inputs.oversampling,
-                                      set.inputs.power_iterations, 0);
-  set.source.device_load_bytes = [&engine, largest, options, element](i64 batch) {
-    return static_cast<std::uint64_t>(engine.work_bytes(batch, largest->in, largest->out, options, element));
+  set.source.load_bytes = 2 * largest * element;
+  // The most any module's batch holds: modules of one size differ in the sketch's side (an MLP's
+  // up and down projections), so every shape is asked, not only the largest.
+  const RandomizedSvdOptions options{set.inputs.rank, set.inputs.oversampling, set.inputs.power_iterations, 0, 0};
+  set.source.device_load_bytes = [&engine, shapes, options, element](i64 batch) {
+    std::uint64_t most = 0;
+    for (const auto& [m, n] : shapes)
+      most = std::max<std::uint64_t>(most, engine.work_bytes(batch, m, n, options, element));
+    return most;
   };
   set.source.limit_device_load = [&engine](std::uint64_t bytes) { engine.limit_memory(bytes); };
 }

@@ -11,13 +11,17 @@
 #include <cmath>
 #include <optional>
 #include <random>
+#include <span>
+#include <tuple>
 
 #include "backend/backend_cases.hpp"
+#include "backend/deferred_backend.hpp"
 #include "backend/registry.hpp"
 #include "methods/lowrank/batched_pt_svd.hpp"
 #include "methods/lowrank/lowrank_fixtures.hpp"
 #include "methods/lowrank/pt_svd.hpp"
 #include "methods/lowrank/randomized_svd.hpp"
+#include "methods/full_model_source.hpp"
 #include "methods/on_backend.hpp"
 #include "revmerge/compress.hpp"
 #include "revmerge/error.hpp"
@@ -438,6 +442,41 @@ TEST_P(OnDevice, FullModelMergeAsOnTheCpu) {
       EXPECT_NEAR(on_gpu.modules[m].delta_error[t], on_cpu.modules[m].delta_error[t],
                   1e-4 * on_cpu.modules[m].delta_error[t] + 1e-7)
           << on_cpu.modules[m].path << ", task " << t;
+}
+
+// The device memory the merge plans for a module's batch covers every module as the engine runs
+// it: an MLP's up and down projections have one size but sketch different sides, and a weight
+// stored in × out (GPT-2) is run the other way round.
+TEST(FullModelPlan, DeviceBatchesCoverEveryModuleAsTheEngineRunsIt) {
+  test::TempDir tmp;
+  auto be = test::make_deferred_backend();
+  BatchedPtSvd engine(*be);
+  const i64 hidden = 20, inter = 100;
+  for (const auto layout : {test::Layout::linear, test::Layout::conv1d}) {
+    const bool conv1d = layout == test::Layout::conv1d;
+    SCOPED_TRACE(conv1d ? "conv1d" : "linear");
+    const auto dir = tmp / (conv1d ? "conv1d" : "linear");
+    std::filesystem::create_directories(dir / "base");
+    test::write_bytes(dir / "base" / "config.json", conv1d ? "{\"model_type\": \"gpt2\"}" : "{\"model_type\": \"llama\"}");
+    // down_proj (hidden × inter) sorts first; up_proj (inter × hidden) sketches the longer side.
+    std::vector<float> zeros(hidden * inter, 0.0f);
+    const auto bytes = std::as_bytes(std::span(zeros));
+    std::vector<TensorData> tensors;
+    for (const auto& [name, out, in] : {std::tuple{"mlp.down_proj", hidden, inter}, std::tuple{"mlp.up_proj", inter, hidden}})
+      tensors.push_back({{"model.layers.0." + std::string(name) + ".weight", DType::F32,
+                          conv1d ? std::vector<i64>{in, out} : std::vector<i64>{out, in}}, bytes});
+    write_safetensors(dir / "base" / "model.safetensors", tensors);
+    const FullModelInputs inputs{dir / "base", 8, 4, 1};
+    auto set = open_full_model_set({{"a", dir / "base"}, {"b", dir / "base"}}, inputs);
+    attach_device_svd(*set, engine);
+    for (i64 batch = 1; batch <= 2; ++batch)
+      for (const auto& w : set->base->linears()) {
+        const auto m = w.stored_in_by_out ? w.out : w.in, n = w.stored_in_by_out ? w.in : w.out;
+        EXPECT_GE(set->source.device_load_bytes(batch),
+                  engine.work_bytes(batch, m, n, pt_svd_options(w, 8, 4, 1, 0), 4))
+            << w.path << ", batch " << batch;
+      }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Devices, OnDevice, ::testing::Values("deferred", "cuda"),
