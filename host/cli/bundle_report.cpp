@@ -176,6 +176,9 @@ void print_bundle_report(const BundleManifest& m, const std::string& where, std:
     fmt::print(report_out(), "tasks added later (each its own truncation per module): {} after the first {}\n",
                m.tasks.size() - m.represented_tasks(), m.represented_tasks());
   if (!m.backend.empty()) fmt::print(report_out(), "computed on: {}\n", m.backend);
+  if (m.fan_in_fan_out)
+    fmt::print(report_out(), "fan_in_fan_out: the base stores its weights in × out (GPT-2's Conv1D); "
+                             "reverted adapters say so, `revert --full` adds each delta transposed\n");
   fmt::print(report_out(), "{}\n", storage_line(m));
   fmt::print(report_out(), "\n{:<24} {:>14} {:>14} {:>14}\n", "task", "delta error", "worst module", "mean module");
   for (std::size_t t = 0; t < m.tasks.size(); ++t) {

@@ -83,6 +83,8 @@ python3 "$src/tools/check_full_model.py" --base "$g/base" --adapter "$g/ft0-adap
 for method in "--basis 1" "--method rank --storage 1"; do
   "$revmerge" merge -q $method --base "$g/base" --rank 4 --out "$g/ft-bundle" --force "$g/ft0" "$g/ft1"
   "$revmerge" revert -q "$g/ft-bundle" --task ft1 --full --base "$g/base" --out "$g/ft1-again" --force
+  "$revmerge" inspect "$g/ft-bundle" | grep -q "^fan_in_fan_out: the base stores its weights in × out" ||
+    { echo "FAIL ($method): inspect does not say fan_in_fan_out"; exit 1; }
   echo -n "$method over gpt2 fine-tunes, revert --full against the fine-tune: "
   python3 "$src/tools/check_full_model.py" --base "$g/base" --adapter "$g/task1" --model "$g/ft1-again" --tol 1e-5
 done
