@@ -145,14 +145,14 @@ void attach_device_svd(FullModelSet& set, BatchedPtSvd& engine) {
                                        reinterpret_cast<float*>(block + staged.tasks[0].b));
     return staged;
   };
-  // The modules' shapes as the engine runs them (m × n: in × out, or out × in for weights stored
-  // in × out), the widest element of the files, and the host memory of a load: the two pinned
-  // buffers the weights pass through.
+  // The modules' shapes as the engine runs them (m × n = cols × rows of the files' tensors), the
+  // widest element of the files, and the host memory of a load: the two pinned buffers the
+  // weights pass through.
   std::set<std::pair<i64, i64>> shapes;
   std::uint64_t largest = 0;
   std::size_t element = 1;
   for (const auto& w : set.base->linears()) {
-    shapes.insert(w.stored_in_by_out ? std::pair{w.out, w.in} : std::pair{w.in, w.out});
+    shapes.insert({w.cols(), w.rows()});
     largest = std::max(largest, static_cast<std::uint64_t>(w.in * w.out));
     element = std::max(element, dtype_size(set.base->checkpoint().at(w.tensor).info->dtype));
     for (const auto& m : set.models)

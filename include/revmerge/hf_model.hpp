@@ -21,6 +21,10 @@ struct LinearWeight {
   DType dtype = DType::F32;
   /// The file holds it in × out (transformers' Conv1D, HfModel::stores_weights_transposed).
   bool stored_in_by_out = false;
+
+  /// The tensor's shape as its file holds it, row-major rows × cols: out × in, or in × out.
+  std::int64_t rows() const noexcept { return stored_in_by_out ? in : out; }
+  std::int64_t cols() const noexcept { return stored_in_by_out ? out : in; }
 };
 
 /// The config.json fields revmerge reports; absent ones stay empty / zero.

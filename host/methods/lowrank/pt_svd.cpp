@@ -15,10 +15,9 @@ void check_fine_tune_tensor(const HfModel& ft, const LinearWeight& w, const std:
   if (!t)
     throw shape_error(ft.dir().string() + ": tensor '" + w.tensor + "' of the base is missing "
                       "from " + whose);
-  const auto rows = w.stored_in_by_out ? w.in : w.out, cols = w.stored_in_by_out ? w.out : w.in;
-  if (t->info->shape != std::vector<std::int64_t>{rows, cols})
+  if (t->info->shape != std::vector<std::int64_t>{w.rows(), w.cols()})
     throw shape_error(ft.dir().string() + ": tensor '" + w.tensor + "' is not " +
-                      std::to_string(rows) + " × " + std::to_string(cols) +
+                      std::to_string(w.rows()) + " × " + std::to_string(w.cols()) +
                       " as in the base; the model is not a fine-tune of this base");
 }
 
@@ -94,16 +93,15 @@ std::vector<DeltaSvd> batched_pt_svd(BatchedPtSvd& engine, const HfModel& base,
   std::vector<RawWeight> raws;
   for (const auto* ft : fine_tunes) raws.push_back(raw_weight(*ft, w));
   const auto b = raw_weight(base, w);
-  // The engine factors the column-major matrix the file's bytes are: Δᵀ (in × out), or Δ
-  // itself (out × in) for a weight stored in × out, whose U and V then trade places.
-  const auto m = w.stored_in_by_out ? w.out : w.in, n = w.stored_in_by_out ? w.in : w.out;
+  // The engine factors the column-major matrix the file's bytes are (cols × rows): Δᵀ, or Δ
+  // itself for a weight stored in × out, whose U and V then trade places.
   std::vector<DeltaSvd> results;
   if (stacks) {
     auto into = *stacks;
     into.stored_in_by_out = w.stored_in_by_out;
-    results = engine.run_into_stacks(b, raws, m, n, options, into);
+    results = engine.run_into_stacks(b, raws, w.cols(), w.rows(), options, into);
   } else {
-    results = engine.run(b, raws, m, n, options);
+    results = engine.run(b, raws, w.cols(), w.rows(), options);
     if (w.stored_in_by_out)
       for (auto& r : results) std::swap(r.svd.u, r.svd.v);
   }

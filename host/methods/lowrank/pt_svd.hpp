@@ -49,10 +49,9 @@ inline RandomizedSvdOptions pt_svd_options(const LinearWeight& w, std::int64_t r
 inline TruncatedSvd pt_svd(std::span<const double> delta, const LinearWeight& w, std::int64_t rank,
                            std::int64_t oversampling, int power_iterations, std::uint64_t seed,
                            RandomizedSvdWork* work = nullptr, std::span<const float> delta32 = {}) {
-  const auto options = pt_svd_options(w, rank, oversampling, power_iterations, seed);
-  if (!w.stored_in_by_out) return randomized_svd(delta, w.in, w.out, options, work, delta32);
-  auto svd = randomized_svd(delta, w.out, w.in, options, work, delta32);
-  std::swap(svd.u, svd.v);
+  auto svd = randomized_svd(delta, w.cols(), w.rows(),
+                            pt_svd_options(w, rank, oversampling, power_iterations, seed), work, delta32);
+  if (w.stored_in_by_out) std::swap(svd.u, svd.v);
   return svd;
 }
 
