@@ -8,8 +8,12 @@
 #   tools/gpu-check.sh OUTDIR
 #
 # Order: what this round's GPU work needs first (the CUDA tests, GPU = CPU bitwise, per-layer
-# compute, the 7b set end to end against its floor, racecheck), then the 70b shape, PT-SVD, the
-# whole suite and memcheck.
+# compute, the 7b set end to end against its floor), then the 70b shape, PT-SVD and full
+# fine-tunes, the classic merges, the budgeted store, resident bundles, mergekit-extract-lora,
+# racecheck, the whole suite and memcheck.
+#
+# With build/carry/ from tools/gpu-pack.sh (binaries built on a machine without a GPU, their
+# libraries, mergekit), the check skips configure and build when those binaries start here.
 #
 # GPU_CHECK_DEADLINE (seconds, default 540): steps that would start later are reported NOT RUN,
 # so the summary and the logs still come back from a lease with a hard time limit. Each step
@@ -36,6 +40,9 @@ device=${GPU_CHECK_DEVICE:-cuda}  # the device the GPU steps run on
 case $device in cuda | cpu) ;; *) echo "GPU_CHECK_DEVICE: cuda or cpu, not '$device'"; exit 2 ;; esac
 
 deadline=${GPU_CHECK_DEADLINE:-540}
+# No step runs past GPU_CHECK_HARD_END (seconds from the start): each step's own timeout is cut
+# to what is left, so the table and the logs come back before the lease's command limit.
+hard_end=${GPU_CHECK_HARD_END:-$(( deadline + 60 ))}
 
 not_run() {  # not_run NAME REASON: a step left out, in the table with its reason
   order+=("$1")
@@ -47,13 +54,45 @@ step() {  # step NAME LOGFILE TIMEOUT_S CMD... : runs, logs, records PASS/FAIL
   local t0=$(date +%s)
   (( t0 - t_start > deadline )) && { not_run "$name" "past the ${deadline}s deadline"; return; }
   [[ " ${GPU_CHECK_SKIP:-} " == *" $name "* ]] && { not_run "$name" GPU_CHECK_SKIP; return; }
-  order+=("$name")
   [ "$device" = cpu ] && limit=$(( limit * 4 ))  # a rehearsal's CPU stand-in is slower
+  local left=$(( hard_end - (t0 - t_start) ))
+  (( left < 15 )) && { not_run "$name" "${left}s left before the ${hard_end}s hard end"; return; }
+  (( limit > left )) && limit=$left
+  order+=("$name")
   echo "== $name (at $(( t0 - t_start ))s)" | tee -a "$out/summary.log"
   if timeout "$limit" "$@" >"$log" 2>&1; then result[$name]="PASS ($(( $(date +%s) - t0 ))s)"
   else result[$name]="FAIL ($(( $(date +%s) - t0 ))s, see $(basename "$log"))"; fi
   tail -n 3 "$log" | sed 's/^/   /'
 }
+
+# Binaries built and packed on a machine without a GPU (tools/gpu-pack.sh, build/carry/): used
+# when they start here, so the lease's minutes go to measuring; otherwise the check builds.
+prebuilt=""
+if [ -f build/carry/prebuilt.tar.xz ] && [ -z "${GPU_CHECK_BUILD:-}" ]; then
+  tar -xJf build/carry/prebuilt.tar.xz
+  built_at=$(cat "$build/BUILD_ROOT")
+  # RUNPATH and CTest's files name the checkout the binaries were built in: make it this one.
+  if [ "$built_at" != "$PWD" ] && [ ! -e "$built_at" ]; then
+    mkdir -p "$(dirname "$built_at")" && ln -s "$PWD" "$built_at"
+  fi
+  export LD_LIBRARY_PATH="$PWD/build/gpu-rtlib:/usr/local/cuda/lib64:/usr/local/cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  if ldd "$build/host/cli/revmerge" | grep -qE 'lib(cublas|cusolver).*not found'; then
+    for d in $(find /usr/local /opt /usr/lib -name 'libcublas.so.13' -o -name 'libcusolver.so.12' 2>/dev/null | xargs -r -n1 dirname | sort -u); do
+      LD_LIBRARY_PATH+=":$d"
+    done
+  fi
+  py=$(cat "$build/BUILD_PYTHON" 2>/dev/null || true)  # the CLI tests' Python, where it was built
+  if [ -n "$py" ] && [ ! -e "$py" ] && command -v python3 >/dev/null; then
+    mkdir -p "$(dirname "$py")" && ln -s "$(command -v python3)" "$py"
+  fi
+  if "$build/host/cli/revmerge" --version >/dev/null 2>&1 && "$build/tests/revmerge_tests" --gtest_list_tests >/dev/null 2>&1; then
+    prebuilt=$(cat "$build/BUILD_COMMIT")
+    echo "using the carried binaries (built at $prebuilt)" | tee -a "$out/summary.log"
+  else
+    { echo "the carried binaries do not start here; building"; ldd "$build/host/cli/revmerge" | grep 'not found'; } | tee -a "$out/summary.log"
+  fi
+fi
+[ -z "$prebuilt" ] && [ ! -d .vendor ] && [ -f build/carry/vendor.tar.xz ] && tar -xJf build/carry/vendor.tar.xz
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$out/gpu.txt" 2>&1 || true
 cmake_args=(-S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DREVMERGE_CUDA=ON
@@ -73,10 +112,15 @@ if ! [ -f /usr/include/lapacke.h ] || ! [ -d /usr/share/cmake/CLI11 ] ||
 fi
 command -v ninja >/dev/null || cmake_args[3]="Unix Makefiles"
 
-rm -f "$build/CMakeCache.txt"  # a cache from another machine's libraries must not be reused
-step configure configure.log 120 cmake "${cmake_args[@]}"
-step build build.log 360 cmake --build "$build" -j "$jobs"
 revmerge=$build/host/cli/revmerge
+if [ -n "$prebuilt" ]; then
+  not_run configure "binaries carried, built at $prebuilt"
+  not_run build "binaries carried, built at $prebuilt"
+else
+  rm -f "$build/CMakeCache.txt"  # a cache from another machine's libraries must not be reused
+  step configure configure.log 120 cmake "${cmake_args[@]}"
+  step build build.log 360 cmake --build "$build" -j "$jobs"
+fi
 bench=$build/bench/revmerge_bench_rmm
 step devices devices.log 30 "$revmerge" devices
 # A GPU check whose GPU cases all skipped would pass without testing anything: here they fail.
@@ -164,12 +208,6 @@ store_two_workers() {
 }
 export -f store_two_workers
 several_gpus store-gpus-0-0 store-gpus-0-0.log 150 bash -c store_two_workers
-if command -v compute-sanitizer >/dev/null; then
-  step racecheck racecheck.log 120 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 1 \
-    "$build/tests/revmerge_tests" --gtest_filter='*RmmModule*cuda*'
-else
-  not_run racecheck "compute-sanitizer not found"
-fi
 # The whole 80-layer 70b shape (14.5 GB of bf16 adapters; written here, where the disk has room).
 step make-adapters-70b make-adapters-70b.log 240 "$build/bench/revmerge_make_adapters" --model llama-70b --tasks 8 --rank 64 --out "$out/adapters-70b" --force
 step pipeline-70b-gpu pipeline-70b-gpu.log 240 bash -c 'repeat_bench pipeline-70b-gpu "$out"/adapters-70b/task-*'
@@ -251,23 +289,6 @@ classic_gpu() {
 export -f both_devices
 export -f classic_gpu
 step classic-7b-gpu classic-7b-gpu.log 240 bash -c classic_gpu
-# compress on the GPU, traced (issue 23 asks for the trace first), then against mergekit-extract-lora
-# --cuda on the same files where the machine's Python has torch and transformers and mergekit
-# was carried along (build/mergekit-pkg: `pip install --target build/mergekit-pkg --no-deps
-# mergekit==0.1.5 immutables==0.21 sentencepiece==0.2.3 protobuf==7.36.2` where pip works).
-if command -v nsys >/dev/null; then
-  step nsys-compress-7b nsys-compress-7b.log 90 nsys profile --force-overwrite true -o "$out/compress-7b" \
-    --stats=true "$revmerge" compress --device "$device" --base "$out/models-7b/base" --model "$out/models-7b/ft-0" \
-    --rank 64 --force --quiet --out "$out/compress-nsys"
-else
-  not_run nsys-compress-7b "nsys not found"
-fi
-if [ "$device" = cuda ] && [ -d build/mergekit-pkg/mergekit ] && python3 -c "import torch, transformers, safetensors, numpy" 2>/dev/null; then
-  step extract-lora-7b extract-lora-7b.log 240 python3 bench/extract_lora_bench.py --revmerge "$revmerge" --cuda \
-    --shape llama-7b --layers 1 --repeats 1 --mergekit-pkg build/mergekit-pkg --work "$out/extract"
-else
-  not_run extract-lora-7b "no build/mergekit-pkg carried, no torch / transformers, or rehearsed on the CPU"
-fi
 step merge-example merge-example.log 60 "$revmerge" merge --device "$device" --basis 2 --force --out "$out/example-bundle" examples/adapters/chat examples/adapters/code examples/adapters/math examples/adapters/qa examples/adapters/sentiment examples/adapters/summary examples/adapters/topic examples/adapters/translate
 # The whole default suite: on a machine with a GPU, `--device auto` runs every RMM CLI test there.
 # The budgeted store on the 7b set: RMM's run and its candidates' difference Grams on the GPU
@@ -317,6 +338,29 @@ materialize_7b() {
 }
 export -f materialize_7b
 step materialize-7b materialize-7b.log 90 bash -c materialize_7b
+# compress on the GPU, traced (issue 23 asks for the trace first), then against mergekit-extract-lora
+# --cuda on the same files where the machine's Python has torch and transformers and mergekit
+# was carried along (build/carry/mergekit-pkg, fetched for the GPU machine's Python by tools/gpu-pack.sh).
+if command -v nsys >/dev/null; then
+  step nsys-compress-7b nsys-compress-7b.log 90 nsys profile --force-overwrite true -o "$out/compress-7b" \
+    --stats=true "$revmerge" compress --device "$device" --base "$out/models-7b/base" --model "$out/models-7b/ft-0" \
+    --rank 64 --force --quiet --out "$out/compress-nsys"
+else
+  not_run nsys-compress-7b "nsys not found"
+fi
+if [ "$device" = cuda ] && [ -d build/carry/mergekit-pkg/mergekit ] && python3 -c "import torch, transformers, safetensors, numpy" 2>/dev/null; then
+  step extract-lora-7b extract-lora-7b.log 240 python3 bench/extract_lora_bench.py --revmerge "$revmerge" --cuda \
+    --shape llama-7b --layers 1 --repeats 1 --mergekit-pkg build/carry/mergekit-pkg --work "$out/extract"
+else
+  not_run extract-lora-7b "no build/carry/mergekit-pkg carried, no torch / transformers, or rehearsed on the CPU"
+fi
+# Racecheck over the RMM module's CUDA cases (slow under the sanitizer: after the figures).
+if command -v compute-sanitizer >/dev/null; then
+  step racecheck racecheck.log 120 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 1 \
+    "$build/tests/revmerge_tests" --gtest_filter='*RmmModule*cuda*'
+else
+  not_run racecheck "compute-sanitizer not found"
+fi
 # The Python package's CUDA path (DLPack device arrays, materialize on a stream) where the build
 # made the package (a Python with nanobind on PATH) and torch imports; otherwise reported NOT RUN.
 if compgen -G "$build/python/revmerge/_revmerge*.so" >/dev/null && python3 -c "import torch" 2>/dev/null; then
@@ -335,7 +379,7 @@ fi
 echo
 echo "GPU: $(cat "$out/gpu.txt" 2>/dev/null)"
 [ "$device" = cpu ] && echo "REHEARSAL (GPU_CHECK_DEVICE=cpu): the GPU steps ran on the CPU; no GPU figure here"
-echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)   total: $(( $(date +%s) - t_start ))s   logs: $out"
+echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)${prebuilt:+ (binaries built at $prebuilt)}   total: $(( $(date +%s) - t_start ))s   logs: $out"
 printf '%-22s %s\n' step result
 for s in "${order[@]}"; do
   printf '%-22s %s\n' "$s" "${result[$s]:-NOT RUN}"
