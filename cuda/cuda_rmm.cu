@@ -30,7 +30,13 @@ struct WarpTeam {
   __device__ int lane() const { return lane_; }
   __device__ int lanes() const { return 32; }
   __device__ void sync() const { __syncwarp(); }
-  __device__ bool any(bool pred) const { return __any_sync(0xffffffffu, pred) != 0; }
+  // A vote orders no memory (CUDA's warp vote functions): the __syncwarp first makes it the
+  // barrier a team's any() is, as __syncthreads_or is for a block (racecheck found the gather's
+  // writes read by other lanes after a bare __any_sync).
+  __device__ bool any(bool pred) const {
+    __syncwarp();
+    return __any_sync(0xffffffffu, pred) != 0;
+  }
 };
 
 // A block: every thread of it.

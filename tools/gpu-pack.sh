@@ -33,6 +33,7 @@ ldd "${bins[@]}" | awk '/=>/ { print $3 }' | sort -u |
   while read -r lib; do cp -L "$lib" "$stage/build/gpu-rtlib/"; done
 echo "$root" >"$stage/build/gpu-check/BUILD_ROOT"
 grep -m1 '^Python_EXECUTABLE:' "$build/CMakeCache.txt" | cut -d= -f2 >"$stage/build/gpu-check/BUILD_PYTHON" || true
+grep -m1 '^CMAKE_COMMAND:' "$build/CMakeCache.txt" | cut -d= -f2 >"$stage/build/gpu-check/BUILD_CMAKE" || true
 git describe --always --dirty >"$stage/build/gpu-check/BUILD_COMMIT"
 tar -C "$stage" -cJf "$carry/prebuilt.tar.xz" build
 if [ -f .vendor/vendor.cmake ]; then tar -cJf "$carry/vendor.tar.xz" .vendor; fi
@@ -40,7 +41,8 @@ if [ -f .vendor/vendor.cmake ]; then tar -cJf "$carry/vendor.tar.xz" .vendor; fi
 if [ ! -d "$carry/mergekit-pkg/mergekit" ] && [ -x .venv/bin/pip ]; then
   .venv/bin/pip install -q --target "$carry/mergekit-pkg" --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    mergekit==0.1.5 immutables==0.21 || echo "gpu-pack: mergekit not fetched; extract-lora-7b will not run"
+    mergekit==0.1.5 immutables==0.21 pydantic==2.11.7 pydantic-core==2.33.2 annotated-types==0.7.0 \
+    typing-inspection==0.4.1 || echo "gpu-pack: mergekit not fetched; extract-lora-7b will not run"
 fi
 du -sh "$carry"/* | sed 's/^/gpu-pack: /'
 echo "gpu-pack: binaries at $(cat "$stage/build/gpu-check/BUILD_COMMIT"); carry build/carry"

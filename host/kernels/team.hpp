@@ -3,7 +3,8 @@
 // lane (SerialTeam); on a GPU a warp or a block of threads (cuda/), and in the tests a set of
 // host threads (tests/kernels/thread_team.hpp). A routine written against a team computes each
 // value on exactly one lane with the same operations whatever the team's size, so every team
-// gives the same bits.
+// gives the same bits. sync() is a barrier that orders the lanes' memory; any(pred) is one too,
+// and tells every lane whether pred held on any lane.
 #include <cstdint>
 
 #include "kernels/host_device.hpp"
