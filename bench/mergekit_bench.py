@@ -7,7 +7,7 @@ beside the read floor (the inputs' bytes read once from the page cache, measured
 
     python3 bench/mergekit_bench.py --revmerge build/release/host/cli/revmerge \\
         [--layers 2] [--vocab 32000] [--repeats 3] [--threads N] [--work DIR] [--cuda] \\
-        [--memory-budget 1.5GiB] [--json OUT]
+        [--mergekit-pkg DIR] [--settle S] [--memory-budget 1.5GiB] [--json OUT]
 
 The models: a llama-7b-shaped base (hidden 4096, intermediate 11008, 32 heads) with --layers
 blocks, the embedding and the head, in bf16, and three fine-tunes (base + a small random delta
@@ -154,7 +154,7 @@ def read_floor(root: Path) -> tuple[float, int]:
     return read_inputs(root), total  # the second pass is the one measured: the page cache is warm
 
 
-def settle(root: Path):
+def settle(root: Path, seconds: float):
     """Lets the machine finish with the last run before the next is timed: the output's dirty
     pages written back and deleted, the memory the run freed given back. Measured on a 2-core VM
     whose freed memory goes back to its host: revmerge's task arithmetic in four runs 2 s apart,
@@ -164,7 +164,7 @@ def settle(root: Path):
     part of them evicted (task arithmetic by hand after a bench: 6.89 s, then 2.38 and 2.55 s).
     Untimed, before every run of both."""
     os.sync()
-    time.sleep(10)
+    time.sleep(seconds)
     read_inputs(root)
 
 
@@ -193,6 +193,10 @@ def main():
     ap.add_argument("--work", type=Path, default=Path("/tmp/revmerge-mergekit-bench"))
     ap.add_argument("--cuda", action="store_true", help="mergekit --cuda against revmerge --device cuda")
     ap.add_argument("--memory-budget", help="revmerge's --memory-budget (e.g. 1.5GiB; default: its own)")
+    ap.add_argument("--mergekit-pkg", type=Path, help="mergekit already installed (pip --target) there: "
+                    "for a machine without PyPI (the GPU check carries it)")
+    ap.add_argument("--settle", type=float, default=10.0,
+                    help="seconds let pass before each timed run (default 10; see settle())")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     root = a.work / f"llama7b-{a.layers}l-v{a.vocab}"
@@ -202,7 +206,7 @@ def main():
         # Again in a fresh process: a child's peak resident memory counts this process's at the
         # fork, grown by the models just written (the first run showed revmerge at 4.45 GiB).
         os.execv(sys.executable, [sys.executable, *sys.argv])
-    pkg = install_mergekit(a.work)
+    pkg = a.mergekit_pkg or install_mergekit(a.work)
     env = dict(os.environ, PYTHONPATH=str(pkg) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     floor, total = read_floor(root)
     print(f"inputs: 4 models × {a.layers} llama-7b layers + embedding and head (vocab {a.vocab}), bf16, "
@@ -223,7 +227,7 @@ def main():
         for _ in range(a.repeats):
             for tool, cmd in [("mergekit", mk_cmd), ("revmerge", rm_cmd)]:
                 shutil.rmtree(out, ignore_errors=True)
-                settle(root)
+                settle(root, a.settle)
                 took, peak = timed(cmd, env)
                 times[tool].append(took)
                 peaks[tool].append(peak)

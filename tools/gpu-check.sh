@@ -134,13 +134,24 @@ step cuda-tests cuda-tests.log 240 ctest --test-dir "$build" -L gpu --output-on-
 # One llama-7b layer's RMM compute on the GPU and the CPU: the stored tensors byte for byte, the
 # error terms to rounding, the per-layer time (the issue's target: ≤ 3 ms).
 step gpu-vs-cpu-7b gpu-vs-cpu-7b.log 120 "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 1 --device "$([ "$device" = cuda ] && echo both || echo cpu)"
-# What a layer's kernels do, for the next round of tuning (skipped where nsys is not installed).
-if command -v nsys >/dev/null; then
-  step nsys-7b-layer nsys-7b-layer.log 90 nsys profile --force-overwrite true -o "$out/rmm-7b-layer" --stats=true \
-    "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 2 --device "$device"
-else
-  not_run nsys-7b-layer "nsys not found"
-fi
+# trace NAME LOG LIMIT CMD…: CMD's kernels, each one's count and time — nsys's timeline where it
+# is installed, else Nsight Compute's per-kernel summary (one metric, no replay; the clocks left
+# as they are: --clock-control none), else not run.
+ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
+trace() {
+  local name=$1 log=$2 limit=$3
+  shift 3
+  if command -v nsys >/dev/null; then
+    step "$name" "$log" "$limit" nsys profile --force-overwrite true -o "$out/$name" --stats=true "$@"
+  elif [ -n "$ncu_bin" ] && [ "$device" = cuda ]; then
+    step "$name" "$log" "$limit" "$ncu_bin" --clock-control none --metrics gpu__time_duration.sum \
+      --print-summary per-kernel "$@"
+  else
+    not_run "$name" "neither nsys nor ncu found, or rehearsed on the CPU"
+  fi
+}
+# What a layer's kernels do, for the next round of tuning.
+trace trace-7b-layer trace-7b-layer.log 90 "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 2 --device "$device"
 step bench-7b-gpu bench-7b-gpu.log 60 "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 8 --device "$device"
 step bench-70b-gpu bench-70b-gpu.log 60 "$bench" --model llama-70b --tasks 8 --rank 64 --basis 4 --layers 2 --device "$device"
 # The streamed pipeline on the GPU, all 32 layers of the 7b shape (2.6 GB of bf16 adapters):
@@ -157,10 +168,12 @@ import json, statistics, sys
 runs = [json.load(open(f)) for f in sys.argv[1:]]
 def med(f): return statistics.median(f(r) for r in runs)
 print("median of %d: end to end %.3f s, pipeline %.3f s, setup %.3f s, finish %.3f s, "
-      "read floor %.3f s, end to end / floor %.2f, slowest stage %.3f s, end to end/slowest %.2f" % (
+      "read floor %.3f s, end to end / floor %.2f, write floor %.3f s, end to end / larger floor %.2f, "
+      "slowest stage %.3f s, end to end/slowest %.2f" % (
       len(runs), med(lambda r: r["pipeline"]["seconds"]), med(lambda r: r["pipeline"]["pipeline_seconds"]),
       med(lambda r: r["pipeline"]["setup_seconds"]), med(lambda r: r["pipeline"]["finish_seconds"]),
       med(lambda r: r["floor"]["seconds"]), med(lambda r: r["end_to_end_over_floor"]),
+      med(lambda r: r["write_floor"]["seconds"]), med(lambda r: r["end_to_end_over_larger_floor"]),
       med(lambda r: r["slowest_stage_seconds"]), med(lambda r: r["end_to_end_over_slowest_stage"])))
 for k in ("read", "upload", "compute", "write"):
     print("  %-8s busy %.3f s, waiting %.3f s (medians)" % (k, med(lambda r: r["pipeline"]["stage_seconds"][k]),
@@ -346,18 +359,25 @@ step materialize-7b materialize-7b.log 90 bash -c materialize_7b
 # compress on the GPU, traced (issue 23 asks for the trace first), then against mergekit-extract-lora
 # --cuda on the same files where the machine's Python has torch and transformers and mergekit
 # was carried along (build/carry/mergekit-pkg, fetched for the GPU machine's Python by tools/gpu-pack.sh).
-if command -v nsys >/dev/null; then
-  step nsys-compress-7b nsys-compress-7b.log 90 nsys profile --force-overwrite true -o "$out/compress-7b" \
-    --stats=true "$revmerge" compress --device "$device" --base "$out/models-7b/base" --model "$out/models-7b/ft-0" \
-    --rank 64 --force --quiet --out "$out/compress-nsys"
-else
-  not_run nsys-compress-7b "nsys not found"
-fi
+trace trace-compress-7b trace-compress-7b.log 90 "$revmerge" compress --device "$device" --base "$out/models-7b/base" \
+  --model "$out/models-7b/ft-0" --rank 64 --force --quiet --out "$out/compress-traced"
+# A resident bundle's materialize kernels (issue 21: 7–12× the copy floor on the H200).
+trace trace-materialize-7b trace-materialize-7b.log 60 "$build/bench/revmerge_bench_materialize" --device "$device" \
+  --bundle "$out/store-rmm" --task task-3 --dtype bf16 --repeats 3
 if [ "$device" = cuda ] && [ -d build/carry/mergekit-pkg/mergekit ] && python3 -c "import torch, transformers, safetensors, numpy" 2>/dev/null; then
   step extract-lora-7b extract-lora-7b.log 240 python3 bench/extract_lora_bench.py --revmerge "$revmerge" --cuda \
     --shape llama-7b --layers 1 --repeats 1 --mergekit-pkg build/carry/mergekit-pkg --work "$out/extract"
 else
   not_run extract-lora-7b "no build/carry/mergekit-pkg carried, no torch / transformers, or rehearsed on the CPU"
+fi
+# Classic merges against mergekit-yaml --cuda on the same files (issue 22: ≥ 10× mergekit --cuda,
+# within 1.5× the read floor): TIES, DARE-TIES, SLERP and task arithmetic of three llama-7b-shaped
+# checkpoints of two layers with the embedding and the head, one run each.
+if [ "$device" = cuda ] && [ -d build/carry/mergekit-pkg/mergekit ] && python3 -c "import torch, transformers, safetensors, numpy" 2>/dev/null; then
+  step mergekit-7b-gpu mergekit-7b-gpu.log 150 python3 bench/mergekit_bench.py --revmerge "$revmerge" --cuda \
+    --layers 2 --repeats 1 --settle 1 --mergekit-pkg build/carry/mergekit-pkg --work "$out/mergekit"
+else
+  not_run mergekit-7b-gpu "no build/carry/mergekit-pkg carried, no torch / transformers, or rehearsed on the CPU"
 fi
 # Racecheck over the RMM module's CUDA cases (slow under the sanitizer: after the figures; the
 # 32- and 40-task shapes, a block per position, take minutes under it and are left out).
@@ -391,7 +411,7 @@ for s in "${order[@]}"; do
   printf '%-22s %s\n' "$s" "${result[$s]:-NOT RUN}"
 done
 grep -hE "^(cpu|cuda)|speed-up|GPU vs CPU|median/layer" "$out"/gpu-vs-cpu-7b.log "$out"/bench-*-gpu.log 2>/dev/null
-cat "$out"/bitwise-7b.log "$out"/gpus-0-0.log "$out"/store-gpus-0-0.log "$out"/pt-svd-7b.log "$out"/full-models.log "$out"/classic-7b-gpu.log "$out"/extract-lora-7b.log "$out"/store-auto-7b.log "$out"/materialize-7b.log "$out"/python-materialize-7b.log 2>/dev/null
+cat "$out"/bitwise-7b.log "$out"/gpus-0-0.log "$out"/store-gpus-0-0.log "$out"/pt-svd-7b.log "$out"/full-models.log "$out"/classic-7b-gpu.log "$out"/extract-lora-7b.log "$out"/mergekit-7b-gpu.log "$out"/store-auto-7b.log "$out"/materialize-7b.log "$out"/python-materialize-7b.log 2>/dev/null
 grep -hE "^revmerge bench|^memory plan|^read|^upload|^compute|^write|^pipeline|^setup|^finish|^end to end|^floor|peak RSS|^sequential|^median|^  [a-z]+ +busy" "$out"/pipeline-*.log 2>/dev/null
 for s in "${!result[@]}"; do [[ ${result[$s]} == FAIL* ]] && exit 1; done
 exit 0
