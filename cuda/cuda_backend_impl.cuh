@@ -57,6 +57,8 @@ class CudaBackend final : public Backend {
   void rmm_candidate_grams(const kernels::RmmCandidateArgs& args, Stream s) override;
   void materialize(const kernels::MaterializeArgs& args, Stream s) override;
   void elementwise(const kernels::ElementwiseStep& step, Stream s) override;
+  // cuda_della.cu: DELLA's ranks by sorting rows (false: left to the routine's count).
+  bool della_keep_by_sort(const kernels::ElementwiseStep& step, cudaStream_t st);
 
   // cuda_dense_f64.cu
   void gemm_f64(Op op_a, std::int64_t rows, std::int64_t cols, std::int64_t inner,

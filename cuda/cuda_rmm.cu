@@ -153,6 +153,7 @@ void CudaBackend::materialize(const kernels::MaterializeArgs& args, Stream s) {
 // A step of an element-wise merge: an index per thread (an element, a tie chunk, a block's lane).
 void CudaBackend::elementwise(const kernels::ElementwiseStep& step, Stream s) {
   use_device();
+  if (step.kind == kernels::ElementwiseKind::della_keep && della_keep_by_sort(step, stream(s))) return;
   for_each_index(stream(s), kernels::step_indices(step), kernels::ElementwiseIndices{step});
 }
 

@@ -12,6 +12,7 @@
 #include <iterator>
 
 #include "backend/backend.hpp"
+#include "backend/backend_cases.hpp"
 #include "backend/deferred_backend.hpp"
 #include "methods/classic/classic_internal.hpp"
 #include "methods/classic/combine_on_backend.hpp"
@@ -110,9 +111,10 @@ const Case kCases[] = {
 
 using Pieces = std::vector<std::pair<i64, i64>>;  // (largest piece, chunk)
 
-// Case c merged on the CPU backend and the deferred backend, in pieces and chunks of each of
-// `pieces`, from f32, bf16 and f64 files of `shape`, gives the CPU merge's bits.
-void expect_the_cpus_bits(const Case& c, const std::vector<i64>& shape, const Pieces& pieces) {
+// Case c merged on the CPU backend and the deferred backend (or on `gpu` alone), in pieces and
+// chunks of each of `pieces`, from f32, bf16 and f64 files of `shape`, gives the CPU merge's bits.
+void expect_the_cpus_bits(const Case& c, const std::vector<i64>& shape, const Pieces& pieces,
+                          Backend* gpu = nullptr) {
   ClassicMergeOptions o;
   o.method = c.method;
   for (std::size_t t = 0; t < c.n; ++t) o.tasks.push_back({"t" + std::to_string(t), "unused"});
@@ -123,7 +125,8 @@ void expect_the_cpus_bits(const Case& c, const std::vector<i64>& shape, const Pi
     const auto cpu = set.merge(o, c.n, c.base, set.numel(), 2);
     auto cpu_backend = make_cpu_backend({2, 0});
     auto deferred = test::make_deferred_backend();
-    for (Backend* b : {cpu_backend.get(), deferred.get()})
+    const auto backends = gpu ? std::vector<Backend*>{gpu} : std::vector<Backend*>{cpu_backend.get(), deferred.get()};
+    for (Backend* b : backends)
       for (const auto& [piece, chunk] : pieces) {
         const auto on = merge_on(*b, set, o, c.n, c.base, piece, chunk);
         ASSERT_EQ(0, std::memcmp(cpu.data(), on.data(), cpu.size() * sizeof(float)))
@@ -179,6 +182,33 @@ TEST_P(RowsOnBackendTest, GivesTheCpuMergesBitsForEveryRowLayout) {
 
 INSTANTIATE_TEST_SUITE_P(Methods, RowsOnBackendTest, ::testing::ValuesIn(kRowCases),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// The same cases on the GPU, where one is present (ctest label gpu): its kernels run the same
+// routines, and those that take another way there (a sort where the routine counts) must still
+// give the CPU's bits.
+class CombineOnGpuTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(CombineOnGpuTest, GivesTheCpuMergesBits) {
+  REVMERGE_BACKEND_OR_SKIP(gpu, "cuda");
+  expect_the_cpus_bits(GetParam(), {300, 700}, {{210000, 30001}, {65536, 10000}}, gpu.get());
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, CombineOnGpuTest, ::testing::ValuesIn(kCases),
+                         [](const auto& info) { return std::string(info.param.name) + "_cuda"; });
+
+class RowsOnGpuTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(RowsOnGpuTest, GivesTheCpuMergesBitsForEveryRowLayout) {
+  REVMERGE_BACKEND_OR_SKIP(gpu, "cuda");
+  const Case& c = GetParam();
+  expect_the_cpus_bits(c, {40, 300}, {{12000, 3001}, {2000, 2000}}, gpu.get());
+  expect_the_cpus_bits(c, {6, 50, 8}, {{2400, 700}}, gpu.get());
+  expect_the_cpus_bits(c, {3000}, {{6000, 1024}}, gpu.get());
+  expect_the_cpus_bits(c, {64, 11008}, {{11008 * 64, 11008 * 16}}, gpu.get());  // a llama MLP's row length
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, RowsOnGpuTest, ::testing::ValuesIn(kRowCases),
+                         [](const auto& info) { return std::string(info.param.name) + "_cuda"; });
 
 TEST(CombineOnBackend, NamesTheFirstNonFiniteInputAsTheCpuDoes) {
   const TensorSet set({300, 700});
