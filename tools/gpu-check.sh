@@ -283,8 +283,8 @@ classic_gpu() {
   both_devices slerp --method slerp --t 0.4 "$m/ft-0" || return 1
   both_devices multislerp --method multislerp "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
   both_devices nuslerp --method nuslerp --weights 0.3,0.7 "$m/ft-0" "$m/ft-1" || return 1
-  # DELLA ranks each row by counting on the GPU (an element's thread reads its whole row): its
-  # time here is what decides whether a segmented sort is worth writing.
+  # DELLA ranks each row on the GPU by a segmented sort (cuda/cuda_della.cu; counting took 5.4 s
+  # against the CPU's 1.7 s on the H200 before it).
   both_devices della --method della --density 0.3 --epsilon 0.1 "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
   both_devices ramplus_tl --method ramplus_tl --epsilon 1e-3 "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
   both_devices sce --method sce --select-topk 0.3 "$m/ft-0" "$m/ft-1" "$m/ft-2" || return 1
