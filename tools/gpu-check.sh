@@ -313,19 +313,20 @@ step merge-example merge-example.log 60 "$revmerge" merge --device "$device" --b
 # (Backend::rmm_candidate_grams, queued by store/rmm_sides.hpp's RmmCandidateRun before the host
 # measures the module's truncations), the shared bases' R × R Grams and eigensolves on a stream
 # of their own (Backend::gram_f64, symmetric_eigen_f64), against RMM at the same storage (issue
-# 20 asks auto ≤ 1.5× RMM's time), with four workers sharing the GPU (the host's r × r work of
-# four modules at once; must be the one worker's bytes), and against auto on the CPU: the
+# 20 asks auto ≤ 1.5× RMM's time), on the default workers sharing the GPU (the host's r × r work
+# of several modules at once) against one worker (must be the same bytes), and against auto on the CPU: the
 # choices should match (the candidates' f32 GEMMs and the GPU's syrk / syevd round differently).
 store_auto() {
   /usr/bin/time -f "rmm P=4 cuda: %e s" "$revmerge" merge --device "$device" --basis 4 --force --quiet \
     --out "$out/store-rmm" "$out"/adapters-7b/task-* || return 1
-  /usr/bin/time -f "auto cuda: %e s" "$revmerge" merge --device "$device" --method auto --storage 0.6875 \
-    --timings --force --quiet --out "$out/store-auto" "$out"/adapters-7b/task-* || return 1
+  /usr/bin/time -f "auto cuda (its default workers sharing the GPU): %e s" "$revmerge" merge --device "$device" \
+    --method auto --storage 0.6875 --timings --force --quiet --out "$out/store-auto" "$out"/adapters-7b/task-* || return 1
   if [ "$device" = cuda ]; then
-    /usr/bin/time -f "auto cuda, --gpus 0,0,0,0: %e s" "$revmerge" merge --gpus 0,0,0,0 --method auto \
-      --storage 0.6875 --timings --force --quiet --out "$out/store-auto-4" "$out"/adapters-7b/task-* || return 1
-    cmp "$out/store-auto/bundle.safetensors" "$out/store-auto-4/bundle.safetensors" &&
-      echo "auto on four workers sharing the GPU: the one worker's tensors byte for byte"
+    # --threads 4: one worker (one per four cores), as every GPU store ran before 2026-12-04.
+    /usr/bin/time -f "auto cuda, one worker (--threads 4): %e s" "$revmerge" merge --device cuda --threads 4 \
+      --method auto --storage 0.6875 --timings --force --quiet --out "$out/store-auto-1" "$out"/adapters-7b/task-* || return 1
+    cmp "$out/store-auto/bundle.safetensors" "$out/store-auto-1/bundle.safetensors" &&
+      echo "auto on the default workers sharing the GPU: the one worker's tensors byte for byte"
   fi
   /usr/bin/time -f "auto cpu: %e s" "$revmerge" merge --device cpu --method auto --storage 0.6875 \
     --force --quiet --out "$out/store-auto-cpu" "$out"/adapters-7b/task-* || return 1

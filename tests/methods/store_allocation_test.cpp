@@ -7,6 +7,7 @@
 #include <random>
 
 #include "methods/store/allocation.hpp"
+#include "methods/store/local_workers.hpp"
 #include "methods/store/parallel_tasks.hpp"
 #include "revmerge/error.hpp"
 
@@ -87,5 +88,17 @@ TEST(StoreThreads, AWorkersThreadCountHoldsForItsGuardAndIsRestored) {
   EXPECT_EQ(omp_get_max_threads(), before);
 }
 
+TEST(StoreWorkers, OneGpuIsSharedByAWorkerPerFourCoresAndSixteenGibUpToFour) {
+  constexpr std::uint64_t GiB = std::uint64_t{1} << 30;
+  EXPECT_EQ(4, gpu_store_workers(16, 141 * GiB));  // the H200 machine: four
+  EXPECT_EQ(4, gpu_store_workers(64, 141 * GiB));  // never more than four
+  EXPECT_EQ(2, gpu_store_workers(8, 80 * GiB));    // the cores bound it
+  EXPECT_EQ(1, gpu_store_workers(16, 24 * GiB));   // the memory bounds it
+  EXPECT_EQ(2, gpu_store_workers(16, 32 * GiB));
+  EXPECT_EQ(1, gpu_store_workers(2, 141 * GiB));   // a small machine: one, as before
+  EXPECT_EQ(1, gpu_store_workers(16, 0));          // memory unknown: one
+}
+
 }  // namespace
+
 }  // namespace revmerge

@@ -27,6 +27,7 @@
 #include "methods/recipe.hpp"
 #include "methods/rmm_pipeline.hpp"
 #include "methods/store/allocation.hpp"
+#include "methods/store/local_workers.hpp"
 #include "methods/store/parallel_tasks.hpp"
 #include "methods/store/store_modules.hpp"
 #include "revmerge/compress.hpp"
@@ -400,11 +401,27 @@ BundleManifest store_share(const StoreMergeOptions& o, Peers* peers, int threads
 // modules run side by side instead, each core a worker of this process with its share of them
 // (as ranks would split them). The bundle is the same bytes: a module's arithmetic does not
 // depend on the thread count.
-int cpu_workers(const StoreMergeOptions& o) {
-  if (several(o.peers)) return 1;
-  if (o.device == Device::cuda || (o.device == Device::automatic && !probe_devices().gpus.empty())) return 1;
+//
+// On a GPU the same host-side pieces, and the waits for the device between them, run one module
+// at a time behind it: workers sharing the GPU overlap them (gpu_store_workers), each with its
+// share of the cores; the same bytes.
+struct LocalWorkers {
+  int count = 1, threads = 1;  ///< workers, and the CPU threads of each
+};
+
+LocalWorkers local_workers(const StoreMergeOptions& o) {
+  if (several(o.peers)) return {1, o.threads};
   const int cores = o.threads > 0 ? o.threads : static_cast<int>(std::thread::hardware_concurrency());
-  return std::max(1, cores);
+  const bool on_gpu = o.device == Device::cuda || o.device == Device::automatic;
+  const auto gpus = on_gpu ? probe_devices().gpus : std::vector<GpuInfo>{};
+  if (o.device == Device::cuda || !gpus.empty()) {
+    std::uint64_t memory = 0;
+    for (const auto& g : gpus)
+      if (g.index == o.gpu) memory = g.memory_bytes;
+    const int count = gpu_store_workers(cores, memory);
+    return {count, std::max(1, cores / count)};
+  }
+  return {std::max(1, cores), 1};
 }
 
 // One progress for the workers of this process: each module counted once, whichever worker did
@@ -431,13 +448,14 @@ class SharedProgress {
 };
 
 BundleManifest store_adapters(const StoreMergeOptions& o) {
-  const int n = cpu_workers(o);
-  if (n < 2) return store_share(o, several(o.peers), o.threads);
+  const auto workers = local_workers(o);
+  if (workers.count < 2) return store_share(o, several(o.peers), o.threads);
   SharedProgress progress(o.progress);
   StoreMergeOptions w = o;
   w.shard_per_rank = false;  // these workers are the cores of one rank: its one file
   w.progress = progress.progress();
-  auto manifest = on_local_workers<BundleManifest>(n, [&](Peers& peers) { return store_share(w, &peers, 1); });
+  auto manifest = on_local_workers<BundleManifest>(
+      workers.count, [&](Peers& peers) { return store_share(w, &peers, workers.threads); });
   progress.finish();
   return manifest;
 }
