@@ -365,7 +365,11 @@ trace trace-compress-7b trace-compress-7b.log 90 "$revmerge" compress --device "
 # A resident bundle's materialize kernels (issue 21: 7–12× the copy floor on the H200).
 trace trace-materialize-7b trace-materialize-7b.log 60 "$build/bench/revmerge_bench_materialize" --device "$device" \
   --bundle "$out/store-rmm" --task task-3 --dtype bf16 --repeats 3
-if [ "$device" = cuda ] && [ -d build/carry/mergekit-pkg/mergekit ] && python3 -c "import torch, transformers, safetensors, numpy" 2>/dev/null; then
+# mergekit runs where it was carried and this Python has what it needs (not on the CPU stand-in).
+mergekit_here=false
+[ "$device" = cuda ] && [ -d build/carry/mergekit-pkg/mergekit ] &&
+  python3 -c "import torch, transformers, safetensors, numpy" 2>/dev/null && mergekit_here=true
+if $mergekit_here; then
   step extract-lora-7b extract-lora-7b.log 240 python3 bench/extract_lora_bench.py --revmerge "$revmerge" --cuda \
     --shape llama-7b --layers 1 --repeats 1 --mergekit-pkg build/carry/mergekit-pkg --work "$out/extract"
 else
@@ -374,7 +378,7 @@ fi
 # Classic merges against mergekit-yaml --cuda on the same files (issue 22: ≥ 10× mergekit --cuda,
 # within 1.5× the read floor): TIES, DARE-TIES, SLERP and task arithmetic of three llama-7b-shaped
 # checkpoints of two layers with the embedding and the head, one run each.
-if [ "$device" = cuda ] && [ -d build/carry/mergekit-pkg/mergekit ] && python3 -c "import torch, transformers, safetensors, numpy" 2>/dev/null; then
+if $mergekit_here; then
   step mergekit-7b-gpu mergekit-7b-gpu.log 150 python3 bench/mergekit_bench.py --revmerge "$revmerge" --cuda \
     --layers 2 --repeats 1 --settle 1 --mergekit-pkg build/carry/mergekit-pkg --work "$out/mergekit"
 else

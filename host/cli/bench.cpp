@@ -45,9 +45,16 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// A floor: the seconds some bytes took to move once, and how many.
+struct Floor {
+  double seconds = 0;
+  std::uint64_t bytes = 0;
+  double gb_per_s() const { return static_cast<double>(bytes) / 1e9 / seconds; }
+};
+
 // The floor: every adapter's weights file read once into a small buffer (pread, no conversion,
 // nothing kept) — what any merge of these files must at least spend.
-std::pair<double, std::uint64_t> read_floor(const std::vector<TaskSource>& tasks) {
+Floor read_floor(const std::vector<TaskSource>& tasks) {
   std::vector<char> buf(8u << 20);
   std::uint64_t bytes = 0;
   const auto t0 = std::chrono::steady_clock::now();
@@ -74,7 +81,7 @@ std::pair<double, std::uint64_t> read_floor(const std::vector<TaskSource>& tasks
 // (AtomicFile: sized, then 8 MiB blocks around the page cache where the file system allows, then
 // fsync and rename) into a scratch file in the output folder, removed after. Beside the read
 // floor: the pipeline overlaps reading and writing, so the larger of the two bounds it.
-std::pair<double, std::uint64_t> write_floor(const fs::path& folder, std::uint64_t bytes) {
+Floor write_floor(const fs::path& folder, std::uint64_t bytes) {
   constexpr std::size_t kBlock = std::size_t{8} << 20;
   std::unique_ptr<std::byte[], decltype(&std::free)> block(
       static_cast<std::byte*>(std::aligned_alloc(AtomicFile::kDirectAlign, kBlock)), &std::free);
@@ -125,12 +132,10 @@ nlohmann::ordered_json stats_json(const PipelineStats& s) {
           {"layers", s.layers}};
 }
 
-// The input read once, and the output written once (seconds, bytes each).
+// The input read once, and the output written once.
 struct Floors {
-  double read_seconds;
-  std::uint64_t read_bytes;
-  std::pair<double, std::uint64_t> write;
-  double larger() const { return std::max(read_seconds, write.first); }
+  Floor read, write;
+  double larger() const { return std::max(read.seconds, write.seconds); }
 };
 
 void print_report(const RmmMergeOptions& o, const BundleManifest& manifest, const PipelineStats& stats,
@@ -166,13 +171,13 @@ void run_bench(const BenchArgs& args) {
     }
   } cleanup{out, scratch};
 
-  const auto [floor_seconds, floor_bytes] = read_floor(o.tasks);
+  Floors floors{read_floor(o.tasks), {}};
   PipelineStats stats;
   o.stats = &stats;
   o.pipeline_progress = pipeline_progress(args.quiet || args.json, "bench");
   const auto manifest = merge_rmm(o);
   const auto rss = peak_rss_bytes();
-  const Floors floors{floor_seconds, floor_bytes, write_floor(out, stats.bytes_written)};
+  floors.write = write_floor(out, stats.bytes_written);
 
   PipelineStats seq;
   std::optional<bool> identical;
@@ -202,16 +207,15 @@ void run_bench(const BenchArgs& args) {
     j["pipeline_over_slowest_stage"] = stats.pipeline_seconds / slowest;
     j["gb_per_s"] = gb / stats.seconds;
     j["floor"] = {{"what", "read the same adapter files once (read(2), 8 MiB buffer)"},
-                  {"seconds", floor_seconds},
-                  {"bytes", floor_bytes},
-                  {"gb_per_s", static_cast<double>(floor_bytes) / 1e9 / floor_seconds}};
-    j["end_to_end_over_floor"] = stats.seconds / floor_seconds;
-    const auto [write_seconds, write_bytes] = floors.write;
+                  {"seconds", floors.read.seconds},
+                  {"bytes", floors.read.bytes},
+                  {"gb_per_s", floors.read.gb_per_s()}};
+    j["end_to_end_over_floor"] = stats.seconds / floors.read.seconds;
     j["write_floor"] = {{"what", "write as many bytes as the bundle once, as outputs are written "
                                  "(direct I/O where allowed, 8 MiB blocks, fsync)"},
-                        {"seconds", write_seconds},
-                        {"bytes", write_bytes},
-                        {"gb_per_s", static_cast<double>(write_bytes) / 1e9 / write_seconds}};
+                        {"seconds", floors.write.seconds},
+                        {"bytes", floors.write.bytes},
+                        {"gb_per_s", floors.write.gb_per_s()}};
     j["end_to_end_over_larger_floor"] = stats.seconds / floors.larger();
     j["peak_rss_bytes"] = rss;
     if (args.compare_sequential) {
@@ -260,13 +264,10 @@ void print_report(const RmmMergeOptions& o, const BundleManifest& manifest, cons
   report_out() << fmt::format("{:<26} {:>10.3f} {:>10.2f}   ({:.2f} × the slowest stage)\n",
                            "end to end", stats.seconds, gb / stats.seconds, stats.seconds / slowest);
   report_out() << fmt::format("{:<26} {:>10.3f} {:>10.2f}   (end to end is {:.1f} × this floor)\n",
-                           "floor: read the same bytes", floors.read_seconds,
-                           static_cast<double>(floors.read_bytes) / 1e9 / floors.read_seconds,
-                           stats.seconds / floors.read_seconds);
-  const auto [write_seconds, write_bytes] = floors.write;
+                           "floor: read the same bytes", floors.read.seconds, floors.read.gb_per_s(),
+                           stats.seconds / floors.read.seconds);
   report_out() << fmt::format("{:<26} {:>10.3f} {:>10.2f}   (GB/s out; end to end is {:.1f} × the larger floor)\n",
-                           "floor: write the output", write_seconds,
-                           static_cast<double>(write_bytes) / 1e9 / write_seconds,
+                           "floor: write the output", floors.write.seconds, floors.write.gb_per_s(),
                            stats.seconds / floors.larger());
   report_out() << fmt::format("\nbytes read {:.3f} GB, written {:.3f} GB; peak RSS {}; backend pool peak {}\n",
                            gb, static_cast<double>(stats.bytes_written) / 1e9, format_bytes(rss),
