@@ -145,11 +145,6 @@ void CudaBackend::rmm_candidate_grams(const kernels::RmmCandidateArgs& args, Str
   }
 }
 
-void CudaBackend::materialize(const kernels::MaterializeArgs& args, Stream s) {
-  use_device();
-  for_each_index(stream(s), args.elements, kernels::MaterializeElements{args});
-}
-
 // A step of an element-wise merge: an index per thread (an element, a tie chunk, a block's lane).
 void CudaBackend::elementwise(const kernels::ElementwiseStep& step, Stream s) {
   use_device();

@@ -31,7 +31,7 @@ struct MaterializePart {
   ElemType out_type = ElemType::f32;
   void* out = nullptr;
   std::int64_t rows = 0, cols = 0;           ///< the output, row-major
-  std::int64_t first = 0, first_row = 0;     ///< its first element and row in the call
+  std::int64_t first = 0, first_tile = 0;    ///< its first element and device tile in the call
   const void* src[3] = {};                   ///< position_sum: mean, basis, coef; else src0, src1
   ElemType src_type[3] = {ElemType::f32, ElemType::f32, ElemType::f32};
   std::int64_t r = 0, p = 0, n = 0, task = 0;  ///< position_sum
@@ -111,19 +111,28 @@ REVMERGE_HD_INLINE float materialize_element(const MaterializePart& t, std::int6
   }
 }
 
-/// The call's parts, ordered by `first` (and `first_row`); what the backends launch.
+/// The device's unit of work: a square tile of a part's output, kMaterializeTile on a side.
+inline constexpr std::int64_t kMaterializeTile = 32;
+
+/// A part's device tiles: its output cut into kMaterializeTile squares, row of tiles by row.
+REVMERGE_HD_INLINE std::int64_t materialize_tiles(const MaterializePart& t) {
+  constexpr std::int64_t s = kMaterializeTile;
+  return (t.rows + s - 1) / s * ((t.cols + s - 1) / s);
+}
+
+/// The call's parts, ordered by `first` (and `first_tile`); what the backends launch.
 struct MaterializeArgs {
   const MaterializePart* parts = nullptr;
   std::int64_t count = 0;
-  std::int64_t elements = 0, rows = 0;  ///< totals over the parts
+  std::int64_t elements = 0, tiles = 0;  ///< totals over the parts
 };
 
-/// The last part whose `first` (by_row: `first_row`) is at most e.
-REVMERGE_HD_INLINE std::int64_t materialize_part_of(const MaterializeArgs& a, std::int64_t e, bool by_row) {
+/// The last part whose `first` (by_tile: `first_tile`) is at most e.
+REVMERGE_HD_INLINE std::int64_t materialize_part_of(const MaterializeArgs& a, std::int64_t e, bool by_tile) {
   std::int64_t lo = 0, hi = a.count - 1;
   while (lo < hi) {
     const std::int64_t mid = (lo + hi + 1) / 2;
-    if ((by_row ? a.parts[mid].first_row : a.parts[mid].first) <= e) lo = mid;
+    if ((by_tile ? a.parts[mid].first_tile : a.parts[mid].first) <= e) lo = mid;
     else hi = mid - 1;
   }
   return lo;

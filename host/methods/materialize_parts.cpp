@@ -138,9 +138,9 @@ std::array<MaterializePart, 2> materialize_parts(const BundleModule& mod, i64 n,
 kernels::MaterializeArgs number_parts(std::vector<MaterializePart>& parts, const MaterializePart* table) {
   kernels::MaterializeArgs args;
   for (auto& p : parts) {
-    p.first = args.elements, p.first_row = args.rows;
+    p.first = args.elements, p.first_tile = args.tiles;
     args.elements += p.rows * p.cols;
-    args.rows += p.rows;
+    args.tiles += kernels::materialize_tiles(p);
   }
   args.parts = table;
   args.count = static_cast<i64>(parts.size());

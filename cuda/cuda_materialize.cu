@@ -1,0 +1,97 @@
+// A task's factors rebuilt on the GPU (Backend::materialize), a block per 32 × 32 tile of a
+// part's output. Each element is kernels::materialize_element_typed's value, divided and rounded
+// as the CPU's tiles do it, so the same bits (the file is compiled like cuda_rmm.cu: no
+// contraction, IEEE division); only which thread computes which element is the GPU's own.
+//
+// An element per thread over the whole call (kernels::MaterializeElements) took 5.9 ms for a
+// 7b task on an H200 against a 0.49 ms floor (bench/RESULTS.md): every thread searched ~450
+// parts, divided 64-bit indices, and an RMM A (rank × in, its positions the columns) read the
+// stored basis a whole position apart lane to lane. Here a block finds its part once, keeps it
+// in shared memory, and lays its lanes along the stored rows — along a position's components
+// for RMM sums, along the columns otherwise — then writes the tile through shared memory along
+// the output's rows, so reads and writes both take whole lines.
+#include <cstdint>
+#include <stdexcept>
+
+#include "cuda_backend_impl.cuh"
+#include "cuda_check.hpp"
+#include "kernels/materialize.hpp"
+
+namespace revmerge::cuda {
+namespace {
+
+using i64 = std::int64_t;
+using kernels::ElemType;
+using kernels::MaterializePart;
+
+constexpr int kSide = static_cast<int>(kernels::kMaterializeTile);
+constexpr int kWarps = 8, kThreads = kWarps * 32;
+static_assert(kSide == 32, "a warp's lanes span one side of a tile");
+
+// An RMM sum keeps a position's components (k) contiguous in the stored basis and mean; for an
+// A (transposed) they run down the output's rows, so the lanes go down the tile's rows there.
+__device__ bool lanes_down_rows(const MaterializePart& t) {
+  return t.kind == kernels::PartKind::position_sum && t.transposed;
+}
+
+template <ElemType S, ElemType O>
+__device__ void tile_of(const MaterializePart& t, i64 i0, i64 j0, float (*values)[kSide + 1]) {
+  const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+  const bool down = lanes_down_rows(t);
+  for (int w = warp; w < kSide; w += kWarps) {
+    const int a = down ? lane : w, b = down ? w : lane;  // the tile's row and column
+    const i64 i = i0 + a, j = j0 + b;
+    if (i < t.rows && j < t.cols) values[a][b] = kernels::materialize_element_typed<S>(t, i, j) / t.divisor;
+  }
+  __syncthreads();
+  for (int a = warp; a < kSide; a += kWarps) {
+    const i64 i = i0 + a, j = j0 + lane;
+    if (i < t.rows && j < t.cols) kernels::store_typed<O>(t.out, i * t.cols + j, values[a][lane]);
+  }
+}
+
+template <ElemType S>
+__device__ void tile_from(const MaterializePart& t, i64 i0, i64 j0, float (*values)[kSide + 1]) {
+  switch (t.out_type) {
+    case ElemType::bf16: return tile_of<S, ElemType::bf16>(t, i0, j0, values);
+    case ElemType::f16: return tile_of<S, ElemType::f16>(t, i0, j0, values);
+    default: return tile_of<S, ElemType::f32>(t, i0, j0, values);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) materialize_tiles(const __grid_constant__ kernels::MaterializeArgs args) {
+  // The part, copied once: MaterializePart's initialisers rule out a __shared__ object of it.
+  __shared__ alignas(alignof(MaterializePart)) unsigned char held[sizeof(MaterializePart)];
+  __shared__ float values[kSide][kSide + 1];  // + 1: a column's elements in different banks
+  __shared__ i64 found;
+  const i64 tile = blockIdx.x;
+  if (threadIdx.x == 0) found = kernels::materialize_part_of(args, tile, true);
+  __syncthreads();
+  static_assert(sizeof(MaterializePart) % 4 == 0);
+  const auto* from = reinterpret_cast<const std::uint32_t*>(args.parts + found);
+  for (int w = static_cast<int>(threadIdx.x); w < static_cast<int>(sizeof(MaterializePart) / 4); w += kThreads)
+    reinterpret_cast<std::uint32_t*>(held)[w] = from[w];
+  __syncthreads();
+  const auto& t = *reinterpret_cast<const MaterializePart*>(held);
+  const i64 across = (t.cols + kSide - 1) / kSide, local = tile - t.first_tile;
+  const i64 i0 = local / across * kSide, j0 = local % across * kSide;
+  switch (kernels::source_type(t)) {
+    case ElemType::f32: return tile_from<ElemType::f32>(t, i0, j0, values);
+    case ElemType::bf16: return tile_from<ElemType::bf16>(t, i0, j0, values);
+    case ElemType::f16: return tile_from<ElemType::f16>(t, i0, j0, values);
+    default: return tile_from<ElemType::f64>(t, i0, j0, values);
+  }
+}
+
+}  // namespace
+
+void CudaBackend::materialize(const kernels::MaterializeArgs& args, Stream s) {
+  use_device();
+  if (args.tiles <= 0) return;
+  // One block a tile; a 70b task is about a million tiles, far inside the grid's 2^31 − 1.
+  if (args.tiles > 0x7fffffff) throw std::length_error("materialize: more tiles than a grid holds");
+  materialize_tiles<<<static_cast<unsigned>(args.tiles), kThreads, 0, stream(s)>>>(args);
+  REVMERGE_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace revmerge::cuda
