@@ -86,6 +86,27 @@ struct RmmChunkSums {
   }
 };
 
+/// ⟨x, y⟩ over two r × r blocks of rows ld apart, one sum in row-major order. The loads come
+/// kBatch at a time before their products are added (the sum's order is the plain loop's): a
+/// GPU thread then waits on memory once a batch, not once an element — one thread a term took
+/// 0.37 ms a module on an H200 with a wait per element.
+REVMERGE_HD_INLINE double rmm_block_dot(const double* x, const double* y, std::int64_t r, std::int64_t ld) {
+  constexpr int kBatch = 16;
+  double sum = 0;
+  for (std::int64_t i = 0; i < r; ++i) {
+    const double* xr = x + i * ld;
+    const double* yr = y + i * ld;
+    std::int64_t k = 0;
+    for (; k + kBatch <= r; k += kBatch) {
+      double px[kBatch], py[kBatch];
+      for (int u = 0; u < kBatch; ++u) px[u] = xr[k + u], py[u] = yr[k + u];
+      for (int u = 0; u < kBatch; ++u) sum += px[u] * py[u];
+    }
+    for (; k < r; ++k) sum += xr[k] * yr[k];
+  }
+  return sum;
+}
+
 /// One call per (task, term), then one per (side, eigenvalue index): n · kRmmErrorTerms + 2n.
 struct RmmErrorDots {
   RmmErrorArgs a;
@@ -125,8 +146,7 @@ struct RmmErrorDots {
     }
     double sum = 0;
     if (x) {
-      for (std::int64_t i = 0; i < r; ++i)
-        for (std::int64_t k = 0; k < r; ++k) sum += x[i * ld + k] * y[i * ld + k];
+      sum = rmm_block_dot(x, y, r, ld);
     } else {  // a trace
       const double* d = term == kDaSq ? dada : term == kASq ? aa : term == kDbSq ? dbdb : bb;
       for (std::int64_t i = 0; i < r; ++i) sum += d[i * ld + i];
