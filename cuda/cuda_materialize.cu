@@ -34,31 +34,65 @@ __device__ bool lanes_down_rows(const MaterializePart& t) {
   return t.kind == kernels::PartKind::position_sum && t.transposed;
 }
 
-template <ElemType S, ElemType O>
-__device__ void tile_of(const MaterializePart& t, i64 i0, i64 j0, float (*values)[kSide + 1]) {
+// A thread's elements of the tile (kSide / kWarps of them, a warp's row or column each), every
+// load of them issued before the sums wait on any (the loop unrolled, nothing stored and no
+// division between):
+// the H200 needs tens of KB in flight per SM to read at its rate. Then the tile goes out along
+// the output's rows through shared memory. Element(t, i, j) is the value before rounding.
+template <ElemType O, class Element>
+__device__ void tile_of(const MaterializePart& t, i64 i0, i64 j0, float (*values)[kSide + 1], Element element) {
+  constexpr int kEach = kSide / kWarps;
   const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
   const bool down = lanes_down_rows(t);
-  for (int w = warp; w < kSide; w += kWarps) {
-    const int a = down ? lane : w, b = down ? w : lane;  // the tile's row and column
+  float v[kEach];
+#pragma unroll
+  for (int u = 0; u < kEach; ++u) {
+    const int w = warp + u * kWarps, a = down ? lane : w, b = down ? w : lane;  // the tile's row, column
     const i64 i = i0 + a, j = j0 + b;
-    if (i < t.rows && j < t.cols) values[a][b] = kernels::materialize_element_typed<S>(t, i, j) / t.divisor;
+    v[u] = i < t.rows && j < t.cols ? element(t, i, j) : 0.0f;
+  }
+#pragma unroll
+  for (int u = 0; u < kEach; ++u) v[u] /= t.divisor;  // apart: IEEE division may branch
+#pragma unroll
+  for (int u = 0; u < kEach; ++u) {
+    const int w = warp + u * kWarps;
+    (down ? values[lane][w] : values[w][lane]) = v[u];
   }
   __syncthreads();
-  for (int a = warp; a < kSide; a += kWarps) {
+#pragma unroll
+  for (int u = 0; u < kEach; ++u) {
+    const int a = warp + u * kWarps;
     const i64 i = i0 + a, j = j0 + lane;
     if (i < t.rows && j < t.cols) kernels::store_typed<O>(t.out, i * t.cols + j, values[a][lane]);
   }
 }
 
-template <ElemType S>
-__device__ void tile_from(const MaterializePart& t, i64 i0, i64 j0, float (*values)[kSide + 1]) {
-  switch (t.out_type) {
-    case ElemType::bf16: return tile_of<S, ElemType::bf16>(t, i0, j0, values);
-    case ElemType::f16: return tile_of<S, ElemType::f16>(t, i0, j0, values);
-    default: return tile_of<S, ElemType::f32>(t, i0, j0, values);
+template <ElemType S, int P>
+struct SumOf {
+  __device__ float operator()(const MaterializePart& t, i64 i, i64 j) const {
+    return kernels::position_sum_element<S, P, true>(t, i, j);
   }
+};
+
+// The sources of a part all start on a multiple of their element size (typed loads are safe).
+__device__ bool sources_aligned(const MaterializePart& t) {
+  const auto size = static_cast<std::uintptr_t>(kernels::elem_size(kernels::source_type(t)));
+  std::uintptr_t bits = 0;
+  for (const void* src : t.src) bits |= reinterpret_cast<std::uintptr_t>(src);
+  return (bits & (size - 1)) == 0;
 }
 
+template <ElemType S>
+struct ElementOf {
+  __device__ float operator()(const MaterializePart& t, i64 i, i64 j) const {
+    return kernels::materialize_element_typed<S>(t, i, j);
+  }
+};
+
+// One kernel per stored and output type (the call's, MaterializeArgs): only that code's
+// registers count against the SM. RMM sums at the common basis sizes, their sources aligned,
+// have their own unrolled loops of typed loads; anything else goes through the element routine.
+template <ElemType S, ElemType O>
 __global__ void __launch_bounds__(kThreads) materialize_tiles(const __grid_constant__ kernels::MaterializeArgs args) {
   // The part, copied once: MaterializePart's initialisers rule out a __shared__ object of it.
   __shared__ alignas(alignof(MaterializePart)) unsigned char held[sizeof(MaterializePart)];
@@ -75,11 +109,24 @@ __global__ void __launch_bounds__(kThreads) materialize_tiles(const __grid_const
   const auto& t = *reinterpret_cast<const MaterializePart*>(held);
   const i64 across = (t.cols + kSide - 1) / kSide, local = tile - t.first_tile;
   const i64 i0 = local / across * kSide, j0 = local % across * kSide;
-  switch (kernels::source_type(t)) {
-    case ElemType::f32: return tile_from<ElemType::f32>(t, i0, j0, values);
-    case ElemType::bf16: return tile_from<ElemType::bf16>(t, i0, j0, values);
-    case ElemType::f16: return tile_from<ElemType::f16>(t, i0, j0, values);
-    default: return tile_from<ElemType::f64>(t, i0, j0, values);
+  if (t.kind == kernels::PartKind::position_sum && sources_aligned(t)) {
+    switch (t.p) {
+      case 1: return tile_of<O>(t, i0, j0, values, SumOf<S, 1>{});
+      case 2: return tile_of<O>(t, i0, j0, values, SumOf<S, 2>{});
+      case 4: return tile_of<O>(t, i0, j0, values, SumOf<S, 4>{});
+      default: break;
+    }
+  }
+  tile_of<O>(t, i0, j0, values, ElementOf<S>{});
+}
+
+template <ElemType S>
+void launch_for(const kernels::MaterializeArgs& args, cudaStream_t st) {
+  const auto blocks = static_cast<unsigned>(args.tiles);
+  switch (args.out_type) {
+    case ElemType::bf16: materialize_tiles<S, ElemType::bf16><<<blocks, kThreads, 0, st>>>(args); break;
+    case ElemType::f16: materialize_tiles<S, ElemType::f16><<<blocks, kThreads, 0, st>>>(args); break;
+    default: materialize_tiles<S, ElemType::f32><<<blocks, kThreads, 0, st>>>(args); break;
   }
 }
 
@@ -90,7 +137,13 @@ void CudaBackend::materialize(const kernels::MaterializeArgs& args, Stream s) {
   if (args.tiles <= 0) return;
   // One block a tile; a 70b task is about a million tiles, far inside the grid's 2^31 − 1.
   if (args.tiles > 0x7fffffff) throw std::length_error("materialize: more tiles than a grid holds");
-  materialize_tiles<<<static_cast<unsigned>(args.tiles), kThreads, 0, stream(s)>>>(args);
+  const cudaStream_t st = stream(s);
+  switch (args.source_type) {
+    case ElemType::f32: launch_for<ElemType::f32>(args, st); break;
+    case ElemType::bf16: launch_for<ElemType::bf16>(args, st); break;
+    case ElemType::f16: launch_for<ElemType::f16>(args, st); break;
+    default: launch_for<ElemType::f64>(args, st); break;
+  }
   REVMERGE_CUDA_CHECK(cudaGetLastError());
 }
 

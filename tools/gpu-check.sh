@@ -345,6 +345,11 @@ step store-auto-7b store-auto-7b.log 200 bash -c store_auto
 # materialised into device buffers, against the device copy floor; then every representation
 # reverted on the GPU and on the CPU, byte for byte (kernels::materialize on both).
 materialize_7b() {
+  # The bundles store-auto-7b makes, made here when that step did not run (GPU_CHECK_ONLY).
+  [ -f "$out/store-rmm/manifest.json" ] || "$revmerge" merge --device "$device" --basis 4 --force --quiet \
+    --out "$out/store-rmm" "$out"/adapters-7b/task-* || return 1
+  [ -f "$out/store-auto/manifest.json" ] || "$revmerge" merge --device "$device" --method auto --storage 0.6875 \
+    --force --quiet --out "$out/store-auto" "$out"/adapters-7b/task-* || return 1
   for b in store-rmm store-auto; do
     "$build/bench/revmerge_bench_materialize" --device "$device" --bundle "$out/$b" --task task-3 --dtype bf16 \
       --repeats 21 || return 1
@@ -384,11 +389,12 @@ if $mergekit_here; then
 else
   not_run mergekit-7b-gpu "no build/carry/mergekit-pkg carried, no torch / transformers, or rehearsed on the CPU"
 fi
-# Racecheck over the RMM module's CUDA cases (slow under the sanitizer: after the figures; the
-# 32- and 40-task shapes, a block per position, take minutes under it and are left out).
+# Racecheck over the CUDA cases of the RMM module and of materialisation (slow under the
+# sanitizer: after the figures; the 32- and 40-task shapes, a block per position, take minutes
+# under it and are left out).
 if command -v compute-sanitizer >/dev/null; then
   step racecheck racecheck.log 120 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 1 \
-    "$build/tests/revmerge_tests" --gtest_filter='*RmmModule*cuda*:-*n32_*:*n40_*'
+    "$build/tests/revmerge_tests" --gtest_filter='*RmmModule*cuda*:*MaterializeOn*cuda*:-*n32_*:*n40_*'
 else
   not_run racecheck "compute-sanitizer not found"
 fi

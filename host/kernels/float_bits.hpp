@@ -76,30 +76,27 @@ REVMERGE_HD inline std::uint16_t f32_to_f16_bits(float value) {
   return static_cast<std::uint16_t>(sign | h);
 }
 
+/// A T at p, which need not be aligned to T (a mapped file's tensors need not be). On the
+/// device a memcpy from bytes compiles to a load per byte; where p is aligned — every device
+/// buffer is an allocation of its own — one load of a T reads the same bits.
+template <class T>
+REVMERGE_HD_INLINE T load_unaligned(const unsigned char* p) {
+#ifdef __CUDA_ARCH__
+  if ((reinterpret_cast<std::uintptr_t>(p) & (alignof(T) - 1)) == 0) return *reinterpret_cast<const T*>(p);
+#endif
+  T v;
+  memcpy(&v, p, sizeof(T));
+  return v;
+}
+
 /// Element i of an array of type `t`, widened to f32 (f64 rounded to nearest).
 REVMERGE_HD_INLINE float load_as_f32(const void* base, std::int64_t i, ElemType t) {
   const auto* p = static_cast<const unsigned char*>(base);
   switch (t) {
-    case ElemType::f32: {
-      float v;
-      memcpy(&v, p + i * 4, 4);
-      return v;
-    }
-    case ElemType::f16: {
-      std::uint16_t v;
-      memcpy(&v, p + i * 2, 2);
-      return f16_bits_to_f32(v);
-    }
-    case ElemType::bf16: {
-      std::uint16_t v;
-      memcpy(&v, p + i * 2, 2);
-      return bf16_bits_to_f32(v);
-    }
-    default: {
-      double v;
-      memcpy(&v, p + i * 8, 8);
-      return static_cast<float>(v);
-    }
+    case ElemType::f32: return load_unaligned<float>(p + i * 4);
+    case ElemType::f16: return f16_bits_to_f32(load_unaligned<std::uint16_t>(p + i * 2));
+    case ElemType::bf16: return bf16_bits_to_f32(load_unaligned<std::uint16_t>(p + i * 2));
+    default: return static_cast<float>(load_unaligned<double>(p + i * 8));
   }
 }
 

@@ -43,22 +43,22 @@ struct MaterializePart {
 };
 
 /// Element i of an array of the compile-time type S, widened to f32 (load_as_f32's values).
-/// Read through memcpy: a mapped file's tensors need not be aligned to their type.
-template <ElemType S>
+/// Aligned: base is aligned to S (the device's kernels check it once per part), so one load of
+/// the type, with no test of the address; else load_unaligned's.
+template <ElemType S, bool Aligned = false>
 REVMERGE_HD_INLINE float load_typed(const void* base, std::int64_t i) {
   const auto* p = static_cast<const unsigned char*>(base);
   if constexpr (S == ElemType::f32) {
-    float v;
-    memcpy(&v, p + i * 4, 4);
-    return v;
+    if constexpr (Aligned) return static_cast<const float*>(base)[i];
+    else return load_unaligned<float>(p + i * 4);
   } else if constexpr (S == ElemType::bf16 || S == ElemType::f16) {
     std::uint16_t v;
-    memcpy(&v, p + i * 2, 2);
+    if constexpr (Aligned) v = static_cast<const std::uint16_t*>(base)[i];
+    else v = load_unaligned<std::uint16_t>(p + i * 2);
     return S == ElemType::bf16 ? bf16_bits_to_f32(v) : f16_bits_to_f32(v);
   } else {
-    double v;
-    memcpy(&v, p + i * 8, 8);
-    return static_cast<float>(v);
+    if constexpr (Aligned) return static_cast<float>(static_cast<const double*>(base)[i]);
+    else return static_cast<float>(load_unaligned<double>(p + i * 8));
   }
 }
 
@@ -72,17 +72,24 @@ REVMERGE_HD_INLINE void store_typed(void* base, std::int64_t i, float v) {
   else static_cast<std::uint16_t*>(base)[i] = f32_to_f16_bits(v);
 }
 
+/// Element (i, j) of a position_sum part stored as S, before rounding; P > 0 fixes the basis
+/// size t.p at compile time (the loop unrolled, its loads issued together), 0 reads it;
+/// Aligned as load_typed's.
+template <ElemType S, int P = 0, bool Aligned = false>
+REVMERGE_HD_INLINE float position_sum_element(const MaterializePart& t, std::int64_t i, std::int64_t j) {
+  const std::int64_t p = P > 0 ? P : t.p;
+  const std::int64_t q = t.transposed ? j : i, k = t.transposed ? i : j, x = q * t.r + k;
+  float acc = 0.0f;
+  for (std::int64_t c = 0; c < p; ++c)
+    acc += load_typed<S, Aligned>(t.src[1], x * p + c) * load_typed<S, Aligned>(t.src[2], (q * p + c) * t.n + t.task);
+  return load_typed<S, Aligned>(t.src[0], x) + acc;
+}
+
 /// Element (i, j) of a part whose stored tensors are all of type S, before rounding.
 template <ElemType S>
 REVMERGE_HD_INLINE float materialize_element_typed(const MaterializePart& t, std::int64_t i, std::int64_t j) {
   switch (t.kind) {
-    case PartKind::position_sum: {
-      const std::int64_t q = t.transposed ? j : i, k = t.transposed ? i : j, x = q * t.r + k;
-      float acc = 0.0f;
-      for (std::int64_t c = 0; c < t.p; ++c)
-        acc += load_typed<S>(t.src[1], x * t.p + c) * load_typed<S>(t.src[2], (q * t.p + c) * t.n + t.task);
-      return load_typed<S>(t.src[0], x) + acc;
-    }
+    case PartKind::position_sum: return position_sum_element<S>(t, i, j);
     case PartKind::block:
       if (i >= t.valid_rows || j >= t.valid_cols) return 0.0f;
       return load_typed<S>(t.src[0], (t.row0 + i) * t.ld + t.col0 + j);
@@ -125,6 +132,9 @@ struct MaterializeArgs {
   const MaterializePart* parts = nullptr;
   std::int64_t count = 0;
   std::int64_t elements = 0, tiles = 0;  ///< totals over the parts
+  /// What every part stores and writes (one bundle's dtype, one call's output dtype): the
+  /// device picks its kernel by them without reading the parts.
+  ElemType source_type = ElemType::f32, out_type = ElemType::f32;
 };
 
 /// The last part whose `first` (by_tile: `first_tile`) is at most e.

@@ -1,5 +1,7 @@
 #include "methods/materialize_parts.hpp"
 
+#include <stdexcept>
+
 #include "revmerge/error.hpp"
 
 namespace revmerge {
@@ -137,7 +139,10 @@ std::array<MaterializePart, 2> materialize_parts(const BundleModule& mod, i64 n,
 
 kernels::MaterializeArgs number_parts(std::vector<MaterializePart>& parts, const MaterializePart* table) {
   kernels::MaterializeArgs args;
+  if (!parts.empty()) args.source_type = kernels::source_type(parts[0]), args.out_type = parts[0].out_type;
   for (auto& p : parts) {
+    if (kernels::source_type(p) != args.source_type || p.out_type != args.out_type)
+      throw std::logic_error("materialize: one call's parts store or write different dtypes");
     p.first = args.elements, p.first_tile = args.tiles;
     args.elements += p.rows * p.cols;
     args.tiles += kernels::materialize_tiles(p);

@@ -2,7 +2,8 @@
 // its own vectorised loops; the GPU's 32 × 32 tiles, lanes laid along the stored rows) against
 // the element routine, kernels::MaterializeElements, bit for bit: every part kind at shapes that
 // leave partial tiles and blocks, with and without padding, a long stride, a divisor (B with the
-// scale taken out), from every stored type into every output type, several parts in one call.
+// scale taken out), sources off their type's alignment, from every stored type into every
+// output type, several parts in one call.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -44,6 +45,7 @@ struct Case {
   std::string name;
   MaterializePart part;
   std::vector<i64> sizes;  // the sources' element counts
+  bool misaligned = false;  // the sources one byte past an element boundary (the unaligned loads)
 };
 
 std::vector<Case> cases() {
@@ -67,6 +69,7 @@ std::vector<Case> cases() {
     p.transposed = true, p.rows = 20, p.cols = 301;
     out.push_back({"rmm A, P " + std::to_string(basis), p, sizes});
   }
+  out.push_back({"rmm A, P 4, sources off their alignment", out[out.size() - 1].part, out[out.size() - 1].sizes, true});
   // Products (the shared bases): A' = cores rows · Vᵀ and B' = U · cores columns, sizes that
   // leave partial blocks of rows and columns, and zero padding.
   p = {};
@@ -100,8 +103,11 @@ TEST_P(MaterializeOn, TilesAreTheElementRoutineBitForBit) {
           auto& part = c.part;
           for (std::size_t s = 0; s < c.sizes.size(); ++s) {
             sources.push_back(stored(in, c.sizes[s], rng));
-            held.push_back(test::to_device(*be, sources.back()));
-            part.src[s] = held.back().data(), part.src_type[s] = in;
+            const std::size_t off = c.misaligned ? 1 : 0;
+            held.push_back(be->allocate(sources.back().size() + off));
+            auto* at_byte = static_cast<unsigned char*>(held.back().data()) + off;
+            be->upload(at_byte, sources.back().data(), sources.back().size(), {});
+            part.src[s] = at_byte, part.src_type[s] = in;
           }
           part.out_type = out_type, part.divisor = divisor;
           parts.push_back(part);
