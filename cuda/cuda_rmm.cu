@@ -121,6 +121,7 @@ void CudaBackend::rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) {
   use_device();
   const cudaStream_t st = stream(s);
   for_each_index(st, kernels::rmm_error_sums_size(args), kernels::RmmChunkSums{args});
+  for_each_index(st, kernels::rmm_error_row_dots_size(args), kernels::RmmErrorRowDots{args});
   for_each_index(st, args.n * (kernels::kRmmErrorTerms + 2), kernels::RmmErrorDots{args});
 }
 

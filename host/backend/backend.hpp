@@ -188,7 +188,8 @@ class Backend {
   /// pointers in backend memory). The CPU runs positions in blocks, one thread and one
   /// position at a time; the GPU a warp or a block of threads per position. Same bits.
   virtual void rmm_positions(const kernels::RmmModuleArgs& args, Stream s) = 0;
-  /// kernels::RmmChunkSums over every element, then kernels::RmmErrorDots over every term.
+  /// kernels::RmmChunkSums over every element, kernels::RmmErrorRowDots over every row of the
+  /// dots, then kernels::RmmErrorDots over every term.
   virtual void rmm_error_terms(const kernels::RmmErrorArgs& args, Stream s) = 0;
   /// The budgeted store's RMM candidates (kernels/rmm_candidates.hpp): for every basis size p
   /// of `args` and every task, D_pᵀ[D_p | X] over the side's positions into args.grams. D_p's

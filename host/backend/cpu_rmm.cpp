@@ -138,6 +138,8 @@ void CpuBackend::rmm_positions(const kernels::RmmModuleArgs& args, Stream) {
 void CpuBackend::rmm_error_terms(const kernels::RmmErrorArgs& args, Stream) {
   const kernels::RmmChunkSums sums{args};
   cpu::parallel_for(threads_, kernels::rmm_error_sums_size(args), [&](i64 i) { sums(i); });
+  const kernels::RmmErrorRowDots rows{args};
+  cpu::parallel_for(threads_, kernels::rmm_error_row_dots_size(args), [&](i64 i) { rows(i); });
   const kernels::RmmErrorDots dots{args};
   cpu::parallel_for(threads_, args.n * (kernels::kRmmErrorTerms + 2), [&](i64 i) { dots(i); });
 }

@@ -6,8 +6,9 @@
 // gives G_A = E_A E_Aᵀ and G_B = E_Bᵀ E_B in `chunks` pieces each (split-K over the positions).
 // ‖B̂Â − BA‖² = ‖B̂ D_A + D_B A‖² then comes from r × r blocks of them, with no out × in matrix
 // (rmm_module.cpp spells the expansion out), and the factor errors from their traces.
-// RmmChunkSums adds the pieces in a fixed order, RmmErrorDots forms the terms; every sum runs
-// in one thread in a fixed order, so the results do not depend on the thread count.
+// RmmChunkSums adds the pieces in a fixed order, RmmErrorRowDots sums the dots' rows and
+// RmmErrorDots forms the terms; every sum runs in one thread in a fixed order, so the results
+// do not depend on the thread count.
 #include <cstdint>
 
 #include "kernels/host_device.hpp"
@@ -22,13 +23,16 @@ enum RmmErrorTerm : int {
   kDbDb_AA,     ///< ⟨D_BᵀD_B, A Aᵀ⟩
   kBDb_DaA,     ///< ⟨BᵀD_B, D_A Aᵀ⟩
   kDbDb_DaA,    ///< ⟨D_BᵀD_B, D_A Aᵀ⟩
-  kBtB_AA,      ///< ⟨BᵀB, A Aᵀ⟩ = ‖BA‖²
+  kBtB_AA,      ///< ⟨BᵀB, A Aᵀ⟩ = ‖BA‖²  (the dots above, the traces below)
   kDaSq,        ///< ‖D_A‖²
   kASq,         ///< ‖A‖²
   kDbSq,        ///< ‖D_B‖²
   kBSq,         ///< ‖B‖²
   kRmmErrorTerms
 };
+
+/// The terms that are dots of two r × r blocks (the first ones); the rest are traces.
+inline constexpr int kRmmDotTerms = kBtB_AA + 1;
 
 /// Positions per partial sum of the spectrum: fixed, so the sums do not depend on the device.
 inline constexpr std::int64_t kSpectrumChunk = 256;
@@ -38,7 +42,8 @@ struct RmmErrorArgs {
   std::int64_t chunks[2] = {};
   std::int64_t n = 0, r = 0;
   /// 2 × n × 2r × 2r: the Grams summed over chunks; then, per side, n × ⌈m / kSpectrumChunk⌉
-  /// partial sums of each eigenvalue over kSpectrumChunk positions (rmm_error_sums_size).
+  /// partial sums of each eigenvalue over kSpectrumChunk positions (rmm_error_sums_size); then
+  /// n × kRmmDotTerms × r row sums of the dots (RmmErrorRowDots). rmm_error_scratch_doubles.
   double* sums = nullptr;
   const double* eigenvalues[2] = {};     ///< side s: m[s] × n
   std::int64_t m[2] = {};
@@ -51,9 +56,20 @@ REVMERGE_HD inline std::int64_t rmm_spectrum_parts(std::int64_t m) {
   return (m + kSpectrumChunk - 1) / kSpectrumChunk;
 }
 
-/// Doubles of RmmErrorArgs::sums, and the calls RmmChunkSums takes: one per element.
+/// The calls RmmChunkSums takes: one per element of RmmErrorArgs::sums before the row sums.
 REVMERGE_HD inline std::int64_t rmm_error_sums_size(const RmmErrorArgs& a) {
   return 2 * a.n * 4 * a.r * a.r + a.n * (rmm_spectrum_parts(a.m[0]) + rmm_spectrum_parts(a.m[1]));
+}
+
+/// The calls RmmErrorRowDots takes: a row of a dot's blocks each.
+REVMERGE_HD inline std::int64_t rmm_error_row_dots_size(const RmmErrorArgs& a) { return a.n * kRmmDotTerms * a.r; }
+
+/// Doubles RmmErrorArgs::sums holds for n tasks of rank r over m0 and m1 positions.
+REVMERGE_HD inline std::int64_t rmm_error_scratch_doubles(std::int64_t n, std::int64_t r, std::int64_t m0,
+                                                          std::int64_t m1) {
+  RmmErrorArgs a;
+  a.n = n, a.r = r, a.m[0] = m0, a.m[1] = m1;
+  return rmm_error_sums_size(a) + rmm_error_row_dots_size(a);
 }
 
 /// One call per element of `sums`.
@@ -86,26 +102,48 @@ struct RmmChunkSums {
   }
 };
 
-/// ⟨x, y⟩ over two r × r blocks of rows ld apart, one sum in row-major order. The loads come
-/// kBatch at a time before their products are added (the sum's order is the plain loop's): a
-/// GPU thread then waits on memory once a batch, not once an element — one thread a term took
-/// 0.37 ms a module on an H200 with a wait per element.
-REVMERGE_HD_INLINE double rmm_block_dot(const double* x, const double* y, std::int64_t r, std::int64_t ld) {
-  constexpr int kBatch = 16;
-  double sum = 0;
-  for (std::int64_t i = 0; i < r; ++i) {
-    const double* xr = x + i * ld;
-    const double* yr = y + i * ld;
-    std::int64_t k = 0;
-    for (; k + kBatch <= r; k += kBatch) {
-      double px[kBatch], py[kBatch];
-      for (int u = 0; u < kBatch; ++u) px[u] = xr[k + u], py[u] = yr[k + u];
-      for (int u = 0; u < kBatch; ++u) sum += px[u] * py[u];
-    }
-    for (; k < r; ++k) sum += xr[k] * yr[k];
+/// The two r × r blocks (their first elements; rows 2r apart) a dot term multiplies, of task t.
+struct RmmDotBlocks {
+  const double* x;
+  const double* y;
+};
+REVMERGE_HD_INLINE RmmDotBlocks rmm_dot_blocks(const RmmErrorArgs& a, std::int64_t t, int term) {
+  const std::int64_t n = a.n, r = a.r, ld = 2 * r;
+  const double* ga = a.sums + t * 4 * r * r;        // side A's Gram of task t
+  const double* gb = a.sums + (n + t) * 4 * r * r;  // side B's
+  // r × r blocks, by their first element: rows × columns of the 2r × 2r Gram.
+  const double* aa = ga;                 // A Aᵀ
+  const double* dada = ga + r * ld + r;  // D_A D_Aᵀ
+  const double* daa = ga + r * ld;       // D_A Aᵀ
+  const double* bb = gb;                 // BᵀB
+  const double* dbdb = gb + r * ld + r;  // D_BᵀD_B
+  const double* bdb = gb + r;            // BᵀD_B
+  switch (term) {
+    case kBtB_DaDa: return {bb, dada};
+    case kDbDb_DaDa: return {dbdb, dada};
+    case kBDb_DaDa: return {bdb, dada};
+    case kDbDb_AA: return {dbdb, aa};
+    case kBDb_DaA: return {bdb, daa};
+    case kDbDb_DaA: return {dbdb, daa};
+    default: return {bb, aa};  // kBtB_AA
   }
-  return sum;
 }
+
+/// One call per (task, dot term, row i): Σ_k x[i, k] · y[i, k] in order of k. A dot is the sum
+/// of its rows' sums in order (RmmErrorDots): a thread per row, where one thread a term — every
+/// lane of a warp reading a block of its own — took 0.38 ms a module on an H200.
+struct RmmErrorRowDots {
+  RmmErrorArgs a;
+  REVMERGE_HD void operator()(std::int64_t idx) const {
+    const std::int64_t r = a.r, ld = 2 * r, t = idx / (kRmmDotTerms * r), i = idx % r;
+    const auto blocks = rmm_dot_blocks(a, t, static_cast<int>(idx / r % kRmmDotTerms));
+    const double* x = blocks.x + i * ld;
+    const double* y = blocks.y + i * ld;
+    double sum = 0;
+    for (std::int64_t k = 0; k < r; ++k) sum += x[k] * y[k];
+    a.sums[rmm_error_sums_size(a) + idx] = sum;
+  }
+};
 
 /// One call per (task, term), then one per (side, eigenvalue index): n · kRmmErrorTerms + 2n.
 struct RmmErrorDots {
@@ -123,32 +161,14 @@ struct RmmErrorDots {
       return;
     }
     const std::int64_t t = idx / kRmmErrorTerms, term = idx % kRmmErrorTerms;
-    const double* ga = a.sums + t * 4 * r * r;            // side A's Gram of task t
-    const double* gb = a.sums + (n + t) * 4 * r * r;      // side B's
-    // r × r blocks, by their first element: rows × columns of the 2r × 2r Gram.
-    const double* aa = ga;                 // A Aᵀ
-    const double* dada = ga + r * ld + r;  // D_A D_Aᵀ
-    const double* daa = ga + r * ld;       // D_A Aᵀ
-    const double* bb = gb;                 // BᵀB
-    const double* dbdb = gb + r * ld + r;  // D_BᵀD_B
-    const double* bdb = gb + r;            // BᵀD_B
-    const double* x = nullptr;
-    const double* y = nullptr;
-    switch (term) {
-      case kBtB_DaDa: x = bb, y = dada; break;
-      case kDbDb_DaDa: x = dbdb, y = dada; break;
-      case kBDb_DaDa: x = bdb, y = dada; break;
-      case kDbDb_AA: x = dbdb, y = aa; break;
-      case kBDb_DaA: x = bdb, y = daa; break;
-      case kDbDb_DaA: x = dbdb, y = daa; break;
-      case kBtB_AA: x = bb, y = aa; break;
-      default: break;
-    }
     double sum = 0;
-    if (x) {
-      sum = rmm_block_dot(x, y, r, ld);
+    if (term < kRmmDotTerms) {  // its rows' sums, in order
+      const double* rows = a.sums + rmm_error_sums_size(a) + (t * kRmmDotTerms + term) * r;
+      for (std::int64_t i = 0; i < r; ++i) sum += rows[i];
     } else {  // a trace
-      const double* d = term == kDaSq ? dada : term == kASq ? aa : term == kDbSq ? dbdb : bb;
+      const double* ga = a.sums + t * 4 * r * r;
+      const double* gb = a.sums + (n + t) * 4 * r * r;
+      const double* d = term == kDaSq ? ga + r * ld + r : term == kASq ? ga : term == kDbSq ? gb + r * ld + r : gb;
       for (std::int64_t i = 0; i < r; ++i) sum += d[i * ld + i];
     }
     a.out[idx] = sum;

@@ -36,9 +36,7 @@ struct WorkSizes {
       eig[side] = sizeof(double) * m * n;
       gram[side] = sizeof(float) * n * static_cast<std::size_t>(gram_chunks(be, s, side)) * 4 * r * r;
     }
-    sums = sizeof(double) * (2 * n * 4 * r * r +
-                             n * static_cast<std::size_t>(kernels::rmm_spectrum_parts(s.in) +
-                                                          kernels::rmm_spectrum_parts(s.out)));
+    sums = sizeof(double) * static_cast<std::size_t>(kernels::rmm_error_scratch_doubles(s.n, s.r, s.in, s.out));
   }
 };
 
