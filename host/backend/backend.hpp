@@ -199,8 +199,8 @@ class Backend {
   virtual void rmm_candidate_grams(const kernels::RmmCandidateArgs& args, Stream s) = 0;
   /// Every output element of `args` (kernels::materialize_element, rounded to each part's
   /// dtype); the parts table, the stored tensors and the outputs in backend memory. The CPU
-  /// runs a tile of rows × columns per step, the GPU an element per thread, in one launch.
-  /// Same bits.
+  /// runs a tile of rows × columns per step, the GPU a block per 32 × 32 tile, in one launch
+  /// (its kernel chosen by args.source_type and out_type, which every part shares). Same bits.
   virtual void materialize(const kernels::MaterializeArgs& args, Stream s) = 0;
   /// kernels::elementwise_index for every index of `step` (kernels::step_indices): one step of
   /// an element-wise classic merge over a piece of a tensor. Same bits.
