@@ -370,6 +370,29 @@ trace trace-compress-7b trace-compress-7b.log 90 "$revmerge" compress --device "
 # A resident bundle's materialize kernels (issue 21: 7–12× the copy floor on the H200).
 trace trace-materialize-7b trace-materialize-7b.log 60 "$build/bench/revmerge_bench_materialize" --device "$device" \
   --bundle "$out/store-rmm" --task task-3 --dtype bf16 --repeats 3
+# Where the two kernels still above their targets spend their time: one launch each of the RMM
+# position routine (issue 18: 0.40-0.75 ms a module) and of materialize (issue 21: 2.5x its
+# floor) under Nsight Compute's full set (replayed; the clocks left as they are). The sections
+# go to the log; every SASS instruction's samples and stall reasons to NAME-sass.csv.
+profile() {  # profile NAME KERNEL_REGEX CMD...
+  local name=$1 kernel=$2
+  shift 2
+  "$ncu_bin" --clock-control none --kernel-name "regex:$kernel" --launch-count 1 --set full -f \
+    -o "$out/$name" "$@" >"$out/$name-run.txt" 2>&1 || { tail -n 20 "$out/$name-run.txt"; return 1; }
+  "$ncu_bin" --import "$out/$name.ncu-rep" --page details || return 1
+  "$ncu_bin" --import "$out/$name.ncu-rep" --page source --print-source sass --csv >"$out/$name-sass.csv"
+}
+export -f profile
+export ncu_bin
+if [ -n "$ncu_bin" ] && [ "$device" = cuda ]; then
+  step profile-rmm-position profile-rmm-position.log 120 bash -c 'profile profile-rmm-position rmm_by_warps "$@"' _ \
+    "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 1 --device cuda
+  step profile-materialize profile-materialize.log 120 bash -c 'profile profile-materialize materialize_tiles "$@"' _ \
+    "$build/bench/revmerge_bench_materialize" --device cuda --bundle "$out/store-rmm" --task task-3 --dtype bf16 --repeats 1
+else
+  not_run profile-rmm-position "no ncu, or rehearsed on the CPU"
+  not_run profile-materialize "no ncu, or rehearsed on the CPU"
+fi
 # mergekit runs where it was carried and this Python has what it needs (not on the CPU stand-in).
 mergekit_here=false
 [ "$device" = cuda ] && [ -d build/carry/mergekit-pkg/mergekit ] &&
