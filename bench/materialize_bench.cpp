@@ -4,7 +4,8 @@
 // the same run, beside the floor (the bytes the materialisation reads and writes ÷ the host's
 // memcpy bandwidth, or the GPU's device-to-device copy bandwidth, measured now). Medians of
 // --repeats runs, each call waited for (a task switch); then as many calls queued back to back
-// with one wait (on a GPU a call returns once queued).
+// with one wait (on a GPU a call returns once queued); then the largest module alone, the same
+// two ways, beside its own bytes' time.
 //
 //   revmerge_bench_materialize --bundle B --task task-3 --adapter /tmp/b7/task-3 --dtype bf16
 #include <CLI/CLI.hpp>
@@ -133,6 +134,35 @@ int run(int argc, char** argv) {
              task, dtype_name, ours * 1e3, repeats, floor * 1e3, ours / floor);
   fmt::print("{} calls queued back to back, one wait: {:.3f} ms a call ({:.1f}× the floor)\n", repeats,
              per_queued * 1e3, per_queued / floor);
+  // One module alone (the largest: a serving stack swapping one layer's adapter), each call
+  // waited for, then queued: a call's fixed cost (its parts table uploaded, one launch) beside
+  // the module's own bytes over the same bandwidth.
+  std::size_t big = 0;
+  const auto numbers_of = [&](const revmerge::BundleModule& mod) { return double(mod.rank) * double(mod.in + mod.out); };
+  for (std::size_t m = 0; m < man.modules.size(); ++m)
+    if (numbers_of(man.modules[m]) > numbers_of(man.modules[big])) big = m;
+  const auto& bm = man.modules[big];
+  const std::vector<i64> one{static_cast<i64>(big)};
+  const std::vector<void*> one_a{pa[big]}, one_b{pb[big]};
+  std::vector<double> module_times;
+  for (int i = 0; i < std::max(repeats, 21); ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    rb.materialize(t, one, dtype, one_a, one_b);
+    rb.synchronize();
+    module_times.push_back(seconds_since(t0));
+  }
+  const auto t_module = std::chrono::steady_clock::now();
+  for (int i = 0; i < std::max(repeats, 21); ++i) rb.materialize(t, one, dtype, one_a, one_b);
+  rb.synchronize();
+  const double module_queued = seconds_since(t_module) / std::max(repeats, 21);
+  double raw = 0;
+  for (const auto rk : bm.task_ranks) raw += double(rk) * double(bm.in + bm.out);
+  const double module_moved = bm.storage_ratio * raw * double(revmerge::dtype_size(man.dtype)) +
+                              numbers_of(bm) * double(revmerge::dtype_size(dtype));
+  const double module_floor = module_moved / (moved / floor);
+  fmt::print("one module ({}, {:.2f} M numbers): median {:.1f} µs a call waited for, {:.1f} µs queued back to "
+             "back; its bytes over the same bandwidth {:.1f} µs\n",
+             bm.path, numbers_of(bm) / 1e6, median(module_times) * 1e6, module_queued * 1e6, module_floor * 1e6);
   if (!adapter.empty()) {
     const double mapped = peer_seconds(adapter, repeats, false), copied = peer_seconds(adapter, repeats, true);
     if (mapped > 0 && copied > 0)
