@@ -89,6 +89,24 @@ struct ElementOf {
   }
 };
 
+// The part tile `tile` lies in: the last part whose first tile is at most it (as
+// kernels::materialize_part_of finds an element's part), searched by one warp 32 ways a
+// round — two dependent loads for a 7b task's ~450 parts where a binary search takes nine,
+// before any of the block's work can start. Invariant: the answer is in [lo, lo + span), so
+// parts[lo] qualifies and the ballot is never empty.
+__device__ i64 part_of_tile(const kernels::MaterializeArgs& args, i64 tile, int lane) {
+  i64 lo = 0, span = args.count;
+  while (span > 1) {
+    const i64 step = (span + 31) / 32, k = lane * step;
+    const bool at_or_before = k < span && args.parts[lo + k].first_tile <= tile;
+    const unsigned ballot = __ballot_sync(0xffffffffu, at_or_before);
+    const int last = 31 - __clz(static_cast<int>(ballot));
+    lo += last * step;
+    span = step < span - last * step ? step : span - last * step;
+  }
+  return lo;
+}
+
 // One kernel per stored and output type (the call's, MaterializeArgs): only that code's
 // registers count against the SM. RMM sums at the common basis sizes, their sources aligned,
 // have their own unrolled loops of typed loads; anything else goes through the element routine.
@@ -99,7 +117,10 @@ __global__ void __launch_bounds__(kThreads) materialize_tiles(const __grid_const
   __shared__ float values[kSide][kSide + 1];  // + 1: a column's elements in different banks
   __shared__ i64 found;
   const i64 tile = blockIdx.x;
-  if (threadIdx.x == 0) found = kernels::materialize_part_of(args, tile, true);
+  if (threadIdx.x < 32) {
+    const i64 part = part_of_tile(args, tile, static_cast<int>(threadIdx.x));
+    if (threadIdx.x == 0) found = part;
+  }
   __syncthreads();
   static_assert(sizeof(MaterializePart) % 4 == 0);
   const auto* from = reinterpret_cast<const std::uint32_t*>(args.parts + found);

@@ -137,12 +137,12 @@ struct MaterializeArgs {
   ElemType source_type = ElemType::f32, out_type = ElemType::f32;
 };
 
-/// The last part whose `first` (by_tile: `first_tile`) is at most e.
-REVMERGE_HD_INLINE std::int64_t materialize_part_of(const MaterializeArgs& a, std::int64_t e, bool by_tile) {
+/// The last part whose `first` is at most e: the part element e lies in.
+REVMERGE_HD_INLINE std::int64_t materialize_part_of(const MaterializeArgs& a, std::int64_t e) {
   std::int64_t lo = 0, hi = a.count - 1;
   while (lo < hi) {
     const std::int64_t mid = (lo + hi + 1) / 2;
-    if ((by_tile ? a.parts[mid].first_tile : a.parts[mid].first) <= e) lo = mid;
+    if (a.parts[mid].first <= e) lo = mid;
     else hi = mid - 1;
   }
   return lo;
@@ -152,7 +152,7 @@ REVMERGE_HD_INLINE std::int64_t materialize_part_of(const MaterializeArgs& a, st
 struct MaterializeElements {
   MaterializeArgs a;
   REVMERGE_HD void operator()(std::int64_t e) const {
-    const auto& t = a.parts[materialize_part_of(a, e, false)];
+    const auto& t = a.parts[materialize_part_of(a, e)];
     const std::int64_t local = e - t.first, i = local / t.cols, j = local % t.cols;
     store_rounded(t.out, local, t.out_type, materialize_element(t, i, j) / t.divisor);
   }
