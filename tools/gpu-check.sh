@@ -14,6 +14,8 @@
 #
 # With build/carry/ from tools/gpu-pack.sh (binaries built on a machine without a GPU, their
 # libraries, mergekit), the check skips configure and build when those binaries start here.
+# What a lent machine's caller takes back: OUTDIR's *.log *.json *.txt and the profile steps'
+# *.csv (each SASS instruction's stalls); the .ncu-rep reports are large and stay there.
 #
 # GPU_CHECK_DEADLINE (seconds, default 540): steps that would start later are reported NOT RUN,
 # so the summary and the logs still come back from a lease with a hard time limit. Each step
