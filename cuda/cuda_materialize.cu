@@ -36,9 +36,9 @@ __device__ bool lanes_down_rows(const MaterializePart& t) {
 
 // A thread's elements of the tile (kSide / kWarps of them, a warp's row or column each), every
 // load of them issued before the sums wait on any (the loop unrolled, nothing stored and no
-// division between):
-// the H200 needs tens of KB in flight per SM to read at its rate. Then the tile goes out along
-// the output's rows through shared memory. Element(t, i, j) is the value before rounding.
+// division between): the H200 needs tens of KB in flight per SM to read at its rate. Then the
+// tile goes out along the output's rows through shared memory. Element(t, i, j) is the value
+// before rounding.
 template <ElemType O, class Element>
 __device__ void tile_of(const MaterializePart& t, i64 i0, i64 j0, float (*values)[kSide + 1], Element element) {
   constexpr int kEach = kSide / kWarps;

@@ -102,30 +102,36 @@ struct RmmChunkSums {
   }
 };
 
-/// The two r × r blocks (their first elements; rows 2r apart) a dot term multiplies, of task t.
+/// Task t's r × r blocks of its two 2r × 2r Grams (their first elements; rows 2r apart).
+struct RmmGramBlocks {
+  const double* aa;    ///< A Aᵀ
+  const double* dada;  ///< D_A D_Aᵀ
+  const double* daa;   ///< D_A Aᵀ
+  const double* bb;    ///< BᵀB
+  const double* dbdb;  ///< D_BᵀD_B
+  const double* bdb;   ///< BᵀD_B
+};
+REVMERGE_HD_INLINE RmmGramBlocks rmm_gram_blocks(const RmmErrorArgs& a, std::int64_t t) {
+  const std::int64_t r = a.r, ld = 2 * r;
+  const double* ga = a.sums + t * 4 * r * r;          // side A's Gram of task t
+  const double* gb = a.sums + (a.n + t) * 4 * r * r;  // side B's
+  return {ga, ga + r * ld + r, ga + r * ld, gb, gb + r * ld + r, gb + r};
+}
+
+/// The two blocks a dot term multiplies.
 struct RmmDotBlocks {
   const double* x;
   const double* y;
 };
-REVMERGE_HD_INLINE RmmDotBlocks rmm_dot_blocks(const RmmErrorArgs& a, std::int64_t t, int term) {
-  const std::int64_t n = a.n, r = a.r, ld = 2 * r;
-  const double* ga = a.sums + t * 4 * r * r;        // side A's Gram of task t
-  const double* gb = a.sums + (n + t) * 4 * r * r;  // side B's
-  // r × r blocks, by their first element: rows × columns of the 2r × 2r Gram.
-  const double* aa = ga;                 // A Aᵀ
-  const double* dada = ga + r * ld + r;  // D_A D_Aᵀ
-  const double* daa = ga + r * ld;       // D_A Aᵀ
-  const double* bb = gb;                 // BᵀB
-  const double* dbdb = gb + r * ld + r;  // D_BᵀD_B
-  const double* bdb = gb + r;            // BᵀD_B
+REVMERGE_HD_INLINE RmmDotBlocks rmm_dot_blocks(const RmmGramBlocks& g, int term) {
   switch (term) {
-    case kBtB_DaDa: return {bb, dada};
-    case kDbDb_DaDa: return {dbdb, dada};
-    case kBDb_DaDa: return {bdb, dada};
-    case kDbDb_AA: return {dbdb, aa};
-    case kBDb_DaA: return {bdb, daa};
-    case kDbDb_DaA: return {dbdb, daa};
-    default: return {bb, aa};  // kBtB_AA
+    case kBtB_DaDa: return {g.bb, g.dada};
+    case kDbDb_DaDa: return {g.dbdb, g.dada};
+    case kBDb_DaDa: return {g.bdb, g.dada};
+    case kDbDb_AA: return {g.dbdb, g.aa};
+    case kBDb_DaA: return {g.bdb, g.daa};
+    case kDbDb_DaA: return {g.dbdb, g.daa};
+    default: return {g.bb, g.aa};  // kBtB_AA
   }
 }
 
@@ -136,7 +142,7 @@ struct RmmErrorRowDots {
   RmmErrorArgs a;
   REVMERGE_HD void operator()(std::int64_t idx) const {
     const std::int64_t r = a.r, ld = 2 * r, t = idx / (kRmmDotTerms * r), i = idx % r;
-    const auto blocks = rmm_dot_blocks(a, t, static_cast<int>(idx / r % kRmmDotTerms));
+    const auto blocks = rmm_dot_blocks(rmm_gram_blocks(a, t), static_cast<int>(idx / r % kRmmDotTerms));
     const double* x = blocks.x + i * ld;
     const double* y = blocks.y + i * ld;
     double sum = 0;
@@ -166,9 +172,8 @@ struct RmmErrorDots {
       const double* rows = a.sums + rmm_error_sums_size(a) + (t * kRmmDotTerms + term) * r;
       for (std::int64_t i = 0; i < r; ++i) sum += rows[i];
     } else {  // a trace
-      const double* ga = a.sums + t * 4 * r * r;
-      const double* gb = a.sums + (n + t) * 4 * r * r;
-      const double* d = term == kDaSq ? ga + r * ld + r : term == kASq ? ga : term == kDbSq ? gb + r * ld + r : gb;
+      const auto g = rmm_gram_blocks(a, t);
+      const double* d = term == kDaSq ? g.dada : term == kASq ? g.aa : term == kDbSq ? g.dbdb : g.bb;
       for (std::int64_t i = 0; i < r; ++i) sum += d[i * ld + i];
     }
     a.out[idx] = sum;
