@@ -316,8 +316,9 @@ step merge-example merge-example.log 60 "$revmerge" merge --device "$device" --b
 # measures the module's truncations), the shared bases' R × R Grams and eigensolves on a stream
 # of their own (Backend::gram_f64, symmetric_eigen_f64), against RMM at the same storage (issue
 # 20 asks auto ≤ 1.5× RMM's time), on the default workers sharing the GPU (the host's r × r work
-# of several modules at once) against one worker (must be the same bytes), and against auto on the CPU: the
-# choices should match (the candidates' f32 GEMMs and the GPU's syrk / syevd round differently).
+# of several modules at once) against one worker (must be the same bytes), and against auto on
+# the CPU: the choices should match (the candidates' f32 GEMMs and the GPU's syrk / syevd round
+# differently).
 store_auto() {
   /usr/bin/time -f "rmm P=4 cuda: %e s" "$revmerge" merge --device "$device" --basis 4 --force --quiet \
     --out "$out/store-rmm" "$out"/adapters-7b/task-* || return 1
@@ -369,7 +370,7 @@ step materialize-7b materialize-7b.log 90 bash -c materialize_7b
 # was carried along (build/carry/mergekit-pkg, fetched for the GPU machine's Python by tools/gpu-pack.sh).
 trace trace-compress-7b trace-compress-7b.log 90 "$revmerge" compress --device "$device" --base "$out/models-7b/base" \
   --model "$out/models-7b/ft-0" --rank 64 --force --quiet --out "$out/compress-traced"
-# A resident bundle's materialize kernels (issue 21: 7–12× the copy floor on the H200).
+# A resident bundle's materialize kernel (issue 21: 2.6× the copy floor on the H200, 2026-12-04).
 trace trace-materialize-7b trace-materialize-7b.log 60 "$build/bench/revmerge_bench_materialize" --device "$device" \
   --bundle "$out/store-rmm" --task task-3 --dtype bf16 --repeats 3
 # Where the two kernels still above their targets spend their time: one launch each of the RMM
