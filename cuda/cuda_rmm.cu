@@ -50,6 +50,9 @@ struct BlockTeam {
 
 constexpr int kWarp = 32, kMaxWarpsPerBlock = 8, kBlockThreads = 128;
 
+// kTasks: n fixed at compile time (0: read from args), as the CPU does for the common n: the
+// loops over tasks unrolled, the Jacobi order and row lengths constants.
+template <int kTasks>
 __global__ void rmm_by_warps(const __grid_constant__ kernels::RmmModuleArgs args,
                              i64 scratch_doubles, i64 total) {
   extern __shared__ double shared[];
@@ -57,8 +60,9 @@ __global__ void rmm_by_warps(const __grid_constant__ kernels::RmmModuleArgs args
   const i64 g = static_cast<i64>(blockIdx.x) * (blockDim.x / kWarp) + warp;
   if (g >= total) return;  // the whole warp: the routine syncs within its warp only
   const int side = g < args.in ? 0 : 1;
-  kernels::rmm_position(WarpTeam{static_cast<int>(threadIdx.x) % kWarp}, args, side,
-                        side == 0 ? g : g - args.in, shared + warp * scratch_doubles);
+  kernels::rmm_position<WarpTeam, kTasks>(WarpTeam{static_cast<int>(threadIdx.x) % kWarp}, args,
+                                          side, side == 0 ? g : g - args.in,
+                                          shared + warp * scratch_doubles);
 }
 
 // Positions blockIdx.x, blockIdx.x + gridDim.x, …: with global scratch the grid is only as
@@ -87,17 +91,19 @@ void CudaBackend::rmm_positions(const kernels::RmmModuleArgs& args, Stream s) {
   use_device();
   const cudaStream_t st = stream(s);
   const i64 total = args.in + args.out;
-  const auto bytes = static_cast<std::size_t>(kernels::rmm_scratch_bytes(args.n, args.r));
+  const auto bytes =
+      static_cast<std::size_t>(kernels::rmm_scratch_bytes(args.n, args.r, args.p, false));
   const i64 doubles = static_cast<i64>(bytes / 8);
   // Up to 32 tasks a warp per position (one Jacobi step's rotations fit its lanes) when at
   // least two positions' scratch fits a block's shared memory.
   const int warps = static_cast<int>(std::min<std::size_t>(kMaxWarpsPerBlock, max_shared_bytes() / bytes));
   if (args.n <= 32 && warps >= 2) {
     const std::size_t shared = static_cast<std::size_t>(warps) * bytes;
-    REVMERGE_CUDA_CHECK(cudaFuncSetAttribute(rmm_by_warps, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    const auto kernel = args.n == 8 ? rmm_by_warps<8> : rmm_by_warps<0>;
+    REVMERGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(shared)));
     const i64 blocks = (total + warps - 1) / warps;
-    rmm_by_warps<<<static_cast<unsigned>(blocks), warps * kWarp, shared, st>>>(args, doubles, total);
+    kernel<<<static_cast<unsigned>(blocks), warps * kWarp, shared, st>>>(args, doubles, total);
     REVMERGE_CUDA_CHECK(cudaGetLastError());
     return;
   }

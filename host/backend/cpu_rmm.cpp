@@ -28,9 +28,9 @@ constexpr i64 kBlock = 32;
 
 // Doubles of one thread's working memory: each lane's scratch, the lockstep matrices, and the
 // block's A columns (kBlock × n × r floats).
-i64 work_doubles(i64 n, i64 r) {
+i64 work_doubles(i64 n, i64 r, i64 p) {
   const i64 N = kernels::rmm_jacobi_order(n);
-  return kLanes * (kernels::rmm_scratch_bytes(n, r) / 8) + 2 * N * N * kLanes +
+  return kLanes * (kernels::rmm_scratch_bytes(n, r, p, true) / 8) + 2 * N * N * kLanes +
          (kBlock * n * r + 1) / 2;
 }
 
@@ -65,7 +65,7 @@ template <int kTasks>
 [[gnu::always_inline]] inline void positions(const kernels::RmmModuleArgs& args, i64 first,
                                              i64 last, double* work) {
   const i64 n = kTasks ? kTasks : args.n, N = kernels::rmm_jacobi_order(n);
-  const i64 scratch = kernels::rmm_scratch_bytes(n, args.r) / 8;
+  const i64 scratch = kernels::rmm_scratch_bytes(n, args.r, args.p, true) / 8;
   double* a = work + kLanes * scratch;
   double* vt = a + N * N * kLanes;
   auto* tile = reinterpret_cast<float*>(vt + N * N * kLanes);
@@ -84,7 +84,7 @@ template <int kTasks>
             team, args, side, side == 0 ? g : g - args.in, work + l * scratch,
             side == 0 ? tile + (g - first) : nullptr, kBlock);
       }
-      const auto s = kernels::RmmScratch::carve(work + l * scratch, n, args.r);
+      const auto s = kernels::RmmScratch::carve(work + l * scratch, n, args.r, args.p, true);
       for (i64 i = 0; i < N * N; ++i) {
         a[i * kLanes + l] = active[l] ? s.g[i] : 0.0;
         vt[i * kLanes + l] = active[l] ? s.vt[i] : 0.0;
@@ -92,7 +92,7 @@ template <int kTasks>
     }
     cpu::jacobi_lanes(a, vt, N, active, converged);
     for (int l = 0; l < count; ++l) {
-      const auto s = kernels::RmmScratch::carve(work + l * scratch, n, args.r);
+      const auto s = kernels::RmmScratch::carve(work + l * scratch, n, args.r, args.p, true);
       for (i64 i = 0; i < N * N; ++i) s.g[i] = a[i * kLanes + l], s.vt[i] = vt[i * kLanes + l];
       const i64 g = g0 + l;
       const int side = g < args.in ? 0 : 1;
@@ -122,7 +122,7 @@ void CpuBackend::rmm_positions(const kernels::RmmModuleArgs& args, Stream) {
   const i64 total = args.in + args.out;
   // Blocks of neighbouring positions, handed out dynamically (positions differ in Jacobi
   // sweeps).
-  const auto doubles = static_cast<std::size_t>(work_doubles(args.n, args.r));
+  const auto doubles = static_cast<std::size_t>(work_doubles(args.n, args.r, args.p));
   cpu::parallel_for(
       threads_, (total + kBlock - 1) / kBlock,
       [&](i64 block) {

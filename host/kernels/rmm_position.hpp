@@ -73,10 +73,17 @@ REVMERGE_HD inline unsigned long long rmm_input_key(i64 task, int side, i64 inde
 /// run over whole rows of 8 values.
 REVMERGE_HD inline i64 rmm_padded(i64 n) { return (n + 7) / 8 * 8; }
 
-/// Floats per row of the centred inputs' region (see RmmScratch::xc).
-REVMERGE_HD inline i64 rmm_xc_row(i64 n) { return rmm_padded(n) > 2 * n ? rmm_padded(n) : 2 * n; }
+/// Floats per row of the centred inputs' region (see RmmScratch::xc): np, and for a lane
+/// alone (`serial`) room for V as well, p × r doubles.
+REVMERGE_HD inline i64 rmm_xc_row(i64 n, i64 p, bool serial) {
+  const i64 np = rmm_padded(n);
+  return serial && 2 * p > np ? 2 * p : np;
+}
 
-/// A position's working memory, carved from `rmm_scratch_bytes(n, r)` bytes (8-byte aligned).
+/// A position's working memory, carved from `rmm_scratch_bytes(n, r, p, serial)` bytes (8-byte
+/// aligned). `serial`: the layout of a lane alone, which also keeps the centred inputs
+/// transposed; a team's is smaller — on a GPU the scratch lives in shared memory, and how many
+/// positions an SM holds at once is what the routine's latency is hidden by.
 struct RmmScratch {
   double* g;     // N × N: the Gram, rotated to diagonal; then W_p (p × n, row q = column q)
   double* vt;    // N × N: row e = eigenvector e
@@ -86,9 +93,9 @@ struct RmmScratch {
                  // its inverse
   double* scal;  // 4 scalars shared by the lanes
   float* x;      // n × r: the gathered inputs, x[t * r + k]
-  float* xc;     // r × np: centred, x − μ, rows padded with zeros to np = n rounded up to 8;
-                 // room for r × max(np, 2n) floats (a lane alone keeps V there, p × r doubles)
-  float* xct;    // n × r: the same, transposed
+  float* xc;     // r × np: centred, x − μ, rows padded with zeros to np = n rounded up to 8
+                 // (a lane alone: rows of rmm_xc_row floats, and it keeps V there)
+  float* xct;    // n × r, a lane alone only: the same, transposed
   float* muq;    // r: the mean as stored
   float* bq;     // p × r: the basis as stored, column q in row q
   float* cq;     // p × n: the coefficients as stored
@@ -100,7 +107,15 @@ struct RmmScratch {
     const i64 N = rmm_jacobi_order(n);
     return 2 * N * N + 3 * (N / 2) + n + r + 2 * n + 4;
   }
-  REVMERGE_HD static RmmScratch carve(void* base, i64 n, i64 r) {
+  /// x's floats, rounded up to even so that xc starts 8-byte aligned (a lane alone keeps
+  /// doubles there).
+  REVMERGE_HD static i64 x_floats(i64 n, i64 r) { return (r * n + 1) / 2 * 2; }
+  REVMERGE_HD static i64 floats(i64 n, i64 r, i64 p, bool serial) {
+    return x_floats(n, r) + r * rmm_xc_row(n, p, serial) + (serial ? n * r : 0) + r + p * r +
+           p * n;
+  }
+  REVMERGE_HD static i64 ints(i64 n) { return n + rmm_jacobi_order(n) + 2; }
+  REVMERGE_HD static RmmScratch carve(void* base, i64 n, i64 r, i64 p, bool serial) {
     const i64 N = rmm_jacobi_order(n);
     RmmScratch s;
     s.g = static_cast<double*>(base);
@@ -110,24 +125,23 @@ struct RmmScratch {
     s.vcol = s.lam + n;
     s.scal = s.vcol + r + 2 * n;
     s.x = reinterpret_cast<float*>(s.scal + 4);
-    s.xc = s.x + (r * n + 1) / 2 * 2;  // 8-byte aligned (it holds doubles for a while)
-    s.xct = s.xc + r * rmm_xc_row(n);
-    s.muq = s.xct + r * n;
+    s.xc = s.x + x_floats(n, r);
+    s.xct = s.xc + r * rmm_xc_row(n, p, serial);
+    s.muq = s.xct + (serial ? n * r : 0);
     s.bq = s.muq + r;
-    s.cq = s.bq + r * (n - 1);
-    s.order = reinterpret_cast<int*>(s.cq + (n - 1) * n);
+    s.cq = s.bq + p * r;
+    s.order = reinterpret_cast<int*>(s.cq + p * n);
     s.pairs = s.order + n;
     s.flags = s.pairs + N;
     return s;
   }
 };
 
-/// Bytes of scratch one position needs (a multiple of 8).
-REVMERGE_HD inline i64 rmm_scratch_bytes(i64 n, i64 r) {
-  const i64 N = rmm_jacobi_order(n);
-  return (8 * RmmScratch::doubles(n, r) +
-          4 * (2 * r * n + 1 + r * rmm_xc_row(n) + r + (r + n) * (n - 1)) + 4 * (n + N + 2) + 7) /
-         8 * 8;
+/// Bytes of scratch one position needs (a multiple of 8), for a lane alone (`serial`) or a
+/// team.
+REVMERGE_HD inline i64 rmm_scratch_bytes(i64 n, i64 r, i64 p, bool serial) {
+  return (8 * RmmScratch::doubles(n, r) + 4 * RmmScratch::floats(n, r, p, serial) +
+          4 * RmmScratch::ints(n) + 7) / 8 * 8;
 }
 
 /// The per-position quantities both halves of the routine use.
@@ -144,9 +158,9 @@ struct RmmPositionView {
   i64 ext_task, ext_pos;
 
   REVMERGE_HD_INLINE RmmPositionView(const RmmModuleArgs& args, i64 n_, int side_, i64 j_,
-                                     void* scratch)
+                                     void* scratch, bool serial)
       : n(n_), r(args.r), p(args.p), N(rmm_jacobi_order(n_)), np(rmm_padded(n_)), side(side_),
-        j(j_), s(RmmScratch::carve(scratch, n_, args.r)), st(args.storage),
+        j(j_), s(RmmScratch::carve(scratch, n_, args.r, args.p, serial)), st(args.storage),
         mean_out(args.mean[side_]), basis_out(args.basis[side_]), coef_out(args.coef[side_]),
         ext(args.ext[side_]), ext_task(args.positions(side_) * 2 * args.r),
         ext_pos(j_ * 2 * args.r) {}
@@ -157,8 +171,8 @@ struct RmmPositionView {
 };
 
 /// The first half of RMM at position j of side `side` (0: A, 1: B): gather, centre, the Gram,
-/// V = I, in the team's scratch (rmm_scratch_bytes(n, r) bytes). Returns true when the inputs
-/// hold a non-finite value (the position is poisoned; its key is recorded).
+/// V = I, in the team's scratch (rmm_scratch_bytes(n, r, p, Team::serial) bytes). Returns true
+/// when the inputs hold a non-finite value (the position is poisoned; its key is recorded).
 ///
 /// `kTasks`, when not 0, is n known at compile time (it must equal args.n): the same
 /// arithmetic, with loops of fixed length the compiler can unroll and vectorise.
@@ -171,7 +185,7 @@ template <class Team, int kTasks = 0>
 REVMERGE_HD_INLINE bool rmm_prepare(const Team& team, const RmmModuleArgs& args, int side, i64 j,
                                     void* scratch, const float* staged_a = nullptr,
                                     i64 staged_stride = 1) {
-  const RmmPositionView pos(args, kTasks ? kTasks : args.n, side, j, scratch);
+  const RmmPositionView pos(args, kTasks ? kTasks : args.n, side, j, scratch, Team::serial);
   const i64 n = pos.n, r = pos.r, N = pos.N, np = pos.np;
   const RmmScratch& s = pos.s;
   const ElemType st = pos.st;
@@ -244,7 +258,7 @@ REVMERGE_HD_INLINE bool rmm_prepare(const Team& team, const RmmModuleArgs& args,
   auto centre = [&](i64 k, double sum) {
     const float m = static_cast<float>(sum / static_cast<double>(n));
     s.muq[k] = store_rounded(mean_out, j * r + k, st, m);
-    for (i64 t = 0; t < n; ++t) s.xct[t * r + k] = s.xc[k * np + t] = s.x[t * r + k] - m;
+    for (i64 t = 0; t < n; ++t) s.xc[k * np + t] = s.x[t * r + k] - m;
     for (i64 t = n; t < np; ++t) s.xc[k * np + t] = 0.0f;
   };
   if constexpr (Team::serial) {  // the r sums side by side, each over the tasks in order
@@ -316,7 +330,7 @@ REVMERGE_HD_INLINE bool rmm_prepare(const Team& team, const RmmModuleArgs& args,
 template <class Team, int kTasks = 0>
 REVMERGE_HD_INLINE void rmm_finish(const Team& team, const RmmModuleArgs& args, int side, i64 j,
                                    void* scratch, bool converged) {
-  const RmmPositionView pos(args, kTasks ? kTasks : args.n, side, j, scratch);
+  const RmmPositionView pos(args, kTasks ? kTasks : args.n, side, j, scratch, Team::serial);
   const i64 n = pos.n, r = pos.r, p = pos.p, N = pos.N, np = pos.np;
   const RmmScratch& s = pos.s;
   const ElemType st = pos.st;
@@ -464,7 +478,7 @@ template <class Team, int kTasks = 0>
 REVMERGE_HD_INLINE void rmm_position(const Team& team, const RmmModuleArgs& args, int side, i64 j,
                                      void* scratch) {
   const i64 n = kTasks ? kTasks : args.n;
-  const RmmScratch s = RmmScratch::carve(scratch, n, args.r);
+  const RmmScratch s = RmmScratch::carve(scratch, n, args.r, args.p, Team::serial);
   const bool poisoned = rmm_prepare<Team, kTasks>(team, args, side, j, scratch);
   const bool converged =
       poisoned || rmm_jacobi(team, s.g, s.vt, rmm_jacobi_order(n), s.rot, s.pairs, s.scal);

@@ -111,7 +111,8 @@ TEST_P(RmmPositionTeams, AnyTeamGivesTheCpuBackendsBytes) {
     SCOPED_TRACE(nonfinite ? "non-finite inputs" : "finite inputs");
     Module cpu(c, 7, nonfinite), team(c, 7, nonfinite);
     CpuBackend(2).rmm_positions(cpu.args, {});
-    std::vector<double> scratch(static_cast<std::size_t>(kernels::rmm_scratch_bytes(c.n, c.r) / 8));
+    std::vector<double> scratch(
+        static_cast<std::size_t>(kernels::rmm_scratch_bytes(c.n, c.r, c.p, false) / 8));
     test::ThreadTeam::run(c.lanes, [&](const test::ThreadTeam& t) {
       for (int side = 0; side < 2; ++side)
         for (i64 j = 0; j < (side == 0 ? c.in : c.out); ++j) {
