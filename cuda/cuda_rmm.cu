@@ -49,11 +49,16 @@ struct BlockTeam {
 };
 
 constexpr int kWarp = 32, kMaxWarpsPerBlock = 8, kBlockThreads = 128;
+// Warps an SM should be able to hold: the routine is a chain of dependent steps (shared-memory
+// round trips, IEEE f64 divisions and roots), hidden only by other warps. 32 leaves 64
+// registers a thread.
+constexpr int kWarpsPerSm = 32;
 
 // kTasks: n fixed at compile time (0: read from args), as the CPU does for the common n: the
 // loops over tasks unrolled, the Jacobi order and row lengths constants.
 template <int kTasks>
-__global__ void rmm_by_warps(const __grid_constant__ kernels::RmmModuleArgs args,
+__global__ void __launch_bounds__(kMaxWarpsPerBlock* kWarp, kWarpsPerSm / kMaxWarpsPerBlock)
+    rmm_by_warps(const __grid_constant__ kernels::RmmModuleArgs args,
                              i64 scratch_doubles, i64 total) {
   extern __shared__ double shared[];
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
@@ -96,12 +101,23 @@ void CudaBackend::rmm_positions(const kernels::RmmModuleArgs& args, Stream s) {
   const i64 doubles = static_cast<i64>(bytes / 8);
   // Up to 32 tasks a warp per position (one Jacobi step's rotations fit its lanes) when at
   // least two positions' scratch fits a block's shared memory.
-  const int warps = static_cast<int>(std::min<std::size_t>(kMaxWarpsPerBlock, max_shared_bytes() / bytes));
-  if (args.n <= 32 && warps >= 2) {
-    const std::size_t shared = static_cast<std::size_t>(warps) * bytes;
+  const int most = static_cast<int>(
+      std::min<std::size_t>(kMaxWarpsPerBlock, max_shared_bytes() / bytes));
+  if (args.n <= 32 && most >= 2) {
     const auto kernel = args.n == 8 ? rmm_by_warps<8> : rmm_by_warps<0>;
     REVMERGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(shared)));
+                                             static_cast<int>(most * bytes)));
+    // Warps a block: the size that lets an SM hold the most positions at once (a block's
+    // shared memory also carries what the driver reserves per block, so smaller blocks can
+    // fit more), the larger on a tie.
+    int warps = most, resident = 0;
+    for (int w = most; w >= 2; w /= 2) {
+      int fit = 0;
+      REVMERGE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &fit, kernel, w * kWarp, static_cast<std::size_t>(w) * bytes));
+      if (fit * w > resident) warps = w, resident = fit * w;
+    }
+    const std::size_t shared = static_cast<std::size_t>(warps) * bytes;
     const i64 blocks = (total + warps - 1) / warps;
     kernel<<<static_cast<unsigned>(blocks), warps * kWarp, shared, st>>>(args, doubles, total);
     REVMERGE_CUDA_CHECK(cudaGetLastError());

@@ -92,7 +92,8 @@ struct RmmScratch {
   double* vcol;  // r + 2n: one basis column before normalisation, then each column's norm and
                  // its inverse
   double* scal;  // 4 scalars shared by the lanes
-  float* x;      // n × r: the gathered inputs, x[t * r + k]
+  float* x;      // n × r, a lane alone only: the gathered inputs, x[t * r + k] (a team reads
+                 // them back from the error Grams' x, where the gather puts them too)
   float* xc;     // r × np: centred, x − μ, rows padded with zeros to np = n rounded up to 8
                  // (a lane alone: rows of rmm_xc_row floats, and it keeps V there)
   float* xct;    // n × r, a lane alone only: the same, transposed
@@ -108,11 +109,13 @@ struct RmmScratch {
     return 2 * N * N + 3 * (N / 2) + n + r + 2 * n + 4;
   }
   /// x's floats, rounded up to even so that xc starts 8-byte aligned (a lane alone keeps
-  /// doubles there).
-  REVMERGE_HD static i64 x_floats(i64 n, i64 r) { return (r * n + 1) / 2 * 2; }
+  /// doubles there); none for a team.
+  REVMERGE_HD static i64 x_floats(i64 n, i64 r, bool serial) {
+    return serial ? (r * n + 1) / 2 * 2 : 0;
+  }
   REVMERGE_HD static i64 floats(i64 n, i64 r, i64 p, bool serial) {
-    return x_floats(n, r) + r * rmm_xc_row(n, p, serial) + (serial ? n * r : 0) + r + p * r +
-           p * n;
+    return x_floats(n, r, serial) + r * rmm_xc_row(n, p, serial) + (serial ? n * r : 0) + r +
+           p * r + p * n;
   }
   REVMERGE_HD static i64 ints(i64 n) { return n + rmm_jacobi_order(n) + 2; }
   REVMERGE_HD static RmmScratch carve(void* base, i64 n, i64 r, i64 p, bool serial) {
@@ -125,7 +128,7 @@ struct RmmScratch {
     s.vcol = s.lam + n;
     s.scal = s.vcol + r + 2 * n;
     s.x = reinterpret_cast<float*>(s.scal + 4);
-    s.xc = s.x + x_floats(n, r);
+    s.xc = s.x + x_floats(n, r, serial);
     s.xct = s.xc + r * rmm_xc_row(n, p, serial);
     s.muq = s.xct + (serial ? n * r : 0);
     s.bq = s.muq + r;
@@ -168,6 +171,11 @@ struct RmmPositionView {
   REVMERGE_HD_INLINE i64 ext_at(i64 t, i64 k, int part) const {
     return t * ext_task + ext_pos + part * r + k;
   }
+  /// x of (task t, row k) once gathered: a lane alone keeps it in its scratch, a team reads it
+  /// back from the error Grams' copy (written by the gather, ordered by the syncs since).
+  REVMERGE_HD_INLINE float x_at(i64 t, i64 k, bool serial) const {
+    return serial ? s.x[t * r + k] : ext[ext_at(t, k, 0)];
+  }
 };
 
 /// The first half of RMM at position j of side `side` (0: A, 1: B): gather, centre, the Gram,
@@ -199,7 +207,7 @@ REVMERGE_HD_INLINE bool rmm_prepare(const Team& team, const RmmModuleArgs& args,
   auto flag_first_bad = [&](i64 t, i64 k0, i64 k1) {
     const RmmTaskFactors& f = args.tasks[t];
     for (i64 k = k0; k < k1; ++k) {
-      const float v = s.x[t * r + k];
+      const float v = pos.x_at(t, k, Team::serial);
       if (!(v - v == 0.0f)) {
         atomic_min_u64(&args.status[0],
                        rmm_input_key(t, side, side == 0 ? k * args.in + j : j * f.rank + k));
@@ -247,7 +255,6 @@ REVMERGE_HD_INLINE bool rmm_prepare(const Team& team, const RmmModuleArgs& args,
         if (side == 1) v *= f.scale;
         if (!(v - v == 0.0f)) bad = true;
       }
-      s.x[t * r + k] = v;
       ext[ext_at(t, k, 0)] = v;
     });
   }
@@ -258,7 +265,7 @@ REVMERGE_HD_INLINE bool rmm_prepare(const Team& team, const RmmModuleArgs& args,
   auto centre = [&](i64 k, double sum) {
     const float m = static_cast<float>(sum / static_cast<double>(n));
     s.muq[k] = store_rounded(mean_out, j * r + k, st, m);
-    for (i64 t = 0; t < n; ++t) s.xc[k * np + t] = s.x[t * r + k] - m;
+    for (i64 t = 0; t < n; ++t) s.xc[k * np + t] = pos.x_at(t, k, false) - m;
     for (i64 t = n; t < np; ++t) s.xc[k * np + t] = 0.0f;
   };
   if constexpr (Team::serial) {  // the r sums side by side, each over the tasks in order
@@ -278,7 +285,7 @@ REVMERGE_HD_INLINE bool rmm_prepare(const Team& team, const RmmModuleArgs& args,
   } else {
     team_for(team, r, [&](i64 k) {
       double sum = 0;
-      for (i64 t = 0; t < n; ++t) sum += s.x[t * r + k];
+      for (i64 t = 0; t < n; ++t) sum += pos.x_at(t, k, false);
       centre(k, sum);
     });
   }
@@ -467,7 +474,8 @@ REVMERGE_HD_INLINE void rmm_finish(const Team& team, const RmmModuleArgs& args, 
       double xh = s.muq[k];
       for (i64 q = 0; q < p; ++q)
         xh += static_cast<double>(s.bq[q * r + k]) * static_cast<double>(s.cq[q * n + t]);
-      ext[ext_at(t, k, 1)] = static_cast<float>(xh - static_cast<double>(s.x[t * r + k]));
+      const double x = pos.x_at(t, k, false);  // the gather's, on this lane
+      ext[ext_at(t, k, 1)] = static_cast<float>(xh - x);
     });
   }
 }
