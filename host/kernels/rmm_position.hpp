@@ -73,17 +73,22 @@ REVMERGE_HD inline unsigned long long rmm_input_key(i64 task, int side, i64 inde
 /// run over whole rows of 8 values.
 REVMERGE_HD inline i64 rmm_padded(i64 n) { return (n + 7) / 8 * 8; }
 
-/// Floats per row of the centred inputs' region (see RmmScratch::xc): np, and for a lane
-/// alone (`serial`) room for V as well, p × r doubles.
-REVMERGE_HD inline i64 rmm_xc_row(i64 n, i64 p, bool serial) {
+/// Floats per row of a lane alone's centred inputs (see RmmScratch::xc): np, and room for V
+/// as well, p × r doubles.
+REVMERGE_HD inline i64 rmm_xc_row(i64 n, i64 p) {
   const i64 np = rmm_padded(n);
-  return serial && 2 * p > np ? 2 * p : np;
+  return 2 * p > np ? 2 * p : np;
 }
 
+/// Floats per row of the gathered inputs (see RmmScratch::x): r for a lane alone; odd for a
+/// team, so that lanes reading one k of different tasks meet different shared-memory banks.
+REVMERGE_HD inline i64 rmm_x_row(i64 r, bool serial) { return serial ? r : r | 1; }
+
 /// A position's working memory, carved from `rmm_scratch_bytes(n, r, p, serial)` bytes (8-byte
-/// aligned). `serial`: the layout of a lane alone, which also keeps the centred inputs
-/// transposed; a team's is smaller — on a GPU the scratch lives in shared memory, and how many
-/// positions an SM holds at once is what the routine's latency is hidden by.
+/// aligned). `serial`: the layout of a lane alone, which keeps the centred inputs as well, in
+/// both orders, for its vector loops; a team recomputes x − μ where it needs it (the same
+/// float subtraction, so the same values) — on a GPU the scratch lives in shared memory, and
+/// how many positions an SM holds at once is what hides the routine's latency.
 struct RmmScratch {
   double* g;     // N × N: the Gram, rotated to diagonal; then W_p (p × n, row q = column q)
   double* vt;    // N × N: row e = eigenvector e
@@ -92,11 +97,11 @@ struct RmmScratch {
   double* vcol;  // r + 2n: one basis column before normalisation, then each column's norm and
                  // its inverse
   double* scal;  // 4 scalars shared by the lanes
-  float* x;      // n × r, a lane alone only: the gathered inputs, x[t * r + k] (a team reads
-                 // them back from the error Grams' x, where the gather puts them too)
-  float* xc;     // r × np: centred, x − μ, rows padded with zeros to np = n rounded up to 8
-                 // (a lane alone: rows of rmm_xc_row floats, and it keeps V there)
-  float* xct;    // n × r, a lane alone only: the same, transposed
+  float* x;      // n × rmm_x_row: the gathered inputs, x[t * row + k]
+  float* xc;     // a lane alone: r × np, centred, x − μ, rows padded with zeros to np = n
+                 // rounded up to 8 (rows of rmm_xc_row floats: it keeps V there later)
+  float* xct;    // a lane alone: n × r, the same, transposed
+  float* mc;     // a team: r, the mean as computed (x − μ is taken with it)
   float* muq;    // r: the mean as stored
   float* bq;     // p × r: the basis as stored, column q in row q
   float* cq;     // p × n: the coefficients as stored
@@ -109,13 +114,13 @@ struct RmmScratch {
     return 2 * N * N + 3 * (N / 2) + n + r + 2 * n + 4;
   }
   /// x's floats, rounded up to even so that xc starts 8-byte aligned (a lane alone keeps
-  /// doubles there); none for a team.
+  /// doubles there).
   REVMERGE_HD static i64 x_floats(i64 n, i64 r, bool serial) {
-    return serial ? (r * n + 1) / 2 * 2 : 0;
+    return (n * rmm_x_row(r, serial) + 1) / 2 * 2;
   }
   REVMERGE_HD static i64 floats(i64 n, i64 r, i64 p, bool serial) {
-    return x_floats(n, r, serial) + r * rmm_xc_row(n, p, serial) + (serial ? n * r : 0) + r +
-           p * r + p * n;
+    const i64 centred = serial ? r * rmm_xc_row(n, p) + n * r : r;
+    return x_floats(n, r, serial) + centred + r + p * r + p * n;
   }
   REVMERGE_HD static i64 ints(i64 n) { return n + rmm_jacobi_order(n) + 2; }
   REVMERGE_HD static RmmScratch carve(void* base, i64 n, i64 r, i64 p, bool serial) {
@@ -129,8 +134,9 @@ struct RmmScratch {
     s.scal = s.vcol + r + 2 * n;
     s.x = reinterpret_cast<float*>(s.scal + 4);
     s.xc = s.x + x_floats(n, r, serial);
-    s.xct = s.xc + r * rmm_xc_row(n, p, serial);
-    s.muq = s.xct + (serial ? n * r : 0);
+    s.xct = s.xc + (serial ? r * rmm_xc_row(n, p) : 0);
+    s.mc = s.xct + (serial ? n * r : 0);
+    s.muq = s.mc + (serial ? 0 : r);
     s.bq = s.muq + r;
     s.cq = s.bq + p * r;
     s.order = reinterpret_cast<int*>(s.cq + p * n);
@@ -149,7 +155,7 @@ REVMERGE_HD inline i64 rmm_scratch_bytes(i64 n, i64 r, i64 p, bool serial) {
 
 /// The per-position quantities both halves of the routine use.
 struct RmmPositionView {
-  i64 n, r, p, N, np;
+  i64 n, r, p, N, np, xs;
   int side;
   i64 j;
   RmmScratch s;
@@ -162,7 +168,8 @@ struct RmmPositionView {
 
   REVMERGE_HD_INLINE RmmPositionView(const RmmModuleArgs& args, i64 n_, int side_, i64 j_,
                                      void* scratch, bool serial)
-      : n(n_), r(args.r), p(args.p), N(rmm_jacobi_order(n_)), np(rmm_padded(n_)), side(side_),
+      : n(n_), r(args.r), p(args.p), N(rmm_jacobi_order(n_)), np(rmm_padded(n_)),
+        xs(rmm_x_row(args.r, serial)), side(side_),
         j(j_), s(RmmScratch::carve(scratch, n_, args.r, args.p, serial)), st(args.storage),
         mean_out(args.mean[side_]), basis_out(args.basis[side_]), coef_out(args.coef[side_]),
         ext(args.ext[side_]), ext_task(args.positions(side_) * 2 * args.r),
@@ -171,11 +178,10 @@ struct RmmPositionView {
   REVMERGE_HD_INLINE i64 ext_at(i64 t, i64 k, int part) const {
     return t * ext_task + ext_pos + part * r + k;
   }
-  /// x of (task t, row k) once gathered: a lane alone keeps it in its scratch, a team reads it
-  /// back from the error Grams' copy (written by the gather, ordered by the syncs since).
-  REVMERGE_HD_INLINE float x_at(i64 t, i64 k, bool serial) const {
-    return serial ? s.x[t * r + k] : ext[ext_at(t, k, 0)];
-  }
+  /// x of (task t, row k) as gathered.
+  REVMERGE_HD_INLINE float& x_at(i64 t, i64 k) const { return s.x[t * xs + k]; }
+  /// x − μ of (task t, row k) for a team: the float the centred inputs would hold.
+  REVMERGE_HD_INLINE float centred(i64 t, i64 k) const { return s.x[t * xs + k] - s.mc[k]; }
 };
 
 /// The first half of RMM at position j of side `side` (0: A, 1: B): gather, centre, the Gram,
@@ -207,7 +213,7 @@ REVMERGE_HD_INLINE bool rmm_prepare(const Team& team, const RmmModuleArgs& args,
   auto flag_first_bad = [&](i64 t, i64 k0, i64 k1) {
     const RmmTaskFactors& f = args.tasks[t];
     for (i64 k = k0; k < k1; ++k) {
-      const float v = pos.x_at(t, k, Team::serial);
+      const float v = pos.x_at(t, k);
       if (!(v - v == 0.0f)) {
         atomic_min_u64(&args.status[0],
                        rmm_input_key(t, side, side == 0 ? k * args.in + j : j * f.rank + k));
@@ -255,19 +261,15 @@ REVMERGE_HD_INLINE bool rmm_prepare(const Team& team, const RmmModuleArgs& args,
         if (side == 1) v *= f.scale;
         if (!(v - v == 0.0f)) bad = true;
       }
+      pos.x_at(t, k) = v;
       ext[ext_at(t, k, 0)] = v;
     });
   }
   const bool poisoned = team.any(bad);  // also orders the gather before what reads x
   if constexpr (!Team::serial)
     if (poisoned) team_for(team, n, [&](i64 t) { flag_first_bad(t, 0, args.tasks[t].rank); });
-  // 2. The mean of each row, in f64 over the tasks in order; stored rounded. x centred by it.
-  auto centre = [&](i64 k, double sum) {
-    const float m = static_cast<float>(sum / static_cast<double>(n));
-    s.muq[k] = store_rounded(mean_out, j * r + k, st, m);
-    for (i64 t = 0; t < n; ++t) s.xc[k * np + t] = pos.x_at(t, k, false) - m;
-    for (i64 t = n; t < np; ++t) s.xc[k * np + t] = 0.0f;
-  };
+  // 2. The mean of each row, in f64 over the tasks in order; stored rounded. x is centred by
+  // the mean as computed.
   if constexpr (Team::serial) {  // the r sums side by side, each over the tasks in order
     double* sum = s.vcol;
     float* m = s.muq;  // the mean as computed, then as stored
@@ -285,8 +287,10 @@ REVMERGE_HD_INLINE bool rmm_prepare(const Team& team, const RmmModuleArgs& args,
   } else {
     team_for(team, r, [&](i64 k) {
       double sum = 0;
-      for (i64 t = 0; t < n; ++t) sum += pos.x_at(t, k, false);
-      centre(k, sum);
+      for (i64 t = 0; t < n; ++t) sum += pos.x_at(t, k);
+      const float m = static_cast<float>(sum / static_cast<double>(n));
+      s.mc[k] = m;
+      s.muq[k] = store_rounded(mean_out, j * r + k, st, m);
     });
   }
   team.sync();
@@ -321,7 +325,7 @@ REVMERGE_HD_INLINE bool rmm_prepare(const Team& team, const RmmModuleArgs& args,
       double g = 0;
       if (a < n && b < n)
         for (i64 k = 0; k < r; ++k)
-          g += static_cast<double>(s.xc[k * np + a]) * static_cast<double>(s.xc[k * np + b]);
+          g += static_cast<double>(pos.centred(a, k)) * static_cast<double>(pos.centred(b, k));
       s.g[a * N + b] = g;
     });
   }
@@ -338,7 +342,7 @@ template <class Team, int kTasks = 0>
 REVMERGE_HD_INLINE void rmm_finish(const Team& team, const RmmModuleArgs& args, int side, i64 j,
                                    void* scratch, bool converged) {
   const RmmPositionView pos(args, kTasks ? kTasks : args.n, side, j, scratch, Team::serial);
-  const i64 n = pos.n, r = pos.r, p = pos.p, N = pos.N, np = pos.np;
+  const i64 n = pos.n, r = pos.r, p = pos.p, N = pos.N;
   const RmmScratch& s = pos.s;
   const ElemType st = pos.st;
   void* mean_out = pos.mean_out;
@@ -438,7 +442,7 @@ REVMERGE_HD_INLINE void rmm_finish(const Team& team, const RmmModuleArgs& args, 
     for (i64 q = 0; q < p; ++q) {
       team_for(team, r, [&](i64 k) {
         double v = 0;
-        for (i64 t = 0; t < n; ++t) v += static_cast<double>(s.xc[k * np + t]) * w[q * n + t];
+        for (i64 t = 0; t < n; ++t) v += static_cast<double>(pos.centred(t, k)) * w[q * n + t];
         s.vcol[k] = v;
       });
       team.sync();
@@ -474,8 +478,7 @@ REVMERGE_HD_INLINE void rmm_finish(const Team& team, const RmmModuleArgs& args, 
       double xh = s.muq[k];
       for (i64 q = 0; q < p; ++q)
         xh += static_cast<double>(s.bq[q * r + k]) * static_cast<double>(s.cq[q * n + t]);
-      const double x = pos.x_at(t, k, false);  // the gather's, on this lane
-      ext[ext_at(t, k, 1)] = static_cast<float>(xh - x);
+      ext[ext_at(t, k, 1)] = static_cast<float>(xh - static_cast<double>(pos.x_at(t, k)));
     });
   }
 }
