@@ -253,17 +253,23 @@ REVMERGE_HD_INLINE bool rmm_prepare(const Team& team, const RmmModuleArgs& args,
       bad |= nonfinite != 0;
     }
   } else {
-    team_for2(team, n, r, [&](i64 t, i64 k) {
-      const RmmTaskFactors& f = args.tasks[t];
-      float v = 0.0f;
-      if (k < f.rank) {
-        v = load_as_f32(side == 0 ? f.a : f.b, side == 0 ? k * args.in + j : j * f.rank + k, f.type);
-        if (side == 1) v *= f.scale;
-        if (!(v - v == 0.0f)) bad = true;
-      }
-      pos.x_at(t, k) = v;
-      ext[ext_at(t, k, 0)] = v;
-    });
+    team_gather2<8>(
+        team, n, r,
+        [&](i64 t, i64 k) {
+          const RmmTaskFactors& f = args.tasks[t];
+          float v = 0.0f;
+          if (k < f.rank) {
+            v = load_as_f32(side == 0 ? f.a : f.b, side == 0 ? k * args.in + j : j * f.rank + k,
+                            f.type);
+            if (side == 1) v *= f.scale;
+            if (!(v - v == 0.0f)) bad = true;
+          }
+          return v;
+        },
+        [&](i64 t, i64 k, float v) {
+          pos.x_at(t, k) = v;
+          ext[ext_at(t, k, 0)] = v;
+        });
   }
   const bool poisoned = team.any(bad);  // also orders the gather before what reads x
   if constexpr (!Team::serial)

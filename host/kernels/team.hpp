@@ -23,16 +23,35 @@ struct SerialTeam {
   REVMERGE_HD bool any(bool pred) const { return pred; }
 };
 
+// A team's loops cover one position's work — counts far inside an int, which a GPU steps in
+// one instruction where an i64 takes two and two registers.
+
 /// f(i) for i in [0, count), split over the team's lanes.
 template <class Team, class F>
 REVMERGE_HD_INLINE void team_for(const Team& team, i64 count, F&& f) {
-  for (i64 i = team.lane(); i < count; i += team.lanes()) f(i);
+  const int n = static_cast<int>(count);
+  for (int i = team.lane(); i < n; i += team.lanes()) f(i);
 }
 
+/// A lane's walk over the items lane, lane + lanes, … of a grid of rows of `cols` items, in
+/// row-major order: (a, b) stepped on without dividing — a GPU has no integer divider, and a
+/// division per item (~25 instructions) cost more than most items' own work.
+struct TeamGridWalk {
+  int a, b, da, db, cols;
+  template <class Team>
+  REVMERGE_HD TeamGridWalk(const Team& team, i64 cols_)
+      : cols(static_cast<int>(cols_)) {
+    a = team.lane() / cols, b = team.lane() % cols;
+    da = team.lanes() / cols, db = team.lanes() % cols;
+  }
+  REVMERGE_HD void next() {
+    a += da, b += db;
+    if (b >= cols) b -= cols, ++a;
+  }
+};
+
 /// f(a, b) for a in [0, rows), b in [0, cols), split over the team's lanes: lane l takes the
-/// items l, l + lanes, … of the row-major order. A lane alone runs plain nested loops; a lane
-/// of a team divides once and then steps (a, b) on — a GPU has no integer divider, and a
-/// division per item (~25 instructions) cost more than most of the items' own work.
+/// items l, l + lanes, … of the row-major order. A lane alone runs plain nested loops.
 template <class Team, class F>
 REVMERGE_HD_INLINE void team_for2(const Team& team, i64 rows, i64 cols, F&& f) {
   if constexpr (Team::serial) {
@@ -40,12 +59,25 @@ REVMERGE_HD_INLINE void team_for2(const Team& team, i64 rows, i64 cols, F&& f) {
       for (i64 b = 0; b < cols; ++b) f(a, b);
   } else {
     if (rows <= 0 || cols <= 0) return;
-    const i64 lanes = team.lanes(), da = lanes / cols, db = lanes % cols;
-    for (i64 a = team.lane() / cols, b = team.lane() % cols; a < rows;) {
-      f(a, b);
-      a += da, b += db;
-      if (b >= cols) b -= cols, ++a;
-    }
+    for (TeamGridWalk w(team, cols); w.a < rows; w.next()) f(w.a, w.b);
+  }
+}
+
+/// team_for2 for a gather from memory: each lane loads kBatch of its items (load(a, b) for
+/// a < rows, nothing past) before it stores any of them (store(a, b, v)), so their loads are
+/// in flight together — a store through a pointer that might alias the source would otherwise
+/// hold the next load back until it is done.
+template <int kBatch, class Team, class Load, class Store>
+REVMERGE_HD_INLINE void team_gather2(const Team& team, i64 rows, i64 cols, Load&& load,
+                                     Store&& store) {
+  if (rows <= 0 || cols <= 0) return;
+  for (TeamGridWalk w(team, cols); w.a < rows;) {
+    const TeamGridWalk first = w;
+    float v[kBatch];
+    for (int u = 0; u < kBatch; ++u, w.next()) v[u] = w.a < rows ? load(w.a, w.b) : 0.0f;
+    w = first;
+    for (int u = 0; u < kBatch; ++u, w.next())
+      if (w.a < rows) store(w.a, w.b, v[u]);
   }
 }
 
