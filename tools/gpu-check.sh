@@ -311,6 +311,11 @@ export -f classic_gpu
 step classic-7b-gpu classic-7b-gpu.log 240 bash -c classic_gpu
 step merge-example merge-example.log 60 "$revmerge" merge --device "$device" --basis 2 --force --out "$out/example-bundle" examples/adapters/chat examples/adapters/code examples/adapters/math examples/adapters/qa examples/adapters/sentiment examples/adapters/summary examples/adapters/topic examples/adapters/translate
 # The whole default suite: on a machine with a GPU, `--device auto` runs every RMM CLI test there.
+# The store's shared bases solve two 512 × 512 f64 eigenproblems a module (cuSOLVER's syevd on a
+# GPU): the H200 check of 2026-12-04 had "shared bases" at ~37 ms a module, auto's largest step.
+# Every solver at hand on that problem — LAPACK on the host, cuSOLVER's syevd / Xsyevd / syevj
+# and XsyevBatched, alone and from four workers' streams at once — picks the next step (issue 20).
+step eigen-512 eigen-512.log 60 "$build/bench/revmerge_bench_eigen" --n 512 --repeats 5 --workers 4
 # The budgeted store on the 7b set: RMM's run and its candidates' difference Grams on the GPU
 # (Backend::rmm_candidate_grams, queued by store/rmm_sides.hpp's RmmCandidateRun before the host
 # measures the module's truncations), the shared bases' R × R Grams and eigensolves on a stream
@@ -451,7 +456,7 @@ for s in "${order[@]}"; do
   printf '%-22s %s\n' "$s" "${result[$s]:-NOT RUN}"
 done
 grep -hE "^(cpu|cuda)|speed-up|GPU vs CPU|median/layer" "$out"/gpu-vs-cpu-7b.log "$out"/bench-*-gpu.log 2>/dev/null
-cat "$out"/bitwise-7b.log "$out"/gpus-0-0.log "$out"/store-gpus-0-0.log "$out"/pt-svd-7b.log "$out"/full-models.log "$out"/classic-7b-gpu.log "$out"/extract-lora-7b.log "$out"/mergekit-7b-gpu.log "$out"/store-auto-7b.log "$out"/materialize-7b.log "$out"/python-materialize-7b.log 2>/dev/null
+cat "$out"/bitwise-7b.log "$out"/gpus-0-0.log "$out"/store-gpus-0-0.log "$out"/pt-svd-7b.log "$out"/full-models.log "$out"/classic-7b-gpu.log "$out"/extract-lora-7b.log "$out"/mergekit-7b-gpu.log "$out"/eigen-512.log "$out"/store-auto-7b.log "$out"/materialize-7b.log "$out"/python-materialize-7b.log 2>/dev/null
 grep -hE "^revmerge bench|^memory plan|^read|^upload|^compute|^write|^pipeline|^setup|^finish|^end to end|^floor|peak RSS|^sequential|^median|^  [a-z]+ +busy" "$out"/pipeline-*.log 2>/dev/null
 for s in "${!result[@]}"; do [[ ${result[$s]} == FAIL* ]] && exit 1; done
 exit 0
