@@ -124,8 +124,9 @@ if [ -n "$prebuilt" ]; then
   not_run configure "binaries carried, built at $prebuilt"
   not_run build "binaries carried, built at $prebuilt"
 else
-  rm -f "$build/CMakeCache.txt"  # a cache from another machine's libraries must not be reused
-  step configure configure.log 120 cmake "${cmake_args[@]}"
+  # A cache from another machine's libraries must not be reused; removed inside the step, so a
+  # call that leaves configure out (GPU_CHECK_ONLY, GPU_CHECK_SKIP) keeps the build it has.
+  step configure configure.log 120 bash -c 'rm -f "$0/CMakeCache.txt" && cmake "$@"' "$build" "${cmake_args[@]}"
   step build build.log 360 cmake --build "$build" -j "$jobs"
 fi
 bench=$build/bench/revmerge_bench_rmm
