@@ -38,6 +38,9 @@ void print_report(const CompressOptions& o, const CompressReport& r, bool json) 
                               {"delta_norm", m.delta_norm}});
     j["left_out"] = nlohmann::ordered_json::array();
     for (const auto& t : r.left_out) j["left_out"].push_back({{"tensor", t.tensor}, {"why", t.why}});
+    j["modules_to_save"] = r.modules_kept_whole;
+    j["kept_whole"] = nlohmann::ordered_json::array();
+    for (const auto& t : r.kept_whole) j["kept_whole"].push_back({{"tensor", t.tensor}, {"why", t.why}});
     report_out() << j.dump(1) << "\n";
     return;
   }
@@ -53,6 +56,9 @@ void print_report(const CompressOptions& o, const CompressReport& r, bool json) 
   for (std::size_t i = 0; i < std::min<std::size_t>(5, worst.size()); ++i)
     report_out() << fmt::format("  {:<40} rank {:>4}  error {:.4g}\n", worst[i].path, worst[i].rank,
                              worst[i].relative_error);
+  if (!r.modules_kept_whole.empty())
+    report_out() << fmt::format("kept whole (modules_to_save): {} modules, {}\n", r.modules_kept_whole.size(),
+                                describe_left_out(r.kept_whole));
 }
 
 void run_compress(CompressArgs& args) {
@@ -73,9 +79,17 @@ void run_compress(CompressArgs& args) {
   report_out().flush();
   if (!r.left_out.empty())
     print_warning(fmt::format("the adapter does not carry {} where the fine-tune differs from the base "
-                              "(an adapter holds the compressed linear modules only): base + adapter "
-                              "is not the fine-tune there",
-                              describe_left_out(r.left_out)));
+                              "({}): base + adapter is not the fine-tune there",
+                              describe_left_out(r.left_out),
+                              o.save_changed ? "not modules PEFT can keep whole"
+                                             : "it holds the compressed linear modules; --save-changed "
+                                               "keeps the other changed modules whole"));
+  // A kept tensor of another shape (a resized vocabulary) loads only into a base resized alike.
+  for (const auto& t : r.kept_whole)
+    if (t.why.starts_with("shape "))
+      print_warning(fmt::format("{} is kept whole with {}: resize the base to match before PEFT loads the "
+                                "adapter (e.g. model.resize_token_embeddings for a vocabulary)",
+                                t.tensor, t.why));
   if (args.quiet) return;
   // What the report would leave a user to notice: modules the fine-tune did not change (their
   // factors are zero), and a rank at which the adapter outweighs the weights it stands for.
@@ -130,6 +144,9 @@ void add_compress_command(CLI::App& app) {
   args.gpu = cmd->add_option("--gpu", args.o.gpu,
                              "CUDA device index (default 0; under mpirun each rank of a machine its own)")
                  ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--save-changed", args.o.save_changed,
+                "also keep the modules whose other tensors differ from the base's (embeddings, norms, "
+                "the head) whole in the adapter, as PEFT's modules_to_save");
   cmd->add_flag("--force", args.o.overwrite, "replace an existing output folder");
   cmd->add_flag("--json", args.json, "print the report as JSON");
   cmd->add_flag("--quiet,-q", args.quiet, "print nothing on success but warnings (to stderr)");

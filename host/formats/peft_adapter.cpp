@@ -190,7 +190,9 @@ PeftAdapterWriter::PeftAdapterWriter(Join, const fs::path& dir, const std::vecto
   config["target_modules"] = targets;
   config["rank_pattern"] = rank_pattern;
   config["alpha_pattern"] = alpha_pattern;
-  config["modules_to_save"] = nullptr;
+  config["modules_to_save"] = options.modules_to_save.empty()
+                                  ? nlohmann::ordered_json(nullptr)
+                                  : nlohmann::ordered_json(options.modules_to_save);
   config["init_lora_weights"] = true;
   config["inference_mode"] = true;
 
@@ -199,6 +201,10 @@ PeftAdapterWriter::PeftAdapterWriter(Join, const fs::path& dir, const std::vecto
     specs.push_back({std::string(kPrefix) + m.path + std::string(kSuffixA), options.dtype, {m.rank, m.in}});
     specs.push_back({std::string(kPrefix) + m.path + std::string(kSuffixB), options.dtype, {m.out, m.rank}});
   }
+  // PEFT saves a kept module's tensors under the base's names (its wrapper's own
+  // "modules_to_save.<adapter>." part left out), after the same prefix.
+  for (const auto& t : options.whole_tensors)
+    specs.push_back({std::string(kPrefix) + t.name, t.dtype, t.shape});
   auto metadata = options.metadata;
   metadata.emplace("format", "pt");
   impl_ = std::make_unique<Impl>();
@@ -229,6 +235,11 @@ void PeftAdapterWriter::write(const std::string& path, std::span<const float> a,
                               std::span<const float> b) {
   impl_->weights->write_f32(std::string(kPrefix) + path + std::string(kSuffixA), a);
   impl_->weights->write_f32(std::string(kPrefix) + path + std::string(kSuffixB), b);
+}
+
+void PeftAdapterWriter::write_whole(const std::string& tensor, std::uint64_t offset,
+                                    std::span<const std::byte> bytes) {
+  impl_->weights->write_part(std::string(kPrefix) + tensor, offset, bytes);
 }
 
 void PeftAdapterWriter::commit() {

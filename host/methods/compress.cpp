@@ -194,10 +194,46 @@ CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device)
   // the CPU after the SVDs, which use every core (a thread more would slow them as much).
   std::set<std::string> carried;
   for (const auto* w : chosen) carried.insert(w->tensor);
+  const bool find_now = o.find_left_out && !o.save_changed;
   auto left_out = std::async(engine ? std::launch::async : std::launch::deferred,
-                             [&] { return o.find_left_out ? changed_tensors_left_out(base, ft, carried, "compress")
-                                                          : std::vector<UncarriedTensor>{}; });
+                             [&] { return find_now ? changed_tensors_left_out(base, ft, carried, "compress")
+                                                   : std::vector<UncarriedTensor>{}; });
+  // --save-changed: the differences are found first, since the modules kept whole are laid out
+  // in the adapter beside the factors. PEFT makes every module named like a compressed one a
+  // LoRA layer (target_modules are names), and a module cannot be both.
+  std::vector<UncarriedTensor> found_left;
+  KeptWhole kept;
   AdapterWriteOptions wo;
+  if (o.save_changed) {
+    found_left = changed_tensors_left_out(base, ft, carried, "compress");
+    std::set<std::string> leaves, lora_layers;
+    for (const auto* w : chosen) leaves.insert(w->path.substr(w->path.rfind('.') + 1));
+    for (const auto& w : base.linears())
+      if (leaves.count(w.path.substr(w.path.rfind('.') + 1))) lora_layers.insert(w.path);
+    kept = keep_changed_modules(ft, found_left, lora_layers);
+    wo.modules_to_save = kept.modules;
+    for (const auto& t : kept.tensors) {
+      const auto& ct = ft.checkpoint().at(t.tensor);
+      wo.whole_tensors.push_back({t.tensor, ct.info->dtype, ct.info->shape});
+    }
+  }
+  // The kept modules' tensors, the fine-tune's bytes as they are, written by the first worker
+  // a piece at a time (a 70b's embeddings are gigabytes), each piece's pages dropped after.
+  const bool writes_whole = !peers || peers->rank() == 0;
+  const auto write_whole = [&](PeftAdapterWriter& w) {
+    if (!writes_whole) return;
+    for (const auto& t : kept.tensors) {
+      const auto& ct = ft.checkpoint().at(t.tensor);
+      const auto bytes = ct.file->bytes(*ct.info);
+      const std::uint64_t size = dtype_size(ct.info->dtype), piece = std::uint64_t(64) << 20;
+      for (std::uint64_t at = 0; at < bytes.size(); at += piece) {
+        throw_if_interrupted("compress");
+        const auto n = std::min<std::uint64_t>(piece, bytes.size() - at);
+        w.write_whole(t.tensor, at, bytes.subspan(at, n));
+        ct.file->evict_part(*ct.info, at / size, n / size);
+      }
+    }
+  };
   wo.base_model_name_or_path = o.base.string();
   wo.dtype = o.dtype;
   wo.overwrite = o.overwrite;
@@ -249,6 +285,7 @@ CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device)
     if (o.progress) o.progress(first + i + 1, chosen.size(), w.path);
   };
   const auto compress_share = [&] {
+    if (streamed) write_whole(*streamed);
     if (!engine) return compress_on_cpu(base, ft, mine, o, finish_module);
     const HfModel* fine_tune = &ft;
     // While the device works on a module, a helper thread maps the next one's bytes in, so
@@ -288,20 +325,30 @@ CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device)
     }
   report.relative_error = norm > 0 ? std::sqrt(err / norm) : 0;
   report.storage = stored / dense;
-  report.left_out = left_out.get();
+  report.left_out = o.save_changed ? std::move(found_left) : left_out.get();
+  report.kept_whole = kept.tensors;
+  report.modules_kept_whole = kept.modules;
   if (!streamed && peers) {  // energy ranks, now known everywhere: each worker writes its modules
     std::vector<LoraModuleShape> shapes;
     for (const auto& m : report.modules) shapes.push_back({m.path, m.rank, m.in, m.out});
     open_adapter(shapes);
     others = steps.write_share(
         [&] {
+          write_whole(*streamed);
           for (const auto& m : held) streamed->write(m.path, m.a, m.b);
         },
         sync, written);
   }
   steps.commit([&] {
     throw_if_interrupted("compress");
-    if (!streamed) return write_peft_adapter(o.out, held, wo);
+    if (!streamed) {  // energy ranks on one worker: the adapter laid out now
+      std::vector<LoraModuleShape> shapes;
+      for (const auto& m : held) shapes.push_back({m.path, m.rank, m.in, m.out});
+      PeftAdapterWriter w(o.out, shapes, wo);
+      write_whole(w);
+      for (const auto& m : held) w.write(m.path, m.a, m.b);
+      return w.commit();
+    }
     for (const auto& name : others) streamed->written_elsewhere(name);
     streamed->commit();
   });

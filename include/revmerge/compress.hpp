@@ -45,6 +45,11 @@ struct CompressOptions {
   /// Whether to compare the tensors the adapter does not carry with the base's
   /// (CompressReport::left_out); a caller that reports them itself turns it off.
   bool find_left_out = true;
+  /// Whether the modules whose other tensors differ from the base's (embeddings, norms, the
+  /// head, a classifier the fine-tune added) go into the adapter whole, as PEFT's
+  /// `modules_to_save` (CompressReport::kept_whole), so base + adapter is the fine-tune there
+  /// too. Not for a module the adapter compresses (a changed bias of a linear stays left out).
+  bool save_changed = false;
 };
 
 struct CompressedModule {
@@ -65,6 +70,11 @@ struct UncarriedTensor {
 struct CompressReport {
   std::vector<CompressedModule> modules;
   std::vector<UncarriedTensor> left_out;  ///< in the base's tensor order, then the fine-tune's own
+  /// With save_changed: the tensors written whole (every tensor of each kept module, the
+  /// fine-tune's bytes), why their module was kept ("changed", "shape A → B", "only in the
+  /// fine-tune"; "kept with its module" for an unchanged tensor of it), in the same order.
+  std::vector<UncarriedTensor> kept_whole;
+  std::vector<std::string> modules_kept_whole;  ///< their modules, PEFT's modules_to_save
   double relative_error = 0;  ///< over all modules
   double storage = 0;         ///< adapter numbers / the compressed weights' numbers
   std::string device;         ///< where the SVDs ran ("cpu", "cuda:0 NVIDIA H200")

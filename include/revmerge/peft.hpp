@@ -121,6 +121,11 @@ struct AdapterWriteOptions {
   std::map<std::string, std::string> metadata;  ///< extra safetensors __metadata__
   /// Small files written into the folder beside the adapter: (name, text), e.g. the recipe.
   std::vector<std::pair<std::string, std::string>> extra_files;
+  /// Modules kept whole, PEFT's `modules_to_save` (full paths, e.g. "model.norm"), and their
+  /// tensors as the model names them ("model.norm.weight"), each written with
+  /// PeftAdapterWriter::write_whole; PEFT loads them in place of the base's.
+  std::vector<std::string> modules_to_save;
+  std::vector<TensorSpec> whole_tensors;
 };
 
 /// One module's place in an adapter being written: its path, rank and base shape.
@@ -149,6 +154,9 @@ class PeftAdapterWriter {
 
   /// A (rank × in) and B (out × rank) of the module at `path`, already scaled.
   void write(const std::string& path, std::span<const float> a, std::span<const float> b);
+  /// Bytes [offset, offset + size) of a tensor kept whole (AdapterWriteOptions::whole_tensors,
+  /// by the model's name), in its declared dtype.
+  void write_whole(const std::string& tensor, std::uint64_t offset, std::span<const std::byte> bytes);
   void commit();
   /// The weights file's name while it is written; the tensors written here; a tensor counted
   /// as written by another writer of the same file.

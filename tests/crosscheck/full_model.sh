@@ -88,3 +88,18 @@ for method in "--basis 1" "--method rank --storage 1"; do
   echo -n "$method over gpt2 fine-tunes, revert --full against the fine-tune: "
   python3 "$src/tools/check_full_model.py" --base "$g/base" --adapter "$g/task1" --model "$g/ft1-again" --tol 1e-5
 done
+# A fine-tune that changed its embeddings, head and norms too (the mergekit golden set's ft0):
+# at full rank with --save-changed, PEFT's merge of the adapter is the fine-tune everywhere;
+# without it the kept modules are the base's, and the same check must fail.
+mk=$src/tests/fixtures/golden/mergekit
+"$revmerge" compress -q --device cpu --base "$mk/base" --model "$mk/ft0" --rank 16 --save-changed \
+  --out "$work/ft0-whole" --force
+echo -n "compress --save-changed at full rank, merged by PEFT, against the fine-tune: "
+python3 "$src/tools/check_full_model.py" --base "$mk/base" --adapter "$work/ft0-whole" --model "$mk/ft0" --tol 1e-5
+"$revmerge" compress -q --device cpu --base "$mk/base" --model "$mk/ft0" --rank 16 \
+  --out "$work/ft0-factors" --force 2>/dev/null
+echo -n "the same without --save-changed (must differ): "
+if python3 "$src/tools/check_full_model.py" --base "$mk/base" --adapter "$work/ft0-factors" --model "$mk/ft0" \
+  --tol 1e-5; then
+  echo "FAIL: an adapter without the changed embeddings, head and norms matched the fine-tune"; exit 1
+fi

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include "core/interrupt.hpp"
@@ -62,6 +63,33 @@ std::vector<UncarriedTensor> changed_tensors_left_out(const HfModel& base, const
     if (!held.count(t.info->name) && !base.checkpoint().find(t.info->name))
       out.push_back({t.info->name, "only in the fine-tune"});
   return out;
+}
+
+KeptWhole keep_changed_modules(const HfModel& ft, std::vector<UncarriedTensor>& left_out,
+                               const std::set<std::string>& compressed) {
+  KeptWhole kept;
+  std::set<std::string> modules;
+  std::map<std::string, std::string> why;  // a kept tensor's own reason
+  std::vector<UncarriedTensor> still;
+  for (auto& t : left_out) {
+    const auto dot = t.tensor.rfind('.');
+    const auto module = dot == std::string::npos ? std::string() : t.tensor.substr(0, dot);
+    if (module.empty() || compressed.count(module) || t.why == "only in the base") {
+      still.push_back(std::move(t));
+      continue;
+    }
+    if (modules.insert(module).second) kept.modules.push_back(module);
+    why[t.tensor] = t.why;
+  }
+  left_out = std::move(still);
+  for (const auto& t : ft.checkpoint().tensors()) {
+    const auto& name = t.info->name;
+    const auto dot = name.rfind('.');
+    if (dot == std::string::npos || !modules.count(name.substr(0, dot))) continue;
+    const auto it = why.find(name);
+    kept.tensors.push_back({name, it != why.end() ? it->second : "kept with its module"});
+  }
+  return kept;
 }
 
 std::string describe_left_out(const std::vector<UncarriedTensor>& left_out, std::size_t shown) {
