@@ -75,6 +75,22 @@ void warn_of_tensors_left_out(const FullModelInputs& in, const std::vector<TaskS
                                 "base's there", t.name, describe_left_out(left), t.adapter.string()));
 }
 
+// What a merge of adapters cannot carry: tensors an adapter keeps whole (PEFT's modules_to_save,
+// e.g. `compress --save-changed`'s embeddings and norms); the bundle or merged adapter holds the
+// LoRA factors only.
+void warn_of_modules_kept_whole(const std::vector<TaskSource>& tasks, const char* output) {
+  for (const auto& t : tasks) {
+    if (!std::filesystem::exists(t.adapter / kAdapterConfigName)) continue;  // a full model
+    const PeftAdapter a(t.adapter);
+    const auto& kept = a.saved_module_tensors();
+    if (kept.empty()) continue;
+    print_warning(fmt::format("task '{}': {} keeps {} tensor{} whole (modules_to_save: {}{}); the {} "
+                              "holds its LoRA factors only, so they are not carried",
+                              t.name, t.adapter.string(), kept.size(), kept.size() == 1 ? "" : "s",
+                              kept.front(), kept.size() > 1 ? ", …" : "", output));
+  }
+}
+
 // Whether the inputs are full fine-tunes (model folders: a config.json, no adapter_config.json)
 // rather than PEFT adapters; a mix of the two is refused.
 bool full_models(const std::vector<TaskSource>& tasks) {
@@ -204,6 +220,7 @@ void run_rmm(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSour
     warn_of_tensors_left_out(inputs, o.tasks);
   } else {
     manifest = merge_rmm(o);
+    warn_of_modules_kept_whole(o.tasks, "bundle");
   }
   report_bundle(args, manifest, o.out);
 }
@@ -295,6 +312,7 @@ void run_store(const MergeArgs& args, const MergeConfig& cfg, std::vector<TaskSo
   if (args.timings) o.timing = times.recorder();
   const auto manifest = merge_store(o);
   if (o.full_models) warn_of_tensors_left_out(*o.full_models, o.tasks);
+  else warn_of_modules_kept_whole(o.tasks, "bundle");
   report_bundle(args, manifest, o.out);
   if (args.timings) times.print(std::cerr);
 }
@@ -394,6 +412,7 @@ void run_classic(const MergeArgs& args, const MergeConfig& cfg, std::vector<Task
   o.shard_per_rank = args.shard_per_rank;
   const auto r = merge_classic(o);
   for (const auto& w : r.warnings) print_warning(w);
+  warn_of_modules_kept_whole(o.tasks, r.output == "adapter" ? "merged adapter" : "merge");
   if (args.json) {
     nlohmann::ordered_json j = {{"method", r.method}, {"mode", r.mode}, {"convention", r.convention},
                                 {"output", r.output}, {"path", o.out.string()}, {"merged", r.items}};
