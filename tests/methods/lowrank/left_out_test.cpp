@@ -9,6 +9,7 @@
 
 #include "methods/lowrank/left_out.hpp"
 #include "revmerge/compress.hpp"
+#include "revmerge/peft.hpp"
 #include "revmerge/safetensors.hpp"
 #include "test_util.hpp"
 
@@ -91,6 +92,63 @@ TEST(Compress, NamesWhatTheAdapterDoesNotCarry) {
   o.model = tmp / "base";
   o.out = tmp / "same";
   EXPECT_TRUE(compress_checkpoint(o).left_out.empty());
+}
+
+// --save-changed: the changed modules PEFT can keep whole go into the adapter as modules_to_save
+// (every tensor of each, the fine-tune's bytes); a module named like a compressed one (PEFT makes
+// it a LoRA layer), a tensor only in the base and a compressed module's changed bias stay named.
+TEST(Compress, SaveChangedKeepsWholeWhatPeftCan) {
+  test::TempDir tmp;
+  const std::string q0 = "model.layers.0.self_attn.q_proj", q1 = "model.layers.1.self_attn.q_proj";
+  const std::string norm0 = "model.layers.0.input_layernorm";
+  std::map<std::string, Tensor> base = {
+      {q0 + ".weight", {{6, 4}, counting(24)}},
+      {q0 + ".bias", {{6}, counting(6)}},
+      {q1 + ".weight", {{6, 4}, counting(24)}},
+      {norm0 + ".weight", {{4}, counting(4)}},
+      {norm0 + ".bias", {{4}, counting(4)}},
+      {"model.embed_tokens.weight", {{10, 4}, counting(40)}},
+      {"model.rotary.inv_freq", {{2}, counting(2)}},
+  };
+  auto ft = base;
+  ft[q0 + ".weight"].values[5] += 1;
+  ft[q0 + ".bias"].values[0] += 1;                             // a compressed module's bias
+  ft[q1 + ".weight"].values[7] += 1;                           // excluded, but named q_proj
+  ft[norm0 + ".weight"].values.back() += 0.5f;                 // its bias unchanged: kept too
+  ft["model.embed_tokens.weight"] = {{12, 4}, counting(48)};   // two tokens added
+  ft.erase("model.rotary.inv_freq");
+  ft["score.weight"] = {{3, 4}, counting(12, 7)};              // a classifier the fine-tune added
+  write_model(tmp / "base", base);
+  write_model(tmp / "ft", ft);
+  CompressOptions o;
+  o.base = tmp / "base";
+  o.model = tmp / "ft";
+  o.rank = 2;
+  o.exclude = {q1};
+  o.save_changed = true;
+  o.out = tmp / "adapter";
+  const auto r = compress_checkpoint(o);
+  EXPECT_EQ(r.modules_kept_whole, (std::vector<std::string>{"model.embed_tokens", norm0, "score"}));
+  std::map<std::string, std::string> kept, left;
+  for (const auto& t : r.kept_whole) kept[t.tensor] = t.why;
+  for (const auto& t : r.left_out) left[t.tensor] = t.why;
+  EXPECT_EQ(kept, (std::map<std::string, std::string>{{"model.embed_tokens.weight", "shape 10 × 4 → 12 × 4"},
+                                                      {norm0 + ".weight", "changed"},
+                                                      {norm0 + ".bias", "kept with its module"},
+                                                      {"score.weight", "only in the fine-tune"}}));
+  EXPECT_EQ(left, (std::map<std::string, std::string>{{q0 + ".bias", "changed"},
+                                                      {q1 + ".weight", "changed"},
+                                                      {"model.rotary.inv_freq", "only in the base"}}));
+  // The adapter: PEFT's names and the fine-tune's values, its modules in modules_to_save.
+  const PeftAdapter a(o.out);
+  EXPECT_EQ(a.config().modules_to_save, r.modules_kept_whole);
+  EXPECT_EQ(a.saved_module_tensors().size(), 4u);
+  const SafetensorsFile file(o.out / kAdapterWeightsName);
+  EXPECT_EQ(file.read_f32("base_model.model.score.weight"), ft["score.weight"].values);
+  EXPECT_EQ(file.read_f32("base_model.model.model.embed_tokens.weight"), ft["model.embed_tokens.weight"].values);
+  EXPECT_EQ(file.read_f32("base_model.model." + norm0 + ".weight"), ft[norm0 + ".weight"].values);
+  ASSERT_NE(a.find(q0), nullptr);
+  EXPECT_EQ(a.find(q1), nullptr);
 }
 
 }  // namespace
