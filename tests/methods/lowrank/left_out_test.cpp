@@ -43,6 +43,21 @@ std::vector<float> counting(std::size_t n, float from = 1) {
   return v;
 }
 
+// The base and fine-tune written into `tmp`, and compress's options over them at rank 2, one
+// module excluded.
+CompressOptions write_pair(const test::TempDir& tmp, const std::map<std::string, Tensor>& base,
+                           const std::map<std::string, Tensor>& ft, const std::string& excluded) {
+  write_model(tmp / "base", base);
+  write_model(tmp / "ft", ft);
+  CompressOptions o;
+  o.base = tmp / "base";
+  o.model = tmp / "ft";
+  o.rank = 2;
+  o.exclude = {excluded};
+  o.out = tmp / "adapter";
+  return o;
+}
+
 TEST(Compress, NamesWhatTheAdapterDoesNotCarry) {
   test::TempDir tmp;
   const std::string q0 = "model.layers.0.self_attn.q_proj.weight", q1 = "model.layers.1.self_attn.q_proj.weight";
@@ -64,14 +79,7 @@ TEST(Compress, NamesWhatTheAdapterDoesNotCarry) {
   ft["lm_head.weight"].dtype = DType::BF16;                       // equal in value (small integers)
   ft.erase("model.rotary.inv_freq");
   ft["score.weight"] = {{3, 4}, counting(12)};                    // a classifier the fine-tune added
-  write_model(tmp / "base", base);
-  write_model(tmp / "ft", ft);
-  CompressOptions o;
-  o.base = tmp / "base";
-  o.model = tmp / "ft";
-  o.rank = 2;
-  o.exclude = {"model.layers.1.self_attn.q_proj"};
-  o.out = tmp / "adapter";
+  auto o = write_pair(tmp, base, ft, "model.layers.1.self_attn.q_proj");
   const auto r = compress_checkpoint(o);
   std::map<std::string, std::string> got;
   for (const auto& t : r.left_out) got[t.tensor] = t.why;
@@ -118,15 +126,8 @@ TEST(Compress, SaveChangedKeepsWholeWhatPeftCan) {
   ft["model.embed_tokens.weight"] = {{12, 4}, counting(48)};   // two tokens added
   ft.erase("model.rotary.inv_freq");
   ft["score.weight"] = {{3, 4}, counting(12, 7)};              // a classifier the fine-tune added
-  write_model(tmp / "base", base);
-  write_model(tmp / "ft", ft);
-  CompressOptions o;
-  o.base = tmp / "base";
-  o.model = tmp / "ft";
-  o.rank = 2;
-  o.exclude = {q1};
+  auto o = write_pair(tmp, base, ft, q1);
   o.save_changed = true;
-  o.out = tmp / "adapter";
   const auto r = compress_checkpoint(o);
   EXPECT_EQ(r.modules_kept_whole, (std::vector<std::string>{"model.embed_tokens", norm0, "score"}));
   std::map<std::string, std::string> kept, left;
