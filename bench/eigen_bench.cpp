@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <random>
@@ -93,7 +94,6 @@ struct DeviceSolve {
   cudaStream_t st = nullptr;
   double *a = nullptr, *w = nullptr, *work = nullptr;
   int* info = nullptr;
-  void* xwork = nullptr;
   std::vector<char> host_work;
   std::size_t work_bytes = 0;
   i64 n, batch;
@@ -106,7 +106,7 @@ struct DeviceSolve {
     CHECK_CUDA(cudaMalloc(&info, sizeof(int) * batch));
   }
   ~DeviceSolve() {
-    cudaFree(a), cudaFree(w), cudaFree(info), cudaFree(work), cudaFree(xwork);
+    cudaFree(a), cudaFree(w), cudaFree(info), cudaFree(work);
     cusolverDnDestroy(h);
     cudaStreamDestroy(st);
   }
@@ -189,15 +189,24 @@ void device_case(const std::string& what, const std::vector<double>& m,
   try {
     std::vector<std::unique_ptr<DeviceSolve>> solvers;
     for (int k = 0; k < workers; ++k) solvers.push_back(std::make_unique<DeviceSolve>(n, per));
+    // A solver's failure (a call this cuSOLVER does not take at this size) comes back to the
+    // case, which reports it, instead of ending the program from a worker thread.
     auto round = [&] {
       std::vector<std::thread> threads;
-      for (auto& s : solvers)
-        threads.emplace_back([&] {
-          s->upload(m);
-          solve(*s);
-          CHECK_CUDA(cudaStreamSynchronize(s->st));
+      std::vector<std::exception_ptr> failed(solvers.size());
+      for (std::size_t k = 0; k < solvers.size(); ++k)
+        threads.emplace_back([&, k] {
+          try {
+            solvers[k]->upload(m);
+            solve(*solvers[k]);
+            CHECK_CUDA(cudaStreamSynchronize(solvers[k]->st));
+          } catch (...) {
+            failed[k] = std::current_exception();
+          }
         });
       for (auto& t : threads) t.join();
+      for (const auto& e : failed)
+        if (e) std::rethrow_exception(e);
     };
     round();  // warm-up: library kernels loaded, workspaces allocated
     std::vector<double> seconds;

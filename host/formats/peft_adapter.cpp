@@ -252,7 +252,8 @@ void PeftAdapterWriter::commit() {
 }
 
 void write_peft_adapter(const fs::path& dir, const std::vector<LoraModuleData>& modules,
-                        const AdapterWriteOptions& options) {
+                        const AdapterWriteOptions& options,
+                        const std::function<void(PeftAdapterWriter&)>& write_whole) {
   std::vector<LoraModuleShape> shapes;
   for (const auto& m : modules) {
     if (m.a.size() != static_cast<std::size_t>(m.rank * m.in) ||
@@ -263,6 +264,7 @@ void write_peft_adapter(const fs::path& dir, const std::vector<LoraModuleData>& 
     shapes.push_back({m.path, m.rank, m.in, m.out});
   }
   PeftAdapterWriter w(dir, shapes, options);
+  if (write_whole) write_whole(w);
   for (const auto& m : modules) w.write(m.path, m.a, m.b);
   w.commit();
 }

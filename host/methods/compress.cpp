@@ -341,14 +341,7 @@ CompressReport compress_checkpoint_on(const CompressOptions& o, Backend* device)
   }
   steps.commit([&] {
     throw_if_interrupted("compress");
-    if (!streamed) {  // energy ranks on one worker: the adapter laid out now
-      std::vector<LoraModuleShape> shapes;
-      for (const auto& m : held) shapes.push_back({m.path, m.rank, m.in, m.out});
-      PeftAdapterWriter w(o.out, shapes, wo);
-      write_whole(w);
-      for (const auto& m : held) w.write(m.path, m.a, m.b);
-      return w.commit();
-    }
+    if (!streamed) return write_peft_adapter(o.out, held, wo, write_whole);
     for (const auto& name : others) streamed->written_elsewhere(name);
     streamed->commit();
   });

@@ -7,6 +7,7 @@
 /// with rslora, where `rank_pattern` / `alpha_pattern` override r and alpha per module.
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -171,8 +172,10 @@ class PeftAdapterWriter {
 
 /// Writes a PEFT adapter folder atomically (staged beside `dir`, renamed when complete). The
 /// most common rank becomes `r`; modules of another rank go to rank_pattern (with a matching
-/// alpha_pattern), so every module's scale is exactly 1.
+/// alpha_pattern), so every module's scale is exactly 1. `write_whole`, when given, writes the
+/// tensors `options.whole_tensors` declares (PeftAdapterWriter::write_whole) before the commit.
 void write_peft_adapter(const std::filesystem::path& dir, const std::vector<LoraModuleData>& modules,
-                        const AdapterWriteOptions& options);
+                        const AdapterWriteOptions& options,
+                        const std::function<void(PeftAdapterWriter&)>& write_whole = {});
 
 }  // namespace revmerge
