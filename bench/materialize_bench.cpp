@@ -7,14 +7,17 @@
 // with one wait (on a GPU a call returns once queued); then the largest module alone, the same
 // two ways, beside its own bytes' time.
 //
-//   revmerge_bench_materialize --bundle B --task task-3 --adapter /tmp/b7/task-3 --dtype bf16
+//   revmerge_bench_materialize --bundle B --task task-3 --adapter /tmp/b7/task-3 --dtype bf16 \
+//       [--device cuda --tiles-per-block 1,4,16]
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "backend/backend.hpp"
@@ -78,6 +81,12 @@ int run(int argc, char** argv) {
   app.add_option("--dtype", dtype_name, "f32, f16 or bf16");
   app.add_option("--device", device, "cpu or cuda (buffers on the device)");
   app.add_option("--repeats", repeats, "timed runs");
+  std::vector<int> tiles_per_block;
+  app.add_option("--tiles-per-block", tiles_per_block,
+                 "also time the task with a GPU block taking this many tiles in turn (each value in the same "
+                 "run, by REVMERGE_MATERIALIZE_TILES_PER_BLOCK; 0: the backend's choice)")
+      ->delimiter(',')
+      ->check(CLI::Range(0, 1024));
   CLI11_PARSE(app, argc, argv);
   const auto dtype = revmerge::parse_float_dtype_option(dtype_name, "--dtype");
   const auto t_open = std::chrono::steady_clock::now();
@@ -134,6 +143,26 @@ int run(int argc, char** argv) {
              task, dtype_name, ours * 1e3, repeats, floor * 1e3, ours / floor);
   fmt::print("{} calls queued back to back, one wait: {:.3f} ms a call ({:.1f}× the floor)\n", repeats,
              per_queued * 1e3, per_queued / floor);
+  // The GPU kernel's tiles a block, one count against another in this run (the same calls).
+  for (const int per_block : tiles_per_block) {
+    if (per_block > 0) setenv("REVMERGE_MATERIALIZE_TILES_PER_BLOCK", std::to_string(per_block).c_str(), 1);
+    else unsetenv("REVMERGE_MATERIALIZE_TILES_PER_BLOCK");
+    std::vector<double> each;
+    for (int i = 0; i < repeats; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      rb.materialize(t, {}, dtype, pa, pb);
+      rb.synchronize();
+      each.push_back(seconds_since(t0));
+    }
+    const auto t_each = std::chrono::steady_clock::now();
+    for (int i = 0; i < repeats; ++i) rb.materialize(t, {}, dtype, pa, pb);
+    rb.synchronize();
+    const double queued = seconds_since(t_each) / repeats;
+    fmt::print("  tiles a block {}: median {:.3f} ms ({:.1f}× the floor), queued {:.3f} ms a call\n",
+               per_block > 0 ? std::to_string(per_block) : std::string("(the backend's choice)"), median(each) * 1e3,
+               median(each) / floor, queued * 1e3);
+  }
+  unsetenv("REVMERGE_MATERIALIZE_TILES_PER_BLOCK");
   // One module alone (the largest: a serving stack swapping one layer's adapter), each call
   // waited for, then queued: a call's fixed cost (its parts table uploaded, one launch) beside
   // the module's own bytes over the same bandwidth.

@@ -359,9 +359,11 @@ materialize_7b() {
     --out "$out/store-rmm" "$out"/adapters-7b/task-* || return 1
   [ -f "$out/store-auto/manifest.json" ] || "$revmerge" merge --device "$device" --method auto --storage 0.6875 \
     --force --quiet --out "$out/store-auto" "$out"/adapters-7b/task-* || return 1
+  # The RMM bundle also with a GPU block taking 1, 4, 8 and 16 tiles in turn (issue 21: the
+  # choice of tiles a block, measured against one tile a block, the kernel of 2026-12-04).
   for b in store-rmm store-auto; do
     "$build/bench/revmerge_bench_materialize" --device "$device" --bundle "$out/$b" --task task-3 --dtype bf16 \
-      --repeats 21 || return 1
+      --repeats 21 $([ "$b" = store-rmm ] && echo --tiles-per-block 1,4,8,16) || return 1
   done
   for dev in cuda cpu; do
     "$revmerge" revert --device "${dev/cuda/$device}" --task task-3 --force --quiet --out "$out/revert-$dev" "$out/store-auto" || return 1

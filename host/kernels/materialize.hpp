@@ -137,15 +137,48 @@ struct MaterializeArgs {
   ElemType source_type = ElemType::f32, out_type = ElemType::f32;
 };
 
-/// The last part whose `first` is at most e: the part element e lies in.
-REVMERGE_HD_INLINE std::int64_t materialize_part_of(const MaterializeArgs& a, std::int64_t e) {
+/// The last part whose `Field` (`first` or `first_tile`) is at most v, by binary search.
+template <std::int64_t MaterializePart::*Field>
+REVMERGE_HD_INLINE std::int64_t materialize_last_part_at(const MaterializeArgs& a, std::int64_t v) {
   std::int64_t lo = 0, hi = a.count - 1;
   while (lo < hi) {
     const std::int64_t mid = (lo + hi + 1) / 2;
-    if (a.parts[mid].first <= e) lo = mid;
+    if (a.parts[mid].*Field <= v) lo = mid;
     else hi = mid - 1;
   }
   return lo;
+}
+
+/// The part device tile `tile` lies in (a part with no tiles shares its first tile with the
+/// next and is passed over).
+REVMERGE_HD_INLINE std::int64_t materialize_part_of_tile(const MaterializeArgs& a, std::int64_t tile) {
+  return materialize_last_part_at<&MaterializePart::first_tile>(a, tile);
+}
+
+/// The part of `tile`, given `part`, the part of an earlier tile of the call: the parts after it
+/// walked in order. A device block takes several tiles in turn, mostly of one part, so it finds
+/// its first tile's part once and each later tile's here, usually without a load.
+REVMERGE_HD_INLINE std::int64_t materialize_part_from(const MaterializeArgs& a, std::int64_t part,
+                                                      std::int64_t tile) {
+  while (part + 1 < a.count && a.parts[part + 1].first_tile <= tile) ++part;
+  return part;
+}
+
+/// Most tiles a device block takes in turn (materialize_tiles_per_block).
+inline constexpr std::int64_t kMaterializeMostTilesPerBlock = 16;
+
+/// Tiles a device block takes in turn when `resident` blocks fit on the device at once: as
+/// many as leave at least eight waves of blocks (a block's start — its part found and copied —
+/// then counts once for several tiles, while the last wave stays short), between 1 and
+/// kMaterializeMostTilesPerBlock. A module alone (hundreds of tiles) keeps a block a tile.
+REVMERGE_HD_INLINE std::int64_t materialize_tiles_per_block(std::int64_t tiles, std::int64_t resident) {
+  const std::int64_t per = tiles / (8 * (resident > 0 ? resident : 1));
+  return per < 1 ? 1 : per > kMaterializeMostTilesPerBlock ? kMaterializeMostTilesPerBlock : per;
+}
+
+/// The part element e lies in.
+REVMERGE_HD_INLINE std::int64_t materialize_part_of(const MaterializeArgs& a, std::int64_t e) {
+  return materialize_last_part_at<&MaterializePart::first>(a, e);
 }
 
 /// One call per output element of the whole call (the device's layout: one thread each).
