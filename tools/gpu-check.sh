@@ -79,7 +79,9 @@ if [ -f build/carry/prebuilt.tar.xz ] && [ -z "${GPU_CHECK_BUILD:-}" ]; then
   if [ "$built_at" != "$PWD" ] && [ ! -e "$built_at" ]; then
     mkdir -p "$(dirname "$built_at")" && ln -s "$PWD" "$built_at"
   fi
-  export LD_LIBRARY_PATH="$PWD/build/gpu-rtlib:/usr/local/cuda/lib64:/usr/local/cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  # $build/host: the Python package, built apart for this machine's Python (tools/gpu-pack.sh),
+  # loads this build's librevmerge (the same sources) from there.
+  export LD_LIBRARY_PATH="$PWD/build/gpu-rtlib:$PWD/$build/host:/usr/local/cuda/lib64:/usr/local/cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   if ldd "$build/host/cli/revmerge" | grep -qE 'lib(cublas|cusolver).*not found'; then
     for d in $(find /usr/local /opt /usr/lib -name 'libcublas.so.13' -o -name 'libcusolver.so.12' 2>/dev/null | xargs -r -n1 dirname | sort -u); do
       LD_LIBRARY_PATH+=":$d"
