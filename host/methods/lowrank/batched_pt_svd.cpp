@@ -9,15 +9,17 @@
 #include <exception>
 
 #include "backend/caching_pool.hpp"
+#include "methods/lowrank/batched_pt_svd_parts.hpp"
 #include "revmerge/error.hpp"
 
 namespace revmerge {
 
 using i64 = std::int64_t;
 
-namespace {
+using batched_pt_svd_parts::doubles;
+using batched_pt_svd_parts::r_of_rounds;
 
-std::size_t doubles(i64 count) { return static_cast<std::size_t>(count) * sizeof(double); }
+namespace {
 
 // Declared after the buffers a stream's queued work uses, so it runs before they go back to the
 // pool: when an exception unwinds, waits for that work first.
@@ -39,52 +41,23 @@ class WaitOnUnwind {
   int entered_ = std::uncaught_exceptions();
 };
 
-}  // namespace
-
-// A batch's sizes: T tasks of m × n, sketch width l, rank k, file elements of at most
-// `element_bytes`.
-struct BatchedPtSvd::Shape {
-  i64 tasks, m, n, l, k;
-  std::size_t element_bytes;
-
-  // The blocks of one batch, in the order run_batch allocates them (work_bytes sums the same
-  // list, so the two cannot drift apart); the pointer arrays are the backend's, per solve.
-  std::vector<std::size_t> blocks() const {
-    const i64 T = tasks, ll = l * l;
-    return {static_cast<std::size_t>(m * n) * element_bytes,  // the base's bytes
-            static_cast<std::size_t>(m * n) * element_bytes,  // one fine-tune's bytes
-            doubles(T * m * n),                               // Δ
-            static_cast<std::size_t>(T) * (3 * sizeof(double) + 3 * sizeof(int)),  // scalars
-            doubles(n * l),                                                        // Ω
-            doubles(T * m * l),                                                    // Y, then Q
-            doubles(T * std::max(m, n) * l),                    // CholeskyQR's first pass
-            doubles(T * n * l),                                 // Z, then Bᵀ, then Q₂
-            doubles(3 * T * ll),                                // two Cholesky factors, R⁻¹
-            2 * static_cast<std::size_t>(T) * sizeof(double*),  // the solvers' pointer arrays
-            doubles(2 * T * l * k + T * k),                     // U_R, V_R, S
-            doubles(T * m * k),                                 // U
-            doubles(T * n * k),                                 // V
-            T > 1 ? static_cast<std::size_t>(m * n) * element_bytes : 0};  // the next fine-tune's bytes
+// Each task's ‖Δ‖² and first non-finite element as downloaded (~0: none) into its fresh result;
+// whether any task has a non-finite element.
+bool take_norms(const std::vector<double>& norms, const std::vector<std::uint64_t>& bad,
+                std::span<DeltaSvd> results) {
+  bool any_bad = false;
+  for (std::size_t t = 0; t < results.size(); ++t) {
+    results[t] = {};
+    results[t].norm_sq = norms[t];
+    if (bad[t] != ~std::uint64_t{0}) {
+      results[t].nonfinite_at = static_cast<i64>(bad[t]);
+      any_bad = true;
+    }
   }
-};
+  return any_bad;
+}
 
-// Two pinned host buffers the weights pass through on a GPU, in turn: one is filled while the
-// other's upload runs (a pageable copy from the mapped file would run at a fraction of the
-// link's rate, faulting pages in on one thread). The uploads run on the engine's copy stream,
-// so a buffer is refilled once its own upload has run, not once the compute has caught up.
-struct BatchedPtSvd::Staging {
-  DeviceBuffer buffer[2];
-  Event uploaded[2];  // each buffer's last upload, on the copy stream
-  int next = 0;
-};
-
-// A batch's device memory. The fine-tunes' bytes go to two buffers in turn: the next task's
-// upload (copy stream) overlaps this task's Δ (compute stream), and a buffer is written again
-// only after the Δ that reads it (`consumed`).
-struct BatchedPtSvd::Batch {
-  DeviceBuffer ft_raw[2], delta, scalars, omega, y, w, z, factors, small_factors, u, v;
-  Event consumed[2];
-};
+}  // namespace
 
 BatchedPtSvd::BatchedPtSvd(Backend& backend)
     : be_(backend), stream_(backend.create_stream()), copy_(backend.create_stream()) {}
@@ -131,133 +104,6 @@ void BatchedPtSvd::upload_weight(void* dst, const RawWeight& w, std::size_t coun
   staging.uploaded[i] = be_.record_event(copy_);
   be_.wait_event(stream_, staging.uploaded[i]);  // the compute that reads dst comes after it
   staging.next = 1 - i;
-}
-
-namespace {
-
-// R = R₂ R₁ (both l × l upper triangular, column-major; below the diagonal the factors hold the
-// Grams, which are not read).
-void r_of_rounds(const double* r1, const double* r2, i64 l, double* r) {
-  for (i64 j = 0; j < l; ++j)
-    for (i64 i = 0; i < l; ++i) {
-      double sum = 0;
-      if (i <= j)
-        for (i64 p = i; p <= j; ++p) sum += r2[p * l + i] * r1[j * l + p];
-      r[j * l + i] = sum;
-    }
-}
-
-// Each task's ‖Δ‖² and first non-finite element as downloaded (~0: none) into its fresh result;
-// whether any task has a non-finite element.
-bool take_norms(const std::vector<double>& norms, const std::vector<std::uint64_t>& bad,
-                std::span<DeltaSvd> results) {
-  bool any_bad = false;
-  for (std::size_t t = 0; t < results.size(); ++t) {
-    results[t] = {};
-    results[t].norm_sq = norms[t];
-    if (bad[t] != ~std::uint64_t{0}) {
-      results[t].nonfinite_at = static_cast<i64>(bad[t]);
-      any_bad = true;
-    }
-  }
-  return any_bad;
-}
-
-}  // namespace
-
-// The batch's scalars block: ‖Δ_t‖², the captured energy, the first non-finite element, both
-// rounds' Cholesky info words, and whether CholeskyQR2 held at every step.
-struct BatchedPtSvd::Scalars {
-  double* norms;
-  double* captured;
-  std::uint64_t* bad;
-  int* infos;
-  int* held;
-  Scalars(const DeviceBuffer& block, i64 T)
-      : norms(static_cast<double*>(block.data())),
-        captured(norms + T),
-        bad(reinterpret_cast<std::uint64_t*>(norms + 2 * T)),
-        infos(reinterpret_cast<int*>(norms + 3 * T)),
-        held(infos + 2 * T) {}
-};
-
-// CholeskyQR2's two rounds for every rows × l matrix of the batch at `x`, which stays untouched:
-// R₁ = chol(XᵀX), X₁ = X R₁⁻¹ (into b.w), R₂ = chol(X₁ᵀX₁) and R₂⁻¹ — GEMMs and l × l
-// factorizations, batched. R₁ and R₂ stay in b.factors (then R₂⁻¹), the info words in the
-// scalars. Q = X₁ R₂⁻¹ where it held: R₂ ≈ I (then Q is orthonormal to rounding).
-void BatchedPtSvd::cholesky_rounds(Batch& b, const double* x, const Shape& s, i64 rows) {
-  const i64 T = s.tasks, l = s.l, ll = l * l;
-  auto* factors = static_cast<double*>(b.factors.data());  // R₁ (T), R₂ (T), R⁻¹ (T)
-  double* inverse = factors + 2 * T * ll;
-  const Scalars sc(b.scalars, T);
-  auto* w = static_cast<double*>(b.w.data());
-  for (int pass = 0; pass < 2; ++pass) {
-    const double* src = pass == 0 ? x : w;
-    double* g = factors + pass * T * ll;
-    gemm(Op::transpose, l, l, rows, src, rows, rows * l, src, rows, rows * l, g, l, ll, T);
-    be_.cholesky_inverse_f64(g, inverse, l, T, sc.infos + pass * T, stream_);
-    if (pass == 0) gemm(Op::none, rows, l, l, x, rows, rows * l, inverse, l, ll, w, rows, rows * l, T);
-  }
-  counts_.orthonormalized += T;
-}
-
-// The module's pass with no host decision: every step's CholeskyQR2 verdict goes into the
-// device's held flags, and Q = X₁ R₂⁻¹ is taken for every task. A task whose flag is cleared
-// anywhere is redone afterwards on its own (run_batch_checked).
-void BatchedPtSvd::orthonormalize_on_device(Batch& b, double* x, const Shape& s, i64 rows) {
-  const i64 T = s.tasks, l = s.l, ll = l * l;
-  cholesky_rounds(b, x, s, rows);
-  auto* factors = static_cast<double*>(b.factors.data());
-  const Scalars sc(b.scalars, T);
-  be_.cholesky_qr_verdict_f64(factors + T * ll, sc.infos, l, T, 0.1, sc.held, stream_);
-  gemm(Op::none, rows, l, l, static_cast<const double*>(b.w.data()), rows, rows * l, factors + 2 * T * ll, l,
-       ll, x, rows, rows * l, T);
-}
-
-// Replaces each rows × l matrix of the batch at `x` by an orthonormal basis of its range,
-// deciding on the host after each step: CholeskyQR2 (cholesky_rounds) where it holds, and
-// where a factorization fails (a zero Δ) or R₂ strays from I by 0.1 or more (a rank-deficient
-// sketch may), Householder QR from the untouched X. Where it holds on a rank-deficient X, its
-// trailing columns are orthonormalised rounding and the range of X is still kept: as good a
-// basis for the randomized SVD. With `r_out`, each task's R (X = Q R, l × l column-major)
-// comes back to the host.
-void BatchedPtSvd::orthonormalize(Batch& b, double* x, const Shape& s, i64 rows,
-                                  std::vector<double>* r_out) {
-  const i64 T = s.tasks, l = s.l, ll = l * l;
-  cholesky_rounds(b, x, s, rows);
-  auto* factors = static_cast<double*>(b.factors.data());
-  double* inverse = factors + 2 * T * ll;
-  const Scalars sc(b.scalars, T);
-  auto* w = static_cast<double*>(b.w.data());
-  // Both factors and the verdicts to the host; X is still untouched.
-  std::vector<double> h_factors(static_cast<std::size_t>(2 * T * ll));
-  std::vector<int> h_held(static_cast<std::size_t>(T), 1);
-  auto* held_flags = sc.held;
-  be_.upload(held_flags, h_held.data(), h_held.size() * sizeof(int), stream_);
-  be_.cholesky_qr_verdict_f64(factors + T * ll, sc.infos, l, T, 0.1, held_flags, stream_);
-  to_host(h_factors.data(), factors, doubles(2 * T * ll));
-  to_host(h_held.data(), held_flags, h_held.size() * sizeof(int));
-  be_.synchronize(stream_);
-  const bool all_held = std::all_of(h_held.begin(), h_held.end(), [](int h) { return h != 0; });
-  // Q = X₁ R₂⁻¹ where CholeskyQR2 held: one batched GEMM when it held everywhere.
-  if (all_held) {
-    gemm(Op::none, rows, l, l, w, rows, rows * l, inverse, l, ll, x, rows, rows * l, T);
-  } else {
-    for (i64 t = 0; t < T; ++t)
-      if (h_held[t])
-        gemm(Op::none, rows, l, l, w + t * rows * l, rows, 0, inverse + t * ll, l, 0,
-             x + t * rows * l, rows, 0, 1);
-  }
-  if (r_out) r_out->assign(static_cast<std::size_t>(T * ll), 0.0);
-  for (i64 t = 0; t < T; ++t) {
-    double* r = r_out ? r_out->data() + t * ll : nullptr;
-    if (!h_held[t]) {
-      be_.householder_qr_f64(x + t * rows * l, rows, l, r, stream_);
-      ++counts_.householder;
-      continue;
-    }
-    if (r) r_of_rounds(h_factors.data() + t * ll, h_factors.data() + (T + t) * ll, l, r);
-  }
 }
 
 // Δ_t, ‖Δ_t‖² and the first non-finite element of each task, one fine-tune's bytes in backend
