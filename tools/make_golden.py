@@ -87,6 +87,20 @@ class Identify:
         return hits[0]
 
 
+def save_adapters(peft_model, folder: Path, names=None):
+    """PEFT's save_pretrained, then made the same bytes on every run: the model cards it writes
+    (README.md, here and in each adapter's folder) removed, and each adapter_config.json's
+    target_modules — a set, written in the order of the process's string hashes — sorted."""
+    peft_model.save_pretrained(folder, **({"selected_adapters": names} if names else {}))
+    for card in folder.rglob("README.md"):
+        card.unlink()
+    for path in folder.rglob("adapter_config.json"):
+        config = json.loads(path.read_text())
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True))  # as PEFT writes it
+
+
 # ----------------------------------------------------------------------------------------------
 # PEFT: add_weighted_adapter on three adapters of one tiny Llama.
 
@@ -137,9 +151,7 @@ def make_peft(root: Path):
                 a.copy_(0.1 * (sa + torch.randn(a.shape, generator=gen)))
                 b.copy_(0.1 * (sb + torch.randn(b.shape, generator=gen)))
     shutil.rmtree(root, ignore_errors=True)
-    peft_model.save_pretrained(root / "adapters", selected_adapters=names)
-    for n in names:
-        (root / "adapters" / n / "README.md").unlink(missing_ok=True)
+    save_adapters(peft_model, root / "adapters", names)
 
     # Every tensor the drop step may see: the factors (separate) and the deltas (combined).
     ident = Identify()
@@ -166,8 +178,7 @@ def make_peft(root: Path):
             adapters=names, weights=PEFT_WEIGHTS, adapter_name=case, combination_type=ctype,
             svd_rank=extra.get("rank"), density=extra.get("density"),
             majority_sign_method=extra.get("majority_sign", "total"))
-        peft_model.save_pretrained(root / "out", selected_adapters=[case])
-        (root / "out" / case / "README.md").unlink(missing_ok=True)
+        save_adapters(peft_model, root / "out", [case])
         cases.append({"name": case, "peft_combination_type": ctype, "method": method,
                       "mode": mode, "weights": PEFT_WEIGHTS, **extra})
     assert lora_model is not None
@@ -199,8 +210,7 @@ def make_loras(root: Path):
                 if hasattr(mod, "lora_A") and "default" in mod.lora_A:
                     for w in (mod.lora_A["default"].weight, mod.lora_B["default"].weight):
                         w.copy_(0.3 * torch.randn(w.shape, generator=gen))
-        peft_model.save_pretrained(root / "lora" / name)
-        (root / "lora" / name / "README.md").unlink(missing_ok=True)
+        save_adapters(peft_model, root / "lora" / name)
 
 
 def make_mergekit(root: Path):
