@@ -1,5 +1,7 @@
 #include "methods/materialize_parts.hpp"
 
+#include <algorithm>
+#include <iterator>
 #include <stdexcept>
 
 #include "revmerge/error.hpp"
@@ -139,8 +141,14 @@ std::array<MaterializePart, 2> materialize_parts(const BundleModule& mod, i64 n,
 
 kernels::MaterializeArgs number_parts(std::vector<MaterializePart>& parts, const MaterializePart* table) {
   kernels::MaterializeArgs args;
-  if (!parts.empty()) args.source_type = kernels::source_type(parts[0]), args.out_type = parts[0].out_type;
+  // A part with no stored tensor (a task that keeps nothing of a module: zeros) reads no type; it
+  // takes the call's, which the kernels choose their code by.
+  const auto reads = [](const MaterializePart& p) { return p.src[0] != nullptr; };
+  const auto first = std::find_if(parts.begin(), parts.end(), reads);
+  if (first != parts.end()) args.source_type = kernels::source_type(*first);
+  if (!parts.empty()) args.out_type = parts[0].out_type;
   for (auto& p : parts) {
+    if (!reads(p)) std::fill(std::begin(p.src_type), std::end(p.src_type), args.source_type);
     if (kernels::source_type(p) != args.source_type || p.out_type != args.out_type)
       throw std::logic_error("materialize: one call's parts store or write different dtypes");
     p.first = args.elements, p.first_tile = args.tiles;
