@@ -10,7 +10,8 @@
 # Order: what this round's GPU work needs first (the CUDA tests, GPU = CPU bitwise, per-layer
 # compute, the 7b set end to end against its floor), then the 70b shape, PT-SVD and full
 # fine-tunes, the classic merges, the budgeted store, resident bundles, mergekit-extract-lora,
-# racecheck, the whole suite and memcheck.
+# a whole 7b fine-tune compressed (26 GB written: leave it out of a first call), racecheck, the
+# Python package, the whole suite and memcheck.
 #
 # With build/carry/ from tools/gpu-pack.sh (binaries built on a machine without a GPU, their
 # libraries, mergekit), the check skips configure and build when those binaries start here.
