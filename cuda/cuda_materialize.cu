@@ -1,7 +1,8 @@
-// A task's factors rebuilt on the GPU (Backend::materialize), a block taking one or more 32 × 32
-// tiles of the parts' outputs in turn. Each element is kernels::materialize_element_typed's value, divided and rounded
-// as the CPU's tiles do it, so the same bits (the file is compiled like cuda_rmm.cu: no
-// contraction, IEEE division); only which thread computes which element is the GPU's own.
+// A task's factors rebuilt on the GPU (Backend::materialize), a block taking one or more
+// 32 × 32 tiles of the parts' outputs in turn. Each element is
+// kernels::materialize_element_typed's value, divided and rounded as the CPU's tiles do it, so
+// the same bits (the file is compiled like cuda_rmm.cu: no contraction, IEEE division); only
+// which thread computes which element is the GPU's own.
 //
 // An element per thread over the whole call (kernels::MaterializeElements) took 5.9 ms for a
 // 7b task on an H200 against a 0.49 ms floor (bench/RESULTS.md): every thread searched ~450
