@@ -132,13 +132,14 @@ BundleManifest add_tasks(const AddTasksOptions& o) {
     std::vector<i64> kept(n);
     std::vector<double> error(n), norm(n);
     parallel_tasks(static_cast<long>(n), o.threads, [&](long t) {
-      const auto tt = task_truncation(f[t], pm.out, pm.in);
+      const auto wide = widen_factors(f[t]);
+      const auto tt = task_truncation(f[t], wide, pm.out, pm.in);
       kept[t] = directions_for(tt, target);
-      truncated_factors(tt, f[t], kept[t], nf.b[t], nf.a[t]);
+      truncated_factors(tt, wide, kept[t], nf.b[t], nf.a[t]);
       round_to_storage(nf.a[t], storage);
       round_to_storage(nf.b[t], storage);
       norm[t] = std::sqrt(tt.norm_sq);
-      const double e = truncation_error_sq(f[t], pm.out, pm.in, tt.norm_sq, nf.b[t], nf.a[t], kept[t]);
+      const double e = truncation_error_sq(f[t], wide, pm.out, pm.in, tt.norm_sq, nf.b[t], nf.a[t], kept[t]);
       error[t] = tt.norm_sq > 0 ? std::sqrt(e / tt.norm_sq) : 0.0;
     });
     for (std::size_t t = 0; t < n; ++t) {

@@ -296,12 +296,13 @@ BundleModule store_rank(const PlannedModule& pm, const std::vector<TaskFactors>&
   parallel_tasks(n, threads, [&](long t) {
     const auto& tf = f[t];
     const i64 k = kept[t], at = first[t];
-    const auto tt = with_module_context(pm.path, [&] { return task_truncation(tf, pm.out, pm.in); });
+    const auto wide = widen_factors(tf);  // once, for the Grams, the new factors and their error
+    const auto tt = with_module_context(pm.path, [&] { return task_truncation(tf, wide, pm.out, pm.in); });
     std::vector<float> a, b;
-    truncated_factors(tt, tf, k, b, a);
+    truncated_factors(tt, wide, k, b, a);
     round_to_storage(a, storage);
     round_to_storage(b, storage);
-    const double norm_sq = tt.norm_sq, err_sq = truncation_error_sq(tf, pm.out, pm.in, norm_sq, b, a, k);
+    const double norm_sq = tt.norm_sq, err_sq = truncation_error_sq(tf, wide, pm.out, pm.in, norm_sq, b, a, k);
     bm.delta_norm[t] = std::sqrt(norm_sq);
     bm.delta_error[t] = norm_sq > 0 ? std::sqrt(err_sq / norm_sq) : 0.0;
     std::copy(a.begin(), a.end(), a_all.begin() + at * pm.in);

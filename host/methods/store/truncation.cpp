@@ -37,11 +37,17 @@ void mirror_upper(std::vector<double>& m, i64 r) {
     for (i64 j = 0; j < i; ++j) m[i * r + j] = m[j * r + i];
 }
 
+WideFactors widen_factors(const TaskFactors& tf) { return {widen(tf.a), widen(tf.b)}; }
+
 TaskTruncation task_truncation(const TaskFactors& tf, i64 out, i64 in) {
+  return task_truncation(tf, tf.rank > 0 ? widen_factors(tf) : WideFactors{}, out, in);
+}
+
+TaskTruncation task_truncation(const TaskFactors& tf, const WideFactors& wide, i64 out, i64 in) {
   const i64 r = tf.rank;
   std::vector<double> aat(static_cast<std::size_t>(r * r), 0.0), btb(aat.size(), 0.0);
   if (r > 0) {
-    const auto a = widen(tf.a), b = widen(tf.b);
+    const auto &a = wide.a, &b = wide.b;
     cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, r, in, 1.0, a.data(), in, 0.0, aat.data(), r);
     cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, r, out, tf.scale * tf.scale, b.data(), r, 0.0, btb.data(),
                 r);
@@ -98,11 +104,16 @@ TaskTruncation task_truncation(const TaskFactors& tf, i64 out, i64 in, std::vect
 
 void truncated_factors(const TaskTruncation& t, const TaskFactors& tf, i64 k, std::vector<float>& b,
                        std::vector<float>& a) {
+  truncated_factors(t, k > 0 ? widen_factors(tf) : WideFactors{}, k, b, a);
+}
+
+void truncated_factors(const TaskTruncation& t, const WideFactors& wide, i64 k, std::vector<float>& b,
+                       std::vector<float>& a) {
   const i64 r = t.r, in = t.in, out = t.out;
   b.assign(static_cast<std::size_t>(out * k), 0.0f);
   a.assign(static_cast<std::size_t>(k * in), 0.0f);
   if (k == 0) return;
-  const auto bw = widen(tf.b), aw = widen(tf.a);
+  const auto &bw = wide.b, &aw = wide.a;
   std::vector<double> bk(static_cast<std::size_t>(out * k)), ak(static_cast<std::size_t>(k * in));
   cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, k, r, 1.0, bw.data(), r, t.left.data(), r,
               0.0, bk.data(), k);
@@ -122,8 +133,15 @@ void round_to_storage(std::vector<float>& v, DType storage) {
 double truncation_error_sq(const TaskFactors& tf, i64 out, i64 in, double norm_sq,
                            const std::vector<float>& b, const std::vector<float>& a, i64 k) {
   if (k == 0) return norm_sq;
+  return truncation_error_sq(tf, widen_factors(tf), out, in, norm_sq, b, a, k);
+}
+
+double truncation_error_sq(const TaskFactors& tf, const WideFactors& wide, i64 out, i64 in, double norm_sq,
+                           const std::vector<float>& b, const std::vector<float>& a, i64 k) {
+  if (k == 0) return norm_sq;
   const i64 r = tf.rank;
-  const auto bk = widen(b), ak = widen(a), bw = widen(tf.b), aw = widen(tf.a);
+  const auto bk = widen(b), ak = widen(a);
+  const auto &bw = wide.b, &aw = wide.a;
   // ‖B'A'‖² = ⟨B'ᵀB', A'A'ᵀ⟩.
   std::vector<double> gb(static_cast<std::size_t>(k * k)), ga(gb.size());
   cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, k, out, 1.0, bk.data(), k, 0.0, gb.data(), k);

@@ -21,9 +21,17 @@ struct TaskTruncation {
   std::vector<double> aat, btb;   ///< AAᵀ and s²BᵀB (r × r)
 };
 
+/// A task's factors widened to f64 once, for the several products of its truncation (each of the
+/// calls below that takes TaskFactors alone widens them again).
+struct WideFactors {
+  std::vector<double> a, b;  ///< A (r × in) and B (out × r), row-major, as TaskFactors holds them
+};
+WideFactors widen_factors(const TaskFactors& tf);
+
 /// The Grams, their eigendecompositions and the transforms of task factors `tf` (rank r ≥ 0).
 /// Directions of A whose energy is below 1e-14 of the largest count as empty.
 TaskTruncation task_truncation(const TaskFactors& tf, std::int64_t out, std::int64_t in);
+TaskTruncation task_truncation(const TaskFactors& tf, const WideFactors& wide, std::int64_t out, std::int64_t in);
 /// The same from the task's Grams AAᵀ and s²BᵀB (r × r row-major, both triangles), made
 /// elsewhere (module_grams.hpp: blocks of the module's stacked Grams).
 TaskTruncation task_truncation(const TaskFactors& tf, std::int64_t out, std::int64_t in,
@@ -32,6 +40,8 @@ TaskTruncation task_truncation(const TaskFactors& tf, std::int64_t out, std::int
 /// The truncation to k ≤ r directions: B' (out × k) and A' (k × in), f32.
 void truncated_factors(const TaskTruncation& t, const TaskFactors& tf, std::int64_t k,
                        std::vector<float>& b, std::vector<float>& a);
+void truncated_factors(const TaskTruncation& t, const WideFactors& wide, std::int64_t k, std::vector<float>& b,
+                       std::vector<float>& a);
 
 /// Eigendecomposition of the symmetric r × r row-major `m`: eigenvalues ascending, returned;
 /// eigenvectors left in m's columns. Throws solver_error naming dsyevd.
@@ -47,5 +57,7 @@ void round_to_storage(std::vector<float>& values, DType storage);
 /// k × k and k × r Grams: ‖B'A'‖² − 2⟨s B'ᵀB, A'Aᵀ⟩ + ‖ΔW‖² (`norm_sq`, already known).
 double truncation_error_sq(const TaskFactors& tf, std::int64_t out, std::int64_t in, double norm_sq,
                            const std::vector<float>& b, const std::vector<float>& a, std::int64_t k);
+double truncation_error_sq(const TaskFactors& tf, const WideFactors& wide, std::int64_t out, std::int64_t in,
+                           double norm_sq, const std::vector<float>& b, const std::vector<float>& a, std::int64_t k);
 
 }  // namespace revmerge
