@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -119,22 +120,29 @@ int run(int argc, char** argv) {
     pb.push_back(buffer(b, static_cast<std::size_t>(mod.out * mod.rank) * revmerge::dtype_size(dtype)));
     numbers += double(mod.rank) * double(mod.in + mod.out);
   }
-  std::vector<double> times;
   rb.materialize(t, {}, dtype, pa, pb);  // first touch of the outputs
   rb.synchronize();
-  // A task switch: the call and its work done (on a GPU the call returns once queued).
-  for (int i = 0; i < repeats; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    rb.materialize(t, {}, dtype, pa, pb);
+  // `calls` calls each waited for (a task switch: the call and its work done; on a GPU a call
+  // returns once queued), their median; then as many queued back to back with one wait at the
+  // end, a call's share (what a loop over tasks sustains).
+  struct Timed {
+    double waited, queued;
+  };
+  const auto timed = [&](std::span<const i64> modules, const std::vector<void*>& a_out,
+                         const std::vector<void*>& b_out, int calls) {
+    std::vector<double> times;
+    for (int i = 0; i < calls; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      rb.materialize(t, modules, dtype, a_out, b_out);
+      rb.synchronize();
+      times.push_back(seconds_since(t0));
+    }
+    const auto t_queued = std::chrono::steady_clock::now();
+    for (int i = 0; i < calls; ++i) rb.materialize(t, modules, dtype, a_out, b_out);
     rb.synchronize();
-    times.push_back(seconds_since(t0));
-  }
-  const double ours = median(times);
-  // Calls queued back to back, one wait at the end: what a loop over tasks sustains per call.
-  const auto t_queued = std::chrono::steady_clock::now();
-  for (int i = 0; i < repeats; ++i) rb.materialize(t, {}, dtype, pa, pb);
-  rb.synchronize();
-  const double per_queued = seconds_since(t_queued) / repeats;
+    return Timed{median(times), seconds_since(t_queued) / calls};
+  };
+  const auto [ours, per_queued] = timed({}, pa, pb, repeats);
   const double moved = double(rb.memory_bytes()) + numbers * double(revmerge::dtype_size(dtype));
   const double floor = moved / ((gpu ? device_copy_gbps(*gpu) : memcpy_gbps()) * 1e9);
   fmt::print("bundle {}: {} modules, {:.1f} M numbers per task, {:.1f} MB resident on {} (opened in {:.2f} s)\n",
@@ -147,20 +155,10 @@ int run(int argc, char** argv) {
   for (const int per_block : tiles_per_block) {
     if (per_block > 0) setenv("REVMERGE_MATERIALIZE_TILES_PER_BLOCK", std::to_string(per_block).c_str(), 1);
     else unsetenv("REVMERGE_MATERIALIZE_TILES_PER_BLOCK");
-    std::vector<double> each;
-    for (int i = 0; i < repeats; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      rb.materialize(t, {}, dtype, pa, pb);
-      rb.synchronize();
-      each.push_back(seconds_since(t0));
-    }
-    const auto t_each = std::chrono::steady_clock::now();
-    for (int i = 0; i < repeats; ++i) rb.materialize(t, {}, dtype, pa, pb);
-    rb.synchronize();
-    const double queued = seconds_since(t_each) / repeats;
+    const auto each = timed({}, pa, pb, repeats);
     fmt::print("  tiles a block {}: median {:.3f} ms ({:.1f}× the floor), queued {:.3f} ms a call\n",
-               per_block > 0 ? std::to_string(per_block) : std::string("(the backend's choice)"), median(each) * 1e3,
-               median(each) / floor, queued * 1e3);
+               per_block > 0 ? std::to_string(per_block) : std::string("(the backend's choice)"), each.waited * 1e3,
+               each.waited / floor, each.queued * 1e3);
   }
   unsetenv("REVMERGE_MATERIALIZE_TILES_PER_BLOCK");
   // One module alone (the largest: a serving stack swapping one layer's adapter), each call
@@ -174,17 +172,7 @@ int run(int argc, char** argv) {
   const std::vector<i64> one{static_cast<i64>(big)};
   const std::vector<void*> one_a{pa[big]}, one_b{pb[big]};
   const int module_calls = std::max(repeats, 21);  // a call is microseconds on a GPU: more of them
-  std::vector<double> module_times;
-  for (int i = 0; i < module_calls; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    rb.materialize(t, one, dtype, one_a, one_b);
-    rb.synchronize();
-    module_times.push_back(seconds_since(t0));
-  }
-  const auto t_module = std::chrono::steady_clock::now();
-  for (int i = 0; i < module_calls; ++i) rb.materialize(t, one, dtype, one_a, one_b);
-  rb.synchronize();
-  const double module_queued = seconds_since(t_module) / module_calls;
+  const auto module = timed(one, one_a, one_b, module_calls);
   double raw = 0;
   for (const auto rk : bm.task_ranks) raw += double(rk) * double(bm.in + bm.out);
   const double module_moved = bm.storage_ratio * raw * double(revmerge::dtype_size(man.dtype)) +
@@ -192,7 +180,7 @@ int run(int argc, char** argv) {
   const double module_floor = module_moved / (moved / floor);
   fmt::print("one module ({}, {:.2f} M numbers): median {:.1f} µs a call waited for, {:.1f} µs queued back to "
              "back; its bytes over the same bandwidth {:.1f} µs\n",
-             bm.path, numbers_of(bm) / 1e6, median(module_times) * 1e6, module_queued * 1e6, module_floor * 1e6);
+             bm.path, numbers_of(bm) / 1e6, module.waited * 1e6, module.queued * 1e6, module_floor * 1e6);
   if (!adapter.empty()) {
     const double mapped = peer_seconds(adapter, repeats, false), copied = peer_seconds(adapter, repeats, true);
     if (mapped > 0 && copied > 0)

@@ -437,7 +437,7 @@ fi
 compress_whole() {
   local m=$out/models-7b-whole layers=${GPU_CHECK_WHOLE_LAYERS:-32} t0 floor_ms ms bytes
   "$build/bench/revmerge_make_models" --model llama-7b --tasks 1 --layers "$layers" --out "$m" --force || return 1
-  bytes=$(cat "$m"/base/*.safetensors "$m"/ft-0/*.safetensors | wc -c)
+  bytes=$(cat "$m"/base/*.safetensors "$m"/ft-0/*.safetensors | wc -c)  # and into the page cache
   t0=$(date +%s%N)
   cat "$m"/base/*.safetensors "$m"/ft-0/*.safetensors >/dev/null
   floor_ms=$(( ($(date +%s%N) - t0) / 1000000 ))

@@ -92,9 +92,10 @@ def save_adapters(peft_model, folder: Path, names=None):
     (README.md, here and in each adapter's folder) removed, and each adapter_config.json's
     target_modules — a set, written in the order of the process's string hashes — sorted."""
     peft_model.save_pretrained(folder, **({"selected_adapters": names} if names else {}))
-    for card in folder.rglob("README.md"):
-        card.unlink()
-    for path in folder.rglob("adapter_config.json"):
+    (folder / "README.md").unlink(missing_ok=True)
+    for saved in [folder / n for n in names] if names else [folder]:
+        (saved / "README.md").unlink(missing_ok=True)
+        path = saved / "adapter_config.json"
         config = json.loads(path.read_text())
         if isinstance(config.get("target_modules"), list):
             config["target_modules"] = sorted(config["target_modules"])
