@@ -3,7 +3,9 @@
 // a radix selection on the values' ordered bits, 16 bits a pass (four passes), with nothing kept
 // but one histogram per rank — or, where allowed (keep_at_most), fewer passes: once few values
 // share a rank's digits found so far, the next pass keeps them and the rank's value is picked
-// among them. Used where a method needs quantiles of a whole tensor that is merged in pieces.
+// among them — or, where allowed (sample_first), two passes of comparisons: a sample first, then
+// the values inside each rank's bracket from it (rank_brackets.hpp). Used where a method needs
+// quantiles of a whole tensor that is merged in pieces.
 #include <omp.h>
 
 #include <algorithm>
@@ -13,10 +15,12 @@
 #include <cstdint>
 #include <span>
 #include <stdexcept>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "kernels/elementwise.hpp"
+#include "methods/classic/rank_brackets.hpp"
 
 namespace revmerge {
 
@@ -29,10 +33,13 @@ class RankSelect {
   static std::int64_t keep_limit(std::int64_t numel) { return std::min<std::int64_t>(std::int64_t{1} << 22, numel / 8); }
   /// The most memory a selection of `ranks` ranks over `numel` values holds, counted on
   /// `threads` threads with keep_at_most(keep_limit(numel)): the first digit's histogram, each
-  /// rank's, each counting thread's, and the values kept.
-  static std::uint64_t held_bytes(std::size_t ranks, std::int64_t numel, int threads) {
+  /// rank's, each counting thread's, and the values kept; with `sampled` (sample_first), the
+  /// sample too.
+  static std::uint64_t held_bytes(std::size_t ranks, std::int64_t numel, int threads, bool sampled = false) {
     const auto histograms = 1 + ranks + static_cast<std::uint64_t>(std::max(threads, 1)) * std::max<std::size_t>(ranks, 1);
-    return histograms * 65536 * sizeof(std::int64_t) + static_cast<std::uint64_t>(keep_limit(numel)) * sizeof(double);
+    const auto plan = sampled ? sample_plan(numel, ranks, keep_limit(numel)) : SamplePlan{};
+    return histograms * 65536 * sizeof(std::int64_t) +
+           static_cast<std::uint64_t>(keep_limit(numel) + (plan.on ? plan.size : 0)) * sizeof(double);
   }
 
   /// Ranks from 0 (the smallest) among all the values a pass sees; they may also be given later,
@@ -44,6 +51,8 @@ class RankSelect {
     prefix_.assign(ranks_.size(), 0);
     below_.assign(ranks_.size(), 0);
     equal_.assign(ranks_.size(), 0);
+    at_lo_.assign(ranks_.size(), 0);
+    at_hi_.assign(ranks_.size(), 0);
     histogram_.assign(ranks_.size(), std::vector<std::int64_t>(65536, 0));
   }
 
@@ -52,6 +61,22 @@ class RankSelect {
   /// pass keeps them (8 bytes each) and each rank's value is picked among them. 0 (the default):
   /// four passes of histograms, as a backend's (add_histogram) must take.
   void keep_at_most(std::int64_t most) { keep_most_ = most; }
+
+  /// Lets the first two passes be a sample and a pass over each rank's bracket from it
+  /// (rank_brackets.hpp), where sample_plan allows: `numel` values a pass (every pass sees them
+  /// all) and `ranks` ranks (their values may still come by ranks(), up to the end of the first
+  /// pass). A tensor of at most 2^18 values is sampled whole: one pass. Where a bracket misses
+  /// its rank, the passes go on as radix passes (keep_at_most's), so the values are the same.
+  void sample_first(std::int64_t numel, std::size_t ranks) {
+    const auto plan = sample_plan(numel, ranks, keep_limit(numel));
+    if (!plan.on || digit_ != 0) return;
+    phase_ = Phase::sample;
+    numel_ = numel;
+    stride_ = plan.stride;
+    sample_.reserve(static_cast<std::size_t>(plan.size));
+  }
+  /// Whether the values came from the sample and brackets (after the passes).
+  bool bracketed() const noexcept { return bracketed_; }
 
   bool wants_pass() const noexcept { return digit_ < 4; }
   /// Whether this pass keeps the values in question instead of counting a digit.
@@ -70,6 +95,7 @@ class RankSelect {
   /// count doubles, or elsewhere), so that a piece's values need not be held at once.
   template <class Make>
   void add_made(std::int64_t total, Make&& make, int threads) {
+    if (phase_ != Phase::radix) return add_sampled(total, make, threads);
     constexpr std::int64_t kBlock = 4096;
     const int used = static_cast<int>(std::clamp<std::int64_t>(total / kBlock, 1, std::max(threads, 1)));
     const std::size_t histograms = digit_ == 0 ? 1 : ranks_.size();
@@ -98,6 +124,8 @@ class RankSelect {
   }
 
   void end_pass() {
+    if (phase_ == Phase::sample) return end_sample();
+    if (phase_ == Phase::window) return end_brackets();
     if (keeping_) return pick();
     // The threads' histograms into the pass's, thread by thread.
     const std::size_t histograms = digit_ == 0 ? 1 : ranks_.size();
@@ -150,6 +178,160 @@ class RankSelect {
 
  private:
   static std::uint64_t key(double v) { return kernels::ordered_bits(v); }
+
+  // A sampled pass's values (sample_first): the sample's keys, or each rank's counts at its
+  // bracket and the keys inside it, the threads taking blocks as add_made's do.
+  template <class Make>
+  void add_sampled(std::int64_t total, Make& make, int threads) {
+    constexpr std::int64_t kBlock = 4096;
+    const int used =
+        static_cast<int>(std::clamp<std::int64_t>(total / kBlock, 1, std::max(threads, 1)));
+    const std::size_t ranks = phase_ == Phase::window ? ranks_.size() : 0;
+    const std::int64_t seen = seen_;
+#pragma omp parallel num_threads(used)
+    {
+      std::vector<double> scratch(static_cast<std::size_t>(kBlock));
+      std::vector<std::uint64_t> mine, keys(ranks ? scratch.size() : 0),
+          inside(ranks * scratch.size());
+      std::vector<std::uint8_t> flags(keys.size());
+      std::vector<std::uint64_t*> into;
+      for (std::size_t r = 0; r < ranks; ++r) into.push_back(inside.data() + r * scratch.size());
+      BracketCounts counts;
+      const auto t = omp_get_thread_num(), parts = omp_get_num_threads();
+      const std::int64_t from = total * t / parts, to = total * (t + 1) / parts;
+      for (std::int64_t b = from; b < to; b += kBlock) {
+        const std::int64_t count = std::min(kBlock, to - b);
+        const std::span<const double> values(make(b, count, scratch.data()));
+        if (ranks == 0) {
+          sample_block(values.data(), seen + b, count, stride_, mine);
+          continue;
+        }
+        bracket_block(values.data(), count, brackets_.data(), ranks, keys.data(), flags.data(),
+                      into.data(), counts);
+        for (std::size_t r = 0; r < ranks; ++r) keep_inside(r, into[r], counts.inside[r]);
+      }
+#pragma omp critical(revmerge_rank_select)
+      {
+        sample_.insert(sample_.end(), mine.begin(), mine.end());
+        for (std::size_t r = 0; r < ranks; ++r) {
+          below_[r] += counts.below[r];
+          at_lo_[r] += counts.at_lo[r];
+          at_hi_[r] += counts.at_hi[r];
+        }
+      }
+    }
+    seen_ += total;
+  }
+
+  // m keys inside rank r's bracket into its room, at a place taken atomically (beyond the room:
+  // counted only, and the bracket pass falls back).
+  void keep_inside(std::size_t r, const std::uint64_t* keys, std::int64_t m) {
+    if (m == 0) return;
+    const auto at = static_cast<std::size_t>(std::atomic_ref(filled_[r]).fetch_add(m));
+    if (at + static_cast<std::size_t>(m) <= window_[r].size())
+      std::copy_n(keys, m, window_[r].begin() + static_cast<std::ptrdiff_t>(at));
+  }
+
+  void check_seen(const char* pass) const {
+    if (seen_ != numel_)
+      throw std::logic_error(std::string("RankSelect: a ") + pass + " pass saw " +
+                             std::to_string(seen_) + " values, not the " + std::to_string(numel_) +
+                             " it was told of");
+  }
+
+  // After the sample: each rank's value where the sample is every value, else the brackets and
+  // their room (the passes fall back where the room would exceed keep_limit).
+  void end_sample() {
+    check_seen("sampling");
+    const std::size_t ranks = ranks_.size();
+    for (const auto rank : ranks_)
+      if (rank < 0 || rank >= numel_)
+        throw std::logic_error("RankSelect: a rank outside the values");
+    if (ranks == 0 || ranks > kMostBracketRanks) return restart_radix();
+    if (stride_ == 1) {
+      std::sort(sample_.begin(), sample_.end());
+      for (std::size_t r = 0; r < ranks; ++r) {
+        const std::uint64_t k = sample_[static_cast<std::size_t>(ranks_[r])];
+        const auto lower = std::lower_bound(sample_.begin(), sample_.end(), k);
+        below_[r] = lower - sample_.begin();
+        equal_[r] = std::upper_bound(lower, sample_.end(), k) - lower;
+        prefix_[r] = k;
+      }
+      return finish_bracketed();
+    }
+    brackets_ = brackets_from_sample(sample_, ranks_, numel_, stride_);
+    std::int64_t room = keep_limit(numel_);
+    window_.assign(ranks, {});
+    filled_.assign(ranks, 0);
+    for (std::size_t r = 0; r < ranks; ++r) {
+      const std::int64_t want =
+          brackets_[r].expected_inside + brackets_[r].expected_inside / 4 + 4096;
+      if (want > room) return restart_radix();
+      room -= want;
+      window_[r].resize(static_cast<std::size_t>(want));
+    }
+    std::vector<std::uint64_t>().swap(sample_);
+    std::fill(below_.begin(), below_.end(), 0);
+    std::fill(at_lo_.begin(), at_lo_.end(), 0);
+    std::fill(at_hi_.begin(), at_hi_.end(), 0);
+    phase_ = Phase::window;
+    seen_ = 0;
+  }
+
+  // After the bracket pass: each rank's value from its counts and the keys inside, or radix
+  // passes again where a bracket missed its rank or its room overflowed.
+  void end_brackets() {
+    check_seen("bracket");
+    for (std::size_t r = 0; r < ranks_.size(); ++r) {
+      const std::int64_t inside = filled_[r], rank = ranks_[r], lt = below_[r], lo = at_lo_[r];
+      if (inside > static_cast<std::int64_t>(window_[r].size()) || rank < lt ||
+          rank >= lt + lo + inside + at_hi_[r])
+        return restart_radix();
+      if (rank < lt + lo) {
+        prefix_[r] = brackets_[r].lo, equal_[r] = lo;
+      } else if (rank >= lt + lo + inside) {
+        prefix_[r] = brackets_[r].hi, below_[r] = lt + lo + inside, equal_[r] = at_hi_[r];
+      } else {
+        auto& w = window_[r];
+        w.resize(static_cast<std::size_t>(inside));
+        const auto at = w.begin() + (rank - lt - lo);
+        std::nth_element(w.begin(), at, w.end());
+        const std::uint64_t k = *at;
+        below_[r] =
+            lt + lo + std::count_if(w.begin(), w.end(), [k](std::uint64_t x) { return x < k; });
+        equal_[r] = std::count(w.begin(), w.end(), k);
+        prefix_[r] = k;
+      }
+    }
+    finish_bracketed();
+  }
+
+  void finish_bracketed() {
+    digit_ = 4;
+    phase_ = Phase::radix;
+    bracketed_ = true;
+    std::vector<std::uint64_t>().swap(sample_);
+    window_ = {};
+    filled_ = {};
+  }
+
+  // The passes from the start as radix passes (keep_at_most's), the sampled ones set aside.
+  void restart_radix() {
+    phase_ = Phase::radix;
+    digit_ = 0;
+    keeping_ = false;
+    seen_ = 0;
+    std::fill(first_.begin(), first_.end(), 0);
+    for (auto& h : histogram_) std::fill(h.begin(), h.end(), 0);
+    std::fill(prefix_.begin(), prefix_.end(), 0);
+    std::fill(below_.begin(), below_.end(), 0);
+    std::fill(equal_.begin(), equal_.end(), 0);
+    slot_counts_ = {};
+    kept_ = {};
+    std::vector<std::uint64_t>().swap(sample_);
+    window_ = {};
+    filled_ = {};
+  }
 
   // The values whose digits so far are rank r's prefix, appended to kept_[r] (`block`: room for
   // values.size() of them). More than the last pass counted leaves kept_[r] short (pick fails).
@@ -220,6 +402,17 @@ class RankSelect {
   std::int64_t keep_most_ = 0;
   bool keeping_ = false;
   int digit_ = 0;
+  // The sampled passes (sample_first): which one is next, the values a pass sees (numel_) and
+  // has seen, the sample's stride and keys, the brackets, and each rank's counts at them and
+  // keys inside (window_, filled as filled_ says).
+  enum class Phase { radix, sample, window };
+  Phase phase_ = Phase::radix;
+  bool bracketed_ = false;
+  std::int64_t numel_ = 0, seen_ = 0, stride_ = 0;
+  std::vector<std::uint64_t> sample_;
+  std::vector<Bracket> brackets_;
+  std::vector<std::int64_t> at_lo_, at_hi_;
+  std::vector<std::vector<std::uint64_t>> window_;
 };
 
 }  // namespace revmerge

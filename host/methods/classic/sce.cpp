@@ -4,8 +4,9 @@
 // every task; each task weighted by its mean square over the tensor (summing to 1; the squares
 // summed in the statistics blocks' lanes, as the backends sum them); then signs
 // elected and the agreeing values averaged (combine.hpp). The variance threshold is found by
-// an exact radix selection over two to four passes (RankSelect: the last keeps the variances still
-// in question once they are few), the ties at it counted per block in the next, the tasks' mean
+// an exact selection (RankSelect: a sample, then the variances inside the threshold's bracket
+// from it; radix passes where that does not fit, the last keeping the variances still in
+// question once they are few), the ties at it counted per block in the next, the tasks' mean
 // squares summed in the last; the same bits as combine_stack's whole-tensor SCE for any piece size
 // (on a backend: four passes of histograms).
 #include <algorithm>
@@ -39,12 +40,13 @@ class ScePieces final : public PieceMerger {
     equal_.assign(static_cast<std::size_t>(blocks), 0);
     stage_ = topk_ < 1 ? Stage::select : Stage::energy;
     select_.keep_at_most(RankSelect::keep_limit(numel));
+    select_.sample_first(numel, 1);
   }
   std::uint64_t extra_bytes_per_element() const override { return 9; }  // a piece's variances, keep bytes
   std::uint64_t held_bytes(int threads) const override {
     std::uint64_t held = 2 * equal_.size() * sizeof(i64);  // equal_, energy_left_
     for (const auto& l : lanes_) held += l.size() * sizeof(double);
-    return held + RankSelect::held_bytes(1, numel_, threads);  // the threshold's selection
+    return held + RankSelect::held_bytes(1, numel_, threads, true);  // the threshold's selection
   }
   bool wants_pass() const override { return stage_ != Stage::done; }
   bool task_vectors() const override { return has_base_; }

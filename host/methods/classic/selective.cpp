@@ -277,23 +277,25 @@ class RamPieces final : public PieceMerger {
 };
 
 // arcee_fusion in pieces of whole rows: the rows' divergences (kept for the tensor, a double a
-// row, from the first pass), the importances' quartiles by an exact radix selection over four
-// passes (the importances made a block at a time where they are counted), then each change kept
-// or dropped.
+// row, from the first pass), the importances' quartiles by an exact selection — a sample in the
+// first pass, the values inside the quartiles' brackets in the second (RankSelect::sample_first;
+// radix passes where that does not fit) — the importances made a block at a time where they are
+// counted, then each change kept or dropped.
 class FusionPieces final : public PieceMerger {
  public:
   FusionPieces(i64 row, i64 numel)
       : row_(std::max<i64>(row, 1)), numel_(numel), kl_(static_cast<std::size_t>(numel / row_)),
         select_(fusion_ranks(numel)) {
     select_.keep_at_most(RankSelect::keep_limit(numel));
+    select_.sample_first(numel, fusion_ranks(numel).size());
   }
   i64 granule() const override { return row_; }
   std::uint64_t held_bytes(int threads) const override {
-    return kl_.size() * sizeof(double) + RankSelect::held_bytes(fusion_ranks(numel_).size(), numel_, threads);
+    return kl_.size() * sizeof(double) + RankSelect::held_bytes(fusion_ranks(numel_).size(), numel_, threads, true);
   }
   bool wants_pass() const override { return select_.wants_pass(); }
   void observe(const TensorInputs& in, int threads) override {
-    if (select_.digit() == 0) {
+    if (first_pass_) {
       const auto kl = fusion_rows(in.model(0), in.base, row_, threads);
       std::copy(kl.begin(), kl.end(), kl_.begin() + in.first / row_);
     }
@@ -308,6 +310,7 @@ class FusionPieces final : public PieceMerger {
         threads);
   }
   void end_pass() override {
+    first_pass_ = false;
     select_.end_pass();
     if (!select_.wants_pass()) threshold_ = fusion_threshold(select_.value(0), select_.value(1), select_.value(2));
   }
@@ -326,6 +329,7 @@ class FusionPieces final : public PieceMerger {
   std::vector<double> kl_;  // each row's divergence
   RankSelect select_;
   double threshold_ = 0;
+  bool first_pass_ = true;  // the rows' divergences are made in the first
 };
 
 }  // namespace

@@ -11,7 +11,6 @@
 
 #include "kernels/elementwise.hpp"
 #include "methods/classic/piece_merge.hpp"
-#include "methods/classic/rank_select.hpp"
 #include "methods/classic/thinning.hpp"
 #include "revmerge/error.hpp"
 #include "revmerge/safetensors.hpp"
@@ -112,60 +111,6 @@ TEST_P(PieceMerge, AnyPieceSizeGivesTheWholeTensorsBits) {
 
 INSTANTIATE_TEST_SUITE_P(Methods, PieceMerge, ::testing::ValuesIn(kCases),
                          [](const auto& info) { return std::string(info.param.name); });
-
-TEST(PieceMerge, RankSelectionIsExactOverPieces) {
-  // Negative and positive values, zeros of both signs, many duplicates.
-  std::mt19937 rng(11);
-  std::normal_distribution<double> normal(0.0, 1.0);
-  std::vector<double> v(100003);
-  for (auto& x : v) x = std::round(normal(rng) * 50.0) / 7.0;
-  v[5] = -0.0;
-  v[6] = 1e-300;
-  v[7] = -1e300;
-  const std::vector<i64> ranks{0, 1, 25000, 50001, 75000, 100002};
-  RankSelect select(ranks);
-  while (select.wants_pass()) {
-    for (std::size_t at = 0; at < v.size(); at += 9973)
-      select.add(std::span<const double>(v).subspan(at, std::min<std::size_t>(9973, v.size() - at)));
-    select.end_pass();
-  }
-  auto sorted = v;
-  std::sort(sorted.begin(), sorted.end());
-  for (std::size_t r = 0; r < ranks.size(); ++r)
-    EXPECT_EQ(select.value(r), sorted[static_cast<std::size_t>(ranks[r])]) << "rank " << ranks[r];
-
-  // Keeping the values in question once they are few: the same values and counts in fewer
-  // passes — two where the first digit leaves few (the ranks 0 and 100002 are alone in theirs,
-  // but the middle ones share their high bits with thousands), three or four with less room.
-  // (The selection's order is the bits': −0 below +0, which std::sort leaves mixed.)
-  const auto ordered = [&](double x) { return kernels::ordered_bits(x); };
-  std::sort(sorted.begin(), sorted.end(), [&](double a, double b) { return ordered(a) < ordered(b); });
-  for (const i64 most : {i64{200000}, i64{100}, i64{1}}) {
-    RankSelect keeping(ranks);
-    keeping.keep_at_most(most);
-    int passes = 0, kept = 0;
-    while (keeping.wants_pass()) {
-      kept += keeping.keeping();
-      for (std::size_t at = 0; at < v.size(); at += 9973)
-        keeping.add_made(
-            static_cast<i64>(std::min<std::size_t>(9973, v.size() - at)),
-            [&](i64 first, i64 count, double*) { return std::span<const double>(v).subspan(at + first, count); }, 2);
-      keeping.end_pass();
-      ++passes;
-    }
-    if (most == 200000) EXPECT_EQ(passes, 2);
-    if (most == 1) EXPECT_EQ(kept, 0);
-    EXPECT_LE(passes, 4);
-    for (std::size_t r = 0; r < ranks.size(); ++r) {
-      const double x = sorted[static_cast<std::size_t>(ranks[r])];
-      EXPECT_EQ(ordered(keeping.value(r)), ordered(x)) << "rank " << ranks[r] << ", keeping " << most;
-      EXPECT_EQ(keeping.below(r), std::count_if(v.begin(), v.end(), [&](double y) { return ordered(y) < ordered(x); }));
-      EXPECT_EQ(keeping.equal(r), std::count_if(v.begin(), v.end(), [&](double y) { return ordered(y) == ordered(x); }));
-      EXPECT_EQ(keeping.below(r), select.below(r));
-      EXPECT_EQ(keeping.equal(r), select.equal(r));
-    }
-  }
-}
 
 TEST(PieceMerge, ThinningGathersTheRightThresholdAcrossPieces) {
   // TIES at density 0.3 on one task: exactly ⌊0.3 · N⌋ elements survive, whatever the pieces.

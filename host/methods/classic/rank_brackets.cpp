@@ -1,0 +1,152 @@
+#include "methods/classic/rank_brackets.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace revmerge {
+
+using i64 = std::int64_t;
+
+namespace {
+
+constexpr i64 kSampleAll = i64{1} << 18;   // at most this many values: the sample is all of them
+constexpr i64 kSampleSize = i64{1} << 17;  // the sample's size at least, once strided
+constexpr i64 kMostStride = 64;
+constexpr i64 kMostSample = i64{1} << 22;  // 32 MiB of keys
+constexpr double kDeviations = 8;          // a bracket's half-width, in standard deviations
+
+// A rank's bracket in the sample: its place ±(8 standard deviations of a binomial count + 8).
+struct Places {
+  i64 lo, hi;  // may fall outside [0, m): the bracket is then open at that end
+};
+Places bracket_places(i64 rank, i64 numel, i64 m) {
+  const double f = (static_cast<double>(rank) + 0.5) / static_cast<double>(numel);
+  const double centre = f * static_cast<double>(m);
+  const double d = kDeviations * std::sqrt(static_cast<double>(m) * f * (1 - f)) + 8;
+  return {static_cast<i64>(std::floor(centre - d)), static_cast<i64>(std::ceil(centre + d))};
+}
+
+}  // namespace
+
+SamplePlan sample_plan(i64 numel, std::size_t ranks, i64 keep_limit) {
+  if (ranks == 0 || ranks > kMostBracketRanks || numel <= 0) return {};
+  if (numel <= kSampleAll) return {true, 1, numel};
+  i64 stride = 1;
+  while (stride < kMostStride && numel / (stride * 2) >= kSampleSize) stride *= 2;
+  const i64 m = numel / stride + 1;
+  if (m > kMostSample) return {};
+  // The brackets' values expected inside, widest where f(1 − f) = 1/4, against what may be kept.
+  const double per_rank = (2 * (kDeviations * std::sqrt(static_cast<double>(m) / 4) + 8) + 2) *
+                          static_cast<double>(stride);
+  if (static_cast<double>(ranks) * (1.25 * per_rank + 4096) > static_cast<double>(keep_limit))
+    return {};
+  return {true, stride, m};
+}
+
+std::uint64_t sample_mix(std::uint64_t group) {
+  // splitmix64's finalizer: a group's place for its sampled value, the same on every run.
+  group += 0x9e3779b97f4a7c15ull;
+  group = (group ^ (group >> 30)) * 0xbf58476d1ce4e5b9ull;
+  group = (group ^ (group >> 27)) * 0x94d049bb133111ebull;
+  return group ^ (group >> 31);
+}
+
+void sample_block(const double* v, i64 first, i64 count, i64 stride,
+                  std::vector<std::uint64_t>& out) {
+  if (stride == 1) {
+    for (i64 j = 0; j < count; ++j) out.push_back(kernels::ordered_bits(v[j]));
+    return;
+  }
+  const i64 end = first + count;
+  for (i64 group = first / stride; group * stride < end; ++group) {
+    const i64 g = group * stride + static_cast<i64>(sample_mix(static_cast<std::uint64_t>(group)) &
+                                                    static_cast<std::uint64_t>(stride - 1));
+    if (g >= first && g < end) out.push_back(kernels::ordered_bits(v[g - first]));
+  }
+}
+
+std::vector<Bracket> brackets_from_sample(std::vector<std::uint64_t>& sample,
+                                          const std::vector<i64>& ranks, i64 numel, i64 stride) {
+  const i64 m = static_cast<i64>(sample.size());
+  std::vector<Bracket> out(ranks.size());
+  if (m == 0) {
+    for (auto& b : out) b.hi = ~std::uint64_t{0}, b.expected_inside = numel;
+    return out;
+  }
+  // The brackets' places in the sample, put in order by a selection each (ascending, each
+  // within what the last left above it) instead of a sort: O(m) a place.
+  std::vector<i64> places;
+  for (const i64 rank : ranks) {
+    const auto p = bracket_places(rank, numel, m);
+    if (p.lo >= 0) places.push_back(std::min(p.lo, m - 1));
+    if (p.hi < m) places.push_back(std::max<i64>(p.hi, 0));
+  }
+  std::sort(places.begin(), places.end());
+  places.erase(std::unique(places.begin(), places.end()), places.end());
+  auto from = sample.begin();
+  for (const i64 place : places) {
+    const auto at = sample.begin() + place;
+    std::nth_element(from, at, sample.end());
+    from = at + 1;
+  }
+  for (std::size_t r = 0; r < ranks.size(); ++r) {
+    const auto p = bracket_places(ranks[r], numel, m);
+    auto& b = out[r];
+    b.lo = p.lo < 0 ? 0 : sample[static_cast<std::size_t>(std::min(p.lo, m - 1))];
+    b.hi = p.hi >= m ? ~std::uint64_t{0} : sample[static_cast<std::size_t>(std::max<i64>(p.hi, 0))];
+    // The sample's values strictly inside, each standing for `stride` values of the pass.
+    const auto inside = std::count_if(sample.begin(), sample.end(),
+                                      [&](std::uint64_t k) { return k > b.lo && k < b.hi; });
+    b.expected_inside = static_cast<i64>(inside) * stride;
+  }
+  return out;
+}
+
+// Compiled again for AVX2 and AVX-512 where the CPU has them: the keys and the brackets'
+// comparisons on vector lanes (64-bit unsigned comparisons), the rare values inside found
+// afterwards eight flags at a time.
+#if defined(__x86_64__)
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+#endif
+void bracket_block(const double* v, i64 n, const Bracket* brackets, std::size_t ranks, std::uint64_t* keys,
+                   std::uint8_t* flags, std::uint64_t* const* inside, BracketCounts& counts) {
+  for (std::size_t r = 0; r < ranks; ++r) counts.inside[r] = 0;
+  if (n <= 0) return;
+  for (i64 j = 0; j < n; ++j) {
+    std::uint64_t b;
+    std::memcpy(&b, v + j, 8);
+    // kernels::ordered_bits without a branch: negative values' bits inverted, others' sign set.
+    keys[j] = b ^ (static_cast<std::uint64_t>(static_cast<std::int64_t>(b) >> 63) |
+                   (std::uint64_t{1} << 63));
+  }
+  std::memset(flags, 0, static_cast<std::size_t>(n));
+  for (std::size_t r = 0; r < ranks; ++r) {
+    const std::uint64_t lo = brackets[r].lo, hi = brackets[r].hi;
+    const auto bit = static_cast<std::uint8_t>(1u << r);
+    i64 below = 0, at_lo = 0, at_hi = 0;
+    for (i64 j = 0; j < n; ++j) {
+      const std::uint64_t k = keys[j];
+      below += k < lo;
+      at_lo += k == lo;
+      at_hi += k == hi;
+      flags[j] |= static_cast<std::uint8_t>((k > lo) & (k < hi)) * bit;
+    }
+    counts.below[r] += below;
+    counts.at_lo[r] += at_lo;
+    counts.at_hi[r] += lo == hi ? 0 : at_hi;  // one value at both ends: counted once, as lo
+  }
+  for (i64 j = 0; j < n;) {
+    std::uint64_t word = 0;
+    if (j + 8 <= n) std::memcpy(&word, flags + j, 8);
+    if (j + 8 <= n && word == 0) {
+      j += 8;
+      continue;
+    }
+    for (const i64 end = std::min(n, j + 8); j < end; ++j)
+      for (std::size_t r = 0; r < ranks; ++r)
+        if (flags[j] >> r & 1) inside[r][counts.inside[r]++] = keys[j];
+  }
+}
+
+}  // namespace revmerge
