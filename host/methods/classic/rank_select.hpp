@@ -191,6 +191,7 @@ class RankSelect {
 #pragma omp parallel num_threads(used)
     {
       std::vector<double> scratch(static_cast<std::size_t>(kBlock));
+      std::vector<std::int64_t> places;
       std::vector<std::uint64_t> mine, keys(ranks ? scratch.size() : 0),
           inside(ranks * scratch.size());
       std::vector<std::uint8_t> flags(keys.size());
@@ -201,9 +202,14 @@ class RankSelect {
       const std::int64_t from = total * t / parts, to = total * (t + 1) / parts;
       for (std::int64_t b = from; b < to; b += kBlock) {
         const std::int64_t count = std::min(kBlock, to - b);
+        if (ranks == 0 && stride_ > 1) {  // the sampled values alone are made
+          sampled_places(seen + b, count, stride_, places);
+          for (const std::int64_t g : places) mine.push_back(key(make(g - seen, 1, scratch.data())[0]));
+          continue;
+        }
         const std::span<const double> values(make(b, count, scratch.data()));
         if (ranks == 0) {
-          sample_block(values.data(), seen + b, count, stride_, mine);
+          for (const double v : values) mine.push_back(key(v));
           continue;
         }
         bracket_block(values.data(), count, brackets_.data(), ranks, keys.data(), flags.data(),

@@ -199,7 +199,7 @@ TEST(RankSelect, PlateauAtTheRankIsCountedNotKept) {
 }
 
 TEST(RankSelect, ASampleUnlikeTheWholeFallsBackToRadixPasses) {
-  // The sampled places (one in each group of `stride`, by sample_mix) hold the largest values,
+  // The sampled places (one in each group of `stride`: sampled_places) hold the largest values,
   // the rest smaller ones: the brackets miss, and radix passes still give exact values.
   const i64 n = 1 << 20;
   const auto plan = sample_plan(n, 3, RankSelect::keep_limit(n));
@@ -207,11 +207,10 @@ TEST(RankSelect, ASampleUnlikeTheWholeFallsBackToRadixPasses) {
   ASSERT_GT(plan.stride, 1);
   std::vector<double> v(static_cast<std::size_t>(n));
   for (i64 i = 0; i < n; ++i) v[static_cast<std::size_t>(i)] = static_cast<double>(i % 1000);
-  for (i64 g = 0; g * plan.stride < n; ++g) {
-    const i64 at = g * plan.stride +
-                   static_cast<i64>(sample_mix(static_cast<std::uint64_t>(g)) & (plan.stride - 1));
-    if (at < n) v[static_cast<std::size_t>(at)] = 1e6 + static_cast<double>(g);
-  }
+  std::vector<i64> places;
+  sampled_places(0, n, plan.stride, places);
+  ASSERT_EQ(static_cast<i64>(places.size()), n / plan.stride);
+  for (const i64 at : places) v[static_cast<std::size_t>(at)] = 1e6 + static_cast<double>(at);
   const std::vector<i64> ranks{n / 4, n / 2, 3 * n / 4};
   RankSelect select(ranks);
   select.keep_at_most(RankSelect::keep_limit(n));
