@@ -134,6 +134,12 @@ REVMERGE_HD_INLINE double fusion_term(double ew, double eb, double inv_w, double
   const double p = ew * inv_w + 1e-8, q = eb * inv_b + 1e-8;
   return p * log_f64(p / q);
 }
+/// fusion_term where p / q is known to be a positive normal double (both exps in [0, 1] and
+/// both sums at least 1): the same bits by log_f64_normal.
+REVMERGE_HD_INLINE double fusion_term_normal(double ew, double eb, double inv_w, double inv_b) {
+  const double p = ew * inv_w + 1e-8, q = eb * inv_b + 1e-8;
+  return p * log_f64_normal(p / q);
+}
 
 /// KL(softmax(w) ‖ softmax(b)) over one row of `row` elements, 1e-8 added to every probability
 /// of both softmaxes. exp and log are exp_f64 and log_f64, the maxima in index order, and each

@@ -41,15 +41,12 @@ REVMERGE_HD_INLINE double double_of(std::uint64_t b) {
 constexpr double kShifter = 0x1.8p52;  // x + it holds round(x) in its low bits, for |x| < 2⁵¹
 constexpr double kInf = std::numeric_limits<double>::infinity(), kNaN = std::numeric_limits<double>::quiet_NaN();
 
-}  // namespace exp_log_detail
 
-/// eˣ: +∞ above ln(DBL_MAX), 0 below the smallest subnormal's log, NaN for NaN. Without
-/// branches (the special cases chosen at the end), so that a host loop of them vectorizes.
-REVMERGE_HD_INLINE double exp_f64(double x) {
-  using namespace exp_log_detail;
-  const double c = x < -746.0 ? -746.0 : x > 710.0 ? 710.0 : x;  // NaN stays NaN: the end picks it
+// exp's reduction and polynomial: y = e^r (in [√2/2, √2] up to rounding) with x = k ln2 + r,
+// k left in the low bits of `shifted`. c must lie within [−746, 710].
+REVMERGE_HD_INLINE double exp_core(double c, double& shifted) {
   // k = c / ln2 rounded to nearest even, in the low bits of `shifted`; |k| ≤ 1077.
-  const double shifted = c * kInvLn2 + kShifter;
+  shifted = c * kInvLn2 + kShifter;
   const double kd = shifted - kShifter;
   const double high = c - kd * kLn2High;  // exact
   const double low = kd * kLn2Low;
@@ -59,7 +56,40 @@ REVMERGE_HD_INLINE double exp_f64(double x) {
       r - t * (1.66666666666666019037e-01 +
                t * (-2.77777777770155933842e-03 +
                     t * (6.61375632143793436117e-05 + t * (-1.65339022054652515390e-06 + t * 4.13813679705723846039e-08))));
-  const double y = 1.0 - ((low - (r * p) / (2.0 - p)) - high);
+  return 1.0 - ((low - (r * p) / (2.0 - p)) - high);
+}
+
+// log's reduction and polynomial for b, the bits of a positive normal double (scaled by 2^54
+// first where it was subnormal: `scaled_by_54` 1).
+REVMERGE_HD_INLINE double log_core(std::uint64_t b, std::uint64_t scaled_by_54) {
+  // x = 2ᵏ · m with m in [√2/2, √2): the exponent chosen by whether the mantissa lies above
+  // √2's (0x6a09e…).
+  const std::uint64_t mantissa = b & 0x000fffffffffffffull;
+  const std::uint64_t above = static_cast<std::uint64_t>(mantissa >= 0x6a09e667f3bcdull);
+  const double f = double_of(mantissa | (0x3ff0000000000000ull - (above << 52))) - 1.0;  // exact
+  // k in the low bits of a double near kShifter: the exponent, less the bias and any scaling.
+  const std::uint64_t k_bits = bits_of(kShifter) + ((b >> 52) & 0x7ff) - 1023 - 54 * scaled_by_54 + above;
+  const double dk = double_of(k_bits) - kShifter;  // exact
+  const double s = f / (2.0 + f);
+  const double z = s * s, w = z * z;
+  const double t1 = w * (3.999999999940941908e-01 + w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
+  const double t2 =
+      z * (6.666666666666735130e-01 +
+           w * (2.857142874366239149e-01 + w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
+  const double r = t2 + t1;
+  const double half_f_sq = 0.5 * f * f;
+  return dk * kLn2High - ((half_f_sq - (s * (half_f_sq + r) + dk * kLn2Low)) - f);
+}
+
+}  // namespace exp_log_detail
+
+/// eˣ: +∞ above ln(DBL_MAX), 0 below the smallest subnormal's log, NaN for NaN. Without
+/// branches (the special cases chosen at the end), so that a host loop of them vectorizes.
+REVMERGE_HD_INLINE double exp_f64(double x) {
+  using namespace exp_log_detail;
+  const double c = x < -746.0 ? -746.0 : x > 710.0 ? 710.0 : x;  // NaN stays NaN: the end picks it
+  double shifted;
+  const double y = exp_core(c, shifted);
   // y · 2ᵏ as y · 2ᵏ¹ · 2ᵏ², k = k1 + k2 with both within a normal double's exponents (one
   // rounding, the last, where the result is subnormal).
   const std::uint64_t k_biased = bits_of(shifted) - bits_of(kShifter) + 2048;  // k + 2048 > 0
@@ -67,6 +97,16 @@ REVMERGE_HD_INLINE double exp_f64(double x) {
   const double scaled =
       y * double_of((k1_biased - 1024 + 1023) << 52) * double_of((k_biased - k1_biased - 1024 + 1023) << 52);
   return x != x ? x : x > 7.09782712893383973096e+02 ? kInf : x < -7.45133219101941108420e+02 ? 0.0 : scaled;
+}
+
+/// exp_f64(x) for x in [−708, 709] (its result a normal double), the same bits with less work:
+/// no clamp or special cases, and 2ᵏ in one product (both of exp_f64's are exact there). For a
+/// host loop whose arguments are known to lie there (arcee_fusion's rows).
+REVMERGE_HD_INLINE double exp_f64_normal(double x) {
+  using namespace exp_log_detail;
+  double shifted;
+  const double y = exp_core(x, shifted);
+  return y * double_of((bits_of(shifted) - bits_of(kShifter) + 1023) << 52);
 }
 
 /// ln x: −∞ at ±0, NaN below 0 and for NaN, +∞ at +∞. Without branches, as exp_f64.
@@ -77,23 +117,7 @@ REVMERGE_HD_INLINE double log_f64(double x) {
   const std::uint64_t raw = bits_of(x);
   const std::uint64_t subnormal = static_cast<std::uint64_t>(raw - 1 < 0x000fffffffffffffull);
   const std::uint64_t b = bits_of(x * double_of(0x3ff0000000000000ull + (subnormal * 54 << 52)));  // × 2⁵⁴ or 1
-  // x = 2ᵏ · m with m in [√2/2, √2): the exponent chosen by whether the mantissa lies above
-  // √2's (0x6a09e…).
-  const std::uint64_t mantissa = b & 0x000fffffffffffffull;
-  const std::uint64_t above = static_cast<std::uint64_t>(mantissa >= 0x6a09e667f3bcdull);
-  const double f = double_of(mantissa | (0x3ff0000000000000ull - (above << 52))) - 1.0;  // exact
-  // k in the low bits of a double near kShifter: the exponent, less the bias and any scaling.
-  const std::uint64_t k_bits = bits_of(kShifter) + ((b >> 52) & 0x7ff) - 1023 - 54 * subnormal + above;
-  const double dk = double_of(k_bits) - kShifter;  // exact
-  const double s = f / (2.0 + f);
-  const double z = s * s, w = z * z;
-  const double t1 = w * (3.999999999940941908e-01 + w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
-  const double t2 =
-      z * (6.666666666666735130e-01 +
-           w * (2.857142874366239149e-01 + w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
-  const double r = t2 + t1;
-  const double half_f_sq = 0.5 * f * f;
-  const double core = dk * kLn2High - ((half_f_sq - (s * (half_f_sq + r) + dk * kLn2Low)) - f);
+  const double core = log_core(b, subnormal);
   // The special cases blended in by masks: a select here would let the compiler move the
   // arithmetic above into a branch, and then no longer vectorize the loop.
   const std::uint64_t zero = static_cast<std::uint64_t>((raw << 1) == 0);
@@ -103,5 +127,9 @@ REVMERGE_HD_INLINE double log_f64(double x) {
                               (0x7ff8000000000000ull & (0 - (1 - zero - infinite)));  // −∞, +∞ or NaN
   return double_of((bits_of(core) & (special - 1)) | (value & (0 - special)));
 }
+
+/// log_f64(x) for a positive normal finite x, the same bits with less work (no subnormal
+/// scaling or special cases).
+REVMERGE_HD_INLINE double log_f64_normal(double x) { return exp_log_detail::log_core(exp_log_detail::bits_of(x), 0); }
 
 }  // namespace revmerge::kernels

@@ -1,6 +1,7 @@
 // kernels::exp_f64 and log_f64 against the C library's long-double exp and log: under one ulp
 // from the true value over the whole range (random arguments of every exponent, the ranges a
-// softmax takes, near the ends and near 1), and the special values as IEEE defines them.
+// softmax takes, near the ends and near 1), the special values as IEEE defines them, and their
+// normal-range forms bit for bit.
 #include "kernels/exp_log.hpp"
 
 #include <gtest/gtest.h>
@@ -72,6 +73,27 @@ TEST(ExpLog, LogIsWithinOneUlpEverywhere) {
   }
   EXPECT_GT(worst, 0.0);
   RecordProperty("worst_log_ulps", std::to_string(worst));
+}
+
+TEST(ExpLog, NormalRangeFormsGiveTheSameBits) {
+  // exp_f64_normal over [−708, 709] and log_f64_normal over the positive normal doubles: the
+  // bits of exp_f64 and log_f64, the ends and every exponent included.
+  std::mt19937_64 rng(13);
+  std::vector<double> xs = {-708.0, 709.0, 0.0, -0.0, 1e-300, -1e-300, -707.99, 708.99, -0.5 * std::log(2.0)};
+  std::uniform_real_distribution<double> wide(-708.0, 709.0), narrow(-1.0, 0.0);
+  for (int i = 0; i < 300000; ++i) xs.push_back(i % 2 ? wide(rng) : narrow(rng));
+  for (const double x : xs)
+    ASSERT_EQ(std::bit_cast<std::uint64_t>(kernels::exp_f64_normal(x)), std::bit_cast<std::uint64_t>(kernels::exp_f64(x)))
+        << "exp(" << x << ")";
+  std::vector<double> ys = {std::numeric_limits<double>::min(), std::numeric_limits<double>::max(), 1.0,
+                            std::nextafter(1.0, 0.0), std::nextafter(1.0, 2.0), 1e-8, 1e8, std::sqrt(2.0)};
+  for (int i = 0; i < 300000; ++i) {
+    const std::uint64_t b = rng() % (0x7ff0000000000000ull - 0x0010000000000000ull) + 0x0010000000000000ull;
+    ys.push_back(std::bit_cast<double>(b));
+  }
+  for (const double y : ys)
+    ASSERT_EQ(std::bit_cast<std::uint64_t>(kernels::log_f64_normal(y)), std::bit_cast<std::uint64_t>(kernels::log_f64(y)))
+        << "log(" << y << ")";
 }
 
 TEST(ExpLog, SpecialValuesAreIeees) {

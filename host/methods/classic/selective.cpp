@@ -90,35 +90,58 @@ void ram(const TensorInputs& in, const RamParameters& p, std::span<float> out) {
 // had left those loops scalar: a quarter of the routine's time). The same
 // operations in the same order, so the same bits: each lane still adds its elements in index
 // order, and a row's maximum is the same value whichever order finds it (but for a zero's sign,
-// and exp(x − 0) and exp(x + 0) are the same).
+// and exp(x − 0) and exp(x + 0) are the same). Where the row's values span at most 708 (every
+// row of a trained model), its exps take arguments in [−708, 0] and its logs positive normal
+// ratios, so exp_f64_normal and log_f64_normal give their bits with about half the work.
 [[gnu::always_inline]] inline double fusion_row_kl_vectors(const float* w, const float* b, i64 row, double* scratch) {
   constexpr i64 L = kernels::kStatLanes;
+  using Ints = int __attribute__((vector_size(L * sizeof(int))));
   const i64 whole = row - row % L;
-  float top_w = w[0], top_b = b[0];
+  float top_w = w[0], top_b = b[0], low_w = w[0], low_b = b[0];
+  bool ordered = true;  // no NaN (a NaN is never a maximum or minimum)
   if (whole > 0) {
-    Floats mw, mb;
+    Floats mw, mb, nw, nb;
     std::memcpy(&mw, w, sizeof mw);
     std::memcpy(&mb, b, sizeof mb);
+    nw = mw, nb = mb;
+    Ints equal = (mw == mw) & (mb == mb);
     for (i64 j = L; j < whole; j += L) {
       Floats x, y;
       std::memcpy(&x, w + j, sizeof x);
       std::memcpy(&y, b + j, sizeof y);
       mw = x > mw ? x : mw;
       mb = y > mb ? y : mb;
+      nw = x < nw ? x : nw;
+      nb = y < nb ? y : nb;
+      equal &= (x == x) & (y == y);
     }
     for (i64 l = 0; l < L; ++l) {
       if (mw[l] > top_w) top_w = mw[l];
       if (mb[l] > top_b) top_b = mb[l];
+      if (nw[l] < low_w) low_w = nw[l];
+      if (nb[l] < low_b) low_b = nb[l];
+      ordered &= equal[l] != 0;
     }
   }
   for (i64 j = whole; j < row; ++j) {
     if (w[j] > top_w) top_w = w[j];
     if (b[j] > top_b) top_b = b[j];
+    if (w[j] < low_w) low_w = w[j];
+    if (b[j] < low_b) low_b = b[j];
+    ordered &= w[j] == w[j] && b[j] == b[j];
   }
-  for (i64 j = 0; j < row; ++j) {
-    scratch[j] = kernels::exp_f64(static_cast<double>(w[j]) - top_w);
-    scratch[row + j] = kernels::exp_f64(static_cast<double>(b[j]) - top_b);
-  }
+  const bool normal =
+      ordered && static_cast<double>(low_w) - top_w >= -708.0 && static_cast<double>(low_b) - top_b >= -708.0;
+  if (normal)
+    for (i64 j = 0; j < row; ++j) {
+      scratch[j] = kernels::exp_f64_normal(static_cast<double>(w[j]) - top_w);
+      scratch[row + j] = kernels::exp_f64_normal(static_cast<double>(b[j]) - top_b);
+    }
+  else
+    for (i64 j = 0; j < row; ++j) {
+      scratch[j] = kernels::exp_f64(static_cast<double>(w[j]) - top_w);
+      scratch[row + j] = kernels::exp_f64(static_cast<double>(b[j]) - top_b);
+    }
   // Lanes l of sums[] hold elements l, l + L, … of v (whole groups as vectors, then the rest).
   const auto lane_sums = [&](const double* v, double* sums) {
     Lanes t = {};
@@ -134,7 +157,12 @@ void ram(const TensorInputs& in, const RamParameters& p, std::span<float> out) {
   lane_sums(scratch, sum_w);
   lane_sums(scratch + row, sum_b);
   const double inv_w = 1.0 / kernels::block_lanes_sum(sum_w), inv_b = 1.0 / kernels::block_lanes_sum(sum_b);
-  for (i64 j = 0; j < row; ++j) scratch[j] = kernels::fusion_term(scratch[j], scratch[row + j], inv_w, inv_b);
+  // Both probabilities lie in [1e-8, 1 + 1e-8] (each exp in [0, 1], the largest 1, so each sum
+  // at least 1): their ratio is a positive normal double.
+  if (normal)
+    for (i64 j = 0; j < row; ++j) scratch[j] = kernels::fusion_term_normal(scratch[j], scratch[row + j], inv_w, inv_b);
+  else
+    for (i64 j = 0; j < row; ++j) scratch[j] = kernels::fusion_term(scratch[j], scratch[row + j], inv_w, inv_b);
   lane_sums(scratch, kl);
   return kernels::block_lanes_sum(kl);
 }

@@ -199,9 +199,10 @@ TEST(PieceMerge, SlerpSumsOfRunsAreTheStepsLanes) {
   EXPECT_NE(0.0, steps.lanes()[5]);
 }
 
-// The host's rows of arcee_fusion (maxima and lane sums as vectors) give the bits of the shared
-// routine as a GPU runs it (each value formed where it is added): rows of every length around
-// the lanes' multiples, maxima anywhere (zeros of both signs among them) and ties.
+// The host's rows of arcee_fusion (maxima and lane sums as vectors; exp_f64_normal and
+// log_f64_normal where a row spans at most 708) give the bits of the shared routine as a GPU
+// runs it (each value formed where it is added): rows of every length around the lanes'
+// multiples, maxima anywhere (zeros of both signs among them), ties, and rows spanning more.
 TEST(PieceMerge, FusionRowsAreTheSharedRoutinesBits) {
   std::mt19937 rng(11);
   std::normal_distribution<float> normal(0.0f, 0.03f);
@@ -220,6 +221,10 @@ TEST(PieceMerge, FusionRowsAreTheSharedRoutinesBits) {
       w[static_cast<std::size_t>(2 * row + j)] = 0.25f;
       w[static_cast<std::size_t>(3 * row + j)] = static_cast<float>(j) * 1e-3f;
     }
+    // Row 4 spans more than 708 (exps that underflow: the general forms) in w, and in b for
+    // rows longer than one.
+    w[static_cast<std::size_t>(4 * row)] = -800.0f;
+    b[static_cast<std::size_t>(4 * row + row - 1)] = row > 1 ? 750.0f : b[static_cast<std::size_t>(4 * row)];
     const auto kl = fusion_rows(w, b, row, 2);
     ASSERT_EQ(kl.size(), static_cast<std::size_t>(rows));
     for (std::int64_t r = 0; r < rows; ++r) {
