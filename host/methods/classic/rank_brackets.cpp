@@ -89,12 +89,16 @@ std::vector<Bracket> brackets_from_sample(std::vector<std::uint64_t>& sample,
   }
   for (std::size_t r = 0; r < ranks.size(); ++r) {
     const auto p = bracket_places(ranks[r], numel, m);
+    const i64 lo = std::clamp<i64>(p.lo, 0, m - 1), hi = std::clamp<i64>(p.hi, 0, m - 1);
     auto& b = out[r];
-    b.lo = p.lo < 0 ? 0 : sample[static_cast<std::size_t>(std::min(p.lo, m - 1))];
-    b.hi = p.hi >= m ? ~std::uint64_t{0} : sample[static_cast<std::size_t>(std::max<i64>(p.hi, 0))];
-    // The sample's values strictly inside, each standing for `stride` values of the pass.
-    const auto inside = std::count_if(sample.begin(), sample.end(),
-                                      [&](std::uint64_t k) { return k > b.lo && k < b.hi; });
+    b.lo = p.lo < 0 ? 0 : sample[static_cast<std::size_t>(lo)];
+    b.hi = p.hi >= m ? ~std::uint64_t{0} : sample[static_cast<std::size_t>(hi)];
+    // The sample's values strictly inside, each standing for `stride` values of the pass: all
+    // between the two places (the selections left none below lo's place above it, none above
+    // hi's below it), or beyond a place the bracket leaves open.
+    const auto first = sample.begin() + (p.lo < 0 ? 0 : lo + 1), last = p.hi >= m ? sample.end() : sample.begin() + hi;
+    const auto inside =
+        first < last ? std::count_if(first, last, [&](std::uint64_t k) { return k > b.lo && k < b.hi; }) : 0;
     b.expected_inside = static_cast<i64>(inside) * stride;
   }
   return out;
