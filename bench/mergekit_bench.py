@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """revmerge against mergekit on the same full-model files, in one run: TIES, DARE-TIES, SLERP and
-task arithmetic by default (also arcee_fusion, della, karcher, multislerp and model_stock, with
---methods) from one mergekit YAML config each, run by `mergekit-yaml` (mergekit 0.1.5,
+task arithmetic by default (also arcee_fusion, della, karcher, multislerp, model_stock and sce,
+with --methods) from one mergekit YAML config each, run by `mergekit-yaml` (mergekit 0.1.5,
 installed from PyPI into WORK/mergekit-pkg by this script) and by `revmerge merge --config`,
 beside the read floor (the inputs' bytes read once from the page cache, measured here).
 
@@ -110,6 +110,7 @@ CONFIGS = {
     "karcher": {"merge_method": "karcher", "parameters": {"max_iter": 10, "tol": 1e-9}},
     "multislerp": {"merge_method": "multislerp", "params": lambda i: {"weight": [1.0, 0.5, 0.5][i]}},
     "model_stock": {"merge_method": "model_stock"},
+    "sce": {"merge_method": "sce", "parameters": {"select_topk": 0.3}},
 }
 
 

@@ -105,6 +105,11 @@ double element_variance(const float* x, i64 n, i64 count, i64 j) {
   return kernels::element_variance(x, static_cast<int>(n), count, j);  // the backends' own arithmetic
 }
 
+// Compiled again for AVX2 and AVX-512 where the CPU has them (SCE makes them in each of its
+// passes): the same IEEE operations on wider lanes, so the same bits.
+#if defined(__x86_64__)
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+#endif
 void element_variances(const float* x, i64 n, i64 count, i64 j0, i64 j1, double* out) {
   constexpr i64 kRun = 512;  // the means of a run stay in L1 between the two sweeps
   alignas(64) double mean[kRun];
