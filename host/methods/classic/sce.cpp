@@ -6,9 +6,10 @@
 // elected and the agreeing values averaged (combine.hpp). The variance threshold is found by
 // an exact selection (RankSelect: a sample, then the variances inside the threshold's bracket
 // from it; radix passes where that does not fit, the last keeping the variances still in
-// question once they are few), the ties at it counted per block in the next, the tasks' mean
-// squares summed in the last; the same bits as combine_stack's whole-tensor SCE for any piece size
-// (on a backend: four passes of histograms).
+// question once they are few), then in one more pass the ties at it counted per block (the
+// blocks in index order, each keeping what those before it left) and the tasks' mean squares
+// summed over the kept elements; the same bits as combine_stack's whole-tensor SCE for any piece
+// size (on a backend: four passes of histograms).
 #include <algorithm>
 #include <cmath>
 
@@ -44,7 +45,7 @@ class ScePieces final : public PieceMerger {
   }
   std::uint64_t extra_bytes_per_element() const override { return 9; }  // a piece's variances, keep bytes
   std::uint64_t held_bytes(int threads) const override {
-    std::uint64_t held = 2 * equal_.size() * sizeof(i64);  // equal_, energy_left_
+    std::uint64_t held = 2 * equal_.size() * sizeof(i64);  // equal_, and part_left_ at most as many
     for (const auto& l : lanes_) held += l.size() * sizeof(double);
     return held + RankSelect::held_bytes(1, numel_, threads, true);  // the threshold's selection
   }
@@ -58,21 +59,32 @@ class ScePieces final : public PieceMerger {
     if (stage_ == Stage::select) {
       by_blocks(in.first, count, threads, [&](i64 j0, i64 j1) { element_variances(x, n, count, j0, j1, var + j0); });
       if (first_pass_) nonzero_ += std::count_if(var_.begin(), var_.end(), [](double v) { return v != 0; });
-      select_.add(var_);
-    } else if (stage_ == Stage::ties) {
+      select_.add(var_, threads);
+    } else if (stage_ == Stage::ties_and_energy) {
+      // The ties at the threshold and the tasks' squares in one pass: each block's (or the
+      // part of it in this piece) ties counted, then kept lower index first — the blocks taken
+      // in index order, so that a block's allowance is what the blocks before it left — and the
+      // kept elements' squares summed, the piece's variances made once for both.
+      const i64 b0 = in.first / kBlock;
+      part_left_.assign(static_cast<std::size_t>((in.first + count - 1) / kBlock - b0 + 1), 0);
       by_blocks(in.first, count, threads, [&](i64 j0, i64 j1) {
         element_variances(x, n, count, j0, j1, var + j0);
-        for (i64 j = j0; j < j1; ++j) equal_[static_cast<std::size_t>((in.first + j) / kBlock)] += var[j] == threshold_;
+        i64 ties = 0;
+        for (i64 j = j0; j < j1; ++j) ties += var[j] == threshold_;
+        part_left_[static_cast<std::size_t>((in.first + j0) / kBlock - b0)] = ties;
       });
-    } else {  // energy: each task's sum of squares over the kept elements, in the statistics lanes
-      keep_bytes_.resize(in.count);
-      unsigned char* keep = keep_bytes_.data();
-      by_blocks(in.first, count, threads, [&](i64 j0, i64 j1) {
-        element_variances(x, n, count, j0, j1, var + j0);
-        for (i64 j = j0; j < j1; ++j) keep[j] = kept(in.first + j, var[j], energy_left_);
-        for (i64 t = 0; t < n; ++t)
-          add_square_lanes(lanes_[t].data(), in.first + j0, x + t * count + j0, j1 - j0, keep + j0);
-      });
+      for (std::size_t p = 0; p < part_left_.size(); ++p) {
+        const i64 ties = part_left_[p];
+        part_left_[p] = std::clamp<i64>(equal_left_ - ties_before_, 0, ties);
+        equal_[static_cast<std::size_t>(b0) + p] += part_left_[p];
+        ties_before_ += ties;
+      }
+      add_kept_squares(
+          in, threads, [&](i64 j) -> i64& { return part_left_[static_cast<std::size_t>((in.first + j) / kBlock - b0)]; },
+          /*variances=*/true);
+    } else {  // energy alone: every element kept, or none (no variance decides)
+      add_kept_squares(in, threads, [&](i64 j) -> i64& { return equal_[static_cast<std::size_t>((in.first + j) / kBlock)]; },
+                       /*variances=*/false);
     }
   }
   void end_pass() override {
@@ -90,12 +102,8 @@ class ScePieces final : public PieceMerger {
       if (select_.wants_pass()) return;
       threshold_ = select_.value(0);
       equal_left_ = keep_ - (numel_ - select_.below(0) - select_.equal(0));
-      stage_ = Stage::ties;
-    } else if (stage_ == Stage::ties) {
-      equal_ = tie_allowances(equal_, equal_left_);  // how many of each block's ties are kept
-      energy_left_ = equal_;
-      stage_ = Stage::energy;
-    } else {
+      stage_ = Stage::ties_and_energy;
+    } else {  // ties and energy, or energy alone: the tasks' weights
       std::vector<double> squares;
       for (const auto& lanes : lanes_) squares.push_back(kernels::lanes_total(lanes.data(), stat_blocks(numel_)));
       weights_ = energy_weights(squares, numel_);
@@ -117,7 +125,7 @@ class ScePieces final : public PieceMerger {
   }
 
  private:
-  enum class Stage { select, ties, energy, done };
+  enum class Stage { select, ties_and_energy, energy, done };
 
   // f(j0, j1) over the piece's elements [j0, j1), cut at the blocks (for_blocks): a block's
   // ties are walked in index order by one thread, and a block holds whole statistics blocks.
@@ -126,17 +134,36 @@ class ScePieces final : public PieceMerger {
     for_blocks(first, count, kBlock, threads, [&](i64, i64 b, i64 e) { f(b - first, e - first); });
   }
 
-  // Whether element i (of variance v) is kept, walking the ties' allowance `left` in order.
-  bool kept(i64 i, double v, std::vector<i64>& left) const {
+  // Whether element i (of variance v) is kept, walking the ties' allowance of its block in
+  // `left` (or `l`, its block's) in index order.
+  bool kept(i64 i, double v, std::vector<i64>& left) const { return kept_at(v, left[static_cast<std::size_t>(i / kBlock)]); }
+  bool kept_at(double v, i64& l) const {
     if (topk_ >= 1 || keep_ >= numel_) return true;
     if (keep_ <= 0) return false;
     if (v > threshold_) return true;
-    auto& l = left[static_cast<std::size_t>(i / kBlock)];
     if (v == threshold_ && l > 0) {
       --l;
       return true;
     }
     return false;
+  }
+
+  // Each task's sum of squares over the piece's kept elements, into the statistics lanes:
+  // left_of(j) is the allowance of the block holding the piece's element j; with `variances`
+  // the piece's are in var_, else none is needed (every element kept, or none).
+  template <class LeftOf>
+  void add_kept_squares(const TensorInputs& in, int threads, const LeftOf& left_of, bool variances) {
+    const i64 n = static_cast<i64>(in.n), count = static_cast<i64>(in.count);
+    const float* x = in.stacked.data();
+    const double* var = var_.data();
+    keep_bytes_.resize(in.count);
+    unsigned char* keep = keep_bytes_.data();
+    by_blocks(in.first, count, threads, [&](i64 j0, i64 j1) {
+      i64& left = left_of(j0);
+      for (i64 j = j0; j < j1; ++j) keep[j] = kept_at(variances ? var[j] : 0.0, left);
+      for (i64 t = 0; t < n; ++t)
+        add_square_lanes(lanes_[t].data(), in.first + j0, x + t * count + j0, j1 - j0, keep + j0);
+    });
   }
 
   CombineRecipe recipe_;
@@ -145,13 +172,14 @@ class ScePieces final : public PieceMerger {
   bool has_base_;
   Stage stage_;
   bool first_pass_ = true;
-  i64 nonzero_ = 0, keep_ = 0, equal_left_ = 0;
+  i64 nonzero_ = 0, keep_ = 0, equal_left_ = 0, ties_before_ = 0;
   double threshold_ = 0;
   RankSelect select_;
   std::vector<double> var_, weights_;
   std::vector<unsigned char> keep_bytes_;  // the energy pass's decisions over a piece
   std::vector<std::vector<double>> lanes_;  // per task: Σ x² of the kept elements, per block and lane
-  std::vector<i64> equal_, energy_left_;  // per block: ties at the threshold, then those kept
+  std::vector<i64> equal_;      // per block: the ties at the threshold it keeps (filled by the ties pass)
+  std::vector<i64> part_left_;  // the ties pass: the allowance of each block (part) of its piece
 };
 
 }  // namespace

@@ -109,6 +109,26 @@ TEST_P(PieceMerge, AnyPieceSizeGivesTheWholeTensorsBits) {
   EXPECT_NE(0, std::memcmp(whole.data(), base.data(), whole.size() * sizeof(float))) << c.name;
 }
 
+// Past 2^18 elements arcee_fusion's quartiles and SCE's threshold come from a strided sample
+// and its brackets (RankSelect::sample_first), not a sample of every value: still the
+// whole-tensor definitions' bits, for any piece size.
+TEST(PieceMerge, SampledSelectionsGiveTheWholeTensorsBits) {
+  static const TensorSet set({600, 700});
+  for (const auto method : {ClassicMethod::arcee_fusion, ClassicMethod::sce}) {
+    const std::size_t n = method == ClassicMethod::sce ? 3 : 1;
+    ClassicMergeOptions o;
+    o.method = method;
+    for (std::size_t t = 0; t < n; ++t) o.tasks.push_back({"t" + std::to_string(t), "unused"});
+    if (method == ClassicMethod::sce) o.select_topk = 0.3;
+    const auto reference = merge_whole(set, o, n, true);
+    for (const i64 piece : {i64{4999}, i64{100000}, set.numel()}) {
+      const auto parts = set.merge(o, n, true, piece, 2);
+      ASSERT_EQ(0, std::memcmp(reference.data(), parts.data(), reference.size() * sizeof(float)))
+          << (n == 1 ? "arcee_fusion" : "sce") << ": pieces of " << piece << " differ from the whole tensor";
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Methods, PieceMerge, ::testing::ValuesIn(kCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
