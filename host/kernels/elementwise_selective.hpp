@@ -25,11 +25,13 @@ REVMERGE_HD_INLINE double element_variance(const float* x, int n, std::int64_t c
   return sq / static_cast<double>(n);
 }
 
-/// A double's bits in an order that is the values' order (positive above negative).
+/// A double's bits in an order that is the values' order (positive above negative): a negative
+/// value's bits inverted, another's sign bit set — without a branch, so that host loops over
+/// it vectorize.
 REVMERGE_HD_INLINE std::uint64_t ordered_bits(double v) {
   std::uint64_t b;
   memcpy(&b, &v, 8);
-  return b >> 63 ? ~b : b | (std::uint64_t{1} << 63);
+  return b ^ (static_cast<std::uint64_t>(static_cast<std::int64_t>(b) >> 63) | (std::uint64_t{1} << 63));
 }
 
 REVMERGE_HD_INLINE void sce_lane(const ElementwiseStep& s, std::int64_t index) {

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/counter_rng.hpp"
+
 namespace revmerge {
 
 using i64 = std::int64_t;
@@ -45,20 +47,12 @@ SamplePlan sample_plan(i64 numel, std::size_t ranks, i64 keep_limit) {
   return {true, stride, m};
 }
 
-std::uint64_t sample_mix(std::uint64_t group) {
-  // splitmix64's finalizer: a group's place for its sampled value, the same on every run.
-  group += 0x9e3779b97f4a7c15ull;
-  group = (group ^ (group >> 30)) * 0xbf58476d1ce4e5b9ull;
-  group = (group ^ (group >> 27)) * 0x94d049bb133111ebull;
-  return group ^ (group >> 31);
-}
-
 void sampled_places(i64 first, i64 count, i64 stride, std::vector<i64>& places) {
   places.clear();
   const i64 end = first + count;
   const auto mask = static_cast<std::uint64_t>(stride - 1);
   for (i64 group = first / stride; group * stride < end; ++group) {
-    const i64 g = group * stride + static_cast<i64>(sample_mix(static_cast<std::uint64_t>(group)) & mask);
+    const i64 g = group * stride + static_cast<i64>(kernels::mix64(static_cast<std::uint64_t>(group)) & mask);
     if (g >= first && g < end) places.push_back(g);
   }
 }
@@ -104,9 +98,9 @@ std::vector<Bracket> brackets_from_sample(std::vector<std::uint64_t>& sample,
   return out;
 }
 
-// Compiled again for AVX2 and AVX-512 where the CPU has them: the keys and the brackets'
-// comparisons on vector lanes (64-bit unsigned comparisons), the rare values inside found
-// afterwards eight flags at a time.
+// Compiled again for AVX2 and AVX-512 where the CPU has them: the keys (kernels::ordered_bits,
+// branch-free) and the brackets' comparisons on vector lanes (64-bit unsigned comparisons), the
+// rare values inside found afterwards eight flags at a time.
 #if defined(__x86_64__)
 [[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
 #endif
@@ -114,13 +108,7 @@ void bracket_block(const double* v, i64 n, const Bracket* brackets, std::size_t 
                    std::uint8_t* flags, std::uint64_t* const* inside, BracketCounts& counts) {
   for (std::size_t r = 0; r < ranks; ++r) counts.inside[r] = 0;
   if (n <= 0) return;
-  for (i64 j = 0; j < n; ++j) {
-    std::uint64_t b;
-    std::memcpy(&b, v + j, 8);
-    // kernels::ordered_bits without a branch: negative values' bits inverted, others' sign set.
-    keys[j] = b ^ (static_cast<std::uint64_t>(static_cast<std::int64_t>(b) >> 63) |
-                   (std::uint64_t{1} << 63));
-  }
+  for (i64 j = 0; j < n; ++j) keys[j] = kernels::ordered_bits(v[j]);
   std::memset(flags, 0, static_cast<std::size_t>(n));
   for (std::size_t r = 0; r < ranks; ++r) {
     const std::uint64_t lo = brackets[r].lo, hi = brackets[r].hi;

@@ -29,11 +29,9 @@ struct SamplePlan {
 };
 SamplePlan sample_plan(std::int64_t numel, std::size_t ranks, std::int64_t keep_limit);
 
-/// The place hash of a group of `stride` values (splitmix64's finalizer).
-std::uint64_t sample_mix(std::uint64_t group);
-
 /// The places in [first, first + count) of the values a pass sampled one in `stride` takes (a
-/// power of two): one in each group of `stride` consecutive places, at sample_mix(group).
+/// power of two): one in each group of `stride` consecutive places, at kernels::mix64(group)
+/// modulo `stride`.
 void sampled_places(std::int64_t first, std::int64_t count, std::int64_t stride, std::vector<std::int64_t>& places);
 
 /// A rank's bracket [lo, hi] of keys, and how many of a pass's values the sample says lie

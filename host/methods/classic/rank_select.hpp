@@ -125,7 +125,7 @@ class RankSelect {
 
   void end_pass() {
     if (phase_ == Phase::sample) return end_sample();
-    if (phase_ == Phase::window) return end_brackets();
+    if (phase_ == Phase::brackets) return end_brackets();
     if (keeping_) return pick();
     // The threads' histograms into the pass's, thread by thread.
     const std::size_t histograms = digit_ == 0 ? 1 : ranks_.size();
@@ -186,7 +186,7 @@ class RankSelect {
     constexpr std::int64_t kBlock = 4096;
     const int used =
         static_cast<int>(std::clamp<std::int64_t>(total / kBlock, 1, std::max(threads, 1)));
-    const std::size_t ranks = phase_ == Phase::window ? ranks_.size() : 0;
+    const std::size_t ranks = phase_ == Phase::brackets ? ranks_.size() : 0;
     const std::int64_t seen = seen_;
 #pragma omp parallel num_threads(used)
     {
@@ -234,8 +234,8 @@ class RankSelect {
   void keep_inside(std::size_t r, const std::uint64_t* keys, std::int64_t m) {
     if (m == 0) return;
     const auto at = static_cast<std::size_t>(std::atomic_ref(filled_[r]).fetch_add(m));
-    if (at + static_cast<std::size_t>(m) <= window_[r].size())
-      std::copy_n(keys, m, window_[r].begin() + static_cast<std::ptrdiff_t>(at));
+    if (at + static_cast<std::size_t>(m) <= inside_[r].size())
+      std::copy_n(keys, m, inside_[r].begin() + static_cast<std::ptrdiff_t>(at));
   }
 
   void check_seen(const char* pass) const {
@@ -267,20 +267,20 @@ class RankSelect {
     }
     brackets_ = brackets_from_sample(sample_, ranks_, numel_, stride_);
     std::int64_t room = keep_limit(numel_);
-    window_.assign(ranks, {});
+    inside_.assign(ranks, {});
     filled_.assign(ranks, 0);
     for (std::size_t r = 0; r < ranks; ++r) {
       const std::int64_t want =
           brackets_[r].expected_inside + brackets_[r].expected_inside / 4 + 4096;
       if (want > room) return restart_radix();
       room -= want;
-      window_[r].resize(static_cast<std::size_t>(want));
+      inside_[r].resize(static_cast<std::size_t>(want));
     }
     std::vector<std::uint64_t>().swap(sample_);
     std::fill(below_.begin(), below_.end(), 0);
     std::fill(at_lo_.begin(), at_lo_.end(), 0);
     std::fill(at_hi_.begin(), at_hi_.end(), 0);
-    phase_ = Phase::window;
+    phase_ = Phase::brackets;
     seen_ = 0;
   }
 
@@ -290,7 +290,7 @@ class RankSelect {
     check_seen("bracket");
     for (std::size_t r = 0; r < ranks_.size(); ++r) {
       const std::int64_t inside = filled_[r], rank = ranks_[r], lt = below_[r], lo = at_lo_[r];
-      if (inside > static_cast<std::int64_t>(window_[r].size()) || rank < lt ||
+      if (inside > static_cast<std::int64_t>(inside_[r].size()) || rank < lt ||
           rank >= lt + lo + inside + at_hi_[r])
         return restart_radix();
       if (rank < lt + lo) {
@@ -298,7 +298,7 @@ class RankSelect {
       } else if (rank >= lt + lo + inside) {
         prefix_[r] = brackets_[r].hi, below_[r] = lt + lo + inside, equal_[r] = at_hi_[r];
       } else {
-        auto& w = window_[r];
+        auto& w = inside_[r];
         w.resize(static_cast<std::size_t>(inside));
         const auto at = w.begin() + (rank - lt - lo);
         std::nth_element(w.begin(), at, w.end());
@@ -317,7 +317,7 @@ class RankSelect {
     phase_ = Phase::radix;
     bracketed_ = true;
     std::vector<std::uint64_t>().swap(sample_);
-    window_ = {};
+    inside_ = {};
     filled_ = {};
   }
 
@@ -335,7 +335,7 @@ class RankSelect {
     slot_counts_ = {};
     kept_ = {};
     std::vector<std::uint64_t>().swap(sample_);
-    window_ = {};
+    inside_ = {};
     filled_ = {};
   }
 
@@ -410,15 +410,15 @@ class RankSelect {
   int digit_ = 0;
   // The sampled passes (sample_first): which one is next, the values a pass sees (numel_) and
   // has seen, the sample's stride and keys, the brackets, and each rank's counts at them and
-  // keys inside (window_, filled as filled_ says).
-  enum class Phase { radix, sample, window };
+  // keys inside (inside_, filled as filled_ says).
+  enum class Phase { radix, sample, brackets };
   Phase phase_ = Phase::radix;
   bool bracketed_ = false;
   std::int64_t numel_ = 0, seen_ = 0, stride_ = 0;
   std::vector<std::uint64_t> sample_;
   std::vector<Bracket> brackets_;
   std::vector<std::int64_t> at_lo_, at_hi_;
-  std::vector<std::vector<std::uint64_t>> window_;
+  std::vector<std::vector<std::uint64_t>> inside_;
 };
 
 }  // namespace revmerge
