@@ -3,7 +3,8 @@
 task arithmetic by default (also arcee_fusion, della, karcher, multislerp, model_stock and sce,
 with --methods) from one mergekit YAML config each, run by `mergekit-yaml` (mergekit 0.1.5,
 installed from PyPI into WORK/mergekit-pkg by this script) and by `revmerge merge --config`,
-beside the read floor (the inputs' bytes read once from the page cache, measured here).
+beside the read floor (the inputs' bytes read once from the page cache on the runs' thread
+count, measured here).
 
     python3 bench/mergekit_bench.py --revmerge build/release/host/cli/revmerge \\
         [--layers 2] [--vocab 32000] [--repeats 3] [--threads N] [--work DIR] [--cuda] \\
@@ -27,8 +28,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -75,26 +78,72 @@ def shapes(layers: int, vocab: int):
     return out
 
 
-def write_models(root: Path, layers: int, vocab: int):
+MODELS = [("base", 0), ("ft0", 1), ("ft1", 2), ("ft2", 3)]
+
+
+def tensor_blocks(name: str, shape, block_elements: int):
+    """The four models' values of tensor `name`, a block of whole rows at a time: (first element,
+    [base, ft0, ft1, ft2] as float32). The base is N(0, 0.02²) (ones for a norm), each fine-tune
+    the base plus 1e-3 · (0.7 · shared + own), every part drawn from a generator seeded by the
+    tensor's name. A generator's consecutive draws continue its stream, so the blocks hold the
+    values one whole-tensor draw would give; the base and the shared part are drawn once for
+    all four models."""
+    seed = zlib.crc32(name.encode())
+    rows, cols = (shape[0], int(np.prod(shape[1:]))) if len(shape) > 1 else (1, shape[0])
+    step = max(1, block_elements // cols)
+    base_rng, shared_rng = np.random.default_rng([0, seed]), np.random.default_rng([7, seed])
+    own_rngs = [np.random.default_rng([s, seed]) for _, s in MODELS[1:]]
+    for r0 in range(0, rows, step):
+        part = (min(step, rows - r0), cols)
+        base = np.ones(part, np.float32) if len(shape) == 1 else base_rng.standard_normal(part, np.float32) * 0.02
+        shared = shared_rng.standard_normal(part, np.float32)
+        yield r0 * cols, [base] + [base + 1e-3 * (0.7 * shared + g.standard_normal(part, np.float32))
+                                   for g in own_rngs]
+
+
+def write_models(root: Path, layers: int, vocab: int, threads: int = os.cpu_count() or 1,
+                 block_elements: int = 1 << 22):
+    """The four models' safetensors files and configs under `root`. Tensors are made on `threads`
+    threads (numpy's generators and ufuncs let go of the GIL while they fill) and each block is
+    written at its own offset in every file, so the bytes do not depend on the order the threads
+    finish in; only a few blocks a thread are held at once (the 2-layer set used to take ~5 min
+    on one thread, the base drawn again for every model)."""
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
               "intermediate_size": INTER, "num_hidden_layers": layers, "num_attention_heads": HEADS,
               "num_key_value_heads": KV_HEADS, "vocab_size": vocab, "rms_norm_eps": 1e-5,
               "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}
     sh = shapes(layers, vocab)
-    for model, seed in [("base", 0), ("ft0", 1), ("ft1", 2), ("ft2", 3)]:
-        folder = root / model
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {}
-        for name, shape in sh.items():
-            rng = np.random.default_rng([0, zlib.crc32(name.encode())])
-            w = np.ones(shape, np.float32) if len(shape) == 1 else rng.standard_normal(shape, np.float32) * 0.02
-            if seed:
-                shared = np.random.default_rng([7, zlib.crc32(name.encode())]).standard_normal(shape, np.float32)
-                own = np.random.default_rng([seed, zlib.crc32(name.encode())]).standard_normal(shape, np.float32)
-                w += 1e-3 * (0.7 * shared + own)
-            tensors[name] = (shape, bf16_bytes(w))
-        write_safetensors(folder / "model.safetensors", tensors)
-        (folder / "config.json").write_text(json.dumps(config, indent=1))
+    header, offset = {}, 0
+    for name, shape in sh.items():
+        size = 2 * int(np.prod(shape))
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    data = 8 + len(text)
+    fds = []
+    try:
+        for model, _ in MODELS:
+            folder = root / model
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / "model.safetensors", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fds.append(fd)
+            os.pwrite(fd, len(text).to_bytes(8, "little") + text, 0)
+            os.ftruncate(fd, data + offset)
+
+        def one(name: str):
+            for first, values in tensor_blocks(name, sh[name], block_elements):
+                at = data + header[name]["data_offsets"][0] + 2 * first
+                for fd, v in zip(fds, values):
+                    os.pwrite(fd, bf16_bytes(v), at)
+
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            list(pool.map(one, sorted(sh, key=lambda n: -int(np.prod(sh[n])))))  # the largest first
+    finally:
+        for fd in fds:
+            os.close(fd)
+    for model, _ in MODELS:
+        (root / model / "config.json").write_text(json.dumps(config, indent=1))
 
 
 CONFIGS = {
@@ -139,20 +188,34 @@ def input_files(root: Path) -> list[Path]:
     return [root / m / "model.safetensors" for m in ["base", "ft0", "ft1", "ft2"]]
 
 
-def read_inputs(root: Path) -> float:
-    """Reads every input once (the page cache's copy where it holds them); the seconds it took."""
+def read_inputs(root: Path, threads: int = 1) -> float:
+    """Reads every input once (the page cache's copy where it holds them) on `threads` threads,
+    each into one buffer of its own used again and again (a fresh 64 MiB object a read pays for
+    its pages: one thread of that ran at ~1.6 GB/s here, under what revmerge's reads reach, so
+    it was no floor); the seconds it took."""
+    extent = 8 << 20
+    jobs = [(f, at) for f in input_files(root) for at in range(0, f.stat().st_size, extent)]
+    buffers = {}
+
+    def one(job):
+        f, at = job
+        buf = buffers.setdefault(threading.get_ident(), bytearray(extent))
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.preadv(fd, [buf], at)
+        finally:
+            os.close(fd)
+
     t0 = time.perf_counter()
-    for f in input_files(root):
-        with open(f, "rb", buffering=0) as fh:
-            while fh.read(64 << 20):
-                pass
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        list(pool.map(one, jobs))
     return time.perf_counter() - t0
 
 
-def read_floor(root: Path) -> tuple[float, int]:
+def read_floor(root: Path, threads: int) -> tuple[float, int]:
     total = sum(f.stat().st_size for f in input_files(root))
-    read_inputs(root)
-    return read_inputs(root), total  # the second pass is the one measured: the page cache is warm
+    read_inputs(root, threads)
+    return read_inputs(root, threads), total  # the second pass is the one measured: the page cache is warm
 
 
 def settle(root: Path, seconds: float):
@@ -166,7 +229,7 @@ def settle(root: Path, seconds: float):
     Untimed, before every run of both."""
     os.sync()
     time.sleep(seconds)
-    read_inputs(root)
+    read_inputs(root, os.cpu_count() or 1)
 
 
 def timed(cmd, env=None):
@@ -209,9 +272,10 @@ def main():
         os.execv(sys.executable, [sys.executable, *sys.argv])
     pkg = a.mergekit_pkg or install_mergekit(a.work)
     env = dict(os.environ, PYTHONPATH=str(pkg) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    floor, total = read_floor(root)
+    floor, total = read_floor(root, a.threads)
     print(f"inputs: 4 models × {a.layers} llama-7b layers + embedding and head (vocab {a.vocab}), bf16, "
-          f"{total / 1e9:.2f} GB; read floor {floor:.2f} s ({total / floor / 1e9:.1f} GB/s from the page cache)")
+          f"{total / 1e9:.2f} GB; read floor {floor:.2f} s ({total / floor / 1e9:.1f} GB/s from the page cache, "
+          f"{a.threads} threads)")
     print(f"threads {a.threads}, {a.repeats} runs each, medians")
     out = a.work / "out"
     rows = []
