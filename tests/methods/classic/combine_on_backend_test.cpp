@@ -79,6 +79,8 @@ const Case kCases[] = {
     {"model_stock_rows", ClassicMethod::model_stock, 3, true, [](ClassicMergeOptions& o) { o.filter_wise = true; }},
     // 45 sums: the lanes' blocks are 6 statistics blocks long.
     {"model_stock_nine", ClassicMethod::model_stock, 9, true, [](ClassicMergeOptions&) {}},
+    // Two vectors: the host's Gram sums at once (sphere_sums.cpp) at their fewest.
+    {"model_stock_two", ClassicMethod::model_stock, 2, true, [](ClassicMergeOptions&) {}},
     {"passthrough", ClassicMethod::passthrough, 1, false, [](ClassicMergeOptions& o) { o.scales = {0.37}; }},
     {"nuslerp", ClassicMethod::nuslerp, 2, true, [](ClassicMergeOptions& o) { o.weights = {0.3, 0.7}; }},
     {"nuslerp_rows", ClassicMethod::nuslerp, 2, false,
@@ -94,6 +96,7 @@ const Case kCases[] = {
     {"karcher_converged", ClassicMethod::karcher, 3, true, [](ClassicMergeOptions& o) { o.tol = 1e-2; o.max_iter = 50; }},
     {"karcher_one_step", ClassicMethod::karcher, 3, true, [](ClassicMergeOptions& o) { o.max_iter = 1; }},
     {"karcher_nobase", ClassicMethod::karcher, 3, false, [](ClassicMergeOptions& o) { o.max_iter = 3; }},
+    {"karcher_one_model", ClassicMethod::karcher, 1, true, [](ClassicMergeOptions& o) { o.max_iter = 3; }},
     // The TensorSet's changes are multiples of 1/64: variances tie often at the threshold.
     {"sce", ClassicMethod::sce, 3, true, [](ClassicMergeOptions& o) { o.select_topk = 0.3; }},
     {"sce_every_element", ClassicMethod::sce, 3, true, [](ClassicMergeOptions&) {}},

@@ -129,6 +129,28 @@ TEST(PieceMerge, SampledSelectionsGiveTheWholeTensorsBits) {
   }
 }
 
+// The host's Gram sums take up to four vectors' sums at once (sphere_sums.cpp's
+// gram_lanes_block, each vector's values made once) and more through the general loop: both
+// give karcher's whole-tensor bits (the kernels' steps, element by element) at every vector
+// count either side of the switch, the base among the vectors. (combine_on_backend_test.cpp
+// checks model_stock's task vectors the same way, against a backend's steps.)
+TEST(PieceMerge, GramSumsOfEveryVectorCountGiveTheWholeTensorsBits) {
+  static const TensorSet set({300, 700}, DType::F32, 5);
+  for (std::size_t n = 1; n <= 5; ++n) {
+    ClassicMergeOptions o;
+    o.method = ClassicMethod::karcher;
+    for (std::size_t t = 0; t < n; ++t) o.tasks.push_back({"t" + std::to_string(t), "unused"});
+    o.max_iter = 4, o.tol = 1e-9;
+    const auto reference = merge_whole(set, o, n, true);
+    for (const i64 piece : {i64{4999}, i64{65536}, set.numel()}) {
+      const auto parts = set.merge(o, n, true, piece, 2);
+      ASSERT_EQ(0, std::memcmp(reference.data(), parts.data(), reference.size() * sizeof(float)))
+          << "karcher over " << n << " fine-tunes and the base: pieces of " << piece
+          << " differ from the whole tensor";
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Methods, PieceMerge, ::testing::ValuesIn(kCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
