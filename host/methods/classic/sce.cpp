@@ -114,12 +114,16 @@ class ScePieces final : public PieceMerger {
     const i64 n = static_cast<i64>(in.n), count = static_cast<i64>(in.count);
     float* x = in.stacked.data();
     var_.resize(in.count);
+    keep_bytes_.resize(in.count);
     double* var = var_.data();
+    unsigned char* keep = keep_bytes_.data();
     by_blocks(in.first, count, threads, [&](i64 j0, i64 j1) {
       element_variances(x, n, count, j0, j1, var + j0);
-      for (i64 j = j0; j < j1; ++j)
-        if (!kept(in.first + j, var[j], equal_))
-          for (i64 t = 0; t < n; ++t) x[t * count + j] = 0.0f;
+      keep_mask(var + j0, j1 - j0, equal_[static_cast<std::size_t>((in.first + j0) / kBlock)], keep + j0);
+      for (i64 t = 0; t < n; ++t) {
+        float* xt = x + t * count;
+        for (i64 j = j0; j < j1; ++j) xt[j] = keep[j] ? xt[j] : 0.0f;
+      }
     });
     combine_tasks(recipe_, x, n, count, weights_.data(), out, threads, has_base_ ? in.base.data() : nullptr);
   }
@@ -134,18 +138,20 @@ class ScePieces final : public PieceMerger {
     for_blocks(first, count, kBlock, threads, [&](i64, i64 b, i64 e) { f(b - first, e - first); });
   }
 
-  // Whether element i (of variance v) is kept, walking the ties' allowance of its block in
-  // `left` (or `l`, its block's) in index order.
-  bool kept(i64 i, double v, std::vector<i64>& left) const { return kept_at(v, left[static_cast<std::size_t>(i / kBlock)]); }
-  bool kept_at(double v, i64& l) const {
-    if (topk_ >= 1 || keep_ >= numel_) return true;
-    if (keep_ <= 0) return false;
-    if (v > threshold_) return true;
-    if (v == threshold_ && l > 0) {
-      --l;
-      return true;
+  // Whether each of m elements of one block (variances `var`, or none where every element is
+  // kept or none is) is kept, into keep: those above the threshold, and of those at it as many
+  // as the block's allowance `left` holds, lower index first (it is spent). The comparisons in
+  // one loop on vector lanes, then the ties in index order only where the allowance is not
+  // spent: most blocks have none to keep.
+  void keep_mask(const double* var, i64 m, i64& left, unsigned char* keep) const {
+    if (topk_ >= 1 || keep_ >= numel_ || keep_ <= 0) {
+      std::fill_n(keep, m, static_cast<unsigned char>(topk_ >= 1 || keep_ >= numel_));
+      return;
     }
-    return false;
+    const double threshold = threshold_;
+    for (i64 j = 0; j < m; ++j) keep[j] = var[j] > threshold;
+    for (i64 j = 0; j < m && left > 0; ++j)
+      if (var[j] == threshold) keep[j] = 1, --left;
   }
 
   // Each task's sum of squares over the piece's kept elements, into the statistics lanes:
@@ -159,8 +165,7 @@ class ScePieces final : public PieceMerger {
     keep_bytes_.resize(in.count);
     unsigned char* keep = keep_bytes_.data();
     by_blocks(in.first, count, threads, [&](i64 j0, i64 j1) {
-      i64& left = left_of(j0);
-      for (i64 j = j0; j < j1; ++j) keep[j] = kept_at(variances ? var[j] : 0.0, left);
+      keep_mask(variances ? var + j0 : nullptr, j1 - j0, left_of(j0), keep + j0);
       for (i64 t = 0; t < n; ++t)
         add_square_lanes(lanes_[t].data(), in.first + j0, x + t * count + j0, j1 - j0, keep + j0);
     });
