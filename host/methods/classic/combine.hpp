@@ -89,15 +89,8 @@ std::vector<double> energy_weights(std::span<const double> squares, std::int64_t
 /// Adds x[j]² (f64) for the elements j of a piece at tensor element `first` — those with
 /// keep[j] != 0 where `keep` is given — into the statistics lanes (element i into lane
 /// i mod kStatLanes of block i / kStatBlock), each lane in index order, as the backends do.
-inline void add_square_lanes(double* lanes, std::int64_t first, const float* x, std::int64_t count,
-                             const unsigned char* keep) {
-  for (std::int64_t j = 0; j < count; ++j) {
-    if (keep && !keep[j]) continue;
-    const std::int64_t i = first + j;
-    const double v = x[j];
-    lanes[(i / kernels::kStatBlock) * kernels::kStatLanes + i % kernels::kStatLanes] += v * v;
-  }
-}
+void add_square_lanes(double* lanes, std::int64_t first, const float* x, std::int64_t count,
+                      const unsigned char* keep);
 
 /// The tasks' own steps, exposed for tests. Every ranking by magnitude orders equal magnitudes
 /// by index, the lower index counting as the larger. The trim keeps the k largest |x|; the
