@@ -213,7 +213,7 @@ struct GramPairs {
 
 // gram_lanes_run's elements [first, block_end) of one block for V vectors, every sum at once:
 // each vector's eight values widened (less the base's) once for all its sums, where the general
-// loop makes both of a pair's again for each sum (a quarter of a model_stock merge's time, 3
+// loop makes both of a pair's again for each sum (a fifth of a model_stock merge's time, 3
 // fine-tunes). Each sum's lanes take the same products in the same order: the same bits.
 template <int V>
 [[gnu::always_inline]] inline void gram_lanes_block(double* const* at, i64 a, const float* const* x, const float* base,
