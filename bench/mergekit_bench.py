@@ -194,22 +194,22 @@ def read_inputs(root: Path, threads: int = 1) -> float:
     its pages: one thread of that ran at ~1.6 GB/s here, under what revmerge's reads reach, so
     it was no floor); the seconds it took."""
     extent = 8 << 20
-    jobs = [(f, at) for f in input_files(root) for at in range(0, f.stat().st_size, extent)]
+    fds = [os.open(f, os.O_RDONLY) for f in input_files(root)]
+    jobs = [(fd, at) for fd in fds for at in range(0, os.fstat(fd).st_size, extent)]
     buffers = {}
 
     def one(job):
-        f, at = job
-        buf = buffers.setdefault(threading.get_ident(), bytearray(extent))
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.preadv(fd, [buf], at)
-        finally:
-            os.close(fd)
+        fd, at = job
+        os.preadv(fd, [buffers.setdefault(threading.get_ident(), bytearray(extent))], at)
 
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        list(pool.map(one, jobs))
-    return time.perf_counter() - t0
+    try:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            list(pool.map(one, jobs))
+        return time.perf_counter() - t0
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def read_floor(root: Path, threads: int) -> tuple[float, int]:

@@ -299,9 +299,10 @@ REVMERGE_HD_INLINE std::int64_t piece_chunks(const ElementwiseStep& s) {
 }
 /// Gram sums of n vectors (model_stock's tasks, karcher's models): n squared norms and
 /// n(n − 1)/2 dot products.
-REVMERGE_HD_INLINE int stock_sums(int n) { return n * (n + 1) / 2; }
+REVMERGE_HD_INLINE constexpr int stock_sums(int n) { return n * (n + 1) / 2; }
 /// Sum q's vectors (a, b): a = b = q for the squared norms, then the pairs a < b in order.
-REVMERGE_HD_INLINE void stock_pair(int n, int q, int& a, int& b) {
+/// (constexpr: the host's Gram sums fix them at compile time, sphere_sums.cpp.)
+REVMERGE_HD_INLINE constexpr void stock_pair(int n, int q, int& a, int& b) {
   if (q < n) {
     a = b = q;
     return;

@@ -163,9 +163,7 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
   std::uint64_t mapped = src.base ? src.base->info->nbytes() : 0;
   for (const auto* m : src.models) mapped += m->info->nbytes();
   const std::uint64_t pieces_bytes = static_cast<std::uint64_t>(piece) * per;
-  const bool hold_between_passes =
-      merger.wants_pass() && !read_once && pieces_bytes + held + mapped <= room;
-  bool holding = hold_between_passes;  // until the last pass starts
+  bool holding = merger.wants_pass() && !read_once && pieces_bytes + held + mapped <= room;  // until the last pass
   // Small pieces leave their inputs' pages mapped until kDropElements have been read: one
   // madvise per piece would cost each piece a TLB shootdown on every core.
   const bool drop_each = piece >= kDropElements;

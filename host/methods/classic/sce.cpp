@@ -144,8 +144,9 @@ class ScePieces final : public PieceMerger {
   // one loop on vector lanes, then the ties in index order only where the allowance is not
   // spent: most blocks have none to keep.
   void keep_mask(const double* var, i64 m, i64& left, unsigned char* keep) const {
-    if (topk_ >= 1 || keep_ >= numel_ || keep_ <= 0) {
-      std::fill_n(keep, m, static_cast<unsigned char>(topk_ >= 1 || keep_ >= numel_));
+    const bool all = topk_ >= 1 || keep_ >= numel_;
+    if (all || keep_ <= 0) {
+      std::fill_n(keep, m, static_cast<unsigned char>(all));
       return;
     }
     const double threshold = threshold_;

@@ -197,17 +197,13 @@ SphereSums sphere_sums(const ClassicMergeOptions& o, const std::string& name, i6
 
 namespace {
 
-// The sums' vector pairs (kernels::stock_pair's order: the squares, then the pairs a < b) of V
-// vectors, fixed at compile time.
+// The sums' vector pairs of V vectors (kernels::stock_pair's), fixed at compile time.
 template <int V>
 struct GramPairs {
-  static constexpr int kSums = V * (V + 1) / 2;
+  static constexpr int kSums = kernels::stock_sums(V);
   int a[kSums] = {}, b[kSums] = {};
   constexpr GramPairs() {
-    int q = 0;
-    for (; q < V; ++q) a[q] = b[q] = q;
-    for (int i = 0; i < V; ++i)
-      for (int j = i + 1; j < V; ++j, ++q) a[q] = i, b[q] = j;
+    for (int q = 0; q < kSums; ++q) kernels::stock_pair(V, q, a[q], b[q]);
   }
 };
 
@@ -262,7 +258,7 @@ void gram_lanes_run(double* lanes, i64 stride, int vectors, i64 a, const float* 
   const int all = kernels::stock_sums(vectors);
   const i64 end = a + m;
   if (vectors >= 2 && vectors <= kGramAtOnce) {
-    double* at[GramPairs<kGramAtOnce>::kSums];
+    double* at[kernels::stock_sums(kGramAtOnce)];
     for (i64 first = a; first < end;) {
       const i64 block = first / block_size;
       const i64 block_end = std::min(end, (block + 1) * block_size);
