@@ -3,7 +3,9 @@
 // std::stable_sort gives with |a| > |b|, from a stable least-significant-digit radix sort on the
 // magnitudes' bits (for finite floats, ordered as their magnitudes). DELLA ranks every row of
 // every task this way; a comparison sort of a 4096-long row was most of its time.
+#include <algorithm>
 #include <array>
+#include <bit>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -18,47 +20,65 @@ class MagnitudeOrder {
   template <class Value>
   void sort(std::int64_t n, const Value& value, std::span<std::int64_t> order) {
     const auto size = static_cast<std::size_t>(n);
-    for (auto& v : keys_) v.resize(size);
-    for (auto& v : positions_) v.resize(size);
-    // Descending magnitude is ascending ~bits; the sort is stable, so ties stay by position.
+    for (auto& v : items_) v.resize(size);
+    // Each element one word, its key (descending magnitude is ascending ~bits) above its
+    // position: one store a move, not two. The sort is stable, so ties stay by position.
     std::uint32_t all = ~0u, any = 0;
     for (std::size_t i = 0; i < size; ++i) {
       const auto key = ~kernels::magnitude_bits(value(static_cast<std::int64_t>(i)));
-      keys_[0][i] = key;
-      positions_[0][i] = static_cast<std::uint32_t>(i);
+      items_[0][i] = (std::uint64_t{key} << 32) | i;
       all &= key;
       any |= key;
     }
-    // A digit all keys share orders nothing: bf16 values' low 16 bits, the exponent's high bits
-    // mostly. The others are counted in one pass, each in two halves (even and odd positions)
-    // so that a run of equal digits is not one chain of increments of the same counter.
-    int shifts[4], digits = 0;
-    for (int shift = 0; shift < 32; shift += 8)
-      if ((((all ^ any) >> shift) & 0xffu) != 0) shifts[digits++] = shift;
-    std::uint32_t counts[4][2][256] = {};
-    for (std::size_t i = 0; i < size; ++i)
-      for (int k = 0; k < digits; ++k) ++counts[k][i & 1][(keys_[0][i] >> shifts[k]) & 0xffu];
+    // Only the bits where the keys differ are sorted on (bf16 values share their low 16, a
+    // row's magnitudes their exponent's high bits), in as few digits of at most kMostBits as
+    // cover them: each pass moves every element once through memory outside the L1 cache.
+    const std::uint32_t differ = all ^ any;
     int from = 0;
-    for (int k = 0; k < digits; ++k) {
-      std::uint32_t start[256];
-      std::uint32_t at = 0;
-      for (int d = 0; d < 256; ++d) {
-        start[d] = at;
-        at += counts[k][0][d] + counts[k][1][d];
+    if (differ != 0) {
+      const int low = std::countr_zero(differ), width = 32 - std::countl_zero(differ) - low;
+      const int passes = (width + kMostBits - 1) / kMostBits, bits = (width + passes - 1) / passes;
+      const std::uint64_t mask = (std::uint64_t{1} << bits) - 1;
+      // The row cut in kWays stretches scattered side by side, each with its own starts: stretch
+      // q's elements of a digit go after stretch q − 1's (still stable), and a run of equal digits
+      // is kWays chains of increments through memory, not one.
+      const std::size_t stretch = size / kWays;  // the last also takes the rest
+      const auto stretch_end = [&](std::size_t q) { return q + 1 < kWays ? (q + 1) * stretch : size; };
+      starts_.resize(kWays << bits);
+      std::array<std::uint32_t*, kWays> start;
+      for (std::size_t q = 0; q < kWays; ++q) start[q] = starts_.data() + (q << bits);
+      for (int p = 0; p < passes; ++p) {
+        const int shift = 32 + low + p * bits, to = from ^ 1;
+        const std::uint64_t* item = items_[from].data();
+        std::uint64_t* item_to = items_[to].data();
+        const auto digit = [&](std::size_t i) { return static_cast<std::size_t>((item[i] >> shift) & mask); };
+        std::fill(starts_.begin(), starts_.end(), 0u);
+        for (std::size_t q = 0; q < kWays; ++q)
+          for (std::size_t i = q * stretch; i < stretch_end(q); ++i) ++start[q][digit(i)];
+        std::uint32_t at = 0;
+        for (std::size_t d = 0; d <= mask; ++d)
+          for (std::size_t q = 0; q < kWays; ++q) {
+            const std::uint32_t count = start[q][d];
+            start[q][d] = at;
+            at += count;
+          }
+        for (std::size_t i = 0; i < stretch; ++i)
+          for (std::size_t q = 0; q < kWays; ++q) {
+            const std::size_t j = q * stretch + i;
+            item_to[start[q][digit(j)]++] = item[j];
+          }
+        for (std::size_t j = kWays * stretch; j < size; ++j) item_to[start[kWays - 1][digit(j)]++] = item[j];
+        from = to;
       }
-      const int to = from ^ 1;
-      for (std::size_t i = 0; i < size; ++i) {
-        const auto slot = start[(keys_[from][i] >> shifts[k]) & 0xffu]++;
-        keys_[to][slot] = keys_[from][i];
-        positions_[to][slot] = positions_[from][i];
-      }
-      from = to;
     }
-    for (std::size_t p = 0; p < size; ++p) order[p] = positions_[from][p];
+    for (std::size_t p = 0; p < size; ++p) order[p] = static_cast<std::uint32_t>(items_[from][p]);
   }
 
  private:
-  std::array<std::vector<std::uint32_t>, 2> keys_, positions_;
+  static constexpr int kMostBits = 11;  // 2048 starts a stretch
+  static constexpr std::size_t kWays = 2;
+  std::array<std::vector<std::uint64_t>, 2> items_;
+  std::vector<std::uint32_t> starts_;
 };
 
 }  // namespace revmerge

@@ -36,6 +36,7 @@ using thinning_loops::add_kept_norms;
 using thinning_loops::block_count;
 using thinning_loops::count_bits;
 using thinning_loops::draw_keeps;
+using thinning_loops::draw_keeps_each;
 using thinning_loops::drop_drawn;
 using thinning_loops::for_blocks;
 using thinning_loops::in_lanes;
@@ -188,6 +189,10 @@ void Thinning::della_keep(i64 first, std::span<const float> x, std::vector<unsig
       const auto at = [&](i64 j) { return (o * length + j) * inner + in; };
       sorter.sort(length, [&](i64 j) { return x[at(j)]; }, order);
       for (i64 p = 0; p < length; ++p) limit[order[p]] = limit_at[p];
+      if (inner == 1) {  // a row's elements side by side: its draws as one vector loop
+        draw_keeps_each(draw, limit.data(), first + at(0), length, keep.data() + at(0));
+        continue;
+      }
       for (i64 j = 0; j < length; ++j) {
         const i64 e = at(j);
         keep[e] = draw.below(static_cast<std::uint64_t>(first + e), limit[j]);

@@ -162,6 +162,15 @@ void draw_keeps(const kernels::CounterThreshold& draw, std::uint64_t limit, i64 
 #if defined(__x86_64__)
 [[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
 #endif
+void draw_keeps_each(const kernels::CounterThreshold& draw, const std::uint64_t* limits, i64 first, i64 count,
+                     unsigned char* keep) {
+  const auto at = static_cast<std::uint64_t>(first);
+  for (i64 j = 0; j < count; ++j) keep[j] = draw.below(at + static_cast<std::uint64_t>(j), limits[j]);
+}
+
+#if defined(__x86_64__)
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+#endif
 void add_kept_norms(const float* x, const unsigned char* keeps, i64 s, i64 t, double* before, double* after,
                     std::uint64_t* words) {
   // Element i: its |x| into lane l of `bl` and `al`; whether it is kept.

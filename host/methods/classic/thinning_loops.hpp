@@ -93,6 +93,11 @@ void trim_run(float* x, i64 m, const TrimRule& outer, i64& left, const TrimRule*
 void draw_keeps(const kernels::CounterThreshold& draw, std::uint64_t limit, i64 first, i64 count,
                 unsigned char* keep);
 
+/// keep[j] = whether element first + j is kept, its draw below limits[j] (DELLA's, one a rank),
+/// j < count: draw_keeps with a limit for each element.
+void draw_keeps_each(const kernels::CounterThreshold& draw, const std::uint64_t* limits, i64 first, i64 count,
+                     unsigned char* keep);
+
 /// Elements [s, t) of a block: Σ|x| into its lanes `before` and, of those `keeps[i − s]` keeps,
 /// into `after` (kLanes each, every lane in index order); with `words` (a whole tensor: s on a
 /// word, as its blocks and runs start) the decisions also go into its bit words — no two threads
