@@ -44,7 +44,7 @@ class MagnitudeOrder {
       // is kWays chains of increments through memory, not one.
       const std::size_t stretch = size / kWays;  // the last also takes the rest
       const auto stretch_end = [&](std::size_t q) { return q + 1 < kWays ? (q + 1) * stretch : size; };
-      starts_.resize(kWays << bits);
+      starts_.resize(2 * kWays << bits);  // the starts, then the odd halves' counts
       std::array<std::uint32_t*, kWays> start;
       for (std::size_t q = 0; q < kWays; ++q) start[q] = starts_.data() + (q << bits);
       for (int p = 0; p < passes; ++p) {
@@ -52,13 +52,21 @@ class MagnitudeOrder {
         const std::uint64_t* item = items_[from].data();
         std::uint64_t* item_to = items_[to].data();
         const auto digit = [&](std::size_t i) { return static_cast<std::size_t>((item[i] >> shift) & mask); };
+        // Counted with the stretches side by side too, each stretch's even and odd elements in
+        // counters of their own (added up below), for the same reason: four chains.
         std::fill(starts_.begin(), starts_.end(), 0u);
+        std::uint32_t* odd = starts_.data() + (kWays << bits);
+        for (std::size_t i = 0; i + 1 < stretch; i += 2)
+          for (std::size_t q = 0; q < kWays; ++q) {
+            ++start[q][digit(q * stretch + i)];
+            ++odd[(q << bits) + digit(q * stretch + i + 1)];
+          }
         for (std::size_t q = 0; q < kWays; ++q)
-          for (std::size_t i = q * stretch; i < stretch_end(q); ++i) ++start[q][digit(i)];
+          for (std::size_t i = q * stretch + (stretch & ~std::size_t{1}); i < stretch_end(q); ++i) ++start[q][digit(i)];
         std::uint32_t at = 0;
         for (std::size_t d = 0; d <= mask; ++d)
           for (std::size_t q = 0; q < kWays; ++q) {
-            const std::uint32_t count = start[q][d];
+            const std::uint32_t count = start[q][d] + odd[(q << bits) + d];
             start[q][d] = at;
             at += count;
           }
