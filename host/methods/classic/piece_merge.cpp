@@ -153,6 +153,7 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
   in.shape = shape;
   in.n = src.models.size();
   const bool runs = merger.works_in_runs();
+  const i64 run_length = runs ? merger.run_elements() : PieceMerger::kRunAlign;
   const bool read_once = piece >= numel && !runs;
   // A merger that reads the tensor again after its passes keeps the inputs' pages mapped from
   // its first pass to its last where the budget's room holds them beside the pieces (the 7b
@@ -192,11 +193,11 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
     RunValues values;
     if (then)
       values = [&](i64 begin, i64 end, float* v) {
-        const RunInputs run{first + begin, end - begin, PieceMerger::kRunAlign, in.n, has_base ? v : nullptr,
-                            has_base ? v + PieceMerger::kRunAlign : v};
+        const RunInputs run{first + begin, end - begin, run_length, in.n, has_base ? v : nullptr,
+                            has_base ? v + run_length : v};
         then(begin, run);
       };
-    read_finite_parts(parts, first, in.count, threads, drop_each && !holding, PieceMerger::kRunAlign, values);
+    read_finite_parts(parts, first, in.count, threads, drop_each && !holding, run_length, values);
     if (drop_each || holding) return;
     const i64 end = first + static_cast<i64>(in.count);
     if (first < dropped_to) dropped_to = first;  // the next pass

@@ -64,9 +64,13 @@ class PieceMerger {
 
   /// Whether the merger works run by run: then the driver reads each run of a piece and, on the
   /// same thread while the run is in cache, calls observe_run (in passes) or produce_run in
-  /// place of observe and produce. Runs are disjoint, cut at multiples of kRunAlign elements of
-  /// the tensor, and come on several threads at once, in any order; neither call may throw.
+  /// place of observe and produce. Runs are disjoint, cut at multiples of run_elements()
+  /// elements of the tensor, and come on several threads at once, in any order; neither call
+  /// may throw.
   virtual bool works_in_runs() const { return false; }
+  /// The elements of a whole run: kRunAlign, or (a merger that needs whole rows) a multiple of
+  /// granule(). A piece's last run may be shorter.
+  virtual std::int64_t run_elements() const { return kRunAlign; }
   /// Before each pass in runs: they come on OpenMP threads numbered below `threads`.
   virtual void start_runs(int /*threads*/) {}
   virtual void observe_run(const RunInputs&) {}

@@ -123,6 +123,66 @@ class RankSelect {
     }
   }
 
+  /// Before a pass whose values come in runs (add_run) on threads numbered below `slots`.
+  void start_runs(int slots) {
+    const std::size_t histograms = digit_ == 0 ? 1 : ranks_.size();
+    const auto need = static_cast<std::size_t>(std::max(slots, 1)) * histograms * 65536;
+    if (phase_ == Phase::radix && !keeping_ && slot_counts_.size() < need) slot_counts_.resize(need, 0);
+  }
+
+  /// `total` values of one run, values [first, first + total) of the pass, made a block at a time
+  /// as add_made's are, on the calling thread: runs come on several threads at once (each its
+  /// `slot`, below start_runs'), in any order, and a pass's runs cover its values once. The same
+  /// counts, sample and values as add_made's over the same values.
+  template <class Make>
+  void add_run(int slot, std::int64_t first, std::int64_t total, Make&& make) {
+    constexpr std::int64_t kBlock = 4096;
+    const std::size_t ranks = phase_ == Phase::brackets ? ranks_.size() : 0;
+    const std::size_t histograms = digit_ == 0 ? 1 : ranks_.size();
+    thread_local RunScratch scratch;  // reused run to run: no fresh pages for each
+    scratch.fit(static_cast<std::size_t>(kBlock), ranks);
+    auto& mine = scratch.mine;
+    mine.clear();
+    BracketCounts counts;
+    auto& into = scratch.histograms;
+    into.clear();
+    if (phase_ == Phase::radix && !keeping_)
+      for (std::size_t h = 0; h < histograms; ++h)
+        into.push_back(slot_counts_.data() + (static_cast<std::size_t>(slot) * histograms + h) * 65536);
+    for (std::int64_t b = 0; b < total; b += kBlock) {
+      const std::int64_t count = std::min(kBlock, total - b);
+      if (phase_ == Phase::sample && stride_ > 1) {  // the sampled values alone are made
+        sampled_places(first + b, count, stride_, scratch.places);
+        for (const std::int64_t g : scratch.places) mine.push_back(key(make(g - first, 1, scratch.values.data())[0]));
+        continue;
+      }
+      const std::span<const double> values(make(b, count, scratch.values.data()));
+      if (phase_ == Phase::sample) {
+        for (const double v : values) mine.push_back(key(v));
+      } else if (ranks != 0) {
+        bracket_block(values.data(), count, brackets_.data(), ranks, scratch.keys.data(), scratch.flags.data(),
+                      scratch.into.data(), counts);
+        for (std::size_t r = 0; r < ranks; ++r) keep_inside(r, scratch.into[r], counts.inside[r]);
+      } else if (keeping_) {
+        keep(values, scratch.block);
+      } else {
+        this->count(values, into);
+      }
+    }
+    if (phase_ != Phase::radix) {
+#pragma omp critical(revmerge_rank_select)
+      {
+        sample_.insert(sample_.end(), mine.begin(), mine.end());
+        for (std::size_t r = 0; r < ranks; ++r) {
+          below_[r] += counts.below[r];
+          at_lo_[r] += counts.at_lo[r];
+          at_hi_[r] += counts.at_hi[r];
+        }
+      }
+      std::atomic_ref(seen_).fetch_add(total);
+    }
+  }
+
   void end_pass() {
     if (phase_ == Phase::sample) return end_sample();
     if (phase_ == Phase::brackets) return end_brackets();
@@ -178,6 +238,25 @@ class RankSelect {
 
  private:
   static std::uint64_t key(double v) { return kernels::ordered_bits(v); }
+
+  // A thread's memory for its runs' blocks (add_run).
+  struct RunScratch {
+    std::vector<double> values, block;
+    std::vector<std::int64_t> places;
+    std::vector<std::uint64_t> mine, keys, inside;
+    std::vector<std::uint8_t> flags;
+    std::vector<std::uint64_t*> into;
+    std::vector<std::int64_t*> histograms;  // the slot's, in a radix pass
+    void fit(std::size_t block_size, std::size_t ranks) {
+      values.resize(block_size);
+      block.resize(block_size);
+      keys.resize(block_size);
+      flags.resize(block_size);
+      inside.resize(std::max<std::size_t>(ranks, 1) * block_size);
+      into.resize(ranks);
+      for (std::size_t r = 0; r < ranks; ++r) into[r] = inside.data() + r * block_size;
+    }
+  };
 
   // A sampled pass's values (sample_first): the sample's keys, or each rank's counts at its
   // bracket and the keys inside it, the threads taking blocks as add_made's do.

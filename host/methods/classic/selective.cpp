@@ -169,22 +169,29 @@ void ram(const TensorInputs& in, const RamParameters& p, std::span<float> out) {
 
 }  // namespace
 
-// Each row's divergence (a 1-D tensor is one row) for rows [0, count / row) of w and b, each
-// thread with a row's scratch. Compiled again for AVX2 and AVX-512 where the CPU has them: the
-// exps and logs in vectors, the same IEEE operations (no contraction in this file), so the same
-// bits on every machine.
+// Each row's divergence for `rows` rows of `row` elements of w and b, into kl, on the calling
+// thread (its scratch kept from call to call). Compiled again for AVX2 and AVX-512 where the CPU
+// has them: the exps and logs in vectors, the same IEEE operations (no contraction in this
+// file), so the same bits on every machine.
 #if defined(__x86_64__)
 [[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
 #endif
+void fusion_rows_into(const float* w, const float* b, i64 row, i64 rows, double* kl) {
+  thread_local std::vector<double> scratch;
+  if (scratch.size() < static_cast<std::size_t>(2 * row)) scratch.resize(static_cast<std::size_t>(2 * row));
+  for (i64 r = 0; r < rows; ++r) kl[r] = fusion_row_kl_vectors(w + r * row, b + r * row, row, scratch.data());
+}
+
+// Each row's divergence (a 1-D tensor is one row) for rows [0, count / row) of w and b, the rows
+// shared among the threads.
 std::vector<double> fusion_rows(std::span<const float> w, std::span<const float> b, i64 row, int threads) {
   const i64 rows = static_cast<i64>(w.size()) / row;
   std::vector<double> kl(static_cast<std::size_t>(rows));
 #pragma omp parallel num_threads(threads > 0 ? threads : omp_get_max_threads()) if (rows > 1)
   {
-    std::vector<double> scratch(static_cast<std::size_t>(2 * row));
-#pragma omp for schedule(static)
-    for (i64 r = 0; r < rows; ++r)
-      kl[r] = fusion_row_kl_vectors(w.data() + r * row, b.data() + r * row, row, scratch.data());
+    const i64 t = omp_get_thread_num(), parts = omp_get_num_threads();
+    const i64 from = rows * t / parts, to = rows * (t + 1) / parts;
+    fusion_rows_into(w.data() + from * row, b.data() + from * row, row, to - from, kl.data() + from);
   }
   return kl;
 }
@@ -304,11 +311,12 @@ class RamPieces final : public PieceMerger {
   bool counted_ = false;
 };
 
-// arcee_fusion in pieces of whole rows: the rows' divergences (kept for the tensor, a double a
-// row, from the first pass), the importances' quartiles by an exact selection — a sample in the
-// first pass, the values inside the quartiles' brackets in the second (RankSelect::sample_first;
-// radix passes where that does not fit) — the importances made a block at a time where they are
-// counted, then each change kept or dropped.
+// arcee_fusion in pieces of whole rows, each read and merged run by run (runs of whole rows,
+// each on the thread that read it while it is in cache): the rows' divergences (kept for the
+// tensor, a double a row, from the first pass), the importances' quartiles by an exact selection
+// — a sample in the first pass, the values inside the quartiles' brackets in the second
+// (RankSelect::sample_first; radix passes where that does not fit) — the importances made a
+// block at a time where they are counted, then each change kept or dropped.
 class FusionPieces final : public PieceMerger {
  public:
   FusionPieces(i64 row, i64 numel)
@@ -322,35 +330,33 @@ class FusionPieces final : public PieceMerger {
     return kl_.size() * sizeof(double) + RankSelect::held_bytes(fusion_ranks(numel_).size(), numel_, threads, true);
   }
   bool wants_pass() const override { return select_.wants_pass(); }
-  void observe(const TensorInputs& in, int threads) override {
-    if (first_pass_) {
-      const auto kl = fusion_rows(in.model(0), in.base, row_, threads);
-      std::copy(kl.begin(), kl.end(), kl_.begin() + in.first / row_);
-    }
-    const float* w = in.model(0).data();
-    const double* kl = kl_.data() + in.first / row_;
-    select_.add_made(
-        static_cast<i64>(in.count),
-        [&](i64 first, i64 count, double* out) {
-          fusion_importances(w, in.base.data(), kl, row_, first, count, out);
-          return std::span<const double>(out, static_cast<std::size_t>(count));
-        },
-        threads);
+  bool works_in_runs() const override { return true; }
+  // Whole rows, as many as make about kRunAlign elements (one where a row is longer).
+  i64 run_elements() const override { return row_ * std::max<i64>(kRunAlign / row_, 1); }
+  void start_runs(int threads) override { select_.start_runs(threads); }
+  void observe_run(const RunInputs& run) override {
+    const float *w = run.model(0).data(), *b = run.base;
+    const i64 first_row = run.first / row_;
+    if (first_pass_) fusion_rows_into(w, b, row_, run.count / row_, kl_.data() + first_row);
+    const double* kl = kl_.data() + first_row;
+    select_.add_run(omp_get_thread_num(), run.first, run.count, [&](i64 first, i64 count, double* out) {
+      fusion_importances(w, b, kl, row_, first, count, out);
+      return std::span<const double>(out, static_cast<std::size_t>(count));
+    });
   }
   void end_pass() override {
     first_pass_ = false;
     select_.end_pass();
     if (!select_.wants_pass()) threshold_ = fusion_threshold(select_.value(0), select_.value(1), select_.value(2));
   }
-  void produce(TensorInputs& in, std::span<float> out, int threads) override {
-    const float *w = in.model(0).data(), *b = in.base.data();
-    const double* kl = kl_.data() + in.first / row_;
-    const i64 rows = static_cast<i64>(in.count) / row_;
-#pragma omp parallel for num_threads(threads > 0 ? threads : omp_get_max_threads()) schedule(static) if (rows > 1)
-    for (i64 r = 0; r < rows; ++r)
+  void produce_run(const RunInputs& run, std::span<float> out) override {
+    const float *w = run.model(0).data(), *b = run.base;
+    const double* kl = kl_.data() + run.first / row_;
+    for (i64 r = 0; r < run.count / row_; ++r)
       for (i64 j = r * row_; j < (r + 1) * row_; ++j)
         out[j] = kernels::fusion_importance(w[j], b[j], kl[r]) >= threshold_ ? w[j] : b[j];
   }
+  void produce(TensorInputs& in, std::span<float> out, int) override { produce_run(whole_run(in), out); }
 
  private:
   i64 row_, numel_;

@@ -7,6 +7,9 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <string>
+
+#include <omp.h>
 
 #include "kernels/elementwise.hpp"
 #include "methods/classic/rank_select.hpp"
@@ -220,6 +223,67 @@ TEST(RankSelect, ASampleUnlikeTheWholeFallsBackToRadixPasses) {
   EXPECT_GT(o.passes, 2);
   EXPECT_LE(o.passes, 6);  // the two sampled ones, then at most four radix passes
   expect_exact(select, v, ranks, "fallen back");
+}
+
+// Runs `select` over v in runs of `run` values (add_run), handed to `threads` threads as they
+// come free and taken last first, until it has its values.
+Outcome run_passes_in_runs(RankSelect& select, const std::vector<double>& v, i64 run, int threads) {
+  Outcome o;
+  const i64 n = static_cast<i64>(v.size()), runs = (n + run - 1) / run;
+  while (select.wants_pass()) {
+    select.start_runs(threads);
+#pragma omp parallel for num_threads(threads) schedule(dynamic)
+    for (i64 c = runs - 1; c >= 0; --c) {
+      const i64 first = c * run, count = std::min(run, n - first);
+      select.add_run(omp_get_thread_num(), first, count, [&](i64 at, i64 m, double*) {
+        return std::span<const double>(v).subspan(static_cast<std::size_t>(first + at), static_cast<std::size_t>(m));
+      });
+    }
+    select.end_pass();
+    ++o.passes;
+    if (o.passes > 8) break;
+  }
+  o.bracketed = select.bracketed();
+  return o;
+}
+
+TEST(RankSelect, RunsOnThreadsGiveThePiecesValues) {
+  // Every way the passes go, the values coming in runs on two threads (arcee_fusion's way): a
+  // sample and its brackets, a sample small enough to be whole, a sample unlike the whole (radix
+  // passes after it, keeping the few in question), and four radix passes without keeping.
+  std::mt19937 rng(9);
+  std::lognormal_distribution<double> spread(0.0, 2.0);
+  std::vector<double> wide(1200007);
+  for (auto& x : wide) x = std::round(spread(rng) * 64) / 64 * (rng() % 5 == 0 ? -1 : 1);
+  std::vector<double> small(5000);
+  for (std::size_t i = 0; i < small.size(); ++i) small[i] = static_cast<double>((i * 7919) % 1013) - 300;
+  const i64 n = 1 << 20;
+  const auto plan = sample_plan(n, 3, RankSelect::keep_limit(n));
+  ASSERT_TRUE(plan.on);
+  std::vector<double> unlike(static_cast<std::size_t>(n));
+  for (i64 i = 0; i < n; ++i) unlike[static_cast<std::size_t>(i)] = static_cast<double>(i % 1000);
+  std::vector<i64> places;
+  sampled_places(0, n, plan.stride, places);
+  for (const i64 at : places) unlike[static_cast<std::size_t>(at)] = 1e6 + static_cast<double>(at);
+  struct Case {
+    std::string name;
+    const std::vector<double>* v;
+    bool sampled, keeping, bracketed;
+  };
+  for (const auto& c : {Case{"sampled", &wide, true, true, true}, Case{"whole sample", &small, true, false, true},
+                        Case{"fallen back", &unlike, true, true, false}, Case{"radix", &wide, false, false, false}}) {
+    const auto& v = *c.v;
+    const i64 m = static_cast<i64>(v.size());
+    const std::vector<i64> ranks{m / 4, m / 2, 3 * m / 4};
+    RankSelect select(ranks);
+    if (c.keeping) select.keep_at_most(RankSelect::keep_limit(m));
+    if (c.sampled) select.sample_first(m, ranks.size());
+    const auto o = run_passes_in_runs(select, v, 16384, 2);
+    EXPECT_EQ(o.bracketed, c.bracketed) << c.name;
+    if (c.name == "sampled") EXPECT_EQ(o.passes, 2);
+    if (c.name == "radix") EXPECT_EQ(o.passes, 4);
+    expect_exact(select, v, ranks, c.name + " in runs");
+  }
 }
 
 TEST(RankSelect, SamplePlanStaysWithinTheKeepLimit) {
