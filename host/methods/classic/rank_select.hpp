@@ -170,15 +170,7 @@ class RankSelect {
       }
     }
     if (phase_ != Phase::radix) {
-#pragma omp critical(revmerge_rank_select)
-      {
-        sample_.insert(sample_.end(), mine.begin(), mine.end());
-        for (std::size_t r = 0; r < ranks; ++r) {
-          below_[r] += counts.below[r];
-          at_lo_[r] += counts.at_lo[r];
-          at_hi_[r] += counts.at_hi[r];
-        }
-      }
+      add_sampled_counts(mine, counts, ranks);
       std::atomic_ref(seen_).fetch_add(total);
     }
   }
@@ -295,17 +287,22 @@ class RankSelect {
                       into.data(), counts);
         for (std::size_t r = 0; r < ranks; ++r) keep_inside(r, into[r], counts.inside[r]);
       }
-#pragma omp critical(revmerge_rank_select)
-      {
-        sample_.insert(sample_.end(), mine.begin(), mine.end());
-        for (std::size_t r = 0; r < ranks; ++r) {
-          below_[r] += counts.below[r];
-          at_lo_[r] += counts.at_lo[r];
-          at_hi_[r] += counts.at_hi[r];
-        }
-      }
+      add_sampled_counts(mine, counts, ranks);
     }
     seen_ += total;
+  }
+
+  // A thread's sampled keys and bracket counts into the pass's, one thread at a time.
+  void add_sampled_counts(const std::vector<std::uint64_t>& mine, const BracketCounts& counts, std::size_t ranks) {
+#pragma omp critical(revmerge_rank_select)
+    {
+      sample_.insert(sample_.end(), mine.begin(), mine.end());
+      for (std::size_t r = 0; r < ranks; ++r) {
+        below_[r] += counts.below[r];
+        at_lo_[r] += counts.at_lo[r];
+        at_hi_[r] += counts.at_hi[r];
+      }
+    }
   }
 
   // m keys inside rank r's bracket into its room, at a place taken atomically (beyond the room:
