@@ -241,6 +241,22 @@ TEST(PieceMerge, SlerpSumsOfRunsAreTheStepsLanes) {
   EXPECT_NE(0.0, steps.lanes()[5]);
 }
 
+// arcee_fusion beyond the size sampled whole (2^18): its runs of whole rows (1 000-element rows,
+// 16 runs of 16 000 in a run-aligned piece; a row or a few where pieces are small) go through
+// the sample and the brackets pass, and give the bits of the whole-tensor implementation.
+TEST(PieceMerge, FusionInRunsThroughItsBracketsGivesTheWholeTensorsBits) {
+  static const TensorSet set({640, 1000});
+  ClassicMergeOptions o;
+  o.method = ClassicMethod::arcee_fusion;
+  o.tasks.push_back({"t0", "unused"});
+  const auto reference = merge_whole(set, o, 1, true);
+  for (const i64 piece : {i64{1000}, i64{5000}, i64{333000}, set.numel()}) {
+    const auto parts = set.merge(o, 1, true, piece, 2);
+    ASSERT_EQ(0, std::memcmp(reference.data(), parts.data(), reference.size() * sizeof(float)))
+        << "pieces of " << piece << " differ from the whole tensor";
+  }
+}
+
 // The host's rows of arcee_fusion (maxima and lane sums as vectors; exp_f64_normal and
 // log_f64_normal where a row spans at most 708) give the bits of the shared routine as a GPU
 // runs it (each value formed where it is added): rows of every length around the lanes'
