@@ -43,13 +43,8 @@ constexpr i64 kRunsPiece = i64{1} << 20;
 constexpr std::uint64_t kWriteBehind = std::uint64_t{64} << 20;
 constexpr std::uint64_t kWriteBehindMin = std::uint64_t{8} << 20;
 // Elements read between two drops of the inputs' pages from the resident set (8 MiB of each
-// 16-bit input mapped at most, inside kReserve).
+// 16-bit input mapped at most).
 constexpr i64 kDropElements = i64{1} << 22;
-// The same where the budget's room also holds that many elements of every input's bytes beside
-// the pieces: each drop unmaps on the main thread while the others wait at the next loop, and
-// sends every core a TLB shootdown. Measured on the 2-layer 7b set (2 cores), task arithmetic:
-// 1.74 → 1.57 s (medians of 5 alternated), the same bytes.
-constexpr i64 kDropElementsRoomy = i64{1} << 24;
 
 }  // namespace
 
@@ -170,15 +165,9 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
   for (const auto* m : src.models) mapped += m->info->nbytes();
   const std::uint64_t pieces_bytes = static_cast<std::uint64_t>(piece) * per;
   bool holding = merger.wants_pass() && !read_once && pieces_bytes + held + mapped <= room;  // until the last pass
-  // Small pieces leave their inputs' pages mapped until kDropElements (or, where the room holds
-  // them, kDropElementsRoomy) have been read: one madvise per piece would cost each piece a TLB
-  // shootdown on every core.
+  // Small pieces leave their inputs' pages mapped until kDropElements have been read: one
+  // madvise per piece would cost each piece a TLB shootdown on every core.
   const bool drop_each = piece >= kDropElements;
-  const std::uint64_t mapped_per_element = numel > 0 ? mapped / static_cast<std::uint64_t>(numel) : 0;
-  const i64 drop_every =
-      pieces_bytes + held + static_cast<std::uint64_t>(kDropElementsRoomy) * mapped_per_element <= room
-          ? kDropElementsRoomy
-          : kDropElements;
   i64 dropped_to = 0;
   const auto drop_read = [&](i64 end) {
     const auto from = static_cast<std::uint64_t>(dropped_to), count = static_cast<std::uint64_t>(end - dropped_to);
@@ -212,7 +201,7 @@ void merge_in_pieces(PieceMerger& merger, const std::string& name, const std::ve
     if (drop_each || holding) return;
     const i64 end = first + static_cast<i64>(in.count);
     if (first < dropped_to) dropped_to = first;  // the next pass
-    if (end - dropped_to >= drop_every || end == numel) drop_read(end);
+    if (end - dropped_to >= kDropElements || end == numel) drop_read(end);
   };
   // A merger that works in runs merges each run as it is read (one parallel loop per piece and
   // pass, the run in cache: task arithmetic and SLERP spent more time waiting between their
