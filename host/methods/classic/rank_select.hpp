@@ -250,46 +250,20 @@ class RankSelect {
     }
   };
 
-  // A sampled pass's values (sample_first): the sample's keys, or each rank's counts at its
-  // bracket and the keys inside it, the threads taking blocks as add_made's do.
+  // A sampled pass's values (sample_first) on `threads` threads, each taking an equal stretch
+  // of the piece as one run (add_run).
   template <class Make>
   void add_sampled(std::int64_t total, Make& make, int threads) {
     constexpr std::int64_t kBlock = 4096;
-    const int used =
-        static_cast<int>(std::clamp<std::int64_t>(total / kBlock, 1, std::max(threads, 1)));
-    const std::size_t ranks = phase_ == Phase::brackets ? ranks_.size() : 0;
+    const int used = static_cast<int>(std::clamp<std::int64_t>(total / kBlock, 1, std::max(threads, 1)));
     const std::int64_t seen = seen_;
 #pragma omp parallel num_threads(used)
     {
-      std::vector<double> scratch(static_cast<std::size_t>(kBlock));
-      std::vector<std::int64_t> places;
-      std::vector<std::uint64_t> mine, keys(ranks ? scratch.size() : 0),
-          inside(ranks * scratch.size());
-      std::vector<std::uint8_t> flags(keys.size());
-      std::vector<std::uint64_t*> into;
-      for (std::size_t r = 0; r < ranks; ++r) into.push_back(inside.data() + r * scratch.size());
-      BracketCounts counts;
       const auto t = omp_get_thread_num(), parts = omp_get_num_threads();
       const std::int64_t from = total * t / parts, to = total * (t + 1) / parts;
-      for (std::int64_t b = from; b < to; b += kBlock) {
-        const std::int64_t count = std::min(kBlock, to - b);
-        if (ranks == 0 && stride_ > 1) {  // the sampled values alone are made
-          sampled_places(seen + b, count, stride_, places);
-          for (const std::int64_t g : places) mine.push_back(key(make(g - seen, 1, scratch.data())[0]));
-          continue;
-        }
-        const std::span<const double> values(make(b, count, scratch.data()));
-        if (ranks == 0) {
-          for (const double v : values) mine.push_back(key(v));
-          continue;
-        }
-        bracket_block(values.data(), count, brackets_.data(), ranks, keys.data(), flags.data(),
-                      into.data(), counts);
-        for (std::size_t r = 0; r < ranks; ++r) keep_inside(r, into[r], counts.inside[r]);
-      }
-      add_sampled_counts(mine, counts, ranks);
+      add_run(t, seen + from, to - from,
+              [&](std::int64_t first, std::int64_t count, double* scratch) { return make(from + first, count, scratch); });
     }
-    seen_ += total;
   }
 
   // A thread's sampled keys and bracket counts into the pass's, one thread at a time.
