@@ -159,6 +159,26 @@ trace() {
 # What a layer's kernels do, for the next round of tuning.
 trace trace-7b-layer trace-7b-layer.log 90 "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 2 --device "$device"
 step bench-7b-gpu bench-7b-gpu.log 60 "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 8 --device "$device"
+# The position routine's team width (issue 18): teams of 8, 16 and 32 lanes a position
+# (REVMERGE_RMM_TEAM_LANES; 32 is the default), each first against the CPU's bytes on one layer
+# (exit 1 where they differ), then timed over the same 8 layers as bench-7b-gpu.
+rmm_team_lanes() {
+  local lanes both
+  for lanes in 8 16 32; do
+    echo "== teams of $lanes lanes"
+    both=$(REVMERGE_RMM_TEAM_LANES=$lanes "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 1 \
+      --device both 2>&1) || { echo "$both" | tail -n 5; return 1; }
+    echo "$both" | grep -E "GPU vs CPU"
+    REVMERGE_RMM_TEAM_LANES=$lanes "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 8 --device "$device" || return 1
+  done
+}
+export -f rmm_team_lanes
+export bench device
+if [ "$device" = cuda ]; then
+  step rmm-team-lanes rmm-team-lanes.log 90 bash -c rmm_team_lanes
+else
+  not_run rmm-team-lanes "rehearsed on the CPU: the CPU runs a position on one lane"
+fi
 step bench-70b-gpu bench-70b-gpu.log 60 "$bench" --model llama-70b --tasks 8 --rank 64 --basis 4 --layers 2 --device "$device"
 # The streamed pipeline on the GPU, all 32 layers of the 7b shape (2.6 GB of bf16 adapters):
 # end to end against the read floor measured in the same run (target ≤ 1.5×), the pipelined
@@ -399,7 +419,7 @@ profile() {  # profile NAME KERNEL_REGEX CMD...
 export -f profile
 export ncu_bin
 if [ -n "$ncu_bin" ] && [ "$device" = cuda ]; then
-  step profile-rmm-position profile-rmm-position.log 120 bash -c 'profile profile-rmm-position rmm_by_warps "$@"' _ \
+  step profile-rmm-position profile-rmm-position.log 120 bash -c 'profile profile-rmm-position rmm_by_teams "$@"' _ \
     "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 1 --device cuda
   step profile-materialize profile-materialize.log 120 bash -c 'profile profile-materialize materialize_tiles "$@"' _ \
     "$build/bench/revmerge_bench_materialize" --device cuda --bundle "$out/store-rmm" --task task-3 --dtype bf16 --repeats 1

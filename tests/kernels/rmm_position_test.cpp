@@ -134,6 +134,8 @@ INSTANTIATE_TEST_SUITE_P(
     Shapes, RmmPositionTeams,
     ::testing::Values(Case{8, 16, 20, 13, 4, ElemType::bf16, ElemType::bf16, 32},
                       Case{8, 16, 20, 13, 4, ElemType::bf16, ElemType::bf16, 5},
+                      Case{8, 64, 9, 12, 4, ElemType::bf16, ElemType::bf16, 8},
+                      Case{11, 24, 7, 10, 5, ElemType::f32, ElemType::bf16, 16},
                       Case{2, 1, 7, 3, 1, ElemType::f32, ElemType::f32, 3},
                       Case{5, 9, 11, 6, 3, ElemType::f16, ElemType::f16, 4},
                       Case{7, 12, 9, 10, 6, ElemType::f64, ElemType::bf16, 32},

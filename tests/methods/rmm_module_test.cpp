@@ -6,7 +6,10 @@
 #include <tuple>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 #include "backend/backend_cases.hpp"
 #include "backend/cpu_backend.hpp"
@@ -272,6 +275,46 @@ TEST(RmmModuleEdge, TheDeviceScheduleStoresTheCpusBits) {
       EXPECT_NEAR(x.b.factor_error[t], y.b.factor_error[t], 1e-6 * x.b.factor_error[t] + 1e-12) << t;
     }
   }
+}
+
+// The GPU's teams of 8, 16 and 32 lanes a position (REVMERGE_RMM_TEAM_LANES, set here for the
+// call as gpu-check's rmm-team-lanes sets it) store the CPU backend's bits: n fixed at compile
+// time (8) and read at run time, a rank that is not a multiple of the team, teams that end
+// part-way through a warp, a non-finite position. A value it does not take is refused.
+TEST_P(RmmModuleOn, EveryTeamWidthStoresTheCpusBits) {
+  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
+  if (GetParam() != "cuda") GTEST_SKIP() << "only the GPU runs a position on a team of lanes";
+  struct Unset {
+    ~Unset() { unsetenv("REVMERGE_RMM_TEAM_LANES"); }
+  } unset;
+  struct Shape {
+    i64 n, r, in, out, p;
+    DType storage;
+  };
+  for (const auto& c : {Shape{8, 64, 77, 45, 4, DType::BF16}, Shape{5, 9, 33, 21, 2, DType::F32},
+                        Shape{13, 16, 40, 3, 6, DType::F16}, Shape{32, 8, 19, 18, 20, DType::BF16}}) {
+    auto s = test::make_stack(c.n, c.r, c.in, c.out, 23);
+    s.b[(1 * c.out + 2) * c.r + 1] = INFINITY;  // task 1's B, row 2: one position of B
+    CpuBackend cpu(2);
+    const RmmShape shape{c.n, c.r, c.in, c.out, c.p};
+    const auto want = rmm_module(cpu, shape, s.a.data(), s.b.data(), c.storage, {});
+    for (const char* lanes : {"8", "16", "32"}) {
+      setenv("REVMERGE_RMM_TEAM_LANES", lanes, 1);
+      SCOPED_TRACE("n " + std::to_string(c.n) + ", " + lanes + " lanes");
+      const auto got = rmm_module(*be, shape, s.a.data(), s.b.data(), c.storage, {});
+      for (const auto& [u, v] : {std::pair{&want.a, &got.a}, std::pair{&want.b, &got.b}}) {
+        ASSERT_EQ(u->basis.size(), v->basis.size());
+        EXPECT_EQ(0, std::memcmp(u->mean.data(), v->mean.data(), 4 * u->mean.size()));
+        EXPECT_EQ(0, std::memcmp(u->basis.data(), v->basis.data(), 4 * u->basis.size()));
+        EXPECT_EQ(0, std::memcmp(u->coef.data(), v->coef.data(), 4 * u->coef.size()));
+        EXPECT_EQ(u->spectrum, v->spectrum);
+      }
+      EXPECT_TRUE(std::isnan(got.delta_error[1]));
+    }
+  }
+  setenv("REVMERGE_RMM_TEAM_LANES", "4", 1);
+  const auto s = test::make_stack(3, 2, 4, 4, 13);
+  EXPECT_THROW(rmm_module(*be, {3, 2, 4, 4, 1}, s.a.data(), s.b.data(), DType::F32, {}), std::invalid_argument);
 }
 
 TEST_P(RmmModuleOn, Bf16StorageIsMeasuredAsStored) {
