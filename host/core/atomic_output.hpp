@@ -43,9 +43,10 @@ class AtomicFile {
   AtomicFile& operator=(const AtomicFile&) = delete;
 
   /// Writes all of `data` at byte `offset` (pwrite; any order; several threads may write
-  /// disjoint ranges at once). A large write whose address is congruent to `offset` modulo
-  /// kDirectAlign (direct_shift) goes around the page cache where the file system allows:
-  /// its whole aligned blocks by direct I/O, its partial edge blocks through the cache.
+  /// disjoint ranges at once). A large write goes around the page cache where the file system
+  /// allows: its whole aligned blocks by direct I/O, its partial edge blocks through the cache.
+  /// Its address should be congruent to `offset` modulo kDirectAlign (direct_shift); where it
+  /// is not, it is copied through a buffer that is, a part at a time.
   void write_at(std::uint64_t offset, const void* data, std::size_t size);
   /// The alignment of memory and file offsets that direct writes need.
   static constexpr std::size_t kDirectAlign = 4096;
@@ -65,6 +66,11 @@ class AtomicFile {
 
  private:
   void write_cached(std::uint64_t offset, const char* data, std::size_t size);
+  // write_at for an address congruent to `offset` (or a small write).
+  void write_aligned(std::uint64_t offset, const char* data, std::size_t size);
+  // write_at for a large write at any address: copied a part at a time into a thread's
+  // buffer placed as direct_shift says.
+  void write_staged(std::uint64_t offset, const char* data, std::size_t size);
   // Writes what it can of [offset, offset + size) directly; returns the bytes written (fewer
   // when the file system refuses direct I/O, which then stops it for this file).
   std::size_t write_direct(std::uint64_t offset, const char* data, std::size_t size);

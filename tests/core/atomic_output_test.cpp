@@ -145,13 +145,15 @@ TEST(StagedDir, AnOutputThatAppearsMeanwhileIsKept) {
 }
 
 // Large writes whose memory is aligned like their file offset go around the page cache in
-// whole blocks and through it at their edges; whatever way each byte took, the file holds every
-// write where it belongs, in any order, beside small and misaligned writes sharing its blocks.
+// whole blocks and through it at their edges; misaligned ones are copied through a buffer that
+// is, a part at a time (the last size: several parts); whatever way each byte took, the file
+// holds every write where it belongs, in any order, beside small writes sharing its blocks.
 TEST(AtomicFile, LargeWritesAtAnyOffsetLandWhereTheyBelong) {
   constexpr std::size_t kAlign = AtomicFile::kDirectAlign;
   const std::size_t header = 1237;  // like a safetensors header: no alignment at all
   const std::vector<std::size_t> sizes = {AtomicFile::kDirectMin + 3 * kAlign + 77, 5, AtomicFile::kDirectMin * 2,
-                                          AtomicFile::kDirectMin + 1, 4 * kAlign, AtomicFile::kDirectMin + 4093};
+                                          AtomicFile::kDirectMin + 1, 4 * kAlign, AtomicFile::kDirectMin + 4093,
+                                          AtomicFile::kDirectMin * 21 + 333};
   std::vector<std::size_t> offsets{header};
   for (const auto n : sizes) offsets.push_back(offsets.back() + n);
   std::string expected(offsets.back(), '\0');
@@ -160,15 +162,15 @@ TEST(AtomicFile, LargeWritesAtAnyOffsetLandWhereTheyBelong) {
   AtomicFile f(dir / "file", false);
   f.write_at(0, expected.data(), header);
   f.resize(expected.size());
-  // Each buffer holds its bytes at the offset's place in an aligned block; the fourth is
-  // deliberately one byte off it (it must go through the cache whole).
-  std::vector<std::byte> storage(sizes.front() * 3 + 3 * kAlign);
+  // Each buffer holds its bytes at the offset's place in an aligned block; the fourth and the
+  // last are deliberately one byte off it.
+  std::vector<std::byte> storage(sizes.back() + 3 * kAlign);
   void* aligned = storage.data();
   std::size_t room = storage.size();
   ASSERT_NE(std::align(kAlign, storage.size() - kAlign, aligned, room), nullptr);
-  for (const std::size_t k : {2, 0, 5, 3, 1, 4}) {
+  for (const std::size_t k : {2, 6, 0, 5, 3, 1, 4}) {
     const auto at = offsets[k];
-    auto* buf = static_cast<char*>(aligned) + AtomicFile::direct_shift(at) + (k == 3 ? 1 : 0);
+    auto* buf = static_cast<char*>(aligned) + AtomicFile::direct_shift(at) + (k == 3 || k == 6 ? 1 : 0);
     std::memcpy(buf, expected.data() + at, sizes[k]);
     f.write_at(at, buf, sizes[k]);
   }
