@@ -70,6 +70,20 @@ void CpuBackend::gemm(Op op_a, Op op_b, float alpha, const MatBatch& a, const Ma
   const std::int64_t sa = a.batch == 1 ? 0 : a.stride, sb = b.batch == 1 ? 0 : b.stride;
   // Each matrix on one thread: OpenBLAS's OpenMP build runs single-threaded inside a parallel
   // region, which keeps every product independent of the thread count.
+  if (op_a == Op::transpose && op_b == Op::none && a.data == b.data && a.ld == b.ld && sa == sb &&
+      c.rows == c.cols && beta == 0.0f) {
+    // A Gram XᵀX (RMM's error Grams): its upper triangle by ssyrk, half the multiplications,
+    // then mirrored.
+    const std::int64_t n = c.rows;
+    parallel_for(threads_, c.batch, [&](std::int64_t i) {
+      float* g = c.data + i * c.stride;
+      cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<int>(n), static_cast<int>(k), alpha,
+                  a.data + i * sa, static_cast<int>(a.ld), beta, g, static_cast<int>(c.ld));
+      for (std::int64_t x = 1; x < n; ++x)
+        for (std::int64_t y = 0; y < x; ++y) g[x * c.ld + y] = g[y * c.ld + x];
+    });
+    return;
+  }
   parallel_for(threads_, c.batch, [&](std::int64_t i) {
     cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(c.rows), static_cast<int>(c.cols),
                 static_cast<int>(k), alpha, a.data + i * sa, static_cast<int>(a.ld),

@@ -95,6 +95,33 @@ TEST_P(BackendOps, GemmHonoursLeadingDimensionsAndBroadcast) {
       shape_error);
 }
 
+// A Gram XᵀX of each matrix of a batch (the same buffer as both operands, as RMM's error Grams
+// are asked for; the CPU computes one triangle and mirrors it): the loops' values, exactly
+// symmetric, C's old contents (NaN) never read at beta = 0. A leading dimension wider than the
+// rows and a stride past them too.
+TEST_P(BackendOps, GramOfOneOperandIsSymmetricAndMatchesLoops) {
+  REVMERGE_BACKEND_OR_SKIP(be, GetParam());
+  const i64 batch = 5, k = 37, n = 24, ld = 29, stride = k * ld + 3;
+  const auto x = random_vector(static_cast<std::size_t>(batch * stride), 21);
+  auto dx = test::to_device(*be, x);
+  auto dc = test::to_device(*be, std::vector<float>(static_cast<std::size_t>(batch * n * n), std::nanf("")));
+  const MatBatch xs{dx.f32(), batch, k, n, ld, stride};
+  be->gemm(Op::transpose, Op::none, 2.0f, xs, xs, 0.0f, MatBatch::packed(dc.f32(), batch, n, n), {});
+  const auto got = test::to_host(*be, dc, static_cast<std::size_t>(batch * n * n));
+  for (i64 q = 0; q < batch; ++q)
+    for (i64 i = 0; i < n; ++i)
+      for (i64 j = 0; j < n; ++j) {
+        double s = 0, mag = 0;
+        for (i64 l = 0; l < k; ++l) {
+          const double v = double(x[q * stride + l * ld + i]) * x[q * stride + l * ld + j];
+          s += v, mag += std::fabs(v);
+        }
+        const float g = got[(q * n + i) * n + j];
+        ASSERT_NEAR(g, 2 * s, 1e-6 * (mag + 1)) << q << " " << i << " " << j;
+        ASSERT_EQ(g, got[(q * n + j) * n + i]) << q << " " << i << " " << j;
+      }
+}
+
 TEST_P(BackendOps, CopyAndFillTouchExactlyTheirBytes) {
   REVMERGE_BACKEND_OR_SKIP(be, GetParam());
   const auto x = random_vector(37, 5);
