@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <future>
 #include <random>
 
 #include "backend/blas_core.hpp"
@@ -81,12 +82,30 @@ int run(int argc, char** argv) {
 
   double bytes = 0, flops = 0, worst_terms = 0;
   std::size_t bitwise_differ = 0;
-  std::mt19937 rng(seed);
+  // A layer's modules are made side by side, each from its own generator (seeded by the seed,
+  // the layer and the module): making them was most of a GPU run's time, one module after
+  // another on one thread.
+  const auto modules = shape.modules();
+  const auto make_layer = [&](i64 layer) {
+    std::vector<std::future<std::vector<std::uint16_t>>> made;
+    for (std::size_t i = 0; i < modules.size(); ++i)
+      made.push_back(std::async(std::launch::async, [&, i] {
+        std::seed_seq seq{static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(layer),
+                          static_cast<std::uint32_t>(i)};
+        std::mt19937 rng(seq);
+        return bf16_module(tasks, rank, modules[i].in, modules[i].out, rng);
+      }));
+    std::vector<std::vector<std::uint16_t>> host;
+    for (auto& m : made) host.push_back(m.get());
+    return host;
+  };
   for (i64 layer = 0; layer < layers; ++layer) {
     for (auto& run : runs) run.layer_seconds.push_back(0);
-    for (const auto& mod : shape.modules()) {
+    const auto layer_host = make_layer(layer);
+    for (std::size_t mi = 0; mi < modules.size(); ++mi) {
+      const auto& mod = modules[mi];
       const revmerge::RmmShape s{tasks, rank, mod.in, mod.out, basis};
-      const auto host = bf16_module(tasks, rank, mod.in, mod.out, rng);
+      const auto& host = layer_host[mi];
       const i64 m = mod.in + mod.out;
       bytes += 2.0 * tasks * rank * m;
       // Per position: Gram, basis, reconstruction; per module: the six r × r error Grams.
