@@ -1,11 +1,13 @@
 #pragma once
-// The element-wise full-model merges (task arithmetic, TIES, DARE, breadcrumbs, magnitude
-// pruning, linear), slerp, nuslerp, multislerp, nearswap, model_stock and passthrough on a backend — the GPU for `--device cuda`. Each piece of a tensor goes to
-// the backend as the files' own bytes (16-bit stays 16-bit), is widened, checked and turned into
-// task vectors there, and every statistic and decision of the CPU's merge (thinning.hpp's passes,
-// combine.hpp's combine) runs there as the steps of kernels/elementwise.hpp: the output is the
-// CPU merge's, bit for bit. What decides from the statistics (the thresholds, the rescale) is
-// Thinning's own host code, fed the statistics the backend gathered.
+// Every full-model merge on a backend — the GPU for `--device cuda`: the element-wise ones
+// (linear, task arithmetic, TIES, DARE, breadcrumbs, magnitude pruning, DELLA, SCE), slerp,
+// nearswap, nuslerp, multislerp, karcher, model_stock, ram / ramplus_tl, arcee_fusion and
+// passthrough. Each piece of a tensor goes to the backend as the files' own bytes (16-bit stays
+// 16-bit), is widened, checked and turned into task vectors there, and every statistic and
+// decision of the CPU's merge (thinning.hpp's passes, combine.hpp's combine) runs there as the
+// steps of kernels/elementwise.hpp: the output is the CPU merge's, bit for bit. What decides
+// from the statistics (the thresholds, the rescale) is Thinning's own host code, fed the
+// statistics the backend gathered.
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -20,9 +22,8 @@ namespace revmerge {
 class Backend;
 struct TensorOnBackend;
 
-/// Why the merge of `options` cannot run on a backend (empty when it can): DELLA's ranked drop,
-/// SCE's selection and the methods other than the element-wise ones, slerp, nuslerp, multislerp,
-/// nearswap, model_stock and passthrough run on the CPU only.
+/// Why the merge of `options` cannot run on a backend (empty when it can): more models than
+/// kernels::kMaxElementwiseInputs, or a method that only merges adapters (cat, svd).
 std::string backend_combine_refusal(const ClassicMergeOptions& options);
 
 /// One merge's work on a backend: buffers kept from tensor to tensor, one stream.
