@@ -128,22 +128,37 @@ CudaBackend::~CudaBackend() {
 
 void CudaBackend::use_device() const { REVMERGE_CUDA_CHECK(cudaSetDevice(device_)); }
 
-CudaBackend::Handles CudaBackend::handles(cudaStream_t st) {
+CudaBackend::Handles CudaBackend::handles(cudaStream_t st, bool with_solver) {
   std::lock_guard lock(handles_mutex_);
-  auto [it, fresh] = handles_.try_emplace(st);
-  if (fresh) {
-    Handles& h = it->second;
-    // Made one by one, so a failure leaves what was made to the destructor.
-    REVMERGE_CUBLAS_CHECK(cublasCreate(&h.blas32));
-    REVMERGE_CUBLAS_CHECK(cublasSetMathMode(h.blas32, CUBLAS_PEDANTIC_MATH));  // never TF32
-    REVMERGE_CUBLAS_CHECK(cublasSetStream(h.blas32, st));
-    REVMERGE_CUBLAS_CHECK(cublasCreate(&h.blas64));
-    REVMERGE_CUBLAS_CHECK(cublasSetMathMode(h.blas64, CUBLAS_DEFAULT_MATH));
-    REVMERGE_CUBLAS_CHECK(cublasSetStream(h.blas64, st));
-    REVMERGE_CUSOLVER_CHECK(cusolverDnCreate(&h.solver));
-    REVMERGE_CUSOLVER_CHECK(cusolverDnSetStream(h.solver, st));
+  Handles& h = handles_[st];
+  // Each handle is kept only once it is set up, so a failure leaves nothing half made and the
+  // next call makes what is missing.
+  const auto blas = [&](cublasMath_t mode) {
+    cublasHandle_t b = nullptr;
+    REVMERGE_CUBLAS_CHECK(cublasCreate(&b));
+    try {
+      REVMERGE_CUBLAS_CHECK(cublasSetMathMode(b, mode));
+      REVMERGE_CUBLAS_CHECK(cublasSetStream(b, st));
+    } catch (...) {
+      cublasDestroy(b);
+      throw;
+    }
+    return b;
+  };
+  if (h.blas32 == nullptr) h.blas32 = blas(CUBLAS_PEDANTIC_MATH);  // never TF32
+  if (h.blas64 == nullptr) h.blas64 = blas(CUBLAS_DEFAULT_MATH);
+  if (with_solver && h.solver == nullptr) {
+    cusolverDnHandle_t solver = nullptr;
+    REVMERGE_CUSOLVER_CHECK(cusolverDnCreate(&solver));
+    try {
+      REVMERGE_CUSOLVER_CHECK(cusolverDnSetStream(solver, st));
+    } catch (...) {
+      cusolverDnDestroy(solver);
+      throw;
+    }
+    h.solver = solver;
   }
-  return it->second;
+  return h;
 }
 
 std::size_t CudaBackend::memory_available() const {

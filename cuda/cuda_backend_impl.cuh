@@ -99,13 +99,15 @@ class CudaBackend final : public Backend {
   std::size_t max_shared_bytes() const noexcept { return max_shared_bytes_; }
 
   /// The library handles of one stream: cuBLAS for f32 (pedantic: never TF32) and for f64
-  /// (default math: the FP64 tensor cores are IEEE double), cuSOLVER.
+  /// (default math: the FP64 tensor cores are IEEE double), cuSOLVER where `with_solver` (made
+  /// on a stream's first call that asks: RMM and the classic merges never do, and a cuSOLVER
+  /// handle costs its own start).
   struct Handles {
     cublasHandle_t blas32 = nullptr;
     cublasHandle_t blas64 = nullptr;
     cusolverDnHandle_t solver = nullptr;
   };
-  Handles handles(cudaStream_t st);
+  Handles handles(cudaStream_t st, bool with_solver = false);
 
  private:
   // The pools' fences (caching_pool.hpp): an event on each of the backend's streams, so a block

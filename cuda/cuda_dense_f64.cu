@@ -121,7 +121,7 @@ void CudaBackend::cholesky_inverse_f64(double* g, double* inverse, i64 n, i64 ba
   if (batch == 0) return;
   use_device();
   const cudaStream_t st = stream(s);
-  const auto h = handles(st);
+  const auto h = handles(st, /*with_solver=*/true);
   DeviceBuffer pointers = allocate(2 * static_cast<std::size_t>(batch) * sizeof(double*));
   auto** g_ptrs = static_cast<double**>(pointers.data());
   double** inv_ptrs = g_ptrs + batch;
@@ -152,7 +152,7 @@ std::size_t CudaBackend::householder_qr_f64_work_bytes(i64 rows, i64 cols) {
 void CudaBackend::householder_qr_f64(double* x, i64 rows, i64 cols, double* r_host, Stream s) {
   use_device();
   const cudaStream_t st = stream(s);
-  const auto h = handles(st);
+  const auto h = handles(st, /*with_solver=*/true);
   const int m = static_cast<int>(rows), n = static_cast<int>(cols);
   DeviceBuffer tau = allocate(static_cast<std::size_t>(cols) * sizeof(double));
   DeviceBuffer info = allocate(2 * sizeof(int));
@@ -253,7 +253,7 @@ void CudaBackend::symmetric_eigen_f64(double* a, i64 n, double* w, int* info, St
     REVMERGE_CUDA_CHECK(cudaMemsetAsync(info, 0, sizeof(int), st));
     return;
   }
-  const auto h = handles(st);
+  const auto h = handles(st, /*with_solver=*/true);
   const int ni = static_cast<int>(n);
   int lwork = 0;
   REVMERGE_CUSOLVER_CHECK(cusolverDnDsyevd_bufferSize(h.solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER,
