@@ -505,6 +505,7 @@ for s in "${order[@]}"; do
   printf '%-22s %s\n' "$s" "${result[$s]:-NOT RUN}"
 done
 grep -hE "^(cpu|cuda)|speed-up|GPU vs CPU|median/layer" "$out"/gpu-vs-cpu-7b.log "$out"/bench-*-gpu.log 2>/dev/null
+grep -hE "^== teams|^cuda|GPU vs CPU" "$out"/rmm-team-lanes.log 2>/dev/null
 cat "$out"/bitwise-7b.log "$out"/gpus-0-0.log "$out"/store-gpus-0-0.log "$out"/pt-svd-7b.log "$out"/full-models.log "$out"/classic-7b-gpu.log "$out"/extract-lora-7b.log "$out"/mergekit-7b-gpu.log "$out"/eigen-512.log "$out"/store-auto-7b.log "$out"/materialize-7b.log "$out"/python-materialize-7b.log "$out"/compress-7b-whole.log 2>/dev/null
 grep -hE "^revmerge bench|^memory plan|^read|^upload|^compute|^write|^pipeline|^setup|^finish|^end to end|^floor|peak RSS|^sequential|^median|^  [a-z]+ +busy" "$out"/pipeline-*.log 2>/dev/null
 for s in "${!result[@]}"; do [[ ${result[$s]} == FAIL* ]] && exit 1; done
