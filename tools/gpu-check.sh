@@ -171,11 +171,19 @@ rmm_team_lanes() {
     echo "$both" | grep -E "GPU vs CPU"
     REVMERGE_RMM_TEAM_LANES=$lanes "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 8 --device "$device" || return 1
   done
+  # What bounds teams of 8 (issue slots, occupancy, or the warps' stalls), beside profile-rmm-position's
+  # full profile of the warp's: Nsight Compute's sections for the first module's launch.
+  if [ -n "$ncu_bin" ]; then
+    echo "== teams of 8 lanes, Nsight Compute"
+    REVMERGE_RMM_TEAM_LANES=8 "$ncu_bin" --clock-control none --kernel-name regex:rmm_by_teams --launch-count 1 \
+      --section SpeedOfLight --section Occupancy --section SchedulerStats --section WarpStateStats \
+      "$bench" --model llama-7b --tasks 8 --rank 64 --basis 4 --layers 1 --device "$device" || return 1
+  fi
 }
 export -f rmm_team_lanes
-export bench device
+export bench device ncu_bin
 if [ "$device" = cuda ]; then
-  step rmm-team-lanes rmm-team-lanes.log 90 bash -c rmm_team_lanes
+  step rmm-team-lanes rmm-team-lanes.log 120 bash -c rmm_team_lanes
 else
   not_run rmm-team-lanes "rehearsed on the CPU: the CPU runs a position on one lane"
 fi
