@@ -16,6 +16,7 @@
 // device arithmetic. Lanes only split independent work; `sync` orders the phases.
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/float_bits.hpp"
 #include "kernels/host_device.hpp"
@@ -267,16 +268,40 @@ REVMERGE_HD_INLINE void rmm_finish(const Team& team, const RmmModuleArgs& args, 
     float* vq = s.bq;
     double* v = reinterpret_cast<double*>(s.xc);  // xc is not needed any more (room: p × r)
     double sq[kRmmMaxTasks];
-    for (i64 q = 0; q < p; ++q) {
-      double* col = v + q * r;
-      for (i64 k = 0; k < r; ++k) col[k] = 0;
+    // Eight rows k at a time, every column's sums of them side by side: each input widened
+    // once for all the columns (each sum still over the tasks in order from zero).
+    // (Columns four at a time: their sums stay in registers.)
+    const auto columns = [&](i64 q0, i64 k0, auto width, auto count) {
+      constexpr int W = decltype(width)::value, Q = decltype(count)::value;
+      double acc[Q][W];
+      for (int q = 0; q < Q; ++q)
+        for (int kk = 0; kk < W; ++kk) acc[q][kk] = 0;
       for (i64 t = 0; t < n; ++t) {
-        const double wt = w[q * n + t];
-        const float* xt = s.xct + t * r;
-        for (i64 k = 0; k < r; ++k) col[k] += static_cast<double>(xt[k]) * wt;
+        double x[W];
+        for (int kk = 0; kk < W; ++kk) x[kk] = static_cast<double>(s.xct[t * r + k0 + kk]);
+        for (int q = 0; q < Q; ++q) {
+          const double wt = w[(q0 + q) * n + t];
+          for (int kk = 0; kk < W; ++kk) acc[q][kk] += x[kk] * wt;
+        }
       }
-      sq[q] = 0;
+      for (int q = 0; q < Q; ++q)
+        for (int kk = 0; kk < W; ++kk) v[(q0 + q) * r + k0 + kk] = acc[q][kk];
+    };
+    using std::integral_constant;
+    for (i64 q0 = 0; q0 < p; q0 += 4) {
+      const auto rows = [&](auto count) {
+        i64 k0 = 0;
+        for (; k0 + 8 <= r; k0 += 8) columns(q0, k0, integral_constant<int, 8>{}, count);
+        for (; k0 < r; ++k0) columns(q0, k0, integral_constant<int, 1>{}, count);
+      };
+      switch (p - q0) {
+        case 1: rows(integral_constant<int, 1>{}); break;
+        case 2: rows(integral_constant<int, 2>{}); break;
+        case 3: rows(integral_constant<int, 3>{}); break;
+        default: rows(integral_constant<int, 4>{}); break;
+      }
     }
+    for (i64 q = 0; q < p; ++q) sq[q] = 0;
     for (i64 k = 0; k < r; ++k)
       for (i64 q = 0; q < p; ++q) sq[q] += v[q * r + k] * v[q * r + k];
     for (i64 q = 0; q < p; ++q) {
