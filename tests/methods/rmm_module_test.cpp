@@ -242,16 +242,32 @@ TEST(RmmModuleEdge, WithoutErrorTermsTheStoredTensorsAreTheSameAndSmallerPIsAPre
   }
 }
 
+// A module's stored shape and dtype, for the cases that compare two runs' bytes.
+struct StoredShape {
+  i64 n, r, in, out, p;
+  DType storage;
+};
+
+// Both runs stored the same bits: every side's mean, basis and coefficients, and its spectrum.
+void expect_same_stored(const RmmModuleResult& x, const RmmModuleResult& y) {
+  auto same = [](const std::vector<float>& u, const std::vector<float>& v) {
+    return u.size() == v.size() && std::memcmp(u.data(), v.data(), 4 * u.size()) == 0;
+  };
+  for (const auto& [u, v] : {std::pair{&x.a, &y.a}, std::pair{&x.b, &y.b}}) {
+    EXPECT_TRUE(same(u->mean, v->mean));
+    EXPECT_TRUE(same(u->basis, v->basis));
+    EXPECT_TRUE(same(u->coef, v->coef));
+    EXPECT_EQ(u->spectrum, v->spectrum);
+  }
+}
+
 // The deferred backend runs the CPU's routine behind a device's queues, with split-K error
 // Grams as a GPU asks for them: the stored tensors and spectra are the same bits, the error
 // terms the same to rounding. Odd sizes, n > 32, bf16 and f16 storage, a non-finite position.
 TEST(RmmModuleEdge, TheDeviceScheduleStoresTheCpusBits) {
-  struct Shape {
-    i64 n, r, in, out, p;
-    DType storage;
-  };
-  for (const auto& c : {Shape{8, 16, 200, 130, 4, DType::F32}, Shape{5, 8, 64, 1, 2, DType::BF16},
-                        Shape{36, 4, 70, 65, 30, DType::F16}, Shape{3, 5, 33, 17, 1, DType::BF16}}) {
+  for (const auto& c : {StoredShape{8, 16, 200, 130, 4, DType::F32}, StoredShape{5, 8, 64, 1, 2, DType::BF16},
+                        StoredShape{36, 4, 70, 65, 30, DType::F16}, StoredShape{3, 5, 33, 17, 1, DType::BF16}}) {
+    SCOPED_TRACE("n " + std::to_string(c.n));
     auto s = test::make_stack(c.n, c.r, c.in, c.out, 21);
     s.a[3 * c.in + 150 % c.in] = NAN;  // task 0, row 3: one position of A holds a NaN
     CpuBackend cpu(2);
@@ -259,15 +275,7 @@ TEST(RmmModuleEdge, TheDeviceScheduleStoresTheCpusBits) {
     const RmmShape shape{c.n, c.r, c.in, c.out, c.p};
     const auto x = rmm_module(cpu, shape, s.a.data(), s.b.data(), c.storage, {});
     const auto y = rmm_module(*deferred, shape, s.a.data(), s.b.data(), c.storage, {});
-    auto same = [](const std::vector<float>& u, const std::vector<float>& v) {
-      return u.size() == v.size() && std::memcmp(u.data(), v.data(), 4 * u.size()) == 0;
-    };
-    for (const auto& [u, v] : {std::pair{&x.a, &y.a}, std::pair{&x.b, &y.b}}) {
-      EXPECT_TRUE(same(u->mean, v->mean)) << c.n;
-      EXPECT_TRUE(same(u->basis, v->basis)) << c.n;
-      EXPECT_TRUE(same(u->coef, v->coef)) << c.n;
-      EXPECT_EQ(u->spectrum, v->spectrum) << c.n;
-    }
+    expect_same_stored(x, y);
     for (i64 t = 0; t < c.n; ++t) {
       // The NaN went through, not around: every task's A error and delta error say so.
       EXPECT_TRUE(std::isnan(x.a.factor_error[t]) && std::isnan(y.a.factor_error[t])) << t;
@@ -287,12 +295,8 @@ TEST_P(RmmModuleOn, EveryTeamWidthStoresTheCpusBits) {
   struct Unset {
     ~Unset() { unsetenv("REVMERGE_RMM_TEAM_LANES"); }
   } unset;
-  struct Shape {
-    i64 n, r, in, out, p;
-    DType storage;
-  };
-  for (const auto& c : {Shape{8, 64, 77, 45, 4, DType::BF16}, Shape{5, 9, 33, 21, 2, DType::F32},
-                        Shape{13, 16, 40, 3, 6, DType::F16}, Shape{32, 8, 19, 18, 20, DType::BF16}}) {
+  for (const auto& c : {StoredShape{8, 64, 77, 45, 4, DType::BF16}, StoredShape{5, 9, 33, 21, 2, DType::F32},
+                        StoredShape{13, 16, 40, 3, 6, DType::F16}, StoredShape{32, 8, 19, 18, 20, DType::BF16}}) {
     auto s = test::make_stack(c.n, c.r, c.in, c.out, 23);
     s.b[(1 * c.out + 2) * c.r + 1] = INFINITY;  // task 1's B, row 2: one position of B
     CpuBackend cpu(2);
@@ -302,13 +306,7 @@ TEST_P(RmmModuleOn, EveryTeamWidthStoresTheCpusBits) {
       setenv("REVMERGE_RMM_TEAM_LANES", lanes, 1);
       SCOPED_TRACE("n " + std::to_string(c.n) + ", " + lanes + " lanes");
       const auto got = rmm_module(*be, shape, s.a.data(), s.b.data(), c.storage, {});
-      for (const auto& [u, v] : {std::pair{&want.a, &got.a}, std::pair{&want.b, &got.b}}) {
-        ASSERT_EQ(u->basis.size(), v->basis.size());
-        EXPECT_EQ(0, std::memcmp(u->mean.data(), v->mean.data(), 4 * u->mean.size()));
-        EXPECT_EQ(0, std::memcmp(u->basis.data(), v->basis.data(), 4 * u->basis.size()));
-        EXPECT_EQ(0, std::memcmp(u->coef.data(), v->coef.data(), 4 * u->coef.size()));
-        EXPECT_EQ(u->spectrum, v->spectrum);
-      }
+      expect_same_stored(want, got);
       EXPECT_TRUE(std::isnan(got.delta_error[1]));
     }
   }
