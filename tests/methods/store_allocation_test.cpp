@@ -72,6 +72,27 @@ TEST(StoreAllocation, FixedOptionTakenWhereItIsWorthItsNumbers) {
   EXPECT_EQ(e[0].fixed, 0);
 }
 
+// The multiplier settles where module B's small fixed option beats its whole truncation, which
+// does not fit beside A; the numbers left would hold B's truncation to two directions, which
+// loses less than the fixed option: B chooses again within them.
+TEST(StoreAllocation, AModuleChoosesAgainWithinTheNumbersTheOthersLeave) {
+  ModuleOptions a;
+  a.rank_unit = 5;
+  a.task_weight = {1.0};
+  a.sigma_sq = {{100.0}};
+  ModuleOptions b;
+  b.rank_unit = 4;
+  b.task_weight = {1.0};
+  b.sigma_sq = {{1.0, 1.0, 1.0}};
+  b.fixed = {{2, 1.2, 0.6}};  // 2 numbers for error 1.2: what λ ≈ 0.12 chooses
+  const auto c = allocate_budget({a, b}, 16);
+  EXPECT_EQ(c[0].kept, std::vector<i64>{1});
+  EXPECT_EQ(c[1].fixed, -1);
+  EXPECT_EQ(c[1].kept, std::vector<i64>{2});  // 8 of the 11 numbers A leaves, error 1 < 1.2
+  EXPECT_DOUBLE_EQ(c[1].error, 1.0);
+  EXPECT_LE(c[0].numbers + c[1].numbers, 16);
+}
+
 // A store worker's thread count (what its BLAS calls use) holds while the guard lives and is
 // restored after: two workers each running OpenBLAS on every core spin against each other.
 TEST(StoreThreads, AWorkersThreadCountHoldsForItsGuardAndIsRestored) {

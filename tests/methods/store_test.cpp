@@ -126,6 +126,38 @@ TEST(StoreMerge, AutoIsNoWorseThanEitherRepresentationAloneAndChoosesPerModule) 
   EXPECT_LE(stored_numbers(aut), b * all_numbers(aut) + 1e-9);
 }
 
+// On every generated family and at budgets from tight to loose, auto is within 1 % of each
+// representation allocated alone (and so of the best of them) — RMM with a P per side, the
+// truncations, the row basis, the row and column bases — and never above the budget.
+TEST(StoreMerge, AutoIsWithinOnePercentOfEveryRepresentationAloneOnEveryFamily) {
+  test::TempDir tmp;
+  const std::vector<std::pair<std::string, std::vector<TaskSource>>> families = {
+      {"mixed", write_family(tmp / "mixed")},
+      {"shared A", write_shared_a_family(tmp / "shared-a")},
+      {"shared A and columns", write_shared_columns_family(tmp / "shared-columns")}};
+  const std::vector<std::vector<Representation>> alone = {
+      {Representation::rmm}, {Representation::rank}, {Representation::shared_rows}, {Representation::shared}};
+  int beaten = 0;  // cases where auto is clearly better than the best single representation
+  for (const auto& [name, tasks] : families)
+    for (const double b : {0.15, 0.35, 0.6}) {
+      auto o = store_options(tasks, StoreMethod::automatic, tmp / "auto");
+      o.storage.fraction = b;
+      o.overwrite = true;
+      const auto aut = merge_store(o);
+      EXPECT_LE(stored_numbers(aut), b * all_numbers(aut) + 1e-9) << name << " at " << b;
+      double best = INFINITY;
+      for (const auto& reps : alone) {
+        o.representations = reps;
+        const double e = objective(merge_store(o));
+        SCOPED_TRACE(::testing::Message() << name << " at " << b << ", " << representation_name(reps[0]) << " alone " << e);
+        EXPECT_LE(objective(aut), 1.01 * e);
+        best = std::min(best, e);
+      }
+      beaten += objective(aut) < 0.95 * best;
+    }
+  EXPECT_GT(beaten, 0);  // mixing representations across modules pays somewhere
+}
+
 // Tasks that share their A almost exactly and differ in B: RMM keeps A's mean alone (P = 0) and
 // spends on B — a P per side — and the errors of such pairs are still the dense ones.
 TEST(StoreMerge, RmmTakesABasisSizePerSide) {

@@ -128,6 +128,58 @@ void upgrade_with_leftover(const std::vector<ModuleOptions>& modules, std::vecto
   }
 }
 
+// A module's truncation keeping its most valuable directions (weighted σ² each, all at
+// rank_unit numbers) that fit in `numbers`: the best truncation of that size.
+ModuleChoice truncate_within(const ModuleOptions& m, double numbers) {
+  ModuleChoice c;
+  c.kept.assign(m.sigma_sq.size(), 0);
+  if (!m.truncations || m.rank_unit <= 0) {
+    for (std::size_t t = 0; t < m.sigma_sq.size(); ++t) c.error += m.task_weight[t] * tail(m.sigma_sq[t], 0);
+    return c;
+  }
+  auto count = static_cast<i64>(std::floor(numbers / m.rank_unit));
+  for (; count > 0; --count) {
+    std::size_t best = m.sigma_sq.size();
+    double gain = 0;
+    for (std::size_t t = 0; t < m.sigma_sq.size(); ++t) {
+      const auto& s = m.sigma_sq[t];
+      const auto k = static_cast<std::size_t>(c.kept[t]);
+      if (k < s.size() && s[k] > 0 && m.task_weight[t] * s[k] > gain) gain = m.task_weight[t] * s[k], best = t;
+    }
+    if (best == m.sigma_sq.size()) break;
+    ++c.kept[best];
+    c.numbers += m.rank_unit;
+  }
+  for (std::size_t t = 0; t < m.sigma_sq.size(); ++t) c.error += m.task_weight[t] * tail(m.sigma_sq[t], c.kept[t]);
+  return c;
+}
+
+// Each module in turn chooses again alone, within what the others leave of the budget: the
+// fixed option or the truncation of least error that fits. The multiplier's choice is optimal
+// only on the options' convex hull — a module whose fixed option is what the multiplier
+// settled on may do better with a truncation or another option of the numbers left — and each
+// move lowers the total error, so the rounds end.
+void improve_module_by_module(const std::vector<ModuleOptions>& modules, std::vector<ModuleChoice>& choice,
+                              double budget) {
+  for (int round = 0; round < 16; ++round) {
+    bool moved = false;
+    for (std::size_t m = 0; m < modules.size(); ++m) {
+      const double left = budget - (total_numbers(choice) - choice[m].numbers);
+      const double now = choice[m].error;
+      auto best = truncate_within(modules[m], left);
+      for (std::size_t f = 0; f < modules[m].fixed.size(); ++f) {
+        const auto& o = modules[m].fixed[f];
+        if (o.numbers <= left && o.error < best.error) best = {static_cast<int>(f), {}, o.numbers, o.error};
+      }
+      // Strictly better by more than rounding: the rounds must not trade equal choices.
+      if (best.error < now - 1e-12 * std::max(now, 1e-300)) choice[m] = std::move(best), moved = true;
+    }
+    if (!moved) return;
+    fill_leftover(modules, choice, budget);
+    upgrade_with_leftover(modules, choice, budget);
+  }
+}
+
 }  // namespace
 
 std::vector<ModuleChoice> allocate_budget(const std::vector<ModuleOptions>& modules, double budget) {
@@ -161,6 +213,7 @@ std::vector<ModuleChoice> allocate_budget(const std::vector<ModuleOptions>& modu
   }
   fill_leftover(modules, best, budget);
   upgrade_with_leftover(modules, best, budget);
+  improve_module_by_module(modules, best, budget);
   return best;
 }
 

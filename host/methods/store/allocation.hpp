@@ -39,8 +39,10 @@ struct ModuleChoice {
 /// found by bisection (each module then chooses alone: every direction worth more than λ per
 /// number, or a fixed option where its error + λ·numbers is lower), the budget left over
 /// filled with the most valuable directions that still fit, then spent on moves to larger fixed
-/// options (best error saved per number first). Optimal on the options' convex hull;
-/// deterministic for given inputs.
+/// options (best error saved per number first); last, each module in turn chooses again alone
+/// within what the others leave (a truncation or another option where the multiplier's choice
+/// jumped past the budget's edge). Optimal on the options' convex hull; deterministic for given
+/// inputs.
 std::vector<ModuleChoice> allocate_budget(const std::vector<ModuleOptions>& modules, double budget);
 
 /// The cheapest choice per module whose every task keeps its relative delta error

@@ -186,6 +186,47 @@ std::vector<ModuleChoice> allocate_for_worst(const std::vector<PlannedModule>& p
   return best;
 }
 
+// The measurements as `--representations kind` alone weighs them: each module's options of
+// that kind, with `index` holding each one's place among all of the module's options.
+std::vector<Measured> options_of_kind(const std::vector<Measured>& all, Representation kind,
+                                      std::vector<std::vector<int>>& index) {
+  std::vector<Measured> out;
+  index.assign(all.size(), {});
+  for (std::size_t m = 0; m < all.size(); ++m) {
+    Measured alone;
+    alone.sigma_sq = all[m].sigma_sq;
+    for (std::size_t f = 0; f < all[m].options.size(); ++f)
+      if (all[m].options[f].kind == kind) {
+        alone.options.push_back(all[m].options[f]);
+        index[m].push_back(static_cast<int>(f));
+      }
+    out.push_back(std::move(alone));
+  }
+  return out;
+}
+
+// The allocation over every representation weighed — or, where one representation allocated
+// alone loses less by `score` (lower is better), that one. The multiplier's allocation is
+// optimal only on the options' convex hull, so with more options it can land above what one
+// representation alone reaches; auto must be no worse than any of them at the same storage.
+template <class Allocate, class Score>
+std::vector<ModuleChoice> best_of_representations(const StoreMergeOptions& o, const std::vector<Measured>& measured,
+                                                  const Allocate& allocate, const Score& score) {
+  auto best = allocate(measured, weighs(o, Representation::rank));
+  if (o.method != StoreMethod::automatic) return best;
+  double best_score = score(best);
+  for (const auto kind : {Representation::rmm, Representation::rank, Representation::shared_rows,
+                          Representation::shared}) {
+    if (!weighs(o, kind)) continue;
+    std::vector<std::vector<int>> index;
+    auto choice = allocate(options_of_kind(measured, kind, index), kind == Representation::rank);
+    for (std::size_t m = 0; m < choice.size(); ++m)
+      if (choice[m].fixed >= 0) choice[m].fixed = index[m][static_cast<std::size_t>(choice[m].fixed)];
+    if (const double s = score(choice); s < best_score) best = std::move(choice), best_score = s;
+  }
+  return best;
+}
+
 }  // namespace
 
 namespace {
@@ -328,12 +369,31 @@ BundleManifest store_share(const StoreMergeOptions& o, Peers* peers, int threads
       for (const double s : mm.sigma_sq[t]) task_norm_sq[t] += s;
   std::vector<double> weight;
   for (const double d : task_norm_sq) weight.push_back(d > 0 ? 1.0 / d : 0.0);
-  const bool truncations = weighs(o, Representation::rank);
   const auto choice = timed_step(o.timing, "allocation", [&] {
-    return o.max_error ? allocate_max_error(module_options(set.plan, measured, weight, truncations), *o.max_error)
-           : o.objective == StoreObjective::max
-               ? allocate_for_worst(set.plan, measured, task_norm_sq, budget, truncations)
-               : allocate_budget(module_options(set.plan, measured, weight, truncations), budget);
+    if (o.max_error)  // each module's cheapest choice within the bound: nothing to compare
+      return allocate_max_error(module_options(set.plan, measured, weight, weighs(o, Representation::rank)),
+                                *o.max_error);
+    const auto relative = [&](const std::vector<ModuleChoice>& c) { return task_relative_sq(measured, c, task_norm_sq); };
+    if (o.objective == StoreObjective::max)
+      return best_of_representations(
+          o, measured,
+          [&](const std::vector<Measured>& m, bool truncations) {
+            return allocate_for_worst(set.plan, m, task_norm_sq, budget, truncations);
+          },
+          [&](const std::vector<ModuleChoice>& c) {
+            const auto e = relative(c);
+            return *std::max_element(e.begin(), e.end());
+          });
+    return best_of_representations(
+        o, measured,
+        [&](const std::vector<Measured>& m, bool truncations) {
+          return allocate_budget(module_options(set.plan, m, weight, truncations), budget);
+        },
+        [&](const std::vector<ModuleChoice>& c) {
+          double sum = 0;
+          for (const double e : relative(c)) sum += e;
+          return sum;
+        });
   });
 
   // Pass 2: each module of this worker's share stored as chosen.
