@@ -107,8 +107,9 @@ void add_compare_command(CLI::App& app) {
   args = {};  // each command line starts from the defaults (the Python package runs many)
   auto* cmd = app.add_subcommand(
       "compare", "Compare RMM at several basis sizes with the classic methods and the budgeted "
-                 "store (rank, auto at each RMM row's storage) on one adapter set: per-task delta "
-                 "error and storage");
+                 "store (at each RMM row's storage: rank, RMM with a P per module and side, the "
+                 "shared bases, each alone, then auto) on one adapter set: per-task delta error "
+                 "and storage");
   cmd->add_option("ADAPTER", args.adapters, "PEFT adapter folders (at least 2)")->required();
   cmd->add_option("--basis", args.basis, "RMM basis sizes, comma-separated (default: 1, n/4, n/2, n − 1)");
   cmd->add_option("--methods", args.methods,
@@ -122,7 +123,7 @@ void add_compare_command(CLI::App& app) {
   cmd->add_option("--device", args.device, "RMM's device: cpu, cuda or auto");
   cmd->add_option("--gpu", args.gpu, "CUDA device index (default 0)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--no-stores", args.no_stores,
-                "leave out the rank and auto rows (each costs a store merge per RMM row)");
+                "leave out the budgeted store's rows (each costs a store merge per RMM row)");
   cmd->add_flag("--json", args.json, "print the comparison as JSON");
   cmd->callback([] { run_compare(args); });
 }

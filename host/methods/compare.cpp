@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <random>
 #include <set>
+#include <vector>
 
 #include "core/atomic_output.hpp"
 #include "methods/adapter_set.hpp"
@@ -74,6 +76,19 @@ CompareRow measure_bundle(const std::string& label, const BundleManifest& m) {
   return make_row(label, m.storage_ratio, num, den);
 }
 
+// The budgeted store's rows at each storage, in the order they are printed.
+struct StoreRow {
+  const char* label;
+  StoreMethod method;
+  std::vector<Representation> representations;  // empty: every one
+};
+const StoreRow kStoreRows[] = {
+    {"rank", StoreMethod::rank, {}},
+    {"rmm, P per module and side", StoreMethod::automatic, {Representation::rmm}},
+    {"shared bases", StoreMethod::automatic, {Representation::shared_rows, Representation::shared}},
+    {"auto", StoreMethod::automatic, {}},
+};
+
 std::string mode_name(const CompareMethod& m) {
   if (m.method == ClassicMethod::cat || m.method == ClassicMethod::svd) return "";
   return m.mode == LoraMergeMode::separate ? " (separate)" : " (combined)";
@@ -112,7 +127,8 @@ CompareReport compare_methods(const CompareOptions& o) {
 
   CompareReport report;
   for (const auto& t : o.tasks) report.tasks.push_back(t.name);
-  const std::size_t rows = basis.size() + methods.size() + (o.stores ? 2 * basis.size() : 0);
+  const std::size_t rows =
+      basis.size() + methods.size() + (o.stores ? std::size(kStoreRows) * basis.size() : 0);
   auto starting = [&](const std::string& label) {
     if (o.progress) o.progress(report.rows.size(), rows, label);
   };
@@ -157,19 +173,21 @@ CompareReport compare_methods(const CompareOptions& o) {
     report.rows.push_back(measure_adapter(label, c.out, set, tasks));
     report.rows.back().weights = c.weights;
   }
-  // The budgeted store at each RMM row's storage: each task's own truncation alone, and auto.
+  // The budgeted store at each RMM row's storage: each representation allocated alone (auto
+  // restricted to it), then auto weighing them all — so auto can be read against the best of them.
   if (o.stores)
     for (std::size_t b = 0; b < basis.size(); ++b) {
       const double storage = std::min(report.rows[b].storage, 1.0);
-      for (const auto method : {StoreMethod::rank, StoreMethod::automatic}) {
-        const std::string label = std::string(method == StoreMethod::rank ? "rank" : "auto") +
-                                  " at rmm P=" + std::to_string(basis[b]) + "'s storage";
+      for (std::size_t k = 0; k < std::size(kStoreRows); ++k) {
+        const auto& kind = kStoreRows[k];
+        const std::string label = std::string(kind.label) + " at rmm P=" + std::to_string(basis[b]) + "'s storage";
         starting(label);
         StoreMergeOptions s;
         s.tasks = o.tasks;
-        s.method = method;
+        s.method = kind.method;
+        s.representations = kind.representations;
         s.storage.fraction = storage;
-        s.out = scratch / ("store-" + std::to_string(b) + (method == StoreMethod::rank ? "-rank" : "-auto"));
+        s.out = scratch / ("store-" + std::to_string(b) + "-" + std::to_string(k));
         s.threads = o.threads;
         s.device = o.device;
         s.gpu = o.gpu;

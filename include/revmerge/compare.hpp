@@ -31,7 +31,9 @@ struct CompareOptions {
   std::vector<double> weights;
   double density = 0.5;                   ///< TIES, DARE, magnitude pruning
   std::uint64_t seed = 0;                 ///< DARE
-  /// Also the budgeted store (store.hpp) at each RMM row's storage: `rank` and `auto` rows.
+  /// Also the budgeted store (store.hpp) at each RMM row's storage: a row for each
+  /// representation allocated alone — `rank`, RMM with a P per module and side, the shared bases
+  /// (`shared_rows` and `shared`) — then `auto` weighing them all.
   bool stores = true;
   int threads = 0;
   Device device = Device::automatic;      ///< RMM's backend
@@ -41,7 +43,7 @@ struct CompareOptions {
 };
 
 struct CompareRow {
-  std::string label;                ///< "rmm P=2", "ties (separate)", "auto at rmm P=2's storage", ...
+  std::string label;                ///< "rmm P=2", "ties (separate)", "shared bases at rmm P=2's storage", ...
   double storage = 0;               ///< stored numbers / all the tasks' adapter numbers
   std::vector<double> task_error;   ///< per task, in task order
   double mean_error = 0;
