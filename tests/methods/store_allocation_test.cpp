@@ -93,6 +93,28 @@ TEST(StoreAllocation, AModuleChoosesAgainWithinTheNumbersTheOthersLeave) {
   EXPECT_LE(c[0].numbers + c[1].numbers, 16);
 }
 
+// The multiplier jumps at λ = 0.12, where B's small fixed option beats its whole truncation;
+// just above it A keeps both directions (0.13 a number) and B the fixed option, error 1.2. A
+// giving up its second direction (0.65) frees what B's whole truncation needs (error 0): B
+// takes it, A pays, 0.65 in all.
+TEST(StoreAllocation, AModuleGivesUpDirectionsWhereAnotherSavesMoreWithThem) {
+  ModuleOptions a;
+  a.rank_unit = 5;
+  a.task_weight = {1.0};
+  a.sigma_sq = {{100.0, 0.65}};
+  ModuleOptions b;
+  b.rank_unit = 4;
+  b.task_weight = {1.0};
+  b.sigma_sq = {{1.0, 1.0, 1.0}};
+  b.fixed = {{2, 1.2, 0.6}};
+  const auto c = allocate_budget({a, b}, 17);
+  EXPECT_EQ(c[0].kept, std::vector<i64>{1});
+  EXPECT_EQ(c[1].fixed, -1);
+  EXPECT_EQ(c[1].kept, std::vector<i64>{3});
+  EXPECT_NEAR(c[0].error + c[1].error, 0.65, 1e-12);
+  EXPECT_LE(c[0].numbers + c[1].numbers, 17);
+}
+
 // A store worker's thread count (what its BLAS calls use) holds while the guard lives and is
 // restored after: two workers each running OpenBLAS on every core spin against each other.
 TEST(StoreThreads, AWorkersThreadCountHoldsForItsGuardAndIsRestored) {

@@ -137,7 +137,9 @@ ModuleChoice truncate_within(const ModuleOptions& m, double numbers) {
     for (std::size_t t = 0; t < m.sigma_sq.size(); ++t) c.error += m.task_weight[t] * tail(m.sigma_sq[t], 0);
     return c;
   }
-  auto count = static_cast<i64>(std::floor(numbers / m.rank_unit));
+  i64 count = 0;  // the directions that fit, at most all of them
+  for (const auto& s : m.sigma_sq) count += static_cast<i64>(s.size());
+  if (numbers / m.rank_unit < double(count)) count = static_cast<i64>(std::floor(numbers / m.rank_unit));
   for (; count > 0; --count) {
     std::size_t best = m.sigma_sq.size();
     double gain = 0;
@@ -180,6 +182,112 @@ void improve_module_by_module(const std::vector<ModuleOptions>& modules, std::ve
   }
 }
 
+// One direction of a truncated module: what keeping it is worth, and its numbers.
+struct Direction {
+  double value = 0, numbers = 0;
+  i64 module = 0, task = 0;
+};
+
+// A module's error under its choice, its truncation's from the tails.
+void truncation_error(const ModuleOptions& m, ModuleChoice& c) {
+  c.error = 0;
+  for (std::size_t t = 0; t < c.kept.size(); ++t) c.error += m.task_weight[t] * tail(m.sigma_sq[t], c.kept[t]);
+}
+
+// Moves between modules: a module takes another of its options (a fixed one, or its whole
+// truncation) and the truncated modules pay for it — giving up their least valuable kept
+// directions where it needs more numbers than are left, or keeping their most valuable others
+// where it frees some — taken when the total error falls. The move a case like this needs: a
+// module whose small fixed option the multiplier chose, while its truncation would fit by other
+// modules giving up directions worth less than the truncation saves.
+void exchange_between_modules(const std::vector<ModuleOptions>& modules, std::vector<ModuleChoice>& choice,
+                              double budget) {
+  const auto truncated = [&](std::size_t m) { return choice[m].fixed < 0 && modules[m].truncations; };
+  for (int round = 0; round < 64; ++round) {
+    // Kept directions, least worth per number first; the others, most worth first. A task's
+    // directions come in order (descending σ²), so each list walks a task's from its edge.
+    std::vector<Direction> kept, unkept;
+    for (std::size_t m = 0; m < modules.size(); ++m) {
+      if (!truncated(m)) continue;
+      const auto& mo = modules[m];
+      for (std::size_t t = 0; t < mo.sigma_sq.size(); ++t)
+        for (std::size_t k = 0; k < mo.sigma_sq[t].size(); ++k) {
+          const Direction d{mo.task_weight[t] * mo.sigma_sq[t][k], mo.rank_unit, static_cast<i64>(m),
+                            static_cast<i64>(t)};
+          (static_cast<i64>(k) < choice[m].kept[t] ? kept : unkept).push_back(d);
+        }
+    }
+    const auto per_number = [](const Direction& d) { return d.value / d.numbers; };
+    std::stable_sort(kept.begin(), kept.end(), [&](const Direction& x, const Direction& y) {
+      return per_number(x) < per_number(y);
+    });
+    std::stable_sort(unkept.begin(), unkept.end(), [&](const Direction& x, const Direction& y) {
+      return per_number(x) > per_number(y);
+    });
+    const double left = budget - total_numbers(choice);
+    double smallest_unit = INFINITY, total_error = 0;
+    for (std::size_t m = 0; m < modules.size(); ++m) {
+      total_error += choice[m].error;
+      if (truncated(m)) smallest_unit = std::min(smallest_unit, modules[m].rank_unit);
+    }
+    // What the other modules lose to free `need` numbers (infinite where they cannot), or gain
+    // from `spare` numbers; the directions taken in `taken`.
+    const auto walk_free = [&](i64 m, double need, std::vector<Direction>* taken) {
+      double loss = 0;
+      for (const auto& d : kept) {
+        if (need <= 0) break;
+        if (d.module == m) continue;
+        loss += d.value, need -= d.numbers;
+        if (taken) taken->push_back(d);
+      }
+      return need <= 0 ? loss : INFINITY;
+    };
+    const auto walk_spend = [&](i64 m, double spare, std::vector<Direction>* taken) {
+      double gain = 0;
+      for (const auto& d : unkept) {
+        if (spare < smallest_unit) break;
+        if (d.module == m || d.numbers > spare) continue;  // a task's next ones do not fit either
+        gain += d.value, spare -= d.numbers;
+        if (taken) taken->push_back(d);
+      }
+      return gain;
+    };
+    double best_net = 1e-12 * total_error;  // a move must gain more than rounding
+    i64 best_m = -1;
+    ModuleChoice best_alt;
+    for (std::size_t m = 0; m < modules.size(); ++m) {
+      const auto& mo = modules[m];
+      std::vector<ModuleChoice> alternatives;
+      for (std::size_t f = 0; f < mo.fixed.size(); ++f)
+        if (static_cast<int>(f) != choice[m].fixed)
+          alternatives.push_back({static_cast<int>(f), {}, mo.fixed[f].numbers, mo.fixed[f].error});
+      if (choice[m].fixed >= 0 && mo.truncations) alternatives.push_back(truncate_within(mo, INFINITY));
+      for (auto& alt : alternatives) {
+        const double extra = alt.numbers - choice[m].numbers;
+        const double cost = extra > left ? walk_free(static_cast<i64>(m), extra - left, nullptr)
+                                         : -walk_spend(static_cast<i64>(m), left - extra, nullptr);
+        const double net = choice[m].error - alt.error - cost;
+        if (net > best_net) best_net = net, best_m = static_cast<i64>(m), best_alt = alt;
+      }
+    }
+    if (best_m < 0) return;
+    const double extra = best_alt.numbers - choice[best_m].numbers;
+    std::vector<Direction> taken;
+    const bool frees = extra > left;
+    if (frees) walk_free(best_m, extra - left, &taken);
+    else walk_spend(best_m, left - extra, &taken);
+    choice[best_m] = best_alt;
+    for (const auto& d : taken) {
+      auto& c = choice[d.module];
+      c.kept[d.task] += frees ? -1 : 1;
+      c.numbers += frees ? -d.numbers : d.numbers;
+    }
+    for (std::size_t m = 0; m < modules.size(); ++m)
+      if (truncated(m)) truncation_error(modules[m], choice[m]);
+    fill_leftover(modules, choice, budget);
+  }
+}
+
 }  // namespace
 
 std::vector<ModuleChoice> allocate_budget(const std::vector<ModuleOptions>& modules, double budget) {
@@ -214,6 +322,7 @@ std::vector<ModuleChoice> allocate_budget(const std::vector<ModuleOptions>& modu
   fill_leftover(modules, best, budget);
   upgrade_with_leftover(modules, best, budget);
   improve_module_by_module(modules, best, budget);
+  exchange_between_modules(modules, best, budget);
   return best;
 }
 

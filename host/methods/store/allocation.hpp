@@ -41,8 +41,9 @@ struct ModuleChoice {
 /// filled with the most valuable directions that still fit, then spent on moves to larger fixed
 /// options (best error saved per number first); last, each module in turn chooses again alone
 /// within what the others leave (a truncation or another option where the multiplier's choice
-/// jumped past the budget's edge). Optimal on the options' convex hull; deterministic for given
-/// inputs.
+/// jumped past the budget's edge), then modules trade: one takes another option while the
+/// truncated modules give up (or take) the directions that pay for it, where the total error
+/// falls. Optimal on the options' convex hull; deterministic for given inputs.
 std::vector<ModuleChoice> allocate_budget(const std::vector<ModuleOptions>& modules, double budget);
 
 /// The cheapest choice per module whose every task keeps its relative delta error
