@@ -1,5 +1,7 @@
 #include "methods/store/module_grams.hpp"
 
+#include "core/tiled_transpose.hpp"
+
 namespace revmerge {
 
 using i64 = std::int64_t;
@@ -25,8 +27,8 @@ ModuleGrams module_grams(Backend& be, Stream stream, const std::vector<TaskFacto
   a.reserve(static_cast<std::size_t>(R * in));
   for (const auto& tf : f) a.insert(a.end(), tf.a.begin(), tf.a.begin() + tf.rank * in);
   for (std::size_t i = 0; i < f.size(); ++i)
-    for (i64 k = 0; k < f[i].rank; ++k)
-      for (i64 o = 0; o < out; ++o) b[(g.first[i] + k) * out + o] = f[i].b[o * f[i].rank + k];
+    transpose_tiled(b.data() + g.first[i] * out, out, f[i].b.data(), f[i].rank, out, f[i].rank,
+                    [](float v) { return v; });
   const std::size_t gram_bytes = g.a.size() * sizeof(double);
   DeviceBuffer da = be.allocate(a.size() * sizeof(float)), db = be.allocate(b.size() * sizeof(float)),
                ga = be.allocate(gram_bytes), gb = be.allocate(gram_bytes);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "core/tiled_transpose.hpp"
 #include "methods/store/backend_values.hpp"
 #include "methods/store/truncation.hpp"
 
@@ -23,9 +24,11 @@ std::vector<i64> first_rows(const std::vector<TaskFactors>& f) {
 void stacked(double* x, const std::vector<TaskFactors>& f, i64 cols, bool b_side, bool scaled) {
   for (const auto& tf : f) {
     const i64 r = tf.rank;
-    for (i64 k = 0; k < r; ++k)
-      for (i64 c = 0; c < cols; ++c)
-        x[k * cols + c] = b_side ? (scaled ? tf.scale : 1.0) * tf.b[c * r + k] : tf.a[k * cols + c];
+    const double s = scaled ? tf.scale : 1.0;
+    if (b_side)  // B (cols × r) as r rows
+      transpose_tiled(x, cols, tf.b.data(), r, cols, r, [s](float v) { return s * v; });
+    else
+      std::copy(tf.a.begin(), tf.a.begin() + r * cols, x);
     x += r * cols;
   }
 }
@@ -123,15 +126,13 @@ SharedBasisParts shared_basis_parts(Backend& be, Stream st, const SharedBasis& s
   p.vt.assign(vt_host, vt_host + count(kv, in));
   round_to_storage(p.vt, storage);
   p.u.resize(count(out, ku));
-  for (i64 k = 0; k < ku; ++k)
-    for (i64 o = 0; o < out; ++o) p.u[o * ku + k] = static_cast<float>(ut_host[k * out + o]);
+  transpose_tiled(p.u.data(), ku, ut_host, out, ku, out, [](double v) { return static_cast<float>(v); });
   round_to_storage(p.u, storage);
   // The cores from the bases as stored: A V (R × kv) and Uᵀ [s_iB_i] (ku × R); B's stack (the
   // stream has finished with it) now holds the scaled B_iᵀ.
   const auto stored_vt = [&](auto* x) { std::copy(p.vt.begin(), p.vt.end(), x); };
   const auto stored_ut = [&](auto* x) {  // Uᵀ, ku × out
-    for (i64 k = 0; k < ku; ++k)
-      for (i64 o = 0; o < out; ++o) x[k * out + o] = p.u[o * ku + k];
+    transpose_tiled(x, out, p.u.data(), ku, out, ku, [](float v) { return v; });
   };
   fill_on_backend(be, st, vt, count(kv, in), stage_vt, stored_vt);
   fill_on_backend(be, st, ut, count(ku, out), stage_ut, stored_ut);
