@@ -20,7 +20,7 @@ constexpr i64 kBlock = 256;
 
 // A thread's block of positions.
 struct Block {
-  const float* dirs = nullptr;  // len × P × r: direction q at position j at dirs[(j · P + q) · r]
+  const float* dirs = nullptr;  // P × len × r: direction q at position j at dirs[(q · len + j) · r]
   std::vector<float> coef;  // len × P: task t's coefficients
   std::vector<double> xh;   // len × r: x̂ so far
   std::vector<float> rows;  // len × 2r: [D | x]
@@ -37,7 +37,7 @@ void advance_block(Block& b, i64 len, i64 r, i64 P, i64 from, i64 to) {
     double* h = b.xh.data() + j * r;
     for (i64 q = from; q < to; ++q) {
       const double c = b.coef[j * P + q];
-      const float* v = b.dirs + (j * P + q) * r;
+      const float* v = b.dirs + (q * len + j) * r;
       for (i64 k = 0; k < r; ++k) h[k] += static_cast<double>(v[k]) * c;
     }
     float* row = b.rows.data() + j * 2 * r;
@@ -45,7 +45,10 @@ void advance_block(Block& b, i64 len, i64 r, i64 P, i64 from, i64 to) {
   }
 }
 
-// Task t's Grams; `dirs` is the side's basis widened, m × P × r (directions contiguous).
+// Task t's Grams; `dirs` is the side's basis widened, block by block of kBlock positions, each
+// block's direction 0 of every position, then direction 1, …: a step from one candidate to the
+// next reads one contiguous run (by position it read a 256-byte piece every P · r floats, most
+// of the routine's time spent waiting on those loads).
 void candidate_task(const kernels::RmmCandidateArgs& a, const std::vector<float>& dirs, i64 t) {
   const i64 r = a.r, P = a.stored_p, per = 2 * r * r, most = std::min(a.m, kBlock);
   Block b;
@@ -86,10 +89,11 @@ void CpuBackend::rmm_candidate_grams(const kernels::RmmCandidateArgs& args, Stre
   const i64 r = args.r, P = args.stored_p;
   std::vector<float> dirs(static_cast<std::size_t>(args.m * P * r));
   cpu::parallel_for(threads_, args.m, [&](i64 j) {
+    const i64 j0 = j / kBlock * kBlock, len = std::min(args.m, j0 + kBlock) - j0;
+    float* block = dirs.data() + j0 * P * r;
     for (i64 k = 0; k < r; ++k)
       for (i64 q = 0; q < P; ++q)
-        dirs[(j * P + q) * r + k] =
-            kernels::load_as_f32(args.basis, (j * r + k) * P + q, args.storage);
+        block[(q * len + j - j0) * r + k] = kernels::load_as_f32(args.basis, (j * r + k) * P + q, args.storage);
   });
   cpu::parallel_for(threads_, args.n, [&](i64 t) { candidate_task(args, dirs, t); });
 }
