@@ -110,9 +110,14 @@ void CpuBackend::gaussian_f64(double* out, i64 count, std::uint64_t seed, std::u
 // moved here, so the same bits.
 void CpuBackend::gram_f64(const float* x, i64 rows, i64 cols, double* g, Stream) {
   if (rows == 0) return;
-  const std::vector<double> wide(x, x + rows * cols);
+  // The widened copy comes from the pool, whose blocks the last module's calls left: tens of MB
+  // for a module's stacks, which fresh each time cost a page fault and the kernel's zeroing for
+  // every page.
+  const DeviceBuffer buffer = allocate(static_cast<std::size_t>(rows * cols) * sizeof(double));
+  double* wide = static_cast<double*>(buffer.data());
+  std::copy(x, x + rows * cols, wide);
   cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, static_cast<int>(rows), static_cast<int>(cols), 1.0,
-              wide.data(), static_cast<int>(std::max<i64>(cols, 1)), 0.0, g, static_cast<int>(rows));
+              wide, static_cast<int>(std::max<i64>(cols, 1)), 0.0, g, static_cast<int>(rows));
   for (i64 i = 0; i < rows; ++i)
     for (i64 j = 0; j < i; ++j) g[i * rows + j] = g[j * rows + i];
 }

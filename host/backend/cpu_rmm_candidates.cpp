@@ -49,7 +49,7 @@ void advance_block(Block& b, i64 len, i64 r, i64 P, i64 from, i64 to) {
 // block's direction 0 of every position, then direction 1, …: a step from one candidate to the
 // next reads one contiguous run (by position it read a 256-byte piece every P · r floats, most
 // of the routine's time spent waiting on those loads).
-void candidate_task(const kernels::RmmCandidateArgs& a, const std::vector<float>& dirs, i64 t) {
+void candidate_task(const kernels::RmmCandidateArgs& a, const float* dirs, i64 t) {
   const i64 r = a.r, P = a.stored_p, per = 2 * r * r, most = std::min(a.m, kBlock);
   Block b;
   b.coef.resize(static_cast<std::size_t>(most * P));
@@ -59,7 +59,7 @@ void candidate_task(const kernels::RmmCandidateArgs& a, const std::vector<float>
   for (i64 i = 0; i < a.count; ++i) std::fill_n(a.grams + (i * a.n + t) * per, per, 0.0);
   for (i64 j0 = 0; j0 < a.m; j0 += kBlock) {
     const i64 len = std::min(a.m, j0 + kBlock) - j0;
-    b.dirs = dirs.data() + j0 * P * r;
+    b.dirs = dirs + j0 * P * r;
     for (i64 j = 0; j < len; ++j) {
       for (i64 k = 0; k < r; ++k) {
         b.xh[j * r + k] = kernels::rmm_candidate_mean(a, j0 + j, k);
@@ -87,10 +87,13 @@ void candidate_task(const kernels::RmmCandidateArgs& a, const std::vector<float>
 void CpuBackend::rmm_candidate_grams(const kernels::RmmCandidateArgs& args, Stream) {
   cpu::keep_blas_single_threaded();
   const i64 r = args.r, P = args.stored_p;
-  std::vector<float> dirs(static_cast<std::size_t>(args.m * P * r));
+  // From the pool, every element written below: a fresh vector's pages would each be faulted
+  // in and zeroed first.
+  const DeviceBuffer buffer = allocate(static_cast<std::size_t>(args.m * P * r) * sizeof(float));
+  float* dirs = buffer.f32();
   cpu::parallel_for(threads_, args.m, [&](i64 j) {
     const i64 j0 = j / kBlock * kBlock, len = std::min(args.m, j0 + kBlock) - j0;
-    float* block = dirs.data() + j0 * P * r;
+    float* block = dirs + j0 * P * r;
     for (i64 k = 0; k < r; ++k)
       for (i64 q = 0; q < P; ++q)
         block[(q * len + j - j0) * r + k] = kernels::load_as_f32(args.basis, (j * r + k) * P + q, args.storage);

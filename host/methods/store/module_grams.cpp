@@ -1,6 +1,9 @@
 #include "methods/store/module_grams.hpp"
 
+#include <algorithm>
+
 #include "core/tiled_transpose.hpp"
+#include "methods/store/backend_values.hpp"
 
 namespace revmerge {
 
@@ -22,18 +25,19 @@ ModuleGrams module_grams(Backend& be, Stream stream, const std::vector<TaskFacto
   g.a.assign(static_cast<std::size_t>(R * R), 0.0);
   g.b.assign(g.a.size(), 0.0);
   if (R == 0) return g;
-  // The stacks as R rows: the A_i's rows, then the B_i's columns as rows.
-  std::vector<float> a, b(static_cast<std::size_t>(R * out));
-  a.reserve(static_cast<std::size_t>(R * in));
-  for (const auto& tf : f) a.insert(a.end(), tf.a.begin(), tf.a.begin() + tf.rank * in);
-  for (std::size_t i = 0; i < f.size(); ++i)
-    transpose_tiled(b.data() + g.first[i] * out, out, f[i].b.data(), f[i].rank, out, f[i].rank,
-                    [](float v) { return v; });
+  // The stacks as R rows: the A_i's rows, then the B_i's columns as rows — made in the
+  // backend's memory where it is the host's (no fresh vectors to fault in), else staged.
   const std::size_t gram_bytes = g.a.size() * sizeof(double);
-  DeviceBuffer da = be.allocate(a.size() * sizeof(float)), db = be.allocate(b.size() * sizeof(float)),
-               ga = be.allocate(gram_bytes), gb = be.allocate(gram_bytes);
-  be.upload(da.data(), a.data(), a.size() * sizeof(float), stream);
-  be.upload(db.data(), b.data(), b.size() * sizeof(float), stream);
+  std::vector<float> stage_a, stage_b;
+  DeviceBuffer da, db, ga = be.allocate(gram_bytes), gb = be.allocate(gram_bytes);
+  fill_on_backend(be, stream, da, static_cast<std::size_t>(R * in), stage_a, [&](float* a) {
+    for (const auto& tf : f) a = std::copy(tf.a.begin(), tf.a.begin() + tf.rank * in, a);
+  });
+  fill_on_backend(be, stream, db, static_cast<std::size_t>(R * out), stage_b, [&](float* b) {
+    for (std::size_t i = 0; i < f.size(); ++i)
+      transpose_tiled(b + g.first[i] * out, out, f[i].b.data(), f[i].rank, out, f[i].rank,
+                      [](float v) { return v; });
+  });
   be.gram_f64(da.f32(), R, in, static_cast<double*>(ga.data()), stream);
   be.gram_f64(db.f32(), R, out, static_cast<double*>(gb.data()), stream);
   be.download(g.a.data(), ga.data(), gram_bytes, stream);
