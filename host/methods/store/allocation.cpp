@@ -203,7 +203,12 @@ void truncation_error(const ModuleOptions& m, ModuleChoice& c) {
 void exchange_between_modules(const std::vector<ModuleOptions>& modules, std::vector<ModuleChoice>& choice,
                               double budget) {
   const auto truncated = [&](std::size_t m) { return choice[m].fixed < 0 && modules[m].truncations; };
-  for (int round = 0; round < 64; ++round) {
+  // The walks' steps over all rounds, bounded so a store of very many modules and options
+  // spends a fraction of a second here: past it the moves found so far stand (a count, not a
+  // clock, so every worker stops at the same place).
+  constexpr std::int64_t kMostSteps = std::int64_t{1} << 27;
+  std::int64_t steps = 0;
+  for (int round = 0; round < 64 && steps < kMostSteps; ++round) {
     // Kept directions, least worth per number first; the others, most worth first. A task's
     // directions come in order (descending σ²), so each list walks a task's from its edge.
     std::vector<Direction> kept, unkept;
@@ -235,6 +240,7 @@ void exchange_between_modules(const std::vector<ModuleOptions>& modules, std::ve
     const auto walk_free = [&](i64 m, double need, std::vector<Direction>* taken) {
       double loss = 0;
       for (const auto& d : kept) {
+        ++steps;
         if (need <= 0) break;
         if (d.module == m) continue;
         loss += d.value, need -= d.numbers;
@@ -245,6 +251,7 @@ void exchange_between_modules(const std::vector<ModuleOptions>& modules, std::ve
     const auto walk_spend = [&](i64 m, double spare, std::vector<Direction>* taken) {
       double gain = 0;
       for (const auto& d : unkept) {
+        ++steps;
         if (spare < smallest_unit) break;
         if (d.module == m || d.numbers > spare) continue;  // a task's next ones do not fit either
         gain += d.value, spare -= d.numbers;
@@ -264,6 +271,8 @@ void exchange_between_modules(const std::vector<ModuleOptions>& modules, std::ve
       if (choice[m].fixed >= 0 && mo.truncations) alternatives.push_back(truncate_within(mo, INFINITY));
       for (auto& alt : alternatives) {
         const double extra = alt.numbers - choice[m].numbers;
+        // Needing numbers the others give up, a move saves at most what the module itself does.
+        if (extra > left && choice[m].error - alt.error <= best_net) continue;
         const double cost = extra > left ? walk_free(static_cast<i64>(m), extra - left, nullptr)
                                          : -walk_spend(static_cast<i64>(m), left - extra, nullptr);
         const double net = choice[m].error - alt.error - cost;
