@@ -7,10 +7,18 @@
 
 namespace revmerge {
 
+/// The values as they are (converted only by the assignment).
+struct AsIs {
+  template <class T>
+  T operator()(T v) const {
+    return v;
+  }
+};
+
 /// dst[c · dst_stride + r] = convert(src[r · src_stride + c]) for r < rows, c < cols.
-template <class Dst, class Src, class Convert>
+template <class Dst, class Src, class Convert = AsIs>
 void transpose_tiled(Dst* dst, std::int64_t dst_stride, const Src* src, std::int64_t src_stride, std::int64_t rows,
-                     std::int64_t cols, Convert convert) {
+                     std::int64_t cols, Convert convert = {}) {
   constexpr std::int64_t kTile = 32;
   for (std::int64_t r0 = 0; r0 < rows; r0 += kTile)
     for (std::int64_t c0 = 0; c0 < cols; c0 += kTile) {

@@ -62,6 +62,12 @@ std::vector<ModuleChoice> choose_all(const std::vector<ModuleOptions>& modules, 
   return out;
 }
 
+// A module's error under its choice, its truncation's from the tails.
+void truncation_error(const ModuleOptions& m, ModuleChoice& c) {
+  c.error = 0;
+  for (std::size_t t = 0; t < c.kept.size(); ++t) c.error += m.task_weight[t] * tail(m.sigma_sq[t], c.kept[t]);
+}
+
 // Directions not yet kept, most valuable per number first, added while they fit.
 void fill_leftover(const std::vector<ModuleOptions>& modules, std::vector<ModuleChoice>& choice,
                    double budget) {
@@ -94,14 +100,8 @@ void fill_leftover(const std::vector<ModuleOptions>& modules, std::vector<Module
     ++c.kept[t];
     push(m, t);
   }
-  // The error of each truncated module, from its tails.
-  for (std::size_t m = 0; m < modules.size(); ++m) {
-    auto& c = choice[m];
-    if (c.fixed >= 0) continue;
-    c.error = 0;
-    for (std::size_t t = 0; t < c.kept.size(); ++t)
-      c.error += modules[m].task_weight[t] * tail(modules[m].sigma_sq[t], c.kept[t]);
-  }
+  for (std::size_t m = 0; m < modules.size(); ++m)
+    if (choice[m].fixed < 0) truncation_error(modules[m], choice[m]);
 }
 
 // What the multiplier leaves unspent (less than one module's step between options): modules move
@@ -133,13 +133,11 @@ void upgrade_with_leftover(const std::vector<ModuleOptions>& modules, std::vecto
 ModuleChoice truncate_within(const ModuleOptions& m, double numbers) {
   ModuleChoice c;
   c.kept.assign(m.sigma_sq.size(), 0);
-  if (!m.truncations || m.rank_unit <= 0) {
-    for (std::size_t t = 0; t < m.sigma_sq.size(); ++t) c.error += m.task_weight[t] * tail(m.sigma_sq[t], 0);
-    return c;
+  i64 count = 0;  // the directions that fit, at most all of them (none without truncations)
+  if (m.truncations && m.rank_unit > 0) {
+    for (const auto& s : m.sigma_sq) count += static_cast<i64>(s.size());
+    if (numbers / m.rank_unit < double(count)) count = static_cast<i64>(std::floor(numbers / m.rank_unit));
   }
-  i64 count = 0;  // the directions that fit, at most all of them
-  for (const auto& s : m.sigma_sq) count += static_cast<i64>(s.size());
-  if (numbers / m.rank_unit < double(count)) count = static_cast<i64>(std::floor(numbers / m.rank_unit));
   for (; count > 0; --count) {
     std::size_t best = m.sigma_sq.size();
     double gain = 0;
@@ -152,7 +150,7 @@ ModuleChoice truncate_within(const ModuleOptions& m, double numbers) {
     ++c.kept[best];
     c.numbers += m.rank_unit;
   }
-  for (std::size_t t = 0; t < m.sigma_sq.size(); ++t) c.error += m.task_weight[t] * tail(m.sigma_sq[t], c.kept[t]);
+  truncation_error(m, c);
   return c;
 }
 
@@ -187,12 +185,6 @@ struct Direction {
   double value = 0, numbers = 0;
   i64 module = 0, task = 0;
 };
-
-// A module's error under its choice, its truncation's from the tails.
-void truncation_error(const ModuleOptions& m, ModuleChoice& c) {
-  c.error = 0;
-  for (std::size_t t = 0; t < c.kept.size(); ++t) c.error += m.task_weight[t] * tail(m.sigma_sq[t], c.kept[t]);
-}
 
 // Moves between modules: a module takes another of its options (a fixed one, or its whole
 // truncation) and the truncated modules pay for it — giving up their least valuable kept

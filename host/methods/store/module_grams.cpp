@@ -35,8 +35,7 @@ ModuleGrams module_grams(Backend& be, Stream stream, const std::vector<TaskFacto
   });
   fill_on_backend(be, stream, db, static_cast<std::size_t>(R * out), stage_b, [&](float* b) {
     for (std::size_t i = 0; i < f.size(); ++i)
-      transpose_tiled(b + g.first[i] * out, out, f[i].b.data(), f[i].rank, out, f[i].rank,
-                      [](float v) { return v; });
+      transpose_tiled(b + g.first[i] * out, out, f[i].b.data(), f[i].rank, out, f[i].rank);
   });
   be.gram_f64(da.f32(), R, in, static_cast<double*>(ga.data()), stream);
   be.gram_f64(db.f32(), R, out, static_cast<double*>(gb.data()), stream);

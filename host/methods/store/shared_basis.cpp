@@ -132,7 +132,7 @@ SharedBasisParts shared_basis_parts(Backend& be, Stream st, const SharedBasis& s
   // stream has finished with it) now holds the scaled B_iᵀ.
   const auto stored_vt = [&](auto* x) { std::copy(p.vt.begin(), p.vt.end(), x); };
   const auto stored_ut = [&](auto* x) {  // Uᵀ, ku × out
-    transpose_tiled(x, out, p.u.data(), ku, out, ku, [](float v) { return v; });
+    transpose_tiled(x, out, p.u.data(), ku, out, ku);
   };
   fill_on_backend(be, st, vt, count(kv, in), stage_vt, stored_vt);
   fill_on_backend(be, st, ut, count(ku, out), stage_ut, stored_ut);

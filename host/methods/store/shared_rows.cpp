@@ -192,7 +192,7 @@ SharedRowsParts shared_rows_parts(Backend& be, Stream st, const SharedRows& s, c
                   [&](float* x) { std::copy(p.basis_t.begin(), p.basis_t.end(), x); });
   fill_on_backend(be, st, t32, per * f.size(), stage_t32, [&](float* x) {
     for (std::size_t i = 0; i < f.size(); ++i)
-      transpose_tiled(x + i * per, out, p.task_b[i].data(), k, out, k, [](float v) { return v; });
+      transpose_tiled(x + i * per, out, p.task_b[i].data(), k, out, k);
   });
   fill_on_backend(be, st, bt, per * f.size(), stage_bt, [&](double* x) {
     for (std::size_t i = 0; i < f.size(); ++i) std::copy(p.task_b[i].begin(), p.task_b[i].end(), x + i * per);
